@@ -1,0 +1,212 @@
+/* The device interface: what core/ needs from a device, one versioned ops table per backend.
+ *
+ * Model: a device has in-order queues; every enqueued command takes a wait list of events
+ * and may return an event that completes with it. Commands on one queue run in order;
+ * across queues only events order them. Kernels run only on FKV_QUEUE_COMPUTE or
+ * FKV_QUEUE_BACKGROUND; copies run on any queue.
+ *
+ * How the model maps:
+ *  - OpenCL: one cl_command_queue per fkv_queue (in-order), fkv_bevent = cl_event, wait lists
+ *    = event_wait_list, fkv_bbuf = cl_mem, fkv_bhost = CL_MEM_ALLOC_HOST_PTR buffer kept mapped.
+ *  - Vulkan: fkv_queue -> VkQueue (transfer family when present), each command is recorded
+ *    into a command buffer and submitted with timeline-semaphore waits; fkv_bevent = (timeline
+ *    semaphore, value); fkv_bbuf = VkBuffer + memory; kernels = compute pipelines with push
+ *    constants and descriptor sets; fkv_bhost = HOST_VISIBLE|HOST_COHERENT memory, persistently
+ *    mapped.
+ *  - HIP: fkv_queue -> hipStream_t, fkv_bevent = hipEvent_t recorded after the command, waits =
+ *    hipStreamWaitEvent, fkv_bbuf = device pointer, fkv_bhost = hipHostMalloc(mapped).
+ *  - CPU reference: one worker thread per queue executing a FIFO; events are completion flags.
+ *
+ * Ownership: the caller owns every object it gets (buffers, host memory, events) and releases
+ * it with the matching call. Host pointers handed to an asynchronous copy must stay valid and
+ * unmodified until the copy's event completes. Buffers must not be freed while a command that
+ * uses them may still run (wait for its event or finish the queue first).
+ *
+ * Versioning: the table only grows at the end. A backend sets abi_version and struct_size;
+ * the registry rejects a table older than it needs. Entries marked optional may be NULL; the
+ * generic fallback lives in backends/fallback.c, written once.
+ */
+#ifndef FKV_BACKEND_H
+#define FKV_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "freekv.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FKV_BACKEND_ABI_VERSION 1
+
+typedef struct fkv_bdev fkv_bdev;     /* an opened device */
+typedef struct fkv_bbuf fkv_bbuf;     /* device memory */
+typedef struct fkv_bhost fkv_bhost;   /* pinned, mapped host memory */
+typedef struct fkv_bevent fkv_bevent; /* completion of one command */
+
+typedef enum fkv_queue {
+    FKV_QUEUE_COMPUTE = 0,    /* the decode stream: append, attention */
+    FKV_QUEUE_TRANSFER = 1,   /* host<->device copies of recall and offload */
+    FKV_QUEUE_BACKGROUND = 2, /* kernels of speculative selection/recall (may alias COMPUTE) */
+    FKV_QUEUE_COUNT = 3
+} fkv_queue;
+
+typedef enum fkv_recall_mode {
+    FKV_RECALL_STAGED = 0,  /* host gather into pinned staging, one write, scatter kernel */
+    FKV_RECALL_DIRECT = 1,  /* recall_direct: a kernel reads the host pool (zero-copy) */
+    FKV_RECALL_PERPAGE = 2  /* one write per (page, head) unit, scatter kernel (baseline) */
+} fkv_recall_mode;
+
+/* Geometry shared by the KV kernels. KV pools are [gslot][page_size][n_kv_heads][head_dim]
+ * in `dtype` (NHD); one "row" is one token of one slot: row = gslot*page_size + t. */
+typedef struct fkv_kv_geom {
+    uint32_t n_kv_heads;
+    uint32_t group;     /* query heads per KV head */
+    uint32_t head_dim;
+    uint32_t page_size;
+    fkv_dtype dtype;
+} fkv_kv_geom;
+
+/* Wait list + completion event of an enqueued command. `done` may be NULL. */
+typedef struct fkv_deps {
+    uint32_t n_wait;
+    fkv_bevent *const *wait;
+    fkv_bevent **done;
+} fkv_deps;
+
+typedef struct fkv_copy_region {
+    const void *src; /* host */
+    size_t dst_offset;
+    size_t size;
+} fkv_copy_region;
+
+typedef struct fkv_backend_ops {
+    uint32_t abi_version; /* FKV_BACKEND_ABI_VERSION the table was built for */
+    uint32_t struct_size; /* sizeof(fkv_backend_ops) it was built with */
+    const char *name;     /* "cpu", "opencl", "vulkan", "hip" */
+
+    /* -- enumeration: a missing driver means 0 devices, not an error -- */
+    fkv_status (*device_count)(uint32_t *count);
+    fkv_status (*device_info)(uint32_t index, fkv_device_info *info);
+    fkv_status (*device_open)(uint32_t index, fkv_bdev **out);
+    void (*device_close)(fkv_bdev *dev);
+
+    /* -- memory -- */
+    fkv_status (*buffer_alloc)(fkv_bdev *dev, size_t size, fkv_bbuf **out);
+    void (*buffer_free)(fkv_bdev *dev, fkv_bbuf *buf);
+    /* Pinned host memory, mapped at *ptr for its whole life. */
+    fkv_status (*host_alloc)(fkv_bdev *dev, size_t size, fkv_bhost **out, void **ptr);
+    void (*host_free)(fkv_bdev *dev, fkv_bhost *host);
+
+    /* -- events and queues -- */
+    fkv_status (*event_wait)(fkv_bdev *dev, uint32_t n, fkv_bevent *const *events);
+    void (*event_release)(fkv_bdev *dev, fkv_bevent *ev);
+    /* An event that completes when `deps.wait` and all earlier commands of q complete. */
+    fkv_status (*marker)(fkv_bdev *dev, fkv_queue q, fkv_deps deps);
+    fkv_status (*finish)(fkv_bdev *dev, fkv_queue q);
+
+    /* -- copies -- */
+    fkv_status (*write)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst, size_t dst_offset,
+                        const void *src, size_t size);
+    fkv_status (*read)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
+                       size_t src_offset, void *dst, size_t size);
+    fkv_status (*copy)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst, size_t dst_offset,
+                       const fkv_bbuf *src, size_t src_offset, size_t size);
+
+    /* -- kernels. Index buffers hold int32; offsets are in bytes; activations are f32. -- */
+
+    /* rows[i] (int32) receives k_src/v_src row i ([n_kv_heads*head_dim] f32), converted. */
+    fkv_status (*append)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                         const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src, size_t v_off,
+                         uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off, fkv_bbuf *kpool,
+                         fkv_bbuf *vpool);
+    /* For each i: pages[2i] = gslot of a full page, pages[2i+1] = summary index s.
+     * summaries (f32) [s][n_kv_heads][2][head_dim]: per-channel min (0) and max (1). */
+    fkv_status (*summarize)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                            const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
+                            size_t pages_off, fkv_bbuf *summaries);
+    /* Quest bound for every query head. desc[3b..3b+2] = (summary base, n_pages, out base):
+     * out[base + h*n_pages + j] = sum_c max(q[b][h][c]*max[c], q[b][h][c]*min[c]) of summary
+     * base+j, KV head h/group. q is [n_seqs][n_kv_heads*group][head_dim]. */
+    fkv_status (*scores)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                         const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
+                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
+    /* Per (seq b, KV head h): mean over the group of cos(q_cur, q_prev) into sims[b][h] (f32)
+     * and flags[b][h] = sims < tau (int32). A zero-norm query has cosine 0. */
+    fkv_status (*cosine_flags)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
+                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
+                               size_t sims_off, fkv_bbuf *flags, size_t flags_off);
+    /* NHD -> HND: page gslots[i] of both pools into dst + i*page_bytes as
+     * [n_kv_heads][K|V][page_size][head_dim] in dtype. */
+    fkv_status (*pack_hnd)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                           const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
+                           const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
+                           size_t dst_off);
+    /* HND -> NHD: unit i of src (src_off + i*2*page_size*head_dim elements, [K|V][p][d]) goes
+     * to KV head units[2i+1] of slot units[2i] in both pools. */
+    fkv_status (*scatter_hnd)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                              const fkv_bbuf *src, size_t src_off, uint32_t n_units,
+                              const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                              fkv_bbuf *vpool);
+    /* Paged decode attention, softmax(q k^T * scale) v, f32 accumulation. For sequence b and KV
+     * head h: heads[2(b*n_kv_heads+h)] = first entry, [..+1] = entry count; entries[2e] =
+     * gslot, entries[2e+1] = valid tokens in it. Each of the group's query heads attends over
+     * the listed tokens. An empty list yields zeros. */
+    fkv_status (*attention)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                            const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                            const fkv_bbuf *heads, size_t heads_off, const fkv_bbuf *entries,
+                            size_t entries_off, const fkv_bbuf *kpool, const fkv_bbuf *vpool,
+                            float scale, fkv_bbuf *out, size_t out_off);
+
+    /* -- optional entries (NULL = generic fallback in fallback.c) -- */
+
+    /* Wraps engine-owned device memory (see fkv_buffer_import). NULL: unsupported. */
+    fkv_status (*buffer_import)(fkv_bdev *dev, void *native, size_t size, fkv_bbuf **out);
+    /* Many host->device regions in one command. Fallback: one write per region. */
+    fkv_status (*write_regions)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                                uint32_t n, const fkv_copy_region *regions);
+    /* Dense attention of one query row block over contiguous K/V [n_tokens][n_kv_heads][d]
+     * (dtype) for n_seqs=1. Fallback: attention over the buffer seen as pool slots. */
+    fkv_status (*attention_dense)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                  const fkv_bbuf *qbuf, size_t q_off, uint32_t n_tokens,
+                                  const fkv_bbuf *k, const fkv_bbuf *v, float scale,
+                                  fkv_bbuf *out, size_t out_off);
+    /* Zero-copy recall: unit i reads [K|V][p][d] at host byte offset units_host[i] of `host`
+     * and writes KV head units[2i+1] of slot units[2i]. units_host is a host array, valid
+     * until the command completes. NULL: the core uses the staged path. */
+    fkv_status (*recall_direct)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bhost *host, uint32_t n_units, const uint64_t *units_host,
+                                const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                                fkv_bbuf *vpool);
+    /* Which recall mechanism this device prefers (backend env override applied). NULL:
+     * FKV_RECALL_STAGED. */
+    fkv_recall_mode (*recall_mode)(fkv_bdev *dev);
+    /* Device info of an opened device. NULL: device_info of its index. */
+    fkv_status (*opened_info)(fkv_bdev *dev, fkv_device_info *info);
+} fkv_backend_ops;
+
+/* Every compiled backend's table (NULL entries for backends not built). */
+const fkv_backend_ops *fkv_backend_cpu(void);
+const fkv_backend_ops *fkv_backend_opencl(void);
+const fkv_backend_ops *fkv_backend_vulkan(void);
+const fkv_backend_ops *fkv_backend_hip(void);
+
+/* Generic fallbacks (backends/fallback.c): each calls the table's own entry when present. */
+fkv_status fkv_op_write_regions(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
+                                fkv_deps deps, fkv_bbuf *dst, uint32_t n,
+                                const fkv_copy_region *regions);
+fkv_status fkv_op_attention_dense(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
+                                  fkv_deps deps, const fkv_kv_geom *g, const fkv_bbuf *qbuf,
+                                  size_t q_off, uint32_t n_tokens, const fkv_bbuf *k,
+                                  const fkv_bbuf *v, float scale, fkv_bbuf *out, size_t out_off);
+fkv_recall_mode fkv_op_recall_mode(const fkv_backend_ops *ops, fkv_bdev *dev);
+
+/* Checks an ops table (version, size, required entries); message names what is wrong. */
+fkv_status fkv_backend_check(const fkv_backend_ops *ops);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,411 @@
+/* Run-time backend and device selection (FREEKV_BACKEND, FREEKV_DEVICE) and the public
+ * device/buffer calls. */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../common/error.h"
+#include "device.h"
+
+#define MAX_DEVICES 64
+
+static const char *const known_backends[] = {"hip", "vulkan", "opencl", "cpu"};
+
+static const fkv_backend_ops *compiled_backend(const char *name) {
+    const fkv_backend_ops *ops = NULL;
+    if (strcmp(name, "cpu") == 0)
+        ops = fkv_backend_cpu();
+    else if (strcmp(name, "opencl") == 0)
+        ops = fkv_backend_opencl();
+    else if (strcmp(name, "vulkan") == 0)
+        ops = fkv_backend_vulkan();
+    else if (strcmp(name, "hip") == 0)
+        ops = fkv_backend_hip();
+    return ops;
+}
+
+size_t fkv_backend_count(void) {
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof known_backends / sizeof *known_backends; i++)
+        n += compiled_backend(known_backends[i]) != NULL;
+    return n;
+}
+
+const char *fkv_backend_name(size_t index) {
+    for (size_t i = 0; i < sizeof known_backends / sizeof *known_backends; i++) {
+        if (compiled_backend(known_backends[i]) == NULL)
+            continue;
+        if (index-- == 0)
+            return known_backends[i];
+    }
+    return NULL;
+}
+
+fkv_status fkv_backend_check(const fkv_backend_ops *ops) {
+    if (ops == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "backend ops table is NULL");
+    if (ops->abi_version != FKV_BACKEND_ABI_VERSION)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s' has ABI version %u, library needs %u",
+                         ops->name ? ops->name : "?", ops->abi_version, FKV_BACKEND_ABI_VERSION);
+    if (ops->struct_size < offsetof(fkv_backend_ops, buffer_import))
+        return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s' ops table too small (%u bytes)",
+                         ops->name ? ops->name : "?", ops->struct_size);
+    const void *required[] = {
+        (const void *)ops->name,         (const void *)ops->device_count,
+        (const void *)ops->device_info,  (const void *)ops->device_open,
+        (const void *)ops->device_close, (const void *)ops->buffer_alloc,
+        (const void *)ops->buffer_free,  (const void *)ops->host_alloc,
+        (const void *)ops->host_free,    (const void *)ops->event_wait,
+        (const void *)ops->event_release, (const void *)ops->marker,
+        (const void *)ops->finish,       (const void *)ops->write,
+        (const void *)ops->read,         (const void *)ops->copy,
+        (const void *)ops->append,       (const void *)ops->summarize,
+        (const void *)ops->scores,       (const void *)ops->cosine_flags,
+        (const void *)ops->pack_hnd,     (const void *)ops->scatter_hnd,
+        (const void *)ops->attention,
+    };
+    for (size_t i = 0; i < sizeof required / sizeof *required; i++)
+        if (required[i] == NULL)
+            return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s' lacks required entry #%zu",
+                             ops->name ? ops->name : "?", i);
+    return FKV_OK;
+}
+
+/* Devices of one backend appended to list; a backend that fails to enumerate counts as
+ * having none (its driver is missing), so listing never fails because of it. */
+static size_t collect(const fkv_backend_ops *ops, fkv_device_info *list, size_t n) {
+    uint32_t count = 0;
+    if (fkv_backend_check(ops) != FKV_OK || ops->device_count(&count) != FKV_OK)
+        return n;
+    for (uint32_t i = 0; i < count && n < MAX_DEVICES; i++) {
+        fkv_device_info info;
+        memset(&info, 0, sizeof info);
+        if (ops->device_info(i, &info) != FKV_OK)
+            continue;
+        snprintf(info.backend, sizeof info.backend, "%s", ops->name);
+        info.index = i;
+        list[n++] = info;
+    }
+    return n;
+}
+
+static int valid_backend_name(const char *name) {
+    if (strcmp(name, "auto") == 0)
+        return 1;
+    for (size_t i = 0; i < sizeof known_backends / sizeof *known_backends; i++)
+        if (strcmp(name, known_backends[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static void compiled_list(char *buf, size_t size) {
+    snprintf(buf, size, "auto");
+    for (size_t i = 0; i < fkv_backend_count(); i++) {
+        size_t len = strlen(buf);
+        snprintf(buf + len, size - len, ", %s", fkv_backend_name(i));
+    }
+}
+
+/* Gathers the devices of `backend` ("auto" = all, in preference order). */
+static fkv_status gather(const char *backend, const char *origin, fkv_device_info *list,
+                         size_t *n) {
+    char avail[128];
+    *n = 0;
+    if (!valid_backend_name(backend)) {
+        compiled_list(avail, sizeof avail);
+        return fkv_error(FKV_ERR_BAD_ENVIRONMENT, "%s: unknown backend '%s' (available: %s)",
+                         origin, backend, avail);
+    }
+    if (strcmp(backend, "auto") == 0) {
+        for (size_t i = 0; i < fkv_backend_count(); i++)
+            *n = collect(compiled_backend(fkv_backend_name(i)), list, *n);
+        return FKV_OK;
+    }
+    const fkv_backend_ops *ops = compiled_backend(backend);
+    if (ops == NULL) {
+        compiled_list(avail, sizeof avail);
+        return fkv_error(FKV_ERR_NO_DEVICE, "%s: backend '%s' is not compiled in (available: %s)",
+                         origin, backend, avail);
+    }
+    *n = collect(ops, list, 0);
+    return FKV_OK;
+}
+
+fkv_status fkv_device_list(const char *backend, fkv_device_info *out, size_t capacity,
+                           size_t *count) {
+    fkv_device_info list[MAX_DEVICES];
+    size_t n;
+    if (count == NULL || (out == NULL && capacity > 0))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_list: NULL output");
+    fkv_status st = gather(backend ? backend : "auto", "fkv_device_list", list, &n);
+    if (st != FKV_OK)
+        return st;
+    for (size_t i = 0; i < n && i < capacity; i++)
+        out[i] = list[i];
+    *count = n;
+    return FKV_OK;
+}
+
+static int type_rank(fkv_device_type t) {
+    switch (t) {
+    case FKV_DEVICE_DISCRETE_GPU:
+        return 0;
+    case FKV_DEVICE_INTEGRATED_GPU:
+        return 1;
+    case FKV_DEVICE_OTHER:
+        return 2;
+    case FKV_DEVICE_CPU:
+        return 3;
+    default:
+        return 4;
+    }
+}
+
+static int is_index(const char *s) {
+    if (*s == '\0')
+        return 0;
+    for (; *s; s++)
+        if (!isdigit((unsigned char)*s))
+            return 0;
+    return 1;
+}
+
+static void device_names(const fkv_device_info *list, size_t n, char *buf, size_t size) {
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strlen(buf);
+        snprintf(buf + len, size - len, "%s[%zu] %.15s:%.127s", i ? ", " : "", i,
+                 list[i].backend, list[i].name);
+    }
+    if (n == 0)
+        snprintf(buf, size, "none");
+}
+
+/* Resolves backend/device names (arguments override the environment) to one device. */
+static fkv_status resolve(const char *backend, const char *device, fkv_device_info *chosen) {
+    const char *be_origin = "backend argument", *dev_origin = "device argument";
+    if (backend == NULL) {
+        backend = getenv("FREEKV_BACKEND");
+        be_origin = "FREEKV_BACKEND";
+        if (backend == NULL || backend[0] == '\0')
+            backend = "auto";
+    }
+    if (device == NULL) {
+        device = getenv("FREEKV_DEVICE");
+        dev_origin = "FREEKV_DEVICE";
+        if (device != NULL && device[0] == '\0')
+            device = NULL;
+    }
+    fkv_device_info list[MAX_DEVICES];
+    size_t n;
+    fkv_status st = gather(backend, be_origin, list, &n);
+    if (st != FKV_OK)
+        return st;
+    char names[2048];
+    device_names(list, n, names, sizeof names);
+    if (n == 0)
+        return fkv_error(FKV_ERR_NO_DEVICE, "backend '%s' found no device", backend);
+    if (device == NULL) {
+        size_t best = 0;
+        for (size_t i = 1; i < n; i++)
+            if (type_rank(list[i].type) < type_rank(list[best].type))
+                best = i;
+        *chosen = list[best];
+        return FKV_OK;
+    }
+    if (is_index(device)) {
+        char *end;
+        unsigned long idx = strtoul(device, &end, 10);
+        if (idx >= n)
+            return fkv_error(FKV_ERR_NO_DEVICE, "%s: no device %s for backend '%s' (available: %s)",
+                             dev_origin, device, backend, names);
+        *chosen = list[idx];
+        return FKV_OK;
+    }
+    for (size_t i = 0; i < n; i++) {
+        char full[sizeof list[i].backend + sizeof list[i].name + 1];
+        snprintf(full, sizeof full, "%.15s:%.127s", list[i].backend, list[i].name);
+        if (strcasestr(full, device) != NULL) {
+            *chosen = list[i];
+            return FKV_OK;
+        }
+    }
+    return fkv_error(FKV_ERR_NO_DEVICE, "%s: no device matches '%s' for backend '%s' (available: %s)",
+                     dev_origin, device, backend, names);
+}
+
+fkv_status fkv_device_pick(const char *backend, const char *device, fkv_device_info *info) {
+    if (info == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_pick: NULL info");
+    return resolve(backend, device, info);
+}
+
+fkv_status fkv_device_open_ops(const fkv_backend_ops *ops, uint32_t index, fkv_device **out) {
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_open: NULL output");
+    *out = NULL;
+    fkv_status st = fkv_backend_check(ops);
+    if (st != FKV_OK)
+        return st;
+    fkv_device *dev = calloc(1, sizeof *dev);
+    if (dev == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "fkv_device_open: allocating the handle");
+    dev->ops = ops;
+    st = ops->device_open(index, &dev->bdev);
+    if (st == FKV_OK)
+        st = ops->opened_info ? ops->opened_info(dev->bdev, &dev->info)
+                              : ops->device_info(index, &dev->info);
+    if (st != FKV_OK) {
+        if (dev->bdev)
+            ops->device_close(dev->bdev);
+        free(dev);
+        return fkv_error_prefix(st, "opening %s device %u", ops->name, index);
+    }
+    snprintf(dev->info.backend, sizeof dev->info.backend, "%s", ops->name);
+    dev->info.index = index;
+    *out = dev;
+    return FKV_OK;
+}
+
+fkv_status fkv_device_open(const char *backend, const char *device, fkv_device **out) {
+    fkv_device_info chosen;
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_open: NULL output");
+    *out = NULL;
+    fkv_status st = resolve(backend, device, &chosen);
+    if (st != FKV_OK)
+        return st;
+    return fkv_device_open_ops(compiled_backend(chosen.backend), chosen.index, out);
+}
+
+void fkv_device_close(fkv_device *dev) {
+    if (dev == NULL)
+        return;
+    dev->ops->device_close(dev->bdev);
+    free(dev);
+}
+
+fkv_status fkv_device_get_info(const fkv_device *dev, fkv_device_info *info) {
+    if (dev == NULL || info == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_get_info: NULL argument");
+    *info = dev->info;
+    return FKV_OK;
+}
+
+const char *fkv_device_type_name(fkv_device_type type) {
+    switch (type) {
+    case FKV_DEVICE_DISCRETE_GPU:
+        return "discrete-gpu";
+    case FKV_DEVICE_INTEGRATED_GPU:
+        return "integrated-gpu";
+    case FKV_DEVICE_CPU:
+        return "cpu";
+    case FKV_DEVICE_REFERENCE:
+        return "reference";
+    default:
+        return "other";
+    }
+}
+
+fkv_status fkv_caps_string(uint32_t caps, char *buf, size_t buf_size) {
+    static const char *const names[] = {"async_copy", "device_wait", "pinned_host",
+                                        "zero_copy_host", "fp16_storage", "multi_region_copy",
+                                        "transfer_queue"};
+    if (buf == NULL || buf_size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_caps_string: no buffer");
+    buf[0] = '\0';
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        if (!(caps & (1u << i)))
+            continue;
+        size_t len = strlen(buf);
+        snprintf(buf + len, buf_size - len, "%s%s", len ? "," : "", names[i]);
+    }
+    return FKV_OK;
+}
+
+/* ---- buffers ---- */
+
+static fkv_status wrap(fkv_device *dev, fkv_bbuf *bbuf, size_t size, fkv_buffer **out) {
+    fkv_buffer *b = calloc(1, sizeof *b);
+    if (b == NULL) {
+        dev->ops->buffer_free(dev->bdev, bbuf);
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "allocating a buffer handle");
+    }
+    b->dev = dev;
+    b->bbuf = bbuf;
+    b->size = size;
+    *out = b;
+    return FKV_OK;
+}
+
+fkv_status fkv_buffer_alloc(fkv_device *dev, size_t size, fkv_buffer **out) {
+    fkv_bbuf *bbuf;
+    if (dev == NULL || out == NULL || size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_buffer_alloc: NULL device/output or size 0");
+    *out = NULL;
+    fkv_status st = dev->ops->buffer_alloc(dev->bdev, size, &bbuf);
+    if (st != FKV_OK)
+        return st;
+    return wrap(dev, bbuf, size, out);
+}
+
+fkv_status fkv_buffer_import(fkv_device *dev, void *native, size_t size, fkv_buffer **out) {
+    fkv_bbuf *bbuf;
+    if (dev == NULL || out == NULL || native == NULL || size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_buffer_import: NULL argument or size 0");
+    *out = NULL;
+    if (dev->ops->buffer_import == NULL)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s' cannot import memory", dev->ops->name);
+    fkv_status st = dev->ops->buffer_import(dev->bdev, native, size, &bbuf);
+    if (st != FKV_OK)
+        return st;
+    return wrap(dev, bbuf, size, out);
+}
+
+static fkv_status check_range(const fkv_buffer *buf, size_t offset, const void *p, size_t size) {
+    if (buf == NULL || p == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "buffer copy: NULL argument");
+    if (offset > buf->size || size > buf->size - offset)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "buffer copy: %zu bytes at %zu exceed size %zu",
+                         size, offset, buf->size);
+    return FKV_OK;
+}
+
+fkv_status fkv_buffer_write(fkv_buffer *buf, size_t offset, const void *src, size_t size) {
+    fkv_status st = check_range(buf, offset, src, size);
+    if (st != FKV_OK || size == 0)
+        return st;
+    fkv_device *d = buf->dev;
+    fkv_bevent *ev = NULL;
+    fkv_deps deps = {0, NULL, &ev};
+    st = d->ops->write(d->bdev, FKV_QUEUE_COMPUTE, deps, buf->bbuf, offset, src, size);
+    if (st != FKV_OK)
+        return st;
+    st = d->ops->event_wait(d->bdev, 1, &ev);
+    d->ops->event_release(d->bdev, ev);
+    return st;
+}
+
+fkv_status fkv_buffer_read(fkv_buffer *buf, size_t offset, void *dst, size_t size) {
+    fkv_status st = check_range(buf, offset, dst, size);
+    if (st != FKV_OK || size == 0)
+        return st;
+    fkv_device *d = buf->dev;
+    fkv_bevent *ev = NULL;
+    fkv_deps deps = {0, NULL, &ev};
+    st = d->ops->read(d->bdev, FKV_QUEUE_COMPUTE, deps, buf->bbuf, offset, dst, size);
+    if (st != FKV_OK)
+        return st;
+    st = d->ops->event_wait(d->bdev, 1, &ev);
+    d->ops->event_release(d->bdev, ev);
+    return st;
+}
+
+void fkv_buffer_release(fkv_buffer *buf) {
+    if (buf == NULL)
+        return;
+    buf->dev->ops->buffer_free(buf->dev->bdev, buf->bbuf);
+    free(buf);
+}

@@ -1,0 +1,119 @@
+/* Configuration defaults and validation; dtype and policy names. */
+#include <math.h>
+#include <string.h>
+
+#include "../common/error.h"
+
+const char *fkv_dtype_name(fkv_dtype dtype) {
+    switch (dtype) {
+    case FKV_F32:
+        return "f32";
+    case FKV_F16:
+        return "f16";
+    case FKV_BF16:
+        return "bf16";
+    default:
+        return "unknown";
+    }
+}
+
+size_t fkv_dtype_size(fkv_dtype dtype) {
+    switch (dtype) {
+    case FKV_F32:
+        return 4;
+    case FKV_F16:
+    case FKV_BF16:
+        return 2;
+    default:
+        return 0;
+    }
+}
+
+static const char *const policy_names[] = {"dense", "quest", "sync", "speculative", "freekv"};
+
+const char *fkv_policy_name(fkv_policy policy) {
+    if ((unsigned)policy < sizeof policy_names / sizeof *policy_names)
+        return policy_names[policy];
+    return "unknown";
+}
+
+fkv_status fkv_policy_parse(const char *name, fkv_policy *out) {
+    if (name == NULL || out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_policy_parse: NULL argument");
+    for (size_t i = 0; i < sizeof policy_names / sizeof *policy_names; i++) {
+        if (strcmp(name, policy_names[i]) == 0) {
+            *out = (fkv_policy)i;
+            return FKV_OK;
+        }
+    }
+    return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                     "unknown policy '%s' (dense, quest, sync, speculative, freekv)", name);
+}
+
+void fkv_config_init(fkv_config *cfg) {
+    if (cfg == NULL)
+        return;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->n_layers = 32;
+    cfg->n_q_heads = 32;
+    cfg->n_kv_heads = 8;
+    cfg->head_dim = 128;
+    cfg->page_size = 32;
+    cfg->budget_tokens = 2048;
+    cfg->sink_tokens = 512;
+    cfg->window_tokens = 512;
+    cfg->tau = 0.9f;
+    cfg->dtype = FKV_BF16;
+    cfg->policy = FKV_POLICY_FREEKV;
+    cfg->group_reduce = FKV_GROUP_SOFTMAX_MEAN;
+    cfg->max_seqs = 1;
+    cfg->max_context = 32768;
+    cfg->recall_chunk_pages = 0;
+}
+
+#define BAD(...) fkv_error(FKV_ERR_INVALID_CONFIG, __VA_ARGS__)
+
+fkv_status fkv_config_validate(const fkv_config *c) {
+    if (c == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "config is NULL");
+    if (c->n_layers < 1 || c->n_layers > 1024)
+        return BAD("n_layers = %u: must be 1..1024", c->n_layers);
+    if (c->n_kv_heads < 1 || c->n_kv_heads > 1024)
+        return BAD("n_kv_heads = %u: must be 1..1024", c->n_kv_heads);
+    if (c->n_q_heads < 1 || c->n_q_heads > 4096 || c->n_q_heads % c->n_kv_heads != 0)
+        return BAD("n_q_heads = %u: must be 1..4096 and a multiple of n_kv_heads (%u)",
+                   c->n_q_heads, c->n_kv_heads);
+    if (c->head_dim < 16 || c->head_dim > 256 || c->head_dim % 4 != 0)
+        return BAD("head_dim = %u: must be 16..256 and a multiple of 4", c->head_dim);
+    if (c->page_size < 1 || c->page_size > 256)
+        return BAD("page_size = %u: must be 1..256", c->page_size);
+    if (c->sink_tokens % c->page_size != 0)
+        return BAD("sink_tokens = %u: must be a multiple of page_size (%u)", c->sink_tokens,
+                   c->page_size);
+    /* Two pages at least: the page that just filled stays resident until its offload and
+     * summary are in place, so a selection never misses it. */
+    if (c->window_tokens < 2 * c->page_size || c->window_tokens % c->page_size != 0)
+        return BAD("window_tokens = %u: must be a multiple of page_size (%u), at least two pages",
+                   c->window_tokens, c->page_size);
+    if (c->budget_tokens % c->page_size != 0 ||
+        c->budget_tokens < c->sink_tokens + c->window_tokens)
+        return BAD("budget_tokens = %u: must be a multiple of page_size (%u) and at least "
+                   "sink_tokens + window_tokens (%u)",
+                   c->budget_tokens, c->page_size, c->sink_tokens + c->window_tokens);
+    if (!(c->tau >= -1.0f && c->tau <= 1.0f)) /* also rejects NaN */
+        return BAD("tau = %g: must be in [-1, 1]", (double)c->tau);
+    if (fkv_dtype_size(c->dtype) == 0)
+        return BAD("dtype = %d: must be FKV_F32, FKV_F16 or FKV_BF16", (int)c->dtype);
+    if ((unsigned)c->policy > FKV_POLICY_FREEKV)
+        return BAD("policy = %d: unknown", (int)c->policy);
+    if ((unsigned)c->group_reduce > FKV_GROUP_MAX)
+        return BAD("group_reduce = %d: unknown", (int)c->group_reduce);
+    if (c->max_seqs < 1 || c->max_seqs > 4096)
+        return BAD("max_seqs = %u: must be 1..4096", c->max_seqs);
+    if (c->max_context < 1 || c->max_context > (1u << 24))
+        return BAD("max_context = %u: must be 1..16777216", c->max_context);
+    if (c->recall_chunk_pages > (1u << 20))
+        return BAD("recall_chunk_pages = %u: must be at most 1048576 (0 = default)",
+                   c->recall_chunk_pages);
+    return FKV_OK;
+}

@@ -1,0 +1,125 @@
+/* The context's internal state, shared by the files of core/. */
+#ifndef FKV_CORE_CONTEXT_H
+#define FKV_CORE_CONTEXT_H
+
+#include <pthread.h>
+
+#include "../backends/device.h"
+#include "hostpool.h"
+#include "recall.h"
+#include "select.h"
+#include "threadpool.h"
+
+#define FKV_SCRATCH_PAGES 64 /* prefill works through this many pages at a time */
+
+/* State of one (sequence, layer). Owned by the main thread, except while a speculative task
+ * of the layer is pending: then by the worker, until it publishes. */
+typedef struct seq_layer {
+    uint32_t n_tokens;
+    int has_qprev;      /* qprev row holds the previous query of this layer */
+    fkv_hostpool hp;    /* offload policies: full pages, HND */
+    int32_t *mid_page;  /* [n_kv_heads][n_mid] page in each middle slot, -1 empty */
+    float *mid_score;   /* [n_kv_heads][n_mid] */
+    int32_t *attended;  /* [n_kv_heads][list_cap] pages of the last attention */
+    uint32_t *n_attended;
+} seq_layer;
+
+typedef struct seq_state {
+    uint32_t prefilled;  /* layers prefilled so far (0..L) */
+    uint32_t next_layer; /* layer expected by the next decode call */
+    seq_layer *layers;
+} seq_state;
+
+/* Host staging of one layer (pinned), carved from one allocation. */
+typedef struct layer_host {
+    fkv_bhost *mem;
+    float *q, *k, *v, *out;
+    int32_t *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
+    float *scores, *sims;
+    int32_t *flags;
+} layer_host;
+
+typedef struct layer_state {
+    fkv_bbuf *kpool, *vpool, *summ, *qprev;
+    fkv_bbuf *qin, *kin, *vin, *out;
+    fkv_bbuf *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
+    fkv_bbuf *scores, *sims, *flags, *pack;
+    layer_host h;
+    fkv_bevent *ev_step;    /* last compute command of this layer's previous call */
+    fkv_bevent *ev_attn;    /* last attention (reads the slots) */
+    fkv_bevent *ev_recall;  /* last recall into the slots */
+    fkv_bevent *ev_offload; /* last device->host offload into the host pools */
+    /* speculative task (guarded by ctx->lock) */
+    int pending;
+    uint32_t task_n;
+    uint32_t *task_seqs;
+    fkv_bevent *task_after; /* compute-queue marker the task waits on */
+    fkv_status task_status;
+    char task_error[256];
+} layer_state;
+
+typedef struct planner { /* per-thread scratch for selection */
+    float *reduced;
+    uint32_t *topk;
+    float *top_score;
+    uint32_t *fill_slot, *fill_page;
+    fkv_recall_unit *units;
+    uint32_t units_cap;
+} planner;
+
+struct fkv_context {
+    fkv_device *dev;
+    const fkv_backend_ops *ops;
+    fkv_bdev *bd;
+    fkv_config cfg;
+    fkv_kv_geom g;
+    int offload;         /* policies that keep the KV cache on the host */
+    uint32_t group, sink_pages, window_pages, n_mid, n_slots, max_pages, list_cap;
+    size_t es, row_elems, slot_bytes, page_bytes, unit_bytes;
+    seq_state *seqs;
+    layer_state *layers;
+    /* prefill scratch: pages in pool layout and f32 input rows */
+    uint32_t scratch_pages;
+    fkv_bbuf *scr_k, *scr_v, *scr_kin, *scr_vin, *scr_rows;
+    fkv_bhost *scr_host;
+    float *scr_host_k, *scr_host_v;
+    int32_t *scr_host_rows;
+    fkv_pool *pool;
+    fkv_recaller *rec_main, *rec_worker;
+    planner plan_main, plan_worker;
+    /* worker */
+    pthread_t worker;
+    int worker_started, stop;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    uint32_t *fifo; /* layers with pending tasks, in order */
+    uint32_t fifo_head, fifo_len;
+    /* statistics (guarded by lock) */
+    fkv_stats stats;
+    uint64_t *corrections; /* [L][Hk] */
+    uint64_t base_device_bytes, base_host_bytes;
+};
+
+double fkv_now(void);
+
+/* decode.c */
+fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, double *blocked);
+void *fkv_worker_main(void *arg);
+void fkv_release_event(fkv_context *ctx, fkv_bevent **ev);
+
+/* Device slot of logical page j: dense/quest keep page j at slot j; offload policies keep sink
+ * pages at 0..S-1 and the window in a ring of W slots after them. */
+static inline uint32_t fkv_home_slot(const fkv_context *ctx, uint32_t j) {
+    if (!ctx->offload || j < ctx->sink_pages)
+        return j;
+    return ctx->sink_pages + (j - ctx->sink_pages) % ctx->window_pages;
+}
+
+/* First page of the window when the sequence holds n tokens (the current page is n/p). */
+static inline uint32_t fkv_window_begin(const fkv_context *ctx, uint32_t n) {
+    uint32_t cur = n / ctx->cfg.page_size;
+    uint32_t wb = cur + 1 >= ctx->window_pages ? cur + 1 - ctx->window_pages : 0;
+    return wb > ctx->sink_pages ? wb : ctx->sink_pages;
+}
+
+#endif

@@ -1,0 +1,264 @@
+/* freekv: KV-cache retrieval for long-context decoding (FreeKV method), portable C API.
+ *
+ * Conventions
+ *  - Every function that can fail returns fkv_status (0 = FKV_OK, errors negative).
+ *    On error, fkv_last_error() returns a message for the calling thread, and the
+ *    objects involved are left exactly as they were before the call.
+ *  - Handles are opaque. Whoever creates a handle destroys it; destroying NULL is a no-op.
+ *  - The library never calls abort() or exit().
+ *  - Tensors handed in (q, k, v) and out are f32 activations; the KV cache is stored in
+ *    the context's dtype (f32, f16 or bf16).
+ */
+#ifndef FREEKV_H
+#define FREEKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(FREEKV_SHARED_BUILD)
+#define FKV_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define FKV_API __attribute__((visibility("default")))
+#else
+#define FKV_API
+#endif
+
+#define FKV_VERSION_MAJOR 0
+#define FKV_VERSION_MINOR 1
+#define FKV_VERSION_PATCH 0
+
+/* The one table of status codes: X(name, value, message). */
+#define FKV_STATUS_TABLE(X)                                                              \
+    X(FKV_OK, 0, "success")                                                              \
+    X(FKV_ERR_INVALID_ARGUMENT, -1, "invalid argument")                                  \
+    X(FKV_ERR_INVALID_CONFIG, -2, "invalid configuration")                               \
+    X(FKV_ERR_OUT_OF_HOST_MEMORY, -3, "out of host memory")                              \
+    X(FKV_ERR_OUT_OF_DEVICE_MEMORY, -4, "out of device memory")                          \
+    X(FKV_ERR_NO_DEVICE, -5, "no such backend or device")                                \
+    X(FKV_ERR_BAD_ENVIRONMENT, -6, "bad environment variable")                           \
+    X(FKV_ERR_UNSUPPORTED, -7, "unsupported by this backend or device")                  \
+    X(FKV_ERR_BACKEND, -8, "backend (driver) error")                                     \
+    X(FKV_ERR_BAD_STATE, -9, "call out of order")                                        \
+    X(FKV_ERR_CONTEXT_FULL, -10, "sequence reached the configured maximum context")      \
+    X(FKV_ERR_WRONG_DEVICE, -11, "memory belongs to another device")                     \
+    X(FKV_ERR_IO, -12, "input/output error")                                             \
+    X(FKV_ERR_BAD_FILE, -13, "malformed or corrupt file")                                \
+    X(FKV_ERR_KERNEL_BUILD, -14, "device program failed to build")
+
+typedef enum fkv_status {
+#define FKV_X_ENUM(name, value, msg) name = value,
+    FKV_STATUS_TABLE(FKV_X_ENUM)
+#undef FKV_X_ENUM
+} fkv_status;
+
+/* Static description of a status code ("unknown status" for values not in the table). */
+FKV_API const char *fkv_status_string(int status);
+/* Detailed message of the last failed call on this thread; "" if none. Never NULL. */
+FKV_API const char *fkv_last_error(void);
+
+typedef enum fkv_dtype { FKV_F32 = 0, FKV_F16 = 1, FKV_BF16 = 2 } fkv_dtype;
+FKV_API const char *fkv_dtype_name(fkv_dtype dtype);
+FKV_API size_t fkv_dtype_size(fkv_dtype dtype); /* 0 for an unknown dtype */
+
+/* ---- backends and devices ------------------------------------------------------------ */
+
+typedef enum fkv_device_type {
+    FKV_DEVICE_DISCRETE_GPU = 0,
+    FKV_DEVICE_INTEGRATED_GPU = 1,
+    FKV_DEVICE_CPU = 2,       /* a CPU device of a GPU API (PoCL, lavapipe) */
+    FKV_DEVICE_REFERENCE = 3, /* the built-in CPU reference backend */
+    FKV_DEVICE_OTHER = 4
+} fkv_device_type;
+FKV_API const char *fkv_device_type_name(fkv_device_type type);
+
+/* Capability bits. */
+enum {
+    FKV_CAP_ASYNC_COPY = 1u << 0,        /* copies run asynchronously to the host thread */
+    FKV_CAP_DEVICE_WAIT = 1u << 1,       /* a queue can wait on an event without the host */
+    FKV_CAP_PINNED_HOST = 1u << 2,       /* page-locked host memory */
+    FKV_CAP_ZERO_COPY_HOST = 1u << 3,    /* kernels can read host memory directly */
+    FKV_CAP_FP16_STORAGE = 1u << 4,      /* f16/bf16 KV storage */
+    FKV_CAP_MULTI_REGION_COPY = 1u << 5, /* one copy command with many regions */
+    FKV_CAP_SEPARATE_TRANSFER_QUEUE = 1u << 6
+};
+/* Writes "async_copy,device_wait,..." into buf (always NUL-terminated). */
+FKV_API fkv_status fkv_caps_string(uint32_t caps, char *buf, size_t buf_size);
+
+typedef struct fkv_device_info {
+    char backend[16];     /* "cpu", "opencl", "vulkan", "hip" */
+    uint32_t index;       /* index within its backend */
+    char name[128];
+    char driver[64];      /* driver / platform version */
+    fkv_device_type type;
+    uint64_t memory_bytes; /* global memory (0 if unknown) */
+    uint64_t max_buffer_bytes;
+    uint32_t caps;
+} fkv_device_info;
+
+/* Backends compiled into this build, in preference order. */
+FKV_API size_t fkv_backend_count(void);
+FKV_API const char *fkv_backend_name(size_t index); /* NULL when out of range */
+
+/* Lists the devices of one backend ("cpu", "opencl", ...), or of all when backend is NULL
+ * or "auto". Fills at most `capacity` entries; *count receives the total available.
+ * A backend whose driver is missing contributes no devices (not an error). */
+FKV_API fkv_status fkv_device_list(const char *backend, fkv_device_info *out, size_t capacity,
+                                   size_t *count);
+
+typedef struct fkv_device fkv_device;
+
+/* Opens a device. backend: "auto", "cpu", "opencl", "vulkan", "hip", or NULL to read
+ * FREEKV_BACKEND (default auto). device: an index, a name substring, or NULL to read
+ * FREEKV_DEVICE (default: the best device of the backend). Explicit arguments override
+ * the environment. An unknown or unavailable value fails with a message listing what
+ * is available; there is no silent fallback. */
+FKV_API fkv_status fkv_device_open(const char *backend, const char *device, fkv_device **out);
+FKV_API void fkv_device_close(fkv_device *dev);
+FKV_API fkv_status fkv_device_get_info(const fkv_device *dev, fkv_device_info *info);
+/* Which device "auto" would open (same rules as fkv_device_open(NULL/"auto", NULL)). */
+FKV_API fkv_status fkv_device_pick(const char *backend, const char *device, fkv_device_info *info);
+
+/* ---- device memory handed in by the engine ---------------------------------------------
+ * fkv_buffer_import wraps memory the engine owns so q/k/v/out can stay on the device:
+ *   OpenCL: native = (void *)cl_mem (same context as the device's)
+ *   Vulkan: native = (void *)(uintptr_t)VkBuffer (created on the device's VkDevice)
+ *   HIP:    native = device pointer
+ *   CPU reference: native = host memory the engine owns, used as device memory
+ * The engine keeps ownership of the native object, which must outlive the fkv_buffer.
+ * fkv_buffer_alloc allocates device memory owned by the fkv_buffer. */
+typedef struct fkv_buffer fkv_buffer;
+FKV_API fkv_status fkv_buffer_import(fkv_device *dev, void *native, size_t size,
+                                     fkv_buffer **out);
+FKV_API fkv_status fkv_buffer_alloc(fkv_device *dev, size_t size, fkv_buffer **out);
+/* Blocking host<->device copies (for engines and tests). */
+FKV_API fkv_status fkv_buffer_write(fkv_buffer *buf, size_t offset, const void *src, size_t size);
+FKV_API fkv_status fkv_buffer_read(fkv_buffer *buf, size_t offset, void *dst, size_t size);
+FKV_API void fkv_buffer_release(fkv_buffer *buf);
+
+/* A tensor argument: host memory (host != NULL) or device memory (buffer + byte offset).
+ * Element type is f32; the shape is implied by the call. Host memory is only read
+ * (or written, for outputs) during the call. */
+typedef struct fkv_tensor {
+    const void *host;
+    fkv_buffer *buffer;
+    size_t offset;
+} fkv_tensor;
+
+/* ---- configuration -------------------------------------------------------------------- */
+
+typedef enum fkv_policy {
+    FKV_POLICY_DENSE = 0,       /* whole KV resident, exact attention */
+    FKV_POLICY_QUEST = 1,       /* whole KV resident, exact selection every step */
+    FKV_POLICY_SYNC = 2,        /* offloaded; select with q[t], recall, attend (ArkVale-like) */
+    FKV_POLICY_SPECULATIVE = 3, /* offloaded; select with q[t-1], recall in the background */
+    FKV_POLICY_FREEKV = 4       /* speculative + fine-grained correction (default) */
+} fkv_policy;
+FKV_API const char *fkv_policy_name(fkv_policy policy);
+FKV_API fkv_status fkv_policy_parse(const char *name, fkv_policy *out);
+
+typedef enum fkv_group_reduce {
+    FKV_GROUP_SOFTMAX_MEAN = 0, /* mean over the group of per-head softmax over candidates */
+    FKV_GROUP_MEAN = 1,         /* mean of raw scores */
+    FKV_GROUP_MAX = 2           /* max of raw scores */
+} fkv_group_reduce;
+
+typedef struct fkv_config {
+    uint32_t n_layers;
+    uint32_t n_q_heads;
+    uint32_t n_kv_heads;  /* divides n_q_heads */
+    uint32_t head_dim;    /* 16..256, multiple of 4 */
+    uint32_t page_size;   /* tokens per page, 1..256 */
+    uint32_t budget_tokens; /* resident tokens per (sequence, layer, KV head), sink+window+selected */
+    uint32_t sink_tokens;   /* multiple of page_size */
+    uint32_t window_tokens; /* multiple of page_size, >= 2 pages (holds the current page) */
+    float tau;              /* correction threshold on mean query cosine, [-1, 1] */
+    fkv_dtype dtype;        /* KV storage */
+    fkv_policy policy;
+    fkv_group_reduce group_reduce;
+    uint32_t max_seqs;
+    uint32_t max_context;   /* tokens per sequence */
+    uint32_t recall_chunk_pages; /* (page, head) units per staging buffer; 0 = default */
+} fkv_config;
+
+/* Defaults: Llama-3.1-8B geometry (32 layers, 32/8 heads, d=128), p=32, budget 2048,
+ * sink 512, window 512, tau 0.9, bf16, freekv policy, 1 sequence, 32768 context. */
+FKV_API void fkv_config_init(fkv_config *cfg);
+/* Checks every field; the message names the first bad one. */
+FKV_API fkv_status fkv_config_validate(const fkv_config *cfg);
+
+/* ---- context and decoding ------------------------------------------------------------- */
+
+typedef struct fkv_context fkv_context;
+
+/* The context keeps a pointer to dev: close the device after destroying the context. */
+FKV_API fkv_status fkv_context_create(fkv_device *dev, const fkv_config *cfg,
+                                      fkv_context **out);
+FKV_API void fkv_context_destroy(fkv_context *ctx);
+FKV_API fkv_status fkv_context_get_config(const fkv_context *ctx, fkv_config *cfg);
+
+/* Drops a sequence's tokens (all layers), keeping its memory for reuse. */
+FKV_API fkv_status fkv_sequence_reset(fkv_context *ctx, uint32_t seq);
+/* Tokens stored for a sequence (after its last completed layer 0 .. L-1 pass). */
+FKV_API fkv_status fkv_sequence_length(const fkv_context *ctx, uint32_t seq, uint32_t *n_tokens);
+
+/* Prefill of one layer of one empty sequence with a prompt of n_tokens (>= 1):
+ *   k, v:   [n_tokens][n_kv_heads][head_dim] f32 (post-RoPE keys)
+ *   q_last: [n_q_heads][head_dim] f32, the last prompt token's query, used to choose the
+ *           initial resident pages.
+ * Layers are prefilled in order 0..L-1. */
+FKV_API fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t n_tokens,
+                               const fkv_tensor *k, const fkv_tensor *v, const fkv_tensor *q_last);
+
+/* One decode step of one layer for a batch of sequences:
+ *   q:   [n_seqs][n_q_heads][head_dim] f32
+ *   k,v: [n_seqs][n_kv_heads][head_dim] f32, the new token's key/value (appended first)
+ *   out: [n_seqs][n_q_heads][head_dim] f32, attention output (host or device memory)
+ * Within a step, layers are called in order 0..L-1 with the same sequences. */
+FKV_API fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n_seqs,
+                                    const uint32_t *seqs, const fkv_tensor *q,
+                                    const fkv_tensor *k, const fkv_tensor *v, fkv_tensor *out);
+
+/* Waits for background work (speculative recalls) to finish. */
+FKV_API fkv_status fkv_context_sync(fkv_context *ctx);
+
+typedef struct fkv_stats {
+    uint64_t steps;            /* decode steps (layer-0 calls) */
+    uint64_t layer_calls;
+    uint64_t selections;
+    uint64_t corrections;      /* corrected (sequence, layer, KV head) triples */
+    uint64_t heads_checked;    /* (sequence, layer, KV head) triples checked for correction */
+    uint64_t pages_recalled;   /* (page, KV head) units */
+    uint64_t bytes_recalled;
+    uint64_t pages_offloaded;
+    uint64_t bytes_offloaded;
+    double recall_seconds;     /* host time spent issuing and finishing recalls */
+    double blocked_seconds;    /* time the caller waited for recall or selection */
+    uint64_t host_bytes;       /* host memory held (KV pool, staging) */
+    uint64_t device_bytes;     /* device memory held */
+} fkv_stats;
+FKV_API fkv_status fkv_context_get_stats(const fkv_context *ctx, fkv_stats *stats);
+/* Corrections per (layer, KV head), row-major [n_layers][n_kv_heads]; capacity in entries. */
+FKV_API fkv_status fkv_context_get_corrections(const fkv_context *ctx, uint64_t *out,
+                                               size_t capacity);
+FKV_API fkv_status fkv_context_reset_stats(fkv_context *ctx);
+
+/* Logical pages (sorted ascending) that the last attention of (seq, layer) read for one KV
+ * head; *count receives the number (entries beyond capacity are not written). */
+FKV_API fkv_status fkv_context_attended_pages(const fkv_context *ctx, uint32_t seq,
+                                              uint32_t layer, uint32_t kv_head, int32_t *pages,
+                                              size_t capacity, size_t *count);
+
+/* Copies a sequence's stored keys/values of one layer back to the host, in token order
+ * [n_tokens][n_kv_heads][head_dim] f32 (converted from the storage dtype), from the host
+ * pool and the device's current page. For checks and debugging. */
+FKV_API fkv_status fkv_context_read_kv(fkv_context *ctx, uint32_t seq, uint32_t layer, float *k,
+                                       float *v, size_t capacity_tokens, uint32_t *n_tokens);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

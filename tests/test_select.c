@@ -1,0 +1,117 @@
+/* Page selection: group reduction, top-k with ties, and the incremental recall plan. */
+#include <criterion/criterion.h>
+#include <math.h>
+
+#include "core/select.h"
+#include "helpers.h"
+
+Test(select, topk_orders_and_breaks_ties_by_lower_index) {
+    float v[] = {1, 5, 3, 5, 2, 5, -1};
+    uint32_t out[7];
+    cr_assert_eq(fkv_topk(v, 7, 3, out), 3);
+    cr_assert_eq(out[0], 1);
+    cr_assert_eq(out[1], 3);
+    cr_assert_eq(out[2], 5);
+    cr_assert_eq(fkv_topk(v, 7, 4, out), 4);
+    cr_assert_eq(out[3], 2);
+    cr_assert_eq(fkv_topk(v, 7, 100, out), 7, "k > n returns n");
+    cr_assert_eq(out[6], 6);
+    cr_assert_eq(fkv_topk(v, 0, 3, out), 0);
+    cr_assert_eq(fkv_topk(v, 7, 0, out), 0);
+}
+
+Test(select, topk_matches_sorting_on_random_data) {
+    th_rng r;
+    th_seed(&r, 7);
+    float v[500];
+    uint32_t out[40];
+    for (int trial = 0; trial < 20; trial++) {
+        th_fill_normal(&r, v, 500, 1.0f);
+        uint32_t k = 1 + th_u32(&r) % 40;
+        cr_assert_eq(fkv_topk(v, 500, k, out), k);
+        for (uint32_t i = 0; i < k; i++) {
+            uint32_t larger = 0;
+            for (uint32_t j = 0; j < 500; j++)
+                larger += v[j] > v[out[i]];
+            cr_assert_eq(larger, i, "rank of #%u", i);
+        }
+    }
+}
+
+Test(select, group_reduce_modes) {
+    /* two query heads over pages 0..3, candidates 1..3 */
+    float s[] = {9, 1, 2, 3, /* head 0 */ 9, 3, 2, 1 /* head 1 */};
+    float out[3];
+    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MEAN, out);
+    cr_assert_float_eq(out[0], 2.0f, 1e-6);
+    cr_assert_float_eq(out[1], 2.0f, 1e-6);
+    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MAX, out);
+    cr_assert_float_eq(out[0], 3.0f, 1e-6);
+    cr_assert_float_eq(out[2], 3.0f, 1e-6);
+    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_SOFTMAX_MEAN, out);
+    cr_assert_float_eq(out[0] + out[1] + out[2], 1.0f, 1e-6, "softmax over candidates");
+    cr_assert_float_eq(out[0], out[2], 1e-6, "symmetric heads");
+    cr_assert_lt(out[1], out[0]);
+    float nan_s[] = {NAN, 1, 2};
+    fkv_reduce_group(nan_s, 3, 1, 0, 3, FKV_GROUP_MEAN, out);
+    cr_assert(isinf(out[0]) && out[0] < 0, "NaN ranks last");
+}
+
+Test(select, plan_keeps_resident_and_evicts_lowest_first) {
+    int32_t slot_page[4] = {10, 11, -1, 13};
+    float slot_score[4] = {0.5f, 0.1f, 0, 0.3f};
+    uint32_t sel[] = {13, 20, 21};
+    float sel_score[] = {0.9f, 0.8f, 0.7f};
+    uint32_t fs[4], fp[4];
+    uint32_t n = fkv_plan_slots(slot_page, slot_score, 4, sel, sel_score, 3, fs, fp);
+    cr_assert_eq(n, 2, "13 is resident: only 20 and 21 are recalled");
+    cr_assert_eq(fs[0], 2, "empty slot used first");
+    cr_assert_eq(fp[0], 20);
+    /* the old scores rank the victims: page 11 (0.1) before page 10 (0.5) */
+    cr_assert_eq(fs[1], 1);
+    cr_assert_eq(fp[1], 21);
+    cr_assert_eq(slot_page[3], 13, "resident selected page did not move");
+    cr_assert_eq(slot_page[0], -1, "unselected page dropped from the attention set");
+}
+
+Test(select, plan_never_recalls_resident_random) {
+    th_rng r;
+    th_seed(&r, 3);
+    int32_t slot_page[16];
+    float slot_score[16];
+    for (int i = 0; i < 16; i++) {
+        slot_page[i] = -1;
+        slot_score[i] = 0;
+    }
+    for (int step = 0; step < 200; step++) {
+        uint32_t sel[16];
+        float sc[16];
+        uint32_t n_sel = 1 + th_u32(&r) % 16;
+        for (uint32_t i = 0; i < n_sel; i++) { /* distinct pages from 0..39 */
+            uint32_t pg;
+            int dup;
+            do {
+                pg = th_u32(&r) % 40;
+                dup = 0;
+                for (uint32_t j = 0; j < i; j++)
+                    dup |= sel[j] == pg;
+            } while (dup);
+            sel[i] = pg;
+            sc[i] = th_uniform(&r);
+        }
+        int32_t before[16];
+        for (int i = 0; i < 16; i++)
+            before[i] = slot_page[i];
+        uint32_t fs[16], fp[16];
+        uint32_t nf = fkv_plan_slots(slot_page, slot_score, 16, sel, sc, n_sel, fs, fp);
+        for (uint32_t f = 0; f < nf; f++)
+            for (int i = 0; i < 16; i++)
+                cr_assert_neq(before[i], (int32_t)fp[f], "recalled resident page %u", fp[f]);
+        for (uint32_t i = 0; i < n_sel; i++) { /* every selected page is now held once */
+            int held = 0;
+            for (int m = 0; m < 16; m++)
+                held += slot_page[m] == (int32_t)sel[i];
+            cr_assert_eq(held, 1, "page %u held %d times", sel[i], held);
+        }
+    }
+}

@@ -690,7 +690,6 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
     case FKV_POLICY_SPECULATIVE:
     case FKV_POLICY_FREEKV:
         if (c->policy == FKV_POLICY_FREEKV) {
-            double t0 = fkv_now();
             int any = 0;
             for (uint32_t i = 0; i < n && st == FKV_OK; i++) {
                 seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
@@ -716,7 +715,9 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
                 any |= L->h.flags[i] != 0;
             d.heads_checked += (uint64_t)n * hk;
             if (st == FKV_OK && any) {
-                /* flagged heads: select with q[t] now, after the speculative recall */
+                /* flagged heads: select with q[t] now, after the speculative recall; the
+                 * caller waits for it (the flags wait above is compute, not recall) */
+                double t0 = fkv_now();
                 fkv_bevent *w[2];
                 uint32_t nw = 0;
                 if (L->ev_recall)
@@ -733,8 +734,10 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
                         ctx->corrections[(size_t)layer * hk + i % hk]++;
                     }
                 pthread_mutex_unlock(&ctx->lock);
+                if (st == FKV_OK)
+                    st = o->event_wait(ctx->bd, 1, &corr);
+                d.blocked_seconds += fkv_now() - t0;
             }
-            d.blocked_seconds += fkv_now() - t0;
         }
         if (st == FKV_OK && L->ev_recall) {
             /* time the caller would wait for the background recall */

@@ -22,6 +22,14 @@
  * unmodified until the copy's event completes. Buffers must not be freed while a command that
  * uses them may still run (wait for its event or finish the queue first).
  *
+ * Errors: enqueue-time argument errors return a status and enqueue nothing (*deps.done =
+ * NULL). An error found while a command runs (e.g. an index out of range read from an index
+ * buffer) fails its event: event_wait returns it, and commands waiting on it fail too; a
+ * marker (and finish) also reports the first failure on its queue since the previous marker.
+ * Offsets and index-buffer contents are in bytes and elements as stated; data is naturally
+ * aligned (f32/int32 at 4 bytes). Summaries and dense K/V start at byte 0 of their buffers.
+ * A pool's last slot may be partial: kernels bound-check only the rows they read.
+ *
  * Versioning: the table only grows at the end. A backend sets abi_version and struct_size;
  * the registry rejects a table older than it needs. Entries marked optional may be NULL; the
  * generic fallback lives in backends/fallback.c, written once.
@@ -133,7 +141,8 @@ typedef struct fkv_backend_ops {
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
                          size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
     /* Per (seq b, KV head h): mean over the group of cos(q_cur, q_prev) into sims[b][h] (f32)
-     * and flags[b][h] = sims < tau (int32). A zero-norm query has cosine 0. */
+     * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). A zero-norm
+     * query has cosine 0. */
     fkv_status (*cosine_flags)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
@@ -144,8 +153,8 @@ typedef struct fkv_backend_ops {
                            const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
                            size_t dst_off);
-    /* HND -> NHD: unit i of src (src_off + i*2*page_size*head_dim elements, [K|V][p][d]) goes
-     * to KV head units[2i+1] of slot units[2i] in both pools. */
+    /* HND -> NHD: unit i of src (at byte src_off + i*2*page_size*head_dim*element size,
+     * [K|V][p][d]) goes to KV head units[2i+1] of slot units[2i] in both pools. */
     fkv_status (*scatter_hnd)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                               const fkv_bbuf *src, size_t src_off, uint32_t n_units,
                               const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,

@@ -1,0 +1,1045 @@
+/* The CPU reference backend: the ops table every other backend is compared with.
+ *
+ * Device memory is plain heap memory separate from the caller's, so host<->device copies are
+ * real copies and layout or ordering bugs show. Each fkv_queue is a worker thread
+ * (cpu_queue.c); kernels are plain C (cpu_kernels.c). Every enqueue checks its arguments
+ * before queueing anything; indices read from index buffers are checked when the command
+ * runs, and a bad one fails the command's event instead of touching memory out of range.
+ *
+ * Environment (read in device_open only):
+ *   FREEKV_CPU_RECALL=staged|direct|perpage   recall mechanism reported by recall_mode
+ *   FREEKV_CPU_DEVICE_MEMORY, FREEKV_CPU_HOST_MEMORY = N[K|M|G]   allocation limits in bytes
+ */
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "../../common/error.h"
+#include "cpu_kernels.h"
+#include "cpu_queue.h"
+
+#define CPU_HOST_ALIGN 64
+
+struct fkv_bdev {
+    cpu_queue *queues[FKV_QUEUE_COUNT];
+    fkv_recall_mode recall;
+    uint64_t device_limit; /* UINT64_MAX: unlimited */
+    uint64_t host_limit;
+    pthread_mutex_t mem_lock; /* guards the two counters below */
+    uint64_t device_used;
+    uint64_t host_used;
+};
+
+struct fkv_bbuf {
+    unsigned char *data;
+    size_t size;
+    int imported; /* the caller owns data */
+};
+
+struct fkv_bhost {
+    unsigned char *data;
+    size_t size;
+    size_t charged; /* bytes counted against the host limit */
+};
+
+static const char *const queue_names[FKV_QUEUE_COUNT] = {"compute", "transfer", "background"};
+
+/* ---- enumeration and opening ---- */
+
+static uint64_t physical_memory(void) {
+    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page_size <= 0)
+        return 0;
+    return (uint64_t)pages * (uint64_t)page_size;
+}
+
+static const uint32_t base_caps = FKV_CAP_ASYNC_COPY | FKV_CAP_DEVICE_WAIT | FKV_CAP_PINNED_HOST |
+                                  FKV_CAP_FP16_STORAGE | FKV_CAP_SEPARATE_TRANSFER_QUEUE |
+                                  FKV_CAP_MULTI_REGION_COPY;
+
+static void fill_info(fkv_device_info *info, uint64_t memory_bytes, uint32_t caps) {
+    memset(info, 0, sizeof *info);
+    snprintf(info->backend, sizeof info->backend, "cpu");
+    info->index = 0;
+    snprintf(info->name, sizeof info->name, "freekv CPU reference");
+    snprintf(info->driver, sizeof info->driver, "freekv %d.%d", FKV_VERSION_MAJOR,
+             FKV_VERSION_MINOR);
+    info->type = FKV_DEVICE_REFERENCE;
+    info->memory_bytes = memory_bytes;
+    info->max_buffer_bytes = memory_bytes;
+    info->caps = caps;
+}
+
+static fkv_status cpu_device_count(uint32_t *count) {
+    if (count == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu device_count: NULL output");
+    *count = 1;
+    return FKV_OK;
+}
+
+/* Before opening, the environment is not read: this describes the default device. */
+static fkv_status cpu_device_info(uint32_t index, fkv_device_info *info) {
+    if (info == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu device_info: NULL output");
+    if (index != 0)
+        return fkv_error(FKV_ERR_NO_DEVICE, "cpu: no device %u (the CPU backend has one)", index);
+    fill_info(info, physical_memory(), base_caps);
+    return FKV_OK;
+}
+
+/* "N", "NK", "NM" or "NG" (binary multiples), N >= 1. */
+static fkv_status parse_bytes(const char *var, const char *s, uint64_t *out) {
+    uint64_t v = 0;
+    const char *p = s;
+    if (*p < '0' || *p > '9')
+        goto bad;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > (UINT64_MAX - 9) / 10)
+            goto bad;
+        v = v * 10 + (uint64_t)(*p - '0');
+    }
+    unsigned shift = 0;
+    switch (*p) {
+    case 'k': case 'K': shift = 10; p++; break;
+    case 'm': case 'M': shift = 20; p++; break;
+    case 'g': case 'G': shift = 30; p++; break;
+    default: break;
+    }
+    if (*p != '\0' || v == 0 || v > (UINT64_MAX >> shift))
+        goto bad;
+    *out = v << shift;
+    return FKV_OK;
+bad:
+    return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
+                     "%s='%s': expected a byte count >= 1 with an optional K, M or G suffix "
+                     "(e.g. 64M)",
+                     var, s);
+}
+
+static fkv_status read_limit(const char *var, uint64_t *limit) {
+    const char *s = getenv(var);
+    *limit = UINT64_MAX;
+    if (s == NULL || s[0] == '\0')
+        return FKV_OK;
+    return parse_bytes(var, s, limit);
+}
+
+static fkv_status read_recall(fkv_recall_mode *mode) {
+    static const char *const names[] = {"staged", "direct", "perpage"};
+    const char *s = getenv("FREEKV_CPU_RECALL");
+    *mode = FKV_RECALL_STAGED;
+    if (s == NULL || s[0] == '\0')
+        return FKV_OK;
+    for (int i = 0; i < 3; i++)
+        if (strcasecmp(s, names[i]) == 0) {
+            *mode = (fkv_recall_mode)i;
+            return FKV_OK;
+        }
+    return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
+                     "FREEKV_CPU_RECALL='%s': expected staged, direct or perpage", s);
+}
+
+static void cpu_device_close(fkv_bdev *dev) {
+    if (dev == NULL)
+        return;
+    /* Each queue drains before its thread is joined; a command waiting on another queue's
+     * event still completes because that queue is still running (or already drained). */
+    for (int i = 0; i < FKV_QUEUE_COUNT; i++)
+        cpu_queue_destroy(dev->queues[i]);
+    pthread_mutex_destroy(&dev->mem_lock);
+    free(dev);
+}
+
+static fkv_status cpu_device_open(uint32_t index, fkv_bdev **out) {
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu device_open: NULL output");
+    *out = NULL;
+    if (index != 0)
+        return fkv_error(FKV_ERR_NO_DEVICE, "cpu: no device %u (the CPU backend has one)", index);
+    fkv_recall_mode recall;
+    uint64_t device_limit, host_limit;
+    fkv_status st;
+    if ((st = read_recall(&recall)) != FKV_OK ||
+        (st = read_limit("FREEKV_CPU_DEVICE_MEMORY", &device_limit)) != FKV_OK ||
+        (st = read_limit("FREEKV_CPU_HOST_MEMORY", &host_limit)) != FKV_OK)
+        return st;
+    fkv_bdev *dev = calloc(1, sizeof *dev);
+    if (dev == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "cpu: allocating the device");
+    if (pthread_mutex_init(&dev->mem_lock, NULL) != 0) {
+        free(dev);
+        return fkv_error(FKV_ERR_BACKEND, "cpu: pthread_mutex_init failed");
+    }
+    dev->recall = recall;
+    dev->device_limit = device_limit;
+    dev->host_limit = host_limit;
+    for (int i = 0; i < FKV_QUEUE_COUNT; i++) {
+        if ((st = cpu_queue_create(queue_names[i], &dev->queues[i])) != FKV_OK) {
+            cpu_device_close(dev);
+            return st;
+        }
+    }
+    *out = dev;
+    return FKV_OK;
+}
+
+static uint32_t device_caps(const fkv_bdev *dev) {
+    return base_caps | (dev->recall == FKV_RECALL_DIRECT ? FKV_CAP_ZERO_COPY_HOST : 0u);
+}
+
+static fkv_status cpu_opened_info(fkv_bdev *dev, fkv_device_info *info) {
+    if (dev == NULL || info == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu opened_info: NULL argument");
+    uint64_t mem = physical_memory();
+    if (dev->device_limit != UINT64_MAX)
+        mem = dev->device_limit;
+    fill_info(info, mem, device_caps(dev));
+    return FKV_OK;
+}
+
+static fkv_recall_mode cpu_recall_mode(fkv_bdev *dev) {
+    return dev ? dev->recall : FKV_RECALL_STAGED;
+}
+
+/* ---- memory ---- */
+
+/* Counts size against a limit; 0 when it does not fit. */
+static int charge(fkv_bdev *dev, uint64_t *used, uint64_t limit, size_t size) {
+    pthread_mutex_lock(&dev->mem_lock);
+    int ok = size <= limit && *used <= limit - size;
+    if (ok)
+        *used += size;
+    pthread_mutex_unlock(&dev->mem_lock);
+    return ok;
+}
+
+static void uncharge(fkv_bdev *dev, uint64_t *used, size_t size) {
+    pthread_mutex_lock(&dev->mem_lock);
+    *used -= size;
+    pthread_mutex_unlock(&dev->mem_lock);
+}
+
+static fkv_status cpu_buffer_alloc(fkv_bdev *dev, size_t size, fkv_bbuf **out) {
+    if (dev == NULL || out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu buffer_alloc: NULL argument");
+    *out = NULL;
+    if (size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu buffer_alloc: size 0");
+    if (!charge(dev, &dev->device_used, dev->device_limit, size))
+        return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY,
+                         "cpu: %zu bytes exceed the device memory left (FREEKV_CPU_DEVICE_MEMORY "
+                         "= %llu bytes)",
+                         size, (unsigned long long)dev->device_limit);
+    fkv_bbuf *b = calloc(1, sizeof *b);
+    unsigned char *data = calloc(1, size); /* zeroed: results never depend on stale memory */
+    if (b == NULL || data == NULL) {
+        free(b);
+        free(data);
+        uncharge(dev, &dev->device_used, size);
+        return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY, "cpu: cannot allocate %zu bytes", size);
+    }
+    b->data = data;
+    b->size = size;
+    *out = b;
+    return FKV_OK;
+}
+
+static fkv_status cpu_buffer_import(fkv_bdev *dev, void *native, size_t size, fkv_bbuf **out) {
+    if (dev == NULL || out == NULL || native == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu buffer_import: NULL argument");
+    *out = NULL;
+    if (size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu buffer_import: size 0");
+    fkv_bbuf *b = calloc(1, sizeof *b);
+    if (b == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "cpu: allocating a buffer handle");
+    b->data = native;
+    b->size = size;
+    b->imported = 1;
+    *out = b;
+    return FKV_OK;
+}
+
+static void cpu_buffer_free(fkv_bdev *dev, fkv_bbuf *buf) {
+    if (buf == NULL)
+        return;
+    if (!buf->imported) {
+        free(buf->data);
+        if (dev)
+            uncharge(dev, &dev->device_used, buf->size);
+    }
+    free(buf);
+}
+
+static fkv_status cpu_host_alloc(fkv_bdev *dev, size_t size, fkv_bhost **out, void **ptr) {
+    if (dev == NULL || out == NULL || ptr == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu host_alloc: NULL argument");
+    *out = NULL;
+    *ptr = NULL;
+    if (size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu host_alloc: size 0");
+    if (size > SIZE_MAX - CPU_HOST_ALIGN)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "cpu: host allocation of %zu bytes", size);
+    size_t rounded = (size + CPU_HOST_ALIGN - 1) / CPU_HOST_ALIGN * CPU_HOST_ALIGN;
+    if (!charge(dev, &dev->host_used, dev->host_limit, size))
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
+                         "cpu: %zu bytes exceed the host memory left (FREEKV_CPU_HOST_MEMORY = "
+                         "%llu bytes)",
+                         size, (unsigned long long)dev->host_limit);
+    fkv_bhost *h = calloc(1, sizeof *h);
+    unsigned char *data = aligned_alloc(CPU_HOST_ALIGN, rounded);
+    if (h == NULL || data == NULL) {
+        free(h);
+        free(data);
+        uncharge(dev, &dev->host_used, size);
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "cpu: cannot allocate %zu host bytes", size);
+    }
+    memset(data, 0, rounded);
+    h->data = data;
+    h->size = size;
+    h->charged = size;
+    *out = h;
+    *ptr = data;
+    return FKV_OK;
+}
+
+static void cpu_host_free(fkv_bdev *dev, fkv_bhost *host) {
+    if (host == NULL)
+        return;
+    free(host->data);
+    if (dev)
+        uncharge(dev, &dev->host_used, host->charged);
+    free(host);
+}
+
+/* ---- argument checks shared by the enqueue entries ---- */
+
+/* On error nothing is queued and the caller's event pointer is cleared. */
+static fkv_status fail(fkv_deps deps, fkv_status st) {
+    if (deps.done)
+        *deps.done = NULL;
+    return st;
+}
+
+#define TRY(expr)                                   \
+    do {                                            \
+        fkv_status try_st_ = (expr);                \
+        if (try_st_ != FKV_OK)                      \
+            return fail(deps, try_st_);             \
+    } while (0)
+
+static fkv_status check_enqueue(const char *op, fkv_bdev *dev, fkv_queue q, int is_kernel,
+                                fkv_deps deps) {
+    if (dev == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: NULL device", op);
+    if ((unsigned)q >= FKV_QUEUE_COUNT)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: no queue %d", op, (int)q);
+    if (is_kernel && q == FKV_QUEUE_TRANSFER)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "%s: kernels run on the compute or background queue, not transfer", op);
+    return cpu_check_wait_list(op, deps.n_wait, deps.wait);
+}
+
+static fkv_status check_geom(const char *op, const fkv_kv_geom *g) {
+    if (g == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: NULL geometry", op);
+    if (g->n_kv_heads == 0 || g->n_kv_heads > 65536 || g->group == 0 || g->group > 65536 ||
+        g->head_dim == 0 || g->head_dim > FKV_CPU_MAX_HEAD_DIM || g->page_size == 0 ||
+        g->page_size > 65536)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "%s: bad geometry (n_kv_heads %u, group %u, head_dim %u (max %d), "
+                         "page_size %u)",
+                         op, g->n_kv_heads, g->group, g->head_dim, FKV_CPU_MAX_HEAD_DIM,
+                         g->page_size);
+    if (fkv_dtype_size(g->dtype) == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: unknown dtype %d", op, (int)g->dtype);
+    return FKV_OK;
+}
+
+/* a*b*c bytes; fails when the product overflows size_t. */
+static fkv_status size_of(const char *op, const char *what, size_t a, size_t b, size_t c,
+                          size_t *out) {
+    *out = 0; /* set on every path, so callers never read an indeterminate size */
+    if ((b != 0 && a > SIZE_MAX / b) || (c != 0 && a * b > SIZE_MAX / c))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: %s size overflows", op, what);
+    *out = a * b * c;
+    return FKV_OK;
+}
+
+/* `bytes` bytes at `off` lie inside buf, and buf's data at `off` is aligned to `align`. */
+static fkv_status check_span(const char *op, const char *what, const fkv_bbuf *buf, size_t off,
+                             size_t bytes, size_t align) {
+    if (buf == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: %s buffer is NULL", op, what);
+    if (off > buf->size || bytes > buf->size - off)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "%s: %s needs %zu bytes at offset %zu, the buffer holds %zu", op, what,
+                         bytes, off, buf->size);
+    if (align > 1 && (uintptr_t)(buf->data + off) % align != 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "%s: %s at offset %zu is not aligned to %zu bytes", op, what, off, align);
+    return FKV_OK;
+}
+
+/* Rows both pools hold (pools must be aligned to the element size). */
+static fkv_status pool_rows_of(const char *op, const fkv_kv_geom *g, const fkv_bbuf *kpool,
+                               const fkv_bbuf *vpool, size_t *rows) {
+    size_t es = fkv_dtype_size(g->dtype), row_bytes;
+    fkv_status st;
+    if ((st = check_span(op, "K pool", kpool, 0, 0, es)) != FKV_OK ||
+        (st = check_span(op, "V pool", vpool, 0, 0, es)) != FKV_OK ||
+        (st = size_of(op, "row", g->n_kv_heads, g->head_dim, es, &row_bytes)) != FKV_OK)
+        return st;
+    size_t smaller = kpool->size < vpool->size ? kpool->size : vpool->size;
+    *rows = smaller / row_bytes;
+    return FKV_OK;
+}
+
+static unsigned char *at(const fkv_bbuf *buf, size_t off) { return buf->data + off; }
+
+static fkv_status submit(fkv_bdev *dev, fkv_queue q, cpu_cmd_fn fn, void *args, fkv_deps deps) {
+    return cpu_queue_submit(dev->queues[q], fn, args, deps.n_wait, deps.wait, deps.done);
+}
+
+static fkv_status alloc_args(const char *op, size_t size, void **out) {
+    *out = calloc(1, size);
+    if (*out == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "%s: allocating the command", op);
+    return FKV_OK;
+}
+
+/* ---- events and queues ---- */
+
+static fkv_status cpu_event_wait_op(fkv_bdev *dev, uint32_t n, fkv_bevent *const *events) {
+    (void)dev;
+    return cpu_event_wait(n, events);
+}
+
+static void cpu_event_release_op(fkv_bdev *dev, fkv_bevent *ev) {
+    (void)dev;
+    cpu_event_release(ev);
+}
+
+static fkv_status cpu_marker(fkv_bdev *dev, fkv_queue q, fkv_deps deps) {
+    TRY(check_enqueue("marker", dev, q, 0, deps));
+    return submit(dev, q, NULL, NULL, deps);
+}
+
+static fkv_status cpu_finish(fkv_bdev *dev, fkv_queue q) {
+    fkv_bevent *ev = NULL;
+    fkv_deps deps = {0, NULL, &ev};
+    fkv_status st = cpu_marker(dev, q, deps);
+    if (st != FKV_OK)
+        return st;
+    st = cpu_event_wait(1, &ev);
+    cpu_event_release(ev);
+    return st;
+}
+
+/* ---- copies ---- */
+
+typedef struct copy_args {
+    void *dst;
+    const void *src;
+    size_t size;
+} copy_args;
+
+static fkv_status run_copy(void *p) {
+    copy_args *a = p;
+    if (a->size)
+        memmove(a->dst, a->src, a->size); /* copy() may overlap within one buffer */
+    return FKV_OK;
+}
+
+static fkv_status enqueue_copy(fkv_bdev *dev, fkv_queue q, fkv_deps deps, void *dst,
+                               const void *src, size_t size) {
+    copy_args *a;
+    TRY(alloc_args("copy", sizeof *a, (void **)&a));
+    a->dst = dst;
+    a->src = src;
+    a->size = size;
+    return submit(dev, q, run_copy, a, deps);
+}
+
+static fkv_status cpu_write(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                            size_t dst_offset, const void *src, size_t size) {
+    TRY(check_enqueue("write", dev, q, 0, deps));
+    TRY(check_span("write", "destination", dst, dst_offset, size, 1));
+    if (src == NULL && size > 0)
+        return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT, "write: NULL host source"));
+    return enqueue_copy(dev, q, deps, at(dst, dst_offset), src, size);
+}
+
+static fkv_status cpu_read(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
+                           size_t src_offset, void *dst, size_t size) {
+    TRY(check_enqueue("read", dev, q, 0, deps));
+    TRY(check_span("read", "source", src, src_offset, size, 1));
+    if (dst == NULL && size > 0)
+        return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT, "read: NULL host destination"));
+    return enqueue_copy(dev, q, deps, dst, at(src, src_offset), size);
+}
+
+static fkv_status cpu_copy(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                           size_t dst_offset, const fkv_bbuf *src, size_t src_offset,
+                           size_t size) {
+    TRY(check_enqueue("copy", dev, q, 0, deps));
+    TRY(check_span("copy", "destination", dst, dst_offset, size, 1));
+    TRY(check_span("copy", "source", src, src_offset, size, 1));
+    return enqueue_copy(dev, q, deps, at(dst, dst_offset), at(src, src_offset), size);
+}
+
+typedef struct regions_args {
+    unsigned char *dst;
+    uint32_t n;
+    fkv_copy_region regions[]; /* copied: the caller's array may go away after the call */
+} regions_args;
+
+static fkv_status run_regions(void *p) {
+    regions_args *a = p;
+    for (uint32_t i = 0; i < a->n; i++)
+        if (a->regions[i].size)
+            memcpy(a->dst + a->regions[i].dst_offset, a->regions[i].src, a->regions[i].size);
+    return FKV_OK;
+}
+
+static fkv_status cpu_write_regions(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                                    uint32_t n, const fkv_copy_region *regions) {
+    TRY(check_enqueue("write_regions", dev, q, 0, deps));
+    TRY(check_span("write_regions", "destination", dst, 0, 0, 1));
+    if (n > 0 && regions == NULL)
+        return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT, "write_regions: %u regions but a "
+                                                              "NULL array", n));
+    for (uint32_t i = 0; i < n; i++) {
+        const fkv_copy_region *r = &regions[i];
+        if (r->src == NULL && r->size > 0)
+            return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                                        "write_regions: region %u has a NULL source", i));
+        if (r->dst_offset > dst->size || r->size > dst->size - r->dst_offset)
+            return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                                        "write_regions: region %u (%zu bytes at %zu) exceeds "
+                                        "the destination (%zu bytes)",
+                                        i, r->size, r->dst_offset, dst->size));
+    }
+    regions_args *a;
+    TRY(alloc_args("write_regions", sizeof *a + (size_t)n * sizeof a->regions[0], (void **)&a));
+    a->dst = dst->data;
+    a->n = n;
+    if (n > 0)
+        memcpy(a->regions, regions, (size_t)n * sizeof *regions);
+    return submit(dev, q, run_regions, a, deps);
+}
+
+/* ---- kernels ---- */
+
+typedef struct append_args {
+    fkv_kv_geom g;
+    const float *k, *v;
+    uint32_t n_rows;
+    const int32_t *rows;
+    void *kpool, *vpool;
+    size_t pool_rows;
+} append_args;
+
+static fkv_status run_append(void *p) {
+    append_args *a = p;
+    return cpu_append(&a->g, a->k, a->v, a->n_rows, a->rows, a->kpool, a->vpool, a->pool_rows);
+}
+
+static fkv_status cpu_append_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src,
+                                size_t v_off, uint32_t n_rows, const fkv_bbuf *rows,
+                                size_t rows_off, fkv_bbuf *kpool, fkv_bbuf *vpool) {
+    const char *op = "append";
+    append_args *a;
+    TRY(check_enqueue(op, dev, q, 1, deps));
+    TRY(check_geom(op, g));
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    a->g = *g;
+    a->n_rows = n_rows;
+    if (n_rows > 0) { /* nothing is touched otherwise: the buffers may be absent */
+        size_t src_bytes;
+        fkv_status st;
+        if ((st = size_of(op, "source", n_rows, (size_t)g->n_kv_heads * g->head_dim, 4,
+                          &src_bytes)) != FKV_OK ||
+            (st = check_span(op, "K source", k_src, k_off, src_bytes, 4)) != FKV_OK ||
+            (st = check_span(op, "V source", v_src, v_off, src_bytes, 4)) != FKV_OK ||
+            (st = check_span(op, "rows", rows, rows_off, (size_t)n_rows * 4, 4)) != FKV_OK ||
+            (st = pool_rows_of(op, g, kpool, vpool, &a->pool_rows)) != FKV_OK) {
+            free(a);
+            return fail(deps, st);
+        }
+        a->k = (const float *)at(k_src, k_off);
+        a->v = (const float *)at(v_src, v_off);
+        a->rows = (const int32_t *)at(rows, rows_off);
+        a->kpool = kpool->data;
+        a->vpool = vpool->data;
+    }
+    return submit(dev, q, run_append, a, deps);
+}
+
+typedef struct summarize_args {
+    fkv_kv_geom g;
+    const void *kpool;
+    size_t pool_rows;
+    uint32_t n_pages;
+    const int32_t *pages;
+    float *summaries;
+    size_t n_summaries;
+} summarize_args;
+
+static fkv_status run_summarize(void *p) {
+    summarize_args *a = p;
+    return cpu_summarize(&a->g, a->kpool, a->pool_rows, a->n_pages, a->pages, a->summaries,
+                         a->n_summaries);
+}
+
+static fkv_status cpu_summarize_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                   const fkv_kv_geom *g, const fkv_bbuf *kpool, uint32_t n_pages,
+                                   const fkv_bbuf *pages, size_t pages_off,
+                                   fkv_bbuf *summaries) {
+    const char *op = "summarize";
+    summarize_args *a;
+    TRY(check_enqueue(op, dev, q, 1, deps));
+    TRY(check_geom(op, g));
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    a->g = *g;
+    a->n_pages = n_pages;
+    if (n_pages > 0) {
+        size_t summary_bytes;
+        fkv_status st;
+        if ((st = pool_rows_of(op, g, kpool, kpool, &a->pool_rows)) != FKV_OK ||
+            (st = check_span(op, "pages", pages, pages_off, (size_t)n_pages * 8, 4)) != FKV_OK ||
+            (st = size_of(op, "summary", g->n_kv_heads, 2 * (size_t)g->head_dim, 4,
+                          &summary_bytes)) != FKV_OK ||
+            (st = check_span(op, "summaries", summaries, 0, summary_bytes, 4)) != FKV_OK) {
+            free(a);
+            return fail(deps, st);
+        }
+        a->kpool = kpool->data;
+        a->pages = (const int32_t *)at(pages, pages_off);
+        a->summaries = (float *)summaries->data;
+        a->n_summaries = summaries->size / summary_bytes;
+    }
+    return submit(dev, q, run_summarize, a, deps);
+}
+
+typedef struct scores_args {
+    fkv_kv_geom g;
+    const float *q;
+    uint32_t n_seqs;
+    const int32_t *desc;
+    const float *summaries;
+    size_t n_summaries;
+    float *out;
+    size_t out_len;
+} scores_args;
+
+static fkv_status run_scores(void *p) {
+    scores_args *a = p;
+    return cpu_scores(&a->g, a->q, a->n_seqs, a->desc, a->summaries, a->n_summaries, a->out,
+                      a->out_len);
+}
+
+static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                                const fkv_bbuf *desc, size_t desc_off,
+                                const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off) {
+    const char *op = "scores";
+    scores_args *a;
+    TRY(check_enqueue(op, dev, q, 1, deps));
+    TRY(check_geom(op, g));
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    a->g = *g;
+    a->n_seqs = n_seqs;
+    if (n_seqs > 0) {
+        size_t q_bytes, summary_bytes;
+        fkv_status st;
+        if ((st = size_of(op, "query", n_seqs, (size_t)g->n_kv_heads * g->group,
+                          (size_t)g->head_dim * 4, &q_bytes)) != FKV_OK ||
+            (st = check_span(op, "query", qbuf, q_off, q_bytes, 4)) != FKV_OK ||
+            (st = check_span(op, "desc", desc, desc_off, (size_t)n_seqs * 12, 4)) != FKV_OK ||
+            (st = size_of(op, "summary", g->n_kv_heads, 2 * (size_t)g->head_dim, 4,
+                          &summary_bytes)) != FKV_OK ||
+            (st = check_span(op, "summaries", summaries, 0, 0, 4)) != FKV_OK ||
+            (st = check_span(op, "output", out, out_off, 0, 4)) != FKV_OK) {
+            free(a);
+            return fail(deps, st);
+        }
+        a->q = (const float *)at(qbuf, q_off);
+        a->desc = (const int32_t *)at(desc, desc_off);
+        a->summaries = (const float *)summaries->data;
+        a->n_summaries = summaries->size / summary_bytes;
+        a->out = (float *)at(out, out_off);
+        a->out_len = (out->size - out_off) / 4;
+    }
+    return submit(dev, q, run_scores, a, deps);
+}
+
+typedef struct cosine_args {
+    fkv_kv_geom g;
+    const float *cur, *prev;
+    uint32_t n_seqs;
+    float tau;
+    float *sims;
+    int32_t *flags;
+} cosine_args;
+
+static fkv_status run_cosine(void *p) {
+    cosine_args *a = p;
+    return cpu_cosine_flags(&a->g, a->cur, a->prev, a->n_seqs, a->tau, a->sims, a->flags);
+}
+
+static fkv_status cpu_cosine_flags_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                      const fkv_kv_geom *g, const fkv_bbuf *q_cur,
+                                      size_t cur_off, const fkv_bbuf *q_prev, size_t prev_off,
+                                      uint32_t n_seqs, float tau, fkv_bbuf *sims,
+                                      size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+    const char *op = "cosine_flags";
+    cosine_args *a;
+    TRY(check_enqueue(op, dev, q, 1, deps));
+    TRY(check_geom(op, g));
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    a->g = *g;
+    a->n_seqs = n_seqs;
+    a->tau = tau;
+    if (n_seqs > 0) {
+        size_t q_bytes, per_head_bytes;
+        fkv_status st;
+        if ((st = size_of(op, "query", n_seqs, (size_t)g->n_kv_heads * g->group,
+                          (size_t)g->head_dim * 4, &q_bytes)) != FKV_OK ||
+            (st = size_of(op, "sims", n_seqs, g->n_kv_heads, 4, &per_head_bytes)) != FKV_OK ||
+            (st = check_span(op, "current query", q_cur, cur_off, q_bytes, 4)) != FKV_OK ||
+            (st = check_span(op, "previous query", q_prev, prev_off, q_bytes, 4)) != FKV_OK ||
+            (st = check_span(op, "sims", sims, sims_off, per_head_bytes, 4)) != FKV_OK ||
+            (st = check_span(op, "flags", flags, flags_off, per_head_bytes, 4)) != FKV_OK) {
+            free(a);
+            return fail(deps, st);
+        }
+        a->cur = (const float *)at(q_cur, cur_off);
+        a->prev = (const float *)at(q_prev, prev_off);
+        a->sims = (float *)at(sims, sims_off);
+        a->flags = (int32_t *)at(flags, flags_off);
+    }
+    return submit(dev, q, run_cosine, a, deps);
+}
+
+typedef struct pack_args {
+    fkv_kv_geom g;
+    const void *kpool, *vpool;
+    size_t pool_rows;
+    uint32_t n_pages;
+    const int32_t *gslots;
+    void *dst;
+} pack_args;
+
+static fkv_status run_pack(void *p) {
+    pack_args *a = p;
+    return cpu_pack_hnd(&a->g, a->kpool, a->vpool, a->pool_rows, a->n_pages, a->gslots, a->dst);
+}
+
+/* Bytes of one (page, all heads) in HND: n_kv_heads * 2 * page_size * head_dim elements. */
+static fkv_status page_bytes_of(const char *op, const fkv_kv_geom *g, size_t *out) {
+    return size_of(op, "page", (size_t)g->n_kv_heads * 2, (size_t)g->page_size * g->head_dim,
+                   fkv_dtype_size(g->dtype), out);
+}
+
+static fkv_status cpu_pack_hnd_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                  const fkv_kv_geom *g, const fkv_bbuf *kpool,
+                                  const fkv_bbuf *vpool, uint32_t n_pages, const fkv_bbuf *gslots,
+                                  size_t gslots_off, fkv_bbuf *dst, size_t dst_off) {
+    const char *op = "pack_hnd";
+    pack_args *a;
+    TRY(check_enqueue(op, dev, q, 1, deps));
+    TRY(check_geom(op, g));
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    a->g = *g;
+    a->n_pages = n_pages;
+    if (n_pages > 0) {
+        size_t page_bytes, dst_bytes;
+        fkv_status st;
+        if ((st = pool_rows_of(op, g, kpool, vpool, &a->pool_rows)) != FKV_OK ||
+            (st = check_span(op, "gslots", gslots, gslots_off, (size_t)n_pages * 4, 4)) !=
+                FKV_OK ||
+            (st = page_bytes_of(op, g, &page_bytes)) != FKV_OK ||
+            (st = size_of(op, "destination", n_pages, page_bytes, 1, &dst_bytes)) != FKV_OK ||
+            (st = check_span(op, "destination", dst, dst_off, dst_bytes,
+                             fkv_dtype_size(g->dtype))) != FKV_OK) {
+            free(a);
+            return fail(deps, st);
+        }
+        a->kpool = kpool->data;
+        a->vpool = vpool->data;
+        a->gslots = (const int32_t *)at(gslots, gslots_off);
+        a->dst = at(dst, dst_off);
+    }
+    return submit(dev, q, run_pack, a, deps);
+}
+
+typedef struct scatter_args {
+    fkv_kv_geom g;
+    const void *src;
+    uint32_t n_units;
+    const int32_t *units;
+    void *kpool, *vpool;
+    size_t pool_rows;
+} scatter_args;
+
+static fkv_status run_scatter(void *p) {
+    scatter_args *a = p;
+    return cpu_scatter_hnd(&a->g, a->src, a->n_units, a->units, a->kpool, a->vpool,
+                           a->pool_rows);
+}
+
+/* Bytes of one (page, head) unit: 2 * page_size * head_dim elements. */
+static fkv_status unit_bytes_of(const char *op, const fkv_kv_geom *g, size_t *out) {
+    return size_of(op, "unit", 2, (size_t)g->page_size * g->head_dim, fkv_dtype_size(g->dtype),
+                   out);
+}
+
+static fkv_status cpu_scatter_hnd_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                     const fkv_kv_geom *g, const fkv_bbuf *src, size_t src_off,
+                                     uint32_t n_units, const fkv_bbuf *units, size_t units_off,
+                                     fkv_bbuf *kpool, fkv_bbuf *vpool) {
+    const char *op = "scatter_hnd";
+    scatter_args *a;
+    TRY(check_enqueue(op, dev, q, 1, deps));
+    TRY(check_geom(op, g));
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    a->g = *g;
+    a->n_units = n_units;
+    if (n_units > 0) {
+        size_t unit_bytes, src_bytes;
+        fkv_status st;
+        /* src_off is in bytes, like every offset of the interface. */
+        if ((st = unit_bytes_of(op, g, &unit_bytes)) != FKV_OK ||
+            (st = size_of(op, "source", n_units, unit_bytes, 1, &src_bytes)) != FKV_OK ||
+            (st = check_span(op, "source", src, src_off, src_bytes,
+                             fkv_dtype_size(g->dtype))) != FKV_OK ||
+            (st = check_span(op, "units", units, units_off, (size_t)n_units * 8, 4)) != FKV_OK ||
+            (st = pool_rows_of(op, g, kpool, vpool, &a->pool_rows)) != FKV_OK) {
+            free(a);
+            return fail(deps, st);
+        }
+        a->src = at(src, src_off);
+        a->units = (const int32_t *)at(units, units_off);
+        a->kpool = kpool->data;
+        a->vpool = vpool->data;
+    }
+    return submit(dev, q, run_scatter, a, deps);
+}
+
+typedef struct recall_args {
+    fkv_kv_geom g;
+    const void *host;
+    size_t host_size;
+    uint32_t n_units;
+    const int32_t *units;
+    void *kpool, *vpool;
+    size_t pool_rows;
+    uint64_t units_host[]; /* copied, so the caller's array is free after the call */
+} recall_args;
+
+static fkv_status run_recall(void *p) {
+    recall_args *a = p;
+    return cpu_recall_direct(&a->g, a->host, a->host_size, a->n_units, a->units_host, a->units,
+                             a->kpool, a->vpool, a->pool_rows);
+}
+
+static fkv_status cpu_recall_direct_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                       const fkv_kv_geom *g, const fkv_bhost *host,
+                                       uint32_t n_units, const uint64_t *units_host,
+                                       const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                                       fkv_bbuf *vpool) {
+    const char *op = "recall_direct";
+    recall_args *a;
+    TRY(check_enqueue(op, dev, q, 1, deps));
+    TRY(check_geom(op, g));
+    if (n_units > 0) {
+        size_t unit_bytes, es = fkv_dtype_size(g->dtype);
+        TRY(unit_bytes_of(op, g, &unit_bytes));
+        if (host == NULL || units_host == NULL)
+            return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                                        "%s: NULL host allocation or offsets", op));
+        /* The offsets are on the host already, so they are checked now rather than later. */
+        for (uint32_t i = 0; i < n_units; i++) {
+            uint64_t o = units_host[i];
+            if (o > host->size || unit_bytes > host->size - o || o % es != 0)
+                return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                                            "%s: unit %u at host offset %llu (%zu bytes) is "
+                                            "outside or misaligned in the host allocation "
+                                            "(%zu bytes)",
+                                            op, i, (unsigned long long)o, unit_bytes,
+                                            host->size));
+        }
+    }
+    TRY(alloc_args(op, sizeof *a + (size_t)n_units * sizeof(uint64_t), (void **)&a));
+    a->g = *g;
+    a->n_units = n_units;
+    if (n_units > 0) {
+        fkv_status st;
+        if ((st = check_span(op, "units", units, units_off, (size_t)n_units * 8, 4)) != FKV_OK ||
+            (st = pool_rows_of(op, g, kpool, vpool, &a->pool_rows)) != FKV_OK) {
+            free(a);
+            return fail(deps, st);
+        }
+        a->host = host->data;
+        a->host_size = host->size;
+        memcpy(a->units_host, units_host, (size_t)n_units * sizeof(uint64_t));
+        a->units = (const int32_t *)at(units, units_off);
+        a->kpool = kpool->data;
+        a->vpool = vpool->data;
+    }
+    return submit(dev, q, run_recall, a, deps);
+}
+
+typedef struct attention_args {
+    fkv_kv_geom g;
+    const float *q;
+    uint32_t n_seqs;
+    uint32_t n_tokens; /* dense only */
+    const int32_t *heads, *entries;
+    size_t n_entries;
+    const void *kpool, *vpool;
+    size_t pool_rows;
+    float scale;
+    float *out;
+} attention_args;
+
+static fkv_status run_attention(void *p) {
+    attention_args *a = p;
+    return cpu_attention(&a->g, a->q, a->n_seqs, a->heads, a->entries, a->n_entries, a->kpool,
+                         a->vpool, a->pool_rows, a->scale, a->out);
+}
+
+static fkv_status run_attention_dense(void *p) {
+    attention_args *a = p;
+    return cpu_attention_dense(&a->g, a->q, a->n_tokens, a->kpool, a->vpool, a->scale, a->out);
+}
+
+/* q and out of n_seqs sequences: [n_seqs][n_kv_heads*group][head_dim] f32 each. */
+static fkv_status check_q_out(const char *op, const fkv_kv_geom *g, uint32_t n_seqs,
+                              const fkv_bbuf *qbuf, size_t q_off, const fkv_bbuf *out,
+                              size_t out_off) {
+    size_t bytes;
+    fkv_status st;
+    if ((st = size_of(op, "query", n_seqs, (size_t)g->n_kv_heads * g->group,
+                      (size_t)g->head_dim * 4, &bytes)) != FKV_OK ||
+        (st = check_span(op, "query", qbuf, q_off, bytes, 4)) != FKV_OK ||
+        (st = check_span(op, "output", out, out_off, bytes, 4)) != FKV_OK)
+        return st;
+    return FKV_OK;
+}
+
+static fkv_status cpu_attention_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                   const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
+                                   uint32_t n_seqs, const fkv_bbuf *heads, size_t heads_off,
+                                   const fkv_bbuf *entries, size_t entries_off,
+                                   const fkv_bbuf *kpool, const fkv_bbuf *vpool, float scale,
+                                   fkv_bbuf *out, size_t out_off) {
+    const char *op = "attention";
+    attention_args *a;
+    TRY(check_enqueue(op, dev, q, 1, deps));
+    TRY(check_geom(op, g));
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    a->g = *g;
+    a->n_seqs = n_seqs;
+    a->scale = scale;
+    if (n_seqs > 0) {
+        fkv_status st;
+        if ((st = check_q_out(op, g, n_seqs, qbuf, q_off, out, out_off)) != FKV_OK ||
+            (st = check_span(op, "heads", heads, heads_off,
+                             (size_t)n_seqs * g->n_kv_heads * 8, 4)) != FKV_OK ||
+            (st = check_span(op, "entries", entries, entries_off, 0, 4)) != FKV_OK ||
+            (st = pool_rows_of(op, g, kpool, vpool, &a->pool_rows)) != FKV_OK) {
+            free(a);
+            return fail(deps, st);
+        }
+        a->q = (const float *)at(qbuf, q_off);
+        a->heads = (const int32_t *)at(heads, heads_off);
+        a->entries = (const int32_t *)at(entries, entries_off);
+        a->n_entries = (entries->size - entries_off) / 8;
+        a->kpool = kpool->data;
+        a->vpool = vpool->data;
+        a->out = (float *)at(out, out_off);
+    }
+    return submit(dev, q, run_attention, a, deps);
+}
+
+static fkv_status cpu_attention_dense_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                         const fkv_kv_geom *g, const fkv_bbuf *qbuf,
+                                         size_t q_off, uint32_t n_tokens, const fkv_bbuf *k,
+                                         const fkv_bbuf *v, float scale, fkv_bbuf *out,
+                                         size_t out_off) {
+    const char *op = "attention_dense";
+    attention_args *a;
+    TRY(check_enqueue(op, dev, q, 1, deps));
+    TRY(check_geom(op, g));
+    TRY(check_q_out(op, g, 1, qbuf, q_off, out, out_off));
+    if (n_tokens > INT32_MAX)
+        return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: %u tokens (max %d)", op,
+                                    n_tokens, INT32_MAX));
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    a->g = *g;
+    a->n_seqs = 1;
+    a->n_tokens = n_tokens;
+    a->scale = scale;
+    a->q = (const float *)at(qbuf, q_off);
+    a->out = (float *)at(out, out_off);
+    if (n_tokens > 0) { /* an empty K/V gives zeros and reads nothing */
+        size_t rows = 0;
+        fkv_status st = pool_rows_of(op, g, k, v, &rows);
+        if (st == FKV_OK && rows < n_tokens)
+            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                           "%s: %u tokens but K/V hold %zu rows of %u heads x %u", op, n_tokens,
+                           rows, g->n_kv_heads, g->head_dim);
+        if (st != FKV_OK) {
+            free(a);
+            return fail(deps, st);
+        }
+        a->kpool = k->data;
+        a->vpool = v->data;
+    }
+    return submit(dev, q, run_attention_dense, a, deps);
+}
+
+/* ---- the table ---- */
+
+static const fkv_backend_ops cpu_ops = {
+    .abi_version = FKV_BACKEND_ABI_VERSION,
+    .struct_size = sizeof(fkv_backend_ops),
+    .name = "cpu",
+    .device_count = cpu_device_count,
+    .device_info = cpu_device_info,
+    .device_open = cpu_device_open,
+    .device_close = cpu_device_close,
+    .buffer_alloc = cpu_buffer_alloc,
+    .buffer_free = cpu_buffer_free,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
+    .event_wait = cpu_event_wait_op,
+    .event_release = cpu_event_release_op,
+    .marker = cpu_marker,
+    .finish = cpu_finish,
+    .write = cpu_write,
+    .read = cpu_read,
+    .copy = cpu_copy,
+    .append = cpu_append_op,
+    .summarize = cpu_summarize_op,
+    .scores = cpu_scores_op,
+    .cosine_flags = cpu_cosine_flags_op,
+    .pack_hnd = cpu_pack_hnd_op,
+    .scatter_hnd = cpu_scatter_hnd_op,
+    .attention = cpu_attention_op,
+    .buffer_import = cpu_buffer_import,
+    .write_regions = cpu_write_regions,
+    .attention_dense = cpu_attention_dense_op,
+    .recall_direct = cpu_recall_direct_op,
+    .recall_mode = cpu_recall_mode,
+    .opened_info = cpu_opened_info,
+};
+
+const fkv_backend_ops *fkv_backend_cpu(void) { return &cpu_ops; }

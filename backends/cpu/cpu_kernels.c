@@ -1,0 +1,313 @@
+/* Kernels of the CPU reference backend (see cpu_kernels.h): readable loops, f32 arithmetic,
+ * every index from an index array bounds-checked before use. */
+#include "cpu_kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "../../common/dtype.h"
+#include "../../common/error.h"
+
+static size_t row_elems(const fkv_kv_geom *g) { return (size_t)g->n_kv_heads * g->head_dim; }
+
+/* n elements starting at element `first` of a dtype array, as f32. */
+static void load_span(const void *base, fkv_dtype dtype, size_t first, size_t n, float *dst) {
+    for (size_t i = 0; i < n; i++)
+        dst[i] = fkv_load(base, dtype, first + i);
+}
+
+/* True when rows [row0, row0 + n) of a pool of pool_rows rows exist. */
+static int rows_in_pool(int64_t row0, size_t n, size_t pool_rows) {
+    return row0 >= 0 && (uint64_t)row0 <= pool_rows && n <= pool_rows - (size_t)row0;
+}
+
+fkv_status cpu_append(const fkv_kv_geom *g, const float *k_src, const float *v_src,
+                      uint32_t n_rows, const int32_t *rows, void *kpool, void *vpool,
+                      size_t pool_rows) {
+    size_t re = row_elems(g);
+    for (uint32_t i = 0; i < n_rows; i++) {
+        if (!rows_in_pool(rows[i], 1, pool_rows))
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "append: rows[%u] = %d is outside the pool (%zu rows)", i, rows[i],
+                             pool_rows);
+        size_t dst = (size_t)rows[i] * re;
+        for (size_t e = 0; e < re; e++) {
+            fkv_store(kpool, g->dtype, dst + e, k_src[i * re + e]);
+            fkv_store(vpool, g->dtype, dst + e, v_src[i * re + e]);
+        }
+    }
+    return FKV_OK;
+}
+
+fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_rows,
+                         uint32_t n_pages, const int32_t *pages, float *summaries,
+                         size_t n_summaries) {
+    size_t re = row_elems(g), d = g->head_dim, p = g->page_size;
+    for (uint32_t i = 0; i < n_pages; i++) {
+        int32_t gslot = pages[2 * i], s = pages[2 * i + 1];
+        if (gslot < 0 || !rows_in_pool((int64_t)gslot * (int64_t)p, p, pool_rows))
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "summarize: pages[%u] has gslot %d, the pool holds %zu slots", i,
+                             gslot, pool_rows / p);
+        if (s < 0 || (size_t)s >= n_summaries)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "summarize: pages[%u] has summary %d, the buffer holds %zu", i, s,
+                             n_summaries);
+        for (uint32_t h = 0; h < g->n_kv_heads; h++) {
+            float *mn = summaries + ((size_t)s * g->n_kv_heads + h) * 2 * d;
+            float *mx = mn + d;
+            for (size_t c = 0; c < d; c++) {
+                size_t first = (size_t)gslot * p * re + h * d + c;
+                float lo = fkv_load(kpool, g->dtype, first), hi = lo;
+                for (size_t t = 1; t < p; t++) {
+                    float x = fkv_load(kpool, g->dtype, first + t * re);
+                    lo = fminf(lo, x); /* fminf/fmaxf skip NaN keys */
+                    hi = fmaxf(hi, x);
+                }
+                mn[c] = lo;
+                mx[c] = hi;
+            }
+        }
+    }
+    return FKV_OK;
+}
+
+fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, const int32_t *desc,
+                      const float *summaries, size_t n_summaries, float *out, size_t out_len) {
+    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
+    for (uint32_t b = 0; b < n_seqs; b++) {
+        int32_t base = desc[3 * b], n_pages = desc[3 * b + 1], out_base = desc[3 * b + 2];
+        if (base < 0 || n_pages < 0 || (size_t)base + (size_t)n_pages > n_summaries)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "scores: sequence %u reads summaries [%d, %d + %d), buffer holds %zu",
+                             b, base, base, n_pages, n_summaries);
+        if (out_base < 0 || (size_t)out_base + n_q_heads * (size_t)n_pages > out_len)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
+                             n_q_heads * (size_t)n_pages, out_base, out_len);
+        for (size_t h = 0; h < n_q_heads; h++) {
+            const float *qh = q + ((size_t)b * n_q_heads + h) * d;
+            size_t kv_head = h / g->group;
+            for (int32_t j = 0; j < n_pages; j++) {
+                size_t s = (size_t)base + (size_t)j;
+                const float *mn = summaries + (s * g->n_kv_heads + kv_head) * 2 * d;
+                const float *mx = mn + d;
+                float sum = 0.0f;
+                for (size_t c = 0; c < d; c++)
+                    sum += fmaxf(qh[c] * mx[c], qh[c] * mn[c]);
+                out[(size_t)out_base + h * (size_t)n_pages + (size_t)j] = sum;
+            }
+        }
+    }
+    return FKV_OK;
+}
+
+fkv_status cpu_cosine_flags(const fkv_kv_geom *g, const float *q_cur, const float *q_prev,
+                            uint32_t n_seqs, float tau, float *sims, int32_t *flags) {
+    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
+    for (uint32_t b = 0; b < n_seqs; b++) {
+        for (uint32_t h = 0; h < g->n_kv_heads; h++) {
+            float total = 0.0f;
+            for (uint32_t i = 0; i < g->group; i++) {
+                size_t at = ((size_t)b * n_q_heads + (size_t)h * g->group + i) * d;
+                const float *a = q_cur + at, *c = q_prev + at;
+                float dot = 0.0f, na = 0.0f, nc = 0.0f;
+                for (size_t k = 0; k < d; k++) {
+                    dot += a[k] * c[k];
+                    na += a[k] * a[k];
+                    nc += c[k] * c[k];
+                }
+                /* The product of the roots, not the root of the product, avoids overflow. */
+                float cosine = (na > 0.0f && nc > 0.0f) ? dot / (sqrtf(na) * sqrtf(nc)) : 0.0f;
+                total += cosine;
+            }
+            float sim = total / (float)g->group;
+            sims[(size_t)b * g->n_kv_heads + h] = sim;
+            flags[(size_t)b * g->n_kv_heads + h] = !(sim >= tau); /* NaN: correct */
+        }
+    }
+    return FKV_OK;
+}
+
+fkv_status cpu_pack_hnd(const fkv_kv_geom *g, const void *kpool, const void *vpool,
+                        size_t pool_rows, uint32_t n_pages, const int32_t *gslots, void *dst) {
+    size_t es = fkv_dtype_size(g->dtype), re = row_elems(g), d = g->head_dim, p = g->page_size;
+    size_t run = d * es; /* one token of one head is contiguous on both sides */
+    for (uint32_t i = 0; i < n_pages; i++) {
+        int32_t gslot = gslots[i];
+        if (gslot < 0 || !rows_in_pool((int64_t)gslot * (int64_t)p, p, pool_rows))
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "pack_hnd: gslots[%u] = %d, the pool holds %zu slots", i, gslot,
+                             pool_rows / p);
+        unsigned char *page = (unsigned char *)dst + (size_t)i * g->n_kv_heads * 2 * p * run;
+        for (uint32_t h = 0; h < g->n_kv_heads; h++) {
+            for (size_t t = 0; t < p; t++) {
+                size_t src_elem = ((size_t)gslot * p + t) * re + (size_t)h * d;
+                unsigned char *k_dst = page + (((size_t)h * 2 + 0) * p + t) * run;
+                unsigned char *v_dst = page + (((size_t)h * 2 + 1) * p + t) * run;
+                memcpy(k_dst, (const unsigned char *)kpool + src_elem * es, run);
+                memcpy(v_dst, (const unsigned char *)vpool + src_elem * es, run);
+            }
+        }
+    }
+    return FKV_OK;
+}
+
+/* One [K|V][p][d] unit into KV head `head` of slot `slot` (both already checked). */
+static void scatter_unit(const fkv_kv_geom *g, const unsigned char *unit, size_t slot,
+                         size_t head, void *kpool, void *vpool) {
+    size_t es = fkv_dtype_size(g->dtype), re = row_elems(g), d = g->head_dim, p = g->page_size;
+    size_t run = d * es;
+    for (size_t t = 0; t < p; t++) {
+        size_t dst_elem = (slot * p + t) * re + head * d;
+        memcpy((unsigned char *)kpool + dst_elem * es, unit + t * run, run);
+        memcpy((unsigned char *)vpool + dst_elem * es, unit + (p + t) * run, run);
+    }
+}
+
+static fkv_status check_unit(const char *op, const fkv_kv_geom *g, uint32_t i, int32_t slot,
+                             int32_t head, size_t pool_rows) {
+    size_t p = g->page_size;
+    if (slot < 0 || !rows_in_pool((int64_t)slot * (int64_t)p, p, pool_rows))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "%s: unit %u has slot %d, the pool holds %zu slots", op, i, slot,
+                         pool_rows / p);
+    if (head < 0 || (uint32_t)head >= g->n_kv_heads)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: unit %u has KV head %d of %u", op, i,
+                         head, g->n_kv_heads);
+    return FKV_OK;
+}
+
+fkv_status cpu_scatter_hnd(const fkv_kv_geom *g, const void *src, uint32_t n_units,
+                           const int32_t *units, void *kpool, void *vpool, size_t pool_rows) {
+    size_t unit_bytes = 2 * (size_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    for (uint32_t i = 0; i < n_units; i++) {
+        fkv_status st = check_unit("scatter_hnd", g, i, units[2 * i], units[2 * i + 1], pool_rows);
+        if (st != FKV_OK)
+            return st;
+        scatter_unit(g, (const unsigned char *)src + (size_t)i * unit_bytes, (size_t)units[2 * i],
+                     (size_t)units[2 * i + 1], kpool, vpool);
+    }
+    return FKV_OK;
+}
+
+fkv_status cpu_recall_direct(const fkv_kv_geom *g, const void *host, size_t host_size,
+                             uint32_t n_units, const uint64_t *units_host, const int32_t *units,
+                             void *kpool, void *vpool, size_t pool_rows) {
+    size_t unit_bytes = 2 * (size_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    for (uint32_t i = 0; i < n_units; i++) {
+        if (units_host[i] > host_size || unit_bytes > host_size - units_host[i])
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "recall_direct: unit %u at host offset %llu (+%zu bytes) is outside "
+                             "the host allocation (%zu bytes)",
+                             i, (unsigned long long)units_host[i], unit_bytes, host_size);
+        fkv_status st =
+            check_unit("recall_direct", g, i, units[2 * i], units[2 * i + 1], pool_rows);
+        if (st != FKV_OK)
+            return st;
+        scatter_unit(g, (const unsigned char *)host + units_host[i], (size_t)units[2 * i],
+                     (size_t)units[2 * i + 1], kpool, vpool);
+    }
+    return FKV_OK;
+}
+
+/* One query head of KV head h over the tokens of n_spans (gslot, valid) pairs; a pair's
+ * tokens are rows gslot*rows_per_slot + [0, valid). Spans were checked by the caller.
+ * Two passes: the maximum score first, then exp(s - max) weights, so no score is kept. */
+static void attend_head(const fkv_kv_geom *g, const float *q, uint32_t h, const int32_t *spans,
+                        size_t n_spans, size_t rows_per_slot, const void *kpool,
+                        const void *vpool, float scale, float *out) {
+    size_t d = g->head_dim, re = row_elems(g);
+    float row[FKV_CPU_MAX_HEAD_DIM], acc[FKV_CPU_MAX_HEAD_DIM];
+    float max_score = -INFINITY;
+    size_t n_tokens = 0;
+    for (size_t e = 0; e < n_spans; e++) {
+        for (int32_t t = 0; t < spans[2 * e + 1]; t++) {
+            size_t first = ((size_t)spans[2 * e] * rows_per_slot + (size_t)t) * re + (size_t)h * d;
+            load_span(kpool, g->dtype, first, d, row);
+            float s = 0.0f;
+            for (size_t c = 0; c < d; c++)
+                s += q[c] * row[c];
+            s *= scale;
+            if (s > max_score)
+                max_score = s;
+            n_tokens++;
+        }
+    }
+    if (n_tokens == 0) {
+        memset(out, 0, d * sizeof *out);
+        return;
+    }
+    float sum = 0.0f;
+    memset(acc, 0, d * sizeof *acc);
+    for (size_t e = 0; e < n_spans; e++) {
+        for (int32_t t = 0; t < spans[2 * e + 1]; t++) {
+            size_t first = ((size_t)spans[2 * e] * rows_per_slot + (size_t)t) * re + (size_t)h * d;
+            load_span(kpool, g->dtype, first, d, row);
+            float s = 0.0f;
+            for (size_t c = 0; c < d; c++)
+                s += q[c] * row[c];
+            float w = expf(s * scale - max_score);
+            sum += w;
+            load_span(vpool, g->dtype, first, d, row);
+            for (size_t c = 0; c < d; c++)
+                acc[c] += w * row[c];
+        }
+    }
+    for (size_t c = 0; c < d; c++)
+        out[c] = acc[c] / sum;
+}
+
+fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
+                         const int32_t *heads, const int32_t *entries, size_t n_entries,
+                         const void *kpool, const void *vpool, size_t pool_rows, float scale,
+                         float *out) {
+    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
+    for (uint32_t b = 0; b < n_seqs; b++) {
+        for (uint32_t h = 0; h < g->n_kv_heads; h++) {
+            size_t at = 2 * ((size_t)b * g->n_kv_heads + h);
+            int32_t first = heads[at], count = heads[at + 1];
+            if (first < 0 || count < 0 || (size_t)first + (size_t)count > n_entries)
+                return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                                 "attention: (seq %u, KV head %u) lists entries [%d, %d + %d), "
+                                 "the entry buffer holds %zu",
+                                 b, h, first, first, count, n_entries);
+            const int32_t *list = entries + 2 * (size_t)first;
+            for (int32_t e = 0; e < count; e++) {
+                int32_t gslot = list[2 * e], valid = list[2 * e + 1];
+                if (valid < 0 || (uint32_t)valid > g->page_size)
+                    return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                                     "attention: entry %d has %d valid tokens (page size %u)",
+                                     first + e, valid, g->page_size);
+                /* Only the valid rows must exist: a dense buffer seen as slots may end in a
+                 * partial page. */
+                if (gslot < 0 ||
+                    !rows_in_pool((int64_t)gslot * g->page_size, (size_t)valid, pool_rows))
+                    return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                                     "attention: entry %d has gslot %d (%d tokens), the pool "
+                                     "holds %zu rows",
+                                     first + e, gslot, valid, pool_rows);
+            }
+            for (uint32_t i = 0; i < g->group; i++) {
+                size_t qh = (size_t)b * n_q_heads + (size_t)h * g->group + i;
+                attend_head(g, q + qh * d, h, list, (size_t)count, g->page_size, kpool, vpool,
+                            scale, out + qh * d);
+            }
+        }
+    }
+    return FKV_OK;
+}
+
+fkv_status cpu_attention_dense(const fkv_kv_geom *g, const float *q, uint32_t n_tokens,
+                               const void *k, const void *v, float scale, float *out) {
+    /* The whole buffer is one span of n_tokens rows starting at row 0 (the caller checked
+     * that n_tokens fits int32 and the buffers). */
+    const int32_t span[2] = {0, (int32_t)n_tokens};
+    size_t d = g->head_dim;
+    for (uint32_t h = 0; h < g->n_kv_heads; h++)
+        for (uint32_t i = 0; i < g->group; i++) {
+            size_t qh = (size_t)h * g->group + i;
+            attend_head(g, q + qh * d, h, span, 1, 0, k, v, scale, out + qh * d);
+        }
+    return FKV_OK;
+}

@@ -1,0 +1,66 @@
+/* Kernels of the CPU reference backend as plain C over raw pointers.
+ *
+ * Layouts and index conventions are those of backends/backend.h. Pools hold `pool_rows` rows
+ * of n_kv_heads*head_dim elements in g->dtype; every index read from an index array is
+ * checked against the sizes passed in, and a bad one makes the kernel return
+ * FKV_ERR_INVALID_ARGUMENT (message set with fkv_error) without touching memory out of range.
+ * Arrays whose length is implied by the call (n_rows, n_seqs, ...) are trusted: the caller
+ * validated them against the buffer sizes before queueing. Arithmetic is f32.
+ */
+#ifndef FKV_CPU_KERNELS_H
+#define FKV_CPU_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../backend.h"
+
+/* Largest head_dim the kernels accept (their per-row scratch lives on the stack). */
+#define FKV_CPU_MAX_HEAD_DIM 1024
+
+/* rows[i] receives row i of k_src / v_src ([n_kv_heads*head_dim] f32), converted to dtype. */
+fkv_status cpu_append(const fkv_kv_geom *g, const float *k_src, const float *v_src,
+                      uint32_t n_rows, const int32_t *rows, void *kpool, void *vpool,
+                      size_t pool_rows);
+
+/* pages[2i] = gslot of a full page, pages[2i+1] = summary index; summaries is
+ * [n_summaries][n_kv_heads][2][head_dim] f32 (min, max per channel). */
+fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_rows,
+                         uint32_t n_pages, const int32_t *pages, float *summaries,
+                         size_t n_summaries);
+
+/* Quest bound per query head; desc[3b..3b+2] = (summary base, n_pages, out base) and
+ * out[base + h*n_pages + j] for h in [0, n_kv_heads*group). out holds out_len floats. */
+fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, const int32_t *desc,
+                      const float *summaries, size_t n_summaries, float *out, size_t out_len);
+
+/* sims[b][h] = mean over the group of cos(q_cur, q_prev); flags[b][h] = sims < tau. */
+fkv_status cpu_cosine_flags(const fkv_kv_geom *g, const float *q_cur, const float *q_prev,
+                            uint32_t n_seqs, float tau, float *sims, int32_t *flags);
+
+/* Page gslots[i] of both pools to dst + i*page_bytes as [n_kv_heads][K|V][page_size][d]. */
+fkv_status cpu_pack_hnd(const fkv_kv_geom *g, const void *kpool, const void *vpool,
+                        size_t pool_rows, uint32_t n_pages, const int32_t *gslots, void *dst);
+
+/* Unit i ([K|V][page_size][d] at src + i*2*page_size*d elements) to KV head units[2i+1] of
+ * slot units[2i]. */
+fkv_status cpu_scatter_hnd(const fkv_kv_geom *g, const void *src, uint32_t n_units,
+                           const int32_t *units, void *kpool, void *vpool, size_t pool_rows);
+
+/* As scatter_hnd, unit i read at byte offset units_host[i] of host (host_size bytes). */
+fkv_status cpu_recall_direct(const fkv_kv_geom *g, const void *host, size_t host_size,
+                             uint32_t n_units, const uint64_t *units_host, const int32_t *units,
+                             void *kpool, void *vpool, size_t pool_rows);
+
+/* Paged decode attention. heads[2(b*n_kv_heads+h)] = (first entry, entry count); entries
+ * (n_entries pairs) = (gslot, valid tokens). q and out are [n_seqs][n_kv_heads*group][d]. */
+fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
+                         const int32_t *heads, const int32_t *entries, size_t n_entries,
+                         const void *kpool, const void *vpool, size_t pool_rows, float scale,
+                         float *out);
+
+/* Attention of one sequence over contiguous K/V [n_tokens][n_kv_heads][d] (dtype). */
+fkv_status cpu_attention_dense(const fkv_kv_geom *g, const float *q, uint32_t n_tokens,
+                               const void *k, const void *v, float scale, float *out);
+
+#endif

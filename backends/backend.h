@@ -7,7 +7,8 @@
  *
  * How the model maps:
  *  - OpenCL: one cl_command_queue per fkv_queue (in-order), fkv_bevent = cl_event, wait lists
- *    = event_wait_list, fkv_bbuf = cl_mem, fkv_bhost = CL_MEM_ALLOC_HOST_PTR buffer kept mapped.
+ *    = event_wait_list, fkv_bbuf = cl_mem, fkv_bhost = CL_MEM_ALLOC_HOST_PTR buffer kept mapped
+ *    (fine-grained SVM when the recall mode is direct).
  *  - Vulkan: fkv_queue -> VkQueue (transfer family when present), each command is recorded
  *    into a command buffer and submitted with timeline-semaphore waits; fkv_bevent = (timeline
  *    semaphore, value); fkv_bbuf = VkBuffer + memory; kernels = compute pipelines with push
@@ -24,8 +25,13 @@
  *
  * Errors: enqueue-time argument errors return a status and enqueue nothing (*deps.done =
  * NULL). An error found while a command runs (e.g. an index out of range read from an index
- * buffer) fails its event: event_wait returns it, and commands waiting on it fail too; a
- * marker (and finish) also reports the first failure on its queue since the previous marker.
+ * buffer) fails its event where the backend can detect it (the CPU reference does; GPU kernels
+ * skip the out-of-range work instead, never writing out of bounds): event_wait returns it,
+ * and commands waiting on it fail too; a marker (and finish) also reports the first failure
+ * on its queue since the previous marker. A marker orders later commands of its queue after
+ * its wait list. NULL entries in a wait list are ignored. copy within one buffer behaves like
+ * memmove. When recall_mode returns FKV_RECALL_DIRECT, all host_alloc memory is readable by
+ * recall_direct.
  * Offsets and index-buffer contents are in bytes and elements as stated; data is naturally
  * aligned (f32/int32 at 4 bytes). Summaries and dense K/V start at byte 0 of their buffers.
  * A pool's last slot may be partial: kernels bound-check only the rows they read.

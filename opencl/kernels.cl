@@ -1,0 +1,406 @@
+/* freekv OpenCL kernels (OpenCL C 1.2).
+ *
+ * The program is built once per KV storage dtype with -DFKV_DTYPE=0 (f32), 1 (f16) or 2 (bf16);
+ * arithmetic is f32 throughout. No cl_khr_fp16 is needed: f16 storage goes through
+ * vload_half/vstore_half_rte, bf16 through bit conversion (round to nearest even, matching
+ * common/dtype.h). Every kernel bounds-checks its indices against the sizes it is given, so a
+ * bad index in a device descriptor skips work instead of corrupting memory.
+ *
+ * Index conventions (see backends/backend.h): KV pools are [gslot][page][n_kv_heads][d]
+ * (NHD); host units are [K|V][page][d] (HND); buffer offsets arrive here in elements. */
+
+#ifndef FKV_DTYPE
+#define FKV_DTYPE 0
+#endif
+
+#if FKV_DTYPE == 0
+typedef float fkv_kv_t;
+typedef uint fkv_bits_t; /* raw copies move bits, never values */
+float fkv_load(const global fkv_kv_t *p, size_t i) { return p[i]; }
+void fkv_store(global fkv_kv_t *p, size_t i, float v) { p[i] = v; }
+#elif FKV_DTYPE == 1
+typedef ushort fkv_kv_t;
+typedef ushort fkv_bits_t;
+float fkv_load(const global fkv_kv_t *p, size_t i) { return vload_half(i, (const global half *)p); }
+void fkv_store(global fkv_kv_t *p, size_t i, float v) {
+    uint u = as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* one canonical quiet NaN, as common/dtype.h */
+        p[i] = (ushort)(((u >> 16) & 0x8000u) | 0x7e00u);
+    else
+        vstore_half_rte(v, i, (global half *)p);
+}
+#else
+typedef ushort fkv_kv_t;
+typedef ushort fkv_bits_t;
+float fkv_load(const global fkv_kv_t *p, size_t i) { return as_float((uint)p[i] << 16); }
+void fkv_store(global fkv_kv_t *p, size_t i, float v) {
+    uint u = as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) /* NaN stays a quiet NaN */
+        p[i] = (ushort)((u >> 16) | 0x40u);
+    else
+        p[i] = (ushort)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+#endif
+
+/* rows[i] receives row i of k_src/v_src ([row_elems] f32), converted to the storage dtype. */
+kernel void fkv_append(const global float *k_src, ulong k_off, const global float *v_src,
+                       ulong v_off, const global int *rows, ulong rows_off, uint n_rows,
+                       uint row_elems, uint pool_rows, global fkv_kv_t *kpool,
+                       global fkv_kv_t *vpool) {
+    size_t gid = get_global_id(0);
+    size_t i = gid / row_elems, j = gid % row_elems;
+    if (i >= n_rows)
+        return;
+    int row = rows[rows_off + i];
+    if (row < 0 || (uint)row >= pool_rows)
+        return;
+    size_t dst = (size_t)row * row_elems + j;
+    fkv_store(kpool, dst, k_src[k_off + gid]);
+    fkv_store(vpool, dst, v_src[v_off + gid]);
+}
+
+/* One work item per (page i, KV head, channel): min and max over the page's tokens. */
+kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages, ulong pages_off,
+                          uint n_pages, uint n_kv_heads, uint head_dim, uint page_size,
+                          uint n_slots, uint n_summaries, global float *summaries) {
+    size_t gid = get_global_id(0);
+    size_t row_elems = (size_t)n_kv_heads * head_dim;
+    size_t i = gid / row_elems, r = gid % row_elems;
+    if (i >= n_pages)
+        return;
+    int gslot = pages[pages_off + 2 * i], s = pages[pages_off + 2 * i + 1];
+    if (gslot < 0 || (uint)gslot >= n_slots || s < 0 || (uint)s >= n_summaries)
+        return;
+    float mn = INFINITY, mx = -INFINITY;
+    size_t base = (size_t)gslot * page_size * row_elems + r;
+    for (uint t = 0; t < page_size; t++) {
+        float v = fkv_load(kpool, base + t * row_elems);
+        mn = fmin(mn, v);
+        mx = fmax(mx, v);
+    }
+    size_t h = r / head_dim, c = r % head_dim;
+    global float *o = summaries + ((size_t)s * n_kv_heads + h) * 2 * head_dim;
+    o[c] = mn;
+    o[head_dim + c] = mx;
+}
+
+#define FKV_SCORE_GROUP 8 /* query heads scored per pass over a summary */
+
+/* Quest bound of all query heads of one KV head in one pass over each page summary.
+ * Work group (dim 1) = (sequence, KV head); dim 0 strides over its pages. */
+kernel void fkv_scores(const global float *q, ulong q_off, const global int *desc, ulong desc_off,
+                       const global float *summaries, uint n_summaries, global float *out,
+                       ulong out_off, ulong out_len, uint n_kv_heads, uint group, uint head_dim,
+                       local float *qs) {
+    uint bh = get_group_id(1);
+    uint b = bh / n_kv_heads, h = bh % n_kv_heads;
+    uint gd = group * head_dim;
+    const global float *qb = q + q_off + ((size_t)b * n_kv_heads + h) * gd;
+    for (uint i = get_local_id(0); i < gd; i += get_local_size(0))
+        qs[i] = qb[i];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    int base = desc[desc_off + 3 * b], n_pages = desc[desc_off + 3 * b + 1];
+    long obase = desc[desc_off + 3 * b + 2];
+    for (size_t j = get_global_id(0); j < (size_t)max(n_pages, 0); j += get_global_size(0)) {
+        long sidx = (long)base + (long)j;
+        if (sidx < 0 || sidx >= (long)n_summaries)
+            continue;
+        const global float *mn = summaries + ((size_t)sidx * n_kv_heads + h) * 2 * head_dim;
+        const global float *mx = mn + head_dim;
+        for (uint g0 = 0; g0 < group; g0 += FKV_SCORE_GROUP) {
+            uint ng = min((uint)FKV_SCORE_GROUP, group - g0);
+            float acc[FKV_SCORE_GROUP];
+            for (uint k = 0; k < FKV_SCORE_GROUP; k++)
+                acc[k] = 0.0f;
+            for (uint c = 0; c < head_dim; c++) {
+                float lo = mn[c], hi = mx[c];
+                for (uint k = 0; k < ng; k++) {
+                    float qv = qs[(g0 + k) * head_dim + c];
+                    acc[k] += fmax(qv * hi, qv * lo);
+                }
+            }
+            for (uint k = 0; k < ng; k++) {
+                long o = obase + (long)(h * group + g0 + k) * n_pages + (long)j;
+                if (o >= 0 && (ulong)o < out_len)
+                    out[out_off + o] = acc[k];
+            }
+        }
+    }
+}
+
+/* One work group per (sequence, KV head); local size a power of two. */
+kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global float *q_prev,
+                       ulong prev_off, uint n_kv_heads, uint group, uint head_dim, float tau,
+                       global float *sims, ulong sims_off, global int *flags, ulong flags_off,
+                       local float *red) {
+    uint bh = get_group_id(0), lid = get_local_id(0), w = get_local_size(0);
+    size_t base = (size_t)bh * group * head_dim;
+    float mean = 0.0f;
+    for (uint g = 0; g < group; g++) {
+        const global float *a = q_cur + cur_off + base + (size_t)g * head_dim;
+        const global float *b = q_prev + prev_off + base + (size_t)g * head_dim;
+        float ab = 0.0f, aa = 0.0f, bb = 0.0f;
+        for (uint c = lid; c < head_dim; c += w) {
+            float x = a[c], y = b[c];
+            ab += x * y;
+            aa += x * x;
+            bb += y * y;
+        }
+        red[lid] = ab;
+        red[w + lid] = aa;
+        red[2 * w + lid] = bb;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint s = w / 2; s > 0; s /= 2) {
+            if (lid < s) {
+                red[lid] += red[lid + s];
+                red[w + lid] += red[w + lid + s];
+                red[2 * w + lid] += red[2 * w + lid + s];
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+        if (lid == 0) {
+            float na = sqrt(red[w]), nb = sqrt(red[2 * w]);
+            mean += (na > 0.0f && nb > 0.0f) ? red[0] / (na * nb) : 0.0f;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE); /* red is reused by the next head */
+    }
+    if (lid == 0) {
+        mean /= (float)group;
+        sims[sims_off + bh] = mean;
+        flags[flags_off + bh] = mean < tau ? 1 : 0;
+    }
+}
+
+/* Layout moves copy bits in words: fkv_bits_t (one element) or uint4 (16 bytes) when rows are
+ * a multiple of 16 bytes and aligned. row_words = words per (token, head) row of d elements.
+ * Dim 0 is the word within a row (consecutive work items, consecutive addresses), dim 1 the
+ * row, so the index arithmetic is per row; both are rounded up to whole work groups. */
+#define FKV_COPY_KERNELS(SFX, word_t)                                                          \
+    /* NHD -> HND: page gslots[i] into dst page i as [n_kv_heads][K|V][p][d]. */              \
+    kernel void fkv_pack_hnd##SFX(const global word_t *kpool, const global word_t *vpool,      \
+                                  const global int *gslots, ulong gslots_off, uint n_pages,    \
+                                  uint n_kv_heads, uint row_words, uint page_size,             \
+                                  uint n_slots, global word_t *dst, ulong dst_off) {           \
+        size_t w = get_global_id(0), row = get_global_id(1);                                   \
+        size_t rows_per_page = 2 * (size_t)page_size * n_kv_heads;                             \
+        size_t i = row / rows_per_page, r = row % rows_per_page;                               \
+        if (w >= row_words || i >= n_pages)                                                    \
+            return;                                                                            \
+        int gslot = gslots[gslots_off + i];                                                    \
+        if (gslot < 0 || (uint)gslot >= n_slots)                                               \
+            return;                                                                            \
+        size_t h = r / (2 * page_size), kv = (r / page_size) % 2, t = r % page_size;           \
+        size_t src = (((size_t)gslot * page_size + t) * n_kv_heads + h) * row_words + w;       \
+        dst[dst_off + row * row_words + w] = kv ? vpool[src] : kpool[src];                     \
+    }                                                                                          \
+    /* HND -> NHD: unit i ([K|V][p][d]) into KV head units[2i+1] of slot units[2i]. */         \
+    kernel void fkv_scatter_hnd##SFX(const global word_t *src, ulong src_off, uint n_units,    \
+                                     const global int *units, ulong units_off,                 \
+                                     uint n_kv_heads, uint row_words, uint page_size,          \
+                                     uint n_slots, global word_t *kpool,                       \
+                                     global word_t *vpool) {                                   \
+        size_t w = get_global_id(0), row = get_global_id(1);                                   \
+        size_t i = row / (2 * page_size), r = row % (2 * page_size);                           \
+        if (w >= row_words || i >= n_units)                                                    \
+            return;                                                                            \
+        int slot = units[units_off + 2 * i], h = units[units_off + 2 * i + 1];                 \
+        if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)               \
+            return;                                                                            \
+        size_t kv = r / page_size, t = r % page_size;                                          \
+        size_t dst = (((size_t)slot * page_size + t) * n_kv_heads + h) * row_words + w;        \
+        word_t x = src[src_off + row * row_words + w];                                         \
+        if (kv)                                                                                \
+            vpool[dst] = x;                                                                    \
+        else                                                                                   \
+            kpool[dst] = x;                                                                    \
+    }                                                                                          \
+    /* Zero-copy recall: unit i read straight from host memory at byte offset offs[i]. */      \
+    kernel void fkv_recall_direct##SFX(const global uchar *host, const global ulong *offs,     \
+                                       uint n_units, const global int *units, ulong units_off, \
+                                       uint n_kv_heads, uint row_words, uint page_size,        \
+                                       uint n_slots, global word_t *kpool,                     \
+                                       global word_t *vpool) {                                 \
+        size_t w = get_global_id(0), row = get_global_id(1);                                   \
+        size_t i = row / (2 * page_size), r = row % (2 * page_size);                           \
+        if (w >= row_words || i >= n_units)                                                    \
+            return;                                                                            \
+        int slot = units[units_off + 2 * i], h = units[units_off + 2 * i + 1];                 \
+        if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)               \
+            return;                                                                            \
+        size_t kv = r / page_size, t = r % page_size;                                          \
+        size_t dst = (((size_t)slot * page_size + t) * n_kv_heads + h) * row_words + w;        \
+        word_t x = ((const global word_t *)(host + offs[i]))[r * row_words + w];               \
+        if (kv)                                                                                \
+            vpool[dst] = x;                                                                    \
+        else                                                                                   \
+            kpool[dst] = x;                                                                    \
+    }
+
+FKV_COPY_KERNELS(, fkv_bits_t)
+FKV_COPY_KERNELS(_v16, uint4)
+
+/* Paged decode attention with GQA: one work group per (sequence, KV head, split) serves all
+ * `group` query heads, so each K/V row is read once for the group. Tokens are processed in
+ * tiles of up to `tile` tokens of one page: K tile -> scores -> online softmax -> V tile ->
+ * accumulate. With n_splits > 1 each group handles a contiguous share of the head's entries
+ * and writes (max, sum, unnormalised acc) per query head to `part` for fkv_attention_reduce.
+ * dense_tokens >= 0 replaces the slot lists by contiguous K/V of that many tokens (pages of
+ * `page_size` tokens; heads/entries are not read).
+ * Local memory: qs, acc [group*d]; kt [tile*(d+1)] (padded against bank conflicts);
+ * sc [group*tile]; st [3*group] = running max, running sum, rescale factor. */
+kernel void fkv_attention(const global float *q, ulong q_off, const global int *heads,
+                          ulong heads_off, const global int *entries, ulong entries_off,
+                          uint n_entries, int dense_tokens, const global fkv_kv_t *kpool,
+                          const global fkv_kv_t *vpool, uint n_slots, uint n_kv_heads,
+                          uint group, uint head_dim, uint page_size, uint tile, uint n_splits,
+                          float scale, global float *out, ulong out_off, global float *part,
+                          local float *qs, local float *acc, local float *kt, local float *sc,
+                          local float *st) {
+    const uint lid = get_local_id(0), w = get_local_size(0);
+    const uint grp = get_group_id(0);
+    const uint bh = grp / n_splits, split = grp % n_splits;
+    const uint h = bh % n_kv_heads;
+    const uint d = head_dim, gd = group * head_dim, ldk = head_dim + 1;
+    const size_t row_elems = (size_t)n_kv_heads * head_dim;
+
+    /* bh * gd is also the offset of this (sequence, KV head)'s query heads: [b][h*G+g][d]. */
+    const global float *qb = q + q_off + (size_t)bh * gd;
+    for (uint i = lid; i < gd; i += w) {
+        qs[i] = qb[i] * scale;
+        acc[i] = 0.0f;
+    }
+    for (uint g = lid; g < group; g += w) {
+        st[g] = -INFINITY;
+        st[group + g] = 0.0f;
+        st[2 * group + g] = 1.0f;
+    }
+    int first = 0, count;
+    if (dense_tokens >= 0) {
+        count = (dense_tokens + (int)page_size - 1) / (int)page_size;
+    } else {
+        first = heads[heads_off + 2 * bh];
+        count = max(heads[heads_off + 2 * bh + 1], 0);
+        /* A list that runs past the entries buffer is cut at its end. */
+        if (first < 0 || (uint)first > n_entries)
+            count = 0;
+        else
+            count = (int)min((long)count, (long)n_entries - first);
+    }
+    const int per = (count + (int)n_splits - 1) / (int)n_splits;
+    const int e0 = min((int)split * per, count), e1 = min(e0 + per, count);
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    for (int e = e0; e < e1; e++) {
+        int gslot, valid;
+        if (dense_tokens >= 0) {
+            gslot = e;
+            valid = min((int)page_size, dense_tokens - e * (int)page_size);
+        } else {
+            gslot = entries[entries_off + 2 * (size_t)(first + e)];
+            valid = entries[entries_off + 2 * (size_t)(first + e) + 1];
+        }
+        valid = clamp(valid, 0, (int)page_size);
+        if (gslot < 0 || (uint)gslot >= n_slots)
+            valid = 0; /* uniform over the group: the barriers below stay matched */
+        const size_t page_base = (size_t)gslot * page_size * row_elems + (size_t)h * d;
+        for (int t0 = 0; t0 < valid; t0 += (int)tile) {
+            const uint nt = (uint)min((int)tile, valid - t0);
+            for (uint i = lid; i < nt * d; i += w) {
+                uint t = i / d, c = i % d;
+                kt[t * ldk + c] = fkv_load(kpool, page_base + (size_t)(t0 + t) * row_elems + c);
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (uint i = lid; i < group * nt; i += w) {
+                uint g = i / nt, t = i % nt;
+                const local float *qg = qs + g * d, *kr = kt + t * ldk;
+                float s = 0.0f;
+                uint c = 0;
+                if ((d & 3) == 0) { /* four channels per step; vload4 needs float alignment only */
+                    float4 s4 = (float4)(0.0f);
+                    for (; c < d; c += 4)
+                        s4 += vload4(0, qg + c) * vload4(0, kr + c);
+                    s = (s4.x + s4.y) + (s4.z + s4.w);
+                }
+                for (; c < d; c++)
+                    s += qg[c] * kr[c];
+                sc[g * tile + t] = s;
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (uint g = lid; g < group; g += w) {
+                float m_old = st[g], m_new = m_old;
+                for (uint t = 0; t < nt; t++)
+                    m_new = fmax(m_new, sc[g * tile + t]);
+                float sum = 0.0f;
+                for (uint t = 0; t < nt; t++) {
+                    float p = exp(sc[g * tile + t] - m_new);
+                    sc[g * tile + t] = p;
+                    sum += p;
+                }
+                float alpha = exp(m_old - m_new); /* 0 when nothing was seen yet */
+                st[g] = m_new;
+                st[group + g] = st[group + g] * alpha + sum;
+                st[2 * group + g] = alpha;
+            }
+            /* kt is free again: all score reads finished before the last barrier. */
+            for (uint i = lid; i < nt * d; i += w) {
+                uint t = i / d, c = i % d;
+                kt[t * ldk + c] = fkv_load(vpool, page_base + (size_t)(t0 + t) * row_elems + c);
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (uint i = lid; i < gd; i += w) {
+                uint g = i / d, c = i % d;
+                const local float *pg = sc + g * tile;
+                float a = acc[i] * st[2 * group + g];
+                for (uint t = 0; t < nt; t++)
+                    a += pg[t] * kt[t * ldk + c];
+                acc[i] = a;
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+        }
+    }
+
+    if (n_splits == 1) {
+        global float *ob = out + out_off + (size_t)bh * gd;
+        for (uint i = lid; i < gd; i += w) {
+            float l = st[group + i / d];
+            ob[i] = l > 0.0f ? acc[i] / l : 0.0f;
+        }
+    } else {
+        global float *pb = part + ((size_t)bh * n_splits + split) * group * (d + 2);
+        for (uint i = lid; i < gd; i += w) {
+            uint g = i / d, c = i % d;
+            pb[(size_t)g * (d + 2) + 2 + c] = acc[i];
+        }
+        for (uint g = lid; g < group; g += w) {
+            pb[(size_t)g * (d + 2)] = st[g];
+            pb[(size_t)g * (d + 2) + 1] = st[group + g];
+        }
+    }
+}
+
+/* Combines the split partials of fkv_attention: one work item per output element. */
+kernel void fkv_attention_reduce(const global float *part, uint n_bh, uint group, uint head_dim,
+                                 uint n_splits, global float *out, ulong out_off) {
+    size_t gid = get_global_id(0);
+    size_t gd = (size_t)group * head_dim;
+    size_t bh = gid / gd, g = (gid / head_dim) % group, c = gid % head_dim;
+    if (bh >= n_bh)
+        return;
+    size_t stride = (size_t)group * (head_dim + 2);
+    const global float *p = part + bh * n_splits * stride + g * (head_dim + 2);
+    float m = -INFINITY;
+    for (uint s = 0; s < n_splits; s++)
+        m = fmax(m, p[s * stride]);
+    float l = 0.0f, a = 0.0f;
+    if (m != -INFINITY) {
+        for (uint s = 0; s < n_splits; s++) {
+            float ms = p[s * stride];
+            if (ms == -INFINITY)
+                continue; /* an empty split */
+            float wgt = exp(ms - m);
+            l += p[s * stride + 1] * wgt;
+            a += p[s * stride + 2 + c] * wgt;
+        }
+    }
+    out[out_off + gid] = l > 0.0f ? a / l : 0.0f;
+}

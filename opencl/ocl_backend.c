@@ -1,0 +1,723 @@
+/* The OpenCL backend: devices of every platform, memory, queues, events and copies, and the
+ * ops table. Kernel launches live in ocl_kernels.c, program building in ocl_program.c. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/error.h"
+#include "ocl_internal.h"
+
+#define MAX_PLATFORMS 16
+#define MAX_DEVICES 64
+#define NVIDIA_VENDOR_ID 0x10deu
+
+/* ---- enumeration ---- */
+
+typedef struct ocl_device_ref {
+    cl_platform_id platform;
+    cl_device_id device;
+} ocl_device_ref;
+
+/* Every device of every platform, in platform order. No driver (no ICD, no platform) means
+ * no devices, not an error. */
+static uint32_t enumerate(ocl_device_ref *out, uint32_t max) {
+    cl_platform_id plats[MAX_PLATFORMS];
+    cl_uint n_plats = 0;
+    if (clGetPlatformIDs(MAX_PLATFORMS, plats, &n_plats) != CL_SUCCESS)
+        return 0;
+    if (n_plats > MAX_PLATFORMS)
+        n_plats = MAX_PLATFORMS;
+    uint32_t n = 0;
+    for (cl_uint p = 0; p < n_plats && n < max; p++) {
+        cl_device_id devs[MAX_DEVICES];
+        cl_uint n_devs = 0;
+        if (clGetDeviceIDs(plats[p], CL_DEVICE_TYPE_ALL, MAX_DEVICES, devs, &n_devs) != CL_SUCCESS)
+            continue; /* CL_DEVICE_NOT_FOUND: a platform without devices */
+        if (n_devs > MAX_DEVICES)
+            n_devs = MAX_DEVICES;
+        for (cl_uint i = 0; i < n_devs && n < max; i++) {
+            out[n].platform = plats[p];
+            out[n].device = devs[i];
+            n++;
+        }
+    }
+    return n;
+}
+
+static fkv_status find_device(uint32_t index, ocl_device_ref *ref) {
+    ocl_device_ref refs[MAX_DEVICES];
+    uint32_t n = enumerate(refs, MAX_DEVICES);
+    if (index >= n)
+        return fkv_error(FKV_ERR_NO_DEVICE, "opencl: no device %u (%u found)", index, n);
+    *ref = refs[index];
+    return FKV_OK;
+}
+
+static fkv_status ocl_device_count(uint32_t *count) {
+    ocl_device_ref refs[MAX_DEVICES];
+    if (count == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl device_count: NULL output");
+    *count = enumerate(refs, MAX_DEVICES);
+    return FKV_OK;
+}
+
+static void device_string(cl_device_id dev, cl_device_info what, char *buf, size_t size) {
+    buf[0] = '\0';
+    if (clGetDeviceInfo(dev, what, size, buf, NULL) != CL_SUCCESS)
+        buf[0] = '\0';
+    buf[size - 1] = '\0';
+}
+
+static void platform_string(cl_platform_id p, cl_platform_info what, char *buf, size_t size) {
+    buf[0] = '\0';
+    if (clGetPlatformInfo(p, what, size, buf, NULL) != CL_SUCCESS)
+        buf[0] = '\0';
+    buf[size - 1] = '\0';
+}
+
+/* "OpenCL <major>.<minor> ..." -> major*10+minor (0 when unparsable). */
+static int parse_version(const char *s, const char *prefix) {
+    int major = 0, minor = 0;
+    size_t n = strlen(prefix);
+    if (strncmp(s, prefix, n) != 0 || sscanf(s + n, "%d.%d", &major, &minor) != 2)
+        return 0;
+    return major * 10 + minor;
+}
+
+static int device_version(cl_device_id dev) {
+    char v[128];
+    device_string(dev, CL_DEVICE_VERSION, v, sizeof v);
+    return parse_version(v, "OpenCL ");
+}
+
+/* Fine-grained buffer SVM (a 2.0+ query; older devices have none). */
+static int device_fine_svm(cl_device_id dev) {
+    cl_device_svm_capabilities svm = 0;
+    if (device_version(dev) < 20 ||
+        clGetDeviceInfo(dev, CL_DEVICE_SVM_CAPABILITIES, sizeof svm, &svm, NULL) != CL_SUCCESS)
+        return 0;
+    return (svm & CL_DEVICE_SVM_FINE_GRAIN_BUFFER) != 0;
+}
+
+static int device_is_nvidia(cl_device_id dev) {
+    cl_uint vendor = 0;
+    clGetDeviceInfo(dev, CL_DEVICE_VENDOR_ID, sizeof vendor, &vendor, NULL);
+    return vendor == NVIDIA_VENDOR_ID;
+}
+
+static void fill_info(const ocl_device_ref *ref, uint32_t index, fkv_device_info *info) {
+    memset(info, 0, sizeof *info);
+    snprintf(info->backend, sizeof info->backend, "opencl");
+    info->index = index;
+    device_string(ref->device, CL_DEVICE_NAME, info->name, sizeof info->name);
+    char plat[64], drv[64];
+    platform_string(ref->platform, CL_PLATFORM_NAME, plat, sizeof plat);
+    device_string(ref->device, CL_DRIVER_VERSION, drv, sizeof drv);
+    snprintf(info->driver, sizeof info->driver, "%.40s %.22s", plat, drv);
+
+    cl_device_type type = 0;
+    cl_bool unified = CL_FALSE;
+    clGetDeviceInfo(ref->device, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+    /* Deprecated in 2.0 but still answered; it is what tells integrated from discrete. */
+    clGetDeviceInfo(ref->device, CL_DEVICE_HOST_UNIFIED_MEMORY, sizeof unified, &unified, NULL);
+    if (type & CL_DEVICE_TYPE_GPU)
+        info->type = unified ? FKV_DEVICE_INTEGRATED_GPU : FKV_DEVICE_DISCRETE_GPU;
+    else if (type & CL_DEVICE_TYPE_CPU)
+        info->type = FKV_DEVICE_CPU;
+    else
+        info->type = FKV_DEVICE_OTHER;
+
+    cl_ulong mem = 0, max_alloc = 0;
+    clGetDeviceInfo(ref->device, CL_DEVICE_GLOBAL_MEM_SIZE, sizeof mem, &mem, NULL);
+    clGetDeviceInfo(ref->device, CL_DEVICE_MAX_MEM_ALLOC_SIZE, sizeof max_alloc, &max_alloc, NULL);
+    info->memory_bytes = mem;
+    info->max_buffer_bytes = max_alloc;
+
+    /* Copies are non-blocking enqueues; queues wait on events on the device side; f16 goes
+     * through vload_half/vstore_half and bf16 through bits, so every device stores both;
+     * every fkv_queue is its own cl_command_queue. */
+    info->caps = FKV_CAP_ASYNC_COPY | FKV_CAP_DEVICE_WAIT | FKV_CAP_FP16_STORAGE |
+                 FKV_CAP_SEPARATE_TRANSFER_QUEUE;
+    /* CL_MEM_ALLOC_HOST_PTR is page-locked by GPU drivers; a CPU device has nothing to pin. */
+    if (!(type & CL_DEVICE_TYPE_CPU))
+        info->caps |= FKV_CAP_PINNED_HOST;
+    /* NVIDIA migrates host buffers that a kernel touches into device memory (DESIGN §2):
+     * never zero-copy there, whatever it reports. */
+    if (device_fine_svm(ref->device) && !device_is_nvidia(ref->device))
+        info->caps |= FKV_CAP_ZERO_COPY_HOST;
+}
+
+static fkv_status ocl_device_info(uint32_t index, fkv_device_info *info) {
+    ocl_device_ref ref;
+    if (info == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl device_info: NULL output");
+    fkv_status st = find_device(index, &ref);
+    if (st != FKV_OK)
+        return st;
+    fill_info(&ref, index, info);
+    return FKV_OK;
+}
+
+/* ---- environment (read here and in enumeration only) ---- */
+
+typedef enum recall_choice { RECALL_AUTO, RECALL_STAGED, RECALL_PERPAGE, RECALL_SVM } recall_choice;
+
+static fkv_status read_env(recall_choice *recall, int *fast_math) {
+    const char *r = getenv("FREEKV_OPENCL_RECALL");
+    *recall = RECALL_AUTO;
+    if (r && r[0]) {
+        static const char *const names[] = {"auto", "staged", "perpage", "svm"};
+        size_t i = 0;
+        while (i < 4 && strcmp(r, names[i]) != 0)
+            i++;
+        if (i == 4)
+            return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
+                             "FREEKV_OPENCL_RECALL='%s' (valid: auto, staged, perpage, svm)", r);
+        *recall = (recall_choice)i;
+    }
+    const char *f = getenv("FREEKV_OPENCL_FAST_MATH");
+    *fast_math = 0;
+    if (f && f[0]) {
+        if (strcmp(f, "0") == 0)
+            *fast_math = 0;
+        else if (strcmp(f, "1") == 0)
+            *fast_math = 1;
+        else
+            return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
+                             "FREEKV_OPENCL_FAST_MATH='%s' (valid: 0, 1)", f);
+    }
+    return FKV_OK;
+}
+
+/* ---- open / close ---- */
+
+static cl_command_queue create_queue(fkv_bdev *d, cl_int *err) {
+    if (device_version(d->device) >= 20) {
+        cl_queue_properties props[] = {0};
+        return clCreateCommandQueueWithProperties(d->context, d->device, props, err);
+    }
+    /* A 1.x device has only the 1.x call (deprecated in the 2.0+ headers). */
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    return clCreateCommandQueue(d->context, d->device, 0, err);
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+}
+
+static void ocl_device_close(fkv_bdev *d) {
+    if (d == NULL)
+        return;
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++)
+        if (d->queues[q])
+            clFinish(d->queues[q]);
+    if (d->aux)
+        clFinish(d->aux);
+    for (int i = 0; i < 3; i++)
+        fkv_ocl_program_release(&d->programs[i]);
+    for (int k = 0; k < OCL_KQ_COUNT; k++) {
+        if (d->kq[k].partials)
+            clReleaseMemObject(d->kq[k].partials);
+        if (d->kq[k].offsets)
+            clReleaseMemObject(d->kq[k].offsets);
+        pthread_mutex_destroy(&d->kq[k].lock);
+    }
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++)
+        if (d->queues[q])
+            clReleaseCommandQueue(d->queues[q]);
+    if (d->aux)
+        clReleaseCommandQueue(d->aux);
+    if (d->context)
+        clReleaseContext(d->context);
+    pthread_mutex_destroy(&d->build_lock);
+    free(d->source_override);
+    free(d);
+}
+
+static fkv_status ocl_device_open(uint32_t index, fkv_bdev **out) {
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl device_open: NULL output");
+    *out = NULL;
+    recall_choice recall;
+    int fast_math;
+    fkv_status st = read_env(&recall, &fast_math);
+    if (st != FKV_OK)
+        return st;
+    ocl_device_ref ref;
+    if ((st = find_device(index, &ref)) != FKV_OK)
+        return st;
+
+    fkv_bdev *d = calloc(1, sizeof *d);
+    if (d == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: device handle");
+    pthread_mutex_init(&d->build_lock, NULL);
+    for (int k = 0; k < OCL_KQ_COUNT; k++)
+        pthread_mutex_init(&d->kq[k].lock, NULL);
+    atomic_init(&d->cache_loads, 0u);
+    atomic_init(&d->cache_stores, 0u);
+    d->platform = ref.platform;
+    d->device = ref.device;
+    d->index = index;
+    fill_info(&ref, index, &d->info);
+
+    cl_uint cu = 1;
+    cl_ulong local = 0;
+    clGetDeviceInfo(d->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cu, &cu, NULL);
+    clGetDeviceInfo(d->device, CL_DEVICE_LOCAL_MEM_SIZE, sizeof local, &local, NULL);
+    d->compute_units = cu ? cu : 1;
+    d->local_mem = local;
+    d->max_alloc = d->info.max_buffer_bytes;
+    d->fine_svm = device_fine_svm(d->device);
+    d->is_nvidia = device_is_nvidia(d->device);
+    int zero_copy = d->fine_svm && !d->is_nvidia;
+
+    switch (recall) {
+    case RECALL_SVM:
+        if (!zero_copy) {
+            st = fkv_error(FKV_ERR_UNSUPPORTED,
+                           "FREEKV_OPENCL_RECALL=svm: device '%s' has no usable fine-grained "
+                           "buffer SVM (use auto, staged or perpage)",
+                           d->info.name);
+            ocl_device_close(d);
+            return st;
+        }
+        d->recall = FKV_RECALL_DIRECT;
+        break;
+    case RECALL_STAGED:
+        d->recall = FKV_RECALL_STAGED;
+        break;
+    case RECALL_PERPAGE:
+        d->recall = FKV_RECALL_PERPAGE;
+        break;
+    default:
+        d->recall = zero_copy ? FKV_RECALL_DIRECT : FKV_RECALL_STAGED;
+        break;
+    }
+    /* SVM host memory serves every mechanism (plain host memory for copies, zero-copy for
+     * recall_direct); an explicit staged/perpage choice keeps the pinned-buffer path. */
+    d->svm_host = zero_copy && recall != RECALL_STAGED && recall != RECALL_PERPAGE;
+
+    char cver[64];
+    device_string(d->device, CL_DEVICE_OPENCL_C_VERSION, cver, sizeof cver);
+    snprintf(d->build_options, sizeof d->build_options, "%s%s",
+             parse_version(cver, "OpenCL C ") >= 12 ? "-cl-std=CL1.2" : "",
+             fast_math ? " -cl-fast-relaxed-math" : "");
+
+    char pname[128], pver[128], dver[128], drv[128];
+    platform_string(d->platform, CL_PLATFORM_NAME, pname, sizeof pname);
+    platform_string(d->platform, CL_PLATFORM_VERSION, pver, sizeof pver);
+    device_string(d->device, CL_DEVICE_VERSION, dver, sizeof dver);
+    device_string(d->device, CL_DRIVER_VERSION, drv, sizeof drv);
+    snprintf(d->cache_key, sizeof d->cache_key,
+             "platform=%s|%s\ndevice=%s\ndevice_version=%s\ndriver=%s", pname, pver,
+             d->info.name, dver, drv);
+    fkv_ocl_cache_dir(d->cache_dir, sizeof d->cache_dir);
+
+    cl_int err;
+    cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)d->platform, 0};
+    d->context = clCreateContext(props, 1, &d->device, NULL, NULL, &err);
+    if (err != CL_SUCCESS) {
+        st = fkv_ocl_fail(err, 0, "clCreateContext");
+        ocl_device_close(d);
+        return st;
+    }
+    for (int q = 0; q < FKV_QUEUE_COUNT && err == CL_SUCCESS; q++)
+        d->queues[q] = create_queue(d, &err);
+    if (err == CL_SUCCESS)
+        d->aux = create_queue(d, &err);
+    if (err != CL_SUCCESS) {
+        st = fkv_ocl_fail(err, 0, "creating command queues");
+        ocl_device_close(d);
+        return st;
+    }
+    *out = d;
+    return FKV_OK;
+}
+
+static fkv_status ocl_opened_info(fkv_bdev *d, fkv_device_info *info) {
+    if (d == NULL || info == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl opened_info: NULL argument");
+    *info = d->info;
+    return FKV_OK;
+}
+
+static fkv_recall_mode ocl_recall_mode(fkv_bdev *d) { return d->recall; }
+
+/* ---- events ---- */
+
+fkv_status fkv_ocl_waits(const fkv_deps *deps, ocl_waits *w) {
+    w->list = w->buf;
+    w->n = 0;
+    if (deps->n_wait == 0)
+        return FKV_OK;
+    if (deps->wait == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl: %u waits but no wait list",
+                         deps->n_wait);
+    if (deps->n_wait > sizeof w->buf / sizeof *w->buf) {
+        w->list = malloc(deps->n_wait * sizeof *w->list);
+        if (w->list == NULL)
+            return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: wait list");
+    }
+    for (uint32_t i = 0; i < deps->n_wait; i++)
+        if (deps->wait[i])
+            w->list[w->n++] = (cl_event)(void *)deps->wait[i];
+    return FKV_OK;
+}
+
+void fkv_ocl_waits_free(ocl_waits *w) {
+    if (w->list != w->buf)
+        free(w->list);
+}
+
+void fkv_ocl_done(const fkv_deps *deps, cl_event ev) {
+    if (deps->done)
+        *deps->done = (fkv_bevent *)(void *)ev;
+    else if (ev)
+        clReleaseEvent(ev);
+}
+
+static fkv_status check_queue(fkv_queue q, const char *op) {
+    if ((unsigned)q >= FKV_QUEUE_COUNT)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: bad queue %d", op, (int)q);
+    return FKV_OK;
+}
+
+static fkv_status ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events) {
+    (void)d;
+    if (n == 0)
+        return FKV_OK;
+    if (events == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl event_wait: NULL events");
+    fkv_deps deps = {n, events, NULL};
+    ocl_waits w;
+    fkv_status st = fkv_ocl_waits(&deps, &w);
+    if (st != FKV_OK)
+        return st;
+    cl_int err = w.n ? clWaitForEvents(w.n, w.list) : CL_SUCCESS;
+    fkv_ocl_waits_free(&w);
+    return err == CL_SUCCESS ? FKV_OK : fkv_ocl_fail(err, 0, "clWaitForEvents");
+}
+
+static void ocl_event_release(fkv_bdev *d, fkv_bevent *ev) {
+    (void)d;
+    if (ev)
+        clReleaseEvent((cl_event)(void *)ev);
+}
+
+static fkv_status ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) {
+    fkv_ocl_clear_done(&deps);
+    fkv_status st = check_queue(q, "marker");
+    if (st != FKV_OK)
+        return st;
+    ocl_waits w;
+    if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
+        return st;
+    cl_event ev = NULL;
+    /* A barrier, not a marker: later commands of q must also wait for deps.wait. On an
+     * in-order queue it also follows every earlier command. */
+    cl_int err = clEnqueueBarrierWithWaitList(d->queues[q], w.n, w.n ? w.list : NULL,
+                                              deps.done ? &ev : NULL);
+    fkv_ocl_waits_free(&w);
+    if (err != CL_SUCCESS)
+        return fkv_ocl_fail(err, 0, "clEnqueueBarrierWithWaitList");
+    fkv_ocl_done(&deps, ev);
+    return FKV_OK;
+}
+
+static fkv_status ocl_finish(fkv_bdev *d, fkv_queue q) {
+    fkv_status st = check_queue(q, "finish");
+    if (st != FKV_OK)
+        return st;
+    cl_int err = clFinish(d->queues[q]);
+    return err == CL_SUCCESS ? FKV_OK : fkv_ocl_fail(err, 0, "clFinish");
+}
+
+/* ---- memory ---- */
+
+static fkv_status ocl_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out) {
+    if (d == NULL || out == NULL || size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl buffer_alloc: NULL argument or size 0");
+    *out = NULL;
+    if (size > d->max_alloc)
+        return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY,
+                         "opencl: %zu bytes exceed the device's largest allocation (%llu)", size,
+                         (unsigned long long)d->max_alloc);
+    fkv_bbuf *b = calloc(1, sizeof *b);
+    if (b == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: buffer handle");
+    cl_int err;
+    b->mem = clCreateBuffer(d->context, CL_MEM_READ_WRITE, size, NULL, &err);
+    if (err != CL_SUCCESS) {
+        free(b);
+        return fkv_ocl_fail(err, 1, "clCreateBuffer");
+    }
+    /* Drivers allocate lazily at first use; committing the memory here (on the aux queue)
+     * makes a device out of memory show up now, as a status, rather than at some later
+     * enqueue. */
+    cl_event ev = NULL;
+    err = clEnqueueMigrateMemObjects(d->aux, 1, &b->mem, CL_MIGRATE_MEM_OBJECT_CONTENT_UNDEFINED,
+                                     0, NULL, &ev);
+    if (err == CL_SUCCESS) {
+        err = clWaitForEvents(1, &ev);
+        cl_int status = CL_COMPLETE;
+        if (err == CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST &&
+            clGetEventInfo(ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status,
+                           NULL) == CL_SUCCESS &&
+            status < 0)
+            err = status;
+        clReleaseEvent(ev);
+    }
+    if (err != CL_SUCCESS) {
+        clReleaseMemObject(b->mem);
+        free(b);
+        return fkv_ocl_fail(err, 1, "committing a device buffer");
+    }
+    b->size = size;
+    *out = b;
+    return FKV_OK;
+}
+
+static void ocl_buffer_free(fkv_bdev *d, fkv_bbuf *b) {
+    (void)d;
+    if (b == NULL)
+        return;
+    clReleaseMemObject(b->mem);
+    free(b);
+}
+
+static fkv_status ocl_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_bbuf **out) {
+    if (d == NULL || native == NULL || out == NULL || size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl buffer_import: NULL argument or size 0");
+    *out = NULL;
+    cl_mem mem = (cl_mem)native;
+    cl_context ctx = NULL;
+    size_t mem_size = 0;
+    cl_int err = clGetMemObjectInfo(mem, CL_MEM_CONTEXT, sizeof ctx, &ctx, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetMemObjectInfo(mem, CL_MEM_SIZE, sizeof mem_size, &mem_size, NULL);
+    if (err != CL_SUCCESS)
+        return fkv_ocl_fail(err, 0, "clGetMemObjectInfo (import)");
+    if (ctx != d->context)
+        return fkv_error(FKV_ERR_WRONG_DEVICE,
+                         "opencl buffer_import: the cl_mem belongs to another context");
+    if (size > mem_size)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "opencl buffer_import: %zu bytes requested of a %zu-byte cl_mem", size,
+                         mem_size);
+    fkv_bbuf *b = calloc(1, sizeof *b);
+    if (b == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: buffer handle");
+    clRetainMemObject(mem); /* the engine keeps its own reference */
+    b->mem = mem;
+    b->size = size;
+    *out = b;
+    return FKV_OK;
+}
+
+static fkv_status ocl_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **ptr) {
+    if (d == NULL || out == NULL || ptr == NULL || size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl host_alloc: NULL argument or size 0");
+    *out = NULL;
+    *ptr = NULL;
+    fkv_bhost *h = calloc(1, sizeof *h);
+    if (h == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: host allocation handle");
+    h->size = size;
+    if (d->svm_host) {
+        /* Fine-grained: the host writes it and kernels read it with no map/unmap. */
+        h->svm = 1;
+        h->ptr = clSVMAlloc(d->context, CL_MEM_READ_WRITE | CL_MEM_SVM_FINE_GRAIN_BUFFER, size, 0);
+        if (h->ptr == NULL) {
+            free(h);
+            return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
+                             "opencl: clSVMAlloc of %zu bytes (fine-grained) failed", size);
+        }
+    } else {
+        /* Pinned by the driver and mapped for its whole life: copies from it run at link
+         * speed (6x pageable memory, DESIGN §2). Never passed to a kernel. */
+        cl_int err;
+        h->mem = clCreateBuffer(d->context, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR, size, NULL,
+                                &err);
+        if (err == CL_SUCCESS)
+            h->ptr = clEnqueueMapBuffer(d->aux, h->mem, CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, 0,
+                                        size, 0, NULL, NULL, &err);
+        if (err != CL_SUCCESS) {
+            if (h->mem)
+                clReleaseMemObject(h->mem);
+            free(h);
+            fkv_ocl_fail(err, 0, "allocating pinned host memory");
+            /* Host-pointer buffers live in host memory whatever code the driver picks. */
+            return fkv_error_prefix(err == CL_OUT_OF_HOST_MEMORY ||
+                                            err == CL_MEM_OBJECT_ALLOCATION_FAILURE ||
+                                            err == CL_OUT_OF_RESOURCES
+                                        ? FKV_ERR_OUT_OF_HOST_MEMORY
+                                        : FKV_ERR_BACKEND,
+                                    "opencl host_alloc of %zu bytes", size);
+        }
+    }
+    *out = h;
+    *ptr = h->ptr;
+    return FKV_OK;
+}
+
+static void ocl_host_free(fkv_bdev *d, fkv_bhost *h) {
+    if (h == NULL)
+        return;
+    if (h->svm) {
+        clSVMFree(d->context, h->ptr);
+    } else {
+        cl_event ev = NULL;
+        if (clEnqueueUnmapMemObject(d->aux, h->mem, h->ptr, 0, NULL, &ev) == CL_SUCCESS) {
+            clWaitForEvents(1, &ev);
+            clReleaseEvent(ev);
+        }
+        clReleaseMemObject(h->mem);
+    }
+    free(h);
+}
+
+int fkv_opencl_debug_svm_host(fkv_bdev *d) { return d->svm_host; }
+
+/* ---- copies ---- */
+
+static fkv_status check_range(const fkv_bbuf *b, size_t off, size_t size, const char *op) {
+    if (b == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL buffer", op);
+    if (off > b->size || size > b->size - off)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "opencl %s: %zu bytes at offset %zu exceed the buffer (%zu bytes)", op,
+                         size, off, b->size);
+    return FKV_OK;
+}
+
+static fkv_status ocl_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                            size_t dst_offset, const void *src, size_t size) {
+    fkv_ocl_clear_done(&deps);
+    fkv_status st = check_queue(q, "write");
+    if (st == FKV_OK)
+        st = check_range(dst, dst_offset, size, "write");
+    if (st == FKV_OK && src == NULL && size)
+        st = fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl write: NULL source");
+    if (st != FKV_OK)
+        return st;
+    if (size == 0)
+        return ocl_marker(d, q, deps);
+    ocl_waits w;
+    if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
+        return st;
+    cl_event ev = NULL;
+    cl_int err = clEnqueueWriteBuffer(d->queues[q], dst->mem, CL_FALSE, dst_offset, size, src, w.n,
+                                      w.n ? w.list : NULL, deps.done ? &ev : NULL);
+    fkv_ocl_waits_free(&w);
+    if (err != CL_SUCCESS)
+        return fkv_ocl_fail(err, 1, "clEnqueueWriteBuffer");
+    fkv_ocl_done(&deps, ev);
+    return FKV_OK;
+}
+
+static fkv_status ocl_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
+                           size_t src_offset, void *dst, size_t size) {
+    fkv_ocl_clear_done(&deps);
+    fkv_status st = check_queue(q, "read");
+    if (st == FKV_OK)
+        st = check_range(src, src_offset, size, "read");
+    if (st == FKV_OK && dst == NULL && size)
+        st = fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl read: NULL destination");
+    if (st != FKV_OK)
+        return st;
+    if (size == 0)
+        return ocl_marker(d, q, deps);
+    ocl_waits w;
+    if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
+        return st;
+    cl_event ev = NULL;
+    cl_int err = clEnqueueReadBuffer(d->queues[q], src->mem, CL_FALSE, src_offset, size, dst, w.n,
+                                     w.n ? w.list : NULL, deps.done ? &ev : NULL);
+    fkv_ocl_waits_free(&w);
+    if (err != CL_SUCCESS)
+        return fkv_ocl_fail(err, 1, "clEnqueueReadBuffer");
+    fkv_ocl_done(&deps, ev);
+    return FKV_OK;
+}
+
+static fkv_status ocl_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                           size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size) {
+    fkv_ocl_clear_done(&deps);
+    fkv_status st = check_queue(q, "copy");
+    if (st == FKV_OK)
+        st = check_range(dst, dst_offset, size, "copy");
+    if (st == FKV_OK)
+        st = check_range(src, src_offset, size, "copy");
+    if (st != FKV_OK)
+        return st;
+    if (size == 0)
+        return ocl_marker(d, q, deps);
+    ocl_waits w;
+    if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
+        return st;
+    cl_event ev = NULL;
+    cl_int err;
+    if (src->mem == dst->mem && src_offset < dst_offset + size && dst_offset < src_offset + size) {
+        /* OpenCL refuses overlapping copies; go through a temporary (memmove semantics, as
+         * the reference backend). OpenCL frees it once both copies are done. */
+        cl_mem tmp = clCreateBuffer(d->context, CL_MEM_READ_WRITE, size, NULL, &err);
+        if (err == CL_SUCCESS) {
+            err = clEnqueueCopyBuffer(d->queues[q], src->mem, tmp, src_offset, 0, size, w.n,
+                                      w.n ? w.list : NULL, NULL);
+            if (err == CL_SUCCESS)
+                err = clEnqueueCopyBuffer(d->queues[q], tmp, dst->mem, 0, dst_offset, size, 0,
+                                          NULL, deps.done ? &ev : NULL);
+            clReleaseMemObject(tmp);
+        }
+    } else {
+        err = clEnqueueCopyBuffer(d->queues[q], src->mem, dst->mem, src_offset, dst_offset, size,
+                                  w.n, w.n ? w.list : NULL, deps.done ? &ev : NULL);
+    }
+    fkv_ocl_waits_free(&w);
+    if (err != CL_SUCCESS)
+        return fkv_ocl_fail(err, 1, "clEnqueueCopyBuffer");
+    fkv_ocl_done(&deps, ev);
+    return FKV_OK;
+}
+
+/* ---- the table ---- */
+
+static const fkv_backend_ops opencl_ops = {
+    .abi_version = FKV_BACKEND_ABI_VERSION,
+    .struct_size = sizeof(fkv_backend_ops),
+    .name = "opencl",
+    .device_count = ocl_device_count,
+    .device_info = ocl_device_info,
+    .device_open = ocl_device_open,
+    .device_close = ocl_device_close,
+    .buffer_alloc = ocl_buffer_alloc,
+    .buffer_free = ocl_buffer_free,
+    .host_alloc = ocl_host_alloc,
+    .host_free = ocl_host_free,
+    .event_wait = ocl_event_wait,
+    .event_release = ocl_event_release,
+    .marker = ocl_marker,
+    .finish = ocl_finish,
+    .write = ocl_write,
+    .read = ocl_read,
+    .copy = ocl_copy,
+    .append = fkv_ocl_append,
+    .summarize = fkv_ocl_summarize,
+    .scores = fkv_ocl_scores,
+    .cosine_flags = fkv_ocl_cosine_flags,
+    .pack_hnd = fkv_ocl_pack_hnd,
+    .scatter_hnd = fkv_ocl_scatter_hnd,
+    .attention = fkv_ocl_attention,
+    .buffer_import = ocl_buffer_import,
+    .write_regions = NULL, /* OpenCL has no multi-region host->buffer copy */
+    .attention_dense = fkv_ocl_attention_dense,
+    .recall_direct = fkv_ocl_recall_direct,
+    .recall_mode = ocl_recall_mode,
+    .opened_info = ocl_opened_info,
+};
+
+const fkv_backend_ops *fkv_backend_opencl(void) { return &opencl_ops; }
+
+fkv_status fkv_ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) { return ocl_marker(d, q, deps); }

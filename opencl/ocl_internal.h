@@ -1,0 +1,184 @@
+/* OpenCL backend internals, shared by the backend's .c files and its tests. */
+#ifndef FKV_OPENCL_INTERNAL_H
+#define FKV_OPENCL_INTERNAL_H
+
+#ifndef CL_TARGET_OPENCL_VERSION
+#define CL_TARGET_OPENCL_VERSION 300
+#endif
+
+#include <CL/cl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../backends/backend.h"
+
+/* Kernels of the program; every dtype program holds all of them. */
+typedef enum ocl_kernel_id {
+    K_APPEND,
+    K_SUMMARIZE,
+    K_SCORES,
+    K_COSINE,
+    K_PACK,
+    K_PACK_V16,
+    K_SCATTER,
+    K_SCATTER_V16,
+    K_DIRECT,
+    K_DIRECT_V16,
+    K_ATTENTION,
+    K_ATTENTION_REDUCE,
+    K_COUNT
+} ocl_kernel_id;
+
+extern const char *const fkv_ocl_kernel_names[K_COUNT];
+
+/* The queues that run kernels (COMPUTE, BACKGROUND) each own a set of kernel objects:
+ * clSetKernelArg + enqueue on a shared cl_kernel is not thread-safe. */
+enum { OCL_KQ_COMPUTE = 0, OCL_KQ_BACKGROUND = 1, OCL_KQ_COUNT = 2 };
+
+typedef struct ocl_program {
+    int built;              /* kernels below are valid */
+    fkv_status failed;      /* != FKV_OK: the build failed with `failed_msg` */
+    char *failed_msg;
+    int from_cache;         /* the binary came from the program cache */
+    cl_program program;
+    cl_kernel kernels[OCL_KQ_COUNT][K_COUNT];
+    size_t wg_max[K_COUNT];        /* CL_KERNEL_WORK_GROUP_SIZE */
+    cl_ulong local_used[K_COUNT];  /* CL_KERNEL_LOCAL_MEM_SIZE (static local memory) */
+} ocl_program;
+
+/* Per kernel queue state, guarded by `lock`: kernel arguments, scratch buffers. */
+typedef struct ocl_kqueue {
+    pthread_mutex_t lock;
+    cl_mem partials; /* split attention partial results */
+    size_t partials_size;
+    cl_mem offsets;  /* recall_direct unit offsets */
+    size_t offsets_size;
+} ocl_kqueue;
+
+struct fkv_bdev {
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context context;
+    cl_command_queue queues[FKV_QUEUE_COUNT];
+    cl_command_queue aux; /* blocking map/unmap and allocation commits, off the hot queues */
+    fkv_device_info info;
+    uint32_t index;
+
+    cl_uint compute_units;
+    cl_ulong local_mem;
+    cl_ulong max_alloc;
+    int fine_svm;   /* fine-grained buffer SVM: kernels may read host allocations */
+    int is_nvidia;
+    int svm_host;   /* host_alloc hands out fine-grained SVM memory */
+    fkv_recall_mode recall;
+
+    char build_options[256];
+    char cache_dir[1024]; /* "" = program cache disabled */
+    char cache_key[1024]; /* platform, device, driver: part of every cache key */
+
+    pthread_mutex_t build_lock; /* programs[] and the source override */
+    ocl_program programs[3];    /* per fkv_dtype, built on first use */
+    char *source_override;      /* tests: a replacement kernel source */
+    atomic_uint cache_loads, cache_stores;
+
+    ocl_kqueue kq[OCL_KQ_COUNT];
+    int split_override; /* 0 = automatic, n >= 1 = always n splits */
+};
+
+struct fkv_bbuf {
+    cl_mem mem;
+    size_t size;
+};
+
+struct fkv_bhost {
+    cl_mem mem; /* NULL for SVM memory */
+    void *ptr;
+    size_t size;
+    int svm;
+};
+
+/* ---- errors (ocl_error.c) ---- */
+const char *fkv_ocl_error_name(cl_int err);
+/* A library status for an OpenCL error of `what`; allocation says CL_OUT_OF_RESOURCES
+ * means device memory. The message names the call and the native code. */
+fkv_status fkv_ocl_fail(cl_int err, int allocation, const char *what);
+
+/* ---- programs (ocl_program.c) ---- */
+/* The program of dtype, built (or loaded from the cache) on first use; thread-safe. */
+fkv_status fkv_ocl_program(fkv_bdev *d, fkv_dtype dtype, ocl_program **out);
+void fkv_ocl_program_release(ocl_program *p);
+/* Where the binary cache lives (FREEKV_CACHE_DIR, XDG_CACHE_HOME, HOME); "" if none. */
+void fkv_ocl_cache_dir(char *buf, size_t size);
+
+/* ---- ops (ocl_kernels.c) ---- */
+fkv_status fkv_ocl_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                          const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src,
+                          size_t v_off, uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off,
+                          fkv_bbuf *kpool, fkv_bbuf *vpool);
+fkv_status fkv_ocl_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                             const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
+                             size_t pages_off, fkv_bbuf *summaries);
+fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
+                          fkv_bbuf *out, size_t out_off);
+fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
+                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
+                                size_t sims_off, fkv_bbuf *flags, size_t flags_off);
+fkv_status fkv_ocl_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                            const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
+                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
+                            size_t dst_off);
+fkv_status fkv_ocl_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               const fkv_bbuf *src, size_t src_off, uint32_t n_units,
+                               const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                               fkv_bbuf *vpool);
+fkv_status fkv_ocl_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                             const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                             const fkv_bbuf *heads, size_t heads_off, const fkv_bbuf *entries,
+                             size_t entries_off, const fkv_bbuf *kpool, const fkv_bbuf *vpool,
+                             float scale, fkv_bbuf *out, size_t out_off);
+fkv_status fkv_ocl_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                   const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
+                                   uint32_t n_tokens, const fkv_bbuf *k, const fkv_bbuf *v,
+                                   float scale, fkv_bbuf *out, size_t out_off);
+fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                 const fkv_bhost *host, uint32_t n_units,
+                                 const uint64_t *units_host, const fkv_bbuf *units,
+                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool);
+
+/* Wait list of deps as cl_events (NULL entries skipped) in `buf` (or heap when larger);
+ * free with fkv_ocl_waits_free. */
+typedef struct ocl_waits {
+    cl_event *list;
+    cl_uint n;
+    cl_event buf[16];
+} ocl_waits;
+fkv_status fkv_ocl_waits(const fkv_deps *deps, ocl_waits *w);
+void fkv_ocl_waits_free(ocl_waits *w);
+/* On every error path deps.done is left NULL: cleared first thing by each entry. */
+static inline void fkv_ocl_clear_done(const fkv_deps *deps) {
+    if (deps->done)
+        *deps->done = NULL;
+}
+/* Hands a command's event to deps.done (or releases it). */
+void fkv_ocl_done(const fkv_deps *deps, cl_event ev);
+/* The ops table's marker: what an operation with nothing to do enqueues. */
+fkv_status fkv_ocl_marker(fkv_bdev *dev, fkv_queue q, fkv_deps deps);
+
+/* ---- test and benchmark hooks ---- */
+/* Replaces the kernel source for programs built from now on (NULL restores the embedded
+ * one) and drops the programs already built; call with no command in flight. */
+fkv_status fkv_opencl_debug_set_source(fkv_bdev *dev, const char *source);
+/* Split-page attention: 0 = automatic (split when batch x KV heads cannot fill the device),
+ * n >= 1 = always n splits (1 = never split). */
+void fkv_opencl_debug_set_splits(fkv_bdev *dev, int splits);
+/* Programs of this device loaded from / stored into the binary cache so far. */
+void fkv_opencl_debug_cache_counts(fkv_bdev *dev, unsigned *loads, unsigned *stores);
+/* Whether host_alloc hands out fine-grained SVM memory on this device. */
+int fkv_opencl_debug_svm_host(fkv_bdev *dev);
+
+#endif

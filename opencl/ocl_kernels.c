@@ -1,0 +1,770 @@
+/* Kernel launches of the OpenCL backend: argument checks, work sizes, scratch buffers.
+ *
+ * Each kernel queue (COMPUTE, BACKGROUND) has its own kernel objects and scratch, guarded by
+ * its lock from the first clSetKernelArg to the last enqueue of an operation. Host-side checks
+ * cover everything the host can see (queue, geometry, offsets, sizes); indices that live in
+ * device buffers are bounds-checked by the kernels. */
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/error.h"
+#include "ocl_internal.h"
+
+#define ELEMENTWISE_WG 128
+#define COPY_WG 256 /* fewer, larger groups: per-group overhead dominates big copies on CPUs */
+#define ATTENTION_WG 128
+#define SCORES_WG 64
+#define COSINE_WG 64
+#define MAX_TILE 32       /* attention tokens per tile (at most one page) */
+#define MAX_AUTO_SPLITS 16
+#define MAX_SPLITS 256
+
+typedef struct launch_ctx {
+    fkv_bdev *d;
+    ocl_program *prog;
+    ocl_kqueue *kq;
+    int kqi;
+    cl_command_queue queue;
+    const char *op;
+} launch_ctx;
+
+typedef struct kargs {
+    cl_kernel k;
+    const char *name;
+    cl_uint i;
+    cl_int err;
+    cl_uint bad;
+} kargs;
+
+static size_t esize(fkv_dtype t) { return t == FKV_F32 ? 4 : 2; }
+static size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
+
+static fkv_status check_geom(const fkv_kv_geom *g, const char *op) {
+    if (g == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL geometry", op);
+    if (g->n_kv_heads == 0 || g->group == 0 || g->head_dim == 0 || g->page_size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "opencl %s: geometry with a zero (kv heads %u, group %u, d %u, page %u)",
+                         op, g->n_kv_heads, g->group, g->head_dim, g->page_size);
+    if ((unsigned)g->dtype > FKV_BF16)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: unknown dtype %d", op,
+                         (int)g->dtype);
+    /* Kernels index one slot and one (sequence, KV head) query block in 32 bits. */
+    uint64_t slot = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * 2;
+    uint64_t qblock = (uint64_t)g->n_kv_heads * g->group * g->head_dim;
+    if (slot > INT32_MAX || qblock > INT32_MAX)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: geometry too large", op);
+    return FKV_OK;
+}
+
+/* Validates the queue and geometry; the program comes later (load), once the arguments are
+ * known to be good, so a refused call never waits for a build. */
+static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const fkv_kv_geom *g,
+                          const char *op, launch_ctx *lc) {
+    fkv_ocl_clear_done(deps);
+    if (d == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL device", op);
+    if (q != FKV_QUEUE_COMPUTE && q != FKV_QUEUE_BACKGROUND)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "opencl %s: kernels run on the compute or background queue, not %d", op,
+                         (int)q);
+    fkv_status st = check_geom(g, op);
+    if (st != FKV_OK)
+        return st;
+    lc->d = d;
+    lc->op = op;
+    lc->kqi = q == FKV_QUEUE_COMPUTE ? OCL_KQ_COMPUTE : OCL_KQ_BACKGROUND;
+    lc->kq = &d->kq[lc->kqi];
+    lc->queue = d->queues[q];
+    lc->prog = NULL;
+    return FKV_OK;
+}
+
+/* The program of the geometry's dtype, built (or loaded from the cache) on first use. */
+static fkv_status load(launch_ctx *lc, const fkv_kv_geom *g) {
+    return fkv_ocl_program(lc->d, g->dtype, &lc->prog);
+}
+
+static fkv_status check_buf(const fkv_bbuf *b, size_t off, uint64_t bytes, size_t align,
+                            const char *op, const char *what) {
+    if (b == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: %s is NULL", op, what);
+    if (off % align)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "opencl %s: %s offset %zu is not a multiple of %zu", op, what, off, align);
+    if (off > b->size || bytes > b->size - off)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "opencl %s: %s needs %llu bytes at offset %zu of a %zu-byte buffer", op,
+                         what, (unsigned long long)bytes, off, b->size);
+    return FKV_OK;
+}
+
+/* Whole slots both pools hold (kernels skip indices at or beyond it). */
+static fkv_status pool_slots(const fkv_kv_geom *g, const fkv_bbuf *k, const fkv_bbuf *v,
+                             const char *op, uint32_t *n_slots) {
+    if (k == NULL || v == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL KV pool", op);
+    size_t slot_bytes = (size_t)g->page_size * g->n_kv_heads * g->head_dim * esize(g->dtype);
+    size_t n = (k->size < v->size ? k->size : v->size) / slot_bytes;
+    if (n == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "opencl %s: KV pools smaller than one slot (%zu bytes)", op, slot_bytes);
+    /* Rows (slot * page + token) must fit the kernels' 32-bit arguments. */
+    size_t max_slots = UINT32_MAX / g->page_size;
+    *n_slots = (uint32_t)(n < max_slots ? n : max_slots);
+    return FKV_OK;
+}
+
+static size_t wg_for(const launch_ctx *lc, ocl_kernel_id id, size_t want) {
+    size_t m = lc->prog->wg_max[id];
+    if (m == 0)
+        m = 1;
+    return want < m ? want : m;
+}
+
+static size_t local_avail(const launch_ctx *lc, ocl_kernel_id id) {
+    cl_ulong used = lc->prog->local_used[id];
+    return lc->d->local_mem > used ? (size_t)(lc->d->local_mem - used) : 0;
+}
+
+/* ---- arguments and enqueue (the caller holds the queue's lock) ---- */
+
+static kargs args_of(const launch_ctx *lc, ocl_kernel_id id) {
+    kargs a = {lc->prog->kernels[lc->kqi][id], fkv_ocl_kernel_names[id], 0, CL_SUCCESS, 0};
+    return a;
+}
+
+static void arg(kargs *a, size_t size, const void *v) {
+    cl_int e = clSetKernelArg(a->k, a->i, size, v);
+    if (e != CL_SUCCESS && a->err == CL_SUCCESS) {
+        a->err = e;
+        a->bad = a->i;
+    }
+    a->i++;
+}
+
+static void arg_mem(kargs *a, const fkv_bbuf *b) { arg(a, sizeof(cl_mem), &b->mem); }
+static void arg_cl_mem(kargs *a, cl_mem m) { arg(a, sizeof m, &m); }
+static void arg_u32(kargs *a, uint32_t v) {
+    cl_uint x = v;
+    arg(a, sizeof x, &x);
+}
+static void arg_u64(kargs *a, uint64_t v) {
+    cl_ulong x = v;
+    arg(a, sizeof x, &x);
+}
+static void arg_i32(kargs *a, int32_t v) {
+    cl_int x = v;
+    arg(a, sizeof x, &x);
+}
+static void arg_f32(kargs *a, float v) {
+    cl_float x = v;
+    arg(a, sizeof x, &x);
+}
+static void arg_local(kargs *a, size_t bytes) { arg(a, bytes, NULL); }
+static void arg_svm(kargs *a, const void *p) {
+    cl_int e = clSetKernelArgSVMPointer(a->k, a->i, p);
+    if (e != CL_SUCCESS && a->err == CL_SUCCESS) {
+        a->err = e;
+        a->bad = a->i;
+    }
+    a->i++;
+}
+
+static fkv_status enqueue(const launch_ctx *lc, kargs *a, cl_uint dims, const size_t *global,
+                          const size_t *local, const fkv_deps *deps) {
+    if (a->err != CL_SUCCESS) {
+        return fkv_error_prefix(fkv_ocl_fail(a->err, 0, "clSetKernelArg"), "%s: %s argument %u",
+                                lc->op, a->name, a->bad);
+    }
+    ocl_waits w;
+    fkv_status st = fkv_ocl_waits(deps, &w);
+    if (st != FKV_OK)
+        return st;
+    cl_event ev = NULL;
+    cl_int err = clEnqueueNDRangeKernel(lc->queue, a->k, dims, NULL, global, local, w.n,
+                                        w.n ? w.list : NULL, deps->done ? &ev : NULL);
+    fkv_ocl_waits_free(&w);
+    if (err != CL_SUCCESS)
+        return fkv_error_prefix(fkv_ocl_fail(err, 0, "clEnqueueNDRangeKernel"), "%s (%s)", lc->op,
+                                a->name);
+    fkv_ocl_done(deps, ev);
+    return FKV_OK;
+}
+
+/* One work item per element, rounded up to whole work groups. */
+static fkv_status enqueue_1d(const launch_ctx *lc, ocl_kernel_id id, kargs *a, size_t n,
+                             const fkv_deps *deps) {
+    size_t local = wg_for(lc, id, ELEMENTWISE_WG);
+    size_t global = round_up(n, local);
+    return enqueue(lc, a, 1, &global, &local, deps);
+}
+
+/* Copy kernels: dim 0 = word within a row, dim 1 = row, both rounded up. */
+static fkv_status enqueue_rows(const launch_ctx *lc, ocl_kernel_id id, kargs *a, size_t n_rows,
+                               size_t row_words, const fkv_deps *deps) {
+    size_t wg = wg_for(lc, id, COPY_WG);
+    size_t l0 = row_words < wg ? row_words : wg;
+    size_t l1 = wg / l0 ? wg / l0 : 1;
+    size_t local[2] = {l0, l1};
+    size_t global[2] = {round_up(row_words, l0), round_up(n_rows, l1)};
+    return enqueue(lc, a, 2, global, local, deps);
+}
+
+/* Grows a per-queue scratch buffer (the old one is freed by OpenCL once the commands that
+ * use it complete). */
+static fkv_status ensure_scratch(fkv_bdev *d, cl_mem *mem, size_t *size, size_t need) {
+    if (*mem && *size >= need)
+        return FKV_OK;
+    size_t want = need + need / 2;
+    if (want > d->max_alloc)
+        want = need;
+    if (need > d->max_alloc)
+        return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY,
+                         "opencl: %zu bytes of scratch exceed the device's largest allocation",
+                         need);
+    cl_int err;
+    cl_mem m = clCreateBuffer(d->context, CL_MEM_READ_WRITE, want, NULL, &err);
+    if (err != CL_SUCCESS)
+        return fkv_ocl_fail(err, 1, "clCreateBuffer (scratch)");
+    if (*mem)
+        clReleaseMemObject(*mem);
+    *mem = m;
+    *size = want;
+    return FKV_OK;
+}
+
+/* ---- ops ---- */
+
+fkv_status fkv_ocl_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                          const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src,
+                          size_t v_off, uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off,
+                          fkv_bbuf *kpool, fkv_bbuf *vpool) {
+    const char *op = "append";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t row_elems = (uint64_t)g->n_kv_heads * g->head_dim;
+    uint32_t n_slots;
+    if ((st = check_buf(k_src, k_off, n_rows * row_elems * 4, 4, op, "k_src")) != FKV_OK ||
+        (st = check_buf(v_src, v_off, n_rows * row_elems * 4, 4, op, "v_src")) != FKV_OK ||
+        (st = check_buf(rows, rows_off, (uint64_t)n_rows * 4, 4, op, "rows")) != FKV_OK ||
+        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+        return st;
+    if (n_rows == 0)
+        return fkv_ocl_marker(dev, q, deps);
+    if ((st = load(&lc, g)) != FKV_OK)
+        return st;
+    pthread_mutex_lock(&lc.kq->lock);
+    kargs a = args_of(&lc, K_APPEND);
+    arg_mem(&a, k_src);
+    arg_u64(&a, k_off / 4);
+    arg_mem(&a, v_src);
+    arg_u64(&a, v_off / 4);
+    arg_mem(&a, rows);
+    arg_u64(&a, rows_off / 4);
+    arg_u32(&a, n_rows);
+    arg_u32(&a, (uint32_t)row_elems);
+    arg_u32(&a, n_slots * g->page_size);
+    arg_mem(&a, kpool);
+    arg_mem(&a, vpool);
+    st = enqueue_1d(&lc, K_APPEND, &a, (size_t)n_rows * row_elems, &deps);
+    pthread_mutex_unlock(&lc.kq->lock);
+    return st;
+}
+
+fkv_status fkv_ocl_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                             const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
+                             size_t pages_off, fkv_bbuf *summaries) {
+    const char *op = "summarize";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint32_t n_slots;
+    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
+    if ((st = check_buf(pages, pages_off, (uint64_t)n_pages * 8, 4, op, "pages")) != FKV_OK ||
+        (st = check_buf(summaries, 0, summary_bytes, 4, op, "summaries")) != FKV_OK ||
+        (st = pool_slots(g, kpool, kpool, op, &n_slots)) != FKV_OK)
+        return st;
+    if (n_pages == 0)
+        return fkv_ocl_marker(dev, q, deps);
+    if ((st = load(&lc, g)) != FKV_OK)
+        return st;
+    size_t n_summaries = summaries->size / summary_bytes;
+    pthread_mutex_lock(&lc.kq->lock);
+    kargs a = args_of(&lc, K_SUMMARIZE);
+    arg_mem(&a, kpool);
+    arg_mem(&a, pages);
+    arg_u64(&a, pages_off / 4);
+    arg_u32(&a, n_pages);
+    arg_u32(&a, g->n_kv_heads);
+    arg_u32(&a, g->head_dim);
+    arg_u32(&a, g->page_size);
+    arg_u32(&a, n_slots);
+    arg_u32(&a, n_summaries > UINT32_MAX ? UINT32_MAX : (uint32_t)n_summaries);
+    arg_mem(&a, summaries);
+    st = enqueue_1d(&lc, K_SUMMARIZE, &a, (size_t)n_pages * g->n_kv_heads * g->head_dim, &deps);
+    pthread_mutex_unlock(&lc.kq->lock);
+    return st;
+}
+
+fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
+                          fkv_bbuf *out, size_t out_off) {
+    const char *op = "scores";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t gd = (uint64_t)g->group * g->head_dim;
+    uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * gd * 4;
+    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
+    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
+        (st = check_buf(desc, desc_off, (uint64_t)n_seqs * 12, 4, op, "desc")) != FKV_OK ||
+        (st = check_buf(summaries, 0, 0, 4, op, "summaries")) != FKV_OK ||
+        (st = check_buf(out, out_off, 0, 4, op, "out")) != FKV_OK)
+        return st;
+    if (n_seqs == 0)
+        return fkv_ocl_marker(dev, q, deps);
+    if ((st = load(&lc, g)) != FKV_OK)
+        return st;
+    if (gd * 4 > local_avail(&lc, K_SCORES))
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "opencl scores: group x head_dim = %llu floats exceed local memory",
+                         (unsigned long long)gd);
+    size_t n_summaries = summaries->size / summary_bytes;
+    uint32_t n_bh = n_seqs * g->n_kv_heads;
+    /* Enough work groups to fill the device; each strides over its sequence's pages. */
+    size_t chunks = (2 * (size_t)dev->compute_units + n_bh - 1) / n_bh;
+    chunks = chunks < 1 ? 1 : chunks > 16 ? 16 : chunks;
+    size_t local[2] = {wg_for(&lc, K_SCORES, SCORES_WG), 1};
+    size_t global[2] = {local[0] * chunks, n_bh};
+    pthread_mutex_lock(&lc.kq->lock);
+    kargs a = args_of(&lc, K_SCORES);
+    arg_mem(&a, qbuf);
+    arg_u64(&a, q_off / 4);
+    arg_mem(&a, desc);
+    arg_u64(&a, desc_off / 4);
+    arg_mem(&a, summaries);
+    arg_u32(&a, n_summaries > UINT32_MAX ? UINT32_MAX : (uint32_t)n_summaries);
+    arg_mem(&a, out);
+    arg_u64(&a, out_off / 4);
+    arg_u64(&a, (out->size - out_off) / 4);
+    arg_u32(&a, g->n_kv_heads);
+    arg_u32(&a, g->group);
+    arg_u32(&a, g->head_dim);
+    arg_local(&a, (size_t)gd * 4);
+    st = enqueue(&lc, &a, 2, global, local, &deps);
+    pthread_mutex_unlock(&lc.kq->lock);
+    return st;
+}
+
+fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
+                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
+                                size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+    const char *op = "cosine_flags";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
+    if ((st = check_buf(q_cur, cur_off, q_bytes, 4, op, "q_cur")) != FKV_OK ||
+        (st = check_buf(q_prev, prev_off, q_bytes, 4, op, "q_prev")) != FKV_OK ||
+        (st = check_buf(sims, sims_off, n_bh * 4, 4, op, "sims")) != FKV_OK ||
+        (st = check_buf(flags, flags_off, n_bh * 4, 4, op, "flags")) != FKV_OK)
+        return st;
+    if (n_seqs == 0)
+        return fkv_ocl_marker(dev, q, deps);
+    if ((st = load(&lc, g)) != FKV_OK)
+        return st;
+    size_t w = 1, cap = wg_for(&lc, K_COSINE, COSINE_WG); /* a power of two for the tree */
+    while (w * 2 <= cap)
+        w *= 2;
+    size_t global = (size_t)n_bh * w;
+    pthread_mutex_lock(&lc.kq->lock);
+    kargs a = args_of(&lc, K_COSINE);
+    arg_mem(&a, q_cur);
+    arg_u64(&a, cur_off / 4);
+    arg_mem(&a, q_prev);
+    arg_u64(&a, prev_off / 4);
+    arg_u32(&a, g->n_kv_heads);
+    arg_u32(&a, g->group);
+    arg_u32(&a, g->head_dim);
+    arg_f32(&a, tau);
+    arg_mem(&a, sims);
+    arg_u64(&a, sims_off / 4);
+    arg_mem(&a, flags);
+    arg_u64(&a, flags_off / 4);
+    arg_local(&a, 3 * w * sizeof(float));
+    st = enqueue(&lc, &a, 1, &global, &w, &deps);
+    pthread_mutex_unlock(&lc.kq->lock);
+    return st;
+}
+
+/* Copy kernels move 16-byte words when rows and offsets allow, else single elements. */
+typedef struct copy_words {
+    int v16;
+    size_t word;      /* bytes per word */
+    uint32_t row_words; /* words per (token, head) row */
+} copy_words;
+
+static copy_words pick_words(const fkv_kv_geom *g, size_t off_a, size_t off_b) {
+    size_t row_bytes = (size_t)g->head_dim * esize(g->dtype);
+    copy_words c;
+    c.v16 = row_bytes % 16 == 0 && off_a % 16 == 0 && off_b % 16 == 0;
+    c.word = c.v16 ? 16 : esize(g->dtype);
+    c.row_words = (uint32_t)(row_bytes / c.word);
+    return c;
+}
+
+fkv_status fkv_ocl_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                            const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
+                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
+                            size_t dst_off) {
+    const char *op = "pack_hnd";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t page_bytes =
+        (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * esize(g->dtype);
+    uint32_t n_slots;
+    if ((st = check_buf(gslots, gslots_off, (uint64_t)n_pages * 4, 4, op, "gslots")) != FKV_OK ||
+        (st = check_buf(dst, dst_off, n_pages * page_bytes, esize(g->dtype), op, "dst")) !=
+            FKV_OK ||
+        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+        return st;
+    if (n_pages == 0)
+        return fkv_ocl_marker(dev, q, deps);
+    if ((st = load(&lc, g)) != FKV_OK)
+        return st;
+    copy_words cw = pick_words(g, dst_off, 0);
+    ocl_kernel_id id = cw.v16 ? K_PACK_V16 : K_PACK;
+    pthread_mutex_lock(&lc.kq->lock);
+    kargs a = args_of(&lc, id);
+    arg_mem(&a, kpool);
+    arg_mem(&a, vpool);
+    arg_mem(&a, gslots);
+    arg_u64(&a, gslots_off / 4);
+    arg_u32(&a, n_pages);
+    arg_u32(&a, g->n_kv_heads);
+    arg_u32(&a, cw.row_words);
+    arg_u32(&a, g->page_size);
+    arg_u32(&a, n_slots);
+    arg_mem(&a, dst);
+    arg_u64(&a, dst_off / cw.word);
+    st = enqueue_rows(&lc, id, &a, (size_t)n_pages * g->n_kv_heads * 2 * g->page_size,
+                      cw.row_words, &deps);
+    pthread_mutex_unlock(&lc.kq->lock);
+    return st;
+}
+
+fkv_status fkv_ocl_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               const fkv_bbuf *src, size_t src_off, uint32_t n_units,
+                               const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                               fkv_bbuf *vpool) {
+    const char *op = "scatter_hnd";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    uint32_t n_slots;
+    if ((st = check_buf(src, src_off, n_units * unit_bytes, esize(g->dtype), op, "src")) !=
+            FKV_OK ||
+        (st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, op, "units")) != FKV_OK ||
+        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+        return st;
+    if (n_units == 0)
+        return fkv_ocl_marker(dev, q, deps);
+    if ((st = load(&lc, g)) != FKV_OK)
+        return st;
+    copy_words cw = pick_words(g, src_off, 0);
+    ocl_kernel_id id = cw.v16 ? K_SCATTER_V16 : K_SCATTER;
+    pthread_mutex_lock(&lc.kq->lock);
+    kargs a = args_of(&lc, id);
+    arg_mem(&a, src);
+    arg_u64(&a, src_off / cw.word);
+    arg_u32(&a, n_units);
+    arg_mem(&a, units);
+    arg_u64(&a, units_off / 4);
+    arg_u32(&a, g->n_kv_heads);
+    arg_u32(&a, cw.row_words);
+    arg_u32(&a, g->page_size);
+    arg_u32(&a, n_slots);
+    arg_mem(&a, kpool);
+    arg_mem(&a, vpool);
+    st = enqueue_rows(&lc, id, &a, (size_t)n_units * 2 * g->page_size, cw.row_words, &deps);
+    pthread_mutex_unlock(&lc.kq->lock);
+    return st;
+}
+
+fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                 const fkv_bhost *host, uint32_t n_units,
+                                 const uint64_t *units_host, const fkv_bbuf *units,
+                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool) {
+    const char *op = "recall_direct";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    if (host == NULL || (n_units && units_host == NULL))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL host or unit offsets", op);
+    if (!host->svm)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "opencl %s: the host memory is a pinned buffer, not fine-grained SVM "
+                         "(recall mode staged/perpage, or a device without SVM)",
+                         op);
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    uint32_t n_slots;
+    if ((st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, op, "units")) != FKV_OK ||
+        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+        return st;
+    /* The offsets are host data: check them all here, the kernel reads host memory. */
+    int all16 = 1;
+    for (uint32_t i = 0; i < n_units; i++) {
+        uint64_t off = units_host[i];
+        if (off % esize(g->dtype) || off > host->size || unit_bytes > host->size - off)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "opencl %s: unit %u at host offset %llu is misaligned or beyond the "
+                             "%zu-byte allocation",
+                             op, i, (unsigned long long)off, host->size);
+        all16 &= off % 16 == 0;
+    }
+    if (n_units == 0)
+        return fkv_ocl_marker(dev, q, deps);
+    if ((st = load(&lc, g)) != FKV_OK)
+        return st;
+    copy_words cw = pick_words(g, all16 ? 0 : 1, 0);
+    ocl_kernel_id id = cw.v16 ? K_DIRECT_V16 : K_DIRECT;
+    pthread_mutex_lock(&lc.kq->lock);
+    /* The offsets travel in this queue's scratch, written in order before the kernel; the
+     * caller keeps units_host valid until the command completes. */
+    st = ensure_scratch(dev, &lc.kq->offsets, &lc.kq->offsets_size, (size_t)n_units * 8);
+    if (st == FKV_OK) {
+        ocl_waits w;
+        st = fkv_ocl_waits(&deps, &w);
+        if (st == FKV_OK) {
+            cl_int err = clEnqueueWriteBuffer(lc.queue, lc.kq->offsets, CL_FALSE, 0,
+                                              (size_t)n_units * 8, units_host, w.n,
+                                              w.n ? w.list : NULL, NULL);
+            fkv_ocl_waits_free(&w);
+            if (err != CL_SUCCESS)
+                st = fkv_ocl_fail(err, 1, "clEnqueueWriteBuffer (recall offsets)");
+        }
+    }
+    if (st == FKV_OK) {
+        kargs a = args_of(&lc, id);
+        arg_svm(&a, host->ptr);
+        arg_cl_mem(&a, lc.kq->offsets);
+        arg_u32(&a, n_units);
+        arg_mem(&a, units);
+        arg_u64(&a, units_off / 4);
+        arg_u32(&a, g->n_kv_heads);
+        arg_u32(&a, cw.row_words);
+        arg_u32(&a, g->page_size);
+        arg_u32(&a, n_slots);
+        arg_mem(&a, kpool);
+        arg_mem(&a, vpool);
+        fkv_deps kd = {0, NULL, deps.done};
+        st = enqueue_rows(&lc, id, &a, (size_t)n_units * 2 * g->page_size, cw.row_words, &kd);
+    }
+    pthread_mutex_unlock(&lc.kq->lock);
+    return st;
+}
+
+/* ---- attention ---- */
+
+void fkv_opencl_debug_set_splits(fkv_bdev *d, int splits) {
+    d->split_override = splits < 0 ? 0 : splits > MAX_SPLITS ? MAX_SPLITS : splits;
+}
+
+/* Splits over pages when (sequence, KV head) work groups alone cannot fill the device. */
+static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_bh) {
+    if (d->split_override > 0)
+        return (uint32_t)d->split_override;
+    uint32_t target = 2 * d->compute_units;
+    if (n_bh >= target)
+        return 1;
+    uint32_t s = (target + n_bh - 1) / n_bh;
+    return s > MAX_AUTO_SPLITS ? MAX_AUTO_SPLITS : s;
+}
+
+static size_t attention_local_bytes(const fkv_kv_geom *g, size_t tile) {
+    size_t gd = (size_t)g->group * g->head_dim;
+    return 4 * (2 * gd + tile * (g->head_dim + 1) + g->group * tile + 3 * (size_t)g->group);
+}
+
+typedef struct attn_args {
+    const fkv_bbuf *q;
+    size_t q_off;
+    uint32_t n_seqs;
+    cl_mem heads, entries;
+    size_t heads_off, entries_off;
+    uint32_t n_entries;
+    int32_t dense_tokens;
+    const fkv_bbuf *kpool, *vpool;
+    uint32_t n_slots;
+    float scale;
+    fkv_bbuf *out;
+    size_t out_off;
+} attn_args;
+
+static fkv_status attention_launch(launch_ctx *lc, const fkv_kv_geom *g, const attn_args *x,
+                                   fkv_deps deps) {
+    fkv_bdev *d = lc->d;
+    fkv_status st = load(lc, g);
+    if (st != FKV_OK)
+        return st;
+    uint32_t n_bh = x->n_seqs * g->n_kv_heads;
+    uint32_t splits = attention_splits(d, n_bh);
+    size_t avail = local_avail(lc, K_ATTENTION);
+    size_t tile = g->page_size < MAX_TILE ? g->page_size : MAX_TILE;
+    while (tile > 1 && attention_local_bytes(g, tile) > avail)
+        tile /= 2;
+    if (attention_local_bytes(g, tile) > avail)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "opencl %s: group %u x head_dim %u needs %zu bytes of local memory, the "
+                         "device has %zu",
+                         lc->op, g->group, g->head_dim, attention_local_bytes(g, tile), avail);
+    size_t gd = (size_t)g->group * g->head_dim;
+    size_t local = wg_for(lc, K_ATTENTION, ATTENTION_WG);
+    size_t global = (size_t)n_bh * splits * local;
+
+    pthread_mutex_lock(&lc->kq->lock);
+    if (splits > 1)
+        st = ensure_scratch(d, &lc->kq->partials, &lc->kq->partials_size,
+                            (size_t)n_bh * splits * g->group * (g->head_dim + 2) * 4);
+    if (st == FKV_OK) {
+        kargs a = args_of(lc, K_ATTENTION);
+        arg_mem(&a, x->q);
+        arg_u64(&a, x->q_off / 4);
+        arg_cl_mem(&a, x->heads);
+        arg_u64(&a, x->heads_off / 4);
+        arg_cl_mem(&a, x->entries);
+        arg_u64(&a, x->entries_off / 4);
+        arg_u32(&a, x->n_entries);
+        arg_i32(&a, x->dense_tokens);
+        arg_mem(&a, x->kpool);
+        arg_mem(&a, x->vpool);
+        arg_u32(&a, x->n_slots);
+        arg_u32(&a, g->n_kv_heads);
+        arg_u32(&a, g->group);
+        arg_u32(&a, g->head_dim);
+        arg_u32(&a, g->page_size);
+        arg_u32(&a, (uint32_t)tile);
+        arg_u32(&a, splits);
+        arg_f32(&a, x->scale);
+        arg_mem(&a, x->out);
+        arg_u64(&a, x->out_off / 4);
+        arg_cl_mem(&a, splits > 1 ? lc->kq->partials : x->out->mem);
+        arg_local(&a, gd * 4);
+        arg_local(&a, gd * 4);
+        arg_local(&a, tile * (g->head_dim + 1) * 4);
+        arg_local(&a, g->group * tile * 4);
+        arg_local(&a, 3 * (size_t)g->group * 4);
+        fkv_deps d1 = {deps.n_wait, deps.wait, splits > 1 ? NULL : deps.done};
+        st = enqueue(lc, &a, 1, &global, &local, &d1);
+    }
+    if (st == FKV_OK && splits > 1) {
+        kargs a = args_of(lc, K_ATTENTION_REDUCE);
+        arg_cl_mem(&a, lc->kq->partials);
+        arg_u32(&a, n_bh);
+        arg_u32(&a, g->group);
+        arg_u32(&a, g->head_dim);
+        arg_u32(&a, splits);
+        arg_mem(&a, x->out);
+        arg_u64(&a, x->out_off / 4);
+        fkv_deps d2 = {0, NULL, deps.done}; /* in order after the partials */
+        st = enqueue_1d(lc, K_ATTENTION_REDUCE, &a, (size_t)n_bh * gd, &d2);
+    }
+    pthread_mutex_unlock(&lc->kq->lock);
+    return st;
+}
+
+fkv_status fkv_ocl_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                             const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                             const fkv_bbuf *heads, size_t heads_off, const fkv_bbuf *entries,
+                             size_t entries_off, const fkv_bbuf *kpool, const fkv_bbuf *vpool,
+                             float scale, fkv_bbuf *out, size_t out_off) {
+    const char *op = "attention";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
+    attn_args x;
+    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
+        (st = check_buf(heads, heads_off, n_bh * 8, 4, op, "heads")) != FKV_OK ||
+        (st = check_buf(entries, entries_off, 0, 4, op, "entries")) != FKV_OK ||
+        (st = check_buf(out, out_off, q_bytes, 4, op, "out")) != FKV_OK ||
+        (st = pool_slots(g, kpool, vpool, op, &x.n_slots)) != FKV_OK)
+        return st;
+    if (n_bh > INT32_MAX)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: %u sequences is too many", op,
+                         n_seqs);
+    if (n_seqs == 0)
+        return fkv_ocl_marker(dev, q, deps);
+    size_t n_entries = (entries->size - entries_off) / 8;
+    x.q = qbuf;
+    x.q_off = q_off;
+    x.n_seqs = n_seqs;
+    x.heads = heads->mem;
+    x.heads_off = heads_off;
+    x.entries = entries->mem;
+    x.entries_off = entries_off;
+    x.n_entries = n_entries > INT32_MAX ? INT32_MAX : (uint32_t)n_entries;
+    x.dense_tokens = -1;
+    x.kpool = kpool;
+    x.vpool = vpool;
+    x.scale = scale;
+    x.out = out;
+    x.out_off = out_off;
+    return attention_launch(&lc, g, &x, deps);
+}
+
+fkv_status fkv_ocl_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                   const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
+                                   uint32_t n_tokens, const fkv_bbuf *k, const fkv_bbuf *v,
+                                   float scale, fkv_bbuf *out, size_t out_off) {
+    const char *op = "attention_dense";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t q_bytes = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
+    uint64_t kv_bytes = (uint64_t)n_tokens * g->n_kv_heads * g->head_dim * esize(g->dtype);
+    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
+        (st = check_buf(k, 0, kv_bytes, 1, op, "k")) != FKV_OK ||
+        (st = check_buf(v, 0, kv_bytes, 1, op, "v")) != FKV_OK ||
+        (st = check_buf(out, out_off, q_bytes, 4, op, "out")) != FKV_OK)
+        return st;
+    if (n_tokens > INT32_MAX - g->page_size)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: %u tokens is too many", op,
+                         n_tokens);
+    /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1. */
+    attn_args x;
+    x.q = qbuf;
+    x.q_off = q_off;
+    x.n_seqs = 1;
+    x.heads = k->mem; /* not read in dense mode */
+    x.heads_off = 0;
+    x.entries = k->mem;
+    x.entries_off = 0;
+    x.n_entries = 0;
+    x.dense_tokens = (int32_t)n_tokens;
+    x.kpool = k;
+    x.vpool = v;
+    x.n_slots = (n_tokens + g->page_size - 1) / g->page_size;
+    x.scale = scale;
+    x.out = out;
+    x.out_off = out_off;
+    return attention_launch(&lc, g, &x, deps);
+}

@@ -23,7 +23,7 @@ typedef struct preset {
 
 /* Llama-3.1-8B: 218M parameters per layer (q,k,v,o + 3 MLP matrices) in bf16 = 436 MB. */
 static const preset presets[] = {
-    {"small", 8, 8, 2, 64, 8.0, 16, 512, 64, 128, 4096, 16, FKV_F16},
+    {"small", 8, 8, 2, 64, 8.0, 16, 512, 64, 128, 16384, 32, FKV_F16},
     {"llama-3.1-8b", 32, 32, 8, 128, 416.0, 32, 2048, 512, 512, 32768, 32, FKV_BF16},
     {"qwen-2.5-7b", 28, 28, 4, 128, 444.0, 32, 2048, 512, 512, 32768, 32, FKV_BF16},
 };

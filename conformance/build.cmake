@@ -1,0 +1,69 @@
+# freekv-conformance: every compiled backend and device against the CPU reference
+# (docs/conformance.md). Plain C, no Criterion: it must build on GPU hosts without it.
+file(GLOB FKV_CONFORMANCE_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/conformance/*.c)
+add_executable(freekv-conformance ${FKV_CONFORMANCE_SOURCES})
+target_link_libraries(freekv-conformance PRIVATE freekv_internal)
+# Known-failure lists: the source tree's when it is there, else the installed copy.
+target_compile_definitions(freekv-conformance PRIVATE
+  FKV_CONFORMANCE_KNOWN_DIR="${PROJECT_SOURCE_DIR}/conformance/known_failures"
+  FKV_CONFORMANCE_KNOWN_INSTALL_DIR="${CMAKE_INSTALL_FULL_DATADIR}/freekv/known_failures")
+install(TARGETS freekv-conformance RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+install(DIRECTORY ${PROJECT_SOURCE_DIR}/conformance/known_failures/
+  DESTINATION ${CMAKE_INSTALL_DATADIR}/freekv/known_failures FILES_MATCHING PATTERN "*.txt")
+
+# One CTest entry per backend compiled in (quick mode keeps CI bounded); exit 77 = no device
+# found at run time (e.g. no OpenCL ICD), reported as skipped rather than passed.
+if(FREEKV_TESTS)
+  enable_testing()
+  set(FKV_CONFORMANCE_BACKENDS cpu)
+  if(FREEKV_OPENCL)
+    list(APPEND FKV_CONFORMANCE_BACKENDS opencl)
+  endif()
+  if(FREEKV_VULKAN)
+    list(APPEND FKV_CONFORMANCE_BACKENDS vulkan)
+  endif()
+  if(FREEKV_HIP)
+    list(APPEND FKV_CONFORMANCE_BACKENDS hip)
+  endif()
+  foreach(be ${FKV_CONFORMANCE_BACKENDS})
+    add_test(NAME conformance_${be}
+      COMMAND freekv-conformance --backend ${be} --quick
+              --report-dir ${CMAKE_BINARY_DIR}/conformance)
+    set_tests_properties(conformance_${be} PROPERTIES
+      ENVIRONMENT "POCL_CACHE_DIR=${CMAKE_BINARY_DIR}/pocl-cache"
+      SKIP_RETURN_CODE 77 TIMEOUT 600)
+  endforeach()
+  # Self-tests of the runner (docs/conformance.md): the CPU device's ops table deliberately
+  # altered. A broken attention, an attention that writes past its output and a sign bug in
+  # scores must fail with messages that name the op, the geometry and the error; scores nudged within tolerance must pass with ties
+  # reported; an output that changes between runs must pass and be reported as not
+  # deterministic.
+  set(_st_dir ${CMAKE_BINARY_DIR}/conformance/selftest)
+  add_test(NAME conformance_selftest_attention
+    COMMAND freekv-conformance --backend cpu --quick --filter attention/d64/g1/p16/f32
+            --self-test-broken=attention --report-dir ${_st_dir}/attention)
+  set_tests_properties(conformance_selftest_attention PROPERTIES PASS_REGULAR_EXPRESSION
+    "FAIL +attention/d64/g1/p16/f32 .*out \\([0-9]+ values; worst at seq 0 q head 1 ch [0-9]+: [^)]*\\): rel L2 [0-9.e+-]+ > tol 0.0001.*conformance: FAIL")
+  add_test(NAME conformance_selftest_guard
+    COMMAND freekv-conformance --backend cpu --quick --filter attention/d64/g1/p16/f32
+            --self-test-broken=guard --report-dir ${_st_dir}/guard)
+  set_tests_properties(conformance_selftest_guard PROPERTIES PASS_REGULAR_EXPRESSION
+    "FAIL +attention/d64/g1/p16/f32 .*out: guard byte 1 after the output changed.*conformance: FAIL")
+  add_test(NAME conformance_selftest_scores
+    COMMAND freekv-conformance --backend cpu --quick --filter pipeline/quest
+            --self-test-broken=scores --report-dir ${_st_dir}/scores)
+  set_tests_properties(conformance_selftest_scores PROPERTIES PASS_REGULAR_EXPRESSION
+    "FAIL +pipeline/quest/.*attended pages .*is not a tie with the k-th score.*conformance: FAIL")
+  add_test(NAME conformance_selftest_ties
+    COMMAND freekv-conformance --backend cpu --quick --filter pipeline/freekv
+            --self-test-broken=ties --report-dir ${_st_dir}/ties)
+  set_tests_properties(conformance_selftest_ties PROPERTIES
+    PASS_REGULAR_EXPRESSION "head selection\\(s\\) differ by ties.*conformance: PASS"
+    FAIL_REGULAR_EXPRESSION "FAIL ")
+  add_test(NAME conformance_selftest_nondet
+    COMMAND freekv-conformance --backend cpu --quick --filter attention/d64/g1/p16/f32
+            --self-test-broken=nondet --report-dir ${_st_dir}/nondet)
+  set_tests_properties(conformance_selftest_nondet PROPERTIES
+    PASS_REGULAR_EXPRESSION "PASS +attention/d64/g1/p16/f32 .*NONDET.*conformance: PASS"
+    FAIL_REGULAR_EXPRESSION "FAIL ")
+endif()

@@ -1,0 +1,397 @@
+/* freekv-conformance: runs every op of the device interface and the decode pipeline on every
+ * compiled backend's devices (or the ones named) against the CPU reference, prints one line
+ * per case and a summary per device, writes JSON and Markdown reports, and exits non-zero on
+ * any failure. See docs/conformance.md. */
+#include <ctype.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(_WIN32)
+#include <direct.h>
+#define make_dir(p) _mkdir(p)
+#else
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#define make_dir(p) mkdir((p), 0777)
+#endif
+
+#include "conformance.h"
+
+#ifndef FKV_CONFORMANCE_KNOWN_DIR
+#define FKV_CONFORMANCE_KNOWN_DIR "conformance/known_failures"
+#endif
+#ifndef FKV_CONFORMANCE_KNOWN_INSTALL_DIR
+#define FKV_CONFORMANCE_KNOWN_INSTALL_DIR FKV_CONFORMANCE_KNOWN_DIR
+#endif
+
+/* The source tree's lists when they are there (cpu.txt always is), else the installed ones. */
+static const char *default_known_dir(void) {
+    FILE *f = fopen(FKV_CONFORMANCE_KNOWN_DIR "/cpu.txt", "r");
+    if (f == NULL)
+        return FKV_CONFORMANCE_KNOWN_INSTALL_DIR;
+    fclose(f);
+    return FKV_CONFORMANCE_KNOWN_DIR;
+}
+
+#define EXIT_USAGE 2
+#define EXIT_NO_DEVICE 77 /* CTest's SKIP_RETURN_CODE: nothing to test here */
+#define MAX_CASES 2048
+#define MAX_DEVICES 64
+
+typedef struct options {
+    const char *backend, *device, *report_dir, *filter, *known_dir;
+    const char *broken; /* self-test kind, NULL normally */
+    int quick, list;
+} options;
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: freekv-conformance [options]\n"
+            "  --backend NAME       cpu, opencl, vulkan, hip or auto (default: $FREEKV_BACKEND, "
+            "else every compiled backend)\n"
+            "  --device SEL         index (in the listed devices) or name substring "
+            "(default: $FREEKV_DEVICE, else every device)\n"
+            "  --quick              the reduced case set (CI); default: the full set (GPU hosts)\n"
+            "  --report-dir DIR     where the JSON and Markdown reports go (default: "
+            "conformance-report)\n"
+            "  --list               list the cases and exit\n"
+            "  --filter SUBSTR      run only the cases whose name contains SUBSTR\n"
+            "  --known-failures DIR directory of <backend>.txt known-failure lists (default: %s)\n"
+            "  --help               this text\n"
+            "Exit status: 0 all passed, 1 a case failed or a device could not be tested, 2 bad "
+            "usage, 77 no device found.\n",
+            default_known_dir());
+}
+
+static int parse(int argc, char **argv, options *o) {
+    memset(o, 0, sizeof *o);
+    o->report_dir = "conformance-report";
+    o->known_dir = default_known_dir();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char **slot = NULL;
+        if (strcmp(a, "--quick") == 0)
+            o->quick = 1;
+        else if (strcmp(a, "--list") == 0)
+            o->list = 1;
+        else if (strcmp(a, "--self-test-broken") == 0)
+            o->broken = "attention"; /* hidden: see docs/conformance.md, "Self-tests" */
+        else if (strncmp(a, "--self-test-broken=", 19) == 0) {
+            o->broken = a + 19;
+            if (cf_broken_ops(fkv_backend_cpu(), o->broken) == NULL) {
+                fprintf(stderr, "freekv-conformance: self-test kinds: %s\n", cf_selftest_kinds);
+                return -1;
+            }
+        }
+        else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            exit(0);
+        } else if (strcmp(a, "--backend") == 0)
+            slot = &o->backend;
+        else if (strcmp(a, "--device") == 0)
+            slot = &o->device;
+        else if (strcmp(a, "--report-dir") == 0)
+            slot = &o->report_dir;
+        else if (strcmp(a, "--filter") == 0)
+            slot = &o->filter;
+        else if (strcmp(a, "--known-failures") == 0)
+            slot = &o->known_dir;
+        else {
+            fprintf(stderr, "freekv-conformance: unknown option '%s'\n", a);
+            return -1;
+        }
+        if (slot) {
+            if (i + 1 >= argc || argv[i + 1][0] == '\0') {
+                fprintf(stderr, "freekv-conformance: %s needs a value\n", a);
+                return -1;
+            }
+            *slot = argv[++i];
+        }
+    }
+    /* the environment applies where no flag was given */
+    if (o->backend == NULL) {
+        const char *e = getenv("FREEKV_BACKEND");
+        o->backend = e && e[0] ? e : "auto";
+    }
+    if (o->device == NULL) {
+        const char *e = getenv("FREEKV_DEVICE");
+        o->device = e && e[0] ? e : NULL;
+    }
+    return 0;
+}
+
+/* Case-insensitive substring test (strcasestr is not standard C). */
+static int contains_ci(const char *hay, const char *needle) {
+    size_t n = strlen(needle);
+    for (; *hay; hay++) {
+        size_t i = 0;
+        while (i < n && hay[i] &&
+               tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i]))
+            i++;
+        if (i == n)
+            return 1;
+    }
+    return n == 0;
+}
+
+static int is_index(const char *s) {
+    if (*s == '\0')
+        return 0;
+    for (; *s; s++)
+        if (*s < '0' || *s > '9')
+            return 0;
+    return 1;
+}
+
+/* Devices to test: all of the backend's, or the one index / every name match of --device. */
+static int pick_targets(const options *o, fkv_device_info *out, size_t *n_out) {
+    fkv_device_info all[MAX_DEVICES];
+    size_t count = 0;
+    *n_out = 0;
+    fkv_status st = fkv_device_list(o->backend, all, MAX_DEVICES, &count);
+    if (st != FKV_OK) {
+        fprintf(stderr, "freekv-conformance: %s\n", fkv_last_error());
+        return st == FKV_ERR_BAD_ENVIRONMENT ? EXIT_USAGE : 1;
+    }
+    if (count > MAX_DEVICES)
+        count = MAX_DEVICES;
+    if (count == 0) {
+        fprintf(stderr, "freekv-conformance: backend '%s' found no device: nothing to test\n",
+                o->backend);
+        return EXIT_NO_DEVICE;
+    }
+    if (o->device == NULL) {
+        memcpy(out, all, count * sizeof *all);
+        *n_out = count;
+        return 0;
+    }
+    if (is_index(o->device)) {
+        unsigned long idx = strtoul(o->device, NULL, 10);
+        if (idx < count)
+            out[(*n_out)++] = all[idx];
+    } else {
+        for (size_t i = 0; i < count; i++) {
+            char full[200];
+            snprintf(full, sizeof full, "%.15s:%.127s", all[i].backend, all[i].name);
+            if (contains_ci(full, o->device))
+                out[(*n_out)++] = all[i];
+        }
+    }
+    if (*n_out == 0) {
+        fprintf(stderr, "freekv-conformance: no device matches '%s'; available:\n", o->device);
+        for (size_t i = 0; i < count; i++)
+            fprintf(stderr, "  [%zu] %s:%s\n", i, all[i].backend, all[i].name);
+        return 1;
+    }
+    return 0;
+}
+
+static int open_dev(const fkv_device_info *info, const char *broken, cf_dev *d) {
+    char idx[16];
+    snprintf(idx, sizeof idx, "%u", info->index);
+    memset(d, 0, sizeof *d);
+    fkv_status st = fkv_device_open(info->backend, idx, &d->dev);
+    if (st == FKV_OK && broken) {
+        const fkv_backend_ops *ops = cf_broken_ops(d->dev->ops, broken);
+        fkv_device_close(d->dev);
+        d->dev = NULL;
+        st = fkv_device_open_ops(ops, info->index, &d->dev);
+    }
+    if (st != FKV_OK)
+        return -1;
+    d->ops = d->dev->ops;
+    d->bd = d->dev->bdev;
+    d->info = d->dev->info;
+    return 0;
+}
+
+/* mkdir -p: creates dir and its missing parents. */
+static int make_dirs(const char *dir) {
+    char path[1024];
+    if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (make_dir(path) != 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (make_dir(path) != 0 && errno != EEXIST)
+        return -1;
+    return 0;
+}
+
+static void print_line(const cf_case *c, const cf_result *r) {
+    printf("%-5s %-48s", cf_status_name(r->status), c->name);
+    if (r->error >= 0)
+        printf(" err %-9.3g tol %-8.3g", r->error, r->tolerance);
+    else
+        printf(" %-26s", "");
+    printf(" %-6s %7.0f ms", r->deterministic < 0 ? "-" : r->deterministic ? "det" : "NONDET",
+           r->ms);
+    if (r->message[0])
+        printf("  %s", r->message);
+    if (r->known[0])
+        printf("  [known: %s]", r->known);
+    if (r->deterministic == 0)
+        printf("  [not deterministic: %s]", r->nondet);
+    printf("\n");
+    fflush(stdout);
+}
+
+static void run_info_strings(int argc, char **argv, char *cmd, size_t cmd_size, char *date,
+                             size_t date_size, char *host, size_t host_size) {
+    size_t len = 0;
+    cmd[0] = '\0';
+    for (int i = 0; i < argc && len + 2 < cmd_size; i++)
+        len += (size_t)snprintf(cmd + len, cmd_size - len, "%s%s", i ? " " : "", argv[i]);
+    time_t now = time(NULL);
+    const struct tm *tmv = gmtime(&now); /* single-threaded here: the static result is fine */
+    if (tmv == NULL || strftime(date, date_size, "%Y-%m-%dT%H:%M:%SZ", tmv) == 0)
+        snprintf(date, date_size, "unknown");
+#if defined(_WIN32)
+    snprintf(host, host_size, "windows");
+#else
+    struct utsname u;
+    if (uname(&u) == 0)
+        snprintf(host, host_size, "%s %s %s", u.sysname, u.release, u.machine);
+    else
+        snprintf(host, host_size, "unknown");
+#endif
+#if defined(__VERSION__)
+    len = strlen(host);
+    snprintf(host + len, host_size - len, ", compiler %s", __VERSION__);
+#endif
+}
+
+int main(int argc, char **argv) {
+    options o;
+    if (parse(argc, argv, &o) != 0) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    static cf_case all[MAX_CASES], cases[MAX_CASES];
+    size_t n_all = cf_op_cases(o.quick, all, MAX_CASES);
+    n_all += cf_pipeline_cases(o.quick, all + n_all, MAX_CASES - n_all);
+    size_t n = 0;
+    for (size_t i = 0; i < n_all; i++)
+        if (o.filter == NULL || strstr(all[i].name, o.filter))
+            cases[n++] = all[i];
+    if (o.list) {
+        for (size_t i = 0; i < n; i++)
+            printf("%s\n", cases[i].name);
+        return 0;
+    }
+    if (n == 0) {
+        fprintf(stderr, "freekv-conformance: no case matches '%s' (see --list)\n", o.filter);
+        return EXIT_USAGE;
+    }
+
+    fkv_device_info targets[MAX_DEVICES];
+    size_t n_targets;
+    int rc = pick_targets(&o, targets, &n_targets);
+    if (rc != 0)
+        return rc;
+    if (make_dirs(o.report_dir) != 0) {
+        fprintf(stderr, "freekv-conformance: cannot create %s: %s\n", o.report_dir,
+                strerror(errno));
+        return 1;
+    }
+
+    cf_env env;
+    memset(&env, 0, sizeof env);
+    env.quick = o.quick;
+    if (fkv_device_open_ops(fkv_backend_cpu(), 0, &env.ref.dev) != FKV_OK) {
+        fprintf(stderr, "freekv-conformance: cannot open the CPU reference: %s\n",
+                fkv_last_error());
+        return 1;
+    }
+    env.ref.ops = env.ref.dev->ops;
+    env.ref.bd = env.ref.dev->bdev;
+    env.ref.info = env.ref.dev->info;
+
+    char cmd[1024], date[64], host[256];
+    run_info_strings(argc, argv, cmd, sizeof cmd, date, sizeof date, host, sizeof host);
+    cf_result *res = calloc(n, sizeof *res);
+    if (res == NULL) {
+        fprintf(stderr, "freekv-conformance: out of memory\n");
+        fkv_device_close(env.ref.dev);
+        return 1;
+    }
+    printf("freekv-conformance %d.%d.%d: %zu case(s), %s mode, %zu device(s), reference: %s\n",
+           FKV_VERSION_MAJOR, FKV_VERSION_MINOR, FKV_VERSION_PATCH, n, o.quick ? "quick" : "full",
+           n_targets, env.ref.info.name);
+    if (o.broken)
+        printf("SELF-TEST '%s': the device's ops table is deliberately altered (see "
+               "docs/conformance.md)\n",
+               o.broken);
+
+    int any_fail = 0;
+    for (size_t t = 0; t < n_targets; t++) {
+        const fkv_device_info *info = &targets[t];
+        printf("\n== device %s[%u] %s (%s)\n", info->backend, info->index, info->name,
+               info->driver);
+        cf_known *known = NULL;
+        char kmsg[600];
+        if (cf_known_load(o.known_dir, info->backend, &known, kmsg, sizeof kmsg) != 0) {
+            fprintf(stderr, "freekv-conformance: known-failures file: %s\n", kmsg);
+            any_fail = 1;
+            continue;
+        }
+        if (open_dev(info, o.broken, &env.dut) != 0) {
+            printf("FAIL  device/open  %s\n", fkv_last_error());
+            any_fail = 1;
+            cf_known_free(known);
+            continue;
+        }
+        char dev_name[200];
+        snprintf(dev_name, sizeof dev_name, "%.15s:%.127s", info->backend, env.dut.info.name);
+        double t_dev = cf_now_ms();
+        for (size_t i = 0; i < n; i++) {
+            cf_result *r = &res[i];
+            memset(r, 0, sizeof *r);
+            r->status = CF_PASS;
+            r->error = r->tolerance = -1;
+            r->deterministic = -1;
+            double t0 = cf_now_ms();
+            cases[i].run(&env, &cases[i], r);
+            r->ms = cf_now_ms() - t0;
+            const char *why = cf_known_match(known, dev_name, cases[i].name);
+            if (why && (r->status == CF_FAIL || r->status == CF_PASS)) {
+                r->status = r->status == CF_FAIL ? CF_KNOWN : CF_XPASS;
+                snprintf(r->known, sizeof r->known, "%s", why);
+            }
+            any_fail |= r->status == CF_FAIL;
+            print_line(&cases[i], r);
+        }
+        double seconds = (cf_now_ms() - t_dev) / 1e3;
+        cf_summary_print(stdout, &env.dut.info, cases, res, n, seconds);
+        char known_desc[700];
+        snprintf(known_desc, sizeof known_desc, "%s (%zu entries)", cf_known_path(known),
+                 cf_known_count(known));
+        cf_run_info run = {o.quick ? "quick" : "full", cmd, date, host, known_desc, o.broken};
+        char paths[1400];
+        if (cf_report_write(o.report_dir, &run, &env.dut.info, cases, res, n, seconds, paths,
+                            sizeof paths) != 0) {
+            fprintf(stderr, "freekv-conformance: cannot write the reports (%s): %s\n", paths,
+                    strerror(errno));
+            any_fail = 1;
+        } else {
+            printf("reports: %s\n", paths);
+        }
+        fkv_device_close(env.dut.dev);
+        memset(&env.dut, 0, sizeof env.dut);
+        cf_known_free(known);
+    }
+    free(res);
+    fkv_device_close(env.ref.dev);
+    printf("\nconformance: %s\n", any_fail ? "FAIL" : "PASS");
+    return any_fail ? 1 : 0;
+}

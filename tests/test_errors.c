@@ -161,3 +161,65 @@ Test(errors, out_of_host_memory_leaves_sequence_intact) {
     fkv_context_destroy(ctx);
     fkv_device_close(dev);
 }
+
+Test(errors, context_calls_reject_bad_input) {
+    fkv_config c = cfg_of(FKV_POLICY_FREEKV);
+    pd_run r = run_one(30, 2);
+    fkv_device *dev;
+    fkv_context *ctx;
+    cr_assert_eq(pd_run_cpu(&c, &r, NULL, &dev, &ctx), FKV_OK);
+    fkv_config got;
+    fkv_stats s;
+    uint64_t corr[2];
+    int32_t pages[8];
+    size_t n;
+    uint32_t len;
+    float k[4], v[4];
+    cr_assert_eq(fkv_context_get_config(NULL, &got), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_context_get_config(ctx, NULL), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_sequence_reset(NULL, 0), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_sequence_reset(ctx, 99), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_sequence_length(ctx, 99, &len), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_sequence_length(ctx, 0, NULL), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_context_sync(NULL), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_context_get_stats(NULL, &s), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_context_get_stats(ctx, NULL), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_context_get_corrections(ctx, corr, 2), FKV_ERR_INVALID_ARGUMENT,
+                 "capacity below layers x KV heads");
+    cr_assert_eq(fkv_context_get_corrections(NULL, corr, 2), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_context_reset_stats(NULL), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_context_attended_pages(ctx, 0, 5, 0, pages, 8, &n), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_context_attended_pages(ctx, 0, 0, 9, pages, 8, &n), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_context_attended_pages(ctx, 0, 0, 0, NULL, 8, &n), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_context_attended_pages(ctx, 0, 0, 0, pages, 8, &n), FKV_OK);
+    cr_assert_eq(fkv_context_read_kv(ctx, 0, 0, k, v, 1, &len), FKV_ERR_INVALID_ARGUMENT,
+                 "capacity too small");
+    cr_assert_eq(len, 32, "the needed count is reported");
+    cr_assert_eq(fkv_context_read_kv(ctx, 0, 0, NULL, v, 40, &len), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_context_read_kv(NULL, 0, 0, k, v, 1, &len), FKV_ERR_INVALID_ARGUMENT);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
+Test(errors, reset_sequence_then_reuse_equals_fresh) {
+    fkv_config c = cfg_of(FKV_POLICY_FREEKV);
+    pd_run r = run_one(50, 5);
+    size_t n_out = pd_out_floats(&c, &r);
+    float *fresh = calloc(n_out, sizeof(float)), *again = calloc(n_out, sizeof(float));
+    cr_assert_eq(pd_run_cpu(&c, &r, fresh, NULL, NULL), FKV_OK);
+    fkv_device *dev;
+    fkv_context *ctx;
+    pd_run other = run_one(90, 7); /* different data in the same slots first */
+    other.seqs[0] = 0;
+    cr_assert_eq(pd_run_cpu(&c, &other, NULL, &dev, &ctx), FKV_OK);
+    cr_assert_eq(fkv_sequence_reset(ctx, 0), FKV_OK, "%s", fkv_last_error());
+    uint32_t len;
+    cr_assert_eq(fkv_sequence_length(ctx, 0, &len), FKV_OK);
+    cr_assert_eq(len, 0);
+    cr_assert_eq(pd_execute(ctx, &r, again), FKV_OK, "%s", fkv_last_error());
+    cr_assert(memcmp(fresh, again, n_out * sizeof(float)) == 0, "reused sequence differs");
+    free(fresh);
+    free(again);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}

@@ -83,6 +83,7 @@ static int parse_u32(const char *s, uint32_t *out) {
     return 0;
 }
 
+/* 0: parsed; 1: --help was printed; -1: bad arguments (message printed). */
 static int parse_args(int argc, char **argv, size_t default_preset, options *o,
                       int *explicit_preset) {
     memset(o, 0, sizeof *o);
@@ -101,7 +102,7 @@ static int parse_args(int argc, char **argv, size_t default_preset, options *o,
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
             usage(stdout);
-            exit(0);
+            return 1;
         }
         if (i + 1 >= argc) {
             fprintf(stderr, "freekv bench: %s needs a value (or is unknown)\n", a);
@@ -530,7 +531,10 @@ static int write_plot(const char *path, const result *res, size_t n) {
 int fkv_bench_main(int argc, char **argv) {
     options o;
     int explicit_preset;
-    if (parse_args(argc, argv, 0, &o, &explicit_preset) != 0) {
+    int parsed = parse_args(argc, argv, 0, &o, &explicit_preset);
+    if (parsed == 1) /* --help */
+        return 0;
+    if (parsed != 0) {
         fprintf(stderr, "(freekv bench --help lists the options)\n");
         return 2;
     }

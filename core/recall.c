@@ -124,10 +124,16 @@ static fkv_status stage_chunk(fkv_recaller *r, stage *s, uint32_t n, const fkv_r
         st = ops->write(r->dev, FKV_QUEUE_TRANSFER, (fkv_deps){0, NULL, NULL}, s->data, 0,
                         s->host_ptr, n * r->unit_bytes);
     } else if (r->mode == FKV_RECALL_PERPAGE) {
-        st = FKV_OK;
-        for (uint32_t i = 0; i < n && st == FKV_OK; i++)
-            st = ops->write(r->dev, FKV_QUEUE_TRANSFER, (fkv_deps){0, NULL, NULL}, s->data,
-                            i * r->unit_bytes, units[i].src, r->unit_bytes);
+        /* One region per unit: a backend with write_regions copies them in one command,
+         * the fallback issues one write each. */
+        fkv_copy_region *regions = malloc((n ? n : 1) * sizeof *regions);
+        if (regions == NULL)
+            return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "recall regions");
+        for (uint32_t i = 0; i < n; i++)
+            regions[i] = (fkv_copy_region){units[i].src, i * r->unit_bytes, r->unit_bytes};
+        st = fkv_op_write_regions(ops, r->dev, FKV_QUEUE_TRANSFER, (fkv_deps){0, NULL, NULL},
+                                  s->data, n, regions);
+        free(regions);
     } else {
         st = FKV_OK;
     }

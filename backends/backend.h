@@ -179,7 +179,8 @@ typedef struct fkv_backend_ops {
 
     /* Wraps engine-owned device memory (see fkv_buffer_import). NULL: unsupported. */
     fkv_status (*buffer_import)(fkv_bdev *dev, void *native, size_t size, fkv_bbuf **out);
-    /* Many host->device regions in one command. Fallback: one write per region. */
+    /* Many host->device regions in one command. Fallback: one write per region. The regions
+     * array is read during the call; the host data it points at, until completion. */
     fkv_status (*write_regions)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                                 uint32_t n, const fkv_copy_region *regions);
     /* Dense attention of one query row block over contiguous K/V [n_tokens][n_kv_heads][d]

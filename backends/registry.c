@@ -208,10 +208,16 @@ static fkv_status resolve(const char *backend, const char *device, fkv_device_in
     if (n == 0)
         return fkv_error(FKV_ERR_NO_DEVICE, "backend '%s' found no device", backend);
     if (device == NULL) {
+        /* by device type; among equals, a device whose kernels read host memory directly
+         * (zero-copy recall) wins; then backend order */
         size_t best = 0;
-        for (size_t i = 1; i < n; i++)
-            if (type_rank(list[i].type) < type_rank(list[best].type))
+        for (size_t i = 1; i < n; i++) {
+            int ri = type_rank(list[i].type), rb = type_rank(list[best].type);
+            int zi = !!(list[i].caps & FKV_CAP_ZERO_COPY_HOST);
+            int zb = !!(list[best].caps & FKV_CAP_ZERO_COPY_HOST);
+            if (ri < rb || (ri == rb && zi > zb))
                 best = i;
+        }
         *chosen = list[best];
         return FKV_OK;
     }

@@ -113,7 +113,9 @@ typedef struct fkv_device fkv_device;
 
 /* Opens a device. backend: "auto", "cpu", "opencl", "vulkan", "hip", or NULL to read
  * FREEKV_BACKEND (default auto). device: an index, a name substring, or NULL to read
- * FREEKV_DEVICE (default: the best device of the backend). Explicit arguments override
+ * FREEKV_DEVICE (default: the best device: discrete GPU, integrated GPU, other, CPU-type,
+ * reference; among equals one with zero-copy host reads, then backend order hip, vulkan,
+ * opencl, cpu). Explicit arguments override
  * the environment. An unknown or unavailable value fails with a message listing what
  * is available; there is no silent fallback. */
 FKV_API fkv_status fkv_device_open(const char *backend, const char *device, fkv_device **out);

@@ -1,0 +1,51 @@
+#version 450
+/* One workgroup (a power of two) per (sequence, KV head): mean over the group of the cosine
+ * similarity of q_cur and q_prev; flag = !(mean >= tau), so a NaN is corrected. */
+#include "common.glsl"
+RBUF(0, float, q_cur);
+RBUF(1, float, q_prev);
+BUF(2, float, sims);
+BUF(3, int, flags);
+layout(push_constant) uniform PC {
+    uint cur_off, prev_off, n_kv_heads, group, head_dim, sims_off, flags_off;
+    float tau;
+} pc;
+shared float red[3u * gl_WorkGroupSize.x];
+
+void main() {
+    uint bh = gl_WorkGroupID.x, lid = gl_LocalInvocationID.x, w = gl_WorkGroupSize.x;
+    uint base = bh * pc.group * pc.head_dim;
+    float mean = 0.0;
+    for (uint g = 0u; g < pc.group; g++) {
+        uint a = pc.cur_off + base + g * pc.head_dim, b = pc.prev_off + base + g * pc.head_dim;
+        float ab = 0.0, aa = 0.0, bb = 0.0;
+        for (uint c = lid; c < pc.head_dim; c += w) {
+            float x = q_cur[a + c], y = q_prev[b + c];
+            ab += x * y;
+            aa += x * x;
+            bb += y * y;
+        }
+        red[lid] = ab;
+        red[w + lid] = aa;
+        red[2u * w + lid] = bb;
+        barrier();
+        for (uint s = w / 2u; s > 0u; s /= 2u) {
+            if (lid < s) {
+                red[lid] += red[lid + s];
+                red[w + lid] += red[w + lid + s];
+                red[2u * w + lid] += red[2u * w + lid + s];
+            }
+            barrier();
+        }
+        if (lid == 0u) {
+            float na = sqrt(red[w]), nb = sqrt(red[2u * w]);
+            mean += (na > 0.0 && nb > 0.0) ? red[0] / (na * nb) : 0.0;
+        }
+        barrier(); /* red is reused by the next head */
+    }
+    if (lid == 0u) {
+        mean /= float(pc.group);
+        sims[pc.sims_off + bh] = mean;
+        flags[pc.flags_off + bh] = (mean >= pc.tau) ? 0 : 1;
+    }
+}

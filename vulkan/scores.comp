@@ -1,0 +1,51 @@
+#version 450
+/* Quest bound of all query heads of one KV head in one pass over each page summary.
+ * Workgroup y = (sequence, KV head); x (chunks of workgroups) strides over its pages. */
+#include "common.glsl"
+RBUF(0, float, q);
+RBUF(1, int, desc);
+RBUF(2, float, summaries);
+BUF(3, float, outp);
+layout(push_constant) uniform PC {
+    uint q_off, desc_off, n_summaries, out_off, out_len, n_kv_heads, group, head_dim;
+} pc;
+shared float qs[SMEM];
+#define SCORE_GROUP 8
+
+void main() {
+    uint bh = gl_WorkGroupID.y, lid = gl_LocalInvocationID.x;
+    uint b = bh / pc.n_kv_heads, h = bh % pc.n_kv_heads;
+    uint gd = pc.group * pc.head_dim;
+    uint qb = pc.q_off + bh * gd;
+    for (uint i = lid; i < gd; i += gl_WorkGroupSize.x)
+        qs[i] = q[qb + i];
+    barrier();
+    int base = desc[pc.desc_off + 3u * b], n_pages = desc[pc.desc_off + 3u * b + 1u];
+    int obase = desc[pc.desc_off + 3u * b + 2u];
+    uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
+    for (uint j = gl_WorkGroupID.x * gl_WorkGroupSize.x + lid; j < uint(max(n_pages, 0));
+         j += stride) {
+        int sidx = base + int(j);
+        if (sidx < 0 || uint(sidx) >= pc.n_summaries)
+            continue;
+        uint mn = (uint(sidx) * pc.n_kv_heads + h) * 2u * pc.head_dim, mx = mn + pc.head_dim;
+        for (uint g0 = 0u; g0 < pc.group; g0 += SCORE_GROUP) {
+            uint ng = min(uint(SCORE_GROUP), pc.group - g0);
+            float acc[SCORE_GROUP];
+            for (uint k = 0u; k < SCORE_GROUP; k++)
+                acc[k] = 0.0;
+            for (uint c = 0u; c < pc.head_dim; c++) {
+                float lo = summaries[mn + c], hi = summaries[mx + c];
+                for (uint k = 0u; k < ng; k++) {
+                    float qv = qs[(g0 + k) * pc.head_dim + c];
+                    acc[k] += max(qv * hi, qv * lo);
+                }
+            }
+            for (uint k = 0u; k < ng; k++) {
+                int o = obase + int((h * pc.group + g0 + k) * uint(n_pages) + j);
+                if (o >= 0 && uint(o) < pc.out_len)
+                    outp[pc.out_off + uint(o)] = acc[k];
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+/* Vulkan backend internals, shared by the backend's .c files and its tests. */
+#ifndef FKV_VULKAN_INTERNAL_H
+#define FKV_VULKAN_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <vulkan/vulkan.h>
+
+#include "../backends/backend.h"
+
+#define VK_N_BINDINGS 8 /* storage buffers of the one descriptor set layout */
+
+/* Shader variants (names as in vulkan/backend.cmake). */
+typedef enum vk_shader_id {
+    S_APPEND,           /* + dtype variant (vk_dtype_variant) */
+    S_SUMMARIZE = 5,
+    S_ATTENTION = 10,
+    S_SCORES = 15,
+    S_COSINE,
+    S_ATTENTION_REDUCE,
+    S_COPY, /* + mode * 4 + word variant (16, 4, 2, 1) */
+    S_COUNT = S_COPY + 12
+} vk_shader_id;
+
+extern const char *const fkv_vk_shader_names[S_COUNT];
+
+/* Completion of one submission: a timeline semaphore reaching a value. */
+typedef struct vk_event {
+    VkSemaphore sem;
+    uint64_t value;
+} vk_event;
+
+typedef struct vk_temp {
+    VkBuffer buf;
+    VkDeviceMemory mem;
+    void *ptr; /* mapped, or NULL */
+} vk_temp;
+
+/* One submitted command buffer and what must live until it completes. */
+typedef struct vk_record {
+    VkCommandBuffer cb;
+    uint64_t value;
+    VkDescriptorSet *sets;
+    uint32_t n_sets, cap_sets;
+    vk_temp *temps;
+    uint32_t n_temps, cap_temps;
+} vk_record;
+
+typedef struct vk_hwqueue {
+    VkQueue queue;
+    uint32_t family;
+    pthread_mutex_t lock; /* vkQueueSubmit needs external synchronisation */
+} vk_hwqueue;
+
+/* One fkv_queue: in order through its own timeline (every submission waits for the previous
+ * value), whatever VkQueue it shares. `lock` guards everything here (command and descriptor
+ * pools need external synchronisation too). */
+typedef struct vk_fqueue {
+    pthread_mutex_t lock;
+    vk_hwqueue *hw;
+    VkSemaphore timeline;
+    uint64_t last; /* value of the last submission */
+    VkCommandPool pool;
+    VkDescriptorPool dpool;
+    vk_record *inflight; /* FIFO, oldest first */
+    uint32_t n_inflight, cap_inflight;
+    VkCommandBuffer *free_cbs;
+    uint32_t n_free, cap_free;
+} vk_fqueue;
+
+typedef struct vk_pipe {
+    uint32_t shader, wg, smem;
+    VkPipeline pipeline;
+} vk_pipe;
+
+/* A read into ordinary host memory: staged, copied out once its value is reached. */
+typedef struct vk_pending_read {
+    VkSemaphore sem;
+    uint64_t value;
+    vk_temp temp;
+    void *dst;
+    size_t size;
+} vk_pending_read;
+
+struct fkv_bhost {
+    VkBuffer buf;
+    VkDeviceMemory mem;
+    void *ptr;
+    size_t size;
+    void *raw;    /* the malloc'd block imported with VK_EXT_external_memory_host, or NULL */
+};
+
+struct fkv_bbuf {
+    VkBuffer buf;
+    VkDeviceMemory mem; /* VK_NULL_HANDLE for an imported VkBuffer */
+    size_t size;
+};
+
+struct fkv_bdev {
+    VkInstance instance;
+    VkDebugUtilsMessengerEXT messenger;
+    VkPhysicalDevice phys;
+    VkDevice dev;
+    fkv_device_info info;
+    uint32_t index;
+    int is_cpu;
+
+    VkPhysicalDeviceMemoryProperties mem_props;
+    VkDeviceSize max_range, max_alloc, align, import_align;
+    uint32_t max_groups[3], max_wg, max_shared, subgroup, compute_units;
+    int s16;      /* 16-bit storage in use */
+    int ext_host; /* VK_EXT_external_memory_host enabled */
+    int concurrent; /* more than one queue family: buffers are shared concurrently */
+    uint32_t families[2], n_families;
+    PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;
+
+    vk_hwqueue hw[3];
+    uint32_t n_hw;
+    vk_fqueue q[FKV_QUEUE_COUNT];
+
+    fkv_recall_mode recall;
+    int perpage_cmds; /* write_regions issues one command per region (FREEKV_VULKAN_RECALL=perpage) */
+    int import_host;  /* host_alloc imports malloc memory (hostptr) */
+
+    VkDescriptorSetLayout dsl;
+    VkPipelineLayout layout;
+    VkPipelineCache pcache;
+    char cache_path[1200];
+    VkShaderModule modules[S_COUNT];
+    pthread_mutex_t pipe_lock;
+    vk_pipe *pipes;
+    uint32_t n_pipes, cap_pipes;
+
+    pthread_mutex_t read_lock;
+    vk_pending_read *reads;
+    uint32_t n_reads, cap_reads;
+
+    pthread_mutex_t host_lock;
+    fkv_bhost **hosts;
+    uint32_t n_hosts, cap_hosts;
+
+    vk_temp dummy; /* bound to the layout's unused bindings */
+    int split_override;
+    atomic_uint validation_errors;
+};
+
+/* ---- errors, memory (vk_backend.c) ---- */
+const char *fkv_vk_result_name(VkResult r);
+/* A status for VkResult r of `what`; the message names the call and the code. */
+fkv_status fkv_vk_fail(VkResult r, const char *what);
+fkv_status fkv_vk_temp_alloc(fkv_bdev *d, VkDeviceSize size, int host_visible, VkBufferUsageFlags usage,
+                             vk_temp *t);
+void fkv_vk_temp_free(fkv_bdev *d, vk_temp *t);
+/* The host allocation holding [p, p+size), with p's offset in it; NULL if none. */
+fkv_bhost *fkv_vk_find_host(fkv_bdev *d, const void *p, size_t size, VkDeviceSize *offset);
+
+/* ---- command recording (vk_backend.c) ---- */
+typedef struct vk_cmd {
+    fkv_bdev *d;
+    vk_fqueue *fq;
+    vk_record rec;
+    uint32_t n_dispatch;
+} vk_cmd;
+fkv_status fkv_vk_check_queue(fkv_queue q, const char *op);
+/* Locks the queue and starts a command buffer (marker: none). */
+fkv_status fkv_vk_cmd_begin(fkv_bdev *d, fkv_queue q, int marker, vk_cmd *c);
+fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_temp *out);
+fkv_status fkv_vk_cmd_set(vk_cmd *c, VkDescriptorSet *out);
+/* Ends, submits after deps.wait and the queue's previous submission, unlocks. */
+fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_out);
+void fkv_vk_cmd_abort(vk_cmd *c);
+fkv_status fkv_vk_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
+static inline void fkv_vk_clear_done(const fkv_deps *deps) {
+    if (deps->done)
+        *deps->done = NULL;
+}
+
+/* ---- kernels (vk_kernels.c) ---- */
+fkv_status fkv_vk_pipelines_init(fkv_bdev *d);
+void fkv_vk_pipelines_destroy(fkv_bdev *d);
+fkv_status fkv_vk_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                         const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src, size_t v_off,
+                         uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off, fkv_bbuf *kpool,
+                         fkv_bbuf *vpool);
+fkv_status fkv_vk_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                            const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
+                            size_t pages_off, fkv_bbuf *summaries);
+fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                         const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
+                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
+fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
+                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
+                               size_t sims_off, fkv_bbuf *flags, size_t flags_off);
+fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                           const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
+                           const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
+                           size_t dst_off);
+fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                              const fkv_bbuf *src, size_t src_off, uint32_t n_units,
+                              const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                              fkv_bbuf *vpool);
+fkv_status fkv_vk_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                            const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                            const fkv_bbuf *heads, size_t heads_off, const fkv_bbuf *entries,
+                            size_t entries_off, const fkv_bbuf *kpool, const fkv_bbuf *vpool,
+                            float scale, fkv_bbuf *out, size_t out_off);
+fkv_status fkv_vk_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                  const fkv_bbuf *qbuf, size_t q_off, uint32_t n_tokens,
+                                  const fkv_bbuf *k, const fkv_bbuf *v, float scale,
+                                  fkv_bbuf *out, size_t out_off);
+fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bhost *host, uint32_t n_units, const uint64_t *units_host,
+                                const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                                fkv_bbuf *vpool);
+
+/* ---- test and benchmark hooks ---- */
+/* Split-page attention: 0 = automatic, n >= 1 = always n splits. */
+void fkv_vulkan_debug_set_splits(fkv_bdev *dev, int splits);
+/* Whether kernels use 16-bit storage (FREEKV_VULKAN_16BIT=0 forces the 32-bit fallback). */
+int fkv_vulkan_debug_s16(fkv_bdev *dev);
+/* Whether host_alloc imports host memory (VK_EXT_external_memory_host). */
+int fkv_vulkan_debug_import_host(fkv_bdev *dev);
+/* Whether write_regions issues one command per region (perpage) or one multi-region copy. */
+int fkv_vulkan_debug_perpage(fkv_bdev *dev);
+/* Validation-layer errors reported on this device (FREEKV_VULKAN_VALIDATION=1). */
+unsigned fkv_vulkan_debug_validation_errors(fkv_bdev *dev);
+/* The subgroup size read from the device. */
+uint32_t fkv_vulkan_debug_subgroup(fkv_bdev *dev);
+
+#endif

@@ -1,0 +1,949 @@
+/* Kernel launches of the Vulkan backend: pipelines (specialised per workgroup size, subgroup
+ * size and shared memory, kept in a persistent VkPipelineCache), descriptor bindings of
+ * buffer ranges, argument checks.
+ *
+ * Every storage buffer is bound at an offset aligned down to minStorageBufferOffsetAlignment,
+ * the rest of the offset travels in push constants (in elements), and a binding never spans
+ * more than maxStorageBufferRange (lavapipe: 128 MiB): what a kernel needs beyond it is
+ * refused as unsupported, except host memory read by recall_direct, which is bound in windows
+ * (one dispatch per window). */
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "../common/error.h"
+#include "vk_internal.h"
+
+typedef struct fkv_vk_spirv_blob {
+    const char *name;
+    const unsigned char *code;
+    size_t size;
+} fkv_vk_spirv_blob;
+extern const fkv_vk_spirv_blob fkv_vk_spirv[];
+
+const char *const fkv_vk_shader_names[S_COUNT] = {
+    "append_f32",     "append_f16",     "append_bf16",     "append_f16w",     "append_bf16w",
+    "summarize_f32",  "summarize_f16",  "summarize_bf16",  "summarize_f16w",  "summarize_bf16w",
+    "attention_f32",  "attention_f16",  "attention_bf16",  "attention_f16w",  "attention_bf16w",
+    "scores",         "cosine",         "attention_reduce",
+    "copy0_w16",      "copy0_w4",       "copy0_w2",        "copy0_w1",
+    "copy1_w16",      "copy1_w4",       "copy1_w2",        "copy1_w1",
+    "copy2_w16",      "copy2_w4",       "copy2_w2",        "copy2_w1",
+};
+
+#define ELEMENTWISE_WG 128
+#define ATTENTION_WG 128
+#define SCORES_WG 64
+#define COSINE_WG 64
+#define MAX_TILE 32
+#define MAX_AUTO_SPLITS 16
+#define MAX_SPLITS 256
+#define CACHE_MAGIC 0x464b5650u /* "FKVP" */
+
+static size_t esize(fkv_dtype t) { return t == FKV_F32 ? 4 : 2; }
+
+/* ---- pipeline cache file ---- */
+
+static void cache_path(fkv_bdev *d, char *buf, size_t size) {
+    const char *dir = getenv("FREEKV_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"),
+               *home = getenv("HOME");
+    char base[1024];
+    buf[0] = '\0';
+    int n;
+    if (dir && dir[0])
+        n = snprintf(base, sizeof base, "%s", dir);
+    else if (xdg && xdg[0])
+        n = snprintf(base, sizeof base, "%s/freekv", xdg);
+    else if (home && home[0])
+        n = snprintf(base, sizeof base, "%s/.cache/freekv", home);
+    else
+        return;
+    if (n < 0 || (size_t)n >= sizeof base)
+        return;
+    /* mkdir -p; failures only disable the cache */
+    for (char *p = base + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(base, 0755);
+            *p = '/';
+        }
+    mkdir(base, 0755);
+    struct stat sb;
+    if (stat(base, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return;
+    VkPhysicalDeviceProperties p;
+    vkGetPhysicalDeviceProperties(d->phys, &p);
+    snprintf(buf, size, "%s/vulkan-%04x-%04x-%08x.pcache", base, p.vendorID, p.deviceID,
+             p.driverVersion);
+}
+
+/* The file's data when its header matches this device (Vulkan checks it too, but a foreign
+ * or truncated file is better never handed to a driver). */
+static void *cache_load(fkv_bdev *d, const char *path, size_t *size) {
+    FILE *f = path[0] ? fopen(path, "rb") : NULL;
+    if (f == NULL)
+        return NULL;
+    void *data = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > 32 && n < (64l << 20) &&
+        fseek(f, 0, SEEK_SET) == 0 && (data = malloc((size_t)n)) != NULL &&
+        fread(data, 1, (size_t)n, f) == (size_t)n) {
+        VkPhysicalDeviceProperties p;
+        vkGetPhysicalDeviceProperties(d->phys, &p);
+        uint32_t h[4];
+        memcpy(h, data, sizeof h);
+        if (h[0] >= 32 && h[0] <= (uint32_t)n && h[1] == VK_PIPELINE_CACHE_HEADER_VERSION_ONE &&
+            h[2] == p.vendorID && h[3] == p.deviceID &&
+            memcmp((unsigned char *)data + 16, p.pipelineCacheUUID, VK_UUID_SIZE) == 0) {
+            fclose(f);
+            *size = (size_t)n;
+            return data;
+        }
+    }
+    free(data);
+    fclose(f);
+    return NULL;
+}
+
+static void cache_store(fkv_bdev *d) {
+    size_t n = 0;
+    if (!d->cache_path[0] || !d->pcache ||
+        vkGetPipelineCacheData(d->dev, d->pcache, &n, NULL) != VK_SUCCESS || n == 0)
+        return;
+    void *data = malloc(n);
+    char tmp[sizeof d->cache_path + 32];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", d->cache_path, (long)getpid());
+    FILE *f;
+    if (data && vkGetPipelineCacheData(d->dev, d->pcache, &n, data) == VK_SUCCESS &&
+        (f = fopen(tmp, "wb")) != NULL) {
+        int ok = fwrite(data, 1, n, f) == n;
+        ok = fclose(f) == 0 && ok;
+        if (!ok || rename(tmp, d->cache_path) != 0) /* readers see a whole file or none */
+            remove(tmp);
+    }
+    free(data);
+}
+
+fkv_status fkv_vk_pipelines_init(fkv_bdev *d) {
+    VkDescriptorSetLayoutBinding b[VK_N_BINDINGS];
+    for (uint32_t i = 0; i < VK_N_BINDINGS; i++)
+        b[i] = (VkDescriptorSetLayoutBinding){i, VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 1,
+                                              VK_SHADER_STAGE_COMPUTE_BIT, NULL};
+    VkDescriptorSetLayoutCreateInfo li = {VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
+                                          NULL, 0, VK_N_BINDINGS, b};
+    VkResult r = vkCreateDescriptorSetLayout(d->dev, &li, NULL, &d->dsl);
+    VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, 64};
+    VkPipelineLayoutCreateInfo pli = {VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO, NULL, 0, 1,
+                                      &d->dsl, 1, &pr};
+    if (r == VK_SUCCESS)
+        r = vkCreatePipelineLayout(d->dev, &pli, NULL, &d->layout);
+    if (r != VK_SUCCESS)
+        return fkv_vk_fail(r, "creating the pipeline layout");
+    cache_path(d, d->cache_path, sizeof d->cache_path);
+    size_t n = 0;
+    void *data = cache_load(d, d->cache_path, &n);
+    VkPipelineCacheCreateInfo ci = {VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO, NULL, 0, n, data};
+    r = vkCreatePipelineCache(d->dev, &ci, NULL, &d->pcache);
+    if (r != VK_SUCCESS && data) { /* a cache the driver dislikes: start empty */
+        ci.initialDataSize = 0;
+        ci.pInitialData = NULL;
+        r = vkCreatePipelineCache(d->dev, &ci, NULL, &d->pcache);
+    }
+    free(data);
+    if (r != VK_SUCCESS)
+        return fkv_vk_fail(r, "vkCreatePipelineCache");
+    return FKV_OK;
+}
+
+void fkv_vk_pipelines_destroy(fkv_bdev *d) {
+    cache_store(d);
+    for (uint32_t i = 0; i < d->n_pipes; i++)
+        vkDestroyPipeline(d->dev, d->pipes[i].pipeline, NULL);
+    free(d->pipes);
+    for (int i = 0; i < S_COUNT; i++)
+        if (d->modules[i])
+            vkDestroyShaderModule(d->dev, d->modules[i], NULL);
+    if (d->pcache)
+        vkDestroyPipelineCache(d->dev, d->pcache, NULL);
+    if (d->layout)
+        vkDestroyPipelineLayout(d->dev, d->layout, NULL);
+    if (d->dsl)
+        vkDestroyDescriptorSetLayout(d->dev, d->dsl, NULL);
+}
+
+/* The pipeline of (shader, workgroup size, shared floats), created on first use. */
+static fkv_status get_pipeline(fkv_bdev *d, uint32_t shader, uint32_t wg, uint32_t smem,
+                               VkPipeline *out) {
+    fkv_status st = FKV_OK;
+    pthread_mutex_lock(&d->pipe_lock);
+    for (uint32_t i = 0; i < d->n_pipes; i++)
+        if (d->pipes[i].shader == shader && d->pipes[i].wg == wg && d->pipes[i].smem == smem) {
+            *out = d->pipes[i].pipeline;
+            pthread_mutex_unlock(&d->pipe_lock);
+            return FKV_OK;
+        }
+    VkResult r = VK_SUCCESS;
+    if (d->modules[shader] == VK_NULL_HANDLE) {
+        const fkv_vk_spirv_blob *b = fkv_vk_spirv;
+        while (b->name && strcmp(b->name, fkv_vk_shader_names[shader]) != 0)
+            b++;
+        if (b->name == NULL) {
+            pthread_mutex_unlock(&d->pipe_lock);
+            return fkv_error(FKV_ERR_KERNEL_BUILD, "vulkan: shader %s is not embedded",
+                             fkv_vk_shader_names[shader]);
+        }
+        VkShaderModuleCreateInfo mi = {VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, NULL, 0,
+                                       b->size, (const uint32_t *)(const void *)b->code};
+        r = vkCreateShaderModule(d->dev, &mi, NULL, &d->modules[shader]);
+    }
+    if (r == VK_SUCCESS && d->n_pipes == d->cap_pipes) {
+        uint32_t cap = d->cap_pipes ? 2 * d->cap_pipes : 32;
+        vk_pipe *n = realloc(d->pipes, cap * sizeof *n);
+        if (n == NULL)
+            st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: pipeline list");
+        else {
+            d->pipes = n;
+            d->cap_pipes = cap;
+        }
+    }
+    if (r == VK_SUCCESS && st == FKV_OK) {
+        uint32_t spec[3] = {wg, d->subgroup, smem};
+        VkSpecializationMapEntry me[3] = {{0, 0, 4}, {1, 4, 4}, {2, 8, 4}};
+        VkSpecializationInfo si = {3, me, sizeof spec, spec};
+        VkComputePipelineCreateInfo ci = {
+            VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO, NULL, 0,
+            {VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, NULL, 0,
+             VK_SHADER_STAGE_COMPUTE_BIT, d->modules[shader], "main", &si},
+            d->layout, VK_NULL_HANDLE, -1};
+        VkPipeline p;
+        r = vkCreateComputePipelines(d->dev, d->pcache, 1, &ci, NULL, &p);
+        if (r == VK_SUCCESS) {
+            d->pipes[d->n_pipes++] = (vk_pipe){shader, wg, smem, p};
+            *out = p;
+        }
+    }
+    pthread_mutex_unlock(&d->pipe_lock);
+    if (r != VK_SUCCESS)
+        return fkv_error_prefix(fkv_vk_fail(r, "creating a compute pipeline"), "shader %s",
+                                fkv_vk_shader_names[shader]);
+    return st;
+}
+
+/* ---- launches ---- */
+
+typedef struct bind {
+    VkBuffer buf;
+    VkDeviceSize off, range;
+} bind;
+
+typedef struct launch {
+    fkv_bdev *d;
+    const char *op;
+    fkv_queue q;
+    bind b[VK_N_BINDINGS];
+    uint32_t pc[16];
+} launch;
+
+static fkv_status check_geom(const fkv_kv_geom *g, const char *op) {
+    if (g == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: NULL geometry", op);
+    if (g->n_kv_heads == 0 || g->group == 0 || g->head_dim == 0 || g->page_size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "vulkan %s: geometry with a zero (kv heads %u, group %u, d %u, page %u)",
+                         op, g->n_kv_heads, g->group, g->head_dim, g->page_size);
+    if ((unsigned)g->dtype > FKV_BF16)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: unknown dtype %d", op,
+                         (int)g->dtype);
+    uint64_t slot = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * 2;
+    uint64_t qblock = (uint64_t)g->n_kv_heads * g->group * g->head_dim;
+    if (slot > INT32_MAX || qblock > INT32_MAX)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: geometry too large", op);
+    return FKV_OK;
+}
+
+static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const fkv_kv_geom *g,
+                          const char *op, launch *L) {
+    fkv_vk_clear_done(deps);
+    if (d == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: NULL device", op);
+    if (q != FKV_QUEUE_COMPUTE && q != FKV_QUEUE_BACKGROUND)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "vulkan %s: kernels run on the compute or background queue, not %d", op,
+                         (int)q);
+    fkv_status st = check_geom(g, op);
+    if (st != FKV_OK)
+        return st;
+    memset(L, 0, sizeof *L);
+    L->d = d;
+    L->op = op;
+    L->q = q;
+    for (int i = 0; i < VK_N_BINDINGS; i++)
+        L->b[i] = (bind){d->dummy.buf, 0, VK_WHOLE_SIZE};
+    return FKV_OK;
+}
+
+static fkv_status check_buf(const fkv_bbuf *b, size_t off, uint64_t bytes, size_t align,
+                            const char *op, const char *what) {
+    if (b == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: %s is NULL", op, what);
+    if (off % align)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "vulkan %s: %s offset %zu is not a multiple of %zu", op, what, off, align);
+    if (off > b->size || bytes > b->size - off)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "vulkan %s: %s needs %llu bytes at offset %zu of a %zu-byte buffer", op,
+                         what, (unsigned long long)bytes, off, b->size);
+    return FKV_OK;
+}
+
+/* Binds [off, off + need) of buffer b (size) at binding i; *elem = off's remainder past the
+ * aligned binding start, in elements of `elem_size`. The binding runs to the end of the
+ * buffer or the device's range limit. */
+static fkv_status bind_range(launch *L, int i, VkBuffer buf, size_t size, size_t off,
+                             uint64_t need, size_t elem_size, uint32_t *elem, const char *what) {
+    VkDeviceSize base = off / L->d->align * L->d->align;
+    VkDeviceSize range = size - base;
+    if (range > L->d->max_range)
+        range = L->d->max_range / L->d->align * L->d->align;
+    if (off - base + need > range)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan %s: %s needs %llu bytes in one binding, beyond the device's "
+                         "maxStorageBufferRange (%llu)",
+                         L->op, what, (unsigned long long)(off - base + need),
+                         (unsigned long long)L->d->max_range);
+    L->b[i] = (bind){buf, base, range};
+    if (elem)
+        *elem = (uint32_t)((off - base) / elem_size);
+    return FKV_OK;
+}
+
+static fkv_status bind_buf(launch *L, int i, const fkv_bbuf *b, size_t off, uint64_t need,
+                           size_t elem_size, uint32_t *elem, const char *what) {
+    return bind_range(L, i, b->buf, b->size, off, need, elem_size, elem, what);
+}
+
+/* Whole slots both pools hold, bound at bindings ki, vi (kernels skip slots beyond). */
+static fkv_status bind_pools(launch *L, const fkv_kv_geom *g, const fkv_bbuf *k,
+                             const fkv_bbuf *v, int ki, int vi, uint32_t *n_slots) {
+    if (k == NULL || v == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: NULL KV pool", L->op);
+    size_t slot_bytes = (size_t)g->page_size * g->n_kv_heads * g->head_dim * esize(g->dtype);
+    size_t n = (k->size < v->size ? k->size : v->size) / slot_bytes;
+    if (n == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "vulkan %s: KV pools smaller than one slot (%zu bytes)", L->op, slot_bytes);
+    size_t max_slots = UINT32_MAX / g->page_size;
+    if (n > max_slots)
+        n = max_slots;
+    fkv_status st = bind_buf(L, ki, k, 0, (uint64_t)n * slot_bytes, 1, NULL, "the K pool");
+    if (st == FKV_OK && vi >= 0)
+        st = bind_buf(L, vi, v, 0, (uint64_t)n * slot_bytes, 1, NULL, "the V pool");
+    *n_slots = (uint32_t)n;
+    return st;
+}
+
+static void pc_f32(launch *L, int i, float f) { memcpy(&L->pc[i], &f, 4); }
+
+/* Records one dispatch of `groups` workgroups (spilling into y past the x limit). */
+static fkv_status record(vk_cmd *c, launch *L, VkPipeline p, uint32_t gx, uint32_t gy) {
+    VkDescriptorSet set;
+    fkv_status st = fkv_vk_cmd_set(c, &set);
+    if (st != FKV_OK)
+        return st;
+    VkDescriptorBufferInfo bi[VK_N_BINDINGS];
+    VkWriteDescriptorSet w[VK_N_BINDINGS];
+    for (uint32_t i = 0; i < VK_N_BINDINGS; i++) {
+        bi[i] = (VkDescriptorBufferInfo){L->b[i].buf, L->b[i].off, L->b[i].range};
+        w[i] = (VkWriteDescriptorSet){VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, NULL, set, i, 0, 1,
+                                      VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, NULL, &bi[i], NULL};
+    }
+    vkUpdateDescriptorSets(c->d->dev, VK_N_BINDINGS, w, 0, NULL);
+    if (c->n_dispatch++) { /* dispatches of one command see each other's writes */
+        VkMemoryBarrier mb = {VK_STRUCTURE_TYPE_MEMORY_BARRIER, NULL, VK_ACCESS_SHADER_WRITE_BIT,
+                              VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
+        vkCmdPipelineBarrier(c->rec.cb, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT,
+                             VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    }
+    vkCmdBindPipeline(c->rec.cb, VK_PIPELINE_BIND_POINT_COMPUTE, p);
+    vkCmdBindDescriptorSets(c->rec.cb, VK_PIPELINE_BIND_POINT_COMPUTE, c->d->layout, 0, 1, &set,
+                            0, NULL);
+    vkCmdPushConstants(c->rec.cb, c->d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof L->pc,
+                       L->pc);
+    vkCmdDispatch(c->rec.cb, gx, gy, 1);
+    return FKV_OK;
+}
+
+static void grid_1d(const fkv_bdev *d, uint64_t items, uint32_t wg, uint32_t *gx, uint32_t *gy) {
+    uint64_t groups = (items + wg - 1) / wg;
+    uint64_t x = groups < d->max_groups[0] ? groups : d->max_groups[0];
+    *gx = (uint32_t)(x ? x : 1);
+    *gy = (uint32_t)((groups + *gx - 1) / *gx);
+    if (*gy == 0)
+        *gy = 1;
+}
+
+static uint32_t pick_wg(const fkv_bdev *d, uint32_t want) {
+    uint32_t w = want < d->max_wg ? want : d->max_wg;
+    /* a multiple of the subgroup size where possible */
+    if (w >= d->subgroup)
+        w = w / d->subgroup * d->subgroup;
+    return w ? w : 1;
+}
+
+/* One command with one dispatch over `items` invocations of shader s. */
+static fkv_status run_1d(launch *L, uint32_t shader, uint64_t items, const fkv_deps *deps) {
+    uint32_t wg = pick_wg(L->d, ELEMENTWISE_WG), gx, gy;
+    grid_1d(L->d, items, wg, &gx, &gy);
+    if ((uint64_t)gy > L->d->max_groups[1])
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan %s: %llu work items is too many", L->op,
+                         (unsigned long long)items);
+    VkPipeline p;
+    fkv_status st = get_pipeline(L->d, shader, wg, 1, &p);
+    vk_cmd c;
+    if (st != FKV_OK || (st = fkv_vk_cmd_begin(L->d, L->q, 0, &c)) != FKV_OK)
+        return st;
+    if ((st = record(&c, L, p, gx, gy)) != FKV_OK) {
+        fkv_vk_cmd_abort(&c);
+        return st;
+    }
+    return fkv_vk_cmd_submit(&c, deps, NULL);
+}
+
+static uint32_t dtype_variant(const fkv_bdev *d, fkv_dtype t) {
+    if (t == FKV_F32)
+        return 0;
+    return (t == FKV_F16 ? 1 : 2) + (d->s16 ? 0 : 2);
+}
+
+/* ---- ops ---- */
+
+fkv_status fkv_vk_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                         const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src, size_t v_off,
+                         uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off, fkv_bbuf *kpool,
+                         fkv_bbuf *vpool) {
+    launch L;
+    fkv_status st = prepare(dev, q, &deps, g, "append", &L);
+    if (st != FKV_OK)
+        return st;
+    uint64_t row_elems = (uint64_t)g->n_kv_heads * g->head_dim, n = n_rows * row_elems;
+    uint32_t n_slots;
+    if ((st = check_buf(k_src, k_off, n * 4, 4, L.op, "k_src")) != FKV_OK ||
+        (st = check_buf(v_src, v_off, n * 4, 4, L.op, "v_src")) != FKV_OK ||
+        (st = check_buf(rows, rows_off, (uint64_t)n_rows * 4, 4, L.op, "rows")) != FKV_OK ||
+        (st = bind_pools(&L, g, kpool, vpool, 3, 4, &n_slots)) != FKV_OK)
+        return st;
+    if (n_rows == 0)
+        return fkv_vk_marker(dev, q, deps);
+    if ((st = bind_buf(&L, 0, k_src, k_off, n * 4, 4, &L.pc[0], "k_src")) != FKV_OK ||
+        (st = bind_buf(&L, 1, v_src, v_off, n * 4, 4, &L.pc[1], "v_src")) != FKV_OK ||
+        (st = bind_buf(&L, 2, rows, rows_off, n_rows * 4ull, 4, &L.pc[2], "rows")) != FKV_OK)
+        return st;
+    L.pc[3] = n_rows;
+    L.pc[4] = (uint32_t)row_elems;
+    L.pc[5] = n_slots * g->page_size;
+    return run_1d(&L, S_APPEND + dtype_variant(dev, g->dtype), n, &deps);
+}
+
+fkv_status fkv_vk_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                            const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
+                            size_t pages_off, fkv_bbuf *summaries) {
+    launch L;
+    fkv_status st = prepare(dev, q, &deps, g, "summarize", &L);
+    if (st != FKV_OK)
+        return st;
+    uint32_t n_slots;
+    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
+    if ((st = check_buf(pages, pages_off, (uint64_t)n_pages * 8, 4, L.op, "pages")) != FKV_OK ||
+        (st = check_buf(summaries, 0, summary_bytes, 4, L.op, "summaries")) != FKV_OK ||
+        (st = bind_pools(&L, g, kpool, kpool, 0, -1, &n_slots)) != FKV_OK)
+        return st;
+    if (n_pages == 0)
+        return fkv_vk_marker(dev, q, deps);
+    size_t n_summ = summaries->size / summary_bytes;
+    if ((st = bind_buf(&L, 1, pages, pages_off, n_pages * 8ull, 4, &L.pc[0], "pages")) != FKV_OK ||
+        (st = bind_buf(&L, 2, summaries, 0, 0, 4, NULL, "summaries")) != FKV_OK)
+        return st;
+    size_t bound_summ = L.b[2].range / summary_bytes; /* only what the binding reaches */
+    if (bound_summ < n_summ)
+        n_summ = bound_summ;
+    L.pc[1] = n_pages;
+    L.pc[2] = g->n_kv_heads;
+    L.pc[3] = g->head_dim;
+    L.pc[4] = g->page_size;
+    L.pc[5] = n_slots;
+    L.pc[6] = n_summ > UINT32_MAX ? UINT32_MAX : (uint32_t)n_summ;
+    return run_1d(&L, S_SUMMARIZE + dtype_variant(dev, g->dtype),
+                  (uint64_t)n_pages * g->n_kv_heads * g->head_dim, &deps);
+}
+
+static uint32_t pow2_at_least(uint32_t n, uint32_t min) {
+    uint32_t p = min;
+    while (p < n)
+        p *= 2;
+    return p;
+}
+
+fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                         const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
+                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                         size_t out_off) {
+    launch L;
+    fkv_status st = prepare(dev, q, &deps, g, "scores", &L);
+    if (st != FKV_OK)
+        return st;
+    uint64_t gd = (uint64_t)g->group * g->head_dim;
+    uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * gd * 4;
+    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
+    if ((st = check_buf(qbuf, q_off, q_bytes, 4, L.op, "q")) != FKV_OK ||
+        (st = check_buf(desc, desc_off, (uint64_t)n_seqs * 12, 4, L.op, "desc")) != FKV_OK ||
+        (st = check_buf(summaries, 0, 0, 4, L.op, "summaries")) != FKV_OK ||
+        (st = check_buf(out, out_off, 0, 4, L.op, "out")) != FKV_OK)
+        return st;
+    if (n_seqs == 0)
+        return fkv_vk_marker(dev, q, deps);
+    uint32_t smem = pow2_at_least((uint32_t)gd, 64);
+    if ((uint64_t)smem * 4 > dev->max_shared)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan scores: group x head_dim = %llu floats exceed shared memory",
+                         (unsigned long long)gd);
+    if ((st = bind_buf(&L, 0, qbuf, q_off, q_bytes, 4, &L.pc[0], "q")) != FKV_OK ||
+        (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 12ull, 4, &L.pc[1], "desc")) != FKV_OK ||
+        (st = bind_buf(&L, 2, summaries, 0, 0, 4, NULL, "summaries")) != FKV_OK ||
+        (st = bind_buf(&L, 3, out, out_off, 0, 4, &L.pc[3], "out")) != FKV_OK)
+        return st;
+    size_t n_summ = L.b[2].range / summary_bytes;
+    uint64_t out_len = (L.b[3].range - (out_off - L.b[3].off)) / 4;
+    L.pc[2] = n_summ > UINT32_MAX ? UINT32_MAX : (uint32_t)n_summ;
+    L.pc[4] = out_len > UINT32_MAX ? UINT32_MAX : (uint32_t)out_len;
+    L.pc[5] = g->n_kv_heads;
+    L.pc[6] = g->group;
+    L.pc[7] = g->head_dim;
+    uint32_t n_bh = n_seqs * g->n_kv_heads;
+    if (n_bh > dev->max_groups[1])
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan scores: %u sequences is too many", n_seqs);
+    uint32_t chunks = (2 * dev->compute_units + n_bh - 1) / n_bh;
+    chunks = chunks < 1 ? 1 : chunks > 16 ? 16 : chunks;
+    VkPipeline p;
+    vk_cmd c;
+    if ((st = get_pipeline(dev, S_SCORES, pick_wg(dev, SCORES_WG), smem, &p)) != FKV_OK ||
+        (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
+        return st;
+    if ((st = record(&c, &L, p, chunks, n_bh)) != FKV_OK) {
+        fkv_vk_cmd_abort(&c);
+        return st;
+    }
+    return fkv_vk_cmd_submit(&c, &deps, NULL);
+}
+
+fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
+                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
+                               size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+    launch L;
+    fkv_status st = prepare(dev, q, &deps, g, "cosine_flags", &L);
+    if (st != FKV_OK)
+        return st;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
+    if ((st = check_buf(q_cur, cur_off, q_bytes, 4, L.op, "q_cur")) != FKV_OK ||
+        (st = check_buf(q_prev, prev_off, q_bytes, 4, L.op, "q_prev")) != FKV_OK ||
+        (st = check_buf(sims, sims_off, n_bh * 4, 4, L.op, "sims")) != FKV_OK ||
+        (st = check_buf(flags, flags_off, n_bh * 4, 4, L.op, "flags")) != FKV_OK)
+        return st;
+    if (n_seqs == 0)
+        return fkv_vk_marker(dev, q, deps);
+    if (n_bh > dev->max_groups[0])
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan cosine_flags: %u sequences is too many",
+                         n_seqs);
+    if ((st = bind_buf(&L, 0, q_cur, cur_off, q_bytes, 4, &L.pc[0], "q_cur")) != FKV_OK ||
+        (st = bind_buf(&L, 1, q_prev, prev_off, q_bytes, 4, &L.pc[1], "q_prev")) != FKV_OK ||
+        (st = bind_buf(&L, 2, sims, sims_off, n_bh * 4, 4, &L.pc[5], "sims")) != FKV_OK ||
+        (st = bind_buf(&L, 3, flags, flags_off, n_bh * 4, 4, &L.pc[6], "flags")) != FKV_OK)
+        return st;
+    L.pc[2] = g->n_kv_heads;
+    L.pc[3] = g->group;
+    L.pc[4] = g->head_dim;
+    pc_f32(&L, 7, tau);
+    uint32_t w = 1, cap = pick_wg(dev, COSINE_WG); /* a power of two for the tree */
+    while (w * 2 <= cap)
+        w *= 2;
+    VkPipeline p;
+    vk_cmd c;
+    if ((st = get_pipeline(dev, S_COSINE, w, 1, &p)) != FKV_OK ||
+        (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
+        return st;
+    if ((st = record(&c, &L, p, (uint32_t)n_bh, 1)) != FKV_OK) {
+        fkv_vk_cmd_abort(&c);
+        return st;
+    }
+    return fkv_vk_cmd_submit(&c, &deps, NULL);
+}
+
+/* Copy words: 16 bytes when rows and offsets allow, else 4, else one 16-bit element (native
+ * 16-bit storage, or the atomic fallback). Returns the word size; *variant the shader's. */
+static size_t pick_word(const fkv_bdev *d, const fkv_kv_geom *g, uint64_t off_bits,
+                        uint32_t *variant) {
+    size_t row = (size_t)g->head_dim * esize(g->dtype);
+    if (row % 16 == 0 && off_bits % 16 == 0) {
+        *variant = 0;
+        return 16;
+    }
+    if (row % 4 == 0 && off_bits % 4 == 0) {
+        *variant = 1;
+        return 4;
+    }
+    *variant = d->s16 ? 2 : 3;
+    return 2;
+}
+
+fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                           const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
+                           const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
+                           size_t dst_off) {
+    launch L;
+    fkv_status st = prepare(dev, q, &deps, g, "pack_hnd", &L);
+    if (st != FKV_OK)
+        return st;
+    uint64_t page_bytes = (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * esize(g->dtype);
+    uint32_t n_slots;
+    if ((st = check_buf(gslots, gslots_off, (uint64_t)n_pages * 4, 4, L.op, "gslots")) != FKV_OK ||
+        (st = check_buf(dst, dst_off, n_pages * page_bytes, esize(g->dtype), L.op, "dst")) != FKV_OK ||
+        (st = bind_pools(&L, g, kpool, vpool, 0, 1, &n_slots)) != FKV_OK)
+        return st;
+    if (n_pages == 0)
+        return fkv_vk_marker(dev, q, deps);
+    uint32_t variant;
+    size_t word = pick_word(dev, g, dst_off, &variant);
+    uint32_t row_words = (uint32_t)(g->head_dim * esize(g->dtype) / word);
+    uint64_t total = (uint64_t)n_pages * g->n_kv_heads * 2 * g->page_size * row_words;
+    if (total > UINT32_MAX)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan pack_hnd: %u pages in one call is too many",
+                         n_pages);
+    if ((st = bind_buf(&L, 2, gslots, gslots_off, n_pages * 4ull, 4, &L.pc[2], "gslots")) != FKV_OK ||
+        (st = bind_buf(&L, 3, dst, dst_off, n_pages * page_bytes, word, &L.pc[0], "dst")) != FKV_OK)
+        return st;
+    L.pc[1] = n_pages;
+    L.pc[3] = g->n_kv_heads;
+    L.pc[4] = row_words;
+    L.pc[5] = g->page_size;
+    L.pc[6] = n_slots;
+    L.pc[7] = (uint32_t)total;
+    return run_1d(&L, S_COPY + 0 * 4 + variant, total, &deps);
+}
+
+fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                              const fkv_bbuf *src, size_t src_off, uint32_t n_units,
+                              const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                              fkv_bbuf *vpool) {
+    launch L;
+    fkv_status st = prepare(dev, q, &deps, g, "scatter_hnd", &L);
+    if (st != FKV_OK)
+        return st;
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    uint32_t n_slots;
+    if ((st = check_buf(src, src_off, n_units * unit_bytes, esize(g->dtype), L.op, "src")) != FKV_OK ||
+        (st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, L.op, "units")) != FKV_OK ||
+        (st = bind_pools(&L, g, kpool, vpool, 0, 1, &n_slots)) != FKV_OK)
+        return st;
+    if (n_units == 0)
+        return fkv_vk_marker(dev, q, deps);
+    uint32_t variant;
+    size_t word = pick_word(dev, g, src_off, &variant);
+    uint32_t row_words = (uint32_t)(g->head_dim * esize(g->dtype) / word);
+    uint64_t total = (uint64_t)n_units * 2 * g->page_size * row_words;
+    if (total > UINT32_MAX)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan scatter_hnd: %u units in one call is too many",
+                         n_units);
+    if ((st = bind_buf(&L, 2, units, units_off, n_units * 8ull, 4, &L.pc[2], "units")) != FKV_OK ||
+        (st = bind_buf(&L, 3, src, src_off, n_units * unit_bytes, word, &L.pc[0], "src")) != FKV_OK)
+        return st;
+    L.pc[1] = n_units;
+    L.pc[3] = g->n_kv_heads;
+    L.pc[4] = row_words;
+    L.pc[5] = g->page_size;
+    L.pc[6] = n_slots;
+    L.pc[7] = (uint32_t)total;
+    return run_1d(&L, S_COPY + 1 * 4 + variant, total, &deps);
+}
+
+fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bhost *host, uint32_t n_units, const uint64_t *units_host,
+                                const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                                fkv_bbuf *vpool) {
+    launch L;
+    fkv_status st = prepare(dev, q, &deps, g, "recall_direct", &L);
+    if (st != FKV_OK)
+        return st;
+    if (host == NULL || (n_units && units_host == NULL))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan recall_direct: NULL host or unit offsets");
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    uint32_t n_slots;
+    if ((st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, L.op, "units")) != FKV_OK ||
+        (st = bind_pools(&L, g, kpool, vpool, 0, 1, &n_slots)) != FKV_OK)
+        return st;
+    uint64_t bits = 0;
+    for (uint32_t i = 0; i < n_units; i++) {
+        uint64_t off = units_host[i];
+        if (off % esize(g->dtype) || off > host->size || unit_bytes > host->size - off)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "vulkan recall_direct: unit %u at host offset %llu is misaligned or "
+                             "beyond the %zu-byte allocation",
+                             i, (unsigned long long)off, host->size);
+        bits |= off;
+    }
+    if (n_units == 0)
+        return fkv_vk_marker(dev, q, deps);
+    uint32_t variant;
+    size_t word = pick_word(dev, g, bits, &variant);
+    uint32_t row_words = (uint32_t)(g->head_dim * esize(g->dtype) / word);
+    uint64_t total = (uint64_t)n_units * 2 * g->page_size * row_words;
+    if (total > UINT32_MAX || unit_bytes + dev->align > dev->max_range)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan recall_direct: too much in one call");
+    /* Host memory beyond maxStorageBufferRange is read in windows of `span` bytes that start
+     * every `stride` bytes; unit i belongs to window off / stride. */
+    uint64_t span = host->size < dev->max_range ? host->size : dev->max_range / dev->align * dev->align;
+    uint64_t stride = host->size <= span ? UINT64_MAX : (span - unit_bytes) / dev->align * dev->align;
+    uint64_t n_windows = stride == UINT64_MAX ? 1 : host->size / stride + 1;
+    if ((st = bind_buf(&L, 2, units, units_off, n_units * 8ull, 4, &L.pc[2], "units")) != FKV_OK)
+        return st;
+    L.pc[1] = n_units;
+    L.pc[3] = g->n_kv_heads;
+    L.pc[4] = row_words;
+    L.pc[5] = g->page_size;
+    L.pc[6] = n_slots;
+    L.pc[7] = (uint32_t)total;
+    uint32_t wg = pick_wg(dev, ELEMENTWISE_WG), gx, gy;
+    grid_1d(dev, total, wg, &gx, &gy);
+    unsigned char *used = calloc((size_t)n_windows, 1);
+    if (used == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan recall_direct: window list");
+    VkPipeline p;
+    vk_cmd c;
+    if ((st = get_pipeline(dev, S_COPY + 2 * 4 + variant, wg, 1, &p)) != FKV_OK ||
+        (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK) {
+        free(used);
+        return st;
+    }
+    /* Per unit (window, word offset in it), in a host-visible buffer the shader reads. */
+    vk_temp t;
+    st = fkv_vk_cmd_temp(&c, (VkDeviceSize)n_units * 8, 1, &t);
+    if (st == FKV_OK) {
+        int32_t *hu = t.ptr;
+        for (uint32_t i = 0; i < n_units; i++) {
+            uint64_t w = stride == UINT64_MAX ? 0 : units_host[i] / stride;
+            hu[2 * i] = (int32_t)w;
+            hu[2 * i + 1] = (int32_t)((units_host[i] - w * (stride == UINT64_MAX ? 0 : stride)) / word);
+            used[w] = 1;
+        }
+        L.b[4] = (bind){t.buf, 0, VK_WHOLE_SIZE};
+    }
+    for (uint64_t w = 0; w < n_windows && st == FKV_OK; w++) {
+        if (!used[w])
+            continue;
+        uint64_t base = stride == UINT64_MAX ? 0 : w * stride;
+        uint64_t len = host->size - base < span ? host->size - base : span;
+        L.b[3] = (bind){host->buf, base, len};
+        L.pc[8] = (uint32_t)w;
+        st = record(&c, &L, p, gx, gy);
+    }
+    free(used);
+    if (st != FKV_OK) {
+        fkv_vk_cmd_abort(&c);
+        return st;
+    }
+    return fkv_vk_cmd_submit(&c, &deps, NULL);
+}
+
+/* ---- attention ---- */
+
+void fkv_vulkan_debug_set_splits(fkv_bdev *d, int splits) {
+    d->split_override = splits < 0 ? 0 : splits > MAX_SPLITS ? MAX_SPLITS : splits;
+}
+
+static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_bh) {
+    if (d->split_override > 0)
+        return (uint32_t)d->split_override;
+    uint32_t target = 2 * d->compute_units;
+    if (n_bh >= target)
+        return 1;
+    uint32_t s = (target + n_bh - 1) / n_bh;
+    return s > MAX_AUTO_SPLITS ? MAX_AUTO_SPLITS : s;
+}
+
+static size_t attention_floats(const fkv_kv_geom *g, size_t tile) {
+    size_t gd = (size_t)g->group * g->head_dim;
+    return 2 * gd + tile * (g->head_dim + 1) + g->group * tile + 3 * (size_t)g->group;
+}
+
+typedef struct attn_args {
+    const fkv_bbuf *q, *heads, *entries, *kpool, *vpool;
+    fkv_bbuf *out;
+    size_t q_off, heads_off, entries_off, out_off;
+    uint32_t n_seqs, n_entries;
+    int32_t dense_tokens;
+    float scale;
+} attn_args;
+
+static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_args *x,
+                                   fkv_deps deps) {
+    fkv_bdev *d = L->d;
+    uint32_t n_slots;
+    fkv_status st;
+    if (x->dense_tokens >= 0) {
+        /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1; the
+         * last slot may be partial (the kernel reads valid rows only). */
+        uint64_t kv_bytes = (uint64_t)x->dense_tokens * g->n_kv_heads * g->head_dim * esize(g->dtype);
+        if ((st = bind_buf(L, 3, x->kpool, 0, kv_bytes, 1, NULL, "k")) != FKV_OK ||
+            (st = bind_buf(L, 4, x->vpool, 0, kv_bytes, 1, NULL, "v")) != FKV_OK)
+            return st;
+        n_slots = (uint32_t)((x->dense_tokens + g->page_size - 1) / g->page_size);
+    } else if ((st = bind_pools(L, g, x->kpool, x->vpool, 3, 4, &n_slots)) != FKV_OK) {
+        return st;
+    }
+    uint32_t n_bh = x->n_seqs * g->n_kv_heads;
+    uint32_t splits = attention_splits(d, n_bh);
+    size_t avail = d->max_shared / 4;
+    size_t tile = g->page_size < MAX_TILE ? g->page_size : MAX_TILE;
+    while (tile > 1 && attention_floats(g, tile) > avail)
+        tile /= 2;
+    if (attention_floats(g, tile) > avail)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan %s: group %u x head_dim %u needs %zu bytes of shared memory, the "
+                         "device has %zu",
+                         L->op, g->group, g->head_dim, attention_floats(g, tile) * 4, avail * 4);
+    if ((uint64_t)n_bh * splits > d->max_groups[0])
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan %s: too many sequences", L->op);
+    uint32_t smem = pow2_at_least((uint32_t)attention_floats(g, tile), 256);
+    if (smem > avail)
+        smem = (uint32_t)attention_floats(g, tile);
+    size_t gd = (size_t)g->group * g->head_dim;
+    uint64_t q_bytes = (uint64_t)n_bh * gd * 4;
+    if ((st = bind_buf(L, 0, x->q, x->q_off, q_bytes, 4, &L->pc[0], "q")) != FKV_OK ||
+        (st = bind_buf(L, 5, x->out, x->out_off, q_bytes, 4, &L->pc[13], "out")) != FKV_OK)
+        return st;
+    if (x->dense_tokens < 0 &&
+        ((st = bind_buf(L, 1, x->heads, x->heads_off, n_bh * 8ull, 4, &L->pc[1], "heads")) != FKV_OK ||
+         (st = bind_buf(L, 2, x->entries, x->entries_off, 0, 4, &L->pc[2], "entries")) != FKV_OK))
+        return st;
+    uint32_t n_entries = x->n_entries;
+    if (x->dense_tokens < 0) {
+        uint64_t bound = (L->b[2].range - (x->entries_off - L->b[2].off)) / 8;
+        if (bound < n_entries)
+            n_entries = (uint32_t)bound;
+    }
+    L->pc[3] = n_entries;
+    memcpy(&L->pc[4], &x->dense_tokens, 4);
+    L->pc[5] = n_slots;
+    L->pc[6] = g->n_kv_heads;
+    L->pc[7] = g->group;
+    L->pc[8] = g->head_dim;
+    L->pc[9] = g->page_size;
+    L->pc[10] = (uint32_t)tile;
+    L->pc[11] = splits;
+    pc_f32(L, 12, x->scale);
+    uint32_t wg = pick_wg(d, ATTENTION_WG);
+    VkPipeline p, pr = VK_NULL_HANDLE;
+    if ((st = get_pipeline(d, S_ATTENTION + dtype_variant(d, g->dtype), wg, smem, &p)) != FKV_OK ||
+        (splits > 1 &&
+         (st = get_pipeline(d, S_ATTENTION_REDUCE, pick_wg(d, ELEMENTWISE_WG), 1, &pr)) != FKV_OK))
+        return st;
+    vk_cmd c;
+    if ((st = fkv_vk_cmd_begin(d, L->q, 0, &c)) != FKV_OK)
+        return st;
+    vk_temp part;
+    if (splits > 1) {
+        st = fkv_vk_cmd_temp(&c, (VkDeviceSize)n_bh * splits * g->group * (g->head_dim + 2) * 4, 0,
+                             &part);
+        if (st == FKV_OK)
+            L->b[6] = (bind){part.buf, 0, VK_WHOLE_SIZE};
+    }
+    if (st == FKV_OK)
+        st = record(&c, L, p, n_bh * splits, 1);
+    if (st == FKV_OK && splits > 1) {
+        launch R = *L;
+        for (int i = 0; i < VK_N_BINDINGS; i++)
+            R.b[i] = (bind){d->dummy.buf, 0, VK_WHOLE_SIZE};
+        R.b[0] = L->b[6];
+        R.b[1] = L->b[5];
+        memset(R.pc, 0, sizeof R.pc);
+        R.pc[0] = n_bh;
+        R.pc[1] = g->group;
+        R.pc[2] = g->head_dim;
+        R.pc[3] = splits;
+        R.pc[4] = L->pc[13];
+        uint32_t gx, gy;
+        grid_1d(d, (uint64_t)n_bh * gd, pick_wg(d, ELEMENTWISE_WG), &gx, &gy);
+        st = record(&c, &R, pr, gx, gy);
+    }
+    if (st != FKV_OK) {
+        fkv_vk_cmd_abort(&c);
+        return st;
+    }
+    return fkv_vk_cmd_submit(&c, &deps, NULL);
+}
+
+fkv_status fkv_vk_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                            const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                            const fkv_bbuf *heads, size_t heads_off, const fkv_bbuf *entries,
+                            size_t entries_off, const fkv_bbuf *kpool, const fkv_bbuf *vpool,
+                            float scale, fkv_bbuf *out, size_t out_off) {
+    launch L;
+    fkv_status st = prepare(dev, q, &deps, g, "attention", &L);
+    if (st != FKV_OK)
+        return st;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
+    if ((st = check_buf(qbuf, q_off, q_bytes, 4, L.op, "q")) != FKV_OK ||
+        (st = check_buf(heads, heads_off, n_bh * 8, 4, L.op, "heads")) != FKV_OK ||
+        (st = check_buf(entries, entries_off, 0, 4, L.op, "entries")) != FKV_OK ||
+        (st = check_buf(out, out_off, q_bytes, 4, L.op, "out")) != FKV_OK ||
+        (st = check_buf(kpool, 0, 0, 1, L.op, "kpool")) != FKV_OK ||
+        (st = check_buf(vpool, 0, 0, 1, L.op, "vpool")) != FKV_OK)
+        return st;
+    if (n_bh > INT32_MAX)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan attention: %u sequences is too many",
+                         n_seqs);
+    if (n_seqs == 0) {
+        uint32_t n_slots;
+        if ((st = bind_pools(&L, g, kpool, vpool, 3, 4, &n_slots)) != FKV_OK)
+            return st;
+        return fkv_vk_marker(dev, q, deps);
+    }
+    size_t n_entries = (entries->size - entries_off) / 8;
+    attn_args x = {qbuf, heads, entries, kpool, vpool, out, q_off, heads_off, entries_off, out_off,
+                   n_seqs, n_entries > INT32_MAX ? INT32_MAX : (uint32_t)n_entries, -1, scale};
+    return attention_launch(&L, g, &x, deps);
+}
+
+fkv_status fkv_vk_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                  const fkv_bbuf *qbuf, size_t q_off, uint32_t n_tokens,
+                                  const fkv_bbuf *k, const fkv_bbuf *v, float scale,
+                                  fkv_bbuf *out, size_t out_off) {
+    launch L;
+    fkv_status st = prepare(dev, q, &deps, g, "attention_dense", &L);
+    if (st != FKV_OK)
+        return st;
+    uint64_t q_bytes = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
+    uint64_t kv_bytes = (uint64_t)n_tokens * g->n_kv_heads * g->head_dim * esize(g->dtype);
+    if ((st = check_buf(qbuf, q_off, q_bytes, 4, L.op, "q")) != FKV_OK ||
+        (st = check_buf(k, 0, kv_bytes, 1, L.op, "k")) != FKV_OK ||
+        (st = check_buf(v, 0, kv_bytes, 1, L.op, "v")) != FKV_OK ||
+        (st = check_buf(out, out_off, q_bytes, 4, L.op, "out")) != FKV_OK)
+        return st;
+    if (n_tokens > INT32_MAX - g->page_size)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan attention_dense: %u tokens is too many",
+                         n_tokens);
+    if (n_tokens == 0) { /* zeros, as attention over an empty list */
+        vk_cmd c;
+        if ((st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
+            return st;
+        vkCmdFillBuffer(c.rec.cb, out->buf, out_off, q_bytes, 0);
+        return fkv_vk_cmd_submit(&c, &deps, NULL);
+    }
+    attn_args x = {qbuf, k, k, k, v, out, q_off, 0, 0, out_off, 1, 0, (int32_t)n_tokens, scale};
+    return attention_launch(&L, g, &x, deps);
+}

@@ -7,6 +7,7 @@ packages=(
   libvulkan-dev mesa-vulkan-drivers glslc glslang-tools spirv-tools vulkan-tools vulkan-validationlayers
   libcriterion-dev
   clang libclang-rt-14-dev
+  hipcc libamdhip64-dev
 )
 missing=()
 for p in "${packages[@]}"; do

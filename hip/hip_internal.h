@@ -1,0 +1,136 @@
+/* HIP backend internals, shared by hip_backend.c (devices, memory, queues, copies) and
+ * hip_ops.c (kernel ops). Plain C11 on the HIP runtime API (or on CUDA through
+ * hip_cuda_compat.h); the kernels are in kernels.hip behind the launchers of hip_kernels.h. */
+#ifndef FKV_HIP_INTERNAL_H
+#define FKV_HIP_INTERNAL_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../backends/backend.h"
+#include "hip_debug.h"
+#include "hip_platform.h"
+
+#ifdef FKV_HIP_ON_CUDA
+#define FKV_HIP_RUNTIME "HIP-on-CUDA"
+#else
+#define FKV_HIP_RUNTIME "HIP"
+#endif
+
+/* recall_direct's unit offsets travel in pinned host blocks that the kernel reads in place;
+ * a block is reused only after the kernel that read it completed (its event). */
+#define FKV_HIP_OFFSET_RING 4
+
+typedef struct hip_offsets_block {
+    uint64_t *host;       /* pinned, mapped */
+    const uint64_t *dev;  /* the device's view of host */
+    size_t capacity;      /* entries */
+    hipEvent_t last_use;  /* recorded after the last kernel that read it; NULL if none */
+} hip_offsets_block;
+
+/* Per-queue scratch, guarded by `lock` from its first use to the last enqueue of an op. */
+typedef struct hip_scratch {
+    pthread_mutex_t lock;
+    void *partials; /* split attention partial results (device) */
+    size_t partials_size;
+    void *tmp; /* overlapping copy within one buffer (device) */
+    size_t tmp_size;
+    hip_offsets_block offsets[FKV_HIP_OFFSET_RING];
+    unsigned next_offsets;
+} hip_scratch;
+
+struct fkv_bdev {
+    int index; /* HIP device ordinal */
+    hipStream_t streams[FKV_QUEUE_COUNT];
+    fkv_device_info info;
+    uint32_t compute_units;
+    size_t shared_per_block; /* bytes of shared memory a block may use */
+    int can_map_host;        /* kernels can read mapped pinned host memory */
+    fkv_recall_mode recall;
+    hip_scratch scratch[FKV_QUEUE_COUNT];
+    int split_override; /* 0 = automatic, n >= 1 = always n splits */
+};
+
+struct fkv_bbuf {
+    void *ptr; /* device pointer */
+    size_t size;
+    int imported; /* owned by the engine: never freed here */
+};
+
+struct fkv_bhost {
+    void *ptr;       /* host address */
+    void *dev_ptr;   /* the device's view of it (mapped), NULL when the device cannot map */
+    size_t size;
+};
+
+/* ---- errors and plumbing (hip_backend.c) ---- */
+
+typedef enum hip_alloc_kind { HIP_NOT_ALLOC = 0, HIP_DEVICE_ALLOC = 1, HIP_HOST_ALLOC = 2 } hip_alloc_kind;
+
+/* A library status for a failed HIP call `what`: out of memory is device or host memory by
+ * `kind`; the message keeps the native code, its name and hipGetErrorString. */
+fkv_status fkv_hip_fail(hipError_t err, hip_alloc_kind kind, const char *what);
+/* Makes dev the calling thread's current device (HIP's current device is per thread and the
+ * core calls in from two threads). */
+fkv_status fkv_hip_bind(fkv_bdev *d);
+/* On every error path deps.done is left NULL: cleared first thing by each entry. */
+static inline void fkv_hip_clear_done(const fkv_deps *deps) {
+    if (deps->done)
+        *deps->done = NULL;
+}
+/* Validates the wait list (before anything is enqueued). */
+fkv_status fkv_hip_check_waits(const fkv_deps *deps);
+/* Makes stream wait for every non-NULL event of deps (on the device, not the host). */
+fkv_status fkv_hip_wait(hipStream_t stream, const fkv_deps *deps);
+/* Records the completion event of the command just enqueued on stream into *deps->done. */
+fkv_status fkv_hip_done(hipStream_t stream, const fkv_deps *deps);
+/* The ops table's marker: what an operation with nothing to do enqueues. */
+fkv_status fkv_hip_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
+/* Grows a per-queue device scratch buffer to `need` bytes; the old one is freed after the
+ * queue's stream drained (rare: scratch only grows). Caller holds the queue's lock. */
+fkv_status fkv_hip_scratch(fkv_bdev *d, fkv_queue q, void **mem, size_t *size, size_t need);
+
+/* Pinned host memory (mapped, with its device view in *dev_ptr, when the device can map);
+ * free with hipHostFree. */
+fkv_status fkv_hip_host_malloc(fkv_bdev *d, size_t size, void **ptr, void **dev_ptr);
+
+/* ---- ops (hip_ops.c) ---- */
+fkv_status fkv_hip_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                          const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src,
+                          size_t v_off, uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off,
+                          fkv_bbuf *kpool, fkv_bbuf *vpool);
+fkv_status fkv_hip_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                             const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
+                             size_t pages_off, fkv_bbuf *summaries);
+fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
+                          fkv_bbuf *out, size_t out_off);
+fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
+                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
+                                size_t sims_off, fkv_bbuf *flags, size_t flags_off);
+fkv_status fkv_hip_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                            const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
+                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
+                            size_t dst_off);
+fkv_status fkv_hip_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               const fkv_bbuf *src, size_t src_off, uint32_t n_units,
+                               const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                               fkv_bbuf *vpool);
+fkv_status fkv_hip_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                             const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                             const fkv_bbuf *heads, size_t heads_off, const fkv_bbuf *entries,
+                             size_t entries_off, const fkv_bbuf *kpool, const fkv_bbuf *vpool,
+                             float scale, fkv_bbuf *out, size_t out_off);
+fkv_status fkv_hip_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                   const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
+                                   uint32_t n_tokens, const fkv_bbuf *k, const fkv_bbuf *v,
+                                   float scale, fkv_bbuf *out, size_t out_off);
+fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                 const fkv_bhost *host, uint32_t n_units,
+                                 const uint64_t *units_host, const fkv_bbuf *units,
+                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool);
+
+#endif

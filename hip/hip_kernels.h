@@ -1,0 +1,121 @@
+/* The kernel launchers of the HIP backend: plain C entry points, defined in kernels.hip
+ * (compiled by hipcc, or by nvcc through hip_cuda_compat.h) and called from the C host code.
+ *
+ * Pointers are device pointers already advanced to the caller's byte offsets; KV pools and
+ * word-copy buffers are untyped (the dtype or word size picks the kernel instance). Each
+ * launcher enqueues on `stream` and returns the launch status (hipGetLastError right after the
+ * launch); none blocks. Device-side indices are bounds-checked by the kernels, as in OpenCL. */
+#ifndef FKV_HIP_KERNELS_H
+#define FKV_HIP_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../include/freekv.h"
+#include "hip_platform.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* rows[i] receives row i of k_src/v_src ([row_elems] f32), converted to the dtype. */
+typedef struct fkv_hip_append_args {
+    const float *k_src, *v_src;
+    const int32_t *rows;
+    uint32_t n_rows, row_elems, pool_rows;
+    void *kpool, *vpool;
+} fkv_hip_append_args;
+
+/* pages[2i] = gslot, pages[2i+1] = summary index; summaries [s][n_kv_heads][2][d] f32. */
+typedef struct fkv_hip_summarize_args {
+    const void *kpool;
+    const int32_t *pages;
+    uint32_t n_pages, n_kv_heads, head_dim, page_size, n_slots, n_summaries;
+    float *summaries;
+} fkv_hip_summarize_args;
+
+/* Quest bound; one block per (sequence, KV head) on grid x, `chunks` blocks over its pages on
+ * grid y; dynamic shared memory = group * head_dim floats. */
+typedef struct fkv_hip_scores_args {
+    const float *q;
+    const int32_t *desc;
+    const float *summaries;
+    uint32_t n_summaries;
+    float *out; /* at the caller's out_off */
+    uint64_t out_len; /* floats from out to the end of its buffer */
+    uint32_t n_kv_heads, group, head_dim;
+} fkv_hip_scores_args;
+
+typedef struct fkv_hip_cosine_args {
+    const float *q_cur, *q_prev;
+    uint32_t n_kv_heads, group, head_dim;
+    float tau;
+    float *sims;
+    int32_t *flags;
+} fkv_hip_cosine_args;
+
+/* NHD -> HND: page gslots[i] of both pools into dst page i ([n_kv_heads][K|V][p][d]). */
+typedef struct fkv_hip_pack_args {
+    const void *kpool, *vpool;
+    const int32_t *gslots;
+    uint32_t n_pages, n_kv_heads, row_words, page_size, n_slots;
+    void *dst;
+} fkv_hip_pack_args;
+
+/* HND -> NHD: unit i ([K|V][p][d]) at src + i*unit (offsets == NULL, staging) or at byte
+ * offset offsets[i] of src (recall_direct: src is the device view of mapped host memory) goes
+ * to KV head units[2i+1] of slot units[2i]. */
+typedef struct fkv_hip_scatter_args {
+    const void *src;
+    const uint64_t *offsets;
+    const int32_t *units;
+    uint32_t n_units, n_kv_heads, row_words, page_size, n_slots;
+    void *kpool, *vpool;
+} fkv_hip_scatter_args;
+
+/* Paged decode attention (see opencl/kernels.cl fkv_attention; the same algorithm). */
+typedef struct fkv_hip_attention_args {
+    const float *q;
+    const int32_t *heads, *entries; /* unused when dense_tokens >= 0 */
+    uint32_t n_entries;
+    int32_t dense_tokens;
+    const void *kpool, *vpool;
+    uint32_t n_slots, n_kv_heads, group, head_dim, page_size, tile, n_splits;
+    float scale;
+    float *out;
+    float *part; /* n_splits > 1: [n_bh][n_splits][group][d+2] */
+} fkv_hip_attention_args;
+
+/* Dynamic shared memory of the attention kernel for a tile size. */
+size_t fkv_hip_attention_shared_bytes(uint32_t group, uint32_t head_dim, uint32_t tile);
+
+/* Threads per block of every kernel; the largest block any launcher uses. */
+#define FKV_HIP_BLOCK 256
+#define FKV_HIP_ATTENTION_BLOCK 128
+#define FKV_HIP_SMALL_BLOCK 64 /* scores, cosine */
+
+hipError_t fkv_hip_launch_append(hipStream_t s, fkv_dtype dt, const fkv_hip_append_args *a);
+hipError_t fkv_hip_launch_summarize(hipStream_t s, fkv_dtype dt,
+                                    const fkv_hip_summarize_args *a);
+hipError_t fkv_hip_launch_scores(hipStream_t s, const fkv_hip_scores_args *a, uint32_t n_bh,
+                                 uint32_t chunks);
+hipError_t fkv_hip_launch_cosine(hipStream_t s, const fkv_hip_cosine_args *a, uint32_t n_bh);
+/* word_bytes: the element size (2 or 4) or 16 (rows and offsets 16-byte aligned). */
+hipError_t fkv_hip_launch_pack(hipStream_t s, size_t word_bytes, const fkv_hip_pack_args *a);
+hipError_t fkv_hip_launch_scatter(hipStream_t s, size_t word_bytes,
+                                  const fkv_hip_scatter_args *a);
+hipError_t fkv_hip_launch_attention(hipStream_t s, fkv_dtype dt, const fkv_hip_attention_args *a,
+                                    uint32_t n_bh);
+hipError_t fkv_hip_launch_attention_reduce(hipStream_t s, const float *part, uint32_t n_bh,
+                                           uint32_t group, uint32_t head_dim, uint32_t n_splits,
+                                           float *out);
+
+/* Whether the code object has code for the current device: hipFuncGetAttributes of one
+ * kernel (hipErrorNoBinaryForGpu / hipErrorInvalidDeviceFunction when the build's targets
+ * do not include it). */
+hipError_t fkv_hip_kernels_probe(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

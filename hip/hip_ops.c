@@ -1,0 +1,599 @@
+/* Kernel ops of the HIP backend: argument checks, launch shapes, per-queue scratch.
+ *
+ * Host-side checks cover everything the host can see (queue, geometry, offsets, sizes and
+ * alignment of the actual addresses, recall_direct's host offsets) and refuse a call before
+ * anything is enqueued; indices that live in device buffers are bounds-checked by the kernels.
+ * Kernel arguments travel by value, so launches need no lock; a queue's lock guards only its
+ * scratch (split attention partials, recall offsets) from first use to the last enqueue. */
+#include <limits.h>
+#include <string.h>
+
+#include "../common/error.h"
+#include "hip_internal.h"
+#include "hip_kernels.h"
+
+#define MAX_TILE 32 /* attention tokens per tile (at most one page) */
+#define MAX_AUTO_SPLITS 16
+#define MAX_SCORE_CHUNKS 16
+
+typedef struct launch_ctx {
+    fkv_bdev *d;
+    fkv_queue q;
+    hipStream_t stream;
+    const char *op;
+} launch_ctx;
+
+static size_t esize(fkv_dtype t) { return t == FKV_F32 ? 4 : 2; }
+
+static void *at(const fkv_bbuf *b, size_t off) { return (char *)b->ptr + off; }
+
+static int aligned(const void *p, size_t a) { return (uintptr_t)p % a == 0; }
+
+static fkv_status check_geom(const fkv_kv_geom *g, const char *op) {
+    if (g == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL geometry", op);
+    if (g->n_kv_heads == 0 || g->group == 0 || g->head_dim == 0 || g->page_size == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "hip %s: geometry with a zero (kv heads %u, group %u, d %u, page %u)", op,
+                         g->n_kv_heads, g->group, g->head_dim, g->page_size);
+    if ((unsigned)g->dtype > FKV_BF16)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: unknown dtype %d", op, (int)g->dtype);
+    /* Kernels index one slot and one (sequence, KV head) query block in 32 bits. */
+    uint64_t slot = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * 2;
+    uint64_t qblock = (uint64_t)g->n_kv_heads * g->group * g->head_dim;
+    if (slot > INT32_MAX || qblock > INT32_MAX)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: geometry too large", op);
+    return FKV_OK;
+}
+
+static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const fkv_kv_geom *g,
+                          const char *op, launch_ctx *lc) {
+    fkv_hip_clear_done(deps);
+    if (d == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL device", op);
+    if (q != FKV_QUEUE_COMPUTE && q != FKV_QUEUE_BACKGROUND)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "hip %s: kernels run on the compute or background queue, not %d", op,
+                         (int)q);
+    fkv_status st = check_geom(g, op);
+    if (st == FKV_OK)
+        st = fkv_hip_check_waits(deps);
+    lc->d = d;
+    lc->q = q;
+    lc->stream = d->streams[q];
+    lc->op = op;
+    return st;
+}
+
+/* `bytes` at `off` inside b, the address aligned to `align` (imported pointers included). */
+static fkv_status check_buf(const fkv_bbuf *b, size_t off, uint64_t bytes, size_t align,
+                            const char *op, const char *what) {
+    if (b == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: %s is NULL", op, what);
+    if (off > b->size || bytes > b->size - off)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "hip %s: %s needs %llu bytes at offset %zu of a %zu-byte buffer", op,
+                         what, (unsigned long long)bytes, off, b->size);
+    if (!aligned(at(b, off), align))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "hip %s: %s at offset %zu is not aligned to %zu bytes", op, what, off,
+                         align);
+    return FKV_OK;
+}
+
+/* Whole slots both pools hold (kernels skip indices at or beyond it). */
+static fkv_status pool_slots(const fkv_kv_geom *g, const fkv_bbuf *k, const fkv_bbuf *v,
+                             const char *op, uint32_t *n_slots) {
+    if (k == NULL || v == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL KV pool", op);
+    if (!aligned(k->ptr, esize(g->dtype)) || !aligned(v->ptr, esize(g->dtype)))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: KV pool not aligned to its dtype",
+                         op);
+    size_t slot_bytes = (size_t)g->page_size * g->n_kv_heads * g->head_dim * esize(g->dtype);
+    size_t n = (k->size < v->size ? k->size : v->size) / slot_bytes;
+    if (n == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "hip %s: KV pools smaller than one slot (%zu bytes)", op, slot_bytes);
+    /* Rows (slot * page + token) must fit the kernels' 32-bit arguments. */
+    size_t max_slots = UINT32_MAX / g->page_size;
+    *n_slots = (uint32_t)(n < max_slots ? n : max_slots);
+    return FKV_OK;
+}
+
+static uint32_t clamp_u32(size_t n) { return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n; }
+
+/* Binds the device and makes the stream wait for deps (after every check passed). */
+static fkv_status begin(const launch_ctx *lc, const fkv_deps *deps) {
+    fkv_status st = fkv_hip_bind(lc->d);
+    if (st == FKV_OK)
+        st = fkv_hip_wait(lc->stream, deps);
+    return st;
+}
+
+/* The launch's status, then the completion event. */
+static fkv_status end(const launch_ctx *lc, hipError_t e, const char *kernel,
+                      const fkv_deps *deps) {
+    if (e != hipSuccess)
+        return fkv_error_prefix(fkv_hip_fail(e, HIP_NOT_ALLOC, "kernel launch"), "hip %s (%s)",
+                                lc->op, kernel);
+    return fkv_hip_done(lc->stream, deps);
+}
+
+/* ---- append, summarize, scores, cosine ---- */
+
+fkv_status fkv_hip_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                          const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src,
+                          size_t v_off, uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off,
+                          fkv_bbuf *kpool, fkv_bbuf *vpool) {
+    const char *op = "append";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t row_elems = (uint64_t)g->n_kv_heads * g->head_dim;
+    uint32_t n_slots;
+    if ((st = check_buf(k_src, k_off, n_rows * row_elems * 4, 4, op, "k_src")) != FKV_OK ||
+        (st = check_buf(v_src, v_off, n_rows * row_elems * 4, 4, op, "v_src")) != FKV_OK ||
+        (st = check_buf(rows, rows_off, (uint64_t)n_rows * 4, 4, op, "rows")) != FKV_OK ||
+        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+        return st;
+    if (n_rows == 0)
+        return fkv_hip_marker(dev, q, deps);
+    fkv_hip_append_args a = {
+        .k_src = at(k_src, k_off),
+        .v_src = at(v_src, v_off),
+        .rows = at(rows, rows_off),
+        .n_rows = n_rows,
+        .row_elems = (uint32_t)row_elems,
+        .pool_rows = n_slots * g->page_size,
+        .kpool = kpool->ptr,
+        .vpool = vpool->ptr,
+    };
+    if ((st = begin(&lc, &deps)) != FKV_OK)
+        return st;
+    return end(&lc, fkv_hip_launch_append(lc.stream, g->dtype, &a), "k_append", &deps);
+}
+
+fkv_status fkv_hip_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                             const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
+                             size_t pages_off, fkv_bbuf *summaries) {
+    const char *op = "summarize";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint32_t n_slots;
+    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
+    if ((st = check_buf(pages, pages_off, (uint64_t)n_pages * 8, 4, op, "pages")) != FKV_OK ||
+        (st = check_buf(summaries, 0, summary_bytes, 4, op, "summaries")) != FKV_OK ||
+        (st = pool_slots(g, kpool, kpool, op, &n_slots)) != FKV_OK)
+        return st;
+    if (n_pages == 0)
+        return fkv_hip_marker(dev, q, deps);
+    fkv_hip_summarize_args a = {
+        .kpool = kpool->ptr,
+        .pages = at(pages, pages_off),
+        .n_pages = n_pages,
+        .n_kv_heads = g->n_kv_heads,
+        .head_dim = g->head_dim,
+        .page_size = g->page_size,
+        .n_slots = n_slots,
+        .n_summaries = clamp_u32(summaries->size / summary_bytes),
+        .summaries = summaries->ptr,
+    };
+    if ((st = begin(&lc, &deps)) != FKV_OK)
+        return st;
+    return end(&lc, fkv_hip_launch_summarize(lc.stream, g->dtype, &a), "k_summarize", &deps);
+}
+
+fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
+                          fkv_bbuf *out, size_t out_off) {
+    const char *op = "scores";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t gd = (uint64_t)g->group * g->head_dim;
+    uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * gd * 4;
+    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
+    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
+        (st = check_buf(desc, desc_off, (uint64_t)n_seqs * 12, 4, op, "desc")) != FKV_OK ||
+        (st = check_buf(summaries, 0, 0, 4, op, "summaries")) != FKV_OK ||
+        (st = check_buf(out, out_off, 0, 4, op, "out")) != FKV_OK)
+        return st;
+    if (n_seqs == 0)
+        return fkv_hip_marker(dev, q, deps);
+    if (gd * 4 > dev->shared_per_block)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "hip scores: group x head_dim = %llu floats exceed the %zu bytes of "
+                         "shared memory per block",
+                         (unsigned long long)gd, dev->shared_per_block);
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    if (n_bh > INT32_MAX)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip scores: %u sequences is too many",
+                         n_seqs);
+    /* Enough blocks to fill the device; each strides over its sequence's pages. */
+    uint64_t chunks = (2 * (uint64_t)dev->compute_units + n_bh - 1) / n_bh;
+    chunks = chunks < 1 ? 1 : chunks > MAX_SCORE_CHUNKS ? MAX_SCORE_CHUNKS : chunks;
+    fkv_hip_scores_args a = {
+        .q = at(qbuf, q_off),
+        .desc = at(desc, desc_off),
+        .summaries = summaries->ptr,
+        .n_summaries = clamp_u32(summaries->size / summary_bytes),
+        .out = at(out, out_off),
+        .out_len = (out->size - out_off) / 4,
+        .n_kv_heads = g->n_kv_heads,
+        .group = g->group,
+        .head_dim = g->head_dim,
+    };
+    if ((st = begin(&lc, &deps)) != FKV_OK)
+        return st;
+    return end(&lc, fkv_hip_launch_scores(lc.stream, &a, (uint32_t)n_bh, (uint32_t)chunks),
+               "k_scores", &deps);
+}
+
+fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
+                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
+                                size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+    const char *op = "cosine_flags";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
+    if ((st = check_buf(q_cur, cur_off, q_bytes, 4, op, "q_cur")) != FKV_OK ||
+        (st = check_buf(q_prev, prev_off, q_bytes, 4, op, "q_prev")) != FKV_OK ||
+        (st = check_buf(sims, sims_off, n_bh * 4, 4, op, "sims")) != FKV_OK ||
+        (st = check_buf(flags, flags_off, n_bh * 4, 4, op, "flags")) != FKV_OK)
+        return st;
+    if (n_seqs == 0)
+        return fkv_hip_marker(dev, q, deps);
+    if (n_bh > INT32_MAX)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip cosine_flags: %u sequences is too many",
+                         n_seqs);
+    fkv_hip_cosine_args a = {
+        .q_cur = at(q_cur, cur_off),
+        .q_prev = at(q_prev, prev_off),
+        .n_kv_heads = g->n_kv_heads,
+        .group = g->group,
+        .head_dim = g->head_dim,
+        .tau = tau,
+        .sims = at(sims, sims_off),
+        .flags = at(flags, flags_off),
+    };
+    if ((st = begin(&lc, &deps)) != FKV_OK)
+        return st;
+    return end(&lc, fkv_hip_launch_cosine(lc.stream, &a, (uint32_t)n_bh), "k_cosine", &deps);
+}
+
+/* ---- layout moves ---- */
+
+/* 16-byte words when rows and every address involved allow, else single elements. */
+typedef struct copy_words {
+    size_t word;        /* bytes per word */
+    uint32_t row_words; /* words per (token, head) row */
+} copy_words;
+
+static copy_words pick_words(const fkv_kv_geom *g, int addresses_16) {
+    size_t row_bytes = (size_t)g->head_dim * esize(g->dtype);
+    copy_words c;
+    c.word = row_bytes % 16 == 0 && addresses_16 ? 16 : esize(g->dtype);
+    c.row_words = (uint32_t)(row_bytes / c.word);
+    return c;
+}
+
+fkv_status fkv_hip_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                            const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
+                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
+                            size_t dst_off) {
+    const char *op = "pack_hnd";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t page_bytes =
+        (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * esize(g->dtype);
+    uint32_t n_slots;
+    if ((st = check_buf(gslots, gslots_off, (uint64_t)n_pages * 4, 4, op, "gslots")) != FKV_OK ||
+        (st = check_buf(dst, dst_off, n_pages * page_bytes, esize(g->dtype), op, "dst")) !=
+            FKV_OK ||
+        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+        return st;
+    if (n_pages == 0)
+        return fkv_hip_marker(dev, q, deps);
+    copy_words cw = pick_words(g, aligned(at(dst, dst_off), 16) && aligned(kpool->ptr, 16) &&
+                                      aligned(vpool->ptr, 16));
+    fkv_hip_pack_args a = {
+        .kpool = kpool->ptr,
+        .vpool = vpool->ptr,
+        .gslots = at(gslots, gslots_off),
+        .n_pages = n_pages,
+        .n_kv_heads = g->n_kv_heads,
+        .row_words = cw.row_words,
+        .page_size = g->page_size,
+        .n_slots = n_slots,
+        .dst = at(dst, dst_off),
+    };
+    if ((st = begin(&lc, &deps)) != FKV_OK)
+        return st;
+    return end(&lc, fkv_hip_launch_pack(lc.stream, cw.word, &a), "k_pack", &deps);
+}
+
+fkv_status fkv_hip_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               const fkv_bbuf *src, size_t src_off, uint32_t n_units,
+                               const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                               fkv_bbuf *vpool) {
+    const char *op = "scatter_hnd";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    uint32_t n_slots;
+    if ((st = check_buf(src, src_off, n_units * unit_bytes, esize(g->dtype), op, "src")) !=
+            FKV_OK ||
+        (st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, op, "units")) != FKV_OK ||
+        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+        return st;
+    if (n_units == 0)
+        return fkv_hip_marker(dev, q, deps);
+    copy_words cw = pick_words(g, aligned(at(src, src_off), 16) && aligned(kpool->ptr, 16) &&
+                                      aligned(vpool->ptr, 16));
+    fkv_hip_scatter_args a = {
+        .src = at(src, src_off),
+        .offsets = NULL,
+        .units = at(units, units_off),
+        .n_units = n_units,
+        .n_kv_heads = g->n_kv_heads,
+        .row_words = cw.row_words,
+        .page_size = g->page_size,
+        .n_slots = n_slots,
+        .kpool = kpool->ptr,
+        .vpool = vpool->ptr,
+    };
+    if ((st = begin(&lc, &deps)) != FKV_OK)
+        return st;
+    return end(&lc, fkv_hip_launch_scatter(lc.stream, cw.word, &a), "k_scatter", &deps);
+}
+
+/* The next block of the queue's offsets ring, free (its last reader done) and holding at
+ * least n entries. Caller holds the queue's lock. */
+static fkv_status offsets_block(fkv_bdev *d, hip_scratch *s, uint32_t n, hip_offsets_block **out) {
+    hip_offsets_block *b = &s->offsets[s->next_offsets];
+    s->next_offsets = (s->next_offsets + 1) % FKV_HIP_OFFSET_RING;
+    hipError_t e;
+    if (b->last_use == NULL) {
+        e = hipEventCreateWithFlags(&b->last_use, hipEventDisableTiming);
+        if (e != hipSuccess) {
+            b->last_use = NULL;
+            return fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventCreateWithFlags");
+        }
+    } else if ((e = hipEventSynchronize(b->last_use)) != hipSuccess) {
+        /* only waits when the ring wrapped around a kernel still running */
+        return fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventSynchronize (recall offsets)");
+    }
+    if (b->capacity < n) {
+        size_t want = (size_t)n + n / 2;
+        void *host = NULL, *dev_view = NULL;
+        fkv_status st = fkv_hip_host_malloc(d, want * sizeof(uint64_t), &host, &dev_view);
+        if (st != FKV_OK)
+            return fkv_error_prefix(st, "hip recall_direct: offsets of %u units", n);
+        if (b->host)
+            hipHostFree(b->host);
+        b->host = host;
+        b->dev = dev_view;
+        b->capacity = want;
+    }
+    *out = b;
+    return FKV_OK;
+}
+
+fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                 const fkv_bhost *host, uint32_t n_units,
+                                 const uint64_t *units_host, const fkv_bbuf *units,
+                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool) {
+    const char *op = "recall_direct";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    if (host == NULL || (n_units && units_host == NULL))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL host or unit offsets", op);
+    if (host->dev_ptr == NULL)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "hip %s: device '%s' cannot map host memory (recall mode staged or "
+                         "perpage)",
+                         op, dev->info.name);
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    uint32_t n_slots;
+    if ((st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, op, "units")) != FKV_OK ||
+        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+        return st;
+    /* The offsets are host data: check them all here, the kernel reads host memory. */
+    int all16 = aligned(host->dev_ptr, 16) && aligned(kpool->ptr, 16) && aligned(vpool->ptr, 16);
+    for (uint32_t i = 0; i < n_units; i++) {
+        uint64_t off = units_host[i];
+        if (off % esize(g->dtype) || off > host->size || unit_bytes > host->size - off)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "hip %s: unit %u at host offset %llu is misaligned or beyond the "
+                             "%zu-byte allocation",
+                             op, i, (unsigned long long)off, host->size);
+        all16 &= off % 16 == 0;
+    }
+    if (n_units == 0)
+        return fkv_hip_marker(dev, q, deps);
+    copy_words cw = pick_words(g, all16);
+    hip_scratch *s = &dev->scratch[q];
+    pthread_mutex_lock(&s->lock);
+    hip_offsets_block *b = NULL;
+    st = fkv_hip_bind(dev);
+    if (st == FKV_OK)
+        st = offsets_block(dev, s, n_units, &b);
+    if (st == FKV_OK)
+        st = fkv_hip_wait(lc.stream, &deps);
+    if (st == FKV_OK) {
+        /* Copied now: units_host may change once this returns. The kernel reads the copy in
+         * place through its mapping (a few bytes per 16 KiB unit). */
+        memcpy(b->host, units_host, (size_t)n_units * sizeof *units_host);
+        fkv_hip_scatter_args a = {
+            .src = host->dev_ptr,
+            .offsets = b->dev,
+            .units = at(units, units_off),
+            .n_units = n_units,
+            .n_kv_heads = g->n_kv_heads,
+            .row_words = cw.row_words,
+            .page_size = g->page_size,
+            .n_slots = n_slots,
+            .kpool = kpool->ptr,
+            .vpool = vpool->ptr,
+        };
+        hipError_t e = fkv_hip_launch_scatter(lc.stream, cw.word, &a);
+        if (e == hipSuccess) {
+            e = hipEventRecord(b->last_use, lc.stream);
+            if (e != hipSuccess) {
+                /* The block's reader is unknown now: drain the stream before reusing it. */
+                hipStreamSynchronize(lc.stream);
+                st = fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventRecord (recall offsets)");
+            }
+        }
+        if (st == FKV_OK)
+            st = end(&lc, e, "k_scatter (zero-copy)", &deps);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return st;
+}
+
+/* ---- attention ---- */
+
+/* Splits over pages when (sequence, KV head) blocks alone cannot fill the device. */
+static uint32_t attention_splits(const fkv_bdev *d, uint64_t n_bh) {
+    if (d->split_override > 0)
+        return (uint32_t)d->split_override;
+    uint64_t target = 2 * (uint64_t)d->compute_units;
+    if (n_bh >= target)
+        return 1;
+    uint64_t s = (target + n_bh - 1) / n_bh;
+    return s > MAX_AUTO_SPLITS ? MAX_AUTO_SPLITS : (uint32_t)s;
+}
+
+static fkv_status attention_launch(const launch_ctx *lc, const fkv_kv_geom *g, uint32_t n_seqs,
+                                   fkv_hip_attention_args *a, const fkv_deps *deps) {
+    fkv_bdev *d = lc->d;
+    uint32_t n_bh = n_seqs * g->n_kv_heads;
+    uint32_t splits = attention_splits(d, n_bh);
+    uint32_t tile = g->page_size < MAX_TILE ? g->page_size : MAX_TILE;
+    while (tile > 1 && fkv_hip_attention_shared_bytes(g->group, g->head_dim, tile) >
+                           d->shared_per_block)
+        tile /= 2;
+    size_t need = fkv_hip_attention_shared_bytes(g->group, g->head_dim, tile);
+    if (need > d->shared_per_block)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "hip %s: group %u x head_dim %u needs %zu bytes of shared memory, a "
+                         "block has %zu",
+                         lc->op, g->group, g->head_dim, need, d->shared_per_block);
+    a->n_kv_heads = g->n_kv_heads;
+    a->group = g->group;
+    a->head_dim = g->head_dim;
+    a->page_size = g->page_size;
+    a->tile = tile;
+    a->n_splits = splits;
+
+    hip_scratch *s = &d->scratch[lc->q];
+    pthread_mutex_lock(&s->lock);
+    /* Scratch first: growing it drains the stream, which must not wait for deps yet. */
+    fkv_status st = fkv_hip_bind(d);
+    if (st == FKV_OK && splits > 1)
+        st = fkv_hip_scratch(d, lc->q, &s->partials, &s->partials_size,
+                             (size_t)n_bh * splits * g->group * (g->head_dim + 2) * 4);
+    if (st == FKV_OK)
+        st = fkv_hip_wait(lc->stream, deps);
+    if (st == FKV_OK) {
+        a->part = splits > 1 ? s->partials : NULL;
+        hipError_t e = fkv_hip_launch_attention(lc->stream, g->dtype, a, n_bh);
+        if (e == hipSuccess && splits > 1)
+            e = fkv_hip_launch_attention_reduce(lc->stream, s->partials, n_bh, g->group,
+                                                g->head_dim, splits, a->out);
+        st = end(lc, e, splits > 1 ? "k_attention + k_attention_reduce" : "k_attention", deps);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return st;
+}
+
+fkv_status fkv_hip_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                             const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                             const fkv_bbuf *heads, size_t heads_off, const fkv_bbuf *entries,
+                             size_t entries_off, const fkv_bbuf *kpool, const fkv_bbuf *vpool,
+                             float scale, fkv_bbuf *out, size_t out_off) {
+    const char *op = "attention";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
+    uint32_t n_slots;
+    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
+        (st = check_buf(heads, heads_off, n_bh * 8, 4, op, "heads")) != FKV_OK ||
+        (st = check_buf(entries, entries_off, 0, 4, op, "entries")) != FKV_OK ||
+        (st = check_buf(out, out_off, q_bytes, 4, op, "out")) != FKV_OK ||
+        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+        return st;
+    if (n_bh > INT32_MAX)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: %u sequences is too many", op,
+                         n_seqs);
+    if (n_seqs == 0)
+        return fkv_hip_marker(dev, q, deps);
+    size_t n_entries = (entries->size - entries_off) / 8;
+    fkv_hip_attention_args a = {
+        .q = at(qbuf, q_off),
+        .heads = at(heads, heads_off),
+        .entries = at(entries, entries_off),
+        .n_entries = n_entries > INT32_MAX ? INT32_MAX : (uint32_t)n_entries,
+        .dense_tokens = -1,
+        .kpool = kpool->ptr,
+        .vpool = vpool->ptr,
+        .n_slots = n_slots,
+        .scale = scale,
+        .out = at(out, out_off),
+    };
+    return attention_launch(&lc, g, n_seqs, &a, &deps);
+}
+
+fkv_status fkv_hip_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                   const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
+                                   uint32_t n_tokens, const fkv_bbuf *k, const fkv_bbuf *v,
+                                   float scale, fkv_bbuf *out, size_t out_off) {
+    const char *op = "attention_dense";
+    launch_ctx lc;
+    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
+    if (st != FKV_OK)
+        return st;
+    uint64_t q_bytes = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
+    uint64_t kv_bytes = (uint64_t)n_tokens * g->n_kv_heads * g->head_dim * esize(g->dtype);
+    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
+        (st = check_buf(k, 0, kv_bytes, esize(g->dtype), op, "k")) != FKV_OK ||
+        (st = check_buf(v, 0, kv_bytes, esize(g->dtype), op, "v")) != FKV_OK ||
+        (st = check_buf(out, out_off, q_bytes, 4, op, "out")) != FKV_OK)
+        return st;
+    if (n_tokens > INT32_MAX - g->page_size)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: %u tokens is too many", op,
+                         n_tokens);
+    /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1. */
+    fkv_hip_attention_args a = {
+        .q = at(qbuf, q_off),
+        .heads = NULL, /* not read in dense mode */
+        .entries = NULL,
+        .n_entries = 0,
+        .dense_tokens = (int32_t)n_tokens,
+        .kpool = k->ptr,
+        .vpool = v->ptr,
+        .n_slots = (n_tokens + g->page_size - 1) / g->page_size,
+        .scale = scale,
+        .out = at(out, out_off),
+    };
+    return attention_launch(&lc, g, 1, &a, &deps);
+}

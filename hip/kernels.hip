@@ -1,0 +1,580 @@
+/* freekv HIP kernels and their C launchers (hip_kernels.h).
+ *
+ * The same algorithms as opencl/kernels.cl, one source for AMD (hipcc) and NVIDIA (nvcc with
+ * hip_cuda_compat.h). The storage dtype is a template parameter (all three are compiled in);
+ * arithmetic is f32 throughout and conversions are bit-identical to common/dtype.h
+ * (hip_dtype.h). Every kernel bounds-checks the indices it reads from device buffers, so a bad
+ * index skips work instead of writing outside a buffer. No kernel assumes a wavefront/warp
+ * size: reductions go through shared memory and __syncthreads. */
+#include "hip_platform.h"
+
+#include "hip_dtype.h"
+#include "hip_kernels.h"
+
+/* ---- KV storage types ---- */
+
+struct kv_f32 {
+    typedef float store_t;
+    static __device__ float load(const void *p, size_t i) { return ((const float *)p)[i]; }
+    static __device__ void store(void *p, size_t i, float v) { ((float *)p)[i] = v; }
+};
+struct kv_f16 {
+    typedef uint16_t store_t;
+    static __device__ float load(const void *p, size_t i) {
+        return fkv_hip_f16_to_f32(((const uint16_t *)p)[i]);
+    }
+    static __device__ void store(void *p, size_t i, float v) {
+        ((uint16_t *)p)[i] = fkv_hip_f32_to_f16(v);
+    }
+};
+struct kv_bf16 {
+    typedef uint16_t store_t;
+    static __device__ float load(const void *p, size_t i) {
+        return fkv_hip_bf16_to_f32(((const uint16_t *)p)[i]);
+    }
+    static __device__ void store(void *p, size_t i, float v) {
+        ((uint16_t *)p)[i] = fkv_hip_f32_to_bf16(v);
+    }
+};
+
+/* The word of the layout moves: bits only, never values. 16 bytes when rows and offsets are
+ * 16-byte aligned (one 128-bit load/store), else one element. */
+struct alignas(16) word16 {
+    uint32_t v[4];
+};
+
+static __device__ inline size_t global_id_x() {
+    return (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+}
+
+/* ---- append, summarize ---- */
+
+template <class K>
+__global__ void __launch_bounds__(FKV_HIP_BLOCK) k_append(fkv_hip_append_args a) {
+    size_t gid = global_id_x();
+    size_t i = gid / a.row_elems, j = gid % a.row_elems;
+    if (i >= a.n_rows)
+        return;
+    int32_t row = a.rows[i];
+    if (row < 0 || (uint32_t)row >= a.pool_rows)
+        return;
+    size_t dst = (size_t)row * a.row_elems + j;
+    K::store(a.kpool, dst, a.k_src[gid]);
+    K::store(a.vpool, dst, a.v_src[gid]);
+}
+
+/* One thread per (page i, KV head, channel): min and max over the page's tokens. */
+template <class K>
+__global__ void __launch_bounds__(FKV_HIP_BLOCK) k_summarize(fkv_hip_summarize_args a) {
+    size_t gid = global_id_x();
+    size_t row_elems = (size_t)a.n_kv_heads * a.head_dim;
+    size_t i = gid / row_elems, r = gid % row_elems;
+    if (i >= a.n_pages)
+        return;
+    int32_t gslot = a.pages[2 * i], s = a.pages[2 * i + 1];
+    if (gslot < 0 || (uint32_t)gslot >= a.n_slots || s < 0 || (uint32_t)s >= a.n_summaries)
+        return;
+    float mn = INFINITY, mx = -INFINITY;
+    size_t base = (size_t)gslot * a.page_size * row_elems + r;
+    for (uint32_t t = 0; t < a.page_size; t++) {
+        float v = K::load(a.kpool, base + t * row_elems);
+        mn = fminf(mn, v);
+        mx = fmaxf(mx, v);
+    }
+    size_t h = r / a.head_dim, c = r % a.head_dim;
+    float *o = a.summaries + ((size_t)s * a.n_kv_heads + h) * 2 * a.head_dim;
+    o[c] = mn;
+    o[a.head_dim + c] = mx;
+}
+
+/* ---- scores, cosine ---- */
+
+#define SCORE_GROUP 8 /* query heads scored per pass over a summary */
+
+/* Quest bound of all query heads of one KV head in one pass over each summary. Block x =
+ * (sequence, KV head); the blocks along y stride over its pages. */
+__global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_args a) {
+    extern __shared__ float qs[]; /* [group * head_dim] */
+    uint32_t bh = blockIdx.x;
+    uint32_t b = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
+    uint32_t gd = a.group * a.head_dim;
+    const float *qb = a.q + (size_t)bh * gd;
+    for (uint32_t i = threadIdx.x; i < gd; i += blockDim.x)
+        qs[i] = qb[i];
+    __syncthreads();
+    int32_t base = a.desc[3 * b], n_pages = a.desc[3 * b + 1];
+    int64_t obase = a.desc[3 * b + 2];
+    size_t stride = (size_t)gridDim.y * blockDim.x;
+    size_t n = n_pages > 0 ? (size_t)n_pages : 0;
+    for (size_t j = (size_t)blockIdx.y * blockDim.x + threadIdx.x; j < n; j += stride) {
+        int64_t sidx = (int64_t)base + (int64_t)j;
+        if (sidx < 0 || sidx >= (int64_t)a.n_summaries)
+            continue;
+        const float *mn = a.summaries + ((size_t)sidx * a.n_kv_heads + h) * 2 * a.head_dim;
+        const float *mx = mn + a.head_dim;
+        for (uint32_t g0 = 0; g0 < a.group; g0 += SCORE_GROUP) {
+            uint32_t ng = a.group - g0 < SCORE_GROUP ? a.group - g0 : SCORE_GROUP;
+            float acc[SCORE_GROUP];
+            for (uint32_t k = 0; k < SCORE_GROUP; k++)
+                acc[k] = 0.0f;
+            for (uint32_t c = 0; c < a.head_dim; c++) {
+                float lo = mn[c], hi = mx[c];
+                for (uint32_t k = 0; k < ng; k++) {
+                    float qv = qs[(g0 + k) * a.head_dim + c];
+                    acc[k] += fmaxf(qv * hi, qv * lo);
+                }
+            }
+            for (uint32_t k = 0; k < ng; k++) {
+                int64_t o = obase + (int64_t)(h * a.group + g0 + k) * n_pages + (int64_t)j;
+                if (o >= 0 && (uint64_t)o < a.out_len)
+                    a.out[o] = acc[k];
+            }
+        }
+    }
+}
+
+/* One block per (sequence, KV head); blockDim.x a power of two. Dynamic shared: 3 * blockDim.x
+ * floats. */
+__global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_args a) {
+    extern __shared__ float red[];
+    uint32_t bh = blockIdx.x, lid = threadIdx.x, w = blockDim.x;
+    size_t base = (size_t)bh * a.group * a.head_dim;
+    float mean = 0.0f;
+    for (uint32_t g = 0; g < a.group; g++) {
+        const float *x = a.q_cur + base + (size_t)g * a.head_dim;
+        const float *y = a.q_prev + base + (size_t)g * a.head_dim;
+        float ab = 0.0f, aa = 0.0f, bb = 0.0f;
+        for (uint32_t c = lid; c < a.head_dim; c += w) {
+            float xv = x[c], yv = y[c];
+            ab += xv * yv;
+            aa += xv * xv;
+            bb += yv * yv;
+        }
+        red[lid] = ab;
+        red[w + lid] = aa;
+        red[2 * w + lid] = bb;
+        __syncthreads();
+        for (uint32_t s = w / 2; s > 0; s /= 2) {
+            if (lid < s) {
+                red[lid] += red[lid + s];
+                red[w + lid] += red[w + lid + s];
+                red[2 * w + lid] += red[2 * w + lid + s];
+            }
+            __syncthreads();
+        }
+        if (lid == 0) {
+            float na = sqrtf(red[w]), nb = sqrtf(red[2 * w]);
+            mean += (na > 0.0f && nb > 0.0f) ? red[0] / (na * nb) : 0.0f;
+        }
+        __syncthreads(); /* red is reused by the next head */
+    }
+    if (lid == 0) {
+        mean /= (float)a.group;
+        a.sims[bh] = mean;
+        a.flags[bh] = !(mean >= a.tau); /* a NaN similarity is corrected */
+    }
+}
+
+/* ---- layout moves: blockDim (words within a row, rows), rows along grid x ---- */
+
+static __device__ inline bool move_coords(uint32_t row_words, size_t *w, size_t *row) {
+    *w = (size_t)blockIdx.y * blockDim.x + threadIdx.x;
+    *row = (size_t)blockIdx.x * blockDim.y + threadIdx.y;
+    return *w < row_words;
+}
+
+/* NHD -> HND: page gslots[i] into dst page i as [n_kv_heads][K|V][p][d]. */
+template <class W>
+__global__ void __launch_bounds__(FKV_HIP_BLOCK) k_pack(fkv_hip_pack_args a) {
+    size_t w, row;
+    if (!move_coords(a.row_words, &w, &row))
+        return;
+    size_t rows_per_page = 2 * (size_t)a.page_size * a.n_kv_heads;
+    size_t i = row / rows_per_page, r = row % rows_per_page;
+    if (i >= a.n_pages)
+        return;
+    int32_t gslot = a.gslots[i];
+    if (gslot < 0 || (uint32_t)gslot >= a.n_slots)
+        return;
+    size_t h = r / (2 * a.page_size), kv = (r / a.page_size) % 2, t = r % a.page_size;
+    size_t src = (((size_t)gslot * a.page_size + t) * a.n_kv_heads + h) * a.row_words + w;
+    const W *pool = (const W *)(kv ? a.vpool : a.kpool);
+    ((W *)a.dst)[row * a.row_words + w] = pool[src];
+}
+
+/* HND -> NHD: unit i ([K|V][p][d]) into KV head units[2i+1] of slot units[2i]; the unit is at
+ * src + i * unit size, or (zero-copy recall) at byte offset offsets[i] of mapped host memory. */
+template <class W>
+__global__ void __launch_bounds__(FKV_HIP_BLOCK) k_scatter(fkv_hip_scatter_args a) {
+    size_t w, row;
+    if (!move_coords(a.row_words, &w, &row))
+        return;
+    size_t i = row / (2 * (size_t)a.page_size), r = row % (2 * (size_t)a.page_size);
+    if (i >= a.n_units)
+        return;
+    int32_t slot = a.units[2 * i], h = a.units[2 * i + 1];
+    if (slot < 0 || (uint32_t)slot >= a.n_slots || h < 0 || (uint32_t)h >= a.n_kv_heads)
+        return;
+    size_t kv = r / a.page_size, t = r % a.page_size;
+    size_t dst = (((size_t)slot * a.page_size + t) * a.n_kv_heads + h) * a.row_words + w;
+    const W *unit = a.offsets ? (const W *)((const unsigned char *)a.src + a.offsets[i])
+                              : (const W *)a.src + i * 2 * a.page_size * a.row_words;
+    W x = unit[r * a.row_words + w];
+    ((W *)(kv ? a.vpool : a.kpool))[dst] = x;
+}
+
+/* ---- attention ---- */
+
+/* Paged decode attention with GQA, as fkv_attention in opencl/kernels.cl: one block per
+ * (sequence, KV head, split) serves all `group` query heads; tiles of up to `tile` tokens of
+ * one page: K tile -> scores -> online softmax -> V tile -> accumulate. Dynamic shared memory:
+ * qs, acc [group*d]; kt [tile*(d+1)] (padded against bank conflicts); sc [group*tile];
+ * st [3*group] = running max, running sum, rescale factor. */
+template <class K>
+__global__ void __launch_bounds__(FKV_HIP_ATTENTION_BLOCK) k_attention(fkv_hip_attention_args a) {
+    extern __shared__ float smem[];
+    const uint32_t lid = threadIdx.x, w = blockDim.x;
+    const uint32_t bh = blockIdx.x / a.n_splits, split = blockIdx.x % a.n_splits;
+    const uint32_t h = bh % a.n_kv_heads, group = a.group, tile = a.tile;
+    const uint32_t d = a.head_dim, gd = group * d, ldk = d + 1;
+    const size_t row_elems = (size_t)a.n_kv_heads * d;
+    float *qs = smem, *acc = qs + gd, *kt = acc + gd, *sc = kt + (size_t)tile * ldk,
+          *st = sc + (size_t)group * tile;
+
+    /* bh * gd is also the offset of this (sequence, KV head)'s query heads: [b][h*G+g][d]. */
+    const float *qb = a.q + (size_t)bh * gd;
+    for (uint32_t i = lid; i < gd; i += w) {
+        qs[i] = qb[i] * a.scale;
+        acc[i] = 0.0f;
+    }
+    for (uint32_t g = lid; g < group; g += w) {
+        st[g] = -INFINITY;
+        st[group + g] = 0.0f;
+        st[2 * group + g] = 1.0f;
+    }
+    int32_t first = 0, count;
+    if (a.dense_tokens >= 0) {
+        count = (a.dense_tokens + (int32_t)a.page_size - 1) / (int32_t)a.page_size;
+    } else {
+        first = a.heads[2 * bh];
+        count = a.heads[2 * bh + 1];
+        count = count > 0 ? count : 0;
+        /* A list that runs past the entries buffer is cut at its end. */
+        if (first < 0 || (uint32_t)first > a.n_entries)
+            count = 0;
+        else if ((int64_t)count > (int64_t)a.n_entries - first)
+            count = (int32_t)((int64_t)a.n_entries - first);
+    }
+    const int32_t per = (count + (int32_t)a.n_splits - 1) / (int32_t)a.n_splits;
+    const int32_t e0 = min((int32_t)split * per, count), e1 = min(e0 + per, count);
+    __syncthreads();
+
+    for (int32_t e = e0; e < e1; e++) {
+        int32_t gslot, valid;
+        if (a.dense_tokens >= 0) {
+            gslot = e;
+            valid = min((int32_t)a.page_size, a.dense_tokens - e * (int32_t)a.page_size);
+        } else {
+            gslot = a.entries[2 * (size_t)(first + e)];
+            valid = a.entries[2 * (size_t)(first + e) + 1];
+        }
+        valid = max(0, min(valid, (int32_t)a.page_size));
+        if (gslot < 0 || (uint32_t)gslot >= a.n_slots)
+            valid = 0; /* uniform over the block: the barriers below stay matched */
+        const size_t page_base = (size_t)gslot * a.page_size * row_elems + (size_t)h * d;
+        for (int32_t t0 = 0; t0 < valid; t0 += (int32_t)tile) {
+            const uint32_t nt = (uint32_t)min((int32_t)tile, valid - t0);
+            for (uint32_t i = lid; i < nt * d; i += w) {
+                uint32_t t = i / d, c = i % d;
+                kt[t * ldk + c] = K::load(a.kpool, page_base + (size_t)(t0 + t) * row_elems + c);
+            }
+            __syncthreads();
+            for (uint32_t i = lid; i < group * nt; i += w) {
+                uint32_t g = i / nt, t = i % nt;
+                const float *qg = qs + g * d, *kr = kt + t * ldk;
+                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+                uint32_t c = 0;
+                for (; c + 4 <= d; c += 4) { /* four independent sums, as vload4 in OpenCL */
+                    s0 += qg[c] * kr[c];
+                    s1 += qg[c + 1] * kr[c + 1];
+                    s2 += qg[c + 2] * kr[c + 2];
+                    s3 += qg[c + 3] * kr[c + 3];
+                }
+                float s = (s0 + s1) + (s2 + s3);
+                for (; c < d; c++)
+                    s += qg[c] * kr[c];
+                sc[g * tile + t] = s;
+            }
+            __syncthreads();
+            for (uint32_t g = lid; g < group; g += w) {
+                float m_old = st[g], m_new = m_old;
+                for (uint32_t t = 0; t < nt; t++)
+                    m_new = fmaxf(m_new, sc[g * tile + t]);
+                float sum = 0.0f;
+                for (uint32_t t = 0; t < nt; t++) {
+                    float p = expf(sc[g * tile + t] - m_new);
+                    sc[g * tile + t] = p;
+                    sum += p;
+                }
+                float alpha = expf(m_old - m_new); /* 0 when nothing was seen yet */
+                st[g] = m_new;
+                st[group + g] = st[group + g] * alpha + sum;
+                st[2 * group + g] = alpha;
+            }
+            /* kt is free again: all score reads finished before the last barrier. */
+            for (uint32_t i = lid; i < nt * d; i += w) {
+                uint32_t t = i / d, c = i % d;
+                kt[t * ldk + c] = K::load(a.vpool, page_base + (size_t)(t0 + t) * row_elems + c);
+            }
+            __syncthreads();
+            for (uint32_t i = lid; i < gd; i += w) {
+                uint32_t g = i / d, c = i % d;
+                const float *pg = sc + g * tile;
+                float x = acc[i] * st[2 * group + g];
+                for (uint32_t t = 0; t < nt; t++)
+                    x += pg[t] * kt[t * ldk + c];
+                acc[i] = x;
+            }
+            __syncthreads();
+        }
+    }
+
+    if (a.n_splits == 1) {
+        float *ob = a.out + (size_t)bh * gd;
+        for (uint32_t i = lid; i < gd; i += w) {
+            float l = st[group + i / d];
+            ob[i] = l > 0.0f ? acc[i] / l : 0.0f;
+        }
+    } else {
+        float *pb = a.part + ((size_t)bh * a.n_splits + split) * group * (d + 2);
+        for (uint32_t i = lid; i < gd; i += w) {
+            uint32_t g = i / d, c = i % d;
+            pb[(size_t)g * (d + 2) + 2 + c] = acc[i];
+        }
+        for (uint32_t g = lid; g < group; g += w) {
+            pb[(size_t)g * (d + 2)] = st[g];
+            pb[(size_t)g * (d + 2) + 1] = st[group + g];
+        }
+    }
+}
+
+/* Combines the split partials of k_attention: one thread per output element. */
+__global__ void __launch_bounds__(FKV_HIP_BLOCK)
+    k_attention_reduce(const float *part, uint32_t n_bh, uint32_t group, uint32_t head_dim,
+                       uint32_t n_splits, float *out) {
+    size_t gid = global_id_x();
+    size_t gd = (size_t)group * head_dim;
+    size_t bh = gid / gd, g = (gid / head_dim) % group, c = gid % head_dim;
+    if (bh >= n_bh)
+        return;
+    size_t stride = (size_t)group * (head_dim + 2);
+    const float *p = part + bh * n_splits * stride + g * (head_dim + 2);
+    float m = -INFINITY;
+    for (uint32_t s = 0; s < n_splits; s++)
+        m = fmaxf(m, p[s * stride]);
+    float l = 0.0f, x = 0.0f;
+    if (m != -INFINITY) {
+        for (uint32_t s = 0; s < n_splits; s++) {
+            float ms = p[s * stride];
+            if (ms == -INFINITY)
+                continue; /* an empty split */
+            float wgt = expf(ms - m);
+            l += p[s * stride + 1] * wgt;
+            x += p[s * stride + 2 + c] * wgt;
+        }
+    }
+    out[gid] = l > 0.0f ? x / l : 0.0f;
+}
+
+/* ---- launchers ---- */
+
+static const size_t max_grid_x = 0x7fffffffu;
+
+static size_t div_up(size_t n, size_t m) { return (n + m - 1) / m; }
+
+/* Clears an earlier failed runtime call's error so the launch reports only its own (sticky
+ * errors survive the clear and are reported). */
+static hipError_t launched() { return hipGetLastError(); }
+
+static hipError_t grid_1d(size_t n, uint32_t block, dim3 *grid) {
+    size_t blocks = div_up(n, block);
+    if (blocks == 0 || blocks > max_grid_x)
+        return hipErrorInvalidValue;
+    *grid = dim3((unsigned)blocks);
+    return hipSuccess;
+}
+
+template <template <class> class F, class... A>
+static hipError_t by_dtype(fkv_dtype dt, A... args) {
+    switch (dt) {
+    case FKV_F16:
+        return F<kv_f16>::run(args...);
+    case FKV_BF16:
+        return F<kv_bf16>::run(args...);
+    default:
+        return F<kv_f32>::run(args...);
+    }
+}
+
+template <class K> struct run_append {
+    static hipError_t run(hipStream_t s, const fkv_hip_append_args *a) {
+        dim3 grid;
+        hipError_t e = grid_1d((size_t)a->n_rows * a->row_elems, FKV_HIP_BLOCK, &grid);
+        if (e != hipSuccess)
+            return e;
+        (void)hipGetLastError();
+        hipLaunchKernelGGL(k_append<K>, grid, dim3(FKV_HIP_BLOCK), 0, s, *a);
+        return launched();
+    }
+};
+
+extern "C" hipError_t fkv_hip_launch_append(hipStream_t s, fkv_dtype dt,
+                                            const fkv_hip_append_args *a) {
+    return by_dtype<run_append>(dt, s, a);
+}
+
+template <class K> struct run_summarize {
+    static hipError_t run(hipStream_t s, const fkv_hip_summarize_args *a) {
+        dim3 grid;
+        hipError_t e = grid_1d((size_t)a->n_pages * a->n_kv_heads * a->head_dim, FKV_HIP_BLOCK,
+                               &grid);
+        if (e != hipSuccess)
+            return e;
+        (void)hipGetLastError();
+        hipLaunchKernelGGL(k_summarize<K>, grid, dim3(FKV_HIP_BLOCK), 0, s, *a);
+        return launched();
+    }
+};
+
+extern "C" hipError_t fkv_hip_launch_summarize(hipStream_t s, fkv_dtype dt,
+                                               const fkv_hip_summarize_args *a) {
+    return by_dtype<run_summarize>(dt, s, a);
+}
+
+extern "C" hipError_t fkv_hip_launch_scores(hipStream_t s, const fkv_hip_scores_args *a,
+                                            uint32_t n_bh, uint32_t chunks) {
+    if (n_bh == 0 || n_bh > max_grid_x || chunks == 0 || chunks > 65535)
+        return hipErrorInvalidValue;
+    size_t shared = (size_t)a->group * a->head_dim * sizeof(float);
+    (void)hipGetLastError();
+    hipLaunchKernelGGL(k_scores, dim3(n_bh, chunks), dim3(FKV_HIP_SMALL_BLOCK), shared, s, *a);
+    return launched();
+}
+
+extern "C" hipError_t fkv_hip_launch_cosine(hipStream_t s, const fkv_hip_cosine_args *a,
+                                            uint32_t n_bh) {
+    if (n_bh == 0 || n_bh > max_grid_x)
+        return hipErrorInvalidValue;
+    size_t shared = 3 * (size_t)FKV_HIP_SMALL_BLOCK * sizeof(float);
+    (void)hipGetLastError();
+    hipLaunchKernelGGL(k_cosine, dim3(n_bh), dim3(FKV_HIP_SMALL_BLOCK), shared, s, *a);
+    return launched();
+}
+
+/* Blocks of (words within a row) x (rows), FKV_HIP_BLOCK threads; rows along grid x. */
+static hipError_t move_grid(size_t n_rows, uint32_t row_words, dim3 *grid, dim3 *block) {
+    uint32_t l0 = row_words < FKV_HIP_BLOCK ? row_words : FKV_HIP_BLOCK;
+    if (l0 == 0)
+        return hipErrorInvalidValue;
+    uint32_t l1 = FKV_HIP_BLOCK / l0;
+    size_t gx = div_up(n_rows, l1), gy = div_up(row_words, l0);
+    if (gx == 0 || gx > max_grid_x || gy > 65535)
+        return hipErrorInvalidValue;
+    *grid = dim3((unsigned)gx, (unsigned)gy);
+    *block = dim3(l0, l1);
+    return hipSuccess;
+}
+
+template <class W> static hipError_t run_pack(hipStream_t s, const fkv_hip_pack_args *a) {
+    dim3 grid, block;
+    size_t rows = (size_t)a->n_pages * a->n_kv_heads * 2 * a->page_size;
+    hipError_t e = move_grid(rows, a->row_words, &grid, &block);
+    if (e != hipSuccess)
+        return e;
+    (void)hipGetLastError();
+    hipLaunchKernelGGL(k_pack<W>, grid, block, 0, s, *a);
+    return launched();
+}
+
+extern "C" hipError_t fkv_hip_launch_pack(hipStream_t s, size_t word_bytes,
+                                          const fkv_hip_pack_args *a) {
+    switch (word_bytes) {
+    case 16:
+        return run_pack<word16>(s, a);
+    case 4:
+        return run_pack<uint32_t>(s, a);
+    case 2:
+        return run_pack<uint16_t>(s, a);
+    default:
+        return hipErrorInvalidValue;
+    }
+}
+
+template <class W> static hipError_t run_scatter(hipStream_t s, const fkv_hip_scatter_args *a) {
+    dim3 grid, block;
+    size_t rows = (size_t)a->n_units * 2 * a->page_size;
+    hipError_t e = move_grid(rows, a->row_words, &grid, &block);
+    if (e != hipSuccess)
+        return e;
+    (void)hipGetLastError();
+    hipLaunchKernelGGL(k_scatter<W>, grid, block, 0, s, *a);
+    return launched();
+}
+
+extern "C" hipError_t fkv_hip_launch_scatter(hipStream_t s, size_t word_bytes,
+                                             const fkv_hip_scatter_args *a) {
+    switch (word_bytes) {
+    case 16:
+        return run_scatter<word16>(s, a);
+    case 4:
+        return run_scatter<uint32_t>(s, a);
+    case 2:
+        return run_scatter<uint16_t>(s, a);
+    default:
+        return hipErrorInvalidValue;
+    }
+}
+
+extern "C" size_t fkv_hip_attention_shared_bytes(uint32_t group, uint32_t head_dim,
+                                                 uint32_t tile) {
+    size_t gd = (size_t)group * head_dim;
+    return sizeof(float) *
+           (2 * gd + (size_t)tile * (head_dim + 1) + (size_t)group * tile + 3 * (size_t)group);
+}
+
+template <class K> struct run_attention {
+    static hipError_t run(hipStream_t s, const fkv_hip_attention_args *a, uint32_t n_bh) {
+        size_t blocks = (size_t)n_bh * a->n_splits;
+        if (blocks == 0 || blocks > max_grid_x)
+            return hipErrorInvalidValue;
+        size_t shared = fkv_hip_attention_shared_bytes(a->group, a->head_dim, a->tile);
+        (void)hipGetLastError();
+        hipLaunchKernelGGL(k_attention<K>, dim3((unsigned)blocks), dim3(FKV_HIP_ATTENTION_BLOCK),
+                           shared, s, *a);
+        return launched();
+    }
+};
+
+extern "C" hipError_t fkv_hip_launch_attention(hipStream_t s, fkv_dtype dt,
+                                               const fkv_hip_attention_args *a, uint32_t n_bh) {
+    return by_dtype<run_attention>(dt, s, a, n_bh);
+}
+
+extern "C" hipError_t fkv_hip_launch_attention_reduce(hipStream_t s, const float *part,
+                                                      uint32_t n_bh, uint32_t group,
+                                                      uint32_t head_dim, uint32_t n_splits,
+                                                      float *out) {
+    dim3 grid;
+    hipError_t e = grid_1d((size_t)n_bh * group * head_dim, FKV_HIP_BLOCK, &grid);
+    if (e != hipSuccess)
+        return e;
+    (void)hipGetLastError();
+    hipLaunchKernelGGL(k_attention_reduce, grid, dim3(FKV_HIP_BLOCK), 0, s, part, n_bh, group,
+                       head_dim, n_splits, out);
+    return launched();
+}
+
+extern "C" hipError_t fkv_hip_kernels_probe(void) {
+    struct hipFuncAttributes attr;
+    return hipFuncGetAttributes(&attr, reinterpret_cast<const void *>(&k_attention_reduce));
+}

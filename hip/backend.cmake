@@ -41,8 +41,17 @@ if(FREEKV_HIP)
     if(NOT FKV_NVCC)
       message(FATAL_ERROR "FREEKV_HIP with FREEKV_HIP_PLATFORM=nvidia needs nvcc (set FKV_NVCC or CUDA_PATH)")
     endif()
-    get_filename_component(_fkv_cuda_root ${FKV_NVCC} DIRECTORY)
-    get_filename_component(_fkv_cuda_root ${_fkv_cuda_root} DIRECTORY)
+    # nvcc may be a wrapper script or a link outside the CUDA tree (/usr/local/bin/nvcc):
+    # nvcc names its own folder (_HERE_) in --dryrun, so ask it rather than guess.
+    execute_process(COMMAND ${FKV_NVCC} --dryrun -x cu -c /dev/null -o /dev/null
+      OUTPUT_VARIABLE _fkv_nvcc_dry ERROR_VARIABLE _fkv_nvcc_dry RESULT_VARIABLE _fkv_nvcc_rc)
+    if(_fkv_nvcc_dry MATCHES "#\\$ _HERE_=([^\r\n]+)")
+      get_filename_component(_fkv_cuda_root "${CMAKE_MATCH_1}" DIRECTORY)
+    else()
+      get_filename_component(_fkv_cuda_root ${FKV_NVCC} REALPATH)
+      get_filename_component(_fkv_cuda_root ${_fkv_cuda_root} DIRECTORY)
+      get_filename_component(_fkv_cuda_root ${_fkv_cuda_root} DIRECTORY)
+    endif()
     find_path(FKV_CUDA_INCLUDE cuda_runtime_api.h HINTS ${_fkv_cuda_root}/include
       ${_fkv_cuda_root}/targets/x86_64-linux/include NO_DEFAULT_PATH)
     # Static runtime: the build folder runs on a GPU host whatever CUDA install it has
@@ -50,7 +59,7 @@ if(FREEKV_HIP)
     find_library(FKV_CUDART_STATIC NAMES cudart_static HINTS ${_fkv_cuda_root}/lib64
       ${_fkv_cuda_root}/lib ${_fkv_cuda_root}/targets/x86_64-linux/lib NO_DEFAULT_PATH)
     if(NOT FKV_CUDA_INCLUDE OR NOT FKV_CUDART_STATIC)
-      message(FATAL_ERROR "FREEKV_HIP_PLATFORM=nvidia: CUDA headers or libcudart_static not found next to ${FKV_NVCC}")
+      message(FATAL_ERROR "FREEKV_HIP_PLATFORM=nvidia: CUDA headers or libcudart_static not found under ${_fkv_cuda_root} (the CUDA install of ${FKV_NVCC}); set FKV_NVCC to the nvcc of a full CUDA toolkit")
     endif()
     set(_fkv_hip_arch_flags "")
     set(_fkv_hip_last_arch "")

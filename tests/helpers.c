@@ -29,6 +29,17 @@ void th_fill_normal(th_rng *r, float *x, size_t n, float scale) {
         x[i] = th_normal(r) * scale;
 }
 
+void th_permutation(th_rng *r, int32_t *a, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        a[i] = (int32_t)i;
+    for (size_t i = n; i > 1; i--) { /* Fisher-Yates */
+        size_t j = th_u32(r) % i;
+        int32_t t = a[i - 1];
+        a[i - 1] = a[j];
+        a[j] = t;
+    }
+}
+
 void th_round_dtype(float *x, size_t n, fkv_dtype dtype) {
     for (size_t i = 0; i < n; i++) {
         if (dtype == FKV_F16)

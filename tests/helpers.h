@@ -16,6 +16,8 @@ uint32_t th_u32(th_rng *r);
 float th_uniform(th_rng *r);                 /* [0, 1) */
 float th_normal(th_rng *r);                  /* N(0, 1) */
 void th_fill_normal(th_rng *r, float *x, size_t n, float scale);
+/* a[0..n) = a random permutation of 0..n-1. */
+void th_permutation(th_rng *r, int32_t *a, size_t n);
 /* Rounds each value through a storage dtype (so references see what the device stores). */
 void th_round_dtype(float *x, size_t n, fkv_dtype dtype);
 /* ||a-b|| / max(||b||, tiny) */

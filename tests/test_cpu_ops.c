@@ -196,14 +196,7 @@ static float *decode(const void *x, size_t n, fkv_dtype t) {
 /* A random permutation of 0..n-1. */
 static int32_t *perm(th_rng *r, size_t n) {
     int32_t *a = tmalloc(n * sizeof *a);
-    for (size_t i = 0; i < n; i++)
-        a[i] = (int32_t)i;
-    for (size_t i = n; i > 1; i--) {
-        size_t j = th_u32(r) % i;
-        int32_t t = a[i - 1];
-        a[i - 1] = a[j];
-        a[j] = t;
-    }
+    th_permutation(r, a, n);
     return a;
 }
 

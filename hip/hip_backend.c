@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../backends/check.h"
 #include "../common/error.h"
 #include "hip_internal.h"
 #include "hip_kernels.h"
@@ -51,9 +52,7 @@ fkv_status fkv_hip_bind(fkv_bdev *d) {
 }
 
 static fkv_status check_queue(fkv_queue q, const char *op) {
-    if ((unsigned)q >= FKV_QUEUE_COUNT)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: bad queue %d", op, (int)q);
-    return FKV_OK;
+    return fkv_check_queue("hip", op, q);
 }
 
 /* ---- enumeration: no runtime, no driver or no GPU means 0 devices ---- */
@@ -526,13 +525,7 @@ fkv_status fkv_hip_scratch(fkv_bdev *d, fkv_queue q, void **mem, size_t *size, s
 /* ---- copies ---- */
 
 static fkv_status check_range(const fkv_bbuf *b, size_t off, size_t size, const char *op) {
-    if (b == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL buffer", op);
-    if (off > b->size || size > b->size - off)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "hip %s: %zu bytes at offset %zu exceed the buffer (%zu bytes)", op, size,
-                         off, b->size);
-    return FKV_OK;
+    return fkv_check_span("hip", op, "buffer", b != NULL, b ? b->size : 0, off, size, 1, 0);
 }
 
 /* Checks shared by the three copies; binds the device. */

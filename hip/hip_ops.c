@@ -8,6 +8,7 @@
 #include <limits.h>
 #include <string.h>
 
+#include "../backends/check.h"
 #include "../common/error.h"
 #include "hip_internal.h"
 #include "hip_kernels.h"
@@ -29,35 +30,13 @@ static void *at(const fkv_bbuf *b, size_t off) { return (char *)b->ptr + off; }
 
 static int aligned(const void *p, size_t a) { return (uintptr_t)p % a == 0; }
 
-static fkv_status check_geom(const fkv_kv_geom *g, const char *op) {
-    if (g == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL geometry", op);
-    if (g->n_kv_heads == 0 || g->group == 0 || g->head_dim == 0 || g->page_size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "hip %s: geometry with a zero (kv heads %u, group %u, d %u, page %u)", op,
-                         g->n_kv_heads, g->group, g->head_dim, g->page_size);
-    if ((unsigned)g->dtype > FKV_BF16)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: unknown dtype %d", op, (int)g->dtype);
-    /* Kernels index one slot and one (sequence, KV head) query block in 32 bits. */
-    uint64_t slot = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * 2;
-    uint64_t qblock = (uint64_t)g->n_kv_heads * g->group * g->head_dim;
-    if (slot > INT32_MAX || qblock > INT32_MAX)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: geometry too large", op);
-    return FKV_OK;
-}
-
 static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const fkv_kv_geom *g,
                           const char *op, launch_ctx *lc) {
     fkv_hip_clear_done(deps);
-    if (d == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL device", op);
-    if (q != FKV_QUEUE_COMPUTE && q != FKV_QUEUE_BACKGROUND)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "hip %s: kernels run on the compute or background queue, not %d", op,
-                         (int)q);
-    fkv_status st = check_geom(g, op);
-    if (st == FKV_OK)
-        st = fkv_hip_check_waits(deps);
+    fkv_status st = fkv_check_kernel_call("hip", op, d, q, g);
+    if (st != FKV_OK)
+        return st;
+    st = fkv_hip_check_waits(deps);
     lc->d = d;
     lc->q = q;
     lc->stream = d->streams[q];
@@ -65,39 +44,17 @@ static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const 
     return st;
 }
 
-/* `bytes` at `off` inside b, the address aligned to `align` (imported pointers included). */
+/* Imported pointers need not be aligned: the real addresses are checked. */
 static fkv_status check_buf(const fkv_bbuf *b, size_t off, uint64_t bytes, size_t align,
                             const char *op, const char *what) {
-    if (b == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: %s is NULL", op, what);
-    if (off > b->size || bytes > b->size - off)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "hip %s: %s needs %llu bytes at offset %zu of a %zu-byte buffer", op,
-                         what, (unsigned long long)bytes, off, b->size);
-    if (!aligned(at(b, off), align))
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "hip %s: %s at offset %zu is not aligned to %zu bytes", op, what, off,
-                         align);
-    return FKV_OK;
+    return fkv_check_span("hip", op, what, b != NULL, b ? b->size : 0, off, bytes, align,
+                          b ? (uintptr_t)at(b, off) : 0);
 }
 
-/* Whole slots both pools hold (kernels skip indices at or beyond it). */
 static fkv_status pool_slots(const fkv_kv_geom *g, const fkv_bbuf *k, const fkv_bbuf *v,
                              const char *op, uint32_t *n_slots) {
-    if (k == NULL || v == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL KV pool", op);
-    if (!aligned(k->ptr, esize(g->dtype)) || !aligned(v->ptr, esize(g->dtype)))
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: KV pool not aligned to its dtype",
-                         op);
-    size_t slot_bytes = (size_t)g->page_size * g->n_kv_heads * g->head_dim * esize(g->dtype);
-    size_t n = (k->size < v->size ? k->size : v->size) / slot_bytes;
-    if (n == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "hip %s: KV pools smaller than one slot (%zu bytes)", op, slot_bytes);
-    /* Rows (slot * page + token) must fit the kernels' 32-bit arguments. */
-    size_t max_slots = UINT32_MAX / g->page_size;
-    *n_slots = (uint32_t)(n < max_slots ? n : max_slots);
-    return FKV_OK;
+    return fkv_check_pool_slots("hip", op, g, k && v, k ? k->size : 0, v ? v->size : 0,
+                                k ? (uintptr_t)k->ptr : 0, v ? (uintptr_t)v->ptr : 0, n_slots);
 }
 
 static uint32_t clamp_u32(size_t n) { return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n; }

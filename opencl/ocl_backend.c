@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../backends/check.h"
 #include "../common/error.h"
 #include "ocl_internal.h"
 
@@ -379,9 +380,7 @@ void fkv_ocl_done(const fkv_deps *deps, cl_event ev) {
 }
 
 static fkv_status check_queue(fkv_queue q, const char *op) {
-    if ((unsigned)q >= FKV_QUEUE_COUNT)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: bad queue %d", op, (int)q);
-    return FKV_OK;
+    return fkv_check_queue("opencl", op, q);
 }
 
 static fkv_status ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events) {
@@ -583,13 +582,7 @@ int fkv_opencl_debug_svm_host(fkv_bdev *d) { return d->svm_host; }
 /* ---- copies ---- */
 
 static fkv_status check_range(const fkv_bbuf *b, size_t off, size_t size, const char *op) {
-    if (b == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL buffer", op);
-    if (off > b->size || size > b->size - off)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "opencl %s: %zu bytes at offset %zu exceed the buffer (%zu bytes)", op,
-                         size, off, b->size);
-    return FKV_OK;
+    return fkv_check_span("opencl", op, "buffer", b != NULL, b ? b->size : 0, off, size, 1, 0);
 }
 
 static fkv_status ocl_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../backends/check.h"
 #include "../common/error.h"
 #include "ocl_internal.h"
 
@@ -40,36 +41,12 @@ typedef struct kargs {
 static size_t esize(fkv_dtype t) { return t == FKV_F32 ? 4 : 2; }
 static size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
-static fkv_status check_geom(const fkv_kv_geom *g, const char *op) {
-    if (g == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL geometry", op);
-    if (g->n_kv_heads == 0 || g->group == 0 || g->head_dim == 0 || g->page_size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "opencl %s: geometry with a zero (kv heads %u, group %u, d %u, page %u)",
-                         op, g->n_kv_heads, g->group, g->head_dim, g->page_size);
-    if ((unsigned)g->dtype > FKV_BF16)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: unknown dtype %d", op,
-                         (int)g->dtype);
-    /* Kernels index one slot and one (sequence, KV head) query block in 32 bits. */
-    uint64_t slot = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * 2;
-    uint64_t qblock = (uint64_t)g->n_kv_heads * g->group * g->head_dim;
-    if (slot > INT32_MAX || qblock > INT32_MAX)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: geometry too large", op);
-    return FKV_OK;
-}
-
 /* Validates the queue and geometry; the program comes later (load), once the arguments are
  * known to be good, so a refused call never waits for a build. */
 static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const fkv_kv_geom *g,
                           const char *op, launch_ctx *lc) {
     fkv_ocl_clear_done(deps);
-    if (d == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL device", op);
-    if (q != FKV_QUEUE_COMPUTE && q != FKV_QUEUE_BACKGROUND)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "opencl %s: kernels run on the compute or background queue, not %d", op,
-                         (int)q);
-    fkv_status st = check_geom(g, op);
+    fkv_status st = fkv_check_kernel_call("opencl", op, d, q, g);
     if (st != FKV_OK)
         return st;
     lc->d = d;
@@ -88,32 +65,13 @@ static fkv_status load(launch_ctx *lc, const fkv_kv_geom *g) {
 
 static fkv_status check_buf(const fkv_bbuf *b, size_t off, uint64_t bytes, size_t align,
                             const char *op, const char *what) {
-    if (b == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: %s is NULL", op, what);
-    if (off % align)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "opencl %s: %s offset %zu is not a multiple of %zu", op, what, off, align);
-    if (off > b->size || bytes > b->size - off)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "opencl %s: %s needs %llu bytes at offset %zu of a %zu-byte buffer", op,
-                         what, (unsigned long long)bytes, off, b->size);
-    return FKV_OK;
+    return fkv_check_span("opencl", op, what, b != NULL, b ? b->size : 0, off, bytes, align, off);
 }
 
-/* Whole slots both pools hold (kernels skip indices at or beyond it). */
 static fkv_status pool_slots(const fkv_kv_geom *g, const fkv_bbuf *k, const fkv_bbuf *v,
                              const char *op, uint32_t *n_slots) {
-    if (k == NULL || v == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL KV pool", op);
-    size_t slot_bytes = (size_t)g->page_size * g->n_kv_heads * g->head_dim * esize(g->dtype);
-    size_t n = (k->size < v->size ? k->size : v->size) / slot_bytes;
-    if (n == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "opencl %s: KV pools smaller than one slot (%zu bytes)", op, slot_bytes);
-    /* Rows (slot * page + token) must fit the kernels' 32-bit arguments. */
-    size_t max_slots = UINT32_MAX / g->page_size;
-    *n_slots = (uint32_t)(n < max_slots ? n : max_slots);
-    return FKV_OK;
+    return fkv_check_pool_slots("opencl", op, g, k && v, k ? k->size : 0, v ? v->size : 0, 0, 0,
+                                n_slots);
 }
 
 static size_t wg_for(const launch_ctx *lc, ocl_kernel_id id, size_t want) {

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "../backends/check.h"
 #include "../common/error.h"
 #include "vk_internal.h"
 
@@ -605,9 +606,7 @@ static void vk_host_free(fkv_bdev *d, fkv_bhost *h) {
 /* ---- submissions ---- */
 
 fkv_status fkv_vk_check_queue(fkv_queue q, const char *op) {
-    if ((unsigned)q >= FKV_QUEUE_COUNT)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: bad queue %d", op, (int)q);
-    return FKV_OK;
+    return fkv_check_queue("vulkan", op, q);
 }
 
 static void record_release(fkv_bdev *d, vk_fqueue *fq, vk_record *r, int reuse_cb) {
@@ -933,13 +932,7 @@ static fkv_status vk_finish(fkv_bdev *d, fkv_queue q) {
 /* ---- copies ---- */
 
 static fkv_status check_range(const fkv_bbuf *b, size_t off, size_t size, const char *op) {
-    if (b == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: NULL buffer", op);
-    if (off > b->size || size > b->size - off)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "vulkan %s: %zu bytes at offset %zu exceed the buffer (%zu bytes)", op,
-                         size, off, b->size);
-    return FKV_OK;
+    return fkv_check_span("vulkan", op, "buffer", b != NULL, b ? b->size : 0, off, size, 1, 0);
 }
 
 /* The source of n host regions: their host_alloc buffer, or one staging buffer they are

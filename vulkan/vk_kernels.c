@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../backends/check.h"
 #include "../common/error.h"
 #include "vk_internal.h"
 
@@ -248,33 +249,10 @@ typedef struct launch {
     uint32_t pc[16];
 } launch;
 
-static fkv_status check_geom(const fkv_kv_geom *g, const char *op) {
-    if (g == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: NULL geometry", op);
-    if (g->n_kv_heads == 0 || g->group == 0 || g->head_dim == 0 || g->page_size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "vulkan %s: geometry with a zero (kv heads %u, group %u, d %u, page %u)",
-                         op, g->n_kv_heads, g->group, g->head_dim, g->page_size);
-    if ((unsigned)g->dtype > FKV_BF16)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: unknown dtype %d", op,
-                         (int)g->dtype);
-    uint64_t slot = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * 2;
-    uint64_t qblock = (uint64_t)g->n_kv_heads * g->group * g->head_dim;
-    if (slot > INT32_MAX || qblock > INT32_MAX)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: geometry too large", op);
-    return FKV_OK;
-}
-
 static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const fkv_kv_geom *g,
                           const char *op, launch *L) {
     fkv_vk_clear_done(deps);
-    if (d == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: NULL device", op);
-    if (q != FKV_QUEUE_COMPUTE && q != FKV_QUEUE_BACKGROUND)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "vulkan %s: kernels run on the compute or background queue, not %d", op,
-                         (int)q);
-    fkv_status st = check_geom(g, op);
+    fkv_status st = fkv_check_kernel_call("vulkan", op, d, q, g);
     if (st != FKV_OK)
         return st;
     memset(L, 0, sizeof *L);
@@ -288,16 +266,7 @@ static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const 
 
 static fkv_status check_buf(const fkv_bbuf *b, size_t off, uint64_t bytes, size_t align,
                             const char *op, const char *what) {
-    if (b == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: %s is NULL", op, what);
-    if (off % align)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "vulkan %s: %s offset %zu is not a multiple of %zu", op, what, off, align);
-    if (off > b->size || bytes > b->size - off)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "vulkan %s: %s needs %llu bytes at offset %zu of a %zu-byte buffer", op,
-                         what, (unsigned long long)bytes, off, b->size);
-    return FKV_OK;
+    return fkv_check_span("vulkan", op, what, b != NULL, b ? b->size : 0, off, bytes, align, off);
 }
 
 /* Binds [off, off + need) of buffer b (size) at binding i; *elem = off's remainder past the
@@ -329,20 +298,15 @@ static fkv_status bind_buf(launch *L, int i, const fkv_bbuf *b, size_t off, uint
 /* Whole slots both pools hold, bound at bindings ki, vi (kernels skip slots beyond). */
 static fkv_status bind_pools(launch *L, const fkv_kv_geom *g, const fkv_bbuf *k,
                              const fkv_bbuf *v, int ki, int vi, uint32_t *n_slots) {
-    if (k == NULL || v == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan %s: NULL KV pool", L->op);
-    size_t slot_bytes = (size_t)g->page_size * g->n_kv_heads * g->head_dim * esize(g->dtype);
-    size_t n = (k->size < v->size ? k->size : v->size) / slot_bytes;
-    if (n == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "vulkan %s: KV pools smaller than one slot (%zu bytes)", L->op, slot_bytes);
-    size_t max_slots = UINT32_MAX / g->page_size;
-    if (n > max_slots)
-        n = max_slots;
-    fkv_status st = bind_buf(L, ki, k, 0, (uint64_t)n * slot_bytes, 1, NULL, "the K pool");
+    fkv_status st = fkv_check_pool_slots("vulkan", L->op, g, k && v, k ? k->size : 0,
+                                         v ? v->size : 0, 0, 0, n_slots);
+    if (st != FKV_OK)
+        return st;
+    uint64_t bytes = (uint64_t)*n_slots * g->page_size * g->n_kv_heads * g->head_dim *
+                     esize(g->dtype);
+    st = bind_buf(L, ki, k, 0, bytes, 1, NULL, "the K pool");
     if (st == FKV_OK && vi >= 0)
-        st = bind_buf(L, vi, v, 0, (uint64_t)n * slot_bytes, 1, NULL, "the V pool");
-    *n_slots = (uint32_t)n;
+        st = bind_buf(L, vi, v, 0, bytes, 1, NULL, "the V pool");
     return st;
 }
 

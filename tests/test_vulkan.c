@@ -70,7 +70,9 @@ Test(vulkan, device_info_and_table) {
     cr_assert(fkv_vulkan_debug_subgroup(OD) >= 1);
     if (strstr(info.name, "llvmpipe")) { /* what DESIGN.md §4 says of lavapipe */
         cr_assert_eq(info.type, FKV_DEVICE_CPU);
-        cr_assert_eq(info.max_buffer_bytes, 128u << 20, "maxStorageBufferRange");
+        cr_assert_eq(OD->max_range, 128u << 20, "maxStorageBufferRange");
+        /* larger buffers: kernels bind pools and summaries in windows */
+        cr_assert_gt(info.max_buffer_bytes, OD->max_range);
         cr_assert_eq(fkv_vulkan_debug_subgroup(OD), 8);
         cr_assert(fkv_vulkan_debug_s16(OD), "lavapipe has 16-bit storage");
     }
@@ -91,6 +93,25 @@ Test(vulkan_env, pipeline_matches_reference, .timeout = 600) {
     bh_check_pipeline(modes, 5);
 }
 
+static void open_both_windows(void) {
+    open_both();
+    fkv_vulkan_debug_set_window(OD, 1024); /* a few slots or summaries per window */
+}
+/* KV pools and summaries bound in windows of 1 KiB, as buffers above maxStorageBufferRange
+ * are: every kernel that indexes them against the reference. */
+TestSuite(vulkan_windows, .init = open_both_windows, .fini = bh_teardown, .timeout = 300);
+Test(vulkan_windows, append) { bh_check_append(); }
+Test(vulkan_windows, summarize) { bh_check_summarize(); }
+Test(vulkan_windows, scores) { bh_check_scores(); }
+Test(vulkan_windows, pack_hnd) { bh_check_pack_hnd(); }
+Test(vulkan_windows, scatter_hnd) { bh_check_scatter_hnd(); }
+Test(vulkan_windows, recall_direct) { bh_check_recall_direct(); }
+Test(vulkan_windows, attention_unsplit) { bh_check_attention(1); }
+Test(vulkan_windows, attention_split) { bh_check_attention(3); }
+Test(vulkan_windows, attention_naive_reference) { bh_check_attention_naive(); }
+Test(vulkan_windows, attention_dense_unsplit) { bh_check_dense(1); }
+Test(vulkan_windows, attention_dense_split) { bh_check_dense(4); }
+
 /* The storage kernels with and without 16-bit storage. */
 #define BOTH(test, body)         \
     Test(vulkan, test) { body; } \
@@ -110,25 +131,6 @@ Test(vulkan, cosine_flags) { bh_check_cosine_flags(); }
 Test(vulkan, memory_errors_and_import) {
     /* More than the device can allocate is a status, not a crash. */
     bh_check_alloc_limits((size_t)OD->max_alloc);
-    /* A buffer above maxStorageBufferRange can be allocated and copied, but a kernel that
-     * would bind it in one piece is refused with the limit named. */
-    if (OD->max_range < OD->max_alloc && OD->max_range < (512u << 20)) {
-        fkv_kv_geom g = {1, 1, 64, 16, FKV_F32};
-        size_t size = (size_t)OD->max_range + (1u << 20);
-        fkv_bbuf *kp = bh_alloc1(UT, size), *idx = bh_alloc1(UT, 64);
-        int32_t u[2] = {0, 0};
-        bh_write1(UT, idx, 0, u, 8);
-        bh_ev = NULL;
-        cr_assert_eq(O->scatter_hnd(OD, CQ, DEPS, &g, idx, 0, 0, idx, 0, kp, kp),
-                     FKV_ERR_UNSUPPORTED);
-        cr_assert(strstr(fkv_last_error(), "maxStorageBufferRange") != NULL, "%s",
-                  fkv_last_error());
-        cr_assert_null(bh_ev);
-        unsigned char x[16] = {1, 2, 3}, y[16];
-        bh_write1(UT, kp, size - 16, x, 16); /* copies are not bound by the range */
-        bh_read1(UT, kp, size - 16, y, 16);
-        cr_assert_arr_eq(x, y, 16);
-    }
     /* An engine-owned VkBuffer wraps and copies like ours. */
     fkv_bbuf *own = bh_alloc1(UT, 4096), *imp = NULL;
     cr_assert_eq(O->buffer_import(OD, (void *)(uintptr_t)own->buf, 4096, &imp), FKV_OK);
@@ -141,6 +143,70 @@ Test(vulkan, memory_errors_and_import) {
     O->buffer_free(OD, imp); /* the VkBuffer stays */
     bh_read1(UT, own, 1000, back, 256);
     cr_assert_arr_eq(back, src, 256);
+}
+
+/* KV pools above maxStorageBufferRange (lavapipe: 128 MiB), bound in windows: rows appended,
+ * units scattered and pages packed, summarised and attended in several windows, against the
+ * reference. */
+Test(vulkan, pools_beyond_one_binding, .timeout = 600) {
+    if (OD->max_range >= OD->max_alloc || OD->max_range > (512u << 20))
+        cr_skip_test("maxStorageBufferRange is %llu bytes: too large a pool to test here",
+                     (unsigned long long)OD->max_range);
+    fkv_kv_geom g = {1, 2, 64, 16, FKV_F16};
+    size_t slot = (size_t)g.page_size * g.n_kv_heads * g.head_dim * 2;
+    uint32_t n_slots = (uint32_t)(OD->max_range / slot) + 40, first = (uint32_t)(OD->max_range / slot);
+    /* Slots on both sides of the first window's end, and the pool's last slot. */
+    int32_t slots[6] = {0, 3, (int32_t)first - 1, (int32_t)first, (int32_t)first + 1,
+                        (int32_t)n_slots - 1};
+    pbuf kp = bh_pnew(NULL, 0, n_slots * slot), vp = bh_pnew(NULL, 0, n_slots * slot);
+    th_rng r;
+    th_seed(&r, 1400);
+    /* Append all 16 rows of each chosen slot. */
+    uint32_t n_rows = 6 * g.page_size;
+    int32_t *rows = bh_tmalloc(n_rows * 4);
+    for (uint32_t i = 0; i < n_rows; i++)
+        rows[i] = slots[i / g.page_size] * (int32_t)g.page_size + (int32_t)(i % g.page_size);
+    size_t rn = (size_t)n_rows * g.head_dim;
+    pbuf kb = bh_pnew(bh_rand_f32(&r, rn, 1.0f), 0, rn * 4), vb = bh_pnew(bh_rand_f32(&r, rn, 1.0f), 0, rn * 4);
+    pbuf rb = bh_pnew(rows, 0, n_rows * 4);
+    RUN2(bh_ops[s]->append(bh_dev[s], CQ, DEPS, &g, B(kb, s), 0, B(vb, s), 0, n_rows, B(rb, s), 0,
+                           B(kp, s), B(vp, s)));
+    /* Scatter one HND unit into slot 2 of the second window. */
+    int32_t unit[2] = {(int32_t)first + 2, 0};
+    size_t unit_bytes = 2 * slot;
+    pbuf src = bh_pnew(bh_rand_stored(&r, unit_bytes / 2, g.dtype), 0, unit_bytes);
+    pbuf ub = bh_pnew(unit, 0, 8);
+    RUN2(bh_ops[s]->scatter_hnd(bh_dev[s], BQ, DEPS, &g, B(src, s), 0, 1, B(ub, s), 0, B(kp, s),
+                                B(vp, s)));
+    /* Pack the seven pages back (both windows), summarise them, attend over them. */
+    int32_t packed[7] = {slots[0], slots[1], slots[2], slots[3], slots[4], slots[5], (int32_t)first + 2};
+    pbuf pk = bh_pnew(packed, 0, sizeof packed), out = bh_pnew(NULL, GUARD, 7 * unit_bytes);
+    RUN2(bh_ops[s]->pack_hnd(bh_dev[s], CQ, DEPS, &g, B(kp, s), B(vp, s), 7, B(pk, s), 0,
+                             B(out, s), GUARD));
+    bh_same_bytes(&out, "pack_hnd across windows");
+    int32_t pages[14];
+    for (int i = 0; i < 7; i++) {
+        pages[2 * i] = packed[i];
+        pages[2 * i + 1] = 6 - i;
+    }
+    size_t sbytes = 7 * (size_t)g.n_kv_heads * 2 * g.head_dim * 4;
+    pbuf pb = bh_pnew(pages, 0, sizeof pages), summ = bh_pnew(NULL, 0, sbytes);
+    RUN2(bh_ops[s]->summarize(bh_dev[s], BQ, DEPS, &g, B(kp, s), 7, B(pb, s), 0, B(summ, s)));
+    bh_same_bytes(&summ, "summaries across windows");
+    int32_t heads[2] = {1, 7}, entries[16] = {0, 0};
+    for (int i = 0; i < 7; i++) {
+        entries[2 + 2 * i] = packed[i];
+        entries[3 + 2 * i] = i == 6 ? 5 : (int32_t)g.page_size; /* a partial last page */
+    }
+    size_t qn = (size_t)g.group * g.head_dim;
+    pbuf qb = bh_pnew(bh_rand_f32(&r, qn, 1.0f), 0, qn * 4), hb = bh_pnew(heads, 0, 8);
+    pbuf eb = bh_pnew(entries, 0, sizeof entries), ao = bh_pnew(NULL, GUARD, qn * 4);
+    for (int splits = 1; splits <= 2; splits++) {
+        fkv_vulkan_debug_set_splits(OD, splits);
+        RUN2(bh_ops[s]->attention(bh_dev[s], CQ, DEPS, &g, B(qb, s), 0, 1, B(hb, s), 0, B(eb, s),
+                                  0, B(kp, s), B(vp, s), 0.125f, B(ao, s), GUARD));
+        bh_same_floats(&ao, GUARD, qn, 2e-5, "attention across windows");
+    }
 }
 
 /* write_regions from host_alloc memory, from ordinary memory and mixed, against the reference. */

@@ -1,5 +1,6 @@
 #version 450
-/* rows[i] receives k_src/v_src row i (f32), converted to the storage dtype. */
+/* rows[i] receives k_src/v_src row i (f32), converted to the storage dtype. The pools are
+ * bound as a window of pool_rows rows from row_base (vk_kernels.c, plan_windows). */
 #include "common.glsl"
 RBUF(0, float, k_src);
 RBUF(1, float, v_src);
@@ -7,7 +8,7 @@ RBUF(2, int, rows);
 BUF(3, KV_T, kpool);
 BUF(4, KV_T, vpool);
 layout(push_constant) uniform PC {
-    uint k_off, v_off, rows_off, n_rows, row_elems, pool_rows;
+    uint k_off, v_off, rows_off, n_rows, row_elems, pool_rows, row_base;
 } pc;
 
 void main() {
@@ -16,9 +17,10 @@ void main() {
     if (i >= pc.n_rows)
         return;
     int row = rows[pc.rows_off + i];
-    if (row < 0 || uint(row) >= pc.pool_rows)
+    uint lrow = uint(row) - pc.row_base; /* wraps past pool_rows below the window */
+    if (row < 0 || lrow >= pc.pool_rows)
         return;
-    uint dst = uint(row) * pc.row_elems + j;
+    uint dst = lrow * pc.row_elems + j;
     KV_STORE(kpool, dst, k_src[pc.k_off + gid]);
     KV_STORE(vpool, dst, v_src[pc.v_off + gid]);
 }

@@ -5,6 +5,8 @@
  * n_splits > 1 each workgroup takes a contiguous share of the head's entries and writes
  * (max, sum, unnormalised acc) per query head to `part` for attention_reduce.
  * dense_tokens >= 0 replaces the slot lists by contiguous K/V of that many tokens.
+ * Pools beyond one binding run once per window of n_slots slots from slot_base, each run
+ * writing its own partials (split_base + split of total_splits, vk_kernels.c).
  * Shared memory (SMEM floats, sized per call): qs, acc [group*d]; kt [tile*(d+1)];
  * sc [group*tile]; st [3*group] = running max, running sum, rescale factor. */
 #include "common.glsl"
@@ -20,7 +22,7 @@ layout(push_constant) uniform PC {
     int dense_tokens;
     uint n_slots, n_kv_heads, group, head_dim, page_size, tile, n_splits;
     float scale;
-    uint out_off;
+    uint out_off, slot_base, split_base, total_splits;
 } pc;
 shared float sm[SMEM];
 
@@ -68,9 +70,10 @@ void main() {
             valid = entries[pc.entries_off + 2u * uint(first + e) + 1u];
         }
         valid = clamp(valid, 0, int(pc.page_size));
-        if (gslot < 0 || uint(gslot) >= pc.n_slots)
+        const uint ls = uint(gslot) - pc.slot_base;
+        if (gslot < 0 || ls >= pc.n_slots)
             valid = 0; /* uniform over the workgroup: barriers stay matched */
-        const uint page_base = uint(max(gslot, 0)) * pc.page_size * row_elems + h * d;
+        const uint page_base = (valid > 0 ? ls : 0u) * pc.page_size * row_elems + h * d;
         for (int t0 = 0; t0 < valid; t0 += int(tile)) {
             const uint nt = uint(min(int(tile), valid - t0));
             for (uint i = lid; i < nt * d; i += w) {
@@ -118,14 +121,14 @@ void main() {
         }
     }
 
-    if (pc.n_splits == 1u) {
+    if (pc.total_splits == 1u) {
         uint ob = pc.out_off + bh * gd;
         for (uint i = lid; i < gd; i += w) {
             float l = sm[ST + G + i / d];
             outp[ob + i] = l > 0.0 ? sm[ACC + i] / l : 0.0;
         }
     } else {
-        uint pb = (bh * pc.n_splits + split) * G * (d + 2u);
+        uint pb = (bh * pc.total_splits + pc.split_base + split) * G * (d + 2u);
         for (uint i = lid; i < gd; i += w) {
             uint g = i / d, c = i % d;
             part[pb + g * (d + 2u) + 2u + c] = sm[ACC + i];

@@ -3,7 +3,8 @@
  * storage) or 1 (a 16-bit element inside uint words, stored with atomics: no 16-bit storage).
  * -DMODE=0 pack (NHD -> HND), 1 scatter (HND -> NHD), 2 direct (HND units read from host
  * memory: imported or host-visible, bound as a window; zero-copy).
- * One invocation per word of a (token, head) row of row_words words. */
+ * One invocation per word of a (token, head) row of row_words words. The pools are bound as a
+ * window of n_slots slots from slot_base (vk_kernels.c, plan_windows). */
 #if WORD == 2
 #define FKV_S16 1
 #else
@@ -45,7 +46,7 @@ RBUF(2, int, idx);
 BUF(3, W_T, ext); /* pack: destination; scatter: source; direct: host window */
 RBUF(4, int, host_units); /* direct: (window, word offset in it) per unit */
 layout(push_constant) uniform PC {
-    uint ext_off, n, idx_off, n_kv_heads, row_words, page_size, n_slots, total, window;
+    uint ext_off, n, idx_off, n_kv_heads, row_words, page_size, n_slots, total, window, slot_base;
 } pc;
 
 void main() {
@@ -59,10 +60,11 @@ void main() {
     if (i >= pc.n)
         return;
     int gslot = idx[pc.idx_off + i];
-    if (gslot < 0 || uint(gslot) >= pc.n_slots)
+    uint ls = uint(gslot) - pc.slot_base;
+    if (gslot < 0 || ls >= pc.n_slots)
         return;
     uint h = r / (2u * pc.page_size), kv = (r / pc.page_size) % 2u, t = r % pc.page_size;
-    uint src = ((uint(gslot) * pc.page_size + t) * pc.n_kv_heads + h) * pc.row_words + w;
+    uint src = ((ls * pc.page_size + t) * pc.n_kv_heads + h) * pc.row_words + w;
     W_VAL x = kv != 0u ? W_LOAD(vpool, src) : W_LOAD(kpool, src);
     W_STORE(ext, pc.ext_off + row * pc.row_words + w, x);
 #else
@@ -70,7 +72,8 @@ void main() {
     if (i >= pc.n)
         return;
     int slot = idx[pc.idx_off + 2u * i], h = idx[pc.idx_off + 2u * i + 1u];
-    if (slot < 0 || uint(slot) >= pc.n_slots || h < 0 || uint(h) >= pc.n_kv_heads)
+    uint ls = uint(slot) - pc.slot_base;
+    if (slot < 0 || ls >= pc.n_slots || h < 0 || uint(h) >= pc.n_kv_heads)
         return;
 #if MODE == 1
     uint s = pc.ext_off + row * pc.row_words + w;
@@ -80,7 +83,7 @@ void main() {
     uint s = uint(host_units[2u * i + 1u]) + r * pc.row_words + w;
 #endif
     uint kv = r / pc.page_size, t = r % pc.page_size;
-    uint dst = ((uint(slot) * pc.page_size + t) * pc.n_kv_heads + uint(h)) * pc.row_words + w;
+    uint dst = ((ls * pc.page_size + t) * pc.n_kv_heads + uint(h)) * pc.row_words + w;
     W_VAL x = W_LOAD(ext, s);
     if (kv != 0u) {
         W_STORE(vpool, dst, x);

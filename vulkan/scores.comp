@@ -1,13 +1,14 @@
 #version 450
 /* Quest bound of all query heads of one KV head in one pass over each page summary.
- * Workgroup y = (sequence, KV head); x (chunks of workgroups) strides over its pages. */
+ * Workgroup y = (sequence, KV head); x (chunks of workgroups) strides over its pages. The
+ * summaries are bound as a window of n_summaries from summ_base (vk_kernels.c). */
 #include "common.glsl"
 RBUF(0, float, q);
 RBUF(1, int, desc);
 RBUF(2, float, summaries);
 BUF(3, float, outp);
 layout(push_constant) uniform PC {
-    uint q_off, desc_off, n_summaries, out_off, out_len, n_kv_heads, group, head_dim;
+    uint q_off, desc_off, n_summaries, out_off, out_len, n_kv_heads, group, head_dim, summ_base;
 } pc;
 shared float qs[SMEM];
 #define SCORE_GROUP 8
@@ -26,9 +27,10 @@ void main() {
     for (uint j = gl_WorkGroupID.x * gl_WorkGroupSize.x + lid; j < uint(max(n_pages, 0));
          j += stride) {
         int sidx = base + int(j);
-        if (sidx < 0 || uint(sidx) >= pc.n_summaries)
+        uint ls = uint(sidx) - pc.summ_base;
+        if (sidx < 0 || ls >= pc.n_summaries)
             continue;
-        uint mn = (uint(sidx) * pc.n_kv_heads + h) * 2u * pc.head_dim, mx = mn + pc.head_dim;
+        uint mn = (ls * pc.n_kv_heads + h) * 2u * pc.head_dim, mx = mn + pc.head_dim;
         for (uint g0 = 0u; g0 < pc.group; g0 += SCORE_GROUP) {
             uint ng = min(uint(SCORE_GROUP), pc.group - g0);
             float acc[SCORE_GROUP];

@@ -1,11 +1,13 @@
 #version 450
-/* One invocation per (page i, KV head, channel): min and max over the page's tokens. */
+/* One invocation per (page i, KV head, channel): min and max over the page's tokens. The pool
+ * and the summaries are bound as windows from slot_base and summ_base (vk_kernels.c). */
 #include "common.glsl"
 RBUF(0, KV_T, kpool);
 RBUF(1, int, pages);
 BUF(2, float, summaries);
 layout(push_constant) uniform PC {
-    uint pages_off, n_pages, n_kv_heads, head_dim, page_size, n_slots, n_summaries;
+    uint pages_off, n_pages, n_kv_heads, head_dim, page_size, n_slots, n_summaries, slot_base,
+        summ_base;
 } pc;
 
 void main() {
@@ -15,17 +17,18 @@ void main() {
     if (i >= pc.n_pages)
         return;
     int gslot = pages[pc.pages_off + 2u * i], s = pages[pc.pages_off + 2u * i + 1u];
-    if (gslot < 0 || uint(gslot) >= pc.n_slots || s < 0 || uint(s) >= pc.n_summaries)
+    uint ls = uint(gslot) - pc.slot_base, lsum = uint(s) - pc.summ_base;
+    if (gslot < 0 || ls >= pc.n_slots || s < 0 || lsum >= pc.n_summaries)
         return;
     float mn = FKV_INF, mx = -FKV_INF;
-    uint base = uint(gslot) * pc.page_size * row_elems + r;
+    uint base = ls * pc.page_size * row_elems + r;
     for (uint t = 0u; t < pc.page_size; t++) {
         float v = KV_LOAD(kpool, base + t * row_elems);
         mn = v < mn ? v : mn;
         mx = v > mx ? v : mx;
     }
     uint h = r / pc.head_dim, c = r % pc.head_dim;
-    uint o = (uint(s) * pc.n_kv_heads + h) * 2u * pc.head_dim;
+    uint o = (lsum * pc.n_kv_heads + h) * 2u * pc.head_dim;
     summaries[o + c] = mn;
     summaries[o + pc.head_dim + c] = mx;
 }

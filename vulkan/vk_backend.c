@@ -248,11 +248,9 @@ static void fill_info(VkPhysicalDevice p, uint32_t index, fkv_device_info *info)
         if ((mp.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) &&
             mp.memoryHeaps[i].size > info->memory_bytes)
             info->memory_bytes = mp.memoryHeaps[i].size;
-    /* What a kernel can bind in one piece: the smaller of the allocation and binding limits
-     * (lavapipe: 128 MiB storage buffers), so the core sizes its pools to fit. */
-    uint64_t max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : UINT32_MAX;
-    uint64_t range = pr.properties.limits.maxStorageBufferRange;
-    info->max_buffer_bytes = max_alloc < range ? max_alloc : range;
+    /* The largest allocation. Kernels bind KV pools and summaries above
+     * maxStorageBufferRange (lavapipe: 128 MiB) in windows (vk_kernels.c). */
+    info->max_buffer_bytes = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : UINT32_MAX;
     if (info->memory_bytes && info->max_buffer_bytes > info->memory_bytes)
         info->max_buffer_bytes = info->memory_bytes;
 

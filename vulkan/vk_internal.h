@@ -143,6 +143,7 @@ struct fkv_bdev {
 
     vk_temp dummy; /* bound to the layout's unused bindings */
     int split_override;
+    VkDeviceSize window_override; /* test hook: windows of at most this many bytes (0: max_range) */
     atomic_uint validation_errors;
 };
 
@@ -229,5 +230,8 @@ int fkv_vulkan_debug_perpage(fkv_bdev *dev);
 unsigned fkv_vulkan_debug_validation_errors(fkv_bdev *dev);
 /* The subgroup size read from the device. */
 uint32_t fkv_vulkan_debug_subgroup(fkv_bdev *dev);
+/* Bind KV pools and summaries in windows of at most `bytes` (0: maxStorageBufferRange), so
+ * the windowed path runs on small buffers; never more than the device's range. */
+void fkv_vulkan_debug_set_window(fkv_bdev *dev, size_t bytes);
 
 #endif

@@ -36,6 +36,8 @@ const char *const fkv_vk_shader_names[S_COUNT] = {
     "copy2_w16",      "copy2_w4",       "copy2_w2",        "copy2_w1",
 };
 
+#define DESCRIPTOR_SETS_PER_COMMAND 256 /* windows x windows of one command: its descriptor sets */
+#define VK_PUSH_BYTES 80 /* push constants of every shader (128 is the guaranteed minimum) */
 #define ELEMENTWISE_WG 128
 #define ATTENTION_WG 128
 #define SCORES_WG 64
@@ -137,7 +139,7 @@ fkv_status fkv_vk_pipelines_init(fkv_bdev *d) {
     VkDescriptorSetLayoutCreateInfo li = {VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
                                           NULL, 0, VK_N_BINDINGS, b};
     VkResult r = vkCreateDescriptorSetLayout(d->dev, &li, NULL, &d->dsl);
-    VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, 64};
+    VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_BYTES};
     VkPipelineLayoutCreateInfo pli = {VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO, NULL, 0, 1,
                                       &d->dsl, 1, &pr};
     if (r == VK_SUCCESS)
@@ -241,12 +243,34 @@ typedef struct bind {
     VkDeviceSize off, range;
 } bind;
 
+/* Buffers a kernel indexes in units (KV slots, page summaries) may exceed what one binding
+ * reaches (maxStorageBufferRange: 128 MiB on lavapipe). The kernel then runs once per window
+ * of `per` whole units, bound at the window's first unit (an offset the device's alignment
+ * allows), and skips the units outside it: every unit is read or written in exactly one run. */
+typedef struct unit_windows {
+    uint64_t unit_bytes, n_units, per;
+    uint32_t count;
+} unit_windows;
+
+/* A windowed binding: buffers at bindings b0 and b1 (-1: none) share the windows; the
+ * window's first unit and unit count, times mult, go to push constants pc_first, pc_count. */
+typedef struct win_bind {
+    unit_windows w;
+    int b0, b1;
+    VkBuffer buf0, buf1;
+    VkDeviceSize size0, size1;
+    int pc_first, pc_count;
+    uint32_t mult;
+} win_bind;
+
 typedef struct launch {
     fkv_bdev *d;
     const char *op;
     fkv_queue q;
     bind b[VK_N_BINDINGS];
-    uint32_t pc[16];
+    uint32_t pc[VK_PUSH_BYTES / 4];
+    win_bind win[2]; /* pools, summaries */
+    int n_win;
 } launch;
 
 static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const fkv_kv_geom *g,
@@ -295,19 +319,95 @@ static fkv_status bind_buf(launch *L, int i, const fkv_bbuf *b, size_t off, uint
     return bind_range(L, i, b->buf, b->size, off, need, elem_size, elem, what);
 }
 
-/* Whole slots both pools hold, bound at bindings ki, vi (kernels skip slots beyond). */
+static uint64_t gcd_u64(uint64_t a, uint64_t b) {
+    while (b) {
+        uint64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* Windows over n_units units of unit_bytes: one when they fit one binding. */
+static fkv_status plan_windows(const launch *L, uint64_t unit_bytes, uint64_t n_units,
+                               const char *what, unit_windows *w) {
+    const fkv_bdev *d = L->d;
+    uint64_t range = d->window_override ? d->window_override : d->max_range;
+    w->unit_bytes = unit_bytes;
+    w->n_units = n_units;
+    w->per = n_units;
+    w->count = 1;
+    if (n_units * unit_bytes <= range)
+        return FKV_OK;
+    uint64_t step = d->align / gcd_u64(unit_bytes, d->align); /* units per aligned offset */
+    uint64_t per = range / unit_bytes / step * step;
+    if (per == 0)
+        per = step;
+    if (per * unit_bytes > d->max_range)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan %s: a window of %s (%llu units of %llu bytes, at offsets aligned "
+                         "to %llu) exceeds maxStorageBufferRange (%llu)",
+                         L->op, what, (unsigned long long)per, (unsigned long long)unit_bytes,
+                         (unsigned long long)d->align, (unsigned long long)d->max_range);
+    uint64_t count = (n_units + per - 1) / per;
+    if (count > DESCRIPTOR_SETS_PER_COMMAND)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan %s: %s needs %llu windows", L->op, what,
+                         (unsigned long long)count);
+    w->per = per;
+    w->count = (uint32_t)count;
+    return FKV_OK;
+}
+
+/* Binds window k of b (see win_bind) and sets its push constants. */
+static void apply_window(launch *L, const win_bind *b, uint32_t k) {
+    uint64_t first = (uint64_t)k * b->w.per, rest = b->w.n_units - first;
+    uint64_t n = rest < b->w.per ? rest : b->w.per;
+    VkDeviceSize off = first * b->w.unit_bytes, len = n * b->w.unit_bytes;
+    /* the last unit of a contiguous dense K/V may be partial: stop at the buffer's end */
+    L->b[b->b0] = (bind){b->buf0, off, len < b->size0 - off ? len : b->size0 - off};
+    if (b->b1 >= 0)
+        L->b[b->b1] = (bind){b->buf1, off, len < b->size1 - off ? len : b->size1 - off};
+    L->pc[b->pc_first] = (uint32_t)(first * b->mult);
+    L->pc[b->pc_count] = (uint32_t)(n * b->mult);
+}
+
+/* Adds a windowed binding of buffers (buf0, size0) at b0 and (buf1, size1) at b1 (-1: none),
+ * whose first n_units units of unit_bytes the kernel indexes; window 0 is bound. */
+static fkv_status bind_windows(launch *L, int b0, VkBuffer buf0, VkDeviceSize size0, int b1,
+                               VkBuffer buf1, VkDeviceSize size1, uint64_t unit_bytes,
+                               uint64_t n_units, int pc_first, int pc_count, uint32_t mult,
+                               const char *what) {
+    win_bind *b = &L->win[L->n_win];
+    fkv_status st = plan_windows(L, unit_bytes, n_units, what, &b->w);
+    if (st != FKV_OK)
+        return st;
+    b->b0 = b0;
+    b->b1 = b1;
+    b->buf0 = buf0;
+    b->buf1 = buf1;
+    b->size0 = size0;
+    b->size1 = size1;
+    b->pc_first = pc_first;
+    b->pc_count = pc_count;
+    b->mult = mult;
+    L->n_win++;
+    apply_window(L, b, 0);
+    return FKV_OK;
+}
+
+/* Whole slots both pools hold (kernels skip slots beyond), bound at ki and vi (-1: K only) in
+ * windows; *n_slots is the pools' total. */
 static fkv_status bind_pools(launch *L, const fkv_kv_geom *g, const fkv_bbuf *k,
-                             const fkv_bbuf *v, int ki, int vi, uint32_t *n_slots) {
+                             const fkv_bbuf *v, int ki, int vi, int pc_first, int pc_count,
+                             uint32_t mult, uint32_t *n_slots) {
     fkv_status st = fkv_check_pool_slots("vulkan", L->op, g, k && v, k ? k->size : 0,
                                          v ? v->size : 0, 0, 0, n_slots);
     if (st != FKV_OK)
         return st;
-    uint64_t bytes = (uint64_t)*n_slots * g->page_size * g->n_kv_heads * g->head_dim *
-                     esize(g->dtype);
-    st = bind_buf(L, ki, k, 0, bytes, 1, NULL, "the K pool");
-    if (st == FKV_OK && vi >= 0)
-        st = bind_buf(L, vi, v, 0, bytes, 1, NULL, "the V pool");
-    return st;
+    uint64_t slot_bytes = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * esize(g->dtype);
+    return bind_windows(L, ki, k->buf, k->size, vi, vi >= 0 ? v->buf : VK_NULL_HANDLE,
+                        vi >= 0 ? v->size : 0, slot_bytes, *n_slots, pc_first, pc_count, mult,
+                        "the KV pools");
 }
 
 static void pc_f32(launch *L, int i, float f) { memcpy(&L->pc[i], &f, 4); }
@@ -341,6 +441,21 @@ static fkv_status record(vk_cmd *c, launch *L, VkPipeline p, uint32_t gx, uint32
     return FKV_OK;
 }
 
+/* Records the dispatch once per combination of windows (once when nothing is windowed). */
+static fkv_status record_windows(vk_cmd *c, launch *L, VkPipeline p, uint32_t gx, uint32_t gy) {
+    uint32_t n0 = L->n_win > 0 ? L->win[0].w.count : 1, n1 = L->n_win > 1 ? L->win[1].w.count : 1;
+    fkv_status st = FKV_OK;
+    for (uint32_t i = 0; i < n0 && st == FKV_OK; i++)
+        for (uint32_t j = 0; j < n1 && st == FKV_OK; j++) {
+            if (L->n_win > 0)
+                apply_window(L, &L->win[0], i);
+            if (L->n_win > 1)
+                apply_window(L, &L->win[1], j);
+            st = record(c, L, p, gx, gy);
+        }
+    return st;
+}
+
 static void grid_1d(const fkv_bdev *d, uint64_t items, uint32_t wg, uint32_t *gx, uint32_t *gy) {
     uint64_t groups = (items + wg - 1) / wg;
     uint64_t x = groups < d->max_groups[0] ? groups : d->max_groups[0];
@@ -370,7 +485,7 @@ static fkv_status run_1d(launch *L, uint32_t shader, uint64_t items, const fkv_d
     vk_cmd c;
     if (st != FKV_OK || (st = fkv_vk_cmd_begin(L->d, L->q, 0, &c)) != FKV_OK)
         return st;
-    if ((st = record(&c, L, p, gx, gy)) != FKV_OK) {
+    if ((st = record_windows(&c, L, p, gx, gy)) != FKV_OK) {
         fkv_vk_cmd_abort(&c);
         return st;
     }
@@ -398,7 +513,7 @@ fkv_status fkv_vk_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
     if ((st = check_buf(k_src, k_off, n * 4, 4, L.op, "k_src")) != FKV_OK ||
         (st = check_buf(v_src, v_off, n * 4, 4, L.op, "v_src")) != FKV_OK ||
         (st = check_buf(rows, rows_off, (uint64_t)n_rows * 4, 4, L.op, "rows")) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 3, 4, &n_slots)) != FKV_OK)
+        (st = bind_pools(&L, g, kpool, vpool, 3, 4, 6, 5, g->page_size, &n_slots)) != FKV_OK)
         return st;
     if (n_rows == 0)
         return fkv_vk_marker(dev, q, deps);
@@ -408,7 +523,6 @@ fkv_status fkv_vk_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
         return st;
     L.pc[3] = n_rows;
     L.pc[4] = (uint32_t)row_elems;
-    L.pc[5] = n_slots * g->page_size;
     return run_1d(&L, S_APPEND + dtype_variant(dev, g->dtype), n, &deps);
 }
 
@@ -423,23 +537,24 @@ fkv_status fkv_vk_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
     size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
     if ((st = check_buf(pages, pages_off, (uint64_t)n_pages * 8, 4, L.op, "pages")) != FKV_OK ||
         (st = check_buf(summaries, 0, summary_bytes, 4, L.op, "summaries")) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, kpool, 0, -1, &n_slots)) != FKV_OK)
+        (st = bind_pools(&L, g, kpool, kpool, 0, -1, 7, 5, 1, &n_slots)) != FKV_OK)
         return st;
     if (n_pages == 0)
         return fkv_vk_marker(dev, q, deps);
     size_t n_summ = summaries->size / summary_bytes;
+    if (n_summ > INT32_MAX)
+        n_summ = INT32_MAX; /* summary indices are int32 */
     if ((st = bind_buf(&L, 1, pages, pages_off, n_pages * 8ull, 4, &L.pc[0], "pages")) != FKV_OK ||
-        (st = bind_buf(&L, 2, summaries, 0, 0, 4, NULL, "summaries")) != FKV_OK)
+        (st = bind_windows(&L, 2, summaries->buf, summaries->size, -1, VK_NULL_HANDLE, 0,
+                           summary_bytes, n_summ, 8, 6, 1, "the summaries")) != FKV_OK)
         return st;
-    size_t bound_summ = L.b[2].range / summary_bytes; /* only what the binding reaches */
-    if (bound_summ < n_summ)
-        n_summ = bound_summ;
+    if ((uint64_t)L.win[0].w.count * L.win[1].w.count > DESCRIPTOR_SETS_PER_COMMAND)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan summarize: %u x %u windows", L.win[0].w.count,
+                         L.win[1].w.count);
     L.pc[1] = n_pages;
     L.pc[2] = g->n_kv_heads;
     L.pc[3] = g->head_dim;
     L.pc[4] = g->page_size;
-    L.pc[5] = n_slots;
-    L.pc[6] = n_summ > UINT32_MAX ? UINT32_MAX : (uint32_t)n_summ;
     return run_1d(&L, S_SUMMARIZE + dtype_variant(dev, g->dtype),
                   (uint64_t)n_pages * g->n_kv_heads * g->head_dim, &deps);
 }
@@ -476,12 +591,14 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
                          (unsigned long long)gd);
     if ((st = bind_buf(&L, 0, qbuf, q_off, q_bytes, 4, &L.pc[0], "q")) != FKV_OK ||
         (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 12ull, 4, &L.pc[1], "desc")) != FKV_OK ||
-        (st = bind_buf(&L, 2, summaries, 0, 0, 4, NULL, "summaries")) != FKV_OK ||
         (st = bind_buf(&L, 3, out, out_off, 0, 4, &L.pc[3], "out")) != FKV_OK)
         return st;
-    size_t n_summ = L.b[2].range / summary_bytes;
+    size_t n_summ = summaries->size / summary_bytes;
+    if ((st = bind_windows(&L, 2, summaries->buf, summaries->size, -1, VK_NULL_HANDLE, 0,
+                           summary_bytes, n_summ < INT32_MAX ? n_summ : INT32_MAX, 8, 2, 1,
+                           "the summaries")) != FKV_OK)
+        return st;
     uint64_t out_len = (L.b[3].range - (out_off - L.b[3].off)) / 4;
-    L.pc[2] = n_summ > UINT32_MAX ? UINT32_MAX : (uint32_t)n_summ;
     L.pc[4] = out_len > UINT32_MAX ? UINT32_MAX : (uint32_t)out_len;
     L.pc[5] = g->n_kv_heads;
     L.pc[6] = g->group;
@@ -496,7 +613,7 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
     if ((st = get_pipeline(dev, S_SCORES, pick_wg(dev, SCORES_WG), smem, &p)) != FKV_OK ||
         (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
         return st;
-    if ((st = record(&c, &L, p, chunks, n_bh)) != FKV_OK) {
+    if ((st = record_windows(&c, &L, p, chunks, n_bh)) != FKV_OK) {
         fkv_vk_cmd_abort(&c);
         return st;
     }
@@ -576,7 +693,7 @@ fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_
     uint32_t n_slots;
     if ((st = check_buf(gslots, gslots_off, (uint64_t)n_pages * 4, 4, L.op, "gslots")) != FKV_OK ||
         (st = check_buf(dst, dst_off, n_pages * page_bytes, esize(g->dtype), L.op, "dst")) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 0, 1, &n_slots)) != FKV_OK)
+        (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
     if (n_pages == 0)
         return fkv_vk_marker(dev, q, deps);
@@ -594,7 +711,6 @@ fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_
     L.pc[3] = g->n_kv_heads;
     L.pc[4] = row_words;
     L.pc[5] = g->page_size;
-    L.pc[6] = n_slots;
     L.pc[7] = (uint32_t)total;
     return run_1d(&L, S_COPY + 0 * 4 + variant, total, &deps);
 }
@@ -611,7 +727,7 @@ fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const f
     uint32_t n_slots;
     if ((st = check_buf(src, src_off, n_units * unit_bytes, esize(g->dtype), L.op, "src")) != FKV_OK ||
         (st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, L.op, "units")) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 0, 1, &n_slots)) != FKV_OK)
+        (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
     if (n_units == 0)
         return fkv_vk_marker(dev, q, deps);
@@ -629,7 +745,6 @@ fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const f
     L.pc[3] = g->n_kv_heads;
     L.pc[4] = row_words;
     L.pc[5] = g->page_size;
-    L.pc[6] = n_slots;
     L.pc[7] = (uint32_t)total;
     return run_1d(&L, S_COPY + 1 * 4 + variant, total, &deps);
 }
@@ -647,7 +762,7 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
     uint32_t n_slots;
     if ((st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, L.op, "units")) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 0, 1, &n_slots)) != FKV_OK)
+        (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
     uint64_t bits = 0;
     for (uint32_t i = 0; i < n_units; i++) {
@@ -678,7 +793,6 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     L.pc[3] = g->n_kv_heads;
     L.pc[4] = row_words;
     L.pc[5] = g->page_size;
-    L.pc[6] = n_slots;
     L.pc[7] = (uint32_t)total;
     uint32_t wg = pick_wg(dev, ELEMENTWISE_WG), gx, gy;
     grid_1d(dev, total, wg, &gx, &gy);
@@ -712,7 +826,7 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
         uint64_t len = host->size - base < span ? host->size - base : span;
         L.b[3] = (bind){host->buf, base, len};
         L.pc[8] = (uint32_t)w;
-        st = record(&c, &L, p, gx, gy);
+        st = record_windows(&c, &L, p, gx, gy);
     }
     free(used);
     if (st != FKV_OK) {
@@ -726,6 +840,10 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
 
 void fkv_vulkan_debug_set_splits(fkv_bdev *d, int splits) {
     d->split_override = splits < 0 ? 0 : splits > MAX_SPLITS ? MAX_SPLITS : splits;
+}
+
+void fkv_vulkan_debug_set_window(fkv_bdev *d, size_t bytes) {
+    d->window_override = bytes < d->max_range ? bytes : 0;
 }
 
 static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_bh) {
@@ -760,14 +878,16 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     if (x->dense_tokens >= 0) {
         /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1; the
          * last slot may be partial (the kernel reads valid rows only). */
-        uint64_t kv_bytes = (uint64_t)x->dense_tokens * g->n_kv_heads * g->head_dim * esize(g->dtype);
-        if ((st = bind_buf(L, 3, x->kpool, 0, kv_bytes, 1, NULL, "k")) != FKV_OK ||
-            (st = bind_buf(L, 4, x->vpool, 0, kv_bytes, 1, NULL, "v")) != FKV_OK)
-            return st;
+        uint64_t slot_bytes = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * esize(g->dtype);
         n_slots = (uint32_t)((x->dense_tokens + g->page_size - 1) / g->page_size);
-    } else if ((st = bind_pools(L, g, x->kpool, x->vpool, 3, 4, &n_slots)) != FKV_OK) {
+        if ((st = bind_windows(L, 3, x->kpool->buf, x->kpool->size, 4, x->vpool->buf,
+                               x->vpool->size, slot_bytes, n_slots, 14, 5, 1, "k and v")) != FKV_OK)
+            return st;
+    } else if ((st = bind_pools(L, g, x->kpool, x->vpool, 3, 4, 14, 5, 1, &n_slots)) != FKV_OK) {
         return st;
     }
+    /* Each window writes its own partials, merged by attention_reduce like splits. */
+    uint32_t n_windows = L->win[0].w.count;
     uint32_t n_bh = x->n_seqs * g->n_kv_heads;
     uint32_t splits = attention_splits(d, n_bh);
     size_t avail = d->max_shared / 4;
@@ -779,8 +899,9 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
                          "vulkan %s: group %u x head_dim %u needs %zu bytes of shared memory, the "
                          "device has %zu",
                          L->op, g->group, g->head_dim, attention_floats(g, tile) * 4, avail * 4);
-    if ((uint64_t)n_bh * splits > d->max_groups[0])
-        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan %s: too many sequences", L->op);
+    if ((uint64_t)n_bh * splits > d->max_groups[0] || (uint64_t)splits * n_windows > MAX_SPLITS)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan %s: too many sequences or windows", L->op);
+    uint32_t total_splits = splits * n_windows;
     uint32_t smem = pow2_at_least((uint32_t)attention_floats(g, tile), 256);
     if (smem > avail)
         smem = (uint32_t)attention_floats(g, tile);
@@ -801,7 +922,6 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     }
     L->pc[3] = n_entries;
     memcpy(&L->pc[4], &x->dense_tokens, 4);
-    L->pc[5] = n_slots;
     L->pc[6] = g->n_kv_heads;
     L->pc[7] = g->group;
     L->pc[8] = g->head_dim;
@@ -809,25 +929,29 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     L->pc[10] = (uint32_t)tile;
     L->pc[11] = splits;
     pc_f32(L, 12, x->scale);
+    L->pc[16] = total_splits;
     uint32_t wg = pick_wg(d, ATTENTION_WG);
     VkPipeline p, pr = VK_NULL_HANDLE;
     if ((st = get_pipeline(d, S_ATTENTION + dtype_variant(d, g->dtype), wg, smem, &p)) != FKV_OK ||
-        (splits > 1 &&
+        (total_splits > 1 &&
          (st = get_pipeline(d, S_ATTENTION_REDUCE, pick_wg(d, ELEMENTWISE_WG), 1, &pr)) != FKV_OK))
         return st;
     vk_cmd c;
     if ((st = fkv_vk_cmd_begin(d, L->q, 0, &c)) != FKV_OK)
         return st;
     vk_temp part;
-    if (splits > 1) {
-        st = fkv_vk_cmd_temp(&c, (VkDeviceSize)n_bh * splits * g->group * (g->head_dim + 2) * 4, 0,
-                             &part);
+    if (total_splits > 1) {
+        st = fkv_vk_cmd_temp(
+            &c, (VkDeviceSize)n_bh * total_splits * g->group * (g->head_dim + 2) * 4, 0, &part);
         if (st == FKV_OK)
             L->b[6] = (bind){part.buf, 0, VK_WHOLE_SIZE};
     }
-    if (st == FKV_OK)
+    for (uint32_t w = 0; w < n_windows && st == FKV_OK; w++) {
+        apply_window(L, &L->win[0], w);
+        L->pc[15] = w * splits;
         st = record(&c, L, p, n_bh * splits, 1);
-    if (st == FKV_OK && splits > 1) {
+    }
+    if (st == FKV_OK && total_splits > 1) {
         launch R = *L;
         for (int i = 0; i < VK_N_BINDINGS; i++)
             R.b[i] = (bind){d->dummy.buf, 0, VK_WHOLE_SIZE};
@@ -837,7 +961,7 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
         R.pc[0] = n_bh;
         R.pc[1] = g->group;
         R.pc[2] = g->head_dim;
-        R.pc[3] = splits;
+        R.pc[3] = total_splits;
         R.pc[4] = L->pc[13];
         uint32_t gx, gy;
         grid_1d(d, (uint64_t)n_bh * gd, pick_wg(d, ELEMENTWISE_WG), &gx, &gy);
@@ -873,7 +997,7 @@ fkv_status fkv_vk_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
                          n_seqs);
     if (n_seqs == 0) {
         uint32_t n_slots;
-        if ((st = bind_pools(&L, g, kpool, vpool, 3, 4, &n_slots)) != FKV_OK)
+        if ((st = bind_pools(&L, g, kpool, vpool, 3, 4, 14, 5, 1, &n_slots)) != FKV_OK)
             return st;
         return fkv_vk_marker(dev, q, deps);
     }

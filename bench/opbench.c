@@ -20,7 +20,13 @@
 #include "core/threadpool.h"
 #include "freekv.h"
 #ifdef FKV_HAVE_OPENCL
-#include "opencl/ocl_internal.h"
+#include "opencl/ocl_debug.h"
+#endif
+#ifdef FKV_HAVE_VULKAN
+#include "vulkan/vk_debug.h"
+#endif
+#ifdef FKV_HAVE_HIP
+#include "hip/hip_debug.h"
 #endif
 
 #define MAX_LIST 8
@@ -143,6 +149,31 @@ typedef struct bench {
     fkv_bdev *dev;
     const options *o;
 } bench;
+
+/* The backend's split-attention override (0 automatic, 1 never split): 0 when it has none. */
+static int set_splits(const bench *b, int splits) {
+#ifdef FKV_HAVE_OPENCL
+    if (strcmp(b->ops->name, "opencl") == 0) {
+        fkv_opencl_debug_set_splits(b->dev, splits);
+        return 1;
+    }
+#endif
+#ifdef FKV_HAVE_VULKAN
+    if (strcmp(b->ops->name, "vulkan") == 0) {
+        fkv_vulkan_debug_set_splits(b->dev, splits);
+        return 1;
+    }
+#endif
+#ifdef FKV_HAVE_HIP
+    if (strcmp(b->ops->name, "hip") == 0) {
+        fkv_hip_debug_set_splits(b->dev, splits);
+        return 1;
+    }
+#endif
+    (void)b;
+    (void)splits;
+    return 0;
+}
 
 static fkv_status wait_release(bench *b, fkv_bevent *ev) {
     fkv_status st = b->ops->event_wait(b->dev, 1, &ev);
@@ -369,7 +400,7 @@ static void bench_attention(bench *b) {
            "%s, %u reps (median)\n",
            o->budget, pages, o->page, o->q_heads, o->kv_heads, o->head_dim,
            fkv_dtype_name(o->dtype), o->reps);
-    int is_opencl = strcmp(b->ops->name, "opencl") == 0;
+    int has_splits = set_splits(b, 0);
     printf("  %-6s %-8s %9s %10s  %s\n", "batch", "splits", "KV MiB", "ms", "GB/s of K/V read");
     double *t = malloc(o->reps * sizeof *t);
     for (uint32_t bi = 0; bi < o->n_batches && t; bi++) {
@@ -424,14 +455,12 @@ static void bench_attention(bench *b) {
         }
         /* K/V bytes each attention reads: every listed token of every (sequence, KV head). */
         double bytes = (double)n_bh * o->budget * o->head_dim * fkv_dtype_size(o->dtype) * 2;
-        for (int variant = 0; variant < (is_opencl ? 2 : 1) && st == FKV_OK; variant++) {
+        for (int variant = 0; variant < (has_splits ? 2 : 1) && st == FKV_OK; variant++) {
             const char *split = "auto";
-#ifdef FKV_HAVE_OPENCL
-            if (is_opencl) {
-                fkv_opencl_debug_set_splits(b->dev, variant); /* 0 auto, 1 never */
+            if (has_splits) {
+                set_splits(b, variant); /* 0 auto, 1 never */
                 split = variant ? "off" : "auto";
             }
-#endif
             for (uint32_t rep = 0; rep <= o->reps && st == FKV_OK; rep++) {
                 double t0 = now_s();
                 st = attention_once(b, &g, qb, batch, hb, eb, kp, vp, ob);
@@ -444,10 +473,7 @@ static void bench_attention(bench *b) {
                        s * 1e3, bytes / s * 1e-9);
             }
         }
-#ifdef FKV_HAVE_OPENCL
-        if (is_opencl)
-            fkv_opencl_debug_set_splits(b->dev, 0);
-#endif
+        set_splits(b, 0);
         if (st != FKV_OK)
             printf("  %-6u n/a: %s\n", batch, fkv_last_error());
         fkv_bbuf *bufs[6] = {kp, vp, qb, hb, eb, ob};

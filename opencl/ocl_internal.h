@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "../backends/backend.h"
+#include "ocl_debug.h"
 
 /* Kernels of the program; every dtype program holds all of them. */
 typedef enum ocl_kernel_id {
@@ -168,17 +169,5 @@ static inline void fkv_ocl_clear_done(const fkv_deps *deps) {
 void fkv_ocl_done(const fkv_deps *deps, cl_event ev);
 /* The ops table's marker: what an operation with nothing to do enqueues. */
 fkv_status fkv_ocl_marker(fkv_bdev *dev, fkv_queue q, fkv_deps deps);
-
-/* ---- test and benchmark hooks ---- */
-/* Replaces the kernel source for programs built from now on (NULL restores the embedded
- * one) and drops the programs already built; call with no command in flight. */
-fkv_status fkv_opencl_debug_set_source(fkv_bdev *dev, const char *source);
-/* Split-page attention: 0 = automatic (split when batch x KV heads cannot fill the device),
- * n >= 1 = always n splits (1 = never split). */
-void fkv_opencl_debug_set_splits(fkv_bdev *dev, int splits);
-/* Programs of this device loaded from / stored into the binary cache so far. */
-void fkv_opencl_debug_cache_counts(fkv_bdev *dev, unsigned *loads, unsigned *stores);
-/* Whether host_alloc hands out fine-grained SVM memory on this device. */
-int fkv_opencl_debug_svm_host(fkv_bdev *dev);
 
 #endif

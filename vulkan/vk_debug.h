@@ -1,0 +1,27 @@
+/* Test and benchmark hooks of the Vulkan backend. Unlike vk_internal.h this needs no
+ * API header, so generic code (freekv-opbench, tests) can include several backends' hooks. */
+#ifndef FKV_VK_DEBUG_H
+#define FKV_VK_DEBUG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../backends/backend.h"
+
+/* Split-page attention: 0 = automatic, n >= 1 = always n splits. */
+void fkv_vulkan_debug_set_splits(fkv_bdev *dev, int splits);
+/* Whether kernels use 16-bit storage (FREEKV_VULKAN_16BIT=0 forces the 32-bit fallback). */
+int fkv_vulkan_debug_s16(fkv_bdev *dev);
+/* Whether host_alloc imports host memory (VK_EXT_external_memory_host). */
+int fkv_vulkan_debug_import_host(fkv_bdev *dev);
+/* Whether write_regions issues one command per region (perpage) or one multi-region copy. */
+int fkv_vulkan_debug_perpage(fkv_bdev *dev);
+/* Validation-layer errors reported on this device (FREEKV_VULKAN_VALIDATION=1). */
+unsigned fkv_vulkan_debug_validation_errors(fkv_bdev *dev);
+/* The subgroup size read from the device. */
+uint32_t fkv_vulkan_debug_subgroup(fkv_bdev *dev);
+/* Bind KV pools and summaries in windows of at most `bytes` (0: maxStorageBufferRange), so
+ * the windowed path runs on small buffers; never more than the device's range. */
+void fkv_vulkan_debug_set_window(fkv_bdev *dev, size_t bytes);
+
+#endif

@@ -112,6 +112,18 @@ Test(vulkan_windows, attention_naive_reference) { bh_check_attention_naive(); }
 Test(vulkan_windows, attention_dense_unsplit) { bh_check_dense(1); }
 Test(vulkan_windows, attention_dense_split) { bh_check_dense(4); }
 
+static void open_both_w32_windows(void) {
+    open_both_w32();
+    fkv_vulkan_debug_set_window(OD, 1024);
+}
+/* Windows over KV held two 16-bit elements to a 32-bit word. */
+TestSuite(vulkan_windows_w32, .init = open_both_w32_windows, .fini = bh_teardown, .timeout = 300);
+Test(vulkan_windows_w32, append) { bh_check_append(); }
+Test(vulkan_windows_w32, summarize) { bh_check_summarize(); }
+Test(vulkan_windows_w32, pack_hnd) { bh_check_pack_hnd(); }
+Test(vulkan_windows_w32, scatter_hnd) { bh_check_scatter_hnd(); }
+Test(vulkan_windows_w32, attention_split) { bh_check_attention(3); }
+
 /* The storage kernels with and without 16-bit storage. */
 #define BOTH(test, body)         \
     Test(vulkan, test) { body; } \

@@ -358,15 +358,25 @@ static fkv_status plan_windows(const launch *L, uint64_t unit_bytes, uint64_t n_
     return FKV_OK;
 }
 
+/* Inner windows span exactly their units; the last runs on to the buffer's end (within the
+ * range): the 32-bit words of 16-bit data past an odd end, a partial last page of dense K/V,
+ * and a window of no units all stay inside a valid, non-empty binding. */
+static VkDeviceSize window_range(const fkv_bdev *d, VkDeviceSize len, VkDeviceSize to_end,
+                                 int last) {
+    if (!last)
+        return len;
+    return to_end < d->max_range ? to_end : d->max_range / d->align * d->align;
+}
+
 /* Binds window k of b (see win_bind) and sets its push constants. */
 static void apply_window(launch *L, const win_bind *b, uint32_t k) {
     uint64_t first = (uint64_t)k * b->w.per, rest = b->w.n_units - first;
     uint64_t n = rest < b->w.per ? rest : b->w.per;
     VkDeviceSize off = first * b->w.unit_bytes, len = n * b->w.unit_bytes;
-    /* the last unit of a contiguous dense K/V may be partial: stop at the buffer's end */
-    L->b[b->b0] = (bind){b->buf0, off, len < b->size0 - off ? len : b->size0 - off};
+    int last = first + n >= b->w.n_units;
+    L->b[b->b0] = (bind){b->buf0, off, window_range(L->d, len, b->size0 - off, last)};
     if (b->b1 >= 0)
-        L->b[b->b1] = (bind){b->buf1, off, len < b->size1 - off ? len : b->size1 - off};
+        L->b[b->b1] = (bind){b->buf1, off, window_range(L->d, len, b->size1 - off, last)};
     L->pc[b->pc_first] = (uint32_t)(first * b->mult);
     L->pc[b->pc_count] = (uint32_t)(n * b->mult);
 }
@@ -591,7 +601,8 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
                          (unsigned long long)gd);
     if ((st = bind_buf(&L, 0, qbuf, q_off, q_bytes, 4, &L.pc[0], "q")) != FKV_OK ||
         (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 12ull, 4, &L.pc[1], "desc")) != FKV_OK ||
-        (st = bind_buf(&L, 3, out, out_off, 0, 4, &L.pc[3], "out")) != FKV_OK)
+        /* written at indices from device data: all of it must be reachable */
+        (st = bind_buf(&L, 3, out, out_off, out->size - out_off, 4, &L.pc[3], "out")) != FKV_OK)
         return st;
     size_t n_summ = summaries->size / summary_bytes;
     if ((st = bind_windows(&L, 2, summaries->buf, summaries->size, -1, VK_NULL_HANDLE, 0,
@@ -818,6 +829,13 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
             used[w] = 1;
         }
         L.b[4] = (bind){t.buf, 0, VK_WHOLE_SIZE};
+        uint64_t n_used = 0;
+        for (uint64_t w = 0; w < n_windows; w++)
+            n_used += used[w];
+        if (n_used * L.win[0].w.count > DESCRIPTOR_SETS_PER_COMMAND)
+            st = fkv_error(FKV_ERR_UNSUPPORTED,
+                           "vulkan recall_direct: %llu host windows x %u pool windows in one call",
+                           (unsigned long long)n_used, L.win[0].w.count);
     }
     for (uint64_t w = 0; w < n_windows && st == FKV_OK; w++) {
         if (!used[w])
@@ -899,8 +917,10 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
                          "vulkan %s: group %u x head_dim %u needs %zu bytes of shared memory, the "
                          "device has %zu",
                          L->op, g->group, g->head_dim, attention_floats(g, tile) * 4, avail * 4);
-    if ((uint64_t)n_bh * splits > d->max_groups[0] || (uint64_t)splits * n_windows > MAX_SPLITS)
-        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan %s: too many sequences or windows", L->op);
+    if ((uint64_t)splits * n_windows > MAX_SPLITS) /* windows already split the work */
+        splits = MAX_SPLITS / n_windows > 1 ? MAX_SPLITS / n_windows : 1;
+    if ((uint64_t)n_bh * splits > d->max_groups[0])
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan %s: too many sequences", L->op);
     uint32_t total_splits = splits * n_windows;
     uint32_t smem = pow2_at_least((uint32_t)attention_floats(g, tile), 256);
     if (smem > avail)
@@ -912,7 +932,8 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
         return st;
     if (x->dense_tokens < 0 &&
         ((st = bind_buf(L, 1, x->heads, x->heads_off, n_bh * 8ull, 4, &L->pc[1], "heads")) != FKV_OK ||
-         (st = bind_buf(L, 2, x->entries, x->entries_off, 0, 4, &L->pc[2], "entries")) != FKV_OK))
+         (st = bind_buf(L, 2, x->entries, x->entries_off, x->entries->size - x->entries_off, 4,
+                        &L->pc[2], "entries")) != FKV_OK))
         return st;
     uint32_t n_entries = x->n_entries;
     if (x->dense_tokens < 0) {
@@ -936,13 +957,17 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
         (total_splits > 1 &&
          (st = get_pipeline(d, S_ATTENTION_REDUCE, pick_wg(d, ELEMENTWISE_WG), 1, &pr)) != FKV_OK))
         return st;
+    VkDeviceSize part_bytes = (VkDeviceSize)n_bh * total_splits * g->group * (g->head_dim + 2) * 4;
+    if (total_splits > 1 && part_bytes > d->max_range)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan %s: %llu bytes of split partials exceed maxStorageBufferRange",
+                         L->op, (unsigned long long)part_bytes);
     vk_cmd c;
     if ((st = fkv_vk_cmd_begin(d, L->q, 0, &c)) != FKV_OK)
         return st;
     vk_temp part;
     if (total_splits > 1) {
-        st = fkv_vk_cmd_temp(
-            &c, (VkDeviceSize)n_bh * total_splits * g->group * (g->head_dim + 2) * 4, 0, &part);
+        st = fkv_vk_cmd_temp(&c, part_bytes, 0, &part);
         if (st == FKV_OK)
             L->b[6] = (bind){part.buf, 0, VK_WHOLE_SIZE};
     }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "../backends/check.h"
+#include "../common/env.h"
 #include "../common/error.h"
 #include "hip_internal.h"
 #include "hip_kernels.h"
@@ -135,18 +136,10 @@ typedef enum recall_choice { RECALL_AUTO, RECALL_ZEROCOPY, RECALL_STAGED, RECALL
 
 static fkv_status read_env(recall_choice *recall) {
     static const char *const names[] = {"auto", "zerocopy", "staged", "perpage"};
-    const char *r = getenv("FREEKV_HIP_RECALL");
-    *recall = RECALL_AUTO;
-    if (r == NULL || r[0] == '\0')
-        return FKV_OK;
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
-        if (strcmp(r, names[i]) == 0) {
-            *recall = (recall_choice)i;
-            return FKV_OK;
-        }
-    }
-    return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
-                     "FREEKV_HIP_RECALL='%s' (valid: auto, zerocopy, staged, perpage)", r);
+    int i;
+    fkv_status st = fkv_env_choice("FREEKV_HIP_RECALL", names, 4, RECALL_AUTO, &i);
+    *recall = (recall_choice)i;
+    return st;
 }
 
 /* ---- open / close ---- */

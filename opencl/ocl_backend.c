@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "../backends/check.h"
+#include "../common/cache_file.h"
+#include "../common/env.h"
 #include "../common/error.h"
 #include "ocl_internal.h"
 
@@ -164,30 +166,14 @@ static fkv_status ocl_device_info(uint32_t index, fkv_device_info *info) {
 typedef enum recall_choice { RECALL_AUTO, RECALL_STAGED, RECALL_PERPAGE, RECALL_SVM } recall_choice;
 
 static fkv_status read_env(recall_choice *recall, int *fast_math) {
-    const char *r = getenv("FREEKV_OPENCL_RECALL");
-    *recall = RECALL_AUTO;
-    if (r && r[0]) {
-        static const char *const names[] = {"auto", "staged", "perpage", "svm"};
-        size_t i = 0;
-        while (i < 4 && strcmp(r, names[i]) != 0)
-            i++;
-        if (i == 4)
-            return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
-                             "FREEKV_OPENCL_RECALL='%s' (valid: auto, staged, perpage, svm)", r);
-        *recall = (recall_choice)i;
-    }
-    const char *f = getenv("FREEKV_OPENCL_FAST_MATH");
-    *fast_math = 0;
-    if (f && f[0]) {
-        if (strcmp(f, "0") == 0)
-            *fast_math = 0;
-        else if (strcmp(f, "1") == 0)
-            *fast_math = 1;
-        else
-            return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
-                             "FREEKV_OPENCL_FAST_MATH='%s' (valid: 0, 1)", f);
-    }
-    return FKV_OK;
+    static const char *const names[] = {"auto", "staged", "perpage", "svm"};
+    static const char *const flag[] = {"0", "1"};
+    int i;
+    fkv_status st = fkv_env_choice("FREEKV_OPENCL_RECALL", names, 4, RECALL_AUTO, &i);
+    *recall = (recall_choice)i;
+    if (st == FKV_OK)
+        st = fkv_env_choice("FREEKV_OPENCL_FAST_MATH", flag, 2, 0, fast_math);
+    return st;
 }
 
 /* ---- open / close ---- */
@@ -314,7 +300,7 @@ static fkv_status ocl_device_open(uint32_t index, fkv_bdev **out) {
     snprintf(d->cache_key, sizeof d->cache_key,
              "platform=%s|%s\ndevice=%s\ndevice_version=%s\ndriver=%s", pname, pver,
              d->info.name, dver, drv);
-    fkv_ocl_cache_dir(d->cache_dir, sizeof d->cache_dir);
+    fkv_cache_dir(d->cache_dir, sizeof d->cache_dir);
 
     cl_int err;
     cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)d->platform, 0};

@@ -110,8 +110,6 @@ fkv_status fkv_ocl_fail(cl_int err, int allocation, const char *what);
 /* The program of dtype, built (or loaded from the cache) on first use; thread-safe. */
 fkv_status fkv_ocl_program(fkv_bdev *d, fkv_dtype dtype, ocl_program **out);
 void fkv_ocl_program_release(ocl_program *p);
-/* Where the binary cache lives (FREEKV_CACHE_DIR, XDG_CACHE_HOME, HOME); "" if none. */
-void fkv_ocl_cache_dir(char *buf, size_t size);
 
 /* ---- ops (ocl_kernels.c) ---- */
 fkv_status fkv_ocl_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,

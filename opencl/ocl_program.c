@@ -6,22 +6,12 @@
  * so a reader sees a whole file or none; each file repeats its full key and a checksum, so
  * a stale, foreign or truncated file is ignored and rebuilt. Any failure of the cache
  * (missing or read-only directory, a path that is a file) only disables it. */
-#include <errno.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/types.h>
-#ifdef _WIN32
-#include <direct.h>
-#include <process.h>
-#define fkv_getpid _getpid
-#else
-#include <unistd.h>
-#define fkv_getpid getpid
-#endif
 
+#include "../common/cache_file.h"
 #include "../common/error.h"
 #include "ocl_internal.h"
 
@@ -46,54 +36,6 @@ static uint64_t fnv1a(uint64_t h, const void *data, size_t n) {
 }
 
 static uint64_t hash_str(uint64_t h, const char *s) { return fnv1a(h, s, strlen(s) + 1); }
-
-/* ---- cache directory ---- */
-
-static int make_dir(const char *path) {
-#ifdef _WIN32
-    return _mkdir(path) == 0 || errno == EEXIST ? 0 : -1;
-#else
-    return mkdir(path, 0755) == 0 || errno == EEXIST ? 0 : -1;
-#endif
-}
-
-/* mkdir -p; 0 when `path` ends up an existing directory. */
-static int make_dirs(const char *path) {
-    char buf[1024];
-    size_t n = strlen(path);
-    if (n == 0 || n >= sizeof buf)
-        return -1;
-    memcpy(buf, path, n + 1);
-    for (size_t i = 1; i < n; i++) {
-        if (buf[i] != '/')
-            continue;
-        buf[i] = '\0';
-        make_dir(buf); /* intermediate failures show up at the last step */
-        buf[i] = '/';
-    }
-    if (make_dir(buf) != 0)
-        return -1;
-    struct stat sb;
-    return stat(buf, &sb) == 0 && (sb.st_mode & S_IFMT) == S_IFDIR ? 0 : -1;
-}
-
-void fkv_ocl_cache_dir(char *buf, size_t size) {
-    const char *dir = getenv("FREEKV_CACHE_DIR");
-    const char *xdg = getenv("XDG_CACHE_HOME");
-    const char *home = getenv("HOME");
-    int n;
-    buf[0] = '\0';
-    if (dir && dir[0])
-        n = snprintf(buf, size, "%s", dir);
-    else if (xdg && xdg[0])
-        n = snprintf(buf, size, "%s/freekv", xdg);
-    else if (home && home[0])
-        n = snprintf(buf, size, "%s/.cache/freekv", home);
-    else
-        return;
-    if (n < 0 || (size_t)n >= size || make_dirs(buf) != 0)
-        buf[0] = '\0'; /* unusable: the cache is off, which is not an error */
-}
 
 /* ---- cache files ---- */
 
@@ -144,33 +86,15 @@ bad:
     return NULL;
 }
 
-/* Writes atomically (temporary file, then rename); 0 on success. Failures are ignored by the
- * caller: a cache that cannot be written is simply not used. */
+/* 0 on success. Failures are ignored by the caller: a cache that cannot be written is simply
+ * not used. */
 static int cache_store(const cache_entry *e, const unsigned char *bin, size_t size) {
-    static atomic_uint counter; /* distinguishes temporaries of threads in one process */
-    char tmp[sizeof e->path + 48];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld.%u", e->path, (long)fkv_getpid(),
-             atomic_fetch_add(&counter, 1u) + 1u);
-    FILE *f = fopen(tmp, "wbx");
-    if (f == NULL)
-        return -1;
     uint64_t key_len = strlen(e->key), bin_len = size;
     uint64_t bin_hash = fnv1a(0xcbf29ce484222325ull, bin, size);
-    int ok = fwrite(CACHE_MAGIC, 1, sizeof CACHE_MAGIC - 1, f) == sizeof CACHE_MAGIC - 1 &&
-             fwrite(&key_len, sizeof key_len, 1, f) == 1 &&
-             fwrite(e->key, 1, (size_t)key_len, f) == key_len &&
-             fwrite(&bin_len, sizeof bin_len, 1, f) == 1 &&
-             fwrite(&bin_hash, sizeof bin_hash, 1, f) == 1 && fwrite(bin, 1, size, f) == size;
-    ok = fclose(f) == 0 && ok;
-#ifdef _WIN32
-    if (ok)
-        remove(e->path); /* rename does not replace on Windows */
-#endif
-    if (!ok || rename(tmp, e->path) != 0) {
-        remove(tmp);
-        return -1;
-    }
-    return 0;
+    const void *parts[] = {CACHE_MAGIC, &key_len, e->key, &bin_len, &bin_hash, bin};
+    const size_t sizes[] = {sizeof CACHE_MAGIC - 1, sizeof key_len, (size_t)key_len,
+                            sizeof bin_len, sizeof bin_hash, size};
+    return fkv_cache_write(e->path, parts, sizes, 6);
 }
 
 /* ---- building ---- */

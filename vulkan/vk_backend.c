@@ -13,6 +13,7 @@
 #include <strings.h>
 
 #include "../backends/check.h"
+#include "../common/env.h"
 #include "../common/error.h"
 #include "vk_internal.h"
 
@@ -305,32 +306,13 @@ typedef enum { RECALL_AUTO, RECALL_STAGED, RECALL_REGIONS, RECALL_HOSTPTR, RECAL
 
 static fkv_status read_env(recall_choice *recall, int *s16) {
     static const char *const names[] = {"auto", "staged", "regions", "hostptr", "perpage"};
-    const char *s = getenv("FREEKV_VULKAN_RECALL");
-    *recall = RECALL_AUTO;
-    if (s && s[0]) {
-        int found = 0;
-        for (int i = 0; i < 5; i++)
-            if (strcasecmp(s, names[i]) == 0) {
-                *recall = (recall_choice)i;
-                found = 1;
-            }
-        if (!found)
-            return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
-                             "FREEKV_VULKAN_RECALL='%s': expected auto, staged, regions, hostptr "
-                             "or perpage",
-                             s);
-    }
-    const char *b = getenv("FREEKV_VULKAN_16BIT");
-    *s16 = 1;
-    if (b && b[0]) {
-        if (strcmp(b, "0") != 0 && strcmp(b, "1") != 0)
-            return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
-                             "FREEKV_VULKAN_16BIT='%s': expected 0, 1 (16-bit storage off or on "
-                             "where the device has it)",
-                             b);
-        *s16 = b[0] == '1';
-    }
-    return FKV_OK;
+    static const char *const flag[] = {"0", "1"}; /* 16-bit storage off, or on where present */
+    int i;
+    fkv_status st = fkv_env_choice("FREEKV_VULKAN_RECALL", names, 5, RECALL_AUTO, &i);
+    *recall = (recall_choice)i;
+    if (st == FKV_OK)
+        st = fkv_env_choice("FREEKV_VULKAN_16BIT", flag, 2, 1, s16);
+    return st;
 }
 
 /* ---- memory ---- */

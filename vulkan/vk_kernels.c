@@ -4,18 +4,16 @@
  *
  * Every storage buffer is bound at an offset aligned down to minStorageBufferOffsetAlignment,
  * the rest of the offset travels in push constants (in elements), and a binding never spans
- * more than maxStorageBufferRange (lavapipe: 128 MiB): what a kernel needs beyond it is
- * refused as unsupported, except host memory read by recall_direct, which is bound in windows
- * (one dispatch per window). */
-#include <errno.h>
+ * more than maxStorageBufferRange (lavapipe: 128 MiB). KV pools and summaries beyond it, and
+ * host memory read by recall_direct, are bound in windows (one dispatch per window, see
+ * plan_windows); anything else a kernel needs beyond it is refused as unsupported. */
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "../backends/check.h"
+#include "../common/cache_file.h"
 #include "../common/error.h"
 #include "vk_internal.h"
 
@@ -52,36 +50,17 @@ static size_t esize(fkv_dtype t) { return t == FKV_F32 ? 4 : 2; }
 /* ---- pipeline cache file ---- */
 
 static void cache_path(fkv_bdev *d, char *buf, size_t size) {
-    const char *dir = getenv("FREEKV_CACHE_DIR"), *xdg = getenv("XDG_CACHE_HOME"),
-               *home = getenv("HOME");
     char base[1024];
     buf[0] = '\0';
-    int n;
-    if (dir && dir[0])
-        n = snprintf(base, sizeof base, "%s", dir);
-    else if (xdg && xdg[0])
-        n = snprintf(base, sizeof base, "%s/freekv", xdg);
-    else if (home && home[0])
-        n = snprintf(base, sizeof base, "%s/.cache/freekv", home);
-    else
-        return;
-    if (n < 0 || (size_t)n >= sizeof base)
-        return;
-    /* mkdir -p; failures only disable the cache */
-    for (char *p = base + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            mkdir(base, 0755);
-            *p = '/';
-        }
-    mkdir(base, 0755);
-    struct stat sb;
-    if (stat(base, &sb) != 0 || !S_ISDIR(sb.st_mode))
+    fkv_cache_dir(base, sizeof base);
+    if (!base[0])
         return;
     VkPhysicalDeviceProperties p;
     vkGetPhysicalDeviceProperties(d->phys, &p);
-    snprintf(buf, size, "%s/vulkan-%04x-%04x-%08x.pcache", base, p.vendorID, p.deviceID,
-             p.driverVersion);
+    int n = snprintf(buf, size, "%s/vulkan-%04x-%04x-%08x.pcache", base, p.vendorID, p.deviceID,
+                     p.driverVersion);
+    if (n < 0 || (size_t)n >= size)
+        buf[0] = '\0';
 }
 
 /* The file's data when its header matches this device (Vulkan checks it too, but a foreign
@@ -118,15 +97,9 @@ static void cache_store(fkv_bdev *d) {
         vkGetPipelineCacheData(d->dev, d->pcache, &n, NULL) != VK_SUCCESS || n == 0)
         return;
     void *data = malloc(n);
-    char tmp[sizeof d->cache_path + 32];
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", d->cache_path, (long)getpid());
-    FILE *f;
-    if (data && vkGetPipelineCacheData(d->dev, d->pcache, &n, data) == VK_SUCCESS &&
-        (f = fopen(tmp, "wb")) != NULL) {
-        int ok = fwrite(data, 1, n, f) == n;
-        ok = fclose(f) == 0 && ok;
-        if (!ok || rename(tmp, d->cache_path) != 0) /* readers see a whole file or none */
-            remove(tmp);
+    if (data && vkGetPipelineCacheData(d->dev, d->pcache, &n, data) == VK_SUCCESS) {
+        const void *parts[1] = {data};
+        fkv_cache_write(d->cache_path, parts, &n, 1); /* failure: no cache next time */
     }
     free(data);
 }

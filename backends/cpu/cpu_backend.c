@@ -18,6 +18,7 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "../../common/env.h"
 #include "../../common/error.h"
 #include "cpu_kernels.h"
 #include "cpu_queue.h"
@@ -129,18 +130,12 @@ static fkv_status read_limit(const char *var, uint64_t *limit) {
 }
 
 static fkv_status read_recall(fkv_recall_mode *mode) {
+    /* in fkv_recall_mode order */
     static const char *const names[] = {"staged", "direct", "perpage"};
-    const char *s = getenv("FREEKV_CPU_RECALL");
-    *mode = FKV_RECALL_STAGED;
-    if (s == NULL || s[0] == '\0')
-        return FKV_OK;
-    for (int i = 0; i < 3; i++)
-        if (strcasecmp(s, names[i]) == 0) {
-            *mode = (fkv_recall_mode)i;
-            return FKV_OK;
-        }
-    return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
-                     "FREEKV_CPU_RECALL='%s': expected staged, direct or perpage", s);
+    int i;
+    fkv_status st = fkv_env_choice("FREEKV_CPU_RECALL", names, 3, FKV_RECALL_STAGED, &i);
+    *mode = (fkv_recall_mode)i;
+    return st;
 }
 
 static void cpu_device_close(fkv_bdev *dev) {

@@ -10,6 +10,29 @@ fkv_status fkv_check_queue(const char *backend, const char *op, fkv_queue q) {
     return FKV_OK;
 }
 
+fkv_status fkv_check_host_transfer(const char *backend, const char *op, fkv_queue q, int present,
+                                   size_t buf_size, size_t off, size_t size, const void *host) {
+    fkv_status st = fkv_check_queue(backend, op, q);
+    if (st == FKV_OK)
+        st = fkv_check_span(backend, op, "buffer", present, buf_size, off, size, 1, 0);
+    if (st == FKV_OK && host == NULL && size)
+        st = REFUSE("%s %s: NULL host pointer", backend, op);
+    return st;
+}
+
+fkv_status fkv_check_device_copy(const char *backend, fkv_queue q, int dst_present,
+                                 size_t dst_size, size_t dst_off, int src_present,
+                                 size_t src_size, size_t src_off, size_t size) {
+    fkv_status st = fkv_check_queue(backend, "copy", q);
+    if (st == FKV_OK)
+        st = fkv_check_span(backend, "copy", "destination", dst_present, dst_size, dst_off, size,
+                            1, 0);
+    if (st == FKV_OK)
+        st = fkv_check_span(backend, "copy", "source", src_present, src_size, src_off, size, 1,
+                            0);
+    return st;
+}
+
 fkv_status fkv_check_kernel_call(const char *backend, const char *op, const void *dev,
                                  fkv_queue q, const fkv_kv_geom *g) {
     if (dev == NULL)

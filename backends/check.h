@@ -14,6 +14,15 @@
 /* Any enqueue: one of the FKV_QUEUE_COUNT queues. */
 fkv_status fkv_check_queue(const char *backend, const char *op, fkv_queue q);
 
+/* write/read: a queue, `size` bytes at `off` of the buffer, a host pointer unless size is 0. */
+fkv_status fkv_check_host_transfer(const char *backend, const char *op, fkv_queue q, int present,
+                                   size_t buf_size, size_t off, size_t size, const void *host);
+
+/* copy: a queue and both ranges. */
+fkv_status fkv_check_device_copy(const char *backend, fkv_queue q, int dst_present,
+                                 size_t dst_size, size_t dst_off, int src_present,
+                                 size_t src_size, size_t src_off, size_t size);
+
 /* A kernel call: a device, the compute or background queue, a valid geometry whose slot and
  * (sequence, KV head) query block fit the kernels' 32-bit indices. */
 fkv_status fkv_check_kernel_call(const char *backend, const char *op, const void *dev,

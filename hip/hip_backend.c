@@ -517,19 +517,12 @@ fkv_status fkv_hip_scratch(fkv_bdev *d, fkv_queue q, void **mem, size_t *size, s
 
 /* ---- copies ---- */
 
-static fkv_status check_range(const fkv_bbuf *b, size_t off, size_t size, const char *op) {
-    return fkv_check_span("hip", op, "buffer", b != NULL, b ? b->size : 0, off, size, 1, 0);
-}
-
-/* Checks shared by the three copies; binds the device. */
-static fkv_status copy_prologue(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const char *op) {
+/* What the three copies check first (then the ranges, in backends/check.c). */
+static fkv_status copy_prologue(fkv_bdev *d, const fkv_deps *deps, const char *op) {
     fkv_hip_clear_done(deps);
     if (d == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL device", op);
-    fkv_status st = check_queue(q, op);
-    if (st == FKV_OK)
-        st = fkv_hip_check_waits(deps);
-    return st;
+    return fkv_hip_check_waits(deps);
 }
 
 static fkv_status enqueue_copy(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, void *dst,
@@ -547,11 +540,10 @@ static fkv_status enqueue_copy(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, v
 
 static fkv_status hip_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                             size_t dst_offset, const void *src, size_t size) {
-    fkv_status st = copy_prologue(d, q, &deps, "write");
+    fkv_status st = copy_prologue(d, &deps, "write");
     if (st == FKV_OK)
-        st = check_range(dst, dst_offset, size, "write");
-    if (st == FKV_OK && src == NULL && size)
-        st = fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip write: NULL source");
+        st = fkv_check_host_transfer("hip", "write", q, dst != NULL, dst ? dst->size : 0,
+                                     dst_offset, size, src);
     if (st != FKV_OK)
         return st;
     if (size == 0)
@@ -562,11 +554,10 @@ static fkv_status hip_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *d
 
 static fkv_status hip_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
                            size_t src_offset, void *dst, size_t size) {
-    fkv_status st = copy_prologue(d, q, &deps, "read");
+    fkv_status st = copy_prologue(d, &deps, "read");
     if (st == FKV_OK)
-        st = check_range(src, src_offset, size, "read");
-    if (st == FKV_OK && dst == NULL && size)
-        st = fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip read: NULL destination");
+        st = fkv_check_host_transfer("hip", "read", q, src != NULL, src ? src->size : 0,
+                                     src_offset, size, dst);
     if (st != FKV_OK)
         return st;
     if (size == 0)
@@ -577,11 +568,10 @@ static fkv_status hip_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bb
 
 static fkv_status hip_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                            size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size) {
-    fkv_status st = copy_prologue(d, q, &deps, "copy");
+    fkv_status st = copy_prologue(d, &deps, "copy");
     if (st == FKV_OK)
-        st = check_range(dst, dst_offset, size, "copy");
-    if (st == FKV_OK)
-        st = check_range(src, src_offset, size, "copy");
+        st = fkv_check_device_copy("hip", q, dst != NULL, dst ? dst->size : 0, dst_offset,
+                                   src != NULL, src ? src->size : 0, src_offset, size);
     if (st != FKV_OK)
         return st;
     if (size == 0)

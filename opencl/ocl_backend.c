@@ -567,18 +567,11 @@ int fkv_opencl_debug_svm_host(fkv_bdev *d) { return d->svm_host; }
 
 /* ---- copies ---- */
 
-static fkv_status check_range(const fkv_bbuf *b, size_t off, size_t size, const char *op) {
-    return fkv_check_span("opencl", op, "buffer", b != NULL, b ? b->size : 0, off, size, 1, 0);
-}
-
 static fkv_status ocl_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                             size_t dst_offset, const void *src, size_t size) {
     fkv_ocl_clear_done(&deps);
-    fkv_status st = check_queue(q, "write");
-    if (st == FKV_OK)
-        st = check_range(dst, dst_offset, size, "write");
-    if (st == FKV_OK && src == NULL && size)
-        st = fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl write: NULL source");
+    fkv_status st = fkv_check_host_transfer("opencl", "write", q, dst != NULL, dst ? dst->size : 0,
+                                            dst_offset, size, src);
     if (st != FKV_OK)
         return st;
     if (size == 0)
@@ -599,11 +592,8 @@ static fkv_status ocl_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *d
 static fkv_status ocl_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
                            size_t src_offset, void *dst, size_t size) {
     fkv_ocl_clear_done(&deps);
-    fkv_status st = check_queue(q, "read");
-    if (st == FKV_OK)
-        st = check_range(src, src_offset, size, "read");
-    if (st == FKV_OK && dst == NULL && size)
-        st = fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl read: NULL destination");
+    fkv_status st = fkv_check_host_transfer("opencl", "read", q, src != NULL, src ? src->size : 0,
+                                            src_offset, size, dst);
     if (st != FKV_OK)
         return st;
     if (size == 0)
@@ -624,11 +614,8 @@ static fkv_status ocl_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bb
 static fkv_status ocl_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                            size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size) {
     fkv_ocl_clear_done(&deps);
-    fkv_status st = check_queue(q, "copy");
-    if (st == FKV_OK)
-        st = check_range(dst, dst_offset, size, "copy");
-    if (st == FKV_OK)
-        st = check_range(src, src_offset, size, "copy");
+    fkv_status st = fkv_check_device_copy("opencl", q, dst != NULL, dst ? dst->size : 0, dst_offset,
+                                          src != NULL, src ? src->size : 0, src_offset, size);
     if (st != FKV_OK)
         return st;
     if (size == 0)

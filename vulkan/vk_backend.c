@@ -956,11 +956,8 @@ static fkv_status record_upload(vk_cmd *c, fkv_bbuf *dst, uint32_t n, const fkv_
 static fkv_status vk_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                            size_t dst_offset, const void *src, size_t size) {
     fkv_vk_clear_done(&deps);
-    fkv_status st = fkv_vk_check_queue(q, "write");
-    if (st == FKV_OK)
-        st = check_range(dst, dst_offset, size, "write");
-    if (st == FKV_OK && src == NULL && size)
-        st = fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan write: NULL source");
+    fkv_status st = fkv_check_host_transfer("vulkan", "write", q, dst != NULL, dst ? dst->size : 0,
+                                            dst_offset, size, src);
     if (st != FKV_OK)
         return st;
     if (size == 0)
@@ -1028,11 +1025,8 @@ static fkv_status vk_write_regions(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_
 static fkv_status vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
                           size_t src_offset, void *dst, size_t size) {
     fkv_vk_clear_done(&deps);
-    fkv_status st = fkv_vk_check_queue(q, "read");
-    if (st == FKV_OK)
-        st = check_range(src, src_offset, size, "read");
-    if (st == FKV_OK && dst == NULL && size)
-        st = fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan read: NULL destination");
+    fkv_status st = fkv_check_host_transfer("vulkan", "read", q, src != NULL, src ? src->size : 0,
+                                            src_offset, size, dst);
     if (st != FKV_OK)
         return st;
     if (size == 0)
@@ -1087,11 +1081,8 @@ static fkv_status vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbu
 static fkv_status vk_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                           size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size) {
     fkv_vk_clear_done(&deps);
-    fkv_status st = fkv_vk_check_queue(q, "copy");
-    if (st == FKV_OK)
-        st = check_range(dst, dst_offset, size, "copy");
-    if (st == FKV_OK)
-        st = check_range(src, src_offset, size, "copy");
+    fkv_status st = fkv_check_device_copy("vulkan", q, dst != NULL, dst ? dst->size : 0, dst_offset,
+                                          src != NULL, src ? src->size : 0, src_offset, size);
     if (st != FKV_OK)
         return st;
     if (size == 0)

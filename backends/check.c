@@ -84,3 +84,170 @@ fkv_status fkv_check_pool_slots(const char *backend, const char *op, const fkv_k
     *n_slots = (uint32_t)(n < max_slots ? n : max_slots);
     return FKV_OK;
 }
+
+/* ---- per op ---- */
+
+static size_t esize(fkv_dtype t) { return fkv_dtype_size(t); }
+
+static fkv_status span(const char *backend, const char *op, const char *what, fkv_bview b,
+                       size_t off, uint64_t bytes, size_t align) {
+    return fkv_check_span(backend, op, what, b.present, b.size, off, bytes, align, b.base + off);
+}
+
+static fkv_status pools(const char *backend, const char *op, const fkv_kv_geom *g, fkv_bview k,
+                        fkv_bview v, uint32_t *n_slots) {
+    return fkv_check_pool_slots(backend, op, g, k.present && v.present, k.size, v.size, k.base,
+                                v.base, n_slots);
+}
+
+/* (sequence, KV head) pairs index workgroups and descriptors in 32 bits. */
+static fkv_status bh_count(const char *backend, const char *op, uint32_t n_seqs,
+                           const fkv_kv_geom *g) {
+    if ((uint64_t)n_seqs * g->n_kv_heads > INT32_MAX)
+        return REFUSE("%s %s: %u sequences is too many", backend, op, n_seqs);
+    return FKV_OK;
+}
+
+fkv_status fkv_check_append(const char *backend, const fkv_kv_geom *g, fkv_bview k_src,
+                            size_t k_off, fkv_bview v_src, size_t v_off, uint32_t n_rows,
+                            fkv_bview rows, size_t rows_off, fkv_bview kpool, fkv_bview vpool,
+                            uint32_t *n_slots) {
+    const char *op = "append";
+    uint64_t bytes = (uint64_t)n_rows * g->n_kv_heads * g->head_dim * 4;
+    fkv_status st;
+    if ((st = span(backend, op, "k_src", k_src, k_off, bytes, 4)) != FKV_OK ||
+        (st = span(backend, op, "v_src", v_src, v_off, bytes, 4)) != FKV_OK ||
+        (st = span(backend, op, "rows", rows, rows_off, (uint64_t)n_rows * 4, 4)) != FKV_OK)
+        return st;
+    return pools(backend, op, g, kpool, vpool, n_slots);
+}
+
+fkv_status fkv_check_summarize(const char *backend, const fkv_kv_geom *g, fkv_bview kpool,
+                               uint32_t n_pages, fkv_bview pages, size_t pages_off,
+                               fkv_bview summaries, uint32_t *n_slots) {
+    const char *op = "summarize";
+    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
+    fkv_status st;
+    if ((st = span(backend, op, "pages", pages, pages_off, (uint64_t)n_pages * 8, 4)) != FKV_OK ||
+        (st = span(backend, op, "summaries", summaries, 0, summary_bytes, 4)) != FKV_OK)
+        return st;
+    return pools(backend, op, g, kpool, kpool, n_slots);
+}
+
+fkv_status fkv_check_scores(const char *backend, const fkv_kv_geom *g, fkv_bview q, size_t q_off,
+                            uint32_t n_seqs, fkv_bview desc, size_t desc_off,
+                            fkv_bview summaries, fkv_bview out, size_t out_off) {
+    const char *op = "scores";
+    uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * g->group * g->head_dim * 4;
+    fkv_status st;
+    if ((st = span(backend, op, "q", q, q_off, q_bytes, 4)) != FKV_OK ||
+        (st = span(backend, op, "desc", desc, desc_off, (uint64_t)n_seqs * 12, 4)) != FKV_OK ||
+        (st = span(backend, op, "summaries", summaries, 0, 0, 4)) != FKV_OK ||
+        (st = span(backend, op, "out", out, out_off, 0, 4)) != FKV_OK)
+        return st;
+    return bh_count(backend, op, n_seqs, g);
+}
+
+fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv_bview q_cur,
+                                  size_t cur_off, fkv_bview q_prev, size_t prev_off,
+                                  uint32_t n_seqs, fkv_bview sims, size_t sims_off,
+                                  fkv_bview flags, size_t flags_off) {
+    const char *op = "cosine_flags";
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
+    fkv_status st;
+    if ((st = span(backend, op, "q_cur", q_cur, cur_off, q_bytes, 4)) != FKV_OK ||
+        (st = span(backend, op, "q_prev", q_prev, prev_off, q_bytes, 4)) != FKV_OK ||
+        (st = span(backend, op, "sims", sims, sims_off, n_bh * 4, 4)) != FKV_OK ||
+        (st = span(backend, op, "flags", flags, flags_off, n_bh * 4, 4)) != FKV_OK)
+        return st;
+    return bh_count(backend, op, n_seqs, g);
+}
+
+fkv_status fkv_check_pack_hnd(const char *backend, const fkv_kv_geom *g, fkv_bview kpool,
+                              fkv_bview vpool, uint32_t n_pages, fkv_bview gslots,
+                              size_t gslots_off, fkv_bview dst, size_t dst_off,
+                              uint32_t *n_slots) {
+    const char *op = "pack_hnd";
+    uint64_t page_bytes =
+        (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * esize(g->dtype);
+    fkv_status st;
+    if ((st = span(backend, op, "gslots", gslots, gslots_off, (uint64_t)n_pages * 4, 4)) !=
+            FKV_OK ||
+        (st = span(backend, op, "dst", dst, dst_off, n_pages * page_bytes, esize(g->dtype))) !=
+            FKV_OK)
+        return st;
+    return pools(backend, op, g, kpool, vpool, n_slots);
+}
+
+fkv_status fkv_check_scatter_hnd(const char *backend, const fkv_kv_geom *g, fkv_bview src,
+                                 size_t src_off, uint32_t n_units, fkv_bview units,
+                                 size_t units_off, fkv_bview kpool, fkv_bview vpool,
+                                 uint32_t *n_slots) {
+    const char *op = "scatter_hnd";
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    fkv_status st;
+    if ((st = span(backend, op, "src", src, src_off, n_units * unit_bytes, esize(g->dtype))) !=
+            FKV_OK ||
+        (st = span(backend, op, "units", units, units_off, (uint64_t)n_units * 8, 4)) != FKV_OK)
+        return st;
+    return pools(backend, op, g, kpool, vpool, n_slots);
+}
+
+fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, size_t host_size,
+                                   uint32_t n_units, const uint64_t *units_host,
+                                   fkv_bview units, size_t units_off, fkv_bview kpool,
+                                   fkv_bview vpool, uint32_t *n_slots) {
+    const char *op = "recall_direct";
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    fkv_status st;
+    if (n_units && units_host == NULL)
+        return REFUSE("%s %s: NULL unit offsets", backend, op);
+    if ((st = span(backend, op, "units", units, units_off, (uint64_t)n_units * 8, 4)) != FKV_OK ||
+        (st = pools(backend, op, g, kpool, vpool, n_slots)) != FKV_OK)
+        return st;
+    for (uint32_t i = 0; i < n_units; i++) {
+        uint64_t off = units_host[i];
+        if (off % esize(g->dtype) || off > host_size || unit_bytes > host_size - off)
+            return REFUSE("%s %s: unit %u at host offset %llu is misaligned or beyond the "
+                          "%zu-byte allocation",
+                          backend, op, i, (unsigned long long)off, host_size);
+    }
+    return FKV_OK;
+}
+
+fkv_status fkv_check_attention(const char *backend, const fkv_kv_geom *g, fkv_bview q,
+                               size_t q_off, uint32_t n_seqs, fkv_bview heads, size_t heads_off,
+                               fkv_bview entries, size_t entries_off, fkv_bview kpool,
+                               fkv_bview vpool, fkv_bview out, size_t out_off,
+                               uint32_t *n_slots) {
+    const char *op = "attention";
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
+    fkv_status st;
+    if ((st = span(backend, op, "q", q, q_off, q_bytes, 4)) != FKV_OK ||
+        (st = span(backend, op, "heads", heads, heads_off, n_bh * 8, 4)) != FKV_OK ||
+        (st = span(backend, op, "entries", entries, entries_off, 0, 4)) != FKV_OK ||
+        (st = span(backend, op, "out", out, out_off, q_bytes, 4)) != FKV_OK ||
+        (st = pools(backend, op, g, kpool, vpool, n_slots)) != FKV_OK)
+        return st;
+    return bh_count(backend, op, n_seqs, g);
+}
+
+fkv_status fkv_check_attention_dense(const char *backend, const fkv_kv_geom *g, fkv_bview q,
+                                     size_t q_off, uint32_t n_tokens, fkv_bview k, fkv_bview v,
+                                     fkv_bview out, size_t out_off) {
+    const char *op = "attention_dense";
+    uint64_t q_bytes = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
+    uint64_t kv_bytes = (uint64_t)n_tokens * g->n_kv_heads * g->head_dim * esize(g->dtype);
+    fkv_status st;
+    if ((st = span(backend, op, "q", q, q_off, q_bytes, 4)) != FKV_OK ||
+        (st = span(backend, op, "k", k, 0, kv_bytes, esize(g->dtype))) != FKV_OK ||
+        (st = span(backend, op, "v", v, 0, kv_bytes, esize(g->dtype))) != FKV_OK ||
+        (st = span(backend, op, "out", out, out_off, q_bytes, 4)) != FKV_OK)
+        return st;
+    /* slots of the contiguous K/V are counted in int32 */
+    if (n_tokens > INT32_MAX - g->page_size)
+        return REFUSE("%s %s: %u tokens is too many", backend, op, n_tokens);
+    return FKV_OK;
+}

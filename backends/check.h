@@ -38,4 +38,52 @@ fkv_status fkv_check_pool_slots(const char *backend, const char *op, const fkv_k
                                 int present, size_t k_size, size_t v_size, uintptr_t k_addr,
                                 uintptr_t v_addr, uint32_t *n_slots);
 
+/* ---- one check per kernel entry of backend.h (after fkv_check_kernel_call) ----
+ * A buffer as the checks see it: whether it was given, its size, and the address offsets
+ * are aligned against (0 where the API aligns every allocation, OpenCL and Vulkan; the
+ * buffer's real address where it may be an imported pointer, HIP). */
+typedef struct fkv_bview {
+    int present;
+    size_t size;
+    uintptr_t base;
+} fkv_bview;
+
+/* Each checks the sizes, offsets and alignment backend.h documents for the op; those with
+ * KV pools return the slots both hold in *n_slots (fkv_check_pool_slots). */
+fkv_status fkv_check_append(const char *backend, const fkv_kv_geom *g, fkv_bview k_src,
+                            size_t k_off, fkv_bview v_src, size_t v_off, uint32_t n_rows,
+                            fkv_bview rows, size_t rows_off, fkv_bview kpool, fkv_bview vpool,
+                            uint32_t *n_slots);
+fkv_status fkv_check_summarize(const char *backend, const fkv_kv_geom *g, fkv_bview kpool,
+                               uint32_t n_pages, fkv_bview pages, size_t pages_off,
+                               fkv_bview summaries, uint32_t *n_slots);
+fkv_status fkv_check_scores(const char *backend, const fkv_kv_geom *g, fkv_bview q, size_t q_off,
+                            uint32_t n_seqs, fkv_bview desc, size_t desc_off,
+                            fkv_bview summaries, fkv_bview out, size_t out_off);
+fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv_bview q_cur,
+                                  size_t cur_off, fkv_bview q_prev, size_t prev_off,
+                                  uint32_t n_seqs, fkv_bview sims, size_t sims_off,
+                                  fkv_bview flags, size_t flags_off);
+fkv_status fkv_check_pack_hnd(const char *backend, const fkv_kv_geom *g, fkv_bview kpool,
+                              fkv_bview vpool, uint32_t n_pages, fkv_bview gslots,
+                              size_t gslots_off, fkv_bview dst, size_t dst_off,
+                              uint32_t *n_slots);
+fkv_status fkv_check_scatter_hnd(const char *backend, const fkv_kv_geom *g, fkv_bview src,
+                                 size_t src_off, uint32_t n_units, fkv_bview units,
+                                 size_t units_off, fkv_bview kpool, fkv_bview vpool,
+                                 uint32_t *n_slots);
+/* host_size: the host allocation every unit offset must lie in. */
+fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, size_t host_size,
+                                   uint32_t n_units, const uint64_t *units_host,
+                                   fkv_bview units, size_t units_off, fkv_bview kpool,
+                                   fkv_bview vpool, uint32_t *n_slots);
+fkv_status fkv_check_attention(const char *backend, const fkv_kv_geom *g, fkv_bview q,
+                               size_t q_off, uint32_t n_seqs, fkv_bview heads, size_t heads_off,
+                               fkv_bview entries, size_t entries_off, fkv_bview kpool,
+                               fkv_bview vpool, fkv_bview out, size_t out_off,
+                               uint32_t *n_slots);
+fkv_status fkv_check_attention_dense(const char *backend, const fkv_kv_geom *g, fkv_bview q,
+                                     size_t q_off, uint32_t n_tokens, fkv_bview k, fkv_bview v,
+                                     fkv_bview out, size_t out_off);
+
 #endif

@@ -45,16 +45,9 @@ static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const 
 }
 
 /* Imported pointers need not be aligned: the real addresses are checked. */
-static fkv_status check_buf(const fkv_bbuf *b, size_t off, uint64_t bytes, size_t align,
-                            const char *op, const char *what) {
-    return fkv_check_span("hip", op, what, b != NULL, b ? b->size : 0, off, bytes, align,
-                          b ? (uintptr_t)at(b, off) : 0);
-}
-
-static fkv_status pool_slots(const fkv_kv_geom *g, const fkv_bbuf *k, const fkv_bbuf *v,
-                             const char *op, uint32_t *n_slots) {
-    return fkv_check_pool_slots("hip", op, g, k && v, k ? k->size : 0, v ? v->size : 0,
-                                k ? (uintptr_t)k->ptr : 0, v ? (uintptr_t)v->ptr : 0, n_slots);
+static fkv_bview view(const fkv_bbuf *b) {
+    fkv_bview v = {b != NULL, b ? b->size : 0, b ? (uintptr_t)b->ptr : 0};
+    return v;
 }
 
 static uint32_t clamp_u32(size_t n) { return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n; }
@@ -89,10 +82,8 @@ fkv_status fkv_hip_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
         return st;
     uint64_t row_elems = (uint64_t)g->n_kv_heads * g->head_dim;
     uint32_t n_slots;
-    if ((st = check_buf(k_src, k_off, n_rows * row_elems * 4, 4, op, "k_src")) != FKV_OK ||
-        (st = check_buf(v_src, v_off, n_rows * row_elems * 4, 4, op, "v_src")) != FKV_OK ||
-        (st = check_buf(rows, rows_off, (uint64_t)n_rows * 4, 4, op, "rows")) != FKV_OK ||
-        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+    if ((st = fkv_check_append("hip", g, view(k_src), k_off, view(v_src), v_off, n_rows,
+                               view(rows), rows_off, view(kpool), view(vpool), &n_slots)) != FKV_OK)
         return st;
     if (n_rows == 0)
         return fkv_hip_marker(dev, q, deps);
@@ -121,9 +112,8 @@ fkv_status fkv_hip_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
         return st;
     uint32_t n_slots;
     size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = check_buf(pages, pages_off, (uint64_t)n_pages * 8, 4, op, "pages")) != FKV_OK ||
-        (st = check_buf(summaries, 0, summary_bytes, 4, op, "summaries")) != FKV_OK ||
-        (st = pool_slots(g, kpool, kpool, op, &n_slots)) != FKV_OK)
+    if ((st = fkv_check_summarize("hip", g, view(kpool), n_pages, view(pages), pages_off,
+                                  view(summaries), &n_slots)) != FKV_OK)
         return st;
     if (n_pages == 0)
         return fkv_hip_marker(dev, q, deps);
@@ -153,12 +143,9 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     if (st != FKV_OK)
         return st;
     uint64_t gd = (uint64_t)g->group * g->head_dim;
-    uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * gd * 4;
     size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
-        (st = check_buf(desc, desc_off, (uint64_t)n_seqs * 12, 4, op, "desc")) != FKV_OK ||
-        (st = check_buf(summaries, 0, 0, 4, op, "summaries")) != FKV_OK ||
-        (st = check_buf(out, out_off, 0, 4, op, "out")) != FKV_OK)
+    if ((st = fkv_check_scores("hip", g, view(qbuf), q_off, n_seqs, view(desc), desc_off,
+                               view(summaries), view(out), out_off)) != FKV_OK)
         return st;
     if (n_seqs == 0)
         return fkv_hip_marker(dev, q, deps);
@@ -168,9 +155,6 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
                          "shared memory per block",
                          (unsigned long long)gd, dev->shared_per_block);
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
-    if (n_bh > INT32_MAX)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip scores: %u sequences is too many",
-                         n_seqs);
     /* Enough blocks to fill the device; each strides over its sequence's pages. */
     uint64_t chunks = (2 * (uint64_t)dev->compute_units + n_bh - 1) / n_bh;
     chunks = chunks < 1 ? 1 : chunks > MAX_SCORE_CHUNKS ? MAX_SCORE_CHUNKS : chunks;
@@ -201,17 +185,11 @@ fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     if (st != FKV_OK)
         return st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
-    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
-    if ((st = check_buf(q_cur, cur_off, q_bytes, 4, op, "q_cur")) != FKV_OK ||
-        (st = check_buf(q_prev, prev_off, q_bytes, 4, op, "q_prev")) != FKV_OK ||
-        (st = check_buf(sims, sims_off, n_bh * 4, 4, op, "sims")) != FKV_OK ||
-        (st = check_buf(flags, flags_off, n_bh * 4, 4, op, "flags")) != FKV_OK)
+    if ((st = fkv_check_cosine_flags("hip", g, view(q_cur), cur_off, view(q_prev), prev_off, n_seqs,
+                                     view(sims), sims_off, view(flags), flags_off)) != FKV_OK)
         return st;
     if (n_seqs == 0)
         return fkv_hip_marker(dev, q, deps);
-    if (n_bh > INT32_MAX)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip cosine_flags: %u sequences is too many",
-                         n_seqs);
     fkv_hip_cosine_args a = {
         .q_cur = at(q_cur, cur_off),
         .q_prev = at(q_prev, prev_off),
@@ -252,13 +230,9 @@ fkv_status fkv_hip_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    uint64_t page_bytes =
-        (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * esize(g->dtype);
     uint32_t n_slots;
-    if ((st = check_buf(gslots, gslots_off, (uint64_t)n_pages * 4, 4, op, "gslots")) != FKV_OK ||
-        (st = check_buf(dst, dst_off, n_pages * page_bytes, esize(g->dtype), op, "dst")) !=
-            FKV_OK ||
-        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+    if ((st = fkv_check_pack_hnd("hip", g, view(kpool), view(vpool), n_pages, view(gslots),
+                                 gslots_off, view(dst), dst_off, &n_slots)) != FKV_OK)
         return st;
     if (n_pages == 0)
         return fkv_hip_marker(dev, q, deps);
@@ -289,12 +263,9 @@ fkv_status fkv_hip_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
     uint32_t n_slots;
-    if ((st = check_buf(src, src_off, n_units * unit_bytes, esize(g->dtype), op, "src")) !=
-            FKV_OK ||
-        (st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, op, "units")) != FKV_OK ||
-        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+    if ((st = fkv_check_scatter_hnd("hip", g, view(src), src_off, n_units, view(units), units_off,
+                                    view(kpool), view(vpool), &n_slots)) != FKV_OK)
         return st;
     if (n_units == 0)
         return fkv_hip_marker(dev, q, deps);
@@ -358,29 +329,21 @@ fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    if (host == NULL || (n_units && units_host == NULL))
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL host or unit offsets", op);
+    if (host == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL host memory", op);
     if (host->dev_ptr == NULL)
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "hip %s: device '%s' cannot map host memory (recall mode staged or "
                          "perpage)",
                          op, dev->info.name);
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
     uint32_t n_slots;
-    if ((st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, op, "units")) != FKV_OK ||
-        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+    /* The offsets are host data: all checked here, the kernel reads host memory. */
+    if ((st = fkv_check_recall_direct("hip", g, host->size, n_units, units_host, view(units),
+                                      units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK)
         return st;
-    /* The offsets are host data: check them all here, the kernel reads host memory. */
     int all16 = aligned(host->dev_ptr, 16) && aligned(kpool->ptr, 16) && aligned(vpool->ptr, 16);
-    for (uint32_t i = 0; i < n_units; i++) {
-        uint64_t off = units_host[i];
-        if (off % esize(g->dtype) || off > host->size || unit_bytes > host->size - off)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "hip %s: unit %u at host offset %llu is misaligned or beyond the "
-                             "%zu-byte allocation",
-                             op, i, (unsigned long long)off, host->size);
-        all16 &= off % 16 == 0;
-    }
+    for (uint32_t i = 0; i < n_units; i++)
+        all16 &= units_host[i] % 16 == 0;
     if (n_units == 0)
         return fkv_hip_marker(dev, q, deps);
     copy_words cw = pick_words(g, all16);
@@ -490,18 +453,11 @@ fkv_status fkv_hip_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
-    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
     uint32_t n_slots;
-    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
-        (st = check_buf(heads, heads_off, n_bh * 8, 4, op, "heads")) != FKV_OK ||
-        (st = check_buf(entries, entries_off, 0, 4, op, "entries")) != FKV_OK ||
-        (st = check_buf(out, out_off, q_bytes, 4, op, "out")) != FKV_OK ||
-        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+    if ((st = fkv_check_attention("hip", g, view(qbuf), q_off, n_seqs, view(heads), heads_off,
+                                  view(entries), entries_off, view(kpool), view(vpool), view(out),
+                                  out_off, &n_slots)) != FKV_OK)
         return st;
-    if (n_bh > INT32_MAX)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: %u sequences is too many", op,
-                         n_seqs);
     if (n_seqs == 0)
         return fkv_hip_marker(dev, q, deps);
     size_t n_entries = (entries->size - entries_off) / 8;
@@ -529,16 +485,9 @@ fkv_status fkv_hip_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    uint64_t q_bytes = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
-    uint64_t kv_bytes = (uint64_t)n_tokens * g->n_kv_heads * g->head_dim * esize(g->dtype);
-    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
-        (st = check_buf(k, 0, kv_bytes, esize(g->dtype), op, "k")) != FKV_OK ||
-        (st = check_buf(v, 0, kv_bytes, esize(g->dtype), op, "v")) != FKV_OK ||
-        (st = check_buf(out, out_off, q_bytes, 4, op, "out")) != FKV_OK)
+    if ((st = fkv_check_attention_dense("hip", g, view(qbuf), q_off, n_tokens, view(k), view(v),
+                                        view(out), out_off)) != FKV_OK)
         return st;
-    if (n_tokens > INT32_MAX - g->page_size)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: %u tokens is too many", op,
-                         n_tokens);
     /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1. */
     fkv_hip_attention_args a = {
         .q = at(qbuf, q_off),

@@ -63,15 +63,10 @@ static fkv_status load(launch_ctx *lc, const fkv_kv_geom *g) {
     return fkv_ocl_program(lc->d, g->dtype, &lc->prog);
 }
 
-static fkv_status check_buf(const fkv_bbuf *b, size_t off, uint64_t bytes, size_t align,
-                            const char *op, const char *what) {
-    return fkv_check_span("opencl", op, what, b != NULL, b ? b->size : 0, off, bytes, align, off);
-}
-
-static fkv_status pool_slots(const fkv_kv_geom *g, const fkv_bbuf *k, const fkv_bbuf *v,
-                             const char *op, uint32_t *n_slots) {
-    return fkv_check_pool_slots("opencl", op, g, k && v, k ? k->size : 0, v ? v->size : 0, 0, 0,
-                                n_slots);
+/* Offsets of cl_mem buffers are checked for alignment as offsets (allocations are aligned). */
+static fkv_bview view(const fkv_bbuf *b) {
+    fkv_bview v = {b != NULL, b ? b->size : 0, 0};
+    return v;
 }
 
 static size_t wg_for(const launch_ctx *lc, ocl_kernel_id id, size_t want) {
@@ -206,10 +201,9 @@ fkv_status fkv_ocl_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
         return st;
     uint64_t row_elems = (uint64_t)g->n_kv_heads * g->head_dim;
     uint32_t n_slots;
-    if ((st = check_buf(k_src, k_off, n_rows * row_elems * 4, 4, op, "k_src")) != FKV_OK ||
-        (st = check_buf(v_src, v_off, n_rows * row_elems * 4, 4, op, "v_src")) != FKV_OK ||
-        (st = check_buf(rows, rows_off, (uint64_t)n_rows * 4, 4, op, "rows")) != FKV_OK ||
-        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+    if ((st = fkv_check_append("opencl", g, view(k_src), k_off, view(v_src), v_off, n_rows,
+                               view(rows), rows_off, view(kpool), view(vpool), &n_slots)) !=
+        FKV_OK)
         return st;
     if (n_rows == 0)
         return fkv_ocl_marker(dev, q, deps);
@@ -243,9 +237,8 @@ fkv_status fkv_ocl_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
         return st;
     uint32_t n_slots;
     size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = check_buf(pages, pages_off, (uint64_t)n_pages * 8, 4, op, "pages")) != FKV_OK ||
-        (st = check_buf(summaries, 0, summary_bytes, 4, op, "summaries")) != FKV_OK ||
-        (st = pool_slots(g, kpool, kpool, op, &n_slots)) != FKV_OK)
+    if ((st = fkv_check_summarize("opencl", g, view(kpool), n_pages, view(pages), pages_off,
+                                    view(summaries), &n_slots)) != FKV_OK)
         return st;
     if (n_pages == 0)
         return fkv_ocl_marker(dev, q, deps);
@@ -279,12 +272,9 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     if (st != FKV_OK)
         return st;
     uint64_t gd = (uint64_t)g->group * g->head_dim;
-    uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * gd * 4;
     size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
-        (st = check_buf(desc, desc_off, (uint64_t)n_seqs * 12, 4, op, "desc")) != FKV_OK ||
-        (st = check_buf(summaries, 0, 0, 4, op, "summaries")) != FKV_OK ||
-        (st = check_buf(out, out_off, 0, 4, op, "out")) != FKV_OK)
+    if ((st = fkv_check_scores("opencl", g, view(qbuf), q_off, n_seqs, view(desc), desc_off,
+                                 view(summaries), view(out), out_off)) != FKV_OK)
         return st;
     if (n_seqs == 0)
         return fkv_ocl_marker(dev, q, deps);
@@ -331,11 +321,9 @@ fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     if (st != FKV_OK)
         return st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
-    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
-    if ((st = check_buf(q_cur, cur_off, q_bytes, 4, op, "q_cur")) != FKV_OK ||
-        (st = check_buf(q_prev, prev_off, q_bytes, 4, op, "q_prev")) != FKV_OK ||
-        (st = check_buf(sims, sims_off, n_bh * 4, 4, op, "sims")) != FKV_OK ||
-        (st = check_buf(flags, flags_off, n_bh * 4, 4, op, "flags")) != FKV_OK)
+    if ((st = fkv_check_cosine_flags("opencl", g, view(q_cur), cur_off, view(q_prev), prev_off,
+                                     n_seqs, view(sims), sims_off, view(flags), flags_off)) !=
+        FKV_OK)
         return st;
     if (n_seqs == 0)
         return fkv_ocl_marker(dev, q, deps);
@@ -390,13 +378,9 @@ fkv_status fkv_ocl_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    uint64_t page_bytes =
-        (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * esize(g->dtype);
     uint32_t n_slots;
-    if ((st = check_buf(gslots, gslots_off, (uint64_t)n_pages * 4, 4, op, "gslots")) != FKV_OK ||
-        (st = check_buf(dst, dst_off, n_pages * page_bytes, esize(g->dtype), op, "dst")) !=
-            FKV_OK ||
-        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+    if ((st = fkv_check_pack_hnd("opencl", g, view(kpool), view(vpool), n_pages, view(gslots),
+                                   gslots_off, view(dst), dst_off, &n_slots)) != FKV_OK)
         return st;
     if (n_pages == 0)
         return fkv_ocl_marker(dev, q, deps);
@@ -432,12 +416,9 @@ fkv_status fkv_ocl_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
     uint32_t n_slots;
-    if ((st = check_buf(src, src_off, n_units * unit_bytes, esize(g->dtype), op, "src")) !=
-            FKV_OK ||
-        (st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, op, "units")) != FKV_OK ||
-        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+    if ((st = fkv_check_scatter_hnd("opencl", g, view(src), src_off, n_units, view(units),
+                                      units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK)
         return st;
     if (n_units == 0)
         return fkv_ocl_marker(dev, q, deps);
@@ -472,29 +453,21 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    if (host == NULL || (n_units && units_host == NULL))
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL host or unit offsets", op);
+    if (host == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL host memory", op);
     if (!host->svm)
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "opencl %s: the host memory is a pinned buffer, not fine-grained SVM "
                          "(recall mode staged/perpage, or a device without SVM)",
                          op);
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
     uint32_t n_slots;
-    if ((st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, op, "units")) != FKV_OK ||
-        (st = pool_slots(g, kpool, vpool, op, &n_slots)) != FKV_OK)
+    /* The offsets are host data: all checked here, the kernel reads host memory. */
+    if ((st = fkv_check_recall_direct("opencl", g, host->size, n_units, units_host, view(units),
+                                      units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK)
         return st;
-    /* The offsets are host data: check them all here, the kernel reads host memory. */
     int all16 = 1;
-    for (uint32_t i = 0; i < n_units; i++) {
-        uint64_t off = units_host[i];
-        if (off % esize(g->dtype) || off > host->size || unit_bytes > host->size - off)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "opencl %s: unit %u at host offset %llu is misaligned or beyond the "
-                             "%zu-byte allocation",
-                             op, i, (unsigned long long)off, host->size);
-        all16 &= off % 16 == 0;
-    }
+    for (uint32_t i = 0; i < n_units; i++)
+        all16 &= units_host[i] % 16 == 0;
     if (n_units == 0)
         return fkv_ocl_marker(dev, q, deps);
     if ((st = load(&lc, g)) != FKV_OK)
@@ -656,18 +629,11 @@ fkv_status fkv_ocl_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
-    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
     attn_args x;
-    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
-        (st = check_buf(heads, heads_off, n_bh * 8, 4, op, "heads")) != FKV_OK ||
-        (st = check_buf(entries, entries_off, 0, 4, op, "entries")) != FKV_OK ||
-        (st = check_buf(out, out_off, q_bytes, 4, op, "out")) != FKV_OK ||
-        (st = pool_slots(g, kpool, vpool, op, &x.n_slots)) != FKV_OK)
+    if ((st = fkv_check_attention("opencl", g, view(qbuf), q_off, n_seqs, view(heads), heads_off,
+                                    view(entries), entries_off, view(kpool), view(vpool), view(out),
+                                    out_off, &x.n_slots)) != FKV_OK)
         return st;
-    if (n_bh > INT32_MAX)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: %u sequences is too many", op,
-                         n_seqs);
     if (n_seqs == 0)
         return fkv_ocl_marker(dev, q, deps);
     size_t n_entries = (entries->size - entries_off) / 8;
@@ -697,16 +663,9 @@ fkv_status fkv_ocl_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    uint64_t q_bytes = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
-    uint64_t kv_bytes = (uint64_t)n_tokens * g->n_kv_heads * g->head_dim * esize(g->dtype);
-    if ((st = check_buf(qbuf, q_off, q_bytes, 4, op, "q")) != FKV_OK ||
-        (st = check_buf(k, 0, kv_bytes, 1, op, "k")) != FKV_OK ||
-        (st = check_buf(v, 0, kv_bytes, 1, op, "v")) != FKV_OK ||
-        (st = check_buf(out, out_off, q_bytes, 4, op, "out")) != FKV_OK)
+    if ((st = fkv_check_attention_dense("opencl", g, view(qbuf), q_off, n_tokens, view(k), view(v),
+                                          view(out), out_off)) != FKV_OK)
         return st;
-    if (n_tokens > INT32_MAX - g->page_size)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: %u tokens is too many", op,
-                         n_tokens);
     /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1. */
     attn_args x;
     x.q = qbuf;

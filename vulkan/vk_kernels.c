@@ -261,9 +261,10 @@ static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const 
     return FKV_OK;
 }
 
-static fkv_status check_buf(const fkv_bbuf *b, size_t off, uint64_t bytes, size_t align,
-                            const char *op, const char *what) {
-    return fkv_check_span("vulkan", op, what, b != NULL, b ? b->size : 0, off, bytes, align, off);
+/* Offsets of VkBuffers are checked for alignment as offsets (allocations are aligned). */
+static fkv_bview view(const fkv_bbuf *b) {
+    fkv_bview v = {b != NULL, b ? b->size : 0, 0};
+    return v;
 }
 
 /* Binds [off, off + need) of buffer b (size) at binding i; *elem = off's remainder past the
@@ -493,9 +494,9 @@ fkv_status fkv_vk_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
         return st;
     uint64_t row_elems = (uint64_t)g->n_kv_heads * g->head_dim, n = n_rows * row_elems;
     uint32_t n_slots;
-    if ((st = check_buf(k_src, k_off, n * 4, 4, L.op, "k_src")) != FKV_OK ||
-        (st = check_buf(v_src, v_off, n * 4, 4, L.op, "v_src")) != FKV_OK ||
-        (st = check_buf(rows, rows_off, (uint64_t)n_rows * 4, 4, L.op, "rows")) != FKV_OK ||
+    if ((st = fkv_check_append("vulkan", g, view(k_src), k_off, view(v_src), v_off, n_rows,
+                               view(rows), rows_off, view(kpool), view(vpool), &n_slots)) !=
+            FKV_OK ||
         (st = bind_pools(&L, g, kpool, vpool, 3, 4, 6, 5, g->page_size, &n_slots)) != FKV_OK)
         return st;
     if (n_rows == 0)
@@ -518,8 +519,8 @@ fkv_status fkv_vk_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
         return st;
     uint32_t n_slots;
     size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = check_buf(pages, pages_off, (uint64_t)n_pages * 8, 4, L.op, "pages")) != FKV_OK ||
-        (st = check_buf(summaries, 0, summary_bytes, 4, L.op, "summaries")) != FKV_OK ||
+    if ((st = fkv_check_summarize("vulkan", g, view(kpool), n_pages, view(pages), pages_off,
+                                  view(summaries), &n_slots)) != FKV_OK ||
         (st = bind_pools(&L, g, kpool, kpool, 0, -1, 7, 5, 1, &n_slots)) != FKV_OK)
         return st;
     if (n_pages == 0)
@@ -560,10 +561,8 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
     uint64_t gd = (uint64_t)g->group * g->head_dim;
     uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * gd * 4;
     size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = check_buf(qbuf, q_off, q_bytes, 4, L.op, "q")) != FKV_OK ||
-        (st = check_buf(desc, desc_off, (uint64_t)n_seqs * 12, 4, L.op, "desc")) != FKV_OK ||
-        (st = check_buf(summaries, 0, 0, 4, L.op, "summaries")) != FKV_OK ||
-        (st = check_buf(out, out_off, 0, 4, L.op, "out")) != FKV_OK)
+    if ((st = fkv_check_scores("vulkan", g, view(qbuf), q_off, n_seqs, view(desc), desc_off,
+                               view(summaries), view(out), out_off)) != FKV_OK)
         return st;
     if (n_seqs == 0)
         return fkv_vk_marker(dev, q, deps);
@@ -614,10 +613,9 @@ fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
         return st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
     uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
-    if ((st = check_buf(q_cur, cur_off, q_bytes, 4, L.op, "q_cur")) != FKV_OK ||
-        (st = check_buf(q_prev, prev_off, q_bytes, 4, L.op, "q_prev")) != FKV_OK ||
-        (st = check_buf(sims, sims_off, n_bh * 4, 4, L.op, "sims")) != FKV_OK ||
-        (st = check_buf(flags, flags_off, n_bh * 4, 4, L.op, "flags")) != FKV_OK)
+    if ((st = fkv_check_cosine_flags("vulkan", g, view(q_cur), cur_off, view(q_prev), prev_off,
+                                     n_seqs, view(sims), sims_off, view(flags), flags_off)) !=
+        FKV_OK)
         return st;
     if (n_seqs == 0)
         return fkv_vk_marker(dev, q, deps);
@@ -675,8 +673,8 @@ fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_
         return st;
     uint64_t page_bytes = (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * esize(g->dtype);
     uint32_t n_slots;
-    if ((st = check_buf(gslots, gslots_off, (uint64_t)n_pages * 4, 4, L.op, "gslots")) != FKV_OK ||
-        (st = check_buf(dst, dst_off, n_pages * page_bytes, esize(g->dtype), L.op, "dst")) != FKV_OK ||
+    if ((st = fkv_check_pack_hnd("vulkan", g, view(kpool), view(vpool), n_pages, view(gslots),
+                                 gslots_off, view(dst), dst_off, &n_slots)) != FKV_OK ||
         (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
     if (n_pages == 0)
@@ -709,8 +707,8 @@ fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const f
         return st;
     uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
     uint32_t n_slots;
-    if ((st = check_buf(src, src_off, n_units * unit_bytes, esize(g->dtype), L.op, "src")) != FKV_OK ||
-        (st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, L.op, "units")) != FKV_OK ||
+    if ((st = fkv_check_scatter_hnd("vulkan", g, view(src), src_off, n_units, view(units),
+                                    units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK ||
         (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
     if (n_units == 0)
@@ -741,23 +739,18 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     fkv_status st = prepare(dev, q, &deps, g, "recall_direct", &L);
     if (st != FKV_OK)
         return st;
-    if (host == NULL || (n_units && units_host == NULL))
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan recall_direct: NULL host or unit offsets");
+    if (host == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan recall_direct: NULL host memory");
     uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
     uint32_t n_slots;
-    if ((st = check_buf(units, units_off, (uint64_t)n_units * 8, 4, L.op, "units")) != FKV_OK ||
+    /* The offsets are host data: all checked here, the kernel reads host memory. */
+    if ((st = fkv_check_recall_direct("vulkan", g, host->size, n_units, units_host, view(units),
+                                      units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK ||
         (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
     uint64_t bits = 0;
-    for (uint32_t i = 0; i < n_units; i++) {
-        uint64_t off = units_host[i];
-        if (off % esize(g->dtype) || off > host->size || unit_bytes > host->size - off)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "vulkan recall_direct: unit %u at host offset %llu is misaligned or "
-                             "beyond the %zu-byte allocation",
-                             i, (unsigned long long)off, host->size);
-        bits |= off;
-    }
+    for (uint32_t i = 0; i < n_units; i++)
+        bits |= units_host[i];
     if (n_units == 0)
         return fkv_vk_marker(dev, q, deps);
     uint32_t variant;
@@ -981,24 +974,13 @@ fkv_status fkv_vk_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
     fkv_status st = prepare(dev, q, &deps, g, "attention", &L);
     if (st != FKV_OK)
         return st;
-    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
-    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
-    if ((st = check_buf(qbuf, q_off, q_bytes, 4, L.op, "q")) != FKV_OK ||
-        (st = check_buf(heads, heads_off, n_bh * 8, 4, L.op, "heads")) != FKV_OK ||
-        (st = check_buf(entries, entries_off, 0, 4, L.op, "entries")) != FKV_OK ||
-        (st = check_buf(out, out_off, q_bytes, 4, L.op, "out")) != FKV_OK ||
-        (st = check_buf(kpool, 0, 0, 1, L.op, "kpool")) != FKV_OK ||
-        (st = check_buf(vpool, 0, 0, 1, L.op, "vpool")) != FKV_OK)
+    uint32_t n_slots;
+    if ((st = fkv_check_attention("vulkan", g, view(qbuf), q_off, n_seqs, view(heads), heads_off,
+                                  view(entries), entries_off, view(kpool), view(vpool), view(out),
+                                  out_off, &n_slots)) != FKV_OK)
         return st;
-    if (n_bh > INT32_MAX)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan attention: %u sequences is too many",
-                         n_seqs);
-    if (n_seqs == 0) {
-        uint32_t n_slots;
-        if ((st = bind_pools(&L, g, kpool, vpool, 3, 4, 14, 5, 1, &n_slots)) != FKV_OK)
-            return st;
+    if (n_seqs == 0)
         return fkv_vk_marker(dev, q, deps);
-    }
     size_t n_entries = (entries->size - entries_off) / 8;
     attn_args x = {qbuf, heads, entries, kpool, vpool, out, q_off, heads_off, entries_off, out_off,
                    n_seqs, n_entries > INT32_MAX ? INT32_MAX : (uint32_t)n_entries, -1, scale};
@@ -1014,15 +996,9 @@ fkv_status fkv_vk_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps, con
     if (st != FKV_OK)
         return st;
     uint64_t q_bytes = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
-    uint64_t kv_bytes = (uint64_t)n_tokens * g->n_kv_heads * g->head_dim * esize(g->dtype);
-    if ((st = check_buf(qbuf, q_off, q_bytes, 4, L.op, "q")) != FKV_OK ||
-        (st = check_buf(k, 0, kv_bytes, 1, L.op, "k")) != FKV_OK ||
-        (st = check_buf(v, 0, kv_bytes, 1, L.op, "v")) != FKV_OK ||
-        (st = check_buf(out, out_off, q_bytes, 4, L.op, "out")) != FKV_OK)
+    if ((st = fkv_check_attention_dense("vulkan", g, view(qbuf), q_off, n_tokens, view(k), view(v),
+                                        view(out), out_off)) != FKV_OK)
         return st;
-    if (n_tokens > INT32_MAX - g->page_size)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan attention_dense: %u tokens is too many",
-                         n_tokens);
     if (n_tokens == 0) { /* zeros, as attention over an empty list */
         vk_cmd c;
         if ((st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)

@@ -34,7 +34,10 @@
  * recall_direct.
  * Offsets and index-buffer contents are in bytes and elements as stated; data is naturally
  * aligned (f32/int32 at 4 bytes). Summaries and dense K/V start at byte 0 of their buffers.
- * A pool's last slot may be partial: kernels bound-check only the rows they read.
+ * KV pools hold whole slots (the bytes after the last whole slot are never touched) and must
+ * hold at least one; slot indices at or beyond the count are skipped. Every buffer argument
+ * must be given even for zero work (GPU backends check it; the CPU reference is lenient).
+ * The argument checks of the GPU backends are written once, in backends/check.c.
  *
  * Versioning: the table only grows at the end. A backend sets abi_version and struct_size;
  * the registry rejects a table older than it needs. Entries marked optional may be NULL; the

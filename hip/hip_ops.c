@@ -329,8 +329,8 @@ fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    if (host == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL host memory", op);
+    if (host == NULL || (n_units && units_host == NULL))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL host memory or unit offsets", op);
     if (host->dev_ptr == NULL)
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "hip %s: device '%s' cannot map host memory (recall mode staged or "

@@ -453,8 +453,9 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    if (host == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL host memory", op);
+    if (host == NULL || (n_units && units_host == NULL))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL host memory or unit offsets",
+                         op);
     if (!host->svm)
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "opencl %s: the host memory is a pinned buffer, not fine-grained SVM "

@@ -44,7 +44,7 @@ static const char *default_known_dir(void) {
 typedef struct options {
     const char *backend, *device, *report_dir, *filter, *known_dir;
     const char *broken; /* self-test kind, NULL normally */
-    int quick, list;
+    int quick, list, help;
 } options;
 
 static void usage(FILE *f) {
@@ -86,10 +86,9 @@ static int parse(int argc, char **argv, options *o) {
                 return -1;
             }
         }
-        else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            exit(0);
-        } else if (strcmp(a, "--backend") == 0)
+        else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0)
+            o->help = 1;
+        else if (strcmp(a, "--backend") == 0)
             slot = &o->backend;
         else if (strcmp(a, "--device") == 0)
             slot = &o->device;
@@ -276,6 +275,10 @@ int main(int argc, char **argv) {
     if (parse(argc, argv, &o) != 0) {
         usage(stderr);
         return EXIT_USAGE;
+    }
+    if (o.help) {
+        usage(stdout);
+        return 0;
     }
     static cf_case all[MAX_CASES], cases[MAX_CASES];
     size_t n_all = cf_op_cases(o.quick, all, MAX_CASES);

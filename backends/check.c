@@ -87,8 +87,6 @@ fkv_status fkv_check_pool_slots(const char *backend, const char *op, const fkv_k
 
 /* ---- per op ---- */
 
-static size_t esize(fkv_dtype t) { return fkv_dtype_size(t); }
-
 static fkv_status span(const char *backend, const char *op, const char *what, fkv_bview b,
                        size_t off, uint64_t bytes, size_t align) {
     return fkv_check_span(backend, op, what, b.present, b.size, off, bytes, align, b.base + off);
@@ -170,11 +168,12 @@ fkv_status fkv_check_pack_hnd(const char *backend, const fkv_kv_geom *g, fkv_bvi
                               uint32_t *n_slots) {
     const char *op = "pack_hnd";
     uint64_t page_bytes =
-        (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * esize(g->dtype);
+        (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
     fkv_status st;
     if ((st = span(backend, op, "gslots", gslots, gslots_off, (uint64_t)n_pages * 4, 4)) !=
             FKV_OK ||
-        (st = span(backend, op, "dst", dst, dst_off, n_pages * page_bytes, esize(g->dtype))) !=
+        (st = span(backend, op, "dst", dst, dst_off, n_pages * page_bytes,
+                   fkv_dtype_size(g->dtype))) !=
             FKV_OK)
         return st;
     return pools(backend, op, g, kpool, vpool, n_slots);
@@ -185,9 +184,10 @@ fkv_status fkv_check_scatter_hnd(const char *backend, const fkv_kv_geom *g, fkv_
                                  size_t units_off, fkv_bview kpool, fkv_bview vpool,
                                  uint32_t *n_slots) {
     const char *op = "scatter_hnd";
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
     fkv_status st;
-    if ((st = span(backend, op, "src", src, src_off, n_units * unit_bytes, esize(g->dtype))) !=
+    if ((st = span(backend, op, "src", src, src_off, n_units * unit_bytes,
+                   fkv_dtype_size(g->dtype))) !=
             FKV_OK ||
         (st = span(backend, op, "units", units, units_off, (uint64_t)n_units * 8, 4)) != FKV_OK)
         return st;
@@ -199,7 +199,7 @@ fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, si
                                    fkv_bview units, size_t units_off, fkv_bview kpool,
                                    fkv_bview vpool, uint32_t *n_slots) {
     const char *op = "recall_direct";
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
     fkv_status st;
     if (n_units && units_host == NULL)
         return REFUSE("%s %s: NULL unit offsets", backend, op);
@@ -208,7 +208,7 @@ fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, si
         return st;
     for (uint32_t i = 0; i < n_units; i++) {
         uint64_t off = units_host[i];
-        if (off % esize(g->dtype) || off > host_size || unit_bytes > host_size - off)
+        if (off % fkv_dtype_size(g->dtype) || off > host_size || unit_bytes > host_size - off)
             return REFUSE("%s %s: unit %u at host offset %llu is misaligned or beyond the "
                           "%zu-byte allocation",
                           backend, op, i, (unsigned long long)off, host_size);
@@ -239,11 +239,11 @@ fkv_status fkv_check_attention_dense(const char *backend, const fkv_kv_geom *g, 
                                      fkv_bview out, size_t out_off) {
     const char *op = "attention_dense";
     uint64_t q_bytes = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
-    uint64_t kv_bytes = (uint64_t)n_tokens * g->n_kv_heads * g->head_dim * esize(g->dtype);
+    uint64_t kv_bytes = (uint64_t)n_tokens * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
     fkv_status st;
     if ((st = span(backend, op, "q", q, q_off, q_bytes, 4)) != FKV_OK ||
-        (st = span(backend, op, "k", k, 0, kv_bytes, esize(g->dtype))) != FKV_OK ||
-        (st = span(backend, op, "v", v, 0, kv_bytes, esize(g->dtype))) != FKV_OK ||
+        (st = span(backend, op, "k", k, 0, kv_bytes, fkv_dtype_size(g->dtype))) != FKV_OK ||
+        (st = span(backend, op, "v", v, 0, kv_bytes, fkv_dtype_size(g->dtype))) != FKV_OK ||
         (st = span(backend, op, "out", out, out_off, q_bytes, 4)) != FKV_OK)
         return st;
     /* slots of the contiguous K/V are counted in int32 */

@@ -24,8 +24,6 @@ typedef struct launch_ctx {
     const char *op;
 } launch_ctx;
 
-static size_t esize(fkv_dtype t) { return t == FKV_F32 ? 4 : 2; }
-
 static void *at(const fkv_bbuf *b, size_t off) { return (char *)b->ptr + off; }
 
 static int aligned(const void *p, size_t a) { return (uintptr_t)p % a == 0; }
@@ -214,9 +212,9 @@ typedef struct copy_words {
 } copy_words;
 
 static copy_words pick_words(const fkv_kv_geom *g, int addresses_16) {
-    size_t row_bytes = (size_t)g->head_dim * esize(g->dtype);
+    size_t row_bytes = (size_t)g->head_dim * fkv_dtype_size(g->dtype);
     copy_words c;
-    c.word = row_bytes % 16 == 0 && addresses_16 ? 16 : esize(g->dtype);
+    c.word = row_bytes % 16 == 0 && addresses_16 ? 16 : fkv_dtype_size(g->dtype);
     c.row_words = (uint32_t)(row_bytes / c.word);
     return c;
 }

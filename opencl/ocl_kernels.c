@@ -38,7 +38,6 @@ typedef struct kargs {
     cl_uint bad;
 } kargs;
 
-static size_t esize(fkv_dtype t) { return t == FKV_F32 ? 4 : 2; }
 static size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
 /* Validates the queue and geometry; the program comes later (load), once the arguments are
@@ -361,10 +360,10 @@ typedef struct copy_words {
 } copy_words;
 
 static copy_words pick_words(const fkv_kv_geom *g, size_t off_a, size_t off_b) {
-    size_t row_bytes = (size_t)g->head_dim * esize(g->dtype);
+    size_t row_bytes = (size_t)g->head_dim * fkv_dtype_size(g->dtype);
     copy_words c;
     c.v16 = row_bytes % 16 == 0 && off_a % 16 == 0 && off_b % 16 == 0;
-    c.word = c.v16 ? 16 : esize(g->dtype);
+    c.word = c.v16 ? 16 : fkv_dtype_size(g->dtype);
     c.row_words = (uint32_t)(row_bytes / c.word);
     return c;
 }

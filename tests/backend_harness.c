@@ -219,8 +219,6 @@ void bh_same_floats(const pbuf *p, size_t off, size_t n, double tol, const char 
 
 /* ---- data ---- */
 
-size_t bh_esz(fkv_dtype t) { return t == FKV_F32 ? 4 : 2; }
-
 float *bh_rand_f32(th_rng *r, size_t n, float scale) {
     float *x = bh_tmalloc(n * sizeof *x);
     th_fill_normal(r, x, n, scale);
@@ -230,7 +228,7 @@ float *bh_rand_f32(th_rng *r, size_t n, float scale) {
 /* n random values stored in dtype t. */
 void *bh_rand_stored(th_rng *r, size_t n, fkv_dtype t) {
     float *x = bh_rand_f32(r, n, 1.0f);
-    unsigned char *out = bh_tmalloc(n * bh_esz(t));
+    unsigned char *out = bh_tmalloc(n * fkv_dtype_size(t));
     for (size_t i = 0; i < n; i++)
         fkv_store(out, t, i, x[i]);
     return out;
@@ -254,8 +252,8 @@ static size_t slot_elems(const fkv_kv_geom *g) {
 /* Two random pools of n_slots slots, the same on both sides. */
 void bh_rand_pools(th_rng *r, const fkv_kv_geom *g, uint32_t n_slots, pbuf *k, pbuf *v) {
     size_t n = n_slots * slot_elems(g);
-    *k = bh_pnew(bh_rand_stored(r, n, g->dtype), 0, n * bh_esz(g->dtype));
-    *v = bh_pnew(bh_rand_stored(r, n, g->dtype), 0, n * bh_esz(g->dtype));
+    *k = bh_pnew(bh_rand_stored(r, n, g->dtype), 0, n * fkv_dtype_size(g->dtype));
+    *v = bh_pnew(bh_rand_stored(r, n, g->dtype), 0, n * fkv_dtype_size(g->dtype));
 }
 
 #define FOR_CASES                                                          \
@@ -399,7 +397,6 @@ void bh_check_host_memory(void) {
     O->host_free(OD, h);
 }
 
-
 /* ---- kernels against the reference ---- */
 
 void bh_check_append(void) {
@@ -521,8 +518,8 @@ void bh_check_pack_hnd(void) {
             pbuf kp, vp;
             bh_rand_pools(&r, &g, n_slots, &kp, &vp);
             int32_t *sl = bh_perm(&r, n_slots);
-            size_t page_bytes = 2 * slot_elems(&g) * bh_esz(g.dtype);
-            size_t off = GUARD + (odd ? bh_esz(g.dtype) * 3 : 0);
+            size_t page_bytes = 2 * slot_elems(&g) * fkv_dtype_size(g.dtype);
+            size_t off = GUARD + (odd ? fkv_dtype_size(g.dtype) * 3 : 0);
             pbuf slb = bh_pnew(sl, 4, n_pages * 4), out = bh_pnew(NULL, off, n_pages * page_bytes);
             RUN2(bh_ops[s]->pack_hnd(bh_dev[s], CQ, DEPS, &g, B(kp, s), B(vp, s), n_pages, B(slb, s),
                                    4, B(out, s), off));
@@ -538,7 +535,7 @@ void bh_check_scatter_hnd(void) {
             th_seed(&r, 600 + ti * 10 + gi + odd);
             fkv_kv_geom g = mk(geos[gi], dtypes[ti]);
             uint32_t n_slots = 12, n_units = 9;
-            size_t unit_bytes = 2 * (size_t)g.page_size * g.head_dim * bh_esz(g.dtype);
+            size_t unit_bytes = 2 * (size_t)g.page_size * g.head_dim * fkv_dtype_size(g.dtype);
             pbuf kp, vp;
             bh_rand_pools(&r, &g, n_slots, &kp, &vp);
             int32_t *which = bh_perm(&r, n_slots * g.n_kv_heads);
@@ -547,9 +544,9 @@ void bh_check_scatter_hnd(void) {
                 units[2 * i] = which[i] / (int32_t)g.n_kv_heads;
                 units[2 * i + 1] = which[i] % (int32_t)g.n_kv_heads;
             }
-            size_t off = odd ? bh_esz(g.dtype) * 5 : 32;
-            pbuf src = bh_pnew(bh_rand_stored(&r, n_units * unit_bytes / bh_esz(g.dtype), g.dtype), off,
-                            n_units * unit_bytes);
+            size_t off = odd ? fkv_dtype_size(g.dtype) * 5 : 32;
+            size_t n_elems = n_units * unit_bytes / fkv_dtype_size(g.dtype);
+            pbuf src = bh_pnew(bh_rand_stored(&r, n_elems, g.dtype), off, n_units * unit_bytes);
             pbuf ub = bh_pnew(units, 0, n_units * 8);
             RUN2(bh_ops[s]->scatter_hnd(bh_dev[s], BQ, DEPS, &g, B(src, s), off, n_units, B(ub, s), 0,
                                       B(kp, s), B(vp, s)));
@@ -562,11 +559,11 @@ void bh_check_scatter_hnd(void) {
 /* recall_direct against the reference: host units at random offsets of one allocation. */
 void bh_check_recall_direct_geom(th_rng *r, const fkv_kv_geom *g, int odd) {
     uint32_t n_slots = 12, n_units = 10, n_host_units = 16;
-    size_t unit_bytes = 2 * (size_t)g->page_size * g->head_dim * bh_esz(g->dtype);
+    size_t unit_bytes = 2 * (size_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
     size_t host_bytes = n_host_units * unit_bytes + 64;
     fkv_bhost *h[2];
     void *hp[2];
-    unsigned char *data = bh_rand_stored(r, host_bytes / bh_esz(g->dtype), g->dtype);
+    unsigned char *data = bh_rand_stored(r, host_bytes / fkv_dtype_size(g->dtype), g->dtype);
     for (int s = 0; s < 2; s++) {
         cr_assert_eq(bh_ops[s]->host_alloc(bh_dev[s], host_bytes, &h[s], &hp[s]), FKV_OK, "%s",
                      fkv_last_error());
@@ -580,7 +577,7 @@ void bh_check_recall_direct_geom(th_rng *r, const fkv_kv_geom *g, int odd) {
     for (uint32_t i = 0; i < n_units; i++) {
         units[2 * i] = which[i] / (int32_t)g->n_kv_heads;
         units[2 * i + 1] = which[i] % (int32_t)g->n_kv_heads;
-        offs[i] = (uint64_t)src[i] * unit_bytes + (odd ? bh_esz(g->dtype) : 0);
+        offs[i] = (uint64_t)src[i] * unit_bytes + (odd ? fkv_dtype_size(g->dtype) : 0);
     }
     pbuf ub = bh_pnew(units, 8, n_units * 8);
     RUN2(bh_ops[s]->recall_direct(bh_dev[s], CQ, DEPS, g, h[s], n_units, offs, B(ub, s), 8, B(kp, s),
@@ -658,7 +655,6 @@ void bh_check_attention(int splits) {
     }
 }
 
-
 /* One head against the naive reference of the test helpers (not only the CPU backend). */
 void bh_check_attention_naive(void) {
     fkv_kv_geom g = {2, 4, 64, 16, FKV_F16};
@@ -709,8 +705,8 @@ void bh_check_dense(int splits) {
             fkv_kv_geom g = mk(geos[gi], dtypes[ti]);
             uint32_t n_tok = counts[ci], hq = g.n_kv_heads * g.group;
             size_t kn = (size_t)n_tok * g.n_kv_heads * g.head_dim, qn = (size_t)hq * g.head_dim;
-            pbuf kb = bh_pnew(bh_rand_stored(&r, kn, g.dtype), 0, kn * bh_esz(g.dtype));
-            pbuf vb = bh_pnew(bh_rand_stored(&r, kn, g.dtype), 0, kn * bh_esz(g.dtype));
+            pbuf kb = bh_pnew(bh_rand_stored(&r, kn, g.dtype), 0, kn * fkv_dtype_size(g.dtype));
+            pbuf vb = bh_pnew(bh_rand_stored(&r, kn, g.dtype), 0, kn * fkv_dtype_size(g.dtype));
             pbuf qb = bh_pnew(bh_rand_f32(&r, qn, 1.0f), 0, qn * 4), out = bh_pnew(NULL, GUARD, qn * 4);
             RUN2(bh_ops[s]->attention_dense(bh_dev[s], BQ, DEPS, &g, B(qb, s), 0, n_tok, B(kb, s),
                                           B(vb, s), 0.1f, B(out, s), GUARD));

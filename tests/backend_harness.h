@@ -102,7 +102,6 @@ void bh_same_floats(const pbuf *p, size_t off, size_t n, double tol, const char 
 
 /* ---- data ---- */
 
-size_t bh_esz(fkv_dtype t);
 float *bh_rand_f32(th_rng *r, size_t n, float scale);
 void *bh_rand_stored(th_rng *r, size_t n, fkv_dtype t);
 int32_t *bh_perm(th_rng *r, size_t n);

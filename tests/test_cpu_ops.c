@@ -164,8 +164,6 @@ static void check_guards(const fkv_bbuf *b, size_t size) {
 
 /* ---- data helpers ---- */
 
-static size_t esz(fkv_dtype t) { return t == FKV_F32 ? 4 : 2; }
-
 static float *rand_f32(th_rng *r, size_t n, float scale) {
     float *x = tmalloc(n * sizeof *x);
     th_fill_normal(r, x, n, scale);
@@ -180,7 +178,7 @@ static float *rand_stored(th_rng *r, size_t n, fkv_dtype t) {
 }
 
 static void *encode(const float *x, size_t n, fkv_dtype t) {
-    void *out = tmalloc(n * esz(t));
+    void *out = tmalloc(n * fkv_dtype_size(t));
     for (size_t i = 0; i < n; i++)
         fkv_store(out, t, i, x[i]);
     return out;
@@ -207,8 +205,8 @@ static fkv_kv_geom mk(geo g, fkv_dtype t) {
 
 /* Reads a pool back as floats. */
 static float *read_pool(const fkv_bbuf *b, size_t n, fkv_dtype t) {
-    void *raw = tmalloc(n * esz(t));
-    dread(b, 0, raw, n * esz(t));
+    void *raw = tmalloc(n * fkv_dtype_size(t));
+    dread(b, 0, raw, n * fkv_dtype_size(t));
     return decode(raw, n, t);
 }
 
@@ -368,8 +366,8 @@ Test(cpu_ops, append) {
         size_t re = (size_t)g.n_kv_heads * g.head_dim, rows = 3 * (size_t)g.page_size;
         uint32_t n = rows < 7 ? (uint32_t)rows : 7;
         float *k0 = rand_stored(&r, rows * re, t), *v0 = rand_stored(&r, rows * re, t);
-        fkv_bbuf *kp = dfrom(encode(k0, rows * re, t), 0, rows * re * esz(t));
-        fkv_bbuf *vp = dfrom(encode(v0, rows * re, t), 0, rows * re * esz(t));
+        fkv_bbuf *kp = dfrom(encode(k0, rows * re, t), 0, rows * re * fkv_dtype_size(t));
+        fkv_bbuf *vp = dfrom(encode(v0, rows * re, t), 0, rows * re * fkv_dtype_size(t));
         int32_t *idx = perm(&r, rows);
         float *ks = rand_f32(&r, n * re, 1.0f), *vs = rand_f32(&r, n * re, 1.0f);
         fkv_bbuf *ksb = dfrom(ks, 16, n * re * 4), *vsb = dfrom(vs, 32, n * re * 4);
@@ -398,7 +396,7 @@ Test(cpu_ops, summarize) {
         size_t d = g.head_dim, p = g.page_size, hk = g.n_kv_heads, re = hk * d;
         size_t slots = 4, rows = slots * p, n_sum = 5, sum_elems = hk * 2 * d;
         float *k0 = rand_stored(&r, rows * re, t);
-        fkv_bbuf *kp = dfrom(encode(k0, rows * re, t), 0, rows * re * esz(t));
+        fkv_bbuf *kp = dfrom(encode(k0, rows * re, t), 0, rows * re * fkv_dtype_size(t));
         int32_t pages[6] = {3, 4, 0, 1, 2, 0}; /* (gslot, summary) */
         fkv_bbuf *pages_b = dfrom(pages, 12, sizeof pages);
         /* summaries start as a sentinel; the trailing GUARD bytes of dfrom are a partial
@@ -547,7 +545,8 @@ Test(cpu_ops, pack_hnd) {
         th_seed(&r, 500 + ti * 10 + gi);
         fkv_dtype t = dtypes[ti];
         fkv_kv_geom g = mk(geos[gi], t);
-        size_t d = g.head_dim, p = g.page_size, hk = g.n_kv_heads, re = hk * d, es = esz(t);
+        size_t d = g.head_dim, p = g.page_size, hk = g.n_kv_heads, re = hk * d;
+        size_t es = fkv_dtype_size(t);
         size_t slots = 5, rows = slots * p, page_elems = hk * 2 * p * d;
         float *k0 = rand_stored(&r, rows * re, t), *v0 = rand_stored(&r, rows * re, t);
         fkv_bbuf *kp = dfrom(encode(k0, rows * re, t), 0, rows * re * es);
@@ -605,7 +604,8 @@ Test(cpu_ops, scatter_hnd) {
         th_seed(&r, 600 + ti * 10 + gi);
         fkv_dtype t = dtypes[ti];
         fkv_kv_geom g = mk(geos[gi], t);
-        size_t d = g.head_dim, p = g.page_size, hk = g.n_kv_heads, re = hk * d, es = esz(t);
+        size_t d = g.head_dim, p = g.page_size, hk = g.n_kv_heads, re = hk * d;
+        size_t es = fkv_dtype_size(t);
         size_t slots = 4, rows = slots * p, unit_elems = 2 * p * d;
         uint32_t n = 5 < slots * hk ? 5 : (uint32_t)(slots * hk);
         float *k0 = rand_stored(&r, rows * re, t), *v0 = rand_stored(&r, rows * re, t);
@@ -630,7 +630,8 @@ Test(cpu_ops, recall_direct) {
         th_seed(&r, 700 + ti * 10 + gi);
         fkv_dtype t = dtypes[ti];
         fkv_kv_geom g = mk(geos[gi], t);
-        size_t d = g.head_dim, p = g.page_size, hk = g.n_kv_heads, re = hk * d, es = esz(t);
+        size_t d = g.head_dim, p = g.page_size, hk = g.n_kv_heads, re = hk * d;
+        size_t es = fkv_dtype_size(t);
         size_t slots = 4, rows = slots * p, unit_elems = 2 * p * d, unit_bytes = unit_elems * es;
         uint32_t n = 5 < slots * hk ? 5 : (uint32_t)(slots * hk);
         float *k0 = rand_stored(&r, rows * re, t), *v0 = rand_stored(&r, rows * re, t);
@@ -692,7 +693,8 @@ Test(cpu_ops, attention) {
         th_seed(&r, 800 + ti * 10 + gi);
         fkv_dtype t = dtypes[ti];
         fkv_kv_geom g = mk(geos[gi], t);
-        size_t d = g.head_dim, p = g.page_size, hk = g.n_kv_heads, re = hk * d, es = esz(t);
+        size_t d = g.head_dim, p = g.page_size, hk = g.n_kv_heads, re = hk * d;
+        size_t es = fkv_dtype_size(t);
         size_t hq = hk * g.group, slots = 8, rows = slots * p;
         uint32_t n_seqs = 2;
         float scale = 1.0f / sqrtf((float)d);
@@ -753,7 +755,8 @@ Test(cpu_ops, attention_dense) {
         th_seed(&r, 900 + ti * 10 + gi);
         fkv_dtype t = dtypes[ti];
         fkv_kv_geom g = mk(geos[gi], t);
-        size_t d = g.head_dim, hk = g.n_kv_heads, re = hk * d, es = esz(t), hq = hk * g.group;
+        size_t d = g.head_dim, hk = g.n_kv_heads, re = hk * d, hq = hk * g.group;
+        size_t es = fkv_dtype_size(t);
         uint32_t n_tok = 2 * g.page_size + 5; /* not a multiple of the page */
         float scale = 0.7f / sqrtf((float)d);
         float *k = rand_stored(&r, n_tok * re, t), *v = rand_stored(&r, n_tok * re, t);

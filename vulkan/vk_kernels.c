@@ -45,8 +45,6 @@ const char *const fkv_vk_shader_names[S_COUNT] = {
 #define MAX_SPLITS 256
 #define CACHE_MAGIC 0x464b5650u /* "FKVP" */
 
-static size_t esize(fkv_dtype t) { return t == FKV_F32 ? 4 : 2; }
-
 /* ---- pipeline cache file ---- */
 
 static void cache_path(fkv_bdev *d, char *buf, size_t size) {
@@ -388,7 +386,8 @@ static fkv_status bind_pools(launch *L, const fkv_kv_geom *g, const fkv_bbuf *k,
                                          v ? v->size : 0, 0, 0, n_slots);
     if (st != FKV_OK)
         return st;
-    uint64_t slot_bytes = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * esize(g->dtype);
+    uint64_t slot_bytes =
+        (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
     return bind_windows(L, ki, k->buf, k->size, vi, vi >= 0 ? v->buf : VK_NULL_HANDLE,
                         vi >= 0 ? v->size : 0, slot_bytes, *n_slots, pc_first, pc_count, mult,
                         "the KV pools");
@@ -650,7 +649,7 @@ fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
  * 16-bit storage, or the atomic fallback). Returns the word size; *variant the shader's. */
 static size_t pick_word(const fkv_bdev *d, const fkv_kv_geom *g, uint64_t off_bits,
                         uint32_t *variant) {
-    size_t row = (size_t)g->head_dim * esize(g->dtype);
+    size_t row = (size_t)g->head_dim * fkv_dtype_size(g->dtype);
     if (row % 16 == 0 && off_bits % 16 == 0) {
         *variant = 0;
         return 16;
@@ -671,7 +670,8 @@ fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_
     fkv_status st = prepare(dev, q, &deps, g, "pack_hnd", &L);
     if (st != FKV_OK)
         return st;
-    uint64_t page_bytes = (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * esize(g->dtype);
+    uint64_t page_bytes =
+        (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
     uint32_t n_slots;
     if ((st = fkv_check_pack_hnd("vulkan", g, view(kpool), view(vpool), n_pages, view(gslots),
                                  gslots_off, view(dst), dst_off, &n_slots)) != FKV_OK ||
@@ -681,7 +681,7 @@ fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_
         return fkv_vk_marker(dev, q, deps);
     uint32_t variant;
     size_t word = pick_word(dev, g, dst_off, &variant);
-    uint32_t row_words = (uint32_t)(g->head_dim * esize(g->dtype) / word);
+    uint32_t row_words = (uint32_t)(g->head_dim * fkv_dtype_size(g->dtype) / word);
     uint64_t total = (uint64_t)n_pages * g->n_kv_heads * 2 * g->page_size * row_words;
     if (total > UINT32_MAX)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan pack_hnd: %u pages in one call is too many",
@@ -705,7 +705,7 @@ fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const f
     fkv_status st = prepare(dev, q, &deps, g, "scatter_hnd", &L);
     if (st != FKV_OK)
         return st;
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
     uint32_t n_slots;
     if ((st = fkv_check_scatter_hnd("vulkan", g, view(src), src_off, n_units, view(units),
                                     units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK ||
@@ -715,7 +715,7 @@ fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const f
         return fkv_vk_marker(dev, q, deps);
     uint32_t variant;
     size_t word = pick_word(dev, g, src_off, &variant);
-    uint32_t row_words = (uint32_t)(g->head_dim * esize(g->dtype) / word);
+    uint32_t row_words = (uint32_t)(g->head_dim * fkv_dtype_size(g->dtype) / word);
     uint64_t total = (uint64_t)n_units * 2 * g->page_size * row_words;
     if (total > UINT32_MAX)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan scatter_hnd: %u units in one call is too many",
@@ -741,7 +741,7 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
         return st;
     if (host == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan recall_direct: NULL host memory");
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * esize(g->dtype);
+    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
     uint32_t n_slots;
     /* The offsets are host data: all checked here, the kernel reads host memory. */
     if ((st = fkv_check_recall_direct("vulkan", g, host->size, n_units, units_host, view(units),
@@ -755,7 +755,7 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
         return fkv_vk_marker(dev, q, deps);
     uint32_t variant;
     size_t word = pick_word(dev, g, bits, &variant);
-    uint32_t row_words = (uint32_t)(g->head_dim * esize(g->dtype) / word);
+    uint32_t row_words = (uint32_t)(g->head_dim * fkv_dtype_size(g->dtype) / word);
     uint64_t total = (uint64_t)n_units * 2 * g->page_size * row_words;
     if (total > UINT32_MAX || unit_bytes + dev->align > dev->max_range)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan recall_direct: too much in one call");
@@ -862,7 +862,8 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     if (x->dense_tokens >= 0) {
         /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1; the
          * last slot may be partial (the kernel reads valid rows only). */
-        uint64_t slot_bytes = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * esize(g->dtype);
+        uint64_t slot_bytes =
+            (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
         n_slots = (uint32_t)((x->dense_tokens + g->page_size - 1) / g->page_size);
         if ((st = bind_windows(L, 3, x->kpool->buf, x->kpool->size, 4, x->vpool->buf,
                                x->vpool->size, slot_bytes, n_slots, 14, 5, 1, "k and v")) != FKV_OK)

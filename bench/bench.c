@@ -26,6 +26,7 @@ static void run_info(bench_run_info *run, int at_start) {
 }
 
 static void warn_load(const bench_run_info *run) {
+    fflush(stdout);
     double peak = run->load_start[0] > run->load_end[0] ? run->load_start[0] : run->load_end[0];
     if (run->cores > 0 && peak > (double)run->cores)
         fprintf(stderr, "freekv bench: warning: load average %.2f (at start) / %.2f (at end) "

@@ -67,39 +67,46 @@ void bench_print_table(const bench_result *res, size_t n, const char *workload) 
     }
 }
 
+/* One line per cell; returns whether a repeat's ratio lies outside another's interval. */
+static int repeat_line(const bench_options *o, const bench_result *r, int print) {
+    double lo = INFINITY, hi = -INFINITY;
+    int disagree = 0;
+    if (print)
+        printf("%-11s %-15s %8u:", r->workload, r->policy, r->context);
+    for (uint32_t k = 0; k < o->repeat; k++) {
+        if (print)
+            printf("  #%u %.2f", k + 1, r->rep_median_ms[k]);
+        if (isnan(r->rep_ratio[k]))
+            continue;
+        if (print)
+            printf(" %.2f [%.2f-%.2f]", r->rep_ratio[k], r->rep_lo[k], r->rep_hi[k]);
+        lo = fmin(lo, r->rep_ratio[k]);
+        hi = fmax(hi, r->rep_ratio[k]);
+        for (uint32_t j = 0; j < o->repeat; j++)
+            disagree |= !isnan(r->rep_ratio[j]) &&
+                        (r->rep_ratio[k] < r->rep_lo[j] || r->rep_ratio[k] > r->rep_hi[j]);
+    }
+    if (print)
+        printf(hi >= lo ? "  spread %.2f-%.2f\n" : "\n", lo, hi);
+    return disagree;
+}
+
 int bench_check_repeats(const bench_options *o, const bench_result *res, size_t n) {
     if (o->repeat < 2)
         return 0;
-    int warned = 0;
     printf("\nrepeats: median ms, ratio to freekv [95%% CI] of each\n");
-    for (size_t i = 0; i < n; i++) {
-        const bench_result *r = &res[i];
-        if (!r->ran)
-            continue;
-        printf("%-11s %-15s %8u:", r->workload, r->policy, r->context);
-        double lo = INFINITY, hi = -INFINITY;
-        int disagree = 0;
-        for (uint32_t k = 0; k < o->repeat; k++) {
-            printf("  #%u %.2f", k + 1, r->rep_median_ms[k]);
-            if (!isnan(r->rep_ratio[k])) {
-                printf(" %.2f [%.2f-%.2f]", r->rep_ratio[k], r->rep_lo[k], r->rep_hi[k]);
-                lo = fmin(lo, r->rep_ratio[k]);
-                hi = fmax(hi, r->rep_ratio[k]);
-                for (uint32_t j = 0; j < o->repeat; j++)
-                    disagree |= !isnan(r->rep_ratio[j]) &&
-                                (r->rep_ratio[k] < r->rep_lo[j] || r->rep_ratio[k] > r->rep_hi[j]);
-            }
-        }
-        if (hi >= lo)
-            printf("  spread %.2f-%.2f", lo, hi);
-        printf("\n");
-        if (disagree) {
+    for (size_t i = 0; i < n; i++)
+        if (res[i].ran)
+            repeat_line(o, &res[i], 1);
+    fflush(stdout);
+    int warned = 0;
+    for (size_t i = 0; i < n; i++)
+        if (res[i].ran && repeat_line(o, &res[i], 0)) {
             fprintf(stderr, "freekv bench: warning: %s %s at %u: a repeat's ratio lies outside "
                             "another repeat's 95%% interval\n",
-                    r->workload, r->policy, r->context);
+                    res[i].workload, res[i].policy, res[i].context);
             warned++;
         }
-    }
     return warned;
 }
 

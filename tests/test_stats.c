@@ -8,23 +8,16 @@
 #include "helpers.h"
 #include "pipeline_driver.h"
 
-static pd_run one_seq(uint32_t prompt, uint32_t steps) {
-    pd_run r;
-    memset(&r, 0, sizeof r);
-    r.n_seqs = 1;
-    r.prompt[0] = prompt;
-    r.steps = steps;
-    r.batched = 1;
-    r.drift = 0.3f;
-    return r;
-}
+/* one sequence, an 80-token prompt, 10 steps */
+static const pd_run one_seq = {.n_seqs = 1, .prompt = {80}, .steps = 10, .batched = 1,
+                               .drift = 0.3f};
 
 static fkv_stats run_stats(fkv_policy policy, float tau, int sync) {
     fkv_config c;
     th_small_config(&c);
     c.policy = policy;
     c.tau = tau;
-    pd_run r = one_seq(80, 10);
+    pd_run r = one_seq;
     fkv_device *dev;
     fkv_context *ctx;
     cr_assert_eq(pd_run_cpu(&c, &r, NULL, &dev, &ctx), FKV_OK, "%s", fkv_last_error());
@@ -81,7 +74,7 @@ Test(stats, background_work_counted_when_consumed) {
     fkv_config c;
     th_small_config(&c);
     c.policy = FKV_POLICY_SPECULATIVE;
-    pd_run r = one_seq(80, 10);
+    pd_run r = one_seq;
     fkv_device *dev;
     fkv_context *ctx;
     cr_assert_eq(pd_run_cpu(&c, &r, NULL, &dev, &ctx), FKV_OK, "%s", fkv_last_error());

@@ -126,7 +126,8 @@ static int shares_host_memory(const fkv_device_info *info) {
 
 /* Which policies are prepared: each must fit the device on its own (as a whole KV cache for
  * dense and quest), and all of them together the memory there is, since they are held at
- * once. Too much: dense goes first, then quest, freekv-perpage, sync, speculative. */
+ * once. Too much: dense goes first, then quest, freekv-perpage, sync, speculative, and
+ * freekv last (then nothing runs: the prompt's own rows do not fit). */
 static void plan_memory(const bench_options *o, const fkv_device_info *info, uint32_t context,
                         slot *s, double weight_bytes) {
     double host[BENCH_MAX_POLICIES], dev[BENCH_MAX_POLICIES];
@@ -150,7 +151,7 @@ static void plan_memory(const bench_options *o, const fkv_device_info *info, uin
         }
     }
     static const char *const drop_order[] = {"dense", "quest", "freekv-perpage", "sync",
-                                             "speculative"};
+                                             "speculative", "freekv"};
     for (size_t d = 0; d < sizeof drop_order / sizeof *drop_order; d++) {
         double h = scratch + (shares_host_memory(info) ? weight_bytes : 0);
         double g = shares_host_memory(info) ? 0 : weight_bytes;

@@ -199,7 +199,7 @@ static int check_output(const char *flag, const char *path) {
     return 0;
 }
 
-static int in_path(const char *program) {
+int bench_in_path(const char *program) {
     const char *path = getenv("PATH");
     if (!path)
         return 0;
@@ -391,7 +391,7 @@ int bench_parse_args(int argc, char **argv, int default_preset, bench_options *o
     if ((o->csv && check_output("--csv", o->csv)) || (o->json && check_output("--json", o->json)) ||
         (o->plot && check_output("--plot", o->plot)))
         return -1;
-    if (o->plot && !in_path("gnuplot")) {
+    if (o->plot && !bench_in_path("gnuplot")) {
         fprintf(stderr, "freekv bench: --plot needs gnuplot, which is not in PATH "
                         "(apt-get install gnuplot-nox)\n");
         return -1;

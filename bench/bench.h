@@ -38,6 +38,8 @@ typedef struct bench_options {
  * that names the offending flag. */
 int bench_parse_args(int argc, char **argv, int default_preset, bench_options *o,
                      int *explicit_preset);
+/* Whether an executable `program` is found in PATH. */
+int bench_in_path(const char *program);
 /* Decode steps each context takes after its prompt: 64-bit, saturating. */
 uint64_t bench_steps_per_context(const bench_options *o);
 /* The library configuration of one policy at one context length. */

@@ -7,6 +7,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bench/bench.h"
+
 int fkv_bench_main(int argc, char **argv);
 
 /* Runs the bench with argv (NULL-terminated, without the command name) and the stderr it
@@ -146,23 +148,10 @@ Test(bench_args, no_policy_ran_exits_nonzero) {
     cr_expect(strstr(err, "no policy ran") != NULL, "%s", err);
 }
 
-static int have_gnuplot(void) {
-    const char *path = getenv("PATH");
-    char dir[4096];
-    for (const char *p = path; p && *p;) {
-        size_t len = strcspn(p, ":");
-        snprintf(dir, sizeof dir, "%.*s/gnuplot", (int)len, p);
-        if (access(dir, X_OK) == 0)
-            return 1;
-        p += len + (p[len] == ':');
-    }
-    return 0;
-}
-
 /* A path that would run a command if it were spliced into gnuplot's script: the plot is
  * written under exactly that name and nothing runs. */
 Test(bench_args, plot_path_is_never_interpreted) {
-    if (!have_gnuplot())
+    if (!bench_in_path("gnuplot"))
         cr_skip_test("gnuplot is not installed (apt-get install gnuplot-nox)");
     const char *path = "inj'; system('touch bench_args_INJECTED'); '\".png";
     remove("bench_args_INJECTED");

@@ -37,7 +37,6 @@ typedef struct slot {
 typedef struct device_weights {
     fkv_device *dev;
     fkv_bbuf *buf;
-    size_t bytes;
 } device_weights;
 
 static double now_s(void) {
@@ -386,7 +385,7 @@ int bench_run_context(const bench_options *o, fkv_device *dev, uint32_t context,
     plan_memory(o, &info, context, s, (double)weight_bytes);
 
     /* devices and weights: the run's device, and the per-page one if asked for */
-    device_weights wts[2] = {{dev, NULL, weight_bytes}, {NULL, NULL, weight_bytes}};
+    device_weights wts[2] = {{.dev = dev}, {.dev = NULL}};
     size_t n_wts = 1;
     for (uint32_t p = 0; p < P && rc == 0; p++) {
         s[p].dev = dev;
@@ -426,11 +425,15 @@ int bench_run_context(const bench_options *o, fkv_device *dev, uint32_t context,
     bench_shape shape = {.layers = o->p.layers, .q_heads = o->p.q_heads,
                          .kv_heads = o->p.kv_heads, .head_dim = o->p.head_dim,
                          .page = o->p.page, .batch = o->batch};
-    size_t kv_row = (size_t)o->p.kv_heads * o->p.head_dim, q_row = (size_t)o->p.q_heads * o->p.head_dim;
-    size_t q_step = (size_t)o->p.layers * o->batch * q_row, kv_step = (size_t)o->p.layers * o->batch * kv_row;
-    float *kbuf = malloc(sizeof(float) * context * kv_row), *vbuf = malloc(sizeof(float) * context * kv_row);
+    size_t kv_row = (size_t)o->p.kv_heads * o->p.head_dim;
+    size_t q_row = (size_t)o->p.q_heads * o->p.head_dim;
+    size_t q_step = (size_t)o->p.layers * o->batch * q_row;
+    size_t kv_step = (size_t)o->p.layers * o->batch * kv_row;
+    float *kbuf = malloc(sizeof(float) * context * kv_row);
+    float *vbuf = malloc(sizeof(float) * context * kv_row);
     float *qlast = malloc(sizeof(float) * q_row), *out = malloc(sizeof(float) * o->batch * q_row);
-    float *bq = malloc(sizeof(float) * block * q_step), *bk = malloc(sizeof(float) * block * kv_step);
+    float *bq = malloc(sizeof(float) * block * q_step);
+    float *bk = malloc(sizeof(float) * block * kv_step);
     float *bv = malloc(sizeof(float) * block * kv_step);
     uint32_t *seqs = malloc(sizeof(uint32_t) * o->batch);
     bench_gen *gen = bench_gen_create(&o->workloads[0], &shape, context, o->seed);

@@ -124,7 +124,8 @@ bench_gen *bench_gen_create(const bench_drift *drift, const bench_shape *shape, 
     g->rho = malloc(sizeof(double) * ls * shape->kv_heads);
     g->step_rng = malloc(sizeof(rng) * ls);
     g->key_rng = malloc(sizeof(rng) * ls);
-    if (!g->mu || !g->x || !g->q_prev || !g->topic || !g->prompt_topic || !g->rho || !g->step_rng || !g->key_rng) {
+    if (!g->mu || !g->x || !g->q_prev || !g->topic || !g->prompt_topic || !g->rho ||
+        !g->step_rng || !g->key_rng) {
         bench_gen_destroy(g);
         return NULL;
     }

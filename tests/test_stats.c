@@ -39,7 +39,8 @@ Test(stats, blocked_time_split_by_cause) {
         double sum = s.blocked_recall_seconds + s.blocked_select_seconds +
                      s.blocked_correction_seconds;
         cr_expect_leq(fabs(s.blocked_seconds - sum), 1e-9 + 1e-9 * sum,
-                      "%s: blocked %g is not the sum of its parts %g", name, s.blocked_seconds, sum);
+                      "%s: blocked %g is not the sum of its parts %g", name, s.blocked_seconds,
+                      sum);
         cr_expect_geq(s.blocked_recall_seconds, 0, "%s", name);
         cr_expect_geq(s.blocked_select_seconds, 0, "%s", name);
         cr_expect_geq(s.blocked_correction_seconds, 0, "%s", name);

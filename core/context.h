@@ -56,6 +56,8 @@ typedef struct layer_state {
     fkv_bevent *task_after; /* compute-queue marker the task waits on */
     fkv_status task_status;
     char task_error[256];
+    fkv_stats task_stats;    /* the task's work, added to the stats when it is consumed */
+    double task_select_end;  /* fkv_now() when the task's selection ended (its recall follows) */
 } layer_state;
 
 typedef struct planner { /* per-thread scratch for selection */
@@ -103,7 +105,9 @@ struct fkv_context {
 double fkv_now(void);
 
 /* decode.c */
-fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, double *blocked);
+/* Waits for the layer's background task and consumes its statistics: into *caller (with the
+ * wait split into blocked selection and recall time) or, when NULL, into the context's. */
+fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, fkv_stats *caller);
 void *fkv_worker_main(void *arg);
 void fkv_release_event(fkv_context *ctx, fkv_bevent **ev);
 

@@ -21,9 +21,8 @@ static fkv_status wait_release(fkv_context *ctx, fkv_bevent **ev) {
     return st;
 }
 
-static void stats_add(fkv_context *ctx, const fkv_stats *d) {
-    pthread_mutex_lock(&ctx->lock);
-    fkv_stats *s = &ctx->stats;
+/* s += d; blocked_seconds is kept as the sum of its three parts. */
+static void stats_sum(fkv_stats *s, const fkv_stats *d) {
     s->steps += d->steps;
     s->layer_calls += d->layer_calls;
     s->selections += d->selections;
@@ -34,7 +33,16 @@ static void stats_add(fkv_context *ctx, const fkv_stats *d) {
     s->pages_offloaded += d->pages_offloaded;
     s->bytes_offloaded += d->bytes_offloaded;
     s->recall_seconds += d->recall_seconds;
-    s->blocked_seconds += d->blocked_seconds;
+    s->blocked_recall_seconds += d->blocked_recall_seconds;
+    s->blocked_select_seconds += d->blocked_select_seconds;
+    s->blocked_correction_seconds += d->blocked_correction_seconds;
+    s->blocked_seconds +=
+        d->blocked_recall_seconds + d->blocked_select_seconds + d->blocked_correction_seconds;
+}
+
+static void stats_add(fkv_context *ctx, const fkv_stats *d) {
+    pthread_mutex_lock(&ctx->lock);
+    stats_sum(&ctx->stats, d);
     pthread_mutex_unlock(&ctx->lock);
 }
 
@@ -73,19 +81,34 @@ static fkv_status tensor_to_device(fkv_context *ctx, const fkv_tensor *t, size_t
                           t->buffer->bbuf, t->offset + src_off, bytes);
 }
 
-fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, double *blocked) {
+fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, fkv_stats *caller) {
     layer_state *L = &ctx->layers[layer];
     double t0 = fkv_now();
     pthread_mutex_lock(&ctx->lock);
+    int waits = L->pending;
     while (L->pending)
         pthread_cond_wait(&ctx->cond, &ctx->lock);
     fkv_status st = L->task_status;
     char msg[sizeof L->task_error];
     memcpy(msg, L->task_error, sizeof msg);
     L->task_status = FKV_OK;
+    fkv_stats task = L->task_stats;
+    memset(&L->task_stats, 0, sizeof L->task_stats);
+    double select_end = L->task_select_end;
+    if (caller == NULL)
+        stats_sum(&ctx->stats, &task);
     pthread_mutex_unlock(&ctx->lock);
-    if (blocked)
-        *blocked += fkv_now() - t0;
+    if (caller)
+        stats_sum(caller, &task);
+    if (caller && waits) {
+        /* until the worker finished this layer's selection: selection; after: recall issue */
+        double waited = fkv_now() - t0;
+        double select = select_end > t0 ? select_end - t0 : 0;
+        if (select > waited)
+            select = waited;
+        caller->blocked_select_seconds += select;
+        caller->blocked_recall_seconds += waited - select;
+    }
     if (st != FKV_OK)
         return fkv_error(st, "speculative recall of layer %u failed: %s", layer, msg);
     return FKV_OK;
@@ -237,7 +260,9 @@ static fkv_status run_task(fkv_context *ctx, uint32_t layer) {
     } else {
         fkv_release_event(ctx, &done);
     }
-    stats_add(ctx, &st_delta);
+    /* the recall run is the last part of select_pages */
+    L->task_select_end = fkv_now() - st_delta.recall_seconds;
+    stats_sum(&L->task_stats, &st_delta); /* the caller reads it once the task is published */
     return st;
 }
 
@@ -443,7 +468,7 @@ fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t 
         return st;
     fkv_stats d;
     memset(&d, 0, sizeof d);
-    if ((st = fkv_task_wait(ctx, layer, &d.blocked_seconds)) != FKV_OK)
+    if ((st = fkv_task_wait(ctx, layer, &d)) != FKV_OK)
         return st;
     layer_state *L = &ctx->layers[layer];
     if ((st = wait_release(ctx, &L->ev_step)) != FKV_OK)
@@ -612,7 +637,7 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
     memset(&d, 0, sizeof d);
     d.layer_calls = 1;
     d.steps = layer == 0;
-    if ((st = fkv_task_wait(ctx, layer, &d.blocked_seconds)) != FKV_OK)
+    if ((st = fkv_task_wait(ctx, layer, &d)) != FKV_OK)
         return st;
     if ((st = wait_release(ctx, &L->ev_step)) != FKV_OK)
         return st;
@@ -672,24 +697,30 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
     case FKV_POLICY_DENSE:
         break;
     case FKV_POLICY_QUEST: {
+        double t0 = fkv_now();
         select_args a = {FKV_QUEUE_COMPUTE, NULL, &ctx->plan_main, n, seqs, L->qin, 0, 0,
                          NULL, 0, NULL, NULL, &d};
         st = select_pages(ctx, layer, &a);
+        d.blocked_select_seconds += fkv_now() - t0;
         break;
     }
     case FKV_POLICY_SYNC: {
-        double t0 = fkv_now();
+        double t0 = fkv_now(), engine0 = d.recall_seconds;
         select_args a = {FKV_QUEUE_COMPUTE, ctx->rec_main, &ctx->plan_main, n, seqs, L->qin, 0,
                          0, NULL, n_readers, slot_readers, &corr, &d};
         st = select_pages(ctx, layer, &a);
+        double t1 = fkv_now(), engine = d.recall_seconds - engine0;
         if (st == FKV_OK) /* the caller waits for this recall: ArkVale's cost */
             st = o->event_wait(ctx->bd, 1, &corr);
-        d.blocked_seconds += fkv_now() - t0;
+        /* select_pages ends with the recall engine's run */
+        d.blocked_select_seconds += t1 - t0 - engine;
+        d.blocked_recall_seconds += engine + (fkv_now() - t1);
         break;
     }
     case FKV_POLICY_SPECULATIVE:
     case FKV_POLICY_FREEKV:
         if (c->policy == FKV_POLICY_FREEKV) {
+            double t_check = fkv_now();
             int any = 0;
             for (uint32_t i = 0; i < n && st == FKV_OK; i++) {
                 seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
@@ -716,8 +747,7 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
             d.heads_checked += (uint64_t)n * hk;
             if (st == FKV_OK && any) {
                 /* flagged heads: select with q[t] now, after the speculative recall; the
-                 * caller waits for it (the flags wait above is compute, not recall) */
-                double t0 = fkv_now();
+                 * caller waits for it */
                 fkv_bevent *w[2];
                 uint32_t nw = 0;
                 if (L->ev_recall)
@@ -736,14 +766,15 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
                 pthread_mutex_unlock(&ctx->lock);
                 if (st == FKV_OK)
                     st = o->event_wait(ctx->bd, 1, &corr);
-                d.blocked_seconds += fkv_now() - t0;
             }
+            /* the check (the one blocking read) and any correction */
+            d.blocked_correction_seconds += fkv_now() - t_check;
         }
         if (st == FKV_OK && L->ev_recall) {
             /* time the caller would wait for the background recall */
             double t0 = fkv_now();
             st = o->event_wait(ctx->bd, 1, &L->ev_recall);
-            d.blocked_seconds += fkv_now() - t0;
+            d.blocked_recall_seconds += fkv_now() - t0;
             att_wait[n_att_wait++] = L->ev_recall;
         }
         break;

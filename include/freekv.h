@@ -237,10 +237,35 @@ typedef struct fkv_stats {
     uint64_t bytes_recalled;
     uint64_t pages_offloaded;
     uint64_t bytes_offloaded;
-    double recall_seconds;     /* host time spent issuing and finishing recalls */
-    double blocked_seconds;    /* time the caller waited for recall or selection */
+    double recall_seconds;     /* host time inside the recall engine (host gather, enqueue,
+                                  staging reuse waits), on the caller's thread and the worker's:
+                                  an issue cost, not the transfer's duration */
+    double blocked_seconds;    /* the caller's time blocked by the method: the sum of the three
+                                  blocked_*_seconds fields below */
     uint64_t host_bytes;       /* host memory held (KV pool, staging) */
     uint64_t device_bytes;     /* device memory held */
+    /* Where the caller's thread (inside fkv_decode_layer) waited; seconds, disjoint:
+     * - blocked_recall_seconds: page recall for this step's attention. sync: the recall engine
+     *   on the caller's thread and the wait for the recall to complete. speculative, freekv:
+     *   the wait for the background recall's completion event, and the part of the wait for
+     *   the layer's background task after the worker finished its selection (the worker
+     *   issuing the recall).
+     * - blocked_select_seconds: page selection for this step's attention. quest, sync: the
+     *   synchronous selection (score kernels, the score readback, which also waits for work
+     *   queued earlier on the compute queue, group reduction, top-k, planning). speculative,
+     *   freekv: the wait for the layer's background task until the worker finished selecting
+     *   (when the task had not started, this includes the worker's earlier tasks).
+     * - blocked_correction_seconds: freekv only: the query-similarity check (its kernel and the
+     *   blocking flags readback, which also waits for work queued earlier on the compute
+     *   queue), the flagged heads' selection and recall, and the wait for that recall (ordered
+     *   after the background recall, so it may include waiting for it).
+     * A background task's work (selections, pages_recalled, bytes_recalled, recall_seconds) is
+     * counted when the caller consumes it: in the next fkv_decode_layer of that layer, or in
+     * fkv_context_sync and the calls that sync. So between two fkv_decode_layer calls the
+     * counts hold exactly the work the completed steps used, however far the worker got. */
+    double blocked_recall_seconds;
+    double blocked_select_seconds;
+    double blocked_correction_seconds;
 } fkv_stats;
 FKV_API fkv_status fkv_context_get_stats(const fkv_context *ctx, fkv_stats *stats);
 /* Corrections per (layer, KV head), row-major [n_layers][n_kv_heads]; capacity in entries. */

@@ -39,7 +39,11 @@ fkv_status fkv_error_prefix(fkv_status status, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    memcpy(old, last_error, sizeof old);
+    /* The message may be longer than old: copy what fits and terminate, so a long message
+     * is cut instead of read past the end of old. */
+    size_t len = strnlen(last_error, sizeof old - 1);
+    memcpy(old, last_error, len);
+    old[len] = '\0';
     if (old[0] == '\0')
         snprintf(old, sizeof old, "%s", fkv_status_string(status));
     snprintf(last_error, sizeof last_error, "%s: %s", prefix, old);

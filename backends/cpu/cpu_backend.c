@@ -6,7 +6,7 @@
  * before queueing anything; indices read from index buffers are checked when the command
  * runs, and a bad one fails the command's event instead of touching memory out of range.
  *
- * Environment (read in device_open only):
+ * Environment (read in device_open only, through common/env.c):
  *   FREEKV_CPU_RECALL=staged|direct|perpage   recall mechanism reported by recall_mode
  *   FREEKV_CPU_DEVICE_MEMORY, FREEKV_CPU_HOST_MEMORY = N[K|M|G]   allocation limits in bytes
  */
@@ -92,43 +92,6 @@ static fkv_status cpu_device_info(uint32_t index, fkv_device_info *info) {
     return FKV_OK;
 }
 
-/* "N", "NK", "NM" or "NG" (binary multiples), N >= 1. */
-static fkv_status parse_bytes(const char *var, const char *s, uint64_t *out) {
-    uint64_t v = 0;
-    const char *p = s;
-    if (*p < '0' || *p > '9')
-        goto bad;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        if (v > (UINT64_MAX - 9) / 10)
-            goto bad;
-        v = v * 10 + (uint64_t)(*p - '0');
-    }
-    unsigned shift = 0;
-    switch (*p) {
-    case 'k': case 'K': shift = 10; p++; break;
-    case 'm': case 'M': shift = 20; p++; break;
-    case 'g': case 'G': shift = 30; p++; break;
-    default: break;
-    }
-    if (*p != '\0' || v == 0 || v > (UINT64_MAX >> shift))
-        goto bad;
-    *out = v << shift;
-    return FKV_OK;
-bad:
-    return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
-                     "%s='%s': expected a byte count >= 1 with an optional K, M or G suffix "
-                     "(e.g. 64M)",
-                     var, s);
-}
-
-static fkv_status read_limit(const char *var, uint64_t *limit) {
-    const char *s = getenv(var);
-    *limit = UINT64_MAX;
-    if (s == NULL || s[0] == '\0')
-        return FKV_OK;
-    return parse_bytes(var, s, limit);
-}
-
 static fkv_status read_recall(fkv_recall_mode *mode) {
     /* in fkv_recall_mode order */
     static const char *const names[] = {"staged", "direct", "perpage"};
@@ -159,8 +122,8 @@ static fkv_status cpu_device_open(uint32_t index, fkv_bdev **out) {
     uint64_t device_limit, host_limit;
     fkv_status st;
     if ((st = read_recall(&recall)) != FKV_OK ||
-        (st = read_limit("FREEKV_CPU_DEVICE_MEMORY", &device_limit)) != FKV_OK ||
-        (st = read_limit("FREEKV_CPU_HOST_MEMORY", &host_limit)) != FKV_OK)
+        (st = fkv_env_size("FREEKV_CPU_DEVICE_MEMORY", UINT64_MAX, &device_limit)) != FKV_OK ||
+        (st = fkv_env_size("FREEKV_CPU_HOST_MEMORY", UINT64_MAX, &host_limit)) != FKV_OK)
         return st;
     fkv_bdev *dev = calloc(1, sizeof *dev);
     if (dev == NULL)

@@ -1,0 +1,104 @@
+/* Many threads enumerate, pick and open devices at the same moment, as the process's first
+ * use of each driver (Criterion runs every test in a fresh process, so each test below is a
+ * first use). Without the registry's serialisation, PoCL crashes or reports no device. */
+#include <criterion/criterion.h>
+#include <criterion/parameterized.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "helpers.h"
+
+#define N_THREADS 8
+
+typedef enum { OP_OPEN, OP_LIST, OP_PICK, OP_MIXED } race_op;
+
+typedef struct race_param {
+    char backend[16]; /* "auto", "cpu", "opencl", "vulkan" */
+    race_op op;
+    int round;        /* the same race again, in another fresh process */
+} race_param;
+
+typedef struct job {
+    const race_param *param;
+    int index;
+    pthread_barrier_t *start, *opened;
+    fkv_status st;
+    char msg[256];
+    fkv_device *dev;
+} job;
+
+static const char *const mixed_backends[] = {"opencl", "vulkan", "cpu", "auto"};
+
+static void *run_job(void *arg) {
+    job *j = arg;
+    race_op op = j->param->op;
+    const char *backend = j->param->backend;
+    if (op == OP_MIXED) { /* every kind of call on every backend at once */
+        op = (race_op)(j->index % 3);
+        backend = mixed_backends[(j->index / 3 + j->index) % 4];
+    }
+    pthread_barrier_wait(j->start);
+    fkv_device_info info[64];
+    size_t n = 0;
+    switch (op) {
+    case OP_OPEN:
+        j->st = fkv_device_open(backend, NULL, &j->dev);
+        break;
+    case OP_LIST:
+        j->st = fkv_device_list(backend, info, 64, &n);
+        if (j->st == FKV_OK && n == 0)
+            j->st = FKV_ERR_NO_DEVICE;
+        break;
+    default:
+        j->st = fkv_device_pick(backend, NULL, info);
+        break;
+    }
+    if (j->st != FKV_OK)
+        snprintf(j->msg, sizeof j->msg, "%s %s: %s", op == OP_OPEN ? "open" : op == OP_LIST ? "list" : "pick",
+                 backend, fkv_last_error());
+    /* the devices close at the same moment too */
+    pthread_barrier_wait(j->opened);
+    fkv_device_close(j->dev);
+    return NULL;
+}
+
+static void race(const race_param *p) {
+    pthread_barrier_t start, opened;
+    pthread_barrier_init(&start, NULL, N_THREADS);
+    pthread_barrier_init(&opened, NULL, N_THREADS);
+    job jobs[N_THREADS];
+    pthread_t threads[N_THREADS];
+    for (int i = 0; i < N_THREADS; i++) {
+        jobs[i] = (job){.param = p, .index = i, .start = &start, .opened = &opened};
+        cr_assert_eq(pthread_create(&threads[i], NULL, run_job, &jobs[i]), 0);
+    }
+    for (int i = 0; i < N_THREADS; i++)
+        pthread_join(threads[i], NULL);
+    pthread_barrier_destroy(&start);
+    pthread_barrier_destroy(&opened);
+    /* Only now, from one thread: does this machine have the devices the race asked for? */
+    const char *need = p->op == OP_MIXED ? "opencl" : p->backend;
+    size_t n = 0;
+    if (fkv_device_list(need, NULL, 0, &n) != FKV_OK || n == 0 ||
+        (p->op == OP_MIXED && (fkv_device_list("vulkan", NULL, 0, &n) != FKV_OK || n == 0)))
+        cr_skip_test("no %s device here", p->op == OP_MIXED ? "OpenCL and Vulkan" : need);
+    for (int i = 0; i < N_THREADS; i++)
+        cr_expect_eq(jobs[i].st, FKV_OK, "round %d, thread %d: %s", p->round, i, jobs[i].msg);
+}
+
+ParameterizedTestParameters(threads, first_use) {
+    static race_param params[] = {
+        {"opencl", OP_OPEN, 0}, {"opencl", OP_OPEN, 1}, {"opencl", OP_OPEN, 2},
+        {"opencl", OP_LIST, 0}, {"opencl", OP_LIST, 1}, {"opencl", OP_PICK, 0},
+        {"opencl", OP_PICK, 1}, {"vulkan", OP_OPEN, 0}, {"vulkan", OP_OPEN, 1},
+        {"vulkan", OP_LIST, 0}, {"vulkan", OP_PICK, 0}, {"cpu", OP_OPEN, 0},
+        {"cpu", OP_LIST, 0},    {"cpu", OP_PICK, 0},    {"auto", OP_OPEN, 0},
+        {"auto", OP_OPEN, 1},   {"auto", OP_OPEN, 2},   {"auto", OP_LIST, 0},
+        {"auto", OP_PICK, 0},   {"auto", OP_PICK, 1},   {"", OP_MIXED, 0},
+        {"", OP_MIXED, 1},      {"", OP_MIXED, 2},
+    };
+    return cr_make_param_array(race_param, params, sizeof params / sizeof *params);
+}
+
+ParameterizedTest(race_param *p, threads, first_use) { race(p); }

@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static _Thread_local char last_error[1024];
@@ -21,6 +22,21 @@ const char *fkv_status_string(int status) {
 const char *fkv_last_error(void) { return last_error; }
 
 void fkv_error_clear(void) { last_error[0] = '\0'; }
+
+char *fkv_error_save(void) {
+    size_t len = strlen(last_error);
+    char *copy = malloc(len + 1);
+    if (copy)
+        memcpy(copy, last_error, len + 1);
+    return copy;
+}
+
+void fkv_error_restore(char *saved) {
+    if (saved == NULL)
+        return;
+    snprintf(last_error, sizeof last_error, "%s", saved);
+    free(saved);
+}
 
 fkv_status fkv_error(fkv_status status, const char *fmt, ...) {
     char msg[sizeof last_error - 64]; /* room for the status prefix */

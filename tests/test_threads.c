@@ -1,13 +1,16 @@
-/* Many threads enumerate, pick and open devices at the same moment, as the process's first
- * use of each driver (Criterion runs every test in a fresh process, so each test below is a
- * first use). Without the registry's serialisation, PoCL crashes or reports no device. */
+/* Threads: many threads enumerate, pick and open devices at the same moment, as the
+ * process's first use of each driver (Criterion runs every test in a fresh process, so each
+ * race below is a first use; without the registry's serialisation, PoCL crashes or reports
+ * no device); and contexts sharing one device decode from several threads at once. */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "helpers.h"
+#include "pipeline_driver.h"
 
 #define N_THREADS 8
 
@@ -102,3 +105,75 @@ ParameterizedTestParameters(threads, first_use) {
 }
 
 ParameterizedTest(race_param *p, threads, first_use) { race(p); }
+
+/* Contexts of one device, each used by its own thread, at the same time (freekv.h: calls on
+ * distinct contexts of a device may overlap): each gives what it gives alone. */
+typedef struct ctx_job {
+    fkv_device *dev;
+    fkv_config cfg;
+    pd_run run;
+    float *out;
+    fkv_status st;
+    char msg[256];
+} ctx_job;
+
+static void *run_context(void *arg) {
+    ctx_job *j = arg;
+    fkv_context *ctx = NULL;
+    j->st = fkv_context_create(j->dev, &j->cfg, &ctx);
+    if (j->st == FKV_OK)
+        j->st = pd_execute(ctx, &j->run, j->out);
+    if (j->st != FKV_OK)
+        snprintf(j->msg, sizeof j->msg, "%s", fkv_last_error());
+    fkv_context_destroy(ctx);
+    return NULL;
+}
+
+typedef struct backend_param {
+    char backend[16];
+} backend_param;
+
+ParameterizedTestParameters(threads, contexts_share_a_device) {
+    static backend_param params[] = {{"cpu"}, {"opencl"}, {"vulkan"}};
+    return cr_make_param_array(backend_param, params, sizeof params / sizeof *params);
+}
+
+ParameterizedTest(backend_param *p, threads, contexts_share_a_device) {
+    size_t n = 0;
+    if (fkv_device_list(p->backend, NULL, 0, &n) != FKV_OK || n == 0)
+        cr_skip_test("no %s device here", p->backend);
+    fkv_device *dev;
+    cr_assert_eq(fkv_device_open(p->backend, NULL, &dev), FKV_OK, "%s", fkv_last_error());
+    enum { N_CTX = 3 };
+    static const fkv_policy policies[N_CTX] = {FKV_POLICY_FREEKV, FKV_POLICY_SYNC,
+                                               FKV_POLICY_SPECULATIVE};
+    ctx_job jobs[N_CTX];
+    pthread_t threads[N_CTX];
+    for (int i = 0; i < N_CTX; i++) {
+        jobs[i] = (ctx_job){.dev = dev};
+        th_small_config(&jobs[i].cfg);
+        jobs[i].cfg.policy = policies[i];
+        jobs[i].run = (pd_run){.n_seqs = 2, .seqs = {0, 1}, .prompt = {30 + 7 * i, 45},
+                               .steps = 12, .batched = 1, .drift = 0.3f};
+        jobs[i].out = calloc(pd_out_floats(&jobs[i].cfg, &jobs[i].run), sizeof(float));
+        cr_assert_eq(pthread_create(&threads[i], NULL, run_context, &jobs[i]), 0);
+    }
+    for (int i = 0; i < N_CTX; i++)
+        pthread_join(threads[i], NULL);
+    for (int i = 0; i < N_CTX; i++) {
+        cr_assert_eq(jobs[i].st, FKV_OK, "context %d: %s", i, jobs[i].msg);
+        size_t floats = pd_out_floats(&jobs[i].cfg, &jobs[i].run);
+        float *alone = calloc(floats, sizeof(float));
+        fkv_context *ctx;
+        cr_assert_eq(fkv_context_create(dev, &jobs[i].cfg, &ctx), FKV_OK, "%s",
+                     fkv_last_error());
+        cr_assert_eq(pd_execute(ctx, &jobs[i].run, alone), FKV_OK, "%s", fkv_last_error());
+        cr_assert(memcmp(alone, jobs[i].out, floats * sizeof(float)) == 0,
+                  "%s: context %d decoded alongside others differs from it alone", p->backend,
+                  i);
+        fkv_context_destroy(ctx);
+        free(alone);
+        free(jobs[i].out);
+    }
+    fkv_device_close(dev);
+}

@@ -158,8 +158,14 @@ static fkv_status select_pages(fkv_context *ctx, uint32_t layer, const select_ar
     if (st == FKV_OK)
         st = wait_release(ctx, &ev);
     fkv_release_event(ctx, &ev);
-    if (st != FKV_OK)
+    if (st != FKV_OK) {
+        /* Commands already queued read the host desc and write the host scores: they must be
+         * done before this layer's staging is used again (by the other thread, too). */
+        char *msg = fkv_error_save();
+        o->finish(ctx->bd, a->queue);
+        fkv_error_restore(msg);
         return st;
+    }
 
     planner *pl = a->pl;
     uint32_t n_units = 0;

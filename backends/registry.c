@@ -1,17 +1,36 @@
 /* Run-time backend and device selection (FREEKV_BACKEND, FREEKV_DEVICE) and the public
- * device/buffer calls. */
+ * device/buffer calls.
+ *
+ * Threads: every call into a driver's enumeration (device_count, device_info) and every
+ * device_open runs under one process-wide lock, driver_lock. Any of them can be the process's
+ * first call into a driver, and first calls are not thread-safe everywhere: two threads
+ * entering the OpenCL ICD loader and PoCL at once crash inside PoCL or see no platform.
+ * A once-only warm-up would not do: a later open enumerates again, and a driver can be
+ * entered first by device_open (fkv_device_open_ops). Per-backend locks would be narrower but
+ * would let PoCL and lavapipe initialise the libLLVM they share at the same moment, so the
+ * lock spans backends. It covers only enumeration and opening, which are rare and short
+ * (programs are built at first use, not at open); closing, buffers, contexts and decoding
+ * never take it. */
 #include <ctype.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
+#include "../common/env.h"
 #include "../common/error.h"
 #include "device.h"
 
 #define MAX_DEVICES 64
 
-static const char *const known_backends[] = {"hip", "vulkan", "opencl", "cpu"};
+static pthread_mutex_t driver_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* "auto", then every backend the library knows, in preference order. */
+static const char *const backend_choices[] = {"auto", "hip", "vulkan", "opencl", "cpu"};
+#define N_CHOICES ((int)(sizeof backend_choices / sizeof *backend_choices))
+static const char *const *const known_backends = backend_choices + 1;
+#define N_KNOWN ((size_t)N_CHOICES - 1)
 
 static const fkv_backend_ops *compiled_backend(const char *name) {
     const fkv_backend_ops *ops = NULL;
@@ -28,13 +47,13 @@ static const fkv_backend_ops *compiled_backend(const char *name) {
 
 size_t fkv_backend_count(void) {
     size_t n = 0;
-    for (size_t i = 0; i < sizeof known_backends / sizeof *known_backends; i++)
+    for (size_t i = 0; i < N_KNOWN; i++)
         n += compiled_backend(known_backends[i]) != NULL;
     return n;
 }
 
 const char *fkv_backend_name(size_t index) {
-    for (size_t i = 0; i < sizeof known_backends / sizeof *known_backends; i++) {
+    for (size_t i = 0; i < N_KNOWN; i++) {
         if (compiled_backend(known_backends[i]) == NULL)
             continue;
         if (index-- == 0)
@@ -77,8 +96,11 @@ fkv_status fkv_backend_check(const fkv_backend_ops *ops) {
  * having none (its driver is missing), so listing never fails because of it. */
 static size_t collect(const fkv_backend_ops *ops, fkv_device_info *list, size_t n) {
     uint32_t count = 0;
-    if (fkv_backend_check(ops) != FKV_OK || ops->device_count(&count) != FKV_OK)
+    if (fkv_backend_check(ops) != FKV_OK)
         return n;
+    pthread_mutex_lock(&driver_lock);
+    if (ops->device_count(&count) != FKV_OK)
+        count = 0;
     for (uint32_t i = 0; i < count && n < MAX_DEVICES; i++) {
         fkv_device_info info;
         memset(&info, 0, sizeof info);
@@ -88,16 +110,21 @@ static size_t collect(const fkv_backend_ops *ops, fkv_device_info *list, size_t 
         info.index = i;
         list[n++] = info;
     }
+    pthread_mutex_unlock(&driver_lock);
     return n;
 }
 
-static int valid_backend_name(const char *name) {
-    if (strcmp(name, "auto") == 0)
-        return 1;
-    for (size_t i = 0; i < sizeof known_backends / sizeof *known_backends; i++)
-        if (strcmp(name, known_backends[i]) == 0)
-            return 1;
-    return 0;
+/* The canonical name of a backend argument (case-insensitive, like FREEKV_BACKEND). */
+static fkv_status backend_argument(const char *name, const char **out) {
+    int i = fkv_choice_index(name, backend_choices, N_CHOICES);
+    if (i < 0) {
+        char valid[128];
+        fkv_choice_list(backend_choices, N_CHOICES, valid, sizeof valid);
+        return fkv_error(FKV_ERR_BAD_ENVIRONMENT, "backend argument '%s' (valid: %s)", name,
+                         valid);
+    }
+    *out = backend_choices[i];
+    return FKV_OK;
 }
 
 static void compiled_list(char *buf, size_t size) {
@@ -108,16 +135,11 @@ static void compiled_list(char *buf, size_t size) {
     }
 }
 
-/* Gathers the devices of `backend` ("auto" = all, in preference order). */
+/* Gathers the devices of `backend`, a canonical name ("auto" = all, in preference order). */
 static fkv_status gather(const char *backend, const char *origin, fkv_device_info *list,
                          size_t *n) {
     char avail[128];
     *n = 0;
-    if (!valid_backend_name(backend)) {
-        compiled_list(avail, sizeof avail);
-        return fkv_error(FKV_ERR_BAD_ENVIRONMENT, "%s: unknown backend '%s' (available: %s)",
-                         origin, backend, avail);
-    }
     if (strcmp(backend, "auto") == 0) {
         for (size_t i = 0; i < fkv_backend_count(); i++)
             *n = collect(compiled_backend(fkv_backend_name(i)), list, *n);
@@ -139,7 +161,10 @@ fkv_status fkv_device_list(const char *backend, fkv_device_info *out, size_t cap
     size_t n;
     if (count == NULL || (out == NULL && capacity > 0))
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_list: NULL output");
-    fkv_status st = gather(backend ? backend : "auto", "fkv_device_list", list, &n);
+    const char *name = "auto";
+    fkv_status st = backend ? backend_argument(backend, &name) : FKV_OK;
+    if (st == FKV_OK)
+        st = gather(name, "fkv_device_list", list, &n);
     if (st != FKV_OK)
         return st;
     for (size_t i = 0; i < n && i < capacity; i++)
@@ -186,21 +211,23 @@ static void device_names(const fkv_device_info *list, size_t n, char *buf, size_
 /* Resolves backend/device names (arguments override the environment) to one device. */
 static fkv_status resolve(const char *backend, const char *device, fkv_device_info *chosen) {
     const char *be_origin = "backend argument", *dev_origin = "device argument";
+    fkv_status st;
     if (backend == NULL) {
-        backend = getenv("FREEKV_BACKEND");
+        int i;
+        if ((st = fkv_env_choice("FREEKV_BACKEND", backend_choices, N_CHOICES, 0, &i)) != FKV_OK)
+            return st;
+        backend = backend_choices[i];
         be_origin = "FREEKV_BACKEND";
-        if (backend == NULL || backend[0] == '\0')
-            backend = "auto";
+    } else if ((st = backend_argument(backend, &backend)) != FKV_OK) {
+        return st;
     }
     if (device == NULL) {
-        device = getenv("FREEKV_DEVICE");
+        device = fkv_env_get("FREEKV_DEVICE");
         dev_origin = "FREEKV_DEVICE";
-        if (device != NULL && device[0] == '\0')
-            device = NULL;
     }
     fkv_device_info list[MAX_DEVICES];
     size_t n;
-    fkv_status st = gather(backend, be_origin, list, &n);
+    st = gather(backend, be_origin, list, &n);
     if (st != FKV_OK)
         return st;
     char names[2048];
@@ -259,10 +286,12 @@ fkv_status fkv_device_open_ops(const fkv_backend_ops *ops, uint32_t index, fkv_d
     if (dev == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "fkv_device_open: allocating the handle");
     dev->ops = ops;
+    pthread_mutex_lock(&driver_lock);
     st = ops->device_open(index, &dev->bdev);
     if (st == FKV_OK)
         st = ops->opened_info ? ops->opened_info(dev->bdev, &dev->info)
                               : ops->device_info(index, &dev->info);
+    pthread_mutex_unlock(&driver_lock);
     if (st != FKV_OK) {
         if (dev->bdev)
             ops->device_close(dev->bdev);

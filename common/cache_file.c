@@ -16,6 +16,8 @@
 #define fkv_getpid getpid
 #endif
 
+#include "env.h"
+
 static int make_dir(const char *path) {
 #ifdef _WIN32
     return _mkdir(path) == 0 || errno == EEXIST ? 0 : -1;
@@ -45,16 +47,16 @@ static int make_dirs(const char *path) {
 }
 
 void fkv_cache_dir(char *buf, size_t size) {
-    const char *dir = getenv("FREEKV_CACHE_DIR");
-    const char *xdg = getenv("XDG_CACHE_HOME");
-    const char *home = getenv("HOME");
+    const char *dir = fkv_env_get("FREEKV_CACHE_DIR");
+    const char *xdg = fkv_env_get("XDG_CACHE_HOME");
+    const char *home = fkv_env_get("HOME");
     int n;
     buf[0] = '\0';
-    if (dir && dir[0])
+    if (dir)
         n = snprintf(buf, size, "%s", dir);
-    else if (xdg && xdg[0])
+    else if (xdg)
         n = snprintf(buf, size, "%s/freekv", xdg);
-    else if (home && home[0])
+    else if (home)
         n = snprintf(buf, size, "%s/.cache/freekv", home);
     else
         return;

@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static _Thread_local char last_error[1024];
@@ -22,6 +23,21 @@ const char *fkv_last_error(void) { return last_error; }
 
 void fkv_error_clear(void) { last_error[0] = '\0'; }
 
+char *fkv_error_save(void) {
+    size_t len = strlen(last_error);
+    char *copy = malloc(len + 1);
+    if (copy)
+        memcpy(copy, last_error, len + 1);
+    return copy;
+}
+
+void fkv_error_restore(char *saved) {
+    if (saved == NULL)
+        return;
+    snprintf(last_error, sizeof last_error, "%s", saved);
+    free(saved);
+}
+
 fkv_status fkv_error(fkv_status status, const char *fmt, ...) {
     char msg[sizeof last_error - 64]; /* room for the status prefix */
     va_list ap;
@@ -39,7 +55,11 @@ fkv_status fkv_error_prefix(fkv_status status, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
-    memcpy(old, last_error, sizeof old);
+    /* The message may be longer than old: copy what fits and terminate, so a long message
+     * is cut instead of read past the end of old. */
+    size_t len = strnlen(last_error, sizeof old - 1);
+    memcpy(old, last_error, len);
+    old[len] = '\0';
     if (old[0] == '\0')
         snprintf(old, sizeof old, "%s", fkv_status_string(status));
     snprintf(last_error, sizeof last_error, "%s: %s", prefix, old);

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "select.h"
 
 const char *fkv_dtype_name(fkv_dtype dtype) {
     switch (dtype) {
@@ -73,6 +74,48 @@ void fkv_config_init(fkv_config *cfg) {
 
 #define BAD(...) fkv_error(FKV_ERR_INVALID_CONFIG, __VA_ARGS__)
 
+/* What the fields imply together, in 64-bit arithmetic (each field is already in range, so
+ * no product here can overflow): the budget must be usable within max_context, and every
+ * index the device interface passes as int32 must fit. */
+static fkv_status validate_geometry(const fkv_config *c) {
+    const uint64_t p = c->page_size, max_pages = (c->max_context + p - 1) / p;
+    if (c->budget_tokens > max_pages * p)
+        return BAD("budget_tokens = %u exceeds max_context = %u (%llu pages of %u tokens): a "
+                   "sequence never holds more, so the budget could not be used; lower "
+                   "budget_tokens or raise max_context",
+                   c->budget_tokens, c->max_context, (unsigned long long)max_pages,
+                   c->page_size);
+    uint64_t n_mid = (c->budget_tokens - (uint64_t)c->sink_tokens - c->window_tokens) / p;
+    if (n_mid > FKV_MAX_MIDDLE_SLOTS)
+        return BAD("budget_tokens = %u: %llu selected pages beyond sink and window, at most %u",
+                   c->budget_tokens, (unsigned long long)n_mid, FKV_MAX_MIDDLE_SLOTS);
+    /* dense and quest keep every page resident at its own slot; the others keep the budget */
+    const uint64_t S = c->max_seqs;
+    const uint64_t n_slots = c->policy >= FKV_POLICY_SYNC ? c->budget_tokens / p : max_pages;
+    const char *slots_from = c->policy >= FKV_POLICY_SYNC ? "budget_tokens" : "max_context";
+    const uint64_t rows = S * n_slots * p, summaries = S * max_pages;
+    const uint64_t entries = S * c->n_kv_heads * n_slots, scores = c->n_q_heads * max_pages;
+    if (rows > INT32_MAX)
+        return BAD("max_seqs = %u x %s: %llu device rows (sequences x slots x page_size) "
+                   "exceed the device interface's int32 row index (2^31 - 1); lower max_seqs "
+                   "or %s",
+                   c->max_seqs, slots_from, (unsigned long long)rows, slots_from);
+    if (summaries > INT32_MAX)
+        return BAD("max_seqs = %u x max_context = %u: %llu page summaries exceed the int32 "
+                   "summary index (2^31 - 1); lower max_seqs or max_context",
+                   c->max_seqs, c->max_context, (unsigned long long)summaries);
+    if (entries > INT32_MAX)
+        return BAD("max_seqs = %u x n_kv_heads = %u x %s: %llu attention entries exceed the "
+                   "int32 entry index (2^31 - 1); lower max_seqs or %s",
+                   c->max_seqs, c->n_kv_heads, slots_from, (unsigned long long)entries,
+                   slots_from);
+    if (scores > INT32_MAX)
+        return BAD("n_q_heads = %u x max_context = %u: %llu page scores per sequence exceed "
+                   "the int32 score index (2^31 - 1); lower max_context or raise page_size",
+                   c->n_q_heads, c->max_context, (unsigned long long)scores);
+    return FKV_OK;
+}
+
 fkv_status fkv_config_validate(const fkv_config *c) {
     if (c == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "config is NULL");
@@ -95,11 +138,11 @@ fkv_status fkv_config_validate(const fkv_config *c) {
     if (c->window_tokens < 2 * c->page_size || c->window_tokens % c->page_size != 0)
         return BAD("window_tokens = %u: must be a multiple of page_size (%u), at least two pages",
                    c->window_tokens, c->page_size);
-    if (c->budget_tokens % c->page_size != 0 ||
-        c->budget_tokens < c->sink_tokens + c->window_tokens)
+    uint64_t sink_window = (uint64_t)c->sink_tokens + c->window_tokens; /* no 32-bit wrap */
+    if (c->budget_tokens % c->page_size != 0 || c->budget_tokens < sink_window)
         return BAD("budget_tokens = %u: must be a multiple of page_size (%u) and at least "
-                   "sink_tokens + window_tokens (%u)",
-                   c->budget_tokens, c->page_size, c->sink_tokens + c->window_tokens);
+                   "sink_tokens + window_tokens (%llu)",
+                   c->budget_tokens, c->page_size, (unsigned long long)sink_window);
     if (!(c->tau >= -1.0f && c->tau <= 1.0f)) /* also rejects NaN */
         return BAD("tau = %g: must be in [-1, 1]", (double)c->tau);
     if (fkv_dtype_size(c->dtype) == 0)
@@ -115,5 +158,5 @@ fkv_status fkv_config_validate(const fkv_config *c) {
     if (c->recall_chunk_pages > (1u << 20))
         return BAD("recall_chunk_pages = %u: must be at most 1048576 (0 = default)",
                    c->recall_chunk_pages);
-    return FKV_OK;
+    return validate_geometry(c);
 }

@@ -51,6 +51,8 @@ static void planner_free(planner *p) {
     free(p->fill_slot);
     free(p->fill_page);
     free(p->units);
+    free(p->mid_saved);
+    free(p->score_saved);
 }
 
 static fkv_status planner_init(fkv_context *ctx, planner *p) {
@@ -62,12 +64,45 @@ static fkv_status planner_init(fkv_context *ctx, planner *p) {
     p->fill_page = malloc(sizeof(uint32_t) * (ctx->n_mid + 1));
     p->units = malloc(sizeof(fkv_recall_unit) * units);
     p->units_cap = (uint32_t)units;
-    if (!p->reduced || !p->topk || !p->top_score || !p->fill_slot || !p->fill_page || !p->units)
+    p->mid_saved = malloc(sizeof(int32_t) * units);
+    p->score_saved = malloc(sizeof(float) * units);
+    if (!p->reduced || !p->topk || !p->top_score || !p->fill_slot || !p->fill_page || !p->units ||
+        !p->mid_saved || !p->score_saved)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "selection scratch");
     return FKV_OK;
 }
 
-static fkv_status layer_init(fkv_context *ctx, layer_state *L) {
+static void call_free(call_scratch *c) {
+    free(c->full);
+    free(c->had_chunks);
+    free(c->attended);
+    free(c->n_attended);
+    free(c->corrections);
+}
+
+static fkv_status call_init(fkv_context *ctx, call_scratch *c) {
+    size_t S = ctx->cfg.max_seqs, hk = ctx->cfg.n_kv_heads;
+    c->full = malloc(sizeof(int32_t) * S);
+    c->had_chunks = malloc(sizeof(uint32_t) * S);
+    c->attended = malloc(sizeof(int32_t) * S * hk * ctx->list_cap);
+    c->n_attended = malloc(sizeof(uint32_t) * S * hk);
+    c->corrections = malloc(sizeof(uint64_t) * hk);
+    if (!c->full || !c->had_chunks || !c->attended || !c->n_attended || !c->corrections)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "decode call scratch");
+    return FKV_OK;
+}
+
+/* The device buffers of one layer, and the slices of its pinned host staging: layer_init
+ * allocates exactly these, and the context's memory estimate adds them up first. */
+enum { N_LAYER_BUFFERS = 19, N_LAYER_HOST = 13 };
+
+typedef struct layer_part {
+    void *where; /* fkv_bbuf ** (device buffer) or a pointer to the slice's pointer (host) */
+    size_t size;
+} layer_part;
+
+static void layer_parts(const fkv_context *ctx, layer_state *L, layer_part dev[N_LAYER_BUFFERS],
+                        layer_part host[N_LAYER_HOST]) {
     const fkv_config *c = &ctx->cfg;
     size_t S = c->max_seqs, hq = c->n_q_heads, hk = c->n_kv_heads, d = c->head_dim;
     size_t qbytes = S * hq * d * 4, kbytes = S * hk * d * 4;
@@ -75,72 +110,134 @@ static fkv_status layer_init(fkv_context *ctx, layer_state *L) {
     size_t list = S * hk * ctx->list_cap * 2 * 4;
     size_t scores = S * hq * ctx->max_pages * 4;
     size_t idx_pairs = S > FKV_SCRATCH_PAGES ? S : FKV_SCRATCH_PAGES; /* decode or prefill */
+    const layer_part d_parts[N_LAYER_BUFFERS] = {
+        {&L->kpool, pool},
+        {&L->vpool, pool},
+        {&L->summ, S * ctx->max_pages * hk * 2 * d * 4},
+        {&L->qprev[0], qbytes},
+        {&L->qprev[1], qbytes},
+        {&L->qin, qbytes},
+        {&L->kin, kbytes},
+        {&L->vin, kbytes},
+        {&L->out, qbytes},
+        {&L->rows, S * 4},
+        {&L->summ_idx, idx_pairs * 2 * 4},
+        {&L->pack_idx, S * 4},
+        {&L->desc, S * 3 * 4},
+        {&L->heads, S * hk * 2 * 4},
+        {&L->entries, list},
+        {&L->scores, scores},
+        {&L->sims, S * hk * 4},
+        {&L->flags, S * hk * 4},
+        {&L->pack, ctx->offload ? S * ctx->page_bytes : 16},
+    };
+    const layer_part h_parts[N_LAYER_HOST] = {
+        {&L->h.q, qbytes},
+        {&L->h.k, kbytes},
+        {&L->h.v, kbytes},
+        {&L->h.out, qbytes},
+        {&L->h.rows, S * 4},
+        {&L->h.summ_idx, idx_pairs * 2 * 4},
+        {&L->h.pack_idx, S * 4},
+        {&L->h.desc, S * 3 * 4},
+        {&L->h.heads, S * hk * 2 * 4},
+        {&L->h.entries, list},
+        {&L->h.scores, scores},
+        {&L->h.sims, S * hk * 4},
+        {&L->h.flags, S * hk * 4},
+    };
+    memcpy(dev, d_parts, sizeof d_parts);
+    memcpy(host, h_parts, sizeof h_parts);
+}
+
+static size_t host_slice(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
+
+static fkv_status layer_init(fkv_context *ctx, layer_state *L) {
+    layer_part dev[N_LAYER_BUFFERS], host[N_LAYER_HOST];
+    layer_parts(ctx, L, dev, host);
     fkv_status st = FKV_OK;
-#define ALLOC(buf, size)                                   \
-    if (st == FKV_OK)                                      \
-        st = dev_alloc(ctx, (size), &L->buf);
-    ALLOC(kpool, pool)
-    ALLOC(vpool, pool)
-    ALLOC(summ, S * ctx->max_pages * hk * 2 * d * 4)
-    ALLOC(qprev, qbytes)
-    ALLOC(qin, qbytes)
-    ALLOC(kin, kbytes)
-    ALLOC(vin, kbytes)
-    ALLOC(out, qbytes)
-    ALLOC(rows, S * 4)
-    ALLOC(summ_idx, idx_pairs * 2 * 4)
-    ALLOC(pack_idx, S * 4)
-    ALLOC(desc, S * 3 * 4)
-    ALLOC(heads, S * hk * 2 * 4)
-    ALLOC(entries, list)
-    ALLOC(scores, scores)
-    ALLOC(sims, S * hk * 4)
-    ALLOC(flags, S * hk * 4)
-    ALLOC(pack, ctx->offload ? S * ctx->page_bytes : 16)
-#undef ALLOC
+    for (int i = 0; i < N_LAYER_BUFFERS && st == FKV_OK; i++)
+        st = dev_alloc(ctx, dev[i].size, dev[i].where);
     if (st != FKV_OK)
         return st;
-    /* host staging, one pinned allocation */
-    size_t sizes[] = {qbytes, kbytes, kbytes, qbytes, S * 4, idx_pairs * 2 * 4, S * 4, S * 3 * 4,
-                      S * hk * 2 * 4, list, scores, S * hk * 4, S * hk * 4};
     size_t total = 0;
-    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
-        total += (sizes[i] + 63) & ~(size_t)63;
+    for (int i = 0; i < N_LAYER_HOST; i++)
+        total += host_slice(host[i].size);
     void *base;
     st = ctx->ops->host_alloc(ctx->bd, total, &L->h.mem, &base);
     if (st != FKV_OK)
         return st;
     ctx->base_host_bytes += total;
     unsigned char *p = base;
-    void **slots[] = {(void **)&L->h.q,        (void **)&L->h.k,       (void **)&L->h.v,
-                      (void **)&L->h.out,      (void **)&L->h.rows,    (void **)&L->h.summ_idx,
-                      (void **)&L->h.pack_idx, (void **)&L->h.desc,    (void **)&L->h.heads,
-                      (void **)&L->h.entries,  (void **)&L->h.scores,  (void **)&L->h.sims,
-                      (void **)&L->h.flags};
-    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++) {
-        *slots[i] = p;
-        p += (sizes[i] + 63) & ~(size_t)63;
+    for (int i = 0; i < N_LAYER_HOST; i++) {
+        *(void **)host[i].where = p;
+        p += host_slice(host[i].size);
     }
-    L->task_seqs = malloc(sizeof(uint32_t) * S);
+    L->task_seqs = malloc(sizeof(uint32_t) * ctx->cfg.max_seqs);
     if (L->task_seqs == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "task list");
     return FKV_OK;
 }
 
 static void layer_free(fkv_context *ctx, layer_state *L) {
-    fkv_bbuf **bufs[] = {&L->kpool, &L->vpool, &L->summ, &L->qprev, &L->qin, &L->kin,
-                         &L->vin, &L->out, &L->rows, &L->summ_idx, &L->pack_idx, &L->desc,
-                         &L->heads, &L->entries, &L->scores, &L->sims, &L->flags, &L->pack};
-    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
-        dev_free(ctx, bufs[i]);
+    layer_part dev[N_LAYER_BUFFERS], host[N_LAYER_HOST];
+    layer_parts(ctx, L, dev, host);
+    for (int i = 0; i < N_LAYER_BUFFERS; i++)
+        dev_free(ctx, dev[i].where);
     if (L->h.mem)
         ctx->ops->host_free(ctx->bd, L->h.mem);
-    fkv_release_event(ctx, &L->ev_step);
     fkv_release_event(ctx, &L->ev_attn);
     fkv_release_event(ctx, &L->ev_recall);
     fkv_release_event(ctx, &L->ev_offload);
-    fkv_release_event(ctx, &L->task_after);
     free(L->task_seqs);
+}
+
+/* The prefill scratch: two slot buffers of pages, two f32 row buffers and the row index. */
+typedef struct scratch_sizes {
+    size_t slots, f32, rows;
+} scratch_sizes;
+
+static scratch_sizes scratch_of(const fkv_context *ctx) {
+    size_t rows = (size_t)FKV_SCRATCH_PAGES * ctx->cfg.page_size;
+    return (scratch_sizes){.slots = FKV_SCRATCH_PAGES * ctx->slot_bytes,
+                           .f32 = rows * ctx->row_elems * 4,
+                           .rows = rows * 4};
+}
+
+/* a*b, or UINT64_MAX when it overflows (sums below saturate the same way). */
+static uint64_t mul_sat(uint64_t a, uint64_t b) {
+    return b != 0 && a > UINT64_MAX / b ? UINT64_MAX : a * b;
+}
+static uint64_t add_sat(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+
+/* Device memory the context will allocate, summed before any allocation so that a config
+ * far beyond the device fails at once instead of after gigabytes of allocations. */
+static fkv_status check_device_memory(const fkv_context *ctx) {
+    const fkv_config *c = &ctx->cfg;
+    layer_state dummy; /* only the sizes are used */
+    memset(&dummy, 0, sizeof dummy);
+    layer_part dev[N_LAYER_BUFFERS], host[N_LAYER_HOST];
+    layer_parts(ctx, &dummy, dev, host);
+    uint64_t layer = 0;
+    for (int i = 0; i < N_LAYER_BUFFERS; i++)
+        layer = add_sat(layer, dev[i].size ? dev[i].size : 16); /* dev_alloc's minimum */
+    uint64_t total = mul_sat(layer, c->n_layers);
+    scratch_sizes scr = scratch_of(ctx);
+    total = add_sat(total, add_sat(2 * (uint64_t)scr.slots + 2 * (uint64_t)scr.f32, scr.rows));
+    if (ctx->offload) {
+        uint64_t hb, db;
+        fkv_recaller_bytes(&ctx->g, fkv_op_recall_mode(ctx->ops, ctx->bd), c->recall_chunk_pages,
+                           &hb, &db);
+        total = add_sat(total, 2 * db);
+    }
+    uint64_t have = ctx->dev->info.memory_bytes;
+    if ((have != 0 && total > have) || total > SIZE_MAX)
+        return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY,
+                         "the context needs %llu bytes of device memory (%u layers of %llu), "
+                         "device '%s' has %llu: lower max_seqs, max_context or budget_tokens",
+                         (unsigned long long)total, c->n_layers, (unsigned long long)layer,
+                         ctx->dev->info.name, (unsigned long long)have);
+    return FKV_OK;
 }
 
 static fkv_status seq_init(fkv_context *ctx, seq_state *s) {
@@ -211,6 +308,7 @@ void fkv_context_destroy(fkv_context *ctx) {
     fkv_pool_destroy(ctx->pool);
     planner_free(&ctx->plan_main);
     planner_free(&ctx->plan_worker);
+    call_free(&ctx->call);
     free(ctx->layers);
     free(ctx->seqs);
     free(ctx->fifo);
@@ -257,11 +355,8 @@ fkv_status fkv_context_create(fkv_device *dev, const fkv_config *cfg, fkv_contex
     /* dense/quest keep every page resident at its own slot; offload keeps the budget */
     ctx->n_slots = ctx->offload ? c->budget_tokens / c->page_size : ctx->max_pages;
     ctx->list_cap = ctx->n_slots;
-    if (ctx->n_mid > FKV_MAX_MIDDLE_SLOTS && ctx->offload) {
-        st = fkv_error(FKV_ERR_INVALID_CONFIG, "budget_tokens = %u: at most %u selected pages",
-                       c->budget_tokens, FKV_MAX_MIDDLE_SLOTS);
+    if ((st = check_device_memory(ctx)) != FKV_OK)
         goto fail;
-    }
     ctx->seqs = calloc(c->max_seqs, sizeof *ctx->seqs);
     ctx->layers = calloc(c->n_layers, sizeof *ctx->layers);
     ctx->fifo = calloc(c->n_layers, sizeof *ctx->fifo);
@@ -278,24 +373,24 @@ fkv_status fkv_context_create(fkv_device *dev, const fkv_config *cfg, fkv_contex
         goto fail;
     /* prefill scratch */
     ctx->scratch_pages = FKV_SCRATCH_PAGES;
-    size_t scr_rows = (size_t)ctx->scratch_pages * c->page_size;
-    size_t scr_f32 = scr_rows * ctx->row_elems * 4;
-    if ((st = dev_alloc(ctx, ctx->scratch_pages * ctx->slot_bytes, &ctx->scr_k)) != FKV_OK ||
-        (st = dev_alloc(ctx, ctx->scratch_pages * ctx->slot_bytes, &ctx->scr_v)) != FKV_OK ||
-        (st = dev_alloc(ctx, scr_f32, &ctx->scr_kin)) != FKV_OK ||
-        (st = dev_alloc(ctx, scr_f32, &ctx->scr_vin)) != FKV_OK ||
-        (st = dev_alloc(ctx, scr_rows * 4, &ctx->scr_rows)) != FKV_OK)
+    scratch_sizes scr = scratch_of(ctx);
+    if ((st = dev_alloc(ctx, scr.slots, &ctx->scr_k)) != FKV_OK ||
+        (st = dev_alloc(ctx, scr.slots, &ctx->scr_v)) != FKV_OK ||
+        (st = dev_alloc(ctx, scr.f32, &ctx->scr_kin)) != FKV_OK ||
+        (st = dev_alloc(ctx, scr.f32, &ctx->scr_vin)) != FKV_OK ||
+        (st = dev_alloc(ctx, scr.rows, &ctx->scr_rows)) != FKV_OK)
         goto fail;
     void *hp;
-    st = ctx->ops->host_alloc(ctx->bd, 2 * scr_f32 + scr_rows * 4, &ctx->scr_host, &hp);
+    st = ctx->ops->host_alloc(ctx->bd, 2 * scr.f32 + scr.rows, &ctx->scr_host, &hp);
     if (st != FKV_OK)
         goto fail;
-    ctx->base_host_bytes += 2 * scr_f32 + scr_rows * 4;
+    ctx->base_host_bytes += 2 * scr.f32 + scr.rows;
     ctx->scr_host_k = hp;
-    ctx->scr_host_v = (float *)((unsigned char *)hp + scr_f32);
-    ctx->scr_host_rows = (int32_t *)((unsigned char *)hp + 2 * scr_f32);
+    ctx->scr_host_v = (float *)((unsigned char *)hp + scr.f32);
+    ctx->scr_host_rows = (int32_t *)((unsigned char *)hp + 2 * scr.f32);
     if ((st = planner_init(ctx, &ctx->plan_main)) != FKV_OK ||
-        (st = planner_init(ctx, &ctx->plan_worker)) != FKV_OK)
+        (st = planner_init(ctx, &ctx->plan_worker)) != FKV_OK ||
+        (st = call_init(ctx, &ctx->call)) != FKV_OK)
         goto fail;
     if (ctx->offload) {
         fkv_recall_mode mode = fkv_op_recall_mode(ctx->ops, ctx->bd);
@@ -348,16 +443,31 @@ fkv_status fkv_context_sync(fkv_context *ctx) {
     if (ctx == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_context_sync: NULL context");
     fkv_status first = FKV_OK;
+    char *msg = NULL; /* the first failure's message, kept across the later waits */
     for (uint32_t l = 0; l < ctx->cfg.n_layers; l++) {
         fkv_status st = fkv_task_wait(ctx, l, NULL);
-        if (first == FKV_OK)
+        if (first == FKV_OK && st != FKV_OK) {
             first = st;
+            msg = fkv_error_save();
+        }
     }
     for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
         fkv_status st = ctx->ops->finish(ctx->bd, (fkv_queue)q);
-        if (first == FKV_OK)
+        if (first == FKV_OK && st != FKV_OK) {
             first = st;
+            msg = fkv_error_save();
+        }
     }
+    /* background recalls whose failure no call has seen yet */
+    for (uint32_t l = 0; l < ctx->cfg.n_layers; l++) {
+        fkv_status st = fkv_settle_recall(ctx, l);
+        if (first == FKV_OK && st != FKV_OK) {
+            first = st;
+            msg = fkv_error_save();
+        }
+    }
+    if (first != FKV_OK)
+        fkv_error_restore(msg);
     return first;
 }
 
@@ -374,6 +484,7 @@ fkv_status fkv_sequence_reset(fkv_context *ctx, uint32_t seq) {
         seq_layer *sl = &s->layers[l];
         sl->n_tokens = 0;
         sl->has_qprev = 0;
+        sl->qcur = 0;
         for (uint32_t i = 0; i < ctx->cfg.n_kv_heads * ctx->n_mid; i++)
             sl->mid_page[i] = -1;
         memset(sl->n_attended, 0, sizeof(uint32_t) * ctx->cfg.n_kv_heads);
@@ -463,11 +574,11 @@ fkv_status fkv_context_attended_pages(const fkv_context *ctx, uint32_t seq, uint
 }
 
 /* Reads one device slot (both pools) to host f32 rows [p][Hk][d]. */
-static fkv_status read_slot(fkv_context *ctx, layer_state *L, uint32_t gslot, unsigned char *tmp,
+static fkv_status read_slot(fkv_context *ctx, layer_state *L, int32_t gslot, unsigned char *tmp,
                             float *k, float *v, uint32_t n_rows) {
     const fkv_backend_ops *o = ctx->ops;
     fkv_bevent *ev = NULL;
-    size_t off = (size_t)gslot * ctx->slot_bytes;
+    size_t off = fkv_slot_offset(ctx, gslot);
     fkv_status st = o->read(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, NULL}, L->kpool, off,
                             tmp, ctx->slot_bytes);
     if (st == FKV_OK)
@@ -519,7 +630,7 @@ fkv_status fkv_context_read_kv(fkv_context *ctx, uint32_t seq, uint32_t layer, f
                         vd[dst] = fkv_load(pg, ctx->cfg.dtype, src + (size_t)p * d);
                     }
         } else {
-            st = read_slot(ctx, L, seq * ctx->n_slots + fkv_home_slot(ctx, j), tmp, kd, vd, rows);
+            st = read_slot(ctx, L, fkv_gslot(ctx, seq, fkv_home_slot(ctx, j)), tmp, kd, vd, rows);
         }
     }
     free(tmp);

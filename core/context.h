@@ -16,7 +16,9 @@
  * of the layer is pending: then by the worker, until it publishes. */
 typedef struct seq_layer {
     uint32_t n_tokens;
-    int has_qprev;      /* qprev row holds the previous query of this layer */
+    int has_qprev;      /* qprev[qcur] row holds the previous query of this layer */
+    int qcur;           /* which qprev buffer holds it; a call writes the other one and
+                         * flips qcur when it succeeds, so a failed call leaves it intact */
     fkv_hostpool hp;    /* offload policies: full pages, HND */
     int32_t *mid_page;  /* [n_kv_heads][n_mid] page in each middle slot, -1 empty */
     float *mid_score;   /* [n_kv_heads][n_mid] */
@@ -40,12 +42,11 @@ typedef struct layer_host {
 } layer_host;
 
 typedef struct layer_state {
-    fkv_bbuf *kpool, *vpool, *summ, *qprev;
+    fkv_bbuf *kpool, *vpool, *summ, *qprev[2];
     fkv_bbuf *qin, *kin, *vin, *out;
     fkv_bbuf *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
     fkv_bbuf *scores, *sims, *flags, *pack;
     layer_host h;
-    fkv_bevent *ev_step;    /* last compute command of this layer's previous call */
     fkv_bevent *ev_attn;    /* last attention (reads the slots) */
     fkv_bevent *ev_recall;  /* last recall into the slots */
     fkv_bevent *ev_offload; /* last device->host offload into the host pools */
@@ -53,7 +54,6 @@ typedef struct layer_state {
     int pending;
     uint32_t task_n;
     uint32_t *task_seqs;
-    fkv_bevent *task_after; /* compute-queue marker the task waits on */
     fkv_status task_status;
     char task_error[256];
     fkv_stats task_stats;    /* the task's work, added to the stats when it is consumed */
@@ -67,7 +67,21 @@ typedef struct planner { /* per-thread scratch for selection */
     uint32_t *fill_slot, *fill_page;
     fkv_recall_unit *units;
     uint32_t units_cap;
+    /* middle slots of the batch before a selection ([max_seqs][n_kv_heads][n_mid]), put
+     * back when the selection or its recall fails */
+    int32_t *mid_saved;
+    float *score_saved;
 } planner;
+
+/* What a decode call changes only when it succeeds, and what it undoes when it fails (used
+ * by the caller's thread only). */
+typedef struct call_scratch {
+    int32_t *full;        /* [max_seqs] page each sequence fills, or -1 */
+    uint32_t *had_chunks; /* [max_seqs] host pool chunks before the call */
+    int32_t *attended;    /* [max_seqs][n_kv_heads][list_cap] pages the call attends */
+    uint32_t *n_attended; /* [max_seqs][n_kv_heads] */
+    uint64_t *corrections; /* [n_kv_heads] heads the call corrected */
+} call_scratch;
 
 struct fkv_context {
     fkv_device *dev;
@@ -89,6 +103,7 @@ struct fkv_context {
     fkv_pool *pool;
     fkv_recaller *rec_main, *rec_worker;
     planner plan_main, plan_worker;
+    call_scratch call;
     /* worker */
     pthread_t worker;
     int worker_started, stop;
@@ -110,6 +125,26 @@ double fkv_now(void);
 fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, fkv_stats *caller);
 void *fkv_worker_main(void *arg);
 void fkv_release_event(fkv_context *ctx, fkv_bevent **ev);
+/* Waits for the layer's last speculative recall; when it failed, drops the middle slots it
+ * was filling and the event, and returns its error (reported once). No task may be pending. */
+fkv_status fkv_settle_recall(fkv_context *ctx, uint32_t layer);
+
+/* Device indices are int32 in the device interface; fkv_config_validate keeps every value
+ * below in range, and they are computed in 64 bits so no intermediate wraps. */
+static inline int32_t fkv_gslot(const fkv_context *ctx, uint32_t seq, uint32_t slot) {
+    return (int32_t)((uint64_t)seq * ctx->n_slots + slot);
+}
+/* Pool row of token t (< page_size) of a slot. */
+static inline int32_t fkv_row(const fkv_context *ctx, uint32_t seq, uint32_t slot, uint32_t t) {
+    return (int32_t)(((uint64_t)seq * ctx->n_slots + slot) * ctx->cfg.page_size + t);
+}
+static inline int32_t fkv_summary_index(const fkv_context *ctx, uint32_t seq, uint32_t page) {
+    return (int32_t)((uint64_t)seq * ctx->max_pages + page);
+}
+/* Byte offset of a global slot in a KV pool. */
+static inline size_t fkv_slot_offset(const fkv_context *ctx, int32_t gslot) {
+    return (size_t)gslot * ctx->slot_bytes;
+}
 
 /* Device slot of logical page j: dense/quest keep page j at slot j; offload policies keep sink
  * pages at 0..S-1 and the window in a ring of W slots after them. */

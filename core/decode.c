@@ -130,8 +130,8 @@ typedef struct select_args {
     planner *pl;
     uint32_t n;
     const uint32_t *seqs;
-    const fkv_bbuf *qbuf; /* query rows */
-    int q_by_seq;         /* rows indexed by sequence id (qprev) or by batch position (qin) */
+    int use_qprev;        /* query rows: the previous query (qprev[qcur], row = sequence id)
+                           * or this call's (qin, row = batch position) */
     uint32_t extra_tokens; /* target = n_tokens + extra_tokens */
     const int32_t *mask;   /* [n][Hk] heads to select for; NULL = all */
     uint32_t n_wait;
@@ -154,9 +154,9 @@ static fkv_status select_pages(fkv_context *ctx, uint32_t layer, const select_ar
     for (uint32_t i = 0; i < a->n; i++) {
         seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
         uint32_t ce = candidates_end(ctx, sl->n_tokens, sl->n_tokens + a->extra_tokens);
-        L->h.desc[3 * i] = (int32_t)(a->seqs[i] * ctx->max_pages);
+        L->h.desc[3 * i] = fkv_summary_index(ctx, a->seqs[i], 0);
         L->h.desc[3 * i + 1] = (int32_t)ce;
-        L->h.desc[3 * i + 2] = (int32_t)(i * per_seq);
+        L->h.desc[3 * i + 2] = 0; /* each sequence's scores start at its own byte offset */
     }
     st = o->write(ctx->bd, a->queue, (fkv_deps){0, NULL, NULL}, L->desc, 0, L->h.desc,
                   (size_t)a->n * 3 * 4);
@@ -164,10 +164,12 @@ static fkv_status select_pages(fkv_context *ctx, uint32_t layer, const select_ar
         uint32_t ce = (uint32_t)L->h.desc[3 * i + 1];
         if (ce <= S || ctx->n_mid == 0)
             continue;
-        size_t q_row = a->q_by_seq ? a->seqs[i] : i;
-        st = o->scores(ctx->bd, a->queue, (fkv_deps){0, NULL, NULL}, &ctx->g, a->qbuf,
+        const seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
+        const fkv_bbuf *qbuf = a->use_qprev ? L->qprev[sl->qcur] : L->qin;
+        size_t q_row = a->use_qprev ? a->seqs[i] : i;
+        st = o->scores(ctx->bd, a->queue, (fkv_deps){0, NULL, NULL}, &ctx->g, qbuf,
                        q_row * hq * c->head_dim * 4, 1, L->desc, (size_t)i * 12, L->summ, L->scores,
-                       0);
+                       i * per_seq * 4);
         if (st == FKV_OK) {
             fkv_release_event(ctx, &ev);
             st = o->read(ctx->bd, a->queue, (fkv_deps){0, NULL, &ev}, L->scores, i * per_seq * 4,
@@ -179,8 +181,14 @@ static fkv_status select_pages(fkv_context *ctx, uint32_t layer, const select_ar
     if (st == FKV_OK)
         st = wait_release(ctx, &ev);
     fkv_release_event(ctx, &ev);
-    if (st != FKV_OK)
+    if (st != FKV_OK) {
+        /* Commands already queued read the host desc and write the host scores: they must be
+         * done before this layer's staging is used again (by the other thread, too). */
+        char *msg = fkv_error_save();
+        o->finish(ctx->bd, a->queue);
+        fkv_error_restore(msg);
         return st;
+    }
 
     planner *pl = a->pl;
     uint32_t n_units = 0;
@@ -218,7 +226,7 @@ static fkv_status select_pages(fkv_context *ctx, uint32_t layer, const select_ar
                                                               &u->host_offset);
                 u->host_offset += (uint64_t)h * ctx->unit_bytes;
                 u->src = page + (size_t)h * ctx->unit_bytes;
-                u->gslot = (int32_t)(seq * ctx->n_slots + S + ctx->window_pages + pl->fill_slot[f]);
+                u->gslot = fkv_gslot(ctx, seq, S + ctx->window_pages + pl->fill_slot[f]);
                 u->kv_head = (int32_t)h;
             }
         }
@@ -235,30 +243,93 @@ static fkv_status select_pages(fkv_context *ctx, uint32_t layer, const select_ar
     return st;
 }
 
+/* ---- undoing a selection ---------------------------------------------------------------- */
+
+static int32_t *mid_of(fkv_context *ctx, uint32_t seq, uint32_t layer) {
+    return ctx->seqs[seq].layers[layer].mid_page;
+}
+
+/* Keeps the middle slots of the batch in pl before a selection changes them. */
+static void mid_save(fkv_context *ctx, planner *pl, uint32_t layer, uint32_t n,
+                     const uint32_t *seqs) {
+    size_t per = (size_t)ctx->cfg.n_kv_heads * ctx->n_mid;
+    for (uint32_t i = 0; i < n; i++) {
+        const seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
+        memcpy(pl->mid_saved + i * per, sl->mid_page, per * sizeof(int32_t));
+        memcpy(pl->score_saved + i * per, sl->mid_score, per * sizeof(float));
+    }
+}
+
+/* Undoes a selection made since mid_save. Without a recall (quest) the slots are as saved.
+ * With one, a slot that received another page may hold part of it, so it becomes empty
+ * rather than claiming either page; slots that kept or merely dropped their page are as
+ * saved (their contents were not written). The next selection brings what is missing. */
+static void mid_restore(fkv_context *ctx, const planner *pl, uint32_t layer, uint32_t n,
+                        const uint32_t *seqs, int recalled) {
+    size_t per = (size_t)ctx->cfg.n_kv_heads * ctx->n_mid;
+    for (uint32_t i = 0; i < n; i++) {
+        seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
+        const int32_t *saved = pl->mid_saved + i * per;
+        for (size_t m = 0; m < per; m++) {
+            int refilled = recalled && sl->mid_page[m] >= 0 && sl->mid_page[m] != saved[m];
+            sl->mid_page[m] = refilled ? -1 : saved[m];
+            sl->mid_score[m] = pl->score_saved[i * per + m];
+        }
+    }
+}
+
+fkv_status fkv_settle_recall(fkv_context *ctx, uint32_t layer) {
+    layer_state *L = &ctx->layers[layer];
+    if (L->ev_recall == NULL)
+        return FKV_OK;
+    fkv_status st = ctx->ops->event_wait(ctx->bd, 1, &L->ev_recall);
+    if (st == FKV_OK)
+        return FKV_OK;
+    /* The recall left the slots it was filling undefined: its sequences' middle slots are
+     * emptied, and the next selection fills them again. */
+    for (uint32_t i = 0; i < L->task_n; i++) {
+        int32_t *mid = mid_of(ctx, L->task_seqs[i], layer);
+        for (size_t m = 0; m < (size_t)ctx->cfg.n_kv_heads * ctx->n_mid; m++)
+            mid[m] = -1;
+    }
+    fkv_release_event(ctx, &L->ev_recall);
+    return fkv_error_prefix(st, "speculative recall of layer %u", layer);
+}
+
 /* ---- the speculative worker ------------------------------------------------------------ */
 
 static fkv_status run_task(fkv_context *ctx, uint32_t layer) {
     layer_state *L = &ctx->layers[layer];
     fkv_stats st_delta;
     memset(&st_delta, 0, sizeof st_delta);
-    /* Everything the main thread enqueued for this layer (append, summaries, the query copy)
-     * and the offloads the gather will read must be complete. */
-    fkv_status st = wait_release(ctx, &L->task_after);
-    if (st == FKV_OK && L->ev_offload)
+    /* The call that submitted the task waited for its commands and for the offload of the
+     * pages it filled, which the gather reads; the wait below only makes that explicit. */
+    fkv_status st = FKV_OK;
+    if (L->ev_offload)
         st = ctx->ops->event_wait(ctx->bd, 1, &L->ev_offload);
     if (st != FKV_OK)
         return st;
     fkv_bevent *wait[1] = {L->ev_attn};
     fkv_bevent *done = NULL;
-    select_args a = {FKV_QUEUE_BACKGROUND, ctx->rec_worker, &ctx->plan_worker, L->task_n,
-                     L->task_seqs, L->qprev, 1, 1, NULL, L->ev_attn ? 1 : 0, wait, &done,
-                     &st_delta};
+    select_args a = {.queue = FKV_QUEUE_BACKGROUND,
+                     .rec = ctx->rec_worker,
+                     .pl = &ctx->plan_worker,
+                     .n = L->task_n,
+                     .seqs = L->task_seqs,
+                     .use_qprev = 1,
+                     .extra_tokens = 1,
+                     .n_wait = L->ev_attn ? 1 : 0,
+                     .wait = wait,
+                     .done = &done,
+                     .st = &st_delta};
+    mid_save(ctx, a.pl, layer, a.n, a.seqs);
     st = select_pages(ctx, layer, &a);
     if (st == FKV_OK) {
         fkv_release_event(ctx, &L->ev_recall);
         L->ev_recall = done;
     } else {
         fkv_release_event(ctx, &done);
+        mid_restore(ctx, a.pl, layer, a.n, a.seqs, 1);
     }
     /* the recall run is the last part of select_pages */
     L->task_select_end = fkv_now() - st_delta.recall_seconds;
@@ -292,13 +363,11 @@ void *fkv_worker_main(void *arg) {
     return NULL;
 }
 
-static void submit_task(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                        fkv_bevent *after) {
+static void submit_task(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs) {
     layer_state *L = &ctx->layers[layer];
     pthread_mutex_lock(&ctx->lock);
     L->task_n = n;
     memcpy(L->task_seqs, seqs, sizeof *seqs * n);
-    L->task_after = after;
     L->pending = 1;
     ctx->fifo[(ctx->fifo_head + ctx->fifo_len) % ctx->cfg.n_layers] = layer;
     ctx->fifo_len++;
@@ -323,9 +392,10 @@ static void build_lists(fkv_context *ctx, uint32_t layer, uint32_t n, const uint
         uint32_t seq = seqs[i];
         seq_layer *sl = &ctx->seqs[seq].layers[layer];
         uint32_t nt = sl->n_tokens, cur = nt / p, wb = fkv_window_begin(ctx, nt);
-        uint32_t base = seq * ctx->n_slots;
         for (uint32_t h = 0; h < hk; h++) {
-            int32_t *att = sl->attended + (size_t)h * ctx->list_cap;
+            /* the call's copy: the sequence's attended pages change only if the call succeeds */
+            size_t ih = (size_t)i * hk + h;
+            int32_t *att = ctx->call.attended + ih * ctx->list_cap;
             uint32_t na = 0, start = e;
             /* (page, slot) pairs */
             static _Thread_local int32_t pairs[2 * (FKV_MAX_MIDDLE_SLOTS + 1)];
@@ -368,14 +438,14 @@ static void build_lists(fkv_context *ctx, uint32_t layer, uint32_t n, const uint
                 if ((size_t)page * p >= nt)
                     continue; /* the current page may still be empty */
                 uint32_t left = nt - page * p;
-                L->h.entries[2 * e] = (int32_t)(base + slot);
+                L->h.entries[2 * e] = fkv_gslot(ctx, seq, slot);
                 L->h.entries[2 * e + 1] = (int32_t)(left < p ? left : p);
                 e++;
                 att[na++] = (int32_t)page;
             }
-            sl->n_attended[h] = na;
-            L->h.heads[2 * ((size_t)i * hk + h)] = (int32_t)start;
-            L->h.heads[2 * ((size_t)i * hk + h) + 1] = (int32_t)(e - start);
+            ctx->call.n_attended[ih] = na;
+            L->h.heads[2 * ih] = (int32_t)start;
+            L->h.heads[2 * ih + 1] = (int32_t)(e - start);
         }
     }
 }
@@ -392,10 +462,10 @@ static fkv_status finish_pages(fkv_context *ctx, uint32_t layer, uint32_t n, con
     for (uint32_t i = 0; i < n; i++) {
         if (full[i] < 0)
             continue;
-        uint32_t gslot = seqs[i] * ctx->n_slots + fkv_home_slot(ctx, (uint32_t)full[i]);
-        L->h.summ_idx[2 * nf] = (int32_t)gslot;
-        L->h.summ_idx[2 * nf + 1] = (int32_t)(seqs[i] * ctx->max_pages + (uint32_t)full[i]);
-        L->h.pack_idx[nf] = (int32_t)gslot;
+        int32_t gslot = fkv_gslot(ctx, seqs[i], fkv_home_slot(ctx, (uint32_t)full[i]));
+        L->h.summ_idx[2 * nf] = gslot;
+        L->h.summ_idx[2 * nf + 1] = fkv_summary_index(ctx, seqs[i], (uint32_t)full[i]);
+        L->h.pack_idx[nf] = gslot;
         nf++;
     }
     if (nf == 0)
@@ -421,8 +491,11 @@ static fkv_status finish_pages(fkv_context *ctx, uint32_t layer, uint32_t n, con
         seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
         unsigned char *dst = fkv_hostpool_page(&sl->hp, (uint32_t)full[i], NULL, NULL);
         fkv_bevent *ev = NULL;
-        st = o->read(ctx->bd, FKV_QUEUE_TRANSFER, (fkv_deps){1, &packed, &ev}, L->pack,
-                     (size_t)k * ctx->page_bytes, dst, ctx->page_bytes);
+        /* Each read also waits on the one before, so a failure of any of them fails the last,
+         * which the call waits on before it succeeds. */
+        fkv_bevent *wait[2] = {packed, L->ev_offload};
+        st = o->read(ctx->bd, FKV_QUEUE_TRANSFER, (fkv_deps){L->ev_offload ? 2 : 1, wait, &ev},
+                     L->pack, (size_t)k * ctx->page_bytes, dst, ctx->page_bytes);
         if (st == FKV_OK) {
             fkv_release_event(ctx, &L->ev_offload);
             L->ev_offload = ev;
@@ -459,6 +532,11 @@ fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t 
                          "%s: sequence %u layer %u: prefill needs an empty sequence, layers in "
                          "order (next expected layer: %u)",
                          fn, seq, layer, s->prefilled);
+    if (layer > 0 && n_tokens != s->layers[0].n_tokens)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "%s: sequence %u layer %u: %u tokens, but layer 0 holds %u (every layer "
+                         "holds the same prompt)",
+                         fn, seq, layer, n_tokens, s->layers[0].n_tokens);
     size_t row_bytes = ctx->row_elems * 4;
     fkv_status st;
     if ((st = check_tensor(ctx, k, (size_t)n_tokens * row_bytes, fn, "k")) != FKV_OK ||
@@ -471,8 +549,6 @@ fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t 
     if ((st = fkv_task_wait(ctx, layer, &d)) != FKV_OK)
         return st;
     layer_state *L = &ctx->layers[layer];
-    if ((st = wait_release(ctx, &L->ev_step)) != FKV_OK)
-        return st;
     uint32_t p = c->page_size, n_full = n_tokens / p;
     if (ctx->offload && (st = fkv_hostpool_reserve(&sl->hp, ctx->ops, ctx->bd, n_full)) != FKV_OK)
         return st;
@@ -501,7 +577,7 @@ fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t 
         uint32_t nfull = nt / p;
         for (uint32_t i = 0; i < nfull; i++) {
             L->h.summ_idx[2 * i] = (int32_t)i;
-            L->h.summ_idx[2 * i + 1] = (int32_t)(seq * ctx->max_pages + page0 + i);
+            L->h.summ_idx[2 * i + 1] = fkv_summary_index(ctx, seq, page0 + i);
         }
         if (st == FKV_OK && nfull)
             st = o->write(ctx->bd, FKV_QUEUE_COMPUTE, none, L->summ_idx, 0, L->h.summ_idx,
@@ -534,7 +610,7 @@ fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t 
             int resident = !ctx->offload || j < ctx->sink_pages || j >= wb_final;
             if (!resident)
                 continue;
-            size_t dst = (size_t)(seq * ctx->n_slots + fkv_home_slot(ctx, j)) * ctx->slot_bytes;
+            size_t dst = fkv_slot_offset(ctx, fkv_gslot(ctx, seq, fkv_home_slot(ctx, j)));
             st = o->copy(ctx->bd, FKV_QUEUE_COMPUTE, none, L->kpool, dst, ctx->scr_k,
                          (size_t)i * ctx->slot_bytes, ctx->slot_bytes);
             if (st == FKV_OK)
@@ -545,37 +621,53 @@ fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t 
         if (st == FKV_OK)
             st = ctx->ops->finish(ctx->bd, FKV_QUEUE_COMPUTE);
     }
+    /* the empty sequence has no previous query to keep: q_last goes to qprev[qcur] */
     if (st == FKV_OK)
-        st = tensor_to_device(ctx, q_last, 0, L->h.q, L->qprev,
+        st = tensor_to_device(ctx, q_last, 0, L->h.q, L->qprev[sl->qcur],
                               (size_t)seq * c->n_q_heads * c->head_dim * 4,
                               (size_t)c->n_q_heads * c->head_dim * 4);
-    if (st != FKV_OK) {
-        o->finish(ctx->bd, FKV_QUEUE_COMPUTE);
-        o->finish(ctx->bd, FKV_QUEUE_TRANSFER);
-        if (ctx->offload)
-            fkv_hostpool_trim(&sl->hp, ctx->ops, ctx->bd, 0);
-        return st;
+    if (st == FKV_OK) /* its failure must show here, not as a wrong selection later */
+        st = o->finish(ctx->bd, FKV_QUEUE_COMPUTE);
+    if (st == FKV_OK) {
+        sl->n_tokens = n_tokens;
+        sl->has_qprev = 1;
+        for (size_t i = 0; i < (size_t)c->n_kv_heads * ctx->n_mid; i++)
+            sl->mid_page[i] = -1;
     }
-    sl->n_tokens = n_tokens;
-    sl->has_qprev = 1;
-    for (uint32_t i = 0; i < c->n_kv_heads * ctx->n_mid; i++)
-        sl->mid_page[i] = -1;
-    if (ctx->offload) {
+    if (st == FKV_OK && ctx->offload) {
         /* initial resident set, chosen with the last prompt token's query for the next step */
         fkv_bevent *done = NULL;
         fkv_bevent *wait[1] = {L->ev_attn};
-        select_args a = {FKV_QUEUE_COMPUTE, ctx->rec_main, &ctx->plan_main, 1, &seq, L->qprev, 1,
-                         1, NULL, L->ev_attn ? 1 : 0, wait, &done, &d};
+        select_args a = {.queue = FKV_QUEUE_COMPUTE,
+                         .rec = ctx->rec_main,
+                         .pl = &ctx->plan_main,
+                         .n = 1,
+                         .seqs = &seq,
+                         .use_qprev = 1,
+                         .extra_tokens = 1,
+                         .n_wait = L->ev_attn ? 1 : 0,
+                         .wait = wait,
+                         .done = &done,
+                         .st = &d};
         st = select_pages(ctx, layer, &a);
         if (st == FKV_OK)
             st = wait_release(ctx, &done);
         fkv_release_event(ctx, &done);
-        if (st != FKV_OK) {
-            sl->n_tokens = 0;
-            sl->has_qprev = 0;
+    }
+    if (st != FKV_OK) {
+        /* The sequence stays empty: what the device holds for it is unreachable, and the
+         * host pool goes back to its size before the call (empty). */
+        char *msg = fkv_error_save();
+        o->finish(ctx->bd, FKV_QUEUE_COMPUTE);
+        o->finish(ctx->bd, FKV_QUEUE_TRANSFER);
+        fkv_error_restore(msg);
+        sl->n_tokens = 0;
+        sl->has_qprev = 0;
+        for (size_t i = 0; i < (size_t)c->n_kv_heads * ctx->n_mid; i++)
+            sl->mid_page[i] = -1;
+        if (ctx->offload)
             fkv_hostpool_trim(&sl->hp, ctx->ops, ctx->bd, 0);
-            return st;
-        }
+        return st;
     }
     s->prefilled = layer + 1;
     stats_add(ctx, &d);
@@ -614,6 +706,32 @@ static fkv_status check_batch(fkv_context *ctx, uint32_t layer, uint32_t n, cons
     return FKV_OK;
 }
 
+/* Puts back what a failed decode call changed: the appended tokens, the host memory it
+ * reserved, the selection it made (mid_restore), the offload event. Runs after the queues
+ * drained, so no command of the call is still running. */
+static void rollback_call(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
+                          int appended, int selected, int recalled) {
+    const fkv_backend_ops *o = ctx->ops;
+    layer_state *L = &ctx->layers[layer];
+    for (uint32_t i = 0; i < n; i++) {
+        seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
+        if (appended)
+            sl->n_tokens--;
+        if (ctx->offload)
+            fkv_hostpool_trim(&sl->hp, o, ctx->bd,
+                              ctx->call.had_chunks[i] * sl->hp.chunk_pages);
+    }
+    if (selected)
+        mid_restore(ctx, &ctx->plan_main, layer, n, seqs, recalled);
+    /* Complete now (the transfer queue drained); it may have failed, and a failed event in
+     * the next call's wait lists would fail that call too. */
+    if (L->ev_offload) {
+        o->event_wait(ctx->bd, 1, &L->ev_offload);
+        fkv_release_event(ctx, &L->ev_offload);
+    }
+    fkv_settle_recall(ctx, layer);
+}
+
 fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
                             const fkv_tensor *q, const fkv_tensor *k, const fkv_tensor *v,
                             fkv_tensor *out) {
@@ -632,42 +750,45 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
 
     const fkv_backend_ops *o = ctx->ops;
     layer_state *L = &ctx->layers[layer];
+    call_scratch *cs = &ctx->call;
     uint32_t p = c->page_size, hk = c->n_kv_heads;
-    fkv_stats d;
-    memset(&d, 0, sizeof d);
-    d.layer_calls = 1;
-    d.steps = layer == 0;
-    if ((st = fkv_task_wait(ctx, layer, &d)) != FKV_OK)
+    int speculative = c->policy == FKV_POLICY_SPECULATIVE || c->policy == FKV_POLICY_FREEKV;
+    fkv_stats d = {.layer_calls = 1, .steps = layer == 0};
+    st = fkv_task_wait(ctx, layer, &d);
+    /* The background task's work was done whatever this call does: a failure still counts it. */
+    fkv_stats consumed = d;
+    consumed.layer_calls = 0;
+    consumed.steps = 0;
+    if (st != FKV_OK) {
+        stats_add(ctx, &consumed);
         return st;
-    if ((st = wait_release(ctx, &L->ev_step)) != FKV_OK)
-        return st;
+    }
 
     /* Host memory for pages this step completes, before anything changes. */
-    int32_t full[4096];
-    uint32_t had_chunks[4096];
-    if (n > sizeof full / sizeof *full)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: batch too large", fn);
     for (uint32_t i = 0; i < n; i++) {
         seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
-        full[i] = (sl->n_tokens + 1) % p == 0 ? (int32_t)(sl->n_tokens / p) : -1;
+        cs->full[i] = (sl->n_tokens + 1) % p == 0 ? (int32_t)(sl->n_tokens / p) : -1;
         if (!ctx->offload)
             continue;
-        had_chunks[i] = sl->hp.n_chunks;
-        if (full[i] >= 0 &&
-            (st = fkv_hostpool_reserve(&sl->hp, o, ctx->bd, (uint32_t)full[i] + 1)) != FKV_OK) {
+        cs->had_chunks[i] = sl->hp.n_chunks;
+        if (cs->full[i] >= 0 &&
+            (st = fkv_hostpool_reserve(&sl->hp, o, ctx->bd, (uint32_t)cs->full[i] + 1)) != FKV_OK) {
             for (uint32_t j = 0; j < i; j++) {
                 seq_layer *sj = &ctx->seqs[seqs[j]].layers[layer];
-                fkv_hostpool_trim(&sj->hp, o, ctx->bd, had_chunks[j] * sj->hp.chunk_pages);
+                fkv_hostpool_trim(&sj->hp, o, ctx->bd, cs->had_chunks[j] * sj->hp.chunk_pages);
             }
+            stats_add(ctx, &consumed);
             return st;
         }
     }
+    memset(cs->corrections, 0, sizeof(uint64_t) * hk);
+    int appended = 0, selected = 0, recalled = 0;
+    fkv_bevent *corr = NULL, *attn = NULL, *end = NULL;
 
     /* inputs and append */
     for (uint32_t i = 0; i < n; i++) {
-        seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
-        uint32_t t = sl->n_tokens;
-        L->h.rows[i] = (int32_t)((seqs[i] * ctx->n_slots + fkv_home_slot(ctx, t / p)) * p + t % p);
+        uint32_t t = ctx->seqs[seqs[i]].layers[layer].n_tokens;
+        L->h.rows[i] = fkv_row(ctx, seqs[i], fkv_home_slot(ctx, t / p), t % p);
     }
     fkv_deps none = {0, NULL, NULL};
     st = o->write(ctx->bd, FKV_QUEUE_COMPUTE, none, L->rows, 0, L->h.rows, (size_t)n * 4);
@@ -681,33 +802,47 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
         st = o->append(ctx->bd, FKV_QUEUE_COMPUTE, none, &ctx->g, L->kin, 0, L->vin, 0, n, L->rows,
                        0, L->kpool, L->vpool);
     if (st != FKV_OK)
-        goto fail_early;
+        goto fail;
+    /* The append wrote row t of a slot no one reads yet: the current page's, past the tokens
+     * it holds. Undoing it is undoing the count. */
     for (uint32_t i = 0; i < n; i++)
         ctx->seqs[seqs[i]].layers[layer].n_tokens++;
-    if ((st = finish_pages(ctx, layer, n, seqs, full, &d)) != FKV_OK)
+    appended = 1;
+    if ((st = finish_pages(ctx, layer, n, seqs, cs->full, &d)) != FKV_OK)
         goto fail;
 
     /* selection for this step's attention, by policy */
     fkv_bevent *att_wait[MAX_WAIT];
     uint32_t n_att_wait = 0;
-    fkv_bevent *corr = NULL;
     fkv_bevent *slot_readers[1] = {L->ev_attn};
     uint32_t n_readers = L->ev_attn ? 1 : 0;
+    if (c->policy != FKV_POLICY_DENSE && c->policy != FKV_POLICY_SPECULATIVE) {
+        mid_save(ctx, &ctx->plan_main, layer, n, seqs);
+        selected = 1;
+        recalled = c->policy != FKV_POLICY_QUEST;
+    }
     switch (c->policy) {
     case FKV_POLICY_DENSE:
         break;
     case FKV_POLICY_QUEST: {
         double t0 = fkv_now();
-        select_args a = {FKV_QUEUE_COMPUTE, NULL, &ctx->plan_main, n, seqs, L->qin, 0, 0,
-                         NULL, 0, NULL, NULL, &d};
+        select_args a = {.queue = FKV_QUEUE_COMPUTE, .pl = &ctx->plan_main, .n = n, .seqs = seqs,
+                         .st = &d};
         st = select_pages(ctx, layer, &a);
         d.blocked_select_seconds += fkv_now() - t0;
         break;
     }
     case FKV_POLICY_SYNC: {
         double t0 = fkv_now(), engine0 = d.recall_seconds;
-        select_args a = {FKV_QUEUE_COMPUTE, ctx->rec_main, &ctx->plan_main, n, seqs, L->qin, 0,
-                         0, NULL, n_readers, slot_readers, &corr, &d};
+        select_args a = {.queue = FKV_QUEUE_COMPUTE,
+                         .rec = ctx->rec_main,
+                         .pl = &ctx->plan_main,
+                         .n = n,
+                         .seqs = seqs,
+                         .n_wait = n_readers,
+                         .wait = slot_readers,
+                         .done = &corr,
+                         .st = &d};
         st = select_pages(ctx, layer, &a);
         double t1 = fkv_now(), engine = d.recall_seconds - engine0;
         if (st == FKV_OK) /* the caller waits for this recall: ArkVale's cost */
@@ -731,7 +866,7 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
                 }
                 size_t qrow = (size_t)c->n_q_heads * c->head_dim * 4;
                 st = o->cosine_flags(ctx->bd, FKV_QUEUE_COMPUTE, none, &ctx->g, L->qin, i * qrow,
-                                     L->qprev, seqs[i] * qrow, 1, c->tau, L->sims,
+                                     L->qprev[sl->qcur], seqs[i] * qrow, 1, c->tau, L->sims,
                                      (size_t)i * hk * 4, L->flags, (size_t)i * hk * 4);
                 if (st == FKV_OK)
                     st = o->read(ctx->bd, FKV_QUEUE_COMPUTE, none, L->flags, (size_t)i * hk * 4,
@@ -754,16 +889,22 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
                     w[nw++] = L->ev_recall;
                 if (L->ev_attn)
                     w[nw++] = L->ev_attn;
-                select_args a = {FKV_QUEUE_COMPUTE, ctx->rec_main, &ctx->plan_main, n, seqs,
-                                 L->qin, 0, 0, L->h.flags, nw, w, &corr, &d};
+                select_args a = {.queue = FKV_QUEUE_COMPUTE,
+                                 .rec = ctx->rec_main,
+                                 .pl = &ctx->plan_main,
+                                 .n = n,
+                                 .seqs = seqs,
+                                 .mask = L->h.flags,
+                                 .n_wait = nw,
+                                 .wait = w,
+                                 .done = &corr,
+                                 .st = &d};
                 st = select_pages(ctx, layer, &a);
-                pthread_mutex_lock(&ctx->lock);
                 for (uint32_t i = 0; i < n * hk; i++)
                     if (L->h.flags[i]) {
                         d.corrections++;
-                        ctx->corrections[(size_t)layer * hk + i % hk]++;
+                        cs->corrections[i % hk]++;
                     }
-                pthread_mutex_unlock(&ctx->lock);
                 if (st == FKV_OK)
                     st = o->event_wait(ctx->bd, 1, &corr);
             }
@@ -793,65 +934,77 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
     if (st == FKV_OK)
         st = o->write(ctx->bd, FKV_QUEUE_COMPUTE, none, L->entries, 0, L->h.entries,
                       (size_t)(n_entries ? n_entries : 1) * 8);
-    fkv_bevent *attn = NULL;
     if (st == FKV_OK)
         st = o->attention(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){n_att_wait, att_wait, &attn},
                           &ctx->g, L->qin, 0, n, L->heads, 0, L->entries, 0, L->kpool, L->vpool,
                           1.0f / sqrtf((float)c->head_dim), L->out, 0);
-    fkv_release_event(ctx, &corr);
-    if (st != FKV_OK)
-        goto fail;
-    fkv_release_event(ctx, &L->ev_attn);
-    L->ev_attn = attn;
-    fkv_bevent *out_ev = NULL;
-    if (out->host)
-        st = o->read(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &out_ev}, L->out, 0,
-                     (void *)out->host, qbytes);
-    else
-        st = o->copy(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &out_ev}, out->buffer->bbuf,
-                     out->offset, L->out, 0, qbytes);
-
-    if (st == FKV_OK && (c->policy == FKV_POLICY_SPECULATIVE || c->policy == FKV_POLICY_FREEKV)) {
-        /* q[t] becomes the query of the next step's speculative selection */
+    if (st == FKV_OK && speculative) {
+        /* q[t] becomes the query of the next step's speculative selection; it goes to the
+         * other qprev buffer, so q[t-1] survives a failure of this call */
         size_t qrow = (size_t)c->n_q_heads * c->head_dim * 4;
         for (uint32_t i = 0; i < n && st == FKV_OK; i++) {
-            st = o->copy(ctx->bd, FKV_QUEUE_COMPUTE, none, L->qprev, seqs[i] * qrow, L->qin,
-                         i * qrow, qrow);
-            ctx->seqs[seqs[i]].layers[layer].has_qprev = 1;
+            const seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
+            st = o->copy(ctx->bd, FKV_QUEUE_COMPUTE, none, L->qprev[!sl->qcur], seqs[i] * qrow,
+                         L->qin, i * qrow, qrow);
         }
     }
+    if (st == FKV_OK) {
+        if (out->host)
+            st = o->read(ctx->bd, FKV_QUEUE_COMPUTE, none, L->out, 0, (void *)out->host, qbytes);
+        else
+            st = o->copy(ctx->bd, FKV_QUEUE_COMPUTE, none, out->buffer->bbuf, out->offset, L->out,
+                         0, qbytes);
+    }
+    /* The output is the caller's when we return, and every command of the call, the
+     * offload of a page it filled included, must have succeeded before the call does. */
     if (st == FKV_OK)
-        st = wait_release(ctx, &out_ev); /* the output is the caller's when we return */
-    fkv_release_event(ctx, &out_ev);
+        st = o->marker(ctx->bd, FKV_QUEUE_COMPUTE,
+                       (fkv_deps){L->ev_offload ? 1 : 0, &L->ev_offload, &end});
     if (st == FKV_OK)
-        st = o->marker(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &L->ev_step});
+        st = wait_release(ctx, &end);
     if (st != FKV_OK)
         goto fail;
-    if (c->policy == FKV_POLICY_SPECULATIVE || c->policy == FKV_POLICY_FREEKV) {
-        fkv_bevent *after = NULL;
-        st = o->marker(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &after});
-        if (st != FKV_OK)
-            goto fail;
-        submit_task(ctx, layer, n, seqs, after);
+
+    /* Commit: nothing below fails. */
+    fkv_release_event(ctx, &corr);
+    fkv_release_event(ctx, &L->ev_attn);
+    L->ev_attn = attn;
+    for (uint32_t i = 0; i < n; i++) {
+        seq_state *s = &ctx->seqs[seqs[i]];
+        seq_layer *sl = &s->layers[layer];
+        for (uint32_t h = 0; h < hk; h++) {
+            size_t ih = (size_t)i * hk + h;
+            sl->n_attended[h] = cs->n_attended[ih];
+            memcpy(sl->attended + (size_t)h * ctx->list_cap, cs->attended + ih * ctx->list_cap,
+                   sizeof(int32_t) * cs->n_attended[ih]);
+        }
+        if (speculative) {
+            sl->qcur = !sl->qcur;
+            sl->has_qprev = 1;
+        }
+        s->next_layer = (layer + 1) % c->n_layers;
     }
-    for (uint32_t i = 0; i < n; i++)
-        ctx->seqs[seqs[i]].next_layer = (layer + 1) % c->n_layers;
+    if (d.corrections) {
+        pthread_mutex_lock(&ctx->lock);
+        for (uint32_t h = 0; h < hk; h++)
+            ctx->corrections[(size_t)layer * hk + h] += cs->corrections[h];
+        pthread_mutex_unlock(&ctx->lock);
+    }
     stats_add(ctx, &d);
+    if (speculative)
+        submit_task(ctx, layer, n, seqs);
     return FKV_OK;
 
-fail_early:
-    o->finish(ctx->bd, FKV_QUEUE_COMPUTE);
-    if (ctx->offload)
-        for (uint32_t j = 0; j < n; j++) {
-            seq_layer *sj = &ctx->seqs[seqs[j]].layers[layer];
-            fkv_hostpool_trim(&sj->hp, o, ctx->bd, had_chunks[j] * sj->hp.chunk_pages);
-        }
-    return st;
-fail:
-    /* A device failure after the append: the token is stored, the step's output is not. */
+fail: {
+    char *msg = fkv_error_save(); /* the cleanup below may set messages of its own */
+    fkv_release_event(ctx, &corr);
+    fkv_release_event(ctx, &attn);
+    fkv_release_event(ctx, &end);
     o->finish(ctx->bd, FKV_QUEUE_COMPUTE);
     o->finish(ctx->bd, FKV_QUEUE_TRANSFER);
-    for (uint32_t i = 0; i < n; i++)
-        ctx->seqs[seqs[i]].next_layer = (layer + 1) % c->n_layers;
+    rollback_call(ctx, layer, n, seqs, appended, selected, recalled);
+    stats_add(ctx, &consumed);
+    fkv_error_restore(msg);
     return st;
+}
 }

@@ -88,10 +88,18 @@ fkv_status fkv_recaller_create(const fkv_backend_ops *ops, fkv_bdev *dev, const 
 
 void fkv_recaller_set_pool(fkv_recaller *r, fkv_pool *pool) { r->pool = pool; }
 
+void fkv_recaller_bytes(const fkv_kv_geom *g, fkv_recall_mode mode, uint32_t chunk_units,
+                        uint64_t *host_bytes, uint64_t *device_bytes) {
+    uint64_t chunk = chunk_units ? chunk_units : DEFAULT_CHUNK_UNITS;
+    uint64_t unit = 2 * (uint64_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    uint64_t data = mode == FKV_RECALL_DIRECT ? 0 : chunk * unit;
+    uint64_t index = chunk * 2 * sizeof(int32_t);
+    *host_bytes = 2 * (data + index);
+    *device_bytes = 2 * (data + index);
+}
+
 void fkv_recaller_memory(const fkv_recaller *r, uint64_t *host_bytes, uint64_t *device_bytes) {
-    size_t data = r->mode == FKV_RECALL_DIRECT ? 0 : (size_t)r->chunk * r->unit_bytes;
-    *host_bytes = 2 * (uint64_t)(data + index_bytes(r->chunk));
-    *device_bytes = 2 * (uint64_t)(data + index_bytes(r->chunk));
+    fkv_recaller_bytes(&r->g, r->mode, r->chunk, host_bytes, device_bytes);
 }
 
 typedef struct gather_job {
@@ -161,12 +169,13 @@ fkv_status fkv_recaller_run(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv_
                 }
         stage *s = &r->st[r->next];
         r->next ^= 1;
-        if (s->free_ev) { /* the scatter that last read this stage */
-            st = ops->event_wait(r->dev, 1, &s->free_ev);
+        if (s->free_ev) {
+            /* The scatter that last read this stage. Its completion is all that matters
+             * here: had it failed, the recall it belonged to reported that, and the stage
+             * is free either way (a stale failure must not fail this recall). */
+            ops->event_wait(r->dev, 1, &s->free_ev);
             ops->event_release(r->dev, s->free_ev);
             s->free_ev = NULL;
-            if (st != FKV_OK)
-                break;
         }
         fkv_bevent *ready = NULL;
         st = stage_chunk(r, s, count, units + begin, &ready);

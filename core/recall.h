@@ -23,6 +23,9 @@ fkv_status fkv_recaller_create(const fkv_backend_ops *ops, fkv_bdev *dev, const 
                                fkv_recall_mode mode, uint32_t chunk_units, fkv_recaller **out);
 void fkv_recaller_set_pool(fkv_recaller *r, fkv_pool *pool);
 void fkv_recaller_destroy(fkv_recaller *r);
+/* Bytes of host and device memory a recaller created with these arguments holds (staging). */
+void fkv_recaller_bytes(const fkv_kv_geom *g, fkv_recall_mode mode, uint32_t chunk_units,
+                        uint64_t *host_bytes, uint64_t *device_bytes);
 /* Bytes of host and device memory the recaller holds (staging). */
 void fkv_recaller_memory(const fkv_recaller *r, uint64_t *host_bytes, uint64_t *device_bytes);
 

@@ -3,7 +3,8 @@
  * Conventions
  *  - Every function that can fail returns fkv_status (0 = FKV_OK, errors negative).
  *    On error, fkv_last_error() returns a message for the calling thread, and the
- *    objects involved are left exactly as they were before the call.
+ *    objects involved are left as they were before the call (what exactly, for device
+ *    errors, under "Failures" below).
  *  - Handles are opaque. Whoever creates a handle destroys it; destroying NULL is a no-op.
  *  - The library never calls abort() or exit().
  *  - Tensors handed in (q, k, v) and out are f32 activations; the KV cache is stored in
@@ -26,6 +27,52 @@ extern "C" {
 #else
 #define FKV_API
 #endif
+
+/* Threads and thread safety
+ *
+ * Which calls may run at the same time:
+ *  - Any thread, any time: fkv_backend_count/name, fkv_device_list, fkv_device_pick,
+ *    fkv_device_open, and the pure helpers (fkv_config_init/validate, fkv_*_name,
+ *    fkv_policy_parse, fkv_status_string, fkv_caps_string, fkv_dtype_size). Driver
+ *    enumeration and device opening are serialised inside the library, because a driver's
+ *    first use is not thread-safe everywhere (the OpenCL ICD loader with PoCL crashes);
+ *    nothing else waits on that lock. fkv_last_error is per thread.
+ *  - One device, several threads: fkv_device_get_info, the fkv_buffer_* calls on distinct
+ *    buffers, and calls on distinct contexts of the device may overlap (the contexts share
+ *    the device's queues, so a device error in one context's work can be reported by a call
+ *    of another context on that device). fkv_device_close must not overlap any use of the
+ *    device.
+ *  - One context: one call at a time, from any thread (the caller serialises them; the
+ *    getters fkv_context_get_stats/get_corrections/attended_pages included). A buffer is
+ *    likewise used by one call at a time.
+ *
+ * Lifetimes: release every fkv_buffer and destroy every fkv_context of a device before
+ * fkv_device_close; both keep the device and use it when released.
+ *
+ * Threads the library starts (all joined when their owner is destroyed or closed):
+ *  - per context of the speculative and freekv policies: one worker thread that runs the
+ *    speculative selection and recall of each layer in the background, between calls;
+ *  - per context of the offload policies (sync, speculative, freekv): a pool of up to three
+ *    threads (min(4, CPUs) - 1) that gather pages from the host pool for recalls;
+ *  - per device of the CPU reference backend: one thread per queue (three);
+ *  - drivers start their own (PoCL, lavapipe, the HIP runtime), as documented by them.
+ *
+ * Failures
+ *
+ * A call that fails leaves the context as it was, also when the device fails during the
+ * call: a failed fkv_decode_layer keeps no token, does not advance the layer order, reserves
+ * no host memory, attends no new pages and counts nothing in the statistics, and retrying it
+ * gives the output it would have given the first time. What it does not undo: the output
+ * tensor (caller memory) may have been written in part; and pages the call was recalling into
+ * device slots are dropped from the selection rather than restored, so the retry recalls
+ * them again (fkv_stats.pages_recalled counts them twice). A failed fkv_prefill leaves the
+ * sequence empty at that layer and the layer order unchanged.
+ * Background work can fail after the call that started it returned (the speculative recall
+ * of a layer): the failure is reported once, by the next fkv_decode_layer of that layer or by
+ * fkv_context_sync (which fkv_context_read_kv and fkv_sequence_reset call), whichever comes
+ * first. The pages that recall was bringing are dropped from the selection, so the next
+ * steps may attend fewer pages than an error-free run until the next selection brings them
+ * back; stored tokens are never affected. */
 
 #define FKV_VERSION_MAJOR 0
 #define FKV_VERSION_MINOR 1
@@ -189,14 +236,24 @@ typedef struct fkv_config {
 /* Defaults: Llama-3.1-8B geometry (32 layers, 32/8 heads, d=128), p=32, budget 2048,
  * sink 512, window 512, tau 0.9, bf16, freekv policy, 1 sequence, 32768 context. */
 FKV_API void fkv_config_init(fkv_config *cfg);
-/* Checks every field; the message names the first bad one. */
+/* Checks every field; the message names the first bad one. Beyond each field's range:
+ *  - budget_tokens <= max_context rounded up to whole pages (a larger budget could never be
+ *    used), and at most 4096 selected pages (budget - sink - window) / page_size;
+ *  - the device interface indexes with int32, so these must stay below 2^31:
+ *    max_seqs x slots x page_size device rows (slots: the budget's pages for sync,
+ *    speculative and freekv; every page of max_context for dense and quest),
+ *    max_seqs x pages of max_context summaries, max_seqs x n_kv_heads x slots attention
+ *    entries, and n_q_heads x pages of max_context scores. */
 FKV_API fkv_status fkv_config_validate(const fkv_config *cfg);
 
 /* ---- context and decoding ------------------------------------------------------------- */
 
 typedef struct fkv_context fkv_context;
 
-/* The context keeps a pointer to dev: close the device after destroying the context. */
+/* The context keeps a pointer to dev: close the device after destroying the context.
+ * Refused with FKV_ERR_INVALID_CONFIG: any config fkv_config_validate refuses; with
+ * FKV_ERR_OUT_OF_DEVICE_MEMORY before anything is allocated: a context whose device buffers
+ * add up to more than the device's memory (fkv_device_info.memory_bytes). */
 FKV_API fkv_status fkv_context_create(fkv_device *dev, const fkv_config *cfg,
                                       fkv_context **out);
 FKV_API void fkv_context_destroy(fkv_context *ctx);
@@ -211,7 +268,8 @@ FKV_API fkv_status fkv_sequence_length(const fkv_context *ctx, uint32_t seq, uin
  *   k, v:   [n_tokens][n_kv_heads][head_dim] f32 (post-RoPE keys)
  *   q_last: [n_q_heads][head_dim] f32, the last prompt token's query, used to choose the
  *           initial resident pages.
- * Layers are prefilled in order 0..L-1. */
+ * Layers are prefilled in order 0..L-1, each with the same n_tokens (another length on a
+ * later layer is FKV_ERR_INVALID_ARGUMENT). */
 FKV_API fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t n_tokens,
                                const fkv_tensor *k, const fkv_tensor *v, const fkv_tensor *q_last);
 

@@ -167,12 +167,11 @@ typedef enum recall_choice { RECALL_AUTO, RECALL_STAGED, RECALL_PERPAGE, RECALL_
 
 static fkv_status read_env(recall_choice *recall, int *fast_math) {
     static const char *const names[] = {"auto", "staged", "perpage", "svm"};
-    static const char *const flag[] = {"0", "1"};
     int i;
     fkv_status st = fkv_env_choice("FREEKV_OPENCL_RECALL", names, 4, RECALL_AUTO, &i);
     *recall = (recall_choice)i;
     if (st == FKV_OK)
-        st = fkv_env_choice("FREEKV_OPENCL_FAST_MATH", flag, 2, 0, fast_math);
+        st = fkv_env_bool("FREEKV_OPENCL_FAST_MATH", 0, fast_math);
     return st;
 }
 

@@ -223,3 +223,34 @@ Test(errors, reset_sequence_then_reuse_equals_fresh) {
     fkv_context_destroy(ctx);
     fkv_device_close(dev);
 }
+
+/* Every layer of a sequence holds the same prompt: a prefill of another length on a later
+ * layer is refused, and the sequence is as before. */
+Test(errors, prefill_length_must_match_layer_0) {
+    fkv_config c = cfg_of(FKV_POLICY_FREEKV);
+    fkv_device *dev;
+    fkv_context *ctx;
+    cr_assert_eq(fkv_device_open("cpu", NULL, &dev), FKV_OK);
+    cr_assert_eq(fkv_context_create(dev, &c, &ctx), FKV_OK, "%s", fkv_last_error());
+    size_t kvn = (size_t)c.n_kv_heads * c.head_dim, qn = (size_t)c.n_q_heads * c.head_dim;
+    float *k = calloc(9 * kvn, sizeof(float)), *v = calloc(9 * kvn, sizeof(float));
+    float *q = calloc(qn, sizeof(float));
+    pd_data(0, 0, 0, 0, k, 9 * kvn);
+    pd_data(1, 0, 0, 0, v, 9 * kvn);
+    pd_data(3, 0, 0, 0, q, qn);
+    fkv_tensor tk = {k, NULL, 0}, tv = {v, NULL, 0}, tq = {q, NULL, 0};
+    cr_assert_eq(fkv_prefill(ctx, 0, 0, 8, &tk, &tv, &tq), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_prefill(ctx, 0, 1, 9, &tk, &tv, &tq), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert(strstr(fkv_last_error(), "9 tokens") && strstr(fkv_last_error(), "layer 0 holds 8"),
+              "%s", fkv_last_error());
+    cr_assert_eq(fkv_prefill(ctx, 0, 1, 7, &tk, &tv, &tq), FKV_ERR_INVALID_ARGUMENT);
+    uint32_t n;
+    cr_assert_eq(fkv_context_read_kv(ctx, 0, 1, k, v, 9, &n), FKV_OK);
+    cr_assert_eq(n, 0, "layer 1 stays empty");
+    cr_assert_eq(fkv_prefill(ctx, 0, 1, 8, &tk, &tv, &tq), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_sequence_length(ctx, 0, &n), FKV_OK);
+    cr_assert_eq(n, 8);
+    free(k), free(v), free(q);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}

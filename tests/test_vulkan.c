@@ -313,7 +313,7 @@ Test(vulkan_env, bad_environment) {
                   strstr(msg, "perpage"),
               "message lists the valid values: %s", msg);
     unsetenv("FREEKV_VULKAN_RECALL");
-    setenv("FREEKV_VULKAN_16BIT", "yes", 1);
+    setenv("FREEKV_VULKAN_16BIT", "2", 1); /* a boolean: 0/1, false/true, no/yes, off/on */
     cr_assert_eq(O->device_open(bh_index, &d), FKV_ERR_BAD_ENVIRONMENT);
     cr_assert(strstr(fkv_last_error(), "FREEKV_VULKAN_16BIT") != NULL, "%s", fkv_last_error());
     cr_assert_null(d);

@@ -92,11 +92,6 @@ static VKAPI_ATTR VkBool32 VKAPI_CALL debug_cb(VkDebugUtilsMessageSeverityFlagBi
     return VK_FALSE;
 }
 
-static int env_flag(const char *name) {
-    const char *s = getenv(name);
-    return s && s[0] && strcmp(s, "0") != 0;
-}
-
 static int has_layer(const char *name) {
     uint32_t n = 0;
     if (vkEnumerateInstanceLayerProperties(&n, NULL) != VK_SUCCESS || n == 0)
@@ -117,11 +112,16 @@ static fkv_status create_instance(fkv_bdev *d, VkInstance *out) {
                              VK_API_VERSION_1_2};
     const char *layers[1], *exts[1];
     uint32_t n_layers = 0, n_exts = 0;
-    int validate = d && env_flag("FREEKV_VULKAN_VALIDATION");
+    int validate = 0;
+    if (d) {
+        fkv_status st = fkv_env_bool("FREEKV_VULKAN_VALIDATION", 0, &validate);
+        if (st != FKV_OK)
+            return st;
+    }
     if (validate) {
         if (!has_layer("VK_LAYER_KHRONOS_validation"))
             return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
-                             "FREEKV_VULKAN_VALIDATION=1 but VK_LAYER_KHRONOS_validation is not "
+                             "FREEKV_VULKAN_VALIDATION is on but VK_LAYER_KHRONOS_validation is not "
                              "installed (vulkan-validationlayers)");
         layers[n_layers++] = "VK_LAYER_KHRONOS_validation";
         exts[n_exts++] = VK_EXT_DEBUG_UTILS_EXTENSION_NAME;
@@ -306,12 +306,11 @@ typedef enum { RECALL_AUTO, RECALL_STAGED, RECALL_REGIONS, RECALL_HOSTPTR, RECAL
 
 static fkv_status read_env(recall_choice *recall, int *s16) {
     static const char *const names[] = {"auto", "staged", "regions", "hostptr", "perpage"};
-    static const char *const flag[] = {"0", "1"}; /* 16-bit storage off, or on where present */
     int i;
     fkv_status st = fkv_env_choice("FREEKV_VULKAN_RECALL", names, 5, RECALL_AUTO, &i);
     *recall = (recall_choice)i;
-    if (st == FKV_OK)
-        st = fkv_env_choice("FREEKV_VULKAN_16BIT", flag, 2, 1, s16);
+    if (st == FKV_OK) /* 16-bit storage off, or on where present */
+        st = fkv_env_bool("FREEKV_VULKAN_16BIT", 1, s16);
     return st;
 }
 

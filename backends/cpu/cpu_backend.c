@@ -6,9 +6,11 @@
  * before queueing anything; indices read from index buffers are checked when the command
  * runs, and a bad one fails the command's event instead of touching memory out of range.
  *
- * Environment (read in device_open only):
+ * Environment (read in device_open only, through common/env.c):
  *   FREEKV_CPU_RECALL=staged|direct|perpage   recall mechanism reported by recall_mode
  *   FREEKV_CPU_DEVICE_MEMORY, FREEKV_CPU_HOST_MEMORY = N[K|M|G]   allocation limits in bytes
+ *
+ * Tests can make a chosen command fail (cpu_fault.h).
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -20,6 +22,7 @@
 
 #include "../../common/env.h"
 #include "../../common/error.h"
+#include "cpu_fault.h"
 #include "cpu_kernels.h"
 #include "cpu_queue.h"
 
@@ -30,9 +33,15 @@ struct fkv_bdev {
     fkv_recall_mode recall;
     uint64_t device_limit; /* UINT64_MAX: unlimited */
     uint64_t host_limit;
-    pthread_mutex_t mem_lock; /* guards the two counters below */
+    pthread_mutex_t mem_lock; /* guards the counters below */
     uint64_t device_used;
     uint64_t host_used;
+    /* an armed fault (cpu_fault.h): fault_at = 0 when none */
+    uint64_t fault_at, fault_count;
+    fkv_cpu_fault fault_kind;
+    fkv_cpu_fault_threads fault_threads;
+    int fault_fired;
+    pthread_t fault_thread;
 };
 
 struct fkv_bbuf {
@@ -92,43 +101,6 @@ static fkv_status cpu_device_info(uint32_t index, fkv_device_info *info) {
     return FKV_OK;
 }
 
-/* "N", "NK", "NM" or "NG" (binary multiples), N >= 1. */
-static fkv_status parse_bytes(const char *var, const char *s, uint64_t *out) {
-    uint64_t v = 0;
-    const char *p = s;
-    if (*p < '0' || *p > '9')
-        goto bad;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        if (v > (UINT64_MAX - 9) / 10)
-            goto bad;
-        v = v * 10 + (uint64_t)(*p - '0');
-    }
-    unsigned shift = 0;
-    switch (*p) {
-    case 'k': case 'K': shift = 10; p++; break;
-    case 'm': case 'M': shift = 20; p++; break;
-    case 'g': case 'G': shift = 30; p++; break;
-    default: break;
-    }
-    if (*p != '\0' || v == 0 || v > (UINT64_MAX >> shift))
-        goto bad;
-    *out = v << shift;
-    return FKV_OK;
-bad:
-    return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
-                     "%s='%s': expected a byte count >= 1 with an optional K, M or G suffix "
-                     "(e.g. 64M)",
-                     var, s);
-}
-
-static fkv_status read_limit(const char *var, uint64_t *limit) {
-    const char *s = getenv(var);
-    *limit = UINT64_MAX;
-    if (s == NULL || s[0] == '\0')
-        return FKV_OK;
-    return parse_bytes(var, s, limit);
-}
-
 static fkv_status read_recall(fkv_recall_mode *mode) {
     /* in fkv_recall_mode order */
     static const char *const names[] = {"staged", "direct", "perpage"};
@@ -159,8 +131,8 @@ static fkv_status cpu_device_open(uint32_t index, fkv_bdev **out) {
     uint64_t device_limit, host_limit;
     fkv_status st;
     if ((st = read_recall(&recall)) != FKV_OK ||
-        (st = read_limit("FREEKV_CPU_DEVICE_MEMORY", &device_limit)) != FKV_OK ||
-        (st = read_limit("FREEKV_CPU_HOST_MEMORY", &host_limit)) != FKV_OK)
+        (st = fkv_env_size("FREEKV_CPU_DEVICE_MEMORY", UINT64_MAX, &device_limit)) != FKV_OK ||
+        (st = fkv_env_size("FREEKV_CPU_HOST_MEMORY", UINT64_MAX, &host_limit)) != FKV_OK)
         return st;
     fkv_bdev *dev = calloc(1, sizeof *dev);
     if (dev == NULL)
@@ -396,7 +368,35 @@ static fkv_status pool_rows_of(const char *op, const fkv_kv_geom *g, const fkv_b
 
 static unsigned char *at(const fkv_bbuf *buf, size_t off) { return buf->data + off; }
 
+/* Counts a command against an armed fault; returns 1 when this one must fail. */
+static int fault_due(fkv_bdev *dev) {
+    int due = 0;
+    pthread_mutex_lock(&dev->mem_lock);
+    int mine = pthread_equal(dev->fault_thread, pthread_self()) != 0;
+    if (dev->fault_at && mine == (dev->fault_threads == FKV_CPU_FAULT_THIS_THREAD)) {
+        due = ++dev->fault_count == dev->fault_at;
+        dev->fault_fired |= due;
+    }
+    pthread_mutex_unlock(&dev->mem_lock);
+    return due;
+}
+
+static fkv_status run_injected(void *args) {
+    (void)args; /* the command's own arguments, freed by the queue as usual */
+    return fkv_error(FKV_ERR_BACKEND, "cpu: injected failure of a command when it ran");
+}
+
+/* Every enqueue entry ends here. */
 static fkv_status submit(fkv_bdev *dev, fkv_queue q, cpu_cmd_fn fn, void *args, fkv_deps deps) {
+    if (fault_due(dev)) {
+        if (dev->fault_kind == FKV_CPU_FAULT_ENQUEUE) {
+            free(args);
+            return fail(deps, fkv_error(FKV_ERR_BACKEND, "cpu: injected failure of a command "
+                                                         "at enqueue"));
+        }
+        return cpu_queue_submit_device_error(dev->queues[q], run_injected, args, deps.n_wait,
+                                             deps.wait, deps.done);
+    }
     return cpu_queue_submit(dev->queues[q], fn, args, deps.n_wait, deps.wait, deps.done);
 }
 
@@ -999,6 +999,54 @@ static fkv_status cpu_attention_dense_op(fkv_bdev *dev, fkv_queue q, fkv_deps de
         a->vpool = v->data;
     }
     return submit(dev, q, run_attention_dense, a, deps);
+}
+
+/* ---- fault injection (cpu_fault.h) ---- */
+
+static fkv_status fault_device(fkv_device *dev, const char *fn, fkv_bdev **out) {
+    if (dev == NULL || dev->ops->device_open != cpu_device_open)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: not a device of the CPU backend", fn);
+    *out = dev->bdev;
+    return FKV_OK;
+}
+
+fkv_status fkv_cpu_fault_arm(fkv_device *dev, uint64_t n, fkv_cpu_fault kind,
+                             fkv_cpu_fault_threads threads) {
+    fkv_bdev *d = NULL;
+    fkv_status st = fault_device(dev, "fkv_cpu_fault_arm", &d);
+    if (st != FKV_OK)
+        return st;
+    if (n == 0 || (kind != FKV_CPU_FAULT_ENQUEUE && kind != FKV_CPU_FAULT_RUN) ||
+        (threads != FKV_CPU_FAULT_THIS_THREAD && threads != FKV_CPU_FAULT_OTHER_THREADS))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "fkv_cpu_fault_arm: command %llu, kind %d, threads %d",
+                         (unsigned long long)n, (int)kind, (int)threads);
+    pthread_mutex_lock(&d->mem_lock);
+    d->fault_at = n;
+    d->fault_count = 0;
+    d->fault_kind = kind;
+    d->fault_threads = threads;
+    d->fault_fired = 0;
+    d->fault_thread = pthread_self();
+    pthread_mutex_unlock(&d->mem_lock);
+    return FKV_OK;
+}
+
+fkv_status fkv_cpu_fault_disarm(fkv_device *dev, int *fired, uint64_t *counted) {
+    fkv_bdev *d = NULL;
+    fkv_status st = fault_device(dev, "fkv_cpu_fault_disarm", &d);
+    if (st != FKV_OK)
+        return st;
+    pthread_mutex_lock(&d->mem_lock);
+    if (fired)
+        *fired = d->fault_fired;
+    if (counted)
+        *counted = d->fault_count;
+    d->fault_at = 0;
+    d->fault_count = 0;
+    d->fault_fired = 0;
+    pthread_mutex_unlock(&d->mem_lock);
+    return FKV_OK;
 }
 
 /* ---- the table ---- */

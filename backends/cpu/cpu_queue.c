@@ -24,6 +24,7 @@ typedef struct cpu_cmd {
     cpu_cmd_fn fn; /* NULL: a marker */
     void *args;
     fkv_bevent *event;
+    int device_error; /* a failure of fn acts as a device error (cpu_queue_submit_device_error) */
     uint32_t n_wait;
     fkv_bevent *wait[]; /* retained references, released after the command ran */
 } cpu_cmd;
@@ -39,6 +40,9 @@ struct cpu_queue {
      * finish report failures of commands whose events nobody waits on. */
     fkv_status pending_status;
     char pending_msg[CPU_MSG_SIZE];
+    /* Worker-thread only: after a device error, commands fail without running until a
+     * marker has reported it. */
+    int poisoned;
 };
 
 /* ---- events ---- */
@@ -162,11 +166,16 @@ static void run_command(cpu_queue *q, cpu_cmd *cmd) {
             snprintf(msg, sizeof msg, "waits on a failed command (%.*s)", CPU_MSG_SIZE - 40, m);
         }
     }
-    if (st == FKV_OK && cmd->fn) {
+    if (st == FKV_OK && cmd->fn && q->poisoned) {
+        st = q->pending_status;
+        snprintf(msg, sizeof msg, "not run after a device error on the %s queue (%.*s)", q->name,
+                 CPU_MSG_SIZE - 80, q->pending_msg);
+    } else if (st == FKV_OK && cmd->fn) {
         fkv_error_clear();
         st = cmd->fn(cmd->args);
         if (st != FKV_OK)
             snprintf(msg, sizeof msg, "%s", bare_last_error(st));
+        q->poisoned = st != FKV_OK && cmd->device_error;
     }
     if (cmd->fn == NULL && st == FKV_OK && q->pending_status != FKV_OK) {
         st = q->pending_status;
@@ -175,6 +184,7 @@ static void run_command(cpu_queue *q, cpu_cmd *cmd) {
     }
     if (cmd->fn == NULL) {
         q->pending_status = FKV_OK; /* reported (or nothing to report) */
+        q->poisoned = 0;
     } else if (st != FKV_OK && q->pending_status == FKV_OK) {
         q->pending_status = st;
         memcpy(q->pending_msg, msg, sizeof q->pending_msg);
@@ -251,8 +261,8 @@ void cpu_queue_destroy(cpu_queue *q) {
     free(q);
 }
 
-fkv_status cpu_queue_submit(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_wait,
-                            fkv_bevent *const *wait, fkv_bevent **done) {
+static fkv_status submit(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_wait,
+                        fkv_bevent *const *wait, fkv_bevent **done, int device_error) {
     fkv_status st = cpu_check_wait_list("enqueue", n_wait, wait);
     cpu_cmd *cmd = NULL;
     fkv_bevent *ev = NULL;
@@ -268,6 +278,7 @@ fkv_status cpu_queue_submit(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_
     cmd->fn = fn;
     cmd->args = args;
     cmd->event = ev;
+    cmd->device_error = device_error;
     cmd->n_wait = n_wait;
     for (uint32_t i = 0; i < n_wait; i++) {
         event_retain(wait[i]);
@@ -302,4 +313,14 @@ fail:
     if (done)
         *done = NULL;
     return st;
+}
+
+fkv_status cpu_queue_submit(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_wait,
+                            fkv_bevent *const *wait, fkv_bevent **done) {
+    return submit(q, fn, args, n_wait, wait, done, 0);
+}
+
+fkv_status cpu_queue_submit_device_error(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_wait,
+                                         fkv_bevent *const *wait, fkv_bevent **done) {
+    return submit(q, fn, args, n_wait, wait, done, 1);
 }

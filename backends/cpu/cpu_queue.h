@@ -37,6 +37,13 @@ void cpu_queue_destroy(cpu_queue *q);
 fkv_status cpu_queue_submit(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_wait,
                             fkv_bevent *const *wait, fkv_bevent **done);
 
+/* Like cpu_queue_submit, but a failure of fn is a device error: the commands after it on
+ * the queue fail without running (a later command may read what this one should have
+ * written), until a marker has reported the failure. A failure of an ordinary command
+ * fails that command only. */
+fkv_status cpu_queue_submit_device_error(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_wait,
+                                         fkv_bevent *const *wait, fkv_bevent **done);
+
 /* Checks a wait list (n_wait > 0 needs a non-NULL array of non-NULL events). */
 fkv_status cpu_check_wait_list(const char *op, uint32_t n_wait, fkv_bevent *const *wait);
 

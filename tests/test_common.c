@@ -1,0 +1,216 @@
+/* common/: error messages (fkv_error_prefix) and the one set of rules for environment
+ * variables (common/env.c), checked directly and through every variable the library reads. */
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/env.h"
+#include "common/error.h"
+#include "helpers.h"
+
+/* ---- error messages ---- */
+
+/* Message bodies of 700 to 2000 bytes: fkv_error keeps up to 959 of them, and
+ * fkv_error_prefix then holds the old message in a 764-byte buffer. */
+Test(error, prefix_of_a_long_message_is_cut_and_terminated) {
+    static const size_t lengths[] = {700, 740, 763, 764, 765, 800, 958, 959, 960, 1200, 2000};
+    for (size_t li = 0; li < sizeof lengths / sizeof *lengths; li++) {
+        size_t n = lengths[li];
+        char *body = malloc(n + 1);
+        for (size_t i = 0; i < n; i++)
+            body[i] = (char)('a' + i % 26);
+        body[n] = '\0';
+        fkv_error(FKV_ERR_KERNEL_BUILD, "%s", body);
+        for (int depth = 1; depth <= 3; depth++) {
+            cr_assert_eq(fkv_error_prefix(FKV_ERR_KERNEL_BUILD, "step %d", depth),
+                         FKV_ERR_KERNEL_BUILD);
+            const char *m = fkv_last_error();
+            size_t len = strlen(m);
+            cr_assert_lt(len, 1024, "length %zu: message of %zu bytes", n, len);
+            char head[16];
+            snprintf(head, sizeof head, "step %d: ", depth);
+            cr_assert(strncmp(m, head, strlen(head)) == 0, "length %zu: '%.40s'", n, m);
+        }
+        /* the three prefixes, then the start of the original message, unchanged */
+        const char *m = fkv_last_error();
+        const char *want = "step 3: step 2: step 1: device program failed to build: ";
+        cr_assert(strncmp(m, want, strlen(want)) == 0, "length %zu: '%.80s'", n, m);
+        const char *rest = m + strlen(want);
+        for (size_t i = 0; rest[i]; i++)
+            cr_assert_eq(rest[i], (char)('a' + i % 26), "length %zu: byte %zu of the body", n, i);
+        free(body);
+    }
+}
+
+Test(error, prefix_without_a_message_uses_the_status) {
+    fkv_error_clear();
+    fkv_error_prefix(FKV_ERR_IO, "reading %s", "x");
+    cr_assert_str_eq(fkv_last_error(), "reading x: input/output error");
+}
+
+/* ---- the rules, directly ---- */
+
+static void expect_bad_env(fkv_status st, const char *var, const char *value) {
+    char want[256];
+    snprintf(want, sizeof want, "%s='%s' (valid: ", var, value);
+    cr_assert_eq(st, FKV_ERR_BAD_ENVIRONMENT, "%s=%s: status %d (%s)", var, value, st,
+                 fkv_last_error());
+    cr_assert(strstr(fkv_last_error(), want) != NULL, "%s=%s: message '%s' lacks \"%s\"", var,
+              value, fkv_last_error(), want);
+}
+
+Test(env, booleans) {
+    static const char *const no[] = {"0", "false", "FALSE", "No", "off", "OFF"};
+    static const char *const yes[] = {"1", "true", "True", "YES", "on", "oN"};
+    static const char *const bad[] = {"2", "garbage", "yes please", " 1", "1 ", "-1", "o"};
+    int v;
+    unsetenv("FKV_TEST_BOOL");
+    cr_assert_eq(fkv_env_bool("FKV_TEST_BOOL", 1, &v), FKV_OK);
+    cr_assert_eq(v, 1, "unset: the default");
+    setenv("FKV_TEST_BOOL", "", 1);
+    cr_assert_eq(fkv_env_bool("FKV_TEST_BOOL", 0, &v), FKV_OK);
+    cr_assert_eq(v, 0, "empty: the default");
+    for (size_t i = 0; i < sizeof no / sizeof *no; i++) {
+        setenv("FKV_TEST_BOOL", no[i], 1);
+        cr_assert_eq(fkv_env_bool("FKV_TEST_BOOL", 1, &v), FKV_OK, "%s", no[i]);
+        cr_assert_eq(v, 0, "%s", no[i]);
+        setenv("FKV_TEST_BOOL", yes[i], 1);
+        cr_assert_eq(fkv_env_bool("FKV_TEST_BOOL", 0, &v), FKV_OK, "%s", yes[i]);
+        cr_assert_eq(v, 1, "%s", yes[i]);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        setenv("FKV_TEST_BOOL", bad[i], 1);
+        expect_bad_env(fkv_env_bool("FKV_TEST_BOOL", 0, &v), "FKV_TEST_BOOL", bad[i]);
+        cr_assert(strstr(fkv_last_error(), "0, false, no, off, 1, true, yes, on"), "%s",
+                  fkv_last_error());
+    }
+}
+
+Test(env, sizes) {
+    static const struct {
+        const char *s;
+        uint64_t v;
+    } good[] = {{"1", 1}, {"4096", 4096}, {"64k", 64 << 10}, {"64M", 64ull << 20},
+                {"3g", 3ull << 30}, {"17179869183G", 17179869183ull << 30}};
+    static const char *const bad[] = {"0", "0M", "-5", "12Q", "1.5G", "M", "64 M", "64MB",
+                                      "99999999999999999999", "17179869184G"};
+    uint64_t v;
+    unsetenv("FKV_TEST_SIZE");
+    cr_assert_eq(fkv_env_size("FKV_TEST_SIZE", 77, &v), FKV_OK);
+    cr_assert_eq(v, 77);
+    setenv("FKV_TEST_SIZE", "", 1);
+    cr_assert_eq(fkv_env_size("FKV_TEST_SIZE", 78, &v), FKV_OK);
+    cr_assert_eq(v, 78);
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        setenv("FKV_TEST_SIZE", good[i].s, 1);
+        cr_assert_eq(fkv_env_size("FKV_TEST_SIZE", 0, &v), FKV_OK, "%s: %s", good[i].s,
+                     fkv_last_error());
+        cr_assert_eq(v, good[i].v, "%s", good[i].s);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        setenv("FKV_TEST_SIZE", bad[i], 1);
+        expect_bad_env(fkv_env_size("FKV_TEST_SIZE", 0, &v), "FKV_TEST_SIZE", bad[i]);
+    }
+}
+
+Test(env, choices_are_case_insensitive) {
+    static const char *const names[] = {"staged", "direct"};
+    int i;
+    setenv("FKV_TEST_CHOICE", "DiReCt", 1);
+    cr_assert_eq(fkv_env_choice("FKV_TEST_CHOICE", names, 2, 0, &i), FKV_OK);
+    cr_assert_eq(i, 1);
+    setenv("FKV_TEST_CHOICE", "fast", 1);
+    expect_bad_env(fkv_env_choice("FKV_TEST_CHOICE", names, 2, 0, &i), "FKV_TEST_CHOICE", "fast");
+    cr_assert(strstr(fkv_last_error(), "(valid: staged, direct)"), "%s", fkv_last_error());
+}
+
+/* ---- every variable the library reads ---- */
+
+static const char *const library_vars[] = {
+    "FREEKV_BACKEND",          "FREEKV_DEVICE",          "FREEKV_CPU_RECALL",
+    "FREEKV_CPU_DEVICE_MEMORY", "FREEKV_CPU_HOST_MEMORY", "FREEKV_OPENCL_RECALL",
+    "FREEKV_OPENCL_FAST_MATH", "FREEKV_VULKAN_RECALL",   "FREEKV_VULKAN_16BIT",
+    "FREEKV_VULKAN_VALIDATION", "FREEKV_HIP_RECALL"};
+
+static void clear_env(void) {
+    for (size_t i = 0; i < sizeof library_vars / sizeof *library_vars; i++)
+        unsetenv(library_vars[i]);
+}
+
+/* Whether a backend is built and has a device (listing is safe to call here). */
+static int have_device(const char *backend) {
+    size_t n = 0;
+    return fkv_device_list(backend, NULL, 0, &n) == FKV_OK && n > 0;
+}
+
+static void open_fails_with_bad_env(const char *backend, const char *var, const char *value) {
+    fkv_device *dev = (fkv_device *)0x1;
+    setenv(var, value, 1);
+    fkv_status st = fkv_device_open(backend, NULL, &dev);
+    expect_bad_env(st, var, value);
+    cr_assert_null(dev);
+    unsetenv(var);
+}
+
+static void open_succeeds(const char *backend, const char *var, const char *value) {
+    fkv_device *dev = NULL;
+    setenv(var, value, 1);
+    cr_assert_eq(fkv_device_open(backend, NULL, &dev), FKV_OK, "%s=%s: %s", var, value,
+                 fkv_last_error());
+    fkv_device_close(dev);
+    unsetenv(var);
+}
+
+Test(env, backend_names_are_case_insensitive, .init = clear_env) {
+    fkv_device *dev;
+    fkv_device_info info;
+    setenv("FREEKV_BACKEND", "CPU", 1);
+    cr_assert_eq(fkv_device_open(NULL, NULL, &dev), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_device_get_info(dev, &info), FKV_OK);
+    cr_assert_str_eq(info.backend, "cpu");
+    fkv_device_close(dev);
+    setenv("FREEKV_BACKEND", "Auto", 1);
+    cr_assert_eq(fkv_device_pick(NULL, NULL, &info), FKV_OK, "%s", fkv_last_error());
+    unsetenv("FREEKV_BACKEND");
+    cr_assert_eq(fkv_device_open("Cpu", NULL, &dev), FKV_OK, "%s", fkv_last_error());
+    fkv_device_close(dev);
+    size_t n = 0;
+    cr_assert_eq(fkv_device_list("CPU", NULL, 0, &n), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(n, 1);
+    setenv("FREEKV_DEVICE", "", 1); /* empty: the default */
+    cr_assert_eq(fkv_device_open("cpu", NULL, &dev), FKV_OK, "%s", fkv_last_error());
+    fkv_device_close(dev);
+}
+
+Test(env, garbage_is_rejected_with_one_message_format, .init = clear_env) {
+    open_fails_with_bad_env(NULL, "FREEKV_BACKEND", "garbage");
+    open_fails_with_bad_env(NULL, "FREEKV_BACKEND", "cuda");
+    open_fails_with_bad_env("cpu", "FREEKV_CPU_RECALL", "garbage");
+    open_fails_with_bad_env("cpu", "FREEKV_CPU_DEVICE_MEMORY", "garbage");
+    open_fails_with_bad_env("cpu", "FREEKV_CPU_HOST_MEMORY", "12Q");
+    open_succeeds("cpu", "FREEKV_CPU_RECALL", "DIRECT");
+    open_succeeds("cpu", "FREEKV_CPU_DEVICE_MEMORY", "1g");
+}
+
+Test(env, opencl_variables, .init = clear_env) {
+    if (!have_device("opencl"))
+        cr_skip_test("no OpenCL device");
+    open_fails_with_bad_env("opencl", "FREEKV_OPENCL_FAST_MATH", "garbage");
+    open_fails_with_bad_env("opencl", "FREEKV_OPENCL_FAST_MATH", "2");
+    open_fails_with_bad_env("opencl", "FREEKV_OPENCL_RECALL", "garbage");
+    open_succeeds("opencl", "FREEKV_OPENCL_FAST_MATH", "Off");
+    open_succeeds("opencl", "FREEKV_OPENCL_FAST_MATH", "yes");
+}
+
+Test(env, vulkan_variables, .init = clear_env) {
+    if (!have_device("vulkan"))
+        cr_skip_test("no Vulkan device");
+    open_fails_with_bad_env("vulkan", "FREEKV_VULKAN_VALIDATION", "garbage");
+    open_fails_with_bad_env("vulkan", "FREEKV_VULKAN_VALIDATION", "2");
+    open_fails_with_bad_env("vulkan", "FREEKV_VULKAN_16BIT", "garbage");
+    open_fails_with_bad_env("vulkan", "FREEKV_VULKAN_RECALL", "garbage");
+    open_succeeds("vulkan", "FREEKV_VULKAN_VALIDATION", "off");
+    open_succeeds("vulkan", "FREEKV_VULKAN_VALIDATION", "0");
+    open_succeeds("vulkan", "FREEKV_VULKAN_16BIT", "FALSE");
+}

@@ -157,7 +157,7 @@ Test(bench_args, plot_path_is_never_interpreted) {
     remove("bench_args_INJECTED");
     remove(path);
     char err[8192];
-    const char *args[] = {"--backend", "cpu", "--layers", "2", "--context", "300,600",
+    const char *args[] = {"--backend", "cpu", "--layers", "2", "--context", "600,900",
                           "--rounds", "2", "--weights-mib", "1", "--policies", "sync,freekv",
                           "--workload", "reasoning", "--plot", path, NULL};
     int rc = bench_capture(args, err, sizeof err);
@@ -187,7 +187,7 @@ static size_t count(const char *s, const char *what) {
 
 Test(bench_args, tiny_run_writes_csv_and_json) {
     char err[8192];
-    const char *args[] = {"--backend", "cpu", "--layers", "2", "--context", "300,600",
+    const char *args[] = {"--backend", "cpu", "--layers", "2", "--context", "600,900",
                           "--rounds", "3", "--steps", "2", "--weights-mib", "1",
                           "--csv", "bench_args.csv", "--json", "bench_args.json", NULL};
     int rc = bench_capture(args, err, sizeof err);

@@ -150,8 +150,9 @@ typedef struct fkv_backend_ops {
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
                          size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
     /* Per (seq b, KV head h): mean over the group of cos(q_cur, q_prev) into sims[b][h] (f32)
-     * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). A zero-norm
-     * query has cosine 0. */
+     * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). A query with
+     * an exactly zero norm has cosine 0; one holding a NaN or an infinity has a NaN norm,
+     * which makes its KV head's similarity NaN and its flag 1. */
     fkv_status (*cosine_flags)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,

@@ -675,6 +675,55 @@ static int build_cosine(const cf_env *env, const cf_case *c, cf_rng *rng, cf_spe
     return 1;
 }
 
+/* The NaN rule (backend.h): (seq 0, KV head 0) holds a NaN in q_cur, (seq 1, last KV head) an
+ * infinity in q_prev; every other query is the same in both, so its similarity is about 1.
+ * Whatever the reference says, the DUT must give NaN similarities and flag 1 there, and flag
+ * 0 with similarities near 1 elsewhere (tau is far below). */
+static void compare_nan(const cf_spec *s, unsigned char **ref, unsigned char **dut, double tol,
+                        cf_result *r) {
+    (void)ref;
+    uint32_t hk = s->g.n_kv_heads;
+    const unsigned char *sims = dut[2] + s->arr[2].pay_off;
+    for (size_t i = 0; i < (size_t)s->n * hk; i++) {
+        int bad = i == 0 || i == (size_t)2 * hk - 1;
+        float sim;
+        memcpy(&sim, sims + 4 * i, 4);
+        int32_t flag = elem_i32(dut[3] + s->arr[3].pay_off, i);
+        if (bad && (!isnan(sim) || flag != 1))
+            cf_fail(r, "seq %zu KV head %zu: a query holding a NaN or an infinity gives "
+                    "similarity %g and flag %d (want NaN and 1)", i / hk, i % hk, (double)sim,
+                    flag);
+        if (!bad && (!(fabs((double)sim - 1.0) <= 1e-3 + tol) || flag != 0))
+            cf_fail(r, "seq %zu KV head %zu: identical queries give similarity %g and flag %d "
+                    "(want 1 and 0)", i / hk, i % hk, (double)sim, flag);
+    }
+}
+
+static int build_cosine_nan(const cf_env *env, const cf_case *c, cf_rng *rng, cf_spec *s,
+                            cf_result *r) {
+    (void)env;
+    (void)c;
+    (void)r;
+    const fkv_kv_geom *g = &s->g;
+    uint32_t hk = g->n_kv_heads, hq = hk * g->group, d = g->head_dim, n = 2;
+    s->n = n;
+    s->tau = -0.5f;
+    float *cur = add_input(s, "q_cur", CF_IN_OFF, (size_t)n * hq * d * 4);
+    float *prev = add_input(s, "q_prev", CF_IN_OFF, (size_t)n * hq * d * 4);
+    cf_arr *sims = add_output(s, "sims", CF_GUARD, (size_t)n * hk * 4, CF_GUARD, E_F32);
+    add_output(s, "flags", CF_GUARD, (size_t)n * hk * 4, CF_GUARD, E_I32);
+    if (!spec_ok(s))
+        return -1;
+    sims->custom = 1; /* NaN by design: checked by compare_nan */
+    fill_f32(rng, cur, (size_t)n * hq * d);
+    memcpy(prev, cur, (size_t)n * hq * d * 4);
+    cur[(size_t)(g->group - 1) * d + d / 2] = NAN;
+    prev[((size_t)hq + (size_t)(hk - 1) * g->group) * d] = INFINITY;
+    s->launch = launch_cosine;
+    s->compare = compare_nan;
+    return 1;
+}
+
 static int build_pack(const cf_env *env, const cf_case *c, cf_rng *rng, cf_spec *s,
                       cf_result *r) {
     (void)env;
@@ -988,6 +1037,7 @@ static const cf_op_entry op_table[] = {
     {"summarize", build_summarize, 1, 1},
     {"scores", build_scores, 0, 1},
     {"cosine_flags", build_cosine, 0, 1},
+    {"cosine_nan", build_cosine_nan, 0, 1},
     {"pack_hnd", build_pack, 1, 1},
     {"scatter_hnd", build_scatter, 1, 1},
     {"recall_direct", build_recall, 1, 1},

@@ -134,7 +134,7 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_a
 }
 
 /* One block per (sequence, KV head); blockDim.x a power of two. Dynamic shared: 3 * blockDim.x
- * floats. */
+ * floats. Only an exactly zero norm gives cosine 0: a NaN norm reaches the mean and the flag. */
 __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_args a) {
     extern __shared__ float red[];
     uint32_t bh = blockIdx.x, lid = threadIdx.x, w = blockDim.x;
@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_a
         }
         if (lid == 0) {
             float na = sqrtf(red[w]), nb = sqrtf(red[2 * w]);
-            mean += (na > 0.0f && nb > 0.0f) ? red[0] / (na * nb) : 0.0f;
+            mean += (na == 0.0f || nb == 0.0f) ? 0.0f : red[0] / (na * nb);
         }
         __syncthreads(); /* red is reused by the next head */
     }

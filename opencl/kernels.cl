@@ -128,7 +128,9 @@ kernel void fkv_scores(const global float *q, ulong q_off, const global int *des
     }
 }
 
-/* One work group per (sequence, KV head); local size a power of two. */
+/* One work group per (sequence, KV head); local size a power of two. flag = !(mean >= tau):
+ * a NaN similarity (a query holding a NaN or an infinity) is corrected; only an exactly zero
+ * norm gives cosine 0, so a NaN norm reaches the mean. */
 kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global float *q_prev,
                        ulong prev_off, uint n_kv_heads, uint group, uint head_dim, float tau,
                        global float *sims, ulong sims_off, global int *flags, ulong flags_off,
@@ -160,14 +162,14 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
         }
         if (lid == 0) {
             float na = sqrt(red[w]), nb = sqrt(red[2 * w]);
-            mean += (na > 0.0f && nb > 0.0f) ? red[0] / (na * nb) : 0.0f;
+            mean += (na == 0.0f || nb == 0.0f) ? 0.0f : red[0] / (na * nb);
         }
         barrier(CLK_LOCAL_MEM_FENCE); /* red is reused by the next head */
     }
     if (lid == 0) {
         mean /= (float)group;
         sims[sims_off + bh] = mean;
-        flags[flags_off + bh] = mean < tau ? 1 : 0;
+        flags[flags_off + bh] = !(mean >= tau);
     }
 }
 

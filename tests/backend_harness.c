@@ -508,6 +508,49 @@ void bh_check_cosine_flags(void) {
     }
 }
 
+/* The correction rule for non-finite queries (backend.h): a query head holding a NaN, or an
+ * infinity, makes its KV head's similarity NaN and its flag 1, whatever tau; every other KV
+ * head (identical queries, cosine 1) keeps flag 0. Asserted on both sides, so the CPU
+ * reference is held to the rule as well, not only compared with. */
+void bh_check_cosine_nan(void) {
+    for (size_t gi = 0; gi < N_GEOS; gi++) {
+        th_rng r;
+        th_seed(&r, 450 + gi);
+        fkv_kv_geom g = mk(geos[gi], FKV_F32);
+        uint32_t n_seqs = 2, hk = g.n_kv_heads, hq = hk * g.group, d = g.head_dim;
+        size_t n = (size_t)n_seqs * hq * d;
+        float *cur = bh_rand_f32(&r, n, 1.0f), *prev = bh_tmalloc(n * 4);
+        memcpy(prev, cur, n * 4);
+        /* seq 0, KV head 0: NaN in its last query head; seq 1, last KV head: +inf in q_prev */
+        size_t nan_at = ((size_t)(g.group - 1)) * d + (d > 1 ? 1 : 0);
+        size_t inf_at = ((size_t)hq + (size_t)(hk - 1) * g.group) * d;
+        cur[nan_at] = NAN;
+        prev[inf_at] = INFINITY;
+        size_t nan_bh = 0, inf_bh = (size_t)hk + hk - 1;
+        pbuf cb = bh_pnew(cur, 0, n * 4), pb = bh_pnew(prev, 0, n * 4);
+        pbuf sims = bh_pnew(NULL, GUARD, (size_t)n_seqs * hk * 4);
+        pbuf flags = bh_pnew(NULL, GUARD, (size_t)n_seqs * hk * 4);
+        float tau = -0.5f; /* every finite similarity here is far above it */
+        RUN2(bh_ops[s]->cosine_flags(bh_dev[s], BQ, DEPS, &g, B(cb, s), 0, B(pb, s), 0, n_seqs,
+                                   tau, B(sims, s), GUARD, B(flags, s), GUARD));
+        for (int s = 0; s < 2; s++) {
+            const float *sv = (const float *)(bh_pb_read(&sims, s) + GUARD);
+            const int32_t *fv = (const int32_t *)(bh_pb_read(&flags, s) + GUARD);
+            for (size_t bh = 0; bh < (size_t)n_seqs * hk; bh++) {
+                int bad = bh == nan_bh || bh == inf_bh;
+                cr_assert_eq(fv[bh], bad, "%s: Hk %u group %u d %u: flag of (seq %zu, KV head %zu) "
+                             "is %d with similarity %g, tau %g (%s)",
+                             side_name(s), hk, g.group, d, bh / hk, bh % hk, fv[bh],
+                             (double)sv[bh], (double)tau,
+                             bad ? "a non-finite query must be corrected" : "identical queries");
+                if (bad)
+                    cr_assert(isnan(sv[bh]), "%s: similarity of (seq %zu, KV head %zu) is %g, "
+                              "want NaN", side_name(s), bh / hk, bh % hk, (double)sv[bh]);
+            }
+        }
+    }
+}
+
 void bh_check_pack_hnd(void) {
     FOR_CASES {
         for (int odd = 0; odd < 2; odd++) { /* 16-byte aligned (vector path) or not */

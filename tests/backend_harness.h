@@ -121,6 +121,8 @@ void bh_check_append(void);
 void bh_check_summarize(void);
 void bh_check_scores(void);
 void bh_check_cosine_flags(void);
+/* A query holding a NaN or an infinity gives its KV head flag 1 on both sides (backend.h). */
+void bh_check_cosine_nan(void);
 void bh_check_pack_hnd(void);
 void bh_check_scatter_hnd(void);
 /* recall_direct from host_alloc memory, for one geometry; bh_check_recall_direct skips when

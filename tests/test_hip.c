@@ -224,6 +224,7 @@ Test(hip_gpu, append) { bh_check_append(); }
 Test(hip_gpu, summarize) { bh_check_summarize(); }
 Test(hip_gpu, scores) { bh_check_scores(); }
 Test(hip_gpu, cosine_flags) { bh_check_cosine_flags(); }
+Test(hip_gpu, cosine_nan_is_corrected) { bh_check_cosine_nan(); }
 Test(hip_gpu, pack_hnd) { bh_check_pack_hnd(); }
 Test(hip_gpu, scatter_hnd) { bh_check_scatter_hnd(); }
 Test(hip_gpu, recall_direct) { bh_check_recall_direct(); }

@@ -62,6 +62,7 @@ Test(opencl, append) { bh_check_append(); }
 Test(opencl, summarize) { bh_check_summarize(); }
 Test(opencl, scores) { bh_check_scores(); }
 Test(opencl, cosine_flags) { bh_check_cosine_flags(); }
+Test(opencl, cosine_nan_is_corrected) { bh_check_cosine_nan(); }
 Test(opencl, pack_hnd) { bh_check_pack_hnd(); }
 Test(opencl, scatter_hnd) { bh_check_scatter_hnd(); }
 Test(opencl, recall_direct) { bh_check_recall_direct(); }

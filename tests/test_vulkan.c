@@ -137,6 +137,7 @@ BOTH(attention_unsplit, bh_check_attention(1))
 BOTH(attention_split, bh_check_attention(3))
 Test(vulkan, scores) { bh_check_scores(); }
 Test(vulkan, cosine_flags) { bh_check_cosine_flags(); }
+Test(vulkan, cosine_nan_is_corrected) { bh_check_cosine_nan(); }
 
 /* ---- Vulkan's own: memory limits, write_regions, recall modes, environment ---- */
 

@@ -183,6 +183,36 @@ static void seq_free(fkv_context *ctx, seq_state *s) {
     free(s->layers);
 }
 
+/* Hands the device what this configuration will ask of its kernels (backend.h,
+ * fkv_geom_query), so a limit it cannot meet fails here, before anything is allocated, and
+ * not at the first prefill or decode. */
+static fkv_status check_device_limits(const fkv_context *ctx) {
+    const fkv_config *c = &ctx->cfg;
+    uint64_t S = c->max_seqs, hk = c->n_kv_heads, d = c->head_dim;
+    uint64_t scratch_rows = (uint64_t)FKV_SCRATCH_PAGES * c->page_size;
+    uint64_t slots = S * ctx->n_slots > FKV_SCRATCH_PAGES ? S * ctx->n_slots : FKV_SCRATCH_PAGES;
+    fkv_geom_query q = {
+        .max_seqs = c->max_seqs,
+        .max_rows = (uint32_t)(scratch_rows > S ? scratch_rows : S),
+        .pool_slots = slots,
+        .summaries = S * ctx->max_pages,
+        .scores = S * c->n_q_heads * ctx->max_pages,
+        .list_entries = S * hk * ctx->list_cap,
+    };
+    uint64_t sizes[] = {slots * ctx->slot_bytes, q.summaries * hk * 2 * d * 4, q.scores * 4,
+                        q.list_entries * 8, scratch_rows * ctx->row_elems * 4};
+    for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
+        if (sizes[i] > q.largest_buffer)
+            q.largest_buffer = sizes[i];
+    /* layer_init: 18 buffers and one host staging per layer; prefill scratch: 5 and 1; with
+     * offload, two recallers of two stages (host, data, index) and the host pool chunks */
+    q.allocations = (uint64_t)c->n_layers * 19 + 6;
+    if (ctx->offload)
+        q.allocations += 12 + S * c->n_layers *
+                                  ((ctx->max_pages + HOST_CHUNK_PAGES - 1) / HOST_CHUNK_PAGES);
+    return fkv_op_check_geometry(ctx->ops, ctx->bd, &ctx->dev->info, &ctx->g, &q);
+}
+
 void fkv_context_destroy(fkv_context *ctx) {
     if (ctx == NULL)
         return;
@@ -262,6 +292,8 @@ fkv_status fkv_context_create(fkv_device *dev, const fkv_config *cfg, fkv_contex
                        c->budget_tokens, FKV_MAX_MIDDLE_SLOTS);
         goto fail;
     }
+    if ((st = check_device_limits(ctx)) != FKV_OK)
+        goto fail;
     ctx->seqs = calloc(c->max_seqs, sizeof *ctx->seqs);
     ctx->layers = calloc(c->n_layers, sizeof *ctx->layers);
     ctx->fifo = calloc(c->n_layers, sizeof *ctx->fifo);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backends/check.h"
 #include "backends/device.h"
 #include "common/dtype.h"
 
@@ -873,6 +874,23 @@ void bh_check_bad_arguments(void) {
     cr_assert_arr_eq(before, after, 4096);
 }
 
+/* ---- kernel variants for small shared memory ---- */
+
+void bh_set_shared(size_t bytes) {
+    cur->set_shared(OD, bytes);
+    if (bytes == 0)
+        return;
+    fkv_kv_geom g = {1, 8, 128, 16, FKV_F32};
+    fkv_attention_plan ap;
+    cr_assert_eq(fkv_plan_attention("test", "attention", &g, bytes, 32, "test", &ap), FKV_OK);
+    cr_assert_gt(ap.blocks, 1, "%zu bytes keep the group in one attention work group", bytes);
+    if (bytes <= BH_SMALL_SHARED) {
+        fkv_scores_plan sp;
+        cr_assert_eq(fkv_plan_scores("test", &g, bytes, "test", &sp), FKV_OK);
+        cr_assert_gt(sp.blocks, 1, "%zu bytes keep the group in one scores work group", bytes);
+    }
+}
+
 /* ---- the whole decode pipeline against the CPU reference ---- */
 
 /* Prefill two sequences (prompts not multiples of the page), then decode `steps` batched
@@ -952,4 +970,45 @@ void bh_check_pipeline(const char *const *modes, int n_modes) {
             cr_assert_lt(rel, 1e-4, "policy %s, recall %s: relative L2 %g",
                          fkv_policy_name(cfg.policy), modes[mi], rel);
         }
+}
+void bh_check_large_group(void) {
+    bh_need_device();
+    char idx[16];
+    snprintf(idx, sizeof idx, "%u", bh_index);
+    fkv_config cfg;
+    fkv_config_init(&cfg);
+    cfg.n_layers = 1;
+    cfg.n_q_heads = 64;
+    cfg.n_kv_heads = 1;
+    cfg.head_dim = 256;
+    cfg.page_size = 16;
+    cfg.budget_tokens = 96;
+    cfg.sink_tokens = 16;
+    cfg.window_tokens = 32;
+    cfg.dtype = FKV_F16;
+    cfg.max_seqs = 2;
+    cfg.max_context = 512;
+    uint32_t steps = 3;
+    size_t n = (size_t)steps * cfg.n_layers * 2 * cfg.n_q_heads * cfg.head_dim;
+    float *a = bh_tmalloc(n * sizeof(float)), *b = bh_tmalloc(n * sizeof(float));
+    fkv_status st = run_pipeline(cur->name, idx, &cfg, steps, a);
+    cr_assert_eq(st, FKV_OK, "%s, group 64 x head_dim 256: %s", cur->name, fkv_last_error());
+    cr_assert_eq(run_pipeline("cpu", NULL, &cfg, steps, b), FKV_OK, "cpu: %s", fkv_last_error());
+    double rel = th_rel_l2(a, b, n);
+    cr_assert_lt(rel, 1e-4, "group 64 x head_dim 256: relative L2 %g", rel);
+
+    /* Too little shared memory for even one query head: refused at creation. */
+    fkv_device *d = NULL;
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_device_open(cur->name, idx, &d), FKV_OK, "%s", fkv_last_error());
+    cur->set_shared(d->bdev, 1024);
+    st = fkv_context_create(d, &cfg, &ctx);
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", fkv_last_error());
+    fkv_device_close(d);
+    cr_assert_eq(st, FKV_ERR_UNSUPPORTED, "%s with 1 KiB of shared memory: %d (%s)", cur->name,
+                 st, msg);
+    cr_assert_null(ctx);
+    cr_assert(strstr(msg, "creating the context") && strstr(msg, "bytes of shared memory"),
+              "the message names the limit: %s", msg);
 }

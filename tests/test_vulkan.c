@@ -32,6 +32,7 @@ static const bh_backend vulkan = {
     .env = vulkan_env,
     .recall_env = "FREEKV_VULKAN_RECALL",
     .set_splits = fkv_vulkan_debug_set_splits,
+    .set_shared = fkv_vulkan_debug_set_shared,
     .before_close = no_validation_errors,
     .direct_in_every_mode = 1, /* host_alloc memory is always imported or a mapped buffer */
 };
@@ -138,6 +139,29 @@ BOTH(attention_split, bh_check_attention(3))
 Test(vulkan, scores) { bh_check_scores(); }
 Test(vulkan, cosine_flags) { bh_check_cosine_flags(); }
 Test(vulkan, cosine_nan_is_corrected) { bh_check_cosine_nan(); }
+/* Attention and scores over the group in several work groups (small shared memory). */
+Test(vulkan, attention_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_attention(3);
+}
+Test(vulkan, attention_small_shared_unsplit) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_attention(1);
+}
+Test(vulkan, attention_mid_shared) {
+    bh_set_shared(BH_MID_SHARED);
+    bh_check_attention(1);
+}
+Test(vulkan, attention_dense_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_dense(2);
+}
+Test(vulkan, scores_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_scores();
+}
+/* Issue #12: group 64 x head_dim 256 runs (or a device that cannot is refused at creation). */
+Test(vulkan, large_group_pipeline, .timeout = 600) { bh_check_large_group(); }
 
 /* ---- Vulkan's own: memory limits, write_regions, recall modes, environment ---- */
 

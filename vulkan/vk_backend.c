@@ -1187,6 +1187,7 @@ static fkv_status create_device(fkv_bdev *d, int want_s16) {
     if (props.limits.maxComputeWorkGroupSize[0] < d->max_wg)
         d->max_wg = props.limits.maxComputeWorkGroupSize[0];
     d->max_shared = props.limits.maxComputeSharedMemorySize;
+    d->max_shared_device = d->max_shared;
     d->subgroup = sg.subgroupSize ? sg.subgroupSize : 1;
     /* Vulkan has no portable compute-unit count: a guess that fills the device's queue. */
     d->compute_units = d->is_cpu ? 16 : 64;
@@ -1392,6 +1393,7 @@ static const fkv_backend_ops vulkan_ops = {
     .recall_direct = fkv_vk_recall_direct,
     .recall_mode = vk_recall_mode,
     .opened_info = vk_opened_info,
+    .check_geometry = fkv_vk_check_geometry,
 };
 
 const fkv_backend_ops *fkv_backend_vulkan(void) { return &vulkan_ops; }

@@ -23,5 +23,9 @@ uint32_t fkv_vulkan_debug_subgroup(fkv_bdev *dev);
 /* Bind KV pools and summaries in windows of at most `bytes` (0: maxStorageBufferRange), so
  * the windowed path runs on small buffers; never more than the device's range. */
 void fkv_vulkan_debug_set_window(fkv_bdev *dev, size_t bytes);
+/* Kernels plan for at most `bytes` of shared memory (0: maxComputeSharedMemorySize), so the
+ * variants for small shared memory (attention and scores over the group in several
+ * workgroups) run on any device; never more than the device has. */
+void fkv_vulkan_debug_set_shared(fkv_bdev *dev, size_t bytes);
 
 #endif

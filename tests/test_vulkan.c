@@ -326,6 +326,114 @@ Test(vulkan_env, recall_modes) {
     }
 }
 
+/* Host memory that cannot be imported (a driver whose VK_EXT_external_memory_host refuses):
+ * FREEKV_VULKAN_RECALL=hostptr is refused at device open naming the cause; auto falls back to
+ * staged and says why (recall_note, printed by freekv-info), and its host memory still works. */
+Test(vulkan_env, hostptr_import_impossible) {
+    bh_need_device();
+    fkv_vulkan_debug_break_import(1);
+    setenv("FREEKV_VULKAN_RECALL", "hostptr", 1);
+    fkv_bdev *d = NULL;
+    fkv_status st = O->device_open(bh_index, &d);
+    cr_assert_eq(st, FKV_ERR_UNSUPPORTED, "hostptr with imports broken: %d", st);
+    cr_assert_null(d);
+    cr_assert(strstr(fkv_last_error(), "cannot import host memory") &&
+                  strstr(fkv_last_error(), "vkGetMemoryHostPointerPropertiesEXT"),
+              "%s", fkv_last_error());
+    setenv("FREEKV_VULKAN_RECALL", "auto", 1);
+    bh_open_devices();
+    cr_assert_eq(O->recall_mode(OD), FKV_RECALL_STAGED);
+    cr_assert_eq(fkv_vulkan_debug_import_host(OD), 0);
+    const char *note = fkv_op_recall_note(O, OD);
+    cr_assert(strstr(note, "auto: host memory cannot be imported"), "note: %s", note);
+    fkv_device_info info;
+    cr_assert_eq(O->opened_info(OD, &info), FKV_OK);
+    cr_assert_eq(info.caps & FKV_CAP_ZERO_COPY_HOST, 0, "no zero-copy without imports");
+    th_rng r;
+    th_seed(&r, 1400);
+    fkv_kv_geom g = {2, 1, 64, 16, FKV_BF16};
+    bh_check_recall_direct_geom(&r, &g, 0);
+    bh_teardown();
+    /* imports working again: hostptr imports, auto says why it stays staged here */
+    fkv_vulkan_debug_break_import(0);
+    setenv("FREEKV_VULKAN_RECALL", "hostptr", 1);
+    bh_open_devices();
+    cr_assert_eq(fkv_vulkan_debug_import_host(OD), 1);
+    cr_assert_str_eq(fkv_op_recall_note(O, OD), "", "an explicit choice needs no note");
+    bh_teardown();
+    setenv("FREEKV_VULKAN_RECALL", "auto", 1);
+    bh_open_devices();
+    note = fkv_op_recall_note(O, OD);
+    if (is_lavapipe(&OD->info))
+        cr_assert(strstr(note, "auto: a CPU device"), "note: %s", note);
+    else
+        cr_assert(strstr(note, "auto: "), "note: %s", note);
+}
+
+/* maxMemoryAllocationCount (4096 on some drivers): every VkDeviceMemory counts, imported host
+ * memory too; past the limit an allocation is refused naming it, and a context that would
+ * need more is refused at creation before it allocates anything. */
+Test(vulkan_env, allocation_count_limit) {
+    bh_need_device();
+    static const char *const modes[] = {"hostptr", "staged"};
+    for (int m = 0; m < 2; m++) {
+        setenv("FREEKV_VULKAN_RECALL", modes[m], 1);
+        bh_open_devices();
+        unsigned base = fkv_vulkan_debug_live_allocations(OD);
+        fkv_vulkan_debug_set_allocation_limit(OD, base + 2);
+        fkv_bhost *h[3] = {NULL, NULL, NULL};
+        void *p;
+        cr_assert_eq(O->host_alloc(OD, 4096, &h[0], &p), FKV_OK, "%s", fkv_last_error());
+        cr_assert_eq(O->host_alloc(OD, 4096, &h[1], &p), FKV_OK, "%s", fkv_last_error());
+        cr_assert_eq(O->host_alloc(OD, 4096, &h[2], &p), FKV_ERR_OUT_OF_HOST_MEMORY, "%s: %s",
+                     modes[m], fkv_last_error());
+        cr_assert_null(h[2]);
+        cr_assert(strstr(fkv_last_error(), "maxMemoryAllocationCount"), "%s", fkv_last_error());
+        fkv_bbuf *b = NULL;
+        cr_assert_eq(O->buffer_alloc(OD, 256, &b), FKV_ERR_OUT_OF_DEVICE_MEMORY);
+        cr_assert(strstr(fkv_last_error(), "maxMemoryAllocationCount"), "%s", fkv_last_error());
+        O->host_free(OD, h[0]);
+        cr_assert_eq(O->buffer_alloc(OD, 256, &b), FKV_OK, "a freed allocation is available");
+        O->buffer_free(OD, b);
+        O->host_free(OD, h[1]);
+        cr_assert_eq(fkv_vulkan_debug_live_allocations(OD), base);
+        bh_teardown();
+
+        /* a context: 2 layers x 19, 6 of prefill scratch, recall staging, 2 seqs x 2 layers x
+         * 4 host pool chunks, plus commands in flight: far more than 100 */
+        char idx[16];
+        snprintf(idx, sizeof idx, "%u", bh_index);
+        fkv_device *dev = NULL;
+        cr_assert_eq(fkv_device_open("vulkan", idx, &dev), FKV_OK, "%s", fkv_last_error());
+        base = fkv_vulkan_debug_live_allocations(dev->bdev);
+        fkv_vulkan_debug_set_allocation_limit(dev->bdev, 100);
+        fkv_config cfg;
+        fkv_config_init(&cfg);
+        cfg.n_layers = 2;
+        cfg.n_q_heads = 8;
+        cfg.n_kv_heads = 2;
+        cfg.head_dim = 64;
+        cfg.page_size = 16;
+        cfg.budget_tokens = 128;
+        cfg.sink_tokens = 32;
+        cfg.window_tokens = 32;
+        cfg.max_seqs = 2;
+        cfg.max_context = 4096;
+        fkv_context *ctx = NULL;
+        fkv_status st = fkv_context_create(dev, &cfg, &ctx);
+        cr_assert_eq(st, FKV_ERR_UNSUPPORTED, "%s: %d %s", modes[m], st, fkv_last_error());
+        cr_assert(strstr(fkv_last_error(), "maxMemoryAllocationCount") &&
+                      strstr(fkv_last_error(), "creating the context"),
+                  "%s", fkv_last_error());
+        cr_assert_eq(fkv_vulkan_debug_live_allocations(dev->bdev), base);
+        fkv_vulkan_debug_set_allocation_limit(dev->bdev, 0);
+        cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+        fkv_context_destroy(ctx);
+        cr_assert_eq(fkv_vulkan_debug_live_allocations(dev->bdev), base);
+        fkv_device_close(dev);
+    }
+}
+
 Test(vulkan_env, bad_environment) {
     bh_need_device();
     fkv_bdev *d = NULL;

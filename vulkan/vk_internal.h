@@ -125,6 +125,12 @@ struct fkv_bdev {
     fkv_recall_mode recall;
     int perpage_cmds; /* write_regions issues one command per region (FREEKV_VULKAN_RECALL=perpage) */
     int import_host;  /* host_alloc imports malloc memory (hostptr) */
+    char recall_note[256]; /* why "auto" chose the recall mode it did (recall_note) */
+
+    /* VkDeviceMemory objects alive, against maxMemoryAllocationCount (max_allocs; the test
+     * hook may lower it below the device's max_allocs_device) */
+    atomic_uint live_allocs;
+    uint32_t max_allocs, max_allocs_device;
 
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;

@@ -43,6 +43,7 @@ const char *const fkv_vk_shader_names[S_COUNT] = {
 #define MAX_TILE 32
 #define MAX_AUTO_SPLITS 16
 #define MAX_SPLITS 256
+#define TEMP_ALLOCS 64 /* allocations of commands in flight: write staging, partials, unit lists */
 #define CACHE_MAGIC 0x464b5650u /* "FKVP" */
 
 /* ---- pipeline cache file ---- */
@@ -1136,6 +1137,15 @@ fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_ge
         (st = scores_plan(d, g, q->max_seqs, &sl)) != FKV_OK ||
         (st = cosine_plan(d, (uint64_t)q->max_seqs * g->n_kv_heads, &w)) != FKV_OK)
         return st;
+    uint64_t live = atomic_load(&d->live_allocs);
+    if (q->allocations + live + TEMP_ALLOCS > d->max_allocs)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan: the context needs %llu memory allocations (layers, host pool "
+                         "chunks, staging) and %u for commands in flight, %llu are live, and the "
+                         "device allows %u at once (maxMemoryAllocationCount): lower max_seqs, "
+                         "n_layers or max_context",
+                         (unsigned long long)q->allocations, TEMP_ALLOCS,
+                         (unsigned long long)live, d->max_allocs);
     /* Splits and partials depend on the batch: every batch size the context may run. */
     for (uint32_t n = 1; n <= q->max_seqs; n++) {
         attn_launch a;

@@ -38,6 +38,12 @@
  * hold at least one; slot indices at or beyond the count are skipped. Every buffer argument
  * must be given even for zero work (GPU backends check it; the CPU reference is lenient).
  * The argument checks of the GPU backends are written once, in backends/check.c.
+ * Row, slot and summary indices are int32 (the checks cap pools to what they can address);
+ * element and byte offsets computed from them are 64-bit in every kernel (size_t/ulong in
+ * C, OpenCL and HIP). Vulkan shaders index in 32 bits inside one binding, which never spans
+ * more than maxStorageBufferRange (< 4 GiB: pools, summaries and host memory beyond it are
+ * bound in windows), and their flat invocation ids are 32-bit, so a launch of more than
+ * 2^32 items is refused.
  *
  * Versioning: the table only grows at the end. A backend sets abi_version and struct_size;
  * the registry rejects a table older than it needs. Entries marked optional may be NULL; the

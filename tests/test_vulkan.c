@@ -160,6 +160,19 @@ Test(vulkan, scores_small_shared) {
     bh_set_shared(BH_SMALL_SHARED);
     bh_check_scores();
 }
+/* The shaders' flat invocation ids are 32-bit (common.glsl): a 1-D launch of more than 2^32
+ * items is refused, never run with wrapped ids that redo early items and skip late ones.
+ * Summaries of 2^14 + 1 pages of a 1024 x 256 geometry are 2^32 + 2^18 items. */
+Test(vulkan, launch_beyond_32bit_invocation_ids) {
+    fkv_kv_geom g = {1024, 1, 256, 1, FKV_F32};
+    uint32_t n_pages = (1u << 14) + 1;
+    size_t slot = (size_t)1024 * 256 * 4;
+    fkv_bbuf *pool = bh_alloc1(UT, slot), *pages = bh_alloc1(UT, (size_t)n_pages * 8);
+    fkv_bbuf *summ = bh_alloc1(UT, 2 * slot);
+    REFUSED(O->summarize(OD, CQ, DEPS, &g, pool, n_pages, pages, 0, summ), FKV_ERR_UNSUPPORTED);
+    cr_assert(strstr(fkv_last_error(), "32-bit"), "%s", fkv_last_error());
+    RUN1(O->summarize(OD, CQ, DEPS, &g, pool, 4, pages, 0, summ)); /* a small call runs */
+}
 /* Issue #12: group 64 x head_dim 256 runs (or a device that cannot is refused at creation). */
 Test(vulkan, large_group_pipeline, .timeout = 600) { bh_check_large_group(); }
 

@@ -470,9 +470,15 @@ static uint32_t pick_wg(const fkv_bdev *d, uint32_t want) {
 }
 
 /* One command with one dispatch over `items` invocations of shader s. */
-/* The workgroups of a 1-D launch of `items` invocations (x, spilling into y). */
+/* The workgroups of a 1-D launch of `items` invocations (x, spilling into y). The shaders'
+ * flat invocation id is 32-bit (common.glsl, flat_id): more would wrap and redo early items. */
 static fkv_status grid_1d_fits(const fkv_bdev *d, const char *op, uint64_t items, uint32_t *wg,
                                uint32_t *gx, uint32_t *gy) {
+    if (items > UINT32_MAX)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan %s: %llu work items in one call is more than 32-bit invocation "
+                         "ids count",
+                         op, (unsigned long long)items);
     *wg = pick_wg(d, ELEMENTWISE_WG);
     grid_1d(d, items, *wg, gx, gy);
     if ((uint64_t)*gy > d->max_groups[1])
@@ -854,11 +860,11 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     vk_temp t;
     st = fkv_vk_cmd_temp(&c, (VkDeviceSize)n_units * 8, 1, &t);
     if (st == FKV_OK) {
-        int32_t *hu = t.ptr;
+        uint32_t *hu = t.ptr; /* read as uint by the shader: in-window word offsets reach 2^31 */
         for (uint32_t i = 0; i < n_units; i++) {
             uint64_t w = stride == UINT64_MAX ? 0 : units_host[i] / stride;
-            hu[2 * i] = (int32_t)w;
-            hu[2 * i + 1] = (int32_t)((units_host[i] - w * (stride == UINT64_MAX ? 0 : stride)) / word);
+            hu[2 * i] = (uint32_t)w;
+            hu[2 * i + 1] = (uint32_t)((units_host[i] - w * (stride == UINT64_MAX ? 0 : stride)) / word);
             used[w] = 1;
         }
         L.b[4] = (bind){t.buf, 0, VK_WHOLE_SIZE};

@@ -643,23 +643,33 @@ static void compare_flags(const cf_spec *s, unsigned char **ref, unsigned char *
                  ties, tol);
 }
 
+/* The arrays of a cosine_flags case of n sequences: q_cur, q_prev, sims, flags (launch_cosine's
+ * order); 0 when out of host memory. */
+static int cosine_arrays(cf_spec *s, uint32_t n, float tau, float **cur, float **prev) {
+    const fkv_kv_geom *g = &s->g;
+    size_t hk = g->n_kv_heads, q_bytes = (size_t)n * hk * g->group * g->head_dim * 4;
+    s->n = n;
+    s->tau = tau;
+    *cur = add_input(s, "q_cur", CF_IN_OFF, q_bytes);
+    *prev = add_input(s, "q_prev", CF_IN_OFF, q_bytes);
+    set_shape(add_output(s, "sims", CF_GUARD, n * hk * 4, CF_GUARD, E_F32), n, "seq",
+              (uint32_t)hk, "KV head", 1, "-");
+    add_output(s, "flags", CF_GUARD, n * hk * 4, CF_GUARD, E_I32);
+    s->launch = launch_cosine;
+    return spec_ok(s);
+}
+
 static int build_cosine(const cf_env *env, const cf_case *c, cf_rng *rng, cf_spec *s,
                         cf_result *r) {
     (void)env;
     (void)c;
     (void)r;
     const fkv_kv_geom *g = &s->g;
-    uint32_t hk = g->n_kv_heads, hq = hk * g->group, d = g->head_dim, n = 3;
-    s->n = n;
-    s->tau = 0.9f;
-    float *cur = add_input(s, "q_cur", CF_IN_OFF, (size_t)n * hq * d * 4);
-    float *prev = add_input(s, "q_prev", CF_IN_OFF, (size_t)n * hq * d * 4);
-    set_shape(add_output(s, "sims", CF_GUARD, (size_t)n * hk * 4, CF_GUARD, E_F32), n, "seq", hk,
-              "KV head", 1, "-");
-    cf_arr *flags = add_output(s, "flags", CF_GUARD, (size_t)n * hk * 4, CF_GUARD, E_I32);
-    if (!spec_ok(s))
+    uint32_t hq = g->n_kv_heads * g->group, d = g->head_dim, n = 3;
+    float *cur, *prev;
+    if (!cosine_arrays(s, n, 0.9f, &cur, &prev))
         return -1;
-    flags->custom = 1;
+    s->arr[3].custom = 1; /* flags: compare_flags allows ties */
     /* previous = current + noise of a per-head size: similarities spread from ~0.55 to ~1 */
     for (uint32_t i = 0; i < n * hq; i++) {
         float beta = 0.05f + 1.5f * cf_uniform(rng);
@@ -670,7 +680,6 @@ static int build_cosine(const cf_env *env, const cf_case *c, cf_rng *rng, cf_spe
         }
     }
     memset(cur + (size_t)2 * hq * d, 0, (size_t)d * 4); /* a zero query: cosine 0 */
-    s->launch = launch_cosine;
     s->compare = compare_flags;
     return 1;
 }
@@ -706,20 +715,14 @@ static int build_cosine_nan(const cf_env *env, const cf_case *c, cf_rng *rng, cf
     (void)r;
     const fkv_kv_geom *g = &s->g;
     uint32_t hk = g->n_kv_heads, hq = hk * g->group, d = g->head_dim, n = 2;
-    s->n = n;
-    s->tau = -0.5f;
-    float *cur = add_input(s, "q_cur", CF_IN_OFF, (size_t)n * hq * d * 4);
-    float *prev = add_input(s, "q_prev", CF_IN_OFF, (size_t)n * hq * d * 4);
-    cf_arr *sims = add_output(s, "sims", CF_GUARD, (size_t)n * hk * 4, CF_GUARD, E_F32);
-    add_output(s, "flags", CF_GUARD, (size_t)n * hk * 4, CF_GUARD, E_I32);
-    if (!spec_ok(s))
+    float *cur, *prev;
+    if (!cosine_arrays(s, n, -0.5f, &cur, &prev))
         return -1;
-    sims->custom = 1; /* NaN by design: checked by compare_nan */
+    s->arr[2].custom = 1; /* sims: NaN by design, checked by compare_nan */
     fill_f32(rng, cur, (size_t)n * hq * d);
     memcpy(prev, cur, (size_t)n * hq * d * 4);
     cur[(size_t)(g->group - 1) * d + d / 2] = NAN;
     prev[((size_t)hq + (size_t)(hk - 1) * g->group) * d] = INFINITY;
-    s->launch = launch_cosine;
     s->compare = compare_nan;
     return 1;
 }

@@ -934,6 +934,20 @@ static fkv_status run_pipeline(const char *backend, const char *device, const fk
     return st;
 }
 
+void bh_pipeline_config(fkv_config *cfg) {
+    fkv_config_init(cfg);
+    cfg->n_layers = 2;
+    cfg->n_q_heads = 8;
+    cfg->n_kv_heads = 2;
+    cfg->head_dim = 64;
+    cfg->page_size = 16;
+    cfg->budget_tokens = 128;
+    cfg->sink_tokens = 32;
+    cfg->window_tokens = 32;
+    cfg->max_seqs = 2;
+    cfg->max_context = 512;
+}
+
 void bh_check_pipeline(const char *const *modes, int n_modes) {
     bh_need_device();
     char idx[16];
@@ -944,19 +958,9 @@ void bh_check_pipeline(const char *const *modes, int n_modes) {
             if (pi == 2 && mi > 0)
                 continue; /* dense recalls nothing */
             fkv_config cfg;
-            fkv_config_init(&cfg);
-            cfg.n_layers = 2;
-            cfg.n_q_heads = 8;
-            cfg.n_kv_heads = 2;
-            cfg.head_dim = 64;
-            cfg.page_size = 16;
-            cfg.budget_tokens = 128;
-            cfg.sink_tokens = 32;
-            cfg.window_tokens = 32;
+            bh_pipeline_config(&cfg);
             cfg.dtype = mi % 2 ? FKV_F16 : FKV_BF16;
             cfg.policy = policies[pi];
-            cfg.max_seqs = 2;
-            cfg.max_context = 512;
             uint32_t steps = 6;
             size_t n = (size_t)steps * cfg.n_layers * 2 * cfg.n_q_heads * cfg.head_dim;
             float *a = bh_tmalloc(n * sizeof(float)), *b = bh_tmalloc(n * sizeof(float));

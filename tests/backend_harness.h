@@ -156,6 +156,9 @@ void bh_set_shared(size_t bytes);
  * shared memory is short). A device that cannot run a geometry at all is refused at
  * fkv_context_create with a message naming the limit, before any prefill. */
 void bh_check_large_group(void);
+/* The small geometry of the pipeline checks: 2 layers, 8/2 heads, d 64, p 16, budget 128
+ * (sink 32, window 32), 2 sequences of up to 512 tokens; default policy and dtype. */
+void bh_pipeline_config(fkv_config *cfg);
 /* The whole decode pipeline (freekv, sync, dense) against the CPU reference, with each of
  * the recall modes (values of bh_backend.recall_env). */
 void bh_check_pipeline(const char *const *modes, int n_modes);

@@ -421,16 +421,7 @@ Test(vulkan_env, allocation_count_limit) {
         base = fkv_vulkan_debug_live_allocations(dev->bdev);
         fkv_vulkan_debug_set_allocation_limit(dev->bdev, 100);
         fkv_config cfg;
-        fkv_config_init(&cfg);
-        cfg.n_layers = 2;
-        cfg.n_q_heads = 8;
-        cfg.n_kv_heads = 2;
-        cfg.head_dim = 64;
-        cfg.page_size = 16;
-        cfg.budget_tokens = 128;
-        cfg.sink_tokens = 32;
-        cfg.window_tokens = 32;
-        cfg.max_seqs = 2;
+        bh_pipeline_config(&cfg);
         cfg.max_context = 4096;
         fkv_context *ctx = NULL;
         fkv_status st = fkv_context_create(dev, &cfg, &ctx);

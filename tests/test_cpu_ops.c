@@ -1258,7 +1258,7 @@ static float pool_at(const unsigned char *pool, const fkv_kv_geom *g, size_t slo
     return fkv_load(pool, g->dtype, e);
 }
 
-Test(cpu_ops, pools_beyond_32bit_element_offsets, .timeout = 120) {
+Test(cpu_ops, pools_beyond_32bit_element_offsets) {
     fkv_kv_geom g = {8, 2, 128, 32, FKV_F16};
     size_t p = g.page_size, hk = g.n_kv_heads, d = g.head_dim, re = hk * d;
     size_t slot_elems = p * re; /* 2^15 */

@@ -248,7 +248,7 @@ Test(hip_gpu, scores_small_shared) {
     bh_check_scores();
 }
 /* Issue #12: group 64 x head_dim 256 runs (or a device that cannot is refused at creation). */
-Test(hip_gpu, large_group_pipeline, .timeout = 600) { bh_check_large_group(); }
+Test(hip_gpu, large_group_pipeline) { bh_check_large_group(); }
 Test(hip_gpu, pack_hnd) { bh_check_pack_hnd(); }
 Test(hip_gpu, scatter_hnd) { bh_check_scatter_hnd(); }
 Test(hip_gpu, recall_direct) { bh_check_recall_direct(); }

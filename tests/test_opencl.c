@@ -86,7 +86,7 @@ Test(opencl, scores_small_shared) {
     bh_check_scores();
 }
 /* Issue #12: group 64 x head_dim 256 runs (or a device that cannot is refused at creation). */
-Test(opencl, large_group_pipeline, .timeout = 600) { bh_check_large_group(); }
+Test(opencl, large_group_pipeline) { bh_check_large_group(); }
 Test(opencl, pack_hnd) { bh_check_pack_hnd(); }
 Test(opencl, scatter_hnd) { bh_check_scatter_hnd(); }
 Test(opencl, recall_direct) { bh_check_recall_direct(); }

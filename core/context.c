@@ -183,6 +183,11 @@ static void seq_free(fkv_context *ctx, seq_state *s) {
     free(s->layers);
 }
 
+/* a * b, or UINT64_MAX when it does not fit: sizes of absurd configurations stay absurd. */
+static uint64_t mul_sat(uint64_t a, uint64_t b) {
+    return b && a > UINT64_MAX / b ? UINT64_MAX : a * b;
+}
+
 /* Hands the device what this configuration will ask of its kernels (backend.h,
  * fkv_geom_query), so a limit it cannot meet fails here, before anything is allocated, and
  * not at the first prefill or decode. */
@@ -199,8 +204,9 @@ static fkv_status check_device_limits(const fkv_context *ctx) {
         .scores = S * c->n_q_heads * ctx->max_pages,
         .list_entries = S * hk * ctx->list_cap,
     };
-    uint64_t sizes[] = {slots * ctx->slot_bytes, q.summaries * hk * 2 * d * 4, q.scores * 4,
-                        q.list_entries * 8, scratch_rows * ctx->row_elems * 4};
+    uint64_t sizes[] = {mul_sat(slots, ctx->slot_bytes), mul_sat(q.summaries, hk * 2 * d * 4),
+                        mul_sat(q.scores, 4), mul_sat(q.list_entries, 8),
+                        scratch_rows * ctx->row_elems * 4};
     for (size_t i = 0; i < sizeof sizes / sizeof *sizes; i++)
         if (sizes[i] > q.largest_buffer)
             q.largest_buffer = sizes[i];
@@ -208,8 +214,8 @@ static fkv_status check_device_limits(const fkv_context *ctx) {
      * offload, two recallers of two stages (host, data, index) and the host pool chunks */
     q.allocations = (uint64_t)c->n_layers * 19 + 6;
     if (ctx->offload)
-        q.allocations += 12 + S * c->n_layers *
-                                  ((ctx->max_pages + HOST_CHUNK_PAGES - 1) / HOST_CHUNK_PAGES);
+        q.allocations += 12 + mul_sat(S * c->n_layers,
+                                      (ctx->max_pages + HOST_CHUNK_PAGES - 1) / HOST_CHUNK_PAGES);
     return fkv_op_check_geometry(ctx->ops, ctx->bd, &ctx->dev->info, &ctx->g, &q);
 }
 

@@ -38,10 +38,18 @@
  * hold at least one; slot indices at or beyond the count are skipped. Every buffer argument
  * must be given even for zero work (GPU backends check it; the CPU reference is lenient).
  * The argument checks of the GPU backends are written once, in backends/check.c.
+ * Row, slot and summary indices are int32 (the checks cap pools to what they can address);
+ * element and byte offsets computed from them are 64-bit in every kernel (size_t/ulong in
+ * C, OpenCL and HIP). Vulkan shaders index in 32 bits inside one binding, which never spans
+ * more than maxStorageBufferRange (< 4 GiB: pools, summaries and host memory beyond it are
+ * bound in windows), and their flat invocation ids are 32-bit, so a launch of more than
+ * 2^32 items is refused.
  *
  * Versioning: the table only grows at the end. A backend sets abi_version and struct_size;
  * the registry rejects a table older than it needs. Entries marked optional may be NULL; the
- * generic fallback lives in backends/fallback.c, written once.
+ * generic fallback lives in backends/fallback.c, written once. Entries added after a table
+ * was built lie beyond its struct_size: the fallbacks of check_geometry and recall_note (the
+ * entries added last) treat them as NULL.
  */
 #ifndef FKV_BACKEND_H
 #define FKV_BACKEND_H
@@ -84,6 +92,19 @@ typedef struct fkv_kv_geom {
     uint32_t page_size;
     fkv_dtype dtype;
 } fkv_kv_geom;
+
+/* What a context will ask of a device's kernels, for check_geometry (the largest calls and
+ * buffers of its configuration). */
+typedef struct fkv_geom_query {
+    uint32_t max_seqs;       /* sequences in one kernel call */
+    uint32_t max_rows;       /* rows in one append */
+    uint64_t pool_slots;     /* slots of each KV pool */
+    uint64_t summaries;      /* page summaries of the summaries buffer */
+    uint64_t scores;         /* floats of the scores buffer */
+    uint64_t list_entries;   /* (gslot, valid) pairs of the attention entries buffer */
+    uint64_t largest_buffer; /* bytes of the largest device buffer */
+    uint64_t allocations;    /* device buffers plus host allocations held at most at once */
+} fkv_geom_query;
 
 /* Wait list + completion event of an enqueued command. `done` may be NULL. */
 typedef struct fkv_deps {
@@ -150,8 +171,9 @@ typedef struct fkv_backend_ops {
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
                          size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
     /* Per (seq b, KV head h): mean over the group of cos(q_cur, q_prev) into sims[b][h] (f32)
-     * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). A zero-norm
-     * query has cosine 0. */
+     * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). A query with
+     * an exactly zero norm has cosine 0; one holding a NaN or an infinity has a NaN norm,
+     * which makes its KV head's similarity NaN and its flag 1. */
     fkv_status (*cosine_flags)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
@@ -204,6 +226,19 @@ typedef struct fkv_backend_ops {
     fkv_recall_mode (*recall_mode)(fkv_bdev *dev);
     /* Device info of an opened device. NULL: device_info of its index. */
     fkv_status (*opened_info)(fkv_bdev *dev, fkv_device_info *info);
+    /* Whether every kernel can run geometry g at the sizes of q on this device: shared/local
+     * memory, work-group size and count, binding ranges, allocation count. Computed by the
+     * same launch-plan functions the kernels' launches use (a kernel that can choose a variant
+     * that fits, e.g. attention over the group in several blocks, does so in both), so an
+     * accepted geometry never fails a launch on a limit. FKV_ERR_UNSUPPORTED with a message
+     * naming the limit otherwise. Called by fkv_context_create before it allocates anything.
+     * NULL (or a table built before this entry): no limits beyond max_buffer_bytes, which
+     * fkv_op_check_geometry checks for every backend. */
+    fkv_status (*check_geometry)(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q);
+    /* Why recall_mode is what it is when the backend chose it itself (e.g. "auto" fell back to
+     * staged because host memory cannot be imported), for freekv-info; NULL or "" when there
+     * is nothing to say. The string lives as long as the device. NULL entry: no notes. */
+    const char *(*recall_note)(fkv_bdev *dev);
 } fkv_backend_ops;
 
 /* Every compiled backend's table (NULL entries for backends not built). */
@@ -221,6 +256,13 @@ fkv_status fkv_op_attention_dense(const fkv_backend_ops *ops, fkv_bdev *dev, fkv
                                   size_t q_off, uint32_t n_tokens, const fkv_bbuf *k,
                                   const fkv_bbuf *v, float scale, fkv_bbuf *out, size_t out_off);
 fkv_recall_mode fkv_op_recall_mode(const fkv_backend_ops *ops, fkv_bdev *dev);
+/* The largest buffer against info->max_buffer_bytes (FKV_ERR_OUT_OF_DEVICE_MEMORY, as the
+ * allocation would fail), then the table's check_geometry. */
+fkv_status fkv_op_check_geometry(const fkv_backend_ops *ops, fkv_bdev *dev,
+                                 const fkv_device_info *info, const fkv_kv_geom *g,
+                                 const fkv_geom_query *q);
+/* The table's recall_note, "" when absent. */
+const char *fkv_op_recall_note(const fkv_backend_ops *ops, fkv_bdev *dev);
 
 /* Checks an ops table (version, size, required entries); message names what is wrong. */
 fkv_status fkv_backend_check(const fkv_backend_ops *ops);

@@ -86,4 +86,36 @@ fkv_status fkv_check_attention_dense(const char *backend, const fkv_kv_geom *g, 
                                      size_t q_off, uint32_t n_tokens, fkv_bview k, fkv_bview v,
                                      fkv_bview out, size_t out_off);
 
+/* ---- launch plans: shared-memory layouts of the attention and scores kernels ----
+ * Written once so that every GPU backend's launch and its check_geometry compute the same
+ * plan from the same limit: a geometry the check accepts is one the launches can run. */
+
+/* Attention: a work group serves `heads` query heads of one (sequence, KV head), so the group
+ * takes `blocks` work groups when it does not fit at once (each re-reads the K/V rows), over
+ * tiles of `tile` tokens of one page. Shared floats (fkv_attention_floats): qs, acc
+ * [heads*d]; kt [tile*(d+1)]; sc [heads*tile]; st [3*heads]. */
+typedef struct fkv_attention_plan {
+    uint32_t heads, blocks, tile;
+    size_t floats;
+} fkv_attention_plan;
+
+size_t fkv_attention_floats(uint32_t heads, uint32_t head_dim, uint32_t tile);
+
+/* The plan for `avail_bytes` of shared memory (named `limit` in messages): the fewest blocks
+ * whose tile keeps at least 8 tokens (or the page), with the largest such tile up to
+ * max_tile; failing that, the fewest blocks with any tile. FKV_ERR_UNSUPPORTED with a message
+ * naming the limit when not even one query head and one token fit. */
+fkv_status fkv_plan_attention(const char *backend, const char *op, const fkv_kv_geom *g,
+                              size_t avail_bytes, uint32_t max_tile, const char *limit,
+                              fkv_attention_plan *p);
+
+/* Scores: `heads` query heads per work group (shared: heads*d floats of queries), `blocks`
+ * work groups per (sequence, KV head) along the same grid dimension. */
+typedef struct fkv_scores_plan {
+    uint32_t heads, blocks;
+} fkv_scores_plan;
+
+fkv_status fkv_plan_scores(const char *backend, const fkv_kv_geom *g, size_t avail_bytes,
+                           const char *limit, fkv_scores_plan *p);
+
 #endif

@@ -1,4 +1,5 @@
 /* Generic fallbacks for the optional entries of the ops table, written once for all backends. */
+#include <stddef.h>
 #include <stdlib.h>
 
 #include "../common/error.h"
@@ -94,4 +95,26 @@ fkv_recall_mode fkv_op_recall_mode(const fkv_backend_ops *ops, fkv_bdev *dev) {
     if (m == FKV_RECALL_DIRECT && ops->recall_direct == NULL)
         return FKV_RECALL_STAGED;
     return m;
+}
+
+/* Whether the table was built with `entry` (it only grows at the end). */
+#define HAS_ENTRY(ops, entry)                                                                  \
+    ((ops)->struct_size >= offsetof(fkv_backend_ops, entry) + sizeof((ops)->entry) &&            \
+     (ops)->entry != NULL)
+
+fkv_status fkv_op_check_geometry(const fkv_backend_ops *ops, fkv_bdev *dev,
+                                 const fkv_device_info *info, const fkv_kv_geom *g,
+                                 const fkv_geom_query *q) {
+    if (info->max_buffer_bytes && q->largest_buffer > info->max_buffer_bytes)
+        return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY, /* as the allocation itself would */
+                         "%s: a %llu-byte buffer exceeds the device's %llu-byte limit (lower "
+                         "max_seqs, max_context or budget_tokens)",
+                         ops->name, (unsigned long long)q->largest_buffer,
+                         (unsigned long long)info->max_buffer_bytes);
+    return HAS_ENTRY(ops, check_geometry) ? ops->check_geometry(dev, g, q) : FKV_OK;
+}
+
+const char *fkv_op_recall_note(const fkv_backend_ops *ops, fkv_bdev *dev) {
+    const char *note = HAS_ENTRY(ops, recall_note) ? ops->recall_note(dev) : NULL;
+    return note ? note : "";
 }

@@ -643,23 +643,33 @@ static void compare_flags(const cf_spec *s, unsigned char **ref, unsigned char *
                  ties, tol);
 }
 
+/* The arrays of a cosine_flags case of n sequences: q_cur, q_prev, sims, flags (launch_cosine's
+ * order); 0 when out of host memory. */
+static int cosine_arrays(cf_spec *s, uint32_t n, float tau, float **cur, float **prev) {
+    const fkv_kv_geom *g = &s->g;
+    size_t hk = g->n_kv_heads, q_bytes = (size_t)n * hk * g->group * g->head_dim * 4;
+    s->n = n;
+    s->tau = tau;
+    *cur = add_input(s, "q_cur", CF_IN_OFF, q_bytes);
+    *prev = add_input(s, "q_prev", CF_IN_OFF, q_bytes);
+    set_shape(add_output(s, "sims", CF_GUARD, n * hk * 4, CF_GUARD, E_F32), n, "seq",
+              (uint32_t)hk, "KV head", 1, "-");
+    add_output(s, "flags", CF_GUARD, n * hk * 4, CF_GUARD, E_I32);
+    s->launch = launch_cosine;
+    return spec_ok(s);
+}
+
 static int build_cosine(const cf_env *env, const cf_case *c, cf_rng *rng, cf_spec *s,
                         cf_result *r) {
     (void)env;
     (void)c;
     (void)r;
     const fkv_kv_geom *g = &s->g;
-    uint32_t hk = g->n_kv_heads, hq = hk * g->group, d = g->head_dim, n = 3;
-    s->n = n;
-    s->tau = 0.9f;
-    float *cur = add_input(s, "q_cur", CF_IN_OFF, (size_t)n * hq * d * 4);
-    float *prev = add_input(s, "q_prev", CF_IN_OFF, (size_t)n * hq * d * 4);
-    set_shape(add_output(s, "sims", CF_GUARD, (size_t)n * hk * 4, CF_GUARD, E_F32), n, "seq", hk,
-              "KV head", 1, "-");
-    cf_arr *flags = add_output(s, "flags", CF_GUARD, (size_t)n * hk * 4, CF_GUARD, E_I32);
-    if (!spec_ok(s))
+    uint32_t hq = g->n_kv_heads * g->group, d = g->head_dim, n = 3;
+    float *cur, *prev;
+    if (!cosine_arrays(s, n, 0.9f, &cur, &prev))
         return -1;
-    flags->custom = 1;
+    s->arr[3].custom = 1; /* flags: compare_flags allows ties */
     /* previous = current + noise of a per-head size: similarities spread from ~0.55 to ~1 */
     for (uint32_t i = 0; i < n * hq; i++) {
         float beta = 0.05f + 1.5f * cf_uniform(rng);
@@ -670,8 +680,50 @@ static int build_cosine(const cf_env *env, const cf_case *c, cf_rng *rng, cf_spe
         }
     }
     memset(cur + (size_t)2 * hq * d, 0, (size_t)d * 4); /* a zero query: cosine 0 */
-    s->launch = launch_cosine;
     s->compare = compare_flags;
+    return 1;
+}
+
+/* The NaN rule (backend.h): (seq 0, KV head 0) holds a NaN in q_cur, (seq 1, last KV head) an
+ * infinity in q_prev; every other query is the same in both, so its similarity is about 1.
+ * Whatever the reference says, the DUT must give NaN similarities and flag 1 there, and flag
+ * 0 with similarities near 1 elsewhere (tau is far below). */
+static void compare_nan(const cf_spec *s, unsigned char **ref, unsigned char **dut, double tol,
+                        cf_result *r) {
+    (void)ref;
+    uint32_t hk = s->g.n_kv_heads;
+    const unsigned char *sims = dut[2] + s->arr[2].pay_off;
+    for (size_t i = 0; i < (size_t)s->n * hk; i++) {
+        int bad = i == 0 || i == (size_t)2 * hk - 1;
+        float sim;
+        memcpy(&sim, sims + 4 * i, 4);
+        int32_t flag = elem_i32(dut[3] + s->arr[3].pay_off, i);
+        if (bad && (!isnan(sim) || flag != 1))
+            cf_fail(r, "seq %zu KV head %zu: a query holding a NaN or an infinity gives "
+                    "similarity %g and flag %d (want NaN and 1)", i / hk, i % hk, (double)sim,
+                    flag);
+        if (!bad && (!(fabs((double)sim - 1.0) <= 1e-3 + tol) || flag != 0))
+            cf_fail(r, "seq %zu KV head %zu: identical queries give similarity %g and flag %d "
+                    "(want 1 and 0)", i / hk, i % hk, (double)sim, flag);
+    }
+}
+
+static int build_cosine_nan(const cf_env *env, const cf_case *c, cf_rng *rng, cf_spec *s,
+                            cf_result *r) {
+    (void)env;
+    (void)c;
+    (void)r;
+    const fkv_kv_geom *g = &s->g;
+    uint32_t hk = g->n_kv_heads, hq = hk * g->group, d = g->head_dim, n = 2;
+    float *cur, *prev;
+    if (!cosine_arrays(s, n, -0.5f, &cur, &prev))
+        return -1;
+    s->arr[2].custom = 1; /* sims: NaN by design, checked by compare_nan */
+    fill_f32(rng, cur, (size_t)n * hq * d);
+    memcpy(prev, cur, (size_t)n * hq * d * 4);
+    cur[(size_t)(g->group - 1) * d + d / 2] = NAN;
+    prev[((size_t)hq + (size_t)(hk - 1) * g->group) * d] = INFINITY;
+    s->compare = compare_nan;
     return 1;
 }
 
@@ -988,6 +1040,7 @@ static const cf_op_entry op_table[] = {
     {"summarize", build_summarize, 1, 1},
     {"scores", build_scores, 0, 1},
     {"cosine_flags", build_cosine, 0, 1},
+    {"cosine_nan", build_cosine_nan, 0, 1},
     {"pack_hnd", build_pack, 1, 1},
     {"scatter_hnd", build_scatter, 1, 1},
     {"recall_direct", build_recall, 1, 1},

@@ -25,6 +25,9 @@ static const cf_tolerance_row table[] = {
      "f32 sum of head_dim products (q is f32, summaries f32); summation order may differ"},
     {"cosine_flags", {1e-5, 1e-5, 1e-5},
      "f32 dot products and norms; a flag may differ only where |sim - tau| is within this"},
+    {"cosine_nan", {0, 0, 0},
+     "a query holding a NaN or an infinity: similarity NaN and flag 1 (backend.h); the other "
+     "flags exactly"},
     {"pack_hnd", {0, 0, 0}, "layout conversion moves stored values exactly"},
     {"scatter_hnd", {0, 0, 0}, "layout conversion moves stored values exactly"},
     {"recall_direct", {0, 0, 0}, "layout conversion moves stored values exactly"},

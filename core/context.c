@@ -210,20 +210,28 @@ static uint64_t mul_sat(uint64_t a, uint64_t b) {
 }
 static uint64_t add_sat(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
 
-/* Device memory the context will allocate, summed before any allocation so that a config
- * far beyond the device fails at once instead of after gigabytes of allocations. */
-static fkv_status check_device_memory(const fkv_context *ctx) {
+/* What the context will ask of the device, from the same tables layer_init and the scratch
+ * allocate: its memory, summed before any allocation so that a config far beyond the device
+ * fails at once instead of after gigabytes of allocations; then its largest kernel calls and
+ * buffers and its allocation count (backend.h, fkv_geom_query), so a limit the device cannot
+ * meet fails here and not at the first prefill or decode. */
+static fkv_status check_device(const fkv_context *ctx) {
     const fkv_config *c = &ctx->cfg;
     layer_state dummy; /* only the sizes are used */
     memset(&dummy, 0, sizeof dummy);
     layer_part dev[N_LAYER_BUFFERS], host[N_LAYER_HOST];
     layer_parts(ctx, &dummy, dev, host);
-    uint64_t layer = 0;
-    for (int i = 0; i < N_LAYER_BUFFERS; i++)
-        layer = add_sat(layer, dev[i].size ? dev[i].size : 16); /* dev_alloc's minimum */
+    uint64_t layer = 0, largest = 0;
+    for (int i = 0; i < N_LAYER_BUFFERS; i++) {
+        uint64_t size = dev[i].size ? dev[i].size : 16; /* dev_alloc's minimum */
+        layer = add_sat(layer, size);
+        largest = size > largest ? size : largest;
+    }
     uint64_t total = mul_sat(layer, c->n_layers);
     scratch_sizes scr = scratch_of(ctx);
     total = add_sat(total, add_sat(2 * (uint64_t)scr.slots + 2 * (uint64_t)scr.f32, scr.rows));
+    largest = scr.slots > largest ? scr.slots : largest;
+    largest = scr.f32 > largest ? scr.f32 : largest;
     if (ctx->offload) {
         uint64_t hb, db;
         fkv_recaller_bytes(&ctx->g, fkv_op_recall_mode(ctx->ops, ctx->bd), c->recall_chunk_pages,
@@ -237,7 +245,27 @@ static fkv_status check_device_memory(const fkv_context *ctx) {
                          "device '%s' has %llu: lower max_seqs, max_context or budget_tokens",
                          (unsigned long long)total, c->n_layers, (unsigned long long)layer,
                          ctx->dev->info.name, (unsigned long long)have);
-    return FKV_OK;
+
+    uint64_t S = c->max_seqs, hk = c->n_kv_heads;
+    uint64_t scratch_rows = (uint64_t)FKV_SCRATCH_PAGES * c->page_size;
+    uint64_t slots = S * ctx->n_slots > FKV_SCRATCH_PAGES ? S * ctx->n_slots : FKV_SCRATCH_PAGES;
+    /* per layer its buffers and one host staging; the prefill scratch: 5 buffers and 1 host;
+     * with offload, two recallers of two stages (host, data, index) and the host pool chunks */
+    uint64_t allocations = (uint64_t)c->n_layers * (N_LAYER_BUFFERS + 1) + 6;
+    if (ctx->offload)
+        allocations += 2 * 2 * 3 + mul_sat(S * c->n_layers, (ctx->max_pages + HOST_CHUNK_PAGES - 1) /
+                                                                HOST_CHUNK_PAGES);
+    fkv_geom_query q = {
+        .max_seqs = c->max_seqs,
+        .max_rows = (uint32_t)(scratch_rows > S ? scratch_rows : S),
+        .pool_slots = slots,
+        .summaries = S * ctx->max_pages,
+        .scores = S * c->n_q_heads * ctx->max_pages,
+        .list_entries = S * hk * ctx->list_cap,
+        .largest_buffer = largest,
+        .allocations = allocations,
+    };
+    return fkv_op_check_geometry(ctx->ops, ctx->bd, &ctx->dev->info, &ctx->g, &q);
 }
 
 static fkv_status seq_init(fkv_context *ctx, seq_state *s) {
@@ -279,6 +307,7 @@ static void seq_free(fkv_context *ctx, seq_state *s) {
     }
     free(s->layers);
 }
+
 
 void fkv_context_destroy(fkv_context *ctx) {
     if (ctx == NULL)
@@ -355,7 +384,7 @@ fkv_status fkv_context_create(fkv_device *dev, const fkv_config *cfg, fkv_contex
     /* dense/quest keep every page resident at its own slot; offload keeps the budget */
     ctx->n_slots = ctx->offload ? c->budget_tokens / c->page_size : ctx->max_pages;
     ctx->list_cap = ctx->n_slots;
-    if ((st = check_device_memory(ctx)) != FKV_OK)
+    if ((st = check_device(ctx)) != FKV_OK)
         goto fail;
     ctx->seqs = calloc(c->max_seqs, sizeof *ctx->seqs);
     ctx->layers = calloc(c->n_layers, sizeof *ctx->layers);

@@ -198,6 +198,7 @@ static fkv_status hip_device_open(uint32_t index, fkv_bdev **out) {
     fill_info(&p, index, &d->info);
     d->compute_units = p.multiProcessorCount > 0 ? (uint32_t)p.multiProcessorCount : 1;
     d->shared_per_block = p.sharedMemPerBlock;
+    d->shared_device = p.sharedMemPerBlock;
     d->can_map_host = p.canMapHostMemory != 0;
 
     if ((st = fkv_hip_bind(d)) != FKV_OK) {
@@ -636,6 +637,7 @@ static const fkv_backend_ops hip_ops = {
     .recall_direct = fkv_hip_recall_direct,
     .recall_mode = hip_recall_mode,
     .opened_info = hip_opened_info,
+    .check_geometry = fkv_hip_check_geometry,
 };
 
 const fkv_backend_ops *fkv_backend_hip(void) { return &hip_ops; }

@@ -46,6 +46,7 @@ struct fkv_bdev {
     fkv_device_info info;
     uint32_t compute_units;
     size_t shared_per_block; /* bytes of shared memory a block may use */
+    size_t shared_device;    /* the device's own figure (the test hook may lower the above) */
     int can_map_host;        /* kernels can read mapped pinned host memory */
     fkv_recall_mode recall;
     hip_scratch scratch[FKV_QUEUE_COUNT];
@@ -103,6 +104,7 @@ fkv_status fkv_hip_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
 fkv_status fkv_hip_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                              const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
                              size_t pages_off, fkv_bbuf *summaries);
+fkv_status fkv_hip_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q);
 fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
                           const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,

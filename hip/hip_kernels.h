@@ -34,8 +34,8 @@ typedef struct fkv_hip_summarize_args {
     float *summaries;
 } fkv_hip_summarize_args;
 
-/* Quest bound; one block per (sequence, KV head) on grid x, `chunks` blocks over its pages on
- * grid y; dynamic shared memory = group * head_dim floats. */
+/* Quest bound; one block per (sequence, KV head, block of `heads` query heads) on grid x,
+ * `chunks` blocks over its pages on grid y; dynamic shared memory = heads * head_dim floats. */
 typedef struct fkv_hip_scores_args {
     const float *q;
     const int32_t *desc;
@@ -44,6 +44,7 @@ typedef struct fkv_hip_scores_args {
     float *out; /* at the caller's out_off */
     uint64_t out_len; /* floats from out to the end of its buffer */
     uint32_t n_kv_heads, group, head_dim;
+    uint32_t heads; /* query heads per block (backends/check.c, fkv_plan_scores) */
 } fkv_hip_scores_args;
 
 typedef struct fkv_hip_cosine_args {
@@ -73,21 +74,20 @@ typedef struct fkv_hip_scatter_args {
     void *kpool, *vpool;
 } fkv_hip_scatter_args;
 
-/* Paged decode attention (see opencl/kernels.cl fkv_attention; the same algorithm). */
+/* Paged decode attention (see opencl/kernels.cl fkv_attention; the same algorithm). `heads`,
+ * `tile` and `shared_bytes` come from fkv_plan_attention (backends/check.c). */
 typedef struct fkv_hip_attention_args {
     const float *q;
-    const int32_t *heads, *entries; /* unused when dense_tokens >= 0 */
+    const int32_t *heads_list, *entries; /* unused when dense_tokens >= 0 */
     uint32_t n_entries;
     int32_t dense_tokens;
     const void *kpool, *vpool;
-    uint32_t n_slots, n_kv_heads, group, head_dim, page_size, tile, n_splits;
+    uint32_t n_slots, n_kv_heads, group, head_dim, page_size, tile, heads, n_splits;
+    size_t shared_bytes;
     float scale;
     float *out;
     float *part; /* n_splits > 1: [n_bh][n_splits][group][d+2] */
 } fkv_hip_attention_args;
-
-/* Dynamic shared memory of the attention kernel for a tile size. */
-size_t fkv_hip_attention_shared_bytes(uint32_t group, uint32_t head_dim, uint32_t tile);
 
 /* Threads per block of every kernel; the largest block any launcher uses. */
 #define FKV_HIP_BLOCK 256

@@ -131,6 +131,19 @@ fkv_status fkv_hip_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
     return end(&lc, fkv_hip_launch_summarize(lc.stream, g->dtype, &a), "k_summarize", &deps);
 }
 
+/* ---- launch plans (the launches and check_geometry use these, so they agree) ---- */
+
+#define SHARED_LIMIT "sharedMemPerBlock"
+#define MAX_GRID_X 0x7fffffffu /* hip/kernels.hip: grid x of every launcher */
+
+static fkv_status scores_plan(const fkv_bdev *d, const fkv_kv_geom *g, uint32_t n_seqs,
+                              fkv_scores_plan *p) {
+    fkv_status st = fkv_plan_scores("hip", g, d->shared_per_block, SHARED_LIMIT, p);
+    if (st == FKV_OK && (uint64_t)n_seqs * g->n_kv_heads * p->blocks > MAX_GRID_X)
+        st = fkv_error(FKV_ERR_UNSUPPORTED, "hip scores: %u sequences is too many blocks", n_seqs);
+    return st;
+}
+
 fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
                           const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
@@ -140,21 +153,18 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    uint64_t gd = (uint64_t)g->group * g->head_dim;
     size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
     if ((st = fkv_check_scores("hip", g, view(qbuf), q_off, n_seqs, view(desc), desc_off,
                                view(summaries), view(out), out_off)) != FKV_OK)
         return st;
     if (n_seqs == 0)
         return fkv_hip_marker(dev, q, deps);
-    if (gd * 4 > dev->shared_per_block)
-        return fkv_error(FKV_ERR_UNSUPPORTED,
-                         "hip scores: group x head_dim = %llu floats exceed the %zu bytes of "
-                         "shared memory per block",
-                         (unsigned long long)gd, dev->shared_per_block);
-    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    fkv_scores_plan sp;
+    if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
+        return st;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads, rows = n_bh * sp.blocks;
     /* Enough blocks to fill the device; each strides over its sequence's pages. */
-    uint64_t chunks = (2 * (uint64_t)dev->compute_units + n_bh - 1) / n_bh;
+    uint64_t chunks = (2 * (uint64_t)dev->compute_units + rows - 1) / rows;
     chunks = chunks < 1 ? 1 : chunks > MAX_SCORE_CHUNKS ? MAX_SCORE_CHUNKS : chunks;
     fkv_hip_scores_args a = {
         .q = at(qbuf, q_off),
@@ -166,6 +176,7 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
         .n_kv_heads = g->n_kv_heads,
         .group = g->group,
         .head_dim = g->head_dim,
+        .heads = sp.heads,
     };
     if ((st = begin(&lc, &deps)) != FKV_OK)
         return st;
@@ -398,26 +409,39 @@ static uint32_t attention_splits(const fkv_bdev *d, uint64_t n_bh) {
     return s > MAX_AUTO_SPLITS ? MAX_AUTO_SPLITS : (uint32_t)s;
 }
 
+static size_t partials_bytes(const fkv_kv_geom *g, uint64_t n_bh, uint32_t splits) {
+    return (size_t)n_bh * splits * g->group * (g->head_dim + 2) * 4;
+}
+
+/* The attention plan and its splits for n_bh (sequence, KV head) pairs. */
+static fkv_status attention_plan(const fkv_bdev *d, const char *op, const fkv_kv_geom *g,
+                                 uint64_t n_bh, fkv_attention_plan *p, uint32_t *splits) {
+    fkv_status st = fkv_plan_attention("hip", op, g, d->shared_per_block, MAX_TILE,
+                                       SHARED_LIMIT, p);
+    if (st != FKV_OK)
+        return st;
+    *splits = attention_splits(d, n_bh * p->blocks);
+    if (n_bh * p->blocks * *splits > MAX_GRID_X)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "hip %s: %llu (sequence, KV head) pairs is too "
+                         "many blocks", op, (unsigned long long)n_bh);
+    return FKV_OK;
+}
+
 static fkv_status attention_launch(const launch_ctx *lc, const fkv_kv_geom *g, uint32_t n_seqs,
                                    fkv_hip_attention_args *a, const fkv_deps *deps) {
     fkv_bdev *d = lc->d;
-    uint32_t n_bh = n_seqs * g->n_kv_heads;
-    uint32_t splits = attention_splits(d, n_bh);
-    uint32_t tile = g->page_size < MAX_TILE ? g->page_size : MAX_TILE;
-    while (tile > 1 && fkv_hip_attention_shared_bytes(g->group, g->head_dim, tile) >
-                           d->shared_per_block)
-        tile /= 2;
-    size_t need = fkv_hip_attention_shared_bytes(g->group, g->head_dim, tile);
-    if (need > d->shared_per_block)
-        return fkv_error(FKV_ERR_UNSUPPORTED,
-                         "hip %s: group %u x head_dim %u needs %zu bytes of shared memory, a "
-                         "block has %zu",
-                         lc->op, g->group, g->head_dim, need, d->shared_per_block);
+    uint32_t n_bh = n_seqs * g->n_kv_heads, splits;
+    fkv_attention_plan plan;
+    fkv_status st0 = attention_plan(d, lc->op, g, n_bh, &plan, &splits);
+    if (st0 != FKV_OK)
+        return st0;
     a->n_kv_heads = g->n_kv_heads;
     a->group = g->group;
     a->head_dim = g->head_dim;
     a->page_size = g->page_size;
-    a->tile = tile;
+    a->tile = plan.tile;
+    a->heads = plan.heads;
+    a->shared_bytes = plan.floats * sizeof(float);
     a->n_splits = splits;
 
     hip_scratch *s = &d->scratch[lc->q];
@@ -426,7 +450,7 @@ static fkv_status attention_launch(const launch_ctx *lc, const fkv_kv_geom *g, u
     fkv_status st = fkv_hip_bind(d);
     if (st == FKV_OK && splits > 1)
         st = fkv_hip_scratch(d, lc->q, &s->partials, &s->partials_size,
-                             (size_t)n_bh * splits * g->group * (g->head_dim + 2) * 4);
+                             partials_bytes(g, n_bh, splits));
     if (st == FKV_OK)
         st = fkv_hip_wait(lc->stream, deps);
     if (st == FKV_OK) {
@@ -461,7 +485,7 @@ fkv_status fkv_hip_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
     size_t n_entries = (entries->size - entries_off) / 8;
     fkv_hip_attention_args a = {
         .q = at(qbuf, q_off),
-        .heads = at(heads, heads_off),
+        .heads_list = at(heads, heads_off),
         .entries = at(entries, entries_off),
         .n_entries = n_entries > INT32_MAX ? INT32_MAX : (uint32_t)n_entries,
         .dense_tokens = -1,
@@ -489,7 +513,7 @@ fkv_status fkv_hip_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1. */
     fkv_hip_attention_args a = {
         .q = at(qbuf, q_off),
-        .heads = NULL, /* not read in dense mode */
+        .heads_list = NULL, /* not read in dense mode */
         .entries = NULL,
         .n_entries = 0,
         .dense_tokens = (int32_t)n_tokens,
@@ -500,4 +524,30 @@ fkv_status fkv_hip_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
         .out = at(out, out_off),
     };
     return attention_launch(&lc, g, 1, &a, &deps);
+}
+
+void fkv_hip_debug_set_shared(fkv_bdev *d, size_t bytes) {
+    d->shared_per_block = bytes && bytes < d->shared_device ? bytes : d->shared_device;
+}
+
+/* ---- device limits of a context's geometry (backend.h, check_geometry) ---- */
+
+fkv_status fkv_hip_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q) {
+    fkv_status st = fkv_check_kernel_call("hip", "check_geometry", dev, FKV_QUEUE_COMPUTE, g);
+    fkv_scores_plan sp;
+    if (st != FKV_OK || (st = scores_plan(dev, g, q->max_seqs, &sp)) != FKV_OK)
+        return st;
+    for (uint32_t n = 1; n <= q->max_seqs; n++) {
+        fkv_attention_plan ap;
+        uint32_t splits;
+        uint64_t n_bh = (uint64_t)n * g->n_kv_heads;
+        if ((st = attention_plan(dev, "attention", g, n_bh, &ap, &splits)) != FKV_OK)
+            return st;
+        if (splits > 1 && partials_bytes(g, n_bh, splits) > dev->info.max_buffer_bytes)
+            return fkv_error(FKV_ERR_UNSUPPORTED,
+                             "hip attention: split partials for %u sequences exceed the "
+                             "device's largest buffer",
+                             n);
+    }
+    return FKV_OK;
 }

@@ -14,7 +14,15 @@
 #else
 #include <hip/hip_runtime_api.h>
 #endif
+/* hipPointerAttribute_t's memory type: `.type` since ROCm 5.5 (HIP 5.5), when `.memoryType`
+ * became its deprecated alias; ROCm 6 removed `.memoryType`. HIP_VERSION_MAJOR/MINOR come from
+ * <hip/hip_version.h>, which hip_runtime_api.h includes. */
+#if defined(HIP_VERSION_MAJOR) && defined(HIP_VERSION_MINOR) &&                               \
+    (HIP_VERSION_MAJOR > 5 || (HIP_VERSION_MAJOR == 5 && HIP_VERSION_MINOR >= 5))
+#define FKV_HIP_PTR_MEMTYPE(attr) ((attr).type)
+#else
 #define FKV_HIP_PTR_MEMTYPE(attr) ((attr).memoryType)
+#endif
 #endif
 
 #endif

@@ -91,14 +91,17 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_summarize(fkv_hip_summarize_a
 
 #define SCORE_GROUP 8 /* query heads scored per pass over a summary */
 
-/* Quest bound of all query heads of one KV head in one pass over each summary. Block x =
- * (sequence, KV head); the blocks along y stride over its pages. */
+/* Quest bound of the query heads of one KV head in one pass over each summary. Block x =
+ * (sequence, KV head, block of `heads` query heads: the group in several blocks when its
+ * queries do not fit shared memory at once); the blocks along y stride over its pages. */
 __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_args a) {
-    extern __shared__ float qs[]; /* [group * head_dim] */
-    uint32_t bh = blockIdx.x;
+    extern __shared__ float qs[]; /* [heads * head_dim] */
+    uint32_t n_blocks = (a.group + a.heads - 1) / a.heads;
+    uint32_t bh = blockIdx.x / n_blocks, hb = (blockIdx.x % n_blocks) * a.heads;
     uint32_t b = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
-    uint32_t gd = a.group * a.head_dim;
-    const float *qb = a.q + (size_t)bh * gd;
+    uint32_t ng_all = a.group - hb < a.heads ? a.group - hb : a.heads;
+    uint32_t gd = ng_all * a.head_dim;
+    const float *qb = a.q + ((size_t)bh * a.group + hb) * a.head_dim;
     for (uint32_t i = threadIdx.x; i < gd; i += blockDim.x)
         qs[i] = qb[i];
     __syncthreads();
@@ -112,8 +115,8 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_a
             continue;
         const float *mn = a.summaries + ((size_t)sidx * a.n_kv_heads + h) * 2 * a.head_dim;
         const float *mx = mn + a.head_dim;
-        for (uint32_t g0 = 0; g0 < a.group; g0 += SCORE_GROUP) {
-            uint32_t ng = a.group - g0 < SCORE_GROUP ? a.group - g0 : SCORE_GROUP;
+        for (uint32_t g0 = 0; g0 < ng_all; g0 += SCORE_GROUP) {
+            uint32_t ng = ng_all - g0 < SCORE_GROUP ? ng_all - g0 : SCORE_GROUP;
             float acc[SCORE_GROUP];
             for (uint32_t k = 0; k < SCORE_GROUP; k++)
                 acc[k] = 0.0f;
@@ -125,7 +128,7 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_a
                 }
             }
             for (uint32_t k = 0; k < ng; k++) {
-                int64_t o = obase + (int64_t)(h * a.group + g0 + k) * n_pages + (int64_t)j;
+                int64_t o = obase + (int64_t)(h * a.group + hb + g0 + k) * n_pages + (int64_t)j;
                 if (o >= 0 && (uint64_t)o < a.out_len)
                     a.out[o] = acc[k];
             }
@@ -134,7 +137,7 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_a
 }
 
 /* One block per (sequence, KV head); blockDim.x a power of two. Dynamic shared: 3 * blockDim.x
- * floats. */
+ * floats. Only an exactly zero norm gives cosine 0: a NaN norm reaches the mean and the flag. */
 __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_args a) {
     extern __shared__ float red[];
     uint32_t bh = blockIdx.x, lid = threadIdx.x, w = blockDim.x;
@@ -164,7 +167,7 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_a
         }
         if (lid == 0) {
             float na = sqrtf(red[w]), nb = sqrtf(red[2 * w]);
-            mean += (na > 0.0f && nb > 0.0f) ? red[0] / (na * nb) : 0.0f;
+            mean += (na == 0.0f || nb == 0.0f) ? 0.0f : red[0] / (na * nb);
         }
         __syncthreads(); /* red is reused by the next head */
     }
@@ -226,23 +229,28 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_scatter(fkv_hip_scatter_args 
 /* ---- attention ---- */
 
 /* Paged decode attention with GQA, as fkv_attention in opencl/kernels.cl: one block per
- * (sequence, KV head, split) serves all `group` query heads; tiles of up to `tile` tokens of
- * one page: K tile -> scores -> online softmax -> V tile -> accumulate. Dynamic shared memory:
- * qs, acc [group*d]; kt [tile*(d+1)] (padded against bank conflicts); sc [group*tile];
- * st [3*group] = running max, running sum, rescale factor. */
+ * (sequence, KV head, block of `heads` query heads, split) serves the block's query heads
+ * (the whole group in one block unless shared memory is too small: backends/check.c); tiles
+ * of up to `tile` tokens of one page: K tile -> scores -> online softmax -> V tile ->
+ * accumulate. Dynamic shared memory: qs, acc [heads*d]; kt [tile*(d+1)] (padded against bank
+ * conflicts); sc [heads*tile]; st [3*heads] = running max, running sum, rescale factor. */
 template <class K>
 __global__ void __launch_bounds__(FKV_HIP_ATTENTION_BLOCK) k_attention(fkv_hip_attention_args a) {
     extern __shared__ float smem[];
-    const uint32_t lid = threadIdx.x, w = blockDim.x;
-    const uint32_t bh = blockIdx.x / a.n_splits, split = blockIdx.x % a.n_splits;
-    const uint32_t h = bh % a.n_kv_heads, group = a.group, tile = a.tile;
+    const uint32_t lid = threadIdx.x, w = blockDim.x, H = a.heads;
+    const uint32_t n_blocks = (a.group + H - 1) / H, per_bh = n_blocks * a.n_splits;
+    const uint32_t bh = blockIdx.x / per_bh, split = blockIdx.x % a.n_splits;
+    const uint32_t g_first = (blockIdx.x % per_bh) / a.n_splits * H;
+    const uint32_t group = a.group - g_first < H ? a.group - g_first : H; /* this block's */
+    const uint32_t h = bh % a.n_kv_heads, tile = a.tile;
     const uint32_t d = a.head_dim, gd = group * d, ldk = d + 1;
     const size_t row_elems = (size_t)a.n_kv_heads * d;
-    float *qs = smem, *acc = qs + gd, *kt = acc + gd, *sc = kt + (size_t)tile * ldk,
-          *st = sc + (size_t)group * tile;
+    float *qs = smem, *acc = qs + (size_t)H * d, *kt = acc + (size_t)H * d,
+          *sc = kt + (size_t)tile * ldk, *st = sc + (size_t)H * tile;
+    /* query head (b, h*group + g) is row bh*group + g of q and out */
+    const size_t qrow = (size_t)bh * a.group + g_first;
 
-    /* bh * gd is also the offset of this (sequence, KV head)'s query heads: [b][h*G+g][d]. */
-    const float *qb = a.q + (size_t)bh * gd;
+    const float *qb = a.q + qrow * d;
     for (uint32_t i = lid; i < gd; i += w) {
         qs[i] = qb[i] * a.scale;
         acc[i] = 0.0f;
@@ -256,8 +264,8 @@ __global__ void __launch_bounds__(FKV_HIP_ATTENTION_BLOCK) k_attention(fkv_hip_a
     if (a.dense_tokens >= 0) {
         count = (a.dense_tokens + (int32_t)a.page_size - 1) / (int32_t)a.page_size;
     } else {
-        first = a.heads[2 * bh];
-        count = a.heads[2 * bh + 1];
+        first = a.heads_list[2 * (size_t)bh];
+        count = a.heads_list[2 * (size_t)bh + 1];
         count = count > 0 ? count : 0;
         /* A list that runs past the entries buffer is cut at its end. */
         if (first < 0 || (uint32_t)first > a.n_entries)
@@ -340,13 +348,14 @@ __global__ void __launch_bounds__(FKV_HIP_ATTENTION_BLOCK) k_attention(fkv_hip_a
     }
 
     if (a.n_splits == 1) {
-        float *ob = a.out + (size_t)bh * gd;
+        float *ob = a.out + qrow * d;
         for (uint32_t i = lid; i < gd; i += w) {
             float l = st[group + i / d];
             ob[i] = l > 0.0f ? acc[i] / l : 0.0f;
         }
     } else {
-        float *pb = a.part + ((size_t)bh * a.n_splits + split) * group * (d + 2);
+        /* part is [bh][split][group][d+2] */
+        float *pb = a.part + (((size_t)bh * a.n_splits + split) * a.group + g_first) * (d + 2);
         for (uint32_t i = lid; i < gd; i += w) {
             uint32_t g = i / d, c = i % d;
             pb[(size_t)g * (d + 2) + 2 + c] = acc[i];
@@ -453,11 +462,13 @@ extern "C" hipError_t fkv_hip_launch_summarize(hipStream_t s, fkv_dtype dt,
 
 extern "C" hipError_t fkv_hip_launch_scores(hipStream_t s, const fkv_hip_scores_args *a,
                                             uint32_t n_bh, uint32_t chunks) {
-    if (n_bh == 0 || n_bh > max_grid_x || chunks == 0 || chunks > 65535)
+    uint64_t rows = (uint64_t)n_bh * ((a->group + a->heads - 1) / a->heads);
+    if (rows == 0 || rows > max_grid_x || chunks == 0 || chunks > 65535)
         return hipErrorInvalidValue;
-    size_t shared = (size_t)a->group * a->head_dim * sizeof(float);
+    size_t shared = (size_t)a->heads * a->head_dim * sizeof(float);
     (void)hipGetLastError();
-    hipLaunchKernelGGL(k_scores, dim3(n_bh, chunks), dim3(FKV_HIP_SMALL_BLOCK), shared, s, *a);
+    hipLaunchKernelGGL(k_scores, dim3((unsigned)rows, chunks), dim3(FKV_HIP_SMALL_BLOCK), shared,
+                       s, *a);
     return launched();
 }
 
@@ -535,19 +546,12 @@ extern "C" hipError_t fkv_hip_launch_scatter(hipStream_t s, size_t word_bytes,
     }
 }
 
-extern "C" size_t fkv_hip_attention_shared_bytes(uint32_t group, uint32_t head_dim,
-                                                 uint32_t tile) {
-    size_t gd = (size_t)group * head_dim;
-    return sizeof(float) *
-           (2 * gd + (size_t)tile * (head_dim + 1) + (size_t)group * tile + 3 * (size_t)group);
-}
-
 template <class K> struct run_attention {
     static hipError_t run(hipStream_t s, const fkv_hip_attention_args *a, uint32_t n_bh) {
-        size_t blocks = (size_t)n_bh * a->n_splits;
+        size_t blocks = (size_t)n_bh * ((a->group + a->heads - 1) / a->heads) * a->n_splits;
         if (blocks == 0 || blocks > max_grid_x)
             return hipErrorInvalidValue;
-        size_t shared = fkv_hip_attention_shared_bytes(a->group, a->head_dim, a->tile);
+        size_t shared = a->shared_bytes;
         (void)hipGetLastError();
         hipLaunchKernelGGL(k_attention<K>, dim3((unsigned)blocks), dim3(FKV_HIP_ATTENTION_BLOCK),
                            shared, s, *a);

@@ -86,16 +86,19 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
 
 #define FKV_SCORE_GROUP 8 /* query heads scored per pass over a summary */
 
-/* Quest bound of all query heads of one KV head in one pass over each page summary.
- * Work group (dim 1) = (sequence, KV head); dim 0 strides over its pages. */
+/* Quest bound of the query heads of one KV head in one pass over each page summary.
+ * Work group (dim 1) = (sequence, KV head, block of `heads` query heads: the group in
+ * ceil(group/heads) blocks when its queries do not fit local memory at once); dim 0 strides
+ * over its pages. */
 kernel void fkv_scores(const global float *q, ulong q_off, const global int *desc, ulong desc_off,
                        const global float *summaries, uint n_summaries, global float *out,
                        ulong out_off, ulong out_len, uint n_kv_heads, uint group, uint head_dim,
-                       local float *qs) {
-    uint bh = get_group_id(1);
+                       uint heads, local float *qs) {
+    uint n_blocks = (group + heads - 1) / heads;
+    uint bh = get_group_id(1) / n_blocks, hb = (get_group_id(1) % n_blocks) * heads;
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
-    uint gd = group * head_dim;
-    const global float *qb = q + q_off + ((size_t)b * n_kv_heads + h) * gd;
+    uint ng_all = min(heads, group - hb), gd = ng_all * head_dim;
+    const global float *qb = q + q_off + ((size_t)bh * group + hb) * head_dim;
     for (uint i = get_local_id(0); i < gd; i += get_local_size(0))
         qs[i] = qb[i];
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -107,8 +110,8 @@ kernel void fkv_scores(const global float *q, ulong q_off, const global int *des
             continue;
         const global float *mn = summaries + ((size_t)sidx * n_kv_heads + h) * 2 * head_dim;
         const global float *mx = mn + head_dim;
-        for (uint g0 = 0; g0 < group; g0 += FKV_SCORE_GROUP) {
-            uint ng = min((uint)FKV_SCORE_GROUP, group - g0);
+        for (uint g0 = 0; g0 < ng_all; g0 += FKV_SCORE_GROUP) {
+            uint ng = min((uint)FKV_SCORE_GROUP, ng_all - g0);
             float acc[FKV_SCORE_GROUP];
             for (uint k = 0; k < FKV_SCORE_GROUP; k++)
                 acc[k] = 0.0f;
@@ -120,7 +123,7 @@ kernel void fkv_scores(const global float *q, ulong q_off, const global int *des
                 }
             }
             for (uint k = 0; k < ng; k++) {
-                long o = obase + (long)(h * group + g0 + k) * n_pages + (long)j;
+                long o = obase + (long)(h * group + hb + g0 + k) * n_pages + (long)j;
                 if (o >= 0 && (ulong)o < out_len)
                     out[out_off + o] = acc[k];
             }
@@ -128,7 +131,9 @@ kernel void fkv_scores(const global float *q, ulong q_off, const global int *des
     }
 }
 
-/* One work group per (sequence, KV head); local size a power of two. */
+/* One work group per (sequence, KV head); local size a power of two. flag = !(mean >= tau):
+ * a NaN similarity (a query holding a NaN or an infinity) is corrected; only an exactly zero
+ * norm gives cosine 0, so a NaN norm reaches the mean. */
 kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global float *q_prev,
                        ulong prev_off, uint n_kv_heads, uint group, uint head_dim, float tau,
                        global float *sims, ulong sims_off, global int *flags, ulong flags_off,
@@ -160,14 +165,14 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
         }
         if (lid == 0) {
             float na = sqrt(red[w]), nb = sqrt(red[2 * w]);
-            mean += (na > 0.0f && nb > 0.0f) ? red[0] / (na * nb) : 0.0f;
+            mean += (na == 0.0f || nb == 0.0f) ? 0.0f : red[0] / (na * nb);
         }
         barrier(CLK_LOCAL_MEM_FENCE); /* red is reused by the next head */
     }
     if (lid == 0) {
         mean /= (float)group;
         sims[sims_off + bh] = mean;
-        flags[flags_off + bh] = mean < tau ? 1 : 0;
+        flags[flags_off + bh] = !(mean >= tau);
     }
 }
 
@@ -239,47 +244,52 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
 FKV_COPY_KERNELS(, fkv_bits_t)
 FKV_COPY_KERNELS(_v16, uint4)
 
-/* Paged decode attention with GQA: one work group per (sequence, KV head, split) serves all
- * `group` query heads, so each K/V row is read once for the group. Tokens are processed in
- * tiles of up to `tile` tokens of one page: K tile -> scores -> online softmax -> V tile ->
- * accumulate. With n_splits > 1 each group handles a contiguous share of the head's entries
- * and writes (max, sum, unnormalised acc) per query head to `part` for fkv_attention_reduce.
- * dense_tokens >= 0 replaces the slot lists by contiguous K/V of that many tokens (pages of
- * `page_size` tokens; heads/entries are not read).
- * Local memory: qs, acc [group*d]; kt [tile*(d+1)] (padded against bank conflicts);
- * sc [group*tile]; st [3*group] = running max, running sum, rescale factor. */
-kernel void fkv_attention(const global float *q, ulong q_off, const global int *heads,
+/* Paged decode attention with GQA: one work group per (sequence, KV head, block of `heads`
+ * query heads, split) serves the block's query heads, so each K/V row is read once per block
+ * (the whole group in one block unless local memory is too small: backends/check.c). Tokens
+ * are processed in tiles of up to `tile` tokens of one page: K tile -> scores -> online
+ * softmax -> V tile -> accumulate. With n_splits > 1 each group handles a contiguous share of
+ * the head's entries and writes (max, sum, unnormalised acc) per query head to `part` for
+ * fkv_attention_reduce. dense_tokens >= 0 replaces the slot lists by contiguous K/V of that
+ * many tokens (pages of `page_size` tokens; heads/entries are not read).
+ * Local memory: qs, acc [heads*d]; kt [tile*(d+1)] (padded against bank conflicts);
+ * sc [heads*tile]; st [3*heads] = running max, running sum, rescale factor. */
+kernel void fkv_attention(const global float *q, ulong q_off, const global int *heads_list,
                           ulong heads_off, const global int *entries, ulong entries_off,
                           uint n_entries, int dense_tokens, const global fkv_kv_t *kpool,
                           const global fkv_kv_t *vpool, uint n_slots, uint n_kv_heads,
-                          uint group, uint head_dim, uint page_size, uint tile, uint n_splits,
-                          float scale, global float *out, ulong out_off, global float *part,
-                          local float *qs, local float *acc, local float *kt, local float *sc,
-                          local float *st) {
+                          uint group, uint head_dim, uint page_size, uint tile, uint heads,
+                          uint n_splits, float scale, global float *out, ulong out_off,
+                          global float *part, local float *qs, local float *acc,
+                          local float *kt, local float *sc, local float *st) {
     const uint lid = get_local_id(0), w = get_local_size(0);
     const uint grp = get_group_id(0);
-    const uint bh = grp / n_splits, split = grp % n_splits;
+    const uint n_blocks = (group + heads - 1) / heads, per_bh = n_blocks * n_splits;
+    const uint bh = grp / per_bh, split = grp % n_splits;
+    const uint g_first = (grp % per_bh) / n_splits * heads;
+    const uint G = min(heads, group - g_first); /* query heads of this work group */
     const uint h = bh % n_kv_heads;
-    const uint d = head_dim, gd = group * head_dim, ldk = head_dim + 1;
+    const uint d = head_dim, gd = G * head_dim, ldk = head_dim + 1;
     const size_t row_elems = (size_t)n_kv_heads * head_dim;
+    /* query head (b, h*group + g) is row bh*group + g of q and out: [b][h*G+g][d] */
+    const size_t qrow = (size_t)bh * group + g_first;
 
-    /* bh * gd is also the offset of this (sequence, KV head)'s query heads: [b][h*G+g][d]. */
-    const global float *qb = q + q_off + (size_t)bh * gd;
+    const global float *qb = q + q_off + qrow * d;
     for (uint i = lid; i < gd; i += w) {
         qs[i] = qb[i] * scale;
         acc[i] = 0.0f;
     }
-    for (uint g = lid; g < group; g += w) {
+    for (uint g = lid; g < G; g += w) {
         st[g] = -INFINITY;
-        st[group + g] = 0.0f;
-        st[2 * group + g] = 1.0f;
+        st[G + g] = 0.0f;
+        st[2 * G + g] = 1.0f;
     }
     int first = 0, count;
     if (dense_tokens >= 0) {
         count = (dense_tokens + (int)page_size - 1) / (int)page_size;
     } else {
-        first = heads[heads_off + 2 * bh];
-        count = max(heads[heads_off + 2 * bh + 1], 0);
+        first = heads_list[heads_off + 2 * (size_t)bh];
+        count = max(heads_list[heads_off + 2 * (size_t)bh + 1], 0);
         /* A list that runs past the entries buffer is cut at its end. */
         if (first < 0 || (uint)first > n_entries)
             count = 0;
@@ -310,7 +320,7 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
                 kt[t * ldk + c] = fkv_load(kpool, page_base + (size_t)(t0 + t) * row_elems + c);
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            for (uint i = lid; i < group * nt; i += w) {
+            for (uint i = lid; i < G * nt; i += w) {
                 uint g = i / nt, t = i % nt;
                 const local float *qg = qs + g * d, *kr = kt + t * ldk;
                 float s = 0.0f;
@@ -326,7 +336,7 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
                 sc[g * tile + t] = s;
             }
             barrier(CLK_LOCAL_MEM_FENCE);
-            for (uint g = lid; g < group; g += w) {
+            for (uint g = lid; g < G; g += w) {
                 float m_old = st[g], m_new = m_old;
                 for (uint t = 0; t < nt; t++)
                     m_new = fmax(m_new, sc[g * tile + t]);
@@ -338,8 +348,8 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
                 }
                 float alpha = exp(m_old - m_new); /* 0 when nothing was seen yet */
                 st[g] = m_new;
-                st[group + g] = st[group + g] * alpha + sum;
-                st[2 * group + g] = alpha;
+                st[G + g] = st[G + g] * alpha + sum;
+                st[2 * G + g] = alpha;
             }
             /* kt is free again: all score reads finished before the last barrier. */
             for (uint i = lid; i < nt * d; i += w) {
@@ -350,7 +360,7 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
             for (uint i = lid; i < gd; i += w) {
                 uint g = i / d, c = i % d;
                 const local float *pg = sc + g * tile;
-                float a = acc[i] * st[2 * group + g];
+                float a = acc[i] * st[2 * G + g];
                 for (uint t = 0; t < nt; t++)
                     a += pg[t] * kt[t * ldk + c];
                 acc[i] = a;
@@ -360,20 +370,21 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
     }
 
     if (n_splits == 1) {
-        global float *ob = out + out_off + (size_t)bh * gd;
+        global float *ob = out + out_off + qrow * d;
         for (uint i = lid; i < gd; i += w) {
-            float l = st[group + i / d];
+            float l = st[G + i / d];
             ob[i] = l > 0.0f ? acc[i] / l : 0.0f;
         }
     } else {
-        global float *pb = part + ((size_t)bh * n_splits + split) * group * (d + 2);
+        /* part is [bh][split][group][d+2] */
+        global float *pb = part + (((size_t)bh * n_splits + split) * group + g_first) * (d + 2);
         for (uint i = lid; i < gd; i += w) {
             uint g = i / d, c = i % d;
             pb[(size_t)g * (d + 2) + 2 + c] = acc[i];
         }
-        for (uint g = lid; g < group; g += w) {
+        for (uint g = lid; g < G; g += w) {
             pb[(size_t)g * (d + 2)] = st[g];
-            pb[(size_t)g * (d + 2) + 1] = st[group + g];
+            pb[(size_t)g * (d + 2) + 1] = st[G + g];
         }
     }
 }

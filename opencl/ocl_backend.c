@@ -254,6 +254,7 @@ static fkv_status ocl_device_open(uint32_t index, fkv_bdev **out) {
     clGetDeviceInfo(d->device, CL_DEVICE_LOCAL_MEM_SIZE, sizeof local, &local, NULL);
     d->compute_units = cu ? cu : 1;
     d->local_mem = local;
+    d->local_mem_device = local;
     d->max_alloc = d->info.max_buffer_bytes;
     d->fine_svm = device_fine_svm(d->device);
     d->is_nvidia = device_is_nvidia(d->device);
@@ -681,6 +682,7 @@ static const fkv_backend_ops opencl_ops = {
     .recall_direct = fkv_ocl_recall_direct,
     .recall_mode = ocl_recall_mode,
     .opened_info = ocl_opened_info,
+    .check_geometry = fkv_ocl_check_geometry,
 };
 
 const fkv_backend_ops *fkv_backend_opencl(void) { return &opencl_ops; }

@@ -14,6 +14,10 @@ fkv_status fkv_opencl_debug_set_source(fkv_bdev *dev, const char *source);
 /* Split-page attention: 0 = automatic (split when batch x KV heads cannot fill the device),
  * n >= 1 = always n splits (1 = never split). */
 void fkv_opencl_debug_set_splits(fkv_bdev *dev, int splits);
+/* Kernels plan for at most `bytes` of local memory (0: CL_DEVICE_LOCAL_MEM_SIZE), so the
+ * variants for small local memory (attention and scores over the group in several work
+ * groups) run on any device; never more than the device has. */
+void fkv_opencl_debug_set_shared(fkv_bdev *dev, size_t bytes);
 /* Programs of this device loaded from / stored into the binary cache so far. */
 void fkv_opencl_debug_cache_counts(fkv_bdev *dev, unsigned *loads, unsigned *stores);
 /* Whether host_alloc hands out fine-grained SVM memory on this device. */

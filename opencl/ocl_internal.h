@@ -69,6 +69,7 @@ struct fkv_bdev {
 
     cl_uint compute_units;
     cl_ulong local_mem;
+    cl_ulong local_mem_device; /* the device's own figure (the test hook may lower the above) */
     cl_ulong max_alloc;
     int fine_svm;   /* fine-grained buffer SVM: kernels may read host allocations */
     int is_nvidia;
@@ -112,6 +113,7 @@ fkv_status fkv_ocl_program(fkv_bdev *d, fkv_dtype dtype, ocl_program **out);
 void fkv_ocl_program_release(ocl_program *p);
 
 /* ---- ops (ocl_kernels.c) ---- */
+fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q);
 fkv_status fkv_ocl_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src,
                           size_t v_off, uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off,

@@ -80,6 +80,36 @@ static size_t local_avail(const launch_ctx *lc, ocl_kernel_id id) {
     return lc->d->local_mem > used ? (size_t)(lc->d->local_mem - used) : 0;
 }
 
+/* ---- launch plans (the launches and check_geometry use these, so they agree) ---- */
+
+#define LOCAL_LIMIT "CL_DEVICE_LOCAL_MEM_SIZE less the kernel's own"
+
+static fkv_status attention_plan(const launch_ctx *lc, const fkv_kv_geom *g,
+                                 fkv_attention_plan *p) {
+    return fkv_plan_attention("opencl", lc->op, g, local_avail(lc, K_ATTENTION), MAX_TILE,
+                              LOCAL_LIMIT, p);
+}
+
+static fkv_status scores_plan(const launch_ctx *lc, const fkv_kv_geom *g, fkv_scores_plan *p) {
+    return fkv_plan_scores("opencl", g, local_avail(lc, K_SCORES), LOCAL_LIMIT, p);
+}
+
+/* The cosine kernel's work-group size: a power of two for its reduction tree, with three
+ * floats of local memory per work item. */
+static fkv_status cosine_plan(const launch_ctx *lc, size_t *w) {
+    size_t cap = wg_for(lc, K_COSINE, COSINE_WG);
+    *w = 1;
+    while (*w * 2 <= cap)
+        *w *= 2;
+    while (*w > 1 && 3 * *w * sizeof(float) > local_avail(lc, K_COSINE))
+        *w /= 2;
+    if (3 * *w * sizeof(float) > local_avail(lc, K_COSINE))
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "opencl cosine_flags: 12 bytes of local memory are more than the device "
+                         "has (" LOCAL_LIMIT ")");
+    return FKV_OK;
+}
+
 /* ---- arguments and enqueue (the caller holds the queue's lock) ---- */
 
 static kargs args_of(const launch_ctx *lc, ocl_kernel_id id) {
@@ -270,7 +300,6 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     fkv_status st = prepare(dev, q, &deps, g, op, &lc);
     if (st != FKV_OK)
         return st;
-    uint64_t gd = (uint64_t)g->group * g->head_dim;
     size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
     if ((st = fkv_check_scores("opencl", g, view(qbuf), q_off, n_seqs, view(desc), desc_off,
                                  view(summaries), view(out), out_off)) != FKV_OK)
@@ -279,17 +308,16 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
         return fkv_ocl_marker(dev, q, deps);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
-    if (gd * 4 > local_avail(&lc, K_SCORES))
-        return fkv_error(FKV_ERR_UNSUPPORTED,
-                         "opencl scores: group x head_dim = %llu floats exceed local memory",
-                         (unsigned long long)gd);
+    fkv_scores_plan plan;
+    if ((st = scores_plan(&lc, g, &plan)) != FKV_OK)
+        return st;
     size_t n_summaries = summaries->size / summary_bytes;
-    uint32_t n_bh = n_seqs * g->n_kv_heads;
+    size_t n_groups = (size_t)n_seqs * g->n_kv_heads * plan.blocks;
     /* Enough work groups to fill the device; each strides over its sequence's pages. */
-    size_t chunks = (2 * (size_t)dev->compute_units + n_bh - 1) / n_bh;
+    size_t chunks = (2 * (size_t)dev->compute_units + n_groups - 1) / n_groups;
     chunks = chunks < 1 ? 1 : chunks > 16 ? 16 : chunks;
     size_t local[2] = {wg_for(&lc, K_SCORES, SCORES_WG), 1};
-    size_t global[2] = {local[0] * chunks, n_bh};
+    size_t global[2] = {local[0] * chunks, n_groups};
     pthread_mutex_lock(&lc.kq->lock);
     kargs a = args_of(&lc, K_SCORES);
     arg_mem(&a, qbuf);
@@ -304,7 +332,8 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     arg_u32(&a, g->n_kv_heads);
     arg_u32(&a, g->group);
     arg_u32(&a, g->head_dim);
-    arg_local(&a, (size_t)gd * 4);
+    arg_u32(&a, plan.heads);
+    arg_local(&a, (size_t)plan.heads * g->head_dim * 4);
     st = enqueue(&lc, &a, 2, global, local, &deps);
     pthread_mutex_unlock(&lc.kq->lock);
     return st;
@@ -328,9 +357,9 @@ fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
         return fkv_ocl_marker(dev, q, deps);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
-    size_t w = 1, cap = wg_for(&lc, K_COSINE, COSINE_WG); /* a power of two for the tree */
-    while (w * 2 <= cap)
-        w *= 2;
+    size_t w;
+    if ((st = cosine_plan(&lc, &w)) != FKV_OK)
+        return st;
     size_t global = (size_t)n_bh * w;
     pthread_mutex_lock(&lc.kq->lock);
     kargs a = args_of(&lc, K_COSINE);
@@ -527,9 +556,9 @@ static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_bh) {
     return s > MAX_AUTO_SPLITS ? MAX_AUTO_SPLITS : s;
 }
 
-static size_t attention_local_bytes(const fkv_kv_geom *g, size_t tile) {
-    size_t gd = (size_t)g->group * g->head_dim;
-    return 4 * (2 * gd + tile * (g->head_dim + 1) + g->group * tile + 3 * (size_t)g->group);
+/* Bytes of the split partials: [n_bh][splits][group][d+2] floats. */
+static size_t partials_bytes(const fkv_kv_geom *g, uint32_t n_bh, uint32_t splits) {
+    return (size_t)n_bh * splits * g->group * (g->head_dim + 2) * 4;
 }
 
 typedef struct attn_args {
@@ -554,24 +583,18 @@ static fkv_status attention_launch(launch_ctx *lc, const fkv_kv_geom *g, const a
     if (st != FKV_OK)
         return st;
     uint32_t n_bh = x->n_seqs * g->n_kv_heads;
-    uint32_t splits = attention_splits(d, n_bh);
-    size_t avail = local_avail(lc, K_ATTENTION);
-    size_t tile = g->page_size < MAX_TILE ? g->page_size : MAX_TILE;
-    while (tile > 1 && attention_local_bytes(g, tile) > avail)
-        tile /= 2;
-    if (attention_local_bytes(g, tile) > avail)
-        return fkv_error(FKV_ERR_UNSUPPORTED,
-                         "opencl %s: group %u x head_dim %u needs %zu bytes of local memory, the "
-                         "device has %zu",
-                         lc->op, g->group, g->head_dim, attention_local_bytes(g, tile), avail);
+    fkv_attention_plan plan;
+    if ((st = attention_plan(lc, g, &plan)) != FKV_OK)
+        return st;
+    uint32_t splits = attention_splits(d, n_bh * plan.blocks);
     size_t gd = (size_t)g->group * g->head_dim;
     size_t local = wg_for(lc, K_ATTENTION, ATTENTION_WG);
-    size_t global = (size_t)n_bh * splits * local;
+    size_t global = (size_t)n_bh * plan.blocks * splits * local;
 
     pthread_mutex_lock(&lc->kq->lock);
     if (splits > 1)
         st = ensure_scratch(d, &lc->kq->partials, &lc->kq->partials_size,
-                            (size_t)n_bh * splits * g->group * (g->head_dim + 2) * 4);
+                            partials_bytes(g, n_bh, splits));
     if (st == FKV_OK) {
         kargs a = args_of(lc, K_ATTENTION);
         arg_mem(&a, x->q);
@@ -589,17 +612,19 @@ static fkv_status attention_launch(launch_ctx *lc, const fkv_kv_geom *g, const a
         arg_u32(&a, g->group);
         arg_u32(&a, g->head_dim);
         arg_u32(&a, g->page_size);
-        arg_u32(&a, (uint32_t)tile);
+        arg_u32(&a, plan.tile);
+        arg_u32(&a, plan.heads);
         arg_u32(&a, splits);
         arg_f32(&a, x->scale);
         arg_mem(&a, x->out);
         arg_u64(&a, x->out_off / 4);
         arg_cl_mem(&a, splits > 1 ? lc->kq->partials : x->out->mem);
-        arg_local(&a, gd * 4);
-        arg_local(&a, gd * 4);
-        arg_local(&a, tile * (g->head_dim + 1) * 4);
-        arg_local(&a, g->group * tile * 4);
-        arg_local(&a, 3 * (size_t)g->group * 4);
+        size_t hd = (size_t)plan.heads * g->head_dim * 4;
+        arg_local(&a, hd);
+        arg_local(&a, hd);
+        arg_local(&a, (size_t)plan.tile * (g->head_dim + 1) * 4);
+        arg_local(&a, (size_t)plan.heads * plan.tile * 4);
+        arg_local(&a, 3 * (size_t)plan.heads * 4);
         fkv_deps d1 = {deps.n_wait, deps.wait, splits > 1 ? NULL : deps.done};
         st = enqueue(lc, &a, 1, &global, &local, &d1);
     }
@@ -684,4 +709,37 @@ fkv_status fkv_ocl_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     x.out = out;
     x.out_off = out_off;
     return attention_launch(&lc, g, &x, deps);
+}
+
+void fkv_opencl_debug_set_shared(fkv_bdev *d, size_t bytes) {
+    d->local_mem = bytes && bytes < d->local_mem_device ? bytes : d->local_mem_device;
+}
+
+/* ---- device limits of a context's geometry (backend.h, check_geometry) ---- */
+
+fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q) {
+    launch_ctx lc;
+    fkv_deps none = {0, NULL, NULL};
+    fkv_status st = prepare(dev, FKV_QUEUE_COMPUTE, &none, g, "check_geometry", &lc);
+    if (st != FKV_OK || (st = load(&lc, g)) != FKV_OK)
+        return st;
+    fkv_attention_plan ap;
+    fkv_scores_plan sp;
+    size_t w;
+    lc.op = "attention";
+    if ((st = attention_plan(&lc, g, &ap)) != FKV_OK ||
+        (st = scores_plan(&lc, g, &sp)) != FKV_OK || (st = cosine_plan(&lc, &w)) != FKV_OK)
+        return st;
+    /* split partials live in one scratch buffer per queue */
+    for (uint32_t n = 1; n <= q->max_seqs; n++) {
+        uint32_t n_bh = n * g->n_kv_heads;
+        size_t need = partials_bytes(g, n_bh, attention_splits(dev, n_bh * ap.blocks));
+        if (need > dev->max_alloc)
+            return fkv_error(FKV_ERR_UNSUPPORTED,
+                             "opencl attention: %zu bytes of split partials for %u sequences "
+                             "exceed the device's largest allocation (%llu, "
+                             "CL_DEVICE_MAX_MEM_ALLOC_SIZE)",
+                             need, n, (unsigned long long)dev->max_alloc);
+    }
+    return FKV_OK;
 }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "backends/check.h"
 #include "backends/device.h"
 #include "common/dtype.h"
 
@@ -508,6 +509,49 @@ void bh_check_cosine_flags(void) {
     }
 }
 
+/* The correction rule for non-finite queries (backend.h): a query head holding a NaN, or an
+ * infinity, makes its KV head's similarity NaN and its flag 1, whatever tau; every other KV
+ * head (identical queries, cosine 1) keeps flag 0. Asserted on both sides, so the CPU
+ * reference is held to the rule as well, not only compared with. */
+void bh_check_cosine_nan(void) {
+    for (size_t gi = 0; gi < N_GEOS; gi++) {
+        th_rng r;
+        th_seed(&r, 450 + gi);
+        fkv_kv_geom g = mk(geos[gi], FKV_F32);
+        uint32_t n_seqs = 2, hk = g.n_kv_heads, hq = hk * g.group, d = g.head_dim;
+        size_t n = (size_t)n_seqs * hq * d;
+        float *cur = bh_rand_f32(&r, n, 1.0f), *prev = bh_tmalloc(n * 4);
+        memcpy(prev, cur, n * 4);
+        /* seq 0, KV head 0: NaN in its last query head; seq 1, last KV head: +inf in q_prev */
+        size_t nan_at = ((size_t)(g.group - 1)) * d + (d > 1 ? 1 : 0);
+        size_t inf_at = ((size_t)hq + (size_t)(hk - 1) * g.group) * d;
+        cur[nan_at] = NAN;
+        prev[inf_at] = INFINITY;
+        size_t nan_bh = 0, inf_bh = (size_t)hk + hk - 1;
+        pbuf cb = bh_pnew(cur, 0, n * 4), pb = bh_pnew(prev, 0, n * 4);
+        pbuf sims = bh_pnew(NULL, GUARD, (size_t)n_seqs * hk * 4);
+        pbuf flags = bh_pnew(NULL, GUARD, (size_t)n_seqs * hk * 4);
+        float tau = -0.5f; /* every finite similarity here is far above it */
+        RUN2(bh_ops[s]->cosine_flags(bh_dev[s], BQ, DEPS, &g, B(cb, s), 0, B(pb, s), 0, n_seqs,
+                                   tau, B(sims, s), GUARD, B(flags, s), GUARD));
+        for (int s = 0; s < 2; s++) {
+            const float *sv = (const float *)(bh_pb_read(&sims, s) + GUARD);
+            const int32_t *fv = (const int32_t *)(bh_pb_read(&flags, s) + GUARD);
+            for (size_t bh = 0; bh < (size_t)n_seqs * hk; bh++) {
+                int bad = bh == nan_bh || bh == inf_bh;
+                cr_assert_eq(fv[bh], bad, "%s: Hk %u group %u d %u: flag of (seq %zu, KV head %zu) "
+                             "is %d with similarity %g, tau %g (%s)",
+                             side_name(s), hk, g.group, d, bh / hk, bh % hk, fv[bh],
+                             (double)sv[bh], (double)tau,
+                             bad ? "a non-finite query must be corrected" : "identical queries");
+                if (bad)
+                    cr_assert(isnan(sv[bh]), "%s: similarity of (seq %zu, KV head %zu) is %g, "
+                              "want NaN", side_name(s), bh / hk, bh % hk, (double)sv[bh]);
+            }
+        }
+    }
+}
+
 void bh_check_pack_hnd(void) {
     FOR_CASES {
         for (int odd = 0; odd < 2; odd++) { /* 16-byte aligned (vector path) or not */
@@ -830,6 +874,23 @@ void bh_check_bad_arguments(void) {
     cr_assert_arr_eq(before, after, 4096);
 }
 
+/* ---- kernel variants for small shared memory ---- */
+
+void bh_set_shared(size_t bytes) {
+    cur->set_shared(OD, bytes);
+    if (bytes == 0)
+        return;
+    fkv_kv_geom g = {1, 8, 128, 16, FKV_F32};
+    fkv_attention_plan ap;
+    cr_assert_eq(fkv_plan_attention("test", "attention", &g, bytes, 32, "test", &ap), FKV_OK);
+    cr_assert_gt(ap.blocks, 1, "%zu bytes keep the group in one attention work group", bytes);
+    if (bytes <= BH_SMALL_SHARED) {
+        fkv_scores_plan sp;
+        cr_assert_eq(fkv_plan_scores("test", &g, bytes, "test", &sp), FKV_OK);
+        cr_assert_gt(sp.blocks, 1, "%zu bytes keep the group in one scores work group", bytes);
+    }
+}
+
 /* ---- the whole decode pipeline against the CPU reference ---- */
 
 /* Prefill two sequences (prompts not multiples of the page), then decode `steps` batched
@@ -873,6 +934,20 @@ static fkv_status run_pipeline(const char *backend, const char *device, const fk
     return st;
 }
 
+void bh_pipeline_config(fkv_config *cfg) {
+    fkv_config_init(cfg);
+    cfg->n_layers = 2;
+    cfg->n_q_heads = 8;
+    cfg->n_kv_heads = 2;
+    cfg->head_dim = 64;
+    cfg->page_size = 16;
+    cfg->budget_tokens = 128;
+    cfg->sink_tokens = 32;
+    cfg->window_tokens = 32;
+    cfg->max_seqs = 2;
+    cfg->max_context = 512;
+}
+
 void bh_check_pipeline(const char *const *modes, int n_modes) {
     bh_need_device();
     char idx[16];
@@ -883,19 +958,9 @@ void bh_check_pipeline(const char *const *modes, int n_modes) {
             if (pi == 2 && mi > 0)
                 continue; /* dense recalls nothing */
             fkv_config cfg;
-            fkv_config_init(&cfg);
-            cfg.n_layers = 2;
-            cfg.n_q_heads = 8;
-            cfg.n_kv_heads = 2;
-            cfg.head_dim = 64;
-            cfg.page_size = 16;
-            cfg.budget_tokens = 128;
-            cfg.sink_tokens = 32;
-            cfg.window_tokens = 32;
+            bh_pipeline_config(&cfg);
             cfg.dtype = mi % 2 ? FKV_F16 : FKV_BF16;
             cfg.policy = policies[pi];
-            cfg.max_seqs = 2;
-            cfg.max_context = 512;
             uint32_t steps = 6;
             size_t n = (size_t)steps * cfg.n_layers * 2 * cfg.n_q_heads * cfg.head_dim;
             float *a = bh_tmalloc(n * sizeof(float)), *b = bh_tmalloc(n * sizeof(float));
@@ -909,4 +974,45 @@ void bh_check_pipeline(const char *const *modes, int n_modes) {
             cr_assert_lt(rel, 1e-4, "policy %s, recall %s: relative L2 %g",
                          fkv_policy_name(cfg.policy), modes[mi], rel);
         }
+}
+void bh_check_large_group(void) {
+    bh_need_device();
+    char idx[16];
+    snprintf(idx, sizeof idx, "%u", bh_index);
+    fkv_config cfg;
+    fkv_config_init(&cfg);
+    cfg.n_layers = 1;
+    cfg.n_q_heads = 64;
+    cfg.n_kv_heads = 1;
+    cfg.head_dim = 256;
+    cfg.page_size = 16;
+    cfg.budget_tokens = 96;
+    cfg.sink_tokens = 16;
+    cfg.window_tokens = 32;
+    cfg.dtype = FKV_F16;
+    cfg.max_seqs = 2;
+    cfg.max_context = 512;
+    uint32_t steps = 3;
+    size_t n = (size_t)steps * cfg.n_layers * 2 * cfg.n_q_heads * cfg.head_dim;
+    float *a = bh_tmalloc(n * sizeof(float)), *b = bh_tmalloc(n * sizeof(float));
+    fkv_status st = run_pipeline(cur->name, idx, &cfg, steps, a);
+    cr_assert_eq(st, FKV_OK, "%s, group 64 x head_dim 256: %s", cur->name, fkv_last_error());
+    cr_assert_eq(run_pipeline("cpu", NULL, &cfg, steps, b), FKV_OK, "cpu: %s", fkv_last_error());
+    double rel = th_rel_l2(a, b, n);
+    cr_assert_lt(rel, 1e-4, "group 64 x head_dim 256: relative L2 %g", rel);
+
+    /* Too little shared memory for even one query head: refused at creation. */
+    fkv_device *d = NULL;
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_device_open(cur->name, idx, &d), FKV_OK, "%s", fkv_last_error());
+    cur->set_shared(d->bdev, 1024);
+    st = fkv_context_create(d, &cfg, &ctx);
+    char msg[1024];
+    snprintf(msg, sizeof msg, "%s", fkv_last_error());
+    fkv_device_close(d);
+    cr_assert_eq(st, FKV_ERR_UNSUPPORTED, "%s with 1 KiB of shared memory: %d (%s)", cur->name,
+                 st, msg);
+    cr_assert_null(ctx);
+    cr_assert(strstr(msg, "creating the context") && strstr(msg, "bytes of shared memory"),
+              "the message names the limit: %s", msg);
 }

@@ -23,6 +23,8 @@ typedef struct bh_backend {
     const char *const *env;             /* the backend's variables, NULL-terminated */
     const char *recall_env;             /* FREEKV_<BACKEND>_RECALL */
     void (*set_splits)(fkv_bdev *, int); /* forces split-page attention (0: automatic) */
+    /* Lowers the shared (local) memory the kernels plan for (0: the device's). */
+    void (*set_shared)(fkv_bdev *, size_t);
     void (*before_close)(fkv_bdev *);   /* a last check of each device, or NULL */
     /* recall_direct reads host_alloc memory in every recall mode, not only in direct mode. */
     int direct_in_every_mode;
@@ -121,6 +123,8 @@ void bh_check_append(void);
 void bh_check_summarize(void);
 void bh_check_scores(void);
 void bh_check_cosine_flags(void);
+/* A query holding a NaN or an infinity gives its KV head flag 1 on both sides (backend.h). */
+void bh_check_cosine_nan(void);
 void bh_check_pack_hnd(void);
 void bh_check_scatter_hnd(void);
 /* recall_direct from host_alloc memory, for one geometry; bh_check_recall_direct skips when
@@ -137,6 +141,24 @@ void bh_check_two_threads(void);
 void bh_check_bad_arguments(void);
 /* The same device refuses an allocation above its limit with a status and a message. */
 void bh_check_alloc_limits(size_t max_alloc);
+/* Shared-memory limits (bytes) under which the kernels of the harness geometries run their
+ * group in several work groups (backends/check.c): SMALL leaves attention one or two query
+ * heads and tiles of one or two tokens, and scores blocks of uneven sizes (3, 3, 2 of 8 at
+ * d 128); MID leaves attention blocks of uneven sizes with tiles of 8 tokens or more. */
+#define BH_SMALL_SHARED 1564
+#define BH_MID_SHARED 6144
+/* Makes the device under test plan for `bytes` of shared memory (0: its own) and checks that
+ * this splits the harness' largest group (8 x d 128) into several work groups (for scores
+ * too at BH_SMALL_SHARED). */
+void bh_set_shared(size_t bytes);
+/* The geometry of issue #12 (group 64 x head_dim 256, 66 KiB of queries alone) through the
+ * whole pipeline, against the CPU reference: it must run (the kernels split the group where
+ * shared memory is short). A device that cannot run a geometry at all is refused at
+ * fkv_context_create with a message naming the limit, before any prefill. */
+void bh_check_large_group(void);
+/* The small geometry of the pipeline checks: 2 layers, 8/2 heads, d 64, p 16, budget 128
+ * (sink 32, window 32), 2 sequences of up to 512 tokens; default policy and dtype. */
+void bh_pipeline_config(fkv_config *cfg);
 /* The whole decode pipeline (freekv, sync, dense) against the CPU reference, with each of
  * the recall modes (values of bh_backend.recall_env). */
 void bh_check_pipeline(const char *const *modes, int n_modes);

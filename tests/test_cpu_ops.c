@@ -1228,3 +1228,174 @@ Test(cpu_env, bad_memory_values) {
     cr_assert_eq(ops->opened_info(dev, &info), FKV_OK);
     cr_assert_eq(info.memory_bytes, 3ull << 30);
 }
+
+/* ---- pools whose element offsets pass 2^31 and 2^32 ----
+ * Row and slot indices are int32 (the core refuses geometries where they do not fit), but
+ * element offsets computed from them (row * n_kv_heads * head_dim + ...) must be 64-bit in
+ * every kernel. Two f16 pools of 2^17 + 3 slots of 2^15 elements (8 GiB each, mapped without
+ * reserving memory: only the slots touched here become resident) are imported as device
+ * memory, and every op works on slot 2^16 (first element 2^31) and the last slots (elements
+ * past 2^32), checked against the pool bytes themselves. */
+
+#include <sys/mman.h>
+
+typedef struct big_pool {
+    unsigned char *k, *v;
+    size_t bytes;
+} big_pool;
+
+static void big_unmap(big_pool *bp) {
+    if (bp->k)
+        munmap(bp->k, bp->bytes);
+    if (bp->v)
+        munmap(bp->v, bp->bytes);
+}
+
+/* Element e of one (slot, token, head) row of a pool, as f32. */
+static float pool_at(const unsigned char *pool, const fkv_kv_geom *g, size_t slot, size_t t,
+                     size_t h, size_t c) {
+    size_t e = ((slot * g->page_size + t) * g->n_kv_heads + h) * g->head_dim + c;
+    return fkv_load(pool, g->dtype, e);
+}
+
+Test(cpu_ops, pools_beyond_32bit_element_offsets) {
+    fkv_kv_geom g = {8, 2, 128, 32, FKV_F16};
+    size_t p = g.page_size, hk = g.n_kv_heads, d = g.head_dim, re = hk * d;
+    size_t slot_elems = p * re; /* 2^15 */
+    size_t n_slots = ((size_t)1 << 17) + 3;
+    big_pool bp = {NULL, NULL, n_slots * slot_elems * 2};
+    bp.k = mmap(NULL, bp.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                -1, 0);
+    bp.v = mmap(NULL, bp.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                -1, 0);
+    if (bp.k == MAP_FAILED || bp.v == MAP_FAILED) {
+        bp.k = bp.k == MAP_FAILED ? NULL : bp.k;
+        bp.v = bp.v == MAP_FAILED ? NULL : bp.v;
+        big_unmap(&bp);
+        cr_skip_test("cannot map two 8 GiB pools here");
+    }
+    fkv_bbuf *kp = NULL, *vp = NULL;
+    cr_assert_eq(ops->buffer_import(dev, bp.k, bp.bytes, &kp), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(ops->buffer_import(dev, bp.v, bp.bytes, &vp), FKV_OK, "%s", fkv_last_error());
+    size_t hi = n_slots - 1, mid = (size_t)1 << 16; /* first elements ~2^32 + 2^16, 2^31 */
+    cr_assert_gt(hi * slot_elems, (size_t)UINT32_MAX);
+    cr_assert_eq(mid * slot_elems, (size_t)1 << 31);
+    th_rng r;
+    th_seed(&r, 4242);
+
+    /* append: every row of slots hi and mid */
+    size_t n_rows = 2 * p;
+    float *k = rand_stored(&r, n_rows * re, g.dtype), *v = rand_stored(&r, n_rows * re, g.dtype);
+    int32_t *rows = tmalloc(n_rows * 4);
+    for (size_t i = 0; i < n_rows; i++)
+        rows[i] = (int32_t)((i < p ? hi : mid) * p + i % p);
+    fkv_bbuf *kb = dfrom(k, 0, n_rows * re * 4), *vb = dfrom(v, 0, n_rows * re * 4);
+    fkv_bbuf *rb = dfrom(rows, 0, n_rows * 4);
+    RUN(ops->append(dev, CQ, DONE, &g, kb, 0, vb, 0, (uint32_t)n_rows, rb, 0, kp, vp));
+    for (size_t i = 0; i < n_rows; i++)
+        for (size_t e = 0; e < re; e++) {
+            size_t slot = i < p ? hi : mid, t = i % p, h = e / d, c = e % d;
+            cr_assert_eq(pool_at(bp.k, &g, slot, t, h, c), k[i * re + e], "append K row %zu", i);
+            cr_assert_eq(pool_at(bp.v, &g, slot, t, h, c), v[i * re + e], "append V row %zu", i);
+        }
+
+    /* summarize both pages */
+    int32_t pages[4] = {(int32_t)hi, 0, (int32_t)mid, 1};
+    fkv_bbuf *pg = dfrom(pages, 0, sizeof pages), *sm = dalloc(2 * re * 2 * 4);
+    RUN(ops->summarize(dev, CQ, DONE, &g, kp, 2, pg, 0, sm)); /* summaries start at byte 0 */
+    float *summ = tmalloc(2 * re * 2 * 4);
+    dread(sm, 0, summ, 2 * re * 2 * 4);
+    for (size_t s = 0; s < 2; s++)
+        for (size_t h = 0; h < hk; h++)
+            for (size_t c = 0; c < d; c++) {
+                float lo = INFINITY, hi_v = -INFINITY;
+                for (size_t t = 0; t < p; t++) {
+                    float x = pool_at(bp.k, &g, s ? mid : hi, t, h, c);
+                    lo = fminf(lo, x);
+                    hi_v = fmaxf(hi_v, x);
+                }
+                cr_assert_eq(summ[(s * hk + h) * 2 * d + c], lo, "summary %zu min", s);
+                cr_assert_eq(summ[(s * hk + h) * 2 * d + d + c], hi_v, "summary %zu max", s);
+            }
+
+    /* pack_hnd both pages: [h][K|V][t][c] */
+    int32_t gslots[2] = {(int32_t)hi, (int32_t)mid};
+    size_t page_elems = 2 * p * re;
+    fkv_bbuf *gs = dfrom(gslots, 0, sizeof gslots), *pk = dguarded(2 * page_elems * 2);
+    RUN(ops->pack_hnd(dev, CQ, DONE, &g, kp, vp, 2, gs, 0, pk, GUARD));
+    unsigned char *packed = tmalloc(2 * page_elems * 2);
+    dread(pk, GUARD, packed, 2 * page_elems * 2);
+    for (size_t i = 0; i < 2; i++)
+        for (size_t h = 0; h < hk; h++)
+            for (size_t t = 0; t < p; t++)
+                for (size_t c = 0; c < d; c++) {
+                    size_t at = i * page_elems + ((h * 2) * p + t) * d + c;
+                    cr_assert_eq(fkv_load(packed, g.dtype, at),
+                                 pool_at(bp.k, &g, gslots[i], t, h, c), "pack K");
+                    cr_assert_eq(fkv_load(packed, g.dtype, at + p * d),
+                                 pool_at(bp.v, &g, gslots[i], t, h, c), "pack V");
+                }
+
+    /* scatter_hnd: the packed units of (hi, head 3) and (mid, head 0) into slots hi-1, mid+1 */
+    size_t unit_elems = 2 * p * d;
+    unsigned char *units_src = tmalloc(2 * unit_elems * 2);
+    memcpy(units_src, packed + (3 * 2 * p * d) * 2, unit_elems * 2);
+    memcpy(units_src + unit_elems * 2, packed + page_elems * 2, unit_elems * 2);
+    int32_t units[4] = {(int32_t)(hi - 1), 3, (int32_t)(mid + 1), 0};
+    fkv_bbuf *us = dfrom(units_src, 0, 2 * unit_elems * 2), *ui = dfrom(units, 0, sizeof units);
+    RUN(ops->scatter_hnd(dev, CQ, DONE, &g, us, 0, 2, ui, 0, kp, vp));
+    for (size_t t = 0; t < p; t++)
+        for (size_t c = 0; c < d; c++) {
+            cr_assert_eq(pool_at(bp.k, &g, hi - 1, t, 3, c), pool_at(bp.k, &g, hi, t, 3, c));
+            cr_assert_eq(pool_at(bp.v, &g, hi - 1, t, 3, c), pool_at(bp.v, &g, hi, t, 3, c));
+            cr_assert_eq(pool_at(bp.k, &g, mid + 1, t, 0, c), pool_at(bp.k, &g, mid, t, 0, c));
+            cr_assert_eq(pool_at(bp.v, &g, mid + 1, t, 0, c), pool_at(bp.v, &g, mid, t, 0, c));
+        }
+
+    /* recall_direct: the unit of (mid, head 5) from host memory into slot hi-2, head 5 */
+    fkv_bhost *hm = NULL;
+    void *hp = NULL;
+    cr_assert_eq(ops->host_alloc(dev, unit_elems * 2, &hm, &hp), FKV_OK, "%s", fkv_last_error());
+    memcpy(hp, packed + page_elems * 2 + (5 * 2 * p * d) * 2, unit_elems * 2);
+    uint64_t off0 = 0;
+    int32_t unit2[2] = {(int32_t)(hi - 2), 5};
+    fkv_bbuf *u2 = dfrom(unit2, 0, sizeof unit2);
+    RUN(ops->recall_direct(dev, CQ, DONE, &g, hm, 1, &off0, u2, 0, kp, vp));
+    for (size_t t = 0; t < p; t++)
+        for (size_t c = 0; c < d; c++)
+            cr_assert_eq(pool_at(bp.v, &g, hi - 2, t, 5, c), pool_at(bp.v, &g, mid, t, 5, c));
+    ops->host_free(dev, hm);
+
+    /* attention: every KV head reads slot hi (all tokens) then slot mid (p - 3 tokens) */
+    size_t hq = hk * g.group, n_tok = 2 * p - 3;
+    float *q = rand_f32(&r, hq * d, 1.0f), scale = 1.0f / sqrtf((float)d);
+    int32_t heads[16], entries[4] = {(int32_t)hi, (int32_t)p, (int32_t)mid, (int32_t)p - 3};
+    for (size_t h = 0; h < hk; h++) {
+        heads[2 * h] = 0;
+        heads[2 * h + 1] = 2;
+    }
+    fkv_bbuf *qb = dfrom(q, 0, hq * d * 4), *hb = dfrom(heads, 0, sizeof heads);
+    fkv_bbuf *eb = dfrom(entries, 0, sizeof entries), *ob = dguarded(hq * d * 4);
+    RUN(ops->attention(dev, CQ, DONE, &g, qb, 0, 1, hb, 0, eb, 0, kp, vp, scale, ob, GUARD));
+    float *got = tmalloc(hq * d * 4), *kk = tmalloc(n_tok * d * 4), *vv = tmalloc(n_tok * d * 4);
+    float ref[128];
+    dread(ob, GUARD, got, hq * d * 4);
+    for (size_t h = 0; h < hk; h++) {
+        for (size_t i = 0; i < n_tok; i++)
+            for (size_t c = 0; c < d; c++) {
+                size_t slot = i < p ? hi : mid, t = i % p;
+                kk[i * d + c] = pool_at(bp.k, &g, slot, t, h, c);
+                vv[i * d + c] = pool_at(bp.v, &g, slot, t, h, c);
+            }
+        for (size_t gi = 0; gi < g.group; gi++) {
+            size_t qh = h * g.group + gi;
+            th_attention_ref(q + qh * d, kk, vv, n_tok, d, d, scale, ref);
+            cr_assert_lt(th_rel_l2(got + qh * d, ref, d), 1e-5, "attention, query head %zu", qh);
+        }
+    }
+    ops->finish(dev, CQ);
+    ops->buffer_free(dev, kp); /* imports: the mapping stays ours (a failed assertion ends the
+                                  forked test process, which drops both) */
+    ops->buffer_free(dev, vp);
+    big_unmap(&bp);
+}

@@ -5,12 +5,14 @@
  * agree: bitwise for copies, within 1e-6 relative for attention. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backends/backend.h"
 #include "backends/device.h"
 #include "common/dtype.h"
+#include "common/error.h"
 #include "helpers.h"
 
 #define Q FKV_QUEUE_COMPUTE
@@ -245,4 +247,90 @@ Test(fallback, recall_mode) {
     reduced.recall_mode = NULL;
     open_both();
     cr_assert_eq(fkv_op_recall_mode(fallback_dev->ops, fallback_dev->bdev), FKV_RECALL_STAGED);
+}
+
+/* ---- check_geometry and recall_note: the newest entries of the table ---- */
+
+static int geometry_calls;
+static fkv_status refuse_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q) {
+    (void)dev;
+    (void)g;
+    (void)q;
+    geometry_calls++;
+    return fkv_error(FKV_ERR_UNSUPPORTED, "test: refused");
+}
+static const char *note(fkv_bdev *dev) {
+    (void)dev;
+    return "test note";
+}
+
+Test(fallback, check_geometry_and_recall_note) {
+    fkv_backend_ops t = *fkv_backend_cpu();
+    t.check_geometry = refuse_geometry;
+    t.recall_note = note;
+    fkv_kv_geom g = {2, 4, 64, 16, FKV_F16};
+    fkv_device_info info = {.max_buffer_bytes = 1 << 20};
+    fkv_geom_query q = {.max_seqs = 1, .largest_buffer = 1 << 20};
+    geometry_calls = 0;
+    cr_assert_eq(fkv_op_check_geometry(&t, NULL, &info, &g, &q), FKV_ERR_UNSUPPORTED);
+    cr_assert_eq(geometry_calls, 1);
+    cr_assert_str_eq(fkv_op_recall_note(&t, NULL), "test note");
+    /* A buffer above the device's limit is refused by the fallback itself, first. */
+    q.largest_buffer = (1 << 20) + 1;
+    cr_assert_eq(fkv_op_check_geometry(&t, NULL, &info, &g, &q), FKV_ERR_OUT_OF_DEVICE_MEMORY);
+    cr_assert(strstr(fkv_last_error(), "1048577-byte buffer") &&
+                  strstr(fkv_last_error(), "1048576-byte limit"),
+              "%s", fkv_last_error());
+    cr_assert_eq(geometry_calls, 1);
+    /* A table built before the entries existed: they lie beyond its struct_size, unread. */
+    q.largest_buffer = 1;
+    t.struct_size = (uint32_t)offsetof(fkv_backend_ops, check_geometry);
+    cr_assert_eq(fkv_op_check_geometry(&t, NULL, &info, &g, &q), FKV_OK);
+    cr_assert_eq(geometry_calls, 1);
+    cr_assert_str_eq(fkv_op_recall_note(&t, NULL), "");
+    /* NULL entries: nothing to check beyond the buffer size, nothing to say. */
+    t = *fkv_backend_cpu();
+    cr_assert_null(t.check_geometry);
+    cr_assert_eq(fkv_op_check_geometry(&t, NULL, &info, &g, &q), FKV_OK);
+    cr_assert_str_eq(fkv_op_recall_note(&t, NULL), "");
+}
+
+static int allocations;
+static fkv_status counted_buffer_alloc(fkv_bdev *dev, size_t size, fkv_bbuf **out) {
+    allocations++;
+    return fkv_backend_cpu()->buffer_alloc(dev, size, out);
+}
+static fkv_status counted_host_alloc(fkv_bdev *dev, size_t size, fkv_bhost **out, void **ptr) {
+    allocations++;
+    return fkv_backend_cpu()->host_alloc(dev, size, out, ptr);
+}
+
+/* fkv_context_create asks the device first: a refusal fails the creation with the device's
+ * message before any device or host allocation. */
+Test(fallback, context_create_asks_check_geometry) {
+    fkv_backend_ops t = *fkv_backend_cpu();
+    t.check_geometry = refuse_geometry;
+    t.buffer_alloc = counted_buffer_alloc;
+    t.host_alloc = counted_host_alloc;
+    fkv_device *d = NULL;
+    cr_assert_eq(fkv_device_open_ops(&t, 0, &d), FKV_OK, "%s", fkv_last_error());
+    fkv_config cfg;
+    fkv_config_init(&cfg);
+    cfg.n_layers = 2;
+    cfg.max_context = 4096;
+    fkv_context *ctx = NULL;
+    geometry_calls = allocations = 0;
+    cr_assert_eq(fkv_context_create(d, &cfg, &ctx), FKV_ERR_UNSUPPORTED);
+    cr_assert_null(ctx);
+    cr_assert_eq(geometry_calls, 1);
+    cr_assert_eq(allocations, 0, "%d allocations before the refusal", allocations);
+    cr_assert(strstr(fkv_last_error(), "creating the context") &&
+                  strstr(fkv_last_error(), "test: refused"),
+              "%s", fkv_last_error());
+    /* the same table without the refusal creates the context */
+    t.check_geometry = NULL;
+    cr_assert_eq(fkv_context_create(d, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    cr_assert_gt(allocations, 0);
+    fkv_context_destroy(ctx);
+    fkv_device_close(d);
 }

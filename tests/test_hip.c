@@ -196,6 +196,7 @@ static const bh_backend hip_backend = {
     .env = hip_env,
     .recall_env = "FREEKV_HIP_RECALL",
     .set_splits = fkv_hip_debug_set_splits,
+    .set_shared = fkv_hip_debug_set_shared,
     .direct_in_every_mode = 0, /* only mapped host memory (zerocopy) reaches a kernel */
 };
 
@@ -224,6 +225,30 @@ Test(hip_gpu, append) { bh_check_append(); }
 Test(hip_gpu, summarize) { bh_check_summarize(); }
 Test(hip_gpu, scores) { bh_check_scores(); }
 Test(hip_gpu, cosine_flags) { bh_check_cosine_flags(); }
+Test(hip_gpu, cosine_nan_is_corrected) { bh_check_cosine_nan(); }
+/* Attention and scores over the group in several work groups (small shared memory). */
+Test(hip_gpu, attention_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_attention(3);
+}
+Test(hip_gpu, attention_small_shared_unsplit) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_attention(1);
+}
+Test(hip_gpu, attention_mid_shared) {
+    bh_set_shared(BH_MID_SHARED);
+    bh_check_attention(1);
+}
+Test(hip_gpu, attention_dense_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_dense(2);
+}
+Test(hip_gpu, scores_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_scores();
+}
+/* Issue #12: group 64 x head_dim 256 runs (or a device that cannot is refused at creation). */
+Test(hip_gpu, large_group_pipeline) { bh_check_large_group(); }
 Test(hip_gpu, pack_hnd) { bh_check_pack_hnd(); }
 Test(hip_gpu, scatter_hnd) { bh_check_scatter_hnd(); }
 Test(hip_gpu, recall_direct) { bh_check_recall_direct(); }

@@ -26,6 +26,7 @@ static const bh_backend opencl = {
     .env = opencl_env,
     .recall_env = "FREEKV_OPENCL_RECALL",
     .set_splits = fkv_opencl_debug_set_splits,
+    .set_shared = fkv_opencl_debug_set_shared,
     /* pinned (non-SVM) host memory is never handed to a kernel */
     .direct_in_every_mode = 0,
 };
@@ -62,6 +63,30 @@ Test(opencl, append) { bh_check_append(); }
 Test(opencl, summarize) { bh_check_summarize(); }
 Test(opencl, scores) { bh_check_scores(); }
 Test(opencl, cosine_flags) { bh_check_cosine_flags(); }
+Test(opencl, cosine_nan_is_corrected) { bh_check_cosine_nan(); }
+/* Attention and scores over the group in several work groups (small shared memory). */
+Test(opencl, attention_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_attention(3);
+}
+Test(opencl, attention_small_shared_unsplit) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_attention(1);
+}
+Test(opencl, attention_mid_shared) {
+    bh_set_shared(BH_MID_SHARED);
+    bh_check_attention(1);
+}
+Test(opencl, attention_dense_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_dense(2);
+}
+Test(opencl, scores_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_scores();
+}
+/* Issue #12: group 64 x head_dim 256 runs (or a device that cannot is refused at creation). */
+Test(opencl, large_group_pipeline) { bh_check_large_group(); }
 Test(opencl, pack_hnd) { bh_check_pack_hnd(); }
 Test(opencl, scatter_hnd) { bh_check_scatter_hnd(); }
 Test(opencl, recall_direct) { bh_check_recall_direct(); }

@@ -32,6 +32,7 @@ static const bh_backend vulkan = {
     .env = vulkan_env,
     .recall_env = "FREEKV_VULKAN_RECALL",
     .set_splits = fkv_vulkan_debug_set_splits,
+    .set_shared = fkv_vulkan_debug_set_shared,
     .before_close = no_validation_errors,
     .direct_in_every_mode = 1, /* host_alloc memory is always imported or a mapped buffer */
 };
@@ -137,6 +138,43 @@ BOTH(attention_unsplit, bh_check_attention(1))
 BOTH(attention_split, bh_check_attention(3))
 Test(vulkan, scores) { bh_check_scores(); }
 Test(vulkan, cosine_flags) { bh_check_cosine_flags(); }
+Test(vulkan, cosine_nan_is_corrected) { bh_check_cosine_nan(); }
+/* Attention and scores over the group in several work groups (small shared memory). */
+Test(vulkan, attention_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_attention(3);
+}
+Test(vulkan, attention_small_shared_unsplit) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_attention(1);
+}
+Test(vulkan, attention_mid_shared) {
+    bh_set_shared(BH_MID_SHARED);
+    bh_check_attention(1);
+}
+Test(vulkan, attention_dense_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_dense(2);
+}
+Test(vulkan, scores_small_shared) {
+    bh_set_shared(BH_SMALL_SHARED);
+    bh_check_scores();
+}
+/* The shaders' flat invocation ids are 32-bit (common.glsl): a 1-D launch of more than 2^32
+ * items is refused, never run with wrapped ids that redo early items and skip late ones.
+ * Summaries of 2^14 + 1 pages of a 1024 x 256 geometry are 2^32 + 2^18 items. */
+Test(vulkan, launch_beyond_32bit_invocation_ids) {
+    fkv_kv_geom g = {1024, 1, 256, 1, FKV_F32};
+    uint32_t n_pages = (1u << 14) + 1;
+    size_t slot = (size_t)1024 * 256 * 4;
+    fkv_bbuf *pool = bh_alloc1(UT, slot), *pages = bh_alloc1(UT, (size_t)n_pages * 8);
+    fkv_bbuf *summ = bh_alloc1(UT, 2 * slot);
+    REFUSED(O->summarize(OD, CQ, DEPS, &g, pool, n_pages, pages, 0, summ), FKV_ERR_UNSUPPORTED);
+    cr_assert(strstr(fkv_last_error(), "32-bit"), "%s", fkv_last_error());
+    RUN1(O->summarize(OD, CQ, DEPS, &g, pool, 4, pages, 0, summ)); /* a small call runs */
+}
+/* Issue #12: group 64 x head_dim 256 runs (or a device that cannot is refused at creation). */
+Test(vulkan, large_group_pipeline) { bh_check_large_group(); }
 
 /* ---- Vulkan's own: memory limits, write_regions, recall modes, environment ---- */
 
@@ -298,6 +336,105 @@ Test(vulkan_env, recall_modes) {
         fkv_kv_geom g = {2, 1, 64, 16, FKV_BF16};
         bh_check_recall_direct_geom(&r, &g, 0);
         bh_teardown();
+    }
+}
+
+/* Host memory that cannot be imported (a driver whose VK_EXT_external_memory_host refuses):
+ * FREEKV_VULKAN_RECALL=hostptr is refused at device open naming the cause; auto falls back to
+ * staged and says why (recall_note, printed by freekv-info), and its host memory still works. */
+Test(vulkan_env, hostptr_import_impossible) {
+    bh_need_device();
+    fkv_vulkan_debug_break_import(1);
+    setenv("FREEKV_VULKAN_RECALL", "hostptr", 1);
+    fkv_bdev *d = NULL;
+    fkv_status st = O->device_open(bh_index, &d);
+    cr_assert_eq(st, FKV_ERR_UNSUPPORTED, "hostptr with imports broken: %d", st);
+    cr_assert_null(d);
+    cr_assert(strstr(fkv_last_error(), "cannot import host memory") &&
+                  strstr(fkv_last_error(), "vkGetMemoryHostPointerPropertiesEXT"),
+              "%s", fkv_last_error());
+    setenv("FREEKV_VULKAN_RECALL", "auto", 1);
+    bh_open_devices();
+    cr_assert_eq(O->recall_mode(OD), FKV_RECALL_STAGED);
+    cr_assert_eq(fkv_vulkan_debug_import_host(OD), 0);
+    const char *note = fkv_op_recall_note(O, OD);
+    cr_assert(strstr(note, "auto: host memory cannot be imported"), "note: %s", note);
+    fkv_device_info info;
+    cr_assert_eq(O->opened_info(OD, &info), FKV_OK);
+    cr_assert_eq(info.caps & FKV_CAP_ZERO_COPY_HOST, 0, "no zero-copy without imports");
+    th_rng r;
+    th_seed(&r, 1400);
+    fkv_kv_geom g = {2, 1, 64, 16, FKV_BF16};
+    bh_check_recall_direct_geom(&r, &g, 0);
+    bh_teardown();
+    /* imports working again: hostptr imports, auto says why it stays staged here */
+    fkv_vulkan_debug_break_import(0);
+    setenv("FREEKV_VULKAN_RECALL", "hostptr", 1);
+    bh_open_devices();
+    cr_assert_eq(fkv_vulkan_debug_import_host(OD), 1);
+    cr_assert_str_eq(fkv_op_recall_note(O, OD), "", "an explicit choice needs no note");
+    bh_teardown();
+    setenv("FREEKV_VULKAN_RECALL", "auto", 1);
+    bh_open_devices();
+    note = fkv_op_recall_note(O, OD);
+    if (is_lavapipe(&OD->info))
+        cr_assert(strstr(note, "auto: a CPU device"), "note: %s", note);
+    else
+        cr_assert(strstr(note, "auto: "), "note: %s", note);
+}
+
+/* maxMemoryAllocationCount (4096 on some drivers): every VkDeviceMemory counts, imported host
+ * memory too; past the limit an allocation is refused naming it, and a context that would
+ * need more is refused at creation before it allocates anything. */
+Test(vulkan_env, allocation_count_limit) {
+    bh_need_device();
+    static const char *const modes[] = {"hostptr", "staged"};
+    for (int m = 0; m < 2; m++) {
+        setenv("FREEKV_VULKAN_RECALL", modes[m], 1);
+        bh_open_devices();
+        unsigned base = fkv_vulkan_debug_live_allocations(OD);
+        fkv_vulkan_debug_set_allocation_limit(OD, base + 2);
+        fkv_bhost *h[3] = {NULL, NULL, NULL};
+        void *p;
+        cr_assert_eq(O->host_alloc(OD, 4096, &h[0], &p), FKV_OK, "%s", fkv_last_error());
+        cr_assert_eq(O->host_alloc(OD, 4096, &h[1], &p), FKV_OK, "%s", fkv_last_error());
+        cr_assert_eq(O->host_alloc(OD, 4096, &h[2], &p), FKV_ERR_OUT_OF_HOST_MEMORY, "%s: %s",
+                     modes[m], fkv_last_error());
+        cr_assert_null(h[2]);
+        cr_assert(strstr(fkv_last_error(), "maxMemoryAllocationCount"), "%s", fkv_last_error());
+        fkv_bbuf *b = NULL;
+        cr_assert_eq(O->buffer_alloc(OD, 256, &b), FKV_ERR_OUT_OF_DEVICE_MEMORY);
+        cr_assert(strstr(fkv_last_error(), "maxMemoryAllocationCount"), "%s", fkv_last_error());
+        O->host_free(OD, h[0]);
+        cr_assert_eq(O->buffer_alloc(OD, 256, &b), FKV_OK, "a freed allocation is available");
+        O->buffer_free(OD, b);
+        O->host_free(OD, h[1]);
+        cr_assert_eq(fkv_vulkan_debug_live_allocations(OD), base);
+        bh_teardown();
+
+        /* a context: 2 layers x 19, 6 of prefill scratch, recall staging, 2 seqs x 2 layers x
+         * 4 host pool chunks, plus commands in flight: far more than 100 */
+        char idx[16];
+        snprintf(idx, sizeof idx, "%u", bh_index);
+        fkv_device *dev = NULL;
+        cr_assert_eq(fkv_device_open("vulkan", idx, &dev), FKV_OK, "%s", fkv_last_error());
+        base = fkv_vulkan_debug_live_allocations(dev->bdev);
+        fkv_vulkan_debug_set_allocation_limit(dev->bdev, 100);
+        fkv_config cfg;
+        bh_pipeline_config(&cfg);
+        cfg.max_context = 4096;
+        fkv_context *ctx = NULL;
+        fkv_status st = fkv_context_create(dev, &cfg, &ctx);
+        cr_assert_eq(st, FKV_ERR_UNSUPPORTED, "%s: %d %s", modes[m], st, fkv_last_error());
+        cr_assert(strstr(fkv_last_error(), "maxMemoryAllocationCount") &&
+                      strstr(fkv_last_error(), "creating the context"),
+                  "%s", fkv_last_error());
+        cr_assert_eq(fkv_vulkan_debug_live_allocations(dev->bdev), base);
+        fkv_vulkan_debug_set_allocation_limit(dev->bdev, 0);
+        cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+        fkv_context_destroy(ctx);
+        cr_assert_eq(fkv_vulkan_debug_live_allocations(dev->bdev), base);
+        fkv_device_close(dev);
     }
 }
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compile-only CI checks of the HIP backend (docs/hip.md). No GPU is needed and none is used:
-#   1. AMD: hipcc for FREEKV_HIP_TARGETS (default gfx90a;gfx1030), build folder build-ci-hip-amd
-#   2. NVIDIA: the same hip/ sources through hip/hip_cuda_compat.h with nvcc (sm_90),
-#      build folder build-ci-hip-nv
+#   1. AMD: hipcc for the default targets it accepts (of gfx90a;gfx942;gfx1030;gfx1100;gfx1101:
+#      gfx90a, gfx1030 with Debian's hipcc 5.2.3), build folder build-ci-hip-amd
+#   2. NVIDIA: the same hip/ sources through hip/hip_cuda_compat.h with nvcc (sm_80, sm_86,
+#      sm_89, sm_90 and PTX compute_90), build folder build-ci-hip-nv
 # Each builds the library (shared and static), links freekv-info, freekv-conformance and
 # freekv-opbench (unresolved symbols show), fails on any compiler warning in hip/, runs the
 # host-side tests (test_hip, when Criterion is there) and shows that a machine without a GPU
@@ -48,7 +49,7 @@ check_build() {
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFREEKV_HIP=ON \
     -DFREEKV_OPENCL=OFF -DFREEKV_VULKAN=OFF "$@" >"$log" 2>&1 ||
     { cat "$log"; fail "$name: configure"; }
-  grep -E "HIP backend" "$log" | sed 's/^-- */   /'
+  grep -E "HIP backend|HIP \((amd|nvidia)\)" "$log" | sed 's/^-- */   /'
   grep -q "HIP backend *: ON" "$log" || fail "$name: FREEKV_HIP did not turn on"
   local have_tests=0
   if [ -f "$dir/CTestTestfile.cmake" ] && grep -q "test_hip" "$dir/CTestTestfile.cmake"; then

@@ -1,8 +1,28 @@
-/* freekv-info: the backends compiled in, the devices they find, and what "auto" picks. */
+/* freekv-info: the backends compiled in, the devices they find, how each would recall pages,
+ * and what "auto" picks. */
 #include <stdio.h>
 #include <string.h>
 
+#include "backends/device.h"
 #include "freekv.h"
+
+/* Opens the device to ask its recall mechanism and, when the backend chose it itself, why
+ * (e.g. Vulkan's "auto" falling back to staged because host memory cannot be imported). */
+static void print_recall(const fkv_device_info *info) {
+    static const char *const modes[] = {"staged", "direct (zero-copy)", "perpage"};
+    char idx[16];
+    snprintf(idx, sizeof idx, "%u", info->index);
+    fkv_device *d = NULL;
+    if (fkv_device_open(info->backend, idx, &d) != FKV_OK) {
+        printf("        recall: ? (opening failed: %s)\n", fkv_last_error());
+        return;
+    }
+    unsigned m = (unsigned)fkv_op_recall_mode(d->ops, d->bdev);
+    const char *note = fkv_op_recall_note(d->ops, d->bdev);
+    printf("        recall %s%s%s%s\n", m < 3 ? modes[m] : "?", note[0] ? " (" : "", note,
+           note[0] ? ")" : "");
+    fkv_device_close(d);
+}
 
 int main(int argc, char **argv) {
     if (argc > 1 && (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0)) {
@@ -31,6 +51,7 @@ int main(int argc, char **argv) {
                fkv_device_type_name(list[i].type), list[i].memory_bytes / 1073741824.0,
                list[i].max_buffer_bytes / 1073741824.0, list[i].driver);
         printf("        caps %s\n", caps[0] ? caps : "(none)");
+        print_recall(&list[i]);
     }
     fkv_device_info pick;
     if (fkv_device_pick(NULL, NULL, &pick) != FKV_OK) {

@@ -1,14 +1,15 @@
 #version 450
-/* Paged decode attention with GQA: one workgroup per (sequence, KV head, split) serves the
- * group's query heads, so each K/V row is read once for the group. Tiles of up to `tile`
- * tokens of one page: K tile -> scores -> online softmax -> V tile -> accumulate. With
- * n_splits > 1 each workgroup takes a contiguous share of the head's entries and writes
- * (max, sum, unnormalised acc) per query head to `part` for attention_reduce.
+/* Paged decode attention with GQA: one workgroup per (sequence, KV head, block of `heads`
+ * query heads, split) serves the block's query heads, so each K/V row is read once per block
+ * (the whole group in one block unless shared memory is too small: backends/check.c). Tiles
+ * of up to `tile` tokens of one page: K tile -> scores -> online softmax -> V tile ->
+ * accumulate. With n_splits > 1 each workgroup takes a contiguous share of the head's entries
+ * and writes (max, sum, unnormalised acc) per query head to `part` for attention_reduce.
  * dense_tokens >= 0 replaces the slot lists by contiguous K/V of that many tokens.
  * Pools beyond one binding run once per window of n_slots slots from slot_base, each run
  * writing its own partials (split_base + split of total_splits, vk_kernels.c).
- * Shared memory (SMEM floats, sized per call): qs, acc [group*d]; kt [tile*(d+1)];
- * sc [group*tile]; st [3*group] = running max, running sum, rescale factor. */
+ * Shared memory (SMEM floats, sized per call): qs, acc [heads*d]; kt [tile*(d+1)];
+ * sc [heads*tile]; st [3*heads] = running max, running sum, rescale factor. */
 #include "common.glsl"
 RBUF(0, float, q);
 RBUF(1, int, heads);
@@ -22,20 +23,25 @@ layout(push_constant) uniform PC {
     int dense_tokens;
     uint n_slots, n_kv_heads, group, head_dim, page_size, tile, n_splits;
     float scale;
-    uint out_off, slot_base, split_base, total_splits;
+    uint out_off, slot_base, split_base, total_splits, heads;
 } pc;
 shared float sm[SMEM];
 
 void main() {
     const uint lid = gl_LocalInvocationID.x, w = gl_WorkGroupSize.x;
-    const uint grp = gl_WorkGroupID.x;
-    const uint bh = grp / pc.n_splits, split = grp % pc.n_splits;
+    const uint grp = gl_WorkGroupID.x, H = pc.heads;
+    const uint n_blocks = (pc.group + H - 1u) / H, per_bh = n_blocks * pc.n_splits;
+    const uint bh = grp / per_bh, split = grp % pc.n_splits;
+    const uint g_first = (grp % per_bh) / pc.n_splits * H;
+    const uint G = min(H, pc.group - g_first); /* query heads of this workgroup */
     const uint h = bh % pc.n_kv_heads;
-    const uint d = pc.head_dim, G = pc.group, gd = G * d, ldk = d + 1u, tile = pc.tile;
+    const uint d = pc.head_dim, gd = G * d, ldk = d + 1u, tile = pc.tile;
     const uint row_elems = pc.n_kv_heads * d;
-    const uint QS = 0u, ACC = gd, KT = 2u * gd, SC = KT + tile * ldk, ST = SC + G * tile;
+    const uint QS = 0u, ACC = H * d, KT = 2u * H * d, SC = KT + tile * ldk, ST = SC + H * tile;
+    /* query head (b, h*group + g) is row bh*group + g of q and out */
+    const uint qrow = bh * pc.group + g_first;
 
-    const uint qb = pc.q_off + bh * gd;
+    const uint qb = pc.q_off + qrow * d;
     for (uint i = lid; i < gd; i += w) {
         sm[QS + i] = q[qb + i] * pc.scale;
         sm[ACC + i] = 0.0;
@@ -122,13 +128,14 @@ void main() {
     }
 
     if (pc.total_splits == 1u) {
-        uint ob = pc.out_off + bh * gd;
+        uint ob = pc.out_off + qrow * d;
         for (uint i = lid; i < gd; i += w) {
             float l = sm[ST + G + i / d];
             outp[ob + i] = l > 0.0 ? sm[ACC + i] / l : 0.0;
         }
     } else {
-        uint pb = (bh * pc.total_splits + pc.split_base + split) * G * (d + 2u);
+        /* part is [bh][split][group][d+2] */
+        uint pb = ((bh * pc.total_splits + pc.split_base + split) * pc.group + g_first) * (d + 2u);
         for (uint i = lid; i < gd; i += w) {
             uint g = i / d, c = i % d;
             part[pb + g * (d + 2u) + 2u + c] = sm[ACC + i];

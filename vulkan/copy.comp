@@ -44,7 +44,7 @@ BUF(0, W_T, kpool);
 BUF(1, W_T, vpool);
 RBUF(2, int, idx);
 BUF(3, W_T, ext); /* pack: destination; scatter: source; direct: host window */
-RBUF(4, int, host_units); /* direct: (window, word offset in it) per unit */
+RBUF(4, uint, host_units); /* direct: (window, word offset in it) per unit */
 layout(push_constant) uniform PC {
     uint ext_off, n, idx_off, n_kv_heads, row_words, page_size, n_slots, total, window, slot_base;
 } pc;
@@ -78,9 +78,9 @@ void main() {
 #if MODE == 1
     uint s = pc.ext_off + row * pc.row_words + w;
 #else
-    if (uint(host_units[2u * i]) != pc.window)
+    if (host_units[2u * i] != pc.window)
         return;
-    uint s = uint(host_units[2u * i + 1u]) + r * pc.row_words + w;
+    uint s = host_units[2u * i + 1u] + r * pc.row_words + w;
 #endif
     uint kv = r / pc.page_size, t = r % pc.page_size;
     uint dst = ((ls * pc.page_size + t) * pc.n_kv_heads + uint(h)) * pc.row_words + w;

@@ -1,6 +1,7 @@
 #version 450
 /* One workgroup (a power of two) per (sequence, KV head): mean over the group of the cosine
- * similarity of q_cur and q_prev; flag = !(mean >= tau), so a NaN is corrected. */
+ * similarity of q_cur and q_prev; flag = !(mean >= tau), so a NaN is corrected. Only an exactly
+ * zero norm gives cosine 0: a query holding a NaN or an infinity makes the mean NaN. */
 #include "common.glsl"
 RBUF(0, float, q_cur);
 RBUF(1, float, q_prev);
@@ -39,7 +40,7 @@ void main() {
         }
         if (lid == 0u) {
             float na = sqrt(red[w]), nb = sqrt(red[2u * w]);
-            mean += (na > 0.0 && nb > 0.0) ? red[0] / (na * nb) : 0.0;
+            mean += (na == 0.0 || nb == 0.0) ? 0.0 : red[0] / (na * nb);
         }
         barrier(); /* red is reused by the next head */
     }

@@ -1,23 +1,27 @@
 #version 450
-/* Quest bound of all query heads of one KV head in one pass over each page summary.
- * Workgroup y = (sequence, KV head); x (chunks of workgroups) strides over its pages. The
- * summaries are bound as a window of n_summaries from summ_base (vk_kernels.c). */
+/* Quest bound of the query heads of one KV head in one pass over each page summary.
+ * Workgroup y = (sequence, KV head, block of `heads` query heads: the group in several blocks
+ * when its queries do not fit shared memory at once); x (chunks of workgroups) strides over
+ * its pages. The summaries are bound as a window of n_summaries from summ_base
+ * (vk_kernels.c). */
 #include "common.glsl"
 RBUF(0, float, q);
 RBUF(1, int, desc);
 RBUF(2, float, summaries);
 BUF(3, float, outp);
 layout(push_constant) uniform PC {
-    uint q_off, desc_off, n_summaries, out_off, out_len, n_kv_heads, group, head_dim, summ_base;
+    uint q_off, desc_off, n_summaries, out_off, out_len, n_kv_heads, group, head_dim, summ_base,
+        heads;
 } pc;
 shared float qs[SMEM];
 #define SCORE_GROUP 8
 
 void main() {
-    uint bh = gl_WorkGroupID.y, lid = gl_LocalInvocationID.x;
+    uint n_blocks = (pc.group + pc.heads - 1u) / pc.heads, lid = gl_LocalInvocationID.x;
+    uint bh = gl_WorkGroupID.y / n_blocks, hb = (gl_WorkGroupID.y % n_blocks) * pc.heads;
     uint b = bh / pc.n_kv_heads, h = bh % pc.n_kv_heads;
-    uint gd = pc.group * pc.head_dim;
-    uint qb = pc.q_off + bh * gd;
+    uint ng_all = min(pc.heads, pc.group - hb), gd = ng_all * pc.head_dim;
+    uint qb = pc.q_off + (bh * pc.group + hb) * pc.head_dim;
     for (uint i = lid; i < gd; i += gl_WorkGroupSize.x)
         qs[i] = q[qb + i];
     barrier();
@@ -31,8 +35,8 @@ void main() {
         if (sidx < 0 || ls >= pc.n_summaries)
             continue;
         uint mn = (ls * pc.n_kv_heads + h) * 2u * pc.head_dim, mx = mn + pc.head_dim;
-        for (uint g0 = 0u; g0 < pc.group; g0 += SCORE_GROUP) {
-            uint ng = min(uint(SCORE_GROUP), pc.group - g0);
+        for (uint g0 = 0u; g0 < ng_all; g0 += SCORE_GROUP) {
+            uint ng = min(uint(SCORE_GROUP), ng_all - g0);
             float acc[SCORE_GROUP];
             for (uint k = 0u; k < SCORE_GROUP; k++)
                 acc[k] = 0.0;
@@ -44,7 +48,7 @@ void main() {
                 }
             }
             for (uint k = 0u; k < ng; k++) {
-                int o = obase + int((h * pc.group + g0 + k) * uint(n_pages) + j);
+                int o = obase + int((h * pc.group + hb + g0 + k) * uint(n_pages) + j);
                 if (o >= 0 && uint(o) < pc.out_len)
                     outp[pc.out_off + uint(o)] = acc[k];
             }

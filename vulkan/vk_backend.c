@@ -219,12 +219,29 @@ static uint32_t families(VkPhysicalDevice p, uint32_t *compute) {
     return transfer;
 }
 
+/* The largest single buffer: maxMemoryAllocationSize, and maxBufferSize where the device has
+ * maintenance4 (core in Vulkan 1.3, else the extension; its struct is chained only then). */
+static VkDeviceSize largest_buffer(VkPhysicalDevice p) {
+    VkPhysicalDeviceProperties props;
+    vkGetPhysicalDeviceProperties(p, &props);
+    int m4 = props.apiVersion >= VK_API_VERSION_1_3 ||
+             has_device_ext(p, VK_KHR_MAINTENANCE_4_EXTENSION_NAME);
+    VkPhysicalDeviceMaintenance4Properties p4 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_4_PROPERTIES};
+    VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES,
+                                                 .pNext = m4 ? &p4 : NULL};
+    VkPhysicalDeviceProperties2 pr = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &m3};
+    vkGetPhysicalDeviceProperties2(p, &pr);
+    VkDeviceSize n = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : UINT32_MAX;
+    if (m4 && p4.maxBufferSize && p4.maxBufferSize < n)
+        n = p4.maxBufferSize;
+    return n;
+}
+
 static void fill_info(VkPhysicalDevice p, uint32_t index, fkv_device_info *info) {
     memset(info, 0, sizeof *info);
     snprintf(info->backend, sizeof info->backend, "vulkan");
     info->index = index;
-    VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES};
-    VkPhysicalDeviceDriverProperties drv = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES, .pNext = &m3};
+    VkPhysicalDeviceDriverProperties drv = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
     VkPhysicalDeviceProperties2 pr = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &drv};
     vkGetPhysicalDeviceProperties2(p, &pr);
     snprintf(info->name, sizeof info->name, "%.127s", pr.properties.deviceName);
@@ -251,7 +268,7 @@ static void fill_info(VkPhysicalDevice p, uint32_t index, fkv_device_info *info)
             info->memory_bytes = mp.memoryHeaps[i].size;
     /* The largest allocation. Kernels bind KV pools and summaries above
      * maxStorageBufferRange (lavapipe: 128 MiB) in windows (vk_kernels.c). */
-    info->max_buffer_bytes = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : UINT32_MAX;
+    info->max_buffer_bytes = largest_buffer(p);
     if (info->memory_bytes && info->max_buffer_bytes > info->memory_bytes)
         info->max_buffer_bytes = info->memory_bytes;
 
@@ -343,6 +360,37 @@ static VkBufferCreateInfo buffer_info(const fkv_bdev *d, VkDeviceSize size, VkBu
     return bi;
 }
 
+/* ---- allocation count: every VkDeviceMemory counts against maxMemoryAllocationCount (4096
+ * on some drivers), device buffers, host allocations and per-command temporaries alike ---- */
+
+/* Takes one allocation of the device's count, or refuses naming the limit. */
+static fkv_status count_alloc(fkv_bdev *d, fkv_status status, const char *what) {
+    unsigned n = atomic_load(&d->live_allocs);
+    do {
+        if (n >= d->max_allocs)
+            return fkv_error(status,
+                             "vulkan: %s would be allocation %u; the device allows %u at once "
+                             "(maxMemoryAllocationCount)",
+                             what, n + 1, d->max_allocs);
+    } while (!atomic_compare_exchange_weak(&d->live_allocs, &n, n + 1));
+    return FKV_OK;
+}
+
+static void uncount_alloc(fkv_bdev *d) { atomic_fetch_sub(&d->live_allocs, 1u); }
+
+static void free_memory(fkv_bdev *d, VkDeviceMemory mem) {
+    if (mem) {
+        vkFreeMemory(d->dev, mem, NULL);
+        uncount_alloc(d);
+    }
+}
+
+void fkv_vulkan_debug_set_allocation_limit(fkv_bdev *d, uint32_t n) {
+    d->max_allocs = n && n < d->max_allocs_device ? n : d->max_allocs_device;
+}
+
+unsigned fkv_vulkan_debug_live_allocations(fkv_bdev *d) { return atomic_load(&d->live_allocs); }
+
 #define ALL_USAGE                                                                              \
     (VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |                   \
      VK_BUFFER_USAGE_TRANSFER_DST_BIT)
@@ -377,19 +425,28 @@ static fkv_status make_buffer(fkv_bdev *d, VkDeviceSize size, int host_visible,
     }
     VkMemoryAllocateInfo ai = {VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, NULL, req.size,
                                (uint32_t)type};
+    fkv_status st = count_alloc(d, host_visible ? FKV_ERR_OUT_OF_HOST_MEMORY
+                                                : FKV_ERR_OUT_OF_DEVICE_MEMORY,
+                                host_visible ? "host-visible memory" : "device memory");
+    if (st != FKV_OK) {
+        vkDestroyBuffer(d->dev, *buf, NULL);
+        *buf = VK_NULL_HANDLE;
+        return st;
+    }
     r = vkAllocateMemory(d->dev, &ai, NULL, mem);
+    if (r != VK_SUCCESS)
+        uncount_alloc(d); /* nothing was allocated */
     if (r == VK_SUCCESS)
         r = vkBindBufferMemory(d->dev, *buf, *mem, 0);
     if (r == VK_SUCCESS && host_visible)
         r = vkMapMemory(d->dev, *mem, 0, VK_WHOLE_SIZE, 0, ptr);
     if (r != VK_SUCCESS) {
         vkDestroyBuffer(d->dev, *buf, NULL);
-        if (*mem)
-            vkFreeMemory(d->dev, *mem, NULL);
+        free_memory(d, *mem);
         *buf = VK_NULL_HANDLE;
         *mem = VK_NULL_HANDLE;
-        fkv_status st = fkv_vk_fail(r, host_visible ? "allocating host-visible memory"
-                                                    : "allocating device memory");
+        st = fkv_vk_fail(r, host_visible ? "allocating host-visible memory"
+                                         : "allocating device memory");
         if (host_visible && r == VK_ERROR_OUT_OF_DEVICE_MEMORY)
             st = fkv_error_prefix(FKV_ERR_OUT_OF_HOST_MEMORY, "host-visible memory");
         return st;
@@ -406,8 +463,7 @@ fkv_status fkv_vk_temp_alloc(fkv_bdev *d, VkDeviceSize size, int host_visible,
 void fkv_vk_temp_free(fkv_bdev *d, vk_temp *t) {
     if (t->buf)
         vkDestroyBuffer(d->dev, t->buf, NULL);
-    if (t->mem)
-        vkFreeMemory(d->dev, t->mem, NULL); /* unmaps */
+    free_memory(d, t->mem); /* unmaps */
     memset(t, 0, sizeof *t);
 }
 
@@ -437,7 +493,7 @@ static void vk_buffer_free(fkv_bdev *d, fkv_bbuf *b) {
         return;
     if (b->mem) { /* an imported VkBuffer stays the engine's */
         vkDestroyBuffer(d->dev, b->buf, NULL);
-        vkFreeMemory(d->dev, b->mem, NULL);
+        free_memory(d, b->mem);
     }
     free(b);
 }
@@ -489,16 +545,25 @@ fkv_bhost *fkv_vk_find_host(fkv_bdev *d, const void *p, size_t size, VkDeviceSiz
     return found;
 }
 
-/* malloc'd memory imported with VK_EXT_external_memory_host: the pages a shader gathers. */
+/* Test hook: every import fails as a driver's would (the probe at device open included). */
+static atomic_int fkv_vk_import_broken;
+
+void fkv_vulkan_debug_break_import(int broken) { atomic_store(&fkv_vk_import_broken, broken); }
+
+/* malloc'd memory imported with VK_EXT_external_memory_host: the pages a shader gathers.
+ * Only host-coherent memory types are taken (host writes must reach the shaders with no
+ * flush, and the library never flushes). */
 static fkv_status import_host(fkv_bdev *d, fkv_bhost *h) {
     size_t a = (size_t)d->import_align, size = (h->size + a - 1) / a * a;
     h->raw = aligned_alloc(a, size);
     if (h->raw == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: %zu bytes of host memory", size);
     VkMemoryHostPointerPropertiesEXT hp = {.sType = VK_STRUCTURE_TYPE_MEMORY_HOST_POINTER_PROPERTIES_EXT};
-    VkResult r = d->get_host_ptr_props(d->dev,
-                                       VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT,
-                                       h->raw, &hp);
+    VkResult r = atomic_load(&fkv_vk_import_broken)
+                     ? VK_ERROR_INVALID_EXTERNAL_HANDLE
+                     : d->get_host_ptr_props(d->dev,
+                                             VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT,
+                                             h->raw, &hp);
     VkExternalMemoryBufferCreateInfo ext = {VK_STRUCTURE_TYPE_EXTERNAL_MEMORY_BUFFER_CREATE_INFO,
                                             NULL,
                                             VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT};
@@ -514,27 +579,66 @@ static fkv_status import_host(fkv_bdev *d, fkv_bhost *h) {
     VkMemoryRequirements req;
     vkGetBufferMemoryRequirements(d->dev, h->buf, &req);
     int type = memory_type(d, req.memoryTypeBits & hp.memoryTypeBits,
-                           VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT, VK_MEMORY_PROPERTY_HOST_COHERENT_BIT, 0);
-    VkImportMemoryHostPointerInfoEXT imp = {VK_STRUCTURE_TYPE_IMPORT_MEMORY_HOST_POINTER_INFO_EXT,
-                                            NULL,
-                                            VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT,
-                                            h->raw};
-    VkMemoryAllocateInfo ai = {VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, &imp, size, (uint32_t)type};
-    r = type < 0 ? VK_ERROR_FEATURE_NOT_PRESENT : vkAllocateMemory(d->dev, &ai, NULL, &h->mem);
-    if (r == VK_SUCCESS)
-        r = vkBindBufferMemory(d->dev, h->buf, h->mem, 0);
-    if (r != VK_SUCCESS) {
+                           VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT,
+                           0, 0);
+    fkv_status st = FKV_OK;
+    if (type < 0)
+        st = fkv_error(FKV_ERR_UNSUPPORTED,
+                       "vulkan: imported host memory has no host-coherent memory type (types "
+                       "0x%x allowed)",
+                       req.memoryTypeBits & hp.memoryTypeBits);
+    else
+        st = count_alloc(d, FKV_ERR_OUT_OF_HOST_MEMORY, "imported host memory");
+    if (st == FKV_OK) {
+        VkImportMemoryHostPointerInfoEXT imp = {
+            VK_STRUCTURE_TYPE_IMPORT_MEMORY_HOST_POINTER_INFO_EXT, NULL,
+            VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT, h->raw};
+        VkMemoryAllocateInfo ai = {VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, &imp, size,
+                                   (uint32_t)type};
+        r = vkAllocateMemory(d->dev, &ai, NULL, &h->mem);
+        if (r != VK_SUCCESS)
+            uncount_alloc(d);
+        if (r == VK_SUCCESS)
+            r = vkBindBufferMemory(d->dev, h->buf, h->mem, 0);
+        if (r != VK_SUCCESS)
+            st = fkv_vk_fail(r, "importing host memory");
+    }
+    if (st != FKV_OK) {
         vkDestroyBuffer(d->dev, h->buf, NULL);
-        if (h->mem)
-            vkFreeMemory(d->dev, h->mem, NULL);
+        free_memory(d, h->mem);
         free(h->raw);
         h->raw = NULL;
         h->buf = VK_NULL_HANDLE;
         h->mem = VK_NULL_HANDLE;
-        return fkv_vk_fail(r, "importing host memory");
+        return st;
     }
     h->ptr = h->raw;
     return FKV_OK;
+}
+
+/* Whether malloc'd memory can back storage buffers here: the driver's word for it
+ * (vkGetPhysicalDeviceExternalBufferProperties), then one real import of one page through
+ * import_host, the path every host_alloc of hostptr mode takes. */
+static fkv_status probe_import(fkv_bdev *d) {
+    VkPhysicalDeviceExternalBufferInfo bi = {
+        .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_BUFFER_INFO,
+        .usage = ALL_USAGE,
+        .handleType = VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT};
+    VkExternalBufferProperties ep = {.sType = VK_STRUCTURE_TYPE_EXTERNAL_BUFFER_PROPERTIES};
+    vkGetPhysicalDeviceExternalBufferProperties(d->phys, &bi, &ep);
+    if (!(ep.externalMemoryProperties.externalMemoryFeatures &
+          VK_EXTERNAL_MEMORY_FEATURE_IMPORTABLE_BIT))
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan: host allocations are not importable as storage buffers "
+                         "(vkGetPhysicalDeviceExternalBufferProperties)");
+    fkv_bhost h = {.size = (size_t)d->import_align};
+    fkv_status st = import_host(d, &h);
+    if (st == FKV_OK) {
+        vkDestroyBuffer(d->dev, h.buf, NULL);
+        free_memory(d, h.mem);
+        free(h.raw);
+    }
+    return st;
 }
 
 static fkv_status vk_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **ptr) {
@@ -554,7 +658,7 @@ static fkv_status vk_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void 
                                    : make_buffer(d, size, 1, ALL_USAGE, &h->buf, &h->mem, &h->ptr);
     if (st == FKV_OK && (st = register_host(d, h)) != FKV_OK) {
         vkDestroyBuffer(d->dev, h->buf, NULL);
-        vkFreeMemory(d->dev, h->mem, NULL);
+        free_memory(d, h->mem);
         free(h->raw);
     }
     if (st != FKV_OK) {
@@ -577,7 +681,7 @@ static void vk_host_free(fkv_bdev *d, fkv_bhost *h) {
         }
     pthread_mutex_unlock(&d->host_lock);
     vkDestroyBuffer(d->dev, h->buf, NULL);
-    vkFreeMemory(d->dev, h->mem, NULL);
+    free_memory(d, h->mem);
     free(h->raw); /* after the import is released */
     free(h);
 }
@@ -1170,13 +1274,16 @@ static fkv_status create_device(fkv_bdev *d, int want_s16) {
     VkPhysicalDeviceProperties props;
     vkGetPhysicalDeviceProperties(d->phys, &props);
     VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    /* an extension's struct only when the device has the extension */
     VkPhysicalDeviceExternalMemoryHostPropertiesEXT eh = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT, .pNext = &sg};
-    VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES, .pNext = &eh};
-    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &m3};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                      .pNext = d->ext_host ? (void *)&eh : (void *)&sg};
     vkGetPhysicalDeviceProperties2(d->phys, &p2);
     vkGetPhysicalDeviceMemoryProperties(d->phys, &d->mem_props);
     d->max_range = props.limits.maxStorageBufferRange;
-    d->max_alloc = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : UINT32_MAX;
+    d->max_alloc = largest_buffer(d->phys);
+    d->max_allocs_device = props.limits.maxMemoryAllocationCount;
+    d->max_allocs = d->max_allocs_device;
     d->align = props.limits.minStorageBufferOffsetAlignment;
     if (d->align < 16)
         d->align = 16; /* uvec4 words of the copy kernels */
@@ -1186,6 +1293,7 @@ static fkv_status create_device(fkv_bdev *d, int want_s16) {
     if (props.limits.maxComputeWorkGroupSize[0] < d->max_wg)
         d->max_wg = props.limits.maxComputeWorkGroupSize[0];
     d->max_shared = props.limits.maxComputeSharedMemorySize;
+    d->max_shared_device = d->max_shared;
     d->subgroup = sg.subgroupSize ? sg.subgroupSize : 1;
     /* Vulkan has no portable compute-unit count: a guess that fills the device's queue. */
     d->compute_units = d->is_cpu ? 16 : 64;
@@ -1322,13 +1430,11 @@ static fkv_status vk_device_open(uint32_t index, fkv_bdev **out) {
         vk_device_close(d);
         return st;
     }
-    if (recall == RECALL_AUTO)
-        recall = has_ext_host && !d->is_cpu ? RECALL_HOSTPTR : RECALL_STAGED;
-    d->ext_host = recall == RECALL_HOSTPTR;
-    d->import_host = recall == RECALL_HOSTPTR;
-    d->recall = recall == RECALL_HOSTPTR   ? FKV_RECALL_DIRECT
-                : recall == RECALL_STAGED ? FKV_RECALL_STAGED
-                                          : FKV_RECALL_PERPAGE;
+    /* auto: zero-copy recall exactly where it pays, imported host memory on a GPU, and only
+     * once an import has been seen to work; anything else falls back to staged, saying why
+     * (recall_note, printed by freekv-info). */
+    int automatic = recall == RECALL_AUTO;
+    d->ext_host = has_ext_host && (recall == RECALL_HOSTPTR || automatic);
     d->perpage_cmds = recall == RECALL_PERPAGE;
     if ((st = create_device(d, want_s16)) != FKV_OK ||
         (st = fkv_vk_temp_alloc(d, 64, 0, 0, &d->dummy)) != FKV_OK ||
@@ -1336,6 +1442,36 @@ static fkv_status vk_device_open(uint32_t index, fkv_bdev **out) {
         vk_device_close(d);
         return fkv_error_prefix(st, "opening Vulkan device %u", index);
     }
+    if (d->ext_host && (st = probe_import(d)) != FKV_OK && !automatic) {
+        st = fkv_error_prefix(FKV_ERR_UNSUPPORTED, /* whatever the driver's code was */
+                              "FREEKV_VULKAN_RECALL=hostptr: device '%s' cannot import host "
+                                  "memory (use auto, staged, regions or perpage)",
+                              d->info.name);
+        vk_device_close(d);
+        return st;
+    }
+    if (automatic) {
+        recall = RECALL_STAGED;
+        if (!d->ext_host) {
+            snprintf(d->recall_note, sizeof d->recall_note, "auto: no VK_EXT_external_memory_host");
+        } else if (st != FKV_OK) {
+            snprintf(d->recall_note, sizeof d->recall_note,
+                     "auto: host memory cannot be imported: %.200s", fkv_last_error());
+            fkv_error_clear();
+            d->info.caps &= ~(uint32_t)FKV_CAP_ZERO_COPY_HOST;
+        } else if (d->is_cpu) {
+            snprintf(d->recall_note, sizeof d->recall_note,
+                     "auto: a CPU device, zero-copy recall gains nothing");
+        } else {
+            recall = RECALL_HOSTPTR;
+            snprintf(d->recall_note, sizeof d->recall_note,
+                     "auto: host memory imported with VK_EXT_external_memory_host");
+        }
+    }
+    d->import_host = recall == RECALL_HOSTPTR;
+    d->recall = recall == RECALL_HOSTPTR   ? FKV_RECALL_DIRECT
+                : recall == RECALL_STAGED ? FKV_RECALL_STAGED
+                                          : FKV_RECALL_PERPAGE;
     *out = d;
     return FKV_OK;
 }
@@ -1348,6 +1484,8 @@ static fkv_status vk_opened_info(fkv_bdev *d, fkv_device_info *info) {
 }
 
 static fkv_recall_mode vk_recall_mode(fkv_bdev *d) { return d->recall; }
+
+static const char *vk_recall_note(fkv_bdev *d) { return d->recall_note; }
 
 int fkv_vulkan_debug_s16(fkv_bdev *d) { return d->s16; }
 int fkv_vulkan_debug_import_host(fkv_bdev *d) { return d->import_host; }
@@ -1391,6 +1529,8 @@ static const fkv_backend_ops vulkan_ops = {
     .recall_direct = fkv_vk_recall_direct,
     .recall_mode = vk_recall_mode,
     .opened_info = vk_opened_info,
+    .check_geometry = fkv_vk_check_geometry,
+    .recall_note = vk_recall_note,
 };
 
 const fkv_backend_ops *fkv_backend_vulkan(void) { return &vulkan_ops; }

@@ -23,5 +23,16 @@ uint32_t fkv_vulkan_debug_subgroup(fkv_bdev *dev);
 /* Bind KV pools and summaries in windows of at most `bytes` (0: maxStorageBufferRange), so
  * the windowed path runs on small buffers; never more than the device's range. */
 void fkv_vulkan_debug_set_window(fkv_bdev *dev, size_t bytes);
+/* Kernels plan for at most `bytes` of shared memory (0: maxComputeSharedMemorySize), so the
+ * variants for small shared memory (attention and scores over the group in several
+ * workgroups) run on any device; never more than the device has. */
+void fkv_vulkan_debug_set_shared(fkv_bdev *dev, size_t bytes);
+/* Allocations (VkDeviceMemory objects) allowed at once: at most `n` (0: the device's
+ * maxMemoryAllocationCount), and how many are alive now. */
+void fkv_vulkan_debug_set_allocation_limit(fkv_bdev *dev, uint32_t n);
+unsigned fkv_vulkan_debug_live_allocations(fkv_bdev *dev);
+/* Process-wide: every host-memory import fails from now on (the probe at device open too), as
+ * on a driver whose VK_EXT_external_memory_host cannot import; 0 restores. */
+void fkv_vulkan_debug_break_import(int broken);
 
 #endif

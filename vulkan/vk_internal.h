@@ -111,6 +111,7 @@ struct fkv_bdev {
     VkPhysicalDeviceMemoryProperties mem_props;
     VkDeviceSize max_range, max_alloc, align, import_align;
     uint32_t max_groups[3], max_wg, max_shared, subgroup, compute_units;
+    uint32_t max_shared_device; /* the device's own figure (the test hook may lower max_shared) */
     int s16;      /* 16-bit storage in use */
     int ext_host; /* VK_EXT_external_memory_host enabled */
     int concurrent; /* more than one queue family: buffers are shared concurrently */
@@ -124,6 +125,12 @@ struct fkv_bdev {
     fkv_recall_mode recall;
     int perpage_cmds; /* write_regions issues one command per region (FREEKV_VULKAN_RECALL=perpage) */
     int import_host;  /* host_alloc imports malloc memory (hostptr) */
+    char recall_note[256]; /* why "auto" chose the recall mode it did (recall_note) */
+
+    /* VkDeviceMemory objects alive, against maxMemoryAllocationCount (max_allocs; the test
+     * hook may lower it below the device's max_allocs_device) */
+    atomic_uint live_allocs;
+    uint32_t max_allocs, max_allocs_device;
 
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;
@@ -182,6 +189,7 @@ static inline void fkv_vk_clear_done(const fkv_deps *deps) {
 /* ---- kernels (vk_kernels.c) ---- */
 fkv_status fkv_vk_pipelines_init(fkv_bdev *d);
 void fkv_vk_pipelines_destroy(fkv_bdev *d);
+fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_geom_query *q);
 fkv_status fkv_vk_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src, size_t v_off,
                          uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off, fkv_bbuf *kpool,

@@ -43,6 +43,7 @@ const char *const fkv_vk_shader_names[S_COUNT] = {
 #define MAX_TILE 32
 #define MAX_AUTO_SPLITS 16
 #define MAX_SPLITS 256
+#define TEMP_ALLOCS 64 /* allocations of commands in flight: write staging, partials, unit lists */
 #define CACHE_MAGIC 0x464b5650u /* "FKVP" */
 
 /* ---- pipeline cache file ---- */
@@ -265,24 +266,37 @@ static fkv_bview view(const fkv_bbuf *b) {
     return v;
 }
 
-/* Binds [off, off + need) of buffer b (size) at binding i; *elem = off's remainder past the
- * aligned binding start, in elements of `elem_size`. The binding runs to the end of the
- * buffer or the device's range limit. */
-static fkv_status bind_range(launch *L, int i, VkBuffer buf, size_t size, size_t off,
-                             uint64_t need, size_t elem_size, uint32_t *elem, const char *what) {
-    VkDeviceSize base = off / L->d->align * L->d->align;
+/* Where one binding of [off, off + need) of a buffer of `size` bytes starts (off aligned
+ * down) and how far it reaches (to the buffer's end or the device's range limit); refused
+ * when `need` lies beyond. The launches and check_geometry both ask this. */
+static fkv_status binding_fits(const fkv_bdev *d, const char *op, const char *what,
+                               VkDeviceSize size, VkDeviceSize off, uint64_t need, bind *out) {
+    VkDeviceSize base = off / d->align * d->align;
     VkDeviceSize range = size - base;
-    if (range > L->d->max_range)
-        range = L->d->max_range / L->d->align * L->d->align;
+    if (range > d->max_range)
+        range = d->max_range / d->align * d->align;
     if (off - base + need > range)
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "vulkan %s: %s needs %llu bytes in one binding, beyond the device's "
                          "maxStorageBufferRange (%llu)",
-                         L->op, what, (unsigned long long)(off - base + need),
-                         (unsigned long long)L->d->max_range);
-    L->b[i] = (bind){buf, base, range};
+                         op, what, (unsigned long long)(off - base + need),
+                         (unsigned long long)d->max_range);
+    out->off = base;
+    out->range = range;
+    return FKV_OK;
+}
+
+/* Binds [off, off + need) of buffer b (size) at binding i; *elem = off's remainder past the
+ * aligned binding start, in elements of `elem_size`. */
+static fkv_status bind_range(launch *L, int i, VkBuffer buf, size_t size, size_t off,
+                             uint64_t need, size_t elem_size, uint32_t *elem, const char *what) {
+    bind b = {buf, 0, 0};
+    fkv_status st = binding_fits(L->d, L->op, what, size, off, need, &b);
+    if (st != FKV_OK)
+        return st;
+    L->b[i] = b;
     if (elem)
-        *elem = (uint32_t)((off - base) / elem_size);
+        *elem = (uint32_t)((off - b.off) / elem_size);
     return FKV_OK;
 }
 
@@ -301,9 +315,8 @@ static uint64_t gcd_u64(uint64_t a, uint64_t b) {
 }
 
 /* Windows over n_units units of unit_bytes: one when they fit one binding. */
-static fkv_status plan_windows(const launch *L, uint64_t unit_bytes, uint64_t n_units,
-                               const char *what, unit_windows *w) {
-    const fkv_bdev *d = L->d;
+static fkv_status plan_windows(const fkv_bdev *d, const char *op, uint64_t unit_bytes,
+                               uint64_t n_units, const char *what, unit_windows *w) {
     uint64_t range = d->window_override ? d->window_override : d->max_range;
     w->unit_bytes = unit_bytes;
     w->n_units = n_units;
@@ -319,11 +332,11 @@ static fkv_status plan_windows(const launch *L, uint64_t unit_bytes, uint64_t n_
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "vulkan %s: a window of %s (%llu units of %llu bytes, at offsets aligned "
                          "to %llu) exceeds maxStorageBufferRange (%llu)",
-                         L->op, what, (unsigned long long)per, (unsigned long long)unit_bytes,
+                         op, what, (unsigned long long)per, (unsigned long long)unit_bytes,
                          (unsigned long long)d->align, (unsigned long long)d->max_range);
     uint64_t count = (n_units + per - 1) / per;
     if (count > DESCRIPTOR_SETS_PER_COMMAND)
-        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan %s: %s needs %llu windows", L->op, what,
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan %s: %s needs %llu windows", op, what,
                          (unsigned long long)count);
     w->per = per;
     w->count = (uint32_t)count;
@@ -360,7 +373,7 @@ static fkv_status bind_windows(launch *L, int b0, VkBuffer buf0, VkDeviceSize si
                                uint64_t n_units, int pc_first, int pc_count, uint32_t mult,
                                const char *what) {
     win_bind *b = &L->win[L->n_win];
-    fkv_status st = plan_windows(L, unit_bytes, n_units, what, &b->w);
+    fkv_status st = plan_windows(L->d, L->op, unit_bytes, n_units, what, &b->w);
     if (st != FKV_OK)
         return st;
     b->b0 = b0;
@@ -457,12 +470,30 @@ static uint32_t pick_wg(const fkv_bdev *d, uint32_t want) {
 }
 
 /* One command with one dispatch over `items` invocations of shader s. */
+/* The workgroups of a 1-D launch of `items` invocations (x, spilling into y). The shaders'
+ * flat invocation id is 32-bit (common.glsl, flat_id): more would wrap and redo early items. */
+static fkv_status grid_1d_fits(const fkv_bdev *d, const char *op, uint64_t items, uint32_t *wg,
+                               uint32_t *gx, uint32_t *gy) {
+    if (items > UINT32_MAX)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan %s: %llu work items in one call is more than 32-bit invocation "
+                         "ids count",
+                         op, (unsigned long long)items);
+    *wg = pick_wg(d, ELEMENTWISE_WG);
+    grid_1d(d, items, *wg, gx, gy);
+    if ((uint64_t)*gy > d->max_groups[1])
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan %s: %llu work items is more workgroups than "
+                         "maxComputeWorkGroupCount allows",
+                         op, (unsigned long long)items);
+    return FKV_OK;
+}
+
 static fkv_status run_1d(launch *L, uint32_t shader, uint64_t items, const fkv_deps *deps) {
-    uint32_t wg = pick_wg(L->d, ELEMENTWISE_WG), gx, gy;
-    grid_1d(L->d, items, wg, &gx, &gy);
-    if ((uint64_t)gy > L->d->max_groups[1])
-        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan %s: %llu work items is too many", L->op,
-                         (unsigned long long)items);
+    uint32_t wg, gx, gy;
+    fkv_status st0 = grid_1d_fits(L->d, L->op, items, &wg, &gx, &gy);
+    if (st0 != FKV_OK)
+        return st0;
     VkPipeline p;
     fkv_status st = get_pipeline(L->d, shader, wg, 1, &p);
     vk_cmd c;
@@ -549,6 +580,56 @@ static uint32_t pow2_at_least(uint32_t n, uint32_t min) {
     return p;
 }
 
+/* ---- launch plans (the launches and check_geometry use these, so they agree) ---- */
+
+#define SHARED_LIMIT "maxComputeSharedMemorySize"
+
+/* Shared floats of a pipeline: a power of two (fewer pipeline variants) where it fits. */
+static uint32_t smem_floats(const fkv_bdev *d, size_t floats, uint32_t min) {
+    uint32_t p = pow2_at_least((uint32_t)floats, min);
+    return (uint64_t)p * 4 <= d->max_shared ? p : (uint32_t)floats;
+}
+
+typedef struct scores_launch {
+    fkv_scores_plan p;
+    uint32_t smem, rows; /* rows: workgroups along y, (sequence, KV head, head block) */
+} scores_launch;
+
+static fkv_status scores_plan(const fkv_bdev *d, const fkv_kv_geom *g, uint32_t n_seqs,
+                              scores_launch *s) {
+    fkv_status st = fkv_plan_scores("vulkan", g, d->max_shared, SHARED_LIMIT, &s->p);
+    if (st != FKV_OK)
+        return st;
+    s->smem = smem_floats(d, (size_t)s->p.heads * g->head_dim, 64);
+    uint64_t rows = (uint64_t)n_seqs * g->n_kv_heads * s->p.blocks;
+    if (rows > d->max_groups[1])
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan scores: %u sequences x %u KV heads x %u query-head blocks is "
+                         "more workgroups than maxComputeWorkGroupCount[1] (%u)",
+                         n_seqs, g->n_kv_heads, s->p.blocks, d->max_groups[1]);
+    s->rows = (uint32_t)rows;
+    return FKV_OK;
+}
+
+/* The cosine kernel's workgroup: a power of two for its tree, 3 shared floats per invocation,
+ * one workgroup per (sequence, KV head). */
+static fkv_status cosine_plan(const fkv_bdev *d, uint64_t n_bh, uint32_t *w) {
+    uint32_t cap = pick_wg(d, COSINE_WG);
+    *w = 1;
+    while (*w * 2 <= cap && (uint64_t)*w * 2 * 12 <= d->max_shared)
+        *w *= 2;
+    if ((uint64_t)*w * 12 > d->max_shared)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan cosine_flags: 12 bytes of shared memory are more than the "
+                         "device has (" SHARED_LIMIT ")");
+    if (n_bh > d->max_groups[0])
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan cosine_flags: %llu (sequence, KV head) pairs is more "
+                         "workgroups than maxComputeWorkGroupCount[0] (%u)",
+                         (unsigned long long)n_bh, d->max_groups[0]);
+    return FKV_OK;
+}
+
 fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
                          size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out,
@@ -557,19 +638,16 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
     fkv_status st = prepare(dev, q, &deps, g, "scores", &L);
     if (st != FKV_OK)
         return st;
-    uint64_t gd = (uint64_t)g->group * g->head_dim;
-    uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * gd * 4;
+    uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * g->group * g->head_dim * 4;
     size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
     if ((st = fkv_check_scores("vulkan", g, view(qbuf), q_off, n_seqs, view(desc), desc_off,
                                view(summaries), view(out), out_off)) != FKV_OK)
         return st;
     if (n_seqs == 0)
         return fkv_vk_marker(dev, q, deps);
-    uint32_t smem = pow2_at_least((uint32_t)gd, 64);
-    if ((uint64_t)smem * 4 > dev->max_shared)
-        return fkv_error(FKV_ERR_UNSUPPORTED,
-                         "vulkan scores: group x head_dim = %llu floats exceed shared memory",
-                         (unsigned long long)gd);
+    scores_launch sp;
+    if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
+        return st;
     if ((st = bind_buf(&L, 0, qbuf, q_off, q_bytes, 4, &L.pc[0], "q")) != FKV_OK ||
         (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 12ull, 4, &L.pc[1], "desc")) != FKV_OK ||
         /* written at indices from device data: all of it must be reachable */
@@ -585,17 +663,15 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
     L.pc[5] = g->n_kv_heads;
     L.pc[6] = g->group;
     L.pc[7] = g->head_dim;
-    uint32_t n_bh = n_seqs * g->n_kv_heads;
-    if (n_bh > dev->max_groups[1])
-        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan scores: %u sequences is too many", n_seqs);
-    uint32_t chunks = (2 * dev->compute_units + n_bh - 1) / n_bh;
+    L.pc[9] = sp.p.heads;
+    uint32_t chunks = (2 * dev->compute_units + sp.rows - 1) / sp.rows;
     chunks = chunks < 1 ? 1 : chunks > 16 ? 16 : chunks;
     VkPipeline p;
     vk_cmd c;
-    if ((st = get_pipeline(dev, S_SCORES, pick_wg(dev, SCORES_WG), smem, &p)) != FKV_OK ||
+    if ((st = get_pipeline(dev, S_SCORES, pick_wg(dev, SCORES_WG), sp.smem, &p)) != FKV_OK ||
         (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
         return st;
-    if ((st = record_windows(&c, &L, p, chunks, n_bh)) != FKV_OK) {
+    if ((st = record_windows(&c, &L, p, chunks, sp.rows)) != FKV_OK) {
         fkv_vk_cmd_abort(&c);
         return st;
     }
@@ -618,9 +694,9 @@ fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
         return st;
     if (n_seqs == 0)
         return fkv_vk_marker(dev, q, deps);
-    if (n_bh > dev->max_groups[0])
-        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan cosine_flags: %u sequences is too many",
-                         n_seqs);
+    uint32_t w;
+    if ((st = cosine_plan(dev, n_bh, &w)) != FKV_OK)
+        return st;
     if ((st = bind_buf(&L, 0, q_cur, cur_off, q_bytes, 4, &L.pc[0], "q_cur")) != FKV_OK ||
         (st = bind_buf(&L, 1, q_prev, prev_off, q_bytes, 4, &L.pc[1], "q_prev")) != FKV_OK ||
         (st = bind_buf(&L, 2, sims, sims_off, n_bh * 4, 4, &L.pc[5], "sims")) != FKV_OK ||
@@ -630,9 +706,6 @@ fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     L.pc[3] = g->group;
     L.pc[4] = g->head_dim;
     pc_f32(&L, 7, tau);
-    uint32_t w = 1, cap = pick_wg(dev, COSINE_WG); /* a power of two for the tree */
-    while (w * 2 <= cap)
-        w *= 2;
     VkPipeline p;
     vk_cmd c;
     if ((st = get_pipeline(dev, S_COSINE, w, 1, &p)) != FKV_OK ||
@@ -787,11 +860,11 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     vk_temp t;
     st = fkv_vk_cmd_temp(&c, (VkDeviceSize)n_units * 8, 1, &t);
     if (st == FKV_OK) {
-        int32_t *hu = t.ptr;
+        uint32_t *hu = t.ptr; /* read as uint by the shader: in-window word offsets reach 2^31 */
         for (uint32_t i = 0; i < n_units; i++) {
             uint64_t w = stride == UINT64_MAX ? 0 : units_host[i] / stride;
-            hu[2 * i] = (int32_t)w;
-            hu[2 * i + 1] = (int32_t)((units_host[i] - w * (stride == UINT64_MAX ? 0 : stride)) / word);
+            hu[2 * i] = (uint32_t)w;
+            hu[2 * i + 1] = (uint32_t)((units_host[i] - w * (stride == UINT64_MAX ? 0 : stride)) / word);
             used[w] = 1;
         }
         L.b[4] = (bind){t.buf, 0, VK_WHOLE_SIZE};
@@ -830,6 +903,10 @@ void fkv_vulkan_debug_set_window(fkv_bdev *d, size_t bytes) {
     d->window_override = bytes < d->max_range ? bytes : 0;
 }
 
+void fkv_vulkan_debug_set_shared(fkv_bdev *d, size_t bytes) {
+    d->max_shared = bytes && bytes < d->max_shared_device ? (uint32_t)bytes : d->max_shared_device;
+}
+
 static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_bh) {
     if (d->split_override > 0)
         return (uint32_t)d->split_override;
@@ -840,9 +917,38 @@ static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_bh) {
     return s > MAX_AUTO_SPLITS ? MAX_AUTO_SPLITS : s;
 }
 
-static size_t attention_floats(const fkv_kv_geom *g, size_t tile) {
-    size_t gd = (size_t)g->group * g->head_dim;
-    return 2 * gd + tile * (g->head_dim + 1) + g->group * tile + 3 * (size_t)g->group;
+typedef struct attn_launch {
+    fkv_attention_plan p;
+    uint32_t splits, total_splits, smem, groups; /* groups: workgroups of one window's run */
+    VkDeviceSize part_bytes;                       /* split partials, when total_splits > 1 */
+} attn_launch;
+
+/* The attention launch for n_bh (sequence, KV head) pairs over n_windows pool windows. */
+static fkv_status attention_plan(const fkv_bdev *d, const char *op, const fkv_kv_geom *g,
+                                 uint32_t n_bh, uint32_t n_windows, attn_launch *a) {
+    fkv_status st = fkv_plan_attention("vulkan", op, g, d->max_shared, MAX_TILE, SHARED_LIMIT,
+                                       &a->p);
+    if (st != FKV_OK)
+        return st;
+    uint64_t per_split = (uint64_t)n_bh * a->p.blocks;
+    uint32_t splits = attention_splits(d, per_split > UINT32_MAX ? UINT32_MAX : (uint32_t)per_split);
+    if ((uint64_t)splits * n_windows > MAX_SPLITS) /* windows already split the work */
+        splits = MAX_SPLITS / n_windows > 1 ? MAX_SPLITS / n_windows : 1;
+    if (per_split * splits > d->max_groups[0])
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan %s: %u (sequence, KV head) pairs x %u query-head blocks x %u "
+                         "splits is more workgroups than maxComputeWorkGroupCount[0] (%u)",
+                         op, n_bh, a->p.blocks, splits, d->max_groups[0]);
+    a->splits = splits;
+    a->total_splits = splits * n_windows;
+    a->groups = (uint32_t)(per_split * splits);
+    a->smem = smem_floats(d, a->p.floats, 256);
+    a->part_bytes = (VkDeviceSize)n_bh * a->total_splits * g->group * (g->head_dim + 2) * 4;
+    if (a->total_splits > 1 && a->part_bytes > d->max_range)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan %s: %llu bytes of split partials exceed maxStorageBufferRange",
+                         op, (unsigned long long)a->part_bytes);
+    return FKV_OK;
 }
 
 typedef struct attn_args {
@@ -874,24 +980,10 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     /* Each window writes its own partials, merged by attention_reduce like splits. */
     uint32_t n_windows = L->win[0].w.count;
     uint32_t n_bh = x->n_seqs * g->n_kv_heads;
-    uint32_t splits = attention_splits(d, n_bh);
-    size_t avail = d->max_shared / 4;
-    size_t tile = g->page_size < MAX_TILE ? g->page_size : MAX_TILE;
-    while (tile > 1 && attention_floats(g, tile) > avail)
-        tile /= 2;
-    if (attention_floats(g, tile) > avail)
-        return fkv_error(FKV_ERR_UNSUPPORTED,
-                         "vulkan %s: group %u x head_dim %u needs %zu bytes of shared memory, the "
-                         "device has %zu",
-                         L->op, g->group, g->head_dim, attention_floats(g, tile) * 4, avail * 4);
-    if ((uint64_t)splits * n_windows > MAX_SPLITS) /* windows already split the work */
-        splits = MAX_SPLITS / n_windows > 1 ? MAX_SPLITS / n_windows : 1;
-    if ((uint64_t)n_bh * splits > d->max_groups[0])
-        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan %s: too many sequences", L->op);
-    uint32_t total_splits = splits * n_windows;
-    uint32_t smem = pow2_at_least((uint32_t)attention_floats(g, tile), 256);
-    if (smem > avail)
-        smem = (uint32_t)attention_floats(g, tile);
+    attn_launch a;
+    if ((st = attention_plan(d, L->op, g, n_bh, n_windows, &a)) != FKV_OK)
+        return st;
+    uint32_t splits = a.splits, total_splits = a.total_splits;
     size_t gd = (size_t)g->group * g->head_dim;
     uint64_t q_bytes = (uint64_t)n_bh * gd * 4;
     if ((st = bind_buf(L, 0, x->q, x->q_off, q_bytes, 4, &L->pc[0], "q")) != FKV_OK ||
@@ -914,21 +1006,18 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     L->pc[7] = g->group;
     L->pc[8] = g->head_dim;
     L->pc[9] = g->page_size;
-    L->pc[10] = (uint32_t)tile;
+    L->pc[10] = a.p.tile;
     L->pc[11] = splits;
     pc_f32(L, 12, x->scale);
     L->pc[16] = total_splits;
+    L->pc[17] = a.p.heads;
     uint32_t wg = pick_wg(d, ATTENTION_WG);
     VkPipeline p, pr = VK_NULL_HANDLE;
-    if ((st = get_pipeline(d, S_ATTENTION + dtype_variant(d, g->dtype), wg, smem, &p)) != FKV_OK ||
+    if ((st = get_pipeline(d, S_ATTENTION + dtype_variant(d, g->dtype), wg, a.smem, &p)) != FKV_OK ||
         (total_splits > 1 &&
          (st = get_pipeline(d, S_ATTENTION_REDUCE, pick_wg(d, ELEMENTWISE_WG), 1, &pr)) != FKV_OK))
         return st;
-    VkDeviceSize part_bytes = (VkDeviceSize)n_bh * total_splits * g->group * (g->head_dim + 2) * 4;
-    if (total_splits > 1 && part_bytes > d->max_range)
-        return fkv_error(FKV_ERR_UNSUPPORTED,
-                         "vulkan %s: %llu bytes of split partials exceed maxStorageBufferRange",
-                         L->op, (unsigned long long)part_bytes);
+    VkDeviceSize part_bytes = a.part_bytes;
     vk_cmd c;
     if ((st = fkv_vk_cmd_begin(d, L->q, 0, &c)) != FKV_OK)
         return st;
@@ -941,7 +1030,7 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     for (uint32_t w = 0; w < n_windows && st == FKV_OK; w++) {
         apply_window(L, &L->win[0], w);
         L->pc[15] = w * splits;
-        st = record(&c, L, p, n_bh * splits, 1);
+        st = record(&c, L, p, a.groups, 1);
     }
     if (st == FKV_OK && total_splits > 1) {
         launch R = *L;
@@ -1009,4 +1098,65 @@ fkv_status fkv_vk_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps, con
     }
     attn_args x = {qbuf, k, k, k, v, out, q_off, 0, 0, out_off, 1, 0, (int32_t)n_tokens, scale};
     return attention_launch(&L, g, &x, deps);
+}
+
+/* ---- device limits of a context's geometry (backend.h, check_geometry) ---- */
+
+fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_geom_query *q) {
+    fkv_status st = fkv_check_kernel_call("vulkan", "check_geometry", d, FKV_QUEUE_COMPUTE, g);
+    if (st != FKV_OK)
+        return st;
+    uint64_t hq = (uint64_t)g->n_kv_heads * g->group, d4 = (uint64_t)g->head_dim * 4;
+    uint64_t slot_bytes =
+        (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
+    uint64_t max_slots = UINT32_MAX / g->page_size; /* fkv_check_pool_slots' cap */
+    unit_windows pools, summ;
+    if ((st = plan_windows(d, "attention", slot_bytes,
+                           q->pool_slots < max_slots ? q->pool_slots : max_slots, "the KV pools",
+                           &pools)) != FKV_OK ||
+        (st = plan_windows(d, "summarize", (uint64_t)g->n_kv_heads * 2 * d4, q->summaries,
+                           "the summaries", &summ)) != FKV_OK)
+        return st;
+    if ((uint64_t)pools.count * summ.count > DESCRIPTOR_SETS_PER_COMMAND)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan summarize: %u x %u windows", pools.count,
+                         summ.count);
+    /* Buffers the kernels bind whole (from offset 0, as the context's are). */
+    const struct {
+        const char *op, *what;
+        uint64_t bytes;
+    } whole[] = {
+        {"attention", "q", q->max_seqs * hq * d4},
+        {"scores", "out", q->scores * 4},
+        {"attention", "entries", q->list_entries * 8},
+        {"append", "k_src", (uint64_t)q->max_rows * g->n_kv_heads * d4},
+    };
+    for (size_t i = 0; i < sizeof whole / sizeof *whole; i++) {
+        bind b;
+        if ((st = binding_fits(d, whole[i].op, whole[i].what, whole[i].bytes, 0, whole[i].bytes,
+                               &b)) != FKV_OK)
+            return st;
+    }
+    uint32_t wg, gx, gy, w;
+    scores_launch sl;
+    if ((st = grid_1d_fits(d, "append", (uint64_t)q->max_rows * g->n_kv_heads * g->head_dim, &wg,
+                           &gx, &gy)) != FKV_OK ||
+        (st = scores_plan(d, g, q->max_seqs, &sl)) != FKV_OK ||
+        (st = cosine_plan(d, (uint64_t)q->max_seqs * g->n_kv_heads, &w)) != FKV_OK)
+        return st;
+    uint64_t live = atomic_load(&d->live_allocs);
+    if (q->allocations + live + TEMP_ALLOCS > d->max_allocs)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan: the context needs %llu memory allocations (layers, host pool "
+                         "chunks, staging) and %u for commands in flight, %llu are live, and the "
+                         "device allows %u at once (maxMemoryAllocationCount): lower max_seqs, "
+                         "n_layers or max_context",
+                         (unsigned long long)q->allocations, TEMP_ALLOCS,
+                         (unsigned long long)live, d->max_allocs);
+    /* Splits and partials depend on the batch: every batch size the context may run. */
+    for (uint32_t n = 1; n <= q->max_seqs; n++) {
+        attn_launch a;
+        if ((st = attention_plan(d, "attention", g, n * g->n_kv_heads, pools.count, &a)) != FKV_OK)
+            return st;
+    }
+    return FKV_OK;
 }

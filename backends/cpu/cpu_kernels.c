@@ -117,8 +117,9 @@ fkv_status cpu_cosine_flags(const fkv_kv_geom *g, const float *q_cur, const floa
                     na += a[k] * a[k];
                     nc += c[k] * c[k];
                 }
-                /* The product of the roots, not the root of the product, avoids overflow. */
-                float cosine = (na > 0.0f && nc > 0.0f) ? dot / (sqrtf(na) * sqrtf(nc)) : 0.0f;
+                /* The product of the roots, not the root of the product, avoids overflow.
+                 * Only an exactly zero norm gives 0: a NaN norm makes the mean NaN. */
+                float cosine = (na == 0.0f || nc == 0.0f) ? 0.0f : dot / (sqrtf(na) * sqrtf(nc));
                 total += cosine;
             }
             float sim = total / (float)g->group;

@@ -34,7 +34,7 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
 fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, const int32_t *desc,
                       const float *summaries, size_t n_summaries, float *out, size_t out_len);
 
-/* sims[b][h] = mean over the group of cos(q_cur, q_prev); flags[b][h] = sims < tau. */
+/* sims[b][h] = mean over the group of cos(q_cur, q_prev); flags[b][h] = !(sims >= tau). */
 fkv_status cpu_cosine_flags(const fkv_kv_geom *g, const float *q_cur, const float *q_prev,
                             uint32_t n_seqs, float tau, float *sims, int32_t *flags);
 

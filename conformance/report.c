@@ -105,6 +105,26 @@ static void json_num(FILE *f, double x) {
         fprintf(f, "%.6g", x);
 }
 
+/* A string, or null when it is NULL or empty. */
+static void json_str_or_null(FILE *f, const char *s) {
+    if (s && s[0])
+        json_str(f, s);
+    else
+        fputs("null", f);
+}
+
+/* "mode", "command", "date", "host" of a run object (after its opening brace). */
+static void json_run_fields(FILE *f, const cf_run_info *run) {
+    fprintf(f, "\"mode\": ");
+    json_str(f, run->mode);
+    fprintf(f, ", \"command\": ");
+    json_str(f, run->command);
+    fprintf(f, ", \"date\": ");
+    json_str(f, run->date);
+    fprintf(f, ", \"host\": ");
+    json_str(f, run->host);
+}
+
 static void caps_of(uint32_t caps, char *buf, size_t size) {
     fkv_caps_string(caps, buf, size);
 }
@@ -120,19 +140,10 @@ static int write_json(const char *path, const cf_run_info *run, const fkv_device
     caps_of(info->caps, caps, sizeof caps);
     fprintf(f, "{\n  \"schema\": \"freekv-conformance/1\",\n  \"freekv_version\": \"%d.%d.%d\",\n",
             FKV_VERSION_MAJOR, FKV_VERSION_MINOR, FKV_VERSION_PATCH);
-    fprintf(f, "  \"run\": {\"mode\": ");
-    json_str(f, run->mode);
-    fprintf(f, ", \"command\": ");
-    json_str(f, run->command);
-    fprintf(f, ", \"date\": ");
-    json_str(f, run->date);
-    fprintf(f, ", \"host\": ");
-    json_str(f, run->host);
+    fprintf(f, "  \"run\": {");
+    json_run_fields(f, run);
     fprintf(f, ", \"self_test\": ");
-    if (run->self_test)
-        json_str(f, run->self_test);
-    else
-        fputs("null", f);
+    json_str_or_null(f, run->self_test);
     fprintf(f, ", \"seconds\": %.2f},\n", seconds);
     fprintf(f, "  \"device\": {\"backend\": ");
     json_str(f, info->backend);
@@ -228,6 +239,16 @@ static void md_error(FILE *f, const cf_result *r) {
         fprintf(f, "%.3g / %.3g", r->error, r->tolerance);
 }
 
+/* The Markdown sections of cases that did not pass plainly, in both kinds of report. */
+static const struct {
+    cf_status st;
+    const char *title;
+} sections[] = {{CF_FAIL, "Failures"},
+                {CF_KNOWN, "Known failures (from the known-failures file)"},
+                {CF_XPASS, "Known failures that now pass (remove their entries)"},
+                {CF_SKIP, "Skipped (not run), with the reason"}};
+#define N_SECTIONS (sizeof sections / sizeof *sections)
+
 static int write_md(const char *path, const cf_run_info *run, const fkv_device_info *info,
                     const cf_case *cases, const cf_result *res, size_t n, double seconds) {
     FILE *f = fopen(path, "w");
@@ -268,14 +289,7 @@ static int write_md(const char *path, const cf_run_info *run, const fkv_device_i
                 r->count[CF_FAIL], r->count[CF_SKIP], r->count[CF_KNOWN], r->count[CF_XPASS],
                 r->nondet, q);
     }
-    static const struct {
-        cf_status st;
-        const char *title;
-    } sections[] = {{CF_FAIL, "Failures"},
-                    {CF_KNOWN, "Known failures (from the known-failures file)"},
-                    {CF_XPASS, "Known failures that now pass (remove their entries)"},
-                    {CF_SKIP, "Skipped"}};
-    for (size_t k = 0; k < sizeof sections / sizeof *sections; k++) {
+    for (size_t k = 0; k < N_SECTIONS; k++) {
         unsigned cnt = 0;
         for (size_t i = 0; i < n; i++)
             cnt += res[i].status == sections[k].st;
@@ -368,24 +382,15 @@ static int write_run_json(const char *path, const cf_run_info *run, const cf_req
     fprintf(f, "{\n  \"schema\": \"freekv-conformance-run/1\",\n  \"result\": \"%s\",\n",
             cf_run_failed(t) ? "FAIL" : "PASS");
     fprintf(f, "  \"totals\": {\"passed\": %u, \"failed\": %u, \"skipped\": %u, \"known\": %u, "
-               "\"xpass\": %u},\n  \"run\": {\"mode\": ",
+               "\"xpass\": %u},\n  \"run\": {",
             t.passed, t.failed, t.skipped, t.known, t.xpass);
-    json_str(f, run->mode);
-    fprintf(f, ", \"command\": ");
-    json_str(f, run->command);
-    fprintf(f, ", \"date\": ");
-    json_str(f, run->date);
-    fprintf(f, ", \"host\": ");
-    json_str(f, run->host);
+    json_run_fields(f, run);
     fprintf(f, "},\n  \"required\": [");
     for (size_t i = 0; i < n_req; i++) {
         fprintf(f, "%s\n    {\"backend\": ", i ? "," : "");
         json_str(f, req[i].backend);
         fprintf(f, ", \"devices\": %u, \"problem\": ", req[i].devices);
-        if (req[i].problem[0])
-            json_str(f, req[i].problem);
-        else
-            fputs("null", f);
+        json_str_or_null(f, req[i].problem);
         fputs("}", f);
     }
     fprintf(f, "%s],\n  \"devices\": [", n_req ? "\n  " : "");
@@ -399,10 +404,7 @@ static int write_run_json(const char *path, const cf_run_info *run, const cf_req
                    "\"nondeterministic\": %u, \"seconds\": %.2f, \"error\": ",
                 d->count[CF_PASS], d->count[CF_FAIL], d->count[CF_SKIP], d->count[CF_KNOWN],
                 d->count[CF_XPASS], d->nondet, d->seconds);
-        if (d->error[0])
-            json_str(f, d->error);
-        else
-            fputs("null", f);
+        json_str_or_null(f, d->error);
         fputs("}", f);
     }
     fprintf(f, "%s],\n  \"not_passed\": [", n_devs ? "\n  " : "");
@@ -461,14 +463,7 @@ static int write_run_md(const char *path, const cf_run_info *run, const cf_requi
     }
     if (n_devs == 0)
         fprintf(f, "| (none found) | | | | | | | | |\n");
-    static const struct {
-        cf_status st;
-        const char *title;
-    } sections[] = {{CF_FAIL, "Failures"},
-                    {CF_SKIP, "Skipped (not run on that device), with the reason"},
-                    {CF_KNOWN, "Known failures"},
-                    {CF_XPASS, "Known failures that now pass"}};
-    for (size_t k = 0; k < sizeof sections / sizeof *sections; k++) {
+    for (size_t k = 0; k < N_SECTIONS; k++) {
         size_t cnt = 0;
         for (size_t i = 0; i < n_notes; i++)
             cnt += notes[i].status == sections[k].st;

@@ -11,7 +11,8 @@ target_link_libraries(freekv_eval PUBLIC freekv_internal freekv_args m)
 # CMakeLists before this file is included.
 if(FREEKV_TESTS)
   foreach(name trace args oracle)
-    add_executable(eval_test_${name} ${PROJECT_SOURCE_DIR}/tests/eval_${name}.c)
+    add_executable(eval_test_${name} ${PROJECT_SOURCE_DIR}/tests/eval_${name}.c
+      ${PROJECT_SOURCE_DIR}/tests/tool_run.c)
     target_link_libraries(eval_test_${name} PRIVATE freekv_eval PkgConfig::CRITERION)
     add_test(NAME eval_test_${name} COMMAND eval_test_${name} --jobs 2)
     set_tests_properties(eval_test_${name} PROPERTIES

@@ -8,64 +8,26 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "tool_run.h"
+
 int fkv_opbench_main(int argc, char **argv);
 
-static char err_path[64], out_path[64];
-
-static void capture(void) {
-    snprintf(err_path, sizeof err_path, "/tmp/fkv_opbench_err_%d", (int)getpid());
-    snprintf(out_path, sizeof out_path, "/tmp/fkv_opbench_out_%d", (int)getpid());
-    cr_assert_not_null(freopen(err_path, "w", stderr));
-    cr_assert_not_null(freopen(out_path, "w", stdout));
-    setenv("FREEKV_BACKEND", "cpu", 1);
-    unsetenv("FREEKV_DEVICE");
-}
-
-static void cleanup(void) {
-    unlink(err_path);
-    unlink(out_path);
-}
-
-static char *slurp(const char *path) {
-    static char buf[1 << 16];
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    buf[n] = '\0';
-    fclose(f);
-    return buf;
-}
-
-/* Runs fkv_opbench_main with the arguments (NULL-terminated); stdout and stderr are rewound. */
-static int run(const char *first, ...) {
-    char *argv[32];
-    int argc = 0;
-    argv[argc++] = "freekv-opbench";
-    va_list ap;
-    va_start(ap, first);
-    for (const char *a = first; a && argc < 31; a = va_arg(ap, const char *))
-        argv[argc++] = (char *)a;
-    va_end(ap);
-    argv[argc] = NULL;
-    cr_assert_not_null(freopen(err_path, "w", stderr));
-    cr_assert_not_null(freopen(out_path, "w", stdout));
-    int rc = fkv_opbench_main(argc, argv);
-    fflush(stdout);
-    fflush(stderr);
-    return rc;
-}
+/* Runs freekv-opbench with the arguments (NULL-terminated). */
+#define run(...) tr_run(fkv_opbench_main, "freekv-opbench", __VA_ARGS__)
 
 static void expect_refused(const char *flag, const char *value, const char *msg) {
     int rc = run(flag, value, NULL);
-    const char *err = slurp(err_path);
+    char *err = strdup(tr_stderr());
+    cr_assert_not_null(err);
     cr_expect_eq(rc, 2, "%s %s: exit %d (%s)", flag, value, rc, err);
-    cr_expect(err && strstr(err, msg) != NULL, "%s %s: stderr lacks '%s': %s", flag, value, msg,
-              err);
-    cr_expect(strstr(slurp(out_path), "(1) recall") == NULL, "%s %s ran", flag, value);
+    cr_expect(strstr(err, msg) != NULL, "%s %s: stderr lacks '%s': %s", flag, value, msg, err);
+    cr_expect(strstr(tr_stdout(), "(1) recall") == NULL, "%s %s ran", flag, value);
+    free(err);
 }
 
-TestSuite(opbench_args, .init = capture, .fini = cleanup, .timeout = 120);
+static void capture(void) { tr_capture("opbench"); }
+
+TestSuite(opbench_args, .init = capture, .fini = tr_cleanup, .timeout = 120);
 
 Test(opbench_args, bad_numbers_exit_2_naming_the_flag) {
     expect_refused("--pages", "-1", "--pages: '-1' is not a comma list");
@@ -83,7 +45,7 @@ Test(opbench_args, bad_numbers_exit_2_naming_the_flag) {
     expect_refused("--dtype", "f64", "--dtype: 'f64' is not f32, f16 or bf16");
     expect_refused("--bogus", "1", "unknown option '--bogus'");
     cr_expect_eq(run("--reps", NULL), 2);
-    cr_expect(strstr(slurp(err_path), "--reps needs a value") != NULL, "%s", slurp(err_path));
+    cr_expect(strstr(tr_stderr(), "--reps needs a value") != NULL, "%s", tr_stderr());
     expect_refused("--backend", "cuda", "unknown backend 'cuda'");
 }
 
@@ -95,7 +57,7 @@ Test(opbench_args, too_much_memory_is_refused_before_allocating) {
     expect_refused("--batches", "5000",
                    "attention at --batches 5000 (--budget 2048) needs about 19.63 GiB of host "
                    "and 39.23 GiB of device memory");
-    cr_expect(strstr(slurp(err_path), "nothing was allocated") != NULL, "%s", slurp(err_path));
+    cr_expect(strstr(tr_stderr(), "nothing was allocated") != NULL, "%s", tr_stderr());
     unsetenv("FREEKV_CPU_DEVICE_MEMORY");
     /* a million sequences: far beyond any host's RAM */
     expect_refused("--batches", "1000000", "attention at --batches 1000000");
@@ -106,8 +68,8 @@ Test(opbench_args, too_much_memory_is_refused_before_allocating) {
 Test(opbench_args, small_run_prints_both_tables) {
     int rc = run("--quick", "--pool-mib", "16", "--pages", "4", "--batches", "1", "--budget",
                  "256", "--reps", "1", NULL);
-    const char *out = slurp(out_path);
-    cr_assert_eq(rc, 0, "exit %d: %s / %s", rc, out, slurp(err_path));
+    cr_assert_eq(rc, 0, "exit %d: %s", rc, tr_stderr());
+    const char *out = tr_stdout();
     cr_expect(strstr(out, "(1) recall") && strstr(out, "engine:staged") &&
                   strstr(out, "(2) paged decode attention"),
               "%s", out);

@@ -120,8 +120,8 @@ static fkv_status backend_argument(const char *name, const char **out) {
     if (i < 0) {
         char valid[128];
         fkv_choice_list(backend_choices, N_CHOICES, valid, sizeof valid);
-        return fkv_error(FKV_ERR_BAD_ENVIRONMENT, "backend argument '%s' (valid: %s)", name,
-                         valid);
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "backend argument: unknown backend '%s' "
+                         "(valid: %s)", name, valid);
     }
     *out = backend_choices[i];
     return FKV_OK;

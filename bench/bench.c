@@ -46,9 +46,11 @@ int fkv_bench_main(int argc, char **argv) {
         return 2;
     }
     fkv_device *dev;
-    if (fkv_device_open(o.backend, o.device, &dev) != FKV_OK) {
+    fkv_status st = fkv_device_open(o.backend, o.device, &dev);
+    if (st != FKV_OK) {
         fprintf(stderr, "freekv bench: %s\n", fkv_last_error());
-        return 1;
+        /* an unknown backend name is a bad argument; a missing device is a run error */
+        return st == FKV_ERR_INVALID_ARGUMENT || st == FKV_ERR_BAD_ENVIRONMENT ? 2 : 1;
     }
     fkv_device_info info;
     fkv_device_get_info(dev, &info);

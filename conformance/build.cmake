@@ -12,7 +12,9 @@ install(DIRECTORY ${PROJECT_SOURCE_DIR}/conformance/known_failures/
   DESTINATION ${CMAKE_INSTALL_DATADIR}/freekv/known_failures FILES_MATCHING PATTERN "*.txt")
 
 # One CTest entry per backend compiled in (quick mode keeps CI bounded); exit 77 = no device
-# found at run time (e.g. no OpenCL ICD), reported as skipped rather than passed.
+# found at run time (e.g. no OpenCL ICD), reported as skipped rather than passed. With
+# FREEKV_REQUIRE_DEVICES in the environment (.ci/run sets cpu,opencl,vulkan) a required backend
+# without a device fails instead (exit 1).
 if(FREEKV_TESTS)
   enable_testing()
   set(FKV_CONFORMANCE_BACKENDS cpu)
@@ -43,27 +45,67 @@ if(FREEKV_TESTS)
     COMMAND freekv-conformance --backend cpu --quick --filter attention/d64/g1/p16/f32
             --self-test-broken=attention --report-dir ${_st_dir}/attention)
   set_tests_properties(conformance_selftest_attention PROPERTIES PASS_REGULAR_EXPRESSION
-    "FAIL +attention/d64/g1/p16/f32 .*out \\([0-9]+ values; worst at seq 0 q head 1 ch [0-9]+: [^)]*\\): rel L2 [0-9.e+-]+ > tol 0.0001.*conformance: FAIL")
+    "FAIL +attention/d64/g1/p16/f32 .*out \\([0-9]+ values; worst at seq 0 q head 1 ch [0-9]+: [^)]*\\): rel L2 [0-9.e+-]+ > tol 0.0001.*conformance result: FAIL")
   add_test(NAME conformance_selftest_guard
     COMMAND freekv-conformance --backend cpu --quick --filter attention/d64/g1/p16/f32
             --self-test-broken=guard --report-dir ${_st_dir}/guard)
   set_tests_properties(conformance_selftest_guard PROPERTIES PASS_REGULAR_EXPRESSION
-    "FAIL +attention/d64/g1/p16/f32 .*out: guard byte 1 after the output changed.*conformance: FAIL")
+    "FAIL +attention/d64/g1/p16/f32 .*out: guard byte 1 after the output changed.*conformance result: FAIL")
   add_test(NAME conformance_selftest_scores
     COMMAND freekv-conformance --backend cpu --quick --filter pipeline/quest
             --self-test-broken=scores --report-dir ${_st_dir}/scores)
   set_tests_properties(conformance_selftest_scores PROPERTIES PASS_REGULAR_EXPRESSION
-    "FAIL +pipeline/quest/.*attended pages .*is not a tie with the k-th score.*conformance: FAIL")
+    "FAIL +pipeline/quest/.*attended pages .*is not a tie with the k-th score.*conformance result: FAIL")
   add_test(NAME conformance_selftest_ties
     COMMAND freekv-conformance --backend cpu --quick --filter pipeline/freekv
             --self-test-broken=ties --report-dir ${_st_dir}/ties)
   set_tests_properties(conformance_selftest_ties PROPERTIES
-    PASS_REGULAR_EXPRESSION "head selection\\(s\\) differ by ties.*conformance: PASS"
+    PASS_REGULAR_EXPRESSION "head selection\\(s\\) differ by ties.*conformance result: PASS"
     FAIL_REGULAR_EXPRESSION "FAIL ")
   add_test(NAME conformance_selftest_nondet
     COMMAND freekv-conformance --backend cpu --quick --filter attention/d64/g1/p16/f32
             --self-test-broken=nondet --report-dir ${_st_dir}/nondet)
   set_tests_properties(conformance_selftest_nondet PROPERTIES
-    PASS_REGULAR_EXPRESSION "PASS +attention/d64/g1/p16/f32 .*NONDET.*conformance: PASS"
+    PASS_REGULAR_EXPRESSION "PASS +attention/d64/g1/p16/f32 .*NONDET.*conformance result: PASS"
     FAIL_REGULAR_EXPRESSION "FAIL ")
+  # A device without paged attention: its cases are skipped, counted as skipped (never as
+  # passed), and the run report lists each skip with its reason; a run where nothing passed
+  # at all fails.
+  add_test(NAME conformance_selftest_skip
+    COMMAND freekv-conformance --backend cpu --quick
+            --filter attention/d64/g1/p16/f32,append/d64/g1/p16/f32
+            --self-test-broken=unsupported --report-dir ${_st_dir}/skip)
+  set_tests_properties(conformance_selftest_skip PROPERTIES
+    PASS_REGULAR_EXPRESSION "SKIP +attention/d64/g1/p16/f32 .*unsupported by the device.*conformance result: PASS, but 1 case\\(s\\) skipped.*\nconformance: 1 passed, 0 failed, 1 skipped\n"
+    FAIL_REGULAR_EXPRESSION "FAIL |PASS +attention"
+    FIXTURES_SETUP conformance_skip_report)
+  add_test(NAME conformance_selftest_skip_report
+    COMMAND ${CMAKE_COMMAND} -DFILE=${_st_dir}/skip/conformance-run.md
+            "-DEXPECT=## Skipped[^\n]*\n\n[^\n]*\n[^\n]*\n[|] cpu\\[0\\] freekv CPU reference [|] attention/d64/g1/p16/f32 [|] op: unsupported by the device: [^|]*self-test: this device has no paged attention [|]"
+            -P ${CMAKE_CURRENT_LIST_DIR}/expect_file.cmake)
+  set_tests_properties(conformance_selftest_skip_report PROPERTIES
+    FIXTURES_REQUIRED conformance_skip_report)
+  add_test(NAME conformance_selftest_nothing_tested
+    COMMAND freekv-conformance --backend cpu --quick --filter attention/d64/g1/p16/f32
+            --self-test-broken=unsupported --report-dir ${_st_dir}/nothing)
+  set_tests_properties(conformance_selftest_nothing_tested PROPERTIES WILL_FAIL TRUE)
+  # --require: a required backend without a device fails the run instead of exit 77 (skip).
+  # OCL_ICD_VENDORS points the ICD loader at an empty directory: no OpenCL device.
+  if(FREEKV_OPENCL)
+    add_test(NAME conformance_require_missing
+      COMMAND ${CMAKE_COMMAND} -E env OCL_ICD_VENDORS=${_st_dir}/no-icd
+              $<TARGET_FILE:freekv-conformance> --backend opencl --quick --filter device
+              --require opencl --report-dir ${_st_dir}/require)
+    set_tests_properties(conformance_require_missing PROPERTIES
+      PASS_REGULAR_EXPRESSION "FAIL +required/opencl +no device.*conformance: 0 passed, 1 failed, 0 skipped"
+      FIXTURES_REQUIRED conformance_no_icd)
+    add_test(NAME conformance_require_missing_exit
+      COMMAND ${CMAKE_COMMAND} -E env OCL_ICD_VENDORS=${_st_dir}/no-icd
+              $<TARGET_FILE:freekv-conformance> --backend opencl --quick --filter device
+              --require opencl --report-dir ${_st_dir}/require)
+    set_tests_properties(conformance_require_missing_exit PROPERTIES WILL_FAIL TRUE
+      FIXTURES_REQUIRED conformance_no_icd)
+    add_test(NAME conformance_no_icd_dir COMMAND ${CMAKE_COMMAND} -E make_directory ${_st_dir}/no-icd)
+    set_tests_properties(conformance_no_icd_dir PROPERTIES FIXTURES_SETUP conformance_no_icd)
+  endif()
 endif()

@@ -168,6 +168,44 @@ typedef struct cf_run_info {
     const char *self_test; /* NULL, or the self-test kind */
 } cf_run_info;
 
+/* The run as a whole: every required backend, every device tried and every case that did not
+ * pass plainly, across devices (<report-dir>/conformance-run.json and .md). */
+typedef struct cf_required {
+    char backend[16];
+    unsigned devices;  /* devices of this backend that were tested */
+    char problem[200]; /* why it has none, "" when it has */
+} cf_required;
+
+typedef struct cf_device_run {
+    fkv_device_info info;
+    unsigned count[CF_N_STATUS];
+    unsigned nondet;
+    char error[CF_MSG]; /* why the device could not be (fully) tested, "" otherwise */
+    double seconds;
+} cf_device_run;
+
+typedef struct cf_note {
+    size_t device; /* index into the cf_device_run array */
+    cf_status status;
+    char case_name[96];
+    char message[CF_MSG];
+} cf_note;
+
+typedef struct cf_run_totals {
+    unsigned passed, failed, skipped, known, xpass;
+} cf_run_totals;
+
+/* Cases summed over devices; a device that could not be tested and a required backend without
+ * a device each count as one failure. */
+cf_run_totals cf_run_tally(const cf_required *req, size_t n_req, const cf_device_run *devs,
+                           size_t n_devs);
+/* The run fails when a case or device failed, a required backend has no device, or no case
+ * passed at all (every case skipped: nothing was tested). */
+int cf_run_failed(cf_run_totals t);
+int cf_run_report_write(const char *dir, const cf_run_info *run, const cf_required *req,
+                        size_t n_req, const cf_device_run *devs, size_t n_devs,
+                        const cf_note *notes, size_t n_notes, char *paths, size_t paths_size);
+
 int cf_report_write(const char *dir, const cf_run_info *run, const fkv_device_info *info,
                     const cf_case *cases, const cf_result *results, size_t n, double seconds,
                     char *paths, size_t paths_size);

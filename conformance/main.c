@@ -41,9 +41,13 @@ static const char *default_known_dir(void) {
 #define MAX_CASES 2048
 #define MAX_DEVICES 64
 
+#define MAX_REQUIRED 8
+
 typedef struct options {
     const char *backend, *device, *report_dir, *filter, *known_dir;
     const char *broken; /* self-test kind, NULL normally */
+    const char *require; /* comma list of backends that must have a device */
+    int require_from_env; /* taken from FREEKV_REQUIRE_DEVICES, not --require */
     int quick, list, help;
 } options;
 
@@ -58,11 +62,16 @@ static void usage(FILE *f) {
             "  --report-dir DIR     where the JSON and Markdown reports go (default: "
             "conformance-report)\n"
             "  --list               list the cases and exit\n"
-            "  --filter SUBSTR      run only the cases whose name contains SUBSTR\n"
+            "  --filter SUBSTR[,SUBSTR...]  run only the cases whose name contains one of them\n"
+            "  --require BACKEND[,BACKEND...]  fail (exit 1) when a named backend has no device to\n"
+            "                       test (not compiled in, no driver, or none matching --device);\n"
+            "                       default: $FREEKV_REQUIRE_DEVICES, for the backends this run\n"
+            "                       tests\n"
             "  --known-failures DIR directory of <backend>.txt known-failure lists (default: %s)\n"
             "  --help               this text\n"
-            "Exit status: 0 all passed, 1 a case failed or a device could not be tested, 2 bad "
-            "usage, 77 no device found.\n",
+            "Exit status: 0 no case failed (skipped cases are counted apart, never as passed), 1 a "
+            "case failed, a device could not be tested or a required backend has no device, 2 bad "
+            "usage, 77 no device found and none required.\n",
             default_known_dir());
 }
 
@@ -98,6 +107,8 @@ static int parse(int argc, char **argv, options *o) {
             slot = &o->filter;
         else if (strcmp(a, "--known-failures") == 0)
             slot = &o->known_dir;
+        else if (strcmp(a, "--require") == 0)
+            slot = &o->require;
         else {
             fprintf(stderr, "freekv-conformance: unknown option '%s'\n", a);
             return -1;
@@ -119,7 +130,98 @@ static int parse(int argc, char **argv, options *o) {
         const char *e = getenv("FREEKV_DEVICE");
         o->device = e && e[0] ? e : NULL;
     }
+    if (o->require == NULL) {
+        const char *e = getenv("FREEKV_REQUIRE_DEVICES");
+        o->require = e && e[0] ? e : NULL;
+        o->require_from_env = o->require != NULL;
+    }
     return 0;
+}
+
+/* The case name contains one of the comma-separated substrings of filter (NULL: every case). */
+static int filter_match(const char *filter, const char *name) {
+    if (filter == NULL)
+        return 1;
+    for (const char *p = filter;; ) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        char part[128];
+        if (len > 0 && len < sizeof part) {
+            memcpy(part, p, len);
+            part[len] = '\0';
+            if (strstr(name, part))
+                return 1;
+        }
+        if (comma == NULL)
+            return 0;
+        p = comma + 1;
+    }
+}
+
+/* Splits --require into req[] (each a backend name the library knows); only the backends this
+ * run tests when the list comes from the environment. 0, or EXIT_USAGE after a message. */
+static int parse_required(const options *o, cf_required *req, size_t *n) {
+    *n = 0;
+    if (o->require == NULL)
+        return 0;
+    const char *origin = o->require_from_env ? "FREEKV_REQUIRE_DEVICES" : "--require";
+    for (const char *p = o->require;; ) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        cf_required r;
+        memset(&r, 0, sizeof r);
+        if (len == 0 || len >= sizeof r.backend || *n == MAX_REQUIRED) {
+            fprintf(stderr, "freekv-conformance: %s '%s': a comma list of at most %d backend "
+                            "names\n", origin, o->require, MAX_REQUIRED);
+            return EXIT_USAGE;
+        }
+        memcpy(r.backend, p, len);
+        size_t count = 0;
+        /* an unknown name is a usage error; a known one not compiled in is a missing device */
+        if (strcmp(r.backend, "auto") == 0 ||
+            fkv_device_list(r.backend, NULL, 0, &count) == FKV_ERR_INVALID_ARGUMENT) {
+            fprintf(stderr, "freekv-conformance: %s: '%s' is not a backend name (cpu, opencl, "
+                            "vulkan, hip)\n", origin, r.backend);
+            return EXIT_USAGE;
+        }
+        int tested = strcmp(o->backend, "auto") == 0 || strcmp(o->backend, r.backend) == 0;
+        if (!tested && !o->require_from_env) {
+            fprintf(stderr, "freekv-conformance: --require %s, but --backend %s does not test "
+                            "it\n", r.backend, o->backend);
+            return EXIT_USAGE;
+        }
+        if (tested)
+            req[(*n)++] = r;
+        if (comma == NULL)
+            return 0;
+        p = comma + 1;
+    }
+}
+
+/* Marks each required backend that no target of the run belongs to, with the reason. */
+static size_t check_required(const options *o, cf_required *req, size_t n_req,
+                             const fkv_device_info *targets, size_t n_targets) {
+    size_t missing = 0;
+    for (size_t i = 0; i < n_req; i++) {
+        cf_required *r = &req[i];
+        r->devices = 0;
+        for (size_t t = 0; t < n_targets; t++)
+            r->devices += strcmp(targets[t].backend, r->backend) == 0;
+        if (r->devices)
+            continue;
+        size_t count = 0;
+        fkv_status st = fkv_device_list(r->backend, NULL, 0, &count);
+        if (st != FKV_OK)
+            snprintf(r->problem, sizeof r->problem, "not compiled into this build");
+        else if (count == 0)
+            snprintf(r->problem, sizeof r->problem, "no device (no driver or ICD found)");
+        else
+            snprintf(r->problem, sizeof r->problem, "%zu device(s), none matching --device '%s'",
+                     count, o->device ? o->device : "");
+        printf("FAIL  required/%-39s %s\n", r->backend, r->problem);
+        missing++;
+    }
+    return missing;
 }
 
 /* Case-insensitive substring test (strcasestr is not standard C). */
@@ -153,14 +255,14 @@ static int pick_targets(const options *o, fkv_device_info *out, size_t *n_out) {
     fkv_status st = fkv_device_list(o->backend, all, MAX_DEVICES, &count);
     if (st != FKV_OK) {
         fprintf(stderr, "freekv-conformance: %s\n", fkv_last_error());
-        return st == FKV_ERR_BAD_ENVIRONMENT ? EXIT_USAGE : 1;
+        return st == FKV_ERR_BAD_ENVIRONMENT || st == FKV_ERR_INVALID_ARGUMENT ? EXIT_USAGE : 1;
     }
     if (count > MAX_DEVICES)
         count = MAX_DEVICES;
     if (count == 0) {
         fprintf(stderr, "freekv-conformance: backend '%s' found no device: nothing to test\n",
                 o->backend);
-        return EXIT_NO_DEVICE;
+        return EXIT_NO_DEVICE; /* a failure instead when a backend is required (main) */
     }
     if (o->device == NULL) {
         memcpy(out, all, count * sizeof *all);
@@ -285,7 +387,7 @@ int main(int argc, char **argv) {
     n_all += cf_pipeline_cases(o.quick, all + n_all, MAX_CASES - n_all);
     size_t n = 0;
     for (size_t i = 0; i < n_all; i++)
-        if (o.filter == NULL || strstr(all[i].name, o.filter))
+        if (filter_match(o.filter, all[i].name))
             cases[n++] = all[i];
     if (o.list) {
         for (size_t i = 0; i < n; i++)
@@ -297,10 +399,16 @@ int main(int argc, char **argv) {
         return EXIT_USAGE;
     }
 
+    cf_required req[MAX_REQUIRED];
+    size_t n_req;
+    int rc = parse_required(&o, req, &n_req);
+    if (rc != 0)
+        return rc;
     fkv_device_info targets[MAX_DEVICES];
     size_t n_targets;
-    int rc = pick_targets(&o, targets, &n_targets);
-    if (rc != 0)
+    rc = pick_targets(&o, targets, &n_targets);
+    /* no device at all is a skip (77) only when no backend of this run is required */
+    if (rc != 0 && !(rc == EXIT_NO_DEVICE && n_req > 0))
         return rc;
     if (make_dirs(o.report_dir) != 0) {
         fprintf(stderr, "freekv-conformance: cannot create %s: %s\n", o.report_dir,
@@ -323,8 +431,15 @@ int main(int argc, char **argv) {
     char cmd[1024], date[64], host[256];
     run_info_strings(argc, argv, cmd, sizeof cmd, date, sizeof date, host, sizeof host);
     cf_result *res = calloc(n, sizeof *res);
-    if (res == NULL) {
+    cf_device_run *runs = calloc(n_targets ? n_targets : 1, sizeof *runs);
+    /* at most every case of every device does not pass plainly */
+    cf_note *notes = calloc(n * (n_targets ? n_targets : 1), sizeof *notes);
+    size_t n_notes = 0;
+    if (res == NULL || runs == NULL || notes == NULL) {
         fprintf(stderr, "freekv-conformance: out of memory\n");
+        free(res);
+        free(runs);
+        free(notes);
         fkv_device_close(env.ref.dev);
         return 1;
     }
@@ -335,22 +450,30 @@ int main(int argc, char **argv) {
         printf("SELF-TEST '%s': the device's ops table is deliberately altered (see "
                "docs/conformance.md)\n",
                o.broken);
+    if (n_req) {
+        printf("required backends (%s):", o.require_from_env ? "FREEKV_REQUIRE_DEVICES" : "--require");
+        for (size_t i = 0; i < n_req; i++)
+            printf(" %s", req[i].backend);
+        printf("\n");
+    }
+    check_required(&o, req, n_req, targets, n_targets);
 
-    int any_fail = 0;
     for (size_t t = 0; t < n_targets; t++) {
         const fkv_device_info *info = &targets[t];
+        cf_device_run *dr = &runs[t];
+        dr->info = *info;
         printf("\n== device %s[%u] %s (%s)\n", info->backend, info->index, info->name,
                info->driver);
         cf_known *known = NULL;
         char kmsg[600];
         if (cf_known_load(o.known_dir, info->backend, &known, kmsg, sizeof kmsg) != 0) {
             fprintf(stderr, "freekv-conformance: known-failures file: %s\n", kmsg);
-            any_fail = 1;
+            snprintf(dr->error, sizeof dr->error, "known-failures file: %.400s", kmsg);
             continue;
         }
         if (open_dev(info, o.broken, &env.dut) != 0) {
             printf("FAIL  device/open  %s\n", fkv_last_error());
-            any_fail = 1;
+            snprintf(dr->error, sizeof dr->error, "cannot open: %.500s", fkv_last_error());
             cf_known_free(known);
             continue;
         }
@@ -371,10 +494,19 @@ int main(int argc, char **argv) {
                 r->status = r->status == CF_FAIL ? CF_KNOWN : CF_XPASS;
                 snprintf(r->known, sizeof r->known, "%s", why);
             }
-            any_fail |= r->status == CF_FAIL;
+            dr->count[r->status]++;
+            dr->nondet += r->deterministic == 0;
+            if (r->status != CF_PASS) {
+                cf_note *nt = &notes[n_notes++];
+                nt->device = t;
+                nt->status = r->status;
+                snprintf(nt->case_name, sizeof nt->case_name, "%.95s", cases[i].name);
+                snprintf(nt->message, sizeof nt->message, "%s", r->known[0] ? r->known : r->message);
+            }
             print_line(&cases[i], r);
         }
         double seconds = (cf_now_ms() - t_dev) / 1e3;
+        dr->seconds = seconds;
         cf_summary_print(stdout, &env.dut.info, cases, res, n, seconds);
         char known_desc[700];
         snprintf(known_desc, sizeof known_desc, "%s (%zu entries)", cf_known_path(known),
@@ -385,7 +517,7 @@ int main(int argc, char **argv) {
                             sizeof paths) != 0) {
             fprintf(stderr, "freekv-conformance: cannot write the reports (%s): %s\n", paths,
                     strerror(errno));
-            any_fail = 1;
+            snprintf(dr->error, sizeof dr->error, "cannot write the reports");
         } else {
             printf("reports: %s\n", paths);
         }
@@ -393,8 +525,37 @@ int main(int argc, char **argv) {
         memset(&env.dut, 0, sizeof env.dut);
         cf_known_free(known);
     }
-    free(res);
     fkv_device_close(env.ref.dev);
-    printf("\nconformance: %s\n", any_fail ? "FAIL" : "PASS");
-    return any_fail ? 1 : 0;
+    cf_run_info run = {o.quick ? "quick" : "full", cmd, date, host, NULL, o.broken};
+    char paths[1400];
+    cf_run_totals tot = cf_run_tally(req, n_req, runs, n_targets);
+    if (cf_run_report_write(o.report_dir, &run, req, n_req, runs, n_targets, notes, n_notes, paths,
+                            sizeof paths) != 0) {
+        fprintf(stderr, "freekv-conformance: cannot write the run report (%s): %s\n", paths,
+                strerror(errno));
+        tot.failed++;
+    } else {
+        printf("\nrun report: %s\n", paths);
+    }
+    free(res);
+    free(runs);
+    free(notes);
+    /* Skipped cases were not run: never counted as passed. The last line has the shape CI
+     * reads ("N passed, N failed, N skipped"). */
+    if (tot.known || tot.xpass)
+        printf("known failures: %u (not counted as failed), %u now pass (xpass)\n", tot.known,
+               tot.xpass);
+    int nothing = !tot.failed && cf_run_failed(tot); /* every case skipped or known */
+    if (tot.failed)
+        printf("conformance result: FAIL");
+    else if (nothing)
+        printf("conformance result: FAIL: no case passed, nothing was tested");
+    else
+        printf("conformance result: PASS");
+    if (!tot.failed && tot.skipped)
+        printf("%s %u case(s) skipped (not run; reasons in the reports)", nothing ? ";" : ", but",
+               tot.skipped);
+    printf("\nconformance: %u passed, %u failed, %u skipped\n", tot.passed, tot.failed,
+           tot.skipped);
+    return cf_run_failed(tot) ? 1 : 0;
 }

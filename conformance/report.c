@@ -105,6 +105,26 @@ static void json_num(FILE *f, double x) {
         fprintf(f, "%.6g", x);
 }
 
+/* A string, or null when it is NULL or empty. */
+static void json_str_or_null(FILE *f, const char *s) {
+    if (s && s[0])
+        json_str(f, s);
+    else
+        fputs("null", f);
+}
+
+/* "mode", "command", "date", "host" of a run object (after its opening brace). */
+static void json_run_fields(FILE *f, const cf_run_info *run) {
+    fprintf(f, "\"mode\": ");
+    json_str(f, run->mode);
+    fprintf(f, ", \"command\": ");
+    json_str(f, run->command);
+    fprintf(f, ", \"date\": ");
+    json_str(f, run->date);
+    fprintf(f, ", \"host\": ");
+    json_str(f, run->host);
+}
+
 static void caps_of(uint32_t caps, char *buf, size_t size) {
     fkv_caps_string(caps, buf, size);
 }
@@ -120,19 +140,10 @@ static int write_json(const char *path, const cf_run_info *run, const fkv_device
     caps_of(info->caps, caps, sizeof caps);
     fprintf(f, "{\n  \"schema\": \"freekv-conformance/1\",\n  \"freekv_version\": \"%d.%d.%d\",\n",
             FKV_VERSION_MAJOR, FKV_VERSION_MINOR, FKV_VERSION_PATCH);
-    fprintf(f, "  \"run\": {\"mode\": ");
-    json_str(f, run->mode);
-    fprintf(f, ", \"command\": ");
-    json_str(f, run->command);
-    fprintf(f, ", \"date\": ");
-    json_str(f, run->date);
-    fprintf(f, ", \"host\": ");
-    json_str(f, run->host);
+    fprintf(f, "  \"run\": {");
+    json_run_fields(f, run);
     fprintf(f, ", \"self_test\": ");
-    if (run->self_test)
-        json_str(f, run->self_test);
-    else
-        fputs("null", f);
+    json_str_or_null(f, run->self_test);
     fprintf(f, ", \"seconds\": %.2f},\n", seconds);
     fprintf(f, "  \"device\": {\"backend\": ");
     json_str(f, info->backend);
@@ -228,6 +239,16 @@ static void md_error(FILE *f, const cf_result *r) {
         fprintf(f, "%.3g / %.3g", r->error, r->tolerance);
 }
 
+/* The Markdown sections of cases that did not pass plainly, in both kinds of report. */
+static const struct {
+    cf_status st;
+    const char *title;
+} sections[] = {{CF_FAIL, "Failures"},
+                {CF_KNOWN, "Known failures (from the known-failures file)"},
+                {CF_XPASS, "Known failures that now pass (remove their entries)"},
+                {CF_SKIP, "Skipped (not run), with the reason"}};
+#define N_SECTIONS (sizeof sections / sizeof *sections)
+
 static int write_md(const char *path, const cf_run_info *run, const fkv_device_info *info,
                     const cf_case *cases, const cf_result *res, size_t n, double seconds) {
     FILE *f = fopen(path, "w");
@@ -238,9 +259,11 @@ static int write_md(const char *path, const cf_run_info *run, const fkv_device_i
     char caps[256];
     caps_of(info->caps, caps, sizeof caps);
     fprintf(f, "# freekv conformance: %s[%u] %s\n\n", info->backend, info->index, info->name);
-    fprintf(f, "**Result: %s** (%u pass, %u fail, %u skip, %u known, %u xpass, %u "
+    fprintf(f, "**Result: %s%s** (%u pass, %u fail, %u skip, %u known, %u xpass, %u "
                "nondeterministic, %zu cases, %.1f s)\n\n",
-            total.count[CF_FAIL] ? "FAIL" : "PASS", total.count[CF_PASS], total.count[CF_FAIL],
+            total.count[CF_FAIL] ? "FAIL" : "PASS",
+            total.count[CF_SKIP] ? ", with skipped cases (not run: see \"Skipped\")" : "",
+            total.count[CF_PASS], total.count[CF_FAIL],
             total.count[CF_SKIP], total.count[CF_KNOWN], total.count[CF_XPASS], total.nondet, n,
             seconds);
     fprintf(f, "| | |\n|---|---|\n");
@@ -266,14 +289,7 @@ static int write_md(const char *path, const cf_run_info *run, const fkv_device_i
                 r->count[CF_FAIL], r->count[CF_SKIP], r->count[CF_KNOWN], r->count[CF_XPASS],
                 r->nondet, q);
     }
-    static const struct {
-        cf_status st;
-        const char *title;
-    } sections[] = {{CF_FAIL, "Failures"},
-                    {CF_KNOWN, "Known failures (from the known-failures file)"},
-                    {CF_XPASS, "Known failures that now pass (remove their entries)"},
-                    {CF_SKIP, "Skipped"}};
-    for (size_t k = 0; k < sizeof sections / sizeof *sections; k++) {
+    for (size_t k = 0; k < N_SECTIONS; k++) {
         unsigned cnt = 0;
         for (size_t i = 0; i < n; i++)
             cnt += res[i].status == sections[k].st;
@@ -332,4 +348,152 @@ int cf_report_write(const char *dir, const cf_run_info *run, const fkv_device_in
     if (write_json(json, run, info, cases, results, n, seconds) != 0)
         return -1;
     return write_md(md, run, info, cases, results, n, seconds);
+}
+
+/* ---- the run report ---- */
+
+cf_run_totals cf_run_tally(const cf_required *req, size_t n_req, const cf_device_run *devs,
+                           size_t n_devs) {
+    cf_run_totals t = {0, 0, 0, 0, 0};
+    for (size_t i = 0; i < n_devs; i++) {
+        t.passed += devs[i].count[CF_PASS];
+        t.failed += devs[i].count[CF_FAIL] + (devs[i].error[0] != '\0');
+        t.skipped += devs[i].count[CF_SKIP];
+        t.known += devs[i].count[CF_KNOWN];
+        t.xpass += devs[i].count[CF_XPASS];
+    }
+    for (size_t i = 0; i < n_req; i++)
+        t.failed += req[i].problem[0] != '\0';
+    return t;
+}
+
+int cf_run_failed(cf_run_totals t) { return t.failed || t.passed + t.xpass == 0; }
+
+static void device_label(const cf_device_run *d, char *buf, size_t size) {
+    snprintf(buf, size, "%.15s[%u] %.127s", d->info.backend, d->info.index, d->info.name);
+}
+
+static int write_run_json(const char *path, const cf_run_info *run, const cf_required *req,
+                          size_t n_req, const cf_device_run *devs, size_t n_devs,
+                          const cf_note *notes, size_t n_notes, cf_run_totals t) {
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "{\n  \"schema\": \"freekv-conformance-run/1\",\n  \"result\": \"%s\",\n",
+            cf_run_failed(t) ? "FAIL" : "PASS");
+    fprintf(f, "  \"totals\": {\"passed\": %u, \"failed\": %u, \"skipped\": %u, \"known\": %u, "
+               "\"xpass\": %u},\n  \"run\": {",
+            t.passed, t.failed, t.skipped, t.known, t.xpass);
+    json_run_fields(f, run);
+    fprintf(f, "},\n  \"required\": [");
+    for (size_t i = 0; i < n_req; i++) {
+        fprintf(f, "%s\n    {\"backend\": ", i ? "," : "");
+        json_str(f, req[i].backend);
+        fprintf(f, ", \"devices\": %u, \"problem\": ", req[i].devices);
+        json_str_or_null(f, req[i].problem);
+        fputs("}", f);
+    }
+    fprintf(f, "%s],\n  \"devices\": [", n_req ? "\n  " : "");
+    for (size_t i = 0; i < n_devs; i++) {
+        const cf_device_run *d = &devs[i];
+        fprintf(f, "%s\n    {\"backend\": ", i ? "," : "");
+        json_str(f, d->info.backend);
+        fprintf(f, ", \"index\": %u, \"name\": ", d->info.index);
+        json_str(f, d->info.name);
+        fprintf(f, ", \"pass\": %u, \"fail\": %u, \"skip\": %u, \"known\": %u, \"xpass\": %u, "
+                   "\"nondeterministic\": %u, \"seconds\": %.2f, \"error\": ",
+                d->count[CF_PASS], d->count[CF_FAIL], d->count[CF_SKIP], d->count[CF_KNOWN],
+                d->count[CF_XPASS], d->nondet, d->seconds);
+        json_str_or_null(f, d->error);
+        fputs("}", f);
+    }
+    fprintf(f, "%s],\n  \"not_passed\": [", n_devs ? "\n  " : "");
+    for (size_t i = 0; i < n_notes; i++) {
+        fprintf(f, "%s\n    {\"device\": ", i ? "," : "");
+        char dev[160];
+        device_label(&devs[notes[i].device], dev, sizeof dev);
+        json_str(f, dev);
+        fprintf(f, ", \"case\": ");
+        json_str(f, notes[i].case_name);
+        fprintf(f, ", \"status\": \"%s\", \"message\": ", cf_status_name(notes[i].status));
+        json_str(f, notes[i].message);
+        fputs("}", f);
+    }
+    fprintf(f, "%s]\n}\n", n_notes ? "\n  " : "");
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+static int write_run_md(const char *path, const cf_run_info *run, const cf_required *req,
+                        size_t n_req, const cf_device_run *devs, size_t n_devs,
+                        const cf_note *notes, size_t n_notes, cf_run_totals t) {
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "# freekv conformance run\n\n**Result: %s**: %u passed, %u failed, %u skipped "
+               "(not run), %u known failures, %u xpass\n\n",
+            t.failed ? "FAIL" : cf_run_failed(t) ? "FAIL (no case passed: nothing was tested)"
+                                                 : "PASS",
+            t.passed, t.failed, t.skipped, t.known, t.xpass);
+    fprintf(f, "| | |\n|---|---|\n| mode | %s |\n| date | %s |\n| host | %s |\n"
+               "| command | `%s` |\n\n",
+            run->mode, run->date, run->host, run->command);
+    if (n_req) {
+        fprintf(f, "## Required backends\n\n| backend | devices tested | problem |\n"
+                   "|---|---|---|\n");
+        for (size_t i = 0; i < n_req; i++) {
+            fprintf(f, "| %s | %u | ", req[i].backend, req[i].devices);
+            md_cell(f, req[i].problem[0] ? req[i].problem : "-");
+            fputs(" |\n", f);
+        }
+        fputs("\n", f);
+    }
+    fprintf(f, "## Devices\n\n| device | pass | fail | skip | known | xpass | nondeterministic | "
+               "s | problem |\n|---|---|---|---|---|---|---|---|---|\n");
+    for (size_t i = 0; i < n_devs; i++) {
+        const cf_device_run *d = &devs[i];
+        char dev[160];
+        device_label(d, dev, sizeof dev);
+        fputs("| ", f);
+        md_cell(f, dev);
+        fprintf(f, " | %u | %u | %u | %u | %u | %u | %.1f | ", d->count[CF_PASS],
+                d->count[CF_FAIL], d->count[CF_SKIP], d->count[CF_KNOWN], d->count[CF_XPASS],
+                d->nondet, d->seconds);
+        md_cell(f, d->error[0] ? d->error : "-");
+        fputs(" |\n", f);
+    }
+    if (n_devs == 0)
+        fprintf(f, "| (none found) | | | | | | | | |\n");
+    for (size_t k = 0; k < N_SECTIONS; k++) {
+        size_t cnt = 0;
+        for (size_t i = 0; i < n_notes; i++)
+            cnt += notes[i].status == sections[k].st;
+        if (cnt == 0)
+            continue;
+        fprintf(f, "\n## %s\n\n| device | case | reason |\n|---|---|---|\n", sections[k].title);
+        for (size_t i = 0; i < n_notes; i++) {
+            if (notes[i].status != sections[k].st)
+                continue;
+            char dev[160];
+            device_label(&devs[notes[i].device], dev, sizeof dev);
+            fputs("| ", f);
+            md_cell(f, dev);
+            fprintf(f, " | %s | ", notes[i].case_name);
+            md_cell(f, notes[i].message[0] ? notes[i].message : "(no message)");
+            fputs(" |\n", f);
+        }
+    }
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+int cf_run_report_write(const char *dir, const cf_run_info *run, const cf_required *req,
+                        size_t n_req, const cf_device_run *devs, size_t n_devs,
+                        const cf_note *notes, size_t n_notes, char *paths, size_t paths_size) {
+    char json[640], md[640];
+    snprintf(json, sizeof json, "%s/conformance-run.json", dir);
+    snprintf(md, sizeof md, "%s/conformance-run.md", dir);
+    snprintf(paths, paths_size, "%s, %s", json, md);
+    cf_run_totals t = cf_run_tally(req, n_req, devs, n_devs);
+    if (write_run_json(json, run, req, n_req, devs, n_devs, notes, n_notes, t) != 0)
+        return -1;
+    return write_run_md(md, run, req, n_req, devs, n_devs, notes, n_notes, t);
 }

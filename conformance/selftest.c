@@ -6,9 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/error.h"
 #include "conformance.h"
 
-const char *const cf_selftest_kinds = "attention, guard, scores, ties, nondet";
+const char *const cf_selftest_kinds = "attention, guard, scores, ties, nondet, unsupported";
 
 static const fkv_backend_ops *base;
 static fkv_backend_ops table;
@@ -176,6 +177,22 @@ static fkv_status scores_tilted(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                          out_off, 1);
 }
 
+/* "unsupported": attention refuses with FKV_ERR_UNSUPPORTED, as a device lacking a feature
+ * does: its cases must be SKIP with the reason, counted as skipped and never as passed. */
+static fkv_status attention_refused(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                    const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
+                                    uint32_t n_seqs, const fkv_bbuf *heads, size_t heads_off,
+                                    const fkv_bbuf *entries, size_t entries_off,
+                                    const fkv_bbuf *kpool, const fkv_bbuf *vpool, float scale,
+                                    fkv_bbuf *out, size_t out_off) {
+    (void)dev, (void)q, (void)g, (void)qbuf, (void)q_off, (void)n_seqs, (void)heads;
+    (void)heads_off, (void)entries, (void)entries_off, (void)kpool, (void)vpool, (void)scale;
+    (void)out, (void)out_off;
+    if (deps.done)
+        *deps.done = NULL;
+    return fkv_error(FKV_ERR_UNSUPPORTED, "self-test: this device has no paged attention");
+}
+
 const fkv_backend_ops *cf_broken_ops(const fkv_backend_ops *ops, const char *kind) {
     base = ops;
     table = *ops;
@@ -188,6 +205,9 @@ const fkv_backend_ops *cf_broken_ops(const fkv_backend_ops *ops, const char *kin
         table.attention_dense = NULL;
     } else if (strcmp(kind, "nondet") == 0) {
         table.attention = nudged;
+        table.attention_dense = NULL;
+    } else if (strcmp(kind, "unsupported") == 0) {
+        table.attention = attention_refused;
         table.attention_dense = NULL;
     } else if (strcmp(kind, "scores") == 0) {
         table.scores = scores_negated;

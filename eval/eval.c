@@ -13,8 +13,11 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "freekv.h"
+#include "mass.h"
+#include "tools/args.h"
 #include "trace.h"
 
 int fkv_eval_main(int argc, char **argv);
@@ -35,7 +38,9 @@ typedef struct options {
 
 typedef struct result {
     fkv_policy policy;
-    int ok;
+    int ran;            /* the run completed */
+    int ok;             /* ... and every output and measure is finite */
+    uint64_t nonfinite; /* attention output values that are NaN or Inf */
     char error[256];
     double l2_mean, l2_max;
     double cov_mean, cov_min;
@@ -48,7 +53,8 @@ static void usage(FILE *f) {
         "usage: freekv eval [options]\n"
         "Runs each policy on the same trace and compares it with dense attention: relative L2\n"
         "error of the attention outputs, fraction of the exact attention mass the attended pages\n"
-        "cover, and needle retrieval. Exit status: 0 ok, 1 run or file error, 2 bad arguments.\n"
+        "cover, and needle retrieval. Exit status: 0 ok; 1 a run or file error, or a result\n"
+        "that is not finite (NaN or Inf); 2 bad arguments or settings (checked before any work).\n"
         "\n"
         "input (default: the built-in synthetic trace):\n"
         "  --trace DIR          a trace directory (header.json, k_<l>.npy, v_<l>.npy, q_<l>.npy;\n"
@@ -81,28 +87,6 @@ static void usage(FILE *f) {
         "  --csv FILE  --json FILE       also write the results\n");
 }
 
-static int parse_u32(const char *s, uint32_t *out) {
-    char *end;
-    errno = 0;
-    if (s[0] < '0' || s[0] > '9')
-        return -1;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (errno || *end || v > 0xffffffffull)
-        return -1;
-    *out = (uint32_t)v;
-    return 0;
-}
-
-static int parse_float(const char *s, float *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !isfinite(v) || fabs(v) > 1e30)
-        return -1;
-    *out = (float)v;
-    return 0;
-}
-
 static int parse_policies(const char *list, int *want) {
     char buf[256];
     if (strlen(list) >= sizeof buf || list[0] == '\0')
@@ -123,6 +107,62 @@ static int parse_policies(const char *list, int *want) {
             return -1;
         }
         want[p] = 1;
+    }
+    return 0;
+}
+
+/* --backend names a backend compiled into this build (or auto): anything else is a bad
+ * argument, refused here rather than by the device registry. */
+static int check_backend(const char *name) {
+    if (name == NULL || strcmp(name, "auto") == 0)
+        return 0;
+    char list[160] = "auto";
+    for (size_t i = 0; i < fkv_backend_count(); i++) {
+        if (strcmp(name, fkv_backend_name(i)) == 0)
+            return 0;
+        size_t len = strlen(list);
+        snprintf(list + len, sizeof list - len, ", %s", fkv_backend_name(i));
+    }
+    fprintf(stderr, "freekv eval: --backend: '%s' is not a backend of this build (%s)\n", name,
+            list);
+    return -1;
+}
+
+/* An output file can be written: it is a writable file, or its directory exists and is
+ * writable. Checked (not created) before any work, so a bad path does not waste a run. */
+static int check_output_file(const char *flag, const char *path) {
+    struct stat sb;
+    if (path[0] == '\0') {
+        fprintf(stderr, "freekv eval: %s: empty path\n", flag);
+        return -1;
+    }
+    if (stat(path, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode) || access(path, W_OK) != 0) {
+            fprintf(stderr, "freekv eval: %s %s: %s\n", flag, path,
+                    S_ISDIR(sb.st_mode) ? "is a directory" : strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (slash == NULL)
+        snprintf(dir, sizeof dir, ".");
+    else
+        snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(dir, W_OK | X_OK) != 0) {
+        fprintf(stderr, "freekv eval: %s %s: directory %s %s\n", flag, path, dir,
+                stat(dir, &sb) != 0 ? "does not exist" : "is not a writable directory");
+        return -1;
+    }
+    return 0;
+}
+
+static int check_output_dir(const char *flag, const char *dir) {
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(dir, W_OK | X_OK) != 0) {
+        fprintf(stderr, "freekv eval: %s %s: not an existing writable directory\n", flag, dir);
+        return -1;
     }
     return 0;
 }
@@ -220,10 +260,8 @@ static int parse_args(int argc, char **argv, options *o) {
         for (size_t f = 0; f < sizeof u32_flags / sizeof *u32_flags; f++) {
             if (strcmp(flag, u32_flags[f].name) != 0)
                 continue;
-            if (parse_u32(v, u32_flags[f].dst)) {
-                fprintf(stderr, "freekv eval: %s: '%s' is not a non-negative integer\n", flag, v);
+            if (fkv_arg_u32("freekv eval", flag, v, 0, UINT32_MAX, u32_flags[f].dst))
                 return -1;
-            }
             if (u32_flags[f].geometry)
                 geometry_flag = u32_flags[f].name;
             layers_given |= u32_flags[f].dst == &layers;
@@ -234,10 +272,10 @@ static int parse_args(int argc, char **argv, options *o) {
         for (size_t f = 0; f < sizeof f32_flags / sizeof *f32_flags; f++) {
             if (strcmp(flag, f32_flags[f].name) != 0)
                 continue;
-            if (parse_float(v, f32_flags[f].dst)) {
-                fprintf(stderr, "freekv eval: %s: '%s' is not a number\n", flag, v);
+            double x;
+            if (fkv_arg_double("freekv eval", flag, v, -1e30, 1e30, &x))
                 return -1;
-            }
+            *f32_flags[f].dst = (float)x;
             if (f32_flags[f].dst != &o->tau)
                 geometry_flag = f32_flags[f].name;
         }
@@ -325,139 +363,11 @@ static int parse_args(int argc, char **argv, options *o) {
             return -1;
         }
     }
-    return 0;
-}
-
-/* ---- host reference: exact attention mass per page ---------------------------------------- */
-
-typedef struct reference {
-    uint32_t steps, layers, hq, max_pages;
-    float *mass; /* [steps][layers][hq][max_pages]: softmax mass of each page */
-} reference;
-
-static float *mass_at(const reference *r, uint32_t t, uint32_t l, uint32_t h) {
-    return r->mass + (((size_t)t * r->layers + l) * r->hq + h) * r->max_pages;
-}
-
-static int build_reference(const fkv_trace *tr, uint32_t page, reference *r) {
-    const fkv_trace_info *in = fkv_trace_get_info(tr);
-    const uint32_t P = in->prompt_tokens, S = in->decode_steps, d = in->head_dim;
-    const uint32_t Hq = in->q_heads, Hk = in->kv_heads, G = Hq / Hk;
-    r->steps = S;
-    r->layers = in->layers;
-    r->hq = Hq;
-    r->max_pages = (P + S + page - 1) / page;
-    uint64_t n64 = (uint64_t)S * in->layers * Hq * r->max_pages;
-    if (n64 > ((uint64_t)1 << 32) || n64 > SIZE_MAX / sizeof(float)) {
-        fprintf(stderr, "freekv eval: the reference attention masses would take %llu MiB; use "
-                        "fewer --layers or --steps\n", (unsigned long long)(n64 * 4 >> 20));
+    if (check_backend(o->backend) != 0 || (o->csv && check_output_file("--csv", o->csv)) ||
+        (o->json && check_output_file("--json", o->json)) ||
+        (o->save_trace && check_output_dir("--save-trace", o->save_trace)))
         return -1;
-    }
-    size_t n = (size_t)n64;
-    r->mass = calloc(n ? n : 1, sizeof(float));
-    double *logit = malloc(sizeof(double) * (P + S));
-    if (r->mass == NULL || logit == NULL) {
-        free(logit);
-        fprintf(stderr, "freekv eval: out of host memory for the reference (%zu MiB)\n",
-                n * sizeof(float) >> 20);
-        return -1;
-    }
-    const double scale = 1.0 / sqrt((double)d);
-    for (uint32_t l = 0; l < in->layers; l++) {
-        const float *K = fkv_trace_keys(tr, l), *Q = fkv_trace_queries(tr, l);
-        for (uint32_t t = 0; t < S; t++) {
-            uint32_t ntok = P + t + 1; /* the step's token is appended before attending */
-            for (uint32_t h = 0; h < Hq; h++) {
-                const float *q = Q + ((size_t)(t + 1) * Hq + h) * d;
-                double mx = -INFINITY, sum = 0;
-                for (uint32_t tok = 0; tok < ntok; tok++) {
-                    const float *k = K + ((size_t)tok * Hk + h / G) * d;
-                    double s = 0;
-                    for (uint32_t c = 0; c < d; c++)
-                        s += (double)q[c] * k[c];
-                    logit[tok] = s * scale;
-                    if (logit[tok] > mx)
-                        mx = logit[tok];
-                }
-                for (uint32_t tok = 0; tok < ntok; tok++)
-                    sum += logit[tok] = exp(logit[tok] - mx);
-                float *m = mass_at(r, t, l, h);
-                for (uint32_t tok = 0; tok < ntok; tok++)
-                    m[tok / page] += (float)(logit[tok] / sum);
-            }
-        }
-    }
-    free(logit);
     return 0;
-}
-
-/* Pages a policy must keep (sink and window, as the library defines them) and the middle
- * candidates, for a sequence of n tokens. */
-static void page_ranges(const fkv_config *c, uint32_t n, uint32_t *sink_end, uint32_t *wb,
-                        uint32_t *cur) {
-    uint32_t sp = c->sink_tokens / c->page_size, wp = c->window_tokens / c->page_size;
-    *cur = n / c->page_size;
-    uint32_t w = *cur + 1 >= wp ? *cur + 1 - wp : 0;
-    *wb = w > sp ? w : sp;
-    *sink_end = sp;
-}
-
-static int cmp_desc(const void *a, const void *b) {
-    float x = *(const float *)a, y = *(const float *)b;
-    return (x < y) - (x > y);
-}
-
-/* The oracle: per KV head, sink + window + the k middle pages with the most exact group
- * mass. Mean and min coverage over (step, layer, query head). */
-static void oracle_coverage(const fkv_trace_info *in, const fkv_config *c, const reference *r,
-                            double *mean, double *min) {
-    const uint32_t G = in->q_heads / in->kv_heads, P = in->prompt_tokens;
-    const uint32_t k = (c->budget_tokens - c->sink_tokens - c->window_tokens) / c->page_size;
-    float *group = malloc(sizeof(float) * r->max_pages * 2);
-    double sum = 0, lo = 1;
-    uint64_t n = 0;
-    if (group == NULL) {
-        *mean = *min = NAN;
-        return;
-    }
-    float *sorted = group + r->max_pages;
-    for (uint32_t t = 0; t < r->steps; t++) {
-        uint32_t sink_end, wb, cur;
-        page_ranges(c, P + t + 1, &sink_end, &wb, &cur);
-        for (uint32_t l = 0; l < r->layers; l++) {
-            for (uint32_t kh = 0; kh < in->kv_heads; kh++) {
-                uint32_t nc = wb > sink_end ? wb - sink_end : 0;
-                for (uint32_t pg = 0; pg < nc; pg++) {
-                    group[pg] = 0;
-                    for (uint32_t j = 0; j < G; j++)
-                        group[pg] += mass_at(r, t, l, kh * G + j)[sink_end + pg];
-                }
-                memcpy(sorted, group, sizeof(float) * nc);
-                qsort(sorted, nc, sizeof(float), cmp_desc);
-                float thresh = k == 0 ? INFINITY : k < nc ? sorted[k - 1] : -1.0f;
-                for (uint32_t j = 0; j < G; j++) {
-                    const float *m = mass_at(r, t, l, kh * G + j);
-                    double cov = 0;
-                    uint32_t taken = 0;
-                    for (uint32_t pg = 0; pg <= cur; pg++) {
-                        int keep = pg < sink_end || pg >= wb;
-                        if (!keep && group[pg - sink_end] >= thresh && taken < k) {
-                            keep = 1;
-                            taken++;
-                        }
-                        if (keep)
-                            cov += m[pg];
-                    }
-                    sum += cov;
-                    lo = cov < lo ? cov : lo;
-                    n++;
-                }
-            }
-        }
-    }
-    free(group);
-    *mean = n ? sum / (double)n : NAN;
-    *min = n ? lo : NAN;
 }
 
 /* ---- running a policy --------------------------------------------------------------------- */
@@ -468,19 +378,31 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* `what` prefixes the library's message; NULL where the library already names the step. */
 #define TRY(call, what)                                                                      \
     do {                                                                                     \
         fkv_status st_ = (call);                                                             \
         if (st_ != FKV_OK) {                                                                 \
-            snprintf(res->error, sizeof res->error, "%s: %s", what, fkv_last_error());       \
+            snprintf(res->error, sizeof res->error, "%s%s%s", what ? what : "",              \
+                     what ? ": " : "", fkv_last_error());                                    \
             goto done;                                                                       \
         }                                                                                    \
     } while (0)
 
+/* The worst of a series so far and a new value: NaN once any value is NaN (a NaN never
+ * compares greater, so a plain max drops it and shows a finite worst next to a NaN mean). */
+static double worst_max(double worst, double x) {
+    return isnan(worst) || isnan(x) ? NAN : x > worst ? x : worst;
+}
+
+static double worst_min(double worst, double x) {
+    return isnan(worst) || isnan(x) ? NAN : x < worst ? x : worst;
+}
+
 /* Runs one policy over the whole trace. dense_out: [steps][layers][hq*d]; written when
  * `record` (the dense reference run), compared against otherwise. */
 static void run_policy(fkv_device *dev, const fkv_config *base, const fkv_trace *tr,
-                       const reference *ref, float *dense_out, int record, result *res) {
+                       const fkv_eval_mass *ref, float *dense_out, int record, result *res) {
     const fkv_trace_info *in = fkv_trace_get_info(tr);
     const uint32_t P = in->prompt_tokens, S = in->decode_steps, d = in->head_dim;
     const uint32_t Hq = in->q_heads, Hk = in->kv_heads, L = in->layers, G = Hq / Hk;
@@ -502,7 +424,7 @@ static void run_policy(fkv_device *dev, const fkv_config *base, const fkv_trace 
         snprintf(res->error, sizeof res->error, "out of host memory");
         goto done;
     }
-    TRY(fkv_context_create(dev, &cfg, &ctx), "creating the context");
+    TRY(fkv_context_create(dev, &cfg, &ctx), NULL);
     const uint32_t seq = 0;
     for (uint32_t l = 0; l < L; l++) {
         fkv_tensor k = {fkv_trace_keys(tr, l), NULL, 0}, v = {fkv_trace_values(tr, l), NULL, 0};
@@ -517,6 +439,8 @@ static void run_policy(fkv_device *dev, const fkv_config *base, const fkv_trace 
             fkv_tensor v = {fkv_trace_values(tr, l) + (size_t)(P + t) * kv_row, NULL, 0};
             fkv_tensor o = {out, NULL, 0};
             TRY(fkv_decode_layer(ctx, l, 1, &seq, &q, &k, &v, &o), "decode");
+            for (size_t i = 0; i < q_row; i++)
+                res->nonfinite += !isfinite(out[i]);
             float *dref = dense_out + ((size_t)t * L + l) * q_row;
             if (record) {
                 memcpy(dref, out, sizeof(float) * q_row);
@@ -528,9 +452,8 @@ static void run_policy(fkv_device *dev, const fkv_config *base, const fkv_trace 
                     den += (double)dref[i] * dref[i];
                 }
                 double rel = sqrt(num) / (den > 0 ? sqrt(den) : 1e-30);
-                if (!(rel <= res->l2_max)) /* NaN lands here too, and stays */
-                    res->l2_max = rel;
-                l2_sum += rel;
+                res->l2_max = worst_max(res->l2_max, rel);
+                l2_sum += rel; /* a NaN makes the mean NaN too */
                 l2_n++;
             }
             for (uint32_t kh = 0; kh < Hk; kh++) {
@@ -540,15 +463,14 @@ static void run_policy(fkv_device *dev, const fkv_config *base, const fkv_trace 
                 if (np > ref->max_pages)
                     np = ref->max_pages;
                 for (uint32_t j = 0; j < G; j++) {
-                    const float *m = mass_at(ref, t, l, kh * G + j);
+                    const float *m = fkv_eval_mass_at(ref, t, l, kh * G + j);
                     double cov = 0;
                     for (size_t i = 0; i < np; i++)
                         if (pages[i] >= 0 && (uint32_t)pages[i] < ref->max_pages)
                             cov += m[pages[i]];
                     cov_sum += cov;
                     cov_n++;
-                    if (cov < res->cov_min)
-                        res->cov_min = cov;
+                    res->cov_min = worst_min(res->cov_min, cov);
                 }
                 for (size_t i = 0; i < n_needles; i++) {
                     const fkv_needle *nd = &needles[i];
@@ -571,7 +493,20 @@ static void run_policy(fkv_device *dev, const fkv_config *base, const fkv_trace 
     res->recalled_per_step = S ? (double)s.pages_recalled / S : 0;
     res->l2_mean = l2_n ? l2_sum / (double)l2_n : 0;
     res->cov_mean = cov_n ? cov_sum / (double)cov_n : 0;
-    res->ok = 1;
+    res->ran = 1;
+    /* a run whose outputs or measures are not finite did not succeed */
+    double measures[] = {res->l2_mean, res->l2_max, res->cov_mean, res->cov_min};
+    int finite = 1;
+    for (int i = 0; i < 4; i++)
+        finite &= isfinite(measures[i]) != 0;
+    if (res->nonfinite)
+        snprintf(res->error, sizeof res->error,
+                 "%llu of %llu attention output values are not finite (NaN or Inf)",
+                 (unsigned long long)res->nonfinite, (unsigned long long)S * L * q_row);
+    else if (!finite)
+        snprintf(res->error, sizeof res->error,
+                 "a measure is not finite (the dense reference's outputs are not)");
+    res->ok = res->nonfinite == 0 && finite;
 done:
     res->seconds = now_s() - t0;
     fkv_context_destroy(ctx);
@@ -587,15 +522,16 @@ static void print_table(FILE *f, const result *res, int n, double oracle_mean, d
             "time_s");
     for (int i = 0; i < n; i++) {
         const result *r = &res[i];
-        if (!r->ok) {
+        if (!r->ran) {
             fprintf(f, "%-12s failed: %s\n", fkv_policy_name(r->policy), r->error);
             continue;
         }
         char needles[24];
         snprintf(needles, sizeof needles, "%u/%u", r->needle_hits, r->needles);
-        fprintf(f, "%-12s %11.2e %11.2e %10.4f %10.4f %9s %10.1f%% %12.1f %8.2f\n",
+        fprintf(f, "%-12s %11.2e %11.2e %10.4f %10.4f %9s %10.1f%% %12.1f %8.2f%s%s\n",
                 fkv_policy_name(r->policy), r->l2_mean, r->l2_max, r->cov_mean, r->cov_min,
-                needles, 100.0 * r->correction_rate, r->recalled_per_step, r->seconds);
+                needles, 100.0 * r->correction_rate, r->recalled_per_step, r->seconds,
+                r->ok ? "" : "  FAILED: ", r->ok ? "" : r->error);
     }
     fprintf(f, "%-12s %11s %11s %10.4f %10.4f %9s %11s %12s %8s\n", "oracle", "-", "-",
             oracle_mean, oracle_min, "-", "-", "-", "-");
@@ -609,14 +545,15 @@ static int write_csv(const char *path, const result *res, int n, double oracle_m
         return -1;
     }
     fprintf(f, "policy,ok,rel_l2_mean,rel_l2_max,mass_mean,mass_min,needle_hits,needles,"
-               "correction_rate,recalled_pages_per_step,seconds\n");
+               "correction_rate,recalled_pages_per_step,seconds,nonfinite_outputs\n");
     for (int i = 0; i < n; i++) {
         const result *r = &res[i];
-        fprintf(f, "%s,%d,%.6g,%.6g,%.6f,%.6f,%u,%u,%.6f,%.3f,%.3f\n", fkv_policy_name(r->policy),
-                r->ok, r->l2_mean, r->l2_max, r->cov_mean, r->cov_min, r->needle_hits,
-                r->needles, r->correction_rate, r->recalled_per_step, r->seconds);
+        fprintf(f, "%s,%d,%.6g,%.6g,%.6f,%.6f,%u,%u,%.6f,%.3f,%.3f,%llu\n",
+                fkv_policy_name(r->policy), r->ok, r->l2_mean, r->l2_max, r->cov_mean,
+                r->cov_min, r->needle_hits, r->needles, r->correction_rate, r->recalled_per_step,
+                r->seconds, (unsigned long long)r->nonfinite);
     }
-    fprintf(f, "oracle,1,,,%.6f,%.6f,,,,,\n", oracle_mean, oracle_min);
+    fprintf(f, "oracle,1,,,%.6f,%.6f,,,,,,\n", oracle_mean, oracle_min);
     if (fclose(f) != 0) {
         fprintf(stderr, "freekv eval: --csv %s: write failed\n", path);
         return -1;
@@ -674,7 +611,7 @@ static int write_json(const char *path, const fkv_trace_info *in, const fkv_devi
         const result *r = &res[i];
         fprintf(f, "    {\"policy\": \"%s\", \"ok\": %s", fkv_policy_name(r->policy),
                 r->ok ? "true" : "false");
-        if (r->ok) {
+        if (r->ran) {
             const char *names[] = {"rel_l2_mean", "rel_l2_max", "mass_mean", "mass_min",
                                    "correction_rate", "recalled_pages_per_step", "seconds"};
             double vals[] = {r->l2_mean, r->l2_max, r->cov_mean, r->cov_min,
@@ -683,8 +620,10 @@ static int write_json(const char *path, const fkv_trace_info *in, const fkv_devi
                 fprintf(f, ", \"%s\": ", names[j]);
                 json_num(f, vals[j]);
             }
-            fprintf(f, ", \"needle_hits\": %u, \"needles\": %u", r->needle_hits, r->needles);
-        } else {
+            fprintf(f, ", \"needle_hits\": %u, \"needles\": %u, \"nonfinite_outputs\": %llu",
+                    r->needle_hits, r->needles, (unsigned long long)r->nonfinite);
+        }
+        if (!r->ok) {
             fprintf(f, ", \"error\": ");
             json_str(f, r->error);
         }
@@ -704,13 +643,73 @@ static int write_json(const char *path, const fkv_trace_info *in, const fkv_devi
 
 /* ---- main --------------------------------------------------------------------------------- */
 
+#define EXIT_RUN 1   /* a run, device or file error */
+#define EXIT_USAGE 2 /* bad arguments, or settings that cannot suit the trace */
+
+/* A failed setting is the caller's to fix (status 2); anything else is a run error. */
+static int exit_for(fkv_status st) {
+    return st == FKV_ERR_INVALID_ARGUMENT || st == FKV_ERR_INVALID_CONFIG ||
+                   st == FKV_ERR_BAD_ENVIRONMENT || st == FKV_ERR_UNSUPPORTED
+               ? EXIT_USAGE
+               : EXIT_RUN;
+}
+
+/* Everything checked before any work: the settings against the trace's geometry (from its
+ * header alone), the device, and each chosen policy's context (created and destroyed at
+ * once, so a setting the library refuses stops the run before the dense reference). */
+static int preflight(const options *o, const fkv_trace_info *in, fkv_config *cfg,
+                     fkv_device **dev) {
+    cfg->n_layers = in->layers;
+    cfg->n_q_heads = in->q_heads;
+    cfg->n_kv_heads = in->kv_heads;
+    cfg->head_dim = in->head_dim;
+    uint64_t tokens = (uint64_t)in->prompt_tokens + in->decode_steps;
+    cfg->max_context = tokens > UINT32_MAX ? UINT32_MAX : (uint32_t)tokens;
+    /* the budget against the trace first: its message names the flag and the trace */
+    if (cfg->budget_tokens > tokens) {
+        fprintf(stderr, "freekv eval: --budget %u is more than the %llu tokens of the trace "
+                        "(prompt %u + %u steps): every page would stay resident\n",
+                cfg->budget_tokens, (unsigned long long)tokens, in->prompt_tokens,
+                in->decode_steps);
+        return EXIT_USAGE;
+    }
+    const char *what = o->trace_dir ? "the trace does not fit these settings: " : "";
+    if (fkv_config_validate(cfg) != FKV_OK) {
+        fprintf(stderr, "freekv eval: %s%s\n", what, fkv_last_error());
+        return EXIT_USAGE;
+    }
+    size_t floats;
+    if (fkv_eval_mass_size(in, cfg->page_size, &floats) != FKV_OK) {
+        fprintf(stderr, "freekv eval: %s\n", fkv_last_error());
+        return EXIT_USAGE;
+    }
+    fkv_status st = fkv_device_open(o->backend, o->device, dev);
+    if (st != FKV_OK) {
+        fprintf(stderr, "freekv eval: %s\n", fkv_last_error());
+        return exit_for(st);
+    }
+    for (int p = 0; p < N_POLICIES; p++) {
+        if (!o->want[p] && p != FKV_POLICY_DENSE)
+            continue;
+        fkv_config c = *cfg;
+        c.policy = (fkv_policy)p;
+        fkv_context *ctx = NULL;
+        st = fkv_context_create(*dev, &c, &ctx);
+        fkv_context_destroy(ctx);
+        if (st != FKV_OK) {
+            fprintf(stderr, "freekv eval: %s: %s\n", fkv_policy_name(c.policy), fkv_last_error());
+            return exit_for(st);
+        }
+    }
+    return 0;
+}
+
 int fkv_eval_main(int argc, char **argv) {
     options o;
     int pr = parse_args(argc, argv, &o);
     if (pr != 0)
-        return pr > 0 ? 0 : 2;
+        return pr > 0 ? 0 : EXIT_USAGE;
 
-    /* the configuration is checked before any work, so a bad budget is an argument error */
     fkv_config cfg;
     fkv_config_init(&cfg);
     cfg.page_size = o.page;
@@ -721,51 +720,42 @@ int fkv_eval_main(int argc, char **argv) {
     cfg.dtype = o.dtype;
     cfg.group_reduce = o.reduce;
     cfg.max_seqs = 1;
-    if (!o.trace_dir) {
-        cfg.n_layers = o.synth.layers;
-        cfg.n_q_heads = o.synth.q_heads;
-        cfg.n_kv_heads = o.synth.kv_heads;
-        cfg.head_dim = o.synth.head_dim;
-        cfg.max_context = o.synth.prompt_tokens + o.synth.decode_steps;
-        if (fkv_config_validate(&cfg) != FKV_OK) {
+
+    fkv_trace_info geom;
+    if (o.trace_dir) {
+        if (fkv_trace_dir_info(o.trace_dir, o.max_layers, o.max_steps, &geom) != FKV_OK) {
             fprintf(stderr, "freekv eval: %s\n", fkv_last_error());
-            return 2;
+            return EXIT_RUN;
         }
+    } else {
+        const fkv_synth_params *s = &o.synth;
+        geom = (fkv_trace_info){s->layers, s->q_heads, s->kv_heads, s->head_dim,
+                                s->prompt_tokens, s->decode_steps, ""};
+    }
+    fkv_device *dev = NULL;
+    int rc = preflight(&o, &geom, &cfg, &dev);
+    if (rc != 0) {
+        fkv_device_close(dev);
+        return rc;
     }
 
     fkv_trace *tr = NULL;
-    fkv_status st = o.trace_dir ? fkv_trace_load_dir(o.trace_dir, o.max_layers, o.max_steps, &tr)
-                                : fkv_trace_synthetic(&o.synth, &tr);
-    if (st != FKV_OK) {
-        fprintf(stderr, "freekv eval: %s\n", fkv_last_error());
-        return 1;
-    }
-    const fkv_trace_info *in = fkv_trace_get_info(tr);
-    cfg.n_layers = in->layers;
-    cfg.n_q_heads = in->q_heads;
-    cfg.n_kv_heads = in->kv_heads;
-    cfg.head_dim = in->head_dim;
-    cfg.max_context = in->prompt_tokens + in->decode_steps;
-    int rc = 0;
-    fkv_device *dev = NULL;
-    reference ref = {0};
+    fkv_eval_mass ref = {0};
     float *dense_out = NULL;
     result res[N_POLICIES];
     int n_res = 0;
-    if (fkv_config_validate(&cfg) != FKV_OK) {
-        fprintf(stderr, "freekv eval: the trace does not fit these settings: %s\n",
-                fkv_last_error());
-        rc = 2;
+    fkv_status st = o.trace_dir ? fkv_trace_load_dir(o.trace_dir, o.max_layers, o.max_steps,
+                                                     cfg.dtype, &tr)
+                                : fkv_trace_synthetic(&o.synth, &tr);
+    if (st != FKV_OK) {
+        fprintf(stderr, "freekv eval: %s\n", fkv_last_error());
+        rc = EXIT_RUN;
         goto out;
     }
+    const fkv_trace_info *in = fkv_trace_get_info(tr);
     if (o.save_trace && fkv_trace_save_dir(tr, o.save_trace, o.dtype) != FKV_OK) {
         fprintf(stderr, "freekv eval: --save-trace: %s\n", fkv_last_error());
-        rc = 1;
-        goto out;
-    }
-    if (fkv_device_open(o.backend, o.device, &dev) != FKV_OK) {
-        fprintf(stderr, "freekv eval: %s\n", fkv_last_error());
-        rc = 1;
+        rc = EXIT_RUN;
         goto out;
     }
     fkv_device_info di;
@@ -782,51 +772,59 @@ int fkv_eval_main(int argc, char **argv) {
            100.0 * cos_below);
     fflush(stdout);
 
-    if (build_reference(tr, cfg.page_size, &ref) != 0) {
-        rc = 1;
+    if (fkv_eval_mass_build(tr, cfg.page_size, &ref) != FKV_OK) {
+        fprintf(stderr, "freekv eval: %s\n", fkv_last_error());
+        rc = EXIT_RUN;
         goto out;
     }
     size_t n_out = (size_t)in->decode_steps * in->layers * in->q_heads * in->head_dim;
     dense_out = malloc(sizeof(float) * (n_out ? n_out : 1));
     if (dense_out == NULL) {
         fprintf(stderr, "freekv eval: out of host memory for the dense outputs\n");
-        rc = 1;
+        rc = EXIT_RUN;
         goto out;
     }
-    result dense = {FKV_POLICY_DENSE, 0, "", 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    result dense = {.policy = FKV_POLICY_DENSE};
     run_policy(dev, &cfg, tr, &ref, dense_out, 1, &dense);
-    if (!dense.ok) {
+    if (!dense.ran) {
         fprintf(stderr, "freekv eval: the dense reference run failed: %s\n", dense.error);
-        rc = 1;
+        rc = EXIT_RUN;
         goto out;
     }
-    if (o.want[FKV_POLICY_DENSE])
+    if (o.want[FKV_POLICY_DENSE] || !dense.ok)
         res[n_res++] = dense;
     for (int p = FKV_POLICY_QUEST; p < N_POLICIES; p++) {
         if (!o.want[p])
             continue;
         result *r = &res[n_res++];
-        memset(r, 0, sizeof *r);
-        r->policy = (fkv_policy)p;
+        *r = (result){.policy = (fkv_policy)p};
         run_policy(dev, &cfg, tr, &ref, dense_out, 0, r);
-        if (!r->ok)
-            rc = 1;
     }
     double oracle_mean, oracle_min;
-    oracle_coverage(in, &cfg, &ref, &oracle_mean, &oracle_min);
+    fkv_eval_oracle(in, &cfg, &ref, &oracle_mean, &oracle_min);
     printf("\n");
     print_table(stdout, res, n_res, oracle_mean, oracle_min);
     printf("\nrel_l2: ||out - dense|| / ||dense|| per (step, layer); mass: exact attention mass on "
            "the attended pages\nper (step, layer, query head); needles: planted keys whose page "
            "was attended at their step;\noracle: best page set of the same budget (host).\n");
+    for (int i = 0; i < n_res; i++)
+        if (!res[i].ok) {
+            fprintf(stderr, "freekv eval: %s: %s\n", fkv_policy_name(res[i].policy),
+                    res[i].error);
+            rc = EXIT_RUN;
+        }
+    if (!isfinite(oracle_mean) || !isfinite(oracle_min)) {
+        fprintf(stderr, "freekv eval: the oracle's coverage is not finite\n");
+        rc = EXIT_RUN;
+    }
     if (o.csv && write_csv(o.csv, res, n_res, oracle_mean, oracle_min) != 0)
-        rc = 1;
+        rc = EXIT_RUN;
     if (o.json && write_json(o.json, in, &di, &cfg, cos_mean, cos_below, res, n_res, oracle_mean,
                              oracle_min) != 0)
-        rc = 1;
+        rc = EXIT_RUN;
 out:
     free(dense_out);
-    free(ref.mass);
+    fkv_eval_mass_free(&ref);
     fkv_device_close(dev);
     fkv_trace_free(tr);
     return rc;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/dtype.h"
 #include "common/error.h"
 #include "header.h"
 #include "npy.h"
@@ -390,38 +391,86 @@ static fkv_status join(char *buf, size_t cap, const char *dir, const char *name)
     return FKV_OK;
 }
 
+/* The header of a trace directory, with the --layers / --steps limits applied. */
+static fkv_status dir_header(const char *dir, uint32_t max_layers, uint32_t max_steps,
+                             fkv_trace_header *h, fkv_trace_info *info) {
+    char path[4096];
+    fkv_status st = join(path, sizeof path, dir, "header.json");
+    if (st == FKV_OK)
+        st = fkv_trace_header_load(path, h);
+    if (st != FKV_OK)
+        return st;
+    uint32_t layers = max_layers && max_layers < h->layers ? max_layers : h->layers;
+    uint32_t steps = max_steps && max_steps < h->decode_steps ? max_steps : h->decode_steps;
+    *info = (fkv_trace_info){layers, h->q_heads, h->kv_heads, h->head_dim, h->prompt_tokens,
+                             steps, ""};
+    snprintf(info->source, sizeof info->source, "%.120s%s%.60s", dir, h->model[0] ? ": " : "",
+             h->model);
+    return FKV_OK;
+}
+
+fkv_status fkv_trace_dir_info(const char *dir, uint32_t max_layers, uint32_t max_steps,
+                              fkv_trace_info *out) {
+    if (dir == NULL || out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_trace_dir_info: NULL argument");
+    fkv_trace_header h;
+    return dir_header(dir, max_layers, max_steps, &h, out);
+}
+
+/* Every value of x (an array of `path` with shape [rows][heads][dim]) stays finite when stored
+ * in `storage`: a key or value that rounds to infinity would turn attention into NaN. */
+static fkv_status check_storable(const float *x, const uint64_t *shape, fkv_dtype storage,
+                                 const char *path) {
+    if (storage == FKV_F32)
+        return FKV_OK; /* the reader already refused NaN and infinity */
+    uint64_t n = shape[0] * shape[1] * shape[2];
+    for (uint64_t i = 0; i < n; i++) {
+        float back = storage == FKV_F16 ? fkv_f16_to_f32(fkv_f32_to_f16(x[i]))
+                                        : fkv_bf16_to_f32(fkv_f32_to_bf16(x[i]));
+        if (isfinite(back))
+            continue;
+        uint64_t c = i % shape[2], h = i / shape[2] % shape[1], tok = i / shape[2] / shape[1];
+        return fkv_error(FKV_ERR_BAD_FILE,
+                         "%s: element %llu [%llu, %llu, %llu] = %g is not representable in %s "
+                         "(the KV storage type, --dtype): it would be stored as infinity",
+                         path, (unsigned long long)i, (unsigned long long)tok,
+                         (unsigned long long)h, (unsigned long long)c, (double)x[i],
+                         fkv_dtype_name(storage));
+    }
+    return FKV_OK;
+}
+
 fkv_status fkv_trace_load_dir(const char *dir, uint32_t max_layers, uint32_t max_steps,
-                              fkv_trace **out) {
+                              fkv_dtype storage, fkv_trace **out) {
     if (dir == NULL || out == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_trace_load_dir: NULL argument");
     *out = NULL;
-    char path[4096];
-    fkv_status st = join(path, sizeof path, dir, "header.json");
-    if (st != FKV_OK)
-        return st;
+    if (storage != FKV_F32 && storage != FKV_F16 && storage != FKV_BF16)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_trace_load_dir: storage dtype %d",
+                         (int)storage);
     fkv_trace_header h;
-    st = fkv_trace_header_load(path, &h);
+    fkv_trace_info info;
+    fkv_status st = dir_header(dir, max_layers, 0, &h, &info);
     if (st != FKV_OK)
         return st;
-    uint32_t layers = max_layers && max_layers < h.layers ? max_layers : h.layers;
     fkv_trace *t;
-    st = trace_alloc(layers, &t);
+    st = trace_alloc(info.layers, &t);
     if (st != FKV_OK)
         return st;
-    t->info = (fkv_trace_info){layers, h.q_heads, h.kv_heads, h.head_dim, h.prompt_tokens,
-                               h.decode_steps, ""};
-    snprintf(t->info.source, sizeof t->info.source, "%.120s%s%.60s", dir, h.model[0] ? ": " : "",
-             h.model);
+    t->info = info;
+    char path[4096];
     uint64_t kv_shape[3] = {(uint64_t)h.prompt_tokens + h.decode_steps, h.kv_heads, h.head_dim};
     uint64_t q_shape[3] = {(uint64_t)h.decode_steps + 1, h.q_heads, h.head_dim};
-    for (uint32_t l = 0; l < layers && st == FKV_OK; l++) {
+    for (uint32_t l = 0; l < info.layers && st == FKV_OK; l++) {
         char name[32];
         snprintf(name, sizeof name, "k_%u.npy", l);
-        if ((st = join(path, sizeof path, dir, name)) == FKV_OK)
-            st = fkv_npy_load_f32(path, 3, kv_shape, &t->k[l], NULL);
+        if ((st = join(path, sizeof path, dir, name)) == FKV_OK &&
+            (st = fkv_npy_load_f32(path, 3, kv_shape, &t->k[l], NULL)) == FKV_OK)
+            st = check_storable(t->k[l], kv_shape, storage, path);
         snprintf(name, sizeof name, "v_%u.npy", l);
-        if (st == FKV_OK && (st = join(path, sizeof path, dir, name)) == FKV_OK)
-            st = fkv_npy_load_f32(path, 3, kv_shape, &t->v[l], NULL);
+        if (st == FKV_OK && (st = join(path, sizeof path, dir, name)) == FKV_OK &&
+            (st = fkv_npy_load_f32(path, 3, kv_shape, &t->v[l], NULL)) == FKV_OK)
+            st = check_storable(t->v[l], kv_shape, storage, path);
         snprintf(name, sizeof name, "q_%u.npy", l);
         if (st == FKV_OK && (st = join(path, sizeof path, dir, name)) == FKV_OK)
             st = fkv_npy_load_f32(path, 3, q_shape, &t->q[l], NULL);

@@ -57,11 +57,19 @@ typedef struct fkv_trace fkv_trace;
 
 fkv_status fkv_trace_synthetic(const fkv_synth_params *p, fkv_trace **out);
 
+/* The geometry and source of a trace directory from its header.json alone (nothing large is
+ * read), with the same max_layers / max_steps limits as fkv_trace_load_dir: to check settings
+ * against a trace before loading it. */
+fkv_status fkv_trace_dir_info(const char *dir, uint32_t max_layers, uint32_t max_steps,
+                              fkv_trace_info *out);
+
 /* Loads a trace directory (header.json, k_<l>.npy, v_<l>.npy, q_<l>.npy). max_layers > 0
  * loads only the first max_layers layers; max_steps > 0 keeps only that many decode steps.
- * Everything is held in memory as f32. */
+ * Everything is held in memory as f32. Keys and values must stay finite when stored in
+ * `storage` (the KV dtype they will be decoded with): 1e18 is refused under f16, with
+ * FKV_ERR_BAD_FILE and a message naming the file and the element. */
 fkv_status fkv_trace_load_dir(const char *dir, uint32_t max_layers, uint32_t max_steps,
-                              fkv_trace **out);
+                              fkv_dtype storage, fkv_trace **out);
 
 /* Writes a trace as a trace directory (the directory must exist), arrays in `dtype`. */
 fkv_status fkv_trace_save_dir(const fkv_trace *t, const char *dir, fkv_dtype dtype);

@@ -164,7 +164,9 @@ typedef struct fkv_device fkv_device;
  * reference; among equals one with zero-copy host reads, then backend order hip, vulkan,
  * opencl, cpu). Explicit arguments override
  * the environment. An unknown or unavailable value fails with a message listing what
- * is available; there is no silent fallback. */
+ * is available; there is no silent fallback: an unknown backend argument is
+ * FKV_ERR_INVALID_ARGUMENT, an unknown FREEKV_BACKEND value FKV_ERR_BAD_ENVIRONMENT, a backend
+ * or device that is not there FKV_ERR_NO_DEVICE. */
 FKV_API fkv_status fkv_device_open(const char *backend, const char *device, fkv_device **out);
 FKV_API void fkv_device_close(fkv_device *dev);
 FKV_API fkv_status fkv_device_get_info(const fkv_device *dev, fkv_device_info *info);

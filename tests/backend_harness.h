@@ -55,7 +55,8 @@ void bh_select(const bh_backend *b);
 void bh_clear_env(void);
 /* Finds the device under test: 0 when the backend has none. */
 int bh_find_device(void);
-/* Skips the test when there is no device. */
+/* Skips the test when there is no device; fails it instead when FREEKV_REQUIRE_DEVICES (a
+ * comma list of backend names, set by .ci/run) names the backend under test. */
 void bh_need_device(void);
 /* Opens both sides with the environment as it is. */
 void bh_open_devices(void);

@@ -126,10 +126,11 @@ Test(bench_args, bad_arguments_exit_2_naming_the_flag) {
     }
 }
 
+/* An unknown backend name is a bad argument (2); a device that is not there, a run error (1). */
 Test(bench_args, bad_device_is_an_error) {
     char err[4096];
     const char *nope[] = {"--backend", "nope", NULL};
-    cr_assert_eq(bench_capture(nope, err, sizeof err), 1, "%s", err);
+    cr_assert_eq(bench_capture(nope, err, sizeof err), 2, "%s", err);
     setenv("FREEKV_DEVICE", "no-such-device", 1);
     const char *cpu[] = {"--backend", "cpu", NULL};
     cr_assert_eq(bench_capture(cpu, err, sizeof err), 1, "%s", err);

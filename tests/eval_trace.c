@@ -527,7 +527,7 @@ Test(trace_dir, round_trip_and_limits) {
     char dir[64];
     snprintf(dir, sizeof dir, "%s", temp_dir());
     cr_assert_eq(fkv_trace_save_dir(t, dir, FKV_F32), FKV_OK, "%s", fkv_last_error());
-    cr_assert_eq(fkv_trace_load_dir(dir, 0, 0, &back), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), FKV_OK, "%s", fkv_last_error());
     const fkv_trace_info *in = fkv_trace_get_info(back);
     cr_expect_eq(in->layers, 2);
     cr_expect_eq(in->q_heads, 4);
@@ -540,7 +540,7 @@ Test(trace_dir, round_trip_and_limits) {
         cr_expect_eq(memcmp(fkv_trace_queries(t, l), fkv_trace_queries(back, l), q * 4), 0);
     }
     fkv_trace_free(back);
-    cr_assert_eq(fkv_trace_load_dir(dir, 1, 3, &back), FKV_OK);
+    cr_assert_eq(fkv_trace_load_dir(dir, 1, 3, FKV_F32, &back), FKV_OK);
     cr_expect_eq(fkv_trace_get_info(back)->layers, 1);
     cr_expect_eq(fkv_trace_get_info(back)->decode_steps, 3);
     cr_expect_null(fkv_trace_keys(back, 1));
@@ -548,7 +548,7 @@ Test(trace_dir, round_trip_and_limits) {
     /* bf16 storage: values come back rounded */
     char *dir2 = temp_dir();
     cr_assert_eq(fkv_trace_save_dir(t, dir2, FKV_BF16), FKV_OK);
-    cr_assert_eq(fkv_trace_load_dir(dir2, 0, 0, &back), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_trace_load_dir(dir2, 0, 0, FKV_F32, &back), FKV_OK, "%s", fkv_last_error());
     float x = fkv_trace_keys(t, 1)[77];
     cr_expect_eq(fkv_trace_keys(back, 1)[77], fkv_bf16_to_f32(fkv_f32_to_bf16(x)));
     fkv_trace_free(back);
@@ -569,25 +569,62 @@ Test(trace_dir, rejects_inconsistent_directories) {
     write_text(dir, "header.json", "{\"format\": \"freekv-trace\", \"version\": 1, \"layers\": 2, "
                                    "\"q_heads\": 4, \"kv_heads\": 2, \"head_dim\": 16, "
                                    "\"prompt_tokens\": 256, \"decode_steps\": 8}");
-    expect_bad(fkv_trace_load_dir(dir, 0, 0, &back), "k_0.npy: shape (264, 2, 32), expected (264, 2, 16)");
+    expect_bad(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), "k_0.npy: shape (264, 2, 32), expected (264, 2, 16)");
     cr_expect_null(back);
     /* more layers than files */
     write_text(dir, "header.json", "{\"format\": \"freekv-trace\", \"version\": 1, \"layers\": 3, "
                                    "\"q_heads\": 4, \"kv_heads\": 2, \"head_dim\": 32, "
                                    "\"prompt_tokens\": 256, \"decode_steps\": 8}");
-    cr_expect_eq(fkv_trace_load_dir(dir, 0, 0, &back), FKV_ERR_IO);
+    cr_expect_eq(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), FKV_ERR_IO);
     cr_expect(strstr(fkv_last_error(), "k_2.npy") != NULL, "%s", fkv_last_error());
     /* a queries file with the wrong number of rows */
     write_text(dir, "header.json", "{\"format\": \"freekv-trace\", \"version\": 1, \"layers\": 2, "
                                    "\"q_heads\": 4, \"kv_heads\": 2, \"head_dim\": 32, "
                                    "\"prompt_tokens\": 257, \"decode_steps\": 7}");
-    expect_bad(fkv_trace_load_dir(dir, 0, 0, &back), "q_0.npy: shape (9, 4, 32), expected (8, 4, 32)");
+    expect_bad(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), "q_0.npy: shape (9, 4, 32), expected (8, 4, 32)");
     /* a broken header */
     write_text(dir, "header.json", "{\"format\": \"freekv-trace\",}");
-    expect_bad(fkv_trace_load_dir(dir, 0, 0, &back), "header.json");
+    expect_bad(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), "header.json");
     snprintf(path, sizeof path, "%s/header.json", dir);
     cr_assert_eq(unlink(path), 0);
-    cr_expect_eq(fkv_trace_load_dir(dir, 0, 0, &back), FKV_ERR_IO);
-    cr_expect_eq(fkv_trace_load_dir("/nonexistent/dir", 0, 0, &back), FKV_ERR_IO);
+    cr_expect_eq(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), FKV_ERR_IO);
+    cr_expect_eq(fkv_trace_load_dir("/nonexistent/dir", 0, 0, FKV_F32, &back), FKV_ERR_IO);
+    remove_tree(dir);
+}
+
+/* Keys and values must stay finite in the KV storage type: the reader names file and element. */
+Test(trace_dir, refuses_values_the_storage_type_cannot_hold) {
+    fkv_synth_params p;
+    tiny_params(&p);
+    fkv_trace *t, *back = NULL;
+    cr_assert_eq(fkv_trace_synthetic(&p, &t), FKV_OK);
+    char dir[64], path[128];
+    snprintf(dir, sizeof dir, "%s", temp_dir());
+    cr_assert_eq(fkv_trace_save_dir(t, dir, FKV_F32), FKV_OK, "%s", fkv_last_error());
+    fkv_trace_free(t);
+    /* v_0: [264][2][32]; element 1000 is token 15, head 1, channel 8 */
+    static float v[264 * 2 * 32];
+    uint64_t shape[3] = {264, 2, 32};
+    snprintf(path, sizeof path, "%s/v_0.npy", dir);
+    v[1000] = 1e18f;
+    cr_assert_eq(fkv_npy_write_f32(path, FKV_NPY_F32, 3, shape, v), FKV_OK);
+    expect_bad(fkv_trace_load_dir(dir, 0, 0, FKV_F16, &back),
+               "v_0.npy: element 1000 [15, 1, 8] = 1e+18 is not representable in f16");
+    cr_expect_null(back);
+    /* f16's largest value and everything bf16 and f32 hold are fine */
+    v[1000] = 65504.0f;
+    cr_assert_eq(fkv_npy_write_f32(path, FKV_NPY_F32, 3, shape, v), FKV_OK);
+    cr_assert_eq(fkv_trace_load_dir(dir, 0, 0, FKV_F16, &back), FKV_OK, "%s", fkv_last_error());
+    fkv_trace_free(back);
+    v[1000] = 1e38f;
+    cr_assert_eq(fkv_npy_write_f32(path, FKV_NPY_F32, 3, shape, v), FKV_OK);
+    cr_assert_eq(fkv_trace_load_dir(dir, 0, 0, FKV_BF16, &back), FKV_OK, "%s", fkv_last_error());
+    fkv_trace_free(back);
+    /* the largest f32 rounds up past bf16's largest value */
+    v[1000] = -3.4028235e38f;
+    cr_assert_eq(fkv_npy_write_f32(path, FKV_NPY_F32, 3, shape, v), FKV_OK);
+    expect_bad(fkv_trace_load_dir(dir, 0, 0, FKV_BF16, &back), "not representable in bf16");
+    cr_assert_eq(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), FKV_OK, "%s", fkv_last_error());
+    fkv_trace_free(back);
     remove_tree(dir);
 }

@@ -82,9 +82,14 @@ fkv_status pd_execute(fkv_context *ctx, const pd_run *run, float *out) {
 
 fkv_status pd_run_cpu(const fkv_config *cfg, const pd_run *run, float *out, fkv_device **dev_out,
                       fkv_context **ctx_out) {
+    return pd_run_on("cpu", cfg, run, out, dev_out, ctx_out);
+}
+
+fkv_status pd_run_on(const char *backend, const fkv_config *cfg, const pd_run *run, float *out,
+                     fkv_device **dev_out, fkv_context **ctx_out) {
     fkv_device *dev = NULL;
     fkv_context *ctx = NULL;
-    fkv_status st = fkv_device_open("cpu", NULL, &dev);
+    fkv_status st = fkv_device_open(backend, NULL, &dev);
     if (st == FKV_OK)
         st = fkv_context_create(dev, cfg, &ctx);
     if (st == FKV_OK)

@@ -34,6 +34,9 @@ fkv_status pd_execute(fkv_context *ctx, const pd_run *run, float *out);
  * *ctx_out when non-NULL (else destroyed). */
 fkv_status pd_run_cpu(const fkv_config *cfg, const pd_run *run, float *out, fkv_device **dev_out,
                       fkv_context **ctx_out);
+/* The same on the first device of `backend` ("opencl": PoCL in CI). */
+fkv_status pd_run_on(const char *backend, const fkv_config *cfg, const pd_run *run, float *out,
+                     fkv_device **dev_out, fkv_context **ctx_out);
 size_t pd_out_floats(const fkv_config *cfg, const pd_run *run);
 
 #endif

@@ -4,7 +4,8 @@
  * Every kernel runs for f32, f16 and bf16 storage over several geometries; split-page
  * attention is forced on and off. OpenCL's own: buffer import, recall modes
  * (FREEKV_OPENCL_RECALL), fast math, the program-binary cache and a kernel source that fails
- * to build. Without an OpenCL device every test is skipped. */
+ * to build. Without an OpenCL device every test is skipped, or fails when FREEKV_REQUIRE_DEVICES
+ * names opencl (tests/backend_harness.h). */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -5,8 +5,9 @@
  * 16-bit storage (FREEKV_VULKAN_16BIT=0, suite vulkan_w32); split-page attention is forced on
  * and off. Vulkan's own: memory limits and buffer import, write_regions, every recall mode
  * (FREEKV_VULKAN_RECALL), the pipeline cache and environment errors. With
- * FREEKV_VULKAN_VALIDATION=1 every test also fails on any validation-layer error. Without a
- * Vulkan device every test is skipped. */
+ * FREEKV_VULKAN_VALIDATION=1 every test also fails on any validation-layer error or unlisted
+ * warning. Without a Vulkan device every test is skipped, or fails when FREEKV_REQUIRE_DEVICES
+ * names vulkan (tests/backend_harness.h). */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -483,4 +484,40 @@ Test(vulkan_env, pipeline_cache_file) {
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     cr_assert_eq(system(cmd), 0);
+}
+
+/* FREEKV_VULKAN_VALIDATION=1: a warning counts like an error (finish fails) unless the
+ * backend lists it as benign. The layer's own fine-grained-locking warning
+ * (VK_LAYER_FINE_GRAINED_LOCKING=0) is listed; a warning under an id no list names, sent
+ * through vkSubmitDebugUtilsMessageEXT, is not; information messages never count. */
+Test(vulkan_env, validation_counts_unlisted_warnings) {
+    bh_need_device();
+    setenv("FREEKV_VULKAN_VALIDATION", "1", 1);
+    setenv("VK_LAYER_FINE_GRAINED_LOCKING", "0", 1);
+    fkv_status st = O->device_open(bh_index, &bh_dev[UT]);
+    if (st == FKV_ERR_BAD_ENVIRONMENT)
+        cr_skip_test("the Khronos validation layer is not installed: %s", fkv_last_error());
+    cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
+    cr_expect_eq(fkv_vulkan_debug_validation_errors(OD), 0, "a benign warning was counted");
+    PFN_vkSubmitDebugUtilsMessageEXT submit = (PFN_vkSubmitDebugUtilsMessageEXT)
+        vkGetInstanceProcAddr(OD->instance, "vkSubmitDebugUtilsMessageEXT");
+    cr_assert_not_null(submit);
+    VkDebugUtilsMessengerCallbackDataEXT data = {
+        .sType = VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CALLBACK_DATA_EXT,
+        .pMessageIdName = "freekv-test-unlisted-warning",
+        .messageIdNumber = 1,
+        .pMessage = "a warning that no list names (sent by test_vulkan on purpose)"};
+    submit(OD->instance, VK_DEBUG_UTILS_MESSAGE_SEVERITY_INFO_BIT_EXT,
+           VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT, &data);
+    cr_expect_eq(fkv_vulkan_debug_validation_errors(OD), 0, "an information message counted");
+    cr_assert_eq(O->finish(OD, CQ), FKV_OK, "%s", fkv_last_error());
+    submit(OD->instance, VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT,
+           VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT, &data);
+    cr_expect_eq(fkv_vulkan_debug_validation_errors(OD), 1, "the warning was not counted");
+    cr_expect_eq(O->finish(OD, CQ), FKV_ERR_BACKEND, "finish after a warning: %s",
+                 fkv_last_error());
+    cr_expect(strstr(fkv_last_error(), "error(s) or warning(s)") != NULL, "%s", fkv_last_error());
+    /* closed here: the harness's last check (no validation messages) would fail on purpose */
+    O->device_close(OD);
+    bh_dev[UT] = NULL;
 }

@@ -6,7 +6,7 @@ packages=(
   ocl-icd-opencl-dev opencl-c-headers pocl-opencl-icd clinfo libclblast-dev
   libvulkan-dev mesa-vulkan-drivers glslc glslang-tools spirv-tools vulkan-tools vulkan-validationlayers
   libcriterion-dev
-  gnuplot-nox
+  gnuplot-nox oclgrind
   clang libclang-rt-14-dev
   hipcc libamdhip64-dev
 )

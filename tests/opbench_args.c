@@ -1,0 +1,78 @@
+/* freekv-opbench: bad numbers exit 2 with a message naming the flag, a run that would not fit
+ * in memory is refused (exit 2, with the estimate) before anything is allocated, and a small
+ * real run on the CPU reference prints both tables and exits 0. */
+#include <criterion/criterion.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tool_run.h"
+
+int fkv_opbench_main(int argc, char **argv);
+
+/* Runs freekv-opbench with the arguments (NULL-terminated). */
+#define run(...) tr_run(fkv_opbench_main, "freekv-opbench", __VA_ARGS__)
+
+static void expect_refused(const char *flag, const char *value, const char *msg) {
+    int rc = run(flag, value, NULL);
+    char *err = strdup(tr_stderr());
+    cr_assert_not_null(err);
+    cr_expect_eq(rc, 2, "%s %s: exit %d (%s)", flag, value, rc, err);
+    cr_expect(strstr(err, msg) != NULL, "%s %s: stderr lacks '%s': %s", flag, value, msg, err);
+    cr_expect(strstr(tr_stdout(), "(1) recall") == NULL, "%s %s ran", flag, value);
+    free(err);
+}
+
+static void capture(void) { tr_capture("opbench"); }
+
+TestSuite(opbench_args, .init = capture, .fini = tr_cleanup, .timeout = 120);
+
+Test(opbench_args, bad_numbers_exit_2_naming_the_flag) {
+    expect_refused("--pages", "-1", "--pages: '-1' is not a comma list");
+    expect_refused("--batches", "-1", "--batches: '-1' is not a comma list");
+    expect_refused("--pages", "0", "--pages: '0' is not a comma list");
+    expect_refused("--pages", "32,,64", "--pages: '32,,64' is not");
+    expect_refused("--pages", "1,2,3,4,5,6,7,8,9", "1 to 8 integers");
+    expect_refused("--chunk", "abc", "--chunk: 'abc' is not a non-negative integer");
+    expect_refused("--pool-mib", "1e3", "--pool-mib: '1e3' is not a non-negative integer");
+    expect_refused("--pool-mib", "0", "--pool-mib: '0' is out of range");
+    expect_refused("--reps", "99999999999999999999", "--reps: '99999999999999999999' is out of "
+                                                      "range");
+    expect_refused("--budget", " 64", "--budget: ' 64' is not");
+    expect_refused("--budget", "64x", "--budget: '64x' is not");
+    expect_refused("--dtype", "f64", "--dtype: 'f64' is not f32, f16 or bf16");
+    expect_refused("--bogus", "1", "unknown option '--bogus'");
+    cr_expect_eq(run("--reps", NULL), 2);
+    cr_expect(strstr(tr_stderr(), "--reps needs a value") != NULL, "%s", tr_stderr());
+    expect_refused("--backend", "cuda", "unknown backend 'cuda'");
+}
+
+Test(opbench_args, too_much_memory_is_refused_before_allocating) {
+    /* 5000 sequences of 64 slots of 64 KiB: 19.53 GiB of K/V slots on the host and twice
+     * that on the device, plus queries, outputs and lists; the CPU device is limited to 4 GiB here, so the refusal does
+     * not depend on how much RAM the machine has */
+    setenv("FREEKV_CPU_DEVICE_MEMORY", "4G", 1);
+    expect_refused("--batches", "5000",
+                   "attention at --batches 5000 (--budget 2048) needs about 19.63 GiB of host "
+                   "and 39.23 GiB of device memory");
+    cr_expect(strstr(tr_stderr(), "nothing was allocated") != NULL, "%s", tr_stderr());
+    unsetenv("FREEKV_CPU_DEVICE_MEMORY");
+    /* a million sequences: far beyond any host's RAM */
+    expect_refused("--batches", "1000000", "attention at --batches 1000000");
+    /* a host pool of 4 TiB */
+    expect_refused("--pool-mib", "4194304", "recall (--pages 64, --pool-mib 4194304)");
+}
+
+Test(opbench_args, small_run_prints_both_tables) {
+    int rc = run("--quick", "--pool-mib", "16", "--pages", "4", "--batches", "1", "--budget",
+                 "256", "--reps", "1", NULL);
+    cr_assert_eq(rc, 0, "exit %d: %s", rc, tr_stderr());
+    const char *out = tr_stdout();
+    cr_expect(strstr(out, "(1) recall") && strstr(out, "engine:staged") &&
+                  strstr(out, "(2) paged decode attention"),
+              "%s", out);
+    cr_expect(strstr(out, "n/a") == NULL || strstr(out, "backend has no recall_direct"), "%s",
+              out);
+}

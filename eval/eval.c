@@ -46,7 +46,19 @@ typedef struct result {
     double cov_mean, cov_min;
     uint32_t needle_hits, needles;
     double correction_rate, recalled_per_step, seconds;
+    /* FNV-1a 64 of every attention output's bytes and of every attended page list, in decode
+     * order: equal digests mean bit-identical outputs and identical selections */
+    uint64_t output_digest, pages_digest;
 } result;
+
+#define DIGEST_SEED 0xcbf29ce484222325ull
+
+static uint64_t digest(uint64_t h, const void *data, size_t n) {
+    const unsigned char *p = data;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -419,6 +431,7 @@ static void run_policy(fkv_device *dev, const fkv_config *base, const fkv_trace 
     res->l2_max = 0;
     res->cov_min = 1;
     res->needles = (uint32_t)n_needles;
+    res->output_digest = res->pages_digest = DIGEST_SEED;
     double t0 = now_s();
     if (out == NULL || pages == NULL) {
         snprintf(res->error, sizeof res->error, "out of host memory");
@@ -441,6 +454,7 @@ static void run_policy(fkv_device *dev, const fkv_config *base, const fkv_trace 
             TRY(fkv_decode_layer(ctx, l, 1, &seq, &q, &k, &v, &o), "decode");
             for (size_t i = 0; i < q_row; i++)
                 res->nonfinite += !isfinite(out[i]);
+            res->output_digest = digest(res->output_digest, out, sizeof(float) * q_row);
             float *dref = dense_out + ((size_t)t * L + l) * q_row;
             if (record) {
                 memcpy(dref, out, sizeof(float) * q_row);
@@ -462,6 +476,8 @@ static void run_policy(fkv_device *dev, const fkv_config *base, const fkv_trace 
                     "attended pages");
                 if (np > ref->max_pages)
                     np = ref->max_pages;
+                res->pages_digest = digest(res->pages_digest, &np, sizeof np);
+                res->pages_digest = digest(res->pages_digest, pages, sizeof(int32_t) * np);
                 for (uint32_t j = 0; j < G; j++) {
                     const float *m = fkv_eval_mass_at(ref, t, l, kh * G + j);
                     double cov = 0;
@@ -622,6 +638,8 @@ static int write_json(const char *path, const fkv_trace_info *in, const fkv_devi
             }
             fprintf(f, ", \"needle_hits\": %u, \"needles\": %u, \"nonfinite_outputs\": %llu",
                     r->needle_hits, r->needles, (unsigned long long)r->nonfinite);
+            fprintf(f, ", \"output_digest\": \"%016llx\", \"pages_digest\": \"%016llx\"",
+                    (unsigned long long)r->output_digest, (unsigned long long)r->pages_digest);
         }
         if (!r->ok) {
             fprintf(f, ", \"error\": ");

@@ -1,34 +1,9 @@
-/* Configuration defaults and validation; dtype and policy names. */
+/* Configuration defaults and validation; policy names. */
 #include <math.h>
 #include <string.h>
 
 #include "../common/error.h"
 #include "select.h"
-
-const char *fkv_dtype_name(fkv_dtype dtype) {
-    switch (dtype) {
-    case FKV_F32:
-        return "f32";
-    case FKV_F16:
-        return "f16";
-    case FKV_BF16:
-        return "bf16";
-    default:
-        return "unknown";
-    }
-}
-
-size_t fkv_dtype_size(fkv_dtype dtype) {
-    switch (dtype) {
-    case FKV_F32:
-        return 4;
-    case FKV_F16:
-    case FKV_BF16:
-        return 2;
-    default:
-        return 0;
-    }
-}
 
 static const char *const policy_names[] = {"dense", "quest", "sync", "speculative", "freekv"};
 

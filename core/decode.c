@@ -85,7 +85,8 @@ static fkv_status reserve_host_pages(fkv_context *ctx, const decode_call *dc) {
         if (st != FKV_OK) {
             for (uint32_t j = 0; j < i; j++) {
                 seq_layer *sj = &ctx->seqs[dc->seqs[j]].layers[dc->layer];
-                fkv_hostpool_trim(&sj->hp, ctx->ops, ctx->bd, cs->had_chunks[j] * sj->hp.chunk_pages);
+                fkv_hostpool_trim(&sj->hp, ctx->ops, ctx->bd,
+                                  cs->had_chunks[j] * sj->hp.chunk_pages);
             }
             return st;
         }

@@ -124,8 +124,8 @@ static void gather_range(void *arg, size_t begin, size_t end) {
 static fkv_status stage_chunk(fkv_recaller *r, stage *s, uint32_t n, const fkv_recall_unit *units,
                               fkv_bevent **ready) {
     const fkv_backend_ops *ops = r->ops;
-    int32_t *index = (int32_t *)((unsigned char *)s->host_ptr +
-                                 (r->mode == FKV_RECALL_DIRECT ? 0 : (size_t)r->chunk * r->unit_bytes));
+    size_t data_bytes = r->mode == FKV_RECALL_DIRECT ? 0 : (size_t)r->chunk * r->unit_bytes;
+    int32_t *index = (int32_t *)((unsigned char *)s->host_ptr + data_bytes);
     for (uint32_t i = 0; i < n; i++) {
         index[2 * i] = units[i].gslot;
         index[2 * i + 1] = units[i].kv_head;

@@ -65,6 +65,7 @@ static void planner_free(planner *p) {
     free(p->top_score);
     free(p->fill_slot);
     free(p->fill_page);
+    free(p->plan_work);
     free(p->units);
     free(p->mid_saved);
     free(p->score_saved);
@@ -77,12 +78,13 @@ static fkv_status planner_init(fkv_context *ctx, planner *p) {
     p->top_score = malloc(sizeof(float) * ctx->max_pages);
     p->fill_slot = malloc(sizeof(uint32_t) * (ctx->n_mid + 1));
     p->fill_page = malloc(sizeof(uint32_t) * (ctx->n_mid + 1));
+    p->plan_work = malloc(sizeof(uint32_t) * FKV_PLAN_WORK(ctx->n_mid + 1));
     p->units = malloc(sizeof(fkv_recall_unit) * units);
     p->units_cap = (uint32_t)units;
     p->mid_saved = malloc(sizeof(int32_t) * units);
     p->score_saved = malloc(sizeof(float) * units);
-    if (!p->reduced || !p->topk || !p->top_score || !p->fill_slot || !p->fill_page || !p->units ||
-        !p->mid_saved || !p->score_saved)
+    if (!p->reduced || !p->topk || !p->top_score || !p->fill_slot || !p->fill_page ||
+        !p->plan_work || !p->units || !p->mid_saved || !p->score_saved)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "selection scratch");
     return FKV_OK;
 }

@@ -92,7 +92,7 @@ static void plan_head(fkv_context *ctx, const select_args *a, uint32_t seq, seq_
         return;
     }
     uint32_t n_fill = fkv_plan_slots(mid, mscore, ctx->n_mid, pl->topk, pl->top_score, n_sel,
-                                     pl->fill_slot, pl->fill_page);
+                                     pl->fill_slot, pl->fill_page, pl->plan_work);
     for (uint32_t f = 0; f < n_fill; f++) {
         fkv_recall_unit *u = &pl->units[(*n_units)++];
         const unsigned char *page =

@@ -77,6 +77,7 @@ typedef struct planner { /* per-thread scratch for selection */
     uint32_t *topk;
     float *top_score;
     uint32_t *fill_slot, *fill_page;
+    uint32_t *plan_work; /* fkv_plan_slots' scratch */
     fkv_recall_unit *units;
     uint32_t units_cap;
     /* middle slots of the batch before a selection ([max_seqs][n_kv_heads][n_mid]), put

@@ -25,7 +25,14 @@ static const fkv_kv_geom geom = {
 
 /* ---- a recording ops table over the CPU reference --------------------------------------- */
 
-typedef enum op_kind { OP_WRITE, OP_SCATTER, OP_DIRECT, OP_EVENT_WAIT, OP_MARKER, OP_FINISH } op_kind;
+typedef enum op_kind {
+    OP_WRITE,
+    OP_SCATTER,
+    OP_DIRECT,
+    OP_EVENT_WAIT,
+    OP_MARKER,
+    OP_FINISH
+} op_kind;
 
 typedef struct record {
     op_kind op;
@@ -338,7 +345,8 @@ Test(recall, stage_reuse_waits_for_the_scatter_that_read_it) {
             first_write++;
         int waited = 0;
         for (int i = sc[c - 1] + 1; i < first_write; i++)
-            waited |= records[i].op == OP_EVENT_WAIT && waits_on(&records[i], records[sc[c - 2]].done);
+            waited |= records[i].op == OP_EVENT_WAIT &&
+                      waits_on(&records[i], records[sc[c - 2]].done);
         cr_assert(waited, "chunk %d refills its stage without waiting for scatter %d", c, c - 2);
     }
     fkv_recaller_destroy(r);
@@ -354,7 +362,8 @@ static void make_waits(fixture *f, fkv_bevent **ev, uint32_t n, uint32_t failing
         if (i != failing)
             cr_assert_eq(real->marker(f->bd, FKV_QUEUE_BACKGROUND, (fkv_deps){.done = &ev[i]}),
                          FKV_OK);
-    cr_assert_eq(fkv_cpu_fault_arm(f->dev, 1, FKV_CPU_FAULT_RUN, FKV_CPU_FAULT_THIS_THREAD), FKV_OK);
+    cr_assert_eq(fkv_cpu_fault_arm(f->dev, 1, FKV_CPU_FAULT_RUN, FKV_CPU_FAULT_THIS_THREAD),
+                 FKV_OK);
     cr_assert_eq(real->marker(f->bd, FKV_QUEUE_BACKGROUND, (fkv_deps){.done = &ev[failing]}),
                  FKV_OK);
     int fired = 0;

@@ -4,6 +4,16 @@
  * reach the event the call waits on before it succeeds. */
 #include "offload.h"
 
+fkv_status fkv_summarize_pages(fkv_context *ctx, layer_state *ls, const fkv_bbuf *kpool,
+                               uint32_t n) {
+    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->summ_idx, 0,
+                                    ls->host.summ_idx, (size_t)n * FKV_PAIR_BYTES);
+    if (st == FKV_OK)
+        st = ctx->ops->summarize(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, kpool, n,
+                                 ls->summ_idx, 0, ls->summ);
+    return st;
+}
+
 /* Summaries of the batch's full pages; their home slots into ls->host.pack_idx. Returns the
  * number of full pages in *n_full. */
 static fkv_status summarize_full(fkv_context *ctx, uint32_t layer, uint32_t n,
@@ -20,14 +30,7 @@ static fkv_status summarize_full(fkv_context *ctx, uint32_t layer, uint32_t n,
         nf++;
     }
     *n_full = nf;
-    if (nf == 0)
-        return FKV_OK;
-    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->summ_idx, 0,
-                                    ls->host.summ_idx, (size_t)nf * FKV_PAIR_BYTES);
-    if (st == FKV_OK)
-        st = ctx->ops->summarize(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->kpool,
-                                 nf, ls->summ_idx, 0, ls->summ);
-    return st;
+    return nf ? fkv_summarize_pages(ctx, ls, ls->kpool, nf) : FKV_OK;
 }
 
 /* Packs the nf full pages (slots in ls->host.pack_idx) and reads each into its host pool. */

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "offload.h"
 #include "retrieval.h"
 #include "speculative.h"
 
@@ -68,14 +69,7 @@ static fkv_status chunk_summarize(fkv_context *ctx, uint32_t seq, layer_state *l
         ls->host.summ_idx[2 * i] = (int32_t)i;
         ls->host.summ_idx[2 * i + 1] = fkv_summary_index(ctx, seq, page0 + i);
     }
-    if (nfull == 0)
-        return FKV_OK;
-    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->summ_idx, 0,
-                                    ls->host.summ_idx, (size_t)nfull * FKV_PAIR_BYTES);
-    if (st == FKV_OK)
-        st = ctx->ops->summarize(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ctx->scr_k,
-                                 nfull, ls->summ_idx, 0, ls->summ);
-    return st;
+    return nfull ? fkv_summarize_pages(ctx, ls, ctx->scr_k, nfull) : FKV_OK;
 }
 
 /* Host copies of the chunk's full pages, one at a time through the layer's pack staging. */

@@ -240,6 +240,13 @@ static fkv_status run(fkv_recaller *r, fixture *f, uint32_t n, const fkv_recall_
     return st;
 }
 
+/* A run that must succeed, and leave every unit in place. */
+static void run_ok(fkv_recaller *r, fixture *f, uint32_t n, const fkv_recall_unit *units,
+                   uint32_t n_wait, fkv_bevent *const *wait) {
+    cr_assert_eq(run(r, f, n, units, n_wait, wait), FKV_OK, "%s", fkv_last_error());
+    expect_in_place(f, n, units);
+}
+
 /* Indices of the records of one kind, in order. */
 static int find_all(op_kind op, int *out, int cap) {
     int n = 0;
@@ -276,8 +283,7 @@ ParameterizedTest(mode_param *param, recall, contents_and_chunks) {
     fkv_recall_unit units[13];
     make_units(&f, 13, alloc, 7, units);
     fkv_recaller *r = engine(&f, param->mode, 3);
-    cr_assert_eq(run(r, &f, 13, units, 0, NULL), FKV_OK, "%s", fkv_last_error());
-    expect_in_place(&f, 13, units);
+    run_ok(r, &f, 13, units, 0, NULL);
 
     int idx[16];
     int direct = param->mode == FKV_RECALL_DIRECT;
@@ -314,11 +320,9 @@ Test(recall, stage_reuse_waits_for_the_scatter_that_read_it) {
     fkv_recall_unit units[MAX_UNITS];
     make_units(&f, 9, NULL, 11, units);
     fkv_recaller *r = engine(&f, FKV_RECALL_STAGED, 2);
-    cr_assert_eq(run(r, &f, 9, units, 0, NULL), FKV_OK, "%s", fkv_last_error());
-    expect_in_place(&f, 9, units);
+    run_ok(r, &f, 9, units, 0, NULL);
     make_units(&f, 4, NULL, 12, units);
-    cr_assert_eq(run(r, &f, 4, units, 0, NULL), FKV_OK, "%s", fkv_last_error());
-    expect_in_place(&f, 4, units);
+    run_ok(r, &f, 4, units, 0, NULL);
 
     int sc[16];
     int n = find_all(OP_SCATTER, sc, 16);
@@ -402,8 +406,7 @@ Test(recall, every_wait_is_honoured) {
     }
     /* the compute queue reported the failure at the recall's marker: the engine works on */
     real->finish(f.bd, FKV_QUEUE_COMPUTE);
-    cr_assert_eq(run(r, &f, 5, units, FAILING, waits), FKV_OK, "%s", fkv_last_error());
-    expect_in_place(&f, 5, units);
+    run_ok(r, &f, 5, units, FAILING, waits);
     /* nothing to recall: the completion still waits on the whole list */
     cr_assert_neq(run(r, &f, 0, units, N_WAIT, waits), FKV_OK);
     for (uint32_t i = 0; i < N_WAIT; i++)
@@ -444,9 +447,7 @@ Test(recall, enqueue_failures_drain_and_the_engine_recovers) {
                       records[fin[1]].queue == FKV_QUEUE_COMPUTE,
                   "command %llu: the run drains the transfer queue, then its own",
                   (unsigned long long)at);
-        cr_assert_eq(run(r, &f, 5, units, 0, NULL), FKV_OK, "after failing command %llu: %s",
-                     (unsigned long long)at, fkv_last_error());
-        expect_in_place(&f, 5, units);
+        run_ok(r, &f, 5, units, 0, NULL);
     }
     cr_assert_geq(failures, 3 * 3, "every copy and scatter of the 3 chunks failed once");
     fkv_recaller_destroy(r);
@@ -475,8 +476,7 @@ Test(recall, a_failed_scatter_does_not_fail_the_next_recall) {
     /* two chunks: the second reuses the failed scatter's stage */
     make_units(&f, 4, NULL, 10, units);
     n_records = 0;
-    cr_assert_eq(run(r, &f, 4, units, 0, NULL), FKV_OK, "%s", fkv_last_error());
-    expect_in_place(&f, 4, units);
+    run_ok(r, &f, 4, units, 0, NULL);
     int waited = 0;
     for (int i = 0; i < n_records; i++)
         waited |= records[i].op == OP_EVENT_WAIT && waits_on(&records[i], failed);

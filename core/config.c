@@ -1,4 +1,5 @@
-/* Configuration defaults and validation; policy names. */
+/* Configuration defaults and validation; policy names. Separate from the context because a
+ * configuration is checked (and its limits explained) before any device is touched. */
 #include <math.h>
 #include <string.h>
 

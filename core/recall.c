@@ -1,3 +1,6 @@
+/* The recall engine: (page, KV head) units from the host pool into device slots, double
+ * buffered. Separate from retrieval because it knows only units, stages and events, not
+ * which pages were chosen or why; every policy's recall goes through it. */
 #include "recall.h"
 
 #include <stdlib.h>

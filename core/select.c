@@ -1,3 +1,5 @@
+/* Selection math, pure host code with no context: the group reduction, top-k and slot plan
+ * that retrieval.c runs per KV head. Separate so that it is tested on its own numbers. */
 #include "select.h"
 
 #include <math.h>

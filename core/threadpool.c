@@ -1,3 +1,5 @@
+/* The gather threads of the staged recall. Separate because it knows nothing of KV: it
+ * splits [0, n) among threads that live as long as the context. */
 #include "threadpool.h"
 
 #include <pthread.h>

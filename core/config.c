@@ -1,34 +1,10 @@
-/* Configuration defaults and validation; dtype and policy names. */
+/* Configuration defaults and validation; policy names. Separate from the context because a
+ * configuration is checked (and its limits explained) before any device is touched. */
 #include <math.h>
 #include <string.h>
 
 #include "../common/error.h"
 #include "select.h"
-
-const char *fkv_dtype_name(fkv_dtype dtype) {
-    switch (dtype) {
-    case FKV_F32:
-        return "f32";
-    case FKV_F16:
-        return "f16";
-    case FKV_BF16:
-        return "bf16";
-    default:
-        return "unknown";
-    }
-}
-
-size_t fkv_dtype_size(fkv_dtype dtype) {
-    switch (dtype) {
-    case FKV_F32:
-        return 4;
-    case FKV_F16:
-    case FKV_BF16:
-        return 2;
-    default:
-        return 0;
-    }
-}
 
 static const char *const policy_names[] = {"dense", "quest", "sync", "speculative", "freekv"};
 
@@ -90,11 +66,12 @@ static fkv_status validate_geometry(const fkv_config *c) {
         return BAD("budget_tokens = %u: %llu selected pages beyond sink and window, at most %u",
                    c->budget_tokens, (unsigned long long)n_mid, FKV_MAX_MIDDLE_SLOTS);
     /* dense and quest keep every page resident at its own slot; the others keep the budget */
-    const uint64_t S = c->max_seqs;
+    const uint64_t max_seqs = c->max_seqs;
     const uint64_t n_slots = c->policy >= FKV_POLICY_SYNC ? c->budget_tokens / p : max_pages;
     const char *slots_from = c->policy >= FKV_POLICY_SYNC ? "budget_tokens" : "max_context";
-    const uint64_t rows = S * n_slots * p, summaries = S * max_pages;
-    const uint64_t entries = S * c->n_kv_heads * n_slots, scores = c->n_q_heads * max_pages;
+    const uint64_t rows = max_seqs * n_slots * p, summaries = max_seqs * max_pages;
+    const uint64_t entries = max_seqs * c->n_kv_heads * n_slots;
+    const uint64_t scores = c->n_q_heads * max_pages;
     if (rows > INT32_MAX)
         return BAD("max_seqs = %u x %s: %llu device rows (sequences x slots x page_size) "
                    "exceed the device interface's int32 row index (2^31 - 1); lower max_seqs "

@@ -1,347 +1,21 @@
-/* Context lifetime, per-layer resources, statistics and introspection. */
-#include <math.h>
+/* The public lifetime of a context (create, destroy) and its getters, sync, reset and
+ * introspection: the top of core/, which builds on every step below it and which no step
+ * calls. The allocation itself is in resources.c; the worker thread in speculative.c. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "../common/dtype.h"
 #include "../common/error.h"
-#include "context.h"
-
-#define HOST_CHUNK_PAGES 64
-
-double fkv_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-void fkv_release_event(fkv_context *ctx, fkv_bevent **ev) {
-    if (*ev) {
-        ctx->ops->event_release(ctx->bd, *ev);
-        *ev = NULL;
-    }
-}
-
-static fkv_status dev_alloc(fkv_context *ctx, size_t size, fkv_bbuf **out) {
-    if (size == 0)
-        size = 16;
-    if (ctx->dev->info.max_buffer_bytes && size > ctx->dev->info.max_buffer_bytes)
-        return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY,
-                         "a %zu-byte buffer exceeds the device's %llu-byte limit (lower "
-                         "max_seqs, max_context or budget_tokens)",
-                         size, (unsigned long long)ctx->dev->info.max_buffer_bytes);
-    fkv_status st = ctx->ops->buffer_alloc(ctx->bd, size, out);
-    if (st == FKV_OK)
-        ctx->base_device_bytes += size;
-    return st;
-}
-
-static void dev_free(fkv_context *ctx, fkv_bbuf **b) {
-    if (*b) {
-        ctx->ops->buffer_free(ctx->bd, *b);
-        *b = NULL;
-    }
-}
-
-static void planner_free(planner *p) {
-    free(p->reduced);
-    free(p->topk);
-    free(p->top_score);
-    free(p->fill_slot);
-    free(p->fill_page);
-    free(p->units);
-    free(p->mid_saved);
-    free(p->score_saved);
-}
-
-static fkv_status planner_init(fkv_context *ctx, planner *p) {
-    size_t units = (size_t)ctx->cfg.max_seqs * ctx->cfg.n_kv_heads * (ctx->n_mid ? ctx->n_mid : 1);
-    p->reduced = malloc(sizeof(float) * ctx->max_pages);
-    p->topk = malloc(sizeof(uint32_t) * ctx->max_pages);
-    p->top_score = malloc(sizeof(float) * ctx->max_pages);
-    p->fill_slot = malloc(sizeof(uint32_t) * (ctx->n_mid + 1));
-    p->fill_page = malloc(sizeof(uint32_t) * (ctx->n_mid + 1));
-    p->units = malloc(sizeof(fkv_recall_unit) * units);
-    p->units_cap = (uint32_t)units;
-    p->mid_saved = malloc(sizeof(int32_t) * units);
-    p->score_saved = malloc(sizeof(float) * units);
-    if (!p->reduced || !p->topk || !p->top_score || !p->fill_slot || !p->fill_page || !p->units ||
-        !p->mid_saved || !p->score_saved)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "selection scratch");
-    return FKV_OK;
-}
-
-static void call_free(call_scratch *c) {
-    free(c->full);
-    free(c->had_chunks);
-    free(c->attended);
-    free(c->n_attended);
-    free(c->corrections);
-}
-
-static fkv_status call_init(fkv_context *ctx, call_scratch *c) {
-    size_t S = ctx->cfg.max_seqs, hk = ctx->cfg.n_kv_heads;
-    c->full = malloc(sizeof(int32_t) * S);
-    c->had_chunks = malloc(sizeof(uint32_t) * S);
-    c->attended = malloc(sizeof(int32_t) * S * hk * ctx->list_cap);
-    c->n_attended = malloc(sizeof(uint32_t) * S * hk);
-    c->corrections = malloc(sizeof(uint64_t) * hk);
-    if (!c->full || !c->had_chunks || !c->attended || !c->n_attended || !c->corrections)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "decode call scratch");
-    return FKV_OK;
-}
-
-/* The device buffers of one layer, and the slices of its pinned host staging: layer_init
- * allocates exactly these, and the context's memory estimate adds them up first. */
-enum { N_LAYER_BUFFERS = 19, N_LAYER_HOST = 13 };
-
-typedef struct layer_part {
-    void *where; /* fkv_bbuf ** (device buffer) or a pointer to the slice's pointer (host) */
-    size_t size;
-} layer_part;
-
-static void layer_parts(const fkv_context *ctx, layer_state *L, layer_part dev[N_LAYER_BUFFERS],
-                        layer_part host[N_LAYER_HOST]) {
-    const fkv_config *c = &ctx->cfg;
-    size_t S = c->max_seqs, hq = c->n_q_heads, hk = c->n_kv_heads, d = c->head_dim;
-    size_t qbytes = S * hq * d * 4, kbytes = S * hk * d * 4;
-    size_t pool = S * ctx->n_slots * ctx->slot_bytes;
-    size_t list = S * hk * ctx->list_cap * 2 * 4;
-    size_t scores = S * hq * ctx->max_pages * 4;
-    size_t idx_pairs = S > FKV_SCRATCH_PAGES ? S : FKV_SCRATCH_PAGES; /* decode or prefill */
-    const layer_part d_parts[N_LAYER_BUFFERS] = {
-        {&L->kpool, pool},
-        {&L->vpool, pool},
-        {&L->summ, S * ctx->max_pages * hk * 2 * d * 4},
-        {&L->qprev[0], qbytes},
-        {&L->qprev[1], qbytes},
-        {&L->qin, qbytes},
-        {&L->kin, kbytes},
-        {&L->vin, kbytes},
-        {&L->out, qbytes},
-        {&L->rows, S * 4},
-        {&L->summ_idx, idx_pairs * 2 * 4},
-        {&L->pack_idx, S * 4},
-        {&L->desc, S * 3 * 4},
-        {&L->heads, S * hk * 2 * 4},
-        {&L->entries, list},
-        {&L->scores, scores},
-        {&L->sims, S * hk * 4},
-        {&L->flags, S * hk * 4},
-        {&L->pack, ctx->offload ? S * ctx->page_bytes : 16},
-    };
-    const layer_part h_parts[N_LAYER_HOST] = {
-        {&L->h.q, qbytes},
-        {&L->h.k, kbytes},
-        {&L->h.v, kbytes},
-        {&L->h.out, qbytes},
-        {&L->h.rows, S * 4},
-        {&L->h.summ_idx, idx_pairs * 2 * 4},
-        {&L->h.pack_idx, S * 4},
-        {&L->h.desc, S * 3 * 4},
-        {&L->h.heads, S * hk * 2 * 4},
-        {&L->h.entries, list},
-        {&L->h.scores, scores},
-        {&L->h.sims, S * hk * 4},
-        {&L->h.flags, S * hk * 4},
-    };
-    memcpy(dev, d_parts, sizeof d_parts);
-    memcpy(host, h_parts, sizeof h_parts);
-}
-
-static size_t host_slice(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
-
-static fkv_status layer_init(fkv_context *ctx, layer_state *L) {
-    layer_part dev[N_LAYER_BUFFERS], host[N_LAYER_HOST];
-    layer_parts(ctx, L, dev, host);
-    fkv_status st = FKV_OK;
-    for (int i = 0; i < N_LAYER_BUFFERS && st == FKV_OK; i++)
-        st = dev_alloc(ctx, dev[i].size, dev[i].where);
-    if (st != FKV_OK)
-        return st;
-    size_t total = 0;
-    for (int i = 0; i < N_LAYER_HOST; i++)
-        total += host_slice(host[i].size);
-    void *base;
-    st = ctx->ops->host_alloc(ctx->bd, total, &L->h.mem, &base);
-    if (st != FKV_OK)
-        return st;
-    ctx->base_host_bytes += total;
-    unsigned char *p = base;
-    for (int i = 0; i < N_LAYER_HOST; i++) {
-        *(void **)host[i].where = p;
-        p += host_slice(host[i].size);
-    }
-    L->task_seqs = malloc(sizeof(uint32_t) * ctx->cfg.max_seqs);
-    if (L->task_seqs == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "task list");
-    return FKV_OK;
-}
-
-static void layer_free(fkv_context *ctx, layer_state *L) {
-    layer_part dev[N_LAYER_BUFFERS], host[N_LAYER_HOST];
-    layer_parts(ctx, L, dev, host);
-    for (int i = 0; i < N_LAYER_BUFFERS; i++)
-        dev_free(ctx, dev[i].where);
-    if (L->h.mem)
-        ctx->ops->host_free(ctx->bd, L->h.mem);
-    fkv_release_event(ctx, &L->ev_attn);
-    fkv_release_event(ctx, &L->ev_recall);
-    fkv_release_event(ctx, &L->ev_offload);
-    free(L->task_seqs);
-}
-
-/* The prefill scratch: two slot buffers of pages, two f32 row buffers and the row index. */
-typedef struct scratch_sizes {
-    size_t slots, f32, rows;
-} scratch_sizes;
-
-static scratch_sizes scratch_of(const fkv_context *ctx) {
-    size_t rows = (size_t)FKV_SCRATCH_PAGES * ctx->cfg.page_size;
-    return (scratch_sizes){.slots = FKV_SCRATCH_PAGES * ctx->slot_bytes,
-                           .f32 = rows * ctx->row_elems * 4,
-                           .rows = rows * 4};
-}
-
-/* a*b, or UINT64_MAX when it overflows (sums below saturate the same way). */
-static uint64_t mul_sat(uint64_t a, uint64_t b) {
-    return b != 0 && a > UINT64_MAX / b ? UINT64_MAX : a * b;
-}
-static uint64_t add_sat(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
-
-/* What the context will ask of the device, from the same tables layer_init and the scratch
- * allocate: its memory, summed before any allocation so that a config far beyond the device
- * fails at once instead of after gigabytes of allocations; then its largest kernel calls and
- * buffers and its allocation count (backend.h, fkv_geom_query), so a limit the device cannot
- * meet fails here and not at the first prefill or decode. */
-static fkv_status check_device(const fkv_context *ctx) {
-    const fkv_config *c = &ctx->cfg;
-    layer_state dummy; /* only the sizes are used */
-    memset(&dummy, 0, sizeof dummy);
-    layer_part dev[N_LAYER_BUFFERS], host[N_LAYER_HOST];
-    layer_parts(ctx, &dummy, dev, host);
-    uint64_t layer = 0, largest = 0;
-    for (int i = 0; i < N_LAYER_BUFFERS; i++) {
-        uint64_t size = dev[i].size ? dev[i].size : 16; /* dev_alloc's minimum */
-        layer = add_sat(layer, size);
-        largest = size > largest ? size : largest;
-    }
-    uint64_t total = mul_sat(layer, c->n_layers);
-    scratch_sizes scr = scratch_of(ctx);
-    total = add_sat(total, add_sat(2 * (uint64_t)scr.slots + 2 * (uint64_t)scr.f32, scr.rows));
-    largest = scr.slots > largest ? scr.slots : largest;
-    largest = scr.f32 > largest ? scr.f32 : largest;
-    if (ctx->offload) {
-        uint64_t hb, db;
-        fkv_recaller_bytes(&ctx->g, fkv_op_recall_mode(ctx->ops, ctx->bd), c->recall_chunk_pages,
-                           &hb, &db);
-        total = add_sat(total, 2 * db);
-    }
-    uint64_t have = ctx->dev->info.memory_bytes;
-    if ((have != 0 && total > have) || total > SIZE_MAX)
-        return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY,
-                         "the context needs %llu bytes of device memory (%u layers of %llu), "
-                         "device '%s' has %llu: lower max_seqs, max_context or budget_tokens",
-                         (unsigned long long)total, c->n_layers, (unsigned long long)layer,
-                         ctx->dev->info.name, (unsigned long long)have);
-
-    uint64_t S = c->max_seqs, hk = c->n_kv_heads;
-    uint64_t scratch_rows = (uint64_t)FKV_SCRATCH_PAGES * c->page_size;
-    uint64_t slots = S * ctx->n_slots > FKV_SCRATCH_PAGES ? S * ctx->n_slots : FKV_SCRATCH_PAGES;
-    /* per layer its buffers and one host staging; the prefill scratch: 5 buffers and 1 host;
-     * with offload, two recallers of two stages (host, data, index) and the host pool chunks */
-    uint64_t allocations = (uint64_t)c->n_layers * (N_LAYER_BUFFERS + 1) + 6;
-    if (ctx->offload)
-        allocations += 2 * 2 * 3 + mul_sat(S * c->n_layers, (ctx->max_pages + HOST_CHUNK_PAGES - 1) /
-                                                                HOST_CHUNK_PAGES);
-    fkv_geom_query q = {
-        .max_seqs = c->max_seqs,
-        .max_rows = (uint32_t)(scratch_rows > S ? scratch_rows : S),
-        .pool_slots = slots,
-        .summaries = S * ctx->max_pages,
-        .scores = S * c->n_q_heads * ctx->max_pages,
-        .list_entries = S * hk * ctx->list_cap,
-        .largest_buffer = largest,
-        .allocations = allocations,
-    };
-    return fkv_op_check_geometry(ctx->ops, ctx->bd, &ctx->dev->info, &ctx->g, &q);
-}
-
-static fkv_status seq_init(fkv_context *ctx, seq_state *s) {
-    uint32_t L = ctx->cfg.n_layers, hk = ctx->cfg.n_kv_heads;
-    s->layers = calloc(L, sizeof *s->layers);
-    if (s->layers == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "sequence state");
-    for (uint32_t l = 0; l < L; l++) {
-        seq_layer *sl = &s->layers[l];
-        if (ctx->offload) {
-            fkv_status st = fkv_hostpool_init(&sl->hp, ctx->max_pages, HOST_CHUNK_PAGES,
-                                              ctx->page_bytes);
-            if (st != FKV_OK)
-                return st;
-        }
-        sl->mid_page = malloc(sizeof(int32_t) * hk * (ctx->n_mid ? ctx->n_mid : 1));
-        sl->mid_score = malloc(sizeof(float) * hk * (ctx->n_mid ? ctx->n_mid : 1));
-        sl->attended = malloc(sizeof(int32_t) * hk * ctx->list_cap);
-        sl->n_attended = calloc(hk, sizeof(uint32_t));
-        if (!sl->mid_page || !sl->mid_score || !sl->attended || !sl->n_attended)
-            return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "sequence state");
-        for (uint32_t i = 0; i < hk * ctx->n_mid; i++)
-            sl->mid_page[i] = -1;
-    }
-    return FKV_OK;
-}
-
-static void seq_free(fkv_context *ctx, seq_state *s) {
-    if (s->layers == NULL)
-        return;
-    for (uint32_t l = 0; l < ctx->cfg.n_layers; l++) {
-        seq_layer *sl = &s->layers[l];
-        if (ctx->offload)
-            fkv_hostpool_free(&sl->hp, ctx->ops, ctx->bd);
-        free(sl->mid_page);
-        free(sl->mid_score);
-        free(sl->attended);
-        free(sl->n_attended);
-    }
-    free(s->layers);
-}
-
+#include "resources.h"
+#include "speculative.h"
 
 void fkv_context_destroy(fkv_context *ctx) {
     if (ctx == NULL)
         return;
-    if (ctx->worker_started) {
-        pthread_mutex_lock(&ctx->lock);
-        ctx->stop = 1;
-        pthread_cond_broadcast(&ctx->cond);
-        pthread_mutex_unlock(&ctx->lock);
-        pthread_join(ctx->worker, NULL);
-    }
+    fkv_worker_stop(ctx);
     for (int q = 0; q < FKV_QUEUE_COUNT; q++)
         ctx->ops->finish(ctx->bd, (fkv_queue)q);
-    if (ctx->layers)
-        for (uint32_t l = 0; l < ctx->cfg.n_layers; l++)
-            layer_free(ctx, &ctx->layers[l]);
-    if (ctx->seqs)
-        for (uint32_t s = 0; s < ctx->cfg.max_seqs; s++)
-            seq_free(ctx, &ctx->seqs[s]);
-    fkv_bbuf **scr[] = {&ctx->scr_k, &ctx->scr_v, &ctx->scr_kin, &ctx->scr_vin, &ctx->scr_rows};
-    for (size_t i = 0; i < sizeof scr / sizeof *scr; i++)
-        dev_free(ctx, scr[i]);
-    if (ctx->scr_host)
-        ctx->ops->host_free(ctx->bd, ctx->scr_host);
-    fkv_recaller_destroy(ctx->rec_main);
-    fkv_recaller_destroy(ctx->rec_worker);
-    fkv_pool_destroy(ctx->pool);
-    planner_free(&ctx->plan_main);
-    planner_free(&ctx->plan_worker);
-    call_free(&ctx->call);
-    free(ctx->layers);
-    free(ctx->seqs);
-    free(ctx->fifo);
-    free(ctx->corrections);
+    fkv_resources_free(ctx);
     pthread_mutex_destroy(&ctx->lock);
     pthread_cond_destroy(&ctx->cond);
     free(ctx);
@@ -368,88 +42,16 @@ fkv_status fkv_context_create(fkv_device *dev, const fkv_config *cfg, fkv_contex
     ctx->ops = dev->ops;
     ctx->bd = dev->bdev;
     ctx->cfg = *cfg;
-    const fkv_config *c = &ctx->cfg;
-    ctx->group = c->n_q_heads / c->n_kv_heads;
-    ctx->g = (fkv_kv_geom){c->n_kv_heads, ctx->group, c->head_dim, c->page_size, c->dtype};
-    ctx->offload = c->policy >= FKV_POLICY_SYNC;
-    ctx->es = fkv_dtype_size(c->dtype);
-    ctx->row_elems = (size_t)c->n_kv_heads * c->head_dim;
-    ctx->slot_bytes = (size_t)c->page_size * ctx->row_elems * ctx->es;
-    ctx->page_bytes = 2 * ctx->slot_bytes;
-    ctx->unit_bytes = 2 * (size_t)c->page_size * c->head_dim * ctx->es;
-    ctx->max_pages = (c->max_context + c->page_size - 1) / c->page_size;
-    ctx->sink_pages = c->sink_tokens / c->page_size;
-    ctx->window_pages = c->window_tokens / c->page_size;
-    ctx->n_mid = c->budget_tokens / c->page_size - ctx->sink_pages - ctx->window_pages;
-    /* dense/quest keep every page resident at its own slot; offload keeps the budget */
-    ctx->n_slots = ctx->offload ? c->budget_tokens / c->page_size : ctx->max_pages;
-    ctx->list_cap = ctx->n_slots;
-    if ((st = check_device(ctx)) != FKV_OK)
-        goto fail;
-    ctx->seqs = calloc(c->max_seqs, sizeof *ctx->seqs);
-    ctx->layers = calloc(c->n_layers, sizeof *ctx->layers);
-    ctx->fifo = calloc(c->n_layers, sizeof *ctx->fifo);
-    ctx->corrections = calloc((size_t)c->n_layers * c->n_kv_heads, sizeof *ctx->corrections);
-    if (!ctx->seqs || !ctx->layers || !ctx->fifo || !ctx->corrections) {
-        st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "context tables");
-        goto fail;
-    }
-    for (uint32_t s = 0; s < c->max_seqs && st == FKV_OK; s++)
-        st = seq_init(ctx, &ctx->seqs[s]);
-    for (uint32_t l = 0; l < c->n_layers && st == FKV_OK; l++)
-        st = layer_init(ctx, &ctx->layers[l]);
-    if (st != FKV_OK)
-        goto fail;
-    /* prefill scratch */
-    ctx->scratch_pages = FKV_SCRATCH_PAGES;
-    scratch_sizes scr = scratch_of(ctx);
-    if ((st = dev_alloc(ctx, scr.slots, &ctx->scr_k)) != FKV_OK ||
-        (st = dev_alloc(ctx, scr.slots, &ctx->scr_v)) != FKV_OK ||
-        (st = dev_alloc(ctx, scr.f32, &ctx->scr_kin)) != FKV_OK ||
-        (st = dev_alloc(ctx, scr.f32, &ctx->scr_vin)) != FKV_OK ||
-        (st = dev_alloc(ctx, scr.rows, &ctx->scr_rows)) != FKV_OK)
-        goto fail;
-    void *hp;
-    st = ctx->ops->host_alloc(ctx->bd, 2 * scr.f32 + scr.rows, &ctx->scr_host, &hp);
-    if (st != FKV_OK)
-        goto fail;
-    ctx->base_host_bytes += 2 * scr.f32 + scr.rows;
-    ctx->scr_host_k = hp;
-    ctx->scr_host_v = (float *)((unsigned char *)hp + scr.f32);
-    ctx->scr_host_rows = (int32_t *)((unsigned char *)hp + 2 * scr.f32);
-    if ((st = planner_init(ctx, &ctx->plan_main)) != FKV_OK ||
-        (st = planner_init(ctx, &ctx->plan_worker)) != FKV_OK ||
-        (st = call_init(ctx, &ctx->call)) != FKV_OK)
-        goto fail;
-    if (ctx->offload) {
-        fkv_recall_mode mode = fkv_op_recall_mode(ctx->ops, ctx->bd);
-        if ((st = fkv_pool_create(0, &ctx->pool)) != FKV_OK ||
-            (st = fkv_recaller_create(ctx->ops, ctx->bd, &ctx->g, mode, c->recall_chunk_pages,
-                                      &ctx->rec_main)) != FKV_OK ||
-            (st = fkv_recaller_create(ctx->ops, ctx->bd, &ctx->g, mode, c->recall_chunk_pages,
-                                      &ctx->rec_worker)) != FKV_OK)
-            goto fail;
-        fkv_recaller_set_pool(ctx->rec_main, ctx->pool);
-        fkv_recaller_set_pool(ctx->rec_worker, ctx->pool);
-        for (int i = 0; i < 2; i++) {
-            uint64_t hb, db;
-            fkv_recaller_memory(i ? ctx->rec_worker : ctx->rec_main, &hb, &db);
-            ctx->base_host_bytes += hb;
-            ctx->base_device_bytes += db;
-        }
-    }
-    if (c->policy == FKV_POLICY_SPECULATIVE || c->policy == FKV_POLICY_FREEKV) {
-        if (pthread_create(&ctx->worker, NULL, fkv_worker_main, ctx) != 0) {
-            st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "starting the speculative worker");
-            goto fail;
-        }
-        ctx->worker_started = 1;
+    fkv_resources_derive(ctx);
+    if ((st = fkv_resources_check_device(ctx)) == FKV_OK &&
+        (st = fkv_resources_alloc(ctx)) == FKV_OK && fkv_is_speculative(ctx))
+        st = fkv_worker_start(ctx);
+    if (st != FKV_OK) {
+        fkv_context_destroy(ctx);
+        return fkv_error_prefix(st, "creating the context");
     }
     *out = ctx;
     return FKV_OK;
-fail:
-    fkv_context_destroy(ctx);
-    return fkv_error_prefix(st, "creating the context");
 }
 
 fkv_status fkv_context_get_config(const fkv_context *ctx, fkv_config *cfg) {
@@ -468,33 +70,26 @@ static fkv_status check_seq(const fkv_context *ctx, uint32_t seq, const char *fn
     return FKV_OK;
 }
 
+/* Keeps the first failure and its message across later steps that may fail too. */
+static void keep_first(fkv_status st, fkv_status *first, char **msg) {
+    if (*first == FKV_OK && st != FKV_OK) {
+        *first = st;
+        *msg = fkv_error_save();
+    }
+}
+
 fkv_status fkv_context_sync(fkv_context *ctx) {
     if (ctx == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_context_sync: NULL context");
     fkv_status first = FKV_OK;
-    char *msg = NULL; /* the first failure's message, kept across the later waits */
-    for (uint32_t l = 0; l < ctx->cfg.n_layers; l++) {
-        fkv_status st = fkv_task_wait(ctx, l, NULL);
-        if (first == FKV_OK && st != FKV_OK) {
-            first = st;
-            msg = fkv_error_save();
-        }
-    }
-    for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
-        fkv_status st = ctx->ops->finish(ctx->bd, (fkv_queue)q);
-        if (first == FKV_OK && st != FKV_OK) {
-            first = st;
-            msg = fkv_error_save();
-        }
-    }
+    char *msg = NULL;
+    for (uint32_t l = 0; l < ctx->cfg.n_layers; l++)
+        keep_first(fkv_task_wait(ctx, l, NULL), &first, &msg);
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++)
+        keep_first(ctx->ops->finish(ctx->bd, (fkv_queue)q), &first, &msg);
     /* background recalls whose failure no call has seen yet */
-    for (uint32_t l = 0; l < ctx->cfg.n_layers; l++) {
-        fkv_status st = fkv_settle_recall(ctx, l);
-        if (first == FKV_OK && st != FKV_OK) {
-            first = st;
-            msg = fkv_error_save();
-        }
-    }
+    for (uint32_t l = 0; l < ctx->cfg.n_layers; l++)
+        keep_first(fkv_settle_recall(ctx, l), &first, &msg);
     if (first != FKV_OK)
         fkv_error_restore(msg);
     return first;
@@ -514,8 +109,7 @@ fkv_status fkv_sequence_reset(fkv_context *ctx, uint32_t seq) {
         sl->n_tokens = 0;
         sl->has_qprev = 0;
         sl->qcur = 0;
-        for (uint32_t i = 0; i < ctx->cfg.n_kv_heads * ctx->n_mid; i++)
-            sl->mid_page[i] = -1;
+        fkv_mid_clear(ctx, sl);
         memset(sl->n_attended, 0, sizeof(uint32_t) * ctx->cfg.n_kv_heads);
         if (ctx->offload)
             fkv_hostpool_trim(&sl->hp, ctx->ops, ctx->bd, 0);
@@ -603,25 +197,37 @@ fkv_status fkv_context_attended_pages(const fkv_context *ctx, uint32_t seq, uint
 }
 
 /* Reads one device slot (both pools) to host f32 rows [p][Hk][d]. */
-static fkv_status read_slot(fkv_context *ctx, layer_state *L, int32_t gslot, unsigned char *tmp,
+static fkv_status read_slot(fkv_context *ctx, layer_state *ls, int32_t gslot, unsigned char *tmp,
                             float *k, float *v, uint32_t n_rows) {
-    const fkv_backend_ops *o = ctx->ops;
     fkv_bevent *ev = NULL;
     size_t off = fkv_slot_offset(ctx, gslot);
-    fkv_status st = o->read(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, NULL}, L->kpool, off,
-                            tmp, ctx->slot_bytes);
+    fkv_status st = ctx->ops->read(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->kpool, off, tmp,
+                                   ctx->slot_bytes);
     if (st == FKV_OK)
-        st = o->read(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &ev}, L->vpool, off,
-                     tmp + ctx->slot_bytes, ctx->slot_bytes);
-    if (st == FKV_OK) {
-        st = o->event_wait(ctx->bd, 1, &ev);
-        fkv_release_event(ctx, &ev);
-    }
+        st = ctx->ops->read(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &ev}, ls->vpool, off,
+                            tmp + ctx->slot_bytes, ctx->slot_bytes);
+    if (st == FKV_OK)
+        st = fkv_wait_release(ctx, &ev);
     for (size_t i = 0; st == FKV_OK && i < n_rows * ctx->row_elems; i++) {
         k[i] = fkv_load(tmp, ctx->cfg.dtype, i);
         v[i] = fkv_load(tmp + ctx->slot_bytes, ctx->cfg.dtype, i);
     }
     return st;
+}
+
+/* Copies one full page from the host pool (HND [h][K|V][t][c]) to f32 rows [p][Hk][d]. */
+static void read_host_page(const fkv_context *ctx, const seq_layer *sl, uint32_t page, float *k,
+                           float *v) {
+    uint32_t p = ctx->cfg.page_size, d = ctx->cfg.head_dim, hk = ctx->cfg.n_kv_heads;
+    const unsigned char *pg = fkv_hostpool_page(&sl->hp, page, NULL, NULL);
+    for (uint32_t h = 0; h < hk; h++)
+        for (uint32_t t = 0; t < p; t++)
+            for (uint32_t c = 0; c < d; c++) {
+                size_t src = (((size_t)h * 2) * p + t) * d + c;
+                size_t dst = ((size_t)t * hk + h) * d + c;
+                k[dst] = fkv_load(pg, ctx->cfg.dtype, src);
+                v[dst] = fkv_load(pg, ctx->cfg.dtype, src + (size_t)p * d);
+            }
 }
 
 fkv_status fkv_context_read_kv(fkv_context *ctx, uint32_t seq, uint32_t layer, float *k, float *v,
@@ -634,8 +240,8 @@ fkv_status fkv_context_read_kv(fkv_context *ctx, uint32_t seq, uint32_t layer, f
     if ((st = fkv_context_sync(ctx)) != FKV_OK)
         return st;
     seq_layer *sl = &ctx->seqs[seq].layers[layer];
-    layer_state *L = &ctx->layers[layer];
-    uint32_t n = sl->n_tokens, p = ctx->cfg.page_size, d = ctx->cfg.head_dim;
+    layer_state *ls = &ctx->layers[layer];
+    uint32_t n = sl->n_tokens, p = ctx->cfg.page_size;
     *n_tokens = n;
     if (capacity_tokens < n)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_context_read_kv: %u tokens, capacity %zu",
@@ -647,20 +253,10 @@ fkv_status fkv_context_read_kv(fkv_context *ctx, uint32_t seq, uint32_t layer, f
     for (uint32_t j = 0; j < n_pages && st == FKV_OK; j++) {
         uint32_t rows = n - j * p < p ? n - j * p : p;
         float *kd = k + (size_t)j * p * ctx->row_elems, *vd = v + (size_t)j * p * ctx->row_elems;
-        if (ctx->offload && (j + 1) * p <= n) {
-            /* full page: from the host pool, HND [h][K|V][t][c] */
-            const unsigned char *pg = fkv_hostpool_page(&sl->hp, j, NULL, NULL);
-            for (uint32_t h = 0; h < ctx->cfg.n_kv_heads; h++)
-                for (uint32_t t = 0; t < p; t++)
-                    for (uint32_t c = 0; c < d; c++) {
-                        size_t src = (((size_t)h * 2) * p + t) * d + c;
-                        size_t dst = ((size_t)t * ctx->cfg.n_kv_heads + h) * d + c;
-                        kd[dst] = fkv_load(pg, ctx->cfg.dtype, src);
-                        vd[dst] = fkv_load(pg, ctx->cfg.dtype, src + (size_t)p * d);
-                    }
-        } else {
-            st = read_slot(ctx, L, fkv_gslot(ctx, seq, fkv_home_slot(ctx, j)), tmp, kd, vd, rows);
-        }
+        if (ctx->offload && (j + 1) * p <= n) /* a full page: from the host pool */
+            read_host_page(ctx, sl, j, kd, vd);
+        else
+            st = read_slot(ctx, ls, fkv_gslot(ctx, seq, fkv_home_slot(ctx, j)), tmp, kd, vd, rows);
     }
     free(tmp);
     return st;

@@ -1,3 +1,6 @@
+/* The host KV pool of one (sequence, layer). Separate from the pipeline because its one
+ * promise (pages never move once backed) is what lets a background recall read it while the
+ * caller's thread grows it. */
 #include "hostpool.h"
 
 #include <stdlib.h>

@@ -1,3 +1,5 @@
+/* Selection math, pure host code with no context: the group reduction, top-k and slot plan
+ * that retrieval.c runs per KV head. Separate so that it is tested on its own numbers. */
 #include "select.h"
 
 #include <math.h>
@@ -54,12 +56,10 @@ uint32_t fkv_topk(const float *values, uint32_t n, uint32_t k, uint32_t *out) {
 
 uint32_t fkv_plan_slots(int32_t *slot_page, float *slot_score, uint32_t n_mid,
                         const uint32_t *selected, const float *sel_score, uint32_t n_sel,
-                        uint32_t *fill_slot, uint32_t *fill_page) {
+                        uint32_t *fill_slot, uint32_t *fill_page, uint32_t *work) {
     /* Which selected pages are resident, and where. n_mid and n_sel are small. */
     uint32_t n_fill = 0;
-    unsigned char keep[FKV_MAX_MIDDLE_SLOTS];
-    unsigned char have[FKV_MAX_MIDDLE_SLOTS];
-    uint32_t victims[FKV_MAX_MIDDLE_SLOTS];
+    uint32_t *keep = work, *have = work + n_mid, *victims = work + 2 * (size_t)n_mid;
     for (uint32_t m = 0; m < n_mid; m++)
         keep[m] = 0;
     for (uint32_t i = 0; i < n_sel; i++) {

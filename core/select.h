@@ -23,12 +23,14 @@ uint32_t fkv_topk(const float *values, uint32_t n, uint32_t k, uint32_t *out);
 /* Incremental plan for one KV head's middle slots (n_mid <= FKV_MAX_MIDDLE_SLOTS).
  *   slot_page[m]  page held by middle slot m (-1 empty), updated in place
  *   slot_score[m] updated to the new reduced score of the page it holds
- *   selected[i], sel_score[i], i < n_sel: the new selection (distinct pages)
+ *   selected[i], sel_score[i], i < n_sel <= n_mid: the new selection (distinct pages)
+ *   work: scratch of FKV_PLAN_WORK(n_mid) entries
  * Writes the slots that must receive a page into fill_slot/fill_page (missing pages, best
  * first) and returns their count. Resident selected pages stay where they are; the slots of
  * unselected pages are reused lowest score first, empty slots before any. */
+#define FKV_PLAN_WORK(n_mid) (3 * (size_t)(n_mid))
 uint32_t fkv_plan_slots(int32_t *slot_page, float *slot_score, uint32_t n_mid,
                         const uint32_t *selected, const float *sel_score, uint32_t n_sel,
-                        uint32_t *fill_slot, uint32_t *fill_page);
+                        uint32_t *fill_slot, uint32_t *fill_page, uint32_t *work);
 
 #endif

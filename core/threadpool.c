@@ -1,3 +1,5 @@
+/* The gather threads of the staged recall. Separate because it knows nothing of KV: it
+ * splits [0, n) among threads that live as long as the context. */
 #include "threadpool.h"
 
 #include <pthread.h>
@@ -16,9 +18,9 @@ struct fkv_pool {
     unsigned n_threads; /* workers, excluding the caller who also takes a share */
     unsigned generation, pending;
     int stop;
-    fkv_pool_fn fn;
+    fkv_pool_fn fn; /* the job being run: fn(arg, begin, end) over [0, job_size) */
     void *arg;
-    size_t n;
+    size_t job_size;
 };
 
 static void share(fkv_pool *p, unsigned who, fkv_pool_fn fn, void *arg, size_t n) {
@@ -46,7 +48,7 @@ static void *worker(void *raw) {
         seen = p->generation;
         fkv_pool_fn fn = p->fn;
         void *arg = p->arg;
-        size_t n = p->n;
+        size_t n = p->job_size;
         pthread_mutex_unlock(&p->lock);
         share(p, who, fn, arg, n);
         pthread_mutex_lock(&p->lock);
@@ -117,7 +119,7 @@ void fkv_pool_run(fkv_pool *p, size_t n, fkv_pool_fn fn, void *arg) {
     pthread_mutex_lock(&p->lock);
     p->fn = fn;
     p->arg = arg;
-    p->n = n;
+    p->job_size = n;
     p->pending = p->n_threads;
     p->generation++;
     pthread_cond_broadcast(&p->wake);

@@ -1,10 +1,14 @@
-/* common/: error messages (fkv_error_prefix) and the one set of rules for environment
- * variables (common/env.c), checked directly and through every variable the library reads. */
+/* common/: error messages (fkv_error_prefix), the one set of rules for environment variables
+ * (common/env.c), checked directly and through every variable the library reads, and the
+ * storage types (common/dtype.[ch]): names, sizes, conversions rounded to nearest even. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include <math.h>
+
+#include "common/dtype.h"
 #include "common/env.h"
 #include "common/error.h"
 #include "helpers.h"
@@ -213,4 +217,144 @@ Test(env, vulkan_variables, .init = clear_env) {
     open_succeeds("vulkan", "FREEKV_VULKAN_VALIDATION", "off");
     open_succeeds("vulkan", "FREEKV_VULKAN_VALIDATION", "0");
     open_succeeds("vulkan", "FREEKV_VULKAN_16BIT", "FALSE");
+}
+
+/* ---- storage types ---- */
+
+Test(dtype, names_and_sizes) {
+    cr_assert_eq(fkv_dtype_size(FKV_F32), 4);
+    cr_assert_eq(fkv_dtype_size(FKV_F16), 2);
+    cr_assert_eq(fkv_dtype_size(FKV_BF16), 2);
+    cr_assert_eq(fkv_dtype_size((fkv_dtype)7), 0);
+    cr_assert_str_eq(fkv_dtype_name(FKV_F32), "f32");
+    cr_assert_str_eq(fkv_dtype_name(FKV_F16), "f16");
+    cr_assert_str_eq(fkv_dtype_name(FKV_BF16), "bf16");
+    cr_assert_str_eq(fkv_dtype_name((fkv_dtype)7), "unknown");
+}
+
+static float f32_of(uint32_t bits) { return fkv_bits_f32(bits); }
+
+Test(dtype, bf16_rounds_to_nearest_even) {
+    /* 1.0 is 0x3f80; its bf16 neighbours are 2^-7 apart */
+    cr_assert_eq(fkv_f32_to_bf16(1.0f), 0x3f80);
+    cr_assert_eq(fkv_f32_to_bf16(f32_of(0x3f808000u)), 0x3f80, "a tie goes to the even 0x3f80");
+    cr_assert_eq(fkv_f32_to_bf16(f32_of(0x3f808001u)), 0x3f81, "above the tie: up");
+    cr_assert_eq(fkv_f32_to_bf16(f32_of(0x3f807fffu)), 0x3f80, "below the tie: down");
+    cr_assert_eq(fkv_f32_to_bf16(f32_of(0x3f818000u)), 0x3f82, "a tie goes to the even 0x3f82");
+    cr_assert_eq(fkv_f32_to_bf16(-1.0f), 0xbf80);
+    cr_assert_eq(fkv_f32_to_bf16(f32_of(0xbf818000u)), 0xbf82, "negative ties are even too");
+    /* the largest float rounds past the largest bf16: infinity */
+    cr_assert_eq(fkv_f32_to_bf16(f32_of(0x7f7fffffu)), 0x7f80);
+    cr_assert_eq(fkv_f32_to_bf16(f32_of(0x7f7f0000u)), 0x7f7f);
+    /* subnormals keep their top bits, rounded the same way */
+    cr_assert_eq(fkv_f32_to_bf16(f32_of(0x00010000u)), 0x0001);
+    cr_assert_eq(fkv_f32_to_bf16(f32_of(0x00018000u)), 0x0002);
+    cr_assert_eq(fkv_f32_to_bf16(f32_of(0x00008000u)), 0x0000, "half the smallest: to zero");
+    cr_assert_eq(fkv_f32_to_bf16(f32_of(0x00008001u)), 0x0001);
+}
+
+Test(dtype, bf16_special_values) {
+    cr_assert_eq(fkv_f32_to_bf16(INFINITY), 0x7f80);
+    cr_assert_eq(fkv_f32_to_bf16(-INFINITY), 0xff80);
+    cr_assert_eq(fkv_f32_to_bf16(0.0f), 0x0000);
+    cr_assert_eq(fkv_f32_to_bf16(-0.0f), 0x8000);
+    /* a NaN whose payload is all in the low bits must not become infinity */
+    uint16_t nan_low = fkv_f32_to_bf16(f32_of(0x7f800001u));
+    cr_assert(isnan(fkv_bf16_to_f32(nan_low)), "0x%04x", nan_low);
+    cr_assert(isnan(fkv_bf16_to_f32(fkv_f32_to_bf16(NAN))));
+    cr_assert(isnan(fkv_bf16_to_f32(fkv_f32_to_bf16(f32_of(0xff800001u)))));
+    cr_assert(isinf(fkv_bf16_to_f32(0x7f80)) && fkv_bf16_to_f32(0xff80) < 0);
+}
+
+Test(dtype, f16_rounds_to_nearest_even) {
+    cr_assert_eq(fkv_f32_to_f16(1.0f), 0x3c00);
+    /* f16 neighbours of 1.0 are 2^-10 apart */
+    cr_assert_eq(fkv_f32_to_f16(1.0f + 0x1p-11f), 0x3c00, "a tie goes to the even 0x3c00");
+    cr_assert_eq(fkv_f32_to_f16(1.0f + 3 * 0x1p-11f), 0x3c02, "a tie goes to the even 0x3c02");
+    cr_assert_eq(fkv_f32_to_f16(nextafterf(1.0f + 0x1p-11f, 2.0f)), 0x3c01, "above the tie");
+    cr_assert_eq(fkv_f32_to_f16(-1.5f), 0xbe00);
+    cr_assert_eq(fkv_f32_to_f16(65504.0f), 0x7bff, "the largest f16");
+    cr_assert_eq(fkv_f32_to_f16(nextafterf(65520.0f, 0.0f)), 0x7bff, "just below the tie");
+    cr_assert_eq(fkv_f32_to_f16(65520.0f), 0x7c00, "the tie above the largest: infinity");
+    cr_assert_eq(fkv_f32_to_f16(-1e9f), 0xfc00);
+    /* a mantissa that rounds up carries into the exponent */
+    cr_assert_eq(fkv_f32_to_f16(2.0f - 0x1p-12f), 0x4000);
+}
+
+Test(dtype, f16_subnormals) {
+    cr_assert_eq(fkv_f32_to_f16(0x1p-24f), 0x0001, "the smallest subnormal");
+    cr_assert_eq(fkv_f32_to_f16(0x1p-25f), 0x0000, "half of it: a tie, to the even zero");
+    cr_assert_eq(fkv_f32_to_f16(nextafterf(0x1p-25f, 1.0f)), 0x0001);
+    cr_assert_eq(fkv_f32_to_f16(3 * 0x1p-25f), 0x0002, "1.5 units: a tie, to the even 2");
+    cr_assert_eq(fkv_f32_to_f16(1023 * 0x1p-24f), 0x03ff, "the largest subnormal");
+    cr_assert_eq(fkv_f32_to_f16(1023.5f * 0x1p-24f), 0x0400, "rounds up into the normals");
+    cr_assert_eq(fkv_f32_to_f16(0x1p-14f), 0x0400, "the smallest normal");
+    cr_assert_eq(fkv_f32_to_f16(-0x1p-24f), 0x8001);
+    cr_assert_eq(fkv_f32_to_f16(0x1p-30f), 0x0000);
+    cr_assert_eq(fkv_f16_to_f32(0x0001), 0x1p-24f);
+    cr_assert_eq(fkv_f16_to_f32(0x03ff), 1023 * 0x1p-24f);
+    cr_assert_eq(fkv_f16_to_f32(0x8001), -0x1p-24f);
+}
+
+Test(dtype, f16_special_values) {
+    cr_assert_eq(fkv_f32_to_f16(INFINITY), 0x7c00);
+    cr_assert_eq(fkv_f32_to_f16(-INFINITY), 0xfc00);
+    cr_assert_eq(fkv_f32_to_f16(-0.0f), 0x8000);
+    cr_assert(signbit(fkv_f16_to_f32(0x8000)) && fkv_f16_to_f32(0x8000) == 0.0f);
+    uint16_t nan = fkv_f32_to_f16(f32_of(0x7f800001u));
+    cr_assert((nan & 0x7c00) == 0x7c00 && (nan & 0x03ff) != 0, "0x%04x is not a NaN", nan);
+    cr_assert(isnan(fkv_f16_to_f32(nan)));
+    cr_assert_eq(fkv_f32_to_f16(-NAN) & 0x8000, 0x8000, "the sign of a NaN is kept");
+    cr_assert(isinf(fkv_f16_to_f32(0x7c00)) && fkv_f16_to_f32(0xfc00) < 0);
+}
+
+/* Every f16 and bf16 value converts to f32 and back to itself (NaNs stay NaNs). */
+Test(dtype, every_16_bit_value_round_trips) {
+    for (uint32_t h = 0; h < 0x10000; h++) {
+        float f = fkv_f16_to_f32((uint16_t)h), b = fkv_bf16_to_f32((uint16_t)h);
+        if (isnan(f))
+            cr_assert(isnan(fkv_f16_to_f32(fkv_f32_to_f16(f))), "f16 0x%04x", h);
+        else
+            cr_assert_eq(fkv_f32_to_f16(f), h, "f16 0x%04x", h);
+        if (isnan(b))
+            cr_assert(isnan(fkv_bf16_to_f32(fkv_f32_to_bf16(b))), "bf16 0x%04x", h);
+        else
+            cr_assert_eq(fkv_f32_to_bf16(b), h, "bf16 0x%04x", h);
+    }
+}
+
+/* For random floats in the f16 range: the result is the nearest f16, the even one on a tie
+ * (compared in double, where the distances are exact). */
+Test(dtype, f16_is_the_nearest) {
+    th_rng rng;
+    th_seed(&rng, 2024);
+    for (int i = 0; i < 200000; i++) {
+        float x = f32_of(th_u32(&rng));
+        if (isnan(x) || fabsf(x) >= 65504.0f)
+            continue;
+        uint16_t h = fkv_f32_to_f16(x);
+        double got = fabs((double)x - fkv_f16_to_f32(h));
+        for (int step = -1; step <= 1; step += 2) {
+            uint16_t mag = (uint16_t)(h & 0x7fff), other = (uint16_t)((h & 0x8000) | (mag + step));
+            if ((mag == 0 && step < 0) || mag + step > 0x7bff)
+                continue;
+            double alt = fabs((double)x - fkv_f16_to_f32(other));
+            cr_assert(got < alt || (got == alt && (h & 1) == 0),
+                      "x %a: 0x%04x is not the nearest even f16 (0x%04x is as near)", (double)x, h,
+                      other);
+        }
+    }
+}
+
+Test(dtype, load_and_store) {
+    unsigned char buf[16];
+    const fkv_dtype types[] = {FKV_F32, FKV_F16, FKV_BF16};
+    for (size_t t = 0; t < 3; t++) {
+        fkv_store(buf, types[t], 1, -2.5f);
+        cr_assert_eq(fkv_load(buf, types[t], 1), -2.5f, "%s", fkv_dtype_name(types[t]));
+    }
+    fkv_store(buf, FKV_F16, 0, 1.0f);
+    cr_assert_eq(((uint16_t *)buf)[0], 0x3c00);
+    fkv_store(buf, FKV_BF16, 0, 1.0f);
+    cr_assert_eq(((uint16_t *)buf)[0], 0x3f80);
 }

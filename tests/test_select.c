@@ -62,8 +62,8 @@ Test(select, plan_keeps_resident_and_evicts_lowest_first) {
     float slot_score[4] = {0.5f, 0.1f, 0, 0.3f};
     uint32_t sel[] = {13, 20, 21};
     float sel_score[] = {0.9f, 0.8f, 0.7f};
-    uint32_t fs[4], fp[4];
-    uint32_t n = fkv_plan_slots(slot_page, slot_score, 4, sel, sel_score, 3, fs, fp);
+    uint32_t fs[4], fp[4], work[FKV_PLAN_WORK(4)];
+    uint32_t n = fkv_plan_slots(slot_page, slot_score, 4, sel, sel_score, 3, fs, fp, work);
     cr_assert_eq(n, 2, "13 is resident: only 20 and 21 are recalled");
     cr_assert_eq(fs[0], 2, "empty slot used first");
     cr_assert_eq(fp[0], 20);
@@ -102,8 +102,8 @@ Test(select, plan_never_recalls_resident_random) {
         int32_t before[16];
         for (int i = 0; i < 16; i++)
             before[i] = slot_page[i];
-        uint32_t fs[16], fp[16];
-        uint32_t nf = fkv_plan_slots(slot_page, slot_score, 16, sel, sc, n_sel, fs, fp);
+        uint32_t fs[16], fp[16], work[FKV_PLAN_WORK(16)];
+        uint32_t nf = fkv_plan_slots(slot_page, slot_score, 16, sel, sc, n_sel, fs, fp, work);
         for (uint32_t f = 0; f < nf; f++)
             for (int i = 0; i < 16; i++)
                 cr_assert_neq(before[i], (int32_t)fp[f], "recalled resident page %u", fp[f]);

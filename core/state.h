@@ -1,6 +1,8 @@
-/* The context's internal state, shared by the files of core/. */
-#ifndef FKV_CORE_CONTEXT_H
-#define FKV_CORE_CONTEXT_H
+/* The bottom layer of core/'s pipeline: the context's state, shared by every step, and the
+ * small helpers each step uses (time, events, statistics, tensor arguments, slot and row
+ * indices). It calls no step; every other file of core/ builds on it. */
+#ifndef FKV_CORE_STATE_H
+#define FKV_CORE_STATE_H
 
 #include <pthread.h>
 
@@ -10,7 +12,17 @@
 #include "select.h"
 #include "threadpool.h"
 
-#define FKV_SCRATCH_PAGES 64 /* prefill works through this many pages at a time */
+#define FKV_SCRATCH_PAGES 64    /* prefill works through this many pages at a time */
+#define FKV_HOST_CHUNK_PAGES 64 /* pages per host pool chunk */
+
+/* Byte sizes of what the device interface carries besides the KV cache (backend.h). */
+#define FKV_F32_BYTES sizeof(float)          /* activations, scores, summaries */
+#define FKV_INDEX_BYTES sizeof(int32_t)      /* rows, slots, flags: int32 indices */
+#define FKV_PAIR_BYTES (2 * sizeof(int32_t)) /* (slot, summary), (first, count), (slot, tokens) */
+#define FKV_DESC_BYTES (3 * sizeof(int32_t)) /* a scores descriptor: (base, pages, out base) */
+
+/* A command that waits on nothing and whose completion no one needs. */
+#define FKV_NO_DEPS ((fkv_deps){.n_wait = 0, .wait = NULL, .done = NULL})
 
 /* State of one (sequence, layer). Owned by the main thread, except while a speculative task
  * of the layer is pending: then by the worker, until it publishes. */
@@ -27,7 +39,7 @@ typedef struct seq_layer {
 } seq_layer;
 
 typedef struct seq_state {
-    uint32_t prefilled;  /* layers prefilled so far (0..L) */
+    uint32_t prefilled;  /* layers prefilled so far (0..n_layers) */
     uint32_t next_layer; /* layer expected by the next decode call */
     seq_layer *layers;
 } seq_state;
@@ -46,7 +58,7 @@ typedef struct layer_state {
     fkv_bbuf *qin, *kin, *vin, *out;
     fkv_bbuf *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
     fkv_bbuf *scores, *sims, *flags, *pack;
-    layer_host h;
+    layer_host host;
     fkv_bevent *ev_attn;    /* last attention (reads the slots) */
     fkv_bevent *ev_recall;  /* last recall into the slots */
     fkv_bevent *ev_offload; /* last device->host offload into the host pools */
@@ -65,6 +77,7 @@ typedef struct planner { /* per-thread scratch for selection */
     uint32_t *topk;
     float *top_score;
     uint32_t *fill_slot, *fill_page;
+    uint32_t *plan_work; /* fkv_plan_slots' scratch */
     fkv_recall_unit *units;
     uint32_t units_cap;
     /* middle slots of the batch before a selection ([max_seqs][n_kv_heads][n_mid]), put
@@ -76,11 +89,12 @@ typedef struct planner { /* per-thread scratch for selection */
 /* What a decode call changes only when it succeeds, and what it undoes when it fails (used
  * by the caller's thread only). */
 typedef struct call_scratch {
-    int32_t *full;        /* [max_seqs] page each sequence fills, or -1 */
-    uint32_t *had_chunks; /* [max_seqs] host pool chunks before the call */
-    int32_t *attended;    /* [max_seqs][n_kv_heads][list_cap] pages the call attends */
-    uint32_t *n_attended; /* [max_seqs][n_kv_heads] */
+    int32_t *full;         /* [max_seqs] page each sequence fills, or -1 */
+    uint32_t *had_chunks;  /* [max_seqs] host pool chunks before the call */
+    int32_t *attended;     /* [max_seqs][n_kv_heads][list_cap] pages the call attends */
+    uint32_t *n_attended;  /* [max_seqs][n_kv_heads] */
     uint64_t *corrections; /* [n_kv_heads] heads the call corrected */
+    int32_t *mid_pairs;    /* [n_mid][2] (page, slot) of one head's selected pages */
 } call_scratch;
 
 struct fkv_context {
@@ -88,10 +102,14 @@ struct fkv_context {
     const fkv_backend_ops *ops;
     fkv_bdev *bd;
     fkv_config cfg;
-    fkv_kv_geom g;
+    fkv_kv_geom geom;
     int offload;         /* policies that keep the KV cache on the host */
     uint32_t group, sink_pages, window_pages, n_mid, n_slots, max_pages, list_cap;
-    size_t es, row_elems, slot_bytes, page_bytes, unit_bytes;
+    size_t elem_bytes;   /* one KV element in the context's dtype */
+    size_t row_elems;    /* elements of one token's K (or V) row: n_kv_heads * head_dim */
+    size_t q_row_bytes;  /* one token's query (or output), f32 */
+    size_t kv_row_bytes; /* one token's K (or V) input row, f32 */
+    size_t slot_bytes, page_bytes, unit_bytes;
     seq_state *seqs;
     layer_state *layers;
     /* prefill scratch: pages in pool layout and f32 input rows */
@@ -113,21 +131,34 @@ struct fkv_context {
     uint32_t fifo_head, fifo_len;
     /* statistics (guarded by lock) */
     fkv_stats stats;
-    uint64_t *corrections; /* [L][Hk] */
+    uint64_t *corrections; /* [n_layers][n_kv_heads] */
     uint64_t base_device_bytes, base_host_bytes;
 };
 
+/* Seconds of a monotonic clock. */
 double fkv_now(void);
-
-/* decode.c */
-/* Waits for the layer's background task and consumes its statistics: into *caller (with the
- * wait split into blocked selection and recall time) or, when NULL, into the context's. */
-fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, fkv_stats *caller);
-void *fkv_worker_main(void *arg);
+/* Releases *ev (NULL is fine) and clears it. */
 void fkv_release_event(fkv_context *ctx, fkv_bevent **ev);
-/* Waits for the layer's last speculative recall; when it failed, drops the middle slots it
- * was filling and the event, and returns its error (reported once). No task may be pending. */
-fkv_status fkv_settle_recall(fkv_context *ctx, uint32_t layer);
+/* Waits for *ev (NULL: nothing to wait for), then releases it. */
+fkv_status fkv_wait_release(fkv_context *ctx, fkv_bevent **ev);
+/* Finishes queue q after a failure, keeping the failure's message (finish may set its own). */
+void fkv_drain_queue(fkv_context *ctx, fkv_queue q);
+
+/* sum += delta; blocked_seconds is kept as the sum of its three parts. */
+void fkv_stats_sum(fkv_stats *sum, const fkv_stats *delta);
+/* Adds delta to the context's statistics (under the lock). */
+void fkv_stats_add(fkv_context *ctx, const fkv_stats *delta);
+
+/* Checks a tensor argument of `bytes` bytes: host memory, or a buffer of this device. */
+fkv_status fkv_check_tensor(const fkv_context *ctx, const fkv_tensor *t, size_t bytes,
+                            const char *fn, const char *name);
+/* Brings `bytes` of a tensor (from byte `src_off`) into dst: host data is copied into the
+ * pinned staging first, so the caller's memory is free when this returns. */
+fkv_status fkv_tensor_to_device(fkv_context *ctx, const fkv_tensor *t, size_t src_off,
+                                void *staging, fkv_bbuf *dst, size_t dst_off, size_t bytes);
+
+/* Empties every middle slot of one (sequence, layer). */
+void fkv_mid_clear(const fkv_context *ctx, seq_layer *sl);
 
 /* Device indices are int32 in the device interface; fkv_config_validate keeps every value
  * below in range, and they are computed in 64 bits so no intermediate wraps. */
@@ -147,11 +178,16 @@ static inline size_t fkv_slot_offset(const fkv_context *ctx, int32_t gslot) {
 }
 
 /* Device slot of logical page j: dense/quest keep page j at slot j; offload policies keep sink
- * pages at 0..S-1 and the window in a ring of W slots after them. */
+ * pages at 0..sink-1 and the window in a ring of window_pages slots after them. */
 static inline uint32_t fkv_home_slot(const fkv_context *ctx, uint32_t j) {
     if (!ctx->offload || j < ctx->sink_pages)
         return j;
     return ctx->sink_pages + (j - ctx->sink_pages) % ctx->window_pages;
+}
+
+/* Device slot of middle slot m (offload policies). */
+static inline uint32_t fkv_mid_slot(const fkv_context *ctx, uint32_t m) {
+    return ctx->sink_pages + ctx->window_pages + m;
 }
 
 /* First page of the window when the sequence holds n tokens (the current page is n/p). */
@@ -159,6 +195,10 @@ static inline uint32_t fkv_window_begin(const fkv_context *ctx, uint32_t n) {
     uint32_t cur = n / ctx->cfg.page_size;
     uint32_t wb = cur + 1 >= ctx->window_pages ? cur + 1 - ctx->window_pages : 0;
     return wb > ctx->sink_pages ? wb : ctx->sink_pages;
+}
+
+static inline int fkv_is_speculative(const fkv_context *ctx) {
+    return ctx->cfg.policy == FKV_POLICY_SPECULATIVE || ctx->cfg.policy == FKV_POLICY_FREEKV;
 }
 
 #endif

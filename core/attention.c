@@ -1,0 +1,115 @@
+/* Attention: which slots each (sequence, KV head) reads, and the launch. Separate from
+ * decode because the lists are where the policies meet: dense reads every page, the others
+ * sink + selected + window, and every policy lists pages in the same (ascending) order, so
+ * equal selections give bitwise-equal outputs whatever slots hold them. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "attention.h"
+
+static int cmp_page(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The head's selected middle pages that are still candidates (outside the window), as
+ * (page, slot) pairs in ascending page order; returns their count. */
+static uint32_t selected_pairs(const fkv_context *ctx, const seq_layer *sl, uint32_t head,
+                               uint32_t window_begin, int32_t *pairs) {
+    uint32_t sink = ctx->sink_pages, n_pairs = 0;
+    for (uint32_t m = 0; m < ctx->n_mid; m++) {
+        int32_t pg = sl->mid_page[(size_t)head * ctx->n_mid + m];
+        if (pg < (int32_t)sink || (uint32_t)pg >= window_begin)
+            continue; /* empty, or no longer a candidate */
+        pairs[2 * n_pairs] = pg;
+        pairs[2 * n_pairs + 1] = (int32_t)(ctx->offload ? fkv_mid_slot(ctx, m) : (uint32_t)pg);
+        n_pairs++;
+    }
+    qsort(pairs, n_pairs, 2 * sizeof *pairs, cmp_page);
+    return n_pairs;
+}
+
+/* Appends one head's (slot, tokens) entries from *e on, and its pages to att; returns the
+ * number of pages. Merges sink pages, then the selected middle pages, then the window. */
+static uint32_t head_entries(fkv_context *ctx, layer_state *ls, uint32_t seq, const seq_layer *sl,
+                             uint32_t head, uint32_t *e, int32_t *att) {
+    uint32_t p = ctx->cfg.page_size, nt = sl->n_tokens, cur = nt / p;
+    uint32_t wb = fkv_window_begin(ctx, nt), sink_end = ctx->sink_pages, n_pairs = 0;
+    int32_t *pairs = ctx->call.mid_pairs;
+    if (ctx->cfg.policy == FKV_POLICY_DENSE) {
+        wb = 0; /* every page is "window": emitted in order below */
+        sink_end = 0;
+    } else {
+        n_pairs = selected_pairs(ctx, sl, head, wb, pairs);
+    }
+    uint32_t na = 0;
+    for (uint32_t k = 0, j = 0;;) {
+        uint32_t page, slot;
+        if (j < sink_end && j <= cur) {
+            page = j;
+            slot = j;
+            j++;
+        } else if (k < n_pairs) {
+            page = (uint32_t)pairs[2 * k];
+            slot = (uint32_t)pairs[2 * k + 1];
+            k++;
+        } else {
+            if (j < wb)
+                j = wb;
+            if (j > cur)
+                break;
+            page = j;
+            slot = fkv_home_slot(ctx, j);
+            j++;
+        }
+        if ((size_t)page * p >= nt)
+            continue; /* the current page may still be empty */
+        uint32_t left = nt - page * p;
+        ls->host.entries[2 * *e] = fkv_gslot(ctx, seq, slot);
+        ls->host.entries[2 * *e + 1] = (int32_t)(left < p ? left : p);
+        (*e)++;
+        att[na++] = (int32_t)page;
+    }
+    return na;
+}
+
+/* Per-head lists of (slot, tokens) into the layer's host heads/entries; the pages go to the
+ * call's copy of the attended pages (the sequences' change only if the call succeeds).
+ * Returns the number of entries. */
+static uint32_t build_lists(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs) {
+    layer_state *ls = &ctx->layers[layer];
+    uint32_t hk = ctx->cfg.n_kv_heads, e = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
+        for (uint32_t h = 0; h < hk; h++) {
+            size_t ih = (size_t)i * hk + h;
+            uint32_t start = e;
+            int32_t *att = ctx->call.attended + ih * ctx->list_cap;
+            ctx->call.n_attended[ih] = head_entries(ctx, ls, seqs[i], sl, h, &e, att);
+            ls->host.heads[2 * ih] = (int32_t)start;
+            ls->host.heads[2 * ih + 1] = (int32_t)(e - start);
+        }
+    }
+    return e;
+}
+
+fkv_status fkv_attention_launch(fkv_context *ctx, uint32_t layer, uint32_t n,
+                                const uint32_t *seqs, uint32_t n_wait, fkv_bevent *const *wait,
+                                fkv_bevent **attn) {
+    layer_state *ls = &ctx->layers[layer];
+    uint32_t n_entries = build_lists(ctx, layer, n, seqs);
+    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->heads, 0,
+                                    ls->host.heads,
+                                    (size_t)n * ctx->cfg.n_kv_heads * FKV_PAIR_BYTES);
+    size_t entries_bytes = (size_t)(n_entries ? n_entries : 1) * FKV_PAIR_BYTES;
+    if (st == FKV_OK)
+        st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->entries, 0,
+                             ls->host.entries, entries_bytes);
+    if (st == FKV_OK)
+        st = ctx->ops->attention(ctx->bd, FKV_QUEUE_COMPUTE,
+                                 (fkv_deps){.n_wait = n_wait, .wait = wait, .done = attn},
+                                 &ctx->geom, ls->qin, 0, n, ls->heads, 0, ls->entries, 0,
+                                 ls->kpool, ls->vpool, 1.0f / sqrtf((float)ctx->cfg.head_dim),
+                                 ls->out, 0);
+    return st;
+}

@@ -1,0 +1,85 @@
+/* Correction: query cosine -> flags -> re-selection of the flagged heads. Its own step
+ * because it is the one place where the method blocks the caller for a result (the flags),
+ * and where its cost is decided: the flagged heads' recall is one batched command. */
+#include "correction.h"
+#include "retrieval.h"
+
+/* Per (sequence, KV head) of the batch: whether the head needs correction, into the layer's
+ * host flags (the one blocking read the method needs). *any: whether one does. */
+static fkv_status correction_flags(fkv_context *ctx, uint32_t layer, uint32_t n,
+                                   const uint32_t *seqs, int *any) {
+    layer_state *ls = &ctx->layers[layer];
+    uint32_t hk = ctx->cfg.n_kv_heads;
+    size_t qrow = ctx->q_row_bytes, flags_bytes = (size_t)hk * FKV_INDEX_BYTES;
+    fkv_status st = FKV_OK;
+    for (uint32_t i = 0; i < n && st == FKV_OK; i++) {
+        const seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
+        if (!sl->has_qprev) { /* nothing to compare with: correct every head */
+            for (uint32_t h = 0; h < hk; h++)
+                ls->host.flags[i * hk + h] = 1;
+            continue;
+        }
+        size_t off = (size_t)i * flags_bytes;
+        st = ctx->ops->cosine_flags(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->qin,
+                                    i * qrow, ls->qprev[sl->qcur], seqs[i] * qrow, 1,
+                                    ctx->cfg.tau, ls->sims, off, ls->flags, off);
+        if (st == FKV_OK)
+            st = ctx->ops->read(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->flags, off,
+                                ls->host.flags + (size_t)i * hk, flags_bytes);
+    }
+    fkv_bevent *ev = NULL;
+    if (st == FKV_OK) /* the method needs the flags now */
+        st = ctx->ops->marker(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &ev});
+    if (st == FKV_OK)
+        st = fkv_wait_release(ctx, &ev);
+    *any = 0;
+    for (uint32_t i = 0; i < n * hk && st == FKV_OK; i++)
+        *any |= ls->host.flags[i] != 0;
+    return st;
+}
+
+/* Selection with q[t] for the flagged heads only, after the speculative recall (which fills
+ * the same middle slots) and the last attention (which reads them); the caller waits. */
+static fkv_status reselect_flagged(fkv_context *ctx, uint32_t layer, uint32_t n,
+                                   const uint32_t *seqs, fkv_bevent **corr, fkv_stats *stats) {
+    layer_state *ls = &ctx->layers[layer];
+    uint32_t hk = ctx->cfg.n_kv_heads;
+    fkv_bevent *slot_users[2];
+    uint32_t n_users = 0;
+    if (ls->ev_recall)
+        slot_users[n_users++] = ls->ev_recall;
+    if (ls->ev_attn)
+        slot_users[n_users++] = ls->ev_attn;
+    select_args a = {.queue = FKV_QUEUE_COMPUTE,
+                     .rec = ctx->rec_main,
+                     .pl = &ctx->plan_main,
+                     .n = n,
+                     .seqs = seqs,
+                     .mask = ls->host.flags,
+                     .n_wait = n_users,
+                     .wait = slot_users,
+                     .done = corr,
+                     .stats = stats};
+    fkv_status st = fkv_select_pages(ctx, layer, &a);
+    for (uint32_t i = 0; i < n * hk; i++)
+        if (ls->host.flags[i]) {
+            stats->corrections++;
+            ctx->call.corrections[i % hk]++;
+        }
+    if (st == FKV_OK)
+        st = ctx->ops->event_wait(ctx->bd, 1, corr);
+    return st;
+}
+
+fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
+                             fkv_bevent **corr, fkv_stats *stats) {
+    double t_check = fkv_now();
+    int any = 0;
+    fkv_status st = correction_flags(ctx, layer, n, seqs, &any);
+    stats->heads_checked += (uint64_t)n * ctx->cfg.n_kv_heads;
+    if (st == FKV_OK && any)
+        st = reselect_flagged(ctx, layer, n, seqs, corr, stats);
+    /* the check (the one blocking read) and any correction */
+    stats->blocked_correction_seconds += fkv_now() - t_check;
+    return st;
+}

@@ -1,0 +1,81 @@
+/* Completed pages at decode: summary, then NHD -> HND pack on the device and the read into
+ * the host pool on the transfer queue. Its own step because its ordering is its own: the pack
+ * staging is reused only after the previous offload read it, and a failure of any read must
+ * reach the event the call waits on before it succeeds. */
+#include "offload.h"
+
+fkv_status fkv_summarize_pages(fkv_context *ctx, layer_state *ls, const fkv_bbuf *kpool,
+                               uint32_t n) {
+    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->summ_idx, 0,
+                                    ls->host.summ_idx, (size_t)n * FKV_PAIR_BYTES);
+    if (st == FKV_OK)
+        st = ctx->ops->summarize(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, kpool, n,
+                                 ls->summ_idx, 0, ls->summ);
+    return st;
+}
+
+/* Summaries of the batch's full pages; their home slots into ls->host.pack_idx. Returns the
+ * number of full pages in *n_full. */
+static fkv_status summarize_full(fkv_context *ctx, uint32_t layer, uint32_t n,
+                                 const uint32_t *seqs, const int32_t *full, uint32_t *n_full) {
+    layer_state *ls = &ctx->layers[layer];
+    uint32_t nf = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        if (full[i] < 0)
+            continue;
+        int32_t gslot = fkv_gslot(ctx, seqs[i], fkv_home_slot(ctx, (uint32_t)full[i]));
+        ls->host.summ_idx[2 * nf] = gslot;
+        ls->host.summ_idx[2 * nf + 1] = fkv_summary_index(ctx, seqs[i], (uint32_t)full[i]);
+        ls->host.pack_idx[nf] = gslot;
+        nf++;
+    }
+    *n_full = nf;
+    return nf ? fkv_summarize_pages(ctx, ls, ls->kpool, nf) : FKV_OK;
+}
+
+/* Packs the nf full pages (slots in ls->host.pack_idx) and reads each into its host pool. */
+static fkv_status offload_full(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
+                               const int32_t *full, uint32_t nf) {
+    layer_state *ls = &ctx->layers[layer];
+    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->pack_idx, 0,
+                                    ls->host.pack_idx, (size_t)nf * FKV_INDEX_BYTES);
+    /* the pack staging is free once the previous offload read it */
+    fkv_bevent *packed = NULL;
+    fkv_deps after_prev = {.n_wait = ls->ev_offload ? 1 : 0, .wait = &ls->ev_offload,
+                           .done = &packed};
+    if (st == FKV_OK)
+        st = ctx->ops->pack_hnd(ctx->bd, FKV_QUEUE_COMPUTE, after_prev, &ctx->geom, ls->kpool,
+                                ls->vpool, nf, ls->pack_idx, 0, ls->pack, 0);
+    for (uint32_t i = 0, k = 0; i < n && st == FKV_OK; i++) {
+        if (full[i] < 0)
+            continue;
+        seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
+        unsigned char *dst = fkv_hostpool_page(&sl->hp, (uint32_t)full[i], NULL, NULL);
+        fkv_bevent *ev = NULL;
+        /* Each read also waits on the one before, so a failure of any of them fails the last,
+         * which the call waits on before it succeeds. */
+        fkv_bevent *wait[2] = {packed, ls->ev_offload};
+        fkv_deps deps = {.n_wait = ls->ev_offload ? 2 : 1, .wait = wait, .done = &ev};
+        st = ctx->ops->read(ctx->bd, FKV_QUEUE_TRANSFER, deps, ls->pack,
+                            (size_t)k * ctx->page_bytes, dst, ctx->page_bytes);
+        if (st == FKV_OK) {
+            fkv_release_event(ctx, &ls->ev_offload);
+            ls->ev_offload = ev;
+        }
+        k++;
+    }
+    fkv_release_event(ctx, &packed);
+    return st;
+}
+
+fkv_status fkv_finish_pages(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
+                            const int32_t *full, fkv_stats *stats) {
+    uint32_t nf = 0;
+    fkv_status st = summarize_full(ctx, layer, n, seqs, full, &nf);
+    if (st != FKV_OK || nf == 0 || !ctx->offload)
+        return st;
+    st = offload_full(ctx, layer, n, seqs, full, nf);
+    stats->pages_offloaded += nf;
+    stats->bytes_offloaded += (uint64_t)nf * ctx->page_bytes;
+    return st;
+}

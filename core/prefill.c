@@ -1,0 +1,224 @@
+/* Prefill (fkv_prefill), the method's first step: every prompt page is summarised and, for the
+ * offload policies, copied to the host pool; sink and window pages go to their home slots;
+ * the initial resident set is chosen with the last prompt token's query. Separate from decode
+ * because it works in chunks of whole pages through its own scratch, not one token at a
+ * time through the layer's staging. */
+#include <string.h>
+
+#include "../common/error.h"
+#include "offload.h"
+#include "retrieval.h"
+#include "speculative.h"
+
+/* Arguments and state: an empty sequence, layers in order, the same prompt in every layer. */
+static fkv_status check_prefill(const fkv_context *ctx, uint32_t seq, uint32_t layer,
+                                uint32_t n_tokens, const fkv_tensor *k, const fkv_tensor *v,
+                                const fkv_tensor *q_last) {
+    static const char fn[] = "fkv_prefill";
+    const fkv_config *cfg = &ctx->cfg;
+    if (seq >= cfg->max_seqs || layer >= cfg->n_layers)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: sequence %u / layer %u out of range", fn,
+                         seq, layer);
+    if (n_tokens == 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: n_tokens is 0", fn);
+    if (n_tokens > cfg->max_context)
+        return fkv_error(FKV_ERR_CONTEXT_FULL, "%s: %u tokens exceed max_context %u", fn,
+                         n_tokens, cfg->max_context);
+    const seq_state *s = &ctx->seqs[seq];
+    if (s->prefilled != layer || s->next_layer != 0 || s->layers[layer].n_tokens != 0 ||
+        (layer == 0 && s->layers[cfg->n_layers - 1].n_tokens != 0))
+        return fkv_error(FKV_ERR_BAD_STATE,
+                         "%s: sequence %u layer %u: prefill needs an empty sequence, layers in "
+                         "order (next expected layer: %u)",
+                         fn, seq, layer, s->prefilled);
+    if (layer > 0 && n_tokens != s->layers[0].n_tokens)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "%s: sequence %u layer %u: %u tokens, but layer 0 holds %u (every layer "
+                         "holds the same prompt)",
+                         fn, seq, layer, n_tokens, s->layers[0].n_tokens);
+    fkv_status st;
+    size_t kv_bytes = (size_t)n_tokens * ctx->kv_row_bytes;
+    if ((st = fkv_check_tensor(ctx, k, kv_bytes, fn, "k")) != FKV_OK ||
+        (st = fkv_check_tensor(ctx, v, kv_bytes, fn, "v")) != FKV_OK)
+        return st;
+    return fkv_check_tensor(ctx, q_last, ctx->q_row_bytes, fn, "q_last");
+}
+
+/* Uploads nt rows from token t0 and appends them to the scratch pages, row r to row r. */
+static fkv_status chunk_append(fkv_context *ctx, uint32_t t0, uint32_t nt, const fkv_tensor *k,
+                               const fkv_tensor *v) {
+    for (uint32_t r = 0; r < nt; r++)
+        ctx->scr_host_rows[r] = (int32_t)r;
+    size_t off = (size_t)t0 * ctx->kv_row_bytes, bytes = (size_t)nt * ctx->kv_row_bytes;
+    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ctx->scr_rows, 0,
+                                    ctx->scr_host_rows, (size_t)nt * FKV_INDEX_BYTES);
+    if (st == FKV_OK)
+        st = fkv_tensor_to_device(ctx, k, off, ctx->scr_host_k, ctx->scr_kin, 0, bytes);
+    if (st == FKV_OK)
+        st = fkv_tensor_to_device(ctx, v, off, ctx->scr_host_v, ctx->scr_vin, 0, bytes);
+    if (st == FKV_OK)
+        st = ctx->ops->append(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ctx->scr_kin, 0,
+                              ctx->scr_vin, 0, nt, ctx->scr_rows, 0, ctx->scr_k, ctx->scr_v);
+    return st;
+}
+
+/* Summaries of the chunk's nfull full scratch pages, into place (pages from page0 on). */
+static fkv_status chunk_summarize(fkv_context *ctx, uint32_t seq, layer_state *ls,
+                                  uint32_t page0, uint32_t nfull) {
+    for (uint32_t i = 0; i < nfull; i++) {
+        ls->host.summ_idx[2 * i] = (int32_t)i;
+        ls->host.summ_idx[2 * i + 1] = fkv_summary_index(ctx, seq, page0 + i);
+    }
+    return nfull ? fkv_summarize_pages(ctx, ls, ctx->scr_k, nfull) : FKV_OK;
+}
+
+/* Host copies of the chunk's full pages, one at a time through the layer's pack staging. */
+static fkv_status chunk_offload(fkv_context *ctx, seq_layer *sl, layer_state *ls, uint32_t page0,
+                                uint32_t nfull, fkv_stats *stats) {
+    fkv_status st = FKV_OK;
+    for (uint32_t i = 0; i < nfull && st == FKV_OK; i++) {
+        fkv_bevent *packed = NULL, *ev = NULL;
+        ls->host.pack_idx[0] = (int32_t)i;
+        st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->pack_idx, 0,
+                             ls->host.pack_idx, FKV_INDEX_BYTES);
+        if (st == FKV_OK)
+            st = ctx->ops->pack_hnd(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &packed},
+                                    &ctx->geom, ctx->scr_k, ctx->scr_v, 1, ls->pack_idx, 0,
+                                    ls->pack, 0);
+        unsigned char *dst = fkv_hostpool_page(&sl->hp, page0 + i, NULL, NULL);
+        if (st == FKV_OK)
+            st = ctx->ops->read(ctx->bd, FKV_QUEUE_TRANSFER,
+                                (fkv_deps){.n_wait = 1, .wait = &packed, .done = &ev}, ls->pack,
+                                0, dst, ctx->page_bytes);
+        fkv_release_event(ctx, &packed);
+        /* the single pack staging page and pack_idx are reused next iteration */
+        if (st == FKV_OK)
+            st = fkv_wait_release(ctx, &ev);
+        stats->pages_offloaded++;
+        stats->bytes_offloaded += ctx->page_bytes;
+    }
+    return st;
+}
+
+/* The chunk's pages that stay resident (all for dense/quest; sink and final window for the
+ * offload policies) go from the scratch to their home slots. */
+static fkv_status chunk_resident(fkv_context *ctx, uint32_t seq, layer_state *ls, uint32_t page0,
+                                 uint32_t npages, uint32_t wb_final) {
+    fkv_status st = FKV_OK;
+    for (uint32_t i = 0; i < npages && st == FKV_OK; i++) {
+        uint32_t j = page0 + i;
+        int resident = !ctx->offload || j < ctx->sink_pages || j >= wb_final;
+        if (!resident)
+            continue;
+        size_t dst = fkv_slot_offset(ctx, fkv_gslot(ctx, seq, fkv_home_slot(ctx, j)));
+        size_t src = (size_t)i * ctx->slot_bytes;
+        st = ctx->ops->copy(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->kpool, dst, ctx->scr_k,
+                            src, ctx->slot_bytes);
+        if (st == FKV_OK)
+            st = ctx->ops->copy(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->vpool, dst,
+                                ctx->scr_v, src, ctx->slot_bytes);
+    }
+    return st;
+}
+
+/* The whole prompt, a scratch chunk at a time, then q_last into the previous-query buffer
+ * (the empty sequence has no previous query to keep: it goes to qprev[qcur]). */
+static fkv_status prefill_pages(fkv_context *ctx, uint32_t seq, uint32_t layer,
+                                uint32_t n_tokens, const fkv_tensor *k, const fkv_tensor *v,
+                                const fkv_tensor *q_last, fkv_stats *stats) {
+    layer_state *ls = &ctx->layers[layer];
+    seq_layer *sl = &ctx->seqs[seq].layers[layer];
+    uint32_t p = ctx->cfg.page_size, wb_final = fkv_window_begin(ctx, n_tokens);
+    uint32_t chunk_tokens = ctx->scratch_pages * p;
+    fkv_status st = FKV_OK;
+    for (uint32_t t0 = 0; t0 < n_tokens && st == FKV_OK; t0 += chunk_tokens) {
+        uint32_t nt = n_tokens - t0 < chunk_tokens ? n_tokens - t0 : chunk_tokens;
+        uint32_t page0 = t0 / p, npages = (nt + p - 1) / p, nfull = nt / p;
+        st = chunk_append(ctx, t0, nt, k, v);
+        if (st == FKV_OK)
+            st = chunk_summarize(ctx, seq, ls, page0, nfull);
+        if (st == FKV_OK && ctx->offload)
+            st = chunk_offload(ctx, sl, ls, page0, nfull, stats);
+        if (st == FKV_OK)
+            st = chunk_resident(ctx, seq, ls, page0, npages, wb_final);
+        /* the scratch and the host staging are reused by the next chunk */
+        if (st == FKV_OK)
+            st = ctx->ops->finish(ctx->bd, FKV_QUEUE_COMPUTE);
+    }
+    if (st == FKV_OK)
+        st = fkv_tensor_to_device(ctx, q_last, 0, ls->host.q, ls->qprev[sl->qcur],
+                                  (size_t)seq * ctx->q_row_bytes, ctx->q_row_bytes);
+    if (st == FKV_OK) /* its failure must show here, not as a wrong selection later */
+        st = ctx->ops->finish(ctx->bd, FKV_QUEUE_COMPUTE);
+    return st;
+}
+
+/* The initial resident set, chosen with the last prompt token's query for the next step. */
+static fkv_status initial_selection(fkv_context *ctx, const uint32_t *seq, uint32_t layer,
+                                    fkv_stats *stats) {
+    layer_state *ls = &ctx->layers[layer];
+    fkv_bevent *done = NULL;
+    fkv_bevent *slot_readers[1] = {ls->ev_attn};
+    select_args a = {.queue = FKV_QUEUE_COMPUTE,
+                     .rec = ctx->rec_main,
+                     .pl = &ctx->plan_main,
+                     .n = 1,
+                     .seqs = seq,
+                     .use_qprev = 1,
+                     .extra_tokens = 1,
+                     .n_wait = ls->ev_attn ? 1 : 0,
+                     .wait = slot_readers,
+                     .done = &done,
+                     .stats = stats};
+    fkv_status st = fkv_select_pages(ctx, layer, &a);
+    if (st == FKV_OK)
+        st = fkv_wait_release(ctx, &done);
+    fkv_release_event(ctx, &done);
+    return st;
+}
+
+/* The sequence stays empty: what the device holds for it is unreachable, and the host pool
+ * goes back to its size before the call (empty). */
+static void prefill_rollback(fkv_context *ctx, seq_layer *sl) {
+    char *msg = fkv_error_save();
+    ctx->ops->finish(ctx->bd, FKV_QUEUE_COMPUTE);
+    ctx->ops->finish(ctx->bd, FKV_QUEUE_TRANSFER);
+    fkv_error_restore(msg);
+    sl->n_tokens = 0;
+    sl->has_qprev = 0;
+    fkv_mid_clear(ctx, sl);
+    if (ctx->offload)
+        fkv_hostpool_trim(&sl->hp, ctx->ops, ctx->bd, 0);
+}
+
+fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t n_tokens,
+                       const fkv_tensor *k, const fkv_tensor *v, const fkv_tensor *q_last) {
+    if (ctx == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_prefill: NULL context");
+    fkv_status st = check_prefill(ctx, seq, layer, n_tokens, k, v, q_last);
+    if (st != FKV_OK)
+        return st;
+    fkv_stats delta;
+    memset(&delta, 0, sizeof delta);
+    if ((st = fkv_task_wait(ctx, layer, &delta)) != FKV_OK)
+        return st;
+    seq_layer *sl = &ctx->seqs[seq].layers[layer];
+    uint32_t n_full = n_tokens / ctx->cfg.page_size;
+    if (ctx->offload && (st = fkv_hostpool_reserve(&sl->hp, ctx->ops, ctx->bd, n_full)) != FKV_OK)
+        return st;
+    st = prefill_pages(ctx, seq, layer, n_tokens, k, v, q_last, &delta);
+    if (st == FKV_OK) {
+        sl->n_tokens = n_tokens;
+        sl->has_qprev = 1;
+        fkv_mid_clear(ctx, sl);
+    }
+    if (st == FKV_OK && ctx->offload)
+        st = initial_selection(ctx, &seq, layer, &delta);
+    if (st != FKV_OK) {
+        prefill_rollback(ctx, sl);
+        return st;
+    }
+    ctx->seqs[seq].prefilled = layer + 1;
+    fkv_stats_add(ctx, &delta);
+    return FKV_OK;
+}

@@ -1,0 +1,170 @@
+/* Retrieval: score -> group reduction -> top-k -> plan -> recall, for a batch of sequences of
+ * one layer. Separate from the callers because four steps of the pipeline run it (prefill,
+ * decode's quest and sync policies, correction, the speculative worker), each with its own
+ * queue, recall engine, scratch and wait list (select_args). The host math is in select.c. */
+#include <string.h>
+
+#include "../common/error.h"
+#include "retrieval.h"
+
+/* Candidate pages [sink, end) for a sequence that holds n_now tokens and will attend with
+ * n_target tokens: outside sink and window, and full (summarised) already. */
+static uint32_t candidates_end(const fkv_context *ctx, uint32_t n_now, uint32_t n_target) {
+    uint32_t end = fkv_window_begin(ctx, n_target);
+    uint32_t full = n_now / ctx->cfg.page_size;
+    return end < full ? end : full;
+}
+
+/* Scores of every query head over each sequence's candidates, read into the layer's host
+ * staging (desc[3i+1] holds sequence i's candidate end). Waits for them: the host plans next.
+ */
+static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const select_args *a) {
+    layer_state *ls = &ctx->layers[layer];
+    size_t per_seq = (size_t)ctx->cfg.n_q_heads * ctx->max_pages; /* floats of scores */
+    for (uint32_t i = 0; i < a->n; i++) {
+        seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
+        uint32_t ce = candidates_end(ctx, sl->n_tokens, sl->n_tokens + a->extra_tokens);
+        ls->host.desc[3 * i] = fkv_summary_index(ctx, a->seqs[i], 0);
+        ls->host.desc[3 * i + 1] = (int32_t)ce;
+        ls->host.desc[3 * i + 2] = 0; /* each sequence's scores start at its own byte offset */
+    }
+    fkv_bevent *ev = NULL;
+    fkv_status st = ctx->ops->write(ctx->bd, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
+                                    (size_t)a->n * FKV_DESC_BYTES);
+    for (uint32_t i = 0; i < a->n && st == FKV_OK; i++) {
+        uint32_t ce = (uint32_t)ls->host.desc[3 * i + 1];
+        if (ce <= ctx->sink_pages || ctx->n_mid == 0)
+            continue;
+        const seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
+        const fkv_bbuf *qbuf = a->use_qprev ? ls->qprev[sl->qcur] : ls->qin;
+        size_t q_row = a->use_qprev ? a->seqs[i] : i;
+        size_t scores_off = i * per_seq * FKV_F32_BYTES;
+        st = ctx->ops->scores(ctx->bd, a->queue, FKV_NO_DEPS, &ctx->geom, qbuf,
+                              q_row * ctx->q_row_bytes, 1, ls->desc, (size_t)i * FKV_DESC_BYTES,
+                              ls->summ, ls->scores, scores_off);
+        if (st == FKV_OK) {
+            fkv_release_event(ctx, &ev);
+            st = ctx->ops->read(ctx->bd, a->queue, (fkv_deps){.done = &ev}, ls->scores,
+                                scores_off, ls->host.scores + i * per_seq,
+                                (size_t)ctx->cfg.n_q_heads * ce * FKV_F32_BYTES);
+        }
+    }
+    if (st == FKV_OK && ev == NULL) /* nothing scored: make sure the desc write is done */
+        st = ctx->ops->marker(ctx->bd, a->queue, (fkv_deps){.done = &ev});
+    if (st == FKV_OK)
+        st = fkv_wait_release(ctx, &ev);
+    fkv_release_event(ctx, &ev);
+    /* Commands already queued read the host desc and write the host scores: they must be done
+     * before this layer's staging is used again (by the other thread, too). */
+    if (st != FKV_OK)
+        fkv_drain_queue(ctx, a->queue);
+    return st;
+}
+
+/* Group reduction and top-k of one KV head: the pages to hold, best first, into pl->topk
+ * (page numbers) and pl->top_score; returns their count. */
+static uint32_t rank_pages(fkv_context *ctx, planner *pl, const float *scores, uint32_t head,
+                           uint32_t ce) {
+    uint32_t sink = ctx->sink_pages;
+    uint32_t n_cand = ce > sink ? ce - sink : 0;
+    if (n_cand == 0 || ctx->n_mid == 0)
+        return 0;
+    fkv_reduce_group(scores + (size_t)head * ctx->group * ce, ce, ctx->group, sink, ce,
+                     ctx->cfg.group_reduce, pl->reduced);
+    uint32_t n_sel = fkv_topk(pl->reduced, n_cand, ctx->n_mid, pl->topk);
+    for (uint32_t k = 0; k < n_sel; k++) {
+        pl->top_score[k] = pl->reduced[pl->topk[k]];
+        pl->topk[k] += sink;
+    }
+    return n_sel;
+}
+
+/* The plan of one KV head of one sequence: its middle slots get the ranked pages; the missing
+ * ones become recall units after *n_units. Quest reads the selection in place. */
+static void plan_head(fkv_context *ctx, const select_args *a, uint32_t seq, seq_layer *sl,
+                      uint32_t head, uint32_t n_sel, uint32_t *n_units) {
+    planner *pl = a->pl;
+    int32_t *mid = sl->mid_page + (size_t)head * ctx->n_mid;
+    float *mscore = sl->mid_score + (size_t)head * ctx->n_mid;
+    if (a->rec == NULL) {
+        for (uint32_t m = 0; m < ctx->n_mid; m++)
+            mid[m] = m < n_sel ? (int32_t)pl->topk[m] : -1;
+        return;
+    }
+    uint32_t n_fill = fkv_plan_slots(mid, mscore, ctx->n_mid, pl->topk, pl->top_score, n_sel,
+                                     pl->fill_slot, pl->fill_page, pl->plan_work);
+    for (uint32_t f = 0; f < n_fill; f++) {
+        fkv_recall_unit *u = &pl->units[(*n_units)++];
+        const unsigned char *page =
+            fkv_hostpool_page(&sl->hp, pl->fill_page[f], &u->host, &u->host_offset);
+        u->host_offset += (uint64_t)head * ctx->unit_bytes;
+        u->src = page + (size_t)head * ctx->unit_bytes;
+        u->gslot = fkv_gslot(ctx, seq, fkv_mid_slot(ctx, pl->fill_slot[f]));
+        u->kv_head = (int32_t)head;
+    }
+}
+
+/* Reduction, top-k and plan for every (sequence, selected head) of the batch; returns the
+ * number of recall units planned into a->pl->units. */
+static uint32_t plan_batch(fkv_context *ctx, uint32_t layer, const select_args *a) {
+    const layer_state *ls = &ctx->layers[layer];
+    uint32_t hk = ctx->cfg.n_kv_heads;
+    size_t per_seq = (size_t)ctx->cfg.n_q_heads * ctx->max_pages;
+    uint32_t n_units = 0;
+    for (uint32_t i = 0; i < a->n; i++) {
+        seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
+        uint32_t ce = (uint32_t)ls->host.desc[3 * i + 1];
+        const float *scores = ls->host.scores + i * per_seq;
+        for (uint32_t h = 0; h < hk; h++) {
+            if (a->mask && !a->mask[(size_t)i * hk + h])
+                continue;
+            uint32_t n_sel = rank_pages(ctx, a->pl, scores, h, ce);
+            plan_head(ctx, a, a->seqs[i], sl, h, n_sel, &n_units);
+        }
+    }
+    return n_units;
+}
+
+fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args *a) {
+    if (a->done)
+        *a->done = NULL;
+    fkv_status st = score_candidates(ctx, layer, a);
+    if (st != FKV_OK)
+        return st;
+    uint32_t n_units = plan_batch(ctx, layer, a);
+    a->stats->selections += a->n;
+    if (a->rec == NULL)
+        return FKV_OK;
+    layer_state *ls = &ctx->layers[layer];
+    double t0 = fkv_now();
+    st = fkv_recaller_run(a->rec, a->queue, n_units, a->pl->units, ls->kpool, ls->vpool,
+                          (fkv_deps){.n_wait = a->n_wait, .wait = a->wait, .done = a->done});
+    a->stats->recall_seconds += fkv_now() - t0;
+    a->stats->pages_recalled += n_units;
+    a->stats->bytes_recalled += (uint64_t)n_units * ctx->unit_bytes;
+    return st;
+}
+
+void fkv_selection_save(fkv_context *ctx, planner *pl, uint32_t layer, uint32_t n,
+                        const uint32_t *seqs) {
+    size_t per = (size_t)ctx->cfg.n_kv_heads * ctx->n_mid;
+    for (uint32_t i = 0; i < n; i++) {
+        const seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
+        memcpy(pl->mid_saved + i * per, sl->mid_page, per * sizeof(int32_t));
+        memcpy(pl->score_saved + i * per, sl->mid_score, per * sizeof(float));
+    }
+}
+
+void fkv_selection_restore(fkv_context *ctx, const planner *pl, uint32_t layer, uint32_t n,
+                           const uint32_t *seqs, int recalled) {
+    size_t per = (size_t)ctx->cfg.n_kv_heads * ctx->n_mid;
+    for (uint32_t i = 0; i < n; i++) {
+        seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
+        const int32_t *saved = pl->mid_saved + i * per;
+        for (size_t m = 0; m < per; m++) {
+            int refilled = recalled && sl->mid_page[m] >= 0 && sl->mid_page[m] != saved[m];
+            sl->mid_page[m] = refilled ? -1 : saved[m];
+            sl->mid_score[m] = pl->score_saved[i * per + m];
+        }
+    }
+}

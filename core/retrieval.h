@@ -1,0 +1,40 @@
+/* Retrieval, one step of the method: score the candidate pages (device), reduce each KV head's
+ * group, take the top k, plan which slots receive which page, recall the missing pages. Used
+ * by prefill (the initial resident set), decode (quest, sync), correction (the flagged heads)
+ * and the speculative worker (the next step's pages). */
+#ifndef FKV_CORE_RETRIEVAL_H
+#define FKV_CORE_RETRIEVAL_H
+
+#include "state.h"
+
+typedef struct select_args {
+    fkv_queue queue;
+    fkv_recaller *rec;     /* NULL: quest (no recall, the selection is the attention set) */
+    planner *pl;
+    uint32_t n;
+    const uint32_t *seqs;
+    int use_qprev;         /* query rows: the previous query (qprev[qcur], row = sequence id)
+                            * or this call's (qin, row = batch position) */
+    uint32_t extra_tokens; /* target = n_tokens + extra_tokens */
+    const int32_t *mask;   /* [n][n_kv_heads] heads to select for; NULL = all */
+    uint32_t n_wait;
+    fkv_bevent *const *wait; /* recall waits on these before overwriting slots */
+    fkv_bevent **done;       /* recall completion */
+    fkv_stats *stats;
+} select_args;
+
+/* Scores on the device, reduction/top-k/plan on the host, then the recall of missing pages
+ * (its run is the last part, and its time is stats->recall_seconds). */
+fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args *a);
+
+/* Keeps the middle slots of the batch in pl before a selection changes them. */
+void fkv_selection_save(fkv_context *ctx, planner *pl, uint32_t layer, uint32_t n,
+                        const uint32_t *seqs);
+/* Undoes a selection made since fkv_selection_save. Without a recall (quest) the slots are as
+ * saved. With one, a slot that received another page may hold part of it, so it becomes
+ * empty rather than claiming either page; slots that kept or merely dropped their page are as
+ * saved (their contents were not written). The next selection brings what is missing. */
+void fkv_selection_restore(fkv_context *ctx, const planner *pl, uint32_t layer, uint32_t n,
+                           const uint32_t *seqs, int recalled);
+
+#endif

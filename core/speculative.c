@@ -1,0 +1,155 @@
+/* Speculative retrieval in the background: the worker thread, its task queue (one task per
+ * layer at most, in submission order) and the hand-over of a layer's state between the
+ * caller's thread and the worker. Separate because it is the one place of core/ that runs
+ * on another thread: everything here is about who owns what, and when. */
+#include <stdio.h>
+#include <string.h>
+
+#include "../common/error.h"
+#include "retrieval.h"
+#include "speculative.h"
+
+fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, fkv_stats *caller) {
+    layer_state *ls = &ctx->layers[layer];
+    double t0 = fkv_now();
+    pthread_mutex_lock(&ctx->lock);
+    int waits = ls->pending;
+    while (ls->pending)
+        pthread_cond_wait(&ctx->cond, &ctx->lock);
+    fkv_status st = ls->task_status;
+    char msg[sizeof ls->task_error];
+    memcpy(msg, ls->task_error, sizeof msg);
+    ls->task_status = FKV_OK;
+    fkv_stats task = ls->task_stats;
+    memset(&ls->task_stats, 0, sizeof ls->task_stats);
+    double select_end = ls->task_select_end;
+    if (caller == NULL)
+        fkv_stats_sum(&ctx->stats, &task);
+    pthread_mutex_unlock(&ctx->lock);
+    if (caller)
+        fkv_stats_sum(caller, &task);
+    if (caller && waits) {
+        /* until the worker finished this layer's selection: selection; after: recall issue */
+        double waited = fkv_now() - t0;
+        double select = select_end > t0 ? select_end - t0 : 0;
+        if (select > waited)
+            select = waited;
+        caller->blocked_select_seconds += select;
+        caller->blocked_recall_seconds += waited - select;
+    }
+    if (st != FKV_OK)
+        return fkv_error(st, "speculative recall of layer %u failed: %s", layer, msg);
+    return FKV_OK;
+}
+
+fkv_status fkv_settle_recall(fkv_context *ctx, uint32_t layer) {
+    layer_state *ls = &ctx->layers[layer];
+    if (ls->ev_recall == NULL)
+        return FKV_OK;
+    fkv_status st = ctx->ops->event_wait(ctx->bd, 1, &ls->ev_recall);
+    if (st == FKV_OK)
+        return FKV_OK;
+    /* The recall left the slots it was filling undefined: its sequences' middle slots are
+     * emptied, and the next selection fills them again. */
+    for (uint32_t i = 0; i < ls->task_n; i++)
+        fkv_mid_clear(ctx, &ctx->seqs[ls->task_seqs[i]].layers[layer]);
+    fkv_release_event(ctx, &ls->ev_recall);
+    return fkv_error_prefix(st, "speculative recall of layer %u", layer);
+}
+
+/* The task of one layer, on the worker: selection with the query of the step that submitted
+ * it, for the next step, and its recall on the background queue. */
+static fkv_status run_task(fkv_context *ctx, uint32_t layer) {
+    layer_state *ls = &ctx->layers[layer];
+    fkv_stats delta;
+    memset(&delta, 0, sizeof delta);
+    /* The call that submitted the task waited for its commands and for the offload of the
+     * pages it filled, which the gather reads; the wait below only makes that explicit. */
+    fkv_status st = FKV_OK;
+    if (ls->ev_offload)
+        st = ctx->ops->event_wait(ctx->bd, 1, &ls->ev_offload);
+    if (st != FKV_OK)
+        return st;
+    fkv_bevent *slot_readers[1] = {ls->ev_attn};
+    fkv_bevent *done = NULL;
+    select_args a = {.queue = FKV_QUEUE_BACKGROUND,
+                     .rec = ctx->rec_worker,
+                     .pl = &ctx->plan_worker,
+                     .n = ls->task_n,
+                     .seqs = ls->task_seqs,
+                     .use_qprev = 1,
+                     .extra_tokens = 1,
+                     .n_wait = ls->ev_attn ? 1 : 0,
+                     .wait = slot_readers,
+                     .done = &done,
+                     .stats = &delta};
+    fkv_selection_save(ctx, a.pl, layer, a.n, a.seqs);
+    st = fkv_select_pages(ctx, layer, &a);
+    if (st == FKV_OK) {
+        fkv_release_event(ctx, &ls->ev_recall);
+        ls->ev_recall = done;
+    } else {
+        fkv_release_event(ctx, &done);
+        fkv_selection_restore(ctx, a.pl, layer, a.n, a.seqs, 1);
+    }
+    /* the recall run is the last part of fkv_select_pages */
+    ls->task_select_end = fkv_now() - delta.recall_seconds;
+    fkv_stats_sum(&ls->task_stats, &delta); /* the caller reads it once the task is published */
+    return st;
+}
+
+static void *worker_main(void *arg) {
+    fkv_context *ctx = arg;
+    pthread_mutex_lock(&ctx->lock);
+    for (;;) {
+        while (!ctx->stop && ctx->fifo_len == 0)
+            pthread_cond_wait(&ctx->cond, &ctx->lock);
+        if (ctx->stop)
+            break;
+        uint32_t layer = ctx->fifo[ctx->fifo_head];
+        pthread_mutex_unlock(&ctx->lock);
+        fkv_status st = run_task(ctx, layer);
+        char msg[sizeof ctx->layers[0].task_error];
+        snprintf(msg, sizeof msg, "%s", st != FKV_OK ? fkv_last_error() : "");
+        pthread_mutex_lock(&ctx->lock);
+        layer_state *ls = &ctx->layers[layer];
+        ls->task_status = st;
+        memcpy(ls->task_error, msg, sizeof msg);
+        ls->pending = 0;
+        ctx->fifo_head = (ctx->fifo_head + 1) % ctx->cfg.n_layers;
+        ctx->fifo_len--;
+        pthread_cond_broadcast(&ctx->cond);
+    }
+    pthread_mutex_unlock(&ctx->lock);
+    return NULL;
+}
+
+void fkv_task_submit(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs) {
+    layer_state *ls = &ctx->layers[layer];
+    pthread_mutex_lock(&ctx->lock);
+    ls->task_n = n;
+    memcpy(ls->task_seqs, seqs, sizeof *seqs * n);
+    ls->pending = 1;
+    ctx->fifo[(ctx->fifo_head + ctx->fifo_len) % ctx->cfg.n_layers] = layer;
+    ctx->fifo_len++;
+    pthread_cond_broadcast(&ctx->cond);
+    pthread_mutex_unlock(&ctx->lock);
+}
+
+fkv_status fkv_worker_start(fkv_context *ctx) {
+    if (pthread_create(&ctx->worker, NULL, worker_main, ctx) != 0)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "starting the speculative worker");
+    ctx->worker_started = 1;
+    return FKV_OK;
+}
+
+void fkv_worker_stop(fkv_context *ctx) {
+    if (!ctx->worker_started)
+        return;
+    pthread_mutex_lock(&ctx->lock);
+    ctx->stop = 1;
+    pthread_cond_broadcast(&ctx->cond);
+    pthread_mutex_unlock(&ctx->lock);
+    pthread_join(ctx->worker, NULL);
+    ctx->worker_started = 0;
+}

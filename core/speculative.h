@@ -1,0 +1,24 @@
+/* The speculative worker: after a layer's attention at step t, the selection with q[t] and
+ * the recall for step t+1 run on a thread of their own, so that they overlap the rest of the
+ * step. A layer's host state belongs to the worker from fkv_task_submit until the task is
+ * published; every main-thread entry that touches a layer first calls fkv_task_wait. */
+#ifndef FKV_CORE_SPECULATIVE_H
+#define FKV_CORE_SPECULATIVE_H
+
+#include "state.h"
+
+/* Starts the worker thread (speculative and freekv policies). */
+fkv_status fkv_worker_start(fkv_context *ctx);
+/* Stops and joins it, if it was started; pending tasks are dropped. */
+void fkv_worker_stop(fkv_context *ctx);
+
+/* Hands the layer's selection for the next step, for these sequences, to the worker. */
+void fkv_task_submit(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs);
+/* Waits for the layer's background task and consumes its statistics: into *caller (with the
+ * wait split into blocked selection and recall time) or, when NULL, into the context's. */
+fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, fkv_stats *caller);
+/* Waits for the layer's last speculative recall; when it failed, drops the middle slots it
+ * was filling and the event, and returns its error (reported once). No task may be pending. */
+fkv_status fkv_settle_recall(fkv_context *ctx, uint32_t layer);
+
+#endif

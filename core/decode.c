@@ -206,7 +206,7 @@ static fkv_status select_pages(fkv_context *ctx, uint32_t layer, const select_ar
             uint32_t n_sel = 0;
             if (n_cand > 0 && ctx->n_mid > 0) {
                 fkv_reduce_group(scores + (size_t)h * ctx->group * ce, ce, ctx->group, S, ce,
-                                 c->group_reduce, pl->reduced);
+                                 c->group_reduce, fkv_group_temp_scale(c), pl->reduced);
                 n_sel = fkv_topk(pl->reduced, n_cand, ctx->n_mid, pl->topk);
                 for (uint32_t k = 0; k < n_sel; k++) {
                     pl->top_score[k] = pl->reduced[pl->topk[k]];

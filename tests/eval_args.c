@@ -1,7 +1,6 @@
 /* `freekv eval` arguments: bad ones give a clear message and exit status 2 (never a crash);
  * good ones run on the CPU reference backend and write CSV/JSON. */
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,14 +13,6 @@
 #include "trace.h"
 
 int fkv_eval_main(int argc, char **argv);
-
-/* Removes a temporary directory and its files (tests leave nothing behind in /tmp). */
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void remove_tree(const char *dir) { nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
 
 /* Runs `freekv eval` with the arguments (NULL-terminated). */
 #define run(...) tr_run(fkv_eval_main, "eval", __VA_ARGS__)
@@ -195,7 +186,7 @@ Test(eval_args, policies_subset_and_saved_trace) {
                      "32", NULL), 1);
     cr_expect(strstr(tr_stderr(), "v_0.npy: truncated .npy data") != NULL, "%s",
               tr_stderr());
-    remove_tree(dir);
+    tr_remove_tree(dir);
 }
 
 /* ---- non-finite results ---------------------------------------------------------------- */
@@ -278,7 +269,7 @@ Test(eval_args, non_finite_outputs_fail_the_run) {
     /* the worst error is NaN like the mean, not a finite value from the later steps */
     cr_expect(strstr(mean, "nan") != NULL && strstr(max, "nan") != NULL, "mean %s max %s: %s",
               mean, max, c);
-    remove_tree(dir);
+    tr_remove_tree(dir);
 }
 
 Test(eval_args, keys_beyond_the_storage_type_are_refused) {
@@ -294,5 +285,5 @@ Test(eval_args, keys_beyond_the_storage_type_are_refused) {
     snprintf(want, sizeof want, "%s/k_0.npy: element %d [%d, 0, 0] = 1e+38 is not representable "
              "in f16", dir, (NF_P + 1) * NF_HK * NF_D, NF_P + 1);
     cr_expect(strstr(err, want) != NULL, "stderr lacks '%s': %s", want, err);
-    remove_tree(dir);
+    tr_remove_tree(dir);
 }

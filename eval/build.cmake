@@ -11,7 +11,7 @@ target_link_libraries(freekv_eval PUBLIC freekv_internal freekv_args m)
 # generic tests/test_*.c targets do not link. Criterion is found (required) by the top-level
 # CMakeLists before this file is included.
 if(FREEKV_TESTS)
-  foreach(name trace args oracle needles)
+  foreach(name trace args oracle needles dump sweep)
     add_executable(eval_test_${name} ${PROJECT_SOURCE_DIR}/tests/eval_${name}.c
       ${PROJECT_SOURCE_DIR}/tests/tool_run.c)
     target_link_libraries(eval_test_${name} PRIVATE freekv_eval PkgConfig::CRITERION)

@@ -161,6 +161,9 @@ static int check_distinct_outputs(const fkv_eval_options *o) {
     return 0;
 }
 
+/* Flags whose presence matters beyond their value (check_options). */
+enum { GIVEN_TAU, GIVEN_BUDGET, GIVEN_PAGE, GIVEN_TEMP, GIVEN_POLICIES, N_GIVEN };
+
 typedef struct u32_flag {
     const char *name;
     uint32_t *dst;
@@ -192,7 +195,6 @@ static int check_options(fkv_eval_options *o, const char *geometry_flag, uint32_
                          uint32_t steps, int layers_given, int steps_given, int needles_given,
                          int span_given, const int *given) {
     fkv_synth_params *s = &o->synth;
-    enum { G_TAU, G_BUDGET, G_PAGE, G_TEMP, G_POLICIES };
     if (o->trace_dir) {
         if (geometry_flag) {
             fprintf(stderr, TOOL ": %s describes the synthetic trace; a --trace directory "
@@ -239,17 +241,17 @@ static int check_options(fkv_eval_options *o, const char *geometry_flag, uint32_
             int given;
             size_t n;
             const char *flag, *axis;
-        } both[] = {{given[G_TAU], sw->n_tau, "--tau", "tau"},
-                    {given[G_BUDGET], sw->n_budget, "--budget", "budget"},
-                    {given[G_PAGE], sw->n_page, "--page", "page"},
-                    {given[G_TEMP], sw->n_temp, "--group-temperature", "temp"}};
+        } both[] = {{given[GIVEN_TAU], sw->n_tau, "--tau", "tau"},
+                    {given[GIVEN_BUDGET], sw->n_budget, "--budget", "budget"},
+                    {given[GIVEN_PAGE], sw->n_page, "--page", "page"},
+                    {given[GIVEN_TEMP], sw->n_temp, "--group-temperature", "temp"}};
         for (size_t i = 0; i < sizeof both / sizeof *both; i++)
             if (both[i].given && both[i].n) {
                 fprintf(stderr, TOOL ": %s and --sweep %s= both set it: give one\n",
                         both[i].flag, both[i].axis);
                 return -1;
             }
-        if (given[G_POLICIES] || o->dump) {
+        if (given[GIVEN_POLICIES] || o->dump) {
             fprintf(stderr, TOOL ": %s: a sweep runs freekv (and dense and quest as its "
                             "references) at every combination; run without --sweep for %s\n",
                     o->dump ? "--dump" : "--policies",
@@ -298,7 +300,7 @@ int fkv_eval_parse_args(int argc, char **argv, fkv_eval_options *o) {
         o->want[i] = 1;
     uint32_t layers = 0, steps = 0, seed = 1;
     int layers_given = 0, steps_given = 0, needles_given = 0, span_given = 0;
-    int given[5] = {0}; /* tau, budget, page, temperature, policies: see check_options */
+    int given[N_GIVEN] = {0};
     fkv_synth_params *s = &o->synth;
     const u32_flag u32_flags[] = {
         {"--layers", &layers, 0},         {"--steps", &steps, 0},
@@ -375,8 +377,8 @@ int fkv_eval_parse_args(int argc, char **argv, fkv_eval_options *o) {
             steps_given |= u32_flags[f].dst == &steps;
             needles_given |= u32_flags[f].dst == &s->needles;
             span_given |= u32_flags[f].dst == &s->heavy_span;
-            given[1] |= u32_flags[f].dst == &o->budget;
-            given[2] |= u32_flags[f].dst == &o->page;
+            given[GIVEN_BUDGET] |= u32_flags[f].dst == &o->budget;
+            given[GIVEN_PAGE] |= u32_flags[f].dst == &o->page;
         }
         for (size_t f = 0; f < sizeof f32_flags / sizeof *f32_flags; f++) {
             if (strcmp(flag, f32_flags[f].name) != 0)
@@ -387,7 +389,7 @@ int fkv_eval_parse_args(int argc, char **argv, fkv_eval_options *o) {
             *f32_flags[f].dst = (float)x;
             if (f32_flags[f].dst != &o->tau)
                 geometry_flag = f32_flags[f].name;
-            given[0] |= f32_flags[f].dst == &o->tau;
+            given[GIVEN_TAU] |= f32_flags[f].dst == &o->tau;
         }
         int choice;
         if (strcmp(flag, "--trace") == 0)
@@ -407,7 +409,7 @@ int fkv_eval_parse_args(int argc, char **argv, fkv_eval_options *o) {
         else if (strcmp(flag, "--policies") == 0) {
             if (parse_policies(v, o->want))
                 return -1;
-            given[4] = 1;
+            given[GIVEN_POLICIES] = 1;
         } else if (strcmp(flag, "--dtype") == 0) {
             static const char *const names[] = {"f32", "f16", "bf16"}; /* fkv_dtype order */
             if (parse_choice(flag, v, names, 3, &choice))
@@ -423,7 +425,7 @@ int fkv_eval_parse_args(int argc, char **argv, fkv_eval_options *o) {
             if (parse_choice(flag, v, names, 2, &choice))
                 return -1;
             o->temp = (fkv_group_temp)choice;
-            given[3] = 1;
+            given[GIVEN_TEMP] = 1;
         } else if (strcmp(flag, "--target") == 0) {
             if (fkv_sweep_parse_target(v, &o->targets))
                 return -1;

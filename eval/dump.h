@@ -1,6 +1,6 @@
 /* `freekv eval --dump FILE.jsonl`: one JSON object per line and per (policy, decode step,
- * layer, KV head), in decode order, for every policy run except dense (the reference, which
- * attends every page):
+ * layer, KV head), in decode order, for every policy --policies shows except dense (the
+ * reference, which attends every page):
  *
  * {"policy": "freekv", "step": 3, "layer": 0, "kv_head": 1,
  *  "pages": [0, 1, 2, 3, 40, 57, 251, 252, 253, 254, 255, 256],

@@ -160,8 +160,7 @@ static int run_once(const fkv_eval_options *o, fkv_device *dev, const fkv_config
         rc = FKV_EVAL_EXIT_RUN;
         goto out;
     }
-    if (o->dump && (dump = fopen(o->dump, "w")) == NULL) {
-        fprintf(stderr, "freekv eval: --dump %s: cannot be written\n", o->dump);
+    if (o->dump && (dump = fkv_eval_open_output("--dump", o->dump)) == NULL) {
         rc = FKV_EVAL_EXIT_RUN;
         goto out;
     }
@@ -176,7 +175,7 @@ static int run_once(const fkv_eval_options *o, fkv_device *dev, const fkv_config
             rc = FKV_EVAL_EXIT_RUN;
             goto out;
         }
-        if (p == FKV_POLICY_QUEST)
+        if (p == FKV_POLICY_QUEST && res[p].ran) /* a failed run's pages are incomplete */
             r.quest = &res[p];
     }
     /* the rows shown: the chosen policies, and a reference that failed */
@@ -213,10 +212,8 @@ static int run_once(const fkv_eval_options *o, fkv_device *dev, const fkv_config
                                        oracle_min) != 0)
         rc = FKV_EVAL_EXIT_RUN;
 out:
-    if (dump && fclose(dump) != 0) {
-        fprintf(stderr, "freekv eval: --dump %s: write failed\n", o->dump);
+    if (dump && fkv_eval_close_output(dump, "--dump", o->dump) != 0)
         rc = FKV_EVAL_EXIT_RUN;
-    }
     for (int p = 0; p < FKV_EVAL_POLICIES; p++)
         fkv_eval_result_free(&res[p]);
     free(dense_out);

@@ -63,10 +63,10 @@ static fkv_status needle_member(fkv_jparser *ps, const fkv_jvalue *key, const fk
 static fkv_status needle_element(fkv_jparser *ps, size_t index, void *ctx) {
     needles_parse *np = ctx;
     const fkv_trace_header *h = np->h;
-    fkv_jparser at = *ps; /* where this needle starts, for the messages below */
     if (fkv_json_peek(ps) != '{')
         return bad_needle(ps, index, "expected an object {\"layer\", \"step\", \"q_head\", "
                                      "\"token\"}");
+    const fkv_jparser at = *ps; /* where this needle starts, for the messages below */
     np->index = index;
     memset(np->seen, 0, sizeof np->seen);
     fkv_status st = fkv_json_object(ps, needle_member, np);
@@ -145,7 +145,8 @@ fkv_status fkv_needles_parse(const char *text, size_t len, const char *what,
     if (count)
         *count = 0;
     if (text == NULL || h == NULL || out == NULL || count == NULL || h->kv_heads == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_needles_parse: NULL argument");
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_needles_parse: NULL argument or no "
+                                                   "KV heads");
     if (what == NULL)
         what = "needles";
     if (len > FKV_NEEDLES_MAX_BYTES)

@@ -15,6 +15,22 @@ const char *fkv_eval_reduce_name(fkv_group_reduce r) {
                                        : "unknown";
 }
 
+FILE *fkv_eval_open_output(const char *flag, const char *path) {
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        fprintf(stderr, "freekv eval: %s %s: %s\n", flag, path, strerror(errno));
+    return f;
+}
+
+int fkv_eval_close_output(FILE *f, const char *flag, const char *path) {
+    int failed = ferror(f);
+    if (fclose(f) != 0 || failed) {
+        fprintf(stderr, "freekv eval: %s %s: write failed\n", flag, path);
+        return -1;
+    }
+    return 0;
+}
+
 /* "a/b", or "-" when the trace has no needles. */
 static void fraction(char *buf, size_t size, uint32_t a, uint32_t b, uint32_t needles) {
     if (needles)
@@ -69,11 +85,9 @@ void fkv_eval_print_table(FILE *f, const fkv_eval_result *res, int n, double ora
 
 int fkv_eval_write_csv(const char *path, const fkv_eval_result *res, int n, double oracle_mean,
                        double oracle_min) {
-    FILE *f = fopen(path, "w");
-    if (f == NULL) {
-        fprintf(stderr, "freekv eval: --csv %s: %s\n", path, strerror(errno));
+    FILE *f = fkv_eval_open_output("--csv", path);
+    if (f == NULL)
         return -1;
-    }
     fprintf(f, "policy,ok,rel_l2_mean,rel_l2_max,mass_mean,mass_min,needle_hits,needles,"
                "correction_rate,recalled_pages_per_step,seconds,nonfinite_outputs,"
                "group_cosine_below_tau,bytes_recalled_per_step,mass_vs_quest,"
@@ -89,11 +103,7 @@ int fkv_eval_write_csv(const char *path, const fkv_eval_result *res, int n, doub
                 r->needles_of_quest, r->quest_needles);
     }
     fprintf(f, "oracle,1,,,%.6f,%.6f,,,,,,,,,,,,,\n", oracle_mean, oracle_min);
-    if (fclose(f) != 0) {
-        fprintf(stderr, "freekv eval: --csv %s: write failed\n", path);
-        return -1;
-    }
-    return 0;
+    return fkv_eval_close_output(f, "--csv", path);
 }
 
 void fkv_eval_json_head(FILE *f, void *ctx) {
@@ -131,11 +141,9 @@ void fkv_eval_json_head(FILE *f, void *ctx) {
 int fkv_eval_write_json(const char *path, const fkv_eval_about *about,
                         const fkv_eval_result *res, int n, double oracle_mean,
                         double oracle_min) {
-    FILE *f = fopen(path, "w");
-    if (f == NULL) {
-        fprintf(stderr, "freekv eval: --json %s: %s\n", path, strerror(errno));
+    FILE *f = fkv_eval_open_output("--json", path);
+    if (f == NULL)
         return -1;
-    }
     fprintf(f, "{\n");
     fkv_eval_json_head(f, (void *)about);
     fprintf(f, "  \"results\": [\n");
@@ -181,9 +189,5 @@ int fkv_eval_write_json(const char *path, const fkv_eval_about *about,
     fprintf(f, ", \"mass_min\": ");
     fkv_json_put_num(f, oracle_min);
     fprintf(f, "}\n  ]\n}\n");
-    if (fclose(f) != 0) {
-        fprintf(stderr, "freekv eval: --json %s: write failed\n", path);
-        return -1;
-    }
-    return 0;
+    return fkv_eval_close_output(f, "--json", path);
 }

@@ -21,6 +21,12 @@ typedef struct fkv_eval_about {
 
 const char *fkv_eval_reduce_name(fkv_group_reduce r); /* "softmax-mean", "mean", "max" */
 
+/* An output file of `flag` (--csv, --json, --dump) opened for writing, or NULL after
+ * "freekv eval: FLAG PATH: why"; closed with the same kind of message when the write failed
+ * (returns -1). */
+FILE *fkv_eval_open_output(const char *flag, const char *path);
+int fkv_eval_close_output(FILE *f, const char *flag, const char *path);
+
 void fkv_eval_print_table(FILE *f, const fkv_eval_result *res, int n, double oracle_mean,
                           double oracle_min);
 /* Return 0, or -1 after a message naming the flag and the path. */

@@ -1,11 +1,11 @@
 /* The sweep's axes, targets, combinations, recommendation rule and output (sweep.h). */
 #include "sweep.h"
 
-#include <errno.h>
 #include <math.h>
 #include <string.h>
 
 #include "json.h"
+#include "report.h"
 #include "tools/args.h"
 
 #define TOOL "freekv eval"
@@ -301,11 +301,9 @@ void fkv_sweep_print(FILE *f, const fkv_sweep_row *rows, size_t n,
 
 int fkv_sweep_write_csv(const char *path, const fkv_sweep_row *rows, size_t n,
                         const fkv_sweep_targets *t) {
-    FILE *f = fopen(path, "w");
-    if (f == NULL) {
-        fprintf(stderr, TOOL ": --csv %s: %s\n", path, strerror(errno));
+    FILE *f = fkv_eval_open_output("--csv", path);
+    if (f == NULL)
         return -1;
-    }
     long best = fkv_sweep_recommend(rows, n, t);
     fprintf(f, "page,budget,temp,tau,ok,meets_targets,recommended,quest_mass,mass,mass_vs_quest,"
                "worst_step_vs_quest,quest_kept_share,needles_of_quest,quest_needles,needles,"
@@ -323,11 +321,7 @@ int fkv_sweep_write_csv(const char *path, const fkv_sweep_row *rows, size_t n,
                 (unsigned long long)r->corrections, (unsigned long long)r->bytes_recalled,
                 r->seconds);
     }
-    if (fclose(f) != 0) {
-        fprintf(stderr, TOOL ": --csv %s: write failed\n", path);
-        return -1;
-    }
-    return 0;
+    return fkv_eval_close_output(f, "--csv", path);
 }
 
 static void put_point(FILE *f, const fkv_sweep_point *p) {
@@ -338,11 +332,9 @@ static void put_point(FILE *f, const fkv_sweep_point *p) {
 int fkv_sweep_write_json(const char *path, const fkv_sweep_row *rows, size_t n,
                          const fkv_sweep_targets *t, void (*head)(FILE *f, void *ctx),
                          void *ctx) {
-    FILE *f = fopen(path, "w");
-    if (f == NULL) {
-        fprintf(stderr, TOOL ": --json %s: %s\n", path, strerror(errno));
+    FILE *f = fkv_eval_open_output("--json", path);
+    if (f == NULL)
         return -1;
-    }
     fprintf(f, "{\n");
     if (head)
         head(f, ctx);
@@ -385,9 +377,5 @@ int fkv_sweep_write_json(const char *path, const fkv_sweep_row *rows, size_t n,
     } else {
         fprintf(f, "null\n}\n");
     }
-    if (fclose(f) != 0) {
-        fprintf(stderr, TOOL ": --json %s: write failed\n", path);
-        return -1;
-    }
-    return 0;
+    return fkv_eval_close_output(f, "--json", path);
 }

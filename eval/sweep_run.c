@@ -105,8 +105,9 @@ int fkv_eval_sweep_run(fkv_device *dev, const fkv_config *base, const fkv_eval_o
         }
         prev = p;
         fkv_eval_result r = {.policy = FKV_POLICY_FREEKV};
+        /* a failed quest run's pages are incomplete: nothing to compare with */
         fkv_eval_ref ref = {.trace = tr, .mass = &mass, .group_cos = group_cos,
-                            .dense_out = dense_out, .quest = &quest};
+                            .dense_out = dense_out, .quest = quest.ran ? &quest : NULL};
         fkv_eval_run_policy(dev, &c, &ref, NULL, &r);
         fkv_eval_relate(&r, &quest);
         if (!r.ok)

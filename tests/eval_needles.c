@@ -203,7 +203,8 @@ Test(needles, trace_directories_carry_them) {
         cr_expect(b[i].layer < 1 && b[i].step < 4);
     fkv_trace_free(back);
     /* a malformed needles.json fails the header check and the load, naming the file */
-    tr_write_text(dir, "needles.json", "[{\"layer\": 0, \"step\": 8, \"q_head\": 0, \"token\": 1}]");
+    tr_write_text(dir, "needles.json",
+                  "[{\"layer\": 0, \"step\": 8, \"q_head\": 0, \"token\": 1}]");
     cr_expect_eq(fkv_trace_dir_info(dir, 0, 0, &info), FKV_ERR_BAD_FILE);
     back = (fkv_trace *)1;
     cr_expect_eq(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), FKV_ERR_BAD_FILE);
@@ -274,7 +275,8 @@ Test(eval_needles, saved_synthetic_trace_scores_its_needles) {
     needles_of(out, "quest", quest, sizeof quest);
     cr_expect_str_eq(quest, "-", "%s", out);
     /* a malformed needles.json stops the run before any work, naming the file */
-    tr_write_text(dir, "needles.json", "[{\"layer\": 0, \"step\": 0, \"q_head\": 4, \"token\": 1}]");
+    tr_write_text(dir, "needles.json",
+                  "[{\"layer\": 0, \"step\": 0, \"q_head\": 4, \"token\": 1}]");
     cr_expect_eq(tr_run(fkv_eval_main, "eval", "--trace", dir, SETTINGS, NULL), 1);
     cr_expect(strstr(tr_stderr(), "needles.json: line 1, column 36: needle 0: \"q_head\" 4 is out "
                                   "of range: the trace has 4 query heads") != NULL,

@@ -46,6 +46,7 @@ void fkv_config_init(fkv_config *cfg) {
     cfg->max_seqs = 1;
     cfg->max_context = 32768;
     cfg->recall_chunk_pages = 0;
+    cfg->group_temperature = FKV_TEMP_RAW;
 }
 
 #define BAD(...) fkv_error(FKV_ERR_INVALID_CONFIG, __VA_ARGS__)
@@ -128,6 +129,9 @@ fkv_status fkv_config_validate(const fkv_config *c) {
         return BAD("policy = %d: unknown", (int)c->policy);
     if ((unsigned)c->group_reduce > FKV_GROUP_MAX)
         return BAD("group_reduce = %d: unknown", (int)c->group_reduce);
+    if ((unsigned)c->group_temperature > FKV_TEMP_SQRT_D)
+        return BAD("group_temperature = %d: unknown (FKV_TEMP_RAW or FKV_TEMP_SQRT_D)",
+                   (int)c->group_temperature);
     if (c->max_seqs < 1 || c->max_seqs > 4096)
         return BAD("max_seqs = %u: must be 1..4096", c->max_seqs);
     if (c->max_context < 1 || c->max_context > (1u << 24))

@@ -70,7 +70,7 @@ static uint32_t rank_pages(fkv_context *ctx, planner *pl, const float *scores, u
     if (n_cand == 0 || ctx->n_mid == 0)
         return 0;
     fkv_reduce_group(scores + (size_t)head * ctx->group * ce, ce, ctx->group, sink, ce,
-                     ctx->cfg.group_reduce, pl->reduced);
+                     ctx->cfg.group_reduce, fkv_group_temp_scale(&ctx->cfg), pl->reduced);
     uint32_t n_sel = fkv_topk(pl->reduced, n_cand, ctx->n_mid, pl->topk);
     for (uint32_t k = 0; k < n_sel; k++) {
         pl->top_score[k] = pl->reduced[pl->topk[k]];

@@ -4,8 +4,12 @@
 
 #include <math.h>
 
+double fkv_group_temp_scale(const fkv_config *c) {
+    return c->group_temperature == FKV_TEMP_SQRT_D ? 1.0 / sqrt((double)c->head_dim) : 1.0;
+}
+
 void fkv_reduce_group(const float *scores, size_t stride, uint32_t group, uint32_t cand_begin,
-                      uint32_t cand_end, fkv_group_reduce mode, float *out) {
+                      uint32_t cand_end, fkv_group_reduce mode, double temp_scale, float *out) {
     uint32_t n = cand_end - cand_begin;
     for (uint32_t j = 0; j < n; j++)
         out[j] = mode == FKV_GROUP_MAX ? -INFINITY : 0.0f;
@@ -15,11 +19,14 @@ void fkv_reduce_group(const float *scores, size_t stride, uint32_t group, uint32
             float m = -INFINITY;
             for (uint32_t j = 0; j < n; j++)
                 m = s[j] > m ? s[j] : m;
+            /* the scale multiplies after the max is taken out (the max of scaled scores is the
+             * scaled max); a scale of 1 is exact, so the raw default is bit for bit the
+             * softmax of the raw bounds */
             double sum = 0;
             for (uint32_t j = 0; j < n; j++)
-                sum += exp((double)s[j] - m);
+                sum += exp(((double)s[j] - m) * temp_scale);
             for (uint32_t j = 0; j < n; j++)
-                out[j] += (float)(exp((double)s[j] - m) / sum / group);
+                out[j] += (float)(exp(((double)s[j] - m) * temp_scale) / sum / group);
         } else if (mode == FKV_GROUP_MEAN) {
             for (uint32_t j = 0; j < n; j++)
                 out[j] += s[j] / (float)group;

@@ -12,9 +12,15 @@
 
 /* Reduces scores of the `group` query heads of one KV head over candidate pages
  * [cand_begin, cand_end). scores: row r (query head in the group) at scores + r*stride,
- * indexed by page. out[j - cand_begin]. Softmax-mean normalises over the candidates. */
+ * indexed by page. out[j - cand_begin]. Softmax-mean normalises over the candidates, the
+ * softmax taken of the scores times `temp_scale` (> 0; fkv_group_temp_scale); the other
+ * modes ignore it. */
 void fkv_reduce_group(const float *scores, size_t stride, uint32_t group, uint32_t cand_begin,
-                      uint32_t cand_end, fkv_group_reduce mode, float *out);
+                      uint32_t cand_end, fkv_group_reduce mode, double temp_scale, float *out);
+
+/* The softmax scale of a configuration's group_temperature: 1 (FKV_TEMP_RAW) or
+ * 1/sqrt(head_dim) (FKV_TEMP_SQRT_D). */
+double fkv_group_temp_scale(const fkv_config *c);
 
 /* Indices (0-based into values) of the k largest values, ties broken by lower index; writes
  * min(k, n) indices, sorted by descending value, and returns that count. */

@@ -98,9 +98,7 @@ void fkv_eval_oracle(const fkv_trace_info *in, const fkv_config *c, const fkv_ev
     float *sorted = group + m->max_pages;
     for (uint32_t t = 0; t < m->steps; t++) {
         const uint32_t ntok = P + t + 1;
-        /* as the library's fkv_window_begin: the current page is ntok / p */
-        const uint32_t cur = ntok / p, w = cur + 1 >= wp ? cur + 1 - wp : 0;
-        const uint32_t wb = w > sp ? w : sp;
+        const uint32_t wb = fkv_eval_window_begin(ntok, p, sp, wp);
         /* only the pages that hold tokens carry mass (and exist in the row) */
         const uint32_t filled = (ntok + p - 1) / p;
         const uint32_t nc = wb > sp ? wb - sp : 0; /* middle candidates: pages sp .. wb-1 */

@@ -32,6 +32,16 @@ static inline const float *fkv_eval_mass_at(const fkv_eval_mass *m, uint32_t t, 
     return m->mass + (((size_t)t * m->layers + l) * m->hq + h) * m->max_pages;
 }
 
+/* The first window page of a sequence of n tokens, as the library's fkv_window_begin: the
+ * window ends at the current page n / page (empty when n is a page multiple), spans
+ * window_pages pages and never starts inside the sink. The middle pages, where selection
+ * happens, are [sink_pages, this). */
+static inline uint32_t fkv_eval_window_begin(uint32_t n, uint32_t page, uint32_t sink_pages,
+                                             uint32_t window_pages) {
+    const uint32_t cur = n / page, w = cur + 1 >= window_pages ? cur + 1 - window_pages : 0;
+    return w > sink_pages ? w : sink_pages;
+}
+
 /* The oracle: per KV head, the sink and window pages as the library defines them (the window
  * ends at the current page, n / page_size for n tokens, which is empty when n is a page
  * multiple) plus the k = (budget - sink - window) / page middle pages with the most exact

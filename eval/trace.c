@@ -317,7 +317,10 @@ fkv_status fkv_trace_synthetic(const fkv_synth_params *p, fkv_trace **out) {
         return st;
     const uint32_t d = p->head_dim, P = p->prompt_tokens, S = p->decode_steps, T = P + S;
     const uint32_t G = p->q_heads / p->kv_heads, M = p->topics;
-    t->info = (fkv_trace_info){p->layers, p->q_heads, p->kv_heads, p->head_dim, P, S, ""};
+    t->info = (fkv_trace_info){.layers = p->layers, .q_heads = p->q_heads,
+                               .kv_heads = p->kv_heads, .head_dim = p->head_dim,
+                               .prompt_tokens = P, .decode_steps = S,
+                               .needles = p->needles * p->layers};
     snprintf(t->info.source, sizeof t->info.source, "synthetic (seed %llu)",
              (unsigned long long)p->seed);
     size_t kv_n = (size_t)T * p->kv_heads * d, q_n = (size_t)(S + 1) * p->q_heads * d;
@@ -391,9 +394,19 @@ static fkv_status join(char *buf, size_t cap, const char *dir, const char *name)
     return FKV_OK;
 }
 
-/* The header of a trace directory, with the --layers / --steps limits applied. */
+/* Keeps the needles inside the --layers / --steps limits, in file order. */
+static size_t keep_needles(fkv_needle *n, size_t count, const fkv_trace_info *info) {
+    size_t kept = 0;
+    for (size_t i = 0; i < count; i++)
+        if (n[i].layer < info->layers && n[i].step < info->decode_steps)
+            n[kept++] = n[i];
+    return kept;
+}
+
+/* The header and needles of a trace directory, with the --layers / --steps limits applied.
+ * *needles (NULL: only counted) receives the kept needles, the caller's to free. */
 static fkv_status dir_header(const char *dir, uint32_t max_layers, uint32_t max_steps,
-                             fkv_trace_header *h, fkv_trace_info *info) {
+                             fkv_trace_header *h, fkv_trace_info *info, fkv_needle **needles) {
     char path[4096];
     fkv_status st = join(path, sizeof path, dir, "header.json");
     if (st == FKV_OK)
@@ -402,10 +415,25 @@ static fkv_status dir_header(const char *dir, uint32_t max_layers, uint32_t max_
         return st;
     uint32_t layers = max_layers && max_layers < h->layers ? max_layers : h->layers;
     uint32_t steps = max_steps && max_steps < h->decode_steps ? max_steps : h->decode_steps;
-    *info = (fkv_trace_info){layers, h->q_heads, h->kv_heads, h->head_dim, h->prompt_tokens,
-                             steps, ""};
+    *info = (fkv_trace_info){.layers = layers, .q_heads = h->q_heads, .kv_heads = h->kv_heads,
+                             .head_dim = h->head_dim, .prompt_tokens = h->prompt_tokens,
+                             .decode_steps = steps};
     snprintf(info->source, sizeof info->source, "%.120s%s%.60s", dir, h->model[0] ? ": " : "",
              h->model);
+    fkv_needle *list = NULL;
+    size_t count = 0;
+    int missing;
+    st = join(path, sizeof path, dir, "needles.json");
+    if (st == FKV_OK) /* validated against the whole trace, then limited */
+        st = fkv_needles_load(path, h, &list, &count, &missing);
+    if (st != FKV_OK)
+        return st;
+    count = keep_needles(list, count, info);
+    info->needles = (uint32_t)count;
+    if (needles)
+        *needles = list;
+    else
+        free(list);
     return FKV_OK;
 }
 
@@ -414,7 +442,7 @@ fkv_status fkv_trace_dir_info(const char *dir, uint32_t max_layers, uint32_t max
     if (dir == NULL || out == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_trace_dir_info: NULL argument");
     fkv_trace_header h;
-    return dir_header(dir, max_layers, max_steps, &h, out);
+    return dir_header(dir, max_layers, max_steps, &h, out, NULL);
 }
 
 /* Every value of x (an array of `path` with shape [rows][heads][dim]) stays finite when stored
@@ -450,14 +478,19 @@ fkv_status fkv_trace_load_dir(const char *dir, uint32_t max_layers, uint32_t max
                          (int)storage);
     fkv_trace_header h;
     fkv_trace_info info;
-    fkv_status st = dir_header(dir, max_layers, 0, &h, &info);
+    fkv_needle *needles = NULL;
+    fkv_status st = dir_header(dir, max_layers, max_steps, &h, &info, &needles);
     if (st != FKV_OK)
         return st;
     fkv_trace *t;
     st = trace_alloc(info.layers, &t);
-    if (st != FKV_OK)
+    if (st != FKV_OK) {
+        free(needles);
         return st;
+    }
     t->info = info;
+    t->needles = needles;
+    t->n_needles = info.needles;
     char path[4096];
     uint64_t kv_shape[3] = {(uint64_t)h.prompt_tokens + h.decode_steps, h.kv_heads, h.head_dim};
     uint64_t q_shape[3] = {(uint64_t)h.decode_steps + 1, h.q_heads, h.head_dim};
@@ -479,8 +512,7 @@ fkv_status fkv_trace_load_dir(const char *dir, uint32_t max_layers, uint32_t max
         fkv_trace_free(t);
         return st;
     }
-    if (max_steps && max_steps < t->info.decode_steps)
-        t->info.decode_steps = max_steps; /* the rows after it are simply not used */
+    /* info.decode_steps is already limited by max_steps: the rows after it are not used */
     *out = t;
     return FKV_OK;
 }
@@ -491,8 +523,9 @@ fkv_status fkv_trace_save_dir(const fkv_trace *t, const char *dir, fkv_dtype dty
     fkv_npy_dtype nd = dtype == FKV_F32 ? FKV_NPY_F32 : dtype == FKV_F16 ? FKV_NPY_F16
                                                                          : FKV_NPY_BF16;
     const fkv_trace_info *i = &t->info;
-    fkv_trace_header h = {1, i->layers, i->q_heads, i->kv_heads, i->head_dim, i->prompt_tokens,
-                          i->decode_steps, ""};
+    fkv_trace_header h = {.version = 1, .layers = i->layers, .q_heads = i->q_heads,
+                          .kv_heads = i->kv_heads, .head_dim = i->head_dim,
+                          .prompt_tokens = i->prompt_tokens, .decode_steps = i->decode_steps};
     snprintf(h.model, sizeof h.model, "%.127s", i->source);
     char path[4096];
     fkv_status st = join(path, sizeof path, dir, "header.json");
@@ -512,6 +545,8 @@ fkv_status fkv_trace_save_dir(const fkv_trace *t, const char *dir, fkv_dtype dty
         if (st == FKV_OK && (st = join(path, sizeof path, dir, name)) == FKV_OK)
             st = fkv_npy_write_f32(path, nd, 3, q_shape, t->q[l]);
     }
+    if (st == FKV_OK && (st = join(path, sizeof path, dir, "needles.json")) == FKV_OK)
+        st = fkv_needles_write(path, t->needles, t->n_needles);
     return st;
 }
 
@@ -537,30 +572,34 @@ const fkv_needle *fkv_trace_needles(const fkv_trace *t, size_t *count) {
     return t ? t->needles : NULL;
 }
 
-void fkv_trace_query_cosine(const fkv_trace *t, float tau, double *mean, double *below) {
+void fkv_trace_query_cosine(const fkv_trace *t, double *mean, double *group) {
     const fkv_trace_info *i = &t->info;
+    const uint32_t Hk = i->kv_heads, G = i->q_heads / Hk, d = i->head_dim;
     double sum = 0;
-    uint64_t n = 0, under = 0;
+    uint64_t n = 0;
     for (uint32_t l = 0; l < i->layers; l++) {
         for (uint32_t row = 1; row <= i->decode_steps; row++) {
-            for (uint32_t h = 0; h < i->q_heads; h++) {
-                const float *a = t->q[l] + ((size_t)row * i->q_heads + h) * i->head_dim;
-                const float *b = a - (size_t)i->q_heads * i->head_dim;
-                double ab = 0, aa = 0, bb = 0;
-                for (uint32_t c = 0; c < i->head_dim; c++) {
-                    ab += (double)a[c] * b[c];
-                    aa += (double)a[c] * a[c];
-                    bb += (double)b[c] * b[c];
+            for (uint32_t kh = 0; kh < Hk; kh++) {
+                double total = 0;
+                for (uint32_t j = 0; j < G; j++) {
+                    const float *a = t->q[l] + ((size_t)row * i->q_heads + kh * G + j) * d;
+                    const float *b = a - (size_t)i->q_heads * d;
+                    double ab = 0, aa = 0, bb = 0;
+                    for (uint32_t c = 0; c < d; c++) {
+                        ab += (double)a[c] * b[c];
+                        aa += (double)a[c] * a[c];
+                        bb += (double)b[c] * b[c];
+                    }
+                    double cs = aa > 0 && bb > 0 ? ab / (sqrt(aa) * sqrt(bb)) : 0.0;
+                    total += cs;
+                    sum += cs;
+                    n++;
                 }
-                double cs = aa > 0 && bb > 0 ? ab / sqrt(aa * bb) : 1.0;
-                sum += cs;
-                under += cs < tau;
-                n++;
+                if (group)
+                    group[((size_t)(row - 1) * i->layers + l) * Hk + kh] = total / G;
             }
         }
     }
     if (mean)
         *mean = n ? sum / (double)n : 0;
-    if (below)
-        *below = n ? (double)under / (double)n : 0;
 }

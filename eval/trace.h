@@ -16,17 +16,14 @@
 #include <stdint.h>
 
 #include "freekv.h"
+#include "needles.h"
 
 typedef struct fkv_trace_info {
     uint32_t layers, q_heads, kv_heads, head_dim;
     uint32_t prompt_tokens, decode_steps;
+    uint32_t needles; /* within these layers and steps (needles.h) */
     char source[192]; /* "synthetic (seed 1)" or the directory and model name */
 } fkv_trace_info;
-
-/* A planted key that exactly one query (q_head at decode step `step`) matches. */
-typedef struct fkv_needle {
-    uint32_t layer, kv_head, q_head, step, token;
-} fkv_needle;
 
 /* Synthetic trace parameters. "Logit" means a contribution to q.k/sqrt(head_dim) for a
  * query aligned with that component. Defaults from fkv_synth_defaults (docs/eval.md). */
@@ -57,21 +54,24 @@ typedef struct fkv_trace fkv_trace;
 
 fkv_status fkv_trace_synthetic(const fkv_synth_params *p, fkv_trace **out);
 
-/* The geometry and source of a trace directory from its header.json alone (nothing large is
- * read), with the same max_layers / max_steps limits as fkv_trace_load_dir: to check settings
- * against a trace before loading it. */
+/* The geometry, needle count and source of a trace directory from its header.json and
+ * needles.json (nothing large is read; both are checked as fkv_trace_load_dir checks them),
+ * with the same max_layers / max_steps limits: to check settings against a trace before
+ * loading it. */
 fkv_status fkv_trace_dir_info(const char *dir, uint32_t max_layers, uint32_t max_steps,
                               fkv_trace_info *out);
 
-/* Loads a trace directory (header.json, k_<l>.npy, v_<l>.npy, q_<l>.npy). max_layers > 0
- * loads only the first max_layers layers; max_steps > 0 keeps only that many decode steps.
+/* Loads a trace directory (header.json, k_<l>.npy, v_<l>.npy, q_<l>.npy, and needles.json when
+ * it exists). max_layers > 0 loads only the first max_layers layers; max_steps > 0 keeps only
+ * that many decode steps (needles outside them are left out).
  * Everything is held in memory as f32. Keys and values must stay finite when stored in
  * `storage` (the KV dtype they will be decoded with): 1e18 is refused under f16, with
  * FKV_ERR_BAD_FILE and a message naming the file and the element. */
 fkv_status fkv_trace_load_dir(const char *dir, uint32_t max_layers, uint32_t max_steps,
                               fkv_dtype storage, fkv_trace **out);
 
-/* Writes a trace as a trace directory (the directory must exist), arrays in `dtype`. */
+/* Writes a trace as a trace directory (the directory must exist), arrays in `dtype`, and its
+ * needles as needles.json (an empty list when it has none). */
 fkv_status fkv_trace_save_dir(const fkv_trace *t, const char *dir, fkv_dtype dtype);
 
 void fkv_trace_free(fkv_trace *t);
@@ -82,8 +82,13 @@ const float *fkv_trace_values(const fkv_trace *t, uint32_t layer);
 const float *fkv_trace_queries(const fkv_trace *t, uint32_t layer);
 const fkv_needle *fkv_trace_needles(const fkv_trace *t, size_t *count);
 
-/* Mean over (layer, query head, query row >= 1) of the cosine similarity of a head's query
- * with the previous row's; `below` receives the fraction of those under tau. */
-void fkv_trace_query_cosine(const fkv_trace *t, float tau, double *mean, double *below);
+/* Adjacent-step query cosines as freekv's correction check computes them. group (may be NULL):
+ * [decode_steps][layers][kv_heads], for step t the mean over the KV head's query heads of
+ * cos(query row 1 + t, row t) (step 0 compares with the last prompt token's query, as the
+ * library does after prefill); a query with an exactly zero norm has cosine 0, as on the
+ * devices. *mean: the mean of the per-query-head cosines over (step, layer, query head).
+ * Computed in double precision (the devices use f32: a cosine within rounding of tau may be
+ * flagged differently there). */
+void fkv_trace_query_cosine(const fkv_trace *t, double *mean, double *group);
 
 #endif

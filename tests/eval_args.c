@@ -1,7 +1,6 @@
 /* `freekv eval` arguments: bad ones give a clear message and exit status 2 (never a crash);
  * good ones run on the CPU reference backend and write CSV/JSON. */
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,14 +13,6 @@
 #include "trace.h"
 
 int fkv_eval_main(int argc, char **argv);
-
-/* Removes a temporary directory and its files (tests leave nothing behind in /tmp). */
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void remove_tree(const char *dir) { nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
 
 /* Runs `freekv eval` with the arguments (NULL-terminated). */
 #define run(...) tr_run(fkv_eval_main, "eval", __VA_ARGS__)
@@ -37,6 +28,11 @@ static void expect_exit(int status, int quiet, const char *msg, const char *firs
     cr_assert_not_null(err);
     cr_expect_eq(rc, status, "exit status %d for %s ... (stderr: %s)", rc, first, err);
     cr_expect(strstr(err, msg) != NULL, "stderr for %s lacks '%s': %s", first, msg, err);
+    /* every message names the tool once, and the library's status once */
+    const char *doubled[] = {"freekv eval: freekv eval", "invalid argument: invalid argument",
+                             "invalid configuration: invalid configuration", ": : "};
+    for (size_t i = 0; i < sizeof doubled / sizeof *doubled; i++)
+        cr_expect(strstr(err, doubled[i]) == NULL, "doubled prefix in: %s", err);
     if (quiet)
         cr_expect(tr_stdout()[0] == '\0', "work started for %s: %s", first, tr_stdout());
     free(err);
@@ -55,6 +51,9 @@ Test(eval_args, help) {
     cr_expect_eq(run("-h", NULL), 0);
     const char *out = tr_stdout();
     cr_expect(out && strstr(out, "--policies") && strstr(out, "--trace"), "usage: %s", out);
+    cr_expect(strstr(out, "--sweep AXIS=LIST") && strstr(out, "--target LIST") &&
+                  strstr(out, "--dump FILE.jsonl") && strstr(out, "--group-temperature"),
+              "usage: %s", out);
 }
 
 Test(eval_args, bad_flags_and_values) {
@@ -75,7 +74,52 @@ Test(eval_args, bad_flags_and_values) {
     expect_usage_error("unknown policy 'fast'", "--policies", "quest,fast", NULL);
     expect_usage_error("--policies: bad list", "--policies", "", NULL);
     expect_usage_error("--dtype: 'f64' is not f32, f16 or bf16", "--dtype", "f64", NULL);
-    expect_usage_error("--group-reduce: 'sum' is not", "--group-reduce", "sum", NULL);
+    expect_usage_error("--group-reduce: 'sum' is not softmax-mean, mean or max",
+                       "--group-reduce", "sum", NULL);
+    expect_usage_error("--group-temperature: 'hot' is not raw or sqrt-d", "--group-temperature",
+                       "hot", NULL);
+    expect_usage_error("the group temperature applies to --group-reduce softmax-mean only",
+                       "--group-reduce", "max", "--group-temperature", "sqrt-d", NULL);
+}
+
+Test(eval_args, bad_sweeps_and_targets) {
+    expect_usage_error("--sweep: 'alpha=1' is not AXIS=LIST", "--sweep", "alpha=1", NULL);
+    expect_usage_error("--sweep: 'tau' is not AXIS=LIST", "--sweep", "tau", NULL);
+    expect_usage_error("--sweep tau: '1.5' is not in [-1, 1]", "--sweep", "tau=0.9,1.5", NULL);
+    expect_usage_error("--sweep tau: '' is not a number", "--sweep", "tau=0.8,,0.9", NULL);
+    expect_usage_error("--sweep budget=512,512: value 2 repeats an earlier one", "--sweep",
+                       "budget=512,512", NULL);
+    expect_usage_error("--sweep: tau is given twice", "--sweep", "tau=0.8", "--sweep",
+                       "tau=0.9", NULL);
+    expect_usage_error("--sweep temp: 'hot' is not raw or sqrt-d", "--sweep=temp=raw,hot",
+                       NULL);
+    /* the words after --sweep are its axes until the next flag */
+    expect_usage_error("unexpected argument 'extra'", "--sweep", "tau=0.8", "--steps", "2",
+                       "extra", NULL);
+    expect_usage_error("--tau and --sweep tau= both set it", "--tau", "0.8", "--sweep",
+                       "tau=0.8,0.9", NULL);
+    expect_usage_error("--budget and --sweep budget= both set it", "--sweep", "budget=256",
+                       "--budget", "512", NULL);
+    expect_usage_error("--policies: a sweep runs freekv", "--sweep", "tau=0.8",
+                       "--policies", "quest", NULL);
+    expect_usage_error("--dump: a sweep runs freekv", "--sweep", "tau=0.8", "--dump",
+                       "/tmp/x.jsonl", NULL);
+    expect_usage_error("the group temperature applies to --group-reduce softmax-mean only",
+                       "--group-reduce", "mean", "--sweep", "temp=raw,sqrt-d", NULL);
+    expect_usage_error("--target sets what --sweep's recommendation must meet", "--target",
+                       "mass=0.99", NULL);
+    expect_usage_error("--target: 'speed=2' is not mass=X", "--sweep", "tau=0.8", "--target",
+                       "speed=2", NULL);
+    expect_usage_error("--target needles: '2' is not in [0, 1]", "--sweep", "tau=0.8",
+                       "--target", "needles=2", NULL);
+    expect_usage_error("--target: mass is given twice", "--sweep", "tau=0.8", "--target",
+                       "mass=0.9", "--target", "mass=0.95", NULL);
+    expect_usage_error("--sweep: 4160 combinations, at most 4096", "--sweep",
+                       "tau=0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.81,0.82,0.83,0.84,0.85",
+                       "budget=128,192,256,320,384,448,512,576,640,704,768,832,896,960,1024,"
+                       "1088,1152,1216,1280,1344,1408,1472,1536,1600,1664,1728,1792,1856,1920,"
+                       "1984,2048,2112",
+                       "page=16,32,64,8,4,2,1,128,256,24", NULL);
 }
 
 Test(eval_args, bad_geometry_and_budget) {
@@ -141,6 +185,19 @@ Test(eval_args, checked_before_any_work) {
                             "--policies", "sync", NULL);
     cr_expect(strstr(tr_stderr(), "creating the context: creating the context") == NULL,
               "doubled prefix: %s", tr_stderr());
+    expect_refused_up_front("--dump /tmp: is a directory", "--dump", "/tmp", NULL);
+    expect_refused_up_front("--csv and --json name the same file /tmp/fkv_same.out", "--csv",
+                            "/tmp/fkv_same.out", "--json", "/tmp/fkv_same.out", NULL);
+    expect_refused_up_front("--target needles: the trace has no needles", "--needles", "0",
+                            "--sweep", "tau=0.8", "--target", "needles=1", NULL);
+    /* every combination of a sweep is checked before the first runs */
+    expect_refused_up_front("--sweep page 64, budget 512, temp raw, tau 0.9: invalid "
+                            "configuration: window_tokens = 64: must be a multiple of page_size "
+                            "(64), at least two pages",
+                            "--sweep", "page=16,64", NULL);
+    expect_refused_up_front("--sweep page 16, budget 100000, temp raw, tau 0.8: budget 100000 "
+                            "is more than the 4128 tokens of the trace",
+                            "--sweep", "tau=0.8", "budget=512,100000", NULL);
 }
 
 #define TINY "--layers", "2", "--q-heads", "4", "--kv-heads", "2", "--head-dim", "32", \
@@ -166,6 +223,12 @@ Test(eval_args, tiny_run_writes_csv_and_json) {
     const char *j = tr_slurp(json);
     cr_assert_not_null(j);
     cr_expect(strstr(j, "\"policy\": \"freekv\", \"ok\": true") != NULL, "%s", j);
+    /* the group-cosine count is what freekv corrects (the per-query-head count was not) */
+    const char *fk = strstr(j, "\"policy\": \"freekv\"");
+    double rate = strtod(strstr(fk, "\"correction_rate\": ") + 19, NULL);
+    double below = strtod(strstr(fk, "\"group_cosine_below_tau\": ") + 26, NULL);
+    cr_expect_gt(rate, 0.1, "%s", fk);
+    cr_expect_float_eq(rate, below, 1e-6, "%s", fk);
     unlink(csv);
     unlink(json);
 }
@@ -195,7 +258,7 @@ Test(eval_args, policies_subset_and_saved_trace) {
                      "32", NULL), 1);
     cr_expect(strstr(tr_stderr(), "v_0.npy: truncated .npy data") != NULL, "%s",
               tr_stderr());
-    remove_tree(dir);
+    tr_remove_tree(dir);
 }
 
 /* ---- non-finite results ---------------------------------------------------------------- */
@@ -278,7 +341,7 @@ Test(eval_args, non_finite_outputs_fail_the_run) {
     /* the worst error is NaN like the mean, not a finite value from the later steps */
     cr_expect(strstr(mean, "nan") != NULL && strstr(max, "nan") != NULL, "mean %s max %s: %s",
               mean, max, c);
-    remove_tree(dir);
+    tr_remove_tree(dir);
 }
 
 Test(eval_args, keys_beyond_the_storage_type_are_refused) {
@@ -294,5 +357,5 @@ Test(eval_args, keys_beyond_the_storage_type_are_refused) {
     snprintf(want, sizeof want, "%s/k_0.npy: element %d [%d, 0, 0] = 1e+38 is not representable "
              "in f16", dir, (NF_P + 1) * NF_HK * NF_D, NF_P + 1);
     cr_expect(strstr(err, want) != NULL, "stderr lacks '%s': %s", want, err);
-    remove_tree(dir);
+    tr_remove_tree(dir);
 }

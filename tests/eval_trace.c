@@ -1,6 +1,5 @@
 /* The trace readers (.npy, header JSON), the synthetic generator and trace directories. */
 #include <criterion/criterion.h>
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,15 +9,8 @@
 #include "common/dtype.h"
 #include "header.h"
 #include "npy.h"
+#include "tool_run.h"
 #include "trace.h"
-
-/* Removes a temporary directory and its files (tests leave nothing behind in /tmp). */
-static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
-    (void)sb, (void)flag, (void)ftw;
-    return remove(path);
-}
-
-static void remove_tree(const char *dir) { nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
 
 /* ---- helpers ------------------------------------------------------------------------------ */
 
@@ -56,23 +48,6 @@ static void expect_bad(fkv_status st, const char *fragment) {
     cr_expect_eq(st, FKV_ERR_BAD_FILE, "status %d for '%s'", st, fragment);
     cr_expect(strstr(fkv_last_error(), fragment) != NULL, "message '%s' lacks '%s'",
               fkv_last_error(), fragment);
-}
-
-static char *temp_dir(void) {
-    static char tmpl[64];
-    snprintf(tmpl, sizeof tmpl, "/tmp/fkv_eval_XXXXXX");
-    char *d = mkdtemp(tmpl);
-    cr_assert_not_null(d);
-    return d;
-}
-
-static void write_text(const char *dir, const char *name, const char *text) {
-    char path[512];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    cr_assert_not_null(f);
-    fputs(text, f);
-    fclose(f);
 }
 
 /* ---- .npy ---------------------------------------------------------------------------------- */
@@ -237,7 +212,7 @@ Test(npy, rejects_nul_in_header) {
 }
 
 Test(npy, file_round_trip_and_load_errors) {
-    char *dir = temp_dir(), path[256];
+    char *dir = tr_temp_dir(), path[256];
     float data[24];
     for (int i = 0; i < 24; i++)
         data[i] = (float)i * 0.37f - 3.0f;
@@ -287,7 +262,7 @@ Test(npy, file_round_trip_and_load_errors) {
     fwrite(img, 1, n, f);
     fclose(f);
     expect_bad(fkv_npy_load_f32(path, 0, NULL, &got, NULL), "truncated .npy data");
-    remove_tree(dir);
+    tr_remove_tree(dir);
 }
 
 /* ---- header JSON ---------------------------------------------------------------------------- */
@@ -399,7 +374,7 @@ Test(header, rejects_invalid_json) {
 }
 
 Test(header, load_and_write) {
-    char *dir = temp_dir(), path[256];
+    char *dir = tr_temp_dir(), path[256];
     fkv_trace_header h = {1, 3, 4, 2, 32, 50, 7, "m\"odel"}, back;
     snprintf(path, sizeof path, "%s/header.json", dir);
     cr_assert_eq(fkv_trace_header_write(path, &h), FKV_OK);
@@ -408,7 +383,7 @@ Test(header, load_and_write) {
     snprintf(path, sizeof path, "%s/none.json", dir);
     cr_expect_eq(fkv_trace_header_load(path, &back), FKV_ERR_IO);
     cr_expect_eq(fkv_trace_header_load(dir, &back), FKV_ERR_IO);
-    remove_tree(dir);
+    tr_remove_tree(dir);
 }
 
 /* ---- synthetic traces and directories ------------------------------------------------------- */
@@ -462,6 +437,14 @@ Test(synthetic, shapes_needles_and_determinism) {
     fkv_trace_free(NULL);
 }
 
+/* The fraction of group cosines below tau, as freekv's check flags them. */
+static double group_below(const double *g, size_t n, double tau) {
+    size_t below = 0;
+    for (size_t i = 0; i < n; i++)
+        below += g[i] < tau;
+    return (double)below / (double)n;
+}
+
 Test(synthetic, adjacent_query_cosine_is_about_0_9) {
     fkv_synth_params p;
     fkv_synth_defaults(&p);
@@ -469,18 +452,35 @@ Test(synthetic, adjacent_query_cosine_is_about_0_9) {
     p.needles = 0;
     fkv_trace *t;
     cr_assert_eq(fkv_trace_synthetic(&p, &t), FKV_OK, "%s", fkv_last_error());
-    double mean, below;
-    fkv_trace_query_cosine(t, 0.9f, &mean, &below);
+    size_t n = (size_t)p.decode_steps * p.layers * p.kv_heads;
+    double mean, *group = malloc(sizeof(double) * n);
+    cr_assert_not_null(group);
+    fkv_trace_query_cosine(t, &mean, group);
     cr_expect(mean > 0.84 && mean < 0.95, "mean adjacent cosine %.3f", mean);
-    cr_expect(below > 0.05 && below < 0.95, "fraction below 0.9: %.3f", below);
+    double below = group_below(group, n, 0.9);
+    cr_expect(below > 0.05 && below < 0.95, "fraction of group means below 0.9: %.3f", below);
+    /* the group mean, by hand for one (step, layer, KV head): step 3, layer 1, KV head 1 */
+    const uint32_t G = p.q_heads / p.kv_heads, d = p.head_dim, t3 = 3, l1 = 1, kh = 1;
+    double total = 0;
+    for (uint32_t j = 0; j < G; j++) {
+        const float *a = fkv_trace_queries(t, l1) + ((size_t)(t3 + 1) * p.q_heads + kh * G + j) * d;
+        const float *b = a - (size_t)p.q_heads * d;
+        double ab = 0, aa = 0, bb = 0;
+        for (uint32_t c = 0; c < d; c++)
+            ab += (double)a[c] * b[c], aa += (double)a[c] * a[c], bb += (double)b[c] * b[c];
+        total += ab / sqrt(aa * bb);
+    }
+    double got = group[((size_t)t3 * p.layers + l1) * p.kv_heads + kh];
+    cr_expect(fabs(got - total / G) < 1e-12, "group cosine %.15f, by hand %.15f", got, total / G);
     fkv_trace_free(t);
     /* drift 1 and no jumps: only the positional part moves */
     p.drift = 1.0f;
     p.jump_prob = 0.0f;
     cr_assert_eq(fkv_trace_synthetic(&p, &t), FKV_OK);
-    fkv_trace_query_cosine(t, 0.9f, &mean, &below);
+    fkv_trace_query_cosine(t, &mean, NULL);
     cr_expect(mean > 0.97, "mean adjacent cosine %.3f without drift", mean);
     fkv_trace_free(t);
+    free(group);
 }
 
 Test(synthetic, validates_parameters) {
@@ -525,7 +525,7 @@ Test(trace_dir, round_trip_and_limits) {
     fkv_trace *t, *back;
     cr_assert_eq(fkv_trace_synthetic(&p, &t), FKV_OK);
     char dir[64];
-    snprintf(dir, sizeof dir, "%s", temp_dir());
+    snprintf(dir, sizeof dir, "%s", tr_temp_dir());
     cr_assert_eq(fkv_trace_save_dir(t, dir, FKV_F32), FKV_OK, "%s", fkv_last_error());
     cr_assert_eq(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), FKV_OK, "%s", fkv_last_error());
     const fkv_trace_info *in = fkv_trace_get_info(back);
@@ -546,15 +546,15 @@ Test(trace_dir, round_trip_and_limits) {
     cr_expect_null(fkv_trace_keys(back, 1));
     fkv_trace_free(back);
     /* bf16 storage: values come back rounded */
-    char *dir2 = temp_dir();
+    char *dir2 = tr_temp_dir();
     cr_assert_eq(fkv_trace_save_dir(t, dir2, FKV_BF16), FKV_OK);
     cr_assert_eq(fkv_trace_load_dir(dir2, 0, 0, FKV_F32, &back), FKV_OK, "%s", fkv_last_error());
     float x = fkv_trace_keys(t, 1)[77];
     cr_expect_eq(fkv_trace_keys(back, 1)[77], fkv_bf16_to_f32(fkv_f32_to_bf16(x)));
     fkv_trace_free(back);
     fkv_trace_free(t);
-    remove_tree(dir);
-    remove_tree(dir2);
+    tr_remove_tree(dir);
+    tr_remove_tree(dir2);
 }
 
 Test(trace_dir, rejects_inconsistent_directories) {
@@ -562,34 +562,37 @@ Test(trace_dir, rejects_inconsistent_directories) {
     tiny_params(&p);
     fkv_trace *t, *back = (fkv_trace *)1;
     cr_assert_eq(fkv_trace_synthetic(&p, &t), FKV_OK);
-    char *dir = temp_dir(), path[256];
+    char *dir = tr_temp_dir(), path[256];
     cr_assert_eq(fkv_trace_save_dir(t, dir, FKV_F16), FKV_OK);
     fkv_trace_free(t);
+    /* these are about the arrays: the needles would not fit the headers below */
+    snprintf(path, sizeof path, "%s/needles.json", dir);
+    cr_assert_eq(unlink(path), 0);
     /* the header says 16 dims, the arrays hold 32 */
-    write_text(dir, "header.json", "{\"format\": \"freekv-trace\", \"version\": 1, \"layers\": 2, "
+    tr_write_text(dir, "header.json", "{\"format\": \"freekv-trace\", \"version\": 1, \"layers\": 2, "
                                    "\"q_heads\": 4, \"kv_heads\": 2, \"head_dim\": 16, "
                                    "\"prompt_tokens\": 256, \"decode_steps\": 8}");
     expect_bad(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), "k_0.npy: shape (264, 2, 32), expected (264, 2, 16)");
     cr_expect_null(back);
     /* more layers than files */
-    write_text(dir, "header.json", "{\"format\": \"freekv-trace\", \"version\": 1, \"layers\": 3, "
+    tr_write_text(dir, "header.json", "{\"format\": \"freekv-trace\", \"version\": 1, \"layers\": 3, "
                                    "\"q_heads\": 4, \"kv_heads\": 2, \"head_dim\": 32, "
                                    "\"prompt_tokens\": 256, \"decode_steps\": 8}");
     cr_expect_eq(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), FKV_ERR_IO);
     cr_expect(strstr(fkv_last_error(), "k_2.npy") != NULL, "%s", fkv_last_error());
     /* a queries file with the wrong number of rows */
-    write_text(dir, "header.json", "{\"format\": \"freekv-trace\", \"version\": 1, \"layers\": 2, "
+    tr_write_text(dir, "header.json", "{\"format\": \"freekv-trace\", \"version\": 1, \"layers\": 2, "
                                    "\"q_heads\": 4, \"kv_heads\": 2, \"head_dim\": 32, "
                                    "\"prompt_tokens\": 257, \"decode_steps\": 7}");
     expect_bad(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), "q_0.npy: shape (9, 4, 32), expected (8, 4, 32)");
     /* a broken header */
-    write_text(dir, "header.json", "{\"format\": \"freekv-trace\",}");
+    tr_write_text(dir, "header.json", "{\"format\": \"freekv-trace\",}");
     expect_bad(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), "header.json");
     snprintf(path, sizeof path, "%s/header.json", dir);
     cr_assert_eq(unlink(path), 0);
     cr_expect_eq(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), FKV_ERR_IO);
     cr_expect_eq(fkv_trace_load_dir("/nonexistent/dir", 0, 0, FKV_F32, &back), FKV_ERR_IO);
-    remove_tree(dir);
+    tr_remove_tree(dir);
 }
 
 /* Keys and values must stay finite in the KV storage type: the reader names file and element. */
@@ -599,7 +602,7 @@ Test(trace_dir, refuses_values_the_storage_type_cannot_hold) {
     fkv_trace *t, *back = NULL;
     cr_assert_eq(fkv_trace_synthetic(&p, &t), FKV_OK);
     char dir[64], path[128];
-    snprintf(dir, sizeof dir, "%s", temp_dir());
+    snprintf(dir, sizeof dir, "%s", tr_temp_dir());
     cr_assert_eq(fkv_trace_save_dir(t, dir, FKV_F32), FKV_OK, "%s", fkv_last_error());
     fkv_trace_free(t);
     /* v_0: [264][2][32]; element 1000 is token 15, head 1, channel 8 */
@@ -626,5 +629,5 @@ Test(trace_dir, refuses_values_the_storage_type_cannot_hold) {
     expect_bad(fkv_trace_load_dir(dir, 0, 0, FKV_BF16, &back), "not representable in bf16");
     cr_assert_eq(fkv_trace_load_dir(dir, 0, 0, FKV_F32, &back), FKV_OK, "%s", fkv_last_error());
     fkv_trace_free(back);
-    remove_tree(dir);
+    tr_remove_tree(dir);
 }

@@ -103,7 +103,9 @@ static void expected_selection(const fkv_config *c, const float *keys, uint32_t 
         }
     *n_sel = 0;
     if (cand_end > S) {
-        fkv_reduce_group(scores, cand_end, G, S, cand_end, c->group_reduce, reduced);
+        /* the temperature as fkv_config documents it, not through the library's helper */
+        double scale = c->group_temperature == FKV_TEMP_SQRT_D ? 1.0 / sqrt((double)d) : 1.0;
+        fkv_reduce_group(scores, cand_end, G, S, cand_end, c->group_reduce, scale, reduced);
         *n_sel = fkv_topk(reduced, cand_end - S, n_mid, pages);
         for (uint32_t i = 0; i < *n_sel; i++)
             pages[i] += S;
@@ -117,8 +119,12 @@ static int cmp_u32(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-Test(pipeline, speculative_attends_previous_query_selection) {
+/* Returns how many (step, layer, KV head) selections differ from those under the other
+ * temperature (0 when `differs_from` is NULL); fills `pages` [10][layers][kv_heads][512]. */
+static void check_speculative_selection(fkv_group_temp temp, int32_t *pages,
+                                        const int32_t *other, int *n_differ) {
     fkv_config c = cfg_small(FKV_POLICY_SPECULATIVE);
+    c.group_temperature = temp;
     uint32_t prompt[] = {61};
     pd_run r = run_of(1, prompt, 0, 1);
     fkv_device *dev;
@@ -165,6 +171,11 @@ Test(pipeline, speculative_attends_previous_query_selection) {
                     cr_assert_eq((uint32_t)got[i], all[i], "step %u layer %u head %u: page #%u",
                                  step, l, h, i);
                 checked_middle += n_want > 0;
+                int32_t *mine = pages + (((size_t)step * c.n_layers + l) * c.n_kv_heads + h) * 512;
+                memset(mine, 0xff, 512 * sizeof *mine);
+                memcpy(mine, got, n_got * sizeof *got);
+                if (other)
+                    *n_differ += memcmp(mine, other + (mine - pages), 512 * sizeof *mine) != 0;
             }
         }
     }
@@ -174,6 +185,21 @@ Test(pipeline, speculative_attends_previous_query_selection) {
     free(qprev);
     fkv_context_destroy(ctx);
     fkv_device_close(dev);
+}
+
+Test(pipeline, speculative_attends_previous_query_selection) {
+    fkv_config c = cfg_small(FKV_POLICY_SPECULATIVE);
+    size_t n = (size_t)10 * c.n_layers * c.n_kv_heads * 512;
+    int32_t *raw = malloc(n * sizeof *raw), *scaled = malloc(n * sizeof *scaled);
+    cr_assert(raw && scaled);
+    int differ = 0;
+    check_speculative_selection(FKV_TEMP_RAW, raw, NULL, &differ);
+    /* the 1/sqrt(d) temperature reaches the selection: it matches the host model under that
+     * temperature, and that model chooses differently from the raw one somewhere */
+    check_speculative_selection(FKV_TEMP_SQRT_D, scaled, raw, &differ);
+    cr_expect_gt(differ, 0, "the temperature changed no selection: the test proves nothing");
+    free(raw);
+    free(scaled);
 }
 
 /* Every token appended is stored exactly once: host pool + device current page, in order. */

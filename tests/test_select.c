@@ -42,19 +42,54 @@ Test(select, group_reduce_modes) {
     /* two query heads over pages 0..3, candidates 1..3 */
     float s[] = {9, 1, 2, 3, /* head 0 */ 9, 3, 2, 1 /* head 1 */};
     float out[3];
-    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MEAN, out);
+    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MEAN, 1.0, out);
     cr_assert_float_eq(out[0], 2.0f, 1e-6);
     cr_assert_float_eq(out[1], 2.0f, 1e-6);
-    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MAX, out);
+    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MAX, 1.0, out);
     cr_assert_float_eq(out[0], 3.0f, 1e-6);
     cr_assert_float_eq(out[2], 3.0f, 1e-6);
-    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_SOFTMAX_MEAN, out);
+    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_SOFTMAX_MEAN, 1.0, out);
     cr_assert_float_eq(out[0] + out[1] + out[2], 1.0f, 1e-6, "softmax over candidates");
     cr_assert_float_eq(out[0], out[2], 1e-6, "symmetric heads");
     cr_assert_lt(out[1], out[0]);
     float nan_s[] = {NAN, 1, 2};
-    fkv_reduce_group(nan_s, 3, 1, 0, 3, FKV_GROUP_MEAN, out);
+    fkv_reduce_group(nan_s, 3, 1, 0, 3, FKV_GROUP_MEAN, 1.0, out);
     cr_assert(isinf(out[0]) && out[0] < 0, "NaN ranks last");
+}
+
+Test(select, softmax_temperature) {
+    /* scale 1 is the raw softmax; scale a is the softmax of a * scores, computed here */
+    float s[] = {0, 4, 6, 1, /* head 0 */ 0, 2, 8, 3 /* head 1 */};
+    float raw[3], scaled[3];
+    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_SOFTMAX_MEAN, 1.0, raw);
+    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_SOFTMAX_MEAN, 0.125, scaled);
+    for (int j = 0; j < 3; j++) {
+        double want_raw = 0, want_scaled = 0;
+        for (int r = 0; r < 2; r++) {
+            const float *h = s + 4 * r + 1;
+            double zr = 0, zs = 0;
+            for (int k = 0; k < 3; k++)
+                zr += exp(h[k]), zs += exp(0.125 * h[k]);
+            want_raw += exp(h[j]) / zr / 2;
+            want_scaled += exp(0.125 * h[j]) / zs / 2;
+        }
+        cr_expect_float_eq(raw[j], want_raw, 1e-6, "raw page %d", j);
+        cr_expect_float_eq(scaled[j], want_scaled, 1e-6, "scaled page %d", j);
+    }
+    /* a cooler softmax (smaller scale) flattens the reduced scores */
+    cr_expect_lt(scaled[1] - scaled[0], raw[1] - raw[0]);
+    /* the other modes ignore it */
+    float a[3], b[3];
+    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MEAN, 1.0, a);
+    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MEAN, 0.125, b);
+    cr_expect_arr_eq(a, b, sizeof a);
+    fkv_config c;
+    fkv_config_init(&c);
+    cr_expect_eq(c.group_temperature, FKV_TEMP_RAW, "the default is unchanged");
+    cr_expect_eq(fkv_group_temp_scale(&c), 1.0);
+    c.group_temperature = FKV_TEMP_SQRT_D;
+    c.head_dim = 64;
+    cr_expect_eq(fkv_group_temp_scale(&c), 0.125);
 }
 
 Test(select, plan_keeps_resident_and_evicts_lowest_first) {

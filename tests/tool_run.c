@@ -2,6 +2,7 @@
 #include "tool_run.h"
 
 #include <criterion/criterion.h>
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -59,4 +60,28 @@ int tr_run(tr_main fn, const char *argv0, ...) {
     int rc = tr_vrun(fn, argv0, first, ap);
     va_end(ap);
     return rc;
+}
+
+char *tr_temp_dir(void) {
+    static char tmpl[64];
+    snprintf(tmpl, sizeof tmpl, "/tmp/fkv_eval_XXXXXX");
+    char *d = mkdtemp(tmpl);
+    cr_assert_not_null(d);
+    return d;
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+    (void)sb, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+void tr_remove_tree(const char *dir) { nftw(dir, rm_entry, 8, FTW_DEPTH | FTW_PHYS); }
+
+void tr_write_text(const char *dir, const char *name, const char *text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f);
+    fputs(text, f);
+    cr_assert_eq(fclose(f), 0);
 }

@@ -22,4 +22,11 @@ const char *tr_stderr(void);
 /* A whole (small) file's text, or NULL; same lifetime. */
 const char *tr_slurp(const char *path);
 
+/* Temporary files for the tests, which leave nothing behind in /tmp:
+ * a new empty directory /tmp/fkv_eval_XXXXXX (the name stays valid until the next call);
+ * a directory removed with the files in it; text written to dir/name. */
+char *tr_temp_dir(void);
+void tr_remove_tree(const char *dir);
+void tr_write_text(const char *dir, const char *name, const char *text);
+
 #endif

@@ -16,6 +16,24 @@ Mistral, Qwen2, Qwen3 and most others).
   python3 tools/dump_trace.py --model meta-llama/Llama-3.1-8B-Instruct --out trace-llama \\
       --prompt-file book.txt --prompt-tokens 8192 --steps 64
   freekv eval --trace trace-llama --layers 8
+
+Needles (needles.json, docs/eval.md): a needle is a prompt token that one query head looks for
+at one decode step; `freekv eval` reports whether each policy attended the page holding it at
+that step. To add them for a real model:
+  1. Plant a fact in the prompt ("The passkey is 71432.") and ask for it at the end.
+  2. Find the fact's token positions: tokenize the prompt with return_offsets_mapping=True
+     and take the tokens whose character span covers the fact (positions count from 0 at the
+     first prompt token, as in k_<l>.npy).
+  3. Find the decode step at which the model starts writing the answer (step 0 is the first
+     generated token; the dump prints the generated text).
+  4. Find which (layer, query head) retrieve it: for each layer l, with q = q_<l>.npy[1 + step]
+     and k = k_<l>.npy (dump with --dtype f32 to load them with numpy.load directly), the
+     softmax of q[h] . k[:, h // group].T / sqrt(head_dim) over the first prompt_tokens + step
+     + 1 tokens; heads that put most of their weight on the fact's tokens are the ones
+     to list (a few retrieval heads per model usually do).
+  5. Pass each as --needle LAYER:STEP:Q_HEAD:TOKEN (repeatable), or write needles.json by hand:
+     [{"layer": 14, "step": 3, "q_head": 9, "token": 5120}, ...]. This script checks the
+     numbers against the dump and writes needles.json; freekv eval reads it strictly.
 """
 import argparse
 import json
@@ -38,7 +56,38 @@ def parse_args():
     p.add_argument("--torch-dtype", choices=["bfloat16", "float16", "float32"],
                    default="bfloat16", help="dtype the model runs in (bfloat16)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--needle", action="append", default=[], type=parse_needle,
+                   metavar="LAYER:STEP:Q_HEAD:TOKEN",
+                   help="a needle for needles.json (repeatable; see the notes above)")
     return p.parse_args()
+
+
+def parse_needle(text):
+    """LAYER:STEP:Q_HEAD:TOKEN, four non-negative integers, into a needles.json entry."""
+    parts = text.split(":")
+    if len(parts) != 4 or not all(x.isdigit() for x in parts):
+        raise argparse.ArgumentTypeError(f"'{text}' is not LAYER:STEP:Q_HEAD:TOKEN")
+    layer, step, q_head, token = (int(x) for x in parts)
+    return {"layer": layer, "step": step, "q_head": q_head, "token": token}
+
+
+def write_needles(out, needles, layers, steps, q_heads, prompt_tokens):
+    """Checks the needles against the trace as freekv eval does and writes out/needles.json."""
+    seen = set()
+    for i, n in enumerate(needles):
+        key = (n["layer"], n["step"], n["q_head"], n["token"])
+        if n["layer"] >= layers or n["step"] >= steps or n["q_head"] >= q_heads:
+            sys.exit(f"dump_trace: needle {i} {key}: layer, step or q_head beyond the trace "
+                     f"({layers} layers, {steps} steps, {q_heads} query heads)")
+        if n["token"] > prompt_tokens + n["step"]:
+            sys.exit(f"dump_trace: needle {i} {key}: token {n['token']} does not exist at step "
+                     f"{n['step']} (tokens 0..{prompt_tokens + n['step']})")
+        if key in seen:
+            sys.exit(f"dump_trace: needle {i} {key} is listed twice")
+        seen.add(key)
+    with open(os.path.join(out, "needles.json"), "w", encoding="utf-8") as f:
+        f.write("[" + ",".join("\n  " + json.dumps(n) for n in needles)
+                + ("\n]\n" if needles else "]\n"))
 
 
 def haystack(n_facts):
@@ -159,7 +208,11 @@ def main():
     with open(os.path.join(a.out, "header.json"), "w", encoding="utf-8") as f:
         json.dump(header, f, indent=2)
         f.write("\n")
-    print(f"wrote {a.out}: {n_layers} layers, {hq}/{hk} heads, d {d}, prompt {P}, {S} steps")
+    if a.needle:
+        write_needles(a.out, a.needle, n_layers, S, hq, P)
+    print(f"generated: {tok.decode(full[0, P:])!r}")
+    print(f"wrote {a.out}: {n_layers} layers, {hq}/{hk} heads, d {d}, prompt {P}, {S} steps, "
+          f"{len(a.needle)} needles")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 /* libFuzzer target for the trace readers: the .npy parser (in memory and through the file
- * loader) and the trace-header JSON parser. Any input must give FKV_OK or an error status,
+ * loader), the trace-header JSON parser and the needles.json parser. Any input must give FKV_OK or an error status,
  * never a crash, a sanitizer report, an out-of-bounds read or a leak. Built and run by
  * tests/fuzz/run.sh. */
 #include <stdint.h>
@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "header.h"
+#include "needles.h"
 #include "npy.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -44,5 +45,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     fkv_trace_header h;
     (void)fkv_trace_header_parse((const char *)data, size, "fuzz", &h);
+    /* small limits, so that in-range and out-of-range needles are both easy to reach */
+    static const fkv_trace_header geom = {.version = 1, .layers = 4, .q_heads = 8,
+                                          .kv_heads = 2, .head_dim = 16, .prompt_tokens = 100,
+                                          .decode_steps = 10};
+    fkv_needle *needles = NULL;
+    size_t count;
+    if (fkv_needles_parse((const char *)data, size, "fuzz", &geom, &needles, &count) == FKV_OK)
+        free(needles);
     return 0;
 }

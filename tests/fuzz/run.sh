@@ -17,7 +17,8 @@ mkdir -p "$out/corpus"
 "$cc" -std=c11 -D_GNU_SOURCE -g -O1 -Wall -Wextra -Werror \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
   -I"$root/include" -I"$root" -I"$root/eval" \
-  "$here/fuzz_trace.c" "$root/eval/npy.c" "$root/eval/header.c" "$root/common/error.c" \
+  "$here/fuzz_trace.c" "$root/eval/npy.c" "$root/eval/json.c" "$root/eval/header.c" \
+  "$root/eval/needles.c" "$root/common/error.c" \
   -o "$out/fuzz_trace"
 
 # New inputs go to $out/corpus; the committed seeds in tests/fuzz/corpus are only read.

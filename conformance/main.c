@@ -48,7 +48,7 @@ typedef struct options {
     const char *broken; /* self-test kind, NULL normally */
     const char *require; /* comma list of backends that must have a device */
     int require_from_env; /* taken from FREEKV_REQUIRE_DEVICES, not --require */
-    int quick, list, help;
+    int quick, list, help, strict;
 } options;
 
 static void usage(FILE *f) {
@@ -59,6 +59,8 @@ static void usage(FILE *f) {
             "  --device SEL         index (in the listed devices) or name substring "
             "(default: $FREEKV_DEVICE, else every device)\n"
             "  --quick              the reduced case set (CI); default: the full set (GPU hosts)\n"
+            "  --strict             also hold every value to the strict bound of the tolerance\n"
+            "                       table (the rounding and accumulation of the reference)\n"
             "  --report-dir DIR     where the JSON and Markdown reports go (default: "
             "conformance-report)\n"
             "  --list               list the cases and exit\n"
@@ -84,6 +86,8 @@ static int parse(int argc, char **argv, options *o) {
         const char **slot = NULL;
         if (strcmp(a, "--quick") == 0)
             o->quick = 1;
+        else if (strcmp(a, "--strict") == 0)
+            o->strict = 1;
         else if (strcmp(a, "--list") == 0)
             o->list = 1;
         else if (strcmp(a, "--self-test-broken") == 0)
@@ -383,7 +387,8 @@ int main(int argc, char **argv) {
         return 0;
     }
     static cf_case all[MAX_CASES], cases[MAX_CASES];
-    size_t n_all = cf_op_cases(o.quick, all, MAX_CASES);
+    cf_case_opts copts = {.sets = o.quick ? CF_SET_QUICK : CF_SET_FULL, .knobs = 0};
+    size_t n_all = cf_op_cases(&copts, all, MAX_CASES);
     n_all += cf_pipeline_cases(o.quick, all + n_all, MAX_CASES - n_all);
     size_t n = 0;
     for (size_t i = 0; i < n_all; i++)
@@ -419,6 +424,8 @@ int main(int argc, char **argv) {
     cf_env env;
     memset(&env, 0, sizeof env);
     env.quick = o.quick;
+    env.strict = o.strict;
+    env.determinism = 1;
     if (fkv_device_open_ops(fkv_backend_cpu(), 0, &env.ref.dev) != FKV_OK) {
         fprintf(stderr, "freekv-conformance: cannot open the CPU reference: %s\n",
                 fkv_last_error());
@@ -482,10 +489,7 @@ int main(int argc, char **argv) {
         double t_dev = cf_now_ms();
         for (size_t i = 0; i < n; i++) {
             cf_result *r = &res[i];
-            memset(r, 0, sizeof *r);
-            r->status = CF_PASS;
-            r->error = r->tolerance = -1;
-            r->deterministic = -1;
+            cf_result_init(r);
             double t0 = cf_now_ms();
             cases[i].run(&env, &cases[i], r);
             r->ms = cf_now_ms() - t0;

@@ -137,6 +137,14 @@ void cf_pick_distinct(cf_rng *r, uint32_t n, uint32_t k, uint32_t *out) {
 
 /* ---- helpers ---- */
 
+int cf_dut_ran(cf_result *r, fkv_status st, const char *where) {
+    if (st == FKV_ERR_UNSUPPORTED)
+        cf_skip(r, "%s: unsupported by the device: %s", where, cf_error_text(st));
+    else if (st != FKV_OK)
+        cf_fail(r, "%s failed: %s", where, cf_error_text(st));
+    return st == FKV_OK;
+}
+
 const char *cf_error_text(fkv_status st) {
     /* The library's message starts with its status string; anything else is stale. */
     const char *msg = fkv_last_error(), *what = fkv_status_string(st);
@@ -181,11 +189,19 @@ const uint32_t (*cf_geometries(int quick, size_t *n))[3] {
 }
 
 void cf_geom_name(const cf_geom *g, int with_dtype, int with_page, char *buf, size_t size) {
-    int len = snprintf(buf, size, "d%u/g%u", g->head_dim, g->group);
-    if (len < 0 || (size_t)len >= size)
-        return;
+    char heads[16] = "", page[16] = "", dtype[16] = "";
+    if (g->n_kv_heads) /* a KV head count other than the rule's */
+        snprintf(heads, sizeof heads, "/h%u", g->n_kv_heads);
     if (with_page)
-        len += snprintf(buf + len, size - (size_t)len, "/p%u", g->page_size);
-    if (with_dtype && (size_t)len < size)
-        snprintf(buf + len, size - (size_t)len, "/%s", fkv_dtype_name(g->dtype));
+        snprintf(page, sizeof page, "/p%u", g->page_size);
+    if (with_dtype)
+        snprintf(dtype, sizeof dtype, "/%s", fkv_dtype_name(g->dtype));
+    snprintf(buf, size, "d%u/g%u%s%s%s", g->head_dim, g->group, heads, page, dtype);
+}
+
+void cf_result_init(cf_result *r) {
+    memset(r, 0, sizeof *r);
+    r->status = CF_PASS;
+    r->error = r->tolerance = -1;
+    r->deterministic = -1;
 }

@@ -1,11 +1,12 @@
-/* One GPU backend, op by op, against the CPU reference backend on the same random data: the
- * fixture, paired buffers and the checks every device backend must pass. A backend's test
- * file (tests/test_<backend>.c) describes its backend in a bh_backend, calls bh_select in its
- * suites' init and wraps the bh_check_* bodies in Criterion tests, next to its own tests.
+/* One device backend against the CPU reference in Criterion: the fixture, the op specs of
+ * conformance/ (every op, edge case and tolerance written once there) run per backend, and
+ * the few helpers the backends' own tests share. A backend's test file
+ * (tests/test_<backend>.c) describes its backend in a bh_backend, calls bh_select in its
+ * suites' init, defines the spec tests with BH_SPEC_TESTS(suite), and adds its own tests
+ * (environment variables, recall modes, debug knobs, binding limits).
  *
- * Side UT (0) is the backend under test, side REF (1) the CPU reference. Outputs sit between
- * guard bytes that must stay untouched. Criterion forks per test: each test opens its own
- * devices, and nothing touches a device before the fork. */
+ * Side UT (0) is the backend under test, side REF (1) the CPU reference. Criterion forks per
+ * test: each test opens its own devices, and nothing touches a device before the fork. */
 #ifndef FKV_TESTS_BACKEND_HARNESS_H
 #define FKV_TESTS_BACKEND_HARNESS_H
 
@@ -13,6 +14,7 @@
 #include <stdint.h>
 
 #include "backends/backend.h"
+#include "conformance.h"
 #include "helpers.h"
 
 typedef struct bh_backend {
@@ -22,12 +24,8 @@ typedef struct bh_backend {
     int (*is_preferred)(const fkv_device_info *info);
     const char *const *env;             /* the backend's variables, NULL-terminated */
     const char *recall_env;             /* FREEKV_<BACKEND>_RECALL */
-    void (*set_splits)(fkv_bdev *, int); /* forces split-page attention (0: automatic) */
-    /* Lowers the shared (local) memory the kernels plan for (0: the device's). */
-    void (*set_shared)(fkv_bdev *, size_t);
+    cf_knobs knobs;                     /* its debug hooks, reached through the specs' knobs */
     void (*before_close)(fkv_bdev *);   /* a last check of each device, or NULL */
-    /* recall_direct reads host_alloc memory in every recall mode, not only in direct mode. */
-    int direct_in_every_mode;
 } bh_backend;
 
 #define UT 0
@@ -84,7 +82,24 @@ void bh_done_ok(int s, fkv_status st, const char *what);
         cr_assert(fkv_last_error()[0] != '\0', "%s: no message", #call);                   \
     } while (0)
 
-/* ---- paired buffers: the same bytes on both sides ---- */
+/* ---- the op specs (conformance/conformance.h) on the device under test ---- */
+
+/* Runs every case of spec `id` at the unit geometries on both opened sides, in strict mode
+ * (the reference's rounding and accumulation), with the backend's knobs; each failing case is
+ * reported by name. Skips when every case skipped (e.g. an optional entry the device lacks). */
+void bh_spec(const char *id);
+/* Runs the one unit case named `name`, e.g. "recall_direct/d64/g1/h2/p16/bf16". */
+void bh_spec_case(const char *name);
+/* The Criterion test of spec `id` in `suite`; BH_SPEC_TESTS: one per spec, CF_SPECS and the
+ * knob variants. */
+#define BH_SPEC(suite, id) \
+    Test(suite, id) { bh_spec(#id); }
+#define BH_SPEC_TEST(suite, id, op, splits, shared) BH_SPEC(suite, id)
+#define BH_SPEC_TESTS(suite)               \
+    CF_SPECS(BH_SPEC_TEST, suite)          \
+    CF_SPEC_VARIANTS(BH_SPEC_TEST, suite)
+
+/* ---- helpers of the backends' own tests: paired buffers, the same bytes on both sides ---- */
 
 typedef struct pbuf {
     fkv_bbuf *b[2];
@@ -102,56 +117,16 @@ unsigned char *bh_pb_read(const pbuf *p, int s);
 void bh_same_bytes(const pbuf *p, const char *what);
 /* Floats [off, off+n*4) agree within tol (scaled by 1 + |ref|); the guards are untouched. */
 void bh_same_floats(const pbuf *p, size_t off, size_t n, double tol, const char *what);
-
-/* ---- data ---- */
-
 float *bh_rand_f32(th_rng *r, size_t n, float scale);
 void *bh_rand_stored(th_rng *r, size_t n, fkv_dtype t);
-int32_t *bh_perm(th_rng *r, size_t n);
-/* Two random pools of n_slots slots, the same on both sides. */
-void bh_rand_pools(th_rng *r, const fkv_kv_geom *g, uint32_t n_slots, pbuf *k, pbuf *v);
 
-/* ---- the checks: each is the body of one test ---- */
+/* ---- what every device backend of freekv provides beyond the contract ---- */
 
-/* Table, names, enumeration, info of the opened device; *info gets the device's info for the
- * backend's own assertions. */
+/* The table has every optional entry but write_regions, and the opened device stores f16
+ * and bf16; *info gets the device's info for the backend's own assertions. */
 void bh_check_device_info(fkv_device_info *info);
-void bh_check_public_api(void);
-/* Copies, overlapping copies, and a chain across all three queues ordered only by events. */
-void bh_check_copies_and_events(void);
-void bh_check_host_memory(void);
-void bh_check_append(void);
-void bh_check_summarize(void);
-void bh_check_scores(void);
-void bh_check_cosine_flags(void);
-/* A query holding a NaN or an infinity gives its KV head flag 1 on both sides (backend.h). */
-void bh_check_cosine_nan(void);
-void bh_check_pack_hnd(void);
-void bh_check_scatter_hnd(void);
-/* recall_direct from host_alloc memory, for one geometry; bh_check_recall_direct skips when
- * the device's mode does not allow it. */
-void bh_check_recall_direct_geom(th_rng *r, const fkv_kv_geom *g, int odd);
-void bh_check_recall_direct(void);
-void bh_check_attention(int splits);
-/* One head against tests/helpers' naive attention, not only against the CPU backend. */
-void bh_check_attention_naive(void);
-void bh_check_dense(int splits);
-/* Two threads enqueueing the same kernels on two queues get the single-threaded results. */
-void bh_check_two_threads(void);
-/* Refused calls: queue, geometry, offsets, NULL buffers; zero work; bad indices skipped. */
-void bh_check_bad_arguments(void);
 /* The same device refuses an allocation above its limit with a status and a message. */
 void bh_check_alloc_limits(size_t max_alloc);
-/* Shared-memory limits (bytes) under which the kernels of the harness geometries run their
- * group in several work groups (backends/check.c): SMALL leaves attention one or two query
- * heads and tiles of one or two tokens, and scores blocks of uneven sizes (3, 3, 2 of 8 at
- * d 128); MID leaves attention blocks of uneven sizes with tiles of 8 tokens or more. */
-#define BH_SMALL_SHARED 1564
-#define BH_MID_SHARED 6144
-/* Makes the device under test plan for `bytes` of shared memory (0: its own) and checks that
- * this splits the harness' largest group (8 x d 128) into several work groups (for scores
- * too at BH_SMALL_SHARED). */
-void bh_set_shared(size_t bytes);
 /* The geometry of issue #12 (group 64 x head_dim 256, 66 KiB of queries alone) through the
  * whole pipeline, against the CPU reference: it must run (the kernels split the group where
  * shared memory is short). A device that cannot run a geometry at all is refused at

@@ -1,8 +1,8 @@
 /* The HIP backend's host-side logic: its table, enumeration without a GPU (0 devices, never an
  * error), environment and argument checks that refuse a call before the runtime is touched,
  * and the f16/bf16 conversions of the kernels against common/dtype.h. On a GPU, suite hip_gpu
- * runs every op against the CPU reference as the OpenCL and Vulkan tests do
- * (tests/backend_harness.h), and the conformance suite covers the rest
+ * runs every op spec of conformance/ against the CPU reference as the OpenCL and Vulkan tests
+ * do (tests/backend_harness.h), and the conformance runner covers the rest
  * (freekv-conformance --backend hip, docs/hip.md). Tests that need a device skip when no HIP
  * device exists (CI has none). Criterion forks per test: nothing touches the HIP runtime
  * before the fork. */
@@ -195,9 +195,7 @@ static const bh_backend hip_backend = {
     .ops = fkv_backend_hip,
     .env = hip_env,
     .recall_env = "FREEKV_HIP_RECALL",
-    .set_splits = fkv_hip_debug_set_splits,
-    .set_shared = fkv_hip_debug_set_shared,
-    .direct_in_every_mode = 0, /* only mapped host memory (zerocopy) reaches a kernel */
+    .knobs = {.set_splits = fkv_hip_debug_set_splits, .set_shared = fkv_hip_debug_set_shared},
 };
 
 static void open_both(void) {
@@ -213,53 +211,15 @@ static void env_only(void) {
 TestSuite(hip_gpu, .init = open_both, .fini = bh_teardown, .timeout = 300);
 TestSuite(hip_gpu_env, .init = env_only, .fini = bh_teardown, .timeout = 300);
 
+BH_SPEC_TESTS(hip_gpu)
+
 Test(hip_gpu, device_info_and_table) {
     fkv_device_info info;
     bh_check_device_info(&info);
     cr_assert(info.type == FKV_DEVICE_DISCRETE_GPU || info.type == FKV_DEVICE_INTEGRATED_GPU);
 }
-Test(hip_gpu, public_api) { bh_check_public_api(); }
-Test(hip_gpu, copies_and_cross_queue_events) { bh_check_copies_and_events(); }
-Test(hip_gpu, host_memory) { bh_check_host_memory(); }
-Test(hip_gpu, append) { bh_check_append(); }
-Test(hip_gpu, summarize) { bh_check_summarize(); }
-Test(hip_gpu, scores) { bh_check_scores(); }
-Test(hip_gpu, cosine_flags) { bh_check_cosine_flags(); }
-Test(hip_gpu, cosine_nan_is_corrected) { bh_check_cosine_nan(); }
-/* Attention and scores over the group in several work groups (small shared memory). */
-Test(hip_gpu, attention_small_shared) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_attention(3);
-}
-Test(hip_gpu, attention_small_shared_unsplit) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_attention(1);
-}
-Test(hip_gpu, attention_mid_shared) {
-    bh_set_shared(BH_MID_SHARED);
-    bh_check_attention(1);
-}
-Test(hip_gpu, attention_dense_small_shared) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_dense(2);
-}
-Test(hip_gpu, scores_small_shared) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_scores();
-}
 /* Issue #12: group 64 x head_dim 256 runs (or a device that cannot is refused at creation). */
 Test(hip_gpu, large_group_pipeline) { bh_check_large_group(); }
-Test(hip_gpu, pack_hnd) { bh_check_pack_hnd(); }
-Test(hip_gpu, scatter_hnd) { bh_check_scatter_hnd(); }
-Test(hip_gpu, recall_direct) { bh_check_recall_direct(); }
-Test(hip_gpu, attention_unsplit) { bh_check_attention(1); }
-Test(hip_gpu, attention_split) { bh_check_attention(3); }
-Test(hip_gpu, attention_auto_split) { bh_check_attention(0); }
-Test(hip_gpu, attention_naive_reference) { bh_check_attention_naive(); }
-Test(hip_gpu, attention_dense_unsplit) { bh_check_dense(1); }
-Test(hip_gpu, attention_dense_split) { bh_check_dense(4); }
-Test(hip_gpu, two_threads_two_queues) { bh_check_two_threads(); }
-Test(hip_gpu, bad_arguments) { bh_check_bad_arguments(); }
 Test(hip_gpu_env, pipeline_matches_reference) {
     static const char *const modes[] = {"staged", "perpage", "auto"};
     bh_check_pipeline(modes, 3);

@@ -1,11 +1,9 @@
-/* The OpenCL backend, op by op, against the CPU reference backend on the same random data
- * (tests/backend_harness.h), on PoCL or the first OpenCL device.
- *
- * Every kernel runs for f32, f16 and bf16 storage over several geometries; split-page
- * attention is forced on and off. OpenCL's own: buffer import, recall modes
- * (FREEKV_OPENCL_RECALL), fast math, the program-binary cache and a kernel source that fails
- * to build. Without an OpenCL device every test is skipped, or fails when FREEKV_REQUIRE_DEVICES
- * names opencl (tests/backend_harness.h). */
+/* The OpenCL backend against the CPU reference backend, on PoCL or the first OpenCL device:
+ * every op spec of conformance/ (tests/backend_harness.h: every kernel for f32, f16 and bf16
+ * storage over several geometries, split-page attention forced on and off, shared memory
+ * short), and OpenCL's own: buffer import, recall modes (FREEKV_OPENCL_RECALL), fast math,
+ * the program-binary cache and a kernel source that fails to build. Without an OpenCL
+ * device every test is skipped, or fails when FREEKV_REQUIRE_DEVICES names opencl. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,10 +24,8 @@ static const bh_backend opencl = {
     .is_preferred = is_pocl,
     .env = opencl_env,
     .recall_env = "FREEKV_OPENCL_RECALL",
-    .set_splits = fkv_opencl_debug_set_splits,
-    .set_shared = fkv_opencl_debug_set_shared,
-    /* pinned (non-SVM) host memory is never handed to a kernel */
-    .direct_in_every_mode = 0,
+    .knobs = {.set_splits = fkv_opencl_debug_set_splits,
+              .set_shared = fkv_opencl_debug_set_shared},
 };
 
 static void open_both(void) {
@@ -46,7 +42,9 @@ TestSuite(opencl, .init = open_both, .fini = bh_teardown, .timeout = 300);
 /* Tests that set the environment before opening devices themselves. */
 TestSuite(opencl_env, .init = env_only, .fini = bh_teardown, .timeout = 300);
 
-/* ---- the checks every backend passes ---- */
+/* ---- the op specs every backend passes ---- */
+
+BH_SPEC_TESTS(opencl)
 
 Test(opencl, device_info_and_table) {
     fkv_device_info info;
@@ -57,48 +55,8 @@ Test(opencl, device_info_and_table) {
     /* Direct recall is fine-grained SVM here. */
     cr_assert_eq(fkv_opencl_debug_svm_host(OD), O->recall_mode(OD) == FKV_RECALL_DIRECT);
 }
-Test(opencl, public_api) { bh_check_public_api(); }
-Test(opencl, copies_and_cross_queue_events) { bh_check_copies_and_events(); }
-Test(opencl, host_memory) { bh_check_host_memory(); }
-Test(opencl, append) { bh_check_append(); }
-Test(opencl, summarize) { bh_check_summarize(); }
-Test(opencl, scores) { bh_check_scores(); }
-Test(opencl, cosine_flags) { bh_check_cosine_flags(); }
-Test(opencl, cosine_nan_is_corrected) { bh_check_cosine_nan(); }
-/* Attention and scores over the group in several work groups (small shared memory). */
-Test(opencl, attention_small_shared) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_attention(3);
-}
-Test(opencl, attention_small_shared_unsplit) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_attention(1);
-}
-Test(opencl, attention_mid_shared) {
-    bh_set_shared(BH_MID_SHARED);
-    bh_check_attention(1);
-}
-Test(opencl, attention_dense_small_shared) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_dense(2);
-}
-Test(opencl, scores_small_shared) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_scores();
-}
 /* Issue #12: group 64 x head_dim 256 runs (or a device that cannot is refused at creation). */
 Test(opencl, large_group_pipeline) { bh_check_large_group(); }
-Test(opencl, pack_hnd) { bh_check_pack_hnd(); }
-Test(opencl, scatter_hnd) { bh_check_scatter_hnd(); }
-Test(opencl, recall_direct) { bh_check_recall_direct(); }
-Test(opencl, attention_unsplit) { bh_check_attention(1); }
-Test(opencl, attention_split) { bh_check_attention(3); }
-Test(opencl, attention_auto_split) { bh_check_attention(0); }
-Test(opencl, attention_naive_reference) { bh_check_attention_naive(); }
-Test(opencl, attention_dense_unsplit) { bh_check_dense(1); }
-Test(opencl, attention_dense_split) { bh_check_dense(4); }
-Test(opencl, two_threads_two_queues) { bh_check_two_threads(); }
-Test(opencl, bad_arguments) { bh_check_bad_arguments(); }
 Test(opencl_env, pipeline_matches_reference) {
     static const char *const modes[] = {"staged", "perpage", "auto"};
     bh_check_pipeline(modes, 3);

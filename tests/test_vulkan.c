@@ -1,13 +1,13 @@
-/* The Vulkan backend, op by op, against the CPU reference backend on the same random data
- * (tests/backend_harness.h), on lavapipe or the first Vulkan device.
- *
- * Every kernel runs for f32, f16 and bf16 storage over several geometries, and again without
- * 16-bit storage (FREEKV_VULKAN_16BIT=0, suite vulkan_w32); split-page attention is forced on
- * and off. Vulkan's own: memory limits and buffer import, write_regions, every recall mode
- * (FREEKV_VULKAN_RECALL), the pipeline cache and environment errors. With
+/* The Vulkan backend against the CPU reference backend, on lavapipe or the first Vulkan
+ * device: every op spec of conformance/ (tests/backend_harness.h: every kernel for f32, f16
+ * and bf16 storage over several geometries, split-page attention forced on and off, shared
+ * memory short), the storage kernels again without 16-bit storage (FREEKV_VULKAN_16BIT=0,
+ * suite vulkan_w32) and with pools and summaries bound in small windows (vulkan_windows*).
+ * Vulkan's own: memory limits and buffer import, write_regions per page, every recall mode
+ * (FREEKV_VULKAN_RECALL), launch limits, the pipeline cache and environment errors. With
  * FREEKV_VULKAN_VALIDATION=1 every test also fails on any validation-layer error or unlisted
- * warning. Without a Vulkan device every test is skipped, or fails when FREEKV_REQUIRE_DEVICES
- * names vulkan (tests/backend_harness.h). */
+ * warning. Without a Vulkan device every test is skipped, or fails when
+ * FREEKV_REQUIRE_DEVICES names vulkan. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,10 +32,9 @@ static const bh_backend vulkan = {
     .is_preferred = is_lavapipe,
     .env = vulkan_env,
     .recall_env = "FREEKV_VULKAN_RECALL",
-    .set_splits = fkv_vulkan_debug_set_splits,
-    .set_shared = fkv_vulkan_debug_set_shared,
+    .knobs = {.set_splits = fkv_vulkan_debug_set_splits,
+              .set_shared = fkv_vulkan_debug_set_shared},
     .before_close = no_validation_errors,
-    .direct_in_every_mode = 1, /* host_alloc memory is always imported or a mapped buffer */
 };
 
 static void open_both(void) {
@@ -62,7 +61,9 @@ TestSuite(vulkan_w32, .init = open_both_w32, .fini = bh_teardown, .timeout = 300
 /* Tests that set the environment before opening devices themselves. */
 TestSuite(vulkan_env, .init = env_only, .fini = bh_teardown, .timeout = 300);
 
-/* ---- the checks every backend passes ---- */
+/* ---- the op specs every backend passes ---- */
+
+BH_SPEC_TESTS(vulkan)
 
 Test(vulkan, device_info_and_table) {
     fkv_device_info info;
@@ -81,19 +82,19 @@ Test(vulkan, device_info_and_table) {
     /* Direct recall is imported host memory here. */
     cr_assert_eq(fkv_vulkan_debug_import_host(OD), O->recall_mode(OD) == FKV_RECALL_DIRECT);
 }
-Test(vulkan, public_api) { bh_check_public_api(); }
-Test(vulkan, copies_and_cross_queue_events) { bh_check_copies_and_events(); }
-Test(vulkan, host_memory) { bh_check_host_memory(); }
-Test(vulkan, bad_arguments) { bh_check_bad_arguments(); }
-Test(vulkan, attention_auto_split) { bh_check_attention(0); }
-Test(vulkan, attention_naive_reference) { bh_check_attention_naive(); }
-Test(vulkan, attention_dense_unsplit) { bh_check_dense(1); }
-Test(vulkan, attention_dense_split) { bh_check_dense(4); }
-Test(vulkan, two_threads_two_queues) { bh_check_two_threads(); }
 Test(vulkan_env, pipeline_matches_reference, .timeout = 600) {
     static const char *const modes[] = {"staged", "perpage", "regions", "hostptr", "auto"};
     bh_check_pipeline(modes, 5);
 }
+
+/* The storage kernels without 16-bit storage: KV held two 16-bit elements to a 32-bit word. */
+BH_SPEC(vulkan_w32, append)
+BH_SPEC(vulkan_w32, summarize)
+BH_SPEC(vulkan_w32, pack_hnd)
+BH_SPEC(vulkan_w32, scatter_hnd)
+BH_SPEC(vulkan_w32, recall_direct)
+BH_SPEC(vulkan_w32, attention_unsplit)
+BH_SPEC(vulkan_w32, attention_split)
 
 static void open_both_windows(void) {
     open_both();
@@ -102,17 +103,17 @@ static void open_both_windows(void) {
 /* KV pools and summaries bound in windows of 1 KiB, as buffers above maxStorageBufferRange
  * are: every kernel that indexes them against the reference. */
 TestSuite(vulkan_windows, .init = open_both_windows, .fini = bh_teardown, .timeout = 300);
-Test(vulkan_windows, append) { bh_check_append(); }
-Test(vulkan_windows, summarize) { bh_check_summarize(); }
-Test(vulkan_windows, scores) { bh_check_scores(); }
-Test(vulkan_windows, pack_hnd) { bh_check_pack_hnd(); }
-Test(vulkan_windows, scatter_hnd) { bh_check_scatter_hnd(); }
-Test(vulkan_windows, recall_direct) { bh_check_recall_direct(); }
-Test(vulkan_windows, attention_unsplit) { bh_check_attention(1); }
-Test(vulkan_windows, attention_split) { bh_check_attention(3); }
-Test(vulkan_windows, attention_naive_reference) { bh_check_attention_naive(); }
-Test(vulkan_windows, attention_dense_unsplit) { bh_check_dense(1); }
-Test(vulkan_windows, attention_dense_split) { bh_check_dense(4); }
+BH_SPEC(vulkan_windows, append)
+BH_SPEC(vulkan_windows, summarize)
+BH_SPEC(vulkan_windows, scores)
+BH_SPEC(vulkan_windows, pack_hnd)
+BH_SPEC(vulkan_windows, scatter_hnd)
+BH_SPEC(vulkan_windows, recall_direct)
+BH_SPEC(vulkan_windows, attention)
+BH_SPEC(vulkan_windows, attention_unsplit)
+BH_SPEC(vulkan_windows, attention_split)
+BH_SPEC(vulkan_windows, attention_dense_unsplit)
+BH_SPEC(vulkan_windows, attention_dense_split)
 
 static void open_both_w32_windows(void) {
     open_both_w32();
@@ -120,47 +121,12 @@ static void open_both_w32_windows(void) {
 }
 /* Windows over KV held two 16-bit elements to a 32-bit word. */
 TestSuite(vulkan_windows_w32, .init = open_both_w32_windows, .fini = bh_teardown, .timeout = 300);
-Test(vulkan_windows_w32, append) { bh_check_append(); }
-Test(vulkan_windows_w32, summarize) { bh_check_summarize(); }
-Test(vulkan_windows_w32, pack_hnd) { bh_check_pack_hnd(); }
-Test(vulkan_windows_w32, scatter_hnd) { bh_check_scatter_hnd(); }
-Test(vulkan_windows_w32, attention_split) { bh_check_attention(3); }
+BH_SPEC(vulkan_windows_w32, append)
+BH_SPEC(vulkan_windows_w32, summarize)
+BH_SPEC(vulkan_windows_w32, pack_hnd)
+BH_SPEC(vulkan_windows_w32, scatter_hnd)
+BH_SPEC(vulkan_windows_w32, attention_split)
 
-/* The storage kernels with and without 16-bit storage. */
-#define BOTH(test, body)         \
-    Test(vulkan, test) { body; } \
-    Test(vulkan_w32, test) { body; }
-BOTH(append, bh_check_append())
-BOTH(summarize, bh_check_summarize())
-BOTH(pack_hnd, bh_check_pack_hnd())
-BOTH(scatter_hnd, bh_check_scatter_hnd())
-BOTH(recall_direct, bh_check_recall_direct())
-BOTH(attention_unsplit, bh_check_attention(1))
-BOTH(attention_split, bh_check_attention(3))
-Test(vulkan, scores) { bh_check_scores(); }
-Test(vulkan, cosine_flags) { bh_check_cosine_flags(); }
-Test(vulkan, cosine_nan_is_corrected) { bh_check_cosine_nan(); }
-/* Attention and scores over the group in several work groups (small shared memory). */
-Test(vulkan, attention_small_shared) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_attention(3);
-}
-Test(vulkan, attention_small_shared_unsplit) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_attention(1);
-}
-Test(vulkan, attention_mid_shared) {
-    bh_set_shared(BH_MID_SHARED);
-    bh_check_attention(1);
-}
-Test(vulkan, attention_dense_small_shared) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_dense(2);
-}
-Test(vulkan, scores_small_shared) {
-    bh_set_shared(BH_SMALL_SHARED);
-    bh_check_scores();
-}
 /* The shaders' flat invocation ids are 32-bit (common.glsl): a 1-D launch of more than 2^32
  * items is refused, never run with wrapped ids that redo early items and skip late ones.
  * Summaries of 2^14 + 1 pages of a 1024 x 256 geometry are 2^32 + 2^18 items. */
@@ -260,48 +226,12 @@ Test(vulkan, pools_beyond_one_binding, .timeout = 600) {
     }
 }
 
-/* write_regions from host_alloc memory, from ordinary memory and mixed, against the reference. */
-static void check_write_regions(void) {
-    th_rng r;
-    th_seed(&r, 1200);
-    size_t n = 64, unit = 1000;
-    fkv_bhost *h[2];
-    void *hp[2];
-    unsigned char *heap = bh_tmalloc(n * unit);
-    for (size_t i = 0; i < n * unit; i++)
-        heap[i] = (unsigned char)th_u32(&r);
-    for (int s = 0; s < 2; s++) {
-        cr_assert_eq(bh_ops[s]->host_alloc(bh_dev[s], n * unit, &h[s], &hp[s]), FKV_OK);
-        memcpy(hp[s], heap, n * unit);
-    }
-    int32_t *order = bh_perm(&r, n);
-    for (int mix = 0; mix < 3; mix++) {
-        fkv_copy_region *rg[2];
-        for (int s = 0; s < 2; s++) {
-            rg[s] = bh_tmalloc(n * sizeof *rg[s]);
-            for (size_t i = 0; i < n; i++) {
-                int pinned = mix == 0 || (mix == 2 && i % 3 == 0);
-                const unsigned char *base = pinned ? hp[s] : heap;
-                rg[s][i] = (fkv_copy_region){base + (size_t)order[i] * unit, GUARD + i * unit,
-                                             unit - (i % 7)};
-            }
-        }
-        pbuf dst = bh_pnew(NULL, GUARD, n * unit);
-        RUN2(bh_ops[s]->write_regions(bh_dev[s], TQ, DEPS, B(dst, s), (uint32_t)n, rg[s]));
-        bh_same_bytes(&dst, "write_regions");
-    }
-    RUN1(O->write_regions(OD, TQ, DEPS, bh_bufs[UT][0], 0, NULL));
-    for (int s = 0; s < 2; s++)
-        bh_ops[s]->host_free(bh_dev[s], h[s]);
-}
-
-Test(vulkan, write_regions) { check_write_regions(); }
-
+/* write_regions as the per-page recall mode issues it (one copy per region). */
 Test(vulkan_env, write_regions_perpage) {
     setenv("FREEKV_VULKAN_RECALL", "perpage", 1);
     bh_open_devices();
     cr_assert(fkv_vulkan_debug_perpage(OD));
-    check_write_regions();
+    bh_spec("write_regions");
 }
 
 Test(vulkan_env, recall_modes) {
@@ -331,11 +261,8 @@ Test(vulkan_env, recall_modes) {
         cr_assert_eq(fkv_vulkan_debug_import_host(OD), cases[i].import, "%s", cases[i].value);
         cr_assert_eq(fkv_vulkan_debug_perpage(OD), cases[i].perpage, "%s", cases[i].value);
         /* Whatever the mode, host_alloc memory is readable by recall_direct. */
-        th_rng r;
-        th_seed(&r, 1300 + i);
         bh_open_ref();
-        fkv_kv_geom g = {2, 1, 64, 16, FKV_BF16};
-        bh_check_recall_direct_geom(&r, &g, 0);
+        bh_spec_case("recall_direct/d64/g1/h2/p16/bf16");
         bh_teardown();
     }
 }
@@ -363,10 +290,7 @@ Test(vulkan_env, hostptr_import_impossible) {
     fkv_device_info info;
     cr_assert_eq(O->opened_info(OD, &info), FKV_OK);
     cr_assert_eq(info.caps & FKV_CAP_ZERO_COPY_HOST, 0, "no zero-copy without imports");
-    th_rng r;
-    th_seed(&r, 1400);
-    fkv_kv_geom g = {2, 1, 64, 16, FKV_BF16};
-    bh_check_recall_direct_geom(&r, &g, 0);
+    bh_spec_case("recall_direct/d64/g1/h2/p16/bf16");
     bh_teardown();
     /* imports working again: hostptr imports, auto says why it stays staged here */
     fkv_vulkan_debug_break_import(0);

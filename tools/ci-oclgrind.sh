@@ -33,9 +33,9 @@ fi
 echo "oclgrind reports the deliberate race (tests/oclgrind/race.cl): the checker works"
 
 # 2. test_opencl's single-threaded op tests, one process each, two at a time
-tests=(device_info_and_table public_api copies_and_cross_queue_events host_memory append
-       summarize scores cosine_flags attention_naive_reference attention_split bad_arguments
-       buffer_import_and_memory_errors)
+tests=(device_info_and_table device public_api copies event_chain events host_memory append
+       summarize scores cosine_flags cosine_nan attention_split bad_arguments
+       zero_work out_of_range buffer_import_and_memory_errors)
 export FREEKV_REQUIRE_DEVICES=opencl # the simulator must be the device found, never a skip
 run_one() {
   local t=$1 out=$2 build=$3

@@ -57,6 +57,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fkv_backend_list.h"
 #include "freekv.h"
 
 #ifdef __cplusplus
@@ -241,11 +242,12 @@ typedef struct fkv_backend_ops {
     const char *(*recall_note)(fkv_bdev *dev);
 } fkv_backend_ops;
 
-/* Every compiled backend's table (NULL entries for backends not built). */
-const fkv_backend_ops *fkv_backend_cpu(void);
-const fkv_backend_ops *fkv_backend_opencl(void);
-const fkv_backend_ops *fkv_backend_vulkan(void);
-const fkv_backend_ops *fkv_backend_hip(void);
+/* Every compiled backend's table: fkv_backend_<name>() for each name of the generated list
+ * (cmake/backends.cmake), and the same found by name (NULL: not compiled in). */
+#define FKV_DECLARE_BACKEND(name) const fkv_backend_ops *fkv_backend_##name(void);
+FKV_BACKENDS_COMPILED(FKV_DECLARE_BACKEND)
+#undef FKV_DECLARE_BACKEND
+const fkv_backend_ops *fkv_backend_find(const char *name);
 
 /* Generic fallbacks (backends/fallback.c): each calls the table's own entry when present. */
 fkv_status fkv_op_write_regions(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,

@@ -26,40 +26,35 @@
 
 static pthread_mutex_t driver_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* "auto", then every backend the library knows, in preference order. */
-static const char *const backend_choices[] = {"auto", "hip", "vulkan", "opencl", "cpu"};
+/* "auto", then every backend folder (generated list), in preference order. */
+#define CHOICE(name) #name,
+static const char *const backend_choices[] = {"auto", FKV_BACKENDS_KNOWN(CHOICE)};
+#undef CHOICE
 #define N_CHOICES ((int)(sizeof backend_choices / sizeof *backend_choices))
-static const char *const *const known_backends = backend_choices + 1;
-#define N_KNOWN ((size_t)N_CHOICES - 1)
 
-static const fkv_backend_ops *compiled_backend(const char *name) {
-    const fkv_backend_ops *ops = NULL;
-    if (strcmp(name, "cpu") == 0)
-        ops = fkv_backend_cpu();
-    else if (strcmp(name, "opencl") == 0)
-        ops = fkv_backend_opencl();
-    else if (strcmp(name, "vulkan") == 0)
-        ops = fkv_backend_vulkan();
-    else if (strcmp(name, "hip") == 0)
-        ops = fkv_backend_hip();
-    return ops;
+/* The backends compiled in, in the same order. */
+typedef struct compiled_entry {
+    const char *name;
+    const fkv_backend_ops *(*ops)(void);
+} compiled_entry;
+#define ENTRY(name) {#name, fkv_backend_##name},
+static const compiled_entry compiled[] = {FKV_BACKENDS_COMPILED(ENTRY)};
+#undef ENTRY
+#define N_COMPILED (sizeof compiled / sizeof *compiled)
+
+const fkv_backend_ops *fkv_backend_find(const char *name) {
+    for (size_t i = 0; name && i < N_COMPILED; i++)
+        if (strcmp(compiled[i].name, name) == 0)
+            return compiled[i].ops();
+    return NULL;
 }
 
-size_t fkv_backend_count(void) {
-    size_t n = 0;
-    for (size_t i = 0; i < N_KNOWN; i++)
-        n += compiled_backend(known_backends[i]) != NULL;
-    return n;
-}
+static const fkv_backend_ops *compiled_backend(const char *name) { return fkv_backend_find(name); }
+
+size_t fkv_backend_count(void) { return N_COMPILED; }
 
 const char *fkv_backend_name(size_t index) {
-    for (size_t i = 0; i < N_KNOWN; i++) {
-        if (compiled_backend(known_backends[i]) == NULL)
-            continue;
-        if (index-- == 0)
-            return known_backends[i];
-    }
-    return NULL;
+    return index < N_COMPILED ? compiled[index].name : NULL;
 }
 
 fkv_status fkv_backend_check(const fkv_backend_ops *ops) {

@@ -13,17 +13,21 @@
 
 #define VK_N_BINDINGS 8 /* storage buffers of the one descriptor set layout */
 
-/* Shader variants (names as in vulkan/backend.cmake). */
+/* Shader variants, in the order of shaders.def (the one list of them). */
 typedef enum vk_shader_id {
-    S_APPEND,           /* + dtype variant (vk_dtype_variant) */
-    S_SUMMARIZE = 5,
-    S_ATTENTION = 10,
-    S_SCORES = 15,
-    S_COSINE,
-    S_ATTENTION_REDUCE,
-    S_COPY, /* + mode * 4 + word variant (16, 4, 2, 1) */
-    S_COUNT = S_COPY + 12
+#define FKV_VK_SHADER(name, ...) S_##name,
+#include "shaders.def"
+#undef FKV_VK_SHADER
+    S_COUNT
 } vk_shader_id;
+/* The first of each group; the launches add the variant (shaders.def says how). */
+#define S_APPEND S_append_f32         /* + dtype variant (vk_dtype_variant) */
+#define S_SUMMARIZE S_summarize_f32   /* + dtype variant */
+#define S_ATTENTION S_attention_f32   /* + dtype variant */
+#define S_SCORES S_scores
+#define S_COSINE S_cosine
+#define S_ATTENTION_REDUCE S_attention_reduce
+#define S_COPY S_copy0_w16 /* + mode * 4 + word variant (16, 4, 2, 1) */
 
 extern const char *const fkv_vk_shader_names[S_COUNT];
 

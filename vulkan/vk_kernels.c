@@ -18,20 +18,15 @@
 #include "vk_internal.h"
 
 typedef struct fkv_vk_spirv_blob {
-    const char *name;
     const unsigned char *code;
     size_t size;
 } fkv_vk_spirv_blob;
-extern const fkv_vk_spirv_blob fkv_vk_spirv[];
+extern const fkv_vk_spirv_blob fkv_vk_spirv[S_COUNT]; /* embed_spirv.cmake, shaders.def order */
 
 const char *const fkv_vk_shader_names[S_COUNT] = {
-    "append_f32",     "append_f16",     "append_bf16",     "append_f16w",     "append_bf16w",
-    "summarize_f32",  "summarize_f16",  "summarize_bf16",  "summarize_f16w",  "summarize_bf16w",
-    "attention_f32",  "attention_f16",  "attention_bf16",  "attention_f16w",  "attention_bf16w",
-    "scores",         "cosine",         "attention_reduce",
-    "copy0_w16",      "copy0_w4",       "copy0_w2",        "copy0_w1",
-    "copy1_w16",      "copy1_w4",       "copy1_w2",        "copy1_w1",
-    "copy2_w16",      "copy2_w4",       "copy2_w2",        "copy2_w1",
+#define FKV_VK_SHADER(name, ...) #name,
+#include "shaders.def"
+#undef FKV_VK_SHADER
 };
 
 #define DESCRIPTOR_SETS_PER_COMMAND 256 /* windows x windows of one command: its descriptor sets */
@@ -163,14 +158,7 @@ static fkv_status get_pipeline(fkv_bdev *d, uint32_t shader, uint32_t wg, uint32
         }
     VkResult r = VK_SUCCESS;
     if (d->modules[shader] == VK_NULL_HANDLE) {
-        const fkv_vk_spirv_blob *b = fkv_vk_spirv;
-        while (b->name && strcmp(b->name, fkv_vk_shader_names[shader]) != 0)
-            b++;
-        if (b->name == NULL) {
-            pthread_mutex_unlock(&d->pipe_lock);
-            return fkv_error(FKV_ERR_KERNEL_BUILD, "vulkan: shader %s is not embedded",
-                             fkv_vk_shader_names[shader]);
-        }
+        const fkv_vk_spirv_blob *b = &fkv_vk_spirv[shader];
         VkShaderModuleCreateInfo mi = {VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, NULL, 0,
                                        b->size, (const uint32_t *)(const void *)b->code};
         r = vkCreateShaderModule(d->dev, &mi, NULL, &d->modules[shader]);

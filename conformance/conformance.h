@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "freekv.h"
 
 /* Output buffers sit between guard bytes that must survive every op; the guard length and the

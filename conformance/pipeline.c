@@ -652,7 +652,7 @@ static void run_pipeline(const cf_env *env, const cf_case *c, cf_result *r) {
      * through a device handle that shares its backend device but answers recall_mode from
      * an ops table copy (the core asks once, when the context is created). */
     cf_dev dut_dev = env->dut;
-    fkv_device forced_dev;
+    fkv_device *forced_dev = NULL;
     fkv_backend_ops forced_ops;
     if (c->recall >= 0) {
         forced_mode = (fkv_recall_mode)c->recall;
@@ -663,9 +663,11 @@ static void run_pipeline(const cf_env *env, const cf_case *c, cf_result *r) {
         }
         forced_ops = *dut_dev.ops;
         forced_ops.recall_mode = forced_recall;
-        forced_dev = *dut_dev.dev;
-        forced_dev.ops = &forced_ops;
-        dut_dev.dev = &forced_dev;
+        if (fkv_device_view(dut_dev.dev, &forced_ops, &forced_dev) != FKV_OK) {
+            cf_fail(r, "forcing the recall mode: %s", fkv_last_error());
+            return;
+        }
+        dut_dev.dev = forced_dev;
         dut_dev.ops = &forced_ops;
     }
     pl_setup s;
@@ -703,6 +705,7 @@ out:
     out_free(&dut);
     out_free(&dut2);
     setup_free(&s);
+    fkv_device_close(forced_dev);
 }
 
 /* Full: every policy at every geometry and dtype. Quick: every policy at each dtype, the

@@ -9,7 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backends/check.h"
+#include "../backends/launch.h"
+#include "../backends/option.h"
 #include "../common/env.h"
 #include "../common/error.h"
 #include "hip_internal.h"
@@ -50,10 +51,6 @@ fkv_status fkv_hip_fail(hipError_t err, hip_alloc_kind kind, const char *what) {
 fkv_status fkv_hip_bind(fkv_bdev *d) {
     hipError_t e = hipSetDevice(d->index);
     return e == hipSuccess ? FKV_OK : fkv_hip_fail(e, HIP_NOT_ALLOC, "hipSetDevice");
-}
-
-static fkv_status check_queue(fkv_queue q, const char *op) {
-    return fkv_check_queue("hip", op, q);
 }
 
 /* ---- enumeration: no runtime, no driver or no GPU means 0 devices ---- */
@@ -267,25 +264,11 @@ static fkv_status hip_opened_info(fkv_bdev *d, fkv_device_info *info) {
 
 static fkv_recall_mode hip_recall_mode(fkv_bdev *d) { return d->recall; }
 
-void fkv_hip_debug_set_splits(fkv_bdev *d, int splits) {
-    d->split_override = splits < 0 ? 0 : splits > 256 ? 256 : splits;
-}
-
 /* ---- events ---- */
 
 static hipEvent_t as_event(const fkv_bevent *ev) { return (hipEvent_t)(uintptr_t)ev; }
 
-fkv_status fkv_hip_check_waits(const fkv_deps *deps) {
-    if (deps->n_wait && deps->wait == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip: %u waits but no wait list",
-                         deps->n_wait);
-    return FKV_OK;
-}
-
 fkv_status fkv_hip_wait(hipStream_t stream, const fkv_deps *deps) {
-    fkv_status st = fkv_hip_check_waits(deps);
-    if (st != FKV_OK)
-        return st;
     for (uint32_t i = 0; i < deps->n_wait; i++) {
         if (deps->wait[i] == NULL)
             continue;
@@ -313,14 +296,8 @@ fkv_status fkv_hip_done(hipStream_t stream, const fkv_deps *deps) {
 }
 
 static fkv_status hip_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events) {
-    if (n == 0)
-        return FKV_OK;
-    if (d == NULL || events == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip event_wait: NULL device or events");
     fkv_status st = fkv_hip_bind(d);
     for (uint32_t i = 0; i < n && st == FKV_OK; i++) {
-        if (events[i] == NULL)
-            continue;
         hipError_t e = hipEventSynchronize(as_event(events[i]));
         if (e != hipSuccess)
             st = fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventSynchronize");
@@ -331,19 +308,12 @@ static fkv_status hip_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *eve
 static void hip_event_release(fkv_bdev *d, fkv_bevent *ev) {
     (void)d;
     /* Destroying a pending event is allowed: the runtime releases it once it completes. */
-    if (ev)
-        hipEventDestroy(as_event(ev));
+    hipEventDestroy(as_event(ev));
 }
 
 fkv_status fkv_hip_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) {
     fkv_hip_clear_done(&deps);
-    if (d == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip marker: NULL device");
-    fkv_status st = check_queue(q, "marker");
-    if (st == FKV_OK)
-        st = fkv_hip_check_waits(&deps);
-    if (st == FKV_OK)
-        st = fkv_hip_bind(d);
+    fkv_status st = fkv_hip_bind(d);
     /* Stream waits order every later command of q after deps.wait too; the recorded event
      * follows every earlier command of the (in-order) stream. */
     if (st == FKV_OK)
@@ -354,11 +324,7 @@ fkv_status fkv_hip_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) {
 }
 
 static fkv_status hip_finish(fkv_bdev *d, fkv_queue q) {
-    if (d == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip finish: NULL device");
-    fkv_status st = check_queue(q, "finish");
-    if (st == FKV_OK)
-        st = fkv_hip_bind(d);
+    fkv_status st = fkv_hip_bind(d);
     if (st != FKV_OK)
         return st;
     hipError_t e = hipStreamSynchronize(d->streams[q]);
@@ -368,9 +334,6 @@ static fkv_status hip_finish(fkv_bdev *d, fkv_queue q) {
 /* ---- memory ---- */
 
 static fkv_status hip_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out) {
-    if (d == NULL || out == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip buffer_alloc: NULL argument or size 0");
-    *out = NULL;
     fkv_status st = fkv_hip_bind(d);
     if (st != FKV_OK)
         return st;
@@ -384,15 +347,13 @@ static fkv_status hip_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out) {
         st = fkv_hip_fail(e, HIP_DEVICE_ALLOC, "hipMalloc");
         return fkv_error_prefix(st, "hip buffer_alloc of %zu bytes", size);
     }
-    b->size = size;
+    b->desc = (fkv_mem_desc){.size = size, .base = (uintptr_t)b->ptr};
     *out = b;
     return FKV_OK;
 }
 
 static void hip_buffer_free(fkv_bdev *d, fkv_bbuf *b) {
-    if (b == NULL)
-        return;
-    if (!b->imported && d != NULL) {
+    if (!b->imported) {
         hipSetDevice(d->index);
         hipFree(b->ptr);
     }
@@ -400,9 +361,6 @@ static void hip_buffer_free(fkv_bdev *d, fkv_bbuf *b) {
 }
 
 static fkv_status hip_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_bbuf **out) {
-    if (d == NULL || native == NULL || out == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip buffer_import: NULL argument or size 0");
-    *out = NULL;
     fkv_status st = fkv_hip_bind(d);
     if (st != FKV_OK)
         return st;
@@ -429,7 +387,7 @@ static fkv_status hip_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_
     if (b == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "hip: buffer handle");
     b->ptr = native;
-    b->size = size;
+    b->desc = (fkv_mem_desc){.size = size, .base = (uintptr_t)native};
     b->imported = 1;
     *out = b;
     return FKV_OK;
@@ -462,10 +420,6 @@ fkv_status fkv_hip_host_malloc(fkv_bdev *d, size_t size, void **ptr, void **dev_
 }
 
 static fkv_status hip_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **ptr) {
-    if (d == NULL || out == NULL || ptr == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip host_alloc: NULL argument or size 0");
-    *out = NULL;
-    *ptr = NULL;
     fkv_status st = fkv_hip_bind(d);
     if (st != FKV_OK)
         return st;
@@ -476,17 +430,14 @@ static fkv_status hip_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void
         free(h);
         return fkv_error_prefix(st, "hip host_alloc of %zu bytes", size);
     }
-    h->size = size;
+    h->desc = (fkv_mem_desc){.size = size, .base = (uintptr_t)h->ptr};
     *out = h;
     *ptr = h->ptr;
     return FKV_OK;
 }
 
 static void hip_host_free(fkv_bdev *d, fkv_bhost *h) {
-    if (h == NULL)
-        return;
-    if (d)
-        hipSetDevice(d->index);
+    hipSetDevice(d->index);
     hipHostFree(h->ptr);
     free(h);
 }
@@ -518,14 +469,6 @@ fkv_status fkv_hip_scratch(fkv_bdev *d, fkv_queue q, void **mem, size_t *size, s
 
 /* ---- copies ---- */
 
-/* What the three copies check first (then the ranges, in backends/check.c). */
-static fkv_status copy_prologue(fkv_bdev *d, const fkv_deps *deps, const char *op) {
-    fkv_hip_clear_done(deps);
-    if (d == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL device", op);
-    return fkv_hip_check_waits(deps);
-}
-
 static fkv_status enqueue_copy(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, void *dst,
                                const void *src, size_t size, int kind, const char *what) {
     fkv_status st = fkv_hip_bind(d);
@@ -541,42 +484,22 @@ static fkv_status enqueue_copy(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, v
 
 static fkv_status hip_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                             size_t dst_offset, const void *src, size_t size) {
-    fkv_status st = copy_prologue(d, &deps, "write");
-    if (st == FKV_OK)
-        st = fkv_check_host_transfer("hip", "write", q, dst != NULL, dst ? dst->size : 0,
-                                     dst_offset, size, src);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return fkv_hip_marker(d, q, deps);
+    fkv_hip_clear_done(&deps);
     return enqueue_copy(d, q, &deps, (char *)dst->ptr + dst_offset, src, size,
                         hipMemcpyHostToDevice, "hipMemcpyAsync (host to device)");
 }
 
 static fkv_status hip_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
                            size_t src_offset, void *dst, size_t size) {
-    fkv_status st = copy_prologue(d, &deps, "read");
-    if (st == FKV_OK)
-        st = fkv_check_host_transfer("hip", "read", q, src != NULL, src ? src->size : 0,
-                                     src_offset, size, dst);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return fkv_hip_marker(d, q, deps);
+    fkv_hip_clear_done(&deps);
     return enqueue_copy(d, q, &deps, dst, (const char *)src->ptr + src_offset, size,
                         hipMemcpyDeviceToHost, "hipMemcpyAsync (device to host)");
 }
 
 static fkv_status hip_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                            size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size) {
-    fkv_status st = copy_prologue(d, &deps, "copy");
-    if (st == FKV_OK)
-        st = fkv_check_device_copy("hip", q, dst != NULL, dst ? dst->size : 0, dst_offset,
-                                   src != NULL, src ? src->size : 0, src_offset, size);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return fkv_hip_marker(d, q, deps);
+    fkv_hip_clear_done(&deps);
+    fkv_status st;
     char *to = (char *)dst->ptr + dst_offset;
     const char *from = (const char *)src->ptr + src_offset;
     if (!(from < to + size && to < from + size))
@@ -601,6 +524,38 @@ static fkv_status hip_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *ds
     }
     pthread_mutex_unlock(&s->lock);
     return st;
+}
+
+/* ---- options (docs/backend-options.md) ---- */
+
+static const char *const settable[] = {"attention_splits", "shared_memory_bytes", NULL};
+static const char *const readable[] = {"attention_splits", "shared_memory_bytes", NULL};
+
+static fkv_status hip_set_option(fkv_bdev *d, const char *key, const char *value) {
+    uint64_t v = 0;
+    fkv_status st;
+    if (strcmp(key, "attention_splits") == 0) {
+        if ((st = fkv_option_uint("hip", key, value, FKV_MAX_SPLITS, &v)) == FKV_OK)
+            d->forced_splits = (uint32_t)v;
+    } else if (strcmp(key, "shared_memory_bytes") == 0) {
+        /* never more than the device has; 0: the device's own */
+        if ((st = fkv_option_uint("hip", key, value, UINT64_MAX, &v)) == FKV_OK)
+            d->shared_per_block = v && v < d->shared_device ? (size_t)v : d->shared_device;
+    } else {
+        st = fkv_option_unknown("hip", "settable", key, settable);
+    }
+    return st;
+}
+
+static fkv_status hip_get_option(fkv_bdev *d, const char *key, char *out, size_t size) {
+    uint64_t v;
+    if (strcmp(key, "attention_splits") == 0)
+        v = d->forced_splits;
+    else if (strcmp(key, "shared_memory_bytes") == 0)
+        v = d->shared_per_block;
+    else
+        return fkv_option_unknown("hip", "readable", key, readable);
+    return fkv_option_print_uint("hip", key, v, out, size);
 }
 
 /* ---- the table ---- */
@@ -638,6 +593,8 @@ static const fkv_backend_ops hip_ops = {
     .recall_mode = hip_recall_mode,
     .opened_info = hip_opened_info,
     .check_geometry = fkv_hip_check_geometry,
+    .set_option = hip_set_option,
+    .get_option = hip_get_option,
 };
 
 const fkv_backend_ops *fkv_backend_hip(void) { return &hip_ops; }

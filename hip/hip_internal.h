@@ -9,7 +9,6 @@
 #include <stdint.h>
 
 #include "../backends/backend.h"
-#include "hip_debug.h"
 #include "hip_platform.h"
 
 #ifdef FKV_HIP_ON_CUDA
@@ -46,23 +45,26 @@ struct fkv_bdev {
     fkv_device_info info;
     uint32_t compute_units;
     size_t shared_per_block; /* bytes of shared memory a block may use */
-    size_t shared_device;    /* the device's own figure (the test hook may lower the above) */
+    size_t shared_device;    /* the device's own figure (shared_memory_bytes may lower the
+                                above) */
     int can_map_host;        /* kernels can read mapped pinned host memory */
     fkv_recall_mode recall;
     hip_scratch scratch[FKV_QUEUE_COUNT];
-    int split_override; /* 0 = automatic, n >= 1 = always n splits */
+    uint32_t forced_splits; /* option attention_splits: 0 = automatic, n >= 1 = always n */
 };
 
+/* desc.base is the pointer: an imported pointer need not be aligned, so offsets are checked
+ * against the real addresses. */
 struct fkv_bbuf {
-    void *ptr; /* device pointer */
-    size_t size;
-    int imported; /* owned by the engine: never freed here */
+    fkv_mem_desc desc; /* first (backend.h) */
+    void *ptr;         /* device pointer */
+    int imported;      /* owned by the engine: never freed here */
 };
 
 struct fkv_bhost {
-    void *ptr;       /* host address */
-    void *dev_ptr;   /* the device's view of it (mapped), NULL when the device cannot map */
-    size_t size;
+    fkv_mem_desc desc; /* first (backend.h); base = ptr */
+    void *ptr;         /* host address */
+    void *dev_ptr;     /* the device's view of it (mapped), NULL when the device cannot map */
 };
 
 /* ---- errors and plumbing (hip_backend.c) ---- */
@@ -80,8 +82,6 @@ static inline void fkv_hip_clear_done(const fkv_deps *deps) {
     if (deps->done)
         *deps->done = NULL;
 }
-/* Validates the wait list (before anything is enqueued). */
-fkv_status fkv_hip_check_waits(const fkv_deps *deps);
 /* Makes stream wait for every non-NULL event of deps (on the device, not the host). */
 fkv_status fkv_hip_wait(hipStream_t stream, const fkv_deps *deps);
 /* Records the completion event of the command just enqueued on stream into *deps->done. */

@@ -4,7 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backends/check.h"
+#include "../backends/launch.h"
+#include "../backends/option.h"
 #include "../common/cache_file.h"
 #include "../common/env.h"
 #include "../common/error.h"
@@ -339,9 +340,6 @@ fkv_status fkv_ocl_waits(const fkv_deps *deps, ocl_waits *w) {
     w->n = 0;
     if (deps->n_wait == 0)
         return FKV_OK;
-    if (deps->wait == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl: %u waits but no wait list",
-                         deps->n_wait);
     if (deps->n_wait > sizeof w->buf / sizeof *w->buf) {
         w->list = malloc(deps->n_wait * sizeof *w->list);
         if (w->list == NULL)
@@ -365,16 +363,8 @@ void fkv_ocl_done(const fkv_deps *deps, cl_event ev) {
         clReleaseEvent(ev);
 }
 
-static fkv_status check_queue(fkv_queue q, const char *op) {
-    return fkv_check_queue("opencl", op, q);
-}
-
 static fkv_status ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events) {
     (void)d;
-    if (n == 0)
-        return FKV_OK;
-    if (events == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl event_wait: NULL events");
     fkv_deps deps = {n, events, NULL};
     ocl_waits w;
     fkv_status st = fkv_ocl_waits(&deps, &w);
@@ -387,15 +377,12 @@ static fkv_status ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *eve
 
 static void ocl_event_release(fkv_bdev *d, fkv_bevent *ev) {
     (void)d;
-    if (ev)
-        clReleaseEvent((cl_event)(void *)ev);
+    clReleaseEvent((cl_event)(void *)ev);
 }
 
 static fkv_status ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) {
     fkv_ocl_clear_done(&deps);
-    fkv_status st = check_queue(q, "marker");
-    if (st != FKV_OK)
-        return st;
+    fkv_status st;
     ocl_waits w;
     if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
         return st;
@@ -412,9 +399,6 @@ static fkv_status ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) {
 }
 
 static fkv_status ocl_finish(fkv_bdev *d, fkv_queue q) {
-    fkv_status st = check_queue(q, "finish");
-    if (st != FKV_OK)
-        return st;
     cl_int err = clFinish(d->queues[q]);
     return err == CL_SUCCESS ? FKV_OK : fkv_ocl_fail(err, 0, "clFinish");
 }
@@ -422,9 +406,6 @@ static fkv_status ocl_finish(fkv_bdev *d, fkv_queue q) {
 /* ---- memory ---- */
 
 static fkv_status ocl_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out) {
-    if (d == NULL || out == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl buffer_alloc: NULL argument or size 0");
-    *out = NULL;
     if (size > d->max_alloc)
         return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY,
                          "opencl: %zu bytes exceed the device's largest allocation (%llu)", size,
@@ -459,23 +440,18 @@ static fkv_status ocl_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out) {
         free(b);
         return fkv_ocl_fail(err, 1, "committing a device buffer");
     }
-    b->size = size;
+    b->desc = (fkv_mem_desc){.size = size, .base = 0};
     *out = b;
     return FKV_OK;
 }
 
 static void ocl_buffer_free(fkv_bdev *d, fkv_bbuf *b) {
     (void)d;
-    if (b == NULL)
-        return;
     clReleaseMemObject(b->mem);
     free(b);
 }
 
 static fkv_status ocl_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_bbuf **out) {
-    if (d == NULL || native == NULL || out == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl buffer_import: NULL argument or size 0");
-    *out = NULL;
     cl_mem mem = (cl_mem)native;
     cl_context ctx = NULL;
     size_t mem_size = 0;
@@ -496,20 +472,15 @@ static fkv_status ocl_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: buffer handle");
     clRetainMemObject(mem); /* the engine keeps its own reference */
     b->mem = mem;
-    b->size = size;
+    b->desc = (fkv_mem_desc){.size = size, .base = 0};
     *out = b;
     return FKV_OK;
 }
 
 static fkv_status ocl_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **ptr) {
-    if (d == NULL || out == NULL || ptr == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl host_alloc: NULL argument or size 0");
-    *out = NULL;
-    *ptr = NULL;
     fkv_bhost *h = calloc(1, sizeof *h);
     if (h == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: host allocation handle");
-    h->size = size;
     if (d->svm_host) {
         /* Fine-grained: the host writes it and kernels read it with no map/unmap. */
         h->svm = 1;
@@ -542,14 +513,13 @@ static fkv_status ocl_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void
                                     "opencl host_alloc of %zu bytes", size);
         }
     }
+    h->desc = (fkv_mem_desc){.size = size, .base = (uintptr_t)h->ptr};
     *out = h;
     *ptr = h->ptr;
     return FKV_OK;
 }
 
 static void ocl_host_free(fkv_bdev *d, fkv_bhost *h) {
-    if (h == NULL)
-        return;
     if (h->svm) {
         clSVMFree(d->context, h->ptr);
     } else {
@@ -563,19 +533,12 @@ static void ocl_host_free(fkv_bdev *d, fkv_bhost *h) {
     free(h);
 }
 
-int fkv_opencl_debug_svm_host(fkv_bdev *d) { return d->svm_host; }
-
 /* ---- copies ---- */
 
 static fkv_status ocl_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                             size_t dst_offset, const void *src, size_t size) {
     fkv_ocl_clear_done(&deps);
-    fkv_status st = fkv_check_host_transfer("opencl", "write", q, dst != NULL, dst ? dst->size : 0,
-                                            dst_offset, size, src);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return ocl_marker(d, q, deps);
+    fkv_status st;
     ocl_waits w;
     if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
         return st;
@@ -592,12 +555,7 @@ static fkv_status ocl_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *d
 static fkv_status ocl_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
                            size_t src_offset, void *dst, size_t size) {
     fkv_ocl_clear_done(&deps);
-    fkv_status st = fkv_check_host_transfer("opencl", "read", q, src != NULL, src ? src->size : 0,
-                                            src_offset, size, dst);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return ocl_marker(d, q, deps);
+    fkv_status st;
     ocl_waits w;
     if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
         return st;
@@ -614,12 +572,7 @@ static fkv_status ocl_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bb
 static fkv_status ocl_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                            size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size) {
     fkv_ocl_clear_done(&deps);
-    fkv_status st = fkv_check_device_copy("opencl", q, dst != NULL, dst ? dst->size : 0, dst_offset,
-                                          src != NULL, src ? src->size : 0, src_offset, size);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return ocl_marker(d, q, deps);
+    fkv_status st;
     ocl_waits w;
     if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
         return st;
@@ -646,6 +599,48 @@ static fkv_status ocl_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *ds
         return fkv_ocl_fail(err, 1, "clEnqueueCopyBuffer");
     fkv_ocl_done(&deps, ev);
     return FKV_OK;
+}
+
+/* ---- options (docs/backend-options.md) ---- */
+
+static const char *const settable[] = {"attention_splits", "shared_memory_bytes", "kernel_source",
+                                       NULL};
+static const char *const readable[] = {"attention_splits", "shared_memory_bytes", "cache_loads",
+                                       "cache_stores", "svm_host", NULL};
+
+static fkv_status ocl_set_option(fkv_bdev *d, const char *key, const char *value) {
+    uint64_t v = 0;
+    fkv_status st = FKV_OK;
+    if (strcmp(key, "attention_splits") == 0) {
+        if ((st = fkv_option_uint("opencl", key, value, FKV_MAX_SPLITS, &v)) == FKV_OK)
+            d->forced_splits = (uint32_t)v;
+    } else if (strcmp(key, "shared_memory_bytes") == 0) {
+        /* never more than the device has; 0: the device's own */
+        if ((st = fkv_option_uint("opencl", key, value, UINT64_MAX, &v)) == FKV_OK)
+            d->local_mem = v && v < d->local_mem_device ? v : d->local_mem_device;
+    } else if (strcmp(key, "kernel_source") == 0) {
+        st = fkv_ocl_set_source(d, value[0] ? value : NULL);
+    } else {
+        st = fkv_option_unknown("opencl", "settable", key, settable);
+    }
+    return st;
+}
+
+static fkv_status ocl_get_option(fkv_bdev *d, const char *key, char *out, size_t size) {
+    uint64_t v;
+    if (strcmp(key, "attention_splits") == 0)
+        v = d->forced_splits;
+    else if (strcmp(key, "shared_memory_bytes") == 0)
+        v = d->local_mem;
+    else if (strcmp(key, "cache_loads") == 0)
+        v = atomic_load(&d->cache_loads);
+    else if (strcmp(key, "cache_stores") == 0)
+        v = atomic_load(&d->cache_stores);
+    else if (strcmp(key, "svm_host") == 0)
+        v = (uint64_t)d->svm_host;
+    else
+        return fkv_option_unknown("opencl", "readable", key, readable);
+    return fkv_option_print_uint("opencl", key, v, out, size);
 }
 
 /* ---- the table ---- */
@@ -683,8 +678,9 @@ static const fkv_backend_ops opencl_ops = {
     .recall_mode = ocl_recall_mode,
     .opened_info = ocl_opened_info,
     .check_geometry = fkv_ocl_check_geometry,
+    .set_option = ocl_set_option,
+    .get_option = ocl_get_option,
 };
 
 const fkv_backend_ops *fkv_backend_opencl(void) { return &opencl_ops; }
 
-fkv_status fkv_ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) { return ocl_marker(d, q, deps); }

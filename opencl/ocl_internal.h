@@ -13,7 +13,6 @@
 #include <stdint.h>
 
 #include "../backends/backend.h"
-#include "ocl_debug.h"
 
 /* Kernels of the program; every dtype program holds all of them. */
 typedef enum ocl_kernel_id {
@@ -69,7 +68,8 @@ struct fkv_bdev {
 
     cl_uint compute_units;
     cl_ulong local_mem;
-    cl_ulong local_mem_device; /* the device's own figure (the test hook may lower the above) */
+    cl_ulong local_mem_device; /* the device's own figure (shared_memory_bytes may lower the
+                                  above) */
     cl_ulong max_alloc;
     int fine_svm;   /* fine-grained buffer SVM: kernels may read host allocations */
     int is_nvidia;
@@ -82,22 +82,23 @@ struct fkv_bdev {
 
     pthread_mutex_t build_lock; /* programs[] and the source override */
     ocl_program programs[3];    /* per fkv_dtype, built on first use */
-    char *source_override;      /* tests: a replacement kernel source */
+    char *source_override;      /* option kernel_source: a replacement kernel source */
     atomic_uint cache_loads, cache_stores;
 
     ocl_kqueue kq[OCL_KQ_COUNT];
-    int split_override; /* 0 = automatic, n >= 1 = always n splits */
+    uint32_t forced_splits; /* option attention_splits: 0 = automatic, n >= 1 = always n */
 };
 
+/* desc.base is 0: cl_mem allocations are aligned, offsets are checked as they are. */
 struct fkv_bbuf {
+    fkv_mem_desc desc; /* first (backend.h) */
     cl_mem mem;
-    size_t size;
 };
 
 struct fkv_bhost {
-    cl_mem mem; /* NULL for SVM memory */
+    fkv_mem_desc desc; /* first (backend.h); base = ptr */
+    cl_mem mem;        /* NULL for SVM memory */
     void *ptr;
-    size_t size;
     int svm;
 };
 
@@ -111,6 +112,9 @@ fkv_status fkv_ocl_fail(cl_int err, int allocation, const char *what);
 /* The program of dtype, built (or loaded from the cache) on first use; thread-safe. */
 fkv_status fkv_ocl_program(fkv_bdev *d, fkv_dtype dtype, ocl_program **out);
 void fkv_ocl_program_release(ocl_program *p);
+/* Replaces the kernel source for programs built from now on (NULL restores the embedded one)
+ * and drops the programs already built (option kernel_source); no command may be in flight. */
+fkv_status fkv_ocl_set_source(fkv_bdev *d, const char *source);
 
 /* ---- ops (ocl_kernels.c) ---- */
 fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q);
@@ -167,7 +171,5 @@ static inline void fkv_ocl_clear_done(const fkv_deps *deps) {
 }
 /* Hands a command's event to deps.done (or releases it). */
 void fkv_ocl_done(const fkv_deps *deps, cl_event ev);
-/* The ops table's marker: what an operation with nothing to do enqueues. */
-fkv_status fkv_ocl_marker(fkv_bdev *dev, fkv_queue q, fkv_deps deps);
 
 #endif

@@ -10,7 +10,7 @@
 #include <unistd.h>
 
 #include "backends/check.h"
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "common/dtype.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -52,6 +52,7 @@ fkv_bdev *bh_dev[2];
 fkv_bbuf *bh_bufs[2][256];
 fkv_bevent *bh_ev;
 uint32_t bh_index;
+fkv_device *bh_device;
 static size_t bh_n_bufs[2];
 static void *bh_mems[1024];
 static size_t bh_n_mems;
@@ -133,8 +134,9 @@ void bh_open_ref(void) {
 
 void bh_open_devices(void) {
     bh_need_device();
-    fkv_status st = O->device_open(bh_index, &bh_dev[UT]);
+    fkv_status st = fkv_device_open_ops(O, bh_index, &bh_device);
     cr_assert_eq(st, FKV_OK, "%s device_open: %s", cur->name, fkv_last_error());
+    bh_dev[UT] = fkv_device_bdev(bh_device);
     bh_open_ref();
 }
 
@@ -153,7 +155,12 @@ void bh_teardown(void) {
             bh_ops[s]->buffer_free(bh_dev[s], bh_bufs[s][i]);
         if (s == UT && cur->before_close)
             cur->before_close(bh_dev[s]);
-        bh_ops[s]->device_close(bh_dev[s]);
+        if (s == UT && bh_device) { /* opened through the dispatch layer */
+            fkv_device_close(bh_device);
+            bh_device = NULL;
+        } else {
+            bh_ops[s]->device_close(bh_dev[s]);
+        }
         bh_dev[s] = NULL;
         bh_n_bufs[s] = 0;
     }
@@ -352,8 +359,8 @@ void bh_check_copies_and_events(void) {
     RUN1(O->read(OD, CQ, DEPS, B(a, UT), GUARD, back, n));
     cr_assert_arr_eq(back, expect, n);
     bh_same_bytes(&a, "overlapping copy");
-    RUN1(O->write(OD, CQ, DEPS, B(a, UT), 0, NULL, 0));
-    RUN1(O->copy(OD, CQ, DEPS, B(a, UT), 0, B(b, UT), 0, 0));
+    RUN1(fkv_op_write(bh_device, CQ, DEPS, B(a, UT), 0, NULL, 0));
+    RUN1(fkv_op_copy(bh_device, CQ, DEPS, B(a, UT), 0, B(b, UT), 0, 0));
 
     /* A chain across all three queues, ordered only by events: write (transfer) -> scatter
      * (compute) -> pack (background) -> read (transfer) gives the data back. */
@@ -837,7 +844,7 @@ void bh_check_alloc_limits(size_t max_alloc) {
     cr_assert_eq(st, FKV_ERR_OUT_OF_DEVICE_MEMORY, "%d %s", st, fkv_last_error());
     cr_assert_null(big);
     cr_assert(strstr(fkv_last_error(), "largest allocation") != NULL, "%s", fkv_last_error());
-    cr_assert_eq(O->buffer_alloc(OD, 0, &big), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_buffer_alloc(bh_device, 0, &big), FKV_ERR_INVALID_ARGUMENT);
     cr_assert_null(big);
 }
 
@@ -846,41 +853,46 @@ void bh_check_bad_arguments(void) {
     fkv_bbuf *kp = bh_alloc1(UT, 4096), *vp = bh_alloc1(UT, 4096), *idx = bh_alloc1(UT, 64);
     fkv_bbuf *qb = bh_alloc1(UT, 1024), *out = bh_alloc1(UT, 1024);
     /* Kernels only on compute/background. */
-    REFUSED(O->scatter_hnd(OD, TQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp), FKV_ERR_INVALID_ARGUMENT);
-    REFUSED(O->write(OD, (fkv_queue)7, DEPS, kp, 0, "x", 1), FKV_ERR_INVALID_ARGUMENT);
+    REFUSED(fkv_op_scatter_hnd(bh_device, TQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp),
+            FKV_ERR_INVALID_ARGUMENT);
+    REFUSED(fkv_op_write(bh_device, (fkv_queue)7, DEPS, kp, 0, "x", 1), FKV_ERR_INVALID_ARGUMENT);
     /* Geometry. */
     bad.head_dim = 0;
-    REFUSED(O->append(OD, CQ, DEPS, &bad, qb, 0, qb, 0, 1, idx, 0, kp, vp),
+    REFUSED(fkv_op_append(bh_device, CQ, DEPS, &bad, qb, 0, qb, 0, 1, idx, 0, kp, vp),
             FKV_ERR_INVALID_ARGUMENT);
     bad = g;
     bad.dtype = (fkv_dtype)9;
-    REFUSED(O->summarize(OD, CQ, DEPS, &bad, kp, 1, idx, 0, out), FKV_ERR_INVALID_ARGUMENT);
+    REFUSED(fkv_op_summarize(bh_device, CQ, DEPS, &bad, kp, 1, idx, 0, out),
+            FKV_ERR_INVALID_ARGUMENT);
     /* Offsets: misaligned, past the end, NULL buffers. */
-    REFUSED(O->append(OD, CQ, DEPS, &g, qb, 2, qb, 0, 1, idx, 0, kp, vp),
+    REFUSED(fkv_op_append(bh_device, CQ, DEPS, &g, qb, 2, qb, 0, 1, idx, 0, kp, vp),
             FKV_ERR_INVALID_ARGUMENT);
-    REFUSED(O->append(OD, CQ, DEPS, &g, qb, 0, qb, 0, 100, idx, 0, kp, vp),
+    REFUSED(fkv_op_append(bh_device, CQ, DEPS, &g, qb, 0, qb, 0, 100, idx, 0, kp, vp),
             FKV_ERR_INVALID_ARGUMENT);
-    REFUSED(O->append(OD, CQ, DEPS, &g, NULL, 0, qb, 0, 1, idx, 0, kp, vp),
+    REFUSED(fkv_op_append(bh_device, CQ, DEPS, &g, NULL, 0, qb, 0, 1, idx, 0, kp, vp),
             FKV_ERR_INVALID_ARGUMENT);
-    REFUSED(O->attention(OD, CQ, DEPS, &g, qb, 0, 1, idx, 0, idx, 0, kp, vp, 1.0f, out, 1020),
+    REFUSED(fkv_op_attention(bh_device, CQ, DEPS, &g, qb, 0, 1, idx, 0, idx, 0, kp, vp, 1.0f, out,
+                             1020),
             FKV_ERR_INVALID_ARGUMENT);
-    REFUSED(O->pack_hnd(OD, CQ, DEPS, &g, kp, vp, 1, idx, 0, out, 2), FKV_ERR_INVALID_ARGUMENT);
+    REFUSED(fkv_op_pack_hnd(bh_device, CQ, DEPS, &g, kp, vp, 1, idx, 0, out, 2),
+            FKV_ERR_INVALID_ARGUMENT);
     static const unsigned char junk[128];
-    REFUSED(O->write(OD, CQ, DEPS, kp, 4000, junk, 100), FKV_ERR_INVALID_ARGUMENT);
-    REFUSED(O->read(OD, CQ, DEPS, kp, 0, NULL, 16), FKV_ERR_INVALID_ARGUMENT);
+    REFUSED(fkv_op_write(bh_device, CQ, DEPS, kp, 4000, junk, 100), FKV_ERR_INVALID_ARGUMENT);
+    REFUSED(fkv_op_read(bh_device, CQ, DEPS, kp, 0, NULL, 16), FKV_ERR_INVALID_ARGUMENT);
     /* recall_direct: offsets outside the host allocation. */
     if (direct_allowed()) {
         fkv_bhost *h;
         void *p;
-        cr_assert_eq(O->host_alloc(OD, 1024, &h, &p), FKV_OK);
+        cr_assert_eq(fkv_op_host_alloc(bh_device, 1024, &h, &p), FKV_OK);
         uint64_t offs[2] = {0, 1000};
-        REFUSED(O->recall_direct(OD, CQ, DEPS, &g, h, 2, offs, idx, 0, kp, vp),
+        REFUSED(fkv_op_recall_direct(bh_device, CQ, DEPS, &g, h, 2, offs, idx, 0, kp, vp),
                 FKV_ERR_INVALID_ARGUMENT);
-        O->host_free(OD, h);
+        fkv_op_host_free(bh_device, h);
     }
     /* Zero work still honours the wait list and yields an event. */
-    RUN1(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 0, idx, 0, kp, vp));
-    RUN1(O->attention(OD, BQ, DEPS, &g, qb, 0, 0, idx, 0, idx, 0, kp, vp, 1.0f, out, 0));
+    RUN1(fkv_op_scatter_hnd(bh_device, CQ, DEPS, &g, kp, 0, 0, idx, 0, kp, vp));
+    RUN1(fkv_op_attention(bh_device, BQ, DEPS, &g, qb, 0, 0, idx, 0, idx, 0, kp, vp, 1.0f, out,
+                          0));
     /* Out-of-range indices in device descriptors are skipped, not written through. */
     int32_t units[4] = {1000, 0, 0, 7};
     unsigned char *before = bh_tmalloc(4096), *after = bh_tmalloc(4096);
@@ -1022,7 +1034,7 @@ void bh_check_large_group(void) {
     fkv_device *d = NULL;
     fkv_context *ctx = NULL;
     cr_assert_eq(fkv_device_open(cur->name, idx, &d), FKV_OK, "%s", fkv_last_error());
-    cur->set_shared(d->bdev, 1024);
+    cur->set_shared(fkv_device_bdev(d), 1024);
     st = fkv_context_create(d, &cfg, &ctx);
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", fkv_last_error());

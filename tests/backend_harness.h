@@ -43,6 +43,10 @@ extern fkv_bdev *bh_dev[2];
 extern fkv_bbuf *bh_bufs[2][256]; /* every buffer alloc1 made, freed by bh_teardown */
 extern fkv_bevent *bh_ev;         /* the event of the last enqueue through DEPS */
 extern uint32_t bh_index;         /* the device under test, after bh_find_device */
+/* The device under test as bh_open_devices opened it, through the dispatch layer
+ * (backends/dispatch.h), which checks arguments for every backend: NULL when a test opened
+ * bh_dev[UT] through the table itself. */
+extern fkv_device *bh_device;
 #define DEPS ((fkv_deps){0, NULL, &bh_ev})
 #define O bh_ops[UT]
 #define OD bh_dev[UT]

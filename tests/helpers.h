@@ -32,4 +32,14 @@ void th_attention_ref(const float *q, const float *k, const float *v, size_t n, 
 /* A small geometry config for tests (2 layers, 4 q heads, 2 kv heads, d 16, p 4). */
 void th_small_config(fkv_config *cfg);
 
+/* A numeric backend option (set_option/get_option of backends/backend.h,
+ * docs/backend-options.md) of a device a test drives through its ops table.
+ * th_option_value returns UINT64_MAX when the backend refuses (fkv_last_error says why). */
+struct fkv_backend_ops;
+struct fkv_bdev;
+fkv_status th_set_option(const struct fkv_backend_ops *ops, struct fkv_bdev *dev,
+                         const char *key, uint64_t value);
+uint64_t th_option_value(const struct fkv_backend_ops *ops, struct fkv_bdev *dev,
+                         const char *key);
+
 #endif

@@ -2,9 +2,9 @@
  *
  * Every kernel runs for f32, f16 and bf16 storage over several geometries on random data;
  * references see the stored (dtype-rounded) values. Outputs sit between guard bytes that
- * must stay untouched. Also: index errors fail the event instead of crashing, bad
- * arguments are refused before queueing, queues order across each other through events,
- * and the environment variables of the backend. Criterion forks per test, so each test
+ * must stay untouched. Also: index errors fail the event instead of crashing, queues order
+ * across each other through events, and the environment variables of the backend (argument
+ * checks are the dispatch layer's: tests/test_dispatch.c). Criterion forks per test, so each test
  * opens its own device. */
 #include <criterion/criterion.h>
 #include <math.h>
@@ -108,18 +108,6 @@ static void wait_fails(fkv_status st, const char *op) {
     cr_assert(strstr(fkv_last_error(), op) != NULL, "message '%s' does not name %s",
               fkv_last_error(), op);
 }
-
-/* Refused before queueing, and the event pointer is left NULL. */
-static void refused(fkv_status st, const char *what) {
-    cr_assert_eq(st, FKV_ERR_INVALID_ARGUMENT, "%s: expected INVALID_ARGUMENT, got %d", what, st);
-    cr_assert_null(ev_last, "%s: event set on error", what);
-    cr_assert(fkv_last_error()[0] != '\0', "%s: no message", what);
-}
-#define REFUSED(call)                                              \
-    do {                                                           \
-        ev_last = (fkv_bevent *)(uintptr_t)0x1; /* must be reset */ \
-        refused((call), #call);                                    \
-    } while (0)
 
 static fkv_bbuf *dalloc(size_t size) {
     fkv_bbuf *b = NULL;
@@ -295,10 +283,6 @@ Test(cpu_ops, copies) {
     dread(a, GUARD, back, n);
     cr_assert_arr_eq(back, expect, n);
     check_guards(a, n);
-
-    RUN(ops->write(dev, CQ, DONE, a, 0, NULL, 0));
-    RUN(ops->read(dev, CQ, DONE, a, n + 2 * GUARD, NULL, 0));
-    RUN(ops->copy(dev, CQ, DONE, a, 0, b, 0, 0));
 }
 
 Test(cpu_ops, write_regions) {
@@ -322,11 +306,6 @@ Test(cpu_ops, write_regions) {
     RUN(st);
     dread(dst, 0, back, payload + 2 * GUARD);
     cr_assert_arr_eq(back, expect, payload + 2 * GUARD);
-    RUN(ops->write_regions(dev, TQ, DONE, dst, 0, NULL));
-    REFUSED(ops->write_regions(dev, TQ, DONE, dst, 1,
-                               &(fkv_copy_region){expect, payload + 2 * GUARD - 10, 11}));
-    REFUSED(ops->write_regions(dev, TQ, DONE, dst, 1, &(fkv_copy_region){NULL, 0, 4}));
-    REFUSED(ops->write_regions(dev, TQ, DONE, dst, 2, NULL));
 }
 
 Test(cpu_ops, import_uses_caller_memory) {
@@ -342,7 +321,6 @@ Test(cpu_ops, import_uses_caller_memory) {
     for (int i = 0; i < 64; i++)
         cr_assert_eq(host[i], (i >= 8 && i < 24) ? (float)(i - 8) : -1.0f, "host[%d]", i);
     ops->buffer_free(dev, b); /* must not free host[] (ASan would report it) */
-    cr_assert_eq(ops->buffer_import(dev, NULL, 16, &b), FKV_ERR_INVALID_ARGUMENT);
 }
 
 Test(cpu_ops, host_alloc_aligned) {
@@ -352,7 +330,6 @@ Test(cpu_ops, host_alloc_aligned) {
     cr_assert_eq((uintptr_t)p % 64, 0);
     memset(p, 1, 1000);
     ops->host_free(dev, h);
-    cr_assert_eq(ops->host_alloc(dev, 0, &h, &p), FKV_ERR_INVALID_ARGUMENT);
 }
 
 /* ---- kernels against naive references ---- */
@@ -660,9 +637,11 @@ Test(cpu_ops, recall_direct) {
         apply_units(&g, ke, ve, src, units, n);
         cr_assert_arr_eq(read_pool(kp, rows * re, t), ke, rows * re * 4, "K, " CASE_FMT, CASE_ARGS);
         cr_assert_arr_eq(read_pool(vp, rows * re, t), ve, rows * re * 4, "V, " CASE_FMT, CASE_ARGS);
-        /* an offset past the allocation is refused at once (it is on the host already) */
+        /* an offset past the allocation fails the command (the dispatch layer refuses it
+         * before it reaches a backend: tests/test_dispatch.c) */
         uint64_t bad = host_size - unit_bytes + 2;
-        REFUSED(ops->recall_direct(dev, CQ, DONE, &g, host, 1, &bad, ub, 16, kp, vp));
+        wait_fails(ops->recall_direct(dev, CQ, DONE, &g, host, 1, &bad, ub, 16, kp, vp),
+                   "recall_direct");
         ops->host_free(dev, host);
     }
 }
@@ -776,8 +755,8 @@ Test(cpu_ops, attention_dense) {
             double err = th_rel_l2(got + qh * d, ref + qh * d, d);
             cr_assert_lt(err, 1e-5, "head %zu rel err %g, " CASE_FMT, qh, err, CASE_ARGS);
         }
-        /* no tokens: zeros, K/V not needed */
-        RUN(ops->attention_dense(dev, BQ, DONE, &g, qb, 0, 0, NULL, NULL, scale, out, GUARD));
+        /* no tokens: zeros */
+        RUN(ops->attention_dense(dev, BQ, DONE, &g, qb, 0, 0, kb, vb, scale, out, GUARD));
         dread(out, GUARD, got, hq * d * 4);
         for (size_t i = 0; i < hq * d; i++)
             cr_assert_eq(got[i], 0.0f);
@@ -891,87 +870,8 @@ Test(cpu_ops, failures_propagate) {
     cr_assert_eq(ops->finish(dev, CQ), FKV_OK, "%s", fkv_last_error());
 }
 
-/* ---- argument checks before queueing ---- */
-
-Test(cpu_ops, bad_arguments_are_refused) {
-    small s = small_setup();
-    fkv_kv_geom *g = &s.g;
-    char host[64] = {0};
-    fkv_bbuf *rows = ints((int32_t[]){0, 1}, 2);
-    fkv_bevent *null_ev = NULL;
-    /* copies */
-    REFUSED(ops->write(dev, CQ, DONE, NULL, 0, host, 4));
-    REFUSED(ops->write(dev, CQ, DONE, s.q, 0, NULL, 4));
-    REFUSED(ops->write(dev, CQ, DONE, s.q, 4 * 16 * 4 - 3, host, 4));
-    REFUSED(ops->write(dev, CQ, DONE, s.q, SIZE_MAX, host, 4));
-    REFUSED(ops->read(dev, TQ, DONE, s.q, 0, host, 4 * 16 * 4 + 1));
-    REFUSED(ops->copy(dev, TQ, DONE, s.q, 0, s.out, 8, 4 * 16 * 4));
-    REFUSED(ops->write(dev, (fkv_queue)7, DONE, s.q, 0, host, 4));
-    REFUSED(ops->write(dev, CQ, (fkv_deps){1, NULL, &ev_last}, s.q, 0, host, 4));
-    REFUSED(ops->write(dev, CQ, (fkv_deps){1, &null_ev, &ev_last}, s.q, 0, host, 4));
-    REFUSED(ops->marker(NULL, CQ, DONE));
-    /* kernels: queue, geometry, buffers, offsets, alignment */
-    REFUSED(ops->append(dev, TQ, DONE, g, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
-    REFUSED(ops->append(dev, CQ, DONE, NULL, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
-    fkv_kv_geom bad = *g;
-    bad.head_dim = 0;
-    REFUSED(ops->append(dev, CQ, DONE, &bad, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
-    bad = *g;
-    bad.dtype = (fkv_dtype)9;
-    REFUSED(ops->append(dev, CQ, DONE, &bad, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
-    REFUSED(ops->append(dev, CQ, DONE, g, NULL, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
-    REFUSED(ops->append(dev, CQ, DONE, g, s.big, 0, s.big, 0, 2, rows, 4, s.kp, s.vp));
-    REFUSED(ops->append(dev, CQ, DONE, g, s.big, 2, s.big, 0, 2, rows, 0, s.kp, s.vp));
-    REFUSED(ops->append(dev, CQ, DONE, g, s.big, 0, s.big, 0, 2, rows, 0, s.kp, NULL));
-    REFUSED(ops->summarize(dev, CQ, DONE, g, s.kp, 2, rows, 0, s.sums)); /* needs 4 ints */
-    REFUSED(ops->summarize(dev, CQ, DONE, g, s.kp, 1, rows, 0, NULL));
-    REFUSED(ops->scores(dev, CQ, DONE, g, s.q, 0, 2, rows, 0, s.sums, s.out, 0)); /* q too small */
-    REFUSED(ops->scores(dev, CQ, DONE, g, s.q, 0, 1, rows, 0, s.sums, s.out, 0)); /* desc: 3 */
-    REFUSED(ops->cosine_flags(dev, BQ, DONE, g, s.q, 0, s.q, 4, 1, 0.9f, s.out, 0, s.out, 0));
-    REFUSED(ops->cosine_flags(dev, BQ, DONE, g, s.q, 0, s.q, 0, 1, 0.9f, s.out, 0, NULL, 0));
-    REFUSED(ops->pack_hnd(dev, CQ, DONE, g, s.kp, s.vp, 2, rows, 0, s.out, 0)); /* dst small */
-    REFUSED(ops->scatter_hnd(dev, CQ, DONE, g, s.q, 0, 1, rows, 0, s.kp, s.vp)); /* src small */
-    REFUSED(ops->scatter_hnd(dev, CQ, DONE, g, s.big, 0, 2, rows, 0, s.kp, s.vp)); /* units */
-    REFUSED(ops->attention(dev, CQ, DONE, g, s.q, 0, 1, rows, 0, rows, 0, s.kp, s.vp, 1.0f, s.out,
-                           4)); /* out past the end */
-    REFUSED(ops->attention(dev, CQ, DONE, g, s.q, 0, 1, rows, 0, rows, 0, s.kp, s.vp, 1.0f, s.out,
-                           2)); /* misaligned */
-    REFUSED(ops->attention(dev, CQ, DONE, g, s.q, 0, 1, rows, 0, NULL, 0, s.kp, s.vp, 1.0f, s.out,
-                           0));
-    REFUSED(ops->attention(dev, TQ, DONE, g, s.q, 0, 1, rows, 0, rows, 0, s.kp, s.vp, 1.0f, s.out,
-                           0));
-    REFUSED(ops->attention_dense(dev, CQ, DONE, g, s.q, 0, 9, s.kp, s.vp, 1.0f, s.out, 0));
-    REFUSED(ops->attention_dense(dev, CQ, DONE, g, NULL, 0, 1, s.kp, s.vp, 1.0f, s.out, 0));
-    uint64_t off = 0;
-    REFUSED(ops->recall_direct(dev, CQ, DONE, g, NULL, 1, &off, rows, 0, s.kp, s.vp));
-    /* events */
-    cr_assert_eq(ops->event_wait(dev, 1, NULL), FKV_ERR_INVALID_ARGUMENT);
-    cr_assert_eq(ops->event_wait(dev, 1, &null_ev), FKV_ERR_INVALID_ARGUMENT);
-    cr_assert_eq(ops->event_wait(dev, 0, NULL), FKV_OK);
-    ops->event_release(dev, NULL);
-    fkv_bbuf *b = NULL;
-    cr_assert_eq(ops->buffer_alloc(dev, 0, &b), FKV_ERR_INVALID_ARGUMENT);
-    cr_assert_null(b);
-}
-
-Test(cpu_ops, zero_counts_do_nothing) {
-    small s = small_setup();
-    fkv_kv_geom *g = &s.g;
-    RUN(ops->append(dev, CQ, DONE, g, NULL, 0, NULL, 0, 0, NULL, 0, NULL, NULL));
-    RUN(ops->summarize(dev, CQ, DONE, g, NULL, 0, NULL, 0, NULL));
-    RUN(ops->scores(dev, CQ, DONE, g, NULL, 0, 0, NULL, 0, NULL, NULL, 0));
-    RUN(ops->cosine_flags(dev, BQ, DONE, g, NULL, 0, NULL, 0, 0, 0.5f, NULL, 0, NULL, 0));
-    RUN(ops->pack_hnd(dev, CQ, DONE, g, NULL, NULL, 0, NULL, 0, NULL, 0));
-    RUN(ops->scatter_hnd(dev, CQ, DONE, g, NULL, 0, 0, NULL, 0, NULL, NULL));
-    RUN(ops->recall_direct(dev, CQ, DONE, g, NULL, 0, NULL, NULL, 0, NULL, NULL));
-    RUN(ops->attention(dev, CQ, DONE, g, NULL, 0, 0, NULL, 0, NULL, 0, NULL, NULL, 1.0f, NULL, 0));
-    RUN(ops->marker(dev, TQ, DONE));
-    /* without a done event the command still runs */
-    cr_assert_eq(ops->append(dev, CQ, (fkv_deps){0, NULL, NULL}, g, NULL, 0, NULL, 0, 0, NULL, 0,
-                             NULL, NULL),
-                 FKV_OK);
-    cr_assert_eq(ops->finish(dev, CQ), FKV_OK, "%s", fkv_last_error());
-}
+/* The argument checks before queueing, and zero work, are the dispatch layer's, the same for
+ * every backend: tests/test_dispatch.c. */
 
 /* ---- ordering across queues ---- */
 

@@ -12,11 +12,24 @@
 #include <string.h>
 
 #include "backend_harness.h"
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "opencl/ocl_internal.h"
 
 static int is_pocl(const fkv_device_info *info) {
     return strstr(info->driver, "Portable Computing Language") || strstr(info->name, "pthread");
+}
+
+/* The backend's options (docs/backend-options.md) as the harness asks for them. */
+static void set_splits(fkv_bdev *d, int splits) {
+    cr_assert_eq(th_set_option(fkv_backend_opencl(), d, "attention_splits", (uint64_t)splits),
+                 FKV_OK, "%s", fkv_last_error());
+}
+static void set_shared(fkv_bdev *d, size_t bytes) {
+    cr_assert_eq(th_set_option(fkv_backend_opencl(), d, "shared_memory_bytes", bytes), FKV_OK,
+                 "%s", fkv_last_error());
+}
+static fkv_status set_source(fkv_bdev *d, const char *source) {
+    return fkv_backend_opencl()->set_option(d, "kernel_source", source);
 }
 
 static const char *const opencl_env[] = {"FREEKV_OPENCL_RECALL", "FREEKV_OPENCL_FAST_MATH", NULL};
@@ -26,8 +39,8 @@ static const bh_backend opencl = {
     .is_preferred = is_pocl,
     .env = opencl_env,
     .recall_env = "FREEKV_OPENCL_RECALL",
-    .set_splits = fkv_opencl_debug_set_splits,
-    .set_shared = fkv_opencl_debug_set_shared,
+    .set_splits = set_splits,
+    .set_shared = set_shared,
     /* pinned (non-SVM) host memory is never handed to a kernel */
     .direct_in_every_mode = 0,
 };
@@ -55,7 +68,7 @@ Test(opencl, device_info_and_table) {
     if (is_pocl(&info))
         cr_assert_eq(info.type, FKV_DEVICE_CPU);
     /* Direct recall is fine-grained SVM here. */
-    cr_assert_eq(fkv_opencl_debug_svm_host(OD), O->recall_mode(OD) == FKV_RECALL_DIRECT);
+    cr_assert_eq(th_option_value(O, OD, "svm_host"), O->recall_mode(OD) == FKV_RECALL_DIRECT);
 }
 Test(opencl, public_api) { bh_check_public_api(); }
 Test(opencl, copies_and_cross_queue_events) { bh_check_copies_and_events(); }
@@ -152,16 +165,17 @@ Test(opencl_env, recall_modes) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         setenv("FREEKV_OPENCL_RECALL", cases[i].value, 1);
-        fkv_status st = O->device_open(bh_index, &bh_dev[UT]);
+        fkv_status st = fkv_device_open_ops(O, bh_index, &bh_device);
         if (!zero_copy && strcmp(cases[i].value, "svm") == 0) {
             cr_assert_eq(st, FKV_ERR_UNSUPPORTED, "svm without fine-grained SVM");
             continue;
         }
         cr_assert_eq(st, FKV_OK, "%s: %s", cases[i].value, fkv_last_error());
+        bh_dev[UT] = fkv_device_bdev(bh_device);
         cr_assert_eq(O->recall_mode(OD), cases[i].mode, "FREEKV_OPENCL_RECALL=%s",
                      cases[i].value);
-        cr_assert_eq(fkv_op_recall_mode(O, OD), cases[i].mode);
-        cr_assert_eq(fkv_opencl_debug_svm_host(OD), cases[i].svm_host);
+        cr_assert_eq(fkv_op_recall_mode(bh_device), cases[i].mode);
+        cr_assert_eq(th_option_value(O, OD, "svm_host"), (uint64_t)cases[i].svm_host);
         /* Pinned (non-SVM) host memory is never handed to a kernel. */
         if (!cases[i].svm_host) {
             fkv_kv_geom g = {1, 1, 16, 4, FKV_F32};
@@ -208,8 +222,8 @@ Test(opencl_env, bad_environment) {
 Test(opencl, kernel_build_failure) {
     fkv_kv_geom g = {1, 1, 16, 4, FKV_F32};
     fkv_bbuf *kp = bh_alloc1(UT, 4096), *vp = bh_alloc1(UT, 4096), *idx = bh_alloc1(UT, 64);
-    cr_assert_eq(fkv_opencl_debug_set_source(OD, "kernel void fkv_append(global int *x) {\n"
-                                                 "    x[0] = undeclared_thing;\n}\n"),
+    cr_assert_eq(set_source(OD, "kernel void fkv_append(global int *x) {\n"
+                                "    x[0] = undeclared_thing;\n}\n"),
                  FKV_OK);
     REFUSED(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp), FKV_ERR_KERNEL_BUILD);
     const char *msg = fkv_last_error();
@@ -220,13 +234,12 @@ Test(opencl, kernel_build_failure) {
     REFUSED(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp), FKV_ERR_KERNEL_BUILD);
     cr_assert(strstr(fkv_last_error(), "undeclared_thing") != NULL, "%s", fkv_last_error());
     /* A source that builds but lacks kernels is a backend error, not a crash. */
-    cr_assert_eq(fkv_opencl_debug_set_source(OD, "kernel void fkv_other(global int *x) { x[0] = 1; }\n"),
-                 FKV_OK);
+    cr_assert_eq(set_source(OD, "kernel void fkv_other(global int *x) { x[0] = 1; }\n"), FKV_OK);
     REFUSED(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp), FKV_ERR_BACKEND);
     cr_assert(strstr(fkv_last_error(), "CL_INVALID_KERNEL_NAME") != NULL, "%s", fkv_last_error());
     /* Back to the embedded source. */
-    cr_assert_eq(fkv_opencl_debug_set_source(OD, NULL), FKV_OK);
-    RUN1(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 0, idx, 0, kp, vp));
+    cr_assert_eq(set_source(OD, ""), FKV_OK);
+    RUN1(fkv_op_scatter_hnd(bh_device, CQ, DEPS, &g, kp, 0, 0, idx, 0, kp, vp));
     RUN1(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp));
 }
 
@@ -247,18 +260,20 @@ Test(opencl_env, program_cache) {
     char sub[600];
     snprintf(sub, sizeof sub, "%s/nested/dir", dir); /* created on demand */
     setenv("FREEKV_CACHE_DIR", sub, 1);
-    unsigned loads, stores;
+    uint64_t loads, stores;
 
     cr_assert_eq(O->device_open(bh_index, &bh_dev[UT]), FKV_OK);
     use_program();
-    fkv_opencl_debug_cache_counts(OD, &loads, &stores);
+    loads = th_option_value(O, OD, "cache_loads");
+    stores = th_option_value(O, OD, "cache_stores");
     cr_assert_eq(loads, 0);
     cr_assert_eq(stores, 1, "the binary is written on the first build");
     bh_teardown();
 
     cr_assert_eq(O->device_open(bh_index, &bh_dev[UT]), FKV_OK);
     use_program();
-    fkv_opencl_debug_cache_counts(OD, &loads, &stores);
+    loads = th_option_value(O, OD, "cache_loads");
+    stores = th_option_value(O, OD, "cache_stores");
     cr_assert_eq(loads, 1, "the second open loads the binary");
     cr_assert_eq(stores, 0);
     bh_teardown();
@@ -269,7 +284,8 @@ Test(opencl_env, program_cache) {
     cr_assert_eq(system(cmd), 0);
     cr_assert_eq(O->device_open(bh_index, &bh_dev[UT]), FKV_OK);
     use_program();
-    fkv_opencl_debug_cache_counts(OD, &loads, &stores);
+    loads = th_option_value(O, OD, "cache_loads");
+    stores = th_option_value(O, OD, "cache_stores");
     cr_assert_eq(loads, 0);
     cr_assert_eq(stores, 1);
     bh_teardown();
@@ -283,11 +299,44 @@ Test(opencl_env, program_cache) {
     setenv("FREEKV_CACHE_DIR", file, 1);
     cr_assert_eq(O->device_open(bh_index, &bh_dev[UT]), FKV_OK);
     use_program();
-    fkv_opencl_debug_cache_counts(OD, &loads, &stores);
+    loads = th_option_value(O, OD, "cache_loads");
+    stores = th_option_value(O, OD, "cache_stores");
     cr_assert_eq(loads + stores, 0);
     bh_teardown();
 
     /* No temporaries are left behind. */
     snprintf(cmd, sizeof cmd, "test -z \"$(ls %s | grep tmp)\" && rm -rf %s", sub, dir);
     cr_assert_eq(system(cmd), 0);
+}
+
+/* ---- options (docs/backend-options.md) ---- */
+
+Test(opencl, options) {
+    char out[64];
+    cr_assert_eq(fkv_op_set_option(bh_device, "no_such_key", "1"), FKV_ERR_UNSUPPORTED);
+    const char *msg = fkv_last_error();
+    cr_assert(strstr(msg, "no_such_key") && strstr(msg, "attention_splits") &&
+                  strstr(msg, "shared_memory_bytes") && strstr(msg, "kernel_source"),
+              "the message lists the keys: %s", msg);
+    cr_assert_eq(fkv_op_get_option(bh_device, "no_such_key", out, sizeof out),
+                 FKV_ERR_UNSUPPORTED);
+    cr_assert(strstr(fkv_last_error(), "cache_loads") && strstr(fkv_last_error(), "svm_host"),
+              "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_set_option(bh_device, "attention_splits", "257"),
+                 FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_set_option(bh_device, "attention_splits", "-1"),
+                 FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_set_option(bh_device, "attention_splits", "3"), FKV_OK);
+    cr_assert_eq(fkv_op_get_option(bh_device, "attention_splits", out, sizeof out), FKV_OK);
+    cr_assert_str_eq(out, "3");
+    /* shared memory: lowered, never raised past the device's; 0 restores it */
+    cr_assert_eq(fkv_op_set_option(bh_device, "shared_memory_bytes", "0"), FKV_OK);
+    uint64_t device = th_option_value(O, OD, "shared_memory_bytes");
+    cr_assert_gt(device, 2000);
+    cr_assert_eq(fkv_op_set_option(bh_device, "shared_memory_bytes", "2000"), FKV_OK);
+    cr_assert_eq(th_option_value(O, OD, "shared_memory_bytes"), 2000);
+    cr_assert_eq(fkv_op_set_option(bh_device, "shared_memory_bytes", "99999999999"), FKV_OK);
+    cr_assert_eq(th_option_value(O, OD, "shared_memory_bytes"), device);
+    cr_assert_eq(fkv_op_get_option(bh_device, "cache_loads", out, 1), FKV_ERR_INVALID_ARGUMENT,
+                 "no room for the value");
 }

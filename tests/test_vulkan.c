@@ -14,15 +14,30 @@
 #include <string.h>
 
 #include "backend_harness.h"
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "vulkan/vk_internal.h"
 
 static int is_lavapipe(const fkv_device_info *info) {
     return info->type == FKV_DEVICE_CPU || strstr(info->name, "llvmpipe");
 }
 
+/* The backend's options (docs/backend-options.md), numeric, on a device the harness drives. */
+static void set_option(fkv_bdev *d, const char *key, uint64_t value) {
+    cr_assert_eq(th_set_option(fkv_backend_vulkan(), d, key, value), FKV_OK, "%s=%llu: %s", key,
+                 (unsigned long long)value, fkv_last_error());
+}
+static uint64_t option(fkv_bdev *d, const char *key) {
+    uint64_t v = th_option_value(fkv_backend_vulkan(), d, key);
+    cr_assert_neq(v, UINT64_MAX, "%s: %s", key, fkv_last_error());
+    return v;
+}
+static void set_splits(fkv_bdev *d, int splits) {
+    set_option(d, "attention_splits", (uint64_t)splits);
+}
+static void set_shared(fkv_bdev *d, size_t bytes) { set_option(d, "shared_memory_bytes", bytes); }
+
 static void no_validation_errors(fkv_bdev *dev) {
-    cr_expect_eq(fkv_vulkan_debug_validation_errors(dev), 0, "validation-layer errors (stderr)");
+    cr_expect_eq(option(dev, "validation_errors"), 0, "validation-layer errors (stderr)");
 }
 
 static const char *const vulkan_env[] = {"FREEKV_VULKAN_RECALL", "FREEKV_VULKAN_16BIT", NULL};
@@ -32,8 +47,8 @@ static const bh_backend vulkan = {
     .is_preferred = is_lavapipe,
     .env = vulkan_env,
     .recall_env = "FREEKV_VULKAN_RECALL",
-    .set_splits = fkv_vulkan_debug_set_splits,
-    .set_shared = fkv_vulkan_debug_set_shared,
+    .set_splits = set_splits,
+    .set_shared = set_shared,
     .before_close = no_validation_errors,
     .direct_in_every_mode = 1, /* host_alloc memory is always imported or a mapped buffer */
 };
@@ -48,7 +63,7 @@ static void open_both_w32(void) {
     bh_clear_env();
     setenv("FREEKV_VULKAN_16BIT", "0", 1); /* the fallback: KV in 32-bit words */
     bh_open_devices();
-    cr_assert_eq(fkv_vulkan_debug_s16(OD), 0);
+    cr_assert_eq(option(OD, "storage_16bit"), 0);
 }
 
 static void env_only(void) {
@@ -69,17 +84,17 @@ Test(vulkan, device_info_and_table) {
     bh_check_device_info(&info);
     cr_assert(O->write_regions);
     cr_assert(info.caps & FKV_CAP_MULTI_REGION_COPY);
-    cr_assert(fkv_vulkan_debug_subgroup(OD) >= 1);
+    cr_assert(option(OD, "subgroup_size") >= 1);
     if (strstr(info.name, "llvmpipe")) { /* what DESIGN.md §4 says of lavapipe */
         cr_assert_eq(info.type, FKV_DEVICE_CPU);
         cr_assert_eq(OD->max_range, 128u << 20, "maxStorageBufferRange");
         /* larger buffers: kernels bind pools and summaries in windows */
         cr_assert_gt(info.max_buffer_bytes, OD->max_range);
-        cr_assert_eq(fkv_vulkan_debug_subgroup(OD), 8);
-        cr_assert(fkv_vulkan_debug_s16(OD), "lavapipe has 16-bit storage");
+        cr_assert_eq(option(OD, "subgroup_size"), 8);
+        cr_assert(option(OD, "storage_16bit"), "lavapipe has 16-bit storage");
     }
     /* Direct recall is imported host memory here. */
-    cr_assert_eq(fkv_vulkan_debug_import_host(OD), O->recall_mode(OD) == FKV_RECALL_DIRECT);
+    cr_assert_eq(option(OD, "import_host"), O->recall_mode(OD) == FKV_RECALL_DIRECT);
 }
 Test(vulkan, public_api) { bh_check_public_api(); }
 Test(vulkan, copies_and_cross_queue_events) { bh_check_copies_and_events(); }
@@ -97,7 +112,7 @@ Test(vulkan_env, pipeline_matches_reference, .timeout = 600) {
 
 static void open_both_windows(void) {
     open_both();
-    fkv_vulkan_debug_set_window(OD, 1024); /* a few slots or summaries per window */
+    set_option(OD, "window_bytes", 1024); /* a few slots or summaries per window */
 }
 /* KV pools and summaries bound in windows of 1 KiB, as buffers above maxStorageBufferRange
  * are: every kernel that indexes them against the reference. */
@@ -116,7 +131,7 @@ Test(vulkan_windows, attention_dense_split) { bh_check_dense(4); }
 
 static void open_both_w32_windows(void) {
     open_both_w32();
-    fkv_vulkan_debug_set_window(OD, 1024);
+    set_option(OD, "window_bytes", 1024);
 }
 /* Windows over KV held two 16-bit elements to a 32-bit word. */
 TestSuite(vulkan_windows_w32, .init = open_both_w32_windows, .fini = bh_teardown, .timeout = 300);
@@ -253,7 +268,7 @@ Test(vulkan, pools_beyond_one_binding, .timeout = 600) {
     pbuf qb = bh_pnew(bh_rand_f32(&r, qn, 1.0f), 0, qn * 4), hb = bh_pnew(heads, 0, 8);
     pbuf eb = bh_pnew(entries, 0, sizeof entries), ao = bh_pnew(NULL, GUARD, qn * 4);
     for (int splits = 1; splits <= 2; splits++) {
-        fkv_vulkan_debug_set_splits(OD, splits);
+        set_splits(OD, splits);
         RUN2(bh_ops[s]->attention(bh_dev[s], CQ, DEPS, &g, B(qb, s), 0, 1, B(hb, s), 0, B(eb, s),
                                   0, B(kp, s), B(vp, s), 0.125f, B(ao, s), GUARD));
         bh_same_floats(&ao, GUARD, qn, 2e-5, "attention across windows");
@@ -300,7 +315,7 @@ Test(vulkan, write_regions) { check_write_regions(); }
 Test(vulkan_env, write_regions_perpage) {
     setenv("FREEKV_VULKAN_RECALL", "perpage", 1);
     bh_open_devices();
-    cr_assert(fkv_vulkan_debug_perpage(OD));
+    cr_assert(option(OD, "perpage_copies"));
     check_write_regions();
 }
 
@@ -323,13 +338,14 @@ Test(vulkan_env, recall_modes) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         setenv("FREEKV_VULKAN_RECALL", cases[i].value, 1);
-        fkv_status st = O->device_open(bh_index, &bh_dev[UT]);
+        fkv_status st = fkv_device_open_ops(O, bh_index, &bh_device);
         cr_assert_eq(st, FKV_OK, "%s: %s", cases[i].value, fkv_last_error());
+        bh_dev[UT] = fkv_device_bdev(bh_device);
         cr_assert_eq(O->recall_mode(OD), cases[i].mode, "FREEKV_VULKAN_RECALL=%s",
                      cases[i].value);
-        cr_assert_eq(fkv_op_recall_mode(O, OD), cases[i].mode);
-        cr_assert_eq(fkv_vulkan_debug_import_host(OD), cases[i].import, "%s", cases[i].value);
-        cr_assert_eq(fkv_vulkan_debug_perpage(OD), cases[i].perpage, "%s", cases[i].value);
+        cr_assert_eq(fkv_op_recall_mode(bh_device), cases[i].mode);
+        cr_assert_eq(option(OD, "import_host"), cases[i].import, "%s", cases[i].value);
+        cr_assert_eq(option(OD, "perpage_copies"), cases[i].perpage, "%s", cases[i].value);
         /* Whatever the mode, host_alloc memory is readable by recall_direct. */
         th_rng r;
         th_seed(&r, 1300 + i);
@@ -344,8 +360,11 @@ Test(vulkan_env, recall_modes) {
  * FREEKV_VULKAN_RECALL=hostptr is refused at device open naming the cause; auto falls back to
  * staged and says why (recall_note, printed by freekv-info), and its host memory still works. */
 Test(vulkan_env, hostptr_import_impossible) {
-    bh_need_device();
-    fkv_vulkan_debug_break_import(1);
+    /* break_import is process-wide: set through any device, it holds for later opens */
+    setenv("FREEKV_VULKAN_RECALL", "staged", 1);
+    bh_open_devices();
+    set_option(OD, "break_import", 1);
+    bh_teardown();
     setenv("FREEKV_VULKAN_RECALL", "hostptr", 1);
     fkv_bdev *d = NULL;
     fkv_status st = O->device_open(bh_index, &d);
@@ -357,8 +376,8 @@ Test(vulkan_env, hostptr_import_impossible) {
     setenv("FREEKV_VULKAN_RECALL", "auto", 1);
     bh_open_devices();
     cr_assert_eq(O->recall_mode(OD), FKV_RECALL_STAGED);
-    cr_assert_eq(fkv_vulkan_debug_import_host(OD), 0);
-    const char *note = fkv_op_recall_note(O, OD);
+    cr_assert_eq(option(OD, "import_host"), 0);
+    const char *note = fkv_op_recall_note(bh_device);
     cr_assert(strstr(note, "auto: host memory cannot be imported"), "note: %s", note);
     fkv_device_info info;
     cr_assert_eq(O->opened_info(OD, &info), FKV_OK);
@@ -367,17 +386,17 @@ Test(vulkan_env, hostptr_import_impossible) {
     th_seed(&r, 1400);
     fkv_kv_geom g = {2, 1, 64, 16, FKV_BF16};
     bh_check_recall_direct_geom(&r, &g, 0);
-    bh_teardown();
     /* imports working again: hostptr imports, auto says why it stays staged here */
-    fkv_vulkan_debug_break_import(0);
+    set_option(OD, "break_import", 0);
+    bh_teardown();
     setenv("FREEKV_VULKAN_RECALL", "hostptr", 1);
     bh_open_devices();
-    cr_assert_eq(fkv_vulkan_debug_import_host(OD), 1);
-    cr_assert_str_eq(fkv_op_recall_note(O, OD), "", "an explicit choice needs no note");
+    cr_assert_eq(option(OD, "import_host"), 1);
+    cr_assert_str_eq(fkv_op_recall_note(bh_device), "", "an explicit choice needs no note");
     bh_teardown();
     setenv("FREEKV_VULKAN_RECALL", "auto", 1);
     bh_open_devices();
-    note = fkv_op_recall_note(O, OD);
+    note = fkv_op_recall_note(bh_device);
     if (is_lavapipe(&OD->info))
         cr_assert(strstr(note, "auto: a CPU device"), "note: %s", note);
     else
@@ -393,8 +412,8 @@ Test(vulkan_env, allocation_count_limit) {
     for (int m = 0; m < 2; m++) {
         setenv("FREEKV_VULKAN_RECALL", modes[m], 1);
         bh_open_devices();
-        unsigned base = fkv_vulkan_debug_live_allocations(OD);
-        fkv_vulkan_debug_set_allocation_limit(OD, base + 2);
+        uint64_t base = option(OD, "live_allocations");
+        set_option(OD, "allocation_limit", base + 2);
         fkv_bhost *h[3] = {NULL, NULL, NULL};
         void *p;
         cr_assert_eq(O->host_alloc(OD, 4096, &h[0], &p), FKV_OK, "%s", fkv_last_error());
@@ -410,7 +429,7 @@ Test(vulkan_env, allocation_count_limit) {
         cr_assert_eq(O->buffer_alloc(OD, 256, &b), FKV_OK, "a freed allocation is available");
         O->buffer_free(OD, b);
         O->host_free(OD, h[1]);
-        cr_assert_eq(fkv_vulkan_debug_live_allocations(OD), base);
+        cr_assert_eq(option(OD, "live_allocations"), base);
         bh_teardown();
 
         /* a context: 2 layers x 19, 6 of prefill scratch, recall staging, 2 seqs x 2 layers x
@@ -419,8 +438,8 @@ Test(vulkan_env, allocation_count_limit) {
         snprintf(idx, sizeof idx, "%u", bh_index);
         fkv_device *dev = NULL;
         cr_assert_eq(fkv_device_open("vulkan", idx, &dev), FKV_OK, "%s", fkv_last_error());
-        base = fkv_vulkan_debug_live_allocations(dev->bdev);
-        fkv_vulkan_debug_set_allocation_limit(dev->bdev, 100);
+        base = option(fkv_device_bdev(dev), "live_allocations");
+        set_option(fkv_device_bdev(dev), "allocation_limit", 100);
         fkv_config cfg;
         bh_pipeline_config(&cfg);
         cfg.max_context = 4096;
@@ -430,11 +449,11 @@ Test(vulkan_env, allocation_count_limit) {
         cr_assert(strstr(fkv_last_error(), "maxMemoryAllocationCount") &&
                       strstr(fkv_last_error(), "creating the context"),
                   "%s", fkv_last_error());
-        cr_assert_eq(fkv_vulkan_debug_live_allocations(dev->bdev), base);
-        fkv_vulkan_debug_set_allocation_limit(dev->bdev, 0);
+        cr_assert_eq(option(fkv_device_bdev(dev), "live_allocations"), base);
+        set_option(fkv_device_bdev(dev), "allocation_limit", 0);
         cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
         fkv_context_destroy(ctx);
-        cr_assert_eq(fkv_vulkan_debug_live_allocations(dev->bdev), base);
+        cr_assert_eq(option(fkv_device_bdev(dev), "live_allocations"), base);
         fkv_device_close(dev);
     }
 }
@@ -498,7 +517,7 @@ Test(vulkan_env, validation_counts_unlisted_warnings) {
     if (st == FKV_ERR_BAD_ENVIRONMENT)
         cr_skip_test("the Khronos validation layer is not installed: %s", fkv_last_error());
     cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
-    cr_expect_eq(fkv_vulkan_debug_validation_errors(OD), 0, "a benign warning was counted");
+    cr_expect_eq(option(OD, "validation_errors"), 0, "a benign warning was counted");
     PFN_vkSubmitDebugUtilsMessageEXT submit = (PFN_vkSubmitDebugUtilsMessageEXT)
         vkGetInstanceProcAddr(OD->instance, "vkSubmitDebugUtilsMessageEXT");
     cr_assert_not_null(submit);
@@ -509,15 +528,50 @@ Test(vulkan_env, validation_counts_unlisted_warnings) {
         .pMessage = "a warning that no list names (sent by test_vulkan on purpose)"};
     submit(OD->instance, VK_DEBUG_UTILS_MESSAGE_SEVERITY_INFO_BIT_EXT,
            VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT, &data);
-    cr_expect_eq(fkv_vulkan_debug_validation_errors(OD), 0, "an information message counted");
+    cr_expect_eq(option(OD, "validation_errors"), 0, "an information message counted");
     cr_assert_eq(O->finish(OD, CQ), FKV_OK, "%s", fkv_last_error());
     submit(OD->instance, VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT,
            VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT, &data);
-    cr_expect_eq(fkv_vulkan_debug_validation_errors(OD), 1, "the warning was not counted");
+    cr_expect_eq(option(OD, "validation_errors"), 1, "the warning was not counted");
     cr_expect_eq(O->finish(OD, CQ), FKV_ERR_BACKEND, "finish after a warning: %s",
                  fkv_last_error());
     cr_expect(strstr(fkv_last_error(), "error(s) or warning(s)") != NULL, "%s", fkv_last_error());
     /* closed here: the harness's last check (no validation messages) would fail on purpose */
     O->device_close(OD);
     bh_dev[UT] = NULL;
+}
+
+/* ---- options (docs/backend-options.md) ---- */
+
+Test(vulkan, options) {
+    char out[64];
+    cr_assert_eq(fkv_op_set_option(bh_device, "no_such_key", "1"), FKV_ERR_UNSUPPORTED);
+    const char *msg = fkv_last_error();
+    cr_assert(strstr(msg, "no_such_key") && strstr(msg, "attention_splits") &&
+                  strstr(msg, "window_bytes") && strstr(msg, "allocation_limit") &&
+                  strstr(msg, "break_import"),
+              "the message lists the keys: %s", msg);
+    cr_assert_eq(fkv_op_get_option(bh_device, "no_such_key", out, sizeof out),
+                 FKV_ERR_UNSUPPORTED);
+    cr_assert(strstr(fkv_last_error(), "live_allocations") &&
+                  strstr(fkv_last_error(), "subgroup_size"),
+              "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_set_option(bh_device, "attention_splits", "257"),
+                 FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_set_option(bh_device, "break_import", "2"), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_set_option(bh_device, "attention_splits", "5"), FKV_OK);
+    cr_assert_eq(fkv_op_get_option(bh_device, "attention_splits", out, sizeof out), FKV_OK);
+    cr_assert_str_eq(out, "5");
+    /* windows and allocations: lowered, never past the device's own; 0 restores it */
+    set_option(OD, "window_bytes", 4096);
+    cr_assert_eq(option(OD, "window_bytes"), 4096);
+    set_option(OD, "window_bytes", 0);
+    cr_assert_eq(option(OD, "window_bytes"), 0);
+    set_option(OD, "allocation_limit", 0);
+    uint64_t device = option(OD, "allocation_limit");
+    set_option(OD, "allocation_limit", device + 1000);
+    cr_assert_eq(option(OD, "allocation_limit"), device);
+    set_option(OD, "allocation_limit", 7);
+    cr_assert_eq(option(OD, "allocation_limit"), 7);
+    set_option(OD, "allocation_limit", 0);
 }

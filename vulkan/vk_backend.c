@@ -12,7 +12,8 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../backends/check.h"
+#include "../backends/launch.h"
+#include "../backends/option.h"
 #include "../common/env.h"
 #include "../common/error.h"
 #include "vk_internal.h"
@@ -420,12 +421,6 @@ static void free_memory(fkv_bdev *d, VkDeviceMemory mem) {
     }
 }
 
-void fkv_vulkan_debug_set_allocation_limit(fkv_bdev *d, uint32_t n) {
-    d->max_allocs = n && n < d->max_allocs_device ? n : d->max_allocs_device;
-}
-
-unsigned fkv_vulkan_debug_live_allocations(fkv_bdev *d) { return atomic_load(&d->live_allocs); }
-
 #define ALL_USAGE                                                                              \
     (VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |                   \
      VK_BUFFER_USAGE_TRANSFER_DST_BIT)
@@ -503,9 +498,6 @@ void fkv_vk_temp_free(fkv_bdev *d, vk_temp *t) {
 }
 
 static fkv_status vk_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out) {
-    if (d == NULL || out == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan buffer_alloc: NULL argument or size 0");
-    *out = NULL;
     if (size > d->max_alloc)
         return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY,
                          "vulkan: %zu bytes exceed the device's largest allocation (%llu)", size,
@@ -518,14 +510,12 @@ static fkv_status vk_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out) {
         free(b);
         return st;
     }
-    b->size = size;
+    b->desc = (fkv_mem_desc){.size = size, .base = 0};
     *out = b;
     return FKV_OK;
 }
 
 static void vk_buffer_free(fkv_bdev *d, fkv_bbuf *b) {
-    if (b == NULL)
-        return;
     if (b->mem) { /* an imported VkBuffer stays the engine's */
         vkDestroyBuffer(d->dev, b->buf, NULL);
         free_memory(d, b->mem);
@@ -534,16 +524,14 @@ static void vk_buffer_free(fkv_bdev *d, fkv_bbuf *b) {
 }
 
 static fkv_status vk_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_bbuf **out) {
-    if (d == NULL || native == NULL || out == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan buffer_import: NULL argument or size 0");
-    *out = NULL;
+    (void)d;
     fkv_bbuf *b = calloc(1, sizeof *b);
     if (b == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: buffer handle");
     /* Vulkan cannot tell a VkBuffer's device or size: the engine vouches for both (it must
      * have STORAGE_BUFFER and TRANSFER_SRC/DST usage). */
     b->buf = (VkBuffer)(uintptr_t)native;
-    b->size = size;
+    b->desc = (fkv_mem_desc){.size = size, .base = 0};
     *out = b;
     return FKV_OK;
 }
@@ -571,7 +559,8 @@ fkv_bhost *fkv_vk_find_host(fkv_bdev *d, const void *p, size_t size, VkDeviceSiz
     pthread_mutex_lock(&d->host_lock);
     for (uint32_t i = 0; i < d->n_hosts && !found; i++) {
         uintptr_t b = (uintptr_t)d->hosts[i]->ptr;
-        if (a >= b && a - b <= d->hosts[i]->size && size <= d->hosts[i]->size - (a - b)) {
+        size_t held = d->hosts[i]->desc.size;
+        if (a >= b && a - b <= held && size <= held - (a - b)) {
             found = d->hosts[i];
             *offset = a - b;
         }
@@ -580,16 +569,15 @@ fkv_bhost *fkv_vk_find_host(fkv_bdev *d, const void *p, size_t size, VkDeviceSiz
     return found;
 }
 
-/* Test hook: every import fails as a driver's would (the probe at device open included). */
-static atomic_int fkv_vk_import_broken;
-
-void fkv_vulkan_debug_break_import(int broken) { atomic_store(&fkv_vk_import_broken, broken); }
+/* Option break_import (process-wide): every import fails as a driver's would, the probe at
+ * device open included. */
+atomic_int fkv_vk_import_broken;
 
 /* malloc'd memory imported with VK_EXT_external_memory_host: the pages a shader gathers.
  * Only host-coherent memory types are taken (host writes must reach the shaders with no
  * flush, and the library never flushes). */
 static fkv_status import_host(fkv_bdev *d, fkv_bhost *h) {
-    size_t a = (size_t)d->import_align, size = (h->size + a - 1) / a * a;
+    size_t a = (size_t)d->import_align, size = (h->desc.size + a - 1) / a * a;
     h->raw = aligned_alloc(a, size);
     if (h->raw == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: %zu bytes of host memory", size);
@@ -666,7 +654,7 @@ static fkv_status probe_import(fkv_bdev *d) {
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "vulkan: host allocations are not importable as storage buffers "
                          "(vkGetPhysicalDeviceExternalBufferProperties)");
-    fkv_bhost h = {.size = (size_t)d->import_align};
+    fkv_bhost h = {.desc = {.size = (size_t)d->import_align}};
     fkv_status st = import_host(d, &h);
     if (st == FKV_OK) {
         vkDestroyBuffer(d->dev, h.buf, NULL);
@@ -677,10 +665,6 @@ static fkv_status probe_import(fkv_bdev *d) {
 }
 
 static fkv_status vk_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **ptr) {
-    if (d == NULL || out == NULL || ptr == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan host_alloc: NULL argument or size 0");
-    *out = NULL;
-    *ptr = NULL;
     if (size > d->max_alloc)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
                          "vulkan: %zu bytes of host memory exceed the largest allocation (%llu)",
@@ -688,7 +672,7 @@ static fkv_status vk_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void 
     fkv_bhost *h = calloc(1, sizeof *h);
     if (h == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: host allocation handle");
-    h->size = size;
+    h->desc.size = size;
     fkv_status st = d->import_host ? import_host(d, h)
                                    : make_buffer(d, size, 1, ALL_USAGE, &h->buf, &h->mem, &h->ptr);
     if (st == FKV_OK && (st = register_host(d, h)) != FKV_OK) {
@@ -700,14 +684,13 @@ static fkv_status vk_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void 
         free(h);
         return fkv_error_prefix(st, "vulkan host_alloc of %zu bytes", size);
     }
+    h->desc.base = (uintptr_t)h->ptr;
     *out = h;
     *ptr = h->ptr;
     return FKV_OK;
 }
 
 static void vk_host_free(fkv_bdev *d, fkv_bhost *h) {
-    if (h == NULL)
-        return;
     pthread_mutex_lock(&d->host_lock);
     for (uint32_t i = 0; i < d->n_hosts; i++)
         if (d->hosts[i] == h) {
@@ -722,10 +705,6 @@ static void vk_host_free(fkv_bdev *d, fkv_bhost *h) {
 }
 
 /* ---- submissions ---- */
-
-fkv_status fkv_vk_check_queue(fkv_queue q, const char *op) {
-    return fkv_check_queue("vulkan", op, q);
-}
 
 static void record_release(fkv_bdev *d, vk_fqueue *fq, vk_record *r, int reuse_cb) {
     if (r->n_sets)
@@ -856,11 +835,6 @@ fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_ou
     uint64_t *wval = wval_buf;
     VkPipelineStageFlags *wstage = wstage_buf;
     uint32_t n = 0, cap = deps->n_wait + 1;
-    if (deps->n_wait && deps->wait == NULL) {
-        fkv_vk_cmd_abort(c);
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan: %u waits but no wait list",
-                         deps->n_wait);
-    }
     if (cap > 17) {
         wsem = malloc(cap * sizeof *wsem);
         wval = malloc(cap * sizeof *wval);
@@ -949,9 +923,7 @@ out:
 
 fkv_status fkv_vk_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) {
     fkv_vk_clear_done(&deps);
-    fkv_status st = fkv_vk_check_queue(q, "marker");
-    if (st != FKV_OK)
-        return st;
+    fkv_status st;
     vk_cmd c;
     if ((st = fkv_vk_cmd_begin(d, q, 1, &c)) != FKV_OK)
         return st;
@@ -1001,8 +973,6 @@ static fkv_status wait_values(fkv_bdev *d, uint32_t n, const VkSemaphore *sems,
 static fkv_status vk_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events) {
     if (n == 0)
         return FKV_OK;
-    if (d == NULL || events == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan event_wait: NULL argument");
     VkSemaphore sb[16];
     uint64_t vb[16];
     VkSemaphore *s = n > 16 ? malloc(n * sizeof *s) : sb;
@@ -1014,10 +984,8 @@ static fkv_status vk_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *even
         uint32_t k = 0;
         for (uint32_t i = 0; i < n; i++) {
             const vk_event *e = (const vk_event *)events[i];
-            if (e) {
-                s[k] = e->sem;
-                v[k++] = e->value;
-            }
+            s[k] = e->sem;
+            v[k++] = e->value;
         }
         st = wait_values(d, k, s, v);
     }
@@ -1034,14 +1002,11 @@ static void vk_event_release(fkv_bdev *d, fkv_bevent *ev) {
 }
 
 static fkv_status vk_finish(fkv_bdev *d, fkv_queue q) {
-    fkv_status st = fkv_vk_check_queue(q, "finish");
-    if (st != FKV_OK)
-        return st;
     vk_fqueue *fq = &d->q[q];
     pthread_mutex_lock(&fq->lock);
     uint64_t last = fq->last;
     pthread_mutex_unlock(&fq->lock);
-    st = wait_values(d, 1, &fq->timeline, &last);
+    fkv_status st = wait_values(d, 1, &fq->timeline, &last);
     pthread_mutex_lock(&fq->lock);
     reclaim(d, fq);
     pthread_mutex_unlock(&fq->lock);
@@ -1049,10 +1014,6 @@ static fkv_status vk_finish(fkv_bdev *d, fkv_queue q) {
 }
 
 /* ---- copies ---- */
-
-static fkv_status check_range(const fkv_bbuf *b, size_t off, size_t size, const char *op) {
-    return fkv_check_span("vulkan", op, "buffer", b != NULL, b ? b->size : 0, off, size, 1, 0);
-}
 
 /* The source of n host regions: their host_alloc buffer, or one staging buffer they are
  * copied into now. Records one vkCmdCopyBuffer per run of regions with the same source. */
@@ -1095,12 +1056,7 @@ static fkv_status record_upload(vk_cmd *c, fkv_bbuf *dst, uint32_t n, const fkv_
 static fkv_status vk_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                            size_t dst_offset, const void *src, size_t size) {
     fkv_vk_clear_done(&deps);
-    fkv_status st = fkv_check_host_transfer("vulkan", "write", q, dst != NULL, dst ? dst->size : 0,
-                                            dst_offset, size, src);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return fkv_vk_marker(d, q, deps);
+    fkv_status st;
     vk_cmd c;
     if ((st = fkv_vk_cmd_begin(d, q, 0, &c)) != FKV_OK)
         return st;
@@ -1115,20 +1071,7 @@ static fkv_status vk_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *ds
 static fkv_status vk_write_regions(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                                    uint32_t n, const fkv_copy_region *regions) {
     fkv_vk_clear_done(&deps);
-    fkv_status st = fkv_vk_check_queue(q, "write_regions");
-    if (st == FKV_OK)
-        st = check_range(dst, 0, 0, "write_regions");
-    if (st == FKV_OK && n && regions == NULL)
-        st = fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan write_regions: %u regions, NULL list", n);
-    for (uint32_t i = 0; i < n && st == FKV_OK; i++) {
-        if (regions[i].src == NULL && regions[i].size)
-            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                           "vulkan write_regions: region %u has a NULL source", i);
-        else
-            st = check_range(dst, regions[i].dst_offset, regions[i].size, "write_regions");
-    }
-    if (st != FKV_OK)
-        return st;
+    fkv_status st;
     /* Zero-size regions are not valid VkBufferCopy entries: drop them. */
     uint32_t live = 0;
     for (uint32_t i = 0; i < n; i++)
@@ -1164,12 +1107,7 @@ static fkv_status vk_write_regions(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_
 static fkv_status vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
                           size_t src_offset, void *dst, size_t size) {
     fkv_vk_clear_done(&deps);
-    fkv_status st = fkv_check_host_transfer("vulkan", "read", q, src != NULL, src ? src->size : 0,
-                                            src_offset, size, dst);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return fkv_vk_marker(d, q, deps);
+    fkv_status st = FKV_OK;
     VkDeviceSize off = 0;
     fkv_bhost *h = fkv_vk_find_host(d, dst, size, &off);
     vk_pending_read p = {0};
@@ -1220,12 +1158,7 @@ static fkv_status vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbu
 static fkv_status vk_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                           size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size) {
     fkv_vk_clear_done(&deps);
-    fkv_status st = fkv_check_device_copy("vulkan", q, dst != NULL, dst ? dst->size : 0, dst_offset,
-                                          src != NULL, src ? src->size : 0, src_offset, size);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return fkv_vk_marker(d, q, deps);
+    fkv_status st;
     vk_cmd c;
     if ((st = fkv_vk_cmd_begin(d, q, 0, &c)) != FKV_OK)
         return st;
@@ -1523,13 +1456,66 @@ static fkv_recall_mode vk_recall_mode(fkv_bdev *d) { return d->recall; }
 
 static const char *vk_recall_note(fkv_bdev *d) { return d->recall_note; }
 
-int fkv_vulkan_debug_s16(fkv_bdev *d) { return d->s16; }
-int fkv_vulkan_debug_import_host(fkv_bdev *d) { return d->import_host; }
-int fkv_vulkan_debug_perpage(fkv_bdev *d) { return d->perpage_cmds; }
-unsigned fkv_vulkan_debug_validation_errors(fkv_bdev *d) {
-    return atomic_load(&d->validation_errors);
+/* ---- options (docs/backend-options.md) ---- */
+
+static const char *const settable[] = {"attention_splits", "window_bytes", "shared_memory_bytes",
+                                       "allocation_limit", "break_import", NULL};
+static const char *const readable[] = {
+    "attention_splits", "window_bytes",     "shared_memory_bytes", "allocation_limit",
+    "live_allocations", "validation_errors", "subgroup_size",      "storage_16bit",
+    "import_host",      "perpage_copies",   NULL};
+
+static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value) {
+    uint64_t v = 0;
+    fkv_status st;
+    if (strcmp(key, "attention_splits") == 0) {
+        if ((st = fkv_option_uint("vulkan", key, value, FKV_MAX_SPLITS, &v)) == FKV_OK)
+            d->forced_splits = (uint32_t)v;
+    } else if (strcmp(key, "window_bytes") == 0) {
+        /* never more than the device's range; 0: maxStorageBufferRange */
+        if ((st = fkv_option_uint("vulkan", key, value, UINT64_MAX, &v)) == FKV_OK)
+            d->window_override = v < d->max_range ? v : 0;
+    } else if (strcmp(key, "shared_memory_bytes") == 0) {
+        if ((st = fkv_option_uint("vulkan", key, value, UINT64_MAX, &v)) == FKV_OK)
+            d->max_shared = v && v < d->max_shared_device ? (uint32_t)v : d->max_shared_device;
+    } else if (strcmp(key, "allocation_limit") == 0) {
+        if ((st = fkv_option_uint("vulkan", key, value, UINT64_MAX, &v)) == FKV_OK)
+            d->max_allocs = v && v < d->max_allocs_device ? (uint32_t)v : d->max_allocs_device;
+    } else if (strcmp(key, "break_import") == 0) {
+        if ((st = fkv_option_uint("vulkan", key, value, 1, &v)) == FKV_OK)
+            atomic_store(&fkv_vk_import_broken, (int)v);
+    } else {
+        st = fkv_option_unknown("vulkan", "settable", key, settable);
+    }
+    return st;
 }
-uint32_t fkv_vulkan_debug_subgroup(fkv_bdev *d) { return d->subgroup; }
+
+static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t size) {
+    uint64_t v;
+    if (strcmp(key, "attention_splits") == 0)
+        v = d->forced_splits;
+    else if (strcmp(key, "window_bytes") == 0)
+        v = d->window_override;
+    else if (strcmp(key, "shared_memory_bytes") == 0)
+        v = d->max_shared;
+    else if (strcmp(key, "allocation_limit") == 0)
+        v = d->max_allocs;
+    else if (strcmp(key, "live_allocations") == 0)
+        v = atomic_load(&d->live_allocs);
+    else if (strcmp(key, "validation_errors") == 0)
+        v = atomic_load(&d->validation_errors);
+    else if (strcmp(key, "subgroup_size") == 0)
+        v = d->subgroup;
+    else if (strcmp(key, "storage_16bit") == 0)
+        v = (uint64_t)d->s16;
+    else if (strcmp(key, "import_host") == 0)
+        v = (uint64_t)d->import_host;
+    else if (strcmp(key, "perpage_copies") == 0)
+        v = (uint64_t)d->perpage_cmds;
+    else
+        return fkv_option_unknown("vulkan", "readable", key, readable);
+    return fkv_option_print_uint("vulkan", key, v, out, size);
+}
 
 /* ---- the table ---- */
 
@@ -1567,6 +1553,8 @@ static const fkv_backend_ops vulkan_ops = {
     .opened_info = vk_opened_info,
     .check_geometry = fkv_vk_check_geometry,
     .recall_note = vk_recall_note,
+    .set_option = vk_set_option,
+    .get_option = vk_get_option,
 };
 
 const fkv_backend_ops *fkv_backend_vulkan(void) { return &vulkan_ops; }

@@ -9,7 +9,6 @@
 #include <vulkan/vulkan.h>
 
 #include "../backends/backend.h"
-#include "vk_debug.h"
 
 #define VK_N_BINDINGS 8 /* storage buffers of the one descriptor set layout */
 
@@ -90,17 +89,19 @@ typedef struct vk_pending_read {
 } vk_pending_read;
 
 struct fkv_bhost {
+    fkv_mem_desc desc; /* first (backend.h); base = ptr */
     VkBuffer buf;
     VkDeviceMemory mem;
     void *ptr;
-    size_t size;
     void *raw;    /* the malloc'd block imported with VK_EXT_external_memory_host, or NULL */
 };
 
+/* desc.base is 0: VkBuffer offsets are checked as they are (binding offsets are aligned down
+ * to minStorageBufferOffsetAlignment by the launches). */
 struct fkv_bbuf {
+    fkv_mem_desc desc; /* first (backend.h) */
     VkBuffer buf;
     VkDeviceMemory mem; /* VK_NULL_HANDLE for an imported VkBuffer */
-    size_t size;
 };
 
 struct fkv_bdev {
@@ -115,7 +116,8 @@ struct fkv_bdev {
     VkPhysicalDeviceMemoryProperties mem_props;
     VkDeviceSize max_range, max_alloc, align, import_align;
     uint32_t max_groups[3], max_wg, max_shared, subgroup, compute_units;
-    uint32_t max_shared_device; /* the device's own figure (the test hook may lower max_shared) */
+    uint32_t max_shared_device; /* the device's own figure (shared_memory_bytes may lower
+                                   max_shared) */
     int s16;      /* 16-bit storage in use */
     int ext_host; /* VK_EXT_external_memory_host enabled */
     int concurrent; /* more than one queue family: buffers are shared concurrently */
@@ -131,8 +133,8 @@ struct fkv_bdev {
     int import_host;  /* host_alloc imports malloc memory (hostptr) */
     char recall_note[256]; /* why "auto" chose the recall mode it did (recall_note) */
 
-    /* VkDeviceMemory objects alive, against maxMemoryAllocationCount (max_allocs; the test
-     * hook may lower it below the device's max_allocs_device) */
+    /* VkDeviceMemory objects alive, against maxMemoryAllocationCount (max_allocs; the option
+     * allocation_limit may lower it below the device's max_allocs_device) */
     atomic_uint live_allocs;
     uint32_t max_allocs, max_allocs_device;
 
@@ -154,8 +156,9 @@ struct fkv_bdev {
     uint32_t n_hosts, cap_hosts;
 
     vk_temp dummy; /* bound to the layout's unused bindings */
-    int split_override;
-    VkDeviceSize window_override; /* test hook: windows of at most this many bytes (0: max_range) */
+    uint32_t forced_splits; /* option attention_splits: 0 = automatic, n >= 1 = always n */
+    VkDeviceSize window_override; /* option window_bytes: windows of at most this many bytes (0:
+                                     max_range) */
     atomic_uint validation_errors;
 };
 
@@ -168,6 +171,8 @@ fkv_status fkv_vk_temp_alloc(fkv_bdev *d, VkDeviceSize size, int host_visible, V
 void fkv_vk_temp_free(fkv_bdev *d, vk_temp *t);
 /* The host allocation holding [p, p+size), with p's offset in it; NULL if none. */
 fkv_bhost *fkv_vk_find_host(fkv_bdev *d, const void *p, size_t size, VkDeviceSize *offset);
+/* Option break_import, process-wide: host-memory imports fail as on a driver that cannot. */
+extern atomic_int fkv_vk_import_broken;
 
 /* ---- command recording (vk_backend.c) ---- */
 typedef struct vk_cmd {
@@ -176,7 +181,6 @@ typedef struct vk_cmd {
     vk_record rec;
     uint32_t n_dispatch;
 } vk_cmd;
-fkv_status fkv_vk_check_queue(fkv_queue q, const char *op);
 /* Locks the queue and starts a command buffer (marker: none). */
 fkv_status fkv_vk_cmd_begin(fkv_bdev *d, fkv_queue q, int marker, vk_cmd *c);
 fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_temp *out);

@@ -1,6 +1,6 @@
 /* Kernel launches of the Vulkan backend: pipelines (specialised per workgroup size, subgroup
  * size and shared memory, kept in a persistent VkPipelineCache), descriptor bindings of
- * buffer ranges, argument checks.
+ * buffer ranges. The dispatch layer has checked the arguments.
  *
  * Every storage buffer is bound at an offset aligned down to minStorageBufferOffsetAlignment,
  * the rest of the offset travels in push constants (in elements), and a binding never spans
@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backends/check.h"
+#include "../backends/launch.h"
 #include "../common/cache_file.h"
 #include "../common/error.h"
 #include "vk_internal.h"
@@ -35,9 +35,6 @@ const char *const fkv_vk_shader_names[S_COUNT] = {
 #define ATTENTION_WG 128
 #define SCORES_WG 64
 #define COSINE_WG 64
-#define MAX_TILE 32
-#define MAX_AUTO_SPLITS 16
-#define MAX_SPLITS 256
 #define TEMP_ALLOCS 64 /* allocations of commands in flight: write staging, partials, unit lists */
 #define CACHE_MAGIC 0x464b5650u /* "FKVP" */
 
@@ -233,25 +230,14 @@ typedef struct launch {
     int n_win;
 } launch;
 
-static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const fkv_kv_geom *g,
-                          const char *op, launch *L) {
+static void prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const char *op, launch *L) {
     fkv_vk_clear_done(deps);
-    fkv_status st = fkv_check_kernel_call("vulkan", op, d, q, g);
-    if (st != FKV_OK)
-        return st;
     memset(L, 0, sizeof *L);
     L->d = d;
     L->op = op;
     L->q = q;
     for (int i = 0; i < VK_N_BINDINGS; i++)
         L->b[i] = (bind){d->dummy.buf, 0, VK_WHOLE_SIZE};
-    return FKV_OK;
-}
-
-/* Offsets of VkBuffers are checked for alignment as offsets (allocations are aligned). */
-static fkv_bview view(const fkv_bbuf *b) {
-    fkv_bview v = {b != NULL, b ? b->size : 0, 0};
-    return v;
 }
 
 /* Where one binding of [off, off + need) of a buffer of `size` bytes starts (off aligned
@@ -290,7 +276,7 @@ static fkv_status bind_range(launch *L, int i, VkBuffer buf, size_t size, size_t
 
 static fkv_status bind_buf(launch *L, int i, const fkv_bbuf *b, size_t off, uint64_t need,
                            size_t elem_size, uint32_t *elem, const char *what) {
-    return bind_range(L, i, b->buf, b->size, off, need, elem_size, elem, what);
+    return bind_range(L, i, b->buf, b->desc.size, off, need, elem_size, elem, what);
 }
 
 static uint64_t gcd_u64(uint64_t a, uint64_t b) {
@@ -383,15 +369,12 @@ static fkv_status bind_windows(launch *L, int b0, VkBuffer buf0, VkDeviceSize si
 static fkv_status bind_pools(launch *L, const fkv_kv_geom *g, const fkv_bbuf *k,
                              const fkv_bbuf *v, int ki, int vi, int pc_first, int pc_count,
                              uint32_t mult, uint32_t *n_slots) {
-    fkv_status st = fkv_check_pool_slots("vulkan", L->op, g, k && v, k ? k->size : 0,
-                                         v ? v->size : 0, 0, 0, n_slots);
-    if (st != FKV_OK)
-        return st;
+    *n_slots = fkv_pool_slots(g, k->desc.size, v->desc.size);
     uint64_t slot_bytes =
         (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
-    return bind_windows(L, ki, k->buf, k->size, vi, vi >= 0 ? v->buf : VK_NULL_HANDLE,
-                        vi >= 0 ? v->size : 0, slot_bytes, *n_slots, pc_first, pc_count, mult,
-                        "the KV pools");
+    return bind_windows(L, ki, k->buf, k->desc.size, vi, vi >= 0 ? v->buf : VK_NULL_HANDLE,
+                        vi >= 0 ? v->desc.size : 0, slot_bytes, *n_slots, pc_first, pc_count,
+                        mult, "the KV pools");
 }
 
 static void pc_f32(launch *L, int i, float f) { memcpy(&L->pc[i], &f, 4); }
@@ -507,18 +490,12 @@ fkv_status fkv_vk_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
                          uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off, fkv_bbuf *kpool,
                          fkv_bbuf *vpool) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "append", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "append", &L);
+    fkv_status st;
     uint64_t row_elems = (uint64_t)g->n_kv_heads * g->head_dim, n = n_rows * row_elems;
     uint32_t n_slots;
-    if ((st = fkv_check_append("vulkan", g, view(k_src), k_off, view(v_src), v_off, n_rows,
-                               view(rows), rows_off, view(kpool), view(vpool), &n_slots)) !=
-            FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 3, 4, 6, 5, g->page_size, &n_slots)) != FKV_OK)
+    if ((st = bind_pools(&L, g, kpool, vpool, 3, 4, 6, 5, g->page_size, &n_slots)) != FKV_OK)
         return st;
-    if (n_rows == 0)
-        return fkv_vk_marker(dev, q, deps);
     if ((st = bind_buf(&L, 0, k_src, k_off, n * 4, 4, &L.pc[0], "k_src")) != FKV_OK ||
         (st = bind_buf(&L, 1, v_src, v_off, n * 4, 4, &L.pc[1], "v_src")) != FKV_OK ||
         (st = bind_buf(&L, 2, rows, rows_off, n_rows * 4ull, 4, &L.pc[2], "rows")) != FKV_OK)
@@ -532,22 +509,17 @@ fkv_status fkv_vk_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
                             const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
                             size_t pages_off, fkv_bbuf *summaries) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "summarize", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "summarize", &L);
+    fkv_status st;
     uint32_t n_slots;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = fkv_check_summarize("vulkan", g, view(kpool), n_pages, view(pages), pages_off,
-                                  view(summaries), &n_slots)) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, kpool, 0, -1, 7, 5, 1, &n_slots)) != FKV_OK)
+    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
+    if ((st = bind_pools(&L, g, kpool, kpool, 0, -1, 7, 5, 1, &n_slots)) != FKV_OK)
         return st;
-    if (n_pages == 0)
-        return fkv_vk_marker(dev, q, deps);
-    size_t n_summ = summaries->size / summary_bytes;
+    size_t n_summ = summaries->desc.size / summary_bytes;
     if (n_summ > INT32_MAX)
         n_summ = INT32_MAX; /* summary indices are int32 */
     if ((st = bind_buf(&L, 1, pages, pages_off, n_pages * 8ull, 4, &L.pc[0], "pages")) != FKV_OK ||
-        (st = bind_windows(&L, 2, summaries->buf, summaries->size, -1, VK_NULL_HANDLE, 0,
+        (st = bind_windows(&L, 2, summaries->buf, summaries->desc.size, -1, VK_NULL_HANDLE, 0,
                            summary_bytes, n_summ, 8, 6, 1, "the summaries")) != FKV_OK)
         return st;
     if ((uint64_t)L.win[0].w.count * L.win[1].w.count > DESCRIPTOR_SETS_PER_COMMAND)
@@ -623,26 +595,21 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
                          size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out,
                          size_t out_off) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "scores", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "scores", &L);
+    fkv_status st;
     uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * g->group * g->head_dim * 4;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = fkv_check_scores("vulkan", g, view(qbuf), q_off, n_seqs, view(desc), desc_off,
-                               view(summaries), view(out), out_off)) != FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_vk_marker(dev, q, deps);
+    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
     scores_launch sp;
     if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
         return st;
     if ((st = bind_buf(&L, 0, qbuf, q_off, q_bytes, 4, &L.pc[0], "q")) != FKV_OK ||
         (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 12ull, 4, &L.pc[1], "desc")) != FKV_OK ||
         /* written at indices from device data: all of it must be reachable */
-        (st = bind_buf(&L, 3, out, out_off, out->size - out_off, 4, &L.pc[3], "out")) != FKV_OK)
+        (st = bind_buf(&L, 3, out, out_off, out->desc.size - out_off, 4, &L.pc[3], "out")) !=
+            FKV_OK)
         return st;
-    size_t n_summ = summaries->size / summary_bytes;
-    if ((st = bind_windows(&L, 2, summaries->buf, summaries->size, -1, VK_NULL_HANDLE, 0,
+    size_t n_summ = summaries->desc.size / summary_bytes;
+    if ((st = bind_windows(&L, 2, summaries->buf, summaries->desc.size, -1, VK_NULL_HANDLE, 0,
                            summary_bytes, n_summ < INT32_MAX ? n_summ : INT32_MAX, 8, 2, 1,
                            "the summaries")) != FKV_OK)
         return st;
@@ -671,17 +638,10 @@ fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
                                size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "cosine_flags", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "cosine_flags", &L);
+    fkv_status st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
     uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
-    if ((st = fkv_check_cosine_flags("vulkan", g, view(q_cur), cur_off, view(q_prev), prev_off,
-                                     n_seqs, view(sims), sims_off, view(flags), flags_off)) !=
-        FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_vk_marker(dev, q, deps);
     uint32_t w;
     if ((st = cosine_plan(dev, n_bh, &w)) != FKV_OK)
         return st;
@@ -706,21 +666,11 @@ fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     return fkv_vk_cmd_submit(&c, &deps, NULL);
 }
 
-/* Copy words: 16 bytes when rows and offsets allow, else 4, else one 16-bit element (native
- * 16-bit storage, or the atomic fallback). Returns the word size; *variant the shader's. */
-static size_t pick_word(const fkv_bdev *d, const fkv_kv_geom *g, uint64_t off_bits,
-                        uint32_t *variant) {
-    size_t row = (size_t)g->head_dim * fkv_dtype_size(g->dtype);
-    if (row % 16 == 0 && off_bits % 16 == 0) {
-        *variant = 0;
-        return 16;
-    }
-    if (row % 4 == 0 && off_bits % 4 == 0) {
-        *variant = 1;
-        return 4;
-    }
-    *variant = d->s16 ? 2 : 3;
-    return 2;
+/* Copy words (backends/launch.h): 16 bytes when rows and offsets allow, else 4, else one
+ * 16-bit element. The copy shader's word variant: 16, 4, 16-bit storage, or the fallback
+ * without it (shaders.def). */
+static uint32_t copy_variant(const fkv_bdev *d, const fkv_copy_words *cw) {
+    return cw->word == 16 ? 0 : cw->word == 4 ? 1 : d->s16 ? 2 : 3;
 }
 
 fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
@@ -728,21 +678,16 @@ fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_
                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
                            size_t dst_off) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "pack_hnd", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "pack_hnd", &L);
+    fkv_status st;
     uint64_t page_bytes =
         (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
     uint32_t n_slots;
-    if ((st = fkv_check_pack_hnd("vulkan", g, view(kpool), view(vpool), n_pages, view(gslots),
-                                 gslots_off, view(dst), dst_off, &n_slots)) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
+    if ((st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
-    if (n_pages == 0)
-        return fkv_vk_marker(dev, q, deps);
-    uint32_t variant;
-    size_t word = pick_word(dev, g, dst_off, &variant);
-    uint32_t row_words = (uint32_t)(g->head_dim * fkv_dtype_size(g->dtype) / word);
+    fkv_copy_words cw = fkv_pick_copy_words(g, dst_off, 1);
+    uint32_t variant = copy_variant(dev, &cw), row_words = cw.row_words;
+    size_t word = cw.word;
     uint64_t total = (uint64_t)n_pages * g->n_kv_heads * 2 * g->page_size * row_words;
     if (total > UINT32_MAX)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan pack_hnd: %u pages in one call is too many",
@@ -763,20 +708,15 @@ fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const f
                               const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
                               fkv_bbuf *vpool) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "scatter_hnd", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "scatter_hnd", &L);
+    fkv_status st;
     uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
     uint32_t n_slots;
-    if ((st = fkv_check_scatter_hnd("vulkan", g, view(src), src_off, n_units, view(units),
-                                    units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
+    if ((st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
-    if (n_units == 0)
-        return fkv_vk_marker(dev, q, deps);
-    uint32_t variant;
-    size_t word = pick_word(dev, g, src_off, &variant);
-    uint32_t row_words = (uint32_t)(g->head_dim * fkv_dtype_size(g->dtype) / word);
+    fkv_copy_words cw = fkv_pick_copy_words(g, src_off, 1);
+    uint32_t variant = copy_variant(dev, &cw), row_words = cw.row_words;
+    size_t word = cw.word;
     uint64_t total = (uint64_t)n_units * 2 * g->page_size * row_words;
     if (total > UINT32_MAX)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan scatter_hnd: %u units in one call is too many",
@@ -797,34 +737,27 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                                 const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
                                 fkv_bbuf *vpool) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "recall_direct", &L);
-    if (st != FKV_OK)
-        return st;
-    if (host == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan recall_direct: NULL host memory");
+    prepare(dev, q, &deps, "recall_direct", &L);
+    fkv_status st;
     uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    size_t host_size = host->desc.size;
     uint32_t n_slots;
-    /* The offsets are host data: all checked here, the kernel reads host memory. */
-    if ((st = fkv_check_recall_direct("vulkan", g, host->size, n_units, units_host, view(units),
-                                      units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
+    if ((st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
     uint64_t bits = 0;
     for (uint32_t i = 0; i < n_units; i++)
         bits |= units_host[i];
-    if (n_units == 0)
-        return fkv_vk_marker(dev, q, deps);
-    uint32_t variant;
-    size_t word = pick_word(dev, g, bits, &variant);
-    uint32_t row_words = (uint32_t)(g->head_dim * fkv_dtype_size(g->dtype) / word);
+    fkv_copy_words cw = fkv_pick_copy_words(g, bits, 1);
+    uint32_t variant = copy_variant(dev, &cw), row_words = cw.row_words;
+    size_t word = cw.word;
     uint64_t total = (uint64_t)n_units * 2 * g->page_size * row_words;
     if (total > UINT32_MAX || unit_bytes + dev->align > dev->max_range)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan recall_direct: too much in one call");
     /* Host memory beyond maxStorageBufferRange is read in windows of `span` bytes that start
      * every `stride` bytes; unit i belongs to window off / stride. */
-    uint64_t span = host->size < dev->max_range ? host->size : dev->max_range / dev->align * dev->align;
-    uint64_t stride = host->size <= span ? UINT64_MAX : (span - unit_bytes) / dev->align * dev->align;
-    uint64_t n_windows = stride == UINT64_MAX ? 1 : host->size / stride + 1;
+    uint64_t span = host_size < dev->max_range ? host_size : dev->max_range / dev->align * dev->align;
+    uint64_t stride = host_size <= span ? UINT64_MAX : (span - unit_bytes) / dev->align * dev->align;
+    uint64_t n_windows = stride == UINT64_MAX ? 1 : host_size / stride + 1;
     if ((st = bind_buf(&L, 2, units, units_off, n_units * 8ull, 4, &L.pc[2], "units")) != FKV_OK)
         return st;
     L.pc[1] = n_units;
@@ -868,7 +801,7 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
         if (!used[w])
             continue;
         uint64_t base = stride == UINT64_MAX ? 0 : w * stride;
-        uint64_t len = host->size - base < span ? host->size - base : span;
+        uint64_t len = host_size - base < span ? host_size - base : span;
         L.b[3] = (bind){host->buf, base, len};
         L.pc[8] = (uint32_t)w;
         st = record_windows(&c, &L, p, gx, gy);
@@ -883,26 +816,9 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
 
 /* ---- attention ---- */
 
-void fkv_vulkan_debug_set_splits(fkv_bdev *d, int splits) {
-    d->split_override = splits < 0 ? 0 : splits > MAX_SPLITS ? MAX_SPLITS : splits;
-}
-
-void fkv_vulkan_debug_set_window(fkv_bdev *d, size_t bytes) {
-    d->window_override = bytes < d->max_range ? bytes : 0;
-}
-
-void fkv_vulkan_debug_set_shared(fkv_bdev *d, size_t bytes) {
-    d->max_shared = bytes && bytes < d->max_shared_device ? (uint32_t)bytes : d->max_shared_device;
-}
-
-static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_bh) {
-    if (d->split_override > 0)
-        return (uint32_t)d->split_override;
-    uint32_t target = 2 * d->compute_units;
-    if (n_bh >= target)
-        return 1;
-    uint32_t s = (target + n_bh - 1) / n_bh;
-    return s > MAX_AUTO_SPLITS ? MAX_AUTO_SPLITS : s;
+/* Splits over pages when (sequence, KV head) workgroups alone cannot fill the device. */
+static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_groups) {
+    return fkv_attention_splits(n_groups, d->compute_units, d->forced_splits);
 }
 
 typedef struct attn_launch {
@@ -914,14 +830,14 @@ typedef struct attn_launch {
 /* The attention launch for n_bh (sequence, KV head) pairs over n_windows pool windows. */
 static fkv_status attention_plan(const fkv_bdev *d, const char *op, const fkv_kv_geom *g,
                                  uint32_t n_bh, uint32_t n_windows, attn_launch *a) {
-    fkv_status st = fkv_plan_attention("vulkan", op, g, d->max_shared, MAX_TILE, SHARED_LIMIT,
-                                       &a->p);
+    fkv_status st = fkv_plan_attention("vulkan", op, g, d->max_shared, FKV_ATTENTION_MAX_TILE,
+                                       SHARED_LIMIT, &a->p);
     if (st != FKV_OK)
         return st;
     uint64_t per_split = (uint64_t)n_bh * a->p.blocks;
     uint32_t splits = attention_splits(d, per_split > UINT32_MAX ? UINT32_MAX : (uint32_t)per_split);
-    if ((uint64_t)splits * n_windows > MAX_SPLITS) /* windows already split the work */
-        splits = MAX_SPLITS / n_windows > 1 ? MAX_SPLITS / n_windows : 1;
+    if ((uint64_t)splits * n_windows > FKV_MAX_SPLITS) /* windows already split the work */
+        splits = FKV_MAX_SPLITS / n_windows > 1 ? FKV_MAX_SPLITS / n_windows : 1;
     if (per_split * splits > d->max_groups[0])
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "vulkan %s: %u (sequence, KV head) pairs x %u query-head blocks x %u "
@@ -931,7 +847,7 @@ static fkv_status attention_plan(const fkv_bdev *d, const char *op, const fkv_kv
     a->total_splits = splits * n_windows;
     a->groups = (uint32_t)(per_split * splits);
     a->smem = smem_floats(d, a->p.floats, 256);
-    a->part_bytes = (VkDeviceSize)n_bh * a->total_splits * g->group * (g->head_dim + 2) * 4;
+    a->part_bytes = fkv_attention_partials_bytes(g, n_bh, a->total_splits);
     if (a->total_splits > 1 && a->part_bytes > d->max_range)
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "vulkan %s: %llu bytes of split partials exceed maxStorageBufferRange",
@@ -959,8 +875,9 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
         uint64_t slot_bytes =
             (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
         n_slots = (uint32_t)((x->dense_tokens + g->page_size - 1) / g->page_size);
-        if ((st = bind_windows(L, 3, x->kpool->buf, x->kpool->size, 4, x->vpool->buf,
-                               x->vpool->size, slot_bytes, n_slots, 14, 5, 1, "k and v")) != FKV_OK)
+        if ((st = bind_windows(L, 3, x->kpool->buf, x->kpool->desc.size, 4, x->vpool->buf,
+                               x->vpool->desc.size, slot_bytes, n_slots, 14, 5, 1, "k and v")) !=
+            FKV_OK)
             return st;
     } else if ((st = bind_pools(L, g, x->kpool, x->vpool, 3, 4, 14, 5, 1, &n_slots)) != FKV_OK) {
         return st;
@@ -979,7 +896,7 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
         return st;
     if (x->dense_tokens < 0 &&
         ((st = bind_buf(L, 1, x->heads, x->heads_off, n_bh * 8ull, 4, &L->pc[1], "heads")) != FKV_OK ||
-         (st = bind_buf(L, 2, x->entries, x->entries_off, x->entries->size - x->entries_off, 4,
+         (st = bind_buf(L, 2, x->entries, x->entries_off, x->entries->desc.size - x->entries_off, 4,
                         &L->pc[2], "entries")) != FKV_OK))
         return st;
     uint32_t n_entries = x->n_entries;
@@ -1049,17 +966,8 @@ fkv_status fkv_vk_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
                             size_t entries_off, const fkv_bbuf *kpool, const fkv_bbuf *vpool,
                             float scale, fkv_bbuf *out, size_t out_off) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "attention", &L);
-    if (st != FKV_OK)
-        return st;
-    uint32_t n_slots;
-    if ((st = fkv_check_attention("vulkan", g, view(qbuf), q_off, n_seqs, view(heads), heads_off,
-                                  view(entries), entries_off, view(kpool), view(vpool), view(out),
-                                  out_off, &n_slots)) != FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_vk_marker(dev, q, deps);
-    size_t n_entries = (entries->size - entries_off) / 8;
+    prepare(dev, q, &deps, "attention", &L);
+    size_t n_entries = (entries->desc.size - entries_off) / 8;
     attn_args x = {qbuf, heads, entries, kpool, vpool, out, q_off, heads_off, entries_off, out_off,
                    n_seqs, n_entries > INT32_MAX ? INT32_MAX : (uint32_t)n_entries, -1, scale};
     return attention_launch(&L, g, &x, deps);
@@ -1070,13 +978,9 @@ fkv_status fkv_vk_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps, con
                                   const fkv_bbuf *k, const fkv_bbuf *v, float scale,
                                   fkv_bbuf *out, size_t out_off) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "attention_dense", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "attention_dense", &L);
+    fkv_status st;
     uint64_t q_bytes = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
-    if ((st = fkv_check_attention_dense("vulkan", g, view(qbuf), q_off, n_tokens, view(k), view(v),
-                                        view(out), out_off)) != FKV_OK)
-        return st;
     if (n_tokens == 0) { /* zeros, as attention over an empty list */
         vk_cmd c;
         if ((st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
@@ -1091,13 +995,11 @@ fkv_status fkv_vk_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps, con
 /* ---- device limits of a context's geometry (backend.h, check_geometry) ---- */
 
 fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_geom_query *q) {
-    fkv_status st = fkv_check_kernel_call("vulkan", "check_geometry", d, FKV_QUEUE_COMPUTE, g);
-    if (st != FKV_OK)
-        return st;
+    fkv_status st;
     uint64_t hq = (uint64_t)g->n_kv_heads * g->group, d4 = (uint64_t)g->head_dim * 4;
     uint64_t slot_bytes =
         (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
-    uint64_t max_slots = UINT32_MAX / g->page_size; /* fkv_check_pool_slots' cap */
+    uint64_t max_slots = UINT32_MAX / g->page_size; /* fkv_pool_slots' cap */
     unit_windows pools, summ;
     if ((st = plan_windows(d, "attention", slot_bytes,
                            q->pool_slots < max_slots ? q->pool_slots : max_slots, "the KV pools",

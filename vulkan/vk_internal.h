@@ -162,19 +162,36 @@ struct fkv_bdev {
     atomic_uint validation_errors;
 };
 
-/* ---- errors, memory (vk_backend.c) ---- */
+/* The backend's files are layers, each calling only the layers before it (no file calls one
+ * after it, so no two call each other): errors (vk_error.c) -> memory (vk_memory.c) ->
+ * submission (vk_submit.c) -> kernels (vk_pipeline.c, then vk_kernels.c) -> device and ops
+ * table (vk_device.c). */
+
+/* ---- errors (vk_error.c) ---- */
 const char *fkv_vk_result_name(VkResult r);
 /* A status for VkResult r of `what`; the message names the call and the code. */
 fkv_status fkv_vk_fail(VkResult r, const char *what);
+
+/* ---- memory (vk_memory.c) ---- */
 fkv_status fkv_vk_temp_alloc(fkv_bdev *d, VkDeviceSize size, int host_visible, VkBufferUsageFlags usage,
                              vk_temp *t);
 void fkv_vk_temp_free(fkv_bdev *d, vk_temp *t);
+fkv_status fkv_vk_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out);
+void fkv_vk_buffer_free(fkv_bdev *d, fkv_bbuf *b);
+fkv_status fkv_vk_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_bbuf **out);
+fkv_status fkv_vk_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **ptr);
+void fkv_vk_host_free(fkv_bdev *d, fkv_bhost *h);
 /* The host allocation holding [p, p+size), with p's offset in it; NULL if none. */
 fkv_bhost *fkv_vk_find_host(fkv_bdev *d, const void *p, size_t size, VkDeviceSize *offset);
+/* Whether malloc'd memory can back storage buffers here (the driver's word, then one real
+ * import), at device open. */
+fkv_status fkv_vk_probe_import(fkv_bdev *d);
 /* Option break_import, process-wide: host-memory imports fail as on a driver that cannot. */
 extern atomic_int fkv_vk_import_broken;
 
-/* ---- command recording (vk_backend.c) ---- */
+/* ---- submission (vk_submit.c): queues, command recording, events, copies ---- */
+fkv_status fkv_vk_fqueue_init(fkv_bdev *d, vk_fqueue *fq, vk_hwqueue *hw, int kernels);
+void fkv_vk_fqueue_destroy(fkv_bdev *d, vk_fqueue *fq);
 typedef struct vk_cmd {
     fkv_bdev *d;
     vk_fqueue *fq;
@@ -188,15 +205,34 @@ fkv_status fkv_vk_cmd_set(vk_cmd *c, VkDescriptorSet *out);
 /* Ends, submits after deps.wait and the queue's previous submission, unlocks. */
 fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_out);
 void fkv_vk_cmd_abort(vk_cmd *c);
-fkv_status fkv_vk_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
 static inline void fkv_vk_clear_done(const fkv_deps *deps) {
     if (deps->done)
         *deps->done = NULL;
 }
+/* Copies out the staged reads that have completed. */
+void fkv_vk_sweep_reads(fkv_bdev *d);
+fkv_status fkv_vk_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
+fkv_status fkv_vk_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
+void fkv_vk_event_release(fkv_bdev *d, fkv_bevent *ev);
+fkv_status fkv_vk_finish(fkv_bdev *d, fkv_queue q);
+fkv_status fkv_vk_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                        size_t dst_offset, const void *src, size_t size);
+fkv_status fkv_vk_write_regions(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                                uint32_t n, const fkv_copy_region *regions);
+fkv_status fkv_vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
+                       size_t src_offset, void *dst, size_t size);
+fkv_status fkv_vk_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                       size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size);
 
-/* ---- kernels (vk_kernels.c) ---- */
+/* ---- kernels: pipelines (vk_pipeline.c) ---- */
+#define VK_PUSH_BYTES 80 /* push constants of every shader (128 is the guaranteed minimum) */
 fkv_status fkv_vk_pipelines_init(fkv_bdev *d);
 void fkv_vk_pipelines_destroy(fkv_bdev *d);
+/* The pipeline of (shader, workgroup size, shared floats), created on first use. */
+fkv_status fkv_vk_pipeline(fkv_bdev *d, uint32_t shader, uint32_t wg, uint32_t smem,
+                           VkPipeline *out);
+
+/* ---- kernels: launches of the ops (vk_kernels.c) ---- */
 fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_geom_query *q);
 fkv_status fkv_vk_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src, size_t v_off,

@@ -1,4 +1,5 @@
-/* Kernel ops of the HIP backend: launch shapes, per-queue scratch.
+/* Kernel ops of the HIP backend: launch shapes, per-queue scratch. Layer 4 of the backend:
+ * errors -> memory -> submission -> kernels -> device.
  *
  * The dispatch layer has checked everything the host can see (queue, geometry, offsets, sizes
  * and alignment of the actual addresses, recall_direct's host offsets) and kept zero work

@@ -80,6 +80,11 @@ fkv_status fkv_plan_scores(const char *backend, const fkv_kv_geom *g, size_t ava
     return FKV_OK;
 }
 
+uint32_t fkv_scores_chunks(uint64_t n_rows, uint32_t compute_units) {
+    uint64_t chunks = (2 * (uint64_t)compute_units + n_rows - 1) / n_rows;
+    return chunks < 1 ? 1 : chunks > 16 ? 16 : (uint32_t)chunks;
+}
+
 /* ---- copy kernels ---- */
 
 fkv_copy_words fkv_pick_copy_words(const fkv_kv_geom *g, uint64_t addr_bits, int with_4) {

@@ -56,6 +56,9 @@ typedef struct fkv_scores_plan {
 
 fkv_status fkv_plan_scores(const char *backend, const fkv_kv_geom *g, size_t avail_bytes,
                            const char *limit, fkv_scores_plan *p);
+/* Work groups per (sequence, KV head, query-head block) row of the scores grid, each striding
+ * over its sequence's pages: enough for the n_rows rows to fill 2 x compute_units, 1 to 16. */
+uint32_t fkv_scores_chunks(uint64_t n_rows, uint32_t compute_units);
 
 /* ---- copy kernels (pack_hnd, scatter_hnd, recall_direct) ----
  * The word they move a (token, head) row in: 16 bytes when the row and every address or

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "launch.h"
 
 fkv_status fkv_option_unknown(const char *backend, const char *verb, const char *key,
                               const char *const *keys) {
@@ -29,6 +30,24 @@ fkv_status fkv_option_uint(const char *backend, const char *key, const char *val
                          value, (unsigned long long)max);
     *out = v;
     return FKV_OK;
+}
+
+fkv_status fkv_option_splits(const char *backend, const char *key, const char *value,
+                             uint32_t *forced) {
+    uint64_t v;
+    fkv_status st = fkv_option_uint(backend, key, value, FKV_MAX_SPLITS, &v);
+    if (st == FKV_OK)
+        *forced = (uint32_t)v;
+    return st;
+}
+
+fkv_status fkv_option_limit(const char *backend, const char *key, const char *value,
+                            uint64_t device, uint64_t *out) {
+    uint64_t v;
+    fkv_status st = fkv_option_uint(backend, key, value, UINT64_MAX, &v);
+    if (st == FKV_OK)
+        *out = v && v < device ? v : device;
+    return st;
 }
 
 fkv_status fkv_option_print_uint(const char *backend, const char *key, uint64_t value, char *out,

@@ -11,7 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backends/launch.h"
 #include "../backends/option.h"
 #include "../common/env.h"
 #include "../common/error.h"
@@ -242,12 +241,10 @@ static fkv_status hip_set_option(fkv_bdev *d, const char *key, const char *value
     uint64_t v = 0;
     fkv_status st;
     if (strcmp(key, "attention_splits") == 0) {
-        if ((st = fkv_option_uint("hip", key, value, FKV_MAX_SPLITS, &v)) == FKV_OK)
-            d->forced_splits = (uint32_t)v;
+        st = fkv_option_splits("hip", key, value, &d->forced_splits);
     } else if (strcmp(key, "shared_memory_bytes") == 0) {
-        /* never more than the device has; 0: the device's own */
-        if ((st = fkv_option_uint("hip", key, value, UINT64_MAX, &v)) == FKV_OK)
-            d->shared_per_block = v && v < d->shared_device ? (size_t)v : d->shared_device;
+        if ((st = fkv_option_limit("hip", key, value, d->shared_device, &v)) == FKV_OK)
+            d->shared_per_block = (size_t)v;
     } else {
         st = fkv_option_unknown("hip", "settable", key, settable);
     }

@@ -14,7 +14,6 @@
 #include "hip_internal.h"
 #include "hip_kernels.h"
 
-#define MAX_SCORE_CHUNKS 16
 
 typedef struct launch_ctx {
     fkv_bdev *d;
@@ -133,8 +132,7 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
         return st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads, rows = n_bh * sp.blocks;
     /* Enough blocks to fill the device; each strides over its sequence's pages. */
-    uint64_t chunks = (2 * (uint64_t)dev->compute_units + rows - 1) / rows;
-    chunks = chunks < 1 ? 1 : chunks > MAX_SCORE_CHUNKS ? MAX_SCORE_CHUNKS : chunks;
+    uint32_t chunks = fkv_scores_chunks(rows, dev->compute_units);
     fkv_hip_scores_args a = {
         .q = at(qbuf, q_off),
         .desc = at(desc, desc_off),
@@ -149,7 +147,7 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     };
     if ((st = begin(&lc, &deps)) != FKV_OK)
         return st;
-    return end(&lc, fkv_hip_launch_scores(lc.stream, &a, (uint32_t)n_bh, (uint32_t)chunks),
+    return end(&lc, fkv_hip_launch_scores(lc.stream, &a, (uint32_t)n_bh, chunks),
                "k_scores", &deps);
 }
 

@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backends/launch.h"
 #include "../backends/option.h"
 #include "../common/cache_file.h"
 #include "../common/env.h"
@@ -346,12 +345,10 @@ static fkv_status ocl_set_option(fkv_bdev *d, const char *key, const char *value
     uint64_t v = 0;
     fkv_status st = FKV_OK;
     if (strcmp(key, "attention_splits") == 0) {
-        if ((st = fkv_option_uint("opencl", key, value, FKV_MAX_SPLITS, &v)) == FKV_OK)
-            d->forced_splits = (uint32_t)v;
+        st = fkv_option_splits("opencl", key, value, &d->forced_splits);
     } else if (strcmp(key, "shared_memory_bytes") == 0) {
-        /* never more than the device has; 0: the device's own */
-        if ((st = fkv_option_uint("opencl", key, value, UINT64_MAX, &v)) == FKV_OK)
-            d->local_mem = v && v < d->local_mem_device ? v : d->local_mem_device;
+        if ((st = fkv_option_limit("opencl", key, value, d->local_mem_device, &v)) == FKV_OK)
+            d->local_mem = v;
     } else if (strcmp(key, "kernel_source") == 0) {
         st = fkv_ocl_set_source(d, value[0] ? value : NULL);
     } else {

@@ -281,8 +281,7 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     size_t n_summaries = summaries->desc.size / summary_bytes;
     size_t n_groups = (size_t)n_seqs * g->n_kv_heads * plan.blocks;
     /* Enough work groups to fill the device; each strides over its sequence's pages. */
-    size_t chunks = (2 * (size_t)dev->compute_units + n_groups - 1) / n_groups;
-    chunks = chunks < 1 ? 1 : chunks > 16 ? 16 : chunks;
+    size_t chunks = fkv_scores_chunks(n_groups, dev->compute_units);
     size_t local[2] = {wg_for(&lc, K_SCORES, SCORES_WG), 1};
     size_t global[2] = {local[0] * chunks, n_groups};
     pthread_mutex_lock(&lc.kq->lock);

@@ -115,6 +115,16 @@ static void regions_on(fkv_device *d, const unsigned char *init, size_t size,
     fkv_op_buffer_free(d, buf);
 }
 
+/* out holds init with the regions applied in order on the host; frees the sources. */
+static void expect_regions_applied(unsigned char *init, size_t size, unsigned char **srcs,
+                                   const fkv_copy_region *regions, const unsigned char *out) {
+    for (size_t i = 0; i < 7; i++)
+        memcpy(init + regions[i].dst_offset, srcs[i], regions[i].size);
+    cr_assert_arr_eq(out, init, size);
+    for (size_t i = 0; i < 7; i++)
+        free(srcs[i]);
+}
+
 static void random_regions(th_rng *r, size_t size, unsigned char *init, unsigned char **srcs,
                            fkv_copy_region *regions) {
     for (size_t i = 0; i < size; i++)
@@ -141,11 +151,7 @@ Test(dispatch, write_regions_matches_native) {
     regions_on(fallback_dev, init, size, regions, b);
     cr_assert_arr_eq(a, b, size, "fallback write_regions differs from the native one");
     /* and both equal the regions applied in order on the host */
-    for (size_t i = 0; i < 7; i++)
-        memcpy(init + regions[i].dst_offset, srcs[i], regions[i].size);
-    cr_assert_arr_eq(a, init, size);
-    for (size_t i = 0; i < 7; i++)
-        free(srcs[i]);
+    expect_regions_applied(init, size, srcs, regions, a);
     free(init);
     free(a);
     free(b);
@@ -181,11 +187,7 @@ Test(dispatch, entry_beyond_struct_size_is_not_called) {
     native_region_calls = 0;
     regions_on(d, init, size, regions, out);
     cr_assert_eq(native_region_calls, 0, "an entry beyond struct_size was called");
-    for (size_t i = 0; i < 7; i++)
-        memcpy(init + regions[i].dst_offset, srcs[i], regions[i].size);
-    cr_assert_arr_eq(out, init, size);
-    for (size_t i = 0; i < 7; i++)
-        free(srcs[i]);
+    expect_regions_applied(init, size, srcs, regions, out);
     free(init);
     free(out);
     fkv_device_close(d);

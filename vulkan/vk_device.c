@@ -8,7 +8,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include "../backends/launch.h"
 #include "../backends/option.h"
 #include "../common/env.h"
 #include "../common/error.h"
@@ -557,18 +556,17 @@ static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value)
     uint64_t v = 0;
     fkv_status st;
     if (strcmp(key, "attention_splits") == 0) {
-        if ((st = fkv_option_uint("vulkan", key, value, FKV_MAX_SPLITS, &v)) == FKV_OK)
-            d->forced_splits = (uint32_t)v;
+        st = fkv_option_splits("vulkan", key, value, &d->forced_splits);
     } else if (strcmp(key, "window_bytes") == 0) {
-        /* never more than the device's range; 0: maxStorageBufferRange */
-        if ((st = fkv_option_uint("vulkan", key, value, UINT64_MAX, &v)) == FKV_OK)
+        /* 0 (stored for maxStorageBufferRange) when it does not lower the range */
+        if ((st = fkv_option_limit("vulkan", key, value, d->max_range, &v)) == FKV_OK)
             d->window_override = v < d->max_range ? v : 0;
     } else if (strcmp(key, "shared_memory_bytes") == 0) {
-        if ((st = fkv_option_uint("vulkan", key, value, UINT64_MAX, &v)) == FKV_OK)
-            d->max_shared = v && v < d->max_shared_device ? (uint32_t)v : d->max_shared_device;
+        if ((st = fkv_option_limit("vulkan", key, value, d->max_shared_device, &v)) == FKV_OK)
+            d->max_shared = (uint32_t)v;
     } else if (strcmp(key, "allocation_limit") == 0) {
-        if ((st = fkv_option_uint("vulkan", key, value, UINT64_MAX, &v)) == FKV_OK)
-            d->max_allocs = v && v < d->max_allocs_device ? (uint32_t)v : d->max_allocs_device;
+        if ((st = fkv_option_limit("vulkan", key, value, d->max_allocs_device, &v)) == FKV_OK)
+            d->max_allocs = (uint32_t)v;
     } else if (strcmp(key, "break_import") == 0) {
         if ((st = fkv_option_uint("vulkan", key, value, 1, &v)) == FKV_OK)
             atomic_store(&fkv_vk_import_broken, (int)v);

@@ -449,8 +449,7 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
     L.pc[6] = g->group;
     L.pc[7] = g->head_dim;
     L.pc[9] = sp.p.heads;
-    uint32_t chunks = (2 * dev->compute_units + sp.rows - 1) / sp.rows;
-    chunks = chunks < 1 ? 1 : chunks > 16 ? 16 : chunks;
+    uint32_t chunks = fkv_scores_chunks(sp.rows, dev->compute_units);
     VkPipeline p;
     vk_cmd c;
     if ((st = fkv_vk_pipeline(dev, S_SCORES, pick_wg(dev, SCORES_WG), sp.smem, &p)) != FKV_OK ||

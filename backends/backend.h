@@ -230,7 +230,8 @@ typedef struct fkv_backend_ops {
                             size_t entries_off, const fkv_bbuf *kpool, const fkv_bbuf *vpool,
                             float scale, fkv_bbuf *out, size_t out_off);
 
-    /* -- optional entries (NULL = generic fallback in fallback.c) -- */
+    /* -- optional entries: NULL, or beyond the table's struct_size, gets the dispatch layer's
+     * generic fallback (fallback.c) or FKV_ERR_UNSUPPORTED, as each says -- */
 
     /* Wraps engine-owned device memory (see fkv_buffer_import). NULL: unsupported. */
     fkv_status (*buffer_import)(fkv_bdev *dev, void *native, size_t size, fkv_bbuf **out);
@@ -246,7 +247,8 @@ typedef struct fkv_backend_ops {
                                   fkv_bbuf *out, size_t out_off);
     /* Zero-copy recall: unit i reads [K|V][p][d] at host byte offset units_host[i] of `host`
      * and writes KV head units[2i+1] of slot units[2i]. units_host is a host array, valid
-     * until the command completes. NULL: the core uses the staged path. */
+     * until the command completes. NULL: FKV_ERR_UNSUPPORTED; such a device may claim neither
+     * FKV_CAP_ZERO_COPY_HOST nor the direct recall mode, so the core recalls staged. */
     fkv_status (*recall_direct)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bhost *host, uint32_t n_units, const uint64_t *units_host,
                                 const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,

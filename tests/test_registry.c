@@ -3,7 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "helpers.h"
 
 static void clear_env(void) {

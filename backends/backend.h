@@ -152,7 +152,7 @@ typedef struct fkv_copy_region {
 typedef struct fkv_backend_ops {
     uint32_t abi_version; /* FKV_BACKEND_ABI_VERSION the table was built for */
     uint32_t struct_size; /* sizeof(fkv_backend_ops) it was built with */
-    const char *name;     /* "cpu", "opencl", "vulkan", "hip" */
+    const char *name;     /* the backend's name, as in the generated list (its folder) */
 
     /* -- enumeration: a missing driver means 0 devices, not an error -- */
     fkv_status (*device_count)(uint32_t *count);

@@ -123,6 +123,19 @@ typedef struct fkv_kv_geom {
     fkv_dtype dtype;
 } fkv_kv_geom;
 
+/* Bytes of the layouts above: one slot of a KV pool ([page_size][n_kv_heads][head_dim]),
+ * one HND (page, KV head) unit ([K|V][page_size][head_dim]), one page summary
+ * ([n_kv_heads][min|max][head_dim] f32). */
+static inline size_t fkv_slot_bytes(const fkv_kv_geom *g) {
+    return (size_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
+}
+static inline size_t fkv_unit_bytes(const fkv_kv_geom *g) {
+    return 2 * (size_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+}
+static inline size_t fkv_summary_bytes(const fkv_kv_geom *g) {
+    return (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
+}
+
 /* What a context will ask of a device's kernels, for check_geometry (the largest calls and
  * buffers of its configuration). */
 typedef struct fkv_geom_query {

@@ -105,7 +105,7 @@ fkv_status fkv_check_pools(const char *backend, const char *op, const fkv_kv_geo
     size_t es = fkv_dtype_size(g->dtype);
     if (k.base % es || v.base % es)
         return REFUSE("%s %s: KV pool not aligned to its dtype", backend, op);
-    size_t slot_bytes = (size_t)g->page_size * g->n_kv_heads * g->head_dim * es;
+    size_t slot_bytes = fkv_slot_bytes(g);
     if ((k.size < v.size ? k.size : v.size) < slot_bytes)
         return REFUSE("%s %s: KV pools smaller than one slot (%zu bytes)", backend, op,
                       slot_bytes);
@@ -140,7 +140,7 @@ fkv_status fkv_check_summarize(const char *backend, const fkv_kv_geom *g, fkv_bv
                                uint32_t n_pages, fkv_bview pages, size_t pages_off,
                                fkv_bview summaries) {
     const char *op = "summarize";
-    uint64_t summary_bytes = (uint64_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
+    uint64_t summary_bytes = fkv_summary_bytes(g);
     fkv_status st;
     if ((st = fkv_check_span(backend, op, "pages", pages, pages_off,
                              (uint64_t)n_pages * 2 * sizeof(int32_t), 4)) != FKV_OK ||
@@ -204,7 +204,7 @@ fkv_status fkv_check_scatter_hnd(const char *backend, const fkv_kv_geom *g, fkv_
                                  size_t units_off, fkv_bview kpool, fkv_bview vpool) {
     const char *op = "scatter_hnd";
     size_t es = fkv_dtype_size(g->dtype);
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * es;
+    uint64_t unit_bytes = fkv_unit_bytes(g);
     fkv_status st;
     if ((st = fkv_check_span(backend, op, "src", src, src_off, mul(n_units, unit_bytes), es)) !=
             FKV_OK ||
@@ -220,7 +220,7 @@ fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, fk
                                    fkv_bview vpool) {
     const char *op = "recall_direct";
     size_t es = fkv_dtype_size(g->dtype);
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * es;
+    uint64_t unit_bytes = fkv_unit_bytes(g);
     fkv_status st;
     if (!host.present)
         return REFUSE("%s %s: NULL host memory", backend, op);

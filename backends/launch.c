@@ -104,8 +104,7 @@ fkv_copy_words fkv_pick_copy_words(const fkv_kv_geom *g, uint64_t addr_bits, int
 /* ---- KV pools ---- */
 
 uint32_t fkv_pool_slots(const fkv_kv_geom *g, size_t k_size, size_t v_size) {
-    size_t slot_bytes =
-        (size_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
+    size_t slot_bytes = fkv_slot_bytes(g);
     size_t n = (k_size < v_size ? k_size : v_size) / slot_bytes;
     size_t max_slots = UINT32_MAX / g->page_size;
     return (uint32_t)(n < max_slots ? n : max_slots);

@@ -88,7 +88,7 @@ fkv_status fkv_hip_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
     prepare(dev, q, &deps, op, &lc);
     fkv_status st;
     uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, kpool->desc.size);
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
+    size_t summary_bytes = fkv_summary_bytes(g);
     fkv_hip_summarize_args a = {
         .kpool = kpool->ptr,
         .pages = at(pages, pages_off),
@@ -126,7 +126,7 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
     fkv_status st;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
+    size_t summary_bytes = fkv_summary_bytes(g);
     fkv_scores_plan sp;
     if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
         return st;

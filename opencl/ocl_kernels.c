@@ -243,7 +243,7 @@ fkv_status fkv_ocl_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
     prepare(dev, q, &deps, op, &lc);
     fkv_status st;
     uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, kpool->desc.size);
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
+    size_t summary_bytes = fkv_summary_bytes(g);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
     size_t n_summaries = summaries->desc.size / summary_bytes;
@@ -272,7 +272,7 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
     fkv_status st;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
+    size_t summary_bytes = fkv_summary_bytes(g);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
     fkv_scores_plan plan;

@@ -200,8 +200,7 @@ static fkv_status bind_pools(launch *L, const fkv_kv_geom *g, const fkv_bbuf *k,
                              const fkv_bbuf *v, int ki, int vi, int pc_first, int pc_count,
                              uint32_t mult, uint32_t *n_slots) {
     *n_slots = fkv_pool_slots(g, k->desc.size, v->desc.size);
-    uint64_t slot_bytes =
-        (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
+    uint64_t slot_bytes = fkv_slot_bytes(g);
     return bind_windows(L, ki, k->buf, k->desc.size, vi, vi >= 0 ? v->buf : VK_NULL_HANDLE,
                         vi >= 0 ? v->desc.size : 0, slot_bytes, *n_slots, pc_first, pc_count,
                         mult, "the KV pools");
@@ -342,7 +341,7 @@ fkv_status fkv_vk_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
     prepare(dev, q, &deps, "summarize", &L);
     fkv_status st;
     uint32_t n_slots;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
+    size_t summary_bytes = fkv_summary_bytes(g);
     if ((st = bind_pools(&L, g, kpool, kpool, 0, -1, 7, 5, 1, &n_slots)) != FKV_OK)
         return st;
     size_t n_summ = summaries->desc.size / summary_bytes;
@@ -428,7 +427,7 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
     prepare(dev, q, &deps, "scores", &L);
     fkv_status st;
     uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * g->group * g->head_dim * 4;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
+    size_t summary_bytes = fkv_summary_bytes(g);
     scores_launch sp;
     if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
         return st;
@@ -539,7 +538,7 @@ fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const f
     launch L;
     prepare(dev, q, &deps, "scatter_hnd", &L);
     fkv_status st;
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    uint64_t unit_bytes = fkv_unit_bytes(g);
     uint32_t n_slots;
     if ((st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
@@ -568,7 +567,7 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     launch L;
     prepare(dev, q, &deps, "recall_direct", &L);
     fkv_status st;
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    uint64_t unit_bytes = fkv_unit_bytes(g);
     size_t host_size = host->desc.size;
     uint32_t n_slots;
     if ((st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
@@ -701,8 +700,7 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     if (x->dense_tokens >= 0) {
         /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1; the
          * last slot may be partial (the kernel reads valid rows only). */
-        uint64_t slot_bytes =
-            (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
+        uint64_t slot_bytes = fkv_slot_bytes(g);
         n_slots = (uint32_t)((x->dense_tokens + g->page_size - 1) / g->page_size);
         if ((st = bind_windows(L, 3, x->kpool->buf, x->kpool->desc.size, 4, x->vpool->buf,
                                x->vpool->desc.size, slot_bytes, n_slots, 14, 5, 1, "k and v")) !=
@@ -826,8 +824,7 @@ fkv_status fkv_vk_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps, con
 fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_geom_query *q) {
     fkv_status st;
     uint64_t hq = (uint64_t)g->n_kv_heads * g->group, d4 = (uint64_t)g->head_dim * 4;
-    uint64_t slot_bytes =
-        (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
+    uint64_t slot_bytes = fkv_slot_bytes(g);
     uint64_t max_slots = UINT32_MAX / g->page_size; /* fkv_pool_slots' cap */
     unit_windows pools, summ;
     if ((st = plan_windows(d, "attention", slot_bytes,

@@ -309,11 +309,6 @@ static size_t pool_rows(const fkv_kv_geom *g, const fkv_bbuf *kpool, const fkv_b
     return smaller / row_bytes;
 }
 
-/* Bytes of one summary: [n_kv_heads][2][head_dim] f32. */
-static size_t summary_bytes(const fkv_kv_geom *g) {
-    return (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
-}
-
 static unsigned char *at(const fkv_bbuf *buf, size_t off) { return buf->data + off; }
 
 /* Counts a command against an armed fault; returns 1 when this one must fail. */
@@ -511,7 +506,7 @@ static fkv_status cpu_summarize_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     a->kpool = kpool->data;
     a->pages = (const int32_t *)at(pages, pages_off);
     a->summaries = (float *)summaries->data;
-    a->n_summaries = summaries->desc.size / summary_bytes(g);
+    a->n_summaries = summaries->desc.size / fkv_summary_bytes(g);
     return submit(dev, q, run_summarize, a, deps);
 }
 
@@ -545,7 +540,7 @@ static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     a->q = (const float *)at(qbuf, q_off);
     a->desc = (const int32_t *)at(desc, desc_off);
     a->summaries = (const float *)summaries->data;
-    a->n_summaries = summaries->desc.size / summary_bytes(g);
+    a->n_summaries = summaries->desc.size / fkv_summary_bytes(g);
     a->out = (float *)at(out, out_off);
     a->out_len = (out->desc.size - out_off) / sizeof(float);
     return submit(dev, q, run_scores, a, deps);

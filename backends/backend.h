@@ -1,4 +1,7 @@
 /* The device interface: what core/ needs from a device, one versioned ops table per backend.
+ * Backends implement it; everything else calls it through the dispatch layer
+ * (backends/dispatch.h), which checks the arguments, applies the generic fallbacks and honours
+ * the table's version, once for all backends.
  *
  * Model: a device has in-order queues; every enqueued command takes a wait list of events
  * and may return an event that completes with it. Commands on one queue run in order;
@@ -21,23 +24,33 @@
  * Ownership: the caller owns every object it gets (buffers, host memory, events) and releases
  * it with the matching call. Host pointers handed to an asynchronous copy must stay valid and
  * unmodified until the copy's event completes. Buffers must not be freed while a command that
- * uses them may still run (wait for its event or finish the queue first).
+ * uses them may still run (wait for its event or finish the queue first), and every buffer,
+ * host allocation and event of a device is released before the device closes.
  *
- * Errors: enqueue-time argument errors return a status and enqueue nothing (*deps.done =
- * NULL). An error found while a command runs (e.g. an index out of range read from an index
- * buffer) fails its event where the backend can detect it (the CPU reference does; GPU kernels
- * skip the out-of-range work instead, never writing out of bounds): event_wait returns it,
- * and commands waiting on it fail too; a marker (and finish) also reports the first failure
- * on its queue since the previous marker. A marker orders later commands of its queue after
- * its wait list. NULL entries in a wait list are ignored. copy within one buffer behaves like
- * memmove. When recall_mode returns FKV_RECALL_DIRECT, all host_alloc memory is readable by
- * recall_direct.
+ * Arguments: one rule for every backend, the CPU reference included. The dispatch layer checks
+ * every argument the host can see (backends/check.c) before an entry is called: queue, wait
+ * list, geometry, buffers given, sizes, offsets and alignment, recall_direct's host offsets.
+ * A refused call returns FKV_ERR_INVALID_ARGUMENT with a message "<backend> <op>: ...",
+ * enqueues nothing and leaves *deps.done NULL. Every buffer argument must be given and valid
+ * even for zero work; a call with zero work (a copy of 0 bytes, a kernel over 0 rows, pages,
+ * units or sequences, write_regions of 0 regions) is then a marker: it waits for deps.wait and
+ * its event completes after them and after the queue's earlier commands. So a backend's
+ * entries receive only checked calls with work to do; they still check what only they know
+ * (device limits, the kind of memory a host allocation is, a wait list's events) and fail
+ * with a status and a message, never by crashing.
+ *
+ * Errors while a command runs (e.g. an index out of range read from an index buffer) fail
+ * its event where the backend can detect it (the CPU reference does; GPU kernels skip the
+ * out-of-range work instead, never writing out of bounds): event_wait returns it, and
+ * commands waiting on it fail too; a marker (and finish) also reports the first failure on
+ * its queue since the previous marker. A marker orders later commands of its queue after its
+ * wait list. NULL entries in a wait list are ignored; the events given to event_wait must not
+ * be NULL. copy within one buffer behaves like memmove. When recall_mode returns
+ * FKV_RECALL_DIRECT, all host_alloc memory is readable by recall_direct.
  * Offsets and index-buffer contents are in bytes and elements as stated; data is naturally
  * aligned (f32/int32 at 4 bytes). Summaries and dense K/V start at byte 0 of their buffers.
  * KV pools hold whole slots (the bytes after the last whole slot are never touched) and must
- * hold at least one; slot indices at or beyond the count are skipped. Every buffer argument
- * must be given even for zero work (GPU backends check it; the CPU reference is lenient).
- * The argument checks of the GPU backends are written once, in backends/check.c.
+ * hold at least one; slot indices at or beyond the count are skipped.
  * Row, slot and summary indices are int32 (the checks cap pools to what they can address);
  * element and byte offsets computed from them are 64-bit in every kernel (size_t/ulong in
  * C, OpenCL and HIP). Vulkan shaders index in 32 bits inside one binding, which never spans
@@ -45,11 +58,16 @@
  * bound in windows), and their flat invocation ids are 32-bit, so a launch of more than
  * 2^32 items is refused.
  *
+ * Capabilities and optional entries agree, checked once when a device opens (registry.c):
+ * FKV_CAP_ZERO_COPY_HOST or a recall_mode of FKV_RECALL_DIRECT needs recall_direct, and
+ * FKV_CAP_MULTI_REGION_COPY needs write_regions; a table that claims one without the other
+ * fails to open, naming the mismatch.
+ *
  * Versioning: the table only grows at the end. A backend sets abi_version and struct_size;
- * the registry rejects a table older than it needs. Entries marked optional may be NULL; the
- * generic fallback lives in backends/fallback.c, written once. Entries added after a table
- * was built lie beyond its struct_size: the fallbacks of check_geometry and recall_note (the
- * entries added last) treat them as NULL.
+ * the registry rejects a table older than it needs (one without every required entry).
+ * Entries marked optional may be NULL; an entry beyond the table's struct_size (a table built
+ * before the entry existed) counts as NULL. The generic fallback of each optional entry is
+ * written once (backends/dispatch.c, backends/fallback.c).
  */
 #ifndef FKV_BACKEND_H
 #define FKV_BACKEND_H
@@ -57,6 +75,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fkv_backend_list.h"
 #include "freekv.h"
 
 #ifdef __cplusplus
@@ -69,6 +88,17 @@ typedef struct fkv_bdev fkv_bdev;     /* an opened device */
 typedef struct fkv_bbuf fkv_bbuf;     /* device memory */
 typedef struct fkv_bhost fkv_bhost;   /* pinned, mapped host memory */
 typedef struct fkv_bevent fkv_bevent; /* completion of one command */
+
+/* The part of a backend's buffer and host allocation that the dispatch layer reads: every
+ * backend's struct fkv_bbuf and struct fkv_bhost has an fkv_mem_desc as its FIRST member
+ * (so a pointer to either is a pointer to it). size: bytes. base: what offsets are aligned
+ * against: 0 where the API aligns every allocation (OpenCL cl_mem, VkBuffer), the address
+ * where a buffer may be an imported pointer (HIP, the CPU reference); host memory: its
+ * address. */
+typedef struct fkv_mem_desc {
+    size_t size;
+    uintptr_t base;
+} fkv_mem_desc;
 
 typedef enum fkv_queue {
     FKV_QUEUE_COMPUTE = 0,    /* the decode stream: append, attention */
@@ -92,6 +122,19 @@ typedef struct fkv_kv_geom {
     uint32_t page_size;
     fkv_dtype dtype;
 } fkv_kv_geom;
+
+/* Bytes of the layouts above: one slot of a KV pool ([page_size][n_kv_heads][head_dim]),
+ * one HND (page, KV head) unit ([K|V][page_size][head_dim]), one page summary
+ * ([n_kv_heads][min|max][head_dim] f32). */
+static inline size_t fkv_slot_bytes(const fkv_kv_geom *g) {
+    return (size_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
+}
+static inline size_t fkv_unit_bytes(const fkv_kv_geom *g) {
+    return 2 * (size_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+}
+static inline size_t fkv_summary_bytes(const fkv_kv_geom *g) {
+    return (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
+}
 
 /* What a context will ask of a device's kernels, for check_geometry (the largest calls and
  * buffers of its configuration). */
@@ -122,7 +165,7 @@ typedef struct fkv_copy_region {
 typedef struct fkv_backend_ops {
     uint32_t abi_version; /* FKV_BACKEND_ABI_VERSION the table was built for */
     uint32_t struct_size; /* sizeof(fkv_backend_ops) it was built with */
-    const char *name;     /* "cpu", "opencl", "vulkan", "hip" */
+    const char *name;     /* the backend's name, as in the generated list (its folder) */
 
     /* -- enumeration: a missing driver means 0 devices, not an error -- */
     fkv_status (*device_count)(uint32_t *count);
@@ -200,7 +243,8 @@ typedef struct fkv_backend_ops {
                             size_t entries_off, const fkv_bbuf *kpool, const fkv_bbuf *vpool,
                             float scale, fkv_bbuf *out, size_t out_off);
 
-    /* -- optional entries (NULL = generic fallback in fallback.c) -- */
+    /* -- optional entries: NULL, or beyond the table's struct_size, gets the dispatch layer's
+     * generic fallback (fallback.c) or FKV_ERR_UNSUPPORTED, as each says -- */
 
     /* Wraps engine-owned device memory (see fkv_buffer_import). NULL: unsupported. */
     fkv_status (*buffer_import)(fkv_bdev *dev, void *native, size_t size, fkv_bbuf **out);
@@ -216,7 +260,8 @@ typedef struct fkv_backend_ops {
                                   fkv_bbuf *out, size_t out_off);
     /* Zero-copy recall: unit i reads [K|V][p][d] at host byte offset units_host[i] of `host`
      * and writes KV head units[2i+1] of slot units[2i]. units_host is a host array, valid
-     * until the command completes. NULL: the core uses the staged path. */
+     * until the command completes. NULL: FKV_ERR_UNSUPPORTED; such a device may claim neither
+     * FKV_CAP_ZERO_COPY_HOST nor the direct recall mode, so the core recalls staged. */
     fkv_status (*recall_direct)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bhost *host, uint32_t n_units, const uint64_t *units_host,
                                 const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
@@ -239,30 +284,29 @@ typedef struct fkv_backend_ops {
      * staged because host memory cannot be imported), for freekv-info; NULL or "" when there
      * is nothing to say. The string lives as long as the device. NULL entry: no notes. */
     const char *(*recall_note)(fkv_bdev *dev);
+    /* Backend-specific knobs for tests and benchmarks, by name (docs/backend-options.md lists
+     * every backend's keys): value is a string the backend parses (numbers in decimal). An
+     * unknown key is FKV_ERR_UNSUPPORTED with a message listing the keys the backend knows
+     * (backends/option.h writes it); a bad value FKV_ERR_INVALID_ARGUMENT. Call with no command
+     * in flight on the device. NULL: the backend has no options. */
+    fkv_status (*set_option)(fkv_bdev *dev, const char *key, const char *value);
+    /* The read side: the current value of `key` (a setting or a counter) as a string in
+     * out[size]; the same rules. NULL: nothing to read. */
+    fkv_status (*get_option)(fkv_bdev *dev, const char *key, char *out, size_t size);
 } fkv_backend_ops;
 
-/* Every compiled backend's table (NULL entries for backends not built). */
-const fkv_backend_ops *fkv_backend_cpu(void);
-const fkv_backend_ops *fkv_backend_opencl(void);
-const fkv_backend_ops *fkv_backend_vulkan(void);
-const fkv_backend_ops *fkv_backend_hip(void);
+/* Every compiled backend's table: fkv_backend_<name>() for each name of the generated list
+ * (cmake/backends.cmake), and the same found by name (NULL: not compiled in). */
+#define FKV_DECLARE_BACKEND(name) const fkv_backend_ops *fkv_backend_##name(void);
+FKV_BACKENDS_COMPILED(FKV_DECLARE_BACKEND)
+#undef FKV_DECLARE_BACKEND
+const fkv_backend_ops *fkv_backend_find(const char *name);
 
-/* Generic fallbacks (backends/fallback.c): each calls the table's own entry when present. */
-fkv_status fkv_op_write_regions(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
-                                fkv_deps deps, fkv_bbuf *dst, uint32_t n,
-                                const fkv_copy_region *regions);
-fkv_status fkv_op_attention_dense(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
-                                  fkv_deps deps, const fkv_kv_geom *g, const fkv_bbuf *qbuf,
-                                  size_t q_off, uint32_t n_tokens, const fkv_bbuf *k,
-                                  const fkv_bbuf *v, float scale, fkv_bbuf *out, size_t out_off);
-fkv_recall_mode fkv_op_recall_mode(const fkv_backend_ops *ops, fkv_bdev *dev);
-/* The largest buffer against info->max_buffer_bytes (FKV_ERR_OUT_OF_DEVICE_MEMORY, as the
- * allocation would fail), then the table's check_geometry. */
-fkv_status fkv_op_check_geometry(const fkv_backend_ops *ops, fkv_bdev *dev,
-                                 const fkv_device_info *info, const fkv_kv_geom *g,
-                                 const fkv_geom_query *q);
-/* The table's recall_note, "" when absent. */
-const char *fkv_op_recall_note(const fkv_backend_ops *ops, fkv_bdev *dev);
+/* Whether the table has `entry`: set, and inside the table's struct_size (a table built
+ * before the entry existed lacks it). */
+#define FKV_HAS_ENTRY(ops, entry)                                                              \
+    ((ops)->struct_size >= offsetof(fkv_backend_ops, entry) + sizeof((ops)->entry) &&            \
+     (ops)->entry != NULL)
 
 /* Checks an ops table (version, size, required entries); message names what is wrong. */
 fkv_status fkv_backend_check(const fkv_backend_ops *ops);

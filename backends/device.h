@@ -1,13 +1,16 @@
-/* The public device and buffer handles: an ops table plus the backend's own object. */
+/* The public device and buffer handles: an ops table plus the backend's own object. Private to
+ * backends/ and core/ (everything else goes through backends/dispatch.h). */
 #ifndef FKV_BACKENDS_DEVICE_H
 #define FKV_BACKENDS_DEVICE_H
 
 #include "backend.h"
+#include "freekv.h"
 
 struct fkv_device {
     const fkv_backend_ops *ops;
     fkv_bdev *bdev;
     fkv_device_info info;
+    fkv_device *viewed; /* a view (fkv_device_view): the device whose bdev it borrows */
 };
 
 struct fkv_buffer {
@@ -15,9 +18,5 @@ struct fkv_buffer {
     fkv_bbuf *bbuf;
     size_t size;
 };
-
-/* Opens device `index` of an explicit ops table (tests use it for tables with optional
- * entries removed, to exercise the generic fallbacks). */
-fkv_status fkv_device_open_ops(const fkv_backend_ops *ops, uint32_t index, fkv_device **out);
 
 #endif

@@ -1,19 +1,15 @@
-/* Generic fallbacks for the optional entries of the ops table, written once for all backends. */
+/* Generic fallbacks for the optional entries of the ops table, written once for all backends
+ * (fallback.h). */
+#include "fallback.h"
+
 #include <stddef.h>
 #include <stdlib.h>
 
 #include "../common/error.h"
-#include "backend.h"
 
-fkv_status fkv_op_write_regions(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
-                                fkv_deps deps, fkv_bbuf *dst, uint32_t n,
-                                const fkv_copy_region *regions) {
-    if (ops->write_regions)
-        return ops->write_regions(dev, q, deps, dst, n, regions);
-    /* One write per region; only the first waits and only the last signals: the queue is
-     * in order, so the last completing means all did. */
-    if (n == 0)
-        return ops->marker(dev, q, deps);
+fkv_status fkv_fallback_write_regions(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
+                                      fkv_deps deps, fkv_bbuf *dst, uint32_t n,
+                                      const fkv_copy_region *regions) {
     for (uint32_t i = 0; i < n; i++) {
         fkv_deps d = {i == 0 ? deps.n_wait : 0, i == 0 ? deps.wait : NULL,
                       i + 1 == n ? deps.done : NULL};
@@ -28,13 +24,11 @@ fkv_status fkv_op_write_regions(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_q
 /* Contiguous [n_tokens][n_kv_heads][d] K/V is exactly a pool whose slot j holds tokens
  * j*p .. j*p+p-1, so dense attention is paged attention over slots 0..ceil(n/p)-1. The
  * descriptor buffers are temporary, so this fallback waits for completion. */
-fkv_status fkv_op_attention_dense(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
-                                  fkv_deps deps, const fkv_kv_geom *g, const fkv_bbuf *qbuf,
-                                  size_t q_off, uint32_t n_tokens, const fkv_bbuf *k,
-                                  const fkv_bbuf *v, float scale, fkv_bbuf *out, size_t out_off) {
-    if (ops->attention_dense)
-        return ops->attention_dense(dev, q, deps, g, qbuf, q_off, n_tokens, k, v, scale, out,
-                                    out_off);
+fkv_status fkv_fallback_attention_dense(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
+                                        fkv_deps deps, const fkv_kv_geom *g,
+                                        const fkv_bbuf *qbuf, size_t q_off, uint32_t n_tokens,
+                                        const fkv_bbuf *k, const fkv_bbuf *v, float scale,
+                                        fkv_bbuf *out, size_t out_off) {
     uint32_t n_pages = (n_tokens + g->page_size - 1) / g->page_size;
     size_t heads_bytes = (size_t)g->n_kv_heads * 2 * sizeof(int32_t);
     size_t entries_bytes = ((size_t)n_pages ? n_pages : 1) * 2 * sizeof(int32_t);
@@ -88,33 +82,3 @@ out:
     return st;
 }
 
-fkv_recall_mode fkv_op_recall_mode(const fkv_backend_ops *ops, fkv_bdev *dev) {
-    if (ops->recall_mode == NULL)
-        return FKV_RECALL_STAGED;
-    fkv_recall_mode m = ops->recall_mode(dev);
-    if (m == FKV_RECALL_DIRECT && ops->recall_direct == NULL)
-        return FKV_RECALL_STAGED;
-    return m;
-}
-
-/* Whether the table was built with `entry` (it only grows at the end). */
-#define HAS_ENTRY(ops, entry)                                                                  \
-    ((ops)->struct_size >= offsetof(fkv_backend_ops, entry) + sizeof((ops)->entry) &&            \
-     (ops)->entry != NULL)
-
-fkv_status fkv_op_check_geometry(const fkv_backend_ops *ops, fkv_bdev *dev,
-                                 const fkv_device_info *info, const fkv_kv_geom *g,
-                                 const fkv_geom_query *q) {
-    if (info->max_buffer_bytes && q->largest_buffer > info->max_buffer_bytes)
-        return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY, /* as the allocation itself would */
-                         "%s: a %llu-byte buffer exceeds the device's %llu-byte limit (lower "
-                         "max_seqs, max_context or budget_tokens)",
-                         ops->name, (unsigned long long)q->largest_buffer,
-                         (unsigned long long)info->max_buffer_bytes);
-    return HAS_ENTRY(ops, check_geometry) ? ops->check_geometry(dev, g, q) : FKV_OK;
-}
-
-const char *fkv_op_recall_note(const fkv_backend_ops *ops, fkv_bdev *dev) {
-    const char *note = HAS_ENTRY(ops, recall_note) ? ops->recall_note(dev) : NULL;
-    return note ? note : "";
-}

@@ -21,45 +21,41 @@
 #include "../common/env.h"
 #include "../common/error.h"
 #include "device.h"
+#include "dispatch.h"
 
 #define MAX_DEVICES 64
 
 static pthread_mutex_t driver_lock = PTHREAD_MUTEX_INITIALIZER;
 
-/* "auto", then every backend the library knows, in preference order. */
-static const char *const backend_choices[] = {"auto", "hip", "vulkan", "opencl", "cpu"};
+/* "auto", then every backend folder (generated list), in preference order. */
+#define CHOICE(name) #name,
+static const char *const backend_choices[] = {"auto", FKV_BACKENDS_KNOWN(CHOICE)};
+#undef CHOICE
 #define N_CHOICES ((int)(sizeof backend_choices / sizeof *backend_choices))
-static const char *const *const known_backends = backend_choices + 1;
-#define N_KNOWN ((size_t)N_CHOICES - 1)
 
-static const fkv_backend_ops *compiled_backend(const char *name) {
-    const fkv_backend_ops *ops = NULL;
-    if (strcmp(name, "cpu") == 0)
-        ops = fkv_backend_cpu();
-    else if (strcmp(name, "opencl") == 0)
-        ops = fkv_backend_opencl();
-    else if (strcmp(name, "vulkan") == 0)
-        ops = fkv_backend_vulkan();
-    else if (strcmp(name, "hip") == 0)
-        ops = fkv_backend_hip();
-    return ops;
+/* The backends compiled in, in the same order. */
+typedef struct compiled_entry {
+    const char *name;
+    const fkv_backend_ops *(*ops)(void);
+} compiled_entry;
+#define ENTRY(name) {#name, fkv_backend_##name},
+static const compiled_entry compiled[] = {FKV_BACKENDS_COMPILED(ENTRY)};
+#undef ENTRY
+#define N_COMPILED (sizeof compiled / sizeof *compiled)
+
+const fkv_backend_ops *fkv_backend_find(const char *name) {
+    for (size_t i = 0; name && i < N_COMPILED; i++)
+        if (strcmp(compiled[i].name, name) == 0)
+            return compiled[i].ops();
+    return NULL;
 }
 
-size_t fkv_backend_count(void) {
-    size_t n = 0;
-    for (size_t i = 0; i < N_KNOWN; i++)
-        n += compiled_backend(known_backends[i]) != NULL;
-    return n;
-}
+static const fkv_backend_ops *compiled_backend(const char *name) { return fkv_backend_find(name); }
+
+size_t fkv_backend_count(void) { return N_COMPILED; }
 
 const char *fkv_backend_name(size_t index) {
-    for (size_t i = 0; i < N_KNOWN; i++) {
-        if (compiled_backend(known_backends[i]) == NULL)
-            continue;
-        if (index-- == 0)
-            return known_backends[i];
-    }
-    return NULL;
+    return index < N_COMPILED ? compiled[index].name : NULL;
 }
 
 fkv_status fkv_backend_check(const fkv_backend_ops *ops) {
@@ -275,6 +271,27 @@ fkv_status fkv_device_pick(const char *backend, const char *device, fkv_device_i
     return resolve(backend, device, info);
 }
 
+/* Capabilities and optional entries must agree (backend.h): checked once, at open, so that
+ * no call later falls back silently from what the device claims. */
+static fkv_status check_agreement(const fkv_backend_ops *ops, fkv_bdev *bdev,
+                                  const fkv_device_info *info) {
+    int direct = FKV_HAS_ENTRY(ops, recall_direct);
+    if ((info->caps & FKV_CAP_ZERO_COPY_HOST) && !direct)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s': device '%s' reports zero_copy_host "
+                         "but the ops table has no recall_direct",
+                         ops->name, info->name);
+    if (FKV_HAS_ENTRY(ops, recall_mode) && ops->recall_mode(bdev) == FKV_RECALL_DIRECT &&
+        !direct)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s': device '%s' reports the direct "
+                         "recall mode but the ops table has no recall_direct",
+                         ops->name, info->name);
+    if ((info->caps & FKV_CAP_MULTI_REGION_COPY) && !FKV_HAS_ENTRY(ops, write_regions))
+        return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s': device '%s' reports "
+                         "multi_region_copy but the ops table has no write_regions",
+                         ops->name, info->name);
+    return FKV_OK;
+}
+
 fkv_status fkv_device_open_ops(const fkv_backend_ops *ops, uint32_t index, fkv_device **out) {
     if (out == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_open: NULL output");
@@ -289,9 +306,11 @@ fkv_status fkv_device_open_ops(const fkv_backend_ops *ops, uint32_t index, fkv_d
     pthread_mutex_lock(&driver_lock);
     st = ops->device_open(index, &dev->bdev);
     if (st == FKV_OK)
-        st = ops->opened_info ? ops->opened_info(dev->bdev, &dev->info)
-                              : ops->device_info(index, &dev->info);
+        st = FKV_HAS_ENTRY(ops, opened_info) ? ops->opened_info(dev->bdev, &dev->info)
+                                             : ops->device_info(index, &dev->info);
     pthread_mutex_unlock(&driver_lock);
+    if (st == FKV_OK)
+        st = check_agreement(ops, dev->bdev, &dev->info);
     if (st != FKV_OK) {
         if (dev->bdev)
             ops->device_close(dev->bdev);
@@ -301,6 +320,25 @@ fkv_status fkv_device_open_ops(const fkv_backend_ops *ops, uint32_t index, fkv_d
     snprintf(dev->info.backend, sizeof dev->info.backend, "%s", ops->name);
     dev->info.index = index;
     *out = dev;
+    return FKV_OK;
+}
+
+fkv_status fkv_device_view(fkv_device *dev, const fkv_backend_ops *ops, fkv_device **out) {
+    if (dev == NULL || out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_view: NULL argument");
+    *out = NULL;
+    fkv_status st = fkv_backend_check(ops);
+    if (st == FKV_OK)
+        st = check_agreement(ops, dev->bdev, &dev->info);
+    if (st != FKV_OK)
+        return st;
+    fkv_device *view = calloc(1, sizeof *view);
+    if (view == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "fkv_device_view: allocating the handle");
+    *view = *dev;
+    view->ops = ops;
+    view->viewed = dev;
+    *out = view;
     return FKV_OK;
 }
 
@@ -318,7 +356,8 @@ fkv_status fkv_device_open(const char *backend, const char *device, fkv_device *
 void fkv_device_close(fkv_device *dev) {
     if (dev == NULL)
         return;
-    dev->ops->device_close(dev->bdev);
+    if (dev->viewed == NULL) /* a view leaves its device open */
+        dev->ops->device_close(dev->bdev);
     free(dev);
 }
 
@@ -365,7 +404,7 @@ fkv_status fkv_caps_string(uint32_t caps, char *buf, size_t buf_size) {
 static fkv_status wrap(fkv_device *dev, fkv_bbuf *bbuf, size_t size, fkv_buffer **out) {
     fkv_buffer *b = calloc(1, sizeof *b);
     if (b == NULL) {
-        dev->ops->buffer_free(dev->bdev, bbuf);
+        fkv_op_buffer_free(dev, bbuf);
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "allocating a buffer handle");
     }
     b->dev = dev;
@@ -380,7 +419,7 @@ fkv_status fkv_buffer_alloc(fkv_device *dev, size_t size, fkv_buffer **out) {
     if (dev == NULL || out == NULL || size == 0)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_buffer_alloc: NULL device/output or size 0");
     *out = NULL;
-    fkv_status st = dev->ops->buffer_alloc(dev->bdev, size, &bbuf);
+    fkv_status st = fkv_op_buffer_alloc(dev, size, &bbuf);
     if (st != FKV_OK)
         return st;
     return wrap(dev, bbuf, size, out);
@@ -391,9 +430,7 @@ fkv_status fkv_buffer_import(fkv_device *dev, void *native, size_t size, fkv_buf
     if (dev == NULL || out == NULL || native == NULL || size == 0)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_buffer_import: NULL argument or size 0");
     *out = NULL;
-    if (dev->ops->buffer_import == NULL)
-        return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s' cannot import memory", dev->ops->name);
-    fkv_status st = dev->ops->buffer_import(dev->bdev, native, size, &bbuf);
+    fkv_status st = fkv_op_buffer_import(dev, native, size, &bbuf);
     if (st != FKV_OK)
         return st;
     return wrap(dev, bbuf, size, out);
@@ -415,11 +452,11 @@ fkv_status fkv_buffer_write(fkv_buffer *buf, size_t offset, const void *src, siz
     fkv_device *d = buf->dev;
     fkv_bevent *ev = NULL;
     fkv_deps deps = {0, NULL, &ev};
-    st = d->ops->write(d->bdev, FKV_QUEUE_COMPUTE, deps, buf->bbuf, offset, src, size);
+    st = fkv_op_write(d, FKV_QUEUE_COMPUTE, deps, buf->bbuf, offset, src, size);
     if (st != FKV_OK)
         return st;
-    st = d->ops->event_wait(d->bdev, 1, &ev);
-    d->ops->event_release(d->bdev, ev);
+    st = fkv_op_event_wait(d, 1, &ev);
+    fkv_op_event_release(d, ev);
     return st;
 }
 
@@ -430,17 +467,17 @@ fkv_status fkv_buffer_read(fkv_buffer *buf, size_t offset, void *dst, size_t siz
     fkv_device *d = buf->dev;
     fkv_bevent *ev = NULL;
     fkv_deps deps = {0, NULL, &ev};
-    st = d->ops->read(d->bdev, FKV_QUEUE_COMPUTE, deps, buf->bbuf, offset, dst, size);
+    st = fkv_op_read(d, FKV_QUEUE_COMPUTE, deps, buf->bbuf, offset, dst, size);
     if (st != FKV_OK)
         return st;
-    st = d->ops->event_wait(d->bdev, 1, &ev);
-    d->ops->event_release(d->bdev, ev);
+    st = fkv_op_event_wait(d, 1, &ev);
+    fkv_op_event_release(d, ev);
     return st;
 }
 
 void fkv_buffer_release(fkv_buffer *buf) {
     if (buf == NULL)
         return;
-    buf->dev->ops->buffer_free(buf->dev->bdev, buf->bbuf);
+    fkv_op_buffer_free(buf->dev, buf->bbuf);
     free(buf);
 }

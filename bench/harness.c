@@ -15,7 +15,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "bench.h"
 #include "stats.h"
 
@@ -198,7 +198,6 @@ typedef struct block_io {
 /* One block of one policy: warm-up steps, then measured steps (latencies into lat). */
 static int run_block(const bench_options *o, slot *s, const block_io *io, size_t weight_bytes,
                      double *lat, fkv_stats *sum, char *note, size_t note_size) {
-    const fkv_backend_ops *ops = s->dev->ops;
     uint32_t block = o->warmup + o->steps;
     fkv_stats a, b;
     memset(&a, 0, sizeof a);
@@ -216,13 +215,13 @@ static int run_block(const bench_options *o, slot *s, const block_io *io, size_t
             }
             /* the rest of the layer: stream its weights once (half read, half written) */
             if (s->weights &&
-                ops->copy(s->dev->bdev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, NULL}, s->weights,
+                fkv_op_copy(s->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, NULL}, s->weights,
                           weight_bytes / 2, s->weights, 0, weight_bytes / 2) != FKV_OK) {
                 snprintf(note, note_size, "layer work failed: %s", fkv_last_error());
                 return -1;
             }
         }
-        if (ops->finish(s->dev->bdev, FKV_QUEUE_COMPUTE) != FKV_OK) {
+        if (fkv_op_finish(s->dev, FKV_QUEUE_COMPUTE) != FKV_OK) {
             snprintf(note, note_size, "device failed: %s", fkv_last_error());
             return -1;
         }
@@ -400,7 +399,7 @@ int bench_run_context(const bench_options *o, fkv_device *dev, uint32_t context,
         s[p].dev = wts[1].dev;
     }
     for (size_t i = 0; i < n_wts && weight_bytes; i++)
-        if (wts[i].dev->ops->buffer_alloc(wts[i].dev->bdev, weight_bytes, &wts[i].buf) != FKV_OK)
+        if (fkv_op_buffer_alloc(wts[i].dev, weight_bytes, &wts[i].buf) != FKV_OK)
             wts[i].buf = NULL;
 
     /* contexts */
@@ -551,7 +550,7 @@ int bench_run_context(const bench_options *o, fkv_device *dev, uint32_t context,
     }
     for (size_t i = 0; i < n_wts; i++) {
         if (wts[i].buf)
-            wts[i].dev->ops->buffer_free(wts[i].dev->bdev, wts[i].buf);
+            fkv_op_buffer_free(wts[i].dev, wts[i].buf);
         if (wts[i].dev != dev)
             fkv_device_close(wts[i].dev);
     }

@@ -16,22 +16,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "common/dtype.h"
 #include "common/error.h"
 #include "core/recall.h"
 #include "core/threadpool.h"
 #include "freekv.h"
 #include "tools/args.h"
-#ifdef FKV_HAVE_OPENCL
-#include "opencl/ocl_debug.h"
-#endif
-#ifdef FKV_HAVE_VULKAN
-#include "vulkan/vk_debug.h"
-#endif
-#ifdef FKV_HAVE_HIP
-#include "hip/hip_debug.h"
-#endif
 
 int fkv_opbench_main(int argc, char **argv);
 
@@ -155,48 +146,27 @@ static int parse(int argc, char **argv, options *o) {
     return 0;
 }
 
-/* ---- small helpers over the ops table ---- */
+/* ---- small helpers over the device's ops (backends/dispatch.h) ---- */
 
 typedef struct bench {
-    const fkv_backend_ops *ops;
-    fkv_bdev *dev;
+    fkv_device *dev;
     const options *o;
 } bench;
 
-/* The backend's split-attention override (0 automatic, 1 never split): 0 when it has none. */
+/* The backend's split-attention option (0 automatic, 1 never split): 0 when it has none. */
 static int set_splits(const bench *b, int splits) {
-#ifdef FKV_HAVE_OPENCL
-    if (strcmp(b->ops->name, "opencl") == 0) {
-        fkv_opencl_debug_set_splits(b->dev, splits);
-        return 1;
-    }
-#endif
-#ifdef FKV_HAVE_VULKAN
-    if (strcmp(b->ops->name, "vulkan") == 0) {
-        fkv_vulkan_debug_set_splits(b->dev, splits);
-        return 1;
-    }
-#endif
-#ifdef FKV_HAVE_HIP
-    if (strcmp(b->ops->name, "hip") == 0) {
-        fkv_hip_debug_set_splits(b->dev, splits);
-        return 1;
-    }
-#endif
-    (void)b;
-    (void)splits;
-    return 0;
+    return fkv_op_set_option(b->dev, "attention_splits", splits ? "1" : "0") == FKV_OK;
 }
 
 static fkv_status wait_release(bench *b, fkv_bevent *ev) {
-    fkv_status st = b->ops->event_wait(b->dev, 1, &ev);
-    b->ops->event_release(b->dev, ev);
+    fkv_status st = fkv_op_event_wait(b->dev, 1, &ev);
+    fkv_op_event_release(b->dev, ev);
     return st;
 }
 
 static fkv_status upload(bench *b, fkv_bbuf *dst, const void *src, size_t size) {
     fkv_bevent *ev = NULL;
-    fkv_status st = b->ops->write(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &ev}, dst, 0,
+    fkv_status st = fkv_op_write(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &ev}, dst, 0,
                                   src, size);
     return st == FKV_OK ? wait_release(b, ev) : st;
 }
@@ -229,11 +199,11 @@ typedef struct recall_setup {
 
 static void recall_free(bench *b, recall_setup *r) {
     if (r->host)
-        b->ops->host_free(b->dev, r->host);
+        fkv_op_host_free(b->dev, r->host);
     fkv_bbuf *bufs[4] = {r->kpool, r->vpool, r->staging, r->index};
     for (int i = 0; i < 4; i++)
         if (bufs[i])
-            b->ops->buffer_free(b->dev, bufs[i]);
+            fkv_op_buffer_free(b->dev, bufs[i]);
 }
 
 static fkv_status recall_init(bench *b, recall_setup *r) {
@@ -253,11 +223,11 @@ static fkv_status recall_init(bench *b, recall_setup *r) {
     size_t slot_bytes = (size_t)o->page * o->kv_heads * o->head_dim * fkv_dtype_size(o->dtype);
     void *p;
     fkv_status st;
-    if ((st = b->ops->host_alloc(b->dev, host_bytes, &r->host, &p)) != FKV_OK ||
-        (st = b->ops->buffer_alloc(b->dev, max_pages * slot_bytes, &r->kpool)) != FKV_OK ||
-        (st = b->ops->buffer_alloc(b->dev, max_pages * slot_bytes, &r->vpool)) != FKV_OK ||
-        (st = b->ops->buffer_alloc(b->dev, r->max_units * r->unit_bytes, &r->staging)) != FKV_OK ||
-        (st = b->ops->buffer_alloc(b->dev, (size_t)r->max_units * 8, &r->index)) != FKV_OK)
+    if ((st = fkv_op_host_alloc(b->dev, host_bytes, &r->host, &p)) != FKV_OK ||
+        (st = fkv_op_buffer_alloc(b->dev, max_pages * slot_bytes, &r->kpool)) != FKV_OK ||
+        (st = fkv_op_buffer_alloc(b->dev, max_pages * slot_bytes, &r->vpool)) != FKV_OK ||
+        (st = fkv_op_buffer_alloc(b->dev, r->max_units * r->unit_bytes, &r->staging)) != FKV_OK ||
+        (st = fkv_op_buffer_alloc(b->dev, (size_t)r->max_units * 8, &r->index)) != FKV_OK)
         return st;
     r->host_ptr = p;
     fill_values(p, host_bytes, o->dtype, 7);
@@ -294,17 +264,17 @@ static fkv_status run_perpage(bench *b, recall_setup *r, uint32_t n, const fkv_r
                               const int32_t *index) {
     fkv_status st = FKV_OK;
     fkv_bevent *ready = NULL, *done = NULL;
-    st = b->ops->write(b->dev, FKV_QUEUE_TRANSFER, (fkv_deps){0, NULL, NULL}, r->index, 0, index,
+    st = fkv_op_write(b->dev, FKV_QUEUE_TRANSFER, (fkv_deps){0, NULL, NULL}, r->index, 0, index,
                        (size_t)n * 8);
     for (uint32_t i = 0; i < n && st == FKV_OK; i++)
-        st = b->ops->write(b->dev, FKV_QUEUE_TRANSFER,
+        st = fkv_op_write(b->dev, FKV_QUEUE_TRANSFER,
                            (fkv_deps){0, NULL, i + 1 == n ? &ready : NULL}, r->staging,
                            i * r->unit_bytes, u[i].src, r->unit_bytes);
     if (st == FKV_OK)
-        st = b->ops->scatter_hnd(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){1, &ready, &done}, &r->g,
+        st = fkv_op_scatter_hnd(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){1, &ready, &done}, &r->g,
                                  r->staging, 0, n, r->index, 0, r->kpool, r->vpool);
     if (ready)
-        b->ops->event_release(b->dev, ready);
+        fkv_op_event_release(b->dev, ready);
     if (st == FKV_OK)
         st = wait_release(b, done);
     return st;
@@ -339,7 +309,7 @@ static int bench_recall(bench *b, fkv_pool *pool) {
         return 1;
     }
     int failed = 0;
-    printf("  device recall mode (default): %s\n", mode_name(fkv_op_recall_mode(b->ops, b->dev)));
+    printf("  device recall mode (default): %s\n", mode_name(fkv_op_recall_mode(b->dev)));
     printf("  %-16s %6s %7s %9s %10s  %s\n", "mechanism", "pages", "units", "MiB", "ms",
            "GB/s effective");
     fkv_recall_unit *units = malloc(r.max_units * sizeof *units);
@@ -358,11 +328,8 @@ static int bench_recall(bench *b, fkv_pool *pool) {
         snprintf(name, sizeof name, m < 0 ? "perpage" : "engine:%s",
                  m < 0 ? "" : mode_name(engine_modes[m]));
         if (m >= 0) {
-            if (engine_modes[m] == FKV_RECALL_DIRECT && b->ops->recall_direct == NULL) {
-                printf("  %-16s n/a (backend has no recall_direct)\n", name);
-                continue;
-            }
-            st = fkv_recaller_create(b->ops, b->dev, &r.g, engine_modes[m], o->chunk, &rc);
+            /* a backend without recall_direct: its runs fail with FKV_ERR_UNSUPPORTED (n/a) */
+            st = fkv_recaller_create(b->dev, &r.g, engine_modes[m], o->chunk, &rc);
             if (st != FKV_OK) {
                 printf("  %-16s n/a: %s\n", name, fkv_last_error());
                 failed |= st != FKV_ERR_UNSUPPORTED;
@@ -405,7 +372,7 @@ static fkv_status attention_once(bench *b, const fkv_kv_geom *g, fkv_bbuf *q, ui
                                  fkv_bbuf *heads, fkv_bbuf *entries, fkv_bbuf *kp, fkv_bbuf *vp,
                                  fkv_bbuf *out) {
     fkv_bevent *done = NULL;
-    fkv_status st = b->ops->attention(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &done}, g, q,
+    fkv_status st = fkv_op_attention(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &done}, g, q,
                                       0, batch, heads, 0, entries, 0, kp, vp,
                                       1.0f / 11.3137085f, out, 0);
     return st == FKV_OK ? wait_release(b, done) : st;
@@ -434,17 +401,17 @@ static int bench_attention(bench *b) {
         void *kv = malloc(n_slots * slot_bytes);
         fkv_status st = heads && entries && q && kv ? FKV_OK : FKV_ERR_OUT_OF_HOST_MEMORY;
         if (st == FKV_OK)
-            st = b->ops->buffer_alloc(b->dev, n_slots * slot_bytes, &kp);
+            st = fkv_op_buffer_alloc(b->dev, n_slots * slot_bytes, &kp);
         if (st == FKV_OK)
-            st = b->ops->buffer_alloc(b->dev, n_slots * slot_bytes, &vp);
+            st = fkv_op_buffer_alloc(b->dev, n_slots * slot_bytes, &vp);
         if (st == FKV_OK)
-            st = b->ops->buffer_alloc(b->dev, qn * 4, &qb);
+            st = fkv_op_buffer_alloc(b->dev, qn * 4, &qb);
         if (st == FKV_OK)
-            st = b->ops->buffer_alloc(b->dev, n_bh * 8, &hb);
+            st = fkv_op_buffer_alloc(b->dev, n_bh * 8, &hb);
         if (st == FKV_OK)
-            st = b->ops->buffer_alloc(b->dev, n_bh * pages * 8, &eb);
+            st = fkv_op_buffer_alloc(b->dev, n_bh * pages * 8, &eb);
         if (st == FKV_OK)
-            st = b->ops->buffer_alloc(b->dev, qn * 4, &ob);
+            st = fkv_op_buffer_alloc(b->dev, qn * 4, &ob);
         if (st == FKV_OK) {
             uint64_t seed = 99;
             /* Each (sequence, head) reads its sequence's slots in a shuffled order; the last
@@ -501,7 +468,7 @@ static int bench_attention(bench *b) {
         fkv_bbuf *bufs[6] = {kp, vp, qb, hb, eb, ob};
         for (int i = 0; i < 6; i++)
             if (bufs[i])
-                b->ops->buffer_free(b->dev, bufs[i]);
+                fkv_op_buffer_free(b->dev, bufs[i]);
         free(heads);
         free(entries);
         free(q);
@@ -628,7 +595,7 @@ int fkv_opbench_main(int argc, char **argv) {
            fkv_device_type_name(info.type), info.driver);
     printf("caps: %s\n", caps);
 
-    bench b = {dev->ops, dev->bdev, &o};
+    bench b = {dev, &o};
     fkv_pool *pool = NULL;
     if (fkv_pool_create(0, &pool) != FKV_OK)
         pool = NULL; /* the engine then gathers on the calling thread */

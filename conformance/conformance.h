@@ -4,8 +4,8 @@
  * A case is one op (or one policy of the pipeline) at one geometry. Each case runs once on the
  * reference and twice on the DUT: the first DUT run is compared with the reference (relative
  * L2 error against the tolerance table, guard bytes, NaN/Inf), the second with the first
- * (bitwise determinism). Ops are called through the ops table directly; the pipeline through
- * the public API. */
+ * (bitwise determinism). Ops are called through the dispatch layer (backends/dispatch.h), as
+ * the core calls them; the pipeline through the public API. */
 #ifndef FKV_CONFORMANCE_H
 #define FKV_CONFORMANCE_H
 
@@ -13,7 +13,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "freekv.h"
 
 /* Output buffers sit between guard bytes that must survive every op; the guard length and the
@@ -40,22 +40,11 @@ static inline uint32_t cf_kv_heads(const cf_geom *g) {
     return g->n_kv_heads ? g->n_kv_heads : g->group == 1 ? 3u : 2u;
 }
 
-/* Test-only settings of a device under test, the only way the specs reach a backend's debug
- * hooks (through cf_force_splits and cf_limit_shared). The Criterion suites fill them in;
- * freekv-conformance has none, so it lists no case that needs one. */
-typedef struct cf_knobs {
-    void (*set_splits)(fkv_bdev *dev, int splits);    /* split-page attention: 0 automatic */
-    void (*set_shared)(fkv_bdev *dev, size_t bytes); /* shared memory kernels plan for: 0 the
-                                                         device's own */
-} cf_knobs;
-
-/* One side of a comparison: an opened device, its ops table and backend handle. */
+/* One side of a comparison: a device opened through the dispatch layer, which every op call
+ * goes through (fkv_op_*, backends/dispatch.h). */
 typedef struct cf_dev {
-    fkv_device *dev; /* NULL when opened through the ops table alone */
-    const fkv_backend_ops *ops;
-    fkv_bdev *bd;
+    fkv_device *dev;
     fkv_device_info info;
-    const cf_knobs *knobs; /* NULL: none */
 } cf_dev;
 
 typedef struct cf_env {
@@ -191,11 +180,12 @@ const uint32_t (*cf_geometries(int quick, size_t *n))[3];
     X(S, bad_arguments, bad_arguments, -1, 0)                                                  \
     X(S, out_of_range, out_of_range, -1, 0)                                                    \
     X(S, two_queues, two_queues, -1, 0)
-/* Variants that set a knob (cf_knobs): split-page attention forced, and shared memory short
- * enough that the kernels run the group in several work groups (CF_SMALL_SHARED leaves
- * attention one or two query heads and tiles of one or two tokens, and scores blocks of
- * uneven sizes (3, 3, 2 of 8 at d 128); CF_MID_SHARED leaves attention blocks of uneven
- * sizes with tiles of 8 tokens or more). */
+/* Variants that set a backend option first (docs/backend-options.md): split-page attention
+ * forced ("attention_splits"), and shared memory short enough ("shared_memory_bytes") that the
+ * kernels run the group in several work groups (CF_SMALL_SHARED leaves attention one or two
+ * query heads and tiles of one or two tokens, and scores blocks of uneven sizes (3, 3, 2 of 8
+ * at d 128); CF_MID_SHARED leaves attention blocks of uneven sizes with tiles of 8 tokens or
+ * more). A device without the option skips them. */
 #define CF_SMALL_SHARED 1564
 #define CF_MID_SHARED 6144
 #define CF_SPEC_VARIANTS(X, S)                                                                  \
@@ -210,12 +200,13 @@ const uint32_t (*cf_geometries(int quick, size_t *n))[3];
     X(S, attention_dense_small_shared, attention_dense, 2, CF_SMALL_SHARED)                    \
     X(S, two_queues_split, two_queues, 2, 0)
 
-/* The knobs, the one place that reaches a backend's debug hooks: 0 done, -1 the device has
- * no such knob. With r, cf_limit_shared also checks that `bytes` splits the largest group of
- * the case geometries (8 x d 128) into several work groups (and for scores too at
+/* The knobs, the one place the specs set a backend option (fkv_op_set_option): FKV_OK done,
+ * FKV_ERR_UNSUPPORTED the device has no such option, any other status a refusal (fkv_last_error
+ * says why). With r, cf_limit_shared also checks that `bytes` splits the largest group of the
+ * case geometries (8 x d 128) into several work groups (and for scores too at
  * CF_SMALL_SHARED), failing r otherwise. */
-int cf_force_splits(const cf_dev *d, int splits);
-int cf_limit_shared(const cf_dev *d, size_t bytes, cf_result *r);
+fkv_status cf_force_splits(const cf_dev *d, int splits);
+fkv_status cf_limit_shared(const cf_dev *d, size_t bytes, cf_result *r);
 
 /* ---- case lists ---- */
 /* Sets of geometries: QUICK and FULL are freekv-conformance's (--quick and the default);
@@ -224,7 +215,7 @@ int cf_limit_shared(const cf_dev *d, size_t bytes, cf_result *r);
 enum { CF_SET_QUICK = 1, CF_SET_FULL = 2, CF_SET_UNIT = 4, CF_SET_CPU = 8 };
 typedef struct cf_case_opts {
     unsigned sets; /* CF_SET_* bits: a geometry of any of them */
-    int knobs;     /* also the CF_SPEC_VARIANTS cases */
+    int knobs;     /* also the CF_SPEC_VARIANTS cases (they set backend options) */
 } cf_case_opts;
 size_t cf_op_cases(const cf_case_opts *o, cf_case *out, size_t cap);
 size_t cf_pipeline_cases(int quick, cf_case *out, size_t cap);

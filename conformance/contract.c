@@ -1,7 +1,11 @@
 /* The op contract beyond data (backends/backend.h), checked on the device under test alone:
  * the table and device info, the public API, events and markers, buffer import, calls with no
  * work, refused arguments, indices out of range, and two threads enqueueing at once. Each
- * records what it finds in the case result and goes on, so one run lists every broken rule. */
+ * records what it finds in the case result and goes on, so one run lists every broken rule.
+ * Every call goes through the dispatch layer (backends/dispatch.h), as every caller's does:
+ * refused arguments and zero work are its rules, the same for every backend. The table itself
+ * is read only where an entry is the subject: enumeration and the opened device's info
+ * (check_device), and whether an optional entry exists. */
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -18,7 +22,7 @@
 /* Device buffers a check allocates, all freed by cx_end. */
 typedef struct ctx {
     const cf_dev *d;
-    const fkv_backend_ops *o;
+    fkv_device *dev;
     cf_result *r;
     fkv_bbuf *buf[MAX_BUFS];
     int n;
@@ -27,7 +31,7 @@ typedef struct ctx {
 static void cx_begin(ctx *x, const cf_env *env, cf_result *r) {
     memset(x, 0, sizeof *x);
     x->d = &env->dut;
-    x->o = env->dut.ops;
+    x->dev = env->dut.dev;
     x->r = r;
 }
 
@@ -41,8 +45,8 @@ static int cx_done(ctx *x, fkv_status st, fkv_bevent *ev, const char *what) {
         cf_fail(x->r, "%s: no event", what);
         return -1;
     }
-    st = x->o->event_wait(x->d->bd, 1, &ev);
-    x->o->event_release(x->d->bd, ev);
+    st = fkv_op_event_wait(x->dev, 1, &ev);
+    fkv_op_event_release(x->dev, ev);
     if (st != FKV_OK) {
         cf_fail(x->r, "%s failed: %s", what, cf_error_text(st));
         return -1;
@@ -53,7 +57,7 @@ static int cx_done(ctx *x, fkv_status st, fkv_bevent *ev, const char *what) {
 /* A buffer of `size` bytes holding init (NULL: CF_FILL bytes); NULL after a failure. */
 static fkv_bbuf *cx_alloc(ctx *x, size_t size, const void *init) {
     fkv_bbuf *b = NULL;
-    if (x->n == MAX_BUFS || x->o->buffer_alloc(x->d->bd, size, &b) != FKV_OK) {
+    if (x->n == MAX_BUFS || fkv_op_buffer_alloc(x->dev, size, &b) != FKV_OK) {
         cf_fail(x->r, "buffer_alloc(%zu): %s", size, fkv_last_error());
         return NULL;
     }
@@ -68,7 +72,7 @@ static fkv_bbuf *cx_alloc(ctx *x, size_t size, const void *init) {
     else
         memset(fill, CF_FILL, size);
     fkv_bevent *ev = NULL;
-    fkv_status st = x->o->write(x->d->bd, CQ, (fkv_deps){0, NULL, &ev}, b, 0, fill, size);
+    fkv_status st = fkv_op_write(x->dev, CQ, (fkv_deps){0, NULL, &ev}, b, 0, fill, size);
     int bad = cx_done(x, st, ev, "initial write");
     free(fill);
     return bad ? NULL : b;
@@ -76,15 +80,15 @@ static fkv_bbuf *cx_alloc(ctx *x, size_t size, const void *init) {
 
 static int cx_read(ctx *x, const fkv_bbuf *b, size_t off, void *dst, size_t size) {
     fkv_bevent *ev = NULL;
-    fkv_status st = x->o->read(x->d->bd, CQ, (fkv_deps){0, NULL, &ev}, b, off, dst, size);
+    fkv_status st = fkv_op_read(x->dev, CQ, (fkv_deps){0, NULL, &ev}, b, off, dst, size);
     return cx_done(x, st, ev, "read");
 }
 
 static void cx_end(ctx *x) {
     for (int q = 0; q < FKV_QUEUE_COUNT; q++)
-        x->o->finish(x->d->bd, (fkv_queue)q);
+        fkv_op_finish(x->dev, (fkv_queue)q);
     for (int i = 0; i < x->n; i++)
-        x->o->buffer_free(x->d->bd, x->buf[i]);
+        fkv_op_buffer_free(x->dev, x->buf[i]);
     x->n = 0;
 }
 
@@ -93,24 +97,26 @@ static void cx_end(ctx *x) {
 static void check_device(const cf_env *env, const cf_case *c, cf_result *r) {
     (void)c;
     const cf_dev *d = &env->dut;
-    const fkv_backend_ops *o = d->ops;
+    /* the table's own entries are the subject here: enumeration, and the opened device's
+     * info as its entry reports it */
+    const fkv_backend_ops *table = fkv_device_ops(d->dev);
     fkv_device_info listed, opened, none;
     uint32_t count = 0;
     r->error = r->tolerance = 0;
-    if (fkv_backend_check(o) != FKV_OK) {
+    if (fkv_backend_check(table) != FKV_OK) {
         cf_fail(r, "ops table: %s", fkv_last_error());
         return;
     }
-    if (o->device_count(&count) != FKV_OK || count <= d->info.index) {
+    if (table->device_count(&count) != FKV_OK || count <= d->info.index) {
         cf_fail(r, "device_count gives %u, device index is %u", count, d->info.index);
         return;
     }
-    if (o->device_info(d->info.index, &listed) != FKV_OK) {
+    if (table->device_info(d->info.index, &listed) != FKV_OK) {
         cf_fail(r, "device_info(%u): %s", d->info.index, fkv_last_error());
         return;
     }
-    if (o->opened_info ? o->opened_info(d->bd, &opened) != FKV_OK
-                       : o->device_info(d->info.index, &opened) != FKV_OK) {
+    if (table->opened_info ? table->opened_info(fkv_device_bdev(d->dev), &opened) != FKV_OK
+                           : table->device_info(d->info.index, &opened) != FKV_OK) {
         cf_fail(r, "opened_info: %s", fkv_last_error());
         return;
     }
@@ -118,8 +124,8 @@ static void check_device(const cf_env *env, const cf_case *c, cf_result *r) {
         cf_fail(r, "device_info names '%s', the opened device '%s'", listed.name, opened.name);
     if (opened.name[0] == '\0')
         cf_fail(r, "empty device name");
-    if (strcmp(opened.backend, o->name) != 0 || strcmp(listed.backend, o->name) != 0)
-        cf_fail(r, "info.backend '%s' is not the table's name '%s'", opened.backend, o->name);
+    if (strcmp(opened.backend, table->name) != 0 || strcmp(listed.backend, table->name) != 0)
+        cf_fail(r, "info.backend '%s' is not the table's name '%s'", opened.backend, table->name);
     if ((unsigned)opened.type > FKV_DEVICE_OTHER)
         cf_fail(r, "unknown device type %d", (int)opened.type);
     if (opened.max_buffer_bytes == 0 || (env->strict && opened.memory_bytes == 0))
@@ -137,17 +143,17 @@ static void check_device(const cf_env *env, const cf_case *c, cf_result *r) {
     uint32_t mask = env->strict ? ~0u : ~(uint32_t)FKV_CAP_ZERO_COPY_HOST;
     if ((listed.caps & mask) != (opened.caps & mask))
         cf_fail(r, "device_info caps 0x%x, the opened device's 0x%x", listed.caps, opened.caps);
-    fkv_recall_mode mode = fkv_op_recall_mode(o, d->bd);
+    fkv_recall_mode mode = fkv_op_recall_mode(d->dev);
     if (!!(opened.caps & FKV_CAP_ZERO_COPY_HOST) != (mode == FKV_RECALL_DIRECT))
         cf_fail(r, "zero_copy_host is %s but the recall mode is %d: zero-copy exactly when "
                 "kernels read host memory (direct)",
                 opened.caps & FKV_CAP_ZERO_COPY_HOST ? "set" : "unset", (int)mode);
     if (opened.type == FKV_DEVICE_CPU && (opened.caps & FKV_CAP_PINNED_HOST))
         cf_fail(r, "pinned_host on a CPU device: there is nothing to pin");
-    if (o->device_info(count, &none) != FKV_ERR_NO_DEVICE)
+    if (table->device_info(count, &none) != FKV_ERR_NO_DEVICE)
         cf_fail(r, "device_info(%u) of %u devices is not FKV_ERR_NO_DEVICE", count, count);
     fkv_bdev *extra = NULL;
-    if (o->device_open(count, &extra) != FKV_ERR_NO_DEVICE || extra != NULL)
+    if (table->device_open(count, &extra) != FKV_ERR_NO_DEVICE || extra != NULL)
         cf_fail(r, "device_open(%u) of %u devices: not FKV_ERR_NO_DEVICE with NULL", count,
                 count);
     if (r->status == CF_PASS) {
@@ -172,11 +178,12 @@ static void check_public_api(const cf_env *env, const cf_case *c, cf_result *r) 
     for (size_t i = 0; i < sizeof src; i++)
         src[i] = (unsigned char)(i * 7 + 3);
     snprintf(idx, sizeof idx, "%u", env->dut.info.index);
-    if (fkv_device_open(env->dut.ops->name, idx, &dev) != FKV_OK) {
-        cf_fail(r, "fkv_device_open(%s, %s): %s", env->dut.ops->name, idx, fkv_last_error());
+    const char *backend = env->dut.info.backend;
+    if (fkv_device_open(backend, idx, &dev) != FKV_OK) {
+        cf_fail(r, "fkv_device_open(%s, %s): %s", backend, idx, fkv_last_error());
         return;
     }
-    if (fkv_device_get_info(dev, &info) != FKV_OK || strcmp(info.backend, env->dut.ops->name))
+    if (fkv_device_get_info(dev, &info) != FKV_OK || strcmp(info.backend, backend))
         cf_fail(r, "fkv_device_get_info: backend '%s'", info.backend);
     if (fkv_buffer_alloc(dev, sizeof src, &b) != FKV_OK)
         cf_fail(r, "fkv_buffer_alloc: %s", fkv_last_error());
@@ -195,8 +202,7 @@ static void check_events(const cf_env *env, const cf_case *c, cf_result *r) {
     (void)c;
     ctx x;
     cx_begin(&x, env, r);
-    const fkv_backend_ops *o = x.o;
-    fkv_bdev *bd = x.d->bd;
+    fkv_device *dev = x.dev;
     unsigned char src[1024], back[1024], back2[1024];
     for (size_t i = 0; i < sizeof src; i++)
         src[i] = (unsigned char)(i * 13 + 1);
@@ -206,28 +212,28 @@ static void check_events(const cf_env *env, const cf_case *c, cf_result *r) {
     /* a marker on another queue completes after its wait list; waiting twice is fine; a
      * command keeps what it waits on after the caller releases it */
     fkv_bevent *w = NULL, *m = NULL, *m2 = NULL;
-    if (o->write(bd, TQ, (fkv_deps){0, NULL, &w}, b, 0, src, sizeof src) != FKV_OK ||
-        o->marker(bd, CQ, (fkv_deps){1, &w, &m}) != FKV_OK) {
+    if (fkv_op_write(dev, TQ, (fkv_deps){0, NULL, &w}, b, 0, src, sizeof src) != FKV_OK ||
+        fkv_op_marker(dev, CQ, (fkv_deps){1, &w, &m}) != FKV_OK) {
         cf_fail(r, "write + marker: %s", fkv_last_error());
-        o->event_release(bd, w);
+        fkv_op_event_release(dev, w);
         goto out;
     }
-    if (o->event_wait(bd, 1, &m) != FKV_OK || o->event_wait(bd, 1, &m) != FKV_OK)
+    if (fkv_op_event_wait(dev, 1, &m) != FKV_OK || fkv_op_event_wait(dev, 1, &m) != FKV_OK)
         cf_fail(r, "waiting on a marker (twice): %s", fkv_last_error());
-    fkv_status st = o->read(bd, CQ, (fkv_deps){1, &m, &m2}, b, 0, back, sizeof back);
-    o->event_release(bd, w);
-    o->event_release(bd, m);
+    fkv_status st = fkv_op_read(dev, CQ, (fkv_deps){1, &m, &m2}, b, 0, back, sizeof back);
+    fkv_op_event_release(dev, w);
+    fkv_op_event_release(dev, m);
     if (cx_done(&x, st, m2, "read after the marker") == 0 && memcmp(back, src, sizeof src))
         cf_fail(r, "read after the marker: the bytes differ from the write");
     /* one wait on several events of several queues */
     fkv_bevent *ev[3] = {NULL, NULL, NULL};
-    st = o->write(bd, TQ, (fkv_deps){0, NULL, &ev[0]}, b2, 0, src, 512);
+    st = fkv_op_write(dev, TQ, (fkv_deps){0, NULL, &ev[0]}, b2, 0, src, 512);
     if (st == FKV_OK)
-        st = o->copy(bd, BQ, (fkv_deps){1, &ev[0], &ev[1]}, b2, 512, b2, 0, 512);
+        st = fkv_op_copy(dev, BQ, (fkv_deps){1, &ev[0], &ev[1]}, b2, 512, b2, 0, 512);
     if (st == FKV_OK)
-        st = o->read(bd, CQ, (fkv_deps){1, &ev[1], &ev[2]}, b2, 0, back2, sizeof back2);
+        st = fkv_op_read(dev, CQ, (fkv_deps){1, &ev[1], &ev[2]}, b2, 0, back2, sizeof back2);
     if (st == FKV_OK)
-        st = o->event_wait(bd, 3, ev);
+        st = fkv_op_event_wait(dev, 3, ev);
     if (st != FKV_OK)
         cf_fail(r, "a chain on three queues, one wait on its three events: %s",
                 fkv_last_error());
@@ -235,16 +241,16 @@ static void check_events(const cf_env *env, const cf_case *c, cf_result *r) {
         cf_fail(r, "a chain on three queues: wrong bytes");
     for (int i = 0; i < 3; i++)
         if (ev[i])
-            o->event_release(bd, ev[i]);
+            fkv_op_event_release(dev, ev[i]);
     /* a marker with no wait list, nothing to wait for, no event to release */
     m = NULL;
-    st = o->marker(bd, TQ, (fkv_deps){0, NULL, &m});
+    st = fkv_op_marker(dev, TQ, (fkv_deps){0, NULL, &m});
     cx_done(&x, st, m, "marker");
-    if (o->event_wait(bd, 0, NULL) != FKV_OK)
+    if (fkv_op_event_wait(dev, 0, NULL) != FKV_OK)
         cf_fail(r, "event_wait of no events: %s", fkv_last_error());
-    o->event_release(bd, NULL);
+    fkv_op_event_release(dev, NULL);
     for (int q = 0; q < FKV_QUEUE_COUNT; q++)
-        if (o->finish(bd, (fkv_queue)q) != FKV_OK)
+        if (fkv_op_finish(dev, (fkv_queue)q) != FKV_OK)
             cf_fail(r, "finish(%d): %s", q, fkv_last_error());
 out:
     cx_end(&x);
@@ -255,21 +261,22 @@ out:
 static void check_buffer_import(const cf_env *env, const cf_case *c, cf_result *r) {
     (void)c;
     const cf_dev *d = &env->dut;
-    if (d->ops->buffer_import == NULL) {
-        cf_skip(r, "buffer_import not provided (optional)");
-        return;
-    }
     fkv_bbuf *imp = NULL;
-    fkv_status st = d->ops->buffer_import(d->bd, NULL, 16, &imp);
+    fkv_status st = fkv_op_buffer_import(d->dev, NULL, 16, &imp);
     if (st != FKV_ERR_INVALID_ARGUMENT || imp != NULL)
         cf_fail(r, "importing NULL: %d (%s), not FKV_ERR_INVALID_ARGUMENT", (int)st,
                 fkv_last_error());
+    if (!FKV_HAS_ENTRY(fkv_device_ops(d->dev), buffer_import)) {
+        if (r->status == CF_PASS)
+            cf_skip(r, "buffer_import not provided (optional)");
+        return;
+    }
     if (d->info.type != FKV_DEVICE_REFERENCE) {
         /* Other devices import a native object (cl_mem, VkBuffer, device pointer) that this
          * portable runner cannot create: their own suites test it. */
         if (r->status == CF_PASS)
             cf_skip(r, "needs a native %s memory object; only the reference imports host memory",
-                    d->ops->name);
+                    d->info.backend);
         return;
     }
     /* host memory between guards: a write and a copy through the import land in it, and
@@ -278,25 +285,25 @@ static void check_buffer_import(const cf_env *env, const cf_case *c, cf_result *
     memset(mem, CF_FILL, sizeof mem);
     for (size_t i = 0; i < sizeof src; i++)
         src[i] = (unsigned char)(i * 31 + 7);
-    st = d->ops->buffer_import(d->bd, mem + CF_GUARD, 512, &imp);
+    st = fkv_op_buffer_import(d->dev, mem + CF_GUARD, 512, &imp);
     if (st != FKV_OK) {
         cf_fail(r, "buffer_import: %s", cf_error_text(st));
         return;
     }
     fkv_bevent *ev = NULL;
-    st = d->ops->write(d->bd, CQ, (fkv_deps){0, NULL, &ev}, imp, 5, src, sizeof src);
+    st = fkv_op_write(d->dev, CQ, (fkv_deps){0, NULL, &ev}, imp, 5, src, sizeof src);
     if (st == FKV_OK)
-        st = d->ops->event_wait(d->bd, 1, &ev);
+        st = fkv_op_event_wait(d->dev, 1, &ev);
     if (ev)
-        d->ops->event_release(d->bd, ev);
+        fkv_op_event_release(d->dev, ev);
     ev = NULL;
     if (st == FKV_OK)
-        st = d->ops->copy(d->bd, CQ, (fkv_deps){0, NULL, &ev}, imp, 300, imp, 50, 40);
+        st = fkv_op_copy(d->dev, CQ, (fkv_deps){0, NULL, &ev}, imp, 300, imp, 50, 40);
     if (st == FKV_OK)
-        st = d->ops->event_wait(d->bd, 1, &ev);
+        st = fkv_op_event_wait(d->dev, 1, &ev);
     if (ev)
-        d->ops->event_release(d->bd, ev);
-    d->ops->buffer_free(d->bd, imp);
+        fkv_op_event_release(d->dev, ev);
+    fkv_op_buffer_free(d->dev, imp);
     memcpy(expect, mem, sizeof expect);
     memset(expect, CF_FILL, sizeof expect);
     memcpy(expect + CF_GUARD + 5, src, sizeof src);
@@ -340,8 +347,7 @@ static void check_zero_work(const cf_env *env, const cf_case *c, cf_result *r) {
     small s;
     if (small_setup(&x, &s) != 0)
         goto out;
-    const fkv_backend_ops *o = x.o;
-    fkv_bdev *bd = x.d->bd;
+    fkv_device *dev = x.dev;
     const fkv_kv_geom *g = &s.g;
     fkv_bevent *ev = NULL;
 #define ZERO(call)                                                                         \
@@ -350,44 +356,47 @@ static void check_zero_work(const cf_env *env, const cf_case *c, cf_result *r) {
         fkv_status st_ = (call);                                                           \
         cx_done(&x, st_, ev, #call);                                                       \
     } while (0)
-    ZERO(o->append(bd, CQ, (fkv_deps){0, NULL, &ev}, g, s.big, 0, s.big, 0, 0, s.idx, 0, s.kp,
-                   s.vp));
-    ZERO(o->summarize(bd, CQ, (fkv_deps){0, NULL, &ev}, g, s.kp, 0, s.idx, 0, s.sums));
-    ZERO(o->scores(bd, CQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, 0, s.idx, 0, s.sums, s.out, 0));
-    ZERO(o->cosine_flags(bd, BQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, s.q, 0, 0, 0.5f, s.out, 0,
-                         s.out, 0));
-    ZERO(o->pack_hnd(bd, CQ, (fkv_deps){0, NULL, &ev}, g, s.kp, s.vp, 0, s.idx, 0, s.out, 0));
-    ZERO(o->scatter_hnd(bd, CQ, (fkv_deps){0, NULL, &ev}, g, s.big, 0, 0, s.idx, 0, s.kp, s.vp));
-    ZERO(o->attention(bd, BQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, 0, s.idx, 0, s.idx, 0, s.kp,
-                      s.vp, 1.0f, s.out, 0));
-    ZERO(fkv_op_attention_dense(o, bd, BQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, 0, s.kp, s.vp,
-                                1.0f, s.out, 0));
-    ZERO(fkv_op_write_regions(o, bd, TQ, (fkv_deps){0, NULL, &ev}, s.out, 0, NULL));
-    ZERO(o->write(bd, TQ, (fkv_deps){0, NULL, &ev}, s.out, 0, NULL, 0));
-    ZERO(o->read(bd, CQ, (fkv_deps){0, NULL, &ev}, s.out, 4 * 16 * 4, NULL, 0));
-    ZERO(o->copy(bd, BQ, (fkv_deps){0, NULL, &ev}, s.out, 0, s.q, 0, 0));
-    ZERO(o->marker(bd, TQ, (fkv_deps){0, NULL, &ev}));
+    ZERO(fkv_op_append(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.big, 0, s.big, 0, 0, s.idx, 0, s.kp,
+                       s.vp));
+    ZERO(fkv_op_summarize(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.kp, 0, s.idx, 0, s.sums));
+    ZERO(
+        fkv_op_scores(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, 0, s.idx, 0, s.sums, s.out, 0));
+    ZERO(fkv_op_cosine_flags(dev, BQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, s.q, 0, 0, 0.5f, s.out,
+                             0, s.out, 0));
+    ZERO(fkv_op_pack_hnd(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.kp, s.vp, 0, s.idx, 0, s.out, 0));
+    ZERO(fkv_op_scatter_hnd(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.big, 0, 0, s.idx, 0, s.kp,
+                            s.vp));
+    ZERO(fkv_op_attention(dev, BQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, 0, s.idx, 0, s.idx, 0, s.kp,
+                          s.vp, 1.0f, s.out, 0));
+    ZERO(fkv_op_attention_dense(dev, BQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, 0, s.kp, s.vp, 1.0f,
+                                s.out, 0));
+    ZERO(fkv_op_write_regions(dev, TQ, (fkv_deps){0, NULL, &ev}, s.out, 0, NULL));
+    ZERO(fkv_op_write(dev, TQ, (fkv_deps){0, NULL, &ev}, s.out, 0, NULL, 0));
+    ZERO(fkv_op_read(dev, CQ, (fkv_deps){0, NULL, &ev}, s.out, 4 * 16 * 4, NULL, 0));
+    ZERO(fkv_op_copy(dev, BQ, (fkv_deps){0, NULL, &ev}, s.out, 0, s.q, 0, 0));
+    ZERO(fkv_op_marker(dev, TQ, (fkv_deps){0, NULL, &ev}));
 #undef ZERO
-    if (o->recall_direct) { /* a device may refuse host memory its kernels cannot read */
+    /* a device may refuse host memory its kernels cannot read */
+    if (FKV_HAS_ENTRY(fkv_device_ops(dev), recall_direct)) {
         fkv_bhost *h = NULL;
         void *p = NULL;
         uint64_t off = 0;
-        if (o->host_alloc(bd, 4096, &h, &p) != FKV_OK) {
+        if (fkv_op_host_alloc(dev, 4096, &h, &p) != FKV_OK) {
             cf_fail(r, "host_alloc: %s", fkv_last_error());
         } else {
             ev = NULL;
-            fkv_status st = o->recall_direct(bd, CQ, (fkv_deps){0, NULL, &ev}, g, h, 0, &off,
-                                             s.idx, 0, s.kp, s.vp);
+            fkv_status st = fkv_op_recall_direct(dev, CQ, (fkv_deps){0, NULL, &ev}, g, h, 0, &off,
+                                                 s.idx, 0, s.kp, s.vp);
             if (st != FKV_ERR_UNSUPPORTED)
                 cx_done(&x, st, ev, "recall_direct of no units");
-            o->finish(bd, CQ);
-            o->host_free(bd, h);
+            fkv_op_finish(dev, CQ);
+            fkv_op_host_free(dev, h);
         }
     }
     /* with no done event the command still runs */
-    if (o->append(bd, CQ, (fkv_deps){0, NULL, NULL}, g, s.big, 0, s.big, 0, 0, s.idx, 0, s.kp,
-                  s.vp) != FKV_OK ||
-        o->finish(bd, CQ) != FKV_OK)
+    if (fkv_op_append(dev, CQ, (fkv_deps){0, NULL, NULL}, g, s.big, 0, s.big, 0, 0, s.idx, 0, s.kp,
+                      s.vp) != FKV_OK ||
+        fkv_op_finish(dev, CQ) != FKV_OK)
         cf_fail(r, "append of no rows without an event, then finish: %s", fkv_last_error());
 out:
     cx_end(&x);
@@ -405,8 +414,8 @@ static void refused(ctx *x, fkv_status st, fkv_bevent *ev, const char *what) {
     if (ev != NULL)
         cf_fail(x->r, "%s: the event is set on error", what);
     if (st == FKV_OK && ev) { /* it ran: wait, so nothing still uses the buffers */
-        x->o->event_wait(x->d->bd, 1, &ev);
-        x->o->event_release(x->d->bd, ev);
+        fkv_op_event_wait(x->dev, 1, &ev);
+        fkv_op_event_release(x->dev, ev);
     }
 }
 
@@ -428,8 +437,7 @@ static void check_bad_arguments(const cf_env *env, const cf_case *c, cf_result *
         cx_end(&x);
         return;
     }
-    const fkv_backend_ops *o = x.o;
-    fkv_bdev *bd = x.d->bd;
+    fkv_device *dev = x.dev;
     const fkv_kv_geom *g = &s.g;
     fkv_kv_geom bad = *g;
     fkv_bevent *ev = NULL;
@@ -441,81 +449,81 @@ static void check_bad_arguments(const cf_env *env, const cf_case *c, cf_result *
         return;
     }
     /* copies: queue, NULL pointers, ranges */
-    REFUSED(o->write(bd, (fkv_queue)7, D, s.q, 0, host, 4));
-    REFUSED(o->write(bd, CQ, (fkv_deps){1, NULL, &ev}, s.q, 0, host, 4));
-    REFUSED(o->write(bd, CQ, D, NULL, 0, host, 4));
-    REFUSED(o->write(bd, CQ, D, s.q, 0, NULL, 4));
-    REFUSED(o->write(bd, CQ, D, s.q, 256 - 3, host, 4));
-    REFUSED(o->write(bd, CQ, D, s.q, SIZE_MAX, host, 4));
-    REFUSED(o->write(bd, CQ, D, s.kp, 4000, junk, 100));
-    REFUSED(o->read(bd, TQ, D, s.q, 0, host, 257));
-    REFUSED(o->read(bd, CQ, D, s.kp, 0, NULL, 16));
-    REFUSED(o->copy(bd, TQ, D, s.q, 0, s.out, 8, 256));
+    REFUSED(fkv_op_write(dev, (fkv_queue)7, D, s.q, 0, host, 4));
+    REFUSED(fkv_op_write(dev, CQ, (fkv_deps){1, NULL, &ev}, s.q, 0, host, 4));
+    REFUSED(fkv_op_write(dev, CQ, D, NULL, 0, host, 4));
+    REFUSED(fkv_op_write(dev, CQ, D, s.q, 0, NULL, 4));
+    REFUSED(fkv_op_write(dev, CQ, D, s.q, 256 - 3, host, 4));
+    REFUSED(fkv_op_write(dev, CQ, D, s.q, SIZE_MAX, host, 4));
+    REFUSED(fkv_op_write(dev, CQ, D, s.kp, 4000, junk, 100));
+    REFUSED(fkv_op_read(dev, TQ, D, s.q, 0, host, 257));
+    REFUSED(fkv_op_read(dev, CQ, D, s.kp, 0, NULL, 16));
+    REFUSED(fkv_op_copy(dev, TQ, D, s.q, 0, s.out, 8, 256));
     /* kernels: queue, geometry, buffers, offsets, alignment */
-    REFUSED(o->append(bd, TQ, D, g, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
-    REFUSED(o->scatter_hnd(bd, TQ, D, g, s.kp, 0, 1, s.idx, 0, s.kp, s.vp));
-    REFUSED(o->attention(bd, TQ, D, g, s.q, 0, 1, rows, 0, rows, 0, s.kp, s.vp, 1.0f, s.out, 0));
-    REFUSED(o->append(bd, CQ, D, NULL, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
+    REFUSED(fkv_op_append(dev, TQ, D, g, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
+    REFUSED(fkv_op_scatter_hnd(dev, TQ, D, g, s.kp, 0, 1, s.idx, 0, s.kp, s.vp));
+    REFUSED(
+        fkv_op_attention(dev, TQ, D, g, s.q, 0, 1, rows, 0, rows, 0, s.kp, s.vp, 1.0f, s.out, 0));
+    REFUSED(fkv_op_append(dev, CQ, D, NULL, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
     bad.head_dim = 0;
-    REFUSED(o->append(bd, CQ, D, &bad, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
+    REFUSED(fkv_op_append(dev, CQ, D, &bad, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
     bad = *g;
     bad.dtype = (fkv_dtype)9;
-    REFUSED(o->append(bd, CQ, D, &bad, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
-    REFUSED(o->summarize(bd, CQ, D, &bad, s.kp, 1, s.idx, 0, s.out));
-    REFUSED(o->append(bd, CQ, D, g, NULL, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
-    REFUSED(o->append(bd, CQ, D, g, s.big, 0, s.big, 0, 2, rows, 4, s.kp, s.vp));
-    REFUSED(o->append(bd, CQ, D, g, s.big, 2, s.big, 0, 2, rows, 0, s.kp, s.vp));
-    REFUSED(o->append(bd, CQ, D, g, s.q, 0, s.q, 0, 100, s.idx, 0, s.kp, s.vp));
-    REFUSED(o->append(bd, CQ, D, g, s.big, 0, s.big, 0, 2, rows, 0, s.kp, NULL));
-    REFUSED(o->summarize(bd, CQ, D, g, s.kp, 2, rows, 0, s.sums)); /* pages: needs 4 ints */
-    REFUSED(o->summarize(bd, CQ, D, g, s.kp, 1, rows, 0, NULL));
-    REFUSED(o->scores(bd, CQ, D, g, s.q, 0, 2, rows, 0, s.sums, s.out, 0)); /* q too small */
-    REFUSED(o->scores(bd, CQ, D, g, s.q, 0, 1, rows, 0, s.sums, s.out, 0)); /* desc: 3 ints */
-    REFUSED(o->cosine_flags(bd, BQ, D, g, s.q, 0, s.q, 4, 1, 0.9f, s.out, 0, s.out, 0));
-    REFUSED(o->cosine_flags(bd, BQ, D, g, s.q, 0, s.q, 0, 1, 0.9f, s.out, 0, NULL, 0));
-    REFUSED(o->pack_hnd(bd, CQ, D, g, s.kp, s.vp, 1, s.idx, 0, s.out, 2)); /* misaligned */
-    REFUSED(o->pack_hnd(bd, CQ, D, g, s.kp, s.vp, 2, rows, 0, s.out, 0)); /* dst too small */
-    REFUSED(o->scatter_hnd(bd, CQ, D, g, s.q, 0, 2, rows, 0, s.kp, s.vp)); /* src too small */
-    REFUSED(o->scatter_hnd(bd, CQ, D, g, s.big, 0, 2, rows, 0, s.kp, s.vp)); /* units: 2 ints */
-    REFUSED(o->attention(bd, CQ, D, g, s.q, 0, 1, rows, 0, rows, 0, s.kp, s.vp, 1.0f, s.out,
-                         4)); /* out past the end */
-    REFUSED(o->attention(bd, CQ, D, g, s.q, 0, 1, rows, 0, rows, 0, s.kp, s.vp, 1.0f, s.out,
-                         2)); /* misaligned */
-    REFUSED(o->attention(bd, CQ, D, g, s.q, 0, 1, rows, 0, NULL, 0, s.kp, s.vp, 1.0f, s.out, 0));
-    if (o->attention_dense) {
-        REFUSED(o->attention_dense(bd, CQ, D, g, s.q, 0, 33, s.kp, s.vp, 1.0f, s.out, 0));
-        REFUSED(o->attention_dense(bd, CQ, D, g, NULL, 0, 1, s.kp, s.vp, 1.0f, s.out, 0));
-    }
-    if (o->write_regions) {
-        unsigned char region_src[16] = {0};
-        REFUSED(o->write_regions(bd, TQ, D, s.out, 1,
-                                 &(fkv_copy_region){region_src, 256 - 10, 11}));
-        REFUSED(o->write_regions(bd, TQ, D, s.out, 1, &(fkv_copy_region){NULL, 0, 4}));
-        REFUSED(o->write_regions(bd, TQ, D, s.out, 2, NULL));
-    }
-    if (o->recall_direct) { /* host offsets outside the allocation (a device that reads no
-                               host memory may refuse the call as unsupported instead) */
+    REFUSED(fkv_op_append(dev, CQ, D, &bad, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
+    REFUSED(fkv_op_summarize(dev, CQ, D, &bad, s.kp, 1, s.idx, 0, s.out));
+    REFUSED(fkv_op_append(dev, CQ, D, g, NULL, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
+    REFUSED(fkv_op_append(dev, CQ, D, g, s.big, 0, s.big, 0, 2, rows, 4, s.kp, s.vp));
+    REFUSED(fkv_op_append(dev, CQ, D, g, s.big, 2, s.big, 0, 2, rows, 0, s.kp, s.vp));
+    REFUSED(fkv_op_append(dev, CQ, D, g, s.q, 0, s.q, 0, 100, s.idx, 0, s.kp, s.vp));
+    REFUSED(fkv_op_append(dev, CQ, D, g, s.big, 0, s.big, 0, 2, rows, 0, s.kp, NULL));
+    REFUSED(fkv_op_summarize(dev, CQ, D, g, s.kp, 2, rows, 0, s.sums)); /* pages: needs 4 ints */
+    REFUSED(fkv_op_summarize(dev, CQ, D, g, s.kp, 1, rows, 0, NULL));
+    REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 0, 2, rows, 0, s.sums, s.out, 0)); /* q too small */
+    REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 0, 1, rows, 0, s.sums, s.out, 0)); /* desc: 3 ints */
+    REFUSED(fkv_op_cosine_flags(dev, BQ, D, g, s.q, 0, s.q, 4, 1, 0.9f, s.out, 0, s.out, 0));
+    REFUSED(fkv_op_cosine_flags(dev, BQ, D, g, s.q, 0, s.q, 0, 1, 0.9f, s.out, 0, NULL, 0));
+    REFUSED(fkv_op_pack_hnd(dev, CQ, D, g, s.kp, s.vp, 1, s.idx, 0, s.out, 2)); /* misaligned */
+    REFUSED(fkv_op_pack_hnd(dev, CQ, D, g, s.kp, s.vp, 2, rows, 0, s.out, 0));  /* dst too small */
+    REFUSED(fkv_op_scatter_hnd(dev, CQ, D, g, s.q, 0, 2, rows, 0, s.kp, s.vp)); /* src too small */
+    REFUSED(
+        fkv_op_scatter_hnd(dev, CQ, D, g, s.big, 0, 2, rows, 0, s.kp, s.vp)); /* units: 2 ints */
+    REFUSED(fkv_op_attention(dev, CQ, D, g, s.q, 0, 1, rows, 0, rows, 0, s.kp, s.vp, 1.0f, s.out,
+                             4)); /* out past the end */
+    REFUSED(fkv_op_attention(dev, CQ, D, g, s.q, 0, 1, rows, 0, rows, 0, s.kp, s.vp, 1.0f, s.out,
+                             2)); /* misaligned */
+    REFUSED(
+        fkv_op_attention(dev, CQ, D, g, s.q, 0, 1, rows, 0, NULL, 0, s.kp, s.vp, 1.0f, s.out, 0));
+    /* the optional entries: refused before their generic fallback too */
+    REFUSED(fkv_op_attention_dense(dev, CQ, D, g, s.q, 0, 33, s.kp, s.vp, 1.0f, s.out, 0));
+    REFUSED(fkv_op_attention_dense(dev, CQ, D, g, NULL, 0, 1, s.kp, s.vp, 1.0f, s.out, 0));
+    unsigned char region_src[16] = {0};
+    REFUSED(
+        fkv_op_write_regions(dev, TQ, D, s.out, 1, &(fkv_copy_region){region_src, 256 - 10, 11}));
+    REFUSED(fkv_op_write_regions(dev, TQ, D, s.out, 1, &(fkv_copy_region){NULL, 0, 4}));
+    REFUSED(fkv_op_write_regions(dev, TQ, D, s.out, 2, NULL));
+    /* host offsets outside the allocation (without the entry the call is unsupported) */
+    if (FKV_HAS_ENTRY(fkv_device_ops(dev), recall_direct)) {
         fkv_bhost *h = NULL;
         void *p = NULL;
-        if (o->host_alloc(bd, 1024, &h, &p) == FKV_OK) {
+        if (fkv_op_host_alloc(dev, 1024, &h, &p) == FKV_OK) {
             uint64_t offs[2] = {0, 1000};
             ev = (fkv_bevent *)&s;
-            fkv_status st = o->recall_direct(bd, CQ, D, g, h, 2, offs, s.idx, 0, s.kp, s.vp);
+            fkv_status st = fkv_op_recall_direct(dev, CQ, D, g, h, 2, offs, s.idx, 0, s.kp, s.vp);
             if (st != FKV_ERR_UNSUPPORTED)
                 refused(&x, st, ev, "recall_direct: a unit past the host allocation");
-            REFUSED(o->recall_direct(bd, CQ, D, g, NULL, 1, offs, s.idx, 0, s.kp, s.vp));
-            o->host_free(bd, h);
+            REFUSED(fkv_op_recall_direct(dev, CQ, D, g, NULL, 1, offs, s.idx, 0, s.kp, s.vp));
+            fkv_op_host_free(dev, h);
         }
     }
     /* memory and events */
     fkv_bbuf *b = NULL; /* a failed call leaves it as it was */
-    if (o->buffer_alloc(bd, 0, &b) != FKV_ERR_INVALID_ARGUMENT || b != NULL)
+    if (fkv_op_buffer_alloc(dev, 0, &b) != FKV_ERR_INVALID_ARGUMENT || b != NULL)
         cf_fail(r, "buffer_alloc(0): not FKV_ERR_INVALID_ARGUMENT with no buffer");
     fkv_bhost *h = NULL;
     void *hp = NULL;
-    if (o->host_alloc(bd, 0, &h, &hp) != FKV_ERR_INVALID_ARGUMENT || h != NULL)
+    if (fkv_op_host_alloc(dev, 0, &h, &hp) != FKV_ERR_INVALID_ARGUMENT || h != NULL)
         cf_fail(r, "host_alloc(0): not FKV_ERR_INVALID_ARGUMENT with no allocation");
-    if (o->event_wait(bd, 1, NULL) != FKV_ERR_INVALID_ARGUMENT)
+    if (fkv_op_event_wait(dev, 1, NULL) != FKV_ERR_INVALID_ARGUMENT)
         cf_fail(r, "event_wait(1, NULL): not FKV_ERR_INVALID_ARGUMENT");
     cx_end(&x);
 }
@@ -541,9 +549,9 @@ static void oor_done(oor *t, fkv_status st, fkv_bevent *ev, const char *op, cons
                 "to check", what, fkv_last_error());
         return;
     }
-    st = ev ? x->o->event_wait(x->d->bd, 1, &ev) : FKV_OK;
+    st = ev ? fkv_op_event_wait(x->dev, 1, &ev) : FKV_OK;
     if (ev)
-        x->o->event_release(x->d->bd, ev);
+        fkv_op_event_release(x->dev, ev);
     if (st == FKV_OK && t->fail_required)
         cf_fail(x->r, "%s: the event does not fail", what);
     else if (st != FKV_OK && st != FKV_ERR_INVALID_ARGUMENT)
@@ -551,7 +559,7 @@ static void oor_done(oor *t, fkv_status st, fkv_bevent *ev, const char *op, cons
                 fkv_last_error());
     else if (st != FKV_OK && strstr(fkv_last_error(), op) == NULL)
         cf_fail(x->r, "%s: the message '%s' does not name %s", what, fkv_last_error(), op);
-    x->o->finish(x->d->bd, CQ); /* reports a failure on its queue once */
+    fkv_op_finish(x->dev, CQ); /* reports a failure on its queue once */
 }
 
 /* Pools unchanged since oor_snapshot: every index of the call was out of range. */
@@ -582,8 +590,7 @@ static void check_out_of_range(const cf_env *env, const cf_case *c, cf_result *r
     t->x = &x;
     t->s = &s;
     t->fail_required = env->index_errors_fail;
-    const fkv_backend_ops *o = x.o;
-    fkv_bdev *bd = x.d->bd;
+    fkv_device *dev = x.dev;
     fkv_kv_geom g = s.g; /* pools of 2 slots (1024 bytes of the 4096) */
     fkv_bbuf *kp2 = NULL, *vp2 = NULL;
     kp2 = cx_alloc(&x, 1024, NULL);
@@ -600,31 +607,31 @@ static void check_out_of_range(const cf_env *env, const cf_case *c, cf_result *r
     if (kp2 == NULL || vp2 == NULL)
         goto out;
     /* append: a row past the pool (after a good one), a negative row, row 32 of 32 */
-    OOR(o->append(bd, CQ, E, &g, s.big, 0, s.big, 0, 2, IDX(0, 8), 0, kp2, vp2), "append",
+    OOR(fkv_op_append(dev, CQ, E, &g, s.big, 0, s.big, 0, 2, IDX(0, 8), 0, kp2, vp2), "append",
         "append to row 8 of 8");
     oor_snapshot(t);
-    OOR(o->append(bd, CQ, E, &g, s.big, 0, s.big, 0, 1, IDX(-1), 0, s.kp, s.vp), "append",
+    OOR(fkv_op_append(dev, CQ, E, &g, s.big, 0, s.big, 0, 1, IDX(-1), 0, s.kp, s.vp), "append",
         "append to row -1");
-    OOR(o->append(bd, CQ, E, &g, s.big, 0, s.big, 0, 1, IDX(32), 0, s.kp, s.vp), "append",
+    OOR(fkv_op_append(dev, CQ, E, &g, s.big, 0, s.big, 0, 1, IDX(32), 0, s.kp, s.vp), "append",
         "append to row 32 of 32");
     oor_pools(t, "append to rows -1 and 32 of 32");
     /* summarize: slot 2 of 2; summary 2 of 2 */
-    OOR(o->summarize(bd, CQ, E, &g, kp2, 1, IDX(2, 0), 0, s.sums), "summarize",
+    OOR(fkv_op_summarize(dev, CQ, E, &g, kp2, 1, IDX(2, 0), 0, s.sums), "summarize",
         "summarize slot 2 of 2");
-    OOR(o->summarize(bd, CQ, E, &g, kp2, 1, IDX(1, 2), 0, s.sums), "summarize",
+    OOR(fkv_op_summarize(dev, CQ, E, &g, kp2, 1, IDX(1, 2), 0, s.sums), "summarize",
         "summarize into summary 2 of 2");
     /* scores: summaries [1, 3) of 2; an output block past the end */
-    OOR(o->scores(bd, CQ, E, &g, s.q, 0, 1, IDX(1, 2, 0), 0, s.sums, s.out, 0), "scores",
+    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(1, 2, 0), 0, s.sums, s.out, 0), "scores",
         "scores of summaries [1, 3) of 2");
-    OOR(o->scores(bd, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 60), 0, s.sums, s.out, 0), "scores",
+    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 60), 0, s.sums, s.out, 0), "scores",
         "scores past the output");
     /* pack_hnd: a negative slot, slot 8 of 8 */
-    OOR(o->pack_hnd(bd, CQ, E, &g, s.kp, s.vp, 2, IDX(-1, 8), 0, s.big, 0), "pack_hnd",
+    OOR(fkv_op_pack_hnd(dev, CQ, E, &g, s.kp, s.vp, 2, IDX(-1, 8), 0, s.big, 0), "pack_hnd",
         "pack_hnd of slots -1 and 8");
     /* scatter_hnd: head 2 of 2, slot 8 of 8, slot 1000, head 7: nothing written */
     oor_snapshot(t);
-    OOR(o->scatter_hnd(bd, CQ, E, &g, s.big, 0, 4, IDX(0, 2, 8, 0, 1000, 0, 0, 7), 0, s.kp,
-                       s.vp),
+    OOR(fkv_op_scatter_hnd(dev, CQ, E, &g, s.big, 0, 4, IDX(0, 2, 8, 0, 1000, 0, 0, 7), 0, s.kp,
+                           s.vp),
         "scatter_hnd", "scatter_hnd to heads and slots out of range");
     oor_pools(t, "scatter_hnd to heads and slots out of range");
     /* attention: a list past the entries; slot 2 of 2; more valid tokens than a page (rows
@@ -638,41 +645,41 @@ static void check_out_of_range(const cf_env *env, const cf_case *c, cf_result *r
     for (int i = 0; i < 4 && entries; i++) {
         fkv_bbuf *heads = ints(&x, lists[i], 4);
         if (heads)
-            OOR(o->attention(bd, CQ, E, &g, s.q, 0, 1, heads, 0, entries, 0, kp2, vp2, 1.0f,
-                             s.out, 0),
+            OOR(fkv_op_attention(dev, CQ, E, &g, s.q, 0, 1, heads, 0, entries, 0, kp2, vp2, 1.0f,
+                                 s.out, 0),
                 "attention", what[i]);
     }
     /* recall_direct: a unit's slot out of range (its host offset is fine) */
     fkv_bbuf *unit = IDX(8, 0);
-    if (o->recall_direct && unit) {
+    if (FKV_HAS_ENTRY(fkv_device_ops(dev), recall_direct) && unit) {
         fkv_bhost *h = NULL;
         void *p = NULL;
-        if (o->host_alloc(bd, 4096, &h, &p) == FKV_OK) {
+        if (fkv_op_host_alloc(dev, 4096, &h, &p) == FKV_OK) {
             uint64_t off = 0;
             oor_snapshot(t);
             ev = NULL;
-            fkv_status st = o->recall_direct(bd, CQ, E, &g, h, 1, &off, unit, 0, s.kp, s.vp);
+            fkv_status st = fkv_op_recall_direct(dev, CQ, E, &g, h, 1, &off, unit, 0, s.kp, s.vp);
             if (st != FKV_ERR_UNSUPPORTED) { /* a device that reads no host memory */
                 oor_done(t, st, ev, "recall_direct", "recall_direct to slot 8 of 8");
                 oor_pools(t, "recall_direct to slot 8 of 8");
             }
-            o->finish(bd, CQ);
-            o->host_free(bd, h);
+            fkv_op_finish(dev, CQ);
+            fkv_op_host_free(dev, h);
         }
     }
 #undef E
 #undef OOR
 #undef IDX
     /* the queue still works afterwards */
-    o->finish(bd, CQ);
+    fkv_op_finish(dev, CQ);
     fkv_bbuf *fine = ints(&x, (const int32_t[]){0, 1}, 2);
     ev = NULL;
     if (fine) {
-        fkv_status st = o->summarize(bd, CQ, (fkv_deps){0, NULL, &ev}, &g, kp2, 1, fine, 0,
-                                     s.sums);
+        fkv_status st =
+            fkv_op_summarize(dev, CQ, (fkv_deps){0, NULL, &ev}, &g, kp2, 1, fine, 0, s.sums);
         cx_done(&x, st, ev, "summarize after the errors");
     }
-    if (o->finish(bd, CQ) != FKV_OK)
+    if (fkv_op_finish(dev, CQ) != FKV_OK)
         cf_fail(r, "finish after the errors: %s", fkv_last_error());
 out:
     free(t);
@@ -691,12 +698,12 @@ typedef struct race_arg {
 
 static fkv_status race_attention(const race_arg *a, fkv_bbuf *out) {
     fkv_bevent *e = NULL;
-    fkv_status st = a->d->ops->attention(a->d->bd, a->q, (fkv_deps){0, NULL, &e}, a->g, a->qb, 0,
-                                         2, a->hb, 0, a->eb, 0, a->kp, a->vp, 0.1f, out, 0);
+    fkv_status st = fkv_op_attention(a->d->dev, a->q, (fkv_deps){0, NULL, &e}, a->g, a->qb, 0, 2,
+                                     a->hb, 0, a->eb, 0, a->kp, a->vp, 0.1f, out, 0);
     if (st == FKV_OK)
-        st = a->d->ops->event_wait(a->d->bd, 1, &e);
+        st = fkv_op_event_wait(a->d->dev, 1, &e);
     if (e)
-        a->d->ops->event_release(a->d->bd, e);
+        fkv_op_event_release(a->d->dev, e);
     return st;
 }
 

@@ -51,11 +51,22 @@ typedef struct options {
     int quick, list, help, strict;
 } options;
 
+/* "a, b, c": the backends compiled in (the generated list; freekv-info prints it too). */
+static const char *compiled_backends(void) {
+    static char names[128];
+    names[0] = '\0';
+    for (size_t i = 0; i < fkv_backend_count(); i++) {
+        size_t len = strlen(names);
+        snprintf(names + len, sizeof names - len, "%s%s", i ? ", " : "", fkv_backend_name(i));
+    }
+    return names;
+}
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: freekv-conformance [options]\n"
-            "  --backend NAME       cpu, opencl, vulkan, hip or auto (default: $FREEKV_BACKEND, "
-            "else every compiled backend)\n"
+            "  --backend NAME       auto or a backend compiled in: %s (default: "
+            "$FREEKV_BACKEND, else every compiled backend)\n"
             "  --device SEL         index (in the listed devices) or name substring "
             "(default: $FREEKV_DEVICE, else every device)\n"
             "  --quick              the reduced case set (CI); default: the full set (GPU hosts)\n"
@@ -65,6 +76,7 @@ static void usage(FILE *f) {
             "conformance-report)\n"
             "  --list               list the cases and exit\n"
             "  --filter SUBSTR[,SUBSTR...]  run only the cases whose name contains one of them\n"
+            "                               (SUBSTR$: whose name ends with it)\n"
             "  --require BACKEND[,BACKEND...]  fail (exit 1) when a named backend has no device to\n"
             "                       test (not compiled in, no driver, or none matching --device);\n"
             "                       default: $FREEKV_REQUIRE_DEVICES, for the backends this run\n"
@@ -74,7 +86,7 @@ static void usage(FILE *f) {
             "Exit status: 0 no case failed (skipped cases are counted apart, never as passed), 1 a "
             "case failed, a device could not be tested or a required backend has no device, 2 bad "
             "usage, 77 no device found and none required.\n",
-            default_known_dir());
+            compiled_backends(), default_known_dir());
 }
 
 static int parse(int argc, char **argv, options *o) {
@@ -142,7 +154,8 @@ static int parse(int argc, char **argv, options *o) {
     return 0;
 }
 
-/* The case name contains one of the comma-separated substrings of filter (NULL: every case). */
+/* The case name contains one of the comma-separated substrings of filter (NULL: every case); a
+ * substring ending in '$' must end the name (a case without its knob variants). */
 static int filter_match(const char *filter, const char *name) {
     if (filter == NULL)
         return 1;
@@ -152,8 +165,11 @@ static int filter_match(const char *filter, const char *name) {
         char part[128];
         if (len > 0 && len < sizeof part) {
             memcpy(part, p, len);
-            part[len] = '\0';
-            if (strstr(name, part))
+            int anchored = part[len - 1] == '$';
+            part[len - anchored] = '\0';
+            size_t n_len = strlen(name), p_len = len - anchored;
+            if (anchored ? n_len >= p_len && strcmp(name + n_len - p_len, part) == 0
+                         : strstr(name, part) != NULL)
                 return 1;
         }
         if (comma == NULL)
@@ -184,8 +200,8 @@ static int parse_required(const options *o, cf_required *req, size_t *n) {
         /* an unknown name is a usage error; a known one not compiled in is a missing device */
         if (strcmp(r.backend, "auto") == 0 ||
             fkv_device_list(r.backend, NULL, 0, &count) == FKV_ERR_INVALID_ARGUMENT) {
-            fprintf(stderr, "freekv-conformance: %s: '%s' is not a backend name (cpu, opencl, "
-                            "vulkan, hip)\n", origin, r.backend);
+            fprintf(stderr, "freekv-conformance: %s: '%s' is not a backend name (compiled in: "
+                            "%s)\n", origin, r.backend, compiled_backends());
             return EXIT_USAGE;
         }
         int tested = strcmp(o->backend, "auto") == 0 || strcmp(o->backend, r.backend) == 0;
@@ -300,16 +316,14 @@ static int open_dev(const fkv_device_info *info, const char *broken, cf_dev *d) 
     memset(d, 0, sizeof *d);
     fkv_status st = fkv_device_open(info->backend, idx, &d->dev);
     if (st == FKV_OK && broken) {
-        const fkv_backend_ops *ops = cf_broken_ops(d->dev->ops, broken);
+        const fkv_backend_ops *ops = cf_broken_ops(fkv_device_ops(d->dev), broken);
         fkv_device_close(d->dev);
         d->dev = NULL;
         st = fkv_device_open_ops(ops, info->index, &d->dev);
     }
     if (st != FKV_OK)
         return -1;
-    d->ops = d->dev->ops;
-    d->bd = d->dev->bdev;
-    d->info = d->dev->info;
+    fkv_device_get_info(d->dev, &d->info);
     return 0;
 }
 
@@ -387,7 +401,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     static cf_case all[MAX_CASES], cases[MAX_CASES];
-    cf_case_opts copts = {.sets = o.quick ? CF_SET_QUICK : CF_SET_FULL, .knobs = 0};
+    cf_case_opts copts = {.sets = o.quick ? CF_SET_QUICK : CF_SET_FULL, .knobs = 1};
     size_t n_all = cf_op_cases(&copts, all, MAX_CASES);
     n_all += cf_pipeline_cases(o.quick, all + n_all, MAX_CASES - n_all);
     size_t n = 0;
@@ -431,9 +445,7 @@ int main(int argc, char **argv) {
                 fkv_last_error());
         return 1;
     }
-    env.ref.ops = env.ref.dev->ops;
-    env.ref.bd = env.ref.dev->bdev;
-    env.ref.info = env.ref.dev->info;
+    fkv_device_get_info(env.ref.dev, &env.ref.info);
 
     char cmd[1024], date[64], host[256];
     run_info_strings(argc, argv, cmd, sizeof cmd, date, sizeof date, host, sizeof host);

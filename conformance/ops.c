@@ -287,7 +287,7 @@ static int build_event_chain(const cf_env *env, cf_rng *rng, cf_spec *s, cf_resu
  * the call only). */
 static int build_regions(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     (void)r;
-    s->uses_fallback = env->dut.ops->write_regions == NULL;
+    s->uses_fallback = !FKV_HAS_ENTRY(fkv_device_ops(env->dut.dev), write_regions);
     const uint32_t n_big = 64;
     const size_t unit = 1000;
     int src = (int)s->n_arr;
@@ -622,9 +622,7 @@ static int build_scatter(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *
     int units = (int)s->n_arr;
     int32_t *uv = cf_add_input(s, "units", CF_IN_OFF, n * 8);
     int src2 = (int)s->n_arr;
-    /* 4 bytes after the data, as the source always had: an exactly sized one makes Vulkan's
-     * 32-bit-word kernels drop the last element here (reported, not this spec's to fix) */
-    void *sv2 = cf_add_input(s, "src_odd", odd, n2 * unit * es + 4);
+    void *sv2 = cf_add_input(s, "src_odd", odd, n2 * unit * es);
     int units2 = (int)s->n_arr;
     int32_t *uv2 = cf_add_input(s, "units_b", 0, n2 * 8);
     int kp = pool_output(s, "kpool", n_slots), vp = pool_output(s, "vpool", n_slots);
@@ -649,7 +647,7 @@ static int build_scatter(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *
  * among them) at element-aligned offsets that are not unit-aligned, then up to ten at
  * unit-aligned offsets in reverse order. */
 static int build_recall(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
-    if (env->dut.ops->recall_direct == NULL) {
+    if (!FKV_HAS_ENTRY(fkv_device_ops(env->dut.dev), recall_direct)) {
         cf_skip(r, "recall_direct not provided (optional: the core uses staged recall here)");
         return 0;
     }
@@ -814,7 +812,7 @@ static int build_dense(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r)
     const fkv_kv_geom *g = &s->g;
     uint32_t hq = g->n_kv_heads * g->group, d = g->head_dim, n_tok = 3 * g->page_size + 7;
     size_t es = esize(g), re = row_elems(g), qn = (size_t)hq * d;
-    s->uses_fallback = env->dut.ops->attention_dense == NULL;
+    s->uses_fallback = !FKV_HAS_ENTRY(fkv_device_ops(env->dut.dev), attention_dense);
     int q = (int)s->n_arr;
     float *qv = cf_add_input(s, "q", CF_IN_OFF, qn * 4);
     int k = (int)s->n_arr;

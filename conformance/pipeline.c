@@ -652,21 +652,23 @@ static void run_pipeline(const cf_env *env, const cf_case *c, cf_result *r) {
      * through a device handle that shares its backend device but answers recall_mode from
      * an ops table copy (the core asks once, when the context is created). */
     cf_dev dut_dev = env->dut;
-    fkv_device forced_dev;
+    fkv_device *forced_dev = NULL;
     fkv_backend_ops forced_ops;
     if (c->recall >= 0) {
         forced_mode = (fkv_recall_mode)c->recall;
-        if (forced_mode == FKV_RECALL_DIRECT && dut_dev.ops->recall_direct == NULL) {
+        const fkv_backend_ops *table = fkv_device_ops(dut_dev.dev);
+        if (forced_mode == FKV_RECALL_DIRECT && !FKV_HAS_ENTRY(table, recall_direct)) {
             forced_mode = FKV_RECALL_STAGED;
             snprintf(r->message, sizeof r->message,
                      "recall_direct not provided: staged recall instead");
         }
-        forced_ops = *dut_dev.ops;
+        forced_ops = *table;
         forced_ops.recall_mode = forced_recall;
-        forced_dev = *dut_dev.dev;
-        forced_dev.ops = &forced_ops;
-        dut_dev.dev = &forced_dev;
-        dut_dev.ops = &forced_ops;
+        if (fkv_device_view(dut_dev.dev, &forced_ops, &forced_dev) != FKV_OK) {
+            cf_fail(r, "forcing the recall mode: %s", fkv_last_error());
+            return;
+        }
+        dut_dev.dev = forced_dev;
     }
     pl_setup s;
     pl_out ref, dut, dut2;
@@ -697,6 +699,7 @@ out:
     out_free(&dut);
     out_free(&dut2);
     setup_free(&s);
+    fkv_device_close(forced_dev);
 }
 
 /* Full: every policy at every geometry and dtype. Quick: every policy at each dtype, the

@@ -6,8 +6,8 @@
  *  - the others are compared: relative L2 for values, exactly for integers and bytes, and in
  *    strict mode every value within the strict bound too. A NaN or Inf on the DUT fails
  *    unless the reference has the same one there (the append spec stores some on purpose).
- * Also the knobs (the one place that reaches a backend's debug hooks) and the runner of one
- * op case. */
+ * Also the knobs (the one place the specs set backend options) and the runner of one op
+ * case. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,21 +16,20 @@
 #include "common/dtype.h"
 #include "conformance.h"
 
-/* ---- knobs ---- */
+/* ---- knobs: backend options (docs/backend-options.md) ---- */
 
-int cf_force_splits(const cf_dev *d, int splits) {
-    if (d->knobs == NULL || d->knobs->set_splits == NULL)
-        return -1;
-    d->knobs->set_splits(d->bd, splits);
-    return 0;
+fkv_status cf_force_splits(const cf_dev *d, int splits) {
+    char value[16];
+    snprintf(value, sizeof value, "%d", splits);
+    return fkv_op_set_option(d->dev, "attention_splits", value);
 }
 
-int cf_limit_shared(const cf_dev *d, size_t bytes, cf_result *r) {
-    if (d->knobs == NULL || d->knobs->set_shared == NULL)
-        return -1;
-    d->knobs->set_shared(d->bd, bytes);
-    if (bytes == 0 || r == NULL)
-        return 0;
+fkv_status cf_limit_shared(const cf_dev *d, size_t bytes, cf_result *r) {
+    char value[32];
+    snprintf(value, sizeof value, "%zu", bytes);
+    fkv_status st = fkv_op_set_option(d->dev, "shared_memory_bytes", value);
+    if (st != FKV_OK || bytes == 0 || r == NULL)
+        return st;
     /* the limit must really split the group, or the variant tests nothing new */
     fkv_kv_geom g = {.n_kv_heads = 1, .group = 8, .head_dim = 128, .page_size = 16,
                      .dtype = FKV_F32};
@@ -43,7 +42,7 @@ int cf_limit_shared(const cf_dev *d, size_t bytes, cf_result *r) {
     if (bytes <= CF_SMALL_SHARED &&
         (fkv_plan_scores("spec", &g, bytes, "spec", &sp) != FKV_OK || sp.blocks < 2))
         cf_fail(r, "%zu bytes of shared memory keep the group in one scores work group", bytes);
-    return 0;
+    return FKV_OK;
 }
 
 /* ---- building ---- */
@@ -139,16 +138,16 @@ typedef struct run_state {
 
 static fkv_status wait_ev(const cf_dev *d, fkv_status st, fkv_bevent **ev) {
     if (st == FKV_OK && *ev)
-        st = d->ops->event_wait(d->bd, 1, ev);
+        st = fkv_op_event_wait(d->dev, 1, ev);
     if (*ev)
-        d->ops->event_release(d->bd, *ev);
+        fkv_op_event_release(d->dev, *ev);
     *ev = NULL;
     return st;
 }
 
 static void finish_all(const cf_dev *d) {
     for (int q = 0; q < FKV_QUEUE_COUNT; q++)
-        d->ops->finish(d->bd, (fkv_queue)q);
+        fkv_op_finish(d->dev, (fkv_queue)q);
 }
 
 static fkv_bbuf *B(const run_state *rs, cf_ref r) { return r.arr < 0 ? NULL : rs->buf[r.arr]; }
@@ -159,7 +158,6 @@ static unsigned char *H(const run_state *rs, cf_ref r) {
 static fkv_status enqueue(run_state *rs, uint32_t i) {
     const cf_dev *d = rs->d;
     const cf_spec *s = rs->s;
-    const fkv_backend_ops *o = d->ops;
     const cf_call *c = &s->call[i];
     const fkv_kv_geom *g = &s->g;
     fkv_bevent *wait[2];
@@ -171,13 +169,14 @@ static fkv_status enqueue(run_state *rs, uint32_t i) {
     const cf_ref *b = c->b;
     switch (c->kind) {
     case CF_WRITE:
-        return o->write(d->bd, c->q, deps, B(rs, b[0]), b[0].off, H(rs, b[1]), c->size);
+        return fkv_op_write(d->dev, c->q, deps, B(rs, b[0]), b[0].off, H(rs, b[1]), c->size);
     case CF_READ:
-        return o->read(d->bd, c->q, deps, B(rs, b[0]), b[0].off, H(rs, b[1]), c->size);
+        return fkv_op_read(d->dev, c->q, deps, B(rs, b[0]), b[0].off, H(rs, b[1]), c->size);
     case CF_COPY:
-        return o->copy(d->bd, c->q, deps, B(rs, b[0]), b[0].off, B(rs, b[1]), b[1].off, c->size);
+        return fkv_op_copy(d->dev, c->q, deps, B(rs, b[0]), b[0].off, B(rs, b[1]), b[1].off,
+                           c->size);
     case CF_MARKER:
-        return o->marker(d->bd, c->q, deps);
+        return fkv_op_marker(d->dev, c->q, deps);
     case CF_WRITE_REGIONS: {
         fkv_copy_region *reg = calloc(c->n ? c->n : 1, sizeof *reg);
         if (reg == NULL)
@@ -188,41 +187,41 @@ static fkv_status enqueue(run_state *rs, uint32_t i) {
             reg[k].dst_offset = sr->dst_off;
             reg[k].size = sr->size;
         }
-        fkv_status st = fkv_op_write_regions(o, d->bd, c->q, deps, B(rs, b[0]), c->n,
-                                             c->n ? reg : NULL);
+        fkv_status st =
+            fkv_op_write_regions(d->dev, c->q, deps, B(rs, b[0]), c->n, c->n ? reg : NULL);
         memset(reg, 0xff, (c->n ? c->n : 1) * sizeof *reg); /* read during the call only */
         free(reg);
         return st;
     }
     case CF_APPEND:
-        return o->append(d->bd, c->q, deps, g, B(rs, b[0]), b[0].off, B(rs, b[1]), b[1].off, c->n,
-                         B(rs, b[2]), b[2].off, B(rs, b[3]), B(rs, b[4]));
+        return fkv_op_append(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, B(rs, b[1]), b[1].off,
+                             c->n, B(rs, b[2]), b[2].off, B(rs, b[3]), B(rs, b[4]));
     case CF_SUMMARIZE:
-        return o->summarize(d->bd, c->q, deps, g, B(rs, b[0]), c->n, B(rs, b[1]), b[1].off,
-                            B(rs, b[2]));
+        return fkv_op_summarize(d->dev, c->q, deps, g, B(rs, b[0]), c->n, B(rs, b[1]), b[1].off,
+                                B(rs, b[2]));
     case CF_SCORES:
-        return o->scores(d->bd, c->q, deps, g, B(rs, b[0]), b[0].off, c->n, B(rs, b[1]),
-                         b[1].off, B(rs, b[2]), B(rs, b[3]), b[3].off);
+        return fkv_op_scores(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, c->n, B(rs, b[1]),
+                             b[1].off, B(rs, b[2]), B(rs, b[3]), b[3].off);
     case CF_COSINE:
-        return o->cosine_flags(d->bd, c->q, deps, g, B(rs, b[0]), b[0].off, B(rs, b[1]),
-                               b[1].off, c->n, c->x, B(rs, b[2]), b[2].off, B(rs, b[3]),
-                               b[3].off);
+        return fkv_op_cosine_flags(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, B(rs, b[1]),
+                                   b[1].off, c->n, c->x, B(rs, b[2]), b[2].off, B(rs, b[3]),
+                                   b[3].off);
     case CF_PACK:
-        return o->pack_hnd(d->bd, c->q, deps, g, B(rs, b[0]), B(rs, b[1]), c->n, B(rs, b[2]),
-                           b[2].off, B(rs, b[3]), b[3].off);
+        return fkv_op_pack_hnd(d->dev, c->q, deps, g, B(rs, b[0]), B(rs, b[1]), c->n, B(rs, b[2]),
+                               b[2].off, B(rs, b[3]), b[3].off);
     case CF_SCATTER:
-        return o->scatter_hnd(d->bd, c->q, deps, g, B(rs, b[0]), b[0].off, c->n, B(rs, b[1]),
-                              b[1].off, B(rs, b[2]), B(rs, b[3]));
+        return fkv_op_scatter_hnd(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, c->n, B(rs, b[1]),
+                                  b[1].off, B(rs, b[2]), B(rs, b[3]));
     case CF_RECALL:
-        return o->recall_direct(d->bd, c->q, deps, g, rs->pinned[b[0].arr], c->n,
-                                s->units_host + c->first, B(rs, b[1]), b[1].off, B(rs, b[2]),
-                                B(rs, b[3]));
+        return fkv_op_recall_direct(d->dev, c->q, deps, g, rs->pinned[b[0].arr], c->n,
+                                    s->units_host + c->first, B(rs, b[1]), b[1].off, B(rs, b[2]),
+                                    B(rs, b[3]));
     case CF_ATTENTION:
-        return o->attention(d->bd, c->q, deps, g, B(rs, b[0]), b[0].off, c->n, B(rs, b[1]),
-                            b[1].off, B(rs, b[2]), b[2].off, B(rs, b[3]), B(rs, b[4]), c->x,
-                            B(rs, b[5]), b[5].off);
+        return fkv_op_attention(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, c->n, B(rs, b[1]),
+                                b[1].off, B(rs, b[2]), b[2].off, B(rs, b[3]), B(rs, b[4]), c->x,
+                                B(rs, b[5]), b[5].off);
     case CF_DENSE:
-        return fkv_op_attention_dense(o, d->bd, c->q, deps, g, B(rs, b[0]), b[0].off, c->n,
+        return fkv_op_attention_dense(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, c->n,
                                       B(rs, b[1]), B(rs, b[2]), c->x, B(rs, b[3]), b[3].off);
     }
     return FKV_ERR_INVALID_ARGUMENT;
@@ -239,14 +238,15 @@ static fkv_status setup(run_state *rs) {
                 return FKV_ERR_OUT_OF_HOST_MEMORY;
         } else if (a->mem == CF_PINNED) {
             void *p = NULL;
-            st = d->ops->host_alloc(d->bd, a->size, &rs->pinned[i], &p);
+            st = fkv_op_host_alloc(d->dev, a->size, &rs->pinned[i], &p);
             rs->host[i] = p;
         } else {
-            st = d->ops->buffer_alloc(d->bd, a->size, &rs->buf[i]);
+            st = fkv_op_buffer_alloc(d->dev, a->size, &rs->buf[i]);
             fkv_bevent *ev = NULL;
             if (st == FKV_OK)
-                st = wait_ev(d, d->ops->write(d->bd, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &ev},
-                                              rs->buf[i], 0, a->init, a->size),
+                st = wait_ev(d,
+                             fkv_op_write(d->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &ev},
+                                          rs->buf[i], 0, a->init, a->size),
                              &ev);
         }
         if (st != FKV_OK)
@@ -273,7 +273,7 @@ fkv_status cf_spec_execute(const cf_dev *d, const cf_spec *s, unsigned char **ou
         *where = where_buf;
         st = enqueue(rs, i);
         if (st == FKV_OK && !s->call[i].detached && rs->ev[i]) {
-            st = d->ops->event_wait(d->bd, 1, &rs->ev[i]);
+            st = fkv_op_event_wait(d->dev, 1, &rs->ev[i]);
             rs->waited[i] = 1;
         }
     }
@@ -281,15 +281,15 @@ fkv_status cf_spec_execute(const cf_dev *d, const cf_spec *s, unsigned char **ou
         *where = "the last commands";
         for (uint32_t i = 0; i < s->n_call && st == FKV_OK; i++)
             if (rs->ev[i] && !rs->waited[i])
-                st = d->ops->event_wait(d->bd, 1, &rs->ev[i]);
+                st = fkv_op_event_wait(d->dev, 1, &rs->ev[i]);
         for (int q = 0; q < FKV_QUEUE_COUNT && st == FKV_OK; q++)
-            st = d->ops->finish(d->bd, (fkv_queue)q);
+            st = fkv_op_finish(d->dev, (fkv_queue)q);
     }
     if (st != FKV_OK)
         finish_all(d); /* nothing may still use the buffers when they are freed */
     for (uint32_t i = 0; i < s->n_call; i++)
         if (rs->ev[i])
-            d->ops->event_release(d->bd, rs->ev[i]);
+            fkv_op_event_release(d->dev, rs->ev[i]);
     for (uint32_t i = 0; i < s->n_arr && st == FKV_OK; i++) {
         const cf_arr *a = &s->arr[i];
         if (!a->output)
@@ -305,15 +305,16 @@ fkv_status cf_spec_execute(const cf_dev *d, const cf_spec *s, unsigned char **ou
             continue;
         }
         fkv_bevent *ev = NULL;
-        st = wait_ev(d, d->ops->read(d->bd, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &ev},
-                                     rs->buf[i], 0, out[i], a->size),
+        st = wait_ev(d,
+                     fkv_op_read(d->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &ev}, rs->buf[i], 0,
+                                 out[i], a->size),
                      &ev);
     }
     for (uint32_t i = 0; i < s->n_arr; i++) {
         if (rs->buf[i])
-            d->ops->buffer_free(d->bd, rs->buf[i]);
+            fkv_op_buffer_free(d->dev, rs->buf[i]);
         if (rs->pinned[i])
-            d->ops->host_free(d->bd, rs->pinned[i]);
+            fkv_op_host_free(d->dev, rs->pinned[i]);
         else
             free(rs->host[i]);
     }
@@ -507,16 +508,25 @@ static void determinism(const cf_spec *s, unsigned char **a, unsigned char **b, 
 
 /* ---- one op case ---- */
 
+/* One knob of a variant: 0 set; -1 the case skips (no such option) or fails (refused). */
+static int knob_set(fkv_status st, const char *option, cf_result *r) {
+    if (st == FKV_OK)
+        return 0;
+    if (st == FKV_ERR_UNSUPPORTED)
+        cf_skip(r, "the device has no option %s", option);
+    else
+        cf_fail(r, "setting %s: %s", option, cf_error_text(st));
+    return -1;
+}
+
 /* The knobs a variant sets; 0 when the case may run. */
 static int apply_knobs(const cf_env *env, const cf_case *c, cf_result *r) {
-    if (c->splits >= 0 && cf_force_splits(&env->dut, c->splits) != 0) {
-        cf_skip(r, "the device offers no split-page knob");
+    if (c->splits >= 0 &&
+        knob_set(cf_force_splits(&env->dut, c->splits), "attention_splits", r) != 0)
         return -1;
-    }
-    if (c->shared && cf_limit_shared(&env->dut, c->shared, r) != 0) {
-        cf_skip(r, "the device offers no shared-memory knob");
+    if (c->shared &&
+        knob_set(cf_limit_shared(&env->dut, c->shared, r), "shared_memory_bytes", r) != 0)
         return -1;
-    }
     return r->status == CF_FAIL ? -1 : 0;
 }
 
@@ -528,8 +538,10 @@ static void restore_knobs(const cf_env *env, const cf_case *c) {
 }
 
 void cf_run_op_case(const cf_env *env, const cf_case *c, cf_result *r) {
-    if (apply_knobs(env, c, r) != 0)
+    if (apply_knobs(env, c, r) != 0) {
+        restore_knobs(env, c);
         return;
+    }
     cf_run_fn check = cf_contract_check(c->op);
     if (check) { /* not a data spec: its own checks */
         check(env, c, r);

@@ -98,15 +98,15 @@ fkv_status fkv_attention_launch(fkv_context *ctx, uint32_t layer, uint32_t n,
                                 fkv_bevent **attn) {
     layer_state *ls = &ctx->layers[layer];
     uint32_t n_entries = build_lists(ctx, layer, n, seqs);
-    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->heads, 0,
+    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->heads, 0,
                                     ls->host.heads,
                                     (size_t)n * ctx->cfg.n_kv_heads * FKV_PAIR_BYTES);
     size_t entries_bytes = (size_t)(n_entries ? n_entries : 1) * FKV_PAIR_BYTES;
     if (st == FKV_OK)
-        st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->entries, 0,
+        st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->entries, 0,
                              ls->host.entries, entries_bytes);
     if (st == FKV_OK)
-        st = ctx->ops->attention(ctx->bd, FKV_QUEUE_COMPUTE,
+        st = fkv_op_attention(ctx->dev, FKV_QUEUE_COMPUTE,
                                  (fkv_deps){.n_wait = n_wait, .wait = wait, .done = attn},
                                  &ctx->geom, ls->qin, 0, n, ls->heads, 0, ls->entries, 0,
                                  ls->kpool, ls->vpool, 1.0f / sqrtf((float)ctx->cfg.head_dim),

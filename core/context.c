@@ -14,7 +14,7 @@ void fkv_context_destroy(fkv_context *ctx) {
         return;
     fkv_worker_stop(ctx);
     for (int q = 0; q < FKV_QUEUE_COUNT; q++)
-        ctx->ops->finish(ctx->bd, (fkv_queue)q);
+        fkv_op_finish(ctx->dev, (fkv_queue)q);
     fkv_resources_free(ctx);
     pthread_mutex_destroy(&ctx->lock);
     pthread_cond_destroy(&ctx->cond);
@@ -39,8 +39,6 @@ fkv_status fkv_context_create(fkv_device *dev, const fkv_config *cfg, fkv_contex
     pthread_mutex_init(&ctx->lock, NULL);
     pthread_cond_init(&ctx->cond, NULL);
     ctx->dev = dev;
-    ctx->ops = dev->ops;
-    ctx->bd = dev->bdev;
     ctx->cfg = *cfg;
     fkv_resources_derive(ctx);
     if ((st = fkv_resources_check_device(ctx)) == FKV_OK &&
@@ -86,7 +84,7 @@ fkv_status fkv_context_sync(fkv_context *ctx) {
     for (uint32_t l = 0; l < ctx->cfg.n_layers; l++)
         keep_first(fkv_task_wait(ctx, l, NULL), &first, &msg);
     for (int q = 0; q < FKV_QUEUE_COUNT; q++)
-        keep_first(ctx->ops->finish(ctx->bd, (fkv_queue)q), &first, &msg);
+        keep_first(fkv_op_finish(ctx->dev, (fkv_queue)q), &first, &msg);
     /* background recalls whose failure no call has seen yet */
     for (uint32_t l = 0; l < ctx->cfg.n_layers; l++)
         keep_first(fkv_settle_recall(ctx, l), &first, &msg);
@@ -112,7 +110,7 @@ fkv_status fkv_sequence_reset(fkv_context *ctx, uint32_t seq) {
         fkv_mid_clear(ctx, sl);
         memset(sl->n_attended, 0, sizeof(uint32_t) * ctx->cfg.n_kv_heads);
         if (ctx->offload)
-            fkv_hostpool_trim(&sl->hp, ctx->ops, ctx->bd, 0);
+            fkv_hostpool_trim(&sl->hp, ctx->dev, 0);
     }
     return FKV_OK;
 }
@@ -201,10 +199,10 @@ static fkv_status read_slot(fkv_context *ctx, layer_state *ls, int32_t gslot, un
                             float *k, float *v, uint32_t n_rows) {
     fkv_bevent *ev = NULL;
     size_t off = fkv_slot_offset(ctx, gslot);
-    fkv_status st = ctx->ops->read(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->kpool, off, tmp,
+    fkv_status st = fkv_op_read(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->kpool, off, tmp,
                                    ctx->slot_bytes);
     if (st == FKV_OK)
-        st = ctx->ops->read(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &ev}, ls->vpool, off,
+        st = fkv_op_read(ctx->dev, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &ev}, ls->vpool, off,
                             tmp + ctx->slot_bytes, ctx->slot_bytes);
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &ev);

@@ -20,16 +20,16 @@ static fkv_status correction_flags(fkv_context *ctx, uint32_t layer, uint32_t n,
             continue;
         }
         size_t off = (size_t)i * flags_bytes;
-        st = ctx->ops->cosine_flags(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->qin,
+        st = fkv_op_cosine_flags(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->qin,
                                     i * qrow, ls->qprev[sl->qcur], seqs[i] * qrow, 1,
                                     ctx->cfg.tau, ls->sims, off, ls->flags, off);
         if (st == FKV_OK)
-            st = ctx->ops->read(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->flags, off,
+            st = fkv_op_read(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->flags, off,
                                 ls->host.flags + (size_t)i * hk, flags_bytes);
     }
     fkv_bevent *ev = NULL;
     if (st == FKV_OK) /* the method needs the flags now */
-        st = ctx->ops->marker(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &ev});
+        st = fkv_op_marker(ctx->dev, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &ev});
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &ev);
     *any = 0;
@@ -67,7 +67,7 @@ static fkv_status reselect_flagged(fkv_context *ctx, uint32_t layer, uint32_t n,
             ctx->call.corrections[i % hk]++;
         }
     if (st == FKV_OK)
-        st = ctx->ops->event_wait(ctx->bd, 1, corr);
+        st = fkv_op_event_wait(ctx->dev, 1, corr);
     return st;
 }
 

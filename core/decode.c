@@ -81,11 +81,11 @@ static fkv_status reserve_host_pages(fkv_context *ctx, const decode_call *dc) {
         cs->had_chunks[i] = sl->hp.n_chunks;
         if (cs->full[i] < 0)
             continue;
-        fkv_status st = fkv_hostpool_reserve(&sl->hp, ctx->ops, ctx->bd, (uint32_t)cs->full[i] + 1);
+        fkv_status st = fkv_hostpool_reserve(&sl->hp, ctx->dev, (uint32_t)cs->full[i] + 1);
         if (st != FKV_OK) {
             for (uint32_t j = 0; j < i; j++) {
                 seq_layer *sj = &ctx->seqs[dc->seqs[j]].layers[dc->layer];
-                fkv_hostpool_trim(&sj->hp, ctx->ops, ctx->bd,
+                fkv_hostpool_trim(&sj->hp, ctx->dev,
                                   cs->had_chunks[j] * sj->hp.chunk_pages);
             }
             return st;
@@ -106,7 +106,7 @@ static fkv_status append_token(fkv_context *ctx, decode_call *dc, const fkv_tens
         ls->host.rows[i] = fkv_row(ctx, dc->seqs[i], fkv_home_slot(ctx, t / p), t % p);
     }
     size_t qbytes = (size_t)dc->n * ctx->q_row_bytes, kbytes = (size_t)dc->n * ctx->kv_row_bytes;
-    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->rows, 0,
+    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->rows, 0,
                                     ls->host.rows, (size_t)dc->n * FKV_INDEX_BYTES);
     if (st == FKV_OK)
         st = fkv_tensor_to_device(ctx, q, 0, ls->host.q, ls->qin, 0, qbytes);
@@ -115,7 +115,7 @@ static fkv_status append_token(fkv_context *ctx, decode_call *dc, const fkv_tens
     if (st == FKV_OK)
         st = fkv_tensor_to_device(ctx, v, 0, ls->host.v, ls->vin, 0, kbytes);
     if (st == FKV_OK)
-        st = ctx->ops->append(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->kin, 0,
+        st = fkv_op_append(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->kin, 0,
                               ls->vin, 0, dc->n, ls->rows, 0, ls->kpool, ls->vpool);
     if (st != FKV_OK)
         return st;
@@ -156,7 +156,7 @@ static fkv_status select_sync(fkv_context *ctx, decode_call *dc) {
     fkv_status st = fkv_select_pages(ctx, dc->layer, &a);
     double t1 = fkv_now(), engine = dc->stats.recall_seconds - engine0;
     if (st == FKV_OK)
-        st = ctx->ops->event_wait(ctx->bd, 1, &dc->corr);
+        st = fkv_op_event_wait(ctx->dev, 1, &dc->corr);
     /* fkv_select_pages ends with the recall engine's run */
     dc->stats.blocked_select_seconds += t1 - t0 - engine;
     dc->stats.blocked_recall_seconds += engine + (fkv_now() - t1);
@@ -173,7 +173,7 @@ static fkv_status select_speculative(fkv_context *ctx, decode_call *dc) {
     if (st == FKV_OK && ls->ev_recall) {
         /* time the caller would wait for the background recall */
         double t0 = fkv_now();
-        st = ctx->ops->event_wait(ctx->bd, 1, &ls->ev_recall);
+        st = fkv_op_event_wait(ctx->dev, 1, &ls->ev_recall);
         dc->stats.blocked_recall_seconds += fkv_now() - t0;
         dc->attn_wait[dc->n_attn_wait++] = ls->ev_recall;
     }
@@ -208,7 +208,7 @@ static fkv_status keep_query(fkv_context *ctx, const decode_call *dc) {
     fkv_status st = FKV_OK;
     for (uint32_t i = 0; i < dc->n && st == FKV_OK; i++) {
         const seq_layer *sl = &ctx->seqs[dc->seqs[i]].layers[dc->layer];
-        st = ctx->ops->copy(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->qprev[!sl->qcur],
+        st = fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->qprev[!sl->qcur],
                             dc->seqs[i] * qrow, ls->qin, i * qrow, qrow);
     }
     return st;
@@ -221,15 +221,15 @@ static fkv_status deliver_output(fkv_context *ctx, decode_call *dc, fkv_tensor *
     size_t qbytes = (size_t)dc->n * ctx->q_row_bytes;
     fkv_status st;
     if (out->host)
-        st = ctx->ops->read(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->out, 0,
+        st = fkv_op_read(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->out, 0,
                             (void *)out->host, qbytes);
     else
-        st = ctx->ops->copy(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, out->buffer->bbuf,
+        st = fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, out->buffer->bbuf,
                             out->offset, ls->out, 0, qbytes);
     fkv_deps after_offload = {.n_wait = ls->ev_offload ? 1 : 0, .wait = &ls->ev_offload,
                               .done = &dc->end};
     if (st == FKV_OK)
-        st = ctx->ops->marker(ctx->bd, FKV_QUEUE_COMPUTE, after_offload);
+        st = fkv_op_marker(ctx->dev, FKV_QUEUE_COMPUTE, after_offload);
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &dc->end);
     return st;
@@ -278,14 +278,14 @@ static fkv_status rollback_call(fkv_context *ctx, decode_call *dc, fkv_status st
     fkv_release_event(ctx, &dc->corr);
     fkv_release_event(ctx, &dc->attn);
     fkv_release_event(ctx, &dc->end);
-    ctx->ops->finish(ctx->bd, FKV_QUEUE_COMPUTE);
-    ctx->ops->finish(ctx->bd, FKV_QUEUE_TRANSFER);
+    fkv_op_finish(ctx->dev, FKV_QUEUE_COMPUTE);
+    fkv_op_finish(ctx->dev, FKV_QUEUE_TRANSFER);
     for (uint32_t i = 0; i < dc->n; i++) {
         seq_layer *sl = &ctx->seqs[dc->seqs[i]].layers[dc->layer];
         if (dc->appended)
             sl->n_tokens--;
         if (ctx->offload)
-            fkv_hostpool_trim(&sl->hp, ctx->ops, ctx->bd,
+            fkv_hostpool_trim(&sl->hp, ctx->dev,
                               ctx->call.had_chunks[i] * sl->hp.chunk_pages);
     }
     if (dc->selected)
@@ -293,7 +293,7 @@ static fkv_status rollback_call(fkv_context *ctx, decode_call *dc, fkv_status st
     /* Complete now (the transfer queue drained); it may have failed, and a failed event in
      * the next call's wait lists would fail that call too. */
     if (ls->ev_offload) {
-        ctx->ops->event_wait(ctx->bd, 1, &ls->ev_offload);
+        fkv_op_event_wait(ctx->dev, 1, &ls->ev_offload);
         fkv_release_event(ctx, &ls->ev_offload);
     }
     fkv_settle_recall(ctx, dc->layer);

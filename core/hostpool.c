@@ -25,7 +25,7 @@ fkv_status fkv_hostpool_init(fkv_hostpool *hp, uint32_t max_pages, uint32_t chun
     return FKV_OK;
 }
 
-fkv_status fkv_hostpool_reserve(fkv_hostpool *hp, const fkv_backend_ops *ops, fkv_bdev *dev,
+fkv_status fkv_hostpool_reserve(fkv_hostpool *hp, fkv_device *dev,
                                 uint32_t n_pages) {
     uint32_t need = (n_pages + hp->chunk_pages - 1) / hp->chunk_pages;
     if (need > hp->max_chunks)
@@ -34,11 +34,11 @@ fkv_status fkv_hostpool_reserve(fkv_hostpool *hp, const fkv_backend_ops *ops, fk
     uint32_t had = hp->n_chunks;
     while (hp->n_chunks < need) {
         void *ptr;
-        fkv_status st = ops->host_alloc(dev, hp->chunk_pages * hp->page_bytes,
+        fkv_status st = fkv_op_host_alloc(dev, hp->chunk_pages * hp->page_bytes,
                                         &hp->chunks[hp->n_chunks], &ptr);
         if (st != FKV_OK) {
             hp->chunks[hp->n_chunks] = NULL;
-            fkv_hostpool_trim(hp, ops, dev, had * hp->chunk_pages);
+            fkv_hostpool_trim(hp, dev, had * hp->chunk_pages);
             return fkv_error_prefix(st, "growing the host KV pool to %u pages", n_pages);
         }
         hp->ptrs[hp->n_chunks++] = ptr;
@@ -46,20 +46,20 @@ fkv_status fkv_hostpool_reserve(fkv_hostpool *hp, const fkv_backend_ops *ops, fk
     return FKV_OK;
 }
 
-void fkv_hostpool_trim(fkv_hostpool *hp, const fkv_backend_ops *ops, fkv_bdev *dev,
+void fkv_hostpool_trim(fkv_hostpool *hp, fkv_device *dev,
                        uint32_t keep_pages) {
     uint32_t keep = (keep_pages + hp->chunk_pages - 1) / hp->chunk_pages;
     while (hp->n_chunks > keep) {
         hp->n_chunks--;
-        ops->host_free(dev, hp->chunks[hp->n_chunks]);
+        fkv_op_host_free(dev, hp->chunks[hp->n_chunks]);
         hp->chunks[hp->n_chunks] = NULL;
         hp->ptrs[hp->n_chunks] = NULL;
     }
 }
 
-void fkv_hostpool_free(fkv_hostpool *hp, const fkv_backend_ops *ops, fkv_bdev *dev) {
+void fkv_hostpool_free(fkv_hostpool *hp, fkv_device *dev) {
     if (hp->chunks)
-        fkv_hostpool_trim(hp, ops, dev, 0);
+        fkv_hostpool_trim(hp, dev, 0);
     free(hp->chunks);
     free(hp->ptrs);
     hp->chunks = NULL;

@@ -4,7 +4,7 @@
 #ifndef FKV_CORE_HOSTPOOL_H
 #define FKV_CORE_HOSTPOOL_H
 
-#include "../backends/backend.h"
+#include "../backends/dispatch.h"
 
 typedef struct fkv_hostpool {
     fkv_bhost **chunks;
@@ -17,12 +17,12 @@ typedef struct fkv_hostpool {
 fkv_status fkv_hostpool_init(fkv_hostpool *hp, uint32_t max_pages, uint32_t chunk_pages,
                              size_t page_bytes);
 /* Ensures pages [0, n_pages) are backed. On failure the pool is as it was. */
-fkv_status fkv_hostpool_reserve(fkv_hostpool *hp, const fkv_backend_ops *ops, fkv_bdev *dev,
+fkv_status fkv_hostpool_reserve(fkv_hostpool *hp, fkv_device *dev,
                                 uint32_t n_pages);
 /* Frees chunks beyond those needed for keep_pages. */
-void fkv_hostpool_trim(fkv_hostpool *hp, const fkv_backend_ops *ops, fkv_bdev *dev,
+void fkv_hostpool_trim(fkv_hostpool *hp, fkv_device *dev,
                        uint32_t keep_pages);
-void fkv_hostpool_free(fkv_hostpool *hp, const fkv_backend_ops *ops, fkv_bdev *dev);
+void fkv_hostpool_free(fkv_hostpool *hp, fkv_device *dev);
 /* Page base pointer; host and offset name its allocation (for zero-copy recall). */
 unsigned char *fkv_hostpool_page(const fkv_hostpool *hp, uint32_t page, const fkv_bhost **host,
                                  uint64_t *offset);

@@ -6,10 +6,10 @@
 
 fkv_status fkv_summarize_pages(fkv_context *ctx, layer_state *ls, const fkv_bbuf *kpool,
                                uint32_t n) {
-    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->summ_idx, 0,
+    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->summ_idx, 0,
                                     ls->host.summ_idx, (size_t)n * FKV_PAIR_BYTES);
     if (st == FKV_OK)
-        st = ctx->ops->summarize(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, kpool, n,
+        st = fkv_op_summarize(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, kpool, n,
                                  ls->summ_idx, 0, ls->summ);
     return st;
 }
@@ -37,14 +37,14 @@ static fkv_status summarize_full(fkv_context *ctx, uint32_t layer, uint32_t n,
 static fkv_status offload_full(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
                                const int32_t *full, uint32_t nf) {
     layer_state *ls = &ctx->layers[layer];
-    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->pack_idx, 0,
+    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->pack_idx, 0,
                                     ls->host.pack_idx, (size_t)nf * FKV_INDEX_BYTES);
     /* the pack staging is free once the previous offload read it */
     fkv_bevent *packed = NULL;
     fkv_deps after_prev = {.n_wait = ls->ev_offload ? 1 : 0, .wait = &ls->ev_offload,
                            .done = &packed};
     if (st == FKV_OK)
-        st = ctx->ops->pack_hnd(ctx->bd, FKV_QUEUE_COMPUTE, after_prev, &ctx->geom, ls->kpool,
+        st = fkv_op_pack_hnd(ctx->dev, FKV_QUEUE_COMPUTE, after_prev, &ctx->geom, ls->kpool,
                                 ls->vpool, nf, ls->pack_idx, 0, ls->pack, 0);
     for (uint32_t i = 0, k = 0; i < n && st == FKV_OK; i++) {
         if (full[i] < 0)
@@ -56,7 +56,7 @@ static fkv_status offload_full(fkv_context *ctx, uint32_t layer, uint32_t n, con
          * which the call waits on before it succeeds. */
         fkv_bevent *wait[2] = {packed, ls->ev_offload};
         fkv_deps deps = {.n_wait = ls->ev_offload ? 2 : 1, .wait = wait, .done = &ev};
-        st = ctx->ops->read(ctx->bd, FKV_QUEUE_TRANSFER, deps, ls->pack,
+        st = fkv_op_read(ctx->dev, FKV_QUEUE_TRANSFER, deps, ls->pack,
                             (size_t)k * ctx->page_bytes, dst, ctx->page_bytes);
         if (st == FKV_OK) {
             fkv_release_event(ctx, &ls->ev_offload);

@@ -50,14 +50,14 @@ static fkv_status chunk_append(fkv_context *ctx, uint32_t t0, uint32_t nt, const
     for (uint32_t r = 0; r < nt; r++)
         ctx->scr_host_rows[r] = (int32_t)r;
     size_t off = (size_t)t0 * ctx->kv_row_bytes, bytes = (size_t)nt * ctx->kv_row_bytes;
-    fkv_status st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ctx->scr_rows, 0,
+    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ctx->scr_rows, 0,
                                     ctx->scr_host_rows, (size_t)nt * FKV_INDEX_BYTES);
     if (st == FKV_OK)
         st = fkv_tensor_to_device(ctx, k, off, ctx->scr_host_k, ctx->scr_kin, 0, bytes);
     if (st == FKV_OK)
         st = fkv_tensor_to_device(ctx, v, off, ctx->scr_host_v, ctx->scr_vin, 0, bytes);
     if (st == FKV_OK)
-        st = ctx->ops->append(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ctx->scr_kin, 0,
+        st = fkv_op_append(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ctx->scr_kin, 0,
                               ctx->scr_vin, 0, nt, ctx->scr_rows, 0, ctx->scr_k, ctx->scr_v);
     return st;
 }
@@ -79,15 +79,15 @@ static fkv_status chunk_offload(fkv_context *ctx, seq_layer *sl, layer_state *ls
     for (uint32_t i = 0; i < nfull && st == FKV_OK; i++) {
         fkv_bevent *packed = NULL, *ev = NULL;
         ls->host.pack_idx[0] = (int32_t)i;
-        st = ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->pack_idx, 0,
+        st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->pack_idx, 0,
                              ls->host.pack_idx, FKV_INDEX_BYTES);
         if (st == FKV_OK)
-            st = ctx->ops->pack_hnd(ctx->bd, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &packed},
+            st = fkv_op_pack_hnd(ctx->dev, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &packed},
                                     &ctx->geom, ctx->scr_k, ctx->scr_v, 1, ls->pack_idx, 0,
                                     ls->pack, 0);
         unsigned char *dst = fkv_hostpool_page(&sl->hp, page0 + i, NULL, NULL);
         if (st == FKV_OK)
-            st = ctx->ops->read(ctx->bd, FKV_QUEUE_TRANSFER,
+            st = fkv_op_read(ctx->dev, FKV_QUEUE_TRANSFER,
                                 (fkv_deps){.n_wait = 1, .wait = &packed, .done = &ev}, ls->pack,
                                 0, dst, ctx->page_bytes);
         fkv_release_event(ctx, &packed);
@@ -112,10 +112,10 @@ static fkv_status chunk_resident(fkv_context *ctx, uint32_t seq, layer_state *ls
             continue;
         size_t dst = fkv_slot_offset(ctx, fkv_gslot(ctx, seq, fkv_home_slot(ctx, j)));
         size_t src = (size_t)i * ctx->slot_bytes;
-        st = ctx->ops->copy(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->kpool, dst, ctx->scr_k,
+        st = fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->kpool, dst, ctx->scr_k,
                             src, ctx->slot_bytes);
         if (st == FKV_OK)
-            st = ctx->ops->copy(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->vpool, dst,
+            st = fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->vpool, dst,
                                 ctx->scr_v, src, ctx->slot_bytes);
     }
     return st;
@@ -143,13 +143,13 @@ static fkv_status prefill_pages(fkv_context *ctx, uint32_t seq, uint32_t layer,
             st = chunk_resident(ctx, seq, ls, page0, npages, wb_final);
         /* the scratch and the host staging are reused by the next chunk */
         if (st == FKV_OK)
-            st = ctx->ops->finish(ctx->bd, FKV_QUEUE_COMPUTE);
+            st = fkv_op_finish(ctx->dev, FKV_QUEUE_COMPUTE);
     }
     if (st == FKV_OK)
         st = fkv_tensor_to_device(ctx, q_last, 0, ls->host.q, ls->qprev[sl->qcur],
                                   (size_t)seq * ctx->q_row_bytes, ctx->q_row_bytes);
     if (st == FKV_OK) /* its failure must show here, not as a wrong selection later */
-        st = ctx->ops->finish(ctx->bd, FKV_QUEUE_COMPUTE);
+        st = fkv_op_finish(ctx->dev, FKV_QUEUE_COMPUTE);
     return st;
 }
 
@@ -181,14 +181,14 @@ static fkv_status initial_selection(fkv_context *ctx, const uint32_t *seq, uint3
  * goes back to its size before the call (empty). */
 static void prefill_rollback(fkv_context *ctx, seq_layer *sl) {
     char *msg = fkv_error_save();
-    ctx->ops->finish(ctx->bd, FKV_QUEUE_COMPUTE);
-    ctx->ops->finish(ctx->bd, FKV_QUEUE_TRANSFER);
+    fkv_op_finish(ctx->dev, FKV_QUEUE_COMPUTE);
+    fkv_op_finish(ctx->dev, FKV_QUEUE_TRANSFER);
     fkv_error_restore(msg);
     sl->n_tokens = 0;
     sl->has_qprev = 0;
     fkv_mid_clear(ctx, sl);
     if (ctx->offload)
-        fkv_hostpool_trim(&sl->hp, ctx->ops, ctx->bd, 0);
+        fkv_hostpool_trim(&sl->hp, ctx->dev, 0);
 }
 
 fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t n_tokens,
@@ -204,7 +204,7 @@ fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t 
         return st;
     seq_layer *sl = &ctx->seqs[seq].layers[layer];
     uint32_t n_full = n_tokens / ctx->cfg.page_size;
-    if (ctx->offload && (st = fkv_hostpool_reserve(&sl->hp, ctx->ops, ctx->bd, n_full)) != FKV_OK)
+    if (ctx->offload && (st = fkv_hostpool_reserve(&sl->hp, ctx->dev, n_full)) != FKV_OK)
         return st;
     st = prefill_pages(ctx, seq, layer, n_tokens, k, v, q_last, &delta);
     if (st == FKV_OK) {

@@ -20,8 +20,7 @@ typedef struct stage {
 } stage;
 
 struct fkv_recaller {
-    const fkv_backend_ops *ops;
-    fkv_bdev *dev;
+    fkv_device *dev;
     fkv_kv_geom geom;
     fkv_recall_mode mode;
     uint32_t chunk;
@@ -43,28 +42,27 @@ void fkv_recaller_destroy(fkv_recaller *r) {
     for (int i = 0; i < 2; i++) {
         stage *s = &r->stages[i];
         if (s->free_ev) {
-            r->ops->event_wait(r->dev, 1, &s->free_ev);
-            r->ops->event_release(r->dev, s->free_ev);
+            fkv_op_event_wait(r->dev, 1, &s->free_ev);
+            fkv_op_event_release(r->dev, s->free_ev);
         }
         if (s->host)
-            r->ops->host_free(r->dev, s->host);
+            fkv_op_host_free(r->dev, s->host);
         if (s->data)
-            r->ops->buffer_free(r->dev, s->data);
+            fkv_op_buffer_free(r->dev, s->data);
         if (s->index)
-            r->ops->buffer_free(r->dev, s->index);
+            fkv_op_buffer_free(r->dev, s->index);
         free(s->offsets);
     }
     free(r->waits);
     free(r);
 }
 
-fkv_status fkv_recaller_create(const fkv_backend_ops *ops, fkv_bdev *dev, const fkv_kv_geom *g,
+fkv_status fkv_recaller_create(fkv_device *dev, const fkv_kv_geom *g,
                                fkv_recall_mode mode, uint32_t chunk_units, fkv_recaller **out) {
     *out = NULL;
     fkv_recaller *r = calloc(1, sizeof *r);
     if (r == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "recall engine");
-    r->ops = ops;
     r->dev = dev;
     r->geom = *g;
     r->mode = mode;
@@ -75,11 +73,11 @@ fkv_status fkv_recaller_create(const fkv_backend_ops *ops, fkv_bdev *dev, const 
         stage *s = &r->stages[i];
         /* Direct recall reads the host pool itself: no data staging is needed. */
         size_t data_bytes = mode == FKV_RECALL_DIRECT ? 0 : (size_t)r->chunk * r->unit_bytes;
-        st = ops->host_alloc(dev, data_bytes + index_bytes(r->chunk), &s->host, &s->host_ptr);
+        st = fkv_op_host_alloc(dev, data_bytes + index_bytes(r->chunk), &s->host, &s->host_ptr);
         if (st == FKV_OK && data_bytes)
-            st = ops->buffer_alloc(dev, data_bytes, &s->data);
+            st = fkv_op_buffer_alloc(dev, data_bytes, &s->data);
         if (st == FKV_OK)
-            st = ops->buffer_alloc(dev, index_bytes(r->chunk), &s->index);
+            st = fkv_op_buffer_alloc(dev, index_bytes(r->chunk), &s->index);
         if (st == FKV_OK && mode == FKV_RECALL_DIRECT) {
             s->offsets = malloc((size_t)r->chunk * sizeof(uint64_t));
             if (s->offsets == NULL)
@@ -126,7 +124,6 @@ static void gather_range(void *arg, size_t begin, size_t end) {
  * the last one in *ready. */
 static fkv_status stage_chunk(fkv_recaller *r, stage *s, uint32_t n, const fkv_recall_unit *units,
                               fkv_bevent **ready) {
-    const fkv_backend_ops *ops = r->ops;
     size_t data_bytes = r->mode == FKV_RECALL_DIRECT ? 0 : (size_t)r->chunk * r->unit_bytes;
     int32_t *index = (int32_t *)((unsigned char *)s->host_ptr + data_bytes);
     for (uint32_t i = 0; i < n; i++) {
@@ -137,7 +134,7 @@ static fkv_status stage_chunk(fkv_recaller *r, stage *s, uint32_t n, const fkv_r
     if (r->mode == FKV_RECALL_STAGED) {
         gather_job job = {.units = units, .dst = s->host_ptr, .unit_bytes = r->unit_bytes};
         fkv_pool_run(r->pool, n, gather_range, &job);
-        st = ops->write(r->dev, FKV_QUEUE_TRANSFER, (fkv_deps){.n_wait = 0}, s->data, 0,
+        st = fkv_op_write(r->dev, FKV_QUEUE_TRANSFER, (fkv_deps){.n_wait = 0}, s->data, 0,
                         s->host_ptr, n * r->unit_bytes);
     } else if (r->mode == FKV_RECALL_PERPAGE) {
         /* One region per unit: a backend with write_regions copies them in one command,
@@ -148,7 +145,7 @@ static fkv_status stage_chunk(fkv_recaller *r, stage *s, uint32_t n, const fkv_r
         for (uint32_t i = 0; i < n; i++)
             regions[i] = (fkv_copy_region){
                 .src = units[i].src, .dst_offset = i * r->unit_bytes, .size = r->unit_bytes};
-        st = fkv_op_write_regions(ops, r->dev, FKV_QUEUE_TRANSFER, (fkv_deps){.n_wait = 0},
+        st = fkv_op_write_regions(r->dev, FKV_QUEUE_TRANSFER, (fkv_deps){.n_wait = 0},
                                   s->data, n, regions);
         free(regions);
     } else {
@@ -156,7 +153,7 @@ static fkv_status stage_chunk(fkv_recaller *r, stage *s, uint32_t n, const fkv_r
     }
     if (st != FKV_OK)
         return st;
-    return ops->write(r->dev, FKV_QUEUE_TRANSFER, (fkv_deps){.done = ready}, s->index, 0, index,
+    return fkv_op_write(r->dev, FKV_QUEUE_TRANSFER, (fkv_deps){.done = ready}, s->index, 0, index,
                       index_bytes(n));
 }
 
@@ -192,8 +189,8 @@ static stage *next_stage(fkv_recaller *r) {
     stage *s = &r->stages[r->next];
     r->next ^= 1;
     if (s->free_ev) {
-        r->ops->event_wait(r->dev, 1, &s->free_ev);
-        r->ops->event_release(r->dev, s->free_ev);
+        fkv_op_event_wait(r->dev, 1, &s->free_ev);
+        fkv_op_event_release(r->dev, s->free_ev);
         s->free_ev = NULL;
     }
     return s;
@@ -211,17 +208,16 @@ static fkv_status scatter_chunk(fkv_recaller *r, stage *s, fkv_queue q, uint32_t
             r->waits[n_wait++] = deps.wait[i];
     fkv_deps kd = {.n_wait = n_wait, .wait = r->waits, .done = &s->free_ev};
     if (r->mode != FKV_RECALL_DIRECT)
-        return r->ops->scatter_hnd(r->dev, q, kd, &r->geom, s->data, 0, count, s->index, 0, kpool,
+        return fkv_op_scatter_hnd(r->dev, q, kd, &r->geom, s->data, 0, count, s->index, 0, kpool,
                                    vpool);
     for (uint32_t i = 0; i < count; i++)
         s->offsets[i] = units[i].host_offset;
-    return r->ops->recall_direct(r->dev, q, kd, &r->geom, units[0].host, count, s->offsets,
+    return fkv_op_recall_direct(r->dev, q, kd, &r->geom, units[0].host, count, s->offsets,
                                  s->index, 0, kpool, vpool);
 }
 
 fkv_status fkv_recaller_run(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv_recall_unit *units,
                             fkv_bbuf *kpool, fkv_bbuf *vpool, fkv_deps deps) {
-    const fkv_backend_ops *ops = r->ops;
     fkv_bevent *last = NULL;
     if (deps.done)
         *deps.done = NULL;
@@ -236,23 +232,23 @@ fkv_status fkv_recaller_run(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv_
         if (st != FKV_OK)
             break;
         st = scatter_chunk(r, s, q, count, units + begin, ready, kpool, vpool, deps);
-        ops->event_release(r->dev, ready);
+        fkv_op_event_release(r->dev, ready);
         if (st == FKV_OK)
             last = s->free_ev;
         begin += count;
     }
     if (st == FKV_OK && deps.done != NULL) {
         if (last == NULL) /* nothing to recall: still honour the wait list */
-            st = ops->marker(r->dev, q, deps);
+            st = fkv_op_marker(r->dev, q, deps);
         else
-            st = ops->marker(r->dev, q, (fkv_deps){.n_wait = 1, .wait = &last, .done = deps.done});
+            st = fkv_op_marker(r->dev, q, (fkv_deps){.n_wait = 1, .wait = &last, .done = deps.done});
     }
     if (st != FKV_OK) {
         /* Leave nothing half-enqueued behind the caller's back: drain what was issued (the
          * failure's message is the one reported). */
         char *msg = fkv_error_save();
-        ops->finish(r->dev, FKV_QUEUE_TRANSFER);
-        ops->finish(r->dev, q);
+        fkv_op_finish(r->dev, FKV_QUEUE_TRANSFER);
+        fkv_op_finish(r->dev, q);
         fkv_error_restore(msg);
     }
     return st;

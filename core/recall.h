@@ -5,7 +5,7 @@
 #ifndef FKV_CORE_RECALL_H
 #define FKV_CORE_RECALL_H
 
-#include "../backends/backend.h"
+#include "../backends/dispatch.h"
 #include "threadpool.h"
 
 typedef struct fkv_recall_unit {
@@ -19,7 +19,7 @@ typedef struct fkv_recall_unit {
 typedef struct fkv_recaller fkv_recaller;
 
 /* chunk_units: units per staging buffer (0 = 256). pool may be NULL (gather on the caller). */
-fkv_status fkv_recaller_create(const fkv_backend_ops *ops, fkv_bdev *dev, const fkv_kv_geom *g,
+fkv_status fkv_recaller_create(fkv_device *dev, const fkv_kv_geom *g,
                                fkv_recall_mode mode, uint32_t chunk_units, fkv_recaller **out);
 void fkv_recaller_set_pool(fkv_recaller *r, fkv_pool *pool);
 void fkv_recaller_destroy(fkv_recaller *r);

@@ -44,7 +44,7 @@ static fkv_status dev_alloc(fkv_context *ctx, size_t size, fkv_bbuf **out) {
                          "a %zu-byte buffer exceeds the device's %llu-byte limit (lower "
                          "max_seqs, max_context or budget_tokens)",
                          size, (unsigned long long)ctx->dev->info.max_buffer_bytes);
-    fkv_status st = ctx->ops->buffer_alloc(ctx->bd, size, out);
+    fkv_status st = fkv_op_buffer_alloc(ctx->dev, size, out);
     if (st == FKV_OK)
         ctx->base_device_bytes += size;
     return st;
@@ -52,7 +52,7 @@ static fkv_status dev_alloc(fkv_context *ctx, size_t size, fkv_bbuf **out) {
 
 static void dev_free(fkv_context *ctx, fkv_bbuf **b) {
     if (*b) {
-        ctx->ops->buffer_free(ctx->bd, *b);
+        fkv_op_buffer_free(ctx->dev, *b);
         *b = NULL;
     }
 }
@@ -191,7 +191,7 @@ static fkv_status layer_init(fkv_context *ctx, layer_state *ls) {
     for (int i = 0; i < N_LAYER_HOST; i++)
         total += host_slice(host[i].size);
     void *base;
-    st = ctx->ops->host_alloc(ctx->bd, total, &ls->host.mem, &base);
+    st = fkv_op_host_alloc(ctx->dev, total, &ls->host.mem, &base);
     if (st != FKV_OK)
         return st;
     ctx->base_host_bytes += total;
@@ -212,7 +212,7 @@ static void layer_free(fkv_context *ctx, layer_state *ls) {
     for (int i = 0; i < N_LAYER_BUFFERS; i++)
         dev_free(ctx, dev[i].where);
     if (ls->host.mem)
-        ctx->ops->host_free(ctx->bd, ls->host.mem);
+        fkv_op_host_free(ctx->dev, ls->host.mem);
     fkv_release_event(ctx, &ls->ev_attn);
     fkv_release_event(ctx, &ls->ev_recall);
     fkv_release_event(ctx, &ls->ev_offload);
@@ -251,7 +251,7 @@ static void seq_free(fkv_context *ctx, seq_state *s) {
     for (uint32_t l = 0; l < ctx->cfg.n_layers; l++) {
         seq_layer *sl = &s->layers[l];
         if (ctx->offload)
-            fkv_hostpool_free(&sl->hp, ctx->ops, ctx->bd);
+            fkv_hostpool_free(&sl->hp, ctx->dev);
         free(sl->mid_page);
         free(sl->mid_score);
         free(sl->attended);
@@ -284,7 +284,7 @@ static fkv_status scratch_alloc(fkv_context *ctx) {
         (st = dev_alloc(ctx, scr.rows, &ctx->scr_rows)) != FKV_OK)
         return st;
     void *hp;
-    st = ctx->ops->host_alloc(ctx->bd, 2 * scr.f32 + scr.rows, &ctx->scr_host, &hp);
+    st = fkv_op_host_alloc(ctx->dev, 2 * scr.f32 + scr.rows, &ctx->scr_host, &hp);
     if (st != FKV_OK)
         return st;
     ctx->base_host_bytes += 2 * scr.f32 + scr.rows;
@@ -299,20 +299,20 @@ static void scratch_free(fkv_context *ctx) {
     for (size_t i = 0; i < sizeof scr / sizeof *scr; i++)
         dev_free(ctx, scr[i]);
     if (ctx->scr_host)
-        ctx->ops->host_free(ctx->bd, ctx->scr_host);
+        fkv_op_host_free(ctx->dev, ctx->scr_host);
 }
 
 /* ---- recall engines ---------------------------------------------------------------------- */
 
 /* One engine for the caller's thread and one for the worker, sharing the gather threads. */
 static fkv_status recall_engines_create(fkv_context *ctx) {
-    fkv_recall_mode mode = fkv_op_recall_mode(ctx->ops, ctx->bd);
+    fkv_recall_mode mode = fkv_op_recall_mode(ctx->dev);
     uint32_t chunk = ctx->cfg.recall_chunk_pages;
     fkv_status st;
     if ((st = fkv_pool_create(0, &ctx->pool)) != FKV_OK ||
-        (st = fkv_recaller_create(ctx->ops, ctx->bd, &ctx->geom, mode, chunk, &ctx->rec_main)) !=
+        (st = fkv_recaller_create(ctx->dev, &ctx->geom, mode, chunk, &ctx->rec_main)) !=
             FKV_OK ||
-        (st = fkv_recaller_create(ctx->ops, ctx->bd, &ctx->geom, mode, chunk,
+        (st = fkv_recaller_create(ctx->dev, &ctx->geom, mode, chunk,
                                   &ctx->rec_worker)) != FKV_OK)
         return st;
     fkv_recaller_set_pool(ctx->rec_main, ctx->pool);
@@ -355,7 +355,7 @@ static uint64_t device_bytes(const fkv_context *ctx, uint64_t *per_layer, uint64
     big = scr.f32 > big ? scr.f32 : big;
     if (ctx->offload) {
         uint64_t hb, db;
-        fkv_recaller_bytes(&ctx->geom, fkv_op_recall_mode(ctx->ops, ctx->bd),
+        fkv_recaller_bytes(&ctx->geom, fkv_op_recall_mode(ctx->dev),
                            ctx->cfg.recall_chunk_pages, &hb, &db);
         total = add_sat(total, 2 * db);
     }
@@ -401,7 +401,7 @@ fkv_status fkv_resources_check_device(const fkv_context *ctx) {
         .largest_buffer = largest,
         .allocations = allocations,
     };
-    return fkv_op_check_geometry(ctx->ops, ctx->bd, &ctx->dev->info, &ctx->geom, &q);
+    return fkv_op_check_geometry(ctx->dev, &ctx->geom, &q);
 }
 
 fkv_status fkv_resources_alloc(fkv_context *ctx) {

@@ -29,7 +29,7 @@ static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const selec
         ls->host.desc[3 * i + 2] = 0; /* each sequence's scores start at its own byte offset */
     }
     fkv_bevent *ev = NULL;
-    fkv_status st = ctx->ops->write(ctx->bd, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
+    fkv_status st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
                                     (size_t)a->n * FKV_DESC_BYTES);
     for (uint32_t i = 0; i < a->n && st == FKV_OK; i++) {
         uint32_t ce = (uint32_t)ls->host.desc[3 * i + 1];
@@ -39,18 +39,18 @@ static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const selec
         const fkv_bbuf *qbuf = a->use_qprev ? ls->qprev[sl->qcur] : ls->qin;
         size_t q_row = a->use_qprev ? a->seqs[i] : i;
         size_t scores_off = i * per_seq * FKV_F32_BYTES;
-        st = ctx->ops->scores(ctx->bd, a->queue, FKV_NO_DEPS, &ctx->geom, qbuf,
+        st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, qbuf,
                               q_row * ctx->q_row_bytes, 1, ls->desc, (size_t)i * FKV_DESC_BYTES,
                               ls->summ, ls->scores, scores_off);
         if (st == FKV_OK) {
             fkv_release_event(ctx, &ev);
-            st = ctx->ops->read(ctx->bd, a->queue, (fkv_deps){.done = &ev}, ls->scores,
+            st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->scores,
                                 scores_off, ls->host.scores + i * per_seq,
                                 (size_t)ctx->cfg.n_q_heads * ce * FKV_F32_BYTES);
         }
     }
     if (st == FKV_OK && ev == NULL) /* nothing scored: make sure the desc write is done */
-        st = ctx->ops->marker(ctx->bd, a->queue, (fkv_deps){.done = &ev});
+        st = fkv_op_marker(ctx->dev, a->queue, (fkv_deps){.done = &ev});
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &ev);
     fkv_release_event(ctx, &ev);

@@ -46,7 +46,7 @@ fkv_status fkv_settle_recall(fkv_context *ctx, uint32_t layer) {
     layer_state *ls = &ctx->layers[layer];
     if (ls->ev_recall == NULL)
         return FKV_OK;
-    fkv_status st = ctx->ops->event_wait(ctx->bd, 1, &ls->ev_recall);
+    fkv_status st = fkv_op_event_wait(ctx->dev, 1, &ls->ev_recall);
     if (st == FKV_OK)
         return FKV_OK;
     /* The recall left the slots it was filling undefined: its sequences' middle slots are
@@ -67,7 +67,7 @@ static fkv_status run_task(fkv_context *ctx, uint32_t layer) {
      * pages it filled, which the gather reads; the wait below only makes that explicit. */
     fkv_status st = FKV_OK;
     if (ls->ev_offload)
-        st = ctx->ops->event_wait(ctx->bd, 1, &ls->ev_offload);
+        st = fkv_op_event_wait(ctx->dev, 1, &ls->ev_offload);
     if (st != FKV_OK)
         return st;
     fkv_bevent *slot_readers[1] = {ls->ev_attn};

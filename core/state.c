@@ -15,7 +15,7 @@ double fkv_now(void) {
 
 void fkv_release_event(fkv_context *ctx, fkv_bevent **ev) {
     if (*ev) {
-        ctx->ops->event_release(ctx->bd, *ev);
+        fkv_op_event_release(ctx->dev, *ev);
         *ev = NULL;
     }
 }
@@ -23,14 +23,14 @@ void fkv_release_event(fkv_context *ctx, fkv_bevent **ev) {
 fkv_status fkv_wait_release(fkv_context *ctx, fkv_bevent **ev) {
     if (*ev == NULL)
         return FKV_OK;
-    fkv_status st = ctx->ops->event_wait(ctx->bd, 1, ev);
+    fkv_status st = fkv_op_event_wait(ctx->dev, 1, ev);
     fkv_release_event(ctx, ev);
     return st;
 }
 
 void fkv_drain_queue(fkv_context *ctx, fkv_queue q) {
     char *msg = fkv_error_save();
-    ctx->ops->finish(ctx->bd, q);
+    fkv_op_finish(ctx->dev, q);
     fkv_error_restore(msg);
 }
 
@@ -83,10 +83,10 @@ fkv_status fkv_tensor_to_device(fkv_context *ctx, const fkv_tensor *t, size_t sr
         return FKV_OK;
     if (t->host) {
         memcpy(staging, (const unsigned char *)t->host + src_off, bytes);
-        return ctx->ops->write(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, dst,
+        return fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, dst,
                                dst_off, staging, bytes);
     }
-    return ctx->ops->copy(ctx->bd, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, dst, dst_off,
+    return fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, dst, dst_off,
                           t->buffer->bbuf, t->offset + src_off, bytes);
 }
 

@@ -7,6 +7,7 @@
 #include <pthread.h>
 
 #include "../backends/device.h"
+#include "../backends/dispatch.h"
 #include "hostpool.h"
 #include "recall.h"
 #include "select.h"
@@ -99,8 +100,6 @@ typedef struct call_scratch {
 
 struct fkv_context {
     fkv_device *dev;
-    const fkv_backend_ops *ops;
-    fkv_bdev *bd;
     fkv_config cfg;
     fkv_kv_geom geom;
     int offload;         /* policies that keep the KV cache on the host */

@@ -1,6 +1,10 @@
-/* HIP backend internals, shared by hip_backend.c (devices, memory, queues, copies) and
- * hip_ops.c (kernel ops). Plain C11 on the HIP runtime API (or on CUDA through
- * hip_cuda_compat.h); the kernels are in kernels.hip behind the launchers of hip_kernels.h. */
+/* HIP backend internals, shared by the backend's .c files. Plain C11 on the HIP runtime API
+ * (or on CUDA through hip_cuda_compat.h); the kernels are in kernels.hip behind the launchers
+ * of hip_kernels.h.
+ *
+ * The files are layers, each calling only the layers before it (no file calls one after it,
+ * so no two call each other): errors (hip_error.c) -> memory (hip_memory.c) -> submission
+ * (hip_submit.c) -> kernels (hip_launch.c) -> device and ops table (hip_device.c). */
 #ifndef FKV_HIP_INTERNAL_H
 #define FKV_HIP_INTERNAL_H
 
@@ -9,7 +13,6 @@
 #include <stdint.h>
 
 #include "../backends/backend.h"
-#include "hip_debug.h"
 #include "hip_platform.h"
 
 #ifdef FKV_HIP_ON_CUDA
@@ -46,26 +49,29 @@ struct fkv_bdev {
     fkv_device_info info;
     uint32_t compute_units;
     size_t shared_per_block; /* bytes of shared memory a block may use */
-    size_t shared_device;    /* the device's own figure (the test hook may lower the above) */
+    size_t shared_device;    /* the device's own figure (shared_memory_bytes may lower the
+                                above) */
     int can_map_host;        /* kernels can read mapped pinned host memory */
     fkv_recall_mode recall;
     hip_scratch scratch[FKV_QUEUE_COUNT];
-    int split_override; /* 0 = automatic, n >= 1 = always n splits */
+    uint32_t forced_splits; /* option attention_splits: 0 = automatic, n >= 1 = always n */
 };
 
+/* desc.base is the pointer: an imported pointer need not be aligned, so offsets are checked
+ * against the real addresses. */
 struct fkv_bbuf {
-    void *ptr; /* device pointer */
-    size_t size;
-    int imported; /* owned by the engine: never freed here */
+    fkv_mem_desc desc; /* first (backend.h) */
+    void *ptr;         /* device pointer */
+    int imported;      /* owned by the engine: never freed here */
 };
 
 struct fkv_bhost {
-    void *ptr;       /* host address */
-    void *dev_ptr;   /* the device's view of it (mapped), NULL when the device cannot map */
-    size_t size;
+    fkv_mem_desc desc; /* first (backend.h); base = ptr */
+    void *ptr;         /* host address */
+    void *dev_ptr;     /* the device's view of it (mapped), NULL when the device cannot map */
 };
 
-/* ---- errors and plumbing (hip_backend.c) ---- */
+/* ---- errors (hip_error.c) ---- */
 
 typedef enum hip_alloc_kind { HIP_NOT_ALLOC = 0, HIP_DEVICE_ALLOC = 1, HIP_HOST_ALLOC = 2 } hip_alloc_kind;
 
@@ -75,28 +81,42 @@ fkv_status fkv_hip_fail(hipError_t err, hip_alloc_kind kind, const char *what);
 /* Makes dev the calling thread's current device (HIP's current device is per thread and the
  * core calls in from two threads). */
 fkv_status fkv_hip_bind(fkv_bdev *d);
+
+/* ---- memory (hip_memory.c) ---- */
+fkv_status fkv_hip_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out);
+void fkv_hip_buffer_free(fkv_bdev *d, fkv_bbuf *b);
+fkv_status fkv_hip_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_bbuf **out);
+fkv_status fkv_hip_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **ptr);
+void fkv_hip_host_free(fkv_bdev *d, fkv_bhost *h);
+/* Pinned host memory (mapped, with its device view in *dev_ptr, when the device can map);
+ * free with hipHostFree. */
+fkv_status fkv_hip_host_malloc(fkv_bdev *d, size_t size, void **ptr, void **dev_ptr);
+/* Grows a per-queue device scratch buffer to `need` bytes; the old one is freed after the
+ * queue's stream drained (rare: scratch only grows). Caller holds the queue's lock. */
+fkv_status fkv_hip_scratch(fkv_bdev *d, fkv_queue q, void **mem, size_t *size, size_t need);
+
+/* ---- submission (hip_submit.c): events, streams, copies ---- */
 /* On every error path deps.done is left NULL: cleared first thing by each entry. */
 static inline void fkv_hip_clear_done(const fkv_deps *deps) {
     if (deps->done)
         *deps->done = NULL;
 }
-/* Validates the wait list (before anything is enqueued). */
-fkv_status fkv_hip_check_waits(const fkv_deps *deps);
 /* Makes stream wait for every non-NULL event of deps (on the device, not the host). */
 fkv_status fkv_hip_wait(hipStream_t stream, const fkv_deps *deps);
 /* Records the completion event of the command just enqueued on stream into *deps->done. */
 fkv_status fkv_hip_done(hipStream_t stream, const fkv_deps *deps);
-/* The ops table's marker: what an operation with nothing to do enqueues. */
+fkv_status fkv_hip_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
+void fkv_hip_event_release(fkv_bdev *d, fkv_bevent *ev);
 fkv_status fkv_hip_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
-/* Grows a per-queue device scratch buffer to `need` bytes; the old one is freed after the
- * queue's stream drained (rare: scratch only grows). Caller holds the queue's lock. */
-fkv_status fkv_hip_scratch(fkv_bdev *d, fkv_queue q, void **mem, size_t *size, size_t need);
+fkv_status fkv_hip_finish(fkv_bdev *d, fkv_queue q);
+fkv_status fkv_hip_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                         size_t dst_offset, const void *src, size_t size);
+fkv_status fkv_hip_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
+                        size_t src_offset, void *dst, size_t size);
+fkv_status fkv_hip_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                        size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size);
 
-/* Pinned host memory (mapped, with its device view in *dev_ptr, when the device can map);
- * free with hipHostFree. */
-fkv_status fkv_hip_host_malloc(fkv_bdev *d, size_t size, void **ptr, void **dev_ptr);
-
-/* ---- ops (hip_ops.c) ---- */
+/* ---- kernels (hip_launch.c): launches of the ops ---- */
 fkv_status fkv_hip_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src,
                           size_t v_off, uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off,

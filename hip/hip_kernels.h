@@ -44,7 +44,7 @@ typedef struct fkv_hip_scores_args {
     float *out; /* at the caller's out_off */
     uint64_t out_len; /* floats from out to the end of its buffer */
     uint32_t n_kv_heads, group, head_dim;
-    uint32_t heads; /* query heads per block (backends/check.c, fkv_plan_scores) */
+    uint32_t heads; /* query heads per block (backends/launch.c, fkv_plan_scores) */
 } fkv_hip_scores_args;
 
 typedef struct fkv_hip_cosine_args {
@@ -75,7 +75,7 @@ typedef struct fkv_hip_scatter_args {
 } fkv_hip_scatter_args;
 
 /* Paged decode attention (see opencl/kernels.cl fkv_attention; the same algorithm). `heads`,
- * `tile` and `shared_bytes` come from fkv_plan_attention (backends/check.c). */
+ * `tile` and `shared_bytes` come from fkv_plan_attention (backends/launch.c). */
 typedef struct fkv_hip_attention_args {
     const float *q;
     const int32_t *heads_list, *entries; /* unused when dense_tokens >= 0 */

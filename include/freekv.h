@@ -136,7 +136,7 @@ enum {
 FKV_API fkv_status fkv_caps_string(uint32_t caps, char *buf, size_t buf_size);
 
 typedef struct fkv_device_info {
-    char backend[16];     /* "cpu", "opencl", "vulkan", "hip" */
+    char backend[16];     /* the backend's name, as fkv_backend_name lists it */
     uint32_t index;       /* index within its backend */
     char name[128];
     char driver[64];      /* driver / platform version */
@@ -146,7 +146,8 @@ typedef struct fkv_device_info {
     uint32_t caps;
 } fkv_device_info;
 
-/* Backends compiled into this build, in preference order. */
+/* Backends compiled into this build, in preference order (freekv-info prints them): the
+ * names fkv_device_open, fkv_device_list and FREEKV_BACKEND accept besides "auto". */
 FKV_API size_t fkv_backend_count(void);
 FKV_API const char *fkv_backend_name(size_t index); /* NULL when out of range */
 
@@ -158,23 +159,27 @@ FKV_API fkv_status fkv_device_list(const char *backend, fkv_device_info *out, si
 
 typedef struct fkv_device fkv_device;
 
-/* Opens a device. backend: "auto", "cpu", "opencl", "vulkan", "hip", or NULL to read
+/* Opens a device. backend: "auto", a backend name (fkv_backend_name), or NULL to read
  * FREEKV_BACKEND (default auto). device: an index, a name substring, or NULL to read
  * FREEKV_DEVICE (default: the best device: discrete GPU, integrated GPU, other, CPU-type,
- * reference; among equals one with zero-copy host reads, then backend order hip, vulkan,
- * opencl, cpu). Explicit arguments override
+ * reference; among equals one with zero-copy host reads, then the backends' preference order
+ * of fkv_backend_name). Explicit arguments override
  * the environment. An unknown or unavailable value fails with a message listing what
  * is available; there is no silent fallback: an unknown backend argument is
  * FKV_ERR_INVALID_ARGUMENT, an unknown FREEKV_BACKEND value FKV_ERR_BAD_ENVIRONMENT, a backend
  * or device that is not there FKV_ERR_NO_DEVICE. */
 FKV_API fkv_status fkv_device_open(const char *backend, const char *device, fkv_device **out);
+/* Closes the device. Release its buffers and destroy its contexts first: both use the device
+ * when released, so closing a device that still has them is undefined ("Lifetimes" above). */
 FKV_API void fkv_device_close(fkv_device *dev);
 FKV_API fkv_status fkv_device_get_info(const fkv_device *dev, fkv_device_info *info);
 /* Which device "auto" would open (same rules as fkv_device_open(NULL/"auto", NULL)). */
 FKV_API fkv_status fkv_device_pick(const char *backend, const char *device, fkv_device_info *info);
 
 /* ---- device memory handed in by the engine ---------------------------------------------
- * fkv_buffer_import wraps memory the engine owns so q/k/v/out can stay on the device:
+ * fkv_buffer_import wraps memory the engine owns so q/k/v/out can stay on the device; native
+ * is the backend's own handle of device memory (a backend without import refuses with
+ * FKV_ERR_UNSUPPORTED), for example:
  *   OpenCL: native = (void *)cl_mem (same context as the device's)
  *   Vulkan: native = (void *)(uintptr_t)VkBuffer (created on the device's VkDevice)
  *   HIP:    native = device pointer
@@ -188,6 +193,8 @@ FKV_API fkv_status fkv_buffer_alloc(fkv_device *dev, size_t size, fkv_buffer **o
 /* Blocking host<->device copies (for engines and tests). */
 FKV_API fkv_status fkv_buffer_write(fkv_buffer *buf, size_t offset, const void *src, size_t size);
 FKV_API fkv_status fkv_buffer_read(fkv_buffer *buf, size_t offset, void *dst, size_t size);
+/* Releases the buffer (its device memory, or only the wrapper of imported memory). Call it
+ * before fkv_device_close of its device: it uses the device. */
 FKV_API void fkv_buffer_release(fkv_buffer *buf);
 
 /* A tensor argument: host memory (host != NULL) or device memory (buffer + byte offset).

@@ -13,7 +13,6 @@
 #include <stdint.h>
 
 #include "../backends/backend.h"
-#include "ocl_debug.h"
 
 /* Kernels of the program; every dtype program holds all of them. */
 typedef enum ocl_kernel_id {
@@ -69,7 +68,8 @@ struct fkv_bdev {
 
     cl_uint compute_units;
     cl_ulong local_mem;
-    cl_ulong local_mem_device; /* the device's own figure (the test hook may lower the above) */
+    cl_ulong local_mem_device; /* the device's own figure (shared_memory_bytes may lower the
+                                  above) */
     cl_ulong max_alloc;
     int fine_svm;   /* fine-grained buffer SVM: kernels may read host allocations */
     int is_nvidia;
@@ -82,24 +82,30 @@ struct fkv_bdev {
 
     pthread_mutex_t build_lock; /* programs[] and the source override */
     ocl_program programs[3];    /* per fkv_dtype, built on first use */
-    char *source_override;      /* tests: a replacement kernel source */
+    char *source_override;      /* option kernel_source: a replacement kernel source */
     atomic_uint cache_loads, cache_stores;
 
     ocl_kqueue kq[OCL_KQ_COUNT];
-    int split_override; /* 0 = automatic, n >= 1 = always n splits */
+    uint32_t forced_splits; /* option attention_splits: 0 = automatic, n >= 1 = always n */
 };
 
+/* desc.base is 0: cl_mem allocations are aligned, offsets are checked as they are. */
 struct fkv_bbuf {
+    fkv_mem_desc desc; /* first (backend.h) */
     cl_mem mem;
-    size_t size;
 };
 
 struct fkv_bhost {
-    cl_mem mem; /* NULL for SVM memory */
+    fkv_mem_desc desc; /* first (backend.h); base = ptr */
+    cl_mem mem;        /* NULL for SVM memory */
     void *ptr;
-    size_t size;
     int svm;
 };
+
+/* The backend's files are layers, each calling only the layers before it (no file calls one
+ * after it, so no two call each other): errors (ocl_error.c) -> memory (ocl_memory.c) ->
+ * submission (ocl_submit.c) -> kernels (ocl_program.c, then ocl_kernels.c) -> device and ops
+ * table (ocl_device.c). */
 
 /* ---- errors (ocl_error.c) ---- */
 const char *fkv_ocl_error_name(cl_int err);
@@ -107,12 +113,51 @@ const char *fkv_ocl_error_name(cl_int err);
  * means device memory. The message names the call and the native code. */
 fkv_status fkv_ocl_fail(cl_int err, int allocation, const char *what);
 
+/* ---- memory (ocl_memory.c) ---- */
+fkv_status fkv_ocl_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out);
+void fkv_ocl_buffer_free(fkv_bdev *d, fkv_bbuf *b);
+fkv_status fkv_ocl_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_bbuf **out);
+fkv_status fkv_ocl_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **ptr);
+void fkv_ocl_host_free(fkv_bdev *d, fkv_bhost *h);
+
+/* ---- submission (ocl_submit.c): events, queues, copies ---- */
+/* Wait list of deps as cl_events (NULL entries skipped) in `buf` (or heap when larger);
+ * free with fkv_ocl_waits_free. */
+typedef struct ocl_waits {
+    cl_event *list;
+    cl_uint n;
+    cl_event buf[16];
+} ocl_waits;
+fkv_status fkv_ocl_waits(const fkv_deps *deps, ocl_waits *w);
+void fkv_ocl_waits_free(ocl_waits *w);
+/* On every error path deps.done is left NULL: cleared first thing by each entry. */
+static inline void fkv_ocl_clear_done(const fkv_deps *deps) {
+    if (deps->done)
+        *deps->done = NULL;
+}
+/* Hands a command's event to deps.done (or releases it). */
+void fkv_ocl_done(const fkv_deps *deps, cl_event ev);
+
+fkv_status fkv_ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
+void fkv_ocl_event_release(fkv_bdev *d, fkv_bevent *ev);
+fkv_status fkv_ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
+fkv_status fkv_ocl_finish(fkv_bdev *d, fkv_queue q);
+fkv_status fkv_ocl_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                         size_t dst_offset, const void *src, size_t size);
+fkv_status fkv_ocl_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
+                        size_t src_offset, void *dst, size_t size);
+fkv_status fkv_ocl_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                        size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size);
+
 /* ---- programs (ocl_program.c) ---- */
 /* The program of dtype, built (or loaded from the cache) on first use; thread-safe. */
 fkv_status fkv_ocl_program(fkv_bdev *d, fkv_dtype dtype, ocl_program **out);
 void fkv_ocl_program_release(ocl_program *p);
+/* Replaces the kernel source for programs built from now on (NULL restores the embedded one)
+ * and drops the programs already built (option kernel_source); no command may be in flight. */
+fkv_status fkv_ocl_set_source(fkv_bdev *d, const char *source);
 
-/* ---- ops (ocl_kernels.c) ---- */
+/* ---- kernels (ocl_kernels.c): launches of the ops ---- */
 fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q);
 fkv_status fkv_ocl_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src,
@@ -150,24 +195,5 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
                                  const fkv_bhost *host, uint32_t n_units,
                                  const uint64_t *units_host, const fkv_bbuf *units,
                                  size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool);
-
-/* Wait list of deps as cl_events (NULL entries skipped) in `buf` (or heap when larger);
- * free with fkv_ocl_waits_free. */
-typedef struct ocl_waits {
-    cl_event *list;
-    cl_uint n;
-    cl_event buf[16];
-} ocl_waits;
-fkv_status fkv_ocl_waits(const fkv_deps *deps, ocl_waits *w);
-void fkv_ocl_waits_free(ocl_waits *w);
-/* On every error path deps.done is left NULL: cleared first thing by each entry. */
-static inline void fkv_ocl_clear_done(const fkv_deps *deps) {
-    if (deps->done)
-        *deps->done = NULL;
-}
-/* Hands a command's event to deps.done (or releases it). */
-void fkv_ocl_done(const fkv_deps *deps, cl_event ev);
-/* The ops table's marker: what an operation with nothing to do enqueues. */
-fkv_status fkv_ocl_marker(fkv_bdev *dev, fkv_queue q, fkv_deps deps);
 
 #endif

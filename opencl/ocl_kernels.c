@@ -1,14 +1,14 @@
-/* Kernel launches of the OpenCL backend: argument checks, work sizes, scratch buffers.
+/* Kernel launches of the OpenCL backend: work sizes, scratch buffers.
  *
  * Each kernel queue (COMPUTE, BACKGROUND) has its own kernel objects and scratch, guarded by
- * its lock from the first clSetKernelArg to the last enqueue of an operation. Host-side checks
- * cover everything the host can see (queue, geometry, offsets, sizes); indices that live in
- * device buffers are bounds-checked by the kernels. */
+ * its lock from the first clSetKernelArg to the last enqueue of an operation. The dispatch
+ * layer has checked everything the host can see (queue, geometry, offsets, sizes) and kept
+ * zero work away; indices that live in device buffers are bounds-checked by the kernels. */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backends/check.h"
+#include "../backends/launch.h"
 #include "../common/error.h"
 #include "ocl_internal.h"
 
@@ -17,9 +17,6 @@
 #define ATTENTION_WG 128
 #define SCORES_WG 64
 #define COSINE_WG 64
-#define MAX_TILE 32       /* attention tokens per tile (at most one page) */
-#define MAX_AUTO_SPLITS 16
-#define MAX_SPLITS 256
 
 typedef struct launch_ctx {
     fkv_bdev *d;
@@ -40,32 +37,21 @@ typedef struct kargs {
 
 static size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
-/* Validates the queue and geometry; the program comes later (load), once the arguments are
- * known to be good, so a refused call never waits for a build. */
-static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const fkv_kv_geom *g,
-                          const char *op, launch_ctx *lc) {
+/* The launch context of an op on a kernel queue; the program comes later (load). */
+static void prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const char *op,
+                    launch_ctx *lc) {
     fkv_ocl_clear_done(deps);
-    fkv_status st = fkv_check_kernel_call("opencl", op, d, q, g);
-    if (st != FKV_OK)
-        return st;
     lc->d = d;
     lc->op = op;
     lc->kqi = q == FKV_QUEUE_COMPUTE ? OCL_KQ_COMPUTE : OCL_KQ_BACKGROUND;
     lc->kq = &d->kq[lc->kqi];
     lc->queue = d->queues[q];
     lc->prog = NULL;
-    return FKV_OK;
 }
 
 /* The program of the geometry's dtype, built (or loaded from the cache) on first use. */
 static fkv_status load(launch_ctx *lc, const fkv_kv_geom *g) {
     return fkv_ocl_program(lc->d, g->dtype, &lc->prog);
-}
-
-/* Offsets of cl_mem buffers are checked for alignment as offsets (allocations are aligned). */
-static fkv_bview view(const fkv_bbuf *b) {
-    fkv_bview v = {b != NULL, b ? b->size : 0, 0};
-    return v;
 }
 
 static size_t wg_for(const launch_ctx *lc, ocl_kernel_id id, size_t want) {
@@ -86,8 +72,8 @@ static size_t local_avail(const launch_ctx *lc, ocl_kernel_id id) {
 
 static fkv_status attention_plan(const launch_ctx *lc, const fkv_kv_geom *g,
                                  fkv_attention_plan *p) {
-    return fkv_plan_attention("opencl", lc->op, g, local_avail(lc, K_ATTENTION), MAX_TILE,
-                              LOCAL_LIMIT, p);
+    return fkv_plan_attention("opencl", lc->op, g, local_avail(lc, K_ATTENTION),
+                              FKV_ATTENTION_MAX_TILE, LOCAL_LIMIT, p);
 }
 
 static fkv_status scores_plan(const launch_ctx *lc, const fkv_kv_geom *g, fkv_scores_plan *p) {
@@ -225,17 +211,10 @@ fkv_status fkv_ocl_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
                           fkv_bbuf *kpool, fkv_bbuf *vpool) {
     const char *op = "append";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
     uint64_t row_elems = (uint64_t)g->n_kv_heads * g->head_dim;
-    uint32_t n_slots;
-    if ((st = fkv_check_append("opencl", g, view(k_src), k_off, view(v_src), v_off, n_rows,
-                               view(rows), rows_off, view(kpool), view(vpool), &n_slots)) !=
-        FKV_OK)
-        return st;
-    if (n_rows == 0)
-        return fkv_ocl_marker(dev, q, deps);
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
     pthread_mutex_lock(&lc.kq->lock);
@@ -261,19 +240,13 @@ fkv_status fkv_ocl_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
                              size_t pages_off, fkv_bbuf *summaries) {
     const char *op = "summarize";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    uint32_t n_slots;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = fkv_check_summarize("opencl", g, view(kpool), n_pages, view(pages), pages_off,
-                                    view(summaries), &n_slots)) != FKV_OK)
-        return st;
-    if (n_pages == 0)
-        return fkv_ocl_marker(dev, q, deps);
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, kpool->desc.size);
+    size_t summary_bytes = fkv_summary_bytes(g);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
-    size_t n_summaries = summaries->size / summary_bytes;
+    size_t n_summaries = summaries->desc.size / summary_bytes;
     pthread_mutex_lock(&lc.kq->lock);
     kargs a = args_of(&lc, K_SUMMARIZE);
     arg_mem(&a, kpool);
@@ -297,25 +270,18 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
                           fkv_bbuf *out, size_t out_off) {
     const char *op = "scores";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = fkv_check_scores("opencl", g, view(qbuf), q_off, n_seqs, view(desc), desc_off,
-                                 view(summaries), view(out), out_off)) != FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_ocl_marker(dev, q, deps);
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
+    size_t summary_bytes = fkv_summary_bytes(g);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
     fkv_scores_plan plan;
     if ((st = scores_plan(&lc, g, &plan)) != FKV_OK)
         return st;
-    size_t n_summaries = summaries->size / summary_bytes;
+    size_t n_summaries = summaries->desc.size / summary_bytes;
     size_t n_groups = (size_t)n_seqs * g->n_kv_heads * plan.blocks;
     /* Enough work groups to fill the device; each strides over its sequence's pages. */
-    size_t chunks = (2 * (size_t)dev->compute_units + n_groups - 1) / n_groups;
-    chunks = chunks < 1 ? 1 : chunks > 16 ? 16 : chunks;
+    size_t chunks = fkv_scores_chunks(n_groups, dev->compute_units);
     size_t local[2] = {wg_for(&lc, K_SCORES, SCORES_WG), 1};
     size_t global[2] = {local[0] * chunks, n_groups};
     pthread_mutex_lock(&lc.kq->lock);
@@ -328,7 +294,7 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     arg_u32(&a, n_summaries > UINT32_MAX ? UINT32_MAX : (uint32_t)n_summaries);
     arg_mem(&a, out);
     arg_u64(&a, out_off / 4);
-    arg_u64(&a, (out->size - out_off) / 4);
+    arg_u64(&a, (out->desc.size - out_off) / 4);
     arg_u32(&a, g->n_kv_heads);
     arg_u32(&a, g->group);
     arg_u32(&a, g->head_dim);
@@ -345,16 +311,9 @@ fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                                 size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
     const char *op = "cosine_flags";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
-    if ((st = fkv_check_cosine_flags("opencl", g, view(q_cur), cur_off, view(q_prev), prev_off,
-                                     n_seqs, view(sims), sims_off, view(flags), flags_off)) !=
-        FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_ocl_marker(dev, q, deps);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
     size_t w;
@@ -381,41 +340,21 @@ fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     return st;
 }
 
-/* Copy kernels move 16-byte words when rows and offsets allow, else single elements. */
-typedef struct copy_words {
-    int v16;
-    size_t word;      /* bytes per word */
-    uint32_t row_words; /* words per (token, head) row */
-} copy_words;
-
-static copy_words pick_words(const fkv_kv_geom *g, size_t off_a, size_t off_b) {
-    size_t row_bytes = (size_t)g->head_dim * fkv_dtype_size(g->dtype);
-    copy_words c;
-    c.v16 = row_bytes % 16 == 0 && off_a % 16 == 0 && off_b % 16 == 0;
-    c.word = c.v16 ? 16 : fkv_dtype_size(g->dtype);
-    c.row_words = (uint32_t)(row_bytes / c.word);
-    return c;
-}
-
+/* Copy kernels move 16-byte words (the _V16 variants) when rows and offsets allow, else
+ * single elements (backends/launch.h). */
 fkv_status fkv_ocl_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                             const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                             const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
                             size_t dst_off) {
     const char *op = "pack_hnd";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    uint32_t n_slots;
-    if ((st = fkv_check_pack_hnd("opencl", g, view(kpool), view(vpool), n_pages, view(gslots),
-                                   gslots_off, view(dst), dst_off, &n_slots)) != FKV_OK)
-        return st;
-    if (n_pages == 0)
-        return fkv_ocl_marker(dev, q, deps);
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
-    copy_words cw = pick_words(g, dst_off, 0);
-    ocl_kernel_id id = cw.v16 ? K_PACK_V16 : K_PACK;
+    fkv_copy_words cw = fkv_pick_copy_words(g, dst_off, 0);
+    ocl_kernel_id id = cw.word == 16 ? K_PACK_V16 : K_PACK;
     pthread_mutex_lock(&lc.kq->lock);
     kargs a = args_of(&lc, id);
     arg_mem(&a, kpool);
@@ -441,19 +380,13 @@ fkv_status fkv_ocl_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
                                fkv_bbuf *vpool) {
     const char *op = "scatter_hnd";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    uint32_t n_slots;
-    if ((st = fkv_check_scatter_hnd("opencl", g, view(src), src_off, n_units, view(units),
-                                      units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK)
-        return st;
-    if (n_units == 0)
-        return fkv_ocl_marker(dev, q, deps);
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
-    copy_words cw = pick_words(g, src_off, 0);
-    ocl_kernel_id id = cw.v16 ? K_SCATTER_V16 : K_SCATTER;
+    fkv_copy_words cw = fkv_pick_copy_words(g, src_off, 0);
+    ocl_kernel_id id = cw.word == 16 ? K_SCATTER_V16 : K_SCATTER;
     pthread_mutex_lock(&lc.kq->lock);
     kargs a = args_of(&lc, id);
     arg_mem(&a, src);
@@ -478,31 +411,21 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
                                  size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool) {
     const char *op = "recall_direct";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    if (host == NULL || (n_units && units_host == NULL))
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl %s: NULL host memory or unit offsets",
-                         op);
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
     if (!host->svm)
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "opencl %s: the host memory is a pinned buffer, not fine-grained SVM "
                          "(recall mode staged/perpage, or a device without SVM)",
                          op);
-    uint32_t n_slots;
-    /* The offsets are host data: all checked here, the kernel reads host memory. */
-    if ((st = fkv_check_recall_direct("opencl", g, host->size, n_units, units_host, view(units),
-                                      units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK)
-        return st;
-    int all16 = 1;
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
+    uint64_t offset_bits = 0; /* the kernel reads 16-byte words only when every unit allows */
     for (uint32_t i = 0; i < n_units; i++)
-        all16 &= units_host[i] % 16 == 0;
-    if (n_units == 0)
-        return fkv_ocl_marker(dev, q, deps);
+        offset_bits |= units_host[i];
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
-    copy_words cw = pick_words(g, all16 ? 0 : 1, 0);
-    ocl_kernel_id id = cw.v16 ? K_DIRECT_V16 : K_DIRECT;
+    fkv_copy_words cw = fkv_pick_copy_words(g, offset_bits, 0);
+    ocl_kernel_id id = cw.word == 16 ? K_DIRECT_V16 : K_DIRECT;
     pthread_mutex_lock(&lc.kq->lock);
     /* The offsets travel in this queue's scratch, written in order before the kernel; the
      * caller keeps units_host valid until the command completes. */
@@ -541,24 +464,9 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
 
 /* ---- attention ---- */
 
-void fkv_opencl_debug_set_splits(fkv_bdev *d, int splits) {
-    d->split_override = splits < 0 ? 0 : splits > MAX_SPLITS ? MAX_SPLITS : splits;
-}
-
 /* Splits over pages when (sequence, KV head) work groups alone cannot fill the device. */
-static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_bh) {
-    if (d->split_override > 0)
-        return (uint32_t)d->split_override;
-    uint32_t target = 2 * d->compute_units;
-    if (n_bh >= target)
-        return 1;
-    uint32_t s = (target + n_bh - 1) / n_bh;
-    return s > MAX_AUTO_SPLITS ? MAX_AUTO_SPLITS : s;
-}
-
-/* Bytes of the split partials: [n_bh][splits][group][d+2] floats. */
-static size_t partials_bytes(const fkv_kv_geom *g, uint32_t n_bh, uint32_t splits) {
-    return (size_t)n_bh * splits * g->group * (g->head_dim + 2) * 4;
+static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_groups) {
+    return fkv_attention_splits(n_groups, d->compute_units, d->forced_splits);
 }
 
 typedef struct attn_args {
@@ -594,7 +502,7 @@ static fkv_status attention_launch(launch_ctx *lc, const fkv_kv_geom *g, const a
     pthread_mutex_lock(&lc->kq->lock);
     if (splits > 1)
         st = ensure_scratch(d, &lc->kq->partials, &lc->kq->partials_size,
-                            partials_bytes(g, n_bh, splits));
+                            (size_t)fkv_attention_partials_bytes(g, n_bh, splits));
     if (st == FKV_OK) {
         kargs a = args_of(lc, K_ATTENTION);
         arg_mem(&a, x->q);
@@ -651,17 +559,10 @@ fkv_status fkv_ocl_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
                              float scale, fkv_bbuf *out, size_t out_off) {
     const char *op = "attention";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, op, &lc);
     attn_args x;
-    if ((st = fkv_check_attention("opencl", g, view(qbuf), q_off, n_seqs, view(heads), heads_off,
-                                    view(entries), entries_off, view(kpool), view(vpool), view(out),
-                                    out_off, &x.n_slots)) != FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_ocl_marker(dev, q, deps);
-    size_t n_entries = (entries->size - entries_off) / 8;
+    x.n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
+    size_t n_entries = (entries->desc.size - entries_off) / 8;
     x.q = qbuf;
     x.q_off = q_off;
     x.n_seqs = n_seqs;
@@ -685,12 +586,7 @@ fkv_status fkv_ocl_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                    float scale, fkv_bbuf *out, size_t out_off) {
     const char *op = "attention_dense";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    if ((st = fkv_check_attention_dense("opencl", g, view(qbuf), q_off, n_tokens, view(k), view(v),
-                                          view(out), out_off)) != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, op, &lc);
     /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1. */
     attn_args x;
     x.q = qbuf;
@@ -711,17 +607,14 @@ fkv_status fkv_ocl_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     return attention_launch(&lc, g, &x, deps);
 }
 
-void fkv_opencl_debug_set_shared(fkv_bdev *d, size_t bytes) {
-    d->local_mem = bytes && bytes < d->local_mem_device ? bytes : d->local_mem_device;
-}
-
 /* ---- device limits of a context's geometry (backend.h, check_geometry) ---- */
 
 fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q) {
     launch_ctx lc;
     fkv_deps none = {0, NULL, NULL};
-    fkv_status st = prepare(dev, FKV_QUEUE_COMPUTE, &none, g, "check_geometry", &lc);
-    if (st != FKV_OK || (st = load(&lc, g)) != FKV_OK)
+    prepare(dev, FKV_QUEUE_COMPUTE, &none, "check_geometry", &lc);
+    fkv_status st = load(&lc, g);
+    if (st != FKV_OK)
         return st;
     fkv_attention_plan ap;
     fkv_scores_plan sp;
@@ -733,13 +626,14 @@ fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv
     /* split partials live in one scratch buffer per queue */
     for (uint32_t n = 1; n <= q->max_seqs; n++) {
         uint32_t n_bh = n * g->n_kv_heads;
-        size_t need = partials_bytes(g, n_bh, attention_splits(dev, n_bh * ap.blocks));
+        uint64_t need =
+            fkv_attention_partials_bytes(g, n_bh, attention_splits(dev, n_bh * ap.blocks));
         if (need > dev->max_alloc)
             return fkv_error(FKV_ERR_UNSUPPORTED,
-                             "opencl attention: %zu bytes of split partials for %u sequences "
+                             "opencl attention: %llu bytes of split partials for %u sequences "
                              "exceed the device's largest allocation (%llu, "
                              "CL_DEVICE_MAX_MEM_ALLOC_SIZE)",
-                             need, n, (unsigned long long)dev->max_alloc);
+                             (unsigned long long)need, n, (unsigned long long)dev->max_alloc);
     }
     return FKV_OK;
 }

@@ -255,7 +255,7 @@ fkv_status fkv_ocl_program(fkv_bdev *d, fkv_dtype dtype, ocl_program **out) {
     return st;
 }
 
-fkv_status fkv_opencl_debug_set_source(fkv_bdev *d, const char *source) {
+fkv_status fkv_ocl_set_source(fkv_bdev *d, const char *source) {
     char *copy = NULL;
     if (source) {
         copy = malloc(strlen(source) + 1);
@@ -270,9 +270,4 @@ fkv_status fkv_opencl_debug_set_source(fkv_bdev *d, const char *source) {
         fkv_ocl_program_release(&d->programs[i]);
     pthread_mutex_unlock(&d->build_lock);
     return FKV_OK;
-}
-
-void fkv_opencl_debug_cache_counts(fkv_bdev *d, unsigned *loads, unsigned *stores) {
-    *loads = atomic_load(&d->cache_loads);
-    *stores = atomic_load(&d->cache_stores);
 }

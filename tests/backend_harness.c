@@ -11,7 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "common/dtype.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -36,6 +36,7 @@ const char *__lsan_default_options(void) {
 /* ---- fixture ---- */
 
 const fkv_backend_ops *bh_ops[2];
+fkv_device *bh_device[2];
 fkv_bdev *bh_dev[2];
 fkv_bbuf *bh_bufs[2][256];
 fkv_bevent *bh_ev;
@@ -109,15 +110,25 @@ void bh_need_device(void) {
     cr_skip_test("no %s device", cur->name);
 }
 
+/* Side s opened through the dispatch layer, which checks the table and that capabilities
+ * and optional entries agree. */
+static fkv_status open_side(int s, uint32_t index) {
+    fkv_status st = fkv_device_open_ops(bh_ops[s], index, &bh_device[s]);
+    bh_dev[s] = st == FKV_OK ? fkv_device_bdev(bh_device[s]) : NULL;
+    return st;
+}
+
 void bh_open_ref(void) {
     bh_ops[REF] = fkv_backend_cpu();
     cr_assert_not_null(bh_ops[REF]);
-    cr_assert_eq(bh_ops[REF]->device_open(0, &bh_dev[REF]), FKV_OK, "cpu: %s", fkv_last_error());
+    cr_assert_eq(open_side(REF, 0), FKV_OK, "cpu: %s", fkv_last_error());
 }
+
+fkv_status bh_try_open(void) { return open_side(UT, bh_index); }
 
 void bh_open_devices(void) {
     bh_need_device();
-    fkv_status st = O->device_open(bh_index, &bh_dev[UT]);
+    fkv_status st = bh_try_open();
     cr_assert_eq(st, FKV_OK, "%s device_open: %s", cur->name, fkv_last_error());
     bh_open_ref();
 }
@@ -129,15 +140,16 @@ void bh_open_both(void) {
 
 void bh_teardown(void) {
     for (int s = 0; s < 2; s++) {
-        if (bh_dev[s] == NULL)
+        if (bh_device[s] == NULL)
             continue;
         for (int q = 0; q < FKV_QUEUE_COUNT; q++)
-            bh_ops[s]->finish(bh_dev[s], (fkv_queue)q);
+            fkv_op_finish(bh_device[s], (fkv_queue)q);
         for (size_t i = 0; i < bh_n_bufs[s]; i++)
-            bh_ops[s]->buffer_free(bh_dev[s], bh_bufs[s][i]);
+            fkv_op_buffer_free(bh_device[s], bh_bufs[s][i]);
         if (s == UT && cur->before_close)
-            cur->before_close(bh_dev[s]);
-        bh_ops[s]->device_close(bh_dev[s]);
+            cur->before_close(bh_device[s]);
+        fkv_device_close(bh_device[s]);
+        bh_device[s] = NULL;
         bh_dev[s] = NULL;
         bh_n_bufs[s] = 0;
     }
@@ -149,8 +161,8 @@ void bh_teardown(void) {
 void bh_done_ok(int s, fkv_status st, const char *what) {
     cr_assert_eq(st, FKV_OK, "%s (%s): %s", what, side_name(s), fkv_last_error());
     cr_assert_not_null(bh_ev, "%s: no event", what);
-    fkv_status w = bh_ops[s]->event_wait(bh_dev[s], 1, &bh_ev);
-    bh_ops[s]->event_release(bh_dev[s], bh_ev);
+    fkv_status w = fkv_op_event_wait(bh_device[s], 1, &bh_ev);
+    fkv_op_event_release(bh_device[s], bh_ev);
     bh_ev = NULL;
     cr_assert_eq(w, FKV_OK, "%s (%s) failed: %s", what, side_name(s), fkv_last_error());
 }
@@ -165,15 +177,10 @@ static size_t run_specs(int (*match)(const cf_case *c, const char *key), const c
     cf_env env = {.strict = 1};
     for (int s = 0; s < 2; s++) {
         cf_dev *d = s == UT ? &env.dut : &env.ref;
-        d->ops = bh_ops[s];
-        d->bd = bh_dev[s];
-        uint32_t index = s == UT ? bh_index : 0;
-        fkv_status st = d->ops->opened_info ? d->ops->opened_info(d->bd, &d->info)
-                                            : d->ops->device_info(index, &d->info);
-        cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
-        d->info.index = index;
+        d->dev = bh_device[s];
+        cr_assert_eq(fkv_op_opened_info(d->dev, &d->info), FKV_OK, "%s", fkv_last_error());
+        d->info.index = s == UT ? bh_index : 0;
     }
-    env.dut.knobs = &cur->knobs;
     size_t ran = 0, passed = 0, failed = 0;
     cf_result r, skipped;
     cf_result_init(&skipped);
@@ -213,7 +220,7 @@ void bh_spec_case(const char *name) {
 
 fkv_bbuf *bh_alloc1(int s, size_t size) {
     fkv_bbuf *b = NULL;
-    cr_assert_eq(bh_ops[s]->buffer_alloc(bh_dev[s], size, &b), FKV_OK, "buffer_alloc: %s",
+    cr_assert_eq(fkv_op_buffer_alloc(bh_device[s], size, &b), FKV_OK, "buffer_alloc: %s",
                  fkv_last_error());
     cr_assert_lt(bh_n_bufs[s], 256);
     bh_bufs[s][bh_n_bufs[s]++] = b;
@@ -221,11 +228,11 @@ fkv_bbuf *bh_alloc1(int s, size_t size) {
 }
 
 void bh_write1(int s, fkv_bbuf *b, size_t off, const void *src, size_t size) {
-    bh_done_ok(s, bh_ops[s]->write(bh_dev[s], CQ, DEPS, b, off, src, size), "write");
+    bh_done_ok(s, fkv_op_write(bh_device[s], CQ, DEPS, b, off, src, size), "write");
 }
 
 void bh_read1(int s, const fkv_bbuf *b, size_t off, void *dst, size_t size) {
-    bh_done_ok(s, bh_ops[s]->read(bh_dev[s], CQ, DEPS, b, off, dst, size), "read");
+    bh_done_ok(s, fkv_op_read(bh_device[s], CQ, DEPS, b, off, dst, size), "read");
 }
 
 /* `size` bytes of src (NULL: guard bytes) at offset `off`, guard bytes around (GUARD after). */
@@ -295,18 +302,18 @@ void *bh_rand_stored(th_rng *r, size_t n, fkv_dtype t) {
 void bh_check_device_info(fkv_device_info *info_out) {
     cr_assert_str_eq(O->name, cur->name);
     cr_assert(O->buffer_import && O->attention_dense && O->recall_direct && O->recall_mode &&
-              O->opened_info);
-    cr_assert_eq(O->opened_info(OD, info_out), FKV_OK, "%s", fkv_last_error());
+              O->opened_info && O->set_option && O->get_option);
+    cr_assert_eq(fkv_op_opened_info(ODEV, info_out), FKV_OK, "%s", fkv_last_error());
     cr_assert(info_out->caps & FKV_CAP_FP16_STORAGE);
 }
 
 void bh_check_alloc_limits(size_t max_alloc) {
     fkv_bbuf *big = NULL;
-    fkv_status st = O->buffer_alloc(OD, max_alloc + 1, &big);
+    fkv_status st = fkv_op_buffer_alloc(ODEV, max_alloc + 1, &big);
     cr_assert_eq(st, FKV_ERR_OUT_OF_DEVICE_MEMORY, "%d %s", st, fkv_last_error());
     cr_assert_null(big);
     cr_assert(strstr(fkv_last_error(), "largest allocation") != NULL, "%s", fkv_last_error());
-    cr_assert_eq(O->buffer_alloc(OD, 0, &big), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_buffer_alloc(ODEV, 0, &big), FKV_ERR_INVALID_ARGUMENT);
     cr_assert_null(big);
 }
 
@@ -424,7 +431,7 @@ void bh_check_large_group(void) {
     fkv_device *d = NULL;
     fkv_context *ctx = NULL;
     cr_assert_eq(fkv_device_open(cur->name, idx, &d), FKV_OK, "%s", fkv_last_error());
-    cf_limit_shared(&(cf_dev){.bd = d->bdev, .knobs = &cur->knobs}, 1024, NULL);
+    cr_assert_eq(cf_limit_shared(&(cf_dev){.dev = d}, 1024, NULL), FKV_OK, "%s", fkv_last_error());
     st = fkv_context_create(d, &cfg, &ctx);
     char msg[1024];
     snprintf(msg, sizeof msg, "%s", fkv_last_error());

@@ -3,7 +3,11 @@
  * the few helpers the backends' own tests share. A backend's test file
  * (tests/test_<backend>.c) describes its backend in a bh_backend, calls bh_select in its
  * suites' init, defines the spec tests with BH_SPEC_TESTS(suite), and adds its own tests
- * (environment variables, recall modes, debug knobs, binding limits).
+ * (environment variables, recall modes, options, binding limits). Both sides are opened
+ * through the dispatch layer (backends/dispatch.h), which checks every call's arguments for
+ * every backend: a test that calls a table entry directly (O, bh_ops) passes only arguments
+ * the dispatch layer would accept, and sends refused arguments and zero work through
+ * fkv_op_* (ODEV, bh_device).
  *
  * Side UT (0) is the backend under test, side REF (1) the CPU reference. Criterion forks per
  * test: each test opens its own devices, and nothing touches a device before the fork. */
@@ -13,7 +17,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backends/backend.h"
+#include "backends/dispatch.h"
 #include "conformance.h"
 #include "helpers.h"
 
@@ -24,8 +28,7 @@ typedef struct bh_backend {
     int (*is_preferred)(const fkv_device_info *info);
     const char *const *env;             /* the backend's variables, NULL-terminated */
     const char *recall_env;             /* FREEKV_<BACKEND>_RECALL */
-    cf_knobs knobs;                     /* its debug hooks, reached through the specs' knobs */
-    void (*before_close)(fkv_bdev *);   /* a last check of each device, or NULL */
+    void (*before_close)(fkv_device *); /* a last check of each device, or NULL */
 } bh_backend;
 
 #define UT 0
@@ -37,13 +40,15 @@ typedef struct bh_backend {
 #define BQ FKV_QUEUE_BACKGROUND
 
 extern const fkv_backend_ops *bh_ops[2];
-extern fkv_bdev *bh_dev[2];
+extern fkv_device *bh_device[2];  /* each side as the dispatch layer opened it */
+extern fkv_bdev *bh_dev[2];       /* its backend device: fkv_device_bdev(bh_device[s]) */
 extern fkv_bbuf *bh_bufs[2][256]; /* every buffer alloc1 made, freed by bh_teardown */
 extern fkv_bevent *bh_ev;         /* the event of the last enqueue through DEPS */
 extern uint32_t bh_index;         /* the device under test, after bh_find_device */
 #define DEPS ((fkv_deps){0, NULL, &bh_ev})
 #define O bh_ops[UT]
 #define OD bh_dev[UT]
+#define ODEV bh_device[UT]
 
 /* ---- fixture ---- */
 
@@ -56,6 +61,9 @@ int bh_find_device(void);
 /* Skips the test when there is no device; fails it instead when FREEKV_REQUIRE_DEVICES (a
  * comma list of backend names, set by .ci/run) names the backend under test. */
 void bh_need_device(void);
+/* Opens the device under test through the dispatch layer (fkv_device_open_ops) with the
+ * environment as it is, without asserting: the status of the open. */
+fkv_status bh_try_open(void);
 /* Opens both sides with the environment as it is. */
 void bh_open_devices(void);
 /* bh_clear_env, then both sides. */
@@ -85,7 +93,7 @@ void bh_done_ok(int s, fkv_status st, const char *what);
 /* ---- the op specs (conformance/conformance.h) on the device under test ---- */
 
 /* Runs every case of spec `id` at the unit geometries on both opened sides, in strict mode
- * (the reference's rounding and accumulation), with the backend's knobs; each failing case is
+ * (the reference's rounding and accumulation), knob variants included; each failing case is
  * reported by name. Skips when every case skipped (e.g. an optional entry the device lacks). */
 void bh_spec(const char *id);
 /* Runs the one unit case named `name`, e.g. "recall_direct/d64/g1/h2/p16/bf16". */

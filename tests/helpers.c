@@ -1,8 +1,11 @@
 #include "helpers.h"
 
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "backends/dispatch.h"
 #include "common/dtype.h"
 
 void th_seed(th_rng *r, uint64_t seed) { r->s = seed * 0x9e3779b97f4a7c15ull + 1; }
@@ -110,4 +113,17 @@ void th_small_config(fkv_config *cfg) {
     cfg->dtype = FKV_F32;
     cfg->max_seqs = 4;
     cfg->max_context = 512;
+}
+
+fkv_status th_set_option(fkv_device *dev, const char *key, uint64_t value) {
+    char text[32];
+    snprintf(text, sizeof text, "%llu", (unsigned long long)value);
+    return fkv_op_set_option(dev, key, text);
+}
+
+uint64_t th_option_value(fkv_device *dev, const char *key) {
+    char text[32];
+    if (fkv_op_get_option(dev, key, text, sizeof text) != FKV_OK)
+        return UINT64_MAX;
+    return strtoull(text, NULL, 10);
 }

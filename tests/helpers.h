@@ -32,4 +32,10 @@ void th_attention_ref(const float *q, const float *k, const float *v, size_t n, 
 /* A small geometry config for tests (2 layers, 4 q heads, 2 kv heads, d 16, p 4). */
 void th_small_config(fkv_config *cfg);
 
+/* A numeric backend option (fkv_op_set_option/fkv_op_get_option of backends/dispatch.h,
+ * docs/backend-options.md) of an opened device. th_option_value returns UINT64_MAX when the
+ * backend refuses (fkv_last_error says why). */
+fkv_status th_set_option(fkv_device *dev, const char *key, uint64_t value);
+uint64_t th_option_value(fkv_device *dev, const char *key);
+
 #endif

@@ -2,18 +2,20 @@
  * independent: the op specs of conformance/ run on it and are replayed in plain C here
  * (below), over the geometries the other backends are compared on and a few more. Also the
  * reference's own semantics: its table and capabilities, index errors that fail the event
- * (not only skip), NULL buffers accepted for no work, failures that propagate to waiting
- * commands, closing with work queued, enqueues from several threads, NaN inputs, pools whose
- * element offsets pass 2^32, and its environment variables. Criterion forks per test, so
- * each test opens its own device. */
+ * (not only skip), failures that propagate to waiting commands, closing with work queued,
+ * enqueues from several threads, NaN inputs, pools whose element offsets pass 2^32, and its
+ * environment variables. The device is opened and driven through the dispatch layer
+ * (backends/dispatch.h), as every caller drives a backend: argument checks and zero work are
+ * the dispatch layer's, the same for every backend (tests/test_dispatch.c, and the specs'
+ * bad_arguments and zero_work here). Criterion forks per test, so each test opens its own
+ * device. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "backends/backend.h"
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "common/dtype.h"
 #include "conformance.h"
 #include "helpers.h"
@@ -26,8 +28,8 @@
 
 /* ---- fixture: one device, and everything a test allocates freed at its end ---- */
 
-static const fkv_backend_ops *ops;
-static fkv_bdev *dev;
+static const fkv_backend_ops *ops; /* the table: its entries and enumeration */
+static fkv_device *dev;
 static fkv_bbuf *bufs[256];
 static size_t n_bufs;
 static void *mems[512];
@@ -44,7 +46,7 @@ static void unset_env(void) {
 static void open_cpu(void) {
     ops = fkv_backend_cpu();
     cr_assert_not_null(ops);
-    fkv_status st = ops->device_open(0, &dev);
+    fkv_status st = fkv_device_open_ops(ops, 0, &dev);
     cr_assert_eq(st, FKV_OK, "device_open: %s", fkv_last_error());
 }
 
@@ -55,12 +57,12 @@ static void setup(void) {
 
 static void teardown(void) {
     if (dev) {
-        ops->finish(dev, CQ);
-        ops->finish(dev, TQ);
-        ops->finish(dev, BQ);
+        fkv_op_finish(dev, CQ);
+        fkv_op_finish(dev, TQ);
+        fkv_op_finish(dev, BQ);
         for (size_t i = 0; i < n_bufs; i++)
-            ops->buffer_free(dev, bufs[i]);
-        ops->device_close(dev);
+            fkv_op_buffer_free(dev, bufs[i]);
+        fkv_device_close(dev);
     }
     for (size_t i = 0; i < n_mems; i++)
         free(mems[i]);
@@ -80,39 +82,27 @@ static void *tmalloc(size_t size) {
 static void wait_ok(fkv_status st, const char *what) {
     cr_assert_eq(st, FKV_OK, "%s enqueue: %s", what, fkv_last_error());
     cr_assert_not_null(ev_last, "%s: no event", what);
-    fkv_status w = ops->event_wait(dev, 1, &ev_last);
-    ops->event_release(dev, ev_last);
+    fkv_status w = fkv_op_event_wait(dev, 1, &ev_last);
+    fkv_op_event_release(dev, ev_last);
     ev_last = NULL;
     cr_assert_eq(w, FKV_OK, "%s: %s", what, fkv_last_error());
 }
 #define RUN(call) wait_ok((call), #call)
 
-/* Refused before queueing, and the event pointer is left NULL. */
-static void refused(fkv_status st, const char *what) {
-    cr_assert_eq(st, FKV_ERR_INVALID_ARGUMENT, "%s: expected INVALID_ARGUMENT, got %d", what, st);
-    cr_assert_null(ev_last, "%s: event set on error", what);
-    cr_assert(fkv_last_error()[0] != '\0', "%s: no message", what);
-}
-#define REFUSED(call)                                              \
-    do {                                                           \
-        ev_last = (fkv_bevent *)(uintptr_t)0x1; /* must be reset */ \
-        refused((call), #call);                                    \
-    } while (0)
-
 static fkv_bbuf *dalloc(size_t size) {
     fkv_bbuf *b = NULL;
-    cr_assert_eq(ops->buffer_alloc(dev, size, &b), FKV_OK, "buffer_alloc: %s", fkv_last_error());
+    cr_assert_eq(fkv_op_buffer_alloc(dev, size, &b), FKV_OK, "buffer_alloc: %s", fkv_last_error());
     cr_assert_lt(n_bufs, sizeof bufs / sizeof *bufs);
     bufs[n_bufs++] = b;
     return b;
 }
 
 static void dwrite(fkv_bbuf *b, size_t off, const void *src, size_t size) {
-    RUN(ops->write(dev, CQ, DONE, b, off, src, size));
+    RUN(fkv_op_write(dev, CQ, DONE, b, off, src, size));
 }
 
 static void dread(const fkv_bbuf *b, size_t off, void *dst, size_t size) {
-    RUN(ops->read(dev, CQ, DONE, b, off, dst, size));
+    RUN(fkv_op_read(dev, CQ, DONE, b, off, dst, size));
 }
 
 /* A buffer holding `size` bytes of src (NULL: guard bytes) at byte `off`, guard bytes
@@ -446,12 +436,12 @@ static void cpu_spec(const char *id) {
     static cf_case cases[2048];
     cf_case_opts opts = {.sets = CF_SET_QUICK | CF_SET_UNIT | CF_SET_CPU, .knobs = 0};
     size_t n = cf_op_cases(&opts, cases, sizeof cases / sizeof *cases), ran = 0;
-    fkv_bdev *ref_dev = NULL;
-    cr_assert_eq(ops->device_open(0, &ref_dev), FKV_OK, "%s", fkv_last_error());
+    fkv_device *ref_dev = NULL;
+    cr_assert_eq(fkv_device_open_ops(ops, 0, &ref_dev), FKV_OK, "%s", fkv_last_error());
     cf_env env = {.strict = 1, .index_errors_fail = 1};
-    env.dut = (cf_dev){.ops = ops, .bd = dev};
-    env.ref = (cf_dev){.ops = ops, .bd = ref_dev};
-    cr_assert_eq(ops->opened_info(dev, &env.dut.info), FKV_OK);
+    env.dut = (cf_dev){.dev = dev};
+    env.ref = (cf_dev){.dev = ref_dev};
+    cr_assert_eq(fkv_op_opened_info(dev, &env.dut.info), FKV_OK);
     env.dut.info.index = 0;
     env.ref.info = env.dut.info;
     for (size_t i = 0; i < n; i++) {
@@ -489,7 +479,7 @@ static void cpu_spec(const char *id) {
             free(out[k]);
         cf_spec_free(s);
     }
-    ops->device_close(ref_dev);
+    fkv_device_close(ref_dev);
     cr_assert_gt(ran, 0, "no case of spec %s", id);
 }
 
@@ -510,15 +500,16 @@ Test(cpu_ops, device_info_and_table) {
     cr_assert_str_eq(ops->name, "cpu");
     cr_assert(ops->buffer_import && ops->write_regions && ops->attention_dense &&
               ops->recall_direct && ops->recall_mode && ops->opened_info);
+    cr_assert(ops->set_option == NULL && ops->get_option == NULL, "the reference has no options");
     cr_assert_eq(ops->device_count(&n), FKV_OK);
     cr_assert_eq(n, 1);
     cr_assert_eq(ops->device_info(0, &info), FKV_OK);
     cr_assert_str_eq(info.name, "freekv CPU reference");
     cr_assert_eq(info.type, FKV_DEVICE_REFERENCE);
     cr_assert_eq(info.caps, caps);
-    cr_assert_eq(ops->opened_info(dev, &info), FKV_OK);
+    cr_assert_eq(fkv_op_opened_info(dev, &info), FKV_OK);
     cr_assert_eq(info.caps, caps, "no zero-copy unless the recall mode is direct");
-    cr_assert_eq(ops->recall_mode(dev), FKV_RECALL_STAGED);
+    cr_assert_eq(fkv_op_recall_mode(dev), FKV_RECALL_STAGED);
     /* through the public API, with no device selector */
     fkv_device *d = NULL;
     cr_assert_eq(fkv_device_open("cpu", NULL, &d), FKV_OK, "%s", fkv_last_error());
@@ -531,10 +522,10 @@ Test(cpu_ops, device_info_and_table) {
 Test(cpu_ops, host_alloc_aligned) {
     fkv_bhost *h = NULL;
     void *p = NULL;
-    cr_assert_eq(ops->host_alloc(dev, 1000, &h, &p), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_host_alloc(dev, 1000, &h, &p), FKV_OK, "%s", fkv_last_error());
     cr_assert_eq((uintptr_t)p % 64, 0);
     memset(p, 1, 1000);
-    ops->host_free(dev, h);
+    fkv_op_host_free(dev, h);
 }
 
 /* recall_direct copies its host offsets when it enqueues (the interface asks the caller to
@@ -545,19 +536,19 @@ Test(cpu_ops, recall_direct_copies_host_offsets) {
     size_t unit = 2 * 4 * 16 * 2;
     fkv_bhost *host = NULL;
     void *hp = NULL;
-    cr_assert_eq(ops->host_alloc(dev, 2 * unit, &host, &hp), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_host_alloc(dev, 2 * unit, &host, &hp), FKV_OK, "%s", fkv_last_error());
     for (size_t i = 0; i < 2 * unit; i++)
         ((unsigned char *)hp)[i] = (unsigned char)(i * 7 + 1);
     fkv_bbuf *kp = dalloc(unit), *vp = dalloc(unit), *ub = dfrom((int32_t[]){0, 1}, 0, 8);
     uint64_t offs[1] = {unit};
-    fkv_status st = ops->recall_direct(dev, CQ, DONE, &g, host, 1, offs, ub, 0, kp, vp);
+    fkv_status st = fkv_op_recall_direct(dev, CQ, DONE, &g, host, 1, offs, ub, 0, kp, vp);
     offs[0] = UINT64_MAX;
     RUN(st);
     unsigned char *k = tmalloc(unit);
     dread(kp, 0, k, unit);
     for (size_t t = 0; t < 4; t++) /* head 1 of slot 0: row t, elements 16..31 */
         cr_assert_arr_eq(k + (t * 32 + 16) * 2, (unsigned char *)hp + unit + t * 32, 32);
-    ops->host_free(dev, host);
+    fkv_op_host_free(dev, host);
 }
 
 /* A small f32 setup shared by the error tests: 2 slots of p=4, Hk=2, group 2, d=16. */
@@ -589,58 +580,26 @@ static fkv_bbuf *ints(const int32_t *v, size_t n) {
 Test(cpu_ops, failures_propagate) {
     small s = small_setup();
     fkv_bevent *bad = NULL, *after = NULL, *mark = NULL;
-    cr_assert_eq(ops->append(dev, CQ, (fkv_deps){0, NULL, &bad}, &s.g, s.big, 0, s.big, 0, 1,
-                             ints((int32_t[]){100}, 1), 0, s.kp, s.vp),
+    cr_assert_eq(fkv_op_append(dev, CQ, (fkv_deps){0, NULL, &bad}, &s.g, s.big, 0, s.big, 0, 1,
+                               ints((int32_t[]){100}, 1), 0, s.kp, s.vp),
                  FKV_OK);
     float back[4];
     /* a command waiting on the failed one fails and is not run */
-    cr_assert_eq(ops->read(dev, TQ, (fkv_deps){1, &bad, &after}, s.kp, 0, back, sizeof back),
+    cr_assert_eq(fkv_op_read(dev, TQ, (fkv_deps){1, &bad, &after}, s.kp, 0, back, sizeof back),
                  FKV_OK);
-    cr_assert_eq(ops->marker(dev, BQ, (fkv_deps){1, &after, &mark}), FKV_OK);
-    cr_assert_eq(ops->event_wait(dev, 1, &mark), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_marker(dev, BQ, (fkv_deps){1, &after, &mark}), FKV_OK);
+    cr_assert_eq(fkv_op_event_wait(dev, 1, &mark), FKV_ERR_INVALID_ARGUMENT);
     cr_assert(strstr(fkv_last_error(), "append") != NULL, "%s", fkv_last_error());
-    cr_assert_eq(ops->event_wait(dev, 1, &after), FKV_ERR_INVALID_ARGUMENT);
-    cr_assert_eq(ops->event_wait(dev, 1, &bad), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_event_wait(dev, 1, &after), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_event_wait(dev, 1, &bad), FKV_ERR_INVALID_ARGUMENT);
     fkv_bevent *both[2] = {bad, after};
-    cr_assert_eq(ops->event_wait(dev, 2, both), FKV_ERR_INVALID_ARGUMENT);
-    ops->event_release(dev, bad);
-    ops->event_release(dev, after);
-    ops->event_release(dev, mark);
+    cr_assert_eq(fkv_op_event_wait(dev, 2, both), FKV_ERR_INVALID_ARGUMENT);
+    fkv_op_event_release(dev, bad);
+    fkv_op_event_release(dev, after);
+    fkv_op_event_release(dev, mark);
     /* finish reports a failure on its queue since the last marker, then is clean */
-    cr_assert_eq(ops->finish(dev, CQ), FKV_ERR_INVALID_ARGUMENT);
-    cr_assert_eq(ops->finish(dev, CQ), FKV_OK, "%s", fkv_last_error());
-}
-
-/* Refusals only the reference makes: a wait list holding a NULL event, a marker on no
- * device, a wait on a NULL event (the specs check the ones every backend makes). */
-Test(cpu_ops, bad_arguments_of_the_reference) {
-    small s = small_setup();
-    char host[64] = {0};
-    fkv_bevent *null_ev = NULL;
-    REFUSED(ops->write(dev, CQ, (fkv_deps){1, &null_ev, &ev_last}, s.q, 0, host, 4));
-    REFUSED(ops->marker(NULL, CQ, DONE));
-    cr_assert_eq(ops->event_wait(dev, 1, &null_ev), FKV_ERR_INVALID_ARGUMENT);
-}
-
-/* No work with NULL buffers: the reference is lenient (GPU backends check every buffer). */
-Test(cpu_ops, zero_counts_with_null_buffers) {
-    small s = small_setup();
-    fkv_kv_geom *g = &s.g;
-    RUN(ops->append(dev, CQ, DONE, g, NULL, 0, NULL, 0, 0, NULL, 0, NULL, NULL));
-    RUN(ops->summarize(dev, CQ, DONE, g, NULL, 0, NULL, 0, NULL));
-    RUN(ops->scores(dev, CQ, DONE, g, NULL, 0, 0, NULL, 0, NULL, NULL, 0));
-    RUN(ops->cosine_flags(dev, BQ, DONE, g, NULL, 0, NULL, 0, 0, 0.5f, NULL, 0, NULL, 0));
-    RUN(ops->pack_hnd(dev, CQ, DONE, g, NULL, NULL, 0, NULL, 0, NULL, 0));
-    RUN(ops->scatter_hnd(dev, CQ, DONE, g, NULL, 0, 0, NULL, 0, NULL, NULL));
-    RUN(ops->recall_direct(dev, CQ, DONE, g, NULL, 0, NULL, NULL, 0, NULL, NULL));
-    RUN(ops->attention(dev, CQ, DONE, g, NULL, 0, 0, NULL, 0, NULL, 0, NULL, NULL, 1.0f, NULL, 0));
-    RUN(ops->attention_dense(dev, BQ, DONE, g, s.q, 0, 0, NULL, NULL, 1.0f, s.out, 0));
-    RUN(ops->marker(dev, TQ, DONE));
-    /* without a done event the command still runs */
-    cr_assert_eq(ops->append(dev, CQ, (fkv_deps){0, NULL, NULL}, g, NULL, 0, NULL, 0, 0, NULL, 0,
-                             NULL, NULL),
-                 FKV_OK);
-    cr_assert_eq(ops->finish(dev, CQ), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_finish(dev, CQ), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_finish(dev, CQ), FKV_OK, "%s", fkv_last_error());
 }
 
 /* Enqueues from several threads at once on all queues (run under ThreadSanitizer too). */
@@ -657,16 +616,18 @@ static void *hammer(void *p) {
         memset(src, it + (int)a->q, sizeof src);
         fkv_bevent *w = NULL, *rd = NULL;
         fkv_queue other = (fkv_queue)((a->q + 1) % FKV_QUEUE_COUNT);
-        if (ops->write(dev, a->q, (fkv_deps){0, NULL, &w}, a->buf, 0, src, sizeof src) != FKV_OK ||
-            ops->read(dev, other, (fkv_deps){1, &w, &rd}, a->buf, 0, back, sizeof back) != FKV_OK) {
+        if (fkv_op_write(dev, a->q, (fkv_deps){0, NULL, &w}, a->buf, 0, src, sizeof src) !=
+                FKV_OK ||
+            fkv_op_read(dev, other, (fkv_deps){1, &w, &rd}, a->buf, 0, back, sizeof back) !=
+                FKV_OK) {
             a->errors++;
-            ops->event_release(dev, w);
+            fkv_op_event_release(dev, w);
             continue;
         }
-        if (ops->event_wait(dev, 1, &rd) != FKV_OK || memcmp(src, back, sizeof src) != 0)
+        if (fkv_op_event_wait(dev, 1, &rd) != FKV_OK || memcmp(src, back, sizeof src) != 0)
             a->errors++;
-        ops->event_release(dev, w);
-        ops->event_release(dev, rd);
+        fkv_op_event_release(dev, w);
+        fkv_op_event_release(dev, rd);
     }
     return NULL;
 }
@@ -690,11 +651,14 @@ Test(cpu_ops, close_drains_pending_work) {
     unsigned char *src = tmalloc(1 << 20);
     fkv_bevent *ev = NULL;
     for (int i = 0; i < 20; i++)
-        cr_assert_eq(ops->write(dev, TQ, (fkv_deps){0, NULL, i == 19 ? &ev : NULL}, b, 0, src,
-                                1 << 20),
-                     FKV_OK);
-    ops->device_close(dev);
+        cr_assert_eq(
+            fkv_op_write(dev, TQ, (fkv_deps){0, NULL, i == 19 ? &ev : NULL}, b, 0, src, 1 << 20),
+            FKV_OK);
+    fkv_device_close(dev);
     dev = NULL;
+    /* The reference's events and buffers need no device (its table's event_wait,
+     * event_release and buffer_free ignore it): the table itself is called here, the one
+     * place there is no device to dispatch on. */
     cr_assert_eq(ops->event_wait(NULL, 1, &ev), FKV_OK);
     ops->event_release(NULL, ev);
     ops->buffer_free(NULL, b);
@@ -713,11 +677,11 @@ Test(cpu_ops, nan_inputs_do_not_crash) {
     fkv_bbuf *qb = dfrom(q, 0, hq * 16 * 4), *out = dalloc(hq * 16 * 4);
     fkv_bbuf *sums = dalloc(2 * 2 * 2 * 16 * 4), *flags = dalloc(64), *sims = dalloc(64);
     fkv_bbuf *heads = ints((int32_t[]){0, 2, 0, 2}, 4), *entries = ints((int32_t[]){0, 4, 1, 3}, 4);
-    RUN(ops->attention(dev, CQ, DONE, &g, qb, 0, 1, heads, 0, entries, 0, kp, kp, 1.0f, out, 0));
-    RUN(ops->attention_dense(dev, CQ, DONE, &g, qb, 0, 8, kp, kp, 1.0f, out, 0));
-    RUN(ops->summarize(dev, CQ, DONE, &g, kp, 2, ints((int32_t[]){0, 0, 1, 1}, 4), 0, sums));
-    RUN(ops->scores(dev, CQ, DONE, &g, qb, 0, 1, ints((int32_t[]){0, 2, 0}, 3), 0, sums, out, 0));
-    RUN(ops->cosine_flags(dev, CQ, DONE, &g, qb, 0, qb, 0, 1, 0.9f, sims, 0, flags, 0));
+    RUN(fkv_op_attention(dev, CQ, DONE, &g, qb, 0, 1, heads, 0, entries, 0, kp, kp, 1.0f, out, 0));
+    RUN(fkv_op_attention_dense(dev, CQ, DONE, &g, qb, 0, 8, kp, kp, 1.0f, out, 0));
+    RUN(fkv_op_summarize(dev, CQ, DONE, &g, kp, 2, ints((int32_t[]){0, 0, 1, 1}, 4), 0, sums));
+    RUN(fkv_op_scores(dev, CQ, DONE, &g, qb, 0, 1, ints((int32_t[]){0, 2, 0}, 3), 0, sums, out, 0));
+    RUN(fkv_op_cosine_flags(dev, CQ, DONE, &g, qb, 0, qb, 0, 1, 0.9f, sims, 0, flags, 0));
 }
 
 /* ---- environment ---- */
@@ -730,11 +694,11 @@ Test(cpu_env, recall_modes) {
         setenv("FREEKV_CPU_RECALL", names[i], 1);
         open_cpu();
         fkv_device_info info;
-        cr_assert_eq(ops->recall_mode(dev), (fkv_recall_mode)i);
-        cr_assert_eq(ops->opened_info(dev, &info), FKV_OK);
+        cr_assert_eq(fkv_op_recall_mode(dev), (fkv_recall_mode)i);
+        cr_assert_eq(fkv_op_opened_info(dev, &info), FKV_OK);
         cr_assert_eq((info.caps & FKV_CAP_ZERO_COPY_HOST) != 0, i == FKV_RECALL_DIRECT,
                      "zero-copy cap for %s", names[i]);
-        ops->device_close(dev);
+        fkv_device_close(dev);
         dev = NULL;
     }
     /* through the public API too */
@@ -749,9 +713,9 @@ Test(cpu_env, recall_modes) {
 
 Test(cpu_env, bad_recall_value) {
     setenv("FREEKV_CPU_RECALL", "zerocopy", 1);
-    fkv_bdev *b = NULL;
+    fkv_device *b = NULL;
     ops = fkv_backend_cpu();
-    cr_assert_eq(ops->device_open(0, &b), FKV_ERR_BAD_ENVIRONMENT);
+    cr_assert_eq(fkv_device_open_ops(ops, 0, &b), FKV_ERR_BAD_ENVIRONMENT);
     cr_assert_null(b);
     cr_assert(strstr(fkv_last_error(), "FREEKV_CPU_RECALL") != NULL, "%s", fkv_last_error());
     fkv_device *d = NULL;
@@ -763,19 +727,19 @@ Test(cpu_env, device_memory_limit) {
     setenv("FREEKV_CPU_DEVICE_MEMORY", "1K", 1);
     open_cpu();
     fkv_device_info info;
-    cr_assert_eq(ops->opened_info(dev, &info), FKV_OK);
+    cr_assert_eq(fkv_op_opened_info(dev, &info), FKV_OK);
     cr_assert_eq(info.memory_bytes, 1024);
     fkv_bbuf *a = NULL, *b = NULL;
-    cr_assert_eq(ops->buffer_alloc(dev, 1 << 20, &b), FKV_ERR_OUT_OF_DEVICE_MEMORY);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 1 << 20, &b), FKV_ERR_OUT_OF_DEVICE_MEMORY);
     cr_assert_null(b);
-    cr_assert_eq(ops->buffer_alloc(dev, 1000, &a), FKV_OK);
-    cr_assert_eq(ops->buffer_alloc(dev, 100, &b), FKV_ERR_OUT_OF_DEVICE_MEMORY);
-    cr_assert_eq(ops->buffer_alloc(dev, 24, &b), FKV_OK);
-    ops->buffer_free(dev, a);
-    cr_assert_eq(ops->buffer_alloc(dev, 1000, &a), FKV_OK, "freed memory is available again");
-    ops->buffer_free(dev, a);
-    ops->buffer_free(dev, b);
-    ops->device_close(dev);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 1000, &a), FKV_OK);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 100, &b), FKV_ERR_OUT_OF_DEVICE_MEMORY);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 24, &b), FKV_OK);
+    fkv_op_buffer_free(dev, a);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 1000, &a), FKV_OK, "freed memory is available again");
+    fkv_op_buffer_free(dev, a);
+    fkv_op_buffer_free(dev, b);
+    fkv_device_close(dev);
     dev = NULL;
     /* through the public API */
     fkv_device *d = NULL;
@@ -791,40 +755,41 @@ Test(cpu_env, host_memory_limit) {
     open_cpu();
     fkv_bhost *h = NULL, *h2 = NULL;
     void *p = NULL;
-    cr_assert_eq(ops->host_alloc(dev, 1 << 20, &h, &p), FKV_ERR_OUT_OF_HOST_MEMORY);
+    cr_assert_eq(fkv_op_host_alloc(dev, 1 << 20, &h, &p), FKV_ERR_OUT_OF_HOST_MEMORY);
     cr_assert_null(h);
-    cr_assert_eq(ops->host_alloc(dev, 60 << 10, &h, &p), FKV_OK);
-    cr_assert_eq(ops->host_alloc(dev, 8 << 10, &h2, &p), FKV_ERR_OUT_OF_HOST_MEMORY);
-    ops->host_free(dev, h);
-    cr_assert_eq(ops->host_alloc(dev, 8 << 10, &h2, &p), FKV_OK);
-    ops->host_free(dev, h2);
+    cr_assert_eq(fkv_op_host_alloc(dev, 60 << 10, &h, &p), FKV_OK);
+    cr_assert_eq(fkv_op_host_alloc(dev, 8 << 10, &h2, &p), FKV_ERR_OUT_OF_HOST_MEMORY);
+    fkv_op_host_free(dev, h);
+    cr_assert_eq(fkv_op_host_alloc(dev, 8 << 10, &h2, &p), FKV_OK);
+    fkv_op_host_free(dev, h2);
     /* device memory is not limited by the host limit */
     fkv_bbuf *b = NULL;
-    cr_assert_eq(ops->buffer_alloc(dev, 1 << 20, &b), FKV_OK);
-    ops->buffer_free(dev, b);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 1 << 20, &b), FKV_OK);
+    fkv_op_buffer_free(dev, b);
 }
 
 Test(cpu_env, bad_memory_values) {
     static const char *const bad[] = {"12Q", "-5", "0", "1KK", "K", "64 M", "99999999999999999999"};
     ops = fkv_backend_cpu();
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        fkv_bdev *b = NULL;
+        fkv_device *b = NULL;
         setenv("FREEKV_CPU_DEVICE_MEMORY", bad[i], 1);
-        cr_assert_eq(ops->device_open(0, &b), FKV_ERR_BAD_ENVIRONMENT, "'%s' accepted", bad[i]);
+        cr_assert_eq(fkv_device_open_ops(ops, 0, &b), FKV_ERR_BAD_ENVIRONMENT, "'%s' accepted",
+                     bad[i]);
         cr_assert_null(b);
         cr_assert(strstr(fkv_last_error(), "FREEKV_CPU_DEVICE_MEMORY") != NULL);
     }
     unsetenv("FREEKV_CPU_DEVICE_MEMORY");
     setenv("FREEKV_CPU_HOST_MEMORY", "2X", 1);
-    fkv_bdev *b = NULL;
-    cr_assert_eq(ops->device_open(0, &b), FKV_ERR_BAD_ENVIRONMENT);
+    fkv_device *b = NULL;
+    cr_assert_eq(fkv_device_open_ops(ops, 0, &b), FKV_ERR_BAD_ENVIRONMENT);
     cr_assert(strstr(fkv_last_error(), "FREEKV_CPU_HOST_MEMORY") != NULL);
     /* an empty value means unset; G is accepted */
     setenv("FREEKV_CPU_HOST_MEMORY", "", 1);
     setenv("FREEKV_CPU_DEVICE_MEMORY", "3G", 1);
     open_cpu();
     fkv_device_info info;
-    cr_assert_eq(ops->opened_info(dev, &info), FKV_OK);
+    cr_assert_eq(fkv_op_opened_info(dev, &info), FKV_OK);
     cr_assert_eq(info.memory_bytes, 3ull << 30);
 }
 
@@ -874,8 +839,8 @@ Test(cpu_ops, pools_beyond_32bit_element_offsets) {
         cr_skip_test("cannot map two 8 GiB pools here");
     }
     fkv_bbuf *kp = NULL, *vp = NULL;
-    cr_assert_eq(ops->buffer_import(dev, bp.k, bp.bytes, &kp), FKV_OK, "%s", fkv_last_error());
-    cr_assert_eq(ops->buffer_import(dev, bp.v, bp.bytes, &vp), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_buffer_import(dev, bp.k, bp.bytes, &kp), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_buffer_import(dev, bp.v, bp.bytes, &vp), FKV_OK, "%s", fkv_last_error());
     size_t hi = n_slots - 1, mid = (size_t)1 << 16; /* first elements ~2^32 + 2^16, 2^31 */
     cr_assert_gt(hi * slot_elems, (size_t)UINT32_MAX);
     cr_assert_eq(mid * slot_elems, (size_t)1 << 31);
@@ -890,7 +855,7 @@ Test(cpu_ops, pools_beyond_32bit_element_offsets) {
         rows[i] = (int32_t)((i < p ? hi : mid) * p + i % p);
     fkv_bbuf *kb = dfrom(k, 0, n_rows * re * 4), *vb = dfrom(v, 0, n_rows * re * 4);
     fkv_bbuf *rb = dfrom(rows, 0, n_rows * 4);
-    RUN(ops->append(dev, CQ, DONE, &g, kb, 0, vb, 0, (uint32_t)n_rows, rb, 0, kp, vp));
+    RUN(fkv_op_append(dev, CQ, DONE, &g, kb, 0, vb, 0, (uint32_t)n_rows, rb, 0, kp, vp));
     for (size_t i = 0; i < n_rows; i++)
         for (size_t e = 0; e < re; e++) {
             size_t slot = i < p ? hi : mid, t = i % p, h = e / d, c = e % d;
@@ -901,7 +866,7 @@ Test(cpu_ops, pools_beyond_32bit_element_offsets) {
     /* summarize both pages */
     int32_t pages[4] = {(int32_t)hi, 0, (int32_t)mid, 1};
     fkv_bbuf *pg = dfrom(pages, 0, sizeof pages), *sm = dalloc(2 * re * 2 * 4);
-    RUN(ops->summarize(dev, CQ, DONE, &g, kp, 2, pg, 0, sm)); /* summaries start at byte 0 */
+    RUN(fkv_op_summarize(dev, CQ, DONE, &g, kp, 2, pg, 0, sm)); /* summaries start at byte 0 */
     float *summ = tmalloc(2 * re * 2 * 4);
     dread(sm, 0, summ, 2 * re * 2 * 4);
     for (size_t s = 0; s < 2; s++)
@@ -921,7 +886,7 @@ Test(cpu_ops, pools_beyond_32bit_element_offsets) {
     int32_t gslots[2] = {(int32_t)hi, (int32_t)mid};
     size_t page_elems = 2 * p * re;
     fkv_bbuf *gs = dfrom(gslots, 0, sizeof gslots), *pk = dguarded(2 * page_elems * 2);
-    RUN(ops->pack_hnd(dev, CQ, DONE, &g, kp, vp, 2, gs, 0, pk, GUARD));
+    RUN(fkv_op_pack_hnd(dev, CQ, DONE, &g, kp, vp, 2, gs, 0, pk, GUARD));
     unsigned char *packed = tmalloc(2 * page_elems * 2);
     dread(pk, GUARD, packed, 2 * page_elems * 2);
     for (size_t i = 0; i < 2; i++)
@@ -942,7 +907,7 @@ Test(cpu_ops, pools_beyond_32bit_element_offsets) {
     memcpy(units_src + unit_elems * 2, packed + page_elems * 2, unit_elems * 2);
     int32_t units[4] = {(int32_t)(hi - 1), 3, (int32_t)(mid + 1), 0};
     fkv_bbuf *us = dfrom(units_src, 0, 2 * unit_elems * 2), *ui = dfrom(units, 0, sizeof units);
-    RUN(ops->scatter_hnd(dev, CQ, DONE, &g, us, 0, 2, ui, 0, kp, vp));
+    RUN(fkv_op_scatter_hnd(dev, CQ, DONE, &g, us, 0, 2, ui, 0, kp, vp));
     for (size_t t = 0; t < p; t++)
         for (size_t c = 0; c < d; c++) {
             cr_assert_eq(pool_at(bp.k, &g, hi - 1, t, 3, c), pool_at(bp.k, &g, hi, t, 3, c));
@@ -954,16 +919,16 @@ Test(cpu_ops, pools_beyond_32bit_element_offsets) {
     /* recall_direct: the unit of (mid, head 5) from host memory into slot hi-2, head 5 */
     fkv_bhost *hm = NULL;
     void *hp = NULL;
-    cr_assert_eq(ops->host_alloc(dev, unit_elems * 2, &hm, &hp), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_host_alloc(dev, unit_elems * 2, &hm, &hp), FKV_OK, "%s", fkv_last_error());
     memcpy(hp, packed + page_elems * 2 + (5 * 2 * p * d) * 2, unit_elems * 2);
     uint64_t off0 = 0;
     int32_t unit2[2] = {(int32_t)(hi - 2), 5};
     fkv_bbuf *u2 = dfrom(unit2, 0, sizeof unit2);
-    RUN(ops->recall_direct(dev, CQ, DONE, &g, hm, 1, &off0, u2, 0, kp, vp));
+    RUN(fkv_op_recall_direct(dev, CQ, DONE, &g, hm, 1, &off0, u2, 0, kp, vp));
     for (size_t t = 0; t < p; t++)
         for (size_t c = 0; c < d; c++)
             cr_assert_eq(pool_at(bp.v, &g, hi - 2, t, 5, c), pool_at(bp.v, &g, mid, t, 5, c));
-    ops->host_free(dev, hm);
+    fkv_op_host_free(dev, hm);
 
     /* attention: every KV head reads slot hi (all tokens) then slot mid (p - 3 tokens) */
     size_t hq = hk * g.group, n_tok = 2 * p - 3;
@@ -975,7 +940,7 @@ Test(cpu_ops, pools_beyond_32bit_element_offsets) {
     }
     fkv_bbuf *qb = dfrom(q, 0, hq * d * 4), *hb = dfrom(heads, 0, sizeof heads);
     fkv_bbuf *eb = dfrom(entries, 0, sizeof entries), *ob = dguarded(hq * d * 4);
-    RUN(ops->attention(dev, CQ, DONE, &g, qb, 0, 1, hb, 0, eb, 0, kp, vp, scale, ob, GUARD));
+    RUN(fkv_op_attention(dev, CQ, DONE, &g, qb, 0, 1, hb, 0, eb, 0, kp, vp, scale, ob, GUARD));
     float *got = tmalloc(hq * d * 4), *kk = tmalloc(n_tok * d * 4), *vv = tmalloc(n_tok * d * 4);
     float ref[128];
     dread(ob, GUARD, got, hq * d * 4);
@@ -992,9 +957,9 @@ Test(cpu_ops, pools_beyond_32bit_element_offsets) {
             cr_assert_lt(th_rel_l2(got + qh * d, ref, d), 1e-5, "attention, query head %zu", qh);
         }
     }
-    ops->finish(dev, CQ);
-    ops->buffer_free(dev, kp); /* imports: the mapping stays ours (a failed assertion ends the
+    fkv_op_finish(dev, CQ);
+    fkv_op_buffer_free(dev, kp); /* imports: the mapping stays ours (a failed assertion ends the
                                   forked test process, which drops both) */
-    ops->buffer_free(dev, vp);
+    fkv_op_buffer_free(dev, vp);
     big_unmap(&bp);
 }

@@ -11,9 +11,8 @@
 #include <string.h>
 
 #include "backend_harness.h"
-#include "backends/backend.h"
+#include "backends/dispatch.h"
 #include "common/dtype.h"
-#include "hip/hip_debug.h"
 #include "hip/hip_dtype.h"
 
 static const fkv_backend_ops *hip(void) {
@@ -31,6 +30,8 @@ Test(hip, table_is_complete) {
     cr_assert_not_null(o->attention_dense);
     cr_assert_not_null(o->buffer_import);
     cr_assert_not_null(o->opened_info);
+    cr_assert_not_null(o->set_option);
+    cr_assert_not_null(o->get_option);
 }
 
 Test(hip, enumeration_without_gpu_is_not_an_error) {
@@ -49,38 +50,15 @@ Test(hip, enumeration_without_gpu_is_not_an_error) {
     cr_assert_eq(count, n);
 }
 
+/* Enumeration refuses NULL outputs itself (the registry's calls); every other entry
+ * receives only calls the dispatch layer checked (tests/test_dispatch.c), as on every
+ * backend. */
 Test(hip, null_arguments) {
     const fkv_backend_ops *o = hip();
     cr_assert_eq(o->device_count(NULL), FKV_ERR_INVALID_ARGUMENT);
     cr_assert_eq(o->device_info(0, NULL), FKV_ERR_INVALID_ARGUMENT);
     cr_assert_eq(o->device_open(0, NULL), FKV_ERR_INVALID_ARGUMENT);
     o->device_close(NULL);
-    o->buffer_free(NULL, NULL);
-    o->host_free(NULL, NULL);
-    o->event_release(NULL, NULL);
-    cr_assert_eq(o->event_wait(NULL, 0, NULL), FKV_OK, "nothing to wait for");
-
-    /* Every enqueue refuses a NULL device and leaves *done NULL. */
-    fkv_bevent *ev = (fkv_bevent *)&ev;
-    fkv_deps deps = {0, NULL, &ev};
-    fkv_kv_geom g = {2, 2, 64, 16, FKV_F16};
-    cr_assert_eq(o->marker(NULL, FKV_QUEUE_COMPUTE, deps), FKV_ERR_INVALID_ARGUMENT);
-    cr_assert_null(ev);
-    ev = (fkv_bevent *)&ev;
-    cr_assert_eq(o->write(NULL, FKV_QUEUE_TRANSFER, deps, NULL, 0, "x", 1),
-                 FKV_ERR_INVALID_ARGUMENT);
-    cr_assert_null(ev);
-    ev = (fkv_bevent *)&ev;
-    cr_assert_eq(o->attention(NULL, FKV_QUEUE_COMPUTE, deps, &g, NULL, 0, 1, NULL, 0, NULL, 0,
-                              NULL, NULL, 1.0f, NULL, 0),
-                 FKV_ERR_INVALID_ARGUMENT);
-    cr_assert_null(ev);
-    ev = (fkv_bevent *)&ev;
-    uint64_t off = 0;
-    cr_assert_eq(o->recall_direct(NULL, FKV_QUEUE_BACKGROUND, deps, &g, NULL, 1, &off, NULL, 0,
-                                  NULL, NULL),
-                 FKV_ERR_INVALID_ARGUMENT);
-    cr_assert_null(ev);
 }
 
 Test(hip, bad_recall_environment_fails_before_the_runtime) {
@@ -129,60 +107,62 @@ Test(hip, dtype_conversions_match_the_reference) {
 
 /* ---- with a device (skipped here: no HIP GPU) ---- */
 
-static fkv_bdev *open_or_skip(void) {
-    const fkv_backend_ops *o = hip();
+static fkv_device *open_or_skip(void) {
     uint32_t n = 0;
     unsetenv("FREEKV_HIP_RECALL");
-    if (o->device_count(&n) != FKV_OK || n == 0)
+    if (hip()->device_count(&n) != FKV_OK || n == 0)
         cr_skip_test("no HIP device");
-    fkv_bdev *d = NULL;
-    cr_assert_eq(o->device_open(0, &d), FKV_OK, "%s", fkv_last_error());
+    fkv_device *d = NULL;
+    cr_assert_eq(fkv_device_open("hip", "0", &d), FKV_OK, "%s", fkv_last_error());
     return d;
 }
 
 Test(hip, argument_checks_refuse_before_enqueueing) {
-    fkv_bdev *d = open_or_skip();
-    const fkv_backend_ops *o = hip();
+    fkv_device *d = open_or_skip();
     fkv_kv_geom g = {2, 2, 64, 16, FKV_F16};
     fkv_bbuf *buf = NULL;
-    cr_assert_eq(o->buffer_alloc(d, 4096, &buf), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_buffer_alloc(d, 4096, &buf), FKV_OK, "%s", fkv_last_error());
     fkv_bevent *ev = (fkv_bevent *)&ev;
     fkv_deps deps = {0, NULL, &ev};
     char host[64] = {0};
-    cr_assert_eq(o->write(d, (fkv_queue)7, deps, buf, 0, host, 8), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_write(d, (fkv_queue)7, deps, buf, 0, host, 8), FKV_ERR_INVALID_ARGUMENT);
     cr_assert_null(ev);
-    cr_assert_eq(o->write(d, FKV_QUEUE_TRANSFER, deps, buf, 4090, host, 8),
+    cr_assert_eq(fkv_op_write(d, FKV_QUEUE_TRANSFER, deps, buf, 4090, host, 8),
                  FKV_ERR_INVALID_ARGUMENT);
-    cr_assert_eq(o->append(d, FKV_QUEUE_TRANSFER, deps, &g, buf, 0, buf, 0, 1, buf, 0, buf, buf),
-                 FKV_ERR_INVALID_ARGUMENT, "kernels only on compute/background");
-    cr_assert_eq(o->cosine_flags(d, FKV_QUEUE_COMPUTE, deps, &g, buf, 2, buf, 0, 1, 0.9f, buf, 0,
-                                 buf, 0),
+    cr_assert_eq(
+        fkv_op_append(d, FKV_QUEUE_TRANSFER, deps, &g, buf, 0, buf, 0, 1, buf, 0, buf, buf),
+        FKV_ERR_INVALID_ARGUMENT, "kernels only on compute/background");
+    cr_assert_eq(fkv_op_cosine_flags(d, FKV_QUEUE_COMPUTE, deps, &g, buf, 2, buf, 0, 1, 0.9f, buf,
+                                     0, buf, 0),
                  FKV_ERR_INVALID_ARGUMENT, "misaligned offset");
     fkv_deps bad = {2, NULL, &ev};
-    cr_assert_eq(o->marker(d, FKV_QUEUE_COMPUTE, bad), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_marker(d, FKV_QUEUE_COMPUTE, bad), FKV_ERR_INVALID_ARGUMENT);
     cr_assert_null(ev);
     fkv_device_info info;
-    cr_assert_eq(o->opened_info(d, &info), FKV_OK);
+    cr_assert_eq(fkv_op_opened_info(d, &info), FKV_OK);
     cr_assert_str_eq(info.backend, "hip");
-    fkv_recall_mode mode = o->recall_mode(d);
+    fkv_recall_mode mode = fkv_op_recall_mode(d);
     cr_assert(mode == FKV_RECALL_DIRECT || mode == FKV_RECALL_STAGED);
-    o->buffer_free(d, buf);
-    o->device_close(d);
+    cr_assert_eq(fkv_op_set_option(d, "no_such_key", "1"), FKV_ERR_UNSUPPORTED);
+    cr_assert(strstr(fkv_last_error(), "attention_splits") &&
+                  strstr(fkv_last_error(), "shared_memory_bytes"),
+              "%s", fkv_last_error());
+    fkv_op_buffer_free(d, buf);
+    fkv_device_close(d);
 }
 
 Test(hip, recall_environment_picks_the_mode) {
-    fkv_bdev *d = open_or_skip();
-    const fkv_backend_ops *o = hip();
-    o->device_close(d);
+    fkv_device *d = open_or_skip();
+    fkv_device_close(d);
     static const struct {
         const char *value;
         fkv_recall_mode mode;
     } cases[] = {{"staged", FKV_RECALL_STAGED}, {"perpage", FKV_RECALL_PERPAGE}};
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         setenv("FREEKV_HIP_RECALL", cases[i].value, 1);
-        cr_assert_eq(o->device_open(0, &d), FKV_OK, "%s", fkv_last_error());
-        cr_assert_eq(o->recall_mode(d), cases[i].mode, "%s", cases[i].value);
-        o->device_close(d);
+        cr_assert_eq(fkv_device_open("hip", "0", &d), FKV_OK, "%s", fkv_last_error());
+        cr_assert_eq(fkv_op_recall_mode(d), cases[i].mode, "%s", cases[i].value);
+        fkv_device_close(d);
     }
     unsetenv("FREEKV_HIP_RECALL");
 }
@@ -195,7 +175,6 @@ static const bh_backend hip_backend = {
     .ops = fkv_backend_hip,
     .env = hip_env,
     .recall_env = "FREEKV_HIP_RECALL",
-    .knobs = {.set_splits = fkv_hip_debug_set_splits, .set_shared = fkv_hip_debug_set_shared},
 };
 
 static void open_both(void) {

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "core/hostpool.h"
 
 #define CHUNK_PAGES 4
@@ -16,7 +16,6 @@
 
 typedef struct fixture {
     fkv_device *dev;
-    const fkv_backend_ops *ops;
     fkv_hostpool hp;
 } fixture;
 
@@ -24,19 +23,18 @@ static void open_pool(fixture *f, const char *host_memory) {
     if (host_memory)
         cr_assert_eq(setenv("FREEKV_CPU_HOST_MEMORY", host_memory, 1), 0);
     cr_assert_eq(fkv_device_open("cpu", NULL, &f->dev), FKV_OK, "%s", fkv_last_error());
-    f->ops = f->dev->ops;
     cr_assert_eq(fkv_hostpool_init(&f->hp, MAX_PAGES, CHUNK_PAGES, PAGE_BYTES), FKV_OK);
     cr_assert_eq(f->hp.max_chunks, 3);
 }
 
 static void close_pool(fixture *f) {
-    fkv_hostpool_free(&f->hp, f->ops, f->dev->bdev);
+    fkv_hostpool_free(&f->hp, f->dev);
     cr_assert_null(f->hp.chunks);
     fkv_device_close(f->dev);
 }
 
 static fkv_status reserve(fixture *f, uint32_t pages) {
-    return fkv_hostpool_reserve(&f->hp, f->ops, f->dev->bdev, pages);
+    return fkv_hostpool_reserve(&f->hp, f->dev, pages);
 }
 
 Test(hostpool, reserve_backs_whole_chunks) {
@@ -92,13 +90,13 @@ Test(hostpool, trim_keeps_the_chunks_of_the_pages_kept) {
     open_pool(&f, NULL);
     cr_assert_eq(reserve(&f, MAX_PAGES), FKV_OK);
     unsigned char *first = f.hp.ptrs[0];
-    fkv_hostpool_trim(&f.hp, f.ops, f.dev->bdev, 5);
+    fkv_hostpool_trim(&f.hp, f.dev, 5);
     cr_assert_eq(f.hp.n_chunks, 2);
     cr_assert_null(f.hp.chunks[2]);
     cr_assert_eq(f.hp.ptrs[0], first, "trimming keeps the chunks below");
-    fkv_hostpool_trim(&f.hp, f.ops, f.dev->bdev, 8); /* nothing beyond two chunks to free */
+    fkv_hostpool_trim(&f.hp, f.dev, 8); /* nothing beyond two chunks to free */
     cr_assert_eq(f.hp.n_chunks, 2);
-    fkv_hostpool_trim(&f.hp, f.ops, f.dev->bdev, 0);
+    fkv_hostpool_trim(&f.hp, f.dev, 0);
     cr_assert_eq(f.hp.n_chunks, 0);
     cr_assert_eq(fkv_hostpool_bytes(&f.hp), 0);
     cr_assert_eq(reserve(&f, 2), FKV_OK, "a trimmed pool grows again");

@@ -2,7 +2,8 @@
  * every op spec of conformance/ (tests/backend_harness.h: every kernel for f32, f16 and bf16
  * storage over several geometries, split-page attention forced on and off, shared memory
  * short), and OpenCL's own: buffer import, recall modes (FREEKV_OPENCL_RECALL), fast math,
- * the program-binary cache and a kernel source that fails to build. Without an OpenCL
+ * the program-binary cache, a kernel source that fails to build and the backend's options
+ * (docs/backend-options.md). Without an OpenCL
  * device every test is skipped, or fails when FREEKV_REQUIRE_DEVICES names opencl. */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -10,7 +11,7 @@
 #include <string.h>
 
 #include "backend_harness.h"
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "opencl/ocl_internal.h"
 
 static int is_pocl(const fkv_device_info *info) {
@@ -24,9 +25,12 @@ static const bh_backend opencl = {
     .is_preferred = is_pocl,
     .env = opencl_env,
     .recall_env = "FREEKV_OPENCL_RECALL",
-    .knobs = {.set_splits = fkv_opencl_debug_set_splits,
-              .set_shared = fkv_opencl_debug_set_shared},
 };
+
+/* Option kernel_source: a replacement kernel source, "" the embedded one. */
+static fkv_status set_source(const char *source) {
+    return fkv_op_set_option(ODEV, "kernel_source", source);
+}
 
 static void open_both(void) {
     bh_select(&opencl);
@@ -53,7 +57,7 @@ Test(opencl, device_info_and_table) {
     if (is_pocl(&info))
         cr_assert_eq(info.type, FKV_DEVICE_CPU);
     /* Direct recall is fine-grained SVM here. */
-    cr_assert_eq(fkv_opencl_debug_svm_host(OD), O->recall_mode(OD) == FKV_RECALL_DIRECT);
+    cr_assert_eq(th_option_value(ODEV, "svm_host"), fkv_op_recall_mode(ODEV) == FKV_RECALL_DIRECT);
 }
 /* Issue #12: group 64 x head_dim 256 runs (or a device that cannot is refused at creation). */
 Test(opencl, large_group_pipeline) { bh_check_large_group(); }
@@ -69,22 +73,22 @@ Test(opencl, buffer_import_and_memory_errors) {
     cl_mem mem = clCreateBuffer(OD->context, CL_MEM_READ_WRITE, 4096, NULL, &err);
     cr_assert_eq(err, CL_SUCCESS);
     fkv_bbuf *imp = NULL;
-    cr_assert_eq(O->buffer_import(OD, mem, 4096, &imp), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_buffer_import(ODEV, mem, 4096, &imp), FKV_OK, "%s", fkv_last_error());
     unsigned char src[256], back[256];
     for (int i = 0; i < 256; i++)
         src[i] = (unsigned char)(255 - i);
     bh_write1(UT, imp, 1000, src, 256);
     bh_read1(UT, imp, 1000, back, 256);
     cr_assert_arr_eq(back, src, 256);
-    O->buffer_free(OD, imp); /* drops our reference only */
-    cr_assert_eq(O->buffer_import(OD, mem, 8192, &imp), FKV_ERR_INVALID_ARGUMENT);
+    fkv_op_buffer_free(ODEV, imp); /* drops our reference only */
+    cr_assert_eq(fkv_op_buffer_import(ODEV, mem, 8192, &imp), FKV_ERR_INVALID_ARGUMENT);
     cr_assert_eq(clReleaseMemObject(mem), CL_SUCCESS);
 
     /* Memory of another context is refused. */
     cl_context other = clCreateContext(NULL, 1, &OD->device, NULL, NULL, &err);
     cr_assert_eq(err, CL_SUCCESS);
     cl_mem foreign = clCreateBuffer(other, CL_MEM_READ_WRITE, 64, NULL, &err);
-    cr_assert_eq(O->buffer_import(OD, foreign, 64, &imp), FKV_ERR_WRONG_DEVICE);
+    cr_assert_eq(fkv_op_buffer_import(ODEV, foreign, 64, &imp), FKV_ERR_WRONG_DEVICE);
     clReleaseMemObject(foreign);
     clReleaseContext(other);
 
@@ -110,7 +114,7 @@ Test(opencl_env, recall_modes) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         setenv("FREEKV_OPENCL_RECALL", cases[i].value, 1);
-        fkv_status st = O->device_open(bh_index, &bh_dev[UT]);
+        fkv_status st = bh_try_open();
         if (!zero_copy && strcmp(cases[i].value, "svm") == 0) {
             cr_assert_eq(st, FKV_ERR_UNSUPPORTED, "svm without fine-grained SVM");
             continue;
@@ -118,21 +122,21 @@ Test(opencl_env, recall_modes) {
         cr_assert_eq(st, FKV_OK, "%s: %s", cases[i].value, fkv_last_error());
         cr_assert_eq(O->recall_mode(OD), cases[i].mode, "FREEKV_OPENCL_RECALL=%s",
                      cases[i].value);
-        cr_assert_eq(fkv_op_recall_mode(O, OD), cases[i].mode);
-        cr_assert_eq(fkv_opencl_debug_svm_host(OD), cases[i].svm_host);
+        cr_assert_eq(fkv_op_recall_mode(ODEV), cases[i].mode);
+        cr_assert_eq(th_option_value(ODEV, "svm_host"), (uint64_t)cases[i].svm_host);
         /* Pinned (non-SVM) host memory is never handed to a kernel. */
         if (!cases[i].svm_host) {
             fkv_kv_geom g = {1, 1, 16, 4, FKV_F32};
             fkv_bhost *h;
             void *p;
-            cr_assert_eq(O->host_alloc(OD, 4096, &h, &p), FKV_OK);
+            cr_assert_eq(fkv_op_host_alloc(ODEV, 4096, &h, &p), FKV_OK);
             fkv_bbuf *kp = bh_alloc1(UT, 4096), *vp = bh_alloc1(UT, 4096), *u = bh_alloc1(UT, 8);
             uint64_t off = 0;
             bh_ev = (fkv_bevent *)(uintptr_t)1;
-            cr_assert_eq(O->recall_direct(OD, CQ, DEPS, &g, h, 1, &off, u, 0, kp, vp),
+            cr_assert_eq(fkv_op_recall_direct(ODEV, CQ, DEPS, &g, h, 1, &off, u, 0, kp, vp),
                          FKV_ERR_UNSUPPORTED);
             cr_assert_null(bh_ev);
-            O->host_free(OD, h);
+            fkv_op_host_free(ODEV, h);
         }
         bh_teardown();
     }
@@ -140,9 +144,9 @@ Test(opencl_env, recall_modes) {
 
 Test(opencl_env, bad_environment) {
     bh_need_device();
-    fkv_bdev *d = NULL;
+    fkv_device *d = NULL;
     setenv("FREEKV_OPENCL_RECALL", "zero-copy", 1);
-    cr_assert_eq(O->device_open(bh_index, &d), FKV_ERR_BAD_ENVIRONMENT);
+    cr_assert_eq(fkv_device_open_ops(O, bh_index, &d), FKV_ERR_BAD_ENVIRONMENT);
     cr_assert_null(d);
     const char *msg = fkv_last_error();
     cr_assert(strstr(msg, "FREEKV_OPENCL_RECALL") && strstr(msg, "auto") &&
@@ -150,42 +154,41 @@ Test(opencl_env, bad_environment) {
               "message lists the valid values: %s", msg);
     unsetenv("FREEKV_OPENCL_RECALL");
     setenv("FREEKV_OPENCL_FAST_MATH", "fast", 1); /* a boolean: 0/1, false/true, no/yes, off/on */
-    cr_assert_eq(O->device_open(bh_index, &d), FKV_ERR_BAD_ENVIRONMENT);
+    cr_assert_eq(fkv_device_open_ops(O, bh_index, &d), FKV_ERR_BAD_ENVIRONMENT);
     cr_assert(strstr(fkv_last_error(), "0, false, no, off, 1, true, yes, on") != NULL, "%s",
               fkv_last_error());
     /* The fast-math opt-in builds and still computes. */
     setenv("FREEKV_OPENCL_FAST_MATH", "1", 1);
-    cr_assert_eq(O->device_open(bh_index, &bh_dev[UT]), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(bh_try_open(), FKV_OK, "%s", fkv_last_error());
     cr_assert(strstr(OD->build_options, "-cl-fast-relaxed-math") != NULL);
     unsetenv("FREEKV_OPENCL_FAST_MATH");
     bh_teardown();
-    cr_assert_eq(O->device_open(bh_index, &bh_dev[UT]), FKV_OK);
+    cr_assert_eq(bh_try_open(), FKV_OK);
     cr_assert(strstr(OD->build_options, "fast") == NULL, "conservative by default");
 }
 
 Test(opencl, kernel_build_failure) {
     fkv_kv_geom g = {1, 1, 16, 4, FKV_F32};
     fkv_bbuf *kp = bh_alloc1(UT, 4096), *vp = bh_alloc1(UT, 4096), *idx = bh_alloc1(UT, 64);
-    cr_assert_eq(fkv_opencl_debug_set_source(OD, "kernel void fkv_append(global int *x) {\n"
-                                                 "    x[0] = undeclared_thing;\n}\n"),
+    cr_assert_eq(set_source("kernel void fkv_append(global int *x) {\n"
+                            "    x[0] = undeclared_thing;\n}\n"),
                  FKV_OK);
-    REFUSED(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp), FKV_ERR_KERNEL_BUILD);
+    REFUSED(fkv_op_scatter_hnd(ODEV, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp), FKV_ERR_KERNEL_BUILD);
     const char *msg = fkv_last_error();
     cr_assert(strstr(msg, "clBuildProgram") != NULL, "%s", msg);
     cr_assert(strstr(msg, "undeclared_thing") != NULL, "the build log is in the message: %s",
               msg);
     /* Remembered: the next call fails the same way without rebuilding. */
-    REFUSED(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp), FKV_ERR_KERNEL_BUILD);
+    REFUSED(fkv_op_scatter_hnd(ODEV, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp), FKV_ERR_KERNEL_BUILD);
     cr_assert(strstr(fkv_last_error(), "undeclared_thing") != NULL, "%s", fkv_last_error());
     /* A source that builds but lacks kernels is a backend error, not a crash. */
-    cr_assert_eq(fkv_opencl_debug_set_source(OD, "kernel void fkv_other(global int *x) { x[0] = 1; }\n"),
-                 FKV_OK);
-    REFUSED(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp), FKV_ERR_BACKEND);
+    cr_assert_eq(set_source("kernel void fkv_other(global int *x) { x[0] = 1; }\n"), FKV_OK);
+    REFUSED(fkv_op_scatter_hnd(ODEV, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp), FKV_ERR_BACKEND);
     cr_assert(strstr(fkv_last_error(), "CL_INVALID_KERNEL_NAME") != NULL, "%s", fkv_last_error());
     /* Back to the embedded source. */
-    cr_assert_eq(fkv_opencl_debug_set_source(OD, NULL), FKV_OK);
-    RUN1(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 0, idx, 0, kp, vp));
-    RUN1(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp));
+    cr_assert_eq(set_source(""), FKV_OK);
+    RUN1(fkv_op_scatter_hnd(ODEV, CQ, DEPS, &g, kp, 0, 0, idx, 0, kp, vp));
+    RUN1(fkv_op_scatter_hnd(ODEV, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, vp));
 }
 
 /* ---- program-binary cache ---- */
@@ -195,7 +198,7 @@ static void use_program(void) {
     fkv_bbuf *kp = bh_alloc1(UT, 4096), *idx = bh_alloc1(UT, 64);
     int32_t u[2] = {0, 0};
     bh_write1(UT, idx, 0, u, 8);
-    RUN1(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, kp));
+    RUN1(fkv_op_scatter_hnd(ODEV, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, kp));
 }
 
 Test(opencl_env, program_cache) {
@@ -205,18 +208,20 @@ Test(opencl_env, program_cache) {
     char sub[600];
     snprintf(sub, sizeof sub, "%s/nested/dir", dir); /* created on demand */
     setenv("FREEKV_CACHE_DIR", sub, 1);
-    unsigned loads, stores;
+    uint64_t loads, stores;
 
-    cr_assert_eq(O->device_open(bh_index, &bh_dev[UT]), FKV_OK);
+    cr_assert_eq(bh_try_open(), FKV_OK);
     use_program();
-    fkv_opencl_debug_cache_counts(OD, &loads, &stores);
+    loads = th_option_value(ODEV, "cache_loads");
+    stores = th_option_value(ODEV, "cache_stores");
     cr_assert_eq(loads, 0);
     cr_assert_eq(stores, 1, "the binary is written on the first build");
     bh_teardown();
 
-    cr_assert_eq(O->device_open(bh_index, &bh_dev[UT]), FKV_OK);
+    cr_assert_eq(bh_try_open(), FKV_OK);
     use_program();
-    fkv_opencl_debug_cache_counts(OD, &loads, &stores);
+    loads = th_option_value(ODEV, "cache_loads");
+    stores = th_option_value(ODEV, "cache_stores");
     cr_assert_eq(loads, 1, "the second open loads the binary");
     cr_assert_eq(stores, 0);
     bh_teardown();
@@ -225,9 +230,10 @@ Test(opencl_env, program_cache) {
     char cmd[1400];
     snprintf(cmd, sizeof cmd, "for f in %s/opencl-*.bin; do head -c 100 \"$f\" > \"$f.x\" && mv \"$f.x\" \"$f\"; done", sub);
     cr_assert_eq(system(cmd), 0);
-    cr_assert_eq(O->device_open(bh_index, &bh_dev[UT]), FKV_OK);
+    cr_assert_eq(bh_try_open(), FKV_OK);
     use_program();
-    fkv_opencl_debug_cache_counts(OD, &loads, &stores);
+    loads = th_option_value(ODEV, "cache_loads");
+    stores = th_option_value(ODEV, "cache_stores");
     cr_assert_eq(loads, 0);
     cr_assert_eq(stores, 1);
     bh_teardown();
@@ -239,13 +245,43 @@ Test(opencl_env, program_cache) {
     cr_assert_not_null(f);
     fclose(f);
     setenv("FREEKV_CACHE_DIR", file, 1);
-    cr_assert_eq(O->device_open(bh_index, &bh_dev[UT]), FKV_OK);
+    cr_assert_eq(bh_try_open(), FKV_OK);
     use_program();
-    fkv_opencl_debug_cache_counts(OD, &loads, &stores);
+    loads = th_option_value(ODEV, "cache_loads");
+    stores = th_option_value(ODEV, "cache_stores");
     cr_assert_eq(loads + stores, 0);
     bh_teardown();
 
     /* No temporaries are left behind. */
     snprintf(cmd, sizeof cmd, "test -z \"$(ls %s | grep tmp)\" && rm -rf %s", sub, dir);
     cr_assert_eq(system(cmd), 0);
+}
+
+/* ---- options (docs/backend-options.md) ---- */
+
+Test(opencl, options) {
+    char out[64];
+    cr_assert_eq(fkv_op_set_option(ODEV, "no_such_key", "1"), FKV_ERR_UNSUPPORTED);
+    const char *msg = fkv_last_error();
+    cr_assert(strstr(msg, "no_such_key") && strstr(msg, "attention_splits") &&
+                  strstr(msg, "shared_memory_bytes") && strstr(msg, "kernel_source"),
+              "the message lists the keys: %s", msg);
+    cr_assert_eq(fkv_op_get_option(ODEV, "no_such_key", out, sizeof out), FKV_ERR_UNSUPPORTED);
+    cr_assert(strstr(fkv_last_error(), "cache_loads") && strstr(fkv_last_error(), "svm_host"), "%s",
+              fkv_last_error());
+    cr_assert_eq(fkv_op_set_option(ODEV, "attention_splits", "257"), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_set_option(ODEV, "attention_splits", "-1"), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_set_option(ODEV, "attention_splits", "3"), FKV_OK);
+    cr_assert_eq(fkv_op_get_option(ODEV, "attention_splits", out, sizeof out), FKV_OK);
+    cr_assert_str_eq(out, "3");
+    /* shared memory: lowered, never raised past the device's; 0 restores it */
+    cr_assert_eq(fkv_op_set_option(ODEV, "shared_memory_bytes", "0"), FKV_OK);
+    uint64_t device = th_option_value(ODEV, "shared_memory_bytes");
+    cr_assert_gt(device, 2000);
+    cr_assert_eq(fkv_op_set_option(ODEV, "shared_memory_bytes", "2000"), FKV_OK);
+    cr_assert_eq(th_option_value(ODEV, "shared_memory_bytes"), 2000);
+    cr_assert_eq(fkv_op_set_option(ODEV, "shared_memory_bytes", "99999999999"), FKV_OK);
+    cr_assert_eq(th_option_value(ODEV, "shared_memory_bytes"), device);
+    cr_assert_eq(fkv_op_get_option(ODEV, "cache_loads", out, 1), FKV_ERR_INVALID_ARGUMENT,
+                 "no room for the value");
 }

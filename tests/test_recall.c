@@ -117,6 +117,7 @@ static fkv_status spy_finish(fkv_bdev *dev, fkv_queue q) {
 
 typedef struct fixture {
     fkv_device *dev;
+    fkv_device *spied; /* dev viewed through the recording table: the engine's device */
     fkv_bdev *bd;
     fkv_bhost *host[2];
     unsigned char *host_ptr[2];
@@ -141,6 +142,7 @@ static void fixture_open(fixture *f, fkv_recall_mode mode) {
     spy.marker = spy_marker;
     spy.finish = spy_finish;
     n_records = 0;
+    cr_assert_eq(fkv_device_view(f->dev, &spy, &f->spied), FKV_OK, "%s", fkv_last_error());
     f->bd = f->dev->bdev;
     f->unit_bytes = unit_elems() * sizeof(float);
     f->slot_bytes = (size_t)geom.page_size * geom.n_kv_heads * geom.head_dim * sizeof(float);
@@ -165,12 +167,13 @@ static void fixture_close(fixture *f) {
     for (int a = 0; a < 2; a++)
         real->host_free(f->bd, f->host[a]);
     fkv_pool_destroy(f->threads);
+    fkv_device_close(f->spied);
     fkv_device_close(f->dev);
 }
 
 static fkv_recaller *engine(fixture *f, fkv_recall_mode mode, uint32_t chunk) {
     fkv_recaller *r;
-    cr_assert_eq(fkv_recaller_create(&spy, f->bd, &geom, mode, chunk, &r), FKV_OK, "%s",
+    cr_assert_eq(fkv_recaller_create(f->spied, &geom, mode, chunk, &r), FKV_OK, "%s",
                  fkv_last_error());
     fkv_recaller_set_pool(r, f->threads);
     return r;

@@ -4,7 +4,8 @@
  * memory short), the storage kernels again without 16-bit storage (FREEKV_VULKAN_16BIT=0,
  * suite vulkan_w32) and with pools and summaries bound in small windows (vulkan_windows*).
  * Vulkan's own: memory limits and buffer import, write_regions per page, every recall mode
- * (FREEKV_VULKAN_RECALL), launch limits, the pipeline cache and environment errors. With
+ * (FREEKV_VULKAN_RECALL), launch limits, the pipeline cache, environment errors and the
+ * backend's options (docs/backend-options.md). With
  * FREEKV_VULKAN_VALIDATION=1 every test also fails on any validation-layer error or unlisted
  * warning. Without a Vulkan device every test is skipped, or fails when
  * FREEKV_REQUIRE_DEVICES names vulkan. */
@@ -14,15 +15,26 @@
 #include <string.h>
 
 #include "backend_harness.h"
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "vulkan/vk_internal.h"
 
 static int is_lavapipe(const fkv_device_info *info) {
     return info->type == FKV_DEVICE_CPU || strstr(info->name, "llvmpipe");
 }
 
-static void no_validation_errors(fkv_bdev *dev) {
-    cr_expect_eq(fkv_vulkan_debug_validation_errors(dev), 0, "validation-layer errors (stderr)");
+/* The backend's options (docs/backend-options.md), numeric, on an opened device. */
+static void set_option(fkv_device *d, const char *key, uint64_t value) {
+    cr_assert_eq(th_set_option(d, key, value), FKV_OK, "%s=%llu: %s", key,
+                 (unsigned long long)value, fkv_last_error());
+}
+static uint64_t option(fkv_device *d, const char *key) {
+    uint64_t v = th_option_value(d, key);
+    cr_assert_neq(v, UINT64_MAX, "%s: %s", key, fkv_last_error());
+    return v;
+}
+
+static void no_validation_errors(fkv_device *dev) {
+    cr_expect_eq(option(dev, "validation_errors"), 0, "validation-layer errors (stderr)");
 }
 
 static const char *const vulkan_env[] = {"FREEKV_VULKAN_RECALL", "FREEKV_VULKAN_16BIT", NULL};
@@ -32,8 +44,6 @@ static const bh_backend vulkan = {
     .is_preferred = is_lavapipe,
     .env = vulkan_env,
     .recall_env = "FREEKV_VULKAN_RECALL",
-    .knobs = {.set_splits = fkv_vulkan_debug_set_splits,
-              .set_shared = fkv_vulkan_debug_set_shared},
     .before_close = no_validation_errors,
 };
 
@@ -47,7 +57,7 @@ static void open_both_w32(void) {
     bh_clear_env();
     setenv("FREEKV_VULKAN_16BIT", "0", 1); /* the fallback: KV in 32-bit words */
     bh_open_devices();
-    cr_assert_eq(fkv_vulkan_debug_s16(OD), 0);
+    cr_assert_eq(option(ODEV, "storage_16bit"), 0);
 }
 
 static void env_only(void) {
@@ -70,17 +80,17 @@ Test(vulkan, device_info_and_table) {
     bh_check_device_info(&info);
     cr_assert(O->write_regions);
     cr_assert(info.caps & FKV_CAP_MULTI_REGION_COPY);
-    cr_assert(fkv_vulkan_debug_subgroup(OD) >= 1);
+    cr_assert(option(ODEV, "subgroup_size") >= 1);
     if (strstr(info.name, "llvmpipe")) { /* what DESIGN.md §4 says of lavapipe */
         cr_assert_eq(info.type, FKV_DEVICE_CPU);
         cr_assert_eq(OD->max_range, 128u << 20, "maxStorageBufferRange");
         /* larger buffers: kernels bind pools and summaries in windows */
         cr_assert_gt(info.max_buffer_bytes, OD->max_range);
-        cr_assert_eq(fkv_vulkan_debug_subgroup(OD), 8);
-        cr_assert(fkv_vulkan_debug_s16(OD), "lavapipe has 16-bit storage");
+        cr_assert_eq(option(ODEV, "subgroup_size"), 8);
+        cr_assert(option(ODEV, "storage_16bit"), "lavapipe has 16-bit storage");
     }
     /* Direct recall is imported host memory here. */
-    cr_assert_eq(fkv_vulkan_debug_import_host(OD), O->recall_mode(OD) == FKV_RECALL_DIRECT);
+    cr_assert_eq(option(ODEV, "import_host"), fkv_op_recall_mode(ODEV) == FKV_RECALL_DIRECT);
 }
 Test(vulkan_env, pipeline_matches_reference, .timeout = 600) {
     static const char *const modes[] = {"staged", "perpage", "regions", "hostptr", "auto"};
@@ -98,7 +108,7 @@ BH_SPEC(vulkan_w32, attention_split)
 
 static void open_both_windows(void) {
     open_both();
-    fkv_vulkan_debug_set_window(OD, 1024); /* a few slots or summaries per window */
+    set_option(ODEV, "window_bytes", 1024); /* a few slots or summaries per window */
 }
 /* KV pools and summaries bound in windows of 1 KiB, as buffers above maxStorageBufferRange
  * are: every kernel that indexes them against the reference. */
@@ -117,7 +127,7 @@ BH_SPEC(vulkan_windows, attention_dense_split)
 
 static void open_both_w32_windows(void) {
     open_both_w32();
-    fkv_vulkan_debug_set_window(OD, 1024);
+    set_option(ODEV, "window_bytes", 1024);
 }
 /* Windows over KV held two 16-bit elements to a 32-bit word. */
 TestSuite(vulkan_windows_w32, .init = open_both_w32_windows, .fini = bh_teardown, .timeout = 300);
@@ -136,9 +146,10 @@ Test(vulkan, launch_beyond_32bit_invocation_ids) {
     size_t slot = (size_t)1024 * 256 * 4;
     fkv_bbuf *pool = bh_alloc1(UT, slot), *pages = bh_alloc1(UT, (size_t)n_pages * 8);
     fkv_bbuf *summ = bh_alloc1(UT, 2 * slot);
-    REFUSED(O->summarize(OD, CQ, DEPS, &g, pool, n_pages, pages, 0, summ), FKV_ERR_UNSUPPORTED);
+    REFUSED(fkv_op_summarize(ODEV, CQ, DEPS, &g, pool, n_pages, pages, 0, summ),
+            FKV_ERR_UNSUPPORTED);
     cr_assert(strstr(fkv_last_error(), "32-bit"), "%s", fkv_last_error());
-    RUN1(O->summarize(OD, CQ, DEPS, &g, pool, 4, pages, 0, summ)); /* a small call runs */
+    RUN1(fkv_op_summarize(ODEV, CQ, DEPS, &g, pool, 4, pages, 0, summ)); /* a small call runs */
 }
 /* Issue #12: group 64 x head_dim 256 runs (or a device that cannot is refused at creation). */
 Test(vulkan, large_group_pipeline) { bh_check_large_group(); }
@@ -150,14 +161,14 @@ Test(vulkan, memory_errors_and_import) {
     bh_check_alloc_limits((size_t)OD->max_alloc);
     /* An engine-owned VkBuffer wraps and copies like ours. */
     fkv_bbuf *own = bh_alloc1(UT, 4096), *imp = NULL;
-    cr_assert_eq(O->buffer_import(OD, (void *)(uintptr_t)own->buf, 4096, &imp), FKV_OK);
+    cr_assert_eq(fkv_op_buffer_import(ODEV, (void *)(uintptr_t)own->buf, 4096, &imp), FKV_OK);
     unsigned char src[256], back[256];
     for (int i = 0; i < 256; i++)
         src[i] = (unsigned char)(255 - i);
     bh_write1(UT, imp, 1000, src, 256);
     bh_read1(UT, own, 1000, back, 256);
     cr_assert_arr_eq(back, src, 256);
-    O->buffer_free(OD, imp); /* the VkBuffer stays */
+    fkv_op_buffer_free(ODEV, imp); /* the VkBuffer stays */
     bh_read1(UT, own, 1000, back, 256);
     cr_assert_arr_eq(back, src, 256);
 }
@@ -186,20 +197,20 @@ Test(vulkan, pools_beyond_one_binding, .timeout = 600) {
     size_t rn = (size_t)n_rows * g.head_dim;
     pbuf kb = bh_pnew(bh_rand_f32(&r, rn, 1.0f), 0, rn * 4), vb = bh_pnew(bh_rand_f32(&r, rn, 1.0f), 0, rn * 4);
     pbuf rb = bh_pnew(rows, 0, n_rows * 4);
-    RUN2(bh_ops[s]->append(bh_dev[s], CQ, DEPS, &g, B(kb, s), 0, B(vb, s), 0, n_rows, B(rb, s), 0,
-                           B(kp, s), B(vp, s)));
+    RUN2(fkv_op_append(bh_device[s], CQ, DEPS, &g, B(kb, s), 0, B(vb, s), 0, n_rows, B(rb, s), 0,
+                       B(kp, s), B(vp, s)));
     /* Scatter one HND unit into slot 2 of the second window. */
     int32_t unit[2] = {(int32_t)first + 2, 0};
     size_t unit_bytes = 2 * slot;
     pbuf src = bh_pnew(bh_rand_stored(&r, unit_bytes / 2, g.dtype), 0, unit_bytes);
     pbuf ub = bh_pnew(unit, 0, 8);
-    RUN2(bh_ops[s]->scatter_hnd(bh_dev[s], BQ, DEPS, &g, B(src, s), 0, 1, B(ub, s), 0, B(kp, s),
-                                B(vp, s)));
+    RUN2(fkv_op_scatter_hnd(bh_device[s], BQ, DEPS, &g, B(src, s), 0, 1, B(ub, s), 0, B(kp, s),
+                            B(vp, s)));
     /* Pack the seven pages back (both windows), summarise them, attend over them. */
     int32_t packed[7] = {slots[0], slots[1], slots[2], slots[3], slots[4], slots[5], (int32_t)first + 2};
     pbuf pk = bh_pnew(packed, 0, sizeof packed), out = bh_pnew(NULL, GUARD, 7 * unit_bytes);
-    RUN2(bh_ops[s]->pack_hnd(bh_dev[s], CQ, DEPS, &g, B(kp, s), B(vp, s), 7, B(pk, s), 0,
-                             B(out, s), GUARD));
+    RUN2(fkv_op_pack_hnd(bh_device[s], CQ, DEPS, &g, B(kp, s), B(vp, s), 7, B(pk, s), 0, B(out, s),
+                         GUARD));
     bh_same_bytes(&out, "pack_hnd across windows");
     int32_t pages[14];
     for (int i = 0; i < 7; i++) {
@@ -208,7 +219,7 @@ Test(vulkan, pools_beyond_one_binding, .timeout = 600) {
     }
     size_t sbytes = 7 * (size_t)g.n_kv_heads * 2 * g.head_dim * 4;
     pbuf pb = bh_pnew(pages, 0, sizeof pages), summ = bh_pnew(NULL, 0, sbytes);
-    RUN2(bh_ops[s]->summarize(bh_dev[s], BQ, DEPS, &g, B(kp, s), 7, B(pb, s), 0, B(summ, s)));
+    RUN2(fkv_op_summarize(bh_device[s], BQ, DEPS, &g, B(kp, s), 7, B(pb, s), 0, B(summ, s)));
     bh_same_bytes(&summ, "summaries across windows");
     int32_t heads[2] = {1, 7}, entries[16] = {0, 0};
     for (int i = 0; i < 7; i++) {
@@ -219,9 +230,9 @@ Test(vulkan, pools_beyond_one_binding, .timeout = 600) {
     pbuf qb = bh_pnew(bh_rand_f32(&r, qn, 1.0f), 0, qn * 4), hb = bh_pnew(heads, 0, 8);
     pbuf eb = bh_pnew(entries, 0, sizeof entries), ao = bh_pnew(NULL, GUARD, qn * 4);
     for (int splits = 1; splits <= 2; splits++) {
-        fkv_vulkan_debug_set_splits(OD, splits);
-        RUN2(bh_ops[s]->attention(bh_dev[s], CQ, DEPS, &g, B(qb, s), 0, 1, B(hb, s), 0, B(eb, s),
-                                  0, B(kp, s), B(vp, s), 0.125f, B(ao, s), GUARD));
+        set_option(ODEV, "attention_splits", (uint64_t)splits);
+        RUN2(fkv_op_attention(bh_device[s], CQ, DEPS, &g, B(qb, s), 0, 1, B(hb, s), 0, B(eb, s), 0,
+                              B(kp, s), B(vp, s), 0.125f, B(ao, s), GUARD));
         bh_same_floats(&ao, GUARD, qn, 2e-5, "attention across windows");
     }
 }
@@ -230,7 +241,7 @@ Test(vulkan, pools_beyond_one_binding, .timeout = 600) {
 Test(vulkan_env, write_regions_perpage) {
     setenv("FREEKV_VULKAN_RECALL", "perpage", 1);
     bh_open_devices();
-    cr_assert(fkv_vulkan_debug_perpage(OD));
+    cr_assert(option(ODEV, "perpage_copies"));
     bh_spec("write_regions");
 }
 
@@ -253,13 +264,13 @@ Test(vulkan_env, recall_modes) {
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         setenv("FREEKV_VULKAN_RECALL", cases[i].value, 1);
-        fkv_status st = O->device_open(bh_index, &bh_dev[UT]);
+        fkv_status st = bh_try_open();
         cr_assert_eq(st, FKV_OK, "%s: %s", cases[i].value, fkv_last_error());
         cr_assert_eq(O->recall_mode(OD), cases[i].mode, "FREEKV_VULKAN_RECALL=%s",
                      cases[i].value);
-        cr_assert_eq(fkv_op_recall_mode(O, OD), cases[i].mode);
-        cr_assert_eq(fkv_vulkan_debug_import_host(OD), cases[i].import, "%s", cases[i].value);
-        cr_assert_eq(fkv_vulkan_debug_perpage(OD), cases[i].perpage, "%s", cases[i].value);
+        cr_assert_eq(fkv_op_recall_mode(ODEV), cases[i].mode);
+        cr_assert_eq(option(ODEV, "import_host"), cases[i].import, "%s", cases[i].value);
+        cr_assert_eq(option(ODEV, "perpage_copies"), cases[i].perpage, "%s", cases[i].value);
         /* Whatever the mode, host_alloc memory is readable by recall_direct. */
         bh_open_ref();
         bh_spec_case("recall_direct/d64/g1/h2/p16/bf16");
@@ -271,11 +282,14 @@ Test(vulkan_env, recall_modes) {
  * FREEKV_VULKAN_RECALL=hostptr is refused at device open naming the cause; auto falls back to
  * staged and says why (recall_note, printed by freekv-info), and its host memory still works. */
 Test(vulkan_env, hostptr_import_impossible) {
-    bh_need_device();
-    fkv_vulkan_debug_break_import(1);
+    /* break_import is process-wide: set through any device, it holds for later opens */
+    setenv("FREEKV_VULKAN_RECALL", "staged", 1);
+    bh_open_devices();
+    set_option(ODEV, "break_import", 1);
+    bh_teardown();
     setenv("FREEKV_VULKAN_RECALL", "hostptr", 1);
-    fkv_bdev *d = NULL;
-    fkv_status st = O->device_open(bh_index, &d);
+    fkv_device *d = NULL;
+    fkv_status st = fkv_device_open_ops(O, bh_index, &d);
     cr_assert_eq(st, FKV_ERR_UNSUPPORTED, "hostptr with imports broken: %d", st);
     cr_assert_null(d);
     cr_assert(strstr(fkv_last_error(), "cannot import host memory") &&
@@ -283,25 +297,25 @@ Test(vulkan_env, hostptr_import_impossible) {
               "%s", fkv_last_error());
     setenv("FREEKV_VULKAN_RECALL", "auto", 1);
     bh_open_devices();
-    cr_assert_eq(O->recall_mode(OD), FKV_RECALL_STAGED);
-    cr_assert_eq(fkv_vulkan_debug_import_host(OD), 0);
-    const char *note = fkv_op_recall_note(O, OD);
+    cr_assert_eq(fkv_op_recall_mode(ODEV), FKV_RECALL_STAGED);
+    cr_assert_eq(option(ODEV, "import_host"), 0);
+    const char *note = fkv_op_recall_note(ODEV);
     cr_assert(strstr(note, "auto: host memory cannot be imported"), "note: %s", note);
     fkv_device_info info;
-    cr_assert_eq(O->opened_info(OD, &info), FKV_OK);
+    cr_assert_eq(fkv_op_opened_info(ODEV, &info), FKV_OK);
     cr_assert_eq(info.caps & FKV_CAP_ZERO_COPY_HOST, 0, "no zero-copy without imports");
     bh_spec_case("recall_direct/d64/g1/h2/p16/bf16");
-    bh_teardown();
     /* imports working again: hostptr imports, auto says why it stays staged here */
-    fkv_vulkan_debug_break_import(0);
+    set_option(ODEV, "break_import", 0);
+    bh_teardown();
     setenv("FREEKV_VULKAN_RECALL", "hostptr", 1);
     bh_open_devices();
-    cr_assert_eq(fkv_vulkan_debug_import_host(OD), 1);
-    cr_assert_str_eq(fkv_op_recall_note(O, OD), "", "an explicit choice needs no note");
+    cr_assert_eq(option(ODEV, "import_host"), 1);
+    cr_assert_str_eq(fkv_op_recall_note(ODEV), "", "an explicit choice needs no note");
     bh_teardown();
     setenv("FREEKV_VULKAN_RECALL", "auto", 1);
     bh_open_devices();
-    note = fkv_op_recall_note(O, OD);
+    note = fkv_op_recall_note(ODEV);
     if (is_lavapipe(&OD->info))
         cr_assert(strstr(note, "auto: a CPU device"), "note: %s", note);
     else
@@ -317,24 +331,24 @@ Test(vulkan_env, allocation_count_limit) {
     for (int m = 0; m < 2; m++) {
         setenv("FREEKV_VULKAN_RECALL", modes[m], 1);
         bh_open_devices();
-        unsigned base = fkv_vulkan_debug_live_allocations(OD);
-        fkv_vulkan_debug_set_allocation_limit(OD, base + 2);
+        uint64_t base = option(ODEV, "live_allocations");
+        set_option(ODEV, "allocation_limit", base + 2);
         fkv_bhost *h[3] = {NULL, NULL, NULL};
         void *p;
-        cr_assert_eq(O->host_alloc(OD, 4096, &h[0], &p), FKV_OK, "%s", fkv_last_error());
-        cr_assert_eq(O->host_alloc(OD, 4096, &h[1], &p), FKV_OK, "%s", fkv_last_error());
-        cr_assert_eq(O->host_alloc(OD, 4096, &h[2], &p), FKV_ERR_OUT_OF_HOST_MEMORY, "%s: %s",
+        cr_assert_eq(fkv_op_host_alloc(ODEV, 4096, &h[0], &p), FKV_OK, "%s", fkv_last_error());
+        cr_assert_eq(fkv_op_host_alloc(ODEV, 4096, &h[1], &p), FKV_OK, "%s", fkv_last_error());
+        cr_assert_eq(fkv_op_host_alloc(ODEV, 4096, &h[2], &p), FKV_ERR_OUT_OF_HOST_MEMORY, "%s: %s",
                      modes[m], fkv_last_error());
         cr_assert_null(h[2]);
         cr_assert(strstr(fkv_last_error(), "maxMemoryAllocationCount"), "%s", fkv_last_error());
         fkv_bbuf *b = NULL;
-        cr_assert_eq(O->buffer_alloc(OD, 256, &b), FKV_ERR_OUT_OF_DEVICE_MEMORY);
+        cr_assert_eq(fkv_op_buffer_alloc(ODEV, 256, &b), FKV_ERR_OUT_OF_DEVICE_MEMORY);
         cr_assert(strstr(fkv_last_error(), "maxMemoryAllocationCount"), "%s", fkv_last_error());
-        O->host_free(OD, h[0]);
-        cr_assert_eq(O->buffer_alloc(OD, 256, &b), FKV_OK, "a freed allocation is available");
-        O->buffer_free(OD, b);
-        O->host_free(OD, h[1]);
-        cr_assert_eq(fkv_vulkan_debug_live_allocations(OD), base);
+        fkv_op_host_free(ODEV, h[0]);
+        cr_assert_eq(fkv_op_buffer_alloc(ODEV, 256, &b), FKV_OK, "a freed allocation is available");
+        fkv_op_buffer_free(ODEV, b);
+        fkv_op_host_free(ODEV, h[1]);
+        cr_assert_eq(option(ODEV, "live_allocations"), base);
         bh_teardown();
 
         /* a context: 2 layers x 19, 6 of prefill scratch, recall staging, 2 seqs x 2 layers x
@@ -343,8 +357,8 @@ Test(vulkan_env, allocation_count_limit) {
         snprintf(idx, sizeof idx, "%u", bh_index);
         fkv_device *dev = NULL;
         cr_assert_eq(fkv_device_open("vulkan", idx, &dev), FKV_OK, "%s", fkv_last_error());
-        base = fkv_vulkan_debug_live_allocations(dev->bdev);
-        fkv_vulkan_debug_set_allocation_limit(dev->bdev, 100);
+        base = option(dev, "live_allocations");
+        set_option(dev, "allocation_limit", 100);
         fkv_config cfg;
         bh_pipeline_config(&cfg);
         cfg.max_context = 4096;
@@ -354,20 +368,20 @@ Test(vulkan_env, allocation_count_limit) {
         cr_assert(strstr(fkv_last_error(), "maxMemoryAllocationCount") &&
                       strstr(fkv_last_error(), "creating the context"),
                   "%s", fkv_last_error());
-        cr_assert_eq(fkv_vulkan_debug_live_allocations(dev->bdev), base);
-        fkv_vulkan_debug_set_allocation_limit(dev->bdev, 0);
+        cr_assert_eq(option(dev, "live_allocations"), base);
+        set_option(dev, "allocation_limit", 0);
         cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
         fkv_context_destroy(ctx);
-        cr_assert_eq(fkv_vulkan_debug_live_allocations(dev->bdev), base);
+        cr_assert_eq(option(dev, "live_allocations"), base);
         fkv_device_close(dev);
     }
 }
 
 Test(vulkan_env, bad_environment) {
     bh_need_device();
-    fkv_bdev *d = NULL;
+    fkv_device *d = NULL;
     setenv("FREEKV_VULKAN_RECALL", "zero-copy", 1);
-    cr_assert_eq(O->device_open(bh_index, &d), FKV_ERR_BAD_ENVIRONMENT);
+    cr_assert_eq(fkv_device_open_ops(O, bh_index, &d), FKV_ERR_BAD_ENVIRONMENT);
     cr_assert_null(d);
     const char *msg = fkv_last_error();
     cr_assert(strstr(msg, "FREEKV_VULKAN_RECALL") && strstr(msg, "auto") &&
@@ -376,7 +390,7 @@ Test(vulkan_env, bad_environment) {
               "message lists the valid values: %s", msg);
     unsetenv("FREEKV_VULKAN_RECALL");
     setenv("FREEKV_VULKAN_16BIT", "2", 1); /* a boolean: 0/1, false/true, no/yes, off/on */
-    cr_assert_eq(O->device_open(bh_index, &d), FKV_ERR_BAD_ENVIRONMENT);
+    cr_assert_eq(fkv_device_open_ops(O, bh_index, &d), FKV_ERR_BAD_ENVIRONMENT);
     cr_assert(strstr(fkv_last_error(), "FREEKV_VULKAN_16BIT") != NULL, "%s", fkv_last_error());
     cr_assert_null(d);
 }
@@ -389,12 +403,12 @@ Test(vulkan_env, pipeline_cache_file) {
     snprintf(sub, sizeof sub, "%s/nested", dir);
     setenv("FREEKV_CACHE_DIR", sub, 1);
     for (int round = 0; round < 3; round++) {
-        cr_assert_eq(O->device_open(bh_index, &bh_dev[UT]), FKV_OK, "%s", fkv_last_error());
+        cr_assert_eq(bh_try_open(), FKV_OK, "%s", fkv_last_error());
         fkv_kv_geom g = {1, 1, 16, 4, FKV_BF16};
         fkv_bbuf *kp = bh_alloc1(UT, 4096), *idx = bh_alloc1(UT, 64);
         int32_t u[2] = {0, 0};
         bh_write1(UT, idx, 0, u, 8);
-        RUN1(O->scatter_hnd(OD, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, kp));
+        RUN1(fkv_op_scatter_hnd(ODEV, CQ, DEPS, &g, kp, 0, 1, idx, 0, kp, kp));
         bh_teardown(); /* writes the cache file */
         char cmd[1400];
         if (round == 0) { /* a file is there, with no temporaries left */
@@ -418,11 +432,11 @@ Test(vulkan_env, validation_counts_unlisted_warnings) {
     bh_need_device();
     setenv("FREEKV_VULKAN_VALIDATION", "1", 1);
     setenv("VK_LAYER_FINE_GRAINED_LOCKING", "0", 1);
-    fkv_status st = O->device_open(bh_index, &bh_dev[UT]);
+    fkv_status st = bh_try_open();
     if (st == FKV_ERR_BAD_ENVIRONMENT)
         cr_skip_test("the Khronos validation layer is not installed: %s", fkv_last_error());
     cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
-    cr_expect_eq(fkv_vulkan_debug_validation_errors(OD), 0, "a benign warning was counted");
+    cr_expect_eq(option(ODEV, "validation_errors"), 0, "a benign warning was counted");
     PFN_vkSubmitDebugUtilsMessageEXT submit = (PFN_vkSubmitDebugUtilsMessageEXT)
         vkGetInstanceProcAddr(OD->instance, "vkSubmitDebugUtilsMessageEXT");
     cr_assert_not_null(submit);
@@ -433,15 +447,49 @@ Test(vulkan_env, validation_counts_unlisted_warnings) {
         .pMessage = "a warning that no list names (sent by test_vulkan on purpose)"};
     submit(OD->instance, VK_DEBUG_UTILS_MESSAGE_SEVERITY_INFO_BIT_EXT,
            VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT, &data);
-    cr_expect_eq(fkv_vulkan_debug_validation_errors(OD), 0, "an information message counted");
-    cr_assert_eq(O->finish(OD, CQ), FKV_OK, "%s", fkv_last_error());
+    cr_expect_eq(option(ODEV, "validation_errors"), 0, "an information message counted");
+    cr_assert_eq(fkv_op_finish(ODEV, CQ), FKV_OK, "%s", fkv_last_error());
     submit(OD->instance, VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT,
            VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT, &data);
-    cr_expect_eq(fkv_vulkan_debug_validation_errors(OD), 1, "the warning was not counted");
-    cr_expect_eq(O->finish(OD, CQ), FKV_ERR_BACKEND, "finish after a warning: %s",
+    cr_expect_eq(option(ODEV, "validation_errors"), 1, "the warning was not counted");
+    cr_expect_eq(fkv_op_finish(ODEV, CQ), FKV_ERR_BACKEND, "finish after a warning: %s",
                  fkv_last_error());
     cr_expect(strstr(fkv_last_error(), "error(s) or warning(s)") != NULL, "%s", fkv_last_error());
     /* closed here: the harness's last check (no validation messages) would fail on purpose */
-    O->device_close(OD);
-    bh_dev[UT] = NULL;
+    fkv_device_close(ODEV);
+    ODEV = NULL;
+    OD = NULL;
+}
+
+/* ---- options (docs/backend-options.md) ---- */
+
+Test(vulkan, options) {
+    char out[64];
+    cr_assert_eq(fkv_op_set_option(ODEV, "no_such_key", "1"), FKV_ERR_UNSUPPORTED);
+    const char *msg = fkv_last_error();
+    cr_assert(strstr(msg, "no_such_key") && strstr(msg, "attention_splits") &&
+                  strstr(msg, "window_bytes") && strstr(msg, "allocation_limit") &&
+                  strstr(msg, "break_import"),
+              "the message lists the keys: %s", msg);
+    cr_assert_eq(fkv_op_get_option(ODEV, "no_such_key", out, sizeof out), FKV_ERR_UNSUPPORTED);
+    cr_assert(strstr(fkv_last_error(), "live_allocations") &&
+                  strstr(fkv_last_error(), "subgroup_size"),
+              "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_set_option(ODEV, "attention_splits", "257"), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_set_option(ODEV, "break_import", "2"), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_set_option(ODEV, "attention_splits", "5"), FKV_OK);
+    cr_assert_eq(fkv_op_get_option(ODEV, "attention_splits", out, sizeof out), FKV_OK);
+    cr_assert_str_eq(out, "5");
+    /* windows and allocations: lowered, never past the device's own; 0 restores it */
+    set_option(ODEV, "window_bytes", 4096);
+    cr_assert_eq(option(ODEV, "window_bytes"), 4096);
+    set_option(ODEV, "window_bytes", 0);
+    cr_assert_eq(option(ODEV, "window_bytes"), 0);
+    set_option(ODEV, "allocation_limit", 0);
+    uint64_t device = option(ODEV, "allocation_limit");
+    set_option(ODEV, "allocation_limit", device + 1000);
+    cr_assert_eq(option(ODEV, "allocation_limit"), device);
+    set_option(ODEV, "allocation_limit", 7);
+    cr_assert_eq(option(ODEV, "allocation_limit"), 7);
+    set_option(ODEV, "allocation_limit", 0);
 }

@@ -49,8 +49,8 @@ check_build() {
   cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFREEKV_HIP=ON \
     -DFREEKV_OPENCL=OFF -DFREEKV_VULKAN=OFF "$@" >"$log" 2>&1 ||
     { cat "$log"; fail "$name: configure"; }
-  grep -E "HIP backend|HIP \((amd|nvidia)\)" "$log" | sed 's/^-- */   /'
-  grep -q "HIP backend *: ON" "$log" || fail "$name: FREEKV_HIP did not turn on"
+  grep -E "hip backend|HIP \((amd|nvidia)\)" "$log" | sed 's/^-- */   /'
+  grep -q "hip backend *: ON" "$log" || fail "$name: FREEKV_HIP did not turn on"
   local have_tests=0
   if [ -f "$dir/CTestTestfile.cmake" ] && grep -q "test_hip" "$dir/CTestTestfile.cmake"; then
     have_tests=1

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "backends/device.h"
+#include "backends/dispatch.h"
 #include "freekv.h"
 
 /* Opens the device to ask its recall mechanism and, when the backend chose it itself, why
@@ -17,8 +17,8 @@ static void print_recall(const fkv_device_info *info) {
         printf("        recall: ? (opening failed: %s)\n", fkv_last_error());
         return;
     }
-    unsigned m = (unsigned)fkv_op_recall_mode(d->ops, d->bdev);
-    const char *note = fkv_op_recall_note(d->ops, d->bdev);
+    unsigned m = (unsigned)fkv_op_recall_mode(d);
+    const char *note = fkv_op_recall_note(d);
     printf("        recall %s%s%s%s\n", m < 3 ? modes[m] : "?", note[0] ? " (" : "", note,
            note[0] ? ")" : "");
     fkv_device_close(d);

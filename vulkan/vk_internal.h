@@ -9,21 +9,24 @@
 #include <vulkan/vulkan.h>
 
 #include "../backends/backend.h"
-#include "vk_debug.h"
 
 #define VK_N_BINDINGS 8 /* storage buffers of the one descriptor set layout */
 
-/* Shader variants (names as in vulkan/backend.cmake). */
+/* Shader variants, in the order of shaders.def (the one list of them). */
 typedef enum vk_shader_id {
-    S_APPEND,           /* + dtype variant (vk_dtype_variant) */
-    S_SUMMARIZE = 5,
-    S_ATTENTION = 10,
-    S_SCORES = 15,
-    S_COSINE,
-    S_ATTENTION_REDUCE,
-    S_COPY, /* + mode * 4 + word variant (16, 4, 2, 1) */
-    S_COUNT = S_COPY + 12
+#define FKV_VK_SHADER(name, ...) S_##name,
+#include "shaders.def"
+#undef FKV_VK_SHADER
+    S_COUNT
 } vk_shader_id;
+/* The first of each group; the launches add the variant (shaders.def says how). */
+#define S_APPEND S_append_f32         /* + dtype variant (vk_dtype_variant) */
+#define S_SUMMARIZE S_summarize_f32   /* + dtype variant */
+#define S_ATTENTION S_attention_f32   /* + dtype variant */
+#define S_SCORES S_scores
+#define S_COSINE S_cosine
+#define S_ATTENTION_REDUCE S_attention_reduce
+#define S_COPY S_copy0_w16 /* + mode * 4 + word variant (16, 4, 2, 1) */
 
 extern const char *const fkv_vk_shader_names[S_COUNT];
 
@@ -86,17 +89,24 @@ typedef struct vk_pending_read {
 } vk_pending_read;
 
 struct fkv_bhost {
+    fkv_mem_desc desc; /* first (backend.h); base = ptr */
     VkBuffer buf;
     VkDeviceMemory mem;
     void *ptr;
-    size_t size;
     void *raw;    /* the malloc'd block imported with VK_EXT_external_memory_host, or NULL */
 };
 
+/* desc.base is 0: VkBuffer offsets are checked as they are (binding offsets are aligned down
+ * to minStorageBufferOffsetAlignment by the launches). */
 struct fkv_bbuf {
+    fkv_mem_desc desc; /* first (backend.h) */
     VkBuffer buf;
     VkDeviceMemory mem; /* VK_NULL_HANDLE for an imported VkBuffer */
-    size_t size;
+    /* What a binding may reach: desc.size rounded up to whole 32-bit words for our own
+     * buffers, so that the 32-bit-word kernels read the last word of 16-bit data that ends
+     * mid-word (a uint[] over a range of 4k+2 bytes has k words; the last element would read
+     * as 0). An imported VkBuffer: the size the engine gave. */
+    VkDeviceSize bound;
 };
 
 struct fkv_bdev {
@@ -111,7 +121,8 @@ struct fkv_bdev {
     VkPhysicalDeviceMemoryProperties mem_props;
     VkDeviceSize max_range, max_alloc, align, import_align;
     uint32_t max_groups[3], max_wg, max_shared, subgroup, compute_units;
-    uint32_t max_shared_device; /* the device's own figure (the test hook may lower max_shared) */
+    uint32_t max_shared_device; /* the device's own figure (shared_memory_bytes may lower
+                                   max_shared) */
     int s16;      /* 16-bit storage in use */
     int ext_host; /* VK_EXT_external_memory_host enabled */
     int concurrent; /* more than one queue family: buffers are shared concurrently */
@@ -127,8 +138,8 @@ struct fkv_bdev {
     int import_host;  /* host_alloc imports malloc memory (hostptr) */
     char recall_note[256]; /* why "auto" chose the recall mode it did (recall_note) */
 
-    /* VkDeviceMemory objects alive, against maxMemoryAllocationCount (max_allocs; the test
-     * hook may lower it below the device's max_allocs_device) */
+    /* VkDeviceMemory objects alive, against maxMemoryAllocationCount (max_allocs; the option
+     * allocation_limit may lower it below the device's max_allocs_device) */
     atomic_uint live_allocs;
     uint32_t max_allocs, max_allocs_device;
 
@@ -150,29 +161,48 @@ struct fkv_bdev {
     uint32_t n_hosts, cap_hosts;
 
     vk_temp dummy; /* bound to the layout's unused bindings */
-    int split_override;
-    VkDeviceSize window_override; /* test hook: windows of at most this many bytes (0: max_range) */
+    uint32_t forced_splits; /* option attention_splits: 0 = automatic, n >= 1 = always n */
+    VkDeviceSize window_override; /* option window_bytes: windows of at most this many bytes (0:
+                                     max_range) */
     atomic_uint validation_errors;
 };
 
-/* ---- errors, memory (vk_backend.c) ---- */
+/* The backend's files are layers, each calling only the layers before it (no file calls one
+ * after it, so no two call each other): errors (vk_error.c) -> memory (vk_memory.c) ->
+ * submission (vk_submit.c) -> kernels (vk_pipeline.c, then vk_kernels.c) -> device and ops
+ * table (vk_device.c). */
+
+/* ---- errors (vk_error.c) ---- */
 const char *fkv_vk_result_name(VkResult r);
 /* A status for VkResult r of `what`; the message names the call and the code. */
 fkv_status fkv_vk_fail(VkResult r, const char *what);
+
+/* ---- memory (vk_memory.c) ---- */
 fkv_status fkv_vk_temp_alloc(fkv_bdev *d, VkDeviceSize size, int host_visible, VkBufferUsageFlags usage,
                              vk_temp *t);
 void fkv_vk_temp_free(fkv_bdev *d, vk_temp *t);
+fkv_status fkv_vk_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out);
+void fkv_vk_buffer_free(fkv_bdev *d, fkv_bbuf *b);
+fkv_status fkv_vk_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_bbuf **out);
+fkv_status fkv_vk_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **ptr);
+void fkv_vk_host_free(fkv_bdev *d, fkv_bhost *h);
 /* The host allocation holding [p, p+size), with p's offset in it; NULL if none. */
 fkv_bhost *fkv_vk_find_host(fkv_bdev *d, const void *p, size_t size, VkDeviceSize *offset);
+/* Whether malloc'd memory can back storage buffers here (the driver's word, then one real
+ * import), at device open. */
+fkv_status fkv_vk_probe_import(fkv_bdev *d);
+/* Option break_import, process-wide: host-memory imports fail as on a driver that cannot. */
+extern atomic_int fkv_vk_import_broken;
 
-/* ---- command recording (vk_backend.c) ---- */
+/* ---- submission (vk_submit.c): queues, command recording, events, copies ---- */
+fkv_status fkv_vk_fqueue_init(fkv_bdev *d, vk_fqueue *fq, vk_hwqueue *hw, int kernels);
+void fkv_vk_fqueue_destroy(fkv_bdev *d, vk_fqueue *fq);
 typedef struct vk_cmd {
     fkv_bdev *d;
     vk_fqueue *fq;
     vk_record rec;
     uint32_t n_dispatch;
 } vk_cmd;
-fkv_status fkv_vk_check_queue(fkv_queue q, const char *op);
 /* Locks the queue and starts a command buffer (marker: none). */
 fkv_status fkv_vk_cmd_begin(fkv_bdev *d, fkv_queue q, int marker, vk_cmd *c);
 fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_temp *out);
@@ -180,15 +210,34 @@ fkv_status fkv_vk_cmd_set(vk_cmd *c, VkDescriptorSet *out);
 /* Ends, submits after deps.wait and the queue's previous submission, unlocks. */
 fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_out);
 void fkv_vk_cmd_abort(vk_cmd *c);
-fkv_status fkv_vk_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
 static inline void fkv_vk_clear_done(const fkv_deps *deps) {
     if (deps->done)
         *deps->done = NULL;
 }
+/* Copies out the staged reads that have completed. */
+void fkv_vk_sweep_reads(fkv_bdev *d);
+fkv_status fkv_vk_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
+fkv_status fkv_vk_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
+void fkv_vk_event_release(fkv_bdev *d, fkv_bevent *ev);
+fkv_status fkv_vk_finish(fkv_bdev *d, fkv_queue q);
+fkv_status fkv_vk_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                        size_t dst_offset, const void *src, size_t size);
+fkv_status fkv_vk_write_regions(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                                uint32_t n, const fkv_copy_region *regions);
+fkv_status fkv_vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
+                       size_t src_offset, void *dst, size_t size);
+fkv_status fkv_vk_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
+                       size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size);
 
-/* ---- kernels (vk_kernels.c) ---- */
+/* ---- kernels: pipelines (vk_pipeline.c) ---- */
+#define VK_PUSH_BYTES 80 /* push constants of every shader (128 is the guaranteed minimum) */
 fkv_status fkv_vk_pipelines_init(fkv_bdev *d);
 void fkv_vk_pipelines_destroy(fkv_bdev *d);
+/* The pipeline of (shader, workgroup size, shared floats), created on first use. */
+fkv_status fkv_vk_pipeline(fkv_bdev *d, uint32_t shader, uint32_t wg, uint32_t smem,
+                           VkPipeline *out);
+
+/* ---- kernels: launches of the ops (vk_kernels.c) ---- */
 fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_geom_query *q);
 fkv_status fkv_vk_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src, size_t v_off,

@@ -1,6 +1,7 @@
-/* Kernel launches of the Vulkan backend: pipelines (specialised per workgroup size, subgroup
- * size and shared memory, kept in a persistent VkPipelineCache), descriptor bindings of
- * buffer ranges, argument checks.
+/* Kernel launches of the Vulkan backend: descriptor bindings of buffer ranges, workgroup
+ * grids, the ops. The dispatch layer has checked the arguments; pipelines come from
+ * vk_pipeline.c. Layer 4 of the backend: errors -> memory -> submission -> kernels (pipelines,
+ * then launches) -> device.
  *
  * Every storage buffer is bound at an offset aligned down to minStorageBufferOffsetAlignment,
  * the rest of the offset travels in push constants (in elements), and a binding never spans
@@ -8,205 +9,19 @@
  * host memory read by recall_direct, are bound in windows (one dispatch per window, see
  * plan_windows); anything else a kernel needs beyond it is refused as unsupported. */
 #include <limits.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backends/check.h"
-#include "../common/cache_file.h"
+#include "../backends/launch.h"
 #include "../common/error.h"
 #include "vk_internal.h"
 
-typedef struct fkv_vk_spirv_blob {
-    const char *name;
-    const unsigned char *code;
-    size_t size;
-} fkv_vk_spirv_blob;
-extern const fkv_vk_spirv_blob fkv_vk_spirv[];
-
-const char *const fkv_vk_shader_names[S_COUNT] = {
-    "append_f32",     "append_f16",     "append_bf16",     "append_f16w",     "append_bf16w",
-    "summarize_f32",  "summarize_f16",  "summarize_bf16",  "summarize_f16w",  "summarize_bf16w",
-    "attention_f32",  "attention_f16",  "attention_bf16",  "attention_f16w",  "attention_bf16w",
-    "scores",         "cosine",         "attention_reduce",
-    "copy0_w16",      "copy0_w4",       "copy0_w2",        "copy0_w1",
-    "copy1_w16",      "copy1_w4",       "copy1_w2",        "copy1_w1",
-    "copy2_w16",      "copy2_w4",       "copy2_w2",        "copy2_w1",
-};
-
 #define DESCRIPTOR_SETS_PER_COMMAND 256 /* windows x windows of one command: its descriptor sets */
-#define VK_PUSH_BYTES 80 /* push constants of every shader (128 is the guaranteed minimum) */
 #define ELEMENTWISE_WG 128
 #define ATTENTION_WG 128
 #define SCORES_WG 64
 #define COSINE_WG 64
-#define MAX_TILE 32
-#define MAX_AUTO_SPLITS 16
-#define MAX_SPLITS 256
 #define TEMP_ALLOCS 64 /* allocations of commands in flight: write staging, partials, unit lists */
-#define CACHE_MAGIC 0x464b5650u /* "FKVP" */
-
-/* ---- pipeline cache file ---- */
-
-static void cache_path(fkv_bdev *d, char *buf, size_t size) {
-    char base[1024];
-    buf[0] = '\0';
-    fkv_cache_dir(base, sizeof base);
-    if (!base[0])
-        return;
-    VkPhysicalDeviceProperties p;
-    vkGetPhysicalDeviceProperties(d->phys, &p);
-    int n = snprintf(buf, size, "%s/vulkan-%04x-%04x-%08x.pcache", base, p.vendorID, p.deviceID,
-                     p.driverVersion);
-    if (n < 0 || (size_t)n >= size)
-        buf[0] = '\0';
-}
-
-/* The file's data when its header matches this device (Vulkan checks it too, but a foreign
- * or truncated file is better never handed to a driver). */
-static void *cache_load(fkv_bdev *d, const char *path, size_t *size) {
-    FILE *f = path[0] ? fopen(path, "rb") : NULL;
-    if (f == NULL)
-        return NULL;
-    void *data = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) > 32 && n < (64l << 20) &&
-        fseek(f, 0, SEEK_SET) == 0 && (data = malloc((size_t)n)) != NULL &&
-        fread(data, 1, (size_t)n, f) == (size_t)n) {
-        VkPhysicalDeviceProperties p;
-        vkGetPhysicalDeviceProperties(d->phys, &p);
-        uint32_t h[4];
-        memcpy(h, data, sizeof h);
-        if (h[0] >= 32 && h[0] <= (uint32_t)n && h[1] == VK_PIPELINE_CACHE_HEADER_VERSION_ONE &&
-            h[2] == p.vendorID && h[3] == p.deviceID &&
-            memcmp((unsigned char *)data + 16, p.pipelineCacheUUID, VK_UUID_SIZE) == 0) {
-            fclose(f);
-            *size = (size_t)n;
-            return data;
-        }
-    }
-    free(data);
-    fclose(f);
-    return NULL;
-}
-
-static void cache_store(fkv_bdev *d) {
-    size_t n = 0;
-    if (!d->cache_path[0] || !d->pcache ||
-        vkGetPipelineCacheData(d->dev, d->pcache, &n, NULL) != VK_SUCCESS || n == 0)
-        return;
-    void *data = malloc(n);
-    if (data && vkGetPipelineCacheData(d->dev, d->pcache, &n, data) == VK_SUCCESS) {
-        const void *parts[1] = {data};
-        fkv_cache_write(d->cache_path, parts, &n, 1); /* failure: no cache next time */
-    }
-    free(data);
-}
-
-fkv_status fkv_vk_pipelines_init(fkv_bdev *d) {
-    VkDescriptorSetLayoutBinding b[VK_N_BINDINGS];
-    for (uint32_t i = 0; i < VK_N_BINDINGS; i++)
-        b[i] = (VkDescriptorSetLayoutBinding){i, VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, 1,
-                                              VK_SHADER_STAGE_COMPUTE_BIT, NULL};
-    VkDescriptorSetLayoutCreateInfo li = {VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
-                                          NULL, 0, VK_N_BINDINGS, b};
-    VkResult r = vkCreateDescriptorSetLayout(d->dev, &li, NULL, &d->dsl);
-    VkPushConstantRange pr = {VK_SHADER_STAGE_COMPUTE_BIT, 0, VK_PUSH_BYTES};
-    VkPipelineLayoutCreateInfo pli = {VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO, NULL, 0, 1,
-                                      &d->dsl, 1, &pr};
-    if (r == VK_SUCCESS)
-        r = vkCreatePipelineLayout(d->dev, &pli, NULL, &d->layout);
-    if (r != VK_SUCCESS)
-        return fkv_vk_fail(r, "creating the pipeline layout");
-    cache_path(d, d->cache_path, sizeof d->cache_path);
-    size_t n = 0;
-    void *data = cache_load(d, d->cache_path, &n);
-    VkPipelineCacheCreateInfo ci = {VK_STRUCTURE_TYPE_PIPELINE_CACHE_CREATE_INFO, NULL, 0, n, data};
-    r = vkCreatePipelineCache(d->dev, &ci, NULL, &d->pcache);
-    if (r != VK_SUCCESS && data) { /* a cache the driver dislikes: start empty */
-        ci.initialDataSize = 0;
-        ci.pInitialData = NULL;
-        r = vkCreatePipelineCache(d->dev, &ci, NULL, &d->pcache);
-    }
-    free(data);
-    if (r != VK_SUCCESS)
-        return fkv_vk_fail(r, "vkCreatePipelineCache");
-    return FKV_OK;
-}
-
-void fkv_vk_pipelines_destroy(fkv_bdev *d) {
-    cache_store(d);
-    for (uint32_t i = 0; i < d->n_pipes; i++)
-        vkDestroyPipeline(d->dev, d->pipes[i].pipeline, NULL);
-    free(d->pipes);
-    for (int i = 0; i < S_COUNT; i++)
-        if (d->modules[i])
-            vkDestroyShaderModule(d->dev, d->modules[i], NULL);
-    if (d->pcache)
-        vkDestroyPipelineCache(d->dev, d->pcache, NULL);
-    if (d->layout)
-        vkDestroyPipelineLayout(d->dev, d->layout, NULL);
-    if (d->dsl)
-        vkDestroyDescriptorSetLayout(d->dev, d->dsl, NULL);
-}
-
-/* The pipeline of (shader, workgroup size, shared floats), created on first use. */
-static fkv_status get_pipeline(fkv_bdev *d, uint32_t shader, uint32_t wg, uint32_t smem,
-                               VkPipeline *out) {
-    fkv_status st = FKV_OK;
-    pthread_mutex_lock(&d->pipe_lock);
-    for (uint32_t i = 0; i < d->n_pipes; i++)
-        if (d->pipes[i].shader == shader && d->pipes[i].wg == wg && d->pipes[i].smem == smem) {
-            *out = d->pipes[i].pipeline;
-            pthread_mutex_unlock(&d->pipe_lock);
-            return FKV_OK;
-        }
-    VkResult r = VK_SUCCESS;
-    if (d->modules[shader] == VK_NULL_HANDLE) {
-        const fkv_vk_spirv_blob *b = fkv_vk_spirv;
-        while (b->name && strcmp(b->name, fkv_vk_shader_names[shader]) != 0)
-            b++;
-        if (b->name == NULL) {
-            pthread_mutex_unlock(&d->pipe_lock);
-            return fkv_error(FKV_ERR_KERNEL_BUILD, "vulkan: shader %s is not embedded",
-                             fkv_vk_shader_names[shader]);
-        }
-        VkShaderModuleCreateInfo mi = {VK_STRUCTURE_TYPE_SHADER_MODULE_CREATE_INFO, NULL, 0,
-                                       b->size, (const uint32_t *)(const void *)b->code};
-        r = vkCreateShaderModule(d->dev, &mi, NULL, &d->modules[shader]);
-    }
-    if (r == VK_SUCCESS && d->n_pipes == d->cap_pipes) {
-        uint32_t cap = d->cap_pipes ? 2 * d->cap_pipes : 32;
-        vk_pipe *n = realloc(d->pipes, cap * sizeof *n);
-        if (n == NULL)
-            st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: pipeline list");
-        else {
-            d->pipes = n;
-            d->cap_pipes = cap;
-        }
-    }
-    if (r == VK_SUCCESS && st == FKV_OK) {
-        uint32_t spec[3] = {wg, d->subgroup, smem};
-        VkSpecializationMapEntry me[3] = {{0, 0, 4}, {1, 4, 4}, {2, 8, 4}};
-        VkSpecializationInfo si = {3, me, sizeof spec, spec};
-        VkComputePipelineCreateInfo ci = {
-            VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO, NULL, 0,
-            {VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, NULL, 0,
-             VK_SHADER_STAGE_COMPUTE_BIT, d->modules[shader], "main", &si},
-            d->layout, VK_NULL_HANDLE, -1};
-        VkPipeline p;
-        r = vkCreateComputePipelines(d->dev, d->pcache, 1, &ci, NULL, &p);
-        if (r == VK_SUCCESS) {
-            d->pipes[d->n_pipes++] = (vk_pipe){shader, wg, smem, p};
-            *out = p;
-        }
-    }
-    pthread_mutex_unlock(&d->pipe_lock);
-    if (r != VK_SUCCESS)
-        return fkv_error_prefix(fkv_vk_fail(r, "creating a compute pipeline"), "shader %s",
-                                fkv_vk_shader_names[shader]);
-    return st;
-}
 
 /* ---- launches ---- */
 
@@ -245,25 +60,14 @@ typedef struct launch {
     int n_win;
 } launch;
 
-static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const fkv_kv_geom *g,
-                          const char *op, launch *L) {
+static void prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const char *op, launch *L) {
     fkv_vk_clear_done(deps);
-    fkv_status st = fkv_check_kernel_call("vulkan", op, d, q, g);
-    if (st != FKV_OK)
-        return st;
     memset(L, 0, sizeof *L);
     L->d = d;
     L->op = op;
     L->q = q;
     for (int i = 0; i < VK_N_BINDINGS; i++)
         L->b[i] = (bind){d->dummy.buf, 0, VK_WHOLE_SIZE};
-    return FKV_OK;
-}
-
-/* Offsets of VkBuffers are checked for alignment as offsets (allocations are aligned). */
-static fkv_bview view(const fkv_bbuf *b) {
-    fkv_bview v = {b != NULL, b ? b->size : 0, 0};
-    return v;
 }
 
 /* Where one binding of [off, off + need) of a buffer of `size` bytes starts (off aligned
@@ -302,7 +106,7 @@ static fkv_status bind_range(launch *L, int i, VkBuffer buf, size_t size, size_t
 
 static fkv_status bind_buf(launch *L, int i, const fkv_bbuf *b, size_t off, uint64_t need,
                            size_t elem_size, uint32_t *elem, const char *what) {
-    return bind_range(L, i, b->buf, b->size, off, need, elem_size, elem, what);
+    return bind_range(L, i, b->buf, b->bound, off, need, elem_size, elem, what);
 }
 
 static uint64_t gcd_u64(uint64_t a, uint64_t b) {
@@ -395,15 +199,11 @@ static fkv_status bind_windows(launch *L, int b0, VkBuffer buf0, VkDeviceSize si
 static fkv_status bind_pools(launch *L, const fkv_kv_geom *g, const fkv_bbuf *k,
                              const fkv_bbuf *v, int ki, int vi, int pc_first, int pc_count,
                              uint32_t mult, uint32_t *n_slots) {
-    fkv_status st = fkv_check_pool_slots("vulkan", L->op, g, k && v, k ? k->size : 0,
-                                         v ? v->size : 0, 0, 0, n_slots);
-    if (st != FKV_OK)
-        return st;
-    uint64_t slot_bytes =
-        (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
-    return bind_windows(L, ki, k->buf, k->size, vi, vi >= 0 ? v->buf : VK_NULL_HANDLE,
-                        vi >= 0 ? v->size : 0, slot_bytes, *n_slots, pc_first, pc_count, mult,
-                        "the KV pools");
+    *n_slots = fkv_pool_slots(g, k->desc.size, v->desc.size);
+    uint64_t slot_bytes = fkv_slot_bytes(g);
+    return bind_windows(L, ki, k->buf, k->bound, vi, vi >= 0 ? v->buf : VK_NULL_HANDLE,
+                        vi >= 0 ? v->bound : 0, slot_bytes, *n_slots, pc_first, pc_count,
+                        mult, "the KV pools");
 }
 
 static void pc_f32(launch *L, int i, float f) { memcpy(&L->pc[i], &f, 4); }
@@ -495,7 +295,7 @@ static fkv_status run_1d(launch *L, uint32_t shader, uint64_t items, const fkv_d
     if (st0 != FKV_OK)
         return st0;
     VkPipeline p;
-    fkv_status st = get_pipeline(L->d, shader, wg, 1, &p);
+    fkv_status st = fkv_vk_pipeline(L->d, shader, wg, 1, &p);
     vk_cmd c;
     if (st != FKV_OK || (st = fkv_vk_cmd_begin(L->d, L->q, 0, &c)) != FKV_OK)
         return st;
@@ -519,18 +319,12 @@ fkv_status fkv_vk_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
                          uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off, fkv_bbuf *kpool,
                          fkv_bbuf *vpool) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "append", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "append", &L);
+    fkv_status st;
     uint64_t row_elems = (uint64_t)g->n_kv_heads * g->head_dim, n = n_rows * row_elems;
     uint32_t n_slots;
-    if ((st = fkv_check_append("vulkan", g, view(k_src), k_off, view(v_src), v_off, n_rows,
-                               view(rows), rows_off, view(kpool), view(vpool), &n_slots)) !=
-            FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 3, 4, 6, 5, g->page_size, &n_slots)) != FKV_OK)
+    if ((st = bind_pools(&L, g, kpool, vpool, 3, 4, 6, 5, g->page_size, &n_slots)) != FKV_OK)
         return st;
-    if (n_rows == 0)
-        return fkv_vk_marker(dev, q, deps);
     if ((st = bind_buf(&L, 0, k_src, k_off, n * 4, 4, &L.pc[0], "k_src")) != FKV_OK ||
         (st = bind_buf(&L, 1, v_src, v_off, n * 4, 4, &L.pc[1], "v_src")) != FKV_OK ||
         (st = bind_buf(&L, 2, rows, rows_off, n_rows * 4ull, 4, &L.pc[2], "rows")) != FKV_OK)
@@ -544,22 +338,17 @@ fkv_status fkv_vk_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
                             const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
                             size_t pages_off, fkv_bbuf *summaries) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "summarize", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "summarize", &L);
+    fkv_status st;
     uint32_t n_slots;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = fkv_check_summarize("vulkan", g, view(kpool), n_pages, view(pages), pages_off,
-                                  view(summaries), &n_slots)) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, kpool, 0, -1, 7, 5, 1, &n_slots)) != FKV_OK)
+    size_t summary_bytes = fkv_summary_bytes(g);
+    if ((st = bind_pools(&L, g, kpool, kpool, 0, -1, 7, 5, 1, &n_slots)) != FKV_OK)
         return st;
-    if (n_pages == 0)
-        return fkv_vk_marker(dev, q, deps);
-    size_t n_summ = summaries->size / summary_bytes;
+    size_t n_summ = summaries->desc.size / summary_bytes;
     if (n_summ > INT32_MAX)
         n_summ = INT32_MAX; /* summary indices are int32 */
     if ((st = bind_buf(&L, 1, pages, pages_off, n_pages * 8ull, 4, &L.pc[0], "pages")) != FKV_OK ||
-        (st = bind_windows(&L, 2, summaries->buf, summaries->size, -1, VK_NULL_HANDLE, 0,
+        (st = bind_windows(&L, 2, summaries->buf, summaries->desc.size, -1, VK_NULL_HANDLE, 0,
                            summary_bytes, n_summ, 8, 6, 1, "the summaries")) != FKV_OK)
         return st;
     if ((uint64_t)L.win[0].w.count * L.win[1].w.count > DESCRIPTOR_SETS_PER_COMMAND)
@@ -635,26 +424,21 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
                          size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out,
                          size_t out_off) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "scores", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "scores", &L);
+    fkv_status st;
     uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * g->group * g->head_dim * 4;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = fkv_check_scores("vulkan", g, view(qbuf), q_off, n_seqs, view(desc), desc_off,
-                               view(summaries), view(out), out_off)) != FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_vk_marker(dev, q, deps);
+    size_t summary_bytes = fkv_summary_bytes(g);
     scores_launch sp;
     if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
         return st;
     if ((st = bind_buf(&L, 0, qbuf, q_off, q_bytes, 4, &L.pc[0], "q")) != FKV_OK ||
         (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 12ull, 4, &L.pc[1], "desc")) != FKV_OK ||
         /* written at indices from device data: all of it must be reachable */
-        (st = bind_buf(&L, 3, out, out_off, out->size - out_off, 4, &L.pc[3], "out")) != FKV_OK)
+        (st = bind_buf(&L, 3, out, out_off, out->desc.size - out_off, 4, &L.pc[3], "out")) !=
+            FKV_OK)
         return st;
-    size_t n_summ = summaries->size / summary_bytes;
-    if ((st = bind_windows(&L, 2, summaries->buf, summaries->size, -1, VK_NULL_HANDLE, 0,
+    size_t n_summ = summaries->desc.size / summary_bytes;
+    if ((st = bind_windows(&L, 2, summaries->buf, summaries->desc.size, -1, VK_NULL_HANDLE, 0,
                            summary_bytes, n_summ < INT32_MAX ? n_summ : INT32_MAX, 8, 2, 1,
                            "the summaries")) != FKV_OK)
         return st;
@@ -664,11 +448,10 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
     L.pc[6] = g->group;
     L.pc[7] = g->head_dim;
     L.pc[9] = sp.p.heads;
-    uint32_t chunks = (2 * dev->compute_units + sp.rows - 1) / sp.rows;
-    chunks = chunks < 1 ? 1 : chunks > 16 ? 16 : chunks;
+    uint32_t chunks = fkv_scores_chunks(sp.rows, dev->compute_units);
     VkPipeline p;
     vk_cmd c;
-    if ((st = get_pipeline(dev, S_SCORES, pick_wg(dev, SCORES_WG), sp.smem, &p)) != FKV_OK ||
+    if ((st = fkv_vk_pipeline(dev, S_SCORES, pick_wg(dev, SCORES_WG), sp.smem, &p)) != FKV_OK ||
         (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
         return st;
     if ((st = record_windows(&c, &L, p, chunks, sp.rows)) != FKV_OK) {
@@ -683,17 +466,10 @@ fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
                                size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "cosine_flags", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "cosine_flags", &L);
+    fkv_status st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
     uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
-    if ((st = fkv_check_cosine_flags("vulkan", g, view(q_cur), cur_off, view(q_prev), prev_off,
-                                     n_seqs, view(sims), sims_off, view(flags), flags_off)) !=
-        FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_vk_marker(dev, q, deps);
     uint32_t w;
     if ((st = cosine_plan(dev, n_bh, &w)) != FKV_OK)
         return st;
@@ -708,7 +484,7 @@ fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     pc_f32(&L, 7, tau);
     VkPipeline p;
     vk_cmd c;
-    if ((st = get_pipeline(dev, S_COSINE, w, 1, &p)) != FKV_OK ||
+    if ((st = fkv_vk_pipeline(dev, S_COSINE, w, 1, &p)) != FKV_OK ||
         (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
         return st;
     if ((st = record(&c, &L, p, (uint32_t)n_bh, 1)) != FKV_OK) {
@@ -718,21 +494,11 @@ fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     return fkv_vk_cmd_submit(&c, &deps, NULL);
 }
 
-/* Copy words: 16 bytes when rows and offsets allow, else 4, else one 16-bit element (native
- * 16-bit storage, or the atomic fallback). Returns the word size; *variant the shader's. */
-static size_t pick_word(const fkv_bdev *d, const fkv_kv_geom *g, uint64_t off_bits,
-                        uint32_t *variant) {
-    size_t row = (size_t)g->head_dim * fkv_dtype_size(g->dtype);
-    if (row % 16 == 0 && off_bits % 16 == 0) {
-        *variant = 0;
-        return 16;
-    }
-    if (row % 4 == 0 && off_bits % 4 == 0) {
-        *variant = 1;
-        return 4;
-    }
-    *variant = d->s16 ? 2 : 3;
-    return 2;
+/* Copy words (backends/launch.h): 16 bytes when rows and offsets allow, else 4, else one
+ * 16-bit element. The copy shader's word variant: 16, 4, 16-bit storage, or the fallback
+ * without it (shaders.def). */
+static uint32_t copy_variant(const fkv_bdev *d, const fkv_copy_words *cw) {
+    return cw->word == 16 ? 0 : cw->word == 4 ? 1 : d->s16 ? 2 : 3;
 }
 
 fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
@@ -740,21 +506,16 @@ fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_
                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
                            size_t dst_off) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "pack_hnd", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "pack_hnd", &L);
+    fkv_status st;
     uint64_t page_bytes =
         (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
     uint32_t n_slots;
-    if ((st = fkv_check_pack_hnd("vulkan", g, view(kpool), view(vpool), n_pages, view(gslots),
-                                 gslots_off, view(dst), dst_off, &n_slots)) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
+    if ((st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
-    if (n_pages == 0)
-        return fkv_vk_marker(dev, q, deps);
-    uint32_t variant;
-    size_t word = pick_word(dev, g, dst_off, &variant);
-    uint32_t row_words = (uint32_t)(g->head_dim * fkv_dtype_size(g->dtype) / word);
+    fkv_copy_words cw = fkv_pick_copy_words(g, dst_off, 1);
+    uint32_t variant = copy_variant(dev, &cw), row_words = cw.row_words;
+    size_t word = cw.word;
     uint64_t total = (uint64_t)n_pages * g->n_kv_heads * 2 * g->page_size * row_words;
     if (total > UINT32_MAX)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan pack_hnd: %u pages in one call is too many",
@@ -775,20 +536,15 @@ fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const f
                               const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
                               fkv_bbuf *vpool) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "scatter_hnd", &L);
-    if (st != FKV_OK)
-        return st;
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    prepare(dev, q, &deps, "scatter_hnd", &L);
+    fkv_status st;
+    uint64_t unit_bytes = fkv_unit_bytes(g);
     uint32_t n_slots;
-    if ((st = fkv_check_scatter_hnd("vulkan", g, view(src), src_off, n_units, view(units),
-                                    units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
+    if ((st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
-    if (n_units == 0)
-        return fkv_vk_marker(dev, q, deps);
-    uint32_t variant;
-    size_t word = pick_word(dev, g, src_off, &variant);
-    uint32_t row_words = (uint32_t)(g->head_dim * fkv_dtype_size(g->dtype) / word);
+    fkv_copy_words cw = fkv_pick_copy_words(g, src_off, 1);
+    uint32_t variant = copy_variant(dev, &cw), row_words = cw.row_words;
+    size_t word = cw.word;
     uint64_t total = (uint64_t)n_units * 2 * g->page_size * row_words;
     if (total > UINT32_MAX)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan scatter_hnd: %u units in one call is too many",
@@ -809,34 +565,27 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                                 const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
                                 fkv_bbuf *vpool) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "recall_direct", &L);
-    if (st != FKV_OK)
-        return st;
-    if (host == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan recall_direct: NULL host memory");
-    uint64_t unit_bytes = 2ull * g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    prepare(dev, q, &deps, "recall_direct", &L);
+    fkv_status st;
+    uint64_t unit_bytes = fkv_unit_bytes(g);
+    size_t host_size = host->desc.size;
     uint32_t n_slots;
-    /* The offsets are host data: all checked here, the kernel reads host memory. */
-    if ((st = fkv_check_recall_direct("vulkan", g, host->size, n_units, units_host, view(units),
-                                      units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK ||
-        (st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
+    if ((st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
     uint64_t bits = 0;
     for (uint32_t i = 0; i < n_units; i++)
         bits |= units_host[i];
-    if (n_units == 0)
-        return fkv_vk_marker(dev, q, deps);
-    uint32_t variant;
-    size_t word = pick_word(dev, g, bits, &variant);
-    uint32_t row_words = (uint32_t)(g->head_dim * fkv_dtype_size(g->dtype) / word);
+    fkv_copy_words cw = fkv_pick_copy_words(g, bits, 1);
+    uint32_t variant = copy_variant(dev, &cw), row_words = cw.row_words;
+    size_t word = cw.word;
     uint64_t total = (uint64_t)n_units * 2 * g->page_size * row_words;
     if (total > UINT32_MAX || unit_bytes + dev->align > dev->max_range)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan recall_direct: too much in one call");
     /* Host memory beyond maxStorageBufferRange is read in windows of `span` bytes that start
      * every `stride` bytes; unit i belongs to window off / stride. */
-    uint64_t span = host->size < dev->max_range ? host->size : dev->max_range / dev->align * dev->align;
-    uint64_t stride = host->size <= span ? UINT64_MAX : (span - unit_bytes) / dev->align * dev->align;
-    uint64_t n_windows = stride == UINT64_MAX ? 1 : host->size / stride + 1;
+    uint64_t span = host_size < dev->max_range ? host_size : dev->max_range / dev->align * dev->align;
+    uint64_t stride = host_size <= span ? UINT64_MAX : (span - unit_bytes) / dev->align * dev->align;
+    uint64_t n_windows = stride == UINT64_MAX ? 1 : host_size / stride + 1;
     if ((st = bind_buf(&L, 2, units, units_off, n_units * 8ull, 4, &L.pc[2], "units")) != FKV_OK)
         return st;
     L.pc[1] = n_units;
@@ -851,7 +600,7 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan recall_direct: window list");
     VkPipeline p;
     vk_cmd c;
-    if ((st = get_pipeline(dev, S_COPY + 2 * 4 + variant, wg, 1, &p)) != FKV_OK ||
+    if ((st = fkv_vk_pipeline(dev, S_COPY + 2 * 4 + variant, wg, 1, &p)) != FKV_OK ||
         (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK) {
         free(used);
         return st;
@@ -880,7 +629,7 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
         if (!used[w])
             continue;
         uint64_t base = stride == UINT64_MAX ? 0 : w * stride;
-        uint64_t len = host->size - base < span ? host->size - base : span;
+        uint64_t len = host_size - base < span ? host_size - base : span;
         L.b[3] = (bind){host->buf, base, len};
         L.pc[8] = (uint32_t)w;
         st = record_windows(&c, &L, p, gx, gy);
@@ -895,26 +644,9 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
 
 /* ---- attention ---- */
 
-void fkv_vulkan_debug_set_splits(fkv_bdev *d, int splits) {
-    d->split_override = splits < 0 ? 0 : splits > MAX_SPLITS ? MAX_SPLITS : splits;
-}
-
-void fkv_vulkan_debug_set_window(fkv_bdev *d, size_t bytes) {
-    d->window_override = bytes < d->max_range ? bytes : 0;
-}
-
-void fkv_vulkan_debug_set_shared(fkv_bdev *d, size_t bytes) {
-    d->max_shared = bytes && bytes < d->max_shared_device ? (uint32_t)bytes : d->max_shared_device;
-}
-
-static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_bh) {
-    if (d->split_override > 0)
-        return (uint32_t)d->split_override;
-    uint32_t target = 2 * d->compute_units;
-    if (n_bh >= target)
-        return 1;
-    uint32_t s = (target + n_bh - 1) / n_bh;
-    return s > MAX_AUTO_SPLITS ? MAX_AUTO_SPLITS : s;
+/* Splits over pages when (sequence, KV head) workgroups alone cannot fill the device. */
+static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_groups) {
+    return fkv_attention_splits(n_groups, d->compute_units, d->forced_splits);
 }
 
 typedef struct attn_launch {
@@ -926,14 +658,14 @@ typedef struct attn_launch {
 /* The attention launch for n_bh (sequence, KV head) pairs over n_windows pool windows. */
 static fkv_status attention_plan(const fkv_bdev *d, const char *op, const fkv_kv_geom *g,
                                  uint32_t n_bh, uint32_t n_windows, attn_launch *a) {
-    fkv_status st = fkv_plan_attention("vulkan", op, g, d->max_shared, MAX_TILE, SHARED_LIMIT,
-                                       &a->p);
+    fkv_status st = fkv_plan_attention("vulkan", op, g, d->max_shared, FKV_ATTENTION_MAX_TILE,
+                                       SHARED_LIMIT, &a->p);
     if (st != FKV_OK)
         return st;
     uint64_t per_split = (uint64_t)n_bh * a->p.blocks;
     uint32_t splits = attention_splits(d, per_split > UINT32_MAX ? UINT32_MAX : (uint32_t)per_split);
-    if ((uint64_t)splits * n_windows > MAX_SPLITS) /* windows already split the work */
-        splits = MAX_SPLITS / n_windows > 1 ? MAX_SPLITS / n_windows : 1;
+    if ((uint64_t)splits * n_windows > FKV_MAX_SPLITS) /* windows already split the work */
+        splits = FKV_MAX_SPLITS / n_windows > 1 ? FKV_MAX_SPLITS / n_windows : 1;
     if (per_split * splits > d->max_groups[0])
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "vulkan %s: %u (sequence, KV head) pairs x %u query-head blocks x %u "
@@ -943,7 +675,7 @@ static fkv_status attention_plan(const fkv_bdev *d, const char *op, const fkv_kv
     a->total_splits = splits * n_windows;
     a->groups = (uint32_t)(per_split * splits);
     a->smem = smem_floats(d, a->p.floats, 256);
-    a->part_bytes = (VkDeviceSize)n_bh * a->total_splits * g->group * (g->head_dim + 2) * 4;
+    a->part_bytes = fkv_attention_partials_bytes(g, n_bh, a->total_splits);
     if (a->total_splits > 1 && a->part_bytes > d->max_range)
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "vulkan %s: %llu bytes of split partials exceed maxStorageBufferRange",
@@ -968,11 +700,11 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     if (x->dense_tokens >= 0) {
         /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1; the
          * last slot may be partial (the kernel reads valid rows only). */
-        uint64_t slot_bytes =
-            (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
+        uint64_t slot_bytes = fkv_slot_bytes(g);
         n_slots = (uint32_t)((x->dense_tokens + g->page_size - 1) / g->page_size);
-        if ((st = bind_windows(L, 3, x->kpool->buf, x->kpool->size, 4, x->vpool->buf,
-                               x->vpool->size, slot_bytes, n_slots, 14, 5, 1, "k and v")) != FKV_OK)
+        if ((st = bind_windows(L, 3, x->kpool->buf, x->kpool->bound, 4, x->vpool->buf,
+                               x->vpool->bound, slot_bytes, n_slots, 14, 5, 1, "k and v")) !=
+            FKV_OK)
             return st;
     } else if ((st = bind_pools(L, g, x->kpool, x->vpool, 3, 4, 14, 5, 1, &n_slots)) != FKV_OK) {
         return st;
@@ -991,7 +723,7 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
         return st;
     if (x->dense_tokens < 0 &&
         ((st = bind_buf(L, 1, x->heads, x->heads_off, n_bh * 8ull, 4, &L->pc[1], "heads")) != FKV_OK ||
-         (st = bind_buf(L, 2, x->entries, x->entries_off, x->entries->size - x->entries_off, 4,
+         (st = bind_buf(L, 2, x->entries, x->entries_off, x->entries->desc.size - x->entries_off, 4,
                         &L->pc[2], "entries")) != FKV_OK))
         return st;
     uint32_t n_entries = x->n_entries;
@@ -1013,9 +745,9 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     L->pc[17] = a.p.heads;
     uint32_t wg = pick_wg(d, ATTENTION_WG);
     VkPipeline p, pr = VK_NULL_HANDLE;
-    if ((st = get_pipeline(d, S_ATTENTION + dtype_variant(d, g->dtype), wg, a.smem, &p)) != FKV_OK ||
+    if ((st = fkv_vk_pipeline(d, S_ATTENTION + dtype_variant(d, g->dtype), wg, a.smem, &p)) != FKV_OK ||
         (total_splits > 1 &&
-         (st = get_pipeline(d, S_ATTENTION_REDUCE, pick_wg(d, ELEMENTWISE_WG), 1, &pr)) != FKV_OK))
+         (st = fkv_vk_pipeline(d, S_ATTENTION_REDUCE, pick_wg(d, ELEMENTWISE_WG), 1, &pr)) != FKV_OK))
         return st;
     VkDeviceSize part_bytes = a.part_bytes;
     vk_cmd c;
@@ -1061,17 +793,8 @@ fkv_status fkv_vk_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
                             size_t entries_off, const fkv_bbuf *kpool, const fkv_bbuf *vpool,
                             float scale, fkv_bbuf *out, size_t out_off) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "attention", &L);
-    if (st != FKV_OK)
-        return st;
-    uint32_t n_slots;
-    if ((st = fkv_check_attention("vulkan", g, view(qbuf), q_off, n_seqs, view(heads), heads_off,
-                                  view(entries), entries_off, view(kpool), view(vpool), view(out),
-                                  out_off, &n_slots)) != FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_vk_marker(dev, q, deps);
-    size_t n_entries = (entries->size - entries_off) / 8;
+    prepare(dev, q, &deps, "attention", &L);
+    size_t n_entries = (entries->desc.size - entries_off) / 8;
     attn_args x = {qbuf, heads, entries, kpool, vpool, out, q_off, heads_off, entries_off, out_off,
                    n_seqs, n_entries > INT32_MAX ? INT32_MAX : (uint32_t)n_entries, -1, scale};
     return attention_launch(&L, g, &x, deps);
@@ -1082,13 +805,9 @@ fkv_status fkv_vk_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps, con
                                   const fkv_bbuf *k, const fkv_bbuf *v, float scale,
                                   fkv_bbuf *out, size_t out_off) {
     launch L;
-    fkv_status st = prepare(dev, q, &deps, g, "attention_dense", &L);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, "attention_dense", &L);
+    fkv_status st;
     uint64_t q_bytes = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
-    if ((st = fkv_check_attention_dense("vulkan", g, view(qbuf), q_off, n_tokens, view(k), view(v),
-                                        view(out), out_off)) != FKV_OK)
-        return st;
     if (n_tokens == 0) { /* zeros, as attention over an empty list */
         vk_cmd c;
         if ((st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
@@ -1103,13 +822,10 @@ fkv_status fkv_vk_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps, con
 /* ---- device limits of a context's geometry (backend.h, check_geometry) ---- */
 
 fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_geom_query *q) {
-    fkv_status st = fkv_check_kernel_call("vulkan", "check_geometry", d, FKV_QUEUE_COMPUTE, g);
-    if (st != FKV_OK)
-        return st;
+    fkv_status st;
     uint64_t hq = (uint64_t)g->n_kv_heads * g->group, d4 = (uint64_t)g->head_dim * 4;
-    uint64_t slot_bytes =
-        (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
-    uint64_t max_slots = UINT32_MAX / g->page_size; /* fkv_check_pool_slots' cap */
+    uint64_t slot_bytes = fkv_slot_bytes(g);
+    uint64_t max_slots = UINT32_MAX / g->page_size; /* fkv_pool_slots' cap */
     unit_windows pools, summ;
     if ((st = plan_windows(d, "attention", slot_bytes,
                            q->pool_slots < max_slots ? q->pool_slots : max_slots, "the KV pools",

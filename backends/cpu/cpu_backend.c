@@ -2,9 +2,10 @@
  *
  * Device memory is plain heap memory separate from the caller's, so host<->device copies are
  * real copies and layout or ordering bugs show. Each fkv_queue is a worker thread
- * (cpu_queue.c); kernels are plain C (cpu_kernels.c). Every enqueue checks its arguments
- * before queueing anything; indices read from index buffers are checked when the command
- * runs, and a bad one fails the command's event instead of touching memory out of range.
+ * (cpu_queue.c); kernels are plain C (cpu_kernels.c). The arguments of every call were checked
+ * by the dispatch layer, as for every backend (backends/check.c); indices read from index
+ * buffers are checked when the command runs, and a bad one fails the command's event instead
+ * of touching memory out of range.
  *
  * Environment (read in device_open only, through common/env.c):
  *   FREEKV_CPU_RECALL=staged|direct|perpage   recall mechanism reported by recall_mode
@@ -44,15 +45,17 @@ struct fkv_bdev {
     pthread_t fault_thread;
 };
 
+/* desc.base is the data's address: offsets are aligned against it (an imported buffer may
+ * be caller memory at any address). */
 struct fkv_bbuf {
+    fkv_mem_desc desc; /* first (backend.h) */
     unsigned char *data;
-    size_t size;
     int imported; /* the caller owns data */
 };
 
 struct fkv_bhost {
+    fkv_mem_desc desc; /* first (backend.h) */
     unsigned char *data;
-    size_t size;
     size_t charged; /* bytes counted against the host limit */
 };
 
@@ -191,11 +194,6 @@ static void uncharge(fkv_bdev *dev, uint64_t *used, size_t size) {
 }
 
 static fkv_status cpu_buffer_alloc(fkv_bdev *dev, size_t size, fkv_bbuf **out) {
-    if (dev == NULL || out == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu buffer_alloc: NULL argument");
-    *out = NULL;
-    if (size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu buffer_alloc: size 0");
     if (!charge(dev, &dev->device_used, dev->device_limit, size))
         return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY,
                          "cpu: %zu bytes exceed the device memory left (FREEKV_CPU_DEVICE_MEMORY "
@@ -210,22 +208,18 @@ static fkv_status cpu_buffer_alloc(fkv_bdev *dev, size_t size, fkv_bbuf **out) {
         return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY, "cpu: cannot allocate %zu bytes", size);
     }
     b->data = data;
-    b->size = size;
+    b->desc = (fkv_mem_desc){.size = size, .base = (uintptr_t)data};
     *out = b;
     return FKV_OK;
 }
 
 static fkv_status cpu_buffer_import(fkv_bdev *dev, void *native, size_t size, fkv_bbuf **out) {
-    if (dev == NULL || out == NULL || native == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu buffer_import: NULL argument");
-    *out = NULL;
-    if (size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu buffer_import: size 0");
+    (void)dev;
     fkv_bbuf *b = calloc(1, sizeof *b);
     if (b == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "cpu: allocating a buffer handle");
     b->data = native;
-    b->size = size;
+    b->desc = (fkv_mem_desc){.size = size, .base = (uintptr_t)native};
     b->imported = 1;
     *out = b;
     return FKV_OK;
@@ -237,18 +231,12 @@ static void cpu_buffer_free(fkv_bdev *dev, fkv_bbuf *buf) {
     if (!buf->imported) {
         free(buf->data);
         if (dev)
-            uncharge(dev, &dev->device_used, buf->size);
+            uncharge(dev, &dev->device_used, buf->desc.size);
     }
     free(buf);
 }
 
 static fkv_status cpu_host_alloc(fkv_bdev *dev, size_t size, fkv_bhost **out, void **ptr) {
-    if (dev == NULL || out == NULL || ptr == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu host_alloc: NULL argument");
-    *out = NULL;
-    *ptr = NULL;
-    if (size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "cpu host_alloc: size 0");
     if (size > SIZE_MAX - CPU_HOST_ALIGN)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "cpu: host allocation of %zu bytes", size);
     size_t rounded = (size + CPU_HOST_ALIGN - 1) / CPU_HOST_ALIGN * CPU_HOST_ALIGN;
@@ -267,7 +255,7 @@ static fkv_status cpu_host_alloc(fkv_bdev *dev, size_t size, fkv_bhost **out, vo
     }
     memset(data, 0, rounded);
     h->data = data;
-    h->size = size;
+    h->desc = (fkv_mem_desc){.size = size, .base = (uintptr_t)data};
     h->charged = size;
     *out = h;
     *ptr = data;
@@ -283,7 +271,9 @@ static void cpu_host_free(fkv_bdev *dev, fkv_bhost *host) {
     free(host);
 }
 
-/* ---- argument checks shared by the enqueue entries ---- */
+/* ---- what the enqueue entries share ----
+ * The dispatch layer has checked every argument (backends/check.c) and turned zero work into a
+ * marker; the entries check only the reference's own limits. */
 
 /* On error nothing is queued and the caller's event pointer is cleared. */
 static fkv_status fail(fkv_deps deps, fkv_status st) {
@@ -299,71 +289,24 @@ static fkv_status fail(fkv_deps deps, fkv_status st) {
             return fail(deps, try_st_);             \
     } while (0)
 
-static fkv_status check_enqueue(const char *op, fkv_bdev *dev, fkv_queue q, int is_kernel,
-                                fkv_deps deps) {
-    if (dev == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: NULL device", op);
-    if ((unsigned)q >= FKV_QUEUE_COUNT)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: no queue %d", op, (int)q);
-    if (is_kernel && q == FKV_QUEUE_TRANSFER)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "%s: kernels run on the compute or background queue, not transfer", op);
-    return cpu_check_wait_list(op, deps.n_wait, deps.wait);
-}
-
-static fkv_status check_geom(const char *op, const fkv_kv_geom *g) {
-    if (g == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: NULL geometry", op);
-    if (g->n_kv_heads == 0 || g->n_kv_heads > 65536 || g->group == 0 || g->group > 65536 ||
-        g->head_dim == 0 || g->head_dim > FKV_CPU_MAX_HEAD_DIM || g->page_size == 0 ||
+/* The reference's kernels keep one head_dim row on the stack (FKV_CPU_MAX_HEAD_DIM) and
+ * count heads and tokens in 16 bits' worth of headroom. */
+static fkv_status check_limits(const char *op, const fkv_kv_geom *g) {
+    if (g->n_kv_heads > 65536 || g->group > 65536 || g->head_dim > FKV_CPU_MAX_HEAD_DIM ||
         g->page_size > 65536)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "%s: bad geometry (n_kv_heads %u, group %u, head_dim %u (max %d), "
-                         "page_size %u)",
+                         "cpu %s: geometry beyond the reference's limits (n_kv_heads %u, group "
+                         "%u, head_dim %u (max %d), page_size %u; at most 65536 each)",
                          op, g->n_kv_heads, g->group, g->head_dim, FKV_CPU_MAX_HEAD_DIM,
                          g->page_size);
-    if (fkv_dtype_size(g->dtype) == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: unknown dtype %d", op, (int)g->dtype);
     return FKV_OK;
 }
 
-/* a*b*c bytes; fails when the product overflows size_t. */
-static fkv_status size_of(const char *op, const char *what, size_t a, size_t b, size_t c,
-                          size_t *out) {
-    *out = 0; /* set on every path, so callers never read an indeterminate size */
-    if ((b != 0 && a > SIZE_MAX / b) || (c != 0 && a * b > SIZE_MAX / c))
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: %s size overflows", op, what);
-    *out = a * b * c;
-    return FKV_OK;
-}
-
-/* `bytes` bytes at `off` lie inside buf, and buf's data at `off` is aligned to `align`. */
-static fkv_status check_span(const char *op, const char *what, const fkv_bbuf *buf, size_t off,
-                             size_t bytes, size_t align) {
-    if (buf == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: %s buffer is NULL", op, what);
-    if (off > buf->size || bytes > buf->size - off)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "%s: %s needs %zu bytes at offset %zu, the buffer holds %zu", op, what,
-                         bytes, off, buf->size);
-    if (align > 1 && (uintptr_t)(buf->data + off) % align != 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "%s: %s at offset %zu is not aligned to %zu bytes", op, what, off, align);
-    return FKV_OK;
-}
-
-/* Rows both pools hold (pools must be aligned to the element size). */
-static fkv_status pool_rows_of(const char *op, const fkv_kv_geom *g, const fkv_bbuf *kpool,
-                               const fkv_bbuf *vpool, size_t *rows) {
-    size_t es = fkv_dtype_size(g->dtype), row_bytes;
-    fkv_status st;
-    if ((st = check_span(op, "K pool", kpool, 0, 0, es)) != FKV_OK ||
-        (st = check_span(op, "V pool", vpool, 0, 0, es)) != FKV_OK ||
-        (st = size_of(op, "row", g->n_kv_heads, g->head_dim, es, &row_bytes)) != FKV_OK)
-        return st;
-    size_t smaller = kpool->size < vpool->size ? kpool->size : vpool->size;
-    *rows = smaller / row_bytes;
-    return FKV_OK;
+/* Rows both pools hold. */
+static size_t pool_rows(const fkv_kv_geom *g, const fkv_bbuf *kpool, const fkv_bbuf *vpool) {
+    size_t row_bytes = (size_t)g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
+    size_t smaller = kpool->desc.size < vpool->desc.size ? kpool->desc.size : vpool->desc.size;
+    return smaller / row_bytes;
 }
 
 static unsigned char *at(const fkv_bbuf *buf, size_t off) { return buf->data + off; }
@@ -403,7 +346,7 @@ static fkv_status submit(fkv_bdev *dev, fkv_queue q, cpu_cmd_fn fn, void *args, 
 static fkv_status alloc_args(const char *op, size_t size, void **out) {
     *out = calloc(1, size);
     if (*out == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "%s: allocating the command", op);
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "cpu %s: allocating the command", op);
     return FKV_OK;
 }
 
@@ -420,7 +363,6 @@ static void cpu_event_release_op(fkv_bdev *dev, fkv_bevent *ev) {
 }
 
 static fkv_status cpu_marker(fkv_bdev *dev, fkv_queue q, fkv_deps deps) {
-    TRY(check_enqueue("marker", dev, q, 0, deps));
     return submit(dev, q, NULL, NULL, deps);
 }
 
@@ -445,8 +387,7 @@ typedef struct copy_args {
 
 static fkv_status run_copy(void *p) {
     copy_args *a = p;
-    if (a->size)
-        memmove(a->dst, a->src, a->size); /* copy() may overlap within one buffer */
+    memmove(a->dst, a->src, a->size); /* copy() may overlap within one buffer */
     return FKV_OK;
 }
 
@@ -462,28 +403,17 @@ static fkv_status enqueue_copy(fkv_bdev *dev, fkv_queue q, fkv_deps deps, void *
 
 static fkv_status cpu_write(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                             size_t dst_offset, const void *src, size_t size) {
-    TRY(check_enqueue("write", dev, q, 0, deps));
-    TRY(check_span("write", "destination", dst, dst_offset, size, 1));
-    if (src == NULL && size > 0)
-        return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT, "write: NULL host source"));
     return enqueue_copy(dev, q, deps, at(dst, dst_offset), src, size);
 }
 
 static fkv_status cpu_read(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
                            size_t src_offset, void *dst, size_t size) {
-    TRY(check_enqueue("read", dev, q, 0, deps));
-    TRY(check_span("read", "source", src, src_offset, size, 1));
-    if (dst == NULL && size > 0)
-        return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT, "read: NULL host destination"));
     return enqueue_copy(dev, q, deps, dst, at(src, src_offset), size);
 }
 
 static fkv_status cpu_copy(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                            size_t dst_offset, const fkv_bbuf *src, size_t src_offset,
                            size_t size) {
-    TRY(check_enqueue("copy", dev, q, 0, deps));
-    TRY(check_span("copy", "destination", dst, dst_offset, size, 1));
-    TRY(check_span("copy", "source", src, src_offset, size, 1));
     return enqueue_copy(dev, q, deps, at(dst, dst_offset), at(src, src_offset), size);
 }
 
@@ -503,28 +433,11 @@ static fkv_status run_regions(void *p) {
 
 static fkv_status cpu_write_regions(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                                     uint32_t n, const fkv_copy_region *regions) {
-    TRY(check_enqueue("write_regions", dev, q, 0, deps));
-    TRY(check_span("write_regions", "destination", dst, 0, 0, 1));
-    if (n > 0 && regions == NULL)
-        return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT, "write_regions: %u regions but a "
-                                                              "NULL array", n));
-    for (uint32_t i = 0; i < n; i++) {
-        const fkv_copy_region *r = &regions[i];
-        if (r->src == NULL && r->size > 0)
-            return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                                        "write_regions: region %u has a NULL source", i));
-        if (r->dst_offset > dst->size || r->size > dst->size - r->dst_offset)
-            return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                                        "write_regions: region %u (%zu bytes at %zu) exceeds "
-                                        "the destination (%zu bytes)",
-                                        i, r->size, r->dst_offset, dst->size));
-    }
     regions_args *a;
     TRY(alloc_args("write_regions", sizeof *a + (size_t)n * sizeof a->regions[0], (void **)&a));
     a->dst = dst->data;
     a->n = n;
-    if (n > 0)
-        memcpy(a->regions, regions, (size_t)n * sizeof *regions);
+    memcpy(a->regions, regions, (size_t)n * sizeof *regions);
     return submit(dev, q, run_regions, a, deps);
 }
 
@@ -550,29 +463,16 @@ static fkv_status cpu_append_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                                 size_t rows_off, fkv_bbuf *kpool, fkv_bbuf *vpool) {
     const char *op = "append";
     append_args *a;
-    TRY(check_enqueue(op, dev, q, 1, deps));
-    TRY(check_geom(op, g));
+    TRY(check_limits(op, g));
     TRY(alloc_args(op, sizeof *a, (void **)&a));
     a->g = *g;
     a->n_rows = n_rows;
-    if (n_rows > 0) { /* nothing is touched otherwise: the buffers may be absent */
-        size_t src_bytes;
-        fkv_status st;
-        if ((st = size_of(op, "source", n_rows, (size_t)g->n_kv_heads * g->head_dim, 4,
-                          &src_bytes)) != FKV_OK ||
-            (st = check_span(op, "K source", k_src, k_off, src_bytes, 4)) != FKV_OK ||
-            (st = check_span(op, "V source", v_src, v_off, src_bytes, 4)) != FKV_OK ||
-            (st = check_span(op, "rows", rows, rows_off, (size_t)n_rows * 4, 4)) != FKV_OK ||
-            (st = pool_rows_of(op, g, kpool, vpool, &a->pool_rows)) != FKV_OK) {
-            free(a);
-            return fail(deps, st);
-        }
-        a->k = (const float *)at(k_src, k_off);
-        a->v = (const float *)at(v_src, v_off);
-        a->rows = (const int32_t *)at(rows, rows_off);
-        a->kpool = kpool->data;
-        a->vpool = vpool->data;
-    }
+    a->pool_rows = pool_rows(g, kpool, vpool);
+    a->k = (const float *)at(k_src, k_off);
+    a->v = (const float *)at(v_src, v_off);
+    a->rows = (const int32_t *)at(rows, rows_off);
+    a->kpool = kpool->data;
+    a->vpool = vpool->data;
     return submit(dev, q, run_append, a, deps);
 }
 
@@ -598,27 +498,15 @@ static fkv_status cpu_summarize_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                    fkv_bbuf *summaries) {
     const char *op = "summarize";
     summarize_args *a;
-    TRY(check_enqueue(op, dev, q, 1, deps));
-    TRY(check_geom(op, g));
+    TRY(check_limits(op, g));
     TRY(alloc_args(op, sizeof *a, (void **)&a));
     a->g = *g;
     a->n_pages = n_pages;
-    if (n_pages > 0) {
-        size_t summary_bytes;
-        fkv_status st;
-        if ((st = pool_rows_of(op, g, kpool, kpool, &a->pool_rows)) != FKV_OK ||
-            (st = check_span(op, "pages", pages, pages_off, (size_t)n_pages * 8, 4)) != FKV_OK ||
-            (st = size_of(op, "summary", g->n_kv_heads, 2 * (size_t)g->head_dim, 4,
-                          &summary_bytes)) != FKV_OK ||
-            (st = check_span(op, "summaries", summaries, 0, summary_bytes, 4)) != FKV_OK) {
-            free(a);
-            return fail(deps, st);
-        }
-        a->kpool = kpool->data;
-        a->pages = (const int32_t *)at(pages, pages_off);
-        a->summaries = (float *)summaries->data;
-        a->n_summaries = summaries->size / summary_bytes;
-    }
+    a->pool_rows = pool_rows(g, kpool, kpool);
+    a->kpool = kpool->data;
+    a->pages = (const int32_t *)at(pages, pages_off);
+    a->summaries = (float *)summaries->data;
+    a->n_summaries = summaries->desc.size / fkv_summary_bytes(g);
     return submit(dev, q, run_summarize, a, deps);
 }
 
@@ -645,32 +533,16 @@ static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                                 const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off) {
     const char *op = "scores";
     scores_args *a;
-    TRY(check_enqueue(op, dev, q, 1, deps));
-    TRY(check_geom(op, g));
+    TRY(check_limits(op, g));
     TRY(alloc_args(op, sizeof *a, (void **)&a));
     a->g = *g;
     a->n_seqs = n_seqs;
-    if (n_seqs > 0) {
-        size_t q_bytes, summary_bytes;
-        fkv_status st;
-        if ((st = size_of(op, "query", n_seqs, (size_t)g->n_kv_heads * g->group,
-                          (size_t)g->head_dim * 4, &q_bytes)) != FKV_OK ||
-            (st = check_span(op, "query", qbuf, q_off, q_bytes, 4)) != FKV_OK ||
-            (st = check_span(op, "desc", desc, desc_off, (size_t)n_seqs * 12, 4)) != FKV_OK ||
-            (st = size_of(op, "summary", g->n_kv_heads, 2 * (size_t)g->head_dim, 4,
-                          &summary_bytes)) != FKV_OK ||
-            (st = check_span(op, "summaries", summaries, 0, 0, 4)) != FKV_OK ||
-            (st = check_span(op, "output", out, out_off, 0, 4)) != FKV_OK) {
-            free(a);
-            return fail(deps, st);
-        }
-        a->q = (const float *)at(qbuf, q_off);
-        a->desc = (const int32_t *)at(desc, desc_off);
-        a->summaries = (const float *)summaries->data;
-        a->n_summaries = summaries->size / summary_bytes;
-        a->out = (float *)at(out, out_off);
-        a->out_len = (out->size - out_off) / 4;
-    }
+    a->q = (const float *)at(qbuf, q_off);
+    a->desc = (const int32_t *)at(desc, desc_off);
+    a->summaries = (const float *)summaries->data;
+    a->n_summaries = summaries->desc.size / fkv_summary_bytes(g);
+    a->out = (float *)at(out, out_off);
+    a->out_len = (out->desc.size - out_off) / sizeof(float);
     return submit(dev, q, run_scores, a, deps);
 }
 
@@ -695,30 +567,15 @@ static fkv_status cpu_cosine_flags_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                       size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
     const char *op = "cosine_flags";
     cosine_args *a;
-    TRY(check_enqueue(op, dev, q, 1, deps));
-    TRY(check_geom(op, g));
+    TRY(check_limits(op, g));
     TRY(alloc_args(op, sizeof *a, (void **)&a));
     a->g = *g;
     a->n_seqs = n_seqs;
     a->tau = tau;
-    if (n_seqs > 0) {
-        size_t q_bytes, per_head_bytes;
-        fkv_status st;
-        if ((st = size_of(op, "query", n_seqs, (size_t)g->n_kv_heads * g->group,
-                          (size_t)g->head_dim * 4, &q_bytes)) != FKV_OK ||
-            (st = size_of(op, "sims", n_seqs, g->n_kv_heads, 4, &per_head_bytes)) != FKV_OK ||
-            (st = check_span(op, "current query", q_cur, cur_off, q_bytes, 4)) != FKV_OK ||
-            (st = check_span(op, "previous query", q_prev, prev_off, q_bytes, 4)) != FKV_OK ||
-            (st = check_span(op, "sims", sims, sims_off, per_head_bytes, 4)) != FKV_OK ||
-            (st = check_span(op, "flags", flags, flags_off, per_head_bytes, 4)) != FKV_OK) {
-            free(a);
-            return fail(deps, st);
-        }
-        a->cur = (const float *)at(q_cur, cur_off);
-        a->prev = (const float *)at(q_prev, prev_off);
-        a->sims = (float *)at(sims, sims_off);
-        a->flags = (int32_t *)at(flags, flags_off);
-    }
+    a->cur = (const float *)at(q_cur, cur_off);
+    a->prev = (const float *)at(q_prev, prev_off);
+    a->sims = (float *)at(sims, sims_off);
+    a->flags = (int32_t *)at(flags, flags_off);
     return submit(dev, q, run_cosine, a, deps);
 }
 
@@ -736,41 +593,21 @@ static fkv_status run_pack(void *p) {
     return cpu_pack_hnd(&a->g, a->kpool, a->vpool, a->pool_rows, a->n_pages, a->gslots, a->dst);
 }
 
-/* Bytes of one (page, all heads) in HND: n_kv_heads * 2 * page_size * head_dim elements. */
-static fkv_status page_bytes_of(const char *op, const fkv_kv_geom *g, size_t *out) {
-    return size_of(op, "page", (size_t)g->n_kv_heads * 2, (size_t)g->page_size * g->head_dim,
-                   fkv_dtype_size(g->dtype), out);
-}
-
 static fkv_status cpu_pack_hnd_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                   const fkv_kv_geom *g, const fkv_bbuf *kpool,
                                   const fkv_bbuf *vpool, uint32_t n_pages, const fkv_bbuf *gslots,
                                   size_t gslots_off, fkv_bbuf *dst, size_t dst_off) {
     const char *op = "pack_hnd";
     pack_args *a;
-    TRY(check_enqueue(op, dev, q, 1, deps));
-    TRY(check_geom(op, g));
+    TRY(check_limits(op, g));
     TRY(alloc_args(op, sizeof *a, (void **)&a));
     a->g = *g;
     a->n_pages = n_pages;
-    if (n_pages > 0) {
-        size_t page_bytes, dst_bytes;
-        fkv_status st;
-        if ((st = pool_rows_of(op, g, kpool, vpool, &a->pool_rows)) != FKV_OK ||
-            (st = check_span(op, "gslots", gslots, gslots_off, (size_t)n_pages * 4, 4)) !=
-                FKV_OK ||
-            (st = page_bytes_of(op, g, &page_bytes)) != FKV_OK ||
-            (st = size_of(op, "destination", n_pages, page_bytes, 1, &dst_bytes)) != FKV_OK ||
-            (st = check_span(op, "destination", dst, dst_off, dst_bytes,
-                             fkv_dtype_size(g->dtype))) != FKV_OK) {
-            free(a);
-            return fail(deps, st);
-        }
-        a->kpool = kpool->data;
-        a->vpool = vpool->data;
-        a->gslots = (const int32_t *)at(gslots, gslots_off);
-        a->dst = at(dst, dst_off);
-    }
+    a->pool_rows = pool_rows(g, kpool, vpool);
+    a->kpool = kpool->data;
+    a->vpool = vpool->data;
+    a->gslots = (const int32_t *)at(gslots, gslots_off);
+    a->dst = at(dst, dst_off);
     return submit(dev, q, run_pack, a, deps);
 }
 
@@ -789,41 +626,21 @@ static fkv_status run_scatter(void *p) {
                            a->pool_rows);
 }
 
-/* Bytes of one (page, head) unit: 2 * page_size * head_dim elements. */
-static fkv_status unit_bytes_of(const char *op, const fkv_kv_geom *g, size_t *out) {
-    return size_of(op, "unit", 2, (size_t)g->page_size * g->head_dim, fkv_dtype_size(g->dtype),
-                   out);
-}
-
 static fkv_status cpu_scatter_hnd_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                      const fkv_kv_geom *g, const fkv_bbuf *src, size_t src_off,
                                      uint32_t n_units, const fkv_bbuf *units, size_t units_off,
                                      fkv_bbuf *kpool, fkv_bbuf *vpool) {
     const char *op = "scatter_hnd";
     scatter_args *a;
-    TRY(check_enqueue(op, dev, q, 1, deps));
-    TRY(check_geom(op, g));
+    TRY(check_limits(op, g));
     TRY(alloc_args(op, sizeof *a, (void **)&a));
     a->g = *g;
     a->n_units = n_units;
-    if (n_units > 0) {
-        size_t unit_bytes, src_bytes;
-        fkv_status st;
-        /* src_off is in bytes, like every offset of the interface. */
-        if ((st = unit_bytes_of(op, g, &unit_bytes)) != FKV_OK ||
-            (st = size_of(op, "source", n_units, unit_bytes, 1, &src_bytes)) != FKV_OK ||
-            (st = check_span(op, "source", src, src_off, src_bytes,
-                             fkv_dtype_size(g->dtype))) != FKV_OK ||
-            (st = check_span(op, "units", units, units_off, (size_t)n_units * 8, 4)) != FKV_OK ||
-            (st = pool_rows_of(op, g, kpool, vpool, &a->pool_rows)) != FKV_OK) {
-            free(a);
-            return fail(deps, st);
-        }
-        a->src = at(src, src_off);
-        a->units = (const int32_t *)at(units, units_off);
-        a->kpool = kpool->data;
-        a->vpool = vpool->data;
-    }
+    a->pool_rows = pool_rows(g, kpool, vpool);
+    a->src = at(src, src_off);
+    a->units = (const int32_t *)at(units, units_off);
+    a->kpool = kpool->data;
+    a->vpool = vpool->data;
     return submit(dev, q, run_scatter, a, deps);
 }
 
@@ -851,43 +668,17 @@ static fkv_status cpu_recall_direct_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps
                                        fkv_bbuf *vpool) {
     const char *op = "recall_direct";
     recall_args *a;
-    TRY(check_enqueue(op, dev, q, 1, deps));
-    TRY(check_geom(op, g));
-    if (n_units > 0) {
-        size_t unit_bytes, es = fkv_dtype_size(g->dtype);
-        TRY(unit_bytes_of(op, g, &unit_bytes));
-        if (host == NULL || units_host == NULL)
-            return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                                        "%s: NULL host allocation or offsets", op));
-        /* The offsets are on the host already, so they are checked now rather than later. */
-        for (uint32_t i = 0; i < n_units; i++) {
-            uint64_t o = units_host[i];
-            if (o > host->size || unit_bytes > host->size - o || o % es != 0)
-                return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                                            "%s: unit %u at host offset %llu (%zu bytes) is "
-                                            "outside or misaligned in the host allocation "
-                                            "(%zu bytes)",
-                                            op, i, (unsigned long long)o, unit_bytes,
-                                            host->size));
-        }
-    }
+    TRY(check_limits(op, g));
     TRY(alloc_args(op, sizeof *a + (size_t)n_units * sizeof(uint64_t), (void **)&a));
     a->g = *g;
     a->n_units = n_units;
-    if (n_units > 0) {
-        fkv_status st;
-        if ((st = check_span(op, "units", units, units_off, (size_t)n_units * 8, 4)) != FKV_OK ||
-            (st = pool_rows_of(op, g, kpool, vpool, &a->pool_rows)) != FKV_OK) {
-            free(a);
-            return fail(deps, st);
-        }
-        a->host = host->data;
-        a->host_size = host->size;
-        memcpy(a->units_host, units_host, (size_t)n_units * sizeof(uint64_t));
-        a->units = (const int32_t *)at(units, units_off);
-        a->kpool = kpool->data;
-        a->vpool = vpool->data;
-    }
+    a->pool_rows = pool_rows(g, kpool, vpool);
+    a->host = host->data;
+    a->host_size = host->desc.size;
+    memcpy(a->units_host, units_host, (size_t)n_units * sizeof(uint64_t));
+    a->units = (const int32_t *)at(units, units_off);
+    a->kpool = kpool->data;
+    a->vpool = vpool->data;
     return submit(dev, q, run_recall, a, deps);
 }
 
@@ -915,20 +706,6 @@ static fkv_status run_attention_dense(void *p) {
     return cpu_attention_dense(&a->g, a->q, a->n_tokens, a->kpool, a->vpool, a->scale, a->out);
 }
 
-/* q and out of n_seqs sequences: [n_seqs][n_kv_heads*group][head_dim] f32 each. */
-static fkv_status check_q_out(const char *op, const fkv_kv_geom *g, uint32_t n_seqs,
-                              const fkv_bbuf *qbuf, size_t q_off, const fkv_bbuf *out,
-                              size_t out_off) {
-    size_t bytes;
-    fkv_status st;
-    if ((st = size_of(op, "query", n_seqs, (size_t)g->n_kv_heads * g->group,
-                      (size_t)g->head_dim * 4, &bytes)) != FKV_OK ||
-        (st = check_span(op, "query", qbuf, q_off, bytes, 4)) != FKV_OK ||
-        (st = check_span(op, "output", out, out_off, bytes, 4)) != FKV_OK)
-        return st;
-    return FKV_OK;
-}
-
 static fkv_status cpu_attention_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                    const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
                                    uint32_t n_seqs, const fkv_bbuf *heads, size_t heads_off,
@@ -937,30 +714,19 @@ static fkv_status cpu_attention_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                    fkv_bbuf *out, size_t out_off) {
     const char *op = "attention";
     attention_args *a;
-    TRY(check_enqueue(op, dev, q, 1, deps));
-    TRY(check_geom(op, g));
+    TRY(check_limits(op, g));
     TRY(alloc_args(op, sizeof *a, (void **)&a));
     a->g = *g;
     a->n_seqs = n_seqs;
     a->scale = scale;
-    if (n_seqs > 0) {
-        fkv_status st;
-        if ((st = check_q_out(op, g, n_seqs, qbuf, q_off, out, out_off)) != FKV_OK ||
-            (st = check_span(op, "heads", heads, heads_off,
-                             (size_t)n_seqs * g->n_kv_heads * 8, 4)) != FKV_OK ||
-            (st = check_span(op, "entries", entries, entries_off, 0, 4)) != FKV_OK ||
-            (st = pool_rows_of(op, g, kpool, vpool, &a->pool_rows)) != FKV_OK) {
-            free(a);
-            return fail(deps, st);
-        }
-        a->q = (const float *)at(qbuf, q_off);
-        a->heads = (const int32_t *)at(heads, heads_off);
-        a->entries = (const int32_t *)at(entries, entries_off);
-        a->n_entries = (entries->size - entries_off) / 8;
-        a->kpool = kpool->data;
-        a->vpool = vpool->data;
-        a->out = (float *)at(out, out_off);
-    }
+    a->pool_rows = pool_rows(g, kpool, vpool);
+    a->q = (const float *)at(qbuf, q_off);
+    a->heads = (const int32_t *)at(heads, heads_off);
+    a->entries = (const int32_t *)at(entries, entries_off);
+    a->n_entries = (entries->desc.size - entries_off) / (2 * sizeof(int32_t));
+    a->kpool = kpool->data;
+    a->vpool = vpool->data;
+    a->out = (float *)at(out, out_off);
     return submit(dev, q, run_attention, a, deps);
 }
 
@@ -971,12 +737,7 @@ static fkv_status cpu_attention_dense_op(fkv_bdev *dev, fkv_queue q, fkv_deps de
                                          size_t out_off) {
     const char *op = "attention_dense";
     attention_args *a;
-    TRY(check_enqueue(op, dev, q, 1, deps));
-    TRY(check_geom(op, g));
-    TRY(check_q_out(op, g, 1, qbuf, q_off, out, out_off));
-    if (n_tokens > INT32_MAX)
-        return fail(deps, fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: %u tokens (max %d)", op,
-                                    n_tokens, INT32_MAX));
+    TRY(check_limits(op, g));
     TRY(alloc_args(op, sizeof *a, (void **)&a));
     a->g = *g;
     a->n_seqs = 1;
@@ -984,20 +745,8 @@ static fkv_status cpu_attention_dense_op(fkv_bdev *dev, fkv_queue q, fkv_deps de
     a->scale = scale;
     a->q = (const float *)at(qbuf, q_off);
     a->out = (float *)at(out, out_off);
-    if (n_tokens > 0) { /* an empty K/V gives zeros and reads nothing */
-        size_t rows = 0;
-        fkv_status st = pool_rows_of(op, g, k, v, &rows);
-        if (st == FKV_OK && rows < n_tokens)
-            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                           "%s: %u tokens but K/V hold %zu rows of %u heads x %u", op, n_tokens,
-                           rows, g->n_kv_heads, g->head_dim);
-        if (st != FKV_OK) {
-            free(a);
-            return fail(deps, st);
-        }
-        a->kpool = k->data;
-        a->vpool = v->data;
-    }
+    a->kpool = k->data;
+    a->vpool = v->data;
     return submit(dev, q, run_attention_dense, a, deps);
 }
 

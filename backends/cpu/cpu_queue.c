@@ -108,13 +108,6 @@ static fkv_status event_block(fkv_bevent *ev, char *msg, size_t msg_size) {
 }
 
 fkv_status cpu_event_wait(uint32_t n, fkv_bevent *const *events) {
-    if (n == 0)
-        return FKV_OK;
-    if (events == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "event_wait: %u events but a NULL array", n);
-    for (uint32_t i = 0; i < n; i++)
-        if (events[i] == NULL)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT, "event_wait: event %u is NULL", i);
     /* Wait for all of them even after a failure, so that on return no command is left
      * running that the caller may think finished. */
     fkv_status first = FKV_OK;
@@ -129,16 +122,6 @@ fkv_status cpu_event_wait(uint32_t n, fkv_bevent *const *events) {
     }
     if (first != FKV_OK)
         return fkv_error(first, "%s", msg);
-    return FKV_OK;
-}
-
-fkv_status cpu_check_wait_list(const char *op, uint32_t n_wait, fkv_bevent *const *wait) {
-    if (n_wait > 0 && wait == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: wait list of %u events is NULL", op,
-                         n_wait);
-    for (uint32_t i = 0; i < n_wait; i++)
-        if (wait[i] == NULL)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s: wait list entry %u is NULL", op, i);
     return FKV_OK;
 }
 
@@ -263,12 +246,12 @@ void cpu_queue_destroy(cpu_queue *q) {
 
 static fkv_status submit(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_wait,
                         fkv_bevent *const *wait, fkv_bevent **done, int device_error) {
-    fkv_status st = cpu_check_wait_list("enqueue", n_wait, wait);
-    cpu_cmd *cmd = NULL;
+    fkv_status st = FKV_OK;
     fkv_bevent *ev = NULL;
-    if (st != FKV_OK)
-        goto fail;
-    cmd = calloc(1, sizeof *cmd + (size_t)n_wait * sizeof cmd->wait[0]);
+    uint32_t n_events = 0; /* the wait list without its NULL entries */
+    for (uint32_t i = 0; i < n_wait; i++)
+        n_events += wait[i] != NULL;
+    cpu_cmd *cmd = calloc(1, sizeof *cmd + (size_t)n_events * sizeof cmd->wait[0]);
     if (cmd == NULL) {
         st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "cpu: allocating a command");
         goto fail;
@@ -279,15 +262,16 @@ static fkv_status submit(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_wai
     cmd->args = args;
     cmd->event = ev;
     cmd->device_error = device_error;
-    cmd->n_wait = n_wait;
     for (uint32_t i = 0; i < n_wait; i++) {
+        if (wait[i] == NULL)
+            continue;
         event_retain(wait[i]);
-        cmd->wait[i] = wait[i];
+        cmd->wait[cmd->n_wait++] = wait[i];
     }
     pthread_mutex_lock(&q->lock);
     if (q->stopping) {
         pthread_mutex_unlock(&q->lock);
-        for (uint32_t i = 0; i < n_wait; i++)
+        for (uint32_t i = 0; i < cmd->n_wait; i++)
             cpu_event_release(cmd->wait[i]);
         st = fkv_error(FKV_ERR_BAD_STATE, "cpu: the %s queue is shutting down", q->name);
         goto fail;

@@ -30,9 +30,10 @@ fkv_status cpu_queue_create(const char *name, cpu_queue **out);
  * Events handed out stay valid until released. */
 void cpu_queue_destroy(cpu_queue *q);
 
-/* Appends a command. On success the queue owns `args` (freed with free() after the command
- * ran) and, when done != NULL, *done receives a new event reference for the caller. On error
- * (bad wait list, out of memory, queue stopping) `args` is freed, nothing is queued and
+/* Appends a command. The wait list is as the dispatch layer checked it (backend.h): n_wait
+ * events in `wait`, NULL entries ignored. On success the queue owns `args` (freed with free()
+ * after the command ran) and, when done != NULL, *done receives a new event reference for the
+ * caller. On error (out of memory, queue stopping) `args` is freed, nothing is queued and
  * *done is set to NULL. `done` must not point into `wait`. */
 fkv_status cpu_queue_submit(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_wait,
                             fkv_bevent *const *wait, fkv_bevent **done);
@@ -44,11 +45,8 @@ fkv_status cpu_queue_submit(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_
 fkv_status cpu_queue_submit_device_error(cpu_queue *q, cpu_cmd_fn fn, void *args, uint32_t n_wait,
                                          fkv_bevent *const *wait, fkv_bevent **done);
 
-/* Checks a wait list (n_wait > 0 needs a non-NULL array of non-NULL events). */
-fkv_status cpu_check_wait_list(const char *op, uint32_t n_wait, fkv_bevent *const *wait);
-
-/* Blocks until all events completed; returns the first failure among them (with its
- * message), else FKV_OK. */
+/* Blocks until all n events (none NULL) completed; returns the first failure among them
+ * (with its message), else FKV_OK. */
 fkv_status cpu_event_wait(uint32_t n, fkv_bevent *const *events);
 
 /* Drops one reference; the event is freed with its last reference. NULL is a no-op. */

@@ -1,10 +1,12 @@
-/* The OpenCL backend: devices of every platform, memory, queues, events and copies, and the
- * ops table. Kernel launches live in ocl_kernels.c, program building in ocl_program.c. */
+/* The OpenCL backend's devices: every device of every platform, opening and closing, the
+ * environment, the options, and the ops table. Layer 5 of the backend, the top: errors ->
+ * memory (ocl_memory.c) -> submission (ocl_submit.c) -> kernels (ocl_program.c, ocl_kernels.c)
+ * -> device. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "../backends/check.h"
+#include "../backends/option.h"
 #include "../common/cache_file.h"
 #include "../common/env.h"
 #include "../common/error.h"
@@ -332,320 +334,44 @@ static fkv_status ocl_opened_info(fkv_bdev *d, fkv_device_info *info) {
 
 static fkv_recall_mode ocl_recall_mode(fkv_bdev *d) { return d->recall; }
 
-/* ---- events ---- */
+/* ---- options (docs/backend-options.md) ---- */
 
-fkv_status fkv_ocl_waits(const fkv_deps *deps, ocl_waits *w) {
-    w->list = w->buf;
-    w->n = 0;
-    if (deps->n_wait == 0)
-        return FKV_OK;
-    if (deps->wait == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl: %u waits but no wait list",
-                         deps->n_wait);
-    if (deps->n_wait > sizeof w->buf / sizeof *w->buf) {
-        w->list = malloc(deps->n_wait * sizeof *w->list);
-        if (w->list == NULL)
-            return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: wait list");
-    }
-    for (uint32_t i = 0; i < deps->n_wait; i++)
-        if (deps->wait[i])
-            w->list[w->n++] = (cl_event)(void *)deps->wait[i];
-    return FKV_OK;
-}
+static const char *const settable[] = {"attention_splits", "shared_memory_bytes", "kernel_source",
+                                       NULL};
+static const char *const readable[] = {"attention_splits", "shared_memory_bytes", "cache_loads",
+                                       "cache_stores", "svm_host", NULL};
 
-void fkv_ocl_waits_free(ocl_waits *w) {
-    if (w->list != w->buf)
-        free(w->list);
-}
-
-void fkv_ocl_done(const fkv_deps *deps, cl_event ev) {
-    if (deps->done)
-        *deps->done = (fkv_bevent *)(void *)ev;
-    else if (ev)
-        clReleaseEvent(ev);
-}
-
-static fkv_status check_queue(fkv_queue q, const char *op) {
-    return fkv_check_queue("opencl", op, q);
-}
-
-static fkv_status ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events) {
-    (void)d;
-    if (n == 0)
-        return FKV_OK;
-    if (events == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl event_wait: NULL events");
-    fkv_deps deps = {n, events, NULL};
-    ocl_waits w;
-    fkv_status st = fkv_ocl_waits(&deps, &w);
-    if (st != FKV_OK)
-        return st;
-    cl_int err = w.n ? clWaitForEvents(w.n, w.list) : CL_SUCCESS;
-    fkv_ocl_waits_free(&w);
-    return err == CL_SUCCESS ? FKV_OK : fkv_ocl_fail(err, 0, "clWaitForEvents");
-}
-
-static void ocl_event_release(fkv_bdev *d, fkv_bevent *ev) {
-    (void)d;
-    if (ev)
-        clReleaseEvent((cl_event)(void *)ev);
-}
-
-static fkv_status ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) {
-    fkv_ocl_clear_done(&deps);
-    fkv_status st = check_queue(q, "marker");
-    if (st != FKV_OK)
-        return st;
-    ocl_waits w;
-    if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
-        return st;
-    cl_event ev = NULL;
-    /* A barrier, not a marker: later commands of q must also wait for deps.wait. On an
-     * in-order queue it also follows every earlier command. */
-    cl_int err = clEnqueueBarrierWithWaitList(d->queues[q], w.n, w.n ? w.list : NULL,
-                                              deps.done ? &ev : NULL);
-    fkv_ocl_waits_free(&w);
-    if (err != CL_SUCCESS)
-        return fkv_ocl_fail(err, 0, "clEnqueueBarrierWithWaitList");
-    fkv_ocl_done(&deps, ev);
-    return FKV_OK;
-}
-
-static fkv_status ocl_finish(fkv_bdev *d, fkv_queue q) {
-    fkv_status st = check_queue(q, "finish");
-    if (st != FKV_OK)
-        return st;
-    cl_int err = clFinish(d->queues[q]);
-    return err == CL_SUCCESS ? FKV_OK : fkv_ocl_fail(err, 0, "clFinish");
-}
-
-/* ---- memory ---- */
-
-static fkv_status ocl_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out) {
-    if (d == NULL || out == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl buffer_alloc: NULL argument or size 0");
-    *out = NULL;
-    if (size > d->max_alloc)
-        return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY,
-                         "opencl: %zu bytes exceed the device's largest allocation (%llu)", size,
-                         (unsigned long long)d->max_alloc);
-    fkv_bbuf *b = calloc(1, sizeof *b);
-    if (b == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: buffer handle");
-    cl_int err;
-    b->mem = clCreateBuffer(d->context, CL_MEM_READ_WRITE, size, NULL, &err);
-    if (err != CL_SUCCESS) {
-        free(b);
-        return fkv_ocl_fail(err, 1, "clCreateBuffer");
-    }
-    /* Drivers allocate lazily at first use; committing the memory here (on the aux queue)
-     * makes a device out of memory show up now, as a status, rather than at some later
-     * enqueue. */
-    cl_event ev = NULL;
-    err = clEnqueueMigrateMemObjects(d->aux, 1, &b->mem, CL_MIGRATE_MEM_OBJECT_CONTENT_UNDEFINED,
-                                     0, NULL, &ev);
-    if (err == CL_SUCCESS) {
-        err = clWaitForEvents(1, &ev);
-        cl_int status = CL_COMPLETE;
-        if (err == CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST &&
-            clGetEventInfo(ev, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status,
-                           NULL) == CL_SUCCESS &&
-            status < 0)
-            err = status;
-        clReleaseEvent(ev);
-    }
-    if (err != CL_SUCCESS) {
-        clReleaseMemObject(b->mem);
-        free(b);
-        return fkv_ocl_fail(err, 1, "committing a device buffer");
-    }
-    b->size = size;
-    *out = b;
-    return FKV_OK;
-}
-
-static void ocl_buffer_free(fkv_bdev *d, fkv_bbuf *b) {
-    (void)d;
-    if (b == NULL)
-        return;
-    clReleaseMemObject(b->mem);
-    free(b);
-}
-
-static fkv_status ocl_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_bbuf **out) {
-    if (d == NULL || native == NULL || out == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl buffer_import: NULL argument or size 0");
-    *out = NULL;
-    cl_mem mem = (cl_mem)native;
-    cl_context ctx = NULL;
-    size_t mem_size = 0;
-    cl_int err = clGetMemObjectInfo(mem, CL_MEM_CONTEXT, sizeof ctx, &ctx, NULL);
-    if (err == CL_SUCCESS)
-        err = clGetMemObjectInfo(mem, CL_MEM_SIZE, sizeof mem_size, &mem_size, NULL);
-    if (err != CL_SUCCESS)
-        return fkv_ocl_fail(err, 0, "clGetMemObjectInfo (import)");
-    if (ctx != d->context)
-        return fkv_error(FKV_ERR_WRONG_DEVICE,
-                         "opencl buffer_import: the cl_mem belongs to another context");
-    if (size > mem_size)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                         "opencl buffer_import: %zu bytes requested of a %zu-byte cl_mem", size,
-                         mem_size);
-    fkv_bbuf *b = calloc(1, sizeof *b);
-    if (b == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: buffer handle");
-    clRetainMemObject(mem); /* the engine keeps its own reference */
-    b->mem = mem;
-    b->size = size;
-    *out = b;
-    return FKV_OK;
-}
-
-static fkv_status ocl_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **ptr) {
-    if (d == NULL || out == NULL || ptr == NULL || size == 0)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl host_alloc: NULL argument or size 0");
-    *out = NULL;
-    *ptr = NULL;
-    fkv_bhost *h = calloc(1, sizeof *h);
-    if (h == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: host allocation handle");
-    h->size = size;
-    if (d->svm_host) {
-        /* Fine-grained: the host writes it and kernels read it with no map/unmap. */
-        h->svm = 1;
-        h->ptr = clSVMAlloc(d->context, CL_MEM_READ_WRITE | CL_MEM_SVM_FINE_GRAIN_BUFFER, size, 0);
-        if (h->ptr == NULL) {
-            free(h);
-            return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
-                             "opencl: clSVMAlloc of %zu bytes (fine-grained) failed", size);
-        }
+static fkv_status ocl_set_option(fkv_bdev *d, const char *key, const char *value) {
+    uint64_t v = 0;
+    fkv_status st = FKV_OK;
+    if (strcmp(key, "attention_splits") == 0) {
+        st = fkv_option_splits("opencl", key, value, &d->forced_splits);
+    } else if (strcmp(key, "shared_memory_bytes") == 0) {
+        if ((st = fkv_option_limit("opencl", key, value, d->local_mem_device, &v)) == FKV_OK)
+            d->local_mem = v;
+    } else if (strcmp(key, "kernel_source") == 0) {
+        st = fkv_ocl_set_source(d, value[0] ? value : NULL);
     } else {
-        /* Pinned by the driver and mapped for its whole life: copies from it run at link
-         * speed (6x pageable memory, DESIGN §2). Never passed to a kernel. */
-        cl_int err;
-        h->mem = clCreateBuffer(d->context, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR, size, NULL,
-                                &err);
-        if (err == CL_SUCCESS)
-            h->ptr = clEnqueueMapBuffer(d->aux, h->mem, CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, 0,
-                                        size, 0, NULL, NULL, &err);
-        if (err != CL_SUCCESS) {
-            if (h->mem)
-                clReleaseMemObject(h->mem);
-            free(h);
-            fkv_ocl_fail(err, 0, "allocating pinned host memory");
-            /* Host-pointer buffers live in host memory whatever code the driver picks. */
-            return fkv_error_prefix(err == CL_OUT_OF_HOST_MEMORY ||
-                                            err == CL_MEM_OBJECT_ALLOCATION_FAILURE ||
-                                            err == CL_OUT_OF_RESOURCES
-                                        ? FKV_ERR_OUT_OF_HOST_MEMORY
-                                        : FKV_ERR_BACKEND,
-                                    "opencl host_alloc of %zu bytes", size);
-        }
+        st = fkv_option_unknown("opencl", "settable", key, settable);
     }
-    *out = h;
-    *ptr = h->ptr;
-    return FKV_OK;
+    return st;
 }
 
-static void ocl_host_free(fkv_bdev *d, fkv_bhost *h) {
-    if (h == NULL)
-        return;
-    if (h->svm) {
-        clSVMFree(d->context, h->ptr);
-    } else {
-        cl_event ev = NULL;
-        if (clEnqueueUnmapMemObject(d->aux, h->mem, h->ptr, 0, NULL, &ev) == CL_SUCCESS) {
-            clWaitForEvents(1, &ev);
-            clReleaseEvent(ev);
-        }
-        clReleaseMemObject(h->mem);
-    }
-    free(h);
-}
-
-int fkv_opencl_debug_svm_host(fkv_bdev *d) { return d->svm_host; }
-
-/* ---- copies ---- */
-
-static fkv_status ocl_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
-                            size_t dst_offset, const void *src, size_t size) {
-    fkv_ocl_clear_done(&deps);
-    fkv_status st = fkv_check_host_transfer("opencl", "write", q, dst != NULL, dst ? dst->size : 0,
-                                            dst_offset, size, src);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return ocl_marker(d, q, deps);
-    ocl_waits w;
-    if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
-        return st;
-    cl_event ev = NULL;
-    cl_int err = clEnqueueWriteBuffer(d->queues[q], dst->mem, CL_FALSE, dst_offset, size, src, w.n,
-                                      w.n ? w.list : NULL, deps.done ? &ev : NULL);
-    fkv_ocl_waits_free(&w);
-    if (err != CL_SUCCESS)
-        return fkv_ocl_fail(err, 1, "clEnqueueWriteBuffer");
-    fkv_ocl_done(&deps, ev);
-    return FKV_OK;
-}
-
-static fkv_status ocl_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
-                           size_t src_offset, void *dst, size_t size) {
-    fkv_ocl_clear_done(&deps);
-    fkv_status st = fkv_check_host_transfer("opencl", "read", q, src != NULL, src ? src->size : 0,
-                                            src_offset, size, dst);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return ocl_marker(d, q, deps);
-    ocl_waits w;
-    if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
-        return st;
-    cl_event ev = NULL;
-    cl_int err = clEnqueueReadBuffer(d->queues[q], src->mem, CL_FALSE, src_offset, size, dst, w.n,
-                                     w.n ? w.list : NULL, deps.done ? &ev : NULL);
-    fkv_ocl_waits_free(&w);
-    if (err != CL_SUCCESS)
-        return fkv_ocl_fail(err, 1, "clEnqueueReadBuffer");
-    fkv_ocl_done(&deps, ev);
-    return FKV_OK;
-}
-
-static fkv_status ocl_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
-                           size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size) {
-    fkv_ocl_clear_done(&deps);
-    fkv_status st = fkv_check_device_copy("opencl", q, dst != NULL, dst ? dst->size : 0, dst_offset,
-                                          src != NULL, src ? src->size : 0, src_offset, size);
-    if (st != FKV_OK)
-        return st;
-    if (size == 0)
-        return ocl_marker(d, q, deps);
-    ocl_waits w;
-    if ((st = fkv_ocl_waits(&deps, &w)) != FKV_OK)
-        return st;
-    cl_event ev = NULL;
-    cl_int err;
-    if (src->mem == dst->mem && src_offset < dst_offset + size && dst_offset < src_offset + size) {
-        /* OpenCL refuses overlapping copies; go through a temporary (memmove semantics, as
-         * the reference backend). OpenCL frees it once both copies are done. */
-        cl_mem tmp = clCreateBuffer(d->context, CL_MEM_READ_WRITE, size, NULL, &err);
-        if (err == CL_SUCCESS) {
-            err = clEnqueueCopyBuffer(d->queues[q], src->mem, tmp, src_offset, 0, size, w.n,
-                                      w.n ? w.list : NULL, NULL);
-            if (err == CL_SUCCESS)
-                err = clEnqueueCopyBuffer(d->queues[q], tmp, dst->mem, 0, dst_offset, size, 0,
-                                          NULL, deps.done ? &ev : NULL);
-            clReleaseMemObject(tmp);
-        }
-    } else {
-        err = clEnqueueCopyBuffer(d->queues[q], src->mem, dst->mem, src_offset, dst_offset, size,
-                                  w.n, w.n ? w.list : NULL, deps.done ? &ev : NULL);
-    }
-    fkv_ocl_waits_free(&w);
-    if (err != CL_SUCCESS)
-        return fkv_ocl_fail(err, 1, "clEnqueueCopyBuffer");
-    fkv_ocl_done(&deps, ev);
-    return FKV_OK;
+static fkv_status ocl_get_option(fkv_bdev *d, const char *key, char *out, size_t size) {
+    uint64_t v;
+    if (strcmp(key, "attention_splits") == 0)
+        v = d->forced_splits;
+    else if (strcmp(key, "shared_memory_bytes") == 0)
+        v = d->local_mem;
+    else if (strcmp(key, "cache_loads") == 0)
+        v = atomic_load(&d->cache_loads);
+    else if (strcmp(key, "cache_stores") == 0)
+        v = atomic_load(&d->cache_stores);
+    else if (strcmp(key, "svm_host") == 0)
+        v = (uint64_t)d->svm_host;
+    else
+        return fkv_option_unknown("opencl", "readable", key, readable);
+    return fkv_option_print_uint("opencl", key, v, out, size);
 }
 
 /* ---- the table ---- */
@@ -658,17 +384,17 @@ static const fkv_backend_ops opencl_ops = {
     .device_info = ocl_device_info,
     .device_open = ocl_device_open,
     .device_close = ocl_device_close,
-    .buffer_alloc = ocl_buffer_alloc,
-    .buffer_free = ocl_buffer_free,
-    .host_alloc = ocl_host_alloc,
-    .host_free = ocl_host_free,
-    .event_wait = ocl_event_wait,
-    .event_release = ocl_event_release,
-    .marker = ocl_marker,
-    .finish = ocl_finish,
-    .write = ocl_write,
-    .read = ocl_read,
-    .copy = ocl_copy,
+    .buffer_alloc = fkv_ocl_buffer_alloc,
+    .buffer_free = fkv_ocl_buffer_free,
+    .host_alloc = fkv_ocl_host_alloc,
+    .host_free = fkv_ocl_host_free,
+    .event_wait = fkv_ocl_event_wait,
+    .event_release = fkv_ocl_event_release,
+    .marker = fkv_ocl_marker,
+    .finish = fkv_ocl_finish,
+    .write = fkv_ocl_write,
+    .read = fkv_ocl_read,
+    .copy = fkv_ocl_copy,
     .append = fkv_ocl_append,
     .summarize = fkv_ocl_summarize,
     .scores = fkv_ocl_scores,
@@ -676,15 +402,16 @@ static const fkv_backend_ops opencl_ops = {
     .pack_hnd = fkv_ocl_pack_hnd,
     .scatter_hnd = fkv_ocl_scatter_hnd,
     .attention = fkv_ocl_attention,
-    .buffer_import = ocl_buffer_import,
+    .buffer_import = fkv_ocl_buffer_import,
     .write_regions = NULL, /* OpenCL has no multi-region host->buffer copy */
     .attention_dense = fkv_ocl_attention_dense,
     .recall_direct = fkv_ocl_recall_direct,
     .recall_mode = ocl_recall_mode,
     .opened_info = ocl_opened_info,
     .check_geometry = fkv_ocl_check_geometry,
+    .set_option = ocl_set_option,
+    .get_option = ocl_get_option,
 };
 
 const fkv_backend_ops *fkv_backend_opencl(void) { return &opencl_ops; }
 
-fkv_status fkv_ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) { return ocl_marker(d, q, deps); }

@@ -1,21 +1,19 @@
-/* Kernel ops of the HIP backend: argument checks, launch shapes, per-queue scratch.
+/* Kernel ops of the HIP backend: launch shapes, per-queue scratch. Layer 4 of the backend:
+ * errors -> memory -> submission -> kernels -> device.
  *
- * Host-side checks cover everything the host can see (queue, geometry, offsets, sizes and
- * alignment of the actual addresses, recall_direct's host offsets) and refuse a call before
- * anything is enqueued; indices that live in device buffers are bounds-checked by the kernels.
+ * The dispatch layer has checked everything the host can see (queue, geometry, offsets, sizes
+ * and alignment of the actual addresses, recall_direct's host offsets) and kept zero work
+ * away; indices that live in device buffers are bounds-checked by the kernels.
  * Kernel arguments travel by value, so launches need no lock; a queue's lock guards only its
  * scratch (split attention partials, recall offsets) from first use to the last enqueue. */
 #include <limits.h>
 #include <string.h>
 
-#include "../backends/check.h"
+#include "../backends/launch.h"
 #include "../common/error.h"
 #include "hip_internal.h"
 #include "hip_kernels.h"
 
-#define MAX_TILE 32 /* attention tokens per tile (at most one page) */
-#define MAX_AUTO_SPLITS 16
-#define MAX_SCORE_CHUNKS 16
 
 typedef struct launch_ctx {
     fkv_bdev *d;
@@ -26,26 +24,14 @@ typedef struct launch_ctx {
 
 static void *at(const fkv_bbuf *b, size_t off) { return (char *)b->ptr + off; }
 
-static int aligned(const void *p, size_t a) { return (uintptr_t)p % a == 0; }
 
-static fkv_status prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const fkv_kv_geom *g,
-                          const char *op, launch_ctx *lc) {
+static void prepare(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, const char *op,
+                    launch_ctx *lc) {
     fkv_hip_clear_done(deps);
-    fkv_status st = fkv_check_kernel_call("hip", op, d, q, g);
-    if (st != FKV_OK)
-        return st;
-    st = fkv_hip_check_waits(deps);
     lc->d = d;
     lc->q = q;
     lc->stream = d->streams[q];
     lc->op = op;
-    return st;
-}
-
-/* Imported pointers need not be aligned: the real addresses are checked. */
-static fkv_bview view(const fkv_bbuf *b) {
-    fkv_bview v = {b != NULL, b ? b->size : 0, b ? (uintptr_t)b->ptr : 0};
-    return v;
 }
 
 static uint32_t clamp_u32(size_t n) { return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n; }
@@ -75,16 +61,10 @@ fkv_status fkv_hip_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
                           fkv_bbuf *kpool, fkv_bbuf *vpool) {
     const char *op = "append";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
     uint64_t row_elems = (uint64_t)g->n_kv_heads * g->head_dim;
-    uint32_t n_slots;
-    if ((st = fkv_check_append("hip", g, view(k_src), k_off, view(v_src), v_off, n_rows,
-                               view(rows), rows_off, view(kpool), view(vpool), &n_slots)) != FKV_OK)
-        return st;
-    if (n_rows == 0)
-        return fkv_hip_marker(dev, q, deps);
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
     fkv_hip_append_args a = {
         .k_src = at(k_src, k_off),
         .v_src = at(v_src, v_off),
@@ -105,16 +85,10 @@ fkv_status fkv_hip_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
                              size_t pages_off, fkv_bbuf *summaries) {
     const char *op = "summarize";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    uint32_t n_slots;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = fkv_check_summarize("hip", g, view(kpool), n_pages, view(pages), pages_off,
-                                  view(summaries), &n_slots)) != FKV_OK)
-        return st;
-    if (n_pages == 0)
-        return fkv_hip_marker(dev, q, deps);
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, kpool->desc.size);
+    size_t summary_bytes = fkv_summary_bytes(g);
     fkv_hip_summarize_args a = {
         .kpool = kpool->ptr,
         .pages = at(pages, pages_off),
@@ -123,7 +97,7 @@ fkv_status fkv_hip_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
         .head_dim = g->head_dim,
         .page_size = g->page_size,
         .n_slots = n_slots,
-        .n_summaries = clamp_u32(summaries->size / summary_bytes),
+        .n_summaries = clamp_u32(summaries->desc.size / summary_bytes),
         .summaries = summaries->ptr,
     };
     if ((st = begin(&lc, &deps)) != FKV_OK)
@@ -150,29 +124,22 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
                           fkv_bbuf *out, size_t out_off) {
     const char *op = "scores";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    size_t summary_bytes = (size_t)g->n_kv_heads * 2 * g->head_dim * 4;
-    if ((st = fkv_check_scores("hip", g, view(qbuf), q_off, n_seqs, view(desc), desc_off,
-                               view(summaries), view(out), out_off)) != FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_hip_marker(dev, q, deps);
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
+    size_t summary_bytes = fkv_summary_bytes(g);
     fkv_scores_plan sp;
     if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
         return st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads, rows = n_bh * sp.blocks;
     /* Enough blocks to fill the device; each strides over its sequence's pages. */
-    uint64_t chunks = (2 * (uint64_t)dev->compute_units + rows - 1) / rows;
-    chunks = chunks < 1 ? 1 : chunks > MAX_SCORE_CHUNKS ? MAX_SCORE_CHUNKS : chunks;
+    uint32_t chunks = fkv_scores_chunks(rows, dev->compute_units);
     fkv_hip_scores_args a = {
         .q = at(qbuf, q_off),
         .desc = at(desc, desc_off),
         .summaries = summaries->ptr,
-        .n_summaries = clamp_u32(summaries->size / summary_bytes),
+        .n_summaries = clamp_u32(summaries->desc.size / summary_bytes),
         .out = at(out, out_off),
-        .out_len = (out->size - out_off) / 4,
+        .out_len = (out->desc.size - out_off) / 4,
         .n_kv_heads = g->n_kv_heads,
         .group = g->group,
         .head_dim = g->head_dim,
@@ -180,7 +147,7 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     };
     if ((st = begin(&lc, &deps)) != FKV_OK)
         return st;
-    return end(&lc, fkv_hip_launch_scores(lc.stream, &a, (uint32_t)n_bh, (uint32_t)chunks),
+    return end(&lc, fkv_hip_launch_scores(lc.stream, &a, (uint32_t)n_bh, chunks),
                "k_scores", &deps);
 }
 
@@ -190,15 +157,9 @@ fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                                 size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
     const char *op = "cosine_flags";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
-    if ((st = fkv_check_cosine_flags("hip", g, view(q_cur), cur_off, view(q_prev), prev_off, n_seqs,
-                                     view(sims), sims_off, view(flags), flags_off)) != FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_hip_marker(dev, q, deps);
     fkv_hip_cosine_args a = {
         .q_cur = at(q_cur, cur_off),
         .q_prev = at(q_prev, prev_off),
@@ -216,18 +177,10 @@ fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
 
 /* ---- layout moves ---- */
 
-/* 16-byte words when rows and every address involved allow, else single elements. */
-typedef struct copy_words {
-    size_t word;        /* bytes per word */
-    uint32_t row_words; /* words per (token, head) row */
-} copy_words;
-
-static copy_words pick_words(const fkv_kv_geom *g, int addresses_16) {
-    size_t row_bytes = (size_t)g->head_dim * fkv_dtype_size(g->dtype);
-    copy_words c;
-    c.word = row_bytes % 16 == 0 && addresses_16 ? 16 : fkv_dtype_size(g->dtype);
-    c.row_words = (uint32_t)(row_bytes / c.word);
-    return c;
+/* The copy kernels move 16-byte words when rows and every address involved allow, else
+ * single elements (backends/launch.h). */
+static uint64_t address_bits(const void *a, const void *b, const void *c) {
+    return (uint64_t)((uintptr_t)a | (uintptr_t)b | (uintptr_t)c);
 }
 
 fkv_status fkv_hip_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
@@ -236,17 +189,11 @@ fkv_status fkv_hip_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
                             size_t dst_off) {
     const char *op = "pack_hnd";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    uint32_t n_slots;
-    if ((st = fkv_check_pack_hnd("hip", g, view(kpool), view(vpool), n_pages, view(gslots),
-                                 gslots_off, view(dst), dst_off, &n_slots)) != FKV_OK)
-        return st;
-    if (n_pages == 0)
-        return fkv_hip_marker(dev, q, deps);
-    copy_words cw = pick_words(g, aligned(at(dst, dst_off), 16) && aligned(kpool->ptr, 16) &&
-                                      aligned(vpool->ptr, 16));
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
+    fkv_copy_words cw =
+        fkv_pick_copy_words(g, address_bits(at(dst, dst_off), kpool->ptr, vpool->ptr), 0);
     fkv_hip_pack_args a = {
         .kpool = kpool->ptr,
         .vpool = vpool->ptr,
@@ -269,17 +216,11 @@ fkv_status fkv_hip_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
                                fkv_bbuf *vpool) {
     const char *op = "scatter_hnd";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    uint32_t n_slots;
-    if ((st = fkv_check_scatter_hnd("hip", g, view(src), src_off, n_units, view(units), units_off,
-                                    view(kpool), view(vpool), &n_slots)) != FKV_OK)
-        return st;
-    if (n_units == 0)
-        return fkv_hip_marker(dev, q, deps);
-    copy_words cw = pick_words(g, aligned(at(src, src_off), 16) && aligned(kpool->ptr, 16) &&
-                                      aligned(vpool->ptr, 16));
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
+    fkv_copy_words cw =
+        fkv_pick_copy_words(g, address_bits(at(src, src_off), kpool->ptr, vpool->ptr), 0);
     fkv_hip_scatter_args a = {
         .src = at(src, src_off),
         .offsets = NULL,
@@ -335,27 +276,18 @@ fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
                                  size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool) {
     const char *op = "recall_direct";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    if (host == NULL || (n_units && units_host == NULL))
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip %s: NULL host memory or unit offsets", op);
+    prepare(dev, q, &deps, op, &lc);
+    fkv_status st;
     if (host->dev_ptr == NULL)
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "hip %s: device '%s' cannot map host memory (recall mode staged or "
                          "perpage)",
                          op, dev->info.name);
-    uint32_t n_slots;
-    /* The offsets are host data: all checked here, the kernel reads host memory. */
-    if ((st = fkv_check_recall_direct("hip", g, host->size, n_units, units_host, view(units),
-                                      units_off, view(kpool), view(vpool), &n_slots)) != FKV_OK)
-        return st;
-    int all16 = aligned(host->dev_ptr, 16) && aligned(kpool->ptr, 16) && aligned(vpool->ptr, 16);
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
+    uint64_t bits = address_bits(host->dev_ptr, kpool->ptr, vpool->ptr);
     for (uint32_t i = 0; i < n_units; i++)
-        all16 &= units_host[i] % 16 == 0;
-    if (n_units == 0)
-        return fkv_hip_marker(dev, q, deps);
-    copy_words cw = pick_words(g, all16);
+        bits |= units_host[i];
+    fkv_copy_words cw = fkv_pick_copy_words(g, bits, 0);
     hip_scratch *s = &dev->scratch[q];
     pthread_mutex_lock(&s->lock);
     hip_offsets_block *b = NULL;
@@ -399,24 +331,14 @@ fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
 /* ---- attention ---- */
 
 /* Splits over pages when (sequence, KV head) blocks alone cannot fill the device. */
-static uint32_t attention_splits(const fkv_bdev *d, uint64_t n_bh) {
-    if (d->split_override > 0)
-        return (uint32_t)d->split_override;
-    uint64_t target = 2 * (uint64_t)d->compute_units;
-    if (n_bh >= target)
-        return 1;
-    uint64_t s = (target + n_bh - 1) / n_bh;
-    return s > MAX_AUTO_SPLITS ? MAX_AUTO_SPLITS : (uint32_t)s;
-}
-
-static size_t partials_bytes(const fkv_kv_geom *g, uint64_t n_bh, uint32_t splits) {
-    return (size_t)n_bh * splits * g->group * (g->head_dim + 2) * 4;
+static uint32_t attention_splits(const fkv_bdev *d, uint64_t n_groups) {
+    return fkv_attention_splits(n_groups, d->compute_units, d->forced_splits);
 }
 
 /* The attention plan and its splits for n_bh (sequence, KV head) pairs. */
 static fkv_status attention_plan(const fkv_bdev *d, const char *op, const fkv_kv_geom *g,
                                  uint64_t n_bh, fkv_attention_plan *p, uint32_t *splits) {
-    fkv_status st = fkv_plan_attention("hip", op, g, d->shared_per_block, MAX_TILE,
+    fkv_status st = fkv_plan_attention("hip", op, g, d->shared_per_block, FKV_ATTENTION_MAX_TILE,
                                        SHARED_LIMIT, p);
     if (st != FKV_OK)
         return st;
@@ -450,7 +372,7 @@ static fkv_status attention_launch(const launch_ctx *lc, const fkv_kv_geom *g, u
     fkv_status st = fkv_hip_bind(d);
     if (st == FKV_OK && splits > 1)
         st = fkv_hip_scratch(d, lc->q, &s->partials, &s->partials_size,
-                             partials_bytes(g, n_bh, splits));
+                             (size_t)fkv_attention_partials_bytes(g, n_bh, splits));
     if (st == FKV_OK)
         st = fkv_hip_wait(lc->stream, deps);
     if (st == FKV_OK) {
@@ -472,17 +394,9 @@ fkv_status fkv_hip_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
                              float scale, fkv_bbuf *out, size_t out_off) {
     const char *op = "attention";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    uint32_t n_slots;
-    if ((st = fkv_check_attention("hip", g, view(qbuf), q_off, n_seqs, view(heads), heads_off,
-                                  view(entries), entries_off, view(kpool), view(vpool), view(out),
-                                  out_off, &n_slots)) != FKV_OK)
-        return st;
-    if (n_seqs == 0)
-        return fkv_hip_marker(dev, q, deps);
-    size_t n_entries = (entries->size - entries_off) / 8;
+    prepare(dev, q, &deps, op, &lc);
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
+    size_t n_entries = (entries->desc.size - entries_off) / 8;
     fkv_hip_attention_args a = {
         .q = at(qbuf, q_off),
         .heads_list = at(heads, heads_off),
@@ -504,12 +418,7 @@ fkv_status fkv_hip_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                    float scale, fkv_bbuf *out, size_t out_off) {
     const char *op = "attention_dense";
     launch_ctx lc;
-    fkv_status st = prepare(dev, q, &deps, g, op, &lc);
-    if (st != FKV_OK)
-        return st;
-    if ((st = fkv_check_attention_dense("hip", g, view(qbuf), q_off, n_tokens, view(k), view(v),
-                                        view(out), out_off)) != FKV_OK)
-        return st;
+    prepare(dev, q, &deps, op, &lc);
     /* Contiguous [n][kv_heads][d] is a pool whose slot j holds tokens j*p..j*p+p-1. */
     fkv_hip_attention_args a = {
         .q = at(qbuf, q_off),
@@ -526,16 +435,12 @@ fkv_status fkv_hip_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     return attention_launch(&lc, g, 1, &a, &deps);
 }
 
-void fkv_hip_debug_set_shared(fkv_bdev *d, size_t bytes) {
-    d->shared_per_block = bytes && bytes < d->shared_device ? bytes : d->shared_device;
-}
-
 /* ---- device limits of a context's geometry (backend.h, check_geometry) ---- */
 
 fkv_status fkv_hip_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q) {
-    fkv_status st = fkv_check_kernel_call("hip", "check_geometry", dev, FKV_QUEUE_COMPUTE, g);
+    fkv_status st;
     fkv_scores_plan sp;
-    if (st != FKV_OK || (st = scores_plan(dev, g, q->max_seqs, &sp)) != FKV_OK)
+    if ((st = scores_plan(dev, g, q->max_seqs, &sp)) != FKV_OK)
         return st;
     for (uint32_t n = 1; n <= q->max_seqs; n++) {
         fkv_attention_plan ap;
@@ -543,7 +448,8 @@ fkv_status fkv_hip_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv
         uint64_t n_bh = (uint64_t)n * g->n_kv_heads;
         if ((st = attention_plan(dev, "attention", g, n_bh, &ap, &splits)) != FKV_OK)
             return st;
-        if (splits > 1 && partials_bytes(g, n_bh, splits) > dev->info.max_buffer_bytes)
+        if (splits > 1 &&
+            fkv_attention_partials_bytes(g, n_bh, splits) > dev->info.max_buffer_bytes)
             return fkv_error(FKV_ERR_UNSUPPORTED,
                              "hip attention: split partials for %u sequences exceed the "
                              "device's largest buffer",

@@ -1,0 +1,646 @@
+/* The Vulkan backend's devices: the instance (and the validation layer's messenger),
+ * enumeration, opening and closing (the logical device, its queues, the recall mode), the
+ * environment, the options, and the ops table. Layer 5 of the backend, the top: errors
+ * (vk_error.c) -> memory (vk_memory.c) -> submission (vk_submit.c) -> kernels (vk_pipeline.c,
+ * then vk_kernels.c) -> device. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../backends/option.h"
+#include "../common/env.h"
+#include "../common/error.h"
+#include "vk_internal.h"
+
+#define MAX_DEVICES 16
+
+/* ---- instance and enumeration ---- */
+
+/* Validation-layer warnings known to be benign, by message id, with the reason. Any other
+ * warning counts like an error: a new warning type fails the run (CI's validation step). */
+static const struct {
+    const char *id, *reason;
+} benign_warnings[] = {
+    /* "Fine-grained locking is disabled, this will adversely affect performance of
+     * multithreaded applications" (VK_LAYER_FINE_GRAINED_LOCKING=0): the layer's own speed,
+     * nothing about freekv's use of the API */
+    {"UNASSIGNED-khronos-Validation-fine-grained-locking-warning-message",
+     "the layer's own locking mode"},
+};
+
+static const char *benign_reason(const char *id) {
+    for (size_t i = 0; id && i < sizeof benign_warnings / sizeof *benign_warnings; i++)
+        if (strcmp(id, benign_warnings[i].id) == 0)
+            return benign_warnings[i].reason;
+    return NULL;
+}
+
+/* Errors and warnings (except the benign ones above) count on the device and make finish
+ * and event_wait fail. Of the information messages only the layer's status line is shown
+ * (which checks are on, e.g. synchronization validation); the loader's are noise. */
+static VKAPI_ATTR VkBool32 VKAPI_CALL debug_cb(VkDebugUtilsMessageSeverityFlagBitsEXT sev,
+                                               VkDebugUtilsMessageTypeFlagsEXT type,
+                                               const VkDebugUtilsMessengerCallbackDataEXT *data,
+                                               void *user) {
+    (void)type;
+    const char *id = data ? data->pMessageIdName : NULL;
+    const char *msg = data && data->pMessage ? data->pMessage : "?";
+    if (sev & (VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT |
+               VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT)) {
+        int error = (sev & VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT) != 0;
+        const char *benign = error ? NULL : benign_reason(id);
+        fkv_bdev *d = user;
+        if (d && benign == NULL)
+            atomic_fetch_add(&d->validation_errors, 1u);
+        fprintf(stderr, "freekv vulkan validation %s%s%s%s: %s\n",
+                error ? "error" : "warning", benign ? " (benign: " : "", benign ? benign : "",
+                benign ? ")" : "", msg);
+    } else if (id && strcmp(id, "UNASSIGNED-khronos-validation-createinstance-status-message") == 0) {
+        fprintf(stderr, "freekv vulkan validation: %s\n", msg);
+    }
+    return VK_FALSE;
+}
+
+static int has_layer(const char *name) {
+    uint32_t n = 0;
+    if (vkEnumerateInstanceLayerProperties(&n, NULL) != VK_SUCCESS || n == 0)
+        return 0;
+    VkLayerProperties *p = calloc(n, sizeof *p);
+    int found = 0;
+    if (p && vkEnumerateInstanceLayerProperties(&n, p) == VK_SUCCESS)
+        for (uint32_t i = 0; i < n; i++)
+            found |= strcmp(p[i].layerName, name) == 0;
+    free(p);
+    return found;
+}
+
+/* validate: FREEKV_VULKAN_VALIDATION=1 enables the Khronos layer and a messenger that counts
+ * errors and unlisted warnings on `d` (those make finish and event_wait fail). Which checks
+ * the layer runs is the layer's own setting: CI adds synchronization validation with
+ * VK_LAYER_ENABLES=VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT. */
+static fkv_status create_instance(fkv_bdev *d, VkInstance *out) {
+    VkApplicationInfo app = {VK_STRUCTURE_TYPE_APPLICATION_INFO, NULL, "freekv", 1, "freekv", 1,
+                             VK_API_VERSION_1_2};
+    const char *layers[1], *exts[1];
+    uint32_t n_layers = 0, n_exts = 0;
+    int validate = 0;
+    if (d) {
+        fkv_status st = fkv_env_bool("FREEKV_VULKAN_VALIDATION", 0, &validate);
+        if (st != FKV_OK)
+            return st;
+    }
+    if (validate) {
+        if (!has_layer("VK_LAYER_KHRONOS_validation"))
+            return fkv_error(FKV_ERR_BAD_ENVIRONMENT,
+                             "FREEKV_VULKAN_VALIDATION is on but VK_LAYER_KHRONOS_validation is not "
+                             "installed (vulkan-validationlayers)");
+        layers[n_layers++] = "VK_LAYER_KHRONOS_validation";
+        exts[n_exts++] = VK_EXT_DEBUG_UTILS_EXTENSION_NAME;
+    }
+    /* the same messenger, chained, also sees vkCreateInstance and vkDestroyInstance */
+    VkDebugUtilsMessengerCreateInfoEXT mi = {
+        VK_STRUCTURE_TYPE_DEBUG_UTILS_MESSENGER_CREATE_INFO_EXT, NULL, 0,
+        VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT |
+            VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT |
+            VK_DEBUG_UTILS_MESSAGE_SEVERITY_INFO_BIT_EXT,
+        VK_DEBUG_UTILS_MESSAGE_TYPE_GENERAL_BIT_EXT |
+            VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT |
+            VK_DEBUG_UTILS_MESSAGE_TYPE_PERFORMANCE_BIT_EXT,
+        debug_cb, d};
+    VkInstanceCreateInfo ci = {VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO, validate ? &mi : NULL, 0,
+                               &app, n_layers, layers, n_exts, exts};
+    VkResult r = vkCreateInstance(&ci, NULL, out);
+    if (r != VK_SUCCESS)
+        return fkv_vk_fail(r, "vkCreateInstance");
+    if (validate) {
+        PFN_vkCreateDebugUtilsMessengerEXT create = (PFN_vkCreateDebugUtilsMessengerEXT)
+            vkGetInstanceProcAddr(*out, "vkCreateDebugUtilsMessengerEXT");
+        if (create == NULL || (r = create(*out, &mi, NULL, &d->messenger)) != VK_SUCCESS) {
+            vkDestroyInstance(*out, NULL);
+            *out = VK_NULL_HANDLE;
+            return fkv_vk_fail(create ? r : VK_ERROR_EXTENSION_NOT_PRESENT,
+                               "vkCreateDebugUtilsMessengerEXT");
+        }
+    }
+    return FKV_OK;
+}
+
+static int type_rank(VkPhysicalDeviceType t) {
+    switch (t) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU:
+        return 0;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU:
+        return 1;
+    case VK_PHYSICAL_DEVICE_TYPE_VIRTUAL_GPU:
+        return 2;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU:
+        return 4; /* lavapipe: last, so 'auto' takes it only when nothing else exists */
+    default:
+        return 3;
+    }
+}
+
+/* Usable devices (Vulkan 1.2 with timeline semaphores), GPUs first, CPU devices last. */
+static uint32_t enumerate(VkInstance inst, VkPhysicalDevice *out, uint32_t max) {
+    VkPhysicalDevice all[MAX_DEVICES];
+    uint32_t n = MAX_DEVICES, k = 0;
+    VkResult r = vkEnumeratePhysicalDevices(inst, &n, all);
+    if (r != VK_SUCCESS && r != VK_INCOMPLETE)
+        return 0;
+    for (int rank = 0; rank <= 4; rank++)
+        for (uint32_t i = 0; i < n && k < max; i++) {
+            VkPhysicalDeviceProperties p;
+            vkGetPhysicalDeviceProperties(all[i], &p);
+            if (type_rank(p.deviceType) != rank || p.apiVersion < VK_API_VERSION_1_2)
+                continue;
+            VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+            VkPhysicalDeviceFeatures2 f = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
+            vkGetPhysicalDeviceFeatures2(all[i], &f);
+            if (f12.timelineSemaphore)
+                out[k++] = all[i];
+        }
+    return k;
+}
+
+static int has_device_ext(VkPhysicalDevice p, const char *name) {
+    uint32_t n = 0;
+    if (vkEnumerateDeviceExtensionProperties(p, NULL, &n, NULL) != VK_SUCCESS || n == 0)
+        return 0;
+    VkExtensionProperties *e = calloc(n, sizeof *e);
+    int found = 0;
+    if (e && vkEnumerateDeviceExtensionProperties(p, NULL, &n, e) == VK_SUCCESS)
+        for (uint32_t i = 0; i < n; i++)
+            found |= strcmp(e[i].extensionName, name) == 0;
+    free(e);
+    return found;
+}
+
+/* The dedicated transfer family (transfer, neither compute nor graphics), or UINT32_MAX. */
+static uint32_t families(VkPhysicalDevice p, uint32_t *compute) {
+    VkQueueFamilyProperties fp[16];
+    uint32_t n = 16, transfer = UINT32_MAX;
+    vkGetPhysicalDeviceQueueFamilyProperties(p, &n, fp);
+    *compute = UINT32_MAX;
+    for (uint32_t i = 0; i < n; i++) {
+        VkQueueFlags f = fp[i].queueFlags;
+        if ((f & VK_QUEUE_COMPUTE_BIT) && *compute == UINT32_MAX)
+            *compute = i;
+        if ((f & VK_QUEUE_TRANSFER_BIT) && !(f & (VK_QUEUE_COMPUTE_BIT | VK_QUEUE_GRAPHICS_BIT)) &&
+            transfer == UINT32_MAX)
+            transfer = i;
+    }
+    return transfer;
+}
+
+/* The largest single buffer: maxMemoryAllocationSize, and maxBufferSize where the device has
+ * maintenance4 (core in Vulkan 1.3, else the extension; its struct is chained only then). */
+static VkDeviceSize largest_buffer(VkPhysicalDevice p) {
+    VkPhysicalDeviceProperties props;
+    vkGetPhysicalDeviceProperties(p, &props);
+    int m4 = props.apiVersion >= VK_API_VERSION_1_3 ||
+             has_device_ext(p, VK_KHR_MAINTENANCE_4_EXTENSION_NAME);
+    VkPhysicalDeviceMaintenance4Properties p4 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_4_PROPERTIES};
+    VkPhysicalDeviceMaintenance3Properties m3 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_MAINTENANCE_3_PROPERTIES,
+                                                 .pNext = m4 ? &p4 : NULL};
+    VkPhysicalDeviceProperties2 pr = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &m3};
+    vkGetPhysicalDeviceProperties2(p, &pr);
+    VkDeviceSize n = m3.maxMemoryAllocationSize ? m3.maxMemoryAllocationSize : UINT32_MAX;
+    if (m4 && p4.maxBufferSize && p4.maxBufferSize < n)
+        n = p4.maxBufferSize;
+    return n;
+}
+
+static void fill_info(VkPhysicalDevice p, uint32_t index, fkv_device_info *info) {
+    memset(info, 0, sizeof *info);
+    snprintf(info->backend, sizeof info->backend, "vulkan");
+    info->index = index;
+    VkPhysicalDeviceDriverProperties drv = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_DRIVER_PROPERTIES};
+    VkPhysicalDeviceProperties2 pr = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2, .pNext = &drv};
+    vkGetPhysicalDeviceProperties2(p, &pr);
+    snprintf(info->name, sizeof info->name, "%.127s", pr.properties.deviceName);
+    snprintf(info->driver, sizeof info->driver, "%.30s %.30s", drv.driverName, drv.driverInfo);
+    switch (pr.properties.deviceType) {
+    case VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU:
+        info->type = FKV_DEVICE_DISCRETE_GPU;
+        break;
+    case VK_PHYSICAL_DEVICE_TYPE_INTEGRATED_GPU:
+        info->type = FKV_DEVICE_INTEGRATED_GPU;
+        break;
+    case VK_PHYSICAL_DEVICE_TYPE_CPU:
+        info->type = FKV_DEVICE_CPU;
+        break;
+    default:
+        info->type = FKV_DEVICE_OTHER;
+        break;
+    }
+    VkPhysicalDeviceMemoryProperties mp;
+    vkGetPhysicalDeviceMemoryProperties(p, &mp);
+    for (uint32_t i = 0; i < mp.memoryHeapCount; i++)
+        if ((mp.memoryHeaps[i].flags & VK_MEMORY_HEAP_DEVICE_LOCAL_BIT) &&
+            mp.memoryHeaps[i].size > info->memory_bytes)
+            info->memory_bytes = mp.memoryHeaps[i].size;
+    /* The largest allocation. Kernels bind KV pools and summaries above
+     * maxStorageBufferRange (lavapipe: 128 MiB) in windows (vk_kernels.c). */
+    info->max_buffer_bytes = largest_buffer(p);
+    if (info->memory_bytes && info->max_buffer_bytes > info->memory_bytes)
+        info->max_buffer_bytes = info->memory_bytes;
+
+    uint32_t compute;
+    int cpu = info->type == FKV_DEVICE_CPU;
+    info->caps = FKV_CAP_ASYNC_COPY | FKV_CAP_DEVICE_WAIT | FKV_CAP_FP16_STORAGE |
+                 FKV_CAP_MULTI_REGION_COPY;
+    if (families(p, &compute) != UINT32_MAX)
+        info->caps |= FKV_CAP_SEPARATE_TRANSFER_QUEUE;
+    if (!cpu)
+        info->caps |= FKV_CAP_PINNED_HOST;
+    /* Zero-copy recall is the default exactly where it pays: imported host memory on a GPU. */
+    if (!cpu && has_device_ext(p, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME))
+        info->caps |= FKV_CAP_ZERO_COPY_HOST;
+}
+
+static fkv_status vk_device_count(uint32_t *count) {
+    if (count == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan device_count: NULL output");
+    *count = 0;
+    VkInstance inst;
+    if (create_instance(NULL, &inst) != FKV_OK) {
+        fkv_error_clear(); /* no loader or driver: no devices, not an error */
+        return FKV_OK;
+    }
+    VkPhysicalDevice p[MAX_DEVICES];
+    *count = enumerate(inst, p, MAX_DEVICES);
+    vkDestroyInstance(inst, NULL);
+    return FKV_OK;
+}
+
+static fkv_status vk_device_info(uint32_t index, fkv_device_info *info) {
+    if (info == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan device_info: NULL output");
+    VkInstance inst;
+    if (create_instance(NULL, &inst) != FKV_OK)
+        return fkv_error(FKV_ERR_NO_DEVICE, "vulkan: no device %u (no Vulkan driver)", index);
+    VkPhysicalDevice p[MAX_DEVICES];
+    uint32_t n = enumerate(inst, p, MAX_DEVICES);
+    fkv_status st = FKV_OK;
+    if (index >= n)
+        st = fkv_error(FKV_ERR_NO_DEVICE, "vulkan: no device %u (%u found)", index, n);
+    else
+        fill_info(p[index], index, info);
+    vkDestroyInstance(inst, NULL);
+    return st;
+}
+
+/* ---- environment ---- */
+
+typedef enum { RECALL_AUTO, RECALL_STAGED, RECALL_REGIONS, RECALL_HOSTPTR, RECALL_PERPAGE } recall_choice;
+
+static fkv_status read_env(recall_choice *recall, int *s16) {
+    static const char *const names[] = {"auto", "staged", "regions", "hostptr", "perpage"};
+    int i;
+    fkv_status st = fkv_env_choice("FREEKV_VULKAN_RECALL", names, 5, RECALL_AUTO, &i);
+    *recall = (recall_choice)i;
+    if (st == FKV_OK) /* 16-bit storage off, or on where present */
+        st = fkv_env_bool("FREEKV_VULKAN_16BIT", 1, s16);
+    return st;
+}
+
+/* ---- devices ---- */
+
+static void vk_device_close(fkv_bdev *d) {
+    if (d == NULL)
+        return;
+    if (d->dev) {
+        vkDeviceWaitIdle(d->dev);
+        fkv_vk_sweep_reads(d);
+        for (uint32_t i = 0; i < d->n_reads; i++) /* unreachable values: never submitted */
+            fkv_vk_temp_free(d, &d->reads[i].temp);
+        fkv_vk_pipelines_destroy(d);
+        for (int q = 0; q < FKV_QUEUE_COUNT; q++)
+            fkv_vk_fqueue_destroy(d, &d->q[q]);
+        fkv_vk_temp_free(d, &d->dummy);
+        for (uint32_t i = 0; i < d->n_hosts; i++) { /* leaked by the caller: still unmapped */
+            vkDestroyBuffer(d->dev, d->hosts[i]->buf, NULL);
+            vkFreeMemory(d->dev, d->hosts[i]->mem, NULL);
+            free(d->hosts[i]->raw);
+            free(d->hosts[i]);
+        }
+        vkDestroyDevice(d->dev, NULL);
+    }
+    if (d->messenger) {
+        PFN_vkDestroyDebugUtilsMessengerEXT destroy = (PFN_vkDestroyDebugUtilsMessengerEXT)
+            vkGetInstanceProcAddr(d->instance, "vkDestroyDebugUtilsMessengerEXT");
+        if (destroy)
+            destroy(d->instance, d->messenger, NULL);
+    }
+    if (d->instance)
+        vkDestroyInstance(d->instance, NULL);
+    for (uint32_t i = 0; i < d->n_hw; i++)
+        pthread_mutex_destroy(&d->hw[i].lock);
+    pthread_mutex_destroy(&d->pipe_lock);
+    pthread_mutex_destroy(&d->read_lock);
+    pthread_mutex_destroy(&d->host_lock);
+    free(d->reads);
+    free(d->hosts);
+    free(d);
+}
+
+static fkv_status create_device(fkv_bdev *d, int want_s16) {
+    VkPhysicalDeviceProperties props;
+    vkGetPhysicalDeviceProperties(d->phys, &props);
+    VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
+    /* an extension's struct only when the device has the extension */
+    VkPhysicalDeviceExternalMemoryHostPropertiesEXT eh = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT, .pNext = &sg};
+    VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
+                                      .pNext = d->ext_host ? (void *)&eh : (void *)&sg};
+    vkGetPhysicalDeviceProperties2(d->phys, &p2);
+    vkGetPhysicalDeviceMemoryProperties(d->phys, &d->mem_props);
+    d->max_range = props.limits.maxStorageBufferRange;
+    d->max_alloc = largest_buffer(d->phys);
+    d->max_allocs_device = props.limits.maxMemoryAllocationCount;
+    d->max_allocs = d->max_allocs_device;
+    d->align = props.limits.minStorageBufferOffsetAlignment;
+    if (d->align < 16)
+        d->align = 16; /* uvec4 words of the copy kernels */
+    for (int i = 0; i < 3; i++)
+        d->max_groups[i] = props.limits.maxComputeWorkGroupCount[i];
+    d->max_wg = props.limits.maxComputeWorkGroupInvocations;
+    if (props.limits.maxComputeWorkGroupSize[0] < d->max_wg)
+        d->max_wg = props.limits.maxComputeWorkGroupSize[0];
+    d->max_shared = props.limits.maxComputeSharedMemorySize;
+    d->max_shared_device = d->max_shared;
+    d->subgroup = sg.subgroupSize ? sg.subgroupSize : 1;
+    /* Vulkan has no portable compute-unit count: a guess that fills the device's queue. */
+    d->compute_units = d->is_cpu ? 16 : 64;
+
+    VkPhysicalDevice16BitStorageFeatures f16 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES};
+    VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &f16};
+    VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
+    vkGetPhysicalDeviceFeatures2(d->phys, &f2);
+    d->s16 = want_s16 && f16.storageBuffer16BitAccess;
+
+    VkPhysicalDevice16BitStorageFeatures en16 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES};
+    en16.storageBuffer16BitAccess = d->s16 ? VK_TRUE : VK_FALSE;
+    VkPhysicalDeviceVulkan12Features en12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &en16};
+    en12.timelineSemaphore = VK_TRUE;
+    VkPhysicalDeviceFeatures2 en = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &en12};
+
+    const char *exts[1];
+    uint32_t n_exts = 0;
+    if (d->ext_host) {
+        exts[n_exts++] = VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
+        d->import_align = eh.minImportedHostPointerAlignment ? eh.minImportedHostPointerAlignment
+                                                             : 4096;
+    }
+
+    uint32_t compute, transfer = families(d->phys, &compute);
+    if (compute == UINT32_MAX)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan: device '%s' has no compute queue",
+                         d->info.name);
+    VkQueueFamilyProperties fp[16];
+    uint32_t nf = 16;
+    vkGetPhysicalDeviceQueueFamilyProperties(d->phys, &nf, fp);
+    /* COMPUTE and BACKGROUND on separate queues of the compute family when it has two. */
+    uint32_t n_compute_queues = fp[compute].queueCount >= 2 ? 2 : 1;
+    float prio[2] = {1.0f, 1.0f};
+    VkDeviceQueueCreateInfo qi[2] = {
+        {VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, NULL, 0, compute, n_compute_queues, prio},
+        {VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, NULL, 0, transfer, 1, prio}};
+    uint32_t n_qi = transfer != UINT32_MAX ? 2 : 1;
+    VkDeviceCreateInfo ci = {VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, &en, 0, n_qi, qi, 0, NULL,
+                             n_exts, exts, NULL};
+    VkResult r = vkCreateDevice(d->phys, &ci, NULL, &d->dev);
+    if (r != VK_SUCCESS)
+        return fkv_vk_fail(r, "vkCreateDevice");
+    if (d->ext_host)
+        d->get_host_ptr_props = (PFN_vkGetMemoryHostPointerPropertiesEXT)vkGetDeviceProcAddr(
+            d->dev, "vkGetMemoryHostPointerPropertiesEXT");
+    d->families[0] = compute;
+    d->n_families = 1;
+    if (transfer != UINT32_MAX) {
+        d->families[d->n_families++] = transfer;
+        d->concurrent = 1;
+    }
+    for (uint32_t i = 0; i < n_compute_queues; i++) {
+        vkGetDeviceQueue(d->dev, compute, i, &d->hw[d->n_hw].queue);
+        d->hw[d->n_hw].family = compute;
+        pthread_mutex_init(&d->hw[d->n_hw++].lock, NULL);
+    }
+    uint32_t thw = 0;
+    fkv_status st;
+    if (transfer != UINT32_MAX) {
+        thw = d->n_hw;
+        vkGetDeviceQueue(d->dev, transfer, 0, &d->hw[d->n_hw].queue);
+        d->hw[d->n_hw].family = transfer;
+        pthread_mutex_init(&d->hw[d->n_hw++].lock, NULL);
+    }
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
+        vk_hwqueue *hw = &d->hw[q == FKV_QUEUE_TRANSFER     ? thw
+                                : q == FKV_QUEUE_BACKGROUND ? n_compute_queues - 1
+                                                            : 0];
+        if ((st = fkv_vk_fqueue_init(d, &d->q[q], hw, q != FKV_QUEUE_TRANSFER)) != FKV_OK)
+            return st;
+    }
+    return FKV_OK;
+}
+
+static fkv_status vk_device_open(uint32_t index, fkv_bdev **out) {
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan device_open: NULL output");
+    *out = NULL;
+    recall_choice recall;
+    int want_s16;
+    fkv_status st = read_env(&recall, &want_s16);
+    if (st != FKV_OK)
+        return st;
+    fkv_bdev *d = calloc(1, sizeof *d);
+    if (d == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: device handle");
+    pthread_mutex_init(&d->pipe_lock, NULL);
+    pthread_mutex_init(&d->read_lock, NULL);
+    pthread_mutex_init(&d->host_lock, NULL);
+    atomic_init(&d->validation_errors, 0u);
+    d->index = index;
+    if ((st = create_instance(d, &d->instance)) != FKV_OK) {
+        vk_device_close(d);
+        return st == FKV_ERR_BAD_ENVIRONMENT ? st
+                                             : fkv_error(FKV_ERR_NO_DEVICE, "vulkan: no device %u "
+                                                                            "(no Vulkan driver)",
+                                                         index);
+    }
+    VkPhysicalDevice p[MAX_DEVICES];
+    uint32_t n = enumerate(d->instance, p, MAX_DEVICES);
+    if (index >= n) {
+        vk_device_close(d);
+        return fkv_error(FKV_ERR_NO_DEVICE, "vulkan: no device %u (%u found)", index, n);
+    }
+    d->phys = p[index];
+    fill_info(d->phys, index, &d->info);
+    d->is_cpu = d->info.type == FKV_DEVICE_CPU;
+    int has_ext_host = has_device_ext(d->phys, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
+    if (recall == RECALL_HOSTPTR && !has_ext_host) {
+        st = fkv_error(FKV_ERR_UNSUPPORTED,
+                       "FREEKV_VULKAN_RECALL=hostptr: device '%s' lacks "
+                       "VK_EXT_external_memory_host (use auto, staged, regions or perpage)",
+                       d->info.name);
+        vk_device_close(d);
+        return st;
+    }
+    /* auto: zero-copy recall exactly where it pays, imported host memory on a GPU, and only
+     * once an import has been seen to work; anything else falls back to staged, saying why
+     * (recall_note, printed by freekv-info). */
+    int automatic = recall == RECALL_AUTO;
+    d->ext_host = has_ext_host && (recall == RECALL_HOSTPTR || automatic);
+    d->perpage_cmds = recall == RECALL_PERPAGE;
+    if ((st = create_device(d, want_s16)) != FKV_OK ||
+        (st = fkv_vk_temp_alloc(d, 64, 0, 0, &d->dummy)) != FKV_OK ||
+        (st = fkv_vk_pipelines_init(d)) != FKV_OK) {
+        vk_device_close(d);
+        return fkv_error_prefix(st, "opening Vulkan device %u", index);
+    }
+    if (d->ext_host && (st = fkv_vk_probe_import(d)) != FKV_OK && !automatic) {
+        st = fkv_error_prefix(FKV_ERR_UNSUPPORTED, /* whatever the driver's code was */
+                              "FREEKV_VULKAN_RECALL=hostptr: device '%s' cannot import host "
+                                  "memory (use auto, staged, regions or perpage)",
+                              d->info.name);
+        vk_device_close(d);
+        return st;
+    }
+    if (automatic) {
+        recall = RECALL_STAGED;
+        if (!d->ext_host) {
+            snprintf(d->recall_note, sizeof d->recall_note, "auto: no VK_EXT_external_memory_host");
+        } else if (st != FKV_OK) {
+            snprintf(d->recall_note, sizeof d->recall_note,
+                     "auto: host memory cannot be imported: %.200s", fkv_last_error());
+            fkv_error_clear();
+            d->info.caps &= ~(uint32_t)FKV_CAP_ZERO_COPY_HOST;
+        } else if (d->is_cpu) {
+            snprintf(d->recall_note, sizeof d->recall_note,
+                     "auto: a CPU device, zero-copy recall gains nothing");
+        } else {
+            recall = RECALL_HOSTPTR;
+            snprintf(d->recall_note, sizeof d->recall_note,
+                     "auto: host memory imported with VK_EXT_external_memory_host");
+        }
+    }
+    d->import_host = recall == RECALL_HOSTPTR;
+    d->recall = recall == RECALL_HOSTPTR   ? FKV_RECALL_DIRECT
+                : recall == RECALL_STAGED ? FKV_RECALL_STAGED
+                                          : FKV_RECALL_PERPAGE;
+    *out = d;
+    return FKV_OK;
+}
+
+static fkv_status vk_opened_info(fkv_bdev *d, fkv_device_info *info) {
+    if (d == NULL || info == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan opened_info: NULL argument");
+    *info = d->info;
+    return FKV_OK;
+}
+
+static fkv_recall_mode vk_recall_mode(fkv_bdev *d) { return d->recall; }
+
+static const char *vk_recall_note(fkv_bdev *d) { return d->recall_note; }
+
+/* ---- options (docs/backend-options.md) ---- */
+
+static const char *const settable[] = {"attention_splits", "window_bytes", "shared_memory_bytes",
+                                       "allocation_limit", "break_import", NULL};
+static const char *const readable[] = {
+    "attention_splits", "window_bytes",     "shared_memory_bytes", "allocation_limit",
+    "live_allocations", "validation_errors", "subgroup_size",      "storage_16bit",
+    "import_host",      "perpage_copies",   NULL};
+
+static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value) {
+    uint64_t v = 0;
+    fkv_status st;
+    if (strcmp(key, "attention_splits") == 0) {
+        st = fkv_option_splits("vulkan", key, value, &d->forced_splits);
+    } else if (strcmp(key, "window_bytes") == 0) {
+        /* 0 (stored for maxStorageBufferRange) when it does not lower the range */
+        if ((st = fkv_option_limit("vulkan", key, value, d->max_range, &v)) == FKV_OK)
+            d->window_override = v < d->max_range ? v : 0;
+    } else if (strcmp(key, "shared_memory_bytes") == 0) {
+        if ((st = fkv_option_limit("vulkan", key, value, d->max_shared_device, &v)) == FKV_OK)
+            d->max_shared = (uint32_t)v;
+    } else if (strcmp(key, "allocation_limit") == 0) {
+        if ((st = fkv_option_limit("vulkan", key, value, d->max_allocs_device, &v)) == FKV_OK)
+            d->max_allocs = (uint32_t)v;
+    } else if (strcmp(key, "break_import") == 0) {
+        if ((st = fkv_option_uint("vulkan", key, value, 1, &v)) == FKV_OK)
+            atomic_store(&fkv_vk_import_broken, (int)v);
+    } else {
+        st = fkv_option_unknown("vulkan", "settable", key, settable);
+    }
+    return st;
+}
+
+static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t size) {
+    uint64_t v;
+    if (strcmp(key, "attention_splits") == 0)
+        v = d->forced_splits;
+    else if (strcmp(key, "window_bytes") == 0)
+        v = d->window_override;
+    else if (strcmp(key, "shared_memory_bytes") == 0)
+        v = d->max_shared;
+    else if (strcmp(key, "allocation_limit") == 0)
+        v = d->max_allocs;
+    else if (strcmp(key, "live_allocations") == 0)
+        v = atomic_load(&d->live_allocs);
+    else if (strcmp(key, "validation_errors") == 0)
+        v = atomic_load(&d->validation_errors);
+    else if (strcmp(key, "subgroup_size") == 0)
+        v = d->subgroup;
+    else if (strcmp(key, "storage_16bit") == 0)
+        v = (uint64_t)d->s16;
+    else if (strcmp(key, "import_host") == 0)
+        v = (uint64_t)d->import_host;
+    else if (strcmp(key, "perpage_copies") == 0)
+        v = (uint64_t)d->perpage_cmds;
+    else
+        return fkv_option_unknown("vulkan", "readable", key, readable);
+    return fkv_option_print_uint("vulkan", key, v, out, size);
+}
+
+/* ---- the table ---- */
+
+static const fkv_backend_ops vulkan_ops = {
+    .abi_version = FKV_BACKEND_ABI_VERSION,
+    .struct_size = sizeof(fkv_backend_ops),
+    .name = "vulkan",
+    .device_count = vk_device_count,
+    .device_info = vk_device_info,
+    .device_open = vk_device_open,
+    .device_close = vk_device_close,
+    .buffer_alloc = fkv_vk_buffer_alloc,
+    .buffer_free = fkv_vk_buffer_free,
+    .host_alloc = fkv_vk_host_alloc,
+    .host_free = fkv_vk_host_free,
+    .event_wait = fkv_vk_event_wait,
+    .event_release = fkv_vk_event_release,
+    .marker = fkv_vk_marker,
+    .finish = fkv_vk_finish,
+    .write = fkv_vk_write,
+    .read = fkv_vk_read,
+    .copy = fkv_vk_copy,
+    .append = fkv_vk_append,
+    .summarize = fkv_vk_summarize,
+    .scores = fkv_vk_scores,
+    .cosine_flags = fkv_vk_cosine_flags,
+    .pack_hnd = fkv_vk_pack_hnd,
+    .scatter_hnd = fkv_vk_scatter_hnd,
+    .attention = fkv_vk_attention,
+    .buffer_import = fkv_vk_buffer_import,
+    .write_regions = fkv_vk_write_regions,
+    .attention_dense = fkv_vk_attention_dense,
+    .recall_direct = fkv_vk_recall_direct,
+    .recall_mode = vk_recall_mode,
+    .opened_info = vk_opened_info,
+    .check_geometry = fkv_vk_check_geometry,
+    .recall_note = vk_recall_note,
+    .set_option = vk_set_option,
+    .get_option = vk_get_option,
+};
+
+const fkv_backend_ops *fkv_backend_vulkan(void) { return &vulkan_ops; }

@@ -493,3 +493,99 @@ Test(vulkan, options) {
     cr_assert_eq(option(ODEV, "allocation_limit"), 7);
     set_option(ODEV, "allocation_limit", 0);
 }
+
+/* ---- queue choice (fkv_vk_plan_queues, a pure function of the families) ---- */
+
+#define GFX (VK_QUEUE_GRAPHICS_BIT | VK_QUEUE_COMPUTE_BIT | VK_QUEUE_TRANSFER_BIT)
+#define COMP (VK_QUEUE_COMPUTE_BIT | VK_QUEUE_TRANSFER_BIT)
+#define XFER VK_QUEUE_TRANSFER_BIT
+
+static void expect_queue(const vk_queue_plan *p, fkv_queue q, uint32_t family, uint32_t index) {
+    cr_expect_eq(p->family[q], family, "queue %d: family %u, not %u", (int)q, p->family[q], family);
+    cr_expect_eq(p->index[q], index, "queue %d: index %u, not %u", (int)q, p->index[q], index);
+}
+
+/* The queues to create per family cover what the plan uses, once per family. */
+static void expect_counts(const vk_queue_plan *p, const VkQueueFamilyProperties *fp) {
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
+        uint32_t k = 0;
+        while (k < p->n_families && p->families[k] != p->family[q])
+            k++;
+        cr_assert_lt(k, p->n_families, "queue %d's family is created", q);
+        cr_expect_gt(p->count[k], p->index[q]);
+        cr_expect_leq(p->count[k], fp[p->families[k]].queueCount);
+    }
+    for (uint32_t a = 0; a < p->n_families; a++)
+        for (uint32_t b = a + 1; b < p->n_families; b++)
+            cr_expect_neq(p->families[a], p->families[b]);
+}
+
+Test(vulkan_env, queue_plan_radv_like) {
+    /* graphics+compute x1, async compute x4, transfer-only x2 (RADV, AMDVLK) */
+    VkQueueFamilyProperties fp[] = {{.queueFlags = GFX, .queueCount = 1},
+                                    {.queueFlags = COMP, .queueCount = 4},
+                                    {.queueFlags = XFER, .queueCount = 2}};
+    vk_queue_plan p;
+    cr_assert(fkv_vk_plan_queues(fp, 3, &p));
+    expect_queue(&p, FKV_QUEUE_COMPUTE, 0, 0);
+    expect_queue(&p, FKV_QUEUE_BACKGROUND, 1, 0);
+    expect_queue(&p, FKV_QUEUE_TRANSFER, 2, 0);
+    cr_expect_eq(p.n_families, 3);
+    expect_counts(&p, fp);
+    /* no transfer family (older RADV): a second async-compute queue takes the copies */
+    cr_assert(fkv_vk_plan_queues(fp, 2, &p));
+    expect_queue(&p, FKV_QUEUE_BACKGROUND, 1, 0);
+    expect_queue(&p, FKV_QUEUE_TRANSFER, 1, 1);
+    cr_expect_eq(p.n_families, 2);
+    expect_counts(&p, fp);
+}
+
+Test(vulkan_env, queue_plan_one_queue) {
+    /* ANV, lavapipe: one family with one queue, all three share it */
+    VkQueueFamilyProperties fp[] = {{.queueFlags = GFX, .queueCount = 1}};
+    vk_queue_plan p;
+    cr_assert(fkv_vk_plan_queues(fp, 1, &p));
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++)
+        expect_queue(&p, (fkv_queue)q, 0, 0);
+    cr_expect_eq(p.n_families, 1);
+    cr_expect_eq(p.count[0], 1);
+    /* no compute at all: refused */
+    VkQueueFamilyProperties none[] = {{.queueFlags = XFER, .queueCount = 2}};
+    cr_expect_not(fkv_vk_plan_queues(none, 1, &p));
+}
+
+Test(vulkan_env, queue_plan_nvidia_like) {
+    /* graphics x16, async compute x8, transfer x2: background on a second graphics-family
+     * queue, copies on the transfer family */
+    VkQueueFamilyProperties fp[] = {{.queueFlags = GFX, .queueCount = 16},
+                                    {.queueFlags = XFER, .queueCount = 2},
+                                    {.queueFlags = COMP, .queueCount = 8}};
+    vk_queue_plan p;
+    cr_assert(fkv_vk_plan_queues(fp, 3, &p));
+    expect_queue(&p, FKV_QUEUE_COMPUTE, 0, 0);
+    expect_queue(&p, FKV_QUEUE_BACKGROUND, 0, 1);
+    expect_queue(&p, FKV_QUEUE_TRANSFER, 1, 0);
+    cr_expect_eq(p.n_families, 2);
+    expect_counts(&p, fp);
+    cr_expect_eq(p.count[0], 2);
+    /* a family that reports no queues is never chosen */
+    fp[1].queueCount = 0;
+    cr_assert(fkv_vk_plan_queues(fp, 3, &p));
+    expect_queue(&p, FKV_QUEUE_TRANSFER, 2, 0);
+    expect_counts(&p, fp);
+}
+
+/* The device says which queues it chose (freekv-info prints it). */
+Test(vulkan, queues_option) {
+    char out[256];
+    cr_assert_eq(fkv_op_get_option(ODEV, "queues", out, sizeof out), FKV_OK, "%s", fkv_last_error());
+    cr_assert(strstr(out, "compute family") && strstr(out, "background family") &&
+                  strstr(out, "transfer family"),
+              "%s", out);
+    fkv_device_info info;
+    cr_assert_eq(fkv_op_opened_info(ODEV, &info), FKV_OK);
+    if (strstr(info.name, "llvmpipe")) /* one family with one queue: the degraded path */
+        cr_assert_str_eq(out, "compute family 0 queue 0, background family 0 queue 0 (shared), "
+                              "transfer family 0 queue 0 (shared)");
+    cr_assert_eq(fkv_op_get_option(ODEV, "queues", out, 8), FKV_ERR_INVALID_ARGUMENT);
+}

@@ -54,7 +54,7 @@ typedef struct vk_record {
 
 typedef struct vk_hwqueue {
     VkQueue queue;
-    uint32_t family;
+    uint32_t family, index;
     pthread_mutex_t lock; /* vkQueueSubmit needs external synchronisation */
 } vk_hwqueue;
 
@@ -126,11 +126,12 @@ struct fkv_bdev {
     int s16;      /* 16-bit storage in use */
     int ext_host; /* VK_EXT_external_memory_host enabled */
     int concurrent; /* more than one queue family: buffers are shared concurrently */
-    uint32_t families[2], n_families;
+    uint32_t families[FKV_QUEUE_COUNT], n_families;
     PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;
 
-    vk_hwqueue hw[3];
+    vk_hwqueue hw[FKV_QUEUE_COUNT];
     uint32_t n_hw;
+    char queue_note[192]; /* which VkQueue each fkv_queue runs on (option "queues") */
     vk_fqueue q[FKV_QUEUE_COUNT];
 
     fkv_recall_mode recall;
@@ -274,5 +275,19 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                                 const fkv_bhost *host, uint32_t n_units, const uint64_t *units_host,
                                 const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
                                 fkv_bbuf *vpool);
+
+/* ---- device (vk_device.c) ---- */
+/* Which VkQueue each fkv_queue runs on: a pure function of the device's queue families, so
+ * tests run it over synthetic lists. COMPUTE takes queue 0 of the first compute family;
+ * BACKGROUND a second queue of that family, else an async-compute family (compute without
+ * graphics), else COMPUTE's queue; TRANSFER a transfer-only family, else an unused queue of a
+ * compute family, else COMPUTE's queue. */
+typedef struct vk_queue_plan {
+    uint32_t family[FKV_QUEUE_COUNT], index[FKV_QUEUE_COUNT]; /* by fkv_queue */
+    /* the distinct families, to create with count[i] queues each */
+    uint32_t families[FKV_QUEUE_COUNT], count[FKV_QUEUE_COUNT], n_families;
+} vk_queue_plan;
+/* 0 when no family has compute. */
+int fkv_vk_plan_queues(const VkQueueFamilyProperties *fp, uint32_t n, vk_queue_plan *plan);
 
 #endif

@@ -589,3 +589,20 @@ Test(vulkan, queues_option) {
                               "transfer family 0 queue 0 (shared)");
     cr_assert_eq(fkv_op_get_option(ODEV, "queues", out, 8), FKV_ERR_INVALID_ARGUMENT);
 }
+
+/* The compute-unit count that split decisions use, and where it came from. */
+Test(vulkan, compute_units_option) {
+    char src[128];
+    uint64_t n = option(ODEV, "compute_units");
+    cr_assert_gt(n, 0);
+    cr_assert_eq(fkv_op_get_option(ODEV, "compute_units_source", src, sizeof src), FKV_OK, "%s",
+                 fkv_last_error());
+    fkv_device_info info;
+    cr_assert_eq(fkv_op_opened_info(ODEV, &info), FKV_OK);
+    if (strstr(info.name, "llvmpipe")) { /* no extension exposes a count: the CPU default */
+        cr_assert_eq(n, 16);
+        cr_assert(strstr(src, "default for a CPU device"), "%s", src);
+    } else {
+        cr_assert(strstr(src, "VK_") || strstr(src, "default"), "%s", src);
+    }
+}

@@ -388,6 +388,40 @@ static void vk_device_close(fkv_bdev *d) {
     free(d);
 }
 
+/* The device's compute units (split decisions fill them), from the vendor extension that
+ * exposes them; Vulkan has no portable count, so otherwise a guess that fills the device's
+ * queue. `source` names where the figure came from (option compute_units_source). A struct is
+ * chained only when the device has its extension. */
+static uint32_t compute_units(VkPhysicalDevice p, int is_cpu, const char **source) {
+    VkPhysicalDeviceShaderCorePropertiesAMD amd = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_CORE_PROPERTIES_AMD};
+    VkPhysicalDeviceShaderSMBuiltinsPropertiesNV nv = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_SM_BUILTINS_PROPERTIES_NV};
+    VkPhysicalDeviceShaderCoreBuiltinsPropertiesARM arm = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_CORE_BUILTINS_PROPERTIES_ARM};
+    VkPhysicalDeviceProperties2 pr = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+    uint32_t n = 0;
+    if (has_device_ext(p, VK_AMD_SHADER_CORE_PROPERTIES_EXTENSION_NAME)) {
+        pr.pNext = &amd;
+        vkGetPhysicalDeviceProperties2(p, &pr);
+        n = amd.shaderEngineCount * amd.shaderArraysPerEngineCount * amd.computeUnitsPerShaderArray;
+        *source = VK_AMD_SHADER_CORE_PROPERTIES_EXTENSION_NAME;
+    } else if (has_device_ext(p, VK_NV_SHADER_SM_BUILTINS_EXTENSION_NAME)) {
+        pr.pNext = &nv;
+        vkGetPhysicalDeviceProperties2(p, &pr);
+        n = nv.shaderSMCount;
+        *source = VK_NV_SHADER_SM_BUILTINS_EXTENSION_NAME;
+    } else if (has_device_ext(p, VK_ARM_SHADER_CORE_BUILTINS_EXTENSION_NAME)) {
+        pr.pNext = &arm;
+        vkGetPhysicalDeviceProperties2(p, &pr);
+        n = arm.shaderCoreCount;
+        *source = VK_ARM_SHADER_CORE_BUILTINS_EXTENSION_NAME;
+    }
+    if (n == 0) { /* no extension (Intel has none, nor lavapipe), or it said 0 */
+        n = is_cpu ? 16 : 64;
+        *source = is_cpu ? "default for a CPU device (no extension exposes a count)"
+                         : "default for a GPU (no extension exposes a count)";
+    }
+    return n;
+}
+
 static fkv_status create_device(fkv_bdev *d, int want_s16) {
     VkPhysicalDeviceProperties props;
     vkGetPhysicalDeviceProperties(d->phys, &props);
@@ -413,8 +447,7 @@ static fkv_status create_device(fkv_bdev *d, int want_s16) {
     d->max_shared = props.limits.maxComputeSharedMemorySize;
     d->max_shared_device = d->max_shared;
     d->subgroup = sg.subgroupSize ? sg.subgroupSize : 1;
-    /* Vulkan has no portable compute-unit count: a guess that fills the device's queue. */
-    d->compute_units = d->is_cpu ? 16 : 64;
+    d->compute_units = compute_units(d->phys, d->is_cpu, &d->compute_units_source);
 
     VkPhysicalDevice16BitStorageFeatures f16 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES};
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &f16};
@@ -596,7 +629,8 @@ static const char *const settable[] = {"attention_splits", "window_bytes", "shar
 static const char *const readable[] = {
     "attention_splits", "window_bytes",     "shared_memory_bytes", "allocation_limit",
     "live_allocations", "validation_errors", "subgroup_size",      "storage_16bit",
-    "import_host",      "perpage_copies",   "queues",              NULL};
+    "import_host",      "perpage_copies",   "queues",              "compute_units",
+    "compute_units_source", NULL};
 
 static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value) {
     uint64_t v = 0;
@@ -624,7 +658,9 @@ static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value)
 
 static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t size) {
     uint64_t v;
-    const char *text = strcmp(key, "queues") == 0 ? d->queue_note : NULL;
+    const char *text = strcmp(key, "queues") == 0                 ? d->queue_note
+                       : strcmp(key, "compute_units_source") == 0 ? d->compute_units_source
+                                                                  : NULL;
     if (text) {
         int n = snprintf(out, size, "%s", text);
         if (n < 0 || (size_t)n >= size)
@@ -652,6 +688,8 @@ static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t 
         v = (uint64_t)d->import_host;
     else if (strcmp(key, "perpage_copies") == 0)
         v = (uint64_t)d->perpage_cmds;
+    else if (strcmp(key, "compute_units") == 0)
+        v = d->compute_units;
     else
         return fkv_option_unknown("vulkan", "readable", key, readable);
     return fkv_option_print_uint("vulkan", key, v, out, size);

@@ -121,6 +121,7 @@ struct fkv_bdev {
     VkPhysicalDeviceMemoryProperties mem_props;
     VkDeviceSize max_range, max_alloc, align, import_align;
     uint32_t max_groups[3], max_wg, max_shared, subgroup, compute_units;
+    const char *compute_units_source; /* the extension compute_units came from, or a default */
     uint32_t max_shared_device; /* the device's own figure (shared_memory_bytes may lower
                                    max_shared) */
     int s16;      /* 16-bit storage in use */

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "backend_harness.h"
+#include "pipeline_driver.h"
 #include "backends/dispatch.h"
 #include "vulkan/vk_internal.h"
 
@@ -604,5 +605,39 @@ Test(vulkan, compute_units_option) {
         cr_assert(strstr(src, "default for a CPU device"), "%s", src);
     } else {
         cr_assert(strstr(src, "VK_") || strstr(src, "default"), "%s", src);
+    }
+}
+
+/* Grow-only scratch: once a decode loop has warmed up, further steps allocate no device
+ * memory (attention partials of split layers, staged writes and reads, zero-copy unit tables
+ * all come from the queues' scratch), in every recall mode. */
+Test(vulkan_env, steady_state_allocates_nothing, .timeout = 600) {
+    bh_need_device();
+    static const char *const modes[] = {"staged", "hostptr", "perpage"};
+    char idx[16];
+    snprintf(idx, sizeof idx, "%u", bh_index);
+    for (int m = 0; m < 3; m++) {
+        setenv("FREEKV_VULKAN_RECALL", modes[m], 1);
+        fkv_device *dev = NULL;
+        cr_assert_eq(fkv_device_open("vulkan", idx, &dev), FKV_OK, "%s", fkv_last_error());
+        set_option(dev, "attention_splits", 4); /* partials on every layer */
+        fkv_config cfg;
+        bh_pipeline_config(&cfg);
+        cfg.policy = FKV_POLICY_FREEKV;
+        fkv_context *ctx = NULL;
+        cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+        pd_run run = {.n_seqs = 2, .seqs = {0, 1}, .prompt = {150, 203}, .steps = 3,
+                      .batched = 1, .drift = 0.3f};
+        cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+        uint64_t warm = option(dev, "allocations");
+        run.first_step = run.steps;
+        run.steps += 5;
+        run.resume = 1;
+        cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+        cr_expect_eq(option(dev, "allocations"), warm, "%s: %llu allocations in 5 steps after "
+                     "warm-up", modes[m], (unsigned long long)(option(dev, "allocations") - warm));
+        no_validation_errors(dev);
+        fkv_context_destroy(ctx);
+        fkv_device_close(dev);
     }
 }

@@ -630,7 +630,7 @@ static const char *const readable[] = {
     "attention_splits", "window_bytes",     "shared_memory_bytes", "allocation_limit",
     "live_allocations", "validation_errors", "subgroup_size",      "storage_16bit",
     "import_host",      "perpage_copies",   "queues",              "compute_units",
-    "compute_units_source", NULL};
+    "compute_units_source", "allocations", NULL};
 
 static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value) {
     uint64_t v = 0;
@@ -678,6 +678,8 @@ static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t 
         v = d->max_allocs;
     else if (strcmp(key, "live_allocations") == 0)
         v = atomic_load(&d->live_allocs);
+    else if (strcmp(key, "allocations") == 0)
+        v = atomic_load(&d->total_allocs);
     else if (strcmp(key, "validation_errors") == 0)
         v = atomic_load(&d->validation_errors);
     else if (strcmp(key, "subgroup_size") == 0)

@@ -40,7 +40,17 @@ typedef struct vk_temp {
     VkBuffer buf;
     VkDeviceMemory mem;
     void *ptr; /* mapped, or NULL */
+    VkDeviceSize size;
+    int host_visible;
 } vk_temp;
+
+/* Grow-only scratch of one kind (device-local or host-visible) on one queue: the buffers not
+ * in use, kept until the device closes. Taking one allocates only when none is large enough
+ * (growth), so steady state allocates nothing. The owner locks it (its queue's lock). */
+typedef struct vk_scratch {
+    vk_temp *free;
+    uint32_t n, cap;
+} vk_scratch;
 
 /* One submitted command buffer and what must live until it completes. */
 typedef struct vk_record {
@@ -72,6 +82,7 @@ typedef struct vk_fqueue {
     uint32_t n_inflight, cap_inflight;
     VkCommandBuffer *free_cbs;
     uint32_t n_free, cap_free;
+    vk_scratch scratch[2]; /* [host_visible]: temporaries of this queue's commands */
 } vk_fqueue;
 
 typedef struct vk_pipe {
@@ -81,6 +92,7 @@ typedef struct vk_pipe {
 
 /* A read into ordinary host memory: staged, copied out once its value is reached. */
 typedef struct vk_pending_read {
+    struct vk_fqueue *fq; /* whose scratch `temp` goes back to */
     VkSemaphore sem;
     uint64_t value;
     vk_temp temp;
@@ -144,6 +156,7 @@ struct fkv_bdev {
      * allocation_limit may lower it below the device's max_allocs_device) */
     atomic_uint live_allocs;
     uint32_t max_allocs, max_allocs_device;
+    atomic_uint total_allocs; /* vkAllocateMemory calls that succeeded (option allocations) */
 
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;
@@ -183,6 +196,14 @@ fkv_status fkv_vk_fail(VkResult r, const char *what);
 fkv_status fkv_vk_temp_alloc(fkv_bdev *d, VkDeviceSize size, int host_visible, VkBufferUsageFlags usage,
                              vk_temp *t);
 void fkv_vk_temp_free(fkv_bdev *d, vk_temp *t);
+/* A buffer of at least `size` bytes from s (the smallest free one that fits), else a new one
+ * (sizes round up to a power of two within maxStorageBufferRange, replacing the largest free
+ * one too small), so that repeated sizes reuse buffers. */
+fkv_status fkv_vk_scratch_take(fkv_bdev *d, vk_scratch *s, VkDeviceSize size, int host_visible,
+                               vk_temp *out);
+/* Back to s for reuse (freed if the list cannot grow). */
+void fkv_vk_scratch_give(fkv_bdev *d, vk_scratch *s, vk_temp *t);
+void fkv_vk_scratch_destroy(fkv_bdev *d, vk_scratch *s);
 fkv_status fkv_vk_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out);
 void fkv_vk_buffer_free(fkv_bdev *d, fkv_bbuf *b);
 fkv_status fkv_vk_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_bbuf **out);

@@ -47,8 +47,8 @@ fkv_status fkv_vk_fqueue_init(fkv_bdev *d, vk_fqueue *fq, vk_hwqueue *hw, int ke
 static void record_release(fkv_bdev *d, vk_fqueue *fq, vk_record *r, int reuse_cb) {
     if (r->n_sets)
         vkFreeDescriptorSets(d->dev, fq->dpool, r->n_sets, r->sets);
-    for (uint32_t i = 0; i < r->n_temps; i++)
-        fkv_vk_temp_free(d, &r->temps[i]);
+    for (uint32_t i = 0; i < r->n_temps; i++) /* back to the queue's scratch */
+        fkv_vk_scratch_give(d, &fq->scratch[r->temps[i].host_visible != 0], &r->temps[i]);
     free(r->sets);
     free(r->temps);
     if (r->cb) {
@@ -69,6 +69,8 @@ void fkv_vk_fqueue_destroy(fkv_bdev *d, vk_fqueue *fq) {
     if (fq->n_free && fq->pool)
         vkFreeCommandBuffers(d->dev, fq->pool, fq->n_free, fq->free_cbs);
     free(fq->free_cbs);
+    for (int k = 0; k < 2; k++)
+        fkv_vk_scratch_destroy(d, &fq->scratch[k]);
     if (fq->dpool)
         vkDestroyDescriptorPool(d->dev, fq->dpool, NULL);
     if (fq->pool)
@@ -143,7 +145,8 @@ fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_te
         r->temps = n;
         r->cap_temps = cap;
     }
-    fkv_status st = fkv_vk_temp_alloc(c->d, size, host_visible, 0, &r->temps[r->n_temps]);
+    fkv_status st = fkv_vk_scratch_take(c->d, &c->fq->scratch[host_visible != 0], size,
+                                        host_visible, &r->temps[r->n_temps]);
     if (st != FKV_OK)
         return st;
     *out = r->temps[r->n_temps++];
@@ -294,7 +297,9 @@ void fkv_vk_sweep_reads(fkv_bdev *d) {
         uint64_t v = 0;
         if (vkGetSemaphoreCounterValue(d->dev, p->sem, &v) == VK_SUCCESS && v >= p->value) {
             memcpy(p->dst, p->temp.ptr, p->size);
-            fkv_vk_temp_free(d, &p->temp);
+            pthread_mutex_lock(&p->fq->lock); /* lock order: read_lock, then a queue's */
+            fkv_vk_scratch_give(d, &p->fq->scratch[1], &p->temp);
+            pthread_mutex_unlock(&p->fq->lock);
             d->reads[i] = d->reads[--d->n_reads];
         } else {
             i++;
@@ -464,10 +469,8 @@ fkv_status fkv_vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *
     fkv_status st = FKV_OK;
     VkDeviceSize off = 0;
     fkv_bhost *h = fkv_vk_find_host(d, dst, size, &off);
-    vk_pending_read p = {0};
+    vk_pending_read p = {.fq = &d->q[q], .dst = dst, .size = size};
     if (h == NULL) {
-        if ((st = fkv_vk_temp_alloc(d, size, 1, 0, &p.temp)) != FKV_OK)
-            return st;
         pthread_mutex_lock(&d->read_lock); /* room for the pending entry before submitting */
         if (d->n_reads == d->cap_reads) {
             uint32_t cap = d->cap_reads ? 2 * d->cap_reads : 16;
@@ -480,28 +483,31 @@ fkv_status fkv_vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *
             }
         }
         pthread_mutex_unlock(&d->read_lock);
-        if (st != FKV_OK) {
-            fkv_vk_temp_free(d, &p.temp);
+        if (st != FKV_OK)
             return st;
-        }
     }
     vk_cmd c;
-    if ((st = fkv_vk_cmd_begin(d, q, 0, &c)) != FKV_OK) {
-        fkv_vk_temp_free(d, &p.temp);
+    if ((st = fkv_vk_cmd_begin(d, q, 0, &c)) != FKV_OK)
+        return st;
+    /* staged: the queue's host-visible scratch, held until the copy-out (not the record's) */
+    if (h == NULL && (st = fkv_vk_scratch_take(d, &c.fq->scratch[1], size, 1, &p.temp)) != FKV_OK) {
+        fkv_vk_cmd_abort(&c);
         return st;
     }
     VkBufferCopy bc = {src_offset, h ? off : 0, size};
     vkCmdCopyBuffer(c.rec.cb, src->buf, h ? h->buf : p.temp.buf, 1, &bc);
     vk_event v;
     if ((st = fkv_vk_cmd_submit(&c, &deps, &v)) != FKV_OK) {
-        fkv_vk_temp_free(d, &p.temp);
+        if (h == NULL) {
+            pthread_mutex_lock(&p.fq->lock);
+            fkv_vk_scratch_give(d, &p.fq->scratch[1], &p.temp);
+            pthread_mutex_unlock(&p.fq->lock);
+        }
         return st;
     }
     if (h == NULL) {
         p.sem = v.sem;
         p.value = v.value;
-        p.dst = dst;
-        p.size = size;
         pthread_mutex_lock(&d->read_lock);
         d->reads[d->n_reads++] = p; /* room was made above; only this path adds */
         pthread_mutex_unlock(&d->read_lock);

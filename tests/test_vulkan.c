@@ -641,3 +641,58 @@ Test(vulkan_env, steady_state_allocates_nothing, .timeout = 600) {
         fkv_device_close(dev);
     }
 }
+
+/* Command-buffer granularity: a queue's consecutive commands go out in one vkQueueSubmit, when
+ * something waits on them (event_wait, another queue's command, finish), in order and with
+ * their results right. */
+Test(vulkan, commands_batch_into_one_submit) {
+    enum { N = 256 };
+    uint32_t a[N], b[N], got[N];
+    for (uint32_t i = 0; i < N; i++)
+        a[i] = i * 7 + 1, b[i] = 0xdead0000u + i;
+    fkv_bbuf *x = NULL, *y = NULL;
+    cr_assert_eq(fkv_op_buffer_alloc(ODEV, sizeof a, &x), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_buffer_alloc(ODEV, sizeof a, &y), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_finish(ODEV, FKV_QUEUE_COMPUTE), FKV_OK);
+    cr_assert_eq(fkv_op_finish(ODEV, FKV_QUEUE_TRANSFER), FKV_OK);
+    uint64_t s0 = option(ODEV, "submits");
+    /* five dependent commands on COMPUTE, the last with an event: nothing submitted yet */
+    fkv_bevent *ev = NULL;
+    cr_assert_eq(fkv_op_write(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, x, 0, b, sizeof b), FKV_OK);
+    cr_assert_eq(fkv_op_write(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, x, 0, a, sizeof a), FKV_OK);
+    cr_assert_eq(fkv_op_copy(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, y, 0, x, 0, sizeof a), FKV_OK);
+    cr_assert_eq(fkv_op_copy(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, y, 4, y, 0, sizeof a - 4),
+                 FKV_OK); /* overlapping: y[i+1] = y[i] */
+    cr_assert_eq(fkv_op_read(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &ev}, y, 0, got,
+                             sizeof got),
+                 FKV_OK);
+    cr_assert_not_null(ev);
+    cr_expect_eq(option(ODEV, "submits"), s0, "recorded, not yet submitted");
+    /* TRANSFER waits on it: COMPUTE is submitted first, then TRANSFER's command on waiting */
+    fkv_bevent *ev2 = NULL;
+    uint32_t back[N];
+    cr_assert_eq(fkv_op_read(ODEV, FKV_QUEUE_TRANSFER, (fkv_deps){.n_wait = 1, .wait = &ev,
+                                                                  .done = &ev2},
+                             x, 0, back, sizeof back),
+                 FKV_OK);
+    cr_expect_eq(option(ODEV, "submits"), s0 + 1, "one submission for five commands");
+    cr_assert_eq(fkv_op_event_wait(ODEV, 1, &ev2), FKV_OK, "%s", fkv_last_error());
+    cr_expect_eq(option(ODEV, "submits"), s0 + 2);
+    cr_assert_eq(fkv_op_event_wait(ODEV, 1, &ev), FKV_OK, "%s", fkv_last_error());
+    cr_expect_eq(got[0], a[0]);
+    for (uint32_t i = 1; i < N; i++)
+        cr_assert_eq(got[i], a[i - 1], "got[%u] = %u", i, got[i]);
+    for (uint32_t i = 0; i < N; i++)
+        cr_assert_eq(back[i], a[i], "back[%u] = %u", i, back[i]);
+    fkv_op_event_release(ODEV, ev);
+    fkv_op_event_release(ODEV, ev2);
+    /* finish submits what is recorded */
+    cr_assert_eq(fkv_op_write(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, x, 0, b, sizeof b), FKV_OK);
+    cr_assert_eq(fkv_op_read(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, x, 0, got, sizeof got), FKV_OK);
+    cr_expect_eq(option(ODEV, "submits"), s0 + 2);
+    cr_assert_eq(fkv_op_finish(ODEV, FKV_QUEUE_COMPUTE), FKV_OK, "%s", fkv_last_error());
+    cr_expect_eq(option(ODEV, "submits"), s0 + 3);
+    cr_assert_eq(memcmp(got, b, sizeof b), 0);
+    fkv_op_buffer_free(ODEV, x);
+    fkv_op_buffer_free(ODEV, y);
+}

@@ -354,6 +354,8 @@ static void vk_device_close(fkv_bdev *d) {
     if (d == NULL)
         return;
     if (d->dev) {
+        for (int q = 0; q < FKV_QUEUE_COUNT; q++) /* what was recorded runs, as if submitted */
+            fkv_vk_flush(d, (fkv_queue)q);
         vkDeviceWaitIdle(d->dev);
         fkv_vk_sweep_reads(d);
         for (uint32_t i = 0; i < d->n_reads; i++) /* unreachable values: never submitted */
@@ -630,7 +632,7 @@ static const char *const readable[] = {
     "attention_splits", "window_bytes",     "shared_memory_bytes", "allocation_limit",
     "live_allocations", "validation_errors", "subgroup_size",      "storage_16bit",
     "import_host",      "perpage_copies",   "queues",              "compute_units",
-    "compute_units_source", "allocations", NULL};
+    "compute_units_source", "allocations", "submits", NULL};
 
 static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value) {
     uint64_t v = 0;
@@ -680,6 +682,8 @@ static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t 
         v = atomic_load(&d->live_allocs);
     else if (strcmp(key, "allocations") == 0)
         v = atomic_load(&d->total_allocs);
+    else if (strcmp(key, "submits") == 0)
+        v = atomic_load(&d->submits);
     else if (strcmp(key, "validation_errors") == 0)
         v = atomic_load(&d->validation_errors);
     else if (strcmp(key, "subgroup_size") == 0)

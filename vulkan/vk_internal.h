@@ -75,7 +75,23 @@ typedef struct vk_fqueue {
     pthread_mutex_t lock;
     vk_hwqueue *hw;
     VkSemaphore timeline;
-    uint64_t last; /* value of the last submission */
+    uint64_t last;      /* value of the last command recorded */
+    uint64_t submitted; /* value of the last command submitted (<= last) */
+    /* Commands recorded but not yet submitted: one vkQueueSubmit takes them all, waiting for
+     * the cross-queue waits of its first command and signalling `last` (fkv_vk_flush). */
+    VkCommandBuffer *pend_cbs;
+    uint32_t n_pend_cbs, cap_pend_cbs, n_pend_ops;
+    VkSemaphore *pend_sems;
+    uint64_t *pend_vals;
+    VkPipelineStageFlags *pend_stages;
+    uint32_t n_pend_waits, cap_pend_waits;
+    /* values handed out (events, staged reads): the pending commands up to mark_cbs[i] are
+     * one batch of the submission that signals mark_vals[i] */
+    uint32_t *mark_cbs;
+    uint64_t *mark_vals;
+    uint32_t n_marks, cap_marks;
+    VkSubmitInfo *pend_si;
+    VkTimelineSemaphoreSubmitInfo *pend_ti;
     VkCommandPool pool;
     VkDescriptorPool dpool;
     vk_record *inflight; /* FIFO, oldest first */
@@ -157,6 +173,7 @@ struct fkv_bdev {
     atomic_uint live_allocs;
     uint32_t max_allocs, max_allocs_device;
     atomic_uint total_allocs; /* vkAllocateMemory calls that succeeded (option allocations) */
+    atomic_uint submits;      /* vkQueueSubmit calls (option submits) */
 
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;
@@ -169,7 +186,7 @@ struct fkv_bdev {
 
     pthread_mutex_t read_lock;
     vk_pending_read *reads;
-    uint32_t n_reads, cap_reads;
+    uint32_t n_reads, cap_reads, reads_reserved;
 
     pthread_mutex_t host_lock;
     fkv_bhost **hosts;
@@ -230,8 +247,13 @@ typedef struct vk_cmd {
 fkv_status fkv_vk_cmd_begin(fkv_bdev *d, fkv_queue q, int marker, vk_cmd *c);
 fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_temp *out);
 fkv_status fkv_vk_cmd_set(vk_cmd *c, VkDescriptorSet *out);
-/* Ends, submits after deps.wait and the queue's previous submission, unlocks. */
+/* Ends the command buffer and queues it after deps.wait and the queue's previous command,
+ * unlocks. It is submitted with the queue's neighbouring commands in one vkQueueSubmit: when
+ * something waits on it or a later command (event_wait, a command of another queue, finish),
+ * before a command of this queue that waits on another queue, or at 64 commands. */
 fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_out);
+/* Submits the queue's recorded commands (no-op when none). */
+fkv_status fkv_vk_flush(fkv_bdev *d, fkv_queue q);
 void fkv_vk_cmd_abort(vk_cmd *c);
 static inline void fkv_vk_clear_done(const fkv_deps *deps) {
     if (deps->done)

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "backend_harness.h"
+#include "pipeline_driver.h"
 #include "backends/dispatch.h"
 #include "vulkan/vk_internal.h"
 
@@ -492,4 +493,206 @@ Test(vulkan, options) {
     set_option(ODEV, "allocation_limit", 7);
     cr_assert_eq(option(ODEV, "allocation_limit"), 7);
     set_option(ODEV, "allocation_limit", 0);
+}
+
+/* ---- queue choice (fkv_vk_plan_queues, a pure function of the families) ---- */
+
+#define GFX (VK_QUEUE_GRAPHICS_BIT | VK_QUEUE_COMPUTE_BIT | VK_QUEUE_TRANSFER_BIT)
+#define COMP (VK_QUEUE_COMPUTE_BIT | VK_QUEUE_TRANSFER_BIT)
+#define XFER VK_QUEUE_TRANSFER_BIT
+
+static void expect_queue(const vk_queue_plan *p, fkv_queue q, uint32_t family, uint32_t index) {
+    cr_expect_eq(p->family[q], family, "queue %d: family %u, not %u", (int)q, p->family[q], family);
+    cr_expect_eq(p->index[q], index, "queue %d: index %u, not %u", (int)q, p->index[q], index);
+}
+
+/* The queues to create per family cover what the plan uses, once per family. */
+static void expect_counts(const vk_queue_plan *p, const VkQueueFamilyProperties *fp) {
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
+        uint32_t k = 0;
+        while (k < p->n_families && p->families[k] != p->family[q])
+            k++;
+        cr_assert_lt(k, p->n_families, "queue %d's family is created", q);
+        cr_expect_gt(p->count[k], p->index[q]);
+        cr_expect_leq(p->count[k], fp[p->families[k]].queueCount);
+    }
+    for (uint32_t a = 0; a < p->n_families; a++)
+        for (uint32_t b = a + 1; b < p->n_families; b++)
+            cr_expect_neq(p->families[a], p->families[b]);
+}
+
+Test(vulkan_env, queue_plan_radv_like) {
+    /* graphics+compute x1, async compute x4, transfer-only x2 (RADV, AMDVLK) */
+    VkQueueFamilyProperties fp[] = {{.queueFlags = GFX, .queueCount = 1},
+                                    {.queueFlags = COMP, .queueCount = 4},
+                                    {.queueFlags = XFER, .queueCount = 2}};
+    vk_queue_plan p;
+    cr_assert(fkv_vk_plan_queues(fp, 3, &p));
+    expect_queue(&p, FKV_QUEUE_COMPUTE, 0, 0);
+    expect_queue(&p, FKV_QUEUE_BACKGROUND, 1, 0);
+    expect_queue(&p, FKV_QUEUE_TRANSFER, 2, 0);
+    cr_expect_eq(p.n_families, 3);
+    expect_counts(&p, fp);
+    /* no transfer family (older RADV): a second async-compute queue takes the copies */
+    cr_assert(fkv_vk_plan_queues(fp, 2, &p));
+    expect_queue(&p, FKV_QUEUE_BACKGROUND, 1, 0);
+    expect_queue(&p, FKV_QUEUE_TRANSFER, 1, 1);
+    cr_expect_eq(p.n_families, 2);
+    expect_counts(&p, fp);
+}
+
+Test(vulkan_env, queue_plan_one_queue) {
+    /* ANV, lavapipe: one family with one queue, all three share it */
+    VkQueueFamilyProperties fp[] = {{.queueFlags = GFX, .queueCount = 1}};
+    vk_queue_plan p;
+    cr_assert(fkv_vk_plan_queues(fp, 1, &p));
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++)
+        expect_queue(&p, (fkv_queue)q, 0, 0);
+    cr_expect_eq(p.n_families, 1);
+    cr_expect_eq(p.count[0], 1);
+    /* no compute at all: refused */
+    VkQueueFamilyProperties none[] = {{.queueFlags = XFER, .queueCount = 2}};
+    cr_expect_not(fkv_vk_plan_queues(none, 1, &p));
+}
+
+Test(vulkan_env, queue_plan_nvidia_like) {
+    /* graphics x16, async compute x8, transfer x2: background on a second graphics-family
+     * queue, copies on the transfer family */
+    VkQueueFamilyProperties fp[] = {{.queueFlags = GFX, .queueCount = 16},
+                                    {.queueFlags = XFER, .queueCount = 2},
+                                    {.queueFlags = COMP, .queueCount = 8}};
+    vk_queue_plan p;
+    cr_assert(fkv_vk_plan_queues(fp, 3, &p));
+    expect_queue(&p, FKV_QUEUE_COMPUTE, 0, 0);
+    expect_queue(&p, FKV_QUEUE_BACKGROUND, 0, 1);
+    expect_queue(&p, FKV_QUEUE_TRANSFER, 1, 0);
+    cr_expect_eq(p.n_families, 2);
+    expect_counts(&p, fp);
+    cr_expect_eq(p.count[0], 2);
+    /* a family that reports no queues is never chosen */
+    fp[1].queueCount = 0;
+    cr_assert(fkv_vk_plan_queues(fp, 3, &p));
+    expect_queue(&p, FKV_QUEUE_TRANSFER, 2, 0);
+    expect_counts(&p, fp);
+}
+
+/* The device says which queues it chose (freekv-info prints it). */
+Test(vulkan, queues_option) {
+    char out[256];
+    cr_assert_eq(fkv_op_get_option(ODEV, "queues", out, sizeof out), FKV_OK, "%s", fkv_last_error());
+    cr_assert(strstr(out, "compute family") && strstr(out, "background family") &&
+                  strstr(out, "transfer family"),
+              "%s", out);
+    fkv_device_info info;
+    cr_assert_eq(fkv_op_opened_info(ODEV, &info), FKV_OK);
+    if (strstr(info.name, "llvmpipe")) /* one family with one queue: the degraded path */
+        cr_assert_str_eq(out, "compute family 0 queue 0, background family 0 queue 0 (shared), "
+                              "transfer family 0 queue 0 (shared)");
+    cr_assert_eq(fkv_op_get_option(ODEV, "queues", out, 8), FKV_ERR_INVALID_ARGUMENT);
+}
+
+/* The compute-unit count that split decisions use, and where it came from. */
+Test(vulkan, compute_units_option) {
+    char src[128];
+    uint64_t n = option(ODEV, "compute_units");
+    cr_assert_gt(n, 0);
+    cr_assert_eq(fkv_op_get_option(ODEV, "compute_units_source", src, sizeof src), FKV_OK, "%s",
+                 fkv_last_error());
+    fkv_device_info info;
+    cr_assert_eq(fkv_op_opened_info(ODEV, &info), FKV_OK);
+    if (strstr(info.name, "llvmpipe")) { /* no extension exposes a count: the CPU default */
+        cr_assert_eq(n, 16);
+        cr_assert(strstr(src, "default for a CPU device"), "%s", src);
+    } else {
+        cr_assert(strstr(src, "VK_") || strstr(src, "default"), "%s", src);
+    }
+}
+
+/* Grow-only scratch: once a decode loop has warmed up, further steps allocate no device
+ * memory (attention partials of split layers, staged writes and reads, zero-copy unit tables
+ * all come from the queues' scratch), in every recall mode. */
+Test(vulkan_env, steady_state_allocates_nothing, .timeout = 600) {
+    bh_need_device();
+    static const char *const modes[] = {"staged", "hostptr", "perpage"};
+    char idx[16];
+    snprintf(idx, sizeof idx, "%u", bh_index);
+    for (int m = 0; m < 3; m++) {
+        setenv("FREEKV_VULKAN_RECALL", modes[m], 1);
+        fkv_device *dev = NULL;
+        cr_assert_eq(fkv_device_open("vulkan", idx, &dev), FKV_OK, "%s", fkv_last_error());
+        set_option(dev, "attention_splits", 4); /* partials on every layer */
+        fkv_config cfg;
+        bh_pipeline_config(&cfg);
+        cfg.policy = FKV_POLICY_FREEKV;
+        fkv_context *ctx = NULL;
+        cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+        pd_run run = {.n_seqs = 2, .seqs = {0, 1}, .prompt = {150, 203}, .steps = 3,
+                      .batched = 1, .drift = 0.3f};
+        cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+        uint64_t warm = option(dev, "allocations");
+        run.first_step = run.steps;
+        run.steps += 5;
+        run.resume = 1;
+        cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+        cr_expect_eq(option(dev, "allocations"), warm, "%s: %llu allocations in 5 steps after "
+                     "warm-up", modes[m], (unsigned long long)(option(dev, "allocations") - warm));
+        no_validation_errors(dev);
+        fkv_context_destroy(ctx);
+        fkv_device_close(dev);
+    }
+}
+
+/* Command-buffer granularity: a queue's consecutive commands go out in one vkQueueSubmit, when
+ * something waits on them (event_wait, another queue's command, finish), in order and with
+ * their results right. */
+Test(vulkan, commands_batch_into_one_submit) {
+    enum { N = 256 };
+    uint32_t a[N], b[N], got[N];
+    for (uint32_t i = 0; i < N; i++)
+        a[i] = i * 7 + 1, b[i] = 0xdead0000u + i;
+    fkv_bbuf *x = NULL, *y = NULL;
+    cr_assert_eq(fkv_op_buffer_alloc(ODEV, sizeof a, &x), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_buffer_alloc(ODEV, sizeof a, &y), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_finish(ODEV, FKV_QUEUE_COMPUTE), FKV_OK);
+    cr_assert_eq(fkv_op_finish(ODEV, FKV_QUEUE_TRANSFER), FKV_OK);
+    uint64_t s0 = option(ODEV, "submits");
+    /* five dependent commands on COMPUTE, the last with an event: nothing submitted yet */
+    fkv_bevent *ev = NULL;
+    cr_assert_eq(fkv_op_write(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, x, 0, b, sizeof b), FKV_OK);
+    cr_assert_eq(fkv_op_write(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, x, 0, a, sizeof a), FKV_OK);
+    cr_assert_eq(fkv_op_copy(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, y, 0, x, 0, sizeof a), FKV_OK);
+    cr_assert_eq(fkv_op_copy(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, y, 4, y, 0, sizeof a - 4),
+                 FKV_OK); /* overlapping: y[i+1] = y[i] */
+    cr_assert_eq(fkv_op_read(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &ev}, y, 0, got,
+                             sizeof got),
+                 FKV_OK);
+    cr_assert_not_null(ev);
+    cr_expect_eq(option(ODEV, "submits"), s0, "recorded, not yet submitted");
+    /* TRANSFER waits on it: COMPUTE is submitted first, then TRANSFER's command on waiting */
+    fkv_bevent *ev2 = NULL;
+    uint32_t back[N];
+    cr_assert_eq(fkv_op_read(ODEV, FKV_QUEUE_TRANSFER, (fkv_deps){.n_wait = 1, .wait = &ev,
+                                                                  .done = &ev2},
+                             x, 0, back, sizeof back),
+                 FKV_OK);
+    cr_expect_eq(option(ODEV, "submits"), s0 + 1, "one submission for five commands");
+    cr_assert_eq(fkv_op_event_wait(ODEV, 1, &ev2), FKV_OK, "%s", fkv_last_error());
+    cr_expect_eq(option(ODEV, "submits"), s0 + 2);
+    cr_assert_eq(fkv_op_event_wait(ODEV, 1, &ev), FKV_OK, "%s", fkv_last_error());
+    cr_expect_eq(got[0], a[0]);
+    for (uint32_t i = 1; i < N; i++)
+        cr_assert_eq(got[i], a[i - 1], "got[%u] = %u", i, got[i]);
+    for (uint32_t i = 0; i < N; i++)
+        cr_assert_eq(back[i], a[i], "back[%u] = %u", i, back[i]);
+    fkv_op_event_release(ODEV, ev);
+    fkv_op_event_release(ODEV, ev2);
+    /* finish submits what is recorded */
+    cr_assert_eq(fkv_op_write(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, x, 0, b, sizeof b), FKV_OK);
+    cr_assert_eq(fkv_op_read(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, x, 0, got, sizeof got), FKV_OK);
+    cr_expect_eq(option(ODEV, "submits"), s0 + 2);
+    cr_assert_eq(fkv_op_finish(ODEV, FKV_QUEUE_COMPUTE), FKV_OK, "%s", fkv_last_error());
+    cr_expect_eq(option(ODEV, "submits"), s0 + 3);
+    cr_assert_eq(memcmp(got, b, sizeof b), 0);
+    fkv_op_buffer_free(ODEV, x);
+    fkv_op_buffer_free(ODEV, y);
 }

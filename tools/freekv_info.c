@@ -21,6 +21,9 @@ static void print_recall(const fkv_device_info *info) {
     const char *note = fkv_op_recall_note(d);
     printf("        recall %s%s%s%s\n", m < 3 ? modes[m] : "?", note[0] ? " (" : "", note,
            note[0] ? ")" : "");
+    char queues[256]; /* which hardware queues the backend chose, where it says */
+    if (fkv_op_get_option(d, "queues", queues, sizeof queues) == FKV_OK)
+        printf("        queues: %s\n", queues);
     fkv_device_close(d);
 }
 

@@ -176,21 +176,64 @@ static int has_device_ext(VkPhysicalDevice p, const char *name) {
     return found;
 }
 
-/* The dedicated transfer family (transfer, neither compute nor graphics), or UINT32_MAX. */
-static uint32_t families(VkPhysicalDevice p, uint32_t *compute) {
-    VkQueueFamilyProperties fp[16];
-    uint32_t n = 16, transfer = UINT32_MAX;
-    vkGetPhysicalDeviceQueueFamilyProperties(p, &n, fp);
-    *compute = UINT32_MAX;
+#define NO_FAMILY UINT32_MAX
+
+int fkv_vk_plan_queues(const VkQueueFamilyProperties *fp, uint32_t n, vk_queue_plan *plan) {
+    memset(plan, 0, sizeof *plan);
+    uint32_t compute = NO_FAMILY, async = NO_FAMILY, transfer = NO_FAMILY;
     for (uint32_t i = 0; i < n; i++) {
         VkQueueFlags f = fp[i].queueFlags;
-        if ((f & VK_QUEUE_COMPUTE_BIT) && *compute == UINT32_MAX)
-            *compute = i;
+        if (fp[i].queueCount == 0)
+            continue;
+        if ((f & VK_QUEUE_COMPUTE_BIT) && compute == NO_FAMILY)
+            compute = i;
+        else if ((f & VK_QUEUE_COMPUTE_BIT) && !(f & VK_QUEUE_GRAPHICS_BIT) && async == NO_FAMILY)
+            async = i;
+        /* transfer-only: copies run there beside the kernels (discrete AMD, NVIDIA) */
         if ((f & VK_QUEUE_TRANSFER_BIT) && !(f & (VK_QUEUE_COMPUTE_BIT | VK_QUEUE_GRAPHICS_BIT)) &&
-            transfer == UINT32_MAX)
+            transfer == NO_FAMILY)
             transfer = i;
     }
-    return transfer;
+    if (compute == NO_FAMILY)
+        return 0;
+    uint32_t used_compute = 1, used_async = 0;
+    plan->family[FKV_QUEUE_COMPUTE] = compute;
+    plan->index[FKV_QUEUE_COMPUTE] = 0;
+    plan->family[FKV_QUEUE_BACKGROUND] = compute; /* alone: shares COMPUTE's queue */
+    if (fp[compute].queueCount > used_compute)
+        plan->index[FKV_QUEUE_BACKGROUND] = used_compute++;
+    else if (async != NO_FAMILY)
+        plan->family[FKV_QUEUE_BACKGROUND] = async, plan->index[FKV_QUEUE_BACKGROUND] = used_async++;
+    plan->family[FKV_QUEUE_TRANSFER] = compute; /* alone: shares COMPUTE's queue */
+    if (transfer != NO_FAMILY)
+        plan->family[FKV_QUEUE_TRANSFER] = transfer;
+    else if (async != NO_FAMILY && fp[async].queueCount > used_async)
+        plan->family[FKV_QUEUE_TRANSFER] = async, plan->index[FKV_QUEUE_TRANSFER] = used_async++;
+    else if (fp[compute].queueCount > used_compute)
+        plan->index[FKV_QUEUE_TRANSFER] = used_compute++;
+    /* the distinct families, each with as many queues as the plan uses of it */
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
+        uint32_t k = 0;
+        while (k < plan->n_families && plan->families[k] != plan->family[q])
+            k++;
+        if (k == plan->n_families)
+            plan->families[plan->n_families++] = plan->family[q];
+        if (plan->count[k] < plan->index[q] + 1)
+            plan->count[k] = plan->index[q] + 1;
+    }
+    return 1;
+}
+
+/* The device's queue families (at most 16: no device exposes more) and the plan over them. */
+static int plan_device_queues(VkPhysicalDevice p, vk_queue_plan *plan) {
+    VkQueueFamilyProperties fp[16];
+    uint32_t n = 16;
+    vkGetPhysicalDeviceQueueFamilyProperties(p, &n, fp);
+    return fkv_vk_plan_queues(fp, n, plan);
+}
+
+static int same_queue(const vk_queue_plan *plan, fkv_queue a, fkv_queue b) {
+    return plan->family[a] == plan->family[b] && plan->index[a] == plan->index[b];
 }
 
 /* The largest single buffer: maxMemoryAllocationSize, and maxBufferSize where the device has
@@ -246,11 +289,11 @@ static void fill_info(VkPhysicalDevice p, uint32_t index, fkv_device_info *info)
     if (info->memory_bytes && info->max_buffer_bytes > info->memory_bytes)
         info->max_buffer_bytes = info->memory_bytes;
 
-    uint32_t compute;
+    vk_queue_plan plan;
     int cpu = info->type == FKV_DEVICE_CPU;
     info->caps = FKV_CAP_ASYNC_COPY | FKV_CAP_DEVICE_WAIT | FKV_CAP_FP16_STORAGE |
                  FKV_CAP_MULTI_REGION_COPY;
-    if (families(p, &compute) != UINT32_MAX)
+    if (plan_device_queues(p, &plan) && !same_queue(&plan, FKV_QUEUE_TRANSFER, FKV_QUEUE_COMPUTE))
         info->caps |= FKV_CAP_SEPARATE_TRANSFER_QUEUE;
     if (!cpu)
         info->caps |= FKV_CAP_PINNED_HOST;
@@ -311,6 +354,8 @@ static void vk_device_close(fkv_bdev *d) {
     if (d == NULL)
         return;
     if (d->dev) {
+        for (int q = 0; q < FKV_QUEUE_COUNT; q++) /* what was recorded runs, as if submitted */
+            fkv_vk_flush(d, (fkv_queue)q);
         vkDeviceWaitIdle(d->dev);
         fkv_vk_sweep_reads(d);
         for (uint32_t i = 0; i < d->n_reads; i++) /* unreachable values: never submitted */
@@ -345,6 +390,40 @@ static void vk_device_close(fkv_bdev *d) {
     free(d);
 }
 
+/* The device's compute units (split decisions fill them), from the vendor extension that
+ * exposes them; Vulkan has no portable count, so otherwise a guess that fills the device's
+ * queue. `source` names where the figure came from (option compute_units_source). A struct is
+ * chained only when the device has its extension. */
+static uint32_t compute_units(VkPhysicalDevice p, int is_cpu, const char **source) {
+    VkPhysicalDeviceShaderCorePropertiesAMD amd = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_CORE_PROPERTIES_AMD};
+    VkPhysicalDeviceShaderSMBuiltinsPropertiesNV nv = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_SM_BUILTINS_PROPERTIES_NV};
+    VkPhysicalDeviceShaderCoreBuiltinsPropertiesARM arm = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_CORE_BUILTINS_PROPERTIES_ARM};
+    VkPhysicalDeviceProperties2 pr = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2};
+    uint32_t n = 0;
+    if (has_device_ext(p, VK_AMD_SHADER_CORE_PROPERTIES_EXTENSION_NAME)) {
+        pr.pNext = &amd;
+        vkGetPhysicalDeviceProperties2(p, &pr);
+        n = amd.shaderEngineCount * amd.shaderArraysPerEngineCount * amd.computeUnitsPerShaderArray;
+        *source = VK_AMD_SHADER_CORE_PROPERTIES_EXTENSION_NAME;
+    } else if (has_device_ext(p, VK_NV_SHADER_SM_BUILTINS_EXTENSION_NAME)) {
+        pr.pNext = &nv;
+        vkGetPhysicalDeviceProperties2(p, &pr);
+        n = nv.shaderSMCount;
+        *source = VK_NV_SHADER_SM_BUILTINS_EXTENSION_NAME;
+    } else if (has_device_ext(p, VK_ARM_SHADER_CORE_BUILTINS_EXTENSION_NAME)) {
+        pr.pNext = &arm;
+        vkGetPhysicalDeviceProperties2(p, &pr);
+        n = arm.shaderCoreCount;
+        *source = VK_ARM_SHADER_CORE_BUILTINS_EXTENSION_NAME;
+    }
+    if (n == 0) { /* no extension (Intel has none, nor lavapipe), or it said 0 */
+        n = is_cpu ? 16 : 64;
+        *source = is_cpu ? "default for a CPU device (no extension exposes a count)"
+                         : "default for a GPU (no extension exposes a count)";
+    }
+    return n;
+}
+
 static fkv_status create_device(fkv_bdev *d, int want_s16) {
     VkPhysicalDeviceProperties props;
     vkGetPhysicalDeviceProperties(d->phys, &props);
@@ -370,8 +449,7 @@ static fkv_status create_device(fkv_bdev *d, int want_s16) {
     d->max_shared = props.limits.maxComputeSharedMemorySize;
     d->max_shared_device = d->max_shared;
     d->subgroup = sg.subgroupSize ? sg.subgroupSize : 1;
-    /* Vulkan has no portable compute-unit count: a guess that fills the device's queue. */
-    d->compute_units = d->is_cpu ? 16 : 64;
+    d->compute_units = compute_units(d->phys, d->is_cpu, &d->compute_units_source);
 
     VkPhysicalDevice16BitStorageFeatures f16 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES};
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &f16};
@@ -393,52 +471,55 @@ static fkv_status create_device(fkv_bdev *d, int want_s16) {
                                                              : 4096;
     }
 
-    uint32_t compute, transfer = families(d->phys, &compute);
-    if (compute == UINT32_MAX)
+    vk_queue_plan plan;
+    if (!plan_device_queues(d->phys, &plan))
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan: device '%s' has no compute queue",
                          d->info.name);
-    VkQueueFamilyProperties fp[16];
-    uint32_t nf = 16;
-    vkGetPhysicalDeviceQueueFamilyProperties(d->phys, &nf, fp);
-    /* COMPUTE and BACKGROUND on separate queues of the compute family when it has two. */
-    uint32_t n_compute_queues = fp[compute].queueCount >= 2 ? 2 : 1;
-    float prio[2] = {1.0f, 1.0f};
-    VkDeviceQueueCreateInfo qi[2] = {
-        {VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, NULL, 0, compute, n_compute_queues, prio},
-        {VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO, NULL, 0, transfer, 1, prio}};
-    uint32_t n_qi = transfer != UINT32_MAX ? 2 : 1;
-    VkDeviceCreateInfo ci = {VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, &en, 0, n_qi, qi, 0, NULL,
-                             n_exts, exts, NULL};
+    float prio[FKV_QUEUE_COUNT] = {1.0f, 1.0f, 1.0f};
+    VkDeviceQueueCreateInfo qi[FKV_QUEUE_COUNT];
+    for (uint32_t k = 0; k < plan.n_families; k++)
+        qi[k] = (VkDeviceQueueCreateInfo){.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
+                                          .queueFamilyIndex = plan.families[k],
+                                          .queueCount = plan.count[k],
+                                          .pQueuePriorities = prio};
+    VkDeviceCreateInfo ci = {VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, &en, 0, plan.n_families, qi, 0,
+                             NULL, n_exts, exts, NULL};
     VkResult r = vkCreateDevice(d->phys, &ci, NULL, &d->dev);
     if (r != VK_SUCCESS)
         return fkv_vk_fail(r, "vkCreateDevice");
     if (d->ext_host)
         d->get_host_ptr_props = (PFN_vkGetMemoryHostPointerPropertiesEXT)vkGetDeviceProcAddr(
             d->dev, "vkGetMemoryHostPointerPropertiesEXT");
-    d->families[0] = compute;
-    d->n_families = 1;
-    if (transfer != UINT32_MAX) {
-        d->families[d->n_families++] = transfer;
-        d->concurrent = 1;
-    }
-    for (uint32_t i = 0; i < n_compute_queues; i++) {
-        vkGetDeviceQueue(d->dev, compute, i, &d->hw[d->n_hw].queue);
-        d->hw[d->n_hw].family = compute;
-        pthread_mutex_init(&d->hw[d->n_hw++].lock, NULL);
-    }
-    uint32_t thw = 0;
+    /* No ownership transfers between families: buffers are shared concurrently. */
+    for (uint32_t k = 0; k < plan.n_families; k++)
+        d->families[k] = plan.families[k];
+    d->n_families = plan.n_families;
+    d->concurrent = plan.n_families > 1;
+    static const char *const qnames[FKV_QUEUE_COUNT] = {
+        [FKV_QUEUE_COMPUTE] = "compute", [FKV_QUEUE_TRANSFER] = "transfer",
+        [FKV_QUEUE_BACKGROUND] = "background"};
+    static const fkv_queue order[FKV_QUEUE_COUNT] = {FKV_QUEUE_COMPUTE, FKV_QUEUE_BACKGROUND,
+                                                     FKV_QUEUE_TRANSFER};
+    size_t len = 0;
     fkv_status st;
-    if (transfer != UINT32_MAX) {
-        thw = d->n_hw;
-        vkGetDeviceQueue(d->dev, transfer, 0, &d->hw[d->n_hw].queue);
-        d->hw[d->n_hw].family = transfer;
-        pthread_mutex_init(&d->hw[d->n_hw++].lock, NULL);
-    }
-    for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
-        vk_hwqueue *hw = &d->hw[q == FKV_QUEUE_TRANSFER     ? thw
-                                : q == FKV_QUEUE_BACKGROUND ? n_compute_queues - 1
-                                                            : 0];
-        if ((st = fkv_vk_fqueue_init(d, &d->q[q], hw, q != FKV_QUEUE_TRANSFER)) != FKV_OK)
+    for (int i = 0; i < FKV_QUEUE_COUNT; i++) {
+        fkv_queue q = order[i];
+        uint32_t h = 0; /* one vk_hwqueue per distinct (family, index) */
+        while (h < d->n_hw && !(d->hw[h].family == plan.family[q] && d->hw[h].index == plan.index[q]))
+            h++;
+        int shared = h < d->n_hw;
+        if (!shared) {
+            vkGetDeviceQueue(d->dev, plan.family[q], plan.index[q], &d->hw[h].queue);
+            d->hw[h].family = plan.family[q];
+            d->hw[h].index = plan.index[q];
+            pthread_mutex_init(&d->hw[d->n_hw++].lock, NULL);
+        }
+        if (len < sizeof d->queue_note)
+            len += (size_t)snprintf(d->queue_note + len, sizeof d->queue_note - len,
+                                    "%s%s family %u queue %u%s", i ? ", " : "", qnames[q],
+                                    plan.family[q], plan.index[q],
+                                    shared ? " (shared)" : "");
+        if ((st = fkv_vk_fqueue_init(d, &d->q[q], &d->hw[h], q != FKV_QUEUE_TRANSFER)) != FKV_OK)
             return st;
     }
     return FKV_OK;
@@ -550,7 +631,8 @@ static const char *const settable[] = {"attention_splits", "window_bytes", "shar
 static const char *const readable[] = {
     "attention_splits", "window_bytes",     "shared_memory_bytes", "allocation_limit",
     "live_allocations", "validation_errors", "subgroup_size",      "storage_16bit",
-    "import_host",      "perpage_copies",   NULL};
+    "import_host",      "perpage_copies",   "queues",              "compute_units",
+    "compute_units_source", "allocations", "submits", NULL};
 
 static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value) {
     uint64_t v = 0;
@@ -578,6 +660,16 @@ static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value)
 
 static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t size) {
     uint64_t v;
+    const char *text = strcmp(key, "queues") == 0                 ? d->queue_note
+                       : strcmp(key, "compute_units_source") == 0 ? d->compute_units_source
+                                                                  : NULL;
+    if (text) {
+        int n = snprintf(out, size, "%s", text);
+        if (n < 0 || (size_t)n >= size)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "vulkan option %s: %zu bytes are too few for '%s'", key, size, text);
+        return FKV_OK;
+    }
     if (strcmp(key, "attention_splits") == 0)
         v = d->forced_splits;
     else if (strcmp(key, "window_bytes") == 0)
@@ -588,6 +680,10 @@ static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t 
         v = d->max_allocs;
     else if (strcmp(key, "live_allocations") == 0)
         v = atomic_load(&d->live_allocs);
+    else if (strcmp(key, "allocations") == 0)
+        v = atomic_load(&d->total_allocs);
+    else if (strcmp(key, "submits") == 0)
+        v = atomic_load(&d->submits);
     else if (strcmp(key, "validation_errors") == 0)
         v = atomic_load(&d->validation_errors);
     else if (strcmp(key, "subgroup_size") == 0)
@@ -598,6 +694,8 @@ static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t 
         v = (uint64_t)d->import_host;
     else if (strcmp(key, "perpage_copies") == 0)
         v = (uint64_t)d->perpage_cmds;
+    else if (strcmp(key, "compute_units") == 0)
+        v = d->compute_units;
     else
         return fkv_option_unknown("vulkan", "readable", key, readable);
     return fkv_option_print_uint("vulkan", key, v, out, size);

@@ -40,7 +40,17 @@ typedef struct vk_temp {
     VkBuffer buf;
     VkDeviceMemory mem;
     void *ptr; /* mapped, or NULL */
+    VkDeviceSize size;
+    int host_visible;
 } vk_temp;
+
+/* Grow-only scratch of one kind (device-local or host-visible) on one queue: the buffers not
+ * in use, kept until the device closes. Taking one allocates only when none is large enough
+ * (growth), so steady state allocates nothing. The owner locks it (its queue's lock). */
+typedef struct vk_scratch {
+    vk_temp *free;
+    uint32_t n, cap;
+} vk_scratch;
 
 /* One submitted command buffer and what must live until it completes. */
 typedef struct vk_record {
@@ -54,7 +64,7 @@ typedef struct vk_record {
 
 typedef struct vk_hwqueue {
     VkQueue queue;
-    uint32_t family;
+    uint32_t family, index;
     pthread_mutex_t lock; /* vkQueueSubmit needs external synchronisation */
 } vk_hwqueue;
 
@@ -65,13 +75,30 @@ typedef struct vk_fqueue {
     pthread_mutex_t lock;
     vk_hwqueue *hw;
     VkSemaphore timeline;
-    uint64_t last; /* value of the last submission */
+    uint64_t last;      /* value of the last command recorded */
+    uint64_t submitted; /* value of the last command submitted (<= last) */
+    /* Commands recorded but not yet submitted: one vkQueueSubmit takes them all, waiting for
+     * the cross-queue waits of its first command and signalling `last` (fkv_vk_flush). */
+    VkCommandBuffer *pend_cbs;
+    uint32_t n_pend_cbs, cap_pend_cbs, n_pend_ops;
+    VkSemaphore *pend_sems;
+    uint64_t *pend_vals;
+    VkPipelineStageFlags *pend_stages;
+    uint32_t n_pend_waits, cap_pend_waits;
+    /* values handed out (events, staged reads): the pending commands up to mark_cbs[i] are
+     * one batch of the submission that signals mark_vals[i] */
+    uint32_t *mark_cbs;
+    uint64_t *mark_vals;
+    uint32_t n_marks, cap_marks;
+    VkSubmitInfo *pend_si;
+    VkTimelineSemaphoreSubmitInfo *pend_ti;
     VkCommandPool pool;
     VkDescriptorPool dpool;
     vk_record *inflight; /* FIFO, oldest first */
     uint32_t n_inflight, cap_inflight;
     VkCommandBuffer *free_cbs;
     uint32_t n_free, cap_free;
+    vk_scratch scratch[2]; /* [host_visible]: temporaries of this queue's commands */
 } vk_fqueue;
 
 typedef struct vk_pipe {
@@ -81,6 +108,7 @@ typedef struct vk_pipe {
 
 /* A read into ordinary host memory: staged, copied out once its value is reached. */
 typedef struct vk_pending_read {
+    struct vk_fqueue *fq; /* whose scratch `temp` goes back to */
     VkSemaphore sem;
     uint64_t value;
     vk_temp temp;
@@ -121,16 +149,18 @@ struct fkv_bdev {
     VkPhysicalDeviceMemoryProperties mem_props;
     VkDeviceSize max_range, max_alloc, align, import_align;
     uint32_t max_groups[3], max_wg, max_shared, subgroup, compute_units;
+    const char *compute_units_source; /* the extension compute_units came from, or a default */
     uint32_t max_shared_device; /* the device's own figure (shared_memory_bytes may lower
                                    max_shared) */
     int s16;      /* 16-bit storage in use */
     int ext_host; /* VK_EXT_external_memory_host enabled */
     int concurrent; /* more than one queue family: buffers are shared concurrently */
-    uint32_t families[2], n_families;
+    uint32_t families[FKV_QUEUE_COUNT], n_families;
     PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;
 
-    vk_hwqueue hw[3];
+    vk_hwqueue hw[FKV_QUEUE_COUNT];
     uint32_t n_hw;
+    char queue_note[192]; /* which VkQueue each fkv_queue runs on (option "queues") */
     vk_fqueue q[FKV_QUEUE_COUNT];
 
     fkv_recall_mode recall;
@@ -142,6 +172,8 @@ struct fkv_bdev {
      * allocation_limit may lower it below the device's max_allocs_device) */
     atomic_uint live_allocs;
     uint32_t max_allocs, max_allocs_device;
+    atomic_uint total_allocs; /* vkAllocateMemory calls that succeeded (option allocations) */
+    atomic_uint submits;      /* vkQueueSubmit calls (option submits) */
 
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;
@@ -154,7 +186,7 @@ struct fkv_bdev {
 
     pthread_mutex_t read_lock;
     vk_pending_read *reads;
-    uint32_t n_reads, cap_reads;
+    uint32_t n_reads, cap_reads, reads_reserved;
 
     pthread_mutex_t host_lock;
     fkv_bhost **hosts;
@@ -181,6 +213,14 @@ fkv_status fkv_vk_fail(VkResult r, const char *what);
 fkv_status fkv_vk_temp_alloc(fkv_bdev *d, VkDeviceSize size, int host_visible, VkBufferUsageFlags usage,
                              vk_temp *t);
 void fkv_vk_temp_free(fkv_bdev *d, vk_temp *t);
+/* A buffer of at least `size` bytes from s (the smallest free one that fits), else a new one
+ * (sizes round up to a power of two within maxStorageBufferRange, replacing the largest free
+ * one too small), so that repeated sizes reuse buffers. */
+fkv_status fkv_vk_scratch_take(fkv_bdev *d, vk_scratch *s, VkDeviceSize size, int host_visible,
+                               vk_temp *out);
+/* Back to s for reuse (freed if the list cannot grow). */
+void fkv_vk_scratch_give(fkv_bdev *d, vk_scratch *s, vk_temp *t);
+void fkv_vk_scratch_destroy(fkv_bdev *d, vk_scratch *s);
 fkv_status fkv_vk_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out);
 void fkv_vk_buffer_free(fkv_bdev *d, fkv_bbuf *b);
 fkv_status fkv_vk_buffer_import(fkv_bdev *d, void *native, size_t size, fkv_bbuf **out);
@@ -207,8 +247,13 @@ typedef struct vk_cmd {
 fkv_status fkv_vk_cmd_begin(fkv_bdev *d, fkv_queue q, int marker, vk_cmd *c);
 fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_temp *out);
 fkv_status fkv_vk_cmd_set(vk_cmd *c, VkDescriptorSet *out);
-/* Ends, submits after deps.wait and the queue's previous submission, unlocks. */
+/* Ends the command buffer and queues it after deps.wait and the queue's previous command,
+ * unlocks. It is submitted with the queue's neighbouring commands in one vkQueueSubmit: when
+ * something waits on it or a later command (event_wait, a command of another queue, finish),
+ * before a command of this queue that waits on another queue, or at 64 commands. */
 fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_out);
+/* Submits the queue's recorded commands (no-op when none). */
+fkv_status fkv_vk_flush(fkv_bdev *d, fkv_queue q);
 void fkv_vk_cmd_abort(vk_cmd *c);
 static inline void fkv_vk_clear_done(const fkv_deps *deps) {
     if (deps->done)
@@ -274,5 +319,19 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                                 const fkv_bhost *host, uint32_t n_units, const uint64_t *units_host,
                                 const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
                                 fkv_bbuf *vpool);
+
+/* ---- device (vk_device.c) ---- */
+/* Which VkQueue each fkv_queue runs on: a pure function of the device's queue families, so
+ * tests run it over synthetic lists. COMPUTE takes queue 0 of the first compute family;
+ * BACKGROUND a second queue of that family, else an async-compute family (compute without
+ * graphics), else COMPUTE's queue; TRANSFER a transfer-only family, else an unused queue of a
+ * compute family, else COMPUTE's queue. */
+typedef struct vk_queue_plan {
+    uint32_t family[FKV_QUEUE_COUNT], index[FKV_QUEUE_COUNT]; /* by fkv_queue */
+    /* the distinct families, to create with count[i] queues each */
+    uint32_t families[FKV_QUEUE_COUNT], count[FKV_QUEUE_COUNT], n_families;
+} vk_queue_plan;
+/* 0 when no family has compute. */
+int fkv_vk_plan_queues(const VkQueueFamilyProperties *fp, uint32_t n, vk_queue_plan *plan);
 
 #endif

@@ -105,6 +105,8 @@ static fkv_status make_buffer(fkv_bdev *d, VkDeviceSize size, int host_visible,
     r = vkAllocateMemory(d->dev, &ai, NULL, mem);
     if (r != VK_SUCCESS)
         uncount_alloc(d); /* nothing was allocated */
+    else
+        atomic_fetch_add(&d->total_allocs, 1u);
     if (r == VK_SUCCESS)
         r = vkBindBufferMemory(d->dev, *buf, *mem, 0);
     if (r == VK_SUCCESS && host_visible)
@@ -125,8 +127,64 @@ static fkv_status make_buffer(fkv_bdev *d, VkDeviceSize size, int host_visible,
 
 fkv_status fkv_vk_temp_alloc(fkv_bdev *d, VkDeviceSize size, int host_visible,
                              VkBufferUsageFlags usage, vk_temp *t) {
-    return make_buffer(d, size ? size : 4, host_visible, usage ? usage : ALL_USAGE, &t->buf,
-                       &t->mem, &t->ptr);
+    t->size = size ? size : 4;
+    t->host_visible = host_visible;
+    return make_buffer(d, t->size, host_visible, usage ? usage : ALL_USAGE, &t->buf, &t->mem,
+                       &t->ptr);
+}
+
+fkv_status fkv_vk_scratch_take(fkv_bdev *d, vk_scratch *s, VkDeviceSize size, int host_visible,
+                               vk_temp *out) {
+    uint32_t fit = UINT32_MAX, small = UINT32_MAX;
+    for (uint32_t i = 0; i < s->n; i++) {
+        if (s->free[i].size >= size) {
+            if (fit == UINT32_MAX || s->free[i].size < s->free[fit].size)
+                fit = i;
+        } else if (small == UINT32_MAX || s->free[i].size > s->free[small].size) {
+            small = i;
+        }
+    }
+    if (fit != UINT32_MAX) {
+        *out = s->free[fit];
+        s->free[fit] = s->free[--s->n];
+        return FKV_OK;
+    }
+    VkDeviceSize grown = 256;
+    while (grown < size)
+        grown *= 2;
+    /* whole-buffer bindings of what fits one binding must stay within one */
+    if (grown > d->max_range && size <= d->max_range)
+        grown = d->max_range;
+    if (grown > d->max_alloc)
+        grown = size;
+    fkv_status st = fkv_vk_temp_alloc(d, grown, host_visible, 0, out);
+    if (st == FKV_OK && small != UINT32_MAX) { /* growth replaces: the count stays put */
+        fkv_vk_temp_free(d, &s->free[small]);
+        s->free[small] = s->free[--s->n];
+    }
+    return st;
+}
+
+void fkv_vk_scratch_give(fkv_bdev *d, vk_scratch *s, vk_temp *t) {
+    if (s->n == s->cap) {
+        uint32_t cap = s->cap ? 2 * s->cap : 8;
+        vk_temp *n = realloc(s->free, cap * sizeof *n);
+        if (n == NULL) {
+            fkv_vk_temp_free(d, t);
+            return;
+        }
+        s->free = n;
+        s->cap = cap;
+    }
+    s->free[s->n++] = *t;
+    memset(t, 0, sizeof *t);
+}
+
+void fkv_vk_scratch_destroy(fkv_bdev *d, vk_scratch *s) {
+    for (uint32_t i = 0; i < s->n; i++)
+        fkv_vk_temp_free(d, &s->free[i]);
+    free(s->free);
+    memset(s, 0, sizeof *s);
 }
 
 void fkv_vk_temp_free(fkv_bdev *d, vk_temp *t) {
@@ -263,6 +321,8 @@ static fkv_status import_host(fkv_bdev *d, fkv_bhost *h) {
         r = vkAllocateMemory(d->dev, &ai, NULL, &h->mem);
         if (r != VK_SUCCESS)
             uncount_alloc(d);
+        else
+            atomic_fetch_add(&d->total_allocs, 1u);
         if (r == VK_SUCCESS)
             r = vkBindBufferMemory(d->dev, h->buf, h->mem, 0);
         if (r != VK_SUCCESS)

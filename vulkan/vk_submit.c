@@ -1,9 +1,13 @@
 /* The Vulkan backend's submission: per-queue timelines, command recording and submission,
  * events, markers, finish, and the copies.
  *
- * Every fkv_queue has its own timeline semaphore; each command is one submission that waits
- * for its wait list and the queue's previous value and signals the next one, so a queue is in
- * order whichever VkQueue it runs on (lavapipe has one). An event is (semaphore, value).
+ * Every fkv_queue has its own timeline semaphore and gives each command the next value.
+ * Consecutive commands of a queue are recorded into command buffers that one vkQueueSubmit
+ * takes together (each after a memory barrier on what came before it), waiting for the queue's
+ * previous submission and the cross-queue waits of its first command, and signalling the last
+ * command's value, which reaches every earlier one's. So a queue is in order whichever VkQueue
+ * it runs on (lavapipe has one). An event is (semaphore, value); waiting on one whose command
+ * is still recorded (event_wait, a command of another queue) submits its queue first.
  * Copies from or to host_alloc memory use its VkBuffer directly; other host memory goes
  * through a staging buffer (writes copy at enqueue, which the interface allows: the source
  * must stay unmodified until completion; reads are copied out by whoever next waits).
@@ -47,8 +51,8 @@ fkv_status fkv_vk_fqueue_init(fkv_bdev *d, vk_fqueue *fq, vk_hwqueue *hw, int ke
 static void record_release(fkv_bdev *d, vk_fqueue *fq, vk_record *r, int reuse_cb) {
     if (r->n_sets)
         vkFreeDescriptorSets(d->dev, fq->dpool, r->n_sets, r->sets);
-    for (uint32_t i = 0; i < r->n_temps; i++)
-        fkv_vk_temp_free(d, &r->temps[i]);
+    for (uint32_t i = 0; i < r->n_temps; i++) /* back to the queue's scratch */
+        fkv_vk_scratch_give(d, &fq->scratch[r->temps[i].host_visible != 0], &r->temps[i]);
     free(r->sets);
     free(r->temps);
     if (r->cb) {
@@ -69,6 +73,16 @@ void fkv_vk_fqueue_destroy(fkv_bdev *d, vk_fqueue *fq) {
     if (fq->n_free && fq->pool)
         vkFreeCommandBuffers(d->dev, fq->pool, fq->n_free, fq->free_cbs);
     free(fq->free_cbs);
+    free(fq->pend_cbs);
+    free(fq->pend_sems);
+    free(fq->pend_vals);
+    free(fq->pend_stages);
+    free(fq->mark_cbs);
+    free(fq->mark_vals);
+    free(fq->pend_si);
+    free(fq->pend_ti);
+    for (int k = 0; k < 2; k++)
+        fkv_vk_scratch_destroy(d, &fq->scratch[k]);
     if (fq->dpool)
         vkDestroyDescriptorPool(d->dev, fq->dpool, NULL);
     if (fq->pool)
@@ -92,13 +106,80 @@ static void reclaim(fkv_bdev *d, vk_fqueue *fq) {
     }
 }
 
+/* Submits fq's recorded commands in one vkQueueSubmit (the caller holds fq->lock): after the
+ * cross-queue waits of the first and the queue's previous submission, signalling the last
+ * command's value (which reaches every earlier one's). */
+static fkv_status flush_locked(fkv_bdev *d, vk_fqueue *fq) {
+    if (fq->n_pend_ops == 0)
+        return FKV_OK;
+    uint32_t n = fq->n_pend_waits; /* room for one more: reserve_pending */
+    if (fq->submitted) {
+        fq->pend_sems[n] = fq->timeline;
+        fq->pend_vals[n] = fq->submitted;
+        fq->pend_stages[n++] = VK_PIPELINE_STAGE_ALL_COMMANDS_BIT;
+    }
+    /* One batch per value handed out (an event, a staged read's) and one for the last: every
+     * value anyone waits on is signalled exactly (a wait between two signalled values times
+     * out in the validation layer 1.3.239, whatever the spec says). Room: reserve_pending. */
+    uint64_t value = fq->last;
+    if (fq->n_marks == 0 || fq->mark_vals[fq->n_marks - 1] != value) {
+        fq->mark_cbs[fq->n_marks] = fq->n_pend_cbs;
+        fq->mark_vals[fq->n_marks++] = value;
+    }
+    uint32_t first_cb = 0;
+    for (uint32_t k = 0; k < fq->n_marks; k++) {
+        fq->pend_ti[k] = (VkTimelineSemaphoreSubmitInfo){
+            .sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
+            .waitSemaphoreValueCount = k ? 0 : n,
+            .pWaitSemaphoreValues = fq->pend_vals,
+            .signalSemaphoreValueCount = 1,
+            .pSignalSemaphoreValues = &fq->mark_vals[k]};
+        fq->pend_si[k] = (VkSubmitInfo){.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
+                                        .pNext = &fq->pend_ti[k],
+                                        .waitSemaphoreCount = k ? 0 : n,
+                                        .pWaitSemaphores = fq->pend_sems,
+                                        .pWaitDstStageMask = fq->pend_stages,
+                                        .commandBufferCount = fq->mark_cbs[k] - first_cb,
+                                        .pCommandBuffers = fq->pend_cbs + first_cb,
+                                        .signalSemaphoreCount = 1,
+                                        .pSignalSemaphores = &fq->timeline};
+        first_cb = fq->mark_cbs[k];
+    }
+    pthread_mutex_lock(&fq->hw->lock);
+    VkResult r = vkQueueSubmit(fq->hw->queue, fq->n_marks, fq->pend_si, VK_NULL_HANDLE);
+    pthread_mutex_unlock(&fq->hw->lock);
+    atomic_fetch_add(&d->submits, 1u);
+    fkv_status st = FKV_OK;
+    if (r != VK_SUCCESS) {
+        st = fkv_vk_fail(r, "vkQueueSubmit");
+        /* The commands never run: reach their values from the host, so that no wait hangs. */
+        VkSemaphoreSignalInfo sg = {VK_STRUCTURE_TYPE_SEMAPHORE_SIGNAL_INFO, NULL, fq->timeline,
+                                    value};
+        vkSignalSemaphore(d->dev, &sg);
+    }
+    fq->submitted = value;
+    fq->n_pend_cbs = fq->n_pend_ops = fq->n_pend_waits = fq->n_marks = 0;
+    return st;
+}
+
+fkv_status fkv_vk_flush(fkv_bdev *d, fkv_queue q) {
+    vk_fqueue *fq = &d->q[q];
+    pthread_mutex_lock(&fq->lock);
+    fkv_status st = flush_locked(d, fq);
+    pthread_mutex_unlock(&fq->lock);
+    return st;
+}
+
 /* Waits for the oldest submission of fq and reclaims (the caller holds fq->lock): bounds the
  * descriptor sets in flight. 0 when nothing was in flight. */
 static int wait_oldest(fkv_bdev *d, vk_fqueue *fq) {
     if (fq->n_inflight == 0)
         return 0;
+    if (flush_locked(d, fq) != FKV_OK)
+        return 0;
+    /* the last submitted value: the oldest one's may not be signalled itself */
     VkSemaphoreWaitInfo wi = {VK_STRUCTURE_TYPE_SEMAPHORE_WAIT_INFO, NULL, 0, 1, &fq->timeline,
-                              &fq->inflight[0].value};
+                              &fq->submitted};
     if (vkWaitSemaphores(d->dev, &wi, UINT64_MAX) != VK_SUCCESS)
         return 0;
     reclaim(d, fq);
@@ -126,6 +207,15 @@ fkv_status fkv_vk_cmd_begin(fkv_bdev *d, fkv_queue q, int marker, vk_cmd *c) {
                                    VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT, NULL};
     if (r == VK_SUCCESS)
         r = vkBeginCommandBuffer(c->rec.cb, &bi);
+    if (r == VK_SUCCESS) {
+        /* after the commands recorded before it in the same submission, as the timeline wait
+         * orders it after earlier submissions (recorded whether or not commands are pending
+         * now: cmd_submit may let other threads record before it queues this one) */
+        VkMemoryBarrier mb = {VK_STRUCTURE_TYPE_MEMORY_BARRIER, NULL, VK_ACCESS_MEMORY_WRITE_BIT,
+                              VK_ACCESS_MEMORY_READ_BIT | VK_ACCESS_MEMORY_WRITE_BIT};
+        vkCmdPipelineBarrier(c->rec.cb, VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
+                             VK_PIPELINE_STAGE_ALL_COMMANDS_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    }
     if (r != VK_SUCCESS) {
         fkv_vk_cmd_abort(c);
         return fkv_vk_fail(r, "starting a command buffer");
@@ -133,17 +223,27 @@ fkv_status fkv_vk_cmd_begin(fkv_bdev *d, fkv_queue q, int marker, vk_cmd *c) {
     return FKV_OK;
 }
 
+/* Room for `need` elements of `size` bytes in *arr (capacity *cap, doubled from `first`). */
+static int reserve(void *arr, uint32_t *cap, uint32_t need, size_t size, uint32_t first) {
+    if (need <= *cap)
+        return 1;
+    uint32_t n = *cap ? *cap : first;
+    while (n < need)
+        n *= 2;
+    void *p = realloc(*(void **)arr, (size_t)n * size);
+    if (p == NULL)
+        return 0;
+    *(void **)arr = p;
+    *cap = n;
+    return 1;
+}
+
 fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_temp *out) {
     vk_record *r = &c->rec;
-    if (r->n_temps == r->cap_temps) {
-        uint32_t cap = r->cap_temps ? 2 * r->cap_temps : 4;
-        vk_temp *n = realloc(r->temps, cap * sizeof *n);
-        if (n == NULL)
-            return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: temporary list");
-        r->temps = n;
-        r->cap_temps = cap;
-    }
-    fkv_status st = fkv_vk_temp_alloc(c->d, size, host_visible, 0, &r->temps[r->n_temps]);
+    if (!reserve(&r->temps, &r->cap_temps, r->n_temps + 1, sizeof *r->temps, 4))
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: temporary list");
+    fkv_status st = fkv_vk_scratch_take(c->d, &c->fq->scratch[host_visible != 0], size,
+                                        host_visible, &r->temps[r->n_temps]);
     if (st != FKV_OK)
         return st;
     *out = r->temps[r->n_temps++];
@@ -152,14 +252,8 @@ fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_te
 
 fkv_status fkv_vk_cmd_set(vk_cmd *c, VkDescriptorSet *out) {
     vk_record *r = &c->rec;
-    if (r->n_sets == r->cap_sets) {
-        uint32_t cap = r->cap_sets ? 2 * r->cap_sets : 4;
-        VkDescriptorSet *n = realloc(r->sets, cap * sizeof *n);
-        if (n == NULL)
-            return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: descriptor set list");
-        r->sets = n;
-        r->cap_sets = cap;
-    }
+    if (!reserve(&r->sets, &r->cap_sets, r->n_sets + 1, sizeof *r->sets, 4))
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: descriptor set list");
     VkDescriptorSetAllocateInfo ai = {VK_STRUCTURE_TYPE_DESCRIPTOR_SET_ALLOCATE_INFO, NULL,
                                       c->fq->dpool, 1, &c->d->dsl};
     VkResult res;
@@ -178,37 +272,83 @@ void fkv_vk_cmd_abort(vk_cmd *c) {
     pthread_mutex_unlock(&c->fq->lock);
 }
 
+/* Room for one more pending command buffer and `waits` more pending waits (+1 for the
+ * previous submission, added by flush_locked). */
+static fkv_status reserve_pending(vk_fqueue *fq, uint32_t waits) {
+    if (!reserve(&fq->pend_cbs, &fq->cap_pend_cbs, fq->n_pend_cbs + 1, sizeof *fq->pend_cbs, 16))
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: pending command buffers");
+    /* three arrays of one capacity: each grows from the same old one */
+    uint32_t need = fq->n_pend_waits + waits + 1, cap = fq->cap_pend_waits, c2 = cap, c3 = cap;
+    if (!reserve(&fq->pend_sems, &cap, need, sizeof *fq->pend_sems, 16) ||
+        !reserve(&fq->pend_vals, &c2, need, sizeof *fq->pend_vals, 16) ||
+        !reserve(&fq->pend_stages, &c3, need, sizeof *fq->pend_stages, 16))
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: wait list");
+    fq->cap_pend_waits = cap;
+    /* a mark per value handed out, one for the last, a batch each */
+    need = fq->n_marks + 2, cap = c2 = c3 = fq->cap_marks;
+    uint32_t c4 = cap;
+    if (!reserve(&fq->mark_cbs, &cap, need, sizeof *fq->mark_cbs, 8) ||
+        !reserve(&fq->mark_vals, &c2, need, sizeof *fq->mark_vals, 8) ||
+        !reserve(&fq->pend_si, &c3, need, sizeof *fq->pend_si, 8) ||
+        !reserve(&fq->pend_ti, &c4, need, sizeof *fq->pend_ti, 8))
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: submission batches");
+    fq->cap_marks = cap;
+    return FKV_OK;
+}
+
+#define PENDING_MAX 64 /* commands per submission at most */
+
+/* The queue whose timeline e is on. */
+static vk_fqueue *owner(fkv_bdev *d, const vk_event *e) {
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++)
+        if (d->q[q].timeline == e->sem)
+            return &d->q[q];
+    return NULL;
+}
+
+/* Submits what e's queue has recorded up to e, if it has not yet (takes that queue's lock:
+ * the caller holds none). */
+static fkv_status flush_to(fkv_bdev *d, const vk_event *e) {
+    vk_fqueue *fq = owner(d, e);
+    fkv_status st = FKV_OK;
+    if (fq) {
+        pthread_mutex_lock(&fq->lock);
+        if (e->value > fq->submitted)
+            st = flush_locked(d, fq);
+        pthread_mutex_unlock(&fq->lock);
+    }
+    return st;
+}
+
 fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_out) {
     vk_fqueue *fq = c->fq;
+    fkv_bdev *d = c->d;
     fkv_status st = FKV_OK;
     vk_event *ev = NULL;
-    VkSemaphore wsem_buf[17];
-    uint64_t wval_buf[17];
-    VkPipelineStageFlags wstage_buf[17];
-    VkSemaphore *wsem = wsem_buf;
-    uint64_t *wval = wval_buf;
-    VkPipelineStageFlags *wstage = wstage_buf;
-    uint32_t n = 0, cap = deps->n_wait + 1;
-    if (cap > 17) {
-        wsem = malloc(cap * sizeof *wsem);
-        wval = malloc(cap * sizeof *wval);
-        wstage = malloc(cap * sizeof *wstage);
-        if (!wsem || !wval || !wstage)
-            st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: wait list");
+    /* Waits on this queue's own events are met already: it runs in order. Another queue's
+     * commands waited for are submitted first (without this queue's lock: no thread holds two
+     * queues' locks), so that a submission never waits for a value nothing will signal. */
+    uint32_t n_foreign = 0;
+    for (uint32_t i = 0; i < deps->n_wait; i++) {
+        const vk_event *e = (const vk_event *)deps->wait[i];
+        n_foreign += e != NULL && e->sem != fq->timeline;
     }
-    if (st == FKV_OK && deps->done && (ev = malloc(sizeof *ev)) == NULL)
-        st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: event");
-    if (st == FKV_OK && fq->n_inflight == fq->cap_inflight) {
-        uint32_t nc = fq->cap_inflight ? 2 * fq->cap_inflight : 64;
-        vk_record *nr = realloc(fq->inflight, nc * sizeof *nr);
-        if (nr == NULL)
-            st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: submission list");
-        else {
-            fq->inflight = nr;
-            fq->cap_inflight = nc;
+    if (n_foreign) {
+        pthread_mutex_unlock(&fq->lock);
+        for (uint32_t i = 0; i < deps->n_wait && st == FKV_OK; i++) {
+            const vk_event *e = (const vk_event *)deps->wait[i];
+            if (e != NULL && e->sem != fq->timeline)
+                st = flush_to(d, e);
         }
+        pthread_mutex_lock(&fq->lock);
     }
-    VkResult r = VK_SUCCESS;
+    if (deps->done && (ev = malloc(sizeof *ev)) == NULL)
+        st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: event");
+    if (st == FKV_OK &&
+        !reserve(&fq->inflight, &fq->cap_inflight, fq->n_inflight + 1, sizeof *fq->inflight, 64))
+        st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: submission list");
+    if (st == FKV_OK)
+        st = reserve_pending(fq, n_foreign);
     if (st == FKV_OK && c->rec.cb) {
         /* Device writes become visible to the host once the timeline value is reached
          * (reads into host memory; the semaphore alone does not make them host-available). */
@@ -216,62 +356,53 @@ fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_ou
                               VK_ACCESS_HOST_READ_BIT | VK_ACCESS_HOST_WRITE_BIT};
         vkCmdPipelineBarrier(c->rec.cb, VK_PIPELINE_STAGE_ALL_COMMANDS_BIT,
                              VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
-        r = vkEndCommandBuffer(c->rec.cb);
+        VkResult r = vkEndCommandBuffer(c->rec.cb);
         if (r != VK_SUCCESS)
             st = fkv_vk_fail(r, "vkEndCommandBuffer");
     }
+    /* A submission's waits hold from its start: a cross-queue wait starts a new one. */
+    if (st == FKV_OK && n_foreign && fq->n_pend_ops)
+        st = flush_locked(d, fq);
     if (st != FKV_OK) {
         fkv_vk_cmd_abort(c);
         free(ev);
-        goto out;
+        return st;
     }
     for (uint32_t i = 0; i < deps->n_wait; i++) {
         const vk_event *e = (const vk_event *)deps->wait[i];
-        if (e == NULL)
+        if (e == NULL || e->sem == fq->timeline)
             continue;
-        wsem[n] = e->sem;
-        wval[n] = e->value;
-        wstage[n++] = VK_PIPELINE_STAGE_ALL_COMMANDS_BIT;
+        fq->pend_sems[fq->n_pend_waits] = e->sem;
+        fq->pend_vals[fq->n_pend_waits] = e->value;
+        fq->pend_stages[fq->n_pend_waits++] = VK_PIPELINE_STAGE_ALL_COMMANDS_BIT;
     }
-    if (fq->last) { /* in order after the queue's previous submission */
-        wsem[n] = fq->timeline;
-        wval[n] = fq->last;
-        wstage[n++] = VK_PIPELINE_STAGE_ALL_COMMANDS_BIT;
-    }
-    uint64_t value = fq->last + 1;
-    VkTimelineSemaphoreSubmitInfo ti = {VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO, NULL, n,
-                                        wval, 1, &value};
-    VkSubmitInfo si = {VK_STRUCTURE_TYPE_SUBMIT_INFO, &ti, n, wsem, wstage,
-                       c->rec.cb ? 1u : 0u, &c->rec.cb, 1, &fq->timeline};
-    pthread_mutex_lock(&fq->hw->lock);
-    r = vkQueueSubmit(fq->hw->queue, 1, &si, VK_NULL_HANDLE);
-    pthread_mutex_unlock(&fq->hw->lock);
-    if (r != VK_SUCCESS) {
-        st = fkv_vk_fail(r, "vkQueueSubmit");
-        fkv_vk_cmd_abort(c);
-        free(ev);
-        goto out;
-    }
-    fq->last = value;
+    uint64_t value = ++fq->last;
     c->rec.value = value;
+    if (c->rec.cb)
+        fq->pend_cbs[fq->n_pend_cbs++] = c->rec.cb;
+    fq->n_pend_ops++;
     if (c->rec.cb || c->rec.n_temps || c->rec.n_sets)
         fq->inflight[fq->n_inflight++] = c->rec;
-    if (ev) {
+    if (ev || value_out) { /* a value someone may wait on: signalled by a batch of its own */
+        fq->mark_cbs[fq->n_marks] = fq->n_pend_cbs;
+        fq->mark_vals[fq->n_marks++] = value;
+    }
+    /* Events may go out unsubmitted: waiting on one (event_wait, another queue's command)
+     * submits its queue first. */
+    if (fq->n_pend_ops >= PENDING_MAX)
+        st = flush_locked(d, fq);
+    if (ev && st == FKV_OK) {
         ev->sem = fq->timeline;
         ev->value = value;
         *deps->done = (fkv_bevent *)ev;
+    } else {
+        free(ev);
     }
     if (value_out) {
         value_out->sem = fq->timeline;
         value_out->value = value;
     }
     pthread_mutex_unlock(&fq->lock);
-out:
-    if (wsem != wsem_buf) {
-        free(wsem);
-        free(wval);
-        free(wstage);
-    }
     return st;
 }
 
@@ -294,7 +425,9 @@ void fkv_vk_sweep_reads(fkv_bdev *d) {
         uint64_t v = 0;
         if (vkGetSemaphoreCounterValue(d->dev, p->sem, &v) == VK_SUCCESS && v >= p->value) {
             memcpy(p->dst, p->temp.ptr, p->size);
-            fkv_vk_temp_free(d, &p->temp);
+            pthread_mutex_lock(&p->fq->lock); /* lock order: read_lock, then a queue's */
+            fkv_vk_scratch_give(d, &p->fq->scratch[1], &p->temp);
+            pthread_mutex_unlock(&p->fq->lock);
             d->reads[i] = d->reads[--d->n_reads];
         } else {
             i++;
@@ -335,13 +468,17 @@ fkv_status fkv_vk_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events)
     if (s == NULL || v == NULL) {
         st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: wait list");
     } else {
+        st = FKV_OK;
         uint32_t k = 0;
         for (uint32_t i = 0; i < n; i++) {
             const vk_event *e = (const vk_event *)events[i];
             s[k] = e->sem;
             v[k++] = e->value;
         }
-        st = wait_values(d, k, s, v);
+        for (uint32_t i = 0; i < n && st == FKV_OK; i++) /* recorded, not yet submitted */
+            st = flush_to(d, (const vk_event *)events[i]);
+        if (st == FKV_OK)
+            st = wait_values(d, k, s, v);
     }
     if (s != sb)
         free(s);
@@ -358,9 +495,12 @@ void fkv_vk_event_release(fkv_bdev *d, fkv_bevent *ev) {
 fkv_status fkv_vk_finish(fkv_bdev *d, fkv_queue q) {
     vk_fqueue *fq = &d->q[q];
     pthread_mutex_lock(&fq->lock);
+    fkv_status st = flush_locked(d, fq);
     uint64_t last = fq->last;
     pthread_mutex_unlock(&fq->lock);
-    fkv_status st = wait_values(d, 1, &fq->timeline, &last);
+    fkv_status sw = wait_values(d, 1, &fq->timeline, &last);
+    if (st == FKV_OK)
+        st = sw;
     pthread_mutex_lock(&fq->lock);
     reclaim(d, fq);
     pthread_mutex_unlock(&fq->lock);
@@ -464,49 +604,47 @@ fkv_status fkv_vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *
     fkv_status st = FKV_OK;
     VkDeviceSize off = 0;
     fkv_bhost *h = fkv_vk_find_host(d, dst, size, &off);
-    vk_pending_read p = {0};
+    vk_pending_read p = {.fq = &d->q[q], .dst = dst, .size = size};
     if (h == NULL) {
-        if ((st = fkv_vk_temp_alloc(d, size, 1, 0, &p.temp)) != FKV_OK)
-            return st;
         pthread_mutex_lock(&d->read_lock); /* room for the pending entry before submitting */
-        if (d->n_reads == d->cap_reads) {
-            uint32_t cap = d->cap_reads ? 2 * d->cap_reads : 16;
-            vk_pending_read *n = realloc(d->reads, cap * sizeof *n);
-            if (n) {
-                d->reads = n;
-                d->cap_reads = cap;
-            } else {
-                st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: pending reads");
-            }
-        }
+        if (reserve(&d->reads, &d->cap_reads, d->n_reads + d->reads_reserved + 1,
+                    sizeof *d->reads, 16))
+            d->reads_reserved++; /* two threads' reads must not count on one free entry */
+        else
+            st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: pending reads");
         pthread_mutex_unlock(&d->read_lock);
-        if (st != FKV_OK) {
-            fkv_vk_temp_free(d, &p.temp);
+        if (st != FKV_OK)
             return st;
-        }
     }
     vk_cmd c;
-    if ((st = fkv_vk_cmd_begin(d, q, 0, &c)) != FKV_OK) {
-        fkv_vk_temp_free(d, &p.temp);
-        return st;
-    }
-    VkBufferCopy bc = {src_offset, h ? off : 0, size};
-    vkCmdCopyBuffer(c.rec.cb, src->buf, h ? h->buf : p.temp.buf, 1, &bc);
-    vk_event v;
-    if ((st = fkv_vk_cmd_submit(&c, &deps, &v)) != FKV_OK) {
-        fkv_vk_temp_free(d, &p.temp);
-        return st;
+    if ((st = fkv_vk_cmd_begin(d, q, 0, &c)) == FKV_OK) {
+        /* staged: the queue's host-visible scratch, held until the copy-out (not the
+         * record's) */
+        if (h == NULL &&
+            (st = fkv_vk_scratch_take(d, &c.fq->scratch[1], size, 1, &p.temp)) != FKV_OK) {
+            fkv_vk_cmd_abort(&c);
+        } else {
+            VkBufferCopy bc = {src_offset, h ? off : 0, size};
+            vkCmdCopyBuffer(c.rec.cb, src->buf, h ? h->buf : p.temp.buf, 1, &bc);
+            vk_event v = {VK_NULL_HANDLE, 0};
+            st = fkv_vk_cmd_submit(&c, &deps, &v);
+            p.sem = v.sem;
+            p.value = v.value;
+            if (st != FKV_OK && h == NULL) {
+                pthread_mutex_lock(&p.fq->lock);
+                fkv_vk_scratch_give(d, &p.fq->scratch[1], &p.temp);
+                pthread_mutex_unlock(&p.fq->lock);
+            }
+        }
     }
     if (h == NULL) {
-        p.sem = v.sem;
-        p.value = v.value;
-        p.dst = dst;
-        p.size = size;
         pthread_mutex_lock(&d->read_lock);
-        d->reads[d->n_reads++] = p; /* room was made above; only this path adds */
+        d->reads_reserved--;
+        if (st == FKV_OK)
+            d->reads[d->n_reads++] = p; /* into the entry reserved above */
         pthread_mutex_unlock(&d->read_lock);
     }
-    return FKV_OK;
+    return st;
 }
 
 fkv_status fkv_vk_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,

@@ -203,16 +203,17 @@ typedef struct block_io {
  * and after: their compute-queue commands and caller waits go to *bench. The speculative
  * worker, which may run meanwhile, issues nothing on the compute queue and never waits as
  * the caller, so these are the bench's alone. */
+static fkv_counters compute_and_caller(const fkv_counters *c) {
+    fkv_counters m;
+    memset(&m, 0, sizeof m);
+    m.queues[FKV_COUNTER_COMPUTE] = c->queues[FKV_COUNTER_COMPUTE];
+    m.caller_waits = c->caller_waits;
+    return m;
+}
+
 static void own_span(fkv_counters *bench, const fkv_counters *after, const fkv_counters *before) {
-    fkv_queue_counters *q = &bench->queues[FKV_COUNTER_COMPUTE];
-    const fkv_queue_counters *b = &after->queues[FKV_COUNTER_COMPUTE],
-                             *a = &before->queues[FKV_COUNTER_COMPUTE];
-    q->launches += b->launches - a->launches;
-    q->copies += b->copies - a->copies;
-    q->submits += b->submits - a->submits;
-    q->h2d_bytes += b->h2d_bytes - a->h2d_bytes;
-    q->d2h_bytes += b->d2h_bytes - a->d2h_bytes;
-    bench->caller_waits += after->caller_waits - before->caller_waits;
+    fkv_counters b = compute_and_caller(after), a = compute_and_caller(before);
+    bench_counters_span(bench, &b, &a, 1);
 }
 
 /* One block of one policy: warm-up steps, then measured steps (latencies into lat; device

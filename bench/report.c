@@ -279,17 +279,21 @@ int bench_write_json(const char *path, const bench_options *o, const fkv_device_
         /* always there: null values where the device does not count (or the cell did not
          * run) */
         const bench_counts *c = &r->counts;
-        fprintf(f, ", \"counters\": {\"commands_per_layer_step\": ");
-        jnum(f, c->commands);
-        jfield(f, "submits_per_layer_step", c->submits);
-        jfield(f, "device_allocs_per_layer_step", c->device_allocs);
-        jfield(f, "caller_waits_per_layer_step", c->caller_waits);
-        jfield(f, "h2d_bytes_per_layer_step", c->h2d_bytes);
-        jfield(f, "launches_per_layer_step", c->launches);
-        jfield(f, "copies_per_layer_step", c->copies);
-        jfield(f, "worker_waits_per_layer_step", c->worker_waits);
-        jfield(f, "host_allocs_per_layer_step", c->host_allocs);
-        jfield(f, "d2h_bytes_per_layer_step", c->d2h_bytes);
+        const struct {
+            const char *name;
+            double value;
+        } counters[] = {
+            {"commands", c->commands},         {"submits", c->submits},
+            {"device_allocs", c->device_allocs}, {"caller_waits", c->caller_waits},
+            {"h2d_bytes", c->h2d_bytes},       {"launches", c->launches},
+            {"copies", c->copies},             {"worker_waits", c->worker_waits},
+            {"host_allocs", c->host_allocs},   {"d2h_bytes", c->d2h_bytes},
+        };
+        fprintf(f, ", \"counters\": {");
+        for (size_t k = 0; k < sizeof counters / sizeof *counters; k++) {
+            fprintf(f, "%s\"%s_per_layer_step\": ", k ? ", " : "", counters[k].name);
+            jnum(f, counters[k].value);
+        }
         fprintf(f, "}");
         fprintf(f, ", \"repeats\": [");
         for (uint32_t k = 0; r->ran && k < o->repeat; k++) {

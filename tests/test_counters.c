@@ -77,47 +77,30 @@ static const fkv_deps no_deps = {0, NULL, NULL};
 
 /* ---- the checks, run on each backend ---- */
 
-/* A blocking buffer write: one copy on the compute queue carrying its bytes host->device, one
- * submission, one wait on the caller's thread. */
-static void check_write(const char *backend) {
+/* A blocking buffer write (read): one copy on the compute queue carrying its bytes
+ * host->device (device->host), one submission, one wait on the caller's thread. */
+static void check_transfer(const char *backend, int read) {
     fkv_device *dev = open_device(backend);
     fkv_buffer *buf = NULL;
     cr_assert_eq(fkv_buffer_alloc(dev, 4096, &buf), FKV_OK, "%s", fkv_last_error());
     unsigned char data[1000];
     memset(data, 7, sizeof data);
     fkv_counters a = snap(dev);
-    cr_assert_eq(fkv_buffer_write(buf, 96, data, sizeof data), FKV_OK, "%s", fkv_last_error());
+    fkv_status st = read ? fkv_buffer_read(buf, 400, data, 600)
+                         : fkv_buffer_write(buf, 96, data, sizeof data);
+    cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
     fkv_counters b = snap(dev);
     fkv_counters d = diff(&b, &a);
     totals t = total(&d);
-    cr_expect_eq(d.queues[FKV_COUNTER_COMPUTE].copies, 1, "%s: copies", backend);
+    const fkv_queue_counters *cq = &d.queues[FKV_COUNTER_COMPUTE];
+    cr_expect_eq(cq->copies, 1, "%s: copies", backend);
     cr_expect_eq(t.copies, 1, "%s: copies on all queues", backend);
     cr_expect_eq(t.launches, 0, "%s: launches", backend);
-    cr_expect_eq(d.queues[FKV_COUNTER_COMPUTE].h2d_bytes, sizeof data, "%s: h2d bytes", backend);
-    cr_expect_eq(t.d2h, 0, "%s: d2h bytes", backend);
+    cr_expect_eq(cq->h2d_bytes, read ? 0 : sizeof data, "%s: h2d bytes", backend);
+    cr_expect_eq(cq->d2h_bytes, read ? 600 : 0, "%s: d2h bytes", backend);
+    cr_expect_eq(t.h2d + t.d2h, read ? 600 : sizeof data, "%s: host bytes on all queues",
+                 backend);
     cr_expect_eq(t.submits, 1, "%s: submits", backend);
-    cr_expect_eq(d.caller_waits, 1, "%s: caller waits", backend);
-    cr_expect_eq(d.worker_waits, 0, "%s: worker waits", backend);
-    fkv_buffer_release(buf);
-    fkv_device_close(dev);
-}
-
-/* A blocking buffer read: one copy with its bytes device->host, one caller wait. */
-static void check_read(const char *backend) {
-    fkv_device *dev = open_device(backend);
-    fkv_buffer *buf = NULL;
-    cr_assert_eq(fkv_buffer_alloc(dev, 4096, &buf), FKV_OK, "%s", fkv_last_error());
-    unsigned char data[600];
-    fkv_counters a = snap(dev);
-    cr_assert_eq(fkv_buffer_read(buf, 400, data, sizeof data), FKV_OK, "%s", fkv_last_error());
-    fkv_counters b = snap(dev);
-    fkv_counters d = diff(&b, &a);
-    totals t = total(&d);
-    cr_expect_eq(d.queues[FKV_COUNTER_COMPUTE].copies, 1, "%s: copies", backend);
-    cr_expect_eq(t.copies, 1, "%s: copies on all queues", backend);
-    cr_expect_eq(t.launches, 0, "%s: launches", backend);
-    cr_expect_eq(d.queues[FKV_COUNTER_COMPUTE].d2h_bytes, sizeof data, "%s: d2h bytes", backend);
-    cr_expect_eq(t.h2d, 0, "%s: h2d bytes", backend);
     cr_expect_eq(d.caller_waits, 1, "%s: caller waits", backend);
     cr_expect_eq(d.worker_waits, 0, "%s: worker waits", backend);
     fkv_buffer_release(buf);
@@ -342,8 +325,8 @@ static void check_steady_allocs(const char *backend, fkv_policy policy) {
 }
 
 #define COUNTER_TESTS(backend)                                                                 \
-    Test(backend, write_counts_one_copy_and_its_bytes) { check_write(#backend); }              \
-    Test(backend, read_counts_one_copy_and_its_bytes) { check_read(#backend); }                \
+    Test(backend, write_counts_one_copy_and_its_bytes) { check_transfer(#backend, 0); }        \
+    Test(backend, read_counts_one_copy_and_its_bytes) { check_transfer(#backend, 1); }         \
     Test(backend, device_copy_counts_on_its_queue) { check_copy(#backend); }                   \
     Test(backend, event_wait_is_one_caller_wait) { check_event_wait(#backend); }               \
     Test(backend, wait_on_the_worker_counts_as_worker) { check_worker_wait(#backend); }        \

@@ -383,7 +383,7 @@ static fkv_status attention_launch(const launch_ctx *lc, const fkv_kv_geom *g, u
         if (e == hipSuccess && splits > 1)
             e = fkv_hip_launch_attention_reduce(lc->stream, s->partials, n_bh, g->group,
                                                 g->head_dim, splits, a->out);
-        if (e == hipSuccess && splits > 1) /* the first of the two launches (end counts one) */
+        if (e == hipSuccess && splits > 1) /* two launches: end counts one, this the other */
             fkv_hip_count(lc->d, lc->q, 1, FKV_COPY_D2D, 0);
         st = end(lc, e, splits > 1 ? "k_attention + k_attention_reduce" : "k_attention", deps);
     }

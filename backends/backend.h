@@ -293,6 +293,10 @@ typedef struct fkv_backend_ops {
     /* The read side: the current value of `key` (a setting or a counter) as a string in
      * out[size]; the same rules. NULL: nothing to read. */
     fkv_status (*get_option)(fkv_bdev *dev, const char *key, char *out, size_t size);
+    /* The device's command counters (backends/counters.h), counted at the driver calls; they
+     * live as long as the device. NULL entry: the backend does not count, and
+     * fkv_device_get_counters says so (FKV_ERR_UNSUPPORTED) instead of reporting zeros. */
+    const struct fkv_bcounters *(*counters)(fkv_bdev *dev);
 } fkv_backend_ops;
 
 /* Every compiled backend's table: fkv_backend_<name>() for each name of the generated list

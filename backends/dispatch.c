@@ -6,6 +6,7 @@
 
 #include "../common/error.h"
 #include "check.h"
+#include "counters.h"
 #include "device.h"
 #include "fallback.h"
 
@@ -349,4 +350,15 @@ fkv_status fkv_op_get_option(fkv_device *dev, const char *key, char *out, size_t
         return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s' has no options (get '%s')",
                          NAME(dev), key);
     return dev->ops->get_option(dev->bdev, key, out, size);
+}
+
+fkv_status fkv_op_counters(fkv_device *dev, fkv_counters *out) {
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s counters: NULL output", NAME(dev));
+    const fkv_bcounters *c = FKV_HAS_ENTRY(dev->ops, counters) ? dev->ops->counters(dev->bdev)
+                                                                : NULL;
+    if (c == NULL)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s' does not count commands", NAME(dev));
+    fkv_bcounters_read(c, out);
+    return FKV_OK;
 }

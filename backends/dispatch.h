@@ -123,6 +123,9 @@ const char *fkv_op_recall_note(fkv_device *dev);
  * ("backend X has no options"). */
 fkv_status fkv_op_set_option(fkv_device *dev, const char *key, const char *value);
 fkv_status fkv_op_get_option(fkv_device *dev, const char *key, char *out, size_t size);
+/* The device's command counters (fkv_device_get_counters). No counters entry:
+ * FKV_ERR_UNSUPPORTED ("backend X does not count commands"), *out untouched. */
+fkv_status fkv_op_counters(fkv_device *dev, fkv_counters *out);
 
 #ifdef __cplusplus
 }

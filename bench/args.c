@@ -54,6 +54,9 @@ static void usage(FILE *f) {
             "  --batch N           sequences decoded together (default 1)\n"
             "  --policies LIST     comma list of dense,quest,sync,speculative,freekv,freekv-perpage\n"
             "                      (default: all; dense only where the whole KV fits)\n"
+            "  --counters          print the device command counters per layer-step (launches,\n"
+            "                      copies, submits, host waits, allocations, bytes); --json\n"
+            "                      always has them\n"
             "  --csv FILE --json FILE   write the results\n"
             "  --plot FILE.png     latency against context length (needs gnuplot)\n"
             "  --backend NAME --device SEL   override FREEKV_BACKEND / FREEKV_DEVICE\n"
@@ -266,6 +269,10 @@ int bench_parse_args(int argc, char **argv, int default_preset, bench_options *o
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
+        if (strcmp(a, "--counters") == 0) { /* the one flag without a value */
+            o->counters = 1;
+            continue;
+        }
         if (i + 1 >= argc) {
             fprintf(stderr, "freekv bench: %s needs a value (or is unknown)\n", a);
             return -1;

@@ -98,6 +98,8 @@ int fkv_bench_main(int argc, char **argv) {
         for (uint32_t ci = 0; ci < o.n_contexts; ci++)
             bench_print_exercise(&ex[(size_t)ci * o.n_workloads + w], o.tau);
         bench_print_table(res, n, o.workloads[w].name);
+        if (o.counters)
+            bench_print_counters(res, n, o.workloads[w].name);
     }
     for (size_t i = 0; res && i < n; i++)
         ran += res[i].ran;
@@ -108,6 +110,12 @@ int fkv_bench_main(int argc, char **argv) {
                "fkv_decode_layer for recall, selection and correction; recall MB: bytes "
                "recalled for the measured steps; engine ms: host time in the recall engine "
                "(docs/bench.md)\n");
+        if (o.counters)
+            printf("device commands per layer-step (one fkv_decode_layer call of the whole "
+                   "batch), counted at the driver calls over every queue after warm-up, without "
+                   "the bench's own layer pass and end-of-step finish: commands = kernel "
+                   "launches + copies; waits: blocking host waits on the caller's thread and on "
+                   "the speculative worker (docs/bench.md)\n");
         bench_check_repeats(&o, res, n);
     }
     warn_load(&run);

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "counts.h"
 #include "freekv.h"
 #include "workload.h"
 
@@ -30,6 +31,7 @@ typedef struct bench_options {
     uint32_t n_workloads;
     const char *csv, *json, *plot, *backend, *device;
     uint64_t seed;
+    int counters; /* --counters: print the device command counters per policy */
 } bench_options;
 
 /* Parses argv (after the command name) over the preset `default_preset` (0: small,
@@ -59,6 +61,9 @@ typedef struct bench_result {
     double blocked_recall_ms, blocked_select_ms, blocked_correction_ms;
     double recall_bytes, engine_ms, correction_rate;
     double host_mib, device_mib;
+    /* device commands per layer-step (fkv_decode_layer call) of the measured steps, without
+     * the bench's own layer pass and end-of-step finish; NAN where the device does not count */
+    bench_counts counts;
     double *rep_median_ms, *rep_ratio, *rep_lo, *rep_hi; /* [repeat] */
 } bench_result;
 
@@ -92,6 +97,8 @@ double bench_mem_available_mib(void);
 /* report.c: tables and files. Results are printed per workload (those named `workload`). */
 void bench_print_exercise(const bench_exercise *ex, float tau);
 void bench_print_table(const bench_result *res, size_t n, const char *workload);
+/* --counters: the device command counters per layer-step of each policy. */
+void bench_print_counters(const bench_result *res, size_t n, const char *workload);
 /* Warns when repeats disagree beyond their intervals; returns how many cells did. */
 int bench_check_repeats(const bench_options *o, const bench_result *res, size_t n);
 int bench_write_csv(const char *path, const bench_result *res, size_t n);

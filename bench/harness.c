@@ -6,7 +6,9 @@
  * device work to overlap with. Statistics are read between steps (no sync), so the measured
  * steps' figures hold exactly their own work (fkv_stats counts a background task when the
  * step that uses it consumes it); each block ends with fkv_context_sync, untimed, so no
- * policy's background work spills into another's block. */
+ * policy's background work spills into another's block. The device command counters are
+ * read the same way, per block: after the warm-up steps and after the measured ones (before
+ * the sync), less the bench's own commands (the layer pass and the end-of-step finish). */
 #define _DEFAULT_SOURCE /* setenv, unsetenv */
 #include <math.h>
 #include <stdio.h>
@@ -32,6 +34,8 @@ typedef struct slot {
     double *lat[BENCH_MAX_WORKLOADS], *round_value[BENCH_MAX_WORKLOADS];
     fkv_stats sum[BENCH_MAX_WORKLOADS];
     uint64_t measured[BENCH_MAX_WORKLOADS];
+    fkv_counters counted[BENCH_MAX_WORKLOADS]; /* the measured steps' device commands */
+    int uncounted; /* the device does not count commands */
 } slot;
 
 typedef struct device_weights {
@@ -195,15 +199,42 @@ typedef struct block_io {
     size_t q_step, kv_step, q_layer, kv_layer; /* floats per step, per layer */
 } block_io;
 
-/* One block of one policy: warm-up steps, then measured steps (latencies into lat). */
+/* The bench's own commands (the layer pass, the finish), run between the snapshots before
+ * and after: their compute-queue commands and caller waits go to *bench. The speculative
+ * worker, which may run meanwhile, issues nothing on the compute queue and never waits as
+ * the caller, so these are the bench's alone. */
+static fkv_counters compute_and_caller(const fkv_counters *c) {
+    fkv_counters m;
+    memset(&m, 0, sizeof m);
+    m.queues[FKV_COUNTER_COMPUTE] = c->queues[FKV_COUNTER_COMPUTE];
+    m.caller_waits = c->caller_waits;
+    return m;
+}
+
+static void own_span(fkv_counters *bench, const fkv_counters *after, const fkv_counters *before) {
+    fkv_counters b = compute_and_caller(after), a = compute_and_caller(before);
+    bench_counters_span(bench, &b, &a, 1);
+}
+
+/* One block of one policy: warm-up steps, then measured steps (latencies into lat; device
+ * commands of the measured steps into *counted). */
 static int run_block(const bench_options *o, slot *s, const block_io *io, size_t weight_bytes,
-                     double *lat, fkv_stats *sum, char *note, size_t note_size) {
+                     double *lat, fkv_stats *sum, fkv_counters *counted, char *note,
+                     size_t note_size) {
     uint32_t block = o->warmup + o->steps;
     fkv_stats a, b;
     memset(&a, 0, sizeof a);
+    fkv_counters c0, c1, own, t0c, t1c;
+    memset(&c0, 0, sizeof c0);
+    memset(&own, 0, sizeof own);
+    t0c = t1c = c1 = c0;
     for (uint32_t i = 0; i < block; i++) {
-        if (i == o->warmup)
+        int measured = i >= o->warmup && !s->uncounted;
+        if (i == o->warmup) {
             fkv_context_get_stats(s->ctx, &a);
+            if (fkv_context_get_counters(s->ctx, &c0) != FKV_OK)
+                s->uncounted = 1, measured = 0;
+        }
         double t0 = now_s();
         for (uint32_t l = 0; l < o->p.layers; l++) {
             size_t qo = i * io->q_step + l * io->q_layer, ko = i * io->kv_step + l * io->kv_layer;
@@ -214,14 +245,26 @@ static int run_block(const bench_options *o, slot *s, const block_io *io, size_t
                 return -1;
             }
             /* the rest of the layer: stream its weights once (half read, half written) */
-            if (s->weights &&
-                fkv_op_copy(s->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, NULL}, s->weights,
-                          weight_bytes / 2, s->weights, 0, weight_bytes / 2) != FKV_OK) {
-                snprintf(note, note_size, "layer work failed: %s", fkv_last_error());
-                return -1;
+            if (s->weights) {
+                if (measured)
+                    fkv_context_get_counters(s->ctx, &t0c);
+                fkv_status st = fkv_op_copy(s->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, NULL},
+                                            s->weights, weight_bytes / 2, s->weights, 0,
+                                            weight_bytes / 2);
+                if (measured && fkv_context_get_counters(s->ctx, &t1c) == FKV_OK)
+                    own_span(&own, &t1c, &t0c);
+                if (st != FKV_OK) {
+                    snprintf(note, note_size, "layer work failed: %s", fkv_last_error());
+                    return -1;
+                }
             }
         }
-        if (fkv_op_finish(s->dev, FKV_QUEUE_COMPUTE) != FKV_OK) {
+        if (measured)
+            fkv_context_get_counters(s->ctx, &t0c);
+        fkv_status st = fkv_op_finish(s->dev, FKV_QUEUE_COMPUTE);
+        if (measured && fkv_context_get_counters(s->ctx, &t1c) == FKV_OK)
+            own_span(&own, &t1c, &t0c);
+        if (st != FKV_OK) {
             snprintf(note, note_size, "device failed: %s", fkv_last_error());
             return -1;
         }
@@ -230,6 +273,11 @@ static int run_block(const bench_options *o, slot *s, const block_io *io, size_t
     }
     fkv_context_get_stats(s->ctx, &b);
     stats_delta_add(sum, &b, &a);
+    if (!s->uncounted && fkv_context_get_counters(s->ctx, &c1) == FKV_OK) {
+        bench_counters_span(counted, &c1, &c0, 1);
+        memset(&c0, 0, sizeof c0);
+        bench_counters_span(counted, &own, &c0, -1);
+    }
     if (fkv_context_sync(s->ctx) != FKV_OK) {
         snprintf(note, note_size, "sync failed: %s", fkv_last_error());
         return -1;
@@ -311,6 +359,7 @@ static void summarize(const bench_options *o, const slot *s, int freekv, uint32_
     fkv_context_get_stats(s[p].ctx, &now);
     r->host_mib = now.host_bytes / 1048576.0;
     r->device_mib = now.device_bytes / 1048576.0 + weight_mib;
+    r->counts = bench_counts_per(&s[p].counted[w], !s[p].uncounted, steps * o->p.layers);
 }
 
 static void exercise_of(const bench_options *o, uint32_t context, const bench_drift *d,
@@ -366,6 +415,7 @@ int bench_run_context(const bench_options *o, fkv_device *dev, uint32_t context,
             r->blocked_recall_ms = r->blocked_select_ms = r->blocked_correction_ms = NAN;
             r->recall_bytes = r->engine_ms = r->correction_rate = NAN;
             r->host_mib = r->device_mib = NAN;
+            r->counts = bench_counts_per(NULL, 0, 0);
             r->rep_median_ms = calloc(o->repeat, sizeof(double));
             r->rep_ratio = calloc(o->repeat, sizeof(double));
             r->rep_lo = calloc(o->repeat, sizeof(double));
@@ -499,8 +549,8 @@ int bench_run_context(const bench_options *o, fkv_device *dev, uint32_t context,
                         continue;
                     size_t rr = (size_t)rep * o->rounds + r;
                     double *lat = s[p].lat[w] + rr * o->steps;
-                    if (run_block(o, &s[p], &io, weight_bytes, lat, &s[p].sum[w], s[p].note,
-                                  sizeof s[p].note)) {
+                    if (run_block(o, &s[p], &io, weight_bytes, lat, &s[p].sum[w],
+                                  &s[p].counted[w], s[p].note, sizeof s[p].note)) {
                         fprintf(stderr, "freekv bench: %s: %s\n", s[p].name, s[p].note);
                         s[p].active = 0;
                         rc = -1;

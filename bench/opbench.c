@@ -6,7 +6,8 @@
  *       engine:* the core's recall engine (core/recall.h) in perpage, staged, direct mode
  * (2) Paged decode attention at a 2048-token budget (Hq=32, Hk=8, d=128, bf16) for batch 1
  *     and 4: time and effective GB/s of K/V bytes read.
- * Plain numbers on stdout; timings are medians of --reps runs after one warm-up run. The
+ * Plain numbers on stdout; timings are medians of --reps runs after one warm-up run, and
+ * device commands (fkv_device_get_counters) the mean per run over the same runs. The
  * device comes from --backend/--device or FREEKV_BACKEND/FREEKV_DEVICE. Numbers are parsed
  * strictly (tools/args.h) and the memory of every phase is estimated before anything is
  * allocated. bench/opbench_main.c holds main; tests/opbench_args.c calls fkv_opbench_main. */
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "backends/dispatch.h"
+#include "bench/counts.h"
 #include "common/dtype.h"
 #include "common/error.h"
 #include "core/recall.h"
@@ -294,6 +296,24 @@ static const char *mode_name(fkv_recall_mode m) {
     return m == FKV_RECALL_STAGED ? "staged" : m == FKV_RECALL_DIRECT ? "direct" : "perpage";
 }
 
+/* The device commands of a span of `runs` runs, per run: "commands N (launches L, copies C),
+ * submits S, waits W caller + W worker, allocs A device + H host". */
+static void print_counts(const fkv_counters *after, const fkv_counters *before, int counted,
+                         uint32_t runs) {
+    if (!counted) {
+        printf("not counted (the backend does not count commands)\n");
+        return;
+    }
+    fkv_counters span;
+    memset(&span, 0, sizeof span);
+    bench_counters_span(&span, after, before, 1);
+    bench_counts c = bench_counts_per(&span, 1, runs);
+    printf("commands %.1f (launches %.1f, copies %.1f), submits %.1f, waits %.1f caller + %.1f "
+           "worker, allocs %.1f device + %.1f host\n",
+           c.commands, c.launches, c.copies, c.submits, c.caller_waits, c.worker_waits,
+           c.device_allocs, c.host_allocs);
+}
+
 /* Returns 1 when a measurement failed (a mechanism the backend lacks is not a failure). */
 static int bench_recall(bench *b, fkv_pool *pool) {
     const options *o = b->o;
@@ -310,8 +330,8 @@ static int bench_recall(bench *b, fkv_pool *pool) {
     }
     int failed = 0;
     printf("  device recall mode (default): %s\n", mode_name(fkv_op_recall_mode(b->dev)));
-    printf("  %-16s %6s %7s %9s %10s  %s\n", "mechanism", "pages", "units", "MiB", "ms",
-           "GB/s effective");
+    printf("  %-16s %6s %7s %9s %10s %9s  %s\n", "mechanism", "pages", "units", "MiB", "ms",
+           "GB/s eff.", "device commands per recall");
     fkv_recall_unit *units = malloc(r.max_units * sizeof *units);
     int32_t *index = malloc((size_t)r.max_units * 8);
     double *t = malloc(o->reps * sizeof *t);
@@ -340,21 +360,27 @@ static int bench_recall(bench *b, fkv_pool *pool) {
         for (uint32_t pi = 0; pi < o->n_pages; pi++) {
             uint32_t n = o->pages[pi] * o->kv_heads;
             st = FKV_OK;
+            fkv_counters c0, c1;
+            int counted = 1;
             for (uint32_t rep = 0; rep <= o->reps && st == FKV_OK; rep++) {
                 pick_units(&r, o->pages[pi], 1000 + rep, units, index);
+                if (rep == 1)
+                    counted = fkv_device_get_counters(b->dev, &c0) == FKV_OK;
                 double t0 = now_s();
                 st = rc ? run_engine(b, rc, &r, n, units) : run_perpage(b, &r, n, units, index);
                 if (rep > 0) /* rep 0 warms up (program builds, first touches) */
                     t[rep - 1] = now_s() - t0;
             }
+            counted = counted && fkv_device_get_counters(b->dev, &c1) == FKV_OK;
             if (st != FKV_OK) {
                 printf("  %-16s %6u n/a: %s\n", name, o->pages[pi], fkv_last_error());
                 failed |= st != FKV_ERR_UNSUPPORTED;
                 break;
             }
             double s = median(t, o->reps), bytes = (double)n * (double)r.unit_bytes;
-            printf("  %-16s %6u %7u %9.2f %10.3f  %.2f\n", name, o->pages[pi], n,
+            printf("  %-16s %6u %7u %9.2f %10.3f %9.2f  ", name, o->pages[pi], n,
                    bytes / (1 << 20), s * 1e3, bytes / s * 1e-9);
+            print_counts(&c1, &c0, counted, o->reps);
         }
         fkv_recaller_destroy(rc);
     }
@@ -387,7 +413,8 @@ static int bench_attention(bench *b) {
            o->budget, pages, o->page, o->q_heads, o->kv_heads, o->head_dim,
            fkv_dtype_name(o->dtype), o->reps);
     int has_splits = set_splits(b, 0);
-    printf("  %-6s %-8s %9s %10s  %s\n", "batch", "splits", "KV MiB", "ms", "GB/s of K/V read");
+    printf("  %-6s %-8s %9s %10s %9s  %s\n", "batch", "splits", "KV MiB", "ms", "K/V GB/s",
+           "device commands per call");
     double *t = malloc(o->reps * sizeof *t);
     int failed = t == NULL;
     for (uint32_t bi = 0; bi < o->n_batches && t; bi++) {
@@ -448,16 +475,22 @@ static int bench_attention(bench *b) {
                 set_splits(b, variant); /* 0 auto, 1 never */
                 split = variant ? "off" : "auto";
             }
+            fkv_counters c0, c1;
+            int counted = 1;
             for (uint32_t rep = 0; rep <= o->reps && st == FKV_OK; rep++) {
+                if (rep == 1)
+                    counted = fkv_device_get_counters(b->dev, &c0) == FKV_OK;
                 double t0 = now_s();
                 st = attention_once(b, &g, qb, batch, hb, eb, kp, vp, ob);
                 if (rep > 0)
                     t[rep - 1] = now_s() - t0;
             }
+            counted = counted && fkv_device_get_counters(b->dev, &c1) == FKV_OK;
             if (st == FKV_OK) {
                 double s = median(t, o->reps);
-                printf("  %-6u %-8s %9.2f %10.3f  %.2f\n", batch, split, bytes / (1 << 20),
+                printf("  %-6u %-8s %9.2f %10.3f %9.2f  ", batch, split, bytes / (1 << 20),
                        s * 1e3, bytes / s * 1e-9);
+                print_counts(&c1, &c0, counted, o->reps);
             }
         }
         set_splits(b, 0);

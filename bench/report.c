@@ -67,6 +67,30 @@ void bench_print_table(const bench_result *res, size_t n, const char *workload) 
     }
 }
 
+void bench_print_counters(const bench_result *res, size_t n, const char *workload) {
+    printf("\ndevice commands per layer-step (%s)\n", workload);
+    printf("%-15s %8s %9s %8s %8s %8s %7s %7s %7s %7s %10s %10s\n", "policy", "context",
+           "commands", "launches", "copies", "submits", "caller", "worker", "dev", "host",
+           "h2d KiB", "d2h KiB");
+    printf("%-15s %8s %9s %8s %8s %8s %7s %7s %7s %7s\n", "", "", "", "", "", "", "waits",
+           "waits", "allocs", "allocs");
+    for (size_t i = 0; i < n; i++) {
+        const bench_result *r = &res[i];
+        if (strcmp(r->workload, workload) != 0 || !r->ran)
+            continue;
+        const bench_counts *c = &r->counts;
+        if (isnan(c->commands)) {
+            printf("%-15s %8u   not counted: the device does not count commands\n", r->policy,
+                   r->context);
+            continue;
+        }
+        printf("%-15s %8u %9.2f %8.2f %8.2f %8.2f %7.2f %7.2f %7.2f %7.2f %10.1f %10.1f\n",
+               r->policy, r->context, c->commands, c->launches, c->copies, c->submits,
+               c->caller_waits, c->worker_waits, c->device_allocs, c->host_allocs,
+               c->h2d_bytes / 1024, c->d2h_bytes / 1024);
+    }
+}
+
 /* One line per cell; returns whether a repeat's ratio lies outside another's interval. */
 static int repeat_line(const bench_options *o, const bench_result *r, int print) {
     double lo = INFINITY, hi = -INFINITY;
@@ -252,6 +276,25 @@ int bench_write_json(const char *path, const bench_options *o, const fkv_device_
         jfield(f, "correction_rate", r->correction_rate);
         jfield(f, "host_mib", r->host_mib);
         jfield(f, "device_mib", r->device_mib);
+        /* always there: null values where the device does not count (or the cell did not
+         * run) */
+        const bench_counts *c = &r->counts;
+        const struct {
+            const char *name;
+            double value;
+        } counters[] = {
+            {"commands", c->commands},         {"submits", c->submits},
+            {"device_allocs", c->device_allocs}, {"caller_waits", c->caller_waits},
+            {"h2d_bytes", c->h2d_bytes},       {"launches", c->launches},
+            {"copies", c->copies},             {"worker_waits", c->worker_waits},
+            {"host_allocs", c->host_allocs},   {"d2h_bytes", c->d2h_bytes},
+        };
+        fprintf(f, ", \"counters\": {");
+        for (size_t k = 0; k < sizeof counters / sizeof *counters; k++) {
+            fprintf(f, "%s\"%s_per_layer_step\": ", k ? ", " : "", counters[k].name);
+            jnum(f, counters[k].value);
+        }
+        fprintf(f, "}");
         fprintf(f, ", \"repeats\": [");
         for (uint32_t k = 0; r->ran && k < o->repeat; k++) {
             fprintf(f, "%s{\"median_ms\": ", k ? ", " : "");

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "../common/thread_role.h"
 #include "retrieval.h"
 #include "speculative.h"
 
@@ -100,6 +101,7 @@ static fkv_status run_task(fkv_context *ctx, uint32_t layer) {
 
 static void *worker_main(void *arg) {
     fkv_context *ctx = arg;
+    fkv_thread_role_set(FKV_ROLE_WORKER); /* its host waits count as the worker's */
     pthread_mutex_lock(&ctx->lock);
     for (;;) {
         while (!ctx->stop && ctx->fifo_len == 0)

@@ -264,6 +264,8 @@ static fkv_status hip_get_option(fkv_bdev *d, const char *key, char *out, size_t
 
 /* ---- the table ---- */
 
+static const fkv_bcounters *hip_counters(fkv_bdev *d) { return &d->counters; }
+
 static const fkv_backend_ops hip_ops = {
     .abi_version = FKV_BACKEND_ABI_VERSION,
     .struct_size = sizeof(fkv_backend_ops),
@@ -299,6 +301,7 @@ static const fkv_backend_ops hip_ops = {
     .check_geometry = fkv_hip_check_geometry,
     .set_option = hip_set_option,
     .get_option = hip_get_option,
+    .counters = hip_counters,
 };
 
 const fkv_backend_ops *fkv_backend_hip(void) { return &hip_ops; }

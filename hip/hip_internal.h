@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "../backends/backend.h"
+#include "../backends/counters.h"
 #include "hip_platform.h"
 
 #ifdef FKV_HIP_ON_CUDA
@@ -55,6 +56,7 @@ struct fkv_bdev {
     fkv_recall_mode recall;
     hip_scratch scratch[FKV_QUEUE_COUNT];
     uint32_t forced_splits; /* option attention_splits: 0 = automatic, n >= 1 = always n */
+    fkv_bcounters counters; /* at the driver calls (hip_memory.c, hip_submit.c, hip_launch.c) */
 };
 
 /* desc.base is the pointer: an imported pointer need not be aligned, so offsets are checked
@@ -105,6 +107,9 @@ static inline void fkv_hip_clear_done(const fkv_deps *deps) {
 fkv_status fkv_hip_wait(hipStream_t stream, const fkv_deps *deps);
 /* Records the completion event of the command just enqueued on stream into *deps->done. */
 fkv_status fkv_hip_done(hipStream_t stream, const fkv_deps *deps);
+/* Counts one command enqueued on q's stream: a submit, and a kernel launch (launch != 0) or
+ * an async copy of `bytes` in direction dir. */
+void fkv_hip_count(fkv_bdev *d, fkv_queue q, int launch, fkv_copy_dir dir, size_t bytes);
 fkv_status fkv_hip_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
 void fkv_hip_event_release(fkv_bdev *d, fkv_bevent *ev);
 fkv_status fkv_hip_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);

@@ -50,6 +50,7 @@ static fkv_status end(const launch_ctx *lc, hipError_t e, const char *kernel,
     if (e != hipSuccess)
         return fkv_error_prefix(fkv_hip_fail(e, HIP_NOT_ALLOC, "kernel launch"), "hip %s (%s)",
                                 lc->op, kernel);
+    fkv_hip_count(lc->d, lc->q, 1, FKV_COPY_D2D, 0);
     return fkv_hip_done(lc->stream, deps);
 }
 
@@ -250,7 +251,8 @@ static fkv_status offsets_block(fkv_bdev *d, hip_scratch *s, uint32_t n, hip_off
             b->last_use = NULL;
             return fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventCreateWithFlags");
         }
-    } else if ((e = hipEventSynchronize(b->last_use)) != hipSuccess) {
+    } else if ((fkv_count_wait(&d->counters), /* a host wait whether or not it blocks */
+                e = hipEventSynchronize(b->last_use)) != hipSuccess) {
         /* only waits when the ring wrapped around a kernel still running */
         return fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventSynchronize (recall offsets)");
     }
@@ -381,6 +383,8 @@ static fkv_status attention_launch(const launch_ctx *lc, const fkv_kv_geom *g, u
         if (e == hipSuccess && splits > 1)
             e = fkv_hip_launch_attention_reduce(lc->stream, s->partials, n_bh, g->group,
                                                 g->head_dim, splits, a->out);
+        if (e == hipSuccess && splits > 1) /* two launches: end counts one, this the other */
+            fkv_hip_count(lc->d, lc->q, 1, FKV_COPY_D2D, 0);
         st = end(lc, e, splits > 1 ? "k_attention + k_attention_reduce" : "k_attention", deps);
     }
     pthread_mutex_unlock(&s->lock);

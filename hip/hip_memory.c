@@ -22,6 +22,7 @@ fkv_status fkv_hip_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out) {
         return fkv_error_prefix(st, "hip buffer_alloc of %zu bytes", size);
     }
     b->desc = (fkv_mem_desc){.size = size, .base = (uintptr_t)b->ptr};
+    fkv_count_device_alloc(&d->counters);
     *out = b;
     return FKV_OK;
 }
@@ -81,6 +82,7 @@ fkv_status fkv_hip_host_malloc(fkv_bdev *d, size_t size, void **ptr, void **dev_
         *ptr = NULL;
         return fkv_hip_fail(e, HIP_HOST_ALLOC, "hipHostMalloc");
     }
+    fkv_count_host_alloc(&d->counters);
     if (d->can_map_host) {
         e = hipHostGetDevicePointer(dev_ptr, *ptr, 0);
         if (e != hipSuccess) {
@@ -131,8 +133,10 @@ fkv_status fkv_hip_scratch(fkv_bdev *d, fkv_queue q, void **mem, size_t *size, s
     }
     if (e != hipSuccess)
         return fkv_hip_fail(e, HIP_DEVICE_ALLOC, "hipMalloc (scratch)");
+    fkv_count_device_alloc(&d->counters);
     if (*mem) {
         /* Commands already enqueued on q may still use the old buffer. */
+        fkv_count_wait(&d->counters);
         hipStreamSynchronize(d->streams[q]);
         hipFree(*mem);
     }

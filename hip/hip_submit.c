@@ -35,9 +35,18 @@ fkv_status fkv_hip_done(hipStream_t stream, const fkv_deps *deps) {
     return FKV_OK;
 }
 
+void fkv_hip_count(fkv_bdev *d, fkv_queue q, int launch, fkv_copy_dir dir, size_t bytes) {
+    fkv_count_submit(&d->counters, q);
+    if (launch)
+        fkv_count_launch(&d->counters, q);
+    else
+        fkv_count_copy(&d->counters, q, dir, bytes);
+}
+
 fkv_status fkv_hip_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events) {
     fkv_status st = fkv_hip_bind(d);
     for (uint32_t i = 0; i < n && st == FKV_OK; i++) {
+        fkv_count_wait(&d->counters); /* one hipEventSynchronize per event */
         hipError_t e = hipEventSynchronize(as_event(events[i]));
         if (e != hipSuccess)
             st = fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventSynchronize");
@@ -67,6 +76,7 @@ fkv_status fkv_hip_finish(fkv_bdev *d, fkv_queue q) {
     fkv_status st = fkv_hip_bind(d);
     if (st != FKV_OK)
         return st;
+    fkv_count_wait(&d->counters);
     hipError_t e = hipStreamSynchronize(d->streams[q]);
     return e == hipSuccess ? FKV_OK : fkv_hip_fail(e, HIP_NOT_ALLOC, "hipStreamSynchronize");
 }
@@ -83,6 +93,11 @@ static fkv_status enqueue_copy(fkv_bdev *d, fkv_queue q, const fkv_deps *deps, v
     hipError_t e = hipMemcpyAsync(dst, src, size, kind, d->streams[q]);
     if (e != hipSuccess)
         return fkv_hip_fail(e, HIP_NOT_ALLOC, what);
+    fkv_hip_count(d, q, 0,
+                  kind == hipMemcpyHostToDevice   ? FKV_COPY_H2D
+                  : kind == hipMemcpyDeviceToHost ? FKV_COPY_D2H
+                                                  : FKV_COPY_D2D,
+                  size);
     return fkv_hip_done(d->streams[q], deps);
 }
 

@@ -351,6 +351,61 @@ FKV_API fkv_status fkv_context_get_corrections(const fkv_context *ctx, uint64_t 
                                                size_t capacity);
 FKV_API fkv_status fkv_context_reset_stats(fkv_context *ctx);
 
+/* ---- device command counters ----------------------------------------------------------
+ * What a device was asked to do, counted at the driver calls inside each backend (the CPU
+ * reference counts the commands its queue threads run), so that CPU devices show the commands
+ * a GPU would receive. Totals since the device opened; diff two snapshots to measure a span.
+ * Counted from every thread and every context of the device (the contexts share its queues).
+ *
+ * Per queue of the device (queues[FKV_COUNTER_COMPUTE] etc.):
+ *  - launches: kernel launches (clEnqueueNDRangeKernel, vkCmdDispatch, hipLaunchKernel; a CPU
+ *    reference kernel command);
+ *  - copies: copy and fill commands (clEnqueue{Read,Write,Copy}Buffer, vkCmdCopyBuffer,
+ *    vkCmdFillBuffer, hipMemcpyAsync; a CPU reference copy command). One command with many
+ *    regions is one copy. launches + copies = the device commands;
+ *  - submits: what was handed to the driver's queue: Vulkan vkQueueSubmit; OpenCL every
+ *    enqueued command (kernels, copies, barriers) plus clFlush; HIP every launch and async copy;
+ *    the CPU reference every command handed to its queue thread (markers included);
+ *  - h2d_bytes, d2h_bytes: bytes of host->device and device->host copies.
+ * Per device:
+ *  - caller_waits, worker_waits: blocking host waits (clWaitForEvents, clFinish,
+ *    vkWaitSemaphores, hipEventSynchronize, hipStreamSynchronize; the CPU reference's event
+ *    waits), on the library's speculative worker thread (worker) or on any other thread
+ *    (caller: the application's threads inside fkv_* calls). One call that waits for several
+ *    events is one wait;
+ *  - device_allocs: device memory allocations (clCreateBuffer, vkAllocateMemory of device or
+ *    staging memory, hipMalloc), temporary and scratch ones included;
+ *  - host_allocs: pinned host allocations (host pool pieces, staging: CL_MEM_ALLOC_HOST_PTR or
+ *    SVM, host-visible Vulkan memory for host_alloc, hipHostMalloc).
+ * Not counted: what opening and closing the device does, and the allocation's own commit
+ * commands (OpenCL commits a new buffer with a migration on a private queue). */
+enum {
+    FKV_COUNTER_COMPUTE = 0,    /* the decode queue */
+    FKV_COUNTER_TRANSFER = 1,   /* recall and offload copies */
+    FKV_COUNTER_BACKGROUND = 2, /* speculative selection and recall kernels */
+    FKV_COUNTER_QUEUES = 3
+};
+typedef struct fkv_queue_counters {
+    uint64_t launches;
+    uint64_t copies;
+    uint64_t submits;
+    uint64_t h2d_bytes;
+    uint64_t d2h_bytes;
+} fkv_queue_counters;
+typedef struct fkv_counters {
+    fkv_queue_counters queues[FKV_COUNTER_QUEUES];
+    uint64_t caller_waits;
+    uint64_t worker_waits;
+    uint64_t device_allocs;
+    uint64_t host_allocs;
+} fkv_counters;
+/* The device's totals. FKV_ERR_UNSUPPORTED when its backend does not count (the counts are
+ * then unknown, never zeros); *out is written only on success. */
+FKV_API fkv_status fkv_device_get_counters(const fkv_device *dev, fkv_counters *out);
+/* The totals of the context's device (fkv_device_get_counters): a span of calls on this
+ * context is their difference, when no other context uses the device meanwhile. */
+FKV_API fkv_status fkv_context_get_counters(const fkv_context *ctx, fkv_counters *out);
+
 /* Logical pages (sorted ascending) that the last attention of (seq, layer) read for one KV
  * head; *count receives the number (entries beyond capacity are not written). */
 FKV_API fkv_status fkv_context_attended_pages(const fkv_context *ctx, uint32_t seq,

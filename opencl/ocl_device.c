@@ -376,6 +376,8 @@ static fkv_status ocl_get_option(fkv_bdev *d, const char *key, char *out, size_t
 
 /* ---- the table ---- */
 
+static const fkv_bcounters *ocl_counters(fkv_bdev *d) { return &d->counters; }
+
 static const fkv_backend_ops opencl_ops = {
     .abi_version = FKV_BACKEND_ABI_VERSION,
     .struct_size = sizeof(fkv_backend_ops),
@@ -411,6 +413,7 @@ static const fkv_backend_ops opencl_ops = {
     .check_geometry = fkv_ocl_check_geometry,
     .set_option = ocl_set_option,
     .get_option = ocl_get_option,
+    .counters = ocl_counters,
 };
 
 const fkv_backend_ops *fkv_backend_opencl(void) { return &opencl_ops; }

@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "../backends/backend.h"
+#include "../backends/counters.h"
 
 /* Kernels of the program; every dtype program holds all of them. */
 typedef enum ocl_kernel_id {
@@ -87,6 +88,7 @@ struct fkv_bdev {
 
     ocl_kqueue kq[OCL_KQ_COUNT];
     uint32_t forced_splits; /* option attention_splits: 0 = automatic, n >= 1 = always n */
+    fkv_bcounters counters; /* at the driver calls (ocl_memory.c, ocl_submit.c, kernels) */
 };
 
 /* desc.base is 0: cl_mem allocations are aligned, offsets are checked as they are. */
@@ -137,6 +139,10 @@ static inline void fkv_ocl_clear_done(const fkv_deps *deps) {
 }
 /* Hands a command's event to deps.done (or releases it). */
 void fkv_ocl_done(const fkv_deps *deps, cl_event ev);
+/* Counts one command enqueued on `queue` (one of d->queues): a submit, and a kernel launch
+ * (launch != 0) or a copy of `bytes` in direction dir. */
+void fkv_ocl_count(fkv_bdev *d, cl_command_queue queue, int launch, fkv_copy_dir dir,
+                   size_t bytes);
 
 fkv_status fkv_ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
 void fkv_ocl_event_release(fkv_bdev *d, fkv_bevent *ev);

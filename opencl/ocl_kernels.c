@@ -157,6 +157,7 @@ static fkv_status enqueue(const launch_ctx *lc, kargs *a, cl_uint dims, const si
     if (err != CL_SUCCESS)
         return fkv_error_prefix(fkv_ocl_fail(err, 0, "clEnqueueNDRangeKernel"), "%s (%s)", lc->op,
                                 a->name);
+    fkv_ocl_count(lc->d, lc->queue, 1, FKV_COPY_D2D, 0);
     fkv_ocl_done(deps, ev);
     return FKV_OK;
 }
@@ -196,6 +197,7 @@ static fkv_status ensure_scratch(fkv_bdev *d, cl_mem *mem, size_t *size, size_t 
     cl_mem m = clCreateBuffer(d->context, CL_MEM_READ_WRITE, want, NULL, &err);
     if (err != CL_SUCCESS)
         return fkv_ocl_fail(err, 1, "clCreateBuffer (scratch)");
+    fkv_count_device_alloc(&d->counters);
     if (*mem)
         clReleaseMemObject(*mem);
     *mem = m;
@@ -440,6 +442,8 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
             fkv_ocl_waits_free(&w);
             if (err != CL_SUCCESS)
                 st = fkv_ocl_fail(err, 1, "clEnqueueWriteBuffer (recall offsets)");
+            else
+                fkv_ocl_count(dev, lc.queue, 0, FKV_COPY_H2D, (size_t)n_units * 8);
         }
     }
     if (st == FKV_OK) {

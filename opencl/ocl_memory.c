@@ -42,6 +42,7 @@ fkv_status fkv_ocl_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out) {
         return fkv_ocl_fail(err, 1, "committing a device buffer");
     }
     b->desc = (fkv_mem_desc){.size = size, .base = 0};
+    fkv_count_device_alloc(&d->counters);
     *out = b;
     return FKV_OK;
 }
@@ -115,6 +116,7 @@ fkv_status fkv_ocl_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **
         }
     }
     h->desc = (fkv_mem_desc){.size = size, .base = (uintptr_t)h->ptr};
+    fkv_count_host_alloc(&d->counters);
     *out = h;
     *ptr = h->ptr;
     return FKV_OK;

@@ -34,13 +34,27 @@ void fkv_ocl_done(const fkv_deps *deps, cl_event ev) {
         clReleaseEvent(ev);
 }
 
+void fkv_ocl_count(fkv_bdev *d, cl_command_queue queue, int launch, fkv_copy_dir dir,
+                   size_t bytes) {
+    fkv_queue q = FKV_QUEUE_COMPUTE;
+    for (int i = 0; i < FKV_QUEUE_COUNT; i++)
+        if (d->queues[i] == queue)
+            q = (fkv_queue)i;
+    fkv_count_submit(&d->counters, q);
+    if (launch)
+        fkv_count_launch(&d->counters, q);
+    else
+        fkv_count_copy(&d->counters, q, dir, bytes);
+}
+
 fkv_status fkv_ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events) {
-    (void)d;
     fkv_deps deps = {n, events, NULL};
     ocl_waits w;
     fkv_status st = fkv_ocl_waits(&deps, &w);
     if (st != FKV_OK)
         return st;
+    if (w.n)
+        fkv_count_wait(&d->counters);
     cl_int err = w.n ? clWaitForEvents(w.n, w.list) : CL_SUCCESS;
     fkv_ocl_waits_free(&w);
     return err == CL_SUCCESS ? FKV_OK : fkv_ocl_fail(err, 0, "clWaitForEvents");
@@ -65,11 +79,13 @@ fkv_status fkv_ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) {
     fkv_ocl_waits_free(&w);
     if (err != CL_SUCCESS)
         return fkv_ocl_fail(err, 0, "clEnqueueBarrierWithWaitList");
+    fkv_count_submit(&d->counters, q); /* an enqueued command, neither launch nor copy */
     fkv_ocl_done(&deps, ev);
     return FKV_OK;
 }
 
 fkv_status fkv_ocl_finish(fkv_bdev *d, fkv_queue q) {
+    fkv_count_wait(&d->counters);
     cl_int err = clFinish(d->queues[q]);
     return err == CL_SUCCESS ? FKV_OK : fkv_ocl_fail(err, 0, "clFinish");
 }
@@ -89,6 +105,7 @@ fkv_status fkv_ocl_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
     fkv_ocl_waits_free(&w);
     if (err != CL_SUCCESS)
         return fkv_ocl_fail(err, 1, "clEnqueueWriteBuffer");
+    fkv_ocl_count(d, d->queues[q], 0, FKV_COPY_H2D, size);
     fkv_ocl_done(&deps, ev);
     return FKV_OK;
 }
@@ -106,6 +123,7 @@ fkv_status fkv_ocl_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf 
     fkv_ocl_waits_free(&w);
     if (err != CL_SUCCESS)
         return fkv_ocl_fail(err, 1, "clEnqueueReadBuffer");
+    fkv_ocl_count(d, d->queues[q], 0, FKV_COPY_D2H, size);
     fkv_ocl_done(&deps, ev);
     return FKV_OK;
 }
@@ -124,11 +142,14 @@ fkv_status fkv_ocl_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
          * the reference backend). OpenCL frees it once both copies are done. */
         cl_mem tmp = clCreateBuffer(d->context, CL_MEM_READ_WRITE, size, NULL, &err);
         if (err == CL_SUCCESS) {
+            fkv_count_device_alloc(&d->counters);
             err = clEnqueueCopyBuffer(d->queues[q], src->mem, tmp, src_offset, 0, size, w.n,
                                       w.n ? w.list : NULL, NULL);
-            if (err == CL_SUCCESS)
+            if (err == CL_SUCCESS) {
+                fkv_ocl_count(d, d->queues[q], 0, FKV_COPY_D2D, size);
                 err = clEnqueueCopyBuffer(d->queues[q], tmp, dst->mem, 0, dst_offset, size, 0,
                                           NULL, deps.done ? &ev : NULL);
+            }
             clReleaseMemObject(tmp);
         }
     } else {
@@ -138,6 +159,7 @@ fkv_status fkv_ocl_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
     fkv_ocl_waits_free(&w);
     if (err != CL_SUCCESS)
         return fkv_ocl_fail(err, 1, "clEnqueueCopyBuffer");
+    fkv_ocl_count(d, d->queues[q], 0, FKV_COPY_D2D, size);
     fkv_ocl_done(&deps, ev);
     return FKV_OK;
 }

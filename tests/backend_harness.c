@@ -88,23 +88,10 @@ int bh_find_device(void) {
     return 1;
 }
 
-/* FREEKV_REQUIRE_DEVICES: a comma list of backends (.ci/run sets "cpu,opencl,vulkan") whose
- * tests must find a device: there a missing device fails instead of skipping, so a CI machine
- * without the driver cannot pass by testing nothing. */
-static int device_required(const char *backend) {
-    const char *list = getenv("FREEKV_REQUIRE_DEVICES");
-    size_t len = strlen(backend);
-    for (const char *p = list; p && *p; p += strcspn(p, ","), p += *p == ',') {
-        if (strncmp(p, backend, len) == 0 && (p[len] == ',' || p[len] == '\0'))
-            return 1;
-    }
-    return 0;
-}
-
 void bh_need_device(void) {
     if (bh_find_device())
         return;
-    if (device_required(cur->name))
+    if (th_device_required(cur->name))
         cr_assert_fail("no %s device, but FREEKV_REQUIRE_DEVICES=%s requires one", cur->name,
                        getenv("FREEKV_REQUIRE_DEVICES"));
     cr_skip_test("no %s device", cur->name);

@@ -105,6 +105,9 @@ static const bad_case bad_cases[] = {
     {{"--plot", "/nonexistent-dir/x.png"}, "--plot"},
     {{"--bogus", "1"}, "--bogus"},
     {{"--steps"}, "--steps"},
+    {{"--counters=1"}, "--counters=1"},
+    {{"--counters", "1"}, "1 needs a value"},
+    {{"--steps", "--counters"}, "--steps"},
 };
 
 Test(bench_args, bad_arguments_exit_2_naming_the_flag) {
@@ -213,6 +216,76 @@ Test(bench_args, tiny_run_writes_csv_and_json) {
     cr_expect_eq(count(json, "\"cosine_below_tau\": "), 2 * 2);
     cr_expect_eq(count(json, "\"load_average_start\": "), 1);
     cr_expect_eq(count(json, "\"hidden"), 0);
+    /* the counters always, without --counters: the CPU reference counts, so numbers */
+    cr_expect_eq(count(json, "\"counters\": {\"commands_per_layer_step\": "), results);
+    cr_expect_eq(count(json, "\"commands_per_layer_step\": null"), 0);
+    static const char *const counters[] = {
+        "\"submits_per_layer_step\": ", "\"device_allocs_per_layer_step\": ",
+        "\"caller_waits_per_layer_step\": ", "\"h2d_bytes_per_layer_step\": "};
+    for (size_t i = 0; i < sizeof counters / sizeof *counters; i++)
+        cr_expect_eq(count(json, counters[i]), results, "%s", counters[i]);
     remove("bench_args.csv");
     remove("bench_args.json");
+}
+
+/* --counters is the one flag without a value: anywhere on the line, it sets the option and
+ * the next flag keeps its own value. */
+Test(bench_args, counters_flag_takes_no_value) {
+    const char *lines[][8] = {
+        {"bench", "--counters", NULL},
+        {"bench", "--counters", "--steps", "5", NULL},
+        {"bench", "--steps", "5", "--counters", NULL},
+        {"bench", "--rounds", "2", "--counters", "--steps", "5", NULL},
+    };
+    for (size_t i = 0; i < sizeof lines / sizeof *lines; i++) {
+        int argc = 0;
+        while (lines[i][argc])
+            argc++;
+        bench_options o;
+        int preset;
+        cr_assert_eq(bench_parse_args(argc, (char **)lines[i], 0, &o, &preset), 0, "line %zu",
+                     i);
+        cr_expect_eq(o.counters, 1, "line %zu", i);
+        cr_expect_eq(o.steps, i == 0 ? 3u : 5u, "line %zu", i);
+    }
+    const char *plain[] = {"bench", "--steps", "5", NULL};
+    bench_options o;
+    int preset;
+    cr_assert_eq(bench_parse_args(3, (char **)plain, 0, &o, &preset), 0);
+    cr_expect_eq(o.counters, 0);
+}
+
+/* The value after `key` in the result of `policy` (the first one in the file). */
+static double json_value(const char *json, const char *policy, const char *key) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"policy\": \"%s\"", policy);
+    const char *r = strstr(json, pat);
+    cr_assert_not_null(r, "%s", pat);
+    const char *k = strstr(r, key);
+    cr_assert_not_null(k, "%s", key);
+    return strtod(k + strlen(key), NULL);
+}
+
+/* The counters leave out the bench's own layer pass (one device copy per layer): the same
+ * deterministic policy counts the same commands with and without the weights. */
+Test(bench_args, counters_leave_out_the_bench_layer_pass) {
+    double commands[2], submits[2];
+    for (int w = 0; w < 2; w++) {
+        char err[8192];
+        const char *args[] = {"--backend", "cpu", "--layers", "2", "--context", "600",
+                              "--rounds", "2", "--steps", "2", "--policies", "sync",
+                              "--workload", "reasoning", "--counters", "--weights-mib",
+                              w ? "1" : "0", "--json", "bench_args_counters.json", NULL};
+        int rc = bench_capture(args, err, sizeof err);
+        cr_assert_eq(rc, 0, "exit %d: %s", rc, err);
+        char *json = slurp("bench_args_counters.json");
+        commands[w] = json_value(json, "sync", "\"commands_per_layer_step\": ");
+        submits[w] = json_value(json, "sync", "\"submits_per_layer_step\": ");
+        remove("bench_args_counters.json");
+    }
+    cr_expect_gt(commands[0], 0);
+    cr_expect_eq(commands[0], commands[1], "commands %g without weights, %g with", commands[0],
+                 commands[1]);
+    cr_expect_eq(submits[0], submits[1], "submits %g without weights, %g with", submits[0],
+                 submits[1]);
 }

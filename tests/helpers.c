@@ -100,6 +100,16 @@ void th_attention_ref(const float *q, const float *k, const float *v, size_t n, 
         out[c] = n ? (float)(acc[c] / sum) : 0.0f;
 }
 
+int th_device_required(const char *backend) {
+    const char *list = getenv("FREEKV_REQUIRE_DEVICES");
+    size_t len = strlen(backend);
+    for (const char *p = list; p && *p; p += strcspn(p, ","), p += *p == ',') {
+        if (strncmp(p, backend, len) == 0 && (p[len] == ',' || p[len] == '\0'))
+            return 1;
+    }
+    return 0;
+}
+
 void th_small_config(fkv_config *cfg) {
     fkv_config_init(cfg);
     cfg->n_layers = 2;

@@ -29,6 +29,11 @@ int th_all_finite(const float *x, size_t n);
 void th_attention_ref(const float *q, const float *k, const float *v, size_t n, size_t d,
                       size_t stride, float scale, float *out);
 
+/* Whether FREEKV_REQUIRE_DEVICES (a comma list of backends; .ci/run sets "cpu,opencl,vulkan")
+ * names `backend`: there a missing device fails the test instead of skipping it, so a CI
+ * machine without the driver cannot pass by testing nothing. */
+int th_device_required(const char *backend);
+
 /* A small geometry config for tests (2 layers, 4 q heads, 2 kv heads, d 16, p 4). */
 void th_small_config(fkv_config *cfg);
 

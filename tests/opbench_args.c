@@ -75,4 +75,13 @@ Test(opbench_args, small_run_prints_both_tables) {
               "%s", out);
     cr_expect(strstr(out, "n/a") == NULL || strstr(out, "backend has no recall_direct"), "%s",
               out);
+    /* the device commands per run: the CPU reference's per-page recall of 4 pages x 8 KV
+     * heads is the index write, 32 unit writes and the scatter, then the caller's wait */
+    cr_expect(strstr(out, "commands 34.0 (launches 1.0, copies 33.0), submits 34.0, waits 1.0 "
+                          "caller + 0.0 worker, allocs 0.0 device + 0.0 host") != NULL,
+              "%s", out);
+    /* one attention call is one launch on the reference */
+    cr_expect(strstr(out, "commands 1.0 (launches 1.0, copies 0.0), submits 1.0, waits 1.0 "
+                          "caller") != NULL,
+              "%s", out);
 }

@@ -703,6 +703,8 @@ static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t 
 
 /* ---- the table ---- */
 
+static const fkv_bcounters *vk_counters(fkv_bdev *d) { return &d->counters; }
+
 static const fkv_backend_ops vulkan_ops = {
     .abi_version = FKV_BACKEND_ABI_VERSION,
     .struct_size = sizeof(fkv_backend_ops),
@@ -739,6 +741,7 @@ static const fkv_backend_ops vulkan_ops = {
     .recall_note = vk_recall_note,
     .set_option = vk_set_option,
     .get_option = vk_get_option,
+    .counters = vk_counters,
 };
 
 const fkv_backend_ops *fkv_backend_vulkan(void) { return &vulkan_ops; }

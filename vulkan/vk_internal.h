@@ -9,6 +9,7 @@
 #include <vulkan/vulkan.h>
 
 #include "../backends/backend.h"
+#include "../backends/counters.h"
 
 #define VK_N_BINDINGS 8 /* storage buffers of the one descriptor set layout */
 
@@ -197,6 +198,7 @@ struct fkv_bdev {
     VkDeviceSize window_override; /* option window_bytes: windows of at most this many bytes (0:
                                      max_range) */
     atomic_uint validation_errors;
+    fkv_bcounters counters; /* at the driver calls (vk_memory.c, vk_submit.c, kernels) */
 };
 
 /* The backend's files are layers, each calling only the layers before it (no file calls one
@@ -245,6 +247,9 @@ typedef struct vk_cmd {
 } vk_cmd;
 /* Locks the queue and starts a command buffer (marker: none). */
 fkv_status fkv_vk_cmd_begin(fkv_bdev *d, fkv_queue q, int marker, vk_cmd *c);
+/* Counts one command recorded into c: a dispatch (launch != 0), or a copy or fill of `bytes`
+ * in direction dir. */
+void fkv_vk_count(const vk_cmd *c, int launch, fkv_copy_dir dir, uint64_t bytes);
 fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_temp *out);
 fkv_status fkv_vk_cmd_set(vk_cmd *c, VkDescriptorSet *out);
 /* Ends the command buffer and queues it after deps.wait and the queue's previous command,

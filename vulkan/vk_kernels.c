@@ -234,6 +234,7 @@ static fkv_status record(vk_cmd *c, launch *L, VkPipeline p, uint32_t gx, uint32
     vkCmdPushConstants(c->rec.cb, c->d->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof L->pc,
                        L->pc);
     vkCmdDispatch(c->rec.cb, gx, gy, 1);
+    fkv_vk_count(c, 1, FKV_COPY_D2D, 0);
     return FKV_OK;
 }
 
@@ -813,6 +814,7 @@ fkv_status fkv_vk_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps, con
         if ((st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
             return st;
         vkCmdFillBuffer(c.rec.cb, out->buf, out_off, q_bytes, 0);
+        fkv_vk_count(&c, 0, FKV_COPY_D2D, 0);
         return fkv_vk_cmd_submit(&c, &deps, NULL);
     }
     attn_args x = {qbuf, k, k, k, v, out, q_off, 0, 0, out_off, 1, 0, (int32_t)n_tokens, scale};

@@ -64,8 +64,9 @@ static void free_memory(fkv_bdev *d, VkDeviceMemory mem) {
     (VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |                   \
      VK_BUFFER_USAGE_TRANSFER_DST_BIT)
 
-/* A buffer with its own memory: device-local, or host-visible and mapped. */
-static fkv_status make_buffer(fkv_bdev *d, VkDeviceSize size, int host_visible,
+/* A buffer with its own memory: device-local, or host-visible and mapped. host_alloc: the
+ * memory of a host_alloc (counted as a host allocation; anything else as a device one). */
+static fkv_status make_buffer(fkv_bdev *d, VkDeviceSize size, int host_visible, int host_alloc,
                               VkBufferUsageFlags usage, VkBuffer *buf, VkDeviceMemory *mem,
                               void **ptr) {
     *buf = VK_NULL_HANDLE;
@@ -105,7 +106,11 @@ static fkv_status make_buffer(fkv_bdev *d, VkDeviceSize size, int host_visible,
     r = vkAllocateMemory(d->dev, &ai, NULL, mem);
     if (r != VK_SUCCESS)
         uncount_alloc(d); /* nothing was allocated */
+    else if (host_alloc)
+        fkv_count_host_alloc(&d->counters);
     else
+        fkv_count_device_alloc(&d->counters);
+    if (r == VK_SUCCESS)
         atomic_fetch_add(&d->total_allocs, 1u);
     if (r == VK_SUCCESS)
         r = vkBindBufferMemory(d->dev, *buf, *mem, 0);
@@ -129,7 +134,7 @@ fkv_status fkv_vk_temp_alloc(fkv_bdev *d, VkDeviceSize size, int host_visible,
                              VkBufferUsageFlags usage, vk_temp *t) {
     t->size = size ? size : 4;
     t->host_visible = host_visible;
-    return make_buffer(d, t->size, host_visible, usage ? usage : ALL_USAGE, &t->buf, &t->mem,
+    return make_buffer(d, t->size, host_visible, 0, usage ? usage : ALL_USAGE, &t->buf, &t->mem,
                        &t->ptr);
 }
 
@@ -203,7 +208,7 @@ fkv_status fkv_vk_buffer_alloc(fkv_bdev *d, size_t size, fkv_bbuf **out) {
     if (b == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: buffer handle");
     VkDeviceSize bound = ((VkDeviceSize)size + 3) / 4 * 4;
-    fkv_status st = make_buffer(d, bound, 0, ALL_USAGE, &b->buf, &b->mem, NULL);
+    fkv_status st = make_buffer(d, bound, 0, 0, ALL_USAGE, &b->buf, &b->mem, NULL);
     if (st != FKV_OK) {
         free(b);
         return st;
@@ -319,10 +324,12 @@ static fkv_status import_host(fkv_bdev *d, fkv_bhost *h) {
         VkMemoryAllocateInfo ai = {VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, &imp, size,
                                    (uint32_t)type};
         r = vkAllocateMemory(d->dev, &ai, NULL, &h->mem);
-        if (r != VK_SUCCESS)
+        if (r != VK_SUCCESS) {
             uncount_alloc(d);
-        else
+        } else {
+            fkv_count_host_alloc(&d->counters);
             atomic_fetch_add(&d->total_allocs, 1u);
+        }
         if (r == VK_SUCCESS)
             r = vkBindBufferMemory(d->dev, h->buf, h->mem, 0);
         if (r != VK_SUCCESS)
@@ -376,7 +383,8 @@ fkv_status fkv_vk_host_alloc(fkv_bdev *d, size_t size, fkv_bhost **out, void **p
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: host allocation handle");
     h->desc.size = size;
     fkv_status st = d->import_host ? import_host(d, h)
-                                   : make_buffer(d, size, 1, ALL_USAGE, &h->buf, &h->mem, &h->ptr);
+                                   : make_buffer(d, size, 1, 1, ALL_USAGE, &h->buf, &h->mem,
+                                                 &h->ptr);
     if (st == FKV_OK && (st = register_host(d, h)) != FKV_OK) {
         vkDestroyBuffer(d->dev, h->buf, NULL);
         free_memory(d, h->mem);

@@ -149,6 +149,7 @@ static fkv_status flush_locked(fkv_bdev *d, vk_fqueue *fq) {
     VkResult r = vkQueueSubmit(fq->hw->queue, fq->n_marks, fq->pend_si, VK_NULL_HANDLE);
     pthread_mutex_unlock(&fq->hw->lock);
     atomic_fetch_add(&d->submits, 1u);
+    fkv_count_submit(&d->counters, (fkv_queue)(fq - d->q));
     fkv_status st = FKV_OK;
     if (r != VK_SUCCESS) {
         st = fkv_vk_fail(r, "vkQueueSubmit");
@@ -180,6 +181,7 @@ static int wait_oldest(fkv_bdev *d, vk_fqueue *fq) {
     /* the last submitted value: the oldest one's may not be signalled itself */
     VkSemaphoreWaitInfo wi = {VK_STRUCTURE_TYPE_SEMAPHORE_WAIT_INFO, NULL, 0, 1, &fq->timeline,
                               &fq->submitted};
+    fkv_count_wait(&d->counters);
     if (vkWaitSemaphores(d->dev, &wi, UINT64_MAX) != VK_SUCCESS)
         return 0;
     reclaim(d, fq);
@@ -236,6 +238,14 @@ static int reserve(void *arr, uint32_t *cap, uint32_t need, size_t size, uint32_
     *(void **)arr = p;
     *cap = n;
     return 1;
+}
+
+void fkv_vk_count(const vk_cmd *c, int launch, fkv_copy_dir dir, uint64_t bytes) {
+    fkv_queue q = (fkv_queue)(c->fq - c->d->q);
+    if (launch)
+        fkv_count_launch(&c->d->counters, q);
+    else
+        fkv_count_copy(&c->d->counters, q, dir, bytes);
 }
 
 fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_temp *out) {
@@ -449,6 +459,7 @@ static fkv_status wait_values(fkv_bdev *d, uint32_t n, const VkSemaphore *sems,
                               const uint64_t *vals) {
     if (n) {
         VkSemaphoreWaitInfo wi = {VK_STRUCTURE_TYPE_SEMAPHORE_WAIT_INFO, NULL, 0, n, sems, vals};
+        fkv_count_wait(&d->counters);
         VkResult r = vkWaitSemaphores(d->dev, &wi, UINT64_MAX);
         if (r != VK_SUCCESS)
             return fkv_vk_fail(r, "vkWaitSemaphores");
@@ -540,6 +551,10 @@ static fkv_status record_upload(vk_cmd *c, fkv_bbuf *dst, uint32_t n, const fkv_
         while (j < n && srcs[j] == srcs[i])
             j++;
         vkCmdCopyBuffer(c->rec.cb, srcs[i], dst->buf, j - i, copies + i);
+        uint64_t bytes = 0;
+        for (uint32_t k = i; k < j; k++)
+            bytes += copies[k].size;
+        fkv_vk_count(c, 0, FKV_COPY_H2D, bytes);
         i = j;
     }
     free(copies);
@@ -626,6 +641,7 @@ fkv_status fkv_vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *
         } else {
             VkBufferCopy bc = {src_offset, h ? off : 0, size};
             vkCmdCopyBuffer(c.rec.cb, src->buf, h ? h->buf : p.temp.buf, 1, &bc);
+            fkv_vk_count(&c, 0, FKV_COPY_D2H, size);
             vk_event v = {VK_NULL_HANDLE, 0};
             st = fkv_vk_cmd_submit(&c, &deps, &v);
             p.sem = v.sem;
@@ -663,14 +679,17 @@ fkv_status fkv_vk_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
         }
         VkBufferCopy a = {src_offset, 0, size}, b = {0, dst_offset, size};
         vkCmdCopyBuffer(c.rec.cb, src->buf, t.buf, 1, &a);
+        fkv_vk_count(&c, 0, FKV_COPY_D2D, size);
         VkMemoryBarrier mb = {VK_STRUCTURE_TYPE_MEMORY_BARRIER, NULL, VK_ACCESS_TRANSFER_WRITE_BIT,
                               VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT};
         vkCmdPipelineBarrier(c.rec.cb, VK_PIPELINE_STAGE_TRANSFER_BIT,
                              VK_PIPELINE_STAGE_TRANSFER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
         vkCmdCopyBuffer(c.rec.cb, t.buf, dst->buf, 1, &b);
+        fkv_vk_count(&c, 0, FKV_COPY_D2D, size);
     } else {
         VkBufferCopy bc = {src_offset, dst_offset, size};
         vkCmdCopyBuffer(c.rec.cb, src->buf, dst->buf, 1, &bc);
+        fkv_vk_count(&c, 0, FKV_COPY_D2D, size);
     }
     return fkv_vk_cmd_submit(&c, &deps, NULL);
 }

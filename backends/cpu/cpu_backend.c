@@ -23,6 +23,7 @@
 
 #include "../../common/env.h"
 #include "../../common/error.h"
+#include "../counters.h"
 #include "cpu_fault.h"
 #include "cpu_kernels.h"
 #include "cpu_queue.h"
@@ -43,6 +44,7 @@ struct fkv_bdev {
     fkv_cpu_fault_threads fault_threads;
     int fault_fired;
     pthread_t fault_thread;
+    fkv_bcounters counters; /* every command handed to a queue thread, every host wait */
 };
 
 /* desc.base is the data's address: offsets are aligned against it (an imported buffer may
@@ -209,6 +211,7 @@ static fkv_status cpu_buffer_alloc(fkv_bdev *dev, size_t size, fkv_bbuf **out) {
     }
     b->data = data;
     b->desc = (fkv_mem_desc){.size = size, .base = (uintptr_t)data};
+    fkv_count_device_alloc(&dev->counters);
     *out = b;
     return FKV_OK;
 }
@@ -257,6 +260,7 @@ static fkv_status cpu_host_alloc(fkv_bdev *dev, size_t size, fkv_bhost **out, vo
     h->data = data;
     h->desc = (fkv_mem_desc){.size = size, .base = (uintptr_t)data};
     h->charged = size;
+    fkv_count_host_alloc(&dev->counters);
     *out = h;
     *ptr = data;
     return FKV_OK;
@@ -329,18 +333,30 @@ static fkv_status run_injected(void *args) {
     return fkv_error(FKV_ERR_BACKEND, "cpu: injected failure of a command when it ran");
 }
 
-/* Every enqueue entry ends here. */
+static fkv_status run_copy(void *p);
+static fkv_status run_regions(void *p);
+
+/* Every enqueue entry ends here. A command handed to the queue thread is one submit, and a
+ * launch unless it is a copy (counted by its entry, with its bytes) or a marker. */
 static fkv_status submit(fkv_bdev *dev, fkv_queue q, cpu_cmd_fn fn, void *args, fkv_deps deps) {
+    fkv_status st;
     if (fault_due(dev)) {
         if (dev->fault_kind == FKV_CPU_FAULT_ENQUEUE) {
             free(args);
             return fail(deps, fkv_error(FKV_ERR_BACKEND, "cpu: injected failure of a command "
                                                          "at enqueue"));
         }
-        return cpu_queue_submit_device_error(dev->queues[q], run_injected, args, deps.n_wait,
-                                             deps.wait, deps.done);
+        st = cpu_queue_submit_device_error(dev->queues[q], run_injected, args, deps.n_wait,
+                                           deps.wait, deps.done);
+    } else {
+        st = cpu_queue_submit(dev->queues[q], fn, args, deps.n_wait, deps.wait, deps.done);
     }
-    return cpu_queue_submit(dev->queues[q], fn, args, deps.n_wait, deps.wait, deps.done);
+    if (st == FKV_OK) {
+        fkv_count_submit(&dev->counters, q);
+        if (fn != NULL && fn != run_copy && fn != run_regions)
+            fkv_count_launch(&dev->counters, q);
+    }
+    return st;
 }
 
 static fkv_status alloc_args(const char *op, size_t size, void **out) {
@@ -353,7 +369,8 @@ static fkv_status alloc_args(const char *op, size_t size, void **out) {
 /* ---- events and queues ---- */
 
 static fkv_status cpu_event_wait_op(fkv_bdev *dev, uint32_t n, fkv_bevent *const *events) {
-    (void)dev;
+    if (dev) /* events outlive their device: a wait after close has nothing to count on */
+        fkv_count_wait(&dev->counters);
     return cpu_event_wait(n, events);
 }
 
@@ -372,6 +389,7 @@ static fkv_status cpu_finish(fkv_bdev *dev, fkv_queue q) {
     fkv_status st = cpu_marker(dev, q, deps);
     if (st != FKV_OK)
         return st;
+    fkv_count_wait(&dev->counters);
     st = cpu_event_wait(1, &ev);
     cpu_event_release(ev);
     return st;
@@ -392,29 +410,33 @@ static fkv_status run_copy(void *p) {
 }
 
 static fkv_status enqueue_copy(fkv_bdev *dev, fkv_queue q, fkv_deps deps, void *dst,
-                               const void *src, size_t size) {
+                               const void *src, size_t size, fkv_copy_dir dir) {
     copy_args *a;
     TRY(alloc_args("copy", sizeof *a, (void **)&a));
     a->dst = dst;
     a->src = src;
     a->size = size;
-    return submit(dev, q, run_copy, a, deps);
+    fkv_status st = submit(dev, q, run_copy, a, deps);
+    if (st == FKV_OK)
+        fkv_count_copy(&dev->counters, q, dir, size);
+    return st;
 }
 
 static fkv_status cpu_write(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                             size_t dst_offset, const void *src, size_t size) {
-    return enqueue_copy(dev, q, deps, at(dst, dst_offset), src, size);
+    return enqueue_copy(dev, q, deps, at(dst, dst_offset), src, size, FKV_COPY_H2D);
 }
 
 static fkv_status cpu_read(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_bbuf *src,
                            size_t src_offset, void *dst, size_t size) {
-    return enqueue_copy(dev, q, deps, dst, at(src, src_offset), size);
+    return enqueue_copy(dev, q, deps, dst, at(src, src_offset), size, FKV_COPY_D2H);
 }
 
 static fkv_status cpu_copy(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                            size_t dst_offset, const fkv_bbuf *src, size_t src_offset,
                            size_t size) {
-    return enqueue_copy(dev, q, deps, at(dst, dst_offset), at(src, src_offset), size);
+    return enqueue_copy(dev, q, deps, at(dst, dst_offset), at(src, src_offset), size,
+                        FKV_COPY_D2D);
 }
 
 typedef struct regions_args {
@@ -438,7 +460,13 @@ static fkv_status cpu_write_regions(fkv_bdev *dev, fkv_queue q, fkv_deps deps, f
     a->dst = dst->data;
     a->n = n;
     memcpy(a->regions, regions, (size_t)n * sizeof *regions);
-    return submit(dev, q, run_regions, a, deps);
+    uint64_t bytes = 0;
+    for (uint32_t i = 0; i < n; i++)
+        bytes += regions[i].size;
+    fkv_status st = submit(dev, q, run_regions, a, deps);
+    if (st == FKV_OK) /* one command, however many regions */
+        fkv_count_copy(&dev->counters, q, FKV_COPY_H2D, bytes);
+    return st;
 }
 
 /* ---- kernels ---- */
@@ -798,6 +826,8 @@ fkv_status fkv_cpu_fault_disarm(fkv_device *dev, int *fired, uint64_t *counted) 
     return FKV_OK;
 }
 
+static const fkv_bcounters *cpu_counters(fkv_bdev *dev) { return &dev->counters; }
+
 /* ---- the table ---- */
 
 static const fkv_backend_ops cpu_ops = {
@@ -832,6 +862,7 @@ static const fkv_backend_ops cpu_ops = {
     .recall_direct = cpu_recall_direct_op,
     .recall_mode = cpu_recall_mode,
     .opened_info = cpu_opened_info,
+    .counters = cpu_counters,
 };
 
 const fkv_backend_ops *fkv_backend_cpu(void) { return &cpu_ops; }

@@ -1,0 +1,378 @@
+/* Device command counters (fkv_device_get_counters): every count that is deterministic, on the
+ * CPU reference and on the device backends CI has (PoCL, lavapipe). Each test takes a
+ * snapshot, runs one thing and checks the difference, so work done while opening the device
+ * never matters. */
+#include <criterion/criterion.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/dispatch.h"
+#include "common/thread_role.h"
+#include "helpers.h"
+#include "pipeline_driver.h"
+
+/* ---- fixture ---- */
+
+/* The first device of `backend`; skips the test when there is none (fails it when
+ * FREEKV_REQUIRE_DEVICES names the backend). */
+static fkv_device *open_device(const char *backend) {
+    static const char *const recall_vars[] = {"FREEKV_CPU_RECALL", "FREEKV_OPENCL_RECALL",
+                                              "FREEKV_VULKAN_RECALL", "FREEKV_HIP_RECALL"};
+    for (size_t i = 0; i < sizeof recall_vars / sizeof *recall_vars; i++)
+        unsetenv(recall_vars[i]);
+    unsetenv("FREEKV_DEVICE");
+    if (fkv_backend_find(backend) == NULL)
+        cr_skip_test("backend %s is not compiled in", backend);
+    fkv_device *dev = NULL;
+    fkv_status st = fkv_device_open(backend, NULL, &dev);
+    if (st == FKV_ERR_NO_DEVICE && !th_device_required(backend))
+        cr_skip_test("no %s device", backend);
+    cr_assert_eq(st, FKV_OK, "%s: %s", backend, fkv_last_error());
+    return dev;
+}
+
+static fkv_counters snap(fkv_device *dev) {
+    fkv_counters c;
+    cr_assert_eq(fkv_device_get_counters(dev, &c), FKV_OK, "%s", fkv_last_error());
+    return c;
+}
+
+/* after - before, every field */
+static fkv_counters diff(const fkv_counters *after, const fkv_counters *before) {
+    fkv_counters d;
+    for (int q = 0; q < FKV_COUNTER_QUEUES; q++) {
+        const fkv_queue_counters *a = &after->queues[q], *b = &before->queues[q];
+        d.queues[q] = (fkv_queue_counters){.launches = a->launches - b->launches,
+                                           .copies = a->copies - b->copies,
+                                           .submits = a->submits - b->submits,
+                                           .h2d_bytes = a->h2d_bytes - b->h2d_bytes,
+                                           .d2h_bytes = a->d2h_bytes - b->d2h_bytes};
+    }
+    d.caller_waits = after->caller_waits - before->caller_waits;
+    d.worker_waits = after->worker_waits - before->worker_waits;
+    d.device_allocs = after->device_allocs - before->device_allocs;
+    d.host_allocs = after->host_allocs - before->host_allocs;
+    return d;
+}
+
+/* Sums over the queues. */
+typedef struct totals {
+    uint64_t launches, copies, submits, h2d, d2h;
+} totals;
+
+static totals total(const fkv_counters *c) {
+    totals t = {0, 0, 0, 0, 0};
+    for (int q = 0; q < FKV_COUNTER_QUEUES; q++) {
+        t.launches += c->queues[q].launches;
+        t.copies += c->queues[q].copies;
+        t.submits += c->queues[q].submits;
+        t.h2d += c->queues[q].h2d_bytes;
+        t.d2h += c->queues[q].d2h_bytes;
+    }
+    return t;
+}
+
+static const fkv_deps no_deps = {0, NULL, NULL};
+
+/* ---- the checks, run on each backend ---- */
+
+/* A blocking buffer write (read): one copy on the compute queue carrying its bytes
+ * host->device (device->host), one submission, one wait on the caller's thread. */
+static void check_transfer(const char *backend, int read) {
+    fkv_device *dev = open_device(backend);
+    fkv_buffer *buf = NULL;
+    cr_assert_eq(fkv_buffer_alloc(dev, 4096, &buf), FKV_OK, "%s", fkv_last_error());
+    unsigned char data[1000];
+    memset(data, 7, sizeof data);
+    fkv_counters a = snap(dev);
+    fkv_status st = read ? fkv_buffer_read(buf, 400, data, 600)
+                         : fkv_buffer_write(buf, 96, data, sizeof data);
+    cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
+    fkv_counters b = snap(dev);
+    fkv_counters d = diff(&b, &a);
+    totals t = total(&d);
+    const fkv_queue_counters *cq = &d.queues[FKV_COUNTER_COMPUTE];
+    cr_expect_eq(cq->copies, 1, "%s: copies", backend);
+    cr_expect_eq(t.copies, 1, "%s: copies on all queues", backend);
+    cr_expect_eq(t.launches, 0, "%s: launches", backend);
+    cr_expect_eq(cq->h2d_bytes, read ? 0 : sizeof data, "%s: h2d bytes", backend);
+    cr_expect_eq(cq->d2h_bytes, read ? 600 : 0, "%s: d2h bytes", backend);
+    cr_expect_eq(t.h2d + t.d2h, read ? 600 : sizeof data, "%s: host bytes on all queues",
+                 backend);
+    cr_expect_eq(t.submits, 1, "%s: submits", backend);
+    cr_expect_eq(d.caller_waits, 1, "%s: caller waits", backend);
+    cr_expect_eq(d.worker_waits, 0, "%s: worker waits", backend);
+    fkv_buffer_release(buf);
+    fkv_device_close(dev);
+}
+
+/* A device->device copy on the transfer queue: a copy there, no host bytes, no wait. */
+static void check_copy(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_bbuf *buf = NULL;
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 4096, &buf), FKV_OK, "%s", fkv_last_error());
+    fkv_counters a = snap(dev);
+    cr_assert_eq(fkv_op_copy(dev, FKV_QUEUE_TRANSFER, no_deps, buf, 2048, buf, 0, 1024), FKV_OK,
+                 "%s", fkv_last_error());
+    fkv_counters b = snap(dev);
+    cr_assert_eq(fkv_op_finish(dev, FKV_QUEUE_TRANSFER), FKV_OK, "%s", fkv_last_error());
+    fkv_counters d = diff(&b, &a);
+    totals t = total(&d);
+    cr_expect_eq(d.queues[FKV_COUNTER_TRANSFER].copies, 1, "%s: copies", backend);
+    cr_expect_eq(t.copies, 1, "%s: copies on all queues", backend);
+    cr_expect_eq(t.h2d + t.d2h, 0, "%s: host bytes", backend);
+    cr_expect_eq(d.caller_waits + d.worker_waits, 0, "%s: waits", backend);
+    fkv_counters c = snap(dev);
+    cr_expect_eq(c.caller_waits - b.caller_waits, 1, "%s: finish is one caller wait", backend);
+    fkv_op_buffer_free(dev, buf);
+    fkv_device_close(dev);
+}
+
+/* Waits: an event wait on the caller's thread is one caller wait, whatever the number of
+ * events the call waits for on devices that wait for them in one call; the marker is a
+ * submission and no command. */
+static void check_event_wait(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_bevent *ev = NULL;
+    fkv_counters a = snap(dev);
+    cr_assert_eq(fkv_op_marker(dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &ev}), FKV_OK, "%s",
+                 fkv_last_error());
+    cr_assert_eq(fkv_op_event_wait(dev, 1, &ev), FKV_OK, "%s", fkv_last_error());
+    fkv_counters b = snap(dev);
+    fkv_op_event_release(dev, ev);
+    fkv_counters d = diff(&b, &a);
+    totals t = total(&d);
+    cr_expect_eq(d.caller_waits, 1, "%s: caller waits", backend);
+    cr_expect_eq(d.worker_waits, 0, "%s: worker waits", backend);
+    cr_expect_eq(t.launches + t.copies, 0, "%s: a marker is no command", backend);
+    fkv_device_close(dev);
+}
+
+typedef struct wait_job {
+    fkv_device *dev;
+    fkv_bevent *ev;
+    fkv_status st;
+} wait_job;
+
+static void *wait_as_worker(void *p) {
+    wait_job *j = p;
+    fkv_thread_role_set(FKV_ROLE_WORKER);
+    j->st = fkv_op_event_wait(j->dev, 1, &j->ev);
+    return NULL;
+}
+
+/* The same wait on a thread marked as the library's worker counts as the worker's. */
+static void check_worker_wait(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    wait_job j = {.dev = dev};
+    cr_assert_eq(fkv_op_marker(dev, FKV_QUEUE_BACKGROUND, (fkv_deps){0, NULL, &j.ev}), FKV_OK,
+                 "%s", fkv_last_error());
+    fkv_counters a = snap(dev);
+    pthread_t th;
+    cr_assert_eq(pthread_create(&th, NULL, wait_as_worker, &j), 0);
+    pthread_join(th, NULL);
+    cr_assert_eq(j.st, FKV_OK);
+    fkv_counters b = snap(dev);
+    fkv_op_event_release(dev, j.ev);
+    fkv_counters d = diff(&b, &a);
+    cr_expect_eq(d.worker_waits, 1, "%s: worker waits", backend);
+    cr_expect_eq(d.caller_waits, 0, "%s: caller waits", backend);
+    fkv_device_close(dev);
+}
+
+/* Allocations: a device buffer is one device allocation, pinned host memory one host
+ * allocation. */
+static void check_allocs(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_counters a = snap(dev);
+    fkv_buffer *buf = NULL;
+    cr_assert_eq(fkv_buffer_alloc(dev, 65536, &buf), FKV_OK, "%s", fkv_last_error());
+    fkv_counters b = snap(dev);
+    fkv_bhost *host = NULL;
+    void *ptr = NULL;
+    cr_assert_eq(fkv_op_host_alloc(dev, 65536, &host, &ptr), FKV_OK, "%s", fkv_last_error());
+    fkv_counters c = snap(dev);
+    cr_expect_eq(b.device_allocs - a.device_allocs, 1, "%s: device allocs", backend);
+    cr_expect_eq(b.host_allocs - a.host_allocs, 0, "%s: host allocs", backend);
+    cr_expect_eq(c.host_allocs - b.host_allocs, 1, "%s: host allocs of host_alloc", backend);
+    cr_expect_eq(c.device_allocs - b.device_allocs, 0, "%s: device allocs of host_alloc",
+                 backend);
+    fkv_op_host_free(dev, host);
+    fkv_buffer_release(buf);
+    fkv_device_close(dev);
+}
+
+/* Paged attention: the launches the backend issues. With attention_splits (the device
+ * backends' option) forced to 1 it is one kernel; forced to 2, the attention and its reduce
+ * kernel. The CPU reference runs it as one command. */
+static void check_attention(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_kv_geom g = {.n_kv_heads = 1, .group = 2, .head_dim = 16, .page_size = 4,
+                     .dtype = FKV_F32};
+    enum { PAGES = 4 };
+    size_t slot = fkv_slot_bytes(&g);
+    fkv_bbuf *q = NULL, *heads = NULL, *entries = NULL, *kp = NULL, *vp = NULL, *out = NULL;
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 2 * 16 * sizeof(float), &q), FKV_OK);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 2 * sizeof(int32_t), &heads), FKV_OK);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 2 * PAGES * sizeof(int32_t), &entries), FKV_OK);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, PAGES * slot, &kp), FKV_OK);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, PAGES * slot, &vp), FKV_OK);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 2 * 16 * sizeof(float), &out), FKV_OK);
+    int32_t h[2] = {0, PAGES}, e[2 * PAGES];
+    for (int i = 0; i < PAGES; i++)
+        e[2 * i] = i, e[2 * i + 1] = 4;
+    cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_COMPUTE, no_deps, heads, 0, h, sizeof h), FKV_OK);
+    cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_COMPUTE, no_deps, entries, 0, e, sizeof e), FKV_OK);
+    cr_assert_eq(fkv_op_finish(dev, FKV_QUEUE_COMPUTE), FKV_OK);
+    fkv_device_info info;
+    fkv_device_get_info(dev, &info);
+    int reference = info.type == FKV_DEVICE_REFERENCE;
+    for (uint32_t splits = 1; splits <= 2; splits++) {
+        if (!reference)
+            cr_assert_eq(th_set_option(dev, "attention_splits", splits), FKV_OK, "%s: %s",
+                         backend, fkv_last_error());
+        fkv_counters a = snap(dev);
+        cr_assert_eq(fkv_op_attention(dev, FKV_QUEUE_COMPUTE, no_deps, &g, q, 0, 1, heads, 0,
+                                      entries, 0, kp, vp, 0.25f, out, 0),
+                     FKV_OK, "%s: %s", backend, fkv_last_error());
+        /* after finish: a backend that batches (Vulkan) submits the launch there */
+        cr_assert_eq(fkv_op_finish(dev, FKV_QUEUE_COMPUTE), FKV_OK);
+        fkv_counters b = snap(dev);
+        fkv_counters d = diff(&b, &a);
+        totals t = total(&d);
+        uint64_t want = reference ? 1 : splits;
+        cr_expect_eq(d.queues[FKV_COUNTER_COMPUTE].launches, want,
+                     "%s: %llu launches with %u split(s)", backend,
+                     (unsigned long long)d.queues[FKV_COUNTER_COMPUTE].launches, splits);
+        cr_expect_eq(t.launches, want, "%s: launches on all queues", backend);
+        cr_expect_eq(t.copies, 0, "%s: copies", backend);
+        cr_expect_geq(t.submits, 1, "%s: submitted", backend);
+    }
+    fkv_bbuf *all[] = {q, heads, entries, kp, vp, out};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        fkv_op_buffer_free(dev, all[i]);
+    fkv_device_close(dev);
+}
+
+/* A freekv decode loop: its speculative worker's host waits count as the worker's (the
+ * worker thread marks itself), and the caller's as the caller's. */
+static void check_decode_roles(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = FKV_POLICY_FREEKV;
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    pd_run run = {.n_seqs = 1, .prompt = {80}, .steps = 6, .batched = 1, .drift = 0.3f};
+    fkv_counters a;
+    cr_assert_eq(fkv_context_get_counters(ctx, &a), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_context_sync(ctx), FKV_OK, "%s", fkv_last_error());
+    fkv_counters b;
+    cr_assert_eq(fkv_context_get_counters(ctx, &b), FKV_OK);
+    fkv_counters d = diff(&b, &a);
+    cr_expect_gt(d.worker_waits, 0, "%s: the speculative worker's waits", backend);
+    cr_expect_gt(d.caller_waits, 0, "%s: the caller's waits", backend);
+    fkv_context_destroy(ctx);
+
+    /* sync has no worker: every wait is the caller's */
+    cfg.policy = FKV_POLICY_SYNC;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    a = snap(dev);
+    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    b = snap(dev);
+    d = diff(&b, &a);
+    cr_expect_eq(d.worker_waits, 0, "%s: sync has no worker", backend);
+    cr_expect_gt(d.caller_waits, 0, "%s: the caller's waits", backend);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
+/* Steady state of a decode loop: after warm-up steps, no device or host allocation (the
+ * CPU reference and OpenCL keep their scratch). */
+static void check_steady_allocs(const char *backend, fkv_policy policy) {
+    fkv_device *dev = open_device(backend);
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = policy;
+    fkv_context *ctx = NULL;
+    fkv_counters created = snap(dev);
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    pd_run warm = {.n_seqs = 2, .seqs = {0, 1}, .prompt = {80, 70}, .steps = 4, .batched = 1,
+                   .drift = 0.3f};
+    cr_assert_eq(pd_execute(ctx, &warm, NULL), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_context_sync(ctx), FKV_OK, "%s", fkv_last_error());
+    fkv_counters a = snap(dev);
+    /* the context's own buffers and host pool were counted */
+    cr_expect_gt(a.device_allocs - created.device_allocs, 0, "%s: context buffers", backend);
+    cr_expect_gt(a.host_allocs - created.host_allocs, 0, "%s: host pool and staging", backend);
+    pd_run more = warm;
+    more.resume = 1;
+    more.first_step = warm.steps;
+    more.steps = 8;
+    cr_assert_eq(pd_execute(ctx, &more, NULL), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_context_sync(ctx), FKV_OK, "%s", fkv_last_error());
+    fkv_counters b = snap(dev);
+    fkv_counters d = diff(&b, &a);
+    cr_expect_eq(d.device_allocs, 0, "%s %s: %llu device allocations after warm-up", backend,
+                 fkv_policy_name(policy), (unsigned long long)d.device_allocs);
+    cr_expect_eq(d.host_allocs, 0, "%s %s: %llu host allocations after warm-up", backend,
+                 fkv_policy_name(policy), (unsigned long long)d.host_allocs);
+    totals t = total(&d);
+    cr_expect_gt(t.launches, 0, "%s: the loop launched kernels", backend);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
+#define COUNTER_TESTS(backend)                                                                 \
+    Test(backend, write_counts_one_copy_and_its_bytes) { check_transfer(#backend, 0); }        \
+    Test(backend, read_counts_one_copy_and_its_bytes) { check_transfer(#backend, 1); }         \
+    Test(backend, device_copy_counts_on_its_queue) { check_copy(#backend); }                   \
+    Test(backend, event_wait_is_one_caller_wait) { check_event_wait(#backend); }               \
+    Test(backend, wait_on_the_worker_counts_as_worker) { check_worker_wait(#backend); }        \
+    Test(backend, allocations) { check_allocs(#backend); }                                     \
+    Test(backend, attention_launches) { check_attention(#backend); }                           \
+    Test(backend, decode_waits_by_thread, .timeout = 120) { check_decode_roles(#backend); }
+
+COUNTER_TESTS(cpu)
+COUNTER_TESTS(opencl)
+COUNTER_TESTS(vulkan)
+COUNTER_TESTS(hip)
+
+/* No allocation once warm (#11: Vulkan keeps grow-only scratch per queue). */
+Test(cpu, no_allocation_after_warmup, .timeout = 120) {
+    check_steady_allocs("cpu", FKV_POLICY_FREEKV);
+    check_steady_allocs("cpu", FKV_POLICY_SYNC);
+}
+Test(opencl, no_allocation_after_warmup, .timeout = 120) {
+    check_steady_allocs("opencl", FKV_POLICY_FREEKV);
+    check_steady_allocs("opencl", FKV_POLICY_SYNC);
+}
+Test(vulkan, no_allocation_after_warmup, .timeout = 120) {
+    check_steady_allocs("vulkan", FKV_POLICY_FREEKV);
+    check_steady_allocs("vulkan", FKV_POLICY_SYNC);
+}
+
+/* A table without the counters entry, or one built before it (struct_size), reports "not
+ * counted", never zeros. */
+Test(cpu, table_without_counters_is_not_counted) {
+    fkv_backend_ops without = *fkv_backend_cpu();
+    without.counters = NULL;
+    fkv_backend_ops older = *fkv_backend_cpu();
+    older.struct_size = (uint32_t)offsetof(fkv_backend_ops, counters);
+    const fkv_backend_ops *tables[] = {&without, &older};
+    for (int i = 0; i < 2; i++) {
+        fkv_device *dev = NULL;
+        cr_assert_eq(fkv_device_open_ops(tables[i], 0, &dev), FKV_OK, "%s", fkv_last_error());
+        fkv_counters c;
+        memset(&c, 0xA5, sizeof c);
+        cr_expect_eq(fkv_device_get_counters(dev, &c), FKV_ERR_UNSUPPORTED);
+        cr_expect(strstr(fkv_last_error(), "does not count") != NULL, "%s", fkv_last_error());
+        cr_expect_eq(c.caller_waits, 0xA5A5A5A5A5A5A5A5ull, "the output is left alone");
+        fkv_device_close(dev);
+    }
+    fkv_counters c;
+    cr_expect_eq(fkv_device_get_counters(NULL, &c), FKV_ERR_INVALID_ARGUMENT);
+    cr_expect_eq(fkv_context_get_counters(NULL, &c), FKV_ERR_INVALID_ARGUMENT);
+}

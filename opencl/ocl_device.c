@@ -208,8 +208,6 @@ static void ocl_device_close(fkv_bdev *d) {
     for (int k = 0; k < OCL_KQ_COUNT; k++) {
         if (d->kq[k].partials)
             clReleaseMemObject(d->kq[k].partials);
-        if (d->kq[k].offsets)
-            clReleaseMemObject(d->kq[k].offsets);
         pthread_mutex_destroy(&d->kq[k].lock);
     }
     for (int q = 0; q < FKV_QUEUE_COUNT; q++)

@@ -265,20 +265,13 @@ fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
         bits |= srcs[i].offset;
     uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
     fkv_copy_words cw = fkv_pick_copy_words(g, bits, 0);
-    uint32_t last = 0;
-    for (uint32_t i = 0; i < n_units; i++)
-        last = srcs[i].host / K > last ? srcs[i].host / K : last;
+    uint32_t last = fkv_direct_last_group(n_units, srcs);
     if ((st = begin(&lc, &deps)) != FKV_OK)
         return st;
     /* The stream waits for deps once (begin); the launches follow in order on it. */
     for (uint32_t grp = 0; grp <= last && st == FKV_OK; grp++) {
-        uint32_t base = grp * K, lo = n_units, hi = 0;
-        for (uint32_t i = 0; i < n_units; i++)
-            if (srcs[i].host - base < K) {
-                lo = i < lo ? i : lo;
-                hi = i + 1;
-            }
-        if (lo >= hi)
+        uint32_t base = grp * K, lo, hi;
+        if (!fkv_direct_group_range(grp, n_units, srcs, &lo, &hi))
             continue;
         fkv_hip_scatter_args a = {
             .host_base = base,

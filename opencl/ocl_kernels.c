@@ -434,18 +434,11 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
     fkv_copy_words cw = fkv_pick_copy_words(g, offset_bits, 0);
     ocl_kernel_id id = cw.word == 16 ? K_DIRECT_V16 : K_DIRECT;
     /* The groups of hosts that units read, each with its range of the table. */
-    uint32_t n_groups = (n_hosts + K - 1) / K, last = 0, launched = 0;
-    for (uint32_t i = 0; i < n_units; i++)
-        last = srcs[i].host / K > last ? srcs[i].host / K : last;
+    uint32_t last = fkv_direct_last_group(n_units, srcs), launched = 0;
     pthread_mutex_lock(&lc.kq->lock);
-    for (uint32_t grp = 0; grp < n_groups && grp <= last && st == FKV_OK; grp++) {
-        uint32_t base = grp * K, lo = n_units, hi = 0;
-        for (uint32_t i = 0; i < n_units; i++)
-            if (srcs[i].host - base < K) {
-                lo = i < lo ? i : lo;
-                hi = i + 1;
-            }
-        if (lo >= hi)
+    for (uint32_t grp = 0; grp <= last && st == FKV_OK; grp++) {
+        uint32_t base = grp * K, lo, hi;
+        if (!fkv_direct_group_range(grp, n_units, srcs, &lo, &hi))
             continue; /* no unit reads these hosts */
         kargs a = args_of(&lc, id);
         cl_ulong8 size;

@@ -29,7 +29,7 @@
  *
  * Arguments: one rule for every backend, the CPU reference included. The dispatch layer checks
  * every argument the host can see (backends/check.c) before an entry is called: queue, wait
- * list, geometry, buffers given, sizes, offsets and alignment, recall_direct's host offsets.
+ * list, geometry, buffers given, sizes, offsets and alignment, recall_direct's host indices and offsets.
  * A refused call returns FKV_ERR_INVALID_ARGUMENT with a message "<backend> <op>: ...",
  * enqueues nothing and leaves *deps.done NULL. Every buffer argument must be given and valid
  * even for zero work; a call with zero work (a copy of 0 bytes, a kernel over 0 rows, pages,
@@ -162,6 +162,18 @@ typedef struct fkv_copy_region {
     size_t size;
 } fkv_copy_region;
 
+/* Where recall_direct's unit i lies: byte `offset` of host allocation hosts[host]. */
+typedef struct fkv_direct_src {
+    uint32_t host;
+    uint64_t offset;
+} fkv_direct_src;
+
+/* Ints per unit of recall_direct's device unit table: {gslot, kv_head, host, offset / es}. */
+#define FKV_DIRECT_UNIT_INTS 4
+/* Host allocations one launch of a GPU backend's recall_direct binds (kernel arguments or
+ * descriptor bindings): a call over more hosts issues ceil(hosts / this) launches. */
+#define FKV_DIRECT_HOSTS_PER_LAUNCH 8
+
 typedef struct fkv_backend_ops {
     uint32_t abi_version; /* FKV_BACKEND_ABI_VERSION the table was built for */
     uint32_t struct_size; /* sizeof(fkv_backend_ops) it was built with */
@@ -258,14 +270,21 @@ typedef struct fkv_backend_ops {
                                   const fkv_bbuf *qbuf, size_t q_off, uint32_t n_tokens,
                                   const fkv_bbuf *k, const fkv_bbuf *v, float scale,
                                   fkv_bbuf *out, size_t out_off);
-    /* Zero-copy recall: unit i reads [K|V][p][d] at host byte offset units_host[i] of `host`
-     * and writes KV head units[2i+1] of slot units[2i]. units_host is a host array, valid
-     * until the command completes. NULL: FKV_ERR_UNSUPPORTED; such a device may claim neither
+    /* Zero-copy recall from any number of host allocations in one call. Unit i reads
+     * [K|V][p][d] at byte srcs[i].offset of hosts[srcs[i].host] and writes KV head
+     * units[4i+1] of slot units[4i]. `units` is the device-side unit table, int32 x4 per unit:
+     * {gslot, kv_head, host index, host offset / element size}; the caller writes it (the
+     * recall engine: one write on q just before this call), and the kernels read only it.
+     * srcs is the host-side copy of the same (host, offset) pairs, read during the call only
+     * (for the checks and the launch plan: alignment, which hosts a launch binds); it is never
+     * uploaded. Units of one host should be contiguous: a backend that binds at most
+     * FKV_DIRECT_HOSTS_PER_LAUNCH allocations per launch issues one launch per group over
+     * that group's unit range. NULL: FKV_ERR_UNSUPPORTED; such a device may claim neither
      * FKV_CAP_ZERO_COPY_HOST nor the direct recall mode, so the core recalls staged. */
     fkv_status (*recall_direct)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                                const fkv_bhost *host, uint32_t n_units, const uint64_t *units_host,
-                                const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
-                                fkv_bbuf *vpool);
+                                uint32_t n_hosts, const fkv_bhost *const *hosts, uint32_t n_units,
+                                const fkv_direct_src *srcs, const fkv_bbuf *units,
+                                size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool);
     /* Which recall mechanism this device prefers (backend env override applied). NULL:
      * FKV_RECALL_STAGED. */
     fkv_recall_mode (*recall_mode)(fkv_bdev *dev);

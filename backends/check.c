@@ -214,28 +214,37 @@ fkv_status fkv_check_scatter_hnd(const char *backend, const fkv_kv_geom *g, fkv_
     return fkv_check_pools(backend, op, g, kpool, vpool);
 }
 
-fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, fkv_bview host,
-                                   uint32_t n_units, const uint64_t *units_host,
-                                   fkv_bview units, size_t units_off, fkv_bview kpool,
-                                   fkv_bview vpool) {
+fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, uint32_t n_hosts,
+                                   const fkv_bhost *const *hosts, uint32_t n_units,
+                                   const fkv_direct_src *srcs, fkv_bview units, size_t units_off,
+                                   fkv_bview kpool, fkv_bview vpool) {
     const char *op = "recall_direct";
     size_t es = fkv_dtype_size(g->dtype);
     uint64_t unit_bytes = fkv_unit_bytes(g);
     fkv_status st;
-    if (!host.present)
-        return REFUSE("%s %s: NULL host memory", backend, op);
-    if (n_units && units_host == NULL)
-        return REFUSE("%s %s: NULL unit offsets", backend, op);
+    if (n_hosts == 0 || hosts == NULL)
+        return REFUSE("%s %s: no host memory", backend, op);
+    for (uint32_t h = 0; h < n_hosts; h++)
+        if (hosts[h] == NULL)
+            return REFUSE("%s %s: NULL host memory (host %u)", backend, op, h);
+    if (n_units && srcs == NULL)
+        return REFUSE("%s %s: NULL unit sources", backend, op);
     if ((st = fkv_check_span(backend, op, "units", units, units_off,
-                             (uint64_t)n_units * 2 * sizeof(int32_t), 4)) != FKV_OK ||
+                             (uint64_t)n_units * FKV_DIRECT_UNIT_INTS * sizeof(int32_t), 4)) !=
+            FKV_OK ||
         (st = fkv_check_pools(backend, op, g, kpool, vpool)) != FKV_OK)
         return st;
     for (uint32_t i = 0; i < n_units; i++) {
-        uint64_t off = units_host[i];
-        if (off % es || off > host.size || unit_bytes > host.size - off)
+        if (srcs[i].host >= n_hosts)
+            return REFUSE("%s %s: unit %u names host %u of %u", backend, op, i, srcs[i].host,
+                          n_hosts);
+        uint64_t off = srcs[i].offset;
+        /* every backend's fkv_bhost starts with its fkv_mem_desc */
+        size_t size = ((const fkv_mem_desc *)hosts[srcs[i].host])->size;
+        if (off % es || off > size || unit_bytes > size - off || off / es > UINT32_MAX)
             return REFUSE("%s %s: unit %u at host offset %llu is misaligned or beyond the "
                           "%zu-byte allocation",
-                          backend, op, i, (unsigned long long)off, host.size);
+                          backend, op, i, (unsigned long long)off, size);
     }
     return FKV_OK;
 }

@@ -67,11 +67,11 @@ fkv_status fkv_check_pack_hnd(const char *backend, const fkv_kv_geom *g, fkv_bvi
 fkv_status fkv_check_scatter_hnd(const char *backend, const fkv_kv_geom *g, fkv_bview src,
                                  size_t src_off, uint32_t n_units, fkv_bview units,
                                  size_t units_off, fkv_bview kpool, fkv_bview vpool);
-/* host: the host allocation every unit offset must lie in. */
-fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, fkv_bview host,
-                                   uint32_t n_units, const uint64_t *units_host,
-                                   fkv_bview units, size_t units_off, fkv_bview kpool,
-                                   fkv_bview vpool);
+/* hosts: the host allocations the units' sources index. */
+fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, uint32_t n_hosts,
+                                   const fkv_bhost *const *hosts, uint32_t n_units,
+                                   const fkv_direct_src *srcs, fkv_bview units, size_t units_off,
+                                   fkv_bview kpool, fkv_bview vpool);
 fkv_status fkv_check_attention(const char *backend, const fkv_kv_geom *g, fkv_bview q,
                                size_t q_off, uint32_t n_seqs, fkv_bview heads, size_t heads_off,
                                fkv_bview entries, size_t entries_off, fkv_bview kpool,

@@ -276,18 +276,19 @@ fkv_status fkv_op_attention_dense(fkv_device *dev, fkv_queue q, fkv_deps deps,
 }
 
 fkv_status fkv_op_recall_direct(fkv_device *dev, fkv_queue q, fkv_deps deps,
-                                const fkv_kv_geom *g, const fkv_bhost *host, uint32_t n_units,
-                                const uint64_t *units_host, const fkv_bbuf *units,
+                                const fkv_kv_geom *g, uint32_t n_hosts,
+                                const fkv_bhost *const *hosts, uint32_t n_units,
+                                const fkv_direct_src *srcs, const fkv_bbuf *units,
                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool) {
     if (!FKV_HAS_ENTRY(dev->ops, recall_direct))
         return refuse(deps, fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s' has no recall_direct "
                                                            "(zero-copy recall)",
                                       NAME(dev)));
     CHECKED(kernel_checks(dev, "recall_direct", q, deps, g));
-    CHECKED(fkv_check_recall_direct(NAME(dev), g, VIEW(host), n_units, units_host, VIEW(units),
+    CHECKED(fkv_check_recall_direct(NAME(dev), g, n_hosts, hosts, n_units, srcs, VIEW(units),
                                     units_off, VIEW(kpool), VIEW(vpool)));
     MARKER_IF_NONE(n_units);
-    return dev->ops->recall_direct(dev->bdev, q, deps, g, host, n_units, units_host, units,
+    return dev->ops->recall_direct(dev->bdev, q, deps, g, n_hosts, hosts, n_units, srcs, units,
                                    units_off, kpool, vpool);
 }
 

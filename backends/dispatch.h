@@ -104,8 +104,9 @@ fkv_status fkv_op_attention_dense(fkv_device *dev, fkv_queue q, fkv_deps deps,
 /* No recall_direct entry: FKV_ERR_UNSUPPORTED (a device that opened without one never
  * reports the direct recall mode). */
 fkv_status fkv_op_recall_direct(fkv_device *dev, fkv_queue q, fkv_deps deps,
-                                const fkv_kv_geom *g, const fkv_bhost *host, uint32_t n_units,
-                                const uint64_t *units_host, const fkv_bbuf *units,
+                                const fkv_kv_geom *g, uint32_t n_hosts,
+                                const fkv_bhost *const *hosts, uint32_t n_units,
+                                const fkv_direct_src *srcs, const fkv_bbuf *units,
                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool);
 
 /* ---- device properties ---- */

@@ -21,7 +21,9 @@
 #include "bench/counts.h"
 #include "common/dtype.h"
 #include "common/error.h"
+#include "core/hostpool.h"
 #include "core/recall.h"
+#include "core/state.h"
 #include "core/threadpool.h"
 #include "freekv.h"
 #include "tools/args.h"
@@ -192,16 +194,16 @@ static void fill_values(void *p, size_t bytes, fkv_dtype t, uint64_t seed) {
 typedef struct recall_setup {
     fkv_kv_geom g;
     size_t unit_bytes;
-    fkv_bhost *host;
-    unsigned char *host_ptr;
+    /* built as the context builds it (core/hostpool.c): pieces of FKV_HOST_CHUNK_PAGES pages,
+     * so random pages fall in many host allocations, as they do in decoding */
+    fkv_hostpool hp;
     size_t host_units; /* (page, head) units in the host pool */
     fkv_bbuf *kpool, *vpool, *staging, *index;
     uint32_t max_units;
 } recall_setup;
 
 static void recall_free(bench *b, recall_setup *r) {
-    if (r->host)
-        fkv_op_host_free(b->dev, r->host);
+    fkv_hostpool_free(&r->hp, b->dev);
     fkv_bbuf *bufs[4] = {r->kpool, r->vpool, r->staging, r->index};
     for (int i = 0; i < 4; i++)
         if (bufs[i])
@@ -223,16 +225,24 @@ static fkv_status recall_init(bench *b, recall_setup *r) {
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "host pool too small for %u units",
                          r->max_units);
     size_t slot_bytes = (size_t)o->page * o->kv_heads * o->head_dim * fkv_dtype_size(o->dtype);
-    void *p;
+    uint32_t host_pages = (uint32_t)(r->host_units / o->kv_heads);
+    size_t page_bytes = (size_t)o->kv_heads * r->unit_bytes;
     fkv_status st;
-    if ((st = fkv_op_host_alloc(b->dev, host_bytes, &r->host, &p)) != FKV_OK ||
+    if ((st = fkv_hostpool_init(&r->hp, host_pages, FKV_HOST_CHUNK_PAGES, page_bytes)) != FKV_OK)
+        return st;
+    if ((st = fkv_hostpool_reserve(&r->hp, b->dev, host_pages)) != FKV_OK ||
         (st = fkv_op_buffer_alloc(b->dev, max_pages * slot_bytes, &r->kpool)) != FKV_OK ||
         (st = fkv_op_buffer_alloc(b->dev, max_pages * slot_bytes, &r->vpool)) != FKV_OK ||
         (st = fkv_op_buffer_alloc(b->dev, r->max_units * r->unit_bytes, &r->staging)) != FKV_OK ||
         (st = fkv_op_buffer_alloc(b->dev, (size_t)r->max_units * 8, &r->index)) != FKV_OK)
         return st;
-    r->host_ptr = p;
-    fill_values(p, host_bytes, o->dtype, 7);
+    for (uint32_t c = 0; c < r->hp.n_chunks; c++) {
+        uint32_t first = c * FKV_HOST_CHUNK_PAGES;
+        uint32_t n = host_pages - first < FKV_HOST_CHUNK_PAGES ? host_pages - first
+                                                               : FKV_HOST_CHUNK_PAGES;
+        fill_values(fkv_hostpool_page(&r->hp, first, NULL, NULL), n * page_bytes, o->dtype,
+                    7 + c);
+    }
     return FKV_OK;
 }
 
@@ -249,11 +259,17 @@ static void pick_units(const recall_setup *r, uint32_t pages, uint64_t seed,
             do { /* distinct pages per head (pages << host_pages) */
                 page = lcg(&seed) % host_pages;
                 fresh = 1;
+                const unsigned char *src =
+                    fkv_hostpool_page(&r->hp, (uint32_t)page, NULL, NULL) + h * r->unit_bytes;
                 for (uint32_t k = n - j; k < n && fresh; k++)
-                    fresh = units[k].host_offset != (page * r->g.n_kv_heads + h) * r->unit_bytes;
+                    fresh = units[k].src != src;
             } while (!fresh);
-            uint64_t off = (page * r->g.n_kv_heads + h) * r->unit_bytes;
-            units[n] = (fkv_recall_unit){r->host, off, r->host_ptr + off, (int32_t)j, (int32_t)h};
+            const fkv_bhost *host;
+            uint64_t off;
+            unsigned char *src = fkv_hostpool_page(&r->hp, (uint32_t)page, &host, &off);
+            off += h * r->unit_bytes;
+            units[n] = (fkv_recall_unit){host, off, src + h * r->unit_bytes, (int32_t)j,
+                                         (int32_t)h};
             index[2 * n] = (int32_t)j;
             index[2 * n + 1] = (int32_t)h;
             n++;
@@ -320,9 +336,9 @@ static int bench_recall(bench *b, fkv_pool *pool) {
     recall_setup r;
     fkv_status st = recall_init(b, &r);
     printf("\n(1) recall: %u KV heads, %s, p=%u, d=%u: %zu KiB per (page, head) unit, host pool "
-           "%u MiB (%s), %u reps (median)\n",
+           "%u MiB (pinned, host_alloc, %u pieces of %u pages), %u reps (median)\n",
            o->kv_heads, fkv_dtype_name(o->dtype), o->page, o->head_dim, r.unit_bytes >> 10,
-           o->pool_mib, "pinned, host_alloc", o->reps);
+           o->pool_mib, r.hp.n_chunks, FKV_HOST_CHUNK_PAGES, o->reps);
     if (st != FKV_OK) {
         printf("  setup failed: %s\n", fkv_last_error());
         recall_free(b, &r);

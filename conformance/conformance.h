@@ -259,7 +259,8 @@ typedef struct cf_ref {
  *   APPEND k_src, v_src, rows, kpool, vpool       SUMMARIZE kpool, pages, summaries
  *   SCORES q, desc, summaries, out                COSINE q_cur, q_prev, sims, flags (x: tau)
  *   PACK kpool, vpool, gslots, dst                SCATTER src, units, kpool, vpool
- *   RECALL host (pinned), units, kpool, vpool; host offsets units_host[first, first + n)
+ *   RECALL hosts (pinned) at b[0], b[4], b[5] (size of them), units, kpool, vpool; unit
+ *          sources units_src[first, first + n) (host: 0, 1, 2 = b[0], b[4], b[5])
  *   ATTENTION q, heads, entries, kpool, vpool, out (x: scale)
  *   DENSE q, k, v, out (x: scale)
  * By default the host waits for each command before the next; a detached one is ordered only
@@ -292,8 +293,8 @@ struct cf_spec {
     cf_arr spare; /* what cf_add_arr hands out then */
     cf_call call[CF_MAX_CALLS];
     uint32_t n_call;
-    uint64_t units_host[CF_MAX_UNITS]; /* recall_direct: byte offsets in its host array */
-    uint32_t n_units_host;
+    fkv_direct_src units_src[CF_MAX_UNITS]; /* recall_direct: (host, byte offset) per unit */
+    uint32_t n_units_src;
     cf_region region[CF_MAX_REGIONS];
     uint32_t n_region;
     /* Checks beyond the per-array comparison (custom arrays, ties, absolute rules). */

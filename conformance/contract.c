@@ -380,13 +380,14 @@ static void check_zero_work(const cf_env *env, const cf_case *c, cf_result *r) {
     if (FKV_HAS_ENTRY(fkv_device_ops(dev), recall_direct)) {
         fkv_bhost *h = NULL;
         void *p = NULL;
-        uint64_t off = 0;
+        fkv_direct_src src = {0};
         if (fkv_op_host_alloc(dev, 4096, &h, &p) != FKV_OK) {
             cf_fail(r, "host_alloc: %s", fkv_last_error());
         } else {
             ev = NULL;
-            fkv_status st = fkv_op_recall_direct(dev, CQ, (fkv_deps){0, NULL, &ev}, g, h, 0, &off,
-                                                 s.idx, 0, s.kp, s.vp);
+            const fkv_bhost *hs[1] = {h};
+            fkv_status st = fkv_op_recall_direct(dev, CQ, (fkv_deps){0, NULL, &ev}, g, 1, hs, 0,
+                                                 &src, s.idx, 0, s.kp, s.vp);
             if (st != FKV_ERR_UNSUPPORTED)
                 cx_done(&x, st, ev, "recall_direct of no units");
             fkv_op_finish(dev, CQ);
@@ -506,12 +507,19 @@ static void check_bad_arguments(const cf_env *env, const cf_case *c, cf_result *
         fkv_bhost *h = NULL;
         void *p = NULL;
         if (fkv_op_host_alloc(dev, 1024, &h, &p) == FKV_OK) {
-            uint64_t offs[2] = {0, 1000};
+            fkv_direct_src offs[2] = {{.host = 0, .offset = 0}, {.host = 0, .offset = 1000}};
+            const fkv_bhost *hs[2] = {h, NULL};
             ev = (fkv_bevent *)&s;
-            fkv_status st = fkv_op_recall_direct(dev, CQ, D, g, h, 2, offs, s.idx, 0, s.kp, s.vp);
+            fkv_status st = fkv_op_recall_direct(dev, CQ, D, g, 1, hs, 2, offs, s.idx, 0, s.kp,
+                                                 s.vp);
             if (st != FKV_ERR_UNSUPPORTED)
                 refused(&x, st, ev, "recall_direct: a unit past the host allocation");
-            REFUSED(fkv_op_recall_direct(dev, CQ, D, g, NULL, 1, offs, s.idx, 0, s.kp, s.vp));
+            offs[1].offset = 0, offs[1].host = 1;
+            ev = (fkv_bevent *)&s;
+            st = fkv_op_recall_direct(dev, CQ, D, g, 1, hs, 2, offs, s.idx, 0, s.kp, s.vp);
+            if (st != FKV_ERR_UNSUPPORTED)
+                refused(&x, st, ev, "recall_direct: a unit of host 1 of 1");
+            REFUSED(fkv_op_recall_direct(dev, CQ, D, g, 2, hs, 1, offs, s.idx, 0, s.kp, s.vp));
             fkv_op_host_free(dev, h);
         }
     }
@@ -650,15 +658,17 @@ static void check_out_of_range(const cf_env *env, const cf_case *c, cf_result *r
                 "attention", what[i]);
     }
     /* recall_direct: a unit's slot out of range (its host offset is fine) */
-    fkv_bbuf *unit = IDX(8, 0);
+    fkv_bbuf *unit = IDX(8, 0, 0, 0);
     if (FKV_HAS_ENTRY(fkv_device_ops(dev), recall_direct) && unit) {
         fkv_bhost *h = NULL;
         void *p = NULL;
         if (fkv_op_host_alloc(dev, 4096, &h, &p) == FKV_OK) {
-            uint64_t off = 0;
+            fkv_direct_src off = {0};
+            const fkv_bhost *hs[1] = {h};
             oor_snapshot(t);
             ev = NULL;
-            fkv_status st = fkv_op_recall_direct(dev, CQ, E, &g, h, 1, &off, unit, 0, s.kp, s.vp);
+            fkv_status st =
+                fkv_op_recall_direct(dev, CQ, E, &g, 1, hs, 1, &off, unit, 0, s.kp, s.vp);
             if (st != FKV_ERR_UNSUPPORTED) { /* a device that reads no host memory */
                 oor_done(t, st, ev, "recall_direct", "recall_direct to slot 8 of 8");
                 oor_pools(t, "recall_direct to slot 8 of 8");

@@ -643,9 +643,23 @@ static int build_scatter(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *
     return 1;
 }
 
-/* Zero-copy recall from one host allocation: five units (the last head of the last slot
- * among them) at element-aligned offsets that are not unit-aligned, then up to ten at
- * unit-aligned offsets in reverse order. */
+/* The device unit table of recall_direct: (slot, head) pairs from pick_units and the units'
+ * sources, four ints each. */
+static void direct_table(const fkv_kv_geom *g, uint32_t n, const int32_t *pairs,
+                         const fkv_direct_src *srcs, int32_t *table) {
+    for (uint32_t i = 0; i < n; i++) {
+        table[4 * i] = pairs[2 * i];
+        table[4 * i + 1] = pairs[2 * i + 1];
+        table[4 * i + 2] = (int32_t)srcs[i].host;
+        table[4 * i + 3] = (int32_t)(uint32_t)(srcs[i].offset / esize(g));
+    }
+}
+
+/* Zero-copy recall. From one host allocation: five units (the last head of the last slot
+ * among them) at element-aligned offsets that are not unit-aligned. Then, in one call, up to
+ * ten units taken in turn from three allocations: unit-aligned offsets in reverse order from
+ * the first, the last unit of the second (it ends where the allocation does) and units
+ * before it, element-aligned ones from the third. */
 static int build_recall(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     if (!FKV_HAS_ENTRY(fkv_device_ops(env->dut.dev), recall_direct)) {
         cf_skip(r, "recall_direct not provided (optional: the core uses staged recall here)");
@@ -654,33 +668,53 @@ static int build_recall(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
     const fkv_kv_geom *g = &s->g;
     size_t es = esize(g), unit_bytes = (size_t)2 * g->page_size * g->head_dim * es;
     uint32_t n_slots = 6, n = 5, n2 = 6 * g->n_kv_heads < 10 ? 6 * g->n_kv_heads : 10;
-    int host = (int)s->n_arr;
-    cf_arr *ha = cf_add_arr(s, "host", 16 * unit_bytes + 64);
+    int host[3];
+    size_t host_bytes[3] = {16 * unit_bytes + 64, 4 * unit_bytes, 6 * unit_bytes + 32};
+    cf_arr *ha[3];
+    for (int h = 0; h < 3; h++) {
+        static const char *const names[] = {"host", "host_b", "host_c"};
+        host[h] = (int)s->n_arr;
+        ha[h] = cf_add_arr(s, names[h], host_bytes[h]);
+    }
     int units = (int)s->n_arr;
-    int32_t *uv = cf_add_input(s, "units", CF_IN_OFF, n * 8);
+    int32_t *uv = cf_add_input(s, "units", CF_IN_OFF, n * 16);
     int units2 = (int)s->n_arr;
-    int32_t *uv2 = cf_add_input(s, "units_b", 8, n2 * 8);
+    int32_t *uv2 = cf_add_input(s, "units_b", 16, n2 * 16);
     int kp = pool_output(s, "kpool", n_slots), vp = pool_output(s, "vpool", n_slots);
     if (!cf_spec_ok(s))
         return -1;
-    ha->mem = CF_PINNED;
-    fill_store(rng, ha->init, g->dtype, ha->size / es, 0);
+    for (int h = 0; h < 3; h++) {
+        ha[h]->mem = CF_PINNED;
+        fill_store(rng, ha[h]->init, g->dtype, ha[h]->size / es, 0);
+    }
     uint32_t pos[16];
+    int32_t pairs[2 * 16];
     cf_pick_distinct(rng, 15, n, pos);
+    fkv_direct_src *src = s->units_src + s->n_units_src;
     for (uint32_t i = 0; i < n; i++) /* not unit-aligned: any element-aligned offset is valid */
-        s->units_host[s->n_units_host++] = pos[i] * unit_bytes + 6 * es;
-    for (uint32_t i = 0; i < n2; i++)
-        s->units_host[s->n_units_host++] = (uint64_t)(n2 - 1 - i) * unit_bytes;
-    pick_units(rng, n_slots, g->n_kv_heads, n, 1, uv);
-    pick_units(rng, n_slots, g->n_kv_heads, n2, 0, uv2);
+        src[i] = (fkv_direct_src){.host = 0, .offset = pos[i] * unit_bytes + 6 * es};
+    pick_units(rng, n_slots, g->n_kv_heads, n, 1, pairs);
+    direct_table(g, n, pairs, src, uv);
+    fkv_direct_src *src2 = src + n;
+    for (uint32_t i = 0; i < n2; i++) {
+        uint32_t h = i % 3, k = i / 3;
+        uint64_t off = h == 0   ? (uint64_t)(n2 - 1 - i) * unit_bytes
+                       : h == 1 ? (uint64_t)(3 - k % 4) * unit_bytes
+                                : k * unit_bytes + 4 * es;
+        src2[i] = (fkv_direct_src){.host = h, .offset = off};
+    }
+    s->n_units_src += n + n2;
+    pick_units(rng, n_slots, g->n_kv_heads, n2, 0, pairs);
+    direct_table(g, n2, pairs, src2, uv2);
     randomize_payload(s, rng, kp);
     randomize_payload(s, rng, vp);
     cf_call *c = cf_add_call(s, CF_RECALL, CQ);
-    c->b[0] = at(host, 0), c->b[1] = at(units, CF_IN_OFF), c->b[2] = at(kp, 0);
-    c->b[3] = at(vp, 0), c->n = n, c->first = 0;
+    c->b[0] = at(host[0], 0), c->b[1] = at(units, CF_IN_OFF), c->b[2] = at(kp, 0);
+    c->b[3] = at(vp, 0), c->n = n, c->first = 0, c->size = 1;
     c = cf_add_call(s, CF_RECALL, BQ);
-    c->b[0] = at(host, 0), c->b[1] = at(units2, 8), c->b[2] = at(kp, 0), c->b[3] = at(vp, 0);
-    c->n = n2, c->first = n;
+    c->b[0] = at(host[0], 0), c->b[1] = at(units2, 16), c->b[2] = at(kp, 0), c->b[3] = at(vp, 0);
+    c->b[4] = at(host[1], 0), c->b[5] = at(host[2], 0);
+    c->n = n2, c->first = n, c->size = 3;
     return 1;
 }
 

@@ -212,10 +212,13 @@ static fkv_status enqueue(run_state *rs, uint32_t i) {
     case CF_SCATTER:
         return fkv_op_scatter_hnd(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, c->n, B(rs, b[1]),
                                   b[1].off, B(rs, b[2]), B(rs, b[3]));
-    case CF_RECALL:
-        return fkv_op_recall_direct(d->dev, c->q, deps, g, rs->pinned[b[0].arr], c->n,
-                                    s->units_host + c->first, B(rs, b[1]), b[1].off, B(rs, b[2]),
+    case CF_RECALL: {
+        const fkv_bhost *hosts[3] = {rs->pinned[b[0].arr], c->size > 1 ? rs->pinned[b[4].arr] : NULL,
+                                     c->size > 2 ? rs->pinned[b[5].arr] : NULL};
+        return fkv_op_recall_direct(d->dev, c->q, deps, g, (uint32_t)c->size, hosts, c->n,
+                                    s->units_src + c->first, B(rs, b[1]), b[1].off, B(rs, b[2]),
                                     B(rs, b[3]));
+    }
     case CF_ATTENTION:
         return fkv_op_attention(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, c->n, B(rs, b[1]),
                                 b[1].off, B(rs, b[2]), b[2].off, B(rs, b[3]), B(rs, b[4]), c->x,

@@ -304,10 +304,26 @@ static void scratch_free(fkv_context *ctx) {
 
 /* ---- recall engines ---------------------------------------------------------------------- */
 
+/* Units per staging buffer: the configured count, else a layer's whole recall (every
+ * sequence's mid pages, every KV head) so that staged recall is one copy and one scatter per
+ * layer, up to RECALL_STAGE_MAX_BYTES a stage (then a few stages; direct recall stages only
+ * its unit table and is one command whatever this is). */
+#define RECALL_STAGE_MAX_BYTES (32u << 20)
+static uint32_t recall_chunk(const fkv_context *ctx) {
+    if (ctx->cfg.recall_chunk_pages)
+        return ctx->cfg.recall_chunk_pages;
+    uint64_t units = (uint64_t)ctx->cfg.max_seqs * ctx->cfg.n_kv_heads *
+                     (ctx->n_mid ? ctx->n_mid : 1);
+    uint64_t cap = RECALL_STAGE_MAX_BYTES / fkv_unit_bytes(&ctx->geom);
+    if (units > cap)
+        units = cap ? cap : 1;
+    return (uint32_t)units;
+}
+
 /* One engine for the caller's thread and one for the worker, sharing the gather threads. */
 static fkv_status recall_engines_create(fkv_context *ctx) {
     fkv_recall_mode mode = fkv_op_recall_mode(ctx->dev);
-    uint32_t chunk = ctx->cfg.recall_chunk_pages;
+    uint32_t chunk = recall_chunk(ctx);
     fkv_status st;
     if ((st = fkv_pool_create(0, &ctx->pool)) != FKV_OK ||
         (st = fkv_recaller_create(ctx->dev, &ctx->geom, mode, chunk, &ctx->rec_main)) !=
@@ -355,8 +371,8 @@ static uint64_t device_bytes(const fkv_context *ctx, uint64_t *per_layer, uint64
     big = scr.f32 > big ? scr.f32 : big;
     if (ctx->offload) {
         uint64_t hb, db;
-        fkv_recaller_bytes(&ctx->geom, fkv_op_recall_mode(ctx->dev),
-                           ctx->cfg.recall_chunk_pages, &hb, &db);
+        fkv_recaller_bytes(&ctx->geom, fkv_op_recall_mode(ctx->dev), recall_chunk(ctx), &hb,
+                           &db);
         total = add_sat(total, 2 * db);
     }
     *per_layer = layer;

@@ -109,16 +109,6 @@ static fkv_status read_env(recall_choice *recall) {
 
 /* ---- open / close ---- */
 
-static void free_offsets_block(hip_offsets_block *b) {
-    if (b->last_use) {
-        hipEventSynchronize(b->last_use);
-        hipEventDestroy(b->last_use);
-    }
-    if (b->host)
-        hipHostFree(b->host);
-    memset(b, 0, sizeof *b);
-}
-
 static void hip_device_close(fkv_bdev *d) {
     if (d == NULL)
         return;
@@ -132,8 +122,6 @@ static void hip_device_close(fkv_bdev *d) {
             hipFree(s->partials);
         if (s->tmp)
             hipFree(s->tmp);
-        for (int i = 0; i < FKV_HIP_OFFSET_RING; i++)
-            free_offsets_block(&s->offsets[i]);
         pthread_mutex_destroy(&s->lock);
         if (d->streams[q])
             hipStreamDestroy(d->streams[q]);

@@ -22,17 +22,6 @@
 #define FKV_HIP_RUNTIME "HIP"
 #endif
 
-/* recall_direct's unit offsets travel in pinned host blocks that the kernel reads in place;
- * a block is reused only after the kernel that read it completed (its event). */
-#define FKV_HIP_OFFSET_RING 4
-
-typedef struct hip_offsets_block {
-    uint64_t *host;       /* pinned, mapped */
-    const uint64_t *dev;  /* the device's view of host */
-    size_t capacity;      /* entries */
-    hipEvent_t last_use;  /* recorded after the last kernel that read it; NULL if none */
-} hip_offsets_block;
-
 /* Per-queue scratch, guarded by `lock` from its first use to the last enqueue of an op. */
 typedef struct hip_scratch {
     pthread_mutex_t lock;
@@ -40,8 +29,6 @@ typedef struct hip_scratch {
     size_t partials_size;
     void *tmp; /* overlapping copy within one buffer (device) */
     size_t tmp_size;
-    hip_offsets_block offsets[FKV_HIP_OFFSET_RING];
-    unsigned next_offsets;
 } hip_scratch;
 
 struct fkv_bdev {
@@ -156,8 +143,8 @@ fkv_status fkv_hip_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                    uint32_t n_tokens, const fkv_bbuf *k, const fkv_bbuf *v,
                                    float scale, fkv_bbuf *out, size_t out_off);
 fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                                 const fkv_bhost *host, uint32_t n_units,
-                                 const uint64_t *units_host, const fkv_bbuf *units,
-                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool);
+                                 uint32_t n_hosts, const fkv_bhost *const *hosts, uint32_t n_units,
+                                 const fkv_direct_src *srcs, const fkv_bbuf *units, size_t units_off,
+                                 fkv_bbuf *kpool, fkv_bbuf *vpool);
 
 #endif

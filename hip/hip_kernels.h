@@ -63,12 +63,19 @@ typedef struct fkv_hip_pack_args {
     void *dst;
 } fkv_hip_pack_args;
 
-/* HND -> NHD: unit i ([K|V][p][d]) at src + i*unit (offsets == NULL, staging) or at byte
- * offset offsets[i] of src (recall_direct: src is the device view of mapped host memory) goes
- * to KV head units[2i+1] of slot units[2i]. */
+/* Host allocations one zero-copy launch reads (backends/backend.h FKV_DIRECT_HOSTS_PER_LAUNCH). */
+#define FKV_HIP_DIRECT_HOSTS 8
+
+/* HND -> NHD. Staged (hosts[0] == NULL): unit i ([K|V][p][d]) at src + i*unit goes to KV head
+ * units[2i+1] of slot units[2i]. Zero-copy (recall_direct): table entries [first, first +
+ * n_units) of units, {slot, head, host, offset / elem_bytes} each, read hosts[host -
+ * host_base] (device views of mapped host memory, host_sizes bytes); units of other hosts, and
+ * reads past an allocation, are skipped. */
 typedef struct fkv_hip_scatter_args {
     const void *src;
-    const uint64_t *offsets;
+    const void *hosts[FKV_HIP_DIRECT_HOSTS];
+    uint64_t host_sizes[FKV_HIP_DIRECT_HOSTS];
+    uint32_t host_base, first, elem_bytes;
     const int32_t *units;
     uint32_t n_units, n_kv_heads, row_words, page_size, n_slots;
     void *kpool, *vpool;

@@ -224,7 +224,6 @@ fkv_status fkv_hip_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
         fkv_pick_copy_words(g, address_bits(at(src, src_off), kpool->ptr, vpool->ptr), 0);
     fkv_hip_scatter_args a = {
         .src = at(src, src_off),
-        .offsets = NULL,
         .units = at(units, units_off),
         .n_units = n_units,
         .n_kv_heads = g->n_kv_heads,
@@ -239,74 +238,48 @@ fkv_status fkv_hip_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     return end(&lc, fkv_hip_launch_scatter(lc.stream, cw.word, &a), "k_scatter", &deps);
 }
 
-/* The next block of the queue's offsets ring, free (its last reader done) and holding at
- * least n entries. Caller holds the queue's lock. */
-static fkv_status offsets_block(fkv_bdev *d, hip_scratch *s, uint32_t n, hip_offsets_block **out) {
-    hip_offsets_block *b = &s->offsets[s->next_offsets];
-    s->next_offsets = (s->next_offsets + 1) % FKV_HIP_OFFSET_RING;
-    hipError_t e;
-    if (b->last_use == NULL) {
-        e = hipEventCreateWithFlags(&b->last_use, hipEventDisableTiming);
-        if (e != hipSuccess) {
-            b->last_use = NULL;
-            return fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventCreateWithFlags");
-        }
-    } else if ((fkv_count_wait(&d->counters), /* a host wait whether or not it blocks */
-                e = hipEventSynchronize(b->last_use)) != hipSuccess) {
-        /* only waits when the ring wrapped around a kernel still running */
-        return fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventSynchronize (recall offsets)");
-    }
-    if (b->capacity < n) {
-        size_t want = (size_t)n + n / 2;
-        void *host = NULL, *dev_view = NULL;
-        fkv_status st = fkv_hip_host_malloc(d, want * sizeof(uint64_t), &host, &dev_view);
-        if (st != FKV_OK)
-            return fkv_error_prefix(st, "hip recall_direct: offsets of %u units", n);
-        if (b->host)
-            hipHostFree(b->host);
-        b->host = host;
-        b->dev = dev_view;
-        b->capacity = want;
-    }
-    *out = b;
-    return FKV_OK;
-}
-
+/* One launch binds FKV_DIRECT_HOSTS_PER_LAUNCH host allocations by their device pointers, in
+ * the kernel's arguments; calls over more hosts launch once per group of them, each over the
+ * table range that holds the group's units (the recall engine groups units by host). The unit
+ * table is the caller's device buffer: nothing is copied or waited for here. */
 fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                                 const fkv_bhost *host, uint32_t n_units,
-                                 const uint64_t *units_host, const fkv_bbuf *units,
-                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool) {
+                                 uint32_t n_hosts, const fkv_bhost *const *hosts,
+                                 uint32_t n_units, const fkv_direct_src *srcs,
+                                 const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                                 fkv_bbuf *vpool) {
     const char *op = "recall_direct";
+    enum { K = FKV_HIP_DIRECT_HOSTS };
+    _Static_assert(K == FKV_DIRECT_HOSTS_PER_LAUNCH, "one group size");
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
     fkv_status st;
-    if (host->dev_ptr == NULL)
-        return fkv_error(FKV_ERR_UNSUPPORTED,
-                         "hip %s: device '%s' cannot map host memory (recall mode staged or "
-                         "perpage)",
-                         op, dev->info.name);
-    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
-    uint64_t bits = address_bits(host->dev_ptr, kpool->ptr, vpool->ptr);
+    uint64_t bits = address_bits(NULL, kpool->ptr, vpool->ptr);
+    for (uint32_t h = 0; h < n_hosts; h++) {
+        if (hosts[h]->dev_ptr == NULL)
+            return fkv_error(FKV_ERR_UNSUPPORTED,
+                             "hip %s: device '%s' cannot map host memory (recall mode staged or "
+                             "perpage)",
+                             op, dev->info.name);
+        bits |= (uintptr_t)hosts[h]->dev_ptr;
+    }
     for (uint32_t i = 0; i < n_units; i++)
-        bits |= units_host[i];
+        bits |= srcs[i].offset;
+    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
     fkv_copy_words cw = fkv_pick_copy_words(g, bits, 0);
-    hip_scratch *s = &dev->scratch[q];
-    pthread_mutex_lock(&s->lock);
-    hip_offsets_block *b = NULL;
-    st = fkv_hip_bind(dev);
-    if (st == FKV_OK)
-        st = offsets_block(dev, s, n_units, &b);
-    if (st == FKV_OK)
-        st = fkv_hip_wait(lc.stream, &deps);
-    if (st == FKV_OK) {
-        /* Copied now: units_host may change once this returns. The kernel reads the copy in
-         * place through its mapping (a few bytes per 16 KiB unit). */
-        memcpy(b->host, units_host, (size_t)n_units * sizeof *units_host);
+    uint32_t last = fkv_direct_last_group(n_units, srcs);
+    if ((st = begin(&lc, &deps)) != FKV_OK)
+        return st;
+    /* The stream waits for deps once (begin); the launches follow in order on it. */
+    for (uint32_t grp = 0; grp <= last && st == FKV_OK; grp++) {
+        uint32_t base = grp * K, lo, hi;
+        if (!fkv_direct_group_range(grp, n_units, srcs, &lo, &hi))
+            continue;
         fkv_hip_scatter_args a = {
-            .src = host->dev_ptr,
-            .offsets = b->dev,
+            .host_base = base,
+            .first = lo,
+            .elem_bytes = (uint32_t)fkv_dtype_size(g->dtype),
             .units = at(units, units_off),
-            .n_units = n_units,
+            .n_units = hi - lo,
             .n_kv_heads = g->n_kv_heads,
             .row_words = cw.row_words,
             .page_size = g->page_size,
@@ -314,19 +287,17 @@ fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
             .kpool = kpool->ptr,
             .vpool = vpool->ptr,
         };
-        hipError_t e = fkv_hip_launch_scatter(lc.stream, cw.word, &a);
-        if (e == hipSuccess) {
-            e = hipEventRecord(b->last_use, lc.stream);
-            if (e != hipSuccess) {
-                /* The block's reader is unknown now: drain the stream before reusing it. */
-                hipStreamSynchronize(lc.stream);
-                st = fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventRecord (recall offsets)");
-            }
+        for (uint32_t j = 0; j < K; j++) {
+            const fkv_bhost *hj = base + j < n_hosts ? hosts[base + j] : NULL;
+            a.hosts[j] = hj ? hj->dev_ptr : hosts[base]->dev_ptr;
+            a.host_sizes[j] = hj ? hj->desc.size : 0;
         }
-        if (st == FKV_OK)
+        hipError_t e = fkv_hip_launch_scatter(lc.stream, cw.word, &a);
+        if (e != hipSuccess || grp == last)
             st = end(&lc, e, "k_scatter (zero-copy)", &deps);
+        else /* a launch of a group before the last: end() counts only its own */
+            fkv_hip_count(lc.d, lc.q, 1, FKV_COPY_D2D, 0);
     }
-    pthread_mutex_unlock(&s->lock);
     return st;
 }
 

@@ -215,13 +215,28 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_scatter(fkv_hip_scatter_args 
     size_t i = row / (2 * (size_t)a.page_size), r = row % (2 * (size_t)a.page_size);
     if (i >= a.n_units)
         return;
-    int32_t slot = a.units[2 * i], h = a.units[2 * i + 1];
+    const W *unit;
+    int32_t slot, h;
+    if (a.hosts[0] == NULL) {
+        slot = a.units[2 * i];
+        h = a.units[2 * i + 1];
+        unit = (const W *)a.src + i * 2 * a.page_size * a.row_words;
+    } else {
+        const int32_t *u = a.units + 4 * ((size_t)a.first + i);
+        uint32_t j = (uint32_t)u[2] - a.host_base;
+        uint64_t off = (uint64_t)(uint32_t)u[3] * a.elem_bytes;
+        uint64_t unit_bytes = 2 * (uint64_t)a.page_size * a.row_words * sizeof(W);
+        if (j >= FKV_HIP_DIRECT_HOSTS || off > a.host_sizes[j] ||
+            unit_bytes > a.host_sizes[j] - off)
+            return;
+        slot = u[0];
+        h = u[1];
+        unit = (const W *)((const unsigned char *)a.hosts[j] + off);
+    }
     if (slot < 0 || (uint32_t)slot >= a.n_slots || h < 0 || (uint32_t)h >= a.n_kv_heads)
         return;
     size_t kv = r / a.page_size, t = r % a.page_size;
     size_t dst = (((size_t)slot * a.page_size + t) * a.n_kv_heads + h) * a.row_words + w;
-    const W *unit = a.offsets ? (const W *)((const unsigned char *)a.src + a.offsets[i])
-                              : (const W *)a.src + i * 2 * a.page_size * a.row_words;
     W x = unit[r * a.row_words + w];
     ((W *)(kv ? a.vpool : a.kpool))[dst] = x;
 }

@@ -178,18 +178,19 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
 
 /* Layout moves copy bits in words: fkv_bits_t (one element) or uint4 (16 bytes) when rows are
  * a multiple of 16 bytes and aligned. row_words = words per (token, head) row of d elements.
- * Dim 0 is the word within a row (consecutive work items, consecutive addresses), dim 1 the
- * row, so the index arithmetic is per row; both are rounded up to whole work groups. */
+ * One flat range on dimension 0 (no per-dimension grid cap such as NVIDIA's 65535 in dim 1):
+ * work item gid moves word gid % row_words of row gid / row_words, so consecutive work items
+ * touch consecutive addresses. */
 #define FKV_COPY_KERNELS(SFX, word_t)                                                          \
     /* NHD -> HND: page gslots[i] into dst page i as [n_kv_heads][K|V][p][d]. */              \
     kernel void fkv_pack_hnd##SFX(const global word_t *kpool, const global word_t *vpool,      \
                                   const global int *gslots, ulong gslots_off, uint n_pages,    \
                                   uint n_kv_heads, uint row_words, uint page_size,             \
                                   uint n_slots, global word_t *dst, ulong dst_off) {           \
-        size_t w = get_global_id(0), row = get_global_id(1);                                   \
+        size_t gid = get_global_id(0), w = gid % row_words, row = gid / row_words;             \
         size_t rows_per_page = 2 * (size_t)page_size * n_kv_heads;                             \
         size_t i = row / rows_per_page, r = row % rows_per_page;                               \
-        if (w >= row_words || i >= n_pages)                                                    \
+        if (i >= n_pages)                                                                      \
             return;                                                                            \
         int gslot = gslots[gslots_off + i];                                                    \
         if (gslot < 0 || (uint)gslot >= n_slots)                                               \
@@ -204,9 +205,9 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
                                      uint n_kv_heads, uint row_words, uint page_size,          \
                                      uint n_slots, global word_t *kpool,                       \
                                      global word_t *vpool) {                                   \
-        size_t w = get_global_id(0), row = get_global_id(1);                                   \
+        size_t gid = get_global_id(0), w = gid % row_words, row = gid / row_words;             \
         size_t i = row / (2 * page_size), r = row % (2 * page_size);                           \
-        if (w >= row_words || i >= n_units)                                                    \
+        if (i >= n_units)                                                                      \
             return;                                                                            \
         int slot = units[units_off + 2 * i], h = units[units_off + 2 * i + 1];                 \
         if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)               \
@@ -219,22 +220,49 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
         else                                                                                   \
             kpool[dst] = x;                                                                    \
     }                                                                                          \
-    /* Zero-copy recall: unit i read straight from host memory at byte offset offs[i]. */      \
-    kernel void fkv_recall_direct##SFX(const global uchar *host, const global ulong *offs,     \
-                                       uint n_units, const global int *units, ulong units_off, \
-                                       uint n_kv_heads, uint row_words, uint page_size,        \
-                                       uint n_slots, global word_t *kpool,                     \
-                                       global word_t *vpool) {                                 \
-        size_t w = get_global_id(0), row = get_global_id(1);                                   \
+    /* Zero-copy recall of units [first, first + n_units) of the table, from up to eight host \
+     * allocations h0..h7 (SVM, hosts host_base..host_base+7, size[j] bytes each): unit i is  \
+     * units[4i..4i+3] = {slot, head, host, offset in elements}. Units of other hosts, and    \
+     * any that would read past their allocation, are skipped. */                             \
+    kernel void fkv_recall_direct##SFX(                                                        \
+        const global uchar *h0, const global uchar *h1, const global uchar *h2,                \
+        const global uchar *h3, const global uchar *h4, const global uchar *h5,                \
+        const global uchar *h6, const global uchar *h7, ulong8 size, uint host_base,           \
+        uint first, uint n_units, const global int *units, ulong units_off, uint elem_bytes,   \
+        uint n_kv_heads, uint row_words, uint page_size, uint n_slots, global word_t *kpool,   \
+        global word_t *vpool) {                                                                \
+        size_t gid = get_global_id(0), w = gid % row_words, row = gid / row_words;             \
         size_t i = row / (2 * page_size), r = row % (2 * page_size);                           \
-        if (w >= row_words || i >= n_units)                                                    \
+        if (i >= n_units)                                                                      \
             return;                                                                            \
-        int slot = units[units_off + 2 * i], h = units[units_off + 2 * i + 1];                 \
-        if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)               \
+        const global int *u = units + units_off + 4 * (first + i);                             \
+        int slot = u[0], h = u[1];                                                             \
+        uint j = (uint)u[2] - host_base;                                                       \
+        if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads || j >= 8)     \
+            return;                                                                            \
+        const global uchar *host = j == 0   ? h0                                               \
+                                   : j == 1 ? h1                                               \
+                                   : j == 2 ? h2                                               \
+                                   : j == 3 ? h3                                               \
+                                   : j == 4 ? h4                                               \
+                                   : j == 5 ? h5                                               \
+                                   : j == 6 ? h6                                               \
+                                            : h7;                                              \
+        ulong lim = j == 0   ? size.s0                                                         \
+                    : j == 1 ? size.s1                                                         \
+                    : j == 2 ? size.s2                                                         \
+                    : j == 3 ? size.s3                                                         \
+                    : j == 4 ? size.s4                                                         \
+                    : j == 5 ? size.s5                                                         \
+                    : j == 6 ? size.s6                                                         \
+                             : size.s7;                                                        \
+        ulong off = (ulong)(uint)u[3] * elem_bytes;                                            \
+        ulong unit_bytes = 2 * (ulong)page_size * row_words * sizeof(word_t);                  \
+        if (off > lim || unit_bytes > lim - off)                                               \
             return;                                                                            \
         size_t kv = r / page_size, t = r % page_size;                                          \
         size_t dst = (((size_t)slot * page_size + t) * n_kv_heads + h) * row_words + w;        \
-        word_t x = ((const global word_t *)(host + offs[i]))[r * row_words + w];               \
+        word_t x = ((const global word_t *)(host + off))[r * row_words + w];                   \
         if (kv)                                                                                \
             vpool[dst] = x;                                                                    \
         else                                                                                   \

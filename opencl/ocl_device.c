@@ -15,6 +15,7 @@
 #define MAX_PLATFORMS 16
 #define MAX_DEVICES 64
 #define NVIDIA_VENDOR_ID 0x10deu
+#define AMD_VENDOR_ID 0x1002u
 
 /* ---- enumeration ---- */
 
@@ -108,6 +109,22 @@ static int device_is_nvidia(cl_device_id dev) {
     cl_uint vendor = 0;
     clGetDeviceInfo(dev, CL_DEVICE_VENDOR_ID, sizeof vendor, &vendor, NULL);
     return vendor == NVIDIA_VENDOR_ID;
+}
+
+/* Whether a kernel reads fine-grained SVM host memory where it lies (truly zero-copy): CPU
+ * devices, devices that share the host's memory (integrated GPUs report host unified memory)
+ * and AMD GPUs (which read it over the link in place). Discrete GPUs of other vendors may
+ * migrate or emulate shared allocations page by page (NVIDIA does with host-pointer buffers,
+ * Intel's discrete GPUs may with shared USM/SVM): there a staged copy is both predictable and
+ * faster, so auto stages. */
+static int svm_in_place(cl_device_id dev) {
+    cl_device_type type = 0;
+    cl_bool unified = CL_FALSE;
+    cl_uint vendor = 0;
+    clGetDeviceInfo(dev, CL_DEVICE_TYPE, sizeof type, &type, NULL);
+    clGetDeviceInfo(dev, CL_DEVICE_HOST_UNIFIED_MEMORY, sizeof unified, &unified, NULL);
+    clGetDeviceInfo(dev, CL_DEVICE_VENDOR_ID, sizeof vendor, &vendor, NULL);
+    return (type & CL_DEVICE_TYPE_CPU) || unified || vendor == AMD_VENDOR_ID;
 }
 
 static void fill_info(const ocl_device_ref *ref, uint32_t index, fkv_device_info *info) {
@@ -208,8 +225,6 @@ static void ocl_device_close(fkv_bdev *d) {
     for (int k = 0; k < OCL_KQ_COUNT; k++) {
         if (d->kq[k].partials)
             clReleaseMemObject(d->kq[k].partials);
-        if (d->kq[k].offsets)
-            clReleaseMemObject(d->kq[k].offsets);
         pthread_mutex_destroy(&d->kq[k].lock);
     }
     for (int q = 0; q < FKV_QUEUE_COUNT; q++)
@@ -281,12 +296,13 @@ static fkv_status ocl_device_open(uint32_t index, fkv_bdev **out) {
         d->recall = FKV_RECALL_PERPAGE;
         break;
     default:
-        d->recall = zero_copy ? FKV_RECALL_DIRECT : FKV_RECALL_STAGED;
+        d->recall = zero_copy && svm_in_place(d->device) ? FKV_RECALL_DIRECT : FKV_RECALL_STAGED;
         break;
     }
     /* SVM host memory serves every mechanism (plain host memory for copies, zero-copy for
-     * recall_direct); an explicit staged/perpage choice keeps the pinned-buffer path. */
-    d->svm_host = zero_copy && recall != RECALL_STAGED && recall != RECALL_PERPAGE;
+     * recall_direct) where recall reads it in place; a staged/perpage choice (explicit, or
+     * auto on a device that may migrate SVM) keeps the pinned-buffer path. */
+    d->svm_host = d->recall == FKV_RECALL_DIRECT;
 
     char cver[64];
     device_string(d->device, CL_DEVICE_OPENCL_C_VERSION, cver, sizeof cver);

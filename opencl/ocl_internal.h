@@ -54,8 +54,6 @@ typedef struct ocl_kqueue {
     pthread_mutex_t lock;
     cl_mem partials; /* split attention partial results */
     size_t partials_size;
-    cl_mem offsets;  /* recall_direct unit offsets */
-    size_t offsets_size;
 } ocl_kqueue;
 
 struct fkv_bdev {
@@ -198,8 +196,8 @@ fkv_status fkv_ocl_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                    uint32_t n_tokens, const fkv_bbuf *k, const fkv_bbuf *v,
                                    float scale, fkv_bbuf *out, size_t out_off);
 fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                                 const fkv_bhost *host, uint32_t n_units,
-                                 const uint64_t *units_host, const fkv_bbuf *units,
-                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool);
+                                 uint32_t n_hosts, const fkv_bhost *const *hosts, uint32_t n_units,
+                                 const fkv_direct_src *srcs, const fkv_bbuf *units, size_t units_off,
+                                 fkv_bbuf *kpool, fkv_bbuf *vpool);
 
 #endif

@@ -170,15 +170,13 @@ static fkv_status enqueue_1d(const launch_ctx *lc, ocl_kernel_id id, kargs *a, s
     return enqueue(lc, a, 1, &global, &local, deps);
 }
 
-/* Copy kernels: dim 0 = word within a row, dim 1 = row, both rounded up. */
+/* Copy kernels: one flat range of n_rows x row_words work items on dimension 0 (rows there
+ * too, so no per-dimension grid cap applies), rounded up to whole work groups. */
 static fkv_status enqueue_rows(const launch_ctx *lc, ocl_kernel_id id, kargs *a, size_t n_rows,
                                size_t row_words, const fkv_deps *deps) {
-    size_t wg = wg_for(lc, id, COPY_WG);
-    size_t l0 = row_words < wg ? row_words : wg;
-    size_t l1 = wg / l0 ? wg / l0 : 1;
-    size_t local[2] = {l0, l1};
-    size_t global[2] = {round_up(row_words, l0), round_up(n_rows, l1)};
-    return enqueue(lc, a, 2, global, local, deps);
+    size_t local = wg_for(lc, id, COPY_WG);
+    size_t global = round_up(n_rows * row_words, local);
+    return enqueue(lc, a, 1, &global, &local, deps);
 }
 
 /* Grows a per-queue scratch buffer (the old one is freed by OpenCL once the commands that
@@ -407,60 +405,69 @@ fkv_status fkv_ocl_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     return st;
 }
 
+/* One launch binds FKV_DIRECT_HOSTS_PER_LAUNCH host allocations as SVM kernel arguments (an
+ * SVM pointer stored in a buffer would need every allocation listed with
+ * clSetKernelExecInfo on each launch, and a table write): calls over more hosts launch once
+ * per group of them, each over the table range that holds the group's units (the recall
+ * engine groups units by host, so the ranges do not overlap). The unit table is the caller's
+ * device buffer: nothing is written here. */
 fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                                 const fkv_bhost *host, uint32_t n_units,
-                                 const uint64_t *units_host, const fkv_bbuf *units,
-                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool) {
+                                 uint32_t n_hosts, const fkv_bhost *const *hosts,
+                                 uint32_t n_units, const fkv_direct_src *srcs,
+                                 const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
+                                 fkv_bbuf *vpool) {
     const char *op = "recall_direct";
+    enum { K = FKV_DIRECT_HOSTS_PER_LAUNCH };
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
     fkv_status st;
-    if (!host->svm)
-        return fkv_error(FKV_ERR_UNSUPPORTED,
-                         "opencl %s: the host memory is a pinned buffer, not fine-grained SVM "
-                         "(recall mode staged/perpage, or a device without SVM)",
-                         op);
+    for (uint32_t h = 0; h < n_hosts; h++)
+        if (!hosts[h]->svm)
+            return fkv_error(FKV_ERR_UNSUPPORTED,
+                             "opencl %s: host memory %u is a pinned buffer, not fine-grained SVM "
+                             "(recall mode staged/perpage, or a device without SVM)",
+                             op, h);
     uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
     uint64_t offset_bits = 0; /* the kernel reads 16-byte words only when every unit allows */
     for (uint32_t i = 0; i < n_units; i++)
-        offset_bits |= units_host[i];
+        offset_bits |= srcs[i].offset;
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
     fkv_copy_words cw = fkv_pick_copy_words(g, offset_bits, 0);
     ocl_kernel_id id = cw.word == 16 ? K_DIRECT_V16 : K_DIRECT;
+    /* The groups of hosts that units read, each with its range of the table. */
+    uint32_t last = fkv_direct_last_group(n_units, srcs), launched = 0;
     pthread_mutex_lock(&lc.kq->lock);
-    /* The offsets travel in this queue's scratch, written in order before the kernel; the
-     * caller keeps units_host valid until the command completes. */
-    st = ensure_scratch(dev, &lc.kq->offsets, &lc.kq->offsets_size, (size_t)n_units * 8);
-    if (st == FKV_OK) {
-        ocl_waits w;
-        st = fkv_ocl_waits(&deps, &w);
-        if (st == FKV_OK) {
-            cl_int err = clEnqueueWriteBuffer(lc.queue, lc.kq->offsets, CL_FALSE, 0,
-                                              (size_t)n_units * 8, units_host, w.n,
-                                              w.n ? w.list : NULL, NULL);
-            fkv_ocl_waits_free(&w);
-            if (err != CL_SUCCESS)
-                st = fkv_ocl_fail(err, 1, "clEnqueueWriteBuffer (recall offsets)");
-            else
-                fkv_ocl_count(dev, lc.queue, 0, FKV_COPY_H2D, (size_t)n_units * 8);
-        }
-    }
-    if (st == FKV_OK) {
+    for (uint32_t grp = 0; grp <= last && st == FKV_OK; grp++) {
+        uint32_t base = grp * K, lo, hi;
+        if (!fkv_direct_group_range(grp, n_units, srcs, &lo, &hi))
+            continue; /* no unit reads these hosts */
         kargs a = args_of(&lc, id);
-        arg_svm(&a, host->ptr);
-        arg_cl_mem(&a, lc.kq->offsets);
-        arg_u32(&a, n_units);
+        cl_ulong8 size;
+        for (uint32_t j = 0; j < K; j++) {
+            const fkv_bhost *hj = base + j < n_hosts ? hosts[base + j] : NULL;
+            arg_svm(&a, hj ? hj->ptr : hosts[base]->ptr);
+            size.s[j] = hj ? hj->desc.size : 0;
+        }
+        arg(&a, sizeof size, &size);
+        arg_u32(&a, base);
+        arg_u32(&a, lo);
+        arg_u32(&a, hi - lo);
         arg_mem(&a, units);
         arg_u64(&a, units_off / 4);
+        arg_u32(&a, (uint32_t)fkv_dtype_size(g->dtype));
         arg_u32(&a, g->n_kv_heads);
         arg_u32(&a, cw.row_words);
         arg_u32(&a, g->page_size);
         arg_u32(&a, n_slots);
         arg_mem(&a, kpool);
         arg_mem(&a, vpool);
-        fkv_deps kd = {0, NULL, deps.done};
-        st = enqueue_rows(&lc, id, &a, (size_t)n_units * 2 * g->page_size, cw.row_words, &kd);
+        /* In order on this queue: the first launch waits for deps, the last one's event
+         * (the group of the last host a unit reads) completes after all of them. */
+        fkv_deps kd = {launched ? 0 : deps.n_wait, launched ? NULL : deps.wait,
+                       grp == last ? deps.done : NULL};
+        st = enqueue_rows(&lc, id, &a, (size_t)(hi - lo) * 2 * g->page_size, cw.row_words, &kd);
+        launched++;
     }
     pthread_mutex_unlock(&lc.kq->lock);
     return st;

@@ -342,12 +342,18 @@ static void naive_call(naive *nv, const cf_call *c) {
     case CF_SCATTER:
     case CF_RECALL: {
         const unsigned char *units = at(nv, b[1]);
+        size_t stride = c->kind == CF_SCATTER ? 2 : FKV_DIRECT_UNIT_INTS;
         for (size_t i = 0; i < n; i++) {
-            const unsigned char *src =
-                c->kind == CF_SCATTER ? at(nv, b[0]) + i * 2 * p * d * es
-                                      : nv->m[b[0].arr] + s->units_host[c->first + i];
-            put_unit(nv, src, i32(units, 2 * i), i32(units, 2 * i + 1), nv->m[b[2].arr],
-                     nv->m[b[3].arr]);
+            const unsigned char *src;
+            if (c->kind == CF_SCATTER) {
+                src = at(nv, b[0]) + i * 2 * p * d * es;
+            } else {
+                const fkv_direct_src *u = &s->units_src[c->first + i];
+                cf_ref host = u->host == 0 ? b[0] : b[3 + u->host]; /* hosts at b[0], b[4], b[5] */
+                src = nv->m[host.arr] + u->offset;
+            }
+            put_unit(nv, src, i32(units, stride * i), i32(units, stride * i + 1),
+                     nv->m[b[2].arr], nv->m[b[3].arr]);
         }
         break;
     }
@@ -528,9 +534,9 @@ Test(cpu_ops, host_alloc_aligned) {
     fkv_op_host_free(dev, h);
 }
 
-/* recall_direct copies its host offsets when it enqueues (the interface asks the caller to
- * keep them until completion; the reference does not need that). */
-Test(cpu_ops, recall_direct_copies_host_offsets) {
+/* recall_direct copies its host list when it enqueues and reads the units' sources from the
+ * device table, not from the host array (which is read during the call only). */
+Test(cpu_ops, recall_direct_copies_host_list) {
     fkv_kv_geom g = {.n_kv_heads = 2, .group = 1, .head_dim = 16, .page_size = 4,
                      .dtype = FKV_F16};
     size_t unit = 2 * 4 * 16 * 2;
@@ -539,10 +545,13 @@ Test(cpu_ops, recall_direct_copies_host_offsets) {
     cr_assert_eq(fkv_op_host_alloc(dev, 2 * unit, &host, &hp), FKV_OK, "%s", fkv_last_error());
     for (size_t i = 0; i < 2 * unit; i++)
         ((unsigned char *)hp)[i] = (unsigned char)(i * 7 + 1);
-    fkv_bbuf *kp = dalloc(unit), *vp = dalloc(unit), *ub = dfrom((int32_t[]){0, 1}, 0, 8);
-    uint64_t offs[1] = {unit};
-    fkv_status st = fkv_op_recall_direct(dev, CQ, DONE, &g, host, 1, offs, ub, 0, kp, vp);
-    offs[0] = UINT64_MAX;
+    fkv_bbuf *kp = dalloc(unit), *vp = dalloc(unit);
+    fkv_bbuf *ub = dfrom((int32_t[]){0, 1, 0, (int32_t)(unit / 2)}, 0, 16);
+    fkv_direct_src offs[1] = {{.host = 0, .offset = unit}};
+    const fkv_bhost *hosts[1] = {host};
+    fkv_status st = fkv_op_recall_direct(dev, CQ, DONE, &g, 1, hosts, 1, offs, ub, 0, kp, vp);
+    offs[0].offset = UINT64_MAX;
+    hosts[0] = NULL;
     RUN(st);
     unsigned char *k = tmalloc(unit);
     dread(kp, 0, k, unit);
@@ -921,10 +930,11 @@ Test(cpu_ops, pools_beyond_32bit_element_offsets) {
     void *hp = NULL;
     cr_assert_eq(fkv_op_host_alloc(dev, unit_elems * 2, &hm, &hp), FKV_OK, "%s", fkv_last_error());
     memcpy(hp, packed + page_elems * 2 + (5 * 2 * p * d) * 2, unit_elems * 2);
-    uint64_t off0 = 0;
-    int32_t unit2[2] = {(int32_t)(hi - 2), 5};
+    fkv_direct_src off0 = {0};
+    const fkv_bhost *hms[1] = {hm};
+    int32_t unit2[4] = {(int32_t)(hi - 2), 5, 0, 0};
     fkv_bbuf *u2 = dfrom(unit2, 0, sizeof unit2);
-    RUN(fkv_op_recall_direct(dev, CQ, DONE, &g, hm, 1, &off0, u2, 0, kp, vp));
+    RUN(fkv_op_recall_direct(dev, CQ, DONE, &g, 1, hms, 1, &off0, u2, 0, kp, vp));
     for (size_t t = 0; t < p; t++)
         for (size_t c = 0; c < d; c++)
             cr_assert_eq(pool_at(bp.v, &g, hi - 2, t, 5, c), pool_at(bp.v, &g, mid, t, 5, c));

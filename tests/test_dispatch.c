@@ -312,11 +312,12 @@ Test(dispatch, recall_mode) {
     void *p = NULL;
     cr_assert_eq(fkv_op_host_alloc(fallback_dev, 4096, &h, &p), FKV_OK);
     fkv_bbuf *kp = alloc_on(fallback_dev, 4096), *vp = alloc_on(fallback_dev, 4096);
-    fkv_bbuf *u = alloc_on(fallback_dev, 8);
-    uint64_t off = 0;
+    fkv_bbuf *u = alloc_on(fallback_dev, 16);
+    fkv_direct_src off = {0};
+    const fkv_bhost *hs[1] = {h};
     fkv_bevent *ev = (fkv_bevent *)(uintptr_t)1;
-    cr_assert_eq(fkv_op_recall_direct(fallback_dev, Q, (fkv_deps){0, NULL, &ev}, &g, h, 1, &off,
-                                      u, 0, kp, vp),
+    cr_assert_eq(fkv_op_recall_direct(fallback_dev, Q, (fkv_deps){0, NULL, &ev}, &g, 1, hs, 1,
+                                      &off, u, 0, kp, vp),
                  FKV_ERR_UNSUPPORTED);
     cr_assert_null(ev);
     cr_assert(strstr(fkv_last_error(), "no recall_direct"), "%s", fkv_last_error());
@@ -493,13 +494,20 @@ Test(dispatch, one_argument_rule_checked_once) {
     REFUSED(fkv_op_attention(d, Q, DONE, &g, NULL, 0, 0, NULL, 0, NULL, 0, NULL, NULL, 1.0f, NULL,
                              0));
     REFUSED(fkv_op_attention_dense(d, BQ, DONE, &g, qb, 0, 0, NULL, NULL, 1.0f, out, 0));
-    uint64_t off = 0;
-    REFUSED(fkv_op_recall_direct(d, Q, DONE, &g, NULL, 1, &off, rows, 0, kp, vp));
+    fkv_direct_src off = {0};
+    const fkv_bhost *no_host[1] = {NULL};
+    REFUSED(fkv_op_recall_direct(d, Q, DONE, &g, 1, no_host, 1, &off, big, 0, kp, vp));
+    REFUSED(fkv_op_recall_direct(d, Q, DONE, &g, 0, NULL, 1, &off, big, 0, kp, vp));
     fkv_bhost *h = NULL;
     void *hp = NULL;
     cr_assert_eq(fkv_op_host_alloc(d, 1024, &h, &hp), FKV_OK);
-    uint64_t offs[2] = {0, 1000};
-    REFUSED(fkv_op_recall_direct(d, Q, DONE, &g, h, 2, offs, big, 0, kp, vp)); /* past the end */
+    const fkv_bhost *hs[1] = {h};
+    fkv_direct_src offs[2] = {{.host = 0, .offset = 0}, {.host = 0, .offset = 1000}};
+    REFUSED(fkv_op_recall_direct(d, Q, DONE, &g, 1, hs, 2, offs, big, 0, kp, vp)); /* past the end */
+    offs[1] = (fkv_direct_src){.host = 1, .offset = 0};
+    REFUSED(fkv_op_recall_direct(d, Q, DONE, &g, 1, hs, 2, offs, big, 0, kp, vp)); /* no host 1 */
+    offs[1].host = 0;
+    REFUSED(fkv_op_recall_direct(d, Q, DONE, &g, 1, hs, 2, offs, rows, 0, kp, vp)); /* table */
     cr_assert_eq(entry_calls, 0);
 
     /* ... and then zero work is a marker, with the entry not called */
@@ -513,7 +521,7 @@ Test(dispatch, one_argument_rule_checked_once) {
     MARKER(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 0, 0, 0.5f, out, 0, out, 0));
     MARKER(fkv_op_pack_hnd(d, Q, DONE, &g, kp, vp, 0, rows, 0, out, 0));
     MARKER(fkv_op_scatter_hnd(d, Q, DONE, &g, big, 0, 0, rows, 0, kp, vp));
-    MARKER(fkv_op_recall_direct(d, Q, DONE, &g, h, 0, NULL, rows, 0, kp, vp));
+    MARKER(fkv_op_recall_direct(d, Q, DONE, &g, 1, hs, 0, NULL, rows, 0, kp, vp));
     MARKER(fkv_op_attention(d, Q, DONE, &g, qb, 0, 0, rows, 0, rows, 0, kp, vp, 1.0f, out, 0));
     cr_assert_eq(fkv_op_append(d, Q, (fkv_deps){0, NULL, NULL}, &g, big, 0, big, 0, 0, rows, 0,
                                kp, vp),

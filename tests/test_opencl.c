@@ -130,10 +130,11 @@ Test(opencl_env, recall_modes) {
             fkv_bhost *h;
             void *p;
             cr_assert_eq(fkv_op_host_alloc(ODEV, 4096, &h, &p), FKV_OK);
-            fkv_bbuf *kp = bh_alloc1(UT, 4096), *vp = bh_alloc1(UT, 4096), *u = bh_alloc1(UT, 8);
-            uint64_t off = 0;
+            fkv_bbuf *kp = bh_alloc1(UT, 4096), *vp = bh_alloc1(UT, 4096), *u = bh_alloc1(UT, 16);
+            fkv_direct_src off = {0};
+            const fkv_bhost *hs[1] = {h};
             bh_ev = (fkv_bevent *)(uintptr_t)1;
-            cr_assert_eq(fkv_op_recall_direct(ODEV, CQ, DEPS, &g, h, 1, &off, u, 0, kp, vp),
+            cr_assert_eq(fkv_op_recall_direct(ODEV, CQ, DEPS, &g, 1, hs, 1, &off, u, 0, kp, vp),
                          FKV_ERR_UNSUPPORTED);
             cr_assert_null(bh_ev);
             fkv_op_host_free(ODEV, h);

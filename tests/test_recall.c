@@ -1,8 +1,9 @@
 /* The recall engine (core/recall.c) on the CPU reference: what lands in the slots, in every
- * mode; how units are cut into chunks (and, for direct recall, per host allocation); that a
- * staging buffer is refilled only after the scatter that last read it; that every wait of the
- * caller is honoured, however many; that a failure drains what was issued and leaves an
- * engine that works. A recording ops table passes every command on to the CPU reference and
+ * mode; how many commands it issues (staged: one copy and one scatter per stage; direct: one
+ * table write and one recall_direct per recall, however many host allocations the units come
+ * from, and no host wait on a kernel); that a staging buffer is refilled only after the
+ * scatter that last read it; that every wait of the caller is honoured, however many; that a
+ * failure drains what was issued and leaves an engine that works. A recording ops table passes every command on to the CPU reference and
  * notes what it was asked (queue, buffers, wait lists, the event it returned). */
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
@@ -15,7 +16,7 @@
 #include "core/recall.h"
 #include "helpers.h"
 
-#define N_SLOTS 8
+#define N_SLOTS 32
 #define MAX_UNITS (N_SLOTS * 2) /* every (slot, KV head) of the pools once */
 #define MAX_RECORDS 4096
 #define MAX_RECORDED_WAITS 32
@@ -37,12 +38,14 @@ typedef enum op_kind {
 typedef struct record {
     op_kind op;
     fkv_queue queue;
-    const void *object; /* write: destination; scatter: staged data; direct: host allocation */
+    const void *object; /* write: destination; scatter: staged data; direct: its unit table */
     uint32_t count;     /* units of a scatter or direct recall */
+    uint32_t n_hosts;   /* direct: host allocations it reads */
     uint32_t n_wait;
     fkv_bevent *wait[MAX_RECORDED_WAITS];
     fkv_bevent *done; /* the event the command returned */
-    uint64_t offsets[MAX_UNITS]; /* direct: the units' host offsets */
+    const fkv_bhost *host[MAX_UNITS]; /* direct: each unit's host allocation and offset */
+    uint64_t offsets[MAX_UNITS];
 } record;
 
 static const fkv_backend_ops *real;
@@ -84,16 +87,19 @@ static fkv_status spy_scatter(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const f
 }
 
 static fkv_status spy_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                             const fkv_bhost *host, uint32_t n_units, const uint64_t *units_host,
-                             const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
-                             fkv_bbuf *vpool) {
-    fkv_status st = real->recall_direct(dev, q, deps, g, host, n_units, units_host, units,
+                             uint32_t n_hosts, const fkv_bhost *const *hosts, uint32_t n_units,
+                             const fkv_direct_src *srcs, const fkv_bbuf *units, size_t units_off,
+                             fkv_bbuf *kpool, fkv_bbuf *vpool) {
+    fkv_status st = real->recall_direct(dev, q, deps, g, n_hosts, hosts, n_units, srcs, units,
                                         units_off, kpool, vpool);
-    record *r = note(OP_DIRECT, q, host, deps.n_wait, deps.wait);
+    record *r = note(OP_DIRECT, q, units, deps.n_wait, deps.wait);
     r->count = n_units;
+    r->n_hosts = n_hosts;
     r->done = deps.done ? *deps.done : NULL;
-    for (uint32_t i = 0; i < n_units && i < MAX_UNITS; i++)
-        r->offsets[i] = units_host[i];
+    for (uint32_t i = 0; i < n_units && i < MAX_UNITS; i++) {
+        r->host[i] = hosts[srcs[i].host];
+        r->offsets[i] = srcs[i].offset;
+    }
     return st;
 }
 
@@ -278,7 +284,8 @@ ParameterizedTestParameters(recall, contents_and_chunks) {
 }
 
 /* 13 units in runs of allocations A A A A A B B B B A A A A, chunks of 3: staged and perpage
- * cut 3+3+3+3+1; direct recall reads one allocation per command: 3+2 | 3+1 | 3+1. */
+ * cut 3+3+3+3+1; direct recall reads both allocations in one command of 13 units, grouped by
+ * allocation (A's units in order, then B's). */
 ParameterizedTest(mode_param *param, recall, contents_and_chunks) {
     fixture f;
     fixture_open(&f, param->mode);
@@ -292,21 +299,100 @@ ParameterizedTest(mode_param *param, recall, contents_and_chunks) {
     int direct = param->mode == FKV_RECALL_DIRECT;
     int n = find_all(direct ? OP_DIRECT : OP_SCATTER, idx, 16);
     static const uint32_t staged_counts[] = {3, 3, 3, 3, 1};
-    static const uint32_t direct_counts[] = {3, 2, 3, 1, 3, 1};
+    static const uint32_t direct_counts[] = {13};
     const uint32_t *want = direct ? direct_counts : staged_counts;
-    cr_assert_eq(n, direct ? 6 : 5);
-    uint32_t begin = 0;
+    cr_assert_eq(n, direct ? 1 : 5);
     for (int c = 0; c < n; c++) {
         const record *rec = &records[idx[c]];
         cr_assert_eq(rec->count, want[c], "command %d recalls %u units, not %u", c, rec->count,
                      want[c]);
-        if (direct) {
-            cr_assert_eq(rec->object, f.host[alloc[begin]], "command %d reads another allocation",
-                         c);
-            for (uint32_t i = 0; i < rec->count; i++)
-                cr_assert_eq(rec->offsets[i], units[begin + i].host_offset);
+    }
+    if (direct) {
+        static const int grouped[13] = {0, 1, 2, 3, 4, 9, 10, 11, 12, 5, 6, 7, 8};
+        cr_assert_eq(records[idx[0]].n_hosts, 2);
+        for (uint32_t i = 0; i < 13; i++) {
+            cr_assert_eq(records[idx[0]].host[i], units[grouped[i]].host, "unit %u", i);
+            cr_assert_eq(records[idx[0]].offsets[i], units[grouped[i]].host_offset, "unit %u", i);
         }
-        begin += rec->count;
+    }
+    fkv_recaller_destroy(r);
+    fixture_close(&f);
+}
+
+/* ---- commands per recall ----------------------------------------------------------------- */
+
+/* A layer's recall of 50 units, each from its own host allocation (the host pool is built of
+ * pieces, and selected pages fall in many): zero-copy is one write of the unit table and one
+ * recall_direct reading all 50 allocations, both on the recall's queue, and the host never
+ * waits for a stage (a kernel's event). Three recalls, so both stages are reused. */
+Test(recall, direct_is_one_command_over_fifty_allocations) {
+    enum { N = 50 };
+    fixture f;
+    fixture_open(&f, FKV_RECALL_DIRECT);
+    fkv_bhost *pieces[N];
+    fkv_recall_unit units[N];
+    th_rng rng;
+    th_seed(&rng, 21);
+    int32_t target[MAX_UNITS];
+    th_permutation(&rng, target, MAX_UNITS);
+    for (int i = 0; i < N; i++) {
+        void *ptr;
+        cr_assert_eq(real->host_alloc(f.bd, 2 * f.unit_bytes, &pieces[i], &ptr), FKV_OK);
+        float *x = ptr;
+        for (size_t e = 0; e < 2 * unit_elems(); e++)
+            x[e] = (float)(1000 * i + (int)e);
+        uint64_t off = (uint64_t)(i % 2) * f.unit_bytes; /* the second unit: the last one */
+        units[i] = (fkv_recall_unit){.host = pieces[i], .host_offset = off,
+                                     .src = (unsigned char *)ptr + off, .gslot = target[i] / 2,
+                                     .kv_head = target[i] % 2};
+    }
+    fkv_recaller *r = engine(&f, FKV_RECALL_DIRECT, 16); /* grows to the recall */
+    fkv_bevent *kernels[3] = {NULL, NULL, NULL}; /* each recall's recall_direct event */
+    for (int rep = 0; rep < 3; rep++) {
+        n_records = 0;
+        run_ok(r, &f, N, units, 0, NULL);
+        int w[8], d[8], ew[8];
+        cr_assert_eq(find_all(OP_WRITE, w, 8), 1, "recall %d: one table write", rep);
+        cr_assert_eq(find_all(OP_DIRECT, d, 8), 1, "recall %d: one recall_direct", rep);
+        cr_assert_eq(records[d[0]].count, N);
+        cr_assert_eq(records[d[0]].n_hosts, N);
+        cr_assert_lt(w[0], d[0]);
+        cr_assert_eq(records[w[0]].queue, FKV_QUEUE_COMPUTE, "the table goes on the recall's queue");
+        cr_assert_eq(records[w[0]].object, records[d[0]].object, "the kernel reads that table");
+        cr_assert_eq(records[d[0]].queue, FKV_QUEUE_COMPUTE);
+        kernels[rep] = records[d[0]].done;
+        int n_ew = find_all(OP_EVENT_WAIT, ew, 8);
+        for (int e = 0; e < n_ew; e++)
+            for (int k = 0; k < rep; k++)
+                cr_assert(!waits_on(&records[ew[e]], kernels[k]),
+                          "recall %d waits on the host for the recall_direct of recall %d", rep,
+                          k);
+        cr_assert_leq(n_ew, 1, "recall %d: at most a wait for the table copy of two recalls ago",
+                      rep);
+    }
+    fkv_recaller_destroy(r);
+    for (int i = 0; i < N; i++)
+        real->host_free(f.bd, pieces[i]);
+    fixture_close(&f);
+}
+
+/* Staged recall of a layer's budget: one copy (gathered units and their table together) and
+ * one scatter per stage. */
+Test(recall, staged_is_one_copy_and_one_scatter_per_stage) {
+    fixture f;
+    fixture_open(&f, FKV_RECALL_STAGED);
+    static const int alloc[20] = {0, 1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 1, 0, 0, 0, 1, 0, 1, 0, 1};
+    fkv_recall_unit units[20];
+    make_units(&f, 20, alloc, 17, units);
+    fkv_recaller *r = engine(&f, FKV_RECALL_STAGED, 8);
+    run_ok(r, &f, 20, units, 0, NULL);
+    int w[16], sc[16];
+    cr_assert_eq(find_all(OP_WRITE, w, 16), 3, "20 units in stages of 8: three copies");
+    cr_assert_eq(find_all(OP_SCATTER, sc, 16), 3);
+    for (int c = 0; c < 3; c++) {
+        cr_assert_eq(records[w[c]].queue, FKV_QUEUE_TRANSFER);
+        cr_assert_eq(records[w[c]].object, records[sc[c]].object, "scatter %d reads its copy", c);
+        cr_assert(waits_on(&records[sc[c]], records[w[c]].done));
     }
     fkv_recaller_destroy(r);
     fixture_close(&f);
@@ -332,7 +418,7 @@ Test(recall, stage_reuse_waits_for_the_scatter_that_read_it) {
     cr_assert_eq(n, 5 + 2, "9 units in chunks of 2, then 4: 7 scatters");
     for (int c = 0; c < n; c++) {
         const record *s = &records[sc[c]];
-        /* the last write before a scatter copies its chunk's index, and it waits on it */
+        /* the write before a scatter copies its chunk and index, and it waits on it */
         int w = sc[c] - 1;
         while (w >= 0 && records[w].op != OP_WRITE)
             w--;
@@ -452,7 +538,7 @@ Test(recall, enqueue_failures_drain_and_the_engine_recovers) {
                   (unsigned long long)at);
         run_ok(r, &f, 5, units, 0, NULL);
     }
-    cr_assert_geq(failures, 3 * 3, "every copy and scatter of the 3 chunks failed once");
+    cr_assert_geq(failures, 3 * 2, "every copy and scatter of the 3 chunks failed once");
     fkv_recaller_destroy(r);
     fixture_close(&f);
 }
@@ -466,8 +552,8 @@ Test(recall, a_failed_scatter_does_not_fail_the_next_recall) {
     fkv_recall_unit units[MAX_UNITS];
     make_units(&f, 2, NULL, 9, units);
     fkv_recaller *r = engine(&f, FKV_RECALL_STAGED, 2);
-    /* one chunk: the data write, the index write, then the scatter (third command) */
-    cr_assert_eq(fkv_cpu_fault_arm(f.dev, 3, FKV_CPU_FAULT_RUN, FKV_CPU_FAULT_THIS_THREAD), FKV_OK);
+    /* one chunk: the write of its data and index, then the scatter (second command) */
+    cr_assert_eq(fkv_cpu_fault_arm(f.dev, 2, FKV_CPU_FAULT_RUN, FKV_CPU_FAULT_THIS_THREAD), FKV_OK);
     n_records = 0;
     cr_assert_neq(run(r, &f, 2, units, 0, NULL), FKV_OK);
     int fired = 0;

@@ -2,7 +2,9 @@
 /* Layout moves, copying bits in words: -DWORD=16 (uvec4), 4 (uint), 2 (uint16_t, 16-bit
  * storage) or 1 (a 16-bit element inside uint words, stored with atomics: no 16-bit storage).
  * -DMODE=0 pack (NHD -> HND), 1 scatter (HND -> NHD), 2 direct (HND units read from host
- * memory: imported or host-visible, bound as a window; zero-copy).
+ * memory: imported or host-visible; zero-copy). Direct binds up to five host windows at
+ * bindings 3..7, each serving one run of consecutive table entries (vk_kernels.c,
+ * fkv_vk_recall_direct), so one dispatch reads up to five host allocations.
  * One invocation per word of a (token, head) row of row_words words. The pools are bound as a
  * window of n_slots slots from slot_base (vk_kernels.c, plan_windows). */
 #if WORD == 2
@@ -43,11 +45,29 @@
 BUF(0, W_T, kpool);
 BUF(1, W_T, vpool);
 RBUF(2, int, idx);
-BUF(3, W_T, ext); /* pack: destination; scatter: source; direct: host window */
-RBUF(4, uint, host_units); /* direct: (window, word offset in it) per unit */
+#if MODE != 2
+BUF(3, W_T, ext); /* pack: destination; scatter: source */
 layout(push_constant) uniform PC {
-    uint ext_off, n, idx_off, n_kv_heads, row_words, page_size, n_slots, total, window, slot_base;
+    uint ext_off, n, idx_off, n_kv_heads, row_words, page_size, n_slots, total, unused8, slot_base;
 } pc;
+#else
+/* Host windows; run k of the table ([end[k-1], end[k]), end[-1] = first) reads window k,
+ * which starts base[k] elements into its allocation. idx: {slot, head, host, offset / es}. */
+RBUF(3, W_T, ext0);
+RBUF(4, W_T, ext1);
+RBUF(5, W_T, ext2);
+RBUF(6, W_T, ext3);
+RBUF(7, W_T, ext4);
+layout(push_constant) uniform PC {
+    uint el_per_word, n, idx_off, n_kv_heads, row_words, page_size, n_slots, total, first,
+        slot_base, end0, end1, end2, end3, end4, base0, base1, base2, base3, base4;
+} pc;
+#if WORD == 1
+#define W_LEN(a) (2u * uint(a.length()))
+#else
+#define W_LEN(a) uint(a.length())
+#endif
+#endif
 
 void main() {
     uint gid = flat_id();
@@ -67,7 +87,7 @@ void main() {
     uint src = ((ls * pc.page_size + t) * pc.n_kv_heads + h) * pc.row_words + w;
     W_VAL x = kv != 0u ? W_LOAD(vpool, src) : W_LOAD(kpool, src);
     W_STORE(ext, pc.ext_off + row * pc.row_words + w, x);
-#else
+#elif MODE == 1
     uint i = row / (2u * pc.page_size), r = row % (2u * pc.page_size);
     if (i >= pc.n)
         return;
@@ -75,16 +95,34 @@ void main() {
     uint ls = uint(slot) - pc.slot_base;
     if (slot < 0 || ls >= pc.n_slots || h < 0 || uint(h) >= pc.n_kv_heads)
         return;
-#if MODE == 1
     uint s = pc.ext_off + row * pc.row_words + w;
-#else
-    if (host_units[2u * i] != pc.window)
-        return;
-    uint s = host_units[2u * i + 1u] + r * pc.row_words + w;
-#endif
     uint kv = r / pc.page_size, t = r % pc.page_size;
     uint dst = ((ls * pc.page_size + t) * pc.n_kv_heads + uint(h)) * pc.row_words + w;
     W_VAL x = W_LOAD(ext, s);
+    if (kv != 0u) {
+        W_STORE(vpool, dst, x);
+    } else {
+        W_STORE(kpool, dst, x);
+    }
+#else
+    uint i = pc.first + row / (2u * pc.page_size), r = row % (2u * pc.page_size);
+    if (i >= pc.n)
+        return;
+    uint e = pc.idx_off + 4u * i;
+    int slot = idx[e], h = idx[e + 1u];
+    uint ls = uint(slot) - pc.slot_base;
+    if (slot < 0 || ls >= pc.n_slots || h < 0 || uint(h) >= pc.n_kv_heads)
+        return;
+    uint k = i < pc.end0 ? 0u : i < pc.end1 ? 1u : i < pc.end2 ? 2u : i < pc.end3 ? 3u : 4u;
+    uint base = k == 0u ? pc.base0 : k == 1u ? pc.base1 : k == 2u ? pc.base2 : k == 3u ? pc.base3 : pc.base4;
+    uint len = k == 0u ? W_LEN(ext0) : k == 1u ? W_LEN(ext1) : k == 2u ? W_LEN(ext2) : k == 3u ? W_LEN(ext3) : W_LEN(ext4);
+    uint off = uint(idx[e + 3u]), unit_words = 2u * pc.page_size * pc.row_words;
+    if (off < base || (off - base) / pc.el_per_word > len || unit_words > len - (off - base) / pc.el_per_word)
+        return; /* outside its window: a table that disagrees with the plan */
+    uint s = (off - base) / pc.el_per_word + r * pc.row_words + w;
+    W_VAL x = k == 0u ? W_LOAD(ext0, s) : k == 1u ? W_LOAD(ext1, s) : k == 2u ? W_LOAD(ext2, s) : k == 3u ? W_LOAD(ext3, s) : W_LOAD(ext4, s);
+    uint kv = r / pc.page_size, t = r % pc.page_size;
+    uint dst = ((ls * pc.page_size + t) * pc.n_kv_heads + uint(h)) * pc.row_words + w;
     if (kv != 0u) {
         W_STORE(vpool, dst, x);
     } else {

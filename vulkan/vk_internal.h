@@ -321,9 +321,9 @@ fkv_status fkv_vk_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps, con
                                   const fkv_bbuf *k, const fkv_bbuf *v, float scale,
                                   fkv_bbuf *out, size_t out_off);
 fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                                const fkv_bhost *host, uint32_t n_units, const uint64_t *units_host,
-                                const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
-                                fkv_bbuf *vpool);
+                                uint32_t n_hosts, const fkv_bhost *const *hosts, uint32_t n_units,
+                                const fkv_direct_src *srcs, const fkv_bbuf *units, size_t units_off,
+                                fkv_bbuf *kpool, fkv_bbuf *vpool);
 
 /* ---- device (vk_device.c) ---- */
 /* Which VkQueue each fkv_queue runs on: a pure function of the device's queue families, so

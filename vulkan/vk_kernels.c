@@ -561,81 +561,107 @@ fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const f
     return run_1d(&L, S_COPY + 1 * 4 + variant, total, &deps);
 }
 
+/* Host windows one direct dispatch binds (bindings 3..7; copy.comp). */
+#define DIRECT_WINDOWS 5
+
+/* The window of host allocation `h` that serves a unit at byte `off`: a whole allocation that
+ * fits one binding is window 0 at 0; a larger one is read in windows of `span` bytes that
+ * start every `stride` bytes (aligned, overlapping by a unit), the unit in window off / stride. */
+static void direct_window(const fkv_bdev *d, const fkv_bhost *h, uint64_t unit_bytes,
+                          uint64_t off, uint64_t *base, uint64_t *len) {
+    uint64_t size = h->desc.size;
+    uint64_t span = size < d->max_range ? size : d->max_range / d->align * d->align;
+    if (size <= span) {
+        *base = 0;
+        *len = size;
+        return;
+    }
+    uint64_t stride = (span - unit_bytes) / d->align * d->align;
+    *base = off / stride * stride;
+    *len = size - *base < span ? size - *base : span;
+}
+
+/* The table in runs of consecutive units that read one window (the recall engine groups units
+ * by host, so a run is usually a whole host allocation); up to DIRECT_WINDOWS runs per
+ * dispatch, all dispatches in one command buffer and one submit. The kernel reads the unit
+ * table the caller wrote; nothing is uploaded here. */
 fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                                const fkv_bhost *host, uint32_t n_units, const uint64_t *units_host,
-                                const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
-                                fkv_bbuf *vpool) {
+                                uint32_t n_hosts, const fkv_bhost *const *hosts, uint32_t n_units,
+                                const fkv_direct_src *srcs, const fkv_bbuf *units,
+                                size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool) {
     launch L;
     prepare(dev, q, &deps, "recall_direct", &L);
     fkv_status st;
+    (void)n_hosts;
     uint64_t unit_bytes = fkv_unit_bytes(g);
-    size_t host_size = host->desc.size;
+    size_t es = fkv_dtype_size(g->dtype);
     uint32_t n_slots;
     if ((st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
     uint64_t bits = 0;
     for (uint32_t i = 0; i < n_units; i++)
-        bits |= units_host[i];
-    fkv_copy_words cw = fkv_pick_copy_words(g, bits, 1);
+        bits |= srcs[i].offset;
+    if (unit_bytes + dev->align > dev->max_range)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan recall_direct: a unit exceeds one binding");
+    /* window bases are multiples of dev->align: they count for the word too */
+    fkv_copy_words cw = fkv_pick_copy_words(g, bits | dev->align, 1);
     uint32_t variant = copy_variant(dev, &cw), row_words = cw.row_words;
-    size_t word = cw.word;
-    uint64_t total = (uint64_t)n_units * 2 * g->page_size * row_words;
-    if (total > UINT32_MAX || unit_bytes + dev->align > dev->max_range)
+    uint64_t unit_words = 2ull * g->page_size * row_words;
+    if ((uint64_t)n_units * unit_words > UINT32_MAX)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan recall_direct: too much in one call");
-    /* Host memory beyond maxStorageBufferRange is read in windows of `span` bytes that start
-     * every `stride` bytes; unit i belongs to window off / stride. */
-    uint64_t span = host_size < dev->max_range ? host_size : dev->max_range / dev->align * dev->align;
-    uint64_t stride = host_size <= span ? UINT64_MAX : (span - unit_bytes) / dev->align * dev->align;
-    uint64_t n_windows = stride == UINT64_MAX ? 1 : host_size / stride + 1;
-    if ((st = bind_buf(&L, 2, units, units_off, n_units * 8ull, 4, &L.pc[2], "units")) != FKV_OK)
+    if ((st = bind_buf(&L, 2, units, units_off, (uint64_t)n_units * FKV_DIRECT_UNIT_INTS * 4, 4,
+                       &L.pc[2], "units")) != FKV_OK)
         return st;
-    L.pc[1] = n_units;
+    L.pc[0] = (uint32_t)(cw.word / es);
     L.pc[3] = g->n_kv_heads;
     L.pc[4] = row_words;
     L.pc[5] = g->page_size;
-    L.pc[7] = (uint32_t)total;
-    uint32_t wg = pick_wg(dev, ELEMENTWISE_WG), gx, gy;
-    grid_1d(dev, total, wg, &gx, &gy);
-    unsigned char *used = calloc((size_t)n_windows, 1);
-    if (used == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan recall_direct: window list");
+    uint32_t wg = pick_wg(dev, ELEMENTWISE_WG);
     VkPipeline p;
     vk_cmd c;
     if ((st = fkv_vk_pipeline(dev, S_COPY + 2 * 4 + variant, wg, 1, &p)) != FKV_OK ||
-        (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK) {
-        free(used);
+        (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
         return st;
-    }
-    /* Per unit (window, word offset in it), in a host-visible buffer the shader reads. */
-    vk_temp t;
-    st = fkv_vk_cmd_temp(&c, (VkDeviceSize)n_units * 8, 1, &t);
-    if (st == FKV_OK) {
-        uint32_t *hu = t.ptr; /* read as uint by the shader: in-window word offsets reach 2^31 */
-        for (uint32_t i = 0; i < n_units; i++) {
-            uint64_t w = stride == UINT64_MAX ? 0 : units_host[i] / stride;
-            hu[2 * i] = (uint32_t)w;
-            hu[2 * i + 1] = (uint32_t)((units_host[i] - w * (stride == UINT64_MAX ? 0 : stride)) / word);
-            used[w] = 1;
+    uint64_t n_dispatches = 0;
+    for (uint32_t begin = 0; begin < n_units && st == FKV_OK;) {
+        /* one dispatch: up to DIRECT_WINDOWS runs from `begin` */
+        uint32_t end = begin;
+        for (int k = 0; k < DIRECT_WINDOWS; k++) {
+            if (end < n_units) {
+                const fkv_bhost *h = hosts[srcs[end].host];
+                uint64_t base, len, b2, l2;
+                direct_window(dev, h, unit_bytes, srcs[end].offset, &base, &len);
+                uint32_t run_end = end + 1;
+                while (run_end < n_units && hosts[srcs[run_end].host] == h) {
+                    direct_window(dev, h, unit_bytes, srcs[run_end].offset, &b2, &l2);
+                    if (b2 != base)
+                        break;
+                    run_end++;
+                }
+                L.b[3 + k] = (bind){h->buf, base, len};
+                L.pc[15 + k] = (uint32_t)(base / es);
+                end = run_end;
+            } else {
+                L.b[3 + k] = (bind){dev->dummy.buf, 0, VK_WHOLE_SIZE};
+                L.pc[15 + k] = 0;
+            }
+            L.pc[10 + k] = end;
         }
-        L.b[4] = (bind){t.buf, 0, VK_WHOLE_SIZE};
-        uint64_t n_used = 0;
-        for (uint64_t w = 0; w < n_windows; w++)
-            n_used += used[w];
-        if (n_used * L.win[0].w.count > DESCRIPTOR_SETS_PER_COMMAND)
+        uint64_t total = (uint64_t)(end - begin) * unit_words;
+        L.pc[1] = end;
+        L.pc[7] = (uint32_t)total;
+        L.pc[8] = begin;
+        uint32_t gx, gy;
+        grid_1d(dev, total, wg, &gx, &gy);
+        n_dispatches += L.win[0].w.count;
+        if (n_dispatches > DESCRIPTOR_SETS_PER_COMMAND)
             st = fkv_error(FKV_ERR_UNSUPPORTED,
-                           "vulkan recall_direct: %llu host windows x %u pool windows in one call",
-                           (unsigned long long)n_used, L.win[0].w.count);
+                           "vulkan recall_direct: more than %d host and pool windows in one call",
+                           DESCRIPTOR_SETS_PER_COMMAND);
+        else
+            st = record_windows(&c, &L, p, gx, gy);
+        begin = end;
     }
-    for (uint64_t w = 0; w < n_windows && st == FKV_OK; w++) {
-        if (!used[w])
-            continue;
-        uint64_t base = stride == UINT64_MAX ? 0 : w * stride;
-        uint64_t len = host_size - base < span ? host_size - base : span;
-        L.b[3] = (bind){host->buf, base, len};
-        L.pc[8] = (uint32_t)w;
-        st = record_windows(&c, &L, p, gx, gy);
-    }
-    free(used);
     if (st != FKV_OK) {
         fkv_vk_cmd_abort(&c);
         return st;

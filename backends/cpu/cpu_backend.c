@@ -674,36 +674,35 @@ static fkv_status cpu_scatter_hnd_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
 
 typedef struct recall_args {
     fkv_kv_geom g;
-    const void *host;
-    size_t host_size;
-    uint32_t n_units;
+    uint32_t n_units, n_hosts;
     const int32_t *units;
     void *kpool, *vpool;
     size_t pool_rows;
-    uint64_t units_host[]; /* copied, so the caller's array is free after the call */
+    cpu_host_view hosts[]; /* copied, so the caller's array is free after the call */
 } recall_args;
 
 static fkv_status run_recall(void *p) {
     recall_args *a = p;
-    return cpu_recall_direct(&a->g, a->host, a->host_size, a->n_units, a->units_host, a->units,
-                             a->kpool, a->vpool, a->pool_rows);
+    return cpu_recall_direct(&a->g, a->n_hosts, a->hosts, a->n_units, a->units, a->kpool,
+                             a->vpool, a->pool_rows);
 }
 
 static fkv_status cpu_recall_direct_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
-                                       const fkv_kv_geom *g, const fkv_bhost *host,
-                                       uint32_t n_units, const uint64_t *units_host,
-                                       const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
-                                       fkv_bbuf *vpool) {
+                                       const fkv_kv_geom *g, uint32_t n_hosts,
+                                       const fkv_bhost *const *hosts, uint32_t n_units,
+                                       const fkv_direct_src *srcs, const fkv_bbuf *units,
+                                       size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool) {
     const char *op = "recall_direct";
     recall_args *a;
+    (void)srcs; /* the worker reads the device table, as a GPU kernel does */
     TRY(check_limits(op, g));
-    TRY(alloc_args(op, sizeof *a + (size_t)n_units * sizeof(uint64_t), (void **)&a));
+    TRY(alloc_args(op, sizeof *a + (size_t)n_hosts * sizeof(cpu_host_view), (void **)&a));
     a->g = *g;
     a->n_units = n_units;
+    a->n_hosts = n_hosts;
     a->pool_rows = pool_rows(g, kpool, vpool);
-    a->host = host->data;
-    a->host_size = host->desc.size;
-    memcpy(a->units_host, units_host, (size_t)n_units * sizeof(uint64_t));
+    for (uint32_t h = 0; h < n_hosts; h++)
+        a->hosts[h] = (cpu_host_view){.data = hosts[h]->data, .size = hosts[h]->desc.size};
     a->units = (const int32_t *)at(units, units_off);
     a->kpool = kpool->data;
     a->vpool = vpool->data;

@@ -192,22 +192,24 @@ fkv_status cpu_scatter_hnd(const fkv_kv_geom *g, const void *src, uint32_t n_uni
     return FKV_OK;
 }
 
-fkv_status cpu_recall_direct(const fkv_kv_geom *g, const void *host, size_t host_size,
-                             uint32_t n_units, const uint64_t *units_host, const int32_t *units,
-                             void *kpool, void *vpool, size_t pool_rows) {
-    size_t unit_bytes = 2 * (size_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+fkv_status cpu_recall_direct(const fkv_kv_geom *g, uint32_t n_hosts, const cpu_host_view *hosts,
+                             uint32_t n_units, const int32_t *units, void *kpool, void *vpool,
+                             size_t pool_rows) {
+    size_t es = fkv_dtype_size(g->dtype);
+    size_t unit_bytes = fkv_unit_bytes(g);
     for (uint32_t i = 0; i < n_units; i++) {
-        if (units_host[i] > host_size || unit_bytes > host_size - units_host[i])
+        const int32_t *u = units + (size_t)FKV_DIRECT_UNIT_INTS * i;
+        uint32_t h = (uint32_t)u[2];
+        uint64_t off = (uint64_t)(uint32_t)u[3] * es;
+        if (h >= n_hosts || off > hosts[h].size || unit_bytes > hosts[h].size - off)
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "recall_direct: unit %u at host offset %llu (+%zu bytes) is outside "
-                             "the host allocation (%zu bytes)",
-                             i, (unsigned long long)units_host[i], unit_bytes, host_size);
-        fkv_status st =
-            check_unit("recall_direct", g, i, units[2 * i], units[2 * i + 1], pool_rows);
+                             "recall_direct: unit %u at offset %llu (+%zu bytes) of host %u is "
+                             "outside the %u host allocations given",
+                             i, (unsigned long long)off, unit_bytes, h, n_hosts);
+        fkv_status st = check_unit("recall_direct", g, i, u[0], u[1], pool_rows);
         if (st != FKV_OK)
             return st;
-        scatter_unit(g, (const unsigned char *)host + units_host[i], (size_t)units[2 * i],
-                     (size_t)units[2 * i + 1], kpool, vpool);
+        scatter_unit(g, hosts[h].data + off, (size_t)u[0], (size_t)u[1], kpool, vpool);
     }
     return FKV_OK;
 }

@@ -47,10 +47,15 @@ fkv_status cpu_pack_hnd(const fkv_kv_geom *g, const void *kpool, const void *vpo
 fkv_status cpu_scatter_hnd(const fkv_kv_geom *g, const void *src, uint32_t n_units,
                            const int32_t *units, void *kpool, void *vpool, size_t pool_rows);
 
-/* As scatter_hnd, unit i read at byte offset units_host[i] of host (host_size bytes). */
-fkv_status cpu_recall_direct(const fkv_kv_geom *g, const void *host, size_t host_size,
-                             uint32_t n_units, const uint64_t *units_host, const int32_t *units,
-                             void *kpool, void *vpool, size_t pool_rows);
+/* One host allocation recall_direct reads. */
+typedef struct cpu_host_view {
+    const unsigned char *data;
+    size_t size;
+} cpu_host_view;
+/* As scatter_hnd, from units[4i..4i+3] = {slot, head, host, offset / element size} of hosts. */
+fkv_status cpu_recall_direct(const fkv_kv_geom *g, uint32_t n_hosts, const cpu_host_view *hosts,
+                             uint32_t n_units, const int32_t *units, void *kpool, void *vpool,
+                             size_t pool_rows);
 
 /* Paged decode attention. heads[2(b*n_kv_heads+h)] = (first entry, entry count); entries
  * (n_entries pairs) = (gslot, valid tokens). q and out are [n_seqs][n_kv_heads*group][d]. */

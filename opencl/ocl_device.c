@@ -411,6 +411,7 @@ static const fkv_backend_ops opencl_ops = {
     .check_geometry = fkv_ocl_check_geometry,
     .set_option = ocl_set_option,
     .get_option = ocl_get_option,
+    .select_pages = fkv_ocl_select_pages,
 };
 
 const fkv_backend_ops *fkv_backend_opencl(void) { return &opencl_ops; }

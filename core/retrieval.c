@@ -163,7 +163,10 @@ fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args 
     if (st != FKV_OK)
         return st;
     uint32_t n_units;
-    if ((st = plan_batch(ctx, layer, a, &n_units)) != FKV_OK)
+    double t_plan = fkv_now();
+    st = plan_batch(ctx, layer, a, &n_units);
+    a->stats->host_select_seconds += fkv_now() - t_plan;
+    if (st != FKV_OK)
         return st;
     a->stats->selections += a->n;
     if (a->rec == NULL)

@@ -299,6 +299,7 @@ static const fkv_backend_ops hip_ops = {
     .check_geometry = fkv_hip_check_geometry,
     .set_option = hip_set_option,
     .get_option = hip_get_option,
+    .select_pages = fkv_hip_select_pages,
 };
 
 const fkv_backend_ops *fkv_backend_hip(void) { return &hip_ops; }

@@ -72,6 +72,15 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
     return FKV_OK;
 }
 
+/* Query heads scored per pass over a page summary (as the GPU kernels' FKV_SCORE_GROUP). */
+#define SCORE_BLOCK 8
+
+/* fmaxf without the libm call (the call dominated the reference's scoring): a NaN operand
+ * yields the other one; of +0 and -0 the first, as glibc's fmaxf. */
+static inline float max_skip_nan(float a, float b) {
+    return a != a ? b : b != b ? a : a >= b ? a : b;
+}
+
 fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, const int32_t *desc,
                       const float *summaries, size_t n_summaries, float *out, size_t out_len) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
@@ -85,19 +94,28 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, con
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
                              n_q_heads * (size_t)n_pages, out_base, out_len);
-        for (size_t h = 0; h < n_q_heads; h++) {
-            const float *qh = q + ((size_t)b * n_q_heads + h) * d;
-            size_t kv_head = h / g->group;
+        /* Each summary is read once per block of SCORE_BLOCK query heads of its KV head (once
+         * per group up to that size); each head's sum runs over the channels in order, as
+         * before, so the values are bit for bit those of one head at a time. */
+        for (size_t kv_head = 0; kv_head < g->n_kv_heads; kv_head++)
             for (int32_t j = 0; j < n_pages; j++) {
                 size_t s = (size_t)base + (size_t)j;
                 const float *mn = summaries + (s * g->n_kv_heads + kv_head) * 2 * d;
                 const float *mx = mn + d;
-                float sum = 0.0f;
-                for (size_t c = 0; c < d; c++)
-                    sum += fmaxf(qh[c] * mx[c], qh[c] * mn[c]);
-                out[(size_t)out_base + h * (size_t)n_pages + (size_t)j] = sum;
+                for (size_t h0 = 0; h0 < g->group; h0 += SCORE_BLOCK) {
+                    size_t nh = g->group - h0 < SCORE_BLOCK ? g->group - h0 : SCORE_BLOCK;
+                    const float *qh = q + ((size_t)b * n_q_heads + kv_head * g->group + h0) * d;
+                    float sum[SCORE_BLOCK] = {0.0f};
+                    for (size_t c = 0; c < d; c++) {
+                        float lo = mn[c], hi = mx[c];
+                        for (size_t r = 0; r < nh; r++)
+                            sum[r] += max_skip_nan(qh[r * d + c] * hi, qh[r * d + c] * lo);
+                    }
+                    for (size_t r = 0; r < nh; r++)
+                        out[(size_t)out_base + (kv_head * g->group + h0 + r) * (size_t)n_pages +
+                            (size_t)j] = sum[r];
+                }
             }
-        }
     }
     return FKV_OK;
 }

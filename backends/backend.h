@@ -174,6 +174,15 @@ typedef struct fkv_direct_src {
  * descriptor bindings): a call over more hosts issues ceil(hosts / this) launches. */
 #define FKV_DIRECT_HOSTS_PER_LAUNCH 8
 
+/* The selection of select_pages: candidates [first_page, n_pages) of each sequence, k pages
+ * per (sequence, KV head), reduced by `reduce` with softmax scale temp_scale (> 0). */
+typedef struct fkv_select_params {
+    uint32_t first_page;
+    uint32_t k;
+    fkv_group_reduce reduce;
+    float temp_scale;
+} fkv_select_params;
+
 typedef struct fkv_backend_ops {
     uint32_t abi_version; /* FKV_BACKEND_ABI_VERSION the table was built for */
     uint32_t struct_size; /* sizeof(fkv_backend_ops) it was built with */
@@ -316,6 +325,32 @@ typedef struct fkv_backend_ops {
      * live as long as the device. NULL entry: the backend does not count, and
      * fkv_device_get_counters says so (FKV_ERR_UNSUPPORTED) instead of reporting zeros. */
     const struct fkv_bcounters *(*counters)(fkv_bdev *dev);
+    /* Group reduction and top-k of page scores (FreeKV's selection) on the device, so that only
+     * O(budget) values come back. For sequence b: desc[3b+1] = n_pages and desc[3b+2] = base
+     * (floats from scores_off), as the scores op took them (desc[3b] is not read): query head
+     * hq's score of page j is scores[base + hq*n_pages + j]. Per (b, KV head h), over the
+     * candidate pages j in [p->first_page, n_pages) and the group's query heads r
+     * (hq = h*group + r), in f32:
+     *   FKV_GROUP_SOFTMAX_MEAN: m_r = max_j s_rj (NaN skipped), e_rj = expf((s_rj - m_r) *
+     *     p->temp_scale), S_r = sum_j e_rj, v_j = sum_r (e_rj / S_r / group) (r ascending);
+     *   FKV_GROUP_MEAN: v_j = sum_r (s_rj / group);  FKV_GROUP_MAX: v_j = max_r s_rj (NaN
+     *     skipped; all NaN: -inf).
+     * A NaN v_j becomes -inf and -0 becomes +0. Pages are ranked by (v desc, page asc), a total
+     * order, and the first min(p->k, candidates) are selected. The record of (b, h), at word
+     * out_off/4 + (b*n_kv_heads + h)*2k, holds k int32 page numbers, ascending, then their k
+     * f32 values; unused entries are page -1 with value -inf.
+     * exp is the platform's f32 exp (libm expf on the CPU reference; OpenCL exp, GLSL exp,
+     * HIP expf): the values agree to a relative 1e-4 (the tolerance table's select_pages row),
+     * so the selected SETS may differ only among pages whose values tie the k-th within that.
+     * Scratch: the op overwrites the first query row of each KV head's scores (row h*group)
+     * over the candidates; the scores are undefined afterwards. The output record must not
+     * overlap the scores of the call. NULL (or a table built before this entry): the generic
+     * fallback reads the scores back and runs the CPU reference's code on the host (waits for
+     * its completion). */
+    fkv_status (*select_pages)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
+                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
+                               fkv_bbuf *out, size_t out_off);
 } fkv_backend_ops;
 
 /* Every compiled backend's table: fkv_backend_<name>() for each name of the generated list

@@ -166,6 +166,30 @@ fkv_status fkv_check_scores(const char *backend, const fkv_kv_geom *g, fkv_bview
     return bh_count(backend, op, n_seqs, g);
 }
 
+fkv_status fkv_check_select_pages(const char *backend, const fkv_kv_geom *g, uint32_t n_seqs,
+                                  fkv_bview desc, size_t desc_off, fkv_bview scores,
+                                  size_t scores_off, const fkv_select_params *p, fkv_bview out,
+                                  size_t out_off) {
+    const char *op = "select_pages";
+    if (p == NULL)
+        return REFUSE("%s %s: NULL parameters", backend, op);
+    if ((unsigned)p->reduce > FKV_GROUP_MAX)
+        return REFUSE("%s %s: unknown group reduction %d", backend, op, (int)p->reduce);
+    if (!(p->temp_scale > 0.0f) || p->temp_scale > 3.4e38f)
+        return REFUSE("%s %s: temp_scale %g is not a finite value > 0", backend, op,
+                      (double)p->temp_scale);
+    if (p->k > INT32_MAX / 2)
+        return REFUSE("%s %s: k = %u pages per head is too many", backend, op, p->k);
+    uint64_t records = mul3((uint64_t)n_seqs * g->n_kv_heads, 2 * (uint64_t)p->k, 4);
+    fkv_status st;
+    if ((st = fkv_check_span(backend, op, "desc", desc, desc_off,
+                             (uint64_t)n_seqs * 3 * sizeof(int32_t), 4)) != FKV_OK ||
+        (st = fkv_check_span(backend, op, "scores", scores, scores_off, 0, 4)) != FKV_OK ||
+        (st = fkv_check_span(backend, op, "out", out, out_off, records, 4)) != FKV_OK)
+        return st;
+    return bh_count(backend, op, n_seqs, g);
+}
+
 fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv_bview q_cur,
                                   size_t cur_off, fkv_bview q_prev, size_t prev_off,
                                   uint32_t n_seqs, fkv_bview sims, size_t sims_off,

@@ -57,6 +57,12 @@ fkv_status fkv_check_summarize(const char *backend, const fkv_kv_geom *g, fkv_bv
 fkv_status fkv_check_scores(const char *backend, const fkv_kv_geom *g, fkv_bview q, size_t q_off,
                             uint32_t n_seqs, fkv_bview desc, size_t desc_off,
                             fkv_bview summaries, fkv_bview out, size_t out_off);
+/* desc, the scores' start, params (a known reduction, a finite temp_scale > 0) and the
+ * output records (n_seqs * n_kv_heads * 2k words at out_off). */
+fkv_status fkv_check_select_pages(const char *backend, const fkv_kv_geom *g, uint32_t n_seqs,
+                                  fkv_bview desc, size_t desc_off, fkv_bview scores,
+                                  size_t scores_off, const fkv_select_params *p, fkv_bview out,
+                                  size_t out_off);
 fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv_bview q_cur,
                                   size_t cur_off, fkv_bview q_prev, size_t prev_off,
                                   uint32_t n_seqs, fkv_bview sims, size_t sims_off,

@@ -211,6 +211,21 @@ fkv_status fkv_op_scores(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_
                             summaries, out, out_off);
 }
 
+fkv_status fkv_op_select_pages(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
+                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
+                               fkv_bbuf *out, size_t out_off) {
+    CHECKED(kernel_checks(dev, "select_pages", q, deps, g));
+    CHECKED(fkv_check_select_pages(NAME(dev), g, n_seqs, VIEW(desc), desc_off, VIEW(scores),
+                                   scores_off, p, VIEW(out), out_off));
+    MARKER_IF_NONE(n_seqs * (p->k > 0));
+    if (FKV_HAS_ENTRY(dev->ops, select_pages))
+        return dev->ops->select_pages(dev->bdev, q, deps, g, n_seqs, desc, desc_off, scores,
+                                      scores_off, p, out, out_off);
+    return fkv_fallback_select_pages(dev->ops, dev->bdev, q, deps, g, n_seqs, desc, desc_off,
+                                     scores, scores_off, p, out, out_off);
+}
+
 fkv_status fkv_op_cosine_flags(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,

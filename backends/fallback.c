@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "../common/error.h"
+#include "cpu/cpu_kernels.h"
 
 fkv_status fkv_fallback_write_regions(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
                                       fkv_deps deps, fkv_bbuf *dst, uint32_t n,
@@ -82,3 +83,60 @@ out:
     return st;
 }
 
+
+/* One blocking read of `size` bytes (with deps' wait list on the first). */
+static fkv_status read_now(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q, uint32_t n_wait,
+                           fkv_bevent *const *wait, const fkv_bbuf *src, size_t off, void *dst,
+                           size_t size) {
+    fkv_bevent *ev = NULL;
+    fkv_status st = ops->read(dev, q, (fkv_deps){n_wait, wait, &ev}, src, off, dst, size);
+    if (st == FKV_OK)
+        st = ops->event_wait(dev, 1, &ev);
+    if (ev)
+        ops->event_release(dev, ev);
+    return st;
+}
+
+fkv_status fkv_fallback_select_pages(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
+                                     fkv_deps deps, const fkv_kv_geom *g, uint32_t n_seqs,
+                                     const fkv_bbuf *desc, size_t desc_off,
+                                     const fkv_bbuf *scores, size_t scores_off,
+                                     const fkv_select_params *p, fkv_bbuf *out, size_t out_off) {
+    size_t hq = (size_t)g->n_kv_heads * g->group;
+    size_t out_bytes = (size_t)n_seqs * g->n_kv_heads * 2 * p->k * sizeof(int32_t);
+    size_t have = (((const fkv_mem_desc *)scores)->size - scores_off) / sizeof(float), len = 0;
+    int32_t *d = malloc((size_t)n_seqs * 3 * sizeof(int32_t)), *rec = malloc(out_bytes);
+    float *s = NULL;
+    fkv_bevent *ev = NULL;
+    fkv_status st = d && rec ? FKV_OK
+                             : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "select_pages fallback");
+    if (st == FKV_OK)
+        st = read_now(ops, dev, q, deps.n_wait, deps.wait, desc, desc_off, d,
+                      (size_t)n_seqs * 3 * sizeof(int32_t));
+    for (uint32_t b = 0; st == FKV_OK && b < n_seqs; b++) {
+        /* the reference refuses what lies beyond the buffer; read only what exists */
+        size_t end = d[3 * b + 1] > 0 && d[3 * b + 2] >= 0
+                         ? (size_t)d[3 * b + 2] + hq * (size_t)d[3 * b + 1] : 0;
+        len = end > len ? (end < have ? end : have) : len;
+    }
+    if (st == FKV_OK && (s = malloc((len ? len : 1) * sizeof(float))) == NULL)
+        st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "select_pages fallback: %zu scores", len);
+    if (st == FKV_OK && len)
+        st = read_now(ops, dev, q, 0, NULL, scores, scores_off, s, len * sizeof(float));
+    if (st == FKV_OK)
+        st = cpu_select_pages(g, n_seqs, d, s, len, p, rec);
+    if (st == FKV_OK)
+        st = ops->write(dev, q, (fkv_deps){0, NULL, &ev}, out, out_off, rec, out_bytes);
+    if (st == FKV_OK)
+        st = ops->event_wait(dev, 1, &ev);
+    if (st == FKV_OK && deps.done)
+        st = ops->marker(dev, q, (fkv_deps){1, &ev, deps.done});
+    if (ev)
+        ops->event_release(dev, ev);
+    if (st != FKV_OK && deps.done)
+        *deps.done = NULL;
+    free(d);
+    free(rec);
+    free(s);
+    return st;
+}

@@ -21,4 +21,13 @@ fkv_status fkv_fallback_attention_dense(const fkv_backend_ops *ops, fkv_bdev *de
                                         const fkv_bbuf *k, const fkv_bbuf *v, float scale,
                                         fkv_bbuf *out, size_t out_off);
 
+/* select_pages: reads desc and the scores back, runs the CPU reference's selection on the host
+ * (cpu_select_pages, the op's definition) and writes the records; waits for completion (the
+ * host copies are temporary). For a table built before the entry. */
+fkv_status fkv_fallback_select_pages(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
+                                     fkv_deps deps, const fkv_kv_geom *g, uint32_t n_seqs,
+                                     const fkv_bbuf *desc, size_t desc_off,
+                                     const fkv_bbuf *scores, size_t scores_off,
+                                     const fkv_select_params *p, fkv_bbuf *out, size_t out_off);
+
 #endif

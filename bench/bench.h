@@ -59,6 +59,7 @@ typedef struct bench_result {
     const char *tail_label;
     double ratio, ratio_lo, ratio_hi; /* latency / freekv's: median of per-round ratios, CI */
     double blocked_recall_ms, blocked_select_ms, blocked_correction_ms;
+    double host_select_ms; /* per layer-step (fkv_stats.host_select_seconds / layer calls) */
     double recall_bytes, engine_ms, correction_rate;
     double host_mib, device_mib;
     /* device commands per layer-step (fkv_decode_layer call) of the measured steps, without

@@ -181,6 +181,8 @@ static void plan_memory(const bench_options *o, const fkv_device_info *info, uin
 
 /* acc += b - a over the fields the report uses */
 static void stats_delta_add(fkv_stats *acc, const fkv_stats *b, const fkv_stats *a) {
+    acc->layer_calls += b->layer_calls - a->layer_calls;
+    acc->host_select_seconds += b->host_select_seconds - a->host_select_seconds;
     acc->corrections += b->corrections - a->corrections;
     acc->heads_checked += b->heads_checked - a->heads_checked;
     acc->pages_recalled += b->pages_recalled - a->pages_recalled;
@@ -351,6 +353,8 @@ static void summarize(const bench_options *o, const slot *s, int freekv, uint32_
     r->blocked_recall_ms = 1e3 * st->blocked_recall_seconds / steps;
     r->blocked_select_ms = 1e3 * st->blocked_select_seconds / steps;
     r->blocked_correction_ms = 1e3 * st->blocked_correction_seconds / steps;
+    r->host_select_ms = st->layer_calls ? 1e3 * st->host_select_seconds / (double)st->layer_calls
+                                        : NAN;
     r->recall_bytes = (double)st->bytes_recalled / steps;
     r->engine_ms = 1e3 * st->recall_seconds / steps;
     r->correction_rate =
@@ -413,6 +417,7 @@ int bench_run_context(const bench_options *o, fkv_device *dev, uint32_t context,
             r->median_ms = r->tail_ms = r->tokens_per_s = r->ratio = r->ratio_lo = r->ratio_hi =
                 NAN;
             r->blocked_recall_ms = r->blocked_select_ms = r->blocked_correction_ms = NAN;
+            r->host_select_ms = NAN;
             r->recall_bytes = r->engine_ms = r->correction_rate = NAN;
             r->host_mib = r->device_mib = NAN;
             r->counts = bench_counts_per(NULL, 0, 0);

@@ -271,6 +271,7 @@ int bench_write_json(const char *path, const bench_options *o, const fkv_device_
         jfield(f, "blocked_recall_ms_per_step", r->blocked_recall_ms);
         jfield(f, "blocked_select_ms_per_step", r->blocked_select_ms);
         jfield(f, "blocked_correction_ms_per_step", r->blocked_correction_ms);
+        jfield(f, "host_select_ms_per_layer_step", r->host_select_ms);
         jfield(f, "recall_bytes_per_step", r->recall_bytes);
         jfield(f, "recall_engine_ms_per_step", r->engine_ms);
         jfield(f, "correction_rate", r->correction_rate);

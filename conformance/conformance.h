@@ -176,6 +176,7 @@ const uint32_t (*cf_geometries(int quick, size_t *n))[3];
     X(S, recall_direct, recall_direct, -1, 0)                                                  \
     X(S, attention, attention, -1, 0)                                                          \
     X(S, attention_dense, attention_dense, -1, 0)                                              \
+    X(S, select_pages, select_pages, -1, 0)                                                    \
     X(S, zero_work, zero_work, -1, 0)                                                          \
     X(S, bad_arguments, bad_arguments, -1, 0)                                                  \
     X(S, out_of_range, out_of_range, -1, 0)                                                    \
@@ -244,7 +245,7 @@ typedef struct cf_arr {
 
 typedef enum cf_kind {
     CF_WRITE, CF_READ, CF_COPY, CF_MARKER, CF_WRITE_REGIONS, CF_APPEND, CF_SUMMARIZE, CF_SCORES,
-    CF_COSINE, CF_PACK, CF_SCATTER, CF_RECALL, CF_ATTENTION, CF_DENSE
+    CF_COSINE, CF_PACK, CF_SCATTER, CF_RECALL, CF_ATTENTION, CF_DENSE, CF_SELECT
 } cf_kind;
 
 typedef struct cf_ref {
@@ -263,6 +264,8 @@ typedef struct cf_ref {
  *          sources units_src[first, first + n) (host: 0, 1, 2 = b[0], b[4], b[5])
  *   ATTENTION q, heads, entries, kpool, vpool, out (x: scale)
  *   DENSE q, k, v, out (x: scale)
+ *   SELECT desc, scores, out (n sequences; first: first page, size: k, x: temp_scale,
+ *          reduce: fkv_group_reduce)
  * By default the host waits for each command before the next; a detached one is ordered only
  * by the events it waits on (wait[], indices of earlier calls), and everything is waited for
  * at the end. */
@@ -274,6 +277,7 @@ typedef struct cf_call {
     float x;
     size_t size;
     uint32_t first;
+    int reduce; /* SELECT: fkv_group_reduce */
     int wait[2];  /* earlier calls whose events it waits on; -1: none */
     int detached;
     int no_event; /* enqueued with no done event: nothing can wait on it but finish */

@@ -363,6 +363,10 @@ static void check_zero_work(const cf_env *env, const cf_case *c, cf_result *r) {
         fkv_op_scores(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, 0, s.idx, 0, s.sums, s.out, 0));
     ZERO(fkv_op_cosine_flags(dev, BQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, s.q, 0, 0, 0.5f, s.out,
                              0, s.out, 0));
+    fkv_select_params sel = {.first_page = 0, .k = 2, .reduce = FKV_GROUP_SOFTMAX_MEAN,
+                             .temp_scale = 1.0f};
+    ZERO(fkv_op_select_pages(dev, CQ, (fkv_deps){0, NULL, &ev}, g, 0, s.idx, 0, s.out, 0, &sel,
+                             s.big, 0));
     ZERO(fkv_op_pack_hnd(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.kp, s.vp, 0, s.idx, 0, s.out, 0));
     ZERO(fkv_op_scatter_hnd(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.big, 0, 0, s.idx, 0, s.kp,
                             s.vp));
@@ -481,6 +485,15 @@ static void check_bad_arguments(const cf_env *env, const cf_case *c, cf_result *
     REFUSED(fkv_op_summarize(dev, CQ, D, g, s.kp, 1, rows, 0, NULL));
     REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 0, 2, rows, 0, s.sums, s.out, 0)); /* q too small */
     REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 0, 1, rows, 0, s.sums, s.out, 0)); /* desc: 3 ints */
+    fkv_select_params sel = {.first_page = 0, .k = 2, .reduce = FKV_GROUP_MEAN,
+                             .temp_scale = 1.0f};
+    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, rows, 0, s.out, 0, &sel, s.out, 4)); /* desc */
+    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, s.out, 0, &sel, s.q, 4 * 16 * 4 - 8));
+    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, s.out, 0, NULL, s.big, 0));
+    sel.temp_scale = 0.0f;
+    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, s.out, 0, &sel, s.big, 0));
+    sel.temp_scale = 1.0f, sel.reduce = (fkv_group_reduce)7;
+    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, s.out, 0, &sel, s.big, 0));
     REFUSED(fkv_op_cosine_flags(dev, BQ, D, g, s.q, 0, s.q, 4, 1, 0.9f, s.out, 0, s.out, 0));
     REFUSED(fkv_op_cosine_flags(dev, BQ, D, g, s.q, 0, s.q, 0, 1, 0.9f, s.out, 0, NULL, 0));
     REFUSED(fkv_op_pack_hnd(dev, CQ, D, g, s.kp, s.vp, 1, s.idx, 0, s.out, 2)); /* misaligned */

@@ -885,6 +885,154 @@ static int build_dense(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r)
     return 1;
 }
 
+/* ---- select_pages ---- */
+
+/* Five sequences: 20, 7, 5, 2 and 37 pages with the first 2 excluded, so 18, 5, 3, 0 and 35
+ * candidates, their scores at bases with gaps. */
+#define SEL_SEQS 5
+#define SEL_FIRST 2
+static const int32_t sel_pages[SEL_SEQS] = {20, 7, 5, 2, 37};
+
+/* How one selected (or not) page compares: its value within tol of the k-th value is a tie. */
+static int sel_tie(double v, double kth, double tol) {
+    return v == kth || fabs(v - kth) <= tol * fabs(kth) + 1e-30;
+}
+
+/* The records of every select_pages call: the same count of pages per (sequence, KV head),
+ * ascending, among the candidates, the rest -1 with -inf; the DUT's set equal to the
+ * reference's up to pages whose values tie the k-th value within tol; the values of common
+ * pages within tol (relative), non-finite ones identical. */
+static void compare_select(const cf_spec *s, unsigned char **ref, unsigned char **dut,
+                           double tol, cf_result *r) {
+    size_t ties = 0, hk = s->g.n_kv_heads;
+    for (uint32_t ci = 0; ci < s->n_call && r->status != CF_FAIL; ci++) {
+        const cf_call *c = &s->call[ci];
+        if (c->kind != CF_SELECT)
+            continue;
+        const cf_arr *out = &s->arr[c->b[2].arr];
+        const unsigned char *desc = s->arr[c->b[0].arr].init + c->b[0].off;
+        size_t k = c->size;
+        for (size_t b = 0; b < c->n; b++)
+            for (size_t h = 0; h < hk; h++) {
+                size_t at_rec = out->pay_off + (b * hk + h) * 2 * k * 4;
+                const unsigned char *rr = ref[c->b[2].arr] + at_rec, *dr = dut[c->b[2].arr] + at_rec;
+                int32_t np = cf_i32_at(desc, 3 * b + 1);
+                size_t n_cand = np > SEL_FIRST ? (size_t)(np - SEL_FIRST) : 0;
+                size_t kk = n_cand < k ? n_cand : k;
+                double kth = kk ? cf_f32_at(rr, k + kk - 1) : 0; /* ascending pages: find min */
+                for (size_t i = 0; i < kk; i++)
+                    kth = cf_f32_at(rr, k + i) < kth ? cf_f32_at(rr, k + i) : kth;
+                for (size_t i = 0; i < k; i++) {
+                    int32_t dp = cf_i32_at(dr, i);
+                    float dv = cf_f32_at(dr, k + i);
+                    if (i >= kk) {
+                        if (dp != -1 || !(isinf(dv) && dv < 0))
+                            cf_fail(r, "%s: seq %zu head %zu entry %zu of %zu: page %d value %g, "
+                                    "want -1, -inf", out->label, b, h, i, kk, dp, (double)dv);
+                        continue;
+                    }
+                    if (dp < SEL_FIRST || dp >= np || (i > 0 && dp <= cf_i32_at(dr, i - 1))) {
+                        cf_fail(r, "%s: seq %zu head %zu entry %zu: page %d is not a candidate "
+                                "in ascending order", out->label, b, h, i, dp);
+                        continue;
+                    }
+                    size_t j = 0; /* the page in the reference's record */
+                    while (j < kk && cf_i32_at(rr, j) != dp)
+                        j++;
+                    if (j == kk) {
+                        if (sel_tie(dv, kth, tol))
+                            ties++;
+                        else
+                            cf_fail(r, "%s: seq %zu head %zu selects page %d (value %.9g) that "
+                                    "the reference does not, k-th value %.9g: not a tie",
+                                    out->label, b, h, dp, (double)dv, kth);
+                        continue;
+                    }
+                    double rv = cf_f32_at(rr, k + j);
+                    int ok = isfinite(rv) ? fabs(dv - rv) <= tol * fabs(rv) + 1e-30
+                                          : (double)dv == rv;
+                    if (!ok)
+                        cf_fail(r, "%s: seq %zu head %zu page %d value %.9g, reference %.9g",
+                                out->label, b, h, dp, (double)dv, rv);
+                }
+                for (size_t j = 0; j < kk; j++) { /* the reference's pages the DUT lacks */
+                    int32_t rp = cf_i32_at(rr, j);
+                    size_t i = 0;
+                    while (i < kk && cf_i32_at(dr, i) != rp)
+                        i++;
+                    if (i == kk && !sel_tie(cf_f32_at(rr, k + j), kth, tol))
+                        cf_fail(r, "%s: seq %zu head %zu lacks page %d (value %.9g, k-th "
+                                "%.9g): not a tie", out->label, b, h, rp,
+                                (double)cf_f32_at(rr, k + j), kth);
+                }
+            }
+    }
+    if (ties && r->status == CF_PASS)
+        snprintf(r->message, sizeof r->message,
+                 "%zu selected page(s) differ on ties (within %g of the k-th value)", ties, tol);
+}
+
+/* One select_pages call over its own copy of the scores (the op uses them as scratch). kind:
+ * 0 normal values, 1 small integers (exact ties), 2 with NaN and -inf, 3 with a NaN in one
+ * query row of (sequence 0, KV head 0) and an all -inf row in sequence 4. */
+static int select_call(cf_spec *s, cf_rng *rng, const char *const labels[3], int kind,
+                       fkv_group_reduce reduce, uint32_t k, float scale) {
+    const fkv_kv_geom *g = &s->g;
+    uint32_t hq = g->n_kv_heads * g->group, hk = g->n_kv_heads;
+    int32_t desc_v[3 * SEL_SEQS], base = 3;
+    for (int b = 0; b < SEL_SEQS; b++) {
+        desc_v[3 * b] = 0, desc_v[3 * b + 1] = sel_pages[b], desc_v[3 * b + 2] = base;
+        base += (int32_t)hq * sel_pages[b] + 5;
+    }
+    int desc = (int)s->n_arr;
+    int32_t *dv = cf_add_input(s, labels[0], 12, sizeof desc_v);
+    int sc = (int)s->n_arr;
+    float *sv = cf_add_input(s, labels[1], CF_IN_OFF, (size_t)base * 4);
+    int out = (int)s->n_arr;
+    cf_arr *oa = cf_add_output(s, labels[2], CF_GUARD, (size_t)SEL_SEQS * hk * 2 * k * 4,
+                               CF_GUARD, CF_I32);
+    oa->custom = 1;
+    cf_call *c = cf_add_call(s, CF_SELECT, CQ);
+    if (!cf_spec_ok(s) || c == NULL)
+        return 0;
+    memcpy(dv, desc_v, sizeof desc_v);
+    for (int32_t i = 0; i < base; i++) {
+        float v = cf_normal(rng);
+        if (kind == 1)
+            v = (float)cf_below(rng, 3);
+        else if (kind == 2 && cf_below(rng, 8) == 0)
+            v = cf_below(rng, 2) ? NAN : -INFINITY;
+        sv[i] = v;
+    }
+    if (kind == 3) {
+        sv[3 + 4] = NAN;
+        int32_t b4 = desc_v[3 * 4 + 2];
+        for (int32_t j = 0; j < sel_pages[4]; j++)
+            sv[b4 + j] = -INFINITY;
+    }
+    c->b[0] = at(desc, 12), c->b[1] = at(sc, CF_IN_OFF), c->b[2] = at(out, CF_GUARD);
+    c->n = SEL_SEQS, c->first = SEL_FIRST, c->size = k, c->x = scale, c->reduce = (int)reduce;
+    return 1;
+}
+
+/* Every reduction, k = 1, k = all candidates of a sequence (5), k beyond every sequence's
+ * candidates (40), exact ties, NaN and -inf scores, several sequences with different page
+ * counts and one with no candidates. */
+static int build_select(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
+    (void)env, (void)r;
+    static const char *const l[4][3] = {{"desc_a", "scores_a", "pages_softmax_k5"},
+                                        {"desc_b", "scores_b", "pages_mean_k1_ties"},
+                                        {"desc_c", "scores_c", "pages_max_k8_nan"},
+                                        {"desc_d", "scores_d", "pages_softmax_t_k40"}};
+    if (!select_call(s, rng, l[0], 0, FKV_GROUP_SOFTMAX_MEAN, 5, 1.0f) ||
+        !select_call(s, rng, l[1], 1, FKV_GROUP_MEAN, 1, 1.0f) ||
+        !select_call(s, rng, l[2], 2, FKV_GROUP_MAX, 8, 1.0f) ||
+        !select_call(s, rng, l[3], 3, FKV_GROUP_SOFTMAX_MEAN, 40, 0.125f))
+        return -1;
+    s->compare = compare_select;
+    return 1;
+}
+
 /* ---- the op table and case lists ---- */
 
 typedef struct op_entry {
@@ -913,6 +1061,7 @@ static const op_entry op_table[] = {
     {"recall_direct", build_recall, 1, 1},
     {"attention", build_attention, 1, 1},
     {"attention_dense", build_dense, 1, 1},
+    {"select_pages", build_select, 0, 1},
     {"zero_work", NULL, 0, 0},
     {"bad_arguments", NULL, 0, 0},
     {"out_of_range", NULL, 0, 0},

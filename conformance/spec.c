@@ -120,7 +120,7 @@ const char *cf_kind_name(cf_kind k) {
     static const char *const names[] = {
         "write", "read", "copy", "marker", "write_regions", "append", "summarize", "scores",
         "cosine_flags", "pack_hnd", "scatter_hnd", "recall_direct", "attention",
-        "attention_dense"};
+        "attention_dense", "select_pages"};
     return (unsigned)k < sizeof names / sizeof *names ? names[k] : "?";
 }
 
@@ -226,6 +226,12 @@ static fkv_status enqueue(run_state *rs, uint32_t i) {
     case CF_DENSE:
         return fkv_op_attention_dense(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, c->n,
                                       B(rs, b[1]), B(rs, b[2]), c->x, B(rs, b[3]), b[3].off);
+    case CF_SELECT: {
+        fkv_select_params p = {.first_page = c->first, .k = (uint32_t)c->size,
+                               .reduce = (fkv_group_reduce)c->reduce, .temp_scale = c->x};
+        return fkv_op_select_pages(d->dev, c->q, deps, g, c->n, B(rs, b[0]), b[0].off,
+                                   B(rs, b[1]), b[1].off, &p, B(rs, b[2]), b[2].off);
+    }
     }
     return FKV_ERR_INVALID_ARGUMENT;
 }

@@ -43,6 +43,9 @@ static const cf_tolerance_row table[] = {
      "f32 accumulation over stored values (converted exactly), exp and division; order and "
      "exp implementation may differ"},
     {"attention_dense", {1e-4, 1e-4, 1e-4}, {2e-5, 2e-5, 2e-5}, "as attention"},
+    {"select_pages", {1e-4, 1e-4, 1e-4}, {1e-4, 1e-4, 1e-4},
+     "reduced page scores, relative: f32 with the platform's exp and another summation order of "
+     "the softmax; the selected sets may differ only by pages within this of the k-th score"},
     {"pipeline", {1e-4, 2e-3, 1.6e-2}, {-1, -1, -1},
      "decode outputs: attention tolerance, plus 1 ulp of storage rounding of every key and value "
      "(4u) when a backend rounds differently"},

@@ -131,7 +131,10 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
     size_t pool = max_seqs * ctx->n_slots * ctx->slot_bytes;
     size_t summaries = max_seqs * ctx->max_pages * hk * 2 * cfg->head_dim * FKV_F32_BYTES;
     size_t list = max_seqs * hk * ctx->list_cap * FKV_PAIR_BYTES;
-    size_t scores = max_seqs * hq * ctx->max_pages * FKV_F32_BYTES;
+    /* the scores, then select_pages' records (n_mid pages and scores per KV head), which
+     * alone come back to the host */
+    size_t records = max_seqs * hk * 2 * ctx->n_mid * FKV_F32_BYTES;
+    size_t scores = max_seqs * hq * ctx->max_pages * FKV_F32_BYTES + records;
     size_t per_seq = max_seqs * FKV_INDEX_BYTES, per_head = max_seqs * hk * FKV_INDEX_BYTES;
     size_t heads = max_seqs * hk * FKV_PAIR_BYTES, desc = max_seqs * FKV_DESC_BYTES;
     /* summary pairs: one per sequence at decode, one per scratch page at prefill */
@@ -169,7 +172,7 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
         {&ls->host.desc, desc},
         {&ls->host.heads, heads},
         {&ls->host.entries, list},
-        {&ls->host.scores, scores},
+        {&ls->host.scores, records ? records : FKV_F32_BYTES},
         {&ls->host.sims, per_head},
         {&ls->host.flags, per_head},
     };
@@ -412,7 +415,7 @@ fkv_status fkv_resources_check_device(const fkv_context *ctx) {
         .max_rows = (uint32_t)(scratch_rows > max_seqs ? scratch_rows : max_seqs),
         .pool_slots = slots,
         .summaries = max_seqs * ctx->max_pages,
-        .scores = max_seqs * cfg->n_q_heads * ctx->max_pages,
+        .scores = max_seqs * (cfg->n_q_heads * ctx->max_pages + hk * 2 * ctx->n_mid),
         .list_entries = max_seqs * hk * ctx->list_cap,
         .largest_buffer = largest,
         .allocations = allocations,

@@ -1,7 +1,7 @@
-/* Retrieval: score -> group reduction -> top-k -> plan -> recall, for a batch of sequences of
- * one layer. Separate from the callers because four steps of the pipeline run it (prefill,
- * decode's quest and sync policies, correction, the speculative worker), each with its own
- * queue, recall engine, scratch and wait list (select_args). The host math is in select.c. */
+/* Retrieval: score -> group reduction and top-k (device) -> plan -> recall, for a batch of
+ * sequences of one layer. Separate from the callers because four steps of the pipeline run it
+ * (prefill, decode's quest and sync policies, correction, the speculative worker), each with
+ * its own queue, recall engine, scratch and wait list (select_args). The host math is in select.c. */
 #include <string.h>
 
 #include "../common/error.h"
@@ -15,12 +15,24 @@ static uint32_t candidates_end(const fkv_context *ctx, uint32_t n_now, uint32_t 
     return end < full ? end : full;
 }
 
-/* Scores of every query head over each sequence's candidates, read into the layer's host
- * staging (desc[3i+1] holds sequence i's candidate end). Waits for them: the host plans next.
- */
+/* Where the selection records of sequence i (select_pages: per KV head n_mid pages then n_mid
+ * scores) lie in the layer's scores buffer: after the scores of every sequence. */
+static size_t records_offset(const fkv_context *ctx, uint32_t i) {
+    size_t scores = (size_t)ctx->cfg.max_seqs * ctx->cfg.n_q_heads * ctx->max_pages;
+    size_t per_seq = (size_t)ctx->cfg.n_kv_heads * 2 * ctx->n_mid;
+    return (scores + i * per_seq) * FKV_F32_BYTES;
+}
+
+/* Scores of every query head over each sequence's candidates, then the group reduction and
+ * top-k on the device (select_pages); only the selection records come back, into the layer's
+ * host staging (desc[3i+1] holds sequence i's candidate end). Waits for them: the host plans
+ * next. */
 static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const select_args *a) {
     layer_state *ls = &ctx->layers[layer];
     size_t per_seq = (size_t)ctx->cfg.n_q_heads * ctx->max_pages; /* floats of scores */
+    fkv_select_params sp = {.first_page = ctx->sink_pages, .k = ctx->n_mid,
+                            .reduce = ctx->cfg.group_reduce,
+                            .temp_scale = (float)fkv_group_temp_scale(&ctx->cfg)};
     for (uint32_t i = 0; i < a->n; i++) {
         seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
         uint32_t ce = candidates_end(ctx, sl->n_tokens, sl->n_tokens + a->extra_tokens);
@@ -31,6 +43,7 @@ static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const selec
     fkv_bevent *ev = NULL;
     fkv_status st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
                                     (size_t)a->n * FKV_DESC_BYTES);
+    uint32_t n_scored = 0; /* sequences [0, n_scored) hold the records read back */
     for (uint32_t i = 0; i < a->n && st == FKV_OK; i++) {
         uint32_t ce = (uint32_t)ls->host.desc[3 * i + 1];
         if (ce <= ctx->sink_pages || ctx->n_mid == 0)
@@ -42,40 +55,47 @@ static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const selec
         st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, qbuf,
                               q_row * ctx->q_row_bytes, 1, ls->desc, (size_t)i * FKV_DESC_BYTES,
                               ls->summ, ls->scores, scores_off);
-        if (st == FKV_OK) {
-            fkv_release_event(ctx, &ev);
-            st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->scores,
-                                scores_off, ls->host.scores + i * per_seq,
-                                (size_t)ctx->cfg.n_q_heads * ce * FKV_F32_BYTES);
-        }
+        if (st == FKV_OK)
+            st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, 1, ls->desc,
+                                     (size_t)i * FKV_DESC_BYTES, ls->scores, scores_off, &sp,
+                                     ls->scores, records_offset(ctx, i));
+        n_scored = i + 1;
     }
+    if (st == FKV_OK && n_scored > 0)
+        st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->scores,
+                         records_offset(ctx, 0), ls->host.scores,
+                         records_offset(ctx, n_scored) - records_offset(ctx, 0));
     if (st == FKV_OK && ev == NULL) /* nothing scored: make sure the desc write is done */
         st = fkv_op_marker(ctx->dev, a->queue, (fkv_deps){.done = &ev});
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &ev);
     fkv_release_event(ctx, &ev);
-    /* Commands already queued read the host desc and write the host scores: they must be done
-     * before this layer's staging is used again (by the other thread, too). */
+    /* Commands already queued read the host desc and write the host records: they must be
+     * done before this layer's staging is used again (by the other thread, too). */
     if (st != FKV_OK)
         fkv_drain_queue(ctx, a->queue);
     return st;
 }
 
-/* Group reduction and top-k of one KV head: the pages to hold, best first, into pl->topk
- * (page numbers) and pl->top_score; returns their count. */
-static uint32_t rank_pages(fkv_context *ctx, planner *pl, const float *scores, uint32_t head,
+/* The selection of one KV head from its record (pages ascending, then their scores), best
+ * first, into pl->topk (page numbers) and pl->top_score; returns their count, or UINT32_MAX
+ * when the device wrote a page outside the candidates. */
+static uint32_t rank_pages(fkv_context *ctx, planner *pl, const unsigned char *rec,
                            uint32_t ce) {
     uint32_t sink = ctx->sink_pages;
     uint32_t n_cand = ce > sink ? ce - sink : 0;
     if (n_cand == 0 || ctx->n_mid == 0)
         return 0;
-    fkv_reduce_group(scores + (size_t)head * ctx->group * ce, ce, ctx->group, sink, ce,
-                     ctx->cfg.group_reduce, fkv_group_temp_scale(&ctx->cfg), pl->reduced);
-    uint32_t n_sel = fkv_topk(pl->reduced, n_cand, ctx->n_mid, pl->topk);
+    uint32_t n_sel = n_cand < ctx->n_mid ? n_cand : ctx->n_mid;
     for (uint32_t k = 0; k < n_sel; k++) {
-        pl->top_score[k] = pl->reduced[pl->topk[k]];
-        pl->topk[k] += sink;
+        int32_t page;
+        memcpy(&page, rec + (size_t)k * 4, sizeof page);
+        memcpy(&pl->top_score[k], rec + ((size_t)ctx->n_mid + k) * 4, sizeof(float));
+        if (page < (int32_t)sink || page >= (int32_t)ce)
+            return UINT32_MAX;
+        pl->topk[k] = (uint32_t)page;
     }
+    fkv_order_selection(pl->topk, pl->top_score, n_sel, pl->fill_page, pl->reduced);
     return n_sel;
 }
 
@@ -104,25 +124,36 @@ static void plan_head(fkv_context *ctx, const select_args *a, uint32_t seq, seq_
     }
 }
 
-/* Reduction, top-k and plan for every (sequence, selected head) of the batch; returns the
- * number of recall units planned into a->pl->units. */
-static uint32_t plan_batch(fkv_context *ctx, uint32_t layer, const select_args *a) {
+/* The plan of every (sequence, selected head) of the batch from the device's selection;
+ * *n_units receives the number of recall units planned into a->pl->units. A page outside the
+ * candidates fails the selection before any slot changes. */
+static fkv_status plan_batch(fkv_context *ctx, uint32_t layer, const select_args *a,
+                             uint32_t *n_units) {
     const layer_state *ls = &ctx->layers[layer];
     uint32_t hk = ctx->cfg.n_kv_heads;
-    size_t per_seq = (size_t)ctx->cfg.n_q_heads * ctx->max_pages;
-    uint32_t n_units = 0;
-    for (uint32_t i = 0; i < a->n; i++) {
-        seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
-        uint32_t ce = (uint32_t)ls->host.desc[3 * i + 1];
-        const float *scores = ls->host.scores + i * per_seq;
-        for (uint32_t h = 0; h < hk; h++) {
-            if (a->mask && !a->mask[(size_t)i * hk + h])
-                continue;
-            uint32_t n_sel = rank_pages(ctx, a->pl, scores, h, ce);
-            plan_head(ctx, a, a->seqs[i], sl, h, n_sel, &n_units);
+    size_t head_bytes = 2 * (size_t)ctx->n_mid * 4;
+    *n_units = 0;
+    for (int pass = 0; pass < 2; pass++) /* 0 checks every record, 1 plans */
+        for (uint32_t i = 0; i < a->n; i++) {
+            seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
+            uint32_t ce = (uint32_t)ls->host.desc[3 * i + 1];
+            const unsigned char *recs = (const unsigned char *)ls->host.scores +
+                                        (records_offset(ctx, i) - records_offset(ctx, 0));
+            for (uint32_t h = 0; h < hk; h++) {
+                if (a->mask && !a->mask[(size_t)i * hk + h])
+                    continue;
+                uint32_t n_sel = rank_pages(ctx, a->pl, recs + h * head_bytes, ce);
+                if (n_sel == UINT32_MAX)
+                    return fkv_error(FKV_ERR_BACKEND,
+                                     "%s select_pages: sequence %u, KV head %u: a page outside "
+                                     "its %u candidates",
+                                     ctx->dev->info.name, a->seqs[i], h,
+                                     ce - ctx->sink_pages);
+                if (pass == 1)
+                    plan_head(ctx, a, a->seqs[i], sl, h, n_sel, n_units);
+            }
         }
-    }
-    return n_units;
+    return FKV_OK;
 }
 
 fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args *a) {
@@ -131,7 +162,12 @@ fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args 
     fkv_status st = score_candidates(ctx, layer, a);
     if (st != FKV_OK)
         return st;
-    uint32_t n_units = plan_batch(ctx, layer, a);
+    uint32_t n_units;
+    double t_plan = fkv_now();
+    st = plan_batch(ctx, layer, a, &n_units);
+    a->stats->host_select_seconds += fkv_now() - t_plan;
+    if (st != FKV_OK)
+        return st;
     a->stats->selections += a->n;
     if (a->rec == NULL)
         return FKV_OK;

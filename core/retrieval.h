@@ -23,7 +23,8 @@ typedef struct select_args {
     fkv_stats *stats;
 } select_args;
 
-/* Scores on the device, reduction/top-k/plan on the host, then the recall of missing pages
+/* Scores, group reduction and top-k on the device (O(budget) values read back), the plan on
+ * the host, then the recall of missing pages
  * (its run is the last part, and its time is stats->recall_seconds). */
 fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args *a);
 

@@ -1,5 +1,5 @@
-/* Selection math, pure host code with no context: the group reduction, top-k and slot plan
- * that retrieval.c runs per KV head. Separate so that it is tested on its own numbers. */
+/* Selection math, pure host code with no context: the order of a device selection and the slot
+ * plan that retrieval.c runs per KV head. Separate so that it is tested on its own numbers. */
 #include "select.h"
 
 #include <math.h>
@@ -8,57 +8,32 @@ double fkv_group_temp_scale(const fkv_config *c) {
     return c->group_temperature == FKV_TEMP_SQRT_D ? 1.0 / sqrt((double)c->head_dim) : 1.0;
 }
 
-void fkv_reduce_group(const float *scores, size_t stride, uint32_t group, uint32_t cand_begin,
-                      uint32_t cand_end, fkv_group_reduce mode, double temp_scale, float *out) {
-    uint32_t n = cand_end - cand_begin;
-    for (uint32_t j = 0; j < n; j++)
-        out[j] = mode == FKV_GROUP_MAX ? -INFINITY : 0.0f;
-    for (uint32_t r = 0; r < group; r++) {
-        const float *s = scores + r * stride + cand_begin;
-        if (mode == FKV_GROUP_SOFTMAX_MEAN) {
-            float m = -INFINITY;
-            for (uint32_t j = 0; j < n; j++)
-                m = s[j] > m ? s[j] : m;
-            /* the scale multiplies after the max is taken out (the max of scaled scores is the
-             * scaled max); a scale of 1 is exact, so the raw default is bit for bit the
-             * softmax of the raw bounds */
-            double sum = 0;
-            for (uint32_t j = 0; j < n; j++)
-                sum += exp(((double)s[j] - m) * temp_scale);
-            for (uint32_t j = 0; j < n; j++)
-                out[j] += (float)(exp(((double)s[j] - m) * temp_scale) / sum / group);
-        } else if (mode == FKV_GROUP_MEAN) {
-            for (uint32_t j = 0; j < n; j++)
-                out[j] += s[j] / (float)group;
-        } else {
-            for (uint32_t j = 0; j < n; j++)
-                out[j] = s[j] > out[j] ? s[j] : out[j];
+/* Bottom-up merge sort: stable, so equal scores keep the ascending page order they came in;
+ * k is up to a few thousand pages, and this is O(k log k) with no recursion. */
+void fkv_order_selection(uint32_t *page, float *score, uint32_t n, uint32_t *tmp_page,
+                         float *tmp_score) {
+    uint32_t *sp = page, *dp = tmp_page;
+    float *ss = score, *ds = tmp_score;
+    for (uint32_t w = 1; w < n; w *= 2) {
+        for (uint32_t lo = 0; lo < n; lo += 2 * w) {
+            uint32_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+            uint32_t a = lo, b = mid, o = lo;
+            while (a < mid || b < hi) {
+                int left = b >= hi || (a < mid && !(ss[b] > ss[a]));
+                uint32_t from = left ? a++ : b++;
+                dp[o] = sp[from];
+                ds[o++] = ss[from];
+            }
         }
+        uint32_t *tp = sp;
+        float *ts = ss;
+        sp = dp, ss = ds, dp = tp, ds = ts;
     }
-    /* NaN scores (corrupt keys) must not win or break the ordering: rank them last. */
-    for (uint32_t j = 0; j < n; j++)
-        if (out[j] != out[j])
-            out[j] = -INFINITY;
-}
-
-/* Partial selection by a bounded insertion into a sorted buffer: k is small (tens of pages)
- * and n is at most a few thousand, so this beats sorting everything and needs no state. */
-uint32_t fkv_topk(const float *values, uint32_t n, uint32_t k, uint32_t *out) {
-    uint32_t m = 0;
-    if (k > n)
-        k = n;
-    for (uint32_t i = 0; i < n && k > 0; i++) {
-        float v = values[i];
-        if (m == k && !(v > values[out[m - 1]]))
-            continue; /* ties keep the lower index already held */
-        uint32_t pos = m < k ? m++ : k - 1;
-        while (pos > 0 && v > values[out[pos - 1]]) {
-            out[pos] = out[pos - 1];
-            pos--;
+    if (sp != page)
+        for (uint32_t i = 0; i < n; i++) {
+            page[i] = sp[i];
+            score[i] = ss[i];
         }
-        out[pos] = i;
-    }
-    return m;
 }
 
 uint32_t fkv_plan_slots(int32_t *slot_page, float *slot_score, uint32_t n_mid,

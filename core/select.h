@@ -1,5 +1,6 @@
-/* Page selection, pure host code: group-consistent reduction of per-query-head scores, top-k
- * among candidates, and the incremental recall plan (what to fetch, which slots to evict). */
+/* Page selection, pure host code: the order of a selection the device made (select_pages:
+ * group reduction and top-k run on the device) and the incremental recall plan (what to
+ * fetch, which slots to evict). */
 #ifndef FKV_CORE_SELECT_H
 #define FKV_CORE_SELECT_H
 
@@ -10,21 +11,15 @@
 
 #define FKV_MAX_MIDDLE_SLOTS 4096
 
-/* Reduces scores of the `group` query heads of one KV head over candidate pages
- * [cand_begin, cand_end). scores: row r (query head in the group) at scores + r*stride,
- * indexed by page. out[j - cand_begin]. Softmax-mean normalises over the candidates, the
- * softmax taken of the scores times `temp_scale` (> 0; fkv_group_temp_scale); the other
- * modes ignore it. */
-void fkv_reduce_group(const float *scores, size_t stride, uint32_t group, uint32_t cand_begin,
-                      uint32_t cand_end, fkv_group_reduce mode, double temp_scale, float *out);
-
 /* The softmax scale of a configuration's group_temperature: 1 (FKV_TEMP_RAW) or
  * 1/sqrt(head_dim) (FKV_TEMP_SQRT_D). */
 double fkv_group_temp_scale(const fkv_config *c);
 
-/* Indices (0-based into values) of the k largest values, ties broken by lower index; writes
- * min(k, n) indices, sorted by descending value, and returns that count. */
-uint32_t fkv_topk(const float *values, uint32_t n, uint32_t k, uint32_t *out);
+/* Orders a selection read back from the device (pages ascending, as select_pages writes
+ * them) best first: by score descending, ties by lower page (a stable sort of the ascending
+ * input). tmp_page/tmp_score: scratch of n entries each. */
+void fkv_order_selection(uint32_t *page, float *score, uint32_t n, uint32_t *tmp_page,
+                         float *tmp_score);
 
 /* Incremental plan for one KV head's middle slots (n_mid <= FKV_MAX_MIDDLE_SLOTS).
  *   slot_page[m]  page held by middle slot m (-1 empty), updated in place

@@ -48,6 +48,7 @@ void fkv_stats_sum(fkv_stats *sum, const fkv_stats *delta) {
     sum->blocked_recall_seconds += delta->blocked_recall_seconds;
     sum->blocked_select_seconds += delta->blocked_select_seconds;
     sum->blocked_correction_seconds += delta->blocked_correction_seconds;
+    sum->host_select_seconds += delta->host_select_seconds;
     sum->blocked_seconds += delta->blocked_recall_seconds + delta->blocked_select_seconds +
                             delta->blocked_correction_seconds;
 }

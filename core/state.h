@@ -50,7 +50,8 @@ typedef struct layer_host {
     fkv_bhost *mem;
     float *q, *k, *v, *out;
     int32_t *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
-    float *scores, *sims;
+    float *scores; /* select_pages' records (the scores themselves stay on the device) */
+    float *sims;
     int32_t *flags;
 } layer_host;
 
@@ -58,7 +59,8 @@ typedef struct layer_state {
     fkv_bbuf *kpool, *vpool, *summ, *qprev[2];
     fkv_bbuf *qin, *kin, *vin, *out;
     fkv_bbuf *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
-    fkv_bbuf *scores, *sims, *flags, *pack;
+    fkv_bbuf *scores; /* page scores, then select_pages' records (retrieval.c) */
+    fkv_bbuf *sims, *flags, *pack;
     layer_host host;
     fkv_bevent *ev_attn;    /* last attention (reads the slots) */
     fkv_bevent *ev_recall;  /* last recall into the slots */

@@ -290,6 +290,7 @@ static const fkv_backend_ops hip_ops = {
     .set_option = hip_set_option,
     .get_option = hip_get_option,
     .counters = hip_counters,
+    .select_pages = fkv_hip_select_pages,
 };
 
 const fkv_backend_ops *fkv_backend_hip(void) { return &hip_ops; }

@@ -55,6 +55,16 @@ typedef struct fkv_hip_cosine_args {
     int32_t *flags;
 } fkv_hip_cosine_args;
 
+/* select_pages (backend.h): one block per (sequence, KV head); see k_select_pages. */
+typedef struct fkv_hip_select_args {
+    const int32_t *desc;
+    float *scores;       /* at the caller's scores_off */
+    uint64_t scores_len; /* floats from scores to the end of its buffer */
+    uint32_t n_kv_heads, group, first, k, reduce;
+    float temp_scale;
+    int32_t *out; /* at the caller's out_off */
+} fkv_hip_select_args;
+
 /* NHD -> HND: page gslots[i] of both pools into dst page i ([n_kv_heads][K|V][p][d]). */
 typedef struct fkv_hip_pack_args {
     const void *kpool, *vpool;
@@ -100,6 +110,7 @@ typedef struct fkv_hip_attention_args {
 #define FKV_HIP_BLOCK 256
 #define FKV_HIP_ATTENTION_BLOCK 128
 #define FKV_HIP_SMALL_BLOCK 64 /* scores, cosine */
+#define FKV_HIP_SELECT_BLOCK 128 /* select_pages (a power of two: its scans and folds) */
 
 hipError_t fkv_hip_launch_append(hipStream_t s, fkv_dtype dt, const fkv_hip_append_args *a);
 hipError_t fkv_hip_launch_summarize(hipStream_t s, fkv_dtype dt,
@@ -107,6 +118,7 @@ hipError_t fkv_hip_launch_summarize(hipStream_t s, fkv_dtype dt,
 hipError_t fkv_hip_launch_scores(hipStream_t s, const fkv_hip_scores_args *a, uint32_t n_bh,
                                  uint32_t chunks);
 hipError_t fkv_hip_launch_cosine(hipStream_t s, const fkv_hip_cosine_args *a, uint32_t n_bh);
+hipError_t fkv_hip_launch_select(hipStream_t s, const fkv_hip_select_args *a, uint32_t n_bh);
 /* word_bytes: the element size (2 or 4) or 16 (rows and offsets 16-byte aligned). */
 hipError_t fkv_hip_launch_pack(hipStream_t s, size_t word_bytes, const fkv_hip_pack_args *a);
 hipError_t fkv_hip_launch_scatter(hipStream_t s, size_t word_bytes,

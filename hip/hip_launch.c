@@ -176,6 +176,35 @@ fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     return end(&lc, fkv_hip_launch_cosine(lc.stream, &a, (uint32_t)n_bh), "k_cosine", &deps);
 }
 
+fkv_status fkv_hip_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
+                                fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
+                                fkv_bbuf *out, size_t out_off) {
+    launch_ctx lc;
+    prepare(dev, q, &deps, "select_pages", &lc);
+    fkv_status st;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    fkv_hip_select_args a = {
+        .desc = at(desc, desc_off),
+        .scores = at(scores, scores_off),
+        .scores_len = (scores->desc.size - scores_off) / sizeof(float),
+        .n_kv_heads = g->n_kv_heads,
+        .group = g->group,
+        .first = p->first_page,
+        .k = p->k,
+        .reduce = (uint32_t)p->reduce,
+        .temp_scale = p->temp_scale,
+        .out = at(out, out_off),
+    };
+    if (n_bh > UINT32_MAX)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "hip select_pages: %llu blocks is too many",
+                         (unsigned long long)n_bh);
+    if ((st = begin(&lc, &deps)) != FKV_OK)
+        return st;
+    return end(&lc, fkv_hip_launch_select(lc.stream, &a, (uint32_t)n_bh), "k_select_pages",
+               &deps);
+}
+
 /* ---- layout moves ---- */
 
 /* The copy kernels move 16-byte words when rows and every address involved allow, else

@@ -136,6 +136,146 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_a
     }
 }
 
+/* ---- select_pages (backend.h): group reduction and top-k; the algorithm of
+ * opencl/kernels.cl fkv_select_pages ---- */
+
+/* An unsigned key in the order of the floats (no NaN reaches it). */
+__device__ static uint32_t order_key(float v) {
+    uint32_t u = __float_as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* Exclusive prefix sum of x over the block (FKV_HIP_SELECT_BLOCK threads); *total: the sum. */
+__device__ static uint32_t block_scan(uint32_t *t, uint32_t lid, uint32_t x, uint32_t *total) {
+    const uint32_t w = FKV_HIP_SELECT_BLOCK;
+    t[lid] = x;
+    __syncthreads();
+    for (uint32_t off = 1; off < w; off <<= 1) {
+        uint32_t y = lid >= off ? t[lid - off] : 0u;
+        __syncthreads();
+        t[lid] += y;
+        __syncthreads();
+    }
+    *total = t[w - 1];
+    uint32_t before = t[lid] - x;
+    __syncthreads();
+    return before;
+}
+
+/* max (sum 0) or sum of x over the block. */
+__device__ static float block_fold(float *red, uint32_t lid, float x, int sum) {
+    red[lid] = x;
+    __syncthreads();
+    for (uint32_t s = FKV_HIP_SELECT_BLOCK / 2; s > 0; s /= 2) {
+        if (lid < s)
+            red[lid] = sum ? red[lid] + red[lid + s]
+                           : (red[lid + s] > red[lid] ? red[lid + s] : red[lid]);
+        __syncthreads();
+    }
+    float r = red[0];
+    __syncthreads();
+    return r;
+}
+
+/* One block per (sequence, KV head). Thread l owns pages first + l + t*w in every pass, so the
+ * reduced values it writes over row 0 of the group's scores (the op's scratch) are read back
+ * only by itself; then a radix select of the k-th value and a compaction in page order. */
+__global__ void __launch_bounds__(FKV_HIP_SELECT_BLOCK) k_select_pages(fkv_hip_select_args a) {
+    __shared__ float red[FKV_HIP_SELECT_BLOCK];
+    __shared__ uint32_t scan[FKV_HIP_SELECT_BLOCK];
+    __shared__ uint32_t hist[256];
+    __shared__ uint32_t res[2];
+    const uint32_t w = FKV_HIP_SELECT_BLOCK;
+    uint32_t bh = blockIdx.x, lid = threadIdx.x;
+    uint32_t b = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
+    int32_t *pages = a.out + (size_t)bh * 2 * a.k;
+    float *vals = (float *)(pages + a.k);
+    int32_t np = a.desc[3 * b + 1];
+    int64_t base = a.desc[3 * b + 2];
+    uint64_t hq = (uint64_t)a.n_kv_heads * a.group;
+    bool ok = np >= 0 && base >= 0 &&
+              (uint64_t)base + hq * (uint64_t)(np > 0 ? np : 0) <= a.scores_len;
+    uint32_t n_cand = ok && np > (int32_t)a.first ? (uint32_t)np - a.first : 0u;
+    uint32_t kk = n_cand < a.k ? n_cand : a.k;
+    for (uint32_t i = kk + lid; i < a.k; i += w) {
+        pages[i] = -1;
+        vals[i] = -INFINITY;
+    }
+    if (kk == 0)
+        return;
+    uint32_t n = (uint32_t)np;
+    float *row0 = a.scores + base + (size_t)h * a.group * n;
+    for (uint32_t r = 0; r < a.group; r++) {
+        const float *s = row0 + (size_t)r * n;
+        float m = -INFINITY, sum = 0.0f;
+        if (a.reduce == 0) {
+            float pm = -INFINITY, ps = 0.0f;
+            for (uint32_t j = a.first + lid; j < n; j += w)
+                pm = s[j] > pm ? s[j] : pm;
+            m = block_fold(red, lid, pm, 0);
+            for (uint32_t j = a.first + lid; j < n; j += w)
+                ps += expf((s[j] - m) * a.temp_scale);
+            sum = block_fold(red, lid, ps, 1);
+        }
+        for (uint32_t j = a.first + lid; j < n; j += w) {
+            float x = s[j], acc = r == 0 ? (a.reduce == 2 ? -INFINITY : 0.0f) : row0[j];
+            if (a.reduce == 0)
+                acc += expf((x - m) * a.temp_scale) / sum / (float)a.group;
+            else if (a.reduce == 1)
+                acc += x / (float)a.group;
+            else
+                acc = x > acc ? x : acc;
+            if (r + 1 == a.group) /* NaN ranks last; -0 ties +0 */
+                acc = isnan(acc) ? -INFINITY : (acc == 0.0f ? 0.0f : acc);
+            row0[j] = acc;
+        }
+    }
+    uint32_t prefix = 0, mask = 0, rem = kk;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (uint32_t i = lid; i < 256; i += w)
+            hist[i] = 0;
+        __syncthreads();
+        for (uint32_t j = a.first + lid; j < n; j += w) {
+            uint32_t key = order_key(row0[j]);
+            if ((key & mask) == prefix)
+                atomicAdd(&hist[(key >> shift) & 255u], 1u);
+        }
+        __syncthreads();
+        if (lid == 0) {
+            uint32_t bin = 255, above = 0;
+            while (above + hist[bin] < rem)
+                above += hist[bin--];
+            res[0] = bin;
+            res[1] = rem - above;
+        }
+        __syncthreads();
+        prefix |= res[0] << shift;
+        rem = res[1];
+        mask |= 255u << shift;
+        __syncthreads();
+    }
+    uint32_t taken_eq = 0, n_out = 0;
+    for (uint32_t c0 = 0; c0 < n_cand; c0 += w) {
+        uint32_t j = a.first + c0 + lid, key = 0, eq_total, sel_total;
+        bool valid = c0 + lid < n_cand;
+        float v = 0.0f;
+        if (valid) {
+            v = row0[j];
+            key = order_key(v);
+        }
+        uint32_t eq = valid && key == prefix;
+        uint32_t eq_before = block_scan(scan, lid, eq, &eq_total);
+        uint32_t sel = (valid && key > prefix) || (eq && taken_eq + eq_before < rem);
+        uint32_t at = block_scan(scan, lid, sel, &sel_total);
+        if (sel) {
+            pages[n_out + at] = (int32_t)j;
+            vals[n_out + at] = v;
+        }
+        n_out += sel_total;
+        taken_eq += eq_total;
+    }
+}
+
 /* One block per (sequence, KV head); blockDim.x a power of two. Dynamic shared: 3 * blockDim.x
  * floats. Only an exactly zero norm gives cosine 0: a NaN norm reaches the mean and the flag. */
 __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_args a) {
@@ -494,6 +634,15 @@ extern "C" hipError_t fkv_hip_launch_cosine(hipStream_t s, const fkv_hip_cosine_
     size_t shared = 3 * (size_t)FKV_HIP_SMALL_BLOCK * sizeof(float);
     (void)hipGetLastError();
     hipLaunchKernelGGL(k_cosine, dim3(n_bh), dim3(FKV_HIP_SMALL_BLOCK), shared, s, *a);
+    return launched();
+}
+
+extern "C" hipError_t fkv_hip_launch_select(hipStream_t s, const fkv_hip_select_args *a,
+                                            uint32_t n_bh) {
+    if (n_bh == 0 || n_bh > max_grid_x)
+        return hipErrorInvalidValue;
+    (void)hipGetLastError();
+    hipLaunchKernelGGL(k_select_pages, dim3(n_bh), dim3(FKV_HIP_SELECT_BLOCK), 0, s, *a);
     return launched();
 }
 

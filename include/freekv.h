@@ -344,6 +344,12 @@ typedef struct fkv_stats {
     double blocked_recall_seconds;
     double blocked_select_seconds;
     double blocked_correction_seconds;
+    /* Host compute of page selection, on the caller's thread and the worker's: from the
+     * selection being on the host (after the readback it waits for) to the plan of which slot
+     * receives which page. The group reduction and top-k run on the device (select_pages), so
+     * this is the ordering of O(budget) selected pages and the planning. Not a wait: a part of
+     * blocked_select_seconds (quest, sync) or of the worker's time (speculative, freekv). */
+    double host_select_seconds;
 } fkv_stats;
 FKV_API fkv_status fkv_context_get_stats(const fkv_context *ctx, fkv_stats *stats);
 /* Corrections per (layer, KV head), row-major [n_layers][n_kv_heads]; capacity in entries. */

@@ -131,6 +131,145 @@ kernel void fkv_scores(const global float *q, ulong q_off, const global int *des
     }
 }
 
+/* ---- select_pages (backend.h): group reduction and top-k ---- */
+
+/* An unsigned key in the order of the floats (no NaN reaches it). */
+inline uint fkv_order_key(float v) {
+    uint u = as_uint(v);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* Exclusive prefix sum of x over the work group (local size w, a power of two, t of w
+ * entries); *total receives the sum. Every work item must call it. */
+inline uint fkv_scan(local uint *t, uint lid, uint w, uint x, uint *total) {
+    t[lid] = x;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint off = 1; off < w; off <<= 1) {
+        uint y = lid >= off ? t[lid - off] : 0u;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        t[lid] += y;
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    *total = t[w - 1];
+    uint before = t[lid] - x;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return before;
+}
+
+/* max (reduce 0) or sum (1) of x over the work group through red (w floats). */
+inline float fkv_group_fold(local float *red, uint lid, uint w, float x, int sum) {
+    red[lid] = x;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = w / 2; s > 0; s /= 2) {
+        if (lid < s)
+            red[lid] = sum ? red[lid] + red[lid + s]
+                           : (red[lid + s] > red[lid] ? red[lid + s] : red[lid]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    float r = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}
+
+/* One work group per (sequence, KV head), local size w a power of two. Work item l owns pages
+ * first + l + t*w in every pass, so the reduced values it writes over row 0 of the group's
+ * scores (the op's scratch) are read back only by itself. Then a radix select (4 passes of 8
+ * bits over order keys, histogram in local memory) finds the k-th value, and a compaction in
+ * page order writes the pages above it and the lowest pages equal to it. aux: 256 + w + 2
+ * uints. */
+kernel void fkv_select_pages(const global int *desc, ulong desc_off, global float *scores,
+                             ulong scores_off, ulong scores_len, uint n_kv_heads, uint group,
+                             uint first, uint k, uint reduce, float temp_scale, global int *out,
+                             ulong out_off, local float *red, local uint *aux) {
+    uint bh = get_group_id(0), lid = get_local_id(0), w = get_local_size(0);
+    uint b = bh / n_kv_heads, h = bh % n_kv_heads;
+    global int *pages = out + out_off + (size_t)bh * 2 * k;
+    global float *vals = (global float *)(pages + k);
+    int np = desc[desc_off + 3 * b + 1];
+    long base = desc[desc_off + 3 * b + 2];
+    ulong hq = (ulong)n_kv_heads * group;
+    int ok = np >= 0 && base >= 0 && (ulong)base + hq * (ulong)max(np, 0) <= scores_len;
+    uint n_cand = ok && np > (int)first ? (uint)np - first : 0u;
+    uint kk = min(n_cand, k);
+    for (uint i = kk + lid; i < k; i += w) {
+        pages[i] = -1;
+        vals[i] = -INFINITY;
+    }
+    if (kk == 0)
+        return;
+    uint n = (uint)np;
+    global float *row0 = scores + scores_off + base + (size_t)h * group * n;
+    for (uint r = 0; r < group; r++) {
+        const global float *s = row0 + (size_t)r * n;
+        float m = -INFINITY, sum = 0.0f;
+        if (reduce == 0) {
+            float pm = -INFINITY, ps = 0.0f;
+            for (uint j = first + lid; j < n; j += w)
+                pm = s[j] > pm ? s[j] : pm;
+            m = fkv_group_fold(red, lid, w, pm, 0);
+            for (uint j = first + lid; j < n; j += w)
+                ps += exp((s[j] - m) * temp_scale);
+            sum = fkv_group_fold(red, lid, w, ps, 1);
+        }
+        for (uint j = first + lid; j < n; j += w) {
+            float x = s[j], acc = r == 0 ? (reduce == 2 ? -INFINITY : 0.0f) : row0[j];
+            if (reduce == 0)
+                acc += exp((x - m) * temp_scale) / sum / (float)group;
+            else if (reduce == 1)
+                acc += x / (float)group;
+            else
+                acc = x > acc ? x : acc;
+            if (r + 1 == group) /* NaN ranks last; -0 ties +0 */
+                acc = isnan(acc) ? -INFINITY : (acc == 0.0f ? 0.0f : acc);
+            row0[j] = acc;
+        }
+    }
+    local uint *hist = aux, *scan = aux + 256, *res = aux + 256 + w;
+    uint prefix = 0, mask = 0, rem = kk;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (uint i = lid; i < 256; i += w)
+            hist[i] = 0;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (uint j = first + lid; j < n; j += w) {
+            uint key = fkv_order_key(row0[j]);
+            if ((key & mask) == prefix)
+                atomic_inc(&hist[(key >> shift) & 255u]);
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (lid == 0) {
+            uint bin = 255, above = 0;
+            while (above + hist[bin] < rem)
+                above += hist[bin--];
+            res[0] = bin;
+            res[1] = rem - above;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        prefix |= res[0] << shift;
+        rem = res[1];
+        mask |= 255u << shift;
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    uint taken_eq = 0, n_out = 0;
+    for (uint c0 = 0; c0 < n_cand; c0 += w) {
+        uint j = first + c0 + lid, valid = c0 + lid < n_cand, key = 0, eq_total, sel_total;
+        float v = 0.0f;
+        if (valid) {
+            v = row0[j];
+            key = fkv_order_key(v);
+        }
+        uint eq = valid && key == prefix;
+        uint eq_before = fkv_scan(scan, lid, w, eq, &eq_total);
+        uint sel = (valid && key > prefix) || (eq && taken_eq + eq_before < rem);
+        uint at = fkv_scan(scan, lid, w, sel, &sel_total);
+        if (sel) {
+            pages[n_out + at] = (int)j;
+            vals[n_out + at] = v;
+        }
+        n_out += sel_total;
+        taken_eq += eq_total;
+    }
+}
+
 /* One work group per (sequence, KV head); local size a power of two. flag = !(mean >= tau):
  * a NaN similarity (a query holding a NaN or an infinity) is corrected; only an exactly zero
  * norm gives cosine 0, so a NaN norm reaches the mean. */

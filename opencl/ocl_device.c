@@ -430,6 +430,7 @@ static const fkv_backend_ops opencl_ops = {
     .set_option = ocl_set_option,
     .get_option = ocl_get_option,
     .counters = ocl_counters,
+    .select_pages = fkv_ocl_select_pages,
 };
 
 const fkv_backend_ops *fkv_backend_opencl(void) { return &opencl_ops; }

@@ -17,6 +17,7 @@
 #define ATTENTION_WG 128
 #define SCORES_WG 64
 #define COSINE_WG 64
+#define SELECT_WG 128
 
 typedef struct launch_ctx {
     fkv_bdev *d;
@@ -93,6 +94,24 @@ static fkv_status cosine_plan(const launch_ctx *lc, size_t *w) {
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "opencl cosine_flags: 12 bytes of local memory are more than the device "
                          "has (" LOCAL_LIMIT ")");
+    return FKV_OK;
+}
+
+/* select_pages' work-group size: a power of two (its scans and folds), with one float and one
+ * uint of local memory per work item besides the 256-bin histogram. */
+static size_t select_local(size_t w) { return w * sizeof(float) + (256 + w + 2) * sizeof(cl_uint); }
+
+static fkv_status select_plan(const launch_ctx *lc, size_t *w) {
+    size_t cap = wg_for(lc, K_SELECT, SELECT_WG);
+    *w = 1;
+    while (*w * 2 <= cap)
+        *w *= 2;
+    while (*w > 1 && select_local(*w) > local_avail(lc, K_SELECT))
+        *w /= 2;
+    if (select_local(*w) > local_avail(lc, K_SELECT))
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "opencl select_pages: %zu bytes of local memory are more than the "
+                         "device has (" LOCAL_LIMIT ")", select_local(1));
     return FKV_OK;
 }
 
@@ -301,6 +320,39 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     arg_u32(&a, plan.heads);
     arg_local(&a, (size_t)plan.heads * g->head_dim * 4);
     st = enqueue(&lc, &a, 2, global, local, &deps);
+    pthread_mutex_unlock(&lc.kq->lock);
+    return st;
+}
+
+fkv_status fkv_ocl_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
+                                fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
+                                fkv_bbuf *out, size_t out_off) {
+    launch_ctx lc;
+    prepare(dev, q, &deps, "select_pages", &lc);
+    fkv_status st;
+    size_t w;
+    if ((st = load(&lc, g)) != FKV_OK || (st = select_plan(&lc, &w)) != FKV_OK)
+        return st;
+    size_t global = (size_t)n_seqs * g->n_kv_heads * w;
+    pthread_mutex_lock(&lc.kq->lock);
+    kargs a = args_of(&lc, K_SELECT);
+    arg_mem(&a, desc);
+    arg_u64(&a, desc_off / 4);
+    arg_mem(&a, scores);
+    arg_u64(&a, scores_off / 4);
+    arg_u64(&a, (scores->desc.size - scores_off) / 4);
+    arg_u32(&a, g->n_kv_heads);
+    arg_u32(&a, g->group);
+    arg_u32(&a, p->first_page);
+    arg_u32(&a, p->k);
+    arg_u32(&a, (uint32_t)p->reduce);
+    arg_f32(&a, p->temp_scale);
+    arg_mem(&a, out);
+    arg_u64(&a, out_off / 4);
+    arg_local(&a, w * sizeof(float));
+    arg_local(&a, (256 + w + 2) * sizeof(cl_uint));
+    st = enqueue(&lc, &a, 1, &global, &w, &deps);
     pthread_mutex_unlock(&lc.kq->lock);
     return st;
 }
@@ -632,7 +684,8 @@ fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv
     size_t w;
     lc.op = "attention";
     if ((st = attention_plan(&lc, g, &ap)) != FKV_OK ||
-        (st = scores_plan(&lc, g, &sp)) != FKV_OK || (st = cosine_plan(&lc, &w)) != FKV_OK)
+        (st = scores_plan(&lc, g, &sp)) != FKV_OK || (st = cosine_plan(&lc, &w)) != FKV_OK ||
+        (st = select_plan(&lc, &w)) != FKV_OK)
         return st;
     /* split partials live in one scratch buffer per queue */
     for (uint32_t n = 1; n <= q->max_seqs; n++) {

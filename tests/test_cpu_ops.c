@@ -226,6 +226,67 @@ static void put_attention(naive *nv, cf_ref out, size_t row, const float *q, con
         put(nv, out, row * d + c, ref[c], n ? 1e-5 * sqrt(rms) + 1e-7 : EXACT);
 }
 
+/* select_pages in double: per (sequence, KV head) the group reduction, the top k by (value
+ * desc, page asc), pages ascending then values (within 1e-5 relative of the f32 reference). */
+static void naive_select(naive *nv, const cf_call *c) {
+    const fkv_kv_geom *g = &nv->s->g;
+    size_t hk = g->n_kv_heads, grp = g->group, k = c->size, first = c->first;
+    const unsigned char *desc = at(nv, c->b[0]), *sc = at(nv, c->b[1]);
+    unsigned char *out = at(nv, c->b[2]);
+    for (size_t b = 0; b < c->n; b++) {
+        size_t np = (size_t)i32(desc, 3 * b + 1), base = (size_t)i32(desc, 3 * b + 2);
+        size_t n_cand = np > first ? np - first : 0, kk = n_cand < k ? n_cand : k;
+        double *v = nv_alloc(nv, (np + 1) * sizeof(double));
+        unsigned char *taken = nv_alloc(nv, np + 1);
+        for (size_t h = 0; h < hk; h++) {
+            for (size_t j = first; j < np; j++) {
+                v[j] = c->reduce == FKV_GROUP_MAX ? -INFINITY : 0.0;
+                taken[j] = 0;
+            }
+            for (size_t r = 0; r < grp; r++) {
+                size_t row = base + (h * grp + r) * np;
+                double m = -INFINITY, sum = 0;
+                for (size_t j = first; j < np; j++)
+                    m = f32(sc, row + j) > m ? f32(sc, row + j) : m;
+                for (size_t j = first; j < np; j++)
+                    sum += exp(((double)f32(sc, row + j) - m) * c->x);
+                for (size_t j = first; j < np; j++) {
+                    double x = f32(sc, row + j);
+                    if (c->reduce == FKV_GROUP_SOFTMAX_MEAN)
+                        v[j] += exp((x - m) * c->x) / sum / (double)grp;
+                    else if (c->reduce == FKV_GROUP_MEAN)
+                        v[j] += x / (double)grp;
+                    else
+                        v[j] = x > v[j] ? x : v[j];
+                }
+            }
+            for (size_t j = first; j < np; j++)
+                v[j] = isnan(v[j]) ? -INFINITY : v[j];
+            for (size_t i = 0; i < kk; i++) { /* the best page not taken, lower page on ties */
+                size_t best = np;
+                for (size_t j = first; j < np; j++)
+                    if (!taken[j] && (best == np || v[j] > v[best]))
+                        best = j;
+                taken[best] = 1;
+            }
+            size_t rec = (b * hk + h) * 2 * k, n = 0;
+            for (size_t j = first; j < np; j++)
+                if (taken[j]) {
+                    int32_t page = (int32_t)j;
+                    memcpy(out + 4 * (rec + n), &page, 4);
+                    put(nv, c->b[2], rec + k + n, (float)v[j],
+                        isfinite(v[j]) ? 1e-5 * fabs(v[j]) + 1e-30 : EXACT);
+                    n++;
+                }
+            for (; n < k; n++) {
+                int32_t none = -1;
+                memcpy(out + 4 * (rec + n), &none, 4);
+                put(nv, c->b[2], rec + k + n, -INFINITY, EXACT);
+            }
+        }
+    }
+}
+
 static void naive_call(naive *nv, const cf_call *c) {
     const cf_spec *s = nv->s;
     const fkv_kv_geom *g = &s->g;
@@ -357,6 +418,9 @@ static void naive_call(naive *nv, const cf_call *c) {
         }
         break;
     }
+    case CF_SELECT:
+        naive_select(nv, c);
+        break;
     case CF_ATTENTION:
     case CF_DENSE: {
         int dense = c->kind == CF_DENSE;

@@ -78,6 +78,60 @@ Test(pipeline, tau_one_freekv_equals_sync) {
     free(spec);
 }
 
+/* The group reduction and top-k the host ran before select_pages moved them to the device, in
+ * double precision: an oracle the device's f32 selection must match on these untied data. */
+static void oracle_reduce(const float *scores, size_t stride, uint32_t group, uint32_t cand_begin,
+                          uint32_t cand_end, fkv_group_reduce mode, double temp_scale, float *out) {
+    uint32_t n = cand_end - cand_begin;
+    for (uint32_t j = 0; j < n; j++)
+        out[j] = mode == FKV_GROUP_MAX ? -INFINITY : 0.0f;
+    for (uint32_t r = 0; r < group; r++) {
+        const float *s = scores + r * stride + cand_begin;
+        if (mode == FKV_GROUP_SOFTMAX_MEAN) {
+            float m = -INFINITY;
+            for (uint32_t j = 0; j < n; j++)
+                m = s[j] > m ? s[j] : m;
+            /* the scale multiplies after the max is taken out (the max of scaled scores is the
+             * scaled max); a scale of 1 is exact, so the raw default is bit for bit the
+             * softmax of the raw bounds */
+            double sum = 0;
+            for (uint32_t j = 0; j < n; j++)
+                sum += exp(((double)s[j] - m) * temp_scale);
+            for (uint32_t j = 0; j < n; j++)
+                out[j] += (float)(exp(((double)s[j] - m) * temp_scale) / sum / group);
+        } else if (mode == FKV_GROUP_MEAN) {
+            for (uint32_t j = 0; j < n; j++)
+                out[j] += s[j] / (float)group;
+        } else {
+            for (uint32_t j = 0; j < n; j++)
+                out[j] = s[j] > out[j] ? s[j] : out[j];
+        }
+    }
+    /* NaN scores (corrupt keys) must not win or break the ordering: rank them last. */
+    for (uint32_t j = 0; j < n; j++)
+        if (out[j] != out[j])
+            out[j] = -INFINITY;
+}
+
+/* Indices of the k largest values, ties to the lower index, best first. */
+static uint32_t oracle_topk(const float *values, uint32_t n, uint32_t k, uint32_t *out) {
+    uint32_t m = 0;
+    if (k > n)
+        k = n;
+    for (uint32_t i = 0; i < n && k > 0; i++) {
+        float v = values[i];
+        if (m == k && !(v > values[out[m - 1]]))
+            continue; /* ties keep the lower index already held */
+        uint32_t pos = m < k ? m++ : k - 1;
+        while (pos > 0 && v > values[out[pos - 1]]) {
+            out[pos] = out[pos - 1];
+            pos--;
+        }
+        out[pos] = i;
+    }
+    return m;
+}
+
 /* Host-side expectation: top-k pages for a query over the summaries of stored keys. */
 static void expected_selection(const fkv_config *c, const float *keys, uint32_t cand_end,
                                const float *q, uint32_t h, uint32_t *pages, uint32_t *n_sel) {
@@ -105,8 +159,8 @@ static void expected_selection(const fkv_config *c, const float *keys, uint32_t 
     if (cand_end > S) {
         /* the temperature as fkv_config documents it, not through the library's helper */
         double scale = c->group_temperature == FKV_TEMP_SQRT_D ? 1.0 / sqrt((double)d) : 1.0;
-        fkv_reduce_group(scores, cand_end, G, S, cand_end, c->group_reduce, scale, reduced);
-        *n_sel = fkv_topk(reduced, cand_end - S, n_mid, pages);
+        oracle_reduce(scores, cand_end, G, S, cand_end, c->group_reduce, scale, reduced);
+        *n_sel = oracle_topk(reduced, cand_end - S, n_mid, pages);
         for (uint32_t i = 0; i < *n_sel; i++)
             pages[i] += S;
     }

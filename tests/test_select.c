@@ -2,33 +2,86 @@
 #include <criterion/criterion.h>
 #include <math.h>
 
+#include <stdlib.h>
+#include <string.h>
+
+#include "backends/cpu/cpu_kernels.h"
 #include "core/select.h"
 #include "helpers.h"
+
+/* The CPU reference's select_pages (the op's definition, backends/cpu) on one sequence and one
+ * KV head whose `group` score rows of n_pages pages lie at s (copied: the op uses them as
+ * scratch), then the host's ordering of the record: pages and values best first; returns
+ * min(k, candidates). */
+static uint32_t select_one(const float *s, uint32_t group, uint32_t n_pages, uint32_t first,
+                           uint32_t k, fkv_group_reduce mode, float scale, uint32_t *pages,
+                           float *vals) {
+    fkv_kv_geom g = {.n_kv_heads = 1, .group = group, .head_dim = 4, .page_size = 4};
+    int32_t desc[3] = {0, (int32_t)n_pages, 0};
+    float *scratch = malloc(sizeof(float) * group * n_pages + 1);
+    int32_t *rec = malloc(sizeof(int32_t) * 2 * k + 1);
+    memcpy(scratch, s, sizeof(float) * group * n_pages);
+    fkv_select_params p = {.first_page = first, .k = k, .reduce = mode, .temp_scale = scale};
+    cr_assert_eq(cpu_select_pages(&g, 1, desc, scratch, (size_t)group * n_pages, &p, rec),
+                 FKV_OK);
+    uint32_t n = 0;
+    for (; n < k && rec[n] >= 0; n++) {
+        cr_assert(n == 0 || rec[n] > rec[n - 1], "record pages ascend");
+        pages[n] = (uint32_t)rec[n];
+        memcpy(&vals[n], &rec[k + n], sizeof(float));
+    }
+    for (uint32_t i = n; i < k; i++)
+        cr_assert(rec[i] == -1 && isinf(((float *)rec)[k + i]), "unused entries: -1, -inf");
+    uint32_t *tp = malloc(sizeof(uint32_t) * (n + 1));
+    float *ts = malloc(sizeof(float) * (n + 1));
+    fkv_order_selection(pages, vals, n, tp, ts);
+    free(tp);
+    free(ts);
+    free(scratch);
+    free(rec);
+    return n;
+}
+
+/* The reduced value of every candidate page [first, n_pages), indexed from first. */
+static void reduce_all(const float *s, uint32_t group, uint32_t n_pages, uint32_t first,
+                       fkv_group_reduce mode, float scale, float *out) {
+    uint32_t pages[64];
+    float vals[64];
+    uint32_t n = select_one(s, group, n_pages, first, n_pages - first, mode, scale, pages, vals);
+    cr_assert_eq(n, n_pages - first);
+    for (uint32_t i = 0; i < n; i++)
+        out[pages[i] - first] = vals[i];
+}
 
 Test(select, topk_orders_and_breaks_ties_by_lower_index) {
     float v[] = {1, 5, 3, 5, 2, 5, -1};
     uint32_t out[7];
-    cr_assert_eq(fkv_topk(v, 7, 3, out), 3);
+    float val[7];
+    cr_assert_eq(select_one(v, 1, 7, 0, 3, FKV_GROUP_MEAN, 1, out, val), 3);
     cr_assert_eq(out[0], 1);
     cr_assert_eq(out[1], 3);
     cr_assert_eq(out[2], 5);
-    cr_assert_eq(fkv_topk(v, 7, 4, out), 4);
+    cr_assert_eq(select_one(v, 1, 7, 0, 4, FKV_GROUP_MEAN, 1, out, val), 4);
     cr_assert_eq(out[3], 2);
-    cr_assert_eq(fkv_topk(v, 7, 100, out), 7, "k > n returns n");
+    cr_assert_eq(select_one(v, 1, 7, 0, 100, FKV_GROUP_MEAN, 1, out, val), 7, "k > n returns n");
     cr_assert_eq(out[6], 6);
-    cr_assert_eq(fkv_topk(v, 0, 3, out), 0);
-    cr_assert_eq(fkv_topk(v, 7, 0, out), 0);
+    cr_assert_eq(select_one(v, 1, 7, 7, 3, FKV_GROUP_MEAN, 1, out, val), 0, "no candidates");
+    cr_assert_eq(select_one(v, 1, 7, 2, 2, FKV_GROUP_MEAN, 1, out, val), 2);
+    cr_assert(out[0] == 3 && out[1] == 5, "candidates from first_page on");
+    float z[] = {0.0f, -0.0f, 0.0f, -0.0f};
+    cr_assert_eq(select_one(z, 1, 4, 0, 2, FKV_GROUP_MEAN, 1, out, val), 2);
+    cr_assert(out[0] == 0 && out[1] == 1, "-0 ties +0: lower pages");
 }
 
 Test(select, topk_matches_sorting_on_random_data) {
     th_rng r;
     th_seed(&r, 7);
-    float v[500];
+    float v[500], val[40];
     uint32_t out[40];
     for (int trial = 0; trial < 20; trial++) {
         th_fill_normal(&r, v, 500, 1.0f);
         uint32_t k = 1 + th_u32(&r) % 40;
-        cr_assert_eq(fkv_topk(v, 500, k, out), k);
+        cr_assert_eq(select_one(v, 1, 500, 0, k, FKV_GROUP_MEAN, 1, out, val), k);
         for (uint32_t i = 0; i < k; i++) {
             uint32_t larger = 0;
             for (uint32_t j = 0; j < 500; j++)
@@ -42,27 +95,37 @@ Test(select, group_reduce_modes) {
     /* two query heads over pages 0..3, candidates 1..3 */
     float s[] = {9, 1, 2, 3, /* head 0 */ 9, 3, 2, 1 /* head 1 */};
     float out[3];
-    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MEAN, 1.0, out);
+    reduce_all(s, 2, 4, 1, FKV_GROUP_MEAN, 1, out);
     cr_assert_float_eq(out[0], 2.0f, 1e-6);
     cr_assert_float_eq(out[1], 2.0f, 1e-6);
-    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MAX, 1.0, out);
+    reduce_all(s, 2, 4, 1, FKV_GROUP_MAX, 1, out);
     cr_assert_float_eq(out[0], 3.0f, 1e-6);
     cr_assert_float_eq(out[2], 3.0f, 1e-6);
-    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_SOFTMAX_MEAN, 1.0, out);
+    reduce_all(s, 2, 4, 1, FKV_GROUP_SOFTMAX_MEAN, 1, out);
     cr_assert_float_eq(out[0] + out[1] + out[2], 1.0f, 1e-6, "softmax over candidates");
     cr_assert_float_eq(out[0], out[2], 1e-6, "symmetric heads");
     cr_assert_lt(out[1], out[0]);
     float nan_s[] = {NAN, 1, 2};
-    fkv_reduce_group(nan_s, 3, 1, 0, 3, FKV_GROUP_MEAN, 1.0, out);
+    reduce_all(nan_s, 1, 3, 0, FKV_GROUP_MEAN, 1, out);
     cr_assert(isinf(out[0]) && out[0] < 0, "NaN ranks last");
+    /* a NaN in a row makes that row's softmax NaN everywhere: every page ranks last, and the
+     * tie rule picks the lowest pages */
+    float nan_row[] = {1, NAN, 3, 2, /* head 1 */ 1, 2, 3, 4};
+    uint32_t pages[3];
+    float vals[3];
+    cr_assert_eq(select_one(nan_row, 2, 4, 0, 2, FKV_GROUP_SOFTMAX_MEAN, 1, pages, vals), 2);
+    cr_assert(pages[0] == 0 && pages[1] == 1 && isinf(vals[0]) && vals[0] < 0);
+    float ninf[] = {-INFINITY, 1, -INFINITY, 0};
+    cr_assert_eq(select_one(ninf, 1, 4, 0, 3, FKV_GROUP_MAX, 1, pages, vals), 3);
+    cr_assert(pages[0] == 1 && pages[1] == 3 && pages[2] == 0, "-inf pages by lower index");
 }
 
 Test(select, softmax_temperature) {
     /* scale 1 is the raw softmax; scale a is the softmax of a * scores, computed here */
     float s[] = {0, 4, 6, 1, /* head 0 */ 0, 2, 8, 3 /* head 1 */};
     float raw[3], scaled[3];
-    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_SOFTMAX_MEAN, 1.0, raw);
-    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_SOFTMAX_MEAN, 0.125, scaled);
+    reduce_all(s, 2, 4, 1, FKV_GROUP_SOFTMAX_MEAN, 1.0f, raw);
+    reduce_all(s, 2, 4, 1, FKV_GROUP_SOFTMAX_MEAN, 0.125f, scaled);
     for (int j = 0; j < 3; j++) {
         double want_raw = 0, want_scaled = 0;
         for (int r = 0; r < 2; r++) {
@@ -80,8 +143,8 @@ Test(select, softmax_temperature) {
     cr_expect_lt(scaled[1] - scaled[0], raw[1] - raw[0]);
     /* the other modes ignore it */
     float a[3], b[3];
-    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MEAN, 1.0, a);
-    fkv_reduce_group(s, 4, 2, 1, 4, FKV_GROUP_MEAN, 0.125, b);
+    reduce_all(s, 2, 4, 1, FKV_GROUP_MEAN, 1.0f, a);
+    reduce_all(s, 2, 4, 1, FKV_GROUP_MEAN, 0.125f, b);
     cr_expect_arr_eq(a, b, sizeof a);
     fkv_config c;
     fkv_config_init(&c);
@@ -90,6 +153,19 @@ Test(select, softmax_temperature) {
     c.group_temperature = FKV_TEMP_SQRT_D;
     c.head_dim = 64;
     cr_expect_eq(fkv_group_temp_scale(&c), 0.125);
+}
+
+Test(select, order_selection_is_stable_descending) {
+    uint32_t page[] = {2, 4, 5, 7, 9, 11, 12};
+    float score[] = {1, 3, 1, 3, 0, 3, -INFINITY};
+    uint32_t tp[7];
+    float ts[7];
+    fkv_order_selection(page, score, 7, tp, ts);
+    const uint32_t want[] = {4, 7, 11, 2, 5, 9, 12};
+    for (int i = 0; i < 7; i++)
+        cr_expect_eq(page[i], want[i], "#%d is page %u, want %u", i, page[i], want[i]);
+    cr_expect_eq(score[0], 3.0f);
+    fkv_order_selection(page, score, 0, tp, ts); /* nothing to order */
 }
 
 Test(select, plan_keeps_resident_and_evicts_lowest_first) {

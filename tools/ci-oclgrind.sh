@@ -35,7 +35,7 @@ echo "oclgrind reports the deliberate race (tests/oclgrind/race.cl): the checker
 # 2. test_opencl's single-threaded op tests, one process each, two at a time
 tests=(device_info_and_table device public_api copies event_chain events host_memory append
        summarize scores cosine_flags cosine_nan attention_split bad_arguments
-       zero_work out_of_range buffer_import_and_memory_errors)
+       zero_work out_of_range buffer_import_and_memory_errors select_pages)
 export FREEKV_REQUIRE_DEVICES=opencl # the simulator must be the device found, never a skip
 run_one() {
   local t=$1 out=$2 build=$3

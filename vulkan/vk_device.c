@@ -742,6 +742,7 @@ static const fkv_backend_ops vulkan_ops = {
     .set_option = vk_set_option,
     .get_option = vk_get_option,
     .counters = vk_counters,
+    .select_pages = fkv_vk_select_pages,
 };
 
 const fkv_backend_ops *fkv_backend_vulkan(void) { return &vulkan_ops; }

@@ -27,6 +27,7 @@ typedef enum vk_shader_id {
 #define S_SCORES S_scores
 #define S_COSINE S_cosine
 #define S_ATTENTION_REDUCE S_attention_reduce
+#define S_SELECT S_select
 #define S_COPY S_copy0_w16 /* + mode * 4 + word variant (16, 4, 2, 1) */
 
 extern const char *const fkv_vk_shader_names[S_COUNT];
@@ -299,6 +300,10 @@ fkv_status fkv_vk_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
 fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
                          size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
+fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
+                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
+                               fkv_bbuf *out, size_t out_off);
 fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,

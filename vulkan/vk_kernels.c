@@ -21,6 +21,7 @@
 #define ATTENTION_WG 128
 #define SCORES_WG 64
 #define COSINE_WG 64
+#define SELECT_WG 128
 #define TEMP_ALLOCS 64 /* allocations of commands in flight: write staging, partials, unit lists */
 
 /* ---- launches ---- */
@@ -418,6 +419,66 @@ static fkv_status cosine_plan(const fkv_bdev *d, uint64_t n_bh, uint32_t *w) {
                          "workgroups than maxComputeWorkGroupCount[0] (%u)",
                          (unsigned long long)n_bh, d->max_groups[0]);
     return FKV_OK;
+}
+
+/* select_pages' workgroup: a power of two for its scans and folds, with a float and a uint of
+ * shared memory per invocation besides the 256-bin histogram; one workgroup per (sequence, KV
+ * head). */
+static uint64_t select_shared(uint32_t w) { return 8ull * w + 258 * 4; }
+
+static fkv_status select_plan(const fkv_bdev *d, uint64_t n_bh, uint32_t *w) {
+    uint32_t cap = pick_wg(d, SELECT_WG);
+    *w = 1;
+    while (*w * 2 <= cap && select_shared(*w * 2) <= d->max_shared)
+        *w *= 2;
+    if (select_shared(*w) > d->max_shared)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan select_pages: %llu bytes of shared memory are more than the "
+                         "device has (" SHARED_LIMIT ")",
+                         (unsigned long long)select_shared(1));
+    if (n_bh > d->max_groups[0])
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan select_pages: %llu (sequence, KV head) pairs is more "
+                         "workgroups than maxComputeWorkGroupCount[0] (%u)",
+                         (unsigned long long)n_bh, d->max_groups[0]);
+    return FKV_OK;
+}
+
+fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
+                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
+                               fkv_bbuf *out, size_t out_off) {
+    launch L;
+    prepare(dev, q, &deps, "select_pages", &L);
+    fkv_status st;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    uint32_t w;
+    if ((st = select_plan(dev, n_bh, &w)) != FKV_OK)
+        return st;
+    if ((st = bind_buf(&L, 0, desc, desc_off, n_seqs * 12ull, 4, &L.pc[0], "desc")) != FKV_OK ||
+        /* read and written at offsets from device data: all of it must be reachable */
+        (st = bind_buf(&L, 1, scores, scores_off, scores->desc.size - scores_off, 4, &L.pc[1],
+                       "scores")) != FKV_OK ||
+        (st = bind_buf(&L, 2, out, out_off, n_bh * 8 * p->k, 4, &L.pc[8], "out")) != FKV_OK)
+        return st;
+    uint64_t len = (L.b[1].range - (scores_off - L.b[1].off)) / 4;
+    L.pc[2] = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
+    L.pc[3] = g->n_kv_heads;
+    L.pc[4] = g->group;
+    L.pc[5] = p->first_page;
+    L.pc[6] = p->k;
+    L.pc[7] = (uint32_t)p->reduce;
+    pc_f32(&L, 9, p->temp_scale);
+    VkPipeline pl;
+    vk_cmd c;
+    if ((st = fkv_vk_pipeline(dev, S_SELECT, w, 1, &pl)) != FKV_OK ||
+        (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
+        return st;
+    if ((st = record(&c, &L, pl, (uint32_t)n_bh, 1)) != FKV_OK) {
+        fkv_vk_cmd_abort(&c);
+        return st;
+    }
+    return fkv_vk_cmd_submit(&c, &deps, NULL);
 }
 
 fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
@@ -885,7 +946,8 @@ fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_ge
     if ((st = grid_1d_fits(d, "append", (uint64_t)q->max_rows * g->n_kv_heads * g->head_dim, &wg,
                            &gx, &gy)) != FKV_OK ||
         (st = scores_plan(d, g, q->max_seqs, &sl)) != FKV_OK ||
-        (st = cosine_plan(d, (uint64_t)q->max_seqs * g->n_kv_heads, &w)) != FKV_OK)
+        (st = cosine_plan(d, (uint64_t)q->max_seqs * g->n_kv_heads, &w)) != FKV_OK ||
+        (st = select_plan(d, (uint64_t)q->max_seqs * g->n_kv_heads, &w)) != FKV_OK)
         return st;
     uint64_t live = atomic_load(&d->live_allocs);
     if (q->allocations + live + TEMP_ALLOCS > d->max_allocs)

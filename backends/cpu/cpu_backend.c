@@ -574,6 +574,39 @@ static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     return submit(dev, q, run_scores, a, deps);
 }
 
+typedef struct select_args {
+    fkv_kv_geom g;
+    uint32_t n_seqs;
+    const int32_t *desc;
+    float *scores;
+    size_t scores_len;
+    fkv_select_params p;
+    int32_t *out;
+} select_args;
+
+static fkv_status run_select(void *p) {
+    select_args *a = p;
+    return cpu_select_pages(&a->g, a->n_seqs, a->desc, a->scores, a->scores_len, &a->p, a->out);
+}
+
+static fkv_status cpu_select_pages_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                      const fkv_kv_geom *g, uint32_t n_seqs,
+                                      const fkv_bbuf *desc, size_t desc_off, fkv_bbuf *scores,
+                                      size_t scores_off, const fkv_select_params *p,
+                                      fkv_bbuf *out, size_t out_off) {
+    const char *op = "select_pages";
+    select_args *a;
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    a->g = *g;
+    a->n_seqs = n_seqs;
+    a->desc = (const int32_t *)at(desc, desc_off);
+    a->scores = (float *)at(scores, scores_off);
+    a->scores_len = (scores->desc.size - scores_off) / sizeof(float);
+    a->p = *p;
+    a->out = (int32_t *)at(out, out_off);
+    return submit(dev, q, run_select, a, deps);
+}
+
 typedef struct cosine_args {
     fkv_kv_geom g;
     const float *cur, *prev;
@@ -862,6 +895,7 @@ static const fkv_backend_ops cpu_ops = {
     .recall_mode = cpu_recall_mode,
     .opened_info = cpu_opened_info,
     .counters = cpu_counters,
+    .select_pages = cpu_select_pages_op,
 };
 
 const fkv_backend_ops *fkv_backend_cpu(void) { return &cpu_ops; }

@@ -72,6 +72,15 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
     return FKV_OK;
 }
 
+/* Query heads scored per pass over a page summary (as the GPU kernels' FKV_SCORE_GROUP). */
+#define SCORE_BLOCK 8
+
+/* fmaxf without the libm call (the call dominated the reference's scoring): a NaN operand
+ * yields the other one; of +0 and -0 the first, as glibc's fmaxf. */
+static inline float max_skip_nan(float a, float b) {
+    return a != a ? b : b != b ? a : a >= b ? a : b;
+}
+
 fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, const int32_t *desc,
                       const float *summaries, size_t n_summaries, float *out, size_t out_len) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
@@ -85,17 +94,122 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, con
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
                              n_q_heads * (size_t)n_pages, out_base, out_len);
-        for (size_t h = 0; h < n_q_heads; h++) {
-            const float *qh = q + ((size_t)b * n_q_heads + h) * d;
-            size_t kv_head = h / g->group;
+        /* Each summary is read once per block of SCORE_BLOCK query heads of its KV head (once
+         * per group up to that size); each head's sum runs over the channels in order, as
+         * before, so the values are bit for bit those of one head at a time. */
+        for (size_t kv_head = 0; kv_head < g->n_kv_heads; kv_head++)
             for (int32_t j = 0; j < n_pages; j++) {
                 size_t s = (size_t)base + (size_t)j;
                 const float *mn = summaries + (s * g->n_kv_heads + kv_head) * 2 * d;
                 const float *mx = mn + d;
-                float sum = 0.0f;
-                for (size_t c = 0; c < d; c++)
-                    sum += fmaxf(qh[c] * mx[c], qh[c] * mn[c]);
-                out[(size_t)out_base + h * (size_t)n_pages + (size_t)j] = sum;
+                for (size_t h0 = 0; h0 < g->group; h0 += SCORE_BLOCK) {
+                    size_t nh = g->group - h0 < SCORE_BLOCK ? g->group - h0 : SCORE_BLOCK;
+                    const float *qh = q + ((size_t)b * n_q_heads + kv_head * g->group + h0) * d;
+                    float sum[SCORE_BLOCK] = {0.0f};
+                    for (size_t c = 0; c < d; c++) {
+                        float lo = mn[c], hi = mx[c];
+                        for (size_t r = 0; r < nh; r++)
+                            sum[r] += max_skip_nan(qh[r * d + c] * hi, qh[r * d + c] * lo);
+                    }
+                    for (size_t r = 0; r < nh; r++)
+                        out[(size_t)out_base + (kv_head * g->group + h0 + r) * (size_t)n_pages +
+                            (size_t)j] = sum[r];
+                }
+            }
+    }
+    return FKV_OK;
+}
+
+/* The reduced value of page j, accumulated in row0[j] over the group's rows r ascending (the
+ * order every backend keeps per page, so mean and max agree bit for bit). Softmax takes row
+ * r's max (NaN skipped) and sum of expf first; row 0 is read before it is overwritten. */
+static void reduce_rows(float *row0, size_t stride, uint32_t group, uint32_t first,
+                        uint32_t n_pages, const fkv_select_params *p) {
+    for (uint32_t r = 0; r < group; r++) {
+        const float *s = row0 + (size_t)r * stride;
+        float m = -INFINITY, sum = 0.0f;
+        if (p->reduce == FKV_GROUP_SOFTMAX_MEAN) {
+            for (uint32_t j = first; j < n_pages; j++)
+                m = s[j] > m ? s[j] : m;
+            for (uint32_t j = first; j < n_pages; j++)
+                sum += expf((s[j] - m) * p->temp_scale);
+        }
+        for (uint32_t j = first; j < n_pages; j++) {
+            float acc = r == 0 ? (p->reduce == FKV_GROUP_MAX ? -INFINITY : 0.0f) : row0[j];
+            if (p->reduce == FKV_GROUP_SOFTMAX_MEAN)
+                acc += expf((s[j] - m) * p->temp_scale) / sum / (float)group;
+            else if (p->reduce == FKV_GROUP_MEAN)
+                acc += s[j] / (float)group;
+            else
+                acc = s[j] > acc ? s[j] : acc;
+            row0[j] = acc;
+        }
+    }
+    for (uint32_t j = first; j < n_pages; j++) /* NaN ranks last; -0 ties +0 */
+        row0[j] = row0[j] != row0[j] ? -INFINITY : row0[j] == 0.0f ? 0.0f : row0[j];
+}
+
+/* An unsigned key in the order of the floats (no NaN reaches it). */
+static uint32_t order_key(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return (u & 0x80000000u) ? ~u : u | 0x80000000u;
+}
+
+/* Radix select of the kk-th largest key (kk <= n): *thr receives it, and the return value is
+ * how many keys equal to it are selected (the lowest pages first); all keys above it are. */
+static uint32_t kth_key(const float *v, uint32_t first, uint32_t n_pages, uint32_t kk,
+                        uint32_t *thr) {
+    uint32_t prefix = 0, mask = 0, rem = kk;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        uint32_t hist[256] = {0};
+        for (uint32_t j = first; j < n_pages; j++) {
+            uint32_t key = order_key(v[j]);
+            if ((key & mask) == prefix)
+                hist[(key >> shift) & 255u]++;
+        }
+        uint32_t bin = 255, above = 0;
+        while (above + hist[bin] < rem)
+            above += hist[bin--];
+        rem -= above;
+        prefix |= bin << shift;
+        mask |= 255u << shift;
+    }
+    *thr = prefix;
+    return rem;
+}
+
+fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t *desc,
+                            float *scores, size_t scores_len, const fkv_select_params *p,
+                            int32_t *out) {
+    size_t hk = g->n_kv_heads, k = p->k, hq = hk * g->group;
+    for (uint32_t b = 0; b < n_seqs; b++) {
+        int32_t n_pages = desc[3 * b + 1], base = desc[3 * b + 2];
+        if (n_pages < 0 || base < 0 || (size_t)base + hq * (size_t)n_pages > scores_len)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "select_pages: sequence %u reads %zu scores at %d, buffer holds %zu",
+                             b, hq * (size_t)(n_pages > 0 ? n_pages : 0), base, scores_len);
+        uint32_t np = (uint32_t)n_pages, n_cand = np > p->first_page ? np - p->first_page : 0;
+        uint32_t kk = n_cand < p->k ? n_cand : p->k;
+        for (size_t h = 0; h < hk; h++) {
+            int32_t *pages = out + ((size_t)b * hk + h) * 2 * k;
+            float *vals = (float *)(pages + k);
+            for (size_t i = 0; i < k; i++) {
+                pages[i] = -1;
+                vals[i] = -INFINITY;
+            }
+            if (kk == 0)
+                continue;
+            float *row0 = scores + (size_t)base + h * g->group * np;
+            reduce_rows(row0, np, g->group, p->first_page, np, p);
+            uint32_t thr, n_eq = kth_key(row0, p->first_page, np, kk, &thr), n_out = 0;
+            for (uint32_t j = p->first_page; j < np && n_out < kk; j++) {
+                uint32_t key = order_key(row0[j]);
+                if (key > thr || (key == thr && n_eq > 0)) {
+                    n_eq -= key == thr;
+                    pages[n_out] = (int32_t)j;
+                    vals[n_out++] = row0[j];
+                }
             }
         }
     }

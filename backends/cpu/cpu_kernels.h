@@ -34,6 +34,15 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
 fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, const int32_t *desc,
                       const float *summaries, size_t n_summaries, float *out, size_t out_len);
 
+/* select_pages (backend.h defines the semantics): per (sequence, KV head) the group
+ * reduction over candidates [p->first_page, n_pages) and the top p->k by (value desc, page
+ * asc), into records of k int32 pages (ascending) then k f32 values in out. desc as for
+ * scores; scores (scores_len floats) is scratch: the first query row of each KV head receives
+ * the reduced values. Also the dispatch layer's generic fallback (run on the host). */
+fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t *desc,
+                            float *scores, size_t scores_len, const fkv_select_params *p,
+                            int32_t *out);
+
 /* sims[b][h] = mean over the group of cos(q_cur, q_prev); flags[b][h] = !(sims >= tau). */
 fkv_status cpu_cosine_flags(const fkv_kv_geom *g, const float *q_cur, const float *q_prev,
                             uint32_t n_seqs, float tau, float *sims, int32_t *flags);

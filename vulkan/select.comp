@@ -1,0 +1,147 @@
+#version 450
+/* select_pages (backend.h): group reduction and top-k of page scores. One workgroup (a power
+ * of two) per (sequence, KV head). Invocation l owns pages first + l + t*w in every pass, so
+ * the reduced values it writes over row 0 of the group's scores (the op's scratch) are read
+ * back only by itself. Then a radix select (4 passes of 8 bits over order keys, histogram in
+ * shared memory) finds the k-th value, and a compaction in page order writes the pages above
+ * it and the lowest pages equal to it. The same algorithm as opencl/kernels.cl. */
+#include "common.glsl"
+RBUF(0, int, desc);
+BUF(1, float, scores);
+BUF(2, int, outp);
+layout(push_constant) uniform PC {
+    uint desc_off, scores_off, scores_len, n_kv_heads, group, first, k, reduce, out_off;
+    float temp_scale;
+} pc;
+shared float red[gl_WorkGroupSize.x];
+shared uint scan[gl_WorkGroupSize.x];
+shared uint hist[256];
+shared uint res[2];
+
+/* An unsigned key in the order of the floats (no NaN reaches it). */
+uint order_key(float v) {
+    uint u = floatBitsToUint(v);
+    return (u & 0x80000000u) != 0u ? ~u : (u | 0x80000000u);
+}
+
+/* Exclusive prefix sum of x over the workgroup; total receives the sum. */
+uint scan_excl(uint lid, uint x, out uint total) {
+    uint w = gl_WorkGroupSize.x;
+    scan[lid] = x;
+    barrier();
+    for (uint off = 1u; off < w; off <<= 1) {
+        uint y = lid >= off ? scan[lid - off] : 0u;
+        barrier();
+        scan[lid] += y;
+        barrier();
+    }
+    total = scan[w - 1u];
+    uint before = scan[lid] - x;
+    barrier();
+    return before;
+}
+
+/* max (sum false) or sum of x over the workgroup. */
+float fold(uint lid, float x, bool sum) {
+    red[lid] = x;
+    barrier();
+    for (uint s = gl_WorkGroupSize.x / 2u; s > 0u; s /= 2u) {
+        if (lid < s)
+            red[lid] = sum ? red[lid] + red[lid + s]
+                           : (red[lid + s] > red[lid] ? red[lid + s] : red[lid]);
+        barrier();
+    }
+    float r = red[0];
+    barrier();
+    return r;
+}
+
+void main() {
+    uint bh = gl_WorkGroupID.x, lid = gl_LocalInvocationID.x, w = gl_WorkGroupSize.x;
+    uint b = bh / pc.n_kv_heads, h = bh % pc.n_kv_heads;
+    uint rec = pc.out_off + bh * 2u * pc.k;
+    int np = desc[pc.desc_off + 3u * b + 1u], base = desc[pc.desc_off + 3u * b + 2u];
+    uint hq = pc.n_kv_heads * pc.group;
+    /* np * hq <= scores_len - base, without overflow */
+    bool ok = np >= 0 && base >= 0 && uint(base) <= pc.scores_len &&
+              uint(np) <= (pc.scores_len - uint(base)) / max(hq, 1u);
+    uint n_cand = ok && np > int(pc.first) ? uint(np) - pc.first : 0u;
+    uint kk = min(n_cand, pc.k);
+    for (uint i = kk + lid; i < pc.k; i += w) {
+        outp[rec + i] = -1;
+        outp[rec + pc.k + i] = floatBitsToInt(-FKV_INF);
+    }
+    if (kk == 0u)
+        return;
+    uint n = uint(np), row0 = pc.scores_off + uint(base) + h * pc.group * n;
+    for (uint r = 0u; r < pc.group; r++) {
+        uint s = row0 + r * n;
+        float m = -FKV_INF, sum = 0.0;
+        if (pc.reduce == 0u) {
+            float pm = -FKV_INF, ps = 0.0;
+            for (uint j = pc.first + lid; j < n; j += w)
+                pm = scores[s + j] > pm ? scores[s + j] : pm;
+            m = fold(lid, pm, false);
+            for (uint j = pc.first + lid; j < n; j += w)
+                ps += exp((scores[s + j] - m) * pc.temp_scale);
+            sum = fold(lid, ps, true);
+        }
+        for (uint j = pc.first + lid; j < n; j += w) {
+            float x = scores[s + j];
+            float acc = r == 0u ? (pc.reduce == 2u ? -FKV_INF : 0.0) : scores[row0 + j];
+            if (pc.reduce == 0u)
+                acc += exp((x - m) * pc.temp_scale) / sum / float(pc.group);
+            else if (pc.reduce == 1u)
+                acc += x / float(pc.group);
+            else
+                acc = x > acc ? x : acc;
+            if (r + 1u == pc.group) /* NaN ranks last; -0 ties +0 */
+                acc = isnan(acc) ? -FKV_INF : (acc == 0.0 ? 0.0 : acc);
+            scores[row0 + j] = acc;
+        }
+    }
+    uint prefix = 0u, mask = 0u, rem = kk;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (uint i = lid; i < 256u; i += w)
+            hist[i] = 0u;
+        barrier();
+        for (uint j = pc.first + lid; j < n; j += w) {
+            uint key = order_key(scores[row0 + j]);
+            if ((key & mask) == prefix)
+                atomicAdd(hist[(key >> uint(shift)) & 255u], 1u);
+        }
+        barrier();
+        if (lid == 0u) {
+            uint bin = 255u, above = 0u;
+            while (above + hist[bin] < rem)
+                above += hist[bin--];
+            res[0] = bin;
+            res[1] = rem - above;
+        }
+        barrier();
+        prefix |= res[0] << uint(shift);
+        rem = res[1];
+        mask |= 255u << uint(shift);
+        barrier();
+    }
+    uint taken_eq = 0u, n_out = 0u;
+    for (uint c0 = 0u; c0 < n_cand; c0 += w) {
+        uint j = pc.first + c0 + lid, key = 0u, eq_total, sel_total;
+        bool valid = c0 + lid < n_cand;
+        float v = 0.0;
+        if (valid) {
+            v = scores[row0 + j];
+            key = order_key(v);
+        }
+        uint eq = valid && key == prefix ? 1u : 0u;
+        uint eq_before = scan_excl(lid, eq, eq_total);
+        bool sel = (valid && key > prefix) || (eq == 1u && taken_eq + eq_before < rem);
+        uint at = scan_excl(lid, sel ? 1u : 0u, sel_total);
+        if (sel) {
+            outp[rec + n_out + at] = int(j);
+            outp[rec + pc.k + n_out + at] = floatBitsToInt(v);
+        }
+        n_out += sel_total;
+        taken_eq += eq_total;
+    }
+}

@@ -248,7 +248,10 @@ typedef struct fkv_config {
     fkv_group_reduce group_reduce;
     uint32_t max_seqs;
     uint32_t max_context;   /* tokens per sequence */
-    uint32_t recall_chunk_pages; /* (page, head) units per staging buffer; 0 = default */
+    /* (page, head) units per staging buffer; 0 = a layer's whole recall (max_seqs x KV heads
+     * x selected pages), at most 32 MiB a stage, so staged recall is one copy and one scatter
+     * per layer */
+    uint32_t recall_chunk_pages;
     fkv_group_temp group_temperature; /* FKV_GROUP_SOFTMAX_MEAN's temperature (FKV_TEMP_RAW) */
 } fkv_config;
 

@@ -680,11 +680,13 @@ static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t 
         v = d->max_allocs;
     else if (strcmp(key, "live_allocations") == 0)
         v = atomic_load(&d->live_allocs);
-    else if (strcmp(key, "allocations") == 0)
-        v = atomic_load(&d->total_allocs);
-    else if (strcmp(key, "submits") == 0)
-        v = atomic_load(&d->submits);
-    else if (strcmp(key, "validation_errors") == 0)
+    else if (strcmp(key, "allocations") == 0) /* every vkAllocateMemory that succeeded */
+        v = atomic_load(&d->counters.device_allocs) + atomic_load(&d->counters.host_allocs);
+    else if (strcmp(key, "submits") == 0) { /* every vkQueueSubmit */
+        v = 0;
+        for (int q = 0; q < FKV_QUEUE_COUNT; q++)
+            v += atomic_load(&d->counters.submits[q]);
+    } else if (strcmp(key, "validation_errors") == 0)
         v = atomic_load(&d->validation_errors);
     else if (strcmp(key, "subgroup_size") == 0)
         v = d->subgroup;

@@ -174,8 +174,6 @@ struct fkv_bdev {
      * allocation_limit may lower it below the device's max_allocs_device) */
     atomic_uint live_allocs;
     uint32_t max_allocs, max_allocs_device;
-    atomic_uint total_allocs; /* vkAllocateMemory calls that succeeded (option allocations) */
-    atomic_uint submits;      /* vkQueueSubmit calls (option submits) */
 
     VkDescriptorSetLayout dsl;
     VkPipelineLayout layout;

@@ -111,8 +111,6 @@ static fkv_status make_buffer(fkv_bdev *d, VkDeviceSize size, int host_visible, 
     else
         fkv_count_device_alloc(&d->counters);
     if (r == VK_SUCCESS)
-        atomic_fetch_add(&d->total_allocs, 1u);
-    if (r == VK_SUCCESS)
         r = vkBindBufferMemory(d->dev, *buf, *mem, 0);
     if (r == VK_SUCCESS && host_visible)
         r = vkMapMemory(d->dev, *mem, 0, VK_WHOLE_SIZE, 0, ptr);
@@ -328,7 +326,6 @@ static fkv_status import_host(fkv_bdev *d, fkv_bhost *h) {
             uncount_alloc(d);
         } else {
             fkv_count_host_alloc(&d->counters);
-            atomic_fetch_add(&d->total_allocs, 1u);
         }
         if (r == VK_SUCCESS)
             r = vkBindBufferMemory(d->dev, h->buf, h->mem, 0);

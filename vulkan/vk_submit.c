@@ -148,7 +148,6 @@ static fkv_status flush_locked(fkv_bdev *d, vk_fqueue *fq) {
     pthread_mutex_lock(&fq->hw->lock);
     VkResult r = vkQueueSubmit(fq->hw->queue, fq->n_marks, fq->pend_si, VK_NULL_HANDLE);
     pthread_mutex_unlock(&fq->hw->lock);
-    atomic_fetch_add(&d->submits, 1u);
     fkv_count_submit(&d->counters, (fkv_queue)(fq - d->q));
     fkv_status st = FKV_OK;
     if (r != VK_SUCCESS) {

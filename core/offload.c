@@ -5,9 +5,10 @@
 #include "offload.h"
 
 fkv_status fkv_summarize_pages(fkv_context *ctx, layer_state *ls, const fkv_bbuf *kpool,
-                               uint32_t n) {
+                               uint32_t n, uint32_t n_slots) {
+    size_t bytes = fkv_pack_slots_offset(n) + (size_t)n_slots * FKV_INDEX_BYTES;
     fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->summ_idx, 0,
-                                    ls->host.summ_idx, (size_t)n * FKV_PAIR_BYTES);
+                                 ls->host.summ_idx, bytes);
     if (st == FKV_OK)
         st = fkv_op_summarize(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, kpool, n,
                                  ls->summ_idx, 0, ls->summ);
@@ -30,7 +31,7 @@ static fkv_status summarize_full(fkv_context *ctx, uint32_t layer, uint32_t n,
         nf++;
     }
     *n_full = nf;
-    return nf ? fkv_summarize_pages(ctx, ls, ls->kpool, nf) : FKV_OK;
+    return nf ? fkv_summarize_pages(ctx, ls, ls->kpool, nf, 0) : FKV_OK;
 }
 
 /* Packs the nf full pages (slots in ls->host.pack_idx) and reads each into its host pool. */

@@ -127,7 +127,7 @@ static fkv_status call_init(fkv_context *ctx, call_scratch *call) {
 
 /* The device buffers of one layer, and the slices of its pinned host staging: layer_init
  * allocates exactly these, and the context's memory estimate adds them up first. */
-enum { N_LAYER_BUFFERS = 19, N_LAYER_HOST = 13 };
+enum { N_LAYER_BUFFERS = 18, N_LAYER_HOST = 12 };
 
 typedef struct layer_part {
     void *where; /* fkv_bbuf ** (device buffer) or a pointer to the slice's pointer (host) */
@@ -149,7 +149,7 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
     size_t per_seq = max_seqs * FKV_INDEX_BYTES, per_head = max_seqs * hk * FKV_INDEX_BYTES;
     size_t heads = max_seqs * hk * FKV_PAIR_BYTES, desc = max_seqs * FKV_DESC_BYTES;
     /* completed pages: one per sequence at decode, one per scratch page at prefill; a
-     * (slot, summary) pair each, then (prefill) the slot the pack reads (offload.h) */
+     * (slot, summary) pair each, then the slot the pack reads (offload.h) */
     size_t summ_idx = (max_seqs > FKV_SCRATCH_PAGES ? max_seqs : FKV_SCRATCH_PAGES) *
                       (FKV_PAIR_BYTES + FKV_INDEX_BYTES);
     const layer_part d_parts[N_LAYER_BUFFERS] = {
@@ -164,7 +164,6 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
         {&ls->out, qbytes},
         {&ls->rows, per_seq},
         {&ls->summ_idx, summ_idx},
-        {&ls->pack_idx, per_seq},
         {&ls->desc, desc},
         {&ls->heads, heads},
         {&ls->entries, list},
@@ -180,7 +179,6 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
         {&ls->host.out, qbytes},
         {&ls->host.rows, per_seq},
         {&ls->host.summ_idx, summ_idx},
-        {&ls->host.pack_idx, per_seq},
         {&ls->host.desc, desc},
         {&ls->host.heads, heads},
         {&ls->host.entries, list},

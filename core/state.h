@@ -49,7 +49,7 @@ typedef struct seq_state {
 typedef struct layer_host {
     fkv_bhost *mem;
     float *q, *k, *v, *out;
-    int32_t *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
+    int32_t *rows, *summ_idx, *desc, *heads, *entries;
     float *scores; /* select_pages' records (the scores themselves stay on the device) */
     float *sims;
     int32_t *flags;
@@ -58,9 +58,8 @@ typedef struct layer_host {
 typedef struct layer_state {
     fkv_bbuf *kpool, *vpool, *summ, *qprev[2];
     fkv_bbuf *qin, *kin, *vin, *out;
-    /* summ_idx: completed pages' (slot, summary) pairs, then (prefill) the slots pack_hnd
-     * reads */
-    fkv_bbuf *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
+    /* summ_idx: completed pages' (slot, summary) pairs, then the slots pack_hnd reads */
+    fkv_bbuf *rows, *summ_idx, *desc, *heads, *entries;
     fkv_bbuf *scores; /* page scores, then select_pages' records (retrieval.c) */
     fkv_bbuf *sims, *flags, *pack;
     layer_host host;

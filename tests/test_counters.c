@@ -369,6 +369,57 @@ static void check_prefill_batched(const char *backend) {
     fkv_device_close(dev);
 }
 
+/* A decode step that completes a page (#18): its summaries' index and the slots its pack reads
+ * go to the device in one write, so such a step costs one copy (that write) and two launches
+ * (summaries, pack) on the compute queue and one read per sequence on the transfer queue more
+ * than a step that completes none. sync (no worker: every command is the call's) with no
+ * middle pages, so that nothing else differs between steps. */
+static void check_decode_fill(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_config cfg;
+    th_small_config(&cfg); /* page 4 */
+    cfg.policy = FKV_POLICY_SYNC;
+    cfg.budget_tokens = cfg.sink_tokens + cfg.window_tokens; /* no selection: equal steps */
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    pd_run run = {.n_seqs = 1, .prompt = {41}, .steps = 1, .batched = 1, .drift = 0.3f};
+    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    fkv_queue_counters plain = {0}, fill = {0};
+    uint64_t plain_reads = 0, fill_reads = 0;
+    int seen_plain = 0, seen_fill = 0;
+    run.resume = 1;
+    for (uint32_t step = 1; step < 9; step++) {
+        run.first_step = step;
+        run.steps = step + 1;
+        fkv_counters a = snap(dev);
+        cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+        fkv_counters b = snap(dev);
+        fkv_counters d = diff(&b, &a);
+        /* step s appends token 41 + s, which completes a page when 42 + s is a multiple of 4 */
+        int fills = (42 + step) % cfg.page_size == 0;
+        fkv_queue_counters *c = fills ? &fill : &plain;
+        uint64_t *reads = fills ? &fill_reads : &plain_reads;
+        int *seen = fills ? &seen_fill : &seen_plain;
+        const fkv_queue_counters *cq = &d.queues[FKV_COUNTER_COMPUTE];
+        if (*seen) {
+            cr_expect_eq(cq->copies, c->copies, "%s step %u: compute copies vary", backend, step);
+            cr_expect_eq(cq->launches, c->launches, "%s step %u: launches vary", backend, step);
+        }
+        *c = *cq;
+        *reads = d.queues[FKV_COUNTER_TRANSFER].d2h_bytes;
+        *seen = 1;
+    }
+    cr_assert(seen_plain && seen_fill);
+    uint64_t layers = cfg.n_layers;
+    cr_expect_eq(fill.copies - plain.copies, layers, "%s: a completed page costs %llu compute "
+                 "copies per layer, not 1", backend,
+                 (unsigned long long)((fill.copies - plain.copies) / layers));
+    cr_expect_eq(fill.launches - plain.launches, 2 * layers, "%s: launches", backend);
+    cr_expect_gt(fill_reads, plain_reads, "%s: the page is read into the host pool", backend);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
 /* Steady state of a decode loop: after warm-up steps, no device or host allocation (the
  * CPU reference and OpenCL keep their scratch). */
 static void check_steady_allocs(const char *backend, fkv_policy policy) {
@@ -414,7 +465,8 @@ static void check_steady_allocs(const char *backend, fkv_policy policy) {
     Test(backend, allocations) { check_allocs(#backend); }                                     \
     Test(backend, attention_launches) { check_attention(#backend); }                           \
     Test(backend, decode_waits_by_thread, .timeout = 120) { check_decode_roles(#backend); }    \
-    Test(backend, prefill_offload_in_batches, .timeout = 120) { check_prefill_batched(#backend); }
+    Test(backend, prefill_offload_in_batches, .timeout = 120) { check_prefill_batched(#backend); } \
+    Test(backend, decode_page_fill_one_index_write) { check_decode_fill(#backend); }
 
 COUNTER_TESTS(cpu)
 COUNTER_TESTS(opencl)

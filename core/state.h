@@ -49,7 +49,7 @@ typedef struct seq_state {
 typedef struct layer_host {
     fkv_bhost *mem;
     float *q, *k, *v, *out;
-    int32_t *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
+    int32_t *rows, *summ_idx, *desc, *heads, *entries;
     float *scores; /* select_pages' records (the scores themselves stay on the device) */
     float *sims;
     int32_t *flags;
@@ -58,7 +58,8 @@ typedef struct layer_host {
 typedef struct layer_state {
     fkv_bbuf *kpool, *vpool, *summ, *qprev[2];
     fkv_bbuf *qin, *kin, *vin, *out;
-    fkv_bbuf *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
+    /* summ_idx: completed pages' (slot, summary) pairs, then the slots pack_hnd reads */
+    fkv_bbuf *rows, *summ_idx, *desc, *heads, *entries;
     fkv_bbuf *scores; /* page scores, then select_pages' records (retrieval.c) */
     fkv_bbuf *sims, *flags, *pack;
     layer_host host;
@@ -116,6 +117,8 @@ struct fkv_context {
     /* prefill scratch: pages in pool layout and f32 input rows */
     uint32_t scratch_pages;
     fkv_bbuf *scr_k, *scr_v, *scr_kin, *scr_vin, *scr_rows;
+    fkv_bbuf *scr_pack[2];   /* offload policies: HND staging of packed pages, alternating */
+    uint32_t scr_pack_pages; /* pages one scr_pack holds */
     fkv_bhost *scr_host;
     float *scr_host_k, *scr_host_v;
     int32_t *scr_host_rows;

@@ -9,6 +9,7 @@
 
 #include "backends/dispatch.h"
 #include "common/thread_role.h"
+#include "core/state.h"
 #include "helpers.h"
 #include "pipeline_driver.h"
 
@@ -289,6 +290,136 @@ static void check_decode_roles(const char *backend) {
     fkv_device_close(dev);
 }
 
+/* One prefill of (sequence 0, layer), its counters' difference. */
+static fkv_counters prefill_counts(fkv_context *ctx, const fkv_config *cfg, uint32_t layer,
+                                   uint32_t n_tokens) {
+    size_t kvn = (size_t)cfg->n_kv_heads * cfg->head_dim;
+    float *k = malloc(sizeof(float) * kvn * n_tokens), *v = malloc(sizeof(float) * kvn * n_tokens);
+    float *q = malloc(sizeof(float) * cfg->n_q_heads * cfg->head_dim);
+    cr_assert(k && v && q);
+    for (uint32_t t = 0; t < n_tokens; t++) {
+        pd_data(0, 0, layer, t, k + t * kvn, kvn);
+        pd_data(1, 0, layer, t, v + t * kvn, kvn);
+    }
+    pd_query(cfg, 0.3f, 0, layer, n_tokens - 1, q);
+    fkv_tensor tk = {k, NULL, 0}, tv = {v, NULL, 0}, tq = {q, NULL, 0};
+    fkv_counters a, b;
+    cr_assert_eq(fkv_context_get_counters(ctx, &a), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_prefill(ctx, 0, layer, n_tokens, &tk, &tv, &tq), FKV_OK, "%s",
+                 fkv_last_error());
+    cr_assert_eq(fkv_context_get_counters(ctx, &b), FKV_OK, "%s", fkv_last_error());
+    free(k), free(v), free(q);
+    return diff(&b, &a);
+}
+
+/* Prefill in batched commands (#18): an offload policy's full pages are packed and read into
+ * the host pool a staging buffer at a time, one pack and one read per run of pages that fits
+ * a staging buffer (a scratch chunk here) and one piece of the host pool, not one per page;
+ * resident pages go to their slots one K and one V copy per run of consecutive slots. With
+ * no middle pages the prefill recalls nothing, so the transfer queue holds the reads alone. */
+static void check_prefill_batched(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_config cfg;
+    th_small_config(&cfg); /* f32, page 4: 1 KiB pages, so a scratch chunk fits a staging */
+    cfg.budget_tokens = cfg.sink_tokens + cfg.window_tokens;
+    const uint32_t T = 470, n_full = T / cfg.page_size, chunks = 2; /* 117 pages, 64 + 54 */
+    size_t page_bytes = 2 * (size_t)cfg.page_size * cfg.n_kv_heads * cfg.head_dim * 4;
+    uint32_t runs = 0; /* pages cut at the scratch chunks and the host pool's pieces */
+    for (uint32_t j = 0; j < n_full; runs++) {
+        uint32_t end = (j / FKV_SCRATCH_PAGES + 1) * FKV_SCRATCH_PAGES;
+        uint32_t piece = (j / FKV_HOST_CHUNK_PAGES + 1) * FKV_HOST_CHUNK_PAGES;
+        end = end < piece ? end : piece;
+        j = end < n_full ? end : n_full;
+    }
+    cr_assert_eq(runs, 2);
+    for (int quest = 0; quest < 2; quest++) {
+        cfg.policy = quest ? FKV_POLICY_QUEST : FKV_POLICY_SYNC;
+        fkv_context *ctx = NULL;
+        cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+        for (uint32_t l = 0; l < cfg.n_layers; l++) {
+            fkv_counters d = prefill_counts(ctx, &cfg, l, T);
+            const fkv_queue_counters *tr = &d.queues[FKV_COUNTER_TRANSFER];
+            const fkv_queue_counters *cq = &d.queues[FKV_COUNTER_COMPUTE];
+            const char *name = fkv_policy_name(cfg.policy);
+            if (!quest) {
+                cr_expect_eq(tr->copies, runs, "%s %s layer %u: %llu reads into the host pool, "
+                             "not %u", backend, name, l, (unsigned long long)tr->copies, runs);
+                cr_expect_eq(tr->d2h_bytes, n_full * page_bytes, "%s: bytes read", backend);
+                cr_expect_eq(tr->launches, 0, "%s: transfer launches", backend);
+                /* per chunk: append, summaries and one pack per run */
+                cr_expect_eq(cq->launches, 2 * chunks + runs, "%s %s layer %u: %llu launches",
+                             backend, name, l, (unsigned long long)cq->launches);
+                /* the host waits once per chunk (its inputs' staging is reused), at the end
+                 * for the compute queue and the last read, then for the initial selection's
+                 * records and its (empty) recall */
+                cr_expect_eq(d.caller_waits, chunks + 4, "%s %s layer %u: %llu caller waits",
+                             backend, name, l, (unsigned long long)d.caller_waits);
+            }
+            /* per chunk: the rows, K, V and page index writes; the resident pages' copies
+             * (quest: the chunk in one run; sync: the sink in the first chunk and the final
+             * window in the second, 2 pages each); then q_last, and for sync the initial
+             * selection's descriptor write */
+            uint64_t resident = quest ? 2 * chunks : 2 * 2, selection = quest ? 0 : 1;
+            cr_expect_eq(cq->copies, 4 * chunks + resident + 1 + selection,
+                         "%s %s layer %u: %llu compute copies", backend, name, l,
+                         (unsigned long long)cq->copies);
+        }
+        fkv_context_destroy(ctx);
+    }
+    fkv_device_close(dev);
+}
+
+/* A decode step that completes a page (#18): its summaries' index and the slots its pack reads
+ * go to the device in one write, so such a step costs one copy (that write) and two launches
+ * (summaries, pack) on the compute queue and one read per sequence on the transfer queue more
+ * than a step that completes none. sync (no worker: every command is the call's) with no
+ * middle pages, so that nothing else differs between steps. */
+static void check_decode_fill(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_config cfg;
+    th_small_config(&cfg); /* page 4 */
+    cfg.policy = FKV_POLICY_SYNC;
+    cfg.budget_tokens = cfg.sink_tokens + cfg.window_tokens; /* no selection: equal steps */
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    pd_run run = {.n_seqs = 1, .prompt = {41}, .steps = 1, .batched = 1, .drift = 0.3f};
+    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    fkv_queue_counters plain = {0}, fill = {0};
+    uint64_t plain_reads = 0, fill_reads = 0;
+    int seen_plain = 0, seen_fill = 0;
+    run.resume = 1;
+    for (uint32_t step = 1; step < 9; step++) {
+        run.first_step = step;
+        run.steps = step + 1;
+        fkv_counters a = snap(dev);
+        cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+        fkv_counters b = snap(dev);
+        fkv_counters d = diff(&b, &a);
+        /* step s appends token 41 + s, which completes a page when 42 + s is a multiple of 4 */
+        int fills = (42 + step) % cfg.page_size == 0;
+        fkv_queue_counters *c = fills ? &fill : &plain;
+        uint64_t *reads = fills ? &fill_reads : &plain_reads;
+        int *seen = fills ? &seen_fill : &seen_plain;
+        const fkv_queue_counters *cq = &d.queues[FKV_COUNTER_COMPUTE];
+        if (*seen) {
+            cr_expect_eq(cq->copies, c->copies, "%s step %u: compute copies vary", backend, step);
+            cr_expect_eq(cq->launches, c->launches, "%s step %u: launches vary", backend, step);
+        }
+        *c = *cq;
+        *reads = d.queues[FKV_COUNTER_TRANSFER].d2h_bytes;
+        *seen = 1;
+    }
+    cr_assert(seen_plain && seen_fill);
+    uint64_t layers = cfg.n_layers;
+    cr_expect_eq(fill.copies - plain.copies, layers, "%s: a completed page costs %llu compute "
+                 "copies per layer, not 1", backend,
+                 (unsigned long long)((fill.copies - plain.copies) / layers));
+    cr_expect_eq(fill.launches - plain.launches, 2 * layers, "%s: launches", backend);
+    cr_expect_gt(fill_reads, plain_reads, "%s: the page is read into the host pool", backend);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
 /* Steady state of a decode loop: after warm-up steps, no device or host allocation (the
  * CPU reference and OpenCL keep their scratch). */
 static void check_steady_allocs(const char *backend, fkv_policy policy) {
@@ -333,7 +464,9 @@ static void check_steady_allocs(const char *backend, fkv_policy policy) {
     Test(backend, wait_on_the_worker_counts_as_worker) { check_worker_wait(#backend); }        \
     Test(backend, allocations) { check_allocs(#backend); }                                     \
     Test(backend, attention_launches) { check_attention(#backend); }                           \
-    Test(backend, decode_waits_by_thread, .timeout = 120) { check_decode_roles(#backend); }
+    Test(backend, decode_waits_by_thread, .timeout = 120) { check_decode_roles(#backend); }    \
+    Test(backend, prefill_offload_in_batches, .timeout = 120) { check_prefill_batched(#backend); } \
+    Test(backend, decode_page_fill_one_index_write) { check_decode_fill(#backend); }
 
 COUNTER_TESTS(cpu)
 COUNTER_TESTS(opencl)

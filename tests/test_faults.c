@@ -21,14 +21,19 @@ typedef struct side { /* one context and its device */
 } side;
 
 static const uint32_t seqs[N_SEQS] = {0, 1};
-static const uint32_t prompts[N_SEQS] = {37, 50};
+/* Prompt lengths; the long-prompt tests set their own (each test runs in its own process). */
+static uint32_t prompts[N_SEQS] = {37, 50};
 static const float drift = 0.45f; /* low enough for freekv to correct some heads */
+
+static int budget_is_sink_and_window; /* set by a test: no middle pages, nothing recalled */
 
 static fkv_config config_of(fkv_policy policy) {
     fkv_config c;
     th_small_config(&c);
     c.policy = policy;
     c.recall_chunk_pages = 2; /* several staging chunks: more commands to fail in a recall */
+    if (budget_is_sink_and_window)
+        c.budget_tokens = c.sink_tokens + c.window_tokens;
     return c;
 }
 
@@ -269,6 +274,25 @@ Test(faults, prefill_freekv_enqueue) {
     prefill_faults(FKV_POLICY_FREEKV, FKV_CPU_FAULT_ENQUEUE);
 }
 Test(faults, prefill_freekv_run) { prefill_faults(FKV_POLICY_FREEKV, FKV_CPU_FAULT_RUN); }
+/* Prompts of two prefill chunks (page 4: 64 pages of 256 tokens each): the offload's packs
+ * and reads of several staging fills, chained, fail in turn, each while the others are in
+ * flight. */
+Test(faults, prefill_long_freekv_run) {
+    prompts[0] = 300, prompts[1] = 470;
+    prefill_faults(FKV_POLICY_FREEKV, FKV_CPU_FAULT_RUN);
+}
+/* With no middle pages the initial selection recalls nothing, so no command after the reads
+ * into the host pool runs on the transfer queue: a failed read is reported by the prefill's
+ * own wait or by nothing. */
+Test(faults, prefill_long_no_recall_run) {
+    prompts[0] = 300, prompts[1] = 470;
+    budget_is_sink_and_window = 1;
+    prefill_faults(FKV_POLICY_SYNC, FKV_CPU_FAULT_RUN);
+}
+Test(faults, prefill_long_sync_enqueue) {
+    prompts[0] = 300, prompts[1] = 470;
+    prefill_faults(FKV_POLICY_SYNC, FKV_CPU_FAULT_ENQUEUE);
+}
 
 /* A failure in background work (the speculative task a successful call leaves running) is
  * reported by a later call (or fkv_context_sync) and the context recovers: a retried call

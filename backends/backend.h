@@ -75,6 +75,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../common/hostfmt.h"
 #include "fkv_backend_list.h"
 #include "freekv.h"
 
@@ -121,16 +122,23 @@ typedef struct fkv_kv_geom {
     uint32_t head_dim;
     uint32_t page_size;
     fkv_dtype dtype;
+    /* How HND units are stored where pack_hnd writes them and scatter_hnd / recall_direct read
+     * them (the host pool, staging): FKV_HOST_SAME = dtype; q8/q4 = the layout of
+     * common/hostfmt.h (docs/pipeline.md, "Host formats"). Only pack_hnd, scatter_hnd and
+     * recall_direct read it, and only on a device whose host_formats entry lists the format
+     * (the dispatch layer refuses the others with FKV_ERR_UNSUPPORTED). */
+    fkv_host_format host_format;
 } fkv_kv_geom;
 
 /* Bytes of the layouts above: one slot of a KV pool ([page_size][n_kv_heads][head_dim]),
- * one HND (page, KV head) unit ([K|V][page_size][head_dim]), one page summary
- * ([n_kv_heads][min|max][head_dim] f32). */
+ * one HND (page, KV head) unit ([K|V][page_size][head_dim] in dtype, or quantized in
+ * host_format), one page summary ([n_kv_heads][min|max][head_dim] f32). */
 static inline size_t fkv_slot_bytes(const fkv_kv_geom *g) {
     return (size_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
 }
 static inline size_t fkv_unit_bytes(const fkv_kv_geom *g) {
-    return 2 * (size_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    return fkv_hostfmt_unit_bytes(g->host_format, g->page_size, g->head_dim,
+                                  fkv_dtype_size(g->dtype));
 }
 static inline size_t fkv_summary_bytes(const fkv_kv_geom *g) {
     return (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
@@ -242,14 +250,16 @@ typedef struct fkv_backend_ops {
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
                                size_t sims_off, fkv_bbuf *flags, size_t flags_off);
-    /* NHD -> HND: page gslots[i] of both pools into dst + i*page_bytes as
-     * [n_kv_heads][K|V][page_size][head_dim] in dtype. */
+    /* NHD -> HND: page gslots[i] of both pools into dst + i*n_kv_heads*fkv_unit_bytes(g) as
+     * [n_kv_heads] units, each [K|V][page_size][head_dim] in dtype, or, for a quantized
+     * g->host_format, quantized as common/hostfmt.h defines (the offload's quantize). */
     fkv_status (*pack_hnd)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                            const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
                            size_t dst_off);
-    /* HND -> NHD: unit i of src (at byte src_off + i*2*page_size*head_dim*element size,
-     * [K|V][p][d]) goes to KV head units[2i+1] of slot units[2i] in both pools. */
+    /* HND -> NHD: unit i of src (at byte src_off + i*fkv_unit_bytes(g), [K|V][p][d], or
+     * quantized in g->host_format and dequantized here) goes to KV head units[2i+1] of slot
+     * units[2i] in both pools. */
     fkv_status (*scatter_hnd)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                               const fkv_bbuf *src, size_t src_off, uint32_t n_units,
                               const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
@@ -280,7 +290,8 @@ typedef struct fkv_backend_ops {
                                   const fkv_bbuf *k, const fkv_bbuf *v, float scale,
                                   fkv_bbuf *out, size_t out_off);
     /* Zero-copy recall from any number of host allocations in one call. Unit i reads
-     * [K|V][p][d] at byte srcs[i].offset of hosts[srcs[i].host] and writes KV head
+     * fkv_unit_bytes(g) bytes ([K|V][p][d], or quantized in g->host_format and dequantized
+     * here) at byte srcs[i].offset of hosts[srcs[i].host] and writes KV head
      * units[4i+1] of slot units[4i]. `units` is the device-side unit table, int32 x4 per unit:
      * {gslot, kv_head, host index, host offset / element size}; the caller writes it (the
      * recall engine: one write on q just before this call), and the kernels read only it.
@@ -351,6 +362,12 @@ typedef struct fkv_backend_ops {
                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
                                fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
                                fkv_bbuf *out, size_t out_off);
+    /* The host formats whose pack_hnd (quantize), scatter_hnd and recall_direct (dequantize)
+     * this device implements, as a mask of 1u << fkv_host_format; FKV_HOST_SAME is always
+     * implemented. Each must agree with the CPU reference's codes exactly or within one code
+     * (the tolerance table, docs/conformance.md). NULL (or a table built before this entry):
+     * FKV_HOST_SAME only, and fkv_context_create refuses q8/q4 with FKV_ERR_UNSUPPORTED. */
+    uint32_t (*host_formats)(fkv_bdev *dev);
 } fkv_backend_ops;
 
 /* Every compiled backend's table: fkv_backend_<name>() for each name of the generated list

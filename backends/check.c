@@ -78,6 +78,8 @@ fkv_status fkv_check_kernel_call(const char *backend, const char *op, fkv_queue 
                       backend, op, g->n_kv_heads, g->group, g->head_dim, g->page_size);
     if (fkv_dtype_size(g->dtype) == 0)
         return REFUSE("%s %s: unknown dtype %d", backend, op, (int)g->dtype);
+    if ((unsigned)g->host_format > FKV_HOST_Q4)
+        return REFUSE("%s %s: unknown host format %d", backend, op, (int)g->host_format);
     uint64_t slot = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * 2;
     uint64_t qblock = (uint64_t)g->n_kv_heads * g->group * g->head_dim;
     if (slot > INT32_MAX || qblock > INT32_MAX)
@@ -213,7 +215,7 @@ fkv_status fkv_check_pack_hnd(const char *backend, const fkv_kv_geom *g, fkv_bvi
                               size_t gslots_off, fkv_bview dst, size_t dst_off) {
     const char *op = "pack_hnd";
     size_t es = fkv_dtype_size(g->dtype);
-    uint64_t page_bytes = (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * es;
+    uint64_t page_bytes = (uint64_t)g->n_kv_heads * fkv_unit_bytes(g);
     fkv_status st;
     if ((st = fkv_check_span(backend, op, "gslots", gslots, gslots_off,
                              (uint64_t)n_pages * sizeof(int32_t), 4)) != FKV_OK ||

@@ -43,6 +43,18 @@ static fkv_status kernel_checks(fkv_device *dev, const char *op, fkv_queue q, fk
     return st;
 }
 
+/* A quantized host format on a device that does not implement it: refused, never run as if
+ * it were the compute dtype. g is already checked. */
+static fkv_status host_format_check(fkv_device *dev, const char *op, const fkv_kv_geom *g) {
+    if (g->host_format == FKV_HOST_SAME || (fkv_op_host_formats(dev) >> g->host_format & 1u))
+        return FKV_OK;
+    return fkv_error(FKV_ERR_UNSUPPORTED,
+                     "backend '%s' %s: host format %s is not implemented (its pack_hnd, "
+                     "scatter_hnd and recall_direct store and read only the compute dtype; use "
+                     "host_format same, or the cpu backend)",
+                     NAME(dev), op, fkv_host_format_name(g->host_format));
+}
+
 #define CHECKED(expr)                                                                          \
     do {                                                                                       \
         fkv_status checked_st_ = (expr);                                                       \
@@ -243,6 +255,7 @@ fkv_status fkv_op_pack_hnd(fkv_device *dev, fkv_queue q, fkv_deps deps, const fk
                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
                            size_t dst_off) {
     CHECKED(kernel_checks(dev, "pack_hnd", q, deps, g));
+    CHECKED(host_format_check(dev, "pack_hnd", g));
     CHECKED(fkv_check_pack_hnd(NAME(dev), g, VIEW(kpool), VIEW(vpool), n_pages, VIEW(gslots),
                                gslots_off, VIEW(dst), dst_off));
     MARKER_IF_NONE(n_pages);
@@ -255,6 +268,7 @@ fkv_status fkv_op_scatter_hnd(fkv_device *dev, fkv_queue q, fkv_deps deps, const
                               const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
                               fkv_bbuf *vpool) {
     CHECKED(kernel_checks(dev, "scatter_hnd", q, deps, g));
+    CHECKED(host_format_check(dev, "scatter_hnd", g));
     CHECKED(fkv_check_scatter_hnd(NAME(dev), g, VIEW(src), src_off, n_units, VIEW(units),
                                   units_off, VIEW(kpool), VIEW(vpool)));
     MARKER_IF_NONE(n_units);
@@ -300,6 +314,7 @@ fkv_status fkv_op_recall_direct(fkv_device *dev, fkv_queue q, fkv_deps deps,
                                                            "(zero-copy recall)",
                                       NAME(dev)));
     CHECKED(kernel_checks(dev, "recall_direct", q, deps, g));
+    CHECKED(host_format_check(dev, "recall_direct", g));
     CHECKED(fkv_check_recall_direct(NAME(dev), g, n_hosts, hosts, n_units, srcs, VIEW(units),
                                     units_off, VIEW(kpool), VIEW(vpool)));
     MARKER_IF_NONE(n_units);
@@ -312,6 +327,11 @@ fkv_status fkv_op_recall_direct(fkv_device *dev, fkv_queue q, fkv_deps deps,
 fkv_recall_mode fkv_op_recall_mode(fkv_device *dev) {
     return FKV_HAS_ENTRY(dev->ops, recall_mode) ? dev->ops->recall_mode(dev->bdev)
                                                 : FKV_RECALL_STAGED;
+}
+
+uint32_t fkv_op_host_formats(fkv_device *dev) {
+    uint32_t mask = FKV_HAS_ENTRY(dev->ops, host_formats) ? dev->ops->host_formats(dev->bdev) : 0;
+    return mask | 1u << FKV_HOST_SAME;
 }
 
 fkv_status fkv_op_opened_info(fkv_device *dev, fkv_device_info *info) {
@@ -336,6 +356,8 @@ fkv_status fkv_op_check_geometry(fkv_device *dev, const fkv_kv_geom *g,
                          ops->name, (unsigned long long)q->largest_buffer,
                          (unsigned long long)info->max_buffer_bytes);
     fkv_status st = fkv_check_kernel_call(ops->name, "check_geometry", FKV_QUEUE_COMPUTE, g);
+    if (st == FKV_OK)
+        st = host_format_check(dev, "check_geometry", g);
     if (st != FKV_OK)
         return st;
     return FKV_HAS_ENTRY(ops, check_geometry) ? ops->check_geometry(dev->bdev, g, q) : FKV_OK;

@@ -116,6 +116,8 @@ fkv_status fkv_op_recall_direct(fkv_device *dev, fkv_queue q, fkv_deps deps,
                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool);
 
 /* ---- device properties ---- */
+/* The host formats the device implements (backend.h host_formats), FKV_HOST_SAME always. */
+uint32_t fkv_op_host_formats(fkv_device *dev);
 /* No recall_mode entry: FKV_RECALL_STAGED. */
 fkv_recall_mode fkv_op_recall_mode(fkv_device *dev);
 /* The device info of the open device (what fkv_device_get_info returns). */

@@ -213,7 +213,8 @@ static void recall_free(bench *b, recall_setup *r) {
 static fkv_status recall_init(bench *b, recall_setup *r) {
     const options *o = b->o;
     memset(r, 0, sizeof *r);
-    r->g = (fkv_kv_geom){o->kv_heads, o->q_heads / o->kv_heads, o->head_dim, o->page, o->dtype};
+    r->g = (fkv_kv_geom){.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
+            .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype};
     r->unit_bytes = 2 * (size_t)o->page * o->head_dim * fkv_dtype_size(o->dtype);
     uint32_t max_pages = 0;
     for (uint32_t i = 0; i < o->n_pages; i++)
@@ -422,7 +423,8 @@ static fkv_status attention_once(bench *b, const fkv_kv_geom *g, fkv_bbuf *q, ui
 
 static int bench_attention(bench *b) {
     const options *o = b->o;
-    fkv_kv_geom g = {o->kv_heads, o->q_heads / o->kv_heads, o->head_dim, o->page, o->dtype};
+    fkv_kv_geom g = {.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
+            .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype};
     uint32_t pages = (o->budget + o->page - 1) / o->page;
     printf("\n(2) paged decode attention: budget %u tokens (%u pages of %u), Hq=%u, Hk=%u, d=%u, "
            "%s, %u reps (median)\n",

@@ -29,13 +29,16 @@ void fkv_resources_derive(fkv_context *ctx) {
                               .page_size = cfg->page_size,
                               .dtype = cfg->dtype};
     ctx->offload = cfg->policy >= FKV_POLICY_SYNC;
+    /* dense and quest keep no host pool: their format is the compute dtype whatever asked */
+    ctx->geom.host_format = ctx->offload ? cfg->host_format : FKV_HOST_SAME;
     ctx->elem_bytes = fkv_dtype_size(cfg->dtype);
     ctx->row_elems = (size_t)cfg->n_kv_heads * cfg->head_dim;
     ctx->q_row_bytes = (size_t)cfg->n_q_heads * cfg->head_dim * FKV_F32_BYTES;
     ctx->kv_row_bytes = ctx->row_elems * FKV_F32_BYTES;
     ctx->slot_bytes = (size_t)cfg->page_size * ctx->row_elems * ctx->elem_bytes;
-    ctx->page_bytes = 2 * ctx->slot_bytes;                                       /* K and V */
-    ctx->unit_bytes = 2 * (size_t)cfg->page_size * cfg->head_dim * ctx->elem_bytes; /* K|V */
+    /* host pool, pack staging and recall units: in the host format (quantized or not) */
+    ctx->unit_bytes = fkv_unit_bytes(&ctx->geom);        /* one (page, KV head): K|V */
+    ctx->page_bytes = cfg->n_kv_heads * ctx->unit_bytes; /* one page, every KV head */
     ctx->max_pages = (cfg->max_context + cfg->page_size - 1) / cfg->page_size;
     ctx->sink_pages = cfg->sink_tokens / cfg->page_size;
     ctx->window_pages = cfg->window_tokens / cfg->page_size;

@@ -233,6 +233,19 @@ typedef enum fkv_group_temp {
     FKV_TEMP_SQRT_D = 1 /* softmax of the bounds times 1/sqrt(head_dim), as attention scales q.k */
 } fkv_group_temp;
 
+/* How the host pool stores a page (offload policies only; dense and quest keep no host pool).
+ * Device slots always hold the compute dtype: a quantized page is quantized when it is
+ * offloaded (in the NHD->HND pack) and dequantized inside recall. Byte layout of one
+ * (page, KV head) unit: docs/pipeline.md, "Host formats". */
+typedef enum fkv_host_format {
+    FKV_HOST_SAME = 0, /* the compute dtype, bit for bit (default) */
+    FKV_HOST_Q8 = 1,   /* 8-bit codes: keys per channel, values per token, f16 scale and zero */
+    FKV_HOST_Q4 = 2    /* 4-bit codes, same scheme (experimental: see docs/eval.md) */
+} fkv_host_format;
+FKV_API const char *fkv_host_format_name(fkv_host_format format); /* "unknown" if not one */
+/* "same", "q8" or "q4"; anything else is FKV_ERR_INVALID_ARGUMENT. */
+FKV_API fkv_status fkv_host_format_parse(const char *name, fkv_host_format *out);
+
 typedef struct fkv_config {
     uint32_t n_layers;
     uint32_t n_q_heads;
@@ -253,11 +266,15 @@ typedef struct fkv_config {
      * per layer */
     uint32_t recall_chunk_pages;
     fkv_group_temp group_temperature; /* FKV_GROUP_SOFTMAX_MEAN's temperature (FKV_TEMP_RAW) */
+    /* The host pool's storage format (FKV_HOST_SAME). q8/q4 need a backend that implements
+     * them; fkv_context_create refuses them with FKV_ERR_UNSUPPORTED otherwise. */
+    fkv_host_format host_format;
 } fkv_config;
 
 /* Defaults: Llama-3.1-8B geometry (32 layers, 32/8 heads, d=128), p=32, budget 2048,
  * sink 512, window 512, tau 0.9, bf16, freekv policy, softmax-mean group reduction of the raw
- * bounds (FKV_TEMP_RAW), 1 sequence, 32768 context. */
+ * bounds (FKV_TEMP_RAW), 1 sequence, 32768 context, host pool in the compute dtype
+ * (FKV_HOST_SAME). */
 FKV_API void fkv_config_init(fkv_config *cfg);
 /* Checks every field; the message names the first bad one. Beyond each field's range:
  *  - budget_tokens <= max_context rounded up to whole pages (a larger budget could never be

@@ -52,6 +52,7 @@ Test(config, every_bad_field) {
     BAD(policy, (fkv_policy)9)
     BAD(group_reduce, (fkv_group_reduce)5)
     BAD(group_temperature, (fkv_group_temp)2)
+    BAD(host_format, (fkv_host_format)3)
     BAD(max_seqs, 0)
     BAD(max_context, 0)
     BAD(recall_chunk_pages, 1u << 30)

@@ -632,7 +632,8 @@ typedef struct small {
 
 static small small_setup(void) {
     small s;
-    s.g = (fkv_kv_geom){2, 2, 16, 4, FKV_F32};
+    s.g = (fkv_kv_geom){.n_kv_heads = 2, .group = 2,
+            .head_dim = 16, .page_size = 4, .dtype = FKV_F32};
     size_t pool = 2 * 4 * 2 * 16 * 4;
     s.kp = dalloc(pool);
     s.vp = dalloc(pool);
@@ -739,7 +740,8 @@ Test(cpu_ops, close_drains_pending_work) {
 }
 
 Test(cpu_ops, nan_inputs_do_not_crash) {
-    fkv_kv_geom g = {2, 2, 16, 4, FKV_BF16};
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 2,
+            .head_dim = 16, .page_size = 4, .dtype = FKV_BF16};
     size_t re = 32, rows = 8, hq = 4;
     float *k = tmalloc(rows * re * 4), *q = tmalloc(hq * 16 * 4);
     for (size_t i = 0; i < rows * re; i++)
@@ -896,7 +898,8 @@ static float pool_at(const unsigned char *pool, const fkv_kv_geom *g, size_t slo
 }
 
 Test(cpu_ops, pools_beyond_32bit_element_offsets) {
-    fkv_kv_geom g = {8, 2, 128, 32, FKV_F16};
+    fkv_kv_geom g = {.n_kv_heads = 8, .group = 2,
+            .head_dim = 128, .page_size = 32, .dtype = FKV_F16};
     size_t p = g.page_size, hk = g.n_kv_heads, d = g.head_dim, re = hk * d;
     size_t slot_elems = p * re; /* 2^15 */
     size_t n_slots = ((size_t)1 << 17) + 3;

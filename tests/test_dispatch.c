@@ -219,8 +219,11 @@ static void dense_on(fkv_device *d, const fkv_kv_geom *g, const float *q, const 
 
 Test(dispatch, attention_dense_matches_native) {
     static const fkv_kv_geom geoms[] = {
-        {2, 1, 16, 4, FKV_F32},   {2, 4, 64, 16, FKV_F16}, {1, 4, 128, 32, FKV_BF16},
-        {3, 1, 128, 16, FKV_F32}, {2, 4, 16, 32, FKV_BF16},
+        {.n_kv_heads = 2, .group = 1, .head_dim = 16, .page_size = 4, .dtype = FKV_F32},
+        {.n_kv_heads = 2, .group = 4, .head_dim = 64, .page_size = 16, .dtype = FKV_F16},
+        {.n_kv_heads = 1, .group = 4, .head_dim = 128, .page_size = 32, .dtype = FKV_BF16},
+        {.n_kv_heads = 3, .group = 1, .head_dim = 128, .page_size = 16, .dtype = FKV_F32},
+        {.n_kv_heads = 2, .group = 4, .head_dim = 16, .page_size = 32, .dtype = FKV_BF16},
     };
     static const uint32_t lengths[] = {1, 37, 64};
     open_both();
@@ -276,7 +279,7 @@ static void select_on(fkv_device *d, const fkv_kv_geom *g, const int32_t *desc,
 }
 
 Test(dispatch, select_pages_fallback_matches_native) {
-    fkv_kv_geom g = {2, 4, 16, 4, FKV_F32};
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 4, .head_dim = 16, .page_size = 4, .dtype = FKV_F32};
     size_t hq = 8;
     int32_t desc[6] = {0, 30, 0, 0, 11, (int32_t)(hq * 30 + 3)};
     size_t n_scores = hq * 30 + 3 + hq * 11;
@@ -303,7 +306,7 @@ Test(dispatch, select_pages_fallback_matches_native) {
 Test(dispatch, attention_dense_fallback_signals_done_after_deps) {
     /* the fallback waits on deps.wait before its own writes and signals deps.done */
     open_both();
-    fkv_kv_geom g = {1, 1, 16, 4, FKV_F32};
+    fkv_kv_geom g = {.n_kv_heads = 1, .group = 1, .head_dim = 16, .page_size = 4, .dtype = FKV_F32};
     float q[16], k[16 * 3], v[16 * 3], out[16];
     for (int i = 0; i < 16; i++)
         q[i] = 0.1f * (float)i;
@@ -349,7 +352,7 @@ Test(dispatch, recall_mode) {
     open_both();
     cr_assert_eq(fkv_op_recall_mode(fallback_dev), FKV_RECALL_STAGED);
     /* no recall_direct: the op is unsupported, never a crash */
-    fkv_kv_geom g = {1, 1, 16, 4, FKV_F32};
+    fkv_kv_geom g = {.n_kv_heads = 1, .group = 1, .head_dim = 16, .page_size = 4, .dtype = FKV_F32};
     fkv_bhost *h = NULL;
     void *p = NULL;
     cr_assert_eq(fkv_op_host_alloc(fallback_dev, 4096, &h, &p), FKV_OK);
@@ -483,7 +486,8 @@ Test(dispatch, one_argument_rule_checked_once) {
     fkv_device *d = NULL;
     cr_assert_eq(fkv_device_open_ops(&t, 0, &d), FKV_OK, "%s", fkv_last_error());
     fkv_bevent *ev = NULL, *null_ev = NULL;
-    fkv_kv_geom g = {2, 2, 16, 4, FKV_F32}, bad = g;
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 2,
+            .head_dim = 16, .page_size = 4, .dtype = FKV_F32}, bad = g;
     size_t pool = 2 * 4 * 2 * 16 * 4; /* 2 slots */
     fkv_bbuf *kp = alloc_on(d, pool), *vp = alloc_on(d, pool), *qb = alloc_on(d, 4 * 16 * 4);
     fkv_bbuf *out = alloc_on(d, 4 * 16 * 4), *big = alloc_on(d, 1 << 16);
@@ -620,7 +624,8 @@ Test(dispatch, check_geometry_and_recall_note) {
     setenv("FREEKV_CPU_DEVICE_MEMORY", "1M", 1); /* max_buffer_bytes 1 MiB */
     fkv_device *d = NULL;
     cr_assert_eq(fkv_device_open_ops(&t, 0, &d), FKV_OK, "%s", fkv_last_error());
-    fkv_kv_geom g = {2, 4, 64, 16, FKV_F16};
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 4,
+            .head_dim = 64, .page_size = 16, .dtype = FKV_F16};
     fkv_geom_query q = {.max_seqs = 1, .largest_buffer = 1 << 20};
     geometry_calls = 0;
     cr_assert_eq(fkv_op_check_geometry(d, &g, &q), FKV_ERR_UNSUPPORTED);

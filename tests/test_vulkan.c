@@ -142,7 +142,8 @@ BH_SPEC(vulkan_windows_w32, attention_split)
  * items is refused, never run with wrapped ids that redo early items and skip late ones.
  * Summaries of 2^14 + 1 pages of a 1024 x 256 geometry are 2^32 + 2^18 items. */
 Test(vulkan, launch_beyond_32bit_invocation_ids) {
-    fkv_kv_geom g = {1024, 1, 256, 1, FKV_F32};
+    fkv_kv_geom g = {.n_kv_heads = 1024, .group = 1,
+            .head_dim = 256, .page_size = 1, .dtype = FKV_F32};
     uint32_t n_pages = (1u << 14) + 1;
     size_t slot = (size_t)1024 * 256 * 4;
     fkv_bbuf *pool = bh_alloc1(UT, slot), *pages = bh_alloc1(UT, (size_t)n_pages * 8);
@@ -181,7 +182,8 @@ Test(vulkan, pools_beyond_one_binding, .timeout = 600) {
     if (OD->max_range >= OD->max_alloc || OD->max_range > (512u << 20))
         cr_skip_test("maxStorageBufferRange is %llu bytes: too large a pool to test here",
                      (unsigned long long)OD->max_range);
-    fkv_kv_geom g = {1, 2, 64, 16, FKV_F16};
+    fkv_kv_geom g = {.n_kv_heads = 1, .group = 2,
+            .head_dim = 64, .page_size = 16, .dtype = FKV_F16};
     size_t slot = (size_t)g.page_size * g.n_kv_heads * g.head_dim * 2;
     uint32_t n_slots = (uint32_t)(OD->max_range / slot) + 40, first = (uint32_t)(OD->max_range / slot);
     /* Slots on both sides of the first window's end, and the pool's last slot. */
@@ -405,7 +407,8 @@ Test(vulkan_env, pipeline_cache_file) {
     setenv("FREEKV_CACHE_DIR", sub, 1);
     for (int round = 0; round < 3; round++) {
         cr_assert_eq(bh_try_open(), FKV_OK, "%s", fkv_last_error());
-        fkv_kv_geom g = {1, 1, 16, 4, FKV_BF16};
+        fkv_kv_geom g = {.n_kv_heads = 1, .group = 1,
+                .head_dim = 16, .page_size = 4, .dtype = FKV_BF16};
         fkv_bbuf *kp = bh_alloc1(UT, 4096), *idx = bh_alloc1(UT, 64);
         int32_t u[2] = {0, 0};
         bh_write1(UT, idx, 0, u, 8);

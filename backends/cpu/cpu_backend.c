@@ -720,6 +720,12 @@ static fkv_status run_recall(void *p) {
                              a->vpool, a->pool_rows);
 }
 
+/* pack_hnd, scatter_hnd and recall_direct run the reference codec (common/hostfmt.c). */
+static uint32_t cpu_host_formats(fkv_bdev *dev) {
+    (void)dev;
+    return 1u << FKV_HOST_Q8 | 1u << FKV_HOST_Q4;
+}
+
 static fkv_status cpu_recall_direct_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                        const fkv_kv_geom *g, uint32_t n_hosts,
                                        const fkv_bhost *const *hosts, uint32_t n_units,
@@ -896,6 +902,7 @@ static const fkv_backend_ops cpu_ops = {
     .opened_info = cpu_opened_info,
     .counters = cpu_counters,
     .select_pages = cpu_select_pages_op,
+    .host_formats = cpu_host_formats,
 };
 
 const fkv_backend_ops *fkv_backend_cpu(void) { return &cpu_ops; }

@@ -7,6 +7,7 @@
 
 #include "../../common/dtype.h"
 #include "../../common/error.h"
+#include "../../common/hostfmt.h"
 
 static size_t row_elems(const fkv_kv_geom *g) { return (size_t)g->n_kv_heads * g->head_dim; }
 
@@ -248,16 +249,23 @@ fkv_status cpu_pack_hnd(const fkv_kv_geom *g, const void *kpool, const void *vpo
                         size_t pool_rows, uint32_t n_pages, const int32_t *gslots, void *dst) {
     size_t es = fkv_dtype_size(g->dtype), re = row_elems(g), d = g->head_dim, p = g->page_size;
     size_t run = d * es; /* one token of one head is contiguous on both sides */
+    size_t unit_bytes = fkv_unit_bytes(g);
     for (uint32_t i = 0; i < n_pages; i++) {
         int32_t gslot = gslots[i];
         if (gslot < 0 || !rows_in_pool((int64_t)gslot * (int64_t)p, p, pool_rows))
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "pack_hnd: gslots[%u] = %d, the pool holds %zu slots", i, gslot,
                              pool_rows / p);
-        unsigned char *page = (unsigned char *)dst + (size_t)i * g->n_kv_heads * 2 * p * run;
+        unsigned char *page = (unsigned char *)dst + (size_t)i * g->n_kv_heads * unit_bytes;
         for (uint32_t h = 0; h < g->n_kv_heads; h++) {
+            size_t first = (size_t)gslot * p * re + (size_t)h * d;
+            if (g->host_format != FKV_HOST_SAME) {
+                fkv_hostfmt_quantize(g->host_format, g->page_size, g->head_dim, kpool, vpool,
+                                     g->dtype, first, re, page + (size_t)h * unit_bytes);
+                continue;
+            }
             for (size_t t = 0; t < p; t++) {
-                size_t src_elem = ((size_t)gslot * p + t) * re + (size_t)h * d;
+                size_t src_elem = first + t * re;
                 unsigned char *k_dst = page + (((size_t)h * 2 + 0) * p + t) * run;
                 unsigned char *v_dst = page + (((size_t)h * 2 + 1) * p + t) * run;
                 memcpy(k_dst, (const unsigned char *)kpool + src_elem * es, run);
@@ -268,11 +276,25 @@ fkv_status cpu_pack_hnd(const fkv_kv_geom *g, const void *kpool, const void *vpo
     return FKV_OK;
 }
 
-/* One [K|V][p][d] unit into KV head `head` of slot `slot` (both already checked). */
+/* One [K|V][p][d] unit into KV head `head` of slot `slot` (both already checked); a
+ * quantized unit is dequantized into the slot's dtype. */
 static void scatter_unit(const fkv_kv_geom *g, const unsigned char *unit, size_t slot,
                          size_t head, void *kpool, void *vpool) {
     size_t es = fkv_dtype_size(g->dtype), re = row_elems(g), d = g->head_dim, p = g->page_size;
     size_t run = d * es;
+    if (g->host_format != FKV_HOST_SAME) {
+        for (uint32_t t = 0; t < p; t++)
+            for (uint32_t c = 0; c < d; c++) {
+                size_t dst_elem = (slot * p + t) * re + head * d + c;
+                fkv_store(kpool, g->dtype, dst_elem,
+                          fkv_hostfmt_load(g->host_format, g->page_size, g->head_dim, unit, 0,
+                                           t, c));
+                fkv_store(vpool, g->dtype, dst_elem,
+                          fkv_hostfmt_load(g->host_format, g->page_size, g->head_dim, unit, 1,
+                                           t, c));
+            }
+        return;
+    }
     for (size_t t = 0; t < p; t++) {
         size_t dst_elem = (slot * p + t) * re + head * d;
         memcpy((unsigned char *)kpool + dst_elem * es, unit + t * run, run);
@@ -295,7 +317,7 @@ static fkv_status check_unit(const char *op, const fkv_kv_geom *g, uint32_t i, i
 
 fkv_status cpu_scatter_hnd(const fkv_kv_geom *g, const void *src, uint32_t n_units,
                            const int32_t *units, void *kpool, void *vpool, size_t pool_rows) {
-    size_t unit_bytes = 2 * (size_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    size_t unit_bytes = fkv_unit_bytes(g);
     for (uint32_t i = 0; i < n_units; i++) {
         fkv_status st = check_unit("scatter_hnd", g, i, units[2 * i], units[2 * i + 1], pool_rows);
         if (st != FKV_OK)

@@ -22,3 +22,12 @@ endif()
 if(TARGET freekv_backend_vulkan)
   fkv_engine_example(vulkan LIBRARIES Vulkan::Vulkan Threads::Threads)
 endif()
+if(TARGET freekv_backend_hip)
+  # the HIP runtime as the backend compiles and links it (AMD's headers, or CUDA through
+  # hip/hip_cuda_compat.h), without the backend's own flags target
+  get_target_property(_hip_defs freekv_backend_hip COMPILE_DEFINITIONS)
+  get_target_property(_hip_incs freekv_backend_hip INCLUDE_DIRECTORIES)
+  get_target_property(_hip_libs freekv_backend_hip LINK_LIBRARIES)
+  list(REMOVE_ITEM _hip_libs freekv_build_flags)
+  fkv_engine_example(hip LIBRARIES ${_hip_libs} INCLUDES ${_hip_incs} DEFINITIONS ${_hip_defs})
+endif()

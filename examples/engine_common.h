@@ -69,10 +69,18 @@ static inline int ex_prefill(fkv_context *a, fkv_context *b, const fkv_config *c
     return 0;
 }
 
+/* What ex_run measured: layer calls, outputs that differ from the host path, and freekv's host
+ * waits (fkv_counters.caller_waits) inside the engine-path calls. */
+typedef struct ex_result {
+    uint64_t calls, differ, waits, max_waits;
+} ex_result;
+
 /* The loop: `steps` tokens through every layer, the engine's way and the host way, compared
- * bit for bit. Prints the comparison and freekv's host waits per engine-path layer call. */
+ * bit for bit. Prints the comparison and freekv's host waits per engine-path layer call, and
+ * returns them in *res (when not NULL). 0: every output identical. */
 static inline int ex_run(const char *name, fkv_device *dev, ex_decode_fn decode, void *engine,
-                         const fkv_config *cfg, fkv_context *ctx, uint32_t steps) {
+                         const fkv_config *cfg, fkv_context *ctx, uint32_t steps,
+                         ex_result *res) {
     fkv_context *ref;
     EX_CHECK(fkv_context_create(dev, cfg, &ref));
     const uint32_t prompt = 600, seq = 0;
@@ -128,6 +136,9 @@ static inline int ex_run(const char *name, fkv_device *dev, ex_decode_fn decode,
     }
     fkv_context_destroy(ref);
     free(k), free(v), free(q), free(out), free(ref_out);
+    if (res)
+        *res = (ex_result){.calls = calls, .differ = differ, .waits = waits,
+                           .max_waits = max_waits};
     return rc != 0 ? rc : differ != 0;
 }
 

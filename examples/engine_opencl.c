@@ -118,7 +118,7 @@ int main(void) {
     e.v = engine_buffer(&e, e.kv_bytes, dev, &e.fv);
     e.out = engine_buffer(&e, e.q_bytes, dev, &e.fout);
     int rc = e.q && e.k && e.v && e.out ? ex_run("engine_opencl", dev, decode_layer, &e, &cfg,
-                                                 ctx, 16)
+                                                 ctx, 16, NULL)
                                         : 1;
 
     /* freekv's objects first, then the engine's, which freekv never releases */

@@ -32,16 +32,16 @@ extern "C" {
  *
  * Which calls may run at the same time:
  *  - Any thread, any time: fkv_backend_count/name, fkv_device_list, fkv_device_pick,
- *    fkv_device_open, and the pure helpers (fkv_config_init/validate, fkv_*_name,
- *    fkv_policy_parse, fkv_status_string, fkv_caps_string, fkv_dtype_size). Driver
+ *    fkv_device_open, fkv_device_open_native, and the pure helpers (fkv_config_init/validate,
+ *    fkv_*_name, fkv_policy_parse, fkv_status_string, fkv_caps_string, fkv_dtype_size). Driver
  *    enumeration and device opening are serialised inside the library, because a driver's
  *    first use is not thread-safe everywhere (the OpenCL ICD loader with PoCL crashes);
  *    nothing else waits on that lock. fkv_last_error is per thread.
- *  - One device, several threads: fkv_device_get_info, the fkv_buffer_* calls on distinct
- *    buffers, and calls on distinct contexts of the device may overlap (the contexts share
- *    the device's queues, so a device error in one context's work can be reported by a call
- *    of another context on that device). fkv_device_close must not overlap any use of the
- *    device.
+ *  - One device, several threads: fkv_device_get_info, fkv_device_get_native, the
+ *    fkv_buffer_* calls on distinct buffers, and calls on distinct contexts of the device may
+ *    overlap (the contexts share the device's queues, so a device error in one context's work
+ *    can be reported by a call of another context on that device). fkv_device_close must not
+ *    overlap any use of the device.
  *  - One context: one call at a time, from any thread (the caller serialises them; the
  *    getters fkv_context_get_stats/get_corrections/attended_pages included). A buffer is
  *    likewise used by one call at a time.
@@ -533,8 +533,9 @@ typedef struct fkv_native_objects {
 
 /* Opens a freekv device on the engine's objects, through the backend compiled in for
  * objs->api. What freekv creates (queues it was not given, programs, pipelines, memory) is
- * freekv's and goes at fkv_device_close, which waits only for freekv's own work (never
- * vkDeviceWaitIdle on the engine's device) and destroys nothing of the engine's. The
+ * freekv's and goes at fkv_device_close, which destroys nothing of the engine's and waits for
+ * freekv's work: on the engine's VkDevice for freekv's own timelines (never vkDeviceWaitIdle);
+ * on an OpenCL queue or HIP stream shared with the engine, for everything queued there. The
  * environment's backend choices (FREEKV_OPENCL_RECALL, FREEKV_VULKAN_RECALL,
  * FREEKV_VULKAN_16BIT, FREEKV_HIP_RECALL, FREEKV_OPENCL_FAST_MATH) apply as to
  * fkv_device_open; FREEKV_VULKAN_VALIDATION does not (the instance is the engine's: its layers
@@ -590,9 +591,10 @@ typedef struct fkv_external_sync {
 
 /* fkv_decode_layer with external synchronisation (sync NULL, or no waits and no signal: the
  * same as fkv_decode_layer). With device-resident q/k/v/out and these, the engine need not
- * wait on the host for freekv, nor freekv for the engine: the host waits inside the call are
- * the method's (the correction's flags read) and, until decode stops reading back its
- * completion, one at the end of the call (docs/integration.md counts them).
+ * wait on the host for freekv, nor freekv for the engine on the host. The host waits left
+ * inside the call: the method's (the correction's flags read, and a corrected head's
+ * re-selection and recall) and, for now, two of decode's own (the background recall's, timed
+ * for blocked_recall_seconds, and the call's completion); docs/integration.md counts them.
  * Threads, failures and rollback: as fkv_decode_layer (one call at a time per context).
  * FKV_ERR_UNSUPPORTED when there are waits or a signal and the device has no native API (the
  * CPU reference); FKV_ERR_WRONG_DEVICE for an OpenCL event of another context. */

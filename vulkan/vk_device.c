@@ -820,7 +820,6 @@ static fkv_status vk_device_open_native(const fkv_native_objects *objs, fkv_bdev
     d->api_version = o->api_version;
     d->instance = (VkInstance)o->instance;
     d->phys = phys;
-    d->dev = (VkDevice)o->device;
     d->lock_queue = o->lock_queue;
     d->unlock_queue = o->unlock_queue;
     d->lock_user = o->lock_user;
@@ -839,6 +838,7 @@ static fkv_status vk_device_open_native(const fkv_native_objects *objs, fkv_bdev
         vk_device_close(d);
         return st;
     }
+    d->dev = (VkDevice)o->device; /* from here on close cleans up what freekv made on it */
     d->ext_host = has_ext_host && (recall == RECALL_HOSTPTR || recall == RECALL_AUTO);
     d->perpage_cmds = recall == RECALL_PERPAGE;
     VkPhysicalDeviceExternalMemoryHostPropertiesEXT eh;

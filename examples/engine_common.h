@@ -44,6 +44,32 @@ static inline void ex_config(fkv_config *cfg) {
     cfg->max_context = 2048;
 }
 
+/* freekv on the engine's objects, with a context of ex_config's model (*cfg). 0 on success;
+ * on failure the message is printed and what opened stays in *dev, *ctx for ex_close. */
+static inline int ex_open(const char *name, const fkv_native_objects *objs, fkv_config *cfg,
+                          fkv_device **dev, fkv_context **ctx) {
+    *dev = NULL;
+    *ctx = NULL;
+    ex_config(cfg);
+    if (fkv_device_open_native(objs, dev) != FKV_OK || fkv_context_create(*dev, cfg, ctx) != FKV_OK) {
+        fprintf(stderr, "%s: %s\n", name, fkv_last_error());
+        return 1;
+    }
+    fkv_device_info info;
+    fkv_device_get_info(*dev, &info);
+    printf("%s: freekv on the engine's objects: %s (%s)\n", name, info.name, info.driver);
+    return 0;
+}
+
+/* freekv's side, before the engine destroys its objects (freekv never does): the wrappers of
+ * the engine's n buffers (NULL entries skipped), the context, the device. */
+static inline void ex_close(fkv_buffer **bufs, int n, fkv_context *ctx, fkv_device *dev) {
+    for (int i = 0; i < n; i++)
+        fkv_buffer_release(bufs[i]);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
 /* Deterministic activations in [-0.5, 0.5), exact in f32, from (stream, index). */
 static inline void ex_fill(float *x, size_t n, uint32_t stream) {
     for (size_t i = 0; i < n; i++) {

@@ -75,21 +75,13 @@ int main(void) {
     HIP_OK(hipStreamCreateWithFlags(&e.stream, hipStreamNonBlocking), "hipStreamCreateWithFlags");
     /* freekv on the engine's device, its stream as freekv's compute stream */
     fkv_native_objects objs = {.api = FKV_NATIVE_HIP, .hip = {.device = 0, .stream = e.stream}};
-    fkv_device *dev = NULL;
-    fkv_context *ctx = NULL;
+    fkv_device *dev;
+    fkv_context *ctx;
     fkv_config cfg;
-    ex_config(&cfg);
     int rc = 1;
-    if (fkv_device_open_native(&objs, &dev) != FKV_OK ||
-        fkv_context_create(dev, &cfg, &ctx) != FKV_OK)
-        fprintf(stderr, "engine_hip: %s\n", fkv_last_error());
-    else if (create_objects(&e, dev, &cfg) == 0)
+    if (ex_open("engine_hip", &objs, &cfg, &dev, &ctx) == 0 && create_objects(&e, dev, &cfg) == 0)
         rc = ex_run("engine_hip", dev, decode_layer, &e, &cfg, ctx, 16, NULL);
-    /* freekv's objects first, then the engine's, which freekv never frees */
-    for (int b = B_Q; b <= B_OUT; b++)
-        fkv_buffer_release(e.fbufs[b]);
-    fkv_context_destroy(ctx);
-    fkv_device_close(dev);
+    ex_close(e.fbufs, 4, ctx, dev); /* freekv's side first, then the engine's */
     for (int b = B_Q; b <= B_OUT; b++)
         if (e.mem[b])
             hipFree(e.mem[b]);

@@ -101,31 +101,21 @@ int main(void) {
         .api = FKV_NATIVE_OPENCL,
         .opencl = {.context = e.context, .device = device, .queue = e.queue}};
     fkv_device *dev;
-    EX_CHECK(fkv_device_open_native(&objs, &dev));
-    fkv_device_info info;
-    EX_CHECK(fkv_device_get_info(dev, &info));
-    printf("engine_opencl: freekv on the engine's context and queue: %s (%s)\n", info.name,
-           info.driver);
-
-    fkv_config cfg;
-    ex_config(&cfg);
     fkv_context *ctx;
-    EX_CHECK(fkv_context_create(dev, &cfg, &ctx));
-    e.q_bytes = sizeof(float) * cfg.n_q_heads * cfg.head_dim;
-    e.kv_bytes = sizeof(float) * cfg.n_kv_heads * cfg.head_dim;
-    e.q = engine_buffer(&e, e.q_bytes, dev, &e.fq);
-    e.k = engine_buffer(&e, e.kv_bytes, dev, &e.fk);
-    e.v = engine_buffer(&e, e.kv_bytes, dev, &e.fv);
-    e.out = engine_buffer(&e, e.q_bytes, dev, &e.fout);
-    int rc = e.q && e.k && e.v && e.out ? ex_run("engine_opencl", dev, decode_layer, &e, &cfg,
-                                                 ctx, 16, NULL)
-                                        : 1;
-
-    /* freekv's objects first, then the engine's, which freekv never releases */
-    fkv_buffer_release(e.fq), fkv_buffer_release(e.fk), fkv_buffer_release(e.fv);
-    fkv_buffer_release(e.fout);
-    fkv_context_destroy(ctx);
-    fkv_device_close(dev);
+    fkv_config cfg;
+    int rc = 1;
+    if (ex_open("engine_opencl", &objs, &cfg, &dev, &ctx) == 0) {
+        e.q_bytes = sizeof(float) * cfg.n_q_heads * cfg.head_dim;
+        e.kv_bytes = sizeof(float) * cfg.n_kv_heads * cfg.head_dim;
+        e.q = engine_buffer(&e, e.q_bytes, dev, &e.fq);
+        e.k = engine_buffer(&e, e.kv_bytes, dev, &e.fk);
+        e.v = engine_buffer(&e, e.kv_bytes, dev, &e.fv);
+        e.out = engine_buffer(&e, e.q_bytes, dev, &e.fout);
+        if (e.q && e.k && e.v && e.out)
+            rc = ex_run("engine_opencl", dev, decode_layer, &e, &cfg, ctx, 16, NULL);
+    }
+    fkv_buffer *fbufs[] = {e.fq, e.fk, e.fv, e.fout};
+    ex_close(fbufs, 4, ctx, dev); /* freekv's side first, then the engine's */
     cl_mem mems[] = {e.q, e.k, e.v, e.out};
     for (int i = 0; i < 4; i++)
         if (mems[i])

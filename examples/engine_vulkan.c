@@ -27,26 +27,14 @@ int main(void) {
     }
     /* freekv on the engine's device and queue, told what the engine enabled */
     fkv_native_objects objs = engine_objects(&e, &features);
-    fkv_device *dev = NULL;
-    fkv_context *ctx = NULL;
+    fkv_device *dev;
+    fkv_context *ctx;
     fkv_config cfg;
-    ex_config(&cfg);
     int rc = 1;
-    if (fkv_device_open_native(&objs, &dev) != FKV_OK ||
-        fkv_context_create(dev, &cfg, &ctx) != FKV_OK) {
-        fprintf(stderr, "engine_vulkan: %s\n", fkv_last_error());
-    } else if (create_objects(&e, dev, &cfg) == 0) {
-        fkv_device_info info;
-        fkv_device_get_info(dev, &info);
-        printf("engine_vulkan: freekv on the engine's device and queue: %s (%s)\n", info.name,
-               info.driver);
+    if (ex_open("engine_vulkan", &objs, &cfg, &dev, &ctx) == 0 &&
+        create_objects(&e, dev, &cfg) == 0)
         rc = ex_run("engine_vulkan", dev, decode_layer, &e, &cfg, ctx, 16, NULL);
-    }
-    /* freekv's objects first, then the engine's, which freekv never destroys */
-    for (int b = B_Q; b <= B_OUT; b++)
-        fkv_buffer_release(e.fbufs[b]);
-    fkv_context_destroy(ctx);
-    fkv_device_close(dev);
+    ex_close(e.fbufs, 4, ctx, dev); /* freekv's side first, then the engine's */
     destroy_engine(&e);
     if (e.validation_messages) {
         fprintf(stderr, "engine_vulkan: %u validation message(s)\n", e.validation_messages);

@@ -495,8 +495,10 @@ enum {
  *    from the calling thread inside fkv_* calls and from its speculative worker thread at any
  *    time between them (until fkv_context_sync or fkv_context_destroy), so a queue the engine
  *    also submits to needs one lock that both take: freekv calls lock_queue(lock_user, queue)
- *    before and unlock_queue after each submission to `queue`. NULL (both): freekv takes only
- *    its own lock, and the engine must not submit to the queues it handed in while freekv may.
+ *    before and unlock_queue after each submission to `queue` (holding its own lock of that
+ *    queue; the engine must not hold its lock while it calls into freekv). NULL (both): freekv
+ *    takes only its own lock, and the engine must not submit to the queues it handed in while
+ *    freekv may.
  * Without buffer device addresses freekv binds buffers as storage buffers: buffers imported
  * with fkv_buffer_import need VK_BUFFER_USAGE_STORAGE_BUFFER_BIT and TRANSFER_SRC/DST, and
  * must be usable by the compute queue's family (that family, or VK_SHARING_MODE_CONCURRENT). */

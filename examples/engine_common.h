@@ -27,6 +27,14 @@
         }                                                                                     \
     } while (0)
 
+/* A failed call of the engine's own API (code, and the API's text for it when it has one):
+ * printed; returns 1 for the caller to return. */
+static inline int ex_api_fail(const char *name, const char *what, long code, const char *text) {
+    fprintf(stderr, "%s: %s failed (%ld%s%s)\n", name, what, code, text ? ": " : "",
+            text ? text : "");
+    return 1;
+}
+
 /* The engine's side of one decode layer: upload q/k/v ([n_q_heads|n_kv_heads][head_dim] f32,
  * one sequence) into its buffers on its queue, call fkv_decode_layer_sync on ctx with its
  * buffers and events, and read `out` back through its queue into out. 0 on success. */

@@ -23,10 +23,8 @@ enum { B_Q, B_K, B_V, B_OUT };
 #define HIP_OK(call, what)                                                                    \
     do {                                                                                      \
         hipError_t e_ = (call);                                                               \
-        if (e_ != hipSuccess) {                                                               \
-            fprintf(stderr, "engine_hip: %s failed: %s\n", what, hipGetErrorString(e_));      \
-            return 1;                                                                         \
-        }                                                                                     \
+        if (e_ != hipSuccess)                                                                 \
+            return ex_api_fail("engine_hip", what, (long)e_, hipGetErrorString(e_));          \
     } while (0)
 
 static int decode_layer(void *user, fkv_context *ctx, uint32_t layer, const float *q,

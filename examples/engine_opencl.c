@@ -21,10 +21,8 @@ typedef struct engine {
 #define CL_OK(call, what)                                                                     \
     do {                                                                                      \
         cl_int err_ = (call);                                                                 \
-        if (err_ != CL_SUCCESS) {                                                             \
-            fprintf(stderr, "engine_opencl: %s failed (%d)\n", what, err_);                   \
-            return 1;                                                                         \
-        }                                                                                     \
+        if (err_ != CL_SUCCESS)                                                               \
+            return ex_api_fail("engine_opencl", what, err_, NULL);                            \
     } while (0)
 
 static int decode_layer(void *user, fkv_context *ctx, uint32_t layer, const float *q,

@@ -35,10 +35,8 @@ enum { B_Q, B_K, B_V, B_OUT, B_STAGING };
 #define VK_OK(call, what)                                                                     \
     do {                                                                                      \
         VkResult r_ = (call);                                                                 \
-        if (r_ != VK_SUCCESS) {                                                               \
-            fprintf(stderr, "engine_vulkan: %s failed (%d)\n", what, (int)r_);                \
-            return 1;                                                                         \
-        }                                                                                     \
+        if (r_ != VK_SUCCESS)                                                                 \
+            return ex_api_fail("engine_vulkan", what, (long)r_, NULL);                        \
     } while (0)
 
 static void lock_queue(void *user, void *queue) {

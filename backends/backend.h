@@ -368,6 +368,32 @@ typedef struct fkv_backend_ops {
      * (the tolerance table, docs/conformance.md). NULL (or a table built before this entry):
      * FKV_HOST_SAME only, and fkv_context_create refuses q8/q4 with FKV_ERR_UNSUPPORTED. */
     uint32_t (*host_formats)(fkv_bdev *dev);
+
+    /* -- engine interop (fkv_device_open_native, fkv_device_get_native, fkv_external_sync;
+     * docs/integration.md). A backend never destroys or releases an object it did not create:
+     * each borrowed handle is marked as such in its device object. -- */
+
+    /* The native API whose objects device_open_native takes and native_objects returns.
+     * FKV_NATIVE_NONE (or a table built before this entry): none, and the four entries below
+     * are not called (the dispatch layer answers FKV_ERR_UNSUPPORTED). */
+    fkv_native_api native_api;
+    /* Opens a device on the engine's objects (objs->api is native_api; the pointers the
+     * public call documents as required are non-NULL). Its info's index is the device's
+     * position in device_count's enumeration, or UINT32_MAX when it is not there. NULL:
+     * unsupported. */
+    fkv_status (*device_open_native)(const fkv_native_objects *objs, fkv_bdev **out);
+    /* The device's native objects into out->api and its member (out is zeroed before). NULL:
+     * unsupported. */
+    fkv_status (*native_objects)(fkv_bdev *dev, fkv_native_objects *out);
+    /* An engine's event (ev->handle non-NULL) as a wait-list entry of this device's commands.
+     * The engine keeps its object: release the entry with event_unimport (never event_release)
+     * once the commands that wait on it are enqueued. NULL: unsupported. */
+    fkv_status (*event_import)(fkv_bdev *dev, const fkv_native_event *ev, fkv_bevent **out);
+    void (*event_unimport)(fkv_bdev *dev, fkv_bevent *ev);
+    /* Signals the engine's event `sig` (public fkv_external_sync.signal's rules for each API)
+     * once deps.wait and every earlier command of q complete, like a marker (deps.done may
+     * receive the marker's own event). NULL: unsupported. */
+    fkv_status (*event_signal)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_native_event *sig);
 } fkv_backend_ops;
 
 /* Every compiled backend's table: fkv_backend_<name>() for each name of the generated list
@@ -382,6 +408,12 @@ const fkv_backend_ops *fkv_backend_find(const char *name);
 #define FKV_HAS_ENTRY(ops, entry)                                                              \
     ((ops)->struct_size >= offsetof(fkv_backend_ops, entry) + sizeof((ops)->entry) &&            \
      (ops)->entry != NULL)
+
+/* The table's native_api: FKV_NATIVE_NONE for a table built before the entry existed. */
+#define FKV_TABLE_NATIVE_API(ops)                                                              \
+    ((ops)->struct_size >= offsetof(fkv_backend_ops, native_api) + sizeof((ops)->native_api)    \
+         ? (ops)->native_api                                                                   \
+         : FKV_NATIVE_NONE)
 
 /* Checks an ops table (version, size, required entries); message names what is wrong. */
 fkv_status fkv_backend_check(const fkv_backend_ops *ops);

@@ -311,3 +311,12 @@ fkv_status fkv_check_attention_dense(const char *backend, const fkv_kv_geom *g, 
         return REFUSE("%s %s: %u tokens is too many", backend, op, n_tokens);
     return FKV_OK;
 }
+
+fkv_status fkv_check_native_event(const char *backend, const char *op,
+                                  const fkv_native_event *ev, int has_out) {
+    if (ev == NULL || !has_out)
+        return REFUSE("%s %s: NULL event or output", backend, op);
+    if (ev->handle == NULL)
+        return REFUSE("%s %s: the event's native handle is NULL", backend, op);
+    return FKV_OK;
+}

@@ -85,5 +85,8 @@ fkv_status fkv_check_attention(const char *backend, const fkv_kv_geom *g, fkv_bv
 fkv_status fkv_check_attention_dense(const char *backend, const fkv_kv_geom *g, fkv_bview q,
                                      size_t q_off, uint32_t n_tokens, fkv_bview k, fkv_bview v,
                                      fkv_bview out, size_t out_off);
+/* An engine's event handed in: given, with a handle, and an output to receive it (has_out). */
+fkv_status fkv_check_native_event(const char *backend, const char *op,
+                                  const fkv_native_event *ev, int has_out);
 
 #endif

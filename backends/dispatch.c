@@ -400,3 +400,56 @@ fkv_status fkv_op_counters(fkv_device *dev, fkv_counters *out) {
     fkv_bcounters_read(c, out);
     return FKV_OK;
 }
+
+/* ---- engine interop ---- */
+
+fkv_native_api fkv_op_native_api(const fkv_device *dev) {
+    return FKV_TABLE_NATIVE_API(dev->ops);
+}
+
+/* Whether the device has a native API, else FKV_ERR_UNSUPPORTED naming `what`. */
+static fkv_status native_checks(fkv_device *dev, const char *what, int has_entry) {
+    if (FKV_TABLE_NATIVE_API(dev->ops) == FKV_NATIVE_NONE || !has_entry)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s' has no native API (%s)", NAME(dev),
+                         what);
+    return FKV_OK;
+}
+
+fkv_status fkv_op_native_objects(fkv_device *dev, fkv_native_objects *out) {
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s native_objects: NULL output", NAME(dev));
+    fkv_status st = native_checks(dev, "native objects",
+                                  FKV_HAS_ENTRY(dev->ops, native_objects));
+    if (st != FKV_OK)
+        return st;
+    fkv_native_objects objs;
+    memset(&objs, 0, sizeof objs);
+    if ((st = dev->ops->native_objects(dev->bdev, &objs)) == FKV_OK)
+        *out = objs;
+    return st;
+}
+
+fkv_status fkv_op_event_import(fkv_device *dev, const fkv_native_event *ev, fkv_bevent **out) {
+    if (out)
+        *out = NULL;
+    fkv_status st = fkv_check_native_event(NAME(dev), "event_import", ev, out != NULL);
+    if (st == FKV_OK)
+        st = native_checks(dev, "external events", FKV_HAS_ENTRY(dev->ops, event_import) &&
+                                                       FKV_HAS_ENTRY(dev->ops, event_unimport));
+    return st == FKV_OK ? dev->ops->event_import(dev->bdev, ev, out) : st;
+}
+
+void fkv_op_event_unimport(fkv_device *dev, fkv_bevent *ev) {
+    if (ev)
+        dev->ops->event_unimport(dev->bdev, ev);
+}
+
+fkv_status fkv_op_event_signal(fkv_device *dev, fkv_queue q, fkv_deps deps,
+                               fkv_native_event *sig) {
+    CHECKED(enqueue_checks(dev, "event_signal", q, deps));
+    CHECKED(sig == NULL ? fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s event_signal: NULL event",
+                                    NAME(dev))
+                        : FKV_OK);
+    CHECKED(native_checks(dev, "external events", FKV_HAS_ENTRY(dev->ops, event_signal)));
+    return dev->ops->event_signal(dev->bdev, q, deps, sig);
+}

@@ -136,6 +136,21 @@ fkv_status fkv_op_get_option(fkv_device *dev, const char *key, char *out, size_t
  * FKV_ERR_UNSUPPORTED ("backend X does not count commands"), *out untouched. */
 fkv_status fkv_op_counters(fkv_device *dev, fkv_counters *out);
 
+/* ---- engine interop ---- */
+/* The device's native API (FKV_NATIVE_NONE: none, e.g. the CPU reference). */
+fkv_native_api fkv_op_native_api(const fkv_device *dev);
+/* The native objects of the device (fkv_device_get_native). No native API:
+ * FKV_ERR_UNSUPPORTED, *out untouched. */
+fkv_status fkv_op_native_objects(fkv_device *dev, fkv_native_objects *out);
+/* An engine's event as a wait-list entry; release it with fkv_op_event_unimport. No native API:
+ * FKV_ERR_UNSUPPORTED. */
+fkv_status fkv_op_event_import(fkv_device *dev, const fkv_native_event *ev, fkv_bevent **out);
+void fkv_op_event_unimport(fkv_device *dev, fkv_bevent *ev); /* NULL: nothing */
+/* Signals the engine's event after deps.wait and q's earlier commands. No native API:
+ * FKV_ERR_UNSUPPORTED. */
+fkv_status fkv_op_event_signal(fkv_device *dev, fkv_queue q, fkv_deps deps,
+                               fkv_native_event *sig);
+
 #ifdef __cplusplus
 }
 #endif

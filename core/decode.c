@@ -8,6 +8,7 @@
 #include "../common/error.h"
 #include "attention.h"
 #include "correction.h"
+#include "decode.h"
 #include "offload.h"
 #include "retrieval.h"
 #include "speculative.h"
@@ -23,6 +24,7 @@ typedef struct decode_call {
     fkv_bevent *attn, *end;
     fkv_bevent *attn_wait[2]; /* the speculative recall and corr, when there are */
     uint32_t n_attn_wait;
+    const fkv_decode_sync *sync; /* the engine's events, or NULL */
 } decode_call;
 
 static fkv_status check_batch(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs) {
@@ -106,7 +108,10 @@ static fkv_status append_token(fkv_context *ctx, decode_call *dc, const fkv_tens
         ls->host.rows[i] = fkv_row(ctx, dc->seqs[i], fkv_home_slot(ctx, t / p), t % p);
     }
     size_t qbytes = (size_t)dc->n * ctx->q_row_bytes, kbytes = (size_t)dc->n * ctx->kv_row_bytes;
-    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->rows, 0,
+    /* the call's first device command: it (and, in order, the rest) waits for the engine */
+    fkv_deps first = {.n_wait = dc->sync ? dc->sync->n_wait : 0,
+                      .wait = dc->sync ? dc->sync->wait : NULL};
+    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, first, ls->rows, 0,
                                     ls->host.rows, (size_t)dc->n * FKV_INDEX_BYTES);
     if (st == FKV_OK)
         st = fkv_tensor_to_device(ctx, q, 0, ls->host.q, ls->qin, 0, qbytes);
@@ -302,9 +307,9 @@ static fkv_status rollback_call(fkv_context *ctx, decode_call *dc, fkv_status st
     return st;
 }
 
-fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                            const fkv_tensor *q, const fkv_tensor *k, const fkv_tensor *v,
-                            fkv_tensor *out) {
+fkv_status fkv_decode_run(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
+                          const fkv_tensor *q, const fkv_tensor *k, const fkv_tensor *v,
+                          fkv_tensor *out, const fkv_decode_sync *sync) {
     if (ctx == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_decode_layer: NULL context");
     fkv_status st = check_decode(ctx, layer, n, seqs, q, k, v, out);
@@ -313,7 +318,8 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
     decode_call dc = {.layer = layer,
                       .n = n,
                       .seqs = seqs,
-                      .stats = {.layer_calls = 1, .steps = layer == 0}};
+                      .stats = {.layer_calls = 1, .steps = layer == 0},
+                      .sync = sync};
     st = fkv_task_wait(ctx, layer, &dc.stats);
     /* The background task's work was done whatever this call does: a failure still counts it. */
     dc.consumed = dc.stats;
@@ -338,8 +344,16 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
         st = keep_query(ctx, &dc);
     if (st == FKV_OK)
         st = deliver_output(ctx, &dc, out);
+    if (st == FKV_OK && sync && sync->signal) /* in order after the output's commands */
+        st = fkv_op_event_signal(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, sync->signal);
     if (st != FKV_OK)
         return rollback_call(ctx, &dc, st);
     commit_call(ctx, &dc);
     return FKV_OK;
+}
+
+fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
+                            const fkv_tensor *q, const fkv_tensor *k, const fkv_tensor *v,
+                            fkv_tensor *out) {
+    return fkv_decode_run(ctx, layer, n, seqs, q, k, v, out, NULL);
 }

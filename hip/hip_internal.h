@@ -34,6 +34,8 @@ typedef struct hip_scratch {
 struct fkv_bdev {
     int index; /* HIP device ordinal */
     hipStream_t streams[FKV_QUEUE_COUNT];
+    int engine_stream; /* streams[FKV_QUEUE_COMPUTE] is the engine's (fkv_device_open_native):
+                          never destroyed here */
     fkv_device_info info;
     uint32_t compute_units;
     size_t shared_per_block; /* bytes of shared memory a block may use */
@@ -100,6 +102,12 @@ void fkv_hip_count(fkv_bdev *d, fkv_queue q, int launch, fkv_copy_dir dir, size_
 fkv_status fkv_hip_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
 void fkv_hip_event_release(fkv_bdev *d, fkv_bevent *ev);
 fkv_status fkv_hip_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
+/* The engine's hipEvent_t as a wait-list entry (the event itself: streams wait on it as
+ * recorded when the entry's command is enqueued); unimport leaves it to the engine. */
+fkv_status fkv_hip_event_import(fkv_bdev *d, const fkv_native_event *ev, fkv_bevent **out);
+void fkv_hip_event_unimport(fkv_bdev *d, fkv_bevent *ev);
+/* Records the engine's event sig->handle on q's stream after deps.wait. */
+fkv_status fkv_hip_event_signal(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_native_event *sig);
 fkv_status fkv_hip_finish(fkv_bdev *d, fkv_queue q);
 fkv_status fkv_hip_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                          size_t dst_offset, const void *src, size_t size);

@@ -63,6 +63,8 @@ struct fkv_bdev {
     cl_context context;
     cl_command_queue queues[FKV_QUEUE_COUNT];
     cl_command_queue aux; /* blocking map/unmap and allocation commits, off the hot queues */
+    int engine_context;   /* the context is the engine's (fkv_device_open_native): kept */
+    int engine_queue;     /* queues[FKV_QUEUE_COMPUTE] is the engine's: kept */
     fkv_device_info info;
     uint32_t index;
 
@@ -146,6 +148,12 @@ void fkv_ocl_count(fkv_bdev *d, cl_command_queue queue, int launch, fkv_copy_dir
 fkv_status fkv_ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
 void fkv_ocl_event_release(fkv_bdev *d, fkv_bevent *ev);
 fkv_status fkv_ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
+/* The engine's cl_event (of this context) as a wait-list entry: retained, released by
+ * fkv_ocl_event_release. */
+fkv_status fkv_ocl_event_import(fkv_bdev *d, const fkv_native_event *ev, fkv_bevent **out);
+/* sig->handle receives a new cl_event, the engine's, completing after deps.wait and q's
+ * earlier commands. */
+fkv_status fkv_ocl_event_signal(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_native_event *sig);
 fkv_status fkv_ocl_finish(fkv_bdev *d, fkv_queue q);
 fkv_status fkv_ocl_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                          size_t dst_offset, const void *src, size_t size);

@@ -198,7 +198,29 @@ struct fkv_bdev {
                                      max_range) */
     atomic_uint validation_errors;
     fkv_bcounters counters; /* at the driver calls (vk_memory.c, vk_submit.c, kernels) */
+
+    /* fkv_device_open_native: the instance, VkDevice and VkQueues are the engine's (never
+     * destroyed here; close waits for freekv's timelines, not vkDeviceWaitIdle), and the
+     * engine's lock of a VkQueue it shares, taken after hw->lock around each submission */
+    int engine_device;
+    uint32_t api_version; /* the instance's (VkApplicationInfo.apiVersion) */
+    void (*lock_queue)(void *user, void *queue);
+    void (*unlock_queue)(void *user, void *queue);
+    void *lock_user;
 };
+
+/* vkQueueSubmit's external synchronisation: freekv's lock of the VkQueue, then the engine's
+ * (when it handed its queues in with a lock). */
+static inline void fkv_vk_hw_lock(const fkv_bdev *d, vk_hwqueue *hw) {
+    pthread_mutex_lock(&hw->lock);
+    if (d->lock_queue)
+        d->lock_queue(d->lock_user, hw->queue);
+}
+static inline void fkv_vk_hw_unlock(const fkv_bdev *d, vk_hwqueue *hw) {
+    if (d->unlock_queue)
+        d->unlock_queue(d->lock_user, hw->queue);
+    pthread_mutex_unlock(&hw->lock);
+}
 
 /* The backend's files are layers, each calling only the layers before it (no file calls one
  * after it, so no two call each other): errors (vk_error.c) -> memory (vk_memory.c) ->
@@ -277,6 +299,16 @@ fkv_status fkv_vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *
                        size_t src_offset, void *dst, size_t size);
 fkv_status fkv_vk_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                        size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size);
+
+/* ---- the engine's events (vk_interop.c), on the submission layer ---- */
+/* (semaphore, value) of the engine's timeline as a wait-list entry (freed by unimport). */
+fkv_status fkv_vk_event_import(fkv_bdev *d, const fkv_native_event *ev, fkv_bevent **out);
+/* One vkQueueSubmit on q's VkQueue that waits for a marker after deps.wait and q's earlier
+ * commands and signals the engine's timeline semaphore sig->handle to sig->value. */
+fkv_status fkv_vk_event_signal(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_native_event *sig);
+/* lock_queue/unlock_queue of fkv_device_get_native: the hw lock of `queue` (user is d). */
+void fkv_vk_lock_queue(void *user, void *queue);
+void fkv_vk_unlock_queue(void *user, void *queue);
 
 /* ---- kernels: pipelines (vk_pipeline.c) ---- */
 #define VK_PUSH_BYTES 80 /* push constants of every shader (128 is the guaranteed minimum) */

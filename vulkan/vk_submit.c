@@ -145,9 +145,9 @@ static fkv_status flush_locked(fkv_bdev *d, vk_fqueue *fq) {
                                         .pSignalSemaphores = &fq->timeline};
         first_cb = fq->mark_cbs[k];
     }
-    pthread_mutex_lock(&fq->hw->lock);
+    fkv_vk_hw_lock(d, fq->hw);
     VkResult r = vkQueueSubmit(fq->hw->queue, fq->n_marks, fq->pend_si, VK_NULL_HANDLE);
-    pthread_mutex_unlock(&fq->hw->lock);
+    fkv_vk_hw_unlock(d, fq->hw);
     fkv_count_submit(&d->counters, (fkv_queue)(fq - d->q));
     fkv_status st = FKV_OK;
     if (r != VK_SUCCESS) {

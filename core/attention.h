@@ -5,11 +5,11 @@
 
 #include "state.h"
 
-/* Builds the batch's lists (and the call's attended pages, ctx->call) and launches attention
- * on the compute queue into the layer's output buffer after the n_wait events; *attn is its
- * event. */
+/* Builds the batch's lists (and the call's attended pages, ctx->call), uploads them in one
+ * write and launches attention on the compute queue over the call's queries (input block
+ * ls->in_block) into out at out_off after the n_wait events; *attn is its event. */
 fkv_status fkv_attention_launch(fkv_context *ctx, uint32_t layer, uint32_t n,
                                 const uint32_t *seqs, uint32_t n_wait, fkv_bevent *const *wait,
-                                fkv_bevent **attn);
+                                fkv_bbuf *out, size_t out_off, fkv_bevent **attn);
 
 #endif

@@ -73,14 +73,12 @@ static uint32_t head_entries(fkv_context *ctx, int32_t *entries, uint32_t seq, c
     return na;
 }
 
-/* Per-head lists into the layer's host lists: the n*n_kv_heads heads (first entry, count),
- * then the (slot, tokens) entries right after them, so that one write uploads both. The
- * pages go to the call's copy of the attended pages (the sequences' change only if the call
- * succeeds). Returns the number of entries. */
-static uint32_t build_lists(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs) {
+size_t fkv_attention_lists(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs) {
     layer_state *ls = &ctx->layers[layer];
     uint32_t hk = ctx->cfg.n_kv_heads, e = 0;
-    int32_t *heads = ls->host.lists, *entries = heads + 2 * (size_t)n * hk;
+    fkv_in_layout in = fkv_in_layout_of(ctx, n);
+    int32_t *heads = (int32_t *)(ls->host.in + in.heads);
+    int32_t *entries = (int32_t *)(ls->host.in + in.entries);
     for (uint32_t i = 0; i < n; i++) {
         const seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
         for (uint32_t h = 0; h < hk; h++) {
@@ -92,22 +90,27 @@ static uint32_t build_lists(fkv_context *ctx, uint32_t layer, uint32_t n, const 
             heads[2 * ih + 1] = (int32_t)(e - start);
         }
     }
-    return e;
+    return in.entries - in.heads + (size_t)e * FKV_PAIR_BYTES;
 }
 
 fkv_status fkv_attention_launch(fkv_context *ctx, uint32_t layer, uint32_t n,
-                                const uint32_t *seqs, uint32_t n_wait, fkv_bevent *const *wait,
-                                fkv_bbuf *out, size_t out_off, fkv_bevent **attn) {
+                                const uint32_t *seqs, int rebuild, uint32_t n_wait,
+                                fkv_bevent *const *wait, fkv_bbuf *out, size_t out_off,
+                                fkv_bevent **attn) {
     layer_state *ls = &ctx->layers[layer];
-    uint32_t n_entries = build_lists(ctx, layer, n, seqs);
-    size_t heads_bytes = (size_t)n * ctx->cfg.n_kv_heads * FKV_PAIR_BYTES;
-    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->lists, 0,
-                                 ls->host.lists, heads_bytes + n_entries * FKV_PAIR_BYTES);
+    fkv_in_layout in = fkv_in_layout_of(ctx, n);
+    size_t block = fkv_q_offset(ctx, ls->in_block, 0);
+    fkv_status st = FKV_OK;
+    if (rebuild) {
+        size_t bytes = fkv_attention_lists(ctx, layer, n, seqs);
+        st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->io, block + in.heads,
+                          ls->host.in + in.heads, bytes);
+    }
     if (st == FKV_OK)
         st = fkv_op_attention(ctx->dev, FKV_QUEUE_COMPUTE,
                               (fkv_deps){.n_wait = n_wait, .wait = wait, .done = attn},
-                              &ctx->geom, ls->io, fkv_qin_offset(ctx, ls, 0), n, ls->lists, 0,
-                              ls->lists, heads_bytes, ls->kpool, ls->vpool,
+                              &ctx->geom, ls->io, block + in.q, n, ls->io, block + in.heads,
+                              ls->io, block + in.entries, ls->kpool, ls->vpool,
                               1.0f / sqrtf((float)ctx->cfg.head_dim), out, out_off);
     return st;
 }

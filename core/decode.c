@@ -20,6 +20,7 @@ typedef struct decode_call {
     fkv_stats stats;    /* this call's work, counted when it succeeds */
     fkv_stats consumed; /* the background task's work: counted whatever the call does */
     int appended, selected, recalled;
+    int lists_sent; /* the attention lists went up with the inputs (selection known then) */
     fkv_bevent *corr;    /* recall of this call's selection (sync) or correction (freekv) */
     fkv_bevent *attn, *end;
     fkv_bevent *attn_wait[2]; /* the speculative recall and corr, when there are */
@@ -135,20 +136,14 @@ static fkv_status choose_block(fkv_context *ctx, const decode_call *dc) {
     return st;
 }
 
-/* The call's inputs into its input block: the host parts of q, k, v and the rows table (each
- * sequence's next row, in its current page's home slot) in one write, back to back
+/* The call's inputs into its input block: the host parts of q, k, v, the rows table and the
+ * attention lists (when the selection is known before the upload) in one write, back to back
  * (fkv_in_layout); a q in device memory is copied in (the next step's speculation and
  * correction read it there); k and v in device memory are read in place by the append. */
 static fkv_status upload_inputs(fkv_context *ctx, const decode_call *dc, const fkv_tensor *q,
-                                const fkv_tensor *k, const fkv_tensor *v) {
+                                const fkv_tensor *k, const fkv_tensor *v, size_t lists_bytes) {
     layer_state *ls = &ctx->layers[dc->layer];
-    uint32_t p = ctx->cfg.page_size;
     fkv_in_layout in = fkv_in_layout_of(ctx, dc->n);
-    int32_t *rows = (int32_t *)(ls->host.in + in.rows);
-    for (uint32_t i = 0; i < dc->n; i++) {
-        uint32_t t = ctx->seqs[dc->seqs[i]].layers[dc->layer].n_tokens;
-        rows[i] = fkv_row(ctx, dc->seqs[i], fkv_home_slot(ctx, t / p), t % p);
-    }
     const fkv_tensor *parts[3] = {q, k, v};
     size_t at[3] = {in.q, in.k, in.v}, to[3] = {in.k, in.v, in.rows}, first = in.rows;
     for (int j = 2; j >= 0; j--)
@@ -156,38 +151,47 @@ static fkv_status upload_inputs(fkv_context *ctx, const decode_call *dc, const f
             memcpy(ls->host.in + at[j], parts[j]->host, to[j] - at[j]);
             first = at[j];
         }
-    size_t block = fkv_q_offset(ctx, ls->in_block, 0);
+    size_t block = fkv_q_offset(ctx, ls->in_block, 0), end = in.heads + lists_bytes;
     fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->io, block + first,
-                                 ls->host.in + first, in.end - first);
+                                 ls->host.in + first, end - first);
     if (st == FKV_OK && q->buffer)
         st = fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->io, block + in.q,
                          q->buffer->bbuf, q->offset, in.k - in.q);
     return st;
 }
 
-/* Uploads the inputs and appends k/v at each sequence's next row. The append wrote a row no
- * one reads yet, past the tokens the page holds: undoing it is undoing the count. */
+/* Appends k/v at each sequence's next row, in its current page's home slot, after the upload
+ * of the inputs. The append wrote a row no one reads yet, past the tokens the page holds:
+ * undoing it is undoing the count. Policies whose selection is known before the upload (dense,
+ * speculative, and freekv until a correction) send the attention lists with the inputs. */
 static fkv_status append_token(fkv_context *ctx, decode_call *dc, const fkv_tensor *q,
                                const fkv_tensor *k, const fkv_tensor *v) {
     layer_state *ls = &ctx->layers[dc->layer];
     fkv_status st = choose_block(ctx, dc);
-    if (st == FKV_OK)
-        st = upload_inputs(ctx, dc, q, k, v);
     if (st != FKV_OK)
         return st;
+    uint32_t p = ctx->cfg.page_size;
     fkv_in_layout in = fkv_in_layout_of(ctx, dc->n);
+    int32_t *rows = (int32_t *)(ls->host.in + in.rows);
+    for (uint32_t i = 0; i < dc->n; i++) {
+        seq_layer *sl = &ctx->seqs[dc->seqs[i]].layers[dc->layer];
+        rows[i] = fkv_row(ctx, dc->seqs[i], fkv_home_slot(ctx, sl->n_tokens / p),
+                          sl->n_tokens % p);
+        sl->n_tokens++;
+    }
+    dc->appended = 1;
+    fkv_policy policy = ctx->cfg.policy;
+    dc->lists_sent = policy == FKV_POLICY_DENSE || fkv_is_speculative(ctx);
+    size_t lists = dc->lists_sent ? fkv_attention_lists(ctx, dc->layer, dc->n, dc->seqs) : 0;
+    st = upload_inputs(ctx, dc, q, k, v, lists);
     size_t block = fkv_q_offset(ctx, ls->in_block, 0);
     const fkv_bbuf *kb = k->buffer ? k->buffer->bbuf : ls->io;
     const fkv_bbuf *vb = v->buffer ? v->buffer->bbuf : ls->io;
     size_t ko = k->buffer ? k->offset : block + in.k, vo = v->buffer ? v->offset : block + in.v;
-    st = fkv_op_append(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, kb, ko, vb, vo,
-                       dc->n, ls->io, block + in.rows, ls->kpool, ls->vpool);
-    if (st != FKV_OK)
-        return st;
-    for (uint32_t i = 0; i < dc->n; i++)
-        ctx->seqs[dc->seqs[i]].layers[dc->layer].n_tokens++;
-    dc->appended = 1;
-    return FKV_OK;
+    if (st == FKV_OK)
+        st = fkv_op_append(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, kb, ko, vb, vo,
+                           dc->n, ls->io, block + in.rows, ls->kpool, ls->vpool);
+    return st;
 }
 
 /* quest: selection in place, with this step's query. */
@@ -257,6 +261,20 @@ static fkv_status select_for_attention(fkv_context *ctx, decode_call *dc) {
     if (dc->corr)
         dc->attn_wait[dc->n_attn_wait++] = dc->corr;
     return st;
+}
+
+/* Whether the call's selection (freekv's correction) moved a page of the batch's middle slots
+ * since they were saved, so that the attention lists sent with the inputs are stale. */
+static int selection_changed(const fkv_context *ctx, const decode_call *dc) {
+    if (!dc->selected)
+        return 0;
+    size_t per = (size_t)ctx->cfg.n_kv_heads * ctx->n_mid;
+    for (uint32_t i = 0; i < dc->n; i++) {
+        const int32_t *now = ctx->seqs[dc->seqs[i]].layers[dc->layer].mid_page;
+        if (memcmp(now, ctx->plan_main.mid_saved + i * per, per * sizeof *now) != 0)
+            return 1;
+    }
+    return 0;
 }
 
 /* The output is the caller's when the call returns: host memory is read back and waited
@@ -389,9 +407,10 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
         st = select_for_attention(ctx, &dc);
     fkv_bbuf *dst = out->host ? ctx->layers[layer].out : out->buffer->bbuf;
     size_t dst_off = out->host ? 0 : out->offset;
+    int rebuild = !dc.lists_sent || selection_changed(ctx, &dc);
     if (st == FKV_OK)
-        st = fkv_attention_launch(ctx, layer, n, seqs, dc.n_attn_wait, dc.attn_wait, dst, dst_off,
-                                  &dc.attn);
+        st = fkv_attention_launch(ctx, layer, n, seqs, rebuild, dc.n_attn_wait, dc.attn_wait, dst,
+                                  dst_off, &dc.attn);
     if (st == FKV_OK)
         st = deliver_output(ctx, &dc, out);
     if (st != FKV_OK)

@@ -26,10 +26,6 @@ void fkv_resources_derive(fkv_context *ctx) {
     ctx->slot_bytes = (size_t)cfg->page_size * ctx->row_elems * ctx->elem_bytes;
     ctx->page_bytes = 2 * ctx->slot_bytes;                                       /* K and V */
     ctx->unit_bytes = 2 * (size_t)cfg->page_size * cfg->head_dim * ctx->elem_bytes; /* K|V */
-    /* a decode call's whole input (fkv_in_layout of max_seqs); blocks start 256-byte aligned */
-    ctx->in_block_bytes = ((size_t)cfg->max_seqs *
-                               (ctx->q_row_bytes + 2 * ctx->kv_row_bytes + FKV_INDEX_BYTES) +
-                           255) & ~(size_t)255;
     ctx->max_pages = (cfg->max_context + cfg->page_size - 1) / cfg->page_size;
     ctx->sink_pages = cfg->sink_tokens / cfg->page_size;
     ctx->window_pages = cfg->window_tokens / cfg->page_size;
@@ -38,6 +34,12 @@ void fkv_resources_derive(fkv_context *ctx) {
     ctx->n_slots = ctx->offload ? cfg->budget_tokens / cfg->page_size : ctx->max_pages;
     ctx->list_cap = ctx->n_slots;
     ctx->scratch_pages = FKV_SCRATCH_PAGES;
+    /* a decode call's whole input (fkv_in_layout of max_seqs: rows, heads, full lists);
+     * blocks start 256-byte aligned */
+    ctx->in_block_bytes = ((size_t)cfg->max_seqs *
+                               (ctx->q_row_bytes + 2 * ctx->kv_row_bytes + FKV_INDEX_BYTES +
+                                cfg->n_kv_heads * (1 + (size_t)ctx->list_cap) * FKV_PAIR_BYTES) +
+                           255) & ~(size_t)255;
 }
 
 static fkv_status dev_alloc(fkv_context *ctx, size_t size, fkv_bbuf **out) {
@@ -120,7 +122,7 @@ static fkv_status call_init(fkv_context *ctx, call_scratch *call) {
 
 /* The device buffers of one layer, and the slices of its pinned host staging: layer_init
  * allocates exactly these, and the context's memory estimate adds them up first. */
-enum { N_LAYER_BUFFERS = 13, N_LAYER_HOST = 9 };
+enum { N_LAYER_BUFFERS = 12, N_LAYER_HOST = 8 };
 
 typedef struct layer_part {
     void *where; /* fkv_bbuf ** (device buffer) or a pointer to the slice's pointer (host) */
@@ -134,8 +136,6 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
     size_t qbytes = max_seqs * ctx->q_row_bytes;
     size_t pool = max_seqs * ctx->n_slots * ctx->slot_bytes;
     size_t summaries = max_seqs * ctx->max_pages * hk * 2 * cfg->head_dim * FKV_F32_BYTES;
-    /* the heads, then the entries: one write per call */
-    size_t lists = max_seqs * hk * (1 + (size_t)ctx->list_cap) * FKV_PAIR_BYTES;
     size_t io = FKV_IN_BLOCKS * ctx->in_block_bytes + qbytes; /* blocks, then parking */
     /* the scores, then select_pages' records (n_mid pages and scores per KV head), which
      * alone come back to the host */
@@ -155,7 +155,6 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
         {&ls->summ_idx, summ_idx},
         {&ls->pack_idx, per_seq},
         {&ls->desc, desc},
-        {&ls->lists, lists},
         {&ls->scores, scores},
         {&ls->sims, per_head},
         {&ls->flags, per_head},
@@ -167,7 +166,6 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
         {&ls->host.summ_idx, summ_idx},
         {&ls->host.pack_idx, per_seq},
         {&ls->host.desc, desc},
-        {&ls->host.lists, lists},
         {&ls->host.scores, records ? records : FKV_F32_BYTES},
         {&ls->host.sims, per_head},
         {&ls->host.flags, per_head},

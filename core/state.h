@@ -55,13 +55,12 @@ typedef struct seq_state {
 } seq_state;
 
 /* Host staging of one layer (pinned), carved from one allocation. `in` holds a decode call's
- * inputs in the layout of an input block (fkv_in_layout), `lists` its attention lists (the
- * heads, then the entries), each uploaded by one write. */
+ * inputs and attention lists in the layout of an input block (fkv_in_layout). */
 typedef struct layer_host {
     fkv_bhost *mem;
     unsigned char *in;
     float *out;
-    int32_t *summ_idx, *pack_idx, *desc, *lists;
+    int32_t *summ_idx, *pack_idx, *desc;
     float *scores; /* select_pages' records (the scores themselves stay on the device) */
     float *sims;
     int32_t *flags;
@@ -69,13 +68,12 @@ typedef struct layer_host {
 
 typedef struct layer_state {
     fkv_bbuf *kpool, *vpool, *summ;
-    /* FKV_IN_BLOCKS input blocks (a decode call's q, k, v and rows, fkv_in_layout), then the
-     * parking rows of previous queries (one per sequence) */
+    /* FKV_IN_BLOCKS input blocks (a decode call's q, k, v, rows and attention lists,
+     * fkv_in_layout), then the parking rows of previous queries (one per sequence) */
     fkv_bbuf *io;
     uint32_t in_block; /* the block the current decode call uploaded into */
     fkv_bbuf *out;
     fkv_bbuf *summ_idx, *pack_idx, *desc;
-    fkv_bbuf *lists; /* attention lists: heads (first, count), then entries (slot, tokens) */
     fkv_bbuf *scores; /* page scores, then select_pages' records (retrieval.c) */
     fkv_bbuf *sims, *flags, *pack;
     layer_host host;
@@ -224,10 +222,11 @@ static inline uint32_t fkv_window_begin(const fkv_context *ctx, uint32_t n) {
 }
 
 /* A decode call's inputs of n sequences inside an input block, in bytes from its start: the q
- * rows, the k rows, the v rows (f32), then the rows table (int32), back to back so that one
- * write carries them. */
+ * rows, the k rows, the v rows (f32), the rows table (int32), then the attention lists (the
+ * n * n_kv_heads heads (first entry, count), then the (slot, tokens) entries), back to back
+ * so that one write carries them. */
 typedef struct fkv_in_layout {
-    size_t q, k, v, rows, end;
+    size_t q, k, v, rows, heads, entries;
 } fkv_in_layout;
 static inline fkv_in_layout fkv_in_layout_of(const fkv_context *ctx, uint32_t n) {
     fkv_in_layout l;
@@ -235,7 +234,8 @@ static inline fkv_in_layout fkv_in_layout_of(const fkv_context *ctx, uint32_t n)
     l.k = (size_t)n * ctx->q_row_bytes;
     l.v = l.k + (size_t)n * ctx->kv_row_bytes;
     l.rows = l.v + (size_t)n * ctx->kv_row_bytes;
-    l.end = l.rows + (size_t)n * FKV_INDEX_BYTES;
+    l.heads = l.rows + (size_t)n * FKV_INDEX_BYTES;
+    l.entries = l.heads + (size_t)n * ctx->cfg.n_kv_heads * FKV_PAIR_BYTES;
     return l;
 }
 

@@ -391,7 +391,7 @@ static void device_output_faults(fkv_policy policy) {
     fkv_buffer_release(bo);
     close_side(&a);
     uint64_t markers = policy == FKV_POLICY_DENSE ? 1 : 2;
-    cr_assert_gt(commands, markers + 5, "%llu commands", (unsigned long long)commands);
+    cr_assert_gt(commands, markers + 3, "%llu commands", (unsigned long long)commands);
     for (uint64_t n = 1; n <= commands - markers; n++) {
         a = device_output_setup(&c, out, &bo);
         cr_assert_eq(fkv_cpu_fault_arm(a.dev, n, FKV_CPU_FAULT_RUN, FKV_CPU_FAULT_THIS_THREAD),

@@ -469,6 +469,57 @@ static void check_decode_call(const char *backend, uint32_t n) {
     fkv_device_close(dev);
 }
 
+/* Vulkan: a decode call of the sync policy (no worker: every submission is the call's) goes
+ * out in two vkQueueSubmit on lavapipe, whatever the batch and the recall mode: one when the
+ * host waits for the selection's records, one when it waits for the output. The recall's
+ * commands (staged: a transfer-queue write, then the scatter that waits for it; zero-copy:
+ * the unit table write and the kernel) are recorded into the second, since the queues that
+ * share one VkQueue share one submission stream and nothing waits for the recall on the host. */
+static void check_vulkan_call_submits(const char *mode, uint32_t n) {
+    setenv("FREEKV_VULKAN_RECALL", mode, 1);
+    fkv_device *dev = NULL;
+    if (fkv_backend_find("vulkan") == NULL)
+        cr_skip_test("backend vulkan is not compiled in");
+    fkv_status st = fkv_device_open("vulkan", NULL, &dev);
+    unsetenv("FREEKV_VULKAN_RECALL");
+    if (st == FKV_ERR_NO_DEVICE && !th_device_required("vulkan"))
+        cr_skip_test("no vulkan device");
+    cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
+    char queues[256];
+    cr_assert_eq(fkv_op_get_option(dev, "queues", queues, sizeof queues), FKV_OK);
+    if (strstr(queues, "background family 0 queue 0 (shared), transfer family 0 queue 0 "
+                       "(shared)") == NULL)
+        cr_skip_test("the queues do not share one VkQueue here: %s", queues);
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = FKV_POLICY_SYNC;
+    pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76}, .steps = 4,
+                  .batched = 1, .drift = 0.3f};
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    call_io io;
+    io_open(dev, &cfg, n, 0, &io);
+    for (uint32_t step = 4; step < 7; step++)
+        for (uint32_t l = 0; l < cfg.n_layers; l++) {
+            io_fill(&cfg, &run, step, l, &io);
+            fkv_counters d = io_decode(dev, ctx, &run, l, &io);
+            cr_expect_eq(total(&d).submits, 2, "%s batch %u step %u layer %u: %llu submits",
+                         mode, n, step, l, (unsigned long long)total(&d).submits);
+        }
+    io_close(&io);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
+Test(vulkan, decode_call_submits, .timeout = 120) {
+    static const char *const modes[] = {"staged", "hostptr"};
+    for (int m = 0; m < 2; m++) {
+        check_vulkan_call_submits(modes[m], 1);
+        check_vulkan_call_submits(modes[m], 4);
+    }
+}
+
 #define COUNTER_TESTS(backend)                                                                 \
     Test(backend, write_counts_one_copy_and_its_bytes) { check_transfer(#backend, 0); }        \
     Test(backend, read_counts_one_copy_and_its_bytes) { check_transfer(#backend, 1); }         \

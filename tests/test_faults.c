@@ -57,31 +57,24 @@ static void step_inputs(const fkv_config *c, uint32_t layer, uint32_t step, inpu
     }
 }
 
-static fkv_status decode(fkv_context *ctx, const fkv_config *c, uint32_t layer, uint32_t step,
-                         float *out) {
+/* One decode call of both sequences at (layer, step), its output in host memory or (host_out
+ * NULL) in the device buffer dev_out. */
+static fkv_status decode_to(fkv_context *ctx, const fkv_config *c, uint32_t layer,
+                            uint32_t step, float *host_out, fkv_buffer *dev_out) {
     size_t qn = (size_t)c->n_q_heads * c->head_dim, kvn = (size_t)c->n_kv_heads * c->head_dim;
     inputs in = {malloc(sizeof(float) * qn * N_SEQS), malloc(sizeof(float) * kvn * N_SEQS),
                  malloc(sizeof(float) * kvn * N_SEQS)};
     step_inputs(c, layer, step, &in);
     fkv_tensor tq = {in.q, NULL, 0}, tk = {in.k, NULL, 0}, tv = {in.v, NULL, 0},
-               to = {out, NULL, 0};
+               to = {host_out, host_out ? NULL : dev_out, 0};
     fkv_status st = fkv_decode_layer(ctx, layer, N_SEQS, seqs, &tq, &tk, &tv, &to);
     free(in.q), free(in.k), free(in.v);
     return st;
 }
 
-/* The same call with the output in a device buffer. */
-static fkv_status decode_into(fkv_context *ctx, const fkv_config *c, uint32_t layer,
-                              uint32_t step, fkv_buffer *out) {
-    size_t qn = (size_t)c->n_q_heads * c->head_dim, kvn = (size_t)c->n_kv_heads * c->head_dim;
-    inputs in = {malloc(sizeof(float) * qn * N_SEQS), malloc(sizeof(float) * kvn * N_SEQS),
-                 malloc(sizeof(float) * kvn * N_SEQS)};
-    step_inputs(c, layer, step, &in);
-    fkv_tensor tq = {in.q, NULL, 0}, tk = {in.k, NULL, 0}, tv = {in.v, NULL, 0},
-               to = {NULL, out, 0};
-    fkv_status st = fkv_decode_layer(ctx, layer, N_SEQS, seqs, &tq, &tk, &tv, &to);
-    free(in.q), free(in.k), free(in.v);
-    return st;
+static fkv_status decode(fkv_context *ctx, const fkv_config *c, uint32_t layer, uint32_t step,
+                         float *out) {
+    return decode_to(ctx, c, layer, step, out, NULL);
 }
 
 static fkv_status prefill(fkv_context *ctx, const fkv_config *c, uint32_t b, uint32_t layer) {
@@ -385,7 +378,7 @@ static void device_output_faults(fkv_policy policy) {
     uint64_t commands = 0;
     cr_assert_eq(fkv_cpu_fault_arm(a.dev, MAX_COMMANDS, FKV_CPU_FAULT_RUN,
                                    FKV_CPU_FAULT_THIS_THREAD), FKV_OK);
-    cr_assert_eq(decode_into(a.ctx, &c, 0, 2, bo), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(decode_to(a.ctx, &c, 0, 2, NULL, bo), FKV_OK, "%s", fkv_last_error());
     cr_assert_eq(fkv_cpu_fault_disarm(a.dev, NULL, &commands), FKV_OK);
     cr_assert_eq(fkv_context_sync(a.ctx), FKV_OK, "%s", fkv_last_error()); /* bo is free */
     fkv_buffer_release(bo);
@@ -396,7 +389,7 @@ static void device_output_faults(fkv_policy policy) {
         a = device_output_setup(&c, out, &bo);
         cr_assert_eq(fkv_cpu_fault_arm(a.dev, n, FKV_CPU_FAULT_RUN, FKV_CPU_FAULT_THIS_THREAD),
                      FKV_OK);
-        fkv_status st = decode_into(a.ctx, &c, 0, 2, bo);
+        fkv_status st = decode_to(a.ctx, &c, 0, 2, NULL, bo);
         int fired;
         cr_assert_eq(fkv_cpu_fault_disarm(a.dev, &fired, NULL), FKV_OK);
         cr_assert(fired, "%s, command %llu of %llu did not fail", fkv_policy_name(policy),

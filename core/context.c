@@ -106,8 +106,7 @@ fkv_status fkv_sequence_reset(fkv_context *ctx, uint32_t seq) {
     for (uint32_t l = 0; l < ctx->cfg.n_layers; l++) {
         seq_layer *sl = &s->layers[l];
         sl->n_tokens = 0;
-        sl->has_qprev = 0;
-        sl->qcur = 0;
+        sl->qblock = -1;
         fkv_mid_clear(ctx, sl);
         memset(sl->n_attended, 0, sizeof(uint32_t) * ctx->cfg.n_kv_heads);
         if (ctx->offload)

@@ -10,19 +10,20 @@ static fkv_status correction_flags(fkv_context *ctx, uint32_t layer, uint32_t n,
                                    const uint32_t *seqs, int *any) {
     layer_state *ls = &ctx->layers[layer];
     uint32_t hk = ctx->cfg.n_kv_heads;
-    size_t qrow = ctx->q_row_bytes, flags_bytes = (size_t)hk * FKV_INDEX_BYTES;
+    size_t flags_bytes = (size_t)hk * FKV_INDEX_BYTES;
     fkv_status st = FKV_OK;
     for (uint32_t i = 0; i < n && st == FKV_OK; i++) {
         const seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
-        if (!sl->has_qprev) { /* nothing to compare with: correct every head */
+        if (!fkv_has_qprev(sl)) { /* nothing to compare with: correct every head */
             for (uint32_t h = 0; h < hk; h++)
                 ls->host.flags[i * hk + h] = 1;
             continue;
         }
         size_t off = (size_t)i * flags_bytes;
-        st = fkv_op_cosine_flags(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->qin,
-                                    i * qrow, ls->qprev[sl->qcur], seqs[i] * qrow, 1,
-                                    ctx->cfg.tau, ls->sims, off, ls->flags, off);
+        st = fkv_op_cosine_flags(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->io,
+                                    fkv_qin_offset(ctx, ls, i), ls->io,
+                                    fkv_qprev_offset(ctx, sl), 1, ctx->cfg.tau, ls->sims, off,
+                                    ls->flags, off);
         if (st == FKV_OK)
             st = fkv_op_read(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->flags, off,
                                 ls->host.flags + (size_t)i * hk, flags_bytes);

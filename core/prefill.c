@@ -163,7 +163,7 @@ static fkv_status chunk_resident(fkv_context *ctx, uint32_t seq, layer_state *ls
 }
 
 /* The whole prompt, a scratch chunk at a time, then q_last into the previous-query buffer
- * (the empty sequence has no previous query to keep: it goes to qprev[qcur]). */
+ * (its parking row: the empty sequence has no previous query to keep). */
 static fkv_status prefill_pages(fkv_context *ctx, uint32_t seq, uint32_t layer,
                                 uint32_t n_tokens, const fkv_tensor *k, const fkv_tensor *v,
                                 const fkv_tensor *q_last, fkv_stats *stats) {
@@ -189,8 +189,8 @@ static fkv_status prefill_pages(fkv_context *ctx, uint32_t seq, uint32_t layer,
             st = fkv_op_finish(ctx->dev, FKV_QUEUE_COMPUTE);
     }
     if (st == FKV_OK)
-        st = fkv_tensor_to_device(ctx, q_last, 0, ls->host.q, ls->qprev[sl->qcur],
-                                  (size_t)seq * ctx->q_row_bytes, ctx->q_row_bytes);
+        st = fkv_tensor_to_device(ctx, q_last, 0, ls->host.in, ls->io,
+                                  fkv_q_offset(ctx, FKV_QPARK, seq), ctx->q_row_bytes);
     if (st == FKV_OK) /* its failure must show here, not as a wrong selection later */
         st = fkv_op_finish(ctx->dev, FKV_QUEUE_COMPUTE);
     /* the initial selection's recall gathers from the host pool */
@@ -229,7 +229,7 @@ static void prefill_rollback(fkv_context *ctx, seq_layer *sl) {
     fkv_op_finish(ctx->dev, FKV_QUEUE_TRANSFER);
     fkv_error_restore(msg);
     sl->n_tokens = 0;
-    sl->has_qprev = 0;
+    sl->qblock = -1;
     fkv_mid_clear(ctx, sl);
     if (ctx->offload)
         fkv_hostpool_trim(&sl->hp, ctx->dev, 0);
@@ -253,7 +253,7 @@ fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t 
     st = prefill_pages(ctx, seq, layer, n_tokens, k, v, q_last, &delta);
     if (st == FKV_OK) {
         sl->n_tokens = n_tokens;
-        sl->has_qprev = 1;
+        fkv_qprev_park(sl, seq);
         fkv_mid_clear(ctx, sl);
     }
     if (st == FKV_OK && ctx->offload)

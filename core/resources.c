@@ -48,6 +48,12 @@ void fkv_resources_derive(fkv_context *ctx) {
     ctx->list_cap = ctx->n_slots;
     ctx->scratch_pages = FKV_SCRATCH_PAGES;
     ctx->scr_pack_pages = prefill_stage_pages(ctx);
+    /* a decode call's whole input (fkv_in_layout of max_seqs: rows, heads, full lists);
+     * blocks start 256-byte aligned */
+    ctx->in_block_bytes = ((size_t)cfg->max_seqs *
+                               (ctx->q_row_bytes + 2 * ctx->kv_row_bytes + FKV_INDEX_BYTES +
+                                cfg->n_kv_heads * (1 + (size_t)ctx->list_cap) * FKV_PAIR_BYTES) +
+                           255) & ~(size_t)255;
 }
 
 static fkv_status dev_alloc(fkv_context *ctx, size_t size, fkv_bbuf **out) {
@@ -130,7 +136,7 @@ static fkv_status call_init(fkv_context *ctx, call_scratch *call) {
 
 /* The device buffers of one layer, and the slices of its pinned host staging: layer_init
  * allocates exactly these, and the context's memory estimate adds them up first. */
-enum { N_LAYER_BUFFERS = 18, N_LAYER_HOST = 12 };
+enum { N_LAYER_BUFFERS = 11, N_LAYER_HOST = 7 };
 
 typedef struct layer_part {
     void *where; /* fkv_bbuf ** (device buffer) or a pointer to the slice's pointer (host) */
@@ -141,16 +147,16 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
                         layer_part host[N_LAYER_HOST]) {
     const fkv_config *cfg = &ctx->cfg;
     size_t max_seqs = cfg->max_seqs, hq = cfg->n_q_heads, hk = cfg->n_kv_heads;
-    size_t qbytes = max_seqs * ctx->q_row_bytes, kbytes = max_seqs * ctx->kv_row_bytes;
+    size_t qbytes = max_seqs * ctx->q_row_bytes;
     size_t pool = max_seqs * ctx->n_slots * ctx->slot_bytes;
     size_t summaries = max_seqs * ctx->max_pages * hk * 2 * cfg->head_dim * FKV_F32_BYTES;
-    size_t list = max_seqs * hk * ctx->list_cap * FKV_PAIR_BYTES;
+    size_t io = FKV_IN_BLOCKS * ctx->in_block_bytes + qbytes; /* blocks, then parking */
     /* the scores, then select_pages' records (n_mid pages and scores per KV head), which
      * alone come back to the host */
     size_t records = max_seqs * hk * 2 * ctx->n_mid * FKV_F32_BYTES;
     size_t scores = max_seqs * hq * ctx->max_pages * FKV_F32_BYTES + records;
-    size_t per_seq = max_seqs * FKV_INDEX_BYTES, per_head = max_seqs * hk * FKV_INDEX_BYTES;
-    size_t heads = max_seqs * hk * FKV_PAIR_BYTES, desc = max_seqs * FKV_DESC_BYTES;
+    size_t per_head = max_seqs * hk * FKV_INDEX_BYTES;
+    size_t desc = max_seqs * FKV_DESC_BYTES;
     /* completed pages: one per sequence at decode, one per scratch page at prefill; a
      * (slot, summary) pair each, then the slot the pack reads (offload.h) */
     size_t summ_idx = (max_seqs > FKV_SCRATCH_PAGES ? max_seqs : FKV_SCRATCH_PAGES) *
@@ -159,32 +165,20 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
         {&ls->kpool, pool},
         {&ls->vpool, pool},
         {&ls->summ, summaries},
-        {&ls->qprev[0], qbytes},
-        {&ls->qprev[1], qbytes},
-        {&ls->qin, qbytes},
-        {&ls->kin, kbytes},
-        {&ls->vin, kbytes},
+        {&ls->io, io},
         {&ls->out, qbytes},
-        {&ls->rows, per_seq},
         {&ls->summ_idx, summ_idx},
         {&ls->desc, desc},
-        {&ls->heads, heads},
-        {&ls->entries, list},
         {&ls->scores, scores},
         {&ls->sims, per_head},
         {&ls->flags, per_head},
         {&ls->pack, ctx->offload ? max_seqs * ctx->page_bytes : DEV_ALLOC_MIN},
     };
     const layer_part h_parts[N_LAYER_HOST] = {
-        {&ls->host.q, qbytes},
-        {&ls->host.k, kbytes},
-        {&ls->host.v, kbytes},
+        {&ls->host.in, ctx->in_block_bytes},
         {&ls->host.out, qbytes},
-        {&ls->host.rows, per_seq},
         {&ls->host.summ_idx, summ_idx},
         {&ls->host.desc, desc},
-        {&ls->host.heads, heads},
-        {&ls->host.entries, list},
         {&ls->host.scores, records ? records : FKV_F32_BYTES},
         {&ls->host.sims, per_head},
         {&ls->host.flags, per_head},
@@ -217,7 +211,8 @@ static fkv_status layer_init(fkv_context *ctx, layer_state *ls) {
         p += host_slice(host[i].size);
     }
     ls->task_seqs = malloc(sizeof(uint32_t) * ctx->cfg.max_seqs);
-    if (ls->task_seqs == NULL)
+    ls->end_seqs = malloc(sizeof(uint32_t) * ctx->cfg.max_seqs);
+    if (ls->task_seqs == NULL || ls->end_seqs == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "task list");
     return FKV_OK;
 }
@@ -232,7 +227,9 @@ static void layer_free(fkv_context *ctx, layer_state *ls) {
     fkv_release_event(ctx, &ls->ev_attn);
     fkv_release_event(ctx, &ls->ev_recall);
     fkv_release_event(ctx, &ls->ev_offload);
+    fkv_release_event(ctx, &ls->ev_end);
     free(ls->task_seqs);
+    free(ls->end_seqs);
 }
 
 /* ---- per-sequence state ------------------------------------------------------------------ */
@@ -257,6 +254,7 @@ static fkv_status seq_init(fkv_context *ctx, seq_state *s) {
         if (!sl->mid_page || !sl->mid_score || !sl->attended || !sl->n_attended)
             return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "sequence state");
         fkv_mid_clear(ctx, sl);
+        sl->qblock = -1;
     }
     return FKV_OK;
 }

@@ -49,11 +49,10 @@ static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const selec
         if (ce <= ctx->sink_pages || ctx->n_mid == 0)
             continue;
         const seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
-        const fkv_bbuf *qbuf = a->use_qprev ? ls->qprev[sl->qcur] : ls->qin;
-        size_t q_row = a->use_qprev ? a->seqs[i] : i;
+        size_t q_off = a->use_qprev ? fkv_qprev_offset(ctx, sl) : fkv_qin_offset(ctx, ls, i);
         size_t scores_off = i * per_seq * FKV_F32_BYTES;
-        st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, qbuf,
-                              q_row * ctx->q_row_bytes, 1, ls->desc, (size_t)i * FKV_DESC_BYTES,
+        st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, ls->io,
+                              q_off, 1, ls->desc, (size_t)i * FKV_DESC_BYTES,
                               ls->summ, ls->scores, scores_off);
         if (st == FKV_OK)
             st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, 1, ls->desc,

@@ -13,8 +13,8 @@ typedef struct select_args {
     planner *pl;
     uint32_t n;
     const uint32_t *seqs;
-    int use_qprev;         /* query rows: the previous query (qprev[qcur], row = sequence id)
-                            * or this call's (qin, row = batch position) */
+    int use_qprev;         /* query rows: the previous query (fkv_qprev_offset)
+                            * or this call's (fkv_qin_offset, row = batch position) */
     uint32_t extra_tokens; /* target = n_tokens + extra_tokens */
     const int32_t *mask;   /* [n][n_kv_heads] heads to select for; NULL = all */
     uint32_t n_wait;

@@ -72,7 +72,15 @@ extern "C" {
  * fkv_context_sync (which fkv_context_read_kv and fkv_sequence_reset call), whichever comes
  * first. The pages that recall was bringing are dropped from the selection, so the next
  * steps may attend fewer pages than an error-free run until the next selection brings them
- * back; stored tokens are never affected. */
+ * back; stored tokens are never affected.
+ * A fkv_decode_layer whose output is a device buffer returns once its commands are enqueued
+ * (see fkv_decode_layer): a device failure of those commands is reported the same way, once,
+ * by the next call that touches that layer (fkv_decode_layer, fkv_prefill) or by
+ * fkv_context_sync, whichever comes first; the call that reports it fails and leaves the
+ * context as it was. The call whose commands failed had succeeded, so its effects stay: its
+ * output and the token it appended to each of its sequences are undefined (reset those
+ * sequences to recover), and the pages its recalls were bringing are dropped from the
+ * selection as above. */
 
 #define FKV_VERSION_MAJOR 0
 #define FKV_VERSION_MINOR 1
@@ -199,7 +207,8 @@ FKV_API void fkv_buffer_release(fkv_buffer *buf);
 
 /* A tensor argument: host memory (host != NULL) or device memory (buffer + byte offset).
  * Element type is f32; the shape is implied by the call. Host memory is only read
- * (or written, for outputs) during the call. */
+ * (or written, for outputs) during the call. Device memory may still be in use when the call
+ * returns (fkv_decode_layer with a device output): see the call. */
 typedef struct fkv_tensor {
     const void *host;
     fkv_buffer *buffer;
@@ -317,7 +326,16 @@ FKV_API fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, u
  *   q:   [n_seqs][n_q_heads][head_dim] f32
  *   k,v: [n_seqs][n_kv_heads][head_dim] f32, the new token's key/value (appended first)
  *   out: [n_seqs][n_q_heads][head_dim] f32, attention output (host or device memory)
- * Within a step, layers are called in order 0..L-1 with the same sequences. */
+ * Within a step, layers are called in order 0..L-1 with the same sequences.
+ * A host output is complete when the call returns, and the call waited for every command it
+ * issued. With a device output the call waits only where the method needs a result (freekv's
+ * correction flags, quest's and sync's selection) and returns with its commands in flight on
+ * the device's compute queue: the attention writes `out` itself, and q, k, v in device
+ * memory are read by those commands. Those buffers stay in use until the commands complete:
+ * fkv_buffer_read, fkv_buffer_write and later fkv_decode_layer calls are ordered after them
+ * (the same queue); anything else (the engine's own kernels or copies, fkv_buffer_release)
+ * must come after fkv_context_sync. A failure of those commands is reported later (see
+ * Failures above). */
 FKV_API fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n_seqs,
                                     const uint32_t *seqs, const fkv_tensor *q,
                                     const fkv_tensor *k, const fkv_tensor *v, fkv_tensor *out);
@@ -343,11 +361,13 @@ typedef struct fkv_stats {
     uint64_t host_bytes;       /* host memory held (KV pool, staging) */
     uint64_t device_bytes;     /* device memory held */
     /* Where the caller's thread (inside fkv_decode_layer) waited; seconds, disjoint:
-     * - blocked_recall_seconds: page recall for this step's attention. sync: the recall engine
-     *   on the caller's thread and the wait for the recall to complete. speculative, freekv:
-     *   the wait for the background recall's completion event, and the part of the wait for
-     *   the layer's background task after the worker finished its selection (the worker
-     *   issuing the recall).
+     * - blocked_recall_seconds: host work of page recall for this step's attention on the
+     *   caller's path. sync: the recall engine on the caller's thread (host gather, issue).
+     *   speculative, freekv: the part of the wait for the layer's background task after the
+     *   worker finished its selection (the worker issuing the recall). The caller does not
+     *   wait on the host for sync's or the background recall to complete: attention waits for
+     *   it on the device, so device time spent on that recall shows in the step's latency
+     *   (with a host output, in the wait for the output), not here.
      * - blocked_select_seconds: page selection for this step's attention. quest, sync: the
      *   synchronous selection (score kernels, the score readback, which also waits for work
      *   queued earlier on the compute queue, group reduction, top-k, planning). speculative,

@@ -456,6 +456,201 @@ static void check_steady_allocs(const char *backend, fkv_policy policy) {
     fkv_device_close(dev);
 }
 
+/* ---- one decode call: its commands do not grow with the batch ---- */
+
+/* The inputs of one decode call of (step, layer) for a batch (pd_execute's data), and its
+ * output: host memory, or device buffers filled from it. */
+typedef struct call_io {
+    uint32_t n;
+    size_t qbytes, kvbytes;
+    float *q, *k, *v, *out;
+    fkv_buffer *bq, *bk, *bv, *bo; /* NULL: host tensors */
+} call_io;
+
+static void io_open(fkv_device *dev, const fkv_config *cfg, uint32_t n, int device, call_io *io) {
+    memset(io, 0, sizeof *io);
+    io->n = n;
+    io->qbytes = (size_t)n * cfg->n_q_heads * cfg->head_dim * sizeof(float);
+    io->kvbytes = (size_t)n * cfg->n_kv_heads * cfg->head_dim * sizeof(float);
+    io->q = malloc(io->qbytes), io->out = malloc(io->qbytes);
+    io->k = malloc(io->kvbytes), io->v = malloc(io->kvbytes);
+    cr_assert(io->q && io->out && io->k && io->v);
+    if (device) {
+        cr_assert_eq(fkv_buffer_alloc(dev, io->qbytes, &io->bq), FKV_OK, "%s", fkv_last_error());
+        cr_assert_eq(fkv_buffer_alloc(dev, io->kvbytes, &io->bk), FKV_OK);
+        cr_assert_eq(fkv_buffer_alloc(dev, io->kvbytes, &io->bv), FKV_OK);
+        cr_assert_eq(fkv_buffer_alloc(dev, io->qbytes, &io->bo), FKV_OK);
+    }
+}
+
+static void io_close(call_io *io) {
+    free(io->q), free(io->k), free(io->v), free(io->out);
+    fkv_buffer_release(io->bq), fkv_buffer_release(io->bk), fkv_buffer_release(io->bv);
+    fkv_buffer_release(io->bo);
+}
+
+/* The inputs of (step, layer) for sequences 0..n-1 with the prompts of `run`, into io (and its
+ * buffers: blocking writes, before any measurement). */
+static void io_fill(const fkv_config *cfg, const pd_run *run, uint32_t step, uint32_t layer,
+                    call_io *io) {
+    size_t qn = (size_t)cfg->n_q_heads * cfg->head_dim;
+    size_t kvn = (size_t)cfg->n_kv_heads * cfg->head_dim;
+    for (uint32_t b = 0; b < io->n; b++) {
+        uint32_t t = run->prompt[b] + step;
+        pd_query(cfg, run->drift, run->seqs[b], layer, t, io->q + b * qn);
+        pd_data(0, run->seqs[b], layer, t, io->k + b * kvn, kvn);
+        pd_data(1, run->seqs[b], layer, t, io->v + b * kvn, kvn);
+    }
+    if (io->bq) {
+        cr_assert_eq(fkv_buffer_write(io->bq, 0, io->q, io->qbytes), FKV_OK, "%s",
+                     fkv_last_error());
+        cr_assert_eq(fkv_buffer_write(io->bk, 0, io->k, io->kvbytes), FKV_OK);
+        cr_assert_eq(fkv_buffer_write(io->bv, 0, io->v, io->kvbytes), FKV_OK);
+    }
+}
+
+/* One fkv_decode_layer with io's tensors; the counters' difference over the call. */
+static fkv_counters io_decode(fkv_device *dev, fkv_context *ctx, const pd_run *run,
+                              uint32_t layer, call_io *io) {
+    fkv_tensor tq = {io->q, NULL, 0}, tk = {io->k, NULL, 0}, tv = {io->v, NULL, 0},
+               to = {io->out, NULL, 0};
+    if (io->bq) {
+        tq = (fkv_tensor){NULL, io->bq, 0}, tk = (fkv_tensor){NULL, io->bk, 0};
+        tv = (fkv_tensor){NULL, io->bv, 0}, to = (fkv_tensor){NULL, io->bo, 0};
+    }
+    fkv_counters a = snap(dev);
+    cr_assert_eq(fkv_decode_layer(ctx, layer, io->n, run->seqs, &tq, &tk, &tv, &to), FKV_OK,
+                 "%s", fkv_last_error());
+    fkv_counters b = snap(dev);
+    if (io->bo) /* after the measurement: ordered after the call on the compute queue */
+        cr_assert_eq(fkv_buffer_read(io->bo, 0, io->out, io->qbytes), FKV_OK, "%s",
+                     fkv_last_error());
+    return diff(&b, &a);
+}
+
+/* Decode calls of the speculative policy (no correction, so every compute-queue command is
+ * the call's own; the worker's run on the background and transfer queues) at batch 1 and 4,
+ * on steps that fill no page. Per call on the compute queue: one write of the inputs (q, k,
+ * v, the rows table and the attention lists, the selection being known before the call), the
+ * append, the attention (one launch: attention_splits 1) and, for a host output, its read: the
+ * same at every batch, with no copy of the query for the next step. Host output: one caller
+ * wait (the output); none for the speculative recall, which attention waits for on the device.
+ * Device buffers: the query is copied into the input block (k and v are read in place), the
+ * attention writes the output itself, and the caller waits for nothing (the worker waits for
+ * the call before its task). A twin context with host tensors gives the same outputs, bit for
+ * bit. */
+static void check_decode_call(const char *backend, uint32_t n) {
+    fkv_device *dev = open_device(backend);
+    fkv_device_info info;
+    fkv_device_get_info(dev, &info);
+    if (info.type != FKV_DEVICE_REFERENCE)
+        cr_assert_eq(th_set_option(dev, "attention_splits", 1), FKV_OK, "%s: %s", backend,
+                     fkv_last_error());
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = FKV_POLICY_SPECULATIVE;
+    /* prompts of whole pages: steps 4..6 fill none (page_size 4) */
+    pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76}, .steps = 4,
+                  .batched = 1, .drift = 0.3f};
+    fkv_context *host_ctx = NULL, *dev_ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &host_ctx), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_context_create(dev, &cfg, &dev_ctx), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(pd_execute(host_ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(pd_execute(dev_ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    call_io hio, dio;
+    io_open(dev, &cfg, n, 0, &hio);
+    io_open(dev, &cfg, n, 1, &dio);
+    for (uint32_t step = 4; step < 7; step++)
+        for (uint32_t l = 0; l < cfg.n_layers; l++) {
+            /* the worker idle: its commands and waits are not the call's */
+            cr_assert_eq(fkv_context_sync(host_ctx), FKV_OK, "%s", fkv_last_error());
+            cr_assert_eq(fkv_context_sync(dev_ctx), FKV_OK, "%s", fkv_last_error());
+            io_fill(&cfg, &run, step, l, &hio);
+            io_fill(&cfg, &run, step, l, &dio);
+            fkv_counters h = io_decode(dev, host_ctx, &run, l, &hio);
+            fkv_counters d = io_decode(dev, dev_ctx, &run, l, &dio);
+            const fkv_queue_counters *hc = &h.queues[FKV_COUNTER_COMPUTE];
+            const fkv_queue_counters *dc = &d.queues[FKV_COUNTER_COMPUTE];
+            cr_expect_eq(hc->copies, 2, "%s batch %u step %u layer %u: %llu copies (inputs with "
+                         "lists, output)", backend, n, step, l, (unsigned long long)hc->copies);
+            cr_expect_eq(hc->launches, 2, "%s batch %u: %llu launches (append, attention)",
+                         backend, n, (unsigned long long)hc->launches);
+            cr_expect_eq(hc->d2h_bytes, hio.qbytes, "%s batch %u: the output read", backend, n);
+            cr_expect_eq(h.caller_waits, 1, "%s batch %u step %u layer %u: %llu caller waits "
+                         "(the output)", backend, n, step, l,
+                         (unsigned long long)h.caller_waits);
+            cr_expect_eq(dc->copies, 2, "%s batch %u step %u layer %u: %llu copies with device "
+                         "tensors (rows table with lists, q)", backend, n, step, l,
+                         (unsigned long long)dc->copies);
+            cr_expect_eq(dc->launches, 2, "%s batch %u: %llu launches with device tensors",
+                         backend, n, (unsigned long long)dc->launches);
+            cr_expect_eq(dc->d2h_bytes, 0, "%s batch %u: no readback", backend, n);
+            cr_expect_eq(d.caller_waits, 0, "%s batch %u step %u layer %u: %llu caller waits "
+                         "with a device output", backend, n, step, l,
+                         (unsigned long long)d.caller_waits);
+            cr_expect(memcmp(hio.out, dio.out, hio.qbytes) == 0,
+                      "%s batch %u step %u layer %u: device tensors give another output",
+                      backend, n, step, l);
+        }
+    cr_assert_eq(fkv_context_sync(dev_ctx), FKV_OK, "%s", fkv_last_error());
+    io_close(&hio);
+    io_close(&dio);
+    fkv_context_destroy(host_ctx);
+    fkv_context_destroy(dev_ctx);
+    fkv_device_close(dev);
+}
+
+/* Vulkan: a decode call of the sync policy (no worker: every submission is the call's) goes
+ * out in two vkQueueSubmit on lavapipe, whatever the batch and the recall mode: one when the
+ * host waits for the selection's records, one when it waits for the output. The recall's
+ * commands (staged: a transfer-queue write, then the scatter that waits for it; zero-copy:
+ * the unit table write and the kernel) are recorded into the second, since the queues that
+ * share one VkQueue share one submission stream and nothing waits for the recall on the host. */
+static void check_vulkan_call_submits(const char *mode, uint32_t n) {
+    setenv("FREEKV_VULKAN_RECALL", mode, 1);
+    fkv_device *dev = NULL;
+    if (fkv_backend_find("vulkan") == NULL)
+        cr_skip_test("backend vulkan is not compiled in");
+    fkv_status st = fkv_device_open("vulkan", NULL, &dev);
+    unsetenv("FREEKV_VULKAN_RECALL");
+    if (st == FKV_ERR_NO_DEVICE && !th_device_required("vulkan"))
+        cr_skip_test("no vulkan device");
+    cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
+    char queues[256];
+    cr_assert_eq(fkv_op_get_option(dev, "queues", queues, sizeof queues), FKV_OK);
+    if (strstr(queues, "background family 0 queue 0 (shared), transfer family 0 queue 0 "
+                       "(shared)") == NULL)
+        cr_skip_test("the queues do not share one VkQueue here: %s", queues);
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = FKV_POLICY_SYNC;
+    pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76}, .steps = 4,
+                  .batched = 1, .drift = 0.3f};
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    call_io io;
+    io_open(dev, &cfg, n, 0, &io);
+    for (uint32_t step = 4; step < 7; step++)
+        for (uint32_t l = 0; l < cfg.n_layers; l++) {
+            io_fill(&cfg, &run, step, l, &io);
+            fkv_counters d = io_decode(dev, ctx, &run, l, &io);
+            cr_expect_eq(total(&d).submits, 2, "%s batch %u step %u layer %u: %llu submits",
+                         mode, n, step, l, (unsigned long long)total(&d).submits);
+        }
+    io_close(&io);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
+Test(vulkan, decode_call_submits, .timeout = 120) {
+    static const char *const modes[] = {"staged", "hostptr"};
+    for (int m = 0; m < 2; m++) {
+        check_vulkan_call_submits(modes[m], 1);
+        check_vulkan_call_submits(modes[m], 4);
+    }
+}
+
 #define COUNTER_TESTS(backend)                                                                 \
     Test(backend, write_counts_one_copy_and_its_bytes) { check_transfer(#backend, 0); }        \
     Test(backend, read_counts_one_copy_and_its_bytes) { check_transfer(#backend, 1); }         \
@@ -466,7 +661,11 @@ static void check_steady_allocs(const char *backend, fkv_policy policy) {
     Test(backend, attention_launches) { check_attention(#backend); }                           \
     Test(backend, decode_waits_by_thread, .timeout = 120) { check_decode_roles(#backend); }    \
     Test(backend, prefill_offload_in_batches, .timeout = 120) { check_prefill_batched(#backend); } \
-    Test(backend, decode_page_fill_one_index_write) { check_decode_fill(#backend); }
+    Test(backend, decode_page_fill_one_index_write) { check_decode_fill(#backend); } \
+    Test(backend, decode_call_commands, .timeout = 120) {                                      \
+        check_decode_call(#backend, 1);                                                        \
+        check_decode_call(#backend, 4);                                                        \
+    }
 
 COUNTER_TESTS(cpu)
 COUNTER_TESTS(opencl)

@@ -892,12 +892,13 @@ static const char *vk_recall_note(fkv_bdev *d) { return d->recall_note; }
 /* ---- options (docs/backend-options.md) ---- */
 
 static const char *const settable[] = {"attention_splits", "window_bytes", "shared_memory_bytes",
-                                       "allocation_limit", "break_import", NULL};
+                                       "allocation_limit", "break_import", "separate_streams",
+                                       NULL};
 static const char *const readable[] = {
     "attention_splits", "window_bytes",     "shared_memory_bytes", "allocation_limit",
     "live_allocations", "validation_errors", "subgroup_size",      "storage_16bit",
     "import_host",      "perpage_copies",   "queues",              "compute_units",
-    "compute_units_source", "allocations", "submits", NULL};
+    "compute_units_source", "allocations", "submits", "separate_streams", NULL};
 
 static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value) {
     uint64_t v = 0;
@@ -917,6 +918,9 @@ static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value)
     } else if (strcmp(key, "break_import") == 0) {
         if ((st = fkv_option_uint("vulkan", key, value, 1, &v)) == FKV_OK)
             atomic_store(&fkv_vk_import_broken, (int)v);
+    } else if (strcmp(key, "separate_streams") == 0) {
+        if ((st = fkv_option_uint("vulkan", key, value, 1, &v)) == FKV_OK)
+            d->separate_streams = (int)v;
     } else {
         st = fkv_option_unknown("vulkan", "settable", key, settable);
     }
@@ -961,6 +965,8 @@ static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t 
         v = (uint64_t)d->import_host;
     else if (strcmp(key, "perpage_copies") == 0)
         v = (uint64_t)d->perpage_cmds;
+    else if (strcmp(key, "separate_streams") == 0)
+        v = (uint64_t)d->separate_streams;
     else if (strcmp(key, "compute_units") == 0)
         v = d->compute_units;
     else

@@ -70,9 +70,10 @@ typedef struct vk_hwqueue {
     pthread_mutex_t lock; /* vkQueueSubmit needs external synchronisation */
 } vk_hwqueue;
 
-/* One fkv_queue: in order through its own timeline (every submission waits for the previous
- * value), whatever VkQueue it shares. `lock` guards everything here (command and descriptor
- * pools need external synchronisation too). */
+/* One fkv_queue's submission stream: in order through its own timeline (every submission
+ * waits for the previous value). The fkv queues that run on one VkQueue use the first one's
+ * stream (vk_submit.c), unless the option separate_streams is set. `lock` guards everything
+ * here (command and descriptor pools need external synchronisation too). */
 typedef struct vk_fqueue {
     pthread_mutex_t lock;
     vk_hwqueue *hw;
@@ -87,9 +88,11 @@ typedef struct vk_fqueue {
     uint64_t *pend_vals;
     VkPipelineStageFlags *pend_stages;
     uint32_t n_pend_waits, cap_pend_waits;
-    /* values handed out (events, staged reads): the pending commands up to mark_cbs[i] are
-     * one batch of the submission that signals mark_vals[i] */
-    uint32_t *mark_cbs;
+    /* values handed out (events, staged reads) and the ends of batches before a command that
+     * waits on another queue: the pending commands up to mark_cbs[i] are one batch of the
+     * submission that signals mark_vals[i], with the pending waits before mark_waits[i] (from
+     * the previous mark's on) */
+    uint32_t *mark_cbs, *mark_waits;
     uint64_t *mark_vals;
     uint32_t n_marks, cap_marks;
     VkSubmitInfo *pend_si;
@@ -167,6 +170,9 @@ struct fkv_bdev {
 
     fkv_recall_mode recall;
     int perpage_cmds; /* write_regions issues one command per region (FREEKV_VULKAN_RECALL=perpage) */
+    /* option separate_streams: every fkv_queue submits on its own stream even where queues
+     * share a VkQueue (as on a device with one per queue; tests of cross-queue batches) */
+    int separate_streams;
     int import_host;  /* host_alloc imports malloc memory (hostptr) */
     char recall_note[256]; /* why "auto" chose the recall mode it did (recall_note) */
 
@@ -262,7 +268,8 @@ fkv_status fkv_vk_fqueue_init(fkv_bdev *d, vk_fqueue *fq, vk_hwqueue *hw, int ke
 void fkv_vk_fqueue_destroy(fkv_bdev *d, vk_fqueue *fq);
 typedef struct vk_cmd {
     fkv_bdev *d;
-    vk_fqueue *fq;
+    fkv_queue q;   /* the fkv_queue it was recorded for (what the counters count it on) */
+    vk_fqueue *fq; /* its submission stream (fkv queues on one VkQueue share one) */
     vk_record rec;
     uint32_t n_dispatch;
 } vk_cmd;
@@ -274,9 +281,9 @@ void fkv_vk_count(const vk_cmd *c, int launch, fkv_copy_dir dir, uint64_t bytes)
 fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_temp *out);
 fkv_status fkv_vk_cmd_set(vk_cmd *c, VkDescriptorSet *out);
 /* Ends the command buffer and queues it after deps.wait and the queue's previous command,
- * unlocks. It is submitted with the queue's neighbouring commands in one vkQueueSubmit: when
- * something waits on it or a later command (event_wait, a command of another queue, finish),
- * before a command of this queue that waits on another queue, or at 64 commands. */
+ * unlocks. It is submitted with the stream's neighbouring commands in one vkQueueSubmit: when
+ * something waits on it or a later command (event_wait, a command of another stream, finish),
+ * or at 64 commands; a wait on another stream starts a batch of that submission. */
 fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_out);
 /* Submits the queue's recorded commands (no-op when none). */
 fkv_status fkv_vk_flush(fkv_bdev *d, fkv_queue q);

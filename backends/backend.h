@@ -82,7 +82,9 @@
 extern "C" {
 #endif
 
-#define FKV_BACKEND_ABI_VERSION 1
+/* 2: the scores descriptor holds the query row (FKV_SCORES_DESC_INTS), so one call scores a
+ * batch whatever buffer rows its queries come from. */
+#define FKV_BACKEND_ABI_VERSION 2
 
 typedef struct fkv_bdev fkv_bdev;     /* an opened device */
 typedef struct fkv_bbuf fkv_bbuf;     /* device memory */
@@ -174,6 +176,10 @@ typedef struct fkv_direct_src {
  * descriptor bindings): a call over more hosts issues ceil(hosts / this) launches. */
 #define FKV_DIRECT_HOSTS_PER_LAUNCH 8
 
+/* Ints per sequence of the scores and select_pages descriptor: (summary base, n_pages, out
+ * base, query row). */
+#define FKV_SCORES_DESC_INTS 4
+
 /* The selection of select_pages: candidates [first_page, n_pages) of each sequence, k pages
  * per (sequence, KV head), reduced by `reduce` with softmax scale temp_scale (> 0). */
 typedef struct fkv_select_params {
@@ -228,9 +234,13 @@ typedef struct fkv_backend_ops {
     fkv_status (*summarize)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                             const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
                             size_t pages_off, fkv_bbuf *summaries);
-    /* Quest bound for every query head. desc[3b..3b+2] = (summary base, n_pages, out base):
-     * out[base + h*n_pages + j] = sum_c max(q[b][h][c]*max[c], q[b][h][c]*min[c]) of summary
-     * base+j, KV head h/group. q is [n_seqs][n_kv_heads*group][head_dim]. */
+    /* Quest bound for every query head. desc[4b..4b+3] = (summary base, n_pages, out base,
+     * q row): out[base + h*n_pages + j] = sum_c max(q[c]*max[c], q[c]*min[c]) over query head
+     * h of row `q row` of qbuf and summary base+j of KV head h/group. qbuf from q_off is rows
+     * of [n_kv_heads*group][head_dim] f32 (at least one); rows may repeat and come in any
+     * order, so a batch's queries are read where they lie (this call's, or each sequence's
+     * previous one). A row beyond the buffer is refused by the CPU reference and skipped by
+     * GPU kernels, as any index from device data. */
     fkv_status (*scores)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
                          size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
@@ -326,8 +336,8 @@ typedef struct fkv_backend_ops {
      * fkv_device_get_counters says so (FKV_ERR_UNSUPPORTED) instead of reporting zeros. */
     const struct fkv_bcounters *(*counters)(fkv_bdev *dev);
     /* Group reduction and top-k of page scores (FreeKV's selection) on the device, so that only
-     * O(budget) values come back. For sequence b: desc[3b+1] = n_pages and desc[3b+2] = base
-     * (floats from scores_off), as the scores op took them (desc[3b] is not read): query head
+     * O(budget) values come back. For sequence b: desc[4b+1] = n_pages and desc[4b+2] = base
+     * (floats from scores_off), as the scores op took them (the rest is not read): query head
      * hq's score of page j is scores[base + hq*n_pages + j]. Per (b, KV head h), over the
      * candidate pages j in [p->first_page, n_pages) and the group's query heads r
      * (hq = h*group + r), in f32:

@@ -105,18 +105,18 @@ fkv_status fkv_fallback_select_pages(const fkv_backend_ops *ops, fkv_bdev *dev, 
     size_t hq = (size_t)g->n_kv_heads * g->group;
     size_t out_bytes = (size_t)n_seqs * g->n_kv_heads * 2 * p->k * sizeof(int32_t);
     size_t have = (((const fkv_mem_desc *)scores)->size - scores_off) / sizeof(float), len = 0;
-    int32_t *d = malloc((size_t)n_seqs * 3 * sizeof(int32_t)), *rec = malloc(out_bytes);
+    size_t desc_bytes = (size_t)n_seqs * FKV_SCORES_DESC_INTS * sizeof(int32_t);
+    int32_t *d = malloc(desc_bytes), *rec = malloc(out_bytes);
     float *s = NULL;
     fkv_bevent *ev = NULL;
     fkv_status st = d && rec ? FKV_OK
                              : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "select_pages fallback");
     if (st == FKV_OK)
-        st = read_now(ops, dev, q, deps.n_wait, deps.wait, desc, desc_off, d,
-                      (size_t)n_seqs * 3 * sizeof(int32_t));
+        st = read_now(ops, dev, q, deps.n_wait, deps.wait, desc, desc_off, d, desc_bytes);
     for (uint32_t b = 0; st == FKV_OK && b < n_seqs; b++) {
         /* the reference refuses what lies beyond the buffer; read only what exists */
-        size_t end = d[3 * b + 1] > 0 && d[3 * b + 2] >= 0
-                         ? (size_t)d[3 * b + 2] + hq * (size_t)d[3 * b + 1] : 0;
+        const int32_t *db = d + (size_t)FKV_SCORES_DESC_INTS * b;
+        size_t end = db[1] > 0 && db[2] >= 0 ? (size_t)db[2] + hq * (size_t)db[1] : 0;
         len = end > len ? (end < have ? end : have) : len;
     }
     if (st == FKV_OK && (s = malloc((len ? len : 1) * sizeof(float))) == NULL)

@@ -483,8 +483,8 @@ static void check_bad_arguments(const cf_env *env, const cf_case *c, cf_result *
     REFUSED(fkv_op_append(dev, CQ, D, g, s.big, 0, s.big, 0, 2, rows, 0, s.kp, NULL));
     REFUSED(fkv_op_summarize(dev, CQ, D, g, s.kp, 2, rows, 0, s.sums)); /* pages: needs 4 ints */
     REFUSED(fkv_op_summarize(dev, CQ, D, g, s.kp, 1, rows, 0, NULL));
-    REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 0, 2, rows, 0, s.sums, s.out, 0)); /* q too small */
-    REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 0, 1, rows, 0, s.sums, s.out, 0)); /* desc: 3 ints */
+    REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 4, 1, s.idx, 0, s.sums, s.out, 0)); /* no q row */
+    REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 0, 1, rows, 0, s.sums, s.out, 0)); /* desc: 4 ints */
     fkv_select_params sel = {.first_page = 0, .k = 2, .reduce = FKV_GROUP_MEAN,
                              .temp_scale = 1.0f};
     REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, rows, 0, s.out, 0, &sel, s.out, 4)); /* desc */
@@ -641,11 +641,15 @@ static void check_out_of_range(const cf_env *env, const cf_case *c, cf_result *r
         "summarize slot 2 of 2");
     OOR(fkv_op_summarize(dev, CQ, E, &g, kp2, 1, IDX(1, 2), 0, s.sums), "summarize",
         "summarize into summary 2 of 2");
-    /* scores: summaries [1, 3) of 2; an output block past the end */
-    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(1, 2, 0), 0, s.sums, s.out, 0), "scores",
+    /* scores: summaries [1, 3) of 2; an output block past the end; query rows 1 of 1 and -1 */
+    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(1, 2, 0, 0), 0, s.sums, s.out, 0), "scores",
         "scores of summaries [1, 3) of 2");
-    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 60), 0, s.sums, s.out, 0), "scores",
+    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 60, 0), 0, s.sums, s.out, 0), "scores",
         "scores past the output");
+    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 0, 1), 0, s.sums, s.out, 0), "scores",
+        "scores of query row 1 of 1");
+    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 0, -1), 0, s.sums, s.out, 0), "scores",
+        "scores of query row -1");
     /* pack_hnd: a negative slot, slot 8 of 8 */
     OOR(fkv_op_pack_hnd(dev, CQ, E, &g, s.kp, s.vp, 2, IDX(-1, 8), 0, s.big, 0), "pack_hnd",
         "pack_hnd of slots -1 and 8");

@@ -403,16 +403,17 @@ static int build_summarize(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result
 }
 
 /* Four sequences: 7 pages, 6 pages at another base after a gap, none (writes nothing), and 27
- * pages ending at the last summary (several tiles); the gaps must stay untouched. */
+ * pages ending at the last summary (several tiles); the gaps must stay untouched. Their queries
+ * are rows 3, 0, 1 and 3 of five (out of order, one twice, two unread). */
 static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     (void)env, (void)r;
     const fkv_kv_geom *g = &s->g;
     uint32_t hq = g->n_kv_heads * g->group, d = g->head_dim, n_summ = 40;
     int32_t o1 = (int32_t)(3 + hq * 7 + 5), o3 = o1 + (int32_t)(hq * 6 + 2);
-    int32_t desc_v[12] = {1, 7, 3, 5, 6, o1, 0, 0, 0, 13, 27, o3};
+    int32_t desc_v[16] = {1, 7, 3, 3, 5, 6, o1, 0, 0, 0, 0, 1, 13, 27, o3, 3};
     size_t out_len = (size_t)o3 + hq * 27 + 4;
     int q = (int)s->n_arr;
-    float *qv = cf_add_input(s, "q", CF_IN_OFF, (size_t)4 * hq * d * 4);
+    float *qv = cf_add_input(s, "q", CF_IN_OFF, (size_t)5 * hq * d * 4);
     int desc = (int)s->n_arr;
     int32_t *dv = cf_add_input(s, "desc", 12, sizeof desc_v);
     int sm = (int)s->n_arr;
@@ -421,7 +422,7 @@ static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
     cf_add_output(s, "scores", CF_GUARD, out_len * 4, CF_GUARD, CF_F32);
     if (!cf_spec_ok(s))
         return -1;
-    fill_f32(rng, qv, (size_t)4 * hq * d);
+    fill_f32(rng, qv, (size_t)5 * hq * d);
     memcpy(dv, desc_v, sizeof desc_v);
     for (size_t i = 0; i < (size_t)n_summ * g->n_kv_heads; i++) {
         float *mn = summ + i * 2 * d, *mx = mn + d;
@@ -916,7 +917,7 @@ static void compare_select(const cf_spec *s, unsigned char **ref, unsigned char 
             for (size_t h = 0; h < hk; h++) {
                 size_t at_rec = out->pay_off + (b * hk + h) * 2 * k * 4;
                 const unsigned char *rr = ref[c->b[2].arr] + at_rec, *dr = dut[c->b[2].arr] + at_rec;
-                int32_t np = cf_i32_at(desc, 3 * b + 1);
+                int32_t np = cf_i32_at(desc, FKV_SCORES_DESC_INTS * b + 1);
                 size_t n_cand = np > SEL_FIRST ? (size_t)(np - SEL_FIRST) : 0;
                 size_t kk = n_cand < k ? n_cand : k;
                 double kth = kk ? cf_f32_at(rr, k + kk - 1) : 0; /* ascending pages: find min */
@@ -979,9 +980,10 @@ static int select_call(cf_spec *s, cf_rng *rng, const char *const labels[3], int
                        fkv_group_reduce reduce, uint32_t k, float scale) {
     const fkv_kv_geom *g = &s->g;
     uint32_t hq = g->n_kv_heads * g->group, hk = g->n_kv_heads;
-    int32_t desc_v[3 * SEL_SEQS], base = 3;
+    int32_t desc_v[FKV_SCORES_DESC_INTS * SEL_SEQS], base = 3;
     for (int b = 0; b < SEL_SEQS; b++) {
-        desc_v[3 * b] = 0, desc_v[3 * b + 1] = sel_pages[b], desc_v[3 * b + 2] = base;
+        int32_t *db = desc_v + FKV_SCORES_DESC_INTS * b;
+        db[0] = 0, db[1] = sel_pages[b], db[2] = base, db[3] = 0;
         base += (int32_t)hq * sel_pages[b] + 5;
     }
     int desc = (int)s->n_arr;
@@ -1006,7 +1008,7 @@ static int select_call(cf_spec *s, cf_rng *rng, const char *const labels[3], int
     }
     if (kind == 3) {
         sv[3 + 4] = NAN;
-        int32_t b4 = desc_v[3 * 4 + 2];
+        int32_t b4 = desc_v[FKV_SCORES_DESC_INTS * 4 + 2];
         for (int32_t j = 0; j < sel_pages[4]; j++)
             sv[b4 + j] = -INFINITY;
     }

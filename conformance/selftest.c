@@ -112,15 +112,16 @@ static fkv_status rewrite_scores(fkv_bdev *dev, fkv_queue q, const fkv_kv_geom *
                                  const fkv_bbuf *desc, size_t desc_off, uint32_t n_seqs,
                                  fkv_bbuf *out, size_t out_off, int kind) {
     fkv_bevent *ev = NULL;
-    int32_t *d = malloc((size_t)n_seqs * 12 + 4);
+    size_t desc_bytes = (size_t)n_seqs * FKV_SCORES_DESC_INTS * 4;
+    int32_t *d = malloc(desc_bytes + 4);
     if (d == NULL)
         return FKV_ERR_OUT_OF_HOST_MEMORY;
     fkv_status st = wait_release(
-        dev, base->read(dev, q, (fkv_deps){0, NULL, &ev}, desc, desc_off, d, (size_t)n_seqs * 12),
-        &ev);
+        dev, base->read(dev, q, (fkv_deps){0, NULL, &ev}, desc, desc_off, d, desc_bytes), &ev);
     size_t hq = (size_t)g->n_kv_heads * g->group;
     for (uint32_t b = 0; b < n_seqs && st == FKV_OK; b++) {
-        size_t n_pages = (size_t)d[3 * b + 1], n = hq * n_pages;
+        const int32_t *db = d + (size_t)FKV_SCORES_DESC_INTS * b;
+        size_t n_pages = (size_t)db[1], n = hq * n_pages;
         if (n == 0)
             continue;
         float *s = malloc(n * 4);
@@ -128,7 +129,7 @@ static fkv_status rewrite_scores(fkv_bdev *dev, fkv_queue q, const fkv_kv_geom *
             st = FKV_ERR_OUT_OF_HOST_MEMORY;
             break;
         }
-        size_t at = out_off + (size_t)d[3 * b + 2] * 4;
+        size_t at = out_off + (size_t)db[2] * 4;
         st = wait_release(dev, base->read(dev, q, (fkv_deps){0, NULL, &ev}, out, at, s, n * 4),
                           &ev);
         for (size_t h = 0; h < hq && st == FKV_OK; h++) {

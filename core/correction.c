@@ -21,8 +21,8 @@ static fkv_status correction_flags(fkv_context *ctx, uint32_t layer, uint32_t n,
         }
         size_t off = (size_t)i * flags_bytes;
         st = fkv_op_cosine_flags(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->qin,
-                                    i * qrow, ls->qprev[sl->qcur], seqs[i] * qrow, 1,
-                                    ctx->cfg.tau, ls->sims, off, ls->flags, off);
+                                 i * qrow, ls->qprev, fkv_qprev_row(ctx, sl->qcur, seqs[i]) * qrow,
+                                 1, ctx->cfg.tau, ls->sims, off, ls->flags, off);
         if (st == FKV_OK)
             st = fkv_op_read(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->flags, off,
                                 ls->host.flags + (size_t)i * hk, flags_bytes);

@@ -201,15 +201,16 @@ static fkv_status select_for_attention(fkv_context *ctx, decode_call *dc) {
 }
 
 /* q[t] becomes the query of the next step's speculative selection; it goes to the other
- * qprev buffer, so q[t-1] survives a failure of this call. */
+ * half of qprev, so q[t-1] survives a failure of this call. */
 static fkv_status keep_query(fkv_context *ctx, const decode_call *dc) {
     layer_state *ls = &ctx->layers[dc->layer];
     size_t qrow = ctx->q_row_bytes;
     fkv_status st = FKV_OK;
     for (uint32_t i = 0; i < dc->n && st == FKV_OK; i++) {
         const seq_layer *sl = &ctx->seqs[dc->seqs[i]].layers[dc->layer];
-        st = fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->qprev[!sl->qcur],
-                            dc->seqs[i] * qrow, ls->qin, i * qrow, qrow);
+        size_t prev_off = (size_t)fkv_qprev_row(ctx, !sl->qcur, dc->seqs[i]) * qrow;
+        st = fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->qprev, prev_off, ls->qin,
+                            i * qrow, qrow);
     }
     return st;
 }

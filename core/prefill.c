@@ -122,7 +122,7 @@ static fkv_status chunk_resident(fkv_context *ctx, uint32_t seq, layer_state *ls
 }
 
 /* The whole prompt, a scratch chunk at a time, then q_last into the previous-query buffer
- * (the empty sequence has no previous query to keep: it goes to qprev[qcur]). */
+ * (the empty sequence has no previous query to keep: it goes to its qcur half of qprev). */
 static fkv_status prefill_pages(fkv_context *ctx, uint32_t seq, uint32_t layer,
                                 uint32_t n_tokens, const fkv_tensor *k, const fkv_tensor *v,
                                 const fkv_tensor *q_last, fkv_stats *stats) {
@@ -146,8 +146,9 @@ static fkv_status prefill_pages(fkv_context *ctx, uint32_t seq, uint32_t layer,
             st = fkv_op_finish(ctx->dev, FKV_QUEUE_COMPUTE);
     }
     if (st == FKV_OK)
-        st = fkv_tensor_to_device(ctx, q_last, 0, ls->host.q, ls->qprev[sl->qcur],
-                                  (size_t)seq * ctx->q_row_bytes, ctx->q_row_bytes);
+        st = fkv_tensor_to_device(ctx, q_last, 0, ls->host.q, ls->qprev,
+                                  fkv_qprev_row(ctx, sl->qcur, seq) * ctx->q_row_bytes,
+                                  ctx->q_row_bytes);
     if (st == FKV_OK) /* its failure must show here, not as a wrong selection later */
         st = fkv_op_finish(ctx->dev, FKV_QUEUE_COMPUTE);
     return st;

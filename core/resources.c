@@ -116,7 +116,7 @@ static fkv_status call_init(fkv_context *ctx, call_scratch *call) {
 
 /* The device buffers of one layer, and the slices of its pinned host staging: layer_init
  * allocates exactly these, and the context's memory estimate adds them up first. */
-enum { N_LAYER_BUFFERS = 19, N_LAYER_HOST = 13 };
+enum { N_LAYER_BUFFERS = 18, N_LAYER_HOST = 13 };
 
 typedef struct layer_part {
     void *where; /* fkv_bbuf ** (device buffer) or a pointer to the slice's pointer (host) */
@@ -144,8 +144,7 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
         {&ls->kpool, pool},
         {&ls->vpool, pool},
         {&ls->summ, summaries},
-        {&ls->qprev[0], qbytes},
-        {&ls->qprev[1], qbytes},
+        {&ls->qprev, 2 * qbytes},
         {&ls->qin, qbytes},
         {&ls->kin, kbytes},
         {&ls->vin, kbytes},

@@ -23,50 +23,53 @@ static size_t records_offset(const fkv_context *ctx, uint32_t i) {
     return (scores + i * per_seq) * FKV_F32_BYTES;
 }
 
-/* Scores of every query head over each sequence's candidates, then the group reduction and
- * top-k on the device (select_pages); only the selection records come back, into the layer's
- * host staging (desc[3i+1] holds sequence i's candidate end). Waits for them: the host plans
- * next. */
-static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const select_args *a) {
+/* Per sequence i of the batch, its scores descriptor in the layer's host staging (backend.h):
+ * its summaries, its candidate end (0 when it has no candidate: nothing to score), where its
+ * scores go in the layer's scores buffer, and its query's row: this call's (qin, by batch
+ * position) or its previous one (qprev, by sequence). */
+static void describe_batch(fkv_context *ctx, uint32_t layer, const select_args *a) {
     layer_state *ls = &ctx->layers[layer];
     size_t per_seq = (size_t)ctx->cfg.n_q_heads * ctx->max_pages; /* floats of scores */
+    for (uint32_t i = 0; i < a->n; i++) {
+        const seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
+        uint32_t ce = candidates_end(ctx, sl->n_tokens, sl->n_tokens + a->extra_tokens);
+        int32_t *d = ls->host.desc + (size_t)FKV_SCORES_DESC_INTS * i;
+        d[0] = fkv_summary_index(ctx, a->seqs[i], 0);
+        d[1] = ce > ctx->sink_pages && ctx->n_mid > 0 ? (int32_t)ce : 0;
+        d[2] = (int32_t)(i * per_seq); /* fkv_config_validate keeps a batch's scores in int32 */
+        d[3] = a->use_qprev ? fkv_qprev_row(ctx, sl->qcur, a->seqs[i]) : (int32_t)i;
+    }
+}
+
+/* The candidate end of sequence i of the batch, as describe_batch wrote it. */
+static uint32_t described_end(const fkv_context *ctx, uint32_t layer, uint32_t i) {
+    return (uint32_t)ctx->layers[layer].host.desc[(size_t)FKV_SCORES_DESC_INTS * i + 1];
+}
+
+/* Scores of every query head over each sequence's candidates, then the group reduction and
+ * top-k on the device (select_pages): one descriptor write, one launch of each and one read
+ * of the selection records for the whole batch, whatever its size. Only the records come back,
+ * into the layer's host staging; the caller waits for them: the host plans next. */
+static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const select_args *a) {
+    layer_state *ls = &ctx->layers[layer];
     fkv_select_params sp = {.first_page = ctx->sink_pages, .k = ctx->n_mid,
                             .reduce = ctx->cfg.group_reduce,
                             .temp_scale = (float)fkv_group_temp_scale(&ctx->cfg)};
-    for (uint32_t i = 0; i < a->n; i++) {
-        seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
-        uint32_t ce = candidates_end(ctx, sl->n_tokens, sl->n_tokens + a->extra_tokens);
-        ls->host.desc[3 * i] = fkv_summary_index(ctx, a->seqs[i], 0);
-        ls->host.desc[3 * i + 1] = (int32_t)ce;
-        ls->host.desc[3 * i + 2] = 0; /* each sequence's scores start at its own byte offset */
-    }
+    const fkv_bbuf *qbuf = a->use_qprev ? ls->qprev : ls->qin;
+    describe_batch(ctx, layer, a);
     fkv_bevent *ev = NULL;
     fkv_status st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
-                                    (size_t)a->n * FKV_DESC_BYTES);
-    uint32_t n_scored = 0; /* sequences [0, n_scored) hold the records read back */
-    for (uint32_t i = 0; i < a->n && st == FKV_OK; i++) {
-        uint32_t ce = (uint32_t)ls->host.desc[3 * i + 1];
-        if (ce <= ctx->sink_pages || ctx->n_mid == 0)
-            continue;
-        const seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
-        const fkv_bbuf *qbuf = a->use_qprev ? ls->qprev[sl->qcur] : ls->qin;
-        size_t q_row = a->use_qprev ? a->seqs[i] : i;
-        size_t scores_off = i * per_seq * FKV_F32_BYTES;
-        st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, qbuf,
-                              q_row * ctx->q_row_bytes, 1, ls->desc, (size_t)i * FKV_DESC_BYTES,
-                              ls->summ, ls->scores, scores_off);
-        if (st == FKV_OK)
-            st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, 1, ls->desc,
-                                     (size_t)i * FKV_DESC_BYTES, ls->scores, scores_off, &sp,
-                                     ls->scores, records_offset(ctx, i));
-        n_scored = i + 1;
-    }
-    if (st == FKV_OK && n_scored > 0)
+                                 (size_t)a->n * FKV_DESC_BYTES);
+    if (st == FKV_OK)
+        st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, qbuf, 0, a->n, ls->desc,
+                           0, ls->summ, ls->scores, 0);
+    if (st == FKV_OK)
+        st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, a->n, ls->desc, 0,
+                                 ls->scores, 0, &sp, ls->scores, records_offset(ctx, 0));
+    if (st == FKV_OK)
         st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->scores,
                          records_offset(ctx, 0), ls->host.scores,
-                         records_offset(ctx, n_scored) - records_offset(ctx, 0));
-    if (st == FKV_OK && ev == NULL) /* nothing scored: make sure the desc write is done */
-        st = fkv_op_marker(ctx->dev, a->queue, (fkv_deps){.done = &ev});
+                         records_offset(ctx, a->n) - records_offset(ctx, 0));
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &ev);
     fkv_release_event(ctx, &ev);
@@ -136,7 +139,7 @@ static fkv_status plan_batch(fkv_context *ctx, uint32_t layer, const select_args
     for (int pass = 0; pass < 2; pass++) /* 0 checks every record, 1 plans */
         for (uint32_t i = 0; i < a->n; i++) {
             seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
-            uint32_t ce = (uint32_t)ls->host.desc[3 * i + 1];
+            uint32_t ce = described_end(ctx, layer, i);
             const unsigned char *recs = (const unsigned char *)ls->host.scores +
                                         (records_offset(ctx, i) - records_offset(ctx, 0));
             for (uint32_t h = 0; h < hk; h++) {

@@ -20,7 +20,8 @@
 #define FKV_F32_BYTES sizeof(float)          /* activations, scores, summaries */
 #define FKV_INDEX_BYTES sizeof(int32_t)      /* rows, slots, flags: int32 indices */
 #define FKV_PAIR_BYTES (2 * sizeof(int32_t)) /* (slot, summary), (first, count), (slot, tokens) */
-#define FKV_DESC_BYTES (3 * sizeof(int32_t)) /* a scores descriptor: (base, pages, out base) */
+/* a scores descriptor: (summary base, pages, out base, query row) */
+#define FKV_DESC_BYTES (FKV_SCORES_DESC_INTS * sizeof(int32_t))
 
 /* A command that waits on nothing and whose completion no one needs. */
 #define FKV_NO_DEPS ((fkv_deps){.n_wait = 0, .wait = NULL, .done = NULL})
@@ -29,8 +30,8 @@
  * of the layer is pending: then by the worker, until it publishes. */
 typedef struct seq_layer {
     uint32_t n_tokens;
-    int has_qprev;      /* qprev[qcur] row holds the previous query of this layer */
-    int qcur;           /* which qprev buffer holds it; a call writes the other one and
+    int has_qprev;      /* the layer's qprev row (qcur, sequence) holds its previous query */
+    int qcur;           /* which half of qprev holds it; a call writes the other one and
                          * flips qcur when it succeeds, so a failed call leaves it intact */
     fkv_hostpool hp;    /* offload policies: full pages, HND */
     int32_t *mid_page;  /* [n_kv_heads][n_mid] page in each middle slot, -1 empty */
@@ -56,7 +57,9 @@ typedef struct layer_host {
 } layer_host;
 
 typedef struct layer_state {
-    fkv_bbuf *kpool, *vpool, *summ, *qprev[2];
+    fkv_bbuf *kpool, *vpool, *summ;
+    fkv_bbuf *qprev; /* [2][max_seqs] query rows (fkv_qprev_row): one buffer, so that one
+                      * kernel reads every sequence's previous query whichever half holds it */
     fkv_bbuf *qin, *kin, *vin, *out;
     fkv_bbuf *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
     fkv_bbuf *scores; /* page scores, then select_pages' records (retrieval.c) */
@@ -169,6 +172,10 @@ static inline int32_t fkv_gslot(const fkv_context *ctx, uint32_t seq, uint32_t s
 /* Pool row of token t (< page_size) of a slot. */
 static inline int32_t fkv_row(const fkv_context *ctx, uint32_t seq, uint32_t slot, uint32_t t) {
     return (int32_t)(((uint64_t)seq * ctx->n_slots + slot) * ctx->cfg.page_size + t);
+}
+/* Row of qprev for (half, sequence). */
+static inline int32_t fkv_qprev_row(const fkv_context *ctx, int half, uint32_t seq) {
+    return (int32_t)((uint64_t)(half ? ctx->cfg.max_seqs : 0) + seq);
 }
 static inline int32_t fkv_summary_index(const fkv_context *ctx, uint32_t seq, uint32_t page) {
     return (int32_t)((uint64_t)seq * ctx->max_pages + page);

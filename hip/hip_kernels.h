@@ -37,7 +37,8 @@ typedef struct fkv_hip_summarize_args {
 /* Quest bound; one block per (sequence, KV head, block of `heads` query heads) on grid x,
  * `chunks` blocks over its pages on grid y; dynamic shared memory = heads * head_dim floats. */
 typedef struct fkv_hip_scores_args {
-    const float *q;
+    const float *q;  /* at the caller's q_off */
+    uint64_t q_rows; /* query rows from q to the end of its buffer */
     const int32_t *desc;
     const float *summaries;
     uint32_t n_summaries;

@@ -136,6 +136,8 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     uint32_t chunks = fkv_scores_chunks(rows, dev->compute_units);
     fkv_hip_scores_args a = {
         .q = at(qbuf, q_off),
+        .q_rows = (qbuf->desc.size - q_off) /
+                  (sizeof(float) * g->n_kv_heads * g->group * g->head_dim),
         .desc = at(desc, desc_off),
         .summaries = summaries->ptr,
         .n_summaries = clamp_u32(summaries->desc.size / summary_bytes),

@@ -99,14 +99,19 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_a
     uint32_t n_blocks = (a.group + a.heads - 1) / a.heads;
     uint32_t bh = blockIdx.x / n_blocks, hb = (blockIdx.x % n_blocks) * a.heads;
     uint32_t b = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
+    const int32_t *db = a.desc + 4 * (size_t)b;
+    int32_t row = db[3];
+    /* a row beyond the queries skips the sequence (no return before the barrier) */
+    bool ok = row >= 0 && (uint64_t)row < a.q_rows;
     uint32_t ng_all = a.group - hb < a.heads ? a.group - hb : a.heads;
-    uint32_t gd = ng_all * a.head_dim;
-    const float *qb = a.q + ((size_t)bh * a.group + hb) * a.head_dim;
+    uint32_t gd = ok ? ng_all * a.head_dim : 0;
+    const float *qb =
+        a.q + (((size_t)(ok ? row : 0) * a.n_kv_heads + h) * a.group + hb) * a.head_dim;
     for (uint32_t i = threadIdx.x; i < gd; i += blockDim.x)
         qs[i] = qb[i];
     __syncthreads();
-    int32_t base = a.desc[3 * b], n_pages = a.desc[3 * b + 1];
-    int64_t obase = a.desc[3 * b + 2];
+    int32_t base = db[0], n_pages = ok ? db[1] : 0;
+    int64_t obase = db[2];
     size_t stride = (size_t)gridDim.y * blockDim.x;
     size_t n = n_pages > 0 ? (size_t)n_pages : 0;
     for (size_t j = (size_t)blockIdx.y * blockDim.x + threadIdx.x; j < n; j += stride) {
@@ -190,8 +195,8 @@ __global__ void __launch_bounds__(FKV_HIP_SELECT_BLOCK) k_select_pages(fkv_hip_s
     uint32_t b = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
     int32_t *pages = a.out + (size_t)bh * 2 * a.k;
     float *vals = (float *)(pages + a.k);
-    int32_t np = a.desc[3 * b + 1];
-    int64_t base = a.desc[3 * b + 2];
+    int32_t np = a.desc[4 * (size_t)b + 1];
+    int64_t base = a.desc[4 * (size_t)b + 2];
     uint64_t hq = (uint64_t)a.n_kv_heads * a.group;
     bool ok = np >= 0 && base >= 0 &&
               (uint64_t)base + hq * (uint64_t)(np > 0 ? np : 0) <= a.scores_len;

@@ -90,20 +90,25 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
  * Work group (dim 1) = (sequence, KV head, block of `heads` query heads: the group in
  * ceil(group/heads) blocks when its queries do not fit local memory at once); dim 0 strides
  * over its pages. */
-kernel void fkv_scores(const global float *q, ulong q_off, const global int *desc, ulong desc_off,
-                       const global float *summaries, uint n_summaries, global float *out,
-                       ulong out_off, ulong out_len, uint n_kv_heads, uint group, uint head_dim,
-                       uint heads, local float *qs) {
+kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const global int *desc,
+                       ulong desc_off, const global float *summaries, uint n_summaries,
+                       global float *out, ulong out_off, ulong out_len, uint n_kv_heads,
+                       uint group, uint head_dim, uint heads, local float *qs) {
     uint n_blocks = (group + heads - 1) / heads;
     uint bh = get_group_id(1) / n_blocks, hb = (get_group_id(1) % n_blocks) * heads;
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
-    uint ng_all = min(heads, group - hb), gd = ng_all * head_dim;
-    const global float *qb = q + q_off + ((size_t)bh * group + hb) * head_dim;
+    const global int *db = desc + desc_off + 4 * (size_t)b;
+    int row = db[3];
+    /* a row beyond the queries skips the sequence (no return before the barrier) */
+    int ok = row >= 0 && (ulong)row < q_rows;
+    uint ng_all = min(heads, group - hb), gd = ok ? ng_all * head_dim : 0;
+    const global float *qb =
+        q + q_off + (((size_t)(ok ? row : 0) * n_kv_heads + h) * group + hb) * head_dim;
     for (uint i = get_local_id(0); i < gd; i += get_local_size(0))
         qs[i] = qb[i];
     barrier(CLK_LOCAL_MEM_FENCE);
-    int base = desc[desc_off + 3 * b], n_pages = desc[desc_off + 3 * b + 1];
-    long obase = desc[desc_off + 3 * b + 2];
+    int base = db[0], n_pages = ok ? db[1] : 0;
+    long obase = db[2];
     for (size_t j = get_global_id(0); j < (size_t)max(n_pages, 0); j += get_global_size(0)) {
         long sidx = (long)base + (long)j;
         if (sidx < 0 || sidx >= (long)n_summaries)
@@ -185,8 +190,8 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off, global floa
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
     global int *pages = out + out_off + (size_t)bh * 2 * k;
     global float *vals = (global float *)(pages + k);
-    int np = desc[desc_off + 3 * b + 1];
-    long base = desc[desc_off + 3 * b + 2];
+    int np = desc[desc_off + 4 * (size_t)b + 1];
+    long base = desc[desc_off + 4 * (size_t)b + 2];
     ulong hq = (ulong)n_kv_heads * group;
     int ok = np >= 0 && base >= 0 && (ulong)base + hq * (ulong)max(np, 0) <= scores_len;
     uint n_cand = ok && np > (int)first ? (uint)np - first : 0u;

@@ -307,6 +307,7 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     kargs a = args_of(&lc, K_SCORES);
     arg_mem(&a, qbuf);
     arg_u64(&a, q_off / 4);
+    arg_u64(&a, (qbuf->desc.size - q_off) / (4 * (size_t)g->n_kv_heads * g->group * g->head_dim));
     arg_mem(&a, desc);
     arg_u64(&a, desc_off / 4);
     arg_mem(&a, summaries);

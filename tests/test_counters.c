@@ -9,6 +9,7 @@
 
 #include "backends/dispatch.h"
 #include "common/thread_role.h"
+#include "core/retrieval.h"
 #include "helpers.h"
 #include "pipeline_driver.h"
 
@@ -325,6 +326,83 @@ static void check_steady_allocs(const char *backend, fkv_policy policy) {
     fkv_device_close(dev);
 }
 
+/* ---- selection and correction: commands per layer, constant in the batch ---- */
+
+/* A freekv context of 4 sequences after prefill and two decode steps: sequence 2's prompt
+ * fills only the sink (no candidate page), the others have 13-18 candidates. */
+static fkv_context *selection_context(fkv_device *dev, const char *backend) {
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = FKV_POLICY_FREEKV;
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s: %s", backend,
+                 fkv_last_error());
+    pd_run run = {.n_seqs = 4, .seqs = {0, 1, 2, 3}, .prompt = {80, 70, 8, 60}, .steps = 2,
+                  .batched = 1, .drift = 0.3f};
+    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s: %s", backend, fkv_last_error());
+    cr_assert_eq(fkv_context_sync(ctx), FKV_OK, "%s: %s", backend, fkv_last_error());
+    return ctx;
+}
+
+/* One selection of layer 0 without a recall (the quest path: the records become the middle
+ * slots), its counter difference in *d. */
+static void count_selection(fkv_context *ctx, uint32_t n, const uint32_t *seqs, int use_qprev,
+                            fkv_counters *d) {
+    fkv_stats stats;
+    memset(&stats, 0, sizeof stats);
+    select_args a = {.queue = FKV_QUEUE_COMPUTE,
+                     .pl = &ctx->plan_main,
+                     .n = n,
+                     .seqs = seqs,
+                     .use_qprev = use_qprev,
+                     .extra_tokens = use_qprev,
+                     .stats = &stats};
+    fkv_counters before, after;
+    cr_assert_eq(fkv_context_get_counters(ctx, &before), FKV_OK);
+    cr_assert_eq(fkv_select_pages(ctx, 0, &a), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_context_get_counters(ctx, &after), FKV_OK);
+    *d = diff(&after, &before);
+}
+
+/* #11: a batch's selection is one descriptor write, one scores launch, one select_pages
+ * launch and one read of the records, and one caller wait, whatever the batch size, with q
+ * rows from this call (by batch position) or from each sequence's previous query (by
+ * sequence); a batch of 4 selects what four batches of 1 do. */
+static void check_selection_batch(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_context *ctx = selection_context(dev, backend);
+    const uint32_t seqs[4] = {0, 1, 2, 3};
+    size_t per = (size_t)ctx->cfg.n_kv_heads * ctx->n_mid;
+    int32_t alone[4][64];
+    cr_assert_leq(per, 64);
+    for (int use_qprev = 0; use_qprev < 2; use_qprev++) {
+        fkv_counters one, four;
+        for (uint32_t i = 0; i < 4; i++) {
+            count_selection(ctx, 1, seqs + i, use_qprev, &one);
+            memcpy(alone[i], ctx->seqs[i].layers[0].mid_page, per * sizeof(int32_t));
+        }
+        count_selection(ctx, 4, seqs, use_qprev, &four);
+        totals t1 = total(&one), t4 = total(&four);
+        cr_expect_eq(t1.launches + t1.copies, 4, "%s: %llu commands for one sequence", backend,
+                     (unsigned long long)(t1.launches + t1.copies));
+        cr_expect_eq(t4.launches + t4.copies, t1.launches + t1.copies,
+                     "%s (q rows from %s): %llu commands for 4 sequences, %llu for 1", backend,
+                     use_qprev ? "qprev" : "qin", (unsigned long long)(t4.launches + t4.copies),
+                     (unsigned long long)(t1.launches + t1.copies));
+        cr_expect_eq(t4.launches, 2, "%s: launches", backend);
+        cr_expect_eq(four.caller_waits, 1, "%s: caller waits", backend);
+        cr_expect_eq(one.caller_waits, 1, "%s: caller waits", backend);
+        for (uint32_t i = 0; i < 4 && use_qprev; i++) /* same query rows: same selection */
+            cr_expect_arr_eq(ctx->seqs[i].layers[0].mid_page, alone[i], per * sizeof(int32_t),
+                             "%s: sequence %u selects otherwise in a batch", backend, i);
+        for (size_t m = 0; m < per; m++) /* no candidate: an empty selection */
+            cr_expect_eq(ctx->seqs[2].layers[0].mid_page[m], -1, "%s: sequence 2", backend);
+        cr_expect_geq(ctx->seqs[0].layers[0].mid_page[0], 0, "%s: sequence 0 selects", backend);
+    }
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
 #define COUNTER_TESTS(backend)                                                                 \
     Test(backend, write_counts_one_copy_and_its_bytes) { check_transfer(#backend, 0); }        \
     Test(backend, read_counts_one_copy_and_its_bytes) { check_transfer(#backend, 1); }         \
@@ -333,7 +411,10 @@ static void check_steady_allocs(const char *backend, fkv_policy policy) {
     Test(backend, wait_on_the_worker_counts_as_worker) { check_worker_wait(#backend); }        \
     Test(backend, allocations) { check_allocs(#backend); }                                     \
     Test(backend, attention_launches) { check_attention(#backend); }                           \
-    Test(backend, decode_waits_by_thread, .timeout = 120) { check_decode_roles(#backend); }
+    Test(backend, decode_waits_by_thread, .timeout = 120) { check_decode_roles(#backend); }     \
+    Test(backend, selection_commands_constant_in_batch, .timeout = 120) {                     \
+        check_selection_batch(#backend);                                                       \
+    }
 
 COUNTER_TESTS(cpu)
 COUNTER_TESTS(opencl)

@@ -234,7 +234,7 @@ static void naive_select(naive *nv, const cf_call *c) {
     const unsigned char *desc = at(nv, c->b[0]), *sc = at(nv, c->b[1]);
     unsigned char *out = at(nv, c->b[2]);
     for (size_t b = 0; b < c->n; b++) {
-        size_t np = (size_t)i32(desc, 3 * b + 1), base = (size_t)i32(desc, 3 * b + 2);
+        size_t np = (size_t)i32(desc, 4 * b + 1), base = (size_t)i32(desc, 4 * b + 2);
         size_t n_cand = np > first ? np - first : 0, kk = n_cand < k ? n_cand : k;
         double *v = nv_alloc(nv, (np + 1) * sizeof(double));
         unsigned char *taken = nv_alloc(nv, np + 1);
@@ -344,13 +344,14 @@ static void naive_call(naive *nv, const cf_call *c) {
     case CF_SCORES: {
         const unsigned char *q = at(nv, b[0]), *desc = at(nv, b[1]), *sm = nv->m[b[2].arr];
         for (size_t sq = 0; sq < n; sq++) {
-            int32_t base = i32(desc, 3 * sq), np = i32(desc, 3 * sq + 1), ob = i32(desc, 3 * sq + 2);
+            int32_t base = i32(desc, 4 * sq), np = i32(desc, 4 * sq + 1), ob = i32(desc, 4 * sq + 2);
+            size_t row = (size_t)i32(desc, 4 * sq + 3);
             for (size_t h = 0; h < hq; h++)
                 for (int32_t j = 0; j < np; j++) {
                     size_t mn = (((size_t)base + (size_t)j) * hk + h / grp) * 2 * d;
                     double sum = 0, mag = 0;
                     for (size_t ch = 0; ch < d; ch++) {
-                        double x = f32(q, (sq * hq + h) * d + ch);
+                        double x = f32(q, (row * hq + h) * d + ch);
                         double a = x * f32(sm, mn + d + ch), z = x * f32(sm, mn + ch);
                         sum += a > z ? a : z;
                         mag += fabs(a) + fabs(z);
@@ -753,7 +754,8 @@ Test(cpu_ops, nan_inputs_do_not_crash) {
     RUN(fkv_op_attention(dev, CQ, DONE, &g, qb, 0, 1, heads, 0, entries, 0, kp, kp, 1.0f, out, 0));
     RUN(fkv_op_attention_dense(dev, CQ, DONE, &g, qb, 0, 8, kp, kp, 1.0f, out, 0));
     RUN(fkv_op_summarize(dev, CQ, DONE, &g, kp, 2, ints((int32_t[]){0, 0, 1, 1}, 4), 0, sums));
-    RUN(fkv_op_scores(dev, CQ, DONE, &g, qb, 0, 1, ints((int32_t[]){0, 2, 0}, 3), 0, sums, out, 0));
+    RUN(fkv_op_scores(dev, CQ, DONE, &g, qb, 0, 1, ints((int32_t[]){0, 2, 0, 0}, 4), 0, sums, out,
+                      0));
     RUN(fkv_op_cosine_flags(dev, CQ, DONE, &g, qb, 0, qb, 0, 1, 0.9f, sims, 0, flags, 0));
 }
 

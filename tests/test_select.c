@@ -17,7 +17,7 @@ static uint32_t select_one(const float *s, uint32_t group, uint32_t n_pages, uin
                            uint32_t k, fkv_group_reduce mode, float scale, uint32_t *pages,
                            float *vals) {
     fkv_kv_geom g = {.n_kv_heads = 1, .group = group, .head_dim = 4, .page_size = 4};
-    int32_t desc[3] = {0, (int32_t)n_pages, 0};
+    int32_t desc[FKV_SCORES_DESC_INTS] = {0, (int32_t)n_pages, 0, 0};
     float *scratch = malloc(sizeof(float) * group * n_pages + 1);
     int32_t *rec = malloc(sizeof(int32_t) * 2 * k + 1);
     memcpy(scratch, s, sizeof(float) * group * n_pages);

@@ -60,7 +60,7 @@ void main() {
     uint bh = gl_WorkGroupID.x, lid = gl_LocalInvocationID.x, w = gl_WorkGroupSize.x;
     uint b = bh / pc.n_kv_heads, h = bh % pc.n_kv_heads;
     uint rec = pc.out_off + bh * 2u * pc.k;
-    int np = desc[pc.desc_off + 3u * b + 1u], base = desc[pc.desc_off + 3u * b + 2u];
+    int np = desc[pc.desc_off + 4u * b + 1u], base = desc[pc.desc_off + 4u * b + 2u];
     uint hq = pc.n_kv_heads * pc.group;
     /* np * hq <= scores_len - base, without overflow */
     bool ok = np >= 0 && base >= 0 && uint(base) <= pc.scores_len &&

@@ -455,7 +455,7 @@ fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     uint32_t w;
     if ((st = select_plan(dev, n_bh, &w)) != FKV_OK)
         return st;
-    if ((st = bind_buf(&L, 0, desc, desc_off, n_seqs * 12ull, 4, &L.pc[0], "desc")) != FKV_OK ||
+    if ((st = bind_buf(&L, 0, desc, desc_off, n_seqs * 16ull, 4, &L.pc[0], "desc")) != FKV_OK ||
         /* read and written at offsets from device data: all of it must be reachable */
         (st = bind_buf(&L, 1, scores, scores_off, scores->desc.size - scores_off, 4, &L.pc[1],
                        "scores")) != FKV_OK ||
@@ -488,13 +488,14 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
     launch L;
     prepare(dev, q, &deps, "scores", &L);
     fkv_status st;
-    uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * g->group * g->head_dim * 4;
+    uint64_t q_row = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
     size_t summary_bytes = fkv_summary_bytes(g);
     scores_launch sp;
     if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
         return st;
-    if ((st = bind_buf(&L, 0, qbuf, q_off, q_bytes, 4, &L.pc[0], "q")) != FKV_OK ||
-        (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 12ull, 4, &L.pc[1], "desc")) != FKV_OK ||
+    /* rows from device data: what one binding reaches of the buffer from q_off */
+    if ((st = bind_buf(&L, 0, qbuf, q_off, q_row, 4, &L.pc[0], "q")) != FKV_OK ||
+        (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 16ull, 4, &L.pc[1], "desc")) != FKV_OK ||
         /* written at indices from device data: all of it must be reachable */
         (st = bind_buf(&L, 3, out, out_off, out->desc.size - out_off, 4, &L.pc[3], "out")) !=
             FKV_OK)
@@ -510,6 +511,8 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
     L.pc[6] = g->group;
     L.pc[7] = g->head_dim;
     L.pc[9] = sp.p.heads;
+    uint64_t q_rows = (L.b[0].range - (q_off - L.b[0].off)) / q_row;
+    L.pc[10] = q_rows > UINT32_MAX ? UINT32_MAX : (uint32_t)q_rows;
     uint32_t chunks = fkv_scores_chunks(sp.rows, dev->compute_units);
     VkPipeline p;
     vk_cmd c;

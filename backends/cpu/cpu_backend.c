@@ -541,6 +541,7 @@ static fkv_status cpu_summarize_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
 typedef struct scores_args {
     fkv_kv_geom g;
     const float *q;
+    size_t q_rows;
     uint32_t n_seqs;
     const int32_t *desc;
     const float *summaries;
@@ -551,8 +552,8 @@ typedef struct scores_args {
 
 static fkv_status run_scores(void *p) {
     scores_args *a = p;
-    return cpu_scores(&a->g, a->q, a->n_seqs, a->desc, a->summaries, a->n_summaries, a->out,
-                      a->out_len);
+    return cpu_scores(&a->g, a->q, a->q_rows, a->n_seqs, a->desc, a->summaries, a->n_summaries,
+                      a->out, a->out_len);
 }
 
 static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
@@ -566,6 +567,8 @@ static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     a->g = *g;
     a->n_seqs = n_seqs;
     a->q = (const float *)at(qbuf, q_off);
+    a->q_rows = (qbuf->desc.size - q_off) /
+                (sizeof(float) * g->n_kv_heads * g->group * g->head_dim);
     a->desc = (const int32_t *)at(desc, desc_off);
     a->summaries = (const float *)summaries->data;
     a->n_summaries = summaries->desc.size / fkv_summary_bytes(g);

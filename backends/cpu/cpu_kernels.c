@@ -81,11 +81,17 @@ static inline float max_skip_nan(float a, float b) {
     return a != a ? b : b != b ? a : a >= b ? a : b;
 }
 
-fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, const int32_t *desc,
-                      const float *summaries, size_t n_summaries, float *out, size_t out_len) {
+fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
+                      const int32_t *desc, const float *summaries, size_t n_summaries, float *out,
+                      size_t out_len) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
     for (uint32_t b = 0; b < n_seqs; b++) {
-        int32_t base = desc[3 * b], n_pages = desc[3 * b + 1], out_base = desc[3 * b + 2];
+        const int32_t *db = desc + (size_t)FKV_SCORES_DESC_INTS * b;
+        int32_t base = db[0], n_pages = db[1], out_base = db[2], row = db[3];
+        if (row < 0 || (size_t)row >= q_rows)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "scores: sequence %u reads query row %d, the buffer holds %zu", b,
+                             row, q_rows);
         if (base < 0 || n_pages < 0 || (size_t)base + (size_t)n_pages > n_summaries)
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "scores: sequence %u reads summaries [%d, %d + %d), buffer holds %zu",
@@ -104,7 +110,7 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, con
                 const float *mx = mn + d;
                 for (size_t h0 = 0; h0 < g->group; h0 += SCORE_BLOCK) {
                     size_t nh = g->group - h0 < SCORE_BLOCK ? g->group - h0 : SCORE_BLOCK;
-                    const float *qh = q + ((size_t)b * n_q_heads + kv_head * g->group + h0) * d;
+                    const float *qh = q + ((size_t)row * n_q_heads + kv_head * g->group + h0) * d;
                     float sum[SCORE_BLOCK] = {0.0f};
                     for (size_t c = 0; c < d; c++) {
                         float lo = mn[c], hi = mx[c];
@@ -184,7 +190,8 @@ fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t
                             int32_t *out) {
     size_t hk = g->n_kv_heads, k = p->k, hq = hk * g->group;
     for (uint32_t b = 0; b < n_seqs; b++) {
-        int32_t n_pages = desc[3 * b + 1], base = desc[3 * b + 2];
+        int32_t n_pages = desc[FKV_SCORES_DESC_INTS * b + 1];
+        int32_t base = desc[FKV_SCORES_DESC_INTS * b + 2];
         if (n_pages < 0 || base < 0 || (size_t)base + hq * (size_t)n_pages > scores_len)
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "select_pages: sequence %u reads %zu scores at %d, buffer holds %zu",

@@ -29,10 +29,12 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
                          uint32_t n_pages, const int32_t *pages, float *summaries,
                          size_t n_summaries);
 
-/* Quest bound per query head; desc[3b..3b+2] = (summary base, n_pages, out base) and
- * out[base + h*n_pages + j] for h in [0, n_kv_heads*group). out holds out_len floats. */
-fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, const int32_t *desc,
-                      const float *summaries, size_t n_summaries, float *out, size_t out_len);
+/* Quest bound per query head; desc[4b..4b+3] = (summary base, n_pages, out base, q row) and
+ * out[base + h*n_pages + j] for h in [0, n_kv_heads*group). q holds q_rows query rows, out
+ * out_len floats. */
+fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
+                      const int32_t *desc, const float *summaries, size_t n_summaries, float *out,
+                      size_t out_len);
 
 /* select_pages (backend.h defines the semantics): per (sequence, KV head) the group
  * reduction over candidates [p->first_page, n_pages) and the top p->k by (value desc, page

@@ -82,8 +82,9 @@
 extern "C" {
 #endif
 
-/* 2: the scores descriptor holds the query row (FKV_SCORES_DESC_INTS), so one call scores a
- * batch whatever buffer rows its queries come from. */
+/* 2: the scores descriptor holds the query row (FKV_SCORES_DESC_INTS) and cosine_flags reads
+ * the previous queries through a row table, so one call serves a batch whatever buffer rows
+ * its queries come from. */
 #define FKV_BACKEND_ABI_VERSION 2
 
 typedef struct fkv_bdev fkv_bdev;     /* an opened device */
@@ -245,13 +246,18 @@ typedef struct fkv_backend_ops {
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
                          size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
     /* Per (seq b, KV head h): mean over the group of cos(q_cur, q_prev) into sims[b][h] (f32)
-     * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). A query with
-     * an exactly zero norm has cosine 0; one holding a NaN or an infinity has a NaN norm,
-     * which makes its KV head's similarity NaN and its flag 1. */
+     * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). q_cur is
+     * [n_seqs][n_kv_heads*group][head_dim] f32 from cur_off; sequence b's previous query is
+     * row prev_rows[b] (int32 at rows_off) of q_prev from prev_off, rows of the same shape. A
+     * negative row means no previous query: every KV head of b gets similarity NaN and flag 1
+     * (corrected). A row beyond q_prev is refused by the CPU reference and skipped by GPU
+     * kernels. A query with an exactly zero norm has cosine 0; one holding a NaN or an
+     * infinity has a NaN norm, which makes its KV head's similarity NaN and its flag 1. */
     fkv_status (*cosine_flags)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                               size_t sims_off, fkv_bbuf *flags, size_t flags_off);
+                               size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                               uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                               fkv_bbuf *flags, size_t flags_off);
     /* NHD -> HND: page gslots[i] of both pools into dst + i*page_bytes as
      * [n_kv_heads][K|V][page_size][head_dim] in dtype. */
     fkv_status (*pack_hnd)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,

@@ -194,14 +194,18 @@ fkv_status fkv_check_select_pages(const char *backend, const fkv_kv_geom *g, uin
 
 fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv_bview q_cur,
                                   size_t cur_off, fkv_bview q_prev, size_t prev_off,
-                                  uint32_t n_seqs, fkv_bview sims, size_t sims_off,
-                                  fkv_bview flags, size_t flags_off) {
+                                  fkv_bview prev_rows, size_t rows_off, uint32_t n_seqs,
+                                  fkv_bview sims, size_t sims_off, fkv_bview flags,
+                                  size_t flags_off) {
     const char *op = "cosine_flags";
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
     uint64_t q_bytes = mul3(n_bh, (uint64_t)g->group * g->head_dim, sizeof(float));
     fkv_status st;
+    /* q_prev's rows come from device data (the kernels check them) */
     if ((st = fkv_check_span(backend, op, "q_cur", q_cur, cur_off, q_bytes, 4)) != FKV_OK ||
-        (st = fkv_check_span(backend, op, "q_prev", q_prev, prev_off, q_bytes, 4)) != FKV_OK ||
+        (st = fkv_check_span(backend, op, "q_prev", q_prev, prev_off, 0, 4)) != FKV_OK ||
+        (st = fkv_check_span(backend, op, "prev_rows", prev_rows, rows_off,
+                             (uint64_t)n_seqs * sizeof(int32_t), 4)) != FKV_OK ||
         (st = fkv_check_span(backend, op, "sims", sims, sims_off, n_bh * sizeof(float), 4)) !=
             FKV_OK ||
         (st = fkv_check_span(backend, op, "flags", flags, flags_off, n_bh * sizeof(int32_t),

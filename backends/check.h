@@ -65,8 +65,9 @@ fkv_status fkv_check_select_pages(const char *backend, const fkv_kv_geom *g, uin
                                   size_t out_off);
 fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv_bview q_cur,
                                   size_t cur_off, fkv_bview q_prev, size_t prev_off,
-                                  uint32_t n_seqs, fkv_bview sims, size_t sims_off,
-                                  fkv_bview flags, size_t flags_off);
+                                  fkv_bview prev_rows, size_t rows_off, uint32_t n_seqs,
+                                  fkv_bview sims, size_t sims_off, fkv_bview flags,
+                                  size_t flags_off);
 fkv_status fkv_check_pack_hnd(const char *backend, const fkv_kv_geom *g, fkv_bview kpool,
                               fkv_bview vpool, uint32_t n_pages, fkv_bview gslots,
                               size_t gslots_off, fkv_bview dst, size_t dst_off);

@@ -228,14 +228,17 @@ fkv_status fkv_op_select_pages(fkv_device *dev, fkv_queue q, fkv_deps deps, cons
 
 fkv_status fkv_op_cosine_flags(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                               size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+                               size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                               uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                               fkv_bbuf *flags, size_t flags_off) {
     CHECKED(kernel_checks(dev, "cosine_flags", q, deps, g));
     CHECKED(fkv_check_cosine_flags(NAME(dev), g, VIEW(q_cur), cur_off, VIEW(q_prev), prev_off,
-                                   n_seqs, VIEW(sims), sims_off, VIEW(flags), flags_off));
+                                   VIEW(prev_rows), rows_off, n_seqs, VIEW(sims), sims_off,
+                                   VIEW(flags), flags_off));
     MARKER_IF_NONE(n_seqs);
-    return dev->ops->cosine_flags(dev->bdev, q, deps, g, q_cur, cur_off, q_prev, prev_off, n_seqs,
-                                  tau, sims, sims_off, flags, flags_off);
+    return dev->ops->cosine_flags(dev->bdev, q, deps, g, q_cur, cur_off, q_prev, prev_off,
+                                  prev_rows, rows_off, n_seqs, tau, sims, sims_off, flags,
+                                  flags_off);
 }
 
 fkv_status fkv_op_pack_hnd(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,

@@ -468,42 +468,57 @@ static void compare_flags(const cf_spec *s, unsigned char **ref, unsigned char *
 }
 
 /* The arrays and call of one cosine_flags call of n sequences at tau (labels: q_cur, q_prev,
- * sims, flags); 0 when out of memory. */
-static int cosine_call(cf_spec *s, const char *const labels[4], uint32_t n, float tau,
-                       size_t cur_off, fkv_queue q, float **cur, float **prev) {
+ * sims, flags, prev_rows); 0 when out of memory. Sequence i's previous query is row i + 2 of
+ * q_prev (*prev points at row 2; rows 0 and 1 hold other data), except sequence `none`, which
+ * has none (row -1; n or more: every sequence has one). */
+static int cosine_call(cf_spec *s, const char *const labels[5], uint32_t n, float tau,
+                       size_t cur_off, fkv_queue q, uint32_t none, cf_rng *rng, float **cur,
+                       float **prev) {
     const fkv_kv_geom *g = &s->g;
-    size_t hk = g->n_kv_heads, q_bytes = (size_t)n * hk * g->group * g->head_dim * 4;
+    size_t hk = g->n_kv_heads, row = hk * g->group * g->head_dim;
+    size_t q_bytes = (size_t)n * row * 4;
     int ic = (int)s->n_arr;
     *cur = cf_add_input(s, labels[0], cur_off, q_bytes);
     int ip = (int)s->n_arr;
-    *prev = cf_add_input(s, labels[1], CF_IN_OFF, q_bytes);
+    float *prev_all = cf_add_input(s, labels[1], CF_IN_OFF, q_bytes + 2 * row * 4);
+    *prev = prev_all ? prev_all + 2 * row : NULL;
+    int ir = (int)s->n_arr;
+    int32_t *rows = cf_add_input(s, labels[4], 8, (size_t)n * 4);
     int is = (int)s->n_arr;
     cf_set_shape(cf_add_output(s, labels[2], CF_GUARD, n * hk * 4, CF_GUARD, CF_F32), n, "seq",
                  (uint32_t)hk, "KV head", 1, "-");
     int iflags = (int)s->n_arr;
     cf_add_output(s, labels[3], CF_GUARD, n * hk * 4, CF_GUARD, CF_I32);
     cf_call *c = cf_add_call(s, CF_COSINE, q);
+    if (!cf_spec_ok(s) || c == NULL)
+        return 0;
+    fill_f32(rng, prev_all, 2 * row);
+    for (uint32_t i = 0; i < n; i++)
+        rows[i] = i == none ? -1 : (int32_t)i + 2;
     c->b[0] = at(ic, cur_off), c->b[1] = at(ip, CF_IN_OFF), c->b[2] = at(is, CF_GUARD);
-    c->b[3] = at(iflags, CF_GUARD), c->n = n, c->x = tau;
-    return cf_spec_ok(s);
+    c->b[3] = at(iflags, CF_GUARD), c->b[4] = at(ir, 8), c->n = n, c->x = tau;
+    return 1;
 }
 
-static const char *const cosine_labels[4] = {"q_cur", "q_prev", "sims", "flags"};
-static const char *const cosine_labels_b[4] = {"q_cur_b", "q_prev_b", "sims_b", "flags_b"};
+static const char *const cosine_labels[5] = {"q_cur", "q_prev", "sims", "flags", "prev_rows"};
+static const char *const cosine_labels_b[5] = {"q_cur_b", "q_prev_b", "sims_b", "flags_b",
+                                               "prev_rows_b"};
 
 /* Call one (tau 0.9): previous = current + noise of a per-head size (similarities from about
  * 0.55 to 1), a zero current query, identical queries, a zero previous query, opposite ones
- * (cosine -1), near copies mixed within a group. Call two (tau 0.6): pairs from identical to
- * unrelated, some negated, so the similarities span [-1, 1], and a zero current query. */
+ * (cosine -1), near copies mixed within a group, and a sequence without a previous query
+ * (every head flagged, similarity NaN). Call two (tau 0.6): pairs from identical to
+ * unrelated, some negated, so the similarities span [-1, 1], a zero current query and a
+ * sequence without a previous query. The previous queries are read through row tables. */
 static int build_cosine(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     (void)env, (void)r;
     const fkv_kv_geom *g = &s->g;
-    uint32_t hq = g->n_kv_heads * g->group, d = g->head_dim, n = 6, n2 = 4;
+    uint32_t hq = g->n_kv_heads * g->group, d = g->head_dim, n = 7, n2 = 4;
     float *cur, *prev, *cur2, *prev2;
-    if (!cosine_call(s, cosine_labels, n, 0.9f, CF_IN_OFF, CQ, &cur, &prev) ||
-        !cosine_call(s, cosine_labels_b, n2, 0.6f, 4, BQ, &cur2, &prev2))
+    if (!cosine_call(s, cosine_labels, n, 0.9f, CF_IN_OFF, CQ, 6, rng, &cur, &prev) ||
+        !cosine_call(s, cosine_labels_b, n2, 0.6f, 4, BQ, 1, rng, &cur2, &prev2))
         return -1;
-    s->arr[3].custom = s->arr[7].custom = 1; /* flags: compare_flags allows ties */
+    s->arr[4].custom = s->arr[9].custom = 1; /* flags: compare_flags allows ties */
     s->compare = compare_flags;
     for (uint32_t i = 0; i < n * hq; i++) {
         float beta = 0.05f + 1.5f * cf_uniform(rng);
@@ -543,11 +558,11 @@ static void compare_nan(const cf_spec *s, unsigned char **ref, unsigned char **d
                         cf_result *r) {
     (void)ref;
     uint32_t hk = s->g.n_kv_heads, n = s->call[0].n;
-    const unsigned char *sims = dut[2] + s->arr[2].pay_off;
+    const unsigned char *sims = dut[3] + s->arr[3].pay_off;
     for (size_t i = 0; i < (size_t)n * hk; i++) {
         int bad = i == 0 || i == (size_t)2 * hk - 1;
         float sim = cf_f32_at(sims, i);
-        int32_t flag = cf_i32_at(dut[3] + s->arr[3].pay_off, i);
+        int32_t flag = cf_i32_at(dut[4] + s->arr[4].pay_off, i);
         if (bad && (!isnan(sim) || flag != 1))
             cf_fail(r, "seq %zu KV head %zu: a query holding a NaN or an infinity gives "
                     "similarity %g and flag %d (want NaN and 1)", i / hk, i % hk, (double)sim,
@@ -563,9 +578,9 @@ static int build_cosine_nan(const cf_env *env, cf_rng *rng, cf_spec *s, cf_resul
     const fkv_kv_geom *g = &s->g;
     uint32_t hk = g->n_kv_heads, hq = hk * g->group, d = g->head_dim, n = 2;
     float *cur, *prev;
-    if (!cosine_call(s, cosine_labels, n, -0.5f, CF_IN_OFF, BQ, &cur, &prev))
+    if (!cosine_call(s, cosine_labels, n, -0.5f, CF_IN_OFF, BQ, n, rng, &cur, &prev))
         return -1;
-    s->arr[2].custom = 1; /* sims: NaN by design, checked by compare_nan */
+    s->arr[3].custom = 1; /* sims: NaN by design, checked by compare_nan */
     fill_f32(rng, cur, (size_t)n * hq * d);
     memcpy(prev, cur, (size_t)n * hq * d * 4);
     cur[(size_t)(g->group - 1) * d + d / 2] = NAN;

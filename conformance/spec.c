@@ -204,8 +204,8 @@ static fkv_status enqueue(run_state *rs, uint32_t i) {
                              b[1].off, B(rs, b[2]), B(rs, b[3]), b[3].off);
     case CF_COSINE:
         return fkv_op_cosine_flags(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, B(rs, b[1]),
-                                   b[1].off, c->n, c->x, B(rs, b[2]), b[2].off, B(rs, b[3]),
-                                   b[3].off);
+                                   b[1].off, B(rs, b[4]), b[4].off, c->n, c->x, B(rs, b[2]),
+                                   b[2].off, B(rs, b[3]), b[3].off);
     case CF_PACK:
         return fkv_op_pack_hnd(d->dev, c->q, deps, g, B(rs, b[0]), B(rs, b[1]), c->n, B(rs, b[2]),
                                b[2].off, B(rs, b[3]), b[3].off);

@@ -5,33 +5,34 @@
 #include "retrieval.h"
 
 /* Per (sequence, KV head) of the batch: whether the head needs correction, into the layer's
- * host flags (the one blocking read the method needs). *any: whether one does. */
+ * host flags (the one blocking read the method needs): one write of the previous-query rows,
+ * one cosine_flags launch and one read for the whole batch. A sequence without a previous
+ * query has row -1: every head of it is flagged. *any: whether one is. */
 static fkv_status correction_flags(fkv_context *ctx, uint32_t layer, uint32_t n,
                                    const uint32_t *seqs, int *any) {
     layer_state *ls = &ctx->layers[layer];
     uint32_t hk = ctx->cfg.n_kv_heads;
-    size_t qrow = ctx->q_row_bytes, flags_bytes = (size_t)hk * FKV_INDEX_BYTES;
-    fkv_status st = FKV_OK;
-    for (uint32_t i = 0; i < n && st == FKV_OK; i++) {
+    size_t rows_off = (size_t)n * FKV_DESC_BYTES; /* after the batch's scores descriptors */
+    int32_t *rows = ls->host.desc + (size_t)FKV_SCORES_DESC_INTS * n;
+    for (uint32_t i = 0; i < n; i++) {
         const seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
-        if (!sl->has_qprev) { /* nothing to compare with: correct every head */
-            for (uint32_t h = 0; h < hk; h++)
-                ls->host.flags[i * hk + h] = 1;
-            continue;
-        }
-        size_t off = (size_t)i * flags_bytes;
-        st = fkv_op_cosine_flags(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->qin,
-                                 i * qrow, ls->qprev, fkv_qprev_row(ctx, sl->qcur, seqs[i]) * qrow,
-                                 1, ctx->cfg.tau, ls->sims, off, ls->flags, off);
-        if (st == FKV_OK)
-            st = fkv_op_read(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->flags, off,
-                                ls->host.flags + (size_t)i * hk, flags_bytes);
+        rows[i] = sl->has_qprev ? fkv_qprev_row(ctx, sl->qcur, seqs[i]) : -1;
     }
     fkv_bevent *ev = NULL;
+    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->desc, rows_off,
+                                 rows, (size_t)n * FKV_INDEX_BYTES);
+    if (st == FKV_OK)
+        st = fkv_op_cosine_flags(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->qin, 0,
+                                 ls->qprev, 0, ls->desc, rows_off, n, ctx->cfg.tau, ls->sims, 0,
+                                 ls->flags, 0);
     if (st == FKV_OK) /* the method needs the flags now */
-        st = fkv_op_marker(ctx->dev, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &ev});
+        st = fkv_op_read(ctx->dev, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &ev}, ls->flags, 0,
+                         ls->host.flags, (size_t)n * hk * FKV_INDEX_BYTES);
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &ev);
+    fkv_release_event(ctx, &ev);
+    if (st != FKV_OK) /* the write may still read the host rows */
+        fkv_drain_queue(ctx, FKV_QUEUE_COMPUTE);
     *any = 0;
     for (uint32_t i = 0; i < n * hk && st == FKV_OK; i++)
         *any |= ls->host.flags[i] != 0;

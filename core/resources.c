@@ -136,7 +136,9 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
     size_t records = max_seqs * hk * 2 * ctx->n_mid * FKV_F32_BYTES;
     size_t scores = max_seqs * hq * ctx->max_pages * FKV_F32_BYTES + records;
     size_t per_seq = max_seqs * FKV_INDEX_BYTES, per_head = max_seqs * hk * FKV_INDEX_BYTES;
-    size_t heads = max_seqs * hk * FKV_PAIR_BYTES, desc = max_seqs * FKV_DESC_BYTES;
+    /* the scores descriptors, then cosine_flags' previous-query rows (correction.c) */
+    size_t heads = max_seqs * hk * FKV_PAIR_BYTES;
+    size_t desc = max_seqs * (FKV_DESC_BYTES + FKV_INDEX_BYTES);
     /* summary pairs: one per sequence at decode, one per scratch page at prefill */
     size_t summ_idx = (max_seqs > FKV_SCRATCH_PAGES ? max_seqs : FKV_SCRATCH_PAGES) *
                       FKV_PAIR_BYTES;

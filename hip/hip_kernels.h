@@ -50,6 +50,8 @@ typedef struct fkv_hip_scores_args {
 
 typedef struct fkv_hip_cosine_args {
     const float *q_cur, *q_prev;
+    uint64_t prev_count;        /* query rows from q_prev to the end of its buffer */
+    const int32_t *prev_rows;
     uint32_t n_kv_heads, group, head_dim;
     float tau;
     float *sims;

@@ -156,8 +156,9 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
 
 fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                                size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+                                size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                                uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                                fkv_bbuf *flags, size_t flags_off) {
     const char *op = "cosine_flags";
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
@@ -166,6 +167,9 @@ fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     fkv_hip_cosine_args a = {
         .q_cur = at(q_cur, cur_off),
         .q_prev = at(q_prev, prev_off),
+        .prev_count = (q_prev->desc.size - prev_off) /
+                      (sizeof(float) * g->n_kv_heads * g->group * g->head_dim),
+        .prev_rows = at(prev_rows, rows_off),
         .n_kv_heads = g->n_kv_heads,
         .group = g->group,
         .head_dim = g->head_dim,

@@ -282,15 +282,22 @@ __global__ void __launch_bounds__(FKV_HIP_SELECT_BLOCK) k_select_pages(fkv_hip_s
 }
 
 /* One block per (sequence, KV head); blockDim.x a power of two. Dynamic shared: 3 * blockDim.x
- * floats. Only an exactly zero norm gives cosine 0: a NaN norm reaches the mean and the flag. */
+ * floats. Only an exactly zero norm gives cosine 0: a NaN norm reaches the mean and the flag.
+ * The previous query is row prev_rows[seq] of q_prev: negative, none (NaN, flagged); beyond
+ * prev_count, skipped. */
 __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_args a) {
     extern __shared__ float red[];
     uint32_t bh = blockIdx.x, lid = threadIdx.x, w = blockDim.x;
+    uint32_t seq = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
+    int32_t row = a.prev_rows[seq];
+    /* no return before a barrier: a missing or bad row runs no head of the group */
+    uint32_t n_heads = row >= 0 && (uint64_t)row < a.prev_count ? a.group : 0;
     size_t base = (size_t)bh * a.group * a.head_dim;
-    float mean = 0.0f;
-    for (uint32_t g = 0; g < a.group; g++) {
+    size_t pbase = ((size_t)(n_heads ? row : 0) * a.n_kv_heads + h) * a.group * a.head_dim;
+    float mean = row < 0 ? __int_as_float(0x7fc00000) : 0.0f;
+    for (uint32_t g = 0; g < n_heads; g++) {
         const float *x = a.q_cur + base + (size_t)g * a.head_dim;
-        const float *y = a.q_prev + base + (size_t)g * a.head_dim;
+        const float *y = a.q_prev + pbase + (size_t)g * a.head_dim;
         float ab = 0.0f, aa = 0.0f, bb = 0.0f;
         for (uint32_t c = lid; c < a.head_dim; c += w) {
             float xv = x[c], yv = y[c];
@@ -316,7 +323,7 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_a
         }
         __syncthreads(); /* red is reused by the next head */
     }
-    if (lid == 0) {
+    if (lid == 0 && (n_heads || row < 0)) {
         mean /= (float)a.group;
         a.sims[bh] = mean;
         a.flags[bh] = !(mean >= a.tau); /* a NaN similarity is corrected */

@@ -277,17 +277,24 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off, global floa
 
 /* One work group per (sequence, KV head); local size a power of two. flag = !(mean >= tau):
  * a NaN similarity (a query holding a NaN or an infinity) is corrected; only an exactly zero
- * norm gives cosine 0, so a NaN norm reaches the mean. */
+ * norm gives cosine 0, so a NaN norm reaches the mean. The previous query is row
+ * prev_rows[seq] of q_prev: negative, none (NaN, flagged); beyond prev_count, skipped. */
 kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global float *q_prev,
-                       ulong prev_off, uint n_kv_heads, uint group, uint head_dim, float tau,
+                       ulong prev_off, ulong prev_count, const global int *prev_rows,
+                       ulong rows_off, uint n_kv_heads, uint group, uint head_dim, float tau,
                        global float *sims, ulong sims_off, global int *flags, ulong flags_off,
                        local float *red) {
     uint bh = get_group_id(0), lid = get_local_id(0), w = get_local_size(0);
+    uint seq = bh / n_kv_heads, h = bh % n_kv_heads;
+    int row = prev_rows[rows_off + seq];
+    /* no return before a barrier: a missing or bad row runs no head of the group */
+    uint n_heads = row >= 0 && (ulong)row < prev_count ? group : 0;
     size_t base = (size_t)bh * group * head_dim;
-    float mean = 0.0f;
-    for (uint g = 0; g < group; g++) {
+    size_t pbase = ((size_t)(n_heads ? row : 0) * n_kv_heads + h) * group * head_dim;
+    float mean = row < 0 ? NAN : 0.0f;
+    for (uint g = 0; g < n_heads; g++) {
         const global float *a = q_cur + cur_off + base + (size_t)g * head_dim;
-        const global float *b = q_prev + prev_off + base + (size_t)g * head_dim;
+        const global float *b = q_prev + prev_off + pbase + (size_t)g * head_dim;
         float ab = 0.0f, aa = 0.0f, bb = 0.0f;
         for (uint c = lid; c < head_dim; c += w) {
             float x = a[c], y = b[c];
@@ -313,7 +320,7 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
         }
         barrier(CLK_LOCAL_MEM_FENCE); /* red is reused by the next head */
     }
-    if (lid == 0) {
+    if (lid == 0 && (n_heads || row < 0)) {
         mean /= (float)group;
         sims[sims_off + bh] = mean;
         flags[flags_off + bh] = !(mean >= tau);

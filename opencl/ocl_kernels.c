@@ -360,8 +360,9 @@ fkv_status fkv_ocl_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
 
 fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                                size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+                                size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                                uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                                fkv_bbuf *flags, size_t flags_off) {
     const char *op = "cosine_flags";
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
@@ -379,6 +380,10 @@ fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     arg_u64(&a, cur_off / 4);
     arg_mem(&a, q_prev);
     arg_u64(&a, prev_off / 4);
+    arg_u64(&a, (q_prev->desc.size - prev_off) /
+                    (4 * (size_t)g->n_kv_heads * g->group * g->head_dim));
+    arg_mem(&a, prev_rows);
+    arg_u64(&a, rows_off / 4);
     arg_u32(&a, g->n_kv_heads);
     arg_u32(&a, g->group);
     arg_u32(&a, g->head_dim);

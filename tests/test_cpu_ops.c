@@ -363,15 +363,17 @@ static void naive_call(naive *nv, const cf_call *c) {
         break;
     }
     case CF_COSINE: {
-        const unsigned char *cur = at(nv, b[0]), *prev = at(nv, b[1]);
+        const unsigned char *cur = at(nv, b[0]), *prev = at(nv, b[1]), *rows = at(nv, b[4]);
         for (size_t sq = 0; sq < n; sq++)
             for (size_t h = 0; h < hk; h++) {
-                double total = 0;
-                for (size_t i = 0; i < grp; i++) {
+                int32_t row = i32(rows, sq);
+                double total = row < 0 ? NAN : 0; /* no previous query: flagged */
+                for (size_t i = 0; i < grp && row >= 0; i++) {
                     size_t qh = (sq * hq + h * grp + i) * d;
+                    size_t ph = ((size_t)row * hq + h * grp + i) * d;
                     double dot = 0, na = 0, nc = 0;
                     for (size_t ch = 0; ch < d; ch++) {
-                        double x = f32(cur, qh + ch), y = f32(prev, qh + ch);
+                        double x = f32(cur, qh + ch), y = f32(prev, ph + ch);
                         dot += x * y;
                         na += x * x;
                         nc += y * y;
@@ -756,7 +758,8 @@ Test(cpu_ops, nan_inputs_do_not_crash) {
     RUN(fkv_op_summarize(dev, CQ, DONE, &g, kp, 2, ints((int32_t[]){0, 0, 1, 1}, 4), 0, sums));
     RUN(fkv_op_scores(dev, CQ, DONE, &g, qb, 0, 1, ints((int32_t[]){0, 2, 0, 0}, 4), 0, sums, out,
                       0));
-    RUN(fkv_op_cosine_flags(dev, CQ, DONE, &g, qb, 0, qb, 0, 1, 0.9f, sims, 0, flags, 0));
+    RUN(fkv_op_cosine_flags(dev, CQ, DONE, &g, qb, 0, qb, 0, ints((int32_t[]){0}, 1), 0, 1, 0.9f,
+                            sims, 0, flags, 0));
 }
 
 /* ---- environment ---- */

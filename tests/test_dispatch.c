@@ -520,8 +520,10 @@ Test(dispatch, one_argument_rule_checked_once) {
     REFUSED(fkv_op_summarize(d, Q, DONE, &g, kp, 1, rows, 0, NULL));
     REFUSED(fkv_op_scores(d, Q, DONE, &g, qb, 4, 2, big, 0, sums, out, 0)); /* no q row */
     REFUSED(fkv_op_scores(d, Q, DONE, &g, qb, 0, 1, rows, 0, sums, out, 0)); /* desc: 4 */
-    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 4, 1, 0.9f, out, 0, out, 0));
-    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 0, 1, 0.9f, out, 0, NULL, 0));
+    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 4, qb, 0, rows, 0, 1, 0.9f, out, 0, out, 0));
+    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 2, rows, 0, 1, 0.9f, out, 0, out, 0));
+    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 0, rows, 8, 1, 0.9f, out, 0, out, 0));
+    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 0, rows, 0, 1, 0.9f, out, 0, NULL, 0));
     REFUSED(fkv_op_pack_hnd(d, Q, DONE, &g, kp, vp, 2, rows, 0, out, 0)); /* dst small */
     REFUSED(fkv_op_scatter_hnd(d, Q, DONE, &g, qb, 0, 1, rows, 0, kp, vp)); /* src small */
     REFUSED(fkv_op_scatter_hnd(d, Q, DONE, &g, big, 0, 2, rows, 0, kp, vp)); /* units */
@@ -560,7 +562,7 @@ Test(dispatch, one_argument_rule_checked_once) {
     MARKER(fkv_op_append(d, Q, DONE, &g, big, 0, big, 0, 0, rows, 0, kp, vp));
     MARKER(fkv_op_summarize(d, Q, DONE, &g, kp, 0, rows, 0, sums));
     MARKER(fkv_op_scores(d, Q, DONE, &g, qb, 0, 0, rows, 0, sums, out, 0));
-    MARKER(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 0, 0, 0.5f, out, 0, out, 0));
+    MARKER(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 0, rows, 0, 0, 0.5f, out, 0, out, 0));
     MARKER(fkv_op_pack_hnd(d, Q, DONE, &g, kp, vp, 0, rows, 0, out, 0));
     MARKER(fkv_op_scatter_hnd(d, Q, DONE, &g, big, 0, 0, rows, 0, kp, vp));
     MARKER(fkv_op_recall_direct(d, Q, DONE, &g, 1, hs, 0, NULL, rows, 0, kp, vp));

@@ -528,25 +528,32 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
 
 fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                               size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+                               size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                               uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                               fkv_bbuf *flags, size_t flags_off) {
     launch L;
     prepare(dev, q, &deps, "cosine_flags", &L);
     fkv_status st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
-    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
+    uint64_t q_row = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
     uint32_t w;
     if ((st = cosine_plan(dev, n_bh, &w)) != FKV_OK)
         return st;
-    if ((st = bind_buf(&L, 0, q_cur, cur_off, q_bytes, 4, &L.pc[0], "q_cur")) != FKV_OK ||
-        (st = bind_buf(&L, 1, q_prev, prev_off, q_bytes, 4, &L.pc[1], "q_prev")) != FKV_OK ||
+    /* q_prev's rows come from device data: what one binding reaches from prev_off */
+    if ((st = bind_buf(&L, 0, q_cur, cur_off, n_seqs * q_row, 4, &L.pc[0], "q_cur")) !=
+            FKV_OK ||
+        (st = bind_buf(&L, 1, q_prev, prev_off, 0, 4, &L.pc[1], "q_prev")) != FKV_OK ||
         (st = bind_buf(&L, 2, sims, sims_off, n_bh * 4, 4, &L.pc[5], "sims")) != FKV_OK ||
-        (st = bind_buf(&L, 3, flags, flags_off, n_bh * 4, 4, &L.pc[6], "flags")) != FKV_OK)
+        (st = bind_buf(&L, 3, flags, flags_off, n_bh * 4, 4, &L.pc[6], "flags")) != FKV_OK ||
+        (st = bind_buf(&L, 4, prev_rows, rows_off, n_seqs * 4ull, 4, &L.pc[8], "prev_rows")) !=
+            FKV_OK)
         return st;
     L.pc[2] = g->n_kv_heads;
     L.pc[3] = g->group;
     L.pc[4] = g->head_dim;
     pc_f32(&L, 7, tau);
+    uint64_t prev_count = (L.b[1].range - (prev_off - L.b[1].off)) / q_row;
+    L.pc[9] = prev_count > UINT32_MAX ? UINT32_MAX : (uint32_t)prev_count;
     VkPipeline p;
     vk_cmd c;
     if ((st = fkv_vk_pipeline(dev, S_COSINE, w, 1, &p)) != FKV_OK ||

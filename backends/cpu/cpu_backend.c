@@ -613,6 +613,8 @@ static fkv_status cpu_select_pages_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
 typedef struct cosine_args {
     fkv_kv_geom g;
     const float *cur, *prev;
+    size_t prev_count;
+    const int32_t *prev_rows;
     uint32_t n_seqs;
     float tau;
     float *sims;
@@ -621,12 +623,14 @@ typedef struct cosine_args {
 
 static fkv_status run_cosine(void *p) {
     cosine_args *a = p;
-    return cpu_cosine_flags(&a->g, a->cur, a->prev, a->n_seqs, a->tau, a->sims, a->flags);
+    return cpu_cosine_flags(&a->g, a->cur, a->prev, a->prev_count, a->prev_rows, a->n_seqs,
+                            a->tau, a->sims, a->flags);
 }
 
 static fkv_status cpu_cosine_flags_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                       const fkv_kv_geom *g, const fkv_bbuf *q_cur,
                                       size_t cur_off, const fkv_bbuf *q_prev, size_t prev_off,
+                                      const fkv_bbuf *prev_rows, size_t rows_off,
                                       uint32_t n_seqs, float tau, fkv_bbuf *sims,
                                       size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
     const char *op = "cosine_flags";
@@ -638,6 +642,9 @@ static fkv_status cpu_cosine_flags_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     a->tau = tau;
     a->cur = (const float *)at(q_cur, cur_off);
     a->prev = (const float *)at(q_prev, prev_off);
+    a->prev_count = (q_prev->desc.size - prev_off) /
+                    (sizeof(float) * g->n_kv_heads * g->group * g->head_dim);
+    a->prev_rows = (const int32_t *)at(prev_rows, rows_off);
     a->sims = (float *)at(sims, sims_off);
     a->flags = (int32_t *)at(flags, flags_off);
     return submit(dev, q, run_cosine, a, deps);

@@ -224,14 +224,21 @@ fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t
 }
 
 fkv_status cpu_cosine_flags(const fkv_kv_geom *g, const float *q_cur, const float *q_prev,
-                            uint32_t n_seqs, float tau, float *sims, int32_t *flags) {
+                            size_t prev_count, const int32_t *prev_rows, uint32_t n_seqs,
+                            float tau, float *sims, int32_t *flags) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
     for (uint32_t b = 0; b < n_seqs; b++) {
+        int32_t row = prev_rows[b];
+        if (row >= 0 && (size_t)row >= prev_count)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "cosine_flags: sequence %u reads previous row %d, the buffer holds "
+                             "%zu", b, row, prev_count);
         for (uint32_t h = 0; h < g->n_kv_heads; h++) {
-            float total = 0.0f;
-            for (uint32_t i = 0; i < g->group; i++) {
+            float total = row < 0 ? NAN : 0.0f; /* no previous query: corrected */
+            for (uint32_t i = 0; i < g->group && row >= 0; i++) {
                 size_t at = ((size_t)b * n_q_heads + (size_t)h * g->group + i) * d;
-                const float *a = q_cur + at, *c = q_prev + at;
+                size_t at_prev = ((size_t)row * n_q_heads + (size_t)h * g->group + i) * d;
+                const float *a = q_cur + at, *c = q_prev + at_prev;
                 float dot = 0.0f, na = 0.0f, nc = 0.0f;
                 for (size_t k = 0; k < d; k++) {
                     dot += a[k] * c[k];

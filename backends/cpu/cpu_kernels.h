@@ -45,9 +45,11 @@ fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t
                             float *scores, size_t scores_len, const fkv_select_params *p,
                             int32_t *out);
 
-/* sims[b][h] = mean over the group of cos(q_cur, q_prev); flags[b][h] = !(sims >= tau). */
+/* sims[b][h] = mean over the group of cos(q_cur row b, q_prev row prev_rows[b]);
+ * flags[b][h] = !(sims >= tau); a negative row: NaN and 1. q_prev holds prev_count rows. */
 fkv_status cpu_cosine_flags(const fkv_kv_geom *g, const float *q_cur, const float *q_prev,
-                            uint32_t n_seqs, float tau, float *sims, int32_t *flags);
+                            size_t prev_count, const int32_t *prev_rows, uint32_t n_seqs,
+                            float tau, float *sims, int32_t *flags);
 
 /* Page gslots[i] of both pools to dst + i*page_bytes as [n_kv_heads][K|V][page_size][d]. */
 fkv_status cpu_pack_hnd(const fkv_kv_geom *g, const void *kpool, const void *vpool,

@@ -82,9 +82,10 @@
 extern "C" {
 #endif
 
-/* 2: the scores descriptor holds the query row (FKV_SCORES_DESC_INTS) and cosine_flags reads
- * the previous queries through a row table, so one call serves a batch whatever buffer rows
- * its queries come from. */
+/* 2: the scores descriptor holds the query row (FKV_SCORES_DESC_INTS), cosine_flags reads
+ * the previous queries through a row table, and scores and select_pages take a mask of
+ * (sequence, KV head) pairs, so one call serves a batch whatever buffer rows its queries come
+ * from and whichever heads it needs. */
 #define FKV_BACKEND_ABI_VERSION 2
 
 typedef struct fkv_bdev fkv_bdev;     /* an opened device */
@@ -241,10 +242,13 @@ typedef struct fkv_backend_ops {
      * of [n_kv_heads*group][head_dim] f32 (at least one); rows may repeat and come in any
      * order, so a batch's queries are read where they lie (this call's, or each sequence's
      * previous one). A row beyond the buffer is refused by the CPU reference and skipped by
-     * GPU kernels, as any index from device data. */
+     * GPU kernels, as any index from device data. mask: NULL (every pair), or int32
+     * [n_seqs][n_kv_heads] at mask_off (e.g. cosine_flags' flags): a (b, KV head) pair whose
+     * mask is 0 is skipped, no work, and its query heads' scores are not written. */
     fkv_status (*scores)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
-                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
+                         size_t desc_off, const fkv_bbuf *mask, size_t mask_off,
+                         const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
     /* Per (seq b, KV head h): mean over the group of cos(q_cur, q_prev) into sims[b][h] (f32)
      * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). q_cur is
      * [n_seqs][n_kv_heads*group][head_dim] f32 from cur_off; sequence b's previous query is
@@ -360,13 +364,15 @@ typedef struct fkv_backend_ops {
      * so the selected SETS may differ only among pages whose values tie the k-th within that.
      * Scratch: the op overwrites the first query row of each KV head's scores (row h*group)
      * over the candidates; the scores are undefined afterwards. The output record must not
-     * overlap the scores of the call. NULL (or a table built before this entry): the generic
-     * fallback reads the scores back and runs the CPU reference's code on the host (waits for
-     * its completion). */
+     * overlap the scores of the call. mask as for scores: a pair whose mask is 0 gets no work
+     * and its record is undefined afterwards (the GPU kernels leave it alone). NULL (or a
+     * table built before this entry): the generic fallback reads the scores back and runs the
+     * CPU reference's code on the host (waits for its completion). */
     fkv_status (*select_pages)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                               fkv_bbuf *out, size_t out_off);
+                               const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                               size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                               size_t out_off);
 } fkv_backend_ops;
 
 /* Every compiled backend's table: fkv_backend_<name>() for each name of the generated list

@@ -192,6 +192,14 @@ fkv_status fkv_check_select_pages(const char *backend, const fkv_kv_geom *g, uin
     return bh_count(backend, op, n_seqs, g);
 }
 
+fkv_status fkv_check_mask(const char *backend, const char *op, const fkv_kv_geom *g,
+                          uint32_t n_seqs, fkv_bview mask, size_t mask_off) {
+    if (!mask.present)
+        return FKV_OK;
+    return fkv_check_span(backend, op, "mask", mask, mask_off,
+                          (uint64_t)n_seqs * g->n_kv_heads * sizeof(int32_t), 4);
+}
+
 fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv_bview q_cur,
                                   size_t cur_off, fkv_bview q_prev, size_t prev_off,
                                   fkv_bview prev_rows, size_t rows_off, uint32_t n_seqs,

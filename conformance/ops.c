@@ -404,7 +404,8 @@ static int build_summarize(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result
 
 /* Four sequences: 7 pages, 6 pages at another base after a gap, none (writes nothing), and 27
  * pages ending at the last summary (several tiles); the gaps must stay untouched. Their queries
- * are rows 3, 0, 1 and 3 of five (out of order, one twice, two unread). */
+ * are rows 3, 0, 1 and 3 of five (out of order, one twice, two unread). A second call, into
+ * another output, masks every third (sequence, KV head) pair: their scores stay untouched. */
 static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     (void)env, (void)r;
     const fkv_kv_geom *g = &s->g;
@@ -420,8 +421,14 @@ static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
     float *summ = cf_add_input(s, "summaries", 0, (size_t)n_summ * g->n_kv_heads * 2 * d * 4);
     int out = (int)s->n_arr;
     cf_add_output(s, "scores", CF_GUARD, out_len * 4, CF_GUARD, CF_F32);
+    int mask = (int)s->n_arr;
+    int32_t *mv = cf_add_input(s, "mask", 4, (size_t)4 * g->n_kv_heads * 4);
+    int out_m = (int)s->n_arr;
+    cf_add_output(s, "scores_masked", CF_GUARD, out_len * 4, CF_GUARD, CF_F32);
     if (!cf_spec_ok(s))
         return -1;
+    for (uint32_t i = 0; i < 4 * g->n_kv_heads; i++)
+        mv[i] = i % 3 == 1 ? 0 : (int32_t)i + 1; /* any value but 0 selects */
     fill_f32(rng, qv, (size_t)5 * hq * d);
     memcpy(dv, desc_v, sizeof desc_v);
     for (size_t i = 0; i < (size_t)n_summ * g->n_kv_heads; i++) {
@@ -432,9 +439,15 @@ static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
             mx[ch] = a < b ? b : a;
         }
     }
-    cf_call *c = cf_add_call(s, CF_SCORES, CQ);
-    c->b[0] = at(q, CF_IN_OFF), c->b[1] = at(desc, 12), c->b[2] = at(sm, 0);
-    c->b[3] = at(out, CF_GUARD), c->n = 4;
+    for (int masked = 0; masked < 2; masked++) {
+        cf_call *c = cf_add_call(s, CF_SCORES, masked ? BQ : CQ);
+        if (c == NULL)
+            return -1;
+        c->b[0] = at(q, CF_IN_OFF), c->b[1] = at(desc, 12), c->b[2] = at(sm, 0);
+        c->b[3] = at(masked ? out_m : out, CF_GUARD), c->n = 4;
+        if (masked)
+            c->b[4] = at(mask, 4);
+    }
     return 1;
 }
 
@@ -927,9 +940,13 @@ static void compare_select(const cf_spec *s, unsigned char **ref, unsigned char 
             continue;
         const cf_arr *out = &s->arr[c->b[2].arr];
         const unsigned char *desc = s->arr[c->b[0].arr].init + c->b[0].off;
+        const unsigned char *mask =
+            c->b[3].arr >= 0 ? s->arr[c->b[3].arr].init + c->b[3].off : NULL;
         size_t k = c->size;
         for (size_t b = 0; b < c->n; b++)
             for (size_t h = 0; h < hk; h++) {
+                if (mask && cf_i32_at(mask, b * hk + h) == 0) /* no record: undefined */
+                    continue;
                 size_t at_rec = out->pay_off + (b * hk + h) * 2 * k * 4;
                 const unsigned char *rr = ref[c->b[2].arr] + at_rec, *dr = dut[c->b[2].arr] + at_rec;
                 int32_t np = cf_i32_at(desc, FKV_SCORES_DESC_INTS * b + 1);
@@ -990,8 +1007,9 @@ static void compare_select(const cf_spec *s, unsigned char **ref, unsigned char 
 
 /* One select_pages call over its own copy of the scores (the op uses them as scratch). kind:
  * 0 normal values, 1 small integers (exact ties), 2 with NaN and -inf, 3 with a NaN in one
- * query row of (sequence 0, KV head 0) and an all -inf row in sequence 4. */
-static int select_call(cf_spec *s, cf_rng *rng, const char *const labels[3], int kind,
+ * query row of (sequence 0, KV head 0) and an all -inf row in sequence 4. labels[3] (or NULL):
+ * a mask that leaves out every other (sequence, KV head) pair, whose records are undefined. */
+static int select_call(cf_spec *s, cf_rng *rng, const char *const labels[4], int kind,
                        fkv_group_reduce reduce, uint32_t k, float scale) {
     const fkv_kv_geom *g = &s->g;
     uint32_t hq = g->n_kv_heads * g->group, hk = g->n_kv_heads;
@@ -1009,9 +1027,13 @@ static int select_call(cf_spec *s, cf_rng *rng, const char *const labels[3], int
     cf_arr *oa = cf_add_output(s, labels[2], CF_GUARD, (size_t)SEL_SEQS * hk * 2 * k * 4,
                                CF_GUARD, CF_I32);
     oa->custom = 1;
+    int mask = (int)s->n_arr;
+    int32_t *mv = labels[3] ? cf_add_input(s, labels[3], 8, (size_t)SEL_SEQS * hk * 4) : NULL;
     cf_call *c = cf_add_call(s, CF_SELECT, CQ);
     if (!cf_spec_ok(s) || c == NULL)
         return 0;
+    for (uint32_t i = 0; mv && i < SEL_SEQS * hk; i++)
+        mv[i] = (int32_t)(i % 2);
     memcpy(dv, desc_v, sizeof desc_v);
     for (int32_t i = 0; i < base; i++) {
         float v = cf_normal(rng);
@@ -1028,23 +1050,28 @@ static int select_call(cf_spec *s, cf_rng *rng, const char *const labels[3], int
             sv[b4 + j] = -INFINITY;
     }
     c->b[0] = at(desc, 12), c->b[1] = at(sc, CF_IN_OFF), c->b[2] = at(out, CF_GUARD);
+    if (mv)
+        c->b[3] = at(mask, 8);
     c->n = SEL_SEQS, c->first = SEL_FIRST, c->size = k, c->x = scale, c->reduce = (int)reduce;
     return 1;
 }
 
 /* Every reduction, k = 1, k = all candidates of a sequence (5), k beyond every sequence's
  * candidates (40), exact ties, NaN and -inf scores, several sequences with different page
- * counts and one with no candidates. */
+ * counts and one with no candidates, and a mask of (sequence, KV head) pairs. */
 static int build_select(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     (void)env, (void)r;
-    static const char *const l[4][3] = {{"desc_a", "scores_a", "pages_softmax_k5"},
-                                        {"desc_b", "scores_b", "pages_mean_k1_ties"},
-                                        {"desc_c", "scores_c", "pages_max_k8_nan"},
-                                        {"desc_d", "scores_d", "pages_softmax_t_k40"}};
+    static const char *const l[5][4] = {
+        {"desc_a", "scores_a", "pages_softmax_k5", NULL},
+        {"desc_b", "scores_b", "pages_mean_k1_ties", NULL},
+        {"desc_c", "scores_c", "pages_max_k8_nan", NULL},
+        {"desc_d", "scores_d", "pages_softmax_t_k40", NULL},
+        {"desc_e", "scores_e", "pages_softmax_k7_masked", "mask_e"}};
     if (!select_call(s, rng, l[0], 0, FKV_GROUP_SOFTMAX_MEAN, 5, 1.0f) ||
         !select_call(s, rng, l[1], 1, FKV_GROUP_MEAN, 1, 1.0f) ||
         !select_call(s, rng, l[2], 2, FKV_GROUP_MAX, 8, 1.0f) ||
-        !select_call(s, rng, l[3], 3, FKV_GROUP_SOFTMAX_MEAN, 40, 0.125f))
+        !select_call(s, rng, l[3], 3, FKV_GROUP_SOFTMAX_MEAN, 40, 0.125f) ||
+        !select_call(s, rng, l[4], 0, FKV_GROUP_SOFTMAX_MEAN, 7, 1.0f))
         return -1;
     s->compare = compare_select;
     return 1;

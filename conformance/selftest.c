@@ -151,11 +151,12 @@ static fkv_status rewrite_scores(fkv_bdev *dev, fkv_queue q, const fkv_kv_geom *
 
 static fkv_status scores_common(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                                const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
-                                fkv_bbuf *out, size_t out_off, int kind) {
+                                const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                                size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                                size_t out_off, int kind) {
     fkv_bevent *ev = NULL;
     fkv_status st = base->scores(dev, q, (fkv_deps){deps.n_wait, deps.wait, &ev}, g, qbuf, q_off,
-                                 n_seqs, desc, desc_off, summaries, out, out_off);
+                                 n_seqs, desc, desc_off, mask, mask_off, summaries, out, out_off);
     st = wait_release(dev, st, &ev);
     if (st == FKV_OK)
         st = rewrite_scores(dev, q, g, desc, desc_off, n_seqs, out, out_off, kind);
@@ -164,18 +165,20 @@ static fkv_status scores_common(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
 
 static fkv_status scores_negated(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                  const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                                 const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
-                                 fkv_bbuf *out, size_t out_off) {
-    return scores_common(dev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off, summaries, out,
-                         out_off, 0);
+                                 const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                                 size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                                 size_t out_off) {
+    return scores_common(dev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off, mask, mask_off,
+                         summaries, out, out_off, 0);
 }
 
 static fkv_status scores_tilted(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                                const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
-                                fkv_bbuf *out, size_t out_off) {
-    return scores_common(dev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off, summaries, out,
-                         out_off, 1);
+                                const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                                size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                                size_t out_off) {
+    return scores_common(dev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off, mask, mask_off,
+                         summaries, out, out_off, 1);
 }
 
 /* "unsupported": attention refuses with FKV_ERR_UNSUPPORTED, as a device lacking a feature

@@ -116,7 +116,7 @@ static fkv_status call_init(fkv_context *ctx, call_scratch *call) {
 
 /* The device buffers of one layer, and the slices of its pinned host staging: layer_init
  * allocates exactly these, and the context's memory estimate adds them up first. */
-enum { N_LAYER_BUFFERS = 18, N_LAYER_HOST = 13 };
+enum { N_LAYER_BUFFERS = 18, N_LAYER_HOST = 12 };
 
 typedef struct layer_part {
     void *where; /* fkv_bbuf ** (device buffer) or a pointer to the slice's pointer (host) */
@@ -131,10 +131,10 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
     size_t pool = max_seqs * ctx->n_slots * ctx->slot_bytes;
     size_t summaries = max_seqs * ctx->max_pages * hk * 2 * cfg->head_dim * FKV_F32_BYTES;
     size_t list = max_seqs * hk * ctx->list_cap * FKV_PAIR_BYTES;
-    /* the scores, then select_pages' records (n_mid pages and scores per KV head), which
-     * alone come back to the host */
+    /* cosine_flags' flags, then select_pages' records (n_mid pages and scores per KV head):
+     * what comes back to the host, in one read for a correction (retrieval.c) */
     size_t records = max_seqs * hk * 2 * ctx->n_mid * FKV_F32_BYTES;
-    size_t scores = max_seqs * hq * ctx->max_pages * FKV_F32_BYTES + records;
+    size_t scores = max_seqs * hq * ctx->max_pages * FKV_F32_BYTES;
     size_t per_seq = max_seqs * FKV_INDEX_BYTES, per_head = max_seqs * hk * FKV_INDEX_BYTES;
     /* the scores descriptors, then cosine_flags' previous-query rows (correction.c) */
     size_t heads = max_seqs * hk * FKV_PAIR_BYTES;
@@ -159,7 +159,7 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
         {&ls->entries, list},
         {&ls->scores, scores},
         {&ls->sims, per_head},
-        {&ls->flags, per_head},
+        {&ls->flags, per_head + records},
         {&ls->pack, ctx->offload ? max_seqs * ctx->page_bytes : DEV_ALLOC_MIN},
     };
     const layer_part h_parts[N_LAYER_HOST] = {
@@ -173,9 +173,8 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
         {&ls->host.desc, desc},
         {&ls->host.heads, heads},
         {&ls->host.entries, list},
-        {&ls->host.scores, records ? records : FKV_F32_BYTES},
         {&ls->host.sims, per_head},
-        {&ls->host.flags, per_head},
+        {&ls->host.flags, per_head + records},
     };
     memcpy(dev, d_parts, sizeof d_parts);
     memcpy(host, h_parts, sizeof h_parts);
@@ -416,7 +415,7 @@ fkv_status fkv_resources_check_device(const fkv_context *ctx) {
         .max_rows = (uint32_t)(scratch_rows > max_seqs ? scratch_rows : max_seqs),
         .pool_slots = slots,
         .summaries = max_seqs * ctx->max_pages,
-        .scores = max_seqs * (cfg->n_q_heads * ctx->max_pages + hk * 2 * ctx->n_mid),
+        .scores = max_seqs * cfg->n_q_heads * ctx->max_pages,
         .list_entries = max_seqs * hk * ctx->list_cap,
         .largest_buffer = largest,
         .allocations = allocations,

@@ -15,19 +15,13 @@ static uint32_t candidates_end(const fkv_context *ctx, uint32_t n_now, uint32_t 
     return end < full ? end : full;
 }
 
-/* Where the selection records of sequence i (select_pages: per KV head n_mid pages then n_mid
- * scores) lie in the layer's scores buffer: after the scores of every sequence. */
-static size_t records_offset(const fkv_context *ctx, uint32_t i) {
-    size_t scores = (size_t)ctx->cfg.max_seqs * ctx->cfg.n_q_heads * ctx->max_pages;
-    size_t per_seq = (size_t)ctx->cfg.n_kv_heads * 2 * ctx->n_mid;
-    return (scores + i * per_seq) * FKV_F32_BYTES;
+size_t fkv_selection_records_offset(const fkv_context *ctx, uint32_t i) {
+    size_t flags = (size_t)ctx->cfg.max_seqs * ctx->cfg.n_kv_heads * FKV_INDEX_BYTES;
+    size_t per_seq = (size_t)ctx->cfg.n_kv_heads * 2 * ctx->n_mid * FKV_F32_BYTES;
+    return flags + i * per_seq;
 }
 
-/* Per sequence i of the batch, its scores descriptor in the layer's host staging (backend.h):
- * its summaries, its candidate end (0 when it has no candidate: nothing to score), where its
- * scores go in the layer's scores buffer, and its query's row: this call's (qin, by batch
- * position) or its previous one (qprev, by sequence). */
-static void describe_batch(fkv_context *ctx, uint32_t layer, const select_args *a) {
+size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_args *a) {
     layer_state *ls = &ctx->layers[layer];
     size_t per_seq = (size_t)ctx->cfg.n_q_heads * ctx->max_pages; /* floats of scores */
     for (uint32_t i = 0; i < a->n; i++) {
@@ -39,11 +33,27 @@ static void describe_batch(fkv_context *ctx, uint32_t layer, const select_args *
         d[2] = (int32_t)(i * per_seq); /* fkv_config_validate keeps a batch's scores in int32 */
         d[3] = a->use_qprev ? fkv_qprev_row(ctx, sl->qcur, a->seqs[i]) : (int32_t)i;
     }
+    return (size_t)a->n * FKV_DESC_BYTES;
 }
 
-/* The candidate end of sequence i of the batch, as describe_batch wrote it. */
+/* The candidate end of sequence i of the batch, as fkv_selection_describe wrote it. */
 static uint32_t described_end(const fkv_context *ctx, uint32_t layer, uint32_t i) {
     return (uint32_t)ctx->layers[layer].host.desc[(size_t)FKV_SCORES_DESC_INTS * i + 1];
+}
+
+fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_args *a) {
+    layer_state *ls = &ctx->layers[layer];
+    fkv_select_params sp = {.first_page = ctx->sink_pages, .k = ctx->n_mid,
+                            .reduce = ctx->cfg.group_reduce,
+                            .temp_scale = (float)fkv_group_temp_scale(&ctx->cfg)};
+    const fkv_bbuf *qbuf = a->use_qprev ? ls->qprev : ls->qin;
+    fkv_status st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, qbuf, 0, a->n,
+                                  ls->desc, 0, a->dev_mask, 0, ls->summ, ls->scores, 0);
+    if (st == FKV_OK)
+        st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, a->n, ls->desc, 0,
+                                 a->dev_mask, 0, ls->scores, 0, &sp, ls->flags,
+                                 fkv_selection_records_offset(ctx, 0));
+    return st;
 }
 
 /* Scores of every query head over each sequence's candidates, then the group reduction and
@@ -52,24 +62,16 @@ static uint32_t described_end(const fkv_context *ctx, uint32_t layer, uint32_t i
  * into the layer's host staging; the caller waits for them: the host plans next. */
 static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const select_args *a) {
     layer_state *ls = &ctx->layers[layer];
-    fkv_select_params sp = {.first_page = ctx->sink_pages, .k = ctx->n_mid,
-                            .reduce = ctx->cfg.group_reduce,
-                            .temp_scale = (float)fkv_group_temp_scale(&ctx->cfg)};
-    const fkv_bbuf *qbuf = a->use_qprev ? ls->qprev : ls->qin;
-    describe_batch(ctx, layer, a);
+    size_t first = fkv_selection_records_offset(ctx, 0);
     fkv_bevent *ev = NULL;
     fkv_status st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
-                                 (size_t)a->n * FKV_DESC_BYTES);
+                                 fkv_selection_describe(ctx, layer, a));
     if (st == FKV_OK)
-        st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, qbuf, 0, a->n, ls->desc,
-                           0, ls->summ, ls->scores, 0);
+        st = fkv_selection_enqueue(ctx, layer, a);
     if (st == FKV_OK)
-        st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, a->n, ls->desc, 0,
-                                 ls->scores, 0, &sp, ls->scores, records_offset(ctx, 0));
-    if (st == FKV_OK)
-        st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->scores,
-                         records_offset(ctx, 0), ls->host.scores,
-                         records_offset(ctx, a->n) - records_offset(ctx, 0));
+        st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->flags, first,
+                         (unsigned char *)ls->host.flags + first,
+                         fkv_selection_records_offset(ctx, a->n) - first);
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &ev);
     fkv_release_event(ctx, &ev);
@@ -140,8 +142,8 @@ static fkv_status plan_batch(fkv_context *ctx, uint32_t layer, const select_args
         for (uint32_t i = 0; i < a->n; i++) {
             seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
             uint32_t ce = described_end(ctx, layer, i);
-            const unsigned char *recs = (const unsigned char *)ls->host.scores +
-                                        (records_offset(ctx, i) - records_offset(ctx, 0));
+            const unsigned char *recs =
+                (const unsigned char *)ls->host.flags + fkv_selection_records_offset(ctx, i);
             for (uint32_t h = 0; h < hk; h++) {
                 if (a->mask && !a->mask[(size_t)i * hk + h])
                     continue;
@@ -159,15 +161,12 @@ static fkv_status plan_batch(fkv_context *ctx, uint32_t layer, const select_args
     return FKV_OK;
 }
 
-fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args *a) {
+fkv_status fkv_selection_apply(fkv_context *ctx, uint32_t layer, const select_args *a) {
     if (a->done)
         *a->done = NULL;
-    fkv_status st = score_candidates(ctx, layer, a);
-    if (st != FKV_OK)
-        return st;
     uint32_t n_units;
     double t_plan = fkv_now();
-    st = plan_batch(ctx, layer, a, &n_units);
+    fkv_status st = plan_batch(ctx, layer, a, &n_units);
     a->stats->host_select_seconds += fkv_now() - t_plan;
     if (st != FKV_OK)
         return st;
@@ -182,6 +181,13 @@ fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args 
     a->stats->pages_recalled += n_units;
     a->stats->bytes_recalled += (uint64_t)n_units * ctx->unit_bytes;
     return st;
+}
+
+fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args *a) {
+    if (a->done)
+        *a->done = NULL;
+    fkv_status st = score_candidates(ctx, layer, a);
+    return st == FKV_OK ? fkv_selection_apply(ctx, layer, a) : st;
 }
 
 void fkv_selection_save(fkv_context *ctx, planner *pl, uint32_t layer, uint32_t n,

@@ -51,9 +51,8 @@ typedef struct layer_host {
     fkv_bhost *mem;
     float *q, *k, *v, *out;
     int32_t *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
-    float *scores; /* select_pages' records (the scores themselves stay on the device) */
     float *sims;
-    int32_t *flags;
+    int32_t *flags; /* the flags buffer read back: flags, then select_pages' records */
 } layer_host;
 
 typedef struct layer_state {
@@ -62,8 +61,9 @@ typedef struct layer_state {
                       * kernel reads every sequence's previous query whichever half holds it */
     fkv_bbuf *qin, *kin, *vin, *out;
     fkv_bbuf *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
-    fkv_bbuf *scores; /* page scores, then select_pages' records (retrieval.c) */
-    fkv_bbuf *sims, *flags, *pack;
+    fkv_bbuf *scores; /* page scores */
+    fkv_bbuf *sims, *pack;
+    fkv_bbuf *flags; /* cosine_flags' flags, then select_pages' records (retrieval.c) */
     layer_host host;
     fkv_bevent *ev_attn;    /* last attention (reads the slots) */
     fkv_bevent *ev_recall;  /* last recall into the slots */

@@ -40,6 +40,7 @@ typedef struct fkv_hip_scores_args {
     const float *q;  /* at the caller's q_off */
     uint64_t q_rows; /* query rows from q to the end of its buffer */
     const int32_t *desc;
+    const int32_t *mask; /* [n_seqs][n_kv_heads], 0 skips the pair; NULL: none */
     const float *summaries;
     uint32_t n_summaries;
     float *out; /* at the caller's out_off */
@@ -61,6 +62,7 @@ typedef struct fkv_hip_cosine_args {
 /* select_pages (backend.h): one block per (sequence, KV head); see k_select_pages. */
 typedef struct fkv_hip_select_args {
     const int32_t *desc;
+    const int32_t *mask; /* [n_seqs][n_kv_heads], 0 skips the pair; NULL: none */
     float *scores;       /* at the caller's scores_off */
     uint64_t scores_len; /* floats from scores to the end of its buffer */
     uint32_t n_kv_heads, group, first, k, reduce;

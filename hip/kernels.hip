@@ -101,8 +101,8 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_a
     uint32_t b = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
     const int32_t *db = a.desc + 4 * (size_t)b;
     int32_t row = db[3];
-    /* a row beyond the queries skips the sequence (no return before the barrier) */
-    bool ok = row >= 0 && (uint64_t)row < a.q_rows;
+    /* a masked pair or a row beyond the queries does nothing (no return before the barrier) */
+    bool ok = row >= 0 && (uint64_t)row < a.q_rows && (!a.mask || a.mask[bh] != 0);
     uint32_t ng_all = a.group - hb < a.heads ? a.group - hb : a.heads;
     uint32_t gd = ok ? ng_all * a.head_dim : 0;
     const float *qb =
@@ -200,9 +200,10 @@ __global__ void __launch_bounds__(FKV_HIP_SELECT_BLOCK) k_select_pages(fkv_hip_s
     uint64_t hq = (uint64_t)a.n_kv_heads * a.group;
     bool ok = np >= 0 && base >= 0 &&
               (uint64_t)base + hq * (uint64_t)(np > 0 ? np : 0) <= a.scores_len;
-    uint32_t n_cand = ok && np > (int32_t)a.first ? (uint32_t)np - a.first : 0u;
+    bool skip = a.mask && a.mask[bh] == 0; /* a masked pair: no work, no record */
+    uint32_t n_cand = ok && !skip && np > (int32_t)a.first ? (uint32_t)np - a.first : 0u;
     uint32_t kk = n_cand < a.k ? n_cand : a.k;
-    for (uint32_t i = kk + lid; i < a.k; i += w) {
+    for (uint32_t i = kk + lid; i < a.k && !skip; i += w) {
         pages[i] = -1;
         vals[i] = -INFINITY;
     }

@@ -91,7 +91,8 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
  * ceil(group/heads) blocks when its queries do not fit local memory at once); dim 0 strides
  * over its pages. */
 kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const global int *desc,
-                       ulong desc_off, const global float *summaries, uint n_summaries,
+                       ulong desc_off, const global int *pair_mask, ulong mask_off,
+                       uint use_mask, const global float *summaries, uint n_summaries,
                        global float *out, ulong out_off, ulong out_len, uint n_kv_heads,
                        uint group, uint head_dim, uint heads, local float *qs) {
     uint n_blocks = (group + heads - 1) / heads;
@@ -99,8 +100,9 @@ kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const g
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
     const global int *db = desc + desc_off + 4 * (size_t)b;
     int row = db[3];
-    /* a row beyond the queries skips the sequence (no return before the barrier) */
-    int ok = row >= 0 && (ulong)row < q_rows;
+    /* a masked pair or a row beyond the queries does nothing (no return before the barrier) */
+    int ok = row >= 0 && (ulong)row < q_rows &&
+             (!use_mask || pair_mask[mask_off + bh] != 0);
     uint ng_all = min(heads, group - hb), gd = ok ? ng_all * head_dim : 0;
     const global float *qb =
         q + q_off + (((size_t)(ok ? row : 0) * n_kv_heads + h) * group + hb) * head_dim;
@@ -182,21 +184,24 @@ inline float fkv_group_fold(local float *red, uint lid, uint w, float x, int sum
  * bits over order keys, histogram in local memory) finds the k-th value, and a compaction in
  * page order writes the pages above it and the lowest pages equal to it. aux: 256 + w + 2
  * uints. */
-kernel void fkv_select_pages(const global int *desc, ulong desc_off, global float *scores,
-                             ulong scores_off, ulong scores_len, uint n_kv_heads, uint group,
-                             uint first, uint k, uint reduce, float temp_scale, global int *out,
-                             ulong out_off, local float *red, local uint *aux) {
+kernel void fkv_select_pages(const global int *desc, ulong desc_off,
+                             const global int *pair_mask, ulong mask_off, uint use_mask,
+                             global float *scores, ulong scores_off, ulong scores_len,
+                             uint n_kv_heads, uint group, uint first, uint k, uint reduce,
+                             float temp_scale, global int *out, ulong out_off, local float *red,
+                             local uint *aux) {
     uint bh = get_group_id(0), lid = get_local_id(0), w = get_local_size(0);
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
+    int skip = use_mask && pair_mask[mask_off + bh] == 0; /* a masked pair: no work, no record */
     global int *pages = out + out_off + (size_t)bh * 2 * k;
     global float *vals = (global float *)(pages + k);
     int np = desc[desc_off + 4 * (size_t)b + 1];
     long base = desc[desc_off + 4 * (size_t)b + 2];
     ulong hq = (ulong)n_kv_heads * group;
     int ok = np >= 0 && base >= 0 && (ulong)base + hq * (ulong)max(np, 0) <= scores_len;
-    uint n_cand = ok && np > (int)first ? (uint)np - first : 0u;
+    uint n_cand = ok && !skip && np > (int)first ? (uint)np - first : 0u;
     uint kk = min(n_cand, k);
-    for (uint i = kk + lid; i < k; i += w) {
+    for (uint i = kk + lid; i < k && !skip; i += w) {
         pages[i] = -1;
         vals[i] = -INFINITY;
     }

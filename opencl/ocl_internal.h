@@ -173,12 +173,14 @@ fkv_status fkv_ocl_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
                              size_t pages_off, fkv_bbuf *summaries);
 fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
-                          fkv_bbuf *out, size_t out_off);
+                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                          size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                          size_t out_off);
 fkv_status fkv_ocl_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                                fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                                fkv_bbuf *out, size_t out_off);
+                                const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                                size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                                size_t out_off);
 fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
                                 size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,

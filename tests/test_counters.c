@@ -9,6 +9,7 @@
 
 #include "backends/dispatch.h"
 #include "common/thread_role.h"
+#include "core/correction.h"
 #include "core/retrieval.h"
 #include "helpers.h"
 #include "pipeline_driver.h"
@@ -403,6 +404,75 @@ static void check_selection_batch(const char *backend) {
     fkv_device_close(dev);
 }
 
+/* One correction of layer 0 at threshold tau; its counter difference in *d, its commands
+ * (launches and copies) returned, and the number of heads it flagged in *flagged. The
+ * correction's recall, if any, is waited for after the counters are read. */
+static uint64_t count_correction(fkv_context *ctx, uint32_t n, const uint32_t *seqs, float tau,
+                                 fkv_counters *d, uint32_t *flagged) {
+    fkv_stats stats;
+    memset(&stats, 0, sizeof stats);
+    ctx->cfg.tau = tau;
+    fkv_bevent *corr = NULL;
+    fkv_counters before, after;
+    cr_assert_eq(fkv_context_get_counters(ctx, &before), FKV_OK);
+    cr_assert_eq(fkv_correct_heads(ctx, 0, n, seqs, &corr, &stats), FKV_OK, "%s",
+                 fkv_last_error());
+    cr_assert_eq(fkv_context_get_counters(ctx, &after), FKV_OK);
+    cr_assert_eq(corr != NULL, stats.corrections > 0, "an event only for a correction");
+    if (corr)
+        cr_assert_eq(fkv_op_event_wait(ctx->dev, 1, &corr), FKV_OK, "%s", fkv_last_error());
+    fkv_op_event_release(ctx->dev, corr);
+    *d = diff(&after, &before);
+    *flagged = (uint32_t)stats.corrections;
+    totals t = total(d);
+    return t.launches + t.copies;
+}
+
+/* #11, #18: freekv's correction is one caller round trip: the check and the selection of the
+ * flagged heads (the flags mask them on the device) come back in one read, and the caller
+ * never waits for the recall (attention does, on the device). Its commands are the same
+ * whether no head or every head is flagged, and for a batch of 1 or 4, apart from the recall
+ * (its table write and its kernel) when pages are missing; a sequence without a previous
+ * query has every head flagged. */
+static void check_correction_round_trip(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_context *ctx = selection_context(dev, backend);
+    const uint32_t seqs[4] = {0, 1, 2, 3};
+    uint32_t hk = ctx->cfg.n_kv_heads, flagged;
+    fkv_counters d;
+    uint64_t none[2];
+    for (int b = 0; b < 2; b++) {
+        uint32_t n = b ? 4 : 1;
+        /* no head: a similarity is never below -2 */
+        none[b] = count_correction(ctx, n, seqs, -2.0f, &d, &flagged);
+        cr_expect_eq(flagged, 0, "%s: flagged at tau -2", backend);
+        cr_expect_eq(none[b], 5, "%s batch %u: %llu commands with no head flagged", backend, n,
+                     (unsigned long long)none[b]);
+        cr_expect_eq(d.caller_waits, 1, "%s batch %u: caller waits, no head flagged", backend, n);
+        /* every head: a similarity is never 2 or more; the first recalls what is missing */
+        count_correction(ctx, n, seqs, 2.0f, &d, &flagged);
+        cr_expect_eq(flagged, n * hk, "%s: flagged at tau 2", backend);
+        cr_expect_eq(d.caller_waits, 1, "%s batch %u: caller waits, every head flagged", backend,
+                     n);
+        /* the same query again: every selected page is resident, nothing to recall */
+        uint64_t all = count_correction(ctx, n, seqs, 2.0f, &d, &flagged);
+        cr_expect_eq(all, none[b], "%s batch %u: %llu commands with every head flagged, %llu "
+                     "with none", backend, n, (unsigned long long)all,
+                     (unsigned long long)none[b]);
+        cr_expect_eq(d.caller_waits, 1, "%s batch %u: caller waits", backend, n);
+    }
+    cr_expect_eq(none[1], none[0], "%s: commands of a batch of 4 and of 1", backend);
+    /* no previous query: every head of that sequence, and only those, at tau -2 */
+    ctx->seqs[1].layers[0].has_qprev = 0;
+    count_correction(ctx, 4, seqs, -2.0f, &d, &flagged);
+    cr_expect_eq(flagged, hk, "%s: the heads of the sequence without a previous query", backend);
+    for (uint32_t h = 0; h < 4 * hk; h++)
+        cr_expect_eq(ctx->layers[0].host.flags[h], h / hk == 1, "%s: flag %u", backend, h);
+    cr_expect_eq(d.caller_waits, 1, "%s: caller waits", backend);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
 #define COUNTER_TESTS(backend)                                                                 \
     Test(backend, write_counts_one_copy_and_its_bytes) { check_transfer(#backend, 0); }        \
     Test(backend, read_counts_one_copy_and_its_bytes) { check_transfer(#backend, 1); }         \
@@ -414,6 +484,9 @@ static void check_selection_batch(const char *backend) {
     Test(backend, decode_waits_by_thread, .timeout = 120) { check_decode_roles(#backend); }     \
     Test(backend, selection_commands_constant_in_batch, .timeout = 120) {                     \
         check_selection_batch(#backend);                                                       \
+    }                                                                                          \
+    Test(backend, correction_is_one_round_trip, .timeout = 120) {                              \
+        check_correction_round_trip(#backend);                                                 \
     }
 
 COUNTER_TESTS(cpu)

@@ -446,8 +446,9 @@ static fkv_status select_plan(const fkv_bdev *d, uint64_t n_bh, uint32_t *w) {
 
 fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                               fkv_bbuf *out, size_t out_off) {
+                               const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                               size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                               size_t out_off) {
     launch L;
     prepare(dev, q, &deps, "select_pages", &L);
     fkv_status st;
@@ -459,8 +460,11 @@ fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
         /* read and written at offsets from device data: all of it must be reachable */
         (st = bind_buf(&L, 1, scores, scores_off, scores->desc.size - scores_off, 4, &L.pc[1],
                        "scores")) != FKV_OK ||
-        (st = bind_buf(&L, 2, out, out_off, n_bh * 8 * p->k, 4, &L.pc[8], "out")) != FKV_OK)
+        (st = bind_buf(&L, 2, out, out_off, n_bh * 8 * p->k, 4, &L.pc[8], "out")) != FKV_OK ||
+        (mask && (st = bind_buf(&L, 3, mask, mask_off, n_bh * 4, 4, &L.pc[10], "mask")) !=
+                     FKV_OK))
         return st;
+    L.pc[11] = mask != NULL;
     uint64_t len = (L.b[1].range - (scores_off - L.b[1].off)) / 4;
     L.pc[2] = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
     L.pc[3] = g->n_kv_heads;
@@ -483,7 +487,8 @@ fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
 
 fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
-                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                         size_t desc_off, const fkv_bbuf *mask, size_t mask_off,
+                         const fkv_bbuf *summaries, fkv_bbuf *out,
                          size_t out_off) {
     launch L;
     prepare(dev, q, &deps, "scores", &L);
@@ -498,8 +503,11 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
         (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 16ull, 4, &L.pc[1], "desc")) != FKV_OK ||
         /* written at indices from device data: all of it must be reachable */
         (st = bind_buf(&L, 3, out, out_off, out->desc.size - out_off, 4, &L.pc[3], "out")) !=
-            FKV_OK)
+            FKV_OK ||
+        (mask && (st = bind_buf(&L, 4, mask, mask_off, (uint64_t)n_seqs * g->n_kv_heads * 4, 4,
+                                &L.pc[11], "mask")) != FKV_OK))
         return st;
+    L.pc[12] = mask != NULL;
     size_t n_summ = summaries->desc.size / summary_bytes;
     if ((st = bind_windows(&L, 2, summaries->buf, summaries->desc.size, -1, VK_NULL_HANDLE, 0,
                            summary_bytes, n_summ < INT32_MAX ? n_summ : INT32_MAX, 8, 2, 1,

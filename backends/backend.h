@@ -83,7 +83,11 @@
 extern "C" {
 #endif
 
-#define FKV_BACKEND_ABI_VERSION 1
+/* 2: the scores descriptor holds the query row (FKV_SCORES_DESC_INTS), cosine_flags reads
+ * the previous queries through a row table, and scores and select_pages take a mask of
+ * (sequence, KV head) pairs, so one call serves a batch whatever buffer rows its queries come
+ * from and whichever heads it needs. */
+#define FKV_BACKEND_ABI_VERSION 2
 
 typedef struct fkv_bdev fkv_bdev;     /* an opened device */
 typedef struct fkv_bbuf fkv_bbuf;     /* device memory */
@@ -182,6 +186,10 @@ typedef struct fkv_direct_src {
  * descriptor bindings): a call over more hosts issues ceil(hosts / this) launches. */
 #define FKV_DIRECT_HOSTS_PER_LAUNCH 8
 
+/* Ints per sequence of the scores and select_pages descriptor: (summary base, n_pages, out
+ * base, query row). */
+#define FKV_SCORES_DESC_INTS 4
+
 /* The selection of select_pages: candidates [first_page, n_pages) of each sequence, k pages
  * per (sequence, KV head), reduced by `reduce` with softmax scale temp_scale (> 0). */
 typedef struct fkv_select_params {
@@ -236,20 +244,32 @@ typedef struct fkv_backend_ops {
     fkv_status (*summarize)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                             const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
                             size_t pages_off, fkv_bbuf *summaries);
-    /* Quest bound for every query head. desc[3b..3b+2] = (summary base, n_pages, out base):
-     * out[base + h*n_pages + j] = sum_c max(q[b][h][c]*max[c], q[b][h][c]*min[c]) of summary
-     * base+j, KV head h/group. q is [n_seqs][n_kv_heads*group][head_dim]. */
+    /* Quest bound for every query head. desc[4b..4b+3] = (summary base, n_pages, out base,
+     * q row): out[base + h*n_pages + j] = sum_c max(q[c]*max[c], q[c]*min[c]) over query head
+     * h of row `q row` of qbuf and summary base+j of KV head h/group. qbuf from q_off is rows
+     * of [n_kv_heads*group][head_dim] f32 (at least one); rows may repeat and come in any
+     * order, so a batch's queries are read where they lie (this call's, or each sequence's
+     * previous one). A row beyond the buffer is refused by the CPU reference and skipped by
+     * GPU kernels, as any index from device data. mask: NULL (every pair), or int32
+     * [n_seqs][n_kv_heads] at mask_off (e.g. cosine_flags' flags): a (b, KV head) pair whose
+     * mask is 0 is skipped, no work, and its query heads' scores are not written. */
     fkv_status (*scores)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
-                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
+                         size_t desc_off, const fkv_bbuf *mask, size_t mask_off,
+                         const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
     /* Per (seq b, KV head h): mean over the group of cos(q_cur, q_prev) into sims[b][h] (f32)
-     * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). A query with
-     * an exactly zero norm has cosine 0; one holding a NaN or an infinity has a NaN norm,
-     * which makes its KV head's similarity NaN and its flag 1. */
+     * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). q_cur is
+     * [n_seqs][n_kv_heads*group][head_dim] f32 from cur_off; sequence b's previous query is
+     * row prev_rows[b] (int32 at rows_off) of q_prev from prev_off, rows of the same shape. A
+     * negative row means no previous query: every KV head of b gets similarity NaN and flag 1
+     * (corrected). A row beyond q_prev is refused by the CPU reference and skipped by GPU
+     * kernels. A query with an exactly zero norm has cosine 0; one holding a NaN or an
+     * infinity has a NaN norm, which makes its KV head's similarity NaN and its flag 1. */
     fkv_status (*cosine_flags)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                               size_t sims_off, fkv_bbuf *flags, size_t flags_off);
+                               size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                               uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                               fkv_bbuf *flags, size_t flags_off);
     /* NHD -> HND: page gslots[i] of both pools into dst + i*n_kv_heads*fkv_unit_bytes(g) as
      * [n_kv_heads] units, each [K|V][page_size][head_dim] in dtype, or, for a quantized
      * g->host_format, quantized as common/hostfmt.h defines (the offload's quantize). */
@@ -337,8 +357,8 @@ typedef struct fkv_backend_ops {
      * fkv_device_get_counters says so (FKV_ERR_UNSUPPORTED) instead of reporting zeros. */
     const struct fkv_bcounters *(*counters)(fkv_bdev *dev);
     /* Group reduction and top-k of page scores (FreeKV's selection) on the device, so that only
-     * O(budget) values come back. For sequence b: desc[3b+1] = n_pages and desc[3b+2] = base
-     * (floats from scores_off), as the scores op took them (desc[3b] is not read): query head
+     * O(budget) values come back. For sequence b: desc[4b+1] = n_pages and desc[4b+2] = base
+     * (floats from scores_off), as the scores op took them (the rest is not read): query head
      * hq's score of page j is scores[base + hq*n_pages + j]. Per (b, KV head h), over the
      * candidate pages j in [p->first_page, n_pages) and the group's query heads r
      * (hq = h*group + r), in f32:
@@ -355,13 +375,15 @@ typedef struct fkv_backend_ops {
      * so the selected SETS may differ only among pages whose values tie the k-th within that.
      * Scratch: the op overwrites the first query row of each KV head's scores (row h*group)
      * over the candidates; the scores are undefined afterwards. The output record must not
-     * overlap the scores of the call. NULL (or a table built before this entry): the generic
-     * fallback reads the scores back and runs the CPU reference's code on the host (waits for
-     * its completion). */
+     * overlap the scores of the call. mask as for scores: a pair whose mask is 0 gets no work
+     * and its record is undefined afterwards (the GPU kernels leave it alone). NULL (or a
+     * table built before this entry): the generic fallback reads the scores back and runs the
+     * CPU reference's code on the host (waits for its completion). */
     fkv_status (*select_pages)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                               fkv_bbuf *out, size_t out_off);
+                               const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                               size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                               size_t out_off);
     /* The host formats whose pack_hnd (quantize), scatter_hnd and recall_direct (dequantize)
      * this device implements, as a mask of 1u << fkv_host_format; FKV_HOST_SAME is always
      * implemented. Each must agree with the CPU reference's codes exactly or within one code

@@ -213,41 +213,47 @@ fkv_status fkv_op_summarize(fkv_device *dev, fkv_queue q, fkv_deps deps, const f
 
 fkv_status fkv_op_scores(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
-                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out,
-                         size_t out_off) {
+                         size_t desc_off, const fkv_bbuf *mask, size_t mask_off,
+                         const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off) {
     CHECKED(kernel_checks(dev, "scores", q, deps, g));
     CHECKED(fkv_check_scores(NAME(dev), g, VIEW(qbuf), q_off, n_seqs, VIEW(desc), desc_off,
                              VIEW(summaries), VIEW(out), out_off));
+    CHECKED(fkv_check_mask(NAME(dev), "scores", g, n_seqs, VIEW(mask), mask_off));
     MARKER_IF_NONE(n_seqs);
-    return dev->ops->scores(dev->bdev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off,
-                            summaries, out, out_off);
+    return dev->ops->scores(dev->bdev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off, mask,
+                            mask_off, summaries, out, out_off);
 }
 
 fkv_status fkv_op_select_pages(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                               fkv_bbuf *out, size_t out_off) {
+                               const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                               size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                               size_t out_off) {
     CHECKED(kernel_checks(dev, "select_pages", q, deps, g));
     CHECKED(fkv_check_select_pages(NAME(dev), g, n_seqs, VIEW(desc), desc_off, VIEW(scores),
                                    scores_off, p, VIEW(out), out_off));
+    CHECKED(fkv_check_mask(NAME(dev), "select_pages", g, n_seqs, VIEW(mask), mask_off));
     MARKER_IF_NONE(n_seqs * (p->k > 0));
     if (FKV_HAS_ENTRY(dev->ops, select_pages))
-        return dev->ops->select_pages(dev->bdev, q, deps, g, n_seqs, desc, desc_off, scores,
-                                      scores_off, p, out, out_off);
+        return dev->ops->select_pages(dev->bdev, q, deps, g, n_seqs, desc, desc_off, mask,
+                                      mask_off, scores, scores_off, p, out, out_off);
     return fkv_fallback_select_pages(dev->ops, dev->bdev, q, deps, g, n_seqs, desc, desc_off,
-                                     scores, scores_off, p, out, out_off);
+                                     mask, mask_off, scores, scores_off, p, out, out_off);
 }
 
 fkv_status fkv_op_cosine_flags(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                               size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+                               size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                               uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                               fkv_bbuf *flags, size_t flags_off) {
     CHECKED(kernel_checks(dev, "cosine_flags", q, deps, g));
     CHECKED(fkv_check_cosine_flags(NAME(dev), g, VIEW(q_cur), cur_off, VIEW(q_prev), prev_off,
-                                   n_seqs, VIEW(sims), sims_off, VIEW(flags), flags_off));
+                                   VIEW(prev_rows), rows_off, n_seqs, VIEW(sims), sims_off,
+                                   VIEW(flags), flags_off));
     MARKER_IF_NONE(n_seqs);
-    return dev->ops->cosine_flags(dev->bdev, q, deps, g, q_cur, cur_off, q_prev, prev_off, n_seqs,
-                                  tau, sims, sims_off, flags, flags_off);
+    return dev->ops->cosine_flags(dev->bdev, q, deps, g, q_cur, cur_off, q_prev, prev_off,
+                                  prev_rows, rows_off, n_seqs, tau, sims, sims_off, flags,
+                                  flags_off);
 }
 
 fkv_status fkv_op_pack_hnd(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,

@@ -6,6 +6,10 @@
  *       engine:* the core's recall engine (core/recall.h) in perpage, staged, direct mode
  * (2) Paged decode attention at a 2048-token budget (Hq=32, Hk=8, d=128, bf16) for batch 1
  *     and 4: time and effective GB/s of K/V bytes read.
+ * (3) Page scoring and selection of one layer (scores, then select_pages: softmax-mean and
+ *     top-k) over 4096 candidate pages per sequence (131072 tokens at p=32) for batch 1 and 4:
+ *     time and GB/s of page summaries read, beside single-thread memcpy on the host in the
+ *     same run (the bandwidth a CPU device's kernels can hope for per thread).
  * Plain numbers on stdout; timings are medians of --reps runs after one warm-up run, and
  * device commands (fkv_device_get_counters) the mean per run over the same runs. The
  * device comes from --backend/--device or FREEKV_BACKEND/FREEKV_DEVICE. Numbers are parsed
@@ -39,6 +43,9 @@ int fkv_opbench_main(int argc, char **argv);
 #define MAX_REPS 100000u
 #define MAX_CHUNK (1u << 24)
 #define MAX_BUDGET (1u << 24)
+#define MAX_TOPK 4096
+#define MAX_HEADS 1024
+#define MAX_HEAD_DIM 1024 /* the CPU reference's largest head_dim (FKV_CPU_MAX_HEAD_DIM) */
 
 typedef struct options {
     const char *backend, *device;
@@ -50,6 +57,9 @@ typedef struct options {
     uint32_t pool_mib;
     uint32_t reps, chunk;
     fkv_dtype dtype;
+    uint32_t score_pages[MAX_LIST];
+    size_t n_score_pages;
+    uint32_t topk;
 } options;
 
 static double now_s(void) {
@@ -71,7 +81,8 @@ static double median(double *x, uint32_t n) {
 static void usage(FILE *f) {
     fprintf(f, "usage: freekv-opbench [--quick] [--backend NAME] [--device SEL] [--pages 32,64]\n"
                "       [--batches 1,4] [--pool-mib N] [--reps N] [--chunk UNITS] [--budget TOKENS]\n"
-               "       [--dtype f32|f16|bf16]\n"
+               "       [--dtype f32|f16|bf16] [--score-pages 4096] [--topk 32]\n"
+               "       [--q-heads 32] [--kv-heads 8] [--head-dim 128] (every section)\n"
                "  --quick: a 64 MiB host pool and 3 repetitions (a few seconds on a CPU device)\n"
                "  lists hold 1 to %d values; numbers are plain decimal integers. The memory a run\n"
                "  needs is estimated before anything is allocated; a run that would not fit is\n"
@@ -95,6 +106,9 @@ static int parse(int argc, char **argv, options *o) {
     o->pool_mib = 256;
     o->reps = 10;
     o->dtype = FKV_BF16;
+    o->score_pages[0] = 4096;
+    o->n_score_pages = 1;
+    o->topk = 32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--quick") == 0) {
@@ -129,6 +143,17 @@ static int parse(int argc, char **argv, options *o) {
             bad = fkv_arg_u32(TOOL, a, v, 0, MAX_CHUNK, &o->chunk);
         else if (strcmp(a, "--budget") == 0)
             bad = fkv_arg_u32(TOOL, a, v, 1, MAX_BUDGET, &o->budget);
+        else if (strcmp(a, "--score-pages") == 0)
+            bad = fkv_arg_u32_list(TOOL, a, v, 1, MAX_PAGES, o->score_pages, MAX_LIST,
+                                   &o->n_score_pages);
+        else if (strcmp(a, "--topk") == 0)
+            bad = fkv_arg_u32(TOOL, a, v, 1, MAX_TOPK, &o->topk);
+        else if (strcmp(a, "--q-heads") == 0)
+            bad = fkv_arg_u32(TOOL, a, v, 1, MAX_HEADS, &o->q_heads);
+        else if (strcmp(a, "--kv-heads") == 0)
+            bad = fkv_arg_u32(TOOL, a, v, 1, MAX_HEADS, &o->kv_heads);
+        else if (strcmp(a, "--head-dim") == 0)
+            bad = fkv_arg_u32(TOOL, a, v, 1, MAX_HEAD_DIM, &o->head_dim);
         else if (strcmp(a, "--dtype") == 0 && strcmp(v, "f32") == 0)
             o->dtype = FKV_F32;
         else if (strcmp(a, "--dtype") == 0 && strcmp(v, "f16") == 0)
@@ -146,6 +171,11 @@ static int parse(int argc, char **argv, options *o) {
             usage(stderr);
             return -1;
         }
+    }
+    if (o->q_heads % o->kv_heads != 0) {
+        fprintf(stderr, TOOL ": --q-heads %u is not a multiple of --kv-heads %u\n", o->q_heads,
+                o->kv_heads);
+        return -1;
     }
     return 0;
 }
@@ -187,6 +217,13 @@ static void fill_values(void *p, size_t bytes, fkv_dtype t, uint64_t seed) {
         float x = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
         fkv_store(p, t, i, x);
     }
+}
+
+static uint32_t max_of(const uint32_t *x, size_t n) {
+    uint32_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
 }
 
 /* ---- (1) recall ---- */
@@ -531,6 +568,172 @@ static int bench_attention(bench *b) {
     return failed;
 }
 
+/* ---- (3) scoring and selection ---- */
+
+/* One-thread memcpy of `bytes` on the host, in GB/s of bytes read (median of reps, after one
+ * warm-up copy that also touches the pages); 0 when out of memory. */
+static double memcpy_gbs(size_t bytes, uint32_t reps) {
+    unsigned char *src = malloc(bytes), *dst = malloc(bytes);
+    double *t = malloc(reps * sizeof *t), gbs = 0;
+    if (src && dst && t) {
+        memset(src, 1, bytes);
+        memset(dst, 2, bytes);
+        for (uint32_t rep = 0; rep <= reps; rep++) {
+            double t0 = now_s();
+            memcpy(dst, src, bytes);
+            if (rep > 0)
+                t[rep - 1] = now_s() - t0;
+            src[rep % bytes] = dst[(rep * 7919u) % bytes] + 1; /* the copies are used */
+        }
+        gbs = (double)bytes / median(t, reps) * 1e-9;
+    }
+    free(src);
+    free(dst);
+    free(t);
+    return gbs;
+}
+
+typedef struct score_setup {
+    fkv_kv_geom g;
+    uint32_t batch, pages;
+    fkv_bbuf *summ, *q, *desc, *scores, *recs;
+    double summ_bytes, score_bytes;
+} score_setup;
+
+static void score_free(bench *b, score_setup *s) {
+    fkv_bbuf *bufs[5] = {s->summ, s->q, s->desc, s->scores, s->recs};
+    for (int i = 0; i < 5; i++)
+        if (bufs[i])
+            fkv_op_buffer_free(b->dev, bufs[i]);
+}
+
+/* Sequence i's summaries are pages [i * pages, (i + 1) * pages) (min <= max per channel), its
+ * query row i, its scores at i * Hq * pages: the layout the core gives them. */
+static fkv_status score_init(bench *b, score_setup *s, uint32_t batch, uint32_t pages) {
+    const options *o = b->o;
+    memset(s, 0, sizeof *s);
+    s->g = (fkv_kv_geom){.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
+                         .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype};
+    s->batch = batch;
+    s->pages = pages;
+    size_t n_summ = (size_t)batch * pages, d = o->head_dim, hq = o->q_heads;
+    size_t summ_bytes = n_summ * fkv_summary_bytes(&s->g), q_floats = batch * hq * d;
+    size_t rec_bytes = (size_t)batch * o->kv_heads * 2 * o->topk * 4;
+    s->summ_bytes = (double)summ_bytes;
+    s->score_bytes = (double)n_summ * hq * 4;
+    float *summ = malloc(summ_bytes), *q = malloc(q_floats * 4);
+    int32_t *desc = malloc((size_t)batch * FKV_SCORES_DESC_INTS * 4);
+    fkv_status st = summ && q && desc ? FKV_OK
+                                      : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scoring setup");
+    if (st == FKV_OK) {
+        uint64_t seed = 31;
+        for (size_t i = 0; i < summ_bytes / 4; i += 2 * d)
+            for (size_t c = 0; c < d; c++) {
+                float x = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
+                float y = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
+                summ[i + c] = x < y ? x : y;
+                summ[i + d + c] = x < y ? y : x;
+            }
+        for (size_t i = 0; i < q_floats; i++)
+            q[i] = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
+        for (uint32_t i = 0; i < batch; i++) {
+            int32_t *di = desc + (size_t)FKV_SCORES_DESC_INTS * i;
+            di[0] = (int32_t)(i * pages), di[1] = (int32_t)pages;
+            di[2] = (int32_t)((size_t)i * hq * pages), di[3] = (int32_t)i;
+        }
+    }
+    if (st == FKV_OK && (st = fkv_op_buffer_alloc(b->dev, summ_bytes, &s->summ)) == FKV_OK &&
+        (st = fkv_op_buffer_alloc(b->dev, q_floats * 4, &s->q)) == FKV_OK &&
+        (st = fkv_op_buffer_alloc(b->dev, (size_t)batch * FKV_SCORES_DESC_INTS * 4,
+                                  &s->desc)) == FKV_OK &&
+        (st = fkv_op_buffer_alloc(b->dev, (size_t)s->score_bytes, &s->scores)) == FKV_OK &&
+        (st = fkv_op_buffer_alloc(b->dev, rec_bytes, &s->recs)) == FKV_OK &&
+        (st = upload(b, s->summ, summ, summ_bytes)) == FKV_OK &&
+        (st = upload(b, s->q, q, q_floats * 4)) == FKV_OK)
+        st = upload(b, s->desc, desc, (size_t)batch * FKV_SCORES_DESC_INTS * 4);
+    free(summ);
+    free(q);
+    free(desc);
+    return st;
+}
+
+/* Phase 0: scores; 1: select_pages (after an untimed scores); 2: both. Waits for the end. */
+static fkv_status score_once(bench *b, score_setup *s, int phase, double *seconds) {
+    fkv_select_params p = {.first_page = 0, .k = b->o->topk,
+                           .reduce = FKV_GROUP_SOFTMAX_MEAN, .temp_scale = 1.0f};
+    fkv_bevent *done = NULL;
+    fkv_deps deps = {0, NULL, phase == 0 ? &done : NULL};
+    double t0 = now_s();
+    fkv_status st = fkv_op_scores(b->dev, FKV_QUEUE_COMPUTE, deps, &s->g, s->q, 0, s->batch,
+                                  s->desc, 0, NULL, 0, s->summ, s->scores, 0);
+    if (st == FKV_OK && phase == 1) {
+        st = fkv_op_finish(b->dev, FKV_QUEUE_COMPUTE);
+        t0 = now_s();
+    }
+    if (st == FKV_OK && phase > 0)
+        st = fkv_op_select_pages(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &done}, &s->g,
+                                 s->batch, s->desc, 0, NULL, 0, s->scores, 0, &p, s->recs, 0);
+    if (st == FKV_OK)
+        st = wait_release(b, done);
+    *seconds = now_s() - t0;
+    return st;
+}
+
+static int bench_scoring(bench *b) {
+    const options *o = b->o;
+    uint32_t max_pages = max_of(o->score_pages, o->n_score_pages);
+    uint32_t max_batch = max_of(o->batches, o->n_batches);
+    fkv_kv_geom g = {.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
+                     .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype};
+    size_t copy = (size_t)max_batch * max_pages * fkv_summary_bytes(&g);
+    printf("\n(3) page scoring and selection: Hq=%u, Hk=%u, d=%u, f32 summaries (%zu KiB a "
+           "page), top %u pages by softmax-mean, %u reps (median)\n",
+           o->q_heads, o->kv_heads, o->head_dim, fkv_summary_bytes(&g) >> 10, o->topk, o->reps);
+    printf("  memcpy, 1 host thread, %.2f MiB: %.2f GB/s\n", (double)copy / (1 << 20),
+           memcpy_gbs(copy, o->reps));
+    printf("  %-6s %7s %9s %-14s %9s %9s  %s\n", "batch", "pages", "summ MiB", "phase", "ms",
+           "GB/s", "device commands per call");
+    static const char *const phases[3] = {"scores", "select_pages", "scores+select"};
+    double *t = malloc(o->reps * sizeof *t);
+    int failed = t == NULL;
+    for (uint32_t bi = 0; bi < o->n_batches && t; bi++)
+        for (uint32_t pi = 0; pi < o->n_score_pages; pi++) {
+            score_setup s;
+            fkv_status st = score_init(b, &s, o->batches[bi], o->score_pages[pi]);
+            for (int ph = 0; ph < 3 && st == FKV_OK; ph++) {
+                fkv_counters c0, c1;
+                int counted = 1;
+                for (uint32_t rep = 0; rep <= o->reps && st == FKV_OK; rep++) {
+                    if (rep == 1)
+                        counted = fkv_device_get_counters(b->dev, &c0) == FKV_OK;
+                    double sec;
+                    st = score_once(b, &s, ph, &sec);
+                    if (rep > 0)
+                        t[rep - 1] = sec;
+                }
+                counted = counted && fkv_device_get_counters(b->dev, &c1) == FKV_OK;
+                if (st != FKV_OK)
+                    break;
+                /* GB/s of what the phase reads: the summaries, or select_pages' scores */
+                double sec = median(t, o->reps), bytes = ph == 1 ? s.score_bytes : s.summ_bytes;
+                printf("  %-6u %7u %9.2f %-14s %9.3f %9.2f  ", s.batch, s.pages,
+                       s.summ_bytes / (1 << 20), phases[ph], sec * 1e3, bytes / sec * 1e-9);
+                /* select_pages' counts include the untimed scores launch before it */
+                print_counts(&c1, &c0, counted, o->reps);
+            }
+            if (st != FKV_OK) {
+                printf("  %-6u %7u n/a: %s\n", o->batches[bi], o->score_pages[pi],
+                       fkv_last_error());
+                failed = 1;
+            }
+            score_free(b, &s);
+        }
+    if (t == NULL)
+        printf("  out of host memory\n");
+    free(t);
+    return failed;
+}
+
 /* ---- memory estimate, checked before anything is allocated ---- */
 
 typedef struct need {
@@ -539,13 +742,6 @@ typedef struct need {
 
 static uint64_t slot_bytes_of(const options *o) {
     return (uint64_t)o->page * o->kv_heads * o->head_dim * fkv_dtype_size(o->dtype);
-}
-
-static uint32_t max_of(const uint32_t *x, size_t n) {
-    uint32_t m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = x[i] > m ? x[i] : m;
-    return m;
 }
 
 /* (1): the host pool, the K/V pools and staging (recall_init), and the engine's two staging
@@ -602,8 +798,22 @@ static int check_need(const fkv_device_info *info, need n, const char *what) {
     return -1;
 }
 
-/* Every phase of the run: recall with the largest --pages and the pool, and attention at
- * each batch (phases allocate one after another, so each is checked alone). */
+/* (3) at one batch and page count: summaries on the host (filled there) and on the device,
+ * queries, scores and records; plus the two host buffers of the memcpy measurement. */
+static need scoring_need(const options *o, uint32_t batch, uint32_t pages) {
+    uint64_t n_summ = (uint64_t)batch * pages;
+    uint64_t summ = n_summ * o->kv_heads * 2 * o->head_dim * 4;
+    uint64_t copy = 2ull * max_of(o->batches, o->n_batches) *
+                    max_of(o->score_pages, o->n_score_pages) * o->kv_heads * 2 * o->head_dim * 4;
+    uint64_t scores = n_summ * o->q_heads * 4, q = (uint64_t)batch * o->q_heads * o->head_dim * 4;
+    need n = {.host = summ + q + copy,
+              .device = summ + scores + q + (uint64_t)batch * o->kv_heads * 8 * o->topk,
+              .largest = summ > scores ? summ : scores};
+    return n;
+}
+
+/* Every phase of the run: recall with the largest --pages and the pool, attention and scoring
+ * at each batch (phases allocate one after another, so each is checked alone). */
 static int check_memory(const fkv_device_info *info, const options *o) {
     char what[96];
     snprintf(what, sizeof what, "recall (--pages %u, --pool-mib %u)", max_of(o->pages, o->n_pages),
@@ -614,6 +824,11 @@ static int check_memory(const fkv_device_info *info, const options *o) {
         snprintf(what, sizeof what, "attention at --batches %u (--budget %u)", o->batches[i],
                  o->budget);
         if (check_need(info, attention_need(o, o->batches[i]), what) != 0)
+            return -1;
+        snprintf(what, sizeof what, "scoring at --batches %u (--score-pages %u)", o->batches[i],
+                 max_of(o->score_pages, o->n_score_pages));
+        if (check_need(info, scoring_need(o, o->batches[i],
+                                          max_of(o->score_pages, o->n_score_pages)), what) != 0)
             return -1;
     }
     return 0;
@@ -652,6 +867,7 @@ int fkv_opbench_main(int argc, char **argv) {
         pool = NULL; /* the engine then gathers on the calling thread */
     int failed = bench_recall(&b, pool);
     failed |= bench_attention(&b);
+    failed |= bench_scoring(&b);
     fkv_pool_destroy(pool);
     fkv_device_close(dev);
     if (failed)

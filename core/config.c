@@ -93,7 +93,7 @@ static fkv_status validate_geometry(const fkv_config *c) {
     const char *slots_from = c->policy >= FKV_POLICY_SYNC ? "budget_tokens" : "max_context";
     const uint64_t rows = max_seqs * n_slots * p, summaries = max_seqs * max_pages;
     const uint64_t entries = max_seqs * c->n_kv_heads * n_slots;
-    const uint64_t scores = c->n_q_heads * max_pages;
+    const uint64_t scores = max_seqs * c->n_q_heads * max_pages; /* one call scores a batch */
     if (rows > INT32_MAX)
         return BAD("max_seqs = %u x %s: %llu device rows (sequences x slots x page_size) "
                    "exceed the device interface's int32 row index (2^31 - 1); lower max_seqs "
@@ -109,9 +109,10 @@ static fkv_status validate_geometry(const fkv_config *c) {
                    c->max_seqs, c->n_kv_heads, slots_from, (unsigned long long)entries,
                    slots_from);
     if (scores > INT32_MAX)
-        return BAD("n_q_heads = %u x max_context = %u: %llu page scores per sequence exceed "
-                   "the int32 score index (2^31 - 1); lower max_context or raise page_size",
-                   c->n_q_heads, c->max_context, (unsigned long long)scores);
+        return BAD("max_seqs = %u x n_q_heads = %u x max_context = %u: %llu page scores of a "
+                   "batch exceed the int32 score index (2^31 - 1); lower max_seqs or "
+                   "max_context, or raise page_size",
+                   c->max_seqs, c->n_q_heads, c->max_context, (unsigned long long)scores);
     return FKV_OK;
 }
 

@@ -49,11 +49,18 @@ void fkv_resources_derive(fkv_context *ctx) {
     ctx->scratch_pages = FKV_SCRATCH_PAGES;
     ctx->scr_pack_pages = prefill_stage_pages(ctx);
     /* a decode call's whole input (fkv_in_layout of max_seqs: rows, heads, full lists);
-     * blocks start 256-byte aligned */
-    ctx->in_block_bytes = ((size_t)cfg->max_seqs *
-                               (ctx->q_row_bytes + 2 * ctx->kv_row_bytes + FKV_INDEX_BYTES +
-                                cfg->n_kv_heads * (1 + (size_t)ctx->list_cap) * FKV_PAIR_BYTES) +
-                           255) & ~(size_t)255;
+     * blocks start 256-byte aligned and are whole query rows long (fkv_q_row) */
+    size_t in_bytes = (size_t)cfg->max_seqs *
+                      (ctx->q_row_bytes + 2 * ctx->kv_row_bytes + FKV_INDEX_BYTES +
+                       cfg->n_kv_heads * (1 + (size_t)ctx->list_cap) * FKV_PAIR_BYTES);
+    size_t a = 256, b = ctx->q_row_bytes;
+    while (b) { /* gcd, then the step: lcm(256, q_row_bytes) */
+        size_t r = a % b;
+        a = b;
+        b = r;
+    }
+    size_t step = 256 / a * ctx->q_row_bytes;
+    ctx->in_block_bytes = (in_bytes + step - 1) / step * step;
 }
 
 static fkv_status dev_alloc(fkv_context *ctx, size_t size, fkv_bbuf **out) {
@@ -136,7 +143,7 @@ static fkv_status call_init(fkv_context *ctx, call_scratch *call) {
 
 /* The device buffers of one layer, and the slices of its pinned host staging: layer_init
  * allocates exactly these, and the context's memory estimate adds them up first. */
-enum { N_LAYER_BUFFERS = 11, N_LAYER_HOST = 7 };
+enum { N_LAYER_BUFFERS = 11, N_LAYER_HOST = 6 };
 
 typedef struct layer_part {
     void *where; /* fkv_bbuf ** (device buffer) or a pointer to the slice's pointer (host) */
@@ -151,12 +158,13 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
     size_t pool = max_seqs * ctx->n_slots * ctx->slot_bytes;
     size_t summaries = max_seqs * ctx->max_pages * hk * 2 * cfg->head_dim * FKV_F32_BYTES;
     size_t io = FKV_IN_BLOCKS * ctx->in_block_bytes + qbytes; /* blocks, then parking */
-    /* the scores, then select_pages' records (n_mid pages and scores per KV head), which
-     * alone come back to the host */
+    /* cosine_flags' flags, then select_pages' records (n_mid pages and scores per KV head):
+     * what comes back to the host, in one read for a correction (retrieval.c) */
     size_t records = max_seqs * hk * 2 * ctx->n_mid * FKV_F32_BYTES;
-    size_t scores = max_seqs * hq * ctx->max_pages * FKV_F32_BYTES + records;
+    size_t scores = max_seqs * hq * ctx->max_pages * FKV_F32_BYTES;
     size_t per_head = max_seqs * hk * FKV_INDEX_BYTES;
-    size_t desc = max_seqs * FKV_DESC_BYTES;
+    /* the scores descriptors, then cosine_flags' previous-query rows (correction.c) */
+    size_t desc = max_seqs * (FKV_DESC_BYTES + FKV_INDEX_BYTES);
     /* completed pages: one per sequence at decode, one per scratch page at prefill; a
      * (slot, summary) pair each, then the slot the pack reads (offload.h) */
     size_t summ_idx = (max_seqs > FKV_SCRATCH_PAGES ? max_seqs : FKV_SCRATCH_PAGES) *
@@ -171,7 +179,7 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
         {&ls->desc, desc},
         {&ls->scores, scores},
         {&ls->sims, per_head},
-        {&ls->flags, per_head},
+        {&ls->flags, per_head + records},
         {&ls->pack, ctx->offload ? max_seqs * ctx->page_bytes : DEV_ALLOC_MIN},
     };
     const layer_part h_parts[N_LAYER_HOST] = {
@@ -179,9 +187,8 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
         {&ls->host.out, qbytes},
         {&ls->host.summ_idx, summ_idx},
         {&ls->host.desc, desc},
-        {&ls->host.scores, records ? records : FKV_F32_BYTES},
         {&ls->host.sims, per_head},
-        {&ls->host.flags, per_head},
+        {&ls->host.flags, per_head + records},
     };
     memcpy(dev, d_parts, sizeof d_parts);
     memcpy(host, h_parts, sizeof h_parts);
@@ -435,7 +442,7 @@ fkv_status fkv_resources_check_device(const fkv_context *ctx) {
         .max_rows = (uint32_t)(scratch_rows > max_seqs ? scratch_rows : max_seqs),
         .pool_slots = slots,
         .summaries = max_seqs * ctx->max_pages,
-        .scores = max_seqs * (cfg->n_q_heads * ctx->max_pages + hk * 2 * ctx->n_mid),
+        .scores = max_seqs * cfg->n_q_heads * ctx->max_pages,
         .list_entries = max_seqs * hk * ctx->list_cap,
         .largest_buffer = largest,
         .allocations = allocations,

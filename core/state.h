@@ -20,7 +20,8 @@
 #define FKV_F32_BYTES sizeof(float)          /* activations, scores, summaries */
 #define FKV_INDEX_BYTES sizeof(int32_t)      /* rows, slots, flags: int32 indices */
 #define FKV_PAIR_BYTES (2 * sizeof(int32_t)) /* (slot, summary), (first, count), (slot, tokens) */
-#define FKV_DESC_BYTES (3 * sizeof(int32_t)) /* a scores descriptor: (base, pages, out base) */
+/* a scores descriptor: (summary base, pages, out base, query row) */
+#define FKV_DESC_BYTES (FKV_SCORES_DESC_INTS * sizeof(int32_t))
 
 /* Input blocks of a layer's io buffer: a decode call uploads into one that holds no
  * sequence's previous query, so the previous call's block (the batch's q[t-1]) survives. */
@@ -61,9 +62,8 @@ typedef struct layer_host {
     unsigned char *in;
     float *out;
     int32_t *summ_idx, *desc;
-    float *scores; /* select_pages' records (the scores themselves stay on the device) */
     float *sims;
-    int32_t *flags;
+    int32_t *flags; /* the flags buffer read back: flags, then select_pages' records */
 } layer_host;
 
 typedef struct layer_state {
@@ -75,8 +75,9 @@ typedef struct layer_state {
     fkv_bbuf *out;
     /* summ_idx: completed pages' (slot, summary) pairs, then the slots pack_hnd reads */
     fkv_bbuf *summ_idx, *desc;
-    fkv_bbuf *scores; /* page scores, then select_pages' records (retrieval.c) */
-    fkv_bbuf *sims, *flags, *pack;
+    fkv_bbuf *scores; /* page scores */
+    fkv_bbuf *sims, *pack;
+    fkv_bbuf *flags; /* cosine_flags' flags, then select_pages' records (retrieval.c) */
     layer_host host;
     fkv_bevent *ev_attn;    /* last attention (reads the slots) */
     fkv_bevent *ev_recall;  /* last recall into the slots */
@@ -248,6 +249,11 @@ static inline size_t fkv_q_offset(const fkv_context *ctx, uint32_t block, uint32
     return (size_t)block * ctx->in_block_bytes + (size_t)row * ctx->q_row_bytes;
 }
 static inline int fkv_has_qprev(const seq_layer *sl) { return sl->qblock >= 0; }
+/* A query's row number in the io buffer, for the ops that address query rows by number (the
+ * scores descriptor, cosine_flags' row table): input blocks are whole rows long. */
+static inline int32_t fkv_q_row(const fkv_context *ctx, size_t offset) {
+    return (int32_t)(offset / ctx->q_row_bytes);
+}
 /* The previous query of a (sequence, layer) that has one, in the layer's io buffer. */
 static inline size_t fkv_qprev_offset(const fkv_context *ctx, const seq_layer *sl) {
     return fkv_q_offset(ctx, (uint32_t)sl->qblock, sl->qpos);

@@ -99,14 +99,19 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_a
     uint32_t n_blocks = (a.group + a.heads - 1) / a.heads;
     uint32_t bh = blockIdx.x / n_blocks, hb = (blockIdx.x % n_blocks) * a.heads;
     uint32_t b = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
+    const int32_t *db = a.desc + 4 * (size_t)b;
+    int32_t row = db[3];
+    /* a masked pair or a row beyond the queries does nothing (no return before the barrier) */
+    bool ok = row >= 0 && (uint64_t)row < a.q_rows && (!a.mask || a.mask[bh] != 0);
     uint32_t ng_all = a.group - hb < a.heads ? a.group - hb : a.heads;
-    uint32_t gd = ng_all * a.head_dim;
-    const float *qb = a.q + ((size_t)bh * a.group + hb) * a.head_dim;
+    uint32_t gd = ok ? ng_all * a.head_dim : 0;
+    const float *qb =
+        a.q + (((size_t)(ok ? row : 0) * a.n_kv_heads + h) * a.group + hb) * a.head_dim;
     for (uint32_t i = threadIdx.x; i < gd; i += blockDim.x)
         qs[i] = qb[i];
     __syncthreads();
-    int32_t base = a.desc[3 * b], n_pages = a.desc[3 * b + 1];
-    int64_t obase = a.desc[3 * b + 2];
+    int32_t base = db[0], n_pages = ok ? db[1] : 0;
+    int64_t obase = db[2];
     size_t stride = (size_t)gridDim.y * blockDim.x;
     size_t n = n_pages > 0 ? (size_t)n_pages : 0;
     for (size_t j = (size_t)blockIdx.y * blockDim.x + threadIdx.x; j < n; j += stride) {
@@ -190,14 +195,15 @@ __global__ void __launch_bounds__(FKV_HIP_SELECT_BLOCK) k_select_pages(fkv_hip_s
     uint32_t b = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
     int32_t *pages = a.out + (size_t)bh * 2 * a.k;
     float *vals = (float *)(pages + a.k);
-    int32_t np = a.desc[3 * b + 1];
-    int64_t base = a.desc[3 * b + 2];
+    int32_t np = a.desc[4 * (size_t)b + 1];
+    int64_t base = a.desc[4 * (size_t)b + 2];
     uint64_t hq = (uint64_t)a.n_kv_heads * a.group;
     bool ok = np >= 0 && base >= 0 &&
               (uint64_t)base + hq * (uint64_t)(np > 0 ? np : 0) <= a.scores_len;
-    uint32_t n_cand = ok && np > (int32_t)a.first ? (uint32_t)np - a.first : 0u;
+    bool skip = a.mask && a.mask[bh] == 0; /* a masked pair: no work, no record */
+    uint32_t n_cand = ok && !skip && np > (int32_t)a.first ? (uint32_t)np - a.first : 0u;
     uint32_t kk = n_cand < a.k ? n_cand : a.k;
-    for (uint32_t i = kk + lid; i < a.k; i += w) {
+    for (uint32_t i = kk + lid; i < a.k && !skip; i += w) {
         pages[i] = -1;
         vals[i] = -INFINITY;
     }
@@ -277,15 +283,22 @@ __global__ void __launch_bounds__(FKV_HIP_SELECT_BLOCK) k_select_pages(fkv_hip_s
 }
 
 /* One block per (sequence, KV head); blockDim.x a power of two. Dynamic shared: 3 * blockDim.x
- * floats. Only an exactly zero norm gives cosine 0: a NaN norm reaches the mean and the flag. */
+ * floats. Only an exactly zero norm gives cosine 0: a NaN norm reaches the mean and the flag.
+ * The previous query is row prev_rows[seq] of q_prev: negative, none (NaN, flagged); beyond
+ * prev_count, skipped. */
 __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_args a) {
     extern __shared__ float red[];
     uint32_t bh = blockIdx.x, lid = threadIdx.x, w = blockDim.x;
+    uint32_t seq = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
+    int32_t row = a.prev_rows[seq];
+    /* no return before a barrier: a missing or bad row runs no head of the group */
+    uint32_t n_heads = row >= 0 && (uint64_t)row < a.prev_count ? a.group : 0;
     size_t base = (size_t)bh * a.group * a.head_dim;
-    float mean = 0.0f;
-    for (uint32_t g = 0; g < a.group; g++) {
+    size_t pbase = ((size_t)(n_heads ? row : 0) * a.n_kv_heads + h) * a.group * a.head_dim;
+    float mean = row < 0 ? __int_as_float(0x7fc00000) : 0.0f;
+    for (uint32_t g = 0; g < n_heads; g++) {
         const float *x = a.q_cur + base + (size_t)g * a.head_dim;
-        const float *y = a.q_prev + base + (size_t)g * a.head_dim;
+        const float *y = a.q_prev + pbase + (size_t)g * a.head_dim;
         float ab = 0.0f, aa = 0.0f, bb = 0.0f;
         for (uint32_t c = lid; c < a.head_dim; c += w) {
             float xv = x[c], yv = y[c];
@@ -311,7 +324,7 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_a
         }
         __syncthreads(); /* red is reused by the next head */
     }
-    if (lid == 0) {
+    if (lid == 0 && (n_heads || row < 0)) {
         mean /= (float)a.group;
         a.sims[bh] = mean;
         a.flags[bh] = !(mean >= a.tau); /* a NaN similarity is corrected */

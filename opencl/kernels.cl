@@ -90,20 +90,27 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
  * Work group (dim 1) = (sequence, KV head, block of `heads` query heads: the group in
  * ceil(group/heads) blocks when its queries do not fit local memory at once); dim 0 strides
  * over its pages. */
-kernel void fkv_scores(const global float *q, ulong q_off, const global int *desc, ulong desc_off,
-                       const global float *summaries, uint n_summaries, global float *out,
-                       ulong out_off, ulong out_len, uint n_kv_heads, uint group, uint head_dim,
-                       uint heads, local float *qs) {
+kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const global int *desc,
+                       ulong desc_off, const global int *pair_mask, ulong mask_off,
+                       uint use_mask, const global float *summaries, uint n_summaries,
+                       global float *out, ulong out_off, ulong out_len, uint n_kv_heads,
+                       uint group, uint head_dim, uint heads, local float *qs) {
     uint n_blocks = (group + heads - 1) / heads;
     uint bh = get_group_id(1) / n_blocks, hb = (get_group_id(1) % n_blocks) * heads;
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
-    uint ng_all = min(heads, group - hb), gd = ng_all * head_dim;
-    const global float *qb = q + q_off + ((size_t)bh * group + hb) * head_dim;
+    const global int *db = desc + desc_off + 4 * (size_t)b;
+    int row = db[3];
+    /* a masked pair or a row beyond the queries does nothing (no return before the barrier) */
+    int ok = row >= 0 && (ulong)row < q_rows &&
+             (!use_mask || pair_mask[mask_off + bh] != 0);
+    uint ng_all = min(heads, group - hb), gd = ok ? ng_all * head_dim : 0;
+    const global float *qb =
+        q + q_off + (((size_t)(ok ? row : 0) * n_kv_heads + h) * group + hb) * head_dim;
     for (uint i = get_local_id(0); i < gd; i += get_local_size(0))
         qs[i] = qb[i];
     barrier(CLK_LOCAL_MEM_FENCE);
-    int base = desc[desc_off + 3 * b], n_pages = desc[desc_off + 3 * b + 1];
-    long obase = desc[desc_off + 3 * b + 2];
+    int base = db[0], n_pages = ok ? db[1] : 0;
+    long obase = db[2];
     for (size_t j = get_global_id(0); j < (size_t)max(n_pages, 0); j += get_global_size(0)) {
         long sidx = (long)base + (long)j;
         if (sidx < 0 || sidx >= (long)n_summaries)
@@ -177,21 +184,24 @@ inline float fkv_group_fold(local float *red, uint lid, uint w, float x, int sum
  * bits over order keys, histogram in local memory) finds the k-th value, and a compaction in
  * page order writes the pages above it and the lowest pages equal to it. aux: 256 + w + 2
  * uints. */
-kernel void fkv_select_pages(const global int *desc, ulong desc_off, global float *scores,
-                             ulong scores_off, ulong scores_len, uint n_kv_heads, uint group,
-                             uint first, uint k, uint reduce, float temp_scale, global int *out,
-                             ulong out_off, local float *red, local uint *aux) {
+kernel void fkv_select_pages(const global int *desc, ulong desc_off,
+                             const global int *pair_mask, ulong mask_off, uint use_mask,
+                             global float *scores, ulong scores_off, ulong scores_len,
+                             uint n_kv_heads, uint group, uint first, uint k, uint reduce,
+                             float temp_scale, global int *out, ulong out_off, local float *red,
+                             local uint *aux) {
     uint bh = get_group_id(0), lid = get_local_id(0), w = get_local_size(0);
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
+    int skip = use_mask && pair_mask[mask_off + bh] == 0; /* a masked pair: no work, no record */
     global int *pages = out + out_off + (size_t)bh * 2 * k;
     global float *vals = (global float *)(pages + k);
-    int np = desc[desc_off + 3 * b + 1];
-    long base = desc[desc_off + 3 * b + 2];
+    int np = desc[desc_off + 4 * (size_t)b + 1];
+    long base = desc[desc_off + 4 * (size_t)b + 2];
     ulong hq = (ulong)n_kv_heads * group;
     int ok = np >= 0 && base >= 0 && (ulong)base + hq * (ulong)max(np, 0) <= scores_len;
-    uint n_cand = ok && np > (int)first ? (uint)np - first : 0u;
+    uint n_cand = ok && !skip && np > (int)first ? (uint)np - first : 0u;
     uint kk = min(n_cand, k);
-    for (uint i = kk + lid; i < k; i += w) {
+    for (uint i = kk + lid; i < k && !skip; i += w) {
         pages[i] = -1;
         vals[i] = -INFINITY;
     }
@@ -272,17 +282,24 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off, global floa
 
 /* One work group per (sequence, KV head); local size a power of two. flag = !(mean >= tau):
  * a NaN similarity (a query holding a NaN or an infinity) is corrected; only an exactly zero
- * norm gives cosine 0, so a NaN norm reaches the mean. */
+ * norm gives cosine 0, so a NaN norm reaches the mean. The previous query is row
+ * prev_rows[seq] of q_prev: negative, none (NaN, flagged); beyond prev_count, skipped. */
 kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global float *q_prev,
-                       ulong prev_off, uint n_kv_heads, uint group, uint head_dim, float tau,
+                       ulong prev_off, ulong prev_count, const global int *prev_rows,
+                       ulong rows_off, uint n_kv_heads, uint group, uint head_dim, float tau,
                        global float *sims, ulong sims_off, global int *flags, ulong flags_off,
                        local float *red) {
     uint bh = get_group_id(0), lid = get_local_id(0), w = get_local_size(0);
+    uint seq = bh / n_kv_heads, h = bh % n_kv_heads;
+    int row = prev_rows[rows_off + seq];
+    /* no return before a barrier: a missing or bad row runs no head of the group */
+    uint n_heads = row >= 0 && (ulong)row < prev_count ? group : 0;
     size_t base = (size_t)bh * group * head_dim;
-    float mean = 0.0f;
-    for (uint g = 0; g < group; g++) {
+    size_t pbase = ((size_t)(n_heads ? row : 0) * n_kv_heads + h) * group * head_dim;
+    float mean = row < 0 ? NAN : 0.0f;
+    for (uint g = 0; g < n_heads; g++) {
         const global float *a = q_cur + cur_off + base + (size_t)g * head_dim;
-        const global float *b = q_prev + prev_off + base + (size_t)g * head_dim;
+        const global float *b = q_prev + prev_off + pbase + (size_t)g * head_dim;
         float ab = 0.0f, aa = 0.0f, bb = 0.0f;
         for (uint c = lid; c < head_dim; c += w) {
             float x = a[c], y = b[c];
@@ -308,7 +325,7 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
         }
         barrier(CLK_LOCAL_MEM_FENCE); /* red is reused by the next head */
     }
-    if (lid == 0) {
+    if (lid == 0 && (n_heads || row < 0)) {
         mean /= (float)group;
         sims[sims_off + bh] = mean;
         flags[flags_off + bh] = !(mean >= tau);

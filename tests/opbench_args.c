@@ -44,6 +44,9 @@ Test(opbench_args, bad_numbers_exit_2_naming_the_flag) {
     expect_refused("--budget", "64x", "--budget: '64x' is not");
     expect_refused("--dtype", "f64", "--dtype: 'f64' is not f32, f16 or bf16");
     expect_refused("--bogus", "1", "unknown option '--bogus'");
+    expect_refused("--score-pages", "0", "--score-pages: '0' is not a comma list");
+    expect_refused("--topk", "0", "--topk: '0' is out of range");
+    expect_refused("--kv-heads", "3", "--q-heads 32 is not a multiple of --kv-heads 3");
     cr_expect_eq(run("--reps", NULL), 2);
     cr_expect(strstr(tr_stderr(), "--reps needs a value") != NULL, "%s", tr_stderr());
     expect_refused("--backend", "cuda", "unknown backend 'cuda'");
@@ -67,11 +70,13 @@ Test(opbench_args, too_much_memory_is_refused_before_allocating) {
 
 Test(opbench_args, small_run_prints_both_tables) {
     int rc = run("--quick", "--pool-mib", "16", "--pages", "4", "--batches", "1", "--budget",
-                 "256", "--reps", "1", NULL);
+                 "256", "--reps", "1", "--score-pages", "64", NULL);
     cr_assert_eq(rc, 0, "exit %d: %s", rc, tr_stderr());
     const char *out = tr_stdout();
     cr_expect(strstr(out, "(1) recall") && strstr(out, "engine:staged") &&
-                  strstr(out, "(2) paged decode attention"),
+                  strstr(out, "(2) paged decode attention") &&
+                  strstr(out, "(3) page scoring and selection") &&
+                  strstr(out, "memcpy, 1 host thread") && strstr(out, "scores+select"),
               "%s", out);
     cr_expect(strstr(out, "n/a") == NULL || strstr(out, "backend has no recall_direct"), "%s",
               out);

@@ -172,14 +172,22 @@ Test(config, device_indices_fit_int32) {
     expect_bad(c, "max_seqs");
     c.budget_tokens = 524288 - 256;
     cr_assert_eq(fkv_config_validate(&c), FKV_OK, "%s", fkv_last_error());
-    /* summaries: max_seqs x pages of max_context */
+    /* summaries: max_seqs x pages of max_context (one query head: the batch's scores are as
+     * many) */
     c.page_size = 16;
     c.sink_tokens = 32;
     c.window_tokens = 32;
     c.budget_tokens = 64;
+    c.n_q_heads = c.n_kv_heads = 1;
     c.max_seqs = 2048; /* 2048 x 2^20 pages */
     expect_bad(c, "max_context");
     c.max_seqs = 2047;
+    cr_assert_eq(fkv_config_validate(&c), FKV_OK, "%s", fkv_last_error());
+    /* scores of a batch (one call scores it): max_seqs x n_q_heads x pages */
+    c.n_q_heads = c.n_kv_heads = 2;
+    expect_bad(c, "n_q_heads");
+    cr_assert(strstr(fkv_last_error(), "max_seqs"), "%s", fkv_last_error());
+    c.max_seqs = 1023;
     cr_assert_eq(fkv_config_validate(&c), FKV_OK, "%s", fkv_last_error());
     /* scores of one sequence: n_q_heads x pages */
     c.max_seqs = 1;

@@ -9,6 +9,8 @@
 
 #include "backends/dispatch.h"
 #include "common/thread_role.h"
+#include "core/correction.h"
+#include "core/retrieval.h"
 #include "core/state.h"
 #include "helpers.h"
 #include "pipeline_driver.h"
@@ -651,6 +653,152 @@ Test(vulkan, decode_call_submits, .timeout = 120) {
     }
 }
 
+/* ---- selection and correction: commands per layer, constant in the batch ---- */
+
+/* A freekv context of 4 sequences after prefill and two decode steps: sequence 2's prompt
+ * fills only the sink (no candidate page), the others have 13-18 candidates. */
+static fkv_context *selection_context(fkv_device *dev, const char *backend) {
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = FKV_POLICY_FREEKV;
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s: %s", backend,
+                 fkv_last_error());
+    pd_run run = {.n_seqs = 4, .seqs = {0, 1, 2, 3}, .prompt = {80, 70, 8, 60}, .steps = 2,
+                  .batched = 1, .drift = 0.3f};
+    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s: %s", backend, fkv_last_error());
+    cr_assert_eq(fkv_context_sync(ctx), FKV_OK, "%s: %s", backend, fkv_last_error());
+    return ctx;
+}
+
+/* One selection of layer 0 without a recall (the quest path: the records become the middle
+ * slots), its counter difference in *d. */
+static void count_selection(fkv_context *ctx, uint32_t n, const uint32_t *seqs, int use_qprev,
+                            fkv_counters *d) {
+    fkv_stats stats;
+    memset(&stats, 0, sizeof stats);
+    select_args a = {.queue = FKV_QUEUE_COMPUTE,
+                     .pl = &ctx->plan_main,
+                     .n = n,
+                     .seqs = seqs,
+                     .use_qprev = use_qprev,
+                     .extra_tokens = use_qprev,
+                     .stats = &stats};
+    fkv_counters before, after;
+    cr_assert_eq(fkv_context_get_counters(ctx, &before), FKV_OK);
+    cr_assert_eq(fkv_select_pages(ctx, 0, &a), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_context_get_counters(ctx, &after), FKV_OK);
+    *d = diff(&after, &before);
+}
+
+/* #11: a batch's selection is one descriptor write, one scores launch, one select_pages
+ * launch and one read of the records, and one caller wait, whatever the batch size, with q
+ * rows from this call (by batch position) or from each sequence's previous query (by
+ * sequence); a batch of 4 selects what four batches of 1 do. */
+static void check_selection_batch(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_context *ctx = selection_context(dev, backend);
+    const uint32_t seqs[4] = {0, 1, 2, 3};
+    size_t per = (size_t)ctx->cfg.n_kv_heads * ctx->n_mid;
+    int32_t alone[4][64];
+    cr_assert_leq(per, 64);
+    for (int use_qprev = 0; use_qprev < 2; use_qprev++) {
+        fkv_counters one, four;
+        for (uint32_t i = 0; i < 4; i++) {
+            count_selection(ctx, 1, seqs + i, use_qprev, &one);
+            memcpy(alone[i], ctx->seqs[i].layers[0].mid_page, per * sizeof(int32_t));
+        }
+        count_selection(ctx, 4, seqs, use_qprev, &four);
+        totals t1 = total(&one), t4 = total(&four);
+        cr_expect_eq(t1.launches + t1.copies, 4, "%s: %llu commands for one sequence", backend,
+                     (unsigned long long)(t1.launches + t1.copies));
+        cr_expect_eq(t4.launches + t4.copies, t1.launches + t1.copies,
+                     "%s (q rows from %s): %llu commands for 4 sequences, %llu for 1", backend,
+                     use_qprev ? "qprev" : "qin", (unsigned long long)(t4.launches + t4.copies),
+                     (unsigned long long)(t1.launches + t1.copies));
+        cr_expect_eq(t4.launches, 2, "%s: launches", backend);
+        cr_expect_eq(four.caller_waits, 1, "%s: caller waits", backend);
+        cr_expect_eq(one.caller_waits, 1, "%s: caller waits", backend);
+        for (uint32_t i = 0; i < 4 && use_qprev; i++) /* same query rows: same selection */
+            cr_expect_arr_eq(ctx->seqs[i].layers[0].mid_page, alone[i], per * sizeof(int32_t),
+                             "%s: sequence %u selects otherwise in a batch", backend, i);
+        for (size_t m = 0; m < per; m++) /* no candidate: an empty selection */
+            cr_expect_eq(ctx->seqs[2].layers[0].mid_page[m], -1, "%s: sequence 2", backend);
+        cr_expect_geq(ctx->seqs[0].layers[0].mid_page[0], 0, "%s: sequence 0 selects", backend);
+    }
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
+/* One correction of layer 0 at threshold tau; its counter difference in *d, its commands
+ * (launches and copies) returned, and the number of heads it flagged in *flagged. The
+ * correction's recall, if any, is waited for after the counters are read. */
+static uint64_t count_correction(fkv_context *ctx, uint32_t n, const uint32_t *seqs, float tau,
+                                 fkv_counters *d, uint32_t *flagged) {
+    fkv_stats stats;
+    memset(&stats, 0, sizeof stats);
+    ctx->cfg.tau = tau;
+    fkv_bevent *corr = NULL;
+    fkv_counters before, after;
+    cr_assert_eq(fkv_context_get_counters(ctx, &before), FKV_OK);
+    cr_assert_eq(fkv_correct_heads(ctx, 0, n, seqs, &corr, &stats), FKV_OK, "%s",
+                 fkv_last_error());
+    cr_assert_eq(fkv_context_get_counters(ctx, &after), FKV_OK);
+    cr_assert_eq(corr != NULL, stats.corrections > 0, "an event only for a correction");
+    if (corr)
+        cr_assert_eq(fkv_op_event_wait(ctx->dev, 1, &corr), FKV_OK, "%s", fkv_last_error());
+    fkv_op_event_release(ctx->dev, corr);
+    *d = diff(&after, &before);
+    *flagged = (uint32_t)stats.corrections;
+    totals t = total(d);
+    return t.launches + t.copies;
+}
+
+/* #11, #18: freekv's correction is one caller round trip: the check and the selection of the
+ * flagged heads (the flags mask them on the device) come back in one read, and the caller
+ * never waits for the recall (attention does, on the device). Its commands are the same
+ * whether no head or every head is flagged, and for a batch of 1 or 4, apart from the recall
+ * (its table write and its kernel) when pages are missing; a sequence without a previous
+ * query has every head flagged. */
+static void check_correction_round_trip(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_context *ctx = selection_context(dev, backend);
+    const uint32_t seqs[4] = {0, 1, 2, 3};
+    uint32_t hk = ctx->cfg.n_kv_heads, flagged;
+    fkv_counters d;
+    uint64_t none[2];
+    for (int b = 0; b < 2; b++) {
+        uint32_t n = b ? 4 : 1;
+        /* no head: a similarity is never below -2 */
+        none[b] = count_correction(ctx, n, seqs, -2.0f, &d, &flagged);
+        cr_expect_eq(flagged, 0, "%s: flagged at tau -2", backend);
+        cr_expect_eq(none[b], 5, "%s batch %u: %llu commands with no head flagged", backend, n,
+                     (unsigned long long)none[b]);
+        cr_expect_eq(d.caller_waits, 1, "%s batch %u: caller waits, no head flagged", backend, n);
+        /* every head: a similarity is never 2 or more; the first recalls what is missing */
+        count_correction(ctx, n, seqs, 2.0f, &d, &flagged);
+        cr_expect_eq(flagged, n * hk, "%s: flagged at tau 2", backend);
+        cr_expect_eq(d.caller_waits, 1, "%s batch %u: caller waits, every head flagged", backend,
+                     n);
+        /* the same query again: every selected page is resident, nothing to recall */
+        uint64_t all = count_correction(ctx, n, seqs, 2.0f, &d, &flagged);
+        cr_expect_eq(all, none[b], "%s batch %u: %llu commands with every head flagged, %llu "
+                     "with none", backend, n, (unsigned long long)all,
+                     (unsigned long long)none[b]);
+        cr_expect_eq(d.caller_waits, 1, "%s batch %u: caller waits", backend, n);
+    }
+    cr_expect_eq(none[1], none[0], "%s: commands of a batch of 4 and of 1", backend);
+    /* no previous query: every head of that sequence, and only those, at tau -2 */
+    ctx->seqs[1].layers[0].qblock = -1; /* no previous query */
+    count_correction(ctx, 4, seqs, -2.0f, &d, &flagged);
+    cr_expect_eq(flagged, hk, "%s: the heads of the sequence without a previous query", backend);
+    for (uint32_t h = 0; h < 4 * hk; h++)
+        cr_expect_eq(ctx->layers[0].host.flags[h], h / hk == 1, "%s: flag %u", backend, h);
+    cr_expect_eq(d.caller_waits, 1, "%s: caller waits", backend);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
 #define COUNTER_TESTS(backend)                                                                 \
     Test(backend, write_counts_one_copy_and_its_bytes) { check_transfer(#backend, 0); }        \
     Test(backend, read_counts_one_copy_and_its_bytes) { check_transfer(#backend, 1); }         \
@@ -665,6 +813,12 @@ Test(vulkan, decode_call_submits, .timeout = 120) {
     Test(backend, decode_call_commands, .timeout = 120) {                                      \
         check_decode_call(#backend, 1);                                                        \
         check_decode_call(#backend, 4);                                                        \
+    }                                                                                          \
+    Test(backend, selection_commands_constant_in_batch, .timeout = 120) {                     \
+        check_selection_batch(#backend);                                                       \
+    }                                                                                          \
+    Test(backend, correction_is_one_round_trip, .timeout = 120) {                              \
+        check_correction_round_trip(#backend);                                                 \
     }
 
 COUNTER_TESTS(cpu)

@@ -133,8 +133,8 @@ Test(hip, argument_checks_refuse_before_enqueueing) {
     cr_assert_eq(
         fkv_op_append(d, FKV_QUEUE_TRANSFER, deps, &g, buf, 0, buf, 0, 1, buf, 0, buf, buf),
         FKV_ERR_INVALID_ARGUMENT, "kernels only on compute/background");
-    cr_assert_eq(fkv_op_cosine_flags(d, FKV_QUEUE_COMPUTE, deps, &g, buf, 2, buf, 0, 1, 0.9f, buf,
-                                     0, buf, 0),
+    cr_assert_eq(fkv_op_cosine_flags(d, FKV_QUEUE_COMPUTE, deps, &g, buf, 2, buf, 0, buf, 0, 1,
+                                     0.9f, buf, 0, buf, 0),
                  FKV_ERR_INVALID_ARGUMENT, "misaligned offset");
     fkv_deps bad = {2, NULL, &ev};
     cr_assert_eq(fkv_op_marker(d, FKV_QUEUE_COMPUTE, bad), FKV_ERR_INVALID_ARGUMENT);

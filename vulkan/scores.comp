@@ -9,9 +9,10 @@ RBUF(0, float, q);
 RBUF(1, int, desc);
 RBUF(2, float, summaries);
 BUF(3, float, outp);
+RBUF(4, int, pair_mask);
 layout(push_constant) uniform PC {
     uint q_off, desc_off, n_summaries, out_off, out_len, n_kv_heads, group, head_dim, summ_base,
-        heads;
+        heads, q_rows, mask_off, use_mask;
 } pc;
 shared float qs[SMEM];
 #define SCORE_GROUP 8
@@ -19,14 +20,18 @@ shared float qs[SMEM];
 void main() {
     uint n_blocks = (pc.group + pc.heads - 1u) / pc.heads, lid = gl_LocalInvocationID.x;
     uint bh = gl_WorkGroupID.y / n_blocks, hb = (gl_WorkGroupID.y % n_blocks) * pc.heads;
-    uint b = bh / pc.n_kv_heads, h = bh % pc.n_kv_heads;
-    uint ng_all = min(pc.heads, pc.group - hb), gd = ng_all * pc.head_dim;
-    uint qb = pc.q_off + (bh * pc.group + hb) * pc.head_dim;
+    uint b = bh / pc.n_kv_heads, h = bh % pc.n_kv_heads, db = pc.desc_off + 4u * b;
+    int row = desc[db + 3u];
+    /* a masked pair or a row beyond the queries does nothing (no return before the barrier) */
+    bool ok = row >= 0 && uint(row) < pc.q_rows &&
+              (pc.use_mask == 0u || pair_mask[pc.mask_off + bh] != 0);
+    uint ng_all = min(pc.heads, pc.group - hb), gd = ok ? ng_all * pc.head_dim : 0u;
+    uint qb = pc.q_off + ((uint(ok ? row : 0) * pc.n_kv_heads + h) * pc.group + hb) * pc.head_dim;
     for (uint i = lid; i < gd; i += gl_WorkGroupSize.x)
         qs[i] = q[qb + i];
     barrier();
-    int base = desc[pc.desc_off + 3u * b], n_pages = desc[pc.desc_off + 3u * b + 1u];
-    int obase = desc[pc.desc_off + 3u * b + 2u];
+    int base = desc[db], n_pages = ok ? desc[db + 1u] : 0;
+    int obase = desc[db + 2u];
     uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
     for (uint j = gl_WorkGroupID.x * gl_WorkGroupSize.x + lid; j < uint(max(n_pages, 0));
          j += stride) {

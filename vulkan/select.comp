@@ -9,9 +9,11 @@
 RBUF(0, int, desc);
 BUF(1, float, scores);
 BUF(2, int, outp);
+RBUF(3, int, pair_mask);
 layout(push_constant) uniform PC {
     uint desc_off, scores_off, scores_len, n_kv_heads, group, first, k, reduce, out_off;
     float temp_scale;
+    uint mask_off, use_mask;
 } pc;
 shared float red[gl_WorkGroupSize.x];
 shared uint scan[gl_WorkGroupSize.x];
@@ -60,14 +62,16 @@ void main() {
     uint bh = gl_WorkGroupID.x, lid = gl_LocalInvocationID.x, w = gl_WorkGroupSize.x;
     uint b = bh / pc.n_kv_heads, h = bh % pc.n_kv_heads;
     uint rec = pc.out_off + bh * 2u * pc.k;
-    int np = desc[pc.desc_off + 3u * b + 1u], base = desc[pc.desc_off + 3u * b + 2u];
+    int np = desc[pc.desc_off + 4u * b + 1u], base = desc[pc.desc_off + 4u * b + 2u];
     uint hq = pc.n_kv_heads * pc.group;
     /* np * hq <= scores_len - base, without overflow */
     bool ok = np >= 0 && base >= 0 && uint(base) <= pc.scores_len &&
               uint(np) <= (pc.scores_len - uint(base)) / max(hq, 1u);
-    uint n_cand = ok && np > int(pc.first) ? uint(np) - pc.first : 0u;
+    /* a masked pair: no work, no record */
+    bool skip = pc.use_mask != 0u && pair_mask[pc.mask_off + bh] == 0;
+    uint n_cand = ok && !skip && np > int(pc.first) ? uint(np) - pc.first : 0u;
     uint kk = min(n_cand, pc.k);
-    for (uint i = kk + lid; i < pc.k; i += w) {
+    for (uint i = kk + lid; i < pc.k && !skip; i += w) {
         outp[rec + i] = -1;
         outp[rec + pc.k + i] = floatBitsToInt(-FKV_INF);
     }

@@ -82,11 +82,42 @@ static inline float max_skip_nan(float a, float b) {
     return a != a ? b : b != b ? a : a >= b ? a : b;
 }
 
-fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, const int32_t *desc,
-                      const float *summaries, size_t n_summaries, float *out, size_t out_len) {
+/* The scores of KV head kv_head's query heads (q: the group's rows) over n_pages summaries
+ * from `first`, into out[r * n_pages + j]. Each summary is read once per block of SCORE_BLOCK
+ * query heads (once per group up to that size); each head's sum runs over the channels in
+ * order, so the values are bit for bit those of one head at a time. */
+static void score_head(const fkv_kv_geom *g, const float *q, const float *summaries,
+                       size_t first, size_t kv_head, size_t n_pages, float *out) {
+    size_t d = g->head_dim;
+    for (size_t j = 0; j < n_pages; j++) {
+        const float *mn = summaries + ((first + j) * g->n_kv_heads + kv_head) * 2 * d;
+        const float *mx = mn + d;
+        for (size_t h0 = 0; h0 < g->group; h0 += SCORE_BLOCK) {
+            size_t nh = g->group - h0 < SCORE_BLOCK ? g->group - h0 : SCORE_BLOCK;
+            const float *qh = q + h0 * d;
+            float sum[SCORE_BLOCK] = {0.0f};
+            for (size_t c = 0; c < d; c++) {
+                float lo = mn[c], hi = mx[c];
+                for (size_t r = 0; r < nh; r++)
+                    sum[r] += max_skip_nan(qh[r * d + c] * hi, qh[r * d + c] * lo);
+            }
+            for (size_t r = 0; r < nh; r++)
+                out[(h0 + r) * n_pages + j] = sum[r];
+        }
+    }
+}
+
+fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
+                      const int32_t *desc, const int32_t *mask, const float *summaries,
+                      size_t n_summaries, float *out, size_t out_len) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
     for (uint32_t b = 0; b < n_seqs; b++) {
-        int32_t base = desc[3 * b], n_pages = desc[3 * b + 1], out_base = desc[3 * b + 2];
+        const int32_t *db = desc + (size_t)FKV_SCORES_DESC_INTS * b;
+        int32_t base = db[0], n_pages = db[1], out_base = db[2], row = db[3];
+        if (row < 0 || (size_t)row >= q_rows)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "scores: sequence %u reads query row %d, the buffer holds %zu", b,
+                             row, q_rows);
         if (base < 0 || n_pages < 0 || (size_t)base + (size_t)n_pages > n_summaries)
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "scores: sequence %u reads summaries [%d, %d + %d), buffer holds %zu",
@@ -95,28 +126,11 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, con
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
                              n_q_heads * (size_t)n_pages, out_base, out_len);
-        /* Each summary is read once per block of SCORE_BLOCK query heads of its KV head (once
-         * per group up to that size); each head's sum runs over the channels in order, as
-         * before, so the values are bit for bit those of one head at a time. */
         for (size_t kv_head = 0; kv_head < g->n_kv_heads; kv_head++)
-            for (int32_t j = 0; j < n_pages; j++) {
-                size_t s = (size_t)base + (size_t)j;
-                const float *mn = summaries + (s * g->n_kv_heads + kv_head) * 2 * d;
-                const float *mx = mn + d;
-                for (size_t h0 = 0; h0 < g->group; h0 += SCORE_BLOCK) {
-                    size_t nh = g->group - h0 < SCORE_BLOCK ? g->group - h0 : SCORE_BLOCK;
-                    const float *qh = q + ((size_t)b * n_q_heads + kv_head * g->group + h0) * d;
-                    float sum[SCORE_BLOCK] = {0.0f};
-                    for (size_t c = 0; c < d; c++) {
-                        float lo = mn[c], hi = mx[c];
-                        for (size_t r = 0; r < nh; r++)
-                            sum[r] += max_skip_nan(qh[r * d + c] * hi, qh[r * d + c] * lo);
-                    }
-                    for (size_t r = 0; r < nh; r++)
-                        out[(size_t)out_base + (kv_head * g->group + h0 + r) * (size_t)n_pages +
-                            (size_t)j] = sum[r];
-                }
-            }
+            if (!mask || mask[(size_t)b * g->n_kv_heads + kv_head])
+                score_head(g, q + ((size_t)row * n_q_heads + kv_head * g->group) * d, summaries,
+                           (size_t)base, kv_head, (size_t)n_pages,
+                           out + (size_t)out_base + kv_head * g->group * (size_t)n_pages);
     }
     return FKV_OK;
 }
@@ -181,11 +195,12 @@ static uint32_t kth_key(const float *v, uint32_t first, uint32_t n_pages, uint32
 }
 
 fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t *desc,
-                            float *scores, size_t scores_len, const fkv_select_params *p,
-                            int32_t *out) {
+                            const int32_t *mask, float *scores, size_t scores_len,
+                            const fkv_select_params *p, int32_t *out) {
     size_t hk = g->n_kv_heads, k = p->k, hq = hk * g->group;
     for (uint32_t b = 0; b < n_seqs; b++) {
-        int32_t n_pages = desc[3 * b + 1], base = desc[3 * b + 2];
+        int32_t n_pages = desc[FKV_SCORES_DESC_INTS * b + 1];
+        int32_t base = desc[FKV_SCORES_DESC_INTS * b + 2];
         if (n_pages < 0 || base < 0 || (size_t)base + hq * (size_t)n_pages > scores_len)
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "select_pages: sequence %u reads %zu scores at %d, buffer holds %zu",
@@ -193,6 +208,8 @@ fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t
         uint32_t np = (uint32_t)n_pages, n_cand = np > p->first_page ? np - p->first_page : 0;
         uint32_t kk = n_cand < p->k ? n_cand : p->k;
         for (size_t h = 0; h < hk; h++) {
+            if (mask && !mask[b * hk + h])
+                continue;
             int32_t *pages = out + ((size_t)b * hk + h) * 2 * k;
             float *vals = (float *)(pages + k);
             for (size_t i = 0; i < k; i++) {
@@ -218,14 +235,21 @@ fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t
 }
 
 fkv_status cpu_cosine_flags(const fkv_kv_geom *g, const float *q_cur, const float *q_prev,
-                            uint32_t n_seqs, float tau, float *sims, int32_t *flags) {
+                            size_t prev_count, const int32_t *prev_rows, uint32_t n_seqs,
+                            float tau, float *sims, int32_t *flags) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
     for (uint32_t b = 0; b < n_seqs; b++) {
+        int32_t row = prev_rows[b];
+        if (row >= 0 && (size_t)row >= prev_count)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "cosine_flags: sequence %u reads previous row %d, the buffer holds "
+                             "%zu", b, row, prev_count);
         for (uint32_t h = 0; h < g->n_kv_heads; h++) {
-            float total = 0.0f;
-            for (uint32_t i = 0; i < g->group; i++) {
+            float total = row < 0 ? NAN : 0.0f; /* no previous query: corrected */
+            for (uint32_t i = 0; i < g->group && row >= 0; i++) {
                 size_t at = ((size_t)b * n_q_heads + (size_t)h * g->group + i) * d;
-                const float *a = q_cur + at, *c = q_prev + at;
+                size_t at_prev = ((size_t)row * n_q_heads + (size_t)h * g->group + i) * d;
+                const float *a = q_cur + at, *c = q_prev + at_prev;
                 float dot = 0.0f, na = 0.0f, nc = 0.0f;
                 for (size_t k = 0; k < d; k++) {
                     dot += a[k] * c[k];

@@ -63,9 +63,15 @@ fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_
 static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const select_args *a) {
     layer_state *ls = &ctx->layers[layer];
     size_t first = fkv_selection_records_offset(ctx, 0);
+    size_t desc_bytes = fkv_selection_describe(ctx, layer, a);
+    int any = 0;
+    for (uint32_t i = 0; i < a->n; i++)
+        any |= described_end(ctx, layer, i) != 0;
+    if (!any) /* no sequence has a candidate (or there are no middle slots): nothing to ask */
+        return FKV_OK;
     fkv_bevent *ev = NULL;
     fkv_status st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
-                                 fkv_selection_describe(ctx, layer, a));
+                                 desc_bytes);
     if (st == FKV_OK)
         st = fkv_selection_enqueue(ctx, layer, a);
     if (st == FKV_OK)

@@ -373,12 +373,12 @@ typedef struct fkv_backend_ops {
      * exp is the platform's f32 exp (libm expf on the CPU reference; OpenCL exp, GLSL exp,
      * HIP expf): the values agree to a relative 1e-4 (the tolerance table's select_pages row),
      * so the selected SETS may differ only among pages whose values tie the k-th within that.
-     * Scratch: the op overwrites the first query row of each KV head's scores (row h*group)
-     * over the candidates; the scores are undefined afterwards. The output record must not
-     * overlap the scores of the call. mask as for scores: a pair whose mask is 0 gets no work
-     * and its record is undefined afterwards (the GPU kernels leave it alone). NULL (or a
-     * table built before this entry): the generic fallback reads the scores back and runs the
-     * CPU reference's code on the host (waits for its completion). */
+     * Scratch: the op overwrites the group's rows of scores over the candidates (the reduced
+     * values go to the first, row h*group); the scores are undefined afterwards. The output
+     * record must not overlap the scores of the call. mask as for scores: a pair whose mask is
+     * 0 gets no work and its record is undefined afterwards (the GPU kernels leave it alone).
+     * NULL (or a table built before this entry): the generic fallback reads the scores back
+     * and runs the CPU reference's code on the host (waits for its completion). */
     fkv_status (*select_pages)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
                                const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,

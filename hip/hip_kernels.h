@@ -115,6 +115,11 @@ typedef struct fkv_hip_attention_args {
 #define FKV_HIP_BLOCK 256
 #define FKV_HIP_ATTENTION_BLOCK 128
 #define FKV_HIP_SMALL_BLOCK 64 /* scores, cosine */
+/* scores: query heads per pass over a summary, and the shared floats after a block's queries
+ * that the last channel's lanes reach (backends/launch.h's FKV_SCORE_LANES and
+ * FKV_SCORES_PAD, which hip_launch.c checks these equal) */
+#define FKV_HIP_SCORE_LANES 8
+#define FKV_HIP_SCORES_PAD (FKV_HIP_SCORE_LANES - 1)
 #define FKV_HIP_SELECT_BLOCK 128 /* select_pages (a power of two: its scans and folds) */
 
 hipError_t fkv_hip_launch_append(hipStream_t s, fkv_dtype dt, const fkv_hip_append_args *a);

@@ -14,6 +14,9 @@
 #include "hip_internal.h"
 #include "hip_kernels.h"
 
+_Static_assert(FKV_HIP_SCORE_LANES == FKV_SCORE_LANES && FKV_HIP_SCORES_PAD == FKV_SCORES_PAD,
+               "the scores kernel's lanes and padding are launch.h's");
+
 
 typedef struct launch_ctx {
     fkv_bdev *d;

@@ -323,7 +323,7 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     arg_u32(&a, g->group);
     arg_u32(&a, g->head_dim);
     arg_u32(&a, plan.heads);
-    arg_local(&a, (size_t)plan.heads * g->head_dim * 4);
+    arg_local(&a, ((size_t)plan.heads * g->head_dim + FKV_SCORES_PAD) * 4);
     st = enqueue(&lc, &a, 2, global, local, &deps);
     pthread_mutex_unlock(&lc.kq->lock);
     return st;

@@ -391,7 +391,7 @@ static fkv_status scores_plan(const fkv_bdev *d, const fkv_kv_geom *g, uint32_t 
     fkv_status st = fkv_plan_scores("vulkan", g, d->max_shared, SHARED_LIMIT, &s->p);
     if (st != FKV_OK)
         return st;
-    s->smem = smem_floats(d, (size_t)s->p.heads * g->head_dim, 64);
+    s->smem = smem_floats(d, (size_t)s->p.heads * g->head_dim + FKV_SCORES_PAD, 64);
     uint64_t rows = (uint64_t)n_seqs * g->n_kv_heads * s->p.blocks;
     if (rows > d->max_groups[1])
         return fkv_error(FKV_ERR_UNSUPPORTED,

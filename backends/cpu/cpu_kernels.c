@@ -3,6 +3,7 @@
 #include "cpu_kernels.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../../common/dtype.h"
@@ -73,36 +74,58 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
     return FKV_OK;
 }
 
-/* Query heads scored per pass over a page summary (as the GPU kernels' FKV_SCORE_GROUP). */
-#define SCORE_BLOCK 8
-
 /* fmaxf without the libm call (the call dominated the reference's scoring): a NaN operand
- * yields the other one; of +0 and -0 the first, as glibc's fmaxf. */
-static inline float max_skip_nan(float a, float b) {
-    return a != a ? b : b != b ? a : a >= b ? a : b;
+ * yields the other one; of +0 and -0 the first, as glibc's fmaxf. One compare less than
+ * testing a first: a NaN a fails a >= b and yields b (or a NaN b, which is a NaN either way). */
+static inline float max_skip_nan(float a, float b) { return a >= b || b != b ? a : b; }
+
+/* Scoring works on SCORE_LANES query heads of a KV head and SCORE_PAGES pages at a time, with
+ * constant widths so that the compiler keeps the sums in vector registers (4 lanes: the group
+ * of most models, and one SSE vector). */
+#define SCORE_LANES 4
+#define SCORE_PAGES 8
+
+/* sum[p][r] for the SCORE_LANES heads of qt ([head_dim][SCORE_LANES], transposed, zero-padded)
+ * and the summaries page[p]; each sum runs over the channels in order. */
+static void score_pages(const float *restrict qt, size_t d, const float *const *page,
+                        float sum[SCORE_PAGES][SCORE_LANES]) {
+    float acc[SCORE_PAGES][SCORE_LANES] = {{0.0f}}; /* local: nothing aliases it */
+    for (size_t c = 0; c < d; c++) {
+        const float *qc = qt + c * SCORE_LANES;
+        for (size_t p = 0; p < SCORE_PAGES; p++) {
+            float lo = page[p][c], hi = page[p][d + c];
+            for (size_t r = 0; r < SCORE_LANES; r++)
+                acc[p][r] += max_skip_nan(qc[r] * hi, qc[r] * lo);
+        }
+    }
+    memcpy(sum, acc, sizeof acc);
 }
 
 /* The scores of KV head kv_head's query heads (q: the group's rows) over n_pages summaries
- * from `first`, into out[r * n_pages + j]. Each summary is read once per block of SCORE_BLOCK
- * query heads (once per group up to that size); each head's sum runs over the channels in
- * order, so the values are bit for bit those of one head at a time. */
+ * from `first`, into out[r * n_pages + j]; qt: scratch of the group's queries transposed in
+ * blocks of SCORE_LANES ([block][head_dim][SCORE_LANES], zero-padded). The blocks are the
+ * inner loop, so a summary comes from memory once per group; each head's sum runs over the
+ * channels in order, so the values are bit for bit those of one head at a time. */
 static void score_head(const fkv_kv_geom *g, const float *q, const float *summaries,
-                       size_t first, size_t kv_head, size_t n_pages, float *out) {
-    size_t d = g->head_dim;
-    for (size_t j = 0; j < n_pages; j++) {
-        const float *mn = summaries + ((first + j) * g->n_kv_heads + kv_head) * 2 * d;
-        const float *mx = mn + d;
-        for (size_t h0 = 0; h0 < g->group; h0 += SCORE_BLOCK) {
-            size_t nh = g->group - h0 < SCORE_BLOCK ? g->group - h0 : SCORE_BLOCK;
-            const float *qh = q + h0 * d;
-            float sum[SCORE_BLOCK] = {0.0f};
-            for (size_t c = 0; c < d; c++) {
-                float lo = mn[c], hi = mx[c];
-                for (size_t r = 0; r < nh; r++)
-                    sum[r] += max_skip_nan(qh[r * d + c] * hi, qh[r * d + c] * lo);
-            }
-            for (size_t r = 0; r < nh; r++)
-                out[(h0 + r) * n_pages + j] = sum[r];
+                       size_t first, size_t kv_head, size_t n_pages, float *qt, float *out) {
+    size_t d = g->head_dim, stride = (size_t)g->n_kv_heads * 2 * d;
+    size_t n_blocks = (g->group + SCORE_LANES - 1) / SCORE_LANES;
+    for (size_t i = 0; i < n_blocks * d * SCORE_LANES; i++) {
+        size_t head = i / (d * SCORE_LANES) * SCORE_LANES + i % SCORE_LANES;
+        qt[i] = head < g->group ? q[head * d + i / SCORE_LANES % d] : 0.0f;
+    }
+    const float *s0 = summaries + (first * g->n_kv_heads + kv_head) * 2 * d;
+    for (size_t j = 0; j < n_pages; j += SCORE_PAGES) {
+        size_t n = n_pages - j < SCORE_PAGES ? n_pages - j : SCORE_PAGES;
+        const float *page[SCORE_PAGES]; /* the last pass repeats its first page */
+        for (size_t p = 0; p < SCORE_PAGES; p++)
+            page[p] = s0 + (j + (p < n ? p : 0)) * stride;
+        for (size_t blk = 0; blk < n_blocks; blk++) {
+            float sum[SCORE_PAGES][SCORE_LANES];
+            score_pages(qt + blk * d * SCORE_LANES, d, page, sum);
+            for (size_t p = 0; p < n; p++)
+                for (size_t r = 0; r < SCORE_LANES && blk * SCORE_LANES + r < g->group; r++)
+                    out[(blk * SCORE_LANES + r) * n_pages + j + p] = sum[p][r];
         }
     }
 }
@@ -111,48 +134,58 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint3
                       const int32_t *desc, const int32_t *mask, const float *summaries,
                       size_t n_summaries, float *out, size_t out_len) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
-    for (uint32_t b = 0; b < n_seqs; b++) {
+    size_t qt_floats = (g->group + SCORE_LANES - 1) / SCORE_LANES * SCORE_LANES * d;
+    float *qt = malloc(sizeof(float) * qt_floats);
+    if (qt == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scores: %zu bytes of scratch",
+                         sizeof(float) * qt_floats);
+    fkv_status st = FKV_OK;
+    for (uint32_t b = 0; b < n_seqs && st == FKV_OK; b++) {
         const int32_t *db = desc + (size_t)FKV_SCORES_DESC_INTS * b;
         int32_t base = db[0], n_pages = db[1], out_base = db[2], row = db[3];
         if (row < 0 || (size_t)row >= q_rows)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "scores: sequence %u reads query row %d, the buffer holds %zu", b,
-                             row, q_rows);
-        if (base < 0 || n_pages < 0 || (size_t)base + (size_t)n_pages > n_summaries)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "scores: sequence %u reads summaries [%d, %d + %d), buffer holds %zu",
-                             b, base, base, n_pages, n_summaries);
-        if (out_base < 0 || (size_t)out_base + n_q_heads * (size_t)n_pages > out_len)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
-                             n_q_heads * (size_t)n_pages, out_base, out_len);
-        for (size_t kv_head = 0; kv_head < g->n_kv_heads; kv_head++)
+            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                           "scores: sequence %u reads query row %d, the buffer holds %zu", b, row,
+                           q_rows);
+        else if (base < 0 || n_pages < 0 || (size_t)base + (size_t)n_pages > n_summaries)
+            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                           "scores: sequence %u reads summaries [%d, %d + %d), buffer holds %zu",
+                           b, base, base, n_pages, n_summaries);
+        else if (out_base < 0 || (size_t)out_base + n_q_heads * (size_t)n_pages > out_len)
+            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                           "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
+                           n_q_heads * (size_t)n_pages, out_base, out_len);
+        for (size_t kv_head = 0; kv_head < g->n_kv_heads && st == FKV_OK; kv_head++)
             if (!mask || mask[(size_t)b * g->n_kv_heads + kv_head])
                 score_head(g, q + ((size_t)row * n_q_heads + kv_head * g->group) * d, summaries,
-                           (size_t)base, kv_head, (size_t)n_pages,
+                           (size_t)base, kv_head, (size_t)n_pages, qt,
                            out + (size_t)out_base + kv_head * g->group * (size_t)n_pages);
     }
-    return FKV_OK;
+    free(qt);
+    return st;
 }
 
 /* The reduced value of page j, accumulated in row0[j] over the group's rows r ascending (the
  * order every backend keeps per page, so mean and max agree bit for bit). Softmax takes row
- * r's max (NaN skipped) and sum of expf first; row 0 is read before it is overwritten. */
+ * r's max (NaN skipped) and sum of expf first, keeping each expf in the row (scratch) for the
+ * accumulation; row 0 is read before it is overwritten. */
 static void reduce_rows(float *row0, size_t stride, uint32_t group, uint32_t first,
                         uint32_t n_pages, const fkv_select_params *p) {
     for (uint32_t r = 0; r < group; r++) {
-        const float *s = row0 + (size_t)r * stride;
+        float *s = row0 + (size_t)r * stride;
         float m = -INFINITY, sum = 0.0f;
         if (p->reduce == FKV_GROUP_SOFTMAX_MEAN) {
             for (uint32_t j = first; j < n_pages; j++)
                 m = s[j] > m ? s[j] : m;
-            for (uint32_t j = first; j < n_pages; j++)
-                sum += expf((s[j] - m) * p->temp_scale);
+            for (uint32_t j = first; j < n_pages; j++) {
+                s[j] = expf((s[j] - m) * p->temp_scale);
+                sum += s[j];
+            }
         }
         for (uint32_t j = first; j < n_pages; j++) {
             float acc = r == 0 ? (p->reduce == FKV_GROUP_MAX ? -INFINITY : 0.0f) : row0[j];
             if (p->reduce == FKV_GROUP_SOFTMAX_MEAN)
-                acc += expf((s[j] - m) * p->temp_scale) / sum / (float)group;
+                acc += s[j] / sum / (float)group;
             else if (p->reduce == FKV_GROUP_MEAN)
                 acc += s[j] / (float)group;
             else

@@ -257,11 +257,9 @@ Test(interop_opencl, waits_for_the_engines_event) {
 }
 
 /* The host waits inside fkv_decode_layer_sync with device q/k/v/out and events (freekv
- * policy, no head corrected): the correction's flags read, which the method needs; the wait
- * for the layer's background recall in decode.c's select_speculative, which times how long
- * the caller would block on it; and the wait for the call's completion at the end of
- * deliver_output. The last two are decode.c's to remove (docs/integration.md). */
-#define WAITS_PER_LAYER 3
+ * policy): only the correction's read of flags and records, which the method needs; the
+ * recall and the output are device-side dependencies (docs/integration.md). */
+#define WAITS_PER_LAYER 1
 
 Test(interop_opencl, host_waits_per_layer) {
     ex_result res;

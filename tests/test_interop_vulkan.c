@@ -292,9 +292,8 @@ Test(interop_vulkan, waits_for_the_engines_timeline_value) {
     cr_assert_eq(res.differ, 0, "outputs bit for bit those of the host-tensor path");
 }
 
-/* As test_interop_opencl.c's: the correction's read, decode.c's wait for the background
- * recall and its wait at the end of the call. */
-#define WAITS_PER_LAYER 3
+/* As test_interop_opencl.c's: the correction's read alone. */
+#define WAITS_PER_LAYER 1
 
 Test(interop_vulkan, host_waits_per_layer) {
     ex_result res;

@@ -285,7 +285,14 @@ static void run_engine(ex_decode_fn decode, uint32_t steps, ex_result *res, int 
     fkv_device_close(dev);
 }
 
+/* Not under the validation layer of Debian 12 (1.3.239): a host signal racing a host wait
+ * deadlocks its state tracker for its 10 s timeout (the signal's post-call record waits for
+ * the lock the wait's holds), then reports UNASSIGNED-VkSemaphore-state-timeout, "most likely
+ * a validation bug" (KhronosGroup/Vulkan-ValidationLayers#4649, reworked by #8519 in 2024).
+ * The plain CTest run runs it. */
 Test(interop_vulkan, waits_for_the_engines_timeline_value) {
+    if (validation_wanted())
+        cr_skip_test("host signal from another thread: the validation layer's known deadlock");
     ex_result res;
     run_engine(gated_layer, 3, &res, 1);
     cr_assert_eq(res.calls, 12);

@@ -416,6 +416,12 @@ typedef struct fkv_backend_ops {
      * once deps.wait and every earlier command of q complete, like a marker (deps.done may
      * receive the marker's own event). NULL: unsupported. */
     fkv_status (*event_signal)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_native_event *sig);
+
+    /* Whether ev has completed (*done = 1: event_wait would return at once, with its status),
+     * without blocking and without counting a host wait. It may flush nothing: an event whose
+     * command is still only recorded reads as not done. NULL: the caller cannot tell, so it
+     * waits (a blocking event_wait). */
+    fkv_status (*event_query)(fkv_bdev *dev, fkv_bevent *ev, int *done);
 } fkv_backend_ops;
 
 /* Every compiled backend's table: fkv_backend_<name>() for each name of the generated list

@@ -459,3 +459,11 @@ fkv_status fkv_op_event_signal(fkv_device *dev, fkv_queue q, fkv_deps deps,
     CHECKED(native_checks(dev, "external events", FKV_HAS_ENTRY(dev->ops, event_signal)));
     return dev->ops->event_signal(dev->bdev, q, deps, sig);
 }
+
+fkv_status fkv_op_event_query(fkv_device *dev, fkv_bevent *ev, int *done) {
+    *done = 0;
+    if (ev == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s event_query: NULL event", NAME(dev));
+    return FKV_HAS_ENTRY(dev->ops, event_query) ? dev->ops->event_query(dev->bdev, ev, done)
+                                                : FKV_OK;
+}

@@ -149,6 +149,9 @@ fkv_status fkv_op_native_objects(fkv_device *dev, fkv_native_objects *out);
  * FKV_ERR_UNSUPPORTED. */
 fkv_status fkv_op_event_import(fkv_device *dev, const fkv_native_event *ev, fkv_bevent **out);
 void fkv_op_event_unimport(fkv_device *dev, fkv_bevent *ev); /* NULL: nothing */
+/* Whether ev (non-NULL) completed, without blocking (backend.h event_query); 0 on a backend
+ * that cannot tell. */
+fkv_status fkv_op_event_query(fkv_device *dev, fkv_bevent *ev, int *done);
 /* Signals the engine's event after deps.wait and q's earlier commands. No native API:
  * FKV_ERR_UNSUPPORTED. */
 fkv_status fkv_op_event_signal(fkv_device *dev, fkv_queue q, fkv_deps deps,

@@ -5,30 +5,40 @@
 #include "correction.h"
 #include "retrieval.h"
 
-/* The check and the selection in one caller round trip: the batch's scores descriptors and
- * previous-query rows in one write (a sequence without a previous query has row -1: every
- * head of it is flagged); cosine_flags; scores and select_pages of the flagged (sequence, KV
- * head) pairs only, which the flags mask on the device; one read of the flags and the
- * records, one wait. The same commands whether no head or every head is flagged. *any:
- * whether one is. */
-static fkv_status check_and_select(fkv_context *ctx, uint32_t layer, const select_args *a,
-                                   int *any) {
-    layer_state *ls = &ctx->layers[layer];
-    uint32_t hk = ctx->cfg.n_kv_heads;
-    size_t rows_off = fkv_selection_describe(ctx, layer, a);
-    int32_t *rows = ls->host.desc + rows_off / FKV_INDEX_BYTES;
+size_t fkv_correction_describe(fkv_context *ctx, uint32_t layer, const select_args *a,
+                               int32_t *out) {
+    size_t rows_off = fkv_selection_describe(ctx, layer, a, out);
+    int32_t *rows = out + rows_off / FKV_INDEX_BYTES;
     for (uint32_t i = 0; i < a->n; i++) {
         const seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
         rows[i] = fkv_has_qprev(sl) ? fkv_q_row(ctx, fkv_qprev_offset(ctx, sl)) : -1;
     }
+    return rows_off + (size_t)a->n * FKV_INDEX_BYTES;
+}
+
+/* The check and the selection in one caller round trip: the batch's scores descriptors and
+ * previous-query rows (fkv_correction_describe) in one write, unless they came with the
+ * call's inputs; cosine_flags; scores and select_pages of the flagged (sequence, KV head)
+ * pairs only, which the flags mask on the device; one read of the flags and the records, one
+ * wait. The same commands whether no head or every head is flagged. *any: whether one is. */
+static fkv_status check_and_select(fkv_context *ctx, uint32_t layer, const select_args *a,
+                                   int *any) {
+    layer_state *ls = &ctx->layers[layer];
+    uint32_t hk = ctx->cfg.n_kv_heads;
+    size_t rows_off = (size_t)a->n * FKV_DESC_BYTES;
     size_t read_bytes = fkv_selection_records_offset(ctx, a->n);
     fkv_bevent *ev = NULL;
-    fkv_status st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
-                                 rows_off + (size_t)a->n * FKV_INDEX_BYTES);
+    fkv_status st = FKV_OK;
+    if (a->desc == NULL)
+        st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
+                          fkv_correction_describe(ctx, layer, a, ls->host.desc));
+    const fkv_bbuf *desc = a->desc ? ls->io : ls->desc;
+    size_t desc_off = a->desc ? a->desc_off : 0;
     if (st == FKV_OK)
         st = fkv_op_cosine_flags(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, ls->io,
-                                 fkv_qin_offset(ctx, ls, 0), ls->io, 0, ls->desc, rows_off, a->n, ctx->cfg.tau, ls->sims,
-                                 0, ls->flags, 0);
+                                 fkv_qin_offset(ctx, ls, 0), ls->io, 0, desc,
+                                 desc_off + rows_off, a->n, ctx->cfg.tau, ls->sims, 0,
+                                 ls->flags, 0);
     if (st == FKV_OK)
         st = fkv_selection_enqueue(ctx, layer, a);
     if (st == FKV_OK) /* the method needs the flags now */
@@ -46,7 +56,8 @@ static fkv_status check_and_select(fkv_context *ctx, uint32_t layer, const selec
 }
 
 fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                             fkv_bevent **corr, fkv_stats *stats) {
+                             const int32_t *desc, size_t desc_off, fkv_bevent **corr,
+                             fkv_stats *stats) {
     double t_check = fkv_now();
     layer_state *ls = &ctx->layers[layer];
     uint32_t hk = ctx->cfg.n_kv_heads;
@@ -68,7 +79,9 @@ fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const
                      .n_wait = n_users,
                      .wait = slot_users,
                      .done = corr,
-                     .stats = stats};
+                     .stats = stats,
+                     .desc = desc,
+                     .desc_off = desc_off};
     *corr = NULL;
     int any = 0;
     fkv_status st = check_and_select(ctx, layer, &a, &any);

@@ -4,15 +4,23 @@
 #ifndef FKV_CORE_CORRECTION_H
 #define FKV_CORE_CORRECTION_H
 
-#include "state.h"
+#include "retrieval.h"
 
 /* Checks every KV head of the batch and corrects the flagged ones, with one caller wait for
  * the flags and the selection together: their missing pages are recalled after the layer's
  * speculative recall and the last attention; *corr is that recall's event (NULL when no head
  * was flagged), which attention waits for on the device. Counts the heads checked and
  * corrected into *stats and ctx->call.corrections, and the time the caller was blocked into
- * stats->blocked_correction_seconds. */
+ * stats->blocked_correction_seconds. desc: the descriptors and rows of
+ * fkv_correction_describe (this call's query, the batch's previous ones) already written at
+ * desc_off of the layer's io buffer with the call's inputs, or NULL (written here). */
 fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                             fkv_bevent **corr, fkv_stats *stats);
+                             const int32_t *desc, size_t desc_off, fkv_bevent **corr,
+                             fkv_stats *stats);
+
+/* The correction's scores descriptors (this call's query rows) then each sequence's
+ * previous-query row (-1 without one: every head of it is flagged) into out; their bytes. */
+size_t fkv_correction_describe(fkv_context *ctx, uint32_t layer, const select_args *a,
+                               int32_t *out);
 
 #endif

@@ -27,6 +27,9 @@ typedef struct decode_call {
     fkv_bevent *attn_wait[2]; /* the speculative recall and corr, when there are */
     uint32_t n_attn_wait;
     const fkv_decode_sync *sync; /* the engine's events, or NULL */
+    /* the descriptors that went up with the inputs (describe_selections), or NULL */
+    const int32_t *desc_now, *desc_next;
+    size_t desc_now_off, desc_next_off; /* in the layer's io buffer */
 } decode_call;
 
 static fkv_status check_batch(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs) {
@@ -166,6 +169,35 @@ static fkv_status upload_inputs(fkv_context *ctx, const decode_call *dc, const f
     return st;
 }
 
+/* The scores descriptors of the call's selection (quest, sync: this query; freekv: the
+ * correction's, with the previous-query rows) and of the speculative task it submits (this
+ * query, for the next step) into the input staging, so that the inputs' write carries them:
+ * everything they hold (the batch, the token counts after the append, the query rows) is
+ * known before the upload, and the layer's next call waits for the task. */
+static void describe_selections(fkv_context *ctx, decode_call *dc) {
+    layer_state *ls = &ctx->layers[dc->layer];
+    fkv_in_layout in = fkv_in_layout_of(ctx, dc->n);
+    size_t block = fkv_q_offset(ctx, ls->in_block, 0);
+    fkv_policy policy = ctx->cfg.policy;
+    select_args now = {.n = dc->n, .seqs = dc->seqs}, next = now;
+    next.extra_tokens = 1;
+    int32_t *host_now = (int32_t *)(ls->host.in + in.desc_now);
+    int32_t *host_next = (int32_t *)(ls->host.in + in.desc_next);
+    if (policy == FKV_POLICY_FREEKV)
+        fkv_correction_describe(ctx, dc->layer, &now, host_now);
+    else if (policy == FKV_POLICY_QUEST || policy == FKV_POLICY_SYNC)
+        fkv_selection_describe(ctx, dc->layer, &now, host_now);
+    if (policy != FKV_POLICY_DENSE && policy != FKV_POLICY_SPECULATIVE) {
+        dc->desc_now = host_now;
+        dc->desc_now_off = block + in.desc_now;
+    }
+    if (fkv_is_speculative(ctx)) {
+        fkv_selection_describe(ctx, dc->layer, &next, host_next);
+        dc->desc_next = host_next;
+        dc->desc_next_off = block + in.desc_next;
+    }
+}
+
 /* Appends k/v at each sequence's next row, in its current page's home slot, after the upload
  * of the inputs. The append wrote a row no one reads yet, past the tokens the page holds:
  * undoing it is undoing the count. Policies whose selection is known before the upload (dense,
@@ -186,6 +218,7 @@ static fkv_status append_token(fkv_context *ctx, decode_call *dc, const fkv_tens
         sl->n_tokens++;
     }
     dc->appended = 1;
+    describe_selections(ctx, dc);
     fkv_policy policy = ctx->cfg.policy;
     dc->lists_sent = policy == FKV_POLICY_DENSE || fkv_is_speculative(ctx);
     size_t lists = dc->lists_sent ? fkv_attention_lists(ctx, dc->layer, dc->n, dc->seqs) : 0;
@@ -207,7 +240,9 @@ static fkv_status select_quest(fkv_context *ctx, decode_call *dc) {
                      .pl = &ctx->plan_main,
                      .n = dc->n,
                      .seqs = dc->seqs,
-                     .stats = &dc->stats};
+                     .stats = &dc->stats,
+                     .desc = dc->desc_now,
+                     .desc_off = dc->desc_now_off};
     fkv_status st = fkv_select_pages(ctx, dc->layer, &a);
     dc->stats.blocked_select_seconds += fkv_now() - t0;
     return st;
@@ -227,7 +262,9 @@ static fkv_status select_sync(fkv_context *ctx, decode_call *dc) {
                      .n_wait = ls->ev_attn ? 1 : 0,
                      .wait = slot_readers,
                      .done = &dc->corr,
-                     .stats = &dc->stats};
+                     .stats = &dc->stats,
+                     .desc = dc->desc_now,
+                     .desc_off = dc->desc_now_off};
     fkv_status st = fkv_select_pages(ctx, dc->layer, &a);
     /* fkv_select_pages ends with the recall engine's run */
     double engine = dc->stats.recall_seconds - engine0;
@@ -243,7 +280,8 @@ static fkv_status select_speculative(fkv_context *ctx, decode_call *dc) {
     layer_state *ls = &ctx->layers[dc->layer];
     fkv_status st = FKV_OK;
     if (ctx->cfg.policy == FKV_POLICY_FREEKV)
-        st = fkv_correct_heads(ctx, dc->layer, dc->n, dc->seqs, &dc->corr, &dc->stats);
+        st = fkv_correct_heads(ctx, dc->layer, dc->n, dc->seqs, dc->desc_now, dc->desc_now_off,
+                               &dc->corr, &dc->stats);
     if (st == FKV_OK && ls->ev_recall)
         dc->attn_wait[dc->n_attn_wait++] = ls->ev_recall;
     return st;
@@ -345,7 +383,7 @@ static void commit_call(fkv_context *ctx, decode_call *dc) {
     }
     fkv_stats_add(ctx, &dc->stats);
     if (fkv_is_speculative(ctx))
-        fkv_task_submit(ctx, dc->layer, dc->n, dc->seqs);
+        fkv_task_submit(ctx, dc->layer, dc->n, dc->seqs, dc->desc_next_off);
 }
 
 /* Puts back what a failed call changed: the appended tokens, the host memory it reserved,

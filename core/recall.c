@@ -198,12 +198,15 @@ static fkv_status reserve_waits(fkv_recaller *r, uint64_t n) {
     return FKV_OK;
 }
 
-/* Releases *ev after waiting for it. Its completion is all that matters here: had it failed,
+/* Releases *ev once it completed. Its completion is all that matters here: had it failed,
  * the recall it belonged to reported that, and what it guarded is free either way (a stale
- * failure must not fail this recall). */
+ * failure must not fail this recall). It usually has (it is two recalls old): asked first,
+ * so that the host blocks only when the device is really behind. */
 static void retire(fkv_recaller *r, fkv_bevent **ev) {
     if (*ev) {
-        fkv_op_event_wait(r->dev, 1, ev);
+        int done = 0;
+        if (fkv_op_event_query(r->dev, *ev, &done) != FKV_OK || !done)
+            fkv_op_event_wait(r->dev, 1, ev);
         fkv_op_event_release(r->dev, *ev);
         *ev = NULL;
     }

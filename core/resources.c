@@ -48,10 +48,12 @@ void fkv_resources_derive(fkv_context *ctx) {
     ctx->list_cap = ctx->n_slots;
     ctx->scratch_pages = FKV_SCRATCH_PAGES;
     ctx->scr_pack_pages = prefill_stage_pages(ctx);
-    /* a decode call's whole input (fkv_in_layout of max_seqs: rows, heads, full lists);
+    /* a decode call's whole input (fkv_in_layout of max_seqs: rows, descriptors, heads, full
+     * lists);
      * blocks start 256-byte aligned and are whole query rows long (fkv_q_row) */
     size_t in_bytes = (size_t)cfg->max_seqs *
-                      (ctx->q_row_bytes + 2 * ctx->kv_row_bytes + FKV_INDEX_BYTES +
+                      (ctx->q_row_bytes + 2 * ctx->kv_row_bytes + 2 * FKV_INDEX_BYTES +
+                       2 * FKV_DESC_BYTES +
                        cfg->n_kv_heads * (1 + (size_t)ctx->list_cap) * FKV_PAIR_BYTES);
     size_t a = 256, b = ctx->q_row_bytes;
     while (b) { /* gcd, then the step: lcm(256, q_row_bytes) */

@@ -21,13 +21,14 @@ size_t fkv_selection_records_offset(const fkv_context *ctx, uint32_t i) {
     return flags + i * per_seq;
 }
 
-size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_args *a) {
+size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_args *a,
+                              int32_t *out) {
     layer_state *ls = &ctx->layers[layer];
     size_t per_seq = (size_t)ctx->cfg.n_q_heads * ctx->max_pages; /* floats of scores */
     for (uint32_t i = 0; i < a->n; i++) {
         const seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
         uint32_t ce = candidates_end(ctx, sl->n_tokens, sl->n_tokens + a->extra_tokens);
-        int32_t *d = ls->host.desc + (size_t)FKV_SCORES_DESC_INTS * i;
+        int32_t *d = out + (size_t)FKV_SCORES_DESC_INTS * i;
         d[0] = fkv_summary_index(ctx, a->seqs[i], 0);
         d[1] = ce > ctx->sink_pages && ctx->n_mid > 0 ? (int32_t)ce : 0;
         d[2] = (int32_t)(i * per_seq); /* fkv_config_validate keeps a batch's scores in int32 */
@@ -37,9 +38,9 @@ size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_arg
     return (size_t)a->n * FKV_DESC_BYTES;
 }
 
-/* The candidate end of sequence i of the batch, as fkv_selection_describe wrote it. */
-static uint32_t described_end(const fkv_context *ctx, uint32_t layer, uint32_t i) {
-    return (uint32_t)ctx->layers[layer].host.desc[(size_t)FKV_SCORES_DESC_INTS * i + 1];
+/* The candidate end of sequence i of the batch, in its descriptors. */
+static uint32_t described_end(const int32_t *desc, uint32_t i) {
+    return (uint32_t)desc[(size_t)FKV_SCORES_DESC_INTS * i + 1];
 }
 
 fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_args *a) {
@@ -47,31 +48,39 @@ fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_
     fkv_select_params sp = {.first_page = ctx->sink_pages, .k = ctx->n_mid,
                             .reduce = ctx->cfg.group_reduce,
                             .temp_scale = (float)fkv_group_temp_scale(&ctx->cfg)};
+    const fkv_bbuf *desc = a->desc ? ls->io : ls->desc;
+    size_t off = a->desc ? a->desc_off : 0;
     fkv_status st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, ls->io, 0, a->n,
-                                  ls->desc, 0, a->dev_mask, 0, ls->summ, ls->scores, 0);
+                                  desc, off, a->dev_mask, 0, ls->summ, ls->scores, 0);
     if (st == FKV_OK)
-        st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, a->n, ls->desc, 0,
+        st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, a->n, desc, off,
                                  a->dev_mask, 0, ls->scores, 0, &sp, ls->flags,
                                  fkv_selection_records_offset(ctx, 0));
     return st;
 }
 
 /* Scores of every query head over each sequence's candidates, then the group reduction and
- * top-k on the device (select_pages): one descriptor write, one launch of each and one read
- * of the selection records for the whole batch, whatever its size. Only the records come back,
- * into the layer's host staging; the caller waits for them: the host plans next. */
+ * top-k on the device (select_pages): one descriptor write (none when they came with the
+ * call's inputs), one launch of each and one read of the selection records for the whole
+ * batch, whatever its size. Only the records come back, into the layer's host staging; the
+ * caller waits for them: the host plans next. */
 static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const select_args *a) {
     layer_state *ls = &ctx->layers[layer];
     size_t first = fkv_selection_records_offset(ctx, 0);
-    size_t desc_bytes = fkv_selection_describe(ctx, layer, a);
+    const int32_t *desc = a->desc;
+    size_t desc_bytes = desc ? 0 : fkv_selection_describe(ctx, layer, a, ls->host.desc);
+    if (desc == NULL)
+        desc = ls->host.desc;
     int any = 0;
     for (uint32_t i = 0; i < a->n; i++)
-        any |= described_end(ctx, layer, i) != 0;
+        any |= described_end(desc, i) != 0;
     if (!any) /* no sequence has a candidate (or there are no middle slots): nothing to ask */
         return FKV_OK;
     fkv_bevent *ev = NULL;
-    fkv_status st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
-                                 desc_bytes);
+    fkv_status st = FKV_OK;
+    if (desc_bytes)
+        st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
+                          desc_bytes);
     if (st == FKV_OK)
         st = fkv_selection_enqueue(ctx, layer, a);
     if (st == FKV_OK)
@@ -147,7 +156,7 @@ static fkv_status plan_batch(fkv_context *ctx, uint32_t layer, const select_args
     for (int pass = 0; pass < 2; pass++) /* 0 checks every record, 1 plans */
         for (uint32_t i = 0; i < a->n; i++) {
             seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
-            uint32_t ce = described_end(ctx, layer, i);
+            uint32_t ce = described_end(a->desc ? a->desc : ls->host.desc, i);
             const unsigned char *recs =
                 (const unsigned char *)ls->host.flags + fkv_selection_records_offset(ctx, i);
             for (uint32_t h = 0; h < hk; h++) {

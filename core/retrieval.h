@@ -23,6 +23,11 @@ typedef struct select_args {
     fkv_bevent *const *wait; /* recall waits on these before overwriting slots */
     fkv_bevent **done;       /* recall completion */
     fkv_stats *stats;
+    /* The descriptors (for correction, then the previous-query rows), already on the device
+     * at desc_off of the layer's io buffer, written with the call's inputs; their host copy.
+     * NULL: described into host.desc and written to the desc buffer here. */
+    const int32_t *desc;
+    size_t desc_off;
 } select_args;
 
 /* Scores, group reduction and top-k on the device (O(budget) values read back), the plan on
@@ -34,9 +39,9 @@ fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args 
 /* The steps of fkv_select_pages, for correction, which checks the queries between the
  * descriptor write and the selection and reads its flags with the records. */
 
-/* The batch's scores descriptors into the layer's host staging (host.desc); their bytes, from
- * byte 0 of the layer's desc buffer, where they must be written. */
-size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_args *a);
+/* The batch's scores descriptors (a->desc is not used) into out; their bytes. */
+size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_args *a,
+                              int32_t *out);
 /* scores and select_pages of the batch on a->queue, after the descriptors' write; the records
  * go to the layer's flags buffer at fkv_selection_records_offset. */
 fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_args *a);

@@ -110,7 +110,11 @@ static fkv_status run_task(fkv_context *ctx, uint32_t layer) {
                      .n_wait = ls->ev_attn ? 1 : 0,
                      .wait = slot_readers,
                      .done = &done,
-                     .stats = &delta};
+                     .stats = &delta,
+                     /* the submitting call wrote them with its inputs (its desc_next) */
+                     .desc = (const int32_t *)(ls->host.in +
+                                               fkv_in_layout_of(ctx, ls->task_n).desc_next),
+                     .desc_off = ls->task_desc_off};
     fkv_selection_save(ctx, a.pl, layer, a.n, a.seqs);
     st = fkv_select_pages(ctx, layer, &a);
     if (st == FKV_OK) {
@@ -154,10 +158,12 @@ static void *worker_main(void *arg) {
     return NULL;
 }
 
-void fkv_task_submit(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs) {
+void fkv_task_submit(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
+                     size_t desc_off) {
     layer_state *ls = &ctx->layers[layer];
     pthread_mutex_lock(&ctx->lock);
     ls->task_n = n;
+    ls->task_desc_off = desc_off;
     memcpy(ls->task_seqs, seqs, sizeof *seqs * n);
     ls->pending = 1;
     ctx->fifo[(ctx->fifo_head + ctx->fifo_len) % ctx->cfg.n_layers] = layer;

@@ -12,8 +12,11 @@ fkv_status fkv_worker_start(fkv_context *ctx);
 /* Stops and joins it, if it was started; pending tasks are dropped. */
 void fkv_worker_stop(fkv_context *ctx);
 
-/* Hands the layer's selection for the next step, for these sequences, to the worker. */
-void fkv_task_submit(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs);
+/* Hands the layer's selection for the next step, for these sequences, to the worker; its
+ * scores descriptors are at desc_off of the layer's io buffer (the call's desc_next), host
+ * copy in the layer's input staging. */
+void fkv_task_submit(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
+                     size_t desc_off);
 /* Waits for the layer's background task and consumes its statistics: into *caller (with the
  * wait split into blocked selection and recall time) or, when NULL, into the context's. Then
  * the layer's previous decode call is retired: when it returned without waiting (device

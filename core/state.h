@@ -93,6 +93,7 @@ typedef struct layer_state {
     int pending;
     uint32_t task_n;
     uint32_t *task_seqs;
+    size_t task_desc_off; /* the task's descriptors in the io buffer (the call's desc_next) */
     fkv_status task_status;
     char task_error[256];
     fkv_stats task_stats;    /* the task's work, added to the stats when it is consumed */
@@ -226,11 +227,13 @@ static inline uint32_t fkv_window_begin(const fkv_context *ctx, uint32_t n) {
 }
 
 /* A decode call's inputs of n sequences inside an input block, in bytes from its start: the q
- * rows, the k rows, the v rows (f32), the rows table (int32), then the attention lists (the
- * n * n_kv_heads heads (first entry, count), then the (slot, tokens) entries), back to back
- * so that one write carries them. */
+ * rows, the k rows, the v rows (f32), the rows table (int32), the scores descriptors of the
+ * call's selection (desc_now: n descriptors, then n previous-query rows for correction's
+ * cosine_flags) and of its speculative task (desc_next: n descriptors), then the attention
+ * lists (the n * n_kv_heads heads (first entry, count), then the (slot, tokens) entries),
+ * back to back so that one write carries them. */
 typedef struct fkv_in_layout {
-    size_t q, k, v, rows, heads, entries;
+    size_t q, k, v, rows, desc_now, desc_next, heads, entries;
 } fkv_in_layout;
 static inline fkv_in_layout fkv_in_layout_of(const fkv_context *ctx, uint32_t n) {
     fkv_in_layout l;
@@ -238,7 +241,9 @@ static inline fkv_in_layout fkv_in_layout_of(const fkv_context *ctx, uint32_t n)
     l.k = (size_t)n * ctx->q_row_bytes;
     l.v = l.k + (size_t)n * ctx->kv_row_bytes;
     l.rows = l.v + (size_t)n * ctx->kv_row_bytes;
-    l.heads = l.rows + (size_t)n * FKV_INDEX_BYTES;
+    l.desc_now = l.rows + (size_t)n * FKV_INDEX_BYTES;
+    l.desc_next = l.desc_now + (size_t)n * (FKV_DESC_BYTES + FKV_INDEX_BYTES);
+    l.heads = l.desc_next + (size_t)n * FKV_DESC_BYTES;
     l.entries = l.heads + (size_t)n * ctx->cfg.n_kv_heads * FKV_PAIR_BYTES;
     return l;
 }

@@ -323,6 +323,7 @@ static const fkv_backend_ops hip_ops = {
     .event_import = fkv_hip_event_import,
     .event_unimport = fkv_hip_event_unimport,
     .event_signal = fkv_hip_event_signal,
+    .event_query = fkv_hip_event_query,
 };
 
 const fkv_backend_ops *fkv_backend_hip(void) { return &hip_ops; }

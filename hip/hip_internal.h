@@ -100,6 +100,7 @@ fkv_status fkv_hip_done(hipStream_t stream, const fkv_deps *deps);
  * an async copy of `bytes` in direction dir. */
 void fkv_hip_count(fkv_bdev *d, fkv_queue q, int launch, fkv_copy_dir dir, size_t bytes);
 fkv_status fkv_hip_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
+fkv_status fkv_hip_event_query(fkv_bdev *d, fkv_bevent *ev, int *done);
 void fkv_hip_event_release(fkv_bdev *d, fkv_bevent *ev);
 fkv_status fkv_hip_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
 /* The engine's hipEvent_t as a wait-list entry (the event itself: streams wait on it as

@@ -54,6 +54,17 @@ fkv_status fkv_hip_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events
     return st;
 }
 
+fkv_status fkv_hip_event_query(fkv_bdev *d, fkv_bevent *ev, int *done) {
+    fkv_status st = fkv_hip_bind(d);
+    if (st != FKV_OK)
+        return st;
+    hipError_t e = hipEventQuery(as_event(ev));
+    if (e != hipSuccess && e != hipErrorNotReady)
+        return fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventQuery");
+    *done = e == hipSuccess;
+    return FKV_OK;
+}
+
 void fkv_hip_event_release(fkv_bdev *d, fkv_bevent *ev) {
     (void)d;
     /* Destroying a pending event is allowed: the runtime releases it once it completes. */

@@ -147,6 +147,7 @@ void fkv_ocl_count(fkv_bdev *d, cl_command_queue queue, int launch, fkv_copy_dir
 
 fkv_status fkv_ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
 void fkv_ocl_event_release(fkv_bdev *d, fkv_bevent *ev);
+fkv_status fkv_ocl_event_query(fkv_bdev *d, fkv_bevent *ev, int *done);
 fkv_status fkv_ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
 /* The engine's cl_event (of this context) as a wait-list entry: retained, released by
  * fkv_ocl_event_release. */

@@ -60,6 +60,17 @@ fkv_status fkv_ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events
     return err == CL_SUCCESS ? FKV_OK : fkv_ocl_fail(err, 0, "clWaitForEvents");
 }
 
+fkv_status fkv_ocl_event_query(fkv_bdev *d, fkv_bevent *ev, int *done) {
+    (void)d;
+    cl_int status;
+    cl_int err = clGetEventInfo((cl_event)(void *)ev, CL_EVENT_COMMAND_EXECUTION_STATUS,
+                                sizeof status, &status, NULL);
+    if (err != CL_SUCCESS)
+        return fkv_ocl_fail(err, 0, "clGetEventInfo");
+    *done = status <= CL_COMPLETE; /* negative: it failed, which completes it too */
+    return FKV_OK;
+}
+
 void fkv_ocl_event_release(fkv_bdev *d, fkv_bevent *ev) {
     (void)d;
     clReleaseEvent((cl_event)(void *)ev);

@@ -152,6 +152,40 @@ static void check_event_wait(const char *backend) {
     fkv_device_close(dev);
 }
 
+/* event_query answers without blocking and counts no wait: done once the event completed
+ * (here: after the wait for it), and a write's event read back as done after finish. */
+static void check_event_query(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_bevent *ev = NULL;
+    cr_assert_eq(fkv_op_marker(dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &ev}), FKV_OK, "%s",
+                 fkv_last_error());
+    cr_assert_eq(fkv_op_event_wait(dev, 1, &ev), FKV_OK, "%s", fkv_last_error());
+    fkv_counters a = snap(dev);
+    int done = 0;
+    cr_assert_eq(fkv_op_event_query(dev, ev, &done), FKV_OK, "%s", fkv_last_error());
+    cr_expect_eq(done, 1, "%s: a completed marker", backend);
+    fkv_op_event_release(dev, ev);
+    fkv_bbuf *buf;
+    cr_assert_eq(fkv_op_buffer_alloc(dev, 256, &buf), FKV_OK);
+    unsigned char src[256] = {1};
+    ev = NULL;
+    cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_TRANSFER, (fkv_deps){0, NULL, &ev}, buf, 0, src,
+                              sizeof src),
+                 FKV_OK, "%s", fkv_last_error());
+    fkv_counters b = snap(dev);
+    cr_assert_eq(fkv_op_finish(dev, FKV_QUEUE_TRANSFER), FKV_OK, "%s", fkv_last_error());
+    fkv_counters c = snap(dev);
+    done = 0;
+    cr_assert_eq(fkv_op_event_query(dev, ev, &done), FKV_OK, "%s", fkv_last_error());
+    cr_expect_eq(done, 1, "%s: a write after finish", backend);
+    fkv_counters e = snap(dev);
+    fkv_op_event_release(dev, ev);
+    fkv_op_buffer_free(dev, buf);
+    fkv_counters d1 = diff(&b, &a), d2 = diff(&e, &c);
+    cr_expect_eq(d1.caller_waits + d2.caller_waits, 0, "%s: a query is no wait", backend);
+    fkv_device_close(dev);
+}
+
 typedef struct wait_job {
     fkv_device *dev;
     fkv_bevent *ev;
@@ -602,6 +636,68 @@ static void check_decode_call(const char *backend, uint32_t n) {
     fkv_device_close(dev);
 }
 
+/* #11: the scores descriptors go up with the inputs. A freekv call that flags no head (tau
+ * -1; the queries drift little) issues on the compute queue the inputs' write, the append, cosine_flags, scores and
+ * select_pages, the one read of the flags and records, the attention and the output read: 3
+ * copies, 5 launches, no descriptor write. Its speculative task, on the background queue,
+ * scores and selects with the descriptors the call wrote and reads the records back: one
+ * copy, nothing written from the host (the staged recall's write is on the transfer queue). */
+static void check_descriptors_with_inputs(const char *backend) {
+    fkv_device_close(open_device(backend)); /* skips without the backend or its device */
+    setenv("FREEKV_CPU_RECALL", "staged", 1);
+    setenv("FREEKV_OPENCL_RECALL", "staged", 1);
+    setenv("FREEKV_VULKAN_RECALL", "staged", 1);
+    fkv_device *dev = NULL;
+    cr_assert_eq(fkv_device_open(backend, NULL, &dev), FKV_OK, "%s", fkv_last_error());
+    fkv_device_info info;
+    fkv_device_get_info(dev, &info);
+    if (info.type != FKV_DEVICE_REFERENCE)
+        cr_assert_eq(th_set_option(dev, "attention_splits", 1), FKV_OK, "%s: %s", backend,
+                     fkv_last_error());
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = FKV_POLICY_FREEKV;
+    cfg.tau = -1.0f;
+    for (uint32_t n = 1; n <= 4; n += 3) {
+        pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76},
+                      .steps = 4, .batched = 1, .drift = 0.3f};
+        fkv_context *ctx = NULL;
+        cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+        cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+        call_io io;
+        io_open(dev, &cfg, n, 0, &io);
+        for (uint32_t step = 4; step < 7; step++)
+            for (uint32_t l = 0; l < cfg.n_layers; l++) {
+                cr_assert_eq(fkv_context_sync(ctx), FKV_OK, "%s", fkv_last_error());
+                io_fill(&cfg, &run, step, l, &io);
+                fkv_counters a = snap(dev); /* the task may start before io_decode returns */
+                fkv_counters c = io_decode(dev, ctx, &run, l, &io);
+                const fkv_queue_counters *cc = &c.queues[FKV_COUNTER_COMPUTE];
+                cr_expect_eq(cc->copies, 3, "%s batch %u step %u layer %u: %llu copies (inputs "
+                             "with descriptors, flags and records, output)", backend, n, step,
+                             l, (unsigned long long)cc->copies);
+                cr_expect_eq(cc->launches, 5, "%s batch %u step %u layer %u: %llu launches",
+                             backend, n, step, l, (unsigned long long)cc->launches);
+                cr_assert_eq(fkv_context_sync(ctx), FKV_OK, "%s", fkv_last_error());
+                fkv_counters b = snap(dev);
+                fkv_counters t = diff(&b, &a);
+                const fkv_queue_counters *bg = &t.queues[FKV_COUNTER_BACKGROUND];
+                cr_expect_eq(bg->copies, 1, "%s batch %u step %u layer %u: %llu task copies "
+                             "(the records)", backend, n, step, l,
+                             (unsigned long long)bg->copies);
+                cr_expect_eq(bg->h2d_bytes, 0, "%s batch %u step %u layer %u: the task wrote "
+                             "%llu bytes", backend, n, step, l,
+                             (unsigned long long)bg->h2d_bytes);
+            }
+        io_close(&io);
+        fkv_context_destroy(ctx);
+    }
+    fkv_device_close(dev);
+    unsetenv("FREEKV_CPU_RECALL");
+    unsetenv("FREEKV_OPENCL_RECALL");
+    unsetenv("FREEKV_VULKAN_RECALL");
+}
+
 /* Vulkan: a decode call of the sync policy (no worker: every submission is the call's) goes
  * out in two vkQueueSubmit on lavapipe, whatever the batch and the recall mode: one when the
  * host waits for the selection's records, one when it waits for the output. The recall's
@@ -741,7 +837,7 @@ static uint64_t count_correction(fkv_context *ctx, uint32_t n, const uint32_t *s
     fkv_bevent *corr = NULL;
     fkv_counters before, after;
     cr_assert_eq(fkv_context_get_counters(ctx, &before), FKV_OK);
-    cr_assert_eq(fkv_correct_heads(ctx, 0, n, seqs, &corr, &stats), FKV_OK, "%s",
+    cr_assert_eq(fkv_correct_heads(ctx, 0, n, seqs, NULL, 0, &corr, &stats), FKV_OK, "%s",
                  fkv_last_error());
     cr_assert_eq(fkv_context_get_counters(ctx, &after), FKV_OK);
     cr_assert_eq(corr != NULL, stats.corrections > 0, "an event only for a correction");
@@ -805,6 +901,7 @@ static void check_correction_round_trip(const char *backend) {
     Test(backend, device_copy_counts_on_its_queue) { check_copy(#backend); }                   \
     Test(backend, event_wait_is_one_caller_wait) { check_event_wait(#backend); }               \
     Test(backend, wait_on_the_worker_counts_as_worker) { check_worker_wait(#backend); }        \
+    Test(backend, event_query_is_no_wait) { check_event_query(#backend); }                     \
     Test(backend, allocations) { check_allocs(#backend); }                                     \
     Test(backend, attention_launches) { check_attention(#backend); }                           \
     Test(backend, decode_waits_by_thread, .timeout = 120) { check_decode_roles(#backend); }    \
@@ -816,6 +913,9 @@ static void check_correction_round_trip(const char *backend) {
     }                                                                                          \
     Test(backend, selection_commands_constant_in_batch, .timeout = 120) {                     \
         check_selection_batch(#backend);                                                       \
+    }                                                                                          \
+    Test(backend, descriptors_go_up_with_the_inputs, .timeout = 120) {                         \
+        check_descriptors_with_inputs(#backend);                                               \
     }                                                                                          \
     Test(backend, correction_is_one_round_trip, .timeout = 120) {                              \
         check_correction_round_trip(#backend);                                                 \

@@ -31,6 +31,7 @@ typedef enum op_kind {
     OP_SCATTER,
     OP_DIRECT,
     OP_EVENT_WAIT,
+    OP_EVENT_QUERY, /* count: what it answered (1: done) */
     OP_MARKER,
     OP_FINISH
 } op_kind;
@@ -108,6 +109,12 @@ static fkv_status spy_event_wait(fkv_bdev *dev, uint32_t n, fkv_bevent *const *e
     return real->event_wait(dev, n, events);
 }
 
+static fkv_status spy_event_query(fkv_bdev *dev, fkv_bevent *ev, int *done) {
+    fkv_status st = real->event_query(dev, ev, done);
+    note(OP_EVENT_QUERY, FKV_QUEUE_COMPUTE, NULL, 1, &ev)->count = (uint32_t)*done;
+    return st;
+}
+
 static fkv_status spy_marker(fkv_bdev *dev, fkv_queue q, fkv_deps deps) {
     fkv_status st = real->marker(dev, q, deps);
     note(OP_MARKER, q, NULL, deps.n_wait, deps.wait)->done = deps.done ? *deps.done : NULL;
@@ -145,6 +152,7 @@ static void fixture_open(fixture *f, fkv_recall_mode mode) {
     spy.scatter_hnd = spy_scatter;
     spy.recall_direct = spy_direct;
     spy.event_wait = spy_event_wait;
+    spy.event_query = spy_event_query;
     spy.marker = spy_marker;
     spy.finish = spy_finish;
     n_records = 0;
@@ -432,18 +440,52 @@ Test(recall, stage_reuse_waits_for_the_scatter_that_read_it) {
         cr_assert_eq(s->object, records[sc[c - 2]].object, "chunk %d is not in stage %d", c,
                      c % 2);
         /* between the previous scatter and this chunk's first copy: a host wait on the event
-         * of the scatter two chunks back */
+         * of the scatter two chunks back, or a query that found it complete */
         int first_write = sc[c - 1] + 1;
         while (records[first_write].op != OP_WRITE)
             first_write++;
         int waited = 0;
         for (int i = sc[c - 1] + 1; i < first_write; i++)
-            waited |= records[i].op == OP_EVENT_WAIT &&
+            waited |= (records[i].op == OP_EVENT_WAIT ||
+                       (records[i].op == OP_EVENT_QUERY && records[i].count == 1)) &&
                       waits_on(&records[i], records[sc[c - 2]].done);
         cr_assert(waited, "chunk %d refills its stage without waiting for scatter %d", c, c - 2);
     }
     fkv_recaller_destroy(r);
     fixture_close(&f);
+}
+
+/* #11: a stage whose last scatter already completed is reused without a blocking host wait
+ * (the caller's thread is not stalled, and no wait is counted): the engine asks first. Both
+ * modes' host tables and stages; the queues are drained between the runs. */
+Test(recall, a_completed_stage_is_reused_without_a_host_wait) {
+    for (int m = 0; m < 2; m++) {
+        fkv_recall_mode mode = m ? FKV_RECALL_DIRECT : FKV_RECALL_STAGED;
+        fixture f;
+        fixture_open(&f, mode);
+        fkv_recall_unit units[MAX_UNITS];
+        fkv_recaller *r = engine(&f, mode, 2);
+        for (int k = 0; k < 2; k++) { /* both stages used once */
+            make_units(&f, 2, NULL, 20 + k, units);
+            run_ok(r, &f, 2, units, 0, NULL);
+        }
+        cr_assert_eq(real->finish(f.bd, FKV_QUEUE_COMPUTE), FKV_OK);
+        cr_assert_eq(real->finish(f.bd, FKV_QUEUE_TRANSFER), FKV_OK);
+        int before = n_records;
+        for (int k = 0; k < 2; k++) { /* each reuses a stage whose reader is done */
+            make_units(&f, 2, NULL, 30 + k, units);
+            run_ok(r, &f, 2, units, 0, NULL);
+        }
+        int queried = 0;
+        for (int i = before; i < n_records; i++) {
+            cr_assert_neq(records[i].op, OP_EVENT_WAIT, "mode %d: record %d is a host wait", m,
+                          i - before);
+            queried += records[i].op == OP_EVENT_QUERY && records[i].count == 1;
+        }
+        cr_assert_geq(queried, 2, "mode %d: %d completed stages asked for", m, queried);
+        fkv_recaller_destroy(r);
+        fixture_close(&f);
+    }
 }
 
 /* ---- wait lists of any length ------------------------------------------------------------ */
@@ -568,8 +610,10 @@ Test(recall, a_failed_scatter_does_not_fail_the_next_recall) {
     run_ok(r, &f, 4, units, 0, NULL);
     int waited = 0;
     for (int i = 0; i < n_records; i++)
-        waited |= records[i].op == OP_EVENT_WAIT && waits_on(&records[i], failed);
-    cr_assert(waited, "the stage was refilled without waiting for its failed scatter");
+        waited |= (records[i].op == OP_EVENT_WAIT ||
+                   (records[i].op == OP_EVENT_QUERY && records[i].count == 1)) &&
+                  waits_on(&records[i], failed);
+    cr_assert(waited, "the stage was refilled before its failed scatter completed");
     fkv_recaller_destroy(r);
     fixture_close(&f);
 }

@@ -1022,6 +1022,7 @@ static const fkv_backend_ops vulkan_ops = {
     .event_import = fkv_vk_event_import,
     .event_unimport = fkv_vk_event_release,
     .event_signal = fkv_vk_event_signal,
+    .event_query = fkv_vk_event_query,
 };
 
 const fkv_backend_ops *fkv_backend_vulkan(void) { return &vulkan_ops; }

@@ -297,6 +297,7 @@ void fkv_vk_sweep_reads(fkv_bdev *d);
 fkv_status fkv_vk_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
 fkv_status fkv_vk_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
 void fkv_vk_event_release(fkv_bdev *d, fkv_bevent *ev);
+fkv_status fkv_vk_event_query(fkv_bdev *d, fkv_bevent *ev, int *done);
 fkv_status fkv_vk_finish(fkv_bdev *d, fkv_queue q);
 fkv_status fkv_vk_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                         size_t dst_offset, const void *src, size_t size);

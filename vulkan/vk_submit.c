@@ -540,6 +540,19 @@ fkv_status fkv_vk_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events)
     return st;
 }
 
+fkv_status fkv_vk_event_query(fkv_bdev *d, fkv_bevent *ev, int *done) {
+    const vk_event *e = (const vk_event *)ev;
+    uint64_t v = 0;
+    VkResult r = vkGetSemaphoreCounterValue(d->dev, e->sem, &v);
+    if (r != VK_SUCCESS)
+        return fkv_vk_fail(r, "vkGetSemaphoreCounterValue");
+    *done = v >= e->value;
+    if (!*done)
+        return FKV_OK;
+    fkv_vk_sweep_reads(d); /* as event_wait: a completed read's data is in place */
+    return validation_status(d);
+}
+
 void fkv_vk_event_release(fkv_bdev *d, fkv_bevent *ev) {
     (void)d;
     free(ev);

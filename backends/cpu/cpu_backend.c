@@ -374,6 +374,12 @@ static fkv_status cpu_event_wait_op(fkv_bdev *dev, uint32_t n, fkv_bevent *const
     return cpu_event_wait(n, events);
 }
 
+static fkv_status cpu_event_query(fkv_bdev *dev, fkv_bevent *ev, int *done) {
+    (void)dev;
+    *done = cpu_event_done(ev);
+    return FKV_OK;
+}
+
 static void cpu_event_release_op(fkv_bdev *dev, fkv_bevent *ev) {
     (void)dev;
     cpu_event_release(ev);
@@ -918,6 +924,7 @@ static const fkv_backend_ops cpu_ops = {
     .counters = cpu_counters,
     .select_pages = cpu_select_pages_op,
     .host_formats = cpu_host_formats,
+    .event_query = cpu_event_query,
 };
 
 const fkv_backend_ops *fkv_backend_cpu(void) { return &cpu_ops; }

@@ -107,6 +107,13 @@ static fkv_status event_block(fkv_bevent *ev, char *msg, size_t msg_size) {
     return st;
 }
 
+int cpu_event_done(fkv_bevent *ev) {
+    pthread_mutex_lock(&ev->lock);
+    int done = ev->done;
+    pthread_mutex_unlock(&ev->lock);
+    return done;
+}
+
 fkv_status cpu_event_wait(uint32_t n, fkv_bevent *const *events) {
     /* Wait for all of them even after a failure, so that on return no command is left
      * running that the caller may think finished. */

@@ -49,6 +49,9 @@ fkv_status cpu_queue_submit_device_error(cpu_queue *q, cpu_cmd_fn fn, void *args
  * (with its message), else FKV_OK. */
 fkv_status cpu_event_wait(uint32_t n, fkv_bevent *const *events);
 
+/* Whether ev completed (successfully or not), without blocking. */
+int cpu_event_done(fkv_bevent *ev);
+
 /* Drops one reference; the event is freed with its last reference. NULL is a no-op. */
 void cpu_event_release(fkv_bevent *ev);
 

@@ -220,6 +220,12 @@ static void check_events(const cf_env *env, const cf_case *c, cf_result *r) {
     }
     if (fkv_op_event_wait(dev, 1, &m) != FKV_OK || fkv_op_event_wait(dev, 1, &m) != FKV_OK)
         cf_fail(r, "waiting on a marker (twice): %s", fkv_last_error());
+    /* once waited for, an event reads as complete without a wait (event_query) */
+    int done = 0;
+    if (fkv_op_event_query(dev, m, &done) != FKV_OK)
+        cf_fail(r, "event_query of a completed marker: %s", fkv_last_error());
+    else if (!done)
+        cf_fail(r, "event_query: a marker waited for reads as not complete");
     fkv_status st = fkv_op_read(dev, CQ, (fkv_deps){1, &m, &m2}, b, 0, back, sizeof back);
     fkv_op_event_release(dev, w);
     fkv_op_event_release(dev, m);

@@ -543,6 +543,17 @@ float fkv_unit_value(const global uchar *unit, uint bits, uint page_size, uint h
     return fma(fkv_f16_value(s), (float)code, fkv_f16_value(z));
 }
 
+/* Element e of a unit's [K|V][p][d] order, dequantized into KV head h of slot `slot`. */
+void fkv_dequant_element(const global uchar *unit, size_t e, uint bits, uint page_size,
+                         uint head_dim, size_t slot, size_t h, uint n_kv_heads,
+                         global fkv_kv_t *kpool, global fkv_kv_t *vpool) {
+    size_t pd = (size_t)page_size * head_dim;
+    uint kv = e >= pd, t = (uint)(e % pd / head_dim), c = (uint)(e % head_dim);
+    float x = fkv_unit_value(unit, bits, page_size, head_dim, kv, t, c);
+    size_t dst = ((slot * page_size + t) * n_kv_heads + h) * head_dim + c;
+    fkv_store(kv ? vpool : kpool, dst, x);
+}
+
 /* Quantizing pack (pack_hnd with a q8/q4 host format): one work group per (page i, KV head
  * h), unit i*n_kv_heads + h of dst (from byte dst_off). The work group first takes the D key
  * channel groups and P value token groups (min/max over the stored values, the f16 zero and
@@ -610,11 +621,8 @@ kernel void fkv_dequant_scatter(const global uchar *src, ulong src_off, ulong un
     int slot = units[units_off + 2 * i], h = units[units_off + 2 * i + 1];
     if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)
         return;
-    uint kv = e >= per_unit / 2, t = (uint)(e % (per_unit / 2) / head_dim),
-         c = (uint)(e % head_dim);
-    float x = fkv_unit_value(src + src_off + i * unit_bytes, bits, page_size, head_dim, kv, t, c);
-    size_t dst = (((size_t)slot * page_size + t) * n_kv_heads + h) * head_dim + c;
-    fkv_store(kv ? vpool : kpool, dst, x);
+    fkv_dequant_element(src + src_off + i * unit_bytes, e, bits, page_size, head_dim,
+                        (size_t)slot, (size_t)h, n_kv_heads, kpool, vpool);
 }
 
 /* Dequantizing zero-copy recall (recall_direct from q8/q4 units): as fkv_recall_direct (units
@@ -656,11 +664,8 @@ kernel void fkv_dequant_direct(const global uchar *h0, const global uchar *h1,
     ulong off = (ulong)(uint)u[3] * elem_bytes;
     if (off > lim || unit_bytes > lim - off)
         return;
-    uint kv = e >= per_unit / 2, t = (uint)(e % (per_unit / 2) / head_dim),
-         c = (uint)(e % head_dim);
-    float x = fkv_unit_value(host + off, bits, page_size, head_dim, kv, t, c);
-    size_t dst = (((size_t)slot * page_size + t) * n_kv_heads + h) * head_dim + c;
-    fkv_store(kv ? vpool : kpool, dst, x);
+    fkv_dequant_element(host + off, e, bits, page_size, head_dim, (size_t)slot, (size_t)h,
+                        n_kv_heads, kpool, vpool);
 }
 
 /* Paged decode attention with GQA: one work group per (sequence, KV head, block of `heads`

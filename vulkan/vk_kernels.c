@@ -291,13 +291,12 @@ static fkv_status grid_1d_fits(const fkv_bdev *d, const char *op, uint64_t items
     return FKV_OK;
 }
 
-static fkv_status run_1d(launch *L, uint32_t shader, uint64_t items, const fkv_deps *deps) {
-    uint32_t wg, gx, gy;
-    fkv_status st0 = grid_1d_fits(L->d, L->op, items, &wg, &gx, &gy);
-    if (st0 != FKV_OK)
-        return st0;
+/* One command: shader s (workgroup size wg, smem shared floats) over gx x gy workgroups, once
+ * per combination of windows. */
+static fkv_status run_groups(launch *L, uint32_t shader, uint32_t wg, uint32_t smem, uint32_t gx,
+                             uint32_t gy, const fkv_deps *deps) {
     VkPipeline p;
-    fkv_status st = fkv_vk_pipeline(L->d, shader, wg, 1, &p);
+    fkv_status st = fkv_vk_pipeline(L->d, shader, wg, smem, &p);
     vk_cmd c;
     if (st != FKV_OK || (st = fkv_vk_cmd_begin(L->d, L->q, 0, &c)) != FKV_OK)
         return st;
@@ -306,6 +305,14 @@ static fkv_status run_1d(launch *L, uint32_t shader, uint64_t items, const fkv_d
         return st;
     }
     return fkv_vk_cmd_submit(&c, deps, NULL);
+}
+
+static fkv_status run_1d(launch *L, uint32_t shader, uint64_t items, const fkv_deps *deps) {
+    uint32_t wg, gx, gy;
+    fkv_status st = grid_1d_fits(L->d, L->op, items, &wg, &gx, &gy);
+    if (st != FKV_OK)
+        return st;
+    return run_groups(L, shader, wg, 1, gx, gy, deps);
 }
 
 static uint32_t dtype_variant(const fkv_bdev *d, fkv_dtype t) {
@@ -624,19 +631,10 @@ static fkv_status quant_pack(launch *L, const fkv_kv_geom *g, uint32_t n_pages,
     L->pc[4] = g->head_dim;
     L->pc[5] = g->page_size;
     L->pc[8] = fkv_hostfmt_bits(g->host_format);
-    uint32_t wg = pick_wg(L->d, ELEMENTWISE_WG), gx, gy;
-    grid_1d(L->d, units, 1, &gx, &gy);
-    VkPipeline p;
-    st = fkv_vk_pipeline(L->d, S_QUANT + dtype_variant(L->d, g->dtype), wg,
-                         (uint32_t)(quant_shared(g) / 4), &p);
-    vk_cmd c;
-    if (st != FKV_OK || (st = fkv_vk_cmd_begin(L->d, L->q, 0, &c)) != FKV_OK)
-        return st;
-    if ((st = record_windows(&c, L, p, gx, gy)) != FKV_OK) {
-        fkv_vk_cmd_abort(&c);
-        return st;
-    }
-    return fkv_vk_cmd_submit(&c, deps, NULL);
+    uint32_t gx, gy;
+    grid_1d(L->d, units, 1, &gx, &gy); /* one workgroup per unit */
+    return run_groups(L, S_QUANT + dtype_variant(L->d, g->dtype), pick_wg(L->d, ELEMENTWISE_WG),
+                      (uint32_t)(quant_shared(g) / 4), gx, gy, deps);
 }
 
 /* One invocation per element of the units; pools bound by the caller. */

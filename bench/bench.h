@@ -25,6 +25,7 @@ typedef struct bench_options {
     uint32_t warmup, steps; /* per block: dropped steps, then measured steps */
     uint32_t rounds, repeat, batch;
     float tau;
+    fkv_host_format host_format; /* the offload policies' host pool format (--host-format) */
     char policies[BENCH_MAX_POLICIES][16];
     uint32_t n_policies;
     bench_drift workloads[BENCH_MAX_WORKLOADS];

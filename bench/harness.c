@@ -19,6 +19,7 @@
 
 #include "backends/dispatch.h"
 #include "bench.h"
+#include "common/hostfmt.h"
 #include "stats.h"
 
 typedef struct slot {
@@ -115,12 +116,17 @@ static void estimate(const fkv_config *c, double *host, double *device) {
     double row = (double)c->n_kv_heads * c->head_dim * 2 * fkv_dtype_size(c->dtype);
     double kv = (double)c->n_layers * c->max_context * row * c->max_seqs;
     double budget = (double)c->n_layers * (c->budget_tokens + c->page_size) * row * c->max_seqs;
+    /* a quantized host pool: its unit bytes over the dtype's */
+    double host_share = (double)fkv_hostfmt_unit_bytes(c->host_format, c->page_size,
+                                                       c->head_dim, fkv_dtype_size(c->dtype)) /
+                        (double)fkv_hostfmt_unit_bytes(FKV_HOST_SAME, c->page_size, c->head_dim,
+                                                       fkv_dtype_size(c->dtype));
     if (c->policy <= FKV_POLICY_QUEST) {
         *device = kv;
         *host = 0;
     } else {
         *device = budget;
-        *host = kv;
+        *host = kv * host_share;
     }
 }
 

@@ -82,6 +82,7 @@ struct cf_case {
     int has_geom;
     fkv_policy policy; /* pipeline cases */
     int recall;        /* pipeline cases: fkv_recall_mode forced on the DUT, -1 its own */
+    fkv_host_format host_format; /* pipeline cases: the host pool's format */
     int splits;        /* forced through cf_force_splits first; -1: left alone */
     size_t shared;     /* forced through cf_limit_shared first; 0: left alone */
 };
@@ -174,6 +175,12 @@ const uint32_t (*cf_geometries(int quick, size_t *n))[3];
     X(S, pack_hnd, pack_hnd, -1, 0)                                                            \
     X(S, scatter_hnd, scatter_hnd, -1, 0)                                                      \
     X(S, recall_direct, recall_direct, -1, 0)                                                  \
+    X(S, quantize_q8, quantize, -1, 0)                                                         \
+    X(S, quantize_q4, quantize, -1, 0)                                                         \
+    X(S, dequantize_q8, dequantize, -1, 0)                                                     \
+    X(S, dequantize_q4, dequantize, -1, 0)                                                     \
+    X(S, dequantize_direct_q8, dequantize_direct, -1, 0)                                       \
+    X(S, dequantize_direct_q4, dequantize_direct, -1, 0)                                       \
     X(S, attention, attention, -1, 0)                                                          \
     X(S, attention_dense, attention_dense, -1, 0)                                              \
     X(S, select_pages, select_pages, -1, 0)                                                    \

@@ -44,6 +44,21 @@ static void fill_bytes(cf_rng *r, unsigned char *x, size_t n) {
 
 static cf_ref at(int arr, size_t off) { return (cf_ref){.arr = arr, .off = off}; }
 
+/* Quantized units (common/hostfmt.h) for the dequantize specs: random codes and random f16
+ * scales and zeros of both signs, subnormals and zeros included (high bytes of exponent 0..22,
+ * so |value| < 2^8 and never an infinity), and one f16 word in 97 the canonical NaN (a NaN
+ * group dequantizes to NaN). Every 2-byte word is such an f16, so a unit read at any element
+ * offset has well-formed scales and zeros. */
+static void fill_units(cf_rng *r, unsigned char *x, size_t n) {
+    for (size_t i = 0; i + 1 < n; i += 2) {
+        uint32_t u = cf_u32(r);
+        uint16_t h = (uint16_t)((u & 0x80ffu) | (((u >> 8) % 0x5cu) << 8));
+        if (u % 97u == 0)
+            h = 0x7e00u;
+        x[i] = (unsigned char)(h & 0xffu), x[i + 1] = (unsigned char)(h >> 8);
+    }
+}
+
 static size_t row_elems(const fkv_kv_geom *g) { return (size_t)g->n_kv_heads * g->head_dim; }
 static size_t esize(const fkv_kv_geom *g) { return fkv_dtype_size(g->dtype); }
 
@@ -602,27 +617,115 @@ static int build_cosine_nan(const cf_env *env, cf_rng *rng, cf_spec *s, cf_resul
     return 1;
 }
 
+/* The quantize's edge groups in every slot (common/hostfmt.h): in KV head 0, a constant key
+ * channel (scale 0), a key channel with a NaN, one with an infinity and one beyond the f16
+ * range (NaN groups), a value token of f16 subnormals and zeros of both signs, and a value
+ * token holding exact f16 values (ties of the directed roundings). */
+static void quantize_edges(cf_spec *s, int kp, int vp, uint32_t n_slots) {
+    const fkv_kv_geom *g = &s->g;
+    size_t re = row_elems(g), d = g->head_dim, p = g->page_size;
+    void *k = s->arr[kp].init, *v = s->arr[vp].init;
+    for (size_t slot = 0; slot < n_slots; slot++) {
+        size_t row0 = slot * p * re;
+        for (size_t t = 0; t < p; t++) {
+            size_t e = row0 + t * re;
+            fkv_store(k, g->dtype, e + 0, 0.3125f);
+            if (t == p - 1) {
+                fkv_store(k, g->dtype, e + 1, NAN);
+                fkv_store(k, g->dtype, e + 2, -INFINITY);
+                fkv_store(k, g->dtype, e + 3, g->dtype == FKV_F16 ? 65504.0f : 1e8f);
+            }
+        }
+        size_t v1 = row0 + (p > 1 ? 1 : 0) * re, v0 = row0;
+        for (size_t c = 0; c < d; c++) {
+            static const float tiny[4] = {5.9604645e-8f, -0.0f, -1.7881393e-7f, 0.0f};
+            fkv_store(v, g->dtype, v1 + c, tiny[c % 4] * (float)(1 + c % 3));
+            fkv_store(v, g->dtype, v0 + c, (float)((int)(c % 7) - 3) * 0.25f);
+        }
+    }
+}
+
+/* The quantize (pack_hnd into q8/q4 units): per unit, the f16 scales and zeros must be the
+ * reference's bytes and every code equal or within one code of the reference's (a device's
+ * f32 division may round the last bit differently and move a code across a rounding tie). */
+static void compare_quantized(const cf_spec *s, unsigned char **ref, unsigned char **dut,
+                              double tol, cf_result *r) {
+    const fkv_kv_geom *g = &s->g;
+    uint32_t bits = fkv_hostfmt_bits(g->host_format), p = g->page_size, d = g->head_dim;
+    size_t unit = fkv_unit_bytes(g), codes = 2 * (size_t)p * d * bits / 8;
+    for (uint32_t i = 0; i < s->n_arr; i++) {
+        const cf_arr *a = &s->arr[i];
+        if (!a->output || !a->custom)
+            continue;
+        size_t n_units = a->pay_size / unit, off_by_one = 0, worst = 0;
+        for (size_t u = 0; u < n_units; u++) {
+            const unsigned char *x = dut[i] + a->pay_off + u * unit;
+            const unsigned char *y = ref[i] + a->pay_off + u * unit;
+            if (memcmp(x + codes, y + codes, unit - codes) != 0) {
+                size_t b = codes;
+                while (x[b] == y[b])
+                    b++;
+                size_t word = (b - codes) / 2, part = word < d ? 0 : word < 2 * (size_t)d ? 1
+                                                                  : word < 2 * (size_t)d + p ? 2
+                                                                                             : 3;
+                static const char *const parts[] = {"K scale", "K zero", "V scale", "V zero"};
+                size_t group = part < 2 ? word - part * d : word - 2 * (size_t)d - (part - 2) * p;
+                cf_fail(r, "%s: unit %zu: %s %zu is 0x%02x%02x, reference 0x%02x%02x (f16 scales "
+                        "and zeros must be exact)", a->label, u, parts[part], group,
+                        x[codes + 2 * word + 1], x[codes + 2 * word], y[codes + 2 * word + 1],
+                        y[codes + 2 * word]);
+                return;
+            }
+            for (size_t e = 0; e < 2 * (size_t)p * d; e++) {
+                unsigned cx = bits == 8 ? x[e] : (x[e / 2] >> (e % 2 * 4)) & 0xfu;
+                unsigned cy = bits == 8 ? y[e] : (y[e / 2] >> (e % 2 * 4)) & 0xfu;
+                size_t diff = cx > cy ? cx - cy : cy - cx;
+                off_by_one += diff != 0;
+                if (diff > worst)
+                    worst = diff;
+                if (diff > tol) {
+                    cf_fail(r, "%s: unit %zu: %s code %zu (token %zu, channel %zu) is %u, "
+                            "reference %u", a->label, u, e < (size_t)p * d ? "K" : "V",
+                            e % ((size_t)p * d), e % ((size_t)p * d) / d, e % d, cx, cy);
+                    return;
+                }
+            }
+        }
+        cf_check_error(r, (double)worst, tol, "%s codes (%zu units, %zu code(s) one off)",
+                       a->label, n_units, off_by_one);
+    }
+}
+
 /* Three pages (the last slot among them) to a destination at the guard, then five to one at
  * an offset that is not 16-byte aligned (the scalar path). */
 static int build_pack(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     (void)env, (void)r;
     const fkv_kv_geom *g = &s->g;
-    size_t page_bytes = 2 * row_elems(g) * g->page_size * esize(g), odd = CF_GUARD + 3 * esize(g);
+    size_t page_bytes = g->n_kv_heads * fkv_unit_bytes(g), odd = CF_GUARD + 3 * esize(g);
     uint32_t n_slots = 6, n = 3, n2 = 5;
+    int quantized = g->host_format != FKV_HOST_SAME;
+    cf_elem elem = quantized ? CF_BYTES : CF_STORE;
     int kp = pool_input(s, rng, "kpool", n_slots, 0), vp = pool_input(s, rng, "vpool", n_slots, 0);
     int gs = (int)s->n_arr;
     int32_t *gv = cf_add_input(s, "gslots", CF_IN_OFF, n * 4);
     int gs2 = (int)s->n_arr;
     int32_t *gv2 = cf_add_input(s, "gslots_b", 4, n2 * 4);
     int dst = (int)s->n_arr;
-    cf_set_shape(cf_add_output(s, "dst", CF_GUARD, n * page_bytes, CF_GUARD, CF_STORE), n, "page",
-                 g->n_kv_heads * 2 * g->page_size, "(KV head, K|V, token)", g->head_dim, "ch");
+    cf_arr *out = cf_add_output(s, "dst", CF_GUARD, n * page_bytes, CF_GUARD, elem);
     int dst2 = (int)s->n_arr;
-    cf_set_shape(cf_add_output(s, "dst_odd", odd, n2 * page_bytes, CF_GUARD, CF_STORE), n2,
-                 "page", g->n_kv_heads * 2 * g->page_size, "(KV head, K|V, token)", g->head_dim,
-                 "ch");
+    cf_arr *out2 = cf_add_output(s, "dst_odd", odd, n2 * page_bytes, CF_GUARD, elem);
     if (!cf_spec_ok(s))
         return -1;
+    if (quantized) { /* units: compare_quantized */
+        out->custom = out2->custom = 1;
+        quantize_edges(s, kp, vp, n_slots);
+        s->compare = compare_quantized;
+    } else {
+        cf_set_shape(out, n, "page", g->n_kv_heads * 2 * g->page_size, "(KV head, K|V, token)",
+                     g->head_dim, "ch");
+        cf_set_shape(out2, n2, "page", g->n_kv_heads * 2 * g->page_size,
+                     "(KV head, K|V, token)", g->head_dim, "ch");
+    }
     uint32_t pick[8];
     pick_with_last(rng, n_slots, n, pick);
     for (uint32_t i = 0; i < n; i++)
@@ -644,21 +747,26 @@ static int build_pack(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) 
 static int build_scatter(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     (void)env, (void)r;
     const fkv_kv_geom *g = &s->g;
-    size_t es = esize(g), unit = (size_t)2 * g->page_size * g->head_dim, odd = 5 * es;
+    size_t es = esize(g), unit = fkv_unit_bytes(g), odd = 5 * es;
     uint32_t n_slots = 6, n = 5, n2 = 6 * g->n_kv_heads < 9 ? 6 * g->n_kv_heads : 9;
     int src = (int)s->n_arr;
-    void *sv = cf_add_input(s, "src", CF_IN_OFF, n * unit * es);
+    void *sv = cf_add_input(s, "src", CF_IN_OFF, n * unit);
     int units = (int)s->n_arr;
     int32_t *uv = cf_add_input(s, "units", CF_IN_OFF, n * 8);
     int src2 = (int)s->n_arr;
-    void *sv2 = cf_add_input(s, "src_odd", odd, n2 * unit * es);
+    void *sv2 = cf_add_input(s, "src_odd", odd, n2 * unit);
     int units2 = (int)s->n_arr;
     int32_t *uv2 = cf_add_input(s, "units_b", 0, n2 * 8);
     int kp = pool_output(s, "kpool", n_slots), vp = pool_output(s, "vpool", n_slots);
     if (!cf_spec_ok(s))
         return -1;
-    fill_store(rng, sv, g->dtype, n * unit, 0);
-    fill_store(rng, sv2, g->dtype, n2 * unit, 0);
+    if (g->host_format != FKV_HOST_SAME) {
+        fill_units(rng, sv, n * unit);
+        fill_units(rng, sv2, n2 * unit);
+    } else {
+        fill_store(rng, sv, g->dtype, n * unit / es, 0);
+        fill_store(rng, sv2, g->dtype, n2 * unit / es, 0);
+    }
     pick_units(rng, n_slots, g->n_kv_heads, n, 1, uv);
     pick_units(rng, n_slots, g->n_kv_heads, n2, 0, uv2);
     randomize_payload(s, rng, kp);
@@ -695,7 +803,7 @@ static int build_recall(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
         return 0;
     }
     const fkv_kv_geom *g = &s->g;
-    size_t es = esize(g), unit_bytes = (size_t)2 * g->page_size * g->head_dim * es;
+    size_t es = esize(g), unit_bytes = fkv_unit_bytes(g);
     uint32_t n_slots = 6, n = 5, n2 = 6 * g->n_kv_heads < 10 ? 6 * g->n_kv_heads : 10;
     int host[3];
     size_t host_bytes[3] = {16 * unit_bytes + 64, 4 * unit_bytes, 6 * unit_bytes + 32};
@@ -714,7 +822,10 @@ static int build_recall(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
         return -1;
     for (int h = 0; h < 3; h++) {
         ha[h]->mem = CF_PINNED;
-        fill_store(rng, ha[h]->init, g->dtype, ha[h]->size / es, 0);
+        if (g->host_format != FKV_HOST_SAME)
+            fill_units(rng, ha[h]->init, ha[h]->size);
+        else
+            fill_store(rng, ha[h]->init, g->dtype, ha[h]->size / es, 0);
     }
     uint32_t pos[16];
     int32_t pairs[2 * 16];
@@ -1103,6 +1214,9 @@ static const op_entry op_table[] = {
     {"pack_hnd", build_pack, 1, 1},
     {"scatter_hnd", build_scatter, 1, 1},
     {"recall_direct", build_recall, 1, 1},
+    {"quantize", build_pack, 1, 1},
+    {"dequantize", build_scatter, 1, 1},
+    {"dequantize_direct", build_recall, 1, 1},
     {"attention", build_attention, 1, 1},
     {"attention_dense", build_dense, 1, 1},
     {"select_pages", build_select, 0, 1},
@@ -1111,6 +1225,13 @@ static const op_entry op_table[] = {
     {"out_of_range", NULL, 0, 0},
     {"two_queues", NULL, 0, 0},
 };
+
+/* The ops that run per quantized host format: pack_hnd, scatter_hnd and recall_direct with q8
+ * or q4 units, the format named by the spec id's variant ("quantize_q8"). */
+static int quantized_op(const char *op) {
+    return strcmp(op, "quantize") == 0 || strcmp(op, "dequantize") == 0 ||
+           strcmp(op, "dequantize_direct") == 0;
+}
 
 static const op_entry *find_op(const char *op) {
     for (size_t i = 0; i < sizeof op_table / sizeof *op_table; i++)
@@ -1131,12 +1252,22 @@ int cf_spec_build(const cf_env *env, const cf_case *c, cf_spec **out, cf_result 
         cf_skip(r, "%s storage: the device lacks fp16_storage", fkv_dtype_name(geom.dtype));
         return 0;
     }
+    fkv_host_format host_format = FKV_HOST_SAME;
+    if (quantized_op(e->op)) {
+        if (fkv_host_format_parse(c->spec + strlen(c->op) + 1, &host_format) != FKV_OK)
+            return -1;
+        if (!(fkv_op_host_formats(env->dut.dev) >> host_format & 1u)) {
+            cf_skip(r, "host format %s: not implemented by the device (host_formats)",
+                    fkv_host_format_name(host_format));
+            return 0;
+        }
+    }
     cf_spec *s = calloc(1, sizeof *s);
     if (s == NULL)
         return -1;
     s->g = (fkv_kv_geom){.n_kv_heads = cf_kv_heads(&geom), .group = geom.group,
                          .head_dim = geom.head_dim, .page_size = geom.page_size,
-                         .dtype = geom.dtype};
+                         .dtype = geom.dtype, .host_format = host_format};
     cf_rng rng;
     /* seeded from the name without the variant: every variant sees the same data */
     char seed_name[96];
@@ -1248,6 +1379,8 @@ static size_t spec_cases(const spec_def *sd, const cf_geom *geoms, size_t n_geom
         return add_case(out, n, cap, sd, NULL, 0);
     for (size_t i = 0; i < n_geoms; i++) {
         cf_geom g = geoms[i];
+        if (quantized_op(sd->op) && g.head_dim % 4 != 0)
+            continue; /* host formats need a head dim that is a multiple of 4 (fkv_config) */
         if (!e->per_dtype) {
             /* scores and cosine_flags read f32 only and ignore the page size: once per
              * (head dim, group, KV heads) */

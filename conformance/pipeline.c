@@ -101,6 +101,7 @@ static int setup_init(pl_setup *s, const cf_case *c, int quick) {
     cfg->max_seqs = PL_SEQS;
     cfg->max_context = s->prompt[1] + s->steps + p;
     cfg->recall_chunk_pages = 2; /* several staging chunks per recall: double buffering runs */
+    cfg->host_format = c->host_format;
 
     cf_rng rng;
     cf_seed(&rng, c->name, 7);
@@ -510,7 +511,11 @@ static void list_str(const int32_t *p, uint32_t n, char *buf, size_t size) {
 
 static void compare_runs(const pl_setup *s, const pl_out *ref, const pl_out *dut, fkv_dtype dt,
                          cf_result *r) {
-    double tol = cf_tolerance("pipeline", dt), tie_tol = cf_tolerance("selection_tie", dt);
+    /* quantized host pages: the bound of one code (the quantize's tolerance) */
+    const char *row = s->cfg.host_format == FKV_HOST_Q8   ? "pipeline_q8"
+                      : s->cfg.host_format == FKV_HOST_Q4 ? "pipeline_q4"
+                                                          : "pipeline";
+    double tol = cf_tolerance(row, dt), tie_tol = cf_tolerance("selection_tie", dt);
     float *expect = malloc(sizeof(float) * s->qn);
     if (expect == NULL) {
         cf_fail(r, "out of host memory");
@@ -571,7 +576,7 @@ static void compare_runs(const pl_setup *s, const pl_out *ref, const pl_out *dut
         cf_check_error(r, worst, tol, "output of %s (%u of %u outputs over tolerance)", worst_at,
                        n_bad, total);
     /* the stored cache, read back */
-    double kv_tol = cf_tolerance("pipeline_kv", dt);
+    double kv_tol = s->cfg.host_format == FKV_HOST_SAME ? cf_tolerance("pipeline_kv", dt) : tol;
     for (uint32_t b = 0; b < PL_SEQS; b++)
         for (uint32_t l = 0; l < PL_LAYERS; l++) {
             if (dut->kv_n[b][l] != ref->kv_n[b][l]) {
@@ -648,6 +653,11 @@ static void run_pipeline(const cf_env *env, const cf_case *c, cf_result *r) {
         cf_skip(r, "%s storage: the device lacks fp16_storage", fkv_dtype_name(c->g.dtype));
         return;
     }
+    if (!(fkv_op_host_formats(env->dut.dev) >> c->host_format & 1u)) {
+        cf_skip(r, "host format %s: not implemented by the device (host_formats)",
+                fkv_host_format_name(c->host_format));
+        return;
+    }
     /* The recall mode is the DUT's own choice unless the case forces one: then the DUT runs
      * through a device handle that shares its backend device but answers recall_mode from
      * an ops table copy (the core asks once, when the context is created). */
@@ -708,28 +718,37 @@ out:
 size_t cf_pipeline_cases(int quick, cf_case *out, size_t cap) {
     size_t n = 0, n_geoms;
     const uint32_t(*geoms)[3] = cf_geometries(quick, &n_geoms);
-    for (int pol = FKV_POLICY_DENSE; pol <= FKV_POLICY_FREEKV; pol++) {
-        /* quick: 3 cases per policy (one per dtype); full: every geometry x dtype */
-        size_t n_cases = quick ? 3 : n_geoms * 3;
-        for (size_t i = 0; i < n_cases && n < cap; i++) {
-            cf_case *c = &out[n];
-            memset(c, 0, sizeof *c);
-            const uint32_t *gg = quick ? geoms[(pol + i) % n_geoms] : geoms[i / 3];
-            c->g = (cf_geom){.head_dim = gg[0], .group = gg[1], .page_size = gg[2],
-                             .dtype = (fkv_dtype)(i % 3)};
-            c->has_geom = 1;
-            c->policy = (fkv_policy)pol;
-            c->op = "pipeline";
-            c->run = run_pipeline;
+    /* quantized host pools (q8, q4) after the plain ones: offload policies only (the others
+     * keep no host pool) */
+    for (int fmt = FKV_HOST_SAME; fmt <= FKV_HOST_Q4; fmt++)
+        for (int pol = FKV_POLICY_DENSE; pol <= FKV_POLICY_FREEKV; pol++) {
             int offload = pol == FKV_POLICY_SYNC || pol == FKV_POLICY_SPECULATIVE ||
                           pol == FKV_POLICY_FREEKV;
-            c->recall = offload ? (int)((i / 3 + i + (size_t)pol) % 3) : -1;
-            char gn[48];
-            cf_geom_name(&c->g, 1, 1, gn, sizeof gn);
-            snprintf(c->name, sizeof c->name, "pipeline/%s/%s%s%s", fkv_policy_name(c->policy),
-                     gn, offload ? "/" : "", offload ? recall_names[c->recall] : "");
-            n++;
+            if (fmt != FKV_HOST_SAME && !offload)
+                continue;
+            /* quick: 3 cases per policy (one per dtype); full: every geometry x dtype */
+            size_t n_cases = quick ? 3 : n_geoms * 3;
+            for (size_t i = 0; i < n_cases && n < cap; i++) {
+                cf_case *c = &out[n];
+                memset(c, 0, sizeof *c);
+                const uint32_t *gg = quick ? geoms[(pol + i + (size_t)fmt) % n_geoms]
+                                           : geoms[i / 3];
+                c->g = (cf_geom){.head_dim = gg[0], .group = gg[1], .page_size = gg[2],
+                                 .dtype = (fkv_dtype)(i % 3)};
+                c->has_geom = 1;
+                c->policy = (fkv_policy)pol;
+                c->host_format = (fkv_host_format)fmt;
+                c->op = "pipeline";
+                c->run = run_pipeline;
+                c->recall = offload ? (int)((i / 3 + i + (size_t)pol + (size_t)fmt) % 3) : -1;
+                char gn[48];
+                cf_geom_name(&c->g, 1, 1, gn, sizeof gn);
+                snprintf(c->name, sizeof c->name, "pipeline/%s/%s%s%s%s%s",
+                         fkv_policy_name(c->policy), gn, offload ? "/" : "",
+                         offload ? recall_names[c->recall] : "", fmt ? "/" : "",
+                         fmt ? fkv_host_format_name(c->host_format) : "");
+                n++;
+            }
         }
-    }
     return n;
 }

@@ -39,6 +39,17 @@ static const cf_tolerance_row table[] = {
     {"pack_hnd", {0, 0, 0}, {0, 0, 0}, "layout conversion moves stored values exactly"},
     {"scatter_hnd", {0, 0, 0}, {0, 0, 0}, "layout conversion moves stored values exactly"},
     {"recall_direct", {0, 0, 0}, {0, 0, 0}, "layout conversion moves stored values exactly"},
+    {"quantize", {1, 1, 1}, {1, 1, 1},
+     "pack_hnd into q8/q4 units (common/hostfmt.h), in codes: f16 scales and zeros exact (their "
+     "directed roundings and the f32 division by L are integer-exact on every device), every "
+     "code equal or within one code, because the code's f32 division (x - zero) / scale may "
+     "round its last bit differently on a device (OpenCL and Vulkan allow 2.5 ulp) and so cross "
+     "a round-half-even tie"},
+    {"dequantize", {0, 0, 0}, {0, 0, 0},
+     "scatter_hnd from q8/q4 units: fmaf(scale, code, zero) is exact in f32 (an 11-bit scale "
+     "times an 8-bit code needs no rounding before the one addition), then the slot dtype's "
+     "nearest-even store: identical bytes"},
+    {"dequantize_direct", {0, 0, 0}, {0, 0, 0}, "recall_direct from q8/q4 units: as dequantize"},
     {"attention", {1e-4, 1e-4, 1e-4}, {2e-5, 2e-5, 2e-5},
      "f32 accumulation over stored values (converted exactly), exp and division; order and "
      "exp implementation may differ"},
@@ -49,6 +60,12 @@ static const cf_tolerance_row table[] = {
     {"pipeline", {1e-4, 2e-3, 1.6e-2}, {-1, -1, -1},
      "decode outputs: attention tolerance, plus 1 ulp of storage rounding of every key and value "
      "(4u) when a backend rounds differently"},
+    {"pipeline_q8", {3e-2, 3e-2, 3e-2}, {-1, -1, -1},
+     "decode outputs and stored cache (read_kv) with q8 host pages: the quantize may move a code "
+     "by one (its tolerance), one step of its group's scale, about range/255 of N(0,1) data; "
+     "CPU, PoCL and lavapipe quantize identically and meet the pipeline bound"},
+    {"pipeline_q4", {5e-1, 5e-1, 5e-1}, {-1, -1, -1},
+     "as pipeline_q8 with q4 pages: one code is about range/15"},
     {"pipeline_kv", {0, 1e-3, 8e-3}, {-1, -1, -1},
      "stored keys/values read back (fkv_context_read_kv): as append"},
     {"selection_tie", {1e-5, 1e-3, 8e-3}, {-1, -1, -1},

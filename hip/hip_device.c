@@ -313,6 +313,7 @@ static const fkv_backend_ops hip_ops = {
     .recall_mode = hip_recall_mode,
     .opened_info = hip_opened_info,
     .check_geometry = fkv_hip_check_geometry,
+    .host_formats = fkv_hip_host_formats,
     .set_option = hip_set_option,
     .get_option = hip_get_option,
     .counters = hip_counters,

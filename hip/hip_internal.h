@@ -126,6 +126,7 @@ fkv_status fkv_hip_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
                              const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
                              size_t pages_off, fkv_bbuf *summaries);
 fkv_status fkv_hip_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q);
+uint32_t fkv_hip_host_formats(fkv_bdev *dev);
 fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
                           const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,

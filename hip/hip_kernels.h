@@ -94,7 +94,18 @@ typedef struct fkv_hip_scatter_args {
     const int32_t *units;
     uint32_t n_units, n_kv_heads, row_words, page_size, n_slots;
     void *kpool, *vpool;
+    uint32_t head_dim, bits; /* dequantize (fkv_hip_launch_dequant) only: row_words unused */
 } fkv_hip_scatter_args;
+
+/* Host formats q8/q4 (common/hostfmt.h): page gslots[i] of both pools quantized into units
+ * (i*n_kv_heads + h) at dst, unit_bytes apart. */
+typedef struct fkv_hip_quant_args {
+    const void *kpool, *vpool;
+    const int32_t *gslots;
+    uint32_t n_pages, n_kv_heads, head_dim, page_size, n_slots, bits;
+    uint64_t unit_bytes;
+    unsigned char *dst;
+} fkv_hip_quant_args;
 
 /* Paged decode attention (see opencl/kernels.cl fkv_attention; the same algorithm). `heads`,
  * `tile` and `shared_bytes` come from fkv_plan_attention (backends/launch.c). */
@@ -133,6 +144,9 @@ hipError_t fkv_hip_launch_select(hipStream_t s, const fkv_hip_select_args *a, ui
 hipError_t fkv_hip_launch_pack(hipStream_t s, size_t word_bytes, const fkv_hip_pack_args *a);
 hipError_t fkv_hip_launch_scatter(hipStream_t s, size_t word_bytes,
                                   const fkv_hip_scatter_args *a);
+/* Quantize (pack_hnd) and dequantize (scatter_hnd, recall_direct) of q8/q4 units. */
+hipError_t fkv_hip_launch_quant(hipStream_t s, fkv_dtype dt, const fkv_hip_quant_args *a);
+hipError_t fkv_hip_launch_dequant(hipStream_t s, fkv_dtype dt, const fkv_hip_scatter_args *a);
 hipError_t fkv_hip_launch_attention(hipStream_t s, fkv_dtype dt, const fkv_hip_attention_args *a,
                                     uint32_t n_bh);
 hipError_t fkv_hip_launch_attention_reduce(hipStream_t s, const float *part, uint32_t n_bh,

@@ -226,6 +226,26 @@ static uint64_t address_bits(const void *a, const void *b, const void *c) {
     return (uint64_t)((uintptr_t)a | (uintptr_t)b | (uintptr_t)c);
 }
 
+/* ---- quantized host formats (q8/q4, common/hostfmt.h): pack_hnd quantizes, scatter_hnd and
+ * recall_direct dequantize into the slot dtype (k_quant_pack, k_dequant) ---- */
+
+/* The quantizing pack's dynamic shared memory: (zero, scale) of a unit's D + P groups. */
+static fkv_status quant_plan(const fkv_bdev *dev, const fkv_kv_geom *g) {
+    size_t shared = 2 * ((size_t)g->head_dim + g->page_size) * sizeof(float);
+    if (g->host_format != FKV_HOST_SAME && shared > dev->shared_per_block)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "hip pack_hnd (host format %s): %zu bytes of shared memory, more than "
+                         "a block may use (%zu)",
+                         fkv_host_format_name(g->host_format), shared, dev->shared_per_block);
+    return FKV_OK;
+}
+
+/* pack_hnd, scatter_hnd and recall_direct implement q8 and q4. */
+uint32_t fkv_hip_host_formats(fkv_bdev *dev) {
+    (void)dev;
+    return 1u << FKV_HOST_SAME | 1u << FKV_HOST_Q8 | 1u << FKV_HOST_Q4;
+}
+
 fkv_status fkv_hip_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                             const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                             const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
@@ -235,6 +255,24 @@ fkv_status fkv_hip_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
     prepare(dev, q, &deps, op, &lc);
     fkv_status st;
     uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
+    if (g->host_format != FKV_HOST_SAME) {
+        fkv_hip_quant_args qa = {
+            .kpool = kpool->ptr,
+            .vpool = vpool->ptr,
+            .gslots = at(gslots, gslots_off),
+            .n_pages = n_pages,
+            .n_kv_heads = g->n_kv_heads,
+            .head_dim = g->head_dim,
+            .page_size = g->page_size,
+            .n_slots = n_slots,
+            .bits = fkv_hostfmt_bits(g->host_format),
+            .unit_bytes = fkv_unit_bytes(g),
+            .dst = at(dst, dst_off),
+        };
+        if ((st = quant_plan(dev, g)) != FKV_OK || (st = begin(&lc, &deps)) != FKV_OK)
+            return st;
+        return end(&lc, fkv_hip_launch_quant(lc.stream, g->dtype, &qa), "k_quant_pack", &deps);
+    }
     fkv_copy_words cw =
         fkv_pick_copy_words(g, address_bits(at(dst, dst_off), kpool->ptr, vpool->ptr), 0);
     fkv_hip_pack_args a = {
@@ -274,9 +312,13 @@ fkv_status fkv_hip_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
         .n_slots = n_slots,
         .kpool = kpool->ptr,
         .vpool = vpool->ptr,
+        .head_dim = g->head_dim,
+        .bits = fkv_hostfmt_bits(g->host_format),
     };
     if ((st = begin(&lc, &deps)) != FKV_OK)
         return st;
+    if (g->host_format != FKV_HOST_SAME)
+        return end(&lc, fkv_hip_launch_dequant(lc.stream, g->dtype, &a), "k_dequant", &deps);
     return end(&lc, fkv_hip_launch_scatter(lc.stream, cw.word, &a), "k_scatter", &deps);
 }
 
@@ -328,13 +370,17 @@ fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
             .n_slots = n_slots,
             .kpool = kpool->ptr,
             .vpool = vpool->ptr,
+            .head_dim = g->head_dim,
+            .bits = fkv_hostfmt_bits(g->host_format),
         };
         for (uint32_t j = 0; j < K; j++) {
             const fkv_bhost *hj = base + j < n_hosts ? hosts[base + j] : NULL;
             a.hosts[j] = hj ? hj->dev_ptr : hosts[base]->dev_ptr;
             a.host_sizes[j] = hj ? hj->desc.size : 0;
         }
-        hipError_t e = fkv_hip_launch_scatter(lc.stream, cw.word, &a);
+        hipError_t e = g->host_format != FKV_HOST_SAME
+                           ? fkv_hip_launch_dequant(lc.stream, g->dtype, &a)
+                           : fkv_hip_launch_scatter(lc.stream, cw.word, &a);
         if (e != hipSuccess || grp == last)
             st = end(&lc, e, "k_scatter (zero-copy)", &deps);
         else /* a launch of a group before the last: end() counts only its own */
@@ -457,7 +503,8 @@ fkv_status fkv_hip_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
 fkv_status fkv_hip_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q) {
     fkv_status st;
     fkv_scores_plan sp;
-    if ((st = scores_plan(dev, g, q->max_seqs, &sp)) != FKV_OK)
+    if ((st = scores_plan(dev, g, q->max_seqs, &sp)) != FKV_OK ||
+        (st = quant_plan(dev, g)) != FKV_OK)
         return st;
     for (uint32_t n = 1; n <= q->max_seqs; n++) {
         fkv_attention_plan ap;

@@ -416,6 +416,143 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_scatter(fkv_hip_scatter_args 
     ((W *)(kv ? a.vpool : a.kpool))[dst] = x;
 }
 
+/* ---- quantized host formats (common/hostfmt.h; the same code as opencl/kernels.cl) ----
+ * The f16 directed roundings and the f32 division by L are integer code, so scales and zeros
+ * are the reference's bits whatever the compiler's division and rounding modes do. */
+
+/* f32 bits u rounded to f16 towards +inf (up) or -inf: an infinity where round-to-nearest
+ * would overflow (|x| >= 65520), a signed zero for +-0. */
+static __device__ uint32_t quant_f16_directed(uint32_t u, uint32_t up) {
+    uint32_t sign = u >> 31, a = u & 0x7fffffffu, h, lost;
+    if (a > 0x7f800000u)
+        return (sign << 15) | 0x7e00u;
+    if (a >= 0x477ff000u)
+        return (sign << 15) | 0x7c00u;
+    if (a >= 0x38800000u) { /* a normal f16: drop 13 mantissa bits */
+        h = (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu);
+        lost = a & 0x1fffu;
+    } else { /* subnormal f16 or zero, in units of 2^-24 */
+        uint32_t e = a >> 23, m = e ? (a & 0x7fffffu) | 0x800000u : a;
+        uint32_t shift = e ? 126u - e : 125u;
+        h = shift < 32u ? m >> shift : 0u;
+        lost = shift < 32u ? m & ((1u << shift) - 1u) : m;
+    }
+    if (lost && (sign ^ up)) /* away from zero: up for +, down for - */
+        h++;
+    return (sign << 15) | h;
+}
+
+/* The f16 scale: RNE(a / levels) in f32 rounded up to f16, a = hi - zero >= 0. */
+static __device__ uint32_t quant_scale(float a, uint32_t levels) {
+    uint32_t u = fkv_hip_f32_bits(a);
+    if (u >= 0x7f800000u)
+        return u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    if (u < 0x33800000u) /* a < 2^-24: the quotient rounds up to 2^-24 unless it is 0 */
+        return u >= 0x00800000u || 2u * u > levels ? 1u : 0u;
+    uint32_t n = ((u & 0x7fffffu) | 0x800000u) << 8, q = n / levels, rem = n % levels;
+    uint32_t sh = 8u - (uint32_t)__clz(q); /* q has 24 + sh bits */
+    uint32_t kept = q >> sh, low = q & ((1u << sh) - 1u);
+    uint32_t twice = 2u * (low * levels + rem), tie = levels << sh;
+    if (twice > tie || (twice == tie && (kept & 1u)))
+        kept++;
+    return quant_f16_directed((((u >> 23) - 8u + sh) << 23) + kept - 0x800000u, 1u);
+}
+
+static __device__ uint32_t quant_code(float x, float zero, float scale, uint32_t levels) {
+    if (!(scale > 0.0f))
+        return 0u;
+    float q = rintf((x - zero) / scale);
+    return !(q > 0.0f) ? 0u : q >= (float)levels ? levels : (uint32_t)q;
+}
+
+/* One block per (page i, KV head h) unit: the D key channel and P value token groups' f16
+ * zero and scale (dynamic shared zs: 2*(D+P) floats), then the code bytes. */
+template <class K>
+__global__ void __launch_bounds__(FKV_HIP_BLOCK) k_quant_pack(fkv_hip_quant_args a) {
+    extern __shared__ float zs[];
+    uint32_t lid = threadIdx.x, w = blockDim.x, unit = blockIdx.x;
+    uint32_t i = unit / a.n_kv_heads, h = unit % a.n_kv_heads, levels = (1u << a.bits) - 1u;
+    int32_t gslot = a.gslots[i];
+    if (gslot < 0 || (uint32_t)gslot >= a.n_slots)
+        return; /* uniform over the block */
+    size_t d = a.head_dim, p = a.page_size, re = (size_t)a.n_kv_heads * d, pd = p * d;
+    size_t first = (size_t)gslot * p * re + (size_t)h * d, codes = pd * a.bits / 8;
+    unsigned char *out = a.dst + (size_t)unit * a.unit_bytes;
+    for (uint32_t g = lid; g < a.head_dim + a.page_size; g += w) {
+        bool key = g < a.head_dim;
+        const void *pool = key ? a.kpool : a.vpool;
+        size_t at = key ? first + g : first + (g - a.head_dim) * re;
+        size_t n = key ? p : d, step = key ? re : 1;
+        float lo = INFINITY, hi = -INFINITY;
+        bool nonfinite = false;
+        for (size_t j = 0; j < n; j++) {
+            float x = K::load(pool, at + j * step);
+            nonfinite = nonfinite || (fkv_hip_f32_bits(x) & 0x7f800000u) == 0x7f800000u;
+            lo = x < lo ? x : lo;
+            hi = x > hi ? x : hi;
+        }
+        uint32_t z = quant_f16_directed(fkv_hip_f32_bits(lo), 0u);
+        uint32_t s = quant_scale(hi - fkv_hip_f16_to_f32((uint16_t)z), levels);
+        if (nonfinite || (z & 0x7c00u) == 0x7c00u || (s & 0x7c00u) == 0x7c00u)
+            z = s = 0x7e00u;
+        size_t sa = 2 * codes + (key ? 2 * (size_t)g : 4 * d + 2 * (size_t)(g - a.head_dim));
+        size_t za = sa + (key ? 2 * d : 2 * p);
+        out[sa] = (unsigned char)s, out[sa + 1] = (unsigned char)(s >> 8);
+        out[za] = (unsigned char)z, out[za + 1] = (unsigned char)(z >> 8);
+        zs[2 * g] = fkv_hip_f16_to_f32((uint16_t)z);
+        zs[2 * g + 1] = fkv_hip_f16_to_f32((uint16_t)s);
+    }
+    __syncthreads();
+    uint32_t per_byte = 8u / a.bits;
+    for (size_t b = lid; b < 2 * codes; b += w) {
+        uint32_t kv = b >= codes, byte = 0;
+        for (uint32_t k = 0; k < per_byte; k++) {
+            size_t e = (b - kv * codes) * per_byte + k, t = e / d, c = e % d;
+            size_t g = kv ? d + t : c;
+            float x = K::load(kv ? a.vpool : a.kpool, first + t * re + c);
+            byte |= quant_code(x, zs[2 * g], zs[2 * g + 1], levels) << (k * a.bits);
+        }
+        out[b] = (unsigned char)byte;
+    }
+}
+
+/* One thread per element of the units (staged: src; zero-copy: the table, as k_scatter). */
+template <class K>
+__global__ void __launch_bounds__(FKV_HIP_BLOCK) k_dequant(fkv_hip_scatter_args a) {
+    size_t gid = global_id_x(), d = a.head_dim, p = a.page_size, per_unit = 2 * p * d;
+    size_t i = gid / per_unit, e = gid % per_unit;
+    if (i >= a.n_units)
+        return;
+    size_t codes = p * d * a.bits / 8, unit_bytes = 2 * codes + 4 * (d + p);
+    const unsigned char *unit;
+    int32_t slot, h;
+    if (a.hosts[0] == NULL) {
+        slot = a.units[2 * i];
+        h = a.units[2 * i + 1];
+        unit = (const unsigned char *)a.src + i * unit_bytes;
+    } else {
+        const int32_t *u = a.units + 4 * ((size_t)a.first + i);
+        uint32_t j = (uint32_t)u[2] - a.host_base;
+        uint64_t off = (uint64_t)(uint32_t)u[3] * a.elem_bytes;
+        if (j >= FKV_HIP_DIRECT_HOSTS || off > a.host_sizes[j] ||
+            unit_bytes > a.host_sizes[j] - off)
+            return;
+        slot = u[0];
+        h = u[1];
+        unit = (const unsigned char *)a.hosts[j] + off;
+    }
+    if (slot < 0 || (uint32_t)slot >= a.n_slots || h < 0 || (uint32_t)h >= a.n_kv_heads)
+        return;
+    size_t kv = e >= p * d, te = e - kv * p * d, t = te / d, c = te % d;
+    const unsigned char *cb = unit + kv * codes;
+    uint32_t code = a.bits == 8 ? cb[te] : (cb[te / 2] >> (te % 2 * 4)) & 0xfu;
+    size_t sa = 2 * codes + (kv ? 4 * d + 2 * t : 2 * c), za = sa + (kv ? 2 * p : 2 * d);
+    float s = fkv_hip_f16_to_f32((uint16_t)(unit[sa] | unit[sa + 1] << 8));
+    float z = fkv_hip_f16_to_f32((uint16_t)(unit[za] | unit[za + 1] << 8));
+    size_t dst = (((size_t)slot * p + t) * a.n_kv_heads + h) * d + c;
+    K::store(kv ? a.vpool : a.kpool, dst, fmaf(s, (float)code, z)); /* exact product */
+}
+
 /* ---- attention ---- */
 
 /* Paged decode attention with GQA, as fkv_attention in opencl/kernels.cl: one block per
@@ -743,6 +880,42 @@ extern "C" hipError_t fkv_hip_launch_scatter(hipStream_t s, size_t word_bytes,
     default:
         return hipErrorInvalidValue;
     }
+}
+
+template <class K> struct run_quant {
+    static hipError_t run(hipStream_t s, const fkv_hip_quant_args *a) {
+        size_t blocks = (size_t)a->n_pages * a->n_kv_heads;
+        if (blocks == 0 || blocks > max_grid_x)
+            return hipErrorInvalidValue;
+        size_t shared = 2 * ((size_t)a->head_dim + a->page_size) * sizeof(float);
+        (void)hipGetLastError();
+        hipLaunchKernelGGL(k_quant_pack<K>, dim3((unsigned)blocks), dim3(FKV_HIP_BLOCK), shared,
+                           s, *a);
+        return launched();
+    }
+};
+
+extern "C" hipError_t fkv_hip_launch_quant(hipStream_t s, fkv_dtype dt,
+                                           const fkv_hip_quant_args *a) {
+    return by_dtype<run_quant>(dt, s, a);
+}
+
+template <class K> struct run_dequant {
+    static hipError_t run(hipStream_t s, const fkv_hip_scatter_args *a) {
+        dim3 grid;
+        hipError_t e = grid_1d((size_t)a->n_units * 2 * a->page_size * a->head_dim,
+                               FKV_HIP_BLOCK, &grid);
+        if (e != hipSuccess)
+            return e;
+        (void)hipGetLastError();
+        hipLaunchKernelGGL(k_dequant<K>, grid, dim3(FKV_HIP_BLOCK), 0, s, *a);
+        return launched();
+    }
+};
+
+extern "C" hipError_t fkv_hip_launch_dequant(hipStream_t s, fkv_dtype dt,
+                                             const fkv_hip_scatter_args *a) {
+    return by_dtype<run_dequant>(dt, s, a);
 }
 
 template <class K> struct run_attention {

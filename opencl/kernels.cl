@@ -449,6 +449,225 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
 FKV_COPY_KERNELS(, fkv_bits_t)
 FKV_COPY_KERNELS(_v16, uint4)
 
+/* ---- quantized host formats (common/hostfmt.h, docs/pipeline.md "Host formats") ----
+ * A unit of page P, head dim D, B-bit codes, L = 2^B - 1 levels:
+ * [K codes P*D][V codes P*D][K scale D][K zero D][V scale P][V zero P], f16 little-endian.
+ * The scale and zero must be the reference's bits on every device, so their directed f16
+ * roundings and the f32 division by L are integer operations here (no rounding mode, no
+ * denormal flushing, no vstore_half_rtp, which is not in every OpenCL C). */
+
+/* f32 bits u rounded to f16 towards +inf (up) or -inf, as common/hostfmt.c: an infinity when
+ * round-to-nearest would overflow (|x| >= 65520), a signed zero for +-0. */
+uint fkv_f16_directed(uint u, uint up) {
+    uint sign = u >> 31, a = u & 0x7fffffffu, h, lost;
+    if (a > 0x7f800000u)
+        return (sign << 15) | 0x7e00u;
+    if (a >= 0x477ff000u)
+        return (sign << 15) | 0x7c00u;
+    if (a >= 0x38800000u) { /* a normal f16: drop 13 mantissa bits */
+        h = (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu);
+        lost = a & 0x1fffu;
+    } else { /* subnormal f16 (or zero): units of 2^-24 */
+        uint e = a >> 23, m = e ? (a & 0x7fffffu) | 0x800000u : a;
+        uint shift = e ? 126u - e : 125u;
+        h = shift < 32u ? m >> shift : 0u;
+        lost = shift < 32u ? m & ((1u << shift) - 1u) : m;
+    }
+    if (lost && (sign ^ up)) /* rounding away from zero: up for +, down for - */
+        h++;                 /* a carry into the exponent is the right result */
+    return (sign << 15) | h;
+}
+
+/* The f32 value of f16 bits h (exact, subnormals included). */
+float fkv_f16_value(uint h) {
+    uint sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0u)
+        return as_float(sign | as_uint((float)m * 5.9604644775390625e-8f));
+    return as_float(sign | (e == 31u ? 0x7f800000u : (e + 112u) << 23) | (m << 13));
+}
+
+/* The f16 scale of a group: (a / levels in f32, rounded to nearest even) rounded up to f16,
+ * with a = hi - zero >= 0. The division is done on the integer mantissa, so it is the
+ * correctly rounded quotient whatever the device's f32 division does. */
+uint fkv_quant_scale(float a, uint levels) {
+    uint u = as_uint(a);
+    if (u >= 0x7f800000u)
+        return u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    if (u < 0x33800000u) /* a < 2^-24: the quotient rounds up to 2^-24 unless it is 0 */
+        return u >= 0x00800000u || 2u * u > levels ? 1u : 0u;
+    uint n = ((u & 0x7fffffu) | 0x800000u) << 8, q = n / levels, rem = n % levels;
+    uint sh = 8u - clz(q); /* q has 24 + sh bits */
+    uint kept = q >> sh, low = q & ((1u << sh) - 1u);
+    uint twice = 2u * (low * levels + rem), tie = levels << sh; /* dropped part vs 1/2 */
+    if (twice > tie || (twice == tie && (kept & 1u)))
+        kept++;
+    /* value = kept * 2^(e - 158 + sh), kept in [2^23, 2^24] (2^24 carries into the exponent) */
+    uint bits = ((((u >> 23) - 8u + sh)) << 23) + kept - 0x800000u;
+    return fkv_f16_directed(bits, 1u);
+}
+
+/* The f16 zero and scale of a group with minimum lo and maximum hi, as hostfmt.c's
+ * fkv_hostfmt_params: NaN for both when the group held a NaN or an infinity or either would
+ * not be a finite f16. */
+void fkv_quant_params(float lo, float hi, int nonfinite, uint levels, uint *zero, uint *scale) {
+    uint z = fkv_f16_directed(as_uint(lo), 0u);
+    uint s = fkv_quant_scale(hi - fkv_f16_value(z), levels);
+    if (nonfinite || (z & 0x7c00u) == 0x7c00u || (s & 0x7c00u) == 0x7c00u)
+        z = s = 0x7e00u;
+    *zero = z;
+    *scale = s;
+}
+
+/* The code of x: clamp(round_half_even((x - zero) / scale), 0, levels), 0 when scale is not
+ * positive (a constant group, a NaN group). */
+uint fkv_quant_code(float x, float zero, float scale, uint levels) {
+    if (!(scale > 0.0f))
+        return 0u;
+    float q = rint((x - zero) / scale);
+    return !(q > 0.0f) ? 0u : q >= (float)levels ? levels : (uint)q;
+}
+
+int fkv_is_finite_bits(float x) { return (as_uint(x) & 0x7f800000u) != 0x7f800000u; }
+
+/* Element (t, c) of K (kv 0) or V (kv 1) of a quantized unit, dequantized:
+ * fmaf(scale, code, zero) (exact: the product needs no rounding). */
+float fkv_unit_value(const global uchar *unit, uint bits, uint page_size, uint head_dim,
+                     uint kv, uint t, uint c) {
+    size_t pd = (size_t)page_size * head_dim, codes = pd * bits / 8, i = (size_t)t * head_dim + c;
+    const global uchar *cb = unit + kv * codes;
+    uint code = bits == 8u ? cb[i] : (cb[i / 2] >> (i % 2 * 4)) & 0xfu;
+    size_t params = 2 * codes + (kv ? 4 * (size_t)head_dim + 2 * (size_t)t : 2 * (size_t)c);
+    size_t step = kv ? 2 * (size_t)page_size : 2 * (size_t)head_dim; /* scale -> zero */
+    uint s = unit[params] | (uint)unit[params + 1] << 8;
+    uint z = unit[params + step] | (uint)unit[params + step + 1] << 8;
+    return fma(fkv_f16_value(s), (float)code, fkv_f16_value(z));
+}
+
+/* Element e of a unit's [K|V][p][d] order, dequantized into KV head h of slot `slot`. */
+void fkv_dequant_element(const global uchar *unit, size_t e, uint bits, uint page_size,
+                         uint head_dim, size_t slot, size_t h, uint n_kv_heads,
+                         global fkv_kv_t *kpool, global fkv_kv_t *vpool) {
+    size_t pd = (size_t)page_size * head_dim;
+    uint kv = e >= pd, t = (uint)(e % pd / head_dim), c = (uint)(e % head_dim);
+    float x = fkv_unit_value(unit, bits, page_size, head_dim, kv, t, c);
+    size_t dst = ((slot * page_size + t) * n_kv_heads + h) * head_dim + c;
+    fkv_store(kv ? vpool : kpool, dst, x);
+}
+
+/* Quantizing pack (pack_hnd with a q8/q4 host format): one work group per (page i, KV head
+ * h), unit i*n_kv_heads + h of dst (from byte dst_off). The work group first takes the D key
+ * channel groups and P value token groups (min/max over the stored values, the f16 zero and
+ * scale into the unit and into local memory), then writes the code bytes (a q4 byte holds the
+ * codes of two channels). zs: 2*(D + P) floats of local memory. */
+kernel void fkv_quant_pack(const global fkv_kv_t *kpool, const global fkv_kv_t *vpool,
+                           const global int *gslots, ulong gslots_off, uint n_kv_heads,
+                           uint head_dim, uint page_size, uint n_slots, uint bits,
+                           global uchar *dst, ulong dst_off, local float *zs) {
+    uint lid = get_local_id(0), w = get_local_size(0), unit = get_group_id(0);
+    uint i = unit / n_kv_heads, h = unit % n_kv_heads, levels = (1u << bits) - 1u;
+    int gslot = gslots[gslots_off + i];
+    if (gslot < 0 || (uint)gslot >= n_slots)
+        return; /* uniform over the work group: no barrier is skipped by part of it */
+    size_t d = head_dim, p = page_size, re = (size_t)n_kv_heads * d, pd = p * d;
+    size_t first = (size_t)gslot * p * re + (size_t)h * d, codes = pd * bits / 8;
+    size_t unit_bytes = 2 * codes + 4 * (d + p);
+    global uchar *out = dst + dst_off + (size_t)unit * unit_bytes;
+    for (uint grp = lid; grp < head_dim + page_size; grp += w) {
+        int key = grp < head_dim;
+        const global fkv_kv_t *pool = key ? kpool : vpool;
+        size_t at = key ? first + grp : first + (grp - head_dim) * re;
+        size_t n = key ? p : d, step = key ? re : 1;
+        float lo = INFINITY, hi = -INFINITY;
+        int nonfinite = 0;
+        for (size_t j = 0; j < n; j++) {
+            float x = fkv_load(pool, at + j * step);
+            nonfinite |= !fkv_is_finite_bits(x);
+            lo = x < lo ? x : lo;
+            hi = x > hi ? x : hi;
+        }
+        uint z, s;
+        fkv_quant_params(lo, hi, nonfinite, levels, &z, &s);
+        size_t sa = 2 * codes + (key ? 2 * (size_t)grp : 4 * d + 2 * (size_t)(grp - head_dim));
+        size_t za = sa + (key ? 2 * d : 2 * p);
+        out[sa] = (uchar)s, out[sa + 1] = (uchar)(s >> 8);
+        out[za] = (uchar)z, out[za + 1] = (uchar)(z >> 8);
+        zs[2 * grp] = fkv_f16_value(z);
+        zs[2 * grp + 1] = fkv_f16_value(s);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    uint per_byte = 8u / bits;
+    for (size_t b = lid; b < 2 * codes; b += w) {
+        uint kv = b >= codes, byte = 0;
+        for (uint k = 0; k < per_byte; k++) {
+            size_t e = (b - kv * codes) * per_byte + k, t = e / d, c = e % d;
+            uint grp = kv ? head_dim + (uint)t : (uint)c;
+            float x = fkv_load(kv ? vpool : kpool, first + t * re + c);
+            byte |= fkv_quant_code(x, zs[2 * grp], zs[2 * grp + 1], levels) << (k * bits);
+        }
+        out[b] = (uchar)byte;
+    }
+}
+
+/* Dequantizing scatter (scatter_hnd from q8/q4 units): one work item per element of unit
+ * i (from byte src_off, unit_bytes apart) into KV head units[2i+1] of slot units[2i]. */
+kernel void fkv_dequant_scatter(const global uchar *src, ulong src_off, ulong unit_bytes,
+                                uint n_units, const global int *units, ulong units_off,
+                                uint n_kv_heads, uint head_dim, uint page_size, uint n_slots,
+                                uint bits, global fkv_kv_t *kpool, global fkv_kv_t *vpool) {
+    size_t gid = get_global_id(0), per_unit = 2 * (size_t)page_size * head_dim;
+    size_t i = gid / per_unit, e = gid % per_unit;
+    if (i >= n_units)
+        return;
+    int slot = units[units_off + 2 * i], h = units[units_off + 2 * i + 1];
+    if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)
+        return;
+    fkv_dequant_element(src + src_off + i * unit_bytes, e, bits, page_size, head_dim,
+                        (size_t)slot, (size_t)h, n_kv_heads, kpool, vpool);
+}
+
+/* Dequantizing zero-copy recall (recall_direct from q8/q4 units): as fkv_recall_direct (units
+ * [first, first + n_units) of the table, hosts host_base..host_base+7), one work item per
+ * element. */
+kernel void fkv_dequant_direct(const global uchar *h0, const global uchar *h1,
+                               const global uchar *h2, const global uchar *h3,
+                               const global uchar *h4, const global uchar *h5,
+                               const global uchar *h6, const global uchar *h7, ulong8 size,
+                               uint host_base, uint first, uint n_units, const global int *units,
+                               ulong units_off, uint elem_bytes, ulong unit_bytes,
+                               uint n_kv_heads, uint head_dim, uint page_size, uint n_slots,
+                               uint bits, global fkv_kv_t *kpool, global fkv_kv_t *vpool) {
+    size_t gid = get_global_id(0), per_unit = 2 * (size_t)page_size * head_dim;
+    size_t i = gid / per_unit, e = gid % per_unit;
+    if (i >= n_units)
+        return;
+    const global int *u = units + units_off + 4 * (first + i);
+    int slot = u[0], h = u[1];
+    uint j = (uint)u[2] - host_base;
+    if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads || j >= 8)
+        return;
+    const global uchar *host = j == 0   ? h0
+                               : j == 1 ? h1
+                               : j == 2 ? h2
+                               : j == 3 ? h3
+                               : j == 4 ? h4
+                               : j == 5 ? h5
+                               : j == 6 ? h6
+                                        : h7;
+    ulong lim = j == 0   ? size.s0
+                : j == 1 ? size.s1
+                : j == 2 ? size.s2
+                : j == 3 ? size.s3
+                : j == 4 ? size.s4
+                : j == 5 ? size.s5
+                : j == 6 ? size.s6
+                         : size.s7;
+    ulong off = (ulong)(uint)u[3] * elem_bytes;
+    if (off > lim || unit_bytes > lim - off)
+        return;
+    fkv_dequant_element(host + off, e, bits, page_size, head_dim, (size_t)slot, (size_t)h,
+                        n_kv_heads, kpool, vpool);
+}
+
 /* Paged decode attention with GQA: one work group per (sequence, KV head, block of `heads`
  * query heads, split) serves the block's query heads, so each K/V row is read once per block
  * (the whole group in one block unless local memory is too small: backends/check.c). Tokens

@@ -520,6 +520,7 @@ static const fkv_backend_ops opencl_ops = {
     .recall_mode = ocl_recall_mode,
     .opened_info = ocl_opened_info,
     .check_geometry = fkv_ocl_check_geometry,
+    .host_formats = fkv_ocl_host_formats,
     .set_option = ocl_set_option,
     .get_option = ocl_get_option,
     .counters = ocl_counters,

@@ -30,6 +30,9 @@ typedef enum ocl_kernel_id {
     K_ATTENTION,
     K_ATTENTION_REDUCE,
     K_SELECT,
+    K_QUANT_PACK,     /* host formats q8/q4 (common/hostfmt.h) */
+    K_DEQUANT_SCATTER,
+    K_DEQUANT_DIRECT,
     K_COUNT
 } ocl_kernel_id;
 
@@ -173,6 +176,7 @@ fkv_status fkv_ocl_set_source(fkv_bdev *d, const char *source);
 
 /* ---- kernels (ocl_kernels.c): launches of the ops ---- */
 fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q);
+uint32_t fkv_ocl_host_formats(fkv_bdev *dev);
 fkv_status fkv_ocl_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src,
                           size_t v_off, uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off,

@@ -115,6 +115,21 @@ static fkv_status select_plan(const launch_ctx *lc, size_t *w) {
     return FKV_OK;
 }
 
+/* The quantizing pack's local memory: (zero, scale) of the D key channel and P value token
+ * groups of its unit, in f32. */
+static size_t quant_local(const fkv_kv_geom *g) {
+    return 2 * ((size_t)g->head_dim + g->page_size) * sizeof(float);
+}
+
+static fkv_status quant_plan(const launch_ctx *lc, const fkv_kv_geom *g) {
+    if (g->host_format != FKV_HOST_SAME && quant_local(g) > local_avail(lc, K_QUANT_PACK))
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "opencl pack_hnd (host format %s): %zu bytes of local memory are more "
+                         "than the device has (" LOCAL_LIMIT ")",
+                         fkv_host_format_name(g->host_format), quant_local(g));
+    return FKV_OK;
+}
+
 /* ---- arguments and enqueue (the caller holds the queue's lock) ---- */
 
 static kargs args_of(const launch_ctx *lc, ocl_kernel_id id) {
@@ -406,6 +421,64 @@ fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     return st;
 }
 
+/* ---- quantized host formats (q8/q4, common/hostfmt.h): pack_hnd quantizes, scatter_hnd and
+ * recall_direct dequantize into the slot dtype ---- */
+
+/* One work group per (page, KV head) unit. */
+static fkv_status quant_pack(launch_ctx *lc, const fkv_kv_geom *g, const fkv_bbuf *kpool,
+                             const fkv_bbuf *vpool, uint32_t n_pages, const fkv_bbuf *gslots,
+                             size_t gslots_off, uint32_t n_slots, fkv_bbuf *dst, size_t dst_off,
+                             const fkv_deps *deps) {
+    fkv_status st = quant_plan(lc, g);
+    if (st != FKV_OK)
+        return st;
+    pthread_mutex_lock(&lc->kq->lock);
+    kargs a = args_of(lc, K_QUANT_PACK);
+    arg_mem(&a, kpool);
+    arg_mem(&a, vpool);
+    arg_mem(&a, gslots);
+    arg_u64(&a, gslots_off / 4);
+    arg_u32(&a, g->n_kv_heads);
+    arg_u32(&a, g->head_dim);
+    arg_u32(&a, g->page_size);
+    arg_u32(&a, n_slots);
+    arg_u32(&a, fkv_hostfmt_bits(g->host_format));
+    arg_mem(&a, dst);
+    arg_u64(&a, dst_off);
+    arg_local(&a, quant_local(g));
+    size_t local = wg_for(lc, K_QUANT_PACK, ELEMENTWISE_WG);
+    size_t global = (size_t)n_pages * g->n_kv_heads * local;
+    st = enqueue(lc, &a, 1, &global, &local, deps);
+    pthread_mutex_unlock(&lc->kq->lock);
+    return st;
+}
+
+/* One work item per element of the units. */
+static fkv_status dequant_scatter(launch_ctx *lc, const fkv_kv_geom *g, const fkv_bbuf *src,
+                                  size_t src_off, uint32_t n_units, const fkv_bbuf *units,
+                                  size_t units_off, uint32_t n_slots, fkv_bbuf *kpool,
+                                  fkv_bbuf *vpool, const fkv_deps *deps) {
+    pthread_mutex_lock(&lc->kq->lock);
+    kargs a = args_of(lc, K_DEQUANT_SCATTER);
+    arg_mem(&a, src);
+    arg_u64(&a, src_off);
+    arg_u64(&a, fkv_unit_bytes(g));
+    arg_u32(&a, n_units);
+    arg_mem(&a, units);
+    arg_u64(&a, units_off / 4);
+    arg_u32(&a, g->n_kv_heads);
+    arg_u32(&a, g->head_dim);
+    arg_u32(&a, g->page_size);
+    arg_u32(&a, n_slots);
+    arg_u32(&a, fkv_hostfmt_bits(g->host_format));
+    arg_mem(&a, kpool);
+    arg_mem(&a, vpool);
+    fkv_status st = enqueue_1d(lc, K_DEQUANT_SCATTER, &a,
+                               (size_t)n_units * 2 * g->page_size * g->head_dim, deps);
+    pthread_mutex_unlock(&lc->kq->lock);
+    return st;
+}
+
 /* Copy kernels move 16-byte words (the _V16 variants) when rows and offsets allow, else
  * single elements (backends/launch.h). */
 fkv_status fkv_ocl_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
@@ -419,6 +492,9 @@ fkv_status fkv_ocl_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
     uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
+    if (g->host_format != FKV_HOST_SAME)
+        return quant_pack(&lc, g, kpool, vpool, n_pages, gslots, gslots_off, n_slots, dst,
+                          dst_off, &deps);
     fkv_copy_words cw = fkv_pick_copy_words(g, dst_off, 0);
     ocl_kernel_id id = cw.word == 16 ? K_PACK_V16 : K_PACK;
     pthread_mutex_lock(&lc.kq->lock);
@@ -451,6 +527,9 @@ fkv_status fkv_ocl_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
+    if (g->host_format != FKV_HOST_SAME)
+        return dequant_scatter(&lc, g, src, src_off, n_units, units, units_off, n_slots, kpool,
+                               vpool, &deps);
     fkv_copy_words cw = fkv_pick_copy_words(g, src_off, 0);
     ocl_kernel_id id = cw.word == 16 ? K_SCATTER_V16 : K_SCATTER;
     pthread_mutex_lock(&lc.kq->lock);
@@ -499,8 +578,9 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
         offset_bits |= srcs[i].offset;
     if ((st = load(&lc, g)) != FKV_OK)
         return st;
+    int quantized = g->host_format != FKV_HOST_SAME;
     fkv_copy_words cw = fkv_pick_copy_words(g, offset_bits, 0);
-    ocl_kernel_id id = cw.word == 16 ? K_DIRECT_V16 : K_DIRECT;
+    ocl_kernel_id id = quantized ? K_DEQUANT_DIRECT : cw.word == 16 ? K_DIRECT_V16 : K_DIRECT;
     /* The groups of hosts that units read, each with its range of the table. */
     uint32_t last = fkv_direct_last_group(n_units, srcs), launched = 0;
     pthread_mutex_lock(&lc.kq->lock);
@@ -522,17 +602,29 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
         arg_mem(&a, units);
         arg_u64(&a, units_off / 4);
         arg_u32(&a, (uint32_t)fkv_dtype_size(g->dtype));
-        arg_u32(&a, g->n_kv_heads);
-        arg_u32(&a, cw.row_words);
-        arg_u32(&a, g->page_size);
-        arg_u32(&a, n_slots);
+        if (quantized) {
+            arg_u64(&a, fkv_unit_bytes(g));
+            arg_u32(&a, g->n_kv_heads);
+            arg_u32(&a, g->head_dim);
+            arg_u32(&a, g->page_size);
+            arg_u32(&a, n_slots);
+            arg_u32(&a, fkv_hostfmt_bits(g->host_format));
+        } else {
+            arg_u32(&a, g->n_kv_heads);
+            arg_u32(&a, cw.row_words);
+            arg_u32(&a, g->page_size);
+            arg_u32(&a, n_slots);
+        }
         arg_mem(&a, kpool);
         arg_mem(&a, vpool);
         /* In order on this queue: the first launch waits for deps, the last one's event
          * (the group of the last host a unit reads) completes after all of them. */
         fkv_deps kd = {launched ? 0 : deps.n_wait, launched ? NULL : deps.wait,
                        grp == last ? deps.done : NULL};
-        st = enqueue_rows(&lc, id, &a, (size_t)(hi - lo) * 2 * g->page_size, cw.row_words, &kd);
+        st = quantized ? enqueue_1d(&lc, id, &a,
+                                    (size_t)(hi - lo) * 2 * g->page_size * g->head_dim, &kd)
+                       : enqueue_rows(&lc, id, &a, (size_t)(hi - lo) * 2 * g->page_size,
+                                      cw.row_words, &kd);
         launched++;
     }
     pthread_mutex_unlock(&lc.kq->lock);
@@ -699,7 +791,7 @@ fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv
     lc.op = "attention";
     if ((st = attention_plan(&lc, g, &ap)) != FKV_OK ||
         (st = scores_plan(&lc, g, &sp)) != FKV_OK || (st = cosine_plan(&lc, &w)) != FKV_OK ||
-        (st = select_plan(&lc, &w)) != FKV_OK)
+        (st = select_plan(&lc, &w)) != FKV_OK || (st = quant_plan(&lc, g)) != FKV_OK)
         return st;
     /* split partials live in one scratch buffer per queue */
     for (uint32_t n = 1; n <= q->max_seqs; n++) {
@@ -714,4 +806,11 @@ fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv
                              (unsigned long long)need, n, (unsigned long long)dev->max_alloc);
     }
     return FKV_OK;
+}
+
+/* pack_hnd, scatter_hnd and recall_direct implement q8 and q4 (the kernels fkv_quant_pack,
+ * fkv_dequant_scatter, fkv_dequant_direct). */
+uint32_t fkv_ocl_host_formats(fkv_bdev *dev) {
+    (void)dev;
+    return 1u << FKV_HOST_SAME | 1u << FKV_HOST_Q8 | 1u << FKV_HOST_Q4;
 }

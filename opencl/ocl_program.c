@@ -23,6 +23,7 @@ const char *const fkv_ocl_kernel_names[K_COUNT] = {
     "fkv_pack_hnd",      "fkv_pack_hnd_v16",   "fkv_scatter_hnd",     "fkv_scatter_hnd_v16",
     "fkv_recall_direct", "fkv_recall_direct_v16", "fkv_attention",    "fkv_attention_reduce",
     "fkv_select_pages",
+    "fkv_quant_pack",    "fkv_dequant_scatter", "fkv_dequant_direct",
 };
 
 #define CACHE_MAGIC "FKVCLBIN1\n"

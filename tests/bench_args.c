@@ -98,6 +98,7 @@ static const bad_case bad_cases[] = {
     {{"--weights-mib", "-1"}, "--weights-mib"},
     {{"--weights-mib", "1e9"}, "--weights-mib"},
     {{"--dtype", "f8"}, "--dtype"},
+    {{"--host-format", "q2"}, "--host-format"},
     {{"--preset", "gpt-5"}, "--preset"},
     {{"--seed", "-1"}, "--seed"},
     {{"--csv", "/nonexistent-dir/x.csv"}, "--csv"},
@@ -226,6 +227,36 @@ Test(bench_args, tiny_run_writes_csv_and_json) {
         cr_expect_eq(count(json, counters[i]), results, "%s", counters[i]);
     remove("bench_args.csv");
     remove("bench_args.json");
+}
+
+/* The recall bytes per step of a sync run (its selections do not depend on timing) in a host
+ * format, from the JSON; the parameter line names the format. */
+static double recall_bytes(const char *format) {
+    char err[8192];
+    const char *args[] = {"--backend", "cpu", "--layers", "2", "--context", "900",
+                          "--policies", "sync", "--workload", "long-input", "--rounds", "2",
+                          "--steps", "2", "--weights-mib", "1", "--host-format", format,
+                          "--json", "bench_args_hf.json", NULL};
+    int rc = bench_capture(args, err, sizeof err);
+    cr_assert_eq(rc, 0, "exit %d: %s", rc, err);
+    char *json = slurp("bench_args_hf.json");
+    char want[64];
+    snprintf(want, sizeof want, "\"host_format\": \"%s\"", format);
+    cr_expect_eq(count(json, want), 1, "%s", json);
+    const char *at = strstr(json, "\"recall_bytes_per_step\": ");
+    cr_assert_not_null(at, "%s", json);
+    double bytes = strtod(at + strlen("\"recall_bytes_per_step\": "), NULL);
+    remove("bench_args_hf.json");
+    return bytes;
+}
+
+/* --host-format: the recalled bytes shrink exactly by the unit ratio of the layout (data and
+ * f16 scales together; the small preset: page 16, d 64, f16 units of 4096 bytes). */
+Test(bench_args, host_format_shrinks_recall_bytes_by_the_unit_ratio) {
+    double same = recall_bytes("same"), q8 = recall_bytes("q8"), q4 = recall_bytes("q4");
+    cr_assert_gt(same, 0);
+    cr_expect_float_eq(q8 / same, 2368.0 / 4096.0, 1e-12, "q8: %g of %g", q8, same);
+    cr_expect_float_eq(q4 / same, 1344.0 / 4096.0, 1e-12, "q4: %g of %g", q4, same);
 }
 
 /* --counters is the one flag without a value: anywhere on the line, it sets the option and

@@ -207,6 +207,16 @@ static void put_unit(naive *nv, const unsigned char *src, int32_t slot, int32_t 
     const fkv_kv_geom *g = &nv->s->g;
     size_t d = g->head_dim, p = g->page_size, re = (size_t)g->n_kv_heads * d;
     size_t es = fkv_dtype_size(g->dtype);
+    if (g->host_format != FKV_HOST_SAME) { /* the codec (pinned by test_hostfmt.c) per element */
+        for (size_t kv = 0; kv < 2; kv++)
+            for (uint32_t t = 0; t < p; t++)
+                for (uint32_t c = 0; c < d; c++)
+                    fkv_store(kv ? vp : kp, g->dtype,
+                              ((size_t)slot * p + t) * re + (size_t)head * d + c,
+                              fkv_hostfmt_load(g->host_format, g->page_size, g->head_dim, src,
+                                               (int)kv, t, c));
+        return;
+    }
     for (size_t kv = 0; kv < 2; kv++)
         for (size_t t = 0; t < p; t++)
             for (size_t c = 0; c < d; c++)
@@ -398,6 +408,16 @@ static void naive_call(naive *nv, const cf_call *c) {
     case CF_PACK: {
         const unsigned char *slots = at(nv, b[2]);
         size_t page = hk * 2 * p * d;
+        if (nv->s->g.host_format != FKV_HOST_SAME) { /* unit (i, h) quantized by the codec */
+            size_t ub = fkv_unit_bytes(&nv->s->g);
+            for (size_t i = 0; i < n; i++)
+                for (size_t h = 0; h < hk; h++)
+                    fkv_hostfmt_quantize(nv->s->g.host_format, (uint32_t)p, (uint32_t)d,
+                                         nv->m[b[0].arr], nv->m[b[1].arr], dt,
+                                         (size_t)i32(slots, i) * p * re + h * d, re,
+                                         at(nv, b[3]) + (i * hk + h) * ub);
+            break;
+        }
         for (size_t i = 0; i < n; i++)
             for (size_t h = 0; h < hk; h++)
                 for (size_t kv = 0; kv < 2; kv++)
@@ -415,7 +435,7 @@ static void naive_call(naive *nv, const cf_call *c) {
         for (size_t i = 0; i < n; i++) {
             const unsigned char *src;
             if (c->kind == CF_SCATTER) {
-                src = at(nv, b[0]) + i * 2 * p * d * es;
+                src = at(nv, b[0]) + i * fkv_unit_bytes(&nv->s->g);
             } else {
                 const fkv_direct_src *u = &s->units_src[c->first + i];
                 cf_ref host = u->host == 0 ? b[0] : b[3 + u->host]; /* hosts at b[0], b[4], b[5] */

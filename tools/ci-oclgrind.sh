@@ -60,7 +60,8 @@ printf '%s\n' "${tests[@]}" |
 
 # 3. conformance: every op case at one geometry and dtype set, guards and odd offsets included
 start=$SECONDS
-ops='append summarize pack_hnd scatter_hnd recall_direct attention attention_dense'
+ops='append summarize pack_hnd scatter_hnd recall_direct quantize dequantize dequantize_direct attention
+     attention_dense'
 filter="device,copies,write_regions,scores/,cosine_flags/$(printf ',%s/d64/g1/p16/' $ops)"
 if ! oclgrind "${opts[@]}" --log "$out/conformance.log" "$build/freekv-conformance" \
     --backend opencl --quick --require opencl --report-dir "$out/conformance" \

@@ -1011,6 +1011,7 @@ static const fkv_backend_ops vulkan_ops = {
     .recall_mode = vk_recall_mode,
     .opened_info = vk_opened_info,
     .check_geometry = fkv_vk_check_geometry,
+    .host_formats = fkv_vk_host_formats,
     .recall_note = vk_recall_note,
     .set_option = vk_set_option,
     .get_option = vk_get_option,

@@ -29,6 +29,7 @@ typedef enum vk_shader_id {
 #define S_ATTENTION_REDUCE S_attention_reduce
 #define S_SELECT S_select
 #define S_COPY S_copy0_w16 /* + mode * 4 + word variant (16, 4, 2, 1) */
+#define S_QUANT S_quant0_f32 /* + mode * 5 + dtype variant (host formats q8/q4) */
 
 extern const char *const fkv_vk_shader_names[S_COUNT];
 
@@ -328,6 +329,7 @@ fkv_status fkv_vk_pipeline(fkv_bdev *d, uint32_t shader, uint32_t wg, uint32_t s
 
 /* ---- kernels: launches of the ops (vk_kernels.c) ---- */
 fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_geom_query *q);
+uint32_t fkv_vk_host_formats(fkv_bdev *d);
 fkv_status fkv_vk_append(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *k_src, size_t k_off, const fkv_bbuf *v_src, size_t v_off,
                          uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off, fkv_bbuf *kpool,

@@ -291,13 +291,12 @@ static fkv_status grid_1d_fits(const fkv_bdev *d, const char *op, uint64_t items
     return FKV_OK;
 }
 
-static fkv_status run_1d(launch *L, uint32_t shader, uint64_t items, const fkv_deps *deps) {
-    uint32_t wg, gx, gy;
-    fkv_status st0 = grid_1d_fits(L->d, L->op, items, &wg, &gx, &gy);
-    if (st0 != FKV_OK)
-        return st0;
+/* One command: shader s (workgroup size wg, smem shared floats) over gx x gy workgroups, once
+ * per combination of windows. */
+static fkv_status run_groups(launch *L, uint32_t shader, uint32_t wg, uint32_t smem, uint32_t gx,
+                             uint32_t gy, const fkv_deps *deps) {
     VkPipeline p;
-    fkv_status st = fkv_vk_pipeline(L->d, shader, wg, 1, &p);
+    fkv_status st = fkv_vk_pipeline(L->d, shader, wg, smem, &p);
     vk_cmd c;
     if (st != FKV_OK || (st = fkv_vk_cmd_begin(L->d, L->q, 0, &c)) != FKV_OK)
         return st;
@@ -306,6 +305,14 @@ static fkv_status run_1d(launch *L, uint32_t shader, uint64_t items, const fkv_d
         return st;
     }
     return fkv_vk_cmd_submit(&c, deps, NULL);
+}
+
+static fkv_status run_1d(launch *L, uint32_t shader, uint64_t items, const fkv_deps *deps) {
+    uint32_t wg, gx, gy;
+    fkv_status st = grid_1d_fits(L->d, L->op, items, &wg, &gx, &gy);
+    if (st != FKV_OK)
+        return st;
+    return run_groups(L, shader, wg, 1, gx, gy, deps);
 }
 
 static uint32_t dtype_variant(const fkv_bdev *d, fkv_dtype t) {
@@ -581,6 +588,81 @@ static uint32_t copy_variant(const fkv_bdev *d, const fkv_copy_words *cw) {
     return cw->word == 16 ? 0 : cw->word == 4 ? 1 : d->s16 ? 2 : 3;
 }
 
+/* ---- quantized host formats (q8/q4, common/hostfmt.h; quant.comp): pack_hnd quantizes,
+ * scatter_hnd and recall_direct dequantize into the slot dtype ---- */
+
+/* The quantizing pack's shared memory: f16 (zero, scale) of the D + P groups of a unit, in
+ * 32-bit words. */
+static uint64_t quant_shared(const fkv_kv_geom *g) {
+    return 2 * ((uint64_t)g->head_dim + g->page_size) * 4;
+}
+
+static fkv_status quant_plan(const fkv_bdev *d, const fkv_kv_geom *g, uint64_t units) {
+    if (g->host_format == FKV_HOST_SAME)
+        return FKV_OK;
+    if (quant_shared(g) > d->max_shared)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan pack_hnd (host format %s): %llu bytes of shared memory, more "
+                         "than " SHARED_LIMIT " (%u)",
+                         fkv_host_format_name(g->host_format),
+                         (unsigned long long)quant_shared(g), d->max_shared);
+    uint32_t gx, gy;
+    grid_1d(d, units, 1, &gx, &gy);
+    if (gy > d->max_groups[1])
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan pack_hnd: %llu units in one call is too many",
+                         (unsigned long long)units);
+    return FKV_OK;
+}
+
+/* One workgroup per (page, KV head) unit; pools bound by the caller. */
+static fkv_status quant_pack(launch *L, const fkv_kv_geom *g, uint32_t n_pages,
+                             const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
+                             size_t dst_off, const fkv_deps *deps) {
+    uint64_t units = (uint64_t)n_pages * g->n_kv_heads;
+    fkv_status st = quant_plan(L->d, g, units);
+    if (st != FKV_OK ||
+        (st = bind_buf(L, 2, gslots, gslots_off, n_pages * 4ull, 4, &L->pc[2], "gslots")) !=
+            FKV_OK ||
+        (st = bind_buf(L, 3, dst, dst_off, units * fkv_unit_bytes(g), 1, &L->pc[0], "dst")) !=
+            FKV_OK)
+        return st;
+    L->pc[1] = n_pages;
+    L->pc[3] = g->n_kv_heads;
+    L->pc[4] = g->head_dim;
+    L->pc[5] = g->page_size;
+    L->pc[8] = fkv_hostfmt_bits(g->host_format);
+    uint32_t gx, gy;
+    grid_1d(L->d, units, 1, &gx, &gy); /* one workgroup per unit */
+    return run_groups(L, S_QUANT + dtype_variant(L->d, g->dtype), pick_wg(L->d, ELEMENTWISE_WG),
+                      (uint32_t)(quant_shared(g) / 4), gx, gy, deps);
+}
+
+/* One invocation per element of the units; pools bound by the caller. */
+static fkv_status dequant_scatter(launch *L, const fkv_kv_geom *g, const fkv_bbuf *src,
+                                  size_t src_off, uint32_t n_units, const fkv_bbuf *units,
+                                  size_t units_off, const fkv_deps *deps) {
+    uint64_t total = (uint64_t)n_units * 2 * g->page_size * g->head_dim;
+    fkv_status st;
+    if ((st = bind_buf(L, 2, units, units_off, n_units * 8ull, 4, &L->pc[2], "units")) !=
+            FKV_OK ||
+        (st = bind_buf(L, 3, src, src_off, n_units * fkv_unit_bytes(g), 1, &L->pc[0], "src")) !=
+            FKV_OK)
+        return st;
+    L->pc[1] = n_units;
+    L->pc[3] = g->n_kv_heads;
+    L->pc[4] = g->head_dim;
+    L->pc[5] = g->page_size;
+    L->pc[7] = (uint32_t)total; /* run_1d refuses more than 32 bits */
+    L->pc[8] = fkv_hostfmt_bits(g->host_format);
+    return run_1d(L, S_QUANT + 1 * 5 + dtype_variant(L->d, g->dtype), total, deps);
+}
+
+/* pack_hnd, scatter_hnd and recall_direct implement q8 and q4 (quant.comp). */
+uint32_t fkv_vk_host_formats(fkv_bdev *d) {
+    (void)d;
+    return 1u << FKV_HOST_SAME | 1u << FKV_HOST_Q8 | 1u << FKV_HOST_Q4;
+}
+
 fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                            const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
@@ -593,6 +675,8 @@ fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_
     uint32_t n_slots;
     if ((st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
+    if (g->host_format != FKV_HOST_SAME)
+        return quant_pack(&L, g, n_pages, gslots, gslots_off, dst, dst_off, &deps);
     fkv_copy_words cw = fkv_pick_copy_words(g, dst_off, 1);
     uint32_t variant = copy_variant(dev, &cw), row_words = cw.row_words;
     size_t word = cw.word;
@@ -622,6 +706,8 @@ fkv_status fkv_vk_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const f
     uint32_t n_slots;
     if ((st = bind_pools(&L, g, kpool, vpool, 0, 1, 9, 6, 1, &n_slots)) != FKV_OK)
         return st;
+    if (g->host_format != FKV_HOST_SAME)
+        return dequant_scatter(&L, g, src, src_off, n_units, units, units_off, &deps);
     fkv_copy_words cw = fkv_pick_copy_words(g, src_off, 1);
     uint32_t variant = copy_variant(dev, &cw), row_words = cw.row_words;
     size_t word = cw.word;
@@ -685,20 +771,25 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     /* window bases are multiples of dev->align: they count for the word too */
     fkv_copy_words cw = fkv_pick_copy_words(g, bits | dev->align, 1);
     uint32_t variant = copy_variant(dev, &cw), row_words = cw.row_words;
-    uint64_t unit_words = 2ull * g->page_size * row_words;
+    int quantized = g->host_format != FKV_HOST_SAME;
+    /* invocations per unit: one per word (copy.comp), one per element (quant.comp) */
+    uint64_t unit_words = 2ull * g->page_size * (quantized ? g->head_dim : row_words);
     if ((uint64_t)n_units * unit_words > UINT32_MAX)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan recall_direct: too much in one call");
     if ((st = bind_buf(&L, 2, units, units_off, (uint64_t)n_units * FKV_DIRECT_UNIT_INTS * 4, 4,
                        &L.pc[2], "units")) != FKV_OK)
         return st;
-    L.pc[0] = (uint32_t)(cw.word / es);
+    L.pc[0] = quantized ? (uint32_t)es | fkv_hostfmt_bits(g->host_format) << 8
+                        : (uint32_t)(cw.word / es);
     L.pc[3] = g->n_kv_heads;
-    L.pc[4] = row_words;
+    L.pc[4] = quantized ? g->head_dim : row_words;
     L.pc[5] = g->page_size;
     uint32_t wg = pick_wg(dev, ELEMENTWISE_WG);
+    uint32_t shader = quantized ? S_QUANT + 2 * 5 + dtype_variant(dev, g->dtype)
+                                : S_COPY + 2 * 4 + variant;
     VkPipeline p;
     vk_cmd c;
-    if ((st = fkv_vk_pipeline(dev, S_COPY + 2 * 4 + variant, wg, 1, &p)) != FKV_OK ||
+    if ((st = fkv_vk_pipeline(dev, shader, wg, 1, &p)) != FKV_OK ||
         (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
         return st;
     uint64_t n_dispatches = 0;
@@ -965,7 +1056,8 @@ fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_ge
                            &gx, &gy)) != FKV_OK ||
         (st = scores_plan(d, g, q->max_seqs, &sl)) != FKV_OK ||
         (st = cosine_plan(d, (uint64_t)q->max_seqs * g->n_kv_heads, &w)) != FKV_OK ||
-        (st = select_plan(d, (uint64_t)q->max_seqs * g->n_kv_heads, &w)) != FKV_OK)
+        (st = select_plan(d, (uint64_t)q->max_seqs * g->n_kv_heads, &w)) != FKV_OK ||
+        (st = quant_plan(d, g, g->n_kv_heads)) != FKV_OK)
         return st;
     uint64_t live = atomic_load(&d->live_allocs);
     if (q->allocations + live + TEMP_ALLOCS > d->max_allocs)

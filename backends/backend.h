@@ -318,8 +318,8 @@ typedef struct fkv_backend_ops {
      * srcs is the host-side copy of the same (host, offset) pairs, read during the call only
      * (for the checks and the launch plan: alignment, which hosts a launch binds); it is never
      * uploaded. Units of one host should be contiguous: a backend that binds at most
-     * FKV_DIRECT_HOSTS_PER_LAUNCH allocations per launch issues one launch per group over
-     * that group's unit range. NULL: FKV_ERR_UNSUPPORTED; such a device may claim neither
+     * FKV_DIRECT_HOSTS_PER_LAUNCH allocations per launch (HIP) issues one launch per group
+     * over that group's unit range; OpenCL and the CPU reference launch once. NULL: FKV_ERR_UNSUPPORTED; such a device may claim neither
      * FKV_CAP_ZERO_COPY_HOST nor the direct recall mode, so the core recalls staged. */
     fkv_status (*recall_direct)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 uint32_t n_hosts, const fkv_bhost *const *hosts, uint32_t n_units,

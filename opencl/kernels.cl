@@ -353,6 +353,23 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
     }
 }
 
+/* The bytes unit table entry u reads for zero-copy recall: host allocation u[2] of the
+ * launch's table (hosts[j]: the address of a fine-grained SVM allocation, hosts[n_hosts + j]:
+ * its bytes; the backend lists them with clSetKernelExecInfo; addresses, not pointers, as an
+ * OpenCL C 1.2 kernel takes no pointer to pointers), at element u[3] of elem_bytes; 0 when the
+ * index or the unit's unit_bytes fall outside it. One table serves any number of allocations:
+ * one launch. */
+const global uchar *direct_unit(const global ulong *hosts, uint n_hosts, const global int *u,
+                                uint elem_bytes, ulong unit_bytes) {
+    uint j = (uint)u[2];
+    if (j >= n_hosts)
+        return 0;
+    ulong lim = hosts[n_hosts + j], off = (ulong)(uint)u[3] * elem_bytes;
+    if (off > lim || unit_bytes > lim - off)
+        return 0;
+    return (const global uchar *)(hosts[j] + off);
+}
+
 /* Layout moves copy bits in words: fkv_bits_t (one element) or uint4 (16 bytes) when rows are
  * a multiple of 16 bytes and aligned. row_words = words per (token, head) row of d elements.
  * One flat range on dimension 0 (no per-dimension grid cap such as NVIDIA's 65535 in dim 1):
@@ -397,49 +414,29 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
         else                                                                                   \
             kpool[dst] = x;                                                                    \
     }                                                                                          \
-    /* Zero-copy recall of units [first, first + n_units) of the table, from up to eight host \
-     * allocations h0..h7 (SVM, hosts host_base..host_base+7, size[j] bytes each): unit i is  \
-     * units[4i..4i+3] = {slot, head, host, offset in elements}. Units of other hosts, and    \
-     * any that would read past their allocation, are skipped. */                             \
+    /* Zero-copy recall of units [0, n_units) of the table: unit i is units[4i..4i+3] = {slot, \
+     * head, host, offset in elements}, host an index into the launch's table of host          \
+     * allocations (direct_unit). Units that would read outside their allocation are skipped. */ \
     kernel void fkv_recall_direct##SFX(                                                        \
-        const global uchar *h0, const global uchar *h1, const global uchar *h2,                \
-        const global uchar *h3, const global uchar *h4, const global uchar *h5,                \
-        const global uchar *h6, const global uchar *h7, ulong8 size, uint host_base,           \
-        uint first, uint n_units, const global int *units, ulong units_off, uint elem_bytes,   \
+        const global ulong *hosts, uint n_hosts, uint n_units,                                 \
+        const global int *units, ulong units_off, uint elem_bytes,               \
         uint n_kv_heads, uint row_words, uint page_size, uint n_slots, global word_t *kpool,   \
         global word_t *vpool) {                                                                \
         size_t gid = get_global_id(0), w = gid % row_words, row = gid / row_words;             \
         size_t i = row / (2 * page_size), r = row % (2 * page_size);                           \
         if (i >= n_units)                                                                      \
             return;                                                                            \
-        const global int *u = units + units_off + 4 * (first + i);                             \
+        const global int *u = units + units_off + 4 * i;                                       \
         int slot = u[0], h = u[1];                                                             \
-        uint j = (uint)u[2] - host_base;                                                       \
-        if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads || j >= 8)     \
+        if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)               \
             return;                                                                            \
-        const global uchar *host = j == 0   ? h0                                               \
-                                   : j == 1 ? h1                                               \
-                                   : j == 2 ? h2                                               \
-                                   : j == 3 ? h3                                               \
-                                   : j == 4 ? h4                                               \
-                                   : j == 5 ? h5                                               \
-                                   : j == 6 ? h6                                               \
-                                            : h7;                                              \
-        ulong lim = j == 0   ? size.s0                                                         \
-                    : j == 1 ? size.s1                                                         \
-                    : j == 2 ? size.s2                                                         \
-                    : j == 3 ? size.s3                                                         \
-                    : j == 4 ? size.s4                                                         \
-                    : j == 5 ? size.s5                                                         \
-                    : j == 6 ? size.s6                                                         \
-                             : size.s7;                                                        \
-        ulong off = (ulong)(uint)u[3] * elem_bytes;                                            \
-        ulong unit_bytes = 2 * (ulong)page_size * row_words * sizeof(word_t);                  \
-        if (off > lim || unit_bytes > lim - off)                                               \
+        const global uchar *src = direct_unit(hosts, n_hosts, u, elem_bytes,                   \
+                                              2 * (ulong)page_size * row_words * sizeof(word_t)); \
+        if (src == 0)                                                                          \
             return;                                                                            \
         size_t kv = r / page_size, t = r % page_size;                                          \
         size_t dst = (((size_t)slot * page_size + t) * n_kv_heads + h) * row_words + w;        \
-        word_t x = ((const global word_t *)(host + off))[r * row_words + w];                   \
+        word_t x = ((const global word_t *)src)[r * row_words + w];                            \
         if (kv)                                                                                \
             vpool[dst] = x;                                                                    \
         else                                                                                   \
@@ -626,45 +623,24 @@ kernel void fkv_dequant_scatter(const global uchar *src, ulong src_off, ulong un
 }
 
 /* Dequantizing zero-copy recall (recall_direct from q8/q4 units): as fkv_recall_direct (units
- * [first, first + n_units) of the table, hosts host_base..host_base+7), one work item per
- * element. */
-kernel void fkv_dequant_direct(const global uchar *h0, const global uchar *h1,
-                               const global uchar *h2, const global uchar *h3,
-                               const global uchar *h4, const global uchar *h5,
-                               const global uchar *h6, const global uchar *h7, ulong8 size,
-                               uint host_base, uint first, uint n_units, const global int *units,
-                               ulong units_off, uint elem_bytes, ulong unit_bytes,
-                               uint n_kv_heads, uint head_dim, uint page_size, uint n_slots,
-                               uint bits, global fkv_kv_t *kpool, global fkv_kv_t *vpool) {
+ * [0, n_units) of the table, hosts through direct_unit), one work item per element. */
+kernel void fkv_dequant_direct(const global ulong *hosts, uint n_hosts, uint n_units,
+                               const global int *units, ulong units_off, uint elem_bytes,
+                               ulong unit_bytes, uint n_kv_heads, uint head_dim, uint page_size,
+                               uint n_slots, uint bits, global fkv_kv_t *kpool,
+                               global fkv_kv_t *vpool) {
     size_t gid = get_global_id(0), per_unit = 2 * (size_t)page_size * head_dim;
     size_t i = gid / per_unit, e = gid % per_unit;
     if (i >= n_units)
         return;
-    const global int *u = units + units_off + 4 * (first + i);
+    const global int *u = units + units_off + 4 * i;
     int slot = u[0], h = u[1];
-    uint j = (uint)u[2] - host_base;
-    if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads || j >= 8)
+    if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)
         return;
-    const global uchar *host = j == 0   ? h0
-                               : j == 1 ? h1
-                               : j == 2 ? h2
-                               : j == 3 ? h3
-                               : j == 4 ? h4
-                               : j == 5 ? h5
-                               : j == 6 ? h6
-                                        : h7;
-    ulong lim = j == 0   ? size.s0
-                : j == 1 ? size.s1
-                : j == 2 ? size.s2
-                : j == 3 ? size.s3
-                : j == 4 ? size.s4
-                : j == 5 ? size.s5
-                : j == 6 ? size.s6
-                         : size.s7;
-    ulong off = (ulong)(uint)u[3] * elem_bytes;
-    if (off > lim || unit_bytes > lim - off)
+    const global uchar *src = direct_unit(hosts, n_hosts, u, elem_bytes, unit_bytes);
+    if (src == 0)
         return;
-    fkv_dequant_element(host + off, e, bits, page_size, head_dim, (size_t)slot, (size_t)h,
+    fkv_dequant_element(src, e, bits, page_size, head_dim, (size_t)slot, (size_t)h,
                         n_kv_heads, kpool, vpool);
 }
 

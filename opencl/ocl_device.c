@@ -225,6 +225,13 @@ static void ocl_device_close(fkv_bdev *d) {
     for (int k = 0; k < OCL_KQ_COUNT; k++) {
         if (d->kq[k].partials)
             clReleaseMemObject(d->kq[k].partials);
+        for (int t = 0; t < OCL_HOST_TABLES; t++) { /* the queues are finished */
+            ocl_host_table *ht = &d->kq[k].tables[t];
+            if (ht->last)
+                clReleaseEvent(ht->last);
+            if (ht->mem)
+                clSVMFree(d->context, ht->mem);
+        }
         pthread_mutex_destroy(&d->kq[k].lock);
     }
     for (int q = 0; q < FKV_QUEUE_COUNT; q++) /* the engine's compute queue stays its own */

@@ -53,11 +53,24 @@ typedef struct ocl_program {
     cl_ulong local_used[K_COUNT];  /* CL_KERNEL_LOCAL_MEM_SIZE (static local memory) */
 } ocl_program;
 
+/* A zero-copy recall's table of host allocations (fine-grained SVM: the host fills it, the
+ * kernel reads it, no copy command): n addresses and n sizes (cl_ulong), then the n pointers
+ * again for clSetKernelExecInfo. `last` is the
+ * launch that read it last; it is refilled once that completed. */
+typedef struct ocl_host_table {
+    void *mem;
+    size_t cap; /* bytes */
+    cl_event last;
+} ocl_host_table;
+enum { OCL_HOST_TABLES = 4 }; /* a ring: the one refilled is four recalls old */
+
 /* Per kernel queue state, guarded by `lock`: kernel arguments, scratch buffers. */
 typedef struct ocl_kqueue {
     pthread_mutex_t lock;
     cl_mem partials; /* split attention partial results */
     size_t partials_size;
+    ocl_host_table tables[OCL_HOST_TABLES];
+    uint32_t next_table;
 } ocl_kqueue;
 
 struct fkv_bdev {

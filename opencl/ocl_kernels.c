@@ -550,19 +550,54 @@ fkv_status fkv_ocl_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     return st;
 }
 
-/* One launch binds FKV_DIRECT_HOSTS_PER_LAUNCH host allocations as SVM kernel arguments (an
- * SVM pointer stored in a buffer would need every allocation listed with
- * clSetKernelExecInfo on each launch, and a table write): calls over more hosts launch once
- * per group of them, each over the table range that holds the group's units (the recall
- * engine groups units by host, so the ranges do not overlap). The unit table is the caller's
- * device buffer: nothing is written here. */
+/* The next table of the queue's ring, once the launch that read it last completed (asked
+ * first: it is four recalls old; a host wait only when the device is that far behind), with
+ * room for n hosts. Growing frees the old table: nothing reads it any more. */
+static fkv_status host_table(fkv_bdev *d, ocl_kqueue *kq, uint32_t n, ocl_host_table **out) {
+    ocl_host_table *t = &kq->tables[kq->next_table++ % OCL_HOST_TABLES];
+    if (t->last) {
+        cl_int status = CL_QUEUED;
+        if (clGetEventInfo(t->last, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status,
+                           NULL) != CL_SUCCESS ||
+            status > CL_COMPLETE) {
+            fkv_count_wait(&d->counters);
+            clWaitForEvents(1, &t->last); /* its failure was the recall's to report */
+        }
+        clReleaseEvent(t->last);
+        t->last = NULL;
+    }
+    size_t per_host = 2 * sizeof(cl_ulong) + sizeof(void *), need = (size_t)n * per_host;
+    if (t->cap < need) {
+        /* room for 256 allocations (2 GiB of host pool) from the start: a recall's count
+         * grows with the context, and growing later would allocate in steady state */
+        size_t cap = need > 2 * t->cap ? need : 2 * t->cap;
+        if (cap < 256 * per_host)
+            cap = 256 * per_host;
+        void *mem = clSVMAlloc(d->context, CL_MEM_READ_ONLY | CL_MEM_SVM_FINE_GRAIN_BUFFER, cap,
+                               0);
+        if (mem == NULL)
+            return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
+                             "opencl recall_direct: clSVMAlloc of a %zu-byte host table", cap);
+        fkv_count_host_alloc(&d->counters);
+        if (t->mem)
+            clSVMFree(d->context, t->mem);
+        t->mem = mem;
+        t->cap = cap;
+    }
+    *out = t;
+    return FKV_OK;
+}
+
+/* One launch whatever the number of host allocations: their SVM pointers and sizes go into a
+ * host table the kernel reads (fine-grained SVM, filled by the host: no copy command), and
+ * clSetKernelExecInfo lists them, as pointers the kernel reaches through memory must be. The
+ * unit table is the caller's device buffer: nothing is written to the device here. */
 fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                  uint32_t n_hosts, const fkv_bhost *const *hosts,
                                  uint32_t n_units, const fkv_direct_src *srcs,
                                  const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
                                  fkv_bbuf *vpool) {
     const char *op = "recall_direct";
-    enum { K = FKV_DIRECT_HOSTS_PER_LAUNCH };
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
     fkv_status st;
@@ -581,51 +616,60 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
     int quantized = g->host_format != FKV_HOST_SAME;
     fkv_copy_words cw = fkv_pick_copy_words(g, offset_bits, 0);
     ocl_kernel_id id = quantized ? K_DEQUANT_DIRECT : cw.word == 16 ? K_DIRECT_V16 : K_DIRECT;
-    /* The groups of hosts that units read, each with its range of the table. */
-    uint32_t last = fkv_direct_last_group(n_units, srcs), launched = 0;
     pthread_mutex_lock(&lc.kq->lock);
-    for (uint32_t grp = 0; grp <= last && st == FKV_OK; grp++) {
-        uint32_t base = grp * K, lo, hi;
-        if (!fkv_direct_group_range(grp, n_units, srcs, &lo, &hi))
-            continue; /* no unit reads these hosts */
-        kargs a = args_of(&lc, id);
-        cl_ulong8 size;
-        for (uint32_t j = 0; j < K; j++) {
-            const fkv_bhost *hj = base + j < n_hosts ? hosts[base + j] : NULL;
-            arg_svm(&a, hj ? hj->ptr : hosts[base]->ptr);
-            size.s[j] = hj ? hj->desc.size : 0;
+    ocl_host_table *t = NULL;
+    st = host_table(dev, lc.kq, n_hosts, &t);
+    if (st != FKV_OK) {
+        pthread_mutex_unlock(&lc.kq->lock);
+        return st;
+    }
+    cl_ulong *addr = t->mem; /* n addresses, then n sizes */
+    void **ptrs = (void **)(addr + 2 * (size_t)n_hosts); /* clSetKernelExecInfo's list */
+    for (uint32_t h = 0; h < n_hosts; h++) {
+        addr[h] = (cl_ulong)(uintptr_t)hosts[h]->ptr;
+        addr[n_hosts + h] = hosts[h]->desc.size;
+        ptrs[h] = hosts[h]->ptr;
+    }
+    kargs a = args_of(&lc, id);
+    cl_int err = clSetKernelExecInfo(a.k, CL_KERNEL_EXEC_INFO_SVM_PTRS,
+                                     n_hosts * sizeof(void *), ptrs);
+    if (err != CL_SUCCESS) {
+        pthread_mutex_unlock(&lc.kq->lock);
+        return fkv_ocl_fail(err, 0, "clSetKernelExecInfo (recall_direct's host allocations)");
+    }
+    arg_svm(&a, addr);
+    arg_u32(&a, n_hosts);
+    arg_u32(&a, n_units);
+    arg_mem(&a, units);
+    arg_u64(&a, units_off / 4);
+    arg_u32(&a, (uint32_t)fkv_dtype_size(g->dtype));
+    if (quantized) {
+        arg_u64(&a, fkv_unit_bytes(g));
+        arg_u32(&a, g->n_kv_heads);
+        arg_u32(&a, g->head_dim);
+        arg_u32(&a, g->page_size);
+        arg_u32(&a, n_slots);
+        arg_u32(&a, fkv_hostfmt_bits(g->host_format));
+    } else {
+        arg_u32(&a, g->n_kv_heads);
+        arg_u32(&a, cw.row_words);
+        arg_u32(&a, g->page_size);
+        arg_u32(&a, n_slots);
+    }
+    arg_mem(&a, kpool);
+    arg_mem(&a, vpool);
+    fkv_bevent *ev = NULL;
+    fkv_deps kd = {deps.n_wait, deps.wait, &ev};
+    st = quantized ? enqueue_1d(&lc, id, &a, (size_t)n_units * 2 * g->page_size * g->head_dim,
+                                &kd)
+                   : enqueue_rows(&lc, id, &a, (size_t)n_units * 2 * g->page_size,
+                                  cw.row_words, &kd);
+    if (st == FKV_OK) { /* the table's reader, and the caller's event when asked */
+        t->last = (cl_event)(void *)ev;
+        if (deps.done) {
+            clRetainEvent(t->last);
+            *deps.done = ev;
         }
-        arg(&a, sizeof size, &size);
-        arg_u32(&a, base);
-        arg_u32(&a, lo);
-        arg_u32(&a, hi - lo);
-        arg_mem(&a, units);
-        arg_u64(&a, units_off / 4);
-        arg_u32(&a, (uint32_t)fkv_dtype_size(g->dtype));
-        if (quantized) {
-            arg_u64(&a, fkv_unit_bytes(g));
-            arg_u32(&a, g->n_kv_heads);
-            arg_u32(&a, g->head_dim);
-            arg_u32(&a, g->page_size);
-            arg_u32(&a, n_slots);
-            arg_u32(&a, fkv_hostfmt_bits(g->host_format));
-        } else {
-            arg_u32(&a, g->n_kv_heads);
-            arg_u32(&a, cw.row_words);
-            arg_u32(&a, g->page_size);
-            arg_u32(&a, n_slots);
-        }
-        arg_mem(&a, kpool);
-        arg_mem(&a, vpool);
-        /* In order on this queue: the first launch waits for deps, the last one's event
-         * (the group of the last host a unit reads) completes after all of them. */
-        fkv_deps kd = {launched ? 0 : deps.n_wait, launched ? NULL : deps.wait,
-                       grp == last ? deps.done : NULL};
-        st = quantized ? enqueue_1d(&lc, id, &a,
-                                    (size_t)(hi - lo) * 2 * g->page_size * g->head_dim, &kd)
-                       : enqueue_rows(&lc, id, &a, (size_t)(hi - lo) * 2 * g->page_size,
-                                      cw.row_words, &kd);
-        launched++;
     }
     pthread_mutex_unlock(&lc.kq->lock);
     return st;

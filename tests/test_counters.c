@@ -292,6 +292,84 @@ static void check_attention(const char *backend) {
     fkv_device_close(dev);
 }
 
+/* #11: a zero-copy recall is one launch however many host allocations its units come from
+ * (50 here, one unit each, every unit checked in place): the CPU reference and OpenCL (a table
+ * of SVM addresses the host fills, read by the kernel). Vulkan still binds a few host windows
+ * per launch and HIP eight pointers (docs/bench.md). */
+static void check_direct_over_many_hosts(const char *backend, const char *mode_var,
+                                         const char *mode) {
+    fkv_device_close(open_device(backend)); /* skips without the backend or its device */
+    setenv(mode_var, mode, 1);
+    fkv_device *dev = NULL;
+    cr_assert_eq(fkv_device_open(backend, NULL, &dev), FKV_OK, "%s", fkv_last_error());
+    unsetenv(mode_var);
+    cr_assert_eq(fkv_op_recall_mode(dev), FKV_RECALL_DIRECT, "%s: not in direct mode", backend);
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 1, .head_dim = 16, .page_size = 4,
+                     .dtype = FKV_F32};
+    enum { HOSTS = 50 };
+    size_t unit = fkv_unit_bytes(&g), slot = fkv_slot_bytes(&g);
+    fkv_bhost *hosts[HOSTS];
+    fkv_direct_src srcs[HOSTS];
+    int32_t table[4 * HOSTS];
+    for (uint32_t i = 0; i < HOSTS; i++) {
+        void *ptr;
+        cr_assert_eq(fkv_op_host_alloc(dev, 2 * unit, &hosts[i], &ptr), FKV_OK, "%s",
+                     fkv_last_error());
+        float *x = ptr;
+        for (size_t e = 0; e < 2 * unit / sizeof(float); e++)
+            x[e] = (float)(i * 1000 + e);
+        /* unit i: the second unit of host i into slot i, KV head i % 2 */
+        srcs[i] = (fkv_direct_src){.host = i, .offset = unit};
+        table[4 * i] = (int32_t)i, table[4 * i + 1] = (int32_t)(i % 2);
+        table[4 * i + 2] = (int32_t)i, table[4 * i + 3] = (int32_t)(unit / sizeof(float));
+    }
+    fkv_bbuf *units = NULL, *kp = NULL, *vp = NULL;
+    cr_assert_eq(fkv_op_buffer_alloc(dev, sizeof table, &units), FKV_OK);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, HOSTS * slot, &kp), FKV_OK);
+    cr_assert_eq(fkv_op_buffer_alloc(dev, HOSTS * slot, &vp), FKV_OK);
+    cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_COMPUTE, no_deps, units, 0, table, sizeof table),
+                 FKV_OK);
+    cr_assert_eq(fkv_op_finish(dev, FKV_QUEUE_COMPUTE), FKV_OK);
+    fkv_counters a = snap(dev);
+    cr_assert_eq(fkv_op_recall_direct(dev, FKV_QUEUE_COMPUTE, no_deps, &g, HOSTS,
+                                      (const fkv_bhost *const *)hosts, HOSTS, srcs, units, 0,
+                                      kp, vp),
+                 FKV_OK, "%s: %s", backend, fkv_last_error());
+    cr_assert_eq(fkv_op_finish(dev, FKV_QUEUE_COMPUTE), FKV_OK, "%s", fkv_last_error());
+    fkv_counters b = snap(dev);
+    fkv_counters d = diff(&b, &a);
+    totals t = total(&d);
+    cr_expect_eq(t.launches, 1, "%s: %llu launches over %d host allocations", backend,
+                 (unsigned long long)t.launches, HOSTS);
+    cr_expect_eq(t.copies, 0, "%s: copies", backend);
+    float *k = malloc(HOSTS * slot), *v = malloc(HOSTS * slot);
+    cr_assert(k && v);
+    cr_assert_eq(fkv_op_read(dev, FKV_QUEUE_COMPUTE, no_deps, kp, 0, k, HOSTS * slot), FKV_OK);
+    cr_assert_eq(fkv_op_read(dev, FKV_QUEUE_COMPUTE, no_deps, vp, 0, v, HOSTS * slot), FKV_OK);
+    cr_assert_eq(fkv_op_finish(dev, FKV_QUEUE_COMPUTE), FKV_OK);
+    size_t pd = (size_t)g.page_size * g.head_dim;
+    for (uint32_t i = 0; i < HOSTS; i++) /* slot i, token t, head i % 2: [K|V][t][c] of the unit */
+        for (uint32_t tk = 0; tk < g.page_size; tk++)
+            for (uint32_t c = 0; c < g.head_dim; c++) {
+                size_t at = (((size_t)i * g.page_size + tk) * g.n_kv_heads + i % 2) * g.head_dim + c;
+                float base = (float)(i * 1000 + unit / sizeof(float) + tk * g.head_dim + c);
+                cr_assert_eq(k[at], base, "%s: unit %u K[%u][%u]", backend, i, tk, c);
+                cr_assert_eq(v[at], base + (float)pd, "%s: unit %u V[%u][%u]", backend, i, tk, c);
+            }
+    free(k), free(v);
+    fkv_op_buffer_free(dev, units), fkv_op_buffer_free(dev, kp), fkv_op_buffer_free(dev, vp);
+    for (uint32_t i = 0; i < HOSTS; i++)
+        fkv_op_host_free(dev, hosts[i]);
+    fkv_device_close(dev);
+}
+
+Test(cpu, direct_recall_is_one_launch_over_fifty_hosts) {
+    check_direct_over_many_hosts("cpu", "FREEKV_CPU_RECALL", "direct");
+}
+Test(opencl, direct_recall_is_one_launch_over_fifty_hosts) {
+    check_direct_over_many_hosts("opencl", "FREEKV_OPENCL_RECALL", "svm");
+}
+
 /* A freekv decode loop: its speculative worker's host waits count as the worker's (the
  * worker thread marks itself), and the caller's as the caller's. */
 static void check_decode_roles(const char *backend) {

@@ -4,9 +4,10 @@
  * version below 1.2 and queue families that do not exist or cannot compute; freekv opened on
  * the engine's device destroys none of its objects (the engine submits and waits on it after
  * fkv_device_close); fkv_device_get_native of a device freekv opened hands out its objects and
- * a queue lock an engine can submit under; and fkv_decode_layer_sync waits on the device for the
- * engine's timeline value: with q/k/v written and the value signalled by another thread 50 ms
- * into the call, every output is bit for bit the host-tensor path's. With
+ * a queue lock an engine can submit under; and fkv_prefill_sync and fkv_decode_layer_sync wait
+ * on the device for the engine's timeline value: with the prompt's k/v and q_last, or q/k/v,
+ * written and the value signalled by another thread 50 ms into the call, every output is bit
+ * for bit the host-tensor path's. With
  * FREEKV_VULKAN_VALIDATION=1 the engine's instance runs the Khronos validation layer and any
  * error or warning fails the test. Without a Vulkan 1.2 device every test is skipped (fails
  * when FREEKV_REQUIRE_DEVICES names vulkan). */
@@ -216,6 +217,7 @@ typedef struct gate {
     engine *e;
     const float *src[3];
     void *dst[3];
+    uint32_t n; /* tokens of k and v */
     uint64_t value;
 } gate;
 
@@ -224,7 +226,7 @@ static void *upload_later(void *arg) {
     struct timespec ts = {0, 50 * 1000 * 1000};
     nanosleep(&ts, NULL);
     for (int b = B_Q; b <= B_V; b++)
-        memcpy(g->dst[b], g->src[b], b == B_Q ? g->e->q_bytes : g->e->kv_bytes);
+        memcpy(g->dst[b], g->src[b], b == B_Q ? g->e->q_bytes : g->n * g->e->kv_bytes);
     VkSemaphoreSignalInfo si = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_SIGNAL_INFO,
                                 .semaphore = g->e->timeline,
                                 .value = g->value};
@@ -234,11 +236,25 @@ static void *upload_later(void *arg) {
 
 static void *mapped[3]; /* the engine's q/k/v buffers, for upload_later */
 
+/* engine_vulkan.h's prefill of a layer with the upload from another thread, 50 ms into
+ * freekv's call. */
+static int gated_prefill(void *user, fkv_context *ctx, uint32_t layer, uint32_t n,
+                         const float *k, const float *v, const float *q_last) {
+    engine *e = user;
+    gate g = {.e = e, .src = {q_last, k, v}, .dst = {mapped[0], mapped[1], mapped[2]}, .n = n,
+              .value = ++e->value};
+    pthread_t t;
+    pthread_create(&t, NULL, upload_later, &g);
+    int rc = engine_prefill(e, ctx, layer, n, g.value);
+    pthread_join(t, NULL);
+    return rc;
+}
+
 /* engine_vulkan.h's layer with the upload from another thread, 50 ms into freekv's call. */
 static int gated_layer(void *user, fkv_context *ctx, uint32_t layer, const float *q,
                        const float *k, const float *v, float *out) {
     engine *e = user;
-    gate g = {.e = e, .src = {q, k, v}, .dst = {mapped[0], mapped[1], mapped[2]},
+    gate g = {.e = e, .src = {q, k, v}, .dst = {mapped[0], mapped[1], mapped[2]}, .n = 1,
               .value = ++e->value};
     uint64_t written;
     pthread_t t;
@@ -265,8 +281,9 @@ static void map_engine_buffers(void) {
                      VK_SUCCESS);
 }
 
-/* The examples' loop on the engine's device, through `decode`. */
-static void run_engine(ex_decode_fn decode, uint32_t steps, ex_result *res, int map) {
+/* The examples' loop on the engine's device, through `prefill` and `decode`. */
+static void run_engine(ex_prefill_fn prefill, ex_decode_fn decode, uint32_t steps,
+                       ex_result *res, int map) {
     start_engine(ENGINE_TIMELINE | ENGINE_16BIT);
     fkv_native_objects objs = engine_objects(&eng, &features);
     fkv_device *dev;
@@ -278,7 +295,7 @@ static void run_engine(ex_decode_fn decode, uint32_t steps, ex_result *res, int 
     cr_assert_eq(create_objects(&eng, dev, &cfg), 0);
     if (map)
         map_engine_buffers();
-    cr_assert_eq(ex_run("interop_vulkan", dev, decode, &eng, &cfg, ctx, steps, res), 0);
+    cr_assert_eq(ex_run("interop_vulkan", dev, prefill, decode, &eng, &cfg, ctx, steps, res), 0);
     for (int b = B_Q; b <= B_OUT; b++)
         fkv_buffer_release(eng.fbufs[b]);
     fkv_context_destroy(ctx);
@@ -294,8 +311,21 @@ Test(interop_vulkan, waits_for_the_engines_timeline_value) {
     if (validation_wanted())
         cr_skip_test("host signal from another thread: the validation layer's known deadlock");
     ex_result res;
-    run_engine(gated_layer, 3, &res, 1);
+    run_engine(prefill_layer, gated_layer, 3, &res, 1);
     cr_assert_eq(res.calls, 12);
+    cr_assert_eq(res.differ, 0, "outputs bit for bit those of the host-tensor path");
+}
+
+/* The same for the prompt: its k/v and q_last written (host-visible device memory) and the
+ * value signalled 50 ms into each fkv_prefill_sync; a prefill that read them before the value
+ * would hold the previous layer's prompt (or nothing), and the decode outputs, which attend to
+ * it, would differ. Skipped under the validation layer, as above. */
+Test(interop_vulkan, prefill_waits_for_the_engines_timeline_value) {
+    if (validation_wanted())
+        cr_skip_test("host signal from another thread: the validation layer's known deadlock");
+    ex_result res;
+    run_engine(gated_prefill, decode_layer, 2, &res, 1);
+    cr_assert_eq(res.calls, 8);
     cr_assert_eq(res.differ, 0, "outputs bit for bit those of the host-tensor path");
 }
 
@@ -304,7 +334,7 @@ Test(interop_vulkan, waits_for_the_engines_timeline_value) {
 
 Test(interop_vulkan, host_waits_per_layer) {
     ex_result res;
-    run_engine(decode_layer, 8, &res, 0);
+    run_engine(prefill_layer, decode_layer, 8, &res, 0);
     cr_assert_eq(res.differ, 0);
     cr_assert_leq(res.max_waits, WAITS_PER_LAYER, "%llu host waits in one layer call",
                   (unsigned long long)res.max_waits);

@@ -9,7 +9,7 @@
 #include "../common/error.h"
 #include "attention.h"
 #include "correction.h"
-#include "interop.h"
+#include "decode.h"
 #include "offload.h"
 #include "retrieval.h"
 #include "speculative.h"

@@ -5,7 +5,8 @@
 #include <stdlib.h>
 
 #include "../common/error.h"
-#include "interop.h"
+#include "decode.h"
+#include "prefill.h"
 
 /* sync's events imported into *es (all zero for NULL sync, or no waits and no signal: the
  * plain call); checked before any work of the call. On failure nothing is left imported. */

@@ -6,8 +6,8 @@
 #include <string.h>
 
 #include "../common/error.h"
-#include "interop.h"
 #include "offload.h"
+#include "prefill.h"
 #include "retrieval.h"
 #include "speculative.h"
 

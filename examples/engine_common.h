@@ -101,6 +101,16 @@ static inline void ex_fill(float *x, size_t n, uint32_t stream) {
     }
 }
 
+/* fkv_prefill_sync of sequence 0's layer `layer` (n tokens) from the engine's buffers, after
+ * its event `wait`, with freekv's signal into *done: what each engine's prefill hands freekv. */
+static inline fkv_status ex_prefill_sync(fkv_context *ctx, uint32_t layer, uint32_t n,
+                                         fkv_buffer *k, fkv_buffer *v, fkv_buffer *q_last,
+                                         fkv_native_event wait, fkv_native_event *done) {
+    fkv_tensor tk = {.buffer = k}, tv = {.buffer = v}, tq = {.buffer = q_last};
+    fkv_external_sync sync = {.n_wait = 1, .wait = &wait, .signal = done};
+    return fkv_prefill_sync(ctx, 0, layer, n, &tk, &tv, &tq, &sync);
+}
+
 /* Prompt of n tokens into layer l of ctx, the engine's way (prefill; NULL: from the host),
  * and of ref from the host. */
 static inline int ex_prefill(ex_prefill_fn prefill, void *engine, fkv_context *ctx,

@@ -47,11 +47,9 @@ static int prefill_layer(void *user, fkv_context *ctx, uint32_t layer, uint32_t 
     engine *e = user;
     if (engine_write(e, q_last, k, v, n))
         return 1;
-    fkv_tensor tq = {.buffer = e->fbufs[B_Q]}, tk = {.buffer = e->fbufs[B_K]};
-    fkv_tensor tv = {.buffer = e->fbufs[B_V]};
-    fkv_native_event wait = {.handle = e->ready}, done = {.handle = e->written};
-    fkv_external_sync sync = {.n_wait = 1, .wait = &wait, .signal = &done};
-    EX_CHECK(fkv_prefill_sync(ctx, 0, layer, n, &tk, &tv, &tq, &sync));
+    fkv_native_event done = {.handle = e->written};
+    EX_CHECK(ex_prefill_sync(ctx, layer, n, e->fbufs[B_K], e->fbufs[B_V], e->fbufs[B_Q],
+                             (fkv_native_event){.handle = e->ready}, &done));
     return 0;
 }
 

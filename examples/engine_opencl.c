@@ -53,11 +53,10 @@ static int prefill_layer(void *user, fkv_context *ctx, uint32_t layer, uint32_t 
     cl_event ready;
     if (engine_write(e, q_last, k, v, n, &ready))
         return 1;
-    fkv_tensor tq = {.buffer = e->fq}, tk = {.buffer = e->fk}, tv = {.buffer = e->fv};
-    fkv_native_event wait = {.handle = ready}, done = {0};
-    fkv_external_sync sync = {.n_wait = 1, .wait = &wait, .signal = &done};
-    fkv_status st = fkv_prefill_sync(ctx, 0, layer, n, &tk, &tv, &tq, &sync);
-    clReleaseEvent(ready);
+    fkv_native_event done = {0};
+    fkv_status st = ex_prefill_sync(ctx, layer, n, e->fk, e->fv, e->fq,
+                                    (fkv_native_event){.handle = ready}, &done);
+    clReleaseEvent(ready); /* freekv's commands hold what they need */
     EX_CHECK(st);
     e->freekv_done = done.handle; /* the next writes into k/v/q wait for it */
     return 0;

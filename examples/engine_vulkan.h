@@ -52,9 +52,18 @@ static void unlock_queue(void *user, void *queue) {
     pthread_mutex_unlock(&((engine *)user)->queue_lock);
 }
 
-/* One command buffer on the engine's queue after `wait` of its timeline (0: none), signalling
- * `signal`. */
-static int submit(engine *e, VkCommandBuffer cb, uint64_t wait, uint64_t signal) {
+/* A timeline semaphore of dev (value 0). */
+static VkResult create_timeline(VkDevice dev, VkSemaphore *out) {
+    VkSemaphoreTypeCreateInfo ti = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
+                                    .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE};
+    VkSemaphoreCreateInfo si = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO, .pNext = &ti};
+    return vkCreateSemaphore(dev, &si, NULL, out);
+}
+
+/* One command buffer (VK_NULL_HANDLE: none) on the engine's queue after `wait` of its timeline
+ * (0: none), signalling `signal` of the timeline semaphore `sem`. */
+static int submit_to(engine *e, VkCommandBuffer cb, uint64_t wait, VkSemaphore sem,
+                     uint64_t signal) {
     VkPipelineStageFlags stage = VK_PIPELINE_STAGE_ALL_COMMANDS_BIT;
     VkTimelineSemaphoreSubmitInfo ti = {.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
                                         .waitSemaphoreValueCount = wait ? 1 : 0,
@@ -66,15 +75,21 @@ static int submit(engine *e, VkCommandBuffer cb, uint64_t wait, uint64_t signal)
                        .waitSemaphoreCount = wait ? 1 : 0,
                        .pWaitSemaphores = &e->timeline,
                        .pWaitDstStageMask = &stage,
-                       .commandBufferCount = 1,
+                       .commandBufferCount = cb ? 1 : 0,
                        .pCommandBuffers = &cb,
                        .signalSemaphoreCount = 1,
-                       .pSignalSemaphores = &e->timeline};
+                       .pSignalSemaphores = &sem};
     lock_queue(e, e->queue);
     VkResult r = vkQueueSubmit(e->queue, 1, &si, VK_NULL_HANDLE);
     unlock_queue(e, e->queue);
     VK_OK(r, "vkQueueSubmit");
     return 0;
+}
+
+/* One command buffer on the engine's queue after `wait` of its timeline (0: none), signalling
+ * `signal` of it. */
+static int submit(engine *e, VkCommandBuffer cb, uint64_t wait, uint64_t signal) {
+    return submit_to(e, cb, wait, e->timeline, signal);
 }
 
 /* Buffer b's size and its place in the staging buffer. */
@@ -134,14 +149,11 @@ static int engine_upload(engine *e, const float *q, const float *k, const float 
  * freekv signals the next value when done, which the engine's next upload waits for. */
 static int engine_prefill(engine *e, fkv_context *ctx, uint32_t layer, uint32_t n,
                           uint64_t uploaded) {
-    fkv_tensor tq = {.buffer = e->fbufs[B_Q]}, tk = {.buffer = e->fbufs[B_K]};
-    fkv_tensor tv = {.buffer = e->fbufs[B_V]};
-    uint64_t done_value = e->value + 1;
-    fkv_native_event wait = {.handle = (void *)(uintptr_t)e->timeline, .value = uploaded};
-    fkv_native_event done = {.handle = (void *)(uintptr_t)e->timeline, .value = done_value};
-    fkv_external_sync sync = {.n_wait = 1, .wait = &wait, .signal = &done};
-    EX_CHECK(fkv_prefill_sync(ctx, 0, layer, n, &tk, &tv, &tq, &sync));
-    e->value = e->freekv_done = done_value;
+    void *timeline = (void *)(uintptr_t)e->timeline;
+    fkv_native_event done = {.handle = timeline, .value = e->value + 1};
+    EX_CHECK(ex_prefill_sync(ctx, layer, n, e->fbufs[B_K], e->fbufs[B_V], e->fbufs[B_Q],
+                             (fkv_native_event){.handle = timeline, .value = uploaded}, &done));
+    e->value = e->freekv_done = done.value;
     return 0;
 }
 
@@ -372,10 +384,7 @@ static int create_objects(engine *e, fkv_device *dev, const fkv_config *cfg) {
                                       .commandBufferCount = 2};
     VK_OK(vkAllocateCommandBuffers(e->dev, &ai, cbs), "vkAllocateCommandBuffers");
     e->up = cbs[0], e->down = cbs[1];
-    VkSemaphoreTypeCreateInfo ti = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
-                                    .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE};
-    VkSemaphoreCreateInfo si = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO, .pNext = &ti};
-    VK_OK(vkCreateSemaphore(e->dev, &si, NULL, &e->timeline), "vkCreateSemaphore");
+    VK_OK(create_timeline(e->dev, &e->timeline), "vkCreateSemaphore");
     e->q_bytes = sizeof(float) * cfg->n_q_heads * cfg->head_dim;
     e->kv_bytes = sizeof(float) * cfg->n_kv_heads * cfg->head_dim;
     /* freekv binds them as storage buffers and copies to and from them */

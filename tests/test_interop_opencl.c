@@ -224,11 +224,9 @@ static int prefill_layer(void *user, fkv_context *ctx, uint32_t layer, uint32_t 
     engine *e = user;
     engine_write w;
     write_begin(e, e->gate & GATE_PREFILL, q_last, k, v, n, &w);
-    fkv_tensor tq = {.buffer = e->fbufs[0]}, tk = {.buffer = e->fbufs[1]};
-    fkv_tensor tv = {.buffer = e->fbufs[2]};
-    fkv_native_event wait = {.handle = w.ready}, done = {0};
-    fkv_external_sync sync = {.n_wait = 1, .wait = &wait, .signal = &done};
-    fkv_status st = fkv_prefill_sync(ctx, 0, layer, n, &tk, &tv, &tq, &sync);
+    fkv_native_event done = {0};
+    fkv_status st = ex_prefill_sync(ctx, layer, n, e->fbufs[1], e->fbufs[2], e->fbufs[0],
+                                    (fkv_native_event){.handle = w.ready}, &done);
     write_end(&w);
     cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
     cr_assert_not_null(done.handle, "freekv handed out its event");

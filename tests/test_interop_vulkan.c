@@ -52,12 +52,8 @@ static fkv_status open_native(const fkv_native_objects *objs, fkv_device **dev) 
 
 /* The engine's device works: an empty submission signals its timeline, the host waits. */
 static void engine_device_works(void) {
-    if (eng.timeline == VK_NULL_HANDLE && f12.timelineSemaphore) {
-        VkSemaphoreTypeCreateInfo ti = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
-                                        .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE};
-        VkSemaphoreCreateInfo si = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO, .pNext = &ti};
-        cr_assert_eq(vkCreateSemaphore(eng.dev, &si, NULL, &eng.timeline), VK_SUCCESS);
-    }
+    if (eng.timeline == VK_NULL_HANDLE && f12.timelineSemaphore)
+        cr_assert_eq(create_timeline(eng.dev, &eng.timeline), VK_SUCCESS);
     if (eng.timeline == VK_NULL_HANDLE) {
         cr_assert_eq(vkDeviceWaitIdle(eng.dev), VK_SUCCESS);
         return;
@@ -183,11 +179,8 @@ Test(interop_vulkan, handles_of_a_device_freekv_opened) {
     VkDevice vd = got.vulkan.device;
     VkQueue vq = got.vulkan.queues[FKV_COUNTER_COMPUTE].queue;
     cr_assert_not_null(vq);
-    VkSemaphoreTypeCreateInfo ti = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
-                                    .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE};
-    VkSemaphoreCreateInfo sci = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO, .pNext = &ti};
     VkSemaphore sem;
-    cr_assert_eq(vkCreateSemaphore(vd, &sci, NULL, &sem), VK_SUCCESS);
+    cr_assert_eq(create_timeline(vd, &sem), VK_SUCCESS);
     uint64_t one = 1;
     VkTimelineSemaphoreSubmitInfo tsi = {.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
                                          .signalSemaphoreValueCount = 1,
@@ -307,13 +300,17 @@ static void run_engine(ex_prefill_fn prefill, ex_decode_fn decode, uint32_t step
  * the lock the wait's holds), then reports UNASSIGNED-VkSemaphore-state-timeout, "most likely
  * a validation bug" (KhronosGroup/Vulkan-ValidationLayers#4649, reworked by #8519 in 2024).
  * The plain CTest run runs it. */
-Test(interop_vulkan, waits_for_the_engines_timeline_value) {
+static void run_gated(ex_prefill_fn prefill, ex_decode_fn decode, uint32_t steps) {
     if (validation_wanted())
         cr_skip_test("host signal from another thread: the validation layer's known deadlock");
     ex_result res;
-    run_engine(prefill_layer, gated_layer, 3, &res, 1);
-    cr_assert_eq(res.calls, 12);
+    run_engine(prefill, decode, steps, &res, 1);
+    cr_assert_eq(res.calls, 4 * steps);
     cr_assert_eq(res.differ, 0, "outputs bit for bit those of the host-tensor path");
+}
+
+Test(interop_vulkan, waits_for_the_engines_timeline_value) {
+    run_gated(prefill_layer, gated_layer, 3);
 }
 
 /* The same for the prompt: its k/v and q_last written (host-visible device memory) and the
@@ -321,12 +318,7 @@ Test(interop_vulkan, waits_for_the_engines_timeline_value) {
  * would hold the previous layer's prompt (or nothing), and the decode outputs, which attend to
  * it, would differ. Skipped under the validation layer, as above. */
 Test(interop_vulkan, prefill_waits_for_the_engines_timeline_value) {
-    if (validation_wanted())
-        cr_skip_test("host signal from another thread: the validation layer's known deadlock");
-    ex_result res;
-    run_engine(gated_prefill, decode_layer, 2, &res, 1);
-    cr_assert_eq(res.calls, 8);
-    cr_assert_eq(res.differ, 0, "outputs bit for bit those of the host-tensor path");
+    run_gated(gated_prefill, decode_layer, 2);
 }
 
 /* As test_interop_opencl.c's: the correction's read alone. */
@@ -340,16 +332,6 @@ Test(interop_vulkan, host_waits_per_layer) {
                   (unsigned long long)res.max_waits);
 }
 
-/* A new timeline semaphore of the engine's device. */
-static VkSemaphore new_timeline(engine *e) {
-    VkSemaphoreTypeCreateInfo ti = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
-                                    .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE};
-    VkSemaphoreCreateInfo si = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO, .pNext = &ti};
-    VkSemaphore s;
-    cr_assert_eq(vkCreateSemaphore(e->dev, &si, NULL, &s), VK_SUCCESS);
-    return s;
-}
-
 /* engine_vulkan.h's prefill of a layer with semaphores of the call's own: the wait (value 1,
  * which the engine's queue signals after the upload) destroyed as soon as the call returns, the
  * signal (value 1) once the host saw it reached; the engine's next upload follows that. */
@@ -357,32 +339,17 @@ static int own_semaphores_prefill(void *user, fkv_context *ctx, uint32_t layer, 
                                   const float *k, const float *v, const float *q_last) {
     engine *e = user;
     uint64_t uploaded, one = 1;
-    if (engine_upload(e, q_last, k, v, n, &uploaded))
+    VkSemaphore w, s;
+    cr_assert_eq(create_timeline(e->dev, &w), VK_SUCCESS);
+    cr_assert_eq(create_timeline(e->dev, &s), VK_SUCCESS);
+    if (engine_upload(e, q_last, k, v, n, &uploaded) ||
+        submit_to(e, VK_NULL_HANDLE, uploaded, w, one))
         return 1;
-    VkSemaphore w = new_timeline(e), s = new_timeline(e);
-    VkPipelineStageFlags stage = VK_PIPELINE_STAGE_ALL_COMMANDS_BIT;
-    VkTimelineSemaphoreSubmitInfo ti = {.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
-                                        .waitSemaphoreValueCount = 1,
-                                        .pWaitSemaphoreValues = &uploaded,
-                                        .signalSemaphoreValueCount = 1,
-                                        .pSignalSemaphoreValues = &one};
-    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
-                       .pNext = &ti,
-                       .waitSemaphoreCount = 1,
-                       .pWaitSemaphores = &e->timeline,
-                       .pWaitDstStageMask = &stage,
-                       .signalSemaphoreCount = 1,
-                       .pSignalSemaphores = &w};
-    lock_queue(e, e->queue);
-    cr_assert_eq(vkQueueSubmit(e->queue, 1, &si, VK_NULL_HANDLE), VK_SUCCESS);
-    unlock_queue(e, e->queue);
-    fkv_tensor tq = {.buffer = e->fbufs[B_Q]}, tk = {.buffer = e->fbufs[B_K]};
-    fkv_tensor tv = {.buffer = e->fbufs[B_V]};
-    fkv_native_event wait = {.handle = (void *)(uintptr_t)w, .value = 1};
-    fkv_native_event done = {.handle = (void *)(uintptr_t)s, .value = 1};
-    fkv_external_sync sync = {.n_wait = 1, .wait = &wait, .signal = &done};
-    cr_assert_eq(fkv_prefill_sync(ctx, 0, layer, n, &tk, &tv, &tq, &sync), FKV_OK, "%s",
-                 fkv_last_error());
+    fkv_native_event done = {.handle = (void *)(uintptr_t)s, .value = one};
+    cr_assert_eq(ex_prefill_sync(ctx, layer, n, e->fbufs[B_K], e->fbufs[B_V], e->fbufs[B_Q],
+                                 (fkv_native_event){.handle = (void *)(uintptr_t)w, .value = one},
+                                 &done),
+                 FKV_OK, "%s", fkv_last_error());
     vkDestroySemaphore(e->dev, w, NULL);
     VkSemaphoreWaitInfo wi = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_WAIT_INFO,
                               .semaphoreCount = 1,

@@ -653,8 +653,8 @@ FKV_API fkv_status fkv_decode_layer_sync(fkv_context *ctx, uint32_t layer, uint3
  * freekv's first device command that can read them waits for sync->wait on the device, and
  * sync->signal completes after the call's last command. Like fkv_prefill the call completes
  * its work before it returns, so it blocks until the wait events complete: the engine must
- * have submitted (or signal from another thread) what completes them, never only after the
- * call. When it returns FKV_OK the signal has been issued after work that has completed (it
+ * have submitted what completes them before the call (or complete them from another thread),
+ * never only after it. When it returns FKV_OK the signal has been issued after work that has completed (it
  * lets an event-driven engine chain its next work, such as overwriting k/v/q_last, on the
  * device). Ownership of the events: fkv_external_sync; Vulkan: the wait semaphores may be
  * destroyed once the call returns, the signal's once it reached signal->value. Threads: as

@@ -160,6 +160,11 @@ Test(interop_opencl, refuses_objects_freekv_cannot_use) {
     uint32_t len;
     cr_assert_eq(fkv_sequence_length(ctx, 0, &len), FKV_OK);
     cr_assert_eq(len, 1, "the refused call kept no token");
+    cr_assert_eq(fkv_prefill_sync(ctx, 1, 0, 1, &tk, &tv, &tq, &sync), FKV_ERR_WRONG_DEVICE);
+    cr_assert(strstr(fkv_last_error(), "fkv_prefill_sync: wait event 0"), "%s",
+              fkv_last_error());
+    cr_assert_eq(fkv_prefill(ctx, 1, 0, 1, &tk, &tv, &tq), FKV_OK, "the refused prefill did "
+                 "nothing: %s", fkv_last_error());
     clReleaseEvent(foreign);
     fkv_context_destroy(ctx);
     fkv_device_close(ok);

@@ -26,7 +26,7 @@ typedef struct decode_call {
     fkv_bevent *attn, *end;
     fkv_bevent *attn_wait[2]; /* the speculative recall and corr, when there are */
     uint32_t n_attn_wait;
-    const fkv_decode_sync *sync; /* the engine's events, or NULL */
+    const fkv_engine_sync *sync; /* the engine's events, or NULL */
     /* the descriptors that went up with the inputs (describe_selections), or NULL */
     const int32_t *desc_now, *desc_next;
     size_t desc_now_off, desc_next_off; /* in the layer's io buffer */
@@ -421,7 +421,7 @@ static fkv_status rollback_call(fkv_context *ctx, decode_call *dc, fkv_status st
 
 fkv_status fkv_decode_run(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
                           const fkv_tensor *q, const fkv_tensor *k, const fkv_tensor *v,
-                          fkv_tensor *out, const fkv_decode_sync *sync) {
+                          fkv_tensor *out, const fkv_engine_sync *sync) {
     if (ctx == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_decode_layer: NULL context");
     fkv_status st = check_decode(ctx, layer, n, seqs, q, k, v, out);

@@ -7,6 +7,7 @@
 
 #include "../common/error.h"
 #include "offload.h"
+#include "prefill.h"
 #include "retrieval.h"
 #include "speculative.h"
 
@@ -44,13 +45,18 @@ static fkv_status check_prefill(const fkv_context *ctx, uint32_t seq, uint32_t l
     return fkv_check_tensor(ctx, q_last, ctx->q_row_bytes, fn, "q_last");
 }
 
-/* Uploads nt rows from token t0 and appends them to the scratch pages, row r to row r. */
+/* Uploads nt rows from token t0 and appends them to the scratch pages, row r to row r. The
+ * first command waits for `engine` (the engine's events, on the first chunk), and every later
+ * command of the call follows it: each is on the compute queue, which runs in order on every
+ * backend (OpenCL: an in-order queue, the engine's too; HIP: a stream; Vulkan: one submission
+ * stream per VkQueue, where the waiting command opens a batch of its own and every later
+ * command buffer opens with a full barrier, vk_submit.c), or waits on its events. */
 static fkv_status chunk_append(fkv_context *ctx, uint32_t t0, uint32_t nt, const fkv_tensor *k,
-                               const fkv_tensor *v) {
+                               const fkv_tensor *v, fkv_deps engine) {
     for (uint32_t r = 0; r < nt; r++)
         ctx->scr_host_rows[r] = (int32_t)r;
     size_t off = (size_t)t0 * ctx->kv_row_bytes, bytes = (size_t)nt * ctx->kv_row_bytes;
-    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ctx->scr_rows, 0,
+    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, engine, ctx->scr_rows, 0,
                                     ctx->scr_host_rows, (size_t)nt * FKV_INDEX_BYTES);
     if (st == FKV_OK)
         st = fkv_tensor_to_device(ctx, k, off, ctx->scr_host_k, ctx->scr_kin, 0, bytes);
@@ -166,7 +172,8 @@ static fkv_status chunk_resident(fkv_context *ctx, uint32_t seq, layer_state *ls
  * (its parking row: the empty sequence has no previous query to keep). */
 static fkv_status prefill_pages(fkv_context *ctx, uint32_t seq, uint32_t layer,
                                 uint32_t n_tokens, const fkv_tensor *k, const fkv_tensor *v,
-                                const fkv_tensor *q_last, fkv_stats *stats) {
+                                const fkv_tensor *q_last, const fkv_engine_sync *sync,
+                                fkv_stats *stats) {
     layer_state *ls = &ctx->layers[layer];
     seq_layer *sl = &ctx->seqs[seq].layers[layer];
     uint32_t p = ctx->cfg.page_size, wb_final = fkv_window_begin(ctx, n_tokens);
@@ -176,7 +183,9 @@ static fkv_status prefill_pages(fkv_context *ctx, uint32_t seq, uint32_t layer,
     for (uint32_t t0 = 0; t0 < n_tokens && st == FKV_OK; t0 += chunk_tokens) {
         uint32_t nt = n_tokens - t0 < chunk_tokens ? n_tokens - t0 : chunk_tokens;
         uint32_t page0 = t0 / p, npages = (nt + p - 1) / p, nfull = nt / p;
-        st = chunk_append(ctx, t0, nt, k, v);
+        fkv_deps engine = {.n_wait = t0 == 0 && sync ? sync->n_wait : 0,
+                           .wait = sync ? sync->wait : NULL};
+        st = chunk_append(ctx, t0, nt, k, v, engine);
         if (st == FKV_OK)
             st = chunk_summarize(ctx, seq, ls, page0, nfull);
         if (st == FKV_OK && ctx->offload)
@@ -235,8 +244,9 @@ static void prefill_rollback(fkv_context *ctx, seq_layer *sl) {
         fkv_hostpool_trim(&sl->hp, ctx->dev, 0);
 }
 
-fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t n_tokens,
-                       const fkv_tensor *k, const fkv_tensor *v, const fkv_tensor *q_last) {
+fkv_status fkv_prefill_run(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t n_tokens,
+                           const fkv_tensor *k, const fkv_tensor *v, const fkv_tensor *q_last,
+                           const fkv_engine_sync *sync) {
     if (ctx == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_prefill: NULL context");
     fkv_status st = check_prefill(ctx, seq, layer, n_tokens, k, v, q_last);
@@ -250,7 +260,7 @@ fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t 
     uint32_t n_full = n_tokens / ctx->cfg.page_size;
     if (ctx->offload && (st = fkv_hostpool_reserve(&sl->hp, ctx->dev, n_full)) != FKV_OK)
         return st;
-    st = prefill_pages(ctx, seq, layer, n_tokens, k, v, q_last, &delta);
+    st = prefill_pages(ctx, seq, layer, n_tokens, k, v, q_last, sync, &delta);
     if (st == FKV_OK) {
         sl->n_tokens = n_tokens;
         fkv_qprev_park(sl, seq);
@@ -258,6 +268,10 @@ fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t 
     }
     if (st == FKV_OK && ctx->offload)
         st = initial_selection(ctx, &seq, layer, &delta);
+    /* after the call's last command; the host has waited for all of them (prefill_pages,
+     * initial_selection), so the signal follows them whatever queue they ran on */
+    if (st == FKV_OK && sync && sync->signal)
+        st = fkv_op_event_signal(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, sync->signal);
     if (st != FKV_OK) {
         prefill_rollback(ctx, sl);
         return st;
@@ -265,4 +279,9 @@ fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t 
     ctx->seqs[seq].prefilled = layer + 1;
     fkv_stats_add(ctx, &delta);
     return FKV_OK;
+}
+
+fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, uint32_t n_tokens,
+                       const fkv_tensor *k, const fkv_tensor *v, const fkv_tensor *q_last) {
+    return fkv_prefill_run(ctx, seq, layer, n_tokens, k, v, q_last, NULL);
 }

@@ -1,10 +1,12 @@
 /* What the three engine examples (engine_opencl.c, engine_vulkan.c, engine_hip.c) share: a
- * model-shaped decode loop that runs every layer twice, once the engine's way (q/k/v written
- * into the engine's own device buffers on its own queue, handed to freekv with events, `out`
- * read back through the engine's queue) and once through the host-tensor path on a second
- * context of the same device, and checks that the outputs are bit for bit the same. It also
- * counts the host waits freekv makes inside the engine-path calls (fkv_context_get_counters).
- * Each example supplies only its API's part: the engine's objects and one decode layer. */
+ * model-shaped loop, a prompt then decode steps, that runs every layer twice, once the
+ * engine's way (the prompt's k/v and q_last, then each step's q/k/v, written into the engine's
+ * own device buffers on its own queue and handed to freekv with events, `out` read back
+ * through the engine's queue) and once through the host-tensor path on a second context of
+ * the same device, and checks that the decode outputs (which depend on the prefill) are bit
+ * for bit the same. It also counts the host waits freekv makes inside the engine-path decode
+ * calls (fkv_context_get_counters). Each example supplies only its API's part: the engine's
+ * objects, one layer's prefill and one decode layer. */
 #ifndef FREEKV_EXAMPLES_ENGINE_COMMON_H
 #define FREEKV_EXAMPLES_ENGINE_COMMON_H
 
@@ -34,6 +36,16 @@ static inline int ex_api_fail(const char *name, const char *what, long code, con
             text ? text : "");
     return 1;
 }
+
+/* The prompt's length: the engine's k/v buffers hold this many tokens. */
+#define EX_PROMPT 600
+
+/* The engine's side of one layer's prefill of sequence 0: write the prompt's k/v
+ * ([n][n_kv_heads][head_dim] f32) and q_last ([n_q_heads][head_dim]) into its buffers on its
+ * queue, call fkv_prefill_sync on ctx with its buffers and events, and order its next writes
+ * into those buffers after freekv's signal. 0 on success. */
+typedef int (*ex_prefill_fn)(void *engine, fkv_context *ctx, uint32_t layer, uint32_t n,
+                             const float *k, const float *v, const float *q_last);
 
 /* The engine's side of one decode layer: upload q/k/v ([n_q_heads|n_kv_heads][head_dim] f32,
  * one sequence) into its buffers on its queue, call fkv_decode_layer_sync on ctx with its
@@ -89,17 +101,34 @@ static inline void ex_fill(float *x, size_t n, uint32_t stream) {
     }
 }
 
-/* Prompt of n tokens into layer l of both contexts, from the host (prefill is not the point). */
-static inline int ex_prefill(fkv_context *a, fkv_context *b, const fkv_config *cfg, uint32_t l,
-                             uint32_t n, float *k, float *v, float *q) {
+/* fkv_prefill_sync of sequence 0's layer `layer` (n tokens) from the engine's buffers, after
+ * its event `wait`, with freekv's signal into *done: what each engine's prefill hands freekv. */
+static inline fkv_status ex_prefill_sync(fkv_context *ctx, uint32_t layer, uint32_t n,
+                                         fkv_buffer *k, fkv_buffer *v, fkv_buffer *q_last,
+                                         fkv_native_event wait, fkv_native_event *done) {
+    fkv_tensor tk = {.buffer = k}, tv = {.buffer = v}, tq = {.buffer = q_last};
+    fkv_external_sync sync = {.n_wait = 1, .wait = &wait, .signal = done};
+    return fkv_prefill_sync(ctx, 0, layer, n, &tk, &tv, &tq, &sync);
+}
+
+/* Prompt of n tokens into layer l of ctx, the engine's way (prefill; NULL: from the host),
+ * and of ref from the host. */
+static inline int ex_prefill(ex_prefill_fn prefill, void *engine, fkv_context *ctx,
+                             fkv_context *ref, const fkv_config *cfg, uint32_t l, uint32_t n,
+                             float *k, float *v, float *q) {
     size_t kv_row = (size_t)cfg->n_kv_heads * cfg->head_dim;
     uint32_t seq = 0;
     ex_fill(k, n * kv_row, 1000 + 3 * l);
     ex_fill(v, n * kv_row, 1001 + 3 * l);
     ex_fill(q, (size_t)cfg->n_q_heads * cfg->head_dim, 1002 + 3 * l);
     fkv_tensor tk = {k, NULL, 0}, tv = {v, NULL, 0}, tq = {q, NULL, 0};
-    EX_CHECK(fkv_prefill(a, seq, l, n, &tk, &tv, &tq));
-    EX_CHECK(fkv_prefill(b, seq, l, n, &tk, &tv, &tq));
+    if (prefill) {
+        if (prefill(engine, ctx, l, n, k, v, q) != 0)
+            return 1;
+    } else {
+        EX_CHECK(fkv_prefill(ctx, seq, l, n, &tk, &tv, &tq));
+    }
+    EX_CHECK(fkv_prefill(ref, seq, l, n, &tk, &tv, &tq));
     return 0;
 }
 
@@ -109,15 +138,16 @@ typedef struct ex_result {
     uint64_t calls, differ, waits, max_waits;
 } ex_result;
 
-/* The loop: `steps` tokens through every layer, the engine's way and the host way, compared
- * bit for bit. Prints the comparison and freekv's host waits per engine-path layer call, and
- * returns them in *res (when not NULL). 0: every output identical. */
-static inline int ex_run(const char *name, fkv_device *dev, ex_decode_fn decode, void *engine,
-                         const fkv_config *cfg, fkv_context *ctx, uint32_t steps,
-                         ex_result *res) {
+/* The loop: a prompt of EX_PROMPT tokens (prefill: the engine's way; NULL: from the host),
+ * then `steps` tokens through every layer, the engine's way and the host way, compared bit for
+ * bit. Prints the comparison and freekv's host waits per engine-path layer call, and returns
+ * them in *res (when not NULL). 0: every output identical. */
+static inline int ex_run(const char *name, fkv_device *dev, ex_prefill_fn prefill,
+                         ex_decode_fn decode, void *engine, const fkv_config *cfg,
+                         fkv_context *ctx, uint32_t steps, ex_result *res) {
     fkv_context *ref;
     EX_CHECK(fkv_context_create(dev, cfg, &ref));
-    const uint32_t prompt = 600, seq = 0;
+    const uint32_t prompt = EX_PROMPT, seq = 0;
     size_t kv_row = (size_t)cfg->n_kv_heads * cfg->head_dim;
     size_t q_row = (size_t)cfg->n_q_heads * cfg->head_dim;
     float *k = malloc(sizeof(float) * prompt * kv_row), *v = malloc(sizeof(float) * prompt * kv_row);
@@ -125,7 +155,7 @@ static inline int ex_run(const char *name, fkv_device *dev, ex_decode_fn decode,
     float *ref_out = malloc(sizeof(float) * q_row);
     int rc = !k || !v || !q || !out || !ref_out;
     for (uint32_t l = 0; l < cfg->n_layers && rc == 0; l++)
-        rc = ex_prefill(ctx, ref, cfg, l, prompt, k, v, q);
+        rc = ex_prefill(prefill, engine, ctx, ref, cfg, l, prompt, k, v, q);
     uint64_t calls = 0, differ = 0, waits = 0, max_waits = 0;
     for (uint32_t t = 0; t < steps && rc == 0; t++) {
         for (uint32_t l = 0; l < cfg->n_layers && rc == 0; l++) {
@@ -158,10 +188,11 @@ static inline int ex_run(const char *name, fkv_device *dev, ex_decode_fn decode,
     }
     fkv_stats s;
     if (rc == 0 && fkv_context_get_stats(ctx, &s) == FKV_OK) {
-        printf("%s: %llu decode layers (%u steps x %u layers, policy %s): %llu outputs differ "
-               "from the host-tensor path (bit for bit)\n",
+        printf("%s: %llu decode layers (%u steps x %u layers, policy %s, a %u-token prompt "
+               "prefilled %s): %llu outputs differ from the host-tensor path (bit for bit)\n",
                name, (unsigned long long)calls, steps, cfg->n_layers,
-               fkv_policy_name(cfg->policy), (unsigned long long)differ);
+               fkv_policy_name(cfg->policy), prompt,
+               prefill ? "the engine's way" : "from the host", (unsigned long long)differ);
         printf("%s: freekv's host waits per layer call %.2f (at most %llu); corrections %llu of "
                "%llu heads, %llu pages recalled\n",
                name, calls ? (double)waits / (double)calls : 0.0, (unsigned long long)max_waits,

@@ -1,8 +1,10 @@
 /* A HIP "engine" that owns its stream and device memory and hands them to freekv
- * (fkv_device_open_native): each layer it copies q/k/v into its own device buffers on its
- * stream and records an event, freekv's compute stream (the engine's own stream here) waits for
- * it on the device, freekv records the engine's second event once `out` is written, and the
- * engine's copy of `out` to the host waits for that. The outputs are compared bit for bit with
+ * (fkv_device_open_native): for the prompt (each layer's k/v and q_last) and at each step
+ * (each layer's q/k/v) it copies into its own device buffers on its stream and records an
+ * event, freekv's compute stream (the engine's own stream here) waits for it on the device
+ * (fkv_prefill_sync, fkv_decode_layer_sync), freekv records the engine's second event once it
+ * is done (decode: `out` written), and the engine's copy of `out` to the host and its next
+ * copies into the buffers wait for that. The outputs are compared bit for bit with
  * the host-tensor path (engine_common.h). Built with the HIP backend (AMD, or NVIDIA through
  * hip/hip_cuda_compat.h: an engine would include <hip/hip_runtime_api.h>); CI only compiles it
  * (tools/ci-hip.sh), having no GPU. ./build/engine_hip; exit 0: identical; 1: a failure or a
@@ -14,9 +16,9 @@
 typedef struct engine {
     hipStream_t stream;
     hipEvent_t ready, written; /* q/k/v copied; out written (recorded by freekv) */
-    void *mem[4];              /* q, k, v, out */
+    void *mem[4];              /* q, k, v (EX_PROMPT tokens), out */
     fkv_buffer *fbufs[4];
-    size_t q_bytes, kv_bytes;
+    size_t q_bytes, kv_bytes; /* kv_bytes: one token's */
 } engine;
 enum { B_Q, B_K, B_V, B_OUT };
 
@@ -27,14 +29,35 @@ enum { B_Q, B_K, B_V, B_OUT };
             return ex_api_fail("engine_hip", what, (long)e_, hipGetErrorString(e_));          \
     } while (0)
 
+/* The engine's own copies of q and n tokens of k/v on its own stream (a model's kernels would
+ * write them here), after freekv's last call that read the buffers (its event `written`; one
+ * never recorded is complete); then e->ready. */
+static int engine_write(engine *e, const float *q, const float *k, const float *v, uint32_t n) {
+    size_t kv = (size_t)n * e->kv_bytes;
+    HIP_OK(hipStreamWaitEvent(e->stream, e->written, 0), "hipStreamWaitEvent");
+    HIP_OK(hipMemcpyAsync(e->mem[B_Q], q, e->q_bytes, hipMemcpyHostToDevice, e->stream), "copy q");
+    HIP_OK(hipMemcpyAsync(e->mem[B_K], k, kv, hipMemcpyHostToDevice, e->stream), "copy k");
+    HIP_OK(hipMemcpyAsync(e->mem[B_V], v, kv, hipMemcpyHostToDevice, e->stream), "copy v");
+    HIP_OK(hipEventRecord(e->ready, e->stream), "hipEventRecord");
+    return 0;
+}
+
+static int prefill_layer(void *user, fkv_context *ctx, uint32_t layer, uint32_t n,
+                         const float *k, const float *v, const float *q_last) {
+    engine *e = user;
+    if (engine_write(e, q_last, k, v, n))
+        return 1;
+    fkv_native_event done = {.handle = e->written};
+    EX_CHECK(ex_prefill_sync(ctx, layer, n, e->fbufs[B_K], e->fbufs[B_V], e->fbufs[B_Q],
+                             (fkv_native_event){.handle = e->ready}, &done));
+    return 0;
+}
+
 static int decode_layer(void *user, fkv_context *ctx, uint32_t layer, const float *q,
                         const float *k, const float *v, float *out) {
     engine *e = user;
-    /* the engine's own copies on its own stream (a model's kernels would write them here) */
-    HIP_OK(hipMemcpyAsync(e->mem[B_Q], q, e->q_bytes, hipMemcpyHostToDevice, e->stream), "copy q");
-    HIP_OK(hipMemcpyAsync(e->mem[B_K], k, e->kv_bytes, hipMemcpyHostToDevice, e->stream), "copy k");
-    HIP_OK(hipMemcpyAsync(e->mem[B_V], v, e->kv_bytes, hipMemcpyHostToDevice, e->stream), "copy v");
-    HIP_OK(hipEventRecord(e->ready, e->stream), "hipEventRecord");
+    if (engine_write(e, q, k, v, 1))
+        return 1;
     uint32_t seq = 0;
     fkv_tensor tq = {.buffer = e->fbufs[B_Q]}, tk = {.buffer = e->fbufs[B_K]};
     fkv_tensor tv = {.buffer = e->fbufs[B_V]}, to = {.buffer = e->fbufs[B_OUT]};
@@ -55,7 +78,7 @@ static int create_objects(engine *e, fkv_device *dev, const fkv_config *cfg) {
     HIP_OK(hipEventCreateWithFlags(&e->ready, hipEventDisableTiming), "hipEventCreateWithFlags");
     HIP_OK(hipEventCreateWithFlags(&e->written, hipEventDisableTiming), "hipEventCreateWithFlags");
     for (int b = B_Q; b <= B_OUT; b++) {
-        size_t size = b == B_Q || b == B_OUT ? e->q_bytes : e->kv_bytes;
+        size_t size = b == B_Q || b == B_OUT ? e->q_bytes : EX_PROMPT * e->kv_bytes;
         HIP_OK(hipMalloc(&e->mem[b], size), "hipMalloc");
         EX_CHECK(fkv_buffer_import(dev, e->mem[b], size, &e->fbufs[b]));
     }
@@ -78,7 +101,7 @@ int main(void) {
     fkv_config cfg;
     int rc = 1;
     if (ex_open("engine_hip", &objs, &cfg, &dev, &ctx) == 0 && create_objects(&e, dev, &cfg) == 0)
-        rc = ex_run("engine_hip", dev, decode_layer, &e, &cfg, ctx, 16, NULL);
+        rc = ex_run("engine_hip", dev, prefill_layer, decode_layer, &e, &cfg, ctx, 16, NULL);
     ex_close(e.fbufs, 4, ctx, dev); /* freekv's side first, then the engine's */
     for (int b = B_Q; b <= B_OUT; b++)
         if (e.mem[b])

@@ -1,7 +1,9 @@
 /* An OpenCL "engine" that owns its context and in-order queue and hands them to freekv
- * (fkv_device_open_native): each layer it writes q/k/v into its own cl_mem buffers on its own
- * queue, gives freekv those buffers and the event of the writes, gets back an event that
- * completes when `out` is written, and reads `out` through its queue after it. The outputs are
+ * (fkv_device_open_native): for the prompt, each layer's k/v and q_last, and at each step each
+ * layer's q/k/v, it writes into its own cl_mem buffers on its own queue and gives freekv those
+ * buffers and the event of the writes (fkv_prefill_sync, fkv_decode_layer_sync); it gets back
+ * an event that completes when freekv is done (decode: `out` written), reads `out` through its
+ * queue after it, and orders its next writes into the buffers after it. The outputs are
  * compared bit for bit with the host-tensor path (engine_common.h). Runs on any OpenCL device
  * (PoCL in CI): ./build/engine_opencl. Exit 0: identical; 1: a failure or a difference; 77: no
  * OpenCL device. */
@@ -13,9 +15,10 @@
 typedef struct engine {
     cl_context context;
     cl_command_queue queue;
-    cl_mem q, k, v, out;                       /* the engine's activations */
-    fkv_buffer *fq, *fk, *fv, *fout;           /* the same, as freekv sees them */
-    size_t q_bytes, kv_bytes;
+    cl_mem q, k, v, out;             /* the engine's activations (k, v: EX_PROMPT tokens) */
+    fkv_buffer *fq, *fk, *fv, *fout; /* the same, as freekv sees them */
+    size_t q_bytes, kv_bytes;        /* kv_bytes: one token's */
+    cl_event freekv_done; /* freekv's signal of its last call that read q/k/v, or NULL */
 } engine;
 
 #define CL_OK(call, what)                                                                     \
@@ -25,15 +28,46 @@ typedef struct engine {
             return ex_api_fail("engine_opencl", what, err_, NULL);                            \
     } while (0)
 
+/* The engine's own copies of q and n tokens of k/v on its own queue (a model's kernels would
+ * write them here), after freekv's last call that read the buffers; *ready: their event. */
+static int engine_write(engine *e, const float *q, const float *k, const float *v, uint32_t n,
+                        cl_event *ready) {
+    cl_uint n_after = e->freekv_done ? 1 : 0;
+    const cl_event *after = n_after ? &e->freekv_done : NULL;
+    size_t kv = (size_t)n * e->kv_bytes;
+    CL_OK(clEnqueueWriteBuffer(e->queue, e->q, CL_FALSE, 0, e->q_bytes, q, n_after, after, NULL),
+          "write q");
+    CL_OK(clEnqueueWriteBuffer(e->queue, e->k, CL_FALSE, 0, kv, k, n_after, after, NULL),
+          "write k");
+    CL_OK(clEnqueueWriteBuffer(e->queue, e->v, CL_FALSE, 0, kv, v, n_after, after, ready),
+          "write v");
+    if (e->freekv_done) /* the engine's, as freekv.h says */
+        clReleaseEvent(e->freekv_done);
+    e->freekv_done = NULL;
+    return 0;
+}
+
+static int prefill_layer(void *user, fkv_context *ctx, uint32_t layer, uint32_t n,
+                         const float *k, const float *v, const float *q_last) {
+    engine *e = user;
+    cl_event ready;
+    if (engine_write(e, q_last, k, v, n, &ready))
+        return 1;
+    fkv_native_event done = {0};
+    fkv_status st = ex_prefill_sync(ctx, layer, n, e->fk, e->fv, e->fq,
+                                    (fkv_native_event){.handle = ready}, &done);
+    clReleaseEvent(ready); /* freekv's commands hold what they need */
+    EX_CHECK(st);
+    e->freekv_done = done.handle; /* the next writes into k/v/q wait for it */
+    return 0;
+}
+
 static int decode_layer(void *user, fkv_context *ctx, uint32_t layer, const float *q,
                         const float *k, const float *v, float *out) {
     engine *e = user;
     cl_event ready, read;
-    /* the engine's own copies on its own queue (a model's kernels would write them here) */
-    CL_OK(clEnqueueWriteBuffer(e->queue, e->q, CL_FALSE, 0, e->q_bytes, q, 0, NULL, NULL), "write q");
-    CL_OK(clEnqueueWriteBuffer(e->queue, e->k, CL_FALSE, 0, e->kv_bytes, k, 0, NULL, NULL), "write k");
-    CL_OK(clEnqueueWriteBuffer(e->queue, e->v, CL_FALSE, 0, e->kv_bytes, v, 0, NULL, &ready),
-          "write v");
+    if (engine_write(e, q, k, v, 1, &ready))
+        return 1;
     uint32_t seq = 0;
     fkv_tensor tq = {.buffer = e->fq}, tk = {.buffer = e->fk}, tv = {.buffer = e->fv};
     fkv_tensor to = {.buffer = e->fout};
@@ -106,12 +140,15 @@ int main(void) {
         e.q_bytes = sizeof(float) * cfg.n_q_heads * cfg.head_dim;
         e.kv_bytes = sizeof(float) * cfg.n_kv_heads * cfg.head_dim;
         e.q = engine_buffer(&e, e.q_bytes, dev, &e.fq);
-        e.k = engine_buffer(&e, e.kv_bytes, dev, &e.fk);
-        e.v = engine_buffer(&e, e.kv_bytes, dev, &e.fv);
+        e.k = engine_buffer(&e, EX_PROMPT * e.kv_bytes, dev, &e.fk);
+        e.v = engine_buffer(&e, EX_PROMPT * e.kv_bytes, dev, &e.fv);
         e.out = engine_buffer(&e, e.q_bytes, dev, &e.fout);
         if (e.q && e.k && e.v && e.out)
-            rc = ex_run("engine_opencl", dev, decode_layer, &e, &cfg, ctx, 16, NULL);
+            rc = ex_run("engine_opencl", dev, prefill_layer, decode_layer, &e, &cfg, ctx, 16,
+                        NULL);
     }
+    if (e.freekv_done)
+        clReleaseEvent(e.freekv_done);
     fkv_buffer *fbufs[] = {e.fq, e.fk, e.fv, e.fout};
     ex_close(fbufs, 4, ctx, dev); /* freekv's side first, then the engine's */
     cl_mem mems[] = {e.q, e.k, e.v, e.out};

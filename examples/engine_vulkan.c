@@ -1,8 +1,10 @@
 /* A Vulkan "engine" that owns its instance, device and queue and hands them to freekv
  * (fkv_device_open_native), with the features it enabled and a lock for the queue they share
- * (lavapipe has one). Each layer it copies q/k/v into its own device buffers on its queue,
- * signalling its timeline semaphore; freekv waits for that value on the device, signals the
- * next one when `out` is written; the engine's copy of `out` to the host waits for that value
+ * (lavapipe has one). For the prompt (each layer's k/v and q_last) and at each step (each
+ * layer's q/k/v) it copies into its own device buffers on its queue, signalling its timeline
+ * semaphore; freekv waits for that value on the device (fkv_prefill_sync,
+ * fkv_decode_layer_sync) and signals the next one when done (decode: `out` written); the
+ * engine's copy of `out` to the host and its next upload wait for that value
  * (engine_vulkan.h). The outputs are compared bit for bit with the host-tensor path
  * (engine_common.h). With FREEKV_VULKAN_VALIDATION=1 the engine enables the Khronos validation
  * layer on its instance and fails on any error or warning it reports (VK_LAYER_ENABLES adds
@@ -33,7 +35,7 @@ int main(void) {
     int rc = 1;
     if (ex_open("engine_vulkan", &objs, &cfg, &dev, &ctx) == 0 &&
         create_objects(&e, dev, &cfg) == 0)
-        rc = ex_run("engine_vulkan", dev, decode_layer, &e, &cfg, ctx, 16, NULL);
+        rc = ex_run("engine_vulkan", dev, prefill_layer, decode_layer, &e, &cfg, ctx, 16, NULL);
     ex_close(e.fbufs, 4, ctx, dev); /* freekv's side first, then the engine's */
     destroy_engine(&e);
     if (e.validation_messages) {

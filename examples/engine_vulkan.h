@@ -1,8 +1,10 @@
 /* The Vulkan "engine" of examples/engine_vulkan.c (and of tests/test_interop_vulkan.c): an
  * instance, a device with one compute queue, a timeline semaphore, command buffers, q/k/v/out
- * buffers of its own wrapped for freekv, and one decode layer in three steps: upload (the
- * engine's copies of q/k/v on its queue, signalling its timeline), freekv after that value and
- * signalling the next when `out` is written, readback (the engine's copy of out, after it). */
+ * buffers of its own (k/v sized for the prompt) wrapped for freekv, one layer's prefill in two
+ * steps and one decode layer in three: upload (the engine's copies of q/k/v on its queue, after
+ * freekv's last signal, signalling its timeline), freekv after that value and signalling the
+ * next when done (decode: `out` written), and for decode readback (the engine's copy of out,
+ * after it). */
 #ifndef FREEKV_EXAMPLES_ENGINE_VULKAN_H
 #define FREEKV_EXAMPLES_ENGINE_VULKAN_H
 
@@ -24,11 +26,12 @@ typedef struct engine {
     VkCommandBuffer up, down;
     VkSemaphore timeline; /* the engine's: uploads, freekv's outputs, readbacks */
     uint64_t value;
+    uint64_t freekv_done; /* the value freekv signals after its last call: uploads wait for it */
     VkBuffer bufs[5]; /* q, k, v, out (device), staging (host-visible: q|k|v|out) */
     VkDeviceMemory mems[5];
     unsigned char *staging;
     fkv_buffer *fbufs[4];
-    VkDeviceSize q_bytes, kv_bytes;
+    VkDeviceSize q_bytes, kv_bytes; /* kv_bytes: one token's; k and v hold EX_PROMPT tokens */
 } engine;
 enum { B_Q, B_K, B_V, B_OUT, B_STAGING };
 
@@ -49,9 +52,18 @@ static void unlock_queue(void *user, void *queue) {
     pthread_mutex_unlock(&((engine *)user)->queue_lock);
 }
 
-/* One command buffer on the engine's queue after `wait` of its timeline (0: none), signalling
- * `signal`. */
-static int submit(engine *e, VkCommandBuffer cb, uint64_t wait, uint64_t signal) {
+/* A timeline semaphore of dev (value 0). */
+static VkResult create_timeline(VkDevice dev, VkSemaphore *out) {
+    VkSemaphoreTypeCreateInfo ti = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
+                                    .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE};
+    VkSemaphoreCreateInfo si = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO, .pNext = &ti};
+    return vkCreateSemaphore(dev, &si, NULL, out);
+}
+
+/* One command buffer (VK_NULL_HANDLE: none) on the engine's queue after `wait` of its timeline
+ * (0: none), signalling `signal` of the timeline semaphore `sem`. */
+static int submit_to(engine *e, VkCommandBuffer cb, uint64_t wait, VkSemaphore sem,
+                     uint64_t signal) {
     VkPipelineStageFlags stage = VK_PIPELINE_STAGE_ALL_COMMANDS_BIT;
     VkTimelineSemaphoreSubmitInfo ti = {.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
                                         .waitSemaphoreValueCount = wait ? 1 : 0,
@@ -63,10 +75,10 @@ static int submit(engine *e, VkCommandBuffer cb, uint64_t wait, uint64_t signal)
                        .waitSemaphoreCount = wait ? 1 : 0,
                        .pWaitSemaphores = &e->timeline,
                        .pWaitDstStageMask = &stage,
-                       .commandBufferCount = 1,
+                       .commandBufferCount = cb ? 1 : 0,
                        .pCommandBuffers = &cb,
                        .signalSemaphoreCount = 1,
-                       .pSignalSemaphores = &e->timeline};
+                       .pSignalSemaphores = &sem};
     lock_queue(e, e->queue);
     VkResult r = vkQueueSubmit(e->queue, 1, &si, VK_NULL_HANDLE);
     unlock_queue(e, e->queue);
@@ -74,22 +86,39 @@ static int submit(engine *e, VkCommandBuffer cb, uint64_t wait, uint64_t signal)
     return 0;
 }
 
-/* Records copies between the staging buffer and the device buffers: upload (q, k, v) or not
- * (out). */
-static int record(engine *e, VkCommandBuffer cb, int upload) {
+/* One command buffer on the engine's queue after `wait` of its timeline (0: none), signalling
+ * `signal` of it. */
+static int submit(engine *e, VkCommandBuffer cb, uint64_t wait, uint64_t signal) {
+    return submit_to(e, cb, wait, e->timeline, signal);
+}
+
+/* Buffer b's size and its place in the staging buffer. */
+static VkDeviceSize buffer_size(const engine *e, int b) {
+    return b == B_Q || b == B_OUT ? e->q_bytes : EX_PROMPT * e->kv_bytes;
+}
+
+static VkDeviceSize staging_offset(const engine *e, int b) {
+    VkDeviceSize off = 0;
+    for (int i = B_Q; i < b; i++)
+        off += buffer_size(e, i);
+    return off;
+}
+
+/* Records copies between the staging buffer and the device buffers: upload (q, and n tokens
+ * of k and v) or not (out). */
+static int record(engine *e, VkCommandBuffer cb, int upload, uint32_t n) {
     VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
                                    .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
     VK_OK(vkBeginCommandBuffer(cb, &bi), "vkBeginCommandBuffer");
-    VkDeviceSize off = 0;
     for (int b = B_Q; b <= B_OUT; b++) {
-        VkDeviceSize size = b == B_Q || b == B_OUT ? e->q_bytes : e->kv_bytes;
+        VkDeviceSize off = staging_offset(e, b);
+        VkDeviceSize size = b == B_Q || b == B_OUT ? e->q_bytes : n * e->kv_bytes;
         VkBufferCopy c = {.srcOffset = upload ? off : 0, .dstOffset = upload ? 0 : off,
                           .size = size};
         if (upload && b != B_OUT)
             vkCmdCopyBuffer(cb, e->bufs[B_STAGING], e->bufs[b], 1, &c);
         else if (!upload && b == B_OUT)
             vkCmdCopyBuffer(cb, e->bufs[B_OUT], e->bufs[B_STAGING], 1, &c);
-        off += size;
     }
     /* the readback's writes become visible to the host once its value is reached */
     VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
@@ -102,16 +131,30 @@ static int record(engine *e, VkCommandBuffer cb, int upload) {
     return 0;
 }
 
-/* Copies q/k/v into the engine's buffers on its queue, after value `after` of its timeline
- * when not 0; *uploaded: the value that signals it done. */
-static int engine_upload(engine *e, const float *q, const float *k, const float *v,
-                         uint64_t after, uint64_t *uploaded) {
+/* Copies q and n tokens of k/v into the engine's buffers on its queue, after the value freekv
+ * signalled after its last call (0: none yet), since that call read them; *uploaded: the value
+ * that signals it done. (The staging buffer and e->up are free again: the upload before was
+ * waited for, by freekv's prefill or by the readback.) */
+static int engine_upload(engine *e, const float *q, const float *k, const float *v, uint32_t n,
+                         uint64_t *uploaded) {
     unsigned char *s = e->staging;
-    memcpy(s, q, e->q_bytes);
-    memcpy(s + e->q_bytes, k, e->kv_bytes);
-    memcpy(s + e->q_bytes + e->kv_bytes, v, e->kv_bytes);
+    memcpy(s + staging_offset(e, B_Q), q, e->q_bytes);
+    memcpy(s + staging_offset(e, B_K), k, n * e->kv_bytes);
+    memcpy(s + staging_offset(e, B_V), v, n * e->kv_bytes);
     *uploaded = ++e->value;
-    return record(e, e->up, 1) || submit(e, e->up, after, *uploaded);
+    return record(e, e->up, 1, n) || submit(e, e->up, e->freekv_done, *uploaded);
+}
+
+/* freekv's prefill of layer `layer` (n tokens) from the engine's buffers, after `uploaded`;
+ * freekv signals the next value when done, which the engine's next upload waits for. */
+static int engine_prefill(engine *e, fkv_context *ctx, uint32_t layer, uint32_t n,
+                          uint64_t uploaded) {
+    void *timeline = (void *)(uintptr_t)e->timeline;
+    fkv_native_event done = {.handle = timeline, .value = e->value + 1};
+    EX_CHECK(ex_prefill_sync(ctx, layer, n, e->fbufs[B_K], e->fbufs[B_V], e->fbufs[B_Q],
+                             (fkv_native_event){.handle = timeline, .value = uploaded}, &done));
+    e->value = e->freekv_done = done.value;
+    return 0;
 }
 
 /* freekv's layer on the engine's buffers, after `uploaded`; *written: the value freekv
@@ -121,26 +164,37 @@ static int engine_decode(engine *e, fkv_context *ctx, uint32_t layer, uint64_t u
     uint32_t seq = 0;
     fkv_tensor tq = {.buffer = e->fbufs[B_Q]}, tk = {.buffer = e->fbufs[B_K]};
     fkv_tensor tv = {.buffer = e->fbufs[B_V]}, to = {.buffer = e->fbufs[B_OUT]};
-    *written = ++e->value;
+    *written = e->value + 1;
     fkv_native_event wait = {.handle = (void *)(uintptr_t)e->timeline, .value = uploaded};
     fkv_native_event done = {.handle = (void *)(uintptr_t)e->timeline, .value = *written};
     fkv_external_sync sync = {.n_wait = 1, .wait = &wait, .signal = &done};
     EX_CHECK(fkv_decode_layer_sync(ctx, layer, 1, &seq, &tq, &tk, &tv, &to, &sync));
+    e->value = e->freekv_done = *written;
     return 0;
 }
 
 /* `out` through the engine's queue once freekv signalled `written`, into out. */
 static int engine_readback(engine *e, uint64_t written, float *out) {
     uint64_t read = ++e->value;
-    if (record(e, e->down, 0) || submit(e, e->down, written, read))
+    if (record(e, e->down, 0, 0) || submit(e, e->down, written, read))
         return 1;
     VkSemaphoreWaitInfo wi = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_WAIT_INFO,
                               .semaphoreCount = 1,
                               .pSemaphores = &e->timeline,
                               .pValues = &read};
     VK_OK(vkWaitSemaphores(e->dev, &wi, UINT64_MAX), "vkWaitSemaphores");
-    memcpy(out, e->staging + e->q_bytes + 2 * e->kv_bytes, e->q_bytes);
+    memcpy(out, e->staging + staging_offset(e, B_OUT), e->q_bytes);
     return e->validation_messages != 0;
+}
+
+/* examples/engine_common.h's prefill of a layer, the engine's way. */
+static int prefill_layer(void *user, fkv_context *ctx, uint32_t layer, uint32_t n,
+                         const float *k, const float *v, const float *q_last) {
+    engine *e = user;
+    uint64_t uploaded;
+    if (engine_upload(e, q_last, k, v, n, &uploaded))
+        return 1;
+    return engine_prefill(e, ctx, layer, n, uploaded) || e->validation_messages != 0;
 }
 
 /* examples/engine_common.h's layer, the engine's way. */
@@ -148,7 +202,7 @@ static int decode_layer(void *user, fkv_context *ctx, uint32_t layer, const floa
                         const float *k, const float *v, float *out) {
     engine *e = user;
     uint64_t uploaded, written;
-    if (engine_upload(e, q, k, v, 0, &uploaded) || engine_decode(e, ctx, layer, uploaded, &written))
+    if (engine_upload(e, q, k, v, 1, &uploaded) || engine_decode(e, ctx, layer, uploaded, &written))
         return 1;
     return engine_readback(e, written, out);
 }
@@ -330,22 +384,19 @@ static int create_objects(engine *e, fkv_device *dev, const fkv_config *cfg) {
                                       .commandBufferCount = 2};
     VK_OK(vkAllocateCommandBuffers(e->dev, &ai, cbs), "vkAllocateCommandBuffers");
     e->up = cbs[0], e->down = cbs[1];
-    VkSemaphoreTypeCreateInfo ti = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
-                                    .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE};
-    VkSemaphoreCreateInfo si = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO, .pNext = &ti};
-    VK_OK(vkCreateSemaphore(e->dev, &si, NULL, &e->timeline), "vkCreateSemaphore");
+    VK_OK(create_timeline(e->dev, &e->timeline), "vkCreateSemaphore");
     e->q_bytes = sizeof(float) * cfg->n_q_heads * cfg->head_dim;
     e->kv_bytes = sizeof(float) * cfg->n_kv_heads * cfg->head_dim;
     /* freekv binds them as storage buffers and copies to and from them */
     VkBufferUsageFlags usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT |
                                VK_BUFFER_USAGE_TRANSFER_SRC_BIT | VK_BUFFER_USAGE_TRANSFER_DST_BIT;
     for (int b = B_Q; b <= B_OUT; b++) {
-        VkDeviceSize size = b == B_Q || b == B_OUT ? e->q_bytes : e->kv_bytes;
+        VkDeviceSize size = buffer_size(e, b);
         if (create_buffer(e, b, size, usage, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT, NULL))
             return 1;
         EX_CHECK(fkv_buffer_import(dev, (void *)(uintptr_t)e->bufs[b], size, &e->fbufs[b]));
     }
-    return create_buffer(e, B_STAGING, 2 * (e->q_bytes + e->kv_bytes), usage,
+    return create_buffer(e, B_STAGING, staging_offset(e, B_STAGING), usage,
                          VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT,
                          (void **)&e->staging);
 }

@@ -468,8 +468,8 @@ FKV_API fkv_status fkv_context_read_kv(fkv_context *ctx, uint32_t seq, uint32_t 
 /* ---- engine interop: the engine's own device objects, native handles, external sync ----
  * An inference engine that already owns the GPU opens freekv on its own context or device
  * (fkv_device_open_native), wraps its q/k/v/out buffers (fkv_buffer_import), and orders
- * freekv's per-layer work after its own with events (fkv_decode_layer_sync), so that q/k/v/out
- * never go through the host. An engine that starts from freekv reads the native objects of a
+ * freekv's per-layer work after its own with events (fkv_prefill_sync, fkv_decode_layer_sync),
+ * so that the prompt's k/v and q/k/v/out never go through the host. An engine that starts from freekv reads the native objects of a
  * device freekv opened (fkv_device_get_native) and creates its buffers there.
  * docs/integration.md has the call sequence per step, ownership and threading.
  *
@@ -609,19 +609,23 @@ typedef struct fkv_native_event {
     uint64_t value;
 } fkv_native_event;
 
-/* External synchronisation of one per-layer call (fkv_decode_layer_sync).
- *  - wait[0..n_wait): q/k/v (device tensors) are ready when these complete: freekv's first
- *    device command of the call waits for them on the device (the host never waits). The
+/* External synchronisation of one per-layer call (fkv_decode_layer_sync, fkv_prefill_sync).
+ *  - wait[0..n_wait): the call's device inputs (decode's q/k/v, prefill's k/v/q_last) are
+ *    ready when these complete: freekv's first device command of the call that can read them
+ *    waits for them on the device (the host does not wait for them before enqueuing). The
  *    events stay the engine's. OpenCL, HIP: they may be released once the call returns.
  *    Vulkan: the semaphore must live until the call's work has completed (its signal, or
- *    fkv_context_sync), since freekv may submit the waiting batch later than the call.
- *  - signal (NULL: none): completes when `out` is written (every command of the call that
- *    writes out has completed). Vulkan: freekv signals the engine's timeline semaphore
- *    signal->handle to signal->value (greater than any value signalled or pending before it).
- *    HIP: freekv records the engine's event signal->handle on its compute stream. OpenCL:
- *    freekv cannot signal an engine's cl_event, so it writes into signal->handle a new cl_event
- *    that completes then; the engine owns it (clReleaseEvent). On failure nothing is signalled
- *    or recorded and signal->handle is not written. */
+ *    fkv_context_sync), since fkv_decode_layer_sync may submit the waiting batch later than
+ *    the call; fkv_prefill_sync has waited for that batch when it returns.
+ *  - signal (NULL: none): decode: completes when `out` is written (every command of the call
+ *    that writes out has completed); prefill: completes after the call's last command.
+ *    Vulkan: freekv signals the engine's timeline semaphore signal->handle to signal->value
+ *    (greater than any value signalled or pending before it) with a submission of its own,
+ *    which may still be pending when the call returns. HIP: freekv records the engine's event
+ *    signal->handle on its compute stream. OpenCL: freekv cannot signal an engine's cl_event,
+ *    so it writes into signal->handle a new cl_event that completes then; the engine owns it
+ *    (clReleaseEvent). On failure nothing is signalled or recorded and signal->handle is not
+ *    written. */
 typedef struct fkv_external_sync {
     uint32_t n_wait;
     const fkv_native_event *wait;
@@ -630,10 +634,12 @@ typedef struct fkv_external_sync {
 
 /* fkv_decode_layer with external synchronisation (sync NULL, or no waits and no signal: the
  * same as fkv_decode_layer). With device-resident q/k/v/out and these, the engine need not
- * wait on the host for freekv, nor freekv for the engine on the host. The host waits left
- * inside the call: the method's (the correction's flags read, and a corrected head's
- * re-selection and recall) and, for now, two of decode's own (the background recall's, timed
- * for blocked_recall_seconds, and the call's completion); docs/integration.md counts them.
+ * wait on the host for freekv, nor freekv for the engine on the host. The one host wait left
+ * inside the call is the method's: the correction's read of its flags and records (freekv
+ * policy). A corrected head's re-selection and recall, the background recall and the output
+ * are device-side dependencies; the recall engine may still wait before reusing a unit table
+ * two recalls back. Measured on PoCL and lavapipe: 1 host wait per layer call
+ * (docs/integration.md; ./build/engine_opencl and engine_vulkan print it).
  * Threads, failures and rollback: as fkv_decode_layer (one call at a time per context).
  * FKV_ERR_UNSUPPORTED when there are waits or a signal and the device has no native API (the
  * CPU reference); FKV_ERR_WRONG_DEVICE for an OpenCL event of another context. */
@@ -641,6 +647,24 @@ FKV_API fkv_status fkv_decode_layer_sync(fkv_context *ctx, uint32_t layer, uint3
                                          const uint32_t *seqs, const fkv_tensor *q,
                                          const fkv_tensor *k, const fkv_tensor *v,
                                          fkv_tensor *out, const fkv_external_sync *sync);
+
+/* fkv_prefill with external synchronisation (sync NULL, or no waits and no signal: the same as
+ * fkv_prefill), for an engine whose k/v/q_last are device buffers written on its own queue:
+ * freekv's first device command that can read them waits for sync->wait on the device, and
+ * sync->signal completes after the call's last command. Like fkv_prefill the call completes
+ * its work before it returns, so it blocks until the wait events complete: the engine must
+ * have submitted what completes them before the call (or complete them from another thread),
+ * never only after it. When it returns FKV_OK the signal has been issued after work that has completed (it
+ * lets an event-driven engine chain its next work, such as overwriting k/v/q_last, on the
+ * device). Ownership of the events: fkv_external_sync; Vulkan: the wait semaphores may be
+ * destroyed once the call returns, the signal's once it reached signal->value. Threads: as
+ * fkv_prefill (one call at a time per context). Failures: as fkv_prefill (the sequence stays
+ * empty at that layer; nothing is signalled); FKV_ERR_UNSUPPORTED, before any work, when there
+ * are waits or a signal and the device has no native API (the CPU reference);
+ * FKV_ERR_WRONG_DEVICE for an OpenCL event of another context. */
+FKV_API fkv_status fkv_prefill_sync(fkv_context *ctx, uint32_t seq, uint32_t layer,
+                                    uint32_t n_tokens, const fkv_tensor *k, const fkv_tensor *v,
+                                    const fkv_tensor *q_last, const fkv_external_sync *sync);
 
 #ifdef __cplusplus
 }

@@ -1,7 +1,8 @@
 /* Engine interop on every build (include/freekv.h, "engine interop"): the public calls'
  * arguments, and the CPU reference, which has no native API: fkv_device_get_native and
- * fkv_decode_layer_sync's waits and signal are refused with FKV_ERR_UNSUPPORTED before any
- * work, and a call without them is fkv_decode_layer. The OpenCL and Vulkan sides:
+ * the waits and signal of fkv_decode_layer_sync and fkv_prefill_sync are refused with
+ * FKV_ERR_UNSUPPORTED before any work, and a call without them is fkv_decode_layer or
+ * fkv_prefill. The OpenCL and Vulkan sides:
  * test_interop_opencl.c, test_interop_vulkan.c; the engine examples (examples/) run as tests
  * too. */
 #include <criterion/criterion.h>
@@ -53,8 +54,9 @@ Test(interop, reference_has_no_native_objects) {
     fkv_device_close(dev);
 }
 
-/* A prefilled context of th_small_config on dev. */
-static fkv_context *prefilled(fkv_device *dev, const fkv_config *cfg) {
+/* A prefilled context of th_small_config on dev: through fkv_prefill, or (via_sync)
+ * fkv_prefill_sync without waits or signal (NULL and empty sync in turn). */
+static fkv_context *prefilled(fkv_device *dev, const fkv_config *cfg, int via_sync) {
     fkv_context *ctx;
     cr_assert_eq(fkv_context_create(dev, cfg, &ctx), FKV_OK, "%s", fkv_last_error());
     const uint32_t n = 40;
@@ -68,7 +70,10 @@ static fkv_context *prefilled(fkv_device *dev, const fkv_config *cfg) {
         th_fill_normal(&r, v, kv, 1.0f);
         th_fill_normal(&r, q, (size_t)cfg->n_q_heads * cfg->head_dim, 1.0f);
         fkv_tensor tk = {k, NULL, 0}, tv = {v, NULL, 0}, tq = {q, NULL, 0};
-        cr_assert_eq(fkv_prefill(ctx, 0, l, n, &tk, &tv, &tq), FKV_OK, "%s", fkv_last_error());
+        const fkv_external_sync none = {0};
+        fkv_status st = via_sync ? fkv_prefill_sync(ctx, 0, l, n, &tk, &tv, &tq, l % 2 ? &none : NULL)
+                                 : fkv_prefill(ctx, 0, l, n, &tk, &tv, &tq);
+        cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
     }
     free(k);
     free(v);
@@ -79,7 +84,8 @@ Test(interop, reference_refuses_external_sync_before_any_work) {
     fkv_device *dev = open_cpu();
     fkv_config cfg;
     th_small_config(&cfg);
-    fkv_context *ctx = prefilled(dev, &cfg), *twin = prefilled(dev, &cfg);
+    /* ctx prefilled through fkv_prefill_sync: the decode outputs below compare its prefill too */
+    fkv_context *ctx = prefilled(dev, &cfg, 1), *twin = prefilled(dev, &cfg, 0);
     float q[64], k[32], v[32], out[64], twin_out[64];
     th_rng r;
     th_seed(&r, 7);
@@ -117,5 +123,41 @@ Test(interop, reference_refuses_external_sync_before_any_work) {
                  FKV_ERR_INVALID_ARGUMENT);
     fkv_context_destroy(ctx);
     fkv_context_destroy(twin);
+    fkv_device_close(dev);
+}
+
+Test(interop, reference_refuses_prefill_sync_before_any_work) {
+    fkv_device *dev = open_cpu();
+    fkv_config cfg;
+    th_small_config(&cfg);
+    fkv_context *ctx;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    float k[4 * 32], v[4 * 32], q[64];
+    th_rng r;
+    th_seed(&r, 11);
+    th_fill_normal(&r, k, 4 * 32, 1.0f);
+    th_fill_normal(&r, v, 4 * 32, 1.0f);
+    th_fill_normal(&r, q, 64, 1.0f);
+    fkv_tensor tk = {k, NULL, 0}, tv = {v, NULL, 0}, tq = {q, NULL, 0};
+    fkv_native_event ev = {.handle = &ev}, sig = {0};
+    const fkv_external_sync with_wait = {.n_wait = 1, .wait = &ev};
+    const fkv_external_sync with_signal = {.signal = &sig};
+    cr_assert_eq(fkv_prefill_sync(ctx, 0, 0, 4, &tk, &tv, &tq, &with_wait), FKV_ERR_UNSUPPORTED);
+    cr_assert(strstr(fkv_last_error(), "fkv_prefill_sync") &&
+                  strstr(fkv_last_error(), "no native API"),
+              "%s", fkv_last_error());
+    cr_assert_eq(fkv_prefill_sync(ctx, 0, 0, 4, &tk, &tv, &tq, &with_signal),
+                 FKV_ERR_UNSUPPORTED);
+    cr_assert_null(sig.handle, "nothing signalled");
+    fkv_stats s;
+    cr_assert_eq(fkv_context_get_stats(ctx, &s), FKV_OK);
+    cr_assert_eq(s.pages_offloaded, 0, "no work done");
+    /* the layer order is unchanged: layer 1 is still out of order, layer 0 still empty */
+    cr_assert_eq(fkv_prefill(ctx, 0, 1, 4, &tk, &tv, &tq), FKV_ERR_BAD_STATE);
+    cr_assert_eq(fkv_prefill(ctx, 0, 0, 4, &tk, &tv, &tq), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_context_get_stats(ctx, &s), FKV_OK);
+    cr_assert_eq(s.pages_offloaded, 1, "the prompt's page, once");
+    cr_assert_eq(fkv_prefill_sync(NULL, 0, 0, 4, &tk, &tv, &tq, NULL), FKV_ERR_INVALID_ARGUMENT);
+    fkv_context_destroy(ctx);
     fkv_device_close(dev);
 }

@@ -1,10 +1,11 @@
 /* Engine interop on OpenCL (PoCL in CI): freekv opened on the engine's context and queue
  * keeps them the engine's (reference counts unchanged after fkv_device_close); the engine's
  * objects are checked (an out-of-order queue, a queue of another context, an event of another
- * context are refused); fkv_device_get_native returns the handles; and fkv_decode_layer_sync
- * orders freekv's work after the engine's event: with the engine's writes of q/k/v held back by
- * a user event that another thread completes later, every output is still bit for bit the
- * host-tensor path's (examples/engine_common.h runs both). The host waits freekv makes in such a
+ * context are refused); fkv_device_get_native returns the handles; and fkv_prefill_sync and
+ * fkv_decode_layer_sync order freekv's work after the engine's event: with the engine's writes
+ * of the prompt's k/v and q_last, or of q/k/v, held back by a user event that another thread
+ * completes later, every output is still bit for bit the host-tensor path's
+ * (examples/engine_common.h runs both). The host waits freekv makes in such a
  * call are counted. Without an OpenCL device every test is skipped (fails when
  * FREEKV_REQUIRE_DEVICES names opencl). */
 #define CL_TARGET_OPENCL_VERSION 200
@@ -20,11 +21,13 @@ typedef struct engine {
     cl_device_id device;
     cl_context context;
     cl_command_queue queue; /* the engine's, not handed to freekv unless a test does */
-    cl_mem mem[4];          /* q, k, v, out */
+    cl_mem mem[4];          /* q, k, v (EX_PROMPT tokens), out */
     fkv_buffer *fbufs[4];
-    size_t q_bytes, kv_bytes;
-    int gate; /* hold the writes of q/k/v back until another thread lets them go */
+    size_t q_bytes, kv_bytes; /* kv_bytes: one token's */
+    cl_event freekv_done;     /* freekv's signal of its last prefill, or NULL */
+    int gate; /* GATE_*: hold the writes back until another thread lets them go */
 } engine;
+enum { GATE_PREFILL = 1, GATE_DECODE = 2 };
 
 static engine eng;
 
@@ -157,6 +160,11 @@ Test(interop_opencl, refuses_objects_freekv_cannot_use) {
     uint32_t len;
     cr_assert_eq(fkv_sequence_length(ctx, 0, &len), FKV_OK);
     cr_assert_eq(len, 1, "the refused call kept no token");
+    cr_assert_eq(fkv_prefill_sync(ctx, 1, 0, 1, &tk, &tv, &tq, &sync), FKV_ERR_WRONG_DEVICE);
+    cr_assert(strstr(fkv_last_error(), "fkv_prefill_sync: wait event 0"), "%s",
+              fkv_last_error());
+    cr_assert_eq(fkv_prefill(ctx, 1, 0, 1, &tk, &tv, &tq), FKV_OK, "the refused prefill did "
+                 "nothing: %s", fkv_last_error());
     clReleaseEvent(foreign);
     fkv_context_destroy(ctx);
     fkv_device_close(ok);
@@ -172,38 +180,80 @@ static void *release_later(void *gate) {
     return NULL;
 }
 
+/* A write of q and n tokens of k/v on the engine's queue, after freekv's last prefill and,
+ * when gated, a user event another thread completes 50 ms later; *ready: its event. */
+typedef struct engine_write {
+    cl_event gate, ready;
+    pthread_t releaser;
+} engine_write;
+
+static void write_begin(engine *e, int gated, const float *q, const float *k, const float *v,
+                        uint32_t n, engine_write *w) {
+    cl_int err;
+    cl_event after[2];
+    cl_uint n_after = 0;
+    w->gate = NULL;
+    if (gated) {
+        w->gate = after[n_after++] = clCreateUserEvent(e->context, &err);
+        cr_assert_eq(err, CL_SUCCESS);
+    }
+    if (e->freekv_done)
+        after[n_after++] = e->freekv_done;
+    const void *src[3] = {q, k, v};
+    for (int b = 0; b < 3; b++)
+        cr_assert_eq(clEnqueueWriteBuffer(e->queue, e->mem[b], CL_FALSE, 0,
+                                          b ? n * e->kv_bytes : e->q_bytes, src[b], n_after,
+                                          n_after ? after : NULL, b == 2 ? &w->ready : NULL),
+                     CL_SUCCESS);
+    if (e->freekv_done)
+        clReleaseEvent(e->freekv_done);
+    e->freekv_done = NULL;
+    if (w->gate)
+        pthread_create(&w->releaser, NULL, release_later, w->gate);
+}
+
+/* After freekv's call: the write's events released. */
+static void write_end(engine_write *w) {
+    if (w->gate) {
+        pthread_join(w->releaser, NULL);
+        clReleaseEvent(w->gate);
+    }
+    clReleaseEvent(w->ready);
+}
+
+/* examples/engine_common.h's prefill of a layer, the engine's way: k/v/q_last written on the
+ * engine's queue (after a user event when gated), freekv after that event; the next writes
+ * after freekv's signal. */
+static int prefill_layer(void *user, fkv_context *ctx, uint32_t layer, uint32_t n,
+                         const float *k, const float *v, const float *q_last) {
+    engine *e = user;
+    engine_write w;
+    write_begin(e, e->gate & GATE_PREFILL, q_last, k, v, n, &w);
+    fkv_native_event done = {0};
+    fkv_status st = ex_prefill_sync(ctx, layer, n, e->fbufs[1], e->fbufs[2], e->fbufs[0],
+                                    (fkv_native_event){.handle = w.ready}, &done);
+    write_end(&w);
+    cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
+    cr_assert_not_null(done.handle, "freekv handed out its event");
+    e->freekv_done = done.handle;
+    return 0;
+}
+
 /* examples/engine_common.h's layer, the engine's way: q/k/v written on the engine's queue
  * (after a user event when gated), freekv after that event, out read after freekv's. */
 static int decode_layer(void *user, fkv_context *ctx, uint32_t layer, const float *q,
                         const float *k, const float *v, float *out) {
     engine *e = user;
-    cl_int err;
-    cl_event gate = NULL, ready, read;
-    cl_uint n_gate = 0;
-    if (e->gate) {
-        gate = clCreateUserEvent(e->context, &err);
-        n_gate = 1;
-    }
-    const void *src[3] = {q, k, v};
-    for (int b = 0; b < 3; b++)
-        cr_assert_eq(clEnqueueWriteBuffer(e->queue, e->mem[b], CL_FALSE, 0,
-                                          b ? e->kv_bytes : e->q_bytes, src[b], n_gate,
-                                          n_gate ? &gate : NULL, b == 2 ? &ready : NULL),
-                     CL_SUCCESS);
-    pthread_t t;
-    if (gate)
-        pthread_create(&t, NULL, release_later, gate);
+    engine_write w;
+    cl_event read;
+    write_begin(e, e->gate & GATE_DECODE, q, k, v, 1, &w);
     uint32_t seq = 0;
     fkv_tensor tq = {.buffer = e->fbufs[0]}, tk = {.buffer = e->fbufs[1]};
     fkv_tensor tv = {.buffer = e->fbufs[2]}, to = {.buffer = e->fbufs[3]};
-    fkv_native_event wait = {.handle = ready}, done = {0};
+    fkv_native_event wait = {.handle = w.ready}, done = {0};
     fkv_external_sync sync = {.n_wait = 1, .wait = &wait, .signal = &done};
     fkv_status st = fkv_decode_layer_sync(ctx, layer, 1, &seq, &tq, &tk, &tv, &to, &sync);
-    if (gate) {
-        pthread_join(t, NULL);
-        clReleaseEvent(gate);
-    }
-    clReleaseEvent(ready);
+    write_end(&w);
     cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
     cl_event written = done.handle;
     cr_assert_not_null(written, "freekv handed out its event");
@@ -224,7 +274,7 @@ static void engine_buffers(fkv_device *dev, const fkv_config *cfg) {
     eng.q_bytes = sizeof(float) * cfg->n_q_heads * cfg->head_dim;
     eng.kv_bytes = sizeof(float) * cfg->n_kv_heads * cfg->head_dim;
     for (int b = 0; b < 4; b++) {
-        size_t size = b == 0 || b == 3 ? eng.q_bytes : eng.kv_bytes;
+        size_t size = b == 0 || b == 3 ? eng.q_bytes : EX_PROMPT * eng.kv_bytes;
         cl_int err;
         eng.mem[b] = clCreateBuffer(eng.context, CL_MEM_READ_WRITE, size, NULL, &err);
         cr_assert_eq(err, CL_SUCCESS);
@@ -233,7 +283,7 @@ static void engine_buffers(fkv_device *dev, const fkv_config *cfg) {
     }
 }
 
-/* The engine's queue is not freekv's here: only the events order the two. */
+/* The engine's queue is not freekv's here: only the events order the two. gate: GATE_*. */
 static void run_engine(int gate, uint32_t steps, ex_result *res) {
     fkv_device *dev = open_native(NULL);
     fkv_config cfg;
@@ -242,17 +292,32 @@ static void run_engine(int gate, uint32_t steps, ex_result *res) {
     cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
     engine_buffers(dev, &cfg);
     eng.gate = gate;
-    cr_assert_eq(ex_run("interop_opencl", dev, decode_layer, &eng, &cfg, ctx, steps, res), 0);
+    cr_assert_eq(ex_run("interop_opencl", dev, prefill_layer, decode_layer, &eng, &cfg, ctx,
+                        steps, res),
+                 0);
     for (int b = 0; b < 4; b++)
         fkv_buffer_release(eng.fbufs[b]);
     fkv_context_destroy(ctx);
     fkv_device_close(dev);
+    if (eng.freekv_done)
+        clReleaseEvent(eng.freekv_done);
+    eng.freekv_done = NULL;
 }
 
 Test(interop_opencl, waits_for_the_engines_event) {
     ex_result res;
-    run_engine(1, 3, &res);
+    run_engine(GATE_DECODE, 3, &res);
     cr_assert_eq(res.calls, 12);
+    cr_assert_eq(res.differ, 0, "outputs bit for bit those of the host-tensor path");
+}
+
+/* The prompt's k/v and q_last written 50 ms into each fkv_prefill_sync: a prefill that read
+ * them before its wait event completed would hold the previous layer's prompt (or nothing),
+ * and the decode outputs, which attend to it, would differ. */
+Test(interop_opencl, prefill_waits_for_the_engines_event) {
+    ex_result res;
+    run_engine(GATE_PREFILL, 2, &res);
+    cr_assert_eq(res.calls, 8);
     cr_assert_eq(res.differ, 0, "outputs bit for bit those of the host-tensor path");
 }
 

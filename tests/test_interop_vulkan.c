@@ -4,9 +4,10 @@
  * version below 1.2 and queue families that do not exist or cannot compute; freekv opened on
  * the engine's device destroys none of its objects (the engine submits and waits on it after
  * fkv_device_close); fkv_device_get_native of a device freekv opened hands out its objects and
- * a queue lock an engine can submit under; and fkv_decode_layer_sync waits on the device for the
- * engine's timeline value: with q/k/v written and the value signalled by another thread 50 ms
- * into the call, every output is bit for bit the host-tensor path's. With
+ * a queue lock an engine can submit under; and fkv_prefill_sync and fkv_decode_layer_sync wait
+ * on the device for the engine's timeline value: with the prompt's k/v and q_last, or q/k/v,
+ * written and the value signalled by another thread 50 ms into the call, every output is bit
+ * for bit the host-tensor path's. With
  * FREEKV_VULKAN_VALIDATION=1 the engine's instance runs the Khronos validation layer and any
  * error or warning fails the test. Without a Vulkan 1.2 device every test is skipped (fails
  * when FREEKV_REQUIRE_DEVICES names vulkan). */
@@ -51,12 +52,8 @@ static fkv_status open_native(const fkv_native_objects *objs, fkv_device **dev) 
 
 /* The engine's device works: an empty submission signals its timeline, the host waits. */
 static void engine_device_works(void) {
-    if (eng.timeline == VK_NULL_HANDLE && f12.timelineSemaphore) {
-        VkSemaphoreTypeCreateInfo ti = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
-                                        .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE};
-        VkSemaphoreCreateInfo si = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO, .pNext = &ti};
-        cr_assert_eq(vkCreateSemaphore(eng.dev, &si, NULL, &eng.timeline), VK_SUCCESS);
-    }
+    if (eng.timeline == VK_NULL_HANDLE && f12.timelineSemaphore)
+        cr_assert_eq(create_timeline(eng.dev, &eng.timeline), VK_SUCCESS);
     if (eng.timeline == VK_NULL_HANDLE) {
         cr_assert_eq(vkDeviceWaitIdle(eng.dev), VK_SUCCESS);
         return;
@@ -182,11 +179,8 @@ Test(interop_vulkan, handles_of_a_device_freekv_opened) {
     VkDevice vd = got.vulkan.device;
     VkQueue vq = got.vulkan.queues[FKV_COUNTER_COMPUTE].queue;
     cr_assert_not_null(vq);
-    VkSemaphoreTypeCreateInfo ti = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_TYPE_CREATE_INFO,
-                                    .semaphoreType = VK_SEMAPHORE_TYPE_TIMELINE};
-    VkSemaphoreCreateInfo sci = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_CREATE_INFO, .pNext = &ti};
     VkSemaphore sem;
-    cr_assert_eq(vkCreateSemaphore(vd, &sci, NULL, &sem), VK_SUCCESS);
+    cr_assert_eq(create_timeline(vd, &sem), VK_SUCCESS);
     uint64_t one = 1;
     VkTimelineSemaphoreSubmitInfo tsi = {.sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
                                          .signalSemaphoreValueCount = 1,
@@ -216,6 +210,7 @@ typedef struct gate {
     engine *e;
     const float *src[3];
     void *dst[3];
+    uint32_t n; /* tokens of k and v */
     uint64_t value;
 } gate;
 
@@ -224,7 +219,7 @@ static void *upload_later(void *arg) {
     struct timespec ts = {0, 50 * 1000 * 1000};
     nanosleep(&ts, NULL);
     for (int b = B_Q; b <= B_V; b++)
-        memcpy(g->dst[b], g->src[b], b == B_Q ? g->e->q_bytes : g->e->kv_bytes);
+        memcpy(g->dst[b], g->src[b], b == B_Q ? g->e->q_bytes : g->n * g->e->kv_bytes);
     VkSemaphoreSignalInfo si = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_SIGNAL_INFO,
                                 .semaphore = g->e->timeline,
                                 .value = g->value};
@@ -234,11 +229,25 @@ static void *upload_later(void *arg) {
 
 static void *mapped[3]; /* the engine's q/k/v buffers, for upload_later */
 
+/* engine_vulkan.h's prefill of a layer with the upload from another thread, 50 ms into
+ * freekv's call. */
+static int gated_prefill(void *user, fkv_context *ctx, uint32_t layer, uint32_t n,
+                         const float *k, const float *v, const float *q_last) {
+    engine *e = user;
+    gate g = {.e = e, .src = {q_last, k, v}, .dst = {mapped[0], mapped[1], mapped[2]}, .n = n,
+              .value = ++e->value};
+    pthread_t t;
+    pthread_create(&t, NULL, upload_later, &g);
+    int rc = engine_prefill(e, ctx, layer, n, g.value);
+    pthread_join(t, NULL);
+    return rc;
+}
+
 /* engine_vulkan.h's layer with the upload from another thread, 50 ms into freekv's call. */
 static int gated_layer(void *user, fkv_context *ctx, uint32_t layer, const float *q,
                        const float *k, const float *v, float *out) {
     engine *e = user;
-    gate g = {.e = e, .src = {q, k, v}, .dst = {mapped[0], mapped[1], mapped[2]},
+    gate g = {.e = e, .src = {q, k, v}, .dst = {mapped[0], mapped[1], mapped[2]}, .n = 1,
               .value = ++e->value};
     uint64_t written;
     pthread_t t;
@@ -265,8 +274,9 @@ static void map_engine_buffers(void) {
                      VK_SUCCESS);
 }
 
-/* The examples' loop on the engine's device, through `decode`. */
-static void run_engine(ex_decode_fn decode, uint32_t steps, ex_result *res, int map) {
+/* The examples' loop on the engine's device, through `prefill` and `decode`. */
+static void run_engine(ex_prefill_fn prefill, ex_decode_fn decode, uint32_t steps,
+                       ex_result *res, int map) {
     start_engine(ENGINE_TIMELINE | ENGINE_16BIT);
     fkv_native_objects objs = engine_objects(&eng, &features);
     fkv_device *dev;
@@ -278,7 +288,7 @@ static void run_engine(ex_decode_fn decode, uint32_t steps, ex_result *res, int 
     cr_assert_eq(create_objects(&eng, dev, &cfg), 0);
     if (map)
         map_engine_buffers();
-    cr_assert_eq(ex_run("interop_vulkan", dev, decode, &eng, &cfg, ctx, steps, res), 0);
+    cr_assert_eq(ex_run("interop_vulkan", dev, prefill, decode, &eng, &cfg, ctx, steps, res), 0);
     for (int b = B_Q; b <= B_OUT; b++)
         fkv_buffer_release(eng.fbufs[b]);
     fkv_context_destroy(ctx);
@@ -290,13 +300,25 @@ static void run_engine(ex_decode_fn decode, uint32_t steps, ex_result *res, int 
  * the lock the wait's holds), then reports UNASSIGNED-VkSemaphore-state-timeout, "most likely
  * a validation bug" (KhronosGroup/Vulkan-ValidationLayers#4649, reworked by #8519 in 2024).
  * The plain CTest run runs it. */
-Test(interop_vulkan, waits_for_the_engines_timeline_value) {
+static void run_gated(ex_prefill_fn prefill, ex_decode_fn decode, uint32_t steps) {
     if (validation_wanted())
         cr_skip_test("host signal from another thread: the validation layer's known deadlock");
     ex_result res;
-    run_engine(gated_layer, 3, &res, 1);
-    cr_assert_eq(res.calls, 12);
+    run_engine(prefill, decode, steps, &res, 1);
+    cr_assert_eq(res.calls, 4 * steps);
     cr_assert_eq(res.differ, 0, "outputs bit for bit those of the host-tensor path");
+}
+
+Test(interop_vulkan, waits_for_the_engines_timeline_value) {
+    run_gated(prefill_layer, gated_layer, 3);
+}
+
+/* The same for the prompt: its k/v and q_last written (host-visible device memory) and the
+ * value signalled 50 ms into each fkv_prefill_sync; a prefill that read them before the value
+ * would hold the previous layer's prompt (or nothing), and the decode outputs, which attend to
+ * it, would differ. Skipped under the validation layer, as above. */
+Test(interop_vulkan, prefill_waits_for_the_engines_timeline_value) {
+    run_gated(gated_prefill, decode_layer, 2);
 }
 
 /* As test_interop_opencl.c's: the correction's read alone. */
@@ -304,8 +326,48 @@ Test(interop_vulkan, waits_for_the_engines_timeline_value) {
 
 Test(interop_vulkan, host_waits_per_layer) {
     ex_result res;
-    run_engine(decode_layer, 8, &res, 0);
+    run_engine(prefill_layer, decode_layer, 8, &res, 0);
     cr_assert_eq(res.differ, 0);
     cr_assert_leq(res.max_waits, WAITS_PER_LAYER, "%llu host waits in one layer call",
                   (unsigned long long)res.max_waits);
+}
+
+/* engine_vulkan.h's prefill of a layer with semaphores of the call's own: the wait (value 1,
+ * which the engine's queue signals after the upload) destroyed as soon as the call returns, the
+ * signal (value 1) once the host saw it reached; the engine's next upload follows that. */
+static int own_semaphores_prefill(void *user, fkv_context *ctx, uint32_t layer, uint32_t n,
+                                  const float *k, const float *v, const float *q_last) {
+    engine *e = user;
+    uint64_t uploaded, one = 1;
+    VkSemaphore w, s;
+    cr_assert_eq(create_timeline(e->dev, &w), VK_SUCCESS);
+    cr_assert_eq(create_timeline(e->dev, &s), VK_SUCCESS);
+    if (engine_upload(e, q_last, k, v, n, &uploaded) ||
+        submit_to(e, VK_NULL_HANDLE, uploaded, w, one))
+        return 1;
+    fkv_native_event done = {.handle = (void *)(uintptr_t)s, .value = one};
+    cr_assert_eq(ex_prefill_sync(ctx, layer, n, e->fbufs[B_K], e->fbufs[B_V], e->fbufs[B_Q],
+                                 (fkv_native_event){.handle = (void *)(uintptr_t)w, .value = one},
+                                 &done),
+                 FKV_OK, "%s", fkv_last_error());
+    vkDestroySemaphore(e->dev, w, NULL);
+    VkSemaphoreWaitInfo wi = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_WAIT_INFO,
+                              .semaphoreCount = 1,
+                              .pSemaphores = &s,
+                              .pValues = &one};
+    cr_assert_eq(vkWaitSemaphores(e->dev, &wi, UINT64_MAX), VK_SUCCESS);
+    vkDestroySemaphore(e->dev, s, NULL);
+    return 0;
+}
+
+/* freekv.h: fkv_prefill_sync has waited for the batch that waits on the engine's semaphore
+ * when it returns, so the engine may destroy that semaphore then; its signal's semaphore once
+ * the value is reached (the signal's own submission may still be pending when the call
+ * returns: destroying it right away is what the validation layer reports as
+ * VUID-vkDestroySemaphore-semaphore-01137). Under FREEKV_VULKAN_VALIDATION=1 a semaphore
+ * destroyed in use fails the test. */
+Test(interop_vulkan, prefill_wait_semaphore_may_go_when_the_call_returns) {
+    ex_result res;
+    run_engine(own_semaphores_prefill, decode_layer, 1, &res, 0);
+    cr_assert_eq(res.differ, 0);
 }

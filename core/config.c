@@ -47,6 +47,26 @@ fkv_status fkv_host_format_parse(const char *name, fkv_host_format *out) {
     return fkv_error(FKV_ERR_INVALID_ARGUMENT, "unknown host format '%s' (same, q8, q4)", name);
 }
 
+static const char *const summary_format_names[] = {"f32", "f16"};
+
+const char *fkv_summary_format_name(fkv_summary_format format) {
+    if ((unsigned)format < sizeof summary_format_names / sizeof *summary_format_names)
+        return summary_format_names[format];
+    return "unknown";
+}
+
+fkv_status fkv_summary_format_parse(const char *name, fkv_summary_format *out) {
+    if (name == NULL || out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_summary_format_parse: NULL argument");
+    for (size_t i = 0; i < sizeof summary_format_names / sizeof *summary_format_names; i++) {
+        if (strcmp(name, summary_format_names[i]) == 0) {
+            *out = (fkv_summary_format)i;
+            return FKV_OK;
+        }
+    }
+    return fkv_error(FKV_ERR_INVALID_ARGUMENT, "unknown summary format '%s' (f32, f16)", name);
+}
+
 void fkv_config_init(fkv_config *cfg) {
     if (cfg == NULL)
         return;
@@ -68,6 +88,7 @@ void fkv_config_init(fkv_config *cfg) {
     cfg->recall_chunk_pages = 0;
     cfg->group_temperature = FKV_TEMP_RAW;
     cfg->host_format = FKV_HOST_SAME;
+    cfg->summary_format = FKV_SUMMARY_F32;
 }
 
 #define BAD(...) fkv_error(FKV_ERR_INVALID_CONFIG, __VA_ARGS__)
@@ -157,6 +178,9 @@ fkv_status fkv_config_validate(const fkv_config *c) {
     if ((unsigned)c->host_format > FKV_HOST_Q4)
         return BAD("host_format = %d: unknown (FKV_HOST_SAME, FKV_HOST_Q8 or FKV_HOST_Q4)",
                    (int)c->host_format);
+    if ((unsigned)c->summary_format > FKV_SUMMARY_F16)
+        return BAD("summary_format = %d: unknown (FKV_SUMMARY_F32 or FKV_SUMMARY_F16)",
+                   (int)c->summary_format);
     if (c->max_seqs < 1 || c->max_seqs > 4096)
         return BAD("max_seqs = %u: must be 1..4096", c->max_seqs);
     if (c->max_context < 1 || c->max_context > (1u << 24))

@@ -226,6 +226,40 @@ static void put_attention(naive *nv, cf_ref out, size_t row, const float *q, con
         put(nv, out, row * d + c, ref[c], n ? 1e-5 * sqrt(rms) + 1e-7 : EXACT);
 }
 
+/* x rounded to f16 towards +inf (up) or -inf by a binary search over the f16 values in order
+ * (ordinal -0x7c00 = -inf .. 0x7c00 = +inf), independent of the reference's step; a zero
+ * result keeps x's sign (IEEE), NaN is the quiet NaN of x's sign. */
+static uint16_t naive_f16_directed(float x, int up) {
+    uint32_t sign = (fkv_f32_bits(x) >> 16) & 0x8000u;
+    if (isnan(x))
+        return (uint16_t)(sign | 0x7e00u);
+    int32_t lo = -0x7c00, hi = 0x7c00; /* down: the last ordinal <= x; up: the first >= x */
+    while (lo < hi) {
+        int32_t mid = up ? lo + (hi - lo) / 2 : hi - (hi - lo) / 2;
+        uint16_t h = (uint16_t)(mid >= 0 ? (uint32_t)mid : 0x8000u | (uint32_t)-mid);
+        float v = fkv_f16_to_f32(h);
+        if (up && v >= x)
+            hi = mid;
+        else if (up)
+            lo = mid + 1;
+        else if (v <= x)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    uint16_t h = (uint16_t)(lo >= 0 ? (uint32_t)lo : 0x8000u | (uint32_t)-lo);
+    return (h & 0x7fffu) == 0 ? (uint16_t)sign : h;
+}
+
+/* Summary element e of a summaries buffer, as f32. */
+static double summ_at(const cf_spec *s, const unsigned char *sm, size_t e) {
+    if (s->g.summary_format != FKV_SUMMARY_F16)
+        return f32(sm, e);
+    uint16_t h;
+    memcpy(&h, sm + 2 * e, 2);
+    return fkv_f16_to_f32(h);
+}
+
 /* select_pages in double: per (sequence, KV head) the group reduction, the top k by (value
  * desc, page asc), pages ascending then values (within 1e-5 relative of the f32 reference). */
 static void naive_select(naive *nv, const cf_call *c) {
@@ -339,6 +373,12 @@ static void naive_call(naive *nv, const cf_call *c) {
                         hi = fmaxf(hi, x);
                     }
                     size_t at_s = ((size_t)i32(pages, 2 * i + 1) * hk + h) * 2 * d + ch;
+                    if (s->g.summary_format == FKV_SUMMARY_F16) {
+                        uint16_t l16 = naive_f16_directed(lo, 0), h16 = naive_f16_directed(hi, 1);
+                        memcpy(sums + 2 * at_s, &l16, 2);
+                        memcpy(sums + 2 * (at_s + d), &h16, 2);
+                        continue;
+                    }
                     memcpy(sums + 4 * at_s, &lo, 4);
                     memcpy(sums + 4 * (at_s + d), &hi, 4);
                 }
@@ -357,7 +397,7 @@ static void naive_call(naive *nv, const cf_call *c) {
                     double sum = 0, mag = 0;
                     for (size_t ch = 0; ch < d; ch++) {
                         double x = f32(q, (row * hq + h) * d + ch);
-                        double a = x * f32(sm, mn + d + ch), z = x * f32(sm, mn + ch);
+                        double a = x * summ_at(s, sm, mn + d + ch), z = x * summ_at(s, sm, mn + ch);
                         sum += a > z ? a : z;
                         mag += fabs(a) + fabs(z);
                     }

@@ -132,11 +132,15 @@ typedef struct fkv_kv_geom {
      * recall_direct read it, and only on a device whose host_formats entry lists the format
      * (the dispatch layer refuses the others with FKV_ERR_UNSUPPORTED). */
     fkv_host_format host_format;
+    /* How summarize writes page summaries and scores reads them: f32, or f16 with minima
+     * rounded down and maxima up (include/freekv.h fkv_summary_format; the CPU reference
+     * defines the bits: common/dtype.h fkv_f32_to_f16_down/up). */
+    fkv_summary_format summary_format;
 } fkv_kv_geom;
 
 /* Bytes of the layouts above: one slot of a KV pool ([page_size][n_kv_heads][head_dim]),
  * one HND (page, KV head) unit ([K|V][page_size][head_dim] in dtype, or quantized in
- * host_format), one page summary ([n_kv_heads][min|max][head_dim] f32). */
+ * host_format), one page summary ([n_kv_heads][min|max][head_dim] in summary_format). */
 static inline size_t fkv_slot_bytes(const fkv_kv_geom *g) {
     return (size_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
 }
@@ -144,8 +148,11 @@ static inline size_t fkv_unit_bytes(const fkv_kv_geom *g) {
     return fkv_hostfmt_unit_bytes(g->host_format, g->page_size, g->head_dim,
                                   fkv_dtype_size(g->dtype));
 }
+static inline size_t fkv_summary_elem_bytes(fkv_summary_format f) {
+    return f == FKV_SUMMARY_F16 ? sizeof(uint16_t) : sizeof(float);
+}
 static inline size_t fkv_summary_bytes(const fkv_kv_geom *g) {
-    return (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
+    return (size_t)g->n_kv_heads * 2 * g->head_dim * fkv_summary_elem_bytes(g->summary_format);
 }
 
 /* What a context will ask of a device's kernels, for check_geometry (the largest calls and
@@ -240,13 +247,16 @@ typedef struct fkv_backend_ops {
                          uint32_t n_rows, const fkv_bbuf *rows, size_t rows_off, fkv_bbuf *kpool,
                          fkv_bbuf *vpool);
     /* For each i: pages[2i] = gslot of a full page, pages[2i+1] = summary index s.
-     * summaries (f32) [s][n_kv_heads][2][head_dim]: per-channel min (0) and max (1). */
+     * summaries [s][n_kv_heads][2][head_dim]: per-channel min (0) and max (1), NaN keys
+     * skipped; in g->summary_format: f32, or f16 with the min rounded down and the max up
+     * (fkv_f32_to_f16_down/up, bit for bit). */
     fkv_status (*summarize)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                             const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
                             size_t pages_off, fkv_bbuf *summaries);
     /* Quest bound for every query head. desc[4b..4b+3] = (summary base, n_pages, out base,
      * q row): out[base + h*n_pages + j] = sum_c max(q[c]*max[c], q[c]*min[c]) over query head
-     * h of row `q row` of qbuf and summary base+j of KV head h/group. qbuf from q_off is rows
+     * h of row `q row` of qbuf and summary base+j of KV head h/group (f16 summaries widened
+     * to f32 exactly, then the same f32 arithmetic). qbuf from q_off is rows
      * of [n_kv_heads*group][head_dim] f32 (at least one); rows may repeat and come in any
      * order, so a batch's queries are read where they lie (this call's, or each sequence's
      * previous one). A row beyond the buffer is refused by the CPU reference and skipped by

@@ -80,6 +80,8 @@ fkv_status fkv_check_kernel_call(const char *backend, const char *op, fkv_queue 
         return REFUSE("%s %s: unknown dtype %d", backend, op, (int)g->dtype);
     if ((unsigned)g->host_format > FKV_HOST_Q4)
         return REFUSE("%s %s: unknown host format %d", backend, op, (int)g->host_format);
+    if ((unsigned)g->summary_format > FKV_SUMMARY_F16)
+        return REFUSE("%s %s: unknown summary format %d", backend, op, (int)g->summary_format);
     uint64_t slot = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * 2;
     uint64_t qblock = (uint64_t)g->n_kv_heads * g->group * g->head_dim;
     if (slot > INT32_MAX || qblock > INT32_MAX)

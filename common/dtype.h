@@ -68,6 +68,25 @@ static inline float fkv_f16_to_f32(uint16_t h) {
     return fkv_bits_f32(sign | ((exp - 15 + 127) << 23) | (mant << 13));
 }
 
+/* x rounded to f16 towards +inf (up) or -inf (!up), IEEE 754 directed rounding: the result is
+ * >= x (up) or <= x, so f16 minima rounded down and maxima rounded up still bound what they
+ * summarise. Overflow gives the infinity only in the rounding direction (70000 rounds down to
+ * 65504, up to +inf); NaN stays a NaN (the sign kept, quiet: 0x7e00). Nearest first, then
+ * one step when it went the wrong way: the f16 grid is monotone in its bits per sign. */
+static inline uint16_t fkv_f32_to_f16_directed(float x, int up) {
+    uint16_t h = fkv_f32_to_f16(x);
+    float back = fkv_f16_to_f32(h);
+    if (back == x || x != x)
+        return h;
+    if (up ? back > x : back < x)
+        return h;
+    if ((h & 0x7fffu) == 0) /* +-0: the smallest subnormal of x's sign */
+        return up ? 0x0001u : 0x8001u;
+    return (uint16_t)(((h & 0x8000u) != 0) == (up != 0) ? h - 1u : h + 1u);
+}
+static inline uint16_t fkv_f32_to_f16_down(float x) { return fkv_f32_to_f16_directed(x, 0); }
+static inline uint16_t fkv_f32_to_f16_up(float x) { return fkv_f32_to_f16_directed(x, 1); }
+
 /* Element i of a buffer in `dtype`, as f32. */
 static inline float fkv_load(const void *base, fkv_dtype dtype, size_t i) {
     switch (dtype) {

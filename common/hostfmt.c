@@ -7,23 +7,11 @@
 
 #define F16_NAN 0x7e00u
 
-/* The f16 next to h towards -inf (down) or +inf (up); h is finite. */
-static uint16_t f16_step(uint16_t h, int up) {
-    int negative = (h & 0x8000u) != 0;
-    if ((h & 0x7fffu) == 0) /* +-0 */
-        return up ? 0x0001u : 0x8001u;
-    return (uint16_t)(negative == up ? h - 1u : h + 1u);
-}
-
-/* x rounded to an f16 towards -inf (up = 0) or +inf (up = 1); an infinity when out of range. */
+/* x rounded to an f16 towards -inf (up = 0) or +inf (up = 1); an infinity when the nearest f16
+ * is one (hostfmt.h: such a group gets NaN parameters), else IEEE directed rounding. */
 static uint16_t f16_directed(float x, int up) {
     uint16_t h = fkv_f32_to_f16(x);
-    float back = fkv_f16_to_f32(h);
-    if (isinf(back))
-        return h;
-    if (up ? back < x : back > x)
-        h = f16_step(h, up);
-    return h;
+    return isinf(fkv_f16_to_f32(h)) ? h : fkv_f32_to_f16_directed(x, up);
 }
 
 void fkv_hostfmt_params(float lo, float hi, int nonfinite, uint32_t levels, uint16_t *zero,

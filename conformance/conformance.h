@@ -83,6 +83,7 @@ struct cf_case {
     fkv_policy policy; /* pipeline cases */
     int recall;        /* pipeline cases: fkv_recall_mode forced on the DUT, -1 its own */
     fkv_host_format host_format; /* pipeline cases: the host pool's format */
+    fkv_summary_format summary_format; /* pipeline cases: the config's page summaries */
     int splits;        /* forced through cf_force_splits first; -1: left alone */
     size_t shared;     /* forced through cf_limit_shared first; 0: left alone */
 };
@@ -170,6 +171,8 @@ const uint32_t (*cf_geometries(int quick, size_t *n))[3];
     X(S, append, append, -1, 0)                                                                \
     X(S, summarize, summarize, -1, 0)                                                          \
     X(S, scores, scores, -1, 0)                                                                \
+    X(S, summarize_f16, summarize_f16, -1, 0)                                                  \
+    X(S, scores_f16, scores_f16, -1, 0)                                                        \
     X(S, cosine_flags, cosine_flags, -1, 0)                                                    \
     X(S, cosine_nan, cosine_nan, -1, 0)                                                        \
     X(S, pack_hnd, pack_hnd, -1, 0)                                                            \

@@ -484,6 +484,9 @@ static void check_bad_arguments(const cf_env *env, const cf_case *c, cf_result *
     bad.dtype = (fkv_dtype)9;
     REFUSED(fkv_op_append(dev, CQ, D, &bad, s.big, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
     REFUSED(fkv_op_summarize(dev, CQ, D, &bad, s.kp, 1, s.idx, 0, s.out));
+    bad = *g;
+    bad.summary_format = (fkv_summary_format)2;
+    REFUSED(fkv_op_summarize(dev, CQ, D, &bad, s.kp, 1, s.idx, 0, s.out));
     REFUSED(fkv_op_append(dev, CQ, D, g, NULL, 0, s.big, 0, 2, rows, 0, s.kp, s.vp));
     REFUSED(fkv_op_append(dev, CQ, D, g, s.big, 0, s.big, 0, 2, rows, 4, s.kp, s.vp));
     REFUSED(fkv_op_append(dev, CQ, D, g, s.big, 2, s.big, 0, 2, rows, 0, s.kp, s.vp));

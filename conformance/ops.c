@@ -391,20 +391,36 @@ static int build_append(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
 }
 
 /* Four full pages (the pool's last slot among them) into summaries of a buffer of eight
- * (the last among them), with a trailing partial summary. */
-static int build_summarize(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
-    (void)env, (void)r;
-    const fkv_kv_geom *g = &s->g;
+ * (the last among them), with a trailing partial summary. f16 summaries (summarize_f16, bit
+ * for bit: directed rounding is deterministic) also get keys beyond the f16 range, a NaN key
+ * and keys below its smallest subnormal in channels 0-3 of every page. */
+static int summarize_spec(cf_rng *rng, cf_spec *s, fkv_summary_format format) {
+    fkv_kv_geom *g = &s->g;
+    g->summary_format = format;
     uint32_t n_slots = 6, n_summ = 8, n = 4;
     int kp = pool_input(s, rng, "kpool", n_slots, 0);
     int pages = (int)s->n_arr;
     int32_t *pv = cf_add_input(s, "pages", CF_IN_OFF, n * 8);
     int out = (int)s->n_arr;
-    cf_set_shape(cf_add_output(s, "summaries", 0, (size_t)n_summ * row_elems(g) * 2 * 4,
-                               POOL_TRAIL, CF_F32),
+    cf_set_shape(cf_add_output(s, "summaries", 0, (size_t)n_summ * fkv_summary_bytes(g),
+                               POOL_TRAIL, format == FKV_SUMMARY_F16 ? CF_BYTES : CF_F32),
                  n_summ, "summary", g->n_kv_heads, "KV head", 2 * g->head_dim, "min|max ch");
     if (!cf_spec_ok(s))
         return -1;
+    if (format == FKV_SUMMARY_F16 && g->head_dim >= 4) {
+        void *k = s->arr[kp].init;
+        size_t re = row_elems(g);
+        for (size_t row = 0; row < (size_t)n_slots * g->page_size; row++)
+            for (size_t h = 0; h < g->n_kv_heads; h++) {
+                size_t e = row * re + h * g->head_dim, t = row % g->page_size;
+                if (t == 0)
+                    fkv_store(k, g->dtype, e, 70000.0f); /* max up: +inf */
+                fkv_store(k, g->dtype, e + 1, t % 2 ? -70000.0f : -65519.0f); /* max: -65504 */
+                if (t == 1)
+                    fkv_store(k, g->dtype, e + 2, NAN); /* skipped */
+                fkv_store(k, g->dtype, e + 3, t % 2 ? 1e-30f : 3e-30f); /* 0 and 2^-24 */
+            }
+    }
     uint32_t slots[8], summ[8];
     pick_with_last(rng, n_slots, n, slots);
     pick_with_last(rng, n_summ, n, summ);
@@ -417,13 +433,24 @@ static int build_summarize(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result
     return 1;
 }
 
+static int build_summarize(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
+    (void)env, (void)r;
+    return summarize_spec(rng, s, FKV_SUMMARY_F32);
+}
+
+static int build_summarize_f16(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
+    (void)env, (void)r;
+    return summarize_spec(rng, s, FKV_SUMMARY_F16);
+}
+
 /* Four sequences: 7 pages, 6 pages at another base after a gap, none (writes nothing), and 27
  * pages ending at the last summary (several tiles); the gaps must stay untouched. Their queries
  * are rows 3, 0, 1 and 3 of five (out of order, one twice, two unread). A second call, into
- * another output, masks every third (sequence, KV head) pair: their scores stay untouched. */
-static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
-    (void)env, (void)r;
-    const fkv_kv_geom *g = &s->g;
+ * another output, masks every third (sequence, KV head) pair: their scores stay untouched.
+ * f16 summaries (scores_f16) hold the f32 minima rounded down and the maxima up. */
+static int scores_spec(cf_rng *rng, cf_spec *s, fkv_summary_format format) {
+    fkv_kv_geom *g = &s->g;
+    g->summary_format = format;
     uint32_t hq = g->n_kv_heads * g->group, d = g->head_dim, n_summ = 40;
     int32_t o1 = (int32_t)(3 + hq * 7 + 5), o3 = o1 + (int32_t)(hq * 6 + 2);
     int32_t desc_v[16] = {1, 7, 3, 3, 5, 6, o1, 0, 0, 0, 0, 1, 13, 27, o3, 3};
@@ -433,7 +460,7 @@ static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
     int desc = (int)s->n_arr;
     int32_t *dv = cf_add_input(s, "desc", 12, sizeof desc_v);
     int sm = (int)s->n_arr;
-    float *summ = cf_add_input(s, "summaries", 0, (size_t)n_summ * g->n_kv_heads * 2 * d * 4);
+    void *summ = cf_add_input(s, "summaries", 0, (size_t)n_summ * fkv_summary_bytes(g));
     int out = (int)s->n_arr;
     cf_add_output(s, "scores", CF_GUARD, out_len * 4, CF_GUARD, CF_F32);
     int mask = (int)s->n_arr;
@@ -447,11 +474,17 @@ static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
     fill_f32(rng, qv, (size_t)5 * hq * d);
     memcpy(dv, desc_v, sizeof desc_v);
     for (size_t i = 0; i < (size_t)n_summ * g->n_kv_heads; i++) {
-        float *mn = summ + i * 2 * d, *mx = mn + d;
         for (uint32_t ch = 0; ch < d; ch++) { /* min <= max, as summaries are */
             float a = cf_normal(rng), b = cf_normal(rng);
-            mn[ch] = a < b ? a : b;
-            mx[ch] = a < b ? b : a;
+            float lo = a < b ? a : b, hi = a < b ? b : a;
+            size_t mn = i * 2 * d + ch, mx = mn + d;
+            if (format == FKV_SUMMARY_F16) {
+                ((uint16_t *)summ)[mn] = fkv_f32_to_f16_down(lo);
+                ((uint16_t *)summ)[mx] = fkv_f32_to_f16_up(hi);
+            } else {
+                ((float *)summ)[mn] = lo;
+                ((float *)summ)[mx] = hi;
+            }
         }
     }
     for (int masked = 0; masked < 2; masked++) {
@@ -464,6 +497,16 @@ static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
             c->b[4] = at(mask, 4);
     }
     return 1;
+}
+
+static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
+    (void)env, (void)r;
+    return scores_spec(rng, s, FKV_SUMMARY_F32);
+}
+
+static int build_scores_f16(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
+    (void)env, (void)r;
+    return scores_spec(rng, s, FKV_SUMMARY_F16);
 }
 
 /* Flags may differ from the reference only where the similarity is within tol of tau. */
@@ -1209,6 +1252,8 @@ static const op_entry op_table[] = {
     {"append", build_append, 1, 1},
     {"summarize", build_summarize, 1, 1},
     {"scores", build_scores, 0, 1},
+    {"summarize_f16", build_summarize_f16, 1, 1},
+    {"scores_f16", build_scores_f16, 0, 1},
     {"cosine_flags", build_cosine, 0, 1},
     {"cosine_nan", build_cosine_nan, 0, 1},
     {"pack_hnd", build_pack, 1, 1},

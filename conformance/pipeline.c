@@ -102,6 +102,7 @@ static int setup_init(pl_setup *s, const cf_case *c, int quick) {
     cfg->max_context = s->prompt[1] + s->steps + p;
     cfg->recall_chunk_pages = 2; /* several staging chunks per recall: double buffering runs */
     cfg->host_format = c->host_format;
+    cfg->summary_format = c->summary_format;
 
     cf_rng rng;
     cf_seed(&rng, c->name, 7);
@@ -714,7 +715,8 @@ out:
 
 /* Full: every policy at every geometry and dtype. Quick: every policy at each dtype, the
  * geometry rotating so that each quick geometry appears. Offload policies rotate the recall
- * mode too, so each meets every dtype and mode. */
+ * mode too, so each meets every dtype and mode. Then each policy that scores pages once with
+ * f16 summaries ("/sumf16"), the dtype and recall mode rotating. */
 size_t cf_pipeline_cases(int quick, cf_case *out, size_t cap) {
     size_t n = 0, n_geoms;
     const uint32_t(*geoms)[3] = cf_geometries(quick, &n_geoms);
@@ -750,5 +752,22 @@ size_t cf_pipeline_cases(int quick, cf_case *out, size_t cap) {
                 n++;
             }
         }
+    for (int pol = FKV_POLICY_QUEST; pol <= FKV_POLICY_FREEKV && n < cap; pol++, n++) {
+        cf_case *c = &out[n];
+        memset(c, 0, sizeof *c);
+        const uint32_t *gg = geoms[(size_t)pol % n_geoms];
+        c->g = (cf_geom){.head_dim = gg[0], .group = gg[1], .page_size = gg[2],
+                         .dtype = (fkv_dtype)(pol % 3)};
+        c->has_geom = 1;
+        c->policy = (fkv_policy)pol;
+        c->summary_format = FKV_SUMMARY_F16;
+        c->op = "pipeline";
+        c->run = run_pipeline;
+        c->recall = pol == FKV_POLICY_QUEST ? -1 : pol % 3;
+        char gn[48];
+        cf_geom_name(&c->g, 1, 1, gn, sizeof gn);
+        snprintf(c->name, sizeof c->name, "pipeline/%s/%s%s%s/sumf16", fkv_policy_name(c->policy),
+                 gn, c->recall >= 0 ? "/" : "", c->recall >= 0 ? recall_names[c->recall] : "");
+    }
     return n;
 }

@@ -31,6 +31,12 @@ static const cf_tolerance_row table[] = {
     {"summarize", {0, 0, 0}, {0, 0, 0}, "per-channel min/max of stored values is exact in any order"},
     {"scores", {1e-5, 1e-5, 1e-5}, {2e-5, 2e-5, 2e-5},
      "f32 sum of head_dim products (q is f32, summaries f32); summation order may differ"},
+    {"summarize_f16", {0, 0, 0}, {0, 0, 0},
+     "f16 summaries (fkv_summary_format): min rounded down, max up to f16, deterministic bits, "
+     "also for keys beyond the f16 range, NaN keys and f16 subnormals"},
+    {"scores_f16", {1e-5, 1e-5, 1e-5}, {2e-5, 2e-5, 2e-5},
+     "as scores: f16 summaries widen exactly to f32; against the f32 summaries they round, "
+     "the bound only grows (docs/eval.md, \"Summary formats\")"},
     {"cosine_flags", {1e-5, 1e-5, 1e-5}, {1e-5, 1e-5, 1e-5},
      "f32 dot products and norms; a flag may differ only where |sim - tau| is within this"},
     {"cosine_nan", {0, 0, 0}, {0, 0, 0},

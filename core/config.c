@@ -6,45 +6,67 @@
 #include "../common/error.h"
 #include "select.h"
 
+/* Names of an enum's values, by value: the name of one, and the value of a name. */
+#define N_NAMES(names) (sizeof names / sizeof *names)
+static const char *name_of(const char *const *names, size_t n, unsigned value) {
+    return value < n ? names[value] : "unknown";
+}
+static int value_of(const char *const *names, size_t n, const char *name) {
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(name, names[i]) == 0)
+            return (int)i;
+    return -1;
+}
+
 static const char *const policy_names[] = {"dense", "quest", "sync", "speculative", "freekv"};
 
 const char *fkv_policy_name(fkv_policy policy) {
-    if ((unsigned)policy < sizeof policy_names / sizeof *policy_names)
-        return policy_names[policy];
-    return "unknown";
+    return name_of(policy_names, N_NAMES(policy_names), (unsigned)policy);
 }
 
 fkv_status fkv_policy_parse(const char *name, fkv_policy *out) {
     if (name == NULL || out == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_policy_parse: NULL argument");
-    for (size_t i = 0; i < sizeof policy_names / sizeof *policy_names; i++) {
-        if (strcmp(name, policy_names[i]) == 0) {
-            *out = (fkv_policy)i;
-            return FKV_OK;
-        }
-    }
-    return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                     "unknown policy '%s' (dense, quest, sync, speculative, freekv)", name);
+    int v = value_of(policy_names, N_NAMES(policy_names), name);
+    if (v < 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "unknown policy '%s' (dense, quest, sync, speculative, freekv)", name);
+    *out = (fkv_policy)v;
+    return FKV_OK;
 }
 
 static const char *const host_format_names[] = {"same", "q8", "q4"};
 
 const char *fkv_host_format_name(fkv_host_format format) {
-    if ((unsigned)format < sizeof host_format_names / sizeof *host_format_names)
-        return host_format_names[format];
-    return "unknown";
+    return name_of(host_format_names, N_NAMES(host_format_names), (unsigned)format);
 }
 
 fkv_status fkv_host_format_parse(const char *name, fkv_host_format *out) {
     if (name == NULL || out == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_host_format_parse: NULL argument");
-    for (size_t i = 0; i < sizeof host_format_names / sizeof *host_format_names; i++) {
-        if (strcmp(name, host_format_names[i]) == 0) {
-            *out = (fkv_host_format)i;
-            return FKV_OK;
-        }
-    }
-    return fkv_error(FKV_ERR_INVALID_ARGUMENT, "unknown host format '%s' (same, q8, q4)", name);
+    int v = value_of(host_format_names, N_NAMES(host_format_names), name);
+    if (v < 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "unknown host format '%s' (same, q8, q4)",
+                         name);
+    *out = (fkv_host_format)v;
+    return FKV_OK;
+}
+
+static const char *const summary_format_names[] = {"f32", "f16"};
+
+const char *fkv_summary_format_name(fkv_summary_format format) {
+    return name_of(summary_format_names, N_NAMES(summary_format_names), (unsigned)format);
+}
+
+fkv_status fkv_summary_format_parse(const char *name, fkv_summary_format *out) {
+    if (name == NULL || out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_summary_format_parse: NULL argument");
+    int v = value_of(summary_format_names, N_NAMES(summary_format_names), name);
+    if (v < 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "unknown summary format '%s' (f32, f16)",
+                         name);
+    *out = (fkv_summary_format)v;
+    return FKV_OK;
 }
 
 void fkv_config_init(fkv_config *cfg) {
@@ -68,6 +90,7 @@ void fkv_config_init(fkv_config *cfg) {
     cfg->recall_chunk_pages = 0;
     cfg->group_temperature = FKV_TEMP_RAW;
     cfg->host_format = FKV_HOST_SAME;
+    cfg->summary_format = FKV_SUMMARY_F32;
 }
 
 #define BAD(...) fkv_error(FKV_ERR_INVALID_CONFIG, __VA_ARGS__)
@@ -157,6 +180,9 @@ fkv_status fkv_config_validate(const fkv_config *c) {
     if ((unsigned)c->host_format > FKV_HOST_Q4)
         return BAD("host_format = %d: unknown (FKV_HOST_SAME, FKV_HOST_Q8 or FKV_HOST_Q4)",
                    (int)c->host_format);
+    if ((unsigned)c->summary_format > FKV_SUMMARY_F16)
+        return BAD("summary_format = %d: unknown (FKV_SUMMARY_F32 or FKV_SUMMARY_F16)",
+                   (int)c->summary_format);
     if (c->max_seqs < 1 || c->max_seqs > 4096)
         return BAD("max_seqs = %u: must be 1..4096", c->max_seqs);
     if (c->max_context < 1 || c->max_context > (1u << 24))

@@ -31,6 +31,7 @@ void fkv_resources_derive(fkv_context *ctx) {
     ctx->offload = cfg->policy >= FKV_POLICY_SYNC;
     /* dense and quest keep no host pool: their format is the compute dtype whatever asked */
     ctx->geom.host_format = ctx->offload ? cfg->host_format : FKV_HOST_SAME;
+    ctx->geom.summary_format = cfg->summary_format;
     ctx->elem_bytes = fkv_dtype_size(cfg->dtype);
     ctx->row_elems = (size_t)cfg->n_kv_heads * cfg->head_dim;
     ctx->q_row_bytes = (size_t)cfg->n_q_heads * cfg->head_dim * FKV_F32_BYTES;
@@ -158,7 +159,7 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
     size_t max_seqs = cfg->max_seqs, hq = cfg->n_q_heads, hk = cfg->n_kv_heads;
     size_t qbytes = max_seqs * ctx->q_row_bytes;
     size_t pool = max_seqs * ctx->n_slots * ctx->slot_bytes;
-    size_t summaries = max_seqs * ctx->max_pages * hk * 2 * cfg->head_dim * FKV_F32_BYTES;
+    size_t summaries = max_seqs * ctx->max_pages * fkv_summary_bytes(&ctx->geom);
     size_t io = FKV_IN_BLOCKS * ctx->in_block_bytes + qbytes; /* blocks, then parking */
     /* cosine_flags' flags, then select_pages' records (n_mid pages and scores per KV head):
      * what comes back to the host, in one read for a correction (retrieval.c) */

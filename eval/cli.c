@@ -50,6 +50,8 @@ static void usage(FILE *f) {
         "                       bounds (FreeKV's accuracy code) or the bounds times 1/sqrt(d)\n"
         "  --host-format same|q8|q4 (same)   host pool of sync, speculative, freekv: the\n"
         "                       KV dtype, or 8/4-bit codes dequantized at recall\n"
+        "  --summary-format f32|f16 (f32)   page summaries: f16 halves the bytes each\n"
+        "                       selection scores (minima rounded down, maxima up)\n"
         "  --policies LIST      comma list of dense,quest,sync,speculative,freekv (all);\n"
         "                       dense and quest always run as the references\n"
         "sweep (freekv at every combination, each against quest at its own settings):\n"
@@ -298,6 +300,7 @@ int fkv_eval_parse_args(int argc, char **argv, fkv_eval_options *o) {
     o->reduce = FKV_GROUP_SOFTMAX_MEAN;
     o->temp = FKV_TEMP_RAW;
     o->host_format = FKV_HOST_SAME;
+    o->summary_format = FKV_SUMMARY_F32;
     o->targets = (fkv_sweep_targets){.mass = NAN, .mass_worst = NAN, .needles = NAN};
     for (int i = 0; i < FKV_EVAL_POLICIES; i++)
         o->want[i] = 1;
@@ -325,7 +328,8 @@ int fkv_eval_parse_args(int argc, char **argv, fkv_eval_options *o) {
     static const char *const str_flags[] = {"--trace", "--save-trace", "--csv", "--json",
                                             "--dump", "--backend", "--device", "--policies",
                                             "--dtype", "--group-reduce", "--group-temperature",
-                                            "--sweep", "--target", "--host-format"};
+                                            "--sweep", "--target", "--host-format",
+                                            "--summary-format"};
     const char *geometry_flag = NULL;
     for (int i = 1; i < argc; i++) {
         char flag[64];
@@ -434,6 +438,11 @@ int fkv_eval_parse_args(int argc, char **argv, fkv_eval_options *o) {
             if (parse_choice(flag, v, names, 3, &choice))
                 return -1;
             o->host_format = (fkv_host_format)choice;
+        } else if (strcmp(flag, "--summary-format") == 0) {
+            static const char *const names[] = {"f32", "f16"};
+            if (parse_choice(flag, v, names, 2, &choice))
+                return -1;
+            o->summary_format = (fkv_summary_format)choice;
         } else if (strcmp(flag, "--target") == 0) {
             if (fkv_sweep_parse_target(v, &o->targets))
                 return -1;

@@ -25,6 +25,7 @@ typedef struct fkv_eval_options {
     fkv_group_reduce reduce;
     fkv_group_temp temp;
     fkv_host_format host_format; /* the offload policies' host pool (dense, quest: none) */
+    fkv_summary_format summary_format; /* page summaries of quest and the offload policies */
     int want[FKV_EVAL_POLICIES]; /* chosen policies, by fkv_policy value */
     fkv_sweep_spec sweep;        /* sweep.given: --sweep */
     fkv_sweep_targets targets;   /* defaults to mass >= 0.99 when a sweep has none */

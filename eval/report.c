@@ -133,9 +133,9 @@ void fkv_eval_json_head(FILE *f, void *ctx) {
                 c->page_size, c->budget_tokens, (double)c->tau,
                 fkv_sweep_temp_name(c->group_temperature));
     fprintf(f, "\"sink_tokens\": %u, \"window_tokens\": %u, \"dtype\": \"%s\", "
-               "\"group_reduce\": \"%s\"},\n",
+               "\"group_reduce\": \"%s\", \"summary_format\": \"%s\"},\n",
             c->sink_tokens, c->window_tokens, fkv_dtype_name(c->dtype),
-            fkv_eval_reduce_name(c->group_reduce));
+            fkv_eval_reduce_name(c->group_reduce), fkv_summary_format_name(c->summary_format));
 }
 
 int fkv_eval_write_json(const char *path, const fkv_eval_about *about,

@@ -88,4 +88,39 @@ FKV_HD float fkv_hip_f16_to_f32(uint16_t h) {
     return fkv_hip_bits_f32(sign | ((exp - 15 + 127) << 23) | (mant << 13));
 }
 
+/* f32 -> f16 bits with IEEE directed rounding, towards +inf (up) or -inf: bit for bit
+ * common/dtype.h fkv_f32_to_f16_down/up (NaN: sign | 0x7e00; overflow gives the infinity only
+ * in the rounding direction, else 65504). The magnitude is truncated, then stepped once away
+ * from zero when the value was inexact and the direction points away from zero (the step
+ * carries into the exponent, and from 65504 into infinity). */
+FKV_HD uint16_t fkv_hip_f16_bits_round(float f, int up) {
+    uint32_t u = fkv_hip_f32_bits(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu, t;
+    int inexact;
+    if (a > 0x7f800000u)
+        return (uint16_t)(sign | 0x7e00u);
+    if (a == 0x7f800000u) {
+        t = 0x7c00u;
+        inexact = 0;
+    } else if (a >= 0x47800000u) { /* >= 65536: truncates to 65504 */
+        t = 0x7bffu;
+        inexact = 1;
+    } else if (a >= 0x38800000u) { /* f16 normal */
+        t = (a - (112u << 23)) >> 13;
+        inexact = (a & 0x1fffu) != 0;
+    } else { /* f16 subnormal or zero: the mantissa * 2^-(126 - e) */
+        uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e;
+        if (e == 0 || shift > 24u) {
+            t = 0;
+            inexact = a != 0;
+        } else {
+            t = m >> shift;
+            inexact = (m & ((1u << shift) - 1u)) != 0;
+        }
+    }
+    uint32_t away = inexact && ((sign == 0) == (up != 0)) ? 1u : 0u;
+    return (uint16_t)(sign | (t + away));
+}
+FKV_HD uint16_t fkv_hip_f16_bits_round_down(float f) { return fkv_hip_f16_bits_round(f, 0); }
+FKV_HD uint16_t fkv_hip_f16_bits_round_up(float f) { return fkv_hip_f16_bits_round(f, 1); }
+
 #endif

@@ -26,12 +26,14 @@ typedef struct fkv_hip_append_args {
     void *kpool, *vpool;
 } fkv_hip_append_args;
 
-/* pages[2i] = gslot, pages[2i+1] = summary index; summaries [s][n_kv_heads][2][d] f32. */
+/* pages[2i] = gslot, pages[2i+1] = summary index; summaries [s][n_kv_heads][2][d] f32, or
+ * (summ_f16) f16 with the min rounded down and the max up. */
 typedef struct fkv_hip_summarize_args {
     const void *kpool;
     const int32_t *pages;
     uint32_t n_pages, n_kv_heads, head_dim, page_size, n_slots, n_summaries;
-    float *summaries;
+    void *summaries;
+    uint32_t summ_f16;
 } fkv_hip_summarize_args;
 
 /* Quest bound; one block per (sequence, KV head, block of `heads` query heads) on grid x,
@@ -41,8 +43,8 @@ typedef struct fkv_hip_scores_args {
     uint64_t q_rows; /* query rows from q to the end of its buffer */
     const int32_t *desc;
     const int32_t *mask; /* [n_seqs][n_kv_heads], 0 skips the pair; NULL: none */
-    const float *summaries;
-    uint32_t n_summaries;
+    const void *summaries; /* f32, or (summ_f16) f16 */
+    uint32_t n_summaries, summ_f16;
     float *out; /* at the caller's out_off */
     uint64_t out_len; /* floats from out to the end of its buffer */
     uint32_t n_kv_heads, group, head_dim;

@@ -103,6 +103,7 @@ fkv_status fkv_hip_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
         .n_slots = n_slots,
         .n_summaries = clamp_u32(summaries->desc.size / summary_bytes),
         .summaries = summaries->ptr,
+        .summ_f16 = g->summary_format == FKV_SUMMARY_F16,
     };
     if ((st = begin(&lc, &deps)) != FKV_OK)
         return st;
@@ -146,6 +147,7 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
         .mask = mask ? at(mask, mask_off) : NULL,
         .summaries = summaries->ptr,
         .n_summaries = clamp_u32(summaries->desc.size / summary_bytes),
+        .summ_f16 = g->summary_format == FKV_SUMMARY_F16,
         .out = at(out, out_off),
         .out_len = (out->desc.size - out_off) / 4,
         .n_kv_heads = g->n_kv_heads,

@@ -63,7 +63,8 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_append(fkv_hip_append_args a)
     K::store(a.vpool, dst, a.v_src[gid]);
 }
 
-/* One thread per (page i, KV head, channel): min and max over the page's tokens. */
+/* One thread per (page i, KV head, channel): min and max over the page's tokens, as f32 or
+ * (summ_f16) f16 rounded down (min) and up (max). */
 template <class K>
 __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_summarize(fkv_hip_summarize_args a) {
     size_t gid = global_id_x();
@@ -82,14 +83,23 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_summarize(fkv_hip_summarize_a
         mx = fmaxf(mx, v);
     }
     size_t h = r / a.head_dim, c = r % a.head_dim;
-    float *o = a.summaries + ((size_t)s * a.n_kv_heads + h) * 2 * a.head_dim;
-    o[c] = mn;
-    o[a.head_dim + c] = mx;
+    size_t o = ((size_t)s * a.n_kv_heads + h) * 2 * a.head_dim + c;
+    if (a.summ_f16) {
+        ((uint16_t *)a.summaries)[o] = fkv_hip_f16_bits_round_down(mn);
+        ((uint16_t *)a.summaries)[o + a.head_dim] = fkv_hip_f16_bits_round_up(mx);
+    } else {
+        ((float *)a.summaries)[o] = mn;
+        ((float *)a.summaries)[o + a.head_dim] = mx;
+    }
 }
 
 /* ---- scores, cosine ---- */
 
 #define SCORE_PAGES 4 /* pages a thread scores per pass */
+
+/* A summary element as f32: f32 as is, f16 (its bits) widened exactly. */
+__device__ inline float summ_f32(float x) { return x; }
+__device__ inline float summ_f32(uint16_t h) { return fkv_hip_f16_to_f32(h); }
 
 /* Quest bound of the query heads of one KV head in one pass over each summary: the pass's heads
  * are FKV_HIP_SCORE_LANES lanes in registers (a summary is read once per 8 query heads of its
@@ -98,7 +108,24 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_summarize(fkv_hip_summarize_a
  * [channel][head], then FKV_HIP_SCORES_PAD floats the last channel's lanes reach (lanes beyond the
  * block's heads are computed and dropped). Block x = (sequence, KV head, block of `heads`
  * query heads: the group in several blocks when its queries do not fit shared memory at
- * once); the blocks along y stride over its pages. */
+ * once); the blocks along y stride over its pages. f16 summaries (summ_f16) are widened
+ * exactly, so their scores are bit for bit those of f32 summaries holding the same values. */
+template <class S>
+__device__ void score_channels(const S *summ, const size_t mn[SCORE_PAGES], const float *qs,
+                               uint32_t d, uint32_t ng_all, uint32_t g0,
+                               float acc[SCORE_PAGES][FKV_HIP_SCORE_LANES]) {
+    for (uint32_t c = 0; c < d; c++) {
+        float x[FKV_HIP_SCORE_LANES];
+        for (uint32_t k = 0; k < FKV_HIP_SCORE_LANES; k++)
+            x[k] = qs[(size_t)c * ng_all + g0 + k];
+        for (uint32_t p = 0; p < SCORE_PAGES; p++) {
+            float lo = summ_f32(summ[mn[p] + c]), hi = summ_f32(summ[mn[p] + d + c]);
+            for (uint32_t k = 0; k < FKV_HIP_SCORE_LANES; k++)
+                acc[p][k] += fmaxf(x[k] * hi, x[k] * lo);
+        }
+    }
+}
+
 __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_args a) {
     extern __shared__ float qs[]; /* [heads * head_dim + FKV_HIP_SCORES_PAD] */
     uint32_t n_blocks = (a.group + a.heads - 1) / a.heads;
@@ -122,28 +149,22 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_a
     for (size_t j0 = ((size_t)blockIdx.y * blockDim.x + threadIdx.x) * SCORE_PAGES; j0 < np;
          j0 += stride) {
         /* pages beyond the sequence or the summaries read a valid one and are dropped */
-        const float *mn[SCORE_PAGES];
+        size_t mn[SCORE_PAGES]; /* element of each page's minima */
         bool valid[SCORE_PAGES];
         for (uint32_t p = 0; p < SCORE_PAGES; p++) {
             int64_t sidx = (int64_t)base + (int64_t)(j0 + p);
             valid[p] = j0 + p < np && sidx >= 0 && sidx < (int64_t)a.n_summaries;
-            mn[p] = a.summaries + ((size_t)(valid[p] ? sidx : 0) * a.n_kv_heads + h) * 2 * d;
+            mn[p] = ((size_t)(valid[p] ? sidx : 0) * a.n_kv_heads + h) * 2 * d;
         }
         for (uint32_t g0 = 0; g0 < ng_all; g0 += FKV_HIP_SCORE_LANES) {
             float acc[SCORE_PAGES][FKV_HIP_SCORE_LANES];
             for (uint32_t p = 0; p < SCORE_PAGES; p++)
                 for (uint32_t k = 0; k < FKV_HIP_SCORE_LANES; k++)
                     acc[p][k] = 0.0f;
-            for (uint32_t c = 0; c < d; c++) {
-                float x[FKV_HIP_SCORE_LANES];
-                for (uint32_t k = 0; k < FKV_HIP_SCORE_LANES; k++)
-                    x[k] = qs[(size_t)c * ng_all + g0 + k];
-                for (uint32_t p = 0; p < SCORE_PAGES; p++) {
-                    float lo = mn[p][c], hi = mn[p][d + c];
-                    for (uint32_t k = 0; k < FKV_HIP_SCORE_LANES; k++)
-                        acc[p][k] += fmaxf(x[k] * hi, x[k] * lo);
-                }
-            }
+            if (a.summ_f16)
+                score_channels((const uint16_t *)a.summaries, mn, qs, d, ng_all, g0, acc);
+            else
+                score_channels((const float *)a.summaries, mn, qs, d, ng_all, g0, acc);
             uint32_t ng = ng_all - g0 < FKV_HIP_SCORE_LANES ? ng_all - g0 : FKV_HIP_SCORE_LANES;
             for (uint32_t p = 0; p < SCORE_PAGES; p++)
                 for (uint32_t k = 0; k < ng && valid[p]; k++) {

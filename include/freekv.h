@@ -255,6 +255,20 @@ FKV_API const char *fkv_host_format_name(fkv_host_format format); /* "unknown" i
 /* "same", "q8" or "q4"; anything else is FKV_ERR_INVALID_ARGUMENT. */
 FKV_API fkv_status fkv_host_format_parse(const char *name, fkv_host_format *out);
 
+/* How page summaries (per (page, KV head) channel minima and maxima, the Quest bound's input)
+ * are stored on the device. f16 halves their bytes, and so the bytes each selection's scoring
+ * pass reads: minima are rounded down and maxima up to f16 (a finite value beyond the f16
+ * range becomes an infinity only on the side that keeps it a bound, NaN stays NaN), so a
+ * page's f16 bound is never below its f32 bound and rounding can only admit a page, never
+ * drop one. Accuracy: docs/eval.md, "Summary formats". */
+typedef enum fkv_summary_format {
+    FKV_SUMMARY_F32 = 0, /* f32 (default) */
+    FKV_SUMMARY_F16 = 1  /* f16, directed rounding */
+} fkv_summary_format;
+FKV_API const char *fkv_summary_format_name(fkv_summary_format format); /* "unknown" if not one */
+/* "f32" or "f16"; anything else is FKV_ERR_INVALID_ARGUMENT. */
+FKV_API fkv_status fkv_summary_format_parse(const char *name, fkv_summary_format *out);
+
 typedef struct fkv_config {
     uint32_t n_layers;
     uint32_t n_q_heads;
@@ -278,12 +292,13 @@ typedef struct fkv_config {
     /* The host pool's storage format (FKV_HOST_SAME). q8/q4 need a backend that implements
      * them; fkv_context_create refuses them with FKV_ERR_UNSUPPORTED otherwise. */
     fkv_host_format host_format;
+    fkv_summary_format summary_format; /* page summaries on the device (FKV_SUMMARY_F32) */
 } fkv_config;
 
 /* Defaults: Llama-3.1-8B geometry (32 layers, 32/8 heads, d=128), p=32, budget 2048,
  * sink 512, window 512, tau 0.9, bf16, freekv policy, softmax-mean group reduction of the raw
  * bounds (FKV_TEMP_RAW), 1 sequence, 32768 context, host pool in the compute dtype
- * (FKV_HOST_SAME). */
+ * (FKV_HOST_SAME), f32 page summaries (FKV_SUMMARY_F32). */
 FKV_API void fkv_config_init(fkv_config *cfg);
 /* Checks every field; the message names the first bad one. Beyond each field's range:
  *  - budget_tokens <= max_context rounded up to whole pages (a larger budget could never be

@@ -42,6 +42,41 @@ void fkv_store(global fkv_kv_t *p, size_t i, float v) {
 }
 #endif
 
+/* f32 -> f16 bits with IEEE directed rounding, towards +inf (up) or -inf: bit for bit
+ * common/dtype.h fkv_f32_to_f16_down/up (NaN: sign | 0x7e00; overflow gives the infinity only
+ * in the rounding direction, else 65504). Integer code: vstore_half_rtn/rtp leave the NaN's bits
+ * to the implementation. The magnitude is truncated, then stepped once away from zero when the
+ * value was inexact and the direction points away from zero (the step carries into the
+ * exponent, and from 65504 into infinity). */
+inline uint f16_bits_round(float f, int up) {
+    uint u = as_uint(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu, t, inexact;
+    if (a > 0x7f800000u)
+        return sign | 0x7e00u;
+    if (a == 0x7f800000u) {
+        t = 0x7c00u;
+        inexact = 0u;
+    } else if (a >= 0x47800000u) { /* >= 65536: truncates to 65504 */
+        t = 0x7bffu;
+        inexact = 1u;
+    } else if (a >= 0x38800000u) { /* f16 normal */
+        t = (a - (112u << 23)) >> 13;
+        inexact = (a & 0x1fffu) != 0u;
+    } else { /* f16 subnormal or zero: the mantissa * 2^-(126 - e) */
+        uint e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e;
+        if (e == 0u || shift > 24u) {
+            t = 0u;
+            inexact = a != 0u;
+        } else {
+            t = m >> shift;
+            inexact = (m & ((1u << shift) - 1u)) != 0u;
+        }
+    }
+    uint away = (sign == 0u) == (up != 0) ? inexact : 0u;
+    return sign | (t + away);
+}
+inline uint f16_bits_round_down(float f) { return f16_bits_round(f, 0); }
+inline uint f16_bits_round_up(float f) { return f16_bits_round(f, 1); }
+
 /* rows[i] receives row i of k_src/v_src ([row_elems] f32), converted to the storage dtype. */
 kernel void fkv_append(const global float *k_src, ulong k_off, const global float *v_src,
                        ulong v_off, const global int *rows, ulong rows_off, uint n_rows,
@@ -59,10 +94,12 @@ kernel void fkv_append(const global float *k_src, ulong k_off, const global floa
     fkv_store(vpool, dst, v_src[v_off + gid]);
 }
 
-/* One work item per (page i, KV head, channel): min and max over the page's tokens. */
+/* One work item per (page i, KV head, channel): min and max over the page's tokens, stored as
+ * f32, or (f16_summ) as f16 rounded down (min) and up (max). */
 kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages, ulong pages_off,
                           uint n_pages, uint n_kv_heads, uint head_dim, uint page_size,
-                          uint n_slots, uint n_summaries, global float *summaries) {
+                          uint n_slots, uint n_summaries, global uint *summaries,
+                          uint f16_summ) {
     size_t gid = get_global_id(0);
     size_t row_elems = (size_t)n_kv_heads * head_dim;
     size_t i = gid / row_elems, r = gid % row_elems;
@@ -79,9 +116,14 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
         mx = fmax(mx, v);
     }
     size_t h = r / head_dim, c = r % head_dim;
-    global float *o = summaries + ((size_t)s * n_kv_heads + h) * 2 * head_dim;
-    o[c] = mn;
-    o[head_dim + c] = mx;
+    size_t o = ((size_t)s * n_kv_heads + h) * 2 * head_dim + c;
+    if (f16_summ) {
+        ((global ushort *)summaries)[o] = (ushort)f16_bits_round_down(mn);
+        ((global ushort *)summaries)[o + head_dim] = (ushort)f16_bits_round_up(mx);
+    } else {
+        ((global float *)summaries)[o] = mn;
+        ((global float *)summaries)[o + head_dim] = mx;
+    }
 }
 
 #define FKV_SCORE_LANES 8 /* query heads per pass over a summary: a float8 (launch.h) */
@@ -96,12 +138,24 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
  * the block's heads are computed and dropped).
  * Work group (dim 1) = (sequence, KV head, block of `heads` query heads: the group in
  * ceil(group/heads) blocks when its queries do not fit local memory at once); dim 0 strides
- * over its pages. */
+ * over its pages. f16 summaries (f16_summ) are widened exactly (vload_half), so their scores
+ * are bit for bit those of f32 summaries holding the same values. */
+/* The passes over the channels: SUMM_AT(e) loads summary element e as f32. */
+#define FKV_SCORE_CHANNELS(SUMM_AT)                                                            \
+    for (uint c = 0; c < head_dim; c++) {                                                      \
+        float8 x = vload8(0, qs + (size_t)c * ng_all + g0);                                    \
+        a0 += fmax(x * SUMM_AT(mn[0] + d + c), x * SUMM_AT(mn[0] + c));                        \
+        a1 += fmax(x * SUMM_AT(mn[1] + d + c), x * SUMM_AT(mn[1] + c));                        \
+        a2 += fmax(x * SUMM_AT(mn[2] + d + c), x * SUMM_AT(mn[2] + c));                        \
+        a3 += fmax(x * SUMM_AT(mn[3] + d + c), x * SUMM_AT(mn[3] + c));                        \
+    }
+#define FKV_SUMM_F32(e) ((const global float *)summaries)[e]
+#define FKV_SUMM_F16(e) vload_half(e, (const global half *)summaries)
 kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const global int *desc,
                        ulong desc_off, const global int *pair_mask, ulong mask_off,
-                       uint use_mask, const global float *summaries, uint n_summaries,
+                       uint use_mask, const global uint *summaries, uint n_summaries,
                        global float *out, ulong out_off, ulong out_len, uint n_kv_heads,
-                       uint group, uint head_dim, uint heads, local float *qs) {
+                       uint group, uint head_dim, uint heads, local float *qs, uint f16_summ) {
     uint n_blocks = (group + heads - 1) / heads;
     uint bh = get_group_id(1) / n_blocks, hb = (get_group_id(1) % n_blocks) * heads;
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
@@ -122,23 +176,20 @@ kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const g
     for (size_t j0 = get_global_id(0) * FKV_SCORE_PAGES; j0 < np;
          j0 += get_global_size(0) * FKV_SCORE_PAGES) {
         /* pages beyond the sequence's or the summaries read a valid one and are dropped */
-        const global float *mn[FKV_SCORE_PAGES];
+        size_t mn[FKV_SCORE_PAGES]; /* element of each page's minima */
         int valid[FKV_SCORE_PAGES];
         for (uint p = 0; p < FKV_SCORE_PAGES; p++) {
             long sidx = (long)base + (long)(j0 + p);
             valid[p] = j0 + p < np && sidx >= 0 && sidx < (long)n_summaries;
-            mn[p] = summaries + ((size_t)(valid[p] ? sidx : 0) * n_kv_heads + h) * 2 * d;
+            mn[p] = ((size_t)(valid[p] ? sidx : 0) * n_kv_heads + h) * 2 * d;
         }
         for (uint g0 = 0; g0 < ng_all; g0 += FKV_SCORE_LANES) {
             /* one variable per page, so that the sums stay in vector registers */
             float8 a0 = (float8)(0.0f), a1 = a0, a2 = a0, a3 = a0;
-            for (uint c = 0; c < head_dim; c++) {
-                float8 x = vload8(0, qs + (size_t)c * ng_all + g0);
-                a0 += fmax(x * mn[0][d + c], x * mn[0][c]);
-                a1 += fmax(x * mn[1][d + c], x * mn[1][c]);
-                a2 += fmax(x * mn[2][d + c], x * mn[2][c]);
-                a3 += fmax(x * mn[3][d + c], x * mn[3][c]);
-            }
+            if (f16_summ)
+                FKV_SCORE_CHANNELS(FKV_SUMM_F16)
+            else
+                FKV_SCORE_CHANNELS(FKV_SUMM_F32)
             float8 acc[FKV_SCORE_PAGES] = {a0, a1, a2, a3};
             uint ng = min((uint)FKV_SCORE_LANES, ng_all - g0);
             for (uint p = 0; p < FKV_SCORE_PAGES; p++) {

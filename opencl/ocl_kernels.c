@@ -293,6 +293,7 @@ fkv_status fkv_ocl_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
     arg_u32(&a, n_slots);
     arg_u32(&a, n_summaries > UINT32_MAX ? UINT32_MAX : (uint32_t)n_summaries);
     arg_mem(&a, summaries);
+    arg_u32(&a, g->summary_format == FKV_SUMMARY_F16);
     st = enqueue_1d(&lc, K_SUMMARIZE, &a, (size_t)n_pages * g->n_kv_heads * g->head_dim, &deps);
     pthread_mutex_unlock(&lc.kq->lock);
     return st;
@@ -339,6 +340,7 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     arg_u32(&a, g->head_dim);
     arg_u32(&a, plan.heads);
     arg_local(&a, ((size_t)plan.heads * g->head_dim + FKV_SCORES_PAD) * 4);
+    arg_u32(&a, g->summary_format == FKV_SUMMARY_F16);
     st = enqueue(&lc, &a, 2, global, local, &deps);
     pthread_mutex_unlock(&lc.kq->lock);
     return st;

@@ -52,7 +52,8 @@ Test(eval_args, help) {
     const char *out = tr_stdout();
     cr_expect(out && strstr(out, "--policies") && strstr(out, "--trace"), "usage: %s", out);
     cr_expect(strstr(out, "--sweep AXIS=LIST") && strstr(out, "--target LIST") &&
-                  strstr(out, "--dump FILE.jsonl") && strstr(out, "--group-temperature"),
+                  strstr(out, "--dump FILE.jsonl") && strstr(out, "--group-temperature") &&
+                  strstr(out, "--summary-format f32|f16"),
               "usage: %s", out);
 }
 
@@ -78,6 +79,8 @@ Test(eval_args, bad_flags_and_values) {
                        "--group-reduce", "sum", NULL);
     expect_usage_error("--group-temperature: 'hot' is not raw or sqrt-d", "--group-temperature",
                        "hot", NULL);
+    expect_usage_error("--summary-format: 'bf16' is not f32 or f16", "--summary-format", "bf16",
+                       NULL);
     expect_usage_error("the group temperature applies to --group-reduce softmax-mean only",
                        "--group-reduce", "max", "--group-temperature", "sqrt-d", NULL);
 }
@@ -230,6 +233,19 @@ Test(eval_args, tiny_run_writes_csv_and_json) {
     cr_expect_gt(rate, 0.1, "%s", fk);
     cr_expect_float_eq(rate, below, 1e-6, "%s", fk);
     unlink(csv);
+    unlink(json);
+}
+
+/* --summary-format reaches the context: the header and the JSON config name it. */
+Test(eval_args, summary_format_f16) {
+    char json[96];
+    snprintf(json, sizeof json, "/tmp/fkv_eval_sf_%d.json", (int)getpid());
+    int rc = run(TINY, "--policies", "quest", "--summary-format", "f16", "--json", json, NULL);
+    cr_assert_eq(rc, 0, "stderr: %s", tr_stderr());
+    cr_expect(strstr(tr_stdout(), ", summaries f16") != NULL, "%s", tr_stdout());
+    const char *j = tr_slurp(json);
+    cr_assert_not_null(j);
+    cr_expect(strstr(j, "\"summary_format\": \"f16\"") != NULL, "%s", j);
     unlink(json);
 }
 

@@ -346,6 +346,62 @@ Test(dtype, f16_is_the_nearest) {
     }
 }
 
+/* The f16 bits of ordinal o (..., -1 = 0x8001, 0 = +0, 1 = 0x0001, ..., 0x7c00 = +inf). */
+static uint16_t f16_of_ordinal(int32_t o) {
+    return (uint16_t)(o >= 0 ? (uint32_t)o : 0x8000u | (uint32_t)-o);
+}
+static int32_t f16_ordinal(uint16_t h) {
+    return h & 0x8000u ? -(int32_t)(h & 0x7fffu) : (int32_t)h;
+}
+
+/* Directed rounding (summaries' minima down, maxima up): the result is on the right side of x
+ * and its neighbour in the rounding direction is beyond x, i.e. it is the nearest f16 there. */
+static void check_directed(float x) {
+    uint16_t dn = fkv_f32_to_f16_down(x), up = fkv_f32_to_f16_up(x);
+    if (isnan(x)) {
+        uint16_t nan = (uint16_t)((fkv_f32_bits(x) >> 16 & 0x8000u) | 0x7e00u);
+        cr_assert(dn == nan && up == nan, "NaN %08x: 0x%04x, 0x%04x", fkv_f32_bits(x), dn, up);
+        return;
+    }
+    float d = fkv_f16_to_f32(dn), u = fkv_f16_to_f32(up);
+    cr_assert(d <= x && u >= x, "x %a: down %a, up %a", (double)x, (double)d, (double)u);
+    if (d != x) /* -inf has the next up -65504; +inf is never a downward result of a finite x */
+        cr_assert(fkv_f16_to_f32(f16_of_ordinal(f16_ordinal(dn) + 1)) > x,
+                  "x %a: down 0x%04x is not the largest f16 below", (double)x, dn);
+    if (u != x)
+        cr_assert(fkv_f16_to_f32(f16_of_ordinal(f16_ordinal(up) - 1)) < x,
+                  "x %a: up 0x%04x is not the smallest f16 above", (double)x, up);
+    if (d == x) /* exact: both are the value itself */
+        cr_assert(dn == fkv_f32_to_f16(x) && up == dn, "x %a exact: 0x%04x, 0x%04x", (double)x,
+                  dn, up);
+}
+
+Test(dtype, f16_directed_rounding) {
+    const float special[] = {0.0f,      -0.0f,     1e-30f,   -1e-30f,   5.9e-8f,  -5.9e-8f,
+                             6.1e-5f,   65504.0f,  65505.0f, 65519.0f,  65520.0f, 65536.0f,
+                             70000.0f,  -70000.0f, -65505.0f, 3.4e38f,  -3.4e38f, INFINITY,
+                             -INFINITY, NAN,       -NAN,      1.0f / 3, -1.0f / 3};
+    for (size_t i = 0; i < sizeof special / sizeof *special; i++)
+        check_directed(special[i]);
+    /* beyond the f16 range: an infinity only in the rounding direction */
+    cr_assert_eq(fkv_f32_to_f16_down(70000.0f), 0x7bffu);
+    cr_assert_eq(fkv_f32_to_f16_up(70000.0f), 0x7c00u);
+    cr_assert_eq(fkv_f32_to_f16_down(-70000.0f), 0xfc00u);
+    cr_assert_eq(fkv_f32_to_f16_up(-70000.0f), 0xfbffu);
+    cr_assert_eq(fkv_f32_to_f16_up(1e-30f), 0x0001u);
+    cr_assert_eq(fkv_f32_to_f16_down(-1e-30f), 0x8001u);
+    for (uint32_t u = 0; u < 0xffffffffu - 4099u; u += 4099u) /* a spread of every exponent */
+        check_directed(f32_of(u));
+    for (uint32_t h = 0; h < 0x7c00u; h++) /* every finite f16 value and its neighbours */
+        for (int sign = 0; sign < 2; sign++) {
+            uint32_t b = fkv_f32_bits(fkv_f16_to_f32((uint16_t)(h | (sign ? 0x8000u : 0u))));
+            check_directed(f32_of(b));
+            check_directed(f32_of(b + 1));
+            if (b & 0x7fffffffu)
+                check_directed(f32_of(b - 1));
+        }
+}
+
 Test(dtype, load_and_store) {
     unsigned char buf[16];
     const fkv_dtype types[] = {FKV_F32, FKV_F16, FKV_BF16};

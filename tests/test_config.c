@@ -53,6 +53,7 @@ Test(config, every_bad_field) {
     BAD(group_reduce, (fkv_group_reduce)5)
     BAD(group_temperature, (fkv_group_temp)2)
     BAD(host_format, (fkv_host_format)3)
+    BAD(summary_format, (fkv_summary_format)2)
     BAD(max_seqs, 0)
     BAD(max_context, 0)
     BAD(recall_chunk_pages, 1u << 30)
@@ -235,4 +236,21 @@ Test(config, context_larger_than_the_device_fails_before_allocating) {
     fkv_context_destroy(ctx);
     fkv_device_close(dev);
     unsetenv("FREEKV_CPU_DEVICE_MEMORY");
+}
+
+Test(config, summary_format_names_and_default) {
+    fkv_config cfg;
+    fkv_config_init(&cfg);
+    cr_assert_eq(cfg.summary_format, FKV_SUMMARY_F32);
+    fkv_summary_format f = FKV_SUMMARY_F32;
+    cr_assert_eq(fkv_summary_format_parse("f16", &f), FKV_OK);
+    cr_assert_eq(f, FKV_SUMMARY_F16);
+    cr_assert_eq(fkv_summary_format_parse("bf16", &f), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_summary_format_parse(NULL, &f), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(f, FKV_SUMMARY_F16, "a refused parse leaves the output alone");
+    cr_assert_str_eq(fkv_summary_format_name(FKV_SUMMARY_F32), "f32");
+    cr_assert_str_eq(fkv_summary_format_name(FKV_SUMMARY_F16), "f16");
+    cr_assert_str_eq(fkv_summary_format_name((fkv_summary_format)5), "unknown");
+    cfg.summary_format = FKV_SUMMARY_F16;
+    cr_assert_eq(fkv_config_validate(&cfg), FKV_OK);
 }

@@ -12,6 +12,7 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -236,6 +237,40 @@ static void put_attention(naive *nv, cf_ref out, size_t row, const float *q, con
         put(nv, out, row * d + c, ref[c], n ? 1e-5 * sqrt(rms) + 1e-7 : EXACT);
 }
 
+/* x rounded to f16 towards +inf (up) or -inf by a binary search over the f16 values in order
+ * (ordinal -0x7c00 = -inf .. 0x7c00 = +inf), independent of the reference's step; a zero
+ * result keeps x's sign (IEEE), NaN is the quiet NaN of x's sign. */
+static uint16_t naive_f16_directed(float x, int up) {
+    uint32_t sign = (fkv_f32_bits(x) >> 16) & 0x8000u;
+    if (isnan(x))
+        return (uint16_t)(sign | 0x7e00u);
+    int32_t lo = -0x7c00, hi = 0x7c00; /* down: the last ordinal <= x; up: the first >= x */
+    while (lo < hi) {
+        int32_t mid = up ? lo + (hi - lo) / 2 : hi - (hi - lo) / 2;
+        uint16_t h = (uint16_t)(mid >= 0 ? (uint32_t)mid : 0x8000u | (uint32_t)-mid);
+        float v = fkv_f16_to_f32(h);
+        if (up && v >= x)
+            hi = mid;
+        else if (up)
+            lo = mid + 1;
+        else if (v <= x)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    uint16_t h = (uint16_t)(lo >= 0 ? (uint32_t)lo : 0x8000u | (uint32_t)-lo);
+    return (h & 0x7fffu) == 0 ? (uint16_t)sign : h;
+}
+
+/* Summary element e of a summaries buffer, as f32. */
+static double summ_at(const cf_spec *s, const unsigned char *sm, size_t e) {
+    if (s->g.summary_format != FKV_SUMMARY_F16)
+        return f32(sm, e);
+    uint16_t h;
+    memcpy(&h, sm + 2 * e, 2);
+    return fkv_f16_to_f32(h);
+}
+
 /* select_pages in double: per (sequence, KV head) the group reduction, the top k by (value
  * desc, page asc), pages ascending then values (within 1e-5 relative of the f32 reference). */
 static void naive_select(naive *nv, const cf_call *c) {
@@ -349,6 +384,12 @@ static void naive_call(naive *nv, const cf_call *c) {
                         hi = fmaxf(hi, x);
                     }
                     size_t at_s = ((size_t)i32(pages, 2 * i + 1) * hk + h) * 2 * d + ch;
+                    if (s->g.summary_format == FKV_SUMMARY_F16) {
+                        uint16_t l16 = naive_f16_directed(lo, 0), h16 = naive_f16_directed(hi, 1);
+                        memcpy(sums + 2 * at_s, &l16, 2);
+                        memcpy(sums + 2 * (at_s + d), &h16, 2);
+                        continue;
+                    }
                     memcpy(sums + 4 * at_s, &lo, 4);
                     memcpy(sums + 4 * (at_s + d), &hi, 4);
                 }
@@ -367,7 +408,7 @@ static void naive_call(naive *nv, const cf_call *c) {
                     double sum = 0, mag = 0;
                     for (size_t ch = 0; ch < d; ch++) {
                         double x = f32(q, (row * hq + h) * d + ch);
-                        double a = x * f32(sm, mn + d + ch), z = x * f32(sm, mn + ch);
+                        double a = x * summ_at(s, sm, mn + d + ch), z = x * summ_at(s, sm, mn + ch);
                         sum += a > z ? a : z;
                         mag += fabs(a) + fabs(z);
                     }
@@ -652,6 +693,45 @@ Test(cpu_ops, recall_direct_copies_host_list) {
     fkv_op_host_free(dev, host);
 }
 
+/* f16 summaries bound the f32 ones: each page's f16 score is >= its f32 score, bit for bit in
+ * f32 arithmetic (every step is monotone), so a selection can only admit pages for rounding;
+ * and they stay close (relative 1e-2 of sum |q| |k| here). */
+Test(cpu_ops, f16_summary_scores_bound_the_f32_ones) {
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 4, .head_dim = 64, .page_size = 16,
+                     .dtype = FKV_F32};
+    const uint32_t n_pages = 24, hq = 8;
+    size_t re = 2 * 64, pool = (size_t)n_pages * 16 * re;
+    th_rng rng;
+    th_seed(&rng, 18);
+    float *k = tmalloc(pool * 4), *q = tmalloc((size_t)hq * 64 * 4);
+    th_fill_normal(&rng, k, pool, 1.0f);
+    th_fill_normal(&rng, q, (size_t)hq * 64, 1.0f);
+    int32_t pages[2 * 24], desc[4] = {0, (int32_t)n_pages, 0, 0};
+    for (uint32_t i = 0; i < n_pages; i++)
+        pages[2 * i] = pages[2 * i + 1] = (int32_t)i;
+    fkv_bbuf *kp = dfrom(k, 0, pool * 4), *pb = dfrom(pages, 0, sizeof pages);
+    fkv_bbuf *qb = dfrom(q, 0, (size_t)hq * 64 * 4), *db = dfrom(desc, 0, sizeof desc);
+    float *score[2];
+    for (int f = 0; f < 2; f++) {
+        g.summary_format = f ? FKV_SUMMARY_F16 : FKV_SUMMARY_F32;
+        fkv_bbuf *sb = dalloc(n_pages * fkv_summary_bytes(&g)), *ob = dalloc(hq * n_pages * 4);
+        RUN(fkv_op_summarize(dev, CQ, DONE, &g, kp, n_pages, pb, 0, sb));
+        RUN(fkv_op_scores(dev, CQ, DONE, &g, qb, 0, 1, db, 0, NULL, 0, sb, ob, 0));
+        score[f] = tmalloc((size_t)hq * n_pages * 4);
+        dread(ob, 0, score[f], (size_t)hq * n_pages * 4);
+    }
+    size_t above = 0;
+    for (uint32_t i = 0; i < hq * n_pages; i++) {
+        cr_assert_geq(score[1][i], score[0][i], "score %u: f16 %.9g below f32 %.9g", i,
+                      (double)score[1][i], (double)score[0][i]);
+        cr_assert_leq(score[1][i] - score[0][i], 1e-2f * (1.0f + fabsf(score[0][i])),
+                      "score %u: f16 %.9g, f32 %.9g", i, (double)score[1][i],
+                      (double)score[0][i]);
+        above += score[1][i] > score[0][i];
+    }
+    cr_assert_gt(above, 0, "rounding moved no score: the f16 path was not taken");
+}
+
 /* A small f32 setup shared by the error tests: 2 slots of p=4, Hk=2, group 2, d=16. */
 typedef struct small {
     fkv_kv_geom g;
@@ -853,6 +933,40 @@ Test(cpu_env, device_memory_limit) {
     cr_assert_eq(fkv_buffer_alloc(d, 4096, &buf), FKV_ERR_OUT_OF_DEVICE_MEMORY);
     cr_assert_null(buf);
     fkv_device_close(d);
+}
+
+/* The bytes the context needs, from its refusal on a device of 1 byte ("needs N bytes"). */
+static unsigned long long context_need(fkv_summary_format format) {
+    fkv_config cfg;
+    fkv_config_init(&cfg);
+    cfg.n_layers = 2;
+    cfg.n_q_heads = 4;
+    cfg.n_kv_heads = 2;
+    cfg.head_dim = 64;
+    cfg.page_size = 16;
+    cfg.sink_tokens = 16;
+    cfg.window_tokens = 32;
+    cfg.budget_tokens = 128;
+    cfg.max_context = 4096;
+    cfg.policy = FKV_POLICY_QUEST;
+    cfg.summary_format = format;
+    fkv_device *d = NULL;
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_device_open("cpu", NULL, &d), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_context_create(d, &cfg, &ctx), FKV_ERR_OUT_OF_DEVICE_MEMORY);
+    unsigned long long need = 0;
+    const char *at = strstr(fkv_last_error(), "needs ");
+    cr_assert(at && sscanf(at, "needs %llu", &need) == 1, "%s", fkv_last_error());
+    fkv_device_close(d);
+    return need;
+}
+
+/* The context's memory accounting sizes the summary pool from the format: f16 saves half of
+ * it, 2 layers x 256 pages x 2 KV heads x [min|max] x 64 channels x 2 bytes. */
+Test(cpu_env, f16_summaries_halve_the_summary_pool) {
+    setenv("FREEKV_CPU_DEVICE_MEMORY", "1", 1);
+    unsigned long long f32 = context_need(FKV_SUMMARY_F32), f16 = context_need(FKV_SUMMARY_F16);
+    cr_assert_eq(f32 - f16, 2ull * 256 * 2 * 2 * 64 * 2, "f32 %llu, f16 %llu bytes", f32, f16);
 }
 
 Test(cpu_env, host_memory_limit) {

@@ -99,10 +99,16 @@ Test(hip, dtype_conversions_match_the_reference) {
         float f = fkv_bits_f32(u);
         cr_assert_eq(fkv_hip_f32_to_f16(f), fkv_f32_to_f16(f), "f16 of %08x", u);
         cr_assert_eq(fkv_hip_f32_to_bf16(f), fkv_f32_to_bf16(f), "bf16 of %08x", u);
+        cr_assert_eq(fkv_hip_f16_bits_round_down(f), fkv_f32_to_f16_down(f), "f16 down of %08x",
+                     u);
+        cr_assert_eq(fkv_hip_f16_bits_round_up(f), fkv_f32_to_f16_up(f), "f16 up of %08x", u);
     }
-    for (uint32_t u = 0x33000000u; u < 0x38800000u; u += 97) /* f16 subnormal range */
-        cr_assert_eq(fkv_hip_f32_to_f16(fkv_bits_f32(u)), fkv_f32_to_f16(fkv_bits_f32(u)),
-                     "f16 of %08x", u);
+    for (uint32_t u = 0x33000000u; u < 0x38800000u; u += 97) { /* f16 subnormal range */
+        float f = fkv_bits_f32(u);
+        cr_assert_eq(fkv_hip_f32_to_f16(f), fkv_f32_to_f16(f), "f16 of %08x", u);
+        cr_assert_eq(fkv_hip_f16_bits_round_down(-f), fkv_f32_to_f16_down(-f), "down of -%08x", u);
+        cr_assert_eq(fkv_hip_f16_bits_round_up(f), fkv_f32_to_f16_up(f), "up of %08x", u);
+    }
 }
 
 /* ---- with a device (skipped here: no HIP GPU) ---- */

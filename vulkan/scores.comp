@@ -8,20 +8,35 @@
  * Workgroup y = (sequence, KV head, block of `heads` query heads: the group in several blocks
  * when its queries do not fit shared memory at once); x (chunks of workgroups) strides over
  * its pages. The summaries are bound as a window of n_summaries from summ_base
- * (vk_kernels.c). */
+ * (vk_kernels.c), as words: f32 bits, or (summ_f16) two f16 each, widened exactly, so their
+ * scores are bit for bit those of f32 summaries holding the same values. */
 #include "common.glsl"
 RBUF(0, float, q);
 RBUF(1, int, desc);
-RBUF(2, float, summaries);
+RBUF(2, uint, summaries);
 BUF(3, float, outp);
 RBUF(4, int, pair_mask);
 layout(push_constant) uniform PC {
     uint q_off, desc_off, n_summaries, out_off, out_len, n_kv_heads, group, head_dim, summ_base,
-        heads, q_rows, mask_off, use_mask;
+        heads, q_rows, mask_off, use_mask, summ_f16;
 } pc;
 shared float qs[SMEM];
 #define SCORE_LANES 8u /* backends/launch.h FKV_SCORE_LANES */
 #define SCORE_PAGES 4u
+#define SUMM_F32(e) uintBitsToFloat(summaries[e])
+#define SUMM_F16(e) f16_to_f32((summaries[(e) >> 1] >> (((e) & 1u) << 4)) & 0xffffu)
+/* The pass over the channels: SUMM_AT(e) loads summary element e as f32. */
+#define SCORE_CHANNELS(SUMM_AT)                                                                \
+    for (uint c = 0u; c < d; c++) {                                                            \
+        float x[SCORE_LANES];                                                                  \
+        for (uint k = 0u; k < SCORE_LANES; k++)                                                \
+            x[k] = qs[c * ng_all + g0 + k];                                                    \
+        for (uint p = 0u; p < SCORE_PAGES; p++) {                                              \
+            float lo = SUMM_AT(mn[p] + c), hi = SUMM_AT(mn[p] + d + c);                        \
+            for (uint k = 0u; k < SCORE_LANES; k++)                                            \
+                acc[p][k] += max(x[k] * hi, x[k] * lo);                                        \
+        }                                                                                      \
+    }
 
 void main() {
     uint n_blocks = (pc.group + pc.heads - 1u) / pc.heads, lid = gl_LocalInvocationID.x;
@@ -56,16 +71,10 @@ void main() {
             for (uint p = 0u; p < SCORE_PAGES; p++)
                 for (uint k = 0u; k < SCORE_LANES; k++)
                     acc[p][k] = 0.0;
-            for (uint c = 0u; c < d; c++) {
-                float x[SCORE_LANES];
-                for (uint k = 0u; k < SCORE_LANES; k++)
-                    x[k] = qs[c * ng_all + g0 + k];
-                for (uint p = 0u; p < SCORE_PAGES; p++) {
-                    float lo = summaries[mn[p] + c], hi = summaries[mn[p] + d + c];
-                    for (uint k = 0u; k < SCORE_LANES; k++)
-                        acc[p][k] += max(x[k] * hi, x[k] * lo);
-                }
-            }
+            if (pc.summ_f16 != 0u)
+                SCORE_CHANNELS(SUMM_F16)
+            else
+                SCORE_CHANNELS(SUMM_F32)
             uint ng = min(SCORE_LANES, ng_all - g0);
             for (uint p = 0u; p < SCORE_PAGES; p++)
                 for (uint k = 0u; k < ng && valid[p]; k++) {

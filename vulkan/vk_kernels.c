@@ -367,6 +367,7 @@ fkv_status fkv_vk_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
     L.pc[2] = g->n_kv_heads;
     L.pc[3] = g->head_dim;
     L.pc[4] = g->page_size;
+    L.pc[9] = g->summary_format == FKV_SUMMARY_F16;
     return run_1d(&L, S_SUMMARIZE + dtype_variant(dev, g->dtype),
                   (uint64_t)n_pages * g->n_kv_heads * g->head_dim, &deps);
 }
@@ -515,6 +516,7 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
                                 &L.pc[11], "mask")) != FKV_OK))
         return st;
     L.pc[12] = mask != NULL;
+    L.pc[13] = g->summary_format == FKV_SUMMARY_F16;
     size_t n_summ = summaries->desc.size / summary_bytes;
     if ((st = bind_windows(&L, 2, summaries->buf, summaries->desc.size, -1, VK_NULL_HANDLE, 0,
                            summary_bytes, n_summ < INT32_MAX ? n_summ : INT32_MAX, 8, 2, 1,
@@ -1028,7 +1030,7 @@ fkv_status fkv_vk_check_geometry(fkv_bdev *d, const fkv_kv_geom *g, const fkv_ge
     if ((st = plan_windows(d, "attention", slot_bytes,
                            q->pool_slots < max_slots ? q->pool_slots : max_slots, "the KV pools",
                            &pools)) != FKV_OK ||
-        (st = plan_windows(d, "summarize", (uint64_t)g->n_kv_heads * 2 * d4, q->summaries,
+        (st = plan_windows(d, "summarize", fkv_summary_bytes(g), q->summaries,
                            "the summaries", &summ)) != FKV_OK)
         return st;
     if ((uint64_t)pools.count * summ.count > DESCRIPTOR_SETS_PER_COMMAND)

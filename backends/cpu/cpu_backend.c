@@ -516,7 +516,7 @@ typedef struct summarize_args {
     size_t pool_rows;
     uint32_t n_pages;
     const int32_t *pages;
-    float *summaries;
+    void *summaries;
     size_t n_summaries;
 } summarize_args;
 
@@ -539,7 +539,7 @@ static fkv_status cpu_summarize_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     a->pool_rows = pool_rows(g, kpool, kpool);
     a->kpool = kpool->data;
     a->pages = (const int32_t *)at(pages, pages_off);
-    a->summaries = (float *)summaries->data;
+    a->summaries = summaries->data;
     a->n_summaries = summaries->desc.size / fkv_summary_bytes(g);
     return submit(dev, q, run_summarize, a, deps);
 }
@@ -550,7 +550,7 @@ typedef struct scores_args {
     size_t q_rows;
     uint32_t n_seqs;
     const int32_t *desc, *mask;
-    const float *summaries;
+    const void *summaries;
     size_t n_summaries;
     float *out;
     size_t out_len;
@@ -578,7 +578,7 @@ static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                 (sizeof(float) * g->n_kv_heads * g->group * g->head_dim);
     a->desc = (const int32_t *)at(desc, desc_off);
     a->mask = mask ? (const int32_t *)at(mask, mask_off) : NULL;
-    a->summaries = (const float *)summaries->data;
+    a->summaries = summaries->data;
     a->n_summaries = summaries->desc.size / fkv_summary_bytes(g);
     a->out = (float *)at(out, out_off);
     a->out_len = (out->desc.size - out_off) / sizeof(float);

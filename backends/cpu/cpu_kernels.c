@@ -42,7 +42,7 @@ fkv_status cpu_append(const fkv_kv_geom *g, const float *k_src, const float *v_s
 }
 
 fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_rows,
-                         uint32_t n_pages, const int32_t *pages, float *summaries,
+                         uint32_t n_pages, const int32_t *pages, void *summaries,
                          size_t n_summaries) {
     size_t re = row_elems(g), d = g->head_dim, p = g->page_size;
     for (uint32_t i = 0; i < n_pages; i++) {
@@ -56,8 +56,7 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
                              "summarize: pages[%u] has summary %d, the buffer holds %zu", i, s,
                              n_summaries);
         for (uint32_t h = 0; h < g->n_kv_heads; h++) {
-            float *mn = summaries + ((size_t)s * g->n_kv_heads + h) * 2 * d;
-            float *mx = mn + d;
+            size_t mn = ((size_t)s * g->n_kv_heads + h) * 2 * d, mx = mn + d; /* elements */
             for (size_t c = 0; c < d; c++) {
                 size_t first = (size_t)gslot * p * re + h * d + c;
                 float lo = fkv_load(kpool, g->dtype, first), hi = lo;
@@ -66,8 +65,13 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
                     lo = fminf(lo, x); /* fminf/fmaxf skip NaN keys */
                     hi = fmaxf(hi, x);
                 }
-                mn[c] = lo;
-                mx[c] = hi;
+                if (g->summary_format == FKV_SUMMARY_F16) {
+                    ((uint16_t *)summaries)[mn + c] = fkv_f32_to_f16_down(lo);
+                    ((uint16_t *)summaries)[mx + c] = fkv_f32_to_f16_up(hi);
+                } else {
+                    ((float *)summaries)[mn + c] = lo;
+                    ((float *)summaries)[mx + c] = hi;
+                }
             }
         }
     }
@@ -105,21 +109,32 @@ static void score_pages(const float *restrict qt, size_t d, const float *const *
  * from `first`, into out[r * n_pages + j]; qt: scratch of the group's queries transposed in
  * blocks of SCORE_LANES ([block][head_dim][SCORE_LANES], zero-padded). The blocks are the
  * inner loop, so a summary comes from memory once per group; each head's sum runs over the
- * channels in order, so the values are bit for bit those of one head at a time. */
-static void score_head(const fkv_kv_geom *g, const float *q, const float *summaries,
-                       size_t first, size_t kv_head, size_t n_pages, float *qt, float *out) {
+ * channels in order, so the values are bit for bit those of one head at a time. f16 summaries
+ * are widened (exactly) into wide ([SCORE_PAGES][2 * head_dim] floats) a pass at a time, so
+ * their scores are bit for bit those of f32 summaries holding the same values. */
+static void score_head(const fkv_kv_geom *g, const float *q, const void *summaries,
+                       size_t first, size_t kv_head, size_t n_pages, float *qt, float *wide,
+                       float *out) {
     size_t d = g->head_dim, stride = (size_t)g->n_kv_heads * 2 * d;
+    int f16 = g->summary_format == FKV_SUMMARY_F16;
     size_t n_blocks = (g->group + SCORE_LANES - 1) / SCORE_LANES;
     for (size_t i = 0; i < n_blocks * d * SCORE_LANES; i++) {
         size_t head = i / (d * SCORE_LANES) * SCORE_LANES + i % SCORE_LANES;
         qt[i] = head < g->group ? q[head * d + i / SCORE_LANES % d] : 0.0f;
     }
-    const float *s0 = summaries + (first * g->n_kv_heads + kv_head) * 2 * d;
+    size_t e0 = (first * g->n_kv_heads + kv_head) * 2 * d; /* element of the first summary */
     for (size_t j = 0; j < n_pages; j += SCORE_PAGES) {
         size_t n = n_pages - j < SCORE_PAGES ? n_pages - j : SCORE_PAGES;
         const float *page[SCORE_PAGES]; /* the last pass repeats its first page */
-        for (size_t p = 0; p < SCORE_PAGES; p++)
-            page[p] = s0 + (j + (p < n ? p : 0)) * stride;
+        for (size_t p = 0; p < SCORE_PAGES; p++) {
+            size_t e = e0 + (j + (p < n ? p : 0)) * stride;
+            if (!f16) {
+                page[p] = (const float *)summaries + e;
+                continue;
+            }
+            page[p] = wide + p * 2 * d;
+            load_span(summaries, FKV_F16, e, 2 * d, wide + p * 2 * d);
+        }
         for (size_t blk = 0; blk < n_blocks; blk++) {
             float sum[SCORE_PAGES][SCORE_LANES];
             score_pages(qt + blk * d * SCORE_LANES, d, page, sum);
@@ -131,10 +146,12 @@ static void score_head(const fkv_kv_geom *g, const float *q, const float *summar
 }
 
 fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
-                      const int32_t *desc, const int32_t *mask, const float *summaries,
+                      const int32_t *desc, const int32_t *mask, const void *summaries,
                       size_t n_summaries, float *out, size_t out_len) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
     size_t qt_floats = (g->group + SCORE_LANES - 1) / SCORE_LANES * SCORE_LANES * d;
+    size_t wide_floats = g->summary_format == FKV_SUMMARY_F16 ? SCORE_PAGES * 2 * d : 0;
+    qt_floats += wide_floats; /* qt, then the widened f16 summaries */
     float *qt = malloc(sizeof(float) * qt_floats);
     if (qt == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scores: %zu bytes of scratch",
@@ -159,6 +176,7 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint3
             if (!mask || mask[(size_t)b * g->n_kv_heads + kv_head])
                 score_head(g, q + ((size_t)row * n_q_heads + kv_head * g->group) * d, summaries,
                            (size_t)base, kv_head, (size_t)n_pages, qt,
+                           qt + qt_floats - wide_floats,
                            out + (size_t)out_base + kv_head * g->group * (size_t)n_pages);
     }
     free(qt);

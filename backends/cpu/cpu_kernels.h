@@ -24,16 +24,16 @@ fkv_status cpu_append(const fkv_kv_geom *g, const float *k_src, const float *v_s
                       size_t pool_rows);
 
 /* pages[2i] = gslot of a full page, pages[2i+1] = summary index; summaries is
- * [n_summaries][n_kv_heads][2][head_dim] f32 (min, max per channel). */
+ * [n_summaries][n_kv_heads][2][head_dim] (min, max per channel) in g->summary_format. */
 fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_rows,
-                         uint32_t n_pages, const int32_t *pages, float *summaries,
+                         uint32_t n_pages, const int32_t *pages, void *summaries,
                          size_t n_summaries);
 
 /* Quest bound per query head; desc[4b..4b+3] = (summary base, n_pages, out base, q row) and
  * out[base + h*n_pages + j] for h in [0, n_kv_heads*group). q holds q_rows query rows, out
  * out_len floats. mask: NULL, or [n_seqs][n_kv_heads]: 0 skips the pair. */
 fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
-                      const int32_t *desc, const int32_t *mask, const float *summaries,
+                      const int32_t *desc, const int32_t *mask, const void *summaries,
                       size_t n_summaries, float *out, size_t out_len);
 
 /* select_pages (backend.h defines the semantics): per (sequence, KV head) the group

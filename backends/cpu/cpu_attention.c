@@ -78,9 +78,12 @@ static size_t next_tile(const attn_src *s, size_t es, attn_cursor *cur, size_t *
     return n;
 }
 
-/* Asks for the next tile's rows while this one is computed: a head's rows are short runs a
- * whole row of every KV head apart, which the hardware prefetchers follow poorly. */
-static void prefetch_rows(const unsigned char *pool, const size_t *off, size_t n, size_t bytes) {
+/* Asks for rows ahead of their use (the passes ask for the tile after next, a few rows at a
+ * time while converting the current one): a head's rows are short runs a whole row of every
+ * KV head apart, which the hardware prefetchers follow poorly, and asking for a whole tile at
+ * once overflows the outstanding misses a core can hold. */
+CPU_VEC_INLINE void prefetch_rows(const unsigned char *pool, const size_t *off, size_t n,
+                                  size_t bytes) {
     for (size_t j = 0; j < n; j++)
         for (size_t b = 0; b < bytes; b += 64)
             __builtin_prefetch(pool + off[j] + b);

@@ -57,11 +57,17 @@ typedef struct options {
     int recall, attention;         /* the phases to run */
 } options;
 
-static double now_s(void) {
+static double clock_s(clockid_t id) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
+
+static double now_s(void) { return clock_s(CLOCK_MONOTONIC); }
+
+/* CPU time of every thread of the process: a CPU device's worker threads included, a thread
+ * waiting on an event not; what a call costs on a machine shared with other work. */
+static double cpu_s(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
@@ -551,34 +557,45 @@ static fkv_status attention_once(bench *b, const attn_setup *a) {
     return st == FKV_OK ? wait_release(b, done) : st;
 }
 
+/* Medians of one row's repetitions: wall and CPU seconds of the attention and the memcpy. */
+typedef struct attn_times {
+    double *wall, *cpu, *copy_wall, *copy_cpu;
+} attn_times;
+
 /* One row of the table: the attention's median time beside a one-thread memcpy of the same
- * bytes, timed in the same repetitions (each memcpy right before its attention). */
-static fkv_status attention_row(bench *b, const attn_setup *a, const char *split, double *t,
-                                double *tc) {
+ * bytes, timed in the same repetitions (each memcpy right before its attention), by the wall
+ * clock and by the process's CPU time. */
+static fkv_status attention_row(bench *b, const attn_setup *a, const char *split,
+                                const attn_times *t) {
     const options *o = b->o;
     fkv_counters c0, c1;
     int counted = 1;
     fkv_status st = FKV_OK;
     for (uint32_t rep = 0; rep <= o->reps && st == FKV_OK; rep++) {
-        double t0 = now_s();
+        double w0 = now_s(), p0 = cpu_s();
         memcpy(a->copy_dst, a->copy_src, (size_t)a->bytes);
-        double t1 = now_s();
+        double w1 = now_s(), p1 = cpu_s();
         if (rep == 1)
             counted = fkv_device_get_counters(b->dev, &c0) == FKV_OK;
-        double t2 = now_s();
+        double w2 = now_s(), p2 = cpu_s();
         st = attention_once(b, a);
         if (rep > 0) { /* rep 0 warms up (program builds, first touches) */
-            t[rep - 1] = now_s() - t2;
-            tc[rep - 1] = t1 - t0;
+            t->wall[rep - 1] = now_s() - w2;
+            t->cpu[rep - 1] = cpu_s() - p2;
+            t->copy_wall[rep - 1] = w1 - w0;
+            t->copy_cpu[rep - 1] = p1 - p0;
         }
     }
     counted = counted && fkv_device_get_counters(b->dev, &c1) == FKV_OK;
     if (st != FKV_OK)
         return st;
-    double s = median(t, o->reps), sc = median(tc, o->reps);
+    double s = median(t->wall, o->reps), sc = median(t->copy_wall, o->reps);
     double gbs = a->bytes / s * 1e-9, copy_gbs = a->bytes / sc * 1e-9;
-    printf("  %-6s %-6u %-8s %9.2f %10.3f %9.2f %9.2f %8.0f%%  ", fkv_dtype_name(a->g.dtype),
-           a->batch, split, a->bytes / (1 << 20), s * 1e3, gbs, copy_gbs, 100.0 * gbs / copy_gbs);
+    double cpu_gbs = a->bytes / median(t->cpu, o->reps) * 1e-9;
+    double copy_cpu_gbs = a->bytes / median(t->copy_cpu, o->reps) * 1e-9;
+    printf("  %-6s %-6u %-8s %9.2f %10.3f %9.2f %9.2f %8.0f%% %9.2f %9.2f  ",
+           fkv_dtype_name(a->g.dtype), a->batch, split, a->bytes / (1 << 20), s * 1e3, gbs,
+           copy_gbs, 100.0 * gbs / copy_gbs, cpu_gbs, copy_cpu_gbs);
     print_counts(&c1, &c0, counted, o->reps);
     return FKV_OK;
 }
@@ -588,13 +605,15 @@ static int bench_attention(bench *b) {
     uint32_t pages = (o->budget + o->page - 1) / o->page;
     printf("\n(2) paged decode attention: budget %u tokens (%u pages of %u), Hq=%u, Hk=%u, d=%u, "
            "%u reps (median); memcpy: one thread copying the bytes the attention reads, in the "
-           "same reps\n",
+           "same reps; GB/s by the wall clock, then per second of the process's CPU time\n",
            o->budget, pages, o->page, o->q_heads, o->kv_heads, o->head_dim, o->reps);
     int has_splits = set_splits(b, 0);
-    printf("  %-6s %-6s %-8s %9s %10s %9s %9s %9s  %s\n", "dtype", "batch", "splits", "KV MiB",
-           "ms", "K/V GB/s", "memcpy", "of memcpy", "device commands per call");
-    double *t = malloc(o->reps * sizeof *t), *tc = malloc(o->reps * sizeof *tc);
-    int failed = t == NULL || tc == NULL;
+    printf("  %-6s %-6s %-8s %9s %10s %9s %9s %9s %9s %9s  %s\n", "dtype", "batch", "splits",
+           "KV MiB", "ms", "K/V GB/s", "memcpy", "of memcpy", "K/V cpu", "memcpy cpu",
+           "device commands per call");
+    double *t = malloc(4 * (size_t)o->reps * sizeof *t);
+    attn_times times = {t, t + o->reps, t + 2 * (size_t)o->reps, t + 3 * (size_t)o->reps};
+    int failed = t == NULL;
     for (size_t di = 0; di < o->n_attn_dtypes && !failed; di++)
         for (uint32_t bi = 0; bi < o->n_batches; bi++) {
             attn_setup a;
@@ -602,7 +621,7 @@ static int bench_attention(bench *b) {
             for (int variant = 0; variant < (has_splits ? 2 : 1) && st == FKV_OK; variant++) {
                 if (has_splits)
                     set_splits(b, variant); /* 0 auto, 1 never */
-                st = attention_row(b, &a, variant ? "off" : "auto", t, tc);
+                st = attention_row(b, &a, variant ? "off" : "auto", &times);
             }
             set_splits(b, 0);
             if (st != FKV_OK) {
@@ -612,10 +631,9 @@ static int bench_attention(bench *b) {
             }
             attention_free(b, &a);
         }
-    if (t == NULL || tc == NULL)
+    if (t == NULL)
         printf("  out of host memory\n");
     free(t);
-    free(tc);
     return failed;
 }
 

@@ -99,7 +99,8 @@ Test(opbench_args, attention_only_prints_memcpy_beside_each_dtype) {
     cr_assert_eq(rc, 0, "exit %d: %s", rc, tr_stderr());
     const char *out = tr_stdout();
     cr_expect(strstr(out, "(1) recall") == NULL, "%s", out);
-    cr_expect(strstr(out, "K/V GB/s    memcpy of memcpy") != NULL, "%s", out);
+    cr_expect(strstr(out, "K/V GB/s    memcpy of memcpy   K/V cpu memcpy cpu") != NULL, "%s",
+              out);
     const char *f16 = strstr(out, "\n  f16    1      auto"), *f32 = strstr(out, "\n  f32    1");
     cr_expect(f16 && f32 && f16 < f32 && strstr(out, "bf16") == NULL, "%s", out);
     /* 8 KV heads x 256 tokens x 128 channels x 2 bytes x K and V */

@@ -286,3 +286,27 @@ Test(opencl, options) {
     cr_assert_eq(fkv_op_get_option(ODEV, "cache_loads", out, 1), FKV_ERR_INVALID_ARGUMENT,
                  "no room for the value");
 }
+
+/* The attention kernel at each vector width the host may build it with (FKV_VW: a GPU's 4,
+ * a CPU device's SIMD width) besides the one this device prefers (the spec tests above run
+ * that one): the same results as the reference, with channels past a multiple of four (d5),
+ * the group in two blocks (g12), every dtype and the dense form. */
+Test(opencl, attention_at_every_vector_width) {
+    uint64_t preferred = th_option_value(ODEV, "attention_vector");
+    cr_assert(preferred == 4 || preferred == 8 || preferred == 16, "%llu",
+              (unsigned long long)preferred);
+    cr_assert_eq(fkv_op_set_option(ODEV, "attention_vector", "5"), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_set_option(ODEV, "attention_vector", "32"), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(th_option_value(ODEV, "attention_vector"), preferred, "unchanged on refusal");
+    static const uint64_t widths[] = {4, 8, 16};
+    for (int i = 0; i < 3; i++) {
+        if (widths[i] == preferred)
+            continue;
+        cr_assert_eq(th_set_option(ODEV, "attention_vector", widths[i]), FKV_OK);
+        cr_assert_eq(th_option_value(ODEV, "attention_vector"), widths[i]);
+        bh_spec_case("attention/d5/g2/p3/f16");
+        bh_spec_case("attention/d128/g4/p32/bf16");
+        bh_spec_case("attention/d64/g12/h1/p16/f32");
+        bh_spec_case("attention_dense/d5/g2/p3/bf16");
+    }
+}

@@ -56,7 +56,6 @@ fkv_status fkv_plan_attention(const char *backend, const char *op, const fkv_kv_
 
 uint32_t fkv_attention_threads(const fkv_kv_geom *g, const fkv_attention_plan *p, uint32_t vec) {
     uint32_t t = fkv_attention_dq(g->head_dim) / vec;
-    t = p->tile > t ? p->tile : t;
     return p->heads > t ? p->heads : t;
 }
 

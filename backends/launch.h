@@ -25,9 +25,9 @@
  * re-reads the K/V rows), over tiles of `tile` tokens of one page. With dq = head_dim rounded
  * up to FKV_ATTENTION_PAD (fkv_attention_dq) and tp the tile so rounded, shared floats
  * (fkv_attention_floats): qs [heads*dq]; kt [tile*(dq+4)]; sc [heads*tp]; st [3*heads]. Work
- * items
- * (fkv_attention_threads): one per `vec` channels of a row (K tile copy, values), one per
- * token of a tile (scores), one per head (softmax). */
+ * items (fkv_attention_threads): one per `vec` channels of a row (K tile copy, values) and at
+ * least one per head (softmax); each scores the tokens of a tile at its index modulo their
+ * number. */
 #define FKV_ATTENTION_MAX_HEADS 8
 /* Rows in shared memory are padded to a multiple of this many floats, so that a kernel may
  * read them in vectors of up to this many channels or tokens. */
@@ -52,7 +52,7 @@ fkv_status fkv_plan_attention(const char *backend, const char *op, const fkv_kv_
                               fkv_attention_plan *p);
 
 /* Work items of the plan's work groups for a kernel that reads `vec` channels a work item:
- * max(dq / vec, tile, heads). */
+ * max(dq / vec, heads). */
 uint32_t fkv_attention_threads(const fkv_kv_geom *g, const fkv_attention_plan *p, uint32_t vec);
 
 /* FKV_ERR_UNSUPPORTED naming `limit` when the plan's work groups need more than max_threads

@@ -399,10 +399,11 @@ static __device__ inline void load4(const void *p, size_t i, uint32_t n, float *
  * split) serves the block's query heads (the whole group in one block up to 8 heads when
  * shared memory allows: backends/launch.c); tiles of up to `tile` tokens of one page. Thread
  * i owns channels [4i, 4i + 4) of a row (dq = head_dim rounded up to 16, zeros past
- * head_dim): it copies them from each K row of the tile into shared memory; thread t then
- * sums q.k of token t for every head of the block; one thread per head takes the online
+ * head_dim): it copies them from each K row of the tile into shared memory; thread i then
+ * sums q.k of tokens i, i + w, ... for every head of the block; one thread per head takes the
+ * online
  * softmax of the tile; thread i accumulates its channels of every head of the block in
- * registers from each V row of the tile. The block has max(dq / 4, tile, heads) threads
+ * registers from each V row of the tile. The block has w = max(dq / 4, heads) threads
  * (fkv_attention_threads). Dynamic shared memory (fkv_attention_floats), tp = tile rounded up
  * to 16: qs [heads*dq]; kt [tile*(dq+4)] (padded against bank conflicts); sc [heads*tp];
  * st [3*heads] = running max, running sum, rescale factor. */
@@ -481,14 +482,14 @@ __global__ void __launch_bounds__(FKV_HIP_ATTENTION_BLOCK) k_attention(fkv_hip_a
                         kt[t * ldk + cv + j] = x[j];
                 }
             __syncthreads();
-            if (lid < nt) {
+            for (uint32_t t = lid; t < nt; t += w) {
                 float s[ATTN_HEADS][4];
 #pragma unroll
                 for (uint32_t g = 0; g < ATTN_HEADS; g++)
 #pragma unroll
                     for (uint32_t j = 0; j < 4; j++)
                         s[g][j] = 0.0f;
-                const float *kr = kt + lid * ldk;
+                const float *kr = kt + t * ldk;
                 for (uint32_t c = 0; c < dq; c += 4) {
 #pragma unroll
                     for (uint32_t g = 0; g < ATTN_HEADS; g++)
@@ -500,7 +501,7 @@ __global__ void __launch_bounds__(FKV_HIP_ATTENTION_BLOCK) k_attention(fkv_hip_a
 #pragma unroll
                 for (uint32_t g = 0; g < ATTN_HEADS; g++)
                     if (g < G)
-                        sc[g * tp + lid] = (s[g][0] + s[g][1]) + (s[g][2] + s[g][3]);
+                        sc[g * tp + t] = (s[g][0] + s[g][1]) + (s[g][2] + s[g][3]);
             }
             __syncthreads();
             for (uint32_t g = lid; g < G; g += w) {

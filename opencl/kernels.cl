@@ -514,7 +514,7 @@ void fkv_store_lanes(global float *p, fkv_vec v, uint n) {
         s##g += fkv_vload(0, qs + g * dq + c) * k;
 #define FKV_S_PUT(g)                                                                           \
     if (g < G)                                                                                 \
-        sc[g * tp + lid] = fkv_hsum(s##g);
+        sc[g * tp + t] = fkv_hsum(s##g);
 #define FKV_A_SCALE(g)                                                                         \
     if (g < G)                                                                                 \
         acc##g *= st[2 * G + g];
@@ -564,11 +564,12 @@ void fkv_prefetch(const global fkv_kv_t *p) {
  * [i*FKV_VW, (i+1)*FKV_VW) of a row (dq = head_dim rounded up to FKV_ATTENTION_PAD, zeros past
  * head_dim):
  *  - it copies them from each K row of the tile into local memory, converted in one vector;
- *  - work item t then sums q.k of token t for every head of the block, FKV_VW channels a step;
+ *  - work item i then sums q.k of tokens i, i + w, ... for every head of the block, FKV_VW
+ *    channels a step;
  *  - online softmax over the tile, one work item per head;
  *  - it accumulates its channels of every head of the block in registers, reading them from
  *    each V row of the tile, converted in one vector.
- * The work group has max(dq / FKV_VW, tile, heads) work items (fkv_attention_threads). With
+ * The work group has w = max(dq / FKV_VW, heads) work items (fkv_attention_threads). With
  * n_splits > 1 each group handles a contiguous share of the head's entries and writes (max,
  * sum, unnormalised acc) per query head to `part` for fkv_attention_reduce. dense_tokens >= 0
  * replaces the slot lists by contiguous K/V of that many tokens (pages of `page_size` tokens;
@@ -652,10 +653,10 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
                                0, kt + t * ldk + cv);
                 }
             barrier(CLK_LOCAL_MEM_FENCE);
-            if (lid < nt) {
+            for (uint t = lid; t < nt; t += w) {
                 FKV_HEADS(FKV_S_DECL)
                 for (uint c = 0; c < dq; c += FKV_VW) {
-                    fkv_vec k = fkv_vload(0, kt + lid * ldk + c);
+                    fkv_vec k = fkv_vload(0, kt + t * ldk + c);
                     FKV_HEADS(FKV_S_ADD)
                 }
                 FKV_HEADS(FKV_S_PUT)

@@ -5,10 +5,11 @@
  * whole group in one block up to 8 heads when shared memory allows: backends/launch.c). Tiles
  * of up to `tile` tokens of one page. Invocation i owns channels [4i, 4i + 4) of a row (dq =
  * head_dim rounded up to 16, zeros past head_dim): it copies them from each K row of the tile
- * into shared memory; invocation t then sums q.k of token t for every head of the block; one
+ * into shared memory; invocation i then sums q.k of tokens i, i + w, ... for every head of the
+ * block; one
  * invocation per head takes the online softmax of the tile; invocation i accumulates its
  * channels of every head of the block in registers from each V row of the tile. The
- * workgroup has at least max(dq / 4, tile, heads) invocations (fkv_attention_threads). With
+ * workgroup has at least max(dq / 4, heads) invocations (fkv_attention_threads). With
  * n_splits > 1 each workgroup takes a contiguous share of the head's entries and writes (max,
  * sum, unnormalised acc) per query head to `part` for attention_reduce. dense_tokens >= 0
  * replaces the slot lists by contiguous K/V of that many tokens. Pools beyond one binding run
@@ -110,12 +111,12 @@ void main() {
                         sm[KT + t * ldk + cv + j] = k[j];
                 }
             barrier();
-            if (lid < nt) {
+            for (uint t = lid; t < nt; t += w) {
                 vec4 s[HEADS];
                 for (uint g = 0u; g < HEADS; g++)
                     s[g] = vec4(0.0);
                 for (uint c = 0u; c < dq; c += 4u) {
-                    uint kr = KT + lid * ldk + c;
+                    uint kr = KT + t * ldk + c;
                     vec4 k = vec4(sm[kr], sm[kr + 1u], sm[kr + 2u], sm[kr + 3u]);
                     for (uint g = 0u; g < HEADS; g++)
                         if (g < G) {
@@ -125,7 +126,7 @@ void main() {
                 }
                 for (uint g = 0u; g < HEADS; g++)
                     if (g < G)
-                        sm[SC + g * tp + lid] = (s[g].x + s[g].y) + (s[g].z + s[g].w);
+                        sm[SC + g * tp + t] = (s[g].x + s[g].y) + (s[g].z + s[g].w);
             }
             barrier();
             for (uint g = lid; g < G; g += w) {

@@ -75,6 +75,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../common/hostfmt.h"
 #include "fkv_backend_list.h"
 #include "freekv.h"
 
@@ -82,7 +83,11 @@
 extern "C" {
 #endif
 
-#define FKV_BACKEND_ABI_VERSION 1
+/* 2: the scores descriptor holds the query row (FKV_SCORES_DESC_INTS), cosine_flags reads
+ * the previous queries through a row table, and scores and select_pages take a mask of
+ * (sequence, KV head) pairs, so one call serves a batch whatever buffer rows its queries come
+ * from and whichever heads it needs. */
+#define FKV_BACKEND_ABI_VERSION 2
 
 typedef struct fkv_bdev fkv_bdev;     /* an opened device */
 typedef struct fkv_bbuf fkv_bbuf;     /* device memory */
@@ -121,16 +126,23 @@ typedef struct fkv_kv_geom {
     uint32_t head_dim;
     uint32_t page_size;
     fkv_dtype dtype;
+    /* How HND units are stored where pack_hnd writes them and scatter_hnd / recall_direct read
+     * them (the host pool, staging): FKV_HOST_SAME = dtype; q8/q4 = the layout of
+     * common/hostfmt.h (docs/pipeline.md, "Host formats"). Only pack_hnd, scatter_hnd and
+     * recall_direct read it, and only on a device whose host_formats entry lists the format
+     * (the dispatch layer refuses the others with FKV_ERR_UNSUPPORTED). */
+    fkv_host_format host_format;
 } fkv_kv_geom;
 
 /* Bytes of the layouts above: one slot of a KV pool ([page_size][n_kv_heads][head_dim]),
- * one HND (page, KV head) unit ([K|V][page_size][head_dim]), one page summary
- * ([n_kv_heads][min|max][head_dim] f32). */
+ * one HND (page, KV head) unit ([K|V][page_size][head_dim] in dtype, or quantized in
+ * host_format), one page summary ([n_kv_heads][min|max][head_dim] f32). */
 static inline size_t fkv_slot_bytes(const fkv_kv_geom *g) {
     return (size_t)g->page_size * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
 }
 static inline size_t fkv_unit_bytes(const fkv_kv_geom *g) {
-    return 2 * (size_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    return fkv_hostfmt_unit_bytes(g->host_format, g->page_size, g->head_dim,
+                                  fkv_dtype_size(g->dtype));
 }
 static inline size_t fkv_summary_bytes(const fkv_kv_geom *g) {
     return (size_t)g->n_kv_heads * 2 * g->head_dim * sizeof(float);
@@ -173,6 +185,10 @@ typedef struct fkv_direct_src {
 /* Host allocations one launch of a GPU backend's recall_direct binds (kernel arguments or
  * descriptor bindings): a call over more hosts issues ceil(hosts / this) launches. */
 #define FKV_DIRECT_HOSTS_PER_LAUNCH 8
+
+/* Ints per sequence of the scores and select_pages descriptor: (summary base, n_pages, out
+ * base, query row). */
+#define FKV_SCORES_DESC_INTS 4
 
 /* The selection of select_pages: candidates [first_page, n_pages) of each sequence, k pages
  * per (sequence, KV head), reduced by `reduce` with softmax scale temp_scale (> 0). */
@@ -228,28 +244,42 @@ typedef struct fkv_backend_ops {
     fkv_status (*summarize)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                             const fkv_bbuf *kpool, uint32_t n_pages, const fkv_bbuf *pages,
                             size_t pages_off, fkv_bbuf *summaries);
-    /* Quest bound for every query head. desc[3b..3b+2] = (summary base, n_pages, out base):
-     * out[base + h*n_pages + j] = sum_c max(q[b][h][c]*max[c], q[b][h][c]*min[c]) of summary
-     * base+j, KV head h/group. q is [n_seqs][n_kv_heads*group][head_dim]. */
+    /* Quest bound for every query head. desc[4b..4b+3] = (summary base, n_pages, out base,
+     * q row): out[base + h*n_pages + j] = sum_c max(q[c]*max[c], q[c]*min[c]) over query head
+     * h of row `q row` of qbuf and summary base+j of KV head h/group. qbuf from q_off is rows
+     * of [n_kv_heads*group][head_dim] f32 (at least one); rows may repeat and come in any
+     * order, so a batch's queries are read where they lie (this call's, or each sequence's
+     * previous one). A row beyond the buffer is refused by the CPU reference and skipped by
+     * GPU kernels, as any index from device data. mask: NULL (every pair), or int32
+     * [n_seqs][n_kv_heads] at mask_off (e.g. cosine_flags' flags): a (b, KV head) pair whose
+     * mask is 0 is skipped, no work, and its query heads' scores are not written. */
     fkv_status (*scores)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
-                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
+                         size_t desc_off, const fkv_bbuf *mask, size_t mask_off,
+                         const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
     /* Per (seq b, KV head h): mean over the group of cos(q_cur, q_prev) into sims[b][h] (f32)
-     * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). A query with
-     * an exactly zero norm has cosine 0; one holding a NaN or an infinity has a NaN norm,
-     * which makes its KV head's similarity NaN and its flag 1. */
+     * and flags[b][h] = !(sims >= tau) (int32: a NaN similarity is corrected). q_cur is
+     * [n_seqs][n_kv_heads*group][head_dim] f32 from cur_off; sequence b's previous query is
+     * row prev_rows[b] (int32 at rows_off) of q_prev from prev_off, rows of the same shape. A
+     * negative row means no previous query: every KV head of b gets similarity NaN and flag 1
+     * (corrected). A row beyond q_prev is refused by the CPU reference and skipped by GPU
+     * kernels. A query with an exactly zero norm has cosine 0; one holding a NaN or an
+     * infinity has a NaN norm, which makes its KV head's similarity NaN and its flag 1. */
     fkv_status (*cosine_flags)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                               size_t sims_off, fkv_bbuf *flags, size_t flags_off);
-    /* NHD -> HND: page gslots[i] of both pools into dst + i*page_bytes as
-     * [n_kv_heads][K|V][page_size][head_dim] in dtype. */
+                               size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                               uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                               fkv_bbuf *flags, size_t flags_off);
+    /* NHD -> HND: page gslots[i] of both pools into dst + i*n_kv_heads*fkv_unit_bytes(g) as
+     * [n_kv_heads] units, each [K|V][page_size][head_dim] in dtype, or, for a quantized
+     * g->host_format, quantized as common/hostfmt.h defines (the offload's quantize). */
     fkv_status (*pack_hnd)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                            const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
                            size_t dst_off);
-    /* HND -> NHD: unit i of src (at byte src_off + i*2*page_size*head_dim*element size,
-     * [K|V][p][d]) goes to KV head units[2i+1] of slot units[2i] in both pools. */
+    /* HND -> NHD: unit i of src (at byte src_off + i*fkv_unit_bytes(g), [K|V][p][d], or
+     * quantized in g->host_format and dequantized here) goes to KV head units[2i+1] of slot
+     * units[2i] in both pools. */
     fkv_status (*scatter_hnd)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                               const fkv_bbuf *src, size_t src_off, uint32_t n_units,
                               const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
@@ -280,7 +310,8 @@ typedef struct fkv_backend_ops {
                                   const fkv_bbuf *k, const fkv_bbuf *v, float scale,
                                   fkv_bbuf *out, size_t out_off);
     /* Zero-copy recall from any number of host allocations in one call. Unit i reads
-     * [K|V][p][d] at byte srcs[i].offset of hosts[srcs[i].host] and writes KV head
+     * fkv_unit_bytes(g) bytes ([K|V][p][d], or quantized in g->host_format and dequantized
+     * here) at byte srcs[i].offset of hosts[srcs[i].host] and writes KV head
      * units[4i+1] of slot units[4i]. `units` is the device-side unit table, int32 x4 per unit:
      * {gslot, kv_head, host index, host offset / element size}; the caller writes it (the
      * recall engine: one write on q just before this call), and the kernels read only it.
@@ -326,8 +357,8 @@ typedef struct fkv_backend_ops {
      * fkv_device_get_counters says so (FKV_ERR_UNSUPPORTED) instead of reporting zeros. */
     const struct fkv_bcounters *(*counters)(fkv_bdev *dev);
     /* Group reduction and top-k of page scores (FreeKV's selection) on the device, so that only
-     * O(budget) values come back. For sequence b: desc[3b+1] = n_pages and desc[3b+2] = base
-     * (floats from scores_off), as the scores op took them (desc[3b] is not read): query head
+     * O(budget) values come back. For sequence b: desc[4b+1] = n_pages and desc[4b+2] = base
+     * (floats from scores_off), as the scores op took them (the rest is not read): query head
      * hq's score of page j is scores[base + hq*n_pages + j]. Per (b, KV head h), over the
      * candidate pages j in [p->first_page, n_pages) and the group's query heads r
      * (hq = h*group + r), in f32:
@@ -342,15 +373,49 @@ typedef struct fkv_backend_ops {
      * exp is the platform's f32 exp (libm expf on the CPU reference; OpenCL exp, GLSL exp,
      * HIP expf): the values agree to a relative 1e-4 (the tolerance table's select_pages row),
      * so the selected SETS may differ only among pages whose values tie the k-th within that.
-     * Scratch: the op overwrites the first query row of each KV head's scores (row h*group)
-     * over the candidates; the scores are undefined afterwards. The output record must not
-     * overlap the scores of the call. NULL (or a table built before this entry): the generic
-     * fallback reads the scores back and runs the CPU reference's code on the host (waits for
-     * its completion). */
+     * Scratch: the op overwrites the group's rows of scores over the candidates (the reduced
+     * values go to the first, row h*group); the scores are undefined afterwards. The output
+     * record must not overlap the scores of the call. mask as for scores: a pair whose mask is
+     * 0 gets no work and its record is undefined afterwards (the GPU kernels leave it alone).
+     * NULL (or a table built before this entry): the generic fallback reads the scores back
+     * and runs the CPU reference's code on the host (waits for its completion). */
     fkv_status (*select_pages)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                               fkv_bbuf *out, size_t out_off);
+                               const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                               size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                               size_t out_off);
+    /* The host formats whose pack_hnd (quantize), scatter_hnd and recall_direct (dequantize)
+     * this device implements, as a mask of 1u << fkv_host_format; FKV_HOST_SAME is always
+     * implemented. Each must agree with the CPU reference's codes exactly or within one code
+     * (the tolerance table, docs/conformance.md). NULL (or a table built before this entry):
+     * FKV_HOST_SAME only, and fkv_context_create refuses q8/q4 with FKV_ERR_UNSUPPORTED. */
+    uint32_t (*host_formats)(fkv_bdev *dev);
+
+    /* -- engine interop (fkv_device_open_native, fkv_device_get_native, fkv_external_sync;
+     * docs/integration.md). A backend never destroys or releases an object it did not create:
+     * each borrowed handle is marked as such in its device object. -- */
+
+    /* The native API whose objects device_open_native takes and native_objects returns.
+     * FKV_NATIVE_NONE (or a table built before this entry): none, and the four entries below
+     * are not called (the dispatch layer answers FKV_ERR_UNSUPPORTED). */
+    fkv_native_api native_api;
+    /* Opens a device on the engine's objects (objs->api is native_api; the pointers the
+     * public call documents as required are non-NULL). Its info's index is the device's
+     * position in device_count's enumeration, or UINT32_MAX when it is not there. NULL:
+     * unsupported. */
+    fkv_status (*device_open_native)(const fkv_native_objects *objs, fkv_bdev **out);
+    /* The device's native objects into out->api and its member (out is zeroed before). NULL:
+     * unsupported. */
+    fkv_status (*native_objects)(fkv_bdev *dev, fkv_native_objects *out);
+    /* An engine's event (ev->handle non-NULL) as a wait-list entry of this device's commands.
+     * The engine keeps its object: release the entry with event_unimport (never event_release)
+     * once the commands that wait on it are enqueued. NULL: unsupported. */
+    fkv_status (*event_import)(fkv_bdev *dev, const fkv_native_event *ev, fkv_bevent **out);
+    void (*event_unimport)(fkv_bdev *dev, fkv_bevent *ev);
+    /* Signals the engine's event `sig` (public fkv_external_sync.signal's rules for each API)
+     * once deps.wait and every earlier command of q complete, like a marker (deps.done may
+     * receive the marker's own event). NULL: unsupported. */
+    fkv_status (*event_signal)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, fkv_native_event *sig);
 } fkv_backend_ops;
 
 /* Every compiled backend's table: fkv_backend_<name>() for each name of the generated list
@@ -365,6 +430,12 @@ const fkv_backend_ops *fkv_backend_find(const char *name);
 #define FKV_HAS_ENTRY(ops, entry)                                                              \
     ((ops)->struct_size >= offsetof(fkv_backend_ops, entry) + sizeof((ops)->entry) &&            \
      (ops)->entry != NULL)
+
+/* The table's native_api: FKV_NATIVE_NONE for a table built before the entry existed. */
+#define FKV_TABLE_NATIVE_API(ops)                                                              \
+    ((ops)->struct_size >= offsetof(fkv_backend_ops, native_api) + sizeof((ops)->native_api)    \
+         ? (ops)->native_api                                                                   \
+         : FKV_NATIVE_NONE)
 
 /* Checks an ops table (version, size, required entries); message names what is wrong. */
 fkv_status fkv_backend_check(const fkv_backend_ops *ops);

@@ -78,6 +78,8 @@ fkv_status fkv_check_kernel_call(const char *backend, const char *op, fkv_queue 
                       backend, op, g->n_kv_heads, g->group, g->head_dim, g->page_size);
     if (fkv_dtype_size(g->dtype) == 0)
         return REFUSE("%s %s: unknown dtype %d", backend, op, (int)g->dtype);
+    if ((unsigned)g->host_format > FKV_HOST_Q4)
+        return REFUSE("%s %s: unknown host format %d", backend, op, (int)g->host_format);
     uint64_t slot = (uint64_t)g->page_size * g->n_kv_heads * g->head_dim * 2;
     uint64_t qblock = (uint64_t)g->n_kv_heads * g->group * g->head_dim;
     if (slot > INT32_MAX || qblock > INT32_MAX)
@@ -154,12 +156,13 @@ fkv_status fkv_check_scores(const char *backend, const fkv_kv_geom *g, fkv_bview
                             uint32_t n_seqs, fkv_bview desc, size_t desc_off,
                             fkv_bview summaries, fkv_bview out, size_t out_off) {
     const char *op = "scores";
-    uint64_t q_bytes =
-        mul3(n_seqs, (uint64_t)g->n_kv_heads * g->group * g->head_dim, sizeof(float));
+    /* the rows come from device data: one must exist, the kernels check the rest */
+    uint64_t q_row = (uint64_t)g->n_kv_heads * g->group * g->head_dim * sizeof(float);
     fkv_status st;
-    if ((st = fkv_check_span(backend, op, "q", q, q_off, q_bytes, 4)) != FKV_OK ||
+    if ((st = fkv_check_span(backend, op, "q", q, q_off, n_seqs ? q_row : 0, 4)) != FKV_OK ||
         (st = fkv_check_span(backend, op, "desc", desc, desc_off,
-                             (uint64_t)n_seqs * 3 * sizeof(int32_t), 4)) != FKV_OK ||
+                             (uint64_t)n_seqs * FKV_SCORES_DESC_INTS * sizeof(int32_t), 4)) !=
+            FKV_OK ||
         (st = fkv_check_span(backend, op, "summaries", summaries, 0, 0, 4)) != FKV_OK ||
         (st = fkv_check_span(backend, op, "out", out, out_off, 0, 4)) != FKV_OK)
         return st;
@@ -183,23 +186,36 @@ fkv_status fkv_check_select_pages(const char *backend, const fkv_kv_geom *g, uin
     uint64_t records = mul3((uint64_t)n_seqs * g->n_kv_heads, 2 * (uint64_t)p->k, 4);
     fkv_status st;
     if ((st = fkv_check_span(backend, op, "desc", desc, desc_off,
-                             (uint64_t)n_seqs * 3 * sizeof(int32_t), 4)) != FKV_OK ||
+                             (uint64_t)n_seqs * FKV_SCORES_DESC_INTS * sizeof(int32_t), 4)) !=
+            FKV_OK ||
         (st = fkv_check_span(backend, op, "scores", scores, scores_off, 0, 4)) != FKV_OK ||
         (st = fkv_check_span(backend, op, "out", out, out_off, records, 4)) != FKV_OK)
         return st;
     return bh_count(backend, op, n_seqs, g);
 }
 
+fkv_status fkv_check_mask(const char *backend, const char *op, const fkv_kv_geom *g,
+                          uint32_t n_seqs, fkv_bview mask, size_t mask_off) {
+    if (!mask.present)
+        return FKV_OK;
+    return fkv_check_span(backend, op, "mask", mask, mask_off,
+                          (uint64_t)n_seqs * g->n_kv_heads * sizeof(int32_t), 4);
+}
+
 fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv_bview q_cur,
                                   size_t cur_off, fkv_bview q_prev, size_t prev_off,
-                                  uint32_t n_seqs, fkv_bview sims, size_t sims_off,
-                                  fkv_bview flags, size_t flags_off) {
+                                  fkv_bview prev_rows, size_t rows_off, uint32_t n_seqs,
+                                  fkv_bview sims, size_t sims_off, fkv_bview flags,
+                                  size_t flags_off) {
     const char *op = "cosine_flags";
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
     uint64_t q_bytes = mul3(n_bh, (uint64_t)g->group * g->head_dim, sizeof(float));
     fkv_status st;
+    /* q_prev's rows come from device data (the kernels check them) */
     if ((st = fkv_check_span(backend, op, "q_cur", q_cur, cur_off, q_bytes, 4)) != FKV_OK ||
-        (st = fkv_check_span(backend, op, "q_prev", q_prev, prev_off, q_bytes, 4)) != FKV_OK ||
+        (st = fkv_check_span(backend, op, "q_prev", q_prev, prev_off, 0, 4)) != FKV_OK ||
+        (st = fkv_check_span(backend, op, "prev_rows", prev_rows, rows_off,
+                             (uint64_t)n_seqs * sizeof(int32_t), 4)) != FKV_OK ||
         (st = fkv_check_span(backend, op, "sims", sims, sims_off, n_bh * sizeof(float), 4)) !=
             FKV_OK ||
         (st = fkv_check_span(backend, op, "flags", flags, flags_off, n_bh * sizeof(int32_t),
@@ -213,7 +229,7 @@ fkv_status fkv_check_pack_hnd(const char *backend, const fkv_kv_geom *g, fkv_bvi
                               size_t gslots_off, fkv_bview dst, size_t dst_off) {
     const char *op = "pack_hnd";
     size_t es = fkv_dtype_size(g->dtype);
-    uint64_t page_bytes = (uint64_t)g->n_kv_heads * 2 * g->page_size * g->head_dim * es;
+    uint64_t page_bytes = (uint64_t)g->n_kv_heads * fkv_unit_bytes(g);
     fkv_status st;
     if ((st = fkv_check_span(backend, op, "gslots", gslots, gslots_off,
                              (uint64_t)n_pages * sizeof(int32_t), 4)) != FKV_OK ||
@@ -307,5 +323,14 @@ fkv_status fkv_check_attention_dense(const char *backend, const fkv_kv_geom *g, 
     /* slots of the contiguous K/V are counted in int32 */
     if (n_tokens > INT32_MAX - g->page_size)
         return REFUSE("%s %s: %u tokens is too many", backend, op, n_tokens);
+    return FKV_OK;
+}
+
+fkv_status fkv_check_native_event(const char *backend, const char *op,
+                                  const fkv_native_event *ev, int has_out) {
+    if (ev == NULL || !has_out)
+        return REFUSE("%s %s: NULL event or output", backend, op);
+    if (ev->handle == NULL)
+        return REFUSE("%s %s: the event's native handle is NULL", backend, op);
     return FKV_OK;
 }

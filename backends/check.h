@@ -63,10 +63,15 @@ fkv_status fkv_check_select_pages(const char *backend, const fkv_kv_geom *g, uin
                                   fkv_bview desc, size_t desc_off, fkv_bview scores,
                                   size_t scores_off, const fkv_select_params *p, fkv_bview out,
                                   size_t out_off);
+/* The optional (sequence, KV head) mask of scores and select_pages: absent, or n_seqs *
+ * n_kv_heads int32 at mask_off. */
+fkv_status fkv_check_mask(const char *backend, const char *op, const fkv_kv_geom *g,
+                          uint32_t n_seqs, fkv_bview mask, size_t mask_off);
 fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv_bview q_cur,
                                   size_t cur_off, fkv_bview q_prev, size_t prev_off,
-                                  uint32_t n_seqs, fkv_bview sims, size_t sims_off,
-                                  fkv_bview flags, size_t flags_off);
+                                  fkv_bview prev_rows, size_t rows_off, uint32_t n_seqs,
+                                  fkv_bview sims, size_t sims_off, fkv_bview flags,
+                                  size_t flags_off);
 fkv_status fkv_check_pack_hnd(const char *backend, const fkv_kv_geom *g, fkv_bview kpool,
                               fkv_bview vpool, uint32_t n_pages, fkv_bview gslots,
                               size_t gslots_off, fkv_bview dst, size_t dst_off);
@@ -85,5 +90,8 @@ fkv_status fkv_check_attention(const char *backend, const fkv_kv_geom *g, fkv_bv
 fkv_status fkv_check_attention_dense(const char *backend, const fkv_kv_geom *g, fkv_bview q,
                                      size_t q_off, uint32_t n_tokens, fkv_bview k, fkv_bview v,
                                      fkv_bview out, size_t out_off);
+/* An engine's event handed in: given, with a handle, and an output to receive it (has_out). */
+fkv_status fkv_check_native_event(const char *backend, const char *op,
+                                  const fkv_native_event *ev, int has_out);
 
 #endif

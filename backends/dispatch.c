@@ -43,6 +43,18 @@ static fkv_status kernel_checks(fkv_device *dev, const char *op, fkv_queue q, fk
     return st;
 }
 
+/* A quantized host format on a device that does not implement it: refused, never run as if
+ * it were the compute dtype. g is already checked. */
+static fkv_status host_format_check(fkv_device *dev, const char *op, const fkv_kv_geom *g) {
+    if (g->host_format == FKV_HOST_SAME || (fkv_op_host_formats(dev) >> g->host_format & 1u))
+        return FKV_OK;
+    return fkv_error(FKV_ERR_UNSUPPORTED,
+                     "backend '%s' %s: host format %s is not implemented (its pack_hnd, "
+                     "scatter_hnd and recall_direct store and read only the compute dtype; use "
+                     "host_format same, or the cpu backend)",
+                     NAME(dev), op, fkv_host_format_name(g->host_format));
+}
+
 #define CHECKED(expr)                                                                          \
     do {                                                                                       \
         fkv_status checked_st_ = (expr);                                                       \
@@ -201,41 +213,47 @@ fkv_status fkv_op_summarize(fkv_device *dev, fkv_queue q, fkv_deps deps, const f
 
 fkv_status fkv_op_scores(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
-                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out,
-                         size_t out_off) {
+                         size_t desc_off, const fkv_bbuf *mask, size_t mask_off,
+                         const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off) {
     CHECKED(kernel_checks(dev, "scores", q, deps, g));
     CHECKED(fkv_check_scores(NAME(dev), g, VIEW(qbuf), q_off, n_seqs, VIEW(desc), desc_off,
                              VIEW(summaries), VIEW(out), out_off));
+    CHECKED(fkv_check_mask(NAME(dev), "scores", g, n_seqs, VIEW(mask), mask_off));
     MARKER_IF_NONE(n_seqs);
-    return dev->ops->scores(dev->bdev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off,
-                            summaries, out, out_off);
+    return dev->ops->scores(dev->bdev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off, mask,
+                            mask_off, summaries, out, out_off);
 }
 
 fkv_status fkv_op_select_pages(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                               fkv_bbuf *out, size_t out_off) {
+                               const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                               size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                               size_t out_off) {
     CHECKED(kernel_checks(dev, "select_pages", q, deps, g));
     CHECKED(fkv_check_select_pages(NAME(dev), g, n_seqs, VIEW(desc), desc_off, VIEW(scores),
                                    scores_off, p, VIEW(out), out_off));
+    CHECKED(fkv_check_mask(NAME(dev), "select_pages", g, n_seqs, VIEW(mask), mask_off));
     MARKER_IF_NONE(n_seqs * (p->k > 0));
     if (FKV_HAS_ENTRY(dev->ops, select_pages))
-        return dev->ops->select_pages(dev->bdev, q, deps, g, n_seqs, desc, desc_off, scores,
-                                      scores_off, p, out, out_off);
+        return dev->ops->select_pages(dev->bdev, q, deps, g, n_seqs, desc, desc_off, mask,
+                                      mask_off, scores, scores_off, p, out, out_off);
     return fkv_fallback_select_pages(dev->ops, dev->bdev, q, deps, g, n_seqs, desc, desc_off,
-                                     scores, scores_off, p, out, out_off);
+                                     mask, mask_off, scores, scores_off, p, out, out_off);
 }
 
 fkv_status fkv_op_cosine_flags(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                               size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+                               size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                               uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                               fkv_bbuf *flags, size_t flags_off) {
     CHECKED(kernel_checks(dev, "cosine_flags", q, deps, g));
     CHECKED(fkv_check_cosine_flags(NAME(dev), g, VIEW(q_cur), cur_off, VIEW(q_prev), prev_off,
-                                   n_seqs, VIEW(sims), sims_off, VIEW(flags), flags_off));
+                                   VIEW(prev_rows), rows_off, n_seqs, VIEW(sims), sims_off,
+                                   VIEW(flags), flags_off));
     MARKER_IF_NONE(n_seqs);
-    return dev->ops->cosine_flags(dev->bdev, q, deps, g, q_cur, cur_off, q_prev, prev_off, n_seqs,
-                                  tau, sims, sims_off, flags, flags_off);
+    return dev->ops->cosine_flags(dev->bdev, q, deps, g, q_cur, cur_off, q_prev, prev_off,
+                                  prev_rows, rows_off, n_seqs, tau, sims, sims_off, flags,
+                                  flags_off);
 }
 
 fkv_status fkv_op_pack_hnd(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
@@ -243,6 +261,7 @@ fkv_status fkv_op_pack_hnd(fkv_device *dev, fkv_queue q, fkv_deps deps, const fk
                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
                            size_t dst_off) {
     CHECKED(kernel_checks(dev, "pack_hnd", q, deps, g));
+    CHECKED(host_format_check(dev, "pack_hnd", g));
     CHECKED(fkv_check_pack_hnd(NAME(dev), g, VIEW(kpool), VIEW(vpool), n_pages, VIEW(gslots),
                                gslots_off, VIEW(dst), dst_off));
     MARKER_IF_NONE(n_pages);
@@ -255,6 +274,7 @@ fkv_status fkv_op_scatter_hnd(fkv_device *dev, fkv_queue q, fkv_deps deps, const
                               const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
                               fkv_bbuf *vpool) {
     CHECKED(kernel_checks(dev, "scatter_hnd", q, deps, g));
+    CHECKED(host_format_check(dev, "scatter_hnd", g));
     CHECKED(fkv_check_scatter_hnd(NAME(dev), g, VIEW(src), src_off, n_units, VIEW(units),
                                   units_off, VIEW(kpool), VIEW(vpool)));
     MARKER_IF_NONE(n_units);
@@ -300,6 +320,7 @@ fkv_status fkv_op_recall_direct(fkv_device *dev, fkv_queue q, fkv_deps deps,
                                                            "(zero-copy recall)",
                                       NAME(dev)));
     CHECKED(kernel_checks(dev, "recall_direct", q, deps, g));
+    CHECKED(host_format_check(dev, "recall_direct", g));
     CHECKED(fkv_check_recall_direct(NAME(dev), g, n_hosts, hosts, n_units, srcs, VIEW(units),
                                     units_off, VIEW(kpool), VIEW(vpool)));
     MARKER_IF_NONE(n_units);
@@ -312,6 +333,11 @@ fkv_status fkv_op_recall_direct(fkv_device *dev, fkv_queue q, fkv_deps deps,
 fkv_recall_mode fkv_op_recall_mode(fkv_device *dev) {
     return FKV_HAS_ENTRY(dev->ops, recall_mode) ? dev->ops->recall_mode(dev->bdev)
                                                 : FKV_RECALL_STAGED;
+}
+
+uint32_t fkv_op_host_formats(fkv_device *dev) {
+    uint32_t mask = FKV_HAS_ENTRY(dev->ops, host_formats) ? dev->ops->host_formats(dev->bdev) : 0;
+    return mask | 1u << FKV_HOST_SAME;
 }
 
 fkv_status fkv_op_opened_info(fkv_device *dev, fkv_device_info *info) {
@@ -336,6 +362,8 @@ fkv_status fkv_op_check_geometry(fkv_device *dev, const fkv_kv_geom *g,
                          ops->name, (unsigned long long)q->largest_buffer,
                          (unsigned long long)info->max_buffer_bytes);
     fkv_status st = fkv_check_kernel_call(ops->name, "check_geometry", FKV_QUEUE_COMPUTE, g);
+    if (st == FKV_OK)
+        st = host_format_check(dev, "check_geometry", g);
     if (st != FKV_OK)
         return st;
     return FKV_HAS_ENTRY(ops, check_geometry) ? ops->check_geometry(dev->bdev, g, q) : FKV_OK;
@@ -377,4 +405,57 @@ fkv_status fkv_op_counters(fkv_device *dev, fkv_counters *out) {
         return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s' does not count commands", NAME(dev));
     fkv_bcounters_read(c, out);
     return FKV_OK;
+}
+
+/* ---- engine interop ---- */
+
+fkv_native_api fkv_op_native_api(const fkv_device *dev) {
+    return FKV_TABLE_NATIVE_API(dev->ops);
+}
+
+/* Whether the device has a native API, else FKV_ERR_UNSUPPORTED naming `what`. */
+static fkv_status native_checks(fkv_device *dev, const char *what, int has_entry) {
+    if (FKV_TABLE_NATIVE_API(dev->ops) == FKV_NATIVE_NONE || !has_entry)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "backend '%s' has no native API (%s)", NAME(dev),
+                         what);
+    return FKV_OK;
+}
+
+fkv_status fkv_op_native_objects(fkv_device *dev, fkv_native_objects *out) {
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s native_objects: NULL output", NAME(dev));
+    fkv_status st = native_checks(dev, "native objects",
+                                  FKV_HAS_ENTRY(dev->ops, native_objects));
+    if (st != FKV_OK)
+        return st;
+    fkv_native_objects objs;
+    memset(&objs, 0, sizeof objs);
+    if ((st = dev->ops->native_objects(dev->bdev, &objs)) == FKV_OK)
+        *out = objs;
+    return st;
+}
+
+fkv_status fkv_op_event_import(fkv_device *dev, const fkv_native_event *ev, fkv_bevent **out) {
+    if (out)
+        *out = NULL;
+    fkv_status st = fkv_check_native_event(NAME(dev), "event_import", ev, out != NULL);
+    if (st == FKV_OK)
+        st = native_checks(dev, "external events", FKV_HAS_ENTRY(dev->ops, event_import) &&
+                                                       FKV_HAS_ENTRY(dev->ops, event_unimport));
+    return st == FKV_OK ? dev->ops->event_import(dev->bdev, ev, out) : st;
+}
+
+void fkv_op_event_unimport(fkv_device *dev, fkv_bevent *ev) {
+    if (ev)
+        dev->ops->event_unimport(dev->bdev, ev);
+}
+
+fkv_status fkv_op_event_signal(fkv_device *dev, fkv_queue q, fkv_deps deps,
+                               fkv_native_event *sig) {
+    CHECKED(enqueue_checks(dev, "event_signal", q, deps));
+    CHECKED(sig == NULL ? fkv_error(FKV_ERR_INVALID_ARGUMENT, "%s event_signal: NULL event",
+                                    NAME(dev))
+                        : FKV_OK);
+    CHECKED(native_checks(dev, "external events", FKV_HAS_ENTRY(dev->ops, event_signal)));
+    return dev->ops->event_signal(dev->bdev, q, deps, sig);
 }

@@ -77,17 +77,20 @@ fkv_status fkv_op_summarize(fkv_device *dev, fkv_queue q, fkv_deps deps, const f
                             size_t pages_off, fkv_bbuf *summaries);
 fkv_status fkv_op_scores(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
-                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
+                         size_t desc_off, const fkv_bbuf *mask, size_t mask_off,
+                         const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
 /* No select_pages entry: the scores are read back and reduced on the host by the CPU
  * reference's code (fallback.h); waits for completion. */
 fkv_status fkv_op_select_pages(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                               fkv_bbuf *out, size_t out_off);
+                               const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                               size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                               size_t out_off);
 fkv_status fkv_op_cosine_flags(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                               size_t sims_off, fkv_bbuf *flags, size_t flags_off);
+                               size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                               uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                               fkv_bbuf *flags, size_t flags_off);
 fkv_status fkv_op_pack_hnd(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                            const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,
@@ -116,6 +119,8 @@ fkv_status fkv_op_recall_direct(fkv_device *dev, fkv_queue q, fkv_deps deps,
                                 size_t units_off, fkv_bbuf *kpool, fkv_bbuf *vpool);
 
 /* ---- device properties ---- */
+/* The host formats the device implements (backend.h host_formats), FKV_HOST_SAME always. */
+uint32_t fkv_op_host_formats(fkv_device *dev);
 /* No recall_mode entry: FKV_RECALL_STAGED. */
 fkv_recall_mode fkv_op_recall_mode(fkv_device *dev);
 /* The device info of the open device (what fkv_device_get_info returns). */
@@ -133,6 +138,21 @@ fkv_status fkv_op_get_option(fkv_device *dev, const char *key, char *out, size_t
 /* The device's command counters (fkv_device_get_counters). No counters entry:
  * FKV_ERR_UNSUPPORTED ("backend X does not count commands"), *out untouched. */
 fkv_status fkv_op_counters(fkv_device *dev, fkv_counters *out);
+
+/* ---- engine interop ---- */
+/* The device's native API (FKV_NATIVE_NONE: none, e.g. the CPU reference). */
+fkv_native_api fkv_op_native_api(const fkv_device *dev);
+/* The native objects of the device (fkv_device_get_native). No native API:
+ * FKV_ERR_UNSUPPORTED, *out untouched. */
+fkv_status fkv_op_native_objects(fkv_device *dev, fkv_native_objects *out);
+/* An engine's event as a wait-list entry; release it with fkv_op_event_unimport. No native API:
+ * FKV_ERR_UNSUPPORTED. */
+fkv_status fkv_op_event_import(fkv_device *dev, const fkv_native_event *ev, fkv_bevent **out);
+void fkv_op_event_unimport(fkv_device *dev, fkv_bevent *ev); /* NULL: nothing */
+/* Signals the engine's event after deps.wait and q's earlier commands. No native API:
+ * FKV_ERR_UNSUPPORTED. */
+fkv_status fkv_op_event_signal(fkv_device *dev, fkv_queue q, fkv_deps deps,
+                               fkv_native_event *sig);
 
 #ifdef __cplusplus
 }

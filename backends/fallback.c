@@ -100,23 +100,30 @@ static fkv_status read_now(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue 
 fkv_status fkv_fallback_select_pages(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
                                      fkv_deps deps, const fkv_kv_geom *g, uint32_t n_seqs,
                                      const fkv_bbuf *desc, size_t desc_off,
+                                     const fkv_bbuf *mask, size_t mask_off,
                                      const fkv_bbuf *scores, size_t scores_off,
                                      const fkv_select_params *p, fkv_bbuf *out, size_t out_off) {
     size_t hq = (size_t)g->n_kv_heads * g->group;
     size_t out_bytes = (size_t)n_seqs * g->n_kv_heads * 2 * p->k * sizeof(int32_t);
     size_t have = (((const fkv_mem_desc *)scores)->size - scores_off) / sizeof(float), len = 0;
-    int32_t *d = malloc((size_t)n_seqs * 3 * sizeof(int32_t)), *rec = malloc(out_bytes);
+    size_t desc_bytes = (size_t)n_seqs * FKV_SCORES_DESC_INTS * sizeof(int32_t);
+    size_t mask_bytes = (size_t)n_seqs * g->n_kv_heads * sizeof(int32_t);
+    /* records of masked pairs are undefined: these are written as zeros */
+    int32_t *d = malloc(desc_bytes), *rec = calloc(1, out_bytes ? out_bytes : 1);
+    int32_t *m = mask ? malloc(mask_bytes) : NULL;
     float *s = NULL;
     fkv_bevent *ev = NULL;
-    fkv_status st = d && rec ? FKV_OK
-                             : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "select_pages fallback");
+    fkv_status st = d && rec && (m || !mask)
+                        ? FKV_OK
+                        : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "select_pages fallback");
     if (st == FKV_OK)
-        st = read_now(ops, dev, q, deps.n_wait, deps.wait, desc, desc_off, d,
-                      (size_t)n_seqs * 3 * sizeof(int32_t));
+        st = read_now(ops, dev, q, deps.n_wait, deps.wait, desc, desc_off, d, desc_bytes);
+    if (st == FKV_OK && mask)
+        st = read_now(ops, dev, q, 0, NULL, mask, mask_off, m, mask_bytes);
     for (uint32_t b = 0; st == FKV_OK && b < n_seqs; b++) {
         /* the reference refuses what lies beyond the buffer; read only what exists */
-        size_t end = d[3 * b + 1] > 0 && d[3 * b + 2] >= 0
-                         ? (size_t)d[3 * b + 2] + hq * (size_t)d[3 * b + 1] : 0;
+        const int32_t *db = d + (size_t)FKV_SCORES_DESC_INTS * b;
+        size_t end = db[1] > 0 && db[2] >= 0 ? (size_t)db[2] + hq * (size_t)db[1] : 0;
         len = end > len ? (end < have ? end : have) : len;
     }
     if (st == FKV_OK && (s = malloc((len ? len : 1) * sizeof(float))) == NULL)
@@ -124,7 +131,7 @@ fkv_status fkv_fallback_select_pages(const fkv_backend_ops *ops, fkv_bdev *dev, 
     if (st == FKV_OK && len)
         st = read_now(ops, dev, q, 0, NULL, scores, scores_off, s, len * sizeof(float));
     if (st == FKV_OK)
-        st = cpu_select_pages(g, n_seqs, d, s, len, p, rec);
+        st = cpu_select_pages(g, n_seqs, d, m, s, len, p, rec);
     if (st == FKV_OK)
         st = ops->write(dev, q, (fkv_deps){0, NULL, &ev}, out, out_off, rec, out_bytes);
     if (st == FKV_OK)
@@ -136,6 +143,7 @@ fkv_status fkv_fallback_select_pages(const fkv_backend_ops *ops, fkv_bdev *dev, 
     if (st != FKV_OK && deps.done)
         *deps.done = NULL;
     free(d);
+    free(m);
     free(rec);
     free(s);
     return st;

@@ -27,6 +27,7 @@ fkv_status fkv_fallback_attention_dense(const fkv_backend_ops *ops, fkv_bdev *de
 fkv_status fkv_fallback_select_pages(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
                                      fkv_deps deps, const fkv_kv_geom *g, uint32_t n_seqs,
                                      const fkv_bbuf *desc, size_t desc_off,
+                                     const fkv_bbuf *mask, size_t mask_off,
                                      const fkv_bbuf *scores, size_t scores_off,
                                      const fkv_select_params *p, fkv_bbuf *out, size_t out_off);
 

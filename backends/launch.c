@@ -89,12 +89,14 @@ uint64_t fkv_attention_partials_bytes(const fkv_kv_geom *g, uint64_t n_bh, uint3
 
 fkv_status fkv_plan_scores(const char *backend, const fkv_kv_geom *g, size_t avail_bytes,
                            const char *limit, fkv_scores_plan *p) {
-    size_t fit = avail_bytes / sizeof(float) / g->head_dim;
+    size_t floats = avail_bytes / sizeof(float);
+    size_t fit = floats > FKV_SCORES_PAD ? (floats - FKV_SCORES_PAD) / g->head_dim : 0;
     if (fit == 0)
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "%s scores: one query head of head_dim %u needs %zu bytes of shared "
                          "memory, the device has %zu (%s)",
-                         backend, g->head_dim, (size_t)g->head_dim * sizeof(float), avail_bytes,
+                         backend, g->head_dim,
+                         ((size_t)g->head_dim + FKV_SCORES_PAD) * sizeof(float), avail_bytes,
                          limit);
     uint32_t most = fit < g->group ? (uint32_t)fit : g->group;
     p->blocks = (g->group + most - 1) / most;

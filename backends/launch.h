@@ -71,14 +71,19 @@ uint32_t fkv_attention_splits(uint64_t n_groups, uint32_t compute_units, uint32_
 uint64_t fkv_attention_partials_bytes(const fkv_kv_geom *g, uint64_t n_bh, uint32_t splits);
 
 /* ---- scores: shared memory ----
- * `heads` query heads per work group (shared: heads*d floats of queries), `blocks` work
- * groups per (sequence, KV head) along the same grid dimension. */
+ * `heads` query heads per work group (shared: heads*d floats of queries and FKV_SCORES_PAD),
+ * `blocks` work groups per (sequence, KV head) along the same grid dimension. */
 typedef struct fkv_scores_plan {
     uint32_t heads, blocks;
 } fkv_scores_plan;
 
 fkv_status fkv_plan_scores(const char *backend, const fkv_kv_geom *g, size_t avail_bytes,
                            const char *limit, fkv_scores_plan *p);
+/* Query heads per pass of the scores kernels over a summary (a vector's lanes), and the floats
+ * after a block's heads * head_dim queries in shared memory that their last vector load of
+ * the transposed queries reaches: shared memory holds heads * head_dim + FKV_SCORES_PAD. */
+#define FKV_SCORE_LANES 8
+#define FKV_SCORES_PAD (FKV_SCORE_LANES - 1)
 /* Work groups per (sequence, KV head, query-head block) row of the scores grid, each striding
  * over its sequence's pages: enough for the n_rows rows to fill 2 x compute_units, 1 to 16. */
 uint32_t fkv_scores_chunks(uint64_t n_rows, uint32_t compute_units);

@@ -292,22 +292,23 @@ static fkv_status check_agreement(const fkv_backend_ops *ops, fkv_bdev *bdev,
     return FKV_OK;
 }
 
-fkv_status fkv_device_open_ops(const fkv_backend_ops *ops, uint32_t index, fkv_device **out) {
-    if (out == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_open: NULL output");
-    *out = NULL;
-    fkv_status st = fkv_backend_check(ops);
-    if (st != FKV_OK)
-        return st;
+/* Opens through `open` (device_open of an index, or device_open_native) under the driver
+ * lock, reads the info, checks capabilities against entries; on failure closes what opened.
+ * `what` names the device in a failure's message. */
+typedef fkv_status (*open_fn)(const fkv_backend_ops *ops, const void *arg, fkv_bdev **out);
+
+static fkv_status open_device(const fkv_backend_ops *ops, open_fn open, const void *arg,
+                              const char *what, fkv_device **out) {
     fkv_device *dev = calloc(1, sizeof *dev);
     if (dev == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "fkv_device_open: allocating the handle");
     dev->ops = ops;
     pthread_mutex_lock(&driver_lock);
-    st = ops->device_open(index, &dev->bdev);
+    fkv_status st = open(ops, arg, &dev->bdev);
     if (st == FKV_OK)
         st = FKV_HAS_ENTRY(ops, opened_info) ? ops->opened_info(dev->bdev, &dev->info)
-                                             : ops->device_info(index, &dev->info);
+                                             : ops->device_info(*(const uint32_t *)arg,
+                                                                &dev->info);
     pthread_mutex_unlock(&driver_lock);
     if (st == FKV_OK)
         st = check_agreement(ops, dev->bdev, &dev->info);
@@ -315,12 +316,29 @@ fkv_status fkv_device_open_ops(const fkv_backend_ops *ops, uint32_t index, fkv_d
         if (dev->bdev)
             ops->device_close(dev->bdev);
         free(dev);
-        return fkv_error_prefix(st, "opening %s device %u", ops->name, index);
+        return fkv_error_prefix(st, "opening %s", what);
     }
     snprintf(dev->info.backend, sizeof dev->info.backend, "%s", ops->name);
-    dev->info.index = index;
     *out = dev;
     return FKV_OK;
+}
+
+static fkv_status open_index(const fkv_backend_ops *ops, const void *arg, fkv_bdev **out) {
+    return ops->device_open(*(const uint32_t *)arg, out);
+}
+
+fkv_status fkv_device_open_ops(const fkv_backend_ops *ops, uint32_t index, fkv_device **out) {
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_open: NULL output");
+    *out = NULL;
+    fkv_status st = fkv_backend_check(ops);
+    if (st != FKV_OK)
+        return st;
+    char what[64];
+    snprintf(what, sizeof what, "%s device %u", ops->name, index);
+    if ((st = open_device(ops, open_index, &index, what, out)) == FKV_OK)
+        (*out)->info.index = index;
+    return st;
 }
 
 fkv_status fkv_device_view(fkv_device *dev, const fkv_backend_ops *ops, fkv_device **out) {
@@ -480,4 +498,59 @@ void fkv_buffer_release(fkv_buffer *buf) {
         return;
     fkv_op_buffer_free(buf->dev, buf->bbuf);
     free(buf);
+}
+
+/* ---- engine interop ---- */
+
+const char *fkv_native_api_name(fkv_native_api api) {
+    switch (api) {
+    case FKV_NATIVE_OPENCL:
+        return "opencl";
+    case FKV_NATIVE_VULKAN:
+        return "vulkan";
+    case FKV_NATIVE_HIP:
+        return "hip";
+    default:
+        return "none";
+    }
+}
+
+static fkv_status open_native(const fkv_backend_ops *ops, const void *arg, fkv_bdev **out) {
+    return ops->device_open_native(arg, out);
+}
+
+fkv_status fkv_device_open_native(const fkv_native_objects *objs, fkv_device **out) {
+    if (out == NULL || objs == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_open_native: NULL argument");
+    *out = NULL;
+    if (objs->api != FKV_NATIVE_OPENCL && objs->api != FKV_NATIVE_VULKAN &&
+        objs->api != FKV_NATIVE_HIP)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "fkv_device_open_native: api %d is not a native API (opencl, vulkan, hip)",
+                         (int)objs->api);
+    /* the backend that takes this API's objects, by its table */
+    const fkv_backend_ops *ops = NULL;
+    for (size_t i = 0; i < N_COMPILED && ops == NULL; i++) {
+        const fkv_backend_ops *o = compiled[i].ops();
+        /* opened_info too: open_device reads the info of a native device through it */
+        if (fkv_backend_check(o) == FKV_OK && FKV_TABLE_NATIVE_API(o) == objs->api &&
+            FKV_HAS_ENTRY(o, device_open_native) && FKV_HAS_ENTRY(o, opened_info))
+            ops = o;
+    }
+    if (ops == NULL) {
+        char avail[128];
+        compiled_list(avail, sizeof avail);
+        return fkv_error(FKV_ERR_NO_DEVICE, "fkv_device_open_native: no backend of this build "
+                         "takes %s objects (backends: %s)",
+                         fkv_native_api_name(objs->api), avail);
+    }
+    char what[64];
+    snprintf(what, sizeof what, "the engine's %s device", fkv_native_api_name(objs->api));
+    return open_device(ops, open_native, objs, what, out);
+}
+
+fkv_status fkv_device_get_native(const fkv_device *dev, fkv_native_objects *out) {
+    if (dev == NULL || out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_device_get_native: NULL argument");
+    return fkv_op_native_objects((fkv_device *)dev, out);
 }

@@ -36,6 +36,8 @@ typedef struct slot {
     uint64_t measured[BENCH_MAX_WORKLOADS];
     fkv_counters counted[BENCH_MAX_WORKLOADS]; /* the measured steps' device commands */
     int uncounted; /* the device does not count commands */
+    double prefill_s;           /* its fkv_prefill calls, all layers and sequences */
+    fkv_counters prefill_cmds;  /* their device commands */
 } slot;
 
 typedef struct device_weights {
@@ -216,6 +218,40 @@ static fkv_counters compute_and_caller(const fkv_counters *c) {
 static void own_span(fkv_counters *bench, const fkv_counters *after, const fkv_counters *before) {
     fkv_counters b = compute_and_caller(after), a = compute_and_caller(before);
     bench_counters_span(bench, &b, &a, 1);
+}
+
+/* One policy's prefill of one (sequence, layer), timed and its device commands counted. */
+static fkv_status prefill_one(slot *s, uint32_t seq, uint32_t layer, uint32_t context,
+                              const fkv_tensor *k, const fkv_tensor *v, const fkv_tensor *q) {
+    fkv_counters c0, c1;
+    if (fkv_context_get_counters(s->ctx, &c0) != FKV_OK)
+        s->uncounted = 1;
+    double t0 = now_s();
+    fkv_status st = fkv_prefill(s->ctx, seq, layer, context, k, v, q);
+    s->prefill_s += now_s() - t0;
+    if (!s->uncounted && fkv_context_get_counters(s->ctx, &c1) == FKV_OK)
+        bench_counters_span(&s->prefill_cmds, &c1, &c0, 1);
+    return st;
+}
+
+/* The prefill's wall time per policy; with --counters its commands per (sequence, layer). */
+static void print_prefill(const bench_options *o, const slot *s, uint32_t n, uint32_t context) {
+    printf("context %u: prefill (s, all layers and sequences):", context);
+    for (uint32_t p = 0; p < n; p++)
+        if (s[p].active)
+            printf(" %s %.3f", s[p].name, s[p].prefill_s);
+    printf("\n");
+    double calls = (double)o->p.layers * o->batch;
+    for (uint32_t p = 0; o->counters && p < n; p++) {
+        if (!s[p].active || s[p].uncounted)
+            continue;
+        const fkv_counters *c = &s[p].prefill_cmds;
+        uint64_t launches = 0, copies = 0;
+        for (int q = 0; q < FKV_COUNTER_QUEUES; q++)
+            launches += c->queues[q].launches, copies += c->queues[q].copies;
+        printf("  %s prefill per (sequence, layer): %.1f launches, %.1f copies, %.1f caller "
+               "waits\n", s[p].name, launches / calls, copies / calls, c->caller_waits / calls);
+    }
 }
 
 /* One block of one policy: warm-up steps, then measured steps (latencies into lat; device
@@ -505,7 +541,7 @@ int bench_run_context(const bench_options *o, fkv_device *dev, uint32_t context,
             bench_gen_prefill(gen, b, l, kbuf, vbuf, qlast);
             fkv_tensor tk = {kbuf, NULL, 0}, tv = {vbuf, NULL, 0}, tq = {qlast, NULL, 0};
             for (uint32_t p = 0; p < P; p++)
-                if (s[p].active && fkv_prefill(s[p].ctx, b, l, context, &tk, &tv, &tq) != FKV_OK) {
+                if (s[p].active && prefill_one(&s[p], b, l, context, &tk, &tv, &tq) != FKV_OK) {
                     snprintf(s[p].note, sizeof s[p].note, "prefill: %s", fkv_last_error());
                     s[p].active = 0;
                 }
@@ -524,6 +560,8 @@ int bench_run_context(const bench_options *o, fkv_device *dev, uint32_t context,
             devm += st.device_bytes / 1048576.0;
             prepared++;
         }
+    if (rc == 0)
+        print_prefill(o, s, P, context);
     if (rc == 0)
         printf("context %u: %u policies prepared at once: %.1f MiB host, %.1f MiB device (+ %.0f "
                "MiB weights per device); %.0f MiB of host memory still available\n",

@@ -8,6 +8,12 @@
  *     for batch 1 and 4: time and effective GB/s of K/V bytes read, beside the bandwidth of a
  *     single-thread memcpy of the same bytes measured in the same repetitions (interleaved, so
  *     both see the same machine), and the ratio.
+ * (3) Page scoring and selection of one layer (scores, then select_pages: softmax-mean and
+ *     top-k) over 4096 candidate pages per sequence (131072 tokens at p=32) for batch 1 and 4:
+ *     time and GB/s of page summaries read, beside single-thread memcpy on the host in the
+ *     same run (the bandwidth a CPU device's kernels can hope for per thread).
+ * (2) and (3) give GB/s by the wall clock and per second of the process's CPU time, which on
+ * a machine shared with other work is what a CPU device's kernels cost.
  * Plain numbers on stdout; timings are medians of --reps runs after one warm-up run, and
  * device commands (fkv_device_get_counters) the mean per run over the same runs. The
  * device comes from --backend/--device or FREEKV_BACKEND/FREEKV_DEVICE. Numbers are parsed
@@ -41,6 +47,9 @@ int fkv_opbench_main(int argc, char **argv);
 #define MAX_REPS 100000u
 #define MAX_CHUNK (1u << 24)
 #define MAX_BUDGET (1u << 24)
+#define MAX_TOPK 4096
+#define MAX_HEADS 1024
+#define MAX_HEAD_DIM 1024 /* the CPU reference's largest head_dim (FKV_CPU_MAX_HEAD_DIM) */
 
 typedef struct options {
     const char *backend, *device;
@@ -51,10 +60,13 @@ typedef struct options {
     size_t n_batches;
     uint32_t pool_mib;
     uint32_t reps, chunk;
-    fkv_dtype dtype;               /* recall's */
+    fkv_dtype dtype;               /* recall's (and the geometry of scoring's) */
     fkv_dtype attn_dtypes[3];      /* attention's */
     size_t n_attn_dtypes;
-    int recall, attention;         /* the phases to run */
+    uint32_t score_pages[MAX_LIST];
+    size_t n_score_pages;
+    uint32_t topk;
+    int recall, attention, scoring; /* the sections to run */
 } options;
 
 static double clock_s(clockid_t id) {
@@ -69,6 +81,18 @@ static double now_s(void) { return clock_s(CLOCK_MONOTONIC); }
  * waiting on an event not; what a call costs on a machine shared with other work. */
 static double cpu_s(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
 
+/* A point in time or a span by both clocks (seconds), or a rate per second of each. */
+typedef struct clocks {
+    double wall, cpu;
+} clocks;
+
+static clocks clocks_now(void) { return (clocks){.wall = now_s(), .cpu = cpu_s()}; }
+
+static clocks clocks_since(clocks t0) {
+    clocks t = clocks_now();
+    return (clocks){.wall = t.wall - t0.wall, .cpu = t.cpu - t0.cpu};
+}
+
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -79,14 +103,41 @@ static double median(double *x, uint32_t n) {
     return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
+/* The spans of a run's repetitions, by each clock. */
+typedef struct spans {
+    double *wall, *cpu;
+} spans;
+
+static void spans_set(spans s, uint32_t i, clocks t) {
+    s.wall[i] = t.wall;
+    s.cpu[i] = t.cpu;
+}
+
+/* GB/s of `bytes` per median second of each clock over `n` spans (reorders them). */
+static clocks rates(double bytes, spans s, uint32_t n) {
+    return (clocks){.wall = bytes / median(s.wall, n) * 1e-9,
+                    .cpu = bytes / median(s.cpu, n) * 1e-9};
+}
+
+/* One single-thread memcpy, timed; its last byte feeds the source of the next, so that no
+ * copy can be left out. */
+static clocks timed_copy(unsigned char *dst, unsigned char *src, size_t bytes) {
+    clocks t0 = clocks_now();
+    memcpy(dst, src, bytes);
+    clocks t = clocks_since(t0);
+    src[0] = (unsigned char)(dst[bytes - 1] + 1);
+    return t;
+}
+
 static void usage(FILE *f) {
     fprintf(f, "usage: freekv-opbench [--quick] [--backend NAME] [--device SEL] [--pages 32,64]\n"
                "       [--batches 1,4] [--pool-mib N] [--reps N] [--chunk UNITS] [--budget TOKENS]\n"
                "       [--dtype f32|f16|bf16] [--attention-dtypes f32,f16,bf16]\n"
-               "       [--only recall|attention]\n"
+               "       [--score-pages 4096] [--topk 32] [--only recall|attention|scoring]\n"
+               "       [--q-heads 32] [--kv-heads 8] [--head-dim 128] (every section)\n"
                "  --quick: a 64 MiB host pool and 3 repetitions (a few seconds on a CPU device)\n"
                "  --dtype: the recall's storage type (bf16); --attention-dtypes: the attention's\n"
-               "  (all three); --only: one of the two phases\n"
+               "  (all three); --only: one of the three sections\n"
                "  lists hold 1 to %d values; numbers are plain decimal integers. The memory a run\n"
                "  needs is estimated before anything is allocated; a run that would not fit is\n"
                "  refused. Exit status: 0 ok, 1 a measurement failed, 2 bad arguments.\n",
@@ -140,7 +191,10 @@ static int parse(int argc, char **argv, options *o) {
     o->attn_dtypes[1] = FKV_F16;
     o->attn_dtypes[2] = FKV_BF16;
     o->n_attn_dtypes = 3;
-    o->recall = o->attention = 1;
+    o->score_pages[0] = 4096;
+    o->n_score_pages = 1;
+    o->topk = 32;
+    o->recall = o->attention = o->scoring = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--quick") == 0) {
@@ -175,17 +229,29 @@ static int parse(int argc, char **argv, options *o) {
             bad = fkv_arg_u32(TOOL, a, v, 0, MAX_CHUNK, &o->chunk);
         else if (strcmp(a, "--budget") == 0)
             bad = fkv_arg_u32(TOOL, a, v, 1, MAX_BUDGET, &o->budget);
+        else if (strcmp(a, "--score-pages") == 0)
+            bad = fkv_arg_u32_list(TOOL, a, v, 1, MAX_PAGES, o->score_pages, MAX_LIST,
+                                   &o->n_score_pages);
+        else if (strcmp(a, "--topk") == 0)
+            bad = fkv_arg_u32(TOOL, a, v, 1, MAX_TOPK, &o->topk);
+        else if (strcmp(a, "--q-heads") == 0)
+            bad = fkv_arg_u32(TOOL, a, v, 1, MAX_HEADS, &o->q_heads);
+        else if (strcmp(a, "--kv-heads") == 0)
+            bad = fkv_arg_u32(TOOL, a, v, 1, MAX_HEADS, &o->kv_heads);
+        else if (strcmp(a, "--head-dim") == 0)
+            bad = fkv_arg_u32(TOOL, a, v, 1, MAX_HEAD_DIM, &o->head_dim);
         else if (strcmp(a, "--dtype") == 0)
             bad = parse_dtypes(a, v, &o->dtype, 1, NULL);
         else if (strcmp(a, "--attention-dtypes") == 0)
             bad = parse_dtypes(a, v, o->attn_dtypes, 3, &o->n_attn_dtypes);
-        else if (strcmp(a, "--only") == 0 && strcmp(v, "recall") == 0)
-            o->attention = 0;
-        else if (strcmp(a, "--only") == 0 && strcmp(v, "attention") == 0)
-            o->recall = 0;
         else if (strcmp(a, "--only") == 0) {
-            fprintf(stderr, TOOL ": --only: '%s' is not recall or attention\n", v);
-            bad = -1;
+            o->recall = strcmp(v, "recall") == 0;
+            o->attention = strcmp(v, "attention") == 0;
+            o->scoring = strcmp(v, "scoring") == 0;
+            if (!o->recall && !o->attention && !o->scoring) {
+                fprintf(stderr, TOOL ": --only: '%s' is not recall, attention or scoring\n", v);
+                bad = -1;
+            }
         } else {
             fprintf(stderr, TOOL ": unknown option '%s'\n", a);
             bad = -1;
@@ -194,6 +260,11 @@ static int parse(int argc, char **argv, options *o) {
             usage(stderr);
             return -1;
         }
+    }
+    if (o->q_heads % o->kv_heads != 0) {
+        fprintf(stderr, TOOL ": --q-heads %u is not a multiple of --kv-heads %u\n", o->q_heads,
+                o->kv_heads);
+        return -1;
     }
     return 0;
 }
@@ -237,6 +308,13 @@ static void fill_values(void *p, size_t bytes, fkv_dtype t, uint64_t seed) {
     }
 }
 
+static uint32_t max_of(const uint32_t *x, size_t n) {
+    uint32_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+}
+
 /* ---- (1) recall ---- */
 
 typedef struct recall_setup {
@@ -261,7 +339,8 @@ static void recall_free(bench *b, recall_setup *r) {
 static fkv_status recall_init(bench *b, recall_setup *r) {
     const options *o = b->o;
     memset(r, 0, sizeof *r);
-    r->g = (fkv_kv_geom){o->kv_heads, o->q_heads / o->kv_heads, o->head_dim, o->page, o->dtype};
+    r->g = (fkv_kv_geom){.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
+            .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype};
     r->unit_bytes = 2 * (size_t)o->page * o->head_dim * fkv_dtype_size(o->dtype);
     uint32_t max_pages = 0;
     for (uint32_t i = 0; i < o->n_pages; i++)
@@ -501,7 +580,8 @@ static void attention_lists(const options *o, size_t n_bh, uint32_t pages, uint6
 static fkv_status attention_init(bench *b, fkv_dtype dtype, uint32_t batch, attn_setup *a) {
     const options *o = b->o;
     memset(a, 0, sizeof *a);
-    a->g = (fkv_kv_geom){o->kv_heads, o->q_heads / o->kv_heads, o->head_dim, o->page, dtype};
+    a->g = (fkv_kv_geom){.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
+                         .head_dim = o->head_dim, .page_size = o->page, .dtype = dtype};
     a->batch = batch;
     uint32_t pages = (o->budget + o->page - 1) / o->page;
     size_t slot_bytes = fkv_slot_bytes(&a->g), n_slots = (size_t)batch * pages;
@@ -557,45 +637,34 @@ static fkv_status attention_once(bench *b, const attn_setup *a) {
     return st == FKV_OK ? wait_release(b, done) : st;
 }
 
-/* Medians of one row's repetitions: wall and CPU seconds of the attention and the memcpy. */
-typedef struct attn_times {
-    double *wall, *cpu, *copy_wall, *copy_cpu;
-} attn_times;
-
 /* One row of the table: the attention's median time beside a one-thread memcpy of the same
  * bytes, timed in the same repetitions (each memcpy right before its attention), by the wall
  * clock and by the process's CPU time. */
-static fkv_status attention_row(bench *b, const attn_setup *a, const char *split,
-                                const attn_times *t) {
+static fkv_status attention_row(bench *b, const attn_setup *a, const char *split, spans attn,
+                                spans copy) {
     const options *o = b->o;
     fkv_counters c0, c1;
     int counted = 1;
     fkv_status st = FKV_OK;
     for (uint32_t rep = 0; rep <= o->reps && st == FKV_OK; rep++) {
-        double w0 = now_s(), p0 = cpu_s();
-        memcpy(a->copy_dst, a->copy_src, (size_t)a->bytes);
-        double w1 = now_s(), p1 = cpu_s();
+        clocks c = timed_copy(a->copy_dst, a->copy_src, (size_t)a->bytes);
         if (rep == 1)
             counted = fkv_device_get_counters(b->dev, &c0) == FKV_OK;
-        double w2 = now_s(), p2 = cpu_s();
+        clocks t0 = clocks_now();
         st = attention_once(b, a);
         if (rep > 0) { /* rep 0 warms up (program builds, first touches) */
-            t->wall[rep - 1] = now_s() - w2;
-            t->cpu[rep - 1] = cpu_s() - p2;
-            t->copy_wall[rep - 1] = w1 - w0;
-            t->copy_cpu[rep - 1] = p1 - p0;
+            spans_set(attn, rep - 1, clocks_since(t0));
+            spans_set(copy, rep - 1, c);
         }
     }
     counted = counted && fkv_device_get_counters(b->dev, &c1) == FKV_OK;
     if (st != FKV_OK)
         return st;
-    double s = median(t->wall, o->reps), sc = median(t->copy_wall, o->reps);
-    double gbs = a->bytes / s * 1e-9, copy_gbs = a->bytes / sc * 1e-9;
-    double cpu_gbs = a->bytes / median(t->cpu, o->reps) * 1e-9;
-    double copy_cpu_gbs = a->bytes / median(t->copy_cpu, o->reps) * 1e-9;
+    clocks gbs = rates(a->bytes, attn, o->reps), copy_gbs = rates(a->bytes, copy, o->reps);
     printf("  %-6s %-6u %-8s %9.2f %10.3f %9.2f %9.2f %8.0f%% %9.2f %9.2f  ",
-           fkv_dtype_name(a->g.dtype), a->batch, split, a->bytes / (1 << 20), s * 1e3, gbs,
-           copy_gbs, 100.0 * gbs / copy_gbs, cpu_gbs, copy_cpu_gbs);
+           fkv_dtype_name(a->g.dtype), a->batch, split, a->bytes / (1 << 20),
+           a->bytes / gbs.wall * 1e-6, gbs.wall, copy_gbs.wall, 100.0 * gbs.wall / copy_gbs.wall,
+           gbs.cpu, copy_gbs.cpu);
     print_counts(&c1, &c0, counted, o->reps);
     return FKV_OK;
 }
@@ -612,7 +681,7 @@ static int bench_attention(bench *b) {
            "KV MiB", "ms", "K/V GB/s", "memcpy", "of memcpy", "K/V cpu", "memcpy cpu",
            "device commands per call");
     double *t = malloc(4 * (size_t)o->reps * sizeof *t);
-    attn_times times = {t, t + o->reps, t + 2 * (size_t)o->reps, t + 3 * (size_t)o->reps};
+    spans attn = {t, t + o->reps}, copy = {t + 2 * (size_t)o->reps, t + 3 * (size_t)o->reps};
     int failed = t == NULL;
     for (size_t di = 0; di < o->n_attn_dtypes && !failed; di++)
         for (uint32_t bi = 0; bi < o->n_batches; bi++) {
@@ -621,7 +690,7 @@ static int bench_attention(bench *b) {
             for (int variant = 0; variant < (has_splits ? 2 : 1) && st == FKV_OK; variant++) {
                 if (has_splits)
                     set_splits(b, variant); /* 0 auto, 1 never */
-                st = attention_row(b, &a, variant ? "off" : "auto", &times);
+                st = attention_row(b, &a, variant ? "off" : "auto", attn, copy);
             }
             set_splits(b, 0);
             if (st != FKV_OK) {
@@ -637,6 +706,176 @@ static int bench_attention(bench *b) {
     return failed;
 }
 
+/* ---- (3) scoring and selection ---- */
+
+/* One-thread memcpy of `bytes` on the host, in GB/s of bytes read by each clock (medians of
+ * reps, after one warm-up copy that also touches the pages); 0 when out of memory. */
+static clocks memcpy_gbs(size_t bytes, uint32_t reps) {
+    unsigned char *src = malloc(bytes), *dst = malloc(bytes);
+    double *t = malloc(2 * (size_t)reps * sizeof *t);
+    clocks gbs = {.wall = 0, .cpu = 0};
+    if (src && dst && t) {
+        spans s = {t, t + reps};
+        memset(src, 1, bytes);
+        memset(dst, 2, bytes);
+        for (uint32_t rep = 0; rep <= reps; rep++) {
+            clocks c = timed_copy(dst, src, bytes);
+            if (rep > 0)
+                spans_set(s, rep - 1, c);
+        }
+        gbs = rates((double)bytes, s, reps);
+    }
+    free(src);
+    free(dst);
+    free(t);
+    return gbs;
+}
+
+typedef struct score_setup {
+    fkv_kv_geom g;
+    uint32_t batch, pages;
+    fkv_bbuf *summ, *q, *desc, *scores, *recs;
+    double summ_bytes, score_bytes;
+} score_setup;
+
+static void score_free(bench *b, score_setup *s) {
+    fkv_bbuf *bufs[5] = {s->summ, s->q, s->desc, s->scores, s->recs};
+    for (int i = 0; i < 5; i++)
+        if (bufs[i])
+            fkv_op_buffer_free(b->dev, bufs[i]);
+}
+
+/* Sequence i's summaries are pages [i * pages, (i + 1) * pages) (min <= max per channel), its
+ * query row i, its scores at i * Hq * pages: the layout the core gives them. */
+static fkv_status score_init(bench *b, score_setup *s, uint32_t batch, uint32_t pages) {
+    const options *o = b->o;
+    memset(s, 0, sizeof *s);
+    s->g = (fkv_kv_geom){.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
+                         .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype};
+    s->batch = batch;
+    s->pages = pages;
+    size_t n_summ = (size_t)batch * pages, d = o->head_dim, hq = o->q_heads;
+    size_t summ_bytes = n_summ * fkv_summary_bytes(&s->g), q_floats = batch * hq * d;
+    size_t rec_bytes = (size_t)batch * o->kv_heads * 2 * o->topk * 4;
+    s->summ_bytes = (double)summ_bytes;
+    s->score_bytes = (double)n_summ * hq * 4;
+    float *summ = malloc(summ_bytes), *q = malloc(q_floats * 4);
+    int32_t *desc = malloc((size_t)batch * FKV_SCORES_DESC_INTS * 4);
+    fkv_status st = summ && q && desc ? FKV_OK
+                                      : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scoring setup");
+    if (st == FKV_OK) {
+        uint64_t seed = 31;
+        for (size_t i = 0; i < summ_bytes / 4; i += 2 * d)
+            for (size_t c = 0; c < d; c++) {
+                float x = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
+                float y = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
+                summ[i + c] = x < y ? x : y;
+                summ[i + d + c] = x < y ? y : x;
+            }
+        for (size_t i = 0; i < q_floats; i++)
+            q[i] = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
+        for (uint32_t i = 0; i < batch; i++) {
+            int32_t *di = desc + (size_t)FKV_SCORES_DESC_INTS * i;
+            di[0] = (int32_t)(i * pages), di[1] = (int32_t)pages;
+            di[2] = (int32_t)((size_t)i * hq * pages), di[3] = (int32_t)i;
+        }
+    }
+    if (st == FKV_OK && (st = fkv_op_buffer_alloc(b->dev, summ_bytes, &s->summ)) == FKV_OK &&
+        (st = fkv_op_buffer_alloc(b->dev, q_floats * 4, &s->q)) == FKV_OK &&
+        (st = fkv_op_buffer_alloc(b->dev, (size_t)batch * FKV_SCORES_DESC_INTS * 4,
+                                  &s->desc)) == FKV_OK &&
+        (st = fkv_op_buffer_alloc(b->dev, (size_t)s->score_bytes, &s->scores)) == FKV_OK &&
+        (st = fkv_op_buffer_alloc(b->dev, rec_bytes, &s->recs)) == FKV_OK &&
+        (st = upload(b, s->summ, summ, summ_bytes)) == FKV_OK &&
+        (st = upload(b, s->q, q, q_floats * 4)) == FKV_OK)
+        st = upload(b, s->desc, desc, (size_t)batch * FKV_SCORES_DESC_INTS * 4);
+    free(summ);
+    free(q);
+    free(desc);
+    return st;
+}
+
+/* Phase 0: scores; 1: select_pages (after an untimed scores); 2: both. Waits for the end. */
+static fkv_status score_once(bench *b, score_setup *s, int phase, clocks *span) {
+    fkv_select_params p = {.first_page = 0, .k = b->o->topk,
+                           .reduce = FKV_GROUP_SOFTMAX_MEAN, .temp_scale = 1.0f};
+    fkv_bevent *done = NULL;
+    fkv_deps deps = {0, NULL, phase == 0 ? &done : NULL};
+    clocks t0 = clocks_now();
+    fkv_status st = fkv_op_scores(b->dev, FKV_QUEUE_COMPUTE, deps, &s->g, s->q, 0, s->batch,
+                                  s->desc, 0, NULL, 0, s->summ, s->scores, 0);
+    if (st == FKV_OK && phase == 1) {
+        st = fkv_op_finish(b->dev, FKV_QUEUE_COMPUTE);
+        t0 = clocks_now();
+    }
+    if (st == FKV_OK && phase > 0)
+        st = fkv_op_select_pages(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &done}, &s->g,
+                                 s->batch, s->desc, 0, NULL, 0, s->scores, 0, &p, s->recs, 0);
+    if (st == FKV_OK)
+        st = wait_release(b, done);
+    *span = clocks_since(t0);
+    return st;
+}
+
+static int bench_scoring(bench *b) {
+    const options *o = b->o;
+    uint32_t max_pages = max_of(o->score_pages, o->n_score_pages);
+    uint32_t max_batch = max_of(o->batches, o->n_batches);
+    fkv_kv_geom g = {.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
+                     .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype};
+    size_t copy = (size_t)max_batch * max_pages * fkv_summary_bytes(&g);
+    printf("\n(3) page scoring and selection: Hq=%u, Hk=%u, d=%u, f32 summaries (%zu KiB a "
+           "page), top %u pages by softmax-mean, %u reps (median)\n",
+           o->q_heads, o->kv_heads, o->head_dim, fkv_summary_bytes(&g) >> 10, o->topk, o->reps);
+    clocks copy_gbs = memcpy_gbs(copy, o->reps);
+    printf("  memcpy, 1 host thread, %.2f MiB: %.2f GB/s, %.2f GB/s per CPU second\n",
+           (double)copy / (1 << 20), copy_gbs.wall, copy_gbs.cpu);
+    printf("  %-6s %7s %9s %-14s %9s %9s %9s  %s\n", "batch", "pages", "summ MiB", "phase", "ms",
+           "GB/s", "GB/s cpu", "device commands per call");
+    static const char *const phases[3] = {"scores", "select_pages", "scores+select"};
+    double *t = malloc(2 * (size_t)o->reps * sizeof *t);
+    spans times = {t, t + o->reps};
+    int failed = t == NULL;
+    for (uint32_t bi = 0; bi < o->n_batches && t; bi++)
+        for (uint32_t pi = 0; pi < o->n_score_pages; pi++) {
+            score_setup s;
+            fkv_status st = score_init(b, &s, o->batches[bi], o->score_pages[pi]);
+            for (int ph = 0; ph < 3 && st == FKV_OK; ph++) {
+                fkv_counters c0, c1;
+                int counted = 1;
+                for (uint32_t rep = 0; rep <= o->reps && st == FKV_OK; rep++) {
+                    if (rep == 1)
+                        counted = fkv_device_get_counters(b->dev, &c0) == FKV_OK;
+                    clocks span;
+                    st = score_once(b, &s, ph, &span);
+                    if (rep > 0)
+                        spans_set(times, rep - 1, span);
+                }
+                counted = counted && fkv_device_get_counters(b->dev, &c1) == FKV_OK;
+                if (st != FKV_OK)
+                    break;
+                /* GB/s of what the phase reads: the summaries, or select_pages' scores */
+                double bytes = ph == 1 ? s.score_bytes : s.summ_bytes;
+                clocks gbs = rates(bytes, times, o->reps);
+                printf("  %-6u %7u %9.2f %-14s %9.3f %9.2f %9.2f  ", s.batch, s.pages,
+                       s.summ_bytes / (1 << 20), phases[ph], bytes / gbs.wall * 1e-6, gbs.wall,
+                       gbs.cpu);
+                /* select_pages' counts include the untimed scores launch before it */
+                print_counts(&c1, &c0, counted, o->reps);
+            }
+            if (st != FKV_OK) {
+                printf("  %-6u %7u n/a: %s\n", o->batches[bi], o->score_pages[pi],
+                       fkv_last_error());
+                failed = 1;
+            }
+            score_free(b, &s);
+        }
+    if (t == NULL)
+        printf("  out of host memory\n");
+    free(t);
+    return failed;
+}
+
 /* ---- memory estimate, checked before anything is allocated ---- */
 
 typedef struct need {
@@ -645,13 +884,6 @@ typedef struct need {
 
 static uint64_t slot_bytes_of(const options *o, fkv_dtype dtype) {
     return (uint64_t)o->page * o->kv_heads * o->head_dim * fkv_dtype_size(dtype);
-}
-
-static uint32_t max_of(const uint32_t *x, size_t n) {
-    uint32_t m = 0;
-    for (size_t i = 0; i < n; i++)
-        m = x[i] > m ? x[i] : m;
-    return m;
 }
 
 /* (1): the host pool, the K/V pools and staging (recall_init), and the engine's two staging
@@ -714,9 +946,23 @@ static int check_need(const fkv_device_info *info, need n, const char *what) {
     return -1;
 }
 
-/* Every phase of the run that --only leaves: recall with the largest --pages and the pool,
- * and attention at each batch (phases allocate one after another, so each is checked
- * alone). */
+/* (3) at one batch and page count: summaries on the host (filled there) and on the device,
+ * queries, scores and records; plus the two host buffers of the memcpy measurement. */
+static need scoring_need(const options *o, uint32_t batch, uint32_t pages) {
+    uint64_t n_summ = (uint64_t)batch * pages;
+    uint64_t summ = n_summ * o->kv_heads * 2 * o->head_dim * 4;
+    uint64_t copy = 2ull * max_of(o->batches, o->n_batches) *
+                    max_of(o->score_pages, o->n_score_pages) * o->kv_heads * 2 * o->head_dim * 4;
+    uint64_t scores = n_summ * o->q_heads * 4, q = (uint64_t)batch * o->q_heads * o->head_dim * 4;
+    need n = {.host = summ + q + copy,
+              .device = summ + scores + q + (uint64_t)batch * o->kv_heads * 8 * o->topk,
+              .largest = summ > scores ? summ : scores};
+    return n;
+}
+
+/* Every section of the run that --only leaves: recall with the largest --pages and the pool,
+ * attention and scoring at each batch (sections allocate one after another, so each is
+ * checked alone). */
 static int check_memory(const fkv_device_info *info, const options *o) {
     char what[96];
     snprintf(what, sizeof what, "recall (--pages %u, --pool-mib %u)", max_of(o->pages, o->n_pages),
@@ -727,6 +973,13 @@ static int check_memory(const fkv_device_info *info, const options *o) {
         snprintf(what, sizeof what, "attention at --batches %u (--budget %u)", o->batches[i],
                  o->budget);
         if (check_need(info, attention_need(o, o->batches[i]), what) != 0)
+            return -1;
+    }
+    for (size_t i = 0; i < o->n_batches && o->scoring; i++) {
+        snprintf(what, sizeof what, "scoring at --batches %u (--score-pages %u)", o->batches[i],
+                 max_of(o->score_pages, o->n_score_pages));
+        if (check_need(info, scoring_need(o, o->batches[i],
+                                          max_of(o->score_pages, o->n_score_pages)), what) != 0)
             return -1;
     }
     return 0;
@@ -765,6 +1018,7 @@ int fkv_opbench_main(int argc, char **argv) {
         pool = NULL; /* the engine then gathers on the calling thread */
     int failed = o.recall ? bench_recall(&b, pool) : 0;
     failed |= o.attention ? bench_attention(&b) : 0;
+    failed |= o.scoring ? bench_scoring(&b) : 0;
     fkv_pool_destroy(pool);
     fkv_device_close(dev);
     if (failed)

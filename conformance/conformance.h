@@ -258,14 +258,15 @@ typedef struct cf_ref {
  *   WRITE dst, src (host)   READ src, dst (host)   COPY dst, src        (size bytes)
  *   WRITE_REGIONS dst; regions[first, first + n) of cf_spec
  *   APPEND k_src, v_src, rows, kpool, vpool       SUMMARIZE kpool, pages, summaries
- *   SCORES q, desc, summaries, out                COSINE q_cur, q_prev, sims, flags (x: tau)
+ *   SCORES q, desc, summaries, out, mask (b[4], optional)
+ *   COSINE q_cur, q_prev, sims, flags, prev_rows (b[4]) (x: tau)
  *   PACK kpool, vpool, gslots, dst                SCATTER src, units, kpool, vpool
  *   RECALL hosts (pinned) at b[0], b[4], b[5] (size of them), units, kpool, vpool; unit
  *          sources units_src[first, first + n) (host: 0, 1, 2 = b[0], b[4], b[5])
  *   ATTENTION q, heads, entries, kpool, vpool, out (x: scale)
  *   DENSE q, k, v, out (x: scale)
- *   SELECT desc, scores, out (n sequences; first: first page, size: k, x: temp_scale,
- *          reduce: fkv_group_reduce)
+ *   SELECT desc, scores, out, mask (b[3], optional) (n sequences; first: first page, size:
+ *          k, x: temp_scale, reduce: fkv_group_reduce)
  * By default the host waits for each command before the next; a detached one is ordered only
  * by the events it waits on (wait[], indices of earlier calls), and everything is waited for
  * at the end. */

@@ -360,12 +360,14 @@ static void check_zero_work(const cf_env *env, const cf_case *c, cf_result *r) {
                        s.vp));
     ZERO(fkv_op_summarize(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.kp, 0, s.idx, 0, s.sums));
     ZERO(
-        fkv_op_scores(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, 0, s.idx, 0, s.sums, s.out, 0));
-    ZERO(fkv_op_cosine_flags(dev, BQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, s.q, 0, 0, 0.5f, s.out,
-                             0, s.out, 0));
+        fkv_op_scores(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, 0, s.idx, 0, NULL, 0, s.sums,
+                      s.out, 0));
+    ZERO(fkv_op_cosine_flags(dev, BQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, s.q, 0, s.idx, 0, 0,
+                             0.5f, s.out, 0, s.out, 0));
     fkv_select_params sel = {.first_page = 0, .k = 2, .reduce = FKV_GROUP_SOFTMAX_MEAN,
                              .temp_scale = 1.0f};
-    ZERO(fkv_op_select_pages(dev, CQ, (fkv_deps){0, NULL, &ev}, g, 0, s.idx, 0, s.out, 0, &sel,
+    ZERO(fkv_op_select_pages(dev, CQ, (fkv_deps){0, NULL, &ev}, g, 0, s.idx, 0, NULL, 0, s.out, 0,
+                             &sel,
                              s.big, 0));
     ZERO(fkv_op_pack_hnd(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.kp, s.vp, 0, s.idx, 0, s.out, 0));
     ZERO(fkv_op_scatter_hnd(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.big, 0, 0, s.idx, 0, s.kp,
@@ -483,19 +485,33 @@ static void check_bad_arguments(const cf_env *env, const cf_case *c, cf_result *
     REFUSED(fkv_op_append(dev, CQ, D, g, s.big, 0, s.big, 0, 2, rows, 0, s.kp, NULL));
     REFUSED(fkv_op_summarize(dev, CQ, D, g, s.kp, 2, rows, 0, s.sums)); /* pages: needs 4 ints */
     REFUSED(fkv_op_summarize(dev, CQ, D, g, s.kp, 1, rows, 0, NULL));
-    REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 0, 2, rows, 0, s.sums, s.out, 0)); /* q too small */
-    REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 0, 1, rows, 0, s.sums, s.out, 0)); /* desc: 3 ints */
+    REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 4, 1, s.idx, 0, NULL, 0, s.sums, s.out,
+                          0)); /* no q row */
+    REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 0, 1, rows, 0, NULL, 0, s.sums, s.out,
+                          0)); /* desc: 4 ints */
+    REFUSED(fkv_op_scores(dev, CQ, D, g, s.q, 0, 1, s.idx, 0, rows, 4, s.sums, s.out,
+                          0)); /* mask: 2 ints */
     fkv_select_params sel = {.first_page = 0, .k = 2, .reduce = FKV_GROUP_MEAN,
                              .temp_scale = 1.0f};
-    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, rows, 0, s.out, 0, &sel, s.out, 4)); /* desc */
-    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, s.out, 0, &sel, s.q, 4 * 16 * 4 - 8));
-    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, s.out, 0, NULL, s.big, 0));
+    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, rows, 0, NULL, 0, s.out, 0, &sel, s.out,
+                                4)); /* desc */
+    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, NULL, 0, s.out, 0, &sel, s.q,
+                                4 * 16 * 4 - 8));
+    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, s.idx, 2, s.out, 0, &sel, s.big,
+                                0)); /* mask misaligned */
+    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, NULL, 0, s.out, 0, NULL, s.big, 0));
     sel.temp_scale = 0.0f;
-    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, s.out, 0, &sel, s.big, 0));
+    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, NULL, 0, s.out, 0, &sel, s.big, 0));
     sel.temp_scale = 1.0f, sel.reduce = (fkv_group_reduce)7;
-    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, s.out, 0, &sel, s.big, 0));
-    REFUSED(fkv_op_cosine_flags(dev, BQ, D, g, s.q, 0, s.q, 4, 1, 0.9f, s.out, 0, s.out, 0));
-    REFUSED(fkv_op_cosine_flags(dev, BQ, D, g, s.q, 0, s.q, 0, 1, 0.9f, s.out, 0, NULL, 0));
+    REFUSED(fkv_op_select_pages(dev, CQ, D, g, 1, s.idx, 0, NULL, 0, s.out, 0, &sel, s.big, 0));
+    REFUSED(fkv_op_cosine_flags(dev, BQ, D, g, s.q, 4, s.q, 0, rows, 0, 1, 0.9f, s.out, 0, s.out,
+                                0)); /* q_cur */
+    REFUSED(fkv_op_cosine_flags(dev, BQ, D, g, s.q, 0, s.q, 2, rows, 0, 1, 0.9f, s.out, 0, s.out,
+                                0)); /* q_prev misaligned */
+    REFUSED(fkv_op_cosine_flags(dev, BQ, D, g, s.q, 0, s.q, 0, rows, 8, 1, 0.9f, s.out, 0, s.out,
+                                0)); /* prev_rows */
+    REFUSED(fkv_op_cosine_flags(dev, BQ, D, g, s.q, 0, s.q, 0, rows, 0, 1, 0.9f, s.out, 0, NULL,
+                                0));
     REFUSED(fkv_op_pack_hnd(dev, CQ, D, g, s.kp, s.vp, 1, s.idx, 0, s.out, 2)); /* misaligned */
     REFUSED(fkv_op_pack_hnd(dev, CQ, D, g, s.kp, s.vp, 2, rows, 0, s.out, 0));  /* dst too small */
     REFUSED(fkv_op_scatter_hnd(dev, CQ, D, g, s.q, 0, 2, rows, 0, s.kp, s.vp)); /* src too small */
@@ -641,11 +657,19 @@ static void check_out_of_range(const cf_env *env, const cf_case *c, cf_result *r
         "summarize slot 2 of 2");
     OOR(fkv_op_summarize(dev, CQ, E, &g, kp2, 1, IDX(1, 2), 0, s.sums), "summarize",
         "summarize into summary 2 of 2");
-    /* scores: summaries [1, 3) of 2; an output block past the end */
-    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(1, 2, 0), 0, s.sums, s.out, 0), "scores",
-        "scores of summaries [1, 3) of 2");
-    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 60), 0, s.sums, s.out, 0), "scores",
-        "scores past the output");
+    /* scores: summaries [1, 3) of 2; an output block past the end; query rows 1 of 1 and -1 */
+    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(1, 2, 0, 0), 0, NULL, 0, s.sums, s.out, 0),
+        "scores", "scores of summaries [1, 3) of 2");
+    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 60, 0), 0, NULL, 0, s.sums, s.out, 0),
+        "scores", "scores past the output");
+    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 0, 1), 0, NULL, 0, s.sums, s.out, 0),
+        "scores", "scores of query row 1 of 1");
+    OOR(fkv_op_scores(dev, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 0, -1), 0, NULL, 0, s.sums, s.out, 0),
+        "scores", "scores of query row -1");
+    /* cosine_flags: previous row 1 of 1 */
+    OOR(fkv_op_cosine_flags(dev, CQ, E, &g, s.q, 0, s.q, 0, IDX(1), 0, 1, 0.9f, s.out, 0, s.big,
+                            0),
+        "cosine_flags", "cosine_flags of previous row 1 of 1");
     /* pack_hnd: a negative slot, slot 8 of 8 */
     OOR(fkv_op_pack_hnd(dev, CQ, E, &g, s.kp, s.vp, 2, IDX(-1, 8), 0, s.big, 0), "pack_hnd",
         "pack_hnd of slots -1 and 8");

@@ -403,25 +403,33 @@ static int build_summarize(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result
 }
 
 /* Four sequences: 7 pages, 6 pages at another base after a gap, none (writes nothing), and 27
- * pages ending at the last summary (several tiles); the gaps must stay untouched. */
+ * pages ending at the last summary (several tiles); the gaps must stay untouched. Their queries
+ * are rows 3, 0, 1 and 3 of five (out of order, one twice, two unread). A second call, into
+ * another output, masks every third (sequence, KV head) pair: their scores stay untouched. */
 static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     (void)env, (void)r;
     const fkv_kv_geom *g = &s->g;
     uint32_t hq = g->n_kv_heads * g->group, d = g->head_dim, n_summ = 40;
     int32_t o1 = (int32_t)(3 + hq * 7 + 5), o3 = o1 + (int32_t)(hq * 6 + 2);
-    int32_t desc_v[12] = {1, 7, 3, 5, 6, o1, 0, 0, 0, 13, 27, o3};
+    int32_t desc_v[16] = {1, 7, 3, 3, 5, 6, o1, 0, 0, 0, 0, 1, 13, 27, o3, 3};
     size_t out_len = (size_t)o3 + hq * 27 + 4;
     int q = (int)s->n_arr;
-    float *qv = cf_add_input(s, "q", CF_IN_OFF, (size_t)4 * hq * d * 4);
+    float *qv = cf_add_input(s, "q", CF_IN_OFF, (size_t)5 * hq * d * 4);
     int desc = (int)s->n_arr;
     int32_t *dv = cf_add_input(s, "desc", 12, sizeof desc_v);
     int sm = (int)s->n_arr;
     float *summ = cf_add_input(s, "summaries", 0, (size_t)n_summ * g->n_kv_heads * 2 * d * 4);
     int out = (int)s->n_arr;
     cf_add_output(s, "scores", CF_GUARD, out_len * 4, CF_GUARD, CF_F32);
+    int mask = (int)s->n_arr;
+    int32_t *mv = cf_add_input(s, "mask", 4, (size_t)4 * g->n_kv_heads * 4);
+    int out_m = (int)s->n_arr;
+    cf_add_output(s, "scores_masked", CF_GUARD, out_len * 4, CF_GUARD, CF_F32);
     if (!cf_spec_ok(s))
         return -1;
-    fill_f32(rng, qv, (size_t)4 * hq * d);
+    for (uint32_t i = 0; i < 4 * g->n_kv_heads; i++)
+        mv[i] = i % 3 == 1 ? 0 : (int32_t)i + 1; /* any value but 0 selects */
+    fill_f32(rng, qv, (size_t)5 * hq * d);
     memcpy(dv, desc_v, sizeof desc_v);
     for (size_t i = 0; i < (size_t)n_summ * g->n_kv_heads; i++) {
         float *mn = summ + i * 2 * d, *mx = mn + d;
@@ -431,9 +439,15 @@ static int build_scores(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
             mx[ch] = a < b ? b : a;
         }
     }
-    cf_call *c = cf_add_call(s, CF_SCORES, CQ);
-    c->b[0] = at(q, CF_IN_OFF), c->b[1] = at(desc, 12), c->b[2] = at(sm, 0);
-    c->b[3] = at(out, CF_GUARD), c->n = 4;
+    for (int masked = 0; masked < 2; masked++) {
+        cf_call *c = cf_add_call(s, CF_SCORES, masked ? BQ : CQ);
+        if (c == NULL)
+            return -1;
+        c->b[0] = at(q, CF_IN_OFF), c->b[1] = at(desc, 12), c->b[2] = at(sm, 0);
+        c->b[3] = at(masked ? out_m : out, CF_GUARD), c->n = 4;
+        if (masked)
+            c->b[4] = at(mask, 4);
+    }
     return 1;
 }
 
@@ -467,42 +481,57 @@ static void compare_flags(const cf_spec *s, unsigned char **ref, unsigned char *
 }
 
 /* The arrays and call of one cosine_flags call of n sequences at tau (labels: q_cur, q_prev,
- * sims, flags); 0 when out of memory. */
-static int cosine_call(cf_spec *s, const char *const labels[4], uint32_t n, float tau,
-                       size_t cur_off, fkv_queue q, float **cur, float **prev) {
+ * sims, flags, prev_rows); 0 when out of memory. Sequence i's previous query is row i + 2 of
+ * q_prev (*prev points at row 2; rows 0 and 1 hold other data), except sequence `none`, which
+ * has none (row -1; n or more: every sequence has one). */
+static int cosine_call(cf_spec *s, const char *const labels[5], uint32_t n, float tau,
+                       size_t cur_off, fkv_queue q, uint32_t none, cf_rng *rng, float **cur,
+                       float **prev) {
     const fkv_kv_geom *g = &s->g;
-    size_t hk = g->n_kv_heads, q_bytes = (size_t)n * hk * g->group * g->head_dim * 4;
+    size_t hk = g->n_kv_heads, row = hk * g->group * g->head_dim;
+    size_t q_bytes = (size_t)n * row * 4;
     int ic = (int)s->n_arr;
     *cur = cf_add_input(s, labels[0], cur_off, q_bytes);
     int ip = (int)s->n_arr;
-    *prev = cf_add_input(s, labels[1], CF_IN_OFF, q_bytes);
+    float *prev_all = cf_add_input(s, labels[1], CF_IN_OFF, q_bytes + 2 * row * 4);
+    *prev = prev_all ? prev_all + 2 * row : NULL;
+    int ir = (int)s->n_arr;
+    int32_t *rows = cf_add_input(s, labels[4], 8, (size_t)n * 4);
     int is = (int)s->n_arr;
     cf_set_shape(cf_add_output(s, labels[2], CF_GUARD, n * hk * 4, CF_GUARD, CF_F32), n, "seq",
                  (uint32_t)hk, "KV head", 1, "-");
     int iflags = (int)s->n_arr;
     cf_add_output(s, labels[3], CF_GUARD, n * hk * 4, CF_GUARD, CF_I32);
     cf_call *c = cf_add_call(s, CF_COSINE, q);
+    if (!cf_spec_ok(s) || c == NULL)
+        return 0;
+    fill_f32(rng, prev_all, 2 * row);
+    for (uint32_t i = 0; i < n; i++)
+        rows[i] = i == none ? -1 : (int32_t)i + 2;
     c->b[0] = at(ic, cur_off), c->b[1] = at(ip, CF_IN_OFF), c->b[2] = at(is, CF_GUARD);
-    c->b[3] = at(iflags, CF_GUARD), c->n = n, c->x = tau;
-    return cf_spec_ok(s);
+    c->b[3] = at(iflags, CF_GUARD), c->b[4] = at(ir, 8), c->n = n, c->x = tau;
+    return 1;
 }
 
-static const char *const cosine_labels[4] = {"q_cur", "q_prev", "sims", "flags"};
-static const char *const cosine_labels_b[4] = {"q_cur_b", "q_prev_b", "sims_b", "flags_b"};
+static const char *const cosine_labels[5] = {"q_cur", "q_prev", "sims", "flags", "prev_rows"};
+static const char *const cosine_labels_b[5] = {"q_cur_b", "q_prev_b", "sims_b", "flags_b",
+                                               "prev_rows_b"};
 
 /* Call one (tau 0.9): previous = current + noise of a per-head size (similarities from about
  * 0.55 to 1), a zero current query, identical queries, a zero previous query, opposite ones
- * (cosine -1), near copies mixed within a group. Call two (tau 0.6): pairs from identical to
- * unrelated, some negated, so the similarities span [-1, 1], and a zero current query. */
+ * (cosine -1), near copies mixed within a group, and a sequence without a previous query
+ * (every head flagged, similarity NaN). Call two (tau 0.6): pairs from identical to
+ * unrelated, some negated, so the similarities span [-1, 1], a zero current query and a
+ * sequence without a previous query. The previous queries are read through row tables. */
 static int build_cosine(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     (void)env, (void)r;
     const fkv_kv_geom *g = &s->g;
-    uint32_t hq = g->n_kv_heads * g->group, d = g->head_dim, n = 6, n2 = 4;
+    uint32_t hq = g->n_kv_heads * g->group, d = g->head_dim, n = 7, n2 = 4;
     float *cur, *prev, *cur2, *prev2;
-    if (!cosine_call(s, cosine_labels, n, 0.9f, CF_IN_OFF, CQ, &cur, &prev) ||
-        !cosine_call(s, cosine_labels_b, n2, 0.6f, 4, BQ, &cur2, &prev2))
+    if (!cosine_call(s, cosine_labels, n, 0.9f, CF_IN_OFF, CQ, 6, rng, &cur, &prev) ||
+        !cosine_call(s, cosine_labels_b, n2, 0.6f, 4, BQ, 1, rng, &cur2, &prev2))
         return -1;
-    s->arr[3].custom = s->arr[7].custom = 1; /* flags: compare_flags allows ties */
+    s->arr[4].custom = s->arr[9].custom = 1; /* flags: compare_flags allows ties */
     s->compare = compare_flags;
     for (uint32_t i = 0; i < n * hq; i++) {
         float beta = 0.05f + 1.5f * cf_uniform(rng);
@@ -542,11 +571,11 @@ static void compare_nan(const cf_spec *s, unsigned char **ref, unsigned char **d
                         cf_result *r) {
     (void)ref;
     uint32_t hk = s->g.n_kv_heads, n = s->call[0].n;
-    const unsigned char *sims = dut[2] + s->arr[2].pay_off;
+    const unsigned char *sims = dut[3] + s->arr[3].pay_off;
     for (size_t i = 0; i < (size_t)n * hk; i++) {
         int bad = i == 0 || i == (size_t)2 * hk - 1;
         float sim = cf_f32_at(sims, i);
-        int32_t flag = cf_i32_at(dut[3] + s->arr[3].pay_off, i);
+        int32_t flag = cf_i32_at(dut[4] + s->arr[4].pay_off, i);
         if (bad && (!isnan(sim) || flag != 1))
             cf_fail(r, "seq %zu KV head %zu: a query holding a NaN or an infinity gives "
                     "similarity %g and flag %d (want NaN and 1)", i / hk, i % hk, (double)sim,
@@ -562,9 +591,9 @@ static int build_cosine_nan(const cf_env *env, cf_rng *rng, cf_spec *s, cf_resul
     const fkv_kv_geom *g = &s->g;
     uint32_t hk = g->n_kv_heads, hq = hk * g->group, d = g->head_dim, n = 2;
     float *cur, *prev;
-    if (!cosine_call(s, cosine_labels, n, -0.5f, CF_IN_OFF, BQ, &cur, &prev))
+    if (!cosine_call(s, cosine_labels, n, -0.5f, CF_IN_OFF, BQ, n, rng, &cur, &prev))
         return -1;
-    s->arr[2].custom = 1; /* sims: NaN by design, checked by compare_nan */
+    s->arr[3].custom = 1; /* sims: NaN by design, checked by compare_nan */
     fill_f32(rng, cur, (size_t)n * hq * d);
     memcpy(prev, cur, (size_t)n * hq * d * 4);
     cur[(size_t)(g->group - 1) * d + d / 2] = NAN;
@@ -911,12 +940,16 @@ static void compare_select(const cf_spec *s, unsigned char **ref, unsigned char 
             continue;
         const cf_arr *out = &s->arr[c->b[2].arr];
         const unsigned char *desc = s->arr[c->b[0].arr].init + c->b[0].off;
+        const unsigned char *mask =
+            c->b[3].arr >= 0 ? s->arr[c->b[3].arr].init + c->b[3].off : NULL;
         size_t k = c->size;
         for (size_t b = 0; b < c->n; b++)
             for (size_t h = 0; h < hk; h++) {
+                if (mask && cf_i32_at(mask, b * hk + h) == 0) /* no record: undefined */
+                    continue;
                 size_t at_rec = out->pay_off + (b * hk + h) * 2 * k * 4;
                 const unsigned char *rr = ref[c->b[2].arr] + at_rec, *dr = dut[c->b[2].arr] + at_rec;
-                int32_t np = cf_i32_at(desc, 3 * b + 1);
+                int32_t np = cf_i32_at(desc, FKV_SCORES_DESC_INTS * b + 1);
                 size_t n_cand = np > SEL_FIRST ? (size_t)(np - SEL_FIRST) : 0;
                 size_t kk = n_cand < k ? n_cand : k;
                 double kth = kk ? cf_f32_at(rr, k + kk - 1) : 0; /* ascending pages: find min */
@@ -974,14 +1007,16 @@ static void compare_select(const cf_spec *s, unsigned char **ref, unsigned char 
 
 /* One select_pages call over its own copy of the scores (the op uses them as scratch). kind:
  * 0 normal values, 1 small integers (exact ties), 2 with NaN and -inf, 3 with a NaN in one
- * query row of (sequence 0, KV head 0) and an all -inf row in sequence 4. */
-static int select_call(cf_spec *s, cf_rng *rng, const char *const labels[3], int kind,
+ * query row of (sequence 0, KV head 0) and an all -inf row in sequence 4. labels[3] (or NULL):
+ * a mask that leaves out every other (sequence, KV head) pair, whose records are undefined. */
+static int select_call(cf_spec *s, cf_rng *rng, const char *const labels[4], int kind,
                        fkv_group_reduce reduce, uint32_t k, float scale) {
     const fkv_kv_geom *g = &s->g;
     uint32_t hq = g->n_kv_heads * g->group, hk = g->n_kv_heads;
-    int32_t desc_v[3 * SEL_SEQS], base = 3;
+    int32_t desc_v[FKV_SCORES_DESC_INTS * SEL_SEQS], base = 3;
     for (int b = 0; b < SEL_SEQS; b++) {
-        desc_v[3 * b] = 0, desc_v[3 * b + 1] = sel_pages[b], desc_v[3 * b + 2] = base;
+        int32_t *db = desc_v + FKV_SCORES_DESC_INTS * b;
+        db[0] = 0, db[1] = sel_pages[b], db[2] = base, db[3] = 0;
         base += (int32_t)hq * sel_pages[b] + 5;
     }
     int desc = (int)s->n_arr;
@@ -992,9 +1027,13 @@ static int select_call(cf_spec *s, cf_rng *rng, const char *const labels[3], int
     cf_arr *oa = cf_add_output(s, labels[2], CF_GUARD, (size_t)SEL_SEQS * hk * 2 * k * 4,
                                CF_GUARD, CF_I32);
     oa->custom = 1;
+    int mask = (int)s->n_arr;
+    int32_t *mv = labels[3] ? cf_add_input(s, labels[3], 8, (size_t)SEL_SEQS * hk * 4) : NULL;
     cf_call *c = cf_add_call(s, CF_SELECT, CQ);
     if (!cf_spec_ok(s) || c == NULL)
         return 0;
+    for (uint32_t i = 0; mv && i < SEL_SEQS * hk; i++)
+        mv[i] = (int32_t)(i % 2);
     memcpy(dv, desc_v, sizeof desc_v);
     for (int32_t i = 0; i < base; i++) {
         float v = cf_normal(rng);
@@ -1006,28 +1045,33 @@ static int select_call(cf_spec *s, cf_rng *rng, const char *const labels[3], int
     }
     if (kind == 3) {
         sv[3 + 4] = NAN;
-        int32_t b4 = desc_v[3 * 4 + 2];
+        int32_t b4 = desc_v[FKV_SCORES_DESC_INTS * 4 + 2];
         for (int32_t j = 0; j < sel_pages[4]; j++)
             sv[b4 + j] = -INFINITY;
     }
     c->b[0] = at(desc, 12), c->b[1] = at(sc, CF_IN_OFF), c->b[2] = at(out, CF_GUARD);
+    if (mv)
+        c->b[3] = at(mask, 8);
     c->n = SEL_SEQS, c->first = SEL_FIRST, c->size = k, c->x = scale, c->reduce = (int)reduce;
     return 1;
 }
 
 /* Every reduction, k = 1, k = all candidates of a sequence (5), k beyond every sequence's
  * candidates (40), exact ties, NaN and -inf scores, several sequences with different page
- * counts and one with no candidates. */
+ * counts and one with no candidates, and a mask of (sequence, KV head) pairs. */
 static int build_select(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     (void)env, (void)r;
-    static const char *const l[4][3] = {{"desc_a", "scores_a", "pages_softmax_k5"},
-                                        {"desc_b", "scores_b", "pages_mean_k1_ties"},
-                                        {"desc_c", "scores_c", "pages_max_k8_nan"},
-                                        {"desc_d", "scores_d", "pages_softmax_t_k40"}};
+    static const char *const l[5][4] = {
+        {"desc_a", "scores_a", "pages_softmax_k5", NULL},
+        {"desc_b", "scores_b", "pages_mean_k1_ties", NULL},
+        {"desc_c", "scores_c", "pages_max_k8_nan", NULL},
+        {"desc_d", "scores_d", "pages_softmax_t_k40", NULL},
+        {"desc_e", "scores_e", "pages_softmax_k7_masked", "mask_e"}};
     if (!select_call(s, rng, l[0], 0, FKV_GROUP_SOFTMAX_MEAN, 5, 1.0f) ||
         !select_call(s, rng, l[1], 1, FKV_GROUP_MEAN, 1, 1.0f) ||
         !select_call(s, rng, l[2], 2, FKV_GROUP_MAX, 8, 1.0f) ||
-        !select_call(s, rng, l[3], 3, FKV_GROUP_SOFTMAX_MEAN, 40, 0.125f))
+        !select_call(s, rng, l[3], 3, FKV_GROUP_SOFTMAX_MEAN, 40, 0.125f) ||
+        !select_call(s, rng, l[4], 0, FKV_GROUP_SOFTMAX_MEAN, 7, 1.0f))
         return -1;
     s->compare = compare_select;
     return 1;

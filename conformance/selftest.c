@@ -112,15 +112,16 @@ static fkv_status rewrite_scores(fkv_bdev *dev, fkv_queue q, const fkv_kv_geom *
                                  const fkv_bbuf *desc, size_t desc_off, uint32_t n_seqs,
                                  fkv_bbuf *out, size_t out_off, int kind) {
     fkv_bevent *ev = NULL;
-    int32_t *d = malloc((size_t)n_seqs * 12 + 4);
+    size_t desc_bytes = (size_t)n_seqs * FKV_SCORES_DESC_INTS * 4;
+    int32_t *d = malloc(desc_bytes + 4);
     if (d == NULL)
         return FKV_ERR_OUT_OF_HOST_MEMORY;
     fkv_status st = wait_release(
-        dev, base->read(dev, q, (fkv_deps){0, NULL, &ev}, desc, desc_off, d, (size_t)n_seqs * 12),
-        &ev);
+        dev, base->read(dev, q, (fkv_deps){0, NULL, &ev}, desc, desc_off, d, desc_bytes), &ev);
     size_t hq = (size_t)g->n_kv_heads * g->group;
     for (uint32_t b = 0; b < n_seqs && st == FKV_OK; b++) {
-        size_t n_pages = (size_t)d[3 * b + 1], n = hq * n_pages;
+        const int32_t *db = d + (size_t)FKV_SCORES_DESC_INTS * b;
+        size_t n_pages = (size_t)db[1], n = hq * n_pages;
         if (n == 0)
             continue;
         float *s = malloc(n * 4);
@@ -128,7 +129,7 @@ static fkv_status rewrite_scores(fkv_bdev *dev, fkv_queue q, const fkv_kv_geom *
             st = FKV_ERR_OUT_OF_HOST_MEMORY;
             break;
         }
-        size_t at = out_off + (size_t)d[3 * b + 2] * 4;
+        size_t at = out_off + (size_t)db[2] * 4;
         st = wait_release(dev, base->read(dev, q, (fkv_deps){0, NULL, &ev}, out, at, s, n * 4),
                           &ev);
         for (size_t h = 0; h < hq && st == FKV_OK; h++) {
@@ -150,11 +151,12 @@ static fkv_status rewrite_scores(fkv_bdev *dev, fkv_queue q, const fkv_kv_geom *
 
 static fkv_status scores_common(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                                const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
-                                fkv_bbuf *out, size_t out_off, int kind) {
+                                const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                                size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                                size_t out_off, int kind) {
     fkv_bevent *ev = NULL;
     fkv_status st = base->scores(dev, q, (fkv_deps){deps.n_wait, deps.wait, &ev}, g, qbuf, q_off,
-                                 n_seqs, desc, desc_off, summaries, out, out_off);
+                                 n_seqs, desc, desc_off, mask, mask_off, summaries, out, out_off);
     st = wait_release(dev, st, &ev);
     if (st == FKV_OK)
         st = rewrite_scores(dev, q, g, desc, desc_off, n_seqs, out, out_off, kind);
@@ -163,18 +165,20 @@ static fkv_status scores_common(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
 
 static fkv_status scores_negated(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                  const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                                 const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
-                                 fkv_bbuf *out, size_t out_off) {
-    return scores_common(dev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off, summaries, out,
-                         out_off, 0);
+                                 const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                                 size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                                 size_t out_off) {
+    return scores_common(dev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off, mask, mask_off,
+                         summaries, out, out_off, 0);
 }
 
 static fkv_status scores_tilted(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                                const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
-                                fkv_bbuf *out, size_t out_off) {
-    return scores_common(dev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off, summaries, out,
-                         out_off, 1);
+                                const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                                size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                                size_t out_off) {
+    return scores_common(dev, q, deps, g, qbuf, q_off, n_seqs, desc, desc_off, mask, mask_off,
+                         summaries, out, out_off, 1);
 }
 
 /* "unsupported": attention refuses with FKV_ERR_UNSUPPORTED, as a device lacking a feature

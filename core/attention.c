@@ -31,7 +31,7 @@ static uint32_t selected_pairs(const fkv_context *ctx, const seq_layer *sl, uint
 
 /* Appends one head's (slot, tokens) entries from *e on, and its pages to att; returns the
  * number of pages. Merges sink pages, then the selected middle pages, then the window. */
-static uint32_t head_entries(fkv_context *ctx, layer_state *ls, uint32_t seq, const seq_layer *sl,
+static uint32_t head_entries(fkv_context *ctx, int32_t *entries, uint32_t seq, const seq_layer *sl,
                              uint32_t head, uint32_t *e, int32_t *att) {
     uint32_t p = ctx->cfg.page_size, nt = sl->n_tokens, cur = nt / p;
     uint32_t wb = fkv_window_begin(ctx, nt), sink_end = ctx->sink_pages, n_pairs = 0;
@@ -65,51 +65,52 @@ static uint32_t head_entries(fkv_context *ctx, layer_state *ls, uint32_t seq, co
         if ((size_t)page * p >= nt)
             continue; /* the current page may still be empty */
         uint32_t left = nt - page * p;
-        ls->host.entries[2 * *e] = fkv_gslot(ctx, seq, slot);
-        ls->host.entries[2 * *e + 1] = (int32_t)(left < p ? left : p);
+        entries[2 * *e] = fkv_gslot(ctx, seq, slot);
+        entries[2 * *e + 1] = (int32_t)(left < p ? left : p);
         (*e)++;
         att[na++] = (int32_t)page;
     }
     return na;
 }
 
-/* Per-head lists of (slot, tokens) into the layer's host heads/entries; the pages go to the
- * call's copy of the attended pages (the sequences' change only if the call succeeds).
- * Returns the number of entries. */
-static uint32_t build_lists(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs) {
+size_t fkv_attention_lists(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs) {
     layer_state *ls = &ctx->layers[layer];
     uint32_t hk = ctx->cfg.n_kv_heads, e = 0;
+    fkv_in_layout in = fkv_in_layout_of(ctx, n);
+    int32_t *heads = (int32_t *)(ls->host.in + in.heads);
+    int32_t *entries = (int32_t *)(ls->host.in + in.entries);
     for (uint32_t i = 0; i < n; i++) {
         const seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
         for (uint32_t h = 0; h < hk; h++) {
             size_t ih = (size_t)i * hk + h;
             uint32_t start = e;
             int32_t *att = ctx->call.attended + ih * ctx->list_cap;
-            ctx->call.n_attended[ih] = head_entries(ctx, ls, seqs[i], sl, h, &e, att);
-            ls->host.heads[2 * ih] = (int32_t)start;
-            ls->host.heads[2 * ih + 1] = (int32_t)(e - start);
+            ctx->call.n_attended[ih] = head_entries(ctx, entries, seqs[i], sl, h, &e, att);
+            heads[2 * ih] = (int32_t)start;
+            heads[2 * ih + 1] = (int32_t)(e - start);
         }
     }
-    return e;
+    return in.entries - in.heads + (size_t)e * FKV_PAIR_BYTES;
 }
 
 fkv_status fkv_attention_launch(fkv_context *ctx, uint32_t layer, uint32_t n,
-                                const uint32_t *seqs, uint32_t n_wait, fkv_bevent *const *wait,
+                                const uint32_t *seqs, int rebuild, uint32_t n_wait,
+                                fkv_bevent *const *wait, fkv_bbuf *out, size_t out_off,
                                 fkv_bevent **attn) {
     layer_state *ls = &ctx->layers[layer];
-    uint32_t n_entries = build_lists(ctx, layer, n, seqs);
-    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->heads, 0,
-                                    ls->host.heads,
-                                    (size_t)n * ctx->cfg.n_kv_heads * FKV_PAIR_BYTES);
-    size_t entries_bytes = (size_t)(n_entries ? n_entries : 1) * FKV_PAIR_BYTES;
-    if (st == FKV_OK)
-        st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->entries, 0,
-                             ls->host.entries, entries_bytes);
+    fkv_in_layout in = fkv_in_layout_of(ctx, n);
+    size_t block = fkv_q_offset(ctx, ls->in_block, 0);
+    fkv_status st = FKV_OK;
+    if (rebuild) {
+        size_t bytes = fkv_attention_lists(ctx, layer, n, seqs);
+        st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->io, block + in.heads,
+                          ls->host.in + in.heads, bytes);
+    }
     if (st == FKV_OK)
         st = fkv_op_attention(ctx->dev, FKV_QUEUE_COMPUTE,
-                                 (fkv_deps){.n_wait = n_wait, .wait = wait, .done = attn},
-                                 &ctx->geom, ls->qin, 0, n, ls->heads, 0, ls->entries, 0,
-                                 ls->kpool, ls->vpool, 1.0f / sqrtf((float)ctx->cfg.head_dim),
-                                 ls->out, 0);
+                              (fkv_deps){.n_wait = n_wait, .wait = wait, .done = attn},
+                              &ctx->geom, ls->io, block + in.q, n, ls->io, block + in.heads,
+                              ls->io, block + in.entries, ls->kpool, ls->vpool,
+                              1.0f / sqrtf((float)ctx->cfg.head_dim), out, out_off);
     return st;
 }

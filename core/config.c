@@ -27,6 +27,26 @@ fkv_status fkv_policy_parse(const char *name, fkv_policy *out) {
                      "unknown policy '%s' (dense, quest, sync, speculative, freekv)", name);
 }
 
+static const char *const host_format_names[] = {"same", "q8", "q4"};
+
+const char *fkv_host_format_name(fkv_host_format format) {
+    if ((unsigned)format < sizeof host_format_names / sizeof *host_format_names)
+        return host_format_names[format];
+    return "unknown";
+}
+
+fkv_status fkv_host_format_parse(const char *name, fkv_host_format *out) {
+    if (name == NULL || out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_host_format_parse: NULL argument");
+    for (size_t i = 0; i < sizeof host_format_names / sizeof *host_format_names; i++) {
+        if (strcmp(name, host_format_names[i]) == 0) {
+            *out = (fkv_host_format)i;
+            return FKV_OK;
+        }
+    }
+    return fkv_error(FKV_ERR_INVALID_ARGUMENT, "unknown host format '%s' (same, q8, q4)", name);
+}
+
 void fkv_config_init(fkv_config *cfg) {
     if (cfg == NULL)
         return;
@@ -47,6 +67,7 @@ void fkv_config_init(fkv_config *cfg) {
     cfg->max_context = 32768;
     cfg->recall_chunk_pages = 0;
     cfg->group_temperature = FKV_TEMP_RAW;
+    cfg->host_format = FKV_HOST_SAME;
 }
 
 #define BAD(...) fkv_error(FKV_ERR_INVALID_CONFIG, __VA_ARGS__)
@@ -72,7 +93,7 @@ static fkv_status validate_geometry(const fkv_config *c) {
     const char *slots_from = c->policy >= FKV_POLICY_SYNC ? "budget_tokens" : "max_context";
     const uint64_t rows = max_seqs * n_slots * p, summaries = max_seqs * max_pages;
     const uint64_t entries = max_seqs * c->n_kv_heads * n_slots;
-    const uint64_t scores = c->n_q_heads * max_pages;
+    const uint64_t scores = max_seqs * c->n_q_heads * max_pages; /* one call scores a batch */
     if (rows > INT32_MAX)
         return BAD("max_seqs = %u x %s: %llu device rows (sequences x slots x page_size) "
                    "exceed the device interface's int32 row index (2^31 - 1); lower max_seqs "
@@ -88,9 +109,10 @@ static fkv_status validate_geometry(const fkv_config *c) {
                    c->max_seqs, c->n_kv_heads, slots_from, (unsigned long long)entries,
                    slots_from);
     if (scores > INT32_MAX)
-        return BAD("n_q_heads = %u x max_context = %u: %llu page scores per sequence exceed "
-                   "the int32 score index (2^31 - 1); lower max_context or raise page_size",
-                   c->n_q_heads, c->max_context, (unsigned long long)scores);
+        return BAD("max_seqs = %u x n_q_heads = %u x max_context = %u: %llu page scores of a "
+                   "batch exceed the int32 score index (2^31 - 1); lower max_seqs or "
+                   "max_context, or raise page_size",
+                   c->max_seqs, c->n_q_heads, c->max_context, (unsigned long long)scores);
     return FKV_OK;
 }
 
@@ -132,6 +154,9 @@ fkv_status fkv_config_validate(const fkv_config *c) {
     if ((unsigned)c->group_temperature > FKV_TEMP_SQRT_D)
         return BAD("group_temperature = %d: unknown (FKV_TEMP_RAW or FKV_TEMP_SQRT_D)",
                    (int)c->group_temperature);
+    if ((unsigned)c->host_format > FKV_HOST_Q4)
+        return BAD("host_format = %d: unknown (FKV_HOST_SAME, FKV_HOST_Q8 or FKV_HOST_Q4)",
+                   (int)c->host_format);
     if (c->max_seqs < 1 || c->max_seqs > 4096)
         return BAD("max_seqs = %u: must be 1..4096", c->max_seqs);
     if (c->max_context < 1 || c->max_context > (1u << 24))

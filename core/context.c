@@ -6,6 +6,7 @@
 
 #include "../common/dtype.h"
 #include "../common/error.h"
+#include "../common/hostfmt.h"
 #include "resources.h"
 #include "speculative.h"
 
@@ -105,8 +106,7 @@ fkv_status fkv_sequence_reset(fkv_context *ctx, uint32_t seq) {
     for (uint32_t l = 0; l < ctx->cfg.n_layers; l++) {
         seq_layer *sl = &s->layers[l];
         sl->n_tokens = 0;
-        sl->has_qprev = 0;
-        sl->qcur = 0;
+        sl->qblock = -1;
         fkv_mid_clear(ctx, sl);
         memset(sl->n_attended, 0, sizeof(uint32_t) * ctx->cfg.n_kv_heads);
         if (ctx->offload)
@@ -218,14 +218,22 @@ static void read_host_page(const fkv_context *ctx, const seq_layer *sl, uint32_t
                            float *v) {
     uint32_t p = ctx->cfg.page_size, d = ctx->cfg.head_dim, hk = ctx->cfg.n_kv_heads;
     const unsigned char *pg = fkv_hostpool_page(&sl->hp, page, NULL, NULL);
-    for (uint32_t h = 0; h < hk; h++)
+    fkv_host_format f = ctx->geom.host_format;
+    for (uint32_t h = 0; h < hk; h++) {
+        const unsigned char *unit = pg + (size_t)h * ctx->unit_bytes;
         for (uint32_t t = 0; t < p; t++)
             for (uint32_t c = 0; c < d; c++) {
-                size_t src = (((size_t)h * 2) * p + t) * d + c;
+                size_t src = (size_t)t * d + c;
                 size_t dst = ((size_t)t * hk + h) * d + c;
-                k[dst] = fkv_load(pg, ctx->cfg.dtype, src);
-                v[dst] = fkv_load(pg, ctx->cfg.dtype, src + (size_t)p * d);
+                if (f != FKV_HOST_SAME) { /* dequantized in f32, before a slot's rounding */
+                    k[dst] = fkv_hostfmt_load(f, p, d, unit, 0, t, c);
+                    v[dst] = fkv_hostfmt_load(f, p, d, unit, 1, t, c);
+                    continue;
+                }
+                k[dst] = fkv_load(unit, ctx->cfg.dtype, src);
+                v[dst] = fkv_load(unit, ctx->cfg.dtype, src + (size_t)p * d);
             }
+    }
 }
 
 fkv_status fkv_context_read_kv(fkv_context *ctx, uint32_t seq, uint32_t layer, float *k, float *v,

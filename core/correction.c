@@ -1,49 +1,57 @@
 /* Correction: query cosine -> flags -> re-selection of the flagged heads. Its own step
  * because it is the one place where the method blocks the caller for a result (the flags),
- * and where its cost is decided: the flagged heads' recall is one batched command. */
+ * and where its cost is decided: one round trip for the check and the selection, and the
+ * flagged heads' recall is one batched command that attention waits for on the device. */
 #include "correction.h"
 #include "retrieval.h"
 
-/* Per (sequence, KV head) of the batch: whether the head needs correction, into the layer's
- * host flags (the one blocking read the method needs). *any: whether one does. */
-static fkv_status correction_flags(fkv_context *ctx, uint32_t layer, uint32_t n,
-                                   const uint32_t *seqs, int *any) {
+/* The check and the selection in one caller round trip: the batch's scores descriptors and
+ * previous-query rows in one write (a sequence without a previous query has row -1: every
+ * head of it is flagged); cosine_flags; scores and select_pages of the flagged (sequence, KV
+ * head) pairs only, which the flags mask on the device; one read of the flags and the
+ * records, one wait. The same commands whether no head or every head is flagged. *any:
+ * whether one is. */
+static fkv_status check_and_select(fkv_context *ctx, uint32_t layer, const select_args *a,
+                                   int *any) {
     layer_state *ls = &ctx->layers[layer];
     uint32_t hk = ctx->cfg.n_kv_heads;
-    size_t qrow = ctx->q_row_bytes, flags_bytes = (size_t)hk * FKV_INDEX_BYTES;
-    fkv_status st = FKV_OK;
-    for (uint32_t i = 0; i < n && st == FKV_OK; i++) {
-        const seq_layer *sl = &ctx->seqs[seqs[i]].layers[layer];
-        if (!sl->has_qprev) { /* nothing to compare with: correct every head */
-            for (uint32_t h = 0; h < hk; h++)
-                ls->host.flags[i * hk + h] = 1;
-            continue;
-        }
-        size_t off = (size_t)i * flags_bytes;
-        st = fkv_op_cosine_flags(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->qin,
-                                    i * qrow, ls->qprev[sl->qcur], seqs[i] * qrow, 1,
-                                    ctx->cfg.tau, ls->sims, off, ls->flags, off);
-        if (st == FKV_OK)
-            st = fkv_op_read(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->flags, off,
-                                ls->host.flags + (size_t)i * hk, flags_bytes);
+    size_t rows_off = fkv_selection_describe(ctx, layer, a);
+    int32_t *rows = ls->host.desc + rows_off / FKV_INDEX_BYTES;
+    for (uint32_t i = 0; i < a->n; i++) {
+        const seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
+        rows[i] = fkv_has_qprev(sl) ? fkv_q_row(ctx, fkv_qprev_offset(ctx, sl)) : -1;
     }
+    size_t read_bytes = fkv_selection_records_offset(ctx, a->n);
     fkv_bevent *ev = NULL;
+    fkv_status st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
+                                 rows_off + (size_t)a->n * FKV_INDEX_BYTES);
+    if (st == FKV_OK)
+        st = fkv_op_cosine_flags(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, ls->io,
+                                 fkv_qin_offset(ctx, ls, 0), ls->io, 0, ls->desc, rows_off, a->n, ctx->cfg.tau, ls->sims,
+                                 0, ls->flags, 0);
+    if (st == FKV_OK)
+        st = fkv_selection_enqueue(ctx, layer, a);
     if (st == FKV_OK) /* the method needs the flags now */
-        st = fkv_op_marker(ctx->dev, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &ev});
+        st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->flags, 0,
+                         ls->host.flags, read_bytes);
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &ev);
+    fkv_release_event(ctx, &ev);
+    if (st != FKV_OK) /* queued commands may still read the host rows or write the flags */
+        fkv_drain_queue(ctx, a->queue);
     *any = 0;
-    for (uint32_t i = 0; i < n * hk && st == FKV_OK; i++)
+    for (uint32_t i = 0; i < a->n * hk && st == FKV_OK; i++)
         *any |= ls->host.flags[i] != 0;
     return st;
 }
 
-/* Selection with q[t] for the flagged heads only, after the speculative recall (which fills
- * the same middle slots) and the last attention (which reads them); the caller waits. */
-static fkv_status reselect_flagged(fkv_context *ctx, uint32_t layer, uint32_t n,
-                                   const uint32_t *seqs, fkv_bevent **corr, fkv_stats *stats) {
+fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
+                             fkv_bevent **corr, fkv_stats *stats) {
+    double t_check = fkv_now();
     layer_state *ls = &ctx->layers[layer];
     uint32_t hk = ctx->cfg.n_kv_heads;
+    /* the recall fills the middle slots after the speculative recall (which fills them too)
+     * and the last attention (which reads them) */
     fkv_bevent *slot_users[2];
     uint32_t n_users = 0;
     if (ls->ev_recall)
@@ -56,30 +64,26 @@ static fkv_status reselect_flagged(fkv_context *ctx, uint32_t layer, uint32_t n,
                      .n = n,
                      .seqs = seqs,
                      .mask = ls->host.flags,
+                     .dev_mask = ls->flags,
                      .n_wait = n_users,
                      .wait = slot_users,
                      .done = corr,
                      .stats = stats};
-    fkv_status st = fkv_select_pages(ctx, layer, &a);
-    for (uint32_t i = 0; i < n * hk; i++)
-        if (ls->host.flags[i]) {
-            stats->corrections++;
-            ctx->call.corrections[i % hk]++;
-        }
-    if (st == FKV_OK)
-        st = fkv_op_event_wait(ctx->dev, 1, corr);
-    return st;
-}
-
-fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                             fkv_bevent **corr, fkv_stats *stats) {
-    double t_check = fkv_now();
+    *corr = NULL;
     int any = 0;
-    fkv_status st = correction_flags(ctx, layer, n, seqs, &any);
-    stats->heads_checked += (uint64_t)n * ctx->cfg.n_kv_heads;
-    if (st == FKV_OK && any)
-        st = reselect_flagged(ctx, layer, n, seqs, corr, stats);
-    /* the check (the one blocking read) and any correction */
+    fkv_status st = check_and_select(ctx, layer, &a, &any);
+    stats->heads_checked += (uint64_t)n * hk;
+    if (st == FKV_OK && any) {
+        for (uint32_t i = 0; i < n * hk; i++)
+            if (ls->host.flags[i]) {
+                stats->corrections++;
+                ctx->call.corrections[i % hk]++;
+            }
+        /* the plan, then the recall of the flagged heads' missing pages (when there are):
+         * attention waits for *corr on the device, never the caller */
+        st = fkv_selection_apply(ctx, layer, &a);
+    }
+    /* the check (the one blocking read) and any correction's plan and recall issue */
     stats->blocked_correction_seconds += fkv_now() - t_check;
     return st;
 }

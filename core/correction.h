@@ -6,11 +6,12 @@
 
 #include "state.h"
 
-/* Checks every KV head of the batch and corrects the flagged ones: their missing pages are
- * recalled after the layer's speculative recall and the last attention, and the caller waits
- * for that recall; *corr is its event (NULL when no head was flagged). Counts the heads
- * checked and corrected into *stats and ctx->call.corrections, and the time the caller was
- * blocked into stats->blocked_correction_seconds. */
+/* Checks every KV head of the batch and corrects the flagged ones, with one caller wait for
+ * the flags and the selection together: their missing pages are recalled after the layer's
+ * speculative recall and the last attention; *corr is that recall's event (NULL when no head
+ * was flagged), which attention waits for on the device. Counts the heads checked and
+ * corrected into *stats and ctx->call.corrections, and the time the caller was blocked into
+ * stats->blocked_correction_seconds. */
 fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
                              fkv_bevent **corr, fkv_stats *stats);
 

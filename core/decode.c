@@ -1,13 +1,15 @@
 /* Decode (fkv_decode_layer): one token of a batch of sequences through one layer, as the
  * sequence of the method's steps: wait for the layer's speculative task, reserve host memory,
- * append, finish completed pages, select by policy (correction for freekv), attention, keep
- * the query for the next step's speculation, output, then commit or roll back. The steps live
+ * upload and append, finish completed pages, select by policy (correction for freekv),
+ * attention, output, then commit (the query stays where it was uploaded, for the next step's
+ * speculation) or roll back. The steps live
  * in their own files; this one holds their order and what a failed call must undo. */
 #include <string.h>
 
 #include "../common/error.h"
 #include "attention.h"
 #include "correction.h"
+#include "decode.h"
 #include "offload.h"
 #include "retrieval.h"
 #include "speculative.h"
@@ -19,10 +21,12 @@ typedef struct decode_call {
     fkv_stats stats;    /* this call's work, counted when it succeeds */
     fkv_stats consumed; /* the background task's work: counted whatever the call does */
     int appended, selected, recalled;
+    int lists_sent; /* the attention lists went up with the inputs (selection known then) */
     fkv_bevent *corr;    /* recall of this call's selection (sync) or correction (freekv) */
     fkv_bevent *attn, *end;
     fkv_bevent *attn_wait[2]; /* the speculative recall and corr, when there are */
     uint32_t n_attn_wait;
+    const fkv_decode_sync *sync; /* the engine's events, or NULL */
 } decode_call;
 
 static fkv_status check_batch(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs) {
@@ -94,35 +98,106 @@ static fkv_status reserve_host_pages(fkv_context *ctx, const decode_call *dc) {
     return FKV_OK;
 }
 
-/* Uploads q/k/v and appends k/v at each sequence's next row, in its current page's home slot.
- * The append wrote a row no one reads yet, past the tokens the page holds: undoing it is
- * undoing the count. */
+/* The input block this call uploads into (ls->in_block): one that holds no sequence's
+ * previous query of the layer, which while the same batch repeats is the block the batch did
+ * not use last step. When every block holds some (batches of changing composition), the
+ * queries in the least used one move to their parking rows first, and the call waits for
+ * those copies, so that a failure leaves every pointer on a valid query. */
+static fkv_status choose_block(fkv_context *ctx, const decode_call *dc) {
+    layer_state *ls = &ctx->layers[dc->layer];
+    uint32_t users[FKV_IN_BLOCKS] = {0}, best = 0;
+    for (uint32_t s = 0; s < ctx->cfg.max_seqs; s++) {
+        int32_t b = ctx->seqs[s].layers[dc->layer].qblock;
+        if (b >= 0 && b < FKV_IN_BLOCKS)
+            users[b]++;
+    }
+    for (uint32_t b = 1; b < FKV_IN_BLOCKS; b++)
+        if (users[b] < users[best])
+            best = b;
+    ls->in_block = best;
+    if (users[best] == 0)
+        return FKV_OK;
+    fkv_status st = FKV_OK;
+    for (uint32_t s = 0; s < ctx->cfg.max_seqs && st == FKV_OK; s++) {
+        const seq_layer *sl = &ctx->seqs[s].layers[dc->layer];
+        if (sl->qblock == (int32_t)best)
+            st = fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->io,
+                             fkv_q_offset(ctx, FKV_QPARK, s), ls->io, fkv_qprev_offset(ctx, sl),
+                             ctx->q_row_bytes);
+    }
+    fkv_bevent *moved = NULL;
+    if (st == FKV_OK)
+        st = fkv_op_marker(ctx->dev, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &moved});
+    if (st == FKV_OK)
+        st = fkv_wait_release(ctx, &moved);
+    for (uint32_t s = 0; s < ctx->cfg.max_seqs && st == FKV_OK; s++) {
+        seq_layer *sl = &ctx->seqs[s].layers[dc->layer];
+        if (sl->qblock == (int32_t)best)
+            fkv_qprev_park(sl, s);
+    }
+    return st;
+}
+
+/* The call's inputs into its input block: the host parts of q, k, v, the rows table and the
+ * attention lists (when the selection is known before the upload) in one write, back to back
+ * (fkv_in_layout); a q in device memory is copied in (the next step's speculation and
+ * correction read it there); k and v in device memory are read in place by the append. */
+static fkv_status upload_inputs(fkv_context *ctx, const decode_call *dc, const fkv_tensor *q,
+                                const fkv_tensor *k, const fkv_tensor *v, size_t lists_bytes) {
+    layer_state *ls = &ctx->layers[dc->layer];
+    fkv_in_layout in = fkv_in_layout_of(ctx, dc->n);
+    const fkv_tensor *parts[3] = {q, k, v};
+    size_t at[3] = {in.q, in.k, in.v}, to[3] = {in.k, in.v, in.rows}, first = in.rows;
+    for (int j = 2; j >= 0; j--)
+        if (parts[j]->host) {
+            memcpy(ls->host.in + at[j], parts[j]->host, to[j] - at[j]);
+            first = at[j];
+        }
+    size_t block = fkv_q_offset(ctx, ls->in_block, 0), end = in.heads + lists_bytes;
+    /* the first command reading the caller's inputs: it (and, in order, the rest) waits for
+     * the engine's events */
+    fkv_deps engine = {.n_wait = dc->sync ? dc->sync->n_wait : 0,
+                       .wait = dc->sync ? dc->sync->wait : NULL};
+    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, engine, ls->io, block + first,
+                                 ls->host.in + first, end - first);
+    if (st == FKV_OK && q->buffer)
+        st = fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->io, block + in.q,
+                         q->buffer->bbuf, q->offset, in.k - in.q);
+    return st;
+}
+
+/* Appends k/v at each sequence's next row, in its current page's home slot, after the upload
+ * of the inputs. The append wrote a row no one reads yet, past the tokens the page holds:
+ * undoing it is undoing the count. Policies whose selection is known before the upload (dense,
+ * speculative, and freekv until a correction) send the attention lists with the inputs. */
 static fkv_status append_token(fkv_context *ctx, decode_call *dc, const fkv_tensor *q,
                                const fkv_tensor *k, const fkv_tensor *v) {
     layer_state *ls = &ctx->layers[dc->layer];
-    uint32_t p = ctx->cfg.page_size;
-    for (uint32_t i = 0; i < dc->n; i++) {
-        uint32_t t = ctx->seqs[dc->seqs[i]].layers[dc->layer].n_tokens;
-        ls->host.rows[i] = fkv_row(ctx, dc->seqs[i], fkv_home_slot(ctx, t / p), t % p);
-    }
-    size_t qbytes = (size_t)dc->n * ctx->q_row_bytes, kbytes = (size_t)dc->n * ctx->kv_row_bytes;
-    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->rows, 0,
-                                    ls->host.rows, (size_t)dc->n * FKV_INDEX_BYTES);
-    if (st == FKV_OK)
-        st = fkv_tensor_to_device(ctx, q, 0, ls->host.q, ls->qin, 0, qbytes);
-    if (st == FKV_OK)
-        st = fkv_tensor_to_device(ctx, k, 0, ls->host.k, ls->kin, 0, kbytes);
-    if (st == FKV_OK)
-        st = fkv_tensor_to_device(ctx, v, 0, ls->host.v, ls->vin, 0, kbytes);
-    if (st == FKV_OK)
-        st = fkv_op_append(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, ls->kin, 0,
-                              ls->vin, 0, dc->n, ls->rows, 0, ls->kpool, ls->vpool);
+    fkv_status st = choose_block(ctx, dc);
     if (st != FKV_OK)
         return st;
-    for (uint32_t i = 0; i < dc->n; i++)
-        ctx->seqs[dc->seqs[i]].layers[dc->layer].n_tokens++;
+    uint32_t p = ctx->cfg.page_size;
+    fkv_in_layout in = fkv_in_layout_of(ctx, dc->n);
+    int32_t *rows = (int32_t *)(ls->host.in + in.rows);
+    for (uint32_t i = 0; i < dc->n; i++) {
+        seq_layer *sl = &ctx->seqs[dc->seqs[i]].layers[dc->layer];
+        rows[i] = fkv_row(ctx, dc->seqs[i], fkv_home_slot(ctx, sl->n_tokens / p),
+                          sl->n_tokens % p);
+        sl->n_tokens++;
+    }
     dc->appended = 1;
-    return FKV_OK;
+    fkv_policy policy = ctx->cfg.policy;
+    dc->lists_sent = policy == FKV_POLICY_DENSE || fkv_is_speculative(ctx);
+    size_t lists = dc->lists_sent ? fkv_attention_lists(ctx, dc->layer, dc->n, dc->seqs) : 0;
+    st = upload_inputs(ctx, dc, q, k, v, lists);
+    size_t block = fkv_q_offset(ctx, ls->in_block, 0);
+    const fkv_bbuf *kb = k->buffer ? k->buffer->bbuf : ls->io;
+    const fkv_bbuf *vb = v->buffer ? v->buffer->bbuf : ls->io;
+    size_t ko = k->buffer ? k->offset : block + in.k, vo = v->buffer ? v->offset : block + in.v;
+    if (st == FKV_OK)
+        st = fkv_op_append(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, kb, ko, vb, vo,
+                           dc->n, ls->io, block + in.rows, ls->kpool, ls->vpool);
+    return st;
 }
 
 /* quest: selection in place, with this step's query. */
@@ -138,8 +213,8 @@ static fkv_status select_quest(fkv_context *ctx, decode_call *dc) {
     return st;
 }
 
-/* sync: selection with this step's query and its recall, the caller waiting (ArkVale's
- * cost). */
+/* sync: selection with this step's query and its recall on the caller's thread (ArkVale's
+ * cost); attention waits for the recall on the device. */
 static fkv_status select_sync(fkv_context *ctx, decode_call *dc) {
     layer_state *ls = &ctx->layers[dc->layer];
     fkv_bevent *slot_readers[1] = {ls->ev_attn};
@@ -154,29 +229,23 @@ static fkv_status select_sync(fkv_context *ctx, decode_call *dc) {
                      .done = &dc->corr,
                      .stats = &dc->stats};
     fkv_status st = fkv_select_pages(ctx, dc->layer, &a);
-    double t1 = fkv_now(), engine = dc->stats.recall_seconds - engine0;
-    if (st == FKV_OK)
-        st = fkv_op_event_wait(ctx->dev, 1, &dc->corr);
     /* fkv_select_pages ends with the recall engine's run */
-    dc->stats.blocked_select_seconds += t1 - t0 - engine;
-    dc->stats.blocked_recall_seconds += engine + (fkv_now() - t1);
+    double engine = dc->stats.recall_seconds - engine0;
+    dc->stats.blocked_select_seconds += fkv_now() - t0 - engine;
+    dc->stats.blocked_recall_seconds += engine;
     return st;
 }
 
 /* speculative, freekv: the pages the worker recalled after the previous step (freekv first
- * corrects the heads whose query changed too much); attention waits for that recall. */
+ * corrects the heads whose query changed too much); attention waits for that recall on the
+ * device, the caller does not. */
 static fkv_status select_speculative(fkv_context *ctx, decode_call *dc) {
     layer_state *ls = &ctx->layers[dc->layer];
     fkv_status st = FKV_OK;
     if (ctx->cfg.policy == FKV_POLICY_FREEKV)
         st = fkv_correct_heads(ctx, dc->layer, dc->n, dc->seqs, &dc->corr, &dc->stats);
-    if (st == FKV_OK && ls->ev_recall) {
-        /* time the caller would wait for the background recall */
-        double t0 = fkv_now();
-        st = fkv_op_event_wait(ctx->dev, 1, &ls->ev_recall);
-        dc->stats.blocked_recall_seconds += fkv_now() - t0;
+    if (st == FKV_OK && ls->ev_recall)
         dc->attn_wait[dc->n_attn_wait++] = ls->ev_recall;
-    }
     return st;
 }
 
@@ -200,37 +269,43 @@ static fkv_status select_for_attention(fkv_context *ctx, decode_call *dc) {
     return st;
 }
 
-/* q[t] becomes the query of the next step's speculative selection; it goes to the other
- * qprev buffer, so q[t-1] survives a failure of this call. */
-static fkv_status keep_query(fkv_context *ctx, const decode_call *dc) {
-    layer_state *ls = &ctx->layers[dc->layer];
-    size_t qrow = ctx->q_row_bytes;
-    fkv_status st = FKV_OK;
-    for (uint32_t i = 0; i < dc->n && st == FKV_OK; i++) {
-        const seq_layer *sl = &ctx->seqs[dc->seqs[i]].layers[dc->layer];
-        st = fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->qprev[!sl->qcur],
-                            dc->seqs[i] * qrow, ls->qin, i * qrow, qrow);
+/* Whether the call's selection (freekv's correction) moved a page of the batch's middle slots
+ * since they were saved, so that the attention lists sent with the inputs are stale. */
+static int selection_changed(const fkv_context *ctx, const decode_call *dc) {
+    if (!dc->selected)
+        return 0;
+    size_t per = (size_t)ctx->cfg.n_kv_heads * ctx->n_mid;
+    for (uint32_t i = 0; i < dc->n; i++) {
+        const int32_t *now = ctx->seqs[dc->seqs[i]].layers[dc->layer].mid_page;
+        if (memcmp(now, ctx->plan_main.mid_saved + i * per, per * sizeof *now) != 0)
+            return 1;
     }
-    return st;
+    return 0;
 }
 
-/* The output is the caller's when we return, and every command of the call, the offload of
- * a page it filled included, must have succeeded before the call does. */
+/* The output is the caller's when the call returns: host memory is read back and waited
+ * for, with every command of the call (the offload of a page it filled included), so that
+ * their failure fails the call. A device output was written by the attention itself; the call
+ * does not wait: its marker `end` stays with the layer (ls->ev_end, commit_call) until the
+ * layer's next task or call waits for it and reports a failure. */
 static fkv_status deliver_output(fkv_context *ctx, decode_call *dc, fkv_tensor *out) {
     layer_state *ls = &ctx->layers[dc->layer];
     size_t qbytes = (size_t)dc->n * ctx->q_row_bytes;
-    fkv_status st;
+    fkv_status st = FKV_OK;
+    fkv_bevent *offloaded = NULL;
     if (out->host)
-        st = fkv_op_read(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->out, 0,
-                            (void *)out->host, qbytes);
-    else
-        st = fkv_op_copy(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, out->buffer->bbuf,
-                            out->offset, ls->out, 0, qbytes);
-    fkv_deps after_offload = {.n_wait = ls->ev_offload ? 1 : 0, .wait = &ls->ev_offload,
-                              .done = &dc->end};
+        st = fkv_op_read(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->out, 0, (void *)out->host,
+                         qbytes);
+    else if (dc->stats.pages_offloaded)
+        /* the transfer queue's report of the call's offload reads, so that their failure
+         * stays this call's (a host output's failure is reported by the rollback's finish) */
+        st = fkv_op_marker(ctx->dev, FKV_QUEUE_TRANSFER, (fkv_deps){.done = &offloaded});
+    fkv_bevent *after = offloaded ? offloaded : ls->ev_offload;
     if (st == FKV_OK)
-        st = fkv_op_marker(ctx->dev, FKV_QUEUE_COMPUTE, after_offload);
-    if (st == FKV_OK)
+        st = fkv_op_marker(ctx->dev, FKV_QUEUE_COMPUTE,
+                           (fkv_deps){.n_wait = after ? 1 : 0, .wait = &after, .done = &dc->end});
+    fkv_release_event(ctx, &offloaded);
+    if (st == FKV_OK && out->host)
         st = fkv_wait_release(ctx, &dc->end);
     return st;
 }
@@ -243,6 +318,10 @@ static void commit_call(fkv_context *ctx, decode_call *dc) {
     fkv_release_event(ctx, &dc->corr);
     fkv_release_event(ctx, &ls->ev_attn);
     ls->ev_attn = dc->attn;
+    fkv_release_event(ctx, &ls->ev_end); /* fkv_task_wait retired it: NULL */
+    ls->ev_end = dc->end;
+    ls->end_n = dc->n;
+    memcpy(ls->end_seqs, dc->seqs, sizeof *dc->seqs * dc->n);
     for (uint32_t i = 0; i < dc->n; i++) {
         seq_state *s = &ctx->seqs[dc->seqs[i]];
         seq_layer *sl = &s->layers[dc->layer];
@@ -252,9 +331,9 @@ static void commit_call(fkv_context *ctx, decode_call *dc) {
             memcpy(sl->attended + (size_t)h * ctx->list_cap, cs->attended + ih * ctx->list_cap,
                    sizeof(int32_t) * cs->n_attended[ih]);
         }
-        if (fkv_is_speculative(ctx)) {
-            sl->qcur = !sl->qcur;
-            sl->has_qprev = 1;
+        if (fkv_is_speculative(ctx)) { /* q[t]: the next step's previous query */
+            sl->qblock = (int32_t)ls->in_block;
+            sl->qpos = i;
         }
         s->next_layer = (dc->layer + 1) % ctx->cfg.n_layers;
     }
@@ -302,9 +381,9 @@ static fkv_status rollback_call(fkv_context *ctx, decode_call *dc, fkv_status st
     return st;
 }
 
-fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                            const fkv_tensor *q, const fkv_tensor *k, const fkv_tensor *v,
-                            fkv_tensor *out) {
+fkv_status fkv_decode_run(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
+                          const fkv_tensor *q, const fkv_tensor *k, const fkv_tensor *v,
+                          fkv_tensor *out, const fkv_decode_sync *sync) {
     if (ctx == NULL)
         return fkv_error(FKV_ERR_INVALID_ARGUMENT, "fkv_decode_layer: NULL context");
     fkv_status st = check_decode(ctx, layer, n, seqs, q, k, v, out);
@@ -313,7 +392,8 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
     decode_call dc = {.layer = layer,
                       .n = n,
                       .seqs = seqs,
-                      .stats = {.layer_calls = 1, .steps = layer == 0}};
+                      .stats = {.layer_calls = 1, .steps = layer == 0},
+                      .sync = sync};
     st = fkv_task_wait(ctx, layer, &dc.stats);
     /* The background task's work was done whatever this call does: a failure still counts it. */
     dc.consumed = dc.stats;
@@ -332,14 +412,24 @@ fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const 
         st = fkv_finish_pages(ctx, layer, n, seqs, ctx->call.full, &dc.stats);
     if (st == FKV_OK)
         st = select_for_attention(ctx, &dc);
+    fkv_bbuf *dst = out->host ? ctx->layers[layer].out : out->buffer->bbuf;
+    size_t dst_off = out->host ? 0 : out->offset;
+    int rebuild = !dc.lists_sent || selection_changed(ctx, &dc);
     if (st == FKV_OK)
-        st = fkv_attention_launch(ctx, layer, n, seqs, dc.n_attn_wait, dc.attn_wait, &dc.attn);
-    if (st == FKV_OK && fkv_is_speculative(ctx))
-        st = keep_query(ctx, &dc);
+        st = fkv_attention_launch(ctx, layer, n, seqs, rebuild, dc.n_attn_wait, dc.attn_wait, dst,
+                                  dst_off, &dc.attn);
     if (st == FKV_OK)
         st = deliver_output(ctx, &dc, out);
+    if (st == FKV_OK && sync && sync->signal) /* in order after the output's commands */
+        st = fkv_op_event_signal(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, sync->signal);
     if (st != FKV_OK)
         return rollback_call(ctx, &dc, st);
     commit_call(ctx, &dc);
     return FKV_OK;
+}
+
+fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
+                            const fkv_tensor *q, const fkv_tensor *k, const fkv_tensor *v,
+                            fkv_tensor *out) {
+    return fkv_decode_run(ctx, layer, n, seqs, q, k, v, out, NULL);
 }

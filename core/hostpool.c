@@ -77,6 +77,11 @@ unsigned char *fkv_hostpool_page(const fkv_hostpool *hp, uint32_t page, const fk
     return hp->ptrs[c] + off;
 }
 
+uint32_t fkv_hostpool_run(const fkv_hostpool *hp, uint32_t page, uint32_t n) {
+    uint32_t left = hp->chunk_pages - page % hp->chunk_pages;
+    return n < left ? n : left;
+}
+
 uint64_t fkv_hostpool_bytes(const fkv_hostpool *hp) {
     return (uint64_t)hp->n_chunks * hp->chunk_pages * hp->page_bytes;
 }

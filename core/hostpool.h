@@ -26,6 +26,9 @@ void fkv_hostpool_free(fkv_hostpool *hp, fkv_device *dev);
 /* Page base pointer; host and offset name its allocation (for zero-copy recall). */
 unsigned char *fkv_hostpool_page(const fkv_hostpool *hp, uint32_t page, const fkv_bhost **host,
                                  uint64_t *offset);
+/* How many of the n pages from `page` on lie in one piece of host memory (its chunk): one
+ * device->host read can fill that many. */
+uint32_t fkv_hostpool_run(const fkv_hostpool *hp, uint32_t page, uint32_t n);
 uint64_t fkv_hostpool_bytes(const fkv_hostpool *hp);
 
 #endif

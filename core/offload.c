@@ -5,47 +5,49 @@
 #include "offload.h"
 
 fkv_status fkv_summarize_pages(fkv_context *ctx, layer_state *ls, const fkv_bbuf *kpool,
-                               uint32_t n) {
+                               uint32_t n, uint32_t n_slots) {
+    size_t bytes = fkv_pack_slots_offset(n) + (size_t)n_slots * FKV_INDEX_BYTES;
     fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->summ_idx, 0,
-                                    ls->host.summ_idx, (size_t)n * FKV_PAIR_BYTES);
+                                 ls->host.summ_idx, bytes);
     if (st == FKV_OK)
         st = fkv_op_summarize(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom, kpool, n,
                                  ls->summ_idx, 0, ls->summ);
     return st;
 }
 
-/* Summaries of the batch's full pages; their home slots into ls->host.pack_idx. Returns the
- * number of full pages in *n_full. */
+/* Summaries of the batch's full pages, and (offload policies) their home slots for the pack
+ * after the pairs, all in one index write. Returns the number of full pages in *n_full. */
 static fkv_status summarize_full(fkv_context *ctx, uint32_t layer, uint32_t n,
                                  const uint32_t *seqs, const int32_t *full, uint32_t *n_full) {
     layer_state *ls = &ctx->layers[layer];
     uint32_t nf = 0;
-    for (uint32_t i = 0; i < n; i++) {
+    for (uint32_t i = 0; i < n; i++)
+        nf += full[i] >= 0;
+    int32_t *slots = ls->host.summ_idx + fkv_pack_slots_offset(nf) / FKV_INDEX_BYTES;
+    for (uint32_t i = 0, k = 0; i < n; i++) {
         if (full[i] < 0)
             continue;
         int32_t gslot = fkv_gslot(ctx, seqs[i], fkv_home_slot(ctx, (uint32_t)full[i]));
-        ls->host.summ_idx[2 * nf] = gslot;
-        ls->host.summ_idx[2 * nf + 1] = fkv_summary_index(ctx, seqs[i], (uint32_t)full[i]);
-        ls->host.pack_idx[nf] = gslot;
-        nf++;
+        ls->host.summ_idx[2 * k] = gslot;
+        ls->host.summ_idx[2 * k + 1] = fkv_summary_index(ctx, seqs[i], (uint32_t)full[i]);
+        slots[k++] = gslot;
     }
     *n_full = nf;
-    return nf ? fkv_summarize_pages(ctx, ls, ls->kpool, nf) : FKV_OK;
+    return nf ? fkv_summarize_pages(ctx, ls, ls->kpool, nf, ctx->offload ? nf : 0) : FKV_OK;
 }
 
-/* Packs the nf full pages (slots in ls->host.pack_idx) and reads each into its host pool. */
+/* Packs the nf full pages (their slots written by summarize_full) and reads each into its
+ * host pool. */
 static fkv_status offload_full(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
                                const int32_t *full, uint32_t nf) {
     layer_state *ls = &ctx->layers[layer];
-    fkv_status st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->pack_idx, 0,
-                                    ls->host.pack_idx, (size_t)nf * FKV_INDEX_BYTES);
     /* the pack staging is free once the previous offload read it */
     fkv_bevent *packed = NULL;
     fkv_deps after_prev = {.n_wait = ls->ev_offload ? 1 : 0, .wait = &ls->ev_offload,
                            .done = &packed};
-    if (st == FKV_OK)
-        st = fkv_op_pack_hnd(ctx->dev, FKV_QUEUE_COMPUTE, after_prev, &ctx->geom, ls->kpool,
-                                ls->vpool, nf, ls->pack_idx, 0, ls->pack, 0);
+    fkv_status st = fkv_op_pack_hnd(ctx->dev, FKV_QUEUE_COMPUTE, after_prev, &ctx->geom,
+                                    ls->kpool, ls->vpool, nf, ls->summ_idx,
+                                    fkv_pack_slots_offset(nf), ls->pack, 0);
     for (uint32_t i = 0, k = 0; i < n && st == FKV_OK; i++) {
         if (full[i] < 0)
             continue;

@@ -5,10 +5,16 @@
 
 #include "state.h"
 
-/* Summaries of n pages of kpool, listed in ls->host.summ_idx as (slot, summary index) pairs,
- * into the layer's summaries (compute queue). */
+/* Completed pages are listed in the layer's index staging ls->host.summ_idx as n (slot,
+ * summary index) pairs, then, for the offload policies, n_slots slots for pack_hnd, so that
+ * one write carries both: the slots start at this byte offset of ls->summ_idx. */
+static inline size_t fkv_pack_slots_offset(uint32_t n) { return (size_t)n * FKV_PAIR_BYTES; }
+
+/* Writes the index staging (n pairs, then n_slots slots) to the device in one write and
+ * launches the summaries of the n pages of kpool into the layer's summaries (compute
+ * queue). */
 fkv_status fkv_summarize_pages(fkv_context *ctx, layer_state *ls, const fkv_bbuf *kpool,
-                               uint32_t n);
+                               uint32_t n, uint32_t n_slots);
 
 /* Summaries (and, for offload policies, the host copy) of the pages that the tokens just
  * appended completed. full[i] is the page of seqs[i] that filled, or -1. The host reads go

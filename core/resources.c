@@ -10,6 +10,16 @@
 
 #define DEV_ALLOC_MIN 16 /* bytes: a zero-sized buffer is allocated with this size */
 
+/* Pages of one prefill offload staging buffer: a scratch chunk's, so that one pack and one
+ * read per buffer take a whole chunk, up to PREFILL_STAGE_MAX_BYTES a buffer. */
+#define PREFILL_STAGE_MAX_BYTES (32u << 20)
+static uint32_t prefill_stage_pages(const fkv_context *ctx) {
+    size_t fit = PREFILL_STAGE_MAX_BYTES / ctx->page_bytes;
+    if (fit == 0)
+        fit = 1;
+    return fit < ctx->scratch_pages ? (uint32_t)fit : ctx->scratch_pages;
+}
+
 void fkv_resources_derive(fkv_context *ctx) {
     const fkv_config *cfg = &ctx->cfg;
     ctx->group = cfg->n_q_heads / cfg->n_kv_heads;
@@ -19,13 +29,16 @@ void fkv_resources_derive(fkv_context *ctx) {
                               .page_size = cfg->page_size,
                               .dtype = cfg->dtype};
     ctx->offload = cfg->policy >= FKV_POLICY_SYNC;
+    /* dense and quest keep no host pool: their format is the compute dtype whatever asked */
+    ctx->geom.host_format = ctx->offload ? cfg->host_format : FKV_HOST_SAME;
     ctx->elem_bytes = fkv_dtype_size(cfg->dtype);
     ctx->row_elems = (size_t)cfg->n_kv_heads * cfg->head_dim;
     ctx->q_row_bytes = (size_t)cfg->n_q_heads * cfg->head_dim * FKV_F32_BYTES;
     ctx->kv_row_bytes = ctx->row_elems * FKV_F32_BYTES;
     ctx->slot_bytes = (size_t)cfg->page_size * ctx->row_elems * ctx->elem_bytes;
-    ctx->page_bytes = 2 * ctx->slot_bytes;                                       /* K and V */
-    ctx->unit_bytes = 2 * (size_t)cfg->page_size * cfg->head_dim * ctx->elem_bytes; /* K|V */
+    /* host pool, pack staging and recall units: in the host format (quantized or not) */
+    ctx->unit_bytes = fkv_unit_bytes(&ctx->geom);        /* one (page, KV head): K|V */
+    ctx->page_bytes = cfg->n_kv_heads * ctx->unit_bytes; /* one page, every KV head */
     ctx->max_pages = (cfg->max_context + cfg->page_size - 1) / cfg->page_size;
     ctx->sink_pages = cfg->sink_tokens / cfg->page_size;
     ctx->window_pages = cfg->window_tokens / cfg->page_size;
@@ -34,6 +47,20 @@ void fkv_resources_derive(fkv_context *ctx) {
     ctx->n_slots = ctx->offload ? cfg->budget_tokens / cfg->page_size : ctx->max_pages;
     ctx->list_cap = ctx->n_slots;
     ctx->scratch_pages = FKV_SCRATCH_PAGES;
+    ctx->scr_pack_pages = prefill_stage_pages(ctx);
+    /* a decode call's whole input (fkv_in_layout of max_seqs: rows, heads, full lists);
+     * blocks start 256-byte aligned and are whole query rows long (fkv_q_row) */
+    size_t in_bytes = (size_t)cfg->max_seqs *
+                      (ctx->q_row_bytes + 2 * ctx->kv_row_bytes + FKV_INDEX_BYTES +
+                       cfg->n_kv_heads * (1 + (size_t)ctx->list_cap) * FKV_PAIR_BYTES);
+    size_t a = 256, b = ctx->q_row_bytes;
+    while (b) { /* gcd, then the step: lcm(256, q_row_bytes) */
+        size_t r = a % b;
+        a = b;
+        b = r;
+    }
+    size_t step = 256 / a * ctx->q_row_bytes;
+    ctx->in_block_bytes = (in_bytes + step - 1) / step * step;
 }
 
 static fkv_status dev_alloc(fkv_context *ctx, size_t size, fkv_bbuf **out) {
@@ -116,7 +143,7 @@ static fkv_status call_init(fkv_context *ctx, call_scratch *call) {
 
 /* The device buffers of one layer, and the slices of its pinned host staging: layer_init
  * allocates exactly these, and the context's memory estimate adds them up first. */
-enum { N_LAYER_BUFFERS = 19, N_LAYER_HOST = 13 };
+enum { N_LAYER_BUFFERS = 11, N_LAYER_HOST = 6 };
 
 typedef struct layer_part {
     void *where; /* fkv_bbuf ** (device buffer) or a pointer to the slice's pointer (host) */
@@ -127,54 +154,41 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
                         layer_part host[N_LAYER_HOST]) {
     const fkv_config *cfg = &ctx->cfg;
     size_t max_seqs = cfg->max_seqs, hq = cfg->n_q_heads, hk = cfg->n_kv_heads;
-    size_t qbytes = max_seqs * ctx->q_row_bytes, kbytes = max_seqs * ctx->kv_row_bytes;
+    size_t qbytes = max_seqs * ctx->q_row_bytes;
     size_t pool = max_seqs * ctx->n_slots * ctx->slot_bytes;
     size_t summaries = max_seqs * ctx->max_pages * hk * 2 * cfg->head_dim * FKV_F32_BYTES;
-    size_t list = max_seqs * hk * ctx->list_cap * FKV_PAIR_BYTES;
-    /* the scores, then select_pages' records (n_mid pages and scores per KV head), which
-     * alone come back to the host */
+    size_t io = FKV_IN_BLOCKS * ctx->in_block_bytes + qbytes; /* blocks, then parking */
+    /* cosine_flags' flags, then select_pages' records (n_mid pages and scores per KV head):
+     * what comes back to the host, in one read for a correction (retrieval.c) */
     size_t records = max_seqs * hk * 2 * ctx->n_mid * FKV_F32_BYTES;
-    size_t scores = max_seqs * hq * ctx->max_pages * FKV_F32_BYTES + records;
-    size_t per_seq = max_seqs * FKV_INDEX_BYTES, per_head = max_seqs * hk * FKV_INDEX_BYTES;
-    size_t heads = max_seqs * hk * FKV_PAIR_BYTES, desc = max_seqs * FKV_DESC_BYTES;
-    /* summary pairs: one per sequence at decode, one per scratch page at prefill */
+    size_t scores = max_seqs * hq * ctx->max_pages * FKV_F32_BYTES;
+    size_t per_head = max_seqs * hk * FKV_INDEX_BYTES;
+    /* the scores descriptors, then cosine_flags' previous-query rows (correction.c) */
+    size_t desc = max_seqs * (FKV_DESC_BYTES + FKV_INDEX_BYTES);
+    /* completed pages: one per sequence at decode, one per scratch page at prefill; a
+     * (slot, summary) pair each, then the slot the pack reads (offload.h) */
     size_t summ_idx = (max_seqs > FKV_SCRATCH_PAGES ? max_seqs : FKV_SCRATCH_PAGES) *
-                      FKV_PAIR_BYTES;
+                      (FKV_PAIR_BYTES + FKV_INDEX_BYTES);
     const layer_part d_parts[N_LAYER_BUFFERS] = {
         {&ls->kpool, pool},
         {&ls->vpool, pool},
         {&ls->summ, summaries},
-        {&ls->qprev[0], qbytes},
-        {&ls->qprev[1], qbytes},
-        {&ls->qin, qbytes},
-        {&ls->kin, kbytes},
-        {&ls->vin, kbytes},
+        {&ls->io, io},
         {&ls->out, qbytes},
-        {&ls->rows, per_seq},
         {&ls->summ_idx, summ_idx},
-        {&ls->pack_idx, per_seq},
         {&ls->desc, desc},
-        {&ls->heads, heads},
-        {&ls->entries, list},
         {&ls->scores, scores},
         {&ls->sims, per_head},
-        {&ls->flags, per_head},
+        {&ls->flags, per_head + records},
         {&ls->pack, ctx->offload ? max_seqs * ctx->page_bytes : DEV_ALLOC_MIN},
     };
     const layer_part h_parts[N_LAYER_HOST] = {
-        {&ls->host.q, qbytes},
-        {&ls->host.k, kbytes},
-        {&ls->host.v, kbytes},
+        {&ls->host.in, ctx->in_block_bytes},
         {&ls->host.out, qbytes},
-        {&ls->host.rows, per_seq},
         {&ls->host.summ_idx, summ_idx},
-        {&ls->host.pack_idx, per_seq},
         {&ls->host.desc, desc},
-        {&ls->host.heads, heads},
-        {&ls->host.entries, list},
-        {&ls->host.scores, records ? records : FKV_F32_BYTES},
         {&ls->host.sims, per_head},
-        {&ls->host.flags, per_head},
+        {&ls->host.flags, per_head + records},
     };
     memcpy(dev, d_parts, sizeof d_parts);
     memcpy(host, h_parts, sizeof h_parts);
@@ -204,7 +218,8 @@ static fkv_status layer_init(fkv_context *ctx, layer_state *ls) {
         p += host_slice(host[i].size);
     }
     ls->task_seqs = malloc(sizeof(uint32_t) * ctx->cfg.max_seqs);
-    if (ls->task_seqs == NULL)
+    ls->end_seqs = malloc(sizeof(uint32_t) * ctx->cfg.max_seqs);
+    if (ls->task_seqs == NULL || ls->end_seqs == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "task list");
     return FKV_OK;
 }
@@ -219,7 +234,9 @@ static void layer_free(fkv_context *ctx, layer_state *ls) {
     fkv_release_event(ctx, &ls->ev_attn);
     fkv_release_event(ctx, &ls->ev_recall);
     fkv_release_event(ctx, &ls->ev_offload);
+    fkv_release_event(ctx, &ls->ev_end);
     free(ls->task_seqs);
+    free(ls->end_seqs);
 }
 
 /* ---- per-sequence state ------------------------------------------------------------------ */
@@ -244,6 +261,7 @@ static fkv_status seq_init(fkv_context *ctx, seq_state *s) {
         if (!sl->mid_page || !sl->mid_score || !sl->attended || !sl->n_attended)
             return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "sequence state");
         fkv_mid_clear(ctx, sl);
+        sl->qblock = -1;
     }
     return FKV_OK;
 }
@@ -265,16 +283,18 @@ static void seq_free(fkv_context *ctx, seq_state *s) {
 
 /* ---- prefill scratch --------------------------------------------------------------------- */
 
-/* The prefill scratch: two slot buffers of pages, two f32 row buffers and the row index. */
+/* The prefill scratch: two slot buffers of pages, two f32 row buffers, the row index and,
+ * for the offload policies, two staging buffers of packed pages (pack: 0 otherwise). */
 typedef struct scratch_sizes {
-    size_t slots, f32, rows;
+    size_t slots, f32, rows, pack;
 } scratch_sizes;
 
 static scratch_sizes scratch_of(const fkv_context *ctx) {
     size_t rows = (size_t)FKV_SCRATCH_PAGES * ctx->cfg.page_size;
     return (scratch_sizes){.slots = FKV_SCRATCH_PAGES * ctx->slot_bytes,
                            .f32 = rows * ctx->kv_row_bytes,
-                           .rows = rows * FKV_INDEX_BYTES};
+                           .rows = rows * FKV_INDEX_BYTES,
+                           .pack = ctx->offload ? ctx->scr_pack_pages * ctx->page_bytes : 0};
 }
 
 static fkv_status scratch_alloc(fkv_context *ctx) {
@@ -286,6 +306,9 @@ static fkv_status scratch_alloc(fkv_context *ctx) {
         (st = dev_alloc(ctx, scr.f32, &ctx->scr_vin)) != FKV_OK ||
         (st = dev_alloc(ctx, scr.rows, &ctx->scr_rows)) != FKV_OK)
         return st;
+    for (int i = 0; i < 2 && scr.pack; i++)
+        if ((st = dev_alloc(ctx, scr.pack, &ctx->scr_pack[i])) != FKV_OK)
+            return st;
     void *hp;
     st = fkv_op_host_alloc(ctx->dev, 2 * scr.f32 + scr.rows, &ctx->scr_host, &hp);
     if (st != FKV_OK)
@@ -298,7 +321,8 @@ static fkv_status scratch_alloc(fkv_context *ctx) {
 }
 
 static void scratch_free(fkv_context *ctx) {
-    fkv_bbuf **scr[] = {&ctx->scr_k, &ctx->scr_v, &ctx->scr_kin, &ctx->scr_vin, &ctx->scr_rows};
+    fkv_bbuf **scr[] = {&ctx->scr_k,    &ctx->scr_v,       &ctx->scr_kin,      &ctx->scr_vin,
+                        &ctx->scr_rows, &ctx->scr_pack[0], &ctx->scr_pack[1]};
     for (size_t i = 0; i < sizeof scr / sizeof *scr; i++)
         dev_free(ctx, scr[i]);
     if (ctx->scr_host)
@@ -370,8 +394,10 @@ static uint64_t device_bytes(const fkv_context *ctx, uint64_t *per_layer, uint64
     uint64_t total = mul_sat(layer, ctx->cfg.n_layers);
     scratch_sizes scr = scratch_of(ctx);
     total = add_sat(total, add_sat(2 * (uint64_t)scr.slots + 2 * (uint64_t)scr.f32, scr.rows));
+    total = add_sat(total, 2 * (uint64_t)scr.pack);
     big = scr.slots > big ? scr.slots : big;
     big = scr.f32 > big ? scr.f32 : big;
+    big = scr.pack > big ? scr.pack : big;
     if (ctx->offload) {
         uint64_t hb, db;
         fkv_recaller_bytes(&ctx->geom, fkv_op_recall_mode(ctx->dev), recall_chunk(ctx), &hb,
@@ -404,18 +430,19 @@ fkv_status fkv_resources_check_device(const fkv_context *ctx) {
     uint64_t slots = max_seqs * ctx->n_slots > FKV_SCRATCH_PAGES ? max_seqs * ctx->n_slots
                                                                  : FKV_SCRATCH_PAGES;
     /* per layer its buffers and one host staging; the prefill scratch: 5 buffers and 1 host;
-     * with offload, two recallers of two stages (host, data, index) and the host pool chunks */
+     * with offload, the prefill's 2 pack stagings, two recallers of two stages (host, data,
+     * index) and the host pool chunks */
     uint64_t allocations = (uint64_t)cfg->n_layers * (N_LAYER_BUFFERS + 1) + 6;
     if (ctx->offload)
-        allocations += 2 * 2 * 3 + mul_sat(max_seqs * cfg->n_layers,
-                                           (ctx->max_pages + FKV_HOST_CHUNK_PAGES - 1) /
-                                               FKV_HOST_CHUNK_PAGES);
+        allocations += 2 + 2 * 2 * 3 + mul_sat(max_seqs * cfg->n_layers,
+                                               (ctx->max_pages + FKV_HOST_CHUNK_PAGES - 1) /
+                                                   FKV_HOST_CHUNK_PAGES);
     fkv_geom_query q = {
         .max_seqs = cfg->max_seqs,
         .max_rows = (uint32_t)(scratch_rows > max_seqs ? scratch_rows : max_seqs),
         .pool_slots = slots,
         .summaries = max_seqs * ctx->max_pages,
-        .scores = max_seqs * (cfg->n_q_heads * ctx->max_pages + hk * 2 * ctx->n_mid),
+        .scores = max_seqs * cfg->n_q_heads * ctx->max_pages,
         .list_entries = max_seqs * hk * ctx->list_cap,
         .largest_buffer = largest,
         .allocations = allocations,

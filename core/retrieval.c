@@ -15,58 +15,69 @@ static uint32_t candidates_end(const fkv_context *ctx, uint32_t n_now, uint32_t 
     return end < full ? end : full;
 }
 
-/* Where the selection records of sequence i (select_pages: per KV head n_mid pages then n_mid
- * scores) lie in the layer's scores buffer: after the scores of every sequence. */
-static size_t records_offset(const fkv_context *ctx, uint32_t i) {
-    size_t scores = (size_t)ctx->cfg.max_seqs * ctx->cfg.n_q_heads * ctx->max_pages;
-    size_t per_seq = (size_t)ctx->cfg.n_kv_heads * 2 * ctx->n_mid;
-    return (scores + i * per_seq) * FKV_F32_BYTES;
+size_t fkv_selection_records_offset(const fkv_context *ctx, uint32_t i) {
+    size_t flags = (size_t)ctx->cfg.max_seqs * ctx->cfg.n_kv_heads * FKV_INDEX_BYTES;
+    size_t per_seq = (size_t)ctx->cfg.n_kv_heads * 2 * ctx->n_mid * FKV_F32_BYTES;
+    return flags + i * per_seq;
 }
 
-/* Scores of every query head over each sequence's candidates, then the group reduction and
- * top-k on the device (select_pages); only the selection records come back, into the layer's
- * host staging (desc[3i+1] holds sequence i's candidate end). Waits for them: the host plans
- * next. */
-static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const select_args *a) {
+size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_args *a) {
     layer_state *ls = &ctx->layers[layer];
     size_t per_seq = (size_t)ctx->cfg.n_q_heads * ctx->max_pages; /* floats of scores */
+    for (uint32_t i = 0; i < a->n; i++) {
+        const seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
+        uint32_t ce = candidates_end(ctx, sl->n_tokens, sl->n_tokens + a->extra_tokens);
+        int32_t *d = ls->host.desc + (size_t)FKV_SCORES_DESC_INTS * i;
+        d[0] = fkv_summary_index(ctx, a->seqs[i], 0);
+        d[1] = ce > ctx->sink_pages && ctx->n_mid > 0 ? (int32_t)ce : 0;
+        d[2] = (int32_t)(i * per_seq); /* fkv_config_validate keeps a batch's scores in int32 */
+        d[3] = fkv_q_row(ctx, a->use_qprev ? fkv_qprev_offset(ctx, sl)
+                                           : fkv_qin_offset(ctx, ls, i)); /* rows of ls->io */
+    }
+    return (size_t)a->n * FKV_DESC_BYTES;
+}
+
+/* The candidate end of sequence i of the batch, as fkv_selection_describe wrote it. */
+static uint32_t described_end(const fkv_context *ctx, uint32_t layer, uint32_t i) {
+    return (uint32_t)ctx->layers[layer].host.desc[(size_t)FKV_SCORES_DESC_INTS * i + 1];
+}
+
+fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_args *a) {
+    layer_state *ls = &ctx->layers[layer];
     fkv_select_params sp = {.first_page = ctx->sink_pages, .k = ctx->n_mid,
                             .reduce = ctx->cfg.group_reduce,
                             .temp_scale = (float)fkv_group_temp_scale(&ctx->cfg)};
-    for (uint32_t i = 0; i < a->n; i++) {
-        seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
-        uint32_t ce = candidates_end(ctx, sl->n_tokens, sl->n_tokens + a->extra_tokens);
-        ls->host.desc[3 * i] = fkv_summary_index(ctx, a->seqs[i], 0);
-        ls->host.desc[3 * i + 1] = (int32_t)ce;
-        ls->host.desc[3 * i + 2] = 0; /* each sequence's scores start at its own byte offset */
-    }
+    fkv_status st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, ls->io, 0, a->n,
+                                  ls->desc, 0, a->dev_mask, 0, ls->summ, ls->scores, 0);
+    if (st == FKV_OK)
+        st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, a->n, ls->desc, 0,
+                                 a->dev_mask, 0, ls->scores, 0, &sp, ls->flags,
+                                 fkv_selection_records_offset(ctx, 0));
+    return st;
+}
+
+/* Scores of every query head over each sequence's candidates, then the group reduction and
+ * top-k on the device (select_pages): one descriptor write, one launch of each and one read
+ * of the selection records for the whole batch, whatever its size. Only the records come back,
+ * into the layer's host staging; the caller waits for them: the host plans next. */
+static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const select_args *a) {
+    layer_state *ls = &ctx->layers[layer];
+    size_t first = fkv_selection_records_offset(ctx, 0);
+    size_t desc_bytes = fkv_selection_describe(ctx, layer, a);
+    int any = 0;
+    for (uint32_t i = 0; i < a->n; i++)
+        any |= described_end(ctx, layer, i) != 0;
+    if (!any) /* no sequence has a candidate (or there are no middle slots): nothing to ask */
+        return FKV_OK;
     fkv_bevent *ev = NULL;
     fkv_status st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
-                                    (size_t)a->n * FKV_DESC_BYTES);
-    uint32_t n_scored = 0; /* sequences [0, n_scored) hold the records read back */
-    for (uint32_t i = 0; i < a->n && st == FKV_OK; i++) {
-        uint32_t ce = (uint32_t)ls->host.desc[3 * i + 1];
-        if (ce <= ctx->sink_pages || ctx->n_mid == 0)
-            continue;
-        const seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
-        const fkv_bbuf *qbuf = a->use_qprev ? ls->qprev[sl->qcur] : ls->qin;
-        size_t q_row = a->use_qprev ? a->seqs[i] : i;
-        size_t scores_off = i * per_seq * FKV_F32_BYTES;
-        st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, qbuf,
-                              q_row * ctx->q_row_bytes, 1, ls->desc, (size_t)i * FKV_DESC_BYTES,
-                              ls->summ, ls->scores, scores_off);
-        if (st == FKV_OK)
-            st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, 1, ls->desc,
-                                     (size_t)i * FKV_DESC_BYTES, ls->scores, scores_off, &sp,
-                                     ls->scores, records_offset(ctx, i));
-        n_scored = i + 1;
-    }
-    if (st == FKV_OK && n_scored > 0)
-        st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->scores,
-                         records_offset(ctx, 0), ls->host.scores,
-                         records_offset(ctx, n_scored) - records_offset(ctx, 0));
-    if (st == FKV_OK && ev == NULL) /* nothing scored: make sure the desc write is done */
-        st = fkv_op_marker(ctx->dev, a->queue, (fkv_deps){.done = &ev});
+                                 desc_bytes);
+    if (st == FKV_OK)
+        st = fkv_selection_enqueue(ctx, layer, a);
+    if (st == FKV_OK)
+        st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->flags, first,
+                         (unsigned char *)ls->host.flags + first,
+                         fkv_selection_records_offset(ctx, a->n) - first);
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &ev);
     fkv_release_event(ctx, &ev);
@@ -136,9 +147,9 @@ static fkv_status plan_batch(fkv_context *ctx, uint32_t layer, const select_args
     for (int pass = 0; pass < 2; pass++) /* 0 checks every record, 1 plans */
         for (uint32_t i = 0; i < a->n; i++) {
             seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
-            uint32_t ce = (uint32_t)ls->host.desc[3 * i + 1];
-            const unsigned char *recs = (const unsigned char *)ls->host.scores +
-                                        (records_offset(ctx, i) - records_offset(ctx, 0));
+            uint32_t ce = described_end(ctx, layer, i);
+            const unsigned char *recs =
+                (const unsigned char *)ls->host.flags + fkv_selection_records_offset(ctx, i);
             for (uint32_t h = 0; h < hk; h++) {
                 if (a->mask && !a->mask[(size_t)i * hk + h])
                     continue;
@@ -156,15 +167,12 @@ static fkv_status plan_batch(fkv_context *ctx, uint32_t layer, const select_args
     return FKV_OK;
 }
 
-fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args *a) {
+fkv_status fkv_selection_apply(fkv_context *ctx, uint32_t layer, const select_args *a) {
     if (a->done)
         *a->done = NULL;
-    fkv_status st = score_candidates(ctx, layer, a);
-    if (st != FKV_OK)
-        return st;
     uint32_t n_units;
     double t_plan = fkv_now();
-    st = plan_batch(ctx, layer, a, &n_units);
+    fkv_status st = plan_batch(ctx, layer, a, &n_units);
     a->stats->host_select_seconds += fkv_now() - t_plan;
     if (st != FKV_OK)
         return st;
@@ -179,6 +187,13 @@ fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args 
     a->stats->pages_recalled += n_units;
     a->stats->bytes_recalled += (uint64_t)n_units * ctx->unit_bytes;
     return st;
+}
+
+fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args *a) {
+    if (a->done)
+        *a->done = NULL;
+    fkv_status st = score_candidates(ctx, layer, a);
+    return st == FKV_OK ? fkv_selection_apply(ctx, layer, a) : st;
 }
 
 void fkv_selection_save(fkv_context *ctx, planner *pl, uint32_t layer, uint32_t n,

@@ -13,10 +13,12 @@ typedef struct select_args {
     planner *pl;
     uint32_t n;
     const uint32_t *seqs;
-    int use_qprev;         /* query rows: the previous query (qprev[qcur], row = sequence id)
-                            * or this call's (qin, row = batch position) */
+    int use_qprev;         /* query rows: the previous query (fkv_qprev_offset)
+                            * or this call's (fkv_qin_offset, row = batch position) */
     uint32_t extra_tokens; /* target = n_tokens + extra_tokens */
-    const int32_t *mask;   /* [n][n_kv_heads] heads to select for; NULL = all */
+    const int32_t *mask;   /* [n][n_kv_heads] heads to plan for; NULL = all */
+    const fkv_bbuf *dev_mask; /* the same on the device (int32 at 0), so that scores and
+                               * select_pages skip the other heads; NULL = all */
     uint32_t n_wait;
     fkv_bevent *const *wait; /* recall waits on these before overwriting slots */
     fkv_bevent **done;       /* recall completion */
@@ -25,8 +27,24 @@ typedef struct select_args {
 
 /* Scores, group reduction and top-k on the device (O(budget) values read back), the plan on
  * the host, then the recall of missing pages
- * (its run is the last part, and its time is stats->recall_seconds). */
+ * (its run is the last part, and its time is stats->recall_seconds). It is the steps below,
+ * with one write of the descriptors and one read of the records between them. */
 fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args *a);
+
+/* The steps of fkv_select_pages, for correction, which checks the queries between the
+ * descriptor write and the selection and reads its flags with the records. */
+
+/* The batch's scores descriptors into the layer's host staging (host.desc); their bytes, from
+ * byte 0 of the layer's desc buffer, where they must be written. */
+size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_args *a);
+/* scores and select_pages of the batch on a->queue, after the descriptors' write; the records
+ * go to the layer's flags buffer at fkv_selection_records_offset. */
+fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_args *a);
+/* Byte offset of sequence i's records in the layer's flags buffer, and in its host copy
+ * (host.flags: the same layout): after the flags of max_seqs sequences. */
+size_t fkv_selection_records_offset(const fkv_context *ctx, uint32_t i);
+/* The plan from the records in host.flags, then the recall of the missing pages. */
+fkv_status fkv_selection_apply(fkv_context *ctx, uint32_t layer, const select_args *a);
 
 /* Keeps the middle slots of the batch in pl before a selection changes them. */
 void fkv_selection_save(fkv_context *ctx, planner *pl, uint32_t layer, uint32_t n,

@@ -10,6 +10,28 @@
 #include "retrieval.h"
 #include "speculative.h"
 
+/* Waits for the marker of the layer's last decode call when that call returned without waiting
+ * (ls->ev_end): then nothing of it still reads the layer's host staging, and a failure of its
+ * commands is reported here, once. */
+static fkv_status retire_call(fkv_context *ctx, uint32_t layer) {
+    layer_state *ls = &ctx->layers[layer];
+    if (ls->ev_end == NULL)
+        return FKV_OK;
+    fkv_status st = fkv_wait_release(ctx, &ls->ev_end);
+    if (st == FKV_OK)
+        return FKV_OK;
+    /* The marker completed after the call's commands: its attention and offload events are
+     * complete too, failed with it, and must not fail the layer's next commands again. The
+     * slots its recalls were filling are undefined: the next selection fills them again. */
+    fkv_release_event(ctx, &ls->ev_attn);
+    fkv_release_event(ctx, &ls->ev_offload);
+    for (uint32_t i = 0; i < ls->end_n; i++)
+        fkv_mid_clear(ctx, &ctx->seqs[ls->end_seqs[i]].layers[layer]);
+    return fkv_error_prefix(st, "the commands of layer %u's last decode call (returned without "
+                            "waiting: device output) failed",
+                            layer);
+}
+
 fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, fkv_stats *caller) {
     layer_state *ls = &ctx->layers[layer];
     double t0 = fkv_now();
@@ -38,9 +60,11 @@ fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, fkv_stats *caller) {
         caller->blocked_select_seconds += select;
         caller->blocked_recall_seconds += waited - select;
     }
-    if (st != FKV_OK)
-        return fkv_error(st, "speculative recall of layer %u failed: %s", layer, msg);
-    return FKV_OK;
+    if (st != FKV_OK) /* the worker's failure, with its message */
+        return fkv_error(st, "%s", msg);
+    /* A decode call of the layer that returned without waiting (device output): the worker
+     * waited for it before the task; without a task (the other policies) the caller does. */
+    return retire_call(ctx, layer);
 }
 
 fkv_status fkv_settle_recall(fkv_context *ctx, uint32_t layer) {
@@ -64,11 +88,14 @@ static fkv_status run_task(fkv_context *ctx, uint32_t layer) {
     layer_state *ls = &ctx->layers[layer];
     fkv_stats delta;
     memset(&delta, 0, sizeof delta);
-    /* The call that submitted the task waited for its commands and for the offload of the
-     * pages it filled, which the gather reads; the wait below only makes that explicit. */
-    fkv_status st = FKV_OK;
-    if (ls->ev_offload)
-        st = fkv_op_event_wait(ctx->dev, 1, &ls->ev_offload);
+    /* The call that submitted the task ordered its commands (the query and the summaries the
+     * scores read) and the offload of the pages it filled (which the gather reads) before the
+     * task: by waiting for its output, or, with a device output, by leaving its marker, which
+     * includes the offload, to this wait. The offload wait then only makes that explicit. */
+    fkv_status st = retire_call(ctx, layer);
+    if (st == FKV_OK && ls->ev_offload &&
+        (st = fkv_op_event_wait(ctx->dev, 1, &ls->ev_offload)) != FKV_OK)
+        fkv_error_prefix(st, "speculative recall of layer %u failed", layer);
     if (st != FKV_OK)
         return st;
     fkv_bevent *slot_readers[1] = {ls->ev_attn};
@@ -90,6 +117,7 @@ static fkv_status run_task(fkv_context *ctx, uint32_t layer) {
         fkv_release_event(ctx, &ls->ev_recall);
         ls->ev_recall = done;
     } else {
+        fkv_error_prefix(st, "speculative recall of layer %u failed", layer);
         fkv_release_event(ctx, &done);
         fkv_selection_restore(ctx, a.pl, layer, a.n, a.seqs, 1);
     }

@@ -15,7 +15,10 @@ void fkv_worker_stop(fkv_context *ctx);
 /* Hands the layer's selection for the next step, for these sequences, to the worker. */
 void fkv_task_submit(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs);
 /* Waits for the layer's background task and consumes its statistics: into *caller (with the
- * wait split into blocked selection and recall time) or, when NULL, into the context's. */
+ * wait split into blocked selection and recall time) or, when NULL, into the context's. Then
+ * the layer's previous decode call is retired: when it returned without waiting (device
+ * output) and no task waited for it, this waits for its marker. Returns the task's failure or
+ * that call's (each reported once). */
 fkv_status fkv_task_wait(fkv_context *ctx, uint32_t layer, fkv_stats *caller);
 /* Waits for the layer's last speculative recall; when it failed, drops the middle slots it
  * was filling and the event, and returns its error (reported once). No task may be pending. */

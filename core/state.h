@@ -20,7 +20,13 @@
 #define FKV_F32_BYTES sizeof(float)          /* activations, scores, summaries */
 #define FKV_INDEX_BYTES sizeof(int32_t)      /* rows, slots, flags: int32 indices */
 #define FKV_PAIR_BYTES (2 * sizeof(int32_t)) /* (slot, summary), (first, count), (slot, tokens) */
-#define FKV_DESC_BYTES (3 * sizeof(int32_t)) /* a scores descriptor: (base, pages, out base) */
+/* a scores descriptor: (summary base, pages, out base, query row) */
+#define FKV_DESC_BYTES (FKV_SCORES_DESC_INTS * sizeof(int32_t))
+
+/* Input blocks of a layer's io buffer: a decode call uploads into one that holds no
+ * sequence's previous query, so the previous call's block (the batch's q[t-1]) survives. */
+#define FKV_IN_BLOCKS 2
+#define FKV_QPARK FKV_IN_BLOCKS /* seq_layer.qblock of a query in the parking rows */
 
 /* A command that waits on nothing and whose completion no one needs. */
 #define FKV_NO_DEPS ((fkv_deps){.n_wait = 0, .wait = NULL, .done = NULL})
@@ -29,9 +35,13 @@
  * of the layer is pending: then by the worker, until it publishes. */
 typedef struct seq_layer {
     uint32_t n_tokens;
-    int has_qprev;      /* qprev[qcur] row holds the previous query of this layer */
-    int qcur;           /* which qprev buffer holds it; a call writes the other one and
-                         * flips qcur when it succeeds, so a failed call leaves it intact */
+    /* Where the previous query of this layer lies in the layer's io buffer: row qpos of input
+     * block qblock (0, 1: the decode call that uploaded it, batch position qpos) or of the
+     * parking rows (FKV_QPARK, row = sequence id); qblock -1: none. A call uploads into a
+     * block no sequence points into and moves the pointers only when it succeeds, so a failed
+     * call leaves q[t-1] where it was. */
+    int32_t qblock;
+    uint32_t qpos;
     fkv_hostpool hp;    /* offload policies: full pages, HND */
     int32_t *mid_page;  /* [n_kv_heads][n_mid] page in each middle slot, -1 empty */
     float *mid_score;   /* [n_kv_heads][n_mid] */
@@ -45,26 +55,40 @@ typedef struct seq_state {
     seq_layer *layers;
 } seq_state;
 
-/* Host staging of one layer (pinned), carved from one allocation. */
+/* Host staging of one layer (pinned), carved from one allocation. `in` holds a decode call's
+ * inputs and attention lists in the layout of an input block (fkv_in_layout). */
 typedef struct layer_host {
     fkv_bhost *mem;
-    float *q, *k, *v, *out;
-    int32_t *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
-    float *scores; /* select_pages' records (the scores themselves stay on the device) */
+    unsigned char *in;
+    float *out;
+    int32_t *summ_idx, *desc;
     float *sims;
-    int32_t *flags;
+    int32_t *flags; /* the flags buffer read back: flags, then select_pages' records */
 } layer_host;
 
 typedef struct layer_state {
-    fkv_bbuf *kpool, *vpool, *summ, *qprev[2];
-    fkv_bbuf *qin, *kin, *vin, *out;
-    fkv_bbuf *rows, *summ_idx, *pack_idx, *desc, *heads, *entries;
-    fkv_bbuf *scores; /* page scores, then select_pages' records (retrieval.c) */
-    fkv_bbuf *sims, *flags, *pack;
+    fkv_bbuf *kpool, *vpool, *summ;
+    /* FKV_IN_BLOCKS input blocks (a decode call's q, k, v, rows and attention lists,
+     * fkv_in_layout), then the parking rows of previous queries (one per sequence) */
+    fkv_bbuf *io;
+    uint32_t in_block; /* the block the current decode call uploaded into */
+    fkv_bbuf *out;
+    /* summ_idx: completed pages' (slot, summary) pairs, then the slots pack_hnd reads */
+    fkv_bbuf *summ_idx, *desc;
+    fkv_bbuf *scores; /* page scores */
+    fkv_bbuf *sims, *pack;
+    fkv_bbuf *flags; /* cosine_flags' flags, then select_pages' records (retrieval.c) */
     layer_host host;
     fkv_bevent *ev_attn;    /* last attention (reads the slots) */
     fkv_bevent *ev_recall;  /* last recall into the slots */
     fkv_bevent *ev_offload; /* last device->host offload into the host pools */
+    /* A decode call that returned without waiting for its commands (device output): its
+     * marker, after every command of the call and its offload. Until someone waits for it,
+     * the device may still read the layer's host staging, and a failure of those commands
+     * is not reported yet: the speculative worker waits for it before the layer's task, else
+     * fkv_task_wait does (so does every entry that touches the layer). */
+    fkv_bevent *ev_end;
+    uint32_t end_n, *end_seqs; /* that call's sequences */
     /* speculative task (guarded by ctx->lock) */
     int pending;
     uint32_t task_n;
@@ -111,11 +135,14 @@ struct fkv_context {
     size_t q_row_bytes;  /* one token's query (or output), f32 */
     size_t kv_row_bytes; /* one token's K (or V) input row, f32 */
     size_t slot_bytes, page_bytes, unit_bytes;
+    size_t in_block_bytes; /* one input block of a layer's io buffer (fkv_in_layout) */
     seq_state *seqs;
     layer_state *layers;
     /* prefill scratch: pages in pool layout and f32 input rows */
     uint32_t scratch_pages;
     fkv_bbuf *scr_k, *scr_v, *scr_kin, *scr_vin, *scr_rows;
+    fkv_bbuf *scr_pack[2];   /* offload policies: HND staging of packed pages, alternating */
+    uint32_t scr_pack_pages; /* pages one scr_pack holds */
     fkv_bhost *scr_host;
     float *scr_host_k, *scr_host_v;
     int32_t *scr_host_rows;
@@ -196,6 +223,49 @@ static inline uint32_t fkv_window_begin(const fkv_context *ctx, uint32_t n) {
     uint32_t cur = n / ctx->cfg.page_size;
     uint32_t wb = cur + 1 >= ctx->window_pages ? cur + 1 - ctx->window_pages : 0;
     return wb > ctx->sink_pages ? wb : ctx->sink_pages;
+}
+
+/* A decode call's inputs of n sequences inside an input block, in bytes from its start: the q
+ * rows, the k rows, the v rows (f32), the rows table (int32), then the attention lists (the
+ * n * n_kv_heads heads (first entry, count), then the (slot, tokens) entries), back to back
+ * so that one write carries them. */
+typedef struct fkv_in_layout {
+    size_t q, k, v, rows, heads, entries;
+} fkv_in_layout;
+static inline fkv_in_layout fkv_in_layout_of(const fkv_context *ctx, uint32_t n) {
+    fkv_in_layout l;
+    l.q = 0;
+    l.k = (size_t)n * ctx->q_row_bytes;
+    l.v = l.k + (size_t)n * ctx->kv_row_bytes;
+    l.rows = l.v + (size_t)n * ctx->kv_row_bytes;
+    l.heads = l.rows + (size_t)n * FKV_INDEX_BYTES;
+    l.entries = l.heads + (size_t)n * ctx->cfg.n_kv_heads * FKV_PAIR_BYTES;
+    return l;
+}
+
+/* Byte offset in a layer's io buffer of query row `row` of input block `block`, or of the
+ * parking rows (block FKV_QPARK, row = sequence id). */
+static inline size_t fkv_q_offset(const fkv_context *ctx, uint32_t block, uint32_t row) {
+    return (size_t)block * ctx->in_block_bytes + (size_t)row * ctx->q_row_bytes;
+}
+static inline int fkv_has_qprev(const seq_layer *sl) { return sl->qblock >= 0; }
+/* A query's row number in the io buffer, for the ops that address query rows by number (the
+ * scores descriptor, cosine_flags' row table): input blocks are whole rows long. */
+static inline int32_t fkv_q_row(const fkv_context *ctx, size_t offset) {
+    return (int32_t)(offset / ctx->q_row_bytes);
+}
+/* The previous query of a (sequence, layer) that has one, in the layer's io buffer. */
+static inline size_t fkv_qprev_offset(const fkv_context *ctx, const seq_layer *sl) {
+    return fkv_q_offset(ctx, (uint32_t)sl->qblock, sl->qpos);
+}
+/* This decode call's query of batch position i, in the layer's io buffer. */
+static inline size_t fkv_qin_offset(const fkv_context *ctx, const layer_state *ls, uint32_t i) {
+    return fkv_q_offset(ctx, ls->in_block, i);
+}
+/* The previous query becomes parking row `seq` (where fkv_prefill writes q_last). */
+static inline void fkv_qprev_park(seq_layer *sl, uint32_t seq) {
+    sl->qblock = FKV_QPARK;
+    sl->qpos = seq;
 }
 
 static inline int fkv_is_speculative(const fkv_context *ctx) {

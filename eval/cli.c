@@ -48,6 +48,8 @@ static void usage(FILE *f) {
         "  --group-reduce softmax-mean|mean|max (softmax-mean)\n"
         "  --group-temperature raw|sqrt-d (raw)   softmax-mean's temperature: the raw Quest\n"
         "                       bounds (FreeKV's accuracy code) or the bounds times 1/sqrt(d)\n"
+        "  --host-format same|q8|q4 (same)   host pool of sync, speculative, freekv: the\n"
+        "                       KV dtype, or 8/4-bit codes dequantized at recall\n"
         "  --policies LIST      comma list of dense,quest,sync,speculative,freekv (all);\n"
         "                       dense and quest always run as the references\n"
         "sweep (freekv at every combination, each against quest at its own settings):\n"
@@ -295,6 +297,7 @@ int fkv_eval_parse_args(int argc, char **argv, fkv_eval_options *o) {
     o->dtype = FKV_F16;
     o->reduce = FKV_GROUP_SOFTMAX_MEAN;
     o->temp = FKV_TEMP_RAW;
+    o->host_format = FKV_HOST_SAME;
     o->targets = (fkv_sweep_targets){.mass = NAN, .mass_worst = NAN, .needles = NAN};
     for (int i = 0; i < FKV_EVAL_POLICIES; i++)
         o->want[i] = 1;
@@ -322,7 +325,7 @@ int fkv_eval_parse_args(int argc, char **argv, fkv_eval_options *o) {
     static const char *const str_flags[] = {"--trace", "--save-trace", "--csv", "--json",
                                             "--dump", "--backend", "--device", "--policies",
                                             "--dtype", "--group-reduce", "--group-temperature",
-                                            "--sweep", "--target"};
+                                            "--sweep", "--target", "--host-format"};
     const char *geometry_flag = NULL;
     for (int i = 1; i < argc; i++) {
         char flag[64];
@@ -426,6 +429,11 @@ int fkv_eval_parse_args(int argc, char **argv, fkv_eval_options *o) {
                 return -1;
             o->temp = (fkv_group_temp)choice;
             given[GIVEN_TEMP] = 1;
+        } else if (strcmp(flag, "--host-format") == 0) {
+            static const char *const names[] = {"same", "q8", "q4"};
+            if (parse_choice(flag, v, names, 3, &choice))
+                return -1;
+            o->host_format = (fkv_host_format)choice;
         } else if (strcmp(flag, "--target") == 0) {
             if (fkv_sweep_parse_target(v, &o->targets))
                 return -1;

@@ -24,6 +24,7 @@ typedef struct fkv_eval_options {
     fkv_dtype dtype;
     fkv_group_reduce reduce;
     fkv_group_temp temp;
+    fkv_host_format host_format; /* the offload policies' host pool (dense, quest: none) */
     int want[FKV_EVAL_POLICIES]; /* chosen policies, by fkv_policy value */
     fkv_sweep_spec sweep;        /* sweep.given: --sweep */
     fkv_sweep_targets targets;   /* defaults to mass >= 0.99 when a sweep has none */

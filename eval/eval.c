@@ -237,6 +237,7 @@ int fkv_eval_main(int argc, char **argv) {
     cfg.dtype = o.dtype;
     cfg.group_reduce = o.reduce;
     cfg.group_temperature = o.temp;
+    cfg.host_format = o.host_format;
     cfg.max_seqs = 1;
 
     fkv_trace_info geom;
@@ -314,6 +315,7 @@ int fkv_eval_main(int argc, char **argv) {
            fkv_eval_reduce_name(cfg.group_reduce));
     if (cfg.group_reduce == FKV_GROUP_SOFTMAX_MEAN)
         printf(" (%s bounds)", cfg.group_temperature == FKV_TEMP_RAW ? "raw" : "1/sqrt(d)");
+    printf(", host format %s", fkv_host_format_name(cfg.host_format));
     printf("\nadjacent-step query cosine: mean %.3f over (step, layer, query head); the KV "
            "heads' group\nmean is below tau at %.1f%% of (step, layer, KV head), what freekv "
            "corrects\n",

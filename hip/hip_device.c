@@ -123,16 +123,16 @@ static void hip_device_close(fkv_bdev *d) {
         if (s->tmp)
             hipFree(s->tmp);
         pthread_mutex_destroy(&s->lock);
-        if (d->streams[q])
+        /* the engine's compute stream stays the engine's */
+        if (d->streams[q] && !(q == FKV_QUEUE_COMPUTE && d->engine_stream))
             hipStreamDestroy(d->streams[q]);
     }
     (void)hipGetLastError(); /* teardown errors are not the next call's */
     free(d);
 }
 
-static fkv_status hip_device_open(uint32_t index, fkv_bdev **out) {
-    if (out == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip device_open: NULL output");
+/* Opens device `index`, on the engine's compute stream when given (kept as the engine's). */
+static fkv_status open_device(uint32_t index, hipStream_t engine_stream, fkv_bdev **out) {
     *out = NULL;
     recall_choice recall;
     fkv_status st = read_env(&recall);
@@ -198,7 +198,11 @@ static fkv_status hip_device_open(uint32_t index, fkv_bdev **out) {
 
     /* Non-blocking: no implicit ordering with the legacy default stream, which the engine
      * may be using for its own work. */
+    d->streams[FKV_QUEUE_COMPUTE] = engine_stream;
+    d->engine_stream = engine_stream != NULL;
     for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
+        if (d->streams[q])
+            continue;
         e = hipStreamCreateWithFlags(&d->streams[q], hipStreamNonBlocking);
         if (e != hipSuccess) {
             d->streams[q] = NULL;
@@ -208,6 +212,28 @@ static fkv_status hip_device_open(uint32_t index, fkv_bdev **out) {
         }
     }
     *out = d;
+    return FKV_OK;
+}
+
+static fkv_status hip_device_open(uint32_t index, fkv_bdev **out) {
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip device_open: NULL output");
+    return open_device(index, NULL, out);
+}
+
+/* ---- the engine's objects (fkv_device_open_native) ---- */
+
+static fkv_status hip_device_open_native(const fkv_native_objects *objs, fkv_bdev **out) {
+    *out = NULL;
+    if (objs->hip.device < 0)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip open_native: device ordinal %d",
+                         objs->hip.device);
+    return open_device((uint32_t)objs->hip.device, (hipStream_t)objs->hip.stream, out);
+}
+
+static fkv_status hip_native_objects(fkv_bdev *d, fkv_native_objects *out) {
+    out->api = FKV_NATIVE_HIP;
+    out->hip = (fkv_hip_objects){.device = d->index, .stream = d->streams[FKV_QUEUE_COMPUTE]};
     return FKV_OK;
 }
 
@@ -291,6 +317,12 @@ static const fkv_backend_ops hip_ops = {
     .get_option = hip_get_option,
     .counters = hip_counters,
     .select_pages = fkv_hip_select_pages,
+    .native_api = FKV_NATIVE_HIP,
+    .device_open_native = hip_device_open_native,
+    .native_objects = hip_native_objects,
+    .event_import = fkv_hip_event_import,
+    .event_unimport = fkv_hip_event_unimport,
+    .event_signal = fkv_hip_event_signal,
 };
 
 const fkv_backend_ops *fkv_backend_hip(void) { return &hip_ops; }

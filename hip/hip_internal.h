@@ -34,6 +34,8 @@ typedef struct hip_scratch {
 struct fkv_bdev {
     int index; /* HIP device ordinal */
     hipStream_t streams[FKV_QUEUE_COUNT];
+    int engine_stream; /* streams[FKV_QUEUE_COMPUTE] is the engine's (fkv_device_open_native):
+                          never destroyed here */
     fkv_device_info info;
     uint32_t compute_units;
     size_t shared_per_block; /* bytes of shared memory a block may use */
@@ -100,6 +102,12 @@ void fkv_hip_count(fkv_bdev *d, fkv_queue q, int launch, fkv_copy_dir dir, size_
 fkv_status fkv_hip_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
 void fkv_hip_event_release(fkv_bdev *d, fkv_bevent *ev);
 fkv_status fkv_hip_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
+/* The engine's hipEvent_t as a wait-list entry (the event itself: streams wait on it as
+ * recorded when the entry's command is enqueued); unimport leaves it to the engine. */
+fkv_status fkv_hip_event_import(fkv_bdev *d, const fkv_native_event *ev, fkv_bevent **out);
+void fkv_hip_event_unimport(fkv_bdev *d, fkv_bevent *ev);
+/* Records the engine's event sig->handle on q's stream after deps.wait. */
+fkv_status fkv_hip_event_signal(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_native_event *sig);
 fkv_status fkv_hip_finish(fkv_bdev *d, fkv_queue q);
 fkv_status fkv_hip_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                          size_t dst_offset, const void *src, size_t size);
@@ -119,16 +127,19 @@ fkv_status fkv_hip_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
 fkv_status fkv_hip_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q);
 fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
-                          fkv_bbuf *out, size_t out_off);
+                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                          size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                          size_t out_off);
 fkv_status fkv_hip_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                                fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                                fkv_bbuf *out, size_t out_off);
+                                const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                                size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                                size_t out_off);
 fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                                size_t sims_off, fkv_bbuf *flags, size_t flags_off);
+                                size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                                uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                                fkv_bbuf *flags, size_t flags_off);
 fkv_status fkv_hip_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                             const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                             const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,

@@ -37,8 +37,10 @@ typedef struct fkv_hip_summarize_args {
 /* Quest bound; one block per (sequence, KV head, block of `heads` query heads) on grid x,
  * `chunks` blocks over its pages on grid y; dynamic shared memory = heads * head_dim floats. */
 typedef struct fkv_hip_scores_args {
-    const float *q;
+    const float *q;  /* at the caller's q_off */
+    uint64_t q_rows; /* query rows from q to the end of its buffer */
     const int32_t *desc;
+    const int32_t *mask; /* [n_seqs][n_kv_heads], 0 skips the pair; NULL: none */
     const float *summaries;
     uint32_t n_summaries;
     float *out; /* at the caller's out_off */
@@ -49,6 +51,8 @@ typedef struct fkv_hip_scores_args {
 
 typedef struct fkv_hip_cosine_args {
     const float *q_cur, *q_prev;
+    uint64_t prev_count;        /* query rows from q_prev to the end of its buffer */
+    const int32_t *prev_rows;
     uint32_t n_kv_heads, group, head_dim;
     float tau;
     float *sims;
@@ -58,6 +62,7 @@ typedef struct fkv_hip_cosine_args {
 /* select_pages (backend.h): one block per (sequence, KV head); see k_select_pages. */
 typedef struct fkv_hip_select_args {
     const int32_t *desc;
+    const int32_t *mask; /* [n_seqs][n_kv_heads], 0 skips the pair; NULL: none */
     float *scores;       /* at the caller's scores_off */
     uint64_t scores_len; /* floats from scores to the end of its buffer */
     uint32_t n_kv_heads, group, first, k, reduce;
@@ -111,6 +116,11 @@ typedef struct fkv_hip_attention_args {
 #define FKV_HIP_BLOCK 256
 #define FKV_HIP_ATTENTION_BLOCK 128
 #define FKV_HIP_SMALL_BLOCK 64 /* scores, cosine */
+/* scores: query heads per pass over a summary, and the shared floats after a block's queries
+ * that the last channel's lanes reach (backends/launch.h's FKV_SCORE_LANES and
+ * FKV_SCORES_PAD, which hip_launch.c checks these equal) */
+#define FKV_HIP_SCORE_LANES 8
+#define FKV_HIP_SCORES_PAD (FKV_HIP_SCORE_LANES - 1)
 #define FKV_HIP_SELECT_BLOCK 128 /* select_pages (a power of two: its scans and folds) */
 
 hipError_t fkv_hip_launch_append(hipStream_t s, fkv_dtype dt, const fkv_hip_append_args *a);

@@ -14,6 +14,9 @@
 #include "hip_internal.h"
 #include "hip_kernels.h"
 
+_Static_assert(FKV_HIP_SCORE_LANES == FKV_SCORE_LANES && FKV_HIP_SCORES_PAD == FKV_SCORES_PAD,
+               "the scores kernel's lanes and padding are launch.h's");
+
 
 typedef struct launch_ctx {
     fkv_bdev *d;
@@ -121,8 +124,9 @@ static fkv_status scores_plan(const fkv_bdev *d, const fkv_kv_geom *g, uint32_t 
 
 fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
-                          fkv_bbuf *out, size_t out_off) {
+                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                          size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                          size_t out_off) {
     const char *op = "scores";
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
@@ -136,7 +140,10 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     uint32_t chunks = fkv_scores_chunks(rows, dev->compute_units);
     fkv_hip_scores_args a = {
         .q = at(qbuf, q_off),
+        .q_rows = (qbuf->desc.size - q_off) /
+                  (sizeof(float) * g->n_kv_heads * g->group * g->head_dim),
         .desc = at(desc, desc_off),
+        .mask = mask ? at(mask, mask_off) : NULL,
         .summaries = summaries->ptr,
         .n_summaries = clamp_u32(summaries->desc.size / summary_bytes),
         .out = at(out, out_off),
@@ -154,8 +161,9 @@ fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
 
 fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                                size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+                                size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                                uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                                fkv_bbuf *flags, size_t flags_off) {
     const char *op = "cosine_flags";
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
@@ -164,6 +172,9 @@ fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     fkv_hip_cosine_args a = {
         .q_cur = at(q_cur, cur_off),
         .q_prev = at(q_prev, prev_off),
+        .prev_count = (q_prev->desc.size - prev_off) /
+                      (sizeof(float) * g->n_kv_heads * g->group * g->head_dim),
+        .prev_rows = at(prev_rows, rows_off),
         .n_kv_heads = g->n_kv_heads,
         .group = g->group,
         .head_dim = g->head_dim,
@@ -178,14 +189,16 @@ fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
 
 fkv_status fkv_hip_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                                fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                                fkv_bbuf *out, size_t out_off) {
+                                const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                                size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                                size_t out_off) {
     launch_ctx lc;
     prepare(dev, q, &deps, "select_pages", &lc);
     fkv_status st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
     fkv_hip_select_args a = {
         .desc = at(desc, desc_off),
+        .mask = mask ? at(mask, mask_off) : NULL,
         .scores = at(scores, scores_off),
         .scores_len = (scores->desc.size - scores_off) / sizeof(float),
         .n_kv_heads = g->n_kv_heads,

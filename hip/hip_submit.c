@@ -72,6 +72,32 @@ fkv_status fkv_hip_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) {
     return st;
 }
 
+fkv_status fkv_hip_event_import(fkv_bdev *d, const fkv_native_event *ev, fkv_bevent **out) {
+    (void)d;
+    *out = (fkv_bevent *)ev->handle;
+    return FKV_OK;
+}
+
+void fkv_hip_event_unimport(fkv_bdev *d, fkv_bevent *ev) {
+    (void)d;
+    (void)ev; /* the engine's event: never destroyed here */
+}
+
+fkv_status fkv_hip_event_signal(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_native_event *sig) {
+    fkv_hip_clear_done(&deps);
+    if (sig->handle == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "hip event_signal: NULL hipEvent_t");
+    fkv_status st = fkv_hip_bind(d);
+    if (st == FKV_OK)
+        st = fkv_hip_wait(d->streams[q], &deps);
+    if (st != FKV_OK)
+        return st;
+    hipError_t e = hipEventRecord((hipEvent_t)sig->handle, d->streams[q]);
+    if (e != hipSuccess)
+        return fkv_hip_fail(e, HIP_NOT_ALLOC, "hipEventRecord (the engine's event)");
+    return fkv_hip_done(d->streams[q], &deps);
+}
+
 fkv_status fkv_hip_finish(fkv_bdev *d, fkv_queue q) {
     fkv_status st = fkv_hip_bind(d);
     if (st != FKV_OK)

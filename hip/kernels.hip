@@ -89,49 +89,69 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_summarize(fkv_hip_summarize_a
 
 /* ---- scores, cosine ---- */
 
-#define SCORE_GROUP 8 /* query heads scored per pass over a summary */
+#define SCORE_PAGES 4 /* pages a thread scores per pass */
 
-/* Quest bound of the query heads of one KV head in one pass over each summary. Block x =
- * (sequence, KV head, block of `heads` query heads: the group in several blocks when its
- * queries do not fit shared memory at once); the blocks along y stride over its pages. */
+/* Quest bound of the query heads of one KV head in one pass over each summary: the pass's heads
+ * are FKV_HIP_SCORE_LANES lanes in registers (a summary is read once per 8 query heads of its
+ * group), each lane's sum runs over the channels in order (the CPU reference's order), and a
+ * thread scores SCORE_PAGES consecutive pages per pass. qs holds the queries transposed,
+ * [channel][head], then FKV_HIP_SCORES_PAD floats the last channel's lanes reach (lanes beyond the
+ * block's heads are computed and dropped). Block x = (sequence, KV head, block of `heads`
+ * query heads: the group in several blocks when its queries do not fit shared memory at
+ * once); the blocks along y stride over its pages. */
 __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_args a) {
-    extern __shared__ float qs[]; /* [heads * head_dim] */
+    extern __shared__ float qs[]; /* [heads * head_dim + FKV_HIP_SCORES_PAD] */
     uint32_t n_blocks = (a.group + a.heads - 1) / a.heads;
     uint32_t bh = blockIdx.x / n_blocks, hb = (blockIdx.x % n_blocks) * a.heads;
     uint32_t b = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
+    const int32_t *db = a.desc + 4 * (size_t)b;
+    int32_t row = db[3];
+    /* a masked pair or a row beyond the queries does nothing (no return before the barrier) */
+    bool ok = row >= 0 && (uint64_t)row < a.q_rows && a.n_summaries > 0 &&
+              (!a.mask || a.mask[bh] != 0);
     uint32_t ng_all = a.group - hb < a.heads ? a.group - hb : a.heads;
-    uint32_t gd = ng_all * a.head_dim;
-    const float *qb = a.q + ((size_t)bh * a.group + hb) * a.head_dim;
-    for (uint32_t i = threadIdx.x; i < gd; i += blockDim.x)
-        qs[i] = qb[i];
+    uint32_t gd = ng_all * a.head_dim, d = a.head_dim;
+    const float *qb = a.q + (((size_t)(ok ? row : 0) * a.n_kv_heads + h) * a.group + hb) * d;
+    for (uint32_t i = threadIdx.x; i < gd + FKV_HIP_SCORES_PAD; i += blockDim.x)
+        qs[i] = ok && i < gd ? qb[(size_t)(i % ng_all) * d + i / ng_all] : 0.0f;
     __syncthreads();
-    int32_t base = a.desc[3 * b], n_pages = a.desc[3 * b + 1];
-    int64_t obase = a.desc[3 * b + 2];
-    size_t stride = (size_t)gridDim.y * blockDim.x;
-    size_t n = n_pages > 0 ? (size_t)n_pages : 0;
-    for (size_t j = (size_t)blockIdx.y * blockDim.x + threadIdx.x; j < n; j += stride) {
-        int64_t sidx = (int64_t)base + (int64_t)j;
-        if (sidx < 0 || sidx >= (int64_t)a.n_summaries)
-            continue;
-        const float *mn = a.summaries + ((size_t)sidx * a.n_kv_heads + h) * 2 * a.head_dim;
-        const float *mx = mn + a.head_dim;
-        for (uint32_t g0 = 0; g0 < ng_all; g0 += SCORE_GROUP) {
-            uint32_t ng = ng_all - g0 < SCORE_GROUP ? ng_all - g0 : SCORE_GROUP;
-            float acc[SCORE_GROUP];
-            for (uint32_t k = 0; k < SCORE_GROUP; k++)
-                acc[k] = 0.0f;
-            for (uint32_t c = 0; c < a.head_dim; c++) {
-                float lo = mn[c], hi = mx[c];
-                for (uint32_t k = 0; k < ng; k++) {
-                    float qv = qs[(g0 + k) * a.head_dim + c];
-                    acc[k] += fmaxf(qv * hi, qv * lo);
+    int32_t base = db[0], n_pages = ok ? db[1] : 0;
+    int64_t obase = db[2];
+    size_t np = n_pages > 0 ? (size_t)n_pages : 0;
+    size_t stride = (size_t)gridDim.y * blockDim.x * SCORE_PAGES;
+    for (size_t j0 = ((size_t)blockIdx.y * blockDim.x + threadIdx.x) * SCORE_PAGES; j0 < np;
+         j0 += stride) {
+        /* pages beyond the sequence or the summaries read a valid one and are dropped */
+        const float *mn[SCORE_PAGES];
+        bool valid[SCORE_PAGES];
+        for (uint32_t p = 0; p < SCORE_PAGES; p++) {
+            int64_t sidx = (int64_t)base + (int64_t)(j0 + p);
+            valid[p] = j0 + p < np && sidx >= 0 && sidx < (int64_t)a.n_summaries;
+            mn[p] = a.summaries + ((size_t)(valid[p] ? sidx : 0) * a.n_kv_heads + h) * 2 * d;
+        }
+        for (uint32_t g0 = 0; g0 < ng_all; g0 += FKV_HIP_SCORE_LANES) {
+            float acc[SCORE_PAGES][FKV_HIP_SCORE_LANES];
+            for (uint32_t p = 0; p < SCORE_PAGES; p++)
+                for (uint32_t k = 0; k < FKV_HIP_SCORE_LANES; k++)
+                    acc[p][k] = 0.0f;
+            for (uint32_t c = 0; c < d; c++) {
+                float x[FKV_HIP_SCORE_LANES];
+                for (uint32_t k = 0; k < FKV_HIP_SCORE_LANES; k++)
+                    x[k] = qs[(size_t)c * ng_all + g0 + k];
+                for (uint32_t p = 0; p < SCORE_PAGES; p++) {
+                    float lo = mn[p][c], hi = mn[p][d + c];
+                    for (uint32_t k = 0; k < FKV_HIP_SCORE_LANES; k++)
+                        acc[p][k] += fmaxf(x[k] * hi, x[k] * lo);
                 }
             }
-            for (uint32_t k = 0; k < ng; k++) {
-                int64_t o = obase + (int64_t)(h * a.group + hb + g0 + k) * n_pages + (int64_t)j;
-                if (o >= 0 && (uint64_t)o < a.out_len)
-                    a.out[o] = acc[k];
-            }
+            uint32_t ng = ng_all - g0 < FKV_HIP_SCORE_LANES ? ng_all - g0 : FKV_HIP_SCORE_LANES;
+            for (uint32_t p = 0; p < SCORE_PAGES; p++)
+                for (uint32_t k = 0; k < ng && valid[p]; k++) {
+                    int64_t o = obase + (int64_t)(h * a.group + hb + g0 + k) * n_pages +
+                                (int64_t)(j0 + p);
+                    if (o >= 0 && (uint64_t)o < a.out_len)
+                        a.out[o] = acc[p][k];
+                }
         }
     }
 }
@@ -177,9 +197,11 @@ __device__ static float block_fold(float *red, uint32_t lid, float x, int sum) {
     return r;
 }
 
-/* One block per (sequence, KV head). Thread l owns pages first + l + t*w in every pass, so the
- * reduced values it writes over row 0 of the group's scores (the op's scratch) are read back
- * only by itself; then a radix select of the k-th value and a compaction in page order. */
+/* One block per (sequence, KV head). Thread l owns pages first + l + t*w in the reduction and
+ * the radix select of the k-th value, so the reduced values it writes over row 0 of the group's
+ * scores (the op's scratch) are read back only by itself there; then thread l takes the l-th
+ * contiguous range of the candidates and writes its pages, placed by two block scans, so the
+ * records come out in page order. */
 __global__ void __launch_bounds__(FKV_HIP_SELECT_BLOCK) k_select_pages(fkv_hip_select_args a) {
     __shared__ float red[FKV_HIP_SELECT_BLOCK];
     __shared__ uint32_t scan[FKV_HIP_SELECT_BLOCK];
@@ -190,14 +212,15 @@ __global__ void __launch_bounds__(FKV_HIP_SELECT_BLOCK) k_select_pages(fkv_hip_s
     uint32_t b = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
     int32_t *pages = a.out + (size_t)bh * 2 * a.k;
     float *vals = (float *)(pages + a.k);
-    int32_t np = a.desc[3 * b + 1];
-    int64_t base = a.desc[3 * b + 2];
+    int32_t np = a.desc[4 * (size_t)b + 1];
+    int64_t base = a.desc[4 * (size_t)b + 2];
     uint64_t hq = (uint64_t)a.n_kv_heads * a.group;
     bool ok = np >= 0 && base >= 0 &&
               (uint64_t)base + hq * (uint64_t)(np > 0 ? np : 0) <= a.scores_len;
-    uint32_t n_cand = ok && np > (int32_t)a.first ? (uint32_t)np - a.first : 0u;
+    bool skip = a.mask && a.mask[bh] == 0; /* a masked pair: no work, no record */
+    uint32_t n_cand = ok && !skip && np > (int32_t)a.first ? (uint32_t)np - a.first : 0u;
     uint32_t kk = n_cand < a.k ? n_cand : a.k;
-    for (uint32_t i = kk + lid; i < a.k; i += w) {
+    for (uint32_t i = kk + lid; i < a.k && !skip; i += w) {
         pages[i] = -1;
         vals[i] = -INFINITY;
     }
@@ -206,21 +229,23 @@ __global__ void __launch_bounds__(FKV_HIP_SELECT_BLOCK) k_select_pages(fkv_hip_s
     uint32_t n = (uint32_t)np;
     float *row0 = a.scores + base + (size_t)h * a.group * n;
     for (uint32_t r = 0; r < a.group; r++) {
-        const float *s = row0 + (size_t)r * n;
+        float *s = row0 + (size_t)r * n;
         float m = -INFINITY, sum = 0.0f;
-        if (a.reduce == 0) {
+        if (a.reduce == 0) { /* each exp is kept in the row (scratch) for the accumulation */
             float pm = -INFINITY, ps = 0.0f;
             for (uint32_t j = a.first + lid; j < n; j += w)
                 pm = s[j] > pm ? s[j] : pm;
             m = block_fold(red, lid, pm, 0);
-            for (uint32_t j = a.first + lid; j < n; j += w)
-                ps += expf((s[j] - m) * a.temp_scale);
+            for (uint32_t j = a.first + lid; j < n; j += w) {
+                s[j] = expf((s[j] - m) * a.temp_scale);
+                ps += s[j];
+            }
             sum = block_fold(red, lid, ps, 1);
         }
         for (uint32_t j = a.first + lid; j < n; j += w) {
             float x = s[j], acc = r == 0 ? (a.reduce == 2 ? -INFINITY : 0.0f) : row0[j];
             if (a.reduce == 0)
-                acc += expf((x - m) * a.temp_scale) / sum / (float)a.group;
+                acc += x / sum / (float)a.group;
             else if (a.reduce == 1)
                 acc += x / (float)a.group;
             else
@@ -254,38 +279,48 @@ __global__ void __launch_bounds__(FKV_HIP_SELECT_BLOCK) k_select_pages(fkv_hip_s
         mask |= 255u << shift;
         __syncthreads();
     }
-    uint32_t taken_eq = 0, n_out = 0;
-    for (uint32_t c0 = 0; c0 < n_cand; c0 += w) {
-        uint32_t j = a.first + c0 + lid, key = 0, eq_total, sel_total;
-        bool valid = c0 + lid < n_cand;
-        float v = 0.0f;
-        if (valid) {
-            v = row0[j];
-            key = order_key(v);
+    __syncthreads(); /* every thread's reduced values, for the ranges below */
+    uint32_t chunk = (n_cand + w - 1) / w;
+    uint32_t lo = a.first + (lid * chunk < n_cand ? lid * chunk : n_cand);
+    uint32_t hi = a.first + ((lid + 1) * chunk < n_cand ? (lid + 1) * chunk : n_cand);
+    uint32_t above = 0, equal = 0, total;
+    for (uint32_t j = lo; j < hi; j++) {
+        uint32_t key = order_key(row0[j]);
+        above += key > prefix;
+        equal += key == prefix;
+    }
+    uint32_t eq_before = block_scan(scan, lid, equal, &total);
+    /* the lowest pages equal to the k-th value first */
+    uint32_t take = eq_before < rem ? (equal < rem - eq_before ? equal : rem - eq_before) : 0;
+    uint32_t at = block_scan(scan, lid, above + take, &total);
+    for (uint32_t j = lo; j < hi; j++) {
+        float v = row0[j];
+        uint32_t key = order_key(v);
+        if (key > prefix || (key == prefix && take > 0)) {
+            take -= key == prefix;
+            pages[at] = (int32_t)j;
+            vals[at++] = v;
         }
-        uint32_t eq = valid && key == prefix;
-        uint32_t eq_before = block_scan(scan, lid, eq, &eq_total);
-        uint32_t sel = (valid && key > prefix) || (eq && taken_eq + eq_before < rem);
-        uint32_t at = block_scan(scan, lid, sel, &sel_total);
-        if (sel) {
-            pages[n_out + at] = (int32_t)j;
-            vals[n_out + at] = v;
-        }
-        n_out += sel_total;
-        taken_eq += eq_total;
     }
 }
 
 /* One block per (sequence, KV head); blockDim.x a power of two. Dynamic shared: 3 * blockDim.x
- * floats. Only an exactly zero norm gives cosine 0: a NaN norm reaches the mean and the flag. */
+ * floats. Only an exactly zero norm gives cosine 0: a NaN norm reaches the mean and the flag.
+ * The previous query is row prev_rows[seq] of q_prev: negative, none (NaN, flagged); beyond
+ * prev_count, skipped. */
 __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_args a) {
     extern __shared__ float red[];
     uint32_t bh = blockIdx.x, lid = threadIdx.x, w = blockDim.x;
+    uint32_t seq = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
+    int32_t row = a.prev_rows[seq];
+    /* no return before a barrier: a missing or bad row runs no head of the group */
+    uint32_t n_heads = row >= 0 && (uint64_t)row < a.prev_count ? a.group : 0;
     size_t base = (size_t)bh * a.group * a.head_dim;
-    float mean = 0.0f;
-    for (uint32_t g = 0; g < a.group; g++) {
+    size_t pbase = ((size_t)(n_heads ? row : 0) * a.n_kv_heads + h) * a.group * a.head_dim;
+    float mean = row < 0 ? __int_as_float(0x7fc00000) : 0.0f;
+    for (uint32_t g = 0; g < n_heads; g++) {
         const float *x = a.q_cur + base + (size_t)g * a.head_dim;
-        const float *y = a.q_prev + base + (size_t)g * a.head_dim;
+        const float *y = a.q_prev + pbase + (size_t)g * a.head_dim;
         float ab = 0.0f, aa = 0.0f, bb = 0.0f;
         for (uint32_t c = lid; c < a.head_dim; c += w) {
             float xv = x[c], yv = y[c];
@@ -311,7 +346,7 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_a
         }
         __syncthreads(); /* red is reused by the next head */
     }
-    if (lid == 0) {
+    if (lid == 0 && (n_heads || row < 0)) {
         mean /= (float)a.group;
         a.sims[bh] = mean;
         a.flags[bh] = !(mean >= a.tau); /* a NaN similarity is corrected */
@@ -669,7 +704,7 @@ extern "C" hipError_t fkv_hip_launch_scores(hipStream_t s, const fkv_hip_scores_
     uint64_t rows = (uint64_t)n_bh * ((a->group + a->heads - 1) / a->heads);
     if (rows == 0 || rows > max_grid_x || chunks == 0 || chunks > 65535)
         return hipErrorInvalidValue;
-    size_t shared = (size_t)a->heads * a->head_dim * sizeof(float);
+    size_t shared = ((size_t)a->heads * a->head_dim + FKV_HIP_SCORES_PAD) * sizeof(float);
     (void)hipGetLastError();
     hipLaunchKernelGGL(k_scores, dim3((unsigned)rows, chunks), dim3(FKV_HIP_SMALL_BLOCK), shared,
                        s, *a);

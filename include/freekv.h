@@ -32,16 +32,16 @@ extern "C" {
  *
  * Which calls may run at the same time:
  *  - Any thread, any time: fkv_backend_count/name, fkv_device_list, fkv_device_pick,
- *    fkv_device_open, and the pure helpers (fkv_config_init/validate, fkv_*_name,
- *    fkv_policy_parse, fkv_status_string, fkv_caps_string, fkv_dtype_size). Driver
+ *    fkv_device_open, fkv_device_open_native, and the pure helpers (fkv_config_init/validate,
+ *    fkv_*_name, fkv_policy_parse, fkv_status_string, fkv_caps_string, fkv_dtype_size). Driver
  *    enumeration and device opening are serialised inside the library, because a driver's
  *    first use is not thread-safe everywhere (the OpenCL ICD loader with PoCL crashes);
  *    nothing else waits on that lock. fkv_last_error is per thread.
- *  - One device, several threads: fkv_device_get_info, the fkv_buffer_* calls on distinct
- *    buffers, and calls on distinct contexts of the device may overlap (the contexts share
- *    the device's queues, so a device error in one context's work can be reported by a call
- *    of another context on that device). fkv_device_close must not overlap any use of the
- *    device.
+ *  - One device, several threads: fkv_device_get_info, fkv_device_get_native, the
+ *    fkv_buffer_* calls on distinct buffers, and calls on distinct contexts of the device may
+ *    overlap (the contexts share the device's queues, so a device error in one context's work
+ *    can be reported by a call of another context on that device). fkv_device_close must not
+ *    overlap any use of the device.
  *  - One context: one call at a time, from any thread (the caller serialises them; the
  *    getters fkv_context_get_stats/get_corrections/attended_pages included). A buffer is
  *    likewise used by one call at a time.
@@ -72,7 +72,15 @@ extern "C" {
  * fkv_context_sync (which fkv_context_read_kv and fkv_sequence_reset call), whichever comes
  * first. The pages that recall was bringing are dropped from the selection, so the next
  * steps may attend fewer pages than an error-free run until the next selection brings them
- * back; stored tokens are never affected. */
+ * back; stored tokens are never affected.
+ * A fkv_decode_layer whose output is a device buffer returns once its commands are enqueued
+ * (see fkv_decode_layer): a device failure of those commands is reported the same way, once,
+ * by the next call that touches that layer (fkv_decode_layer, fkv_prefill) or by
+ * fkv_context_sync, whichever comes first; the call that reports it fails and leaves the
+ * context as it was. The call whose commands failed had succeeded, so its effects stay: its
+ * output and the token it appended to each of its sequences are undefined (reset those
+ * sequences to recover), and the pages its recalls were bringing are dropped from the
+ * selection as above. */
 
 #define FKV_VERSION_MAJOR 0
 #define FKV_VERSION_MINOR 1
@@ -199,7 +207,8 @@ FKV_API void fkv_buffer_release(fkv_buffer *buf);
 
 /* A tensor argument: host memory (host != NULL) or device memory (buffer + byte offset).
  * Element type is f32; the shape is implied by the call. Host memory is only read
- * (or written, for outputs) during the call. */
+ * (or written, for outputs) during the call. Device memory may still be in use when the call
+ * returns (fkv_decode_layer with a device output): see the call. */
 typedef struct fkv_tensor {
     const void *host;
     fkv_buffer *buffer;
@@ -233,6 +242,19 @@ typedef enum fkv_group_temp {
     FKV_TEMP_SQRT_D = 1 /* softmax of the bounds times 1/sqrt(head_dim), as attention scales q.k */
 } fkv_group_temp;
 
+/* How the host pool stores a page (offload policies only; dense and quest keep no host pool).
+ * Device slots always hold the compute dtype: a quantized page is quantized when it is
+ * offloaded (in the NHD->HND pack) and dequantized inside recall. Byte layout of one
+ * (page, KV head) unit: docs/pipeline.md, "Host formats". */
+typedef enum fkv_host_format {
+    FKV_HOST_SAME = 0, /* the compute dtype, bit for bit (default) */
+    FKV_HOST_Q8 = 1,   /* 8-bit codes: keys per channel, values per token, f16 scale and zero */
+    FKV_HOST_Q4 = 2    /* 4-bit codes, same scheme (experimental: see docs/eval.md) */
+} fkv_host_format;
+FKV_API const char *fkv_host_format_name(fkv_host_format format); /* "unknown" if not one */
+/* "same", "q8" or "q4"; anything else is FKV_ERR_INVALID_ARGUMENT. */
+FKV_API fkv_status fkv_host_format_parse(const char *name, fkv_host_format *out);
+
 typedef struct fkv_config {
     uint32_t n_layers;
     uint32_t n_q_heads;
@@ -253,11 +275,15 @@ typedef struct fkv_config {
      * per layer */
     uint32_t recall_chunk_pages;
     fkv_group_temp group_temperature; /* FKV_GROUP_SOFTMAX_MEAN's temperature (FKV_TEMP_RAW) */
+    /* The host pool's storage format (FKV_HOST_SAME). q8/q4 need a backend that implements
+     * them; fkv_context_create refuses them with FKV_ERR_UNSUPPORTED otherwise. */
+    fkv_host_format host_format;
 } fkv_config;
 
 /* Defaults: Llama-3.1-8B geometry (32 layers, 32/8 heads, d=128), p=32, budget 2048,
  * sink 512, window 512, tau 0.9, bf16, freekv policy, softmax-mean group reduction of the raw
- * bounds (FKV_TEMP_RAW), 1 sequence, 32768 context. */
+ * bounds (FKV_TEMP_RAW), 1 sequence, 32768 context, host pool in the compute dtype
+ * (FKV_HOST_SAME). */
 FKV_API void fkv_config_init(fkv_config *cfg);
 /* Checks every field; the message names the first bad one. Beyond each field's range:
  *  - budget_tokens <= max_context rounded up to whole pages (a larger budget could never be
@@ -300,7 +326,16 @@ FKV_API fkv_status fkv_prefill(fkv_context *ctx, uint32_t seq, uint32_t layer, u
  *   q:   [n_seqs][n_q_heads][head_dim] f32
  *   k,v: [n_seqs][n_kv_heads][head_dim] f32, the new token's key/value (appended first)
  *   out: [n_seqs][n_q_heads][head_dim] f32, attention output (host or device memory)
- * Within a step, layers are called in order 0..L-1 with the same sequences. */
+ * Within a step, layers are called in order 0..L-1 with the same sequences.
+ * A host output is complete when the call returns, and the call waited for every command it
+ * issued. With a device output the call waits only where the method needs a result (freekv's
+ * correction flags, quest's and sync's selection) and returns with its commands in flight on
+ * the device's compute queue: the attention writes `out` itself, and q, k, v in device
+ * memory are read by those commands. Those buffers stay in use until the commands complete:
+ * fkv_buffer_read, fkv_buffer_write and later fkv_decode_layer calls are ordered after them
+ * (the same queue); anything else (the engine's own kernels or copies, fkv_buffer_release)
+ * must come after fkv_context_sync. A failure of those commands is reported later (see
+ * Failures above). */
 FKV_API fkv_status fkv_decode_layer(fkv_context *ctx, uint32_t layer, uint32_t n_seqs,
                                     const uint32_t *seqs, const fkv_tensor *q,
                                     const fkv_tensor *k, const fkv_tensor *v, fkv_tensor *out);
@@ -326,11 +361,13 @@ typedef struct fkv_stats {
     uint64_t host_bytes;       /* host memory held (KV pool, staging) */
     uint64_t device_bytes;     /* device memory held */
     /* Where the caller's thread (inside fkv_decode_layer) waited; seconds, disjoint:
-     * - blocked_recall_seconds: page recall for this step's attention. sync: the recall engine
-     *   on the caller's thread and the wait for the recall to complete. speculative, freekv:
-     *   the wait for the background recall's completion event, and the part of the wait for
-     *   the layer's background task after the worker finished its selection (the worker
-     *   issuing the recall).
+     * - blocked_recall_seconds: host work of page recall for this step's attention on the
+     *   caller's path. sync: the recall engine on the caller's thread (host gather, issue).
+     *   speculative, freekv: the part of the wait for the layer's background task after the
+     *   worker finished its selection (the worker issuing the recall). The caller does not
+     *   wait on the host for sync's or the background recall to complete: attention waits for
+     *   it on the device, so device time spent on that recall shows in the step's latency
+     *   (with a host output, in the wait for the output), not here.
      * - blocked_select_seconds: page selection for this step's attention. quest, sync: the
      *   synchronous selection (score kernels, the score readback, which also waits for work
      *   queued earlier on the compute queue, group reduction, top-k, planning). speculative,
@@ -426,6 +463,184 @@ FKV_API fkv_status fkv_context_attended_pages(const fkv_context *ctx, uint32_t s
  * pool and the device's current page. For checks and debugging. */
 FKV_API fkv_status fkv_context_read_kv(fkv_context *ctx, uint32_t seq, uint32_t layer, float *k,
                                        float *v, size_t capacity_tokens, uint32_t *n_tokens);
+
+
+/* ---- engine interop: the engine's own device objects, native handles, external sync ----
+ * An inference engine that already owns the GPU opens freekv on its own context or device
+ * (fkv_device_open_native), wraps its q/k/v/out buffers (fkv_buffer_import), and orders
+ * freekv's per-layer work after its own with events (fkv_decode_layer_sync), so that q/k/v/out
+ * never go through the host. An engine that starts from freekv reads the native objects of a
+ * device freekv opened (fkv_device_get_native) and creates its buffers there.
+ * docs/integration.md has the call sequence per step, ownership and threading.
+ *
+ * Handles are passed as pointers: OpenCL and HIP objects and Vulkan's dispatchable handles
+ * (VkInstance, VkPhysicalDevice, VkDevice, VkQueue) as they are, Vulkan's non-dispatchable
+ * ones (VkSemaphore) as (void *)(uintptr_t)handle, as fkv_buffer_import takes a VkBuffer.
+ *
+ * Ownership: freekv never destroys or releases what it did not create. Objects the engine
+ * hands in stay the engine's, on success and on failure, and must outlive the fkv_device
+ * (destroy them after fkv_device_close). Objects fkv_device_get_native returns stay freekv's
+ * and live until fkv_device_close. */
+
+typedef enum fkv_native_api {
+    FKV_NATIVE_NONE = 0,   /* the CPU reference: no native API */
+    FKV_NATIVE_OPENCL = 1,
+    FKV_NATIVE_VULKAN = 2,
+    FKV_NATIVE_HIP = 3
+} fkv_native_api;
+FKV_API const char *fkv_native_api_name(fkv_native_api api); /* "opencl", ...; "none" */
+
+/* OpenCL: the context and device, and optionally the engine's in-order command queue, which
+ * freekv then uses as its compute queue (the decode stream: the per-layer calls' commands) and
+ * never releases. freekv creates its other queues (transfer, background) on the context. */
+typedef struct fkv_opencl_objects {
+    void *context; /* cl_context */
+    void *device;  /* cl_device_id, one of the context's devices */
+    void *queue;   /* cl_command_queue on that device and context, in order; NULL: freekv's */
+} fkv_opencl_objects;
+
+/* One VkQueue freekv may submit to, with its family (as created by the engine). */
+typedef struct fkv_vulkan_queue {
+    void *queue;     /* VkQueue; NULL: none (see fkv_vulkan_objects.queues) */
+    uint32_t family; /* its queue family index */
+    uint32_t index;  /* its index within the family (named in messages and freekv-info) */
+} fkv_vulkan_queue;
+
+/* fkv_vulkan_objects.flags */
+enum {
+    /* refuse a device whose engine did not enable storageBuffer16BitAccess (otherwise freekv
+     * then stores f16/bf16 through 32-bit words, which is slower) */
+    FKV_VULKAN_REQUIRE_16BIT_STORAGE = 1u << 0
+};
+
+/* Vulkan: what the engine created, and what it enabled when it did.
+ *  - api_version: VkApplicationInfo.apiVersion of the instance, at least 1.2 (freekv calls
+ *    Vulkan 1.2 core functions: vkWaitSemaphores, vkGetSemaphoreCounterValue).
+ *  - queues[FKV_COUNTER_COMPUTE / _TRANSFER / _BACKGROUND]: the queues freekv may use for its
+ *    decode stream, its host<->device copies and its background (speculative) kernels. The
+ *    compute queue is required (a family with VK_QUEUE_COMPUTE_BIT); a NULL transfer or
+ *    background queue shares the compute queue. The same VkQueue may be given several times.
+ *  - enabled_features: the pNext chain the engine gave vkCreateDevice (VkDeviceCreateInfo.pNext:
+ *    VkPhysicalDeviceFeatures2, VkPhysicalDeviceVulkan11Features / 12Features, or the
+ *    per-feature structs). freekv needs timelineSemaphore (Vulkan12Features or
+ *    TimelineSemaphoreFeatures) and uses storageBuffer16BitAccess (Vulkan11Features or
+ *    16BitStorageFeatures) where it is enabled; a device without timelineSemaphore is refused
+ *    with FKV_ERR_UNSUPPORTED naming it. Read during the call only.
+ *  - enabled_extensions: the device extensions the engine enabled (read during the call);
+ *    freekv uses VK_EXT_external_memory_host for zero-copy recall when it is among them.
+ *  - lock_queue / unlock_queue: vkQueueSubmit needs external synchronisation. freekv submits
+ *    from the calling thread inside fkv_* calls and from its speculative worker thread at any
+ *    time between them (until fkv_context_sync or fkv_context_destroy), so a queue the engine
+ *    also submits to needs one lock that both take: freekv calls lock_queue(lock_user, queue)
+ *    before and unlock_queue after each submission to `queue` (holding its own lock of that
+ *    queue; the engine must not hold its lock while it calls into freekv). NULL (both): freekv
+ *    takes only its own lock, and the engine must not submit to the queues it handed in while
+ *    freekv may.
+ * Without buffer device addresses freekv binds buffers as storage buffers: buffers imported
+ * with fkv_buffer_import need VK_BUFFER_USAGE_STORAGE_BUFFER_BIT and TRANSFER_SRC/DST, and
+ * must be usable by the compute queue's family (that family, or VK_SHARING_MODE_CONCURRENT). */
+typedef struct fkv_vulkan_objects {
+    uint32_t api_version;
+    void *instance;        /* VkInstance */
+    void *physical_device; /* VkPhysicalDevice */
+    void *device;          /* VkDevice */
+    fkv_vulkan_queue queues[FKV_COUNTER_QUEUES]; /* indexed by FKV_COUNTER_COMPUTE etc. */
+    const void *enabled_features;
+    const char *const *enabled_extensions;
+    uint32_t n_enabled_extensions;
+    uint32_t flags; /* FKV_VULKAN_REQUIRE_16BIT_STORAGE */
+    void (*lock_queue)(void *user, void *queue);
+    void (*unlock_queue)(void *user, void *queue);
+    void *lock_user;
+} fkv_vulkan_objects;
+
+/* HIP: a device ordinal and optionally the engine's stream, which freekv then uses as its
+ * compute stream (never destroyed by freekv). The stream must belong to that device. */
+typedef struct fkv_hip_objects {
+    int device;   /* ordinal, as hipSetDevice takes it */
+    void *stream; /* hipStream_t; NULL: freekv's own (non-blocking) stream */
+} fkv_hip_objects;
+
+/* One API's objects: `api` says which member is read (fkv_device_open_native) or written
+ * (fkv_device_get_native). */
+typedef struct fkv_native_objects {
+    fkv_native_api api;
+    fkv_opencl_objects opencl;
+    fkv_vulkan_objects vulkan;
+    fkv_hip_objects hip;
+} fkv_native_objects;
+
+/* Opens a freekv device on the engine's objects, through the backend compiled in for
+ * objs->api. What freekv creates (queues it was not given, programs, pipelines, memory) is
+ * freekv's and goes at fkv_device_close, which destroys nothing of the engine's and waits for
+ * freekv's work: on the engine's VkDevice for freekv's own timelines (never vkDeviceWaitIdle);
+ * on an OpenCL queue or HIP stream shared with the engine, for everything queued there. The
+ * environment's backend choices (FREEKV_OPENCL_RECALL, FREEKV_VULKAN_RECALL,
+ * FREEKV_VULKAN_16BIT, FREEKV_HIP_RECALL, FREEKV_OPENCL_FAST_MATH) apply as to
+ * fkv_device_open; FREEKV_VULKAN_VALIDATION does not (the instance is the engine's: its layers
+ * and messenger report). Threads: like fkv_device_open (serialised with enumeration).
+ * Refused: FKV_ERR_INVALID_ARGUMENT for NULL or inconsistent objects (a device not in the
+ * context, a queue of another device, a queue family without the needed bits);
+ * FKV_ERR_NO_DEVICE when no backend of this build takes objs->api; FKV_ERR_UNSUPPORTED for
+ * objects freekv cannot use (an out-of-order OpenCL queue, a Vulkan version below 1.2, a
+ * feature freekv needs that the engine did not enable), with a message naming it. On failure
+ * *out is NULL and the engine's objects are untouched. */
+FKV_API fkv_status fkv_device_open_native(const fkv_native_objects *objs, fkv_device **out);
+
+/* The native objects of an open device (opened by either call), into out: api and its member
+ * (the other members zeroed). OpenCL: context, device, the compute queue. Vulkan: api_version
+ * of the instance, instance, physical and logical device, the three queues freekv submits to,
+ * and lock_queue/unlock_queue/lock_user: an engine that submits to one of these queues calls
+ * them around its vkQueueSubmit (they take freekv's lock of that queue, and the engine's
+ * callbacks when it handed them in); enabled_features and enabled_extensions are NULL. HIP:
+ * the ordinal and the compute stream. The objects stay freekv's when freekv created them (the
+ * engine must not destroy them) and live until fkv_device_close. Any thread, like
+ * fkv_device_get_info. FKV_ERR_UNSUPPORTED for a device without a native API (the CPU
+ * reference); *out is written only on success. */
+FKV_API fkv_status fkv_device_get_native(const fkv_device *dev, fkv_native_objects *out);
+
+/* An event of the device's native API.
+ *   OpenCL: handle = cl_event (of the device's context); value unused.
+ *   Vulkan: handle = (void *)(uintptr_t)VkSemaphore of type VK_SEMAPHORE_TYPE_TIMELINE, on
+ *           the device's VkDevice; value = the timeline value.
+ *   HIP:    handle = hipEvent_t of the device; value unused. */
+typedef struct fkv_native_event {
+    void *handle;
+    uint64_t value;
+} fkv_native_event;
+
+/* External synchronisation of one per-layer call (fkv_decode_layer_sync).
+ *  - wait[0..n_wait): q/k/v (device tensors) are ready when these complete: freekv's first
+ *    device command of the call waits for them on the device (the host never waits). The
+ *    events stay the engine's. OpenCL, HIP: they may be released once the call returns.
+ *    Vulkan: the semaphore must live until the call's work has completed (its signal, or
+ *    fkv_context_sync), since freekv may submit the waiting batch later than the call.
+ *  - signal (NULL: none): completes when `out` is written (every command of the call that
+ *    writes out has completed). Vulkan: freekv signals the engine's timeline semaphore
+ *    signal->handle to signal->value (greater than any value signalled or pending before it).
+ *    HIP: freekv records the engine's event signal->handle on its compute stream. OpenCL:
+ *    freekv cannot signal an engine's cl_event, so it writes into signal->handle a new cl_event
+ *    that completes then; the engine owns it (clReleaseEvent). On failure nothing is signalled
+ *    or recorded and signal->handle is not written. */
+typedef struct fkv_external_sync {
+    uint32_t n_wait;
+    const fkv_native_event *wait;
+    fkv_native_event *signal;
+} fkv_external_sync;
+
+/* fkv_decode_layer with external synchronisation (sync NULL, or no waits and no signal: the
+ * same as fkv_decode_layer). With device-resident q/k/v/out and these, the engine need not
+ * wait on the host for freekv, nor freekv for the engine on the host. The host waits left
+ * inside the call: the method's (the correction's flags read, and a corrected head's
+ * re-selection and recall) and, for now, two of decode's own (the background recall's, timed
+ * for blocked_recall_seconds, and the call's completion); docs/integration.md counts them.
+ * Threads, failures and rollback: as fkv_decode_layer (one call at a time per context).
+ * FKV_ERR_UNSUPPORTED when there are waits or a signal and the device has no native API (the
+ * CPU reference); FKV_ERR_WRONG_DEVICE for an OpenCL event of another context. */
+FKV_API fkv_status fkv_decode_layer_sync(fkv_context *ctx, uint32_t layer, uint32_t n_seqs,
+                                         const uint32_t *seqs, const fkv_tensor *q,
+                                         const fkv_tensor *k, const fkv_tensor *v,
+                                         fkv_tensor *out, const fkv_external_sync *sync);
 
 #ifdef __cplusplus
 }

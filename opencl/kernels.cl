@@ -84,48 +84,71 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
     o[head_dim + c] = mx;
 }
 
-#define FKV_SCORE_GROUP 8 /* query heads scored per pass over a summary */
+#define FKV_SCORE_LANES 8 /* query heads per pass over a summary: a float8 (launch.h) */
+#define FKV_SCORE_PAGES 4 /* pages a work item scores per pass (written out below) */
 
-/* Quest bound of the query heads of one KV head in one pass over each page summary.
+/* Quest bound of the query heads of one KV head in one pass over each page summary. The pass's
+ * heads are the lanes of a float8 (a summary is read once per 8 query heads of its group),
+ * each lane's sum runs over the channels in order (the CPU reference's order: the same bits),
+ * and a work item scores FKV_SCORE_PAGES consecutive pages per pass, with one load of the
+ * query vector per channel for all of them. qs holds the queries transposed, [channel][head]
+ * (heads * head_dim floats, then 7 of padding that the last vector load reaches; lanes beyond
+ * the block's heads are computed and dropped).
  * Work group (dim 1) = (sequence, KV head, block of `heads` query heads: the group in
  * ceil(group/heads) blocks when its queries do not fit local memory at once); dim 0 strides
  * over its pages. */
-kernel void fkv_scores(const global float *q, ulong q_off, const global int *desc, ulong desc_off,
-                       const global float *summaries, uint n_summaries, global float *out,
-                       ulong out_off, ulong out_len, uint n_kv_heads, uint group, uint head_dim,
-                       uint heads, local float *qs) {
+kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const global int *desc,
+                       ulong desc_off, const global int *pair_mask, ulong mask_off,
+                       uint use_mask, const global float *summaries, uint n_summaries,
+                       global float *out, ulong out_off, ulong out_len, uint n_kv_heads,
+                       uint group, uint head_dim, uint heads, local float *qs) {
     uint n_blocks = (group + heads - 1) / heads;
     uint bh = get_group_id(1) / n_blocks, hb = (get_group_id(1) % n_blocks) * heads;
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
+    const global int *db = desc + desc_off + 4 * (size_t)b;
+    int row = db[3];
+    /* a masked pair or a row beyond the queries does nothing (no return before the barrier) */
+    int ok = row >= 0 && (ulong)row < q_rows && n_summaries > 0 &&
+             (!use_mask || pair_mask[mask_off + bh] != 0);
     uint ng_all = min(heads, group - hb), gd = ng_all * head_dim;
-    const global float *qb = q + q_off + ((size_t)bh * group + hb) * head_dim;
-    for (uint i = get_local_id(0); i < gd; i += get_local_size(0))
-        qs[i] = qb[i];
+    const global float *qb =
+        q + q_off + (((size_t)(ok ? row : 0) * n_kv_heads + h) * group + hb) * head_dim;
+    for (uint i = get_local_id(0); i < gd + FKV_SCORE_LANES - 1; i += get_local_size(0))
+        qs[i] = ok && i < gd ? qb[(size_t)(i % ng_all) * head_dim + i / ng_all] : 0.0f;
     barrier(CLK_LOCAL_MEM_FENCE);
-    int base = desc[desc_off + 3 * b], n_pages = desc[desc_off + 3 * b + 1];
-    long obase = desc[desc_off + 3 * b + 2];
-    for (size_t j = get_global_id(0); j < (size_t)max(n_pages, 0); j += get_global_size(0)) {
-        long sidx = (long)base + (long)j;
-        if (sidx < 0 || sidx >= (long)n_summaries)
-            continue;
-        const global float *mn = summaries + ((size_t)sidx * n_kv_heads + h) * 2 * head_dim;
-        const global float *mx = mn + head_dim;
-        for (uint g0 = 0; g0 < ng_all; g0 += FKV_SCORE_GROUP) {
-            uint ng = min((uint)FKV_SCORE_GROUP, ng_all - g0);
-            float acc[FKV_SCORE_GROUP];
-            for (uint k = 0; k < FKV_SCORE_GROUP; k++)
-                acc[k] = 0.0f;
+    int base = db[0], n_pages = ok ? db[1] : 0;
+    long obase = db[2];
+    size_t np = (size_t)max(n_pages, 0), d = head_dim;
+    for (size_t j0 = get_global_id(0) * FKV_SCORE_PAGES; j0 < np;
+         j0 += get_global_size(0) * FKV_SCORE_PAGES) {
+        /* pages beyond the sequence's or the summaries read a valid one and are dropped */
+        const global float *mn[FKV_SCORE_PAGES];
+        int valid[FKV_SCORE_PAGES];
+        for (uint p = 0; p < FKV_SCORE_PAGES; p++) {
+            long sidx = (long)base + (long)(j0 + p);
+            valid[p] = j0 + p < np && sidx >= 0 && sidx < (long)n_summaries;
+            mn[p] = summaries + ((size_t)(valid[p] ? sidx : 0) * n_kv_heads + h) * 2 * d;
+        }
+        for (uint g0 = 0; g0 < ng_all; g0 += FKV_SCORE_LANES) {
+            /* one variable per page, so that the sums stay in vector registers */
+            float8 a0 = (float8)(0.0f), a1 = a0, a2 = a0, a3 = a0;
             for (uint c = 0; c < head_dim; c++) {
-                float lo = mn[c], hi = mx[c];
-                for (uint k = 0; k < ng; k++) {
-                    float qv = qs[(g0 + k) * head_dim + c];
-                    acc[k] += fmax(qv * hi, qv * lo);
-                }
+                float8 x = vload8(0, qs + (size_t)c * ng_all + g0);
+                a0 += fmax(x * mn[0][d + c], x * mn[0][c]);
+                a1 += fmax(x * mn[1][d + c], x * mn[1][c]);
+                a2 += fmax(x * mn[2][d + c], x * mn[2][c]);
+                a3 += fmax(x * mn[3][d + c], x * mn[3][c]);
             }
-            for (uint k = 0; k < ng; k++) {
-                long o = obase + (long)(h * group + hb + g0 + k) * n_pages + (long)j;
-                if (o >= 0 && (ulong)o < out_len)
-                    out[out_off + o] = acc[k];
+            float8 acc[FKV_SCORE_PAGES] = {a0, a1, a2, a3};
+            uint ng = min((uint)FKV_SCORE_LANES, ng_all - g0);
+            for (uint p = 0; p < FKV_SCORE_PAGES; p++) {
+                float a[FKV_SCORE_LANES];
+                vstore8(acc[p], 0, a);
+                for (uint k = 0; k < ng && valid[p]; k++) {
+                    long o = obase + (long)(h * group + hb + g0 + k) * n_pages + (long)(j0 + p);
+                    if (o >= 0 && (ulong)o < out_len)
+                        out[out_off + o] = a[k];
+                }
             }
         }
     }
@@ -172,26 +195,31 @@ inline float fkv_group_fold(local float *red, uint lid, uint w, float x, int sum
 }
 
 /* One work group per (sequence, KV head), local size w a power of two. Work item l owns pages
- * first + l + t*w in every pass, so the reduced values it writes over row 0 of the group's
- * scores (the op's scratch) are read back only by itself. Then a radix select (4 passes of 8
- * bits over order keys, histogram in local memory) finds the k-th value, and a compaction in
- * page order writes the pages above it and the lowest pages equal to it. aux: 256 + w + 2
- * uints. */
-kernel void fkv_select_pages(const global int *desc, ulong desc_off, global float *scores,
-                             ulong scores_off, ulong scores_len, uint n_kv_heads, uint group,
-                             uint first, uint k, uint reduce, float temp_scale, global int *out,
-                             ulong out_off, local float *red, local uint *aux) {
+ * first + l + t*w in the reduction and the radix select, so the reduced values it writes over
+ * row 0 of the group's scores (the op's scratch) are read back only by itself there: a radix
+ * select (4 passes of 8 bits over order keys, histogram in local memory) finds the k-th value.
+ * Then, after a barrier, item l takes the l-th contiguous range of the candidates: it counts
+ * the pages above the k-th value and those equal to it in its range, two scans over the items
+ * say where its pages go and how many of the equal ones it takes (the lowest pages first),
+ * and it writes them, so the records come out in page order. aux: 256 + w + 2 uints. */
+kernel void fkv_select_pages(const global int *desc, ulong desc_off,
+                             const global int *pair_mask, ulong mask_off, uint use_mask,
+                             global float *scores, ulong scores_off, ulong scores_len,
+                             uint n_kv_heads, uint group, uint first, uint k, uint reduce,
+                             float temp_scale, global int *out, ulong out_off, local float *red,
+                             local uint *aux) {
     uint bh = get_group_id(0), lid = get_local_id(0), w = get_local_size(0);
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
+    int skip = use_mask && pair_mask[mask_off + bh] == 0; /* a masked pair: no work, no record */
     global int *pages = out + out_off + (size_t)bh * 2 * k;
     global float *vals = (global float *)(pages + k);
-    int np = desc[desc_off + 3 * b + 1];
-    long base = desc[desc_off + 3 * b + 2];
+    int np = desc[desc_off + 4 * (size_t)b + 1];
+    long base = desc[desc_off + 4 * (size_t)b + 2];
     ulong hq = (ulong)n_kv_heads * group;
     int ok = np >= 0 && base >= 0 && (ulong)base + hq * (ulong)max(np, 0) <= scores_len;
-    uint n_cand = ok && np > (int)first ? (uint)np - first : 0u;
+    uint n_cand = ok && !skip && np > (int)first ? (uint)np - first : 0u;
     uint kk = min(n_cand, k);
-    for (uint i = kk + lid; i < k; i += w) {
+    for (uint i = kk + lid; i < k && !skip; i += w) {
         pages[i] = -1;
         vals[i] = -INFINITY;
     }
@@ -200,21 +228,23 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off, global floa
     uint n = (uint)np;
     global float *row0 = scores + scores_off + base + (size_t)h * group * n;
     for (uint r = 0; r < group; r++) {
-        const global float *s = row0 + (size_t)r * n;
+        global float *s = row0 + (size_t)r * n;
         float m = -INFINITY, sum = 0.0f;
-        if (reduce == 0) {
+        if (reduce == 0) { /* each exp is kept in the row (scratch) for the accumulation */
             float pm = -INFINITY, ps = 0.0f;
             for (uint j = first + lid; j < n; j += w)
                 pm = s[j] > pm ? s[j] : pm;
             m = fkv_group_fold(red, lid, w, pm, 0);
-            for (uint j = first + lid; j < n; j += w)
-                ps += exp((s[j] - m) * temp_scale);
+            for (uint j = first + lid; j < n; j += w) {
+                s[j] = exp((s[j] - m) * temp_scale);
+                ps += s[j];
+            }
             sum = fkv_group_fold(red, lid, w, ps, 1);
         }
         for (uint j = first + lid; j < n; j += w) {
             float x = s[j], acc = r == 0 ? (reduce == 2 ? -INFINITY : 0.0f) : row0[j];
             if (reduce == 0)
-                acc += exp((x - m) * temp_scale) / sum / (float)group;
+                acc += x / sum / (float)group;
             else if (reduce == 1)
                 acc += x / (float)group;
             else
@@ -249,40 +279,48 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off, global floa
         mask |= 255u << shift;
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    uint taken_eq = 0, n_out = 0;
-    for (uint c0 = 0; c0 < n_cand; c0 += w) {
-        uint j = first + c0 + lid, valid = c0 + lid < n_cand, key = 0, eq_total, sel_total;
-        float v = 0.0f;
-        if (valid) {
-            v = row0[j];
-            key = fkv_order_key(v);
+    barrier(CLK_GLOBAL_MEM_FENCE); /* every item's reduced values, for the ranges below */
+    uint chunk = (n_cand + w - 1) / w, lo = first + min(lid * chunk, n_cand);
+    uint hi = first + min((lid + 1) * chunk, n_cand), above = 0, equal = 0, total;
+    for (uint j = lo; j < hi; j++) {
+        uint key = fkv_order_key(row0[j]);
+        above += key > prefix;
+        equal += key == prefix;
+    }
+    uint eq_before = fkv_scan(scan, lid, w, equal, &total);
+    uint take = eq_before < rem ? min(equal, rem - eq_before) : 0u; /* lowest pages first */
+    uint at = fkv_scan(scan, lid, w, above + take, &total);
+    for (uint j = lo; j < hi; j++) {
+        float v = row0[j];
+        uint key = fkv_order_key(v);
+        if (key > prefix || (key == prefix && take > 0)) {
+            take -= key == prefix;
+            pages[at] = (int)j;
+            vals[at++] = v;
         }
-        uint eq = valid && key == prefix;
-        uint eq_before = fkv_scan(scan, lid, w, eq, &eq_total);
-        uint sel = (valid && key > prefix) || (eq && taken_eq + eq_before < rem);
-        uint at = fkv_scan(scan, lid, w, sel, &sel_total);
-        if (sel) {
-            pages[n_out + at] = (int)j;
-            vals[n_out + at] = v;
-        }
-        n_out += sel_total;
-        taken_eq += eq_total;
     }
 }
 
 /* One work group per (sequence, KV head); local size a power of two. flag = !(mean >= tau):
  * a NaN similarity (a query holding a NaN or an infinity) is corrected; only an exactly zero
- * norm gives cosine 0, so a NaN norm reaches the mean. */
+ * norm gives cosine 0, so a NaN norm reaches the mean. The previous query is row
+ * prev_rows[seq] of q_prev: negative, none (NaN, flagged); beyond prev_count, skipped. */
 kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global float *q_prev,
-                       ulong prev_off, uint n_kv_heads, uint group, uint head_dim, float tau,
+                       ulong prev_off, ulong prev_count, const global int *prev_rows,
+                       ulong rows_off, uint n_kv_heads, uint group, uint head_dim, float tau,
                        global float *sims, ulong sims_off, global int *flags, ulong flags_off,
                        local float *red) {
     uint bh = get_group_id(0), lid = get_local_id(0), w = get_local_size(0);
+    uint seq = bh / n_kv_heads, h = bh % n_kv_heads;
+    int row = prev_rows[rows_off + seq];
+    /* no return before a barrier: a missing or bad row runs no head of the group */
+    uint n_heads = row >= 0 && (ulong)row < prev_count ? group : 0;
     size_t base = (size_t)bh * group * head_dim;
-    float mean = 0.0f;
-    for (uint g = 0; g < group; g++) {
+    size_t pbase = ((size_t)(n_heads ? row : 0) * n_kv_heads + h) * group * head_dim;
+    float mean = row < 0 ? NAN : 0.0f;
+    for (uint g = 0; g < n_heads; g++) {
         const global float *a = q_cur + cur_off + base + (size_t)g * head_dim;
-        const global float *b = q_prev + prev_off + base + (size_t)g * head_dim;
+        const global float *b = q_prev + prev_off + pbase + (size_t)g * head_dim;
         float ab = 0.0f, aa = 0.0f, bb = 0.0f;
         for (uint c = lid; c < head_dim; c += w) {
             float x = a[c], y = b[c];
@@ -308,7 +346,7 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
         }
         barrier(CLK_LOCAL_MEM_FENCE); /* red is reused by the next head */
     }
-    if (lid == 0) {
+    if (lid == 0 && (n_heads || row < 0)) {
         mean /= (float)group;
         sims[sims_off + bh] = mean;
         flags[flags_off + bh] = !(mean >= tau);

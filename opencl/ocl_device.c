@@ -227,31 +227,27 @@ static void ocl_device_close(fkv_bdev *d) {
             clReleaseMemObject(d->kq[k].partials);
         pthread_mutex_destroy(&d->kq[k].lock);
     }
-    for (int q = 0; q < FKV_QUEUE_COUNT; q++)
-        if (d->queues[q])
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++) /* the engine's compute queue stays its own */
+        if (d->queues[q] && !(q == FKV_QUEUE_COMPUTE && d->engine_queue))
             clReleaseCommandQueue(d->queues[q]);
     if (d->aux)
         clReleaseCommandQueue(d->aux);
-    if (d->context)
+    if (d->context && !d->engine_context)
         clReleaseContext(d->context);
     pthread_mutex_destroy(&d->build_lock);
     free(d->source_override);
     free(d);
 }
 
-static fkv_status ocl_device_open(uint32_t index, fkv_bdev **out) {
-    if (out == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl device_open: NULL output");
-    *out = NULL;
+/* Opens device `ref` (position `index` of the enumeration) on the engine's context and compute
+ * queue when given (kept as the engine's: never released), else on objects of its own. */
+static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_context context,
+                              cl_command_queue queue, fkv_bdev **out) {
     recall_choice recall;
     int fast_math;
     fkv_status st = read_env(&recall, &fast_math);
     if (st != FKV_OK)
         return st;
-    ocl_device_ref ref;
-    if ((st = find_device(index, &ref)) != FKV_OK)
-        return st;
-
     fkv_bdev *d = calloc(1, sizeof *d);
     if (d == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: device handle");
@@ -260,10 +256,10 @@ static fkv_status ocl_device_open(uint32_t index, fkv_bdev **out) {
         pthread_mutex_init(&d->kq[k].lock, NULL);
     atomic_init(&d->cache_loads, 0u);
     atomic_init(&d->cache_stores, 0u);
-    d->platform = ref.platform;
-    d->device = ref.device;
+    d->platform = ref->platform;
+    d->device = ref->device;
     d->index = index;
-    fill_info(&ref, index, &d->info);
+    fill_info(ref, index, &d->info);
 
     cl_uint cu = 1, vec = 1;
     cl_ulong local = 0;
@@ -325,16 +321,25 @@ static fkv_status ocl_device_open(uint32_t index, fkv_bdev **out) {
              d->info.name, dver, drv);
     fkv_cache_dir(d->cache_dir, sizeof d->cache_dir);
 
-    cl_int err;
-    cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)d->platform, 0};
-    d->context = clCreateContext(props, 1, &d->device, NULL, NULL, &err);
-    if (err != CL_SUCCESS) {
-        st = fkv_ocl_fail(err, 0, "clCreateContext");
-        ocl_device_close(d);
-        return st;
+    cl_int err = CL_SUCCESS;
+    d->context = context;
+    d->engine_context = context != NULL;
+    if (context == NULL) {
+        cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)d->platform,
+                                         0};
+        d->context = clCreateContext(props, 1, &d->device, NULL, NULL, &err);
+        if (err != CL_SUCCESS) {
+            d->context = NULL;
+            st = fkv_ocl_fail(err, 0, "clCreateContext");
+            ocl_device_close(d);
+            return st;
+        }
     }
+    d->queues[FKV_QUEUE_COMPUTE] = queue;
+    d->engine_queue = queue != NULL;
     for (int q = 0; q < FKV_QUEUE_COUNT && err == CL_SUCCESS; q++)
-        d->queues[q] = create_queue(d, &err);
+        if (d->queues[q] == NULL)
+            d->queues[q] = create_queue(d, &err);
     if (err == CL_SUCCESS)
         d->aux = create_queue(d, &err);
     if (err != CL_SUCCESS) {
@@ -343,6 +348,94 @@ static fkv_status ocl_device_open(uint32_t index, fkv_bdev **out) {
         return st;
     }
     *out = d;
+    return FKV_OK;
+}
+
+static fkv_status ocl_device_open(uint32_t index, fkv_bdev **out) {
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl device_open: NULL output");
+    *out = NULL;
+    ocl_device_ref ref;
+    fkv_status st = find_device(index, &ref);
+    return st == FKV_OK ? open_device(&ref, index, NULL, NULL, out) : st;
+}
+
+/* ---- the engine's objects (fkv_device_open_native) ---- */
+
+/* The engine's device must be one of its context's, and its queue on both, in order. */
+static fkv_status check_engine_objects(cl_context context, cl_device_id device,
+                                       cl_command_queue queue) {
+    cl_uint n = 0;
+    cl_int err = clGetContextInfo(context, CL_CONTEXT_NUM_DEVICES, sizeof n, &n, NULL);
+    if (err != CL_SUCCESS)
+        return fkv_error_prefix(fkv_ocl_fail(err, 0, "clGetContextInfo"),
+                                "opencl open_native: the context is not a valid cl_context");
+    cl_device_id *devs = calloc(n ? n : 1, sizeof *devs);
+    if (devs == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl open_native: device list");
+    err = clGetContextInfo(context, CL_CONTEXT_DEVICES, n * sizeof *devs, devs, NULL);
+    int found = 0;
+    for (cl_uint i = 0; err == CL_SUCCESS && i < n; i++)
+        found |= devs[i] == device;
+    free(devs);
+    if (err != CL_SUCCESS)
+        return fkv_ocl_fail(err, 0, "clGetContextInfo (CL_CONTEXT_DEVICES)");
+    if (!found)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "opencl open_native: the device is not one of the context's %u", n);
+    if (queue == NULL)
+        return FKV_OK;
+    cl_context qctx = NULL;
+    cl_device_id qdev = NULL;
+    cl_command_queue_properties props = 0;
+    err = clGetCommandQueueInfo(queue, CL_QUEUE_CONTEXT, sizeof qctx, &qctx, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetCommandQueueInfo(queue, CL_QUEUE_DEVICE, sizeof qdev, &qdev, NULL);
+    if (err == CL_SUCCESS)
+        err = clGetCommandQueueInfo(queue, CL_QUEUE_PROPERTIES, sizeof props, &props, NULL);
+    if (err != CL_SUCCESS)
+        return fkv_error_prefix(fkv_ocl_fail(err, 0, "clGetCommandQueueInfo"),
+                                "opencl open_native: the queue is not a valid cl_command_queue");
+    if (qctx != context || qdev != device)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "opencl open_native: the queue belongs to another %s",
+                         qctx != context ? "context" : "device");
+    if (props & CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "opencl open_native: the queue is out of order; freekv's compute queue "
+                         "runs its commands in order (create it without "
+                         "CL_QUEUE_OUT_OF_ORDER_EXEC_MODE_ENABLE)");
+    return FKV_OK;
+}
+
+static fkv_status ocl_device_open_native(const fkv_native_objects *objs, fkv_bdev **out) {
+    const fkv_opencl_objects *o = &objs->opencl;
+    *out = NULL;
+    if (o->context == NULL || o->device == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "opencl open_native: NULL context or device");
+    cl_context context = (cl_context)o->context;
+    ocl_device_ref ref = {.device = (cl_device_id)o->device};
+    fkv_status st = check_engine_objects(context, ref.device, (cl_command_queue)o->queue);
+    if (st != FKV_OK)
+        return st;
+    cl_int err = clGetDeviceInfo(ref.device, CL_DEVICE_PLATFORM, sizeof ref.platform,
+                                 &ref.platform, NULL);
+    if (err != CL_SUCCESS)
+        return fkv_ocl_fail(err, 0, "clGetDeviceInfo (CL_DEVICE_PLATFORM)");
+    /* its position in freekv's enumeration, as freekv-info lists it */
+    ocl_device_ref refs[MAX_DEVICES];
+    uint32_t n = enumerate(refs, MAX_DEVICES), index = UINT32_MAX;
+    for (uint32_t i = 0; i < n && index == UINT32_MAX; i++)
+        if (refs[i].device == ref.device)
+            index = i;
+    return open_device(&ref, index, context, (cl_command_queue)o->queue, out);
+}
+
+static fkv_status ocl_native_objects(fkv_bdev *d, fkv_native_objects *out) {
+    out->api = FKV_NATIVE_OPENCL;
+    out->opencl = (fkv_opencl_objects){.context = d->context,
+                                       .device = d->device,
+                                       .queue = d->queues[FKV_QUEUE_COMPUTE]};
     return FKV_OK;
 }
 
@@ -445,6 +538,12 @@ static const fkv_backend_ops opencl_ops = {
     .get_option = ocl_get_option,
     .counters = ocl_counters,
     .select_pages = fkv_ocl_select_pages,
+    .native_api = FKV_NATIVE_OPENCL,
+    .device_open_native = ocl_device_open_native,
+    .native_objects = ocl_native_objects,
+    .event_import = fkv_ocl_event_import,
+    .event_unimport = fkv_ocl_event_release,
+    .event_signal = fkv_ocl_event_signal,
 };
 
 const fkv_backend_ops *fkv_backend_opencl(void) { return &opencl_ops; }

@@ -64,6 +64,8 @@ struct fkv_bdev {
     cl_context context;
     cl_command_queue queues[FKV_QUEUE_COUNT];
     cl_command_queue aux; /* blocking map/unmap and allocation commits, off the hot queues */
+    int engine_context;   /* the context is the engine's (fkv_device_open_native): kept */
+    int engine_queue;     /* queues[FKV_QUEUE_COMPUTE] is the engine's: kept */
     fkv_device_info info;
     uint32_t index;
 
@@ -149,6 +151,12 @@ void fkv_ocl_count(fkv_bdev *d, cl_command_queue queue, int launch, fkv_copy_dir
 fkv_status fkv_ocl_event_wait(fkv_bdev *d, uint32_t n, fkv_bevent *const *events);
 void fkv_ocl_event_release(fkv_bdev *d, fkv_bevent *ev);
 fkv_status fkv_ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps);
+/* The engine's cl_event (of this context) as a wait-list entry: retained, released by
+ * fkv_ocl_event_release. */
+fkv_status fkv_ocl_event_import(fkv_bdev *d, const fkv_native_event *ev, fkv_bevent **out);
+/* sig->handle receives a new cl_event, the engine's, completing after deps.wait and q's
+ * earlier commands. */
+fkv_status fkv_ocl_event_signal(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_native_event *sig);
 fkv_status fkv_ocl_finish(fkv_bdev *d, fkv_queue q);
 fkv_status fkv_ocl_write(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                          size_t dst_offset, const void *src, size_t size);
@@ -180,16 +188,19 @@ fkv_status fkv_ocl_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
                              size_t pages_off, fkv_bbuf *summaries);
 fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
-                          fkv_bbuf *out, size_t out_off);
+                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                          size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                          size_t out_off);
 fkv_status fkv_ocl_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                                fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                                fkv_bbuf *out, size_t out_off);
+                                const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                                size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                                size_t out_off);
 fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                                size_t sims_off, fkv_bbuf *flags, size_t flags_off);
+                                size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                                uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                                fkv_bbuf *flags, size_t flags_off);
 fkv_status fkv_ocl_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                             const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                             const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,

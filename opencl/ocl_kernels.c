@@ -289,8 +289,9 @@ fkv_status fkv_ocl_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
 
 fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                           const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
-                          fkv_bbuf *out, size_t out_off) {
+                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                          size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                          size_t out_off) {
     const char *op = "scores";
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
@@ -311,8 +312,12 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     kargs a = args_of(&lc, K_SCORES);
     arg_mem(&a, qbuf);
     arg_u64(&a, q_off / 4);
+    arg_u64(&a, (qbuf->desc.size - q_off) / (4 * (size_t)g->n_kv_heads * g->group * g->head_dim));
     arg_mem(&a, desc);
     arg_u64(&a, desc_off / 4);
+    arg_mem(&a, mask ? mask : desc); /* any buffer when there is no mask */
+    arg_u64(&a, mask_off / 4);
+    arg_u32(&a, mask != NULL);
     arg_mem(&a, summaries);
     arg_u32(&a, n_summaries > UINT32_MAX ? UINT32_MAX : (uint32_t)n_summaries);
     arg_mem(&a, out);
@@ -322,7 +327,7 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     arg_u32(&a, g->group);
     arg_u32(&a, g->head_dim);
     arg_u32(&a, plan.heads);
-    arg_local(&a, (size_t)plan.heads * g->head_dim * 4);
+    arg_local(&a, ((size_t)plan.heads * g->head_dim + FKV_SCORES_PAD) * 4);
     st = enqueue(&lc, &a, 2, global, local, &deps);
     pthread_mutex_unlock(&lc.kq->lock);
     return st;
@@ -330,8 +335,9 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
 
 fkv_status fkv_ocl_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                                fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                                fkv_bbuf *out, size_t out_off) {
+                                const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                                size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                                size_t out_off) {
     launch_ctx lc;
     prepare(dev, q, &deps, "select_pages", &lc);
     fkv_status st;
@@ -343,6 +349,9 @@ fkv_status fkv_ocl_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     kargs a = args_of(&lc, K_SELECT);
     arg_mem(&a, desc);
     arg_u64(&a, desc_off / 4);
+    arg_mem(&a, mask ? mask : desc); /* any buffer when there is no mask */
+    arg_u64(&a, mask_off / 4);
+    arg_u32(&a, mask != NULL);
     arg_mem(&a, scores);
     arg_u64(&a, scores_off / 4);
     arg_u64(&a, (scores->desc.size - scores_off) / 4);
@@ -363,8 +372,9 @@ fkv_status fkv_ocl_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
 
 fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                                size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                                size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+                                size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                                uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                                fkv_bbuf *flags, size_t flags_off) {
     const char *op = "cosine_flags";
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
@@ -382,6 +392,10 @@ fkv_status fkv_ocl_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     arg_u64(&a, cur_off / 4);
     arg_mem(&a, q_prev);
     arg_u64(&a, prev_off / 4);
+    arg_u64(&a, (q_prev->desc.size - prev_off) /
+                    (4 * (size_t)g->n_kv_heads * g->group * g->head_dim));
+    arg_mem(&a, prev_rows);
+    arg_u64(&a, rows_off / 4);
     arg_u32(&a, g->n_kv_heads);
     arg_u32(&a, g->group);
     arg_u32(&a, g->head_dim);

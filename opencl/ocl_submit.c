@@ -84,6 +84,37 @@ fkv_status fkv_ocl_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) {
     return FKV_OK;
 }
 
+fkv_status fkv_ocl_event_import(fkv_bdev *d, const fkv_native_event *ev, fkv_bevent **out) {
+    cl_event e = (cl_event)ev->handle;
+    cl_context ctx = NULL;
+    cl_int err = clGetEventInfo(e, CL_EVENT_CONTEXT, sizeof ctx, &ctx, NULL);
+    if (err != CL_SUCCESS)
+        return fkv_error_prefix(fkv_ocl_fail(err, 0, "clGetEventInfo"),
+                                "opencl event_import: not a valid cl_event");
+    if (ctx != d->context)
+        return fkv_error(FKV_ERR_WRONG_DEVICE,
+                         "opencl event_import: the cl_event belongs to another context (an "
+                         "OpenCL wait list takes events of the queue's context only)");
+    clRetainEvent(e); /* the engine keeps its own reference */
+    *out = (fkv_bevent *)(void *)e;
+    return FKV_OK;
+}
+
+fkv_status fkv_ocl_event_signal(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_native_event *sig) {
+    fkv_ocl_clear_done(&deps);
+    fkv_bevent *ev = NULL;
+    fkv_deps marker = {.n_wait = deps.n_wait, .wait = deps.wait, .done = &ev};
+    fkv_status st = fkv_ocl_marker(d, q, marker);
+    if (st != FKV_OK)
+        return st;
+    if (deps.done) { /* the caller's reference, and the engine's */
+        clRetainEvent((cl_event)(void *)ev);
+        *deps.done = ev;
+    }
+    sig->handle = ev;
+    return FKV_OK;
+}
+
 fkv_status fkv_ocl_finish(fkv_bdev *d, fkv_queue q) {
     fkv_count_wait(&d->counters);
     cl_int err = clFinish(d->queues[q]);

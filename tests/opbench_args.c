@@ -47,8 +47,11 @@ Test(opbench_args, bad_numbers_exit_2_naming_the_flag) {
     expect_refused("--attention-dtypes", "f32,,bf16",
                    "--attention-dtypes: 'f32,,bf16' is not a comma list of f32, f16 and bf16");
     expect_refused("--attention-dtypes", "f32,f16,bf16,f32", "is not a comma list");
-    expect_refused("--only", "scores", "--only: 'scores' is not recall or attention");
+    expect_refused("--only", "scores", "--only: 'scores' is not recall, attention or scoring");
     expect_refused("--bogus", "1", "unknown option '--bogus'");
+    expect_refused("--score-pages", "0", "--score-pages: '0' is not a comma list");
+    expect_refused("--topk", "0", "--topk: '0' is out of range");
+    expect_refused("--kv-heads", "3", "--q-heads 32 is not a multiple of --kv-heads 3");
     cr_expect_eq(run("--reps", NULL), 2);
     cr_expect(strstr(tr_stderr(), "--reps needs a value") != NULL, "%s", tr_stderr());
     expect_refused("--backend", "cuda", "unknown backend 'cuda'");
@@ -74,11 +77,13 @@ Test(opbench_args, too_much_memory_is_refused_before_allocating) {
 
 Test(opbench_args, small_run_prints_both_tables) {
     int rc = run("--quick", "--pool-mib", "16", "--pages", "4", "--batches", "1", "--budget",
-                 "256", "--reps", "1", NULL);
+                 "256", "--reps", "1", "--score-pages", "64", NULL);
     cr_assert_eq(rc, 0, "exit %d: %s", rc, tr_stderr());
     const char *out = tr_stdout();
     cr_expect(strstr(out, "(1) recall") && strstr(out, "engine:staged") &&
-                  strstr(out, "(2) paged decode attention"),
+                  strstr(out, "(2) paged decode attention") &&
+                  strstr(out, "(3) page scoring and selection") &&
+                  strstr(out, "memcpy, 1 host thread") && strstr(out, "scores+select"),
               "%s", out);
     cr_expect(strstr(out, "n/a") == NULL || strstr(out, "backend has no recall_direct"), "%s",
               out);
@@ -98,11 +103,25 @@ Test(opbench_args, attention_only_prints_memcpy_beside_each_dtype) {
                  "--budget", "256", "--reps", "1", "--backend", "cpu", NULL);
     cr_assert_eq(rc, 0, "exit %d: %s", rc, tr_stderr());
     const char *out = tr_stdout();
-    cr_expect(strstr(out, "(1) recall") == NULL, "%s", out);
+    cr_expect(strstr(out, "(1) recall") == NULL && strstr(out, "(3) page scoring") == NULL, "%s",
+              out);
     cr_expect(strstr(out, "K/V GB/s    memcpy of memcpy   K/V cpu memcpy cpu") != NULL, "%s",
               out);
     const char *f16 = strstr(out, "\n  f16    1      auto"), *f32 = strstr(out, "\n  f32    1");
     cr_expect(f16 && f32 && f16 < f32 && strstr(out, "bf16") == NULL, "%s", out);
     /* 8 KV heads x 256 tokens x 128 channels x 2 bytes x K and V */
     cr_expect(f16 && strncmp(f16 + 26, "     1.00", 9) == 0, "%s", out);
+}
+
+Test(opbench_args, scoring_only_prints_memcpy_by_both_clocks) {
+    int rc = run("--only", "scoring", "--batches", "1", "--score-pages", "64", "--reps", "1",
+                 "--backend", "cpu", NULL);
+    cr_assert_eq(rc, 0, "exit %d: %s", rc, tr_stderr());
+    const char *out = tr_stdout();
+    cr_expect(strstr(out, "(1) recall") == NULL && strstr(out, "(2) paged") == NULL, "%s", out);
+    cr_expect(strstr(out, "(3) page scoring") && strstr(out, "GB/s per CPU second") &&
+                  strstr(out, "     GB/s  GB/s cpu  device commands per call"),
+              "%s", out);
+    /* 64 pages x 8 KV heads x min and max x 128 channels x 4 bytes */
+    cr_expect(strstr(out, "\n  1           64      0.50 scores ") != NULL, "%s", out);
 }

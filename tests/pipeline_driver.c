@@ -63,15 +63,25 @@ fkv_status pd_execute(fkv_context *ctx, const pd_run *run, float *out) {
                     pd_data(0, s, l, t, k + b * kv, kv);
                     pd_data(1, s, l, t, v + b * kv, kv);
                 }
+                size_t at = (((size_t)step * cfg.n_layers + l) * run->n_seqs + first) * qn;
                 fkv_tensor tq = {q, NULL, 0}, tk = {k, NULL, 0}, tv = {v, NULL, 0},
                            to = {o, NULL, 0};
+                if (run->device_out)
+                    to = (fkv_tensor){NULL, run->device_out, at * sizeof(float)};
                 st = fkv_decode_layer(ctx, l, count, run->seqs + first, &tq, &tk, &tv, &to);
-                if (st == FKV_OK && out)
+                if (st == FKV_OK && out && !run->device_out)
                     for (uint32_t b = 0; b < count; b++)
-                        memcpy(out + (((size_t)step * cfg.n_layers + l) * run->n_seqs + first + b) * qn,
-                               o + b * qn, sizeof(float) * qn);
+                        memcpy(out + at + b * qn, o + b * qn, sizeof(float) * qn);
             }
         }
+    }
+    if (st == FKV_OK && run->device_out) /* the outputs are complete once synced */
+        st = fkv_context_sync(ctx);
+    if (st == FKV_OK && run->device_out && out && run->steps > run->first_step) {
+        size_t from = (size_t)run->first_step * cfg.n_layers * run->n_seqs * qn;
+        size_t end = (size_t)run->steps * cfg.n_layers * run->n_seqs * qn;
+        st = fkv_buffer_read(run->device_out, from * sizeof(float), out + from,
+                             (end - from) * sizeof(float));
     }
     free(k);
     free(v);

@@ -18,6 +18,10 @@ typedef struct pd_run {
     float drift;        /* query noise relative to its fixed part (0.3 -> cos ~0.92) */
     uint32_t first_step; /* start at this step */
     int resume;          /* skip the prefill (already done on this context) */
+    /* non-NULL: the decode outputs go into this device buffer (pd_out_floats f32, the layout
+     * of `out`) and are read into `out` once the run is synced at the end, so the calls
+     * return with their commands in flight */
+    fkv_buffer *device_out;
 } pd_run;
 
 /* Fills x[n] with the data of (kind, seq, layer, t). kind: 0 key, 1 value, 2 query noise,

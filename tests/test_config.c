@@ -52,6 +52,7 @@ Test(config, every_bad_field) {
     BAD(policy, (fkv_policy)9)
     BAD(group_reduce, (fkv_group_reduce)5)
     BAD(group_temperature, (fkv_group_temp)2)
+    BAD(host_format, (fkv_host_format)3)
     BAD(max_seqs, 0)
     BAD(max_context, 0)
     BAD(recall_chunk_pages, 1u << 30)
@@ -171,14 +172,22 @@ Test(config, device_indices_fit_int32) {
     expect_bad(c, "max_seqs");
     c.budget_tokens = 524288 - 256;
     cr_assert_eq(fkv_config_validate(&c), FKV_OK, "%s", fkv_last_error());
-    /* summaries: max_seqs x pages of max_context */
+    /* summaries: max_seqs x pages of max_context (one query head: the batch's scores are as
+     * many) */
     c.page_size = 16;
     c.sink_tokens = 32;
     c.window_tokens = 32;
     c.budget_tokens = 64;
+    c.n_q_heads = c.n_kv_heads = 1;
     c.max_seqs = 2048; /* 2048 x 2^20 pages */
     expect_bad(c, "max_context");
     c.max_seqs = 2047;
+    cr_assert_eq(fkv_config_validate(&c), FKV_OK, "%s", fkv_last_error());
+    /* scores of a batch (one call scores it): max_seqs x n_q_heads x pages */
+    c.n_q_heads = c.n_kv_heads = 2;
+    expect_bad(c, "n_q_heads");
+    cr_assert(strstr(fkv_last_error(), "max_seqs"), "%s", fkv_last_error());
+    c.max_seqs = 1023;
     cr_assert_eq(fkv_config_validate(&c), FKV_OK, "%s", fkv_last_error());
     /* scores of one sequence: n_q_heads x pages */
     c.max_seqs = 1;

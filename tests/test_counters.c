@@ -9,6 +9,9 @@
 
 #include "backends/dispatch.h"
 #include "common/thread_role.h"
+#include "core/correction.h"
+#include "core/retrieval.h"
+#include "core/state.h"
 #include "helpers.h"
 #include "pipeline_driver.h"
 
@@ -289,6 +292,136 @@ static void check_decode_roles(const char *backend) {
     fkv_device_close(dev);
 }
 
+/* One prefill of (sequence 0, layer), its counters' difference. */
+static fkv_counters prefill_counts(fkv_context *ctx, const fkv_config *cfg, uint32_t layer,
+                                   uint32_t n_tokens) {
+    size_t kvn = (size_t)cfg->n_kv_heads * cfg->head_dim;
+    float *k = malloc(sizeof(float) * kvn * n_tokens), *v = malloc(sizeof(float) * kvn * n_tokens);
+    float *q = malloc(sizeof(float) * cfg->n_q_heads * cfg->head_dim);
+    cr_assert(k && v && q);
+    for (uint32_t t = 0; t < n_tokens; t++) {
+        pd_data(0, 0, layer, t, k + t * kvn, kvn);
+        pd_data(1, 0, layer, t, v + t * kvn, kvn);
+    }
+    pd_query(cfg, 0.3f, 0, layer, n_tokens - 1, q);
+    fkv_tensor tk = {k, NULL, 0}, tv = {v, NULL, 0}, tq = {q, NULL, 0};
+    fkv_counters a, b;
+    cr_assert_eq(fkv_context_get_counters(ctx, &a), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_prefill(ctx, 0, layer, n_tokens, &tk, &tv, &tq), FKV_OK, "%s",
+                 fkv_last_error());
+    cr_assert_eq(fkv_context_get_counters(ctx, &b), FKV_OK, "%s", fkv_last_error());
+    free(k), free(v), free(q);
+    return diff(&b, &a);
+}
+
+/* Prefill in batched commands (#18): an offload policy's full pages are packed and read into
+ * the host pool a staging buffer at a time, one pack and one read per run of pages that fits
+ * a staging buffer (a scratch chunk here) and one piece of the host pool, not one per page;
+ * resident pages go to their slots one K and one V copy per run of consecutive slots. With
+ * no middle pages the prefill recalls nothing, so the transfer queue holds the reads alone. */
+static void check_prefill_batched(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_config cfg;
+    th_small_config(&cfg); /* f32, page 4: 1 KiB pages, so a scratch chunk fits a staging */
+    cfg.budget_tokens = cfg.sink_tokens + cfg.window_tokens;
+    const uint32_t T = 470, n_full = T / cfg.page_size, chunks = 2; /* 117 pages, 64 + 54 */
+    size_t page_bytes = 2 * (size_t)cfg.page_size * cfg.n_kv_heads * cfg.head_dim * 4;
+    uint32_t runs = 0; /* pages cut at the scratch chunks and the host pool's pieces */
+    for (uint32_t j = 0; j < n_full; runs++) {
+        uint32_t end = (j / FKV_SCRATCH_PAGES + 1) * FKV_SCRATCH_PAGES;
+        uint32_t piece = (j / FKV_HOST_CHUNK_PAGES + 1) * FKV_HOST_CHUNK_PAGES;
+        end = end < piece ? end : piece;
+        j = end < n_full ? end : n_full;
+    }
+    cr_assert_eq(runs, 2);
+    for (int quest = 0; quest < 2; quest++) {
+        cfg.policy = quest ? FKV_POLICY_QUEST : FKV_POLICY_SYNC;
+        fkv_context *ctx = NULL;
+        cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+        for (uint32_t l = 0; l < cfg.n_layers; l++) {
+            fkv_counters d = prefill_counts(ctx, &cfg, l, T);
+            const fkv_queue_counters *tr = &d.queues[FKV_COUNTER_TRANSFER];
+            const fkv_queue_counters *cq = &d.queues[FKV_COUNTER_COMPUTE];
+            const char *name = fkv_policy_name(cfg.policy);
+            if (!quest) {
+                cr_expect_eq(tr->copies, runs, "%s %s layer %u: %llu reads into the host pool, "
+                             "not %u", backend, name, l, (unsigned long long)tr->copies, runs);
+                cr_expect_eq(tr->d2h_bytes, n_full * page_bytes, "%s: bytes read", backend);
+                cr_expect_eq(tr->launches, 0, "%s: transfer launches", backend);
+                /* per chunk: append, summaries and one pack per run */
+                cr_expect_eq(cq->launches, 2 * chunks + runs, "%s %s layer %u: %llu launches",
+                             backend, name, l, (unsigned long long)cq->launches);
+                /* the host waits once per chunk (its inputs' staging is reused), at the end
+                 * for the compute queue and the last read, then for the initial selection's
+                 * (empty) recall; with no middle slots nothing is scored or read back */
+                cr_expect_eq(d.caller_waits, chunks + 3, "%s %s layer %u: %llu caller waits",
+                             backend, name, l, (unsigned long long)d.caller_waits);
+            }
+            /* per chunk: the rows, K, V and page index writes; the resident pages' copies
+             * (quest: the chunk in one run; sync: the sink in the first chunk and the final
+             * window in the second, 2 pages each); then q_last (no middle slots: the initial
+             * selection issues nothing) */
+            uint64_t resident = quest ? 2 * chunks : 2 * 2;
+            cr_expect_eq(cq->copies, 4 * chunks + resident + 1,
+                         "%s %s layer %u: %llu compute copies", backend, name, l,
+                         (unsigned long long)cq->copies);
+        }
+        fkv_context_destroy(ctx);
+    }
+    fkv_device_close(dev);
+}
+
+/* A decode step that completes a page (#18): its summaries' index and the slots its pack reads
+ * go to the device in one write, so such a step costs one copy (that write) and two launches
+ * (summaries, pack) on the compute queue and one read per sequence on the transfer queue more
+ * than a step that completes none. sync (no worker: every command is the call's) with no
+ * middle pages, so that nothing else differs between steps. */
+static void check_decode_fill(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_config cfg;
+    th_small_config(&cfg); /* page 4 */
+    cfg.policy = FKV_POLICY_SYNC;
+    cfg.budget_tokens = cfg.sink_tokens + cfg.window_tokens; /* no selection: equal steps */
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    pd_run run = {.n_seqs = 1, .prompt = {41}, .steps = 1, .batched = 1, .drift = 0.3f};
+    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    fkv_queue_counters plain = {0}, fill = {0};
+    uint64_t plain_reads = 0, fill_reads = 0;
+    int seen_plain = 0, seen_fill = 0;
+    run.resume = 1;
+    for (uint32_t step = 1; step < 9; step++) {
+        run.first_step = step;
+        run.steps = step + 1;
+        fkv_counters a = snap(dev);
+        cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+        fkv_counters b = snap(dev);
+        fkv_counters d = diff(&b, &a);
+        /* step s appends token 41 + s, which completes a page when 42 + s is a multiple of 4 */
+        int fills = (42 + step) % cfg.page_size == 0;
+        fkv_queue_counters *c = fills ? &fill : &plain;
+        uint64_t *reads = fills ? &fill_reads : &plain_reads;
+        int *seen = fills ? &seen_fill : &seen_plain;
+        const fkv_queue_counters *cq = &d.queues[FKV_COUNTER_COMPUTE];
+        if (*seen) {
+            cr_expect_eq(cq->copies, c->copies, "%s step %u: compute copies vary", backend, step);
+            cr_expect_eq(cq->launches, c->launches, "%s step %u: launches vary", backend, step);
+        }
+        *c = *cq;
+        *reads = d.queues[FKV_COUNTER_TRANSFER].d2h_bytes;
+        *seen = 1;
+    }
+    cr_assert(seen_plain && seen_fill);
+    uint64_t layers = cfg.n_layers;
+    cr_expect_eq(fill.copies - plain.copies, layers, "%s: a completed page costs %llu compute "
+                 "copies per layer, not 1", backend,
+                 (unsigned long long)((fill.copies - plain.copies) / layers));
+    cr_expect_eq(fill.launches - plain.launches, 2 * layers, "%s: launches", backend);
+    cr_expect_gt(fill_reads, plain_reads, "%s: the page is read into the host pool", backend);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
 /* Steady state of a decode loop: after warm-up steps, no device or host allocation (the
  * CPU reference and OpenCL keep their scratch). */
 static void check_steady_allocs(const char *backend, fkv_policy policy) {
@@ -325,6 +458,347 @@ static void check_steady_allocs(const char *backend, fkv_policy policy) {
     fkv_device_close(dev);
 }
 
+/* ---- one decode call: its commands do not grow with the batch ---- */
+
+/* The inputs of one decode call of (step, layer) for a batch (pd_execute's data), and its
+ * output: host memory, or device buffers filled from it. */
+typedef struct call_io {
+    uint32_t n;
+    size_t qbytes, kvbytes;
+    float *q, *k, *v, *out;
+    fkv_buffer *bq, *bk, *bv, *bo; /* NULL: host tensors */
+} call_io;
+
+static void io_open(fkv_device *dev, const fkv_config *cfg, uint32_t n, int device, call_io *io) {
+    memset(io, 0, sizeof *io);
+    io->n = n;
+    io->qbytes = (size_t)n * cfg->n_q_heads * cfg->head_dim * sizeof(float);
+    io->kvbytes = (size_t)n * cfg->n_kv_heads * cfg->head_dim * sizeof(float);
+    io->q = malloc(io->qbytes), io->out = malloc(io->qbytes);
+    io->k = malloc(io->kvbytes), io->v = malloc(io->kvbytes);
+    cr_assert(io->q && io->out && io->k && io->v);
+    if (device) {
+        cr_assert_eq(fkv_buffer_alloc(dev, io->qbytes, &io->bq), FKV_OK, "%s", fkv_last_error());
+        cr_assert_eq(fkv_buffer_alloc(dev, io->kvbytes, &io->bk), FKV_OK);
+        cr_assert_eq(fkv_buffer_alloc(dev, io->kvbytes, &io->bv), FKV_OK);
+        cr_assert_eq(fkv_buffer_alloc(dev, io->qbytes, &io->bo), FKV_OK);
+    }
+}
+
+static void io_close(call_io *io) {
+    free(io->q), free(io->k), free(io->v), free(io->out);
+    fkv_buffer_release(io->bq), fkv_buffer_release(io->bk), fkv_buffer_release(io->bv);
+    fkv_buffer_release(io->bo);
+}
+
+/* The inputs of (step, layer) for sequences 0..n-1 with the prompts of `run`, into io (and its
+ * buffers: blocking writes, before any measurement). */
+static void io_fill(const fkv_config *cfg, const pd_run *run, uint32_t step, uint32_t layer,
+                    call_io *io) {
+    size_t qn = (size_t)cfg->n_q_heads * cfg->head_dim;
+    size_t kvn = (size_t)cfg->n_kv_heads * cfg->head_dim;
+    for (uint32_t b = 0; b < io->n; b++) {
+        uint32_t t = run->prompt[b] + step;
+        pd_query(cfg, run->drift, run->seqs[b], layer, t, io->q + b * qn);
+        pd_data(0, run->seqs[b], layer, t, io->k + b * kvn, kvn);
+        pd_data(1, run->seqs[b], layer, t, io->v + b * kvn, kvn);
+    }
+    if (io->bq) {
+        cr_assert_eq(fkv_buffer_write(io->bq, 0, io->q, io->qbytes), FKV_OK, "%s",
+                     fkv_last_error());
+        cr_assert_eq(fkv_buffer_write(io->bk, 0, io->k, io->kvbytes), FKV_OK);
+        cr_assert_eq(fkv_buffer_write(io->bv, 0, io->v, io->kvbytes), FKV_OK);
+    }
+}
+
+/* One fkv_decode_layer with io's tensors; the counters' difference over the call. */
+static fkv_counters io_decode(fkv_device *dev, fkv_context *ctx, const pd_run *run,
+                              uint32_t layer, call_io *io) {
+    fkv_tensor tq = {io->q, NULL, 0}, tk = {io->k, NULL, 0}, tv = {io->v, NULL, 0},
+               to = {io->out, NULL, 0};
+    if (io->bq) {
+        tq = (fkv_tensor){NULL, io->bq, 0}, tk = (fkv_tensor){NULL, io->bk, 0};
+        tv = (fkv_tensor){NULL, io->bv, 0}, to = (fkv_tensor){NULL, io->bo, 0};
+    }
+    fkv_counters a = snap(dev);
+    cr_assert_eq(fkv_decode_layer(ctx, layer, io->n, run->seqs, &tq, &tk, &tv, &to), FKV_OK,
+                 "%s", fkv_last_error());
+    fkv_counters b = snap(dev);
+    if (io->bo) /* after the measurement: ordered after the call on the compute queue */
+        cr_assert_eq(fkv_buffer_read(io->bo, 0, io->out, io->qbytes), FKV_OK, "%s",
+                     fkv_last_error());
+    return diff(&b, &a);
+}
+
+/* Decode calls of the speculative policy (no correction, so every compute-queue command is
+ * the call's own; the worker's run on the background and transfer queues) at batch 1 and 4,
+ * on steps that fill no page. Per call on the compute queue: one write of the inputs (q, k,
+ * v, the rows table and the attention lists, the selection being known before the call), the
+ * append, the attention (one launch: attention_splits 1) and, for a host output, its read: the
+ * same at every batch, with no copy of the query for the next step. Host output: one caller
+ * wait (the output); none for the speculative recall, which attention waits for on the device.
+ * Device buffers: the query is copied into the input block (k and v are read in place), the
+ * attention writes the output itself, and the caller waits for nothing (the worker waits for
+ * the call before its task). A twin context with host tensors gives the same outputs, bit for
+ * bit. */
+static void check_decode_call(const char *backend, uint32_t n) {
+    fkv_device *dev = open_device(backend);
+    fkv_device_info info;
+    fkv_device_get_info(dev, &info);
+    if (info.type != FKV_DEVICE_REFERENCE)
+        cr_assert_eq(th_set_option(dev, "attention_splits", 1), FKV_OK, "%s: %s", backend,
+                     fkv_last_error());
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = FKV_POLICY_SPECULATIVE;
+    /* prompts of whole pages: steps 4..6 fill none (page_size 4) */
+    pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76}, .steps = 4,
+                  .batched = 1, .drift = 0.3f};
+    fkv_context *host_ctx = NULL, *dev_ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &host_ctx), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_context_create(dev, &cfg, &dev_ctx), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(pd_execute(host_ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(pd_execute(dev_ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    call_io hio, dio;
+    io_open(dev, &cfg, n, 0, &hio);
+    io_open(dev, &cfg, n, 1, &dio);
+    for (uint32_t step = 4; step < 7; step++)
+        for (uint32_t l = 0; l < cfg.n_layers; l++) {
+            /* the worker idle: its commands and waits are not the call's */
+            cr_assert_eq(fkv_context_sync(host_ctx), FKV_OK, "%s", fkv_last_error());
+            cr_assert_eq(fkv_context_sync(dev_ctx), FKV_OK, "%s", fkv_last_error());
+            io_fill(&cfg, &run, step, l, &hio);
+            io_fill(&cfg, &run, step, l, &dio);
+            fkv_counters h = io_decode(dev, host_ctx, &run, l, &hio);
+            fkv_counters d = io_decode(dev, dev_ctx, &run, l, &dio);
+            const fkv_queue_counters *hc = &h.queues[FKV_COUNTER_COMPUTE];
+            const fkv_queue_counters *dc = &d.queues[FKV_COUNTER_COMPUTE];
+            cr_expect_eq(hc->copies, 2, "%s batch %u step %u layer %u: %llu copies (inputs with "
+                         "lists, output)", backend, n, step, l, (unsigned long long)hc->copies);
+            cr_expect_eq(hc->launches, 2, "%s batch %u: %llu launches (append, attention)",
+                         backend, n, (unsigned long long)hc->launches);
+            cr_expect_eq(hc->d2h_bytes, hio.qbytes, "%s batch %u: the output read", backend, n);
+            cr_expect_eq(h.caller_waits, 1, "%s batch %u step %u layer %u: %llu caller waits "
+                         "(the output)", backend, n, step, l,
+                         (unsigned long long)h.caller_waits);
+            cr_expect_eq(dc->copies, 2, "%s batch %u step %u layer %u: %llu copies with device "
+                         "tensors (rows table with lists, q)", backend, n, step, l,
+                         (unsigned long long)dc->copies);
+            cr_expect_eq(dc->launches, 2, "%s batch %u: %llu launches with device tensors",
+                         backend, n, (unsigned long long)dc->launches);
+            cr_expect_eq(dc->d2h_bytes, 0, "%s batch %u: no readback", backend, n);
+            cr_expect_eq(d.caller_waits, 0, "%s batch %u step %u layer %u: %llu caller waits "
+                         "with a device output", backend, n, step, l,
+                         (unsigned long long)d.caller_waits);
+            cr_expect(memcmp(hio.out, dio.out, hio.qbytes) == 0,
+                      "%s batch %u step %u layer %u: device tensors give another output",
+                      backend, n, step, l);
+        }
+    cr_assert_eq(fkv_context_sync(dev_ctx), FKV_OK, "%s", fkv_last_error());
+    io_close(&hio);
+    io_close(&dio);
+    fkv_context_destroy(host_ctx);
+    fkv_context_destroy(dev_ctx);
+    fkv_device_close(dev);
+}
+
+/* Vulkan: a decode call of the sync policy (no worker: every submission is the call's) goes
+ * out in two vkQueueSubmit on lavapipe, whatever the batch and the recall mode: one when the
+ * host waits for the selection's records, one when it waits for the output. The recall's
+ * commands (staged: a transfer-queue write, then the scatter that waits for it; zero-copy:
+ * the unit table write and the kernel) are recorded into the second, since the queues that
+ * share one VkQueue share one submission stream and nothing waits for the recall on the host. */
+static void check_vulkan_call_submits(const char *mode, uint32_t n) {
+    setenv("FREEKV_VULKAN_RECALL", mode, 1);
+    fkv_device *dev = NULL;
+    if (fkv_backend_find("vulkan") == NULL)
+        cr_skip_test("backend vulkan is not compiled in");
+    fkv_status st = fkv_device_open("vulkan", NULL, &dev);
+    unsetenv("FREEKV_VULKAN_RECALL");
+    if (st == FKV_ERR_NO_DEVICE && !th_device_required("vulkan"))
+        cr_skip_test("no vulkan device");
+    cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
+    char queues[256];
+    cr_assert_eq(fkv_op_get_option(dev, "queues", queues, sizeof queues), FKV_OK);
+    if (strstr(queues, "background family 0 queue 0 (shared), transfer family 0 queue 0 "
+                       "(shared)") == NULL)
+        cr_skip_test("the queues do not share one VkQueue here: %s", queues);
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = FKV_POLICY_SYNC;
+    pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76}, .steps = 4,
+                  .batched = 1, .drift = 0.3f};
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    call_io io;
+    io_open(dev, &cfg, n, 0, &io);
+    for (uint32_t step = 4; step < 7; step++)
+        for (uint32_t l = 0; l < cfg.n_layers; l++) {
+            io_fill(&cfg, &run, step, l, &io);
+            fkv_counters d = io_decode(dev, ctx, &run, l, &io);
+            cr_expect_eq(total(&d).submits, 2, "%s batch %u step %u layer %u: %llu submits",
+                         mode, n, step, l, (unsigned long long)total(&d).submits);
+        }
+    io_close(&io);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
+Test(vulkan, decode_call_submits, .timeout = 120) {
+    static const char *const modes[] = {"staged", "hostptr"};
+    for (int m = 0; m < 2; m++) {
+        check_vulkan_call_submits(modes[m], 1);
+        check_vulkan_call_submits(modes[m], 4);
+    }
+}
+
+/* ---- selection and correction: commands per layer, constant in the batch ---- */
+
+/* A freekv context of 4 sequences after prefill and two decode steps: sequence 2's prompt
+ * fills only the sink (no candidate page), the others have 13-18 candidates. */
+static fkv_context *selection_context(fkv_device *dev, const char *backend) {
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = FKV_POLICY_FREEKV;
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s: %s", backend,
+                 fkv_last_error());
+    pd_run run = {.n_seqs = 4, .seqs = {0, 1, 2, 3}, .prompt = {80, 70, 8, 60}, .steps = 2,
+                  .batched = 1, .drift = 0.3f};
+    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s: %s", backend, fkv_last_error());
+    cr_assert_eq(fkv_context_sync(ctx), FKV_OK, "%s: %s", backend, fkv_last_error());
+    return ctx;
+}
+
+/* One selection of layer 0 without a recall (the quest path: the records become the middle
+ * slots), its counter difference in *d. */
+static void count_selection(fkv_context *ctx, uint32_t n, const uint32_t *seqs, int use_qprev,
+                            fkv_counters *d) {
+    fkv_stats stats;
+    memset(&stats, 0, sizeof stats);
+    select_args a = {.queue = FKV_QUEUE_COMPUTE,
+                     .pl = &ctx->plan_main,
+                     .n = n,
+                     .seqs = seqs,
+                     .use_qprev = use_qprev,
+                     .extra_tokens = use_qprev,
+                     .stats = &stats};
+    fkv_counters before, after;
+    cr_assert_eq(fkv_context_get_counters(ctx, &before), FKV_OK);
+    cr_assert_eq(fkv_select_pages(ctx, 0, &a), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_context_get_counters(ctx, &after), FKV_OK);
+    *d = diff(&after, &before);
+}
+
+/* #11: a batch's selection is one descriptor write, one scores launch, one select_pages
+ * launch and one read of the records, and one caller wait, whatever the batch size, with q
+ * rows from this call (by batch position) or from each sequence's previous query (by
+ * sequence); a batch of 4 selects what four batches of 1 do. */
+static void check_selection_batch(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_context *ctx = selection_context(dev, backend);
+    const uint32_t seqs[4] = {0, 1, 2, 3};
+    size_t per = (size_t)ctx->cfg.n_kv_heads * ctx->n_mid;
+    int32_t alone[4][64];
+    cr_assert_leq(per, 64);
+    for (int use_qprev = 0; use_qprev < 2; use_qprev++) {
+        fkv_counters one, four;
+        for (uint32_t i = 0; i < 4; i++) {
+            count_selection(ctx, 1, seqs + i, use_qprev, &one);
+            memcpy(alone[i], ctx->seqs[i].layers[0].mid_page, per * sizeof(int32_t));
+        }
+        count_selection(ctx, 4, seqs, use_qprev, &four);
+        totals t1 = total(&one), t4 = total(&four);
+        cr_expect_eq(t1.launches + t1.copies, 4, "%s: %llu commands for one sequence", backend,
+                     (unsigned long long)(t1.launches + t1.copies));
+        cr_expect_eq(t4.launches + t4.copies, t1.launches + t1.copies,
+                     "%s (q rows from %s): %llu commands for 4 sequences, %llu for 1", backend,
+                     use_qprev ? "qprev" : "qin", (unsigned long long)(t4.launches + t4.copies),
+                     (unsigned long long)(t1.launches + t1.copies));
+        cr_expect_eq(t4.launches, 2, "%s: launches", backend);
+        cr_expect_eq(four.caller_waits, 1, "%s: caller waits", backend);
+        cr_expect_eq(one.caller_waits, 1, "%s: caller waits", backend);
+        for (uint32_t i = 0; i < 4 && use_qprev; i++) /* same query rows: same selection */
+            cr_expect_arr_eq(ctx->seqs[i].layers[0].mid_page, alone[i], per * sizeof(int32_t),
+                             "%s: sequence %u selects otherwise in a batch", backend, i);
+        for (size_t m = 0; m < per; m++) /* no candidate: an empty selection */
+            cr_expect_eq(ctx->seqs[2].layers[0].mid_page[m], -1, "%s: sequence 2", backend);
+        cr_expect_geq(ctx->seqs[0].layers[0].mid_page[0], 0, "%s: sequence 0 selects", backend);
+    }
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
+/* One correction of layer 0 at threshold tau; its counter difference in *d, its commands
+ * (launches and copies) returned, and the number of heads it flagged in *flagged. The
+ * correction's recall, if any, is waited for after the counters are read. */
+static uint64_t count_correction(fkv_context *ctx, uint32_t n, const uint32_t *seqs, float tau,
+                                 fkv_counters *d, uint32_t *flagged) {
+    fkv_stats stats;
+    memset(&stats, 0, sizeof stats);
+    ctx->cfg.tau = tau;
+    fkv_bevent *corr = NULL;
+    fkv_counters before, after;
+    cr_assert_eq(fkv_context_get_counters(ctx, &before), FKV_OK);
+    cr_assert_eq(fkv_correct_heads(ctx, 0, n, seqs, &corr, &stats), FKV_OK, "%s",
+                 fkv_last_error());
+    cr_assert_eq(fkv_context_get_counters(ctx, &after), FKV_OK);
+    cr_assert_eq(corr != NULL, stats.corrections > 0, "an event only for a correction");
+    if (corr)
+        cr_assert_eq(fkv_op_event_wait(ctx->dev, 1, &corr), FKV_OK, "%s", fkv_last_error());
+    fkv_op_event_release(ctx->dev, corr);
+    *d = diff(&after, &before);
+    *flagged = (uint32_t)stats.corrections;
+    totals t = total(d);
+    return t.launches + t.copies;
+}
+
+/* #11, #18: freekv's correction is one caller round trip: the check and the selection of the
+ * flagged heads (the flags mask them on the device) come back in one read, and the caller
+ * never waits for the recall (attention does, on the device). Its commands are the same
+ * whether no head or every head is flagged, and for a batch of 1 or 4, apart from the recall
+ * (its table write and its kernel) when pages are missing; a sequence without a previous
+ * query has every head flagged. */
+static void check_correction_round_trip(const char *backend) {
+    fkv_device *dev = open_device(backend);
+    fkv_context *ctx = selection_context(dev, backend);
+    const uint32_t seqs[4] = {0, 1, 2, 3};
+    uint32_t hk = ctx->cfg.n_kv_heads, flagged;
+    fkv_counters d;
+    uint64_t none[2];
+    for (int b = 0; b < 2; b++) {
+        uint32_t n = b ? 4 : 1;
+        /* no head: a similarity is never below -2 */
+        none[b] = count_correction(ctx, n, seqs, -2.0f, &d, &flagged);
+        cr_expect_eq(flagged, 0, "%s: flagged at tau -2", backend);
+        cr_expect_eq(none[b], 5, "%s batch %u: %llu commands with no head flagged", backend, n,
+                     (unsigned long long)none[b]);
+        cr_expect_eq(d.caller_waits, 1, "%s batch %u: caller waits, no head flagged", backend, n);
+        /* every head: a similarity is never 2 or more; the first recalls what is missing */
+        count_correction(ctx, n, seqs, 2.0f, &d, &flagged);
+        cr_expect_eq(flagged, n * hk, "%s: flagged at tau 2", backend);
+        cr_expect_eq(d.caller_waits, 1, "%s batch %u: caller waits, every head flagged", backend,
+                     n);
+        /* the same query again: every selected page is resident, nothing to recall */
+        uint64_t all = count_correction(ctx, n, seqs, 2.0f, &d, &flagged);
+        cr_expect_eq(all, none[b], "%s batch %u: %llu commands with every head flagged, %llu "
+                     "with none", backend, n, (unsigned long long)all,
+                     (unsigned long long)none[b]);
+        cr_expect_eq(d.caller_waits, 1, "%s batch %u: caller waits", backend, n);
+    }
+    cr_expect_eq(none[1], none[0], "%s: commands of a batch of 4 and of 1", backend);
+    /* no previous query: every head of that sequence, and only those, at tau -2 */
+    ctx->seqs[1].layers[0].qblock = -1; /* no previous query */
+    count_correction(ctx, 4, seqs, -2.0f, &d, &flagged);
+    cr_expect_eq(flagged, hk, "%s: the heads of the sequence without a previous query", backend);
+    for (uint32_t h = 0; h < 4 * hk; h++)
+        cr_expect_eq(ctx->layers[0].host.flags[h], h / hk == 1, "%s: flag %u", backend, h);
+    cr_expect_eq(d.caller_waits, 1, "%s: caller waits", backend);
+    fkv_context_destroy(ctx);
+    fkv_device_close(dev);
+}
+
 #define COUNTER_TESTS(backend)                                                                 \
     Test(backend, write_counts_one_copy_and_its_bytes) { check_transfer(#backend, 0); }        \
     Test(backend, read_counts_one_copy_and_its_bytes) { check_transfer(#backend, 1); }         \
@@ -333,7 +807,19 @@ static void check_steady_allocs(const char *backend, fkv_policy policy) {
     Test(backend, wait_on_the_worker_counts_as_worker) { check_worker_wait(#backend); }        \
     Test(backend, allocations) { check_allocs(#backend); }                                     \
     Test(backend, attention_launches) { check_attention(#backend); }                           \
-    Test(backend, decode_waits_by_thread, .timeout = 120) { check_decode_roles(#backend); }
+    Test(backend, decode_waits_by_thread, .timeout = 120) { check_decode_roles(#backend); }    \
+    Test(backend, prefill_offload_in_batches, .timeout = 120) { check_prefill_batched(#backend); } \
+    Test(backend, decode_page_fill_one_index_write) { check_decode_fill(#backend); } \
+    Test(backend, decode_call_commands, .timeout = 120) {                                      \
+        check_decode_call(#backend, 1);                                                        \
+        check_decode_call(#backend, 4);                                                        \
+    }                                                                                          \
+    Test(backend, selection_commands_constant_in_batch, .timeout = 120) {                     \
+        check_selection_batch(#backend);                                                       \
+    }                                                                                          \
+    Test(backend, correction_is_one_round_trip, .timeout = 120) {                              \
+        check_correction_round_trip(#backend);                                                 \
+    }
 
 COUNTER_TESTS(cpu)
 COUNTER_TESTS(opencl)

@@ -233,13 +233,16 @@ static void naive_select(naive *nv, const cf_call *c) {
     const fkv_kv_geom *g = &nv->s->g;
     size_t hk = g->n_kv_heads, grp = g->group, k = c->size, first = c->first;
     const unsigned char *desc = at(nv, c->b[0]), *sc = at(nv, c->b[1]);
+    const unsigned char *mask = c->b[3].arr >= 0 ? at(nv, c->b[3]) : NULL;
     unsigned char *out = at(nv, c->b[2]);
     for (size_t b = 0; b < c->n; b++) {
-        size_t np = (size_t)i32(desc, 3 * b + 1), base = (size_t)i32(desc, 3 * b + 2);
+        size_t np = (size_t)i32(desc, 4 * b + 1), base = (size_t)i32(desc, 4 * b + 2);
         size_t n_cand = np > first ? np - first : 0, kk = n_cand < k ? n_cand : k;
         double *v = nv_alloc(nv, (np + 1) * sizeof(double));
         unsigned char *taken = nv_alloc(nv, np + 1);
         for (size_t h = 0; h < hk; h++) {
+            if (mask && i32(mask, b * hk + h) == 0) /* no work: the record stays as it was */
+                continue;
             for (size_t j = first; j < np; j++) {
                 v[j] = c->reduce == FKV_GROUP_MAX ? -INFINITY : 0.0;
                 taken[j] = 0;
@@ -344,14 +347,17 @@ static void naive_call(naive *nv, const cf_call *c) {
     }
     case CF_SCORES: {
         const unsigned char *q = at(nv, b[0]), *desc = at(nv, b[1]), *sm = nv->m[b[2].arr];
+        const unsigned char *mask = b[4].arr >= 0 ? at(nv, b[4]) : NULL;
         for (size_t sq = 0; sq < n; sq++) {
-            int32_t base = i32(desc, 3 * sq), np = i32(desc, 3 * sq + 1), ob = i32(desc, 3 * sq + 2);
+            int32_t base = i32(desc, 4 * sq), np = i32(desc, 4 * sq + 1);
+            int32_t ob = i32(desc, 4 * sq + 2);
+            size_t row = (size_t)i32(desc, 4 * sq + 3);
             for (size_t h = 0; h < hq; h++)
-                for (int32_t j = 0; j < np; j++) {
+                for (int32_t j = 0; j < np && !(mask && i32(mask, sq * hk + h / grp) == 0); j++) {
                     size_t mn = (((size_t)base + (size_t)j) * hk + h / grp) * 2 * d;
                     double sum = 0, mag = 0;
                     for (size_t ch = 0; ch < d; ch++) {
-                        double x = f32(q, (sq * hq + h) * d + ch);
+                        double x = f32(q, (row * hq + h) * d + ch);
                         double a = x * f32(sm, mn + d + ch), z = x * f32(sm, mn + ch);
                         sum += a > z ? a : z;
                         mag += fabs(a) + fabs(z);
@@ -363,15 +369,17 @@ static void naive_call(naive *nv, const cf_call *c) {
         break;
     }
     case CF_COSINE: {
-        const unsigned char *cur = at(nv, b[0]), *prev = at(nv, b[1]);
+        const unsigned char *cur = at(nv, b[0]), *prev = at(nv, b[1]), *rows = at(nv, b[4]);
         for (size_t sq = 0; sq < n; sq++)
             for (size_t h = 0; h < hk; h++) {
-                double total = 0;
-                for (size_t i = 0; i < grp; i++) {
+                int32_t row = i32(rows, sq);
+                double total = row < 0 ? NAN : 0; /* no previous query: flagged */
+                for (size_t i = 0; i < grp && row >= 0; i++) {
                     size_t qh = (sq * hq + h * grp + i) * d;
+                    size_t ph = ((size_t)row * hq + h * grp + i) * d;
                     double dot = 0, na = 0, nc = 0;
                     for (size_t ch = 0; ch < d; ch++) {
-                        double x = f32(cur, qh + ch), y = f32(prev, qh + ch);
+                        double x = f32(cur, qh + ch), y = f32(prev, ph + ch);
                         dot += x * y;
                         na += x * x;
                         nc += y * y;
@@ -633,7 +641,8 @@ typedef struct small {
 
 static small small_setup(void) {
     small s;
-    s.g = (fkv_kv_geom){2, 2, 16, 4, FKV_F32};
+    s.g = (fkv_kv_geom){.n_kv_heads = 2, .group = 2,
+            .head_dim = 16, .page_size = 4, .dtype = FKV_F32};
     size_t pool = 2 * 4 * 2 * 16 * 4;
     s.kp = dalloc(pool);
     s.vp = dalloc(pool);
@@ -740,7 +749,8 @@ Test(cpu_ops, close_drains_pending_work) {
 }
 
 Test(cpu_ops, nan_inputs_do_not_crash) {
-    fkv_kv_geom g = {2, 2, 16, 4, FKV_BF16};
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 2,
+            .head_dim = 16, .page_size = 4, .dtype = FKV_BF16};
     size_t re = 32, rows = 8, hq = 4;
     float *k = tmalloc(rows * re * 4), *q = tmalloc(hq * 16 * 4);
     for (size_t i = 0; i < rows * re; i++)
@@ -754,8 +764,10 @@ Test(cpu_ops, nan_inputs_do_not_crash) {
     RUN(fkv_op_attention(dev, CQ, DONE, &g, qb, 0, 1, heads, 0, entries, 0, kp, kp, 1.0f, out, 0));
     RUN(fkv_op_attention_dense(dev, CQ, DONE, &g, qb, 0, 8, kp, kp, 1.0f, out, 0));
     RUN(fkv_op_summarize(dev, CQ, DONE, &g, kp, 2, ints((int32_t[]){0, 0, 1, 1}, 4), 0, sums));
-    RUN(fkv_op_scores(dev, CQ, DONE, &g, qb, 0, 1, ints((int32_t[]){0, 2, 0}, 3), 0, sums, out, 0));
-    RUN(fkv_op_cosine_flags(dev, CQ, DONE, &g, qb, 0, qb, 0, 1, 0.9f, sims, 0, flags, 0));
+    RUN(fkv_op_scores(dev, CQ, DONE, &g, qb, 0, 1, ints((int32_t[]){0, 2, 0, 0}, 4), 0, NULL, 0,
+                      sums, out, 0));
+    RUN(fkv_op_cosine_flags(dev, CQ, DONE, &g, qb, 0, qb, 0, ints((int32_t[]){0}, 1), 0, 1, 0.9f,
+                            sims, 0, flags, 0));
 }
 
 /* ---- attention: the definition, bit for bit, at every instruction-set level ----
@@ -828,7 +840,9 @@ Test(cpu_ops, attention_is_the_per_head_definition_bit_for_bit) {
     th_seed(&r, 42);
     for (size_t gi = 0; gi < sizeof geoms / sizeof *geoms; gi++)
         for (size_t di = 0; di < 3; di++) {
-            fkv_kv_geom g = {geoms[gi][0], geoms[gi][1], geoms[gi][2], geoms[gi][3], dtypes[di]};
+            fkv_kv_geom g = {.n_kv_heads = geoms[gi][0], .group = geoms[gi][1],
+                             .head_dim = geoms[gi][2], .page_size = geoms[gi][3],
+                             .dtype = dtypes[di]};
             uint32_t n_seqs = 2, n_slots = 10, hk = g.n_kv_heads, d = g.head_dim;
             size_t rows = (size_t)n_slots * g.page_size, re = (size_t)hk * d;
             size_t qn = (size_t)n_seqs * hk * g.group * d;
@@ -893,7 +907,8 @@ Test(cpu_ops, attention_is_the_per_head_definition_bit_for_bit) {
 Test(cpu_ops, attention_converts_every_16_bit_value_exactly) {
     static const fkv_dtype dtypes[] = {FKV_F16, FKV_BF16};
     for (size_t di = 0; di < 2; di++) {
-        fkv_kv_geom g = {64, 1, 1024, 1, dtypes[di]};
+        fkv_kv_geom g = {.n_kv_heads = 64, .group = 1, .head_dim = 1024, .page_size = 1,
+                         .dtype = dtypes[di]};
         size_t n = 65536;
         uint16_t *k = tmalloc(n * 2), *v = tmalloc(n * 2);
         float *q = tmalloc(n * 4), *out = tmalloc(n * 4);
@@ -1054,7 +1069,8 @@ static float pool_at(const unsigned char *pool, const fkv_kv_geom *g, size_t slo
 }
 
 Test(cpu_ops, pools_beyond_32bit_element_offsets) {
-    fkv_kv_geom g = {8, 2, 128, 32, FKV_F16};
+    fkv_kv_geom g = {.n_kv_heads = 8, .group = 2,
+            .head_dim = 128, .page_size = 32, .dtype = FKV_F16};
     size_t p = g.page_size, hk = g.n_kv_heads, d = g.head_dim, re = hk * d;
     size_t slot_elems = p * re; /* 2^15 */
     size_t n_slots = ((size_t)1 << 17) + 3;

@@ -219,8 +219,11 @@ static void dense_on(fkv_device *d, const fkv_kv_geom *g, const float *q, const 
 
 Test(dispatch, attention_dense_matches_native) {
     static const fkv_kv_geom geoms[] = {
-        {2, 1, 16, 4, FKV_F32},   {2, 4, 64, 16, FKV_F16}, {1, 4, 128, 32, FKV_BF16},
-        {3, 1, 128, 16, FKV_F32}, {2, 4, 16, 32, FKV_BF16},
+        {.n_kv_heads = 2, .group = 1, .head_dim = 16, .page_size = 4, .dtype = FKV_F32},
+        {.n_kv_heads = 2, .group = 4, .head_dim = 64, .page_size = 16, .dtype = FKV_F16},
+        {.n_kv_heads = 1, .group = 4, .head_dim = 128, .page_size = 32, .dtype = FKV_BF16},
+        {.n_kv_heads = 3, .group = 1, .head_dim = 128, .page_size = 16, .dtype = FKV_F32},
+        {.n_kv_heads = 2, .group = 4, .head_dim = 16, .page_size = 32, .dtype = FKV_BF16},
     };
     static const uint32_t lengths[] = {1, 37, 64};
     open_both();
@@ -263,11 +266,13 @@ Test(dispatch, attention_dense_matches_native) {
 static void select_on(fkv_device *d, const fkv_kv_geom *g, const int32_t *desc,
                       const float *scores, size_t n_scores, const fkv_select_params *p,
                       int32_t *rec, size_t rec_bytes) {
-    fkv_bbuf *db = alloc_on(d, 6 * 4), *sb = alloc_on(d, n_scores * 4), *ob = alloc_on(d, rec_bytes);
-    write_on(d, db, 0, desc, 6 * 4);
+    fkv_bbuf *db = alloc_on(d, 8 * 4), *sb = alloc_on(d, n_scores * 4);
+    fkv_bbuf *ob = alloc_on(d, rec_bytes);
+    write_on(d, db, 0, desc, 8 * 4);
     write_on(d, sb, 0, scores, n_scores * 4);
     fkv_bevent *ev = NULL;
-    fkv_status st = fkv_op_select_pages(d, Q, (fkv_deps){0, NULL, &ev}, g, 2, db, 0, sb, 0, p, ob, 0);
+    fkv_status st =
+        fkv_op_select_pages(d, Q, (fkv_deps){0, NULL, &ev}, g, 2, db, 0, NULL, 0, sb, 0, p, ob, 0);
     wait_on(d, st, ev, "select_pages");
     read_on(d, ob, 0, rec, rec_bytes);
     fkv_op_buffer_free(d, db);
@@ -276,9 +281,9 @@ static void select_on(fkv_device *d, const fkv_kv_geom *g, const int32_t *desc,
 }
 
 Test(dispatch, select_pages_fallback_matches_native) {
-    fkv_kv_geom g = {2, 4, 16, 4, FKV_F32};
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 4, .head_dim = 16, .page_size = 4, .dtype = FKV_F32};
     size_t hq = 8;
-    int32_t desc[6] = {0, 30, 0, 0, 11, (int32_t)(hq * 30 + 3)};
+    int32_t desc[8] = {0, 30, 0, 0, 0, 11, (int32_t)(hq * 30 + 3), 0};
     size_t n_scores = hq * 30 + 3 + hq * 11;
     float *sc = malloc(n_scores * 4);
     th_rng r;
@@ -303,7 +308,7 @@ Test(dispatch, select_pages_fallback_matches_native) {
 Test(dispatch, attention_dense_fallback_signals_done_after_deps) {
     /* the fallback waits on deps.wait before its own writes and signals deps.done */
     open_both();
-    fkv_kv_geom g = {1, 1, 16, 4, FKV_F32};
+    fkv_kv_geom g = {.n_kv_heads = 1, .group = 1, .head_dim = 16, .page_size = 4, .dtype = FKV_F32};
     float q[16], k[16 * 3], v[16 * 3], out[16];
     for (int i = 0; i < 16; i++)
         q[i] = 0.1f * (float)i;
@@ -349,7 +354,7 @@ Test(dispatch, recall_mode) {
     open_both();
     cr_assert_eq(fkv_op_recall_mode(fallback_dev), FKV_RECALL_STAGED);
     /* no recall_direct: the op is unsupported, never a crash */
-    fkv_kv_geom g = {1, 1, 16, 4, FKV_F32};
+    fkv_kv_geom g = {.n_kv_heads = 1, .group = 1, .head_dim = 16, .page_size = 4, .dtype = FKV_F32};
     fkv_bhost *h = NULL;
     void *p = NULL;
     cr_assert_eq(fkv_op_host_alloc(fallback_dev, 4096, &h, &p), FKV_OK);
@@ -483,7 +488,8 @@ Test(dispatch, one_argument_rule_checked_once) {
     fkv_device *d = NULL;
     cr_assert_eq(fkv_device_open_ops(&t, 0, &d), FKV_OK, "%s", fkv_last_error());
     fkv_bevent *ev = NULL, *null_ev = NULL;
-    fkv_kv_geom g = {2, 2, 16, 4, FKV_F32}, bad = g;
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 2,
+            .head_dim = 16, .page_size = 4, .dtype = FKV_F32}, bad = g;
     size_t pool = 2 * 4 * 2 * 16 * 4; /* 2 slots */
     fkv_bbuf *kp = alloc_on(d, pool), *vp = alloc_on(d, pool), *qb = alloc_on(d, 4 * 16 * 4);
     fkv_bbuf *out = alloc_on(d, 4 * 16 * 4), *big = alloc_on(d, 1 << 16);
@@ -518,10 +524,12 @@ Test(dispatch, one_argument_rule_checked_once) {
     REFUSED(fkv_op_append(d, Q, DONE, &g, big, 0, big, 0, 2, rows, 0, kp, rows)); /* < 1 slot */
     REFUSED(fkv_op_summarize(d, Q, DONE, &g, kp, 2, rows, 0, sums)); /* pages: 4 ints */
     REFUSED(fkv_op_summarize(d, Q, DONE, &g, kp, 1, rows, 0, NULL));
-    REFUSED(fkv_op_scores(d, Q, DONE, &g, qb, 0, 2, big, 0, sums, out, 0)); /* q too small */
-    REFUSED(fkv_op_scores(d, Q, DONE, &g, qb, 0, 1, rows, 0, sums, out, 0)); /* desc: 3 */
-    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 4, 1, 0.9f, out, 0, out, 0));
-    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 0, 1, 0.9f, out, 0, NULL, 0));
+    REFUSED(fkv_op_scores(d, Q, DONE, &g, qb, 4, 2, big, 0, NULL, 0, sums, out, 0)); /* no q row */
+    REFUSED(fkv_op_scores(d, Q, DONE, &g, qb, 0, 1, rows, 0, NULL, 0, sums, out, 0)); /* desc: 4 */
+    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 4, qb, 0, rows, 0, 1, 0.9f, out, 0, out, 0));
+    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 2, rows, 0, 1, 0.9f, out, 0, out, 0));
+    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 0, rows, 8, 1, 0.9f, out, 0, out, 0));
+    REFUSED(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 0, rows, 0, 1, 0.9f, out, 0, NULL, 0));
     REFUSED(fkv_op_pack_hnd(d, Q, DONE, &g, kp, vp, 2, rows, 0, out, 0)); /* dst small */
     REFUSED(fkv_op_scatter_hnd(d, Q, DONE, &g, qb, 0, 1, rows, 0, kp, vp)); /* src small */
     REFUSED(fkv_op_scatter_hnd(d, Q, DONE, &g, big, 0, 2, rows, 0, kp, vp)); /* units */
@@ -559,8 +567,8 @@ Test(dispatch, one_argument_rule_checked_once) {
     MARKER(fkv_op_write_regions(d, TQ, DONE, qb, 0, NULL));
     MARKER(fkv_op_append(d, Q, DONE, &g, big, 0, big, 0, 0, rows, 0, kp, vp));
     MARKER(fkv_op_summarize(d, Q, DONE, &g, kp, 0, rows, 0, sums));
-    MARKER(fkv_op_scores(d, Q, DONE, &g, qb, 0, 0, rows, 0, sums, out, 0));
-    MARKER(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 0, 0, 0.5f, out, 0, out, 0));
+    MARKER(fkv_op_scores(d, Q, DONE, &g, qb, 0, 0, rows, 0, NULL, 0, sums, out, 0));
+    MARKER(fkv_op_cosine_flags(d, BQ, DONE, &g, qb, 0, qb, 0, rows, 0, 0, 0.5f, out, 0, out, 0));
     MARKER(fkv_op_pack_hnd(d, Q, DONE, &g, kp, vp, 0, rows, 0, out, 0));
     MARKER(fkv_op_scatter_hnd(d, Q, DONE, &g, big, 0, 0, rows, 0, kp, vp));
     MARKER(fkv_op_recall_direct(d, Q, DONE, &g, 1, hs, 0, NULL, rows, 0, kp, vp));
@@ -620,7 +628,8 @@ Test(dispatch, check_geometry_and_recall_note) {
     setenv("FREEKV_CPU_DEVICE_MEMORY", "1M", 1); /* max_buffer_bytes 1 MiB */
     fkv_device *d = NULL;
     cr_assert_eq(fkv_device_open_ops(&t, 0, &d), FKV_OK, "%s", fkv_last_error());
-    fkv_kv_geom g = {2, 4, 64, 16, FKV_F16};
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 4,
+            .head_dim = 64, .page_size = 16, .dtype = FKV_F16};
     fkv_geom_query q = {.max_seqs = 1, .largest_buffer = 1 << 20};
     geometry_calls = 0;
     cr_assert_eq(fkv_op_check_geometry(d, &g, &q), FKV_ERR_UNSUPPORTED);

@@ -21,14 +21,19 @@ typedef struct side { /* one context and its device */
 } side;
 
 static const uint32_t seqs[N_SEQS] = {0, 1};
-static const uint32_t prompts[N_SEQS] = {37, 50};
+/* Prompt lengths; the long-prompt tests set their own (each test runs in its own process). */
+static uint32_t prompts[N_SEQS] = {37, 50};
 static const float drift = 0.45f; /* low enough for freekv to correct some heads */
+
+static int budget_is_sink_and_window; /* set by a test: no middle pages, nothing recalled */
 
 static fkv_config config_of(fkv_policy policy) {
     fkv_config c;
     th_small_config(&c);
     c.policy = policy;
     c.recall_chunk_pages = 2; /* several staging chunks: more commands to fail in a recall */
+    if (budget_is_sink_and_window)
+        c.budget_tokens = c.sink_tokens + c.window_tokens;
     return c;
 }
 
@@ -57,17 +62,24 @@ static void step_inputs(const fkv_config *c, uint32_t layer, uint32_t step, inpu
     }
 }
 
-static fkv_status decode(fkv_context *ctx, const fkv_config *c, uint32_t layer, uint32_t step,
-                         float *out) {
+/* One decode call of both sequences at (layer, step), its output in host memory or (host_out
+ * NULL) in the device buffer dev_out. */
+static fkv_status decode_to(fkv_context *ctx, const fkv_config *c, uint32_t layer,
+                            uint32_t step, float *host_out, fkv_buffer *dev_out) {
     size_t qn = (size_t)c->n_q_heads * c->head_dim, kvn = (size_t)c->n_kv_heads * c->head_dim;
     inputs in = {malloc(sizeof(float) * qn * N_SEQS), malloc(sizeof(float) * kvn * N_SEQS),
                  malloc(sizeof(float) * kvn * N_SEQS)};
     step_inputs(c, layer, step, &in);
     fkv_tensor tq = {in.q, NULL, 0}, tk = {in.k, NULL, 0}, tv = {in.v, NULL, 0},
-               to = {out, NULL, 0};
+               to = {host_out, host_out ? NULL : dev_out, 0};
     fkv_status st = fkv_decode_layer(ctx, layer, N_SEQS, seqs, &tq, &tk, &tv, &to);
     free(in.q), free(in.k), free(in.v);
     return st;
+}
+
+static fkv_status decode(fkv_context *ctx, const fkv_config *c, uint32_t layer, uint32_t step,
+                         float *out) {
+    return decode_to(ctx, c, layer, step, out, NULL);
 }
 
 static fkv_status prefill(fkv_context *ctx, const fkv_config *c, uint32_t b, uint32_t layer) {
@@ -269,6 +281,25 @@ Test(faults, prefill_freekv_enqueue) {
     prefill_faults(FKV_POLICY_FREEKV, FKV_CPU_FAULT_ENQUEUE);
 }
 Test(faults, prefill_freekv_run) { prefill_faults(FKV_POLICY_FREEKV, FKV_CPU_FAULT_RUN); }
+/* Prompts of two prefill chunks (page 4: 64 pages of 256 tokens each): the offload's packs
+ * and reads of several staging fills, chained, fail in turn, each while the others are in
+ * flight. */
+Test(faults, prefill_long_freekv_run) {
+    prompts[0] = 300, prompts[1] = 470;
+    prefill_faults(FKV_POLICY_FREEKV, FKV_CPU_FAULT_RUN);
+}
+/* With no middle pages the initial selection recalls nothing, so no command after the reads
+ * into the host pool runs on the transfer queue: a failed read is reported by the prefill's
+ * own wait or by nothing. */
+Test(faults, prefill_long_no_recall_run) {
+    prompts[0] = 300, prompts[1] = 470;
+    budget_is_sink_and_window = 1;
+    prefill_faults(FKV_POLICY_SYNC, FKV_CPU_FAULT_RUN);
+}
+Test(faults, prefill_long_sync_enqueue) {
+    prompts[0] = 300, prompts[1] = 470;
+    prefill_faults(FKV_POLICY_SYNC, FKV_CPU_FAULT_ENQUEUE);
+}
 
 /* A failure in background work (the speculative task a successful call leaves running) is
  * reported by a later call (or fkv_context_sync) and the context recovers: a retried call
@@ -333,9 +364,93 @@ static void background_faults(fkv_cpu_fault kind) {
         close_side(&a);
         close_side(&twin);
     }
-    cr_assert_gt(failures, 5, "only %u background failures injected", failures);
+    /* the task's commands: descriptor write, scores, select_pages, records read (one each for
+     * the batch), then the recall's */
+    cr_assert_geq(failures, 5, "only %u background failures injected", failures);
     free(out);
 }
+
+/* A decode call with a device output returns without waiting for its commands: a device error
+ * in one of them (every command of the call fails in turn) does not fail that call; it is
+ * reported once, by the next call of the same layer, whose retry succeeds, and the context
+ * goes on (the failed call's token is not repaired: only the report is checked, and that
+ * nothing else fails). With the speculative policy the worker finds the failure before the
+ * layer's task; with dense the next call does. The call ends with markers (one on the transfer
+ * queue after its offload reads, then one on the compute queue), which report the failures of
+ * the commands before them; a marker failing by itself (which only the fault injection does:
+ * on a device a marker fails through an earlier command) leaves its queue failing until the
+ * queue's next marker, another call's, so those two are not injected. */
+static side device_output_setup(const fkv_config *c, float *out, fkv_buffer **bo) {
+    side a;
+    open_side(c, &a);
+    prefill_all(&a, c);
+    for (uint32_t step = 0; step < 2; step++)
+        for (uint32_t l = 0; l < c->n_layers; l++)
+            cr_assert_eq(decode(a.ctx, c, l, step, out), FKV_OK, "%s", fkv_last_error());
+    size_t out_bytes = sizeof(float) * N_SEQS * c->n_q_heads * c->head_dim;
+    cr_assert_eq(fkv_buffer_alloc(a.dev, out_bytes, bo), FKV_OK);
+    cr_assert_eq(fkv_context_sync(a.ctx), FKV_OK, "%s", fkv_last_error());
+    return a;
+}
+
+static void device_output_faults(fkv_policy policy) {
+    fkv_config c = config_of(policy);
+    size_t out_n = (size_t)N_SEQS * c.n_q_heads * c.head_dim;
+    float *out = malloc(sizeof(float) * out_n);
+    fkv_buffer *bo = NULL;
+    /* the call's command count: step 2 fills a page of sequence 0 (prompt 37), so the offload
+     * policies end it with both markers */
+    side a = device_output_setup(&c, out, &bo);
+    uint64_t commands = 0;
+    cr_assert_eq(fkv_cpu_fault_arm(a.dev, MAX_COMMANDS, FKV_CPU_FAULT_RUN,
+                                   FKV_CPU_FAULT_THIS_THREAD), FKV_OK);
+    cr_assert_eq(decode_to(a.ctx, &c, 0, 2, NULL, bo), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_cpu_fault_disarm(a.dev, NULL, &commands), FKV_OK);
+    cr_assert_eq(fkv_context_sync(a.ctx), FKV_OK, "%s", fkv_last_error()); /* bo is free */
+    fkv_buffer_release(bo);
+    close_side(&a);
+    uint64_t markers = policy == FKV_POLICY_DENSE ? 1 : 2;
+    cr_assert_gt(commands, markers + 3, "%llu commands", (unsigned long long)commands);
+    for (uint64_t n = 1; n <= commands - markers; n++) {
+        a = device_output_setup(&c, out, &bo);
+        cr_assert_eq(fkv_cpu_fault_arm(a.dev, n, FKV_CPU_FAULT_RUN, FKV_CPU_FAULT_THIS_THREAD),
+                     FKV_OK);
+        fkv_status st = decode_to(a.ctx, &c, 0, 2, NULL, bo);
+        int fired;
+        cr_assert_eq(fkv_cpu_fault_disarm(a.dev, &fired, NULL), FKV_OK);
+        cr_assert(fired, "%s, command %llu of %llu did not fail", fkv_policy_name(policy),
+                  (unsigned long long)n, (unsigned long long)commands);
+        cr_assert_eq(st, FKV_OK, "%s, command %llu: the call waited for its commands: %s",
+                     fkv_policy_name(policy), (unsigned long long)n, fkv_last_error());
+        int reported = 0;
+        for (uint32_t step = 2; step < 5; step++)
+            for (uint32_t l = step == 2 ? 1 : 0; l < c.n_layers; l++) {
+                st = decode(a.ctx, &c, l, step, out);
+                if (st != FKV_OK) {
+                    cr_assert(!reported && step == 3 && l == 0,
+                              "%s, command %llu: reported at step %u layer %u (%s)",
+                              fkv_policy_name(policy), (unsigned long long)n, step, l,
+                              fkv_last_error());
+                    cr_assert(strstr(fkv_last_error(), "layer 0") != NULL, "%s",
+                              fkv_last_error());
+                    reported = 1;
+                    st = decode(a.ctx, &c, l, step, out);
+                }
+                cr_assert_eq(st, FKV_OK, "%s, command %llu, step %u layer %u: %s",
+                             fkv_policy_name(policy), (unsigned long long)n, step, l,
+                             fkv_last_error());
+            }
+        cr_assert(reported, "%s, command %llu: the failure was never reported",
+                  fkv_policy_name(policy), (unsigned long long)n);
+        cr_assert_eq(fkv_context_sync(a.ctx), FKV_OK, "%s", fkv_last_error());
+        fkv_buffer_release(bo);
+        close_side(&a);
+    }
+    free(out);
+}
+
+Test(faults, device_output_dense) { device_output_faults(FKV_POLICY_DENSE); }
+Test(faults, device_output_speculative) { device_output_faults(FKV_POLICY_SPECULATIVE); }
 
 Test(faults, background_enqueue) { background_faults(FKV_CPU_FAULT_ENQUEUE); }
 Test(faults, background_run) { background_faults(FKV_CPU_FAULT_RUN); }

@@ -119,7 +119,8 @@ static fkv_device *open_or_skip(void) {
 
 Test(hip, argument_checks_refuse_before_enqueueing) {
     fkv_device *d = open_or_skip();
-    fkv_kv_geom g = {2, 2, 64, 16, FKV_F16};
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 2,
+            .head_dim = 64, .page_size = 16, .dtype = FKV_F16};
     fkv_bbuf *buf = NULL;
     cr_assert_eq(fkv_op_buffer_alloc(d, 4096, &buf), FKV_OK, "%s", fkv_last_error());
     fkv_bevent *ev = (fkv_bevent *)&ev;
@@ -132,8 +133,8 @@ Test(hip, argument_checks_refuse_before_enqueueing) {
     cr_assert_eq(
         fkv_op_append(d, FKV_QUEUE_TRANSFER, deps, &g, buf, 0, buf, 0, 1, buf, 0, buf, buf),
         FKV_ERR_INVALID_ARGUMENT, "kernels only on compute/background");
-    cr_assert_eq(fkv_op_cosine_flags(d, FKV_QUEUE_COMPUTE, deps, &g, buf, 2, buf, 0, 1, 0.9f, buf,
-                                     0, buf, 0),
+    cr_assert_eq(fkv_op_cosine_flags(d, FKV_QUEUE_COMPUTE, deps, &g, buf, 2, buf, 0, buf, 0, 1,
+                                     0.9f, buf, 0, buf, 0),
                  FKV_ERR_INVALID_ARGUMENT, "misaligned offset");
     fkv_deps bad = {2, NULL, &ev};
     cr_assert_eq(fkv_op_marker(d, FKV_QUEUE_COMPUTE, bad), FKV_ERR_INVALID_ARGUMENT);

@@ -85,6 +85,29 @@ Test(hostpool, page_addresses_across_chunk_boundaries) {
     close_pool(&f);
 }
 
+/* A run of pages that one read can fill ends at its chunk's end: from page j, at most
+ * CHUNK_PAGES - j % CHUNK_PAGES pages, and no more than asked for. */
+Test(hostpool, runs_end_at_chunk_boundaries) {
+    fixture f;
+    open_pool(&f, NULL);
+    cr_assert_eq(reserve(&f, MAX_PAGES), FKV_OK);
+    static const struct {
+        uint32_t page, asked, run;
+    } cases[] = {{0, 4, 4}, {0, 9, 4}, {1, 9, 3}, {3, 9, 1}, {4, 2, 2}, {5, 6, 3}, {8, 2, 2},
+                 {2, 1, 1}, {7, 0, 0}};
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        uint32_t run = fkv_hostpool_run(&f.hp, cases[i].page, cases[i].asked);
+        cr_assert_eq(run, cases[i].run, "from page %u, %u asked: %u, not %u", cases[i].page,
+                     cases[i].asked, run, cases[i].run);
+        /* the run is contiguous host memory */
+        unsigned char *p0 = fkv_hostpool_page(&f.hp, cases[i].page, NULL, NULL);
+        for (uint32_t k = 1; k < run; k++)
+            cr_assert_eq(fkv_hostpool_page(&f.hp, cases[i].page + k, NULL, NULL),
+                         p0 + (size_t)k * PAGE_BYTES);
+    }
+    close_pool(&f);
+}
+
 Test(hostpool, trim_keeps_the_chunks_of_the_pages_kept) {
     fixture f;
     open_pool(&f, NULL);

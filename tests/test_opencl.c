@@ -126,7 +126,8 @@ Test(opencl_env, recall_modes) {
         cr_assert_eq(th_option_value(ODEV, "svm_host"), (uint64_t)cases[i].svm_host);
         /* Pinned (non-SVM) host memory is never handed to a kernel. */
         if (!cases[i].svm_host) {
-            fkv_kv_geom g = {1, 1, 16, 4, FKV_F32};
+            fkv_kv_geom g = {.n_kv_heads = 1, .group = 1,
+                    .head_dim = 16, .page_size = 4, .dtype = FKV_F32};
             fkv_bhost *h;
             void *p;
             cr_assert_eq(fkv_op_host_alloc(ODEV, 4096, &h, &p), FKV_OK);
@@ -169,7 +170,7 @@ Test(opencl_env, bad_environment) {
 }
 
 Test(opencl, kernel_build_failure) {
-    fkv_kv_geom g = {1, 1, 16, 4, FKV_F32};
+    fkv_kv_geom g = {.n_kv_heads = 1, .group = 1, .head_dim = 16, .page_size = 4, .dtype = FKV_F32};
     fkv_bbuf *kp = bh_alloc1(UT, 4096), *vp = bh_alloc1(UT, 4096), *idx = bh_alloc1(UT, 64);
     cr_assert_eq(set_source("kernel void fkv_append(global int *x) {\n"
                             "    x[0] = undeclared_thing;\n}\n"),
@@ -195,7 +196,8 @@ Test(opencl, kernel_build_failure) {
 /* ---- program-binary cache ---- */
 
 static void use_program(void) {
-    fkv_kv_geom g = {1, 1, 16, 4, FKV_BF16};
+    fkv_kv_geom g = {.n_kv_heads = 1, .group = 1,
+            .head_dim = 16, .page_size = 4, .dtype = FKV_BF16};
     fkv_bbuf *kp = bh_alloc1(UT, 4096), *idx = bh_alloc1(UT, 64);
     int32_t u[2] = {0, 0};
     bh_write1(UT, idx, 0, u, 8);

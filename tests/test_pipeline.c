@@ -257,10 +257,9 @@ Test(pipeline, speculative_attends_previous_query_selection) {
 }
 
 /* Every token appended is stored exactly once: host pool + device current page, in order. */
-static void check_kv_roundtrip(fkv_dtype dtype, fkv_policy policy) {
+static void check_kv_roundtrip_of(fkv_dtype dtype, fkv_policy policy, uint32_t *prompts) {
     fkv_config c = cfg_small(policy);
     c.dtype = dtype;
-    uint32_t prompts[] = {37, 90};
     pd_run r = run_of(2, prompts, 25, 1);
     fkv_device *dev;
     fkv_context *ctx;
@@ -292,7 +291,18 @@ static void check_kv_roundtrip(fkv_dtype dtype, fkv_policy policy) {
     fkv_device_close(dev);
 }
 
+static void check_kv_roundtrip(fkv_dtype dtype, fkv_policy policy) {
+    uint32_t prompts[] = {37, 90};
+    check_kv_roundtrip_of(dtype, policy, prompts);
+}
+
 Test(pipeline, every_token_stored_once_f32) { check_kv_roundtrip(FKV_F32, FKV_POLICY_FREEKV); }
+/* Prompts of several prefill chunks and host pool pieces (64 pages each, page 4): the batched
+ * offload reads whole runs of pages into the host pool, across the pieces' boundaries. */
+Test(pipeline, every_token_stored_once_long_prompts) {
+    uint32_t prompts[] = {470, 259};
+    check_kv_roundtrip_of(FKV_F16, FKV_POLICY_FREEKV, prompts);
+}
 Test(pipeline, every_token_stored_once_bf16) { check_kv_roundtrip(FKV_BF16, FKV_POLICY_SYNC); }
 Test(pipeline, every_token_stored_once_f16_quest) { check_kv_roundtrip(FKV_F16, FKV_POLICY_QUEST); }
 

@@ -17,12 +17,12 @@ static uint32_t select_one(const float *s, uint32_t group, uint32_t n_pages, uin
                            uint32_t k, fkv_group_reduce mode, float scale, uint32_t *pages,
                            float *vals) {
     fkv_kv_geom g = {.n_kv_heads = 1, .group = group, .head_dim = 4, .page_size = 4};
-    int32_t desc[3] = {0, (int32_t)n_pages, 0};
+    int32_t desc[FKV_SCORES_DESC_INTS] = {0, (int32_t)n_pages, 0, 0};
     float *scratch = malloc(sizeof(float) * group * n_pages + 1);
     int32_t *rec = malloc(sizeof(int32_t) * 2 * k + 1);
     memcpy(scratch, s, sizeof(float) * group * n_pages);
     fkv_select_params p = {.first_page = first, .k = k, .reduce = mode, .temp_scale = scale};
-    cr_assert_eq(cpu_select_pages(&g, 1, desc, scratch, (size_t)group * n_pages, &p, rec),
+    cr_assert_eq(cpu_select_pages(&g, 1, desc, NULL, scratch, (size_t)group * n_pages, &p, rec),
                  FKV_OK);
     uint32_t n = 0;
     for (; n < k && rec[n] >= 0; n++) {

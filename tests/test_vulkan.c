@@ -142,7 +142,8 @@ BH_SPEC(vulkan_windows_w32, attention_split)
  * items is refused, never run with wrapped ids that redo early items and skip late ones.
  * Summaries of 2^14 + 1 pages of a 1024 x 256 geometry are 2^32 + 2^18 items. */
 Test(vulkan, launch_beyond_32bit_invocation_ids) {
-    fkv_kv_geom g = {1024, 1, 256, 1, FKV_F32};
+    fkv_kv_geom g = {.n_kv_heads = 1024, .group = 1,
+            .head_dim = 256, .page_size = 1, .dtype = FKV_F32};
     uint32_t n_pages = (1u << 14) + 1;
     size_t slot = (size_t)1024 * 256 * 4;
     fkv_bbuf *pool = bh_alloc1(UT, slot), *pages = bh_alloc1(UT, (size_t)n_pages * 8);
@@ -181,7 +182,8 @@ Test(vulkan, pools_beyond_one_binding, .timeout = 600) {
     if (OD->max_range >= OD->max_alloc || OD->max_range > (512u << 20))
         cr_skip_test("maxStorageBufferRange is %llu bytes: too large a pool to test here",
                      (unsigned long long)OD->max_range);
-    fkv_kv_geom g = {1, 2, 64, 16, FKV_F16};
+    fkv_kv_geom g = {.n_kv_heads = 1, .group = 2,
+            .head_dim = 64, .page_size = 16, .dtype = FKV_F16};
     size_t slot = (size_t)g.page_size * g.n_kv_heads * g.head_dim * 2;
     uint32_t n_slots = (uint32_t)(OD->max_range / slot) + 40, first = (uint32_t)(OD->max_range / slot);
     /* Slots on both sides of the first window's end, and the pool's last slot. */
@@ -405,7 +407,8 @@ Test(vulkan_env, pipeline_cache_file) {
     setenv("FREEKV_CACHE_DIR", sub, 1);
     for (int round = 0; round < 3; round++) {
         cr_assert_eq(bh_try_open(), FKV_OK, "%s", fkv_last_error());
-        fkv_kv_geom g = {1, 1, 16, 4, FKV_BF16};
+        fkv_kv_geom g = {.n_kv_heads = 1, .group = 1,
+                .head_dim = 16, .page_size = 4, .dtype = FKV_BF16};
         fkv_bbuf *kp = bh_alloc1(UT, 4096), *idx = bh_alloc1(UT, 64);
         int32_t u[2] = {0, 0};
         bh_write1(UT, idx, 0, u, 8);
@@ -644,8 +647,18 @@ Test(vulkan_env, steady_state_allocates_nothing, .timeout = 600) {
 
 /* Command-buffer granularity: a queue's consecutive commands go out in one vkQueueSubmit, when
  * something waits on them (event_wait, another queue's command, finish), in order and with
- * their results right. */
-Test(vulkan, commands_batch_into_one_submit) {
+ * their results right. Where TRANSFER runs on COMPUTE's VkQueue (lavapipe), the two share one
+ * submission stream: TRANSFER's command that waits on COMPUTE's is recorded after them, and
+ * one submission carries all six. With separate streams (a device with a VkQueue per queue,
+ * or the option separate_streams), COMPUTE's five go out when TRANSFER's command waits on
+ * them, and that one when it is waited for. */
+static void check_batches(int separate) {
+    set_option(ODEV, "separate_streams", (uint64_t)separate);
+    char queues[256];
+    cr_assert_eq(fkv_op_get_option(ODEV, "queues", queues, sizeof queues), FKV_OK);
+    const char *xfer = strstr(queues, "transfer family");
+    cr_assert_not_null(xfer, "%s", queues);
+    uint64_t shared = !separate && strstr(xfer, "(shared)") != NULL;
     enum { N = 256 };
     uint32_t a[N], b[N], got[N];
     for (uint32_t i = 0; i < N; i++)
@@ -675,9 +688,11 @@ Test(vulkan, commands_batch_into_one_submit) {
                                                                   .done = &ev2},
                              x, 0, back, sizeof back),
                  FKV_OK);
-    cr_expect_eq(option(ODEV, "submits"), s0 + 1, "one submission for five commands");
+    cr_expect_eq(option(ODEV, "submits"), s0 + 1 - shared, "%s",
+                 shared ? "recorded after them, nothing submitted"
+                        : "one submission for five commands");
     cr_assert_eq(fkv_op_event_wait(ODEV, 1, &ev2), FKV_OK, "%s", fkv_last_error());
-    cr_expect_eq(option(ODEV, "submits"), s0 + 2);
+    cr_expect_eq(option(ODEV, "submits"), s0 + 2 - shared);
     cr_assert_eq(fkv_op_event_wait(ODEV, 1, &ev), FKV_OK, "%s", fkv_last_error());
     cr_expect_eq(got[0], a[0]);
     for (uint32_t i = 1; i < N; i++)
@@ -689,10 +704,68 @@ Test(vulkan, commands_batch_into_one_submit) {
     /* finish submits what is recorded */
     cr_assert_eq(fkv_op_write(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, x, 0, b, sizeof b), FKV_OK);
     cr_assert_eq(fkv_op_read(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, x, 0, got, sizeof got), FKV_OK);
-    cr_expect_eq(option(ODEV, "submits"), s0 + 2);
+    cr_expect_eq(option(ODEV, "submits"), s0 + 2 - shared);
     cr_assert_eq(fkv_op_finish(ODEV, FKV_QUEUE_COMPUTE), FKV_OK, "%s", fkv_last_error());
-    cr_expect_eq(option(ODEV, "submits"), s0 + 3);
+    cr_expect_eq(option(ODEV, "submits"), s0 + 3 - shared);
     cr_assert_eq(memcmp(got, b, sizeof b), 0);
     fkv_op_buffer_free(ODEV, x);
     fkv_op_buffer_free(ODEV, y);
+    set_option(ODEV, "separate_streams", 0);
+}
+
+Test(vulkan, commands_batch_into_one_submit) { check_batches(0); }
+Test(vulkan, commands_batch_into_one_submit_separate_streams) { check_batches(1); }
+
+/* A command that waits on another stream starts a batch of the submission, not a submission:
+ * COMPUTE's pending write stays pending while TRANSFER's command it waits on goes out; one
+ * submission then carries the write and two batches after it, the first a marker that waits
+ * (its command buffer holds only the barrier the later ones order after), the second a copy
+ * that waits too, and the data is TRANSFER's. */
+Test(vulkan, cross_stream_wait_starts_a_batch) {
+    set_option(ODEV, "separate_streams", 1);
+    enum { N = 64 };
+    uint32_t a[N], b[N], c[N], got[N];
+    for (uint32_t i = 0; i < N; i++)
+        a[i] = i + 1, b[i] = 1000 + i, c[i] = 0;
+    fkv_bbuf *x = NULL, *y = NULL, *z = NULL;
+    cr_assert_eq(fkv_op_buffer_alloc(ODEV, sizeof a, &x), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_buffer_alloc(ODEV, sizeof a, &y), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_buffer_alloc(ODEV, sizeof a, &z), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(fkv_op_finish(ODEV, FKV_QUEUE_COMPUTE), FKV_OK);
+    cr_assert_eq(fkv_op_finish(ODEV, FKV_QUEUE_TRANSFER), FKV_OK);
+    uint64_t s0 = option(ODEV, "submits");
+    cr_assert_eq(fkv_op_write(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, z, 0, c, sizeof c), FKV_OK);
+    fkv_bevent *tw = NULL, *tw2 = NULL, *done = NULL;
+    cr_assert_eq(fkv_op_write(ODEV, FKV_QUEUE_TRANSFER, (fkv_deps){.done = &tw}, x, 0, a,
+                              sizeof a),
+                 FKV_OK);
+    cr_assert_eq(fkv_op_write(ODEV, FKV_QUEUE_TRANSFER, (fkv_deps){.done = &tw2}, y, 0, b,
+                              sizeof b),
+                 FKV_OK);
+    cr_expect_eq(option(ODEV, "submits"), s0, "recorded, not yet submitted");
+    /* a marker on COMPUTE after the first TRANSFER write, then a copy after the second */
+    cr_assert_eq(fkv_op_marker(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){.n_wait = 1, .wait = &tw}),
+                 FKV_OK);
+    cr_expect_eq(option(ODEV, "submits"), s0 + 1, "TRANSFER's writes only");
+    cr_assert_eq(fkv_op_copy(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){0}, z, 0, x, 0, sizeof a),
+                 FKV_OK);
+    cr_assert_eq(fkv_op_copy(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){.n_wait = 1, .wait = &tw2}, z,
+                             sizeof a / 2, y, sizeof a / 2, sizeof a / 2),
+                 FKV_OK);
+    cr_assert_eq(fkv_op_read(ODEV, FKV_QUEUE_COMPUTE, (fkv_deps){.done = &done}, z, 0, got,
+                             sizeof got),
+                 FKV_OK);
+    cr_expect_eq(option(ODEV, "submits"), s0 + 1, "COMPUTE's waits start batches, not submits");
+    cr_assert_eq(fkv_op_event_wait(ODEV, 1, &done), FKV_OK, "%s", fkv_last_error());
+    cr_expect_eq(option(ODEV, "submits"), s0 + 2, "one submission for COMPUTE's five");
+    for (uint32_t i = 0; i < N; i++)
+        cr_assert_eq(got[i], i < N / 2 ? a[i] : b[i], "got[%u] = %u", i, got[i]);
+    fkv_op_event_release(ODEV, tw);
+    fkv_op_event_release(ODEV, tw2);
+    fkv_op_event_release(ODEV, done);
+    no_validation_errors(ODEV);
+    fkv_op_buffer_free(ODEV, x);
+    fkv_op_buffer_free(ODEV, y);
+    fkv_op_buffer_free(ODEV, z);
+    set_option(ODEV, "separate_streams", 0);
 }

@@ -4,8 +4,9 @@
 #      gfx90a, gfx1030 with Debian's hipcc 5.2.3), build folder build-ci-hip-amd
 #   2. NVIDIA: the same hip/ sources through hip/hip_cuda_compat.h with nvcc (sm_80, sm_86,
 #      sm_89, sm_90 and PTX compute_90), build folder build-ci-hip-nv
-# Each builds the library (shared and static), links freekv-info, freekv-conformance and
-# freekv-opbench (unresolved symbols show), fails on any compiler warning in hip/, runs the
+# Each builds the library (shared and static), links freekv-info, freekv-conformance,
+# freekv-opbench and the engine example engine_hip (unresolved symbols show; it exits 77
+# without a GPU), fails on any compiler warning in hip/, runs the
 # host-side tests (test_hip, when Criterion is there) and shows that a machine without a GPU
 # lists 0 HIP devices (freekv-info exits 0; the conformance runner reports "no device", 77).
 # It installs nothing. Needs (Debian 12, --no-install-recommends): hipcc libamdhip64-dev,
@@ -40,7 +41,7 @@ check_build() {
   shift
   local dir=$root/build-ci-hip-$name
   local log=$dir/ci-hip.log
-  local targets=(freekv freekv_static freekv-info freekv-conformance freekv-opbench)
+  local targets=(freekv freekv_static freekv-info freekv-conformance freekv-opbench engine_hip)
   local start=$SECONDS
   echo "== HIP backend, $name: configure and build ($dir)"
   rm -rf "$dir"
@@ -78,6 +79,16 @@ check_build() {
     echo "== HIP backend, $name: host-side tests (test_hip)"
     "$dir/test_hip" --jobs 2 2>&1 | tail -n 1 | sed 's/^/   /'
     "$dir/test_hip" --jobs 2 >/dev/null 2>&1 || fail "$name: test_hip"
+  fi
+
+  echo "== HIP backend, $name: the engine example (examples/engine_hip.c)"
+  local ex_rc=0
+  "$dir/engine_hip" >"$dir/engine_hip.log" 2>&1 || ex_rc=$?
+  sed 's/^/   /' "$dir/engine_hip.log" | tail -n 3
+  if [ "$n_hip" = 0 ]; then
+    [ "$ex_rc" = 77 ] || fail "$name: engine_hip exited $ex_rc, want 77 (no device)"
+  else
+    [ "$ex_rc" = 0 ] || fail "$name: engine_hip exited $ex_rc on a GPU"
   fi
 
   echo "== HIP backend, $name: conformance runner without a GPU"

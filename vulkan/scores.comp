@@ -1,5 +1,10 @@
 #version 450
-/* Quest bound of the query heads of one KV head in one pass over each page summary.
+/* Quest bound of the query heads of one KV head in one pass over each page summary. The
+ * pass's heads are SCORE_LANES lanes (a summary is read once per 8 query heads of its group),
+ * each lane's sum runs over the channels in order (the CPU reference's order), and an
+ * invocation scores SCORE_PAGES consecutive pages per pass. qs holds the queries transposed,
+ * [channel][head], then SCORE_LANES - 1 floats of padding the last channel's lanes reach
+ * (lanes beyond the block's heads are computed and dropped).
  * Workgroup y = (sequence, KV head, block of `heads` query heads: the group in several blocks
  * when its queries do not fit shared memory at once); x (chunks of workgroups) strides over
  * its pages. The summaries are bound as a window of n_summaries from summ_base
@@ -9,49 +14,65 @@ RBUF(0, float, q);
 RBUF(1, int, desc);
 RBUF(2, float, summaries);
 BUF(3, float, outp);
+RBUF(4, int, pair_mask);
 layout(push_constant) uniform PC {
     uint q_off, desc_off, n_summaries, out_off, out_len, n_kv_heads, group, head_dim, summ_base,
-        heads;
+        heads, q_rows, mask_off, use_mask;
 } pc;
 shared float qs[SMEM];
-#define SCORE_GROUP 8
+#define SCORE_LANES 8u /* backends/launch.h FKV_SCORE_LANES */
+#define SCORE_PAGES 4u
 
 void main() {
     uint n_blocks = (pc.group + pc.heads - 1u) / pc.heads, lid = gl_LocalInvocationID.x;
     uint bh = gl_WorkGroupID.y / n_blocks, hb = (gl_WorkGroupID.y % n_blocks) * pc.heads;
-    uint b = bh / pc.n_kv_heads, h = bh % pc.n_kv_heads;
-    uint ng_all = min(pc.heads, pc.group - hb), gd = ng_all * pc.head_dim;
-    uint qb = pc.q_off + (bh * pc.group + hb) * pc.head_dim;
-    for (uint i = lid; i < gd; i += gl_WorkGroupSize.x)
-        qs[i] = q[qb + i];
+    uint b = bh / pc.n_kv_heads, h = bh % pc.n_kv_heads, db = pc.desc_off + 4u * b;
+    int row = desc[db + 3u];
+    /* a masked pair or a row beyond the queries does nothing (no return before the barrier) */
+    bool ok = row >= 0 && uint(row) < pc.q_rows && pc.n_summaries > 0u &&
+              (pc.use_mask == 0u || pair_mask[pc.mask_off + bh] != 0);
+    uint ng_all = min(pc.heads, pc.group - hb), gd = ng_all * pc.head_dim, d = pc.head_dim;
+    uint qb = pc.q_off + ((uint(ok ? row : 0) * pc.n_kv_heads + h) * pc.group + hb) * d;
+    for (uint i = lid; i < gd + SCORE_LANES - 1u; i += gl_WorkGroupSize.x)
+        qs[i] = ok && i < gd ? q[qb + (i % ng_all) * d + i / ng_all] : 0.0;
     barrier();
-    int base = desc[pc.desc_off + 3u * b], n_pages = desc[pc.desc_off + 3u * b + 1u];
-    int obase = desc[pc.desc_off + 3u * b + 2u];
-    uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x;
-    for (uint j = gl_WorkGroupID.x * gl_WorkGroupSize.x + lid; j < uint(max(n_pages, 0));
-         j += stride) {
-        int sidx = base + int(j);
-        uint ls = uint(sidx) - pc.summ_base;
-        if (sidx < 0 || ls >= pc.n_summaries)
-            continue;
-        uint mn = (ls * pc.n_kv_heads + h) * 2u * pc.head_dim, mx = mn + pc.head_dim;
-        for (uint g0 = 0u; g0 < ng_all; g0 += SCORE_GROUP) {
-            uint ng = min(uint(SCORE_GROUP), ng_all - g0);
-            float acc[SCORE_GROUP];
-            for (uint k = 0u; k < SCORE_GROUP; k++)
-                acc[k] = 0.0;
-            for (uint c = 0u; c < pc.head_dim; c++) {
-                float lo = summaries[mn + c], hi = summaries[mx + c];
-                for (uint k = 0u; k < ng; k++) {
-                    float qv = qs[(g0 + k) * pc.head_dim + c];
-                    acc[k] += max(qv * hi, qv * lo);
+    int base = desc[db], n_pages = ok ? desc[db + 1u] : 0;
+    int obase = desc[db + 2u];
+    uint np = uint(max(n_pages, 0));
+    uint stride = gl_NumWorkGroups.x * gl_WorkGroupSize.x * SCORE_PAGES;
+    for (uint j0 = (gl_WorkGroupID.x * gl_WorkGroupSize.x + lid) * SCORE_PAGES; j0 < np;
+         j0 += stride) {
+        /* pages beyond the sequence or the window read a valid summary and are dropped */
+        uint mn[SCORE_PAGES];
+        bool valid[SCORE_PAGES];
+        for (uint p = 0u; p < SCORE_PAGES; p++) {
+            int sidx = base + int(j0 + p);
+            uint ls = uint(sidx) - pc.summ_base;
+            valid[p] = j0 + p < np && sidx >= 0 && ls < pc.n_summaries;
+            mn[p] = ((valid[p] ? ls : 0u) * pc.n_kv_heads + h) * 2u * d;
+        }
+        for (uint g0 = 0u; g0 < ng_all; g0 += SCORE_LANES) {
+            float acc[SCORE_PAGES][SCORE_LANES];
+            for (uint p = 0u; p < SCORE_PAGES; p++)
+                for (uint k = 0u; k < SCORE_LANES; k++)
+                    acc[p][k] = 0.0;
+            for (uint c = 0u; c < d; c++) {
+                float x[SCORE_LANES];
+                for (uint k = 0u; k < SCORE_LANES; k++)
+                    x[k] = qs[c * ng_all + g0 + k];
+                for (uint p = 0u; p < SCORE_PAGES; p++) {
+                    float lo = summaries[mn[p] + c], hi = summaries[mn[p] + d + c];
+                    for (uint k = 0u; k < SCORE_LANES; k++)
+                        acc[p][k] += max(x[k] * hi, x[k] * lo);
                 }
             }
-            for (uint k = 0u; k < ng; k++) {
-                int o = obase + int((h * pc.group + hb + g0 + k) * uint(n_pages) + j);
-                if (o >= 0 && uint(o) < pc.out_len)
-                    outp[pc.out_off + uint(o)] = acc[k];
-            }
+            uint ng = min(SCORE_LANES, ng_all - g0);
+            for (uint p = 0u; p < SCORE_PAGES; p++)
+                for (uint k = 0u; k < ng && valid[p]; k++) {
+                    int o = obase + int((h * pc.group + hb + g0 + k) * uint(n_pages) + j0 + p);
+                    if (o >= 0 && uint(o) < pc.out_len)
+                        outp[pc.out_off + uint(o)] = acc[p][k];
+                }
         }
     }
 }

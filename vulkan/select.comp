@@ -1,17 +1,22 @@
 #version 450
 /* select_pages (backend.h): group reduction and top-k of page scores. One workgroup (a power
- * of two) per (sequence, KV head). Invocation l owns pages first + l + t*w in every pass, so
- * the reduced values it writes over row 0 of the group's scores (the op's scratch) are read
- * back only by itself. Then a radix select (4 passes of 8 bits over order keys, histogram in
- * shared memory) finds the k-th value, and a compaction in page order writes the pages above
- * it and the lowest pages equal to it. The same algorithm as opencl/kernels.cl. */
+ * of two) per (sequence, KV head). Invocation l owns pages first + l + t*w in the reduction and
+ * the radix select, so the reduced values it writes over row 0 of the group's scores (the op's
+ * scratch) are read back only by itself there: a radix select (4 passes of 8 bits over order
+ * keys, histogram in shared memory) finds the k-th value. Then, after a barrier, invocation l
+ * takes the l-th contiguous range of the candidates, two scans say where its pages go and how
+ * many pages equal to the k-th value it takes (the lowest first), and it writes them in page
+ * order. The same algorithm as opencl/kernels.cl. */
 #include "common.glsl"
 RBUF(0, int, desc);
-BUF(1, float, scores);
+/* coherent: invocations read each other's reduced values after the barrier */
+layout(std430, set = 0, binding = 1) coherent buffer B1 { float scores[]; };
 BUF(2, int, outp);
+RBUF(3, int, pair_mask);
 layout(push_constant) uniform PC {
     uint desc_off, scores_off, scores_len, n_kv_heads, group, first, k, reduce, out_off;
     float temp_scale;
+    uint mask_off, use_mask;
 } pc;
 shared float red[gl_WorkGroupSize.x];
 shared uint scan[gl_WorkGroupSize.x];
@@ -60,14 +65,16 @@ void main() {
     uint bh = gl_WorkGroupID.x, lid = gl_LocalInvocationID.x, w = gl_WorkGroupSize.x;
     uint b = bh / pc.n_kv_heads, h = bh % pc.n_kv_heads;
     uint rec = pc.out_off + bh * 2u * pc.k;
-    int np = desc[pc.desc_off + 3u * b + 1u], base = desc[pc.desc_off + 3u * b + 2u];
+    int np = desc[pc.desc_off + 4u * b + 1u], base = desc[pc.desc_off + 4u * b + 2u];
     uint hq = pc.n_kv_heads * pc.group;
     /* np * hq <= scores_len - base, without overflow */
     bool ok = np >= 0 && base >= 0 && uint(base) <= pc.scores_len &&
               uint(np) <= (pc.scores_len - uint(base)) / max(hq, 1u);
-    uint n_cand = ok && np > int(pc.first) ? uint(np) - pc.first : 0u;
+    /* a masked pair: no work, no record */
+    bool skip = pc.use_mask != 0u && pair_mask[pc.mask_off + bh] == 0;
+    uint n_cand = ok && !skip && np > int(pc.first) ? uint(np) - pc.first : 0u;
     uint kk = min(n_cand, pc.k);
-    for (uint i = kk + lid; i < pc.k; i += w) {
+    for (uint i = kk + lid; i < pc.k && !skip; i += w) {
         outp[rec + i] = -1;
         outp[rec + pc.k + i] = floatBitsToInt(-FKV_INF);
     }
@@ -82,15 +89,17 @@ void main() {
             for (uint j = pc.first + lid; j < n; j += w)
                 pm = scores[s + j] > pm ? scores[s + j] : pm;
             m = fold(lid, pm, false);
-            for (uint j = pc.first + lid; j < n; j += w)
-                ps += exp((scores[s + j] - m) * pc.temp_scale);
+            for (uint j = pc.first + lid; j < n; j += w) { /* kept in the row for the sum */
+                scores[s + j] = exp((scores[s + j] - m) * pc.temp_scale);
+                ps += scores[s + j];
+            }
             sum = fold(lid, ps, true);
         }
         for (uint j = pc.first + lid; j < n; j += w) {
             float x = scores[s + j];
             float acc = r == 0u ? (pc.reduce == 2u ? -FKV_INF : 0.0) : scores[row0 + j];
             if (pc.reduce == 0u)
-                acc += exp((x - m) * pc.temp_scale) / sum / float(pc.group);
+                acc += x / sum / float(pc.group);
             else if (pc.reduce == 1u)
                 acc += x / float(pc.group);
             else
@@ -124,24 +133,26 @@ void main() {
         mask |= 255u << uint(shift);
         barrier();
     }
-    uint taken_eq = 0u, n_out = 0u;
-    for (uint c0 = 0u; c0 < n_cand; c0 += w) {
-        uint j = pc.first + c0 + lid, key = 0u, eq_total, sel_total;
-        bool valid = c0 + lid < n_cand;
-        float v = 0.0;
-        if (valid) {
-            v = scores[row0 + j];
-            key = order_key(v);
+    memoryBarrierBuffer(); /* every invocation's reduced values, for the ranges below */
+    barrier();
+    uint chunk = (n_cand + w - 1u) / w, lo = pc.first + min(lid * chunk, n_cand);
+    uint hi = pc.first + min((lid + 1u) * chunk, n_cand), above = 0u, equal = 0u, total;
+    for (uint j = lo; j < hi; j++) {
+        uint key = order_key(scores[row0 + j]);
+        above += key > prefix ? 1u : 0u;
+        equal += key == prefix ? 1u : 0u;
+    }
+    uint eq_before = scan_excl(lid, equal, total);
+    uint take = eq_before < rem ? min(equal, rem - eq_before) : 0u; /* lowest pages first */
+    uint at = scan_excl(lid, above + take, total);
+    for (uint j = lo; j < hi; j++) {
+        float v = scores[row0 + j];
+        uint key = order_key(v);
+        if (key > prefix || (key == prefix && take > 0u)) {
+            take -= key == prefix ? 1u : 0u;
+            outp[rec + at] = int(j);
+            outp[rec + pc.k + at] = floatBitsToInt(v);
+            at++;
         }
-        uint eq = valid && key == prefix ? 1u : 0u;
-        uint eq_before = scan_excl(lid, eq, eq_total);
-        bool sel = (valid && key > prefix) || (eq == 1u && taken_eq + eq_before < rem);
-        uint at = scan_excl(lid, sel ? 1u : 0u, sel_total);
-        if (sel) {
-            outp[rec + n_out + at] = int(j);
-            outp[rec + pc.k + n_out + at] = floatBitsToInt(v);
-        }
-        n_out += sel_total;
-        taken_eq += eq_total;
     }
 }

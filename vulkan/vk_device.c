@@ -14,6 +14,7 @@
 #include "vk_internal.h"
 
 #define MAX_DEVICES 16
+#define FREEKV_VK_API_VERSION VK_API_VERSION_1_2 /* of the instances freekv creates */
 
 /* ---- instance and enumeration ---- */
 
@@ -81,7 +82,7 @@ static int has_layer(const char *name) {
  * VK_LAYER_ENABLES=VK_VALIDATION_FEATURE_ENABLE_SYNCHRONIZATION_VALIDATION_EXT. */
 static fkv_status create_instance(fkv_bdev *d, VkInstance *out) {
     VkApplicationInfo app = {VK_STRUCTURE_TYPE_APPLICATION_INFO, NULL, "freekv", 1, "freekv", 1,
-                             VK_API_VERSION_1_2};
+                             FREEKV_VK_API_VERSION};
     const char *layers[1], *exts[1];
     uint32_t n_layers = 0, n_exts = 0;
     int validate = 0;
@@ -350,13 +351,33 @@ static fkv_status read_env(recall_choice *recall, int *s16) {
 
 /* ---- devices ---- */
 
+/* Waits until every command freekv submitted has completed: the whole device when it is
+ * freekv's, only freekv's own timelines on the engine's (whose queues may be busy, and whose
+ * vkDeviceWaitIdle would need every queue's external synchronisation). */
+static void wait_own_work(fkv_bdev *d) {
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++) /* what was recorded runs, as if submitted */
+        fkv_vk_flush(d, (fkv_queue)q);
+    if (!d->engine_device) {
+        vkDeviceWaitIdle(d->dev);
+        return;
+    }
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
+        vk_fqueue *fq = &d->q[q];
+        if (fq->timeline == VK_NULL_HANDLE || fq->submitted == 0)
+            continue;
+        VkSemaphoreWaitInfo wi = {.sType = VK_STRUCTURE_TYPE_SEMAPHORE_WAIT_INFO,
+                                  .semaphoreCount = 1,
+                                  .pSemaphores = &fq->timeline,
+                                  .pValues = &fq->submitted};
+        vkWaitSemaphores(d->dev, &wi, UINT64_MAX);
+    }
+}
+
 static void vk_device_close(fkv_bdev *d) {
     if (d == NULL)
         return;
     if (d->dev) {
-        for (int q = 0; q < FKV_QUEUE_COUNT; q++) /* what was recorded runs, as if submitted */
-            fkv_vk_flush(d, (fkv_queue)q);
-        vkDeviceWaitIdle(d->dev);
+        wait_own_work(d);
         fkv_vk_sweep_reads(d);
         for (uint32_t i = 0; i < d->n_reads; i++) /* unreachable values: never submitted */
             fkv_vk_temp_free(d, &d->reads[i].temp);
@@ -370,7 +391,8 @@ static void vk_device_close(fkv_bdev *d) {
             free(d->hosts[i]->raw);
             free(d->hosts[i]);
         }
-        vkDestroyDevice(d->dev, NULL);
+        if (!d->engine_device)
+            vkDestroyDevice(d->dev, NULL);
     }
     if (d->messenger) {
         PFN_vkDestroyDebugUtilsMessengerEXT destroy = (PFN_vkDestroyDebugUtilsMessengerEXT)
@@ -378,7 +400,7 @@ static void vk_device_close(fkv_bdev *d) {
         if (destroy)
             destroy(d->instance, d->messenger, NULL);
     }
-    if (d->instance)
+    if (d->instance && !d->engine_device)
         vkDestroyInstance(d->instance, NULL);
     for (uint32_t i = 0; i < d->n_hw; i++)
         pthread_mutex_destroy(&d->hw[i].lock);
@@ -388,6 +410,19 @@ static void vk_device_close(fkv_bdev *d) {
     free(d->reads);
     free(d->hosts);
     free(d);
+}
+
+/* A device object with its locks, before any Vulkan object. */
+static fkv_bdev *new_device(uint32_t index) {
+    fkv_bdev *d = calloc(1, sizeof *d);
+    if (d == NULL)
+        return NULL;
+    pthread_mutex_init(&d->pipe_lock, NULL);
+    pthread_mutex_init(&d->read_lock, NULL);
+    pthread_mutex_init(&d->host_lock, NULL);
+    atomic_init(&d->validation_errors, 0u);
+    d->index = index;
+    return d;
 }
 
 /* The device's compute units (split decisions fill them), from the vendor extension that
@@ -424,14 +459,16 @@ static uint32_t compute_units(VkPhysicalDevice p, int is_cpu, const char **sourc
     return n;
 }
 
-static fkv_status create_device(fkv_bdev *d, int want_s16) {
+/* The properties and limits of d->phys that launches are planned by; *eh receives the
+ * external-memory-host properties when d->ext_host. */
+static void read_limits(fkv_bdev *d, VkPhysicalDeviceExternalMemoryHostPropertiesEXT *eh) {
     VkPhysicalDeviceProperties props;
     vkGetPhysicalDeviceProperties(d->phys, &props);
     VkPhysicalDeviceSubgroupProperties sg = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SUBGROUP_PROPERTIES};
     /* an extension's struct only when the device has the extension */
-    VkPhysicalDeviceExternalMemoryHostPropertiesEXT eh = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT, .pNext = &sg};
+    *eh = (VkPhysicalDeviceExternalMemoryHostPropertiesEXT){.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_EXTERNAL_MEMORY_HOST_PROPERTIES_EXT, .pNext = &sg};
     VkPhysicalDeviceProperties2 p2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PROPERTIES_2,
-                                      .pNext = d->ext_host ? (void *)&eh : (void *)&sg};
+                                      .pNext = d->ext_host ? (void *)eh : (void *)&sg};
     vkGetPhysicalDeviceProperties2(d->phys, &p2);
     vkGetPhysicalDeviceMemoryProperties(d->phys, &d->mem_props);
     d->max_range = props.limits.maxStorageBufferRange;
@@ -450,6 +487,59 @@ static fkv_status create_device(fkv_bdev *d, int want_s16) {
     d->max_shared_device = d->max_shared;
     d->subgroup = sg.subgroupSize ? sg.subgroupSize : 1;
     d->compute_units = compute_units(d->phys, d->is_cpu, &d->compute_units_source);
+    if (d->ext_host)
+        d->import_align = eh->minImportedHostPointerAlignment ? eh->minImportedHostPointerAlignment
+                                                              : 4096;
+}
+
+/* The fkv_queues on their VkQueues: q runs on queue[q] (of family[q], index index[q]); one
+ * vk_hwqueue per distinct VkQueue, buffers shared concurrently between distinct families. */
+static fkv_status setup_queues(fkv_bdev *d, const uint32_t *family, const uint32_t *index,
+                               const VkQueue *queue) {
+    if (d->ext_host)
+        d->get_host_ptr_props = (PFN_vkGetMemoryHostPointerPropertiesEXT)vkGetDeviceProcAddr(
+            d->dev, "vkGetMemoryHostPointerPropertiesEXT");
+    /* No ownership transfers between families: buffers are shared concurrently. */
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
+        uint32_t k = 0;
+        while (k < d->n_families && d->families[k] != family[q])
+            k++;
+        if (k == d->n_families)
+            d->families[d->n_families++] = family[q];
+    }
+    d->concurrent = d->n_families > 1;
+    static const char *const qnames[FKV_QUEUE_COUNT] = {
+        [FKV_QUEUE_COMPUTE] = "compute", [FKV_QUEUE_TRANSFER] = "transfer",
+        [FKV_QUEUE_BACKGROUND] = "background"};
+    static const fkv_queue order[FKV_QUEUE_COUNT] = {FKV_QUEUE_COMPUTE, FKV_QUEUE_BACKGROUND,
+                                                     FKV_QUEUE_TRANSFER};
+    size_t len = 0;
+    fkv_status st;
+    for (int i = 0; i < FKV_QUEUE_COUNT; i++) {
+        fkv_queue q = order[i];
+        uint32_t h = 0;
+        while (h < d->n_hw && d->hw[h].queue != queue[q])
+            h++;
+        int shared = h < d->n_hw;
+        if (!shared) {
+            d->hw[h].queue = queue[q];
+            d->hw[h].family = family[q];
+            d->hw[h].index = index[q];
+            pthread_mutex_init(&d->hw[d->n_hw++].lock, NULL);
+        }
+        if (len < sizeof d->queue_note)
+            len += (size_t)snprintf(d->queue_note + len, sizeof d->queue_note - len,
+                                    "%s%s family %u queue %u%s", i ? ", " : "", qnames[q],
+                                    family[q], index[q], shared ? " (shared)" : "");
+        if ((st = fkv_vk_fqueue_init(d, &d->q[q], &d->hw[h], q != FKV_QUEUE_TRANSFER)) != FKV_OK)
+            return st;
+    }
+    return FKV_OK;
+}
+
+static fkv_status create_device(fkv_bdev *d, int want_s16) {
+    VkPhysicalDeviceExternalMemoryHostPropertiesEXT eh;
+    read_limits(d, &eh);
 
     VkPhysicalDevice16BitStorageFeatures f16 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES};
     VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &f16};
@@ -465,11 +555,8 @@ static fkv_status create_device(fkv_bdev *d, int want_s16) {
 
     const char *exts[1];
     uint32_t n_exts = 0;
-    if (d->ext_host) {
+    if (d->ext_host)
         exts[n_exts++] = VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME;
-        d->import_align = eh.minImportedHostPointerAlignment ? eh.minImportedHostPointerAlignment
-                                                             : 4096;
-    }
 
     vk_queue_plan plan;
     if (!plan_device_queues(d->phys, &plan))
@@ -487,106 +574,31 @@ static fkv_status create_device(fkv_bdev *d, int want_s16) {
     VkResult r = vkCreateDevice(d->phys, &ci, NULL, &d->dev);
     if (r != VK_SUCCESS)
         return fkv_vk_fail(r, "vkCreateDevice");
-    if (d->ext_host)
-        d->get_host_ptr_props = (PFN_vkGetMemoryHostPointerPropertiesEXT)vkGetDeviceProcAddr(
-            d->dev, "vkGetMemoryHostPointerPropertiesEXT");
-    /* No ownership transfers between families: buffers are shared concurrently. */
-    for (uint32_t k = 0; k < plan.n_families; k++)
-        d->families[k] = plan.families[k];
-    d->n_families = plan.n_families;
-    d->concurrent = plan.n_families > 1;
-    static const char *const qnames[FKV_QUEUE_COUNT] = {
-        [FKV_QUEUE_COMPUTE] = "compute", [FKV_QUEUE_TRANSFER] = "transfer",
-        [FKV_QUEUE_BACKGROUND] = "background"};
-    static const fkv_queue order[FKV_QUEUE_COUNT] = {FKV_QUEUE_COMPUTE, FKV_QUEUE_BACKGROUND,
-                                                     FKV_QUEUE_TRANSFER};
-    size_t len = 0;
-    fkv_status st;
-    for (int i = 0; i < FKV_QUEUE_COUNT; i++) {
-        fkv_queue q = order[i];
-        uint32_t h = 0; /* one vk_hwqueue per distinct (family, index) */
-        while (h < d->n_hw && !(d->hw[h].family == plan.family[q] && d->hw[h].index == plan.index[q]))
-            h++;
-        int shared = h < d->n_hw;
-        if (!shared) {
-            vkGetDeviceQueue(d->dev, plan.family[q], plan.index[q], &d->hw[h].queue);
-            d->hw[h].family = plan.family[q];
-            d->hw[h].index = plan.index[q];
-            pthread_mutex_init(&d->hw[d->n_hw++].lock, NULL);
-        }
-        if (len < sizeof d->queue_note)
-            len += (size_t)snprintf(d->queue_note + len, sizeof d->queue_note - len,
-                                    "%s%s family %u queue %u%s", i ? ", " : "", qnames[q],
-                                    plan.family[q], plan.index[q],
-                                    shared ? " (shared)" : "");
-        if ((st = fkv_vk_fqueue_init(d, &d->q[q], &d->hw[h], q != FKV_QUEUE_TRANSFER)) != FKV_OK)
-            return st;
-    }
-    return FKV_OK;
+    VkQueue queues[FKV_QUEUE_COUNT];
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++)
+        vkGetDeviceQueue(d->dev, plan.family[q], plan.index[q], &queues[q]);
+    return setup_queues(d, plan.family, plan.index, queues);
 }
 
-static fkv_status vk_device_open(uint32_t index, fkv_bdev **out) {
-    if (out == NULL)
-        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan device_open: NULL output");
-    *out = NULL;
-    recall_choice recall;
-    int want_s16;
-    fkv_status st = read_env(&recall, &want_s16);
-    if (st != FKV_OK)
-        return st;
-    fkv_bdev *d = calloc(1, sizeof *d);
-    if (d == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: device handle");
-    pthread_mutex_init(&d->pipe_lock, NULL);
-    pthread_mutex_init(&d->read_lock, NULL);
-    pthread_mutex_init(&d->host_lock, NULL);
-    atomic_init(&d->validation_errors, 0u);
-    d->index = index;
-    if ((st = create_instance(d, &d->instance)) != FKV_OK) {
-        vk_device_close(d);
-        return st == FKV_ERR_BAD_ENVIRONMENT ? st
-                                             : fkv_error(FKV_ERR_NO_DEVICE, "vulkan: no device %u "
-                                                                            "(no Vulkan driver)",
-                                                         index);
-    }
-    VkPhysicalDevice p[MAX_DEVICES];
-    uint32_t n = enumerate(d->instance, p, MAX_DEVICES);
-    if (index >= n) {
-        vk_device_close(d);
-        return fkv_error(FKV_ERR_NO_DEVICE, "vulkan: no device %u (%u found)", index, n);
-    }
-    d->phys = p[index];
-    fill_info(d->phys, index, &d->info);
-    d->is_cpu = d->info.type == FKV_DEVICE_CPU;
-    int has_ext_host = has_device_ext(d->phys, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
-    if (recall == RECALL_HOSTPTR && !has_ext_host) {
-        st = fkv_error(FKV_ERR_UNSUPPORTED,
-                       "FREEKV_VULKAN_RECALL=hostptr: device '%s' lacks "
-                       "VK_EXT_external_memory_host (use auto, staged, regions or perpage)",
-                       d->info.name);
-        vk_device_close(d);
-        return st;
-    }
+/* The first objects of both opens once the VkDevice and queues exist: the dummy binding and
+ * the pipelines. */
+static fkv_status init_resources(fkv_bdev *d) {
+    fkv_status st = fkv_vk_temp_alloc(d, 64, 0, 0, &d->dummy);
+    return st == FKV_OK ? fkv_vk_pipelines_init(d) : st;
+}
+
+/* The recall mode: recall as chosen, or auto's choice. */
+static fkv_status choose_recall(fkv_bdev *d, recall_choice recall) {
+    fkv_status st = FKV_OK;
+    int automatic = recall == RECALL_AUTO;
+    if (d->ext_host && (st = fkv_vk_probe_import(d)) != FKV_OK && !automatic)
+        return fkv_error_prefix(FKV_ERR_UNSUPPORTED, /* whatever the driver's code was */
+                                "FREEKV_VULKAN_RECALL=hostptr: device '%s' cannot import host "
+                                    "memory (use auto, staged, regions or perpage)",
+                                d->info.name);
     /* auto: zero-copy recall exactly where it pays, imported host memory on a GPU, and only
      * once an import has been seen to work; anything else falls back to staged, saying why
      * (recall_note, printed by freekv-info). */
-    int automatic = recall == RECALL_AUTO;
-    d->ext_host = has_ext_host && (recall == RECALL_HOSTPTR || automatic);
-    d->perpage_cmds = recall == RECALL_PERPAGE;
-    if ((st = create_device(d, want_s16)) != FKV_OK ||
-        (st = fkv_vk_temp_alloc(d, 64, 0, 0, &d->dummy)) != FKV_OK ||
-        (st = fkv_vk_pipelines_init(d)) != FKV_OK) {
-        vk_device_close(d);
-        return fkv_error_prefix(st, "opening Vulkan device %u", index);
-    }
-    if (d->ext_host && (st = fkv_vk_probe_import(d)) != FKV_OK && !automatic) {
-        st = fkv_error_prefix(FKV_ERR_UNSUPPORTED, /* whatever the driver's code was */
-                              "FREEKV_VULKAN_RECALL=hostptr: device '%s' cannot import host "
-                                  "memory (use auto, staged, regions or perpage)",
-                              d->info.name);
-        vk_device_close(d);
-        return st;
-    }
     if (automatic) {
         recall = RECALL_STAGED;
         if (!d->ext_host) {
@@ -609,7 +621,260 @@ static fkv_status vk_device_open(uint32_t index, fkv_bdev **out) {
     d->recall = recall == RECALL_HOSTPTR   ? FKV_RECALL_DIRECT
                 : recall == RECALL_STAGED ? FKV_RECALL_STAGED
                                           : FKV_RECALL_PERPAGE;
+    return FKV_OK;
+}
+
+/* FREEKV_VULKAN_RECALL=hostptr on a device where the extension is not there (has_ext 0). */
+static fkv_status check_hostptr(recall_choice recall, int has_ext, const char *name,
+                                const char *where) {
+    if (recall == RECALL_HOSTPTR && !has_ext)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "FREEKV_VULKAN_RECALL=hostptr: device '%s' %s "
+                         "VK_EXT_external_memory_host (use auto, staged, regions or perpage)",
+                         name, where);
+    return FKV_OK;
+}
+
+static fkv_status vk_device_open(uint32_t index, fkv_bdev **out) {
+    if (out == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "vulkan device_open: NULL output");
+    *out = NULL;
+    recall_choice recall;
+    int want_s16;
+    fkv_status st = read_env(&recall, &want_s16);
+    if (st != FKV_OK)
+        return st;
+    fkv_bdev *d = new_device(index);
+    if (d == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: device handle");
+    d->api_version = FREEKV_VK_API_VERSION;
+    if ((st = create_instance(d, &d->instance)) != FKV_OK) {
+        vk_device_close(d);
+        return st == FKV_ERR_BAD_ENVIRONMENT ? st
+                                             : fkv_error(FKV_ERR_NO_DEVICE, "vulkan: no device %u "
+                                                                            "(no Vulkan driver)",
+                                                         index);
+    }
+    VkPhysicalDevice p[MAX_DEVICES];
+    uint32_t n = enumerate(d->instance, p, MAX_DEVICES);
+    if (index >= n) {
+        vk_device_close(d);
+        return fkv_error(FKV_ERR_NO_DEVICE, "vulkan: no device %u (%u found)", index, n);
+    }
+    d->phys = p[index];
+    fill_info(d->phys, index, &d->info);
+    d->is_cpu = d->info.type == FKV_DEVICE_CPU;
+    int has_ext_host = has_device_ext(d->phys, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
+    if ((st = check_hostptr(recall, has_ext_host, d->info.name, "lacks")) != FKV_OK) {
+        vk_device_close(d);
+        return st;
+    }
+    d->ext_host = has_ext_host && (recall == RECALL_HOSTPTR || recall == RECALL_AUTO);
+    d->perpage_cmds = recall == RECALL_PERPAGE;
+    if ((st = create_device(d, want_s16)) != FKV_OK || (st = init_resources(d)) != FKV_OK) {
+        vk_device_close(d);
+        return fkv_error_prefix(st, "opening Vulkan device %u", index);
+    }
+    if ((st = choose_recall(d, recall)) != FKV_OK) {
+        vk_device_close(d);
+        return st;
+    }
     *out = d;
+    return FKV_OK;
+}
+
+/* ---- the engine's objects (fkv_device_open_native) ---- */
+
+/* What the engine enabled of what freekv needs or uses, from the pNext chain it gave
+ * vkCreateDevice. */
+typedef struct engine_features {
+    int timeline, s16;
+} engine_features;
+
+static engine_features enabled_features(const void *chain) {
+    engine_features f = {0, 0};
+    for (const VkBaseInStructure *s = chain; s != NULL; s = s->pNext) {
+        switch (s->sType) {
+        case VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES:
+            f.timeline |= ((const VkPhysicalDeviceVulkan12Features *)s)->timelineSemaphore;
+            break;
+        case VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_TIMELINE_SEMAPHORE_FEATURES:
+            f.timeline |=
+                ((const VkPhysicalDeviceTimelineSemaphoreFeatures *)s)->timelineSemaphore;
+            break;
+        case VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES:
+            f.s16 |= ((const VkPhysicalDeviceVulkan11Features *)s)->storageBuffer16BitAccess;
+            break;
+        case VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES:
+            f.s16 |= ((const VkPhysicalDevice16BitStorageFeatures *)s)->storageBuffer16BitAccess;
+            break;
+        default:
+            break;
+        }
+    }
+    return f;
+}
+
+static int engine_has_ext(const fkv_vulkan_objects *o, const char *name) {
+    for (uint32_t i = 0; o->enabled_extensions && i < o->n_enabled_extensions; i++)
+        if (o->enabled_extensions[i] && strcmp(o->enabled_extensions[i], name) == 0)
+            return 1;
+    return 0;
+}
+
+/* Queue q of the engine's objects, a NULL transfer or background queue being the compute
+ * queue. */
+static const fkv_vulkan_queue *engine_queue(const fkv_vulkan_objects *o, fkv_queue q) {
+    return o->queues[q].queue ? &o->queues[q] : &o->queues[FKV_QUEUE_COMPUTE];
+}
+
+/* The families of the queues freekv is given exist and can run what freekv runs on them. */
+static fkv_status check_engine_queues(const fkv_vulkan_objects *o) {
+    VkQueueFamilyProperties fp[16];
+    uint32_t n = 16;
+    vkGetPhysicalDeviceQueueFamilyProperties((VkPhysicalDevice)o->physical_device, &n, fp);
+    static const char *const names[FKV_QUEUE_COUNT] = {
+        [FKV_QUEUE_COMPUTE] = "compute", [FKV_QUEUE_TRANSFER] = "transfer",
+        [FKV_QUEUE_BACKGROUND] = "background"};
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
+        const fkv_vulkan_queue *eq = engine_queue(o, (fkv_queue)q);
+        /* kernels run on compute and background; copies need transfer, implied by both */
+        VkQueueFlags need = q == FKV_QUEUE_TRANSFER
+                                ? VK_QUEUE_TRANSFER_BIT | VK_QUEUE_COMPUTE_BIT | VK_QUEUE_GRAPHICS_BIT
+                                : VK_QUEUE_COMPUTE_BIT;
+        if (eq->family >= n)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "vulkan open_native: the %s queue's family %u does not exist (%u "
+                             "families)",
+                             names[q], eq->family, n);
+        if (!(fp[eq->family].queueFlags & need))
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "vulkan open_native: the %s queue's family %u cannot run %s",
+                             names[q], eq->family,
+                             q == FKV_QUEUE_TRANSFER ? "copies" : "compute shaders");
+    }
+    return FKV_OK;
+}
+
+/* Everything freekv needs of the engine's objects, before it touches them. */
+static fkv_status check_engine_objects(const fkv_vulkan_objects *o, const engine_features *f) {
+    if (o->instance == NULL || o->physical_device == NULL || o->device == NULL ||
+        o->queues[FKV_QUEUE_COMPUTE].queue == NULL)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "vulkan open_native: NULL instance, physical device, device or compute "
+                         "queue");
+    if ((o->lock_queue == NULL) != (o->unlock_queue == NULL))
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "vulkan open_native: lock_queue and unlock_queue go together");
+    VkPhysicalDeviceProperties props;
+    vkGetPhysicalDeviceProperties((VkPhysicalDevice)o->physical_device, &props);
+    uint32_t v = o->api_version < props.apiVersion ? o->api_version : props.apiVersion;
+    if (v < VK_API_VERSION_1_2)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan open_native: Vulkan %u.%u (instance %u.%u, device '%s' %u.%u); "
+                         "freekv needs 1.2 (vkWaitSemaphores, timeline semaphores)",
+                         VK_API_VERSION_MAJOR(v), VK_API_VERSION_MINOR(v),
+                         VK_API_VERSION_MAJOR(o->api_version), VK_API_VERSION_MINOR(o->api_version),
+                         props.deviceName, VK_API_VERSION_MAJOR(props.apiVersion),
+                         VK_API_VERSION_MINOR(props.apiVersion));
+    if (!f->timeline)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan open_native: the engine created device '%s' without the "
+                         "timelineSemaphore feature (VkPhysicalDeviceVulkan12Features or "
+                         "VkPhysicalDeviceTimelineSemaphoreFeatures in VkDeviceCreateInfo.pNext, "
+                         "given as enabled_features); freekv orders its queues with timeline "
+                         "semaphores",
+                         props.deviceName);
+    if ((o->flags & FKV_VULKAN_REQUIRE_16BIT_STORAGE) && !f->s16)
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "vulkan open_native: FKV_VULKAN_REQUIRE_16BIT_STORAGE, but the engine "
+                         "created device '%s' without storageBuffer16BitAccess "
+                         "(VkPhysicalDeviceVulkan11Features or VkPhysicalDevice16BitStorageFeatures)",
+                         props.deviceName);
+    return check_engine_queues(o);
+}
+
+static fkv_status vk_device_open_native(const fkv_native_objects *objs, fkv_bdev **out) {
+    const fkv_vulkan_objects *o = &objs->vulkan;
+    *out = NULL;
+    engine_features f = enabled_features(o->enabled_features);
+    fkv_status st = check_engine_objects(o, &f);
+    recall_choice recall;
+    int want_s16;
+    if (st == FKV_OK)
+        st = read_env(&recall, &want_s16);
+    if (st != FKV_OK)
+        return st;
+    int has_ext_host = engine_has_ext(o, VK_EXT_EXTERNAL_MEMORY_HOST_EXTENSION_NAME);
+    VkPhysicalDevice phys = (VkPhysicalDevice)o->physical_device;
+    /* its position in freekv's enumeration of the engine's instance, as freekv-info lists it */
+    VkPhysicalDevice p[MAX_DEVICES];
+    uint32_t n = enumerate((VkInstance)o->instance, p, MAX_DEVICES), index = UINT32_MAX;
+    for (uint32_t i = 0; i < n && index == UINT32_MAX; i++)
+        if (p[i] == phys)
+            index = i;
+    fkv_bdev *d = new_device(index);
+    if (d == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: device handle");
+    d->engine_device = 1;
+    d->api_version = o->api_version;
+    d->instance = (VkInstance)o->instance;
+    d->phys = phys;
+    d->lock_queue = o->lock_queue;
+    d->unlock_queue = o->unlock_queue;
+    d->lock_user = o->lock_user;
+    fill_info(phys, index, &d->info);
+    d->is_cpu = d->info.type == FKV_DEVICE_CPU;
+    /* the capabilities of what the engine enabled and handed in, not of the device */
+    const fkv_vulkan_queue *cq = engine_queue(o, FKV_QUEUE_COMPUTE),
+                           *tq = engine_queue(o, FKV_QUEUE_TRANSFER);
+    d->info.caps &= ~(uint32_t)(FKV_CAP_SEPARATE_TRANSFER_QUEUE | FKV_CAP_ZERO_COPY_HOST);
+    if (tq->queue != cq->queue)
+        d->info.caps |= FKV_CAP_SEPARATE_TRANSFER_QUEUE;
+    if (has_ext_host && !d->is_cpu)
+        d->info.caps |= FKV_CAP_ZERO_COPY_HOST;
+    if ((st = check_hostptr(recall, has_ext_host, d->info.name,
+                            "was created by the engine without")) != FKV_OK) {
+        vk_device_close(d);
+        return st;
+    }
+    d->dev = (VkDevice)o->device; /* from here on close cleans up what freekv made on it */
+    d->ext_host = has_ext_host && (recall == RECALL_HOSTPTR || recall == RECALL_AUTO);
+    d->perpage_cmds = recall == RECALL_PERPAGE;
+    VkPhysicalDeviceExternalMemoryHostPropertiesEXT eh;
+    read_limits(d, &eh);
+    d->s16 = want_s16 && f.s16;
+    uint32_t family[FKV_QUEUE_COUNT], qindex[FKV_QUEUE_COUNT];
+    VkQueue queues[FKV_QUEUE_COUNT];
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++) {
+        const fkv_vulkan_queue *eq = engine_queue(o, (fkv_queue)q);
+        family[q] = eq->family;
+        qindex[q] = eq->index;
+        queues[q] = (VkQueue)eq->queue;
+    }
+    if ((st = setup_queues(d, family, qindex, queues)) != FKV_OK ||
+        (st = init_resources(d)) != FKV_OK || (st = choose_recall(d, recall)) != FKV_OK) {
+        vk_device_close(d);
+        return st;
+    }
+    *out = d;
+    return FKV_OK;
+}
+
+static fkv_status vk_native_objects(fkv_bdev *d, fkv_native_objects *out) {
+    fkv_vulkan_objects *o = &out->vulkan;
+    out->api = FKV_NATIVE_VULKAN;
+    *o = (fkv_vulkan_objects){.api_version = d->api_version,
+                              .instance = d->instance,
+                              .physical_device = d->phys,
+                              .device = d->dev,
+                              .lock_queue = fkv_vk_lock_queue,
+                              .unlock_queue = fkv_vk_unlock_queue,
+                              .lock_user = d};
+    for (int q = 0; q < FKV_QUEUE_COUNT; q++)
+        o->queues[q] = (fkv_vulkan_queue){.queue = d->q[q].hw->queue,
+                                          .family = d->q[q].hw->family,
+                                          .index = d->q[q].hw->index};
     return FKV_OK;
 }
 
@@ -627,12 +892,13 @@ static const char *vk_recall_note(fkv_bdev *d) { return d->recall_note; }
 /* ---- options (docs/backend-options.md) ---- */
 
 static const char *const settable[] = {"attention_splits", "window_bytes", "shared_memory_bytes",
-                                       "allocation_limit", "break_import", NULL};
+                                       "allocation_limit", "break_import", "separate_streams",
+                                       NULL};
 static const char *const readable[] = {
     "attention_splits", "window_bytes",     "shared_memory_bytes", "allocation_limit",
     "live_allocations", "validation_errors", "subgroup_size",      "storage_16bit",
     "import_host",      "perpage_copies",   "queues",              "compute_units",
-    "compute_units_source", "allocations", "submits", NULL};
+    "compute_units_source", "allocations", "submits", "separate_streams", NULL};
 
 static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value) {
     uint64_t v = 0;
@@ -652,6 +918,9 @@ static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value)
     } else if (strcmp(key, "break_import") == 0) {
         if ((st = fkv_option_uint("vulkan", key, value, 1, &v)) == FKV_OK)
             atomic_store(&fkv_vk_import_broken, (int)v);
+    } else if (strcmp(key, "separate_streams") == 0) {
+        if ((st = fkv_option_uint("vulkan", key, value, 1, &v)) == FKV_OK)
+            d->separate_streams = (int)v;
     } else {
         st = fkv_option_unknown("vulkan", "settable", key, settable);
     }
@@ -696,6 +965,8 @@ static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t 
         v = (uint64_t)d->import_host;
     else if (strcmp(key, "perpage_copies") == 0)
         v = (uint64_t)d->perpage_cmds;
+    else if (strcmp(key, "separate_streams") == 0)
+        v = (uint64_t)d->separate_streams;
     else if (strcmp(key, "compute_units") == 0)
         v = d->compute_units;
     else
@@ -745,6 +1016,12 @@ static const fkv_backend_ops vulkan_ops = {
     .get_option = vk_get_option,
     .counters = vk_counters,
     .select_pages = fkv_vk_select_pages,
+    .native_api = FKV_NATIVE_VULKAN,
+    .device_open_native = vk_device_open_native,
+    .native_objects = vk_native_objects,
+    .event_import = fkv_vk_event_import,
+    .event_unimport = fkv_vk_event_release,
+    .event_signal = fkv_vk_event_signal,
 };
 
 const fkv_backend_ops *fkv_backend_vulkan(void) { return &vulkan_ops; }

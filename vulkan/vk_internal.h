@@ -70,9 +70,10 @@ typedef struct vk_hwqueue {
     pthread_mutex_t lock; /* vkQueueSubmit needs external synchronisation */
 } vk_hwqueue;
 
-/* One fkv_queue: in order through its own timeline (every submission waits for the previous
- * value), whatever VkQueue it shares. `lock` guards everything here (command and descriptor
- * pools need external synchronisation too). */
+/* One fkv_queue's submission stream: in order through its own timeline (every submission
+ * waits for the previous value). The fkv queues that run on one VkQueue use the first one's
+ * stream (vk_submit.c), unless the option separate_streams is set. `lock` guards everything
+ * here (command and descriptor pools need external synchronisation too). */
 typedef struct vk_fqueue {
     pthread_mutex_t lock;
     vk_hwqueue *hw;
@@ -87,9 +88,11 @@ typedef struct vk_fqueue {
     uint64_t *pend_vals;
     VkPipelineStageFlags *pend_stages;
     uint32_t n_pend_waits, cap_pend_waits;
-    /* values handed out (events, staged reads): the pending commands up to mark_cbs[i] are
-     * one batch of the submission that signals mark_vals[i] */
-    uint32_t *mark_cbs;
+    /* values handed out (events, staged reads) and the ends of batches before a command that
+     * waits on another queue: the pending commands up to mark_cbs[i] are one batch of the
+     * submission that signals mark_vals[i], with the pending waits before mark_waits[i] (from
+     * the previous mark's on) */
+    uint32_t *mark_cbs, *mark_waits;
     uint64_t *mark_vals;
     uint32_t n_marks, cap_marks;
     VkSubmitInfo *pend_si;
@@ -167,6 +170,9 @@ struct fkv_bdev {
 
     fkv_recall_mode recall;
     int perpage_cmds; /* write_regions issues one command per region (FREEKV_VULKAN_RECALL=perpage) */
+    /* option separate_streams: every fkv_queue submits on its own stream even where queues
+     * share a VkQueue (as on a device with one per queue; tests of cross-queue batches) */
+    int separate_streams;
     int import_host;  /* host_alloc imports malloc memory (hostptr) */
     char recall_note[256]; /* why "auto" chose the recall mode it did (recall_note) */
 
@@ -198,7 +204,29 @@ struct fkv_bdev {
                                      max_range) */
     atomic_uint validation_errors;
     fkv_bcounters counters; /* at the driver calls (vk_memory.c, vk_submit.c, kernels) */
+
+    /* fkv_device_open_native: the instance, VkDevice and VkQueues are the engine's (never
+     * destroyed here; close waits for freekv's timelines, not vkDeviceWaitIdle), and the
+     * engine's lock of a VkQueue it shares, taken after hw->lock around each submission */
+    int engine_device;
+    uint32_t api_version; /* the instance's (VkApplicationInfo.apiVersion) */
+    void (*lock_queue)(void *user, void *queue);
+    void (*unlock_queue)(void *user, void *queue);
+    void *lock_user;
 };
+
+/* vkQueueSubmit's external synchronisation: freekv's lock of the VkQueue, then the engine's
+ * (when it handed its queues in with a lock). */
+static inline void fkv_vk_hw_lock(const fkv_bdev *d, vk_hwqueue *hw) {
+    pthread_mutex_lock(&hw->lock);
+    if (d->lock_queue)
+        d->lock_queue(d->lock_user, hw->queue);
+}
+static inline void fkv_vk_hw_unlock(const fkv_bdev *d, vk_hwqueue *hw) {
+    if (d->unlock_queue)
+        d->unlock_queue(d->lock_user, hw->queue);
+    pthread_mutex_unlock(&hw->lock);
+}
 
 /* The backend's files are layers, each calling only the layers before it (no file calls one
  * after it, so no two call each other): errors (vk_error.c) -> memory (vk_memory.c) ->
@@ -240,7 +268,8 @@ fkv_status fkv_vk_fqueue_init(fkv_bdev *d, vk_fqueue *fq, vk_hwqueue *hw, int ke
 void fkv_vk_fqueue_destroy(fkv_bdev *d, vk_fqueue *fq);
 typedef struct vk_cmd {
     fkv_bdev *d;
-    vk_fqueue *fq;
+    fkv_queue q;   /* the fkv_queue it was recorded for (what the counters count it on) */
+    vk_fqueue *fq; /* its submission stream (fkv queues on one VkQueue share one) */
     vk_record rec;
     uint32_t n_dispatch;
 } vk_cmd;
@@ -252,9 +281,9 @@ void fkv_vk_count(const vk_cmd *c, int launch, fkv_copy_dir dir, uint64_t bytes)
 fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_temp *out);
 fkv_status fkv_vk_cmd_set(vk_cmd *c, VkDescriptorSet *out);
 /* Ends the command buffer and queues it after deps.wait and the queue's previous command,
- * unlocks. It is submitted with the queue's neighbouring commands in one vkQueueSubmit: when
- * something waits on it or a later command (event_wait, a command of another queue, finish),
- * before a command of this queue that waits on another queue, or at 64 commands. */
+ * unlocks. It is submitted with the stream's neighbouring commands in one vkQueueSubmit: when
+ * something waits on it or a later command (event_wait, a command of another stream, finish),
+ * or at 64 commands; a wait on another stream starts a batch of that submission. */
 fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_out);
 /* Submits the queue's recorded commands (no-op when none). */
 fkv_status fkv_vk_flush(fkv_bdev *d, fkv_queue q);
@@ -278,6 +307,16 @@ fkv_status fkv_vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *
 fkv_status fkv_vk_copy(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_bbuf *dst,
                        size_t dst_offset, const fkv_bbuf *src, size_t src_offset, size_t size);
 
+/* ---- the engine's events (vk_interop.c), on the submission layer ---- */
+/* (semaphore, value) of the engine's timeline as a wait-list entry (freed by unimport). */
+fkv_status fkv_vk_event_import(fkv_bdev *d, const fkv_native_event *ev, fkv_bevent **out);
+/* One vkQueueSubmit on q's VkQueue that waits for a marker after deps.wait and q's earlier
+ * commands and signals the engine's timeline semaphore sig->handle to sig->value. */
+fkv_status fkv_vk_event_signal(fkv_bdev *d, fkv_queue q, fkv_deps deps, fkv_native_event *sig);
+/* lock_queue/unlock_queue of fkv_device_get_native: the hw lock of `queue` (user is d). */
+void fkv_vk_lock_queue(void *user, void *queue);
+void fkv_vk_unlock_queue(void *user, void *queue);
+
 /* ---- kernels: pipelines (vk_pipeline.c) ---- */
 #define VK_PUSH_BYTES 80 /* push constants of every shader (128 is the guaranteed minimum) */
 fkv_status fkv_vk_pipelines_init(fkv_bdev *d);
@@ -297,15 +336,18 @@ fkv_status fkv_vk_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv
                             size_t pages_off, fkv_bbuf *summaries);
 fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
-                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
+                         size_t desc_off, const fkv_bbuf *mask, size_t mask_off,
+                         const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off);
 fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                               fkv_bbuf *out, size_t out_off);
+                               const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                               size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                               size_t out_off);
 fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                               size_t sims_off, fkv_bbuf *flags, size_t flags_off);
+                               size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                               uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                               fkv_bbuf *flags, size_t flags_off);
 fkv_status fkv_vk_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                            const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,

@@ -390,7 +390,7 @@ static fkv_status scores_plan(const fkv_bdev *d, const fkv_kv_geom *g, uint32_t 
     fkv_status st = fkv_plan_scores("vulkan", g, d->max_shared, SHARED_LIMIT, &s->p);
     if (st != FKV_OK)
         return st;
-    s->smem = smem_floats(d, (size_t)s->p.heads * g->head_dim, 64);
+    s->smem = smem_floats(d, (size_t)s->p.heads * g->head_dim + FKV_SCORES_PAD, 64);
     uint64_t rows = (uint64_t)n_seqs * g->n_kv_heads * s->p.blocks;
     if (rows > d->max_groups[1])
         return fkv_error(FKV_ERR_UNSUPPORTED,
@@ -445,8 +445,9 @@ static fkv_status select_plan(const fkv_bdev *d, uint64_t n_bh, uint32_t *w) {
 
 fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
-                               fkv_bbuf *scores, size_t scores_off, const fkv_select_params *p,
-                               fkv_bbuf *out, size_t out_off) {
+                               const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
+                               size_t scores_off, const fkv_select_params *p, fkv_bbuf *out,
+                               size_t out_off) {
     launch L;
     prepare(dev, q, &deps, "select_pages", &L);
     fkv_status st;
@@ -454,12 +455,15 @@ fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     uint32_t w;
     if ((st = select_plan(dev, n_bh, &w)) != FKV_OK)
         return st;
-    if ((st = bind_buf(&L, 0, desc, desc_off, n_seqs * 12ull, 4, &L.pc[0], "desc")) != FKV_OK ||
+    if ((st = bind_buf(&L, 0, desc, desc_off, n_seqs * 16ull, 4, &L.pc[0], "desc")) != FKV_OK ||
         /* read and written at offsets from device data: all of it must be reachable */
         (st = bind_buf(&L, 1, scores, scores_off, scores->desc.size - scores_off, 4, &L.pc[1],
                        "scores")) != FKV_OK ||
-        (st = bind_buf(&L, 2, out, out_off, n_bh * 8 * p->k, 4, &L.pc[8], "out")) != FKV_OK)
+        (st = bind_buf(&L, 2, out, out_off, n_bh * 8 * p->k, 4, &L.pc[8], "out")) != FKV_OK ||
+        (mask && (st = bind_buf(&L, 3, mask, mask_off, n_bh * 4, 4, &L.pc[10], "mask")) !=
+                     FKV_OK))
         return st;
+    L.pc[11] = mask != NULL;
     uint64_t len = (L.b[1].range - (scores_off - L.b[1].off)) / 4;
     L.pc[2] = len > UINT32_MAX ? UINT32_MAX : (uint32_t)len;
     L.pc[3] = g->n_kv_heads;
@@ -482,22 +486,27 @@ fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
 
 fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
-                         size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                         size_t desc_off, const fkv_bbuf *mask, size_t mask_off,
+                         const fkv_bbuf *summaries, fkv_bbuf *out,
                          size_t out_off) {
     launch L;
     prepare(dev, q, &deps, "scores", &L);
     fkv_status st;
-    uint64_t q_bytes = (uint64_t)n_seqs * g->n_kv_heads * g->group * g->head_dim * 4;
+    uint64_t q_row = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
     size_t summary_bytes = fkv_summary_bytes(g);
     scores_launch sp;
     if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
         return st;
-    if ((st = bind_buf(&L, 0, qbuf, q_off, q_bytes, 4, &L.pc[0], "q")) != FKV_OK ||
-        (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 12ull, 4, &L.pc[1], "desc")) != FKV_OK ||
+    /* rows from device data: what one binding reaches of the buffer from q_off */
+    if ((st = bind_buf(&L, 0, qbuf, q_off, q_row, 4, &L.pc[0], "q")) != FKV_OK ||
+        (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 16ull, 4, &L.pc[1], "desc")) != FKV_OK ||
         /* written at indices from device data: all of it must be reachable */
         (st = bind_buf(&L, 3, out, out_off, out->desc.size - out_off, 4, &L.pc[3], "out")) !=
-            FKV_OK)
+            FKV_OK ||
+        (mask && (st = bind_buf(&L, 4, mask, mask_off, (uint64_t)n_seqs * g->n_kv_heads * 4, 4,
+                                &L.pc[11], "mask")) != FKV_OK))
         return st;
+    L.pc[12] = mask != NULL;
     size_t n_summ = summaries->desc.size / summary_bytes;
     if ((st = bind_windows(&L, 2, summaries->buf, summaries->desc.size, -1, VK_NULL_HANDLE, 0,
                            summary_bytes, n_summ < INT32_MAX ? n_summ : INT32_MAX, 8, 2, 1,
@@ -509,6 +518,8 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
     L.pc[6] = g->group;
     L.pc[7] = g->head_dim;
     L.pc[9] = sp.p.heads;
+    uint64_t q_rows = (L.b[0].range - (q_off - L.b[0].off)) / q_row;
+    L.pc[10] = q_rows > UINT32_MAX ? UINT32_MAX : (uint32_t)q_rows;
     uint32_t chunks = fkv_scores_chunks(sp.rows, dev->compute_units);
     VkPipeline p;
     vk_cmd c;
@@ -524,25 +535,32 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
 
 fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                               size_t prev_off, uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                               size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+                               size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                               uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                               fkv_bbuf *flags, size_t flags_off) {
     launch L;
     prepare(dev, q, &deps, "cosine_flags", &L);
     fkv_status st;
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
-    uint64_t q_bytes = n_bh * g->group * g->head_dim * 4;
+    uint64_t q_row = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
     uint32_t w;
     if ((st = cosine_plan(dev, n_bh, &w)) != FKV_OK)
         return st;
-    if ((st = bind_buf(&L, 0, q_cur, cur_off, q_bytes, 4, &L.pc[0], "q_cur")) != FKV_OK ||
-        (st = bind_buf(&L, 1, q_prev, prev_off, q_bytes, 4, &L.pc[1], "q_prev")) != FKV_OK ||
+    /* q_prev's rows come from device data: what one binding reaches from prev_off */
+    if ((st = bind_buf(&L, 0, q_cur, cur_off, n_seqs * q_row, 4, &L.pc[0], "q_cur")) !=
+            FKV_OK ||
+        (st = bind_buf(&L, 1, q_prev, prev_off, 0, 4, &L.pc[1], "q_prev")) != FKV_OK ||
         (st = bind_buf(&L, 2, sims, sims_off, n_bh * 4, 4, &L.pc[5], "sims")) != FKV_OK ||
-        (st = bind_buf(&L, 3, flags, flags_off, n_bh * 4, 4, &L.pc[6], "flags")) != FKV_OK)
+        (st = bind_buf(&L, 3, flags, flags_off, n_bh * 4, 4, &L.pc[6], "flags")) != FKV_OK ||
+        (st = bind_buf(&L, 4, prev_rows, rows_off, n_seqs * 4ull, 4, &L.pc[8], "prev_rows")) !=
+            FKV_OK)
         return st;
     L.pc[2] = g->n_kv_heads;
     L.pc[3] = g->group;
     L.pc[4] = g->head_dim;
     pc_f32(&L, 7, tau);
+    uint64_t prev_count = (L.b[1].range - (prev_off - L.b[1].off)) / q_row;
+    L.pc[9] = prev_count > UINT32_MAX ? UINT32_MAX : (uint32_t)prev_count;
     VkPipeline p;
     vk_cmd c;
     if ((st = fkv_vk_pipeline(dev, S_COSINE, w, 1, &p)) != FKV_OK ||

@@ -1,13 +1,17 @@
 /* The Vulkan backend's submission: per-queue timelines, command recording and submission,
  * events, markers, finish, and the copies.
  *
- * Every fkv_queue has its own timeline semaphore and gives each command the next value.
- * Consecutive commands of a queue are recorded into command buffers that one vkQueueSubmit
- * takes together (each after a memory barrier on what came before it), waiting for the queue's
- * previous submission and the cross-queue waits of its first command, and signalling the last
- * command's value, which reaches every earlier one's. So a queue is in order whichever VkQueue
- * it runs on (lavapipe has one). An event is (semaphore, value); waiting on one whose command
- * is still recorded (event_wait, a command of another queue) submits its queue first.
+ * Every submission stream has its own timeline semaphore and gives each command the next
+ * value; the fkv queues that run on one VkQueue share one stream (stream()), the others have
+ * their own. Consecutive commands of a stream are recorded into command buffers that one
+ * vkQueueSubmit takes together (each after a memory barrier on what came before it), in
+ * VkSubmitInfo batches that end at each value handed out and before each command that waits
+ * on another stream (whose waits are its batch's), the first waiting for the stream's previous
+ * submission, each signalling its last command's value, which reaches every earlier one's. So
+ * a queue is in order whichever VkQueue it runs on (lavapipe has one). A stream is submitted
+ * only when something needs it: a host wait on one of its values (event_wait), a command of
+ * another stream that waits on one, finish, a full descriptor pool, 64 commands. An event is
+ * (semaphore, value); waiting on one whose command is still recorded submits its stream first.
  * Copies from or to host_alloc memory use its VkBuffer directly; other host memory goes
  * through a staging buffer (writes copy at enqueue, which the interface allows: the source
  * must stay unmodified until completion; reads are copied out by whoever next waits).
@@ -79,6 +83,7 @@ void fkv_vk_fqueue_destroy(fkv_bdev *d, vk_fqueue *fq) {
     free(fq->pend_stages);
     free(fq->mark_cbs);
     free(fq->mark_vals);
+    free(fq->mark_waits);
     free(fq->pend_si);
     free(fq->pend_ti);
     for (int k = 0; k < 2; k++)
@@ -106,48 +111,64 @@ static void reclaim(fkv_bdev *d, vk_fqueue *fq) {
     }
 }
 
-/* Submits fq's recorded commands in one vkQueueSubmit (the caller holds fq->lock): after the
- * cross-queue waits of the first and the queue's previous submission, signalling the last
- * command's value (which reaches every earlier one's). */
+/* Ends the pending batch at the commands recorded so far: its signal is the last recorded
+ * value, and the waits appended so far are its own (room: reserve_pending). */
+static void end_batch(vk_fqueue *fq) {
+    if (fq->n_marks && fq->mark_vals[fq->n_marks - 1] == fq->last)
+        return;
+    fq->mark_cbs[fq->n_marks] = fq->n_pend_cbs;
+    fq->mark_waits[fq->n_marks] = fq->n_pend_waits;
+    fq->mark_vals[fq->n_marks++] = fq->last;
+}
+
+/* Submits fq's recorded commands in one vkQueueSubmit (the caller holds fq->lock): one
+ * VkSubmitInfo batch per mark, each with the cross-queue waits of its commands (the first
+ * also after the queue's previous submission), signalling the last command's value (which
+ * reaches every earlier one's). */
 static fkv_status flush_locked(fkv_bdev *d, vk_fqueue *fq) {
     if (fq->n_pend_ops == 0)
         return FKV_OK;
-    uint32_t n = fq->n_pend_waits; /* room for one more: reserve_pending */
-    if (fq->submitted) {
-        fq->pend_sems[n] = fq->timeline;
-        fq->pend_vals[n] = fq->submitted;
-        fq->pend_stages[n++] = VK_PIPELINE_STAGE_ALL_COMMANDS_BIT;
-    }
-    /* One batch per value handed out (an event, a staged read's) and one for the last: every
-     * value anyone waits on is signalled exactly (a wait between two signalled values times
-     * out in the validation layer 1.3.239, whatever the spec says). Room: reserve_pending. */
+    /* One batch per value handed out (an event, a staged read's) or before a command that
+     * waits on another queue, and one for the last: every value anyone waits on is signalled
+     * exactly (a wait between two signalled values times out in the validation layer
+     * 1.3.239, whatever the spec says). Room: reserve_pending. */
     uint64_t value = fq->last;
-    if (fq->n_marks == 0 || fq->mark_vals[fq->n_marks - 1] != value) {
-        fq->mark_cbs[fq->n_marks] = fq->n_pend_cbs;
-        fq->mark_vals[fq->n_marks++] = value;
+    end_batch(fq);
+    uint32_t shift = 0; /* the previous submission, first in the first batch's waits */
+    if (fq->submitted) {
+        uint32_t n = fq->n_pend_waits; /* room for one more: reserve_pending */
+        memmove(fq->pend_sems + 1, fq->pend_sems, n * sizeof *fq->pend_sems);
+        memmove(fq->pend_vals + 1, fq->pend_vals, n * sizeof *fq->pend_vals);
+        memmove(fq->pend_stages + 1, fq->pend_stages, n * sizeof *fq->pend_stages);
+        fq->pend_sems[0] = fq->timeline;
+        fq->pend_vals[0] = fq->submitted;
+        fq->pend_stages[0] = VK_PIPELINE_STAGE_ALL_COMMANDS_BIT;
+        shift = 1;
     }
-    uint32_t first_cb = 0;
+    uint32_t first_cb = 0, first_w = 0;
     for (uint32_t k = 0; k < fq->n_marks; k++) {
+        uint32_t end_w = fq->mark_waits[k] + shift;
         fq->pend_ti[k] = (VkTimelineSemaphoreSubmitInfo){
             .sType = VK_STRUCTURE_TYPE_TIMELINE_SEMAPHORE_SUBMIT_INFO,
-            .waitSemaphoreValueCount = k ? 0 : n,
-            .pWaitSemaphoreValues = fq->pend_vals,
+            .waitSemaphoreValueCount = end_w - first_w,
+            .pWaitSemaphoreValues = fq->pend_vals + first_w,
             .signalSemaphoreValueCount = 1,
             .pSignalSemaphoreValues = &fq->mark_vals[k]};
         fq->pend_si[k] = (VkSubmitInfo){.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO,
                                         .pNext = &fq->pend_ti[k],
-                                        .waitSemaphoreCount = k ? 0 : n,
-                                        .pWaitSemaphores = fq->pend_sems,
-                                        .pWaitDstStageMask = fq->pend_stages,
+                                        .waitSemaphoreCount = end_w - first_w,
+                                        .pWaitSemaphores = fq->pend_sems + first_w,
+                                        .pWaitDstStageMask = fq->pend_stages + first_w,
                                         .commandBufferCount = fq->mark_cbs[k] - first_cb,
                                         .pCommandBuffers = fq->pend_cbs + first_cb,
                                         .signalSemaphoreCount = 1,
                                         .pSignalSemaphores = &fq->timeline};
         first_cb = fq->mark_cbs[k];
+        first_w = end_w;
     }
-    pthread_mutex_lock(&fq->hw->lock);
+    fkv_vk_hw_lock(d, fq->hw);
     VkResult r = vkQueueSubmit(fq->hw->queue, fq->n_marks, fq->pend_si, VK_NULL_HANDLE);
-    pthread_mutex_unlock(&fq->hw->lock);
+    fkv_vk_hw_unlock(d, fq->hw);
     fkv_count_submit(&d->counters, (fkv_queue)(fq - d->q));
     fkv_status st = FKV_OK;
     if (r != VK_SUCCESS) {
@@ -162,8 +183,20 @@ static fkv_status flush_locked(fkv_bdev *d, vk_fqueue *fq) {
     return st;
 }
 
+/* The submission stream of fkv_queue q: fkv queues that run on one VkQueue share the first
+ * one's (its timeline, pending commands and scratch), so that a command of one that waits for
+ * another's is simply recorded after it, and one vkQueueSubmit carries the work of all of
+ * them. On one VkQueue they run in submission order anyway (every command buffer starts with
+ * a full barrier): separate streams would only add the submits that order them. */
+static vk_fqueue *stream(fkv_bdev *d, fkv_queue q) {
+    for (int i = 0; i < (int)q && !d->separate_streams; i++)
+        if (d->q[i].hw == d->q[q].hw)
+            return &d->q[i];
+    return &d->q[q];
+}
+
 fkv_status fkv_vk_flush(fkv_bdev *d, fkv_queue q) {
-    vk_fqueue *fq = &d->q[q];
+    vk_fqueue *fq = stream(d, q);
     pthread_mutex_lock(&fq->lock);
     fkv_status st = flush_locked(d, fq);
     pthread_mutex_unlock(&fq->lock);
@@ -190,7 +223,8 @@ static int wait_oldest(fkv_bdev *d, vk_fqueue *fq) {
 fkv_status fkv_vk_cmd_begin(fkv_bdev *d, fkv_queue q, int marker, vk_cmd *c) {
     memset(c, 0, sizeof *c);
     c->d = d;
-    c->fq = &d->q[q];
+    c->q = q;
+    c->fq = stream(d, q);
     pthread_mutex_lock(&c->fq->lock);
     reclaim(d, c->fq);
     if (marker)
@@ -240,11 +274,10 @@ static int reserve(void *arr, uint32_t *cap, uint32_t need, size_t size, uint32_
 }
 
 void fkv_vk_count(const vk_cmd *c, int launch, fkv_copy_dir dir, uint64_t bytes) {
-    fkv_queue q = (fkv_queue)(c->fq - c->d->q);
     if (launch)
-        fkv_count_launch(&c->d->counters, q);
+        fkv_count_launch(&c->d->counters, c->q);
     else
-        fkv_count_copy(&c->d->counters, q, dir, bytes);
+        fkv_count_copy(&c->d->counters, c->q, dir, bytes);
 }
 
 fkv_status fkv_vk_cmd_temp(vk_cmd *c, VkDeviceSize size, int host_visible, vk_temp *out) {
@@ -293,13 +326,15 @@ static fkv_status reserve_pending(vk_fqueue *fq, uint32_t waits) {
         !reserve(&fq->pend_stages, &c3, need, sizeof *fq->pend_stages, 16))
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: wait list");
     fq->cap_pend_waits = cap;
-    /* a mark per value handed out, one for the last, a batch each */
-    need = fq->n_marks + 2, cap = c2 = c3 = fq->cap_marks;
-    uint32_t c4 = cap;
+    /* a mark per value handed out, one before a command that waits on another queue, one for
+     * the last, a batch each */
+    need = fq->n_marks + 3, cap = c2 = c3 = fq->cap_marks;
+    uint32_t c4 = cap, c5 = cap;
     if (!reserve(&fq->mark_cbs, &cap, need, sizeof *fq->mark_cbs, 8) ||
         !reserve(&fq->mark_vals, &c2, need, sizeof *fq->mark_vals, 8) ||
         !reserve(&fq->pend_si, &c3, need, sizeof *fq->pend_si, 8) ||
-        !reserve(&fq->pend_ti, &c4, need, sizeof *fq->pend_ti, 8))
+        !reserve(&fq->pend_ti, &c4, need, sizeof *fq->pend_ti, 8) ||
+        !reserve(&fq->mark_waits, &c5, need, sizeof *fq->mark_waits, 8))
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "vulkan: submission batches");
     fq->cap_marks = cap;
     return FKV_OK;
@@ -369,14 +404,16 @@ fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_ou
         if (r != VK_SUCCESS)
             st = fkv_vk_fail(r, "vkEndCommandBuffer");
     }
-    /* A submission's waits hold from its start: a cross-queue wait starts a new one. */
-    if (st == FKV_OK && n_foreign && fq->n_pend_ops)
-        st = flush_locked(d, fq);
     if (st != FKV_OK) {
         fkv_vk_cmd_abort(c);
         free(ev);
         return st;
     }
+    /* A batch's waits hold from its start: a command that waits on another queue starts a batch
+     * of its own (not a submission), and the barrier that opens every later command buffer
+     * orders those after it (a marker with such waits records one: fkv_vk_marker). */
+    if (n_foreign && fq->n_pend_ops)
+        end_batch(fq);
     for (uint32_t i = 0; i < deps->n_wait; i++) {
         const vk_event *e = (const vk_event *)deps->wait[i];
         if (e == NULL || e->sem == fq->timeline)
@@ -392,10 +429,8 @@ fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_ou
     fq->n_pend_ops++;
     if (c->rec.cb || c->rec.n_temps || c->rec.n_sets)
         fq->inflight[fq->n_inflight++] = c->rec;
-    if (ev || value_out) { /* a value someone may wait on: signalled by a batch of its own */
-        fq->mark_cbs[fq->n_marks] = fq->n_pend_cbs;
-        fq->mark_vals[fq->n_marks++] = value;
-    }
+    if (ev || value_out) /* a value someone may wait on: signalled by a batch of its own */
+        end_batch(fq);
     /* Events may go out unsubmitted: waiting on one (event_wait, another queue's command)
      * submits its queue first. */
     if (fq->n_pend_ops >= PENDING_MAX)
@@ -417,9 +452,17 @@ fkv_status fkv_vk_cmd_submit(vk_cmd *c, const fkv_deps *deps, vk_event *value_ou
 
 fkv_status fkv_vk_marker(fkv_bdev *d, fkv_queue q, fkv_deps deps) {
     fkv_vk_clear_done(&deps);
+    /* Another queue's wait blocks only the commands of its batch: a marker that has one gets a
+     * command buffer (its opening barrier alone), which the later commands' barriers order
+     * after. Without, it is a signal only. */
+    int foreign = 0;
+    for (uint32_t i = 0; i < deps.n_wait; i++) {
+        const vk_event *e = (const vk_event *)deps.wait[i];
+        foreign |= e != NULL && e->sem != stream(d, q)->timeline;
+    }
     fkv_status st;
     vk_cmd c;
-    if ((st = fkv_vk_cmd_begin(d, q, 1, &c)) != FKV_OK)
+    if ((st = fkv_vk_cmd_begin(d, q, !foreign, &c)) != FKV_OK)
         return st;
     return fkv_vk_cmd_submit(&c, &deps, NULL);
 }
@@ -503,7 +546,7 @@ void fkv_vk_event_release(fkv_bdev *d, fkv_bevent *ev) {
 }
 
 fkv_status fkv_vk_finish(fkv_bdev *d, fkv_queue q) {
-    vk_fqueue *fq = &d->q[q];
+    vk_fqueue *fq = stream(d, q);
     pthread_mutex_lock(&fq->lock);
     fkv_status st = flush_locked(d, fq);
     uint64_t last = fq->last;
@@ -618,7 +661,7 @@ fkv_status fkv_vk_read(fkv_bdev *d, fkv_queue q, fkv_deps deps, const fkv_bbuf *
     fkv_status st = FKV_OK;
     VkDeviceSize off = 0;
     fkv_bhost *h = fkv_vk_find_host(d, dst, size, &off);
-    vk_pending_read p = {.fq = &d->q[q], .dst = dst, .size = size};
+    vk_pending_read p = {.fq = stream(d, q), .dst = dst, .size = size};
     if (h == NULL) {
         pthread_mutex_lock(&d->read_lock); /* room for the pending entry before submitting */
         if (reserve(&d->reads, &d->cap_reads, d->n_reads + d->reads_reserved + 1,

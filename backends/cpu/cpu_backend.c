@@ -541,8 +541,9 @@ static fkv_status cpu_summarize_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
 typedef struct scores_args {
     fkv_kv_geom g;
     const float *q;
+    size_t q_rows;
     uint32_t n_seqs;
-    const int32_t *desc;
+    const int32_t *desc, *mask;
     const float *summaries;
     size_t n_summaries;
     float *out;
@@ -551,14 +552,15 @@ typedef struct scores_args {
 
 static fkv_status run_scores(void *p) {
     scores_args *a = p;
-    return cpu_scores(&a->g, a->q, a->n_seqs, a->desc, a->summaries, a->n_summaries, a->out,
-                      a->out_len);
+    return cpu_scores(&a->g, a->q, a->q_rows, a->n_seqs, a->desc, a->mask, a->summaries,
+                      a->n_summaries, a->out, a->out_len);
 }
 
 static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                                const fkv_bbuf *desc, size_t desc_off,
-                                const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off) {
+                                const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                                size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                                size_t out_off) {
     const char *op = "scores";
     scores_args *a;
     TRY(check_limits(op, g));
@@ -566,7 +568,10 @@ static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     a->g = *g;
     a->n_seqs = n_seqs;
     a->q = (const float *)at(qbuf, q_off);
+    a->q_rows = (qbuf->desc.size - q_off) /
+                (sizeof(float) * g->n_kv_heads * g->group * g->head_dim);
     a->desc = (const int32_t *)at(desc, desc_off);
+    a->mask = mask ? (const int32_t *)at(mask, mask_off) : NULL;
     a->summaries = (const float *)summaries->data;
     a->n_summaries = summaries->desc.size / fkv_summary_bytes(g);
     a->out = (float *)at(out, out_off);
@@ -577,7 +582,7 @@ static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
 typedef struct select_args {
     fkv_kv_geom g;
     uint32_t n_seqs;
-    const int32_t *desc;
+    const int32_t *desc, *mask;
     float *scores;
     size_t scores_len;
     fkv_select_params p;
@@ -586,12 +591,14 @@ typedef struct select_args {
 
 static fkv_status run_select(void *p) {
     select_args *a = p;
-    return cpu_select_pages(&a->g, a->n_seqs, a->desc, a->scores, a->scores_len, &a->p, a->out);
+    return cpu_select_pages(&a->g, a->n_seqs, a->desc, a->mask, a->scores, a->scores_len, &a->p,
+                            a->out);
 }
 
 static fkv_status cpu_select_pages_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                       const fkv_kv_geom *g, uint32_t n_seqs,
-                                      const fkv_bbuf *desc, size_t desc_off, fkv_bbuf *scores,
+                                      const fkv_bbuf *desc, size_t desc_off,
+                                      const fkv_bbuf *mask, size_t mask_off, fkv_bbuf *scores,
                                       size_t scores_off, const fkv_select_params *p,
                                       fkv_bbuf *out, size_t out_off) {
     const char *op = "select_pages";
@@ -600,6 +607,7 @@ static fkv_status cpu_select_pages_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     a->g = *g;
     a->n_seqs = n_seqs;
     a->desc = (const int32_t *)at(desc, desc_off);
+    a->mask = mask ? (const int32_t *)at(mask, mask_off) : NULL;
     a->scores = (float *)at(scores, scores_off);
     a->scores_len = (scores->desc.size - scores_off) / sizeof(float);
     a->p = *p;
@@ -610,6 +618,8 @@ static fkv_status cpu_select_pages_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
 typedef struct cosine_args {
     fkv_kv_geom g;
     const float *cur, *prev;
+    size_t prev_count;
+    const int32_t *prev_rows;
     uint32_t n_seqs;
     float tau;
     float *sims;
@@ -618,12 +628,14 @@ typedef struct cosine_args {
 
 static fkv_status run_cosine(void *p) {
     cosine_args *a = p;
-    return cpu_cosine_flags(&a->g, a->cur, a->prev, a->n_seqs, a->tau, a->sims, a->flags);
+    return cpu_cosine_flags(&a->g, a->cur, a->prev, a->prev_count, a->prev_rows, a->n_seqs,
+                            a->tau, a->sims, a->flags);
 }
 
 static fkv_status cpu_cosine_flags_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                       const fkv_kv_geom *g, const fkv_bbuf *q_cur,
                                       size_t cur_off, const fkv_bbuf *q_prev, size_t prev_off,
+                                      const fkv_bbuf *prev_rows, size_t rows_off,
                                       uint32_t n_seqs, float tau, fkv_bbuf *sims,
                                       size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
     const char *op = "cosine_flags";
@@ -635,6 +647,9 @@ static fkv_status cpu_cosine_flags_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     a->tau = tau;
     a->cur = (const float *)at(q_cur, cur_off);
     a->prev = (const float *)at(q_prev, prev_off);
+    a->prev_count = (q_prev->desc.size - prev_off) /
+                    (sizeof(float) * g->n_kv_heads * g->group * g->head_dim);
+    a->prev_rows = (const int32_t *)at(prev_rows, rows_off);
     a->sims = (float *)at(sims, sims_off);
     a->flags = (int32_t *)at(flags, flags_off);
     return submit(dev, q, run_cosine, a, deps);
@@ -718,6 +733,12 @@ static fkv_status run_recall(void *p) {
     recall_args *a = p;
     return cpu_recall_direct(&a->g, a->n_hosts, a->hosts, a->n_units, a->units, a->kpool,
                              a->vpool, a->pool_rows);
+}
+
+/* pack_hnd, scatter_hnd and recall_direct run the reference codec (common/hostfmt.c). */
+static uint32_t cpu_host_formats(fkv_bdev *dev) {
+    (void)dev;
+    return 1u << FKV_HOST_Q8 | 1u << FKV_HOST_Q4;
 }
 
 static fkv_status cpu_recall_direct_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
@@ -897,6 +918,7 @@ static const fkv_backend_ops cpu_ops = {
     .opened_info = cpu_opened_info,
     .counters = cpu_counters,
     .select_pages = cpu_select_pages_op,
+    .host_formats = cpu_host_formats,
 };
 
 const fkv_backend_ops *fkv_backend_cpu(void) { return &cpu_ops; }

@@ -3,10 +3,12 @@
 #include "cpu_kernels.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../../common/dtype.h"
 #include "../../common/error.h"
+#include "../../common/hostfmt.h"
 
 static size_t row_elems(const fkv_kv_geom *g) { return (size_t)g->n_kv_heads * g->head_dim; }
 
@@ -61,72 +63,118 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
     return FKV_OK;
 }
 
-/* Query heads scored per pass over a page summary (as the GPU kernels' FKV_SCORE_GROUP). */
-#define SCORE_BLOCK 8
-
 /* fmaxf without the libm call (the call dominated the reference's scoring): a NaN operand
- * yields the other one; of +0 and -0 the first, as glibc's fmaxf. */
-static inline float max_skip_nan(float a, float b) {
-    return a != a ? b : b != b ? a : a >= b ? a : b;
+ * yields the other one; of +0 and -0 the first, as glibc's fmaxf. One compare less than
+ * testing a first: a NaN a fails a >= b and yields b (or a NaN b, which is a NaN either way). */
+static inline float max_skip_nan(float a, float b) { return a >= b || b != b ? a : b; }
+
+/* Scoring works on SCORE_LANES query heads of a KV head and SCORE_PAGES pages at a time, with
+ * constant widths so that the compiler keeps the sums in vector registers (4 lanes: the group
+ * of most models, and one SSE vector). */
+#define SCORE_LANES 4
+#define SCORE_PAGES 8
+
+/* sum[p][r] for the SCORE_LANES heads of qt ([head_dim][SCORE_LANES], transposed, zero-padded)
+ * and the summaries page[p]; each sum runs over the channels in order. */
+static void score_pages(const float *restrict qt, size_t d, const float *const *page,
+                        float sum[SCORE_PAGES][SCORE_LANES]) {
+    float acc[SCORE_PAGES][SCORE_LANES] = {{0.0f}}; /* local: nothing aliases it */
+    for (size_t c = 0; c < d; c++) {
+        const float *qc = qt + c * SCORE_LANES;
+        for (size_t p = 0; p < SCORE_PAGES; p++) {
+            float lo = page[p][c], hi = page[p][d + c];
+            for (size_t r = 0; r < SCORE_LANES; r++)
+                acc[p][r] += max_skip_nan(qc[r] * hi, qc[r] * lo);
+        }
+    }
+    memcpy(sum, acc, sizeof acc);
 }
 
-fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, const int32_t *desc,
-                      const float *summaries, size_t n_summaries, float *out, size_t out_len) {
-    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
-    for (uint32_t b = 0; b < n_seqs; b++) {
-        int32_t base = desc[3 * b], n_pages = desc[3 * b + 1], out_base = desc[3 * b + 2];
-        if (base < 0 || n_pages < 0 || (size_t)base + (size_t)n_pages > n_summaries)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "scores: sequence %u reads summaries [%d, %d + %d), buffer holds %zu",
-                             b, base, base, n_pages, n_summaries);
-        if (out_base < 0 || (size_t)out_base + n_q_heads * (size_t)n_pages > out_len)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
-                             n_q_heads * (size_t)n_pages, out_base, out_len);
-        /* Each summary is read once per block of SCORE_BLOCK query heads of its KV head (once
-         * per group up to that size); each head's sum runs over the channels in order, as
-         * before, so the values are bit for bit those of one head at a time. */
-        for (size_t kv_head = 0; kv_head < g->n_kv_heads; kv_head++)
-            for (int32_t j = 0; j < n_pages; j++) {
-                size_t s = (size_t)base + (size_t)j;
-                const float *mn = summaries + (s * g->n_kv_heads + kv_head) * 2 * d;
-                const float *mx = mn + d;
-                for (size_t h0 = 0; h0 < g->group; h0 += SCORE_BLOCK) {
-                    size_t nh = g->group - h0 < SCORE_BLOCK ? g->group - h0 : SCORE_BLOCK;
-                    const float *qh = q + ((size_t)b * n_q_heads + kv_head * g->group + h0) * d;
-                    float sum[SCORE_BLOCK] = {0.0f};
-                    for (size_t c = 0; c < d; c++) {
-                        float lo = mn[c], hi = mx[c];
-                        for (size_t r = 0; r < nh; r++)
-                            sum[r] += max_skip_nan(qh[r * d + c] * hi, qh[r * d + c] * lo);
-                    }
-                    for (size_t r = 0; r < nh; r++)
-                        out[(size_t)out_base + (kv_head * g->group + h0 + r) * (size_t)n_pages +
-                            (size_t)j] = sum[r];
-                }
-            }
+/* The scores of KV head kv_head's query heads (q: the group's rows) over n_pages summaries
+ * from `first`, into out[r * n_pages + j]; qt: scratch of the group's queries transposed in
+ * blocks of SCORE_LANES ([block][head_dim][SCORE_LANES], zero-padded). The blocks are the
+ * inner loop, so a summary comes from memory once per group; each head's sum runs over the
+ * channels in order, so the values are bit for bit those of one head at a time. */
+static void score_head(const fkv_kv_geom *g, const float *q, const float *summaries,
+                       size_t first, size_t kv_head, size_t n_pages, float *qt, float *out) {
+    size_t d = g->head_dim, stride = (size_t)g->n_kv_heads * 2 * d;
+    size_t n_blocks = (g->group + SCORE_LANES - 1) / SCORE_LANES;
+    for (size_t i = 0; i < n_blocks * d * SCORE_LANES; i++) {
+        size_t head = i / (d * SCORE_LANES) * SCORE_LANES + i % SCORE_LANES;
+        qt[i] = head < g->group ? q[head * d + i / SCORE_LANES % d] : 0.0f;
     }
-    return FKV_OK;
+    const float *s0 = summaries + (first * g->n_kv_heads + kv_head) * 2 * d;
+    for (size_t j = 0; j < n_pages; j += SCORE_PAGES) {
+        size_t n = n_pages - j < SCORE_PAGES ? n_pages - j : SCORE_PAGES;
+        const float *page[SCORE_PAGES]; /* the last pass repeats its first page */
+        for (size_t p = 0; p < SCORE_PAGES; p++)
+            page[p] = s0 + (j + (p < n ? p : 0)) * stride;
+        for (size_t blk = 0; blk < n_blocks; blk++) {
+            float sum[SCORE_PAGES][SCORE_LANES];
+            score_pages(qt + blk * d * SCORE_LANES, d, page, sum);
+            for (size_t p = 0; p < n; p++)
+                for (size_t r = 0; r < SCORE_LANES && blk * SCORE_LANES + r < g->group; r++)
+                    out[(blk * SCORE_LANES + r) * n_pages + j + p] = sum[p][r];
+        }
+    }
+}
+
+fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
+                      const int32_t *desc, const int32_t *mask, const float *summaries,
+                      size_t n_summaries, float *out, size_t out_len) {
+    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
+    size_t qt_floats = (g->group + SCORE_LANES - 1) / SCORE_LANES * SCORE_LANES * d;
+    float *qt = malloc(sizeof(float) * qt_floats);
+    if (qt == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scores: %zu bytes of scratch",
+                         sizeof(float) * qt_floats);
+    fkv_status st = FKV_OK;
+    for (uint32_t b = 0; b < n_seqs && st == FKV_OK; b++) {
+        const int32_t *db = desc + (size_t)FKV_SCORES_DESC_INTS * b;
+        int32_t base = db[0], n_pages = db[1], out_base = db[2], row = db[3];
+        if (row < 0 || (size_t)row >= q_rows)
+            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                           "scores: sequence %u reads query row %d, the buffer holds %zu", b, row,
+                           q_rows);
+        else if (base < 0 || n_pages < 0 || (size_t)base + (size_t)n_pages > n_summaries)
+            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                           "scores: sequence %u reads summaries [%d, %d + %d), buffer holds %zu",
+                           b, base, base, n_pages, n_summaries);
+        else if (out_base < 0 || (size_t)out_base + n_q_heads * (size_t)n_pages > out_len)
+            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                           "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
+                           n_q_heads * (size_t)n_pages, out_base, out_len);
+        for (size_t kv_head = 0; kv_head < g->n_kv_heads && st == FKV_OK; kv_head++)
+            if (!mask || mask[(size_t)b * g->n_kv_heads + kv_head])
+                score_head(g, q + ((size_t)row * n_q_heads + kv_head * g->group) * d, summaries,
+                           (size_t)base, kv_head, (size_t)n_pages, qt,
+                           out + (size_t)out_base + kv_head * g->group * (size_t)n_pages);
+    }
+    free(qt);
+    return st;
 }
 
 /* The reduced value of page j, accumulated in row0[j] over the group's rows r ascending (the
  * order every backend keeps per page, so mean and max agree bit for bit). Softmax takes row
- * r's max (NaN skipped) and sum of expf first; row 0 is read before it is overwritten. */
+ * r's max (NaN skipped) and sum of expf first, keeping each expf in the row (scratch) for the
+ * accumulation; row 0 is read before it is overwritten. */
 static void reduce_rows(float *row0, size_t stride, uint32_t group, uint32_t first,
                         uint32_t n_pages, const fkv_select_params *p) {
     for (uint32_t r = 0; r < group; r++) {
-        const float *s = row0 + (size_t)r * stride;
+        float *s = row0 + (size_t)r * stride;
         float m = -INFINITY, sum = 0.0f;
         if (p->reduce == FKV_GROUP_SOFTMAX_MEAN) {
             for (uint32_t j = first; j < n_pages; j++)
                 m = s[j] > m ? s[j] : m;
-            for (uint32_t j = first; j < n_pages; j++)
-                sum += expf((s[j] - m) * p->temp_scale);
+            for (uint32_t j = first; j < n_pages; j++) {
+                s[j] = expf((s[j] - m) * p->temp_scale);
+                sum += s[j];
+            }
         }
         for (uint32_t j = first; j < n_pages; j++) {
             float acc = r == 0 ? (p->reduce == FKV_GROUP_MAX ? -INFINITY : 0.0f) : row0[j];
             if (p->reduce == FKV_GROUP_SOFTMAX_MEAN)
-                acc += expf((s[j] - m) * p->temp_scale) / sum / (float)group;
+                acc += s[j] / sum / (float)group;
             else if (p->reduce == FKV_GROUP_MEAN)
                 acc += s[j] / (float)group;
             else
@@ -169,11 +217,12 @@ static uint32_t kth_key(const float *v, uint32_t first, uint32_t n_pages, uint32
 }
 
 fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t *desc,
-                            float *scores, size_t scores_len, const fkv_select_params *p,
-                            int32_t *out) {
+                            const int32_t *mask, float *scores, size_t scores_len,
+                            const fkv_select_params *p, int32_t *out) {
     size_t hk = g->n_kv_heads, k = p->k, hq = hk * g->group;
     for (uint32_t b = 0; b < n_seqs; b++) {
-        int32_t n_pages = desc[3 * b + 1], base = desc[3 * b + 2];
+        int32_t n_pages = desc[FKV_SCORES_DESC_INTS * b + 1];
+        int32_t base = desc[FKV_SCORES_DESC_INTS * b + 2];
         if (n_pages < 0 || base < 0 || (size_t)base + hq * (size_t)n_pages > scores_len)
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "select_pages: sequence %u reads %zu scores at %d, buffer holds %zu",
@@ -181,6 +230,8 @@ fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t
         uint32_t np = (uint32_t)n_pages, n_cand = np > p->first_page ? np - p->first_page : 0;
         uint32_t kk = n_cand < p->k ? n_cand : p->k;
         for (size_t h = 0; h < hk; h++) {
+            if (mask && !mask[b * hk + h])
+                continue;
             int32_t *pages = out + ((size_t)b * hk + h) * 2 * k;
             float *vals = (float *)(pages + k);
             for (size_t i = 0; i < k; i++) {
@@ -206,14 +257,21 @@ fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t
 }
 
 fkv_status cpu_cosine_flags(const fkv_kv_geom *g, const float *q_cur, const float *q_prev,
-                            uint32_t n_seqs, float tau, float *sims, int32_t *flags) {
+                            size_t prev_count, const int32_t *prev_rows, uint32_t n_seqs,
+                            float tau, float *sims, int32_t *flags) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
     for (uint32_t b = 0; b < n_seqs; b++) {
+        int32_t row = prev_rows[b];
+        if (row >= 0 && (size_t)row >= prev_count)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "cosine_flags: sequence %u reads previous row %d, the buffer holds "
+                             "%zu", b, row, prev_count);
         for (uint32_t h = 0; h < g->n_kv_heads; h++) {
-            float total = 0.0f;
-            for (uint32_t i = 0; i < g->group; i++) {
+            float total = row < 0 ? NAN : 0.0f; /* no previous query: corrected */
+            for (uint32_t i = 0; i < g->group && row >= 0; i++) {
                 size_t at = ((size_t)b * n_q_heads + (size_t)h * g->group + i) * d;
-                const float *a = q_cur + at, *c = q_prev + at;
+                size_t at_prev = ((size_t)row * n_q_heads + (size_t)h * g->group + i) * d;
+                const float *a = q_cur + at, *c = q_prev + at_prev;
                 float dot = 0.0f, na = 0.0f, nc = 0.0f;
                 for (size_t k = 0; k < d; k++) {
                     dot += a[k] * c[k];
@@ -237,16 +295,23 @@ fkv_status cpu_pack_hnd(const fkv_kv_geom *g, const void *kpool, const void *vpo
                         size_t pool_rows, uint32_t n_pages, const int32_t *gslots, void *dst) {
     size_t es = fkv_dtype_size(g->dtype), re = row_elems(g), d = g->head_dim, p = g->page_size;
     size_t run = d * es; /* one token of one head is contiguous on both sides */
+    size_t unit_bytes = fkv_unit_bytes(g);
     for (uint32_t i = 0; i < n_pages; i++) {
         int32_t gslot = gslots[i];
         if (gslot < 0 || !cpu_rows_in_pool((int64_t)gslot * (int64_t)p, p, pool_rows))
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "pack_hnd: gslots[%u] = %d, the pool holds %zu slots", i, gslot,
                              pool_rows / p);
-        unsigned char *page = (unsigned char *)dst + (size_t)i * g->n_kv_heads * 2 * p * run;
+        unsigned char *page = (unsigned char *)dst + (size_t)i * g->n_kv_heads * unit_bytes;
         for (uint32_t h = 0; h < g->n_kv_heads; h++) {
+            size_t first = (size_t)gslot * p * re + (size_t)h * d;
+            if (g->host_format != FKV_HOST_SAME) {
+                fkv_hostfmt_quantize(g->host_format, g->page_size, g->head_dim, kpool, vpool,
+                                     g->dtype, first, re, page + (size_t)h * unit_bytes);
+                continue;
+            }
             for (size_t t = 0; t < p; t++) {
-                size_t src_elem = ((size_t)gslot * p + t) * re + (size_t)h * d;
+                size_t src_elem = first + t * re;
                 unsigned char *k_dst = page + (((size_t)h * 2 + 0) * p + t) * run;
                 unsigned char *v_dst = page + (((size_t)h * 2 + 1) * p + t) * run;
                 memcpy(k_dst, (const unsigned char *)kpool + src_elem * es, run);
@@ -257,11 +322,25 @@ fkv_status cpu_pack_hnd(const fkv_kv_geom *g, const void *kpool, const void *vpo
     return FKV_OK;
 }
 
-/* One [K|V][p][d] unit into KV head `head` of slot `slot` (both already checked). */
+/* One [K|V][p][d] unit into KV head `head` of slot `slot` (both already checked); a
+ * quantized unit is dequantized into the slot's dtype. */
 static void scatter_unit(const fkv_kv_geom *g, const unsigned char *unit, size_t slot,
                          size_t head, void *kpool, void *vpool) {
     size_t es = fkv_dtype_size(g->dtype), re = row_elems(g), d = g->head_dim, p = g->page_size;
     size_t run = d * es;
+    if (g->host_format != FKV_HOST_SAME) {
+        for (uint32_t t = 0; t < p; t++)
+            for (uint32_t c = 0; c < d; c++) {
+                size_t dst_elem = (slot * p + t) * re + head * d + c;
+                fkv_store(kpool, g->dtype, dst_elem,
+                          fkv_hostfmt_load(g->host_format, g->page_size, g->head_dim, unit, 0,
+                                           t, c));
+                fkv_store(vpool, g->dtype, dst_elem,
+                          fkv_hostfmt_load(g->host_format, g->page_size, g->head_dim, unit, 1,
+                                           t, c));
+            }
+        return;
+    }
     for (size_t t = 0; t < p; t++) {
         size_t dst_elem = (slot * p + t) * re + head * d;
         memcpy((unsigned char *)kpool + dst_elem * es, unit + t * run, run);
@@ -284,7 +363,7 @@ static fkv_status check_unit(const char *op, const fkv_kv_geom *g, uint32_t i, i
 
 fkv_status cpu_scatter_hnd(const fkv_kv_geom *g, const void *src, uint32_t n_units,
                            const int32_t *units, void *kpool, void *vpool, size_t pool_rows) {
-    size_t unit_bytes = 2 * (size_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    size_t unit_bytes = fkv_unit_bytes(g);
     for (uint32_t i = 0; i < n_units; i++) {
         fkv_status st = check_unit("scatter_hnd", g, i, units[2 * i], units[2 * i + 1], pool_rows);
         if (st != FKV_OK)

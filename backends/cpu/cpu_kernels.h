@@ -34,23 +34,28 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
                          uint32_t n_pages, const int32_t *pages, float *summaries,
                          size_t n_summaries);
 
-/* Quest bound per query head; desc[3b..3b+2] = (summary base, n_pages, out base) and
- * out[base + h*n_pages + j] for h in [0, n_kv_heads*group). out holds out_len floats. */
-fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, uint32_t n_seqs, const int32_t *desc,
-                      const float *summaries, size_t n_summaries, float *out, size_t out_len);
+/* Quest bound per query head; desc[4b..4b+3] = (summary base, n_pages, out base, q row) and
+ * out[base + h*n_pages + j] for h in [0, n_kv_heads*group). q holds q_rows query rows, out
+ * out_len floats. mask: NULL, or [n_seqs][n_kv_heads]: 0 skips the pair. */
+fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
+                      const int32_t *desc, const int32_t *mask, const float *summaries,
+                      size_t n_summaries, float *out, size_t out_len);
 
 /* select_pages (backend.h defines the semantics): per (sequence, KV head) the group
  * reduction over candidates [p->first_page, n_pages) and the top p->k by (value desc, page
- * asc), into records of k int32 pages (ascending) then k f32 values in out. desc as for
- * scores; scores (scores_len floats) is scratch: the first query row of each KV head receives
- * the reduced values. Also the dispatch layer's generic fallback (run on the host). */
+ * asc), into records of k int32 pages (ascending) then k f32 values in out. desc and mask as
+ * for scores (a masked pair's record is left alone); scores (scores_len floats) is scratch:
+ * the first query row of each KV head receives the reduced values. Also the dispatch layer's
+ * generic fallback (run on the host). */
 fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t *desc,
-                            float *scores, size_t scores_len, const fkv_select_params *p,
-                            int32_t *out);
+                            const int32_t *mask, float *scores, size_t scores_len,
+                            const fkv_select_params *p, int32_t *out);
 
-/* sims[b][h] = mean over the group of cos(q_cur, q_prev); flags[b][h] = !(sims >= tau). */
+/* sims[b][h] = mean over the group of cos(q_cur row b, q_prev row prev_rows[b]);
+ * flags[b][h] = !(sims >= tau); a negative row: NaN and 1. q_prev holds prev_count rows. */
 fkv_status cpu_cosine_flags(const fkv_kv_geom *g, const float *q_cur, const float *q_prev,
-                            uint32_t n_seqs, float tau, float *sims, int32_t *flags);
+                            size_t prev_count, const int32_t *prev_rows, uint32_t n_seqs,
+                            float tau, float *sims, int32_t *flags);
 
 /* Page gslots[i] of both pools to dst + i*page_bytes as [n_kv_heads][K|V][page_size][d]. */
 fkv_status cpu_pack_hnd(const fkv_kv_geom *g, const void *kpool, const void *vpool,

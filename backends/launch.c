@@ -4,9 +4,13 @@
 
 /* ---- attention ---- */
 
+uint32_t fkv_attention_dq(uint32_t n) {
+    return (n + FKV_ATTENTION_PAD - 1) / FKV_ATTENTION_PAD * FKV_ATTENTION_PAD;
+}
+
 size_t fkv_attention_floats(uint32_t heads, uint32_t head_dim, uint32_t tile) {
-    return 2 * (size_t)heads * head_dim + (size_t)tile * (head_dim + 1) + (size_t)heads * tile +
-           3 * (size_t)heads;
+    size_t dq = fkv_attention_dq(head_dim), tp = fkv_attention_dq(tile);
+    return (size_t)heads * dq + (size_t)tile * (dq + 4) + (size_t)heads * tp + 3 * (size_t)heads;
 }
 
 /* The largest tile (halving from max_tile, not below min_tile) that fits with `heads`; 0 if
@@ -25,9 +29,10 @@ fkv_status fkv_plan_attention(const char *backend, const char *op, const fkv_kv_
     size_t avail = avail_bytes / sizeof(float);
     uint32_t top = g->page_size < max_tile ? g->page_size : max_tile;
     uint32_t floor8 = top < 8 ? top : 8; /* a barrier per token or two costs more than a re-read */
+    uint32_t n0 = (g->group + FKV_ATTENTION_MAX_HEADS - 1) / FKV_ATTENTION_MAX_HEADS;
     for (int pass = 0; pass < 2; pass++) {
         uint32_t last = 0;
-        for (uint32_t n = 1; n <= g->group; n++) {
+        for (uint32_t n = n0; n <= g->group; n++) {
             uint32_t heads = (g->group + n - 1) / n;
             if (heads == last)
                 continue;
@@ -47,6 +52,23 @@ fkv_status fkv_plan_attention(const char *backend, const char *op, const fkv_kv_
                      "query head and one token at a time, the device has %zu (%s)",
                      backend, op, g->group, g->head_dim,
                      fkv_attention_floats(1, g->head_dim, 1) * sizeof(float), avail_bytes, limit);
+}
+
+uint32_t fkv_attention_threads(const fkv_kv_geom *g, const fkv_attention_plan *p, uint32_t vec) {
+    uint32_t t = fkv_attention_dq(g->head_dim) / vec;
+    return p->heads > t ? p->heads : t;
+}
+
+fkv_status fkv_check_attention_threads(const char *backend, const char *op, const fkv_kv_geom *g,
+                                       const fkv_attention_plan *p, uint32_t vec,
+                                       size_t max_threads, const char *limit) {
+    uint32_t t = fkv_attention_threads(g, p, vec);
+    if (t <= max_threads)
+        return FKV_OK;
+    return fkv_error(FKV_ERR_UNSUPPORTED,
+                     "%s %s: head_dim %u needs work groups of %u work items (one per %u "
+                     "channels), the kernel allows %zu (%s)",
+                     backend, op, g->head_dim, t, vec, max_threads, limit);
 }
 
 uint32_t fkv_attention_splits(uint64_t n_groups, uint32_t compute_units, uint32_t forced) {

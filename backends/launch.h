@@ -18,25 +18,48 @@
 #define FKV_MAX_AUTO_SPLITS 16
 #define FKV_MAX_SPLITS 256
 
-/* ---- attention: shared memory ----
- * A work group serves `heads` query heads of one (sequence, KV head), so the group takes
- * `blocks` work groups when it does not fit at once (each re-reads the K/V rows), over tiles of
- * `tile` tokens of one page. Shared floats (fkv_attention_floats): qs, acc [heads*d];
- * kt [tile*(d+1)]; sc [heads*tile]; st [3*heads]. */
+/* ---- attention: shared memory and work-group size ----
+ * A work group serves `heads` query heads of one (sequence, KV head), at most
+ * FKV_ATTENTION_MAX_HEADS (each work item keeps one accumulator per head in registers), so
+ * the group takes `blocks` work groups when it is larger or does not fit at once (each
+ * re-reads the K/V rows), over tiles of `tile` tokens of one page. With dq = head_dim rounded
+ * up to FKV_ATTENTION_PAD (fkv_attention_dq) and tp the tile so rounded, shared floats
+ * (fkv_attention_floats): qs [heads*dq]; kt [tile*(dq+4)]; sc [heads*tp]; st [3*heads]. Work
+ * items (fkv_attention_threads): one per `vec` channels of a row (K tile copy, values) and at
+ * least one per head (softmax); each scores the tokens of a tile at its index modulo their
+ * number. */
+#define FKV_ATTENTION_MAX_HEADS 8
+/* Rows in shared memory are padded to a multiple of this many floats, so that a kernel may
+ * read them in vectors of up to this many channels or tokens. */
+#define FKV_ATTENTION_PAD 16
+
 typedef struct fkv_attention_plan {
     uint32_t heads, blocks, tile;
     size_t floats;
 } fkv_attention_plan;
 
+/* n rounded up to FKV_ATTENTION_PAD. */
+uint32_t fkv_attention_dq(uint32_t n);
 size_t fkv_attention_floats(uint32_t heads, uint32_t head_dim, uint32_t tile);
 
 /* The plan for `avail_bytes` of shared memory (named `limit` in messages): the fewest blocks
- * whose tile keeps at least 8 tokens (or the page), with the largest such tile up to
- * max_tile; failing that, the fewest blocks with any tile. FKV_ERR_UNSUPPORTED with a message
- * naming the limit when not even one query head and one token fit. */
+ * of at most FKV_ATTENTION_MAX_HEADS heads whose tile keeps at least 8 tokens (or the page),
+ * with the largest such tile up to max_tile; failing that, the fewest blocks with any tile.
+ * FKV_ERR_UNSUPPORTED with a message naming the limit when not even one query head and one
+ * token fit. */
 fkv_status fkv_plan_attention(const char *backend, const char *op, const fkv_kv_geom *g,
                               size_t avail_bytes, uint32_t max_tile, const char *limit,
                               fkv_attention_plan *p);
+
+/* Work items of the plan's work groups for a kernel that reads `vec` channels a work item:
+ * max(dq / vec, heads). */
+uint32_t fkv_attention_threads(const fkv_kv_geom *g, const fkv_attention_plan *p, uint32_t vec);
+
+/* FKV_ERR_UNSUPPORTED naming `limit` when the plan's work groups need more than max_threads
+ * work items (a head_dim above vec x max_threads). */
+fkv_status fkv_check_attention_threads(const char *backend, const char *op, const fkv_kv_geom *g,
+                                       const fkv_attention_plan *p, uint32_t vec,
+                                       size_t max_threads, const char *limit);
 
 /* ---- attention: splits over pages ----
  * How many parts each (sequence, KV head, query-head block) work group's pages are split

@@ -4,12 +4,16 @@
  *     bf16, p=32, d=128: 16 KiB per unit) out of a pinned host pool, per mechanism:
  *       perpage  one write per unit into device staging, then one scatter kernel
  *       engine:* the core's recall engine (core/recall.h) in perpage, staged, direct mode
- * (2) Paged decode attention at a 2048-token budget (Hq=32, Hk=8, d=128, bf16) for batch 1
- *     and 4: time and effective GB/s of K/V bytes read.
+ * (2) Paged decode attention at a 2048-token budget (Hq=32, Hk=8, d=128) in f32, f16 and bf16
+ *     for batch 1 and 4: time and effective GB/s of K/V bytes read, beside the bandwidth of a
+ *     single-thread memcpy of the same bytes measured in the same repetitions (interleaved, so
+ *     both see the same machine), and the ratio.
  * (3) Page scoring and selection of one layer (scores, then select_pages: softmax-mean and
  *     top-k) over 4096 candidate pages per sequence (131072 tokens at p=32) for batch 1 and 4:
  *     time and GB/s of page summaries read, beside single-thread memcpy on the host in the
  *     same run (the bandwidth a CPU device's kernels can hope for per thread).
+ * (2) and (3) give GB/s by the wall clock and per second of the process's CPU time, which on
+ * a machine shared with other work is what a CPU device's kernels cost.
  * Plain numbers on stdout; timings are medians of --reps runs after one warm-up run, and
  * device commands (fkv_device_get_counters) the mean per run over the same runs. The
  * device comes from --backend/--device or FREEKV_BACKEND/FREEKV_DEVICE. Numbers are parsed
@@ -56,16 +60,37 @@ typedef struct options {
     size_t n_batches;
     uint32_t pool_mib;
     uint32_t reps, chunk;
-    fkv_dtype dtype;
+    fkv_dtype dtype;               /* recall's (and the geometry of scoring's) */
+    fkv_dtype attn_dtypes[3];      /* attention's */
+    size_t n_attn_dtypes;
     uint32_t score_pages[MAX_LIST];
     size_t n_score_pages;
     uint32_t topk;
+    int recall, attention, scoring; /* the sections to run */
 } options;
 
-static double now_s(void) {
+static double clock_s(clockid_t id) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double now_s(void) { return clock_s(CLOCK_MONOTONIC); }
+
+/* CPU time of every thread of the process: a CPU device's worker threads included, a thread
+ * waiting on an event not; what a call costs on a machine shared with other work. */
+static double cpu_s(void) { return clock_s(CLOCK_PROCESS_CPUTIME_ID); }
+
+/* A point in time or a span by both clocks (seconds), or a rate per second of each. */
+typedef struct clocks {
+    double wall, cpu;
+} clocks;
+
+static clocks clocks_now(void) { return (clocks){.wall = now_s(), .cpu = cpu_s()}; }
+
+static clocks clocks_since(clocks t0) {
+    clocks t = clocks_now();
+    return (clocks){.wall = t.wall - t0.wall, .cpu = t.cpu - t0.cpu};
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -78,16 +103,72 @@ static double median(double *x, uint32_t n) {
     return n % 2 ? x[n / 2] : 0.5 * (x[n / 2 - 1] + x[n / 2]);
 }
 
+/* The spans of a run's repetitions, by each clock. */
+typedef struct spans {
+    double *wall, *cpu;
+} spans;
+
+static void spans_set(spans s, uint32_t i, clocks t) {
+    s.wall[i] = t.wall;
+    s.cpu[i] = t.cpu;
+}
+
+/* GB/s of `bytes` per median second of each clock over `n` spans (reorders them). */
+static clocks rates(double bytes, spans s, uint32_t n) {
+    return (clocks){.wall = bytes / median(s.wall, n) * 1e-9,
+                    .cpu = bytes / median(s.cpu, n) * 1e-9};
+}
+
+/* One single-thread memcpy, timed; its last byte feeds the source of the next, so that no
+ * copy can be left out. */
+static clocks timed_copy(unsigned char *dst, unsigned char *src, size_t bytes) {
+    clocks t0 = clocks_now();
+    memcpy(dst, src, bytes);
+    clocks t = clocks_since(t0);
+    src[0] = (unsigned char)(dst[bytes - 1] + 1);
+    return t;
+}
+
 static void usage(FILE *f) {
     fprintf(f, "usage: freekv-opbench [--quick] [--backend NAME] [--device SEL] [--pages 32,64]\n"
                "       [--batches 1,4] [--pool-mib N] [--reps N] [--chunk UNITS] [--budget TOKENS]\n"
-               "       [--dtype f32|f16|bf16] [--score-pages 4096] [--topk 32]\n"
+               "       [--dtype f32|f16|bf16] [--attention-dtypes f32,f16,bf16]\n"
+               "       [--score-pages 4096] [--topk 32] [--only recall|attention|scoring]\n"
                "       [--q-heads 32] [--kv-heads 8] [--head-dim 128] (every section)\n"
                "  --quick: a 64 MiB host pool and 3 repetitions (a few seconds on a CPU device)\n"
+               "  --dtype: the recall's storage type (bf16); --attention-dtypes: the attention's\n"
+               "  (all three); --only: one of the three sections\n"
                "  lists hold 1 to %d values; numbers are plain decimal integers. The memory a run\n"
                "  needs is estimated before anything is allocated; a run that would not fit is\n"
                "  refused. Exit status: 0 ok, 1 a measurement failed, 2 bad arguments.\n",
             MAX_LIST);
+}
+
+/* A comma list of at most `cap` storage types (cap 1: one type, n NULL); 0 or -1 (message
+ * printed). */
+static int parse_dtypes(const char *flag, const char *v, fkv_dtype *out, size_t cap, size_t *n) {
+    static const char *const names[3] = {"f32", "f16", "bf16"};
+    static const fkv_dtype types[3] = {FKV_F32, FKV_F16, FKV_BF16};
+    size_t count = 0;
+    for (const char *p = v;; p++) {
+        size_t len = strcspn(p, ",");
+        int found = -1;
+        for (int t = 0; t < 3; t++)
+            if (strlen(names[t]) == len && strncmp(p, names[t], len) == 0)
+                found = t;
+        if (found < 0 || count == cap) {
+            fprintf(stderr, TOOL ": %s: '%s' is not %s\n", flag, v,
+                    cap == 1 ? "f32, f16 or bf16" : "a comma list of f32, f16 and bf16");
+            return -1;
+        }
+        out[count++] = types[found];
+        p += len;
+        if (*p == '\0')
+            break;
+    }
+    if (n)
+        *n = count;
+    return 0;
 }
 
 static int parse(int argc, char **argv, options *o) {
@@ -106,9 +187,14 @@ static int parse(int argc, char **argv, options *o) {
     o->pool_mib = 256;
     o->reps = 10;
     o->dtype = FKV_BF16;
+    o->attn_dtypes[0] = FKV_F32;
+    o->attn_dtypes[1] = FKV_F16;
+    o->attn_dtypes[2] = FKV_BF16;
+    o->n_attn_dtypes = 3;
     o->score_pages[0] = 4096;
     o->n_score_pages = 1;
     o->topk = 32;
+    o->recall = o->attention = o->scoring = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (strcmp(a, "--quick") == 0) {
@@ -154,15 +240,18 @@ static int parse(int argc, char **argv, options *o) {
             bad = fkv_arg_u32(TOOL, a, v, 1, MAX_HEADS, &o->kv_heads);
         else if (strcmp(a, "--head-dim") == 0)
             bad = fkv_arg_u32(TOOL, a, v, 1, MAX_HEAD_DIM, &o->head_dim);
-        else if (strcmp(a, "--dtype") == 0 && strcmp(v, "f32") == 0)
-            o->dtype = FKV_F32;
-        else if (strcmp(a, "--dtype") == 0 && strcmp(v, "f16") == 0)
-            o->dtype = FKV_F16;
-        else if (strcmp(a, "--dtype") == 0 && strcmp(v, "bf16") == 0)
-            o->dtype = FKV_BF16;
-        else if (strcmp(a, "--dtype") == 0) {
-            fprintf(stderr, TOOL ": --dtype: '%s' is not f32, f16 or bf16\n", v);
-            bad = -1;
+        else if (strcmp(a, "--dtype") == 0)
+            bad = parse_dtypes(a, v, &o->dtype, 1, NULL);
+        else if (strcmp(a, "--attention-dtypes") == 0)
+            bad = parse_dtypes(a, v, o->attn_dtypes, 3, &o->n_attn_dtypes);
+        else if (strcmp(a, "--only") == 0) {
+            o->recall = strcmp(v, "recall") == 0;
+            o->attention = strcmp(v, "attention") == 0;
+            o->scoring = strcmp(v, "scoring") == 0;
+            if (!o->recall && !o->attention && !o->scoring) {
+                fprintf(stderr, TOOL ": --only: '%s' is not recall, attention or scoring\n", v);
+                bad = -1;
+            }
         } else {
             fprintf(stderr, TOOL ": unknown option '%s'\n", a);
             bad = -1;
@@ -448,120 +537,169 @@ out:
 
 /* ---- (2) attention ---- */
 
-static fkv_status attention_once(bench *b, const fkv_kv_geom *g, fkv_bbuf *q, uint32_t batch,
-                                 fkv_bbuf *heads, fkv_bbuf *entries, fkv_bbuf *kp, fkv_bbuf *vp,
-                                 fkv_bbuf *out) {
+/* The buffers of one (dtype, batch) measurement: K/V slots, queries, lists and output on the
+ * device; on the host a memcpy source and destination of the bytes the attention reads. */
+typedef struct attn_setup {
+    fkv_kv_geom g;
+    uint32_t batch;
+    double bytes; /* K/V bytes one attention reads: every listed token of every (seq, KV head) */
+    fkv_bbuf *kp, *vp, *qb, *hb, *eb, *ob;
+    unsigned char *copy_src, *copy_dst;
+} attn_setup;
+
+static void attention_free(bench *b, attn_setup *a) {
+    fkv_bbuf *bufs[6] = {a->kp, a->vp, a->qb, a->hb, a->eb, a->ob};
+    for (int i = 0; i < 6; i++)
+        if (bufs[i])
+            fkv_op_buffer_free(b->dev, bufs[i]);
+    free(a->copy_src);
+    free(a->copy_dst);
+}
+
+/* Each (sequence, KV head) reads its sequence's slots in a shuffled order; the last page is
+ * partial when the budget is not a multiple of the page. */
+static void attention_lists(const options *o, size_t n_bh, uint32_t pages, uint64_t *seed,
+                            int32_t *heads, int32_t *entries) {
+    for (size_t bh = 0; bh < n_bh; bh++) {
+        size_t bseq = bh / o->kv_heads;
+        heads[2 * bh] = (int32_t)(bh * pages);
+        heads[2 * bh + 1] = (int32_t)pages;
+        for (uint32_t j = 0; j < pages; j++) {
+            uint32_t k = (uint32_t)(lcg(seed) % (j + 1));
+            int32_t *e = entries + 2 * (bh * pages + j);
+            e[0] = entries[2 * (bh * pages + k)];
+            entries[2 * (bh * pages + k)] = (int32_t)(bseq * pages + j);
+        }
+        for (uint32_t j = 0; j < pages; j++) {
+            uint32_t left = o->budget - j * o->page;
+            entries[2 * (bh * pages + j) + 1] = (int32_t)(left < o->page ? left : o->page);
+        }
+    }
+}
+
+static fkv_status attention_init(bench *b, fkv_dtype dtype, uint32_t batch, attn_setup *a) {
+    const options *o = b->o;
+    memset(a, 0, sizeof *a);
+    a->g = (fkv_kv_geom){.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
+                         .head_dim = o->head_dim, .page_size = o->page, .dtype = dtype};
+    a->batch = batch;
+    uint32_t pages = (o->budget + o->page - 1) / o->page;
+    size_t slot_bytes = fkv_slot_bytes(&a->g), n_slots = (size_t)batch * pages;
+    size_t n_bh = (size_t)batch * o->kv_heads, qn = (size_t)batch * o->q_heads * o->head_dim;
+    a->bytes = (double)n_bh * o->budget * o->head_dim * fkv_dtype_size(dtype) * 2;
+    int32_t *heads = malloc(n_bh * 8), *entries = malloc(n_bh * pages * 8);
+    float *q = malloc(qn * 4);
+    void *kv = malloc(n_slots * slot_bytes);
+    a->copy_src = malloc((size_t)a->bytes);
+    a->copy_dst = malloc((size_t)a->bytes);
+    fkv_status st = heads && entries && q && kv && a->copy_src && a->copy_dst
+                        ? FKV_OK
+                        : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "out of host memory");
+    if (st == FKV_OK)
+        st = fkv_op_buffer_alloc(b->dev, n_slots * slot_bytes, &a->kp);
+    if (st == FKV_OK)
+        st = fkv_op_buffer_alloc(b->dev, n_slots * slot_bytes, &a->vp);
+    if (st == FKV_OK)
+        st = fkv_op_buffer_alloc(b->dev, qn * 4, &a->qb);
+    if (st == FKV_OK)
+        st = fkv_op_buffer_alloc(b->dev, n_bh * 8, &a->hb);
+    if (st == FKV_OK)
+        st = fkv_op_buffer_alloc(b->dev, n_bh * pages * 8, &a->eb);
+    if (st == FKV_OK)
+        st = fkv_op_buffer_alloc(b->dev, qn * 4, &a->ob);
+    if (st == FKV_OK) {
+        uint64_t seed = 99;
+        attention_lists(o, n_bh, pages, &seed, heads, entries);
+        for (size_t i = 0; i < qn; i++)
+            q[i] = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
+        fill_values(kv, n_slots * slot_bytes, dtype, 5);
+        memcpy(a->copy_src, kv, (size_t)a->bytes < n_slots * slot_bytes ? (size_t)a->bytes
+                                                                          : n_slots * slot_bytes);
+        memset(a->copy_dst, 0, (size_t)a->bytes);
+        if ((st = upload(b, a->kp, kv, n_slots * slot_bytes)) == FKV_OK &&
+            (st = upload(b, a->vp, kv, n_slots * slot_bytes)) == FKV_OK &&
+            (st = upload(b, a->qb, q, qn * 4)) == FKV_OK &&
+            (st = upload(b, a->hb, heads, n_bh * 8)) == FKV_OK)
+            st = upload(b, a->eb, entries, n_bh * pages * 8);
+    }
+    free(heads);
+    free(entries);
+    free(q);
+    free(kv);
+    return st;
+}
+
+static fkv_status attention_once(bench *b, const attn_setup *a) {
     fkv_bevent *done = NULL;
-    fkv_status st = fkv_op_attention(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &done}, g, q,
-                                      0, batch, heads, 0, entries, 0, kp, vp,
-                                      1.0f / 11.3137085f, out, 0);
+    fkv_status st = fkv_op_attention(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &done}, &a->g,
+                                     a->qb, 0, a->batch, a->hb, 0, a->eb, 0, a->kp, a->vp,
+                                     1.0f / 11.3137085f, a->ob, 0);
     return st == FKV_OK ? wait_release(b, done) : st;
+}
+
+/* One row of the table: the attention's median time beside a one-thread memcpy of the same
+ * bytes, timed in the same repetitions (each memcpy right before its attention), by the wall
+ * clock and by the process's CPU time. */
+static fkv_status attention_row(bench *b, const attn_setup *a, const char *split, spans attn,
+                                spans copy) {
+    const options *o = b->o;
+    fkv_counters c0, c1;
+    int counted = 1;
+    fkv_status st = FKV_OK;
+    for (uint32_t rep = 0; rep <= o->reps && st == FKV_OK; rep++) {
+        clocks c = timed_copy(a->copy_dst, a->copy_src, (size_t)a->bytes);
+        if (rep == 1)
+            counted = fkv_device_get_counters(b->dev, &c0) == FKV_OK;
+        clocks t0 = clocks_now();
+        st = attention_once(b, a);
+        if (rep > 0) { /* rep 0 warms up (program builds, first touches) */
+            spans_set(attn, rep - 1, clocks_since(t0));
+            spans_set(copy, rep - 1, c);
+        }
+    }
+    counted = counted && fkv_device_get_counters(b->dev, &c1) == FKV_OK;
+    if (st != FKV_OK)
+        return st;
+    clocks gbs = rates(a->bytes, attn, o->reps), copy_gbs = rates(a->bytes, copy, o->reps);
+    printf("  %-6s %-6u %-8s %9.2f %10.3f %9.2f %9.2f %8.0f%% %9.2f %9.2f  ",
+           fkv_dtype_name(a->g.dtype), a->batch, split, a->bytes / (1 << 20),
+           a->bytes / gbs.wall * 1e-6, gbs.wall, copy_gbs.wall, 100.0 * gbs.wall / copy_gbs.wall,
+           gbs.cpu, copy_gbs.cpu);
+    print_counts(&c1, &c0, counted, o->reps);
+    return FKV_OK;
 }
 
 static int bench_attention(bench *b) {
     const options *o = b->o;
-    fkv_kv_geom g = {.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
-            .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype};
     uint32_t pages = (o->budget + o->page - 1) / o->page;
     printf("\n(2) paged decode attention: budget %u tokens (%u pages of %u), Hq=%u, Hk=%u, d=%u, "
-           "%s, %u reps (median)\n",
-           o->budget, pages, o->page, o->q_heads, o->kv_heads, o->head_dim,
-           fkv_dtype_name(o->dtype), o->reps);
+           "%u reps (median); memcpy: one thread copying the bytes the attention reads, in the "
+           "same reps; GB/s by the wall clock, then per second of the process's CPU time\n",
+           o->budget, pages, o->page, o->q_heads, o->kv_heads, o->head_dim, o->reps);
     int has_splits = set_splits(b, 0);
-    printf("  %-6s %-8s %9s %10s %9s  %s\n", "batch", "splits", "KV MiB", "ms", "K/V GB/s",
+    printf("  %-6s %-6s %-8s %9s %10s %9s %9s %9s %9s %9s  %s\n", "dtype", "batch", "splits",
+           "KV MiB", "ms", "K/V GB/s", "memcpy", "of memcpy", "K/V cpu", "memcpy cpu",
            "device commands per call");
-    double *t = malloc(o->reps * sizeof *t);
+    double *t = malloc(4 * (size_t)o->reps * sizeof *t);
+    spans attn = {t, t + o->reps}, copy = {t + 2 * (size_t)o->reps, t + 3 * (size_t)o->reps};
     int failed = t == NULL;
-    for (uint32_t bi = 0; bi < o->n_batches && t; bi++) {
-        uint32_t batch = o->batches[bi];
-        size_t slot_bytes = (size_t)o->page * o->kv_heads * o->head_dim * fkv_dtype_size(o->dtype);
-        size_t n_slots = (size_t)batch * pages, n_bh = (size_t)batch * o->kv_heads;
-        size_t qn = (size_t)batch * o->q_heads * o->head_dim;
-        fkv_bbuf *kp = NULL, *vp = NULL, *qb = NULL, *hb = NULL, *eb = NULL, *ob = NULL;
-        int32_t *heads = malloc(n_bh * 8), *entries = malloc(n_bh * pages * 8);
-        float *q = malloc(qn * 4);
-        void *kv = malloc(n_slots * slot_bytes);
-        fkv_status st = heads && entries && q && kv ? FKV_OK : FKV_ERR_OUT_OF_HOST_MEMORY;
-        if (st == FKV_OK)
-            st = fkv_op_buffer_alloc(b->dev, n_slots * slot_bytes, &kp);
-        if (st == FKV_OK)
-            st = fkv_op_buffer_alloc(b->dev, n_slots * slot_bytes, &vp);
-        if (st == FKV_OK)
-            st = fkv_op_buffer_alloc(b->dev, qn * 4, &qb);
-        if (st == FKV_OK)
-            st = fkv_op_buffer_alloc(b->dev, n_bh * 8, &hb);
-        if (st == FKV_OK)
-            st = fkv_op_buffer_alloc(b->dev, n_bh * pages * 8, &eb);
-        if (st == FKV_OK)
-            st = fkv_op_buffer_alloc(b->dev, qn * 4, &ob);
-        if (st == FKV_OK) {
-            uint64_t seed = 99;
-            /* Each (sequence, head) reads its sequence's slots in a shuffled order; the last
-             * page is partial when the budget is not a multiple of the page. */
-            for (size_t bh = 0; bh < n_bh; bh++) {
-                size_t bseq = bh / o->kv_heads;
-                heads[2 * bh] = (int32_t)(bh * pages);
-                heads[2 * bh + 1] = (int32_t)pages;
-                for (uint32_t j = 0; j < pages; j++) {
-                    uint32_t k = (uint32_t)(lcg(&seed) % (j + 1));
-                    int32_t *e = entries + 2 * (bh * pages + j);
-                    e[0] = entries[2 * (bh * pages + k)];
-                    entries[2 * (bh * pages + k)] = (int32_t)(bseq * pages + j);
-                }
-                for (uint32_t j = 0; j < pages; j++) {
-                    uint32_t left = o->budget - j * o->page;
-                    entries[2 * (bh * pages + j) + 1] = (int32_t)(left < o->page ? left : o->page);
-                }
+    for (size_t di = 0; di < o->n_attn_dtypes && !failed; di++)
+        for (uint32_t bi = 0; bi < o->n_batches; bi++) {
+            attn_setup a;
+            fkv_status st = attention_init(b, o->attn_dtypes[di], o->batches[bi], &a);
+            for (int variant = 0; variant < (has_splits ? 2 : 1) && st == FKV_OK; variant++) {
+                if (has_splits)
+                    set_splits(b, variant); /* 0 auto, 1 never */
+                st = attention_row(b, &a, variant ? "off" : "auto", attn, copy);
             }
-            for (size_t i = 0; i < qn; i++)
-                q[i] = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
-            fill_values(kv, n_slots * slot_bytes, o->dtype, 5);
-            if ((st = upload(b, kp, kv, n_slots * slot_bytes)) == FKV_OK &&
-                (st = upload(b, vp, kv, n_slots * slot_bytes)) == FKV_OK &&
-                (st = upload(b, qb, q, qn * 4)) == FKV_OK &&
-                (st = upload(b, hb, heads, n_bh * 8)) == FKV_OK)
-                st = upload(b, eb, entries, n_bh * pages * 8);
+            set_splits(b, 0);
+            if (st != FKV_OK) {
+                printf("  %-6s %-6u n/a: %s\n", fkv_dtype_name(o->attn_dtypes[di]),
+                       o->batches[bi], fkv_last_error());
+                failed = 1;
+            }
+            attention_free(b, &a);
         }
-        /* K/V bytes each attention reads: every listed token of every (sequence, KV head). */
-        double bytes = (double)n_bh * o->budget * o->head_dim * fkv_dtype_size(o->dtype) * 2;
-        for (int variant = 0; variant < (has_splits ? 2 : 1) && st == FKV_OK; variant++) {
-            const char *split = "auto";
-            if (has_splits) {
-                set_splits(b, variant); /* 0 auto, 1 never */
-                split = variant ? "off" : "auto";
-            }
-            fkv_counters c0, c1;
-            int counted = 1;
-            for (uint32_t rep = 0; rep <= o->reps && st == FKV_OK; rep++) {
-                if (rep == 1)
-                    counted = fkv_device_get_counters(b->dev, &c0) == FKV_OK;
-                double t0 = now_s();
-                st = attention_once(b, &g, qb, batch, hb, eb, kp, vp, ob);
-                if (rep > 0)
-                    t[rep - 1] = now_s() - t0;
-            }
-            counted = counted && fkv_device_get_counters(b->dev, &c1) == FKV_OK;
-            if (st == FKV_OK) {
-                double s = median(t, o->reps);
-                printf("  %-6u %-8s %9.2f %10.3f %9.2f  ", batch, split, bytes / (1 << 20),
-                       s * 1e3, bytes / s * 1e-9);
-                print_counts(&c1, &c0, counted, o->reps);
-            }
-        }
-        set_splits(b, 0);
-        if (st != FKV_OK) {
-            printf("  %-6u n/a: %s\n", batch, fkv_last_error());
-            failed = 1;
-        }
-        fkv_bbuf *bufs[6] = {kp, vp, qb, hb, eb, ob};
-        for (int i = 0; i < 6; i++)
-            if (bufs[i])
-                fkv_op_buffer_free(b->dev, bufs[i]);
-        free(heads);
-        free(entries);
-        free(q);
-        free(kv);
-    }
     if (t == NULL)
         printf("  out of host memory\n");
     free(t);
@@ -570,22 +708,22 @@ static int bench_attention(bench *b) {
 
 /* ---- (3) scoring and selection ---- */
 
-/* One-thread memcpy of `bytes` on the host, in GB/s of bytes read (median of reps, after one
- * warm-up copy that also touches the pages); 0 when out of memory. */
-static double memcpy_gbs(size_t bytes, uint32_t reps) {
+/* One-thread memcpy of `bytes` on the host, in GB/s of bytes read by each clock (medians of
+ * reps, after one warm-up copy that also touches the pages); 0 when out of memory. */
+static clocks memcpy_gbs(size_t bytes, uint32_t reps) {
     unsigned char *src = malloc(bytes), *dst = malloc(bytes);
-    double *t = malloc(reps * sizeof *t), gbs = 0;
+    double *t = malloc(2 * (size_t)reps * sizeof *t);
+    clocks gbs = {.wall = 0, .cpu = 0};
     if (src && dst && t) {
+        spans s = {t, t + reps};
         memset(src, 1, bytes);
         memset(dst, 2, bytes);
         for (uint32_t rep = 0; rep <= reps; rep++) {
-            double t0 = now_s();
-            memcpy(dst, src, bytes);
+            clocks c = timed_copy(dst, src, bytes);
             if (rep > 0)
-                t[rep - 1] = now_s() - t0;
-            src[rep % bytes] = dst[(rep * 7919u) % bytes] + 1; /* the copies are used */
+                spans_set(s, rep - 1, c);
         }
-        gbs = (double)bytes / median(t, reps) * 1e-9;
+        gbs = rates((double)bytes, s, reps);
     }
     free(src);
     free(dst);
@@ -658,24 +796,24 @@ static fkv_status score_init(bench *b, score_setup *s, uint32_t batch, uint32_t 
 }
 
 /* Phase 0: scores; 1: select_pages (after an untimed scores); 2: both. Waits for the end. */
-static fkv_status score_once(bench *b, score_setup *s, int phase, double *seconds) {
+static fkv_status score_once(bench *b, score_setup *s, int phase, clocks *span) {
     fkv_select_params p = {.first_page = 0, .k = b->o->topk,
                            .reduce = FKV_GROUP_SOFTMAX_MEAN, .temp_scale = 1.0f};
     fkv_bevent *done = NULL;
     fkv_deps deps = {0, NULL, phase == 0 ? &done : NULL};
-    double t0 = now_s();
+    clocks t0 = clocks_now();
     fkv_status st = fkv_op_scores(b->dev, FKV_QUEUE_COMPUTE, deps, &s->g, s->q, 0, s->batch,
                                   s->desc, 0, NULL, 0, s->summ, s->scores, 0);
     if (st == FKV_OK && phase == 1) {
         st = fkv_op_finish(b->dev, FKV_QUEUE_COMPUTE);
-        t0 = now_s();
+        t0 = clocks_now();
     }
     if (st == FKV_OK && phase > 0)
         st = fkv_op_select_pages(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &done}, &s->g,
                                  s->batch, s->desc, 0, NULL, 0, s->scores, 0, &p, s->recs, 0);
     if (st == FKV_OK)
         st = wait_release(b, done);
-    *seconds = now_s() - t0;
+    *span = clocks_since(t0);
     return st;
 }
 
@@ -689,12 +827,14 @@ static int bench_scoring(bench *b) {
     printf("\n(3) page scoring and selection: Hq=%u, Hk=%u, d=%u, f32 summaries (%zu KiB a "
            "page), top %u pages by softmax-mean, %u reps (median)\n",
            o->q_heads, o->kv_heads, o->head_dim, fkv_summary_bytes(&g) >> 10, o->topk, o->reps);
-    printf("  memcpy, 1 host thread, %.2f MiB: %.2f GB/s\n", (double)copy / (1 << 20),
-           memcpy_gbs(copy, o->reps));
-    printf("  %-6s %7s %9s %-14s %9s %9s  %s\n", "batch", "pages", "summ MiB", "phase", "ms",
-           "GB/s", "device commands per call");
+    clocks copy_gbs = memcpy_gbs(copy, o->reps);
+    printf("  memcpy, 1 host thread, %.2f MiB: %.2f GB/s, %.2f GB/s per CPU second\n",
+           (double)copy / (1 << 20), copy_gbs.wall, copy_gbs.cpu);
+    printf("  %-6s %7s %9s %-14s %9s %9s %9s  %s\n", "batch", "pages", "summ MiB", "phase", "ms",
+           "GB/s", "GB/s cpu", "device commands per call");
     static const char *const phases[3] = {"scores", "select_pages", "scores+select"};
-    double *t = malloc(o->reps * sizeof *t);
+    double *t = malloc(2 * (size_t)o->reps * sizeof *t);
+    spans times = {t, t + o->reps};
     int failed = t == NULL;
     for (uint32_t bi = 0; bi < o->n_batches && t; bi++)
         for (uint32_t pi = 0; pi < o->n_score_pages; pi++) {
@@ -706,18 +846,20 @@ static int bench_scoring(bench *b) {
                 for (uint32_t rep = 0; rep <= o->reps && st == FKV_OK; rep++) {
                     if (rep == 1)
                         counted = fkv_device_get_counters(b->dev, &c0) == FKV_OK;
-                    double sec;
-                    st = score_once(b, &s, ph, &sec);
+                    clocks span;
+                    st = score_once(b, &s, ph, &span);
                     if (rep > 0)
-                        t[rep - 1] = sec;
+                        spans_set(times, rep - 1, span);
                 }
                 counted = counted && fkv_device_get_counters(b->dev, &c1) == FKV_OK;
                 if (st != FKV_OK)
                     break;
                 /* GB/s of what the phase reads: the summaries, or select_pages' scores */
-                double sec = median(t, o->reps), bytes = ph == 1 ? s.score_bytes : s.summ_bytes;
-                printf("  %-6u %7u %9.2f %-14s %9.3f %9.2f  ", s.batch, s.pages,
-                       s.summ_bytes / (1 << 20), phases[ph], sec * 1e3, bytes / sec * 1e-9);
+                double bytes = ph == 1 ? s.score_bytes : s.summ_bytes;
+                clocks gbs = rates(bytes, times, o->reps);
+                printf("  %-6u %7u %9.2f %-14s %9.3f %9.2f %9.2f  ", s.batch, s.pages,
+                       s.summ_bytes / (1 << 20), phases[ph], bytes / gbs.wall * 1e-6, gbs.wall,
+                       gbs.cpu);
                 /* select_pages' counts include the untimed scores launch before it */
                 print_counts(&c1, &c0, counted, o->reps);
             }
@@ -740,8 +882,8 @@ typedef struct need {
     uint64_t host, device, largest; /* bytes; largest: the biggest single device buffer */
 } need;
 
-static uint64_t slot_bytes_of(const options *o) {
-    return (uint64_t)o->page * o->kv_heads * o->head_dim * fkv_dtype_size(o->dtype);
+static uint64_t slot_bytes_of(const options *o, fkv_dtype dtype) {
+    return (uint64_t)o->page * o->kv_heads * o->head_dim * fkv_dtype_size(dtype);
 }
 
 /* (1): the host pool, the K/V pools and staging (recall_init), and the engine's two staging
@@ -749,7 +891,7 @@ static uint64_t slot_bytes_of(const options *o) {
 static need recall_need(const options *o) {
     uint64_t unit = 2ull * o->page * o->head_dim * fkv_dtype_size(o->dtype);
     uint64_t units = (uint64_t)max_of(o->pages, o->n_pages) * o->kv_heads;
-    uint64_t pools = (uint64_t)max_of(o->pages, o->n_pages) * slot_bytes_of(o);
+    uint64_t pools = (uint64_t)max_of(o->pages, o->n_pages) * slot_bytes_of(o, o->dtype);
     uint64_t engine = 2ull * (o->chunk ? o->chunk : 256) * unit;
     need n = {.host = ((uint64_t)o->pool_mib << 20) + units * (sizeof(fkv_recall_unit) + 8) +
                       engine,
@@ -758,14 +900,20 @@ static need recall_need(const options *o) {
     return n;
 }
 
-/* (2) at one batch: the K/V slots on the host (filled there) and twice on the device, the
- * query, output and list buffers on both. */
+/* (2) at one batch, in the widest of the attention's dtypes: the K/V slots on the host
+ * (filled there) and twice on the device, the query, output and list buffers on both, and on
+ * the host the memcpy's source and destination (the K/V bytes the attention reads, each). */
 static need attention_need(const options *o, uint32_t batch) {
+    fkv_dtype widest = o->attn_dtypes[0];
+    for (size_t i = 1; i < o->n_attn_dtypes; i++)
+        if (fkv_dtype_size(o->attn_dtypes[i]) > fkv_dtype_size(widest))
+            widest = o->attn_dtypes[i];
     uint64_t pages = (o->budget + o->page - 1) / o->page;
-    uint64_t kv = (uint64_t)batch * pages * slot_bytes_of(o);
+    uint64_t kv = (uint64_t)batch * pages * slot_bytes_of(o, widest);
+    uint64_t read = 2ull * batch * o->kv_heads * o->budget * o->head_dim * fkv_dtype_size(widest);
     uint64_t q = (uint64_t)batch * o->q_heads * o->head_dim * 4;
     uint64_t lists = (uint64_t)batch * o->kv_heads * 8 * (1 + pages);
-    need n = {.host = kv + q + lists, .device = 2 * kv + 2 * q + lists, .largest = kv};
+    need n = {.host = kv + q + lists + 2 * read, .device = 2 * kv + 2 * q + lists, .largest = kv};
     return n;
 }
 
@@ -812,19 +960,22 @@ static need scoring_need(const options *o, uint32_t batch, uint32_t pages) {
     return n;
 }
 
-/* Every phase of the run: recall with the largest --pages and the pool, attention and scoring
- * at each batch (phases allocate one after another, so each is checked alone). */
+/* Every section of the run that --only leaves: recall with the largest --pages and the pool,
+ * attention and scoring at each batch (sections allocate one after another, so each is
+ * checked alone). */
 static int check_memory(const fkv_device_info *info, const options *o) {
     char what[96];
     snprintf(what, sizeof what, "recall (--pages %u, --pool-mib %u)", max_of(o->pages, o->n_pages),
              o->pool_mib);
-    if (check_need(info, recall_need(o), what) != 0)
+    if (o->recall && check_need(info, recall_need(o), what) != 0)
         return -1;
-    for (size_t i = 0; i < o->n_batches; i++) {
+    for (size_t i = 0; i < o->n_batches && o->attention; i++) {
         snprintf(what, sizeof what, "attention at --batches %u (--budget %u)", o->batches[i],
                  o->budget);
         if (check_need(info, attention_need(o, o->batches[i]), what) != 0)
             return -1;
+    }
+    for (size_t i = 0; i < o->n_batches && o->scoring; i++) {
         snprintf(what, sizeof what, "scoring at --batches %u (--score-pages %u)", o->batches[i],
                  max_of(o->score_pages, o->n_score_pages));
         if (check_need(info, scoring_need(o, o->batches[i],
@@ -865,9 +1016,9 @@ int fkv_opbench_main(int argc, char **argv) {
     fkv_pool *pool = NULL;
     if (fkv_pool_create(0, &pool) != FKV_OK)
         pool = NULL; /* the engine then gathers on the calling thread */
-    int failed = bench_recall(&b, pool);
-    failed |= bench_attention(&b);
-    failed |= bench_scoring(&b);
+    int failed = o.recall ? bench_recall(&b, pool) : 0;
+    failed |= o.attention ? bench_attention(&b) : 0;
+    failed |= o.scoring ? bench_scoring(&b) : 0;
     fkv_pool_destroy(pool);
     fkv_device_close(dev);
     if (failed)

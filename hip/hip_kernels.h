@@ -110,14 +110,15 @@ typedef struct fkv_hip_quant_args {
 } fkv_hip_quant_args;
 
 /* Paged decode attention (see opencl/kernels.cl fkv_attention; the same algorithm). `heads`,
- * `tile` and `shared_bytes` come from fkv_plan_attention (backends/launch.c). */
+ * `tile` and `shared_bytes` come from fkv_plan_attention, `threads` (threads per block, at
+ * most FKV_HIP_ATTENTION_BLOCK) from fkv_attention_threads (backends/launch.c). */
 typedef struct fkv_hip_attention_args {
     const float *q;
     const int32_t *heads_list, *entries; /* unused when dense_tokens >= 0 */
     uint32_t n_entries;
     int32_t dense_tokens;
     const void *kpool, *vpool;
-    uint32_t n_slots, n_kv_heads, group, head_dim, page_size, tile, heads, n_splits;
+    uint32_t n_slots, n_kv_heads, group, head_dim, page_size, tile, heads, n_splits, threads;
     size_t shared_bytes;
     float scale;
     float *out;

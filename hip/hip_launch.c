@@ -403,6 +403,9 @@ static fkv_status attention_plan(const fkv_bdev *d, const char *op, const fkv_kv
                                  uint64_t n_bh, fkv_attention_plan *p, uint32_t *splits) {
     fkv_status st = fkv_plan_attention("hip", op, g, d->shared_per_block, FKV_ATTENTION_MAX_TILE,
                                        SHARED_LIMIT, p);
+    if (st == FKV_OK) /* four channels a thread (k_attention) */
+        st = fkv_check_attention_threads("hip", op, g, p, 4, FKV_HIP_ATTENTION_BLOCK,
+                                         "k_attention's FKV_HIP_ATTENTION_BLOCK");
     if (st != FKV_OK)
         return st;
     *splits = attention_splits(d, n_bh * p->blocks);
@@ -426,6 +429,7 @@ static fkv_status attention_launch(const launch_ctx *lc, const fkv_kv_geom *g, u
     a->page_size = g->page_size;
     a->tile = plan.tile;
     a->heads = plan.heads;
+    a->threads = fkv_attention_threads(g, &plan, 4);
     a->shared_bytes = plan.floats * sizeof(float);
     a->n_splits = splits;
 

@@ -576,12 +576,30 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_dequant(fkv_hip_scatter_args 
 
 /* ---- attention ---- */
 
-/* Paged decode attention with GQA, as fkv_attention in opencl/kernels.cl: one block per
- * (sequence, KV head, block of `heads` query heads, split) serves the block's query heads
- * (the whole group in one block unless shared memory is too small: backends/check.c); tiles
- * of up to `tile` tokens of one page: K tile -> scores -> online softmax -> V tile ->
- * accumulate. Dynamic shared memory: qs, acc [heads*d]; kt [tile*(d+1)] (padded against bank
- * conflicts); sc [heads*tile]; st [3*heads] = running max, running sum, rescale factor. */
+/* Query heads a block serves at most (FKV_ATTENTION_MAX_HEADS): accumulators in registers. */
+#define ATTN_HEADS 8
+
+/* n (1..4) elements of a pool from i into x[0..4), zeros after them. */
+template <class K>
+static __device__ inline void load4(const void *p, size_t i, uint32_t n, float *x) {
+#pragma unroll
+    for (uint32_t j = 0; j < 4; j++)
+        x[j] = j < n ? K::load(p, i + j) : 0.0f;
+}
+
+/* Paged decode attention with GQA, as fkv_attention in opencl/kernels.cl (the same algorithm,
+ * four channels a thread): one block per (sequence, KV head, block of `heads` query heads,
+ * split) serves the block's query heads (the whole group in one block up to 8 heads when
+ * shared memory allows: backends/launch.c); tiles of up to `tile` tokens of one page. Thread
+ * i owns channels [4i, 4i + 4) of a row (dq = head_dim rounded up to 16, zeros past
+ * head_dim): it copies them from each K row of the tile into shared memory; thread i then
+ * sums q.k of tokens i, i + w, ... for every head of the block; one thread per head takes the
+ * online
+ * softmax of the tile; thread i accumulates its channels of every head of the block in
+ * registers from each V row of the tile. The block has w = max(dq / 4, heads) threads
+ * (fkv_attention_threads). Dynamic shared memory (fkv_attention_floats), tp = tile rounded up
+ * to 16: qs [heads*dq]; kt [tile*(dq+4)] (padded against bank conflicts); sc [heads*tp];
+ * st [3*heads] = running max, running sum, rescale factor. */
 template <class K>
 __global__ void __launch_bounds__(FKV_HIP_ATTENTION_BLOCK) k_attention(fkv_hip_attention_args a) {
     extern __shared__ float smem[];
@@ -589,25 +607,31 @@ __global__ void __launch_bounds__(FKV_HIP_ATTENTION_BLOCK) k_attention(fkv_hip_a
     const uint32_t n_blocks = (a.group + H - 1) / H, per_bh = n_blocks * a.n_splits;
     const uint32_t bh = blockIdx.x / per_bh, split = blockIdx.x % a.n_splits;
     const uint32_t g_first = (blockIdx.x % per_bh) / a.n_splits * H;
-    const uint32_t group = a.group - g_first < H ? a.group - g_first : H; /* this block's */
+    const uint32_t G = a.group - g_first < H ? a.group - g_first : H; /* this block's heads */
     const uint32_t h = bh % a.n_kv_heads, tile = a.tile;
-    const uint32_t d = a.head_dim, gd = group * d, ldk = d + 1;
+    const uint32_t d = a.head_dim, dq = (d + 15) & ~15u, ldk = dq + 4, tp = (tile + 15) & ~15u;
+    const uint32_t cv = 4 * lid; /* this thread's channels */
     const size_t row_elems = (size_t)a.n_kv_heads * d;
-    float *qs = smem, *acc = qs + (size_t)H * d, *kt = acc + (size_t)H * d,
-          *sc = kt + (size_t)tile * ldk, *st = sc + (size_t)H * tile;
+    float *qs = smem, *kt = qs + (size_t)H * dq, *sc = kt + (size_t)tile * ldk,
+          *st = sc + (size_t)H * tp;
     /* query head (b, h*group + g) is row bh*group + g of q and out */
     const size_t qrow = (size_t)bh * a.group + g_first;
 
     const float *qb = a.q + qrow * d;
-    for (uint32_t i = lid; i < gd; i += w) {
-        qs[i] = qb[i] * a.scale;
-        acc[i] = 0.0f;
-    }
-    for (uint32_t g = lid; g < group; g += w) {
+    for (uint32_t g = 0; g < G; g++)
+        for (uint32_t c = lid; c < dq; c += w)
+            qs[g * dq + c] = c < d ? qb[g * d + c] * a.scale : 0.0f;
+    for (uint32_t g = lid; g < G; g += w) {
         st[g] = -INFINITY;
-        st[group + g] = 0.0f;
-        st[2 * group + g] = 1.0f;
+        st[G + g] = 0.0f;
+        st[2 * G + g] = 1.0f;
     }
+    float acc[ATTN_HEADS][4];
+#pragma unroll
+    for (uint32_t g = 0; g < ATTN_HEADS; g++)
+#pragma unroll
+        for (uint32_t j = 0; j < 4; j++)
+            acc[g][j] = 0.0f;
     int32_t first = 0, count;
     if (a.dense_tokens >= 0) {
         count = (a.dense_tokens + (int32_t)a.page_size - 1) / (int32_t)a.page_size;
@@ -640,77 +664,102 @@ __global__ void __launch_bounds__(FKV_HIP_ATTENTION_BLOCK) k_attention(fkv_hip_a
         const size_t page_base = (size_t)gslot * a.page_size * row_elems + (size_t)h * d;
         for (int32_t t0 = 0; t0 < valid; t0 += (int32_t)tile) {
             const uint32_t nt = (uint32_t)min((int32_t)tile, valid - t0);
-            for (uint32_t i = lid; i < nt * d; i += w) {
-                uint32_t t = i / d, c = i % d;
-                kt[t * ldk + c] = K::load(a.kpool, page_base + (size_t)(t0 + t) * row_elems + c);
-            }
-            __syncthreads();
-            for (uint32_t i = lid; i < group * nt; i += w) {
-                uint32_t g = i / nt, t = i % nt;
-                const float *qg = qs + g * d, *kr = kt + t * ldk;
-                float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-                uint32_t c = 0;
-                for (; c + 4 <= d; c += 4) { /* four independent sums, as vload4 in OpenCL */
-                    s0 += qg[c] * kr[c];
-                    s1 += qg[c + 1] * kr[c + 1];
-                    s2 += qg[c + 2] * kr[c + 2];
-                    s3 += qg[c + 3] * kr[c + 3];
+            const size_t tile_base = page_base + (size_t)t0 * row_elems + cv;
+            if (cv < dq)
+                for (uint32_t t = 0; t < nt; t++) {
+                    float x[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                    if (cv < d)
+                        load4<K>(a.kpool, tile_base + t * row_elems, min(4u, d - cv), x);
+#pragma unroll
+                    for (uint32_t j = 0; j < 4; j++)
+                        kt[t * ldk + cv + j] = x[j];
                 }
-                float s = (s0 + s1) + (s2 + s3);
-                for (; c < d; c++)
-                    s += qg[c] * kr[c];
-                sc[g * tile + t] = s;
+            __syncthreads();
+            for (uint32_t t = lid; t < nt; t += w) {
+                float s[ATTN_HEADS][4];
+#pragma unroll
+                for (uint32_t g = 0; g < ATTN_HEADS; g++)
+#pragma unroll
+                    for (uint32_t j = 0; j < 4; j++)
+                        s[g][j] = 0.0f;
+                const float *kr = kt + t * ldk;
+                for (uint32_t c = 0; c < dq; c += 4) {
+#pragma unroll
+                    for (uint32_t g = 0; g < ATTN_HEADS; g++)
+                        if (g < G)
+#pragma unroll
+                            for (uint32_t j = 0; j < 4; j++)
+                                s[g][j] += qs[g * dq + c + j] * kr[c + j];
+                }
+#pragma unroll
+                for (uint32_t g = 0; g < ATTN_HEADS; g++)
+                    if (g < G)
+                        sc[g * tp + t] = (s[g][0] + s[g][1]) + (s[g][2] + s[g][3]);
             }
             __syncthreads();
-            for (uint32_t g = lid; g < group; g += w) {
+            for (uint32_t g = lid; g < G; g += w) {
                 float m_old = st[g], m_new = m_old;
                 for (uint32_t t = 0; t < nt; t++)
-                    m_new = fmaxf(m_new, sc[g * tile + t]);
+                    m_new = fmaxf(m_new, sc[g * tp + t]);
                 float sum = 0.0f;
                 for (uint32_t t = 0; t < nt; t++) {
-                    float p = expf(sc[g * tile + t] - m_new);
-                    sc[g * tile + t] = p;
+                    float p = expf(sc[g * tp + t] - m_new);
+                    sc[g * tp + t] = p;
                     sum += p;
                 }
                 float alpha = expf(m_old - m_new); /* 0 when nothing was seen yet */
                 st[g] = m_new;
-                st[group + g] = st[group + g] * alpha + sum;
-                st[2 * group + g] = alpha;
-            }
-            /* kt is free again: all score reads finished before the last barrier. */
-            for (uint32_t i = lid; i < nt * d; i += w) {
-                uint32_t t = i / d, c = i % d;
-                kt[t * ldk + c] = K::load(a.vpool, page_base + (size_t)(t0 + t) * row_elems + c);
+                st[G + g] = st[G + g] * alpha + sum;
+                st[2 * G + g] = alpha;
             }
             __syncthreads();
-            for (uint32_t i = lid; i < gd; i += w) {
-                uint32_t g = i / d, c = i % d;
-                const float *pg = sc + g * tile;
-                float x = acc[i] * st[2 * group + g];
-                for (uint32_t t = 0; t < nt; t++)
-                    x += pg[t] * kt[t * ldk + c];
-                acc[i] = x;
+            if (cv < d) {
+                const uint32_t n = min(4u, d - cv);
+#pragma unroll
+                for (uint32_t g = 0; g < ATTN_HEADS; g++)
+                    if (g < G)
+#pragma unroll
+                        for (uint32_t j = 0; j < 4; j++)
+                            acc[g][j] *= st[2 * G + g];
+                for (uint32_t t = 0; t < nt; t++) {
+                    float v[4];
+                    load4<K>(a.vpool, tile_base + t * row_elems, n, v);
+#pragma unroll
+                    for (uint32_t g = 0; g < ATTN_HEADS; g++)
+                        if (g < G)
+#pragma unroll
+                            for (uint32_t j = 0; j < 4; j++)
+                                acc[g][j] += sc[g * tp + t] * v[j];
+                }
             }
-            __syncthreads();
+            __syncthreads(); /* kt and sc are rewritten by the next tile */
         }
     }
 
-    if (a.n_splits == 1) {
-        float *ob = a.out + qrow * d;
-        for (uint32_t i = lid; i < gd; i += w) {
-            float l = st[group + i / d];
-            ob[i] = l > 0.0f ? acc[i] / l : 0.0f;
-        }
-    } else {
-        /* part is [bh][split][group][d+2] */
+    if (cv < d) {
+        const uint32_t n = min(4u, d - cv);
+        /* out, or part [bh][split][group][d+2] after (max, sum): this thread's channels of
+         * head g at dst + g * stride */
+        float *dst = a.n_splits == 1
+                         ? a.out + qrow * d + cv
+                         : a.part + (((size_t)bh * a.n_splits + split) * a.group + g_first) *
+                                        (d + 2) + 2 + cv;
+        const size_t stride = a.n_splits == 1 ? d : d + 2;
+#pragma unroll
+        for (uint32_t g = 0; g < ATTN_HEADS; g++)
+            if (g < G) {
+                float l = st[G + g];
+                for (uint32_t j = 0; j < n; j++)
+                    dst[g * stride + j] = a.n_splits > 1 ? acc[g][j]
+                                          : l > 0.0f     ? acc[g][j] / l
+                                                         : 0.0f;
+            }
+    }
+    if (a.n_splits > 1) {
         float *pb = a.part + (((size_t)bh * a.n_splits + split) * a.group + g_first) * (d + 2);
-        for (uint32_t i = lid; i < gd; i += w) {
-            uint32_t g = i / d, c = i % d;
-            pb[(size_t)g * (d + 2) + 2 + c] = acc[i];
-        }
-        for (uint32_t g = lid; g < group; g += w) {
+        for (uint32_t g = lid; g < G; g += w) {
             pb[(size_t)g * (d + 2)] = st[g];
-            pb[(size_t)g * (d + 2) + 1] = st[group + g];
+            pb[(size_t)g * (d + 2) + 1] = st[G + g];
         }
     }
 }
@@ -946,8 +995,10 @@ template <class K> struct run_attention {
             return hipErrorInvalidValue;
         size_t shared = a->shared_bytes;
         (void)hipGetLastError();
-        hipLaunchKernelGGL(k_attention<K>, dim3((unsigned)blocks), dim3(FKV_HIP_ATTENTION_BLOCK),
-                           shared, s, *a);
+        if (a->threads == 0 || a->threads > FKV_HIP_ATTENTION_BLOCK)
+            return hipErrorInvalidValue;
+        hipLaunchKernelGGL(k_attention<K>, dim3((unsigned)blocks), dim3(a->threads), shared, s,
+                           *a);
         return launched();
     }
 };

@@ -695,24 +695,180 @@ kernel void fkv_dequant_direct(const global ulong *hosts, uint n_hosts, uint n_u
                         n_kv_heads, kpool, vpool);
 }
 
+/* Attention's vector width FKV_VW (4, 8 or 16 channels a work item): the host builds the
+ * program with the device's preferred float vector width, at least 4 (CPU devices: their SIMD
+ * width; GPUs: 4, one 128-bit load). fkv_vec is FKV_VW floats. */
+#ifndef FKV_VW
+#define FKV_VW 4
+#endif
+#define FKV_CAT_(a, b) a##b
+#define FKV_CAT(a, b) FKV_CAT_(a, b)
+typedef FKV_CAT(float, FKV_VW) fkv_vec;
+#define fkv_vload FKV_CAT(vload, FKV_VW)
+#define fkv_vstore FKV_CAT(vstore, FKV_VW)
+
+/* FKV_VW consecutive elements from element i (any element alignment), as f32: one vector
+ * load and a vector conversion. */
+#if FKV_DTYPE == 0
+fkv_vec fkv_loadv(const global fkv_kv_t *p, size_t i) { return fkv_vload(0, p + i); }
+#elif FKV_DTYPE == 1
+fkv_vec fkv_loadv(const global fkv_kv_t *p, size_t i) {
+    return FKV_CAT(vload_half, FKV_VW)(0, (const global half *)(p + i));
+}
+#else
+fkv_vec fkv_loadv(const global fkv_kv_t *p, size_t i) {
+    return FKV_CAT(as_float, FKV_VW)(FKV_CAT(convert_uint, FKV_VW)(fkv_vload(0, p + i)) << 16);
+}
+#endif
+
+/* The first n elements of a row (all FKV_VW when n >= FKV_VW), zeros after them. */
+fkv_vec fkv_loadv_row(const global fkv_kv_t *row, uint n) {
+    if (n >= FKV_VW)
+        return fkv_loadv(row, 0);
+    float x[FKV_VW];
+    for (uint i = 0; i < FKV_VW; i++)
+        x[i] = i < n ? fkv_load(row, i) : 0.0f;
+    return fkv_vload(0, x);
+}
+
+/* The sum of a vector's lanes, halves first. */
+float fkv_hsum(fkv_vec v) {
+#if FKV_VW == 16
+    float8 a = v.lo + v.hi;
+    float4 b = a.lo + a.hi;
+#elif FKV_VW == 8
+    float4 b = v.lo + v.hi;
+#else
+    float4 b = v;
+#endif
+    return (b.x + b.y) + (b.z + b.w);
+}
+
+/* The largest lane. */
+float fkv_hmax(fkv_vec v) {
+#if FKV_VW == 16
+    float8 a = fmax(v.lo, v.hi);
+    float4 b = fmax(a.lo, a.hi);
+#elif FKV_VW == 8
+    float4 b = fmax(v.lo, v.hi);
+#else
+    float4 b = v;
+#endif
+    return fmax(fmax(b.x, b.y), fmax(b.z, b.w));
+}
+
+/* Rows of shared memory are padded to this many floats (FKV_ATTENTION_PAD). */
+#define FKV_ATTN_PAD 16
+
+/* Lane numbers 0 .. FKV_VW-1. */
+#if FKV_VW == 16
+#define FKV_LANES (int16)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#elif FKV_VW == 8
+#define FKV_LANES (int8)(0, 1, 2, 3, 4, 5, 6, 7)
+#else
+#define FKV_LANES (int4)(0, 1, 2, 3)
+#endif
+
+/* FKV_VW scores of a tile from t, -Inf past its nt tokens. */
+fkv_vec fkv_scores_at(const local float *row, uint t, uint nt) {
+    return select(fkv_vload(0, row + t), (fkv_vec)(-INFINITY), FKV_LANES + (int)t >= (int)nt);
+}
+
+/* The first n lanes of v to p. */
+void fkv_store_lanes(global float *p, fkv_vec v, uint n) {
+    if (n >= FKV_VW) {
+        fkv_vstore(v, 0, p);
+        return;
+    }
+    float x[FKV_VW];
+    fkv_vstore(v, 0, x);
+    for (uint i = 0; i < n; i++)
+        p[i] = x[i];
+}
+
+/* Query heads one attention work group serves at most: each work item keeps an accumulator
+ * per head in registers (backends/launch.h, FKV_ATTENTION_MAX_HEADS). The per-head code is
+ * written out for each of them (FKV_HEADS(X) expands X(0) .. X(7), each guarded by g < G),
+ * so the accumulators are eight variables, never an indexed array in memory. */
+#define FKV_HEADS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define FKV_ACC_DECL(g) fkv_vec acc##g = (fkv_vec)(0.0f);
+#define FKV_S_DECL(g) fkv_vec s##g = (fkv_vec)(0.0f);
+#define FKV_S_ADD(g)                                                                           \
+    if (g < G)                                                                                 \
+        s##g += fkv_vload(0, qs + g * dq + c) * k;
+#define FKV_S_PUT(g)                                                                           \
+    if (g < G)                                                                                 \
+        sc[g * tp + t] = fkv_hsum(s##g);
+#define FKV_A_SCALE(g)                                                                         \
+    if (g < G)                                                                                 \
+        acc##g *= st[2 * G + g];
+#define FKV_A_ADD(g)                                                                           \
+    if (g < G)                                                                                 \
+        acc##g += sc[g * tp + t] * v;
+#define FKV_A_PUT(g)                                                                           \
+    if (g < G) {                                                                               \
+        float l = st[G + g];                                                                   \
+        fkv_vec o = n_splits > 1 ? acc##g : l > 0.0f ? acc##g / l : (fkv_vec)(0.0f);           \
+        fkv_store_lanes(dst + (size_t)g * stride, o, n);                                       \
+    }
+
+/* Entry e of a (sequence, KV head)'s list: (gslot, valid tokens), valid 0 for a slot outside
+ * the pool; dense_tokens >= 0: contiguous K/V, entry e is slot e. */
+int2 fkv_attn_entry(const global int *entries, ulong entries_off, int first, int e,
+                    int dense_tokens, uint page_size, uint n_slots) {
+    int gslot, valid;
+    if (dense_tokens >= 0) {
+        gslot = e;
+        valid = min((int)page_size, dense_tokens - e * (int)page_size);
+    } else {
+        gslot = entries[entries_off + 2 * (size_t)(first + e)];
+        valid = entries[entries_off + 2 * (size_t)(first + e) + 1];
+    }
+    valid = clamp(valid, 0, (int)page_size);
+    if (gslot < 0 || (uint)gslot >= n_slots)
+        valid = 0; /* uniform over the group: the barriers stay matched */
+    return (int2)(gslot, valid);
+}
+
+/* On CPU devices (the host defines FKV_PREFETCH there) each K/V load of a tile goes with a
+ * prefetch of the same channels of the next tile's row: a head's rows are short runs a whole
+ * row of every KV head apart, which the hardware prefetchers follow poorly and a CPU cannot
+ * hide by switching work groups; one prefetch a load spreads them out, where a whole tile's
+ * at once would overflow the misses a core can hold. */
+void fkv_prefetch(const global fkv_kv_t *p) {
+#ifdef FKV_PREFETCH
+    __builtin_prefetch(p);
+#endif
+}
+
 /* Paged decode attention with GQA: one work group per (sequence, KV head, block of `heads`
  * query heads, split) serves the block's query heads, so each K/V row is read once per block
- * (the whole group in one block unless local memory is too small: backends/check.c). Tokens
- * are processed in tiles of up to `tile` tokens of one page: K tile -> scores -> online
- * softmax -> V tile -> accumulate. With n_splits > 1 each group handles a contiguous share of
- * the head's entries and writes (max, sum, unnormalised acc) per query head to `part` for
- * fkv_attention_reduce. dense_tokens >= 0 replaces the slot lists by contiguous K/V of that
- * many tokens (pages of `page_size` tokens; heads/entries are not read).
- * Local memory: qs, acc [heads*d]; kt [tile*(d+1)] (padded against bank conflicts);
- * sc [heads*tile]; st [3*heads] = running max, running sum, rescale factor. */
+ * (the whole group in one block up to 8 heads when local memory allows: backends/launch.c).
+ * Tokens go in tiles of up to `tile` tokens of one page. Work item i owns channels
+ * [i*FKV_VW, (i+1)*FKV_VW) of a row (dq = head_dim rounded up to FKV_ATTENTION_PAD, zeros past
+ * head_dim):
+ *  - it copies them from each K row of the tile into local memory, converted in one vector;
+ *  - work item i then sums q.k of tokens i, i + w, ... for every head of the block, FKV_VW
+ *    channels a step;
+ *  - online softmax over the tile, one work item per head;
+ *  - it accumulates its channels of every head of the block in registers, reading them from
+ *    each V row of the tile, converted in one vector.
+ * The work group has w = max(dq / FKV_VW, heads) work items (fkv_attention_threads). With
+ * n_splits > 1 each group handles a contiguous share of the head's entries and writes (max,
+ * sum, unnormalised acc) per query head to `part` for fkv_attention_reduce. dense_tokens >= 0
+ * replaces the slot lists by contiguous K/V of that many tokens (pages of `page_size` tokens;
+ * heads/entries are not read).
+ * Local memory (fkv_attention_floats), with tp = tile rounded up to FKV_ATTN_PAD: qs
+ * [heads*dq]; kt [tile*(dq+4)] (padded against bank conflicts); sc [heads*tp] (a softmax row
+ * is read in vectors); st [3*heads] = running max, running sum, rescale factor. */
 kernel void fkv_attention(const global float *q, ulong q_off, const global int *heads_list,
                           ulong heads_off, const global int *entries, ulong entries_off,
                           uint n_entries, int dense_tokens, const global fkv_kv_t *kpool,
                           const global fkv_kv_t *vpool, uint n_slots, uint n_kv_heads,
                           uint group, uint head_dim, uint page_size, uint tile, uint heads,
-                          uint n_splits, float scale, global float *out, ulong out_off,
-                          global float *part, local float *qs, local float *acc,
-                          local float *kt, local float *sc, local float *st) {
+                          uint dq, uint n_splits, float scale, global float *out, ulong out_off,
+                          global float *part, local float *qs, local float *kt, local float *sc,
+                          local float *st) {
     const uint lid = get_local_id(0), w = get_local_size(0);
     const uint grp = get_group_id(0);
     const uint n_blocks = (group + heads - 1) / heads, per_bh = n_blocks * n_splits;
@@ -720,21 +876,22 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
     const uint g_first = (grp % per_bh) / n_splits * heads;
     const uint G = min(heads, group - g_first); /* query heads of this work group */
     const uint h = bh % n_kv_heads;
-    const uint d = head_dim, gd = G * head_dim, ldk = head_dim + 1;
+    const uint d = head_dim, ldk = dq + 4, cv = FKV_VW * lid; /* this item's channels */
+    const uint tp = (tile + FKV_ATTN_PAD - 1) / FKV_ATTN_PAD * FKV_ATTN_PAD; /* sc row */
     const size_t row_elems = (size_t)n_kv_heads * head_dim;
     /* query head (b, h*group + g) is row bh*group + g of q and out: [b][h*G+g][d] */
     const size_t qrow = (size_t)bh * group + g_first;
 
     const global float *qb = q + q_off + qrow * d;
-    for (uint i = lid; i < gd; i += w) {
-        qs[i] = qb[i] * scale;
-        acc[i] = 0.0f;
-    }
+    for (uint g = 0; g < G; g++)
+        for (uint c = lid; c < dq; c += w)
+            qs[g * dq + c] = c < d ? qb[g * d + c] * scale : 0.0f;
     for (uint g = lid; g < G; g += w) {
         st[g] = -INFINITY;
         st[G + g] = 0.0f;
         st[2 * G + g] = 1.0f;
     }
+    FKV_HEADS(FKV_ACC_DECL)
     int first = 0, count;
     if (dense_tokens >= 0) {
         count = (dense_tokens + (int)page_size - 1) / (int)page_size;
@@ -752,87 +909,87 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
     barrier(CLK_LOCAL_MEM_FENCE);
 
     for (int e = e0; e < e1; e++) {
-        int gslot, valid;
-        if (dense_tokens >= 0) {
-            gslot = e;
-            valid = min((int)page_size, dense_tokens - e * (int)page_size);
-        } else {
-            gslot = entries[entries_off + 2 * (size_t)(first + e)];
-            valid = entries[entries_off + 2 * (size_t)(first + e) + 1];
-        }
-        valid = clamp(valid, 0, (int)page_size);
-        if (gslot < 0 || (uint)gslot >= n_slots)
-            valid = 0; /* uniform over the group: the barriers below stay matched */
-        const size_t page_base = (size_t)gslot * page_size * row_elems + (size_t)h * d;
+        const int2 ent =
+            fkv_attn_entry(entries, entries_off, first, e, dense_tokens, page_size, n_slots);
+        const int valid = ent.y;
+        const size_t page_base = (size_t)ent.x * page_size * row_elems + (size_t)h * d;
         for (int t0 = 0; t0 < valid; t0 += (int)tile) {
             const uint nt = (uint)min((int)tile, valid - t0);
-            for (uint i = lid; i < nt * d; i += w) {
-                uint t = i / d, c = i % d;
-                kt[t * ldk + c] = fkv_load(kpool, page_base + (size_t)(t0 + t) * row_elems + c);
+            const size_t tile_base = page_base + (size_t)t0 * row_elems + cv;
+            /* the next tile: the rest of this page, else the next entry's first tile (its
+             * channels of this item, for fkv_prefetch) */
+            size_t next = page_base + (size_t)(t0 + (int)tile) * row_elems;
+            int n_next = valid - t0 - (int)tile;
+            if (n_next <= 0 && e + 1 < e1) {
+                int2 nx = fkv_attn_entry(entries, entries_off, first, e + 1, dense_tokens,
+                                         page_size, n_slots);
+                next = (size_t)nx.x * page_size * row_elems + (size_t)h * d;
+                n_next = nx.y;
             }
-            barrier(CLK_LOCAL_MEM_FENCE);
-            for (uint i = lid; i < G * nt; i += w) {
-                uint g = i / nt, t = i % nt;
-                const local float *qg = qs + g * d, *kr = kt + t * ldk;
-                float s = 0.0f;
-                uint c = 0;
-                if ((d & 3) == 0) { /* four channels per step; vload4 needs float alignment only */
-                    float4 s4 = (float4)(0.0f);
-                    for (; c < d; c += 4)
-                        s4 += vload4(0, qg + c) * vload4(0, kr + c);
-                    s = (s4.x + s4.y) + (s4.z + s4.w);
-                }
-                for (; c < d; c++)
-                    s += qg[c] * kr[c];
-                sc[g * tile + t] = s;
-            }
-            barrier(CLK_LOCAL_MEM_FENCE);
-            for (uint g = lid; g < G; g += w) {
-                float m_old = st[g], m_new = m_old;
-                for (uint t = 0; t < nt; t++)
-                    m_new = fmax(m_new, sc[g * tile + t]);
-                float sum = 0.0f;
+            n_next = clamp(n_next, 0, (int)tile);
+            next += cv;
+            if (cv < dq)
                 for (uint t = 0; t < nt; t++) {
-                    float p = exp(sc[g * tile + t] - m_new);
-                    sc[g * tile + t] = p;
-                    sum += p;
+                    if (t < (uint)n_next && cv < d)
+                        fkv_prefetch(kpool + next + t * row_elems);
+                    fkv_vstore(cv < d ? fkv_loadv_row(kpool + tile_base + t * row_elems, d - cv)
+                                      : (fkv_vec)(0.0f),
+                               0, kt + t * ldk + cv);
+                }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (uint t = lid; t < nt; t += w) {
+                FKV_HEADS(FKV_S_DECL)
+                for (uint c = 0; c < dq; c += FKV_VW) {
+                    fkv_vec k = fkv_vload(0, kt + t * ldk + c);
+                    FKV_HEADS(FKV_S_ADD)
+                }
+                FKV_HEADS(FKV_S_PUT)
+            }
+            barrier(CLK_LOCAL_MEM_FENCE);
+            for (uint g = lid; g < G; g += w) { /* FKV_VW tokens at a time */
+                local float *r = sc + g * tp;
+                float m_old = st[g];
+                fkv_vec mv = (fkv_vec)(m_old), sv = (fkv_vec)(0.0f);
+                for (uint t = 0; t < nt; t += FKV_VW)
+                    mv = fmax(mv, fkv_scores_at(r, t, nt));
+                float m_new = fkv_hmax(mv);
+                for (uint t = 0; t < nt; t += FKV_VW) {
+                    fkv_vec p = exp(fkv_scores_at(r, t, nt) - m_new); /* 0 past nt */
+                    fkv_vstore(p, 0, r + t);
+                    sv += p;
                 }
                 float alpha = exp(m_old - m_new); /* 0 when nothing was seen yet */
                 st[g] = m_new;
-                st[G + g] = st[G + g] * alpha + sum;
+                st[G + g] = st[G + g] * alpha + fkv_hsum(sv);
                 st[2 * G + g] = alpha;
             }
-            /* kt is free again: all score reads finished before the last barrier. */
-            for (uint i = lid; i < nt * d; i += w) {
-                uint t = i / d, c = i % d;
-                kt[t * ldk + c] = fkv_load(vpool, page_base + (size_t)(t0 + t) * row_elems + c);
-            }
             barrier(CLK_LOCAL_MEM_FENCE);
-            for (uint i = lid; i < gd; i += w) {
-                uint g = i / d, c = i % d;
-                const local float *pg = sc + g * tile;
-                float a = acc[i] * st[2 * G + g];
-                for (uint t = 0; t < nt; t++)
-                    a += pg[t] * kt[t * ldk + c];
-                acc[i] = a;
+            if (cv < d) {
+                FKV_HEADS(FKV_A_SCALE)
+                for (uint t = 0; t < nt; t++) {
+                    if (t < (uint)n_next)
+                        fkv_prefetch(vpool + next + t * row_elems);
+                    fkv_vec v = fkv_loadv_row(vpool + tile_base + t * row_elems, d - cv);
+                    FKV_HEADS(FKV_A_ADD)
+                }
             }
-            barrier(CLK_LOCAL_MEM_FENCE);
+            barrier(CLK_LOCAL_MEM_FENCE); /* kt and sc are rewritten by the next tile */
         }
     }
 
-    if (n_splits == 1) {
-        global float *ob = out + out_off + qrow * d;
-        for (uint i = lid; i < gd; i += w) {
-            float l = st[G + i / d];
-            ob[i] = l > 0.0f ? acc[i] / l : 0.0f;
-        }
-    } else {
-        /* part is [bh][split][group][d+2] */
+    if (cv < d) {
+        const uint n = min((uint)FKV_VW, d - cv);
+        /* out, or part [bh][split][group][d+2] after (max, sum): this item's channels of head g
+         * at dst + g * stride */
+        global float *dst = n_splits == 1
+                                ? out + out_off + qrow * d + cv
+                                : part + (((size_t)bh * n_splits + split) * group + g_first) *
+                                             (d + 2) + 2 + cv;
+        const size_t stride = n_splits == 1 ? d : d + 2;
+        FKV_HEADS(FKV_A_PUT)
+    }
+    if (n_splits > 1) {
         global float *pb = part + (((size_t)bh * n_splits + split) * group + g_first) * (d + 2);
-        for (uint i = lid; i < gd; i += w) {
-            uint g = i / d, c = i % d;
-            pb[(size_t)g * (d + 2) + 2 + c] = acc[i];
-        }
         for (uint g = lid; g < G; g += w) {
             pb[(size_t)g * (d + 2)] = st[g];
             pb[(size_t)g * (d + 2) + 1] = st[G + g];

@@ -268,9 +268,13 @@ static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_cont
     d->index = index;
     fill_info(ref, index, &d->info);
 
-    cl_uint cu = 1;
+    cl_uint cu = 1, vec = 1;
     cl_ulong local = 0;
     clGetDeviceInfo(d->device, CL_DEVICE_MAX_COMPUTE_UNITS, sizeof cu, &cu, NULL);
+    clGetDeviceInfo(d->device, CL_DEVICE_PREFERRED_VECTOR_WIDTH_FLOAT, sizeof vec, &vec, NULL);
+    /* A CPU device's SIMD width (its preferred float vector); a GPU's lanes are work items,
+     * and 4 channels is one 128-bit load. */
+    d->attention_vec = vec >= 16 ? 16 : vec >= 8 ? 8 : 4;
     clGetDeviceInfo(d->device, CL_DEVICE_LOCAL_MEM_SIZE, sizeof local, &local, NULL);
     d->compute_units = cu ? cu : 1;
     d->local_mem = local;
@@ -309,9 +313,10 @@ static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_cont
 
     char cver[64];
     device_string(d->device, CL_DEVICE_OPENCL_C_VERSION, cver, sizeof cver);
-    snprintf(d->build_options, sizeof d->build_options, "%s%s",
+    snprintf(d->build_options, sizeof d->build_options, "%s%s%s",
              parse_version(cver, "OpenCL C ") >= 12 ? "-cl-std=CL1.2" : "",
-             fast_math ? " -cl-fast-relaxed-math" : "");
+             fast_math ? " -cl-fast-relaxed-math" : "",
+             d->info.type == FKV_DEVICE_CPU ? " -DFKV_PREFETCH" : "");
 
     char pname[128], pver[128], dver[128], drv[128];
     platform_string(d->platform, CL_PLATFORM_NAME, pname, sizeof pname);
@@ -453,9 +458,9 @@ static fkv_recall_mode ocl_recall_mode(fkv_bdev *d) { return d->recall; }
 /* ---- options (docs/backend-options.md) ---- */
 
 static const char *const settable[] = {"attention_splits", "shared_memory_bytes", "kernel_source",
-                                       NULL};
+                                       "attention_vector", NULL};
 static const char *const readable[] = {"attention_splits", "shared_memory_bytes", "cache_loads",
-                                       "cache_stores", "svm_host", NULL};
+                                       "cache_stores", "svm_host", "attention_vector", NULL};
 
 static fkv_status ocl_set_option(fkv_bdev *d, const char *key, const char *value) {
     uint64_t v = 0;
@@ -467,6 +472,13 @@ static fkv_status ocl_set_option(fkv_bdev *d, const char *key, const char *value
             d->local_mem = v;
     } else if (strcmp(key, "kernel_source") == 0) {
         st = fkv_ocl_set_source(d, value[0] ? value : NULL);
+    } else if (strcmp(key, "attention_vector") == 0) {
+        if ((st = fkv_option_uint("opencl", key, value, 16, &v)) == FKV_OK && v != 4 && v != 8 &&
+            v != 16)
+            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                           "opencl option attention_vector: '%s' is not 4, 8 or 16", value);
+        if (st == FKV_OK)
+            fkv_ocl_set_attention_vec(d, (cl_uint)v);
     } else {
         st = fkv_option_unknown("opencl", "settable", key, settable);
     }
@@ -485,6 +497,8 @@ static fkv_status ocl_get_option(fkv_bdev *d, const char *key, char *out, size_t
         v = atomic_load(&d->cache_stores);
     else if (strcmp(key, "svm_host") == 0)
         v = (uint64_t)d->svm_host;
+    else if (strcmp(key, "attention_vector") == 0)
+        v = d->attention_vec;
     else
         return fkv_option_unknown("opencl", "readable", key, readable);
     return fkv_option_print_uint("opencl", key, v, out, size);

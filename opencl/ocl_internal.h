@@ -51,6 +51,7 @@ typedef struct ocl_program {
     cl_kernel kernels[OCL_KQ_COUNT][K_COUNT];
     size_t wg_max[K_COUNT];        /* CL_KERNEL_WORK_GROUP_SIZE */
     cl_ulong local_used[K_COUNT];  /* CL_KERNEL_LOCAL_MEM_SIZE (static local memory) */
+    cl_uint attention_vec;         /* the FKV_VW it was built with */
 } ocl_program;
 
 /* A zero-copy recall's table of host allocations (fine-grained SVM: the host fills it, the
@@ -85,6 +86,8 @@ struct fkv_bdev {
     uint32_t index;
 
     cl_uint compute_units;
+    cl_uint attention_vec; /* channels a work item of attention reads at a time (-DFKV_VW of
+                              the programs built from now on; option attention_vector) */
     cl_ulong local_mem;
     cl_ulong local_mem_device; /* the device's own figure (shared_memory_bytes may lower the
                                   above) */
@@ -186,6 +189,10 @@ void fkv_ocl_program_release(ocl_program *p);
 /* Replaces the kernel source for programs built from now on (NULL restores the embedded one)
  * and drops the programs already built (option kernel_source); no command may be in flight. */
 fkv_status fkv_ocl_set_source(fkv_bdev *d, const char *source);
+/* Sets the attention's vector width (4, 8 or 16) for programs built from now on and drops the
+ * programs already built when it changes (option attention_vector); no command may be in
+ * flight. */
+void fkv_ocl_set_attention_vec(fkv_bdev *d, cl_uint vec);
 
 /* ---- kernels (ocl_kernels.c): launches of the ops ---- */
 fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv_geom_query *q);

@@ -14,7 +14,6 @@
 
 #define ELEMENTWISE_WG 128
 #define COPY_WG 256 /* fewer, larger groups: per-group overhead dominates big copies on CPUs */
-#define ATTENTION_WG 128
 #define SCORES_WG 64
 #define COSINE_WG 64
 #define SELECT_WG 128
@@ -73,8 +72,13 @@ static size_t local_avail(const launch_ctx *lc, ocl_kernel_id id) {
 
 static fkv_status attention_plan(const launch_ctx *lc, const fkv_kv_geom *g,
                                  fkv_attention_plan *p) {
-    return fkv_plan_attention("opencl", lc->op, g, local_avail(lc, K_ATTENTION),
-                              FKV_ATTENTION_MAX_TILE, LOCAL_LIMIT, p);
+    fkv_status st = fkv_plan_attention("opencl", lc->op, g, local_avail(lc, K_ATTENTION),
+                                       FKV_ATTENTION_MAX_TILE, LOCAL_LIMIT, p);
+    if (st != FKV_OK)
+        return st;
+    return fkv_check_attention_threads("opencl", lc->op, g, p, lc->prog->attention_vec,
+                                       lc->prog->wg_max[K_ATTENTION],
+                                       "CL_KERNEL_WORK_GROUP_SIZE");
 }
 
 static fkv_status scores_plan(const launch_ctx *lc, const fkv_kv_geom *g, fkv_scores_plan *p) {
@@ -711,7 +715,8 @@ static fkv_status attention_launch(launch_ctx *lc, const fkv_kv_geom *g, const a
         return st;
     uint32_t splits = attention_splits(d, n_bh * plan.blocks);
     size_t gd = (size_t)g->group * g->head_dim;
-    size_t local = wg_for(lc, K_ATTENTION, ATTENTION_WG);
+    size_t local = fkv_attention_threads(g, &plan, lc->prog->attention_vec);
+    uint32_t dq = fkv_attention_dq(g->head_dim);
     size_t global = (size_t)n_bh * plan.blocks * splits * local;
 
     pthread_mutex_lock(&lc->kq->lock);
@@ -737,16 +742,15 @@ static fkv_status attention_launch(launch_ctx *lc, const fkv_kv_geom *g, const a
         arg_u32(&a, g->page_size);
         arg_u32(&a, plan.tile);
         arg_u32(&a, plan.heads);
+        arg_u32(&a, dq);
         arg_u32(&a, splits);
         arg_f32(&a, x->scale);
         arg_mem(&a, x->out);
         arg_u64(&a, x->out_off / 4);
         arg_cl_mem(&a, splits > 1 ? lc->kq->partials : x->out->mem);
-        size_t hd = (size_t)plan.heads * g->head_dim * 4;
-        arg_local(&a, hd);
-        arg_local(&a, hd);
-        arg_local(&a, (size_t)plan.tile * (g->head_dim + 1) * 4);
-        arg_local(&a, (size_t)plan.heads * plan.tile * 4);
+        arg_local(&a, (size_t)plan.heads * dq * 4);
+        arg_local(&a, (size_t)plan.tile * (dq + 4) * 4);
+        arg_local(&a, (size_t)plan.heads * fkv_attention_dq(plan.tile) * 4);
         arg_local(&a, 3 * (size_t)plan.heads * 4);
         fkv_deps d1 = {deps.n_wait, deps.wait, splits > 1 ? NULL : deps.done};
         st = enqueue(lc, &a, 1, &global, &local, &d1);

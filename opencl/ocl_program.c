@@ -229,8 +229,9 @@ fkv_status fkv_ocl_program(fkv_bdev *d, fkv_dtype dtype, ocl_program **out) {
             msg += skip + 2;
         st = fkv_error(p->failed, "%s", msg);
     } else {
-        char options[sizeof d->build_options + 32];
-        snprintf(options, sizeof options, "%s -DFKV_DTYPE=%d", d->build_options, (int)dtype);
+        char options[sizeof d->build_options + 48];
+        snprintf(options, sizeof options, "%s -DFKV_DTYPE=%d -DFKV_VW=%u", d->build_options,
+                 (int)dtype, d->attention_vec);
         const char *src = d->source_override ? d->source_override : fkv_opencl_kernels;
         size_t src_len =
             d->source_override ? strlen(d->source_override) : fkv_opencl_kernels_size;
@@ -239,6 +240,7 @@ fkv_status fkv_ocl_program(fkv_bdev *d, fkv_dtype dtype, ocl_program **out) {
             st = create_kernels(d, p);
         if (st == FKV_OK) {
             p->built = 1;
+            p->attention_vec = d->attention_vec;
         } else {
             /* Remember the failure (and its message, build log included) so later calls
              * report it without rebuilding for seconds each time. */
@@ -272,4 +274,13 @@ fkv_status fkv_ocl_set_source(fkv_bdev *d, const char *source) {
         fkv_ocl_program_release(&d->programs[i]);
     pthread_mutex_unlock(&d->build_lock);
     return FKV_OK;
+}
+
+void fkv_ocl_set_attention_vec(fkv_bdev *d, cl_uint vec) {
+    pthread_mutex_lock(&d->build_lock);
+    if (d->attention_vec != vec)
+        for (int i = 0; i < 3; i++)
+            fkv_ocl_program_release(&d->programs[i]);
+    d->attention_vec = vec;
+    pthread_mutex_unlock(&d->build_lock);
 }

@@ -43,6 +43,11 @@ Test(opbench_args, bad_numbers_exit_2_naming_the_flag) {
     expect_refused("--budget", " 64", "--budget: ' 64' is not");
     expect_refused("--budget", "64x", "--budget: '64x' is not");
     expect_refused("--dtype", "f64", "--dtype: 'f64' is not f32, f16 or bf16");
+    expect_refused("--dtype", "f32,f16", "--dtype: 'f32,f16' is not f32, f16 or bf16");
+    expect_refused("--attention-dtypes", "f32,,bf16",
+                   "--attention-dtypes: 'f32,,bf16' is not a comma list of f32, f16 and bf16");
+    expect_refused("--attention-dtypes", "f32,f16,bf16,f32", "is not a comma list");
+    expect_refused("--only", "scores", "--only: 'scores' is not recall, attention or scoring");
     expect_refused("--bogus", "1", "unknown option '--bogus'");
     expect_refused("--score-pages", "0", "--score-pages: '0' is not a comma list");
     expect_refused("--topk", "0", "--topk: '0' is out of range");
@@ -53,13 +58,15 @@ Test(opbench_args, bad_numbers_exit_2_naming_the_flag) {
 }
 
 Test(opbench_args, too_much_memory_is_refused_before_allocating) {
-    /* 5000 sequences of 64 slots of 64 KiB: 19.53 GiB of K/V slots on the host and twice
-     * that on the device, plus queries, outputs and lists; the CPU device is limited to 4 GiB here, so the refusal does
-     * not depend on how much RAM the machine has */
+    /* 5000 sequences of 64 slots of 128 KiB (f32, the widest attention dtype): 39.06 GiB of
+     * K/V slots on the host and twice that on the device, plus queries, outputs and lists, and
+     * on the host the memcpy's source and destination of the 78.13 GiB of K/V one attention
+     * reads; the CPU device is limited to 4 GiB here, so the refusal does not depend on how
+     * much RAM the machine has */
     setenv("FREEKV_CPU_DEVICE_MEMORY", "4G", 1);
     expect_refused("--batches", "5000",
-                   "attention at --batches 5000 (--budget 2048) needs about 19.63 GiB of host "
-                   "and 39.23 GiB of device memory");
+                   "attention at --batches 5000 (--budget 2048) needs about 195.41 GiB of host "
+                   "and 78.30 GiB of device memory");
     cr_expect(strstr(tr_stderr(), "nothing was allocated") != NULL, "%s", tr_stderr());
     unsetenv("FREEKV_CPU_DEVICE_MEMORY");
     /* a million sequences: far beyond any host's RAM */
@@ -89,4 +96,32 @@ Test(opbench_args, small_run_prints_both_tables) {
     cr_expect(strstr(out, "commands 1.0 (launches 1.0, copies 0.0), submits 1.0, waits 1.0 "
                           "caller") != NULL,
               "%s", out);
+}
+
+Test(opbench_args, attention_only_prints_memcpy_beside_each_dtype) {
+    int rc = run("--only", "attention", "--attention-dtypes", "f16,f32", "--batches", "1",
+                 "--budget", "256", "--reps", "1", "--backend", "cpu", NULL);
+    cr_assert_eq(rc, 0, "exit %d: %s", rc, tr_stderr());
+    const char *out = tr_stdout();
+    cr_expect(strstr(out, "(1) recall") == NULL && strstr(out, "(3) page scoring") == NULL, "%s",
+              out);
+    cr_expect(strstr(out, "K/V GB/s    memcpy of memcpy   K/V cpu memcpy cpu") != NULL, "%s",
+              out);
+    const char *f16 = strstr(out, "\n  f16    1      auto"), *f32 = strstr(out, "\n  f32    1");
+    cr_expect(f16 && f32 && f16 < f32 && strstr(out, "bf16") == NULL, "%s", out);
+    /* 8 KV heads x 256 tokens x 128 channels x 2 bytes x K and V */
+    cr_expect(f16 && strncmp(f16 + 26, "     1.00", 9) == 0, "%s", out);
+}
+
+Test(opbench_args, scoring_only_prints_memcpy_by_both_clocks) {
+    int rc = run("--only", "scoring", "--batches", "1", "--score-pages", "64", "--reps", "1",
+                 "--backend", "cpu", NULL);
+    cr_assert_eq(rc, 0, "exit %d: %s", rc, tr_stderr());
+    const char *out = tr_stdout();
+    cr_expect(strstr(out, "(1) recall") == NULL && strstr(out, "(2) paged") == NULL, "%s", out);
+    cr_expect(strstr(out, "(3) page scoring") && strstr(out, "GB/s per CPU second") &&
+                  strstr(out, "     GB/s  GB/s cpu  device commands per call"),
+              "%s", out);
+    /* 64 pages x 8 KV heads x min and max x 128 channels x 4 bytes */
+    cr_expect(strstr(out, "\n  1           64      0.50 scores ") != NULL, "%s", out);
 }

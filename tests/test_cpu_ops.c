@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "backends/cpu/cpu_kernels.h"
 #include "backends/dispatch.h"
 #include "common/dtype.h"
 #include "conformance.h"
@@ -867,6 +868,166 @@ Test(cpu_ops, nan_inputs_do_not_crash) {
                       sums, out, 0));
     RUN(fkv_op_cosine_flags(dev, CQ, DONE, &g, qb, 0, qb, 0, ints((int32_t[]){0}, 1), 0, 1, 0.9f,
                             sims, 0, flags, 0));
+}
+
+/* ---- attention: the definition, bit for bit, at every instruction-set level ----
+ * backends/cpu/cpu_attention.c computes the reference's attention over tiles of the KV group
+ * with vectors; its results must be exactly those of the plain per-head loops below, which
+ * are the definition (every sum in the order written), at every instruction-set level the
+ * CPU has. */
+
+static const cpu_isa isa_levels[] = {CPU_ISA_BASE, CPU_ISA_X86_V3, CPU_ISA_X86_V4, CPU_ISA_BEST};
+
+/* One query head over the tokens of n_spans (gslot, valid) pairs of KV head h: the maximum
+ * scaled score first, then exp(s - max) weights. */
+static void defined_head(const fkv_kv_geom *g, const float *q, uint32_t h, const int32_t *spans,
+                         size_t n_spans, size_t rows_per_slot, const void *kp, const void *vp,
+                         float scale, float *out) {
+    size_t d = g->head_dim, re = (size_t)g->n_kv_heads * d, n = 0;
+    float max = -INFINITY, sum = 0.0f;
+    for (size_t e = 0; e < n_spans; e++)
+        for (int32_t t = 0; t < spans[2 * e + 1]; t++, n++) {
+            size_t first = ((size_t)spans[2 * e] * rows_per_slot + (size_t)t) * re + h * d;
+            float s = 0.0f;
+            for (size_t c = 0; c < d; c++)
+                s += q[c] * fkv_load(kp, g->dtype, first + c);
+            s *= scale;
+            if (s > max)
+                max = s;
+        }
+    memset(out, 0, d * sizeof *out);
+    if (n == 0)
+        return;
+    for (size_t e = 0; e < n_spans; e++)
+        for (int32_t t = 0; t < spans[2 * e + 1]; t++) {
+            size_t first = ((size_t)spans[2 * e] * rows_per_slot + (size_t)t) * re + h * d;
+            float s = 0.0f;
+            for (size_t c = 0; c < d; c++)
+                s += q[c] * fkv_load(kp, g->dtype, first + c);
+            float w = expf(s * scale - max);
+            sum += w;
+            for (size_t c = 0; c < d; c++)
+                out[c] += w * fkv_load(vp, g->dtype, first + c);
+        }
+    for (size_t c = 0; c < d; c++)
+        out[c] /= sum;
+}
+
+/* Values in a dtype: normal ones, a few far below 1 (f16 subnormals), zeros of both signs. */
+static void *attention_values(th_rng *r, size_t n, fkv_dtype t) {
+    float *x = rand_f32(r, n, 1.0f);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u = th_u32(r) % 16;
+        x[i] = u == 0 ? x[i] * 1e-6f : u == 1 ? 0.0f : u == 2 ? -0.0f : x[i];
+    }
+    return encode(x, n, t);
+}
+
+static void expect_same_bits(const float *got, const float *want, size_t n, const char *what,
+                             cpu_isa isa) {
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&got[i], &want[i], sizeof *got) != 0)
+            cr_assert_fail("%s, isa %d: element %zu is %.9g, the definition gives %.9g", what,
+                           (int)isa, i, got[i], want[i]);
+}
+
+Test(cpu_ops, attention_is_the_per_head_definition_bit_for_bit) {
+    static const uint32_t geoms[][4] = {{2, 1, 16, 4},  {2, 4, 128, 32}, {1, 3, 5, 3},
+                                        {2, 12, 72, 16}, {1, 8, 64, 16},  {3, 4, 40, 7},
+                                        {1, 9, 8, 1},    {2, 2, 33, 64}};
+    static const fkv_dtype dtypes[] = {FKV_F32, FKV_F16, FKV_BF16};
+    th_rng r;
+    th_seed(&r, 42);
+    for (size_t gi = 0; gi < sizeof geoms / sizeof *geoms; gi++)
+        for (size_t di = 0; di < 3; di++) {
+            fkv_kv_geom g = {.n_kv_heads = geoms[gi][0], .group = geoms[gi][1],
+                             .head_dim = geoms[gi][2], .page_size = geoms[gi][3],
+                             .dtype = dtypes[di]};
+            uint32_t n_seqs = 2, n_slots = 10, hk = g.n_kv_heads, d = g.head_dim;
+            size_t rows = (size_t)n_slots * g.page_size, re = (size_t)hk * d;
+            size_t qn = (size_t)n_seqs * hk * g.group * d;
+            void *kp = attention_values(&r, rows * re, g.dtype);
+            void *vp = attention_values(&r, rows * re, g.dtype);
+            float *q = rand_f32(&r, qn, 1.0f), *want = tmalloc(qn * 4), *got = tmalloc(qn * 4);
+            int32_t *heads = tmalloc((size_t)n_seqs * hk * 8), *entries = tmalloc(n_seqs * hk * 64);
+            size_t e = 0;
+            for (uint32_t bh = 0; bh < n_seqs * hk; bh++) {
+                uint32_t count = th_u32(&r) % 8; /* empty lists, repeated slots, empty pages */
+                heads[2 * bh] = (int32_t)e;
+                heads[2 * bh + 1] = (int32_t)count;
+                for (uint32_t k = 0; k < count; k++, e++) {
+                    uint32_t partial = th_u32(&r) % (g.page_size + 1);
+                    entries[2 * e] = (int32_t)(th_u32(&r) % n_slots);
+                    entries[2 * e + 1] = (int32_t)(th_u32(&r) % 3 == 0 ? partial : g.page_size);
+                }
+            }
+            float scale = 1.0f / sqrtf((float)d);
+            for (uint32_t bh = 0; bh < n_seqs * hk; bh++)
+                for (uint32_t i = 0; i < g.group; i++) {
+                    size_t qh = (size_t)bh * g.group + i;
+                    defined_head(&g, q + qh * d, bh % hk, entries + 2 * heads[2 * bh],
+                                 (size_t)heads[2 * bh + 1], g.page_size, kp, vp, scale,
+                                 want + qh * d);
+                }
+            char what[96];
+            snprintf(what, sizeof what, "attention %ux%ux%ux%u %s", hk, g.group, d, g.page_size,
+                     fkv_dtype_name(g.dtype));
+            for (size_t li = 0; li < sizeof isa_levels / sizeof *isa_levels; li++) {
+                if (!cpu_isa_available(isa_levels[li]))
+                    continue;
+                memset(got, 0xA5, qn * 4);
+                cr_assert_eq(cpu_attention(&g, q, n_seqs, heads, entries, e, kp, vp, rows, scale,
+                                           got, isa_levels[li]),
+                             FKV_OK, "%s", fkv_last_error());
+                expect_same_bits(got, want, qn, what, isa_levels[li]);
+            }
+            /* dense: the first n rows of the pools as one list */
+            uint32_t n_tok = (uint32_t)(th_u32(&r) % rows) + 1;
+            int32_t span[2] = {0, (int32_t)n_tok};
+            for (uint32_t h = 0; h < hk; h++)
+                for (uint32_t i = 0; i < g.group; i++) {
+                    size_t qh = (size_t)h * g.group + i;
+                    defined_head(&g, q + qh * d, h, span, 1, 0, kp, vp, 0.3f, want + qh * d);
+                }
+            snprintf(what, sizeof what, "attention_dense %ux%ux%u, %u tokens %s", hk, g.group, d,
+                     n_tok, fkv_dtype_name(g.dtype));
+            for (size_t li = 0; li < sizeof isa_levels / sizeof *isa_levels; li++) {
+                if (!cpu_isa_available(isa_levels[li]))
+                    continue;
+                cr_assert_eq(cpu_attention_dense(&g, q, n_tok, kp, vp, 0.3f, got, isa_levels[li]),
+                             FKV_OK, "%s", fkv_last_error());
+                expect_same_bits(got, want, (size_t)hk * g.group * d, what, isa_levels[li]);
+            }
+        }
+}
+
+/* Attention over one token returns its value row exactly (weight expf(0) = 1, added to 0 and
+ * divided by 1): over a row of every 16-bit pattern, every f16 and bf16 value must come out
+ * as common/dtype.h converts it, at every level (a NaN as a NaN). */
+Test(cpu_ops, attention_converts_every_16_bit_value_exactly) {
+    static const fkv_dtype dtypes[] = {FKV_F16, FKV_BF16};
+    for (size_t di = 0; di < 2; di++) {
+        fkv_kv_geom g = {.n_kv_heads = 64, .group = 1, .head_dim = 1024, .page_size = 1,
+                         .dtype = dtypes[di]};
+        size_t n = 65536;
+        uint16_t *k = tmalloc(n * 2), *v = tmalloc(n * 2);
+        float *q = tmalloc(n * 4), *out = tmalloc(n * 4);
+        memset(k, 0, n * 2);
+        memset(q, 0, n * 4);
+        for (size_t i = 0; i < n; i++)
+            v[i] = (uint16_t)i;
+        for (size_t li = 0; li < sizeof isa_levels / sizeof *isa_levels; li++) {
+            if (!cpu_isa_available(isa_levels[li]))
+                continue;
+            cr_assert_eq(cpu_attention_dense(&g, q, 1, k, v, 1.0f, out, isa_levels[li]), FKV_OK);
+            for (size_t i = 0; i < n; i++) {
+                float x = fkv_load(v, g.dtype, i), want = (0.0f + 1.0f * x) / 1.0f;
+                int same = isnan(x) ? isnan(out[i]) : memcmp(&out[i], &want, 4) == 0;
+                cr_assert(same, "%s 0x%04zx at isa %d: %.9g, expected %.9g",
+                          fkv_dtype_name(g.dtype), i, (int)isa_levels[li], out[i], want);
+            }
+        }
+    }
 }
 
 /* ---- environment ---- */

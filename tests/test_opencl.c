@@ -288,3 +288,39 @@ Test(opencl, options) {
     cr_assert_eq(fkv_op_get_option(ODEV, "cache_loads", out, 1), FKV_ERR_INVALID_ARGUMENT,
                  "no room for the value");
 }
+
+/* The attention kernel at each vector width the host may build it with (FKV_VW: a GPU's 4,
+ * a CPU device's SIMD width) besides the one this device prefers (the spec tests above run
+ * that one): the same results as the reference. The other end of the range (4, or 16 where 4
+ * is preferred) in every dtype, with channels past a multiple of four (d5), the group in two
+ * blocks (g12) and the dense form; the middle width in bf16. Each width and dtype is a program
+ * build of its own, seconds each on PoCL, so the two widths are two tests, each within the
+ * suite's timeout under the sanitizers on a busy machine. */
+static uint64_t preferred_attention_vector(void) {
+    uint64_t preferred = th_option_value(ODEV, "attention_vector");
+    cr_assert(preferred == 4 || preferred == 8 || preferred == 16, "%llu",
+              (unsigned long long)preferred);
+    return preferred;
+}
+
+Test(opencl, attention_at_the_far_vector_width) {
+    uint64_t preferred = preferred_attention_vector();
+    cr_assert_eq(fkv_op_set_option(ODEV, "attention_vector", "5"), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(fkv_op_set_option(ODEV, "attention_vector", "32"), FKV_ERR_INVALID_ARGUMENT);
+    cr_assert_eq(th_option_value(ODEV, "attention_vector"), preferred, "unchanged on refusal");
+    uint64_t far = preferred == 4 ? 16 : 4;
+    cr_assert_eq(th_set_option(ODEV, "attention_vector", far), FKV_OK);
+    cr_assert_eq(th_option_value(ODEV, "attention_vector"), far);
+    bh_spec_case("attention/d5/g2/p3/f16");
+    bh_spec_case("attention/d128/g4/p32/bf16");
+    bh_spec_case("attention/d64/g12/h1/p16/f32");
+    bh_spec_case("attention_dense/d5/g2/p3/bf16");
+}
+
+Test(opencl, attention_at_the_middle_vector_width) {
+    uint64_t middle = preferred_attention_vector() == 8 ? 16 : 8;
+    cr_assert_eq(th_set_option(ODEV, "attention_vector", middle), FKV_OK);
+    cr_assert_eq(th_option_value(ODEV, "attention_vector"), middle);
+    bh_spec_case("attention/d128/g4/p32/bf16");
+    bh_spec_case("attention/d5/g2/p3/bf16/split");
+}

@@ -18,7 +18,6 @@
 
 #define DESCRIPTOR_SETS_PER_COMMAND 256 /* windows x windows of one command: its descriptor sets */
 #define ELEMENTWISE_WG 128
-#define ATTENTION_WG 128
 #define SCORES_WG 64
 #define COSINE_WG 64
 #define SELECT_WG 128
@@ -851,6 +850,7 @@ static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_groups) {
 typedef struct attn_launch {
     fkv_attention_plan p;
     uint32_t splits, total_splits, smem, groups; /* groups: workgroups of one window's run */
+    uint32_t wg;                                 /* invocations per workgroup */
     VkDeviceSize part_bytes;                       /* split partials, when total_splits > 1 */
 } attn_launch;
 
@@ -859,8 +859,16 @@ static fkv_status attention_plan(const fkv_bdev *d, const char *op, const fkv_kv
                                  uint32_t n_bh, uint32_t n_windows, attn_launch *a) {
     fkv_status st = fkv_plan_attention("vulkan", op, g, d->max_shared, FKV_ATTENTION_MAX_TILE,
                                        SHARED_LIMIT, &a->p);
+    if (st == FKV_OK)
+        st = fkv_check_attention_threads("vulkan", op, g, &a->p, 4, d->max_wg,
+                                         "maxComputeWorkGroupSize[0] and "
+                                         "maxComputeWorkGroupInvocations");
     if (st != FKV_OK)
         return st;
+    /* four channels an invocation (attention.comp), whole subgroups where the device allows */
+    uint32_t threads = fkv_attention_threads(g, &a->p, 4);
+    uint32_t whole = (threads + d->subgroup - 1) / d->subgroup * d->subgroup;
+    a->wg = whole <= d->max_wg ? whole : threads;
     uint64_t per_split = (uint64_t)n_bh * a->p.blocks;
     uint32_t splits = attention_splits(d, per_split > UINT32_MAX ? UINT32_MAX : (uint32_t)per_split);
     if ((uint64_t)splits * n_windows > FKV_MAX_SPLITS) /* windows already split the work */
@@ -942,7 +950,7 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     pc_f32(L, 12, x->scale);
     L->pc[16] = total_splits;
     L->pc[17] = a.p.heads;
-    uint32_t wg = pick_wg(d, ATTENTION_WG);
+    uint32_t wg = a.wg;
     VkPipeline p, pr = VK_NULL_HANDLE;
     if ((st = fkv_vk_pipeline(d, S_ATTENTION + dtype_variant(d, g->dtype), wg, a.smem, &p)) != FKV_OK ||
         (total_splits > 1 &&

@@ -785,12 +785,13 @@ typedef struct attention_args {
 static fkv_status run_attention(void *p) {
     attention_args *a = p;
     return cpu_attention(&a->g, a->q, a->n_seqs, a->heads, a->entries, a->n_entries, a->kpool,
-                         a->vpool, a->pool_rows, a->scale, a->out);
+                         a->vpool, a->pool_rows, a->scale, a->out, CPU_ISA_BEST);
 }
 
 static fkv_status run_attention_dense(void *p) {
     attention_args *a = p;
-    return cpu_attention_dense(&a->g, a->q, a->n_tokens, a->kpool, a->vpool, a->scale, a->out);
+    return cpu_attention_dense(&a->g, a->q, a->n_tokens, a->kpool, a->vpool, a->scale, a->out,
+                               CPU_ISA_BEST);
 }
 
 static fkv_status cpu_attention_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,

@@ -12,23 +12,12 @@
 
 static size_t row_elems(const fkv_kv_geom *g) { return (size_t)g->n_kv_heads * g->head_dim; }
 
-/* n elements starting at element `first` of a dtype array, as f32. */
-static void load_span(const void *base, fkv_dtype dtype, size_t first, size_t n, float *dst) {
-    for (size_t i = 0; i < n; i++)
-        dst[i] = fkv_load(base, dtype, first + i);
-}
-
-/* True when rows [row0, row0 + n) of a pool of pool_rows rows exist. */
-static int rows_in_pool(int64_t row0, size_t n, size_t pool_rows) {
-    return row0 >= 0 && (uint64_t)row0 <= pool_rows && n <= pool_rows - (size_t)row0;
-}
-
 fkv_status cpu_append(const fkv_kv_geom *g, const float *k_src, const float *v_src,
                       uint32_t n_rows, const int32_t *rows, void *kpool, void *vpool,
                       size_t pool_rows) {
     size_t re = row_elems(g);
     for (uint32_t i = 0; i < n_rows; i++) {
-        if (!rows_in_pool(rows[i], 1, pool_rows))
+        if (!cpu_rows_in_pool(rows[i], 1, pool_rows))
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "append: rows[%u] = %d is outside the pool (%zu rows)", i, rows[i],
                              pool_rows);
@@ -47,7 +36,7 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
     size_t re = row_elems(g), d = g->head_dim, p = g->page_size;
     for (uint32_t i = 0; i < n_pages; i++) {
         int32_t gslot = pages[2 * i], s = pages[2 * i + 1];
-        if (gslot < 0 || !rows_in_pool((int64_t)gslot * (int64_t)p, p, pool_rows))
+        if (gslot < 0 || !cpu_rows_in_pool((int64_t)gslot * (int64_t)p, p, pool_rows))
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "summarize: pages[%u] has gslot %d, the pool holds %zu slots", i,
                              gslot, pool_rows / p);
@@ -327,7 +316,7 @@ fkv_status cpu_pack_hnd(const fkv_kv_geom *g, const void *kpool, const void *vpo
     size_t unit_bytes = fkv_unit_bytes(g);
     for (uint32_t i = 0; i < n_pages; i++) {
         int32_t gslot = gslots[i];
-        if (gslot < 0 || !rows_in_pool((int64_t)gslot * (int64_t)p, p, pool_rows))
+        if (gslot < 0 || !cpu_rows_in_pool((int64_t)gslot * (int64_t)p, p, pool_rows))
             return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                              "pack_hnd: gslots[%u] = %d, the pool holds %zu slots", i, gslot,
                              pool_rows / p);
@@ -380,7 +369,7 @@ static void scatter_unit(const fkv_kv_geom *g, const unsigned char *unit, size_t
 static fkv_status check_unit(const char *op, const fkv_kv_geom *g, uint32_t i, int32_t slot,
                              int32_t head, size_t pool_rows) {
     size_t p = g->page_size;
-    if (slot < 0 || !rows_in_pool((int64_t)slot * (int64_t)p, p, pool_rows))
+    if (slot < 0 || !cpu_rows_in_pool((int64_t)slot * (int64_t)p, p, pool_rows))
         return fkv_error(FKV_ERR_INVALID_ARGUMENT,
                          "%s: unit %u has slot %d, the pool holds %zu slots", op, i, slot,
                          pool_rows / p);
@@ -422,106 +411,5 @@ fkv_status cpu_recall_direct(const fkv_kv_geom *g, uint32_t n_hosts, const cpu_h
             return st;
         scatter_unit(g, hosts[h].data + off, (size_t)u[0], (size_t)u[1], kpool, vpool);
     }
-    return FKV_OK;
-}
-
-/* One query head of KV head h over the tokens of n_spans (gslot, valid) pairs; a pair's
- * tokens are rows gslot*rows_per_slot + [0, valid). Spans were checked by the caller.
- * Two passes: the maximum score first, then exp(s - max) weights, so no score is kept. */
-static void attend_head(const fkv_kv_geom *g, const float *q, uint32_t h, const int32_t *spans,
-                        size_t n_spans, size_t rows_per_slot, const void *kpool,
-                        const void *vpool, float scale, float *out) {
-    size_t d = g->head_dim, re = row_elems(g);
-    float row[FKV_CPU_MAX_HEAD_DIM], acc[FKV_CPU_MAX_HEAD_DIM];
-    float max_score = -INFINITY;
-    size_t n_tokens = 0;
-    for (size_t e = 0; e < n_spans; e++) {
-        for (int32_t t = 0; t < spans[2 * e + 1]; t++) {
-            size_t first = ((size_t)spans[2 * e] * rows_per_slot + (size_t)t) * re + (size_t)h * d;
-            load_span(kpool, g->dtype, first, d, row);
-            float s = 0.0f;
-            for (size_t c = 0; c < d; c++)
-                s += q[c] * row[c];
-            s *= scale;
-            if (s > max_score)
-                max_score = s;
-            n_tokens++;
-        }
-    }
-    if (n_tokens == 0) {
-        memset(out, 0, d * sizeof *out);
-        return;
-    }
-    float sum = 0.0f;
-    memset(acc, 0, d * sizeof *acc);
-    for (size_t e = 0; e < n_spans; e++) {
-        for (int32_t t = 0; t < spans[2 * e + 1]; t++) {
-            size_t first = ((size_t)spans[2 * e] * rows_per_slot + (size_t)t) * re + (size_t)h * d;
-            load_span(kpool, g->dtype, first, d, row);
-            float s = 0.0f;
-            for (size_t c = 0; c < d; c++)
-                s += q[c] * row[c];
-            float w = expf(s * scale - max_score);
-            sum += w;
-            load_span(vpool, g->dtype, first, d, row);
-            for (size_t c = 0; c < d; c++)
-                acc[c] += w * row[c];
-        }
-    }
-    for (size_t c = 0; c < d; c++)
-        out[c] = acc[c] / sum;
-}
-
-fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
-                         const int32_t *heads, const int32_t *entries, size_t n_entries,
-                         const void *kpool, const void *vpool, size_t pool_rows, float scale,
-                         float *out) {
-    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
-    for (uint32_t b = 0; b < n_seqs; b++) {
-        for (uint32_t h = 0; h < g->n_kv_heads; h++) {
-            size_t at = 2 * ((size_t)b * g->n_kv_heads + h);
-            int32_t first = heads[at], count = heads[at + 1];
-            if (first < 0 || count < 0 || (size_t)first + (size_t)count > n_entries)
-                return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                                 "attention: (seq %u, KV head %u) lists entries [%d, %d + %d), "
-                                 "the entry buffer holds %zu",
-                                 b, h, first, first, count, n_entries);
-            const int32_t *list = entries + 2 * (size_t)first;
-            for (int32_t e = 0; e < count; e++) {
-                int32_t gslot = list[2 * e], valid = list[2 * e + 1];
-                if (valid < 0 || (uint32_t)valid > g->page_size)
-                    return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                                     "attention: entry %d has %d valid tokens (page size %u)",
-                                     first + e, valid, g->page_size);
-                /* Only the valid rows must exist: a dense buffer seen as slots may end in a
-                 * partial page. */
-                if (gslot < 0 ||
-                    !rows_in_pool((int64_t)gslot * g->page_size, (size_t)valid, pool_rows))
-                    return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                                     "attention: entry %d has gslot %d (%d tokens), the pool "
-                                     "holds %zu rows",
-                                     first + e, gslot, valid, pool_rows);
-            }
-            for (uint32_t i = 0; i < g->group; i++) {
-                size_t qh = (size_t)b * n_q_heads + (size_t)h * g->group + i;
-                attend_head(g, q + qh * d, h, list, (size_t)count, g->page_size, kpool, vpool,
-                            scale, out + qh * d);
-            }
-        }
-    }
-    return FKV_OK;
-}
-
-fkv_status cpu_attention_dense(const fkv_kv_geom *g, const float *q, uint32_t n_tokens,
-                               const void *k, const void *v, float scale, float *out) {
-    /* The whole buffer is one span of n_tokens rows starting at row 0 (the caller checked
-     * that n_tokens fits int32 and the buffers). */
-    const int32_t span[2] = {0, (int32_t)n_tokens};
-    size_t d = g->head_dim;
-    for (uint32_t h = 0; h < g->n_kv_heads; h++)
-        for (uint32_t i = 0; i < g->group; i++) {
-            size_t qh = (size_t)h * g->group + i;
-            attend_head(g, q + qh * d, h, span, 1, 0, k, v, scale, out + qh * d);
-        }
     return FKV_OK;
 }

@@ -15,8 +15,13 @@
 
 #include "../backend.h"
 
-/* Largest head_dim the kernels accept (their per-row scratch lives on the stack). */
+/* Largest head_dim the kernels accept. */
 #define FKV_CPU_MAX_HEAD_DIM 1024
+
+/* True when rows [row0, row0 + n) of a pool of pool_rows rows exist. */
+static inline int cpu_rows_in_pool(int64_t row0, size_t n, size_t pool_rows) {
+    return row0 >= 0 && (uint64_t)row0 <= pool_rows && n <= pool_rows - (size_t)row0;
+}
 
 /* rows[i] receives row i of k_src / v_src ([n_kv_heads*head_dim] f32), converted to dtype. */
 fkv_status cpu_append(const fkv_kv_geom *g, const float *k_src, const float *v_src,
@@ -71,15 +76,29 @@ fkv_status cpu_recall_direct(const fkv_kv_geom *g, uint32_t n_hosts, const cpu_h
                              uint32_t n_units, const int32_t *units, void *kpool, void *vpool,
                              size_t pool_rows);
 
+/* The instruction-set levels the attention loops are built for (cpu_attention.c): BEST is
+ * the widest this CPU runs; the others exist so that tests can run every level the CPU has
+ * and find them bit for bit equal. */
+typedef enum cpu_isa {
+    CPU_ISA_BEST = 0,
+    CPU_ISA_BASE = 1,   /* the compiler's baseline */
+    CPU_ISA_X86_V3 = 2, /* x86-64-v3: AVX2, F16C (GCC builds for x86-64) */
+    CPU_ISA_X86_V4 = 3  /* x86-64-v4: AVX-512 */
+} cpu_isa;
+/* Whether this build and CPU run `isa`. */
+int cpu_isa_available(cpu_isa isa);
+
 /* Paged decode attention. heads[2(b*n_kv_heads+h)] = (first entry, entry count); entries
- * (n_entries pairs) = (gslot, valid tokens). q and out are [n_seqs][n_kv_heads*group][d]. */
+ * (n_entries pairs) = (gslot, valid tokens). q and out are [n_seqs][n_kv_heads*group][d].
+ * An isa the CPU lacks: FKV_ERR_UNSUPPORTED. */
 fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
                          const int32_t *heads, const int32_t *entries, size_t n_entries,
                          const void *kpool, const void *vpool, size_t pool_rows, float scale,
-                         float *out);
+                         float *out, cpu_isa isa);
 
 /* Attention of one sequence over contiguous K/V [n_tokens][n_kv_heads][d] (dtype). */
 fkv_status cpu_attention_dense(const fkv_kv_geom *g, const float *q, uint32_t n_tokens,
-                               const void *k, const void *v, float scale, float *out);
+                               const void *k, const void *v, float scale, float *out,
+                               cpu_isa isa);
 
 #endif

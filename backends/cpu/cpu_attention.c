@@ -1,0 +1,359 @@
+/* Decode attention of the CPU reference (cpu_kernels.h): the definition every backend is held
+ * to, computed so that it runs near memory speed.
+ *
+ * The definition, per query head: s_t = (sum over c ascending of q[c]*k_t[c]) * scale, f32,
+ * for every listed token t in list order; m = the largest s_t; w_t = expf(s_t - m);
+ * out[c] = (sum over t in list order of w_t*v_t[c]) / (sum over t in list order of w_t); no
+ * token: zeros. Every sum runs in that order, so the results are bit for bit those of the
+ * plain per-head loops (tests/test_cpu_ops.c keeps them as the oracle).
+ *
+ * The speed comes from the group: the K and V rows of a KV head are read once for up to
+ * HEAD_BLOCK of its query heads at a time (the whole group up to 8), in tiles of TILE listed
+ * tokens, converted eight elements at a time (cpu_vec.h). A K tile is transposed (8x8 blocks)
+ * so that the scores of a tile's tokens are the lanes of vectors, each lane summing over c in
+ * order; the output accumulators are vectors over channels, each lane summing over tokens in
+ * order. The scores of a (sequence, KV head) are kept (heads x tokens floats of scratch), so
+ * K is read once and V once. The loops that read K/V are built once per instruction-set level
+ * (cpu_attention_body.h) and the widest the CPU runs is used; all give the same bits. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../common/dtype.h"
+#include "../../common/error.h"
+#include "cpu_kernels.h"
+#include "cpu_vec.h"
+
+/* Query heads per pass over a KV head's rows. */
+#define HEAD_BLOCK 8
+/* Tokens per tile: the K rows of a tile are converted and transposed once for every head of
+ * the block (TILE / CPU_LANES vectors per channel), the V rows converted once. */
+#define TILE 32
+#define TILE_WIDE (TILE / CPU_WIDE)
+/* Output channels one head accumulates at a time over a tile, in wide vectors: independent
+ * sums enough to hide the latency of an add. */
+#define V_WIDE 4
+
+/* Fixed short loops unrolled, so their vectors stay in registers. */
+#define UNROLL _Pragma("GCC unroll 8")
+
+/* Where the tokens of one (sequence, KV head) are: n_spans (gslot, valid) pairs, a pair's
+ * tokens being rows gslot*rows_per_slot + [0, valid) of pools of `re` elements a row, KV head
+ * h at element h*d of each row. */
+typedef struct attn_src {
+    const int32_t *spans;
+    size_t n_spans, rows_per_slot, re, n_tokens;
+    const unsigned char *k, *v; /* the pools, offset to KV head h */
+} attn_src;
+
+/* Scratch of one call, on the heap (head_dim is not bounded here by a stack array). */
+typedef struct attn_scratch {
+    float *sc; /* [HEAD_BLOCK][n_tokens] scores, then read back for the weights */
+    float *kt; /* [d][TILE] a K tile, transposed */
+    float *vt; /* [TILE][d] a V tile, converted */
+    float *wt; /* [HEAD_BLOCK][TILE] the weights of a tile */
+} attn_scratch;
+
+/* A position in the list: span e, token t of it. */
+typedef struct attn_cursor {
+    size_t e, t;
+} attn_cursor;
+
+/* The byte offsets (in a pool, from KV head h's first element) of the next TILE listed tokens,
+ * in list order, from cur; returns how many there were. Spare entries repeat the first one, so
+ * a partial tile reads valid rows. */
+static size_t next_tile(const attn_src *s, size_t es, attn_cursor *cur, size_t *off) {
+    size_t n = 0;
+    while (n < TILE && cur->e < s->n_spans) {
+        if (cur->t >= (size_t)s->spans[2 * cur->e + 1]) {
+            cur->e++;
+            cur->t = 0;
+            continue;
+        }
+        off[n++] = ((size_t)s->spans[2 * cur->e] * s->rows_per_slot + cur->t) * s->re * es;
+        cur->t++;
+    }
+    for (size_t j = n; j < TILE && n > 0; j++)
+        off[j] = off[0];
+    return n;
+}
+
+/* Asks for rows ahead of their use (the passes ask for the tile after next, a few rows at a
+ * time while converting the current one): a head's rows are short runs a whole row of every
+ * KV head apart, which the hardware prefetchers follow poorly, and asking for a whole tile at
+ * once overflows the outstanding misses a core can hold. */
+CPU_VEC_INLINE void prefetch_rows(const unsigned char *pool, const size_t *off, size_t n,
+                                  size_t bytes) {
+    for (size_t j = 0; j < n; j++)
+        for (size_t b = 0; b < bytes; b += 64)
+            __builtin_prefetch(pool + off[j] + b);
+}
+
+/* 8x8 transpose: x[j][c] -> x[c][j]. */
+CPU_VEC_INLINE void transpose8(cpu_vf *x) {
+    cpu_vf t[8], u[8];
+    UNROLL
+    for (int j = 0; j < 8; j += 2) {
+        t[j] = __builtin_shufflevector(x[j], x[j + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[j + 1] = __builtin_shufflevector(x[j], x[j + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    UNROLL
+    for (int j = 0; j < 8; j += 4)
+        UNROLL
+    for (int k = 0; k < 2; k++) {
+        u[j + 2 * k] = __builtin_shufflevector(t[j + k], t[j + k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[j + 2 * k + 1] =
+            __builtin_shufflevector(t[j + k], t[j + k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    UNROLL
+    for (int c = 0; c < 4; c++) {
+        x[c] = __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        x[c + 4] = __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+}
+
+/* The scores of a tile for nh heads q[i*d..] into sc[i*n_tokens + tok + j] (j < n), and the
+ * running maxima. Lane j of a sum is token j's, over c in order; two heads at a time. */
+CPU_VEC_INLINE void score_tile(const float *kt, const float *q, uint32_t nh, size_t d, float scale,
+                               size_t n, float *sc, size_t n_tokens, float *max) {
+    for (uint32_t i = 0; i < nh; i += 2) {
+        uint32_t pair = i + 1 < nh;
+        const float *q0 = q + i * d, *q1 = q + (i + pair) * d;
+        cpu_vw a[2][TILE_WIDE];
+        memset(a, 0, sizeof a);
+        for (size_t c = 0; c < d; c++) {
+            float x0 = q0[c], x1 = q1[c];
+            UNROLL
+            for (int v = 0; v < TILE_WIDE; v++) {
+                cpu_vw x = cpu_vec_get_wide(kt + c * TILE + v * CPU_WIDE);
+                a[0][v] += x0 * x;
+                a[1][v] += x1 * x;
+            }
+        }
+        for (uint32_t r = 0; r <= pair; r++) {
+            float lane[TILE];
+            UNROLL
+            for (int v = 0; v < TILE_WIDE; v++)
+                cpu_vec_put_wide(lane + v * CPU_WIDE, a[r][v] * scale);
+            float *dst = sc + (i + r) * n_tokens, m = max[i + r];
+            for (size_t j = 0; j < n; j++) {
+                dst[j] = lane[j];
+                if (lane[j] > m)
+                    m = lane[j];
+            }
+            max[i + r] = m;
+        }
+    }
+}
+
+/* One head's out[c] += sum over the tile's tokens j in order of wt[j] * row j [c]. */
+CPU_VEC_INLINE void accumulate_head(const float *const *rows, const float *wt, size_t n, size_t d,
+                                    float *out) {
+    size_t c0 = 0;
+    for (; c0 + V_WIDE * CPU_WIDE <= d; c0 += V_WIDE * CPU_WIDE) {
+        cpu_vw a[V_WIDE];
+        UNROLL
+        for (int v = 0; v < V_WIDE; v++)
+            a[v] = cpu_vec_get_wide(out + c0 + v * CPU_WIDE);
+        for (size_t j = 0; j < n; j++) {
+            float x = wt[j];
+            UNROLL
+            for (int v = 0; v < V_WIDE; v++)
+                a[v] += x * cpu_vec_get_wide(rows[j] + c0 + v * CPU_WIDE);
+        }
+        UNROLL
+        for (int v = 0; v < V_WIDE; v++)
+            cpu_vec_put_wide(out + c0 + v * CPU_WIDE, a[v]);
+    }
+    for (; c0 + CPU_LANES <= d; c0 += CPU_LANES) {
+        cpu_vf a = cpu_vec_get(out + c0);
+        for (size_t j = 0; j < n; j++)
+            a += wt[j] * cpu_vec_get(rows[j] + c0);
+        cpu_vec_put(out + c0, a);
+    }
+    for (; c0 < d; c0++) {
+        float a = out[c0];
+        for (size_t j = 0; j < n; j++)
+            a += wt[j] * rows[j][c0];
+        out[c0] = a;
+    }
+}
+
+/* The per-instruction-set copies (cpu_attention_body.h) and the pick among them. */
+typedef void attend_block_fn(const attn_src *s, const float *q, uint32_t nh, size_t d, fkv_dtype dt,
+                             float scale, const attn_scratch *w, float *out);
+
+#define CPU_ATTN(name) name##_base
+#include "cpu_attention_body.h"
+#undef CPU_ATTN
+
+#if CPU_VEC_X86_LEVELS
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+#define CPU_ATTN(name) name##_v3
+#include "cpu_attention_body.h"
+#undef CPU_ATTN
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+#define CPU_ATTN(name) name##_v4
+#include "cpu_attention_body.h"
+#undef CPU_ATTN
+#pragma GCC pop_options
+#endif
+
+int cpu_isa_available(cpu_isa isa) {
+#if CPU_VEC_X86_LEVELS
+    __builtin_cpu_init();
+    if (isa == CPU_ISA_X86_V4)
+        return __builtin_cpu_supports("x86-64-v4") != 0;
+    if (isa == CPU_ISA_X86_V3)
+        return __builtin_cpu_supports("x86-64-v3") != 0;
+#endif
+    return isa == CPU_ISA_BEST || isa == CPU_ISA_BASE;
+}
+
+/* The copy of `isa`, the widest this CPU runs for CPU_ISA_BEST (the choice changes the speed,
+ * never the results); NULL for a level this build or CPU lacks. */
+static attend_block_fn *pick_block(cpu_isa isa) {
+#if CPU_VEC_X86_LEVELS
+    if (isa == CPU_ISA_BEST)
+        isa = cpu_isa_available(CPU_ISA_X86_V4)   ? CPU_ISA_X86_V4
+              : cpu_isa_available(CPU_ISA_X86_V3) ? CPU_ISA_X86_V3
+                                                  : CPU_ISA_BASE;
+    if (isa == CPU_ISA_X86_V4 && cpu_isa_available(isa))
+        return attend_block_v4;
+    if (isa == CPU_ISA_X86_V3 && cpu_isa_available(isa))
+        return attend_block_v3;
+#endif
+    return isa == CPU_ISA_BEST || isa == CPU_ISA_BASE ? attend_block_base : NULL;
+}
+
+/* Every query head of KV head h over s's tokens: q and out are the group's rows. */
+static void attend_group(const fkv_kv_geom *g, const attn_src *s, const float *q, float scale,
+                         attend_block_fn *block, const attn_scratch *w, float *out) {
+    size_t d = g->head_dim;
+    if (s->n_tokens == 0) {
+        memset(out, 0, (size_t)g->group * d * sizeof *out);
+        return;
+    }
+    for (uint32_t i0 = 0; i0 < g->group; i0 += HEAD_BLOCK) {
+        uint32_t nh = g->group - i0 < HEAD_BLOCK ? g->group - i0 : HEAD_BLOCK;
+        block(s, q + (size_t)i0 * d, nh, d, g->dtype, scale, w, out + (size_t)i0 * d);
+    }
+}
+
+/* The scratch of a call whose longest list has max_tokens tokens: *base to free. */
+static fkv_status alloc_scratch(const fkv_kv_geom *g, size_t max_tokens, attn_scratch *w,
+                                float **base) {
+    size_t heads = g->group < HEAD_BLOCK ? g->group : HEAD_BLOCK;
+    size_t d = g->head_dim, sc = heads * max_tokens, tile = (size_t)TILE * d;
+    *base = malloc((sc + 2 * tile + HEAD_BLOCK * TILE) * sizeof(float));
+    if (*base == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
+                         "attention: no host memory for the scores of %zu tokens", max_tokens);
+    w->sc = *base;
+    w->kt = w->sc + sc;
+    w->vt = w->kt + tile;
+    w->wt = w->vt + tile;
+    return FKV_OK;
+}
+
+/* The list of (b, h), checked: its tokens in *n_tokens. */
+static fkv_status check_list(const fkv_kv_geom *g, uint32_t b, uint32_t h, const int32_t *heads,
+                             const int32_t *entries, size_t n_entries, size_t pool_rows,
+                             size_t *n_tokens) {
+    size_t at = 2 * ((size_t)b * g->n_kv_heads + h);
+    int32_t first = heads[at], count = heads[at + 1];
+    if (first < 0 || count < 0 || (size_t)first + (size_t)count > n_entries)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "attention: (seq %u, KV head %u) lists entries [%d, %d + %d), "
+                         "the entry buffer holds %zu",
+                         b, h, first, first, count, n_entries);
+    const int32_t *list = entries + 2 * (size_t)first;
+    *n_tokens = 0;
+    for (int32_t e = 0; e < count; e++) {
+        int32_t gslot = list[2 * e], valid = list[2 * e + 1];
+        if (valid < 0 || (uint32_t)valid > g->page_size)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "attention: entry %d has %d valid tokens (page size %u)", first + e,
+                             valid, g->page_size);
+        /* Only the valid rows must exist: a dense buffer seen as slots may end in a
+         * partial page. */
+        if (gslot < 0 || !cpu_rows_in_pool((int64_t)gslot * g->page_size, (size_t)valid, pool_rows))
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "attention: entry %d has gslot %d (%d tokens), the pool "
+                             "holds %zu rows",
+                             first + e, gslot, valid, pool_rows);
+        *n_tokens += (size_t)valid;
+    }
+    return FKV_OK;
+}
+
+fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
+                         const int32_t *heads, const int32_t *entries, size_t n_entries,
+                         const void *kpool, const void *vpool, size_t pool_rows, float scale,
+                         float *out, cpu_isa isa) {
+    attend_block_fn *block = pick_block(isa);
+    if (block == NULL)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "attention: this CPU or build lacks that level");
+    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group, max_tokens = 0;
+    size_t re = (size_t)g->n_kv_heads * d, es = fkv_dtype_size(g->dtype);
+    for (uint32_t b = 0; b < n_seqs; b++)
+        for (uint32_t h = 0; h < g->n_kv_heads; h++) {
+            size_t n;
+            fkv_status st = check_list(g, b, h, heads, entries, n_entries, pool_rows, &n);
+            if (st != FKV_OK)
+                return st;
+            max_tokens = n > max_tokens ? n : max_tokens;
+        }
+    attn_scratch w;
+    float *base;
+    fkv_status st = alloc_scratch(g, max_tokens, &w, &base);
+    if (st != FKV_OK)
+        return st;
+    for (uint32_t b = 0; b < n_seqs; b++)
+        for (uint32_t h = 0; h < g->n_kv_heads; h++) {
+            size_t at = 2 * ((size_t)b * g->n_kv_heads + h);
+            attn_src s = {.spans = entries + 2 * (size_t)heads[at],
+                          .n_spans = (size_t)heads[at + 1],
+                          .rows_per_slot = g->page_size,
+                          .re = re,
+                          .k = (const unsigned char *)kpool + (size_t)h * d * es,
+                          .v = (const unsigned char *)vpool + (size_t)h * d * es};
+            check_list(g, b, h, heads, entries, n_entries, pool_rows, &s.n_tokens);
+            size_t q0 = ((size_t)b * n_q_heads + (size_t)h * g->group) * d;
+            attend_group(g, &s, q + q0, scale, block, &w, out + q0);
+        }
+    free(base);
+    return FKV_OK;
+}
+
+fkv_status cpu_attention_dense(const fkv_kv_geom *g, const float *q, uint32_t n_tokens,
+                               const void *k, const void *v, float scale, float *out, cpu_isa isa) {
+    attend_block_fn *block = pick_block(isa);
+    if (block == NULL)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "attention: this CPU or build lacks that level");
+    /* The whole buffer is one span of n_tokens rows starting at row 0 (the caller checked
+     * that n_tokens fits int32 and the buffers). */
+    const int32_t span[2] = {0, (int32_t)n_tokens};
+    size_t d = g->head_dim, es = fkv_dtype_size(g->dtype);
+    attn_scratch w;
+    float *base;
+    fkv_status st = alloc_scratch(g, n_tokens, &w, &base);
+    if (st != FKV_OK)
+        return st;
+    for (uint32_t h = 0; h < g->n_kv_heads; h++) {
+        attn_src s = {.spans = span,
+                      .n_spans = 1,
+                      .rows_per_slot = 0,
+                      .re = (size_t)g->n_kv_heads * d,
+                      .n_tokens = n_tokens,
+                      .k = (const unsigned char *)k + (size_t)h * d * es,
+                      .v = (const unsigned char *)v + (size_t)h * d * es};
+        size_t q0 = (size_t)h * g->group * d;
+        attend_group(g, &s, q + q0, scale, block, &w, out + q0);
+    }
+    free(base);
+    return FKV_OK;
+}

@@ -12,6 +12,12 @@
 
 static size_t row_elems(const fkv_kv_geom *g) { return (size_t)g->n_kv_heads * g->head_dim; }
 
+/* n elements starting at element `first` of a dtype array, as f32. */
+static void load_span(const void *base, fkv_dtype dtype, size_t first, size_t n, float *dst) {
+    for (size_t i = 0; i < n; i++)
+        dst[i] = fkv_load(base, dtype, first + i);
+}
+
 fkv_status cpu_append(const fkv_kv_geom *g, const float *k_src, const float *v_src,
                       uint32_t n_rows, const int32_t *rows, void *kpool, void *vpool,
                       size_t pool_rows) {

@@ -88,39 +88,45 @@ FKV_HD float fkv_hip_f16_to_f32(uint16_t h) {
     return fkv_hip_bits_f32(sign | ((exp - 15 + 127) << 23) | (mant << 13));
 }
 
-/* f32 -> f16 bits with IEEE directed rounding, towards +inf (up) or -inf: bit for bit
- * common/dtype.h fkv_f32_to_f16_down/up (NaN: sign | 0x7e00; overflow gives the infinity only
- * in the rounding direction, else 65504). The magnitude is truncated, then stepped once away
- * from zero when the value was inexact and the direction points away from zero (the step
- * carries into the exponent, and from 65504 into infinity). */
-FKV_HD uint16_t fkv_hip_f16_bits_round(float f, int up) {
-    uint32_t u = fkv_hip_f32_bits(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu, t;
-    int inexact;
+/* f32 bits u -> f16 bits with IEEE directed rounding, towards +inf (up = 1) or -inf (0): bit for
+ * bit common/dtype.h fkv_f32_to_f16_directed (NaN: sign | 0x7e00; overflow gives the infinity
+ * only in the rounding direction, else 65504). The magnitude is truncated, then stepped once
+ * away from zero when the value was inexact and the direction points away from zero (the step
+ * carries into the exponent, and from 65504 into infinity). Bits, not a float, because the
+ * quantizer's scale is built as a bit pattern. */
+FKV_HD uint16_t fkv_hip_f16_bits_round(uint32_t u, uint32_t up) {
+    uint32_t sign = u >> 31, a = u & 0x7fffffffu, h, lost;
     if (a > 0x7f800000u)
-        return (uint16_t)(sign | 0x7e00u);
-    if (a == 0x7f800000u) {
-        t = 0x7c00u;
-        inexact = 0;
-    } else if (a >= 0x47800000u) { /* >= 65536: truncates to 65504 */
-        t = 0x7bffu;
-        inexact = 1;
-    } else if (a >= 0x38800000u) { /* f16 normal */
-        t = (a - (112u << 23)) >> 13;
-        inexact = (a & 0x1fffu) != 0;
-    } else { /* f16 subnormal or zero: the mantissa * 2^-(126 - e) */
-        uint32_t e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e;
-        if (e == 0 || shift > 24u) {
-            t = 0;
-            inexact = a != 0;
-        } else {
-            t = m >> shift;
-            inexact = (m & ((1u << shift) - 1u)) != 0;
-        }
+        return (uint16_t)((sign << 15) | 0x7e00u);
+    if (a >= 0x47800000u) { /* >= 65536: truncates to 65504; an infinity stays */
+        h = a == 0x7f800000u ? 0x7c00u : 0x7bffu;
+        lost = a != 0x7f800000u;
+    } else if (a >= 0x38800000u) { /* a normal f16: drop 13 mantissa bits */
+        h = (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu);
+        lost = a & 0x1fffu;
+    } else { /* subnormal f16 or zero, in units of 2^-24 */
+        uint32_t e = a >> 23, m = e ? (a & 0x7fffffu) | 0x800000u : a;
+        uint32_t shift = e ? 126u - e : 125u;
+        h = shift < 32u ? m >> shift : 0u;
+        lost = shift < 32u ? m & ((1u << shift) - 1u) : m;
     }
-    uint32_t away = inexact && ((sign == 0) == (up != 0)) ? 1u : 0u;
-    return (uint16_t)(sign | (t + away));
+    if (lost && (sign ^ up)) /* away from zero: up for +, down for - */
+        h++;
+    return (uint16_t)((sign << 15) | h);
 }
-FKV_HD uint16_t fkv_hip_f16_bits_round_down(float f) { return fkv_hip_f16_bits_round(f, 0); }
-FKV_HD uint16_t fkv_hip_f16_bits_round_up(float f) { return fkv_hip_f16_bits_round(f, 1); }
+FKV_HD uint16_t fkv_hip_f16_bits_round_down(float f) {
+    return fkv_hip_f16_bits_round(fkv_hip_f32_bits(f), 0u);
+}
+FKV_HD uint16_t fkv_hip_f16_bits_round_up(float f) {
+    return fkv_hip_f16_bits_round(fkv_hip_f32_bits(f), 1u);
+}
+/* The quantized host formats' rounding, as common/hostfmt.c's f16_directed: an infinity in
+ * either direction where round-to-nearest would overflow (|x| >= 65520), else IEEE directed. */
+FKV_HD uint16_t fkv_hip_f16_quant_directed(uint32_t u, uint32_t up) {
+    uint32_t a = u & 0x7fffffffu;
+    if (a >= 0x477ff000u && a <= 0x7f800000u)
+        return (uint16_t)(((u >> 16) & 0x8000u) | 0x7c00u);
+    return fkv_hip_f16_bits_round(u, up);
+}
 
 #endif

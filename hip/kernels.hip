@@ -441,28 +441,6 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_scatter(fkv_hip_scatter_args 
  * The f16 directed roundings and the f32 division by L are integer code, so scales and zeros
  * are the reference's bits whatever the compiler's division and rounding modes do. */
 
-/* f32 bits u rounded to f16 towards +inf (up) or -inf: an infinity where round-to-nearest
- * would overflow (|x| >= 65520), a signed zero for +-0. */
-static __device__ uint32_t quant_f16_directed(uint32_t u, uint32_t up) {
-    uint32_t sign = u >> 31, a = u & 0x7fffffffu, h, lost;
-    if (a > 0x7f800000u)
-        return (sign << 15) | 0x7e00u;
-    if (a >= 0x477ff000u)
-        return (sign << 15) | 0x7c00u;
-    if (a >= 0x38800000u) { /* a normal f16: drop 13 mantissa bits */
-        h = (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu);
-        lost = a & 0x1fffu;
-    } else { /* subnormal f16 or zero, in units of 2^-24 */
-        uint32_t e = a >> 23, m = e ? (a & 0x7fffffu) | 0x800000u : a;
-        uint32_t shift = e ? 126u - e : 125u;
-        h = shift < 32u ? m >> shift : 0u;
-        lost = shift < 32u ? m & ((1u << shift) - 1u) : m;
-    }
-    if (lost && (sign ^ up)) /* away from zero: up for +, down for - */
-        h++;
-    return (sign << 15) | h;
-}
-
 /* The f16 scale: RNE(a / levels) in f32 rounded up to f16, a = hi - zero >= 0. */
 static __device__ uint32_t quant_scale(float a, uint32_t levels) {
     uint32_t u = fkv_hip_f32_bits(a);
@@ -476,7 +454,7 @@ static __device__ uint32_t quant_scale(float a, uint32_t levels) {
     uint32_t twice = 2u * (low * levels + rem), tie = levels << sh;
     if (twice > tie || (twice == tie && (kept & 1u)))
         kept++;
-    return quant_f16_directed((((u >> 23) - 8u + sh) << 23) + kept - 0x800000u, 1u);
+    return fkv_hip_f16_quant_directed((((u >> 23) - 8u + sh) << 23) + kept - 0x800000u, 1u);
 }
 
 static __device__ uint32_t quant_code(float x, float zero, float scale, uint32_t levels) {
@@ -512,7 +490,7 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_quant_pack(fkv_hip_quant_args
             lo = x < lo ? x : lo;
             hi = x > hi ? x : hi;
         }
-        uint32_t z = quant_f16_directed(fkv_hip_f32_bits(lo), 0u);
+        uint32_t z = fkv_hip_f16_quant_directed(fkv_hip_f32_bits(lo), 0u);
         uint32_t s = quant_scale(hi - fkv_hip_f16_to_f32((uint16_t)z), levels);
         if (nonfinite || (z & 0x7c00u) == 0x7c00u || (s & 0x7c00u) == 0x7c00u)
             z = s = 0x7e00u;

@@ -42,40 +42,35 @@ void fkv_store(global fkv_kv_t *p, size_t i, float v) {
 }
 #endif
 
-/* f32 -> f16 bits with IEEE directed rounding, towards +inf (up) or -inf: bit for bit
- * common/dtype.h fkv_f32_to_f16_down/up (NaN: sign | 0x7e00; overflow gives the infinity only
- * in the rounding direction, else 65504). Integer code: vstore_half_rtn/rtp leave the NaN's bits
- * to the implementation. The magnitude is truncated, then stepped once away from zero when the
- * value was inexact and the direction points away from zero (the step carries into the
- * exponent, and from 65504 into infinity). */
-inline uint f16_bits_round(float f, int up) {
-    uint u = as_uint(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu, t, inexact;
+/* f32 bits u -> f16 bits with IEEE directed rounding, towards +inf (up = 1) or -inf (0): bit for
+ * bit common/dtype.h fkv_f32_to_f16_directed (NaN: sign | 0x7e00; overflow gives the infinity
+ * only in the rounding direction, else 65504). Integer code: vstore_half_rtn/rtp leave the NaN's
+ * bits to the implementation and are not in every OpenCL C. The magnitude is truncated, then
+ * stepped once away from zero when the value was inexact and the direction points away from
+ * zero (the step carries into the exponent, and from 65504 into infinity). Bits, not a float,
+ * because fkv_quant_scale builds its quotient as a bit pattern. */
+uint f16_bits_round(uint u, uint up) {
+    uint sign = u >> 31, a = u & 0x7fffffffu, h, lost;
     if (a > 0x7f800000u)
-        return sign | 0x7e00u;
-    if (a == 0x7f800000u) {
-        t = 0x7c00u;
-        inexact = 0u;
-    } else if (a >= 0x47800000u) { /* >= 65536: truncates to 65504 */
-        t = 0x7bffu;
-        inexact = 1u;
-    } else if (a >= 0x38800000u) { /* f16 normal */
-        t = (a - (112u << 23)) >> 13;
-        inexact = (a & 0x1fffu) != 0u;
-    } else { /* f16 subnormal or zero: the mantissa * 2^-(126 - e) */
-        uint e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e;
-        if (e == 0u || shift > 24u) {
-            t = 0u;
-            inexact = a != 0u;
-        } else {
-            t = m >> shift;
-            inexact = (m & ((1u << shift) - 1u)) != 0u;
-        }
+        return (sign << 15) | 0x7e00u;
+    if (a >= 0x47800000u) { /* >= 65536: truncates to 65504; an infinity stays */
+        h = a == 0x7f800000u ? 0x7c00u : 0x7bffu;
+        lost = a != 0x7f800000u;
+    } else if (a >= 0x38800000u) { /* a normal f16: drop 13 mantissa bits */
+        h = (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu);
+        lost = a & 0x1fffu;
+    } else { /* subnormal f16 or zero, in units of 2^-24 */
+        uint e = a >> 23, m = e ? (a & 0x7fffffu) | 0x800000u : a;
+        uint shift = e ? 126u - e : 125u;
+        h = shift < 32u ? m >> shift : 0u;
+        lost = shift < 32u ? m & ((1u << shift) - 1u) : m;
     }
-    uint away = (sign == 0u) == (up != 0) ? inexact : 0u;
-    return sign | (t + away);
+    if (lost && (sign ^ up)) /* rounding away from zero: up for +, down for - */
+        h++;                 /* a carry into the exponent is the right result */
+    return (sign << 15) | h;
 }
-inline uint f16_bits_round_down(float f) { return f16_bits_round(f, 0); }
-inline uint f16_bits_round_up(float f) { return f16_bits_round(f, 1); }
+inline uint f16_bits_round_down(float f) { return f16_bits_round(as_uint(f), 0u); }
+inline uint f16_bits_round_up(float f) { return f16_bits_round(as_uint(f), 1u); }
 
 /* rows[i] receives row i of k_src/v_src ([row_elems] f32), converted to the storage dtype. */
 kernel void fkv_append(const global float *k_src, ulong k_off, const global float *v_src,
@@ -504,26 +499,14 @@ FKV_COPY_KERNELS(_v16, uint4)
  * roundings and the f32 division by L are integer operations here (no rounding mode, no
  * denormal flushing, no vstore_half_rtp, which is not in every OpenCL C). */
 
-/* f32 bits u rounded to f16 towards +inf (up) or -inf, as common/hostfmt.c: an infinity when
- * round-to-nearest would overflow (|x| >= 65520), a signed zero for +-0. */
+/* f32 bits u rounded to f16 towards +inf (up) or -inf, as common/hostfmt.c's f16_directed:
+ * an infinity in either direction where round-to-nearest would overflow (|x| >= 65520), else
+ * IEEE directed rounding. */
 uint fkv_f16_directed(uint u, uint up) {
-    uint sign = u >> 31, a = u & 0x7fffffffu, h, lost;
-    if (a > 0x7f800000u)
-        return (sign << 15) | 0x7e00u;
-    if (a >= 0x477ff000u)
-        return (sign << 15) | 0x7c00u;
-    if (a >= 0x38800000u) { /* a normal f16: drop 13 mantissa bits */
-        h = (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu);
-        lost = a & 0x1fffu;
-    } else { /* subnormal f16 (or zero): units of 2^-24 */
-        uint e = a >> 23, m = e ? (a & 0x7fffffu) | 0x800000u : a;
-        uint shift = e ? 126u - e : 125u;
-        h = shift < 32u ? m >> shift : 0u;
-        lost = shift < 32u ? m & ((1u << shift) - 1u) : m;
-    }
-    if (lost && (sign ^ up)) /* rounding away from zero: up for +, down for - */
-        h++;                 /* a carry into the exponent is the right result */
-    return (sign << 15) | h;
+    uint a = u & 0x7fffffffu;
+    if (a >= 0x477ff000u && a <= 0x7f800000u)
+        return ((u >> 16) & 0x8000u) | 0x7c00u;
+    return f16_bits_round(u, up);
 }
 
 /* The f32 value of f16 bits h (exact, subnormals included). */

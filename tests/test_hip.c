@@ -102,6 +102,13 @@ Test(hip, dtype_conversions_match_the_reference) {
         cr_assert_eq(fkv_hip_f16_bits_round_down(f), fkv_f32_to_f16_down(f), "f16 down of %08x",
                      u);
         cr_assert_eq(fkv_hip_f16_bits_round_up(f), fkv_f32_to_f16_up(f), "f16 up of %08x", u);
+        /* the quantizer's rounding, common/hostfmt.c's f16_directed: an infinity both ways
+         * where round-to-nearest overflows */
+        uint16_t rn = fkv_f32_to_f16(f);
+        for (uint32_t up = 0; up < 2; up++)
+            cr_assert_eq(fkv_hip_f16_quant_directed(u, up),
+                         (rn & 0x7fffu) == 0x7c00u ? rn : fkv_f32_to_f16_directed(f, (int)up),
+                         "quantizer f16 %s of %08x", up ? "up" : "down", u);
     }
     for (uint32_t u = 0x33000000u; u < 0x38800000u; u += 97) { /* f16 subnormal range */
         float f = fkv_bits_f32(u);

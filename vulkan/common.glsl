@@ -62,41 +62,35 @@ uint f32_to_f16(float f) {
     return sign | h;
 }
 
-/* f32 -> f16 bits with IEEE directed rounding, towards +inf (up) or -inf: bit for bit
- * common/dtype.h fkv_f32_to_f16_down/up (NaN: sign | 0x7e00; overflow gives the infinity only
- * in the rounding direction, else 65504). GLSL has no directed conversion (packHalf2x16's
+/* f32 bits u -> f16 bits with IEEE directed rounding, towards +inf (up = 1) or -inf (0): bit for
+ * bit common/dtype.h fkv_f32_to_f16_directed (NaN: sign | 0x7e00; overflow gives the infinity
+ * only in the rounding direction, else 65504). GLSL has no directed conversion (packHalf2x16's
  * rounding is unspecified): the magnitude is truncated, then stepped once away from zero when
  * the value was inexact and the direction points away from zero (the step carries into the
- * exponent, and from 65504 into infinity). */
-uint f16_bits_round(float f, bool up) {
-    uint u = floatBitsToUint(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu, t;
-    bool inexact;
+ * exponent, and from 65504 into infinity). Bits, not a float, because quant.comp builds its
+ * quotient as a bit pattern. */
+uint f16_bits_round(uint u, uint up) {
+    uint sign = u >> 31, a = u & 0x7fffffffu, h, lost;
     if (a > 0x7f800000u)
-        return sign | 0x7e00u;
-    if (a == 0x7f800000u) {
-        t = 0x7c00u;
-        inexact = false;
-    } else if (a >= 0x47800000u) { /* >= 65536: truncates to 65504 */
-        t = 0x7bffu;
-        inexact = true;
-    } else if (a >= 0x38800000u) { /* f16 normal */
-        t = (a - (112u << 23)) >> 13;
-        inexact = (a & 0x1fffu) != 0u;
-    } else { /* f16 subnormal or zero: the mantissa * 2^-(126 - e) */
-        uint e = a >> 23, m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e;
-        if (e == 0u || shift > 24u) {
-            t = 0u;
-            inexact = a != 0u;
-        } else {
-            t = m >> shift;
-            inexact = (m & ((1u << shift) - 1u)) != 0u;
-        }
+        return (sign << 15) | 0x7e00u;
+    if (a >= 0x47800000u) { /* >= 65536: truncates to 65504; an infinity stays */
+        h = a == 0x7f800000u ? 0x7c00u : 0x7bffu;
+        lost = a != 0x7f800000u ? 1u : 0u;
+    } else if (a >= 0x38800000u) { /* a normal f16: drop 13 mantissa bits */
+        h = (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu);
+        lost = a & 0x1fffu;
+    } else { /* subnormal f16 or zero, in units of 2^-24 */
+        uint e = a >> 23, m = e != 0u ? (a & 0x7fffffu) | 0x800000u : a;
+        uint shift = e != 0u ? 126u - e : 125u;
+        h = shift < 32u ? m >> shift : 0u;
+        lost = shift < 32u ? m & ((1u << shift) - 1u) : m;
     }
-    bool away = inexact && ((sign == 0u) == up);
-    return sign | (t + (away ? 1u : 0u));
+    if (lost != 0u && (sign ^ up) != 0u) /* away from zero: up for +, down for - */
+        h++;
+    return (sign << 15) | h;
 }
-uint f16_bits_round_down(float f) { return f16_bits_round(f, false); }
-uint f16_bits_round_up(float f) { return f16_bits_round(f, true); }
+uint f16_bits_round_down(float f) { return f16_bits_round(floatBitsToUint(f), 0u); }
+uint f16_bits_round_up(float f) { return f16_bits_round(floatBitsToUint(f), 1u); }
 
 float bf16_to_f32(uint h) { return uintBitsToFloat(h << 16); }
 

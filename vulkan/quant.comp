@@ -45,26 +45,14 @@ layout(push_constant) uniform PC {
 } pc;
 #endif
 
-/* f32 bits u rounded to f16 towards +inf (up = 1) or -inf (0), as common/hostfmt.c: an
- * infinity where round-to-nearest would overflow (|x| >= 65520), a signed zero for +-0. */
+/* f32 bits u rounded to f16 towards +inf (up = 1) or -inf (0), as common/hostfmt.c's
+ * f16_directed: an infinity in either direction where round-to-nearest would overflow
+ * (|x| >= 65520), else IEEE directed rounding. */
 uint f16_directed(uint u, uint up) {
-    uint sign = u >> 31, a = u & 0x7fffffffu, h, lost;
-    if (a > 0x7f800000u)
-        return (sign << 15) | 0x7e00u;
-    if (a >= 0x477ff000u)
-        return (sign << 15) | 0x7c00u;
-    if (a >= 0x38800000u) { /* a normal f16: drop 13 mantissa bits */
-        h = (((a >> 23) - 112u) << 10) | ((a >> 13) & 0x3ffu);
-        lost = a & 0x1fffu;
-    } else { /* subnormal f16 or zero, in units of 2^-24 */
-        uint e = a >> 23, m = e != 0u ? (a & 0x7fffffu) | 0x800000u : a;
-        uint shift = e != 0u ? 126u - e : 125u;
-        h = shift < 32u ? m >> shift : 0u;
-        lost = shift < 32u ? m & ((1u << shift) - 1u) : m;
-    }
-    if (lost != 0u && (sign ^ up) != 0u) /* away from zero: up for +, down for - */
-        h++;
-    return (sign << 15) | h;
+    uint a = u & 0x7fffffffu;
+    if (a >= 0x477ff000u && a <= 0x7f800000u)
+        return ((u >> 16) & 0x8000u) | 0x7c00u;
+    return f16_bits_round(u, up);
 }
 
 /* The f16 scale of a group: RNE(a / levels) in f32, rounded up to f16, a = hi - zero >= 0;

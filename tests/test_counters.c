@@ -35,6 +35,28 @@ static fkv_device *open_device(const char *backend) {
     return dev;
 }
 
+/* Attention in one launch on the device backends (the option they have), so that a call's
+ * launches do not depend on the device's split decision. */
+static void one_attention_launch(fkv_device *dev, const char *backend) {
+    fkv_device_info info;
+    fkv_device_get_info(dev, &info);
+    if (info.type != FKV_DEVICE_REFERENCE)
+        cr_assert_eq(th_set_option(dev, "attention_splits", 1), FKV_OK, "%s: %s", backend,
+                     fkv_last_error());
+}
+
+/* The device of `backend` opened with its recall mode variable set to mode (open_device
+ * clears them), skipping as open_device does. */
+static fkv_device *open_device_recall(const char *backend, const char *var, const char *mode) {
+    fkv_device_close(open_device(backend)); /* skips without the backend or its device */
+    setenv(var, mode, 1);
+    fkv_device *dev = NULL;
+    fkv_status st = fkv_device_open(backend, NULL, &dev);
+    unsetenv(var);
+    cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
+    return dev;
+}
+
 static fkv_counters snap(fkv_device *dev) {
     fkv_counters c;
     cr_assert_eq(fkv_device_get_counters(dev, &c), FKV_OK, "%s", fkv_last_error());
@@ -298,11 +320,7 @@ static void check_attention(const char *backend) {
  * per launch and HIP eight pointers (docs/bench.md). */
 static void check_direct_over_many_hosts(const char *backend, const char *mode_var,
                                          const char *mode) {
-    fkv_device_close(open_device(backend)); /* skips without the backend or its device */
-    setenv(mode_var, mode, 1);
-    fkv_device *dev = NULL;
-    cr_assert_eq(fkv_device_open(backend, NULL, &dev), FKV_OK, "%s", fkv_last_error());
-    unsetenv(mode_var);
+    fkv_device *dev = open_device_recall(backend, mode_var, mode);
     cr_assert_eq(fkv_op_recall_mode(dev), FKV_RECALL_DIRECT, "%s: not in direct mode", backend);
     fkv_kv_geom g = {.n_kv_heads = 2, .group = 1, .head_dim = 16, .page_size = 4,
                      .dtype = FKV_F32};
@@ -655,11 +673,7 @@ static fkv_counters io_decode(fkv_device *dev, fkv_context *ctx, const pd_run *r
  * bit. */
 static void check_decode_call(const char *backend, uint32_t n) {
     fkv_device *dev = open_device(backend);
-    fkv_device_info info;
-    fkv_device_get_info(dev, &info);
-    if (info.type != FKV_DEVICE_REFERENCE)
-        cr_assert_eq(th_set_option(dev, "attention_splits", 1), FKV_OK, "%s: %s", backend,
-                     fkv_last_error());
+    one_attention_launch(dev, backend);
     fkv_config cfg;
     th_small_config(&cfg);
     cfg.policy = FKV_POLICY_SPECULATIVE;
@@ -720,18 +734,9 @@ static void check_decode_call(const char *backend, uint32_t n) {
  * copies, 5 launches, no descriptor write. Its speculative task, on the background queue,
  * scores and selects with the descriptors the call wrote and reads the records back: one
  * copy, nothing written from the host (the staged recall's write is on the transfer queue). */
-static void check_descriptors_with_inputs(const char *backend) {
-    fkv_device_close(open_device(backend)); /* skips without the backend or its device */
-    setenv("FREEKV_CPU_RECALL", "staged", 1);
-    setenv("FREEKV_OPENCL_RECALL", "staged", 1);
-    setenv("FREEKV_VULKAN_RECALL", "staged", 1);
-    fkv_device *dev = NULL;
-    cr_assert_eq(fkv_device_open(backend, NULL, &dev), FKV_OK, "%s", fkv_last_error());
-    fkv_device_info info;
-    fkv_device_get_info(dev, &info);
-    if (info.type != FKV_DEVICE_REFERENCE)
-        cr_assert_eq(th_set_option(dev, "attention_splits", 1), FKV_OK, "%s: %s", backend,
-                     fkv_last_error());
+static void check_descriptors_with_inputs(const char *backend, const char *recall_var) {
+    fkv_device *dev = open_device_recall(backend, recall_var, "staged");
+    one_attention_launch(dev, backend);
     fkv_config cfg;
     th_small_config(&cfg);
     cfg.policy = FKV_POLICY_FREEKV;
@@ -771,9 +776,6 @@ static void check_descriptors_with_inputs(const char *backend) {
         fkv_context_destroy(ctx);
     }
     fkv_device_close(dev);
-    unsetenv("FREEKV_CPU_RECALL");
-    unsetenv("FREEKV_OPENCL_RECALL");
-    unsetenv("FREEKV_VULKAN_RECALL");
 }
 
 /* Vulkan: a decode call of the sync policy (no worker: every submission is the call's) goes
@@ -973,7 +975,7 @@ static void check_correction_round_trip(const char *backend) {
     fkv_device_close(dev);
 }
 
-#define COUNTER_TESTS(backend)                                                                 \
+#define COUNTER_TESTS(backend, recall_var)                                                     \
     Test(backend, write_counts_one_copy_and_its_bytes) { check_transfer(#backend, 0); }        \
     Test(backend, read_counts_one_copy_and_its_bytes) { check_transfer(#backend, 1); }         \
     Test(backend, device_copy_counts_on_its_queue) { check_copy(#backend); }                   \
@@ -993,16 +995,16 @@ static void check_correction_round_trip(const char *backend) {
         check_selection_batch(#backend);                                                       \
     }                                                                                          \
     Test(backend, descriptors_go_up_with_the_inputs, .timeout = 120) {                         \
-        check_descriptors_with_inputs(#backend);                                               \
+        check_descriptors_with_inputs(#backend, recall_var);                                   \
     }                                                                                          \
     Test(backend, correction_is_one_round_trip, .timeout = 120) {                              \
         check_correction_round_trip(#backend);                                                 \
     }
 
-COUNTER_TESTS(cpu)
-COUNTER_TESTS(opencl)
-COUNTER_TESTS(vulkan)
-COUNTER_TESTS(hip)
+COUNTER_TESTS(cpu, "FREEKV_CPU_RECALL")
+COUNTER_TESTS(opencl, "FREEKV_OPENCL_RECALL")
+COUNTER_TESTS(vulkan, "FREEKV_VULKAN_RECALL")
+COUNTER_TESTS(hip, "FREEKV_HIP_RECALL")
 
 /* No allocation once warm (#11: Vulkan keeps grow-only scratch per queue). */
 Test(cpu, no_allocation_after_warmup, .timeout = 120) {

@@ -660,6 +660,15 @@ static fkv_counters io_decode(fkv_device *dev, fkv_context *ctx, const pd_run *r
     return diff(&b, &a);
 }
 
+/* A context of cfg on dev with the prompts of `run` prefilled (pd_execute's prefill and its
+ * steps). */
+static fkv_context *prefilled(fkv_device *dev, const fkv_config *cfg, const pd_run *run) {
+    fkv_context *ctx = NULL;
+    cr_assert_eq(fkv_context_create(dev, cfg, &ctx), FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(pd_execute(ctx, run, NULL), FKV_OK, "%s", fkv_last_error());
+    return ctx;
+}
+
 /* Decode calls of the speculative policy (no correction, so every compute-queue command is
  * the call's own; the worker's run on the background and transfer queues) at batch 1 and 4,
  * on steps that fill no page. Per call on the compute queue: one write of the inputs (q, k,
@@ -680,11 +689,7 @@ static void check_decode_call(const char *backend, uint32_t n) {
     /* prompts of whole pages: steps 4..6 fill none (page_size 4) */
     pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76}, .steps = 4,
                   .batched = 1, .drift = 0.3f};
-    fkv_context *host_ctx = NULL, *dev_ctx = NULL;
-    cr_assert_eq(fkv_context_create(dev, &cfg, &host_ctx), FKV_OK, "%s", fkv_last_error());
-    cr_assert_eq(fkv_context_create(dev, &cfg, &dev_ctx), FKV_OK, "%s", fkv_last_error());
-    cr_assert_eq(pd_execute(host_ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
-    cr_assert_eq(pd_execute(dev_ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    fkv_context *host_ctx = prefilled(dev, &cfg, &run), *dev_ctx = prefilled(dev, &cfg, &run);
     call_io hio, dio;
     io_open(dev, &cfg, n, 0, &hio);
     io_open(dev, &cfg, n, 1, &dio);
@@ -744,9 +749,7 @@ static void check_descriptors_with_inputs(const char *backend, const char *recal
     for (uint32_t n = 1; n <= 4; n += 3) {
         pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76},
                       .steps = 4, .batched = 1, .drift = 0.3f};
-        fkv_context *ctx = NULL;
-        cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
-        cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+        fkv_context *ctx = prefilled(dev, &cfg, &run);
         call_io io;
         io_open(dev, &cfg, n, 0, &io);
         for (uint32_t step = 4; step < 7; step++)
@@ -804,9 +807,7 @@ static void check_vulkan_call_submits(const char *mode, uint32_t n) {
     cfg.policy = FKV_POLICY_SYNC;
     pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76}, .steps = 4,
                   .batched = 1, .drift = 0.3f};
-    fkv_context *ctx = NULL;
-    cr_assert_eq(fkv_context_create(dev, &cfg, &ctx), FKV_OK, "%s", fkv_last_error());
-    cr_assert_eq(pd_execute(ctx, &run, NULL), FKV_OK, "%s", fkv_last_error());
+    fkv_context *ctx = prefilled(dev, &cfg, &run);
     call_io io;
     io_open(dev, &cfg, n, 0, &io);
     for (uint32_t step = 4; step < 7; step++)

@@ -43,6 +43,8 @@ static void usage(FILE *f) {
             "  --dtype f32|f16|bf16  --tau X (freekv correction threshold, default 0.9)\n"
             "  --host-format same|q8|q4  how the offload policies' host pool stores pages (default\n"
             "                      same: the dtype; q8/q4: quantized, docs/pipeline.md)\n"
+            "  --summary-format f32|f16  page summaries the selection scores (default f32; f16\n"
+            "                      halves their bytes, min/max rounded outwards)\n"
             "  --context N[,N...]  context length(s) before decoding\n"
             "  --workload LIST     comma list of long-input, reasoning, custom (default:\n"
             "                      long-input,reasoning): how fast queries drift\n"
@@ -151,6 +153,7 @@ void bench_config(const bench_options *o, uint32_t context, fkv_policy policy, f
     c->window_tokens = o->p.window;
     c->dtype = o->p.dtype;
     c->host_format = o->host_format;
+    c->summary_format = o->summary_format;
     c->tau = o->tau;
     c->policy = policy;
     c->max_seqs = o->batch;
@@ -320,6 +323,9 @@ int bench_parse_args(int argc, char **argv, int default_preset, bench_options *o
         } else if (strcmp(a, "--host-format") == 0) {
             if (fkv_host_format_parse(v, &o->host_format) != FKV_OK)
                 return bad(a, v, "must be same, q8 or q4");
+        } else if (strcmp(a, "--summary-format") == 0) {
+            if (fkv_summary_format_parse(v, &o->summary_format) != FKV_OK)
+                return bad(a, v, "must be f32 or f16");
         } else if (strcmp(a, "--tau") == 0) {
             if (bench_parse_double(v, -1, 1, &x))
                 return bad(a, v, "not a number in [-1, 1]");

@@ -67,10 +67,10 @@ int fkv_bench_main(int argc, char **argv) {
     printf("freekv bench on %s #%u %s (%s), %s\n", info.backend, info.index, info.name,
            fkv_device_type_name(info.type), run.date);
     printf("preset %s: %u layers, %u/%u heads, d %u, page %u, budget %u (sink %u, window %u), "
-           "%s, host format %s, batch %u, %.0f MiB layer weights, tau %.2f\n",
+           "%s, host format %s, %s summaries, batch %u, %.0f MiB layer weights, tau %.2f\n",
            o.p.name, o.p.layers, o.p.q_heads, o.p.kv_heads, o.p.head_dim, o.p.page, o.p.budget,
            o.p.sink, o.p.window, fkv_dtype_name(o.p.dtype), fkv_host_format_name(o.host_format),
-           o.batch, o.p.weight_mib, (double)o.tau);
+           fkv_summary_format_name(o.summary_format), o.batch, o.p.weight_mib, (double)o.tau);
     printf("interleaved: %u policies x %u rounds of blocks of %u warm-up + %u measured steps, "
            "%u workload(s), %u repeat(s); load average %.2f %.2f %.2f on %ld cores\n",
            o.n_policies, o.rounds, o.warmup, o.steps, o.n_workloads, o.repeat, run.load_start[0],

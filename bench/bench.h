@@ -26,6 +26,7 @@ typedef struct bench_options {
     uint32_t rounds, repeat, batch;
     float tau;
     fkv_host_format host_format; /* the offload policies' host pool format (--host-format) */
+    fkv_summary_format summary_format; /* page summaries (--summary-format) */
     char policies[BENCH_MAX_POLICIES][16];
     uint32_t n_policies;
     bench_drift workloads[BENCH_MAX_WORKLOADS];

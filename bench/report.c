@@ -220,10 +220,12 @@ int bench_write_json(const char *path, const bench_options *o, const fkv_device_
     jstr(f, o->p.name);
     fprintf(f, ", \"layers\": %u, \"q_heads\": %u, \"kv_heads\": %u, \"head_dim\": %u, "
                "\"page\": %u, \"budget\": %u, \"sink\": %u, \"window\": %u, \"dtype\": \"%s\", "
-               "\"host_format\": \"%s\", \"batch\": %u, \"weights_mib\": %.1f, \"tau\": %.3f},\n",
+               "\"host_format\": \"%s\", \"summary_format\": \"%s\", \"batch\": %u, "
+               "\"weights_mib\": %.1f, \"tau\": %.3f},\n",
             o->p.layers, o->p.q_heads, o->p.kv_heads, o->p.head_dim, o->p.page, o->p.budget,
             o->p.sink, o->p.window, fkv_dtype_name(o->p.dtype),
-            fkv_host_format_name(o->host_format), o->batch, o->p.weight_mib, (double)o->tau);
+            fkv_host_format_name(o->host_format), fkv_summary_format_name(o->summary_format),
+            o->batch, o->p.weight_mib, (double)o->tau);
     fprintf(f, "  \"run\": {\"date\": ");
     jstr(f, run->date);
     fprintf(f, ", \"rounds\": %u, \"warmup_steps_per_block\": %u, "

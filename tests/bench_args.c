@@ -99,6 +99,7 @@ static const bad_case bad_cases[] = {
     {{"--weights-mib", "1e9"}, "--weights-mib"},
     {{"--dtype", "f8"}, "--dtype"},
     {{"--host-format", "q2"}, "--host-format"},
+    {{"--summary-format", "f8"}, "--summary-format"},
     {{"--preset", "gpt-5"}, "--preset"},
     {{"--seed", "-1"}, "--seed"},
     {{"--csv", "/nonexistent-dir/x.csv"}, "--csv"},
@@ -257,6 +258,19 @@ Test(bench_args, host_format_shrinks_recall_bytes_by_the_unit_ratio) {
     cr_assert_gt(same, 0);
     cr_expect_float_eq(q8 / same, 2368.0 / 4096.0, 1e-12, "q8: %g of %g", q8, same);
     cr_expect_float_eq(q4 / same, 1344.0 / 4096.0, 1e-12, "q4: %g of %g", q4, same);
+}
+
+/* --summary-format reaches every policy's config (f32 by default). */
+Test(bench_args, summary_format_reaches_the_config) {
+    const char *lines[][4] = {{"bench", NULL}, {"bench", "--summary-format", "f16", NULL}};
+    for (int i = 0; i < 2; i++) {
+        bench_options o;
+        int preset;
+        cr_assert_eq(bench_parse_args(i ? 3 : 1, (char **)lines[i], 0, &o, &preset), 0);
+        fkv_config c;
+        bench_config(&o, 1024, FKV_POLICY_FREEKV, &c);
+        cr_expect_eq(c.summary_format, i ? FKV_SUMMARY_F16 : FKV_SUMMARY_F32, "line %d", i);
+    }
 }
 
 /* --counters is the one flag without a value: anywhere on the line, it sets the option and

@@ -561,14 +561,11 @@ fkv_status fkv_ocl_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
  * room for n hosts. Growing frees the old table: nothing reads it any more. */
 static fkv_status host_table(fkv_bdev *d, ocl_kqueue *kq, uint32_t n, ocl_host_table **out) {
     ocl_host_table *t = &kq->tables[kq->next_table++ % OCL_HOST_TABLES];
-    if (t->last) {
-        cl_int status = CL_QUEUED;
-        if (clGetEventInfo(t->last, CL_EVENT_COMMAND_EXECUTION_STATUS, sizeof status, &status,
-                           NULL) != CL_SUCCESS ||
-            status > CL_COMPLETE) {
-            fkv_count_wait(&d->counters);
-            clWaitForEvents(1, &t->last); /* its failure was the recall's to report */
-        }
+    if (t->last) { /* its failure was the recall's to report: only completion matters */
+        fkv_bevent *ev = (fkv_bevent *)(void *)t->last;
+        int done = 0;
+        if (fkv_ocl_event_query(d, ev, &done) != FKV_OK || !done)
+            fkv_ocl_event_wait(d, 1, &ev);
         clReleaseEvent(t->last);
         t->last = NULL;
     }

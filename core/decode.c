@@ -187,10 +187,10 @@ static void describe_selections(fkv_context *ctx, decode_call *dc) {
         fkv_correction_describe(ctx, dc->layer, &now, host_now);
     else if (policy == FKV_POLICY_QUEST || policy == FKV_POLICY_SYNC)
         fkv_selection_describe(ctx, dc->layer, &now, host_now);
-    if (policy != FKV_POLICY_DENSE && policy != FKV_POLICY_SPECULATIVE) {
-        dc->desc_now = host_now;
-        dc->desc_now_off = block + in.desc_now;
-    }
+    else
+        host_now = NULL; /* dense, speculative: no selection in the call */
+    dc->desc_now = host_now;
+    dc->desc_now_off = block + in.desc_now;
     if (fkv_is_speculative(ctx)) {
         fkv_selection_describe(ctx, dc->layer, &next, host_next);
         dc->desc_next = host_next;

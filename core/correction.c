@@ -16,34 +16,54 @@ size_t fkv_correction_describe(fkv_context *ctx, uint32_t layer, const select_ar
     return rows_off + (size_t)a->n * FKV_INDEX_BYTES;
 }
 
-/* The check and the selection in one caller round trip: the batch's scores descriptors and
- * previous-query rows (fkv_correction_describe) in one write, unless they came with the
- * call's inputs; cosine_flags; scores and select_pages of the flagged (sequence, KV head)
- * pairs only, which the flags mask on the device; one read of the flags and the records, one
- * wait. The same commands whether no head or every head is flagged. *any: whether one is. */
-static fkv_status check_and_select(fkv_context *ctx, uint32_t layer, const select_args *a,
-                                   int *any) {
+/* Whether some sequence's candidates for this step differ from the next step's: only when the
+ * window moves past a page (once every page_size steps of a sequence). */
+static int candidates_differ(const int32_t *now, const int32_t *next, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        if (now[(size_t)FKV_SCORES_DESC_INTS * i + 1] != next[(size_t)FKV_SCORES_DESC_INTS * i + 1])
+            return 1;
+    return 0;
+}
+
+/* The check and both selections of the query in one caller round trip: the descriptors
+ * (fkv_correction_describe, then the next step's) in one write, unless they came with the
+ * call's inputs; cosine_flags; scores and select_pages of every head with the next step's
+ * candidates, whose records the speculative task plans from (it selects nothing itself) and,
+ * where the candidates are the same, the correction too; when they are not, scores and
+ * select_pages again with this step's candidates, of the flagged heads only (the flags mask
+ * them on the device), into the records after; one read of the flags and the records, one
+ * wait. *any: whether a head is flagged. */
+static fkv_status check_and_select(fkv_context *ctx, uint32_t layer, select_args *a,
+                                   const select_args *next, int *any) {
     layer_state *ls = &ctx->layers[layer];
     uint32_t hk = ctx->cfg.n_kv_heads;
     size_t rows_off = (size_t)a->n * FKV_DESC_BYTES;
-    size_t read_bytes = fkv_selection_records_offset(ctx, a->n);
     fkv_bevent *ev = NULL;
     fkv_status st = FKV_OK;
-    if (a->desc == NULL)
+    if (a->desc == NULL) { /* this step's descriptors and rows, then the next step's */
+        size_t at = fkv_correction_describe(ctx, layer, a, ls->host.desc);
         st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
-                          fkv_correction_describe(ctx, layer, a, ls->host.desc));
+                          at + fkv_selection_describe(ctx, layer, next,
+                                                      ls->host.desc + at / sizeof(int32_t)));
+    }
     const fkv_bbuf *desc = a->desc ? ls->io : ls->desc;
-    size_t desc_off = a->desc ? a->desc_off : 0;
+    a->records_at = candidates_differ(fkv_selection_host_desc(ctx, layer, a),
+                                      fkv_selection_host_desc(ctx, layer, next), a->n)
+                        ? a->n
+                        : 0;
     if (st == FKV_OK)
         st = fkv_op_cosine_flags(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, ls->io,
                                  fkv_qin_offset(ctx, ls, 0), ls->io, 0, desc,
-                                 desc_off + rows_off, a->n, ctx->cfg.tau, ls->sims, 0,
+                                 a->desc_off + rows_off, a->n, ctx->cfg.tau, ls->sims, 0,
                                  ls->flags, 0);
     if (st == FKV_OK)
+        st = fkv_selection_enqueue(ctx, layer, next);
+    if (st == FKV_OK && a->records_at) /* the next selection left the scores undefined */
         st = fkv_selection_enqueue(ctx, layer, a);
     if (st == FKV_OK) /* the method needs the flags now */
         st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->flags, 0,
-                         ls->host.flags, read_bytes);
+                         ls->host.flags,
+                         fkv_selection_records_offset(ctx, a->records_at + a->n));
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &ev);
     fkv_release_event(ctx, &ev);
@@ -56,7 +76,7 @@ static fkv_status check_and_select(fkv_context *ctx, uint32_t layer, const selec
 }
 
 fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                             const int32_t *desc, size_t desc_off, fkv_bevent **corr,
+                             const fkv_correction_desc *desc, fkv_bevent **corr,
                              fkv_stats *stats) {
     double t_check = fkv_now();
     layer_state *ls = &ctx->layers[layer];
@@ -80,11 +100,19 @@ fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const
                      .wait = slot_users,
                      .done = corr,
                      .stats = stats,
-                     .desc = desc,
-                     .desc_off = desc_off};
+                     .desc = desc ? desc->now : NULL,
+                     .desc_off = desc ? desc->now_off : 0};
+    /* without descriptors from the inputs, the next step's follow this step's in host.desc */
+    select_args next = {.queue = FKV_QUEUE_COMPUTE,
+                        .n = n,
+                        .seqs = seqs,
+                        .extra_tokens = 1,
+                        .desc = desc ? desc->next : NULL,
+                        .desc_off = desc ? desc->next_off
+                                         : (size_t)n * (FKV_DESC_BYTES + FKV_INDEX_BYTES)};
     *corr = NULL;
     int any = 0;
-    fkv_status st = check_and_select(ctx, layer, &a, &any);
+    fkv_status st = check_and_select(ctx, layer, &a, &next, &any);
     stats->heads_checked += (uint64_t)n * hk;
     if (st == FKV_OK && any) {
         for (uint32_t i = 0; i < n * hk; i++)

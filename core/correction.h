@@ -6,16 +6,26 @@
 
 #include "retrieval.h"
 
+/* The descriptors of a correction, written with the call's inputs: this step's (this call's
+ * query rows, then the batch's previous-query rows: fkv_correction_describe) and the next
+ * step's (fkv_selection_describe with one token more): host copies, and their offsets in the
+ * layer's io buffer. */
+typedef struct fkv_correction_desc {
+    const int32_t *now, *next;
+    size_t now_off, next_off;
+} fkv_correction_desc;
+
 /* Checks every KV head of the batch and corrects the flagged ones, with one caller wait for
- * the flags and the selection together: their missing pages are recalled after the layer's
+ * the flags and the selections together: their missing pages are recalled after the layer's
  * speculative recall and the last attention; *corr is that recall's event (NULL when no head
- * was flagged), which attention waits for on the device. Counts the heads checked and
- * corrected into *stats and ctx->call.corrections, and the time the caller was blocked into
- * stats->blocked_correction_seconds. desc: the descriptors and rows of
- * fkv_correction_describe (this call's query, the batch's previous ones) already written at
- * desc_off of the layer's io buffer with the call's inputs, or NULL (written here). */
+ * was flagged), which attention waits for on the device. The same round trip selects every
+ * head for the next step with this query: on success, its records are in the layer's
+ * host.flags at fkv_selection_records_offset(0) for the speculative task
+ * (fkv_task_submit(..., selected = 1)). Counts the heads checked and corrected into *stats and
+ * ctx->call.corrections, and the time the caller was blocked into
+ * stats->blocked_correction_seconds. desc: NULL, and they are described and written here. */
 fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                             const int32_t *desc, size_t desc_off, fkv_bevent **corr,
+                             const fkv_correction_desc *desc, fkv_bevent **corr,
                              fkv_stats *stats);
 
 /* The correction's scores descriptors (this call's query rows) then each sequence's

@@ -279,9 +279,13 @@ static fkv_status select_sync(fkv_context *ctx, decode_call *dc) {
 static fkv_status select_speculative(fkv_context *ctx, decode_call *dc) {
     layer_state *ls = &ctx->layers[dc->layer];
     fkv_status st = FKV_OK;
-    if (ctx->cfg.policy == FKV_POLICY_FREEKV)
-        st = fkv_correct_heads(ctx, dc->layer, dc->n, dc->seqs, dc->desc_now, dc->desc_now_off,
-                               &dc->corr, &dc->stats);
+    if (ctx->cfg.policy == FKV_POLICY_FREEKV) {
+        fkv_correction_desc desc = {.now = dc->desc_now,
+                                    .next = dc->desc_next,
+                                    .now_off = dc->desc_now_off,
+                                    .next_off = dc->desc_next_off};
+        st = fkv_correct_heads(ctx, dc->layer, dc->n, dc->seqs, &desc, &dc->corr, &dc->stats);
+    }
     if (st == FKV_OK && ls->ev_recall)
         dc->attn_wait[dc->n_attn_wait++] = ls->ev_recall;
     return st;
@@ -383,7 +387,8 @@ static void commit_call(fkv_context *ctx, decode_call *dc) {
     }
     fkv_stats_add(ctx, &dc->stats);
     if (fkv_is_speculative(ctx))
-        fkv_task_submit(ctx, dc->layer, dc->n, dc->seqs, dc->desc_next_off);
+        fkv_task_submit(ctx, dc->layer, dc->n, dc->seqs, dc->desc_next_off,
+                        ctx->cfg.policy == FKV_POLICY_FREEKV);
 }
 
 /* Puts back what a failed call changed: the appended tokens, the host memory it reserved,

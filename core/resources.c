@@ -161,13 +161,15 @@ static void layer_parts(const fkv_context *ctx, layer_state *ls, layer_part dev[
     size_t pool = max_seqs * ctx->n_slots * ctx->slot_bytes;
     size_t summaries = max_seqs * ctx->max_pages * fkv_summary_bytes(&ctx->geom);
     size_t io = FKV_IN_BLOCKS * ctx->in_block_bytes + qbytes; /* blocks, then parking */
-    /* cosine_flags' flags, then select_pages' records (n_mid pages and scores per KV head):
-     * what comes back to the host, in one read for a correction (retrieval.c) */
-    size_t records = max_seqs * hk * 2 * ctx->n_mid * FKV_F32_BYTES;
+    /* cosine_flags' flags, then select_pages' records (n_mid pages and scores per KV head) of
+     * two selections of the batch: what comes back to the host, in one read for a correction
+     * (correction.c) */
+    size_t records = 2 * max_seqs * hk * 2 * ctx->n_mid * FKV_F32_BYTES;
     size_t scores = max_seqs * hq * ctx->max_pages * FKV_F32_BYTES;
     size_t per_head = max_seqs * hk * FKV_INDEX_BYTES;
-    /* the scores descriptors, then cosine_flags' previous-query rows (correction.c) */
-    size_t desc = max_seqs * (FKV_DESC_BYTES + FKV_INDEX_BYTES);
+    /* the scores descriptors, cosine_flags' previous-query rows, the next step's descriptors
+     * (correction.c) */
+    size_t desc = max_seqs * (2 * FKV_DESC_BYTES + FKV_INDEX_BYTES);
     /* completed pages: one per sequence at decode, one per scratch page at prefill; a
      * (slot, summary) pair each, then the slot the pack reads (offload.h) */
     size_t summ_idx = (max_seqs > FKV_SCRATCH_PAGES ? max_seqs : FKV_SCRATCH_PAGES) *

@@ -38,6 +38,11 @@ size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_arg
     return (size_t)a->n * FKV_DESC_BYTES;
 }
 
+const int32_t *fkv_selection_host_desc(const fkv_context *ctx, uint32_t layer,
+                                       const select_args *a) {
+    return a->desc ? a->desc : ctx->layers[layer].host.desc + a->desc_off / sizeof(int32_t);
+}
+
 /* The candidate end of sequence i of the batch, in its descriptors. */
 static uint32_t described_end(const int32_t *desc, uint32_t i) {
     return (uint32_t)desc[(size_t)FKV_SCORES_DESC_INTS * i + 1];
@@ -49,13 +54,13 @@ fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_
                             .reduce = ctx->cfg.group_reduce,
                             .temp_scale = (float)fkv_group_temp_scale(&ctx->cfg)};
     const fkv_bbuf *desc = a->desc ? ls->io : ls->desc;
-    size_t off = a->desc ? a->desc_off : 0;
     fkv_status st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, ls->io, 0, a->n,
-                                  desc, off, a->dev_mask, 0, ls->summ, ls->scores, 0);
+                                  desc, a->desc_off, a->dev_mask, 0, ls->summ, ls->scores, 0);
     if (st == FKV_OK)
-        st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, a->n, desc, off,
+        st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, a->n, desc,
+                                 a->desc_off,
                                  a->dev_mask, 0, ls->scores, 0, &sp, ls->flags,
-                                 fkv_selection_records_offset(ctx, 0));
+                                 fkv_selection_records_offset(ctx, a->records_at));
     return st;
 }
 
@@ -66,7 +71,7 @@ fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_
  * caller waits for them: the host plans next. */
 static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const select_args *a) {
     layer_state *ls = &ctx->layers[layer];
-    size_t first = fkv_selection_records_offset(ctx, 0);
+    size_t first = fkv_selection_records_offset(ctx, a->records_at);
     const int32_t *desc = a->desc;
     size_t desc_bytes = desc ? 0 : fkv_selection_describe(ctx, layer, a, ls->host.desc);
     if (desc == NULL)
@@ -86,7 +91,7 @@ static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const selec
     if (st == FKV_OK)
         st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->flags, first,
                          (unsigned char *)ls->host.flags + first,
-                         fkv_selection_records_offset(ctx, a->n) - first);
+                         fkv_selection_records_offset(ctx, a->records_at + a->n) - first);
     if (st == FKV_OK)
         st = fkv_wait_release(ctx, &ev);
     fkv_release_event(ctx, &ev);
@@ -156,9 +161,10 @@ static fkv_status plan_batch(fkv_context *ctx, uint32_t layer, const select_args
     for (int pass = 0; pass < 2; pass++) /* 0 checks every record, 1 plans */
         for (uint32_t i = 0; i < a->n; i++) {
             seq_layer *sl = &ctx->seqs[a->seqs[i]].layers[layer];
-            uint32_t ce = described_end(a->desc ? a->desc : ls->host.desc, i);
+            uint32_t ce = described_end(fkv_selection_host_desc(ctx, layer, a), i);
             const unsigned char *recs =
-                (const unsigned char *)ls->host.flags + fkv_selection_records_offset(ctx, i);
+                (const unsigned char *)ls->host.flags +
+                fkv_selection_records_offset(ctx, a->records_at + i);
             for (uint32_t h = 0; h < hk; h++) {
                 if (a->mask && !a->mask[(size_t)i * hk + h])
                     continue;

@@ -25,9 +25,13 @@ typedef struct select_args {
     fkv_stats *stats;
     /* The descriptors (for correction, then the previous-query rows), already on the device
      * at desc_off of the layer's io buffer, written with the call's inputs; their host copy.
-     * NULL: described into host.desc and written to the desc buffer here. */
+     * NULL: in the layer's desc buffer at desc_off (0 but in correction.c), host copy in
+     * host.desc; fkv_select_pages describes and writes them there. */
     const int32_t *desc;
     size_t desc_off;
+    /* The records' place: sequence i's at fkv_selection_records_offset(records_at + i).
+     * 0, but for a correction whose candidates differ from the next step's (correction.c). */
+    uint32_t records_at;
 } select_args;
 
 /* Scores, group reduction and top-k on the device (O(budget) values read back), the plan on
@@ -42,13 +46,18 @@ fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args 
 /* The batch's scores descriptors (a->desc is not used) into out; their bytes. */
 size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_args *a,
                               int32_t *out);
+/* The host copy of a->'s descriptors. */
+const int32_t *fkv_selection_host_desc(const fkv_context *ctx, uint32_t layer,
+                                       const select_args *a);
 /* scores and select_pages of the batch on a->queue, after the descriptors' write; the records
- * go to the layer's flags buffer at fkv_selection_records_offset. */
+ * go to the layer's flags buffer at fkv_selection_records_offset(a->records_at). */
 fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_args *a);
-/* Byte offset of sequence i's records in the layer's flags buffer, and in its host copy
- * (host.flags: the same layout): after the flags of max_seqs sequences. */
+/* Byte offset of record set i in the layer's flags buffer, and in its host copy (host.flags:
+ * the same layout): after the flags of max_seqs sequences. There are 2 * max_seqs sets: a
+ * correction may select twice (correction.c). */
 size_t fkv_selection_records_offset(const fkv_context *ctx, uint32_t i);
-/* The plan from the records in host.flags, then the recall of the missing pages. */
+/* The plan from the records in host.flags (read back already: the speculative worker's task
+ * when its call selected for it, correction), then the recall of the missing pages. */
 fkv_status fkv_selection_apply(fkv_context *ctx, uint32_t layer, const select_args *a);
 
 /* Keeps the middle slots of the batch in pl before a selection changes them. */

@@ -83,7 +83,8 @@ fkv_status fkv_settle_recall(fkv_context *ctx, uint32_t layer) {
 }
 
 /* The task of one layer, on the worker: selection with the query of the step that submitted
- * it, for the next step, and its recall on the background queue. */
+ * it, for the next step (or only its plan, when the call selected: ls->task_selected), and
+ * its recall on the background queue. */
 static fkv_status run_task(fkv_context *ctx, uint32_t layer) {
     layer_state *ls = &ctx->layers[layer];
     fkv_stats delta;
@@ -93,7 +94,9 @@ static fkv_status run_task(fkv_context *ctx, uint32_t layer) {
      * task: by waiting for its output, or, with a device output, by leaving its marker, which
      * includes the offload, to this wait. The offload wait then only makes that explicit. */
     fkv_status st = retire_call(ctx, layer);
+    int offloaded = 1; /* asked first: a complete offload (the usual case) costs no host wait */
     if (st == FKV_OK && ls->ev_offload &&
+        (fkv_op_event_query(ctx->dev, ls->ev_offload, &offloaded) != FKV_OK || !offloaded) &&
         (st = fkv_op_event_wait(ctx->dev, 1, &ls->ev_offload)) != FKV_OK)
         fkv_error_prefix(st, "speculative recall of layer %u failed", layer);
     if (st != FKV_OK)
@@ -116,7 +119,7 @@ static fkv_status run_task(fkv_context *ctx, uint32_t layer) {
                                                fkv_in_layout_of(ctx, ls->task_n).desc_next),
                      .desc_off = ls->task_desc_off};
     fkv_selection_save(ctx, a.pl, layer, a.n, a.seqs);
-    st = fkv_select_pages(ctx, layer, &a);
+    st = ls->task_selected ? fkv_selection_apply(ctx, layer, &a) : fkv_select_pages(ctx, layer, &a);
     if (st == FKV_OK) {
         fkv_release_event(ctx, &ls->ev_recall);
         ls->ev_recall = done;
@@ -159,11 +162,12 @@ static void *worker_main(void *arg) {
 }
 
 void fkv_task_submit(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                     size_t desc_off) {
+                     size_t desc_off, int selected) {
     layer_state *ls = &ctx->layers[layer];
     pthread_mutex_lock(&ctx->lock);
     ls->task_n = n;
     ls->task_desc_off = desc_off;
+    ls->task_selected = selected;
     memcpy(ls->task_seqs, seqs, sizeof *seqs * n);
     ls->pending = 1;
     ctx->fifo[(ctx->fifo_head + ctx->fifo_len) % ctx->cfg.n_layers] = layer;

@@ -1,6 +1,7 @@
 /* The speculative worker: after a layer's attention at step t, the selection with q[t] and
  * the recall for step t+1 run on a thread of their own, so that they overlap the rest of the
- * step. A layer's host state belongs to the worker from fkv_task_submit until the task is
+ * step (with freekv, the selection came back with the correction's round trip: the worker
+ * plans and recalls). A layer's host state belongs to the worker from fkv_task_submit until the task is
  * published; every main-thread entry that touches a layer first calls fkv_task_wait. */
 #ifndef FKV_CORE_SPECULATIVE_H
 #define FKV_CORE_SPECULATIVE_H
@@ -14,9 +15,11 @@ void fkv_worker_stop(fkv_context *ctx);
 
 /* Hands the layer's selection for the next step, for these sequences, to the worker; its
  * scores descriptors are at desc_off of the layer's io buffer (the call's desc_next), host
- * copy in the layer's input staging. */
+ * copy in the layer's input staging. selected: the call selected already (freekv's
+ * correction round trip) and its records are in the layer's host.flags, so the task plans
+ * and recalls only; else it scores, selects and reads them first. */
 void fkv_task_submit(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                     size_t desc_off);
+                     size_t desc_off, int selected);
 /* Waits for the layer's background task and consumes its statistics: into *caller (with the
  * wait split into blocked selection and recall time) or, when NULL, into the context's. Then
  * the layer's previous decode call is retired: when it returned without waiting (device

@@ -94,6 +94,7 @@ typedef struct layer_state {
     uint32_t task_n;
     uint32_t *task_seqs;
     size_t task_desc_off; /* the task's descriptors in the io buffer (the call's desc_next) */
+    int task_selected;    /* its records came back with the call (fkv_task_submit) */
     fkv_status task_status;
     char task_error[256];
     fkv_stats task_stats;    /* the task's work, added to the stats when it is consumed */

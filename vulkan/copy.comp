@@ -4,7 +4,9 @@
  * -DMODE=0 pack (NHD -> HND), 1 scatter (HND -> NHD), 2 direct (HND units read from host
  * memory: imported or host-visible; zero-copy). Direct binds up to five host windows at
  * bindings 3..7, each serving one run of consecutive table entries (vk_kernels.c,
- * fkv_vk_recall_direct), so one dispatch reads up to five host allocations.
+ * fkv_vk_recall_direct), so one dispatch reads up to five host allocations. 3 direct through
+ * device addresses (bufferDeviceAddress): binding 3 holds each host allocation's address
+ * and size, so one dispatch reads any number of them.
  * One invocation per word of a (token, head) row of row_words words. The pools are bound as a
  * window of n_slots slots from slot_base (vk_kernels.c, plan_windows). */
 #if WORD == 2
@@ -13,6 +15,10 @@
 #define FKV_S16 0
 #endif
 #include "common.glsl"
+#if MODE == 3
+#extension GL_EXT_buffer_reference : require
+#extension GL_EXT_buffer_reference_uvec2 : require
+#endif
 
 #if WORD == 16
 #define W_T uvec4
@@ -45,10 +51,26 @@
 BUF(0, W_T, kpool);
 BUF(1, W_T, vpool);
 RBUF(2, int, idx);
-#if MODE != 2
+#if MODE < 2
 BUF(3, W_T, ext); /* pack: destination; scatter: source */
 layout(push_constant) uniform PC {
     uint ext_off, n, idx_off, n_kv_heads, row_words, page_size, n_slots, total, unused8, slot_base;
+} pc;
+#elif MODE == 3
+/* Host allocation j of the call: its device address (x, y) and its size in words (z). */
+RBUF(3, uvec4, hosts);
+#if WORD == 16
+#define HOST_ALIGN 16
+#else
+#define HOST_ALIGN 4
+#endif
+layout(buffer_reference, std430, buffer_reference_align = HOST_ALIGN) readonly buffer
+HostWords {
+    W_T w[];
+};
+layout(push_constant) uniform PC {
+    uint el_per_word, n, idx_off, n_kv_heads, row_words, page_size, n_slots, total, n_hosts,
+        slot_base;
 } pc;
 #else
 /* Host windows; run k of the table ([end[k-1], end[k]), end[-1] = first) reads window k,
@@ -99,6 +121,29 @@ void main() {
     uint kv = r / pc.page_size, t = r % pc.page_size;
     uint dst = ((ls * pc.page_size + t) * pc.n_kv_heads + uint(h)) * pc.row_words + w;
     W_VAL x = W_LOAD(ext, s);
+    if (kv != 0u) {
+        W_STORE(vpool, dst, x);
+    } else {
+        W_STORE(kpool, dst, x);
+    }
+#elif MODE == 3
+    uint i = row / (2u * pc.page_size), r = row % (2u * pc.page_size);
+    if (i >= pc.n)
+        return;
+    uint e = pc.idx_off + 4u * i;
+    int slot = idx[e], h = idx[e + 1u], host = idx[e + 2u];
+    uint ls = uint(slot) - pc.slot_base;
+    if (slot < 0 || ls >= pc.n_slots || h < 0 || uint(h) >= pc.n_kv_heads || host < 0 ||
+        uint(host) >= pc.n_hosts)
+        return;
+    uvec4 at = hosts[host];
+    uint off = uint(idx[e + 3u]) / pc.el_per_word, unit_words = 2u * pc.page_size * pc.row_words;
+    if (off > at.z || unit_words > at.z - off)
+        return; /* outside its allocation: a table that disagrees with the plan */
+    HostWords src = HostWords(at.xy);
+    W_VAL x = W_LOAD(src.w, off + r * pc.row_words + w);
+    uint kv = r / pc.page_size, t = r % pc.page_size;
+    uint dst = ((ls * pc.page_size + t) * pc.n_kv_heads + uint(h)) * pc.row_words + w;
     if (kv != 0u) {
         W_STORE(vpool, dst, x);
     } else {

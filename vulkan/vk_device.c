@@ -546,11 +546,14 @@ static fkv_status create_device(fkv_bdev *d, int want_s16) {
     VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f12};
     vkGetPhysicalDeviceFeatures2(d->phys, &f2);
     d->s16 = want_s16 && f16.storageBuffer16BitAccess;
+    /* only zero-copy recall reads through device addresses */
+    d->bda = d->ext_host && f12.bufferDeviceAddress;
 
     VkPhysicalDevice16BitStorageFeatures en16 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_16BIT_STORAGE_FEATURES};
     en16.storageBuffer16BitAccess = d->s16 ? VK_TRUE : VK_FALSE;
     VkPhysicalDeviceVulkan12Features en12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES, .pNext = &en16};
     en12.timelineSemaphore = VK_TRUE;
+    en12.bufferDeviceAddress = d->bda ? VK_TRUE : VK_FALSE;
     VkPhysicalDeviceFeatures2 en = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &en12};
 
     const char *exts[1];
@@ -618,6 +621,8 @@ static fkv_status choose_recall(fkv_bdev *d, recall_choice recall) {
         }
     }
     d->import_host = recall == RECALL_HOSTPTR;
+    if (d->import_host) /* the opened device's kernels read host memory, even a CPU's */
+        d->info.caps |= FKV_CAP_ZERO_COPY_HOST;
     d->recall = recall == RECALL_HOSTPTR   ? FKV_RECALL_DIRECT
                 : recall == RECALL_STAGED ? FKV_RECALL_STAGED
                                           : FKV_RECALL_PERPAGE;
@@ -688,15 +693,19 @@ static fkv_status vk_device_open(uint32_t index, fkv_bdev **out) {
 /* What the engine enabled of what freekv needs or uses, from the pNext chain it gave
  * vkCreateDevice. */
 typedef struct engine_features {
-    int timeline, s16;
+    int timeline, s16, bda;
 } engine_features;
 
 static engine_features enabled_features(const void *chain) {
-    engine_features f = {0, 0};
+    engine_features f = {0, 0, 0};
     for (const VkBaseInStructure *s = chain; s != NULL; s = s->pNext) {
         switch (s->sType) {
         case VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES:
             f.timeline |= ((const VkPhysicalDeviceVulkan12Features *)s)->timelineSemaphore;
+            f.bda |= ((const VkPhysicalDeviceVulkan12Features *)s)->bufferDeviceAddress;
+            break;
+        case VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_BUFFER_DEVICE_ADDRESS_FEATURES:
+            f.bda |= ((const VkPhysicalDeviceBufferDeviceAddressFeatures *)s)->bufferDeviceAddress;
             break;
         case VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_TIMELINE_SEMAPHORE_FEATURES:
             f.timeline |=
@@ -844,6 +853,7 @@ static fkv_status vk_device_open_native(const fkv_native_objects *objs, fkv_bdev
     VkPhysicalDeviceExternalMemoryHostPropertiesEXT eh;
     read_limits(d, &eh);
     d->s16 = want_s16 && f.s16;
+    d->bda = d->ext_host && f.bda;
     uint32_t family[FKV_QUEUE_COUNT], qindex[FKV_QUEUE_COUNT];
     VkQueue queues[FKV_QUEUE_COUNT];
     for (int q = 0; q < FKV_QUEUE_COUNT; q++) {

@@ -128,6 +128,7 @@ struct fkv_bhost {
     VkDeviceMemory mem;
     void *ptr;
     void *raw;    /* the malloc'd block imported with VK_EXT_external_memory_host, or NULL */
+    VkDeviceAddress addr; /* its device address (imported with bda), else 0 */
 };
 
 /* desc.base is 0: VkBuffer offsets are checked as they are (binding offsets are aligned down
@@ -160,6 +161,10 @@ struct fkv_bdev {
                                    max_shared) */
     int s16;      /* 16-bit storage in use */
     int ext_host; /* VK_EXT_external_memory_host enabled */
+    /* bufferDeviceAddress enabled with ext_host: imported host memory has device addresses,
+     * and recall_direct reads any number of host allocations in one dispatch (copy.comp
+     * MODE 3) */
+    int bda;
     int concurrent; /* more than one queue family: buffers are shared concurrently */
     uint32_t families[FKV_QUEUE_COUNT], n_families;
     PFN_vkGetMemoryHostPointerPropertiesEXT get_host_ptr_props;

@@ -747,10 +747,76 @@ static void direct_window(const fkv_bdev *d, const fkv_bhost *h, uint64_t unit_b
     *len = size - *base < span ? size - *base : span;
 }
 
+/* Bytes of one entry of the host table of direct_by_address (copy.comp MODE 3). */
+#define HOST_ENTRY_BYTES 16
+
+/* recall_direct through device addresses: the call's host allocations' addresses and sizes
+ * (in words) go to device memory in one copy from host-visible scratch, recorded before the
+ * dispatch in the same command buffer, and one dispatch reads every unit from wherever it
+ * lies; with windowed pools, one dispatch per pool window. */
+static fkv_status direct_by_address(launch *L, const fkv_kv_geom *g, uint32_t n_hosts,
+                                    const fkv_bhost *const *hosts, uint32_t n_units,
+                                    const fkv_copy_words *cw, uint32_t variant,
+                                    const fkv_deps *deps) {
+    fkv_bdev *dev = L->d;
+    uint64_t unit_words = 2ull * g->page_size * cw->row_words;
+    if ((uint64_t)n_units * unit_words > UINT32_MAX)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan recall_direct: too much in one call");
+    for (uint32_t j = 0; j < n_hosts; j++)
+        if (hosts[j]->addr == 0 || hosts[j]->desc.size / cw->word > UINT32_MAX)
+            return fkv_error(FKV_ERR_UNSUPPORTED,
+                             "vulkan recall_direct: host allocation %u has no device address "
+                             "or is too large",
+                             j);
+    VkDeviceSize bytes = (VkDeviceSize)(n_hosts ? n_hosts : 1) * HOST_ENTRY_BYTES;
+    uint32_t wg = pick_wg(dev, ELEMENTWISE_WG), gx, gy;
+    grid_1d(dev, (uint64_t)n_units * unit_words, wg, &gx, &gy);
+    VkPipeline p;
+    vk_cmd c;
+    vk_temp staged, table;
+    fkv_status st = fkv_vk_pipeline(dev, S_COPY + 3 * 4 + variant, wg, 1, &p);
+    if (st != FKV_OK || (st = fkv_vk_cmd_begin(dev, L->q, 0, &c)) != FKV_OK)
+        return st;
+    if ((st = fkv_vk_cmd_temp(&c, bytes, 1, &staged)) != FKV_OK ||
+        (st = fkv_vk_cmd_temp(&c, bytes, 0, &table)) != FKV_OK) {
+        fkv_vk_cmd_abort(&c);
+        return st;
+    }
+    uint32_t *e = staged.ptr;
+    for (uint32_t j = 0; j < n_hosts; j++, e += HOST_ENTRY_BYTES / 4) {
+        VkDeviceAddress a = hosts[j]->addr;
+        e[0] = (uint32_t)a;
+        e[1] = (uint32_t)(a >> 32);
+        e[2] = (uint32_t)(hosts[j]->desc.size / cw->word);
+        e[3] = 0;
+    }
+    VkBufferCopy bc = {0, 0, bytes};
+    vkCmdCopyBuffer(c.rec.cb, staged.buf, table.buf, 1, &bc);
+    fkv_vk_count(&c, 0, FKV_COPY_H2D, bytes);
+    VkMemoryBarrier mb = {VK_STRUCTURE_TYPE_MEMORY_BARRIER, NULL, VK_ACCESS_TRANSFER_WRITE_BIT,
+                          VK_ACCESS_SHADER_READ_BIT};
+    vkCmdPipelineBarrier(c.rec.cb, VK_PIPELINE_STAGE_TRANSFER_BIT,
+                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    L->b[3] = (bind){table.buf, 0, bytes};
+    L->pc[0] = (uint32_t)(cw->word / fkv_dtype_size(g->dtype));
+    L->pc[1] = n_units;
+    L->pc[3] = g->n_kv_heads;
+    L->pc[4] = cw->row_words;
+    L->pc[5] = g->page_size;
+    L->pc[7] = (uint32_t)((uint64_t)n_units * unit_words);
+    L->pc[8] = n_hosts;
+    if ((st = record_windows(&c, L, p, gx, gy)) != FKV_OK) {
+        fkv_vk_cmd_abort(&c);
+        return st;
+    }
+    return fkv_vk_cmd_submit(&c, deps, NULL);
+}
+
 /* The table in runs of consecutive units that read one window (the recall engine groups units
  * by host, so a run is usually a whole host allocation); up to DIRECT_WINDOWS runs per
  * dispatch, all dispatches in one command buffer and one submit. The kernel reads the unit
- * table the caller wrote; nothing is uploaded here. */
+ * table the caller wrote; nothing is uploaded here. With device addresses (dev->bda), the
+ * same-format recall is direct_by_address: one dispatch however many allocations. */
 fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 uint32_t n_hosts, const fkv_bhost *const *hosts, uint32_t n_units,
                                 const fkv_direct_src *srcs, const fkv_bbuf *units,
@@ -758,7 +824,6 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     launch L;
     prepare(dev, q, &deps, "recall_direct", &L);
     fkv_status st;
-    (void)n_hosts;
     uint64_t unit_bytes = fkv_unit_bytes(g);
     size_t es = fkv_dtype_size(g->dtype);
     uint32_t n_slots;
@@ -773,6 +838,15 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     fkv_copy_words cw = fkv_pick_copy_words(g, bits | dev->align, 1);
     uint32_t variant = copy_variant(dev, &cw), row_words = cw.row_words;
     int quantized = g->host_format != FKV_HOST_SAME;
+    if (dev->bda && !quantized) {
+        /* no window bases: the offsets alone decide the word */
+        fkv_copy_words aw = fkv_pick_copy_words(g, bits, 1);
+        uint32_t av = copy_variant(dev, &aw);
+        if ((st = bind_buf(&L, 2, units, units_off, (uint64_t)n_units * FKV_DIRECT_UNIT_INTS * 4,
+                           4, &L.pc[2], "units")) != FKV_OK)
+            return st;
+        return direct_by_address(&L, g, n_hosts, hosts, n_units, &aw, av, &deps);
+    }
     /* invocations per unit: one per word (copy.comp), one per element (quant.comp) */
     uint64_t unit_words = 2ull * g->page_size * (quantized ? g->head_dim : row_words);
     if ((uint64_t)n_units * unit_words > UINT32_MAX)

@@ -293,7 +293,8 @@ static fkv_status import_host(fkv_bdev *d, fkv_bhost *h) {
     VkExternalMemoryBufferCreateInfo ext = {VK_STRUCTURE_TYPE_EXTERNAL_MEMORY_BUFFER_CREATE_INFO,
                                             NULL,
                                             VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT};
-    VkBufferCreateInfo bi = buffer_info(d, size, ALL_USAGE);
+    VkBufferCreateInfo bi = buffer_info(
+        d, size, ALL_USAGE | (d->bda ? VK_BUFFER_USAGE_SHADER_DEVICE_ADDRESS_BIT : 0));
     bi.pNext = &ext;
     if (r == VK_SUCCESS)
         r = vkCreateBuffer(d->dev, &bi, NULL, &h->buf);
@@ -316,8 +317,10 @@ static fkv_status import_host(fkv_bdev *d, fkv_bhost *h) {
     else
         st = count_alloc(d, FKV_ERR_OUT_OF_HOST_MEMORY, "imported host memory");
     if (st == FKV_OK) {
+        VkMemoryAllocateFlagsInfo flags = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_FLAGS_INFO,
+                                           .flags = VK_MEMORY_ALLOCATE_DEVICE_ADDRESS_BIT};
         VkImportMemoryHostPointerInfoEXT imp = {
-            VK_STRUCTURE_TYPE_IMPORT_MEMORY_HOST_POINTER_INFO_EXT, NULL,
+            VK_STRUCTURE_TYPE_IMPORT_MEMORY_HOST_POINTER_INFO_EXT, d->bda ? &flags : NULL,
             VK_EXTERNAL_MEMORY_HANDLE_TYPE_HOST_ALLOCATION_BIT_EXT, h->raw};
         VkMemoryAllocateInfo ai = {VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, &imp, size,
                                    (uint32_t)type};
@@ -342,6 +345,11 @@ static fkv_status import_host(fkv_bdev *d, fkv_bhost *h) {
         return st;
     }
     h->ptr = h->raw;
+    if (d->bda) {
+        VkBufferDeviceAddressInfo ai = {.sType = VK_STRUCTURE_TYPE_BUFFER_DEVICE_ADDRESS_INFO,
+                                        .buffer = h->buf};
+        h->addr = vkGetBufferDeviceAddress(d->dev, &ai);
+    }
     return FKV_OK;
 }
 

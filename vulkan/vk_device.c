@@ -908,7 +908,8 @@ static const char *const readable[] = {
     "attention_splits", "window_bytes",     "shared_memory_bytes", "allocation_limit",
     "live_allocations", "validation_errors", "subgroup_size",      "storage_16bit",
     "import_host",      "perpage_copies",   "queues",              "compute_units",
-    "compute_units_source", "allocations", "submits", "separate_streams", NULL};
+    "compute_units_source", "allocations", "submits", "separate_streams", "device_addresses",
+    NULL};
 
 static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value) {
     uint64_t v = 0;
@@ -973,6 +974,8 @@ static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t 
         v = (uint64_t)d->s16;
     else if (strcmp(key, "import_host") == 0)
         v = (uint64_t)d->import_host;
+    else if (strcmp(key, "device_addresses") == 0)
+        v = (uint64_t)(d->bda && d->import_host);
     else if (strcmp(key, "perpage_copies") == 0)
         v = (uint64_t)d->perpage_cmds;
     else if (strcmp(key, "separate_streams") == 0)

@@ -309,22 +309,12 @@ fkv_status fkv_ocl_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
  * first: the plan, enough work groups to fill the device (each strides over its sequence's
  * pages) and those arguments; then the check's (ck, NULL: none), whose tree reuses the
  * queries' local memory (at least 3 ck->w floats), and the enqueue. */
-typedef struct check_kargs {
-    size_t cur_off;
-    const fkv_bbuf *prev_rows;
-    size_t rows_off;
-    float tau;
-    fkv_bbuf *sims, *flags;
-    size_t sims_off, flags_off;
-    size_t w; /* cosine_plan's lanes */
-} check_kargs;
-
 static fkv_status scores_launch(launch_ctx *lc, ocl_kernel_id id, fkv_deps *deps,
                                 const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
                                 uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
                                 const fkv_bbuf *mask, size_t mask_off,
                                 const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off,
-                                const check_kargs *ck) {
+                                const fkv_check_launch *ck) {
     fkv_status st;
     size_t summary_bytes = fkv_summary_bytes(g);
     if ((st = load(lc, g)) != FKV_OK)
@@ -374,7 +364,7 @@ static fkv_status scores_launch(launch_ctx *lc, ocl_kernel_id id, fkv_deps *deps
         arg_u64(&a, ck->sims_off / 4);
         arg_mem(&a, ck->flags);
         arg_u64(&a, ck->flags_off / 4);
-        arg_u32(&a, (uint32_t)ck->w);
+        arg_u32(&a, ck->w);
     }
     st = enqueue(lc, &a, 2, global, local, deps);
     pthread_mutex_unlock(&lc->kq->lock);
@@ -402,14 +392,15 @@ fkv_status fkv_ocl_scores_check(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                                 size_t flags_off) {
     launch_ctx lc;
     prepare(dev, q, &deps, "scores_check", &lc);
-    check_kargs ck = {.cur_off = cur_off, .prev_rows = prev_rows, .rows_off = rows_off,
-                      .tau = tau, .sims = sims, .sims_off = sims_off, .flags = flags,
-                      .flags_off = flags_off};
+    size_t w;
     fkv_status st = load(&lc, g);
     if (st == FKV_OK)
-        st = cosine_plan(&lc, &ck.w);
+        st = cosine_plan(&lc, &w);
     if (st != FKV_OK)
         return st;
+    fkv_check_launch ck = {.cur_off = cur_off, .prev_rows = prev_rows, .rows_off = rows_off,
+                           .tau = tau, .sims = sims, .sims_off = sims_off, .flags = flags,
+                           .flags_off = flags_off, .w = (uint32_t)w};
     return scores_launch(&lc, K_SCORES_CHECK, &deps, g, qbuf, q_off, n_seqs, desc, desc_off,
                          NULL, 0, summaries, out, out_off, &ck);
 }

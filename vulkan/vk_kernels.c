@@ -492,17 +492,6 @@ fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     return fkv_vk_cmd_submit(&c, &deps, NULL);
 }
 
-/* The check of scores_check: its arguments and cosine_plan's lane count. */
-typedef struct vk_check {
-    size_t cur_off;
-    const fkv_bbuf *prev_rows;
-    size_t rows_off;
-    float tau;
-    fkv_bbuf *sims, *flags;
-    size_t sims_off, flags_off;
-    uint32_t w;
-} vk_check;
-
 /* One command of scores.comp: S_SCORES with an optional mask, or (ck) S_SCORES_CHECK, whose
  * check binds the current queries, the rows, sims and flags at 4 to 7 (no mask) and runs its
  * tree in the queries' shared memory (at least 3 ck->w floats). */
@@ -510,7 +499,7 @@ static fkv_status scores_run(launch *L, const fkv_deps *deps, const fkv_kv_geom 
                              const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
                              const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
                              size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
-                             size_t out_off, const vk_check *ck) {
+                             size_t out_off, const fkv_check_launch *ck) {
     fkv_bdev *dev = L->d;
     fkv_status st;
     uint64_t q_row = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
@@ -592,8 +581,9 @@ fkv_status fkv_vk_scores_check(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
                                size_t flags_off) {
     launch L;
     prepare(dev, q, &deps, "scores_check", &L);
-    vk_check ck = {.cur_off = cur_off, .prev_rows = prev_rows, .rows_off = rows_off, .tau = tau,
-                   .sims = sims, .sims_off = sims_off, .flags = flags, .flags_off = flags_off};
+    fkv_check_launch ck = {.cur_off = cur_off, .prev_rows = prev_rows, .rows_off = rows_off,
+                           .tau = tau, .sims = sims, .sims_off = sims_off, .flags = flags,
+                           .flags_off = flags_off};
     fkv_status st = cosine_plan(dev, (uint64_t)n_seqs * g->n_kv_heads, &ck.w);
     if (st != FKV_OK)
         return st;

@@ -686,7 +686,9 @@ typedef struct scores_check_args {
 static fkv_status run_scores_check(void *p) {
     scores_check_args *a = p;
     fkv_status st = run_cosine(&a->check);
-    return st == FKV_OK ? run_scores(&a->scores) : st;
+    if (st == FKV_OK)
+        st = run_scores(&a->scores);
+    return st == FKV_OK ? st : fkv_error_prefix(st, "scores_check"); /* the op's name */
 }
 
 static fkv_status cpu_scores_check_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,

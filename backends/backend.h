@@ -432,6 +432,23 @@ typedef struct fkv_backend_ops {
      * command is still only recorded reads as not done. NULL: the caller cannot tell, so it
      * waits (a blocking event_wait). */
     fkv_status (*event_query)(fkv_bdev *dev, fkv_bevent *ev, int *done);
+
+    /* cosine_flags and scores of one batch in one launch (the correction's check rides in the
+     * launch that scores the next step's candidates). Exactly
+     *   cosine_flags(q_cur = qbuf from cur_off, q_prev = qbuf from q_off, prev_rows, rows_off,
+     *                n_seqs, tau, sims, sims_off, flags, flags_off), then
+     *   scores(qbuf, q_off, n_seqs, desc, desc_off, no mask, summaries, out, out_off),
+     * bit for bit what this device's cosine_flags and scores write (the same summation order),
+     * with the same rules for rows from device data. sims, flags and the scores written must
+     * not overlap each other or an input. NULL (or a table built before this entry): the
+     * generic fallback enqueues those two commands (scores waits for cosine_flags' event). */
+    fkv_status (*scores_check)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                               const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
+                               fkv_bbuf *out, size_t out_off, size_t cur_off,
+                               const fkv_bbuf *prev_rows, size_t rows_off, float tau,
+                               fkv_bbuf *sims, size_t sims_off, fkv_bbuf *flags,
+                               size_t flags_off);
 } fkv_backend_ops;
 
 /* Every compiled backend's table: fkv_backend_<name>() for each name of the generated list

@@ -154,10 +154,11 @@ fkv_status fkv_check_summarize(const char *backend, const fkv_kv_geom *g, fkv_bv
     return fkv_check_pools(backend, op, g, kpool, kpool);
 }
 
-fkv_status fkv_check_scores(const char *backend, const fkv_kv_geom *g, fkv_bview q, size_t q_off,
-                            uint32_t n_seqs, fkv_bview desc, size_t desc_off,
-                            fkv_bview summaries, fkv_bview out, size_t out_off) {
-    const char *op = "scores";
+/* scores' spans, for scores and scores_check (op names the call) */
+static fkv_status scores_spans(const char *backend, const char *op, const fkv_kv_geom *g,
+                               fkv_bview q, size_t q_off, uint32_t n_seqs, fkv_bview desc,
+                               size_t desc_off, fkv_bview summaries, fkv_bview out,
+                               size_t out_off) {
     /* the rows come from device data: one must exist, the kernels check the rest */
     uint64_t q_row = (uint64_t)g->n_kv_heads * g->group * g->head_dim * sizeof(float);
     fkv_status st;
@@ -169,6 +170,13 @@ fkv_status fkv_check_scores(const char *backend, const fkv_kv_geom *g, fkv_bview
         (st = fkv_check_span(backend, op, "out", out, out_off, 0, 4)) != FKV_OK)
         return st;
     return bh_count(backend, op, n_seqs, g);
+}
+
+fkv_status fkv_check_scores(const char *backend, const fkv_kv_geom *g, fkv_bview q, size_t q_off,
+                            uint32_t n_seqs, fkv_bview desc, size_t desc_off,
+                            fkv_bview summaries, fkv_bview out, size_t out_off) {
+    return scores_spans(backend, "scores", g, q, q_off, n_seqs, desc, desc_off, summaries, out,
+                        out_off);
 }
 
 fkv_status fkv_check_select_pages(const char *backend, const fkv_kv_geom *g, uint32_t n_seqs,
@@ -204,12 +212,12 @@ fkv_status fkv_check_mask(const char *backend, const char *op, const fkv_kv_geom
                           (uint64_t)n_seqs * g->n_kv_heads * sizeof(int32_t), 4);
 }
 
-fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv_bview q_cur,
-                                  size_t cur_off, fkv_bview q_prev, size_t prev_off,
-                                  fkv_bview prev_rows, size_t rows_off, uint32_t n_seqs,
-                                  fkv_bview sims, size_t sims_off, fkv_bview flags,
-                                  size_t flags_off) {
-    const char *op = "cosine_flags";
+/* cosine_flags' spans, for cosine_flags and scores_check (op names the call) */
+static fkv_status cosine_spans(const char *backend, const char *op, const fkv_kv_geom *g,
+                               fkv_bview q_cur, size_t cur_off, fkv_bview q_prev,
+                               size_t prev_off, fkv_bview prev_rows, size_t rows_off,
+                               uint32_t n_seqs, fkv_bview sims, size_t sims_off, fkv_bview flags,
+                               size_t flags_off) {
     uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
     uint64_t q_bytes = mul3(n_bh, (uint64_t)g->group * g->head_dim, sizeof(float));
     fkv_status st;
@@ -224,6 +232,30 @@ fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv
                              4)) != FKV_OK)
         return st;
     return bh_count(backend, op, n_seqs, g);
+}
+
+fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv_bview q_cur,
+                                  size_t cur_off, fkv_bview q_prev, size_t prev_off,
+                                  fkv_bview prev_rows, size_t rows_off, uint32_t n_seqs,
+                                  fkv_bview sims, size_t sims_off, fkv_bview flags,
+                                  size_t flags_off) {
+    return cosine_spans(backend, "cosine_flags", g, q_cur, cur_off, q_prev, prev_off, prev_rows,
+                        rows_off, n_seqs, sims, sims_off, flags, flags_off);
+}
+
+fkv_status fkv_check_scores_check(const char *backend, const fkv_kv_geom *g, fkv_bview q,
+                                  size_t q_off, uint32_t n_seqs, fkv_bview desc,
+                                  size_t desc_off, fkv_bview summaries, fkv_bview out,
+                                  size_t out_off, size_t cur_off, fkv_bview prev_rows,
+                                  size_t rows_off, fkv_bview sims, size_t sims_off,
+                                  fkv_bview flags, size_t flags_off) {
+    const char *op = "scores_check";
+    fkv_status st = scores_spans(backend, op, g, q, q_off, n_seqs, desc, desc_off, summaries,
+                                 out, out_off);
+    if (st == FKV_OK)
+        st = cosine_spans(backend, op, g, q, cur_off, q, q_off, prev_rows, rows_off, n_seqs,
+                          sims, sims_off, flags, flags_off);
+    return st;
 }
 
 fkv_status fkv_check_pack_hnd(const char *backend, const fkv_kv_geom *g, fkv_bview kpool,

@@ -72,6 +72,14 @@ fkv_status fkv_check_cosine_flags(const char *backend, const fkv_kv_geom *g, fkv
                                   fkv_bview prev_rows, size_t rows_off, uint32_t n_seqs,
                                   fkv_bview sims, size_t sims_off, fkv_bview flags,
                                   size_t flags_off);
+/* scores' and cosine_flags' checks of one scores_check call: q_cur and q_prev are qbuf (q),
+ * from cur_off and q_off. */
+fkv_status fkv_check_scores_check(const char *backend, const fkv_kv_geom *g, fkv_bview q,
+                                  size_t q_off, uint32_t n_seqs, fkv_bview desc,
+                                  size_t desc_off, fkv_bview summaries, fkv_bview out,
+                                  size_t out_off, size_t cur_off, fkv_bview prev_rows,
+                                  size_t rows_off, fkv_bview sims, size_t sims_off,
+                                  fkv_bview flags, size_t flags_off);
 fkv_status fkv_check_pack_hnd(const char *backend, const fkv_kv_geom *g, fkv_bview kpool,
                               fkv_bview vpool, uint32_t n_pages, fkv_bview gslots,
                               size_t gslots_off, fkv_bview dst, size_t dst_off);

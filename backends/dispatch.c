@@ -256,6 +256,28 @@ fkv_status fkv_op_cosine_flags(fkv_device *dev, fkv_queue q, fkv_deps deps, cons
                                   flags_off);
 }
 
+fkv_status fkv_op_scores_check(fkv_device *dev, fkv_queue q, fkv_deps deps,
+                               const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
+                               uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
+                               const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off,
+                               size_t cur_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                               float tau, fkv_bbuf *sims, size_t sims_off, fkv_bbuf *flags,
+                               size_t flags_off) {
+    CHECKED(kernel_checks(dev, "scores_check", q, deps, g));
+    CHECKED(fkv_check_scores_check(NAME(dev), g, VIEW(qbuf), q_off, n_seqs, VIEW(desc), desc_off,
+                                   VIEW(summaries), VIEW(out), out_off, cur_off,
+                                   VIEW(prev_rows), rows_off, VIEW(sims), sims_off, VIEW(flags),
+                                   flags_off));
+    MARKER_IF_NONE(n_seqs);
+    if (FKV_HAS_ENTRY(dev->ops, scores_check))
+        return dev->ops->scores_check(dev->bdev, q, deps, g, qbuf, q_off, n_seqs, desc,
+                                      desc_off, summaries, out, out_off, cur_off, prev_rows,
+                                      rows_off, tau, sims, sims_off, flags, flags_off);
+    return fkv_fallback_scores_check(dev->ops, dev->bdev, q, deps, g, qbuf, q_off, n_seqs, desc,
+                                     desc_off, summaries, out, out_off, cur_off, prev_rows,
+                                     rows_off, tau, sims, sims_off, flags, flags_off);
+}
+
 fkv_status fkv_op_pack_hnd(fkv_device *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                            const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                            const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,

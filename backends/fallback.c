@@ -148,3 +148,26 @@ fkv_status fkv_fallback_select_pages(const fkv_backend_ops *ops, fkv_bdev *dev, 
     free(s);
     return st;
 }
+
+/* scores waits for cosine_flags' event, so that a failure of the check (a previous row the
+ * reference refuses) reaches deps.done too. */
+fkv_status fkv_fallback_scores_check(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
+                                     fkv_deps deps, const fkv_kv_geom *g, const fkv_bbuf *qbuf,
+                                     size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
+                                     size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                                     size_t out_off, size_t cur_off, const fkv_bbuf *prev_rows,
+                                     size_t rows_off, float tau, fkv_bbuf *sims, size_t sims_off,
+                                     fkv_bbuf *flags, size_t flags_off) {
+    fkv_bevent *checked = NULL;
+    fkv_status st = ops->cosine_flags(dev, q, (fkv_deps){deps.n_wait, deps.wait, &checked}, g,
+                                      qbuf, cur_off, qbuf, q_off, prev_rows, rows_off, n_seqs,
+                                      tau, sims, sims_off, flags, flags_off);
+    if (st == FKV_OK)
+        st = ops->scores(dev, q, (fkv_deps){1, &checked, deps.done}, g, qbuf, q_off, n_seqs,
+                         desc, desc_off, NULL, 0, summaries, out, out_off);
+    else if (deps.done)
+        *deps.done = NULL;
+    if (checked)
+        ops->event_release(dev, checked);
+    return st;
+}

@@ -31,4 +31,14 @@ fkv_status fkv_fallback_select_pages(const fkv_backend_ops *ops, fkv_bdev *dev, 
                                      const fkv_bbuf *scores, size_t scores_off,
                                      const fkv_select_params *p, fkv_bbuf *out, size_t out_off);
 
+/* scores_check: cosine_flags (q_cur and q_prev from qbuf), then scores waiting for its event
+ * (no mask); only scores signals deps.done. Two commands, no host wait. */
+fkv_status fkv_fallback_scores_check(const fkv_backend_ops *ops, fkv_bdev *dev, fkv_queue q,
+                                     fkv_deps deps, const fkv_kv_geom *g, const fkv_bbuf *qbuf,
+                                     size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
+                                     size_t desc_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                                     size_t out_off, size_t cur_off, const fkv_bbuf *prev_rows,
+                                     size_t rows_off, float tau, fkv_bbuf *sims, size_t sims_off,
+                                     fkv_bbuf *flags, size_t flags_off);
+
 #endif

@@ -84,6 +84,18 @@ fkv_status fkv_plan_scores(const char *backend, const fkv_kv_geom *g, size_t ava
  * the transposed queries reaches: shared memory holds heads * head_dim + FKV_SCORES_PAD. */
 #define FKV_SCORE_LANES 8
 #define FKV_SCORES_PAD (FKV_SCORE_LANES - 1)
+/* scores_check (backend.h): the check's arguments as the OpenCL and Vulkan launches pass them
+ * to the scores launch, and the cosine kernel's lane count w (its reduction tree), with which
+ * the fused kernel runs the check so that its bits are cosine_flags'. */
+typedef struct fkv_check_launch {
+    size_t cur_off;
+    const fkv_bbuf *prev_rows;
+    size_t rows_off;
+    float tau;
+    fkv_bbuf *sims, *flags;
+    size_t sims_off, flags_off;
+    uint32_t w;
+} fkv_check_launch;
 /* Work groups per (sequence, KV head, query-head block) row of the scores grid, each striding
  * over its sequence's pages: enough for the n_rows rows to fill 2 x compute_units, 1 to 16. */
 uint32_t fkv_scores_chunks(uint64_t n_rows, uint32_t compute_units);

@@ -175,6 +175,7 @@ const uint32_t (*cf_geometries(int quick, size_t *n))[3];
     X(S, scores_f16, scores_f16, -1, 0)                                                        \
     X(S, cosine_flags, cosine_flags, -1, 0)                                                    \
     X(S, cosine_nan, cosine_nan, -1, 0)                                                        \
+    X(S, scores_check, scores_check, -1, 0)                                                    \
     X(S, pack_hnd, pack_hnd, -1, 0)                                                            \
     X(S, scatter_hnd, scatter_hnd, -1, 0)                                                      \
     X(S, recall_direct, recall_direct, -1, 0)                                                  \
@@ -201,6 +202,7 @@ const uint32_t (*cf_geometries(int quick, size_t *n))[3];
 #define CF_MID_SHARED 6144
 #define CF_SPEC_VARIANTS(X, S)                                                                  \
     X(S, scores_small_shared, scores, -1, CF_SMALL_SHARED)                                     \
+    X(S, scores_check_small_shared, scores_check, -1, CF_SMALL_SHARED)                         \
     X(S, attention_unsplit, attention, 1, 0)                                                   \
     X(S, attention_split, attention, 3, 0)                                                     \
     X(S, attention_small_shared, attention, 3, CF_SMALL_SHARED)                                \
@@ -255,7 +257,8 @@ typedef struct cf_arr {
 
 typedef enum cf_kind {
     CF_WRITE, CF_READ, CF_COPY, CF_MARKER, CF_WRITE_REGIONS, CF_APPEND, CF_SUMMARIZE, CF_SCORES,
-    CF_COSINE, CF_PACK, CF_SCATTER, CF_RECALL, CF_ATTENTION, CF_DENSE, CF_SELECT
+    CF_COSINE, CF_PACK, CF_SCATTER, CF_RECALL, CF_ATTENTION, CF_DENSE, CF_SELECT,
+    CF_SCORES_CHECK
 } cf_kind;
 
 typedef struct cf_ref {
@@ -277,13 +280,15 @@ typedef struct cf_ref {
  *   DENSE q, k, v, out (x: scale)
  *   SELECT desc, scores, out, mask (b[3], optional) (n sequences; first: first page, size:
  *          k, x: temp_scale, reduce: fkv_group_reduce)
+ *   SCORES_CHECK q, desc, summaries, out (as SCORES, no mask), prev_rows (b[4]), sims,
+ *          flags, q_cur (b[7]: the array of q; its offset is cur_off) (x: tau)
  * By default the host waits for each command before the next; a detached one is ordered only
  * by the events it waits on (wait[], indices of earlier calls), and everything is waited for
  * at the end. */
 typedef struct cf_call {
     cf_kind kind;
     fkv_queue q;
-    cf_ref b[6];
+    cf_ref b[8];
     uint32_t n;
     float x;
     size_t size;

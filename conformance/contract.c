@@ -370,6 +370,8 @@ static void check_zero_work(const cf_env *env, const cf_case *c, cf_result *r) {
                       s.out, 0));
     ZERO(fkv_op_cosine_flags(dev, BQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, s.q, 0, s.idx, 0, 0,
                              0.5f, s.out, 0, s.out, 0));
+    ZERO(fkv_op_scores_check(dev, CQ, (fkv_deps){0, NULL, &ev}, g, s.q, 0, 0, s.idx, 0, s.sums,
+                             s.out, 0, 0, s.idx, 0, 0.5f, s.out, 0, s.out, 0));
     fkv_select_params sel = {.first_page = 0, .k = 2, .reduce = FKV_GROUP_SOFTMAX_MEAN,
                              .temp_scale = 1.0f};
     ZERO(fkv_op_select_pages(dev, CQ, (fkv_deps){0, NULL, &ev}, g, 0, s.idx, 0, NULL, 0, s.out, 0,
@@ -521,6 +523,17 @@ static void check_bad_arguments(const cf_env *env, const cf_case *c, cf_result *
                                 0)); /* prev_rows */
     REFUSED(fkv_op_cosine_flags(dev, BQ, D, g, s.q, 0, s.q, 0, rows, 0, 1, 0.9f, s.out, 0, NULL,
                                 0));
+    /* scores_check: the checks of both ops */
+    REFUSED(fkv_op_scores_check(dev, CQ, D, g, s.q, 0, 1, s.idx, 0, s.sums, s.out, 0, 4, rows,
+                                0, 0.9f, s.out, 0, s.out, 0)); /* q_cur */
+    REFUSED(fkv_op_scores_check(dev, CQ, D, g, s.q, 0, 1, rows, 0, s.sums, s.out, 0, 0, rows, 0,
+                                0.9f, s.out, 0, s.out, 0)); /* desc: 4 ints */
+    REFUSED(fkv_op_scores_check(dev, CQ, D, g, s.q, 0, 1, s.idx, 0, s.sums, s.out, 0, 0, rows, 8,
+                                0.9f, s.out, 0, s.out, 0)); /* prev_rows */
+    REFUSED(fkv_op_scores_check(dev, TQ, D, g, s.q, 0, 1, s.idx, 0, s.sums, s.out, 0, 0, rows, 0,
+                                0.9f, s.out, 0, s.out, 0)); /* a kernel on the transfer queue */
+    REFUSED(fkv_op_scores_check(dev, CQ, D, g, s.q, 0, 1, s.idx, 0, s.sums, s.out, 0, 0, rows, 0,
+                                0.9f, s.out, 0, NULL, 0));
     REFUSED(fkv_op_pack_hnd(dev, CQ, D, g, s.kp, s.vp, 1, s.idx, 0, s.out, 2)); /* misaligned */
     REFUSED(fkv_op_pack_hnd(dev, CQ, D, g, s.kp, s.vp, 2, rows, 0, s.out, 0));  /* dst too small */
     REFUSED(fkv_op_scatter_hnd(dev, CQ, D, g, s.q, 0, 2, rows, 0, s.kp, s.vp)); /* src too small */
@@ -679,6 +692,13 @@ static void check_out_of_range(const cf_env *env, const cf_case *c, cf_result *r
     OOR(fkv_op_cosine_flags(dev, CQ, E, &g, s.q, 0, s.q, 0, IDX(1), 0, 1, 0.9f, s.out, 0, s.big,
                             0),
         "cosine_flags", "cosine_flags of previous row 1 of 1");
+    /* scores_check: previous row 1 of 1 (its query rows and summaries as scores') */
+    OOR(fkv_op_scores_check(dev, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 0, 0), 0, s.sums, s.out, 0, 0,
+                            IDX(1), 0, 0.9f, s.big, 0, s.big, 4096),
+        "scores_check", "scores_check of previous row 1 of 1");
+    OOR(fkv_op_scores_check(dev, CQ, E, &g, s.q, 0, 1, IDX(0, 2, 0, 1), 0, s.sums, s.out, 0, 0,
+                            IDX(0), 0, 0.9f, s.big, 0, s.big, 4096),
+        "scores_check", "scores_check of query row 1 of 1");
     /* pack_hnd: a negative slot, slot 8 of 8 */
     OOR(fkv_op_pack_hnd(dev, CQ, E, &g, s.kp, s.vp, 2, IDX(-1, 8), 0, s.big, 0), "pack_hnd",
         "pack_hnd of slots -1 and 8");

@@ -443,6 +443,26 @@ static int build_summarize_f16(const cf_env *env, cf_rng *rng, cf_spec *s, cf_re
     return summarize_spec(rng, s, FKV_SUMMARY_F16);
 }
 
+/* n_summ random page summaries in g->summary_format (min <= max per channel, as summaries
+ * are; f16: the minima rounded down and the maxima up). */
+static void fill_summaries(cf_rng *rng, const fkv_kv_geom *g, void *summ, uint32_t n_summ) {
+    size_t d = g->head_dim;
+    for (size_t i = 0; i < (size_t)n_summ * g->n_kv_heads; i++) {
+        for (size_t ch = 0; ch < d; ch++) {
+            float a = cf_normal(rng), b = cf_normal(rng);
+            float lo = a < b ? a : b, hi = a < b ? b : a;
+            size_t mn = i * 2 * d + ch, mx = mn + d;
+            if (g->summary_format == FKV_SUMMARY_F16) {
+                ((uint16_t *)summ)[mn] = fkv_f32_to_f16_down(lo);
+                ((uint16_t *)summ)[mx] = fkv_f32_to_f16_up(hi);
+            } else {
+                ((float *)summ)[mn] = lo;
+                ((float *)summ)[mx] = hi;
+            }
+        }
+    }
+}
+
 /* Four sequences: 7 pages, 6 pages at another base after a gap, none (writes nothing), and 27
  * pages ending at the last summary (several tiles); the gaps must stay untouched. Their queries
  * are rows 3, 0, 1 and 3 of five (out of order, one twice, two unread). A second call, into
@@ -473,20 +493,7 @@ static int scores_spec(cf_rng *rng, cf_spec *s, fkv_summary_format format) {
         mv[i] = i % 3 == 1 ? 0 : (int32_t)i + 1; /* any value but 0 selects */
     fill_f32(rng, qv, (size_t)5 * hq * d);
     memcpy(dv, desc_v, sizeof desc_v);
-    for (size_t i = 0; i < (size_t)n_summ * g->n_kv_heads; i++) {
-        for (uint32_t ch = 0; ch < d; ch++) { /* min <= max, as summaries are */
-            float a = cf_normal(rng), b = cf_normal(rng);
-            float lo = a < b ? a : b, hi = a < b ? b : a;
-            size_t mn = i * 2 * d + ch, mx = mn + d;
-            if (format == FKV_SUMMARY_F16) {
-                ((uint16_t *)summ)[mn] = fkv_f32_to_f16_down(lo);
-                ((uint16_t *)summ)[mx] = fkv_f32_to_f16_up(hi);
-            } else {
-                ((float *)summ)[mn] = lo;
-                ((float *)summ)[mx] = hi;
-            }
-        }
-    }
+    fill_summaries(rng, g, summ, n_summ);
     for (int masked = 0; masked < 2; masked++) {
         cf_call *c = cf_add_call(s, CF_SCORES, masked ? BQ : CQ);
         if (c == NULL)
@@ -515,12 +522,14 @@ static void compare_flags(const cf_spec *s, unsigned char **ref, unsigned char *
     size_t ties = 0;
     for (uint32_t k = 0; k < s->n_call; k++) {
         const cf_call *c = &s->call[k];
-        if (c->kind != CF_COSINE)
+        if (c->kind != CF_COSINE && c->kind != CF_SCORES_CHECK)
             continue;
-        const cf_arr *sims = &s->arr[c->b[2].arr], *flags = &s->arr[c->b[3].arr];
-        const unsigned char *fd = dut[c->b[3].arr] + flags->pay_off;
-        const unsigned char *fr = ref[c->b[3].arr] + flags->pay_off;
-        const unsigned char *sr = ref[c->b[2].arr] + sims->pay_off;
+        int fused = c->kind == CF_SCORES_CHECK; /* its sims and flags are b[5], b[6] */
+        int is = c->b[fused ? 5 : 2].arr, ifl = c->b[fused ? 6 : 3].arr;
+        const cf_arr *sims = &s->arr[is], *flags = &s->arr[ifl];
+        const unsigned char *fd = dut[ifl] + flags->pay_off;
+        const unsigned char *fr = ref[ifl] + flags->pay_off;
+        const unsigned char *sr = ref[is] + sims->pay_off;
         for (size_t i = 0; i < flags->pay_size / 4; i++) {
             int32_t x = cf_i32_at(fd, i), y = cf_i32_at(fr, i);
             float sim = cf_f32_at(sr, i);
@@ -657,6 +666,94 @@ static int build_cosine_nan(const cf_env *env, cf_rng *rng, cf_spec *s, cf_resul
     cur[(size_t)(g->group - 1) * d + d / 2] = NAN;
     prev[((size_t)hq + (size_t)(hk - 1) * g->group) * d] = INFINITY;
     s->compare = compare_nan;
+    return 1;
+}
+
+/* scores_check's outputs must be what the same device's cosine_flags and scores wrote from the
+ * same inputs (calls 0 and 1), bit for bit (backend.h); against the reference, the flags
+ * allow ties as cosine_flags' do. */
+static void compare_scores_check(const cf_spec *s, unsigned char **ref, unsigned char **dut,
+                                 double tol, cf_result *r) {
+    compare_flags(s, ref, dut, tol, r);
+    const cf_call *cos = &s->call[0], *sc = &s->call[1], *fused = &s->call[2];
+    const int pairs[3][2] = {{fused->b[3].arr, sc->b[3].arr},
+                             {fused->b[5].arr, cos->b[2].arr},
+                             {fused->b[6].arr, cos->b[3].arr}};
+    for (int i = 0; i < 3; i++) {
+        const cf_arr *a = &s->arr[pairs[i][0]], *b = &s->arr[pairs[i][1]];
+        if (memcmp(dut[pairs[i][0]], dut[pairs[i][1]], a->size) != 0)
+            cf_fail(r, "%s is not bit for bit the device's own %s (its %s op)", a->label,
+                    b->label, i ? "cosine_flags" : "scores");
+    }
+}
+
+/* scores_check (the correction's check in the scores launch): four sequences with the scores
+ * spec's descriptors (7 pages, 6 after a gap, none, 27 ending at the last summary) reading
+ * query rows 5, 6, 2 and 8 of nine; the check's current queries are rows 5 to 8 (cur_off) and
+ * its previous ones rows 0, none (-1: NaN, flagged), 3 and 4 through a row table, near
+ * copies of the current ones with noise of a per-head size (similarities about 0.55 to 1
+ * around tau 0.8), one head negated (about -1) and one zero query (0). The sequence without
+ * pages is still checked. The same inputs go through cosine_flags and scores into other
+ * outputs first: the DUT's fused outputs must be those bit for bit (compare_scores_check). */
+static int build_scores_check(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
+    (void)r;
+    s->uses_fallback = !FKV_HAS_ENTRY(fkv_device_ops(env->dut.dev), scores_check);
+    const fkv_kv_geom *g = &s->g;
+    uint32_t hk = g->n_kv_heads, hq = hk * g->group, d = g->head_dim, n = 4, n_summ = 40;
+    size_t row = (size_t)hq * d, cur_off = CF_IN_OFF + 5 * row * 4;
+    int32_t o1 = (int32_t)(3 + hq * 7 + 5), o3 = o1 + (int32_t)(hq * 6 + 2);
+    const int32_t desc_v[16] = {1, 7, 3, 5, 5, 6, o1, 6, 0, 0, 0, 2, 13, 27, o3, 8};
+    const int32_t rows_v[4] = {0, -1, 3, 4};
+    size_t out_len = (size_t)o3 + hq * 27 + 4;
+    const float tau = 0.8f;
+    int q = (int)s->n_arr;
+    float *qv = cf_add_input(s, "q", CF_IN_OFF, 9 * row * 4);
+    int desc = (int)s->n_arr;
+    int32_t *dv = cf_add_input(s, "desc", 12, sizeof desc_v);
+    int rows = (int)s->n_arr;
+    int32_t *rv = cf_add_input(s, "prev_rows", 8, sizeof rows_v);
+    int sm = (int)s->n_arr;
+    void *summ = cf_add_input(s, "summaries", 0, (size_t)n_summ * fkv_summary_bytes(g));
+    int out[2], sims[2], flags[2];
+    static const char *const labels[2][3] = {{"scores", "sims", "flags"},
+                                             {"scores_sep", "sims_sep", "flags_sep"}};
+    for (int k = 0; k < 2; k++) { /* the fused op's outputs, then the separate ops' */
+        out[k] = (int)s->n_arr;
+        cf_add_output(s, labels[k][0], CF_GUARD, out_len * 4, CF_GUARD, CF_F32);
+        sims[k] = (int)s->n_arr;
+        cf_set_shape(cf_add_output(s, labels[k][1], CF_GUARD, n * hk * 4, CF_GUARD, CF_F32), n,
+                     "seq", hk, "KV head", 1, "-");
+        flags[k] = (int)s->n_arr;
+        cf_add_output(s, labels[k][2], CF_GUARD, n * hk * 4, CF_GUARD, CF_I32)->custom = 1;
+    }
+    cf_call *cos = cf_add_call(s, CF_COSINE, CQ), *sc = cf_add_call(s, CF_SCORES, CQ);
+    cf_call *c = cf_add_call(s, CF_SCORES_CHECK, BQ);
+    if (!cf_spec_ok(s) || c == NULL)
+        return -1;
+    s->compare = compare_scores_check;
+    memcpy(dv, desc_v, sizeof desc_v);
+    memcpy(rv, rows_v, sizeof rows_v);
+    fill_f32(rng, qv, 9 * row);
+    fill_summaries(rng, g, summ, n_summ);
+    for (uint32_t b = 0; b < n; b++) {
+        if (rows_v[b] < 0)
+            continue;
+        const float *cur = qv + (5 + b) * row;
+        float *prev = qv + (size_t)rows_v[b] * row;
+        for (uint32_t h = 0; h < hq; h++) {
+            float beta = 0.05f + 1.5f * cf_uniform(rng), sign = b == 2 && h == 1 ? -1.0f : 1.0f;
+            for (uint32_t ch = 0; ch < d; ch++)
+                prev[h * d + ch] = sign * (cur[h * d + ch] + beta * cf_normal(rng));
+        }
+    }
+    memset(qv + 8 * row, 0, (size_t)d * 4); /* a zero current query: cosine 0 */
+    cos->b[0] = at(q, cur_off), cos->b[1] = at(q, CF_IN_OFF), cos->b[2] = at(sims[1], CF_GUARD);
+    cos->b[3] = at(flags[1], CF_GUARD), cos->b[4] = at(rows, 8), cos->n = n, cos->x = tau;
+    sc->b[0] = at(q, CF_IN_OFF), sc->b[1] = at(desc, 12), sc->b[2] = at(sm, 0);
+    sc->b[3] = at(out[1], CF_GUARD), sc->n = n;
+    c->b[0] = sc->b[0], c->b[1] = sc->b[1], c->b[2] = sc->b[2], c->b[3] = at(out[0], CF_GUARD);
+    c->b[4] = cos->b[4], c->b[5] = at(sims[0], CF_GUARD), c->b[6] = at(flags[0], CF_GUARD);
+    c->b[7] = cos->b[0], c->n = n, c->x = tau;
     return 1;
 }
 
@@ -1256,6 +1353,7 @@ static const op_entry op_table[] = {
     {"scores_f16", build_scores_f16, 0, 1},
     {"cosine_flags", build_cosine, 0, 1},
     {"cosine_nan", build_cosine_nan, 0, 1},
+    {"scores_check", build_scores_check, 0, 1},
     {"pack_hnd", build_pack, 1, 1},
     {"scatter_hnd", build_scatter, 1, 1},
     {"recall_direct", build_recall, 1, 1},

@@ -94,7 +94,7 @@ cf_call *cf_add_call(cf_spec *s, cf_kind kind, fkv_queue q) {
     c->kind = kind;
     c->q = q;
     c->wait[0] = c->wait[1] = -1;
-    for (int i = 0; i < 6; i++)
+    for (size_t i = 0; i < sizeof c->b / sizeof *c->b; i++)
         c->b[i].arr = -1;
     return c;
 }
@@ -120,7 +120,7 @@ const char *cf_kind_name(cf_kind k) {
     static const char *const names[] = {
         "write", "read", "copy", "marker", "write_regions", "append", "summarize", "scores",
         "cosine_flags", "pack_hnd", "scatter_hnd", "recall_direct", "attention",
-        "attention_dense", "select_pages"};
+        "attention_dense", "select_pages", "scores_check"};
     return (unsigned)k < sizeof names / sizeof *names ? names[k] : "?";
 }
 
@@ -206,6 +206,11 @@ static fkv_status enqueue(run_state *rs, uint32_t i) {
         return fkv_op_cosine_flags(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, B(rs, b[1]),
                                    b[1].off, B(rs, b[4]), b[4].off, c->n, c->x, B(rs, b[2]),
                                    b[2].off, B(rs, b[3]), b[3].off);
+    case CF_SCORES_CHECK:
+        return fkv_op_scores_check(d->dev, c->q, deps, g, B(rs, b[0]), b[0].off, c->n,
+                                   B(rs, b[1]), b[1].off, B(rs, b[2]), B(rs, b[3]), b[3].off,
+                                   b[7].off, B(rs, b[4]), b[4].off, c->x, B(rs, b[5]), b[5].off,
+                                   B(rs, b[6]), b[6].off);
     case CF_PACK:
         return fkv_op_pack_hnd(d->dev, c->q, deps, g, B(rs, b[0]), B(rs, b[1]), c->n, B(rs, b[2]),
                                b[2].off, B(rs, b[3]), b[3].off);

@@ -42,6 +42,9 @@ static const cf_tolerance_row table[] = {
     {"cosine_nan", {0, 0, 0}, {0, 0, 0},
      "a query holding a NaN or an infinity: similarity NaN and flag 1 (backend.h); the other "
      "flags exactly"},
+    {"scores_check", {1e-5, 1e-5, 1e-5}, {2e-5, 2e-5, 2e-5},
+     "cosine_flags and scores in one launch: the scores row against the reference (flags allow "
+     "ties as cosine_flags'), and bit for bit the device's own cosine_flags and scores"},
     {"pack_hnd", {0, 0, 0}, {0, 0, 0}, "layout conversion moves stored values exactly"},
     {"scatter_hnd", {0, 0, 0}, {0, 0, 0}, "layout conversion moves stored values exactly"},
     {"recall_direct", {0, 0, 0}, {0, 0, 0}, "layout conversion moves stored values exactly"},

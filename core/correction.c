@@ -27,12 +27,13 @@ static int candidates_differ(const int32_t *now, const int32_t *next, uint32_t n
 
 /* The check and both selections of the query in one caller round trip: the descriptors
  * (fkv_correction_describe, then the next step's) in one write, unless they came with the
- * call's inputs; cosine_flags; scores and select_pages of every head with the next step's
- * candidates, whose records the speculative task plans from (it selects nothing itself) and,
- * where the candidates are the same, the correction too; when they are not, scores and
- * select_pages again with this step's candidates, of the flagged heads only (the flags mask
- * them on the device), into the records after; one read of the flags and the records, one
- * wait. *any: whether a head is flagged. */
+ * call's inputs; one launch of the check (cosine_flags' semantics) and the scores of every
+ * head with the next step's candidates (scores_check), then select_pages, whose records the
+ * speculative task plans from (it selects nothing itself) and, where the candidates are the
+ * same, the correction too; when they are not, scores and select_pages again with this
+ * step's candidates, of the flagged heads only (the flags mask them on the device), into the
+ * records after; one read of the flags and the records, one wait. *any: whether a head is
+ * flagged. */
 static fkv_status check_and_select(fkv_context *ctx, uint32_t layer, select_args *a,
                                    const select_args *next, int *any) {
     layer_state *ls = &ctx->layers[layer];
@@ -51,15 +52,12 @@ static fkv_status check_and_select(fkv_context *ctx, uint32_t layer, select_args
                                       fkv_selection_host_desc(ctx, layer, next), a->n)
                         ? a->n
                         : 0;
-    if (st == FKV_OK)
-        st = fkv_op_cosine_flags(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, ls->io,
-                                 fkv_qin_offset(ctx, ls, 0), ls->io, 0, desc,
-                                 a->desc_off + rows_off, a->n, ctx->cfg.tau, ls->sims, 0,
-                                 ls->flags, 0);
-    if (st == FKV_OK)
-        st = fkv_selection_enqueue(ctx, layer, next);
+    if (st == FKV_OK) /* the check rides in the launch that scores the next step's pages */
+        st = fkv_selection_enqueue(
+            ctx, layer, next,
+            &(selection_check){.rows = desc, .rows_off = a->desc_off + rows_off});
     if (st == FKV_OK && a->records_at) /* the next selection left the scores undefined */
-        st = fkv_selection_enqueue(ctx, layer, a);
+        st = fkv_selection_enqueue(ctx, layer, a, NULL);
     if (st == FKV_OK) /* the method needs the flags now */
         st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->flags, 0,
                          ls->host.flags,

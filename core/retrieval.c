@@ -48,14 +48,20 @@ static uint32_t described_end(const int32_t *desc, uint32_t i) {
     return (uint32_t)desc[(size_t)FKV_SCORES_DESC_INTS * i + 1];
 }
 
-fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_args *a) {
+fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_args *a,
+                                 const selection_check *check) {
     layer_state *ls = &ctx->layers[layer];
     fkv_select_params sp = {.first_page = ctx->sink_pages, .k = ctx->n_mid,
                             .reduce = ctx->cfg.group_reduce,
                             .temp_scale = (float)fkv_group_temp_scale(&ctx->cfg)};
     const fkv_bbuf *desc = a->desc ? ls->io : ls->desc;
-    fkv_status st = fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, ls->io, 0, a->n,
-                                  desc, a->desc_off, a->dev_mask, 0, ls->summ, ls->scores, 0);
+    fkv_status st =
+        check ? fkv_op_scores_check(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, ls->io, 0, a->n,
+                                    desc, a->desc_off, ls->summ, ls->scores, 0,
+                                    fkv_qin_offset(ctx, ls, 0), check->rows, check->rows_off,
+                                    ctx->cfg.tau, ls->sims, 0, ls->flags, 0)
+              : fkv_op_scores(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, ls->io, 0, a->n, desc,
+                              a->desc_off, a->dev_mask, 0, ls->summ, ls->scores, 0);
     if (st == FKV_OK)
         st = fkv_op_select_pages(ctx->dev, a->queue, FKV_NO_DEPS, &ctx->geom, a->n, desc,
                                  a->desc_off,
@@ -87,7 +93,7 @@ static fkv_status score_candidates(fkv_context *ctx, uint32_t layer, const selec
         st = fkv_op_write(ctx->dev, a->queue, FKV_NO_DEPS, ls->desc, 0, ls->host.desc,
                           desc_bytes);
     if (st == FKV_OK)
-        st = fkv_selection_enqueue(ctx, layer, a);
+        st = fkv_selection_enqueue(ctx, layer, a, NULL);
     if (st == FKV_OK)
         st = fkv_op_read(ctx->dev, a->queue, (fkv_deps){.done = &ev}, ls->flags, first,
                          (unsigned char *)ls->host.flags + first,

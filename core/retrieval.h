@@ -40,8 +40,8 @@ typedef struct select_args {
  * with one write of the descriptors and one read of the records between them. */
 fkv_status fkv_select_pages(fkv_context *ctx, uint32_t layer, const select_args *a);
 
-/* The steps of fkv_select_pages, for correction, which checks the queries between the
- * descriptor write and the selection and reads its flags with the records. */
+/* The steps of fkv_select_pages, for correction, which checks the queries in the scores
+ * launch of a selection and reads its flags with the records. */
 
 /* The batch's scores descriptors (a->desc is not used) into out; their bytes. */
 size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_args *a,
@@ -49,9 +49,20 @@ size_t fkv_selection_describe(fkv_context *ctx, uint32_t layer, const select_arg
 /* The host copy of a->'s descriptors. */
 const int32_t *fkv_selection_host_desc(const fkv_context *ctx, uint32_t layer,
                                        const select_args *a);
+/* The correction's check of this call's queries (fkv_qin_offset) against each sequence's
+ * previous one, done by a selection's scores launch (the scores_check op): the previous-query
+ * rows at rows_off of `rows` (fkv_correction_describe writes them after this step's
+ * descriptors); the similarities and flags go to the layer's sims and flags buffers. */
+typedef struct selection_check {
+    const fkv_bbuf *rows;
+    size_t rows_off;
+} selection_check;
 /* scores and select_pages of the batch on a->queue, after the descriptors' write; the records
- * go to the layer's flags buffer at fkv_selection_records_offset(a->records_at). */
-fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_args *a);
+ * go to the layer's flags buffer at fkv_selection_records_offset(a->records_at). check: NULL,
+ * or the correction's check, in the same launch as the scores (then a->dev_mask is NULL: the
+ * check writes the flags). */
+fkv_status fkv_selection_enqueue(fkv_context *ctx, uint32_t layer, const select_args *a,
+                                 const selection_check *check);
 /* Byte offset of record set i in the layer's flags buffer, and in its host copy (host.flags:
  * the same layout): after the flags of max_seqs sequences. There are 2 * max_seqs sets: a
  * correction may select twice (correction.c). */

@@ -325,6 +325,7 @@ static const fkv_backend_ops hip_ops = {
     .event_unimport = fkv_hip_event_unimport,
     .event_signal = fkv_hip_event_signal,
     .event_query = fkv_hip_event_query,
+    .scores_check = fkv_hip_scores_check,
 };
 
 const fkv_backend_ops *fkv_backend_hip(void) { return &hip_ops; }

@@ -142,6 +142,13 @@ fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                                 size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
                                 uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
                                 fkv_bbuf *flags, size_t flags_off);
+fkv_status fkv_hip_scores_check(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                                const fkv_bbuf *desc, size_t desc_off,
+                                const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off,
+                                size_t cur_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                                float tau, fkv_bbuf *sims, size_t sims_off, fkv_bbuf *flags,
+                                size_t flags_off);
 fkv_status fkv_hip_pack_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                             const fkv_bbuf *kpool, const fkv_bbuf *vpool, uint32_t n_pages,
                             const fkv_bbuf *gslots, size_t gslots_off, fkv_bbuf *dst,

@@ -142,6 +142,11 @@ hipError_t fkv_hip_launch_summarize(hipStream_t s, fkv_dtype dt,
 hipError_t fkv_hip_launch_scores(hipStream_t s, const fkv_hip_scores_args *a, uint32_t n_bh,
                                  uint32_t chunks);
 hipError_t fkv_hip_launch_cosine(hipStream_t s, const fkv_hip_cosine_args *a, uint32_t n_bh);
+/* scores_check: k_scores' grid (a: no mask), the check of c (its q_cur and q_prev in a's
+ * query buffer) in the first block of each (sequence, KV head). */
+hipError_t fkv_hip_launch_scores_check(hipStream_t s, const fkv_hip_scores_args *a,
+                                       const fkv_hip_cosine_args *c, uint32_t n_bh,
+                                       uint32_t chunks);
 hipError_t fkv_hip_launch_select(hipStream_t s, const fkv_hip_select_args *a, uint32_t n_bh);
 /* word_bytes: the element size (2 or 4) or 16 (rows and offsets 16-byte aligned). */
 hipError_t fkv_hip_launch_pack(hipStream_t s, size_t word_bytes, const fkv_hip_pack_args *a);

@@ -123,55 +123,35 @@ static fkv_status scores_plan(const fkv_bdev *d, const fkv_kv_geom *g, uint32_t 
     return st;
 }
 
-fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
-                          size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
-                          size_t out_off) {
-    const char *op = "scores";
-    launch_ctx lc;
-    prepare(dev, q, &deps, op, &lc);
-    fkv_status st;
-    size_t summary_bytes = fkv_summary_bytes(g);
-    fkv_scores_plan sp;
-    if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
-        return st;
-    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads, rows = n_bh * sp.blocks;
-    /* Enough blocks to fill the device; each strides over its sequence's pages. */
-    uint32_t chunks = fkv_scores_chunks(rows, dev->compute_units);
-    fkv_hip_scores_args a = {
+static fkv_hip_scores_args scores_args(const fkv_kv_geom *g, const fkv_scores_plan *sp,
+                                       const fkv_bbuf *qbuf, size_t q_off, const fkv_bbuf *desc,
+                                       size_t desc_off, const fkv_bbuf *mask, size_t mask_off,
+                                       const fkv_bbuf *summaries, fkv_bbuf *out,
+                                       size_t out_off) {
+    return (fkv_hip_scores_args){
         .q = at(qbuf, q_off),
         .q_rows = (qbuf->desc.size - q_off) /
                   (sizeof(float) * g->n_kv_heads * g->group * g->head_dim),
         .desc = at(desc, desc_off),
         .mask = mask ? at(mask, mask_off) : NULL,
         .summaries = summaries->ptr,
-        .n_summaries = clamp_u32(summaries->desc.size / summary_bytes),
+        .n_summaries = clamp_u32(summaries->desc.size / fkv_summary_bytes(g)),
         .summ_f16 = g->summary_format == FKV_SUMMARY_F16,
         .out = at(out, out_off),
         .out_len = (out->desc.size - out_off) / 4,
         .n_kv_heads = g->n_kv_heads,
         .group = g->group,
         .head_dim = g->head_dim,
-        .heads = sp.heads,
+        .heads = sp->heads,
     };
-    if ((st = begin(&lc, &deps)) != FKV_OK)
-        return st;
-    return end(&lc, fkv_hip_launch_scores(lc.stream, &a, (uint32_t)n_bh, chunks),
-               "k_scores", &deps);
 }
 
-fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
-                                size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
-                                uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
-                                fkv_bbuf *flags, size_t flags_off) {
-    const char *op = "cosine_flags";
-    launch_ctx lc;
-    prepare(dev, q, &deps, op, &lc);
-    fkv_status st;
-    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
-    fkv_hip_cosine_args a = {
+static fkv_hip_cosine_args cosine_args(const fkv_kv_geom *g, const fkv_bbuf *q_cur,
+                                       size_t cur_off, const fkv_bbuf *q_prev, size_t prev_off,
+                                       const fkv_bbuf *prev_rows, size_t rows_off, float tau,
+                                       fkv_bbuf *sims, size_t sims_off, fkv_bbuf *flags,
+                                       size_t flags_off) {
+    return (fkv_hip_cosine_args){
         .q_cur = at(q_cur, cur_off),
         .q_prev = at(q_prev, prev_off),
         .prev_count = (q_prev->desc.size - prev_off) /
@@ -184,6 +164,70 @@ fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
         .sims = at(sims, sims_off),
         .flags = at(flags, flags_off),
     };
+}
+
+/* scores, or (c: the check's arguments) scores_check, on lc's stream. */
+static fkv_status scores_run(launch_ctx *lc, fkv_deps *deps, const fkv_kv_geom *g,
+                             const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                             const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                             size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                             size_t out_off, const fkv_hip_cosine_args *c) {
+    fkv_status st;
+    fkv_scores_plan sp;
+    if ((st = scores_plan(lc->d, g, n_seqs, &sp)) != FKV_OK)
+        return st;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    /* Enough blocks to fill the device; each strides over its sequence's pages. */
+    uint32_t chunks = fkv_scores_chunks(n_bh * sp.blocks, lc->d->compute_units);
+    fkv_hip_scores_args a =
+        scores_args(g, &sp, qbuf, q_off, desc, desc_off, mask, mask_off, summaries, out, out_off);
+    if ((st = begin(lc, deps)) != FKV_OK)
+        return st;
+    if (c)
+        return end(lc, fkv_hip_launch_scores_check(lc->stream, &a, c, (uint32_t)n_bh, chunks),
+                   "k_scores_check", deps);
+    return end(lc, fkv_hip_launch_scores(lc->stream, &a, (uint32_t)n_bh, chunks), "k_scores",
+               deps);
+}
+
+fkv_status fkv_hip_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                          size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                          size_t out_off) {
+    launch_ctx lc;
+    prepare(dev, q, &deps, "scores", &lc);
+    return scores_run(&lc, &deps, g, qbuf, q_off, n_seqs, desc, desc_off, mask, mask_off,
+                      summaries, out, out_off, NULL);
+}
+
+/* k_scores_check runs k_cosine's check in blocks of the same size: cosine_flags' bits. */
+fkv_status fkv_hip_scores_check(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                                const fkv_bbuf *desc, size_t desc_off,
+                                const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off,
+                                size_t cur_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                                float tau, fkv_bbuf *sims, size_t sims_off, fkv_bbuf *flags,
+                                size_t flags_off) {
+    launch_ctx lc;
+    prepare(dev, q, &deps, "scores_check", &lc);
+    fkv_hip_cosine_args c = cosine_args(g, qbuf, cur_off, qbuf, q_off, prev_rows, rows_off, tau,
+                                        sims, sims_off, flags, flags_off);
+    return scores_run(&lc, &deps, g, qbuf, q_off, n_seqs, desc, desc_off, NULL, 0, summaries,
+                      out, out_off, &c);
+}
+
+fkv_status fkv_hip_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bbuf *q_cur, size_t cur_off, const fkv_bbuf *q_prev,
+                                size_t prev_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                                uint32_t n_seqs, float tau, fkv_bbuf *sims, size_t sims_off,
+                                fkv_bbuf *flags, size_t flags_off) {
+    launch_ctx lc;
+    prepare(dev, q, &deps, "cosine_flags", &lc);
+    fkv_status st;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    fkv_hip_cosine_args a = cosine_args(g, q_cur, cur_off, q_prev, prev_off, prev_rows, rows_off,
+                                        tau, sims, sims_off, flags, flags_off);
     if ((st = begin(&lc, &deps)) != FKV_OK)
         return st;
     return end(&lc, fkv_hip_launch_cosine(lc.stream, &a, (uint32_t)n_bh), "k_cosine", &deps);

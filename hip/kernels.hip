@@ -126,8 +126,8 @@ __device__ void score_channels(const S *summ, const size_t mn[SCORE_PAGES], cons
     }
 }
 
-__global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_args a) {
-    extern __shared__ float qs[]; /* [heads * head_dim + FKV_HIP_SCORES_PAD] */
+/* The scores of block x (sequence, KV head, head block) (k_scores, k_scores_check). */
+__device__ static void scores_block(const fkv_hip_scores_args &a, float *qs) {
     uint32_t n_blocks = (a.group + a.heads - 1) / a.heads;
     uint32_t bh = blockIdx.x / n_blocks, hb = (blockIdx.x % n_blocks) * a.heads;
     uint32_t b = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
@@ -175,6 +175,11 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_a
                 }
         }
     }
+}
+
+__global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_scores(fkv_hip_scores_args a) {
+    extern __shared__ float qs[]; /* [heads * head_dim + FKV_HIP_SCORES_PAD] */
+    scores_block(a, qs);
 }
 
 /* ---- select_pages (backend.h): group reduction and top-k; the algorithm of
@@ -325,13 +330,15 @@ __global__ void __launch_bounds__(FKV_HIP_SELECT_BLOCK) k_select_pages(fkv_hip_s
     }
 }
 
-/* One block per (sequence, KV head); blockDim.x a power of two. Dynamic shared: 3 * blockDim.x
- * floats. Only an exactly zero norm gives cosine 0: a NaN norm reaches the mean and the flag.
- * The previous query is row prev_rows[seq] of q_prev: negative, none (NaN, flagged); beyond
- * prev_count, skipped. */
-__global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_args a) {
-    extern __shared__ float red[];
-    uint32_t bh = blockIdx.x, lid = threadIdx.x, w = blockDim.x;
+/* The correction's check of KV head bh = (sequence, KV head) (backend.h cosine_flags): the
+ * mean over its group of the cosine of its queries in q_cur (rows of sequences) and in row
+ * prev_rows[seq] of q_prev: negative, none (NaN, flagged); beyond prev_count, skipped (nothing
+ * written). Only an exactly zero norm gives cosine 0: a NaN norm reaches the mean and the flag.
+ * Each sum runs over the block's w threads (a power of two; thread l takes channels l, l + w,
+ * ...) and a tree in red (3w floats); k_cosine and k_scores_check both run it in blocks of
+ * FKV_HIP_SMALL_BLOCK, so they compute the same bits. Every thread calls it (barriers). */
+__device__ static void check_pair(const fkv_hip_cosine_args &a, uint32_t bh, float *red) {
+    uint32_t lid = threadIdx.x, w = blockDim.x;
     uint32_t seq = bh / a.n_kv_heads, h = bh % a.n_kv_heads;
     int32_t row = a.prev_rows[seq];
     /* no return before a barrier: a missing or bad row runs no head of the group */
@@ -365,13 +372,31 @@ __global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_a
             float na = sqrtf(red[w]), nb = sqrtf(red[2 * w]);
             mean += (na == 0.0f || nb == 0.0f) ? 0.0f : red[0] / (na * nb);
         }
-        __syncthreads(); /* red is reused by the next head */
+        __syncthreads(); /* red is reused by the next head (and by k_scores_check's queries) */
     }
     if (lid == 0 && (n_heads || row < 0)) {
         mean /= (float)a.group;
         a.sims[bh] = mean;
         a.flags[bh] = !(mean >= a.tau); /* a NaN similarity is corrected */
     }
+}
+
+/* One block per (sequence, KV head). Dynamic shared: 3 * blockDim.x floats. */
+__global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK) k_cosine(fkv_hip_cosine_args a) {
+    extern __shared__ float red[];
+    check_pair(a, blockIdx.x, red);
+}
+
+/* scores_check (backend.h): k_scores' grid (c.q_cur and c.q_prev point into s.q's buffer, no
+ * mask), and the first block of each (sequence, KV head) (head block 0, y 0) first runs
+ * k_cosine's check of it in the queries' shared memory (at least 3 * blockDim.x floats). */
+__global__ void __launch_bounds__(FKV_HIP_SMALL_BLOCK)
+    k_scores_check(fkv_hip_scores_args s, fkv_hip_cosine_args c) {
+    extern __shared__ float qs[];
+    uint32_t n_blocks = (s.group + s.heads - 1) / s.heads;
+    if (blockIdx.y == 0 && blockIdx.x % n_blocks == 0) /* the whole block */
+        check_pair(c, blockIdx.x / n_blocks, qs);
+    scores_block(s, qs);
 }
 
 /* ---- layout moves: blockDim (words within a row, rows), rows along grid x ---- */
@@ -835,15 +860,41 @@ extern "C" hipError_t fkv_hip_launch_summarize(hipStream_t s, fkv_dtype dt,
     return by_dtype<run_summarize>(dt, s, a);
 }
 
-extern "C" hipError_t fkv_hip_launch_scores(hipStream_t s, const fkv_hip_scores_args *a,
-                                            uint32_t n_bh, uint32_t chunks) {
+/* k_scores' grid (blocks x: (sequence, KV head, head block), y: chunks over the pages) and
+ * its dynamic shared memory, min_shared bytes at least; false when out of range. */
+static bool scores_grid(const fkv_hip_scores_args *a, uint32_t n_bh, uint32_t chunks,
+                        size_t min_shared, dim3 *grid, size_t *shared) {
     uint64_t rows = (uint64_t)n_bh * ((a->group + a->heads - 1) / a->heads);
     if (rows == 0 || rows > max_grid_x || chunks == 0 || chunks > 65535)
+        return false;
+    *grid = dim3((unsigned)rows, chunks);
+    *shared = ((size_t)a->heads * a->head_dim + FKV_HIP_SCORES_PAD) * sizeof(float);
+    if (*shared < min_shared)
+        *shared = min_shared;
+    return true;
+}
+
+extern "C" hipError_t fkv_hip_launch_scores(hipStream_t s, const fkv_hip_scores_args *a,
+                                            uint32_t n_bh, uint32_t chunks) {
+    dim3 grid;
+    size_t shared;
+    if (!scores_grid(a, n_bh, chunks, 0, &grid, &shared))
         return hipErrorInvalidValue;
-    size_t shared = ((size_t)a->heads * a->head_dim + FKV_HIP_SCORES_PAD) * sizeof(float);
     (void)hipGetLastError();
-    hipLaunchKernelGGL(k_scores, dim3((unsigned)rows, chunks), dim3(FKV_HIP_SMALL_BLOCK), shared,
-                       s, *a);
+    hipLaunchKernelGGL(k_scores, grid, dim3(FKV_HIP_SMALL_BLOCK), shared, s, *a);
+    return launched();
+}
+
+extern "C" hipError_t fkv_hip_launch_scores_check(hipStream_t s, const fkv_hip_scores_args *a,
+                                                  const fkv_hip_cosine_args *c, uint32_t n_bh,
+                                                  uint32_t chunks) {
+    dim3 grid;
+    size_t shared;
+    if (!scores_grid(a, n_bh, chunks, 3 * (size_t)FKV_HIP_SMALL_BLOCK * sizeof(float), &grid,
+                     &shared))
+        return hipErrorInvalidValue;
+    (void)hipGetLastError();
+    hipLaunchKernelGGL(k_scores_check, grid, dim3(FKV_HIP_SMALL_BLOCK), shared, s, *a, *c);
     return launched();
 }
 

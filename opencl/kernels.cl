@@ -146,11 +146,14 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
     }
 #define FKV_SUMM_F32(e) ((const global float *)summaries)[e]
 #define FKV_SUMM_F16(e) vload_half(e, (const global half *)summaries)
-kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const global int *desc,
-                       ulong desc_off, const global int *pair_mask, ulong mask_off,
-                       uint use_mask, const global uint *summaries, uint n_summaries,
-                       global float *out, ulong out_off, ulong out_len, uint n_kv_heads,
-                       uint group, uint head_dim, uint heads, local float *qs, uint f16_summ) {
+/* The scores of work group (dim 1) (sequence, KV head, head block) (fkv_scores,
+ * fkv_scores_check). */
+inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
+                             const global int *desc, ulong desc_off,
+                             const global int *pair_mask, ulong mask_off, uint use_mask,
+                             const global uint *summaries, uint n_summaries, global float *out,
+                             ulong out_off, ulong out_len, uint n_kv_heads, uint group,
+                             uint head_dim, uint heads, local float *qs, uint f16_summ) {
     uint n_blocks = (group + heads - 1) / heads;
     uint bh = get_group_id(1) / n_blocks, hb = (get_group_id(1) % n_blocks) * heads;
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
@@ -198,6 +201,16 @@ kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const g
             }
         }
     }
+}
+
+kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const global int *desc,
+                       ulong desc_off, const global int *pair_mask, ulong mask_off,
+                       uint use_mask, const global uint *summaries, uint n_summaries,
+                       global float *out, ulong out_off, ulong out_len, uint n_kv_heads,
+                       uint group, uint head_dim, uint heads, local float *qs, uint f16_summ) {
+    fkv_scores_group(q, q_off, q_rows, desc, desc_off, pair_mask, mask_off, use_mask, summaries,
+                     n_summaries, out, out_off, out_len, n_kv_heads, group, head_dim, heads, qs,
+                     f16_summ);
 }
 
 /* ---- select_pages (backend.h): group reduction and top-k ---- */
@@ -347,42 +360,46 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off,
     }
 }
 
-/* One work group per (sequence, KV head); local size a power of two. flag = !(mean >= tau):
- * a NaN similarity (a query holding a NaN or an infinity) is corrected; only an exactly zero
- * norm gives cosine 0, so a NaN norm reaches the mean. The previous query is row
- * prev_rows[seq] of q_prev: negative, none (NaN, flagged); beyond prev_count, skipped. */
-kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global float *q_prev,
-                       ulong prev_off, ulong prev_count, const global int *prev_rows,
-                       ulong rows_off, uint n_kv_heads, uint group, uint head_dim, float tau,
-                       global float *sims, ulong sims_off, global int *flags, ulong flags_off,
-                       local float *red) {
-    uint bh = get_group_id(0), lid = get_local_id(0), w = get_local_size(0);
-    uint seq = bh / n_kv_heads, h = bh % n_kv_heads;
-    int row = prev_rows[rows_off + seq];
-    /* no return before a barrier: a missing or bad row runs no head of the group */
+/* The correction's check of KV head bh = (sequence, KV head) (backend.h cosine_flags): the
+ * mean over its group of the cosine of its queries in q_cur (rows of sequences) and in row
+ * `row` of q_prev (prev_count rows): negative, none (NaN, flagged); beyond, skipped (nothing
+ * written). flag = !(mean >= tau): a NaN similarity (a query holding a NaN or an infinity) is
+ * corrected; only an exactly zero norm gives cosine 0, so a NaN norm reaches the mean. Each
+ * sum runs over w lanes (a power of two; lane l takes channels l, l + w, ...) and a tree over
+ * them in red (3w floats). The lsize work items of the group take lanes lid, lid + lsize, ...,
+ * so the bits depend on w only: fkv_cosine (lsize = w) and fkv_scores_check (the scores' work
+ * group) agree. Every work item calls it (barriers). */
+inline void fkv_check_pair(const global float *q_cur, const global float *q_prev,
+                           ulong prev_count, int row, uint bh, uint n_kv_heads, uint group,
+                           uint head_dim, float tau, uint lid, uint lsize, uint w,
+                           local float *red, global float *sim, global int *flag) {
+    /* a missing or bad row runs no head of the group (n_heads is the same for every item) */
     uint n_heads = row >= 0 && (ulong)row < prev_count ? group : 0;
-    size_t base = (size_t)bh * group * head_dim;
-    size_t pbase = ((size_t)(n_heads ? row : 0) * n_kv_heads + h) * group * head_dim;
-    float mean = row < 0 ? NAN : 0.0f;
+    int no_prev = row < 0;
+    const global float *a0 = q_cur + (size_t)bh * group * head_dim;
+    const global float *b0 =
+        q_prev + ((size_t)(n_heads ? row : 0) * n_kv_heads + bh % n_kv_heads) * group * head_dim;
+    float mean = no_prev ? NAN : 0.0f;
     for (uint g = 0; g < n_heads; g++) {
-        const global float *a = q_cur + cur_off + base + (size_t)g * head_dim;
-        const global float *b = q_prev + prev_off + pbase + (size_t)g * head_dim;
-        float ab = 0.0f, aa = 0.0f, bb = 0.0f;
-        for (uint c = lid; c < head_dim; c += w) {
-            float x = a[c], y = b[c];
-            ab += x * y;
-            aa += x * x;
-            bb += y * y;
+        const global float *a = a0 + (size_t)g * head_dim, *b = b0 + (size_t)g * head_dim;
+        for (uint l = lid; l < w; l += lsize) {
+            float ab = 0.0f, aa = 0.0f, bb = 0.0f;
+            for (uint c = l; c < head_dim; c += w) {
+                float x = a[c], y = b[c];
+                ab += x * y;
+                aa += x * x;
+                bb += y * y;
+            }
+            red[l] = ab;
+            red[w + l] = aa;
+            red[2 * w + l] = bb;
         }
-        red[lid] = ab;
-        red[w + lid] = aa;
-        red[2 * w + lid] = bb;
         barrier(CLK_LOCAL_MEM_FENCE);
         for (uint s = w / 2; s > 0; s /= 2) {
-            if (lid < s) {
-                red[lid] += red[lid + s];
-                red[w + lid] += red[w + lid + s];
-                red[2 * w + lid] += red[2 * w + lid + s];
+            for (uint l = lid; l < s; l += lsize) {
+                red[l] += red[l + s];
+                red[w + l] += red[w + l + s];
+                red[2 * w + l] += red[2 * w + l + s];
             }
             barrier(CLK_LOCAL_MEM_FENCE);
         }
@@ -392,11 +409,48 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
         }
         barrier(CLK_LOCAL_MEM_FENCE); /* red is reused by the next head */
     }
-    if (lid == 0 && (n_heads || row < 0)) {
+    if (lid == 0 && (n_heads || no_prev)) {
         mean /= (float)group;
-        sims[sims_off + bh] = mean;
-        flags[flags_off + bh] = !(mean >= tau);
+        *sim = mean;
+        *flag = !(mean >= tau);
     }
+}
+
+/* One work group per (sequence, KV head); local size a power of two (fkv_check_pair). The
+ * previous query is row prev_rows[seq] of q_prev. */
+kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global float *q_prev,
+                       ulong prev_off, ulong prev_count, const global int *prev_rows,
+                       ulong rows_off, uint n_kv_heads, uint group, uint head_dim, float tau,
+                       global float *sims, ulong sims_off, global int *flags, ulong flags_off,
+                       local float *red) {
+    uint bh = get_group_id(0), w = get_local_size(0);
+    fkv_check_pair(q_cur + cur_off, q_prev + prev_off, prev_count,
+                   prev_rows[rows_off + bh / n_kv_heads], bh, n_kv_heads, group, head_dim, tau,
+                   get_local_id(0), w, w, red, sims + sims_off + bh, flags + flags_off + bh);
+}
+
+/* scores_check (backend.h): fkv_scores' grid and arguments (the op passes no mask), and the
+ * first work group of each (sequence, KV head) (dim 0 chunk 0, head block 0) first runs
+ * fkv_cosine's check of it with fkv_cosine's lane count check_w, q_cur from cur_off and q_prev
+ * from q_off of q, in qs (at least 3 check_w floats), before the scores load their queries
+ * there. */
+kernel void fkv_scores_check(const global float *q, ulong q_off, ulong q_rows,
+                             const global int *desc, ulong desc_off,
+                             const global int *pair_mask, ulong mask_off, uint use_mask,
+                             const global uint *summaries, uint n_summaries, global float *out,
+                             ulong out_off, ulong out_len, uint n_kv_heads, uint group,
+                             uint head_dim, uint heads, local float *qs, uint f16_summ,
+                             ulong cur_off, const global int *prev_rows, ulong rows_off,
+                             float tau, global float *sims, ulong sims_off, global int *flags,
+                             ulong flags_off, uint check_w) {
+    uint n_blocks = (group + heads - 1) / heads, bh = get_group_id(1) / n_blocks;
+    if (get_group_id(0) == 0 && get_group_id(1) % n_blocks == 0) /* the whole work group */
+        fkv_check_pair(q + cur_off, q + q_off, q_rows, prev_rows[rows_off + bh / n_kv_heads], bh,
+                       n_kv_heads, group, head_dim, tau, get_local_id(0), get_local_size(0),
+                       check_w, qs, sims + sims_off + bh, flags + flags_off + bh);
+    fkv_scores_group(q, q_off, q_rows, desc, desc_off, pair_mask, mask_off, use_mask, summaries,
+                     n_summaries, out, out_off, out_len, n_kv_heads, group, head_dim, heads, qs,
+                     f16_summ);
 }
 
 /* The bytes unit table entry u reads for zero-copy recall: host allocation u[2] of the

@@ -553,6 +553,7 @@ static const fkv_backend_ops opencl_ops = {
     .event_unimport = fkv_ocl_event_release,
     .event_signal = fkv_ocl_event_signal,
     .event_query = fkv_ocl_event_query,
+    .scores_check = fkv_ocl_scores_check,
 };
 
 const fkv_backend_ops *fkv_backend_opencl(void) { return &opencl_ops; }

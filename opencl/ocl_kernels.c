@@ -81,8 +81,10 @@ static fkv_status attention_plan(const launch_ctx *lc, const fkv_kv_geom *g,
                                        "CL_KERNEL_WORK_GROUP_SIZE");
 }
 
-static fkv_status scores_plan(const launch_ctx *lc, const fkv_kv_geom *g, fkv_scores_plan *p) {
-    return fkv_plan_scores("opencl", g, local_avail(lc, K_SCORES), LOCAL_LIMIT, p);
+/* id: K_SCORES or K_SCORES_CHECK (the same queries in local memory) */
+static fkv_status scores_plan(const launch_ctx *lc, ocl_kernel_id id, const fkv_kv_geom *g,
+                              fkv_scores_plan *p) {
+    return fkv_plan_scores("opencl", g, local_avail(lc, id), LOCAL_LIMIT, p);
 }
 
 /* The cosine kernel's work-group size: a power of two for its reduction tree, with three
@@ -303,29 +305,37 @@ fkv_status fkv_ocl_summarize(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fk
     return st;
 }
 
-fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
-                          size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
-                          size_t out_off) {
-    const char *op = "scores";
-    launch_ctx lc;
-    prepare(dev, q, &deps, op, &lc);
+/* The launch of fkv_scores or fkv_scores_check (kernel id), which take the same arguments
+ * first: the plan, enough work groups to fill the device (each strides over its sequence's
+ * pages) and those arguments; then the check's (ck, NULL: none), whose tree reuses the
+ * queries' local memory (at least 3 ck->w floats), and the enqueue. */
+static fkv_status scores_launch(launch_ctx *lc, ocl_kernel_id id, fkv_deps *deps,
+                                const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
+                                uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
+                                const fkv_bbuf *mask, size_t mask_off,
+                                const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off,
+                                const fkv_check_launch *ck) {
     fkv_status st;
     size_t summary_bytes = fkv_summary_bytes(g);
-    if ((st = load(&lc, g)) != FKV_OK)
+    if ((st = load(lc, g)) != FKV_OK)
         return st;
     fkv_scores_plan plan;
-    if ((st = scores_plan(&lc, g, &plan)) != FKV_OK)
+    if ((st = scores_plan(lc, id, g, &plan)) != FKV_OK)
         return st;
+    size_t local_bytes = ((size_t)plan.heads * g->head_dim + FKV_SCORES_PAD) * 4;
+    if (ck && 3 * ck->w * sizeof(float) > local_bytes)
+        local_bytes = 3 * ck->w * sizeof(float);
+    if (local_bytes > local_avail(lc, id))
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "opencl %s: %zu bytes of local memory are more than the device has "
+                         "(" LOCAL_LIMIT ")", lc->op, local_bytes);
     size_t n_summaries = summaries->desc.size / summary_bytes;
     size_t n_groups = (size_t)n_seqs * g->n_kv_heads * plan.blocks;
-    /* Enough work groups to fill the device; each strides over its sequence's pages. */
-    size_t chunks = fkv_scores_chunks(n_groups, dev->compute_units);
-    size_t local[2] = {wg_for(&lc, K_SCORES, SCORES_WG), 1};
+    size_t chunks = fkv_scores_chunks(n_groups, lc->d->compute_units);
+    size_t local[2] = {wg_for(lc, id, SCORES_WG), 1};
     size_t global[2] = {local[0] * chunks, n_groups};
-    pthread_mutex_lock(&lc.kq->lock);
-    kargs a = args_of(&lc, K_SCORES);
+    pthread_mutex_lock(&lc->kq->lock);
+    kargs a = args_of(lc, id);
     arg_mem(&a, qbuf);
     arg_u64(&a, q_off / 4);
     arg_u64(&a, (qbuf->desc.size - q_off) / (4 * (size_t)g->n_kv_heads * g->group * g->head_dim));
@@ -343,11 +353,56 @@ fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_k
     arg_u32(&a, g->group);
     arg_u32(&a, g->head_dim);
     arg_u32(&a, plan.heads);
-    arg_local(&a, ((size_t)plan.heads * g->head_dim + FKV_SCORES_PAD) * 4);
+    arg_local(&a, local_bytes);
     arg_u32(&a, g->summary_format == FKV_SUMMARY_F16);
-    st = enqueue(&lc, &a, 2, global, local, &deps);
-    pthread_mutex_unlock(&lc.kq->lock);
+    if (ck) {
+        arg_u64(&a, ck->cur_off / 4);
+        arg_mem(&a, ck->prev_rows);
+        arg_u64(&a, ck->rows_off / 4);
+        arg_f32(&a, ck->tau);
+        arg_mem(&a, ck->sims);
+        arg_u64(&a, ck->sims_off / 4);
+        arg_mem(&a, ck->flags);
+        arg_u64(&a, ck->flags_off / 4);
+        arg_u32(&a, ck->w);
+    }
+    st = enqueue(lc, &a, 2, global, local, deps);
+    pthread_mutex_unlock(&lc->kq->lock);
     return st;
+}
+
+fkv_status fkv_ocl_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                          const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                          size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                          size_t out_off) {
+    launch_ctx lc;
+    prepare(dev, q, &deps, "scores", &lc);
+    return scores_launch(&lc, K_SCORES, &deps, g, qbuf, q_off, n_seqs, desc, desc_off, mask,
+                         mask_off, summaries, out, out_off, NULL);
+}
+
+/* The check runs with fkv_cosine's lane count (cosine_plan), so its bits are cosine_flags'. */
+fkv_status fkv_ocl_scores_check(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                                const fkv_bbuf *desc, size_t desc_off,
+                                const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off,
+                                size_t cur_off, const fkv_bbuf *prev_rows, size_t rows_off,
+                                float tau, fkv_bbuf *sims, size_t sims_off, fkv_bbuf *flags,
+                                size_t flags_off) {
+    launch_ctx lc;
+    prepare(dev, q, &deps, "scores_check", &lc);
+    size_t w;
+    fkv_status st = load(&lc, g);
+    if (st == FKV_OK)
+        st = cosine_plan(&lc, &w);
+    if (st != FKV_OK)
+        return st;
+    fkv_check_launch ck = {.cur_off = cur_off, .prev_rows = prev_rows, .rows_off = rows_off,
+                           .tau = tau, .sims = sims, .sims_off = sims_off, .flags = flags,
+                           .flags_off = flags_off, .w = (uint32_t)w};
+    return scores_launch(&lc, K_SCORES_CHECK, &deps, g, qbuf, q_off, n_seqs, desc, desc_off,
+                         NULL, 0, summaries, out, out_off, &ck);
 }
 
 fkv_status fkv_ocl_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
@@ -837,9 +892,15 @@ fkv_status fkv_ocl_check_geometry(fkv_bdev *dev, const fkv_kv_geom *g, const fkv
     size_t w;
     lc.op = "attention";
     if ((st = attention_plan(&lc, g, &ap)) != FKV_OK ||
-        (st = scores_plan(&lc, g, &sp)) != FKV_OK || (st = cosine_plan(&lc, &w)) != FKV_OK ||
-        (st = select_plan(&lc, &w)) != FKV_OK || (st = quant_plan(&lc, g)) != FKV_OK)
+        (st = scores_plan(&lc, K_SCORES, g, &sp)) != FKV_OK ||
+        (st = scores_plan(&lc, K_SCORES_CHECK, g, &sp)) != FKV_OK ||
+        (st = select_plan(&lc, &w)) != FKV_OK || (st = quant_plan(&lc, g)) != FKV_OK ||
+        (st = cosine_plan(&lc, &w)) != FKV_OK)
         return st;
+    if (3 * w * sizeof(float) > local_avail(&lc, K_SCORES_CHECK)) /* its tree, in the queries' */
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "opencl scores_check: %zu bytes of local memory are more than the "
+                         "device has (" LOCAL_LIMIT ")", 3 * w * sizeof(float));
     /* split partials live in one scratch buffer per queue */
     for (uint32_t n = 1; n <= q->max_seqs; n++) {
         uint32_t n_bh = n * g->n_kv_heads;

@@ -20,6 +20,7 @@ extern const size_t fkv_opencl_kernels_size;
 
 const char *const fkv_ocl_kernel_names[K_COUNT] = {
     "fkv_append",        "fkv_summarize",      "fkv_scores",          "fkv_cosine",
+    "fkv_scores_check",
     "fkv_pack_hnd",      "fkv_pack_hnd_v16",   "fkv_scatter_hnd",     "fkv_scatter_hnd_v16",
     "fkv_recall_direct", "fkv_recall_direct_v16", "fkv_attention",    "fkv_attention_reduce",
     "fkv_select_pages",

@@ -447,6 +447,14 @@ static void naive_call(naive *nv, const cf_call *c) {
             }
         break;
     }
+    case CF_SCORES_CHECK: { /* cosine_flags, then scores (backend.h) */
+        cf_call check = {.kind = CF_COSINE, .n = c->n, .x = c->x,
+                         .b = {b[7], b[0], b[5], b[6], b[4]}};
+        cf_call scores = {.kind = CF_SCORES, .n = c->n, .b = {b[0], b[1], b[2], b[3], {.arr = -1}}};
+        naive_call(nv, &check);
+        naive_call(nv, &scores);
+        break;
+    }
     case CF_PACK: {
         const unsigned char *slots = at(nv, b[2]);
         size_t page = hk * 2 * p * d;

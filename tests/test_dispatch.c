@@ -42,6 +42,7 @@ static void setup(void) {
     reduced.attention_dense = NULL;
     reduced.recall_direct = NULL;
     reduced.select_pages = NULL;
+    reduced.scores_check = NULL;
     reduced.opened_info = without_multi_region;
 }
 
@@ -303,6 +304,87 @@ Test(dispatch, select_pages_fallback_matches_native) {
         free(b);
     }
     free(sc);
+}
+
+/* One scores_check of three sequences on d (six query rows: the previous ones 0 to 2, the
+ * current ones 3 to 5 at cur_off), its outputs read back; *status: the command's, at its
+ * event; returns the compute queue's launches. prev[1] = -1: no previous query. */
+typedef struct check_case {
+    float q[6 * 8 * 16], summ[12 * 2 * 2 * 16];
+    int32_t desc[12], prev[3];
+    float out[8 * 5 + 8 * 7 + 3], sims[6];
+    int32_t flags[6];
+} check_case;
+
+static uint64_t scores_check_on(fkv_device *d, const fkv_kv_geom *g, check_case *c,
+                                fkv_status *status) {
+    size_t row = 8 * 16 * 4;
+    fkv_bbuf *qb = alloc_on(d, sizeof c->q), *db = alloc_on(d, sizeof c->desc);
+    fkv_bbuf *sb = alloc_on(d, sizeof c->summ), *rb = alloc_on(d, sizeof c->prev);
+    fkv_bbuf *ob = alloc_on(d, sizeof c->out), *simb = alloc_on(d, sizeof c->sims);
+    fkv_bbuf *fb = alloc_on(d, sizeof c->flags);
+    write_on(d, qb, 0, c->q, sizeof c->q);
+    write_on(d, db, 0, c->desc, sizeof c->desc);
+    write_on(d, sb, 0, c->summ, sizeof c->summ);
+    write_on(d, rb, 0, c->prev, sizeof c->prev);
+    memset(c->out, 0, sizeof c->out);
+    write_on(d, ob, 0, c->out, sizeof c->out);
+    fkv_counters before, after;
+    cr_assert_eq(fkv_op_counters(d, &before), FKV_OK);
+    fkv_bevent *ev = NULL;
+    fkv_status st = fkv_op_scores_check(d, Q, (fkv_deps){0, NULL, &ev}, g, qb, 0, 3, db, 0, sb,
+                                        ob, 0, 3 * row, rb, 0, 0.5f, simb, 0, fb, 0);
+    cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
+    *status = fkv_op_event_wait(d, 1, &ev);
+    fkv_op_event_release(d, ev);
+    cr_assert_eq(fkv_op_counters(d, &after), FKV_OK);
+    if (*status == FKV_OK) {
+        read_on(d, ob, 0, c->out, sizeof c->out);
+        read_on(d, simb, 0, c->sims, sizeof c->sims);
+        read_on(d, fb, 0, c->flags, sizeof c->flags);
+    }
+    fkv_bbuf *bufs[] = {qb, db, sb, rb, ob, simb, fb};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++)
+        fkv_op_buffer_free(d, bufs[i]);
+    return after.queues[FKV_COUNTER_COMPUTE].launches - before.queues[FKV_COUNTER_COMPUTE].launches;
+}
+
+/* The fallback of scores_check (cosine_flags, then scores: two launches) writes what the
+ * reference's one launch writes, bit for bit; a previous row beyond the queries fails the
+ * call's event in both (the fallback's scores waits for its cosine_flags). */
+Test(dispatch, scores_check_fallback_matches_native) {
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 4, .head_dim = 16, .page_size = 4,
+                     .dtype = FKV_F32};
+    static check_case a, b;
+    th_rng r;
+    th_seed(&r, 78);
+    th_fill_normal(&r, a.q, sizeof a.q / 4, 1.0f);
+    for (size_t i = 0; i < 8 * 16; i++) /* sequence 0: a near copy, about 0.9 */
+        a.q[3 * 8 * 16 + i] = a.q[i] + 0.5f * a.q[5 * 8 * 16 + i];
+    th_fill_normal(&r, a.summ, sizeof a.summ / 4, 1.0f);
+    const int32_t desc[12] = {0, 5, 0, 3, 5, 0, 40, 4, 5, 7, 43, 5}; /* seq 1: no pages */
+    const int32_t prev[3] = {0, -1, 2};
+    memcpy(a.desc, desc, sizeof desc);
+    memcpy(a.prev, prev, sizeof prev);
+    b = a;
+    open_both();
+    fkv_status sa, sb;
+    cr_expect_eq(scores_check_on(native_dev, &g, &a, &sa), 1, "the reference: one launch");
+    cr_expect_eq(scores_check_on(fallback_dev, &g, &b, &sb), 2, "the fallback: two launches");
+    cr_assert_eq(sa, FKV_OK, "%s", fkv_last_error());
+    cr_assert_eq(sb, FKV_OK, "%s", fkv_last_error());
+    cr_assert_arr_eq(a.out, b.out, sizeof a.out, "fallback scores differ");
+    cr_assert_arr_eq(a.sims, b.sims, sizeof a.sims, "fallback similarities differ");
+    cr_assert_arr_eq(a.flags, b.flags, sizeof a.flags, "fallback flags differ");
+    cr_assert(isnan(a.sims[2]) && isnan(a.sims[3]) && a.flags[2] && a.flags[3],
+              "no previous query: NaN, flagged");
+    cr_assert(a.sims[0] > 0.5f && !a.flags[0], "a near copy: similar, not flagged");
+    cr_assert(a.out[43] != 0.0f && a.out[42] == 0.0f, "sequence 2's scores, not the gap");
+    a.prev[2] = b.prev[2] = 6; /* beyond the six rows: refused where the check runs */
+    scores_check_on(native_dev, &g, &a, &sa);
+    scores_check_on(fallback_dev, &g, &b, &sb);
+    cr_expect_eq(sa, FKV_ERR_INVALID_ARGUMENT, "the reference: %d", (int)sa);
+    cr_expect_eq(sb, FKV_ERR_INVALID_ARGUMENT, "the fallback: %d", (int)sb);
 }
 
 Test(dispatch, attention_dense_fallback_signals_done_after_deps) {

@@ -34,7 +34,7 @@ echo "oclgrind reports the deliberate race (tests/oclgrind/race.cl): the checker
 
 # 2. test_opencl's single-threaded op tests, one process each, two at a time
 tests=(device_info_and_table device public_api copies event_chain events host_memory append
-       summarize scores cosine_flags cosine_nan attention_split bad_arguments
+       summarize scores cosine_flags cosine_nan scores_check attention_split bad_arguments
        zero_work out_of_range buffer_import_and_memory_errors select_pages)
 export FREEKV_REQUIRE_DEVICES=opencl # the simulator must be the device found, never a skip
 run_one() {
@@ -62,7 +62,7 @@ printf '%s\n' "${tests[@]}" |
 start=$SECONDS
 ops='append summarize pack_hnd scatter_hnd recall_direct quantize dequantize dequantize_direct attention
      attention_dense'
-filter="device,copies,write_regions,scores/,cosine_flags/$(printf ',%s/d64/g1/p16/' $ops)"
+filter="device,copies,write_regions,scores/,cosine_flags/,scores_check/$(printf ',%s/d64/g1/p16/' $ops)"
 if ! oclgrind "${opts[@]}" --log "$out/conformance.log" "$build/freekv-conformance" \
     --backend opencl --quick --require opencl --report-dir "$out/conformance" \
     --filter "$filter" >"$out/conformance.out" 2>&1; then

@@ -9,18 +9,45 @@
  * when its queries do not fit shared memory at once); x (chunks of workgroups) strides over
  * its pages. The summaries are bound as a window of n_summaries from summ_base
  * (vk_kernels.c), as words: f32 bits, or (summ_f16) two f16 each, widened exactly, so their
- * scores are bit for bit those of f32 summaries holding the same values. */
+ * scores are bit for bit those of f32 summaries holding the same values.
+ * -DCHECK=1 (scores_check, backend.h): no mask; the first workgroup of each (sequence, KV
+ * head) (x 0, head block 0, in the first window of summaries) first runs cosine.comp's check
+ * of it (check.glsl) with its lane count check_w, the current queries bound at 4 (from
+ * cur_off) and the previous ones in q (from q_off), its tree in qs before the queries. */
 #include "common.glsl"
 RBUF(0, float, q);
 RBUF(1, int, desc);
 RBUF(2, uint, summaries);
 BUF(3, float, outp);
+#ifdef CHECK
+RBUF(4, float, q_cur);
+RBUF(5, int, prev_rows);
+BUF(6, float, sims);
+BUF(7, int, flags);
+#else
 RBUF(4, int, pair_mask);
+#endif
 layout(push_constant) uniform PC {
     uint q_off, desc_off, n_summaries, out_off, out_len, n_kv_heads, group, head_dim, summ_base,
         heads, q_rows, mask_off, use_mask, summ_f16;
+#ifdef CHECK
+    uint cur_off, rows_off, sims_off, flags_off;
+    float tau;
+    uint check_w;
+#endif
 } pc;
 shared float qs[SMEM];
+#ifdef CHECK
+#define CHECK_CUR q_cur
+#define CHECK_PREV q
+#define CHECK_SIMS sims
+#define CHECK_FLAGS flags
+#define CHECK_RED qs
+#include "check.glsl"
+#define PAIR_ON(bh) true
+#else
+#define PAIR_ON(bh) (pc.use_mask == 0u || pair_mask[pc.mask_off + (bh)] != 0)
+#endif
 #define SCORE_LANES 8u /* backends/launch.h FKV_SCORE_LANES */
 #define SCORE_PAGES 4u
 #define SUMM_F32(e) uintBitsToFloat(summaries[e])
@@ -42,10 +69,15 @@ void main() {
     uint n_blocks = (pc.group + pc.heads - 1u) / pc.heads, lid = gl_LocalInvocationID.x;
     uint bh = gl_WorkGroupID.y / n_blocks, hb = (gl_WorkGroupID.y % n_blocks) * pc.heads;
     uint b = bh / pc.n_kv_heads, h = bh % pc.n_kv_heads, db = pc.desc_off + 4u * b;
+#ifdef CHECK
+    if (gl_WorkGroupID.x == 0u && hb == 0u && pc.summ_base == 0u) /* the whole workgroup */
+        check_pair(pc.cur_off, pc.q_off, pc.q_rows, prev_rows[pc.rows_off + b], bh, pc.n_kv_heads,
+                   pc.group, pc.head_dim, pc.tau, lid, gl_WorkGroupSize.x, pc.check_w,
+                   pc.sims_off + bh, pc.flags_off + bh);
+#endif
     int row = desc[db + 3u];
     /* a masked pair or a row beyond the queries does nothing (no return before the barrier) */
-    bool ok = row >= 0 && uint(row) < pc.q_rows && pc.n_summaries > 0u &&
-              (pc.use_mask == 0u || pair_mask[pc.mask_off + bh] != 0);
+    bool ok = row >= 0 && uint(row) < pc.q_rows && pc.n_summaries > 0u && PAIR_ON(bh);
     uint ng_all = min(pc.heads, pc.group - hb), gd = ng_all * pc.head_dim, d = pc.head_dim;
     uint qb = pc.q_off + ((uint(ok ? row : 0) * pc.n_kv_heads + h) * pc.group + hb) * d;
     for (uint i = lid; i < gd + SCORE_LANES - 1u; i += gl_WorkGroupSize.x)

@@ -1037,6 +1037,7 @@ static const fkv_backend_ops vulkan_ops = {
     .event_unimport = fkv_vk_event_release,
     .event_signal = fkv_vk_event_signal,
     .event_query = fkv_vk_event_query,
+    .scores_check = fkv_vk_scores_check,
 };
 
 const fkv_backend_ops *fkv_backend_vulkan(void) { return &vulkan_ops; }

@@ -492,6 +492,74 @@ fkv_status fkv_vk_select_pages(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     return fkv_vk_cmd_submit(&c, &deps, NULL);
 }
 
+/* One command of scores.comp: S_SCORES with an optional mask, or (ck) S_SCORES_CHECK, whose
+ * check binds the current queries, the rows, sims and flags at 4 to 7 (no mask) and runs its
+ * tree in the queries' shared memory (at least 3 ck->w floats). */
+static fkv_status scores_run(launch *L, const fkv_deps *deps, const fkv_kv_geom *g,
+                             const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                             const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                             size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                             size_t out_off, const fkv_check_launch *ck) {
+    fkv_bdev *dev = L->d;
+    fkv_status st;
+    uint64_t q_row = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
+    uint64_t n_bh = (uint64_t)n_seqs * g->n_kv_heads;
+    size_t summary_bytes = fkv_summary_bytes(g);
+    scores_launch sp;
+    if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
+        return st;
+    /* rows from device data: what one binding reaches of the buffer from q_off */
+    if ((st = bind_buf(L, 0, qbuf, q_off, q_row, 4, &L->pc[0], "q")) != FKV_OK ||
+        (st = bind_buf(L, 1, desc, desc_off, n_seqs * 16ull, 4, &L->pc[1], "desc")) != FKV_OK ||
+        /* written at indices from device data: all of it must be reachable */
+        (st = bind_buf(L, 3, out, out_off, out->desc.size - out_off, 4, &L->pc[3], "out")) !=
+            FKV_OK ||
+        (mask && (st = bind_buf(L, 4, mask, mask_off, n_bh * 4, 4, &L->pc[11], "mask")) !=
+                     FKV_OK) ||
+        (ck && ((st = bind_buf(L, 4, qbuf, ck->cur_off, n_seqs * q_row, 4, &L->pc[14],
+                               "q_cur")) != FKV_OK ||
+                (st = bind_buf(L, 5, ck->prev_rows, ck->rows_off, n_seqs * 4ull, 4, &L->pc[15],
+                               "prev_rows")) != FKV_OK ||
+                (st = bind_buf(L, 6, ck->sims, ck->sims_off, n_bh * 4, 4, &L->pc[16], "sims")) !=
+                    FKV_OK ||
+                (st = bind_buf(L, 7, ck->flags, ck->flags_off, n_bh * 4, 4, &L->pc[17],
+                               "flags")) != FKV_OK)))
+        return st;
+    L->pc[12] = mask != NULL;
+    L->pc[13] = g->summary_format == FKV_SUMMARY_F16;
+    size_t n_summ = summaries->desc.size / summary_bytes;
+    if ((st = bind_windows(L, 2, summaries->buf, summaries->desc.size, -1, VK_NULL_HANDLE, 0,
+                           summary_bytes, n_summ < INT32_MAX ? n_summ : INT32_MAX, 8, 2, 1,
+                           "the summaries")) != FKV_OK)
+        return st;
+    uint64_t out_len = (L->b[3].range - (out_off - L->b[3].off)) / 4;
+    L->pc[4] = out_len > UINT32_MAX ? UINT32_MAX : (uint32_t)out_len;
+    L->pc[5] = g->n_kv_heads;
+    L->pc[6] = g->group;
+    L->pc[7] = g->head_dim;
+    L->pc[9] = sp.p.heads;
+    uint64_t q_rows = (L->b[0].range - (q_off - L->b[0].off)) / q_row;
+    L->pc[10] = q_rows > UINT32_MAX ? UINT32_MAX : (uint32_t)q_rows;
+    uint32_t smem = sp.smem;
+    if (ck) {
+        pc_f32(L, 18, ck->tau);
+        L->pc[19] = ck->w;
+        smem = smem > 3 * ck->w ? smem : 3 * ck->w;
+    }
+    uint32_t chunks = fkv_scores_chunks(sp.rows, dev->compute_units);
+    VkPipeline p;
+    vk_cmd c;
+    if ((st = fkv_vk_pipeline(dev, ck ? S_SCORES_CHECK : S_SCORES, pick_wg(dev, SCORES_WG), smem,
+                              &p)) != FKV_OK ||
+        (st = fkv_vk_cmd_begin(dev, L->q, 0, &c)) != FKV_OK)
+        return st;
+    if ((st = record_windows(&c, L, p, chunks, sp.rows)) != FKV_OK) {
+        fkv_vk_cmd_abort(&c);
+        return st;
+    }
+    return fkv_vk_cmd_submit(&c, deps, NULL);
+}
+
 fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
                          size_t desc_off, const fkv_bbuf *mask, size_t mask_off,
@@ -499,47 +567,28 @@ fkv_status fkv_vk_scores(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv
                          size_t out_off) {
     launch L;
     prepare(dev, q, &deps, "scores", &L);
-    fkv_status st;
-    uint64_t q_row = (uint64_t)g->n_kv_heads * g->group * g->head_dim * 4;
-    size_t summary_bytes = fkv_summary_bytes(g);
-    scores_launch sp;
-    if ((st = scores_plan(dev, g, n_seqs, &sp)) != FKV_OK)
+    return scores_run(&L, &deps, g, qbuf, q_off, n_seqs, desc, desc_off, mask, mask_off,
+                      summaries, out, out_off, NULL);
+}
+
+/* The check runs with cosine.comp's lane count (cosine_plan), so its bits are cosine_flags'. */
+fkv_status fkv_vk_scores_check(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                               const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                               const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *summaries,
+                               fkv_bbuf *out, size_t out_off, size_t cur_off,
+                               const fkv_bbuf *prev_rows, size_t rows_off, float tau,
+                               fkv_bbuf *sims, size_t sims_off, fkv_bbuf *flags,
+                               size_t flags_off) {
+    launch L;
+    prepare(dev, q, &deps, "scores_check", &L);
+    fkv_check_launch ck = {.cur_off = cur_off, .prev_rows = prev_rows, .rows_off = rows_off,
+                           .tau = tau, .sims = sims, .sims_off = sims_off, .flags = flags,
+                           .flags_off = flags_off};
+    fkv_status st = cosine_plan(dev, (uint64_t)n_seqs * g->n_kv_heads, &ck.w);
+    if (st != FKV_OK)
         return st;
-    /* rows from device data: what one binding reaches of the buffer from q_off */
-    if ((st = bind_buf(&L, 0, qbuf, q_off, q_row, 4, &L.pc[0], "q")) != FKV_OK ||
-        (st = bind_buf(&L, 1, desc, desc_off, n_seqs * 16ull, 4, &L.pc[1], "desc")) != FKV_OK ||
-        /* written at indices from device data: all of it must be reachable */
-        (st = bind_buf(&L, 3, out, out_off, out->desc.size - out_off, 4, &L.pc[3], "out")) !=
-            FKV_OK ||
-        (mask && (st = bind_buf(&L, 4, mask, mask_off, (uint64_t)n_seqs * g->n_kv_heads * 4, 4,
-                                &L.pc[11], "mask")) != FKV_OK))
-        return st;
-    L.pc[12] = mask != NULL;
-    L.pc[13] = g->summary_format == FKV_SUMMARY_F16;
-    size_t n_summ = summaries->desc.size / summary_bytes;
-    if ((st = bind_windows(&L, 2, summaries->buf, summaries->desc.size, -1, VK_NULL_HANDLE, 0,
-                           summary_bytes, n_summ < INT32_MAX ? n_summ : INT32_MAX, 8, 2, 1,
-                           "the summaries")) != FKV_OK)
-        return st;
-    uint64_t out_len = (L.b[3].range - (out_off - L.b[3].off)) / 4;
-    L.pc[4] = out_len > UINT32_MAX ? UINT32_MAX : (uint32_t)out_len;
-    L.pc[5] = g->n_kv_heads;
-    L.pc[6] = g->group;
-    L.pc[7] = g->head_dim;
-    L.pc[9] = sp.p.heads;
-    uint64_t q_rows = (L.b[0].range - (q_off - L.b[0].off)) / q_row;
-    L.pc[10] = q_rows > UINT32_MAX ? UINT32_MAX : (uint32_t)q_rows;
-    uint32_t chunks = fkv_scores_chunks(sp.rows, dev->compute_units);
-    VkPipeline p;
-    vk_cmd c;
-    if ((st = fkv_vk_pipeline(dev, S_SCORES, pick_wg(dev, SCORES_WG), sp.smem, &p)) != FKV_OK ||
-        (st = fkv_vk_cmd_begin(dev, q, 0, &c)) != FKV_OK)
-        return st;
-    if ((st = record_windows(&c, &L, p, chunks, sp.rows)) != FKV_OK) {
-        fkv_vk_cmd_abort(&c);
-        return st;
-    }
-    return fkv_vk_cmd_submit(&c, &deps, NULL);
+    return scores_run(&L, &deps, g, qbuf, q_off, n_seqs, desc, desc_off, NULL, 0, summaries, out,
+                      out_off, &ck);
 }
 
 fkv_status fkv_vk_cosine_flags(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,

@@ -562,15 +562,10 @@ static fkv_status run_scores(void *p) {
                       a->n_summaries, a->out, a->out_len);
 }
 
-static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
-                                const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
-                                const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
-                                size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
-                                size_t out_off) {
-    const char *op = "scores";
-    scores_args *a;
-    TRY(check_limits(op, g));
-    TRY(alloc_args(op, sizeof *a, (void **)&a));
+static void scores_fill(scores_args *a, const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
+                        uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
+                        const fkv_bbuf *mask, size_t mask_off, const fkv_bbuf *summaries,
+                        fkv_bbuf *out, size_t out_off) {
     a->g = *g;
     a->n_seqs = n_seqs;
     a->q = (const float *)at(qbuf, q_off);
@@ -582,6 +577,19 @@ static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     a->n_summaries = summaries->desc.size / fkv_summary_bytes(g);
     a->out = (float *)at(out, out_off);
     a->out_len = (out->desc.size - out_off) / sizeof(float);
+}
+
+static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
+                                const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs,
+                                const fkv_bbuf *desc, size_t desc_off, const fkv_bbuf *mask,
+                                size_t mask_off, const fkv_bbuf *summaries, fkv_bbuf *out,
+                                size_t out_off) {
+    const char *op = "scores";
+    scores_args *a;
+    TRY(check_limits(op, g));
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    scores_fill(a, g, qbuf, q_off, n_seqs, desc, desc_off, mask, mask_off, summaries, out,
+                out_off);
     return submit(dev, q, run_scores, a, deps);
 }
 
@@ -638,16 +646,10 @@ static fkv_status run_cosine(void *p) {
                             a->tau, a->sims, a->flags);
 }
 
-static fkv_status cpu_cosine_flags_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
-                                      const fkv_kv_geom *g, const fkv_bbuf *q_cur,
-                                      size_t cur_off, const fkv_bbuf *q_prev, size_t prev_off,
-                                      const fkv_bbuf *prev_rows, size_t rows_off,
-                                      uint32_t n_seqs, float tau, fkv_bbuf *sims,
-                                      size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
-    const char *op = "cosine_flags";
-    cosine_args *a;
-    TRY(check_limits(op, g));
-    TRY(alloc_args(op, sizeof *a, (void **)&a));
+static void cosine_fill(cosine_args *a, const fkv_kv_geom *g, const fkv_bbuf *q_cur,
+                        size_t cur_off, const fkv_bbuf *q_prev, size_t prev_off,
+                        const fkv_bbuf *prev_rows, size_t rows_off, uint32_t n_seqs, float tau,
+                        fkv_bbuf *sims, size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
     a->g = *g;
     a->n_seqs = n_seqs;
     a->tau = tau;
@@ -658,7 +660,53 @@ static fkv_status cpu_cosine_flags_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     a->prev_rows = (const int32_t *)at(prev_rows, rows_off);
     a->sims = (float *)at(sims, sims_off);
     a->flags = (int32_t *)at(flags, flags_off);
+}
+
+static fkv_status cpu_cosine_flags_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                      const fkv_kv_geom *g, const fkv_bbuf *q_cur,
+                                      size_t cur_off, const fkv_bbuf *q_prev, size_t prev_off,
+                                      const fkv_bbuf *prev_rows, size_t rows_off,
+                                      uint32_t n_seqs, float tau, fkv_bbuf *sims,
+                                      size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+    const char *op = "cosine_flags";
+    cosine_args *a;
+    TRY(check_limits(op, g));
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    cosine_fill(a, g, q_cur, cur_off, q_prev, prev_off, prev_rows, rows_off, n_seqs, tau, sims,
+                sims_off, flags, flags_off);
     return submit(dev, q, run_cosine, a, deps);
+}
+
+/* scores_check: the check, then the scores, as one command (one launch counted). */
+typedef struct scores_check_args {
+    cosine_args check;
+    scores_args scores;
+} scores_check_args;
+
+static fkv_status run_scores_check(void *p) {
+    scores_check_args *a = p;
+    fkv_status st = run_cosine(&a->check);
+    if (st == FKV_OK)
+        st = run_scores(&a->scores);
+    return st == FKV_OK ? st : fkv_error_prefix(st, "scores_check"); /* the op's name */
+}
+
+static fkv_status cpu_scores_check_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
+                                      const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
+                                      uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
+                                      const fkv_bbuf *summaries, fkv_bbuf *out, size_t out_off,
+                                      size_t cur_off, const fkv_bbuf *prev_rows,
+                                      size_t rows_off, float tau, fkv_bbuf *sims,
+                                      size_t sims_off, fkv_bbuf *flags, size_t flags_off) {
+    const char *op = "scores_check";
+    scores_check_args *a;
+    TRY(check_limits(op, g));
+    TRY(alloc_args(op, sizeof *a, (void **)&a));
+    cosine_fill(&a->check, g, qbuf, cur_off, qbuf, q_off, prev_rows, rows_off, n_seqs, tau, sims,
+                sims_off, flags, flags_off);
+    scores_fill(&a->scores, g, qbuf, q_off, n_seqs, desc, desc_off, NULL, 0, summaries, out,
+                out_off);
+    return submit(dev, q, run_scores_check, a, deps);
 }
 
 typedef struct pack_args {
@@ -926,6 +974,7 @@ static const fkv_backend_ops cpu_ops = {
     .select_pages = cpu_select_pages_op,
     .host_formats = cpu_host_formats,
     .event_query = cpu_event_query,
+    .scores_check = cpu_scores_check_op,
 };
 
 const fkv_backend_ops *fkv_backend_cpu(void) { return &cpu_ops; }

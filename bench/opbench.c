@@ -4,6 +4,9 @@
  *     bf16, p=32, d=128: 16 KiB per unit) out of a pinned host pool, per mechanism:
  *       perpage  one write per unit into device staging, then one scatter kernel
  *       engine:* the core's recall engine (core/recall.h) in perpage, staged, direct mode
+ *       pack     the offload's pack_hnd of as many pages from the slots into staging
+ *     With --host-format q8|q4 the units are quantized (docs/pipeline.md, "Host formats"):
+ *     the recalls dequantize and the pack quantizes, so their kernels are timed.
  * (2) Paged decode attention at a 2048-token budget (Hq=32, Hk=8, d=128) in f32, f16 and bf16
  *     for batch 1 and 4: time and effective GB/s of K/V bytes read, beside the bandwidth of a
  *     single-thread memcpy of the same bytes measured in the same repetitions (interleaved, so
@@ -28,6 +31,7 @@
 #include "backends/dispatch.h"
 #include "bench/counts.h"
 #include "common/dtype.h"
+#include "common/hostfmt.h"
 #include "common/error.h"
 #include "core/hostpool.h"
 #include "core/recall.h"
@@ -61,6 +65,7 @@ typedef struct options {
     uint32_t pool_mib;
     uint32_t reps, chunk;
     fkv_dtype dtype;               /* recall's (and the geometry of scoring's) */
+    fkv_host_format host_format;   /* recall's units */
     fkv_dtype attn_dtypes[3];      /* attention's */
     size_t n_attn_dtypes;
     uint32_t score_pages[MAX_LIST];
@@ -132,12 +137,14 @@ static clocks timed_copy(unsigned char *dst, unsigned char *src, size_t bytes) {
 static void usage(FILE *f) {
     fprintf(f, "usage: freekv-opbench [--quick] [--backend NAME] [--device SEL] [--pages 32,64]\n"
                "       [--batches 1,4] [--pool-mib N] [--reps N] [--chunk UNITS] [--budget TOKENS]\n"
-               "       [--dtype f32|f16|bf16] [--attention-dtypes f32,f16,bf16]\n"
+               "       [--dtype f32|f16|bf16] [--host-format same|q8|q4]\n"
+               "       [--attention-dtypes f32,f16,bf16]\n"
                "       [--score-pages 4096] [--topk 32] [--only recall|attention|scoring]\n"
                "       [--q-heads 32] [--kv-heads 8] [--head-dim 128] (every section)\n"
                "  --quick: a 64 MiB host pool and 3 repetitions (a few seconds on a CPU device)\n"
-               "  --dtype: the recall's storage type (bf16); --attention-dtypes: the attention's\n"
-               "  (all three); --only: one of the three sections\n"
+               "  --dtype: the recall's storage type (bf16); --host-format: how its host units\n"
+               "  are stored (same); --attention-dtypes: the attention's (all three); --only:\n"
+               "  one of the three sections\n"
                "  lists hold 1 to %d values; numbers are plain decimal integers. The memory a run\n"
                "  needs is estimated before anything is allocated; a run that would not fit is\n"
                "  refused. Exit status: 0 ok, 1 a measurement failed, 2 bad arguments.\n",
@@ -242,7 +249,12 @@ static int parse(int argc, char **argv, options *o) {
             bad = fkv_arg_u32(TOOL, a, v, 1, MAX_HEAD_DIM, &o->head_dim);
         else if (strcmp(a, "--dtype") == 0)
             bad = parse_dtypes(a, v, &o->dtype, 1, NULL);
-        else if (strcmp(a, "--attention-dtypes") == 0)
+        else if (strcmp(a, "--host-format") == 0) {
+            if (fkv_host_format_parse(v, &o->host_format) != FKV_OK) {
+                fprintf(stderr, TOOL ": --host-format: '%s' is not same, q8 or q4\n", v);
+                bad = -1;
+            }
+        } else if (strcmp(a, "--attention-dtypes") == 0)
             bad = parse_dtypes(a, v, o->attn_dtypes, 3, &o->n_attn_dtypes);
         else if (strcmp(a, "--only") == 0) {
             o->recall = strcmp(v, "recall") == 0;
@@ -317,6 +329,35 @@ static uint32_t max_of(const uint32_t *x, size_t n) {
 
 /* ---- (1) recall ---- */
 
+#define FILL_TEMPLATES 16
+
+/* n host units of geometry g at dst: values of fill_values, or in a quantized host format
+ * such values quantized by the reference codec (FILL_TEMPLATES distinct units, repeated: what
+ * the kernels cost does not depend on the codes). */
+static fkv_status fill_units(const fkv_kv_geom *g, unsigned char *dst, size_t n, uint64_t seed) {
+    size_t unit = fkv_unit_bytes(g);
+    if (g->host_format == FKV_HOST_SAME) {
+        fill_values(dst, n * unit, g->dtype, seed);
+        return FKV_OK;
+    }
+    size_t half = (size_t)g->page_size * g->head_dim * fkv_dtype_size(g->dtype);
+    unsigned char *values = malloc(2 * half);
+    if (values == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opbench: %zu bytes of unit values",
+                         2 * half);
+    for (size_t j = 0; j < n; j++) {
+        if (j >= FILL_TEMPLATES) {
+            memcpy(dst + j * unit, dst + j % FILL_TEMPLATES * unit, unit);
+            continue;
+        }
+        fill_values(values, 2 * half, g->dtype, seed * FILL_TEMPLATES + j);
+        fkv_hostfmt_quantize(g->host_format, g->page_size, g->head_dim, values, values + half,
+                             g->dtype, 0, g->head_dim, dst + j * unit);
+    }
+    free(values);
+    return FKV_OK;
+}
+
 typedef struct recall_setup {
     fkv_kv_geom g;
     size_t unit_bytes;
@@ -340,8 +381,9 @@ static fkv_status recall_init(bench *b, recall_setup *r) {
     const options *o = b->o;
     memset(r, 0, sizeof *r);
     r->g = (fkv_kv_geom){.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
-            .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype};
-    r->unit_bytes = 2 * (size_t)o->page * o->head_dim * fkv_dtype_size(o->dtype);
+            .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype,
+            .host_format = o->host_format};
+    r->unit_bytes = fkv_unit_bytes(&r->g);
     uint32_t max_pages = 0;
     for (uint32_t i = 0; i < o->n_pages; i++)
         max_pages = o->pages[i] > max_pages ? o->pages[i] : max_pages;
@@ -367,10 +409,22 @@ static fkv_status recall_init(bench *b, recall_setup *r) {
         uint32_t first = c * FKV_HOST_CHUNK_PAGES;
         uint32_t n = host_pages - first < FKV_HOST_CHUNK_PAGES ? host_pages - first
                                                                : FKV_HOST_CHUNK_PAGES;
-        fill_values(fkv_hostpool_page(&r->hp, first, NULL, NULL), n * page_bytes, o->dtype,
-                    7 + c);
+        st = fill_units(&r->g, fkv_hostpool_page(&r->hp, first, NULL, NULL),
+                        (size_t)n * o->kv_heads, 7 + c);
+        if (st != FKV_OK)
+            return st;
     }
-    return FKV_OK;
+    void *slots = malloc(max_pages * slot_bytes);
+    if (slots == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opbench: %zu bytes of slot values",
+                         max_pages * slot_bytes);
+    fill_values(slots, max_pages * slot_bytes, o->dtype, 5);
+    if ((st = upload(b, r->kpool, slots, max_pages * slot_bytes)) == FKV_OK) {
+        fill_values(slots, max_pages * slot_bytes, o->dtype, 6);
+        st = upload(b, r->vpool, slots, max_pages * slot_bytes);
+    }
+    free(slots);
+    return st;
 }
 
 /* `pages` random distinct host pages per KV head, into slots 0..pages-1. The host pool is
@@ -425,6 +479,16 @@ static fkv_status run_perpage(bench *b, recall_setup *r, uint32_t n, const fkv_r
     return st;
 }
 
+/* The offload's pack: slots 0..n_pages-1 of the pools into staging (index holds 0..n-1). */
+static fkv_status run_pack(bench *b, recall_setup *r, uint32_t n_pages) {
+    fkv_bevent *done = NULL;
+    fkv_status st = fkv_op_pack_hnd(b->dev, FKV_QUEUE_COMPUTE, (fkv_deps){0, NULL, &done}, &r->g,
+                             r->kpool, r->vpool, n_pages, r->index, 0, r->staging, 0);
+    if (st == FKV_OK)
+        st = wait_release(b, done);
+    return st;
+}
+
 static fkv_status run_engine(bench *b, fkv_recaller *rc, recall_setup *r, uint32_t n,
                              const fkv_recall_unit *u) {
     fkv_bevent *done = NULL;
@@ -462,10 +526,11 @@ static int bench_recall(bench *b, fkv_pool *pool) {
     const options *o = b->o;
     recall_setup r;
     fkv_status st = recall_init(b, &r);
-    printf("\n(1) recall: %u KV heads, %s, p=%u, d=%u: %zu KiB per (page, head) unit, host pool "
-           "%u MiB (pinned, host_alloc, %u pieces of %u pages), %u reps (median)\n",
-           o->kv_heads, fkv_dtype_name(o->dtype), o->page, o->head_dim, r.unit_bytes >> 10,
-           o->pool_mib, r.hp.n_chunks, FKV_HOST_CHUNK_PAGES, o->reps);
+    printf("\n(1) recall: %u KV heads, %s, p=%u, d=%u, host format %s: %zu bytes per (page, "
+           "head) unit, host pool %u MiB (pinned, host_alloc, %u pieces of %u pages), %u reps "
+           "(median)\n",
+           o->kv_heads, fkv_dtype_name(o->dtype), o->page, o->head_dim,
+           fkv_host_format_name(o->host_format), r.unit_bytes, o->pool_mib, r.hp.n_chunks, FKV_HOST_CHUNK_PAGES, o->reps);
     if (st != FKV_OK) {
         printf("  setup failed: %s\n", fkv_last_error());
         recall_free(b, &r);
@@ -473,24 +538,24 @@ static int bench_recall(bench *b, fkv_pool *pool) {
     }
     int failed = 0;
     printf("  device recall mode (default): %s\n", mode_name(fkv_op_recall_mode(b->dev)));
-    printf("  %-16s %6s %7s %9s %10s %9s  %s\n", "mechanism", "pages", "units", "MiB", "ms",
-           "GB/s eff.", "device commands per recall");
+    printf("  %-16s %6s %7s %9s %10s %9s %8s  %s\n", "mechanism", "pages", "units", "MiB", "ms",
+           "GB/s eff.", "cpu ms", "device commands per recall");
     fkv_recall_unit *units = malloc(r.max_units * sizeof *units);
     int32_t *index = malloc((size_t)r.max_units * 8);
-    double *t = malloc(o->reps * sizeof *t);
-    if (units == NULL || index == NULL || t == NULL) {
+    double *t = malloc(o->reps * sizeof *t), *tc = malloc(o->reps * sizeof *tc);
+    if (units == NULL || index == NULL || t == NULL || tc == NULL) {
         printf("  out of host memory\n");
         failed = 1;
         goto out;
     }
     static const fkv_recall_mode engine_modes[] = {FKV_RECALL_PERPAGE, FKV_RECALL_STAGED,
                                                    FKV_RECALL_DIRECT};
-    for (int m = -1; m < 3; m++) {
+    for (int m = -1; m < 4; m++) { /* perpage, the engine's three modes, pack */
         fkv_recaller *rc = NULL;
         char name[32];
-        snprintf(name, sizeof name, m < 0 ? "perpage" : "engine:%s",
-                 m < 0 ? "" : mode_name(engine_modes[m]));
-        if (m >= 0) {
+        snprintf(name, sizeof name, m < 0 ? "perpage" : m < 3 ? "engine:%s" : "pack",
+                 m < 0 || m == 3 ? "" : mode_name(engine_modes[m]));
+        if (m >= 0 && m < 3) {
             /* a backend without recall_direct: its runs fail with FKV_ERR_UNSUPPORTED (n/a) */
             st = fkv_recaller_create(b->dev, &r.g, engine_modes[m], o->chunk, &rc);
             if (st != FKV_OK) {
@@ -505,14 +570,25 @@ static int bench_recall(bench *b, fkv_pool *pool) {
             st = FKV_OK;
             fkv_counters c0, c1;
             int counted = 1;
+            if (m == 3) {
+                for (uint32_t i = 0; i < o->pages[pi]; i++)
+                    index[i] = (int32_t)i;
+                st = upload(b, r.index, index, (size_t)o->pages[pi] * sizeof *index);
+            }
             for (uint32_t rep = 0; rep <= o->reps && st == FKV_OK; rep++) {
-                pick_units(&r, o->pages[pi], 1000 + rep, units, index);
+                if (m < 3)
+                    pick_units(&r, o->pages[pi], 1000 + rep, units, index);
                 if (rep == 1)
                     counted = fkv_device_get_counters(b->dev, &c0) == FKV_OK;
-                double t0 = now_s();
-                st = rc ? run_engine(b, rc, &r, n, units) : run_perpage(b, &r, n, units, index);
-                if (rep > 0) /* rep 0 warms up (program builds, first touches) */
-                    t[rep - 1] = now_s() - t0;
+                clocks t0 = clocks_now();
+                st = m == 3 ? run_pack(b, &r, o->pages[pi])
+                     : rc   ? run_engine(b, rc, &r, n, units)
+                            : run_perpage(b, &r, n, units, index);
+                if (rep > 0) { /* rep 0 warms up (program builds, first touches) */
+                    clocks span = clocks_since(t0);
+                    t[rep - 1] = span.wall;
+                    tc[rep - 1] = span.cpu;
+                }
             }
             counted = counted && fkv_device_get_counters(b->dev, &c1) == FKV_OK;
             if (st != FKV_OK) {
@@ -521,8 +597,8 @@ static int bench_recall(bench *b, fkv_pool *pool) {
                 break;
             }
             double s = median(t, o->reps), bytes = (double)n * (double)r.unit_bytes;
-            printf("  %-16s %6u %7u %9.2f %10.3f %9.2f  ", name, o->pages[pi], n,
-                   bytes / (1 << 20), s * 1e3, bytes / s * 1e-9);
+            printf("  %-16s %6u %7u %9.2f %10.3f %9.2f %8.3f  ", name, o->pages[pi], n,
+                   bytes / (1 << 20), s * 1e3, bytes / s * 1e-9, median(tc, o->reps) * 1e3);
             print_counts(&c1, &c0, counted, o->reps);
         }
         fkv_recaller_destroy(rc);
@@ -531,6 +607,7 @@ out:
     free(units);
     free(index);
     free(t);
+    free(tc);
     recall_free(b, &r);
     return failed;
 }
@@ -886,15 +963,16 @@ static uint64_t slot_bytes_of(const options *o, fkv_dtype dtype) {
     return (uint64_t)o->page * o->kv_heads * o->head_dim * fkv_dtype_size(dtype);
 }
 
-/* (1): the host pool, the K/V pools and staging (recall_init), and the engine's two staging
- * buffers of `chunk` units on each side (core/recall.c; 256 units when 0). */
+/* (1): the host pool, the K/V pools (and their values on the host) and staging (recall_init),
+ * and the engine's two staging buffers of `chunk` units on each side (core/recall.c; 256 units
+ * when 0). */
 static need recall_need(const options *o) {
     uint64_t unit = 2ull * o->page * o->head_dim * fkv_dtype_size(o->dtype);
     uint64_t units = (uint64_t)max_of(o->pages, o->n_pages) * o->kv_heads;
     uint64_t pools = (uint64_t)max_of(o->pages, o->n_pages) * slot_bytes_of(o, o->dtype);
     uint64_t engine = 2ull * (o->chunk ? o->chunk : 256) * unit;
     need n = {.host = ((uint64_t)o->pool_mib << 20) + units * (sizeof(fkv_recall_unit) + 8) +
-                      engine,
+                      pools + engine,
               .device = 2 * pools + units * unit + units * 8 + engine,
               .largest = pools > units * unit ? pools : units * unit};
     return n;

@@ -76,6 +76,13 @@ static void put_code(unsigned char *codes, uint32_t bits, size_t i, uint32_t cod
         *b = (unsigned char)((*b & 0x0fu) | (code << 4));
 }
 
+/* fmaf(scale, code, zero): the product of an f16 scale (11 significant bits) and a code (at
+ * most 8) is exact in f32, so the sum rounds once as fmaf's does (whether or not the compiler
+ * contracts it), without fmaf's library call where the target has no FMA instruction. */
+static float value_of(float scale, uint32_t code, float zero) {
+    return scale * (float)code + zero;
+}
+
 static uint32_t get_code(const unsigned char *codes, uint32_t bits, size_t i) {
     if (bits == 8)
         return codes[i];
@@ -128,5 +135,30 @@ float fkv_hostfmt_load(fkv_host_format f, uint32_t page_size, uint32_t head_dim,
     size_t group = kv ? t : c;
     float zero = get_f16(unit + (kv ? u.v_zero : u.k_zero) + 2 * group);
     float scale = get_f16(unit + (kv ? u.v_scale : u.k_scale) + 2 * group);
-    return fmaf(scale, (float)get_code(codes, u.bits, i), zero);
+    return value_of(scale, get_code(codes, u.bits, i), zero);
+}
+
+/* Dequantizes n codes of one group (code i at code indices code0 + i*code_step) into
+ * fkv_store(dst, dtype, first + i*step): the group's scale and zero decoded once. */
+static void dequantize_group(const unit_layout *u, const unsigned char *codes, size_t code0,
+                             size_t code_step, size_t n, const unsigned char *zero_at,
+                             const unsigned char *scale_at, void *dst, fkv_dtype dtype,
+                             size_t first, size_t step) {
+    float zero = get_f16(zero_at), scale = get_f16(scale_at);
+    for (size_t i = 0; i < n; i++)
+        fkv_store(dst, dtype, first + i * step,
+                  value_of(scale, get_code(codes, u->bits, code0 + i * code_step), zero));
+}
+
+void fkv_hostfmt_dequantize(fkv_host_format f, uint32_t page_size, uint32_t head_dim,
+                            const unsigned char *unit, void *k, void *v, fkv_dtype dtype,
+                            size_t first, size_t stride) {
+    unit_layout u = layout_of(f, page_size, head_dim);
+    size_t p = page_size, d = head_dim;
+    for (size_t c = 0; c < d; c++) /* keys: one group per channel */
+        dequantize_group(&u, unit, c, d, p, unit + u.k_zero + 2 * c, unit + u.k_scale + 2 * c, k,
+                         dtype, first + c, stride);
+    for (size_t t = 0; t < p; t++) /* values: one group per token */
+        dequantize_group(&u, unit + u.v_codes, t * d, 1, d, unit + u.v_zero + 2 * t,
+                         unit + u.v_scale + 2 * t, v, dtype, first + t * stride, 1);
 }

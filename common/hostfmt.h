@@ -49,6 +49,11 @@ uint32_t fkv_hostfmt_code(float x, float zero, float scale, uint32_t levels);
 void fkv_hostfmt_quantize(fkv_host_format f, uint32_t page_size, uint32_t head_dim,
                           const void *k, const void *v, fkv_dtype dtype, size_t first,
                           size_t stride, unsigned char *unit);
+/* Dequantizes one unit, the inverse of fkv_hostfmt_quantize: element (t, c) of K to
+ * fkv_store(k, dtype, first + t*stride + c), of V the same index in v. */
+void fkv_hostfmt_dequantize(fkv_host_format f, uint32_t page_size, uint32_t head_dim,
+                            const unsigned char *unit, void *k, void *v, fkv_dtype dtype,
+                            size_t first, size_t stride);
 /* Element (t, c) of K (kv = 0) or V (kv = 1) of a quantized unit, as f32. */
 float fkv_hostfmt_load(fkv_host_format f, uint32_t page_size, uint32_t head_dim,
                        const unsigned char *unit, int kv, uint32_t t, uint32_t c);

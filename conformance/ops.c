@@ -1449,6 +1449,17 @@ static const uint32_t unit_geoms[][4] = {
 static const uint32_t cpu_geoms[][4] = {
     {2, 1, 16, 4}, {2, 4, 64, 16}, {1, 4, 128, 32}, {3, 1, 128, 16}, {2, 4, 16, 32},
 };
+/* For the quantized ops only (in every set: a few small cases): a head dim that is a multiple of 4
+ * but not of 8 or 16 (the kernels' channel tiles end short) and an odd page size. */
+static const uint32_t quant_geoms[][4] = {{2, 2, 20, 3}};
+
+static int quant_only(const cf_geom *g) {
+    for (size_t i = 0; i < sizeof quant_geoms / sizeof *quant_geoms; i++)
+        if (g->head_dim == quant_geoms[i][2] && g->group == quant_geoms[i][1] &&
+            g->page_size == quant_geoms[i][3])
+            return 1;
+    return 0;
+}
 
 #define MAX_GEOMS 40
 
@@ -1484,6 +1495,7 @@ static size_t geometries(unsigned sets, cf_geom *out) {
     }
     if (sets & (CF_SET_UNIT | CF_SET_FULL))
         n = add_geoms(out, n, unit_geoms, sizeof unit_geoms / sizeof *unit_geoms);
+    n = add_geoms(out, n, quant_geoms, sizeof quant_geoms / sizeof *quant_geoms); /* every set */
     if (sets & CF_SET_CPU)
         n = add_geoms(out, n, cpu_geoms, sizeof cpu_geoms / sizeof *cpu_geoms);
     return n;
@@ -1524,6 +1536,8 @@ static size_t spec_cases(const spec_def *sd, const cf_geom *geoms, size_t n_geom
         cf_geom g = geoms[i];
         if (quantized_op(sd->op) && g.head_dim % 4 != 0)
             continue; /* host formats need a head dim that is a multiple of 4 (fkv_config) */
+        if (!quantized_op(sd->op) && quant_only(&g))
+            continue;
         if (!e->per_dtype) {
             /* scores and cosine_flags read f32 only and ignore the page size: once per
              * (head dim, group, KV heads) */

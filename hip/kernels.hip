@@ -490,7 +490,9 @@ static __device__ uint32_t quant_code(float x, float zero, float scale, uint32_t
 }
 
 /* One block per (page i, KV head h) unit: the D key channel and P value token groups' f16
- * zero and scale (dynamic shared zs: 2*(D+P) floats), then the code bytes. */
+ * zero and scale (dynamic shared zs: zero of group g at zs[g], scale at zs[D + P + g]), then
+ * the codes, one thread per quad of channels of one token of K or V (D is a multiple of 4; a
+ * q4 byte holds two channels of one quad), as opencl/kernels.cl fkv_quant_pack. */
 template <class K>
 __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_quant_pack(fkv_hip_quant_args a) {
     extern __shared__ float zs[];
@@ -500,7 +502,7 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_quant_pack(fkv_hip_quant_args
     if (gslot < 0 || (uint32_t)gslot >= a.n_slots)
         return; /* uniform over the block */
     size_t d = a.head_dim, p = a.page_size, re = (size_t)a.n_kv_heads * d, pd = p * d;
-    size_t first = (size_t)gslot * p * re + (size_t)h * d, codes = pd * a.bits / 8;
+    size_t first = (size_t)gslot * p * re + (size_t)h * d, codes = pd * a.bits / 8, ng = d + p;
     unsigned char *out = a.dst + (size_t)unit * a.unit_bytes;
     for (uint32_t g = lid; g < a.head_dim + a.page_size; g += w) {
         bool key = g < a.head_dim;
@@ -523,28 +525,39 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_quant_pack(fkv_hip_quant_args
         size_t za = sa + (key ? 2 * d : 2 * p);
         out[sa] = (unsigned char)s, out[sa + 1] = (unsigned char)(s >> 8);
         out[za] = (unsigned char)z, out[za + 1] = (unsigned char)(z >> 8);
-        zs[2 * g] = fkv_hip_f16_to_f32((uint16_t)z);
-        zs[2 * g + 1] = fkv_hip_f16_to_f32((uint16_t)s);
+        zs[g] = fkv_hip_f16_to_f32((uint16_t)z);
+        zs[ng + g] = fkv_hip_f16_to_f32((uint16_t)s);
     }
     __syncthreads();
-    uint32_t per_byte = 8u / a.bits;
-    for (size_t b = lid; b < 2 * codes; b += w) {
-        uint32_t kv = b >= codes, byte = 0;
-        for (uint32_t k = 0; k < per_byte; k++) {
-            size_t e = (b - kv * codes) * per_byte + k, t = e / d, c = e % d;
-            size_t g = kv ? d + t : c;
-            float x = K::load(kv ? a.vpool : a.kpool, first + t * re + c);
-            byte |= quant_code(x, zs[2 * g], zs[2 * g + 1], levels) << (k * a.bits);
+    uint32_t quads = a.head_dim / 4;
+    for (uint32_t r = lid; r < 2 * a.page_size * quads; r += w) {
+        uint32_t kv = r / (a.page_size * quads), t = r / quads % a.page_size, c0 = r % quads * 4;
+        const void *pool = kv ? a.vpool : a.kpool;
+        uint32_t q[4];
+#pragma unroll
+        for (uint32_t l = 0; l < 4; l++) {
+            size_t g = kv ? d + t : c0 + l;
+            q[l] = quant_code(K::load(pool, first + t * re + c0 + l), zs[g], zs[ng + g], levels);
         }
-        out[b] = (unsigned char)byte;
+        unsigned char *cb = out + kv * codes + ((size_t)t * d + c0) * a.bits / 8;
+        if (a.bits == 8) {
+#pragma unroll
+            for (uint32_t l = 0; l < 4; l++)
+                cb[l] = (unsigned char)q[l];
+        } else {
+            cb[0] = (unsigned char)(q[0] | q[1] << 4);
+            cb[1] = (unsigned char)(q[2] | q[3] << 4);
+        }
     }
 }
 
-/* One thread per element of the units (staged: src; zero-copy: the table, as k_scatter). */
+/* One thread per quad of channels of K or V of a unit (staged: src; zero-copy: the table, as
+ * k_scatter), over the unit's P tokens, as opencl/kernels.cl fkv_dequant_item: a key quad
+ * decodes its four scales and zeros once, a value quad one pair per token. */
 template <class K>
 __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_dequant(fkv_hip_scatter_args a) {
-    size_t gid = global_id_x(), d = a.head_dim, p = a.page_size, per_unit = 2 * p * d;
-    size_t i = gid / per_unit, e = gid % per_unit;
+    size_t gid = global_id_x(), d = a.head_dim, p = a.page_size, quads = d / 4;
+    size_t i = gid / (2 * quads), r = gid % (2 * quads);
     if (i >= a.n_units)
         return;
     size_t codes = p * d * a.bits / 8, unit_bytes = 2 * codes + 4 * (d + p);
@@ -567,14 +580,45 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_dequant(fkv_hip_scatter_args 
     }
     if (slot < 0 || (uint32_t)slot >= a.n_slots || h < 0 || (uint32_t)h >= a.n_kv_heads)
         return;
-    size_t kv = e >= p * d, te = e - kv * p * d, t = te / d, c = te % d;
+    size_t kv = r >= quads, c0 = (r - kv * quads) * 4;
     const unsigned char *cb = unit + kv * codes;
-    uint32_t code = a.bits == 8 ? cb[te] : (cb[te / 2] >> (te % 2 * 4)) & 0xfu;
-    size_t sa = 2 * codes + (kv ? 4 * d + 2 * t : 2 * c), za = sa + (kv ? 2 * p : 2 * d);
-    float s = fkv_hip_f16_to_f32((uint16_t)(unit[sa] | unit[sa + 1] << 8));
-    float z = fkv_hip_f16_to_f32((uint16_t)(unit[za] | unit[za + 1] << 8));
-    size_t dst = (((size_t)slot * p + t) * a.n_kv_heads + h) * d + c;
-    K::store(kv ? a.vpool : a.kpool, dst, fmaf(s, (float)code, z)); /* exact product */
+    /* this half's scales, its zeros zstep bytes on */
+    const unsigned char *sa = unit + 2 * codes + kv * 4 * d;
+    size_t zstep = kv ? 2 * p : 2 * d;
+    float s[4] = {0, 0, 0, 0}, z[4] = {0, 0, 0, 0};
+    if (!kv) {
+#pragma unroll
+        for (uint32_t l = 0; l < 4; l++) {
+            const unsigned char *at = sa + 2 * (c0 + l);
+            s[l] = fkv_hip_f16_to_f32((uint16_t)(at[0] | at[1] << 8));
+            z[l] = fkv_hip_f16_to_f32((uint16_t)(at[zstep] | at[zstep + 1] << 8));
+        }
+    }
+    void *pool = kv ? a.vpool : a.kpool;
+    size_t dst = ((size_t)slot * p * a.n_kv_heads + h) * d + c0, stride = a.n_kv_heads * d;
+    for (size_t t = 0; t < p; t++, dst += stride) {
+        if (kv) {
+            const unsigned char *at = sa + 2 * t;
+            float st = fkv_hip_f16_to_f32((uint16_t)(at[0] | at[1] << 8));
+            float zt = fkv_hip_f16_to_f32((uint16_t)(at[zstep] | at[zstep + 1] << 8));
+#pragma unroll
+            for (uint32_t l = 0; l < 4; l++)
+                s[l] = st, z[l] = zt;
+        }
+        size_t e = t * d + c0;
+        uint32_t code[4];
+        if (a.bits == 8) {
+#pragma unroll
+            for (uint32_t l = 0; l < 4; l++)
+                code[l] = cb[e + l];
+        } else {
+            uint32_t b0 = cb[e / 2], b1 = cb[e / 2 + 1];
+            code[0] = b0 & 0xfu, code[1] = b0 >> 4, code[2] = b1 & 0xfu, code[3] = b1 >> 4;
+        }
+#pragma unroll
+        for (uint32_t l = 0; l < 4; l++) /* exact: the product needs no rounding */
+            K::store(pool, dst + l, fmaf(s[l], (float)code[l], z[l]));
+    }
 }
 
 /* ---- attention ---- */
@@ -1002,8 +1046,7 @@ extern "C" hipError_t fkv_hip_launch_quant(hipStream_t s, fkv_dtype dt,
 template <class K> struct run_dequant {
     static hipError_t run(hipStream_t s, const fkv_hip_scatter_args *a) {
         dim3 grid;
-        hipError_t e = grid_1d((size_t)a->n_units * 2 * a->page_size * a->head_dim,
-                               FKV_HIP_BLOCK, &grid);
+        hipError_t e = grid_1d((size_t)a->n_units * 2 * (a->head_dim / 4), FKV_HIP_BLOCK, &grid);
         if (e != hipSuccess)
             return e;
         (void)hipGetLastError();

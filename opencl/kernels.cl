@@ -628,110 +628,6 @@ float fkv_unit_value(const global uchar *unit, uint bits, uint page_size, uint h
     return fma(fkv_f16_value(s), (float)code, fkv_f16_value(z));
 }
 
-/* Element e of a unit's [K|V][p][d] order, dequantized into KV head h of slot `slot`. */
-void fkv_dequant_element(const global uchar *unit, size_t e, uint bits, uint page_size,
-                         uint head_dim, size_t slot, size_t h, uint n_kv_heads,
-                         global fkv_kv_t *kpool, global fkv_kv_t *vpool) {
-    size_t pd = (size_t)page_size * head_dim;
-    uint kv = e >= pd, t = (uint)(e % pd / head_dim), c = (uint)(e % head_dim);
-    float x = fkv_unit_value(unit, bits, page_size, head_dim, kv, t, c);
-    size_t dst = ((slot * page_size + t) * n_kv_heads + h) * head_dim + c;
-    fkv_store(kv ? vpool : kpool, dst, x);
-}
-
-/* Quantizing pack (pack_hnd with a q8/q4 host format): one work group per (page i, KV head
- * h), unit i*n_kv_heads + h of dst (from byte dst_off). The work group first takes the D key
- * channel groups and P value token groups (min/max over the stored values, the f16 zero and
- * scale into the unit and into local memory), then writes the code bytes (a q4 byte holds the
- * codes of two channels). zs: 2*(D + P) floats of local memory. */
-kernel void fkv_quant_pack(const global fkv_kv_t *kpool, const global fkv_kv_t *vpool,
-                           const global int *gslots, ulong gslots_off, uint n_kv_heads,
-                           uint head_dim, uint page_size, uint n_slots, uint bits,
-                           global uchar *dst, ulong dst_off, local float *zs) {
-    uint lid = get_local_id(0), w = get_local_size(0), unit = get_group_id(0);
-    uint i = unit / n_kv_heads, h = unit % n_kv_heads, levels = (1u << bits) - 1u;
-    int gslot = gslots[gslots_off + i];
-    if (gslot < 0 || (uint)gslot >= n_slots)
-        return; /* uniform over the work group: no barrier is skipped by part of it */
-    size_t d = head_dim, p = page_size, re = (size_t)n_kv_heads * d, pd = p * d;
-    size_t first = (size_t)gslot * p * re + (size_t)h * d, codes = pd * bits / 8;
-    size_t unit_bytes = 2 * codes + 4 * (d + p);
-    global uchar *out = dst + dst_off + (size_t)unit * unit_bytes;
-    for (uint grp = lid; grp < head_dim + page_size; grp += w) {
-        int key = grp < head_dim;
-        const global fkv_kv_t *pool = key ? kpool : vpool;
-        size_t at = key ? first + grp : first + (grp - head_dim) * re;
-        size_t n = key ? p : d, step = key ? re : 1;
-        float lo = INFINITY, hi = -INFINITY;
-        int nonfinite = 0;
-        for (size_t j = 0; j < n; j++) {
-            float x = fkv_load(pool, at + j * step);
-            nonfinite |= !fkv_is_finite_bits(x);
-            lo = x < lo ? x : lo;
-            hi = x > hi ? x : hi;
-        }
-        uint z, s;
-        fkv_quant_params(lo, hi, nonfinite, levels, &z, &s);
-        size_t sa = 2 * codes + (key ? 2 * (size_t)grp : 4 * d + 2 * (size_t)(grp - head_dim));
-        size_t za = sa + (key ? 2 * d : 2 * p);
-        out[sa] = (uchar)s, out[sa + 1] = (uchar)(s >> 8);
-        out[za] = (uchar)z, out[za + 1] = (uchar)(z >> 8);
-        zs[2 * grp] = fkv_f16_value(z);
-        zs[2 * grp + 1] = fkv_f16_value(s);
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    uint per_byte = 8u / bits;
-    for (size_t b = lid; b < 2 * codes; b += w) {
-        uint kv = b >= codes, byte = 0;
-        for (uint k = 0; k < per_byte; k++) {
-            size_t e = (b - kv * codes) * per_byte + k, t = e / d, c = e % d;
-            uint grp = kv ? head_dim + (uint)t : (uint)c;
-            float x = fkv_load(kv ? vpool : kpool, first + t * re + c);
-            byte |= fkv_quant_code(x, zs[2 * grp], zs[2 * grp + 1], levels) << (k * bits);
-        }
-        out[b] = (uchar)byte;
-    }
-}
-
-/* Dequantizing scatter (scatter_hnd from q8/q4 units): one work item per element of unit
- * i (from byte src_off, unit_bytes apart) into KV head units[2i+1] of slot units[2i]. */
-kernel void fkv_dequant_scatter(const global uchar *src, ulong src_off, ulong unit_bytes,
-                                uint n_units, const global int *units, ulong units_off,
-                                uint n_kv_heads, uint head_dim, uint page_size, uint n_slots,
-                                uint bits, global fkv_kv_t *kpool, global fkv_kv_t *vpool) {
-    size_t gid = get_global_id(0), per_unit = 2 * (size_t)page_size * head_dim;
-    size_t i = gid / per_unit, e = gid % per_unit;
-    if (i >= n_units)
-        return;
-    int slot = units[units_off + 2 * i], h = units[units_off + 2 * i + 1];
-    if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)
-        return;
-    fkv_dequant_element(src + src_off + i * unit_bytes, e, bits, page_size, head_dim,
-                        (size_t)slot, (size_t)h, n_kv_heads, kpool, vpool);
-}
-
-/* Dequantizing zero-copy recall (recall_direct from q8/q4 units): as fkv_recall_direct (units
- * [0, n_units) of the table, hosts through direct_unit), one work item per element. */
-kernel void fkv_dequant_direct(const global ulong *hosts, uint n_hosts, uint n_units,
-                               const global int *units, ulong units_off, uint elem_bytes,
-                               ulong unit_bytes, uint n_kv_heads, uint head_dim, uint page_size,
-                               uint n_slots, uint bits, global fkv_kv_t *kpool,
-                               global fkv_kv_t *vpool) {
-    size_t gid = get_global_id(0), per_unit = 2 * (size_t)page_size * head_dim;
-    size_t i = gid / per_unit, e = gid % per_unit;
-    if (i >= n_units)
-        return;
-    const global int *u = units + units_off + 4 * i;
-    int slot = u[0], h = u[1];
-    if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)
-        return;
-    const global uchar *src = direct_unit(hosts, n_hosts, u, elem_bytes, unit_bytes);
-    if (src == 0)
-        return;
-    fkv_dequant_element(src, e, bits, page_size, head_dim, (size_t)slot, (size_t)h,
-                        n_kv_heads, kpool, vpool);
-}
-
 /* Attention's vector width FKV_VW (4, 8 or 16 channels a work item): the host builds the
  * program with the device's preferred float vector width, at least 4 (CPU devices: their SIMD
  * width; GPUs: 4, one 128-bit load). fkv_vec is FKV_VW floats. */
@@ -792,6 +688,303 @@ float fkv_hmax(fkv_vec v) {
     float4 b = v;
 #endif
     return fmax(fmax(b.x, b.y), fmax(b.z, b.w));
+}
+
+/* ---- quantized host formats, vectorized: FKV_VW channels at a time ---- */
+
+#if FKV_VW == 16
+#define FKV_HVW 8 /* a q4 tile's code bytes */
+#elif FKV_VW == 8
+#define FKV_HVW 4
+#else
+#define FKV_HVW 2
+#endif
+typedef FKV_CAT(uint, FKV_VW) fkv_uvec;
+
+/* v to elements i .. i+FKV_VW-1 of p, each as fkv_store would store it; maybe_nan: v may hold
+ * a NaN (else it holds none). */
+void fkv_storev(global fkv_kv_t *p, size_t i, fkv_vec v, int maybe_nan) {
+#if FKV_DTYPE == 0
+    fkv_vstore(v, 0, p + i);
+#elif FKV_DTYPE == 1
+    if (maybe_nan) { /* fkv_store's canonical NaN, lane by lane */
+        float x[FKV_VW];
+        fkv_vstore(v, 0, x);
+        for (uint l = 0; l < FKV_VW; l++)
+            fkv_store(p, i + l, x[l]);
+        return;
+    }
+    FKV_CAT(FKV_CAT(vstore_half, FKV_VW), _rte)(v, 0, (global half *)(p + i));
+#else
+    fkv_uvec u = FKV_CAT(as_uint, FKV_VW)(v);
+    fkv_uvec r = select((u + 0x7fffu + ((u >> 16) & 1u)) >> 16, (u >> 16) | 0x40u,
+                        (u & 0x7fffffffu) > 0x7f800000u);
+    FKV_CAT(vstore, FKV_VW)(FKV_CAT(convert_ushort, FKV_VW)(r), 0, p + i);
+#endif
+}
+
+/* FKV_VW codes of a unit's code bytes cb from element e (e even) as floats: q8 one byte each,
+ * q4 element 2j in the low nibble of byte j. */
+fkv_vec fkv_codes_at(const global uchar *cb, size_t e, uint bits) {
+    if (bits == 8u)
+        return FKV_CAT(convert_float, FKV_VW)(FKV_CAT(vload, FKV_VW)(0, cb + e));
+    FKV_CAT(uchar, FKV_HVW) b = FKV_CAT(vload, FKV_HVW)(0, cb + e / 2);
+    fkv_vec x;
+    x.even = FKV_CAT(convert_float, FKV_HVW)(b & (uchar)0xfu);
+    x.odd = FKV_CAT(convert_float, FKV_HVW)(b >> (uchar)4);
+    return x;
+}
+
+/* The f16 at byte a of a unit, as f32. */
+float fkv_unit_f16(const global uchar *unit, size_t a) {
+    return fkv_f16_value(unit[a] | (uint)unit[a + 1] << 8);
+}
+
+/* Dequantizes one tile of a unit: channels c0 .. c0+FKV_VW-1 (fewer at the end of a row: then
+ * element by element) of K (kv 0) or V (kv 1) over its P tokens, token t to
+ * pool[dst + t*row_stride ..]. A key tile decodes its FKV_VW scales and zeros once, a value
+ * tile one pair per token; fma(scale, code, zero) lane by lane, as fkv_unit_value. */
+void fkv_dequant_tile(const global uchar *unit, uint bits, uint page_size, uint head_dim,
+                      uint kv, uint c0, global fkv_kv_t *pool, size_t dst, size_t row_stride) {
+    if (head_dim - c0 < FKV_VW) {
+        for (uint t = 0; t < page_size; t++)
+            for (uint c = c0; c < head_dim; c++)
+                fkv_store(pool, dst + t * row_stride + (c - c0),
+                          fkv_unit_value(unit, bits, page_size, head_dim, kv, t, c));
+        return;
+    }
+    size_t codes = (size_t)page_size * head_dim * bits / 8;
+    const global uchar *cb = unit + kv * codes;
+    /* this half's scales, then its zeros `zstep` bytes on */
+    size_t sa = 2 * codes + kv * 4 * (size_t)head_dim;
+    size_t zstep = kv ? 2 * (size_t)page_size : 2 * (size_t)head_dim;
+    /* a value is NaN only where its scale or zero is not finite (a code is at most 255) */
+    fkv_vec s = 0.0f, z = 0.0f;
+    int special = 0;
+    if (kv == 0u) {
+        float sv[FKV_VW], zv[FKV_VW];
+        for (uint l = 0; l < FKV_VW; l++) {
+            sv[l] = fkv_unit_f16(unit, sa + 2 * (size_t)(c0 + l));
+            zv[l] = fkv_unit_f16(unit, sa + zstep + 2 * (size_t)(c0 + l));
+            special |= !fkv_is_finite_bits(sv[l]) | !fkv_is_finite_bits(zv[l]);
+        }
+        s = fkv_vload(0, sv);
+        z = fkv_vload(0, zv);
+    }
+    for (uint t = 0; t < page_size; t++) {
+        if (kv) {
+            float st = fkv_unit_f16(unit, sa + 2 * (size_t)t);
+            float zt = fkv_unit_f16(unit, sa + zstep + 2 * (size_t)t);
+            special = !fkv_is_finite_bits(st) | !fkv_is_finite_bits(zt);
+            s = (fkv_vec)(st);
+            z = (fkv_vec)(zt);
+        }
+        fkv_vec code = fkv_codes_at(cb, (size_t)t * head_dim + c0, bits);
+        fkv_storev(pool, dst + t * row_stride, fma(s, code, z), special);
+    }
+}
+
+/* fkv_quant_code lane by lane: the codes of x in groups of zero z and scale s. */
+fkv_uvec fkv_quant_codes(fkv_vec x, fkv_vec z, fkv_vec s, uint levels) {
+    fkv_vec q = rint((x - z) / s);
+    q = select(fmin(q, (float)levels), (fkv_vec)0.0f, !(q > 0.0f) | !(s > 0.0f));
+    return FKV_CAT(convert_uint, FKV_VW)(q);
+}
+
+/* Min, max and whether any is not finite, of n stored values from at, step apart, in order
+ * (`x < lo ? x : lo`: of equal values the first, which matters for the sign of a zero only). */
+void fkv_scan_group(const global fkv_kv_t *pool, size_t at, size_t n, size_t step, float *lo,
+                    float *hi, int *nonfinite) {
+    for (size_t j = 0; j < n; j++) {
+        float x = fkv_load(pool, at + j * step);
+        *nonfinite |= !fkv_is_finite_bits(x);
+        *lo = x < *lo ? x : *lo;
+        *hi = x > *hi ? x : *hi;
+    }
+}
+
+/* Group g (key channel g < D, else value token g - D) of a unit being packed: its f16 zero
+ * and scale into the unit at out, their f32 values to zs[g] and zs[D + P + g]. */
+void fkv_quant_group(global uchar *out, local float *zs, size_t codes, uint head_dim,
+                     uint page_size, uint g, float lo, float hi, int nonfinite, uint levels) {
+    uint z, s;
+    fkv_quant_params(lo, hi, nonfinite, levels, &z, &s);
+    size_t d = head_dim, p = page_size, key = g < head_dim;
+    size_t sa = 2 * codes + (key ? 2 * (size_t)g : 4 * d + 2 * (size_t)(g - head_dim));
+    size_t za = sa + (key ? 2 * d : 2 * p);
+    out[sa] = (uchar)s, out[sa + 1] = (uchar)(s >> 8);
+    out[za] = (uchar)z, out[za + 1] = (uchar)(z >> 8);
+    zs[g] = fkv_f16_value(z);
+    zs[d + p + g] = fkv_f16_value(s);
+}
+
+/* Quantizing pack (pack_hnd with a q8/q4 host format): one work group per (page i, KV head
+ * h), unit i*n_kv_heads + h of dst (from byte dst_off). First the groups (fkv_quant_group),
+ * one work item per tile of FKV_VW key channels (over the P tokens, lane by lane in order) or
+ * per value token (its D channels FKV_VW at a time; a zero minimum or maximum then takes the
+ * first zero's sign, as the scan in order would); a shorter last tile of a row value by value.
+ * Then the codes, one work item per tile of one token of K or V (a q4 byte holds two channels
+ * of one tile). zs: 2*(D + P) floats of local memory. */
+kernel void fkv_quant_pack(const global fkv_kv_t *kpool, const global fkv_kv_t *vpool,
+                           const global int *gslots, ulong gslots_off, uint n_kv_heads,
+                           uint head_dim, uint page_size, uint n_slots, uint bits,
+                           global uchar *dst, ulong dst_off, local float *zs) {
+    uint lid = get_local_id(0), w = get_local_size(0), unit = get_group_id(0);
+    uint i = unit / n_kv_heads, h = unit % n_kv_heads, levels = (1u << bits) - 1u;
+    int gslot = gslots[gslots_off + i];
+    if (gslot < 0 || (uint)gslot >= n_slots)
+        return; /* uniform over the work group: no barrier is skipped by part of it */
+    size_t d = head_dim, p = page_size, re = (size_t)n_kv_heads * d, pd = p * d;
+    size_t first = (size_t)gslot * p * re + (size_t)h * d, codes = pd * bits / 8;
+    size_t unit_bytes = 2 * codes + 4 * (d + p), ng = d + p;
+    global uchar *out = dst + dst_off + (size_t)unit * unit_bytes;
+    uint tiles = (head_dim + FKV_VW - 1) / FKV_VW;
+    for (uint g = lid; g < tiles + page_size; g += w) {
+        if (g >= tiles) { /* value token t */
+            uint t = g - tiles;
+            size_t at = first + t * re;
+            float lo = INFINITY, hi = -INFINITY;
+            int nonfinite = 0;
+            uint c = 0;
+            if (head_dim >= FKV_VW) {
+                fkv_vec vlo = INFINITY, vhi = -INFINITY;
+                FKV_CAT(int, FKV_VW) nf = 0;
+                for (; c + FKV_VW <= head_dim; c += FKV_VW) {
+                    fkv_vec x = fkv_loadv(vpool, at + c);
+                    nf |= (FKV_CAT(as_uint, FKV_VW)(x) & 0x7f800000u) == 0x7f800000u;
+                    vlo = select(vlo, x, x < vlo);
+                    vhi = select(vhi, x, x > vhi);
+                }
+                lo = -fkv_hmax(-vlo);
+                hi = fkv_hmax(vhi);
+                nonfinite = any(nf);
+            }
+            fkv_scan_group(vpool, at + c, head_dim - c, 1, &lo, &hi, &nonfinite);
+            if (lo == 0.0f || hi == 0.0f) { /* the first zero's sign */
+                float z0 = 0.0f;
+                for (c = 0; c < head_dim; c++) {
+                    z0 = fkv_load(vpool, at + c);
+                    if (z0 == 0.0f)
+                        break;
+                }
+                lo = lo == 0.0f ? z0 : lo;
+                hi = hi == 0.0f ? z0 : hi;
+            }
+            fkv_quant_group(out, zs, codes, head_dim, page_size, head_dim + t, lo, hi, nonfinite,
+                            levels);
+            continue;
+        }
+        uint c0 = g * FKV_VW; /* key channels c0 .. */
+        if (head_dim - c0 < FKV_VW) {
+            for (uint c = c0; c < head_dim; c++) {
+                float lo = INFINITY, hi = -INFINITY;
+                int nonfinite = 0;
+                fkv_scan_group(kpool, first + c, p, re, &lo, &hi, &nonfinite);
+                fkv_quant_group(out, zs, codes, head_dim, page_size, c, lo, hi, nonfinite, levels);
+            }
+            continue;
+        }
+        fkv_vec vlo = INFINITY, vhi = -INFINITY;
+        FKV_CAT(int, FKV_VW) nf = 0;
+        for (uint t = 0; t < page_size; t++) {
+            fkv_vec x = fkv_loadv(kpool, first + t * re + c0);
+            nf |= (FKV_CAT(as_uint, FKV_VW)(x) & 0x7f800000u) == 0x7f800000u;
+            vlo = select(vlo, x, x < vlo);
+            vhi = select(vhi, x, x > vhi);
+        }
+        float lov[FKV_VW], hiv[FKV_VW];
+        int nfv[FKV_VW];
+        fkv_vstore(vlo, 0, lov);
+        fkv_vstore(vhi, 0, hiv);
+        FKV_CAT(vstore, FKV_VW)(nf, 0, nfv);
+        for (uint l = 0; l < FKV_VW; l++)
+            fkv_quant_group(out, zs, codes, head_dim, page_size, c0 + l, lov[l], hiv[l],
+                            nfv[l] != 0, levels);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint r = lid; r < 2 * page_size * tiles; r += w) {
+        uint kv = r / (page_size * tiles), t = r / tiles % page_size, c0 = r % tiles * FKV_VW;
+        const global fkv_kv_t *pool = kv ? vpool : kpool;
+        size_t at = first + t * re, e = (size_t)t * d + c0;
+        global uchar *cb = out + kv * codes;
+        if (head_dim - c0 < FKV_VW) { /* whole bytes: c0 and D are even */
+            for (uint c = c0; c < head_dim; c += 8u / bits) {
+                uint grp = kv ? head_dim + t : c, byte = 0;
+                for (uint k = 0; k < 8u / bits; k++) {
+                    float x = fkv_load(pool, at + c + k);
+                    grp = kv ? grp : c + k;
+                    byte |= fkv_quant_code(x, zs[grp], zs[ng + grp], levels) << (k * bits);
+                }
+                cb[((size_t)t * d + c) * bits / 8] = (uchar)byte;
+            }
+            continue;
+        }
+        fkv_vec z, s;
+        if (kv) {
+            z = (fkv_vec)(zs[d + t]);
+            s = (fkv_vec)(zs[ng + d + t]);
+        } else {
+            z = fkv_vload(0, zs + c0);
+            s = fkv_vload(0, zs + ng + c0);
+        }
+        fkv_uvec q = fkv_quant_codes(fkv_loadv(pool, at + c0), z, s, levels);
+        if (bits == 8u)
+            FKV_CAT(vstore, FKV_VW)(FKV_CAT(convert_uchar, FKV_VW)(q), 0, cb + e);
+        else
+            FKV_CAT(vstore, FKV_HVW)(FKV_CAT(convert_uchar, FKV_HVW)(q.even | q.odd << 4u), 0,
+                                     cb + e / 2);
+    }
+}
+
+/* Work item gid of a dequantizing launch: unit gid / (2*tiles); then K's tiles of FKV_VW
+ * channels, then V's (tiles = ceil(D / FKV_VW)), so neighbours write neighbouring channels. */
+void fkv_dequant_item(const global uchar *unit, size_t r, uint tiles, uint slot, uint h,
+                      uint n_kv_heads, uint head_dim, uint page_size, uint bits,
+                      global fkv_kv_t *kpool, global fkv_kv_t *vpool) {
+    uint kv = (uint)r / tiles, c0 = (uint)r % tiles * FKV_VW;
+    size_t dst = ((size_t)slot * page_size * n_kv_heads + h) * head_dim + c0;
+    fkv_dequant_tile(unit, bits, page_size, head_dim, kv, c0, kv ? vpool : kpool, dst,
+                     (size_t)n_kv_heads * head_dim);
+}
+
+/* Dequantizing scatter (scatter_hnd from q8/q4 units): unit i (from byte src_off, unit_bytes
+ * apart) into KV head units[2i+1] of slot units[2i]; one work item per tile
+ * (fkv_dequant_item). */
+kernel void fkv_dequant_scatter(const global uchar *src, ulong src_off, ulong unit_bytes,
+                                uint n_units, const global int *units, ulong units_off,
+                                uint n_kv_heads, uint head_dim, uint page_size, uint n_slots,
+                                uint bits, global fkv_kv_t *kpool, global fkv_kv_t *vpool) {
+    uint tiles = (head_dim + FKV_VW - 1) / FKV_VW;
+    size_t gid = get_global_id(0), i = gid / (2 * tiles);
+    if (i >= n_units)
+        return;
+    int slot = units[units_off + 2 * i], h = units[units_off + 2 * i + 1];
+    if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)
+        return;
+    fkv_dequant_item(src + src_off + i * unit_bytes, gid % (2 * tiles), tiles, (uint)slot,
+                     (uint)h, n_kv_heads, head_dim, page_size, bits, kpool, vpool);
+}
+
+/* Dequantizing zero-copy recall (recall_direct from q8/q4 units): as fkv_recall_direct (units
+ * [0, n_units) of the table, hosts through direct_unit), one work item per tile. */
+kernel void fkv_dequant_direct(const global ulong *hosts, uint n_hosts, uint n_units,
+                               const global int *units, ulong units_off, uint elem_bytes,
+                               ulong unit_bytes, uint n_kv_heads, uint head_dim, uint page_size,
+                               uint n_slots, uint bits, global fkv_kv_t *kpool,
+                               global fkv_kv_t *vpool) {
+    uint tiles = (head_dim + FKV_VW - 1) / FKV_VW;
+    size_t gid = get_global_id(0), i = gid / (2 * tiles);
+    if (i >= n_units)
+        return;
+    const global int *u = units + units_off + 4 * i;
+    int slot = u[0], h = u[1];
+    if (slot < 0 || (uint)slot >= n_slots || h < 0 || (uint)h >= n_kv_heads)
+        return;
+    const global uchar *src = direct_unit(hosts, n_hosts, u, elem_bytes, unit_bytes);
+    if (src == 0)
+        return;
+    fkv_dequant_item(src, gid % (2 * tiles), tiles, (uint)slot, (uint)h, n_kv_heads, head_dim,
+                     page_size, bits, kpool, vpool);
 }
 
 /* Rows of shared memory are padded to this many floats (FKV_ATTENTION_PAD). */

@@ -514,7 +514,13 @@ static fkv_status quant_pack(launch_ctx *lc, const fkv_kv_geom *g, const fkv_bbu
     return st;
 }
 
-/* One work item per element of the units. */
+/* Work items of a dequantizing launch: one per tile of prog->attention_vec channels of K or V
+ * of a unit (kernels.cl, fkv_dequant_item). */
+static size_t dequant_items(const launch_ctx *lc, const fkv_kv_geom *g, uint32_t n_units) {
+    size_t vw = lc->prog->attention_vec;
+    return (size_t)n_units * 2 * ((g->head_dim + vw - 1) / vw);
+}
+
 static fkv_status dequant_scatter(launch_ctx *lc, const fkv_kv_geom *g, const fkv_bbuf *src,
                                   size_t src_off, uint32_t n_units, const fkv_bbuf *units,
                                   size_t units_off, uint32_t n_slots, fkv_bbuf *kpool,
@@ -534,8 +540,7 @@ static fkv_status dequant_scatter(launch_ctx *lc, const fkv_kv_geom *g, const fk
     arg_u32(&a, fkv_hostfmt_bits(g->host_format));
     arg_mem(&a, kpool);
     arg_mem(&a, vpool);
-    fkv_status st = enqueue_1d(lc, K_DEQUANT_SCATTER, &a,
-                               (size_t)n_units * 2 * g->page_size * g->head_dim, deps);
+    fkv_status st = enqueue_1d(lc, K_DEQUANT_SCATTER, &a, dequant_items(lc, g, n_units), deps);
     pthread_mutex_unlock(&lc->kq->lock);
     return st;
 }
@@ -718,8 +723,7 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
     arg_mem(&a, vpool);
     fkv_bevent *ev = NULL;
     fkv_deps kd = {deps.n_wait, deps.wait, &ev};
-    st = quantized ? enqueue_1d(&lc, id, &a, (size_t)n_units * 2 * g->page_size * g->head_dim,
-                                &kd)
+    st = quantized ? enqueue_1d(&lc, id, &a, dequant_items(&lc, g, n_units), &kd)
                    : enqueue_rows(&lc, id, &a, (size_t)n_units * 2 * g->page_size,
                                   cw.row_words, &kd);
     if (st == FKV_OK) { /* the table's reader, and the caller's event when asked */

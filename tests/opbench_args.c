@@ -48,6 +48,7 @@ Test(opbench_args, bad_numbers_exit_2_naming_the_flag) {
                    "--attention-dtypes: 'f32,,bf16' is not a comma list of f32, f16 and bf16");
     expect_refused("--attention-dtypes", "f32,f16,bf16,f32", "is not a comma list");
     expect_refused("--only", "scores", "--only: 'scores' is not recall, attention or scoring");
+    expect_refused("--host-format", "q2", "--host-format: 'q2' is not same, q8 or q4");
     expect_refused("--bogus", "1", "unknown option '--bogus'");
     expect_refused("--score-pages", "0", "--score-pages: '0' is not a comma list");
     expect_refused("--topk", "0", "--topk: '0' is out of range");
@@ -96,6 +97,25 @@ Test(opbench_args, small_run_prints_both_tables) {
     cr_expect(strstr(out, "commands 1.0 (launches 1.0, copies 0.0), submits 1.0, waits 1.0 "
                           "caller") != NULL,
               "%s", out);
+}
+
+/* --host-format q4: the recall section's units are quantized (8 KV heads, p 32, d 128:
+ * 2*32*128/2 code bytes + 4*(128+32) of f16 scales and zeros = 4736 bytes), every mechanism
+ * and the quantizing pack run, with the same commands as unquantized units. */
+Test(opbench_args, quantized_recall_times_every_mechanism_and_the_pack) {
+    int rc = run("--only", "recall", "--host-format", "q4", "--pool-mib", "16", "--pages", "4",
+                 "--reps", "1", "--backend", "cpu", NULL);
+    cr_assert_eq(rc, 0, "exit %d: %s", rc, tr_stderr());
+    const char *out = tr_stdout();
+    cr_expect(strstr(out, "host format q4: 4736 bytes per (page, head) unit") != NULL, "%s",
+              out);
+    cr_expect(strstr(out, "     MiB         ms GB/s eff.   cpu ms  device commands") != NULL,
+              "%s", out);
+    /* 4 pages x 8 KV heads x 4736 bytes */
+    cr_expect(strstr(out, "\n  engine:direct         4      32      0.14 ") != NULL, "%s", out);
+    const char *pack = strstr(out, "\n  pack                  4      32      0.14 ");
+    cr_expect(pack && strstr(pack, "commands 1.0 (launches 1.0, copies 0.0)"), "%s", out);
+    cr_expect(strstr(out, "n/a") == NULL, "%s", out);
 }
 
 Test(opbench_args, attention_only_prints_memcpy_beside_each_dtype) {

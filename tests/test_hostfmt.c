@@ -212,6 +212,57 @@ Test(hostfmt, nonfinite_groups_dequantize_to_nan) {
     }
 }
 
+/* fkv_hostfmt_dequantize (the CPU reference's recall: each group's scale and zero decoded
+ * once) writes, through fkv_store, exactly what fkv_hostfmt_load gives element by element, at
+ * first + t*stride + c of both destinations, and nothing else: random units (codes, f16 scales
+ * and zeros, NaN groups among them) into every slot dtype. */
+Test(hostfmt, dequantize_is_load_element_by_element) {
+    enum { STRIDE = 3 * D + 5, FIRST = 7, N = FIRST + P * STRIDE + 3 };
+    fkv_host_format fs[] = {FKV_HOST_Q8, FKV_HOST_Q4};
+    fkv_dtype dts[] = {FKV_F32, FKV_F16, FKV_BF16};
+    uint32_t s = 11;
+    for (int i = 0; i < 2; i++) {
+        size_t bytes = fkv_hostfmt_unit_bytes(fs[i], P, D, 4);
+        unsigned char *u = malloc(bytes);
+        cr_assert_not_null(u);
+        for (size_t b = 0; b < bytes; b++)
+            u[b] = (unsigned char)(rnd(&s) * 128.0f + 128.0f);
+        for (size_t b = 2 * codes_bytes(fs[i]); b < bytes; b += 2) { /* finite f16 of |x| < 256 */
+            uint32_t h = (uint32_t)(rnd(&s) * 32768.0f + 32768.0f);
+            h = (h & 0x83ffu) | (h >> 10 & 0x1fu) % 23u << 10;
+            u[b] = (unsigned char)h, u[b + 1] = (unsigned char)(h >> 8);
+        }
+        u[k_scale_at(fs[i]) + 2 * 5 + 1] = 0x7e; /* key channel 5 and value token 2: NaN */
+        u[k_scale_at(fs[i]) + 2 * 5] = 0x00;
+        u[v_zero_at(fs[i]) + 2 * 2 + 1] = 0x7e;
+        u[v_zero_at(fs[i]) + 2 * 2] = 0x00;
+        for (int j = 0; j < 3; j++) {
+            size_t es = fkv_dtype_size(dts[j]);
+            unsigned char *kd = malloc(N * es), *vd = malloc(N * es);
+            cr_assert(kd && vd);
+            memset(kd, 0x5a, N * es);
+            memset(vd, 0x5a, N * es);
+            fkv_hostfmt_dequantize(fs[i], P, D, u, kd, vd, dts[j], FIRST, STRIDE);
+            for (size_t e = 0; e < N; e++) {
+                size_t t = (e - FIRST) / STRIDE, c = (e - FIRST) % STRIDE;
+                int in = e >= FIRST && t < P && c < D;
+                unsigned char want[2][4];
+                memset(want, 0x5a, sizeof want);
+                for (int kv = 0; in && kv < 2; kv++)
+                    fkv_store(want[kv], dts[j], 0,
+                              fkv_hostfmt_load(fs[i], P, D, u, kv, (uint32_t)t, (uint32_t)c));
+                cr_assert(memcmp(kd + e * es, want[0], es) == 0 &&
+                              memcmp(vd + e * es, want[1], es) == 0,
+                          "%s %s element %zu (token %zu, channel %zu)",
+                          fkv_host_format_name(fs[i]), fkv_dtype_name(dts[j]), e, t, c);
+            }
+            free(kd);
+            free(vd);
+        }
+        free(u);
+    }
+}
+
 Test(hostfmt, names_and_parse) {
     fkv_host_format f;
     cr_assert_eq(fkv_host_format_parse("q4", &f), FKV_OK);

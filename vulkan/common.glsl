@@ -26,40 +26,26 @@ uint flat_id() {
            gl_LocalInvocationID.x;
 }
 
+/* Without branches (a CPU device runs every path of a divergent branch): a subnormal f16 is
+ * m * 2^-24, exact in f32; the others move their bits. */
 float f16_to_f32(uint h) {
-    uint sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0u) {
-        float f = float(m) * (1.0 / 16777216.0);
-        return sign != 0u ? -f : f;
-    }
-    if (e == 31u)
-        return uintBitsToFloat(sign | 0x7f800000u | (m << 13));
-    return uintBitsToFloat(sign | ((e - 15u + 127u) << 23) | (m << 13));
+    uint e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    uint bits = e == 31u ? 0x7f800000u | (m << 13) : ((e + 112u) << 23) | (m << 13);
+    bits = e == 0u ? floatBitsToUint(float(m) * (1.0 / 16777216.0)) : bits;
+    return uintBitsToFloat(((h & 0x8000u) << 16) | bits);
 }
 
+/* Round to nearest even, without branches: a normal result rounds by an integer add on the
+ * rebiased bits (a carry into the exponent is right, up to infinity from 65520); a subnormal
+ * one by a float add of 0.5, whose ulp is 2^-24, the f16 subnormal step (an f32 subnormal,
+ * flushed or not, gives 0 either way). */
 uint f32_to_f16(float f) {
-    uint u = floatBitsToUint(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
-    if (a > 0x7f800000u)
-        return sign | 0x7e00u;
-    if (a >= 0x477ff000u)
-        return sign | 0x7c00u;
-    if (a < 0x38800000u) { /* f16 subnormal or zero: mantissa * 2^-(126-e), rounded */
-        uint e = a >> 23;
-        if (e == 0u)
-            return sign;
-        uint m = (a & 0x7fffffu) | 0x800000u, shift = 126u - e;
-        if (shift > 24u)
-            return sign;
-        uint q = m >> shift, rem = m & ((1u << shift) - 1u), half_ = 1u << (shift - 1u);
-        if (rem > half_ || (rem == half_ && (q & 1u) != 0u))
-            q++;
-        return sign | q;
-    }
-    uint h = ((((a >> 23) - 127u + 15u)) << 10) | ((a & 0x7fffffu) >> 13);
-    uint rest = a & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1u) != 0u))
-        h++;
-    return sign | h;
+    uint u = floatBitsToUint(f), a = u & 0x7fffffffu;
+    uint h = (a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13; /* - (127 - 15) << 23, + half - 1 */
+    h = a < 0x38800000u ? floatBitsToUint(uintBitsToFloat(a) + 0.5) - 0x3f000000u : h;
+    h = a >= 0x47800000u ? 0x7c00u : h;
+    h = a > 0x7f800000u ? 0x7e00u : h;
+    return ((u >> 16) & 0x8000u) | h;
 }
 
 /* f32 bits u -> f16 bits with IEEE directed rounding, towards +inf (up = 1) or -inf (0): bit for

@@ -10,12 +10,17 @@
  * directed roundings and the division by L are integer code here. Only the code's
  * (x - zero) / scale uses the device's division (within one code: the tolerance table).
  *
- * Pack: one workgroup per (page, KV head) unit; shared `par` holds the f16 (zero, scale) bits
- * of the D key channel and P value token groups (SMEM = 2 * (D + P) words); each invocation
- * then writes whole 32-bit words of the unit (a word shared with a neighbouring unit, when the
- * destination offset is not 4-aligned, through atomics). Scatter and direct: one invocation
- * per element. The pools are bound as a window of n_slots slots from slot_base (vk_kernels.c,
- * plan_windows); direct binds up to five host windows at 3..7 as copy.comp does. */
+ * Pack: one workgroup per (page, KV head) unit; shared `par` holds the f32 values of the f16
+ * zero and scale of the D key channel and P value token groups (SMEM = 2 * (D + P) words);
+ * each invocation then writes whole 32-bit words of the unit (a word shared with a
+ * neighbouring unit, when the destination offset is not 4-aligned, through atomics), walking
+ * the word's elements without a division each. Scatter and direct: one invocation per quad of
+ * channels (D is a multiple of 4) of K or V of a unit, over its P tokens: a key quad decodes
+ * its four scales and zeros once, a value quad one pair per token, and each token's four
+ * values are stored together (two whole words without 16-bit storage: no atomics). Integer
+ * division per element would be the cost on a CPU device. The pools are bound as a window of
+ * n_slots slots from slot_base (vk_kernels.c, plan_windows); direct binds up to five host
+ * windows at 3..7 as copy.comp does. */
 #include "common.glsl"
 
 BUF(0, KV_T, kpool);
@@ -76,10 +81,9 @@ uint quant_scale(float a, uint levels) {
 bool finite_bits(float x) { return (floatBitsToUint(x) & 0x7f800000u) != 0x7f800000u; }
 
 #if MODE == 0
-shared uint par[SMEM]; /* group g: par[2g] = zero, par[2g + 1] = scale (f16 bits) */
+shared float par[SMEM]; /* group g: par[g] = zero, par[D + P + g] = scale (f16 values) */
 
-uint code_of(float x, uint g, uint levels) {
-    float zero = f16_to_f32(par[2u * g]), scale = f16_to_f32(par[2u * g + 1u]);
+uint code_of(float x, float zero, float scale, uint levels) {
     if (!(scale > 0.0))
         return 0u;
     float q = roundEven((x - zero) / scale);
@@ -97,7 +101,7 @@ void main() {
     uint ls = uint(gslot) - pc.slot_base;
     if (gslot < 0 || ls >= pc.n_slots)
         return;
-    uint re = pc.n_kv_heads * d, first = (ls * p * pc.n_kv_heads + h) * d;
+    uint re = pc.n_kv_heads * d, first = (ls * p * pc.n_kv_heads + h) * d, ng = d + p;
     uint codes = p * d * bits / 8u, unit_bytes = 2u * codes + 4u * (d + p);
     for (uint g = lid; g < d + p; g += w) {
         bool key = g < d;
@@ -114,25 +118,31 @@ void main() {
         uint s = quant_scale(hi - f16_to_f32(z), levels);
         if (nonfinite || (z & 0x7c00u) == 0x7c00u || (s & 0x7c00u) == 0x7c00u)
             z = s = 0x7e00u;
-        par[2u * g] = z;
-        par[2u * g + 1u] = s;
+        par[g] = f16_to_f32(z); /* exact, and f32_to_f16 gives the bits back */
+        par[ng + g] = f16_to_f32(s);
     }
     barrier();
-    uint u0 = pc.ext_off + unit * unit_bytes; /* the unit's first byte in ext */
+    uint u0 = pc.ext_off + unit * unit_bytes, per_byte = 8u / bits; /* the unit's first byte */
     for (uint wd = u0 / 4u + lid; wd * 4u < u0 + unit_bytes; wd += w) {
-        uint value = 0u, mask = 0u;
-        for (uint k = 0u; k < 4u; k++) {
-            uint b = wd * 4u + k;
-            if (b < u0 || b >= u0 + unit_bytes)
-                continue;
-            uint j = b - u0, byte;
+        uint b0 = max(wd * 4u, u0), b1 = min(wd * 4u + 4u, u0 + unit_bytes);
+        /* the element of the word's first code byte: half kv, token t, channel c */
+        uint kv = b0 - u0 >= codes ? 1u : 0u, e = (b0 - u0 - kv * codes) * per_byte;
+        uint t = e / d, c = e - t * d, value = 0u, mask = 0u;
+        for (uint b = b0; b < b1; b++) {
+            uint j = b - u0, byte = 0u;
             if (j < 2u * codes) { /* codes: one (q8) or two (q4) elements of K or V */
-                uint kv = j >= codes ? 1u : 0u, e0 = (j - kv * codes) * (8u / bits);
-                byte = 0u;
-                for (uint c2 = 0u; c2 < 8u / bits; c2++) {
-                    uint e = e0 + c2, t = e / d, c = e % d, at = first + t * re + c;
+                if (j == codes) {
+                    kv = 1u;
+                    t = c = 0u;
+                }
+                for (uint k = 0u; k < per_byte; k++) {
+                    uint at = first + t * re + c, g = kv != 0u ? d + t : c;
                     float x = kv != 0u ? KV_LOAD(vpool, at) : KV_LOAD(kpool, at);
-                    byte |= code_of(x, kv != 0u ? d + t : c, levels) << (c2 * bits);
+                    byte |= code_of(x, par[g], par[ng + g], levels) << (k * bits);
+                    if (++c == d) {
+                        c = 0u;
+                        t++;
+                    }
                 }
             } else { /* [K scale D][K zero D][V scale P][V zero P] */
                 uint f = (j - 2u * codes) / 2u, g, zero;
@@ -143,10 +153,11 @@ void main() {
                     g = d + (f - 2u * d) % p;
                     zero = (f - 2u * d) / p;
                 }
-                byte = (par[2u * g + 1u - zero] >> (((j - 2u * codes) & 1u) * 8u)) & 0xffu;
+                uint bits16 = f32_to_f16(zero != 0u ? par[g] : par[ng + g]);
+                byte = (bits16 >> (((j - 2u * codes) & 1u) * 8u)) & 0xffu;
             }
-            value |= byte << (k * 8u);
-            mask |= 0xffu << (k * 8u);
+            value |= byte << ((b & 3u) * 8u);
+            mask |= 0xffu << ((b & 3u) * 8u);
         }
         if (mask == 0xffffffffu) {
             ext[wd] = value;
@@ -157,32 +168,61 @@ void main() {
     }
 }
 #else
-uint byte_at(uint k, uint b) {
+/* Word wi of host window k (direct) or of ext (scatter). */
+uint word_at(uint k, uint wi) {
 #if MODE == 1
-    return (ext[b >> 2] >> ((b & 3u) * 8u)) & 0xffu;
+    return ext[wi];
 #else
-    uint x = k == 0u   ? ext0[b >> 2]
-             : k == 1u ? ext1[b >> 2]
-             : k == 2u ? ext2[b >> 2]
-             : k == 3u ? ext3[b >> 2]
-                       : ext4[b >> 2];
-    return (x >> ((b & 3u) * 8u)) & 0xffu;
+    return k == 0u   ? ext0[wi]
+           : k == 1u ? ext1[wi]
+           : k == 2u ? ext2[wi]
+           : k == 3u ? ext3[wi]
+                     : ext4[wi];
 #endif
+}
+
+/* The four bytes from byte b (any alignment), little-endian. */
+uint bytes4_at(uint k, uint b) {
+    uint sh = (b & 3u) * 8u, w0 = word_at(k, b >> 2);
+    return sh == 0u ? w0 : (w0 >> sh) | (word_at(k, (b >> 2) + 1u) << (32u - sh));
+}
+
+/* The f16 at byte a (even), as f32. */
+float f16_at(uint k, uint a) { return f16_to_f32((word_at(k, a >> 2) >> ((a & 2u) * 8u)) & 0xffffu); }
+
+/* Four values to elements i .. i+3 (i a multiple of 4) of K (kv 0) or V. */
+#if FKV_DTYPE == 0
+#define STORE4(a, i, v) a[i] = v.x, a[i + 1u] = v.y, a[i + 2u] = v.z, a[i + 3u] = v.w
+#elif FKV_S16
+#define STORE4(a, i, v)                                                                      \
+    a[i] = uint16_t(CVT_STORE(v.x)), a[i + 1u] = uint16_t(CVT_STORE(v.y)),                    \
+    a[i + 2u] = uint16_t(CVT_STORE(v.z)), a[i + 3u] = uint16_t(CVT_STORE(v.w))
+#else
+#define STORE4(a, i, v)                                                                      \
+    a[(i) >> 1] = CVT_STORE(v.x) | CVT_STORE(v.y) << 16,                                      \
+    a[((i) >> 1) + 1u] = CVT_STORE(v.z) | CVT_STORE(v.w) << 16
+#endif
+void store4(uint kv, uint i, vec4 x) {
+    if (kv != 0u) {
+        STORE4(vpool, i, x);
+    } else {
+        STORE4(kpool, i, x);
+    }
 }
 
 void main() {
     uint gid = flat_id();
     if (gid >= pc.total)
         return;
-    uint d = pc.head_dim, p = pc.page_size, per_unit = 2u * p * d;
+    uint d = pc.head_dim, p = pc.page_size, per_unit = 2u * (d / 4u);
 #if MODE == 1
-    uint bits = pc.bits, i = gid / per_unit, e = gid % per_unit, k = 0u;
+    uint bits = pc.bits, i = gid / per_unit, r = gid % per_unit, k = 0u;
     if (i >= pc.n)
         return;
     int slot = idx[pc.idx_off + 2u * i], h = idx[pc.idx_off + 2u * i + 1u];
 #else
     uint bits = pc.elem_bits >> 8, es = pc.elem_bits & 0xffu;
-    uint i = pc.first + gid / per_unit, e = gid % per_unit;
+    uint i = pc.first + gid / per_unit, r = gid % per_unit;
     if (i >= pc.n)
         return;
     uint ie = pc.idx_off + 4u * i;
@@ -201,20 +241,36 @@ void main() {
     uint off = uint(idx[ie + 3u]);
     if (off < base || (off - base) * es > len || unit_bytes > len - (off - base) * es)
         return; /* outside its window: a table that disagrees with the plan */
-    uint u0 = (off - base) * es;
+    uint u0 = (off - base) * es; /* even: es is 2 or 4 */
 #endif
-    uint kv = e >= p * d ? 1u : 0u, te = e - kv * p * d, t = te / d, c = te % d;
-    uint cb = u0 + kv * codes + (bits == 8u ? te : te / 2u);
-    uint code = (byte_at(k, cb) >> (bits == 8u ? 0u : (te & 1u) * 4u)) & ((1u << bits) - 1u);
-    uint sa = u0 + 2u * codes + (kv != 0u ? 4u * d + 2u * t : 2u * c);
-    uint za = sa + (kv != 0u ? 2u * p : 2u * d);
-    uint s = byte_at(k, sa) | byte_at(k, sa + 1u) << 8, z = byte_at(k, za) | byte_at(k, za + 1u) << 8;
-    float x = fma(f16_to_f32(s), float(code), f16_to_f32(z)); /* exact: the product needs no rounding */
-    uint dst = ((ls * p + t) * pc.n_kv_heads + uint(h)) * d + c;
-    if (kv != 0u) {
-        KV_STORE(vpool, dst, x);
-    } else {
-        KV_STORE(kpool, dst, x);
+    uint kv = r >= d / 4u ? 1u : 0u, c0 = (r - kv * (d / 4u)) * 4u;
+    /* this half's scales, its zeros zstep bytes on; fma(scale, code, zero) is exact: the
+     * product needs no rounding */
+    uint sa = u0 + 2u * codes + kv * 4u * d, zstep = kv != 0u ? 2u * p : 2u * d;
+    vec4 s = vec4(0.0), z = vec4(0.0);
+    if (kv == 0u) {
+        s = vec4(f16_at(k, sa + 2u * c0), f16_at(k, sa + 2u * c0 + 2u), f16_at(k, sa + 2u * c0 + 4u),
+                 f16_at(k, sa + 2u * c0 + 6u));
+        z = vec4(f16_at(k, sa + zstep + 2u * c0), f16_at(k, sa + zstep + 2u * c0 + 2u),
+                 f16_at(k, sa + zstep + 2u * c0 + 4u), f16_at(k, sa + zstep + 2u * c0 + 6u));
+    }
+    uint cb = u0 + kv * codes, stride = pc.n_kv_heads * d;
+    uint dst = (ls * p * pc.n_kv_heads + uint(h)) * d + c0;
+    for (uint t = 0u; t < p; t++, dst += stride) {
+        if (kv != 0u) {
+            s = vec4(f16_at(k, sa + 2u * t));
+            z = vec4(f16_at(k, sa + zstep + 2u * t));
+        }
+        uint e = t * d + c0;
+        uvec4 code;
+        if (bits == 8u) {
+            uint x = bytes4_at(k, cb + e);
+            code = uvec4(x & 0xffu, (x >> 8) & 0xffu, (x >> 16) & 0xffu, x >> 24);
+        } else { /* two bytes inside one word: cb and e / 2 are even */
+            uint b = cb + e / 2u, x = word_at(k, b >> 2) >> ((b & 2u) * 8u);
+            code = uvec4(x & 0xfu, (x >> 4) & 0xfu, (x >> 8) & 0xfu, (x >> 12) & 0xfu);
+        }
+        store4(kv, dst, fma(s, vec4(code), z));
     }
 }
 #endif

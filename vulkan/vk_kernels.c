@@ -687,11 +687,15 @@ static fkv_status quant_pack(launch *L, const fkv_kv_geom *g, uint32_t n_pages,
                       (uint32_t)(quant_shared(g) / 4), gx, gy, deps);
 }
 
-/* One invocation per element of the units; pools bound by the caller. */
+/* Invocations per unit of the dequantizing shaders: one per quad of channels of K or V
+ * (quant.comp; a quantized format's head dim is a multiple of 4). */
+static uint64_t dequant_per_unit(const fkv_kv_geom *g) { return 2ull * (g->head_dim / 4); }
+
+/* Pools bound by the caller. */
 static fkv_status dequant_scatter(launch *L, const fkv_kv_geom *g, const fkv_bbuf *src,
                                   size_t src_off, uint32_t n_units, const fkv_bbuf *units,
                                   size_t units_off, const fkv_deps *deps) {
-    uint64_t total = (uint64_t)n_units * 2 * g->page_size * g->head_dim;
+    uint64_t total = (uint64_t)n_units * dequant_per_unit(g);
     fkv_status st;
     if ((st = bind_buf(L, 2, units, units_off, n_units * 8ull, 4, &L->pc[2], "units")) !=
             FKV_OK ||
@@ -896,8 +900,8 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
             return st;
         return direct_by_address(&L, g, n_hosts, hosts, n_units, &aw, av, &deps);
     }
-    /* invocations per unit: one per word (copy.comp), one per element (quant.comp) */
-    uint64_t unit_words = 2ull * g->page_size * (quantized ? g->head_dim : row_words);
+    /* invocations per unit: one per word (copy.comp), one per quad of channels (quant.comp) */
+    uint64_t unit_words = quantized ? dequant_per_unit(g) : 2ull * g->page_size * row_words;
     if ((uint64_t)n_units * unit_words > UINT32_MAX)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan recall_direct: too much in one call");
     if ((st = bind_buf(&L, 2, units, units_off, (uint64_t)n_units * FKV_DIRECT_UNIT_INTS * 4, 4,

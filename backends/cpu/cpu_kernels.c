@@ -353,16 +353,8 @@ static void scatter_unit(const fkv_kv_geom *g, const unsigned char *unit, size_t
     size_t es = fkv_dtype_size(g->dtype), re = row_elems(g), d = g->head_dim, p = g->page_size;
     size_t run = d * es;
     if (g->host_format != FKV_HOST_SAME) {
-        for (uint32_t t = 0; t < p; t++)
-            for (uint32_t c = 0; c < d; c++) {
-                size_t dst_elem = (slot * p + t) * re + head * d + c;
-                fkv_store(kpool, g->dtype, dst_elem,
-                          fkv_hostfmt_load(g->host_format, g->page_size, g->head_dim, unit, 0,
-                                           t, c));
-                fkv_store(vpool, g->dtype, dst_elem,
-                          fkv_hostfmt_load(g->host_format, g->page_size, g->head_dim, unit, 1,
-                                           t, c));
-            }
+        fkv_hostfmt_dequantize(g->host_format, g->page_size, g->head_dim, unit, kpool, vpool,
+                               g->dtype, slot * p * re + head * d, re);
         return;
     }
     for (size_t t = 0; t < p; t++) {

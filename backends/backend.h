@@ -189,6 +189,8 @@ typedef struct fkv_direct_src {
 
 /* Ints per unit of recall_direct's device unit table: {gslot, kv_head, host, offset / es}. */
 #define FKV_DIRECT_UNIT_INTS 4
+/* Ints per host allocation that direct_host_words writes after the unit table. */
+#define FKV_DIRECT_HOST_INTS 4
 /* Host allocations one launch of a GPU backend's recall_direct binds (kernel arguments or
  * descriptor bindings): a call over more hosts issues ceil(hosts / this) launches. */
 #define FKV_DIRECT_HOSTS_PER_LAUNCH 8
@@ -323,8 +325,10 @@ typedef struct fkv_backend_ops {
      * fkv_unit_bytes(g) bytes ([K|V][p][d], or quantized in g->host_format and dequantized
      * here) at byte srcs[i].offset of hosts[srcs[i].host] and writes KV head
      * units[4i+1] of slot units[4i]. `units` is the device-side unit table, int32 x4 per unit:
-     * {gslot, kv_head, host index, host offset / element size}; the caller writes it (the
-     * recall engine: one write on q just before this call), and the kernels read only it.
+     * {gslot, kv_head, host index, host offset / element size}, and, when the table has
+     * direct_host_words, FKV_DIRECT_HOST_INTS ints per host after the n_units entries, as that
+     * entry wrote them for these hosts in this order; the caller writes it (the recall engine:
+     * one write on q just before this call), and the kernels read only it.
      * srcs is the host-side copy of the same (host, offset) pairs, read during the call only
      * (for the checks and the launch plan: alignment, which hosts a launch binds); it is never
      * uploaded. Units of one host should be contiguous: a backend that binds at most
@@ -449,6 +453,15 @@ typedef struct fkv_backend_ops {
                                const fkv_bbuf *prev_rows, size_t rows_off, float tau,
                                fkv_bbuf *sims, size_t sims_off, fkv_bbuf *flags,
                                size_t flags_off);
+
+    /* What recall_direct reads of each host allocation from its units table, so that the
+     * caller's one table write carries it: FKV_DIRECT_HOST_INTS int32 per host of hosts[0..
+     * n_hosts) into out (Vulkan with bufferDeviceAddress: the allocation's device address
+     * and byte size, so one launch reaches every allocation with nothing uploaded or
+     * allocated of its own). Nothing fails: the hosts are this device's allocations. NULL (or
+     * a table built before this entry): recall_direct reads no such words. */
+    void (*direct_host_words)(fkv_bdev *dev, uint32_t n_hosts, const fkv_bhost *const *hosts,
+                              int32_t *out);
 } fkv_backend_ops;
 
 /* Every compiled backend's table: fkv_backend_<name>() for each name of the generated list

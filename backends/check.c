@@ -291,7 +291,7 @@ fkv_status fkv_check_scatter_hnd(const char *backend, const fkv_kv_geom *g, fkv_
 fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, uint32_t n_hosts,
                                    const fkv_bhost *const *hosts, uint32_t n_units,
                                    const fkv_direct_src *srcs, fkv_bview units, size_t units_off,
-                                   fkv_bview kpool, fkv_bview vpool) {
+                                   uint32_t host_ints, fkv_bview kpool, fkv_bview vpool) {
     const char *op = "recall_direct";
     size_t es = fkv_dtype_size(g->dtype);
     uint64_t unit_bytes = fkv_unit_bytes(g);
@@ -303,9 +303,9 @@ fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, ui
             return REFUSE("%s %s: NULL host memory (host %u)", backend, op, h);
     if (n_units && srcs == NULL)
         return REFUSE("%s %s: NULL unit sources", backend, op);
+    uint64_t table_ints = (uint64_t)n_units * FKV_DIRECT_UNIT_INTS + (uint64_t)n_hosts * host_ints;
     if ((st = fkv_check_span(backend, op, "units", units, units_off,
-                             (uint64_t)n_units * FKV_DIRECT_UNIT_INTS * sizeof(int32_t), 4)) !=
-            FKV_OK ||
+                             table_ints * sizeof(int32_t), 4)) != FKV_OK ||
         (st = fkv_check_pools(backend, op, g, kpool, vpool)) != FKV_OK)
         return st;
     for (uint32_t i = 0; i < n_units; i++) {

@@ -86,11 +86,12 @@ fkv_status fkv_check_pack_hnd(const char *backend, const fkv_kv_geom *g, fkv_bvi
 fkv_status fkv_check_scatter_hnd(const char *backend, const fkv_kv_geom *g, fkv_bview src,
                                  size_t src_off, uint32_t n_units, fkv_bview units,
                                  size_t units_off, fkv_bview kpool, fkv_bview vpool);
-/* hosts: the host allocations the units' sources index. */
+/* hosts: the host allocations the units' sources index; host_ints: ints per host the units
+ * table holds after its unit entries (FKV_DIRECT_HOST_INTS with direct_host_words, else 0). */
 fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, uint32_t n_hosts,
                                    const fkv_bhost *const *hosts, uint32_t n_units,
                                    const fkv_direct_src *srcs, fkv_bview units, size_t units_off,
-                                   fkv_bview kpool, fkv_bview vpool);
+                                   uint32_t host_ints, fkv_bview kpool, fkv_bview vpool);
 fkv_status fkv_check_attention(const char *backend, const fkv_kv_geom *g, fkv_bview q,
                                size_t q_off, uint32_t n_seqs, fkv_bview heads, size_t heads_off,
                                fkv_bview entries, size_t entries_off, fkv_bview kpool,

@@ -332,6 +332,16 @@ fkv_status fkv_op_attention_dense(fkv_device *dev, fkv_queue q, fkv_deps deps,
                                         k, v, scale, out, out_off);
 }
 
+uint32_t fkv_op_direct_host_ints(const fkv_device *dev) {
+    return FKV_HAS_ENTRY(dev->ops, direct_host_words) ? FKV_DIRECT_HOST_INTS : 0;
+}
+
+void fkv_op_direct_host_words(fkv_device *dev, uint32_t n_hosts, const fkv_bhost *const *hosts,
+                              int32_t *out) {
+    if (FKV_HAS_ENTRY(dev->ops, direct_host_words))
+        dev->ops->direct_host_words(dev->bdev, n_hosts, hosts, out);
+}
+
 fkv_status fkv_op_recall_direct(fkv_device *dev, fkv_queue q, fkv_deps deps,
                                 const fkv_kv_geom *g, uint32_t n_hosts,
                                 const fkv_bhost *const *hosts, uint32_t n_units,
@@ -344,7 +354,8 @@ fkv_status fkv_op_recall_direct(fkv_device *dev, fkv_queue q, fkv_deps deps,
     CHECKED(kernel_checks(dev, "recall_direct", q, deps, g));
     CHECKED(host_format_check(dev, "recall_direct", g));
     CHECKED(fkv_check_recall_direct(NAME(dev), g, n_hosts, hosts, n_units, srcs, VIEW(units),
-                                    units_off, VIEW(kpool), VIEW(vpool)));
+                                    units_off, fkv_op_direct_host_ints(dev), VIEW(kpool),
+                                    VIEW(vpool)));
     MARKER_IF_NONE(n_units);
     return dev->ops->recall_direct(dev->bdev, q, deps, g, n_hosts, hosts, n_units, srcs, units,
                                    units_off, kpool, vpool);

@@ -119,6 +119,12 @@ fkv_status fkv_op_attention_dense(fkv_device *dev, fkv_queue q, fkv_deps deps,
                                    const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
                                    uint32_t n_tokens, const fkv_bbuf *k, const fkv_bbuf *v,
                                    float scale, fkv_bbuf *out, size_t out_off);
+/* Ints per host allocation a recall_direct units table holds after its unit entries:
+ * FKV_DIRECT_HOST_INTS where the table has direct_host_words, else 0. */
+uint32_t fkv_op_direct_host_ints(const fkv_device *dev);
+/* Those ints of hosts[0..n_hosts) into out (nothing without the entry). */
+void fkv_op_direct_host_words(fkv_device *dev, uint32_t n_hosts, const fkv_bhost *const *hosts,
+                              int32_t *out);
 /* No recall_direct entry: FKV_ERR_UNSUPPORTED (a device that opened without one never
  * reports the direct recall mode). */
 fkv_status fkv_op_recall_direct(fkv_device *dev, fkv_queue q, fkv_deps deps,

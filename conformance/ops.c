@@ -953,10 +953,13 @@ static int build_recall(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r
         host[h] = (int)s->n_arr;
         ha[h] = cf_add_arr(s, names[h], host_bytes[h]);
     }
+    /* room after the unit entries for the device's words of up to three hosts (spec.c writes
+     * them where the backend has direct_host_words) */
+    size_t words = 3 * FKV_DIRECT_HOST_INTS * sizeof(int32_t);
     int units = (int)s->n_arr;
-    int32_t *uv = cf_add_input(s, "units", CF_IN_OFF, n * 16);
+    int32_t *uv = cf_add_input(s, "units", CF_IN_OFF, n * 16 + words);
     int units2 = (int)s->n_arr;
-    int32_t *uv2 = cf_add_input(s, "units_b", 16, n2 * 16);
+    int32_t *uv2 = cf_add_input(s, "units_b", 16, n2 * 16 + words);
     int kp = pool_output(s, "kpool", n_slots), vp = pool_output(s, "vpool", n_slots);
     if (!cf_spec_ok(s))
         return -1;

@@ -220,6 +220,22 @@ static fkv_status enqueue(run_state *rs, uint32_t i) {
     case CF_RECALL: {
         const fkv_bhost *hosts[3] = {rs->pinned[b[0].arr], c->size > 1 ? rs->pinned[b[4].arr] : NULL,
                                      c->size > 2 ? rs->pinned[b[5].arr] : NULL};
+        /* this device's words of the hosts after the unit entries, as the recall engine
+         * writes them (direct_host_words), into the input's room (ops.c); waited for, as the
+         * words live here */
+        int32_t words[3 * FKV_DIRECT_HOST_INTS];
+        size_t at = (size_t)c->n * FKV_DIRECT_UNIT_INTS * sizeof(int32_t);
+        size_t bytes = (size_t)c->size * fkv_op_direct_host_ints(d->dev) * sizeof(int32_t);
+        if (bytes) {
+            fkv_bevent *written = NULL;
+            fkv_op_direct_host_words(d->dev, (uint32_t)c->size, hosts, words);
+            fkv_status st = wait_ev(d,
+                                    fkv_op_write(d->dev, c->q, (fkv_deps){0, NULL, &written},
+                                                 B(rs, b[1]), b[1].off + at, words, bytes),
+                                    &written);
+            if (st != FKV_OK)
+                return st;
+        }
         return fkv_op_recall_direct(d->dev, c->q, deps, g, (uint32_t)c->size, hosts, c->n,
                                     s->units_src + c->first, B(rs, b[1]), b[1].off, B(rs, b[2]),
                                     B(rs, b[3]));

@@ -41,9 +41,10 @@ struct fkv_recaller {
     uint32_t units_cap;
 };
 
-/* Bytes of a stage's table: (gslot, kv_head) staged, (gslot, kv_head, host, offset) direct. */
+/* Bytes of a stage's table: (gslot, kv_head) staged; direct: (gslot, kv_head, host, offset)
+ * and room for the backend's words of as many hosts (direct_host_words). */
 static size_t index_bytes(fkv_recall_mode mode, uint32_t chunk) {
-    size_t ints = mode == FKV_RECALL_DIRECT ? FKV_DIRECT_UNIT_INTS : 2;
+    size_t ints = mode == FKV_RECALL_DIRECT ? FKV_DIRECT_UNIT_INTS + FKV_DIRECT_HOST_INTS : 2;
     return (size_t)chunk * ints * sizeof(int32_t);
 }
 
@@ -231,7 +232,9 @@ static uint32_t wait_list(fkv_recaller *r, fkv_bevent *first, fkv_deps deps) {
     return n_wait;
 }
 
-/* ---- direct (zero-copy): one table write and one recall_direct per recall --------------- */
+/* ---- direct (zero-copy): one table write and one recall_direct per recall --------------- *
+ * The table: the units' entries, then what the backend reads of each host allocation
+ * (fkv_op_direct_host_words: device addresses), in the same write. */
 
 static fkv_status grow(void **p, size_t n, size_t size) {
     void *g = realloc(*p, n * size);
@@ -316,10 +319,13 @@ static fkv_status run_direct(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv
         table[4 * j + 2] = (int32_t)h;
         table[4 * j + 3] = (int32_t)(uint32_t)(u->host_offset / es);
     }
+    fkv_op_direct_host_words(r->dev, n_hosts, r->hosts, table + (size_t)FKV_DIRECT_UNIT_INTS * n);
+    size_t table_bytes = ((size_t)FKV_DIRECT_UNIT_INTS * n +
+                          (size_t)fkv_op_direct_host_ints(r->dev) * n_hosts) * sizeof(int32_t);
     fkv_bevent *prev = s->free_ev;
     s->free_ev = NULL;
     st = fkv_op_write(r->dev, q, (fkv_deps){.n_wait = prev ? 1 : 0, .wait = &prev, .done = &s->table_ev},
-                      s->data, 0, table, index_bytes(r->mode, n));
+                      s->data, 0, table, table_bytes);
     if (prev)
         fkv_op_event_release(r->dev, prev);
     if (st != FKV_OK)

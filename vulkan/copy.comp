@@ -5,8 +5,8 @@
  * memory: imported or host-visible; zero-copy). Direct binds up to five host windows at
  * bindings 3..7, each serving one run of consecutive table entries (vk_kernels.c,
  * fkv_vk_recall_direct), so one dispatch reads up to five host allocations. 3 direct through
- * device addresses (bufferDeviceAddress): binding 3 holds each host allocation's address
- * and size, so one dispatch reads any number of them.
+ * device addresses (bufferDeviceAddress): the unit table ends with each host allocation's
+ * address and size, so one dispatch reads any number of them and nothing else is bound.
  * One invocation per word of a (token, head) row of row_words words. The pools are bound as a
  * window of n_slots slots from slot_base (vk_kernels.c, plan_windows). */
 #if WORD == 2
@@ -57,13 +57,14 @@ layout(push_constant) uniform PC {
     uint ext_off, n, idx_off, n_kv_heads, row_words, page_size, n_slots, total, unused8, slot_base;
 } pc;
 #elif MODE == 3
-/* Host allocation j of the call: its device address (x, y) and its size in words (z). */
-RBUF(3, uvec4, hosts);
+/* Host allocation j of the call: after the n unit entries of idx, its device address (low,
+ * high word) and byte size (low, high word), as fkv_vk_direct_host_words wrote them. */
 #if WORD == 16
 #define HOST_ALIGN 16
 #else
 #define HOST_ALIGN 4
 #endif
+#define WORD_BYTES (WORD == 1 ? 2u : uint(WORD))
 layout(buffer_reference, std430, buffer_reference_align = HOST_ALIGN) readonly buffer
 HostWords {
     W_T w[];
@@ -136,11 +137,14 @@ void main() {
     if (slot < 0 || ls >= pc.n_slots || h < 0 || uint(h) >= pc.n_kv_heads || host < 0 ||
         uint(host) >= pc.n_hosts)
         return;
-    uvec4 at = hosts[host];
+    uint a = pc.idx_off + 4u * pc.n + 4u * uint(host);
+    uvec2 addr = uvec2(uint(idx[a]), uint(idx[a + 1u]));
+    /* the size in words, clamped where it exceeds 32 bits (offsets are 32-bit anyway) */
+    uint words = idx[a + 3u] != 0 ? 0xffffffffu : uint(idx[a + 2u]) / WORD_BYTES;
     uint off = uint(idx[e + 3u]) / pc.el_per_word, unit_words = 2u * pc.page_size * pc.row_words;
-    if (off > at.z || unit_words > at.z - off)
+    if (off > words || unit_words > words - off)
         return; /* outside its allocation: a table that disagrees with the plan */
-    HostWords src = HostWords(at.xy);
+    HostWords src = HostWords(addr);
     W_VAL x = W_LOAD(src.w, off + r * pc.row_words + w);
     uint kv = r / pc.page_size, t = r % pc.page_size;
     uint dst = ((ls * pc.page_size + t) * pc.n_kv_heads + uint(h)) * pc.row_words + w;

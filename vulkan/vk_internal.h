@@ -385,6 +385,9 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
                                 uint32_t n_hosts, const fkv_bhost *const *hosts, uint32_t n_units,
                                 const fkv_direct_src *srcs, const fkv_bbuf *units, size_t units_off,
                                 fkv_bbuf *kpool, fkv_bbuf *vpool);
+/* direct_host_words: each allocation's device address and byte size (direct_by_address). */
+void fkv_vk_direct_host_words(fkv_bdev *dev, uint32_t n_hosts, const fkv_bhost *const *hosts,
+                              int32_t *out);
 
 /* ---- device (vk_device.c) ---- */
 /* Which VkQueue each fkv_queue runs on: a pure function of the device's queue families, so

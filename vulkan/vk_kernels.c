@@ -800,13 +800,23 @@ static void direct_window(const fkv_bdev *d, const fkv_bhost *h, uint64_t unit_b
     *len = size - *base < span ? size - *base : span;
 }
 
-/* Bytes of one entry of the host table of direct_by_address (copy.comp MODE 3). */
-#define HOST_ENTRY_BYTES 16
+void fkv_vk_direct_host_words(fkv_bdev *dev, uint32_t n_hosts, const fkv_bhost *const *hosts,
+                              int32_t *out) {
+    (void)dev;
+    for (uint32_t j = 0; j < n_hosts; j++, out += FKV_DIRECT_HOST_INTS) {
+        VkDeviceAddress a = hosts[j]->addr; /* 0 without bufferDeviceAddress: never read */
+        uint64_t size = hosts[j]->desc.size;
+        out[0] = (int32_t)(uint32_t)a;
+        out[1] = (int32_t)(uint32_t)(a >> 32);
+        out[2] = (int32_t)(uint32_t)size;
+        out[3] = (int32_t)(uint32_t)(size >> 32);
+    }
+}
 
-/* recall_direct through device addresses: the call's host allocations' addresses and sizes
- * (in words) go to device memory in one copy from host-visible scratch, recorded before the
- * dispatch in the same command buffer, and one dispatch reads every unit from wherever it
- * lies; with windowed pools, one dispatch per pool window. */
+/* recall_direct through device addresses: one dispatch reads every unit from wherever it
+ * lies, the allocations' addresses and sizes taken from the caller's units table after the
+ * unit entries (fkv_vk_direct_host_words); with windowed pools, one dispatch per pool
+ * window. */
 static fkv_status direct_by_address(launch *L, const fkv_kv_geom *g, uint32_t n_hosts,
                                     const fkv_bhost *const *hosts, uint32_t n_units,
                                     const fkv_copy_words *cw, uint32_t variant,
@@ -816,41 +826,16 @@ static fkv_status direct_by_address(launch *L, const fkv_kv_geom *g, uint32_t n_
     if ((uint64_t)n_units * unit_words > UINT32_MAX)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan recall_direct: too much in one call");
     for (uint32_t j = 0; j < n_hosts; j++)
-        if (hosts[j]->addr == 0 || hosts[j]->desc.size / cw->word > UINT32_MAX)
+        if (hosts[j]->addr == 0)
             return fkv_error(FKV_ERR_UNSUPPORTED,
-                             "vulkan recall_direct: host allocation %u has no device address "
-                             "or is too large",
-                             j);
-    VkDeviceSize bytes = (VkDeviceSize)(n_hosts ? n_hosts : 1) * HOST_ENTRY_BYTES;
+                             "vulkan recall_direct: host allocation %u has no device address", j);
     uint32_t wg = pick_wg(dev, ELEMENTWISE_WG), gx, gy;
     grid_1d(dev, (uint64_t)n_units * unit_words, wg, &gx, &gy);
     VkPipeline p;
     vk_cmd c;
-    vk_temp staged, table;
     fkv_status st = fkv_vk_pipeline(dev, S_COPY + 3 * 4 + variant, wg, 1, &p);
     if (st != FKV_OK || (st = fkv_vk_cmd_begin(dev, L->q, 0, &c)) != FKV_OK)
         return st;
-    if ((st = fkv_vk_cmd_temp(&c, bytes, 1, &staged)) != FKV_OK ||
-        (st = fkv_vk_cmd_temp(&c, bytes, 0, &table)) != FKV_OK) {
-        fkv_vk_cmd_abort(&c);
-        return st;
-    }
-    uint32_t *e = staged.ptr;
-    for (uint32_t j = 0; j < n_hosts; j++, e += HOST_ENTRY_BYTES / 4) {
-        VkDeviceAddress a = hosts[j]->addr;
-        e[0] = (uint32_t)a;
-        e[1] = (uint32_t)(a >> 32);
-        e[2] = (uint32_t)(hosts[j]->desc.size / cw->word);
-        e[3] = 0;
-    }
-    VkBufferCopy bc = {0, 0, bytes};
-    vkCmdCopyBuffer(c.rec.cb, staged.buf, table.buf, 1, &bc);
-    fkv_vk_count(&c, 0, FKV_COPY_H2D, bytes);
-    VkMemoryBarrier mb = {VK_STRUCTURE_TYPE_MEMORY_BARRIER, NULL, VK_ACCESS_TRANSFER_WRITE_BIT,
-                          VK_ACCESS_SHADER_READ_BIT};
-    vkCmdPipelineBarrier(c.rec.cb, VK_PIPELINE_STAGE_TRANSFER_BIT,
-                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
-    L->b[3] = (bind){table.buf, 0, bytes};
     L->pc[0] = (uint32_t)(cw->word / fkv_dtype_size(g->dtype));
     L->pc[1] = n_units;
     L->pc[3] = g->n_kv_heads;
@@ -895,8 +880,8 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
         /* no window bases: the offsets alone decide the word */
         fkv_copy_words aw = fkv_pick_copy_words(g, bits, 1);
         uint32_t av = copy_variant(dev, &aw);
-        if ((st = bind_buf(&L, 2, units, units_off, (uint64_t)n_units * FKV_DIRECT_UNIT_INTS * 4,
-                           4, &L.pc[2], "units")) != FKV_OK)
+        uint64_t table = (uint64_t)n_units * FKV_DIRECT_UNIT_INTS + (uint64_t)n_hosts * FKV_DIRECT_HOST_INTS;
+        if ((st = bind_buf(&L, 2, units, units_off, table * 4, 4, &L.pc[2], "units")) != FKV_OK)
             return st;
         return direct_by_address(&L, g, n_hosts, hosts, n_units, &aw, av, &deps);
     }

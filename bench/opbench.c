@@ -557,7 +557,7 @@ static int bench_recall(bench *b, fkv_pool *pool) {
                  m < 0 || m == 3 ? "" : mode_name(engine_modes[m]));
         if (m >= 0 && m < 3) {
             /* a backend without recall_direct: its runs fail with FKV_ERR_UNSUPPORTED (n/a) */
-            st = fkv_recaller_create(b->dev, &r.g, engine_modes[m], o->chunk, &rc);
+            st = fkv_recaller_create(b->dev, &r.g, engine_modes[m], o->chunk, 0, &rc);
             if (st != FKV_OK) {
                 printf("  %-16s n/a: %s\n", name, fkv_last_error());
                 failed |= st != FKV_ERR_UNSUPPORTED;

@@ -723,18 +723,22 @@ static void check_out_of_range(const cf_env *env, const cf_case *c, cf_result *r
                                  s.out, 0),
                 "attention", what[i]);
     }
-    /* recall_direct: a unit's slot out of range (its host offset is fine) */
-    fkv_bbuf *unit = IDX(8, 0, 0, 0);
-    if (FKV_HAS_ENTRY(fkv_device_ops(dev), recall_direct) && unit) {
+    /* recall_direct: a unit's slot out of range (its host offset is fine), then the device's
+     * words of its host (direct_host_words) */
+    if (FKV_HAS_ENTRY(fkv_device_ops(dev), recall_direct)) {
         fkv_bhost *h = NULL;
         void *p = NULL;
+        int32_t table[FKV_DIRECT_UNIT_INTS + FKV_DIRECT_HOST_INTS] = {8, 0, 0, 0};
         if (fkv_op_host_alloc(dev, 4096, &h, &p) == FKV_OK) {
-            fkv_direct_src off = {0};
             const fkv_bhost *hs[1] = {h};
+            fkv_op_direct_host_words(dev, 1, hs, table + FKV_DIRECT_UNIT_INTS);
+            fkv_bbuf *unit = ints(&x, table, FKV_DIRECT_UNIT_INTS + fkv_op_direct_host_ints(dev));
+            fkv_direct_src off = {0};
             oor_snapshot(t);
             ev = NULL;
-            fkv_status st =
-                fkv_op_recall_direct(dev, CQ, E, &g, 1, hs, 1, &off, unit, 0, s.kp, s.vp);
+            fkv_status st = unit ? fkv_op_recall_direct(dev, CQ, E, &g, 1, hs, 1, &off, unit, 0,
+                                                        s.kp, s.vp)
+                                 : FKV_ERR_UNSUPPORTED;
             if (st != FKV_ERR_UNSUPPORTED) { /* a device that reads no host memory */
                 oor_done(t, st, ev, "recall_direct", "recall_direct to slot 8 of 8");
                 oor_pools(t, "recall_direct to slot 8 of 8");

@@ -94,23 +94,29 @@ size_t fkv_attention_lists(fkv_context *ctx, uint32_t layer, uint32_t n, const u
 }
 
 fkv_status fkv_attention_launch(fkv_context *ctx, uint32_t layer, uint32_t n,
-                                const uint32_t *seqs, int rebuild, uint32_t n_wait,
+                                const uint32_t *seqs, int rebuild,
+                                const fkv_recall_carry *carried, uint32_t n_wait,
                                 fkv_bevent *const *wait, fkv_bbuf *out, size_t out_off,
                                 fkv_bevent **attn) {
     layer_state *ls = &ctx->layers[layer];
     fkv_in_layout in = fkv_in_layout_of(ctx, n);
     size_t block = fkv_q_offset(ctx, ls->in_block, 0);
+    const fkv_bbuf *lists = ls->io;
+    size_t heads = block + in.heads;
     fkv_status st = FKV_OK;
-    if (rebuild) {
+    if (rebuild && carried && carried->buf) {
+        lists = carried->buf;
+        heads = carried->off;
+    } else if (rebuild) {
         size_t bytes = fkv_attention_lists(ctx, layer, n, seqs);
-        st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->io, block + in.heads,
+        st = fkv_op_write(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, ls->io, heads,
                           ls->host.in + in.heads, bytes);
     }
     if (st == FKV_OK)
         st = fkv_op_attention(ctx->dev, FKV_QUEUE_COMPUTE,
                               (fkv_deps){.n_wait = n_wait, .wait = wait, .done = attn},
-                              &ctx->geom, ls->io, block + in.q, n, ls->io, block + in.heads,
-                              ls->io, block + in.entries, ls->kpool, ls->vpool,
+                              &ctx->geom, ls->io, block + in.q, n, lists, heads, lists,
+                              heads + (in.entries - in.heads), ls->kpool, ls->vpool,
                               1.0f / sqrtf((float)ctx->cfg.head_dim), out, out_off);
     return st;
 }

@@ -74,8 +74,8 @@ static fkv_status check_and_select(fkv_context *ctx, uint32_t layer, select_args
 }
 
 fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                             const fkv_correction_desc *desc, fkv_bevent **corr,
-                             fkv_stats *stats) {
+                             const fkv_correction_desc *desc, fkv_recall_carry *lists,
+                             fkv_bevent **corr, fkv_stats *stats) {
     double t_check = fkv_now();
     layer_state *ls = &ctx->layers[layer];
     uint32_t hk = ctx->cfg.n_kv_heads;
@@ -99,7 +99,8 @@ fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const
                      .done = corr,
                      .stats = stats,
                      .desc = desc ? desc->now : NULL,
-                     .desc_off = desc ? desc->now_off : 0};
+                     .desc_off = desc ? desc->now_off : 0,
+                     .lists = lists};
     /* without descriptors from the inputs, the next step's follow this step's in host.desc */
     select_args next = {.queue = FKV_QUEUE_COMPUTE,
                         .n = n,

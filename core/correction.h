@@ -23,10 +23,11 @@ typedef struct fkv_correction_desc {
  * host.flags at fkv_selection_records_offset(0) for the speculative task
  * (fkv_task_submit(..., selected = 1)). Counts the heads checked and corrected into *stats and
  * ctx->call.corrections, and the time the caller was blocked into
- * stats->blocked_correction_seconds. desc: NULL, and they are described and written here. */
+ * stats->blocked_correction_seconds. desc: NULL, and they are described and written here.
+ * lists: as select_args.lists (NULL: the correction's recall carries no lists). */
 fkv_status fkv_correct_heads(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                             const fkv_correction_desc *desc, fkv_bevent **corr,
-                             fkv_stats *stats);
+                             const fkv_correction_desc *desc, fkv_recall_carry *lists,
+                             fkv_bevent **corr, fkv_stats *stats);
 
 /* The correction's scores descriptors (this call's query rows) then each sequence's
  * previous-query row (-1 without one: every head of it is flagged) into out; their bytes. */

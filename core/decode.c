@@ -22,6 +22,9 @@ typedef struct decode_call {
     fkv_stats consumed; /* the background task's work: counted whatever the call does */
     int appended, selected, recalled;
     int lists_sent; /* the attention lists went up with the inputs (selection known then) */
+    fkv_recall_carry lists; /* the lists as the call's selection left them, carried by its
+                             * recall (lists.buf: where), so the attention reads them there */
+    fkv_bevent *held; /* the recaller's marker after that attention (fkv_recaller_hold) */
     fkv_bevent *corr;    /* recall of this call's selection (sync) or correction (freekv) */
     fkv_bevent *attn, *end;
     fkv_bevent *attn_wait[2]; /* the speculative recall and corr, when there are */
@@ -264,7 +267,8 @@ static fkv_status select_sync(fkv_context *ctx, decode_call *dc) {
                      .done = &dc->corr,
                      .stats = &dc->stats,
                      .desc = dc->desc_now,
-                     .desc_off = dc->desc_now_off};
+                     .desc_off = dc->desc_now_off,
+                     .lists = &dc->lists};
     fkv_status st = fkv_select_pages(ctx, dc->layer, &a);
     /* fkv_select_pages ends with the recall engine's run */
     double engine = dc->stats.recall_seconds - engine0;
@@ -284,7 +288,8 @@ static fkv_status select_speculative(fkv_context *ctx, decode_call *dc) {
                                     .next = dc->desc_next,
                                     .now_off = dc->desc_now_off,
                                     .next_off = dc->desc_next_off};
-        st = fkv_correct_heads(ctx, dc->layer, dc->n, dc->seqs, &desc, &dc->corr, &dc->stats);
+        st = fkv_correct_heads(ctx, dc->layer, dc->n, dc->seqs, &desc, &dc->lists, &dc->corr,
+                               &dc->stats);
     }
     if (st == FKV_OK && ls->ev_recall)
         dc->attn_wait[dc->n_attn_wait++] = ls->ev_recall;
@@ -342,10 +347,17 @@ static fkv_status deliver_output(fkv_context *ctx, decode_call *dc, fkv_tensor *
         /* the transfer queue's report of the call's offload reads, so that their failure
          * stays this call's (a host output's failure is reported by the rollback's finish) */
         st = fkv_op_marker(ctx->dev, FKV_QUEUE_TRANSFER, (fkv_deps){.done = &offloaded});
-    fkv_bevent *after = offloaded ? offloaded : ls->ev_offload;
+    /* the end also follows the marker that holds the lists' staging: its failure is the
+     * call's */
+    fkv_bevent *after[2];
+    uint32_t n_after = 0;
+    if (offloaded || ls->ev_offload)
+        after[n_after++] = offloaded ? offloaded : ls->ev_offload;
+    if (dc->held)
+        after[n_after++] = dc->held;
     if (st == FKV_OK)
         st = fkv_op_marker(ctx->dev, FKV_QUEUE_COMPUTE,
-                           (fkv_deps){.n_wait = after ? 1 : 0, .wait = &after, .done = &dc->end});
+                           (fkv_deps){.n_wait = n_after, .wait = after, .done = &dc->end});
     fkv_release_event(ctx, &offloaded);
     if (st == FKV_OK && out->host)
         st = fkv_wait_release(ctx, &dc->end);
@@ -459,8 +471,10 @@ fkv_status fkv_decode_run(fkv_context *ctx, uint32_t layer, uint32_t n, const ui
     size_t dst_off = out->host ? 0 : out->offset;
     int rebuild = !dc.lists_sent || selection_changed(ctx, &dc);
     if (st == FKV_OK)
-        st = fkv_attention_launch(ctx, layer, n, seqs, rebuild, dc.n_attn_wait, dc.attn_wait, dst,
-                                  dst_off, &dc.attn);
+        st = fkv_attention_launch(ctx, layer, n, seqs, rebuild, &dc.lists, dc.n_attn_wait,
+                                  dc.attn_wait, dst, dst_off, &dc.attn);
+    if (st == FKV_OK && rebuild && dc.lists.buf) /* the attention reads the recall's staging */
+        st = fkv_recaller_hold(ctx->rec_main, FKV_QUEUE_COMPUTE, &dc.held);
     if (st == FKV_OK)
         st = deliver_output(ctx, &dc, out);
     if (st == FKV_OK && sync && sync->signal) /* in order after the output's commands */

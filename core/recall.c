@@ -28,6 +28,8 @@ struct fkv_recaller {
     fkv_pool *pool;
     stage stages[2];
     unsigned next;
+    size_t carry_cap; /* room for carried bytes after each stage's tables */
+    stage *carried;   /* the stage the last run's carried bytes are in, or NULL */
     /* a scatter's wait list: its chunk's ready event and the caller's waits (grown to the
      * longest list seen, so steady state allocates nothing) */
     fkv_bevent **waits;
@@ -74,7 +76,7 @@ static void stage_free(fkv_recaller *r, stage *s) {
 
 /* A stage for `units` units: [data | table] in pinned host memory and on the device. */
 static fkv_status stage_alloc(fkv_recaller *r, stage *s, uint32_t units) {
-    size_t bytes = data_bytes(r, units) + index_bytes(r->mode, units);
+    size_t bytes = data_bytes(r, units) + index_bytes(r->mode, units) + r->carry_cap;
     fkv_status st = fkv_op_host_alloc(r->dev, bytes, &s->host, &s->host_ptr);
     if (st == FKV_OK)
         st = fkv_op_buffer_alloc(r->dev, bytes, &s->data);
@@ -100,8 +102,8 @@ void fkv_recaller_destroy(fkv_recaller *r) {
     free(r);
 }
 
-fkv_status fkv_recaller_create(fkv_device *dev, const fkv_kv_geom *g,
-                               fkv_recall_mode mode, uint32_t chunk_units, fkv_recaller **out) {
+fkv_status fkv_recaller_create(fkv_device *dev, const fkv_kv_geom *g, fkv_recall_mode mode,
+                               uint32_t chunk_units, size_t carry_bytes, fkv_recaller **out) {
     *out = NULL;
     fkv_recaller *r = calloc(1, sizeof *r);
     if (r == NULL)
@@ -111,6 +113,7 @@ fkv_status fkv_recaller_create(fkv_device *dev, const fkv_kv_geom *g,
     r->mode = mode;
     r->chunk = chunk_units ? chunk_units : DEFAULT_CHUNK_UNITS;
     r->unit_bytes = fkv_unit_bytes(g);
+    r->carry_cap = (carry_bytes + 3) / 4 * 4;
     fkv_status st = FKV_OK;
     for (int i = 0; i < 2 && st == FKV_OK; i++)
         st = stage_alloc(r, &r->stages[i], r->chunk);
@@ -125,17 +128,18 @@ fkv_status fkv_recaller_create(fkv_device *dev, const fkv_kv_geom *g,
 void fkv_recaller_set_pool(fkv_recaller *r, fkv_pool *pool) { r->pool = pool; }
 
 void fkv_recaller_bytes(const fkv_kv_geom *g, fkv_recall_mode mode, uint32_t chunk_units,
-                        uint64_t *host_bytes, uint64_t *device_bytes) {
+                        size_t carry_bytes, uint64_t *host_bytes, uint64_t *device_bytes) {
     uint64_t chunk = chunk_units ? chunk_units : DEFAULT_CHUNK_UNITS;
     uint64_t unit = fkv_unit_bytes(g);
     uint64_t data = mode == FKV_RECALL_DIRECT ? 0 : chunk * unit;
     uint64_t index = index_bytes(mode, (uint32_t)chunk);
-    *host_bytes = 2 * (data + index);
-    *device_bytes = 2 * (data + index);
+    uint64_t carry = (carry_bytes + 3) / 4 * 4;
+    *host_bytes = 2 * (data + index + carry);
+    *device_bytes = 2 * (data + index + carry);
 }
 
 void fkv_recaller_memory(const fkv_recaller *r, uint64_t *host_bytes, uint64_t *device_bytes) {
-    fkv_recaller_bytes(&r->geom, r->mode, r->chunk, host_bytes, device_bytes);
+    fkv_recaller_bytes(&r->geom, r->mode, r->chunk, r->carry_cap, host_bytes, device_bytes);
 }
 
 typedef struct gather_job {
@@ -150,11 +154,23 @@ static void gather_range(void *arg, size_t begin, size_t end) {
         memcpy(j->dst + i * j->unit_bytes, j->units[i].src, j->unit_bytes);
 }
 
+/* The carried bytes into the stage's host copy at byte `at` (after its tables); their size. */
+static size_t place_carry(fkv_recaller *r, stage *s, size_t at, fkv_recall_carry *carry) {
+    if (carry == NULL)
+        return 0;
+    memcpy((unsigned char *)s->host_ptr + at, carry->bytes, carry->size);
+    carry->buf = s->data;
+    carry->off = at;
+    r->carried = s;
+    return carry->size;
+}
+
 /* Staged and perpage: gathers one chunk into the stage and enqueues the copies that bring it
- * with its unit table to the device; *ready is the last one's event. The table follows the
- * chunk's units (at *table_off), so staged recall copies both in one write. */
+ * with its unit table (and carry's bytes, when given) to the device; *ready is the last
+ * one's event. The table follows the chunk's units (at *table_off), so staged recall copies
+ * both in one write. */
 static fkv_status stage_chunk(fkv_recaller *r, stage *s, uint32_t n, const fkv_recall_unit *units,
-                              fkv_bevent **ready, size_t *table_off) {
+                              fkv_recall_carry *carry, fkv_bevent **ready, size_t *table_off) {
     size_t data = (size_t)n * r->unit_bytes;
     int32_t *index = (int32_t *)((unsigned char *)s->host_ptr + data);
     for (uint32_t i = 0; i < n; i++) {
@@ -162,12 +178,14 @@ static fkv_status stage_chunk(fkv_recaller *r, stage *s, uint32_t n, const fkv_r
         index[2 * i + 1] = units[i].kv_head;
     }
     *table_off = data;
+    size_t tables = index_bytes(r->mode, n);
+    size_t carried = place_carry(r, s, data + tables, carry);
     fkv_deps done = {.done = ready};
     if (r->mode == FKV_RECALL_STAGED) {
         gather_job job = {.units = units, .dst = s->host_ptr, .unit_bytes = r->unit_bytes};
         fkv_pool_run(r->pool, n, gather_range, &job);
         return fkv_op_write(r->dev, FKV_QUEUE_TRANSFER, done, s->data, 0, s->host_ptr,
-                            data + index_bytes(r->mode, n));
+                            data + tables + carried);
     }
     /* One region per unit: a backend with write_regions copies them in one command, the
      * fallback issues one write each. */
@@ -183,7 +201,7 @@ static fkv_status stage_chunk(fkv_recaller *r, stage *s, uint32_t n, const fkv_r
     if (st != FKV_OK)
         return st;
     return fkv_op_write(r->dev, FKV_QUEUE_TRANSFER, done, s->data, data, index,
-                        index_bytes(r->mode, n));
+                        tables + carried);
 }
 
 /* Room for a wait list of n events. */
@@ -295,7 +313,7 @@ static fkv_status direct_stage(fkv_recaller *r, stage *s, uint32_t n) {
 
 static fkv_status run_direct(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv_recall_unit *units,
                              fkv_bbuf *kpool, fkv_bbuf *vpool, fkv_deps deps,
-                             fkv_bevent **last) {
+                             fkv_recall_carry *carry, fkv_bevent **last) {
     fkv_status st = reserve_units(r, n);
     if (st != FKV_OK)
         return st;
@@ -322,6 +340,7 @@ static fkv_status run_direct(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv
     fkv_op_direct_host_words(r->dev, n_hosts, r->hosts, table + (size_t)FKV_DIRECT_UNIT_INTS * n);
     size_t table_bytes = ((size_t)FKV_DIRECT_UNIT_INTS * n +
                           (size_t)fkv_op_direct_host_ints(r->dev) * n_hosts) * sizeof(int32_t);
+    table_bytes += place_carry(r, s, table_bytes, carry);
     fkv_bevent *prev = s->free_ev;
     s->free_ev = NULL;
     st = fkv_op_write(r->dev, q, (fkv_deps){.n_wait = prev ? 1 : 0, .wait = &prev, .done = &s->table_ev},
@@ -342,14 +361,17 @@ static fkv_status run_direct(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv
 /* ---- staged and perpage: gather, one copy and one scatter per stage ---------------------- */
 
 static fkv_status run_staged(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv_recall_unit *units,
-                             fkv_bbuf *kpool, fkv_bbuf *vpool, fkv_deps deps, fkv_bevent **last) {
+                             fkv_bbuf *kpool, fkv_bbuf *vpool, fkv_deps deps,
+                             fkv_recall_carry *carry, fkv_bevent **last) {
     fkv_status st = FKV_OK;
     for (uint32_t begin = 0; begin < n && st == FKV_OK;) {
         uint32_t count = n - begin < r->chunk ? n - begin : r->chunk;
         stage *s = next_stage(r);
         fkv_bevent *ready = NULL;
         size_t table_off;
-        st = stage_chunk(r, s, count, units + begin, &ready, &table_off);
+        /* the carried bytes go with the last chunk */
+        st = stage_chunk(r, s, count, units + begin, begin + count == n ? carry : NULL, &ready,
+                         &table_off);
         if (st != FKV_OK)
             break;
         fkv_deps kd = {.n_wait = wait_list(r, ready, deps), .wait = r->waits, .done = &s->free_ev};
@@ -365,13 +387,27 @@ static fkv_status run_staged(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv
 
 fkv_status fkv_recaller_run(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv_recall_unit *units,
                             fkv_bbuf *kpool, fkv_bbuf *vpool, fkv_deps deps) {
+    return fkv_recaller_run_with(r, q, n, units, kpool, vpool, deps, NULL);
+}
+
+fkv_status fkv_recaller_run_with(fkv_recaller *r, fkv_queue q, uint32_t n,
+                                 const fkv_recall_unit *units, fkv_bbuf *kpool, fkv_bbuf *vpool,
+                                 fkv_deps deps, fkv_recall_carry *carry) {
     fkv_bevent *last = NULL;
     if (deps.done)
         *deps.done = NULL;
+    r->carried = NULL;
+    if (carry) {
+        carry->buf = NULL;
+        carry->off = 0;
+        if (carry->size > r->carry_cap) /* the caller writes them itself */
+            carry = NULL;
+    }
     fkv_status st = reserve_waits(r, (uint64_t)deps.n_wait + 1);
     if (st == FKV_OK && n > 0)
-        st = r->mode == FKV_RECALL_DIRECT ? run_direct(r, q, n, units, kpool, vpool, deps, &last)
-                                          : run_staged(r, q, n, units, kpool, vpool, deps, &last);
+        st = r->mode == FKV_RECALL_DIRECT
+                 ? run_direct(r, q, n, units, kpool, vpool, deps, carry, &last)
+                 : run_staged(r, q, n, units, kpool, vpool, deps, carry, &last);
     if (st == FKV_OK && deps.done != NULL) {
         if (last == NULL) /* nothing to recall: still honour the wait list */
             st = fkv_op_marker(r->dev, q, deps);
@@ -387,4 +423,27 @@ fkv_status fkv_recaller_run(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv_
         fkv_error_restore(msg);
     }
     return st;
+}
+
+fkv_status fkv_recaller_hold(fkv_recaller *r, fkv_queue q, fkv_bevent **out) {
+    stage *s = r->carried;
+    r->carried = NULL;
+    *out = NULL;
+    if (s == NULL)
+        return FKV_OK;
+    /* after what last read the stage (its kernel, on the recall's queue) and q's commands */
+    fkv_bevent *old = s->free_ev, *held = NULL;
+    fkv_status st = fkv_op_marker(r->dev, q,
+                                  (fkv_deps){.n_wait = old ? 1 : 0, .wait = &old, .done = &held});
+    if (st != FKV_OK) {
+        char *msg = fkv_error_save();
+        fkv_op_finish(r->dev, q);
+        fkv_error_restore(msg);
+        return st;
+    }
+    s->free_ev = held;
+    *out = held;
+    if (old)
+        fkv_op_event_release(r->dev, old);
+    return FKV_OK;
 }

@@ -352,16 +352,23 @@ static uint32_t recall_chunk(const fkv_context *ctx) {
     return (uint32_t)units;
 }
 
+/* What the caller's recalls carry: a batch's whole attention lists (heads, then entries; the
+ * correction's and sync's selection send them with their recall, decode.c). */
+static size_t recall_carry(const fkv_context *ctx) {
+    return (size_t)ctx->cfg.max_seqs * ctx->cfg.n_kv_heads * (1 + (size_t)ctx->list_cap) *
+           FKV_PAIR_BYTES;
+}
+
 /* One engine for the caller's thread and one for the worker, sharing the gather threads. */
 static fkv_status recall_engines_create(fkv_context *ctx) {
     fkv_recall_mode mode = fkv_op_recall_mode(ctx->dev);
     uint32_t chunk = recall_chunk(ctx);
     fkv_status st;
     if ((st = fkv_pool_create(0, &ctx->pool)) != FKV_OK ||
-        (st = fkv_recaller_create(ctx->dev, &ctx->geom, mode, chunk, &ctx->rec_main)) !=
-            FKV_OK ||
-        (st = fkv_recaller_create(ctx->dev, &ctx->geom, mode, chunk,
-                                  &ctx->rec_worker)) != FKV_OK)
+        (st = fkv_recaller_create(ctx->dev, &ctx->geom, mode, chunk, recall_carry(ctx),
+                                  &ctx->rec_main)) != FKV_OK ||
+        (st = fkv_recaller_create(ctx->dev, &ctx->geom, mode, chunk, 0, &ctx->rec_worker)) !=
+            FKV_OK)
         return st;
     fkv_recaller_set_pool(ctx->rec_main, ctx->pool);
     fkv_recaller_set_pool(ctx->rec_worker, ctx->pool);
@@ -404,10 +411,11 @@ static uint64_t device_bytes(const fkv_context *ctx, uint64_t *per_layer, uint64
     big = scr.f32 > big ? scr.f32 : big;
     big = scr.pack > big ? scr.pack : big;
     if (ctx->offload) {
-        uint64_t hb, db;
-        fkv_recaller_bytes(&ctx->geom, fkv_op_recall_mode(ctx->dev), recall_chunk(ctx), &hb,
-                           &db);
-        total = add_sat(total, 2 * db);
+        uint64_t hb, db, hb0, db0;
+        fkv_recall_mode mode = fkv_op_recall_mode(ctx->dev);
+        fkv_recaller_bytes(&ctx->geom, mode, recall_chunk(ctx), recall_carry(ctx), &hb, &db);
+        fkv_recaller_bytes(&ctx->geom, mode, recall_chunk(ctx), 0, &hb0, &db0);
+        total = add_sat(total, db + db0);
     }
     *per_layer = layer;
     *largest = big;

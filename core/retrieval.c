@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "../common/error.h"
+#include "attention.h"
 #include "retrieval.h"
 
 /* Candidate pages [sink, end) for a sequence that holds n_now tokens and will attend with
@@ -201,9 +202,15 @@ fkv_status fkv_selection_apply(fkv_context *ctx, uint32_t layer, const select_ar
     if (a->rec == NULL)
         return FKV_OK;
     layer_state *ls = &ctx->layers[layer];
+    if (a->lists && n_units) { /* the lists as this plan leaves them, to go with the recall */
+        fkv_in_layout in = fkv_in_layout_of(ctx, a->n);
+        a->lists->size = fkv_attention_lists(ctx, layer, a->n, a->seqs);
+        a->lists->bytes = ls->host.in + in.heads;
+    }
     double t0 = fkv_now();
-    st = fkv_recaller_run(a->rec, a->queue, n_units, a->pl->units, ls->kpool, ls->vpool,
-                          (fkv_deps){.n_wait = a->n_wait, .wait = a->wait, .done = a->done});
+    st = fkv_recaller_run_with(a->rec, a->queue, n_units, a->pl->units, ls->kpool, ls->vpool,
+                               (fkv_deps){.n_wait = a->n_wait, .wait = a->wait, .done = a->done},
+                               a->lists && n_units ? a->lists : NULL);
     a->stats->recall_seconds += fkv_now() - t0;
     a->stats->pages_recalled += n_units;
     a->stats->bytes_recalled += (uint64_t)n_units * ctx->unit_bytes;

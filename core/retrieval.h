@@ -32,6 +32,10 @@ typedef struct select_args {
     /* The records' place: sequence i's at fkv_selection_records_offset(records_at + i).
      * 0, but for a correction whose candidates differ from the next step's (correction.c). */
     uint32_t records_at;
+    /* Non-NULL (the caller's selections: sync, freekv's correction): the batch's attention
+     * lists are built after the plan and ride with the recall's table write; lists->buf says
+     * where they went (NULL: nothing was recalled, so the attention writes them itself). */
+    fkv_recall_carry *lists;
 } select_args;
 
 /* Scores, group reduction and top-k on the device (O(budget) values read back), the plan on

@@ -959,7 +959,7 @@ static uint64_t count_correction(fkv_context *ctx, uint32_t n, const uint32_t *s
     fkv_bevent *corr = NULL;
     fkv_counters before, after;
     cr_assert_eq(fkv_context_get_counters(ctx, &before), FKV_OK);
-    cr_assert_eq(fkv_correct_heads(ctx, 0, n, seqs, NULL, &corr, &stats), FKV_OK, "%s",
+    cr_assert_eq(fkv_correct_heads(ctx, 0, n, seqs, NULL, NULL, &corr, &stats), FKV_OK, "%s",
                  fkv_last_error());
     cr_assert_eq(fkv_context_get_counters(ctx, &after), FKV_OK);
     cr_assert_eq(corr != NULL, stats.corrections > 0, "an event only for a correction");
@@ -980,6 +980,51 @@ static uint64_t count_correction(fkv_context *ctx, uint32_t n, const uint32_t *s
  * whether no head or every head is flagged, and for a batch of 1 or 4, apart from the recall
  * (its table write and its kernel) when pages are missing; a sequence without a previous
  * query has every head flagged. */
+/* freekv's correction: the attention lists its selection leaves ride with the recall of its
+ * missing pages (in the staging write, staged mode here), so a call that corrects and recalls
+ * issues on the compute queue only the inputs' write, the flags and records' read and the
+ * output's read as copies; the lists were a fourth write before. Every head is flagged (tau
+ * 2), and the queries drift, so that calls recall. */
+static void check_correction_lists_ride(const char *backend, const char *recall_var) {
+    fkv_device *dev = open_device_recall(backend, recall_var, "staged");
+    fkv_config cfg;
+    th_small_config(&cfg);
+    cfg.policy = FKV_POLICY_FREEKV;
+    cfg.tau = 1.0f; /* a drifting query's cosine is below 1 */
+    uint32_t recalling = 0;
+    for (uint32_t n = 1; n <= 4; n += 3) {
+        pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76},
+                      .steps = 4, .batched = 1, .drift = 0.6f};
+        fkv_context *ctx = prefilled(dev, &cfg, &run);
+        call_io io;
+        io_open(dev, &cfg, n, 0, &io);
+        for (uint32_t step = 4; step < 10; step++)
+            for (uint32_t l = 0; l < cfg.n_layers; l++) {
+                cr_assert_eq(fkv_context_sync(ctx), FKV_OK, "%s", fkv_last_error());
+                io_fill(&cfg, &run, step, l, &io);
+                fkv_stats s0, s1;
+                cr_assert_eq(fkv_context_get_stats(ctx, &s0), FKV_OK, "%s", fkv_last_error());
+                int fills = 0; /* a page this call completes: its summary's index write */
+                for (uint32_t i = 0; i < n; i++)
+                    fills |= (ctx->seqs[run.seqs[i]].layers[l].n_tokens + 1) % cfg.page_size == 0;
+                fkv_counters c = io_decode(dev, ctx, &run, l, &io);
+                cr_assert_eq(fkv_context_get_stats(ctx, &s1), FKV_OK, "%s", fkv_last_error());
+                const fkv_queue_counters *cc = &c.queues[FKV_COUNTER_COMPUTE];
+                recalling += s1.corrections > s0.corrections &&
+                             c.queues[FKV_COUNTER_TRANSFER].copies > 0;
+                cr_expect_eq(cc->copies, 3u + fills,
+                             "%s batch %u step %u layer %u: %llu copies (inputs, flags and "
+                             "records, output, a filled page's index: %d; the lists ride with "
+                             "the recall)",
+                             backend, n, step, l, (unsigned long long)cc->copies, fills);
+            }
+        io_close(&io);
+        fkv_context_destroy(ctx);
+    }
+    cr_expect_gt(recalling, 0, "%s: no call corrected and recalled", backend);
+    fkv_device_close(dev);
+}
+
 static void check_correction_round_trip(const char *backend) {
     fkv_device *dev = open_device(backend);
     fkv_context *ctx = selection_context(dev, backend);
@@ -1043,6 +1088,9 @@ static void check_correction_round_trip(const char *backend) {
     }                                                                                          \
     Test(backend, correction_is_one_round_trip, .timeout = 120) {                              \
         check_correction_round_trip(#backend);                                                 \
+    }                                                                                          \
+    Test(backend, correction_lists_ride_with_its_recall, .timeout = 120) {                     \
+        check_correction_lists_ride(#backend, recall_var);                                     \
     }
 
 COUNTER_TESTS(cpu, "FREEKV_CPU_RECALL")

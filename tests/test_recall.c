@@ -187,7 +187,7 @@ static void fixture_close(fixture *f) {
 
 static fkv_recaller *engine(fixture *f, fkv_recall_mode mode, uint32_t chunk) {
     fkv_recaller *r;
-    cr_assert_eq(fkv_recaller_create(f->spied, &geom, mode, chunk, &r), FKV_OK, "%s",
+    cr_assert_eq(fkv_recaller_create(f->spied, &geom, mode, chunk, 0, &r), FKV_OK, "%s",
                  fkv_last_error());
     fkv_recaller_set_pool(r, f->threads);
     return r;

@@ -755,6 +755,20 @@ static uint32_t described_end(const fkv_context *ctx, uint32_t n, uint32_t targe
     return ce > ctx->sink_pages && ctx->n_mid > 0 ? ce : 0;
 }
 
+/* A freekv context on dev (th_small_config, tau) with a batch of n of four prompts prefilled
+ * (pd_execute's prefill and 4 steps of queries drifting by drift), and its call buffers. */
+static fkv_context *freekv_batch(fkv_device *dev, float tau, uint32_t n, float drift,
+                                 fkv_config *cfg, pd_run *run, call_io *io) {
+    th_small_config(cfg);
+    cfg->policy = FKV_POLICY_FREEKV;
+    cfg->tau = tau;
+    *run = (pd_run){.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76}, .steps = 4,
+                    .batched = 1, .drift = drift};
+    fkv_context *ctx = prefilled(dev, cfg, run);
+    io_open(dev, cfg, n, 0, io);
+    return ctx;
+}
+
 /* #11: the scores descriptors go up with the inputs, and freekv's call selects for its
  * speculative task. A freekv call that flags no head (tau -1; the queries drift little)
  * issues on the compute queue the inputs' write, the append, the check and the scores of
@@ -772,15 +786,10 @@ static void check_descriptors_with_inputs(const char *backend, const char *recal
     fkv_device *dev = open_device_recall(backend, recall_var, "staged");
     one_attention_launch(dev, backend);
     fkv_config cfg;
-    th_small_config(&cfg);
-    cfg.policy = FKV_POLICY_FREEKV;
-    cfg.tau = -1.0f;
     for (uint32_t n = 1; n <= 4; n += 3) {
-        pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76},
-                      .steps = 4, .batched = 1, .drift = 0.3f};
-        fkv_context *ctx = prefilled(dev, &cfg, &run);
+        pd_run run;
         call_io io;
-        io_open(dev, &cfg, n, 0, &io);
+        fkv_context *ctx = freekv_batch(dev, -1.0f, n, 0.3f, &cfg, &run, &io);
         for (uint32_t step = 4; step < 7; step++)
             for (uint32_t l = 0; l < cfg.n_layers; l++) {
                 cr_assert_eq(fkv_context_sync(ctx), FKV_OK, "%s", fkv_last_error());
@@ -988,16 +997,12 @@ static uint64_t count_correction(fkv_context *ctx, uint32_t n, const uint32_t *s
 static void check_correction_lists_ride(const char *backend, const char *recall_var) {
     fkv_device *dev = open_device_recall(backend, recall_var, "staged");
     fkv_config cfg;
-    th_small_config(&cfg);
-    cfg.policy = FKV_POLICY_FREEKV;
-    cfg.tau = 1.0f; /* a drifting query's cosine is below 1 */
     uint32_t recalling = 0;
     for (uint32_t n = 1; n <= 4; n += 3) {
-        pd_run run = {.n_seqs = n, .seqs = {0, 1, 2, 3}, .prompt = {80, 72, 64, 76},
-                      .steps = 4, .batched = 1, .drift = 0.6f};
-        fkv_context *ctx = prefilled(dev, &cfg, &run);
+        pd_run run;
         call_io io;
-        io_open(dev, &cfg, n, 0, &io);
+        /* tau 1: a drifting query's cosine is below it */
+        fkv_context *ctx = freekv_batch(dev, 1.0f, n, 0.6f, &cfg, &run, &io);
         for (uint32_t step = 4; step < 10; step++)
             for (uint32_t l = 0; l < cfg.n_layers; l++) {
                 cr_assert_eq(fkv_context_sync(ctx), FKV_OK, "%s", fkv_last_error());

@@ -222,6 +222,9 @@ static fkv_status append_token(fkv_context *ctx, decode_call *dc, const fkv_tens
     }
     dc->appended = 1;
     describe_selections(ctx, dc);
+    /* the pages this call completes: their index goes up with the inputs */
+    fkv_describe_full(ctx, dc->n, dc->seqs, ctx->call.full,
+                      (int32_t *)(ls->host.in + in.summ));
     fkv_policy policy = ctx->cfg.policy;
     dc->lists_sent = policy == FKV_POLICY_DENSE || fkv_is_speculative(ctx);
     size_t lists = dc->lists_sent ? fkv_attention_lists(ctx, dc->layer, dc->n, dc->seqs) : 0;
@@ -464,7 +467,10 @@ fkv_status fkv_decode_run(fkv_context *ctx, uint32_t layer, uint32_t n, const ui
 
     st = append_token(ctx, &dc, q, k, v);
     if (st == FKV_OK)
-        st = fkv_finish_pages(ctx, layer, n, seqs, ctx->call.full, &dc.stats);
+        st = fkv_finish_pages(ctx, layer, n, seqs, ctx->call.full, ctx->layers[layer].io,
+                              fkv_q_offset(ctx, ctx->layers[layer].in_block, 0) +
+                                  fkv_in_layout_of(ctx, n).summ,
+                              &dc.stats);
     if (st == FKV_OK)
         st = select_for_attention(ctx, &dc);
     fkv_bbuf *dst = out->host ? ctx->layers[layer].out : out->buffer->bbuf;

@@ -15,39 +15,36 @@ fkv_status fkv_summarize_pages(fkv_context *ctx, layer_state *ls, const fkv_bbuf
     return st;
 }
 
-/* Summaries of the batch's full pages, and (offload policies) their home slots for the pack
- * after the pairs, all in one index write. Returns the number of full pages in *n_full. */
-static fkv_status summarize_full(fkv_context *ctx, uint32_t layer, uint32_t n,
-                                 const uint32_t *seqs, const int32_t *full, uint32_t *n_full) {
-    layer_state *ls = &ctx->layers[layer];
+uint32_t fkv_describe_full(fkv_context *ctx, uint32_t n, const uint32_t *seqs,
+                           const int32_t *full, int32_t *out) {
     uint32_t nf = 0;
     for (uint32_t i = 0; i < n; i++)
         nf += full[i] >= 0;
-    int32_t *slots = ls->host.summ_idx + fkv_pack_slots_offset(nf) / FKV_INDEX_BYTES;
+    int32_t *slots = out + fkv_pack_slots_offset(nf) / FKV_INDEX_BYTES;
     for (uint32_t i = 0, k = 0; i < n; i++) {
         if (full[i] < 0)
             continue;
         int32_t gslot = fkv_gslot(ctx, seqs[i], fkv_home_slot(ctx, (uint32_t)full[i]));
-        ls->host.summ_idx[2 * k] = gslot;
-        ls->host.summ_idx[2 * k + 1] = fkv_summary_index(ctx, seqs[i], (uint32_t)full[i]);
+        out[2 * k] = gslot;
+        out[2 * k + 1] = fkv_summary_index(ctx, seqs[i], (uint32_t)full[i]);
         slots[k++] = gslot;
     }
-    *n_full = nf;
-    return nf ? fkv_summarize_pages(ctx, ls, ls->kpool, nf, ctx->offload ? nf : 0) : FKV_OK;
+    return nf;
 }
 
-/* Packs the nf full pages (their slots written by summarize_full) and reads each into its
- * host pool. */
+/* Packs the nf full pages (their slots in the index after the pairs) and reads each into
+ * its host pool. */
 static fkv_status offload_full(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                               const int32_t *full, uint32_t nf) {
+                               const int32_t *full, uint32_t nf, const fkv_bbuf *idx,
+                               size_t idx_off) {
     layer_state *ls = &ctx->layers[layer];
     /* the pack staging is free once the previous offload read it */
     fkv_bevent *packed = NULL;
     fkv_deps after_prev = {.n_wait = ls->ev_offload ? 1 : 0, .wait = &ls->ev_offload,
                            .done = &packed};
     fkv_status st = fkv_op_pack_hnd(ctx->dev, FKV_QUEUE_COMPUTE, after_prev, &ctx->geom,
-                                    ls->kpool, ls->vpool, nf, ls->summ_idx,
-                                    fkv_pack_slots_offset(nf), ls->pack, 0);
+                                    ls->kpool, ls->vpool, nf, idx,
+                                    idx_off + fkv_pack_slots_offset(nf), ls->pack, 0);
     for (uint32_t i = 0, k = 0; i < n && st == FKV_OK; i++) {
         if (full[i] < 0)
             continue;
@@ -71,12 +68,19 @@ static fkv_status offload_full(fkv_context *ctx, uint32_t layer, uint32_t n, con
 }
 
 fkv_status fkv_finish_pages(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                            const int32_t *full, fkv_stats *stats) {
+                            const int32_t *full, const fkv_bbuf *idx, size_t idx_off,
+                            fkv_stats *stats) {
+    layer_state *ls = &ctx->layers[layer];
     uint32_t nf = 0;
-    fkv_status st = summarize_full(ctx, layer, n, seqs, full, &nf);
-    if (st != FKV_OK || nf == 0 || !ctx->offload)
+    for (uint32_t i = 0; i < n; i++)
+        nf += full[i] >= 0;
+    if (nf == 0)
+        return FKV_OK;
+    fkv_status st = fkv_op_summarize(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom,
+                                     ls->kpool, nf, idx, idx_off, ls->summ);
+    if (st != FKV_OK || !ctx->offload)
         return st;
-    st = offload_full(ctx, layer, n, seqs, full, nf);
+    st = offload_full(ctx, layer, n, seqs, full, nf, idx, idx_off);
     stats->pages_offloaded += nf;
     stats->bytes_offloaded += (uint64_t)nf * ctx->page_bytes;
     return st;

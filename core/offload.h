@@ -16,10 +16,18 @@ static inline size_t fkv_pack_slots_offset(uint32_t n) { return (size_t)n * FKV_
 fkv_status fkv_summarize_pages(fkv_context *ctx, layer_state *ls, const fkv_bbuf *kpool,
                                uint32_t n, uint32_t n_slots);
 
+/* The index of the pages a decode call completes (full[i]: the page of seqs[i] that fills, or
+ * -1) into out, as fkv_summarize_pages lays it out (the pairs, then for the offload policies
+ * the slots), so that it goes up with the call's inputs; returns the number of pages. */
+uint32_t fkv_describe_full(fkv_context *ctx, uint32_t n, const uint32_t *seqs,
+                           const int32_t *full, int32_t *out);
+
 /* Summaries (and, for offload policies, the host copy) of the pages that the tokens just
- * appended completed. full[i] is the page of seqs[i] that filled, or -1. The host reads go
- * to the transfer queue, each after the one before; ls->ev_offload is the last. */
+ * appended completed, from their index (fkv_describe_full) on the device at idx, idx_off.
+ * full[i] is the page of seqs[i] that filled, or -1. The host reads go to the transfer
+ * queue, each after the one before; ls->ev_offload is the last. */
 fkv_status fkv_finish_pages(fkv_context *ctx, uint32_t layer, uint32_t n, const uint32_t *seqs,
-                            const int32_t *full, fkv_stats *stats);
+                            const int32_t *full, const fkv_bbuf *idx, size_t idx_off,
+                            fkv_stats *stats);
 
 #endif

@@ -54,7 +54,7 @@ void fkv_resources_derive(fkv_context *ctx) {
      * blocks start 256-byte aligned and are whole query rows long (fkv_q_row) */
     size_t in_bytes = (size_t)cfg->max_seqs *
                       (ctx->q_row_bytes + 2 * ctx->kv_row_bytes + 2 * FKV_INDEX_BYTES +
-                       2 * FKV_DESC_BYTES +
+                       2 * FKV_DESC_BYTES + FKV_PAIR_BYTES + FKV_INDEX_BYTES +
                        cfg->n_kv_heads * (1 + (size_t)ctx->list_cap) * FKV_PAIR_BYTES);
     size_t a = 256, b = ctx->q_row_bytes;
     while (b) { /* gcd, then the step: lcm(256, q_row_bytes) */

@@ -230,11 +230,12 @@ static inline uint32_t fkv_window_begin(const fkv_context *ctx, uint32_t n) {
 /* A decode call's inputs of n sequences inside an input block, in bytes from its start: the q
  * rows, the k rows, the v rows (f32), the rows table (int32), the scores descriptors of the
  * call's selection (desc_now: n descriptors, then n previous-query rows for correction's
- * cosine_flags) and of its speculative task (desc_next: n descriptors), then the attention
- * lists (the n * n_kv_heads heads (first entry, count), then the (slot, tokens) entries),
- * back to back so that one write carries them. */
+ * cosine_flags) and of its speculative task (desc_next: n descriptors), the pages the call
+ * completes (summ: up to n (slot, summary) pairs, then their slots for the pack; offload.h),
+ * then the attention lists (the n * n_kv_heads heads (first entry, count), then the (slot,
+ * tokens) entries), back to back so that one write carries them. */
 typedef struct fkv_in_layout {
-    size_t q, k, v, rows, desc_now, desc_next, heads, entries;
+    size_t q, k, v, rows, desc_now, desc_next, summ, heads, entries;
 } fkv_in_layout;
 static inline fkv_in_layout fkv_in_layout_of(const fkv_context *ctx, uint32_t n) {
     fkv_in_layout l;
@@ -244,7 +245,8 @@ static inline fkv_in_layout fkv_in_layout_of(const fkv_context *ctx, uint32_t n)
     l.rows = l.v + (size_t)n * ctx->kv_row_bytes;
     l.desc_now = l.rows + (size_t)n * FKV_INDEX_BYTES;
     l.desc_next = l.desc_now + (size_t)n * (FKV_DESC_BYTES + FKV_INDEX_BYTES);
-    l.heads = l.desc_next + (size_t)n * FKV_DESC_BYTES;
+    l.summ = l.desc_next + (size_t)n * FKV_DESC_BYTES;
+    l.heads = l.summ + (size_t)n * (FKV_PAIR_BYTES + FKV_INDEX_BYTES);
     l.entries = l.heads + (size_t)n * ctx->cfg.n_kv_heads * FKV_PAIR_BYTES;
     return l;
 }

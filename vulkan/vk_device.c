@@ -7,7 +7,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
 
 #include "../backends/option.h"
 #include "../common/env.h"
@@ -452,15 +451,13 @@ static uint32_t compute_units(VkPhysicalDevice p, int is_cpu, const char **sourc
         n = arm.shaderCoreCount;
         *source = VK_ARM_SHADER_CORE_BUILTINS_EXTENSION_NAME;
     }
-    if (n == 0 && is_cpu) {
-        /* A CPU device (lavapipe, SwiftShader) runs workgroups on one thread per host core:
-         * the host's cores are its compute units, as OpenCL's CPU devices report. */
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-        n = cpus < 1 ? 1 : cpus > 1024 ? 1024 : (uint32_t)cpus;
-        *source = "host cores (a CPU device; no extension exposes a count)";
-    } else if (n == 0) { /* no extension (Intel has none), or it said 0 */
-        n = 64;
-        *source = "default for a GPU (no extension exposes a count)";
+    if (n == 0) { /* no extension (Intel has none, nor lavapipe), or it said 0 */
+        /* a CPU device gets more than its cores: many work-groups keep lavapipe's threads
+         * busy when the host is shared (2026-12-02: the host's 2 cores made dense attention
+         * slower on a loaded machine, docs/bench.md) */
+        n = is_cpu ? 16 : 64;
+        *source = is_cpu ? "default for a CPU device (no extension exposes a count)"
+                         : "default for a GPU (no extension exposes a count)";
     }
     return n;
 }

@@ -98,8 +98,6 @@ uint quant_scale(float a, uint levels) {
     return f16_directed((((u >> 23) - 8u + sh) << 23) + kept - 0x800000u, 1u);
 }
 
-bool finite_bits(float x) { return (floatBitsToUint(x) & 0x7f800000u) != 0x7f800000u; }
-
 /* A pool quad as f32 and back (the slot dtype's conversions, common.glsl). */
 #if FKV_DTYPE == 0
 vec4 quad_in(vec4 q) { return q; }
@@ -115,17 +113,19 @@ uvec2 quad_out(vec4 v) {
 #endif
 
 #if MODE == 0
-shared float par[SMEM]; /* group g: par[g] = zero, par[D + P + g] = scale (f16 values) */
+/* The groups' f16 zeros and scales as f32 values (exact; f32_to_f16 gives the bits back), a
+ * vec4 a load: par[q] the zeros of key channels 4q..4q+3, par[D/4 + q] their scales, par[D/2 +
+ * t] (zero, scale, 0, 0) of value token t (SMEM = 2D + 4P floats). */
+shared vec4 par[SMEM / 4u];
 
-/* Group g's f16 zero and scale from its minimum lo and maximum hi, as common/hostfmt.c's
- * fkv_hostfmt_params, kept as their f32 values (exact, and f32_to_f16 gives the bits back). */
-void put_params(uint g, uint ng, float lo, float hi, bool nonfinite, uint levels) {
+/* A group's (zero, scale) from its minimum lo and maximum hi, as common/hostfmt.c's
+ * fkv_hostfmt_params. */
+vec2 params(float lo, float hi, bool nonfinite, uint levels) {
     uint z = f16_directed(floatBitsToUint(lo), 0u);
     uint s = quant_scale(hi - f16_to_f32(z), levels);
     if (nonfinite || (z & 0x7c00u) == 0x7c00u || (s & 0x7c00u) == 0x7c00u)
         z = s = 0x7e00u;
-    par[g] = f16_to_f32(z);
-    par[ng + g] = f16_to_f32(s);
+    return vec2(f16_to_f32(z), f16_to_f32(s));
 }
 
 /* 1 where x is an infinity or a NaN. */
@@ -133,35 +133,36 @@ uvec4 nonfinite4(vec4 x) {
     return uvec4(equal(floatBitsToUint(x) & uvec4(0x7f800000u), uvec4(0x7f800000u)));
 }
 
-/* The codes of a quad, common/hostfmt.c fkv_hostfmt_code with selects: 0 where the scale is
- * not positive or the rounded quotient is not (NaN included), else at most L. */
-uvec4 codes4(vec4 x, vec4 zero, vec4 scale, uint levels) {
+/* The B-bit codes of a quad packed from the low bits: common/hostfmt.c fkv_hostfmt_code with
+ * selects, 0 where the scale is not positive or the rounded quotient is not (NaN included),
+ * else at most L. */
+uint pack_codes(vec4 x, vec4 zero, vec4 scale, uint levels, uint bits) {
     vec4 q = roundEven((x - zero) / scale);
     q = mix(vec4(0.0), min(q, vec4(float(levels))), greaterThan(q, vec4(0.0)));
-    return uvec4(mix(vec4(0.0), q, greaterThan(scale, vec4(0.0))));
+    uvec4 c = uvec4(mix(vec4(0.0), q, greaterThan(scale, vec4(0.0)))) << (uvec4(0, 1, 2, 3) * bits);
+    return c.x | c.y | c.z | c.w;
 }
 
-/* The B-bit codes of the quad at code row T (K tokens 0..P-1, then V tokens) and channel c,
- * packed from the low bits. */
-uint quad_codes(uint T, uint c, uint first, uint ng, uint levels) {
-    uint p = pc.page_size, d = pc.head_dim, bits = pc.bits;
-    bool v = T >= p;
-    uint t = v ? T - p : T, at = (first + t * pc.n_kv_heads * d + c) >> 2;
-    vec4 x = v ? quad_in(vpool[at]) : quad_in(kpool[at]);
-    /* a key's groups are its four channels, a value's one group its token */
-    uint g = v ? d + t : c, gs = v ? 0u : 1u;
-    vec4 z = vec4(par[g], par[g + gs], par[g + 2u * gs], par[g + 3u * gs]);
-    g += ng;
-    vec4 s = vec4(par[g], par[g + gs], par[g + 2u * gs], par[g + 3u * gs]);
-    uvec4 q = codes4(x, z, s, levels);
-    return q.x | q.y << bits | q.z << (2u * bits) | q.w << (3u * bits);
+/* The codes of the key quad (token t, channels c..c+3) and of the value quad; first: the
+ * unit's first element (quad-aligned), re: a token row's elements. */
+uint k_codes(uint t, uint c, uint first, uint re, uint levels, uint bits) {
+    uint dq = pc.head_dim / 4u;
+    return pack_codes(quad_in(kpool[(first + t * re + c) / 4u]), par[c / 4u], par[dq + c / 4u],
+                      levels, bits);
+}
+uint v_codes(uint t, uint c, uint first, uint re, uint levels, uint bits) {
+    vec4 zs = par[pc.head_dim / 2u + t];
+    return pack_codes(quad_in(vpool[(first + t * re + c) / 4u]), vec4(zs.x), vec4(zs.y), levels,
+                      bits);
 }
 
 /* The f16 bits of parameter f of the unit ([K scale D][K zero D][V scale P][V zero P]). */
-uint param_bits(uint f, uint ng) {
-    uint d = pc.head_dim, p = pc.page_size;
-    uint g = f < d ? ng + f : f < 2u * d ? f - d : f < 2u * d + p ? ng + f - d : f - d - p;
-    return f32_to_f16(par[g]);
+uint param_bits(uint f) {
+    uint d = pc.head_dim, p = pc.page_size, g = f < d ? f : f - d;
+    uint at = f < 2u * d ? (f < d ? d / 4u : 0u) + g / 4u : d / 2u + (f < 2u * d + p ? f - 2u * d
+                                                                                   : f - 2u * d - p);
+    uint comp = f < 2u * d ? g & 3u : f < 2u * d + p ? 1u : 0u;
+    return f32_to_f16(par[at][comp]);
 }
 
 /* Unit word v to destination word wd, or, sh bits past a word boundary, to the top of wd and
@@ -178,6 +179,17 @@ void put_word(uint wd, uint sh, uint v) {
     atomicOr(ext[wd + 1u], v >> (32u - sh));
 }
 
+/* The code element E's row (T) and channel (c) for word k of a K or V code loop, and the
+ * constant step (dT, dc) of w words: e0 is the element of the loop's word 0. */
+void walk_start(uint k, uint e0, uint epw, uint w, out uint T, out uint c, out uint dT,
+                out uint dc) {
+    uint d = pc.head_dim, e = e0 + k * epw, step = w * epw;
+    T = e / d;
+    c = e - T * d;
+    dT = step / d;
+    dc = step - dT * d;
+}
+
 void main() {
     uint unit = gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x;
     uint lid = gl_LocalInvocationID.x, w = gl_WorkGroupSize.x;
@@ -189,58 +201,89 @@ void main() {
     uint ls = uint(gslot) - pc.slot_base;
     if (gslot < 0 || ls >= pc.n_slots)
         return;
-    /* quad indices: the unit's first, a token row's stride */
-    uint re = pc.n_kv_heads * d / 4u, first = (ls * p * pc.n_kv_heads + h) * d, dq = d / 4u;
-    uint ng = d + p, codes = p * d * bits / 8u, unit_bytes = 2u * codes + 4u * (d + p);
-    for (uint g = lid; g < dq + p; g += w) {
-        if (g < dq) { /* key channels 4g..4g+3, each over the tokens in order */
-            vec4 lo = vec4(FKV_INF), hi = vec4(-FKV_INF);
-            uvec4 nonfinite = uvec4(0u);
-            for (uint t = 0u, at = first / 4u + g; t < p; t++, at += re) {
-                vec4 x = quad_in(kpool[at]);
-                nonfinite |= nonfinite4(x);
-                lo = mix(lo, x, lessThan(x, lo));
-                hi = mix(hi, x, greaterThan(x, hi));
-            }
-            for (uint k = 0u; k < 4u; k++)
-                put_params(4u * g + k, ng, lo[k], hi[k], nonfinite[k] != 0u, levels);
-        } else { /* value token g - D/4 over its channels in order */
-            uint t = g - dq, nonfinite = 0u;
-            float lo = FKV_INF, hi = -FKV_INF;
-            for (uint q = 0u, at = first / 4u + t * re; q < dq; q++) {
-                vec4 x = quad_in(vpool[at + q]);
-                uvec4 nf = nonfinite4(x);
-                nonfinite |= nf.x | nf.y | nf.z | nf.w;
-                for (uint k = 0u; k < 4u; k++) {
-                    lo = x[k] < lo ? x[k] : lo;
-                    hi = x[k] > hi ? x[k] : hi;
-                }
-            }
-            put_params(d + t, ng, lo, hi, nonfinite != 0u, levels);
+    uint re = pc.n_kv_heads * d, first = (ls * p * pc.n_kv_heads + h) * d, dq = d / 4u;
+    uint codes = p * d * bits / 8u, unit_bytes = 2u * codes + 4u * (d + p);
+    /* Separate loops for keys and values (a CPU device runs both sides of a branch its lanes
+     * take); each min and max is the first of equal values in the reference's order (the
+     * sign of a zero matters): a key channel's over the tokens, a value token's over its
+     * channels. */
+    for (uint q = lid; q < dq; q += w) {
+        vec4 lo = vec4(FKV_INF), hi = vec4(-FKV_INF);
+        uvec4 nonfinite = uvec4(0u);
+        for (uint t = 0u, at = first / 4u + q; t < p; t++, at += re / 4u) {
+            vec4 x = quad_in(kpool[at]);
+            nonfinite |= nonfinite4(x);
+            lo = mix(lo, x, lessThan(x, lo));
+            hi = mix(hi, x, greaterThan(x, hi));
         }
+        vec2 g0 = params(lo.x, hi.x, nonfinite.x != 0u, levels);
+        vec2 g1 = params(lo.y, hi.y, nonfinite.y != 0u, levels);
+        vec2 g2 = params(lo.z, hi.z, nonfinite.z != 0u, levels);
+        vec2 g3 = params(lo.w, hi.w, nonfinite.w != 0u, levels);
+        par[q] = vec4(g0.x, g1.x, g2.x, g3.x);
+        par[dq + q] = vec4(g0.y, g1.y, g2.y, g3.y);
+    }
+    for (uint t = lid; t < p; t += w) {
+        float lo = FKV_INF, hi = -FKV_INF;
+        uint nonfinite = 0u;
+        for (uint q = 0u, at = (first + t * re) / 4u; q < dq; q++) {
+            vec4 x = quad_in(vpool[at + q]);
+            uvec4 nf = nonfinite4(x);
+            nonfinite |= nf.x | nf.y | nf.z | nf.w;
+            lo = x.x < lo ? x.x : lo;
+            hi = x.x > hi ? x.x : hi;
+            lo = x.y < lo ? x.y : lo;
+            hi = x.y > hi ? x.y : hi;
+            lo = x.z < lo ? x.z : lo;
+            hi = x.z > hi ? x.z : hi;
+            lo = x.w < lo ? x.w : lo;
+            hi = x.w > hi ? x.w : hi;
+        }
+        par[2u * dq + t] = vec4(params(lo, hi, nonfinite != 0u, levels), 0.0, 0.0);
     }
     barrier();
-    uint u0 = pc.ext_off + unit * unit_bytes, sh = (u0 & 3u) * 8u; /* the unit's first byte */
-    /* Unit word k (bytes 4k..4k+3) holds code elements E = k * 32/B on: code row T = E / D,
-     * channel c = E % D, stepped by w words at a time. */
-    uint epw = 32u / bits, step = w * epw, dT = step / d, dc = step - dT * d;
-    uint k = lid, T = lid * epw / d, c = lid * epw - T * d;
-    for (; 4u * k < 2u * codes; k += w) {
-        uint word = quad_codes(T, c, first, ng, levels);
-        if (bits == 4u) /* the next quad: on in the row, or the next row's first */
-            word |= c + 4u == d ? quad_codes(T + 1u, 0u, first, ng, levels) << 16
-                                : quad_codes(T, c + 4u, first, ng, levels) << 16;
-        put_word(u0 / 4u + k, sh, word);
+    /* Whole 32-bit words of the unit: word k holds code elements E = k * 32/B .. (K tokens,
+     * then V), one quad (q8) or two (q4), walked by a constant step, no division per word; a
+     * q4 word where the K codes end (codes = 2 mod 4) holds the last K and the first V quad. */
+    uint u0 = pc.ext_off + unit * unit_bytes, wd0 = u0 / 4u, sh = (u0 & 3u) * 8u;
+    uint epw = 32u / bits, nq = epw / 4u, kw = codes / 4u, vw = (codes + 3u) / 4u;
+    uint T, c, dT, dc;
+    walk_start(lid, 0u, epw, w, T, c, dT, dc);
+    for (uint k = lid; k < kw; k += w) {
+        uint word = 0u;
+        for (uint j = 0u, tj = T, cj = c; j < nq; j++) { /* a q4 quad may end its row */
+            word |= k_codes(tj, cj, first, re, levels, bits) << (16u * j);
+            cj += 4u;
+            tj = cj == d ? tj + 1u : tj;
+            cj = cj == d ? 0u : cj;
+        }
+        put_word(wd0 + k, sh, word);
         c += dc;
         T += dT;
-        if (c >= d) {
-            c -= d;
-            T++;
-        }
+        T = c >= d ? T + 1u : T;
+        c = c >= d ? c - d : c;
     }
-    for (; 4u * k < unit_bytes; k += w) { /* two f16 parameters from parameter 2k - codes */
-        uint f = 2u * k - codes;
-        put_word(u0 / 4u + k, sh, param_bits(f, ng) | param_bits(f + 1u, ng) << 16);
+    walk_start(lid, vw * 4u * 8u / bits - p * d, epw, w, T, c, dT, dc);
+    for (uint k = vw + lid; k < 2u * codes / 4u; k += w) {
+        uint word = 0u;
+        for (uint j = 0u, tj = T, cj = c; j < nq; j++) {
+            word |= v_codes(tj, cj, first, re, levels, bits) << (16u * j);
+            cj += 4u;
+            tj = cj == d ? tj + 1u : tj;
+            cj = cj == d ? 0u : cj;
+        }
+        put_word(wd0 + k, sh, word);
+        c += dc;
+        T += dT;
+        T = c >= d ? T + 1u : T;
+        c = c >= d ? c - d : c;
+    }
+    for (uint k = kw + lid; k < vw; k += w) /* at most one word, q4 */
+        put_word(wd0 + k, sh, k_codes(p - 1u, d - 4u, first, re, levels, bits) |
+                                  v_codes(0u, 0u, first, re, levels, bits) << 16);
+    for (uint k = 2u * codes / 4u + lid; 4u * k < unit_bytes; k += w) {
+        uint f = 2u * k - codes; /* two f16 parameters */
+        put_word(wd0 + k, sh, param_bits(f) | param_bits(f + 1u) << 16);
     }
 }
 #else
@@ -257,31 +300,59 @@ uint word_at(uint k, uint wi) {
 #endif
 }
 
-/* The four bytes from byte b (any alignment), little-endian: one word read where aligned. */
-uint bytes4_at(uint k, uint b) {
-    uint sh = (b & 3u) * 8u, w0 = word_at(k, b >> 2);
-    if (sh == 0u)
-        return w0;
-    return (w0 >> sh) | (word_at(k, (b >> 2) + 1u) << (32u - sh));
+/* The four bytes from byte b, little-endian; a: b is 4-aligned (known when inlined). */
+uint bytes4(uint k, bool a, uint b) {
+    uint sh = (b & 3u) * 8u, x = word_at(k, b >> 2);
+    if (!a && sh != 0u)
+        x = (x >> sh) | (word_at(k, (b >> 2) + 1u) << (32u - sh));
+    return x;
 }
 
 /* The f16 at byte a (even), as f32. */
 float f16_at(uint k, uint a) { return f16_to_f32((word_at(k, a >> 2) >> ((a & 2u) * 8u)) & 0xffffu); }
 
-/* The four f16 from byte a (even), as f32. */
-vec4 f16x4_at(uint k, uint a) {
-    uint lo = bytes4_at(k, a), hi = bytes4_at(k, a + 4u);
-    return vec4(f16_to_f32(lo & 0xffffu), f16_to_f32(lo >> 16), f16_to_f32(hi & 0xffffu),
-                f16_to_f32(hi >> 16));
+vec2 f16x2(uint x) { return vec2(f16_to_f32(x & 0xffffu), f16_to_f32(x >> 16)); }
+
+/* The four B-bit codes of elements e..e+3 (e a multiple of 4) of the codes from byte cb: one
+ * word read (two for q8 where the unit is not word-aligned; a q4 quad's two bytes never
+ * straddle a word, cb and e * B/8 being even). */
+uvec4 codes_at(uint k, bool a, uint cb, uint e, uint bits) {
+    uint b = cb + e * bits / 8u, sh = (b & 3u) * 8u, x = word_at(k, b >> 2) >> sh;
+    if (!a && bits == 8u && sh != 0u)
+        x |= word_at(k, (b >> 2) + 1u) << (32u - sh);
+    return (uvec4(x) >> (uvec4(0, 1, 2, 3) * bits)) & ((1u << bits) - 1u);
+}
+
+/* Part r of the unit at byte u0 of window k (a: u0 is word-aligned) into the slot's head whose
+ * token 0, channel 0 is pool quad q0: key channels 4r..4r+3 over the tokens (r < D/4, their
+ * four scales and zeros decoded once), else value token r - D/4 over its channels (its scale
+ * and zero decoded once); fma(scale, code, zero) is exact: the product needs no rounding.
+ * Keys and values in separate loops: a CPU device runs both sides of a branch its lanes
+ * take, but leaves a loop none of them is in. */
+void dequant(uint k, bool a, uint u0, uint r, uint q0, uint bits) {
+    uint d = pc.head_dim, p = pc.page_size, dq = d / 4u, stride = pc.n_kv_heads * dq;
+    uint codes = p * d * bits / 8u, pa = u0 + 2u * codes; /* the parameters */
+    /* both parts' parameters, read in bounds whatever r is (no branch: see above) */
+    uint c = r < dq ? 4u * r : 0u, t = r < dq ? 0u : r - dq;
+    vec4 s = vec4(f16x2(bytes4(k, a, pa + 2u * c)), f16x2(bytes4(k, a, pa + 2u * c + 4u)));
+    vec4 z = vec4(f16x2(bytes4(k, a, pa + 2u * d + 2u * c)),
+                  f16x2(bytes4(k, a, pa + 2u * d + 2u * c + 4u)));
+    for (uint j = 0u; r < dq && j < p; j++)
+        kpool[q0 + j * stride + r] = quad_out(fma(s, vec4(codes_at(k, a, u0, j * d + c, bits)), z));
+    s = vec4(f16_at(k, pa + 4u * d + 2u * t));
+    z = vec4(f16_at(k, pa + 4u * d + 2u * p + 2u * t));
+    for (uint q = 0u; r >= dq && q < dq; q++)
+        vpool[q0 + t * stride + q] =
+            quad_out(fma(s, vec4(codes_at(k, a, u0 + codes, t * d + 4u * q, bits)), z));
 }
 
 void main() {
     uint gid = flat_id();
     if (gid >= pc.total)
         return;
-    uint d = pc.head_dim, p = pc.page_size, per_unit = 2u * (d / 4u);
+    uint d = pc.head_dim, p = pc.page_size, per_unit = d / 4u + p;
 #if MODE == 1
-    uint bits = pc.bits, i = gid / per_unit, r = gid % per_unit, k = 0u;
+    uint bits = pc.bits, i = gid / per_unit, r = gid % per_unit;
     if (i >= pc.n)
         return;
     int slot = idx[pc.idx_off + 2u * i], h = idx[pc.idx_off + 2u * i + 1u];
@@ -296,9 +367,15 @@ void main() {
     uint ls = uint(slot) - pc.slot_base;
     if (slot < 0 || ls >= pc.n_slots || h < 0 || uint(h) >= pc.n_kv_heads)
         return;
-    uint codes = p * d * bits / 8u, unit_bytes = 2u * codes + 4u * (d + p);
+    uint unit_bytes = 2u * (p * d * bits / 8u) + 4u * (d + p);
+    uint q0 = (ls * p * pc.n_kv_heads + uint(h)) * (d / 4u);
 #if MODE == 1
+    /* every unit is as word-aligned as ext_off (unit bytes are a multiple of 4) */
     uint u0 = pc.ext_off + i * unit_bytes;
+    if ((pc.ext_off & 3u) == 0u)
+        dequant(0u, true, u0, r, q0, bits);
+    else
+        dequant(0u, false, u0, r, q0, bits);
 #else
     uint k = i < pc.end0 ? 0u : i < pc.end1 ? 1u : i < pc.end2 ? 2u : i < pc.end3 ? 3u : 4u;
     uint base = k == 0u ? pc.base0 : k == 1u ? pc.base1 : k == 2u ? pc.base2 : k == 3u ? pc.base3 : pc.base4;
@@ -307,38 +384,17 @@ void main() {
     if (off < base || (off - base) * es > len || unit_bytes > len - (off - base) * es)
         return; /* outside its window: a table that disagrees with the plan */
     uint u0 = (off - base) * es; /* even: es is 2 or 4 */
+    /* one copy per window, each reading one binding (a CPU device would read all five) */
+    if (k == 0u)
+        dequant(0u, false, u0, r, q0, bits);
+    else if (k == 1u)
+        dequant(1u, false, u0, r, q0, bits);
+    else if (k == 2u)
+        dequant(2u, false, u0, r, q0, bits);
+    else if (k == 3u)
+        dequant(3u, false, u0, r, q0, bits);
+    else
+        dequant(4u, false, u0, r, q0, bits);
 #endif
-    uint kv = r >= d / 4u ? 1u : 0u, c0 = (r - kv * (d / 4u)) * 4u;
-    /* this half's scales, its zeros zstep bytes on; fma(scale, code, zero) is exact: the
-     * product needs no rounding */
-    uint sa = u0 + 2u * codes + kv * 4u * d, zstep = kv != 0u ? 2u * p : 2u * d;
-    vec4 s = vec4(0.0), z = vec4(0.0);
-    if (kv == 0u) {
-        s = f16x4_at(k, sa + 2u * c0);
-        z = f16x4_at(k, sa + zstep + 2u * c0);
-    }
-    /* quad indices into the pools: dst and the row stride are multiples of 4 elements */
-    uint cb = u0 + kv * codes, stride = pc.n_kv_heads * d / 4u;
-    uint dst = ((ls * p * pc.n_kv_heads + uint(h)) * d + c0) / 4u;
-    for (uint t = 0u; t < p; t++, dst += stride) {
-        if (kv != 0u) {
-            s = vec4(f16_at(k, sa + 2u * t));
-            z = vec4(f16_at(k, sa + zstep + 2u * t));
-        }
-        uint e = t * d + c0;
-        uvec4 code;
-        if (bits == 8u) {
-            uint x = bytes4_at(k, cb + e);
-            code = uvec4(x & 0xffu, (x >> 8) & 0xffu, (x >> 16) & 0xffu, x >> 24);
-        } else { /* two bytes inside one word: cb and e / 2 are even */
-            uint b = cb + e / 2u, x = word_at(k, b >> 2) >> ((b & 2u) * 8u);
-            code = uvec4(x & 0xfu, (x >> 4) & 0xfu, (x >> 8) & 0xfu, (x >> 12) & 0xfu);
-        }
-        QUAD_T o = quad_out(fma(s, vec4(code), z));
-        if (kv != 0u)
-            vpool[dst] = o;
-        else
-            kpool[dst] = o;
-    }
 }
 #endif

@@ -10,27 +10,29 @@
  * directed roundings and the division by L are integer code here. Only the code's
  * (x - zero) / scale uses the device's division (within one code: the tolerance table).
  *
- * The pools are read and written a quad of channels at a time (D is a multiple of 4, so every
- * quad is 4-aligned): vec4 for f32, uvec2 (four 16-bit elements) for f16/bf16, one load or
- * store per quad instead of four, with or without 16-bit storage (-DFKV_S16 changes nothing
- * here). On a CPU device such as lavapipe every buffer access is a bounds-checked gather or
- * scatter, and per-element accesses made the dequantize about 12% of a q8 step.
+ * Written for CPU devices too (lavapipe): there every buffer or shared-memory access is a
+ * loop over the vector's lanes, both sides of a branch its lanes take run (memory accesses
+ * included, masked), and a loop runs once more with no lane active. So each part below has
+ * loops of its own rather than branches, and accesses are as few and as wide as they can be:
+ * the pools are read and written a quad of channels at a time (D is a multiple of 4, so every
+ * quad is 4-aligned), vec4 for f32 and uvec2 (four 16-bit elements) for f16/bf16, with or
+ * without 16-bit storage (-DFKV_S16 changes nothing here).
  *
- * Pack: one workgroup per (page, KV head) unit; shared `par` holds the f32 values of the f16
- * zero and scale of the D key channel and P value token groups (SMEM = 2 * (D + P) words),
- * found by D/4 key quads (each over the tokens) and P value tokens (each over its channels in
- * order): min and max keep the first of equal values as the reference does (the sign of a
- * zero matters). Each invocation then builds whole 32-bit words of the unit, a q8 word from
- * one quad of codes and a q4 word from two, walking the code elements (K tokens, then V) by a
- * constant step: no division per word or element. Where the unit does not start on a word
- * boundary (the destination offset), each of its words straddles two destination words and
- * both parts go through atomics (the first and the last are shared with the neighbouring
- * units). Scatter and direct: one invocation per quad of channels of K or V of a unit, over
- * its P tokens: a key quad decodes its four scales and zeros once, a value quad one pair per
- * token; each token's codes are one word read (two where the unit is not word-aligned, q8)
- * and its four values one store. The pools are bound as a window of n_slots slots from
+ * Pack: one workgroup per (page, KV head) unit (on a CPU device, D/4 + P lanes: vk_kernels.c).
+ * First the groups: D/4 key channel quads (each over the tokens) and P value tokens (each
+ * over its channels), min and max keeping the first of equal values as the reference does
+ * (the sign of a zero matters); shared `par` keeps the f32 values of their f16 zeros and
+ * scales as vec4s (SMEM = 2D + 4P floats). Then whole 32-bit words of the unit, from pairs
+ * of quads of codes (one q4 word, two q8 words), the code row and channel stepped by a
+ * constant: no division per word. What does not fit that (an odd number of quads per half;
+ * a destination offset that is not word-aligned, whose words straddle two destination words
+ * and go through atomics, the first and the last being shared with the neighbouring units)
+ * takes a last, general loop. Scatter and direct: one invocation per key channel quad (over
+ * the P tokens: its four scales and zeros decoded once) or value token (over its channels:
+ * one scale and zero), per quad one word read of codes (two for q8 where the unit is not
+ * word-aligned) and one store. The pools are bound as a window of n_slots slots from
  * slot_base (vk_kernels.c, plan_windows); direct binds up to five host windows at 3..7 as
- * copy.comp does. */
+ * copy.comp does, and runs one copy of its code per window so that each read reads one. */
 #include "common.glsl"
 
 #if FKV_DTYPE == 0
@@ -159,8 +161,8 @@ uint v_codes(uint t, uint c, uint first, uint re, uint levels, uint bits) {
 /* The f16 bits of parameter f of the unit ([K scale D][K zero D][V scale P][V zero P]). */
 uint param_bits(uint f) {
     uint d = pc.head_dim, p = pc.page_size, g = f < d ? f : f - d;
-    uint at = f < 2u * d ? (f < d ? d / 4u : 0u) + g / 4u : d / 2u + (f < 2u * d + p ? f - 2u * d
-                                                                                   : f - 2u * d - p);
+    uint v = f < 2u * d + p ? f - 2u * d : f - 2u * d - p; /* a value token */
+    uint at = f < 2u * d ? (f < d ? d / 4u : 0u) + g / 4u : d / 2u + v;
     uint comp = f < 2u * d ? g & 3u : f < 2u * d + p ? 1u : 0u;
     return f32_to_f16(par[at][comp]);
 }
@@ -179,11 +181,23 @@ void put_word(uint wd, uint sh, uint v) {
     atomicOr(ext[wd + 1u], v >> (32u - sh));
 }
 
-/* The code element E's row (T) and channel (c) for word k of a K or V code loop, and the
- * constant step (dT, dc) of w words: e0 is the element of the loop's word 0. */
-void walk_start(uint k, uint e0, uint epw, uint w, out uint T, out uint c, out uint dT,
-                out uint dc) {
-    uint d = pc.head_dim, e = e0 + k * epw, step = w * epw;
+/* Word k of the unit, any word, with a division per quad: the rare paths (see main). */
+uint unit_word(uint k, uint first, uint re, uint levels, uint bits, uint codes) {
+    uint d = pc.head_dim, p = pc.page_size, epw = 32u / bits, word = 0u;
+    if (4u * k >= 2u * codes)
+        return param_bits(2u * k - codes) | param_bits(2u * k - codes + 1u) << 16;
+    for (uint j = 0u; j < epw / 4u; j++) {
+        uint e = k * epw + 4u * j, T = e / d, c = e - T * d;
+        word |= (T < p ? k_codes(T, c, first, re, levels, bits)
+                       : v_codes(T - p, c, first, re, levels, bits)) << (16u * j);
+    }
+    return word;
+}
+
+/* Code element e's row T (of its K or V codes) and channel c, and the row and channel steps
+ * (dT, dc) of `step` elements: one division per loop, none per word. */
+void walk_start(uint e, uint step, out uint T, out uint c, out uint dT, out uint dc) {
+    uint d = pc.head_dim;
     T = e / d;
     c = e - T * d;
     dT = step / d;
@@ -242,49 +256,52 @@ void main() {
         par[2u * dq + t] = vec4(params(lo, hi, nonfinite != 0u, levels), 0.0, 0.0);
     }
     barrier();
-    /* Whole 32-bit words of the unit: word k holds code elements E = k * 32/B .. (K tokens,
-     * then V), one quad (q8) or two (q4), walked by a constant step, no division per word; a
-     * q4 word where the K codes end (codes = 2 mod 4) holds the last K and the first V quad. */
+    /* Whole 32-bit words of the unit, built from pairs of quads of codes (a q4 word, two q8
+     * words: one loop for both formats) walked by a constant step, no division per word. K
+     * pairs, V pairs and parameter words run in loops of their own, with plain stores, where
+     * the destination is word-aligned (always, but in tests). The last loop takes what is
+     * left: with an odd number nk of quads per half, the last K and the first V quad (one q4
+     * word, two q8 words), or every word of a unit that straddles destination words (through
+     * atomics): kept out of the other loops, whose lanes would run it, masked, every time. */
     uint u0 = pc.ext_off + unit * unit_bytes, wd0 = u0 / 4u, sh = (u0 & 3u) * 8u;
-    uint epw = 32u / bits, nq = epw / 4u, kw = codes / 4u, vw = (codes + 3u) / 4u;
+    uint nk = p * d / 4u, odd = nk & 1u;
+    bool fast = sh == 0u;
     uint T, c, dT, dc;
-    walk_start(lid, 0u, epw, w, T, c, dT, dc);
-    for (uint k = lid; k < kw; k += w) {
-        uint word = 0u;
-        for (uint j = 0u, tj = T, cj = c; j < nq; j++) { /* a q4 quad may end its row */
-            word |= k_codes(tj, cj, first, re, levels, bits) << (16u * j);
-            cj += 4u;
-            tj = cj == d ? tj + 1u : tj;
-            cj = cj == d ? 0u : cj;
-        }
-        put_word(wd0 + k, sh, word);
+    walk_start(8u * lid, 8u * w, T, c, dT, dc);
+    for (uint m = lid; fast && m < nk / 2u; m += w) { /* K quads 2m, 2m + 1 */
+        uint c1 = c + 4u == d ? 0u : c + 4u, t1 = c + 4u == d ? T + 1u : T;
+        uint a = k_codes(T, c, first, re, levels, bits);
+        uint b = k_codes(t1, c1, first, re, levels, bits);
+        ext[wd0 + m * bits / 4u] = bits == 8u ? a : a | b << 16;
+        if (bits == 8u)
+            ext[wd0 + 2u * m + 1u] = b;
         c += dc;
         T += dT;
         T = c >= d ? T + 1u : T;
         c = c >= d ? c - d : c;
     }
-    walk_start(lid, vw * 4u * 8u / bits - p * d, epw, w, T, c, dT, dc);
-    for (uint k = vw + lid; k < 2u * codes / 4u; k += w) {
-        uint word = 0u;
-        for (uint j = 0u, tj = T, cj = c; j < nq; j++) {
-            word |= v_codes(tj, cj, first, re, levels, bits) << (16u * j);
-            cj += 4u;
-            tj = cj == d ? tj + 1u : tj;
-            cj = cj == d ? 0u : cj;
-        }
-        put_word(wd0 + k, sh, word);
+    walk_start(4u * odd + 8u * lid, 8u * w, T, c, dT, dc);
+    for (uint m = lid; fast && m < nk / 2u; m += w) { /* V quads odd + 2m, odd + 2m + 1 */
+        uint c1 = c + 4u == d ? 0u : c + 4u, t1 = c + 4u == d ? T + 1u : T;
+        uint a = v_codes(T, c, first, re, levels, bits);
+        uint b = v_codes(t1, c1, first, re, levels, bits);
+        uint q = nk + odd + 2u * m; /* in quads from the unit's start */
+        ext[wd0 + q * bits / 8u] = bits == 8u ? a : a | b << 16;
+        if (bits == 8u)
+            ext[wd0 + q + 1u] = b;
         c += dc;
         T += dT;
         T = c >= d ? T + 1u : T;
         c = c >= d ? c - d : c;
     }
-    for (uint k = kw + lid; k < vw; k += w) /* at most one word, q4 */
-        put_word(wd0 + k, sh, k_codes(p - 1u, d - 4u, first, re, levels, bits) |
-                                  v_codes(0u, 0u, first, re, levels, bits) << 16);
-    for (uint k = 2u * codes / 4u + lid; 4u * k < unit_bytes; k += w) {
+    for (uint k = nk * bits / 4u + lid; fast && 4u * k < unit_bytes; k += w) {
         uint f = 2u * k - codes; /* two f16 parameters */
-        put_word(wd0 + k, sh, param_bits(f) | param_bits(f + 1u) << 16);
+        ext[wd0 + k] = param_bits(f) | param_bits(f + 1u) << 16;
     }
+    uint rest = fast ? (nk - odd) * bits / 8u : 0u;
+    uint rest_end = fast ? (nk + odd) * bits / 8u : unit_bytes / 4u;
+    for (uint k = rest + lid; k < rest_end; k += w)
+        put_word(wd0 + k, sh, unit_word(k, first, re, levels, bits, codes));
 }
 #else
 /* Word wi of host window k (direct) or of ext (scatter). */
@@ -327,8 +344,7 @@ uvec4 codes_at(uint k, bool a, uint cb, uint e, uint bits) {
  * token 0, channel 0 is pool quad q0: key channels 4r..4r+3 over the tokens (r < D/4, their
  * four scales and zeros decoded once), else value token r - D/4 over its channels (its scale
  * and zero decoded once); fma(scale, code, zero) is exact: the product needs no rounding.
- * Keys and values in separate loops: a CPU device runs both sides of a branch its lanes
- * take, but leaves a loop none of them is in. */
+ * Keys and values in loops of their own (see the top). */
 void dequant(uint k, bool a, uint u0, uint r, uint q0, uint bits) {
     uint d = pc.head_dim, p = pc.page_size, dq = d / 4u, stride = pc.n_kv_heads * dq;
     uint codes = p * d * bits / 8u, pa = u0 + 2u * codes; /* the parameters */
@@ -338,7 +354,8 @@ void dequant(uint k, bool a, uint u0, uint r, uint q0, uint bits) {
     vec4 z = vec4(f16x2(bytes4(k, a, pa + 2u * d + 2u * c)),
                   f16x2(bytes4(k, a, pa + 2u * d + 2u * c + 4u)));
     for (uint j = 0u; r < dq && j < p; j++)
-        kpool[q0 + j * stride + r] = quad_out(fma(s, vec4(codes_at(k, a, u0, j * d + c, bits)), z));
+        kpool[q0 + j * stride + r] =
+            quad_out(fma(s, vec4(codes_at(k, a, u0, j * d + c, bits)), z));
     s = vec4(f16_at(k, pa + 4u * d + 2u * t));
     z = vec4(f16_at(k, pa + 4u * d + 2u * p + 2u * t));
     for (uint q = 0u; r >= dq && q < dq; q++)

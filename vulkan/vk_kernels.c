@@ -683,7 +683,11 @@ static fkv_status quant_pack(launch *L, const fkv_kv_geom *g, uint32_t n_pages,
     L->pc[8] = fkv_hostfmt_bits(g->host_format);
     uint32_t gx, gy;
     grid_1d(L->d, units, 1, &gx, &gy); /* one workgroup per unit */
-    return run_groups(L, S_QUANT + dtype_variant(L->d, g->dtype), pick_wg(L->d, ELEMENTWISE_WG),
+    /* A CPU device runs a workgroup's lanes a vector at a time, and each loop of quant.comp
+     * once more with none active: lanes beyond the D/4 + P groups of a unit only add that. */
+    uint32_t groups = g->head_dim / 4 + g->page_size;
+    uint32_t wg = L->d->is_cpu && groups < ELEMENTWISE_WG ? groups : ELEMENTWISE_WG;
+    return run_groups(L, S_QUANT + dtype_variant(L->d, g->dtype), pick_wg(L->d, wg),
                       (uint32_t)(quant_shared(g) / 4), gx, gy, deps);
 }
 

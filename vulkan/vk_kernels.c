@@ -641,10 +641,10 @@ static uint32_t copy_variant(const fkv_bdev *d, const fkv_copy_words *cw) {
 /* ---- quantized host formats (q8/q4, common/hostfmt.h; quant.comp): pack_hnd quantizes,
  * scatter_hnd and recall_direct dequantize into the slot dtype ---- */
 
-/* The quantizing pack's shared memory: f16 (zero, scale) of the D + P groups of a unit, in
- * 32-bit words. */
+/* The quantizing pack's shared memory in bytes: f32 (zero, scale) of the D + P groups of a
+ * unit, a value token's pair in a vec4 of its own (quant.comp). */
 static uint64_t quant_shared(const fkv_kv_geom *g) {
-    return 2 * ((uint64_t)g->head_dim + g->page_size) * 4;
+    return (2 * (uint64_t)g->head_dim + 4 * (uint64_t)g->page_size) * 4;
 }
 
 static fkv_status quant_plan(const fkv_bdev *d, const fkv_kv_geom *g, uint64_t units) {
@@ -683,13 +683,19 @@ static fkv_status quant_pack(launch *L, const fkv_kv_geom *g, uint32_t n_pages,
     L->pc[8] = fkv_hostfmt_bits(g->host_format);
     uint32_t gx, gy;
     grid_1d(L->d, units, 1, &gx, &gy); /* one workgroup per unit */
-    return run_groups(L, S_QUANT + dtype_variant(L->d, g->dtype), pick_wg(L->d, ELEMENTWISE_WG),
+    /* A CPU device runs a workgroup's lanes a vector at a time, and each loop of quant.comp
+     * once more with none active: lanes beyond the D/4 + P groups of a unit only add that. */
+    uint32_t groups = g->head_dim / 4 + g->page_size;
+    uint32_t wg = L->d->is_cpu && groups < ELEMENTWISE_WG ? groups : ELEMENTWISE_WG;
+    return run_groups(L, S_QUANT + dtype_variant(L->d, g->dtype), pick_wg(L->d, wg),
                       (uint32_t)(quant_shared(g) / 4), gx, gy, deps);
 }
 
-/* Invocations per unit of the dequantizing shaders: one per quad of channels of K or V
- * (quant.comp; a quantized format's head dim is a multiple of 4). */
-static uint64_t dequant_per_unit(const fkv_kv_geom *g) { return 2ull * (g->head_dim / 4); }
+/* Invocations per unit of the dequantizing shaders: one per quad of key channels, one per
+ * value token (quant.comp; a quantized format's head dim is a multiple of 4). */
+static uint64_t dequant_per_unit(const fkv_kv_geom *g) {
+    return g->head_dim / 4 + (uint64_t)g->page_size;
+}
 
 /* Pools bound by the caller. */
 static fkv_status dequant_scatter(launch *L, const fkv_kv_geom *g, const fkv_bbuf *src,
@@ -885,7 +891,7 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
             return st;
         return direct_by_address(&L, g, n_hosts, hosts, n_units, &aw, av, &deps);
     }
-    /* invocations per unit: one per word (copy.comp), one per quad of channels (quant.comp) */
+    /* invocations per unit: one per word (copy.comp), dequant_per_unit (quant.comp) */
     uint64_t unit_words = quantized ? dequant_per_unit(g) : 2ull * g->page_size * row_words;
     if ((uint64_t)n_units * unit_words > UINT32_MAX)
         return fkv_error(FKV_ERR_UNSUPPORTED, "vulkan recall_direct: too much in one call");

@@ -191,6 +191,12 @@ typedef struct fkv_direct_src {
 #define FKV_DIRECT_UNIT_INTS 4
 /* Ints per host allocation that direct_host_words writes after the unit table. */
 #define FKV_DIRECT_HOST_INTS 4
+/* Ints of a recall_direct units table: the units' entries, then host_ints per host
+ * (FKV_DIRECT_HOST_INTS where the backend has direct_host_words, else 0). */
+static inline uint64_t fkv_direct_table_ints(uint32_t n_units, uint32_t n_hosts,
+                                             uint32_t host_ints) {
+    return (uint64_t)n_units * FKV_DIRECT_UNIT_INTS + (uint64_t)n_hosts * host_ints;
+}
 /* Host allocations one launch of a GPU backend's recall_direct binds (kernel arguments or
  * descriptor bindings): a call over more hosts issues ceil(hosts / this) launches. */
 #define FKV_DIRECT_HOSTS_PER_LAUNCH 8

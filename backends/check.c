@@ -303,9 +303,10 @@ fkv_status fkv_check_recall_direct(const char *backend, const fkv_kv_geom *g, ui
             return REFUSE("%s %s: NULL host memory (host %u)", backend, op, h);
     if (n_units && srcs == NULL)
         return REFUSE("%s %s: NULL unit sources", backend, op);
-    uint64_t table_ints = (uint64_t)n_units * FKV_DIRECT_UNIT_INTS + (uint64_t)n_hosts * host_ints;
     if ((st = fkv_check_span(backend, op, "units", units, units_off,
-                             table_ints * sizeof(int32_t), 4)) != FKV_OK ||
+                             fkv_direct_table_ints(n_units, n_hosts, host_ints) *
+                                 sizeof(int32_t),
+                             4)) != FKV_OK ||
         (st = fkv_check_pools(backend, op, g, kpool, vpool)) != FKV_OK)
         return st;
     for (uint32_t i = 0; i < n_units; i++) {

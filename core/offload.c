@@ -15,11 +15,17 @@ fkv_status fkv_summarize_pages(fkv_context *ctx, layer_state *ls, const fkv_bbuf
     return st;
 }
 
-uint32_t fkv_describe_full(fkv_context *ctx, uint32_t n, const uint32_t *seqs,
-                           const int32_t *full, int32_t *out) {
+/* How many of the n sequences complete a page (full[i] >= 0). */
+static uint32_t count_full(uint32_t n, const int32_t *full) {
     uint32_t nf = 0;
     for (uint32_t i = 0; i < n; i++)
         nf += full[i] >= 0;
+    return nf;
+}
+
+uint32_t fkv_describe_full(fkv_context *ctx, uint32_t n, const uint32_t *seqs,
+                           const int32_t *full, int32_t *out) {
+    uint32_t nf = count_full(n, full);
     int32_t *slots = out + fkv_pack_slots_offset(nf) / FKV_INDEX_BYTES;
     for (uint32_t i = 0, k = 0; i < n; i++) {
         if (full[i] < 0)
@@ -71,9 +77,7 @@ fkv_status fkv_finish_pages(fkv_context *ctx, uint32_t layer, uint32_t n, const 
                             const int32_t *full, const fkv_bbuf *idx, size_t idx_off,
                             fkv_stats *stats) {
     layer_state *ls = &ctx->layers[layer];
-    uint32_t nf = 0;
-    for (uint32_t i = 0; i < n; i++)
-        nf += full[i] >= 0;
+    uint32_t nf = count_full(n, full);
     if (nf == 0)
         return FKV_OK;
     fkv_status st = fkv_op_summarize(ctx->dev, FKV_QUEUE_COMPUTE, FKV_NO_DEPS, &ctx->geom,

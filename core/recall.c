@@ -43,6 +43,9 @@ struct fkv_recaller {
     uint32_t units_cap;
 };
 
+/* Room for carry_bytes after a stage's tables, in whole words. */
+static size_t carry_room(size_t carry_bytes) { return (carry_bytes + 3) / 4 * 4; }
+
 /* Bytes of a stage's table: (gslot, kv_head) staged; direct: (gslot, kv_head, host, offset)
  * and room for the backend's words of as many hosts (direct_host_words). */
 static size_t index_bytes(fkv_recall_mode mode, uint32_t chunk) {
@@ -113,7 +116,7 @@ fkv_status fkv_recaller_create(fkv_device *dev, const fkv_kv_geom *g, fkv_recall
     r->mode = mode;
     r->chunk = chunk_units ? chunk_units : DEFAULT_CHUNK_UNITS;
     r->unit_bytes = fkv_unit_bytes(g);
-    r->carry_cap = (carry_bytes + 3) / 4 * 4;
+    r->carry_cap = carry_room(carry_bytes);
     fkv_status st = FKV_OK;
     for (int i = 0; i < 2 && st == FKV_OK; i++)
         st = stage_alloc(r, &r->stages[i], r->chunk);
@@ -133,7 +136,7 @@ void fkv_recaller_bytes(const fkv_kv_geom *g, fkv_recall_mode mode, uint32_t chu
     uint64_t unit = fkv_unit_bytes(g);
     uint64_t data = mode == FKV_RECALL_DIRECT ? 0 : chunk * unit;
     uint64_t index = index_bytes(mode, (uint32_t)chunk);
-    uint64_t carry = (carry_bytes + 3) / 4 * 4;
+    uint64_t carry = carry_room(carry_bytes);
     *host_bytes = 2 * (data + index + carry);
     *device_bytes = 2 * (data + index + carry);
 }
@@ -338,8 +341,8 @@ static fkv_status run_direct(fkv_recaller *r, fkv_queue q, uint32_t n, const fkv
         table[4 * j + 3] = (int32_t)(uint32_t)(u->host_offset / es);
     }
     fkv_op_direct_host_words(r->dev, n_hosts, r->hosts, table + (size_t)FKV_DIRECT_UNIT_INTS * n);
-    size_t table_bytes = ((size_t)FKV_DIRECT_UNIT_INTS * n +
-                          (size_t)fkv_op_direct_host_ints(r->dev) * n_hosts) * sizeof(int32_t);
+    size_t table_bytes =
+        fkv_direct_table_ints(n, n_hosts, fkv_op_direct_host_ints(r->dev)) * sizeof(int32_t);
     table_bytes += place_carry(r, s, table_bytes, carry);
     fkv_bevent *prev = s->free_ev;
     s->free_ev = NULL;

@@ -202,15 +202,17 @@ fkv_status fkv_selection_apply(fkv_context *ctx, uint32_t layer, const select_ar
     if (a->rec == NULL)
         return FKV_OK;
     layer_state *ls = &ctx->layers[layer];
-    if (a->lists && n_units) { /* the lists as this plan leaves them, to go with the recall */
+    /* the lists as this plan leaves them go with its recall (none: nothing to carry them) */
+    fkv_recall_carry *lists = n_units ? a->lists : NULL;
+    if (lists) {
         fkv_in_layout in = fkv_in_layout_of(ctx, a->n);
-        a->lists->size = fkv_attention_lists(ctx, layer, a->n, a->seqs);
-        a->lists->bytes = ls->host.in + in.heads;
+        lists->size = fkv_attention_lists(ctx, layer, a->n, a->seqs);
+        lists->bytes = ls->host.in + in.heads;
     }
     double t0 = fkv_now();
     st = fkv_recaller_run_with(a->rec, a->queue, n_units, a->pl->units, ls->kpool, ls->vpool,
                                (fkv_deps){.n_wait = a->n_wait, .wait = a->wait, .done = a->done},
-                               a->lists && n_units ? a->lists : NULL);
+                               lists);
     a->stats->recall_seconds += fkv_now() - t0;
     a->stats->pages_recalled += n_units;
     a->stats->bytes_recalled += (uint64_t)n_units * ctx->unit_bytes;

@@ -886,7 +886,7 @@ fkv_status fkv_vk_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
         /* no window bases: the offsets alone decide the word */
         fkv_copy_words aw = fkv_pick_copy_words(g, bits, 1);
         uint32_t av = copy_variant(dev, &aw);
-        uint64_t table = (uint64_t)n_units * FKV_DIRECT_UNIT_INTS + (uint64_t)n_hosts * FKV_DIRECT_HOST_INTS;
+        uint64_t table = fkv_direct_table_ints(n_units, n_hosts, FKV_DIRECT_HOST_INTS);
         if ((st = bind_buf(&L, 2, units, units_off, table * 4, 4, &L.pc[2], "units")) != FKV_OK)
             return st;
         return direct_by_address(&L, g, n_hosts, hosts, n_units, &aw, av, &deps);

@@ -197,9 +197,6 @@ static inline uint64_t fkv_direct_table_ints(uint32_t n_units, uint32_t n_hosts,
                                              uint32_t host_ints) {
     return (uint64_t)n_units * FKV_DIRECT_UNIT_INTS + (uint64_t)n_hosts * host_ints;
 }
-/* Host allocations one launch of a GPU backend's recall_direct binds (kernel arguments or
- * descriptor bindings): a call over more hosts issues ceil(hosts / this) launches. */
-#define FKV_DIRECT_HOSTS_PER_LAUNCH 8
 
 /* Ints per sequence of the scores and select_pages descriptor: (summary base, n_pages, out
  * base, query row). */
@@ -337,9 +334,9 @@ typedef struct fkv_backend_ops {
      * one write on q just before this call), and the kernels read only it.
      * srcs is the host-side copy of the same (host, offset) pairs, read during the call only
      * (for the checks and the launch plan: alignment, which hosts a launch binds); it is never
-     * uploaded. Units of one host should be contiguous: a backend that binds at most
-     * FKV_DIRECT_HOSTS_PER_LAUNCH allocations per launch (HIP) issues one launch per group
-     * over that group's unit range; OpenCL and the CPU reference launch once. NULL: FKV_ERR_UNSUPPORTED; such a device may claim neither
+     * uploaded. Every backend launches once per call (OpenCL through its table of SVM
+     * addresses, Vulkan and HIP through the host words). NULL: FKV_ERR_UNSUPPORTED; such a
+     * device may claim neither
      * FKV_CAP_ZERO_COPY_HOST nor the direct recall mode, so the core recalls staged. */
     fkv_status (*recall_direct)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                 uint32_t n_hosts, const fkv_bhost *const *hosts, uint32_t n_units,
@@ -464,7 +461,8 @@ typedef struct fkv_backend_ops {
      * caller's one table write carries it: FKV_DIRECT_HOST_INTS int32 per host of hosts[0..
      * n_hosts) into out (Vulkan with bufferDeviceAddress: the allocation's device address
      * and byte size, so one launch reaches every allocation with nothing uploaded or
-     * allocated of its own). Nothing fails: the hosts are this device's allocations. NULL (or
+     * allocated of its own; HIP: the mapped memory's device pointer and byte size). Nothing
+     * fails: the hosts are this device's allocations. NULL (or
      * a table built before this entry): recall_direct reads no such words. */
     void (*direct_host_words)(fkv_bdev *dev, uint32_t n_hosts, const fkv_bhost *const *hosts,
                               int32_t *out);

@@ -125,30 +125,6 @@ fkv_copy_words fkv_pick_copy_words(const fkv_kv_geom *g, uint64_t addr_bits, int
     return c;
 }
 
-/* ---- recall_direct groups ---- */
-
-uint32_t fkv_direct_last_group(uint32_t n_units, const fkv_direct_src *srcs) {
-    uint32_t last = 0;
-    for (uint32_t i = 0; i < n_units; i++) {
-        uint32_t grp = srcs[i].host / FKV_DIRECT_HOSTS_PER_LAUNCH;
-        last = grp > last ? grp : last;
-    }
-    return last;
-}
-
-int fkv_direct_group_range(uint32_t grp, uint32_t n_units, const fkv_direct_src *srcs,
-                           uint32_t *lo, uint32_t *hi) {
-    uint32_t base = grp * FKV_DIRECT_HOSTS_PER_LAUNCH;
-    *lo = n_units;
-    *hi = 0;
-    for (uint32_t i = 0; i < n_units; i++)
-        if (srcs[i].host - base < FKV_DIRECT_HOSTS_PER_LAUNCH) {
-            *lo = i < *lo ? i : *lo;
-            *hi = i + 1;
-        }
-    return *lo < *hi;
-}
-
 /* ---- KV pools ---- */
 
 uint32_t fkv_pool_slots(const fkv_kv_geom *g, size_t k_size, size_t v_size) {

@@ -111,14 +111,6 @@ typedef struct fkv_copy_words {
 
 fkv_copy_words fkv_pick_copy_words(const fkv_kv_geom *g, uint64_t addr_bits, int with_4);
 
-/* recall_direct in launches of FKV_DIRECT_HOSTS_PER_LAUNCH host allocations each: the last
- * group of hosts any unit reads, and the range [*lo, *hi) of the table that holds group grp's
- * units (units of other groups inside it are skipped by the kernel); 0 when no unit reads
- * the group. */
-uint32_t fkv_direct_last_group(uint32_t n_units, const fkv_direct_src *srcs);
-int fkv_direct_group_range(uint32_t grp, uint32_t n_units, const fkv_direct_src *srcs,
-                           uint32_t *lo, uint32_t *hi);
-
 /* ---- KV pools ----
  * Whole slots both pools hold, capped so rows (slot * page + token) fit 32 bits; kernels skip
  * slot indices at or beyond it. The dispatch layer has checked that both hold one slot. */

@@ -66,6 +66,7 @@
 #define hipHostGetDevicePointer cudaHostGetDevicePointer
 #define hipPointerGetAttributes cudaPointerGetAttributes
 #define hipMemcpyAsync cudaMemcpyAsync
+#define hipMemsetAsync cudaMemsetAsync
 #define hipStreamCreateWithFlags cudaStreamCreateWithFlags
 #define hipStreamDestroy cudaStreamDestroy
 #define hipStreamSynchronize cudaStreamSynchronize

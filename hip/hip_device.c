@@ -120,6 +120,8 @@ static void hip_device_close(fkv_bdev *d) {
         hip_scratch *s = &d->scratch[q];
         if (s->partials)
             hipFree(s->partials);
+        if (s->arrivals)
+            hipFree(s->arrivals);
         if (s->tmp)
             hipFree(s->tmp);
         pthread_mutex_destroy(&s->lock);
@@ -150,6 +152,7 @@ static fkv_status open_device(uint32_t index, hipStream_t engine_stream, fkv_bde
         pthread_mutex_init(&d->scratch[q].lock, NULL);
     fill_info(&p, index, &d->info);
     d->compute_units = p.multiProcessorCount > 0 ? (uint32_t)p.multiProcessorCount : 1;
+    d->fused_reduce = 1; /* __threadfence and atomics: every HIP device */
     d->shared_per_block = p.sharedMemPerBlock;
     d->shared_device = p.sharedMemPerBlock;
     d->can_map_host = p.canMapHostMemory != 0;
@@ -248,8 +251,10 @@ static fkv_recall_mode hip_recall_mode(fkv_bdev *d) { return d->recall; }
 
 /* ---- options (docs/backend-options.md) ---- */
 
-static const char *const settable[] = {"attention_splits", "shared_memory_bytes", NULL};
-static const char *const readable[] = {"attention_splits", "shared_memory_bytes", NULL};
+static const char *const settable[] = {"attention_splits", "shared_memory_bytes",
+                                       "attention_fused_reduce", NULL};
+static const char *const readable[] = {"attention_splits", "shared_memory_bytes",
+                                       "attention_fused_reduce", NULL};
 
 static fkv_status hip_set_option(fkv_bdev *d, const char *key, const char *value) {
     uint64_t v = 0;
@@ -259,6 +264,9 @@ static fkv_status hip_set_option(fkv_bdev *d, const char *key, const char *value
     } else if (strcmp(key, "shared_memory_bytes") == 0) {
         if ((st = fkv_option_limit("hip", key, value, d->shared_device, &v)) == FKV_OK)
             d->shared_per_block = (size_t)v;
+    } else if (strcmp(key, "attention_fused_reduce") == 0) {
+        if ((st = fkv_option_uint("hip", key, value, 1, &v)) == FKV_OK)
+            d->fused_reduce = (int)v;
     } else {
         st = fkv_option_unknown("hip", "settable", key, settable);
     }
@@ -271,6 +279,8 @@ static fkv_status hip_get_option(fkv_bdev *d, const char *key, char *out, size_t
         v = d->forced_splits;
     else if (strcmp(key, "shared_memory_bytes") == 0)
         v = d->shared_per_block;
+    else if (strcmp(key, "attention_fused_reduce") == 0)
+        v = (uint64_t)d->fused_reduce;
     else
         return fkv_option_unknown("hip", "readable", key, readable);
     return fkv_option_print_uint("hip", key, v, out, size);
@@ -310,6 +320,7 @@ static const fkv_backend_ops hip_ops = {
     .write_regions = NULL, /* the generic fallback: one hipMemcpyAsync per region */
     .attention_dense = fkv_hip_attention_dense,
     .recall_direct = fkv_hip_recall_direct,
+    .direct_host_words = fkv_hip_direct_host_words,
     .recall_mode = hip_recall_mode,
     .opened_info = hip_opened_info,
     .check_geometry = fkv_hip_check_geometry,

@@ -27,6 +27,9 @@ typedef struct hip_scratch {
     pthread_mutex_t lock;
     void *partials; /* split attention partial results (device) */
     size_t partials_size;
+    /* the fused split attention's arrival counters (device), zero between launches */
+    void *arrivals;
+    size_t arrivals_size;
     void *tmp; /* overlapping copy within one buffer (device) */
     size_t tmp_size;
 } hip_scratch;
@@ -45,6 +48,7 @@ struct fkv_bdev {
     fkv_recall_mode recall;
     hip_scratch scratch[FKV_QUEUE_COUNT];
     uint32_t forced_splits; /* option attention_splits: 0 = automatic, n >= 1 = always n */
+    int fused_reduce;       /* option attention_fused_reduce: split attention in one launch */
     fkv_bcounters counters; /* at the driver calls (hip_memory.c, hip_submit.c, hip_launch.c) */
 };
 
@@ -166,6 +170,8 @@ fkv_status fkv_hip_attention_dense(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
                                    const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
                                    uint32_t n_tokens, const fkv_bbuf *k, const fkv_bbuf *v,
                                    float scale, fkv_bbuf *out, size_t out_off);
+void fkv_hip_direct_host_words(fkv_bdev *dev, uint32_t n_hosts, const fkv_bhost *const *hosts,
+                               int32_t *out);
 fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                  uint32_t n_hosts, const fkv_bhost *const *hosts, uint32_t n_units,
                                  const fkv_direct_src *srcs, const fkv_bbuf *units, size_t units_off,

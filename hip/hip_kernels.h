@@ -80,19 +80,16 @@ typedef struct fkv_hip_pack_args {
     void *dst;
 } fkv_hip_pack_args;
 
-/* Host allocations one zero-copy launch reads (backends/backend.h FKV_DIRECT_HOSTS_PER_LAUNCH). */
-#define FKV_HIP_DIRECT_HOSTS 8
-
-/* HND -> NHD. Staged (hosts[0] == NULL): unit i ([K|V][p][d]) at src + i*unit goes to KV head
- * units[2i+1] of slot units[2i]. Zero-copy (recall_direct): table entries [first, first +
- * n_units) of units, {slot, head, host, offset / elem_bytes} each, read hosts[host -
- * host_base] (device views of mapped host memory, host_sizes bytes); units of other hosts, and
- * reads past an allocation, are skipped. */
+/* HND -> NHD. Staged (host_words == NULL): unit i ([K|V][p][d]) at src + i*unit goes to KV
+ * head units[2i+1] of slot units[2i]. Zero-copy (recall_direct): the table's n_units entries
+ * {slot, head, host, offset / elem_bytes}, each read from host allocation `host` of the
+ * table's host words after the entries (FKV_DIRECT_HOST_INTS per host, fkv_hip_direct_host_words:
+ * the device pointer of mapped host memory and its bytes, little-endian halves); units of a
+ * host beyond n_hosts, and reads past an allocation, are skipped. */
 typedef struct fkv_hip_scatter_args {
     const void *src;
-    const void *hosts[FKV_HIP_DIRECT_HOSTS];
-    uint64_t host_sizes[FKV_HIP_DIRECT_HOSTS];
-    uint32_t host_base, first, elem_bytes;
+    const int32_t *host_words;
+    uint32_t n_hosts, elem_bytes;
     const int32_t *units;
     uint32_t n_units, n_kv_heads, row_words, page_size, n_slots;
     void *kpool, *vpool;
@@ -123,6 +120,10 @@ typedef struct fkv_hip_attention_args {
     float scale;
     float *out;
     float *part; /* n_splits > 1: [n_bh][n_splits][group][d+2] */
+    /* n_splits > 1 and not NULL: the last block of each (pair, query-head block) combines
+     * the partials (one counter each, zero before and after the launch); NULL:
+     * k_attention_reduce does, a second launch */
+    unsigned int *arrivals;
 } fkv_hip_attention_args;
 
 /* Threads per block of every kernel; the largest block any launcher uses. */

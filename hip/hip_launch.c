@@ -368,18 +368,32 @@ fkv_status fkv_hip_scatter_hnd(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const 
     return end(&lc, fkv_hip_launch_scatter(lc.stream, cw.word, &a), "k_scatter", &deps);
 }
 
-/* One launch binds FKV_DIRECT_HOSTS_PER_LAUNCH host allocations by their device pointers, in
- * the kernel's arguments; calls over more hosts launch once per group of them, each over the
- * table range that holds the group's units (the recall engine groups units by host). The unit
- * table is the caller's device buffer: nothing is copied or waited for here. */
+/* The device pointer and byte size of each host allocation, as the units table's host words
+ * (backend.h direct_host_words): the caller's one table write carries them, so one launch
+ * reaches every allocation. A device that cannot map host memory has no direct recall (its
+ * words are 0; recall_direct refuses it). */
+void fkv_hip_direct_host_words(fkv_bdev *dev, uint32_t n_hosts, const fkv_bhost *const *hosts,
+                               int32_t *out) {
+    (void)dev;
+    for (uint32_t j = 0; j < n_hosts; j++, out += FKV_DIRECT_HOST_INTS) {
+        uint64_t p = (uint64_t)(uintptr_t)hosts[j]->dev_ptr, size = hosts[j]->desc.size;
+        out[0] = (int32_t)(uint32_t)p;
+        out[1] = (int32_t)(uint32_t)(p >> 32);
+        out[2] = (int32_t)(uint32_t)size;
+        out[3] = (int32_t)(uint32_t)(size >> 32);
+    }
+}
+
+/* One launch over every unit, whatever host allocation each lies in: the kernel takes each
+ * allocation's device pointer and size from the units table after its entries
+ * (fkv_hip_direct_host_words). The table is the caller's device buffer: nothing is copied or
+ * waited for here. */
 fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                                  uint32_t n_hosts, const fkv_bhost *const *hosts,
                                  uint32_t n_units, const fkv_direct_src *srcs,
                                  const fkv_bbuf *units, size_t units_off, fkv_bbuf *kpool,
                                  fkv_bbuf *vpool) {
     const char *op = "recall_direct";
-    enum { K = FKV_HIP_DIRECT_HOSTS };
-    _Static_assert(K == FKV_DIRECT_HOSTS_PER_LAUNCH, "one group size");
     launch_ctx lc;
     prepare(dev, q, &deps, op, &lc);
     fkv_status st;
@@ -394,45 +408,28 @@ fkv_status fkv_hip_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
     }
     for (uint32_t i = 0; i < n_units; i++)
         bits |= srcs[i].offset;
-    uint32_t n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size);
     fkv_copy_words cw = fkv_pick_copy_words(g, bits, 0);
-    uint32_t last = fkv_direct_last_group(n_units, srcs);
+    const int32_t *table = at(units, units_off);
+    fkv_hip_scatter_args a = {
+        .host_words = table + (size_t)n_units * FKV_DIRECT_UNIT_INTS,
+        .n_hosts = n_hosts,
+        .elem_bytes = (uint32_t)fkv_dtype_size(g->dtype),
+        .units = table,
+        .n_units = n_units,
+        .n_kv_heads = g->n_kv_heads,
+        .row_words = cw.row_words,
+        .page_size = g->page_size,
+        .n_slots = fkv_pool_slots(g, kpool->desc.size, vpool->desc.size),
+        .kpool = kpool->ptr,
+        .vpool = vpool->ptr,
+        .head_dim = g->head_dim,
+        .bits = fkv_hostfmt_bits(g->host_format),
+    };
     if ((st = begin(&lc, &deps)) != FKV_OK)
         return st;
-    /* The stream waits for deps once (begin); the launches follow in order on it. */
-    for (uint32_t grp = 0; grp <= last && st == FKV_OK; grp++) {
-        uint32_t base = grp * K, lo, hi;
-        if (!fkv_direct_group_range(grp, n_units, srcs, &lo, &hi))
-            continue;
-        fkv_hip_scatter_args a = {
-            .host_base = base,
-            .first = lo,
-            .elem_bytes = (uint32_t)fkv_dtype_size(g->dtype),
-            .units = at(units, units_off),
-            .n_units = hi - lo,
-            .n_kv_heads = g->n_kv_heads,
-            .row_words = cw.row_words,
-            .page_size = g->page_size,
-            .n_slots = n_slots,
-            .kpool = kpool->ptr,
-            .vpool = vpool->ptr,
-            .head_dim = g->head_dim,
-            .bits = fkv_hostfmt_bits(g->host_format),
-        };
-        for (uint32_t j = 0; j < K; j++) {
-            const fkv_bhost *hj = base + j < n_hosts ? hosts[base + j] : NULL;
-            a.hosts[j] = hj ? hj->dev_ptr : hosts[base]->dev_ptr;
-            a.host_sizes[j] = hj ? hj->desc.size : 0;
-        }
-        hipError_t e = g->host_format != FKV_HOST_SAME
-                           ? fkv_hip_launch_dequant(lc.stream, g->dtype, &a)
-                           : fkv_hip_launch_scatter(lc.stream, cw.word, &a);
-        if (e != hipSuccess || grp == last)
-            st = end(&lc, e, "k_scatter (zero-copy)", &deps);
-        else /* a launch of a group before the last: end() counts only its own */
-            fkv_hip_count(lc.d, lc.q, 1, FKV_COPY_D2D, 0);
-    }
-    return st;
+    hipError_t e = g->host_format != FKV_HOST_SAME ? fkv_hip_launch_dequant(lc.stream, g->dtype, &a)
+                                                   : fkv_hip_launch_scatter(lc.stream, cw.word, &a);
+    return end(&lc, e, "k_scatter (zero-copy)", &deps);
 }
 
 /* ---- attention ---- */
@@ -484,17 +481,32 @@ static fkv_status attention_launch(const launch_ctx *lc, const fkv_kv_geom *g, u
     if (st == FKV_OK && splits > 1)
         st = fkv_hip_scratch(d, lc->q, &s->partials, &s->partials_size,
                              (size_t)fkv_attention_partials_bytes(g, n_bh, splits));
+    /* fused: the last block of each (pair, block) combines the splits (k_attention) */
+    int fused = splits > 1 && d->fused_reduce;
+    void *old_arrivals = s->arrivals;
+    if (st == FKV_OK && fused)
+        st = fkv_hip_scratch(d, lc->q, &s->arrivals, &s->arrivals_size,
+                             (size_t)n_bh * plan.blocks * sizeof(unsigned int));
     if (st == FKV_OK)
         st = fkv_hip_wait(lc->stream, deps);
     if (st == FKV_OK) {
         a->part = splits > 1 ? s->partials : NULL;
-        hipError_t e = fkv_hip_launch_attention(lc->stream, g->dtype, a, n_bh);
-        if (e == hipSuccess && splits > 1)
+        a->arrivals = fused ? (unsigned int *)s->arrivals : NULL;
+        hipError_t e = hipSuccess;
+        if (fused && s->arrivals != old_arrivals) { /* new counters start at zero */
+            e = hipMemsetAsync(s->arrivals, 0, s->arrivals_size, lc->stream);
+            if (e == hipSuccess)
+                fkv_hip_count(lc->d, lc->q, 0, FKV_COPY_D2D, 0);
+        }
+        if (e == hipSuccess)
+            e = fkv_hip_launch_attention(lc->stream, g->dtype, a, n_bh);
+        if (e == hipSuccess && splits > 1 && !fused)
             e = fkv_hip_launch_attention_reduce(lc->stream, s->partials, n_bh, g->group,
                                                 g->head_dim, splits, a->out);
-        if (e == hipSuccess && splits > 1) /* two launches: end counts one, this the other */
+        if (e == hipSuccess && splits > 1 && !fused) /* end counts one launch, this the other */
             fkv_hip_count(lc->d, lc->q, 1, FKV_COPY_D2D, 0);
-        st = end(lc, e, splits > 1 ? "k_attention + k_attention_reduce" : "k_attention", deps);
+        st = end(lc, e, splits > 1 && !fused ? "k_attention + k_attention_reduce" : "k_attention",
+                 deps);
     }
     pthread_mutex_unlock(&s->lock);
     return st;

@@ -426,6 +426,32 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_pack(fkv_hip_pack_args a) {
     ((W *)a.dst)[row * a.row_words + w] = pool[src];
 }
 
+/* Unit i of a scatter or dequantize (fkv_hip_scatter_args): its bytes (unit_bytes of them)
+ * and destination (slot, KV head); NULL when a zero-copy unit names no host of the table or
+ * lies past its allocation (the unit is skipped). */
+static __device__ const unsigned char *unit_source(const fkv_hip_scatter_args &a, size_t i,
+                                                   uint64_t unit_bytes, int32_t *slot,
+                                                   int32_t *h) {
+    if (a.host_words == nullptr) {
+        *slot = a.units[2 * i];
+        *h = a.units[2 * i + 1];
+        return (const unsigned char *)a.src + i * unit_bytes;
+    }
+    const int32_t *u = a.units + 4 * i;
+    uint32_t j = (uint32_t)u[2];
+    if (j >= a.n_hosts)
+        return nullptr;
+    const int32_t *hw = a.host_words + 4 * (size_t)j;
+    uint64_t ptr = (uint64_t)(uint32_t)hw[0] | (uint64_t)(uint32_t)hw[1] << 32;
+    uint64_t size = (uint64_t)(uint32_t)hw[2] | (uint64_t)(uint32_t)hw[3] << 32;
+    uint64_t off = (uint64_t)(uint32_t)u[3] * a.elem_bytes;
+    if (off > size || unit_bytes > size - off)
+        return nullptr;
+    *slot = u[0];
+    *h = u[1];
+    return (const unsigned char *)(uintptr_t)ptr + off;
+}
+
 /* HND -> NHD: unit i ([K|V][p][d]) into KV head units[2i+1] of slot units[2i]; the unit is at
  * src + i * unit size, or (zero-copy recall) at byte offset offsets[i] of mapped host memory. */
 template <class W>
@@ -436,25 +462,10 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_scatter(fkv_hip_scatter_args 
     size_t i = row / (2 * (size_t)a.page_size), r = row % (2 * (size_t)a.page_size);
     if (i >= a.n_units)
         return;
-    const W *unit;
     int32_t slot, h;
-    if (a.hosts[0] == NULL) {
-        slot = a.units[2 * i];
-        h = a.units[2 * i + 1];
-        unit = (const W *)a.src + i * 2 * a.page_size * a.row_words;
-    } else {
-        const int32_t *u = a.units + 4 * ((size_t)a.first + i);
-        uint32_t j = (uint32_t)u[2] - a.host_base;
-        uint64_t off = (uint64_t)(uint32_t)u[3] * a.elem_bytes;
-        uint64_t unit_bytes = 2 * (uint64_t)a.page_size * a.row_words * sizeof(W);
-        if (j >= FKV_HIP_DIRECT_HOSTS || off > a.host_sizes[j] ||
-            unit_bytes > a.host_sizes[j] - off)
-            return;
-        slot = u[0];
-        h = u[1];
-        unit = (const W *)((const unsigned char *)a.hosts[j] + off);
-    }
-    if (slot < 0 || (uint32_t)slot >= a.n_slots || h < 0 || (uint32_t)h >= a.n_kv_heads)
+    const W *unit = (const W *)unit_source(
+        a, i, 2 * (uint64_t)a.page_size * a.row_words * sizeof(W), &slot, &h);
+    if (unit == nullptr || slot < 0 || (uint32_t)slot >= a.n_slots || h < 0 || (uint32_t)h >= a.n_kv_heads)
         return;
     size_t kv = r / a.page_size, t = r % a.page_size;
     size_t dst = (((size_t)slot * a.page_size + t) * a.n_kv_heads + h) * a.row_words + w;
@@ -561,24 +572,9 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_dequant(fkv_hip_scatter_args 
     if (i >= a.n_units)
         return;
     size_t codes = p * d * a.bits / 8, unit_bytes = 2 * codes + 4 * (d + p);
-    const unsigned char *unit;
     int32_t slot, h;
-    if (a.hosts[0] == NULL) {
-        slot = a.units[2 * i];
-        h = a.units[2 * i + 1];
-        unit = (const unsigned char *)a.src + i * unit_bytes;
-    } else {
-        const int32_t *u = a.units + 4 * ((size_t)a.first + i);
-        uint32_t j = (uint32_t)u[2] - a.host_base;
-        uint64_t off = (uint64_t)(uint32_t)u[3] * a.elem_bytes;
-        if (j >= FKV_HIP_DIRECT_HOSTS || off > a.host_sizes[j] ||
-            unit_bytes > a.host_sizes[j] - off)
-            return;
-        slot = u[0];
-        h = u[1];
-        unit = (const unsigned char *)a.hosts[j] + off;
-    }
-    if (slot < 0 || (uint32_t)slot >= a.n_slots || h < 0 || (uint32_t)h >= a.n_kv_heads)
+    const unsigned char *unit = unit_source(a, i, unit_bytes, &slot, &h);
+    if (unit == nullptr || slot < 0 || (uint32_t)slot >= a.n_slots || h < 0 || (uint32_t)h >= a.n_kv_heads)
         return;
     size_t kv = r >= quads, c0 = (r - kv * quads) * 4;
     const unsigned char *cb = unit + kv * codes;
@@ -632,6 +628,28 @@ static __device__ inline void load4(const void *p, size_t i, uint32_t n, float *
 #pragma unroll
     for (uint32_t j = 0; j < 4; j++)
         x[j] = j < n ? K::load(p, i + j) : 0.0f;
+}
+
+/* Channel c of one query head's output from its n_splits partials at p, `stride` floats apart
+ * ((max, sum, unnormalised acc[d]) each): the split attention's combination, run by
+ * k_attention_reduce or by k_attention's last block (the same bits either way). */
+__device__ static float combine_splits(const float *p, size_t stride, uint32_t n_splits,
+                                       uint32_t c) {
+    float m = -INFINITY;
+    for (uint32_t s = 0; s < n_splits; s++)
+        m = fmaxf(m, p[s * stride]);
+    float l = 0.0f, x = 0.0f;
+    if (m != -INFINITY) {
+        for (uint32_t s = 0; s < n_splits; s++) {
+            float ms = p[s * stride];
+            if (ms == -INFINITY)
+                continue; /* an empty split */
+            float wgt = expf(ms - m);
+            l += p[s * stride + 1] * wgt;
+            x += p[s * stride + 2 + c] * wgt;
+        }
+    }
+    return l > 0.0f ? x / l : 0.0f;
 }
 
 /* Paged decode attention with GQA, as fkv_attention in opencl/kernels.cl (the same algorithm,
@@ -809,6 +827,29 @@ __global__ void __launch_bounds__(FKV_HIP_ATTENTION_BLOCK) k_attention(fkv_hip_a
             pb[(size_t)g * (d + 2) + 1] = st[G + g];
         }
     }
+    /* fused: the block's last split to finish combines its heads (no second launch): every
+     * thread fences its partials, thread 0 counts the arrival, the last block fences again
+     * before it reads the others' (the single-pass reduction of the CUDA guide) */
+    if (a.arrivals != nullptr && a.n_splits > 1) {
+        __shared__ int last;
+        __threadfence();
+        __syncthreads();
+        if (lid == 0) {
+            unsigned int *cnt = a.arrivals + blockIdx.x / a.n_splits;
+            last = atomicAdd(cnt, 1u) + 1u == a.n_splits;
+            if (last)
+                atomicExch(cnt, 0u);
+        }
+        __syncthreads();
+        if (last) {
+            __threadfence();
+            const size_t stride = (size_t)a.group * (d + 2);
+            const float *p0 = a.part + ((size_t)bh * a.n_splits * a.group + g_first) * (d + 2);
+            for (uint32_t i = lid; i < G * d; i += w)
+                a.out[qrow * d + i] =
+                    combine_splits(p0 + (size_t)(i / d) * (d + 2), stride, a.n_splits, i % d);
+        }
+    }
 }
 
 /* Combines the split partials of k_attention: one thread per output element. */
@@ -821,22 +862,8 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK)
     if (bh >= n_bh)
         return;
     size_t stride = (size_t)group * (head_dim + 2);
-    const float *p = part + bh * n_splits * stride + g * (head_dim + 2);
-    float m = -INFINITY;
-    for (uint32_t s = 0; s < n_splits; s++)
-        m = fmaxf(m, p[s * stride]);
-    float l = 0.0f, x = 0.0f;
-    if (m != -INFINITY) {
-        for (uint32_t s = 0; s < n_splits; s++) {
-            float ms = p[s * stride];
-            if (ms == -INFINITY)
-                continue; /* an empty split */
-            float wgt = expf(ms - m);
-            l += p[s * stride + 1] * wgt;
-            x += p[s * stride + 2 + c] * wgt;
-        }
-    }
-    out[gid] = l > 0.0f ? x / l : 0.0f;
+    out[gid] = combine_splits(part + bh * n_splits * stride + g * (head_dim + 2), stride,
+                              n_splits, (uint32_t)c);
 }
 
 /* ---- launchers ---- */

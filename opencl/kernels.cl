@@ -1071,6 +1071,45 @@ void fkv_prefetch(const global fkv_kv_t *p) {
 #endif
 }
 
+/* Channel c of one query head's output from its n_splits partials at p, `stride` floats apart
+ * ((max, sum, unnormalised acc[d]) each): the split attention's combination, run by
+ * fkv_attention_reduce or by the attention's last work group (the same bits either way). */
+inline float fkv_combine_splits(const global float *p, size_t stride, uint n_splits, uint c) {
+    float m = -INFINITY;
+    for (uint s = 0; s < n_splits; s++)
+        m = fmax(m, p[s * stride]);
+    float l = 0.0f, a = 0.0f;
+    if (m != -INFINITY) {
+        for (uint s = 0; s < n_splits; s++) {
+            float ms = p[s * stride];
+            if (ms == -INFINITY)
+                continue; /* an empty split */
+            float wgt = exp(ms - m);
+            l += p[s * stride + 1] * wgt;
+            a += p[s * stride + 2 + c] * wgt;
+        }
+    }
+    return l > 0.0f ? a / l : 0.0f;
+}
+
+#ifdef FKV_DEVICE_ATOMICS
+/* Whether this work group is the last of the n parts counted at *count to arrive, after each
+ * wrote its results (then the others' are visible to it, and *count is 0 again for the next
+ * launch). Every work item calls it (barriers); flag is one local word. */
+inline int fkv_last_arrival(global uint *count, uint n, local uint *flag) {
+    work_group_barrier(CLK_GLOBAL_MEM_FENCE, memory_scope_device); /* releases this group's */
+    if (get_local_id(0) == 0) {
+        volatile global atomic_uint *a = (volatile global atomic_uint *)count;
+        uint before = atomic_fetch_add_explicit(a, 1u, memory_order_acq_rel, memory_scope_device);
+        *flag = before + 1 == n;
+        if (before + 1 == n)
+            atomic_store_explicit(a, 0u, memory_order_relaxed, memory_scope_device);
+    }
+    work_group_barrier(CLK_LOCAL_MEM_FENCE | CLK_GLOBAL_MEM_FENCE, memory_scope_device);
+    return *flag != 0;
+}
+#endif
+
 /* Paged decode attention with GQA: one work group per (sequence, KV head, block of `heads`
  * query heads, split) serves the block's query heads, so each K/V row is read once per block
  * (the whole group in one block up to 8 heads when local memory allows: backends/launch.c).
@@ -1097,8 +1136,8 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
                           const global fkv_kv_t *vpool, uint n_slots, uint n_kv_heads,
                           uint group, uint head_dim, uint page_size, uint tile, uint heads,
                           uint dq, uint n_splits, float scale, global float *out, ulong out_off,
-                          global float *part, local float *qs, local float *kt, local float *sc,
-                          local float *st) {
+                          global float *part, global uint *part_counts, uint fused,
+                          local float *qs, local float *kt, local float *sc, local float *st) {
     const uint lid = get_local_id(0), w = get_local_size(0);
     const uint grp = get_group_id(0);
     const uint n_blocks = (group + heads - 1) / heads, per_bh = n_blocks * n_splits;
@@ -1225,6 +1264,21 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
             pb[(size_t)g * (d + 2) + 1] = st[G + g];
         }
     }
+#ifdef FKV_DEVICE_ATOMICS
+    /* fused: the block's last split to finish combines the block's heads (no second launch) */
+    local uint last;
+    if (fused && n_splits > 1 &&
+        fkv_last_arrival(part_counts + grp / n_splits, n_splits, &last)) {
+        const size_t stride = (size_t)group * (d + 2);
+        const global float *p0 = part + ((size_t)bh * n_splits * group + g_first) * (d + 2);
+        for (uint i = lid; i < G * d; i += w)
+            out[out_off + qrow * d + i] =
+                fkv_combine_splits(p0 + (size_t)(i / d) * (d + 2), stride, n_splits, i % d);
+    }
+#else
+    (void)part_counts;
+    (void)fused;
+#endif
 }
 
 /* Combines the split partials of fkv_attention: one work item per output element. */
@@ -1236,20 +1290,6 @@ kernel void fkv_attention_reduce(const global float *part, uint n_bh, uint group
     if (bh >= n_bh)
         return;
     size_t stride = (size_t)group * (head_dim + 2);
-    const global float *p = part + bh * n_splits * stride + g * (head_dim + 2);
-    float m = -INFINITY;
-    for (uint s = 0; s < n_splits; s++)
-        m = fmax(m, p[s * stride]);
-    float l = 0.0f, a = 0.0f;
-    if (m != -INFINITY) {
-        for (uint s = 0; s < n_splits; s++) {
-            float ms = p[s * stride];
-            if (ms == -INFINITY)
-                continue; /* an empty split */
-            float wgt = exp(ms - m);
-            l += p[s * stride + 1] * wgt;
-            a += p[s * stride + 2 + c] * wgt;
-        }
-    }
-    out[out_off + gid] = l > 0.0f ? a / l : 0.0f;
+    out[out_off + gid] =
+        fkv_combine_splits(part + bh * n_splits * stride + g * (head_dim + 2), stride, n_splits, c);
 }

@@ -105,6 +105,57 @@ static int device_fine_svm(cl_device_id dev) {
     return (svm & CL_DEVICE_SVM_FINE_GRAIN_BUFFER) != 0;
 }
 
+/* The OpenCL C standard whose device-scope acquire/release atomics the split attention's
+ * last work group needs to combine the partials itself (fkv_attention): 20 (OpenCL C 2.x,
+ * where they are core), 30 (3.0 with the features __opencl_c_atomic_order_acq_rel and
+ * __opencl_c_atomic_scope_device), or 0: none, and a second launch combines them (OpenCL C
+ * 1.2 gives no ordering between work groups to build on). */
+/* Whether the device's list of (name, version) pairs `what` holds an entry for which
+ * match(entry, arg) holds; 0 when the query fails. */
+static int has_name_version(cl_device_id dev, cl_device_info what,
+                            int (*match)(const cl_name_version *, const char *),
+                            const char *arg) {
+    size_t bytes = 0;
+    if (clGetDeviceInfo(dev, what, 0, NULL, &bytes) != CL_SUCCESS || bytes == 0)
+        return 0;
+    cl_name_version *all = malloc(bytes);
+    int found = 0;
+    if (all && clGetDeviceInfo(dev, what, bytes, all, NULL) == CL_SUCCESS)
+        for (size_t i = 0; i < bytes / sizeof *all && !found; i++)
+            found = match(&all[i], arg);
+    free(all);
+    return found;
+}
+
+static int is_major(const cl_name_version *v, const char *major) {
+    return CL_VERSION_MAJOR(v->version) == (cl_version)atoi(major);
+}
+
+static int is_named(const cl_name_version *v, const char *name) {
+    return strcmp(v->name, name) == 0;
+}
+
+/* The OpenCL C standard whose device-scope acquire/release atomics the split attention's
+ * last work group needs to combine the partials itself (fkv_attention): 20 (OpenCL C 2.x,
+ * where they are core), 30 (3.0 with the features __opencl_c_atomic_order_acq_rel and
+ * __opencl_c_atomic_scope_device), or 0: none, and a second launch combines them (OpenCL C
+ * 1.2 gives no ordering between work groups to build on). */
+static int device_atomics_std(cl_device_id dev) {
+    char cver[64];
+    device_string(dev, CL_DEVICE_OPENCL_C_VERSION, cver, sizeof cver);
+    int v = parse_version(cver, "OpenCL C ");
+    if (v >= 20 && v < 30)
+        return 20;
+    if (device_version(dev) < 30)
+        return 0;
+    int ok = has_name_version(dev, CL_DEVICE_OPENCL_C_ALL_VERSIONS, is_major, "3") &&
+             has_name_version(dev, CL_DEVICE_OPENCL_C_FEATURES, is_named,
+                              "__opencl_c_atomic_order_acq_rel") &&
+             has_name_version(dev, CL_DEVICE_OPENCL_C_FEATURES, is_named,
+                              "__opencl_c_atomic_scope_device");
+    return ok ? 30 : 0;
+}
+
 static int device_is_nvidia(cl_device_id dev) {
     cl_uint vendor = 0;
     clGetDeviceInfo(dev, CL_DEVICE_VENDOR_ID, sizeof vendor, &vendor, NULL);
@@ -225,6 +276,8 @@ static void ocl_device_close(fkv_bdev *d) {
     for (int k = 0; k < OCL_KQ_COUNT; k++) {
         if (d->kq[k].partials)
             clReleaseMemObject(d->kq[k].partials);
+        if (d->kq[k].part_counts)
+            clReleaseMemObject(d->kq[k].part_counts);
         for (int t = 0; t < OCL_HOST_TABLES; t++) { /* the queues are finished */
             ocl_host_table *ht = &d->kq[k].tables[t];
             if (ht->last)
@@ -313,8 +366,14 @@ static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_cont
 
     char cver[64];
     device_string(d->device, CL_DEVICE_OPENCL_C_VERSION, cver, sizeof cver);
+    int atomics_std = device_atomics_std(d->device);
+    d->device_atomics = atomics_std != 0;
+    d->fused_reduce = d->device_atomics;
     snprintf(d->build_options, sizeof d->build_options, "%s%s%s",
-             parse_version(cver, "OpenCL C ") >= 12 ? "-cl-std=CL1.2" : "",
+             atomics_std == 30   ? "-cl-std=CL3.0 -DFKV_DEVICE_ATOMICS"
+             : atomics_std == 20 ? "-cl-std=CL2.0 -DFKV_DEVICE_ATOMICS"
+             : parse_version(cver, "OpenCL C ") >= 12 ? "-cl-std=CL1.2"
+                                                      : "",
              fast_math ? " -cl-fast-relaxed-math" : "",
              d->info.type == FKV_DEVICE_CPU ? " -DFKV_PREFETCH" : "");
 
@@ -458,9 +517,10 @@ static fkv_recall_mode ocl_recall_mode(fkv_bdev *d) { return d->recall; }
 /* ---- options (docs/backend-options.md) ---- */
 
 static const char *const settable[] = {"attention_splits", "shared_memory_bytes", "kernel_source",
-                                       "attention_vector", NULL};
+                                       "attention_vector", "attention_fused_reduce", NULL};
 static const char *const readable[] = {"attention_splits", "shared_memory_bytes", "cache_loads",
-                                       "cache_stores", "svm_host", "attention_vector", NULL};
+                                       "cache_stores", "svm_host", "attention_vector",
+                                       "attention_fused_reduce", NULL};
 
 static fkv_status ocl_set_option(fkv_bdev *d, const char *key, const char *value) {
     uint64_t v = 0;
@@ -479,6 +539,15 @@ static fkv_status ocl_set_option(fkv_bdev *d, const char *key, const char *value
                            "opencl option attention_vector: '%s' is not 4, 8 or 16", value);
         if (st == FKV_OK)
             fkv_ocl_set_attention_vec(d, (cl_uint)v);
+    } else if (strcmp(key, "attention_fused_reduce") == 0) {
+        if ((st = fkv_option_uint("opencl", key, value, 1, &v)) == FKV_OK && v && !d->device_atomics)
+            st = fkv_error(FKV_ERR_UNSUPPORTED,
+                           "opencl option attention_fused_reduce: device '%s' has no device-scope "
+                           "acquire/release atomics (OpenCL C 2.0, or 3.0 with "
+                           "__opencl_c_atomic_order_acq_rel and __opencl_c_atomic_scope_device)",
+                           d->info.name);
+        if (st == FKV_OK)
+            d->fused_reduce = (int)v;
     } else {
         st = fkv_option_unknown("opencl", "settable", key, settable);
     }
@@ -499,6 +568,8 @@ static fkv_status ocl_get_option(fkv_bdev *d, const char *key, char *out, size_t
         v = (uint64_t)d->svm_host;
     else if (strcmp(key, "attention_vector") == 0)
         v = d->attention_vec;
+    else if (strcmp(key, "attention_fused_reduce") == 0)
+        v = (uint64_t)d->fused_reduce;
     else
         return fkv_option_unknown("opencl", "readable", key, readable);
     return fkv_option_print_uint("opencl", key, v, out, size);

@@ -71,6 +71,10 @@ typedef struct ocl_kqueue {
     pthread_mutex_t lock;
     cl_mem partials; /* split attention partial results */
     size_t partials_size;
+    /* per (sequence, KV head, query-head block): the work groups of a fused split attention
+     * that wrote their partials; zero between launches (the last one resets its counter) */
+    cl_mem part_counts;
+    size_t part_counts_size;
     ocl_host_table tables[OCL_HOST_TABLES];
     uint32_t next_table;
 } ocl_kqueue;
@@ -109,6 +113,10 @@ struct fkv_bdev {
 
     ocl_kqueue kq[OCL_KQ_COUNT];
     uint32_t forced_splits; /* option attention_splits: 0 = automatic, n >= 1 = always n */
+    /* device-scope atomics (OpenCL C 2.0, or 3.0 with its features): the program is built
+     * with FKV_DEVICE_ATOMICS, and a split attention may combine its partials in its last
+     * work group (fused_reduce, option attention_fused_reduce) instead of a second launch */
+    int device_atomics, fused_reduce;
     fkv_bcounters counters; /* at the driver calls (ocl_memory.c, ocl_submit.c, kernels) */
 };
 

@@ -739,6 +739,31 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
 
 /* ---- attention ---- */
 
+/* The fused split attention's arrival counters of a queue: zeroed when created (from a zeroed
+ * host copy, so no command), and zero again after every launch (its last work groups reset
+ * theirs). Grown like the other scratch. */
+static fkv_status ensure_counts(fkv_bdev *d, ocl_kqueue *kq, size_t n) {
+    size_t need = n * sizeof(cl_uint);
+    if (kq->part_counts && kq->part_counts_size >= need)
+        return FKV_OK;
+    size_t want = need + need / 2;
+    void *zeros = calloc(1, want);
+    if (zeros == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl attention: arrival counters");
+    cl_int err;
+    cl_mem m = clCreateBuffer(d->context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, want, zeros,
+                              &err);
+    free(zeros);
+    if (err != CL_SUCCESS)
+        return fkv_ocl_fail(err, 1, "clCreateBuffer (attention arrival counters)");
+    fkv_count_device_alloc(&d->counters);
+    if (kq->part_counts)
+        clReleaseMemObject(kq->part_counts);
+    kq->part_counts = m;
+    kq->part_counts_size = want;
+    return FKV_OK;
+}
+
 /* Splits over pages when (sequence, KV head) work groups alone cannot fill the device. */
 static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_groups) {
     return fkv_attention_splits(n_groups, d->compute_units, d->forced_splits);
@@ -775,10 +800,14 @@ static fkv_status attention_launch(launch_ctx *lc, const fkv_kv_geom *g, const a
     uint32_t dq = fkv_attention_dq(g->head_dim);
     size_t global = (size_t)n_bh * plan.blocks * splits * local;
 
+    /* fused: the last work group of each (pair, block) combines the splits (kernels.cl) */
+    int fused = splits > 1 && d->fused_reduce;
     pthread_mutex_lock(&lc->kq->lock);
     if (splits > 1)
         st = ensure_scratch(d, &lc->kq->partials, &lc->kq->partials_size,
                             (size_t)fkv_attention_partials_bytes(g, n_bh, splits));
+    if (st == FKV_OK && fused)
+        st = ensure_counts(d, lc->kq, (size_t)n_bh * plan.blocks);
     if (st == FKV_OK) {
         kargs a = args_of(lc, K_ATTENTION);
         arg_mem(&a, x->q);
@@ -804,14 +833,16 @@ static fkv_status attention_launch(launch_ctx *lc, const fkv_kv_geom *g, const a
         arg_mem(&a, x->out);
         arg_u64(&a, x->out_off / 4);
         arg_cl_mem(&a, splits > 1 ? lc->kq->partials : x->out->mem);
+        arg_cl_mem(&a, fused ? lc->kq->part_counts : x->out->mem);
+        arg_u32(&a, (uint32_t)fused);
         arg_local(&a, (size_t)plan.heads * dq * 4);
         arg_local(&a, (size_t)plan.tile * (dq + 4) * 4);
         arg_local(&a, (size_t)plan.heads * fkv_attention_dq(plan.tile) * 4);
         arg_local(&a, 3 * (size_t)plan.heads * 4);
-        fkv_deps d1 = {deps.n_wait, deps.wait, splits > 1 ? NULL : deps.done};
+        fkv_deps d1 = {deps.n_wait, deps.wait, splits > 1 && !fused ? NULL : deps.done};
         st = enqueue(lc, &a, 1, &global, &local, &d1);
     }
-    if (st == FKV_OK && splits > 1) {
+    if (st == FKV_OK && splits > 1 && !fused) {
         kargs a = args_of(lc, K_ATTENTION_REDUCE);
         arg_cl_mem(&a, lc->kq->partials);
         arg_u32(&a, n_bh);

@@ -265,60 +265,93 @@ static void check_allocs(const char *backend) {
 /* Paged attention: the launches the backend issues. With attention_splits (the device
  * backends' option) forced to 1 it is one kernel; forced to 2, the attention and its reduce
  * kernel. The CPU reference runs it as one command. */
+/* One attention over four pages on the compute queue (after one call of the same shape, so
+ * that first-use work is not counted), read back into host out[32]; its counters. */
+static fkv_counters attention_call(fkv_device *dev, const char *backend, const fkv_kv_geom *g,
+                                   fkv_bbuf *const *b, float *host_out) {
+    fkv_counters a = snap(dev);
+    for (int round = 0; round < 2; round++) {
+        if (round == 1)
+            a = snap(dev);
+        cr_assert_eq(fkv_op_attention(dev, FKV_QUEUE_COMPUTE, no_deps, g, b[0], 0, 1, b[1], 0, b[2],
+                                      0, b[3], b[4], 0.25f, b[5], 0),
+                     FKV_OK, "%s: %s", backend, fkv_last_error());
+        /* after finish: a backend that batches (Vulkan) submits the launch there */
+        cr_assert_eq(fkv_op_finish(dev, FKV_QUEUE_COMPUTE), FKV_OK);
+    }
+    fkv_counters b2 = snap(dev);
+    cr_assert_eq(fkv_op_read(dev, FKV_QUEUE_COMPUTE, no_deps, b[5], 0, host_out, 32 * sizeof(float)),
+                 FKV_OK);
+    cr_assert_eq(fkv_op_finish(dev, FKV_QUEUE_COMPUTE), FKV_OK);
+    return diff(&b2, &a);
+}
+
+/* A split attention is one launch where the device combines the splits in the attention's
+ * last work group (option attention_fused_reduce, #11), two where a second launch does; both
+ * give the same bits. */
 static void check_attention(const char *backend) {
     fkv_device *dev = open_device(backend);
     fkv_kv_geom g = {.n_kv_heads = 1, .group = 2, .head_dim = 16, .page_size = 4,
                      .dtype = FKV_F32};
     enum { PAGES = 4 };
     size_t slot = fkv_slot_bytes(&g);
-    fkv_bbuf *q = NULL, *heads = NULL, *entries = NULL, *kp = NULL, *vp = NULL, *out = NULL;
-    cr_assert_eq(fkv_op_buffer_alloc(dev, 2 * 16 * sizeof(float), &q), FKV_OK);
-    cr_assert_eq(fkv_op_buffer_alloc(dev, 2 * sizeof(int32_t), &heads), FKV_OK);
-    cr_assert_eq(fkv_op_buffer_alloc(dev, 2 * PAGES * sizeof(int32_t), &entries), FKV_OK);
-    cr_assert_eq(fkv_op_buffer_alloc(dev, PAGES * slot, &kp), FKV_OK);
-    cr_assert_eq(fkv_op_buffer_alloc(dev, PAGES * slot, &vp), FKV_OK);
-    cr_assert_eq(fkv_op_buffer_alloc(dev, 2 * 16 * sizeof(float), &out), FKV_OK);
+    fkv_bbuf *b[6] = {NULL}; /* q, heads, entries, k pool, v pool, out */
+    size_t bytes[6] = {2 * 16 * sizeof(float), 2 * sizeof(int32_t), 2 * PAGES * sizeof(int32_t),
+                       PAGES * slot, PAGES * slot, 2 * 16 * sizeof(float)};
+    for (int i = 0; i < 6; i++)
+        cr_assert_eq(fkv_op_buffer_alloc(dev, bytes[i], &b[i]), FKV_OK);
     int32_t h[2] = {0, PAGES}, e[2 * PAGES];
     for (int i = 0; i < PAGES; i++)
         e[2 * i] = i, e[2 * i + 1] = 4;
-    cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_COMPUTE, no_deps, heads, 0, h, sizeof h), FKV_OK);
-    cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_COMPUTE, no_deps, entries, 0, e, sizeof e), FKV_OK);
+    float data[PAGES * 16 * 2];
+    for (size_t i = 0; i < sizeof data / sizeof *data; i++)
+        data[i] = (float)((i * 37) % 23) / 11.0f - 1.0f;
+    cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_COMPUTE, no_deps, b[0], 0, data, bytes[0]), FKV_OK);
+    cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_COMPUTE, no_deps, b[1], 0, h, sizeof h), FKV_OK);
+    cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_COMPUTE, no_deps, b[2], 0, e, sizeof e), FKV_OK);
+    cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_COMPUTE, no_deps, b[3], 0, data, bytes[3]), FKV_OK);
+    cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_COMPUTE, no_deps, b[4], 0, data + 7, bytes[4]),
+                 FKV_OK);
     cr_assert_eq(fkv_op_finish(dev, FKV_QUEUE_COMPUTE), FKV_OK);
     fkv_device_info info;
     fkv_device_get_info(dev, &info);
     int reference = info.type == FKV_DEVICE_REFERENCE;
-    for (uint32_t splits = 1; splits <= 2; splits++) {
-        if (!reference)
+    /* fused where the device offers it (it says so through the option), else two launches */
+    int can_fuse = !reference && th_option_value(dev, "attention_fused_reduce") == 1;
+    float outs[3][32];
+    for (int run = 0; run < (reference ? 1 : 3); run++) {
+        uint32_t splits = run == 0 ? 1 : 2;
+        int fused = run == 1 && can_fuse;
+        if (!reference) {
             cr_assert_eq(th_set_option(dev, "attention_splits", splits), FKV_OK, "%s: %s",
                          backend, fkv_last_error());
-        fkv_counters a = snap(dev);
-        cr_assert_eq(fkv_op_attention(dev, FKV_QUEUE_COMPUTE, no_deps, &g, q, 0, 1, heads, 0,
-                                      entries, 0, kp, vp, 0.25f, out, 0),
-                     FKV_OK, "%s: %s", backend, fkv_last_error());
-        /* after finish: a backend that batches (Vulkan) submits the launch there */
-        cr_assert_eq(fkv_op_finish(dev, FKV_QUEUE_COMPUTE), FKV_OK);
-        fkv_counters b = snap(dev);
-        fkv_counters d = diff(&b, &a);
+            if (run > 0 && (can_fuse || run == 2))
+                cr_assert_eq(th_set_option(dev, "attention_fused_reduce", (uint64_t)fused),
+                             FKV_OK, "%s: %s", backend, fkv_last_error());
+        }
+        fkv_counters d = attention_call(dev, backend, &g, b, outs[run]);
         totals t = total(&d);
-        uint64_t want = reference ? 1 : splits;
+        uint64_t want = reference || splits == 1 || fused ? 1 : 2;
         cr_expect_eq(d.queues[FKV_COUNTER_COMPUTE].launches, want,
-                     "%s: %llu launches with %u split(s)", backend,
-                     (unsigned long long)d.queues[FKV_COUNTER_COMPUTE].launches, splits);
+                     "%s: %llu launches with %u split(s), fused %d", backend,
+                     (unsigned long long)d.queues[FKV_COUNTER_COMPUTE].launches, splits, fused);
         cr_expect_eq(t.launches, want, "%s: launches on all queues", backend);
         cr_expect_eq(t.copies, 0, "%s: copies", backend);
         cr_expect_geq(t.submits, 1, "%s: submitted", backend);
+        cr_expect_eq(d.device_allocs, 0, "%s: allocations after the first call", backend);
     }
-    fkv_bbuf *all[] = {q, heads, entries, kp, vp, out};
-    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
-        fkv_op_buffer_free(dev, all[i]);
+    if (!reference)
+        cr_expect(memcmp(outs[1], outs[2], sizeof outs[1]) == 0,
+                  "%s: the fused and the two-launch split attention differ", backend);
+    for (size_t i = 0; i < 6; i++)
+        fkv_op_buffer_free(dev, b[i]);
     fkv_device_close(dev);
 }
 
 /* #11: a zero-copy recall is one launch and no copy however many host allocations its units
  * come from (50 here, one unit each, every unit checked in place): the CPU reference, OpenCL (a
- * table of SVM addresses the host fills, read by the kernel) and Vulkan with device addresses
- * (the allocations' addresses ride in the caller's unit table, direct_host_words). HIP still
- * binds eight pointers a launch (docs/bench.md). */
+ * table of SVM addresses the host fills, read by the kernel), Vulkan with device addresses and
+ * HIP (the allocations' addresses ride in the caller's unit table, direct_host_words). */
 static void check_direct_over_many_hosts(const char *backend, const char *mode_var,
                                          const char *mode) {
     fkv_device *dev = open_device_recall(backend, mode_var, mode);
@@ -399,6 +432,9 @@ Test(opencl, direct_recall_is_one_launch_over_fifty_hosts) {
 }
 Test(vulkan, direct_recall_is_one_launch_over_fifty_hosts) {
     check_direct_over_many_hosts("vulkan", "FREEKV_VULKAN_RECALL", "hostptr");
+}
+Test(hip, direct_recall_is_one_launch_over_fifty_hosts) {
+    check_direct_over_many_hosts("hip", "FREEKV_HIP_RECALL", "zerocopy");
 }
 
 /* A speculative decode loop: its worker's host waits (the read of its selection's records)

@@ -11,7 +11,8 @@
  * channels of every head of the block in registers from each V row of the tile. The
  * workgroup has at least max(dq / 4, heads) invocations (fkv_attention_threads). With
  * n_splits > 1 each workgroup takes a contiguous share of the head's entries and writes (max,
- * sum, unnormalised acc) per query head to `part` for attention_reduce. dense_tokens >= 0
+ * sum, unnormalised acc) per query head to `part` for attention_reduce, or (fused) the
+ * block's last workgroup to finish combines them at the end. dense_tokens >= 0
  * replaces the slot lists by contiguous K/V of that many tokens. Pools beyond one binding run
  * once per window of n_slots slots from slot_base, each run writing its own partials
  * (split_base + split of total_splits, vk_kernels.c).
@@ -19,19 +20,24 @@
  * 16: qs [heads*dq]; kt [tile*(dq+4)]; sc [heads*tp]; st [3*heads] = running max, running
  * sum, rescale factor. */
 #include "common.glsl"
+#include "splits.glsl"
 RBUF(0, float, q);
 RBUF(1, int, heads);
 RBUF(2, int, entries);
 RBUF(3, KV_T, kpool);
 RBUF(4, KV_T, vpool);
 BUF(5, float, outp);
-BUF(6, float, part);
+/* coherent: the fused path's last workgroup reads the other workgroups' partials */
+layout(std430, set = 0, binding = 6) coherent buffer B6 { float part[]; };
+/* fused: per (sequence, KV head, query-head block), the workgroups that wrote their partials
+ * (zero between dispatches: the last one resets its counter) */
+layout(std430, set = 0, binding = 7) coherent buffer B7 { uint arrivals[]; };
 layout(push_constant) uniform PC {
     uint q_off, heads_off, entries_off, n_entries;
     int dense_tokens;
     uint n_slots, n_kv_heads, group, head_dim, page_size, tile, n_splits;
     float scale;
-    uint out_off, slot_base, split_base, total_splits, heads;
+    uint out_off, slot_base, split_base, total_splits, heads, fused;
 } pc;
 shared float sm[SMEM];
 
@@ -186,6 +192,32 @@ void main() {
         for (uint g = lid; g < G; g += w) {
             part[pb + g * (d + 2u)] = sm[ST + g];
             part[pb + g * (d + 2u) + 1u] = sm[ST + G + g];
+        }
+    }
+    /* fused: the block's last split to finish (over every window's dispatch) combines its
+     * heads, as attention_reduce would, with no second dispatch. The partials are written
+     * before the barrier, the count is taken after it, and the last workgroup reads them
+     * after its own barrier (coherent buffers; the pattern of a single-pass reduction). */
+    if (pc.fused != 0u && pc.total_splits > 1u) {
+        memoryBarrierBuffer();
+        barrier();
+        if (lid == 0u) {
+            uint idx = grp / pc.n_splits;
+            bool last = atomicAdd(arrivals[idx], 1u) + 1u == pc.total_splits;
+            if (last)
+                atomicExchange(arrivals[idx], 0u);
+            sm[0] = last ? 1.0 : 0.0; /* qs is not read any more: the flag (SMEM is the plan's) */
+        }
+        memoryBarrierBuffer();
+        barrier();
+        if (sm[0] != 0.0) {
+            const uint stride = pc.group * (d + 2u);
+            const uint p0 = (bh * pc.total_splits * pc.group + g_first) * (d + 2u);
+            for (uint i = lid; i < G * d; i += w) {
+                float r;
+                COMBINE_SPLITS(part, p0 + (i / d) * (d + 2u), stride, pc.total_splits, i % d, r);
+                outp[pc.out_off + qrow * d + i] = r;
+            }
         }
     }
 }

@@ -490,6 +490,7 @@ static void read_limits(fkv_bdev *d, VkPhysicalDeviceExternalMemoryHostPropertie
     d->max_shared_device = d->max_shared;
     d->subgroup = sg.subgroupSize ? sg.subgroupSize : 1;
     d->compute_units = compute_units(d->phys, d->is_cpu, &d->compute_units_source);
+    d->fused_reduce = 1;
     if (d->ext_host)
         d->import_align = eh->minImportedHostPointerAlignment ? eh->minImportedHostPointerAlignment
                                                               : 4096;
@@ -906,13 +907,13 @@ static const char *vk_recall_note(fkv_bdev *d) { return d->recall_note; }
 
 static const char *const settable[] = {"attention_splits", "window_bytes", "shared_memory_bytes",
                                        "allocation_limit", "break_import", "separate_streams",
-                                       NULL};
+                                       "attention_fused_reduce", NULL};
 static const char *const readable[] = {
     "attention_splits", "window_bytes",     "shared_memory_bytes", "allocation_limit",
     "live_allocations", "validation_errors", "subgroup_size",      "storage_16bit",
     "import_host",      "perpage_copies",   "queues",              "compute_units",
     "compute_units_source", "allocations", "submits", "separate_streams", "device_addresses",
-    NULL};
+    "attention_fused_reduce", NULL};
 
 static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value) {
     uint64_t v = 0;
@@ -935,6 +936,9 @@ static fkv_status vk_set_option(fkv_bdev *d, const char *key, const char *value)
     } else if (strcmp(key, "separate_streams") == 0) {
         if ((st = fkv_option_uint("vulkan", key, value, 1, &v)) == FKV_OK)
             d->separate_streams = (int)v;
+    } else if (strcmp(key, "attention_fused_reduce") == 0) {
+        if ((st = fkv_option_uint("vulkan", key, value, 1, &v)) == FKV_OK)
+            d->fused_reduce = (int)v;
     } else {
         st = fkv_option_unknown("vulkan", "settable", key, settable);
     }
@@ -955,6 +959,8 @@ static fkv_status vk_get_option(fkv_bdev *d, const char *key, char *out, size_t 
     }
     if (strcmp(key, "attention_splits") == 0)
         v = d->forced_splits;
+    else if (strcmp(key, "attention_fused_reduce") == 0)
+        v = (uint64_t)d->fused_reduce;
     else if (strcmp(key, "window_bytes") == 0)
         v = d->window_override;
     else if (strcmp(key, "shared_memory_bytes") == 0)

@@ -106,7 +106,15 @@ typedef struct vk_fqueue {
     VkCommandBuffer *free_cbs;
     uint32_t n_free, cap_free;
     vk_scratch scratch[2]; /* [host_visible]: temporaries of this queue's commands */
+    /* The fused split attention's arrival counters (attention.comp), VK_ARRIVALS of them:
+     * zero between dispatches. The first command that uses them allocates them and records
+     * their fill with zeros; `arrivals_zeroed` once that command is submitted. */
+    vk_temp arrivals;
+    int arrivals_zeroed;
 } vk_fqueue;
+/* (sequence, KV head, query-head block) groups a fused split attention covers; beyond, the
+ * second dispatch (attention_reduce) combines the partials. */
+#define VK_ARRIVALS 16384u
 
 typedef struct vk_pipe {
     uint32_t shader, wg, smem;
@@ -207,6 +215,7 @@ struct fkv_bdev {
 
     vk_temp dummy; /* bound to the layout's unused bindings */
     uint32_t forced_splits; /* option attention_splits: 0 = automatic, n >= 1 = always n */
+    int fused_reduce; /* option attention_fused_reduce: split attention in one dispatch */
     VkDeviceSize window_override; /* option window_bytes: windows of at most this many bytes (0:
                                      max_range) */
     atomic_uint validation_errors;

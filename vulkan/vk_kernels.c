@@ -1017,6 +1017,31 @@ typedef struct attn_args {
     float scale;
 } attn_args;
 
+/* The stream's arrival counters for a fused split attention recorded into c: allocated and
+ * filled with zeros (recorded before the dispatch) by the first command that needs them;
+ * *filled says whether c records that fill. */
+static fkv_status arrival_counters(vk_cmd *c, int *filled) {
+    vk_fqueue *fq = c->fq;
+    *filled = 0;
+    if (fq->arrivals_zeroed)
+        return FKV_OK;
+    fkv_status st = FKV_OK;
+    if (fq->arrivals.buf == VK_NULL_HANDLE &&
+        (st = fkv_vk_temp_alloc(c->d, VK_ARRIVALS * 4ull, 0, 0, &fq->arrivals)) != FKV_OK) {
+        fq->arrivals = (vk_temp){0};
+        return st;
+    }
+    vkCmdFillBuffer(c->rec.cb, fq->arrivals.buf, 0, VK_WHOLE_SIZE, 0);
+    fkv_vk_count(c, 0, FKV_COPY_D2D, 0);
+    VkMemoryBarrier mb = {VK_STRUCTURE_TYPE_MEMORY_BARRIER, NULL, VK_ACCESS_TRANSFER_WRITE_BIT,
+                          VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
+    vkCmdPipelineBarrier(c->rec.cb, VK_PIPELINE_STAGE_TRANSFER_BIT,
+                         VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+    fq->arrivals_zeroed = 1; /* under the stream's lock; undone if c is not submitted */
+    *filled = 1;
+    return FKV_OK;
+}
+
 static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_args *x,
                                    fkv_deps deps) {
     fkv_bdev *d = L->d;
@@ -1068,10 +1093,13 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     pc_f32(L, 12, x->scale);
     L->pc[16] = total_splits;
     L->pc[17] = a.p.heads;
+    /* fused: the last workgroup of each (pair, block) combines the splits (attention.comp) */
+    int fused = total_splits > 1 && d->fused_reduce && (uint64_t)n_bh * a.p.blocks <= VK_ARRIVALS;
+    L->pc[18] = (uint32_t)fused;
     uint32_t wg = a.wg;
     VkPipeline p, pr = VK_NULL_HANDLE;
     if ((st = fkv_vk_pipeline(d, S_ATTENTION + dtype_variant(d, g->dtype), wg, a.smem, &p)) != FKV_OK ||
-        (total_splits > 1 &&
+        (total_splits > 1 && !fused &&
          (st = fkv_vk_pipeline(d, S_ATTENTION_REDUCE, pick_wg(d, ELEMENTWISE_WG), 1, &pr)) != FKV_OK))
         return st;
     VkDeviceSize part_bytes = a.part_bytes;
@@ -1079,17 +1107,20 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
     if ((st = fkv_vk_cmd_begin(d, L->q, 0, &c)) != FKV_OK)
         return st;
     vk_temp part;
+    int filled = 0;
     if (total_splits > 1) {
         st = fkv_vk_cmd_temp(&c, part_bytes, 0, &part);
         if (st == FKV_OK)
             L->b[6] = (bind){part.buf, 0, VK_WHOLE_SIZE};
     }
+    if (st == FKV_OK && fused && (st = arrival_counters(&c, &filled)) == FKV_OK)
+        L->b[7] = (bind){c.fq->arrivals.buf, 0, VK_WHOLE_SIZE};
     for (uint32_t w = 0; w < n_windows && st == FKV_OK; w++) {
         apply_window(L, &L->win[0], w);
         L->pc[15] = w * splits;
         st = record(&c, L, p, a.groups, 1);
     }
-    if (st == FKV_OK && total_splits > 1) {
+    if (st == FKV_OK && total_splits > 1 && !fused) {
         launch R = *L;
         for (int i = 0; i < VK_N_BINDINGS; i++)
             R.b[i] = (bind){d->dummy.buf, 0, VK_WHOLE_SIZE};
@@ -1105,11 +1136,17 @@ static fkv_status attention_launch(launch *L, const fkv_kv_geom *g, const attn_a
         grid_1d(d, (uint64_t)n_bh * gd, pick_wg(d, ELEMENTWISE_WG), &gx, &gy);
         st = record(&c, &R, pr, gx, gy);
     }
+    vk_fqueue *fq = c.fq;
     if (st != FKV_OK) {
+        if (filled)
+            fq->arrivals_zeroed = 0;
         fkv_vk_cmd_abort(&c);
         return st;
     }
-    return fkv_vk_cmd_submit(&c, &deps, NULL);
+    st = fkv_vk_cmd_submit(&c, &deps, NULL);
+    if (st != FKV_OK && filled) /* the fill may not have run: fill again next time */
+        fq->arrivals_zeroed = 0;
+    return st;
 }
 
 fkv_status fkv_vk_attention(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,

@@ -88,6 +88,8 @@ void fkv_vk_fqueue_destroy(fkv_bdev *d, vk_fqueue *fq) {
     free(fq->pend_ti);
     for (int k = 0; k < 2; k++)
         fkv_vk_scratch_destroy(d, &fq->scratch[k]);
+    if (fq->arrivals.buf)
+        fkv_vk_temp_free(d, &fq->arrivals);
     if (fq->dpool)
         vkDestroyDescriptorPool(d->dev, fq->dpool, NULL);
     if (fq->pool)

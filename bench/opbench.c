@@ -71,6 +71,7 @@ typedef struct options {
     uint32_t score_pages[MAX_LIST];
     size_t n_score_pages;
     uint32_t topk;
+    fkv_summary_format summary_format; /* scoring's summaries */
     int recall, attention, scoring; /* the sections to run */
 } options;
 
@@ -139,12 +140,14 @@ static void usage(FILE *f) {
                "       [--batches 1,4] [--pool-mib N] [--reps N] [--chunk UNITS] [--budget TOKENS]\n"
                "       [--dtype f32|f16|bf16] [--host-format same|q8|q4]\n"
                "       [--attention-dtypes f32,f16,bf16]\n"
-               "       [--score-pages 4096] [--topk 32] [--only recall|attention|scoring]\n"
+               "       [--score-pages 4096] [--topk 32] [--summary-format f32|f16]\n"
+               "       [--only recall|attention|scoring]\n"
                "       [--q-heads 32] [--kv-heads 8] [--head-dim 128] (every section)\n"
                "  --quick: a 64 MiB host pool and 3 repetitions (a few seconds on a CPU device)\n"
                "  --dtype: the recall's storage type (bf16); --host-format: how its host units\n"
-               "  are stored (same); --attention-dtypes: the attention's (all three); --only:\n"
-               "  one of the three sections\n"
+               "  are stored (same); --attention-dtypes: the attention's (all three);\n"
+               "  --summary-format: the page summaries scoring reads (f32); --only: one of the\n"
+               "  three sections\n"
                "  lists hold 1 to %d values; numbers are plain decimal integers. The memory a run\n"
                "  needs is estimated before anything is allocated; a run that would not fit is\n"
                "  refused. Exit status: 0 ok, 1 a measurement failed, 2 bad arguments.\n",
@@ -252,6 +255,11 @@ static int parse(int argc, char **argv, options *o) {
         else if (strcmp(a, "--host-format") == 0) {
             if (fkv_host_format_parse(v, &o->host_format) != FKV_OK) {
                 fprintf(stderr, TOOL ": --host-format: '%s' is not same, q8 or q4\n", v);
+                bad = -1;
+            }
+        } else if (strcmp(a, "--summary-format") == 0) {
+            if (fkv_summary_format_parse(v, &o->summary_format) != FKV_OK) {
+                fprintf(stderr, TOOL ": --summary-format: '%s' is not f32 or f16\n", v);
                 bad = -1;
             }
         } else if (strcmp(a, "--attention-dtypes") == 0)
@@ -828,7 +836,8 @@ static fkv_status score_init(bench *b, score_setup *s, uint32_t batch, uint32_t 
     const options *o = b->o;
     memset(s, 0, sizeof *s);
     s->g = (fkv_kv_geom){.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
-                         .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype};
+                         .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype,
+                         .summary_format = o->summary_format};
     s->batch = batch;
     s->pages = pages;
     size_t n_summ = (size_t)batch * pages, d = o->head_dim, hq = o->q_heads;
@@ -836,19 +845,26 @@ static fkv_status score_init(bench *b, score_setup *s, uint32_t batch, uint32_t 
     size_t rec_bytes = (size_t)batch * o->kv_heads * 2 * o->topk * 4;
     s->summ_bytes = (double)summ_bytes;
     s->score_bytes = (double)n_summ * hq * 4;
-    float *summ = malloc(summ_bytes), *q = malloc(q_floats * 4);
+    /* f32 summaries, converted in place below for f16 (f32 room is enough for both) */
+    size_t summ_floats = n_summ * 2 * o->kv_heads * d;
+    float *summ = malloc(summ_floats * 4), *q = malloc(q_floats * 4);
     int32_t *desc = malloc((size_t)batch * FKV_SCORES_DESC_INTS * 4);
     fkv_status st = summ && q && desc ? FKV_OK
                                       : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scoring setup");
     if (st == FKV_OK) {
         uint64_t seed = 31;
-        for (size_t i = 0; i < summ_bytes / 4; i += 2 * d)
+        for (size_t i = 0; i < summ_floats; i += 2 * d)
             for (size_t c = 0; c < d; c++) {
                 float x = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
                 float y = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
                 summ[i + c] = x < y ? x : y;
                 summ[i + d + c] = x < y ? y : x;
             }
+        if (o->summary_format == FKV_SUMMARY_F16) { /* minima rounded down, maxima up */
+            uint16_t *h = (uint16_t *)summ;
+            for (size_t i = 0; i < summ_floats; i++)
+                h[i] = i % (2 * d) < d ? fkv_f32_to_f16_down(summ[i]) : fkv_f32_to_f16_up(summ[i]);
+        }
         for (size_t i = 0; i < q_floats; i++)
             q[i] = (float)(lcg(&seed) % 2001) / 1000.0f - 1.0f;
         for (uint32_t i = 0; i < batch; i++) {
@@ -899,11 +915,14 @@ static int bench_scoring(bench *b) {
     uint32_t max_pages = max_of(o->score_pages, o->n_score_pages);
     uint32_t max_batch = max_of(o->batches, o->n_batches);
     fkv_kv_geom g = {.n_kv_heads = o->kv_heads, .group = o->q_heads / o->kv_heads,
-                     .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype};
+                     .head_dim = o->head_dim, .page_size = o->page, .dtype = o->dtype,
+                     .summary_format = o->summary_format};
     size_t copy = (size_t)max_batch * max_pages * fkv_summary_bytes(&g);
-    printf("\n(3) page scoring and selection: Hq=%u, Hk=%u, d=%u, f32 summaries (%zu KiB a "
+    printf("\n(3) page scoring and selection: Hq=%u, Hk=%u, d=%u, %s summaries (%zu bytes a "
            "page), top %u pages by softmax-mean, %u reps (median)\n",
-           o->q_heads, o->kv_heads, o->head_dim, fkv_summary_bytes(&g) >> 10, o->topk, o->reps);
+           o->q_heads, o->kv_heads, o->head_dim,
+           o->summary_format == FKV_SUMMARY_F16 ? "f16" : "f32", fkv_summary_bytes(&g), o->topk,
+           o->reps);
     clocks copy_gbs = memcpy_gbs(copy, o->reps);
     printf("  memcpy, 1 host thread, %.2f MiB: %.2f GB/s, %.2f GB/s per CPU second\n",
            (double)copy / (1 << 20), copy_gbs.wall, copy_gbs.cpu);

@@ -13,6 +13,28 @@
 #define FKV_DTYPE 0
 #endif
 
+/* The f32 value of f16 bits h (exact, subnormals included). */
+float fkv_f16_value(uint h) {
+    uint sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0u)
+        return as_float(sign | as_uint((float)m * 5.9604644775390625e-8f));
+    return as_float(sign | (e == 31u ? 0x7f800000u : (e + 112u) << 23) | (m << 13));
+}
+
+#ifdef FKV_SOFT_HALF
+/* fkv_f16_value of 4 lanes at once, in integer vector code. The host defines FKV_SOFT_HALF on
+ * CPU devices for the f16 summaries' scores: PoCL's vload_half widens one element at a time in
+ * scalar code there (its vload_halfn of K/V rows is as fast as this); GPUs widen in hardware. */
+float4 fkv_f16_values4(ushort4 bits) {
+    uint4 h = convert_uint4(bits);
+    uint4 sign = (h & 0x8000u) << 16, e = h & 0x7c00u, m = h & 0x3ffu;
+    uint4 sub = as_uint4(convert_float4(m) * 5.9604644775390625e-8f);
+    uint4 big = select(((h & 0x7fffu) << 13) + 0x38000000u, 0x7f800000u | (m << 13),
+                       e == 0x7c00u);
+    return as_float4(sign | select(big, sub, e == 0u));
+}
+#endif
+
 #if FKV_DTYPE == 0
 typedef float fkv_kv_t;
 typedef uint fkv_bits_t; /* raw copies move bits, never values */
@@ -133,7 +155,8 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
  * the block's heads are computed and dropped).
  * Work group (dim 1) = (sequence, KV head, block of `heads` query heads: the group in
  * ceil(group/heads) blocks when its queries do not fit local memory at once); dim 0 strides
- * over its pages. f16 summaries (f16_summ) are widened exactly (vload_half), so their scores
+ * over its pages. f16 summaries (f16_summ) are widened exactly (vload_half, or
+ * fkv_f16_value(s) under FKV_SOFT_HALF), so their scores
  * are bit for bit those of f32 summaries holding the same values. */
 /* The passes over the channels: SUMM_AT(e) loads summary element e as f32. */
 #define FKV_SCORE_CHANNELS(SUMM_AT)                                                            \
@@ -145,7 +168,61 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
         a3 += fmax(x * SUMM_AT(mn[3] + d + c), x * SUMM_AT(mn[3] + c));                        \
     }
 #define FKV_SUMM_F32(e) ((const global float *)summaries)[e]
+#ifdef FKV_SOFT_HALF
+#define FKV_SUMM_F16(e) fkv_f16_value(((const global ushort *)summaries)[e])
+/* f16 summaries on CPU devices: 4 channels of each page's minima and maxima in one load and one
+ * vector conversion each, then those channels in order, as FKV_SCORE_CHANNELS (the same sums).
+ * head_dim % 4 == 0. */
+#define FKV_SCORE_CH(i, s)                                                                     \
+    {                                                                                          \
+        float8 x = vload8(0, qs + (size_t)(c + i) * ng_all + g0);                              \
+        a0 += fmax(x * hi0.s, x * lo0.s);                                                      \
+        a1 += fmax(x * hi1.s, x * lo1.s);                                                      \
+        a2 += fmax(x * hi2.s, x * lo2.s);                                                      \
+        a3 += fmax(x * hi3.s, x * lo3.s);                                                      \
+    }
+#define FKV_SUMM4(p, at) fkv_f16_values4(vload4(0, (const global ushort *)summaries + mn[p] + at))
+#define FKV_SCORE_CHANNELS_F16X4                                                               \
+    for (uint c = 0; c < head_dim; c += 4) {                                                   \
+        float4 lo0 = FKV_SUMM4(0, c), hi0 = FKV_SUMM4(0, d + c);                               \
+        float4 lo1 = FKV_SUMM4(1, c), hi1 = FKV_SUMM4(1, d + c);                               \
+        float4 lo2 = FKV_SUMM4(2, c), hi2 = FKV_SUMM4(2, d + c);                               \
+        float4 lo3 = FKV_SUMM4(3, c), hi3 = FKV_SUMM4(3, d + c);                               \
+        FKV_SCORE_CH(0, s0) FKV_SCORE_CH(1, s1) FKV_SCORE_CH(2, s2) FKV_SCORE_CH(3, s3)        \
+    }
+#else
 #define FKV_SUMM_F16(e) vload_half(e, (const global half *)summaries)
+#endif
+/* fkv_scores_group's passes over a work item's pages, CHANNELS summing into a0..a3. */
+#define FKV_SCORE_LOOP(CHANNELS)                                                               \
+    for (size_t j0 = get_global_id(0) * FKV_SCORE_PAGES; j0 < np;                              \
+         j0 += get_global_size(0) * FKV_SCORE_PAGES) {                                         \
+        /* pages beyond the sequence's or the summaries read a valid one and are dropped */    \
+        size_t mn[FKV_SCORE_PAGES]; /* element of each page's minima */                        \
+        int valid[FKV_SCORE_PAGES];                                                            \
+        for (uint p = 0; p < FKV_SCORE_PAGES; p++) {                                           \
+            long sidx = (long)base + (long)(j0 + p);                                           \
+            valid[p] = j0 + p < np && sidx >= 0 && sidx < (long)n_summaries;                   \
+            mn[p] = ((size_t)(valid[p] ? sidx : 0) * n_kv_heads + h) * 2 * d;                  \
+        }                                                                                      \
+        for (uint g0 = 0; g0 < ng_all; g0 += FKV_SCORE_LANES) {                                \
+            /* one variable per page, so that the sums stay in vector registers */             \
+            float8 a0 = (float8)(0.0f), a1 = a0, a2 = a0, a3 = a0;                             \
+            CHANNELS                                                                           \
+            float8 acc[FKV_SCORE_PAGES] = {a0, a1, a2, a3};                                    \
+            uint ng = min((uint)FKV_SCORE_LANES, ng_all - g0);                                 \
+            for (uint p = 0; p < FKV_SCORE_PAGES; p++) {                                       \
+                float a[FKV_SCORE_LANES];                                                      \
+                vstore8(acc[p], 0, a);                                                         \
+                for (uint k = 0; k < ng && valid[p]; k++) {                                    \
+                    long o = obase + (long)(h * group + hb + g0 + k) * n_pages +             \
+                             (long)(j0 + p);                                                   \
+                    if (o >= 0 && (ulong)o < out_len)                                          \
+                        out[out_off + o] = a[k];                                               \
+                }                                                                              \
+            }                                                                                  \
+        }                                                                                      \
+    }
 /* The scores of work group (dim 1) (sequence, KV head, head block) (fkv_scores,
  * fkv_scores_check). */
 inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
@@ -171,36 +248,14 @@ inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
     int base = db[0], n_pages = ok ? db[1] : 0;
     long obase = db[2];
     size_t np = (size_t)max(n_pages, 0), d = head_dim;
-    for (size_t j0 = get_global_id(0) * FKV_SCORE_PAGES; j0 < np;
-         j0 += get_global_size(0) * FKV_SCORE_PAGES) {
-        /* pages beyond the sequence's or the summaries read a valid one and are dropped */
-        size_t mn[FKV_SCORE_PAGES]; /* element of each page's minima */
-        int valid[FKV_SCORE_PAGES];
-        for (uint p = 0; p < FKV_SCORE_PAGES; p++) {
-            long sidx = (long)base + (long)(j0 + p);
-            valid[p] = j0 + p < np && sidx >= 0 && sidx < (long)n_summaries;
-            mn[p] = ((size_t)(valid[p] ? sidx : 0) * n_kv_heads + h) * 2 * d;
-        }
-        for (uint g0 = 0; g0 < ng_all; g0 += FKV_SCORE_LANES) {
-            /* one variable per page, so that the sums stay in vector registers */
-            float8 a0 = (float8)(0.0f), a1 = a0, a2 = a0, a3 = a0;
-            if (f16_summ)
-                FKV_SCORE_CHANNELS(FKV_SUMM_F16)
-            else
-                FKV_SCORE_CHANNELS(FKV_SUMM_F32)
-            float8 acc[FKV_SCORE_PAGES] = {a0, a1, a2, a3};
-            uint ng = min((uint)FKV_SCORE_LANES, ng_all - g0);
-            for (uint p = 0; p < FKV_SCORE_PAGES; p++) {
-                float a[FKV_SCORE_LANES];
-                vstore8(acc[p], 0, a);
-                for (uint k = 0; k < ng && valid[p]; k++) {
-                    long o = obase + (long)(h * group + hb + g0 + k) * n_pages + (long)(j0 + p);
-                    if (o >= 0 && (ulong)o < out_len)
-                        out[out_off + o] = a[k];
-                }
-            }
-        }
+#ifdef FKV_SOFT_HALF
+    if (f16_summ && head_dim % 4 == 0) { /* a loop of its own: the f32 loop's code is unchanged */
+        FKV_SCORE_LOOP(FKV_SCORE_CHANNELS_F16X4)
+        return;
     }
+#endif
+    FKV_SCORE_LOOP(if (f16_summ) FKV_SCORE_CHANNELS(FKV_SUMM_F16)
+                   else FKV_SCORE_CHANNELS(FKV_SUMM_F32))
 }
 
 kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const global int *desc,
@@ -561,14 +616,6 @@ uint fkv_f16_directed(uint u, uint up) {
     if (a >= 0x477ff000u && a <= 0x7f800000u)
         return ((u >> 16) & 0x8000u) | 0x7c00u;
     return f16_bits_round(u, up);
-}
-
-/* The f32 value of f16 bits h (exact, subnormals included). */
-float fkv_f16_value(uint h) {
-    uint sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-    if (e == 0u)
-        return as_float(sign | as_uint((float)m * 5.9604644775390625e-8f));
-    return as_float(sign | (e == 31u ? 0x7f800000u : (e + 112u) << 23) | (m << 13));
 }
 
 /* The f16 scale of a group: (a / levels in f32, rounded to nearest even) rounded up to f16,

@@ -375,7 +375,7 @@ static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_cont
              : parse_version(cver, "OpenCL C ") >= 12 ? "-cl-std=CL1.2"
                                                       : "",
              fast_math ? " -cl-fast-relaxed-math" : "",
-             d->info.type == FKV_DEVICE_CPU ? " -DFKV_PREFETCH" : "");
+             d->info.type == FKV_DEVICE_CPU ? " -DFKV_PREFETCH -DFKV_SOFT_HALF" : "");
 
     char pname[128], pver[128], dver[128], drv[128];
     platform_string(d->platform, CL_PLATFORM_NAME, pname, sizeof pname);

@@ -49,6 +49,7 @@ Test(opbench_args, bad_numbers_exit_2_naming_the_flag) {
     expect_refused("--attention-dtypes", "f32,f16,bf16,f32", "is not a comma list");
     expect_refused("--only", "scores", "--only: 'scores' is not recall, attention or scoring");
     expect_refused("--host-format", "q2", "--host-format: 'q2' is not same, q8 or q4");
+    expect_refused("--summary-format", "f8", "--summary-format: 'f8' is not f32 or f16");
     expect_refused("--bogus", "1", "unknown option '--bogus'");
     expect_refused("--score-pages", "0", "--score-pages: '0' is not a comma list");
     expect_refused("--topk", "0", "--topk: '0' is out of range");
@@ -144,4 +145,17 @@ Test(opbench_args, scoring_only_prints_memcpy_by_both_clocks) {
               "%s", out);
     /* 64 pages x 8 KV heads x min and max x 128 channels x 4 bytes */
     cr_expect(strstr(out, "\n  1           64      0.50 scores ") != NULL, "%s", out);
+}
+
+/* --summary-format f16: scoring reads 2-byte summaries (2 KV heads x 2 x 64 channels x 2 bytes
+ * = 512 bytes a page; 64 pages, 0.03 MiB). */
+Test(opbench_args, f16_summaries_score_half_the_bytes) {
+    int rc = run("--only", "scoring", "--summary-format", "f16", "--q-heads", "8", "--kv-heads",
+                 "2", "--head-dim", "64", "--score-pages", "64", "--topk", "8", "--batches", "1",
+                 "--reps", "1", "--backend", "cpu", NULL);
+    cr_assert_eq(rc, 0, "exit %d: %s", rc, tr_stderr());
+    const char *out = tr_stdout();
+    cr_expect(strstr(out, "d=64, f16 summaries (512 bytes a page)") != NULL, "%s", out);
+    cr_expect(strstr(out, "\n  1           64      0.03 scores ") != NULL, "%s", out);
+    cr_expect(strstr(out, "n/a") == NULL, "%s", out);
 }

@@ -303,7 +303,9 @@ static void check_attention(const char *backend) {
     int32_t h[2] = {0, PAGES}, e[2 * PAGES];
     for (int i = 0; i < PAGES; i++)
         e[2 * i] = i, e[2 * i + 1] = 4;
-    float data[PAGES * 16 * 2];
+    /* the pools (PAGES slots of 4 tokens x 16 f32 channels), V from element 7 on */
+    float data[PAGES * 4 * 16 + 7];
+    cr_assert_leq(bytes[3] + 7 * sizeof(float), sizeof data);
     for (size_t i = 0; i < sizeof data / sizeof *data; i++)
         data[i] = (float)((i * 37) % 23) / 11.0f - 1.0f;
     cr_assert_eq(fkv_op_write(dev, FKV_QUEUE_COMPUTE, no_deps, b[0], 0, data, bytes[0]), FKV_OK);

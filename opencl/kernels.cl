@@ -308,10 +308,35 @@ inline float fkv_group_fold(local float *red, uint lid, uint w, float x, int sum
     return r;
 }
 
-/* One work group per (sequence, KV head), local size w a power of two. Work item l owns pages
- * first + l + t*w in the reduction and the radix select, so the reduced values it writes over
- * row 0 of the group's scores (the op's scratch) are read back only by itself there: a radix
- * select (4 passes of 8 bits over order keys, histogram in local memory) finds the k-th value.
+/* Elements j..j+3 of row s as a vector, `past` for those at or beyond n; and the store of the
+ * ones before n. */
+inline float4 fkv_select_quad(const global float *s, uint j, uint n, float past) {
+    if (j + 4 <= n)
+        return vload4(0, s + j);
+    float4 x = (float4)(past);
+    x.s0 = s[j];
+    if (j + 1 < n)
+        x.s1 = s[j + 1];
+    if (j + 2 < n)
+        x.s2 = s[j + 2];
+    return x;
+}
+inline void fkv_select_store(global float *s, uint j, uint n, float4 x) {
+    if (j + 4 <= n) {
+        vstore4(x, 0, s + j);
+        return;
+    }
+    s[j] = x.s0;
+    if (j + 1 < n)
+        s[j + 1] = x.s1;
+    if (j + 2 < n)
+        s[j + 2] = x.s2;
+}
+
+/* One work group per (sequence, KV head), local size w a power of two. The group's query
+ * heads are reduced into row 0 of its scores (the op's scratch), 4 candidates a step; then a
+ * radix select (4 passes of 8 bits over order keys, histogram in local memory) finds the k-th
+ * value.
  * Then, after a barrier, item l takes the l-th contiguous range of the candidates: it counts
  * the pages above the k-th value and those equal to it in its range, two scans over the items
  * say where its pages go and how many of the equal ones it takes (the lowest pages first),
@@ -341,33 +366,47 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off,
         return;
     uint n = (uint)np;
     global float *row0 = scores + scores_off + base + (size_t)h * group * n;
+    /* The reduction takes the candidates 4 at a time (vector loads and a vector exp: a CPU
+     * device runs a work item's loop in scalar code otherwise): item l owns quads
+     * first + 4 * (l + t * w); the last quad is cut at n. */
     for (uint r = 0; r < group; r++) {
         global float *s = row0 + (size_t)r * n;
         float m = -INFINITY, sum = 0.0f;
         if (reduce == 0) { /* each exp is kept in the row (scratch) for the accumulation */
-            float pm = -INFINITY, ps = 0.0f;
-            for (uint j = first + lid; j < n; j += w)
-                pm = s[j] > pm ? s[j] : pm;
-            m = fkv_group_fold(red, lid, w, pm, 0);
-            for (uint j = first + lid; j < n; j += w) {
-                s[j] = exp((s[j] - m) * temp_scale);
-                ps += s[j];
+            float4 pm = (float4)(-INFINITY), ps = (float4)(0.0f);
+            for (uint j = first + 4 * lid; j < n; j += 4 * w) {
+                float4 x = fkv_select_quad(s, j, n, -INFINITY);
+                pm = select(pm, x, x > pm);
             }
-            sum = fkv_group_fold(red, lid, w, ps, 1);
+            m = fkv_group_fold(red, lid, w, fmax(fmax(pm.s0, pm.s1), fmax(pm.s2, pm.s3)), 0);
+            for (uint j = first + 4 * lid; j < n; j += 4 * w) {
+                float4 e = exp((fkv_select_quad(s, j, n, -INFINITY) - m) * temp_scale);
+                fkv_select_store(s, j, n, e);
+                if (j + 4 > n) /* only the candidates count */
+                    e = select((float4)(0.0f), e, (int4)(0, 1, 2, 3) < (int4)(n - j));
+                ps += e;
+            }
+            sum = fkv_group_fold(red, lid, w, (ps.s0 + ps.s1) + (ps.s2 + ps.s3), 1);
         }
-        for (uint j = first + lid; j < n; j += w) {
-            float x = s[j], acc = r == 0 ? (reduce == 2 ? -INFINITY : 0.0f) : row0[j];
+        for (uint j = first + 4 * lid; j < n; j += 4 * w) {
+            float4 x = fkv_select_quad(s, j, n, 0.0f);
+            float4 acc = r == 0 ? (float4)(reduce == 2 ? -INFINITY : 0.0f)
+                                : fkv_select_quad(row0, j, n, 0.0f);
             if (reduce == 0)
                 acc += x / sum / (float)group;
             else if (reduce == 1)
                 acc += x / (float)group;
             else
-                acc = x > acc ? x : acc;
-            if (r + 1 == group) /* NaN ranks last; -0 ties +0 */
-                acc = isnan(acc) ? -INFINITY : (acc == 0.0f ? 0.0f : acc);
-            row0[j] = acc;
+                acc = select(acc, x, x > acc);
+            if (r + 1 == group) { /* NaN ranks last; -0 ties +0 */
+                acc = select(acc, (float4)(-INFINITY), isnan(acc));
+                acc = select(acc, (float4)(0.0f), acc == 0.0f);
+            }
+            fkv_select_store(row0, j, n, acc);
         }
     }
+    /* the radix select below reads every item's reduced values */
+    barrier(CLK_GLOBAL_MEM_FENCE);
     local uint *hist = aux, *scan = aux + 256, *res = aux + 256 + w;
     uint prefix = 0, mask = 0, rem = kk;
     for (int shift = 24; shift >= 0; shift -= 8) {
@@ -393,7 +432,6 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off,
         mask |= 255u << shift;
         barrier(CLK_LOCAL_MEM_FENCE);
     }
-    barrier(CLK_GLOBAL_MEM_FENCE); /* every item's reduced values, for the ranges below */
     uint chunk = (n_cand + w - 1) / w, lo = first + min(lid * chunk, n_cand);
     uint hi = first + min((lid + 1) * chunk, n_cand), above = 0, equal = 0, total;
     for (uint j = lo; j < hi; j++) {

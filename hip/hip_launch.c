@@ -497,6 +497,8 @@ static fkv_status attention_launch(const launch_ctx *lc, const fkv_kv_geom *g, u
             e = hipMemsetAsync(s->arrivals, 0, s->arrivals_size, lc->stream);
             if (e == hipSuccess)
                 fkv_hip_count(lc->d, lc->q, 0, FKV_COPY_D2D, 0);
+            else /* never zeroed: the next call replaces them */
+                s->arrivals_size = 0;
         }
         if (e == hipSuccess)
             e = fkv_hip_launch_attention(lc->stream, g->dtype, a, n_bh);

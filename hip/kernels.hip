@@ -427,33 +427,38 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_pack(fkv_hip_pack_args a) {
 }
 
 /* Unit i of a scatter or dequantize (fkv_hip_scatter_args): its bytes (unit_bytes of them)
- * and destination (slot, KV head); NULL when a zero-copy unit names no host of the table or
- * lies past its allocation (the unit is skipped). */
+ * and destination (slot, KV head); NULL when the unit is skipped: a zero-copy unit that names
+ * no host of the table or lies past its allocation, or a slot or head outside the pool. */
 static __device__ const unsigned char *unit_source(const fkv_hip_scatter_args &a, size_t i,
                                                    uint64_t unit_bytes, int32_t *slot,
                                                    int32_t *h) {
+    const unsigned char *unit;
     if (a.host_words == nullptr) {
         *slot = a.units[2 * i];
         *h = a.units[2 * i + 1];
-        return (const unsigned char *)a.src + i * unit_bytes;
+        unit = (const unsigned char *)a.src + i * unit_bytes;
+    } else {
+        const int32_t *u = a.units + 4 * i;
+        uint32_t j = (uint32_t)u[2];
+        if (j >= a.n_hosts)
+            return nullptr;
+        const int32_t *hw = a.host_words + 4 * (size_t)j;
+        uint64_t ptr = (uint64_t)(uint32_t)hw[0] | (uint64_t)(uint32_t)hw[1] << 32;
+        uint64_t size = (uint64_t)(uint32_t)hw[2] | (uint64_t)(uint32_t)hw[3] << 32;
+        uint64_t off = (uint64_t)(uint32_t)u[3] * a.elem_bytes;
+        if (off > size || unit_bytes > size - off)
+            return nullptr;
+        *slot = u[0];
+        *h = u[1];
+        unit = (const unsigned char *)(uintptr_t)ptr + off;
     }
-    const int32_t *u = a.units + 4 * i;
-    uint32_t j = (uint32_t)u[2];
-    if (j >= a.n_hosts)
-        return nullptr;
-    const int32_t *hw = a.host_words + 4 * (size_t)j;
-    uint64_t ptr = (uint64_t)(uint32_t)hw[0] | (uint64_t)(uint32_t)hw[1] << 32;
-    uint64_t size = (uint64_t)(uint32_t)hw[2] | (uint64_t)(uint32_t)hw[3] << 32;
-    uint64_t off = (uint64_t)(uint32_t)u[3] * a.elem_bytes;
-    if (off > size || unit_bytes > size - off)
-        return nullptr;
-    *slot = u[0];
-    *h = u[1];
-    return (const unsigned char *)(uintptr_t)ptr + off;
+    bool inside = *slot >= 0 && (uint32_t)*slot < a.n_slots && *h >= 0 &&
+                  (uint32_t)*h < a.n_kv_heads;
+    return inside ? unit : nullptr;
 }
 
-/* HND -> NHD: unit i ([K|V][p][d]) into KV head units[2i+1] of slot units[2i]; the unit is at
- * src + i * unit size, or (zero-copy recall) at byte offset offsets[i] of mapped host memory. */
+/* HND -> NHD: unit i ([K|V][p][d]) into its KV head of its slot, read where unit_source
+ * says (staged: src + i * unit size; zero-copy recall: mapped host memory). */
 template <class W>
 __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_scatter(fkv_hip_scatter_args a) {
     size_t w, row;
@@ -465,7 +470,7 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_scatter(fkv_hip_scatter_args 
     int32_t slot, h;
     const W *unit = (const W *)unit_source(
         a, i, 2 * (uint64_t)a.page_size * a.row_words * sizeof(W), &slot, &h);
-    if (unit == nullptr || slot < 0 || (uint32_t)slot >= a.n_slots || h < 0 || (uint32_t)h >= a.n_kv_heads)
+    if (unit == nullptr)
         return;
     size_t kv = r / a.page_size, t = r % a.page_size;
     size_t dst = (((size_t)slot * a.page_size + t) * a.n_kv_heads + h) * a.row_words + w;
@@ -574,7 +579,7 @@ __global__ void __launch_bounds__(FKV_HIP_BLOCK) k_dequant(fkv_hip_scatter_args 
     size_t codes = p * d * a.bits / 8, unit_bytes = 2 * codes + 4 * (d + p);
     int32_t slot, h;
     const unsigned char *unit = unit_source(a, i, unit_bytes, &slot, &h);
-    if (unit == nullptr || slot < 0 || (uint32_t)slot >= a.n_slots || h < 0 || (uint32_t)h >= a.n_kv_heads)
+    if (unit == nullptr)
         return;
     size_t kv = r >= quads, c0 = (r - kv * quads) * 4;
     const unsigned char *cb = unit + kv * codes;

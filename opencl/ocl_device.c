@@ -105,11 +105,6 @@ static int device_fine_svm(cl_device_id dev) {
     return (svm & CL_DEVICE_SVM_FINE_GRAIN_BUFFER) != 0;
 }
 
-/* The OpenCL C standard whose device-scope acquire/release atomics the split attention's
- * last work group needs to combine the partials itself (fkv_attention): 20 (OpenCL C 2.x,
- * where they are core), 30 (3.0 with the features __opencl_c_atomic_order_acq_rel and
- * __opencl_c_atomic_scope_device), or 0: none, and a second launch combines them (OpenCL C
- * 1.2 gives no ordering between work groups to build on). */
 /* Whether the device's list of (name, version) pairs `what` holds an entry for which
  * match(entry, arg) holds; 0 when the query fails. */
 static int has_name_version(cl_device_id dev, cl_device_info what,
@@ -139,12 +134,10 @@ static int is_named(const cl_name_version *v, const char *name) {
  * last work group needs to combine the partials itself (fkv_attention): 20 (OpenCL C 2.x,
  * where they are core), 30 (3.0 with the features __opencl_c_atomic_order_acq_rel and
  * __opencl_c_atomic_scope_device), or 0: none, and a second launch combines them (OpenCL C
- * 1.2 gives no ordering between work groups to build on). */
-static int device_atomics_std(cl_device_id dev) {
-    char cver[64];
-    device_string(dev, CL_DEVICE_OPENCL_C_VERSION, cver, sizeof cver);
-    int v = parse_version(cver, "OpenCL C ");
-    if (v >= 20 && v < 30)
+ * 1.2 gives no ordering between work groups to build on). c_version: the device's OpenCL C
+ * version (CL_DEVICE_OPENCL_C_VERSION) as 10 * major + minor. */
+static int device_atomics_std(cl_device_id dev, int c_version) {
+    if (c_version >= 20 && c_version < 30)
         return 20;
     if (device_version(dev) < 30)
         return 0;
@@ -366,14 +359,15 @@ static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_cont
 
     char cver[64];
     device_string(d->device, CL_DEVICE_OPENCL_C_VERSION, cver, sizeof cver);
-    int atomics_std = device_atomics_std(d->device);
+    int c_version = parse_version(cver, "OpenCL C ");
+    int atomics_std = device_atomics_std(d->device, c_version);
     d->device_atomics = atomics_std != 0;
     d->fused_reduce = d->device_atomics;
     snprintf(d->build_options, sizeof d->build_options, "%s%s%s",
              atomics_std == 30   ? "-cl-std=CL3.0 -DFKV_DEVICE_ATOMICS"
              : atomics_std == 20 ? "-cl-std=CL2.0 -DFKV_DEVICE_ATOMICS"
-             : parse_version(cver, "OpenCL C ") >= 12 ? "-cl-std=CL1.2"
-                                                      : "",
+             : c_version >= 12   ? "-cl-std=CL1.2"
+                                 : "",
              fast_math ? " -cl-fast-relaxed-math" : "",
              d->info.type == FKV_DEVICE_CPU ? " -DFKV_PREFETCH -DFKV_SOFT_HALF" : "");
 
@@ -540,7 +534,8 @@ static fkv_status ocl_set_option(fkv_bdev *d, const char *key, const char *value
         if (st == FKV_OK)
             fkv_ocl_set_attention_vec(d, (cl_uint)v);
     } else if (strcmp(key, "attention_fused_reduce") == 0) {
-        if ((st = fkv_option_uint("opencl", key, value, 1, &v)) == FKV_OK && v && !d->device_atomics)
+        st = fkv_option_uint("opencl", key, value, 1, &v);
+        if (st == FKV_OK && v && !d->device_atomics)
             st = fkv_error(FKV_ERR_UNSUPPORTED,
                            "opencl option attention_fused_reduce: device '%s' has no device-scope "
                            "acquire/release atomics (OpenCL C 2.0, or 3.0 with "

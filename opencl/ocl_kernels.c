@@ -221,7 +221,8 @@ static fkv_status enqueue_rows(const launch_ctx *lc, ocl_kernel_id id, kargs *a,
 
 /* Grows a per-queue scratch buffer (the old one is freed by OpenCL once the commands that
  * use it complete). */
-static fkv_status ensure_scratch(fkv_bdev *d, cl_mem *mem, size_t *size, size_t need) {
+static fkv_status ensure_scratch(fkv_bdev *d, cl_mem *mem, size_t *size, size_t need,
+                                 int zeroed) {
     if (*mem && *size >= need)
         return FKV_OK;
     size_t want = need + need / 2;
@@ -231,8 +232,15 @@ static fkv_status ensure_scratch(fkv_bdev *d, cl_mem *mem, size_t *size, size_t 
         return fkv_error(FKV_ERR_OUT_OF_DEVICE_MEMORY,
                          "opencl: %zu bytes of scratch exceed the device's largest allocation",
                          need);
+    /* zeroed: created from zeroed host memory, so no command fills it */
+    void *zeros = zeroed ? calloc(1, want) : NULL;
+    if (zeroed && zeros == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl: zeros for %zu bytes of scratch",
+                         want);
     cl_int err;
-    cl_mem m = clCreateBuffer(d->context, CL_MEM_READ_WRITE, want, NULL, &err);
+    cl_mem m = clCreateBuffer(d->context, CL_MEM_READ_WRITE | (zeroed ? CL_MEM_COPY_HOST_PTR : 0),
+                              want, zeros, &err);
+    free(zeros);
     if (err != CL_SUCCESS)
         return fkv_ocl_fail(err, 1, "clCreateBuffer (scratch)");
     fkv_count_device_alloc(&d->counters);
@@ -739,31 +747,6 @@ fkv_status fkv_ocl_recall_direct(fkv_bdev *dev, fkv_queue q, fkv_deps deps, cons
 
 /* ---- attention ---- */
 
-/* The fused split attention's arrival counters of a queue: zeroed when created (from a zeroed
- * host copy, so no command), and zero again after every launch (its last work groups reset
- * theirs). Grown like the other scratch. */
-static fkv_status ensure_counts(fkv_bdev *d, ocl_kqueue *kq, size_t n) {
-    size_t need = n * sizeof(cl_uint);
-    if (kq->part_counts && kq->part_counts_size >= need)
-        return FKV_OK;
-    size_t want = need + need / 2;
-    void *zeros = calloc(1, want);
-    if (zeros == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "opencl attention: arrival counters");
-    cl_int err;
-    cl_mem m = clCreateBuffer(d->context, CL_MEM_READ_WRITE | CL_MEM_COPY_HOST_PTR, want, zeros,
-                              &err);
-    free(zeros);
-    if (err != CL_SUCCESS)
-        return fkv_ocl_fail(err, 1, "clCreateBuffer (attention arrival counters)");
-    fkv_count_device_alloc(&d->counters);
-    if (kq->part_counts)
-        clReleaseMemObject(kq->part_counts);
-    kq->part_counts = m;
-    kq->part_counts_size = want;
-    return FKV_OK;
-}
-
 /* Splits over pages when (sequence, KV head) work groups alone cannot fill the device. */
 static uint32_t attention_splits(const fkv_bdev *d, uint32_t n_groups) {
     return fkv_attention_splits(n_groups, d->compute_units, d->forced_splits);
@@ -805,9 +788,12 @@ static fkv_status attention_launch(launch_ctx *lc, const fkv_kv_geom *g, const a
     pthread_mutex_lock(&lc->kq->lock);
     if (splits > 1)
         st = ensure_scratch(d, &lc->kq->partials, &lc->kq->partials_size,
-                            (size_t)fkv_attention_partials_bytes(g, n_bh, splits));
+                            (size_t)fkv_attention_partials_bytes(g, n_bh, splits), 0);
+    /* the arrival counters start at zero, and every launch leaves them at zero (its last
+     * work groups reset theirs) */
     if (st == FKV_OK && fused)
-        st = ensure_counts(d, lc->kq, (size_t)n_bh * plan.blocks);
+        st = ensure_scratch(d, &lc->kq->part_counts, &lc->kq->part_counts_size,
+                            (size_t)n_bh * plan.blocks * sizeof(cl_uint), 1);
     if (st == FKV_OK) {
         kargs a = args_of(lc, K_ATTENTION);
         arg_mem(&a, x->q);

@@ -143,6 +143,9 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
     }
 }
 
+/* fkv_scores' summ_flags: f16 summaries; local memory for FKV_WIDE_LOCAL (ocl_kernels.c) */
+#define FKV_SUMM_F16_FLAG 1u
+#define FKV_SUMM_WIDE_FLAG 2u
 #define FKV_SCORE_LANES 8 /* query heads per pass over a summary: a float8 (launch.h) */
 #define FKV_SCORE_PAGES 4 /* pages a work item scores per pass (written out below) */
 
@@ -193,36 +196,146 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
 #else
 #define FKV_SUMM_F16(e) vload_half(e, (const global half *)summaries)
 #endif
-/* fkv_scores_group's passes over a work item's pages, CHANNELS summing into a0..a3. */
-#define FKV_SCORE_LOOP(CHANNELS)                                                               \
-    for (size_t j0 = get_global_id(0) * FKV_SCORE_PAGES; j0 < np;                              \
-         j0 += get_global_size(0) * FKV_SCORE_PAGES) {                                         \
+/* fkv_scores_group's passes over a work item's pages, j0 from FIRST while below END by STEP: PASS
+ * scores the PAGES pages from j0 (mn: the element of each page's minima) and stores them
+ * through FKV_SCORE_STORE. */
+#define FKV_SCORE_LOOP(PAGES, FIRST, END, STEP, PASS)                                          \
+    for (size_t j0 = (FIRST); j0 < (END); j0 += (STEP)) {                                      \
         /* pages beyond the sequence's or the summaries read a valid one and are dropped */    \
-        size_t mn[FKV_SCORE_PAGES]; /* element of each page's minima */                        \
-        int valid[FKV_SCORE_PAGES];                                                            \
-        for (uint p = 0; p < FKV_SCORE_PAGES; p++) {                                           \
+        size_t mn[PAGES]; /* element of each page's minima */                                  \
+        int valid[PAGES];                                                                      \
+        for (uint p = 0; p < (PAGES); p++) {                                                   \
             long sidx = (long)base + (long)(j0 + p);                                           \
-            valid[p] = j0 + p < np && sidx >= 0 && sidx < (long)n_summaries;                   \
+            valid[p] = j0 + p < (END) && sidx >= 0 && sidx < (long)n_summaries;                \
             mn[p] = ((size_t)(valid[p] ? sidx : 0) * n_kv_heads + h) * 2 * d;                  \
         }                                                                                      \
-        for (uint g0 = 0; g0 < ng_all; g0 += FKV_SCORE_LANES) {                                \
-            /* one variable per page, so that the sums stay in vector registers */             \
-            float8 a0 = (float8)(0.0f), a1 = a0, a2 = a0, a3 = a0;                             \
-            CHANNELS                                                                           \
-            float8 acc[FKV_SCORE_PAGES] = {a0, a1, a2, a3};                                    \
-            uint ng = min((uint)FKV_SCORE_LANES, ng_all - g0);                                 \
-            for (uint p = 0; p < FKV_SCORE_PAGES; p++) {                                       \
-                float a[FKV_SCORE_LANES];                                                      \
-                vstore8(acc[p], 0, a);                                                         \
-                for (uint k = 0; k < ng && valid[p]; k++) {                                    \
-                    long o = obase + (long)(h * group + hb + g0 + k) * n_pages +             \
-                             (long)(j0 + p);                                                   \
-                    if (o >= 0 && (ulong)o < out_len)                                          \
-                        out[out_off + o] = a[k];                                               \
-                }                                                                              \
-            }                                                                                  \
+        PASS                                                                                   \
+    }
+/* The float8 passes' order: work item i scores pages 4i.. of every stride of the grid's items
+ * (neighbouring items read neighbouring pages: coalesced on GPUs). */
+#define FKV_SCORE_FIRST (get_global_id(0) * FKV_SCORE_PAGES)
+#define FKV_SCORE_STEP (get_global_size(0) * FKV_SCORE_PAGES)
+/* The scores of heads g0..g0+ng-1 of page p (valid[p]): a[k] for head g0 + k. */
+#define FKV_SCORE_STORE(p, g0, ng, a)                                                          \
+    for (uint k = 0; k < (ng) && valid[p]; k++) {                                              \
+        long o = obase + (long)(h * group + hb + (g0) + k) * n_pages + (long)(j0 + (p));       \
+        if (o >= 0 && (ulong)o < out_len)                                                      \
+            out[out_off + o] = (a)[k];                                                         \
+    }
+/* The pass in float8 lanes of query heads, CHANNELS summing into a0..a3 (one per page). */
+#define FKV_SCORE_PASS(CHANNELS)                                                               \
+    for (uint g0 = 0; g0 < ng_all; g0 += FKV_SCORE_LANES) {                                    \
+        /* one variable per page, so that the sums stay in vector registers */                 \
+        float8 a0 = (float8)(0.0f), a1 = a0, a2 = a0, a3 = a0;                                 \
+        CHANNELS                                                                               \
+        float8 acc[FKV_SCORE_PAGES] = {a0, a1, a2, a3};                                        \
+        uint ng = min((uint)FKV_SCORE_LANES, ng_all - g0);                                     \
+        for (uint p = 0; p < FKV_SCORE_PAGES; p++) {                                           \
+            float a[FKV_SCORE_LANES];                                                          \
+            vstore8(acc[p], 0, a);                                                             \
+            FKV_SCORE_STORE(p, g0, ng, a)                                                      \
         }                                                                                      \
     }
+#ifdef FKV_WIDE_SCORES
+/* On CPU devices (the host defines FKV_WIDE_SCORES there), a block of at most 4 query heads
+ * with head_dim % 16 == 0 scores pages 4 at a time in the 16 lanes of a float16, lane
+ * 4 * page + head: the float8 pass leaves half its lanes or more idle there (group 4, the
+ * common GQA ratio, fills 4 of 8). Each lane still sums its channels in order: the same bits.
+ * A work item takes a contiguous range of pages, FKV_WIDE_PAGES a pass: one stream through
+ * memory per core, and 4 independent sums. The queries are laid out [x|xp|xn][channel][4],
+ * then a 0 (FKV_WIDE_LOCAL floats; lanes beyond the block's heads hold 0 and are dropped).
+ *
+ * fmax(x * hi, x * lo) costs 4 instructions a vector on x86 (its NaN rule). Where x, hi and lo
+ * are finite and lo <= hi it equals xp * hi + xn * lo, xp = x > 0 ? x : 0 and xn = x < 0 ? x :
+ * 0, bit for bit: one product is an exact zero and the other is the one fmax picks (rounding
+ * keeps x * hi >= x * lo for x >= 0 when hi >= lo); a zero's sign never reaches a sum that
+ * starts at +0. xp and xn keep a non-finite x, so a non-finite x or summary makes the pass's
+ * sums non-finite; such a pass, or one with some lo > hi, is scored again with fmax. */
+#define FKV_WIDE_PAGES 16
+/* 16 summary elements from e (aligned: head_dim % 16 == 0) as f32, and a prefetch of those
+ * `ahead` elements on (the next pass's page): a core streams 32 rows at once, more than its
+ * prefetchers follow (without it the pass reads at about half the memory's speed). PoCL's
+ * vload_half16 widens in vector code (its scalar vload_half does not: FKV_SOFT_HALF). */
+float16 fkv_wide_row_f32(const global float *e, size_t ahead) {
+    __builtin_prefetch(e + ahead);
+    return *(const global float16 *)e;
+}
+float16 fkv_wide_row_f16(const global ushort *e, size_t ahead) {
+    __builtin_prefetch(e + ahead);
+    return vload_half16(0, (const global half *)e);
+}
+#define FKV_WIDE_LOCAL(head_dim) (12 * (head_dim) + 1) /* the last: `opaque`, a 0 */
+/* One page's 16 channels from c0, minima (at 0) or maxima (at d), as f32. */
+#define FKV_WIDE_ROW_F32(p, at) fkv_wide_row_f32(sf + mn[p] + (at) + c0, ahead)
+#define FKV_WIDE_ROW_F16(p, at) fkv_wide_row_f16(sh + mn[p] + (at) + c0, ahead)
+/* Rows r0..r3 (pages p..p+3) as t0..t3, tk = [page][channels c0 + 4k..c0 + 4k + 3]. The xor
+ * with `opaque` (a zero the compiler cannot see) keeps LLVM from fusing these shuffles with
+ * the spreads below into three two-source shuffles a channel. */
+#define FKV_WIDE_TRANSPOSE(r0, r1, r2, r3, t0, t1, t2, t3)                                     \
+    {                                                                                          \
+        const uint16 lo8 = (uint16)(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);   \
+        const uint16 m0 = (uint16)(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);    \
+        float16 ab0 = shuffle2(r0, r1, lo8), ab1 = shuffle2(r0, r1, lo8 + 8u);                 \
+        float16 cd0 = shuffle2(r2, r3, lo8), cd1 = shuffle2(r2, r3, lo8 + 8u);                 \
+        t0 = as_float16(as_uint16(shuffle2(ab0, cd0, m0)) ^ opaque);                           \
+        t1 = as_float16(as_uint16(shuffle2(ab0, cd0, m0 + 8u)) ^ opaque);                      \
+        t2 = as_float16(as_uint16(shuffle2(ab1, cd1, m0)) ^ opaque);                           \
+        t3 = as_float16(as_uint16(shuffle2(ab1, cd1, m0 + 8u)) ^ opaque);                      \
+    }
+/* Channel c0 + 4k + i of each page of t (tk) spread over the page's 4 head lanes, into acc. */
+#define FKV_WIDE_CH(acc, lo, hi, k, i)                                                         \
+    {                                                                                          \
+        const uint16 m = (uint16)(i, i, i, i, 4 + i, 4 + i, 4 + i, 4 + i, 8 + i, 8 + i, 8 + i,  \
+                                  8 + i, 12 + i, 12 + i, 12 + i, 12 + i);                      \
+        float4 xp4 = vload4(0, qs + 4 * (d + c0 + 4 * k + i));                                 \
+        float4 xn4 = vload4(0, qs + 4 * (2 * d + c0 + 4 * k + i));                             \
+        float16 xp = (float16)(xp4, xp4, xp4, xp4), xn = (float16)(xn4, xn4, xn4, xn4);        \
+        acc += xp * shuffle(hi, m) + xn * shuffle(lo, m);                                      \
+    }
+#define FKV_WIDE_CH4(acc, lo, hi, k)                                                           \
+    FKV_WIDE_CH(acc, lo, hi, k, 0) FKV_WIDE_CH(acc, lo, hi, k, 1)                              \
+    FKV_WIDE_CH(acc, lo, hi, k, 2) FKV_WIDE_CH(acc, lo, hi, k, 3)
+/* 16 channels of pages p..p+3 into acc. */
+#define FKV_WIDE_QUAD(ROW, acc, p)                                                             \
+    {                                                                                          \
+        float16 l0, l1, l2, l3, h0, h1, h2, h3;                                                \
+        FKV_WIDE_TRANSPOSE(ROW(p, 0), ROW(p + 1, 0), ROW(p + 2, 0), ROW(p + 3, 0), l0, l1, l2, \
+                           l3)                                                                 \
+        FKV_WIDE_TRANSPOSE(ROW(p, d), ROW(p + 1, d), ROW(p + 2, d), ROW(p + 3, d), h0, h1, h2, \
+                           h3)                                                                 \
+        ordered &= (l0 <= h0) & (l1 <= h1) & (l2 <= h2) & (l3 <= h3);                          \
+        FKV_WIDE_CH4(acc, l0, h0, 0) FKV_WIDE_CH4(acc, l1, h1, 1)                              \
+        FKV_WIDE_CH4(acc, l2, h2, 2) FKV_WIDE_CH4(acc, l3, h3, 3)                              \
+    }
+/* Summary element e as f32 (the fallback's scalar loads). */
+#define FKV_WIDE_AT(e) (f16_summ ? fkv_f16_value(sh[e]) : sf[e])
+#define FKV_SCORE_PASS_WIDE(ROW)                                                               \
+    {                                                                                          \
+        float16 a0 = (float16)(0.0f), a1 = a0, a2 = a0, a3 = a0;                               \
+        int16 ordered = (int16)(-1);                                                           \
+        for (uint c0 = 0; c0 < head_dim; c0 += 16) {                                           \
+            FKV_WIDE_QUAD(ROW, a0, 0) FKV_WIDE_QUAD(ROW, a1, 4) FKV_WIDE_QUAD(ROW, a2, 8)      \
+            FKV_WIDE_QUAD(ROW, a3, 12)                                                         \
+        }                                                                                      \
+        float a[FKV_WIDE_PAGES * 4];                                                           \
+        vstore16(a0, 0, a);                                                                    \
+        vstore16(a1, 1, a);                                                                    \
+        vstore16(a2, 2, a);                                                                    \
+        vstore16(a3, 3, a);                                                                    \
+        if (!all(ordered) || !all(isfinite(a0) & isfinite(a1) & isfinite(a2) & isfinite(a3))) \
+            for (uint i = 0; i < FKV_WIDE_PAGES * 4; i++) {                                    \
+                float sum = 0.0f;                                                              \
+                for (uint c = 0; c < head_dim; c++) {                                          \
+                    float x = qs[4 * c + i % 4];                                               \
+                    size_t e = mn[i / 4] + c;                                                  \
+                    sum += fmax(x * FKV_WIDE_AT(e + d), x * FKV_WIDE_AT(e));                   \
+                }                                                                              \
+                a[i] = sum;                                                                    \
+            }                                                                                  \
+        for (uint p = 0; p < FKV_WIDE_PAGES; p++)                                              \
+            FKV_SCORE_STORE(p, 0, ng_all, a + 4 * p)                                           \
+    }
+#endif
 /* The scores of work group (dim 1) (sequence, KV head, head block) (fkv_scores,
  * fkv_scores_check). */
 inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
@@ -230,7 +343,8 @@ inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
                              const global int *pair_mask, ulong mask_off, uint use_mask,
                              const global uint *summaries, uint n_summaries, global float *out,
                              ulong out_off, ulong out_len, uint n_kv_heads, uint group,
-                             uint head_dim, uint heads, local float *qs, uint f16_summ) {
+                             uint head_dim, uint heads, local float *qs, uint summ_flags) {
+    uint f16_summ = summ_flags & FKV_SUMM_F16_FLAG;
     uint n_blocks = (group + heads - 1) / heads;
     uint bh = get_group_id(1) / n_blocks, hb = (get_group_id(1) % n_blocks) * heads;
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
@@ -242,6 +356,35 @@ inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
     uint ng_all = min(heads, group - hb), gd = ng_all * head_dim;
     const global float *qb =
         q + q_off + (((size_t)(ok ? row : 0) * n_kv_heads + h) * group + hb) * head_dim;
+#ifdef FKV_WIDE_SCORES
+    /* FKV_WIDE_SCORES' layout and pass, where the host gave it the local memory */
+    if ((summ_flags & FKV_SUMM_WIDE_FLAG) && ng_all <= 4 && head_dim % 16 == 0) {
+        for (uint i = get_local_id(0); i < FKV_WIDE_LOCAL(head_dim); i += get_local_size(0)) {
+            uint part = i / (4 * head_dim), c = i % (4 * head_dim) / 4, k = i % 4;
+            float x = ok && k < ng_all && part < 3 ? qb[(size_t)k * head_dim + c] : 0.0f;
+            int keep = part == 0 || !isfinite(x) || (part == 1 ? x > 0.0f : x < 0.0f);
+            qs[i] = keep ? x : 0.0f;
+        }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        int base = db[0], n_pages = ok ? db[1] : 0;
+        long obase = db[2];
+        size_t np = (size_t)max(n_pages, 0), d = head_dim;
+        const global float *sf = (const global float *)summaries;
+        const global ushort *sh = (const global ushort *)summaries;
+        uint16 opaque = (uint16)(as_uint(qs[12 * head_dim]));
+        size_t per = (np + get_global_size(0) * FKV_WIDE_PAGES - 1) /
+                     (get_global_size(0) * FKV_WIDE_PAGES) * FKV_WIDE_PAGES;
+        size_t first = get_global_id(0) * per, end = min(first + per, np);
+        size_t ahead = (size_t)FKV_WIDE_PAGES * n_kv_heads * 2 * d;
+        if (f16_summ)
+            FKV_SCORE_LOOP(FKV_WIDE_PAGES, first, end, FKV_WIDE_PAGES,
+                           FKV_SCORE_PASS_WIDE(FKV_WIDE_ROW_F16))
+        else
+            FKV_SCORE_LOOP(FKV_WIDE_PAGES, first, end, FKV_WIDE_PAGES,
+                           FKV_SCORE_PASS_WIDE(FKV_WIDE_ROW_F32))
+        return;
+    }
+#endif
     for (uint i = get_local_id(0); i < gd + FKV_SCORE_LANES - 1; i += get_local_size(0))
         qs[i] = ok && i < gd ? qb[(size_t)(i % ng_all) * head_dim + i / ng_all] : 0.0f;
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -250,30 +393,111 @@ inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
     size_t np = (size_t)max(n_pages, 0), d = head_dim;
 #ifdef FKV_SOFT_HALF
     if (f16_summ && head_dim % 4 == 0) { /* a loop of its own: the f32 loop's code is unchanged */
-        FKV_SCORE_LOOP(FKV_SCORE_CHANNELS_F16X4)
+        FKV_SCORE_LOOP(FKV_SCORE_PAGES, FKV_SCORE_FIRST, np, FKV_SCORE_STEP,
+                       FKV_SCORE_PASS(FKV_SCORE_CHANNELS_F16X4))
         return;
     }
 #endif
-    FKV_SCORE_LOOP(if (f16_summ) FKV_SCORE_CHANNELS(FKV_SUMM_F16)
-                   else FKV_SCORE_CHANNELS(FKV_SUMM_F32))
+    FKV_SCORE_LOOP(FKV_SCORE_PAGES, FKV_SCORE_FIRST, np, FKV_SCORE_STEP,
+                   FKV_SCORE_PASS(if (f16_summ) FKV_SCORE_CHANNELS(FKV_SUMM_F16)
+                                  else FKV_SCORE_CHANNELS(FKV_SUMM_F32)))
 }
 
 kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const global int *desc,
                        ulong desc_off, const global int *pair_mask, ulong mask_off,
                        uint use_mask, const global uint *summaries, uint n_summaries,
                        global float *out, ulong out_off, ulong out_len, uint n_kv_heads,
-                       uint group, uint head_dim, uint heads, local float *qs, uint f16_summ) {
+                       uint group, uint head_dim, uint heads, local float *qs, uint summ_flags) {
     fkv_scores_group(q, q_off, q_rows, desc, desc_off, pair_mask, mask_off, use_mask, summaries,
                      n_summaries, out, out_off, out_len, n_kv_heads, group, head_dim, heads, qs,
-                     f16_summ);
+                     summ_flags);
+}
+
+/* The vector width FKV_VW of the attention (channels a work item) and of select_pages
+ * (candidates a step), 4, 8 or 16: the host builds the
+ * program with the device's preferred float vector width, at least 4 (CPU devices: their SIMD
+ * width; GPUs: 4, one 128-bit load). fkv_vec is FKV_VW floats. */
+#ifndef FKV_VW
+#define FKV_VW 4
+#endif
+#define FKV_CAT_(a, b) a##b
+#define FKV_CAT(a, b) FKV_CAT_(a, b)
+typedef FKV_CAT(float, FKV_VW) fkv_vec;
+#define fkv_vload FKV_CAT(vload, FKV_VW)
+#define fkv_vstore FKV_CAT(vstore, FKV_VW)
+typedef FKV_CAT(int, FKV_VW) fkv_ivec;
+typedef FKV_CAT(uint, FKV_VW) fkv_uvec;
+#define fkv_as_ivec FKV_CAT(as_int, FKV_VW)
+#define fkv_as_uvec FKV_CAT(as_uint, FKV_VW)
+/* Lane i holds i. */
+#if FKV_VW == 16
+#define FKV_LANE_IDS (fkv_ivec)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#elif FKV_VW == 8
+#define FKV_LANE_IDS (fkv_ivec)(0, 1, 2, 3, 4, 5, 6, 7)
+#else
+#define FKV_LANE_IDS (fkv_ivec)(0, 1, 2, 3)
+#endif
+
+/* FKV_VW consecutive elements from element i (any element alignment), as f32: one vector
+ * load and a vector conversion. */
+#if FKV_DTYPE == 0
+fkv_vec fkv_loadv(const global fkv_kv_t *p, size_t i) { return fkv_vload(0, p + i); }
+#elif FKV_DTYPE == 1
+fkv_vec fkv_loadv(const global fkv_kv_t *p, size_t i) {
+    return FKV_CAT(vload_half, FKV_VW)(0, (const global half *)(p + i));
+}
+#else
+fkv_vec fkv_loadv(const global fkv_kv_t *p, size_t i) {
+    return FKV_CAT(as_float, FKV_VW)(FKV_CAT(convert_uint, FKV_VW)(fkv_vload(0, p + i)) << 16);
+}
+#endif
+
+/* The first n elements of a row (all FKV_VW when n >= FKV_VW), zeros after them. */
+fkv_vec fkv_loadv_row(const global fkv_kv_t *row, uint n) {
+    if (n >= FKV_VW)
+        return fkv_loadv(row, 0);
+    float x[FKV_VW];
+    for (uint i = 0; i < FKV_VW; i++)
+        x[i] = i < n ? fkv_load(row, i) : 0.0f;
+    return fkv_vload(0, x);
+}
+
+/* The sum of a vector's lanes, halves first. */
+float fkv_hsum(fkv_vec v) {
+#if FKV_VW == 16
+    float8 a = v.lo + v.hi;
+    float4 b = a.lo + a.hi;
+#elif FKV_VW == 8
+    float4 b = v.lo + v.hi;
+#else
+    float4 b = v;
+#endif
+    return (b.x + b.y) + (b.z + b.w);
+}
+
+/* The largest lane. */
+float fkv_hmax(fkv_vec v) {
+#if FKV_VW == 16
+    float8 a = fmax(v.lo, v.hi);
+    float4 b = fmax(a.lo, a.hi);
+#elif FKV_VW == 8
+    float4 b = fmax(v.lo, v.hi);
+#else
+    float4 b = v;
+#endif
+    return fmax(fmax(b.x, b.y), fmax(b.z, b.w));
 }
 
 /* ---- select_pages (backend.h): group reduction and top-k ---- */
 
-/* An unsigned key in the order of the floats (no NaN reaches it). */
+/* An unsigned key in the order of the floats (no NaN reaches it); and of FKV_VW at once. */
 inline uint fkv_order_key(float v) {
     uint u = as_uint(v);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+inline fkv_uvec fkv_order_keyv(fkv_vec v) {
+    fkv_uvec u = fkv_as_uvec(v);
+    return select(u | 0x80000000u, ~u, fkv_as_ivec(u) < 0);
 }
 
 /* Exclusive prefix sum of x over the work group (local size w, a power of two, t of w
@@ -308,33 +532,29 @@ inline float fkv_group_fold(local float *red, uint lid, uint w, float x, int sum
     return r;
 }
 
-/* Elements j..j+3 of row s as a vector, `past` for those at or beyond n; and the store of the
- * ones before n. */
-inline float4 fkv_select_quad(const global float *s, uint j, uint n, float past) {
-    if (j + 4 <= n)
-        return vload4(0, s + j);
-    float4 x = (float4)(past);
-    x.s0 = s[j];
-    if (j + 1 < n)
-        x.s1 = s[j + 1];
-    if (j + 2 < n)
-        x.s2 = s[j + 2];
-    return x;
+/* Elements j..j+FKV_VW-1 of row s as a vector, `past` for those at or beyond n; and the store
+ * of the ones before n. */
+inline fkv_vec fkv_select_load(const global float *s, uint j, uint n, float past) {
+    if (j + FKV_VW <= n)
+        return fkv_vload(0, s + j);
+    float x[FKV_VW];
+    for (uint i = 0; i < FKV_VW; i++)
+        x[i] = j + i < n ? s[j + i] : past;
+    return fkv_vload(0, x);
 }
-inline void fkv_select_store(global float *s, uint j, uint n, float4 x) {
-    if (j + 4 <= n) {
-        vstore4(x, 0, s + j);
+inline void fkv_select_store(global float *s, uint j, uint n, fkv_vec v) {
+    if (j + FKV_VW <= n) {
+        fkv_vstore(v, 0, s + j);
         return;
     }
-    s[j] = x.s0;
-    if (j + 1 < n)
-        s[j + 1] = x.s1;
-    if (j + 2 < n)
-        s[j + 2] = x.s2;
+    float x[FKV_VW];
+    fkv_vstore(v, 0, x);
+    for (uint i = 0; j + i < n; i++)
+        s[j + i] = x[i];
 }
 
 /* One work group per (sequence, KV head), local size w a power of two. The group's query
- * heads are reduced into row 0 of its scores (the op's scratch), 4 candidates a step; then a
+ * heads are reduced into row 0 of its scores (the op's scratch), FKV_VW candidates a step; then a
  * radix select (4 passes of 8 bits over order keys, histogram in local memory) finds the k-th
  * value.
  * Then, after a barrier, item l takes the l-th contiguous range of the candidates: it counts
@@ -366,32 +586,34 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off,
         return;
     uint n = (uint)np;
     global float *row0 = scores + scores_off + base + (size_t)h * group * n;
-    /* The reduction takes the candidates 4 at a time (vector loads and a vector exp: a CPU
-     * device runs a work item's loop in scalar code otherwise): item l owns quads
-     * first + 4 * (l + t * w); the last quad is cut at n. */
+    /* The reduction takes the candidates FKV_VW at a time (vector loads and a vector exp: a
+     * CPU device runs a work item's loop in scalar code otherwise): item l owns the vectors
+     * from first + FKV_VW * (l + t * w); the last is cut at n. */
+    const uint step = FKV_VW * w;
+    fkv_vec topv = (fkv_vec)(-INFINITY); /* this item's largest reduced values */
     for (uint r = 0; r < group; r++) {
         global float *s = row0 + (size_t)r * n;
         float m = -INFINITY, sum = 0.0f;
         if (reduce == 0) { /* each exp is kept in the row (scratch) for the accumulation */
-            float4 pm = (float4)(-INFINITY), ps = (float4)(0.0f);
-            for (uint j = first + 4 * lid; j < n; j += 4 * w) {
-                float4 x = fkv_select_quad(s, j, n, -INFINITY);
+            fkv_vec pm = (fkv_vec)(-INFINITY), ps = (fkv_vec)(0.0f);
+            for (uint j = first + FKV_VW * lid; j < n; j += step) {
+                fkv_vec x = fkv_select_load(s, j, n, -INFINITY);
                 pm = select(pm, x, x > pm);
             }
-            m = fkv_group_fold(red, lid, w, fmax(fmax(pm.s0, pm.s1), fmax(pm.s2, pm.s3)), 0);
-            for (uint j = first + 4 * lid; j < n; j += 4 * w) {
-                float4 e = exp((fkv_select_quad(s, j, n, -INFINITY) - m) * temp_scale);
+            m = fkv_group_fold(red, lid, w, fkv_hmax(pm), 0);
+            for (uint j = first + FKV_VW * lid; j < n; j += step) {
+                fkv_vec e = exp((fkv_select_load(s, j, n, -INFINITY) - m) * temp_scale);
                 fkv_select_store(s, j, n, e);
-                if (j + 4 > n) /* only the candidates count */
-                    e = select((float4)(0.0f), e, (int4)(0, 1, 2, 3) < (int4)(n - j));
+                if (j + FKV_VW > n) /* only the candidates count */
+                    e = select((fkv_vec)(0.0f), e, FKV_LANE_IDS < (fkv_ivec)(n - j));
                 ps += e;
             }
-            sum = fkv_group_fold(red, lid, w, (ps.s0 + ps.s1) + (ps.s2 + ps.s3), 1);
+            sum = fkv_group_fold(red, lid, w, fkv_hsum(ps), 1);
         }
-        for (uint j = first + 4 * lid; j < n; j += 4 * w) {
-            float4 x = fkv_select_quad(s, j, n, 0.0f);
-            float4 acc = r == 0 ? (float4)(reduce == 2 ? -INFINITY : 0.0f)
-                                : fkv_select_quad(row0, j, n, 0.0f);
+        for (uint j = first + FKV_VW * lid; j < n; j += step) {
+            fkv_vec x = fkv_select_load(s, j, n, 0.0f);
+            fkv_vec acc = r == 0 ? (fkv_vec)(reduce == 2 ? -INFINITY : 0.0f)
+                                 : fkv_select_load(row0, j, n, 0.0f);
             if (reduce == 0)
                 acc += x / sum / (float)group;
             else if (reduce == 1)
@@ -399,24 +621,49 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off,
             else
                 acc = select(acc, x, x > acc);
             if (r + 1 == group) { /* NaN ranks last; -0 ties +0 */
-                acc = select(acc, (float4)(-INFINITY), isnan(acc));
-                acc = select(acc, (float4)(0.0f), acc == 0.0f);
+                acc = select(acc, (fkv_vec)(-INFINITY), isnan(acc));
+                acc = select(acc, (fkv_vec)(0.0f), acc == 0.0f);
+                topv = select(topv, acc, (acc > topv) & (FKV_LANE_IDS < (fkv_ivec)(n - j)));
             }
             fkv_select_store(row0, j, n, acc);
         }
     }
+    /* its order key: -inf's where the item has no candidate, below or equal to every one */
+    uint top = fkv_order_key(fkv_hmax(topv));
     /* the radix select below reads every item's reduced values */
     barrier(CLK_GLOBAL_MEM_FENCE);
     local uint *hist = aux, *scan = aux + 256, *res = aux + 256 + w;
+    /* A floor for the histograms: the kk items with the largest `top`s hold kk distinct
+     * candidates at or above the kk-th of those, so the kk-th largest candidate is too, and no
+     * candidate below it can change a count the select reads (where kk <= w). Skipping those
+     * saves a local atomic each, most of the candidates. */
+    uint floor_key = 0;
+    if (kk <= w) {
+        scan[lid] = top;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        uint rank = 0; /* ties to the lower item: one item has each rank */
+        for (uint i = 0; i < w; i++)
+            rank += scan[i] > top || (scan[i] == top && i < lid);
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (rank == kk - 1)
+            res[0] = top;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        floor_key = res[0];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
     uint prefix = 0, mask = 0, rem = kk;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (uint i = lid; i < 256; i += w)
             hist[i] = 0;
         barrier(CLK_LOCAL_MEM_FENCE);
-        for (uint j = first + lid; j < n; j += w) {
-            uint key = fkv_order_key(row0[j]);
-            if ((key & mask) == prefix)
-                atomic_inc(&hist[(key >> shift) & 255u]);
+        for (uint j = first + FKV_VW * lid; j < n; j += step) { /* the reduction's vectors */
+            fkv_uvec key = fkv_order_keyv(fkv_select_load(row0, j, n, 0.0f));
+            fkv_ivec hit = ((key & mask) == prefix) & (key >= floor_key) &
+                           (FKV_LANE_IDS < (fkv_ivec)(n - j));
+            if (any(hit))
+                for (uint i = 0; i < FKV_VW; i++)
+                    if (hit[i])
+                        atomic_inc(&hist[(key[i] >> shift) & 255u]);
         }
         barrier(CLK_LOCAL_MEM_FENCE);
         if (lid == 0) {
@@ -532,7 +779,7 @@ kernel void fkv_scores_check(const global float *q, ulong q_off, ulong q_rows,
                              const global int *pair_mask, ulong mask_off, uint use_mask,
                              const global uint *summaries, uint n_summaries, global float *out,
                              ulong out_off, ulong out_len, uint n_kv_heads, uint group,
-                             uint head_dim, uint heads, local float *qs, uint f16_summ,
+                             uint head_dim, uint heads, local float *qs, uint summ_flags,
                              ulong cur_off, const global int *prev_rows, ulong rows_off,
                              float tau, global float *sims, ulong sims_off, global int *flags,
                              ulong flags_off, uint check_w) {
@@ -543,7 +790,7 @@ kernel void fkv_scores_check(const global float *q, ulong q_off, ulong q_rows,
                        check_w, qs, sims + sims_off + bh, flags + flags_off + bh);
     fkv_scores_group(q, q_off, q_rows, desc, desc_off, pair_mask, mask_off, use_mask, summaries,
                      n_summaries, out, out_off, out_len, n_kv_heads, group, head_dim, heads, qs,
-                     f16_summ);
+                     summ_flags);
 }
 
 /* The bytes unit table entry u reads for zero-copy recall: host allocation u[2] of the
@@ -713,68 +960,6 @@ float fkv_unit_value(const global uchar *unit, uint bits, uint page_size, uint h
     return fma(fkv_f16_value(s), (float)code, fkv_f16_value(z));
 }
 
-/* Attention's vector width FKV_VW (4, 8 or 16 channels a work item): the host builds the
- * program with the device's preferred float vector width, at least 4 (CPU devices: their SIMD
- * width; GPUs: 4, one 128-bit load). fkv_vec is FKV_VW floats. */
-#ifndef FKV_VW
-#define FKV_VW 4
-#endif
-#define FKV_CAT_(a, b) a##b
-#define FKV_CAT(a, b) FKV_CAT_(a, b)
-typedef FKV_CAT(float, FKV_VW) fkv_vec;
-#define fkv_vload FKV_CAT(vload, FKV_VW)
-#define fkv_vstore FKV_CAT(vstore, FKV_VW)
-
-/* FKV_VW consecutive elements from element i (any element alignment), as f32: one vector
- * load and a vector conversion. */
-#if FKV_DTYPE == 0
-fkv_vec fkv_loadv(const global fkv_kv_t *p, size_t i) { return fkv_vload(0, p + i); }
-#elif FKV_DTYPE == 1
-fkv_vec fkv_loadv(const global fkv_kv_t *p, size_t i) {
-    return FKV_CAT(vload_half, FKV_VW)(0, (const global half *)(p + i));
-}
-#else
-fkv_vec fkv_loadv(const global fkv_kv_t *p, size_t i) {
-    return FKV_CAT(as_float, FKV_VW)(FKV_CAT(convert_uint, FKV_VW)(fkv_vload(0, p + i)) << 16);
-}
-#endif
-
-/* The first n elements of a row (all FKV_VW when n >= FKV_VW), zeros after them. */
-fkv_vec fkv_loadv_row(const global fkv_kv_t *row, uint n) {
-    if (n >= FKV_VW)
-        return fkv_loadv(row, 0);
-    float x[FKV_VW];
-    for (uint i = 0; i < FKV_VW; i++)
-        x[i] = i < n ? fkv_load(row, i) : 0.0f;
-    return fkv_vload(0, x);
-}
-
-/* The sum of a vector's lanes, halves first. */
-float fkv_hsum(fkv_vec v) {
-#if FKV_VW == 16
-    float8 a = v.lo + v.hi;
-    float4 b = a.lo + a.hi;
-#elif FKV_VW == 8
-    float4 b = v.lo + v.hi;
-#else
-    float4 b = v;
-#endif
-    return (b.x + b.y) + (b.z + b.w);
-}
-
-/* The largest lane. */
-float fkv_hmax(fkv_vec v) {
-#if FKV_VW == 16
-    float8 a = fmax(v.lo, v.hi);
-    float4 b = fmax(a.lo, a.hi);
-#elif FKV_VW == 8
-    float4 b = fmax(v.lo, v.hi);
-#else
-    float4 b = v;
-#endif
-    return fmax(fmax(b.x, b.y), fmax(b.z, b.w));
-}
-
 /* ---- quantized host formats, vectorized: FKV_VW channels at a time ---- */
 
 #if FKV_VW == 16
@@ -784,7 +969,6 @@ float fkv_hmax(fkv_vec v) {
 #else
 #define FKV_HVW 2
 #endif
-typedef FKV_CAT(uint, FKV_VW) fkv_uvec;
 
 /* v to elements i .. i+FKV_VW-1 of p, each as fkv_store would store it; maybe_nan: v may hold
  * a NaN (else it holds none). */

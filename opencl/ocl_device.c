@@ -292,6 +292,10 @@ static void ocl_device_close(fkv_bdev *d) {
     free(d);
 }
 
+/* The program's options on CPU devices (docs/opencl.md): software prefetch of K/V rows and of
+ * summaries, f16 summaries widened in integer vectors, the scores' 16-lane pass. */
+#define CPU_KERNEL_OPTIONS " -DFKV_PREFETCH -DFKV_SOFT_HALF -DFKV_WIDE_SCORES"
+
 /* Opens device `ref` (position `index` of the enumeration) on the engine's context and compute
  * queue when given (kept as the engine's: never released), else on objects of its own. */
 static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_context context,
@@ -369,7 +373,7 @@ static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_cont
              : c_version >= 12   ? "-cl-std=CL1.2"
                                  : "",
              fast_math ? " -cl-fast-relaxed-math" : "",
-             d->info.type == FKV_DEVICE_CPU ? " -DFKV_PREFETCH -DFKV_SOFT_HALF" : "");
+             d->info.type == FKV_DEVICE_CPU ? CPU_KERNEL_OPTIONS : "");
 
     char pname[128], pver[128], dver[128], drv[128];
     platform_string(d->platform, CL_PLATFORM_NAME, pname, sizeof pname);

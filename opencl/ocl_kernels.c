@@ -15,6 +15,9 @@
 #define ELEMENTWISE_WG 128
 #define COPY_WG 256 /* fewer, larger groups: per-group overhead dominates big copies on CPUs */
 #define SCORES_WG 64
+/* fkv_scores' summ_flags (kernels.cl FKV_SUMM_F16_FLAG, FKV_SUMM_WIDE_FLAG) */
+#define SUMM_F16_FLAG 1u
+#define SUMM_WIDE_FLAG 2u
 #define COSINE_WG 64
 #define SELECT_WG 128
 
@@ -333,6 +336,12 @@ static fkv_status scores_launch(launch_ctx *lc, ocl_kernel_id id, fkv_deps *deps
     size_t local_bytes = ((size_t)plan.heads * g->head_dim + FKV_SCORES_PAD) * 4;
     if (ck && 3 * ck->w * sizeof(float) > local_bytes)
         local_bytes = 3 * ck->w * sizeof(float);
+    /* CPU devices' wide pass (kernels.cl, FKV_WIDE_SCORES), where its queries fit */
+    size_t wide_bytes = (12 * (size_t)g->head_dim + 1) * 4; /* FKV_WIDE_LOCAL */
+    int wide = lc->d->info.type == FKV_DEVICE_CPU && g->head_dim % 16 == 0 &&
+               wide_bytes <= local_avail(lc, id);
+    if (wide && wide_bytes > local_bytes)
+        local_bytes = wide_bytes;
     if (local_bytes > local_avail(lc, id))
         return fkv_error(FKV_ERR_UNSUPPORTED,
                          "opencl %s: %zu bytes of local memory are more than the device has "
@@ -362,7 +371,8 @@ static fkv_status scores_launch(launch_ctx *lc, ocl_kernel_id id, fkv_deps *deps
     arg_u32(&a, g->head_dim);
     arg_u32(&a, plan.heads);
     arg_local(&a, local_bytes);
-    arg_u32(&a, g->summary_format == FKV_SUMMARY_F16);
+    arg_u32(&a, (g->summary_format == FKV_SUMMARY_F16 ? SUMM_F16_FLAG : 0) |
+                    (wide ? SUMM_WIDE_FLAG : 0));
     if (ck) {
         arg_u64(&a, ck->cur_off / 4);
         arg_mem(&a, ck->prev_rows);

@@ -196,25 +196,25 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
 #else
 #define FKV_SUMM_F16(e) vload_half(e, (const global half *)summaries)
 #endif
-/* fkv_scores_group's passes over a work item's pages, j0 from FIRST while below END by STEP: PASS
- * scores the PAGES pages from j0 (mn: the element of each page's minima) and stores them
- * through FKV_SCORE_STORE. */
-#define FKV_SCORE_LOOP(PAGES, FIRST, END, STEP, PASS)                                          \
-    for (size_t j0 = (FIRST); j0 < (END); j0 += (STEP)) {                                      \
-        /* pages beyond the sequence's or the summaries read a valid one and are dropped */    \
-        size_t mn[PAGES]; /* element of each page's minima */                                  \
-        int valid[PAGES];                                                                      \
-        for (uint p = 0; p < (PAGES); p++) {                                                   \
-            long sidx = (long)base + (long)(j0 + p);                                           \
-            valid[p] = j0 + p < (END) && sidx >= 0 && sidx < (long)n_summaries;                \
-            mn[p] = ((size_t)(valid[p] ? sidx : 0) * n_kv_heads + h) * 2 * d;                  \
-        }                                                                                      \
+/* The PAGES pages from j0 below END of KV head h: mn[p], the element of page p's minima, and
+ * valid[p] (pages beyond the sequence's or the summaries read a valid one and are dropped). */
+#define FKV_SCORE_PAGES_AT(PAGES, END)                                                         \
+    size_t mn[PAGES];                                                                          \
+    int valid[PAGES];                                                                          \
+    for (uint p = 0; p < (PAGES); p++) {                                                       \
+        long sidx = (long)base + (long)(j0 + p);                                               \
+        valid[p] = j0 + p < (END) && sidx >= 0 && sidx < (long)n_summaries;                    \
+        mn[p] = ((size_t)(valid[p] ? sidx : 0) * n_kv_heads + h) * 2 * d;                      \
+    }
+/* fkv_scores_group's passes over a work item's pages, FKV_SCORE_PAGES from j0 each (PASS):
+ * item i takes pages 4i.. of every stride of the grid's items (neighbouring items read
+ * neighbouring pages: coalesced on GPUs). */
+#define FKV_SCORE_LOOP(PASS)                                                                   \
+    for (size_t j0 = get_global_id(0) * FKV_SCORE_PAGES; j0 < np;                              \
+         j0 += get_global_size(0) * FKV_SCORE_PAGES) {                                         \
+        FKV_SCORE_PAGES_AT(FKV_SCORE_PAGES, np)                                                \
         PASS                                                                                   \
     }
-/* The float8 passes' order: work item i scores pages 4i.. of every stride of the grid's items
- * (neighbouring items read neighbouring pages: coalesced on GPUs). */
-#define FKV_SCORE_FIRST (get_global_id(0) * FKV_SCORE_PAGES)
-#define FKV_SCORE_STEP (get_global_size(0) * FKV_SCORE_PAGES)
 /* The scores of heads g0..g0+ng-1 of page p (valid[p]): a[k] for head g0 + k. */
 #define FKV_SCORE_STORE(p, g0, ng, a)                                                          \
     for (uint k = 0; k < (ng) && valid[p]; k++) {                                              \
@@ -237,13 +237,16 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
         }                                                                                      \
     }
 #ifdef FKV_WIDE_SCORES
-/* On CPU devices (the host defines FKV_WIDE_SCORES there), a block of at most 4 query heads
- * with head_dim % 16 == 0 scores pages 4 at a time in the 16 lanes of a float16, lane
- * 4 * page + head: the float8 pass leaves half its lanes or more idle there (group 4, the
- * common GQA ratio, fills 4 of 8). Each lane still sums its channels in order: the same bits.
- * A work item takes a contiguous range of pages, FKV_WIDE_PAGES a pass: one stream through
- * memory per core, and 4 independent sums. The queries are laid out [x|xp|xn][channel][4],
- * then a 0 (FKV_WIDE_LOCAL floats; lanes beyond the block's heads hold 0 and are dropped).
+/* On CPU devices (the host defines FKV_WIDE_SCORES there), where the whole group (at most 4
+ * query heads) is one block and head_dim % 16 == 0, fkv_scores_wide scores pages 4 at a time
+ * in the 16 lanes of a float16, lane 4 * page + head: the float8 pass leaves half its lanes or
+ * more idle there (group 4, the common GQA ratio, fills 4 of 8). Each lane still sums its
+ * channels in order: the same bits. A work item takes a contiguous range of pages and scores
+ * every KV head of them, FKV_WIDE_PAGES pages a pass: one dense stream through the summaries
+ * per core (a KV head's half of each page, as the other paths read, streams at about half the
+ * memory's speed), and 4 independent sums. Each KV head's queries are laid out
+ * [x|xp|xn][channel][4] (lanes beyond the group hold 0 and are dropped), then a 0 (`opaque`):
+ * FKV_WIDE_LOCAL floats.
  *
  * fmax(x * hi, x * lo) costs 4 instructions a vector on x86 (its NaN rule). Where x, hi and lo
  * are finite and lo <= hi it equals xp * hi + xn * lo, xp = x > 0 ? x : 0 and xn = x < 0 ? x :
@@ -264,7 +267,8 @@ float16 fkv_wide_row_f16(const global ushort *e, size_t ahead) {
     __builtin_prefetch(e + ahead);
     return vload_half16(0, (const global half *)e);
 }
-#define FKV_WIDE_LOCAL(head_dim) (12 * (head_dim) + 1) /* the last: `opaque`, a 0 */
+#define FKV_WIDE_HEAD(head_dim) (12 * (size_t)(head_dim)) /* one KV head's queries */
+#define FKV_WIDE_LOCAL(n_kv_heads, head_dim) ((n_kv_heads) * FKV_WIDE_HEAD(head_dim) + 1)
 /* One page's 16 channels from c0, minima (at 0) or maxima (at d), as f32. */
 #define FKV_WIDE_ROW_F32(p, at) fkv_wide_row_f32(sf + mn[p] + (at) + c0, ahead)
 #define FKV_WIDE_ROW_F16(p, at) fkv_wide_row_f16(sh + mn[p] + (at) + c0, ahead)
@@ -287,8 +291,8 @@ float16 fkv_wide_row_f16(const global ushort *e, size_t ahead) {
     {                                                                                          \
         const uint16 m = (uint16)(i, i, i, i, 4 + i, 4 + i, 4 + i, 4 + i, 8 + i, 8 + i, 8 + i,  \
                                   8 + i, 12 + i, 12 + i, 12 + i, 12 + i);                      \
-        float4 xp4 = vload4(0, qs + 4 * (d + c0 + 4 * k + i));                                 \
-        float4 xn4 = vload4(0, qs + 4 * (2 * d + c0 + 4 * k + i));                             \
+        float4 xp4 = vload4(0, qh + 4 * (d + c0 + 4 * k + i));                                 \
+        float4 xn4 = vload4(0, qh + 4 * (2 * d + c0 + 4 * k + i));                             \
         float16 xp = (float16)(xp4, xp4, xp4, xp4), xn = (float16)(xn4, xn4, xn4, xn4);        \
         acc += xp * shuffle(hi, m) + xn * shuffle(lo, m);                                      \
     }
@@ -326,15 +330,57 @@ float16 fkv_wide_row_f16(const global ushort *e, size_t ahead) {
             for (uint i = 0; i < FKV_WIDE_PAGES * 4; i++) {                                    \
                 float sum = 0.0f;                                                              \
                 for (uint c = 0; c < head_dim; c++) {                                          \
-                    float x = qs[4 * c + i % 4];                                               \
+                    float x = qh[4 * c + i % 4];                                               \
                     size_t e = mn[i / 4] + c;                                                  \
                     sum += fmax(x * FKV_WIDE_AT(e + d), x * FKV_WIDE_AT(e));                   \
                 }                                                                              \
                 a[i] = sum;                                                                    \
             }                                                                                  \
         for (uint p = 0; p < FKV_WIDE_PAGES; p++)                                              \
-            FKV_SCORE_STORE(p, 0, ng_all, a + 4 * p)                                           \
+            FKV_SCORE_STORE(p, 0, group, a + 4 * p)                                            \
     }
+/* The scores of sequence b (descriptor db) for every KV head, by work group `slot` (its KV
+ * head in the grid) of the n_kv_heads * (dim 0) work groups a sequence has: see above. */
+inline void fkv_scores_wide(const global float *q, ulong q_off, ulong q_rows,
+                            const global int *db, const global int *pair_mask, ulong mask_off,
+                            uint use_mask, uint b, uint slot, const global uint *summaries,
+                            uint n_summaries, global float *out, ulong out_off, ulong out_len,
+                            uint n_kv_heads, uint group, uint head_dim, local float *qs,
+                            uint f16_summ) {
+    int row = db[3];
+    int row_ok = row >= 0 && (ulong)row < q_rows && n_summaries > 0;
+    size_t hq = FKV_WIDE_HEAD(head_dim), d = head_dim;
+    for (size_t i = get_local_id(0); i < FKV_WIDE_LOCAL(n_kv_heads, head_dim);
+         i += get_local_size(0)) {
+        uint h = i / hq, part = i % hq / (4 * d), c = i % (4 * d) / 4, k = i % 4;
+        int ok = row_ok && h < n_kv_heads && k < group && part < 3;
+        float x = ok ? q[q_off + (((size_t)row * n_kv_heads + h) * group + k) * d + c] : 0.0f;
+        int keep = part == 0 || !isfinite(x) || (part == 1 ? x > 0.0f : x < 0.0f);
+        qs[i] = keep ? x : 0.0f;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    int base = db[0], n_pages = row_ok ? db[1] : 0;
+    long obase = db[2];
+    size_t np = (size_t)max(n_pages, 0), items = n_kv_heads * get_global_size(0);
+    size_t per = (np + items * FKV_WIDE_PAGES - 1) / (items * FKV_WIDE_PAGES) * FKV_WIDE_PAGES;
+    size_t first = (slot * get_global_size(0) + get_global_id(0)) * per;
+    size_t end = min(first + per, np), ahead = FKV_WIDE_PAGES * n_kv_heads * 2 * d;
+    const global float *sf = (const global float *)summaries;
+    const global ushort *sh = (const global ushort *)summaries;
+    uint16 opaque = (uint16)(as_uint(qs[n_kv_heads * hq]));
+    uint hb = 0; /* the group is one block */
+    for (size_t j0 = first; j0 < end; j0 += FKV_WIDE_PAGES)
+        for (uint h = 0; h < n_kv_heads; h++) {
+            if (use_mask && pair_mask[mask_off + (size_t)b * n_kv_heads + h] == 0)
+                continue; /* a masked pair's scores stay untouched */
+            const local float *qh = qs + h * hq;
+            FKV_SCORE_PAGES_AT(FKV_WIDE_PAGES, end)
+            if (f16_summ)
+                FKV_SCORE_PASS_WIDE(FKV_WIDE_ROW_F16)
+            else
+                FKV_SCORE_PASS_WIDE(FKV_WIDE_ROW_F32)
+        }
+}
 #endif
 /* The scores of work group (dim 1) (sequence, KV head, head block) (fkv_scores,
  * fkv_scores_check). */
@@ -357,31 +403,11 @@ inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
     const global float *qb =
         q + q_off + (((size_t)(ok ? row : 0) * n_kv_heads + h) * group + hb) * head_dim;
 #ifdef FKV_WIDE_SCORES
-    /* FKV_WIDE_SCORES' layout and pass, where the host gave it the local memory */
-    if ((summ_flags & FKV_SUMM_WIDE_FLAG) && ng_all <= 4 && head_dim % 16 == 0) {
-        for (uint i = get_local_id(0); i < FKV_WIDE_LOCAL(head_dim); i += get_local_size(0)) {
-            uint part = i / (4 * head_dim), c = i % (4 * head_dim) / 4, k = i % 4;
-            float x = ok && k < ng_all && part < 3 ? qb[(size_t)k * head_dim + c] : 0.0f;
-            int keep = part == 0 || !isfinite(x) || (part == 1 ? x > 0.0f : x < 0.0f);
-            qs[i] = keep ? x : 0.0f;
-        }
-        barrier(CLK_LOCAL_MEM_FENCE);
-        int base = db[0], n_pages = ok ? db[1] : 0;
-        long obase = db[2];
-        size_t np = (size_t)max(n_pages, 0), d = head_dim;
-        const global float *sf = (const global float *)summaries;
-        const global ushort *sh = (const global ushort *)summaries;
-        uint16 opaque = (uint16)(as_uint(qs[12 * head_dim]));
-        size_t per = (np + get_global_size(0) * FKV_WIDE_PAGES - 1) /
-                     (get_global_size(0) * FKV_WIDE_PAGES) * FKV_WIDE_PAGES;
-        size_t first = get_global_id(0) * per, end = min(first + per, np);
-        size_t ahead = (size_t)FKV_WIDE_PAGES * n_kv_heads * 2 * d;
-        if (f16_summ)
-            FKV_SCORE_LOOP(FKV_WIDE_PAGES, first, end, FKV_WIDE_PAGES,
-                           FKV_SCORE_PASS_WIDE(FKV_WIDE_ROW_F16))
-        else
-            FKV_SCORE_LOOP(FKV_WIDE_PAGES, first, end, FKV_WIDE_PAGES,
-                           FKV_SCORE_PASS_WIDE(FKV_WIDE_ROW_F32))
+    /* where the host gave it the local memory and the group is one block */
+    if ((summ_flags & FKV_SUMM_WIDE_FLAG) && n_blocks == 1 && group <= 4 && head_dim % 16 == 0) {
+        fkv_scores_wide(q, q_off, q_rows, db, pair_mask, mask_off, use_mask, b, h, summaries,
+                        n_summaries, out, out_off, out_len, n_kv_heads, group, head_dim, qs,
+                        f16_summ);
         return;
     }
 #endif
@@ -393,13 +419,11 @@ inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
     size_t np = (size_t)max(n_pages, 0), d = head_dim;
 #ifdef FKV_SOFT_HALF
     if (f16_summ && head_dim % 4 == 0) { /* a loop of its own: the f32 loop's code is unchanged */
-        FKV_SCORE_LOOP(FKV_SCORE_PAGES, FKV_SCORE_FIRST, np, FKV_SCORE_STEP,
-                       FKV_SCORE_PASS(FKV_SCORE_CHANNELS_F16X4))
+        FKV_SCORE_LOOP(FKV_SCORE_PASS(FKV_SCORE_CHANNELS_F16X4))
         return;
     }
 #endif
-    FKV_SCORE_LOOP(FKV_SCORE_PAGES, FKV_SCORE_FIRST, np, FKV_SCORE_STEP,
-                   FKV_SCORE_PASS(if (f16_summ) FKV_SCORE_CHANNELS(FKV_SUMM_F16)
+    FKV_SCORE_LOOP(FKV_SCORE_PASS(if (f16_summ) FKV_SCORE_CHANNELS(FKV_SUMM_F16)
                                   else FKV_SCORE_CHANNELS(FKV_SUMM_F32)))
 }
 

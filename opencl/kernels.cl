@@ -437,10 +437,10 @@ kernel void fkv_scores(const global float *q, ulong q_off, ulong q_rows, const g
                      summ_flags);
 }
 
-/* The vector width FKV_VW of the attention (channels a work item) and of select_pages
- * (candidates a step), 4, 8 or 16: the host builds the
- * program with the device's preferred float vector width, at least 4 (CPU devices: their SIMD
- * width; GPUs: 4, one 128-bit load). fkv_vec is FKV_VW floats. */
+/* The vector width FKV_VW (4, 8 or 16) of the attention (channels a work item) and of
+ * select_pages (candidates a step): the host builds the program with the device's preferred
+ * float vector width, at least 4 (CPU devices: their SIMD width; GPUs: 4, one 128-bit load).
+ * fkv_vec is FKV_VW floats. */
 #ifndef FKV_VW
 #define FKV_VW 4
 #endif

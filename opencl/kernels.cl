@@ -339,14 +339,10 @@ float16 fkv_wide_row_f16(const global ushort *e, size_t ahead) {
         for (uint p = 0; p < FKV_WIDE_PAGES; p++)                                              \
             FKV_SCORE_STORE(p, 0, group, a + 4 * p)                                            \
     }
-/* The scores of sequence b (descriptor db) for every KV head, by work group `slot` (its KV
- * head in the grid) of the n_kv_heads * (dim 0) work groups a sequence has: see above. */
-inline void fkv_scores_wide(const global float *q, ulong q_off, ulong q_rows,
-                            const global int *db, const global int *pair_mask, ulong mask_off,
-                            uint use_mask, uint b, uint slot, const global uint *summaries,
-                            uint n_summaries, global float *out, ulong out_off, ulong out_len,
-                            uint n_kv_heads, uint group, uint head_dim, local float *qs,
-                            uint f16_summ) {
+/* The queries of sequence b (descriptor db) in qs, as above; the caller's barrier follows. */
+inline void fkv_scores_wide_queries(const global float *q, ulong q_off, ulong q_rows,
+                                    const global int *db, uint n_summaries, uint n_kv_heads,
+                                    uint group, uint head_dim, local float *qs) {
     int row = db[3];
     int row_ok = row >= 0 && (ulong)row < q_rows && n_summaries > 0;
     size_t hq = FKV_WIDE_HEAD(head_dim), d = head_dim;
@@ -358,7 +354,18 @@ inline void fkv_scores_wide(const global float *q, ulong q_off, ulong q_rows,
         int keep = part == 0 || !isfinite(x) || (part == 1 ? x > 0.0f : x < 0.0f);
         qs[i] = keep ? x : 0.0f;
     }
-    barrier(CLK_LOCAL_MEM_FENCE);
+}
+/* The scores of sequence b (descriptor db) for every KV head, by work group `slot` (its KV
+ * head in the grid) of the n_kv_heads * (dim 0) work groups a sequence has: see above. No
+ * barrier: PoCL copies the code after a barrier under a branch once per way through it. */
+inline void fkv_scores_wide(ulong q_rows, const global int *db, const global int *pair_mask,
+                            ulong mask_off, uint use_mask, uint b, uint slot,
+                            const global uint *summaries, uint n_summaries, global float *out,
+                            ulong out_off, ulong out_len, uint n_kv_heads, uint group,
+                            uint head_dim, const local float *qs, uint f16_summ) {
+    int row = db[3];
+    int row_ok = row >= 0 && (ulong)row < q_rows && n_summaries > 0;
+    size_t hq = FKV_WIDE_HEAD(head_dim), d = head_dim;
     int base = db[0], n_pages = row_ok ? db[1] : 0;
     long obase = db[2];
     size_t np = (size_t)max(n_pages, 0), items = n_kv_heads * get_global_size(0);
@@ -403,17 +410,25 @@ inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
     const global float *qb =
         q + q_off + (((size_t)(ok ? row : 0) * n_kv_heads + h) * group + hb) * head_dim;
 #ifdef FKV_WIDE_SCORES
-    /* where the host gave it the local memory and the group is one block */
-    if ((summ_flags & FKV_SUMM_WIDE_FLAG) && n_blocks == 1 && group <= 4 && head_dim % 16 == 0) {
-        fkv_scores_wide(q, q_off, q_rows, db, pair_mask, mask_off, use_mask, b, h, summaries,
-                        n_summaries, out, out_off, out_len, n_kv_heads, group, head_dim, qs,
-                        f16_summ);
+    /* where the host gave it the local memory and the group is one block; one barrier outside
+     * both branches (fkv_scores_wide says why) */
+    int wide =
+        (summ_flags & FKV_SUMM_WIDE_FLAG) && n_blocks == 1 && group <= 4 && head_dim % 16 == 0;
+    if (wide)
+        fkv_scores_wide_queries(q, q_off, q_rows, db, n_summaries, n_kv_heads, group, head_dim,
+                                qs);
+    else
+#endif
+        for (uint i = get_local_id(0); i < gd + FKV_SCORE_LANES - 1; i += get_local_size(0))
+            qs[i] = ok && i < gd ? qb[(size_t)(i % ng_all) * head_dim + i / ng_all] : 0.0f;
+    barrier(CLK_LOCAL_MEM_FENCE);
+#ifdef FKV_WIDE_SCORES
+    if (wide) {
+        fkv_scores_wide(q_rows, db, pair_mask, mask_off, use_mask, b, h, summaries, n_summaries,
+                        out, out_off, out_len, n_kv_heads, group, head_dim, qs, f16_summ);
         return;
     }
 #endif
-    for (uint i = get_local_id(0); i < gd + FKV_SCORE_LANES - 1; i += get_local_size(0))
-        qs[i] = ok && i < gd ? qb[(size_t)(i % ng_all) * head_dim + i / ng_all] : 0.0f;
-    barrier(CLK_LOCAL_MEM_FENCE);
     int base = db[0], n_pages = ok ? db[1] : 0;
     long obase = db[2];
     size_t np = (size_t)max(n_pages, 0), d = head_dim;
@@ -661,20 +676,17 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off,
      * candidates at or above the kk-th of those, so the kk-th largest candidate is too, and no
      * candidate below it can change a count the select reads (where kk <= w). Skipping those
      * saves a local atomic each, most of the candidates. */
-    uint floor_key = 0;
-    if (kk <= w) {
-        scan[lid] = top;
-        barrier(CLK_LOCAL_MEM_FENCE);
-        uint rank = 0; /* ties to the lower item: one item has each rank */
-        for (uint i = 0; i < w; i++)
-            rank += scan[i] > top || (scan[i] == top && i < lid);
-        barrier(CLK_LOCAL_MEM_FENCE);
-        if (rank == kk - 1)
-            res[0] = top;
-        barrier(CLK_LOCAL_MEM_FENCE);
-        floor_key = res[0];
-        barrier(CLK_LOCAL_MEM_FENCE);
-    }
+    scan[lid] = top; /* the barriers outside a branch, as in fkv_scores_wide */
+    barrier(CLK_LOCAL_MEM_FENCE);
+    uint rank = 0; /* ties to the lower item: one item has each rank */
+    for (uint i = 0; i < w; i++)
+        rank += scan[i] > top || (scan[i] == top && i < lid);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (rank + 1 == kk)
+        res[0] = top;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    uint floor_key = kk <= w ? res[0] : 0u;
+    barrier(CLK_LOCAL_MEM_FENCE);
     uint prefix = 0, mask = 0, rem = kk;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (uint i = lid; i < 256; i += w)
@@ -732,14 +744,16 @@ kernel void fkv_select_pages(const global int *desc, ulong desc_off,
  * sum runs over w lanes (a power of two; lane l takes channels l, l + w, ...) and a tree over
  * them in red (3w floats). The lsize work items of the group take lanes lid, lid + lsize, ...,
  * so the bits depend on w only: fkv_cosine (lsize = w) and fkv_scores_check (the scores' work
- * group) agree. Every work item calls it (barriers). */
+ * group) agree. Every work item calls it (barriers), `active` or not: a call under a branch
+ * would make PoCL copy the code after it (fkv_scores_wide). */
 inline void fkv_check_pair(const global float *q_cur, const global float *q_prev,
                            ulong prev_count, int row, uint bh, uint n_kv_heads, uint group,
                            uint head_dim, float tau, uint lid, uint lsize, uint w,
-                           local float *red, global float *sim, global int *flag) {
-    /* a missing or bad row runs no head of the group (n_heads is the same for every item) */
-    uint n_heads = row >= 0 && (ulong)row < prev_count ? group : 0;
-    int no_prev = row < 0;
+                           local float *red, global float *sim, global int *flag, int active) {
+    /* a missing or bad row, or an inactive call, runs no head of the group (n_heads is the same
+     * for every item) */
+    uint n_heads = active && row >= 0 && (ulong)row < prev_count ? group : 0;
+    int no_prev = active && row < 0;
     const global float *a0 = q_cur + (size_t)bh * group * head_dim;
     const global float *b0 =
         q_prev + ((size_t)(n_heads ? row : 0) * n_kv_heads + bh % n_kv_heads) * group * head_dim;
@@ -790,14 +804,13 @@ kernel void fkv_cosine(const global float *q_cur, ulong cur_off, const global fl
     uint bh = get_group_id(0), w = get_local_size(0);
     fkv_check_pair(q_cur + cur_off, q_prev + prev_off, prev_count,
                    prev_rows[rows_off + bh / n_kv_heads], bh, n_kv_heads, group, head_dim, tau,
-                   get_local_id(0), w, w, red, sims + sims_off + bh, flags + flags_off + bh);
+                   get_local_id(0), w, w, red, sims + sims_off + bh, flags + flags_off + bh, 1);
 }
 
 /* scores_check (backend.h): fkv_scores' grid and arguments (the op passes no mask), and the
- * first work group of each (sequence, KV head) (dim 0 chunk 0, head block 0) first runs
+ * first work group of each (sequence, KV head) (dim 0 chunk 0, head block 0) then runs
  * fkv_cosine's check of it with fkv_cosine's lane count check_w, q_cur from cur_off and q_prev
- * from q_off of q, in qs (at least 3 check_w floats), before the scores load their queries
- * there. */
+ * from q_off of q, in qs (at least 3 check_w floats) once the scores are done with it. */
 kernel void fkv_scores_check(const global float *q, ulong q_off, ulong q_rows,
                              const global int *desc, ulong desc_off,
                              const global int *pair_mask, ulong mask_off, uint use_mask,
@@ -808,13 +821,14 @@ kernel void fkv_scores_check(const global float *q, ulong q_off, ulong q_rows,
                              float tau, global float *sims, ulong sims_off, global int *flags,
                              ulong flags_off, uint check_w) {
     uint n_blocks = (group + heads - 1) / heads, bh = get_group_id(1) / n_blocks;
-    if (get_group_id(0) == 0 && get_group_id(1) % n_blocks == 0) /* the whole work group */
-        fkv_check_pair(q + cur_off, q + q_off, q_rows, prev_rows[rows_off + bh / n_kv_heads], bh,
-                       n_kv_heads, group, head_dim, tau, get_local_id(0), get_local_size(0),
-                       check_w, qs, sims + sims_off + bh, flags + flags_off + bh);
     fkv_scores_group(q, q_off, q_rows, desc, desc_off, pair_mask, mask_off, use_mask, summaries,
                      n_summaries, out, out_off, out_len, n_kv_heads, group, head_dim, heads, qs,
                      summ_flags);
+    barrier(CLK_LOCAL_MEM_FENCE); /* qs's queries are read; the check reuses it */
+    fkv_check_pair(q + cur_off, q + q_off, q_rows, prev_rows[rows_off + bh / n_kv_heads], bh,
+                   n_kv_heads, group, head_dim, tau, get_local_id(0), get_local_size(0), check_w,
+                   qs, sims + sims_off + bh, flags + flags_off + bh,
+                   get_group_id(0) == 0 && get_group_id(1) % n_blocks == 0);
 }
 
 /* The bytes unit table entry u reads for zero-copy recall: host allocation u[2] of the

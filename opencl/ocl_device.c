@@ -227,14 +227,19 @@ static fkv_status ocl_device_info(uint32_t index, fkv_device_info *info) {
 /* ---- environment (read here and in enumeration only) ---- */
 
 typedef enum recall_choice { RECALL_AUTO, RECALL_STAGED, RECALL_PERPAGE, RECALL_SVM } recall_choice;
+typedef enum cache_choice { CACHE_AUTO, CACHE_ON, CACHE_OFF } cache_choice;
 
-static fkv_status read_env(recall_choice *recall, int *fast_math) {
+static fkv_status read_env(recall_choice *recall, int *fast_math, cache_choice *binary_cache) {
     static const char *const names[] = {"auto", "staged", "perpage", "svm"};
-    int i;
+    static const char *const cache_names[] = {"auto", "on", "off"};
+    int i = RECALL_AUTO, c = CACHE_AUTO;
     fkv_status st = fkv_env_choice("FREEKV_OPENCL_RECALL", names, 4, RECALL_AUTO, &i);
-    *recall = (recall_choice)i;
     if (st == FKV_OK)
         st = fkv_env_bool("FREEKV_OPENCL_FAST_MATH", 0, fast_math);
+    if (st == FKV_OK)
+        st = fkv_env_choice("FREEKV_OPENCL_BINARY_CACHE", cache_names, 3, CACHE_AUTO, &c);
+    *recall = (recall_choice)i;
+    *binary_cache = (cache_choice)c;
     return st;
 }
 
@@ -301,8 +306,9 @@ static void ocl_device_close(fkv_bdev *d) {
 static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_context context,
                               cl_command_queue queue, fkv_bdev **out) {
     recall_choice recall;
+    cache_choice binary_cache;
     int fast_math;
-    fkv_status st = read_env(&recall, &fast_math);
+    fkv_status st = read_env(&recall, &fast_math, &binary_cache);
     if (st != FKV_OK)
         return st;
     fkv_bdev *d = calloc(1, sizeof *d);
@@ -383,7 +389,11 @@ static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_cont
     snprintf(d->cache_key, sizeof d->cache_key,
              "platform=%s|%s\ndevice=%s\ndevice_version=%s\ndriver=%s", pname, pver,
              d->info.name, dver, drv);
-    fkv_cache_dir(d->cache_dir, sizeof d->cache_dir);
+    /* Off by default on CPU devices: fetching a CPU device's binary makes the driver compile
+     * every kernel to native code at once (PoCL: seconds each, docs/opencl.md), where a run
+     * compiles only the kernels it launches, and PoCL caches its builds itself. */
+    if (binary_cache == CACHE_ON || (binary_cache == CACHE_AUTO && d->info.type != FKV_DEVICE_CPU))
+        fkv_cache_dir(d->cache_dir, sizeof d->cache_dir);
 
     cl_int err = CL_SUCCESS;
     d->context = context;

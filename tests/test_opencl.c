@@ -18,7 +18,8 @@ static int is_pocl(const fkv_device_info *info) {
     return strstr(info->driver, "Portable Computing Language") || strstr(info->name, "pthread");
 }
 
-static const char *const opencl_env[] = {"FREEKV_OPENCL_RECALL", "FREEKV_OPENCL_FAST_MATH", NULL};
+static const char *const opencl_env[] = {"FREEKV_OPENCL_RECALL", "FREEKV_OPENCL_FAST_MATH",
+                                          "FREEKV_OPENCL_BINARY_CACHE", NULL};
 static const bh_backend opencl = {
     .name = "opencl",
     .ops = fkv_backend_opencl,
@@ -165,6 +166,10 @@ Test(opencl_env, bad_environment) {
     cr_assert(strstr(OD->build_options, "-cl-fast-relaxed-math") != NULL);
     unsetenv("FREEKV_OPENCL_FAST_MATH");
     bh_teardown();
+    setenv("FREEKV_OPENCL_BINARY_CACHE", "yes", 1); /* auto, on or off */
+    cr_assert_eq(fkv_device_open_ops(O, bh_index, &d), FKV_ERR_BAD_ENVIRONMENT);
+    cr_assert(strstr(fkv_last_error(), "(valid: auto, on, off)") != NULL, "%s", fkv_last_error());
+    unsetenv("FREEKV_OPENCL_BINARY_CACHE");
     cr_assert_eq(bh_try_open(), FKV_OK);
     cr_assert(strstr(OD->build_options, "fast") == NULL, "conservative by default");
 }
@@ -213,6 +218,17 @@ Test(opencl_env, program_cache) {
     setenv("FREEKV_CACHE_DIR", sub, 1);
     uint64_t loads, stores;
 
+    /* Off by default on a CPU device (PoCL here), on by default elsewhere; "off" is off. */
+    fkv_device_info info;
+    cr_assert_eq(bh_ops[UT]->device_info(bh_index, &info), FKV_OK);
+    int cpu = info.type == FKV_DEVICE_CPU;
+    setenv("FREEKV_OPENCL_BINARY_CACHE", cpu ? "auto" : "off", 1);
+    cr_assert_eq(bh_try_open(), FKV_OK);
+    use_program();
+    cr_assert_eq(th_option_value(ODEV, "cache_loads") + th_option_value(ODEV, "cache_stores"), 0);
+    bh_teardown();
+
+    setenv("FREEKV_OPENCL_BINARY_CACHE", cpu ? "ON" : "auto", 1);
     cr_assert_eq(bh_try_open(), FKV_OK);
     use_program();
     loads = th_option_value(ODEV, "cache_loads");
@@ -294,8 +310,8 @@ Test(opencl, options) {
  * that one): the same results as the reference. The other end of the range (4, or 16 where 4
  * is preferred) in every dtype, with channels past a multiple of four (d5), the group in two
  * blocks (g12) and the dense form; the middle width in bf16. Each width and dtype is a program
- * build of its own, seconds each on PoCL, so the two widths are two tests, each within the
- * suite's timeout under the sanitizers on a busy machine. */
+ * build of its own, about 20 s on PoCL and four times that under the sanitizers, so each is a
+ * test of its own, well within the suite's timeout on a busy machine. */
 static uint64_t preferred_attention_vector(void) {
     uint64_t preferred = th_option_value(ODEV, "attention_vector");
     cr_assert(preferred == 4 || preferred == 8 || preferred == 16, "%llu",
@@ -303,18 +319,33 @@ static uint64_t preferred_attention_vector(void) {
     return preferred;
 }
 
-Test(opencl, attention_at_the_far_vector_width) {
+static void use_the_far_vector_width(void) {
+    uint64_t far = preferred_attention_vector() == 4 ? 16 : 4;
+    cr_assert_eq(th_set_option(ODEV, "attention_vector", far), FKV_OK);
+    cr_assert_eq(th_option_value(ODEV, "attention_vector"), far);
+}
+
+Test(opencl, attention_vector_width_refusals) {
     uint64_t preferred = preferred_attention_vector();
     cr_assert_eq(fkv_op_set_option(ODEV, "attention_vector", "5"), FKV_ERR_INVALID_ARGUMENT);
     cr_assert_eq(fkv_op_set_option(ODEV, "attention_vector", "32"), FKV_ERR_INVALID_ARGUMENT);
     cr_assert_eq(th_option_value(ODEV, "attention_vector"), preferred, "unchanged on refusal");
-    uint64_t far = preferred == 4 ? 16 : 4;
-    cr_assert_eq(th_set_option(ODEV, "attention_vector", far), FKV_OK);
-    cr_assert_eq(th_option_value(ODEV, "attention_vector"), far);
+}
+
+Test(opencl, attention_at_the_far_vector_width_f16) {
+    use_the_far_vector_width();
     bh_spec_case("attention/d5/g2/p3/f16");
+}
+
+Test(opencl, attention_at_the_far_vector_width_bf16) {
+    use_the_far_vector_width();
     bh_spec_case("attention/d128/g4/p32/bf16");
-    bh_spec_case("attention/d64/g12/h1/p16/f32");
     bh_spec_case("attention_dense/d5/g2/p3/bf16");
+}
+
+Test(opencl, attention_at_the_far_vector_width_f32) {
+    use_the_far_vector_width();
+    bh_spec_case("attention/d64/g12/h1/p16/f32");
 }
 
 Test(opencl, attention_at_the_middle_vector_width) {

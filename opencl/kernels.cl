@@ -339,12 +339,10 @@ float16 fkv_wide_row_f16(const global ushort *e, size_t ahead) {
         for (uint p = 0; p < FKV_WIDE_PAGES; p++)                                              \
             FKV_SCORE_STORE(p, 0, group, a + 4 * p)                                            \
     }
-/* The queries of sequence b (descriptor db) in qs, as above; the caller's barrier follows. */
-inline void fkv_scores_wide_queries(const global float *q, ulong q_off, ulong q_rows,
-                                    const global int *db, uint n_summaries, uint n_kv_heads,
-                                    uint group, uint head_dim, local float *qs) {
-    int row = db[3];
-    int row_ok = row >= 0 && (ulong)row < q_rows && n_summaries > 0;
+/* The queries of query row `row` (row_ok: it has one, and there are summaries) in qs, as above;
+ * the caller's barrier follows. */
+inline void fkv_scores_wide_queries(const global float *q, ulong q_off, int row, int row_ok,
+                                    uint n_kv_heads, uint group, uint head_dim, local float *qs) {
     size_t hq = FKV_WIDE_HEAD(head_dim), d = head_dim;
     for (size_t i = get_local_id(0); i < FKV_WIDE_LOCAL(n_kv_heads, head_dim);
          i += get_local_size(0)) {
@@ -358,13 +356,11 @@ inline void fkv_scores_wide_queries(const global float *q, ulong q_off, ulong q_
 /* The scores of sequence b (descriptor db) for every KV head, by work group `slot` (its KV
  * head in the grid) of the n_kv_heads * (dim 0) work groups a sequence has: see above. No
  * barrier: PoCL copies the code after a barrier under a branch once per way through it. */
-inline void fkv_scores_wide(ulong q_rows, const global int *db, const global int *pair_mask,
+inline void fkv_scores_wide(int row_ok, const global int *db, const global int *pair_mask,
                             ulong mask_off, uint use_mask, uint b, uint slot,
                             const global uint *summaries, uint n_summaries, global float *out,
                             ulong out_off, ulong out_len, uint n_kv_heads, uint group,
                             uint head_dim, const local float *qs, uint f16_summ) {
-    int row = db[3];
-    int row_ok = row >= 0 && (ulong)row < q_rows && n_summaries > 0;
     size_t hq = FKV_WIDE_HEAD(head_dim), d = head_dim;
     int base = db[0], n_pages = row_ok ? db[1] : 0;
     long obase = db[2];
@@ -403,9 +399,9 @@ inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
     uint b = bh / n_kv_heads, h = bh % n_kv_heads;
     const global int *db = desc + desc_off + 4 * (size_t)b;
     int row = db[3];
+    int row_ok = row >= 0 && (ulong)row < q_rows && n_summaries > 0;
     /* a masked pair or a row beyond the queries does nothing (no return before the barrier) */
-    int ok = row >= 0 && (ulong)row < q_rows && n_summaries > 0 &&
-             (!use_mask || pair_mask[mask_off + bh] != 0);
+    int ok = row_ok && (!use_mask || pair_mask[mask_off + bh] != 0);
     uint ng_all = min(heads, group - hb), gd = ng_all * head_dim;
     const global float *qb =
         q + q_off + (((size_t)(ok ? row : 0) * n_kv_heads + h) * group + hb) * head_dim;
@@ -415,8 +411,7 @@ inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
     int wide =
         (summ_flags & FKV_SUMM_WIDE_FLAG) && n_blocks == 1 && group <= 4 && head_dim % 16 == 0;
     if (wide)
-        fkv_scores_wide_queries(q, q_off, q_rows, db, n_summaries, n_kv_heads, group, head_dim,
-                                qs);
+        fkv_scores_wide_queries(q, q_off, row, row_ok, n_kv_heads, group, head_dim, qs);
     else
 #endif
         for (uint i = get_local_id(0); i < gd + FKV_SCORE_LANES - 1; i += get_local_size(0))
@@ -424,7 +419,7 @@ inline void fkv_scores_group(const global float *q, ulong q_off, ulong q_rows,
     barrier(CLK_LOCAL_MEM_FENCE);
 #ifdef FKV_WIDE_SCORES
     if (wide) {
-        fkv_scores_wide(q_rows, db, pair_mask, mask_off, use_mask, b, h, summaries, n_summaries,
+        fkv_scores_wide(row_ok, db, pair_mask, mask_off, use_mask, b, h, summaries, n_summaries,
                         out, out_off, out_len, n_kv_heads, group, head_dim, qs, f16_summ);
         return;
     }

@@ -310,7 +310,7 @@ Test(opencl, options) {
  * that one): the same results as the reference. The other end of the range (4, or 16 where 4
  * is preferred) in every dtype, with channels past a multiple of four (d5), the group in two
  * blocks (g12) and the dense form; the middle width in bf16. Each width and dtype is a program
- * build of its own, about 20 s on PoCL and four times that under the sanitizers, so each is a
+ * build of its own (seconds on PoCL, several times that under the sanitizers), so each is a
  * test of its own, well within the suite's timeout on a busy machine. */
 static uint64_t preferred_attention_vector(void) {
     uint64_t preferred = th_option_value(ODEV, "attention_vector");

@@ -9,11 +9,12 @@
  *
  * The speed comes from the group: the K and V rows of a KV head are read once for up to
  * HEAD_BLOCK of its query heads at a time (the whole group up to 8), in tiles of TILE listed
- * tokens, converted eight elements at a time (cpu_vec.h). A K tile is transposed (8x8 blocks)
- * so that the scores of a tile's tokens are the lanes of vectors, each lane summing over c in
- * order; the output accumulators are vectors over channels, each lane summing over tokens in
- * order. The scores of a (sequence, KV head) are kept (heads x tokens floats of scratch), so
- * K is read once and V once. The loops that read K/V are built once per instruction-set level
+ * tokens, converted in vectors (cpu_vec.h). A K tile is transposed (8x8 blocks) so that the
+ * scores of a tile's tokens are the lanes of vectors, each lane summing over c in order; the
+ * output accumulators are vectors over channels, each lane summing over tokens in order, and
+ * each chunk of a V row is converted once, in registers, for several heads. The scores of a
+ * (sequence, KV head) are kept (heads x tokens floats of scratch), so K is read once and V
+ * once. The loops that read K/V are built once per instruction-set level
  * (cpu_attention_body.h) and the widest the CPU runs is used; all give the same bits. */
 #include <math.h>
 #include <stdlib.h>
@@ -27,12 +28,14 @@
 /* Query heads per pass over a KV head's rows. */
 #define HEAD_BLOCK 8
 /* Tokens per tile: the K rows of a tile are converted and transposed once for every head of
- * the block (TILE / CPU_LANES vectors per channel), the V rows converted once. */
+ * the block (TILE / CPU_LANES vectors per channel). */
 #define TILE 32
-#define TILE_WIDE (TILE / CPU_WIDE)
-/* Output channels one head accumulates at a time over a tile, in wide vectors: independent
- * sums enough to hide the latency of an add. */
-#define V_WIDE 4
+/* Query heads one pass over a V tile accumulates at once: each converted row serves all of
+ * them. */
+#define V_HEADS 4
+/* The most query heads a pass over a transposed K tile scores at once (a copy's
+ * CPU_ATTN_S_HEADS): the passes of fewer heads are written for each count up to it. */
+#define SCORE_HEADS_MAX 4
 
 /* Fixed short loops unrolled, so their vectors stay in registers. */
 #define UNROLL _Pragma("GCC unroll 8")
@@ -50,7 +53,6 @@ typedef struct attn_src {
 typedef struct attn_scratch {
     float *sc; /* [HEAD_BLOCK][n_tokens] scores, then read back for the weights */
     float *kt; /* [d][TILE] a K tile, transposed */
-    float *vt; /* [TILE][d] a V tile, converted */
     float *wt; /* [HEAD_BLOCK][TILE] the weights of a tile */
 } attn_scratch;
 
@@ -112,90 +114,41 @@ CPU_VEC_INLINE void transpose8(cpu_vf *x) {
     }
 }
 
-/* The scores of a tile for nh heads q[i*d..] into sc[i*n_tokens + tok + j] (j < n), and the
- * running maxima. Lane j of a sum is token j's, over c in order; two heads at a time. */
-CPU_VEC_INLINE void score_tile(const float *kt, const float *q, uint32_t nh, size_t d, float scale,
-                               size_t n, float *sc, size_t n_tokens, float *max) {
-    for (uint32_t i = 0; i < nh; i += 2) {
-        uint32_t pair = i + 1 < nh;
-        const float *q0 = q + i * d, *q1 = q + (i + pair) * d;
-        cpu_vw a[2][TILE_WIDE];
-        memset(a, 0, sizeof a);
-        for (size_t c = 0; c < d; c++) {
-            float x0 = q0[c], x1 = q1[c];
-            UNROLL
-            for (int v = 0; v < TILE_WIDE; v++) {
-                cpu_vw x = cpu_vec_get_wide(kt + c * TILE + v * CPU_WIDE);
-                a[0][v] += x0 * x;
-                a[1][v] += x1 * x;
-            }
-        }
-        for (uint32_t r = 0; r <= pair; r++) {
-            float lane[TILE];
-            UNROLL
-            for (int v = 0; v < TILE_WIDE; v++)
-                cpu_vec_put_wide(lane + v * CPU_WIDE, a[r][v] * scale);
-            float *dst = sc + (i + r) * n_tokens, m = max[i + r];
-            for (size_t j = 0; j < n; j++) {
-                dst[j] = lane[j];
-                if (lane[j] > m)
-                    m = lane[j];
-            }
-            max[i + r] = m;
-        }
-    }
-}
-
-/* One head's out[c] += sum over the tile's tokens j in order of wt[j] * row j [c]. */
-CPU_VEC_INLINE void accumulate_head(const float *const *rows, const float *wt, size_t n, size_t d,
-                                    float *out) {
-    size_t c0 = 0;
-    for (; c0 + V_WIDE * CPU_WIDE <= d; c0 += V_WIDE * CPU_WIDE) {
-        cpu_vw a[V_WIDE];
-        UNROLL
-        for (int v = 0; v < V_WIDE; v++)
-            a[v] = cpu_vec_get_wide(out + c0 + v * CPU_WIDE);
-        for (size_t j = 0; j < n; j++) {
-            float x = wt[j];
-            UNROLL
-            for (int v = 0; v < V_WIDE; v++)
-                a[v] += x * cpu_vec_get_wide(rows[j] + c0 + v * CPU_WIDE);
-        }
-        UNROLL
-        for (int v = 0; v < V_WIDE; v++)
-            cpu_vec_put_wide(out + c0 + v * CPU_WIDE, a[v]);
-    }
-    for (; c0 + CPU_LANES <= d; c0 += CPU_LANES) {
-        cpu_vf a = cpu_vec_get(out + c0);
-        for (size_t j = 0; j < n; j++)
-            a += wt[j] * cpu_vec_get(rows[j] + c0);
-        cpu_vec_put(out + c0, a);
-    }
-    for (; c0 < d; c0++) {
-        float a = out[c0];
-        for (size_t j = 0; j < n; j++)
-            a += wt[j] * rows[j][c0];
-        out[c0] = a;
-    }
-}
-
 /* The per-instruction-set copies (cpu_attention_body.h) and the pick among them. */
 typedef void attend_block_fn(const attn_src *s, const float *q, uint32_t nh, size_t d, fkv_dtype dt,
                              float scale, const attn_scratch *w, float *out);
 
+/* Each copy's arithmetic vectors are its registers' width (CPU_ATTN_LANES floats): GCC keeps
+ * a vector wider than any register of the target in memory, which made the AVX2 copy ten
+ * times slower than the AVX-512 one. Each pass keeps eight of them as sums: CPU_ATTN_S_HEADS
+ * heads x TILE / CPU_ATTN_LANES tokens when scoring, V_HEADS heads x CPU_ATTN_V_WIDE
+ * vectors of channels when accumulating V, enough to hide an add's latency. */
 #define CPU_ATTN(name) name##_base
+#define CPU_ATTN_LANES 4
+#define CPU_ATTN_S_HEADS 1
+#define CPU_ATTN_V_WIDE 2
 #include "cpu_attention_body.h"
 #undef CPU_ATTN
 
 #if CPU_VEC_X86_LEVELS
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v3")
+#undef CPU_ATTN_LANES
+#undef CPU_ATTN_S_HEADS
+#define CPU_ATTN_LANES 8
+#define CPU_ATTN_S_HEADS 2
 #define CPU_ATTN(name) name##_v3
 #include "cpu_attention_body.h"
 #undef CPU_ATTN
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("arch=x86-64-v4")
+#undef CPU_ATTN_LANES
+#undef CPU_ATTN_S_HEADS
+#undef CPU_ATTN_V_WIDE
+#define CPU_ATTN_LANES 16
+#define CPU_ATTN_S_HEADS 4
+#define CPU_ATTN_V_WIDE 2
 #define CPU_ATTN(name) name##_v4
 #include "cpu_attention_body.h"
 #undef CPU_ATTN
@@ -248,14 +201,13 @@ static fkv_status alloc_scratch(const fkv_kv_geom *g, size_t max_tokens, attn_sc
                                 float **base) {
     size_t heads = g->group < HEAD_BLOCK ? g->group : HEAD_BLOCK;
     size_t d = g->head_dim, sc = heads * max_tokens, tile = (size_t)TILE * d;
-    *base = malloc((sc + 2 * tile + HEAD_BLOCK * TILE) * sizeof(float));
+    *base = malloc((sc + tile + HEAD_BLOCK * TILE) * sizeof(float));
     if (*base == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
                          "attention: no host memory for the scores of %zu tokens", max_tokens);
     w->sc = *base;
     w->kt = w->sc + sc;
-    w->vt = w->kt + tile;
-    w->wt = w->vt + tile;
+    w->wt = w->kt + tile;
     return FKV_OK;
 }
 

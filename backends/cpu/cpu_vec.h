@@ -17,9 +17,6 @@ typedef float cpu_vf __attribute__((vector_size(4 * CPU_LANES)));
 typedef uint32_t cpu_vu __attribute__((vector_size(4 * CPU_LANES)));
 typedef int32_t cpu_vi __attribute__((vector_size(4 * CPU_LANES))); /* compare results */
 typedef uint16_t cpu_vh __attribute__((vector_size(2 * CPU_LANES)));
-/* Wide vectors for pure arithmetic loops: one AVX-512 register, two AVX or four SSE ones. */
-#define CPU_WIDE 16
-typedef float cpu_vw __attribute__((vector_size(4 * CPU_WIDE)));
 
 /* With GCC on x86-64 the hot loops are compiled again for the x86-64-v3 (AVX2, F16C) and v4
  * (AVX-512) levels under #pragma GCC target and picked at run time, so one binary runs
@@ -60,14 +57,6 @@ CPU_VEC_INLINE cpu_vf cpu_vec_get(const float *p) {
 }
 
 CPU_VEC_INLINE void cpu_vec_put(float *p, cpu_vf x) { memcpy(p, &x, sizeof x); }
-
-CPU_VEC_INLINE cpu_vw cpu_vec_get_wide(const float *p) {
-    cpu_vw x;
-    memcpy(&x, p, sizeof x);
-    return x;
-}
-
-CPU_VEC_INLINE void cpu_vec_put_wide(float *p, cpu_vw x) { memcpy(p, &x, sizeof x); }
 
 /* f16 bits to f32 without a subnormal f32 operand (the result does not depend on the
  * caller's denormals-are-zero mode): the exponent is rebased by 112; a zero exponent

@@ -62,6 +62,7 @@ void bh_clear_env(void) {
     for (const char *const *v = cur->env; v && *v; v++)
         unsetenv(*v);
     unsetenv("FREEKV_CPU_RECALL");
+    unsetenv("FREEKV_CPU_ISA");
     /* Kernel caches next to PoCL's (CTest sets POCL_CACHE_DIR), not in $HOME. */
     char dir[1024];
     const char *pocl = getenv("POCL_CACHE_DIR");

@@ -133,7 +133,8 @@ Test(env, choices_are_case_insensitive) {
 
 static const char *const library_vars[] = {
     "FREEKV_BACKEND",          "FREEKV_DEVICE",          "FREEKV_CPU_RECALL",
-    "FREEKV_CPU_DEVICE_MEMORY", "FREEKV_CPU_HOST_MEMORY", "FREEKV_OPENCL_RECALL",
+    "FREEKV_CPU_ISA",          "FREEKV_CPU_DEVICE_MEMORY", "FREEKV_CPU_HOST_MEMORY",
+    "FREEKV_OPENCL_RECALL",
     "FREEKV_OPENCL_FAST_MATH", "FREEKV_OPENCL_BINARY_CACHE", "FREEKV_VULKAN_RECALL",
     "FREEKV_VULKAN_16BIT",     "FREEKV_VULKAN_VALIDATION",   "FREEKV_HIP_RECALL"};
 
@@ -191,9 +192,11 @@ Test(env, garbage_is_rejected_with_one_message_format, .init = clear_env) {
     open_fails_with_bad_env(NULL, "FREEKV_BACKEND", "garbage");
     open_fails_with_bad_env(NULL, "FREEKV_BACKEND", "cuda");
     open_fails_with_bad_env("cpu", "FREEKV_CPU_RECALL", "garbage");
+    open_fails_with_bad_env("cpu", "FREEKV_CPU_ISA", "sse9");
     open_fails_with_bad_env("cpu", "FREEKV_CPU_DEVICE_MEMORY", "garbage");
     open_fails_with_bad_env("cpu", "FREEKV_CPU_HOST_MEMORY", "12Q");
     open_succeeds("cpu", "FREEKV_CPU_RECALL", "DIRECT");
+    open_succeeds("cpu", "FREEKV_CPU_ISA", "Base");
     open_succeeds("cpu", "FREEKV_CPU_DEVICE_MEMORY", "1g");
 }
 

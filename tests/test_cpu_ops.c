@@ -41,6 +41,7 @@ static fkv_bevent *ev_last; /* the event of the last enqueue made with DONE */
 
 static void unset_env(void) {
     unsetenv("FREEKV_CPU_RECALL");
+    unsetenv("FREEKV_CPU_ISA");
     unsetenv("FREEKV_CPU_DEVICE_MEMORY");
     unsetenv("FREEKV_CPU_HOST_MEMORY");
 }
@@ -57,7 +58,8 @@ static void setup(void) {
     open_cpu();
 }
 
-static void teardown(void) {
+/* The device and its buffers; host memory stays. */
+static void close_cpu(void) {
     if (dev) {
         fkv_op_finish(dev, CQ);
         fkv_op_finish(dev, TQ);
@@ -66,10 +68,15 @@ static void teardown(void) {
             fkv_op_buffer_free(dev, bufs[i]);
         fkv_device_close(dev);
     }
+    n_bufs = 0;
+    dev = NULL;
+}
+
+static void teardown(void) {
+    close_cpu();
     for (size_t i = 0; i < n_mems; i++)
         free(mems[i]);
-    n_bufs = n_mems = 0;
-    dev = NULL;
+    n_mems = 0;
 }
 
 static void *tmalloc(size_t size) {
@@ -1074,6 +1081,44 @@ Test(cpu_env, bad_recall_value) {
     cr_assert(strstr(fkv_last_error(), "FREEKV_CPU_RECALL") != NULL, "%s", fkv_last_error());
     fkv_device *d = NULL;
     cr_assert_eq(fkv_device_open("cpu", NULL, &d), FKV_ERR_BAD_ENVIRONMENT);
+    cr_assert_null(d);
+}
+
+/* FREEKV_CPU_ISA picks the level of the device's attention: each level the CPU runs gives the
+ * bits of the default, and a bad name is refused when the device opens. */
+Test(cpu_env, isa_levels_give_the_same_attention) {
+    static const char *const names[] = {"base", "x86-64-v3", "X86-64-V4", "auto"};
+    static const cpu_isa levels[] = {CPU_ISA_BASE, CPU_ISA_X86_V3, CPU_ISA_X86_V4, CPU_ISA_BEST};
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 4, .head_dim = 40, .page_size = 8,
+                     .dtype = FKV_F16};
+    size_t re = 80, rows = 24, qn = 8 * 40;
+    th_rng r;
+    th_seed(&r, 7);
+    void *kv = attention_values(&r, rows * re, g.dtype);
+    float *q = rand_f32(&r, qn, 1.0f), *want = tmalloc(qn * 4), *got = tmalloc(qn * 4);
+    const int32_t heads[] = {0, 3, 3, 2}, entries[] = {2, 8, 0, 5, 1, 8, 1, 3, 2, 7};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        setenv("FREEKV_CPU_ISA", names[i], 1);
+        if (!cpu_isa_available(levels[i])) {
+            fkv_device *d = NULL;
+            cr_assert_eq(fkv_device_open("cpu", NULL, &d), FKV_ERR_UNSUPPORTED);
+            cr_assert(strstr(fkv_last_error(), "FREEKV_CPU_ISA"), "%s", fkv_last_error());
+            continue;
+        }
+        open_cpu();
+        fkv_bbuf *kp = dfrom(kv, 0, rows * re * 2), *qb = dfrom(q, 0, qn * 4);
+        fkv_bbuf *out = dalloc(qn * 4);
+        RUN(fkv_op_attention(dev, CQ, DONE, &g, qb, 0, 1, ints(heads, 4), 0, ints(entries, 10), 0,
+                             kp, kp, 0.25f, out, 0));
+        dread(out, 0, i == 0 ? want : got, qn * 4);
+        if (i > 0)
+            cr_assert_arr_eq(got, want, qn * 4, "FREEKV_CPU_ISA=%s differs from base", names[i]);
+        close_cpu();
+    }
+    setenv("FREEKV_CPU_ISA", "avx512", 1);
+    fkv_device *d = NULL;
+    cr_assert_eq(fkv_device_open("cpu", NULL, &d), FKV_ERR_BAD_ENVIRONMENT);
+    cr_assert(strstr(fkv_last_error(), "FREEKV_CPU_ISA"), "%s", fkv_last_error());
     cr_assert_null(d);
 }
 

@@ -10,6 +10,9 @@
  * Environment (read in device_open only, through common/env.c):
  *   FREEKV_CPU_RECALL=staged|direct|perpage   recall mechanism reported by recall_mode
  *   FREEKV_CPU_DEVICE_MEMORY, FREEKV_CPU_HOST_MEMORY = N[K|M|G]   allocation limits in bytes
+ *   FREEKV_CPU_ISA=auto|base|x86-64-v3|x86-64-v4   the attention loops' instruction-set level
+ *     (cpu_kernels.h): auto the widest the CPU runs; every level gives the same bits, so the
+ *     choice is for measuring a level and for CPUs that run a narrower one faster
  *
  * Tests can make a chosen command fail (cpu_fault.h).
  */
@@ -33,6 +36,7 @@
 struct fkv_bdev {
     cpu_queue *queues[FKV_QUEUE_COUNT];
     fkv_recall_mode recall;
+    cpu_isa isa;
     uint64_t device_limit; /* UINT64_MAX: unlimited */
     uint64_t host_limit;
     pthread_mutex_t mem_lock; /* guards the counters below */
@@ -115,6 +119,20 @@ static fkv_status read_recall(fkv_recall_mode *mode) {
     return st;
 }
 
+static fkv_status read_isa(cpu_isa *isa) {
+    /* in cpu_isa order */
+    static const char *const names[] = {"auto", "base", "x86-64-v3", "x86-64-v4"};
+    int i;
+    fkv_status st = fkv_env_choice("FREEKV_CPU_ISA", names, 4, CPU_ISA_BEST, &i);
+    if (st != FKV_OK)
+        return st;
+    *isa = (cpu_isa)i;
+    if (!cpu_isa_available(*isa))
+        return fkv_error(FKV_ERR_UNSUPPORTED,
+                         "FREEKV_CPU_ISA=%s: this CPU or build does not run that level", names[i]);
+    return FKV_OK;
+}
+
 static void cpu_device_close(fkv_bdev *dev) {
     if (dev == NULL)
         return;
@@ -133,9 +151,10 @@ static fkv_status cpu_device_open(uint32_t index, fkv_bdev **out) {
     if (index != 0)
         return fkv_error(FKV_ERR_NO_DEVICE, "cpu: no device %u (the CPU backend has one)", index);
     fkv_recall_mode recall;
+    cpu_isa isa;
     uint64_t device_limit, host_limit;
     fkv_status st;
-    if ((st = read_recall(&recall)) != FKV_OK ||
+    if ((st = read_recall(&recall)) != FKV_OK || (st = read_isa(&isa)) != FKV_OK ||
         (st = fkv_env_size("FREEKV_CPU_DEVICE_MEMORY", UINT64_MAX, &device_limit)) != FKV_OK ||
         (st = fkv_env_size("FREEKV_CPU_HOST_MEMORY", UINT64_MAX, &host_limit)) != FKV_OK)
         return st;
@@ -147,6 +166,7 @@ static fkv_status cpu_device_open(uint32_t index, fkv_bdev **out) {
         return fkv_error(FKV_ERR_BACKEND, "cpu: pthread_mutex_init failed");
     }
     dev->recall = recall;
+    dev->isa = isa;
     dev->device_limit = device_limit;
     dev->host_limit = host_limit;
     for (int i = 0; i < FKV_QUEUE_COUNT; i++) {
@@ -828,18 +848,19 @@ typedef struct attention_args {
     size_t pool_rows;
     float scale;
     float *out;
+    cpu_isa isa;
 } attention_args;
 
 static fkv_status run_attention(void *p) {
     attention_args *a = p;
     return cpu_attention(&a->g, a->q, a->n_seqs, a->heads, a->entries, a->n_entries, a->kpool,
-                         a->vpool, a->pool_rows, a->scale, a->out, CPU_ISA_BEST);
+                         a->vpool, a->pool_rows, a->scale, a->out, a->isa);
 }
 
 static fkv_status run_attention_dense(void *p) {
     attention_args *a = p;
     return cpu_attention_dense(&a->g, a->q, a->n_tokens, a->kpool, a->vpool, a->scale, a->out,
-                               CPU_ISA_BEST);
+                               a->isa);
 }
 
 static fkv_status cpu_attention_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
@@ -855,6 +876,7 @@ static fkv_status cpu_attention_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     a->g = *g;
     a->n_seqs = n_seqs;
     a->scale = scale;
+    a->isa = dev->isa;
     a->pool_rows = pool_rows(g, kpool, vpool);
     a->q = (const float *)at(qbuf, q_off);
     a->heads = (const int32_t *)at(heads, heads_off);
@@ -879,6 +901,7 @@ static fkv_status cpu_attention_dense_op(fkv_bdev *dev, fkv_queue q, fkv_deps de
     a->n_seqs = 1;
     a->n_tokens = n_tokens;
     a->scale = scale;
+    a->isa = dev->isa;
     a->q = (const float *)at(qbuf, q_off);
     a->out = (float *)at(out, out_off);
     a->kpool = k->data;

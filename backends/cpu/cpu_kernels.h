@@ -78,7 +78,7 @@ fkv_status cpu_recall_direct(const fkv_kv_geom *g, uint32_t n_hosts, const cpu_h
 
 /* The instruction-set levels the attention loops are built for (cpu_attention.c): BEST is
  * the widest this CPU runs; the others exist so that tests can run every level the CPU has
- * and find them bit for bit equal. */
+ * and find them bit for bit equal, and so that FREEKV_CPU_ISA can pick one (in this order). */
 typedef enum cpu_isa {
     CPU_ISA_BEST = 0,
     CPU_ISA_BASE = 1,   /* the compiler's baseline */

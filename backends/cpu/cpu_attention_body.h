@@ -32,6 +32,17 @@ CPU_VEC_INLINE cpu_vf CPU_ATTN(load)(const void *p, fkv_dtype dt) {
         return x;
     }
 #endif
+#ifdef __AVX2__
+    /* GCC widens a generic 8-lane convert in 4-lane halves */
+    if (dt == FKV_BF16) {
+        __m128i h;
+        memcpy(&h, p, sizeof h);
+        __m256i u = _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+        cpu_vf x;
+        memcpy(&x, &u, sizeof x);
+        return x;
+    }
+#endif
     return cpu_vec_load(p, dt);
 }
 
@@ -158,12 +169,22 @@ CPU_VEC_INLINE CPU_ATTN(vw) CPU_ATTN(load_wide)(const unsigned char *p, fkv_dtyp
     if (dt == FKV_F32) {
         memcpy(&x, p, sizeof x);
     } else if (dt == FKV_BF16) {
+#if defined(__AVX512F__) && CPU_ATTN_LANES == 16
+        __m256i h;
+        memcpy(&h, p, sizeof h);
+        __m512i u = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+        memcpy(&x, &u, sizeof x);
+#elif CPU_ATTN_LANES == CPU_LANES
+        cpu_vf f = CPU_ATTN(load)(p, dt);
+        memcpy(&x, &f, sizeof x);
+#else
         typedef uint16_t half_bits __attribute__((vector_size(2 * CPU_ATTN_LANES)));
         typedef uint32_t word_bits __attribute__((vector_size(4 * CPU_ATTN_LANES)));
         half_bits h;
         memcpy(&h, p, sizeof h);
         word_bits u = __builtin_convertvector(h, word_bits) << 16;
         memcpy(&x, &u, sizeof x);
+#endif
     } else {
 #if defined(__AVX512F__) && CPU_ATTN_LANES == 16
         __m256i h;

@@ -88,3 +88,21 @@ fkv_status fkv_env_size(const char *var, uint64_t dflt, uint64_t *out) {
 bad:
     return bad_value(var, s, "a byte count >= 1 with an optional K, M or G suffix, e.g. 64M");
 }
+
+fkv_status fkv_env_count(const char *var, uint32_t max, uint32_t *out) {
+    const char *s = fkv_env_get(var);
+    *out = 0;
+    if (s == NULL || strcasecmp(s, "auto") == 0)
+        return FKV_OK;
+    uint64_t v = 0;
+    const char *p = s;
+    for (; *p >= '0' && *p <= '9' && v <= max; p++)
+        v = v * 10 + (uint64_t)(*p - '0');
+    if (p != s && *p == '\0' && v >= 1 && v <= max) {
+        *out = (uint32_t)v;
+        return FKV_OK;
+    }
+    char valid[64];
+    snprintf(valid, sizeof valid, "auto or an integer from 1 to %u", max);
+    return bad_value(var, s, valid);
+}

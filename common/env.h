@@ -32,4 +32,8 @@ fkv_status fkv_env_bool(const char *var, int dflt, int *out);
  * overflow; dflt when unset or empty. */
 fkv_status fkv_env_size(const char *var, uint64_t dflt, uint64_t *out);
 
+/* A count: "auto" (case-insensitive) or unset/empty gives *out = 0, for the caller's default;
+ * else a plain decimal integer in [1, max]. */
+fkv_status fkv_env_count(const char *var, uint32_t max, uint32_t *out);
+
 #endif

@@ -63,6 +63,7 @@ void bh_clear_env(void) {
         unsetenv(*v);
     unsetenv("FREEKV_CPU_RECALL");
     unsetenv("FREEKV_CPU_ISA");
+    unsetenv("FREEKV_CPU_THREADS");
     /* Kernel caches next to PoCL's (CTest sets POCL_CACHE_DIR), not in $HOME. */
     char dir[1024];
     const char *pocl = getenv("POCL_CACHE_DIR");

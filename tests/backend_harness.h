@@ -54,8 +54,8 @@ extern uint32_t bh_index;         /* the device under test, after bh_find_device
 
 /* The backend under test; call first in every suite init. */
 void bh_select(const bh_backend *b);
-/* Unsets the backend's variables and the CPU reference's FREEKV_CPU_RECALL and FREEKV_CPU_ISA;
- * caches go next to PoCL's. */
+/* Unsets the backend's variables and the CPU reference's FREEKV_CPU_RECALL, FREEKV_CPU_ISA and
+ * FREEKV_CPU_THREADS; caches go next to PoCL's. */
 void bh_clear_env(void);
 /* Finds the device under test: 0 when the backend has none. */
 int bh_find_device(void);

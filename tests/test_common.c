@@ -91,12 +91,41 @@ Test(env, booleans) {
     }
 }
 
+/* A parser under test, its result widened; good values and what they give, bad values. */
+typedef fkv_status (*env_parse)(const char *var, uint64_t *v);
+typedef struct env_good {
+    const char *s;
+    uint64_t v;
+} env_good;
+
+static void check_parse(const char *var, env_parse parse, const env_good *good, size_t n_good,
+                        const char *const *bad, size_t n_bad) {
+    uint64_t v;
+    for (size_t i = 0; i < n_good; i++) {
+        setenv(var, good[i].s, 1);
+        cr_assert_eq(parse(var, &v), FKV_OK, "%s: %s", good[i].s, fkv_last_error());
+        cr_assert_eq(v, good[i].v, "%s", good[i].s);
+    }
+    for (size_t i = 0; i < n_bad; i++) {
+        setenv(var, bad[i], 1);
+        expect_bad_env(parse(var, &v), var, bad[i]);
+    }
+    unsetenv(var);
+}
+
+static fkv_status parse_size(const char *var, uint64_t *v) { return fkv_env_size(var, 0, v); }
+
+static fkv_status parse_count(const char *var, uint64_t *v) {
+    uint32_t n = 0;
+    fkv_status st = fkv_env_count(var, 256, &n);
+    *v = n;
+    return st;
+}
+
 Test(env, sizes) {
-    static const struct {
-        const char *s;
-        uint64_t v;
-    } good[] = {{"1", 1}, {"4096", 4096}, {"64k", 64 << 10}, {"64M", 64ull << 20},
-                {"3g", 3ull << 30}, {"17179869183G", 17179869183ull << 30}};
+    static const env_good good[] = {{"1", 1},          {"4096", 4096},       {"64k", 64 << 10},
+                                    {"64M", 64ull << 20}, {"3g", 3ull << 30},
+                                    {"17179869183G", 17179869183ull << 30}};
     static const char *const bad[] = {"0", "0M", "-5", "12Q", "1.5G", "M", "64 M", "64MB",
                                       "99999999999999999999", "17179869184G"};
     uint64_t v;
@@ -106,16 +135,21 @@ Test(env, sizes) {
     setenv("FKV_TEST_SIZE", "", 1);
     cr_assert_eq(fkv_env_size("FKV_TEST_SIZE", 78, &v), FKV_OK);
     cr_assert_eq(v, 78);
-    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
-        setenv("FKV_TEST_SIZE", good[i].s, 1);
-        cr_assert_eq(fkv_env_size("FKV_TEST_SIZE", 0, &v), FKV_OK, "%s: %s", good[i].s,
-                     fkv_last_error());
-        cr_assert_eq(v, good[i].v, "%s", good[i].s);
-    }
-    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        setenv("FKV_TEST_SIZE", bad[i], 1);
-        expect_bad_env(fkv_env_size("FKV_TEST_SIZE", 0, &v), "FKV_TEST_SIZE", bad[i]);
-    }
+    check_parse("FKV_TEST_SIZE", parse_size, good, sizeof good / sizeof *good, bad,
+                sizeof bad / sizeof *bad);
+}
+
+/* Counts: unset, empty and auto are 0 (the caller's default). */
+Test(env, counts) {
+    static const env_good good[] = {{"1", 1},    {"16", 16},   {"256", 256},
+                                    {"AUTO", 0}, {"auto", 0}, {"", 0}};
+    static const char *const bad[] = {"0", "257", "-1", "+2", "2.0", "4 ", "x", "99999999999"};
+    uint32_t n = 7;
+    unsetenv("FKV_TEST_COUNT");
+    cr_assert_eq(fkv_env_count("FKV_TEST_COUNT", 256, &n), FKV_OK);
+    cr_assert_eq(n, 0);
+    check_parse("FKV_TEST_COUNT", parse_count, good, sizeof good / sizeof *good, bad,
+                sizeof bad / sizeof *bad);
 }
 
 Test(env, choices_are_case_insensitive) {
@@ -132,11 +166,11 @@ Test(env, choices_are_case_insensitive) {
 /* ---- every variable the library reads ---- */
 
 static const char *const library_vars[] = {
-    "FREEKV_BACKEND",          "FREEKV_DEVICE",          "FREEKV_CPU_RECALL",
-    "FREEKV_CPU_ISA",          "FREEKV_CPU_DEVICE_MEMORY", "FREEKV_CPU_HOST_MEMORY",
-    "FREEKV_OPENCL_RECALL",
-    "FREEKV_OPENCL_FAST_MATH", "FREEKV_OPENCL_BINARY_CACHE", "FREEKV_VULKAN_RECALL",
-    "FREEKV_VULKAN_16BIT",     "FREEKV_VULKAN_VALIDATION",   "FREEKV_HIP_RECALL"};
+    "FREEKV_BACKEND",           "FREEKV_DEVICE",          "FREEKV_CPU_RECALL",
+    "FREEKV_CPU_ISA",           "FREEKV_CPU_THREADS",     "FREEKV_CPU_DEVICE_MEMORY",
+    "FREEKV_CPU_HOST_MEMORY",   "FREEKV_OPENCL_RECALL",   "FREEKV_OPENCL_FAST_MATH",
+    "FREEKV_OPENCL_BINARY_CACHE", "FREEKV_VULKAN_RECALL", "FREEKV_VULKAN_16BIT",
+    "FREEKV_VULKAN_VALIDATION", "FREEKV_HIP_RECALL"};
 
 static void clear_env(void) {
     for (size_t i = 0; i < sizeof library_vars / sizeof *library_vars; i++)
@@ -193,10 +227,12 @@ Test(env, garbage_is_rejected_with_one_message_format, .init = clear_env) {
     open_fails_with_bad_env(NULL, "FREEKV_BACKEND", "cuda");
     open_fails_with_bad_env("cpu", "FREEKV_CPU_RECALL", "garbage");
     open_fails_with_bad_env("cpu", "FREEKV_CPU_ISA", "sse9");
+    open_fails_with_bad_env("cpu", "FREEKV_CPU_THREADS", "0");
     open_fails_with_bad_env("cpu", "FREEKV_CPU_DEVICE_MEMORY", "garbage");
     open_fails_with_bad_env("cpu", "FREEKV_CPU_HOST_MEMORY", "12Q");
     open_succeeds("cpu", "FREEKV_CPU_RECALL", "DIRECT");
     open_succeeds("cpu", "FREEKV_CPU_ISA", "Base");
+    open_succeeds("cpu", "FREEKV_CPU_THREADS", "Auto");
     open_succeeds("cpu", "FREEKV_CPU_DEVICE_MEMORY", "1g");
 }
 

@@ -12,13 +12,16 @@
 #include <criterion/criterion.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backends/cpu/cpu_kernels.h"
+#include "backends/cpu/cpu_pool.h"
 #include "backends/dispatch.h"
 #include "common/dtype.h"
+#include "common/error.h"
 #include "conformance.h"
 #include "helpers.h"
 
@@ -42,6 +45,7 @@ static fkv_bevent *ev_last; /* the event of the last enqueue made with DONE */
 static void unset_env(void) {
     unsetenv("FREEKV_CPU_RECALL");
     unsetenv("FREEKV_CPU_ISA");
+    unsetenv("FREEKV_CPU_THREADS");
     unsetenv("FREEKV_CPU_DEVICE_MEMORY");
     unsetenv("FREEKV_CPU_HOST_MEMORY");
 }
@@ -953,6 +957,10 @@ Test(cpu_ops, attention_is_the_per_head_definition_bit_for_bit) {
     static const fkv_dtype dtypes[] = {FKV_F32, FKV_F16, FKV_BF16};
     th_rng r;
     th_seed(&r, 42);
+    /* the calling thread alone, then three threads taking (sequence, KV head) pairs */
+    cpu_pool *pools[2] = {NULL, NULL};
+    cr_assert_eq(cpu_pool_create(3, &pools[1]), FKV_OK);
+    cr_assert_eq(cpu_pool_width(pools[1]), 3);
     for (size_t gi = 0; gi < sizeof geoms / sizeof *geoms; gi++)
         for (size_t di = 0; di < 3; di++) {
             fkv_kv_geom g = {.n_kv_heads = geoms[gi][0], .group = geoms[gi][1],
@@ -990,11 +998,13 @@ Test(cpu_ops, attention_is_the_per_head_definition_bit_for_bit) {
             for (size_t li = 0; li < sizeof isa_levels / sizeof *isa_levels; li++) {
                 if (!cpu_isa_available(isa_levels[li]))
                     continue;
-                memset(got, 0xA5, qn * 4);
-                cr_assert_eq(cpu_attention(&g, q, n_seqs, heads, entries, e, kp, vp, rows, scale,
-                                           got, isa_levels[li]),
-                             FKV_OK, "%s", fkv_last_error());
-                expect_same_bits(got, want, qn, what, isa_levels[li]);
+                for (int pi = 0; pi < 2; pi++) {
+                    memset(got, 0xA5, qn * 4);
+                    cr_assert_eq(cpu_attention(&g, q, n_seqs, heads, entries, e, kp, vp, rows,
+                                               scale, got, isa_levels[li], pools[pi]),
+                                 FKV_OK, "%s", fkv_last_error());
+                    expect_same_bits(got, want, qn, what, isa_levels[li]);
+                }
             }
             /* dense: the first n rows of the pools as one list */
             uint32_t n_tok = (uint32_t)(th_u32(&r) % rows) + 1;
@@ -1009,11 +1019,15 @@ Test(cpu_ops, attention_is_the_per_head_definition_bit_for_bit) {
             for (size_t li = 0; li < sizeof isa_levels / sizeof *isa_levels; li++) {
                 if (!cpu_isa_available(isa_levels[li]))
                     continue;
-                cr_assert_eq(cpu_attention_dense(&g, q, n_tok, kp, vp, 0.3f, got, isa_levels[li]),
-                             FKV_OK, "%s", fkv_last_error());
-                expect_same_bits(got, want, (size_t)hk * g.group * d, what, isa_levels[li]);
+                for (int pi = 0; pi < 2; pi++) {
+                    cr_assert_eq(cpu_attention_dense(&g, q, n_tok, kp, vp, 0.3f, got,
+                                                     isa_levels[li], pools[pi]),
+                                 FKV_OK, "%s", fkv_last_error());
+                    expect_same_bits(got, want, (size_t)hk * g.group * d, what, isa_levels[li]);
+                }
             }
         }
+    cpu_pool_destroy(pools[1]);
 }
 
 /* Attention over one token returns its value row exactly (weight expf(0) = 1, added to 0 and
@@ -1034,7 +1048,8 @@ Test(cpu_ops, attention_converts_every_16_bit_value_exactly) {
         for (size_t li = 0; li < sizeof isa_levels / sizeof *isa_levels; li++) {
             if (!cpu_isa_available(isa_levels[li]))
                 continue;
-            cr_assert_eq(cpu_attention_dense(&g, q, 1, k, v, 1.0f, out, isa_levels[li]), FKV_OK);
+            cr_assert_eq(cpu_attention_dense(&g, q, 1, k, v, 1.0f, out, isa_levels[li], NULL),
+                         FKV_OK);
             for (size_t i = 0; i < n; i++) {
                 float x = fkv_load(v, g.dtype, i), want = (0.0f + 1.0f * x) / 1.0f;
                 int same = isnan(x) ? isnan(out[i]) : memcmp(&out[i], &want, 4) == 0;
@@ -1084,19 +1099,31 @@ Test(cpu_env, bad_recall_value) {
     cr_assert_null(d);
 }
 
-/* FREEKV_CPU_ISA picks the level of the device's attention: each level the CPU runs gives the
- * bits of the default, and a bad name is refused when the device opens. */
-Test(cpu_env, isa_levels_give_the_same_attention) {
-    static const char *const names[] = {"base", "x86-64-v3", "X86-64-V4", "auto"};
-    static const cpu_isa levels[] = {CPU_ISA_BASE, CPU_ISA_X86_V3, CPU_ISA_X86_V4, CPU_ISA_BEST};
+/* One attention (2 KV heads of group 4, d 40, f16, uneven lists) on a CPU device opened with
+ * the environment as it is: its output into out[8 * 40]. */
+static void device_attention(float *out) {
     fkv_kv_geom g = {.n_kv_heads = 2, .group = 4, .head_dim = 40, .page_size = 8,
                      .dtype = FKV_F16};
     size_t re = 80, rows = 24, qn = 8 * 40;
     th_rng r;
     th_seed(&r, 7);
     void *kv = attention_values(&r, rows * re, g.dtype);
-    float *q = rand_f32(&r, qn, 1.0f), *want = tmalloc(qn * 4), *got = tmalloc(qn * 4);
+    float *q = rand_f32(&r, qn, 1.0f);
     const int32_t heads[] = {0, 3, 3, 2}, entries[] = {2, 8, 0, 5, 1, 8, 1, 3, 2, 7};
+    open_cpu();
+    fkv_bbuf *kp = dfrom(kv, 0, rows * re * 2), *qb = dfrom(q, 0, qn * 4), *ob = dalloc(qn * 4);
+    RUN(fkv_op_attention(dev, CQ, DONE, &g, qb, 0, 1, ints(heads, 4), 0, ints(entries, 10), 0, kp,
+                         kp, 0.25f, ob, 0));
+    dread(ob, 0, out, qn * 4);
+    close_cpu();
+}
+
+/* FREEKV_CPU_ISA picks the level of the device's attention: each level the CPU runs gives the
+ * bits of the baseline, a level it lacks is refused, and so is a bad name. */
+Test(cpu_env, isa_levels_give_the_same_attention) {
+    static const char *const names[] = {"base", "x86-64-v3", "X86-64-V4", "auto"};
+    static const cpu_isa levels[] = {CPU_ISA_BASE, CPU_ISA_X86_V3, CPU_ISA_X86_V4, CPU_ISA_BEST};
+    float *want = tmalloc(320 * 4), *got = tmalloc(320 * 4);
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         setenv("FREEKV_CPU_ISA", names[i], 1);
         if (!cpu_isa_available(levels[i])) {
@@ -1105,21 +1132,125 @@ Test(cpu_env, isa_levels_give_the_same_attention) {
             cr_assert(strstr(fkv_last_error(), "FREEKV_CPU_ISA"), "%s", fkv_last_error());
             continue;
         }
-        open_cpu();
-        fkv_bbuf *kp = dfrom(kv, 0, rows * re * 2), *qb = dfrom(q, 0, qn * 4);
-        fkv_bbuf *out = dalloc(qn * 4);
-        RUN(fkv_op_attention(dev, CQ, DONE, &g, qb, 0, 1, ints(heads, 4), 0, ints(entries, 10), 0,
-                             kp, kp, 0.25f, out, 0));
-        dread(out, 0, i == 0 ? want : got, qn * 4);
+        device_attention(i == 0 ? want : got);
         if (i > 0)
-            cr_assert_arr_eq(got, want, qn * 4, "FREEKV_CPU_ISA=%s differs from base", names[i]);
-        close_cpu();
+            cr_assert_arr_eq(got, want, 320 * 4, "FREEKV_CPU_ISA=%s differs from base", names[i]);
     }
     setenv("FREEKV_CPU_ISA", "avx512", 1);
     fkv_device *d = NULL;
     cr_assert_eq(fkv_device_open("cpu", NULL, &d), FKV_ERR_BAD_ENVIRONMENT);
     cr_assert(strstr(fkv_last_error(), "FREEKV_CPU_ISA"), "%s", fkv_last_error());
     cr_assert_null(d);
+}
+
+/* FREEKV_CPU_THREADS: the attention's bits do not depend on its threads; bad counts are
+ * refused. */
+Test(cpu_env, threads_give_the_same_attention) {
+    static const char *const counts[] = {"1", "2", "5", "auto"};
+    float *want = tmalloc(320 * 4), *got = tmalloc(320 * 4);
+    for (size_t i = 0; i < sizeof counts / sizeof *counts; i++) {
+        setenv("FREEKV_CPU_THREADS", counts[i], 1);
+        device_attention(i == 0 ? want : got);
+        if (i > 0)
+            cr_assert_arr_eq(got, want, 320 * 4, "FREEKV_CPU_THREADS=%s differs from 1",
+                             counts[i]);
+    }
+    static const char *const bad[] = {"0", "257", "two"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        setenv("FREEKV_CPU_THREADS", bad[i], 1);
+        fkv_device *d = NULL;
+        cr_assert_eq(fkv_device_open("cpu", NULL, &d), FKV_ERR_BAD_ENVIRONMENT, "%s", bad[i]);
+        cr_assert(strstr(fkv_last_error(), "FREEKV_CPU_THREADS"), "%s", fkv_last_error());
+        cr_assert_null(d);
+    }
+}
+
+/* ---- the pool of threads (cpu_pool.h) ---- */
+
+typedef struct pool_probe {
+    _Atomic int *runs;      /* per item */
+    _Atomic int *by_worker; /* items per worker */
+    size_t fail_from;       /* items >= this fail */
+} pool_probe;
+
+static fkv_status probe_item(void *ctx, uint32_t worker, size_t item) {
+    pool_probe *p = ctx;
+    atomic_fetch_add(&p->runs[item], 1);
+    atomic_fetch_add(&p->by_worker[worker], 1);
+    if (item >= p->fail_from)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT, "probe item %zu failed", item);
+    return FKV_OK;
+}
+
+/* Every item runs once on a worker below the width; a failure reports the lowest failing
+ * item's message on the calling thread after all items ran. */
+Test(cpu_pool, every_item_once_and_the_lowest_failure) {
+    for (uint32_t width = 1; width <= 4; width++) {
+        cpu_pool *pool = NULL;
+        cr_assert_eq(cpu_pool_create(width, &pool), FKV_OK);
+        cr_assert_eq(cpu_pool_width(pool), width);
+        for (int round = 0; round < 20; round++) {
+            size_t n = (size_t)round * 7 % 50, fail_from = round % 3 == 0 ? n / 2 : SIZE_MAX;
+            _Atomic int runs[50] = {0}, by_worker[4] = {0};
+            pool_probe p = {runs, by_worker, fail_from};
+            fkv_status st = cpu_pool_run(pool, n, probe_item, &p);
+            for (size_t i = 0; i < n; i++)
+                cr_assert_eq(atomic_load(&runs[i]), 1, "width %u item %zu", width, i);
+            int total = 0;
+            for (uint32_t w = 0; w < 4; w++) {
+                total += atomic_load(&by_worker[w]);
+                if (w >= width)
+                    cr_assert_eq(atomic_load(&by_worker[w]), 0);
+            }
+            cr_assert_eq(total, (int)n);
+            if (fail_from < n) {
+                char want[64];
+                snprintf(want, sizeof want, "probe item %zu failed", fail_from);
+                cr_assert_eq(st, FKV_ERR_INVALID_ARGUMENT);
+                cr_assert(strstr(fkv_last_error(), want), "%s", fkv_last_error());
+            } else {
+                cr_assert_eq(st, FKV_OK, "%s", fkv_last_error());
+            }
+        }
+        cpu_pool_destroy(pool);
+    }
+    cr_assert_eq(cpu_pool_width(NULL), 1);
+}
+
+/* Two threads running commands on one pool at once: one gets the helpers, the other runs
+ * its items alone; both complete every item. */
+typedef struct pool_user {
+    cpu_pool *pool;
+    _Atomic int runs[4];
+    _Atomic int by_worker[3];
+    fkv_status st;
+} pool_user;
+
+static void *pool_user_main(void *arg) {
+    pool_user *u = arg;
+    pool_probe p = {u->runs, u->by_worker, SIZE_MAX};
+    for (int k = 0; k < 50 && u->st == FKV_OK; k++)
+        u->st = cpu_pool_run(u->pool, 4, probe_item, &p);
+    return NULL;
+}
+
+Test(cpu_pool, two_commands_at_once) {
+    cpu_pool *pool = NULL;
+    cr_assert_eq(cpu_pool_create(3, &pool), FKV_OK);
+    static pool_user users[2];
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++) {
+        memset(&users[i], 0, sizeof users[i]);
+        users[i].pool = pool;
+        cr_assert_eq(pthread_create(&t[i], NULL, pool_user_main, &users[i]), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(t[i], NULL);
+        cr_assert_eq(users[i].st, FKV_OK);
+        for (int k = 0; k < 4; k++)
+            cr_assert_eq(atomic_load(&users[i].runs[k]), 50);
+    }
+    cpu_pool_destroy(pool);
 }
 
 Test(cpu_env, device_memory_limit) {

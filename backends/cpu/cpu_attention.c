@@ -23,6 +23,7 @@
 #include "../../common/dtype.h"
 #include "../../common/error.h"
 #include "cpu_kernels.h"
+#include "cpu_pool.h"
 #include "cpu_vec.h"
 
 /* Query heads per pass over a KV head's rows. */
@@ -196,21 +197,6 @@ static void attend_group(const fkv_kv_geom *g, const attn_src *s, const float *q
     }
 }
 
-/* The scratch of a call whose longest list has max_tokens tokens: *base to free. */
-static fkv_status alloc_scratch(const fkv_kv_geom *g, size_t max_tokens, attn_scratch *w,
-                                float **base) {
-    size_t heads = g->group < HEAD_BLOCK ? g->group : HEAD_BLOCK;
-    size_t d = g->head_dim, sc = heads * max_tokens, tile = (size_t)TILE * d;
-    *base = malloc((sc + tile + HEAD_BLOCK * TILE) * sizeof(float));
-    if (*base == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
-                         "attention: no host memory for the scores of %zu tokens", max_tokens);
-    w->sc = *base;
-    w->kt = w->sc + sc;
-    w->wt = w->kt + tile;
-    return FKV_OK;
-}
-
 /* The list of (b, h), checked: its tokens in *n_tokens. */
 static fkv_status check_list(const fkv_kv_geom *g, uint32_t b, uint32_t h, const int32_t *heads,
                              const int32_t *entries, size_t n_entries, size_t pool_rows,
@@ -242,15 +228,91 @@ static fkv_status check_list(const fkv_kv_geom *g, uint32_t b, uint32_t h, const
     return FKV_OK;
 }
 
+/* One call's (sequence, KV head) items, run by the pool's threads (cpu_pool.h): each thread
+ * has its own scratch, allocated when it takes its first item and big enough for the longest
+ * list. Which thread computes an item does not change its bits. */
+typedef struct attn_call {
+    const fkv_kv_geom *g;
+    attend_block_fn *block;
+    const float *q;
+    float *out, scale;
+    size_t max_tokens;
+    const int32_t *heads, *entries; /* NULL heads: dense, one span of max_tokens rows */
+    size_t n_entries, pool_rows;
+    const unsigned char *k, *v;
+    attn_scratch *scratch; /* [cpu_pool_width] */
+    float **bases;         /* [cpu_pool_width] the scratch allocations, NULL until used */
+} attn_call;
+
+static fkv_status call_scratch(attn_call *c, uint32_t worker, attn_scratch **w) {
+    *w = &c->scratch[worker];
+    if (c->bases[worker] != NULL)
+        return FKV_OK;
+    size_t heads = c->g->group < HEAD_BLOCK ? c->g->group : HEAD_BLOCK;
+    size_t d = c->g->head_dim, sc = heads * c->max_tokens, tile = (size_t)TILE * d;
+    float *base = malloc((sc + tile + HEAD_BLOCK * TILE) * sizeof(float));
+    if (base == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
+                         "attention: no host memory for the scores of %zu tokens", c->max_tokens);
+    c->bases[worker] = base;
+    (*w)->sc = base;
+    (*w)->kt = base + sc;
+    (*w)->wt = (*w)->kt + tile;
+    return FKV_OK;
+}
+
+/* Item b * n_kv_heads + h: every query head of KV head h of sequence b. */
+static fkv_status attend_item(void *ctx, uint32_t worker, size_t item) {
+    attn_call *c = ctx;
+    const fkv_kv_geom *g = c->g;
+    size_t d = g->head_dim, es = fkv_dtype_size(g->dtype), h = item % g->n_kv_heads;
+    const int32_t dense_span[2] = {0, (int32_t)c->max_tokens};
+    attn_src s = {.spans = dense_span,
+                  .n_spans = 1,
+                  .rows_per_slot = 0,
+                  .re = (size_t)g->n_kv_heads * d,
+                  .n_tokens = c->max_tokens,
+                  .k = c->k + h * d * es,
+                  .v = c->v + h * d * es};
+    if (c->heads != NULL) {
+        s.spans = c->entries + 2 * (size_t)c->heads[2 * item];
+        s.n_spans = (size_t)c->heads[2 * item + 1];
+        s.rows_per_slot = g->page_size;
+        check_list(g, (uint32_t)(item / g->n_kv_heads), (uint32_t)h, c->heads, c->entries,
+                   c->n_entries, c->pool_rows, &s.n_tokens);
+    }
+    attn_scratch *w;
+    fkv_status st = call_scratch(c, worker, &w);
+    if (st != FKV_OK)
+        return st;
+    size_t q0 = item * g->group * d;
+    attend_group(g, &s, c->q + q0, c->scale, c->block, w, c->out + q0);
+    return FKV_OK;
+}
+
+/* Runs n_items items of c on the pool, then frees the scratch. */
+static fkv_status run_call(attn_call *c, size_t n_items, cpu_pool *pool) {
+    uint32_t width = cpu_pool_width(pool);
+    c->scratch = malloc(width * sizeof *c->scratch);
+    c->bases = calloc(width, sizeof *c->bases);
+    fkv_status st = c->scratch && c->bases
+                        ? cpu_pool_run(pool, n_items, attend_item, c)
+                        : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "attention: no host memory");
+    for (uint32_t i = 0; c->bases && i < width; i++)
+        free(c->bases[i]);
+    free(c->bases);
+    free(c->scratch);
+    return st;
+}
+
 fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
                          const int32_t *heads, const int32_t *entries, size_t n_entries,
                          const void *kpool, const void *vpool, size_t pool_rows, float scale,
-                         float *out, cpu_isa isa) {
+                         float *out, cpu_isa isa, cpu_pool *pool) {
     attend_block_fn *block = pick_block(isa);
     if (block == NULL)
         return fkv_error(FKV_ERR_UNSUPPORTED, "attention: this CPU or build lacks that level");
-    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group, max_tokens = 0;
-    size_t re = (size_t)g->n_kv_heads * d, es = fkv_dtype_size(g->dtype);
+    size_t max_tokens = 0;
     for (uint32_t b = 0; b < n_seqs; b++)
         for (uint32_t h = 0; h < g->n_kv_heads; h++) {
             size_t n;
@@ -259,53 +321,21 @@ fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
                 return st;
             max_tokens = n > max_tokens ? n : max_tokens;
         }
-    attn_scratch w;
-    float *base;
-    fkv_status st = alloc_scratch(g, max_tokens, &w, &base);
-    if (st != FKV_OK)
-        return st;
-    for (uint32_t b = 0; b < n_seqs; b++)
-        for (uint32_t h = 0; h < g->n_kv_heads; h++) {
-            size_t at = 2 * ((size_t)b * g->n_kv_heads + h);
-            attn_src s = {.spans = entries + 2 * (size_t)heads[at],
-                          .n_spans = (size_t)heads[at + 1],
-                          .rows_per_slot = g->page_size,
-                          .re = re,
-                          .k = (const unsigned char *)kpool + (size_t)h * d * es,
-                          .v = (const unsigned char *)vpool + (size_t)h * d * es};
-            check_list(g, b, h, heads, entries, n_entries, pool_rows, &s.n_tokens);
-            size_t q0 = ((size_t)b * n_q_heads + (size_t)h * g->group) * d;
-            attend_group(g, &s, q + q0, scale, block, &w, out + q0);
-        }
-    free(base);
-    return FKV_OK;
+    attn_call c = {.g = g, .block = block, .q = q, .out = out, .scale = scale,
+                   .max_tokens = max_tokens, .heads = heads, .entries = entries,
+                   .n_entries = n_entries, .pool_rows = pool_rows, .k = kpool, .v = vpool};
+    return run_call(&c, (size_t)n_seqs * g->n_kv_heads, pool);
 }
 
 fkv_status cpu_attention_dense(const fkv_kv_geom *g, const float *q, uint32_t n_tokens,
-                               const void *k, const void *v, float scale, float *out, cpu_isa isa) {
+                               const void *k, const void *v, float scale, float *out, cpu_isa isa,
+                               cpu_pool *pool) {
     attend_block_fn *block = pick_block(isa);
     if (block == NULL)
         return fkv_error(FKV_ERR_UNSUPPORTED, "attention: this CPU or build lacks that level");
     /* The whole buffer is one span of n_tokens rows starting at row 0 (the caller checked
      * that n_tokens fits int32 and the buffers). */
-    const int32_t span[2] = {0, (int32_t)n_tokens};
-    size_t d = g->head_dim, es = fkv_dtype_size(g->dtype);
-    attn_scratch w;
-    float *base;
-    fkv_status st = alloc_scratch(g, n_tokens, &w, &base);
-    if (st != FKV_OK)
-        return st;
-    for (uint32_t h = 0; h < g->n_kv_heads; h++) {
-        attn_src s = {.spans = span,
-                      .n_spans = 1,
-                      .rows_per_slot = 0,
-                      .re = (size_t)g->n_kv_heads * d,
-                      .n_tokens = n_tokens,
-                      .k = (const unsigned char *)k + (size_t)h * d * es,
-                      .v = (const unsigned char *)v + (size_t)h * d * es};
-        size_t q0 = (size_t)h * g->group * d;
-        attend_group(g, &s, q + q0, scale, block, &w, out + q0);
-    }
-    free(base);
-    return FKV_OK;
+    attn_call c = {.g = g, .block = block, .q = q, .out = out, .scale = scale,
+                   .max_tokens = n_tokens, .k = k, .v = v};
+    return run_call(&c, g->n_kv_heads, pool);
 }

@@ -10,6 +10,9 @@
  * Environment (read in device_open only, through common/env.c):
  *   FREEKV_CPU_RECALL=staged|direct|perpage   recall mechanism reported by recall_mode
  *   FREEKV_CPU_DEVICE_MEMORY, FREEKV_CPU_HOST_MEMORY = N[K|M|G]   allocation limits in bytes
+ *   FREEKV_CPU_THREADS=auto|N   threads an attention call runs on (its (sequence, KV head)
+ *     pairs, cpu_pool.h), the queue's own included: auto is every online CPU, at most 64; 1
+ *     keeps each command on its queue's thread
  *   FREEKV_CPU_ISA=auto|base|x86-64-v3|x86-64-v4   the attention loops' instruction-set level
  *     (cpu_kernels.h): auto the widest the CPU runs; every level gives the same bits, so the
  *     choice is for measuring a level and for CPUs that run a narrower one faster
@@ -29,6 +32,7 @@
 #include "../counters.h"
 #include "cpu_fault.h"
 #include "cpu_kernels.h"
+#include "cpu_pool.h"
 #include "cpu_queue.h"
 
 #define CPU_HOST_ALIGN 64
@@ -37,6 +41,7 @@ struct fkv_bdev {
     cpu_queue *queues[FKV_QUEUE_COUNT];
     fkv_recall_mode recall;
     cpu_isa isa;
+    cpu_pool *pool; /* the attention's threads, shared by the queues */
     uint64_t device_limit; /* UINT64_MAX: unlimited */
     uint64_t host_limit;
     pthread_mutex_t mem_lock; /* guards the counters below */
@@ -133,6 +138,16 @@ static fkv_status read_isa(cpu_isa *isa) {
     return FKV_OK;
 }
 
+/* The threads of an attention call: FREEKV_CPU_THREADS, else every online CPU (at most 64). */
+static fkv_status read_threads(uint32_t *n) {
+    fkv_status st = fkv_env_count("FREEKV_CPU_THREADS", 256, n);
+    if (st == FKV_OK && *n == 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        *n = online < 1 ? 1 : online > 64 ? 64 : (uint32_t)online;
+    }
+    return st;
+}
+
 static void cpu_device_close(fkv_bdev *dev) {
     if (dev == NULL)
         return;
@@ -140,6 +155,7 @@ static void cpu_device_close(fkv_bdev *dev) {
      * event still completes because that queue is still running (or already drained). */
     for (int i = 0; i < FKV_QUEUE_COUNT; i++)
         cpu_queue_destroy(dev->queues[i]);
+    cpu_pool_destroy(dev->pool); /* after the queues: their commands use it */
     pthread_mutex_destroy(&dev->mem_lock);
     free(dev);
 }
@@ -152,9 +168,11 @@ static fkv_status cpu_device_open(uint32_t index, fkv_bdev **out) {
         return fkv_error(FKV_ERR_NO_DEVICE, "cpu: no device %u (the CPU backend has one)", index);
     fkv_recall_mode recall;
     cpu_isa isa;
+    uint32_t threads;
     uint64_t device_limit, host_limit;
     fkv_status st;
     if ((st = read_recall(&recall)) != FKV_OK || (st = read_isa(&isa)) != FKV_OK ||
+        (st = read_threads(&threads)) != FKV_OK ||
         (st = fkv_env_size("FREEKV_CPU_DEVICE_MEMORY", UINT64_MAX, &device_limit)) != FKV_OK ||
         (st = fkv_env_size("FREEKV_CPU_HOST_MEMORY", UINT64_MAX, &host_limit)) != FKV_OK)
         return st;
@@ -167,6 +185,10 @@ static fkv_status cpu_device_open(uint32_t index, fkv_bdev **out) {
     }
     dev->recall = recall;
     dev->isa = isa;
+    if ((st = cpu_pool_create(threads, &dev->pool)) != FKV_OK) {
+        cpu_device_close(dev);
+        return st;
+    }
     dev->device_limit = device_limit;
     dev->host_limit = host_limit;
     for (int i = 0; i < FKV_QUEUE_COUNT; i++) {
@@ -849,18 +871,19 @@ typedef struct attention_args {
     float scale;
     float *out;
     cpu_isa isa;
+    cpu_pool *pool;
 } attention_args;
 
 static fkv_status run_attention(void *p) {
     attention_args *a = p;
     return cpu_attention(&a->g, a->q, a->n_seqs, a->heads, a->entries, a->n_entries, a->kpool,
-                         a->vpool, a->pool_rows, a->scale, a->out, a->isa);
+                         a->vpool, a->pool_rows, a->scale, a->out, a->isa, a->pool);
 }
 
 static fkv_status run_attention_dense(void *p) {
     attention_args *a = p;
     return cpu_attention_dense(&a->g, a->q, a->n_tokens, a->kpool, a->vpool, a->scale, a->out,
-                               a->isa);
+                               a->isa, a->pool);
 }
 
 static fkv_status cpu_attention_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
@@ -877,6 +900,7 @@ static fkv_status cpu_attention_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     a->n_seqs = n_seqs;
     a->scale = scale;
     a->isa = dev->isa;
+    a->pool = dev->pool;
     a->pool_rows = pool_rows(g, kpool, vpool);
     a->q = (const float *)at(qbuf, q_off);
     a->heads = (const int32_t *)at(heads, heads_off);
@@ -902,6 +926,7 @@ static fkv_status cpu_attention_dense_op(fkv_bdev *dev, fkv_queue q, fkv_deps de
     a->n_tokens = n_tokens;
     a->scale = scale;
     a->isa = dev->isa;
+    a->pool = dev->pool;
     a->q = (const float *)at(qbuf, q_off);
     a->out = (float *)at(out, out_off);
     a->kpool = k->data;

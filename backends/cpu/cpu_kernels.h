@@ -88,17 +88,21 @@ typedef enum cpu_isa {
 /* Whether this build and CPU run `isa`. */
 int cpu_isa_available(cpu_isa isa);
 
+typedef struct cpu_pool cpu_pool; /* cpu_pool.h */
+
 /* Paged decode attention. heads[2(b*n_kv_heads+h)] = (first entry, entry count); entries
  * (n_entries pairs) = (gslot, valid tokens). q and out are [n_seqs][n_kv_heads*group][d].
- * An isa the CPU lacks: FKV_ERR_UNSUPPORTED. */
+ * An isa the CPU lacks: FKV_ERR_UNSUPPORTED. The (sequence, KV head) pairs run on `pool`'s
+ * threads (NULL: the calling thread alone), with the same bits either way. */
 fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
                          const int32_t *heads, const int32_t *entries, size_t n_entries,
                          const void *kpool, const void *vpool, size_t pool_rows, float scale,
-                         float *out, cpu_isa isa);
+                         float *out, cpu_isa isa, cpu_pool *pool);
 
-/* Attention of one sequence over contiguous K/V [n_tokens][n_kv_heads][d] (dtype). */
+/* Attention of one sequence over contiguous K/V [n_tokens][n_kv_heads][d] (dtype), its KV
+ * heads on `pool`'s threads as above. */
 fkv_status cpu_attention_dense(const fkv_kv_geom *g, const float *q, uint32_t n_tokens,
                                const void *k, const void *v, float scale, float *out,
-                               cpu_isa isa);
+                               cpu_isa isa, cpu_pool *pool);
 
 #endif

@@ -959,7 +959,7 @@ Test(cpu_ops, attention_is_the_per_head_definition_bit_for_bit) {
     th_seed(&r, 42);
     /* the calling thread alone, then three threads taking (sequence, KV head) pairs */
     cpu_pool *pools[2] = {NULL, NULL};
-    cr_assert_eq(cpu_pool_create(3, &pools[1]), FKV_OK);
+    cr_assert_eq(cpu_pool_create(3, 0, &pools[1]), FKV_OK);
     cr_assert_eq(cpu_pool_width(pools[1]), 3);
     for (size_t gi = 0; gi < sizeof geoms / sizeof *geoms; gi++)
         for (size_t di = 0; di < 3; di++) {
@@ -1099,22 +1099,34 @@ Test(cpu_env, bad_recall_value) {
     cr_assert_null(d);
 }
 
-/* One attention (2 KV heads of group 4, d 40, f16, uneven lists) on a CPU device opened with
- * the environment as it is: its output into out[8 * 40]. */
+/* One attention on a CPU device opened with the environment as it is, big enough to be
+ * shared among its threads (CPU_ATTENTION_MIN_SHARED): 8 KV heads of group 2, d 128, f16, 18
+ * entries a head with partial pages, 267 tokens. Its output into out[DEVICE_ATTN_OUT]. */
+#define DEVICE_ATTN_OUT (16 * 128)
 static void device_attention(float *out) {
-    fkv_kv_geom g = {.n_kv_heads = 2, .group = 4, .head_dim = 40, .page_size = 8,
+    fkv_kv_geom g = {.n_kv_heads = 8, .group = 2, .head_dim = 128, .page_size = 16,
                      .dtype = FKV_F16};
-    size_t re = 80, rows = 24, qn = 8 * 40;
+    size_t re = 8 * 128, slots = 20, rows = slots * 16, per = 18;
+    cr_assert_geq(2 * 267 * 128 * 8, CPU_ATTENTION_MIN_SHARED);
     th_rng r;
     th_seed(&r, 7);
     void *kv = attention_values(&r, rows * re, g.dtype);
-    float *q = rand_f32(&r, qn, 1.0f);
-    const int32_t heads[] = {0, 3, 3, 2}, entries[] = {2, 8, 0, 5, 1, 8, 1, 3, 2, 7};
+    float *q = rand_f32(&r, DEVICE_ATTN_OUT, 1.0f);
+    int32_t *heads = tmalloc(8 * 2 * sizeof *heads), *entries = tmalloc(8 * per * 2 * 4);
+    for (int32_t h = 0; h < 8; h++) {
+        heads[2 * h] = h * (int32_t)per;
+        heads[2 * h + 1] = (int32_t)per;
+        for (int32_t e = 0; e < (int32_t)per; e++) {
+            entries[2 * (h * per + e)] = (h * 7 + e * 3) % (int32_t)slots;
+            entries[2 * (h * per + e) + 1] = e % 5 == 4 ? 9 : 16;
+        }
+    }
     open_cpu();
-    fkv_bbuf *kp = dfrom(kv, 0, rows * re * 2), *qb = dfrom(q, 0, qn * 4), *ob = dalloc(qn * 4);
-    RUN(fkv_op_attention(dev, CQ, DONE, &g, qb, 0, 1, ints(heads, 4), 0, ints(entries, 10), 0, kp,
-                         kp, 0.25f, ob, 0));
-    dread(ob, 0, out, qn * 4);
+    fkv_bbuf *kp = dfrom(kv, 0, rows * re * 2), *qb = dfrom(q, 0, DEVICE_ATTN_OUT * 4);
+    fkv_bbuf *ob = dalloc(DEVICE_ATTN_OUT * 4);
+    RUN(fkv_op_attention(dev, CQ, DONE, &g, qb, 0, 1, ints(heads, 16), 0,
+                         ints(entries, 8 * per * 2), 0, kp, kp, 0.088f, ob, 0));
+    dread(ob, 0, out, DEVICE_ATTN_OUT * 4);
     close_cpu();
 }
 
@@ -1123,7 +1135,7 @@ static void device_attention(float *out) {
 Test(cpu_env, isa_levels_give_the_same_attention) {
     static const char *const names[] = {"base", "x86-64-v3", "X86-64-V4", "auto"};
     static const cpu_isa levels[] = {CPU_ISA_BASE, CPU_ISA_X86_V3, CPU_ISA_X86_V4, CPU_ISA_BEST};
-    float *want = tmalloc(320 * 4), *got = tmalloc(320 * 4);
+    float *want = tmalloc(DEVICE_ATTN_OUT * 4), *got = tmalloc(DEVICE_ATTN_OUT * 4);
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         setenv("FREEKV_CPU_ISA", names[i], 1);
         if (!cpu_isa_available(levels[i])) {
@@ -1134,7 +1146,8 @@ Test(cpu_env, isa_levels_give_the_same_attention) {
         }
         device_attention(i == 0 ? want : got);
         if (i > 0)
-            cr_assert_arr_eq(got, want, 320 * 4, "FREEKV_CPU_ISA=%s differs from base", names[i]);
+            cr_assert_arr_eq(got, want, DEVICE_ATTN_OUT * 4, "FREEKV_CPU_ISA=%s differs from base",
+                             names[i]);
     }
     setenv("FREEKV_CPU_ISA", "avx512", 1);
     fkv_device *d = NULL;
@@ -1147,12 +1160,12 @@ Test(cpu_env, isa_levels_give_the_same_attention) {
  * refused. */
 Test(cpu_env, threads_give_the_same_attention) {
     static const char *const counts[] = {"1", "2", "5", "auto"};
-    float *want = tmalloc(320 * 4), *got = tmalloc(320 * 4);
+    float *want = tmalloc(DEVICE_ATTN_OUT * 4), *got = tmalloc(DEVICE_ATTN_OUT * 4);
     for (size_t i = 0; i < sizeof counts / sizeof *counts; i++) {
         setenv("FREEKV_CPU_THREADS", counts[i], 1);
         device_attention(i == 0 ? want : got);
         if (i > 0)
-            cr_assert_arr_eq(got, want, 320 * 4, "FREEKV_CPU_THREADS=%s differs from 1",
+            cr_assert_arr_eq(got, want, DEVICE_ATTN_OUT * 4, "FREEKV_CPU_THREADS=%s differs from 1",
                              counts[i]);
     }
     static const char *const bad[] = {"0", "257", "two"};
@@ -1187,13 +1200,13 @@ static fkv_status probe_item(void *ctx, uint32_t worker, size_t item) {
 Test(cpu_pool, every_item_once_and_the_lowest_failure) {
     for (uint32_t width = 1; width <= 4; width++) {
         cpu_pool *pool = NULL;
-        cr_assert_eq(cpu_pool_create(width, &pool), FKV_OK);
+        cr_assert_eq(cpu_pool_create(width, 0, &pool), FKV_OK);
         cr_assert_eq(cpu_pool_width(pool), width);
         for (int round = 0; round < 20; round++) {
             size_t n = (size_t)round * 7 % 50, fail_from = round % 3 == 0 ? n / 2 : SIZE_MAX;
             _Atomic int runs[50] = {0}, by_worker[4] = {0};
             pool_probe p = {runs, by_worker, fail_from};
-            fkv_status st = cpu_pool_run(pool, n, probe_item, &p);
+            fkv_status st = cpu_pool_run(pool, n, 1, probe_item, &p);
             for (size_t i = 0; i < n; i++)
                 cr_assert_eq(atomic_load(&runs[i]), 1, "width %u item %zu", width, i);
             int total = 0;
@@ -1217,6 +1230,20 @@ Test(cpu_pool, every_item_once_and_the_lowest_failure) {
     cr_assert_eq(cpu_pool_width(NULL), 1);
 }
 
+/* A command below the pool's min_work runs on the calling thread alone. */
+Test(cpu_pool, small_commands_stay_on_the_caller) {
+    cpu_pool *pool = NULL;
+    cr_assert_eq(cpu_pool_create(3, 100, &pool), FKV_OK);
+    _Atomic int runs[50] = {0}, by_worker[4] = {0};
+    pool_probe p = {runs, by_worker, SIZE_MAX};
+    for (int k = 0; k < 20; k++)
+        cr_assert_eq(cpu_pool_run(pool, 50, 99, probe_item, &p), FKV_OK);
+    cr_assert_eq(atomic_load(&by_worker[0]), 20 * 50);
+    for (size_t i = 0; i < 50; i++)
+        cr_assert_eq(atomic_load(&runs[i]), 20);
+    cpu_pool_destroy(pool);
+}
+
 /* Two threads running commands on one pool at once: one gets the helpers, the other runs
  * its items alone; both complete every item. */
 typedef struct pool_user {
@@ -1230,13 +1257,13 @@ static void *pool_user_main(void *arg) {
     pool_user *u = arg;
     pool_probe p = {u->runs, u->by_worker, SIZE_MAX};
     for (int k = 0; k < 50 && u->st == FKV_OK; k++)
-        u->st = cpu_pool_run(u->pool, 4, probe_item, &p);
+        u->st = cpu_pool_run(u->pool, 4, 1, probe_item, &p);
     return NULL;
 }
 
 Test(cpu_pool, two_commands_at_once) {
     cpu_pool *pool = NULL;
-    cr_assert_eq(cpu_pool_create(3, &pool), FKV_OK);
+    cr_assert_eq(cpu_pool_create(3, 0, &pool), FKV_OK);
     static pool_user users[2];
     pthread_t t[2];
     for (int i = 0; i < 2; i++) {

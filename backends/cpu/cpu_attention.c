@@ -290,13 +290,14 @@ static fkv_status attend_item(void *ctx, uint32_t worker, size_t item) {
     return FKV_OK;
 }
 
-/* Runs n_items items of c on the pool, then frees the scratch. */
-static fkv_status run_call(attn_call *c, size_t n_items, cpu_pool *pool) {
+/* Runs n_items items of c, reading `elements` K/V elements in all (the pool's measure of
+ * work), then frees the scratch. */
+static fkv_status run_call(attn_call *c, size_t n_items, size_t elements, cpu_pool *pool) {
     uint32_t width = cpu_pool_width(pool);
     c->scratch = malloc(width * sizeof *c->scratch);
     c->bases = calloc(width, sizeof *c->bases);
     fkv_status st = c->scratch && c->bases
-                        ? cpu_pool_run(pool, n_items, attend_item, c)
+                        ? cpu_pool_run(pool, n_items, elements, attend_item, c)
                         : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "attention: no host memory");
     for (uint32_t i = 0; c->bases && i < width; i++)
         free(c->bases[i]);
@@ -312,7 +313,7 @@ fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
     attend_block_fn *block = pick_block(isa);
     if (block == NULL)
         return fkv_error(FKV_ERR_UNSUPPORTED, "attention: this CPU or build lacks that level");
-    size_t max_tokens = 0;
+    size_t max_tokens = 0, all_tokens = 0;
     for (uint32_t b = 0; b < n_seqs; b++)
         for (uint32_t h = 0; h < g->n_kv_heads; h++) {
             size_t n;
@@ -320,11 +321,12 @@ fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
             if (st != FKV_OK)
                 return st;
             max_tokens = n > max_tokens ? n : max_tokens;
+            all_tokens += n;
         }
     attn_call c = {.g = g, .block = block, .q = q, .out = out, .scale = scale,
                    .max_tokens = max_tokens, .heads = heads, .entries = entries,
                    .n_entries = n_entries, .pool_rows = pool_rows, .k = kpool, .v = vpool};
-    return run_call(&c, (size_t)n_seqs * g->n_kv_heads, pool);
+    return run_call(&c, (size_t)n_seqs * g->n_kv_heads, 2 * all_tokens * g->head_dim, pool);
 }
 
 fkv_status cpu_attention_dense(const fkv_kv_geom *g, const float *q, uint32_t n_tokens,
@@ -337,5 +339,5 @@ fkv_status cpu_attention_dense(const fkv_kv_geom *g, const float *q, uint32_t n_
      * that n_tokens fits int32 and the buffers). */
     attn_call c = {.g = g, .block = block, .q = q, .out = out, .scale = scale,
                    .max_tokens = n_tokens, .k = k, .v = v};
-    return run_call(&c, g->n_kv_heads, pool);
+    return run_call(&c, g->n_kv_heads, 2 * (size_t)n_tokens * g->n_kv_heads * g->head_dim, pool);
 }

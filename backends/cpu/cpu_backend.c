@@ -185,7 +185,7 @@ static fkv_status cpu_device_open(uint32_t index, fkv_bdev **out) {
     }
     dev->recall = recall;
     dev->isa = isa;
-    if ((st = cpu_pool_create(threads, &dev->pool)) != FKV_OK) {
+    if ((st = cpu_pool_create(threads, CPU_ATTENTION_MIN_SHARED, &dev->pool)) != FKV_OK) {
         cpu_device_close(dev);
         return st;
     }

@@ -89,6 +89,9 @@ typedef enum cpu_isa {
 int cpu_isa_available(cpu_isa isa);
 
 typedef struct cpu_pool cpu_pool; /* cpu_pool.h */
+/* The attention's work is the K/V elements it reads (cpu_pool.h's min_work for its pool):
+ * reading this many takes about as long as waking a helper thread. */
+#define CPU_ATTENTION_MIN_SHARED ((size_t)1 << 19)
 
 /* Paged decode attention. heads[2(b*n_kv_heads+h)] = (first entry, entry count); entries
  * (n_entries pairs) = (gslot, valid tokens). q and out are [n_seqs][n_kv_heads*group][d].

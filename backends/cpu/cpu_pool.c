@@ -36,6 +36,7 @@ struct cpu_pool {
     uint32_t inside;      /* helpers running items of `job` */
     int busy;             /* a command owns the helpers */
     int stopping;
+    size_t min_work;
     uint32_t n_helpers;
     pool_helper *helpers; /* NULL: no helpers, and no lock or conditions either */
 #ifdef __linux__
@@ -121,7 +122,7 @@ static void stop_helpers(cpu_pool *p) {
     p->n_helpers = 0;
 }
 
-fkv_status cpu_pool_create(uint32_t width, cpu_pool **out) {
+fkv_status cpu_pool_create(uint32_t width, size_t min_work, cpu_pool **out) {
     *out = NULL;
     cpu_pool *p = calloc(1, sizeof *p);
     uint32_t want = width > 1 ? width - 1 : 0;
@@ -131,6 +132,7 @@ fkv_status cpu_pool_create(uint32_t width, cpu_pool **out) {
         free(helpers);
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "cpu: allocating %u helper threads", want);
     }
+    p->min_work = min_work;
     *out = p;
     if (want == 0)
         return FKV_OK;
@@ -180,13 +182,13 @@ void cpu_pool_destroy(cpu_pool *p) {
 
 uint32_t cpu_pool_width(const cpu_pool *p) { return p ? p->n_helpers + 1 : 1; }
 
-fkv_status cpu_pool_run(cpu_pool *p, size_t n, cpu_pool_item_fn fn, void *ctx) {
+fkv_status cpu_pool_run(cpu_pool *p, size_t n, size_t work, cpu_pool_item_fn fn, void *ctx) {
     pool_job j = {.fn = fn, .ctx = ctx, .n = n, .failed = FKV_OK};
     atomic_init(&j.next, 0);
     if (pthread_mutex_init(&j.lock, NULL) != 0)
         return fkv_error(FKV_ERR_BACKEND, "cpu: pthread_mutex_init failed for a command's items");
     int shared = 0;
-    if (p != NULL && p->n_helpers > 0 && n > 1) {
+    if (p != NULL && p->n_helpers > 0 && n > 1 && work >= p->min_work) {
         pthread_mutex_lock(&p->lock);
         if (!p->busy) {
             p->busy = shared = 1;

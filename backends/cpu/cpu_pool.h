@@ -21,10 +21,12 @@ typedef struct cpu_pool cpu_pool; /* also declared in cpu_kernels.h */
  * Returns FKV_OK or an error set with fkv_error. */
 typedef fkv_status (*cpu_pool_item_fn)(void *ctx, uint32_t worker, size_t item);
 
-/* A pool of `width` threads in all, the caller included (width - 1 helpers). Helpers that
- * cannot be started leave a narrower pool, never an error; *out is NULL only when out of host
- * memory (FKV_ERR_OUT_OF_HOST_MEMORY, nothing to free). */
-fkv_status cpu_pool_create(uint32_t width, cpu_pool **out);
+/* A pool of `width` threads in all, the caller included (width - 1 helpers), for commands of
+ * at least `min_work` (cpu_pool_run): waking a helper costs tens of microseconds, so a smaller
+ * command is not worth sharing. Helpers that cannot be started leave a narrower pool, never an
+ * error; *out is NULL only when out of host memory (FKV_ERR_OUT_OF_HOST_MEMORY, nothing to
+ * free). */
+fkv_status cpu_pool_create(uint32_t width, size_t min_work, cpu_pool **out);
 
 /* Stops and joins the helpers. No command may be running. NULL: no-op. */
 void cpu_pool_destroy(cpu_pool *p);
@@ -33,10 +35,11 @@ void cpu_pool_destroy(cpu_pool *p);
 uint32_t cpu_pool_width(const cpu_pool *p);
 
 /* Runs fn(ctx, worker, i) for every i in [0, n), each once, on the calling thread and the
- * helpers if they are free (p NULL: the calling thread alone); returns when all have run.
+ * helpers if they are free and work >= the pool's min_work (p NULL: the calling thread
+ * alone); returns when all have run. work is the command's size in the unit of min_work.
  * Items are taken in order as threads become free. Every item runs even when one fails; the
  * result is the failure of the lowest failing item, its message restated on the calling
  * thread, else FKV_OK. */
-fkv_status cpu_pool_run(cpu_pool *p, size_t n, cpu_pool_item_fn fn, void *ctx);
+fkv_status cpu_pool_run(cpu_pool *p, size_t n, size_t work, cpu_pool_item_fn fn, void *ctx);
 
 #endif

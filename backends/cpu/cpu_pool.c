@@ -92,8 +92,8 @@ static void *helper_main(void *arg) {
 
 /* Keeps the helpers off the posting thread's CPU (called with the lock held). Linux may place
  * a woken thread on the CPU of the thread that woke it, where it waits for that thread while
- * another CPU idles: on this project's 2-CPU VM 45 of 50 such wakeups did, and a batch-1
- * attention then ran on one core. The helpers may run on every other CPU the pool's creator
+ * another CPU idles: on this project's 2-CPU VM 45-49 of 50 such wakeups did
+ * (tools/wake_placement.c), and a batch-1 attention then ran on one core. The helpers may run on every other CPU the pool's creator
  * could; only a change of the poster's CPU costs a system call per helper, and a failure
  * leaves the placement to the system. */
 static void keep_off_poster(cpu_pool *p) {

@@ -1020,6 +1020,7 @@ Test(cpu_ops, attention_is_the_per_head_definition_bit_for_bit) {
                 if (!cpu_isa_available(isa_levels[li]))
                     continue;
                 for (int pi = 0; pi < 2; pi++) {
+                    memset(got, 0xA5, qn * 4);
                     cr_assert_eq(cpu_attention_dense(&g, q, n_tok, kp, vp, 0.3f, got,
                                                      isa_levels[li], pools[pi]),
                                  FKV_OK, "%s", fkv_last_error());

@@ -2,7 +2,7 @@
  *
  * A thread wakes a helper every 3 ms and both then spin for 300 us; the count of wakeups after
  * which both ran on one CPU is printed. On a machine with an idle CPU it should be near 0: a
- * high count means woken helpers queue behind their waker (this project's 2-CPU VM: 45 of 50),
+ * high count means woken helpers queue behind their waker (this project's 2-CPU VM: 45-49 of 50),
  * which is why backends/cpu/cpu_pool.c keeps its helpers off the posting thread's CPU and why
  * PoCL wants POCL_AFFINITY=1 there (docs/opencl.md).
  *

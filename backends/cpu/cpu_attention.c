@@ -29,7 +29,7 @@
 /* Query heads per pass over a KV head's rows. */
 #define HEAD_BLOCK 8
 /* Tokens per tile: the K rows of a tile are converted and transposed once for every head of
- * the block (TILE / CPU_LANES vectors per channel). */
+ * the block (TILE / CPU_ATTN_LANES vectors per channel). */
 #define TILE 32
 /* Query heads one pass over a V tile accumulates at once: each converted row serves all of
  * them. */
@@ -50,7 +50,8 @@ typedef struct attn_src {
     const unsigned char *k, *v; /* the pools, offset to KV head h */
 } attn_src;
 
-/* Scratch of one call, on the heap (head_dim is not bounded here by a stack array). */
+/* Scratch of one thread of a call, on the heap (head_dim is not bounded here by a stack
+ * array). */
 typedef struct attn_scratch {
     float *sc; /* [HEAD_BLOCK][n_tokens] scores, then read back for the weights */
     float *kt; /* [d][TILE] a K tile, transposed */

@@ -1281,6 +1281,77 @@ Test(cpu_pool, two_commands_at_once) {
     cpu_pool_destroy(pool);
 }
 
+#ifdef __linux__
+#include <sched.h>
+#include <time.h>
+
+/* FREEKV_CPU_THREADS=auto counts the CPUs the thread may run on, not the online ones. */
+Test(cpu_pool, usable_cpus_follow_the_affinity) {
+    cpu_set_t all, one;
+    cr_assert_eq(sched_getaffinity(0, sizeof all, &all), 0);
+    cr_assert_eq(cpu_usable_cpus(), (uint32_t)CPU_COUNT(&all));
+    int first = 0;
+    while (!CPU_ISSET(first, &all))
+        first++;
+    CPU_ZERO(&one);
+    CPU_SET(first, &one);
+    cr_assert_eq(sched_setaffinity(0, sizeof one, &one), 0);
+    cr_assert_eq(cpu_usable_cpus(), 1);
+    cr_assert_eq(sched_setaffinity(0, sizeof all, &all), 0);
+}
+
+/* Each helper records the CPUs it may run on while it runs an item. */
+typedef struct affinity_probe {
+    cpu_set_t seen[3];
+    _Atomic int ran[3];
+} affinity_probe;
+
+static fkv_status affinity_item(void *ctx, uint32_t worker, size_t item) {
+    (void)item;
+    affinity_probe *p = ctx;
+    if (worker > 0 && atomic_fetch_add(&p->ran[worker], 1) == 0)
+        sched_getaffinity(0, sizeof p->seen[worker], &p->seen[worker]);
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL); /* long enough for the helpers to join */
+    return FKV_OK;
+}
+
+/* The helpers run on every CPU of the pool's set but the poster's, and follow it when it
+ * moves (cpu_pool.c: Linux would wake them onto the poster's CPU). */
+Test(cpu_pool, helpers_are_kept_off_the_posters_cpu) {
+    cpu_set_t all;
+    cr_assert_eq(sched_getaffinity(0, sizeof all, &all), 0);
+    if (CPU_COUNT(&all) < 2)
+        cr_skip_test("one CPU: nowhere to keep the helpers");
+    cpu_pool *pool = NULL;
+    cr_assert_eq(cpu_pool_create(3, 0, &pool), FKV_OK);
+    int joined = 0;
+    for (int cpu = 0, posts = 0; cpu < CPU_SETSIZE && posts < 2; cpu++) {
+        if (!CPU_ISSET(cpu, &all))
+            continue;
+        posts++;
+        cpu_set_t poster, want = all;
+        CPU_ZERO(&poster);
+        CPU_SET(cpu, &poster);
+        CPU_CLR(cpu, &want);
+        cr_assert_eq(sched_setaffinity(0, sizeof poster, &poster), 0);
+        static affinity_probe p;
+        memset(&p, 0, sizeof p);
+        cr_assert_eq(cpu_pool_run(pool, 20, 1, affinity_item, &p), FKV_OK);
+        for (int w = 1; w < 3; w++) {
+            if (atomic_load(&p.ran[w]) == 0)
+                continue;
+            joined++;
+            cr_assert(CPU_EQUAL(&p.seen[w], &want), "helper %d may run on the poster's CPU %d",
+                      w, cpu);
+        }
+    }
+    cr_assert_gt(joined, 0, "no helper ran an item of 20 1-ms items");
+    cr_assert_eq(sched_setaffinity(0, sizeof all, &all), 0);
+    cpu_pool_destroy(pool);
+}
+#endif
+
 Test(cpu_env, device_memory_limit) {
     setenv("FREEKV_CPU_DEVICE_MEMORY", "1K", 1);
     open_cpu();

@@ -11,8 +11,9 @@
  *   FREEKV_CPU_RECALL=staged|direct|perpage   recall mechanism reported by recall_mode
  *   FREEKV_CPU_DEVICE_MEMORY, FREEKV_CPU_HOST_MEMORY = N[K|M|G]   allocation limits in bytes
  *   FREEKV_CPU_THREADS=auto|N   threads an attention call runs on (its (sequence, KV head)
- *     pairs, cpu_pool.h), the queue's own included: auto is every online CPU, at most 64; 1
- *     keeps each command on its queue's thread
+ *     pairs, cpu_pool.h), the queue's own included: auto is every CPU the opening thread may
+ *     run on (its affinity set, else the online CPUs), at most 64; 1 keeps each command on
+ *     its queue's thread
  *   FREEKV_CPU_ISA=auto|base|x86-64-v3|x86-64-v4   the attention loops' instruction-set level
  *     (cpu_kernels.h): auto the widest the CPU runs; every level gives the same bits, so the
  *     choice is for measuring a level and for CPUs that run a narrower one faster
@@ -138,12 +139,12 @@ static fkv_status read_isa(cpu_isa *isa) {
     return FKV_OK;
 }
 
-/* The threads of an attention call: FREEKV_CPU_THREADS, else every online CPU (at most 64). */
+/* The threads of an attention call: FREEKV_CPU_THREADS, else every usable CPU (at most 64). */
 static fkv_status read_threads(uint32_t *n) {
     fkv_status st = fkv_env_count("FREEKV_CPU_THREADS", 256, n);
     if (st == FKV_OK && *n == 0) {
-        long online = sysconf(_SC_NPROCESSORS_ONLN);
-        *n = online < 1 ? 1 : online > 64 ? 64 : (uint32_t)online;
+        uint32_t cpus = cpu_usable_cpus();
+        *n = cpus > 64 ? 64 : cpus;
     }
     return st;
 }

@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "../../common/error.h"
 
@@ -40,7 +41,7 @@ struct cpu_pool {
     uint32_t n_helpers;
     pool_helper *helpers; /* NULL: no helpers, and no lock or conditions either */
 #ifdef __linux__
-    cpu_set_t allowed; /* the creating thread's CPUs */
+    cpu_set_t allowed; /* the helpers' CPUs: the creator's, retaken from a poster outside them */
     int poster_cpu;    /* the CPU the helpers were last kept off; -1 none */
 #endif
 };
@@ -90,23 +91,43 @@ static void *helper_main(void *arg) {
     return NULL;
 }
 
+#ifdef __linux__
+/* Pins every helper to the pool's CPUs but `cpu`. 0: `cpu` is not among them, or the system
+ * refused the set. */
+static int pin_off(cpu_pool *p, int cpu) {
+    if (!CPU_ISSET(cpu, &p->allowed))
+        return 0;
+    cpu_set_t others = p->allowed;
+    CPU_CLR(cpu, &others);
+    if (CPU_COUNT(&others) == 0)
+        return 1; /* one CPU: nowhere else to go */
+    for (uint32_t i = 0; i < p->n_helpers; i++)
+        if (pthread_setaffinity_np(p->helpers[i].thread, sizeof others, &others) != 0)
+            return 0;
+    return 1;
+}
+#endif
+
 /* Keeps the helpers off the posting thread's CPU (called with the lock held). Linux may place
  * a woken thread on the CPU of the thread that woke it, where it waits for that thread while
  * another CPU idles: on this project's 2-CPU VM 45-49 of 50 such wakeups did
- * (tools/wake_placement.c), and a batch-1 attention then ran on one core. The helpers may run on every other CPU the pool's creator
- * could; only a change of the poster's CPU costs a system call per helper, and a failure
- * leaves the placement to the system. */
+ * (tools/wake_placement.c), and a batch-1 attention then ran on one core. The helpers may run
+ * on every other CPU of the pool's set; only a change of the poster's CPU costs system calls,
+ * one per helper. */
 static void keep_off_poster(cpu_pool *p) {
 #ifdef __linux__
     int cpu = sched_getcpu();
-    if (cpu < 0 || cpu >= CPU_SETSIZE || cpu == p->poster_cpu || CPU_COUNT(&p->allowed) < 2 ||
-        !CPU_ISSET(cpu, &p->allowed))
+    if (cpu < 0 || cpu >= CPU_SETSIZE || cpu == p->poster_cpu)
         return;
-    cpu_set_t others = p->allowed;
-    CPU_CLR(cpu, &others);
-    for (uint32_t i = 0; i < p->n_helpers; i++)
-        pthread_setaffinity_np(p->helpers[i].thread, sizeof others, &others);
-    p->poster_cpu = cpu;
+    p->poster_cpu = cpu; /* a failure below is not retried until the poster moves */
+    if (pin_off(p, cpu))
+        return;
+    /* The poster runs outside the set or the system refused it: the process's CPUs changed
+     * since the set was taken (taskset, a cpuset). The poster's own set is the current one. */
+    if (sched_getaffinity(0, sizeof p->allowed, &p->allowed) == 0)
+        pin_off(p, cpu);
+    else
+        CPU_ZERO(&p->allowed);
 #else
     (void)p;
 #endif
@@ -178,6 +199,16 @@ void cpu_pool_destroy(cpu_pool *p) {
         free(p->helpers);
     }
     free(p);
+}
+
+uint32_t cpu_usable_cpus(void) {
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return (uint32_t)CPU_COUNT(&set);
+#endif
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    return online < 1 ? 1 : (uint32_t)online;
 }
 
 uint32_t cpu_pool_width(const cpu_pool *p) { return p ? p->n_helpers + 1 : 1; }

@@ -31,6 +31,11 @@ fkv_status cpu_pool_create(uint32_t width, size_t min_work, cpu_pool **out);
 /* Stops and joins the helpers. No command may be running. NULL: no-op. */
 void cpu_pool_destroy(cpu_pool *p);
 
+/* The CPUs the calling thread may run on, at least 1: its affinity set where the system
+ * reports one (taskset's or a container's cpuset, which the online count overstates), else
+ * the online CPUs. */
+uint32_t cpu_usable_cpus(void);
+
 /* Threads a command may run on (1 for NULL). */
 uint32_t cpu_pool_width(const cpu_pool *p);
 

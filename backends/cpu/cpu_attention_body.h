@@ -46,33 +46,105 @@ CPU_VEC_INLINE cpu_vf CPU_ATTN(load)(const void *p, fkv_dtype dt) {
     return cpu_vec_load(p, dt);
 }
 
+/* CPU_ATTN_LANES elements of `dt` at p as f32 (the same conversion as CPU_ATTN(load)). */
+CPU_VEC_INLINE CPU_ATTN(vw) CPU_ATTN(load_wide)(const unsigned char *p, fkv_dtype dt) {
+    CPU_ATTN(vw) x;
+    if (dt == FKV_F32) {
+        memcpy(&x, p, sizeof x);
+    } else if (dt == FKV_BF16) {
+#if defined(__AVX512F__) && CPU_ATTN_LANES == 16
+        __m256i h;
+        memcpy(&h, p, sizeof h);
+        __m512i u = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+        memcpy(&x, &u, sizeof x);
+#elif CPU_ATTN_LANES == CPU_LANES
+        cpu_vf f = CPU_ATTN(load)(p, dt);
+        memcpy(&x, &f, sizeof x);
+#else
+        typedef uint16_t half_bits __attribute__((vector_size(2 * CPU_ATTN_LANES)));
+        typedef uint32_t word_bits __attribute__((vector_size(4 * CPU_ATTN_LANES)));
+        half_bits h;
+        memcpy(&h, p, sizeof h);
+        word_bits u = __builtin_convertvector(h, word_bits) << 16;
+        memcpy(&x, &u, sizeof x);
+#endif
+    } else {
+#if defined(__AVX512F__) && CPU_ATTN_LANES == 16
+        __m256i h;
+        memcpy(&h, p, sizeof h);
+        __m512 f = _mm512_cvtph_ps(h);
+        memcpy(&x, &f, sizeof x);
+#elif CPU_ATTN_LANES == 4
+        cpu_vh4 h;
+        memcpy(&h, p, sizeof h);
+        x = cpu_vec4_from_f16(h);
+#else
+        for (int i = 0; i < CPU_ATTN_LANES; i += CPU_LANES) {
+            cpu_vf f = CPU_ATTN(load)(p + i * sizeof(uint16_t), dt);
+            memcpy((float *)&x + i, &f, sizeof f);
+        }
+#endif
+    }
+    return x;
+}
+
 /* kt[c*TILE + j] = channel c of the K row at k + off[j], as f32; the rows at next[0..n_next)
- * are asked for a few at a time along the way. */
+ * are asked for a few at a time along the way. Blocks of CPU_LANES rows x channels are
+ * transposed in registers. GCC's baseline copy transposes 4x4 instead: GCC keeps an
+ * eight-float vector in memory where registers hold four (SSE2, NEON), and the 4x4 blocks
+ * made its baseline f32 attention 1.9x faster; clang splits the wider vectors into
+ * registers itself, and its 8x8 blocks were 20% faster than 4x4 (docs/bench.md). */
+#if CPU_ATTN_LANES == 4 && !defined(__clang__)
+#define K_BLOCK 4
+CPU_VEC_INLINE void CPU_ATTN(transpose)(CPU_ATTN(vw) *x) {
+    CPU_ATTN(vw) t0 = __builtin_shufflevector(x[0], x[1], 0, 4, 1, 5),
+                 t1 = __builtin_shufflevector(x[0], x[1], 2, 6, 3, 7),
+                 t2 = __builtin_shufflevector(x[2], x[3], 0, 4, 1, 5),
+                 t3 = __builtin_shufflevector(x[2], x[3], 2, 6, 3, 7);
+    x[0] = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);
+    x[1] = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+    x[2] = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);
+    x[3] = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+}
+#define K_VEC CPU_ATTN(vw)
+#define K_LOAD(p, dt) CPU_ATTN(load_wide)(p, dt)
+#define K_PUT(p, x) CPU_ATTN(put)(p, x)
+#else
+#define K_BLOCK CPU_LANES
+#define K_VEC cpu_vf
+#define K_LOAD(p, dt) CPU_ATTN(load)(p, dt)
+#define K_PUT(p, x) cpu_vec_put(p, x)
+CPU_VEC_INLINE void CPU_ATTN(transpose)(cpu_vf *x) { transpose8(x); }
+#endif
 CPU_VEC_INLINE void CPU_ATTN(load_k_tile)(const unsigned char *k, const size_t *off, size_t d,
                                           fkv_dtype dt, const size_t *next, size_t n_next,
                                           float *kt) {
     size_t es = fkv_dtype_size(dt);
-    for (size_t g = 0; g < TILE; g += CPU_LANES) {
-        if (g < n_next)
+    for (size_t g = 0; g < TILE; g += K_BLOCK) {
+        if (g < n_next && g % CPU_LANES == 0)
             prefetch_rows(k, next + g, n_next - g < CPU_LANES ? n_next - g : CPU_LANES, d * es);
         size_t c0 = 0;
-        for (; c0 + CPU_LANES <= d; c0 += CPU_LANES) {
-            cpu_vf x[CPU_LANES];
+        for (; c0 + K_BLOCK <= d; c0 += K_BLOCK) {
+            K_VEC x[K_BLOCK];
             UNROLL
-            for (int j = 0; j < CPU_LANES; j++)
-                x[j] = CPU_ATTN(load)(k + off[g + j] + c0 * es, dt);
-            transpose8(x);
+            for (int j = 0; j < K_BLOCK; j++)
+                x[j] = K_LOAD(k + off[g + j] + c0 * es, dt);
+            CPU_ATTN(transpose)(x);
             UNROLL
-            for (int c = 0; c < CPU_LANES; c++)
-                cpu_vec_put(kt + (c0 + c) * TILE + g, x[c]);
+            for (int c = 0; c < K_BLOCK; c++)
+                K_PUT(kt + (c0 + c) * TILE + g, x[c]);
         }
         for (; c0 < d; c0++) {
             UNROLL
-            for (int j = 0; j < CPU_LANES; j++)
+            for (int j = 0; j < K_BLOCK; j++)
                 kt[c0 * TILE + g + j] = fkv_load(k + off[g + j], dt, c0);
         }
     }
 }
+#undef K_BLOCK
+#undef K_VEC
+#undef K_LOAD
+#undef K_PUT
 
 /* a[i*nv + v] += y[i*y_stride] * x[v] for nh heads i and nv vectors v (constants where
  * inlined): one head's sums in each row of a, each x serving every head. */
@@ -161,50 +233,6 @@ CPU_VEC_INLINE void CPU_ATTN(score_pass)(const attn_src *s, const float *q, uint
         CPU_ATTN(score_tile)(w->kt, q, nh, d, scale, n[b], w->sc + tok, s->n_tokens, max);
         tok += n[b];
     }
-}
-
-/* CPU_ATTN_LANES elements of `dt` at p as f32 (the same conversion as CPU_ATTN(load)). */
-CPU_VEC_INLINE CPU_ATTN(vw) CPU_ATTN(load_wide)(const unsigned char *p, fkv_dtype dt) {
-    CPU_ATTN(vw) x;
-    if (dt == FKV_F32) {
-        memcpy(&x, p, sizeof x);
-    } else if (dt == FKV_BF16) {
-#if defined(__AVX512F__) && CPU_ATTN_LANES == 16
-        __m256i h;
-        memcpy(&h, p, sizeof h);
-        __m512i u = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
-        memcpy(&x, &u, sizeof x);
-#elif CPU_ATTN_LANES == CPU_LANES
-        cpu_vf f = CPU_ATTN(load)(p, dt);
-        memcpy(&x, &f, sizeof x);
-#else
-        typedef uint16_t half_bits __attribute__((vector_size(2 * CPU_ATTN_LANES)));
-        typedef uint32_t word_bits __attribute__((vector_size(4 * CPU_ATTN_LANES)));
-        half_bits h;
-        memcpy(&h, p, sizeof h);
-        word_bits u = __builtin_convertvector(h, word_bits) << 16;
-        memcpy(&x, &u, sizeof x);
-#endif
-    } else {
-#if defined(__AVX512F__) && CPU_ATTN_LANES == 16
-        __m256i h;
-        memcpy(&h, p, sizeof h);
-        __m512 f = _mm512_cvtph_ps(h);
-        memcpy(&x, &f, sizeof x);
-#elif CPU_ATTN_LANES < CPU_LANES
-        /* a zero-padded copy: never a read past the row */
-        cpu_vh h = {0};
-        memcpy(&h, p, sizeof(uint16_t) * CPU_ATTN_LANES);
-        cpu_vf f = cpu_vec_from_f16(h);
-        memcpy(&x, &f, sizeof x);
-#else
-        for (int i = 0; i < CPU_ATTN_LANES; i += CPU_LANES) {
-            cpu_vf f = CPU_ATTN(load)(p + i * sizeof(uint16_t), dt);
-            memcpy((float *)&x + i, &f, sizeof f);
-        }
-#endif
-    }
-    return x;
 }
 
 /* out[i*d + c] += sum over the tile's tokens j in order of wt[i*TILE + j] * row j [c] for the

@@ -58,19 +58,38 @@ CPU_VEC_INLINE cpu_vf cpu_vec_get(const float *p) {
 
 CPU_VEC_INLINE void cpu_vec_put(float *p, cpu_vf x) { memcpy(p, &x, sizeof x); }
 
+/* Four-lane halves: the f16 conversion's integer steps in a 128-bit register (SSE2, NEON),
+ * where an eight-lane vector would be kept in memory between them. */
+typedef float cpu_vf4 __attribute__((vector_size(16)));
+typedef uint32_t cpu_vu4 __attribute__((vector_size(16)));
+typedef uint16_t cpu_vh4 __attribute__((vector_size(8)));
+
 /* f16 bits to f32 without a subnormal f32 operand (the result does not depend on the
  * caller's denormals-are-zero mode): the exponent is rebased by 112; a zero exponent
  * (subnormal or zero) gets 2^-14 more and loses it again in one exact subtraction; 31 (Inf,
  * NaN) gets the rest of the way to 255 and keeps its payload bits. */
-CPU_VEC_INLINE cpu_vf cpu_vec_from_f16(cpu_vh h) {
-    cpu_vu u = __builtin_convertvector(h, cpu_vu);
-    cpu_vu e = u & 0x7c00u;
-    cpu_vu sub = (cpu_vu)(e == 0u), inf = (cpu_vu)(e == 0x7c00u);
-    cpu_vu o = ((u & 0x7fffu) << 13) + (112u << 23);
+CPU_VEC_INLINE cpu_vf4 cpu_vec4_from_f16(cpu_vh4 h) {
+    cpu_vu4 u = __builtin_convertvector(h, cpu_vu4);
+    cpu_vu4 e = u & 0x7c00u;
+    cpu_vu4 sub = (cpu_vu4)(e == 0u), inf = (cpu_vu4)(e == 0x7c00u);
+    cpu_vu4 o = ((u & 0x7fffu) << 13) + (112u << 23);
     o += (inf & (112u << 23)) + (sub & (1u << 23));
-    cpu_vu less = cpu_vec_uint(cpu_vec_bits(o) - cpu_vec_bits(sub & (113u << 23)));
-    o = (sub & less) | (~sub & o);
-    return cpu_vec_bits(o | ((u & 0x8000u) << 16));
+    cpu_vf4 of, bias;
+    cpu_vu4 b = sub & (113u << 23);
+    memcpy(&of, &o, sizeof of);
+    memcpy(&bias, &b, sizeof bias);
+    of -= bias;
+    cpu_vu4 less;
+    memcpy(&less, &of, sizeof less);
+    o = (sub & less) | (~sub & o) | ((u & 0x8000u) << 16);
+    memcpy(&of, &o, sizeof of);
+    return of;
+}
+
+CPU_VEC_INLINE cpu_vf cpu_vec_from_f16(cpu_vh h) {
+    cpu_vf4 lo = cpu_vec4_from_f16(__builtin_shufflevector(h, h, 0, 1, 2, 3)),
+            hi = cpu_vec4_from_f16(__builtin_shufflevector(h, h, 4, 5, 6, 7));
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
 }
 
 CPU_VEC_INLINE cpu_vf cpu_vec_from_bf16(cpu_vh h) {

@@ -1101,14 +1101,14 @@ Test(cpu_env, bad_recall_value) {
 }
 
 /* One attention on a CPU device opened with the environment as it is, big enough to be
- * shared among its threads (CPU_ATTENTION_MIN_SHARED): 8 KV heads of group 2, d 128, f16, 18
+ * shared among its threads (CPU_MIN_SHARED_ELEMENTS): 8 KV heads of group 2, d 128, f16, 18
  * entries a head with partial pages, 267 tokens. Its output into out[DEVICE_ATTN_OUT]. */
 #define DEVICE_ATTN_OUT (16 * 128)
 static void device_attention(float *out) {
     fkv_kv_geom g = {.n_kv_heads = 8, .group = 2, .head_dim = 128, .page_size = 16,
                      .dtype = FKV_F16};
     size_t re = 8 * 128, slots = 20, rows = slots * 16, per = 18;
-    cr_assert_geq(2 * 267 * 128 * 8, CPU_ATTENTION_MIN_SHARED);
+    cr_assert_geq(2 * 267 * 128 * 8, CPU_MIN_SHARED_ELEMENTS);
     th_rng r;
     th_seed(&r, 7);
     void *kv = attention_values(&r, rows * re, g.dtype);
@@ -1177,6 +1177,64 @@ Test(cpu_env, threads_give_the_same_attention) {
         cr_assert(strstr(fkv_last_error(), "FREEKV_CPU_THREADS"), "%s", fkv_last_error());
         cr_assert_null(d);
     }
+}
+
+/* The scores' (sequence, KV head) pairs on three threads give the bits of one thread, f32
+ * and f16 summaries, with a mask; a bad sequence fails the call before any score is written. */
+Test(cpu_ops, scores_on_a_pool_are_the_one_thread_bits) {
+    cpu_pool *pool = NULL;
+    cr_assert_eq(cpu_pool_create(3, 0, &pool), FKV_OK);
+    static const fkv_summary_format formats[] = {FKV_SUMMARY_F32, FKV_SUMMARY_F16};
+    th_rng r;
+    th_seed(&r, 7);
+    for (size_t fi = 0; fi < 2; fi++) {
+        fkv_kv_geom g = {.n_kv_heads = 3, .group = 5, .head_dim = 24, .page_size = 16,
+                         .dtype = FKV_F16, .summary_format = formats[fi]};
+        uint32_t n_seqs = 3, pages = 37;
+        size_t n_q_heads = (size_t)g.n_kv_heads * g.group, d = g.head_dim;
+        size_t n_sum = (size_t)n_seqs * pages, sum_elems = n_sum * g.n_kv_heads * 2 * d;
+        size_t out_len = n_seqs * n_q_heads * pages;
+        float *q = tmalloc(n_seqs * n_q_heads * d * 4), *lo = tmalloc(sum_elems * 4);
+        void *sums = tmalloc(fkv_summary_bytes(&g) * n_sum);
+        float *want = tmalloc(out_len * 4), *got = tmalloc(out_len * 4);
+        th_fill_normal(&r, q, n_seqs * n_q_heads * d, 1.0f);
+        th_fill_normal(&r, lo, sum_elems, 1.0f);
+        for (size_t i = 0; i < sum_elems; i++) {
+            if (formats[fi] == FKV_SUMMARY_F16)
+                ((uint16_t *)sums)[i] = fkv_f32_to_f16_down(lo[i]);
+            else
+                ((float *)sums)[i] = lo[i];
+        }
+        int32_t desc[3 * FKV_SCORES_DESC_INTS], mask[3 * 3] = {1, 0, 1, 1, 1, 1, 0, 1, 1};
+        for (uint32_t b = 0; b < n_seqs; b++) {
+            int32_t *db = desc + FKV_SCORES_DESC_INTS * b;
+            db[0] = (int32_t)(b * pages);
+            db[1] = (int32_t)(pages - 4 * b);
+            db[2] = (int32_t)(b * n_q_heads * pages);
+            db[3] = (int32_t)(n_seqs - 1 - b);
+        }
+        for (int masked = 0; masked < 2; masked++) {
+            memset(want, 0x5a, out_len * 4);
+            memset(got, 0x5a, out_len * 4);
+            const int32_t *m = masked ? mask : NULL;
+            cr_assert_eq(cpu_scores(&g, q, n_seqs, n_seqs, desc, m, sums, n_sum, want, out_len,
+                                    NULL),
+                         FKV_OK, "%s", fkv_last_error());
+            cr_assert_eq(cpu_scores(&g, q, n_seqs, n_seqs, desc, m, sums, n_sum, got, out_len,
+                                    pool),
+                         FKV_OK, "%s", fkv_last_error());
+            cr_assert_arr_eq(got, want, out_len * 4, "format %zu masked %d", fi, masked);
+        }
+        desc[FKV_SCORES_DESC_INTS * 2 + 1] = (int32_t)(n_sum + 1); /* sequence 2 reads past */
+        memset(got, 0x5a, out_len * 4);
+        memset(want, 0x5a, out_len * 4);
+        cr_assert_eq(cpu_scores(&g, q, n_seqs, n_seqs, desc, NULL, sums, n_sum, got, out_len,
+                                pool),
+                     FKV_ERR_INVALID_ARGUMENT);
+        cr_assert(strstr(fkv_last_error(), "sequence 2"), "%s", fkv_last_error());
+        cr_assert_arr_eq(got, want, out_len * 4, "a failed call wrote scores");
+    }
+    cpu_pool_destroy(pool);
 }
 
 /* ---- the pool of threads (cpu_pool.h) ---- */

@@ -10,8 +10,8 @@
  * Environment (read in device_open only, through common/env.c):
  *   FREEKV_CPU_RECALL=staged|direct|perpage   recall mechanism reported by recall_mode
  *   FREEKV_CPU_DEVICE_MEMORY, FREEKV_CPU_HOST_MEMORY = N[K|M|G]   allocation limits in bytes
- *   FREEKV_CPU_THREADS=auto|N   threads an attention call runs on (its (sequence, KV head)
- *     pairs, cpu_pool.h), the queue's own included: auto is every CPU the opening thread may
+ *   FREEKV_CPU_THREADS=auto|N   threads an attention or scores call runs on (its (sequence,
+ *     KV head) pairs, cpu_pool.h), the queue's own included: auto is every CPU the opening thread may
  *     run on (its affinity set, else the online CPUs), at most 64; 1 keeps each command on
  *     its queue's thread
  *   FREEKV_CPU_ISA=auto|base|x86-64-v3|x86-64-v4   the attention loops' instruction-set level
@@ -42,7 +42,7 @@ struct fkv_bdev {
     cpu_queue *queues[FKV_QUEUE_COUNT];
     fkv_recall_mode recall;
     cpu_isa isa;
-    cpu_pool *pool; /* the attention's threads, shared by the queues */
+    cpu_pool *pool; /* the attention's and scores' threads, shared by the queues */
     uint64_t device_limit; /* UINT64_MAX: unlimited */
     uint64_t host_limit;
     pthread_mutex_t mem_lock; /* guards the counters below */
@@ -139,7 +139,7 @@ static fkv_status read_isa(cpu_isa *isa) {
     return FKV_OK;
 }
 
-/* The threads of an attention call: FREEKV_CPU_THREADS, else every usable CPU (at most 64). */
+/* The threads of an attention or scores call: FREEKV_CPU_THREADS, else every usable CPU (at most 64). */
 static fkv_status read_threads(uint32_t *n) {
     fkv_status st = fkv_env_count("FREEKV_CPU_THREADS", 256, n);
     if (st == FKV_OK && *n == 0) {
@@ -186,7 +186,7 @@ static fkv_status cpu_device_open(uint32_t index, fkv_bdev **out) {
     }
     dev->recall = recall;
     dev->isa = isa;
-    if ((st = cpu_pool_create(threads, CPU_ATTENTION_MIN_SHARED, &dev->pool)) != FKV_OK) {
+    if ((st = cpu_pool_create(threads, CPU_MIN_SHARED_ELEMENTS, &dev->pool)) != FKV_OK) {
         cpu_device_close(dev);
         return st;
     }
@@ -597,19 +597,22 @@ typedef struct scores_args {
     size_t n_summaries;
     float *out;
     size_t out_len;
+    cpu_pool *pool;
 } scores_args;
 
 static fkv_status run_scores(void *p) {
     scores_args *a = p;
     return cpu_scores(&a->g, a->q, a->q_rows, a->n_seqs, a->desc, a->mask, a->summaries,
-                      a->n_summaries, a->out, a->out_len);
+                      a->n_summaries, a->out, a->out_len, a->pool);
 }
 
-static void scores_fill(scores_args *a, const fkv_kv_geom *g, const fkv_bbuf *qbuf, size_t q_off,
+static void scores_fill(scores_args *a, cpu_pool *pool, const fkv_kv_geom *g,
+                        const fkv_bbuf *qbuf, size_t q_off,
                         uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
                         const fkv_bbuf *mask, size_t mask_off, const fkv_bbuf *summaries,
                         fkv_bbuf *out, size_t out_off) {
     a->g = *g;
+    a->pool = pool;
     a->n_seqs = n_seqs;
     a->q = (const float *)at(qbuf, q_off);
     a->q_rows = (qbuf->desc.size - q_off) /
@@ -631,8 +634,8 @@ static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     scores_args *a;
     TRY(check_limits(op, g));
     TRY(alloc_args(op, sizeof *a, (void **)&a));
-    scores_fill(a, g, qbuf, q_off, n_seqs, desc, desc_off, mask, mask_off, summaries, out,
-                out_off);
+    scores_fill(a, dev->pool, g, qbuf, q_off, n_seqs, desc, desc_off, mask, mask_off, summaries,
+                out, out_off);
     return submit(dev, q, run_scores, a, deps);
 }
 
@@ -747,8 +750,8 @@ static fkv_status cpu_scores_check_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     TRY(alloc_args(op, sizeof *a, (void **)&a));
     cosine_fill(&a->check, g, qbuf, cur_off, qbuf, q_off, prev_rows, rows_off, n_seqs, tau, sims,
                 sims_off, flags, flags_off);
-    scores_fill(&a->scores, g, qbuf, q_off, n_seqs, desc, desc_off, NULL, 0, summaries, out,
-                out_off);
+    scores_fill(&a->scores, dev->pool, g, qbuf, q_off, n_seqs, desc, desc_off, NULL, 0,
+                summaries, out, out_off);
     return submit(dev, q, run_scores_check, a, deps);
 }
 

@@ -9,6 +9,7 @@
 #include "../../common/dtype.h"
 #include "../../common/error.h"
 #include "../../common/hostfmt.h"
+#include "cpu_pool.h"
 
 static size_t row_elems(const fkv_kv_geom *g) { return (size_t)g->n_kv_heads * g->head_dim; }
 
@@ -140,41 +141,74 @@ static void score_head(const fkv_kv_geom *g, const float *q, const void *summari
     }
 }
 
+/* One scores call's (sequence, KV head) pairs, run by the pool's threads (cpu_pool.h); each
+ * thread has its own scratch (qt, then the widened f16 summaries), allocated when it takes
+ * its first pair. A pair's scores do not depend on the thread. */
+typedef struct scores_call {
+    const fkv_kv_geom *g;
+    const float *q;
+    const int32_t *desc, *mask;
+    const void *summaries;
+    float *out;
+    size_t qt_floats, wide_floats;
+    float **scratch; /* [cpu_pool_width] */
+} scores_call;
+
+static fkv_status score_item(void *ctx, uint32_t worker, size_t item) {
+    scores_call *c = ctx;
+    const fkv_kv_geom *g = c->g;
+    size_t b = item / g->n_kv_heads, kv_head = item % g->n_kv_heads;
+    if (c->mask && !c->mask[item])
+        return FKV_OK;
+    if (c->scratch[worker] == NULL) {
+        c->scratch[worker] = malloc(sizeof(float) * (c->qt_floats + c->wide_floats));
+        if (c->scratch[worker] == NULL)
+            return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scores: %zu bytes of scratch",
+                             sizeof(float) * (c->qt_floats + c->wide_floats));
+    }
+    const int32_t *db = c->desc + (size_t)FKV_SCORES_DESC_INTS * b;
+    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group, n_pages = (size_t)db[1];
+    score_head(g, c->q + ((size_t)db[3] * n_q_heads + kv_head * g->group) * d, c->summaries,
+               (size_t)db[0], kv_head, n_pages, c->scratch[worker],
+               c->scratch[worker] + c->qt_floats,
+               c->out + (size_t)db[2] + kv_head * g->group * n_pages);
+    return FKV_OK;
+}
+
 fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
                       const int32_t *desc, const int32_t *mask, const void *summaries,
-                      size_t n_summaries, float *out, size_t out_len) {
-    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
-    size_t qt_floats = (g->group + SCORE_LANES - 1) / SCORE_LANES * SCORE_LANES * d;
-    size_t wide_floats = g->summary_format == FKV_SUMMARY_F16 ? SCORE_PAGES * 2 * d : 0;
-    qt_floats += wide_floats; /* qt, then the widened f16 summaries */
-    float *qt = malloc(sizeof(float) * qt_floats);
-    if (qt == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scores: %zu bytes of scratch",
-                         sizeof(float) * qt_floats);
-    fkv_status st = FKV_OK;
-    for (uint32_t b = 0; b < n_seqs && st == FKV_OK; b++) {
+                      size_t n_summaries, float *out, size_t out_len, cpu_pool *pool) {
+    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group, elements = 0;
+    /* Every sequence is checked before any score is written. */
+    for (uint32_t b = 0; b < n_seqs; b++) {
         const int32_t *db = desc + (size_t)FKV_SCORES_DESC_INTS * b;
         int32_t base = db[0], n_pages = db[1], out_base = db[2], row = db[3];
         if (row < 0 || (size_t)row >= q_rows)
-            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                           "scores: sequence %u reads query row %d, the buffer holds %zu", b, row,
-                           q_rows);
-        else if (base < 0 || n_pages < 0 || (size_t)base + (size_t)n_pages > n_summaries)
-            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                           "scores: sequence %u reads summaries [%d, %d + %d), buffer holds %zu",
-                           b, base, base, n_pages, n_summaries);
-        else if (out_base < 0 || (size_t)out_base + n_q_heads * (size_t)n_pages > out_len)
-            st = fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                           "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
-                           n_q_heads * (size_t)n_pages, out_base, out_len);
-        for (size_t kv_head = 0; kv_head < g->n_kv_heads && st == FKV_OK; kv_head++)
-            if (!mask || mask[(size_t)b * g->n_kv_heads + kv_head])
-                score_head(g, q + ((size_t)row * n_q_heads + kv_head * g->group) * d, summaries,
-                           (size_t)base, kv_head, (size_t)n_pages, qt,
-                           qt + qt_floats - wide_floats,
-                           out + (size_t)out_base + kv_head * g->group * (size_t)n_pages);
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "scores: sequence %u reads query row %d, the buffer holds %zu", b,
+                             row, q_rows);
+        if (base < 0 || n_pages < 0 || (size_t)base + (size_t)n_pages > n_summaries)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "scores: sequence %u reads summaries [%d, %d + %d), buffer holds %zu",
+                             b, base, base, n_pages, n_summaries);
+        if (out_base < 0 || (size_t)out_base + n_q_heads * (size_t)n_pages > out_len)
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
+                             n_q_heads * (size_t)n_pages, out_base, out_len);
+        elements += (size_t)n_pages * g->n_kv_heads * 2 * d;
     }
-    free(qt);
+    uint32_t width = cpu_pool_width(pool);
+    scores_call c = {
+        .g = g, .q = q, .desc = desc, .mask = mask, .summaries = summaries, .out = out,
+        .qt_floats = (g->group + SCORE_LANES - 1) / SCORE_LANES * SCORE_LANES * d,
+        .wide_floats = g->summary_format == FKV_SUMMARY_F16 ? SCORE_PAGES * 2 * d : 0,
+        .scratch = calloc(width, sizeof(float *))};
+    if (c.scratch == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scores: no host memory");
+    fkv_status st = cpu_pool_run(pool, (size_t)n_seqs * g->n_kv_heads, elements, score_item, &c);
+    for (uint32_t i = 0; i < width; i++)
+        free(c.scratch[i]);
+    free(c.scratch);
     return st;
 }
 

@@ -34,12 +34,16 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
                          uint32_t n_pages, const int32_t *pages, void *summaries,
                          size_t n_summaries);
 
+typedef struct cpu_pool cpu_pool; /* cpu_pool.h */
+
 /* Quest bound per query head; desc[4b..4b+3] = (summary base, n_pages, out base, q row) and
  * out[base + h*n_pages + j] for h in [0, n_kv_heads*group). q holds q_rows query rows, out
- * out_len floats. mask: NULL, or [n_seqs][n_kv_heads]: 0 skips the pair. */
+ * out_len floats. mask: NULL, or [n_seqs][n_kv_heads]: 0 skips the pair. Every sequence is
+ * checked before any score is written; the (sequence, KV head) pairs run on `pool`'s threads
+ * (NULL: the calling thread alone), with the same bits either way. */
 fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
                       const int32_t *desc, const int32_t *mask, const void *summaries,
-                      size_t n_summaries, float *out, size_t out_len);
+                      size_t n_summaries, float *out, size_t out_len, cpu_pool *pool);
 
 /* select_pages (backend.h defines the semantics): per (sequence, KV head) the group
  * reduction over candidates [p->first_page, n_pages) and the top p->k by (value desc, page
@@ -88,10 +92,10 @@ typedef enum cpu_isa {
 /* Whether this build and CPU run `isa`. */
 int cpu_isa_available(cpu_isa isa);
 
-typedef struct cpu_pool cpu_pool; /* cpu_pool.h */
-/* The attention's work is the K/V elements it reads (cpu_pool.h's min_work for its pool):
- * reading this many takes about as long as waking a helper thread. */
-#define CPU_ATTENTION_MIN_SHARED ((size_t)1 << 19)
+/* A command's work is the elements it reads, K/V for the attention, summaries for the
+ * scores (cpu_pool.h's min_work for the device's pool): reading this many takes about as
+ * long as waking a helper thread. */
+#define CPU_MIN_SHARED_ELEMENTS ((size_t)1 << 19)
 
 /* Paged decode attention. heads[2(b*n_kv_heads+h)] = (first entry, entry count); entries
  * (n_entries pairs) = (gslot, valid tokens). q and out are [n_seqs][n_kv_heads*group][d].

@@ -267,7 +267,9 @@ typedef struct fkv_backend_ops {
      * previous one). A row beyond the buffer is refused by the CPU reference and skipped by
      * GPU kernels, as any index from device data. mask: NULL (every pair), or int32
      * [n_seqs][n_kv_heads] at mask_off (e.g. cosine_flags' flags): a (b, KV head) pair whose
-     * mask is 0 is skipped, no work, and its query heads' scores are not written. */
+     * mask is 0 is skipped, no work, and its query heads' scores are not written. Sequences'
+     * outputs that overlap each other or an input give undefined scores (the CPU reference
+     * then computes in order on one thread). */
     fkv_status (*scores)(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const fkv_kv_geom *g,
                          const fkv_bbuf *qbuf, size_t q_off, uint32_t n_seqs, const fkv_bbuf *desc,
                          size_t desc_off, const fkv_bbuf *mask, size_t mask_off,

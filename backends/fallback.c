@@ -131,7 +131,7 @@ fkv_status fkv_fallback_select_pages(const fkv_backend_ops *ops, fkv_bdev *dev, 
     if (st == FKV_OK && len)
         st = read_now(ops, dev, q, 0, NULL, scores, scores_off, s, len * sizeof(float));
     if (st == FKV_OK)
-        st = cpu_select_pages(g, n_seqs, d, m, s, len, p, rec);
+        st = cpu_select_pages(g, n_seqs, d, m, s, len, p, rec, NULL);
     if (st == FKV_OK)
         st = ops->write(dev, q, (fkv_deps){0, NULL, &ev}, out, out_off, rec, out_bytes);
     if (st == FKV_OK)

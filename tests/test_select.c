@@ -22,8 +22,9 @@ static uint32_t select_one(const float *s, uint32_t group, uint32_t n_pages, uin
     int32_t *rec = malloc(sizeof(int32_t) * 2 * k + 1);
     memcpy(scratch, s, sizeof(float) * group * n_pages);
     fkv_select_params p = {.first_page = first, .k = k, .reduce = mode, .temp_scale = scale};
-    cr_assert_eq(cpu_select_pages(&g, 1, desc, NULL, scratch, (size_t)group * n_pages, &p, rec),
-                 FKV_OK);
+    cr_assert_eq(
+        cpu_select_pages(&g, 1, desc, NULL, scratch, (size_t)group * n_pages, &p, rec, NULL),
+        FKV_OK);
     uint32_t n = 0;
     for (; n < k && rec[n] >= 0; n++) {
         cr_assert(n == 0 || rec[n] > rec[n - 1], "record pages ascend");

@@ -93,7 +93,8 @@ CPU_VEC_INLINE void prefetch_rows(const unsigned char *pool, const size_t *off, 
             __builtin_prefetch(pool + off[j] + b);
 }
 
-/* 8x8 transpose: x[j][c] -> x[c][j] (the wider copies; the baseline transposes 4x4). */
+/* 8x8 transpose: x[j][c] -> x[c][j] (the wider copies, and clang's baseline; GCC's baseline
+ * transposes 4x4). */
 #if CPU_VEC_X86_LEVELS || defined(__clang__)
 CPU_VEC_INLINE void transpose8(cpu_vf *x) {
     cpu_vf t[8], u[8];
@@ -240,8 +241,12 @@ typedef struct attn_call {
     const float *q;
     float *out, scale;
     size_t max_tokens;
-    const int32_t *heads, *entries; /* NULL heads: dense, one span of max_tokens rows */
-    size_t n_entries, pool_rows;
+    /* Copies of the checked lists, which the items read instead of the caller's buffers (an
+     * output overlapping them cannot change a list after its check): item i's entries are
+     * lists[2 * first[i]...], count[i] of them, tokens[i] tokens. NULL lists: dense, one
+     * span of max_tokens rows. */
+    const int32_t *lists;
+    const size_t *first, *count, *tokens;
     const unsigned char *k, *v;
     attn_scratch *scratch; /* [cpu_pool_width] */
     float **bases;         /* [cpu_pool_width] the scratch allocations, NULL until used */
@@ -277,12 +282,11 @@ static fkv_status attend_item(void *ctx, uint32_t worker, size_t item) {
                   .n_tokens = c->max_tokens,
                   .k = c->k + h * d * es,
                   .v = c->v + h * d * es};
-    if (c->heads != NULL) {
-        s.spans = c->entries + 2 * (size_t)c->heads[2 * item];
-        s.n_spans = (size_t)c->heads[2 * item + 1];
+    if (c->lists != NULL) {
+        s.spans = c->lists + 2 * c->first[item];
+        s.n_spans = c->count[item];
         s.rows_per_slot = g->page_size;
-        check_list(g, (uint32_t)(item / g->n_kv_heads), (uint32_t)h, c->heads, c->entries,
-                   c->n_entries, c->pool_rows, &s.n_tokens);
+        s.n_tokens = c->tokens[item];
     }
     attn_scratch *w;
     fkv_status st = call_scratch(c, worker, &w);
@@ -293,9 +297,15 @@ static fkv_status attend_item(void *ctx, uint32_t worker, size_t item) {
     return FKV_OK;
 }
 
-/* Runs n_items items of c, reading `elements` K/V elements in all (the pool's measure of
- * work), then frees the scratch. */
-static fkv_status run_call(attn_call *c, size_t n_items, size_t elements, cpu_pool *pool) {
+/* Runs n_items items of c for n_seqs sequences, reading `elements` K/V elements in all (the
+ * pool's measure of work) from pools of kv_bytes each, then frees the scratch. */
+static fkv_status run_call(attn_call *c, size_t n_items, uint32_t n_seqs, size_t kv_bytes,
+                           size_t elements, cpu_pool *pool) {
+    const fkv_kv_geom *g = c->g;
+    size_t q_bytes = (size_t)n_seqs * g->n_kv_heads * g->group * g->head_dim * sizeof(float);
+    cpu_span spans[] = {cpu_span_of(c->q, q_bytes), cpu_span_of(c->out, q_bytes),
+                        cpu_span_of(c->k, kv_bytes), cpu_span_of(c->v, kv_bytes)};
+    pool = cpu_pool_for(pool, spans, sizeof spans / sizeof *spans);
     uint32_t width = cpu_pool_width(pool);
     c->scratch = malloc(width * sizeof *c->scratch);
     c->bases = calloc(width, sizeof *c->bases);
@@ -316,20 +326,41 @@ fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
     attend_block_fn *block = pick_block(isa);
     if (block == NULL)
         return fkv_error(FKV_ERR_UNSUPPORTED, "attention: this CPU or build lacks that level");
+    size_t n_items = (size_t)n_seqs * g->n_kv_heads, n_listed = 0;
+    size_t *index = malloc((3 * n_items + 1) * sizeof *index); /* first, count, tokens */
+    if (index == NULL)
+        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "attention: no host memory for %zu lists",
+                         n_items);
+    size_t *first = index, *count = index + n_items, *tokens = index + 2 * n_items;
     size_t max_tokens = 0, all_tokens = 0;
-    for (uint32_t b = 0; b < n_seqs; b++)
-        for (uint32_t h = 0; h < g->n_kv_heads; h++) {
-            size_t n;
-            fkv_status st = check_list(g, b, h, heads, entries, n_entries, pool_rows, &n);
-            if (st != FKV_OK)
-                return st;
-            max_tokens = n > max_tokens ? n : max_tokens;
-            all_tokens += n;
-        }
-    attn_call c = {.g = g, .block = block, .q = q, .out = out, .scale = scale,
-                   .max_tokens = max_tokens, .heads = heads, .entries = entries,
-                   .n_entries = n_entries, .pool_rows = pool_rows, .k = kpool, .v = vpool};
-    return run_call(&c, (size_t)n_seqs * g->n_kv_heads, 2 * all_tokens * g->head_dim, pool);
+    fkv_status st = FKV_OK;
+    for (size_t i = 0; i < n_items && st == FKV_OK; i++) {
+        st = check_list(g, (uint32_t)(i / g->n_kv_heads), (uint32_t)(i % g->n_kv_heads), heads,
+                        entries, n_entries, pool_rows, &tokens[i]);
+        max_tokens = tokens[i] > max_tokens ? tokens[i] : max_tokens;
+        all_tokens += tokens[i];
+        first[i] = n_listed;
+        count[i] = st == FKV_OK ? (size_t)heads[2 * i + 1] : 0;
+        n_listed += count[i];
+    }
+    int32_t *lists = st == FKV_OK ? malloc((2 * n_listed + 1) * sizeof *lists) : NULL;
+    if (st == FKV_OK && lists == NULL)
+        st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "attention: no host memory for %zu entries",
+                       n_listed);
+    /* Nothing was written since the check: the copies are the checked lists. */
+    for (size_t i = 0; i < n_items && st == FKV_OK; i++)
+        memcpy(lists + 2 * first[i], entries + 2 * (size_t)heads[2 * i],
+               2 * count[i] * sizeof *lists);
+    if (st == FKV_OK) {
+        attn_call c = {.g = g, .block = block, .q = q, .out = out, .scale = scale,
+                       .max_tokens = max_tokens, .lists = lists, .first = first,
+                       .count = count, .tokens = tokens, .k = kpool, .v = vpool};
+        size_t kv_bytes = pool_rows * g->n_kv_heads * g->head_dim * fkv_dtype_size(g->dtype);
+        st = run_call(&c, n_items, n_seqs, kv_bytes, 2 * all_tokens * g->head_dim, pool);
+    }
+    free(lists);
+    free(index);
+    return st;
 }
 
 fkv_status cpu_attention_dense(const fkv_kv_geom *g, const float *q, uint32_t n_tokens,
@@ -342,5 +373,7 @@ fkv_status cpu_attention_dense(const fkv_kv_geom *g, const float *q, uint32_t n_
      * that n_tokens fits int32 and the buffers). */
     attn_call c = {.g = g, .block = block, .q = q, .out = out, .scale = scale,
                    .max_tokens = n_tokens, .k = k, .v = v};
-    return run_call(&c, g->n_kv_heads, 2 * (size_t)n_tokens * g->n_kv_heads * g->head_dim, pool);
+    size_t kv_elements = (size_t)n_tokens * g->n_kv_heads * g->head_dim;
+    return run_call(&c, g->n_kv_heads, 1, kv_elements * fkv_dtype_size(g->dtype), 2 * kv_elements,
+                    pool);
 }

@@ -10,10 +10,10 @@
  * Environment (read in device_open only, through common/env.c):
  *   FREEKV_CPU_RECALL=staged|direct|perpage   recall mechanism reported by recall_mode
  *   FREEKV_CPU_DEVICE_MEMORY, FREEKV_CPU_HOST_MEMORY = N[K|M|G]   allocation limits in bytes
- *   FREEKV_CPU_THREADS=auto|N   threads an attention or scores call runs on (its (sequence,
- *     KV head) pairs, cpu_pool.h), the queue's own included: auto is every CPU the opening thread may
- *     run on (its affinity set, else the online CPUs), at most 64; 1 keeps each command on
- *     its queue's thread
+ *   FREEKV_CPU_THREADS=auto|N   threads an attention, scores or select_pages call runs on
+ *     (its (sequence, KV head) pairs, cpu_pool.h), the queue's own included: auto is every
+ *     CPU the opening thread may run on (its affinity set, else the online CPUs), at most 64;
+ *     1 keeps each command on its queue's thread
  *   FREEKV_CPU_ISA=auto|base|x86-64-v3|x86-64-v4   the attention loops' instruction-set level
  *     (cpu_kernels.h): auto the widest the CPU runs; every level gives the same bits, so the
  *     choice is for measuring a level and for CPUs that run a narrower one faster
@@ -42,7 +42,7 @@ struct fkv_bdev {
     cpu_queue *queues[FKV_QUEUE_COUNT];
     fkv_recall_mode recall;
     cpu_isa isa;
-    cpu_pool *pool; /* the attention's and scores' threads, shared by the queues */
+    cpu_pool *pool; /* the threads of the attention, scores and selection, shared by the queues */
     uint64_t device_limit; /* UINT64_MAX: unlimited */
     uint64_t host_limit;
     pthread_mutex_t mem_lock; /* guards the counters below */
@@ -139,7 +139,7 @@ static fkv_status read_isa(cpu_isa *isa) {
     return FKV_OK;
 }
 
-/* The threads of an attention or scores call: FREEKV_CPU_THREADS, else every usable CPU (at most 64). */
+/* The threads of an attention, scores or select_pages call: FREEKV_CPU_THREADS, else every usable CPU (at most 64). */
 static fkv_status read_threads(uint32_t *n) {
     fkv_status st = fkv_env_count("FREEKV_CPU_THREADS", 256, n);
     if (st == FKV_OK && *n == 0) {
@@ -647,12 +647,13 @@ typedef struct select_args {
     size_t scores_len;
     fkv_select_params p;
     int32_t *out;
+    cpu_pool *pool;
 } select_args;
 
 static fkv_status run_select(void *p) {
     select_args *a = p;
     return cpu_select_pages(&a->g, a->n_seqs, a->desc, a->mask, a->scores, a->scores_len, &a->p,
-                            a->out);
+                            a->out, a->pool);
 }
 
 static fkv_status cpu_select_pages_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
@@ -672,6 +673,7 @@ static fkv_status cpu_select_pages_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     a->scores_len = (scores->desc.size - scores_off) / sizeof(float);
     a->p = *p;
     a->out = (int32_t *)at(out, out_off);
+    a->pool = dev->pool;
     return submit(dev, q, run_select, a, deps);
 }
 

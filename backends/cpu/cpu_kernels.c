@@ -141,13 +141,39 @@ static void score_head(const fkv_kv_geom *g, const float *q, const void *summari
     }
 }
 
+/* The pool's work is counted in attention K/V elements (CPU_MIN_SHARED_ELEMENTS, about
+ * 0.2 ns each on one core): a summary element of the scores costs about 4 of them (0.8 ns)
+ * and a score in select_pages about 32 (its expf and passes, 7 ns), measured with
+ * freekv-opbench on one thread (docs/bench.md). */
+#define SCORES_WORK_PER_ELEMENT 4
+#define SELECT_WORK_PER_ELEMENT 32
+
+/* A copy of a call's descriptors (n_seqs * FKV_SCORES_DESC_INTS) and mask (n_pairs, or
+ * none), which its items read instead of the buffers: an output that overlaps them cannot
+ * change an entry after it was checked. NULL: out of host memory (message set). *mask_copy
+ * points into the same allocation (NULL without a mask). */
+static int32_t *copy_desc(const char *op, const int32_t *desc, uint32_t n_seqs,
+                          const int32_t *mask, size_t n_pairs, const int32_t **mask_copy) {
+    size_t n_desc = (size_t)n_seqs * FKV_SCORES_DESC_INTS, n = n_desc + (mask ? n_pairs : 0);
+    int32_t *copy = malloc((n ? n : 1) * sizeof *copy);
+    if (copy == NULL) {
+        fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "%s: no host memory for %zu descriptors", op, n);
+        return NULL;
+    }
+    memcpy(copy, desc, n_desc * sizeof *copy);
+    if (mask)
+        memcpy(copy + n_desc, mask, n_pairs * sizeof *copy);
+    *mask_copy = mask ? copy + n_desc : NULL;
+    return copy;
+}
+
 /* One scores call's (sequence, KV head) pairs, run by the pool's threads (cpu_pool.h); each
  * thread has its own scratch (qt, then the widened f16 summaries), allocated when it takes
  * its first pair. A pair's scores do not depend on the thread. */
 typedef struct scores_call {
     const fkv_kv_geom *g;
     const float *q;
-    const int32_t *desc, *mask;
+    const int32_t *desc, *mask; /* the checked copies */
     const void *summaries;
     float *out;
     size_t qt_floats, wide_floats;
@@ -175,40 +201,68 @@ static fkv_status score_item(void *ctx, uint32_t worker, size_t item) {
     return FKV_OK;
 }
 
+/* The scores' check of sequence b's descriptor db. */
+static fkv_status check_scores_desc(const int32_t *db, uint32_t b, size_t q_rows,
+                                    size_t n_summaries, size_t n_q_heads, size_t out_len) {
+    int32_t base = db[0], n_pages = db[1], out_base = db[2], row = db[3];
+    if (row < 0 || (size_t)row >= q_rows)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "scores: sequence %u reads query row %d, the buffer holds %zu", b, row,
+                         q_rows);
+    if (base < 0 || n_pages < 0 || (size_t)base + (size_t)n_pages > n_summaries)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "scores: sequence %u reads summaries [%d, %d + %d), buffer holds %zu", b,
+                         base, base, n_pages, n_summaries);
+    if (out_base < 0 || (size_t)out_base + n_q_heads * (size_t)n_pages > out_len)
+        return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                         "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
+                         n_q_heads * (size_t)n_pages, out_base, out_len);
+    return FKV_OK;
+}
+
 fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
                       const int32_t *desc, const int32_t *mask, const void *summaries,
                       size_t n_summaries, float *out, size_t out_len, cpu_pool *pool) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group, elements = 0;
-    /* Every sequence is checked before any score is written. */
-    for (uint32_t b = 0; b < n_seqs; b++) {
-        const int32_t *db = desc + (size_t)FKV_SCORES_DESC_INTS * b;
-        int32_t base = db[0], n_pages = db[1], out_base = db[2], row = db[3];
-        if (row < 0 || (size_t)row >= q_rows)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "scores: sequence %u reads query row %d, the buffer holds %zu", b,
-                             row, q_rows);
-        if (base < 0 || n_pages < 0 || (size_t)base + (size_t)n_pages > n_summaries)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "scores: sequence %u reads summaries [%d, %d + %d), buffer holds %zu",
-                             b, base, base, n_pages, n_summaries);
-        if (out_base < 0 || (size_t)out_base + n_q_heads * (size_t)n_pages > out_len)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "scores: sequence %u writes %zu scores at %d, output holds %zu", b,
-                             n_q_heads * (size_t)n_pages, out_base, out_len);
-        elements += (size_t)n_pages * g->n_kv_heads * 2 * d;
+    size_t n_pairs = (size_t)n_seqs * g->n_kv_heads;
+    scores_call c = {.g = g, .q = q, .summaries = summaries, .out = out};
+    int32_t *copy = copy_desc("scores", desc, n_seqs, mask, n_pairs, &c.mask);
+    if (copy == NULL)
+        return FKV_ERR_OUT_OF_HOST_MEMORY;
+    c.desc = copy;
+    /* Every sequence is checked before any score is written. The spans: q, the summaries and
+     * each sequence's scores (cpu_pool_for). */
+    cpu_span *spans = malloc(((size_t)n_seqs + 2) * sizeof *spans);
+    if (spans) {
+        spans[0] = cpu_span_of(q, q_rows * n_q_heads * d * sizeof(float));
+        spans[1] = cpu_span_of(summaries, n_summaries * fkv_summary_bytes(g));
     }
+    for (uint32_t b = 0; b < n_seqs; b++) {
+        const int32_t *db = c.desc + (size_t)FKV_SCORES_DESC_INTS * b;
+        fkv_status st = check_scores_desc(db, b, q_rows, n_summaries, n_q_heads, out_len);
+        if (st != FKV_OK) {
+            free(spans);
+            free(copy);
+            return st;
+        }
+        size_t n_scores = n_q_heads * (size_t)db[1];
+        elements += (size_t)db[1] * g->n_kv_heads * 2 * d;
+        if (spans)
+            spans[2 + b] = cpu_span_of(out + db[2], n_scores * sizeof(float));
+    }
+    pool = cpu_pool_for(pool, spans, (size_t)n_seqs + 2);
+    free(spans);
     uint32_t width = cpu_pool_width(pool);
-    scores_call c = {
-        .g = g, .q = q, .desc = desc, .mask = mask, .summaries = summaries, .out = out,
-        .qt_floats = (g->group + SCORE_LANES - 1) / SCORE_LANES * SCORE_LANES * d,
-        .wide_floats = g->summary_format == FKV_SUMMARY_F16 ? SCORE_PAGES * 2 * d : 0,
-        .scratch = calloc(width, sizeof(float *))};
-    if (c.scratch == NULL)
-        return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scores: no host memory");
-    fkv_status st = cpu_pool_run(pool, (size_t)n_seqs * g->n_kv_heads, elements, score_item, &c);
-    for (uint32_t i = 0; i < width; i++)
+    c.qt_floats = (g->group + SCORE_LANES - 1) / SCORE_LANES * SCORE_LANES * d;
+    c.wide_floats = g->summary_format == FKV_SUMMARY_F16 ? SCORE_PAGES * 2 * d : 0;
+    c.scratch = calloc(width, sizeof(float *));
+    fkv_status st = c.scratch ? cpu_pool_run(pool, n_pairs, elements * SCORES_WORK_PER_ELEMENT,
+                                             score_item, &c)
+                              : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scores: no host memory");
+    for (uint32_t i = 0; c.scratch && i < width; i++)
         free(c.scratch[i]);
     free(c.scratch);
+    free(copy);
     return st;
 }
 
@@ -274,44 +328,83 @@ static uint32_t kth_key(const float *v, uint32_t first, uint32_t n_pages, uint32
     return rem;
 }
 
-fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t *desc,
-                            const int32_t *mask, float *scores, size_t scores_len,
-                            const fkv_select_params *p, int32_t *out) {
-    size_t hk = g->n_kv_heads, k = p->k, hq = hk * g->group;
-    for (uint32_t b = 0; b < n_seqs; b++) {
-        int32_t n_pages = desc[FKV_SCORES_DESC_INTS * b + 1];
-        int32_t base = desc[FKV_SCORES_DESC_INTS * b + 2];
-        if (n_pages < 0 || base < 0 || (size_t)base + hq * (size_t)n_pages > scores_len)
-            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
-                             "select_pages: sequence %u reads %zu scores at %d, buffer holds %zu",
-                             b, hq * (size_t)(n_pages > 0 ? n_pages : 0), base, scores_len);
-        uint32_t np = (uint32_t)n_pages, n_cand = np > p->first_page ? np - p->first_page : 0;
-        uint32_t kk = n_cand < p->k ? n_cand : p->k;
-        for (size_t h = 0; h < hk; h++) {
-            if (mask && !mask[b * hk + h])
-                continue;
-            int32_t *pages = out + ((size_t)b * hk + h) * 2 * k;
-            float *vals = (float *)(pages + k);
-            for (size_t i = 0; i < k; i++) {
-                pages[i] = -1;
-                vals[i] = -INFINITY;
-            }
-            if (kk == 0)
-                continue;
-            float *row0 = scores + (size_t)base + h * g->group * np;
-            reduce_rows(row0, np, g->group, p->first_page, np, p);
-            uint32_t thr, n_eq = kth_key(row0, p->first_page, np, kk, &thr), n_out = 0;
-            for (uint32_t j = p->first_page; j < np && n_out < kk; j++) {
-                uint32_t key = order_key(row0[j]);
-                if (key > thr || (key == thr && n_eq > 0)) {
-                    n_eq -= key == thr;
-                    pages[n_out] = (int32_t)j;
-                    vals[n_out++] = row0[j];
-                }
-            }
+/* One select_pages call's (sequence, KV head) pairs, run by the pool's threads: each pair
+ * reduces its own rows of the scores and writes its own record. */
+typedef struct select_call {
+    const fkv_kv_geom *g;
+    const int32_t *desc, *mask; /* the checked copies */
+    float *scores;
+    const fkv_select_params *p;
+    int32_t *out;
+} select_call;
+
+static fkv_status select_item(void *ctx, uint32_t worker, size_t item) {
+    (void)worker;
+    select_call *c = ctx;
+    const fkv_select_params *p = c->p;
+    size_t hk = c->g->n_kv_heads, k = p->k, b = item / hk, h = item % hk;
+    if (c->mask && !c->mask[item])
+        return FKV_OK;
+    uint32_t np = (uint32_t)c->desc[FKV_SCORES_DESC_INTS * b + 1];
+    int32_t base = c->desc[FKV_SCORES_DESC_INTS * b + 2];
+    uint32_t n_cand = np > p->first_page ? np - p->first_page : 0;
+    uint32_t kk = n_cand < p->k ? n_cand : p->k;
+    int32_t *pages = c->out + item * 2 * k;
+    float *vals = (float *)(pages + k);
+    for (size_t i = 0; i < k; i++) {
+        pages[i] = -1;
+        vals[i] = -INFINITY;
+    }
+    if (kk == 0)
+        return FKV_OK;
+    float *row0 = c->scores + (size_t)base + h * c->g->group * np;
+    reduce_rows(row0, np, c->g->group, p->first_page, np, p);
+    uint32_t thr, n_eq = kth_key(row0, p->first_page, np, kk, &thr), n_out = 0;
+    for (uint32_t j = p->first_page; j < np && n_out < kk; j++) {
+        uint32_t key = order_key(row0[j]);
+        if (key > thr || (key == thr && n_eq > 0)) {
+            n_eq -= key == thr;
+            pages[n_out] = (int32_t)j;
+            vals[n_out++] = row0[j];
         }
     }
     return FKV_OK;
+}
+
+fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t *desc,
+                            const int32_t *mask, float *scores, size_t scores_len,
+                            const fkv_select_params *p, int32_t *out, cpu_pool *pool) {
+    size_t hk = g->n_kv_heads, hq = hk * g->group, elements = 0;
+    select_call c = {.g = g, .scores = scores, .p = p, .out = out};
+    int32_t *copy = copy_desc("select_pages", desc, n_seqs, mask, (size_t)n_seqs * hk, &c.mask);
+    if (copy == NULL)
+        return FKV_ERR_OUT_OF_HOST_MEMORY;
+    c.desc = copy;
+    /* Every sequence is checked before any record is written. The spans: the records and
+     * each sequence's scores, which its pairs overwrite (cpu_pool_for). */
+    cpu_span *spans = malloc(((size_t)n_seqs + 1) * sizeof *spans);
+    if (spans)
+        spans[0] = cpu_span_of(out, (size_t)n_seqs * hk * 2 * p->k * sizeof(int32_t));
+    for (uint32_t b = 0; b < n_seqs; b++) {
+        int32_t n_pages = c.desc[FKV_SCORES_DESC_INTS * b + 1];
+        int32_t base = c.desc[FKV_SCORES_DESC_INTS * b + 2];
+        if (n_pages < 0 || base < 0 || (size_t)base + hq * (size_t)n_pages > scores_len) {
+            free(spans);
+            free(copy);
+            return fkv_error(FKV_ERR_INVALID_ARGUMENT,
+                             "select_pages: sequence %u reads %zu scores at %d, buffer holds %zu",
+                             b, hq * (size_t)(n_pages > 0 ? n_pages : 0), base, scores_len);
+        }
+        elements += hq * (size_t)n_pages;
+        if (spans)
+            spans[1 + b] = cpu_span_of(scores + base, hq * (size_t)n_pages * sizeof(float));
+    }
+    pool = cpu_pool_for(pool, spans, (size_t)n_seqs + 1);
+    free(spans);
+    fkv_status st = cpu_pool_run(pool, (size_t)n_seqs * hk, elements * SELECT_WORK_PER_ELEMENT,
+                                 select_item, &c);
+    free(copy);
+    return st;
 }
 
 fkv_status cpu_cosine_flags(const fkv_kv_geom *g, const float *q_cur, const float *q_prev,

@@ -50,10 +50,11 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint3
  * asc), into records of k int32 pages (ascending) then k f32 values in out. desc and mask as
  * for scores (a masked pair's record is left alone); scores (scores_len floats) is scratch:
  * the first query row of each KV head receives the reduced values. Also the dispatch layer's
- * generic fallback (run on the host). */
+ * generic fallback (run on the host, pool NULL). Every sequence is checked before any record
+ * is written; the pairs run on `pool`'s threads as for scores. */
 fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t *desc,
                             const int32_t *mask, float *scores, size_t scores_len,
-                            const fkv_select_params *p, int32_t *out);
+                            const fkv_select_params *p, int32_t *out, cpu_pool *pool);
 
 /* sims[b][h] = mean over the group of cos(q_cur row b, q_prev row prev_rows[b]);
  * flags[b][h] = !(sims >= tau); a negative row: NaN and 1. q_prev holds prev_count rows. */
@@ -92,9 +93,9 @@ typedef enum cpu_isa {
 /* Whether this build and CPU run `isa`. */
 int cpu_isa_available(cpu_isa isa);
 
-/* A command's work is the elements it reads, K/V for the attention, summaries for the
- * scores (cpu_pool.h's min_work for the device's pool): reading this many takes about as
- * long as waking a helper thread. */
+/* The device pool's min_work (cpu_pool.h), in attention K/V elements: reading this many
+ * takes about as long as waking a helper thread. The scores and select_pages count their
+ * elements in the same unit (cpu_kernels.c). */
 #define CPU_MIN_SHARED_ELEMENTS ((size_t)1 << 19)
 
 /* Paged decode attention. heads[2(b*n_kv_heads+h)] = (first entry, entry count); entries

@@ -123,7 +123,8 @@ static void keep_off_poster(cpu_pool *p) {
     if (pin_off(p, cpu))
         return;
     /* The poster runs outside the set or the system refused it: the process's CPUs changed
-     * since the set was taken (taskset, a cpuset). The poster's own set is the current one. */
+     * since the set was taken (taskset, a cpuset). The poster thread's own set becomes the
+     * helpers' (a queue thread inherits the process's unless a caller narrowed it). */
     if (sched_getaffinity(0, sizeof p->allowed, &p->allowed) == 0)
         pin_off(p, cpu);
     else
@@ -199,6 +200,25 @@ void cpu_pool_destroy(cpu_pool *p) {
         free(p->helpers);
     }
     free(p);
+}
+
+static int by_start(const void *a, const void *b) {
+    uintptr_t x = ((const cpu_span *)a)->start, y = ((const cpu_span *)b)->start;
+    return (x > y) - (x < y);
+}
+
+cpu_pool *cpu_pool_for(cpu_pool *p, cpu_span *spans, size_t n) {
+    if (p == NULL || spans == NULL)
+        return NULL;
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) /* the empty ones out */
+        if (spans[i].end > spans[i].start)
+            spans[m++] = spans[i];
+    qsort(spans, m, sizeof *spans, by_start);
+    for (size_t i = 1; i < m; i++)
+        if (spans[i].start < spans[i - 1].end)
+            return NULL;
+    return p;
 }
 
 uint32_t cpu_usable_cpus(void) {

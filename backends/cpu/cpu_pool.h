@@ -1,5 +1,5 @@
-/* A team of helper threads for the CPU reference's data-parallel commands (the attention's
- * and the scores' (sequence, KV head) pairs): a queue's worker thread runs a command's items
+/* A team of helper threads for the CPU reference's data-parallel commands (the (sequence,
+ * KV head) pairs of the attention, scores and select_pages): a queue's worker thread runs a command's items
  * together with the helpers, which otherwise sleep.
  *
  * One command at a time uses the helpers; a command that finds them busy (another queue's)
@@ -38,6 +38,21 @@ uint32_t cpu_usable_cpus(void);
 
 /* Threads a command may run on (1 for NULL). */
 uint32_t cpu_pool_width(const cpu_pool *p);
+
+/* A byte range a command reads or writes: [start, end). */
+typedef struct cpu_span {
+    uintptr_t start, end;
+} cpu_span;
+
+static inline cpu_span cpu_span_of(const void *p, size_t bytes) {
+    return (cpu_span){(uintptr_t)p, (uintptr_t)p + bytes};
+}
+
+/* The pool a command of these n spans may share its items on: p when the spans are pairwise
+ * disjoint (empty ones ignored), else NULL, the calling thread alone. Where a caller passed
+ * overlapping buffers (which the GPU backends leave undefined) the items then run in order
+ * and no two threads race on the memory. Reorders the spans; spans NULL: NULL. */
+cpu_pool *cpu_pool_for(cpu_pool *p, cpu_span *spans, size_t n);
 
 /* Runs fn(ctx, worker, i) for every i in [0, n), each once, on the calling thread and the
  * helpers if they are free and work >= the pool's min_work (p NULL: the calling thread

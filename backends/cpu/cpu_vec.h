@@ -1,6 +1,6 @@
-/* Eight-float vectors for the CPU reference's hot loops (GCC/Clang vector extensions), and the
- * storage dtypes converted to them eight at a time, bit for bit as common/dtype.h converts
- * one element. Every operation is lane-wise f32 arithmetic, so a loop whose lanes are
+/* Eight- and four-float vectors for the CPU reference's hot loops (GCC/Clang vector
+ * extensions), and the storage dtypes converted to them, bit for bit as common/dtype.h
+ * converts one element. Every operation is lane-wise f32 arithmetic, so a loop whose lanes are
  * independent sums computes exactly what the scalar loop computes, at any vector width the
  * compiler lowers the type to (two SSE registers, one AVX register). */
 #ifndef FKV_CPU_VEC_H

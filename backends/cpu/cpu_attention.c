@@ -17,6 +17,7 @@
  * once. The loops that read K/V are built once per instruction-set level
  * (cpu_attention_body.h) and the widest the CPU runs is used; all give the same bits. */
 #include <math.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -341,6 +342,9 @@ fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
         all_tokens += tokens[i];
         first[i] = n_listed;
         count[i] = st == FKV_OK ? (size_t)heads[2 * i + 1] : 0;
+        if (count[i] > SIZE_MAX / (4 * sizeof(int32_t)) - n_listed) /* lists sharing entries */
+            st = fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
+                           "attention: the lists name more entries than host memory holds");
         n_listed += count[i];
     }
     int32_t *lists = st == FKV_OK ? malloc((2 * n_listed + 1) * sizeof *lists) : NULL;

@@ -96,7 +96,6 @@ CPU_VEC_INLINE void prefetch_rows(const unsigned char *pool, const size_t *off, 
 
 /* 8x8 transpose: x[j][c] -> x[c][j] (the wider copies, and clang's baseline; GCC's baseline
  * transposes 4x4). */
-#if CPU_VEC_X86_LEVELS || defined(__clang__)
 CPU_VEC_INLINE void transpose8(cpu_vf *x) {
     cpu_vf t[8], u[8];
     UNROLL
@@ -118,7 +117,6 @@ CPU_VEC_INLINE void transpose8(cpu_vf *x) {
         x[c + 4] = __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
     }
 }
-#endif
 
 /* The per-instruction-set copies (cpu_attention_body.h) and the pick among them. */
 typedef void attend_block_fn(const attn_src *s, const float *q, uint32_t nh, size_t d, fkv_dtype dt,

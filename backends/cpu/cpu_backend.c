@@ -139,7 +139,8 @@ static fkv_status read_isa(cpu_isa *isa) {
     return FKV_OK;
 }
 
-/* The threads of an attention, scores or select_pages call: FREEKV_CPU_THREADS, else every usable CPU (at most 64). */
+/* The threads of an attention, scores or select_pages call: FREEKV_CPU_THREADS, else every
+ * usable CPU (at most 64). */
 static fkv_status read_threads(uint32_t *n) {
     fkv_status st = fkv_env_count("FREEKV_CPU_THREADS", 256, n);
     if (st == FKV_OK && *n == 0) {

@@ -1217,13 +1217,13 @@ Test(cpu_ops, scores_on_a_pool_are_the_one_thread_bits) {
             memset(want, 0x5a, out_len * 4);
             const int32_t *m = masked ? mask : NULL;
             cr_assert_eq(cpu_scores(&g, q, n_seqs, n_seqs, desc, m, sums, n_sum, want, out_len,
-                                    NULL),
+                                    CPU_ISA_BEST, NULL),
                          FKV_OK, "%s", fkv_last_error());
             /* several calls: the helpers wake in tens of microseconds, the call takes as long */
             for (int rep = 0; rep < 20; rep++) {
                 memset(got, 0x5a, out_len * 4);
                 cr_assert_eq(cpu_scores(&g, q, n_seqs, n_seqs, desc, m, sums, n_sum, got,
-                                        out_len, pool),
+                                        out_len, CPU_ISA_BEST, pool),
                              FKV_OK, "%s", fkv_last_error());
                 cr_assert_arr_eq(got, want, out_len * 4, "format %zu masked %d", fi, masked);
             }
@@ -1251,7 +1251,7 @@ Test(cpu_ops, scores_on_a_pool_are_the_one_thread_bits) {
         memset(got, 0x5a, out_len * 4);
         memset(want, 0x5a, out_len * 4);
         cr_assert_eq(cpu_scores(&g, q, n_seqs, n_seqs, desc, NULL, sums, n_sum, got, out_len,
-                                pool),
+                                CPU_ISA_BEST, pool),
                      FKV_ERR_INVALID_ARGUMENT);
         cr_assert(strstr(fkv_last_error(), "sequence 2"), "%s", fkv_last_error());
         cr_assert_arr_eq(got, want, out_len * 4, "a failed call wrote scores");
@@ -1272,7 +1272,7 @@ Test(cpu_ops, scores_over_their_descriptors_use_the_checked_copy) {
         /* sequence 0 writes word 5, sequence 1's page count */
         int32_t buf[16] = {0, 1, 5, 0, 0, 1, 10, 0};
         cr_assert_eq(cpu_scores(&g, q, 1, 2, buf, NULL, sums, 1, (float *)buf, 16,
-                                use_pool ? pool : NULL),
+                                CPU_ISA_BEST, use_pool ? pool : NULL),
                      FKV_OK, "%s", fkv_last_error());
         float at5, at10;
         memcpy(&at5, &buf[5], 4);
@@ -1280,6 +1280,88 @@ Test(cpu_ops, scores_over_their_descriptors_use_the_checked_copy) {
         cr_assert(at5 == 1e30f && at10 == 1e30f, "pool %d: %g %g", use_pool, at5, at10);
     }
     cpu_pool_destroy(pool);
+}
+
+/* The scores' definition (cpu_kernels.h), one (query head, page) at a time. */
+static float defined_score(const float *q, const float *lo, const float *hi, size_t d) {
+    float acc = 0.0f;
+    for (size_t c = 0; c < d; c++) {
+        float a = q[c] * hi[c], b = q[c] * lo[c];
+        acc += a >= b || b != b ? a : b;
+    }
+    return acc;
+}
+
+/* A summary element: mostly normal, some zeros of either sign, infinities, tiny values and
+ * NaN (the summaries of hostile keys). */
+static float summary_value(th_rng *r) {
+    static const float special[] = {0.0f, -0.0f, INFINITY, -INFINITY, 1e-40f, -3e-39f, NAN};
+    uint32_t u = th_u32(r) % 64;
+    return u < 7 ? special[u] : th_normal(r) * 4.0f;
+}
+
+/* Every level's scores are the definition bit for bit (a NaN as a NaN: which NaN an
+ * operation passes on is the compiler's choice of operand order), f32 and f16 summaries, on
+ * head sizes, groups and page counts around the tile's width and the levels' vector widths. */
+Test(cpu_ops, scores_are_the_definition_bit_for_bit) {
+    static const uint32_t geoms[][3] = {{1, 1, 1},  {3, 2, 31},  {8, 4, 32}, {24, 5, 33},
+                                        {64, 4, 70}, {130, 8, 9}, {5, 3, 65}, {16, 9, 40}};
+    static const fkv_summary_format formats[] = {FKV_SUMMARY_F32, FKV_SUMMARY_F16};
+    th_rng r;
+    th_seed(&r, 11);
+    for (size_t gi = 0; gi < sizeof geoms / sizeof *geoms; gi++)
+        for (size_t fi = 0; fi < 2; fi++) {
+            fkv_kv_geom g = {.n_kv_heads = 2, .group = geoms[gi][1], .head_dim = geoms[gi][0],
+                             .page_size = 16, .dtype = FKV_F32, .summary_format = formats[fi]};
+            uint32_t pages = geoms[gi][2], n_seqs = 2;
+            size_t d = g.head_dim, n_q_heads = 2 * (size_t)g.group;
+            size_t n_sum = pages + 3, elems = n_sum * 2 * 2 * d;
+            size_t out_len = n_seqs * n_q_heads * pages;
+            float *q = rand_f32(&r, n_seqs * n_q_heads * d, 1.0f), *vals = tmalloc(elems * 4);
+            void *sums = tmalloc(fkv_summary_bytes(&g) * n_sum);
+            for (size_t i = 0; i < elems; i++) {
+                float x = summary_value(&r);
+                if (formats[fi] == FKV_SUMMARY_F16) {
+                    uint16_t h = fkv_f32_to_f16_down(x);
+                    ((uint16_t *)sums)[i] = h;
+                    x = fkv_f16_to_f32(h);
+                } else {
+                    ((float *)sums)[i] = x;
+                }
+                vals[i] = x;
+            }
+            /* sequence b scores pages [b, b + pages) with query row 1 - b */
+            int32_t desc[2 * FKV_SCORES_DESC_INTS];
+            float *want = tmalloc(out_len * 4), *got = tmalloc(out_len * 4);
+            for (uint32_t b = 0; b < n_seqs; b++) {
+                int32_t *db = desc + FKV_SCORES_DESC_INTS * b;
+                db[0] = (int32_t)b;
+                db[1] = (int32_t)pages;
+                db[2] = (int32_t)(b * n_q_heads * pages);
+                db[3] = (int32_t)(1 - b);
+                for (size_t h = 0; h < n_q_heads; h++)
+                    for (uint32_t j = 0; j < pages; j++) {
+                        const float *lo = vals + ((b + j) * 2 + h / g.group) * 2 * d;
+                        want[db[2] + h * pages + j] =
+                            defined_score(q + ((1 - b) * n_q_heads + h) * d, lo, lo + d, d);
+                    }
+            }
+            for (size_t li = 0; li < sizeof isa_levels / sizeof *isa_levels; li++) {
+                if (!cpu_isa_available(isa_levels[li]))
+                    continue;
+                memset(got, 0xA5, out_len * 4);
+                cr_assert_eq(cpu_scores(&g, q, n_seqs, n_seqs, desc, NULL, sums, n_sum, got,
+                                        out_len, isa_levels[li], NULL),
+                             FKV_OK, "%s", fkv_last_error());
+                for (size_t i = 0; i < out_len; i++)
+                    if (!(got[i] != got[i] && want[i] != want[i]) &&
+                        memcmp(&got[i], &want[i], 4) != 0)
+                        cr_assert_fail("d %zu group %u pages %u format %zu isa %d: score %zu is "
+                                       "%.9g, the definition gives %.9g",
+                                       d, g.group, pages, fi, (int)isa_levels[li], i, got[i],
+                                       want[i]);
+            }
+        }
 }
 
 /* ---- the pool of threads (cpu_pool.h) ---- */

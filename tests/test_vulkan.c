@@ -256,7 +256,7 @@ Test(vulkan_env, recall_modes) {
     struct {
         const char *value;
         fkv_recall_mode mode;
-        int import, perpage;
+        uint64_t import, perpage;
     } cases[] = {
         {"staged", FKV_RECALL_STAGED, 0, 0},
         {"perpage", FKV_RECALL_PERPAGE, 0, 1},

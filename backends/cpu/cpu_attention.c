@@ -8,7 +8,7 @@
  * plain per-head loops (tests/test_cpu_ops.c keeps them as the oracle).
  *
  * The speed comes from the group: the K and V rows of a KV head are read once for up to
- * HEAD_BLOCK of its query heads at a time (the whole group up to 8), in tiles of TILE listed
+ * HEAD_BLOCK of its query heads at a time (the whole group up to 8), in tiles of CPU_TILE
  * tokens, converted in vectors (cpu_vec.h). A K tile is transposed (8x8 blocks) so that the
  * scores of a tile's tokens are the lanes of vectors, each lane summing over c in order; the
  * output accumulators are vectors over channels, each lane summing over tokens in order, and
@@ -29,18 +29,12 @@
 
 /* Query heads per pass over a KV head's rows. */
 #define HEAD_BLOCK 8
-/* Tokens per tile: the K rows of a tile are converted and transposed once for every head of
- * the block (TILE / CPU_ATTN_LANES vectors per channel). */
-#define TILE 32
 /* Query heads one pass over a V tile accumulates at once: each converted row serves all of
  * them. */
 #define V_HEADS 4
 /* The most query heads a pass over a transposed K tile scores at once (a copy's
- * CPU_ATTN_S_HEADS): the passes of fewer heads are written for each count up to it. */
+ * ATTN_S_HEADS): the passes of fewer heads are written for each count up to it. */
 #define SCORE_HEADS_MAX 4
-
-/* Fixed short loops unrolled, so their vectors stay in registers. */
-#define UNROLL _Pragma("GCC unroll 8")
 
 /* Where the tokens of one (sequence, KV head) are: n_spans (gslot, valid) pairs, a pair's
  * tokens being rows gslot*rows_per_slot + [0, valid) of pools of `re` elements a row, KV head
@@ -55,8 +49,8 @@ typedef struct attn_src {
  * array). */
 typedef struct attn_scratch {
     float *sc; /* [HEAD_BLOCK][n_tokens] scores, then read back for the weights */
-    float *kt; /* [d][TILE] a K tile, transposed */
-    float *wt; /* [HEAD_BLOCK][TILE] the weights of a tile */
+    float *kt; /* [d][CPU_TILE] a K tile, transposed */
+    float *wt; /* [HEAD_BLOCK][CPU_TILE] the weights of a tile */
 } attn_scratch;
 
 /* A position in the list: span e, token t of it. */
@@ -64,12 +58,12 @@ typedef struct attn_cursor {
     size_t e, t;
 } attn_cursor;
 
-/* The byte offsets (in a pool, from KV head h's first element) of the next TILE listed tokens,
+/* The byte offsets (in a pool, from KV head h's first element) of the next CPU_TILE listed tokens,
  * in list order, from cur; returns how many there were. Spare entries repeat the first one, so
  * a partial tile reads valid rows. */
 static size_t next_tile(const attn_src *s, size_t es, attn_cursor *cur, size_t *off) {
     size_t n = 0;
-    while (n < TILE && cur->e < s->n_spans) {
+    while (n < CPU_TILE && cur->e < s->n_spans) {
         if (cur->t >= (size_t)s->spans[2 * cur->e + 1]) {
             cur->e++;
             cur->t = 0;
@@ -78,112 +72,27 @@ static size_t next_tile(const attn_src *s, size_t es, attn_cursor *cur, size_t *
         off[n++] = ((size_t)s->spans[2 * cur->e] * s->rows_per_slot + cur->t) * s->re * es;
         cur->t++;
     }
-    for (size_t j = n; j < TILE && n > 0; j++)
+    for (size_t j = n; j < CPU_TILE && n > 0; j++)
         off[j] = off[0];
     return n;
-}
-
-/* Asks for rows ahead of their use (the passes ask for the tile after next, a few rows at a
- * time while converting the current one): a head's rows are short runs a whole row of every
- * KV head apart, which the hardware prefetchers follow poorly, and asking for a whole tile at
- * once overflows the outstanding misses a core can hold. */
-CPU_VEC_INLINE void prefetch_rows(const unsigned char *pool, const size_t *off, size_t n,
-                                  size_t bytes) {
-    for (size_t j = 0; j < n; j++)
-        for (size_t b = 0; b < bytes; b += 64)
-            __builtin_prefetch(pool + off[j] + b);
-}
-
-/* 8x8 transpose: x[j][c] -> x[c][j] (the wider copies, and clang's baseline; GCC's baseline
- * transposes 4x4). */
-CPU_VEC_INLINE void transpose8(cpu_vf *x) {
-    cpu_vf t[8], u[8];
-    UNROLL
-    for (int j = 0; j < 8; j += 2) {
-        t[j] = __builtin_shufflevector(x[j], x[j + 1], 0, 8, 1, 9, 4, 12, 5, 13);
-        t[j + 1] = __builtin_shufflevector(x[j], x[j + 1], 2, 10, 3, 11, 6, 14, 7, 15);
-    }
-    UNROLL
-    for (int j = 0; j < 8; j += 4)
-        UNROLL
-    for (int k = 0; k < 2; k++) {
-        u[j + 2 * k] = __builtin_shufflevector(t[j + k], t[j + k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
-        u[j + 2 * k + 1] =
-            __builtin_shufflevector(t[j + k], t[j + k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
-    }
-    UNROLL
-    for (int c = 0; c < 4; c++) {
-        x[c] = __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
-        x[c + 4] = __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
-    }
 }
 
 /* The per-instruction-set copies (cpu_attention_body.h) and the pick among them. */
 typedef void attend_block_fn(const attn_src *s, const float *q, uint32_t nh, size_t d, fkv_dtype dt,
                              float scale, const attn_scratch *w, float *out);
 
-/* Each copy's arithmetic vectors are its registers' width (CPU_ATTN_LANES floats): GCC keeps
- * a vector wider than any register of the target in memory, which made the AVX2 copy ten
- * times slower than the AVX-512 one. Each pass keeps eight of them as sums: CPU_ATTN_S_HEADS
- * heads x TILE / CPU_ATTN_LANES tokens when scoring, V_HEADS heads x CPU_ATTN_V_WIDE
- * vectors of channels when accumulating V, enough to hide an add's latency. */
-#define CPU_ATTN(name) name##_base
-#define CPU_ATTN_LANES 4
-#define CPU_ATTN_S_HEADS 1
-#define CPU_ATTN_V_WIDE 2
-#include "cpu_attention_body.h"
-#undef CPU_ATTN
+/* Each pass keeps eight vectors as sums: CPU_LEVEL_LANES / 4 heads x CPU_TILE /
+ * CPU_LEVEL_LANES tokens when scoring, V_HEADS heads x V_WIDE vectors of channels when
+ * accumulating V, enough to hide an add's latency. */
+#define V_WIDE 2
+#define CPU_LEVEL_BODY "cpu_attention_body.h"
+#include "cpu_levels.h"
 
-#if CPU_VEC_X86_LEVELS
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v3")
-#undef CPU_ATTN_LANES
-#undef CPU_ATTN_S_HEADS
-#define CPU_ATTN_LANES 8
-#define CPU_ATTN_S_HEADS 2
-#define CPU_ATTN(name) name##_v3
-#include "cpu_attention_body.h"
-#undef CPU_ATTN
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
-#undef CPU_ATTN_LANES
-#undef CPU_ATTN_S_HEADS
-#undef CPU_ATTN_V_WIDE
-#define CPU_ATTN_LANES 16
-#define CPU_ATTN_S_HEADS 4
-#define CPU_ATTN_V_WIDE 2
-#define CPU_ATTN(name) name##_v4
-#include "cpu_attention_body.h"
-#undef CPU_ATTN
-#pragma GCC pop_options
-#endif
-
-int cpu_isa_available(cpu_isa isa) {
-#if CPU_VEC_X86_LEVELS
-    __builtin_cpu_init();
-    if (isa == CPU_ISA_X86_V4)
-        return __builtin_cpu_supports("x86-64-v4") != 0;
-    if (isa == CPU_ISA_X86_V3)
-        return __builtin_cpu_supports("x86-64-v3") != 0;
-#endif
-    return isa == CPU_ISA_BEST || isa == CPU_ISA_BASE;
-}
-
-/* The copy of `isa`, the widest this CPU runs for CPU_ISA_BEST (the choice changes the speed,
- * never the results); NULL for a level this build or CPU lacks. */
+/* The copy of `isa` (the choice changes the speed, never the results); NULL for a level this
+ * build or CPU lacks. */
 static attend_block_fn *pick_block(cpu_isa isa) {
-#if CPU_VEC_X86_LEVELS
-    if (isa == CPU_ISA_BEST)
-        isa = cpu_isa_available(CPU_ISA_X86_V4)   ? CPU_ISA_X86_V4
-              : cpu_isa_available(CPU_ISA_X86_V3) ? CPU_ISA_X86_V3
-                                                  : CPU_ISA_BASE;
-    if (isa == CPU_ISA_X86_V4 && cpu_isa_available(isa))
-        return attend_block_v4;
-    if (isa == CPU_ISA_X86_V3 && cpu_isa_available(isa))
-        return attend_block_v3;
-#endif
-    return isa == CPU_ISA_BEST || isa == CPU_ISA_BASE ? attend_block_base : NULL;
+    cpu_isa level;
+    return cpu_isa_level(isa, &level) ? CPU_LEVEL_PICK(attend_block, level) : NULL;
 }
 
 /* Every query head of KV head h over s's tokens: q and out are the group's rows. */
@@ -256,8 +165,8 @@ static fkv_status call_scratch(attn_call *c, uint32_t worker, attn_scratch **w) 
     if (c->bases[worker] != NULL)
         return FKV_OK;
     size_t heads = c->g->group < HEAD_BLOCK ? c->g->group : HEAD_BLOCK;
-    size_t d = c->g->head_dim, sc = heads * c->max_tokens, tile = (size_t)TILE * d;
-    float *base = malloc((sc + tile + HEAD_BLOCK * TILE) * sizeof(float));
+    size_t d = c->g->head_dim, sc = heads * c->max_tokens, tile = (size_t)CPU_TILE * d;
+    float *base = malloc((sc + tile + HEAD_BLOCK * CPU_TILE) * sizeof(float));
     if (base == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
                          "attention: no host memory for the scores of %zu tokens", c->max_tokens);

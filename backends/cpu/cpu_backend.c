@@ -598,22 +598,24 @@ typedef struct scores_args {
     size_t n_summaries;
     float *out;
     size_t out_len;
+    cpu_isa isa;
     cpu_pool *pool;
 } scores_args;
 
 static fkv_status run_scores(void *p) {
     scores_args *a = p;
     return cpu_scores(&a->g, a->q, a->q_rows, a->n_seqs, a->desc, a->mask, a->summaries,
-                      a->n_summaries, a->out, a->out_len, a->pool);
+                      a->n_summaries, a->out, a->out_len, a->isa, a->pool);
 }
 
-static void scores_fill(scores_args *a, cpu_pool *pool, const fkv_kv_geom *g,
+static void scores_fill(scores_args *a, const fkv_bdev *dev, const fkv_kv_geom *g,
                         const fkv_bbuf *qbuf, size_t q_off,
                         uint32_t n_seqs, const fkv_bbuf *desc, size_t desc_off,
                         const fkv_bbuf *mask, size_t mask_off, const fkv_bbuf *summaries,
                         fkv_bbuf *out, size_t out_off) {
     a->g = *g;
-    a->pool = pool;
+    a->isa = dev->isa;
+    a->pool = dev->pool;
     a->n_seqs = n_seqs;
     a->q = (const float *)at(qbuf, q_off);
     a->q_rows = (qbuf->desc.size - q_off) /
@@ -635,7 +637,7 @@ static fkv_status cpu_scores_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps, const
     scores_args *a;
     TRY(check_limits(op, g));
     TRY(alloc_args(op, sizeof *a, (void **)&a));
-    scores_fill(a, dev->pool, g, qbuf, q_off, n_seqs, desc, desc_off, mask, mask_off, summaries,
+    scores_fill(a, dev, g, qbuf, q_off, n_seqs, desc, desc_off, mask, mask_off, summaries,
                 out, out_off);
     return submit(dev, q, run_scores, a, deps);
 }
@@ -753,7 +755,7 @@ static fkv_status cpu_scores_check_op(fkv_bdev *dev, fkv_queue q, fkv_deps deps,
     TRY(alloc_args(op, sizeof *a, (void **)&a));
     cosine_fill(&a->check, g, qbuf, cur_off, qbuf, q_off, prev_rows, rows_off, n_seqs, tau, sims,
                 sims_off, flags, flags_off);
-    scores_fill(&a->scores, dev->pool, g, qbuf, q_off, n_seqs, desc, desc_off, NULL, 0,
+    scores_fill(&a->scores, dev, g, qbuf, q_off, n_seqs, desc, desc_off, NULL, 0,
                 summaries, out, out_off);
     return submit(dev, q, run_scores_check, a, deps);
 }

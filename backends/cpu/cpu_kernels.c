@@ -10,14 +10,9 @@
 #include "../../common/error.h"
 #include "../../common/hostfmt.h"
 #include "cpu_pool.h"
+#include "cpu_scores.h"
 
 static size_t row_elems(const fkv_kv_geom *g) { return (size_t)g->n_kv_heads * g->head_dim; }
-
-/* n elements starting at element `first` of a dtype array, as f32. */
-static void load_span(const void *base, fkv_dtype dtype, size_t first, size_t n, float *dst) {
-    for (size_t i = 0; i < n; i++)
-        dst[i] = fkv_load(base, dtype, first + i);
-}
 
 fkv_status cpu_append(const fkv_kv_geom *g, const float *k_src, const float *v_src,
                       uint32_t n_rows, const int32_t *rows, void *kpool, void *vpool,
@@ -74,73 +69,6 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
     return FKV_OK;
 }
 
-/* fmaxf without the libm call (the call dominated the reference's scoring): a NaN operand
- * yields the other one; of +0 and -0 the first, as glibc's fmaxf. One compare less than
- * testing a first: a NaN a fails a >= b and yields b (or a NaN b, which is a NaN either way). */
-static inline float max_skip_nan(float a, float b) { return a >= b || b != b ? a : b; }
-
-/* Scoring works on SCORE_LANES query heads of a KV head and SCORE_PAGES pages at a time, with
- * constant widths so that the compiler keeps the sums in vector registers (4 lanes: the group
- * of most models, and one SSE vector). */
-#define SCORE_LANES 4
-#define SCORE_PAGES 8
-
-/* sum[p][r] for the SCORE_LANES heads of qt ([head_dim][SCORE_LANES], transposed, zero-padded)
- * and the summaries page[p]; each sum runs over the channels in order. */
-static void score_pages(const float *restrict qt, size_t d, const float *const *page,
-                        float sum[SCORE_PAGES][SCORE_LANES]) {
-    float acc[SCORE_PAGES][SCORE_LANES] = {{0.0f}}; /* local: nothing aliases it */
-    for (size_t c = 0; c < d; c++) {
-        const float *qc = qt + c * SCORE_LANES;
-        for (size_t p = 0; p < SCORE_PAGES; p++) {
-            float lo = page[p][c], hi = page[p][d + c];
-            for (size_t r = 0; r < SCORE_LANES; r++)
-                acc[p][r] += max_skip_nan(qc[r] * hi, qc[r] * lo);
-        }
-    }
-    memcpy(sum, acc, sizeof acc);
-}
-
-/* The scores of KV head kv_head's query heads (q: the group's rows) over n_pages summaries
- * from `first`, into out[r * n_pages + j]; qt: scratch of the group's queries transposed in
- * blocks of SCORE_LANES ([block][head_dim][SCORE_LANES], zero-padded). The blocks are the
- * inner loop, so a summary comes from memory once per group; each head's sum runs over the
- * channels in order, so the values are bit for bit those of one head at a time. f16 summaries
- * are widened (exactly) into wide ([SCORE_PAGES][2 * head_dim] floats) a pass at a time, so
- * their scores are bit for bit those of f32 summaries holding the same values. */
-static void score_head(const fkv_kv_geom *g, const float *q, const void *summaries,
-                       size_t first, size_t kv_head, size_t n_pages, float *qt, float *wide,
-                       float *out) {
-    size_t d = g->head_dim, stride = (size_t)g->n_kv_heads * 2 * d;
-    int f16 = g->summary_format == FKV_SUMMARY_F16;
-    size_t n_blocks = (g->group + SCORE_LANES - 1) / SCORE_LANES;
-    for (size_t i = 0; i < n_blocks * d * SCORE_LANES; i++) {
-        size_t head = i / (d * SCORE_LANES) * SCORE_LANES + i % SCORE_LANES;
-        qt[i] = head < g->group ? q[head * d + i / SCORE_LANES % d] : 0.0f;
-    }
-    size_t e0 = (first * g->n_kv_heads + kv_head) * 2 * d; /* element of the first summary */
-    for (size_t j = 0; j < n_pages; j += SCORE_PAGES) {
-        size_t n = n_pages - j < SCORE_PAGES ? n_pages - j : SCORE_PAGES;
-        const float *page[SCORE_PAGES]; /* the last pass repeats its first page */
-        for (size_t p = 0; p < SCORE_PAGES; p++) {
-            size_t e = e0 + (j + (p < n ? p : 0)) * stride;
-            if (!f16) {
-                page[p] = (const float *)summaries + e;
-                continue;
-            }
-            page[p] = wide + p * 2 * d;
-            load_span(summaries, FKV_F16, e, 2 * d, wide + p * 2 * d);
-        }
-        for (size_t blk = 0; blk < n_blocks; blk++) {
-            float sum[SCORE_PAGES][SCORE_LANES];
-            score_pages(qt + blk * d * SCORE_LANES, d, page, sum);
-            for (size_t p = 0; p < n; p++)
-                for (size_t r = 0; r < SCORE_LANES && blk * SCORE_LANES + r < g->group; r++)
-                    out[(blk * SCORE_LANES + r) * n_pages + j + p] = sum[p][r];
-        }
-    }
-}
-
 /* The pool's work is counted in attention K/V elements (CPU_MIN_SHARED_ELEMENTS, about
  * 0.2 ns each on one core): a summary element of the scores costs about 4 of them (0.8 ns)
  * and a score in select_pages about 32 (its expf and passes, 7 ns), measured with
@@ -168,15 +96,16 @@ static int32_t *copy_desc(const char *op, const int32_t *desc, uint32_t n_seqs,
 }
 
 /* One scores call's (sequence, KV head) pairs, run by the pool's threads (cpu_pool.h); each
- * thread has its own scratch (qt, then the widened f16 summaries), allocated when it takes
- * its first pair. A pair's scores do not depend on the thread. */
+ * thread has its own scratch (a tile), allocated when it takes its first pair. A pair's
+ * scores do not depend on the thread. */
 typedef struct scores_call {
     const fkv_kv_geom *g;
+    cpu_score_head_fn *score_head;
     const float *q;
     const int32_t *desc, *mask; /* the checked copies */
     const void *summaries;
     float *out;
-    size_t qt_floats, wide_floats;
+    size_t scratch_floats;
     float **scratch; /* [cpu_pool_width] */
 } scores_call;
 
@@ -187,17 +116,16 @@ static fkv_status score_item(void *ctx, uint32_t worker, size_t item) {
     if (c->mask && !c->mask[item])
         return FKV_OK;
     if (c->scratch[worker] == NULL) {
-        c->scratch[worker] = malloc(sizeof(float) * (c->qt_floats + c->wide_floats));
+        c->scratch[worker] = malloc(sizeof(float) * c->scratch_floats);
         if (c->scratch[worker] == NULL)
             return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scores: %zu bytes of scratch",
-                             sizeof(float) * (c->qt_floats + c->wide_floats));
+                             sizeof(float) * c->scratch_floats);
     }
     const int32_t *db = c->desc + (size_t)FKV_SCORES_DESC_INTS * b;
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group, n_pages = (size_t)db[1];
-    score_head(g, c->q + ((size_t)db[3] * n_q_heads + kv_head * g->group) * d, c->summaries,
-               (size_t)db[0], kv_head, n_pages, c->scratch[worker],
-               c->scratch[worker] + c->qt_floats,
-               c->out + (size_t)db[2] + kv_head * g->group * n_pages);
+    c->score_head(g, c->q + ((size_t)db[3] * n_q_heads + kv_head * g->group) * d, c->summaries,
+                  (size_t)db[0], kv_head, n_pages, c->scratch[worker],
+                  c->out + (size_t)db[2] + kv_head * g->group * n_pages);
     return FKV_OK;
 }
 
@@ -222,10 +150,15 @@ static fkv_status check_scores_desc(const int32_t *db, uint32_t b, size_t q_rows
 
 fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
                       const int32_t *desc, const int32_t *mask, const void *summaries,
-                      size_t n_summaries, float *out, size_t out_len, cpu_pool *pool) {
+                      size_t n_summaries, float *out, size_t out_len, cpu_isa isa,
+                      cpu_pool *pool) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group, elements = 0;
     size_t n_pairs = (size_t)n_seqs * g->n_kv_heads;
-    scores_call c = {.g = g, .q = q, .summaries = summaries, .out = out};
+    scores_call c = {.g = g, .score_head = cpu_score_head_for(isa), .q = q,
+                     .summaries = summaries, .out = out,
+                     .scratch_floats = cpu_score_scratch_floats(d)};
+    if (c.score_head == NULL)
+        return fkv_error(FKV_ERR_UNSUPPORTED, "scores: this CPU or build lacks that level");
     int32_t *copy = copy_desc("scores", desc, n_seqs, mask, n_pairs, &c.mask);
     if (copy == NULL)
         return FKV_ERR_OUT_OF_HOST_MEMORY;
@@ -253,8 +186,6 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint3
     pool = cpu_pool_for(pool, spans, (size_t)n_seqs + 2);
     free(spans);
     uint32_t width = cpu_pool_width(pool);
-    c.qt_floats = (g->group + SCORE_LANES - 1) / SCORE_LANES * SCORE_LANES * d;
-    c.wide_floats = g->summary_format == FKV_SUMMARY_F16 ? SCORE_PAGES * 2 * d : 0;
     c.scratch = calloc(width, sizeof(float *));
     fkv_status st = c.scratch ? cpu_pool_run(pool, n_pairs, elements * SCORES_WORK_PER_ELEMENT,
                                              score_item, &c)

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "../backend.h"
+#include "cpu_isa.h"
 
 /* Largest head_dim the kernels accept. */
 #define FKV_CPU_MAX_HEAD_DIM 1024
@@ -40,10 +41,12 @@ typedef struct cpu_pool cpu_pool; /* cpu_pool.h */
  * out[base + h*n_pages + j] for h in [0, n_kv_heads*group). q holds q_rows query rows, out
  * out_len floats. mask: NULL, or [n_seqs][n_kv_heads]: 0 skips the pair. Every sequence is
  * checked before any score is written; the (sequence, KV head) pairs run on `pool`'s threads
- * (NULL: the calling thread alone), with the same bits either way. */
+ * (NULL: the calling thread alone), with the same bits either way, and at the
+ * instruction-set level isa (cpu_score_head_for; one it lacks: FKV_ERR_UNSUPPORTED). */
 fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint32_t n_seqs,
                       const int32_t *desc, const int32_t *mask, const void *summaries,
-                      size_t n_summaries, float *out, size_t out_len, cpu_pool *pool);
+                      size_t n_summaries, float *out, size_t out_len, cpu_isa isa,
+                      cpu_pool *pool);
 
 /* select_pages (backend.h defines the semantics): per (sequence, KV head) the group
  * reduction over candidates [p->first_page, n_pages) and the top p->k by (value desc, page
@@ -80,18 +83,6 @@ typedef struct cpu_host_view {
 fkv_status cpu_recall_direct(const fkv_kv_geom *g, uint32_t n_hosts, const cpu_host_view *hosts,
                              uint32_t n_units, const int32_t *units, void *kpool, void *vpool,
                              size_t pool_rows);
-
-/* The instruction-set levels the attention loops are built for (cpu_attention.c): BEST is
- * the widest this CPU runs; the others exist so that tests can run every level the CPU has
- * and find them bit for bit equal, and so that FREEKV_CPU_ISA can pick one (in this order). */
-typedef enum cpu_isa {
-    CPU_ISA_BEST = 0,
-    CPU_ISA_BASE = 1,   /* the compiler's baseline */
-    CPU_ISA_X86_V3 = 2, /* x86-64-v3: AVX2, F16C (GCC builds for x86-64) */
-    CPU_ISA_X86_V4 = 3  /* x86-64-v4: AVX-512 */
-} cpu_isa;
-/* Whether this build and CPU run `isa`. */
-int cpu_isa_available(cpu_isa isa);
 
 /* The device pool's min_work (cpu_pool.h), in attention K/V elements: reading this many
  * takes about as long as waking a helper thread. The scores and select_pages count their

@@ -108,4 +108,66 @@ CPU_VEC_INLINE cpu_vf cpu_vec_load(const void *p, fkv_dtype dtype) {
     return dtype == FKV_F16 ? cpu_vec_from_f16(h) : cpu_vec_from_bf16(h);
 }
 
+/* Fixed short loops unrolled, so their vectors stay in registers. */
+#define UNROLL _Pragma("GCC unroll 8")
+
+/* Rows a tile holds (cpu_tile_body.h): the attention's tokens, the scores' pages. */
+#define CPU_TILE 32
+
+/* Heads n in passes of up to max (at most 4): CALL(i0, k) for the pass of heads [i0, i0 + k),
+ * with k a constant (min(case, max), so no pass is written for more than max heads): its
+ * loops get constant bounds and the vectors of its sums stay in registers. */
+#define CPU_CONST_MIN(k, max) ((k) < (max) ? (k) : (max))
+#define CPU_HEAD_PASSES(n, max, CALL)                                                          \
+    for (uint32_t cpu_i0 = 0; cpu_i0 < (n); cpu_i0 += (max)) {                                 \
+        switch (CPU_CONST_MIN((n) - cpu_i0, max)) {                                            \
+        case 1:                                                                                \
+            CALL(cpu_i0, 1);                                                                   \
+            break;                                                                             \
+        case 2:                                                                                \
+            CALL(cpu_i0, CPU_CONST_MIN(2, max));                                               \
+            break;                                                                             \
+        case 3:                                                                                \
+            CALL(cpu_i0, CPU_CONST_MIN(3, max));                                               \
+            break;                                                                             \
+        default:                                                                               \
+            CALL(cpu_i0, max);                                                                 \
+        }                                                                                      \
+    }
+
+/* Asks for rows ahead of their use (the passes ask for the tile after next, a few rows at a
+ * time while converting the current one): a head's rows are short runs a whole row of every
+ * KV head apart, which the hardware prefetchers follow poorly, and asking for a whole tile at
+ * once overflows the outstanding misses a core can hold. */
+CPU_VEC_INLINE void prefetch_rows(const unsigned char *pool, const size_t *off, size_t n,
+                                  size_t bytes) {
+    for (size_t j = 0; j < n; j++)
+        for (size_t b = 0; b < bytes; b += 64)
+            __builtin_prefetch(pool + off[j] + b);
+}
+
+/* 8x8 transpose: x[j][c] -> x[c][j] (the wider copies, and clang's baseline; GCC's baseline
+ * transposes 4x4). */
+CPU_VEC_INLINE void transpose8(cpu_vf *x) {
+    cpu_vf t[8], u[8];
+    UNROLL
+    for (int j = 0; j < 8; j += 2) {
+        t[j] = __builtin_shufflevector(x[j], x[j + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+        t[j + 1] = __builtin_shufflevector(x[j], x[j + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+    }
+    UNROLL
+    for (int j = 0; j < 8; j += 4)
+        UNROLL
+    for (int k = 0; k < 2; k++) {
+        u[j + 2 * k] = __builtin_shufflevector(t[j + k], t[j + k + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+        u[j + 2 * k + 1] =
+            __builtin_shufflevector(t[j + k], t[j + k + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+    UNROLL
+    for (int c = 0; c < 4; c++) {
+        x[c] = __builtin_shufflevector(u[c], u[c + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+        x[c + 4] = __builtin_shufflevector(u[c], u[c + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+    }
+}
+
 #endif

@@ -70,9 +70,11 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
 }
 
 /* The pool's work is counted in attention K/V elements (CPU_MIN_SHARED_ELEMENTS, about
- * 0.2 ns each on one core): a summary element of the scores costs about 4 of them (0.8 ns)
- * and a score in select_pages about 32 (its expf and passes, 7 ns), measured with
- * freekv-opbench on one thread (docs/bench.md). */
+ * 0.2 ns each on one core). A score in select_pages costs about 32 of them (its expf and
+ * passes, 7 ns), measured with freekv-opbench on one thread. A summary element of the scores
+ * costs about 1 since they run in vectors (2-3 in the baseline copy), but counting it as 4,
+ * which shares a call from 8K tokens of the small preset, made the offloaded steps at 16K-32K
+ * 10-35% shorter than counting it as 1 (docs/bench.md). */
 #define SCORES_WORK_PER_ELEMENT 4
 #define SELECT_WORK_PER_ELEMENT 32
 

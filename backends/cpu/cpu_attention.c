@@ -135,6 +135,12 @@ static fkv_status check_list(const fkv_kv_geom *g, uint32_t b, uint32_t h, const
                              "attention: entry %d has gslot %d (%d tokens), the pool "
                              "holds %zu rows",
                              first + e, gslot, valid, pool_rows);
+        /* lists sharing entries can name more tokens than a 32-bit size_t counts */
+        if ((size_t)valid > SIZE_MAX - *n_tokens)
+            return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
+                             "attention: (seq %u, KV head %u) lists more tokens than host "
+                             "memory holds",
+                             b, h);
         *n_tokens += (size_t)valid;
     }
     return FKV_OK;
@@ -165,8 +171,11 @@ static fkv_status call_scratch(attn_call *c, uint32_t worker, attn_scratch **w) 
     if (c->bases[worker] != NULL)
         return FKV_OK;
     size_t heads = c->g->group < HEAD_BLOCK ? c->g->group : HEAD_BLOCK;
-    size_t d = c->g->head_dim, sc = heads * c->max_tokens, tile = (size_t)CPU_TILE * d;
-    float *base = malloc((sc + tile + HEAD_BLOCK * CPU_TILE) * sizeof(float));
+    size_t d = c->g->head_dim, tile = (size_t)CPU_TILE * d, rest = tile + HEAD_BLOCK * CPU_TILE;
+    /* a size that wraps (a 32-bit size_t) is memory the host does not have */
+    size_t sc = c->max_tokens <= (SIZE_MAX / sizeof(float) - rest) / heads ? heads * c->max_tokens
+                                                                           : SIZE_MAX;
+    float *base = sc < SIZE_MAX ? malloc((sc + rest) * sizeof(float)) : NULL;
     if (base == NULL)
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY,
                          "attention: no host memory for the scores of %zu tokens", c->max_tokens);
@@ -208,7 +217,7 @@ static fkv_status attend_item(void *ctx, uint32_t worker, size_t item) {
 /* Runs n_items items of c for n_seqs sequences, reading `elements` K/V elements in all (the
  * pool's measure of work) from pools of kv_bytes each, then frees the scratch. */
 static fkv_status run_call(attn_call *c, size_t n_items, uint32_t n_seqs, size_t kv_bytes,
-                           size_t elements, cpu_pool *pool) {
+                           uint64_t elements, cpu_pool *pool) {
     const fkv_kv_geom *g = c->g;
     size_t q_bytes = (size_t)n_seqs * g->n_kv_heads * g->group * g->head_dim * sizeof(float);
     cpu_span spans[] = {cpu_span_of(c->q, q_bytes), cpu_span_of(c->out, q_bytes),
@@ -240,7 +249,8 @@ fkv_status cpu_attention(const fkv_kv_geom *g, const float *q, uint32_t n_seqs,
         return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "attention: no host memory for %zu lists",
                          n_items);
     size_t *first = index, *count = index + n_items, *tokens = index + 2 * n_items;
-    size_t max_tokens = 0, all_tokens = 0;
+    size_t max_tokens = 0;
+    uint64_t all_tokens = 0; /* the pool's measure, which a 32-bit size_t could wrap */
     fkv_status st = FKV_OK;
     for (size_t i = 0; i < n_items && st == FKV_OK; i++) {
         st = check_list(g, (uint32_t)(i / g->n_kv_heads), (uint32_t)(i % g->n_kv_heads), heads,

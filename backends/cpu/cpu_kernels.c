@@ -154,7 +154,8 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint3
                       const int32_t *desc, const int32_t *mask, const void *summaries,
                       size_t n_summaries, float *out, size_t out_len, cpu_isa isa,
                       cpu_pool *pool) {
-    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group, elements = 0;
+    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
+    uint64_t elements = 0; /* the pool's measure, which a 32-bit size_t could wrap */
     size_t n_pairs = (size_t)n_seqs * g->n_kv_heads;
     scores_call c = {.g = g, .score_head = cpu_score_head_for(isa), .q = q,
                      .summaries = summaries, .out = out,
@@ -181,7 +182,7 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint3
             return st;
         }
         size_t n_scores = n_q_heads * (size_t)db[1];
-        elements += (size_t)db[1] * g->n_kv_heads * 2 * d;
+        elements += (uint64_t)db[1] * g->n_kv_heads * 2 * d;
         if (spans)
             spans[2 + b] = cpu_span_of(out + db[2], n_scores * sizeof(float));
     }
@@ -307,7 +308,8 @@ static fkv_status select_item(void *ctx, uint32_t worker, size_t item) {
 fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t *desc,
                             const int32_t *mask, float *scores, size_t scores_len,
                             const fkv_select_params *p, int32_t *out, cpu_pool *pool) {
-    size_t hk = g->n_kv_heads, hq = hk * g->group, elements = 0;
+    size_t hk = g->n_kv_heads, hq = hk * g->group;
+    uint64_t elements = 0;
     select_call c = {.g = g, .scores = scores, .p = p, .out = out};
     int32_t *copy = copy_desc("select_pages", desc, n_seqs, mask, (size_t)n_seqs * hk, &c.mask);
     if (copy == NULL)
@@ -328,7 +330,7 @@ fkv_status cpu_select_pages(const fkv_kv_geom *g, uint32_t n_seqs, const int32_t
                              "select_pages: sequence %u reads %zu scores at %d, buffer holds %zu",
                              b, hq * (size_t)(n_pages > 0 ? n_pages : 0), base, scores_len);
         }
-        elements += hq * (size_t)n_pages;
+        elements += (uint64_t)hq * (uint64_t)n_pages;
         if (spans)
             spans[1 + b] = cpu_span_of(scores + base, hq * (size_t)n_pages * sizeof(float));
     }

@@ -233,7 +233,7 @@ uint32_t cpu_usable_cpus(void) {
 
 uint32_t cpu_pool_width(const cpu_pool *p) { return p ? p->n_helpers + 1 : 1; }
 
-fkv_status cpu_pool_run(cpu_pool *p, size_t n, size_t work, cpu_pool_item_fn fn, void *ctx) {
+fkv_status cpu_pool_run(cpu_pool *p, size_t n, uint64_t work, cpu_pool_item_fn fn, void *ctx) {
     pool_job j = {.fn = fn, .ctx = ctx, .n = n, .failed = FKV_OK};
     atomic_init(&j.next, 0);
     if (pthread_mutex_init(&j.lock, NULL) != 0)

@@ -56,10 +56,11 @@ cpu_pool *cpu_pool_for(cpu_pool *p, cpu_span *spans, size_t n);
 
 /* Runs fn(ctx, worker, i) for every i in [0, n), each once, on the calling thread and the
  * helpers if they are free and work >= the pool's min_work (p NULL: the calling thread
- * alone); returns when all have run. work is the command's size in the unit of min_work.
+ * alone); returns when all have run. work is the command's size in the unit of min_work
+ * (64 bits: a command's sum of elements can pass a 32-bit size_t).
  * Items are taken in order as threads become free. Every item runs even when one fails; the
  * result is the failure of the lowest failing item, its message restated on the calling
  * thread, else FKV_OK. */
-fkv_status cpu_pool_run(cpu_pool *p, size_t n, size_t work, cpu_pool_item_fn fn, void *ctx);
+fkv_status cpu_pool_run(cpu_pool *p, size_t n, uint64_t work, cpu_pool_item_fn fn, void *ctx);
 
 #endif

@@ -118,7 +118,7 @@ CPU_VEC_INLINE void CPU_LEVEL(accumulate_heads)(const unsigned char *const *rows
         cpu_vf a[V_HEADS];
         UNROLL
         for (uint32_t i = 0; i < nh; i++)
-            a[i] = cpu_vec_get(out + i * d + c0);
+            a[i] = CPU_LEVEL(get8)(out + i * d + c0);
         for (size_t j = 0; j < n; j++) {
             cpu_vf x = CPU_LEVEL(load)(rows[j] + c0 * es, dt);
             UNROLL
@@ -127,7 +127,7 @@ CPU_VEC_INLINE void CPU_LEVEL(accumulate_heads)(const unsigned char *const *rows
         }
         UNROLL
         for (uint32_t i = 0; i < nh; i++)
-            cpu_vec_put(out + i * d + c0, a[i]);
+            CPU_LEVEL(put8)(out + i * d + c0, a[i]);
     }
     for (; c0 < d; c0++)
         for (uint32_t i = 0; i < nh; i++) {

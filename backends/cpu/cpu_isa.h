@@ -8,7 +8,7 @@
 typedef enum cpu_isa {
     CPU_ISA_BEST = 0,
     CPU_ISA_BASE = 1,   /* the compiler's baseline */
-    CPU_ISA_X86_V3 = 2, /* x86-64-v3: AVX2, F16C (GCC builds for x86-64) */
+    CPU_ISA_X86_V3 = 2, /* x86-64-v3: AVX2, F16C (GCC and clang builds for x86-64) */
     CPU_ISA_X86_V4 = 3  /* x86-64-v4: AVX-512 */
 } cpu_isa;
 /* Whether this build and CPU run `isa`. */

@@ -1,12 +1,13 @@
 /* Includes the file named by CPU_LEVEL_BODY once per instruction-set level this build has:
- * the compiler's baseline always, and with GCC on x86-64 (CPU_VEC_X86_LEVELS) x86-64-v3 and
- * x86-64-v4 under #pragma GCC target, so one binary runs everywhere and the widest copy the
- * CPU runs is picked at run time (cpu_isa_level). In each copy CPU_LEVEL(name) names its
- * functions (name##_base, _v3, _v4) and CPU_LEVEL_LANES is the floats of its widest vector
- * register: GCC keeps a vector wider than any register of the target in memory, which made
- * an AVX2 copy of the attention ten times slower than the AVX-512 one. The copies of a body
- * differ in speed, never in results. Include this file once per translation unit, after
- * cpu_vec.h. */
+ * the compiler's baseline always, and with GCC or clang on x86-64 (CPU_VEC_X86_LEVELS)
+ * x86-64-v3 and x86-64-v4 under a target pragma, so one binary runs everywhere and the widest
+ * copy the CPU runs is picked at run time (cpu_isa_level). In each copy CPU_LEVEL(name) names
+ * its functions (name##_base, _v3, _v4), CPU_LEVEL_LANES is the floats of its widest vector
+ * register (GCC keeps a vector wider than any register of the target in memory, which made
+ * an AVX2 copy of the attention ten times slower than the AVX-512 one), and CPU_LEVEL_F16C,
+ * CPU_LEVEL_AVX2 and CPU_LEVEL_AVX512 say which intrinsics it may use (clang's pragma does not
+ * define __F16C__ and the like). The copies of a body differ in speed, never in results.
+ * Include this file once per translation unit, after cpu_vec.h. */
 #ifndef CPU_LEVEL_BODY
 #error "define CPU_LEVEL_BODY before including cpu_levels.h"
 #endif
@@ -14,28 +15,51 @@
 
 #define CPU_LEVEL(name) name##_base
 #define CPU_LEVEL_LANES 4
+#define CPU_LEVEL_F16C 0
+#define CPU_LEVEL_AVX2 0
+#define CPU_LEVEL_AVX512 0
 #include CPU_LEVEL_BODY
 #undef CPU_LEVEL
 #undef CPU_LEVEL_LANES
+#undef CPU_LEVEL_F16C
+#undef CPU_LEVEL_AVX2
+#undef CPU_LEVEL_AVX512
 
 #if CPU_VEC_X86_LEVELS
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v3")
+#if defined(__clang__)
+#define CPU_LEVEL_BEGIN(arch)                                                                  \
+    _Pragma(CPU_LEVEL_STR(clang attribute push(__attribute__((target(arch))),                  \
+                                               apply_to = function)))
+#define CPU_LEVEL_END _Pragma("clang attribute pop")
+#else
+#define CPU_LEVEL_BEGIN(arch) _Pragma("GCC push_options") _Pragma(CPU_LEVEL_STR(GCC target(arch)))
+#define CPU_LEVEL_END _Pragma("GCC pop_options")
+#endif
+#define CPU_LEVEL_STR(x) #x
+
+CPU_LEVEL_BEGIN("arch=x86-64-v3")
 #define CPU_LEVEL(name) name##_v3
 #define CPU_LEVEL_LANES 8
+#define CPU_LEVEL_F16C 1
+#define CPU_LEVEL_AVX2 1
+#define CPU_LEVEL_AVX512 0
 #include CPU_LEVEL_BODY
 #undef CPU_LEVEL
 #undef CPU_LEVEL_LANES
-#pragma GCC pop_options
+#undef CPU_LEVEL_AVX512
+CPU_LEVEL_END
 
-#pragma GCC push_options
-#pragma GCC target("arch=x86-64-v4")
+CPU_LEVEL_BEGIN("arch=x86-64-v4")
 #define CPU_LEVEL(name) name##_v4
 #define CPU_LEVEL_LANES 16
+#define CPU_LEVEL_AVX512 1
 #include CPU_LEVEL_BODY
 #undef CPU_LEVEL
 #undef CPU_LEVEL_LANES
-#pragma GCC pop_options
+#undef CPU_LEVEL_F16C
+#undef CPU_LEVEL_AVX2
+#undef CPU_LEVEL_AVX512
+CPU_LEVEL_END
 
 /* fn's copy for `level`, a level cpu_isa_level returned. */
 #define CPU_LEVEL_PICK(fn, level)                                                              \

@@ -17,7 +17,7 @@ CPU_VEC_INLINE void CPU_LEVEL(put)(float *p, CPU_LEVEL(vw) x) { memcpy(p, &x, si
 
 /* Eight elements of `dt` at p as f32. */
 CPU_VEC_INLINE cpu_vf CPU_LEVEL(load)(const void *p, fkv_dtype dt) {
-#ifdef __F16C__
+#if CPU_LEVEL_F16C
     if (dt == FKV_F16) {
         __m128i h;
         memcpy(&h, p, sizeof h);
@@ -27,7 +27,7 @@ CPU_VEC_INLINE cpu_vf CPU_LEVEL(load)(const void *p, fkv_dtype dt) {
         return x;
     }
 #endif
-#ifdef __AVX2__
+#if CPU_LEVEL_AVX2
     /* GCC widens a generic 8-lane convert in 4-lane halves */
     if (dt == FKV_BF16) {
         __m128i h;
@@ -38,8 +38,31 @@ CPU_VEC_INLINE cpu_vf CPU_LEVEL(load)(const void *p, fkv_dtype dt) {
         return x;
     }
 #endif
-    return cpu_vec_load(p, dt);
+    cpu_vf x;
+    if (dt == FKV_F32) {
+        memcpy(&x, p, sizeof x);
+        return x;
+    }
+    cpu_vh h;
+    memcpy(&h, p, sizeof h);
+    if (dt == FKV_BF16) {
+        cpu_vu u = __builtin_convertvector(h, cpu_vu) << 16;
+        memcpy(&x, &u, sizeof x);
+        return x;
+    }
+    cpu_vf4 lo = cpu_vec4_from_f16(__builtin_shufflevector(h, h, 0, 1, 2, 3)),
+            hi = cpu_vec4_from_f16(__builtin_shufflevector(h, h, 4, 5, 6, 7));
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
 }
+
+/* Eight floats at p, and back: by value only within a level's copy (cpu_vec.h). */
+CPU_VEC_INLINE cpu_vf CPU_LEVEL(get8)(const float *p) {
+    cpu_vf x;
+    memcpy(&x, p, sizeof x);
+    return x;
+}
+
+CPU_VEC_INLINE void CPU_LEVEL(put8)(float *p, cpu_vf x) { memcpy(p, &x, sizeof x); }
 
 /* CPU_LEVEL_LANES elements of `dt` at p as f32 (the same conversion as CPU_LEVEL(load)). */
 CPU_VEC_INLINE CPU_LEVEL(vw) CPU_LEVEL(load_wide)(const unsigned char *p, fkv_dtype dt) {
@@ -47,7 +70,7 @@ CPU_VEC_INLINE CPU_LEVEL(vw) CPU_LEVEL(load_wide)(const unsigned char *p, fkv_dt
     if (dt == FKV_F32) {
         memcpy(&x, p, sizeof x);
     } else if (dt == FKV_BF16) {
-#if defined(__AVX512F__) && CPU_LEVEL_LANES == 16
+#if CPU_LEVEL_AVX512 && CPU_LEVEL_LANES == 16
         __m256i h;
         memcpy(&h, p, sizeof h);
         __m512i u = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
@@ -64,7 +87,7 @@ CPU_VEC_INLINE CPU_LEVEL(vw) CPU_LEVEL(load_wide)(const unsigned char *p, fkv_dt
         memcpy(&x, &u, sizeof x);
 #endif
     } else {
-#if defined(__AVX512F__) && CPU_LEVEL_LANES == 16
+#if CPU_LEVEL_AVX512 && CPU_LEVEL_LANES == 16
         __m256i h;
         memcpy(&h, p, sizeof h);
         __m512 f = _mm512_cvtph_ps(h);
@@ -108,7 +131,7 @@ CPU_VEC_INLINE void CPU_LEVEL(transpose)(CPU_LEVEL(vw) *x) {
 #define K_BLOCK CPU_LANES
 #define K_VEC cpu_vf
 #define K_LOAD(p, dt) CPU_LEVEL(load)(p, dt)
-#define K_PUT(p, x) cpu_vec_put(p, x)
+#define K_PUT(p, x) CPU_LEVEL(put8)(p, x)
 CPU_VEC_INLINE void CPU_LEVEL(transpose)(cpu_vf *x) { transpose8(x); }
 #endif
 CPU_VEC_INLINE void CPU_LEVEL(load_tile)(const unsigned char *k, const size_t *off, size_t d,

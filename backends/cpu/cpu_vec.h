@@ -18,12 +18,12 @@ typedef uint32_t cpu_vu __attribute__((vector_size(4 * CPU_LANES)));
 typedef int32_t cpu_vi __attribute__((vector_size(4 * CPU_LANES))); /* compare results */
 typedef uint16_t cpu_vh __attribute__((vector_size(2 * CPU_LANES)));
 
-/* With GCC on x86-64 the hot loops are compiled again for the x86-64-v3 (AVX2, F16C) and v4
- * (AVX-512) levels under #pragma GCC target and picked at run time, so one binary runs
+/* With GCC or clang on x86-64 the hot loops are compiled again for the x86-64-v3 (AVX2, F16C)
+ * and v4 (AVX-512) levels (cpu_levels.h) and picked at run time, so one binary runs
  * everywhere; the results do not depend on the choice (lane-wise arithmetic, no contraction
  * into FMA: the backend is compiled with -ffp-contract=off). Elsewhere the plain build
  * serves. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#if defined(__GNUC__) && defined(__x86_64__)
 #define CPU_VEC_X86_LEVELS 1
 #include <immintrin.h>
 #else
@@ -32,31 +32,13 @@ typedef uint16_t cpu_vh __attribute__((vector_size(2 * CPU_LANES)));
 
 #define CPU_VEC_INLINE static inline __attribute__((always_inline))
 /* GCC and clang warn that a 32-byte vector passed by value in a build without AVX has another ABI
- * than with it; these helpers are always inlined, never called across that boundary. */
+ * than with it; the helpers are always inlined, never called across that boundary (and those
+ * that pass eight floats by value are written once per level, cpu_tile_body.h: clang refuses
+ * such a call between functions of different targets even when inlined). */
 #if defined(__clang__)
 #pragma clang diagnostic ignored "-Wunknown-warning-option"
 #endif
 #pragma GCC diagnostic ignored "-Wpsabi"
-
-CPU_VEC_INLINE cpu_vf cpu_vec_bits(cpu_vu u) {
-    cpu_vf f;
-    memcpy(&f, &u, sizeof f);
-    return f;
-}
-
-CPU_VEC_INLINE cpu_vu cpu_vec_uint(cpu_vf f) {
-    cpu_vu u;
-    memcpy(&u, &f, sizeof u);
-    return u;
-}
-
-CPU_VEC_INLINE cpu_vf cpu_vec_get(const float *p) {
-    cpu_vf x;
-    memcpy(&x, p, sizeof x);
-    return x;
-}
-
-CPU_VEC_INLINE void cpu_vec_put(float *p, cpu_vf x) { memcpy(p, &x, sizeof x); }
 
 /* Four-lane halves: the f16 conversion's integer steps in a 128-bit register (SSE2, NEON),
  * where an eight-lane vector would be kept in memory between them. */
@@ -84,28 +66,6 @@ CPU_VEC_INLINE cpu_vf4 cpu_vec4_from_f16(cpu_vh4 h) {
     o = (sub & less) | (~sub & o) | ((u & 0x8000u) << 16);
     memcpy(&of, &o, sizeof of);
     return of;
-}
-
-CPU_VEC_INLINE cpu_vf cpu_vec_from_f16(cpu_vh h) {
-    cpu_vf4 lo = cpu_vec4_from_f16(__builtin_shufflevector(h, h, 0, 1, 2, 3)),
-            hi = cpu_vec4_from_f16(__builtin_shufflevector(h, h, 4, 5, 6, 7));
-    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
-}
-
-CPU_VEC_INLINE cpu_vf cpu_vec_from_bf16(cpu_vh h) {
-    return cpu_vec_bits(__builtin_convertvector(h, cpu_vu) << 16);
-}
-
-/* Eight elements of `dtype` at p (any alignment of the element type), as f32. */
-CPU_VEC_INLINE cpu_vf cpu_vec_load(const void *p, fkv_dtype dtype) {
-    if (dtype == FKV_F32) {
-        cpu_vf f;
-        memcpy(&f, p, sizeof f);
-        return f;
-    }
-    cpu_vh h;
-    memcpy(&h, p, sizeof h);
-    return dtype == FKV_F16 ? cpu_vec_from_f16(h) : cpu_vec_from_bf16(h);
 }
 
 /* Fixed short loops unrolled, so their vectors stay in registers. */

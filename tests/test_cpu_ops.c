@@ -1131,12 +1131,37 @@ static void device_attention(float *out) {
     close_cpu();
 }
 
-/* FREEKV_CPU_ISA picks the level of the device's attention: each level the CPU runs gives the
- * bits of the baseline, a level it lacks is refused, and so is a bad name. */
+/* The device's scores of one sequence over 700 pages of f16 summaries (2 KV heads, group 4),
+ * enough for its pool to share them. */
+#define DEVICE_SCORES_PAGES 700
+#define DEVICE_SCORES_OUT (8 * DEVICE_SCORES_PAGES)
+static void device_scores(float *out) {
+    fkv_kv_geom g = {.n_kv_heads = 2, .group = 4, .head_dim = 64, .page_size = 16,
+                     .dtype = FKV_F16, .summary_format = FKV_SUMMARY_F16};
+    size_t n = (size_t)DEVICE_SCORES_PAGES * 2 * 2 * 64;
+    th_rng r;
+    th_seed(&r, 9);
+    float *vals = rand_f32(&r, n, 2.0f), *q = rand_f32(&r, 8 * 64, 1.0f);
+    uint16_t *sums = tmalloc(n * 2);
+    for (size_t i = 0; i < n; i++)
+        sums[i] = fkv_f32_to_f16_down(vals[i]);
+    int32_t desc[FKV_SCORES_DESC_INTS] = {0, DEVICE_SCORES_PAGES, 0, 0};
+    open_cpu();
+    fkv_bbuf *sb = dfrom(sums, 0, n * 2), *qb = dfrom(q, 0, 8 * 64 * 4);
+    fkv_bbuf *ob = dalloc(DEVICE_SCORES_OUT * 4);
+    RUN(fkv_op_scores(dev, CQ, DONE, &g, qb, 0, 1, ints(desc, FKV_SCORES_DESC_INTS), 0, NULL, 0,
+                      sb, ob, 0));
+    dread(ob, 0, out, DEVICE_SCORES_OUT * 4);
+    close_cpu();
+}
+
+/* FREEKV_CPU_ISA picks the level of the device's attention and scores: each level the CPU
+ * runs gives the bits of the baseline, a level it lacks is refused, and so is a bad name. */
 Test(cpu_env, isa_levels_give_the_same_attention) {
     static const char *const names[] = {"base", "x86-64-v3", "X86-64-V4", "auto"};
     static const cpu_isa levels[] = {CPU_ISA_BASE, CPU_ISA_X86_V3, CPU_ISA_X86_V4, CPU_ISA_BEST};
     float *want = tmalloc(DEVICE_ATTN_OUT * 4), *got = tmalloc(DEVICE_ATTN_OUT * 4);
+    float *want_s = tmalloc(DEVICE_SCORES_OUT * 4), *got_s = tmalloc(DEVICE_SCORES_OUT * 4);
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         setenv("FREEKV_CPU_ISA", names[i], 1);
         if (!cpu_isa_available(levels[i])) {
@@ -1146,9 +1171,13 @@ Test(cpu_env, isa_levels_give_the_same_attention) {
             continue;
         }
         device_attention(i == 0 ? want : got);
-        if (i > 0)
+        device_scores(i == 0 ? want_s : got_s);
+        if (i > 0) {
             cr_assert_arr_eq(got, want, DEVICE_ATTN_OUT * 4, "FREEKV_CPU_ISA=%s differs from base",
                              names[i]);
+            cr_assert_arr_eq(got_s, want_s, DEVICE_SCORES_OUT * 4,
+                             "FREEKV_CPU_ISA=%s: scores differ from base", names[i]);
+        }
     }
     setenv("FREEKV_CPU_ISA", "avx512", 1);
     fkv_device *d = NULL;
@@ -1292,7 +1321,7 @@ static float defined_score(const float *q, const float *lo, const float *hi, siz
     return acc;
 }
 
-/* A summary element: mostly normal, some zeros of either sign, infinities, tiny values and
+/* A summary element: mostly normal, some zeros of either sign, infinities, subnormals and
  * NaN (the summaries of hostile keys). */
 static float summary_value(th_rng *r) {
     static const float special[] = {0.0f, -0.0f, INFINITY, -INFINITY, 1e-40f, -3e-39f, NAN};
@@ -1300,12 +1329,26 @@ static float summary_value(th_rng *r) {
     return u < 7 ? special[u] : th_normal(r) * 4.0f;
 }
 
+/* The same as f16 bits, raw: subnormals of every size, signalling and payload NaNs. */
+static uint16_t summary_bits(th_rng *r) {
+    static const uint16_t special[] = {0x0000, 0x8000, 0x7c00, 0xfc00, 0x7c01, 0xfe55, 0x0001,
+                                       0x83ff};
+    uint32_t u = th_u32(r) % 64;
+    if (u < 8)
+        return special[u];
+    if (u < 16) /* a random subnormal of either sign */
+        return (uint16_t)((th_u32(r) & 0x83ffu) | 1u);
+    return fkv_f32_to_f16_down(th_normal(r) * 4.0f);
+}
+
 /* Every level's scores are the definition bit for bit (a NaN as a NaN: which NaN an
  * operation passes on is the compiler's choice of operand order), f32 and f16 summaries, on
- * head sizes, groups and page counts around the tile's width and the levels' vector widths. */
+ * head sizes (up to FKV_CPU_MAX_HEAD_DIM), groups and page counts around the tile's width and
+ * the levels' vector widths. */
 Test(cpu_ops, scores_are_the_definition_bit_for_bit) {
-    static const uint32_t geoms[][3] = {{1, 1, 1},  {3, 2, 31},  {8, 4, 32}, {24, 5, 33},
-                                        {64, 4, 70}, {130, 8, 9}, {5, 3, 65}, {16, 9, 40}};
+    static const uint32_t geoms[][3] = {{1, 1, 1},   {3, 2, 31},  {8, 4, 32},   {24, 5, 33},
+                                        {64, 4, 70},  {130, 8, 9}, {5, 3, 65},   {16, 9, 40},
+                                        {1024, 3, 33}};
     static const fkv_summary_format formats[] = {FKV_SUMMARY_F32, FKV_SUMMARY_F16};
     th_rng r;
     th_seed(&r, 11);
@@ -1320,15 +1363,13 @@ Test(cpu_ops, scores_are_the_definition_bit_for_bit) {
             float *q = rand_f32(&r, n_seqs * n_q_heads * d, 1.0f), *vals = tmalloc(elems * 4);
             void *sums = tmalloc(fkv_summary_bytes(&g) * n_sum);
             for (size_t i = 0; i < elems; i++) {
-                float x = summary_value(&r);
                 if (formats[fi] == FKV_SUMMARY_F16) {
-                    uint16_t h = fkv_f32_to_f16_down(x);
+                    uint16_t h = summary_bits(&r);
                     ((uint16_t *)sums)[i] = h;
-                    x = fkv_f16_to_f32(h);
+                    vals[i] = fkv_f16_to_f32(h);
                 } else {
-                    ((float *)sums)[i] = x;
+                    vals[i] = ((float *)sums)[i] = summary_value(&r);
                 }
-                vals[i] = x;
             }
             /* sequence b scores pages [b, b + pages) with query row 1 - b */
             int32_t desc[2 * FKV_SCORES_DESC_INTS];

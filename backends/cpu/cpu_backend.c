@@ -2,10 +2,11 @@
  *
  * Device memory is plain heap memory separate from the caller's, so host<->device copies are
  * real copies and layout or ordering bugs show. Each fkv_queue is a worker thread
- * (cpu_queue.c); kernels are plain C (cpu_kernels.c). The arguments of every call were checked
- * by the dispatch layer, as for every backend (backends/check.c); indices read from index
- * buffers are checked when the command runs, and a bad one fails the command's event instead
- * of touching memory out of range.
+ * (cpu_queue.c); kernels are C over raw pointers (cpu_kernels.c; the attention and the scores
+ * in vectors, once per instruction-set level: cpu_levels.h). The arguments of every call were
+ * checked by the dispatch layer, as for every backend (backends/check.c); indices read from
+ * index buffers are checked when the command runs, and a bad one fails the command's event
+ * instead of touching memory out of range.
  *
  * Environment (read in device_open only, through common/env.c):
  *   FREEKV_CPU_RECALL=staged|direct|perpage   recall mechanism reported by recall_mode
@@ -14,9 +15,9 @@
  *     (its (sequence, KV head) pairs, cpu_pool.h), the queue's own included: auto is every
  *     CPU the opening thread may run on (its affinity set, else the online CPUs), at most 64;
  *     1 keeps each command on its queue's thread
- *   FREEKV_CPU_ISA=auto|base|x86-64-v3|x86-64-v4   the attention loops' instruction-set level
- *     (cpu_kernels.h): auto the widest the CPU runs; every level gives the same bits, so the
- *     choice is for measuring a level and for CPUs that run a narrower one faster
+ *   FREEKV_CPU_ISA=auto|base|x86-64-v3|x86-64-v4   the instruction-set level of the attention
+ *     and scores loops (cpu_isa.h): auto the widest the CPU runs; every level gives the same
+ *     bits, so the choice is for measuring a level and for CPUs that run a narrower one faster
  *
  * Tests can make a chosen command fail (cpu_fault.h).
  */

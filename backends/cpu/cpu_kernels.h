@@ -1,4 +1,4 @@
-/* Kernels of the CPU reference backend as plain C over raw pointers.
+/* Kernels of the CPU reference backend as C over raw pointers.
  *
  * Layouts and index conventions are those of backends/backend.h. Pools hold `pool_rows` rows
  * of n_kv_heads*head_dim elements in g->dtype; every index read from an index array is

@@ -13,11 +13,29 @@
 #endif
 #include "cpu_isa.h"
 
+/* The baseline: a build for an AVX2 or AVX-512 CPU computes at its width with its intrinsics
+ * (cpu_vec.h). */
 #define CPU_LEVEL(name) name##_base
-#define CPU_LEVEL_LANES 4
-#define CPU_LEVEL_F16C 0
-#define CPU_LEVEL_AVX2 0
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define CPU_LEVEL_LANES 16
+#define CPU_LEVEL_AVX512 1
+#elif defined(__AVX2__)
+#define CPU_LEVEL_LANES 8
 #define CPU_LEVEL_AVX512 0
+#else
+#define CPU_LEVEL_LANES 4
+#define CPU_LEVEL_AVX512 0
+#endif
+#ifdef __AVX2__
+#define CPU_LEVEL_AVX2 1
+#else
+#define CPU_LEVEL_AVX2 0
+#endif
+#ifdef __F16C__
+#define CPU_LEVEL_F16C 1
+#else
+#define CPU_LEVEL_F16C 0
+#endif
 #include CPU_LEVEL_BODY
 #undef CPU_LEVEL
 #undef CPU_LEVEL_LANES

@@ -1,6 +1,6 @@
-/* The scores' arithmetic of the CPU reference (cpu_kernels.h), once per instruction-set level
+/* The scores' arithmetic of the CPU reference (cpu_scores.h), once per instruction-set level
  * (cpu_scores_body.h, cpu_levels.h): the pass over every page summary of a context, which is
- * what grows with the context in a decode step, at memory speed on one core. */
+ * what grows with the context in a decode step, in vectors so that memory bounds it. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

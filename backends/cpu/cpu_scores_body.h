@@ -1,15 +1,16 @@
 /* The scores' loops, once per instruction-set level (cpu_scores.c includes this file through
  * cpu_levels.h; CPU_LEVEL(name) names this copy's functions). A tile holds CPU_TILE pages'
  * summaries of one KV head transposed, so a vector's lanes are pages and each lane sums over
- * the channels in order: every copy computes the definition (cpu_kernels.h) bit for bit. */
+ * the channels in order: every copy computes the definition (cpu_scores.h) bit for bit. */
 #include "cpu_tile_body.h"
 
 /* Heads a pass sums at once: with TILE_WIDE vectors each, eight sums. */
 #define SCORES_S_HEADS (CPU_LEVEL_LANES / 4)
+_Static_assert(SCORES_S_HEADS <= 4, "CPU_HEAD_PASSES writes passes of up to 4 heads");
 
 typedef int32_t CPU_LEVEL(vi) __attribute__((vector_size(4 * CPU_LEVEL_LANES)));
 
-/* max_skip_nan (cpu_kernels.h) lane by lane: a where a >= b or b is NaN, else b. It is fmaxf
+/* max_skip_nan (cpu_scores.h) lane by lane: a where a >= b or b is NaN, else b. It is fmaxf
  * without the libm call, which dominated the reference's scoring: a NaN operand yields the
  * other one; of +0 and -0 the first, as glibc's fmaxf. One compare less than testing a first:
  * a NaN a fails a >= b and yields b (or a NaN b, which is a NaN either way). */

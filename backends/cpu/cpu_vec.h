@@ -21,11 +21,15 @@ typedef uint16_t cpu_vh __attribute__((vector_size(2 * CPU_LANES)));
 /* With GCC or clang on x86-64 the hot loops are compiled again for the x86-64-v3 (AVX2, F16C)
  * and v4 (AVX-512) levels (cpu_levels.h) and picked at run time, so one binary runs
  * everywhere; the results do not depend on the choice (lane-wise arithmetic, no contraction
- * into FMA: the backend is compiled with -ffp-contract=off). Elsewhere the plain build
- * serves. */
+ * into FMA: the backend is compiled with -ffp-contract=off). A build for a CPU that has AVX2
+ * already (-march=native, say) has no copies: its baseline is that CPU's level (GCC would not
+ * inline the baseline's intrinsics into a copy whose target is narrower), and the baseline
+ * copy uses its registers' width. Elsewhere the plain build serves. */
 #if defined(__GNUC__) && defined(__x86_64__)
-#define CPU_VEC_X86_LEVELS 1
 #include <immintrin.h>
+#endif
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__AVX2__)
+#define CPU_VEC_X86_LEVELS 1
 #else
 #define CPU_VEC_X86_LEVELS 0
 #endif
@@ -74,24 +78,27 @@ CPU_VEC_INLINE cpu_vf4 cpu_vec4_from_f16(cpu_vh4 h) {
 /* Rows a tile holds (cpu_tile_body.h): the attention's tokens, the scores' pages. */
 #define CPU_TILE 32
 
-/* Heads n in passes of up to max (at most 4): CALL(i0, k) for the pass of heads [i0, i0 + k),
- * with k a constant (min(case, max), so no pass is written for more than max heads): its
- * loops get constant bounds and the vectors of its sums stay in registers. */
+/* Heads n in passes of up to max (at most 4, asserted): CALL(i0, k) for the pass of heads
+ * [i0, i0 + k), with k a constant (min(case, max), so no pass is written for more than max
+ * heads): its loops get constant bounds and the vectors of its sums stay in registers. */
 #define CPU_CONST_MIN(k, max) ((k) < (max) ? (k) : (max))
 #define CPU_HEAD_PASSES(n, max, CALL)                                                          \
-    for (uint32_t cpu_i0 = 0; cpu_i0 < (n); cpu_i0 += (max)) {                                 \
-        switch (CPU_CONST_MIN((n) - cpu_i0, max)) {                                            \
-        case 1:                                                                                \
-            CALL(cpu_i0, 1);                                                                   \
-            break;                                                                             \
-        case 2:                                                                                \
-            CALL(cpu_i0, CPU_CONST_MIN(2, max));                                               \
-            break;                                                                             \
-        case 3:                                                                                \
-            CALL(cpu_i0, CPU_CONST_MIN(3, max));                                               \
-            break;                                                                             \
-        default:                                                                               \
-            CALL(cpu_i0, max);                                                                 \
+    {                                                                                          \
+        _Static_assert((max) <= 4, "passes of at most 4 heads");                               \
+        for (uint32_t cpu_i0 = 0; cpu_i0 < (n); cpu_i0 += (max)) {                             \
+            switch (CPU_CONST_MIN((n) - cpu_i0, max)) {                                        \
+            case 1:                                                                            \
+                CALL(cpu_i0, 1);                                                               \
+                break;                                                                         \
+            case 2:                                                                            \
+                CALL(cpu_i0, CPU_CONST_MIN(2, max));                                           \
+                break;                                                                         \
+            case 3:                                                                            \
+                CALL(cpu_i0, CPU_CONST_MIN(3, max));                                           \
+                break;                                                                         \
+            default:                                                                           \
+                CALL(cpu_i0, max);                                                             \
+            }                                                                                  \
         }                                                                                      \
     }
 

@@ -1373,6 +1373,27 @@ void fkv_prefetch(const global fkv_kv_t *p) {
 #endif
 }
 
+#ifdef FKV_ROW_COPIES
+/* Rows [0, nt) of a tile (row t at base + t*row_elems, head_dim d) into dst[t*ldk + c], f32,
+ * zeros from d to dq; work item lid copies whole rows lid, lid + w, ..., asking for the same
+ * row of the next tile (next + t*row_elems, rows below n_next) along the way. On CPU devices
+ * (the host defines FKV_ROW_COPIES there) a work group's items run one after another, so an
+ * item reading a short run of every row (its channels, as on a GPU) makes a pass over the
+ * tile per item; whole rows are one pass, and the cache lines of a row are adjacent. */
+void fkv_copy_rows(const global fkv_kv_t *pool, size_t base, size_t next, int n_next, uint nt,
+                   size_t row_elems, uint d, uint dq, uint ldk, uint lid, uint w,
+                   local float *dst) {
+    for (uint t = lid; t < nt; t += w)
+        for (uint c = 0; c < dq; c += FKV_VW) {
+            if ((int)t < n_next && c < d)
+                fkv_prefetch(pool + next + t * row_elems + c);
+            fkv_vstore(c < d ? fkv_loadv_row(pool + base + t * row_elems + c, d - c)
+                             : (fkv_vec)(0.0f),
+                       0, dst + t * ldk + c);
+        }
+}
+#endif
+
 /* Channel c of one query head's output from its n_splits partials at p, `stride` floats apart
  * ((max, sum, unnormalised acc[d]) each): the split attention's combination, run by
  * fkv_attention_reduce or by the attention's last work group (the same bits either way). */
@@ -1418,12 +1439,14 @@ inline int fkv_last_arrival(global uint *count, uint n, local uint *flag) {
  * Tokens go in tiles of up to `tile` tokens of one page. Work item i owns channels
  * [i*FKV_VW, (i+1)*FKV_VW) of a row (dq = head_dim rounded up to FKV_ATTENTION_PAD, zeros past
  * head_dim):
- *  - it copies them from each K row of the tile into local memory, converted in one vector;
+ *  - it copies them from each K row of the tile into local memory, converted in one vector
+ *    (on CPU devices whole rows instead, and V too: fkv_copy_rows);
  *  - work item i then sums q.k of tokens i, i + w, ... for every head of the block, FKV_VW
  *    channels a step;
  *  - online softmax over the tile, one work item per head;
  *  - it accumulates its channels of every head of the block in registers, reading them from
- *    each V row of the tile, converted in one vector.
+ *    each V row of the tile, converted in one vector (on CPU devices from the V tile in local
+ *    memory).
  * The work group has w = max(dq / FKV_VW, heads) work items (fkv_attention_threads). With
  * n_splits > 1 each group handles a contiguous share of the head's entries and writes (max,
  * sum, unnormalised acc) per query head to `part` for fkv_attention_reduce. dense_tokens >= 0
@@ -1499,6 +1522,10 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
             }
             n_next = clamp(n_next, 0, (int)tile);
             next += cv;
+#ifdef FKV_ROW_COPIES
+            fkv_copy_rows(kpool, page_base + (size_t)t0 * row_elems, next - cv, n_next, nt,
+                          row_elems, d, dq, ldk, lid, w, kt);
+#else
             if (cv < dq)
                 for (uint t = 0; t < nt; t++) {
                     if (t < (uint)n_next && cv < d)
@@ -1507,6 +1534,7 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
                                       : (fkv_vec)(0.0f),
                                0, kt + t * ldk + cv);
                 }
+#endif
             barrier(CLK_LOCAL_MEM_FENCE);
             for (uint t = lid; t < nt; t += w) {
                 FKV_HEADS(FKV_S_DECL)
@@ -1517,6 +1545,13 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
                 FKV_HEADS(FKV_S_PUT)
             }
             barrier(CLK_LOCAL_MEM_FENCE);
+#ifdef FKV_ROW_COPIES
+            /* the scores have read kt: it takes the V tile. A barrier of its own: PoCL 3.1 got
+             * wrong outputs with this copy and the softmax in one interval (docs/opencl.md). */
+            fkv_copy_rows(vpool, page_base + (size_t)t0 * row_elems, next - cv, n_next, nt,
+                          row_elems, d, dq, ldk, lid, w, kt);
+            barrier(CLK_LOCAL_MEM_FENCE);
+#endif
             for (uint g = lid; g < G; g += w) { /* FKV_VW tokens at a time */
                 local float *r = sc + g * tp;
                 float m_old = st[g];
@@ -1538,9 +1573,13 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
             if (cv < d) {
                 FKV_HEADS(FKV_A_SCALE)
                 for (uint t = 0; t < nt; t++) {
+#ifdef FKV_ROW_COPIES
+                    fkv_vec v = fkv_vload(0, kt + t * ldk + cv);
+#else
                     if (t < (uint)n_next)
                         fkv_prefetch(vpool + next + t * row_elems);
                     fkv_vec v = fkv_loadv_row(vpool + tile_base + t * row_elems, d - cv);
+#endif
                     FKV_HEADS(FKV_A_ADD)
                 }
             }

@@ -299,7 +299,7 @@ static void ocl_device_close(fkv_bdev *d) {
 
 /* The program's options on CPU devices (docs/opencl.md): software prefetch of K/V rows and of
  * summaries, f16 summaries widened in integer vectors, the scores' 16-lane pass. */
-#define CPU_KERNEL_OPTIONS " -DFKV_PREFETCH -DFKV_SOFT_HALF -DFKV_WIDE_SCORES"
+#define CPU_KERNEL_OPTIONS " -DFKV_PREFETCH -DFKV_SOFT_HALF -DFKV_WIDE_SCORES -DFKV_ROW_COPIES"
 
 /* Opens device `ref` (position `index` of the enumeration) on the engine's context and compute
  * queue when given (kept as the engine's: never released), else on objects of its own. */

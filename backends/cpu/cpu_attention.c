@@ -10,13 +10,13 @@
  * The speed comes from the group: the K and V rows of a KV head are read once for up to
  * HEAD_BLOCK of its query heads at a time (the whole group up to 8), in tiles of CPU_TILE
  * tokens, converted in vectors (cpu_tile_body.h). A K tile is transposed (in 8x8 blocks, 4x4
- * in GCC's baseline copy) so that the scores of a tile's tokens are the lanes of vectors, each
- * lane summing over c in order; the output accumulators are vectors over channels, each lane
- * summing over tokens in order, and each chunk of a V row is converted once, in registers,
- * for several heads. The scores of a (sequence, KV head) are kept (heads x tokens floats of
- * scratch), so K is read once and V once. The loops that read K/V are built once per
- * instruction-set level (cpu_attention_body.h, cpu_levels.h) and the widest the CPU runs is
- * used; all give the same bits. */
+ * in GCC's 4-lane baseline copy) so that the scores of a tile's tokens are the lanes of
+ * vectors, each lane summing over c in order; the output accumulators are vectors over
+ * channels, each lane summing over tokens in order, and each chunk of a V row is converted
+ * once, in registers, for several heads. The scores of a (sequence, KV head) are kept (heads
+ * x tokens floats of scratch), so K is read once and V once. The loops that read K/V are
+ * built once per instruction-set level (cpu_attention_body.h, cpu_levels.h) and the widest
+ * the CPU runs is used; all give the same bits. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>

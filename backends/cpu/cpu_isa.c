@@ -16,7 +16,8 @@ static int cpu_has_v3(void) {
         c8 = c;
     return (c1 & bit_F16C) && (c1 & bit_MOVBE) && (c8 & bit_LZCNT) &&
            __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
+           __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2") &&
+           __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("sse4.2");
 }
 
 static int cpu_has_v4(void) {

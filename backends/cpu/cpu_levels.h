@@ -1,6 +1,7 @@
 /* Includes the file named by CPU_LEVEL_BODY once per instruction-set level this build has:
  * the compiler's baseline always, and with GCC or clang on x86-64 (CPU_VEC_X86_LEVELS)
- * x86-64-v3 and x86-64-v4 under a target pragma, so one binary runs everywhere and the widest
+ * x86-64-v3 and x86-64-v4 under a target pragma (the levels' features added to the build's),
+ * so one binary runs everywhere and the widest
  * copy the CPU runs is picked at run time (cpu_isa_level). In each copy CPU_LEVEL(name) names
  * its functions (name##_base, _v3, _v4), CPU_LEVEL_LANES is the floats of its widest vector
  * register (GCC keeps a vector wider than any register of the target in memory, which made
@@ -54,8 +55,12 @@
 #define CPU_LEVEL_END _Pragma("GCC pop_options")
 #endif
 #define CPU_LEVEL_STR(x) #x
+/* The levels as features added to the build's own: "arch=x86-64-v3" would drop the build's
+ * other flags (-maes, -march=ivybridge), which its intrinsics keep, and they would no longer
+ * inline into the copy. */
+#define CPU_LEVEL_V3_FEATURES "avx2,fma,f16c,bmi,bmi2,lzcnt,movbe,popcnt"
 
-CPU_LEVEL_BEGIN("arch=x86-64-v3")
+CPU_LEVEL_BEGIN(CPU_LEVEL_V3_FEATURES)
 #define CPU_LEVEL(name) name##_v3
 #define CPU_LEVEL_LANES 8
 #define CPU_LEVEL_F16C 1
@@ -67,7 +72,7 @@ CPU_LEVEL_BEGIN("arch=x86-64-v3")
 #undef CPU_LEVEL_AVX512
 CPU_LEVEL_END
 
-CPU_LEVEL_BEGIN("arch=x86-64-v4")
+CPU_LEVEL_BEGIN(CPU_LEVEL_V3_FEATURES ",avx512f,avx512bw,avx512cd,avx512dq,avx512vl")
 #define CPU_LEVEL(name) name##_v4
 #define CPU_LEVEL_LANES 16
 #define CPU_LEVEL_AVX512 1

@@ -108,10 +108,10 @@ CPU_VEC_INLINE CPU_LEVEL(vw) CPU_LEVEL(load_wide)(const unsigned char *p, fkv_dt
 
 /* kt[c*CPU_TILE + j] = element c of the row at k + off[j] (d elements), as f32; the rows at
  * next[0..n_next) are asked for a few at a time along the way. Blocks of CPU_LANES rows x
- * channels are transposed in registers. GCC's baseline copy transposes 4x4 instead: GCC keeps
- * an eight-float vector in memory where registers hold four (SSE2, NEON), and the 4x4 blocks
- * made its baseline f32 attention 1.9x faster; clang splits the wider vectors into registers
- * itself, and its 8x8 blocks were 20% faster than 4x4 (docs/bench.md). */
+ * channels are transposed in registers. GCC's 4-lane baseline copy transposes 4x4 instead:
+ * GCC keeps an eight-float vector in memory where registers hold four (SSE2, NEON), and the
+ * 4x4 blocks made its baseline f32 attention 1.9x faster; clang splits the wider vectors into
+ * registers itself, and its 8x8 blocks were 20% faster than 4x4 (docs/bench.md). */
 #if CPU_LEVEL_LANES == 4 && !defined(__clang__)
 #define K_BLOCK 4
 CPU_VEC_INLINE void CPU_LEVEL(transpose)(CPU_LEVEL(vw) *x) {

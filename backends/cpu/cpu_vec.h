@@ -21,10 +21,10 @@ typedef uint16_t cpu_vh __attribute__((vector_size(2 * CPU_LANES)));
 /* With GCC or clang on x86-64 the hot loops are compiled again for the x86-64-v3 (AVX2, F16C)
  * and v4 (AVX-512) levels (cpu_levels.h) and picked at run time, so one binary runs
  * everywhere; the results do not depend on the choice (lane-wise arithmetic, no contraction
- * into FMA: the backend is compiled with -ffp-contract=off). A build for a CPU that has AVX2
- * already (-march=native, say) has no copies: its baseline is that CPU's level (GCC would not
- * inline the baseline's intrinsics into a copy whose target is narrower), and the baseline
- * copy uses its registers' width. Elsewhere the plain build serves. */
+ * into FMA: the backend is compiled with -ffp-contract=off). A build whose flags include AVX2
+ * (-march=native on such a CPU, say) has no copies: its baseline copy computes at the build's
+ * register width with the build's intrinsics (a v3 copy there would carry the build's
+ * AVX-512, if any). Elsewhere the plain build serves. */
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
 #endif

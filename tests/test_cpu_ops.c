@@ -1343,15 +1343,17 @@ static uint16_t summary_bits(th_rng *r) {
 
 /* Every level's scores are the definition bit for bit (a NaN as a NaN: which NaN an
  * operation passes on is the compiler's choice of operand order), f32 and f16 summaries, on
- * head sizes (up to FKV_CPU_MAX_HEAD_DIM), groups and page counts around the tile's width and
- * the levels' vector widths. */
+ * head sizes (up to FKV_CPU_MAX_HEAD_DIM), groups and page counts around the tile's width, the
+ * levels' vector widths and an item's range of pages, on one thread and on three. */
 Test(cpu_ops, scores_are_the_definition_bit_for_bit) {
     static const uint32_t geoms[][3] = {{1, 1, 1},   {3, 2, 31},  {8, 4, 32},   {24, 5, 33},
                                         {64, 4, 70},  {130, 8, 9}, {5, 3, 65},   {16, 9, 40},
-                                        {1024, 3, 33}};
+                                        {1024, 3, 33}, {8, 4, 2100}};
     static const fkv_summary_format formats[] = {FKV_SUMMARY_F32, FKV_SUMMARY_F16};
     th_rng r;
     th_seed(&r, 11);
+    cpu_pool *pools[2] = {NULL, NULL};
+    cr_assert_eq(cpu_pool_create(3, 0, &pools[1]), FKV_OK);
     for (size_t gi = 0; gi < sizeof geoms / sizeof *geoms; gi++)
         for (size_t fi = 0; fi < 2; fi++) {
             fkv_kv_geom g = {.n_kv_heads = 2, .group = geoms[gi][1], .head_dim = geoms[gi][0],
@@ -1390,19 +1392,22 @@ Test(cpu_ops, scores_are_the_definition_bit_for_bit) {
             for (size_t li = 0; li < sizeof isa_levels / sizeof *isa_levels; li++) {
                 if (!cpu_isa_available(isa_levels[li]))
                     continue;
-                memset(got, 0xA5, out_len * 4);
-                cr_assert_eq(cpu_scores(&g, q, n_seqs, n_seqs, desc, NULL, sums, n_sum, got,
-                                        out_len, isa_levels[li], NULL),
-                             FKV_OK, "%s", fkv_last_error());
-                for (size_t i = 0; i < out_len; i++)
-                    if (!(got[i] != got[i] && want[i] != want[i]) &&
-                        memcmp(&got[i], &want[i], 4) != 0)
-                        cr_assert_fail("d %zu group %u pages %u format %zu isa %d: score %zu is "
-                                       "%.9g, the definition gives %.9g",
-                                       d, g.group, pages, fi, (int)isa_levels[li], i, got[i],
-                                       want[i]);
+                for (int pi = 0; pi < 2; pi++) {
+                    memset(got, 0xA5, out_len * 4);
+                    cr_assert_eq(cpu_scores(&g, q, n_seqs, n_seqs, desc, NULL, sums, n_sum, got,
+                                            out_len, isa_levels[li], pools[pi]),
+                                 FKV_OK, "%s", fkv_last_error());
+                    for (size_t i = 0; i < out_len; i++)
+                        if (!(got[i] != got[i] && want[i] != want[i]) &&
+                            memcmp(&got[i], &want[i], 4) != 0)
+                            cr_assert_fail("d %zu group %u pages %u format %zu isa %d pool %d: "
+                                           "score %zu is %.9g, the definition gives %.9g",
+                                           d, g.group, pages, fi, (int)isa_levels[li], pi, i,
+                                           got[i], want[i]);
+                }
             }
         }
+    cpu_pool_destroy(pools[1]);
 }
 
 /* ---- the pool of threads (cpu_pool.h) ---- */

@@ -97,9 +97,14 @@ static int32_t *copy_desc(const char *op, const int32_t *desc, uint32_t n_seqs,
     return copy;
 }
 
-/* One scores call's (sequence, KV head) pairs, run by the pool's threads (cpu_pool.h); each
- * thread has its own scratch (a tile), allocated when it takes its first pair. A pair's
- * scores do not depend on the thread. */
+/* Pages a scores item covers: a call's items are (sequence, KV head, range of pages), so a
+ * long context gives the pool's threads many items (not one per KV head: 8 at batch 1 with
+ * Llama-3.1-8B) and a thread that joins late still finds work. Each score is computed alone,
+ * so the bits do not depend on the ranges. */
+#define SCORES_ITEM_PAGES 1024
+
+/* One scores call's items, run by the pool's threads (cpu_pool.h); each thread has its own
+ * scratch (a tile), allocated when it takes its first item. */
 typedef struct scores_call {
     const fkv_kv_geom *g;
     cpu_score_head_fn *score_head;
@@ -107,6 +112,7 @@ typedef struct scores_call {
     const int32_t *desc, *mask; /* the checked copies */
     const void *summaries;
     float *out;
+    size_t ranges; /* items per (sequence, KV head): the longest sequence's ranges */
     size_t scratch_floats;
     float **scratch; /* [cpu_pool_width] */
 } scores_call;
@@ -114,8 +120,11 @@ typedef struct scores_call {
 static fkv_status score_item(void *ctx, uint32_t worker, size_t item) {
     scores_call *c = ctx;
     const fkv_kv_geom *g = c->g;
-    size_t b = item / g->n_kv_heads, kv_head = item % g->n_kv_heads;
-    if (c->mask && !c->mask[item])
+    size_t pair = item / c->ranges, j0 = item % c->ranges * SCORES_ITEM_PAGES;
+    size_t b = pair / g->n_kv_heads, kv_head = pair % g->n_kv_heads;
+    const int32_t *db = c->desc + (size_t)FKV_SCORES_DESC_INTS * b;
+    size_t n_pages = (size_t)db[1];
+    if ((c->mask && !c->mask[pair]) || j0 >= n_pages)
         return FKV_OK;
     if (c->scratch[worker] == NULL) {
         c->scratch[worker] = malloc(sizeof(float) * c->scratch_floats);
@@ -123,11 +132,11 @@ static fkv_status score_item(void *ctx, uint32_t worker, size_t item) {
             return fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scores: %zu bytes of scratch",
                              sizeof(float) * c->scratch_floats);
     }
-    const int32_t *db = c->desc + (size_t)FKV_SCORES_DESC_INTS * b;
-    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group, n_pages = (size_t)db[1];
+    size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
+    size_t n = n_pages - j0 < SCORES_ITEM_PAGES ? n_pages - j0 : SCORES_ITEM_PAGES;
     c->score_head(g, c->q + ((size_t)db[3] * n_q_heads + kv_head * g->group) * d, c->summaries,
-                  (size_t)db[0], kv_head, n_pages, c->scratch[worker],
-                  c->out + (size_t)db[2] + kv_head * g->group * n_pages);
+                  (size_t)db[0] + j0, kv_head, n, n_pages, c->scratch[worker],
+                  c->out + (size_t)db[2] + kv_head * g->group * n_pages + j0);
     return FKV_OK;
 }
 
@@ -156,7 +165,7 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint3
                       cpu_pool *pool) {
     size_t d = g->head_dim, n_q_heads = (size_t)g->n_kv_heads * g->group;
     uint64_t elements = 0; /* the pool's measure, which a 32-bit size_t could wrap */
-    size_t n_pairs = (size_t)n_seqs * g->n_kv_heads;
+    size_t n_pairs = (size_t)n_seqs * g->n_kv_heads, max_pages = 0;
     scores_call c = {.g = g, .score_head = cpu_score_head_for(isa), .q = q,
                      .summaries = summaries, .out = out,
                      .scratch_floats = cpu_score_scratch_floats(d)};
@@ -183,6 +192,7 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint3
         }
         size_t n_scores = n_q_heads * (size_t)db[1];
         elements += (uint64_t)db[1] * g->n_kv_heads * 2 * d;
+        max_pages = (size_t)db[1] > max_pages ? (size_t)db[1] : max_pages;
         if (spans)
             spans[2 + b] = cpu_span_of(out + db[2], n_scores * sizeof(float));
     }
@@ -190,8 +200,11 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint3
     free(spans);
     uint32_t width = cpu_pool_width(pool);
     c.scratch = calloc(width, sizeof(float *));
-    fkv_status st = c.scratch ? cpu_pool_run(pool, n_pairs, elements * SCORES_WORK_PER_ELEMENT,
-                                             score_item, &c)
+    c.ranges = max_pages > SCORES_ITEM_PAGES ? (max_pages - 1) / SCORES_ITEM_PAGES + 1 : 1;
+    if (n_pairs > SIZE_MAX / c.ranges) /* a 32-bit size_t: one item per pair */
+        c.ranges = 1;
+    fkv_status st = c.scratch ? cpu_pool_run(pool, n_pairs * c.ranges,
+                                             elements * SCORES_WORK_PER_ELEMENT, score_item, &c)
                               : fkv_error(FKV_ERR_OUT_OF_HOST_MEMORY, "scores: no host memory");
     for (uint32_t i = 0; c.scratch && i < width; i++)
         free(c.scratch[i]);

@@ -23,9 +23,9 @@ CPU_VEC_INLINE CPU_LEVEL(vw) CPU_LEVEL(max_skip_nan)(CPU_LEVEL(vw) a, CPU_LEVEL(
     return a;
 }
 
-/* out[i*n_pages + j] (j < n) for the nh heads q[i*d..] (a constant where inlined) over the
- * tile kt ([2d][CPU_TILE]: the minima's channels, then the maxima's). Each lo/hi vector serves
- * every head of the pass. */
+/* out[i*n_pages + j] (j < n; n_pages: the output's row stride) for the nh heads q[i*d..] (a
+ * constant where inlined) over the tile kt ([2d][CPU_TILE]: the minima's channels, then the
+ * maxima's). Each lo/hi vector serves every head of the pass. */
 CPU_VEC_INLINE void CPU_LEVEL(score_heads)(const float *kt, const float *q, uint32_t nh, size_t d,
                                            size_t n, float *out, size_t n_pages) {
     CPU_LEVEL(vw) a[SCORES_S_HEADS * TILE_WIDE];
@@ -70,28 +70,31 @@ CPU_VEC_INLINE void CPU_LEVEL(score_tile)(const float *kt, const float *q, uint3
  * change the time (docs/bench.md). */
 CPU_VEC_INLINE void CPU_LEVEL(score_head_dt)(const unsigned char *base, size_t stride, size_t d,
                                              fkv_dtype dt, uint32_t group, size_t n_pages,
-                                             const float *q, float *kt, float *out) {
+                                             size_t out_stride, const float *q, float *kt,
+                                             float *out) {
     size_t off[CPU_TILE];
     for (size_t j = 0; j < n_pages; j += CPU_TILE) {
         size_t n = n_pages - j < CPU_TILE ? n_pages - j : CPU_TILE;
         for (size_t p = 0; p < CPU_TILE; p++) /* spare entries repeat the first page */
             off[p] = (j + (p < n ? p : 0)) * stride;
         CPU_LEVEL(load_tile)(base, off, 2 * d, dt, NULL, 0, kt);
-        CPU_LEVEL(score_tile)(kt, q, group, d, n, out + j, n_pages);
+        CPU_LEVEL(score_tile)(kt, q, group, d, n, out + j, out_stride);
     }
 }
 
 static void CPU_LEVEL(score_head)(const fkv_kv_geom *g, const float *q, const void *summaries,
-                                  size_t first, size_t kv_head, size_t n_pages, float *kt,
-                                  float *out) {
+                                  size_t first, size_t kv_head, size_t n_pages,
+                                  size_t out_stride, float *kt, float *out) {
     size_t d = g->head_dim;
     int f16 = g->summary_format == FKV_SUMMARY_F16;
     size_t row = 2 * d * (f16 ? sizeof(uint16_t) : sizeof(float)), stride = g->n_kv_heads * row;
     const unsigned char *base = (const unsigned char *)summaries + first * stride + kv_head * row;
     if (f16)
-        CPU_LEVEL(score_head_dt)(base, stride, d, FKV_F16, g->group, n_pages, q, kt, out);
+        CPU_LEVEL(score_head_dt)(base, stride, d, FKV_F16, g->group, n_pages, out_stride, q, kt,
+                                 out);
     else
-        CPU_LEVEL(score_head_dt)(base, stride, d, FKV_F32, g->group, n_pages, q, kt, out);
+        CPU_LEVEL(score_head_dt)(base, stride, d, FKV_F32, g->group, n_pages, out_stride, q, kt,
+                                 out);
 }
 
 #undef TILE_WIDE

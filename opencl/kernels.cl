@@ -1509,9 +1509,9 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
         const size_t page_base = (size_t)ent.x * page_size * row_elems + (size_t)h * d;
         for (int t0 = 0; t0 < valid; t0 += (int)tile) {
             const uint nt = (uint)min((int)tile, valid - t0);
-            const size_t tile_base = page_base + (size_t)t0 * row_elems + cv;
-            /* the next tile: the rest of this page, else the next entry's first tile (its
-             * channels of this item, for fkv_prefetch) */
+            const size_t tile_row = page_base + (size_t)t0 * row_elems, tile_base = tile_row + cv;
+            /* the next tile's first row: the rest of this page, else the next entry's first
+             * tile (for fkv_prefetch) */
             size_t next = page_base + (size_t)(t0 + (int)tile) * row_elems;
             int n_next = valid - t0 - (int)tile;
             if (n_next <= 0 && e + 1 < e1) {
@@ -1521,15 +1521,13 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
                 n_next = nx.y;
             }
             n_next = clamp(n_next, 0, (int)tile);
-            next += cv;
 #ifdef FKV_ROW_COPIES
-            fkv_copy_rows(kpool, page_base + (size_t)t0 * row_elems, next - cv, n_next, nt,
-                          row_elems, d, dq, ldk, lid, w, kt);
+            fkv_copy_rows(kpool, tile_row, next, n_next, nt, row_elems, d, dq, ldk, lid, w, kt);
 #else
             if (cv < dq)
                 for (uint t = 0; t < nt; t++) {
                     if (t < (uint)n_next && cv < d)
-                        fkv_prefetch(kpool + next + t * row_elems);
+                        fkv_prefetch(kpool + next + cv + t * row_elems);
                     fkv_vstore(cv < d ? fkv_loadv_row(kpool + tile_base + t * row_elems, d - cv)
                                       : (fkv_vec)(0.0f),
                                0, kt + t * ldk + cv);
@@ -1548,8 +1546,7 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
 #ifdef FKV_ROW_COPIES
             /* the scores have read kt: it takes the V tile. A barrier of its own: PoCL 3.1 got
              * wrong outputs with this copy and the softmax in one interval (docs/opencl.md). */
-            fkv_copy_rows(vpool, page_base + (size_t)t0 * row_elems, next - cv, n_next, nt,
-                          row_elems, d, dq, ldk, lid, w, kt);
+            fkv_copy_rows(vpool, tile_row, next, n_next, nt, row_elems, d, dq, ldk, lid, w, kt);
             barrier(CLK_LOCAL_MEM_FENCE);
 #endif
             for (uint g = lid; g < G; g += w) { /* FKV_VW tokens at a time */
@@ -1577,7 +1574,7 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
                     fkv_vec v = fkv_vload(0, kt + t * ldk + cv);
 #else
                     if (t < (uint)n_next)
-                        fkv_prefetch(vpool + next + t * row_elems);
+                        fkv_prefetch(vpool + next + cv + t * row_elems);
                     fkv_vec v = fkv_loadv_row(vpool + tile_base + t * row_elems, d - cv);
 #endif
                     FKV_HEADS(FKV_A_ADD)

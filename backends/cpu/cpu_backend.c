@@ -12,9 +12,9 @@
  *   FREEKV_CPU_RECALL=staged|direct|perpage   recall mechanism reported by recall_mode
  *   FREEKV_CPU_DEVICE_MEMORY, FREEKV_CPU_HOST_MEMORY = N[K|M|G]   allocation limits in bytes
  *   FREEKV_CPU_THREADS=auto|N   threads an attention, scores or select_pages call runs on
- *     (its (sequence, KV head) pairs, cpu_pool.h), the queue's own included: auto is every
- *     CPU the opening thread may run on (its affinity set, else the online CPUs), at most 64;
- *     1 keeps each command on its queue's thread
+ *     (its items, cpu_pool.h), the queue's own included: auto is every CPU the opening
+ *     thread may run on (its affinity set, else the online CPUs), at most 64; 1 keeps each
+ *     command on its queue's thread
  *   FREEKV_CPU_ISA=auto|base|x86-64-v3|x86-64-v4   the instruction-set level of the attention
  *     and scores loops (cpu_isa.h): auto the widest the CPU runs; every level gives the same
  *     bits, so the choice is for measuring a level and for CPUs that run a narrower one faster

@@ -1,6 +1,6 @@
-/* A team of helper threads for the CPU reference's data-parallel commands (the (sequence,
- * KV head) pairs of the attention, scores and select_pages): a queue's worker thread runs a
- * command's items together with the helpers, which otherwise sleep.
+/* A team of helper threads for the CPU reference's data-parallel commands (the attention's and
+ * select_pages' (sequence, KV head) pairs, the scores' ranges of pages): a queue's worker
+ * thread runs a command's items together with the helpers, which otherwise sleep.
  *
  * One command at a time uses the helpers; a command that finds them busy (another queue's)
  * runs its items on its own thread alone. Items must be independent: which thread runs an

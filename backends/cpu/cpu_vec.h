@@ -113,8 +113,8 @@ CPU_VEC_INLINE void prefetch_rows(const unsigned char *pool, const size_t *off, 
             __builtin_prefetch(pool + off[j] + b);
 }
 
-/* 8x8 transpose: x[j][c] -> x[c][j] (the wider copies, and clang's baseline; GCC's baseline
- * transposes 4x4). */
+/* 8x8 transpose: x[j][c] -> x[c][j] (the wider copies, and clang's baseline; GCC's 4-lane
+ * baseline transposes 4x4). */
 CPU_VEC_INLINE void transpose8(cpu_vf *x) {
     cpu_vf t[8], u[8];
     UNROLL

@@ -1394,6 +1394,58 @@ void fkv_copy_rows(const global fkv_kv_t *pool, size_t base, size_t next, int n_
 }
 #endif
 
+/* Channels c.. of a row at `row` of the pool (zeros from head_dim d), asking for the same
+ * channels of the row at next_row when has_next. */
+fkv_vec fkv_row_at(const global fkv_kv_t *pool, size_t row, size_t next_row, int has_next,
+                   uint c, uint d) {
+    if (has_next && c < d)
+        fkv_prefetch(pool + next_row + c);
+    return c < d ? fkv_loadv_row(pool + row + c, d - c) : (fkv_vec)(0.0f);
+}
+
+/* A tile's K vector (token t, channels c..) for its scores and V vector (token t, this item's
+ * channels) for its accumulation: on CPU devices K straight from the pool (token t's whole
+ * row, one pass over the tile, no copy) and V from its copy in kt; on GPUs K from its copy in
+ * kt and V from the pool. */
+#ifdef FKV_ROW_COPIES
+#define FKV_TILE_K(t, c)                                                                       \
+    fkv_row_at(kpool, tile_row + (t) * row_elems, next + (t) * row_elems, (t) < (uint)n_next, \
+               c, d)
+#define FKV_TILE_V(t) fkv_vload(0, kt + (t) * ldk + cv)
+#else
+#define FKV_TILE_K(t, c) fkv_vload(0, kt + (t) * ldk + (c))
+#define FKV_TILE_V(t)                                                                          \
+    fkv_row_at(vpool, tile_row + (t) * row_elems, next + (t) * row_elems, (t) < (uint)n_next, \
+               cv, d)
+#endif
+/* The tile's scores: work item lid sums q.k of tokens lid, lid + w, ... for every head. */
+#define FKV_TILE_SCORES                                                                        \
+    for (uint t = lid; t < nt; t += w) {                                                       \
+        FKV_HEADS(FKV_S_DECL)                                                                  \
+        for (uint c = 0; c < dq; c += FKV_VW) {                                                \
+            fkv_vec k = FKV_TILE_K(t, c);                                                      \
+            FKV_HEADS(FKV_S_ADD)                                                               \
+        }                                                                                      \
+        FKV_HEADS(FKV_S_PUT)                                                                   \
+    }
+/* The tile's weighted V rows into this item's channels of every head. */
+#define FKV_TILE_ACCUMULATE                                                                    \
+    for (uint t = 0; t < nt; t++) {                                                            \
+        fkv_vec v = FKV_TILE_V(t);                                                             \
+        FKV_HEADS(FKV_A_ADD)                                                                   \
+    }
+/* LOOP written out for G == 4 and G == 8, GQA's usual groups, beside any G: where G is a
+ * constant the compiler drops the per-head `g < G` tests from the inner loops (PoCL: 20-45%
+ * more K/V per CPU second, docs/bench.md). G is uniform over the work group. */
+#define FKV_USUAL_G(LOOP)                                                                      \
+    if (G == 4) {                                                                              \
+        LOOP                                                                                   \
+    } else if (G == 8) {                                                                       \
+        LOOP                                                                                   \
+    } else {                                                                                   \
+        LOOP                                                                                   \
+    }
+
 /* Channel c of one query head's output from its n_splits partials at p, `stride` floats apart
  * ((max, sum, unnormalised acc[d]) each): the split attention's combination, run by
  * fkv_attention_reduce or by the attention's last work group (the same bits either way). */
@@ -1439,10 +1491,9 @@ inline int fkv_last_arrival(global uint *count, uint n, local uint *flag) {
  * Tokens go in tiles of up to `tile` tokens of one page. Work item i owns channels
  * [i*FKV_VW, (i+1)*FKV_VW) of a row (dq = head_dim rounded up to FKV_ATTENTION_PAD, zeros past
  * head_dim):
- *  - it copies them from each K row of the tile into local memory, converted in one vector
- *    (on CPU devices whole rows instead, and V too: fkv_copy_rows);
+ *  - it copies them from each K row of the tile into local memory, converted in one vector;
  *  - work item i then sums q.k of tokens i, i + w, ... for every head of the block, FKV_VW
- *    channels a step;
+ *    channels a step (on CPU devices reading K from the pool: FKV_TILE_K);
  *  - online softmax over the tile, one work item per head;
  *  - it accumulates its channels of every head of the block in registers, reading them from
  *    each V row of the tile, converted in one vector (on CPU devices from the V tile in local
@@ -1509,7 +1560,7 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
         const size_t page_base = (size_t)ent.x * page_size * row_elems + (size_t)h * d;
         for (int t0 = 0; t0 < valid; t0 += (int)tile) {
             const uint nt = (uint)min((int)tile, valid - t0);
-            const size_t tile_row = page_base + (size_t)t0 * row_elems, tile_base = tile_row + cv;
+            const size_t tile_row = page_base + (size_t)t0 * row_elems;
             /* the next tile's first row: the rest of this page, else the next entry's first
              * tile (for fkv_prefetch) */
             size_t next = page_base + (size_t)(t0 + (int)tile) * row_elems;
@@ -1521,31 +1572,20 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
                 n_next = nx.y;
             }
             n_next = clamp(n_next, 0, (int)tile);
-#ifdef FKV_ROW_COPIES
-            fkv_copy_rows(kpool, tile_row, next, n_next, nt, row_elems, d, dq, ldk, lid, w, kt);
-#else
+#ifndef FKV_ROW_COPIES
             if (cv < dq)
-                for (uint t = 0; t < nt; t++) {
-                    if (t < (uint)n_next && cv < d)
-                        fkv_prefetch(kpool + next + cv + t * row_elems);
-                    fkv_vstore(cv < d ? fkv_loadv_row(kpool + tile_base + t * row_elems, d - cv)
-                                      : (fkv_vec)(0.0f),
+                for (uint t = 0; t < nt; t++)
+                    fkv_vstore(fkv_row_at(kpool, tile_row + t * row_elems, next + t * row_elems,
+                                          t < (uint)n_next, cv, d),
                                0, kt + t * ldk + cv);
-                }
-#endif
             barrier(CLK_LOCAL_MEM_FENCE);
-            for (uint t = lid; t < nt; t += w) {
-                FKV_HEADS(FKV_S_DECL)
-                for (uint c = 0; c < dq; c += FKV_VW) {
-                    fkv_vec k = fkv_vload(0, kt + t * ldk + c);
-                    FKV_HEADS(FKV_S_ADD)
-                }
-                FKV_HEADS(FKV_S_PUT)
-            }
+#endif
+            FKV_USUAL_G(FKV_TILE_SCORES)
             barrier(CLK_LOCAL_MEM_FENCE);
 #ifdef FKV_ROW_COPIES
-            /* the scores have read kt: it takes the V tile. A barrier of its own: PoCL 3.1 got
-             * wrong outputs with this copy and the softmax in one interval (docs/opencl.md). */
+            /* kt takes the V tile (the last tile's accumulation read it before the barrier at
+             * its end). A barrier of its own: PoCL 3.1 got wrong outputs with this copy and the
+             * softmax in one interval (docs/opencl.md). */
             fkv_copy_rows(vpool, tile_row, next, n_next, nt, row_elems, d, dq, ldk, lid, w, kt);
             barrier(CLK_LOCAL_MEM_FENCE);
 #endif
@@ -1569,16 +1609,7 @@ kernel void fkv_attention(const global float *q, ulong q_off, const global int *
             barrier(CLK_LOCAL_MEM_FENCE);
             if (cv < d) {
                 FKV_HEADS(FKV_A_SCALE)
-                for (uint t = 0; t < nt; t++) {
-#ifdef FKV_ROW_COPIES
-                    fkv_vec v = fkv_vload(0, kt + t * ldk + cv);
-#else
-                    if (t < (uint)n_next)
-                        fkv_prefetch(vpool + next + cv + t * row_elems);
-                    fkv_vec v = fkv_loadv_row(vpool + tile_base + t * row_elems, d - cv);
-#endif
-                    FKV_HEADS(FKV_A_ADD)
-                }
+                FKV_USUAL_G(FKV_TILE_ACCUMULATE)
             }
             barrier(CLK_LOCAL_MEM_FENCE); /* kt and sc are rewritten by the next tile */
         }

@@ -156,6 +156,79 @@ Test(select, softmax_temperature) {
     cr_expect_eq(fkv_group_temp_scale(&c), 0.125);
 }
 
+/* The group reduction as the op defines it, one page and one row at a time (the CPU
+ * reference computes it in vectors): rows r ascending into row 0; softmax with each row's max
+ * (NaN skipped) and its sum of expf in page order; NaN ranks last, -0 ties +0. */
+static void reduce_definition(float *s, uint32_t group, uint32_t n, uint32_t first,
+                              fkv_group_reduce mode, float scale) {
+    for (uint32_t r = 0; r < group; r++) {
+        float *row = s + (size_t)r * n, m = -INFINITY, sum = 0.0f;
+        if (mode == FKV_GROUP_SOFTMAX_MEAN) {
+            for (uint32_t j = first; j < n; j++)
+                m = row[j] > m ? row[j] : m;
+            for (uint32_t j = first; j < n; j++) {
+                row[j] = expf((row[j] - m) * scale);
+                sum += row[j];
+            }
+        }
+        for (uint32_t j = first; j < n; j++) {
+            float acc = r == 0 ? (mode == FKV_GROUP_MAX ? -INFINITY : 0.0f) : s[j];
+            if (mode == FKV_GROUP_SOFTMAX_MEAN)
+                acc += row[j] / sum / (float)group;
+            else if (mode == FKV_GROUP_MEAN)
+                acc += row[j] / (float)group;
+            else
+                acc = row[j] > acc ? row[j] : acc;
+            s[j] = acc;
+        }
+    }
+    for (uint32_t j = first; j < n; j++)
+        s[j] = s[j] != s[j] ? -INFINITY : s[j] == 0.0f ? 0.0f : s[j];
+}
+
+Test(select, reduction_is_the_definition_bit_for_bit) {
+    th_rng r;
+    th_seed(&r, 11);
+    static const float special[] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, 3.0f, -3.0f};
+    static const fkv_group_reduce modes[] = {FKV_GROUP_SOFTMAX_MEAN, FKV_GROUP_MEAN,
+                                             FKV_GROUP_MAX};
+    for (int trial = 0; trial < 120; trial++) {
+        uint32_t group = 1 + th_u32(&r) % 8, n = 1 + th_u32(&r) % 300;
+        uint32_t first = th_u32(&r) % 4 < 3 ? th_u32(&r) % (n < 20 ? n : 20) : 0;
+        fkv_group_reduce mode = modes[trial % 3];
+        float scale = trial % 2 ? 1.0f : 0.125f;
+        size_t len = (size_t)group * n;
+        float *s = malloc(sizeof(float) * len), *want = malloc(sizeof(float) * len);
+        uint32_t *pages = malloc(sizeof(uint32_t) * n);
+        float *vals = malloc(sizeof(float) * n);
+        cr_assert(s && want && pages && vals);
+        th_fill_normal(&r, s, len, 4.0f);
+        /* a third of the trials: special values, some rows all zeros of either sign */
+        for (size_t i = 0; trial % 3 == 1 && i < len; i++)
+            if (th_u32(&r) % 16 == 0)
+                s[i] = special[th_u32(&r) % 7];
+        if (trial % 5 == 0)
+            for (uint32_t j = 0; j < n; j++)
+                s[j] = j % 2 ? 0.0f : -0.0f;
+        memcpy(want, s, sizeof(float) * len);
+        reduce_definition(want, group, n, first, mode, scale);
+        uint32_t got = select_one(s, group, n, first, n - first, mode, scale, pages, vals);
+        cr_assert_eq(got, n - first);
+        for (uint32_t i = 0; i < got; i++) {
+            uint32_t a, b;
+            memcpy(&a, &vals[i], sizeof a);
+            memcpy(&b, &want[pages[i]], sizeof b);
+            cr_assert_eq(a, b, "trial %d (group %u, %u pages from %u, mode %d): page %u: %a, "
+                         "want %a", trial, group, n, first, (int)mode, pages[i], vals[i],
+                         want[pages[i]]);
+        }
+        free(s);
+        free(want);
+        free(pages);
+        free(vals);
+    }
+}
+
 Test(select, order_selection_is_stable_descending) {
     uint32_t page[] = {2, 4, 5, 7, 9, 11, 12};
     float score[] = {1, 3, 1, 3, 0, 3, -INFINITY};

@@ -11,6 +11,7 @@
 #include "../../common/hostfmt.h"
 #include "cpu_pool.h"
 #include "cpu_scores.h"
+#include "cpu_vec.h"
 
 static size_t row_elems(const fkv_kv_geom *g) { return (size_t)g->n_kv_heads * g->head_dim; }
 
@@ -70,8 +71,9 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
 }
 
 /* The pool's work is counted in attention K/V elements (CPU_MIN_SHARED_ELEMENTS, about
- * 0.2 ns each on one core). A score in select_pages costs about 32 of them (its expf and
- * passes, 7 ns), measured with freekv-opbench on one thread. A summary element of the scores
+ * 0.2 ns each on one core). A score in select_pages cost about 32 of them (its expf and
+ * passes, 7 ns; 5 ns since its passes but the expf run in vectors), measured with
+ * freekv-opbench on one thread. A summary element of the scores
  * costs about 1 since they run in vectors (2-3 in the baseline copy), but counting it as 4,
  * which shares a call from 8K tokens of the small preset, made the offloaded steps at 16K-32K
  * 10-35% shorter than counting it as 1 (docs/bench.md). */
@@ -213,36 +215,86 @@ fkv_status cpu_scores(const fkv_kv_geom *g, const float *q, size_t q_rows, uint3
     return st;
 }
 
+/* Eight lanes of p from j, `pad` in those at or past n; and the store of those before n. */
+CPU_VEC_INLINE cpu_vf lanes_at(const float *p, uint32_t j, uint32_t n, float pad) {
+    cpu_vf v;
+    if (j + CPU_LANES <= n) {
+        memcpy(&v, p + j, sizeof v);
+        return v;
+    }
+    for (uint32_t l = 0; l < CPU_LANES; l++)
+        v[l] = j + l < n ? p[j + l] : pad;
+    return v;
+}
+CPU_VEC_INLINE void lanes_put(float *p, uint32_t j, uint32_t n, cpu_vf v) {
+    if (j + CPU_LANES <= n) {
+        memcpy(p + j, &v, sizeof v);
+        return;
+    }
+    for (uint32_t l = 0; j + l < n; l++)
+        p[j + l] = v[l];
+}
+/* a where keep, else b, lane by lane. */
+CPU_VEC_INLINE cpu_vf lanes_pick(cpu_vi keep, cpu_vf a, cpu_vf b) {
+    cpu_vi ai, bi;
+    memcpy(&ai, &a, sizeof ai);
+    memcpy(&bi, &b, sizeof bi);
+    ai = (keep & ai) | (~keep & bi);
+    memcpy(&a, &ai, sizeof a);
+    return a;
+}
+
+/* expf calls between two stretches of the sum: the calls clobber every vector register, so
+ * a sum carried across each call went through memory once per page. */
+#define SELECT_EXP_BLOCK 16
+
 /* The reduced value of page j, accumulated in row0[j] over the group's rows r ascending (the
  * order every backend keeps per page, so mean and max agree bit for bit). Softmax takes row
- * r's max (NaN skipped) and sum of expf first, keeping each expf in the row (scratch) for the
- * accumulation; row 0 is read before it is overwritten. */
+ * r's max (NaN skipped) and sum of expf first, the sum over the pages in order, keeping each
+ * expf in the row (scratch) for the accumulation; row 0 is read before it is overwritten.
+ * The max and the accumulation run in vectors with the same results: each page's arithmetic
+ * is lane-wise, and the max is the same value in any order but for the sign of a zero, which
+ * no s - max it is subtracted from can show after expf. */
 static void reduce_rows(float *row0, size_t stride, uint32_t group, uint32_t first,
                         uint32_t n_pages, const fkv_select_params *p) {
+    const cpu_vf zero = {0}, ninf = zero - INFINITY, g = zero + (float)group;
     for (uint32_t r = 0; r < group; r++) {
         float *s = row0 + (size_t)r * stride;
-        float m = -INFINITY, sum = 0.0f;
+        float sum = 0.0f;
         if (p->reduce == FKV_GROUP_SOFTMAX_MEAN) {
-            for (uint32_t j = first; j < n_pages; j++)
-                m = s[j] > m ? s[j] : m;
-            for (uint32_t j = first; j < n_pages; j++) {
-                s[j] = expf((s[j] - m) * p->temp_scale);
-                sum += s[j];
+            cpu_vf mv = ninf;
+            for (uint32_t j = first; j < n_pages; j += CPU_LANES) {
+                cpu_vf x = lanes_at(s, j, n_pages, -INFINITY);
+                mv = lanes_pick(x > mv, x, mv);
+            }
+            float m = -INFINITY;
+            for (uint32_t l = 0; l < CPU_LANES; l++)
+                m = mv[l] > m ? mv[l] : m;
+            for (uint32_t j0 = first; j0 < n_pages; j0 += SELECT_EXP_BLOCK) {
+                uint32_t j1 = n_pages - j0 < SELECT_EXP_BLOCK ? n_pages : j0 + SELECT_EXP_BLOCK;
+                for (uint32_t j = j0; j < j1; j++)
+                    s[j] = expf((s[j] - m) * p->temp_scale);
+                for (uint32_t j = j0; j < j1; j++)
+                    sum += s[j];
             }
         }
-        for (uint32_t j = first; j < n_pages; j++) {
-            float acc = r == 0 ? (p->reduce == FKV_GROUP_MAX ? -INFINITY : 0.0f) : row0[j];
+        const cpu_vf vsum = zero + sum;
+        for (uint32_t j = first; j < n_pages; j += CPU_LANES) {
+            cpu_vf x = lanes_at(s, j, n_pages, 0.0f);
+            cpu_vf acc = p->reduce == FKV_GROUP_MAX ? ninf : zero;
+            if (r > 0)
+                acc = lanes_at(row0, j, n_pages, 0.0f);
             if (p->reduce == FKV_GROUP_SOFTMAX_MEAN)
-                acc += s[j] / sum / (float)group;
+                acc += x / vsum / g;
             else if (p->reduce == FKV_GROUP_MEAN)
-                acc += s[j] / (float)group;
+                acc += x / g;
             else
-                acc = s[j] > acc ? s[j] : acc;
-            row0[j] = acc;
+                acc = lanes_pick(x > acc, x, acc);
+            if (r + 1 == group) /* NaN ranks last; -0 ties +0 */
+                acc = lanes_pick(acc != acc, ninf, lanes_pick(acc == zero, zero, acc));
+            lanes_put(row0, j, n_pages, acc);
         }
     }
-    for (uint32_t j = first; j < n_pages; j++) /* NaN ranks last; -0 ties +0 */
-        row0[j] = row0[j] != row0[j] ? -INFINITY : row0[j] == 0.0f ? 0.0f : row0[j];
 }
 
 /* An unsigned key in the order of the floats (no NaN reaches it). */

@@ -592,7 +592,7 @@ typedef struct fkv_native_objects {
  * on an OpenCL queue or HIP stream shared with the engine, for everything queued there. The
  * environment's backend choices (FREEKV_OPENCL_RECALL, FREEKV_VULKAN_RECALL,
  * FREEKV_VULKAN_16BIT, FREEKV_HIP_RECALL, FREEKV_OPENCL_FAST_MATH,
- * FREEKV_OPENCL_BINARY_CACHE) apply as to
+ * FREEKV_OPENCL_BINARY_CACHE, FREEKV_OPENCL_CPU_KERNELS) apply as to
  * fkv_device_open; FREEKV_VULKAN_VALIDATION does not (the instance is the engine's: its layers
  * and messenger report). Threads: like fkv_device_open (serialised with enumeration).
  * Refused: FKV_ERR_INVALID_ARGUMENT for NULL or inconsistent objects (a device not in the

@@ -13,6 +13,14 @@
 #define FKV_DTYPE 0
 #endif
 
+/* A software prefetch of address p where the host asks for them (FKV_PREFETCH: CPU devices,
+ * fkv_prefetch and fkv_wide_row_* say why), else nothing. */
+#ifdef FKV_PREFETCH
+#define FKV_PREFETCH_AT(p) __builtin_prefetch(p)
+#else
+#define FKV_PREFETCH_AT(p) ((void)(p))
+#endif
+
 /* The f32 value of f16 bits h (exact, subnormals included). */
 float fkv_f16_value(uint h) {
     uint sign = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
@@ -260,11 +268,11 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
  * prefetchers follow (without it the pass reads at about half the memory's speed). PoCL's
  * vload_half16 widens in vector code (its scalar vload_half does not: FKV_SOFT_HALF). */
 float16 fkv_wide_row_f32(const global float *e, size_t ahead) {
-    __builtin_prefetch(e + ahead);
+    FKV_PREFETCH_AT(e + ahead);
     return *(const global float16 *)e;
 }
 float16 fkv_wide_row_f16(const global ushort *e, size_t ahead) {
-    __builtin_prefetch(e + ahead);
+    FKV_PREFETCH_AT(e + ahead);
     return vload_half16(0, (const global half *)e);
 }
 #define FKV_WIDE_HEAD(head_dim) (12 * (size_t)(head_dim)) /* one KV head's queries */
@@ -1367,11 +1375,7 @@ int2 fkv_attn_entry(const global int *entries, ulong entries_off, int first, int
  * row of every KV head apart, which the hardware prefetchers follow poorly and a CPU cannot
  * hide by switching work groups; one prefetch a load spreads them out, where a whole tile's
  * at once would overflow the misses a core can hold. */
-void fkv_prefetch(const global fkv_kv_t *p) {
-#ifdef FKV_PREFETCH
-    __builtin_prefetch(p);
-#endif
-}
+void fkv_prefetch(const global fkv_kv_t *p) { FKV_PREFETCH_AT(p); }
 
 #ifdef FKV_ROW_COPIES
 /* Rows [0, nt) of a tile (row t at base + t*row_elems, head_dim d) into dst[t*ldk + c], f32,

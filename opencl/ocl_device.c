@@ -227,19 +227,29 @@ static fkv_status ocl_device_info(uint32_t index, fkv_device_info *info) {
 /* ---- environment (read here and in enumeration only) ---- */
 
 typedef enum recall_choice { RECALL_AUTO, RECALL_STAGED, RECALL_PERPAGE, RECALL_SVM } recall_choice;
-typedef enum cache_choice { CACHE_AUTO, CACHE_ON, CACHE_OFF } cache_choice;
+typedef enum switch_choice { SWITCH_AUTO, SWITCH_ON, SWITCH_OFF } switch_choice;
 
-static fkv_status read_env(recall_choice *recall, int *fast_math, cache_choice *binary_cache) {
+/* What the environment chooses for a device (docs/opencl.md). */
+typedef struct ocl_env {
+    recall_choice recall;
+    int fast_math;
+    switch_choice binary_cache, cpu_kernels;
+} ocl_env;
+
+static fkv_status read_env(ocl_env *e) {
     static const char *const names[] = {"auto", "staged", "perpage", "svm"};
-    static const char *const cache_names[] = {"auto", "on", "off"};
-    int i = RECALL_AUTO, c = CACHE_AUTO;
+    static const char *const switch_names[] = {"auto", "on", "off"};
+    int i = RECALL_AUTO, c = SWITCH_AUTO, k = SWITCH_AUTO;
     fkv_status st = fkv_env_choice("FREEKV_OPENCL_RECALL", names, 4, RECALL_AUTO, &i);
     if (st == FKV_OK)
-        st = fkv_env_bool("FREEKV_OPENCL_FAST_MATH", 0, fast_math);
+        st = fkv_env_bool("FREEKV_OPENCL_FAST_MATH", 0, &e->fast_math);
     if (st == FKV_OK)
-        st = fkv_env_choice("FREEKV_OPENCL_BINARY_CACHE", cache_names, 3, CACHE_AUTO, &c);
-    *recall = (recall_choice)i;
-    *binary_cache = (cache_choice)c;
+        st = fkv_env_choice("FREEKV_OPENCL_BINARY_CACHE", switch_names, 3, SWITCH_AUTO, &c);
+    if (st == FKV_OK)
+        st = fkv_env_choice("FREEKV_OPENCL_CPU_KERNELS", switch_names, 3, SWITCH_AUTO, &k);
+    e->recall = (recall_choice)i;
+    e->binary_cache = (switch_choice)c;
+    e->cpu_kernels = (switch_choice)k;
     return st;
 }
 
@@ -297,18 +307,19 @@ static void ocl_device_close(fkv_bdev *d) {
     free(d);
 }
 
-/* The program's options on CPU devices (docs/opencl.md): software prefetch of K/V rows and of
- * summaries, f16 summaries widened in integer vectors, the scores' 16-lane pass. */
-#define CPU_KERNEL_OPTIONS " -DFKV_PREFETCH -DFKV_SOFT_HALF -DFKV_WIDE_SCORES -DFKV_ROW_COPIES"
+/* The program's CPU variants (docs/opencl.md; FREEKV_OPENCL_CPU_KERNELS, by default on CPU
+ * devices): f16 summaries widened in integer vectors, the scores' 16-lane pass, the attention's
+ * whole rows. Software prefetch goes with the device type alone: Oclgrind, which checks the
+ * variants when they are forced on, has no prefetch. */
+#define CPU_KERNEL_OPTIONS " -DFKV_SOFT_HALF -DFKV_WIDE_SCORES -DFKV_ROW_COPIES"
+#define CPU_PREFETCH_OPTION " -DFKV_PREFETCH"
 
 /* Opens device `ref` (position `index` of the enumeration) on the engine's context and compute
  * queue when given (kept as the engine's: never released), else on objects of its own. */
 static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_context context,
                               cl_command_queue queue, fkv_bdev **out) {
-    recall_choice recall;
-    cache_choice binary_cache;
-    int fast_math;
-    fkv_status st = read_env(&recall, &fast_math, &binary_cache);
+    ocl_env env = {0};
+    fkv_status st = read_env(&env);
     if (st != FKV_OK)
         return st;
     fkv_bdev *d = calloc(1, sizeof *d);
@@ -340,7 +351,7 @@ static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_cont
     d->is_nvidia = device_is_nvidia(d->device);
     int zero_copy = d->fine_svm && !d->is_nvidia;
 
-    switch (recall) {
+    switch (env.recall) {
     case RECALL_SVM:
         if (!zero_copy) {
             st = fkv_error(FKV_ERR_UNSUPPORTED,
@@ -373,13 +384,16 @@ static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_cont
     int atomics_std = device_atomics_std(d->device, c_version);
     d->device_atomics = atomics_std != 0;
     d->fused_reduce = d->device_atomics;
-    snprintf(d->build_options, sizeof d->build_options, "%s%s%s",
+    d->cpu_kernels = env.cpu_kernels == SWITCH_ON ||
+                     (env.cpu_kernels == SWITCH_AUTO && d->info.type == FKV_DEVICE_CPU);
+    snprintf(d->build_options, sizeof d->build_options, "%s%s%s%s",
              atomics_std == 30   ? "-cl-std=CL3.0 -DFKV_DEVICE_ATOMICS"
              : atomics_std == 20 ? "-cl-std=CL2.0 -DFKV_DEVICE_ATOMICS"
              : c_version >= 12   ? "-cl-std=CL1.2"
                                  : "",
-             fast_math ? " -cl-fast-relaxed-math" : "",
-             d->info.type == FKV_DEVICE_CPU ? CPU_KERNEL_OPTIONS : "");
+             env.fast_math ? " -cl-fast-relaxed-math" : "",
+             d->cpu_kernels ? CPU_KERNEL_OPTIONS : "",
+             d->info.type == FKV_DEVICE_CPU ? CPU_PREFETCH_OPTION : "");
 
     char pname[128], pver[128], dver[128], drv[128];
     platform_string(d->platform, CL_PLATFORM_NAME, pname, sizeof pname);
@@ -392,7 +406,8 @@ static fkv_status open_device(const ocl_device_ref *ref, uint32_t index, cl_cont
     /* Off by default on CPU devices: fetching a CPU device's binary makes the driver compile
      * every kernel to native code at once (PoCL: seconds each, docs/opencl.md), where a run
      * compiles only the kernels it launches, and PoCL caches its builds itself. */
-    if (binary_cache == CACHE_ON || (binary_cache == CACHE_AUTO && d->info.type != FKV_DEVICE_CPU))
+    if (env.binary_cache == SWITCH_ON ||
+        (env.binary_cache == SWITCH_AUTO && d->info.type != FKV_DEVICE_CPU))
         fkv_cache_dir(d->cache_dir, sizeof d->cache_dir);
 
     cl_int err = CL_SUCCESS;

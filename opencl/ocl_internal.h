@@ -117,6 +117,7 @@ struct fkv_bdev {
      * with FKV_DEVICE_ATOMICS, and a split attention may combine its partials in its last
      * work group (fused_reduce, option attention_fused_reduce) instead of a second launch */
     int device_atomics, fused_reduce;
+    int cpu_kernels; /* the programs are built with the CPU variants (CPU_KERNEL_OPTIONS) */
     fkv_bcounters counters; /* at the driver calls (ocl_memory.c, ocl_submit.c, kernels) */
 };
 

@@ -336,10 +336,10 @@ static fkv_status scores_launch(launch_ctx *lc, ocl_kernel_id id, fkv_deps *deps
     size_t local_bytes = ((size_t)plan.heads * g->head_dim + FKV_SCORES_PAD) * 4;
     if (ck && 3 * ck->w * sizeof(float) > local_bytes)
         local_bytes = 3 * ck->w * sizeof(float);
-    /* CPU devices' wide pass (kernels.cl, FKV_WIDE_SCORES): a group of at most 4 query heads
-     * in one block, every KV head's queries in local memory (FKV_WIDE_LOCAL) */
+    /* the CPU variants' wide pass (kernels.cl, FKV_WIDE_SCORES): a group of at most 4 query
+     * heads in one block, every KV head's queries in local memory (FKV_WIDE_LOCAL) */
     size_t wide_bytes = ((size_t)g->n_kv_heads * 12 * g->head_dim + 1) * 4;
-    int wide = lc->d->info.type == FKV_DEVICE_CPU && g->head_dim % 16 == 0 && g->group <= 4 &&
+    int wide = lc->d->cpu_kernels && g->head_dim % 16 == 0 && g->group <= 4 &&
                plan.blocks == 1 && wide_bytes <= local_avail(lc, id);
     if (wide && wide_bytes > local_bytes)
         local_bytes = wide_bytes;

@@ -169,8 +169,8 @@ static const char *const library_vars[] = {
     "FREEKV_BACKEND",           "FREEKV_DEVICE",          "FREEKV_CPU_RECALL",
     "FREEKV_CPU_ISA",           "FREEKV_CPU_THREADS",     "FREEKV_CPU_DEVICE_MEMORY",
     "FREEKV_CPU_HOST_MEMORY",   "FREEKV_OPENCL_RECALL",   "FREEKV_OPENCL_FAST_MATH",
-    "FREEKV_OPENCL_BINARY_CACHE", "FREEKV_VULKAN_RECALL", "FREEKV_VULKAN_16BIT",
-    "FREEKV_VULKAN_VALIDATION", "FREEKV_HIP_RECALL"};
+    "FREEKV_OPENCL_BINARY_CACHE", "FREEKV_OPENCL_CPU_KERNELS", "FREEKV_VULKAN_RECALL",
+    "FREEKV_VULKAN_16BIT",      "FREEKV_VULKAN_VALIDATION", "FREEKV_HIP_RECALL"};
 
 static void clear_env(void) {
     for (size_t i = 0; i < sizeof library_vars / sizeof *library_vars; i++)
@@ -244,6 +244,8 @@ Test(env, opencl_variables, .init = clear_env) {
     open_fails_with_bad_env("opencl", "FREEKV_OPENCL_RECALL", "garbage");
     open_fails_with_bad_env("opencl", "FREEKV_OPENCL_BINARY_CACHE", "1");
     open_succeeds("opencl", "FREEKV_OPENCL_BINARY_CACHE", "Off");
+    open_fails_with_bad_env("opencl", "FREEKV_OPENCL_CPU_KERNELS", "yes");
+    open_succeeds("opencl", "FREEKV_OPENCL_CPU_KERNELS", "ON");
     open_succeeds("opencl", "FREEKV_OPENCL_FAST_MATH", "Off");
     open_succeeds("opencl", "FREEKV_OPENCL_FAST_MATH", "yes");
 }

@@ -2,9 +2,10 @@
  * every op spec of conformance/ (tests/backend_harness.h: every kernel for f32, f16 and bf16
  * storage over several geometries, split-page attention forced on and off, shared memory
  * short), and OpenCL's own: buffer import, recall modes (FREEKV_OPENCL_RECALL), fast math,
- * the program-binary cache, a kernel source that fails to build and the backend's options
- * (docs/backend-options.md). Without an OpenCL
- * device every test is skipped, or fails when FREEKV_REQUIRE_DEVICES names opencl. */
+ * the CPU kernel variants switched (FREEKV_OPENCL_CPU_KERNELS), the program-binary cache, a
+ * kernel source that fails to build and the backend's options (docs/backend-options.md).
+ * Without an OpenCL device every test is skipped, or fails when FREEKV_REQUIRE_DEVICES names
+ * opencl. */
 #include <criterion/criterion.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +19,8 @@ static int is_pocl(const fkv_device_info *info) {
     return strstr(info->driver, "Portable Computing Language") || strstr(info->name, "pthread");
 }
 
+/* Cleared before each test. FREEKV_OPENCL_CPU_KERNELS is kept, so that the tests can run the
+ * CPU kernel variants on another device (tools/ci-oclgrind.sh). */
 static const char *const opencl_env[] = {"FREEKV_OPENCL_RECALL", "FREEKV_OPENCL_FAST_MATH",
                                           "FREEKV_OPENCL_BINARY_CACHE", NULL};
 static const bh_backend opencl = {
@@ -172,6 +175,37 @@ Test(opencl_env, bad_environment) {
     unsetenv("FREEKV_OPENCL_BINARY_CACHE");
     cr_assert_eq(bh_try_open(), FKV_OK);
     cr_assert(strstr(OD->build_options, "fast") == NULL, "conservative by default");
+}
+
+/* FREEKV_OPENCL_CPU_KERNELS: the CPU variants of the scores and the attention (on CPU devices
+ * by default) and the paths GPUs take both pass the specs (the device's default through
+ * BH_SPEC_TESTS, the other one here); prefetch follows the device type. */
+Test(opencl_env, cpu_kernel_variants) {
+    bh_need_device();
+    fkv_device *d = NULL;
+    setenv("FREEKV_OPENCL_CPU_KERNELS", "yes", 1);
+    cr_assert_eq(fkv_device_open_ops(O, bh_index, &d), FKV_ERR_BAD_ENVIRONMENT);
+    cr_assert(strstr(fkv_last_error(), "FREEKV_OPENCL_CPU_KERNELS='yes' (valid: auto, on, off)"),
+              "%s", fkv_last_error());
+    const char *const values[] = {"off", "on"};
+    for (int i = 0; i < 2; i++) {
+        setenv("FREEKV_OPENCL_CPU_KERNELS", values[i], 1);
+        bh_open_devices();
+        cr_assert_eq(OD->cpu_kernels, i, "%s", values[i]);
+        cr_assert_eq(strstr(OD->build_options, "-DFKV_ROW_COPIES") != NULL, i, "%s",
+                     OD->build_options);
+        cr_assert_eq(strstr(OD->build_options, "-DFKV_PREFETCH") != NULL,
+                     OD->info.type == FKV_DEVICE_CPU, "%s", OD->build_options);
+        if (i != (OD->info.type == FKV_DEVICE_CPU)) { /* the default's run BH_SPEC_TESTS */
+            bh_spec("attention");
+            bh_spec("scores");
+            bh_spec("scores_check");
+        }
+        bh_teardown();
+    }
+    unsetenv("FREEKV_OPENCL_CPU_KERNELS");
+    cr_assert_eq(bh_try_open(), FKV_OK);
+    cr_assert_eq(OD->cpu_kernels, OD->info.type == FKV_DEVICE_CPU, "auto: CPU devices");
 }
 
 Test(opencl, kernel_build_failure) {

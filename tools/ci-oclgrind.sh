@@ -2,7 +2,9 @@
 # The OpenCL kernels under Oclgrind (Debian package oclgrind), bounded for CI: a simulated
 # OpenCL device that reports out-of-bounds accesses, barrier divergence, invalid API use
 # (--check-api) and data races (--data-races). Runs the single-threaded op tests of
-# test_opencl one by one and a small op subset of freekv-conformance; any diagnostic fails.
+# test_opencl one by one, the scores' and the attention's again with the CPU devices' kernel
+# variants (FREEKV_OPENCL_CPU_KERNELS=on: Oclgrind is a GPU-type device, which does not take
+# them by default), and a small op subset of freekv-conformance; any diagnostic fails.
 #   tools/ci-oclgrind.sh BUILD_DIR [OUT_DIR]
 # Notes:
 # - Oclgrind runs kernels issued from one host thread only, so the tests that drive OpenCL
@@ -38,25 +40,31 @@ tests=(device_info_and_table device public_api copies event_chain events host_me
        zero_work out_of_range buffer_import_and_memory_errors select_pages)
 export FREEKV_REQUIRE_DEVICES=opencl # the simulator must be the device found, never a skip
 run_one() {
-  local t=$1 out=$2 build=$3
+  local t=$1 out=$2 build=$3 tag=${OCG_TAG:-}
   shift 3
   local start=$SECONDS
   if ! oclgrind "$@" --log "$out/$t.log" "$build/test_opencl" --filter "opencl/$t" --jobs 1 \
       >"$out/$t.out" 2>&1; then
-    echo "FAIL  $t: test failed under oclgrind"; tail -n 20 "$out/$t.out"; return 1
+    echo "FAIL  $t$tag: test failed under oclgrind"; tail -n 20 "$out/$t.out"; return 1
   fi
   if ! grep -q "Tested: 1 | Passing: 1 | Failing: 0" "$out/$t.out"; then
-    echo "FAIL  $t: did not run and pass exactly one test"; tail -n 5 "$out/$t.out"; return 1
+    echo "FAIL  $t$tag: did not run and pass exactly one test"; tail -n 5 "$out/$t.out"
+    return 1
   fi
   if [ -s "$out/$t.log" ]; then
-    echo "FAIL  $t: oclgrind diagnostics:"; head -n 40 "$out/$t.log"; return 1
+    echo "FAIL  $t$tag: oclgrind diagnostics:"; head -n 40 "$out/$t.log"; return 1
   fi
-  echo "ok    $t ($((SECONDS - start)) s)"
+  echo "ok    $t$tag ($((SECONDS - start)) s)"
 }
 export -f run_one
 status=0
 printf '%s\n' "${tests[@]}" |
   xargs -P 2 -I{} bash -c 'run_one "$@"' _ {} "$out" "$build" "${opts[@]}" || status=1
+mkdir -p "$out/cpu-variants"
+printf '%s\n' attention_split scores scores_check |
+  FREEKV_OPENCL_CPU_KERNELS=on OCG_TAG=" (CPU variants)" \
+    xargs -P 2 -I{} bash -c 'run_one "$@"' _ {} "$out/cpu-variants" "$build" "${opts[@]}" ||
+  status=1
 
 # 3. conformance: every op case at one geometry and dtype set, guards and odd offsets included
 start=$SECONDS

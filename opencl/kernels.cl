@@ -1439,8 +1439,8 @@ fkv_vec fkv_row_at(const global fkv_kv_t *pool, size_t row, size_t next_row, int
         FKV_HEADS(FKV_A_ADD)                                                                   \
     }
 /* LOOP written out for G == 4 and G == 8, GQA's usual groups, beside any G: where G is a
- * constant the compiler drops the per-head `g < G` tests from the inner loops (PoCL: 20-45%
- * more K/V per CPU second, docs/bench.md). G is uniform over the work group. */
+ * constant the compiler drops the per-head `g < G` tests from the inner loops (docs/bench.md,
+ * "K from the pool, the usual groups written out"). G is uniform over the work group. */
 #define FKV_USUAL_G(LOOP)                                                                      \
     if (G == 4) {                                                                              \
         LOOP                                                                                   \
@@ -1495,9 +1495,12 @@ inline int fkv_last_arrival(global uint *count, uint n, local uint *flag) {
  * Tokens go in tiles of up to `tile` tokens of one page. Work item i owns channels
  * [i*FKV_VW, (i+1)*FKV_VW) of a row (dq = head_dim rounded up to FKV_ATTENTION_PAD, zeros past
  * head_dim):
- *  - it copies them from each K row of the tile into local memory, converted in one vector;
+ *  - on GPUs it copies them from each K row of the tile into local memory, converted in one
+ *    vector;
  *  - work item i then sums q.k of tokens i, i + w, ... for every head of the block, FKV_VW
  *    channels a step (on CPU devices reading K from the pool: FKV_TILE_K);
+ *  - on CPU devices the work items then copy the tile's V rows whole into local memory
+ *    (fkv_copy_rows);
  *  - online softmax over the tile, one work item per head;
  *  - it accumulates its channels of every head of the block in registers, reading them from
  *    each V row of the tile, converted in one vector (on CPU devices from the V tile in local

@@ -1,5 +1,6 @@
-/* Kernels of the CPU reference backend (see cpu_kernels.h): readable loops, f32 arithmetic,
- * every index from an index array bounds-checked before use. */
+/* Kernels of the CPU reference backend (see cpu_kernels.h): plain loops (select_pages' in
+ * vectors, with the same results), f32 arithmetic, every index from an index array
+ * bounds-checked before use. */
 #include "cpu_kernels.h"
 
 #include <math.h>
@@ -72,8 +73,9 @@ fkv_status cpu_summarize(const fkv_kv_geom *g, const void *kpool, size_t pool_ro
 
 /* The pool's work is counted in attention K/V elements (CPU_MIN_SHARED_ELEMENTS, about
  * 0.2 ns each on one core). A score in select_pages cost about 32 of them (its expf and
- * passes, 7 ns; 5 ns since its passes but the expf run in vectors), measured with
- * freekv-opbench on one thread. A summary element of the scores
+ * passes, 7 ns; 5 ns since its passes but the expf run in vectors, kept at 32 as the point
+ * from which a call is shared was measured with it), measured with freekv-opbench on one
+ * thread. A summary element of the scores
  * costs about 1 since they run in vectors (2-3 in the baseline copy), but counting it as 4,
  * which shares a call from 8K tokens of the small preset, made the offloaded steps at 16K-32K
  * 10-35% shorter than counting it as 1 (docs/bench.md). */
@@ -257,7 +259,7 @@ CPU_VEC_INLINE cpu_vf lanes_pick(cpu_vi keep, cpu_vf a, cpu_vf b) {
  * no s - max it is subtracted from can show after expf. */
 static void reduce_rows(float *row0, size_t stride, uint32_t group, uint32_t first,
                         uint32_t n_pages, const fkv_select_params *p) {
-    const cpu_vf zero = {0}, ninf = zero - INFINITY, g = zero + (float)group;
+    const cpu_vf zero = {0}, ninf = zero - INFINITY, vgroup = zero + (float)group;
     for (uint32_t r = 0; r < group; r++) {
         float *s = row0 + (size_t)r * stride;
         float sum = 0.0f;
@@ -285,9 +287,9 @@ static void reduce_rows(float *row0, size_t stride, uint32_t group, uint32_t fir
             if (r > 0)
                 acc = lanes_at(row0, j, n_pages, 0.0f);
             if (p->reduce == FKV_GROUP_SOFTMAX_MEAN)
-                acc += x / vsum / g;
+                acc += x / vsum / vgroup;
             else if (p->reduce == FKV_GROUP_MEAN)
-                acc += x / g;
+                acc += x / vgroup;
             else
                 acc = lanes_pick(x > acc, x, acc);
             if (r + 1 == group) /* NaN ranks last; -0 ties +0 */

@@ -1377,6 +1377,15 @@ int2 fkv_attn_entry(const global int *entries, ulong entries_off, int first, int
  * at once would overflow the misses a core can hold. */
 void fkv_prefetch(const global fkv_kv_t *p) { FKV_PREFETCH_AT(p); }
 
+/* Channels c.. of a row at `row` of the pool (zeros from head_dim d), asking for the same
+ * channels of the row at next_row when has_next. */
+fkv_vec fkv_row_at(const global fkv_kv_t *pool, size_t row, size_t next_row, int has_next,
+                   uint c, uint d) {
+    if (has_next && c < d)
+        fkv_prefetch(pool + next_row + c);
+    return c < d ? fkv_loadv_row(pool + row + c, d - c) : (fkv_vec)(0.0f);
+}
+
 #ifdef FKV_ROW_COPIES
 /* Rows [0, nt) of a tile (row t at base + t*row_elems, head_dim d) into dst[t*ldk + c], f32,
  * zeros from d to dq; work item lid copies whole rows lid, lid + w, ..., asking for the same
@@ -1388,24 +1397,12 @@ void fkv_copy_rows(const global fkv_kv_t *pool, size_t base, size_t next, int n_
                    size_t row_elems, uint d, uint dq, uint ldk, uint lid, uint w,
                    local float *dst) {
     for (uint t = lid; t < nt; t += w)
-        for (uint c = 0; c < dq; c += FKV_VW) {
-            if ((int)t < n_next && c < d)
-                fkv_prefetch(pool + next + t * row_elems + c);
-            fkv_vstore(c < d ? fkv_loadv_row(pool + base + t * row_elems + c, d - c)
-                             : (fkv_vec)(0.0f),
+        for (uint c = 0; c < dq; c += FKV_VW)
+            fkv_vstore(fkv_row_at(pool, base + t * row_elems, next + t * row_elems,
+                                  (int)t < n_next, c, d),
                        0, dst + t * ldk + c);
-        }
 }
 #endif
-
-/* Channels c.. of a row at `row` of the pool (zeros from head_dim d), asking for the same
- * channels of the row at next_row when has_next. */
-fkv_vec fkv_row_at(const global fkv_kv_t *pool, size_t row, size_t next_row, int has_next,
-                   uint c, uint d) {
-    if (has_next && c < d)
-        fkv_prefetch(pool + next_row + c);
-    return c < d ? fkv_loadv_row(pool + row + c, d - c) : (fkv_vec)(0.0f);
-}
 
 /* A tile's K vector (token t, channels c..) for its scores and V vector (token t, this item's
  * channels) for its accumulation: on CPU devices K straight from the pool (token t's whole

@@ -252,7 +252,10 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
  * channels in order: the same bits. A work item takes a contiguous range of pages and scores
  * every KV head of them, FKV_WIDE_PAGES pages a pass: one dense stream through the summaries
  * per core (a KV head's half of each page, as the other paths read, streams at about half the
- * memory's speed), and 4 independent sums. Each KV head's queries are laid out
+ * memory's speed). A pass's 4 quads of pages run one after another, each in a loop of its own
+ * over the channels: in one loop LLVM loaded the 32 query vectors a 16-channel step shares
+ * between the quads up front and spilled them, with the rows, to the stack (a third of the
+ * pass's samples; docs/bench.md, "one quad at a time"). Each KV head's queries are laid out
  * [x|xp|xn][channel][4] (lanes beyond the group hold 0 and are dropped), then a 0 (`opaque`):
  * FKV_WIDE_LOCAL floats.
  *
@@ -264,9 +267,10 @@ kernel void fkv_summarize(const global fkv_kv_t *kpool, const global int *pages,
  * sums non-finite; such a pass, or one with some lo > hi, is scored again with fmax. */
 #define FKV_WIDE_PAGES 16
 /* 16 summary elements from e (aligned: head_dim % 16 == 0) as f32, and a prefetch of those
- * `ahead` elements on (the next pass's page): a core streams 32 rows at once, more than its
- * prefetchers follow (without it the pass reads at about half the memory's speed). PoCL's
- * vload_half16 widens in vector code (its scalar vload_half does not: FKV_SOFT_HALF). */
+ * `ahead` elements on (the next pass's page): a core streams 8 rows at once, then the next
+ * quad's, more than its prefetchers follow (without it, f16 summaries and 128 channels scored
+ * 1.2-1.6x slower). PoCL's vload_half16 widens in vector code (its scalar vload_half does not:
+ * FKV_SOFT_HALF). */
 float16 fkv_wide_row_f32(const global float *e, size_t ahead) {
     FKV_PREFETCH_AT(e + ahead);
     return *(const global float16 *)e;
@@ -319,33 +323,56 @@ float16 fkv_wide_row_f16(const global ushort *e, size_t ahead) {
         FKV_WIDE_CH4(acc, l0, h0, 0) FKV_WIDE_CH4(acc, l1, h1, 1)                              \
         FKV_WIDE_CH4(acc, l2, h2, 2) FKV_WIDE_CH4(acc, l3, h3, 3)                              \
     }
+/* Head k's scores of the pass's 16 pages (lanes k, 4 + k, ... of a0..a3) in one store at
+ * o0 + k * n_pages, the same values FKV_SCORE_STORE writes one at a time; for a pass whose
+ * pages are all valid (each condition of valid[] holds for a run of the pass's pages, so
+ * valid[0] and valid[15] decide) and whose heads' rows are all in bounds: every pass but a
+ * range's last. */
+#define FKV_WIDE_STORE(k)                                                                      \
+    if ((k) < group) {                                                                         \
+        const uint8 m = (uint8)(k, 4 + k, 8 + k, 12 + k, 16 + k, 20 + k, 24 + k, 28 + k);     \
+        vstore16((float16)(shuffle2(a0, a1, m), shuffle2(a2, a3, m)), 0,                       \
+                 out + out_off + o0 + (long)(k) * n_pages);                                    \
+    }
 /* Summary element e as f32 (the fallback's scalar loads). */
 #define FKV_WIDE_AT(e) (f16_summ ? fkv_f16_value(sh[e]) : sf[e])
 #define FKV_SCORE_PASS_WIDE(ROW)                                                               \
     {                                                                                          \
         float16 a0 = (float16)(0.0f), a1 = a0, a2 = a0, a3 = a0;                               \
         int16 ordered = (int16)(-1);                                                           \
-        for (uint c0 = 0; c0 < head_dim; c0 += 16) {                                           \
-            FKV_WIDE_QUAD(ROW, a0, 0) FKV_WIDE_QUAD(ROW, a1, 4) FKV_WIDE_QUAD(ROW, a2, 8)      \
+        for (uint c0 = 0; c0 < head_dim; c0 += 16)                                             \
+            FKV_WIDE_QUAD(ROW, a0, 0)                                                          \
+        for (uint c0 = 0; c0 < head_dim; c0 += 16)                                             \
+            FKV_WIDE_QUAD(ROW, a1, 4)                                                          \
+        for (uint c0 = 0; c0 < head_dim; c0 += 16)                                             \
+            FKV_WIDE_QUAD(ROW, a2, 8)                                                          \
+        for (uint c0 = 0; c0 < head_dim; c0 += 16)                                             \
             FKV_WIDE_QUAD(ROW, a3, 12)                                                         \
-        }                                                                                      \
-        float a[FKV_WIDE_PAGES * 4];                                                           \
-        vstore16(a0, 0, a);                                                                    \
-        vstore16(a1, 1, a);                                                                    \
-        vstore16(a2, 2, a);                                                                    \
-        vstore16(a3, 3, a);                                                                    \
-        if (!all(ordered) || !all(isfinite(a0) & isfinite(a1) & isfinite(a2) & isfinite(a3))) \
-            for (uint i = 0; i < FKV_WIDE_PAGES * 4; i++) {                                    \
-                float sum = 0.0f;                                                              \
-                for (uint c = 0; c < head_dim; c++) {                                          \
-                    float x = qh[4 * c + i % 4];                                               \
-                    size_t e = mn[i / 4] + c;                                                  \
-                    sum += fmax(x * FKV_WIDE_AT(e + d), x * FKV_WIDE_AT(e));                   \
+        int exact =                                                                            \
+            all(ordered) && all(isfinite(a0) & isfinite(a1) & isfinite(a2) & isfinite(a3));   \
+        long o0 = obase + (long)(h * group) * n_pages + (long)j0;                              \
+        if (exact && valid[0] && valid[FKV_WIDE_PAGES - 1] && o0 >= 0 &&                       \
+            (ulong)(o0 + (long)(group - 1) * n_pages + FKV_WIDE_PAGES) <= out_len) {           \
+            FKV_WIDE_STORE(0) FKV_WIDE_STORE(1) FKV_WIDE_STORE(2) FKV_WIDE_STORE(3)            \
+        } else {                                                                               \
+            float a[FKV_WIDE_PAGES * 4];                                                       \
+            vstore16(a0, 0, a);                                                                \
+            vstore16(a1, 1, a);                                                                \
+            vstore16(a2, 2, a);                                                                \
+            vstore16(a3, 3, a);                                                                \
+            if (!exact)                                                                        \
+                for (uint i = 0; i < FKV_WIDE_PAGES * 4; i++) {                                \
+                    float sum = 0.0f;                                                          \
+                    for (uint c = 0; c < head_dim; c++) {                                      \
+                        float x = qh[4 * c + i % 4];                                           \
+                        size_t e = mn[i / 4] + c;                                              \
+                        sum += fmax(x * FKV_WIDE_AT(e + d), x * FKV_WIDE_AT(e));               \
+                    }                                                                          \
+                    a[i] = sum;                                                                \
                 }                                                                              \
-                a[i] = sum;                                                                    \
-            }                                                                                  \
-        for (uint p = 0; p < FKV_WIDE_PAGES; p++)                                              \
-            FKV_SCORE_STORE(p, 0, group, a + 4 * p)                                            \
+            for (uint p = 0; p < FKV_WIDE_PAGES; p++)                                          \
+                FKV_SCORE_STORE(p, 0, group, a + 4 * p)                                        \
+        }                                                                                      \
     }
 /* The queries of query row `row` (row_ok: it has one, and there are summaries) in qs, as above;
  * the caller's barrier follows. */

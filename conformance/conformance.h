@@ -173,6 +173,7 @@ const uint32_t (*cf_geometries(int quick, size_t *n))[3];
     X(S, scores, scores, -1, 0)                                                                \
     X(S, summarize_f16, summarize_f16, -1, 0)                                                  \
     X(S, scores_f16, scores_f16, -1, 0)                                                        \
+    X(S, scores_edges, scores_edges, -1, 0)                                                    \
     X(S, cosine_flags, cosine_flags, -1, 0)                                                    \
     X(S, cosine_nan, cosine_nan, -1, 0)                                                        \
     X(S, scores_check, scores_check, -1, 0)                                                    \

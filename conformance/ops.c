@@ -516,6 +516,56 @@ static int build_scores_f16(const cf_env *env, cf_rng *rng, cf_spec *s, cf_resul
     return scores_spec(rng, s, FKV_SUMMARY_F16);
 }
 
+/* Scores the usual arithmetic cannot take (CPU devices' 16-lane pass takes them again with
+ * fmax, docs/opencl.md): one sequence of 45 pages from summary 0 (passes of 16 pages and a
+ * short one) reads query row 0, whose channel 5 is zero in every head; its summaries hold an
+ * infinite maximum in that channel of page 3 (0 * inf: a NaN, which the max skips), an
+ * infinite minimum in channel 1 of page 9 (the last KV head), minima above maxima in channel 2
+ * of page 20 (every KV head) and an infinite maximum in channel 0 of page 40 (infinite
+ * scores). A second sequence of 20 pages from summary 8 reads row 1, whose first head has a
+ * NaN in channel 3 and whose last head an infinity in channel 4 (NaN and infinite scores).
+ * Channels are taken modulo head_dim. */
+static int build_scores_edges(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
+    (void)env, (void)r;
+    fkv_kv_geom *g = &s->g;
+    g->summary_format = FKV_SUMMARY_F32;
+    uint32_t hk = g->n_kv_heads, hq = hk * g->group, d = g->head_dim, n_summ = 48;
+    int32_t o1 = (int32_t)(hq * 45 + 3);
+    int32_t desc_v[8] = {0, 45, 0, 0, 8, 20, o1, 1};
+    size_t out_len = (size_t)o1 + hq * 20 + 2;
+    int q = (int)s->n_arr;
+    float *qv = cf_add_input(s, "q", CF_IN_OFF, (size_t)2 * hq * d * 4);
+    int desc = (int)s->n_arr;
+    int32_t *dv = cf_add_input(s, "desc", 12, sizeof desc_v);
+    int sm = (int)s->n_arr;
+    float *summ = cf_add_input(s, "summaries", 0, (size_t)n_summ * fkv_summary_bytes(g));
+    int out = (int)s->n_arr;
+    cf_add_output(s, "scores", CF_GUARD, out_len * 4, CF_GUARD, CF_F32);
+    if (!cf_spec_ok(s))
+        return -1;
+    fill_f32(rng, qv, (size_t)2 * hq * d);
+    for (uint32_t i = 0; i < hq; i++)
+        qv[(size_t)i * d + 5 % d] = 0.0f;
+    qv[(size_t)hq * d + 3 % d] = NAN;
+    qv[(size_t)(2 * hq - 1) * d + 4 % d] = INFINITY;
+    memcpy(dv, desc_v, sizeof desc_v);
+    fill_summaries(rng, g, summ, n_summ);
+    /* page p's minima of KV head h at (p * hk + h) * 2d, its maxima d further */
+    summ[(size_t)3 * hk * 2 * d + d + 5 % d] = INFINITY;
+    summ[((size_t)9 * hk + hk - 1) * 2 * d + 1 % d] = -INFINITY;
+    for (uint32_t h = 0; h < hk; h++) {
+        float *lo = summ + ((size_t)20 * hk + h) * 2 * d + 2 % d, t = lo[0];
+        lo[0] = lo[d], lo[d] = t;
+    }
+    summ[(size_t)40 * hk * 2 * d + d] = INFINITY;
+    cf_call *c = cf_add_call(s, CF_SCORES, CQ);
+    if (c == NULL)
+        return -1;
+    c->b[0] = at(q, CF_IN_OFF), c->b[1] = at(desc, 12), c->b[2] = at(sm, 0);
+    c->b[3] = at(out, CF_GUARD), c->n = 2;
+    return 1;
+}
+
 /* Flags may differ from the reference only where the similarity is within tol of tau. */
 static void compare_flags(const cf_spec *s, unsigned char **ref, unsigned char **dut, double tol,
                           cf_result *r) {
@@ -1354,6 +1404,7 @@ static const op_entry op_table[] = {
     {"scores", build_scores, 0, 1},
     {"summarize_f16", build_summarize_f16, 1, 1},
     {"scores_f16", build_scores_f16, 0, 1},
+    {"scores_edges", build_scores_edges, 0, 1},
     {"cosine_flags", build_cosine, 0, 1},
     {"cosine_nan", build_cosine_nan, 0, 1},
     {"scores_check", build_scores_check, 0, 1},

@@ -37,6 +37,9 @@ static const cf_tolerance_row table[] = {
     {"scores_f16", {1e-5, 1e-5, 1e-5}, {2e-5, 2e-5, 2e-5},
      "as scores: f16 summaries widen exactly to f32; against the f32 summaries they round, "
      "the bound only grows (docs/eval.md, \"Summary formats\")"},
+    {"scores_edges", {1e-5, 1e-5, 1e-5}, {2e-5, 2e-5, 2e-5},
+     "as scores; a NaN product is skipped by the max (as fmax), a NaN or infinite score must "
+     "be the reference's"},
     {"cosine_flags", {1e-5, 1e-5, 1e-5}, {1e-5, 1e-5, 1e-5},
      "f32 dot products and norms; a flag may differ only where |sim - tau| is within this"},
     {"cosine_nan", {0, 0, 0}, {0, 0, 0},

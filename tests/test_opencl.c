@@ -185,7 +185,7 @@ static const char *const variant_cases[] = {
     "attention/d128/g4/p32/f16",    "attention/d64/g8/h1/p16/f16", "attention/d5/g2/p3/f16/split",
     "attention/d64/g12/h1/p16/f16", "scores/d128/g4",              "scores/d64/g8/h1",
     "scores/d5/g2",                 "scores/d64/g4/h3",            "scores_check/d128/g4",
-    "scores_check/d5/g2"};
+    "scores_check/d5/g2",           "scores_edges/d128/g4"};
 
 Test(opencl_env, cpu_kernel_variants) {
     bh_need_device();

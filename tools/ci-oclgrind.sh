@@ -36,8 +36,8 @@ echo "oclgrind reports the deliberate race (tests/oclgrind/race.cl): the checker
 
 # 2. test_opencl's single-threaded op tests, one process each, two at a time
 tests=(device_info_and_table device public_api copies event_chain events host_memory append
-       summarize scores cosine_flags cosine_nan scores_check attention_split bad_arguments
-       zero_work out_of_range buffer_import_and_memory_errors select_pages)
+       summarize scores scores_edges cosine_flags cosine_nan scores_check attention_split
+       bad_arguments zero_work out_of_range buffer_import_and_memory_errors select_pages)
 export FREEKV_REQUIRE_DEVICES=opencl # the simulator must be the device found, never a skip
 run_one() {
   local t=$1 out=$2 build=$3 tag=${OCG_TAG:-}
@@ -61,7 +61,7 @@ status=0
 printf '%s\n' "${tests[@]}" |
   xargs -P 2 -I{} bash -c 'run_one "$@"' _ {} "$out" "$build" "${opts[@]}" || status=1
 mkdir -p "$out/cpu-variants"
-printf '%s\n' attention_split scores scores_check |
+printf '%s\n' attention_split scores scores_edges scores_check |
   FREEKV_OPENCL_CPU_KERNELS=on OCG_TAG=" (CPU variants)" \
     xargs -P 2 -I{} bash -c 'run_one "$@"' _ {} "$out/cpu-variants" "$build" "${opts[@]}" ||
   status=1

@@ -518,13 +518,15 @@ static int build_scores_f16(const cf_env *env, cf_rng *rng, cf_spec *s, cf_resul
 
 /* Scores the usual arithmetic cannot take (CPU devices' 16-lane pass takes them again with
  * fmax, docs/opencl.md): one sequence of 45 pages from summary 0 (passes of 16 pages and a
- * short one) reads query row 0, whose channel 5 is zero in every head; its summaries hold an
- * infinite maximum in that channel of page 3 (0 * inf: a NaN, which the max skips), an
- * infinite minimum in channel 1 of page 9 (the last KV head), minima above maxima in channel 2
- * of page 20 (every KV head) and an infinite maximum in channel 0 of page 40 (infinite
- * scores). A second sequence of 20 pages from summary 8 reads row 1, whose first head has a
- * NaN in channel 3 and whose last head an infinity in channel 4 (NaN and infinite scores).
- * Channels are taken modulo head_dim. */
+ * short one) reads query row 0, whose channel 4 is zero in every head and whose first head's
+ * channel 0 is positive; its summaries hold, in KV head 0, an infinite maximum in channel 4
+ * of page 3 and an infinite minimum in channel 4 of page 12 (0 * inf: a NaN in either
+ * product, which the max skips), an infinite minimum in channel 1 of page 9 (the last KV
+ * head: infinite products), minima above maxima in channel 2 of page 20 (every KV head) and
+ * an infinite maximum in channel 0 of page 40 (an infinite score for the first head, in the
+ * short pass). A second sequence of 20 pages from summary 8 reads row 1, whose first head has
+ * a NaN in channel 3 and whose last head an infinity in channel 4 (NaN and infinite scores).
+ * Channels are taken modulo head_dim; at head_dim 5 the row-0 ones stay distinct. */
 static int build_scores_edges(const cf_env *env, cf_rng *rng, cf_spec *s, cf_result *r) {
     (void)env, (void)r;
     fkv_kv_geom *g = &s->g;
@@ -545,13 +547,15 @@ static int build_scores_edges(const cf_env *env, cf_rng *rng, cf_spec *s, cf_res
         return -1;
     fill_f32(rng, qv, (size_t)2 * hq * d);
     for (uint32_t i = 0; i < hq; i++)
-        qv[(size_t)i * d + 5 % d] = 0.0f;
+        qv[(size_t)i * d + 4 % d] = 0.0f;
+    qv[0] = fabsf(qv[0]) + 0.5f;
     qv[(size_t)hq * d + 3 % d] = NAN;
     qv[(size_t)(2 * hq - 1) * d + 4 % d] = INFINITY;
     memcpy(dv, desc_v, sizeof desc_v);
     fill_summaries(rng, g, summ, n_summ);
     /* page p's minima of KV head h at (p * hk + h) * 2d, its maxima d further */
-    summ[(size_t)3 * hk * 2 * d + d + 5 % d] = INFINITY;
+    summ[(size_t)3 * hk * 2 * d + d + 4 % d] = INFINITY;
+    summ[(size_t)12 * hk * 2 * d + 4 % d] = -INFINITY;
     summ[((size_t)9 * hk + hk - 1) * 2 * d + 1 % d] = -INFINITY;
     for (uint32_t h = 0; h < hk; h++) {
         float *lo = summ + ((size_t)20 * hk + h) * 2 * d + 2 % d, t = lo[0];

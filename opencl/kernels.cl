@@ -324,10 +324,10 @@ float16 fkv_wide_row_f16(const global ushort *e, size_t ahead) {
         FKV_WIDE_CH4(acc, l2, h2, 2) FKV_WIDE_CH4(acc, l3, h3, 3)                              \
     }
 /* Head k's scores of the pass's 16 pages (lanes k, 4 + k, ... of a0..a3) in one store at
- * o0 + k * n_pages, the same values FKV_SCORE_STORE writes one at a time; for a pass whose
- * pages are all valid (each condition of valid[] holds for a run of the pass's pages, so
- * valid[0] and valid[15] decide) and whose heads' rows are all in bounds: every pass but a
- * range's last. */
+ * o0 + k * n_pages, the same values FKV_SCORE_STORE writes one at a time; for an exact pass
+ * whose pages are all valid (each condition of valid[] holds for a run of the pass's pages, so
+ * valid[0] and valid[15] decide) and whose heads' rows all lie in the output, as most passes
+ * are. The others store element by element, as before. */
 #define FKV_WIDE_STORE(k)                                                                      \
     if ((k) < group) {                                                                         \
         const uint8 m = (uint8)(k, 4 + k, 8 + k, 12 + k, 16 + k, 20 + k, 24 + k, 28 + k);     \
